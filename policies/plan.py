@@ -1,0 +1,188 @@
+"""The compiled plan: one immutable description of a sandbox.
+
+The policy compiler (`policies.compiler`) turns a YAML profile plus command-line
+overrides into a `Plan`. The launcher (`sandbox.launcher`) carries a `Plan` out.
+Nothing in this module touches the kernel; everything is a frozen dataclass so a
+plan can be cached (pickled), compared, hashed and shown (`pysandbox explain`).
+
+Units: sizes are bytes, times are seconds, CPU is in cores (0.5 = half a core).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from typing import Optional
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IdMapEntry:
+    inside: int
+    outside: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    user: bool = True
+    pid: bool = True
+    mount: bool = True
+    uts: bool = True
+    ipc: bool = True
+    net: bool = True
+    cgroup: bool = True
+    time: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0                       # uid of the program inside the sandbox
+    gid: int = 0
+    uid_map: tuple[IdMapEntry, ...] = ()   # resolved: no "auto" left
+    gid_map: tuple[IdMapEntry, ...] = ()
+    groups: tuple[int, ...] = ()       # supplementary groups inside (needs setgroups allowed)
+
+
+@dataclass(frozen=True)
+class ArgCond:
+    """A seccomp argument comparison: `args[index] <op> value` (masked_eq: `args[index] & mask == value`)."""
+    index: int
+    op: str            # eq ne lt le gt ge masked_eq
+    value: int
+    mask: int = 0
+
+
+@dataclass(frozen=True)
+class SyscallRule:
+    name: str
+    action: str                        # allow | errno | kill | log | trap | notify
+    errno: Optional[int] = None        # with action errno (and notify: the errno answered)
+    args: tuple[ArgCond, ...] = ()
+
+
+@dataclass(frozen=True)
+class Seccomp:
+    enabled: bool = True
+    default_action: str = "errno"      # allow | errno | kill | log | trap
+    default_errno: Optional[int] = 38  # ENOSYS
+    rules: tuple[SyscallRule, ...] = ()
+    # Names asked for by the profile that this machine's libseccomp does not know
+    # (skipped and reported, never silently dropped from the report).
+    skipped: tuple[str, ...] = ()
+    # Deliver denials (errno rules) through seccomp user notification so the
+    # supervisor can record them (audit); the answer is still the rule's errno.
+    notify_denials: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str                          # bind | tmpfs | volume
+    target: str                        # path inside the sandbox
+    source: Optional[str] = None       # host path (bind) or volume name (volume)
+    read_only: bool = False
+    size: Optional[int] = None         # tmpfs size in bytes
+    mode: Optional[int] = None         # tmpfs mode
+    optional: bool = False             # bind: skip silently when the source is missing (system dirs only)
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    root: str = "host"                 # "host" (host system directories) or an absolute directory path
+    image: Optional[str] = None        # image name (layer store), when root comes from an image
+    read_only: bool = True
+    system_dirs: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+    etc: tuple[str, ...] = ()          # entries of the host's /etc bound read-only (root: host)
+    mounts: tuple[Mount, ...] = ()
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    proc: bool = True
+    sys: bool = True
+    dev: str = "minimal"               # minimal (null zero full random urandom tty pts shm)
+    keep: bool = False                 # keep the writable layer after the run (images)
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    name: str                          # nofile nproc core as cpu fsize stack memlock ...
+    soft: int                          # -1 = unlimited
+    hard: int
+
+
+@dataclass(frozen=True)
+class Process:
+    argv: tuple[str, ...] = ("/bin/sh",)
+    cwd: str = "/"
+    env_allow: tuple[str, ...] = ()    # names passed through from the caller's environment
+    env_set: tuple[tuple[str, str], ...] = ()
+    hostname: str = "sandbox"
+    rlimits: tuple[Rlimit, ...] = ()
+    timeout: Optional[float] = None
+    new_session: bool = True           # setsid(): no controlling terminal (TIOCSTI class)
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_port: int
+    port: int
+    proto: str = "tcp"
+    host_ip: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    to: str                            # CIDR or sandbox name
+    ports: tuple[int, ...] = ()
+    proto: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Network:
+    mode: str = "none"                 # none | host | <network name>
+    ports: tuple[PortMapping, ...] = ()
+    egress_default: str = "allow"      # allow | deny
+    egress_allow: tuple[EgressRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceRate:
+    path: str
+    rate: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: Optional[int] = None             # bytes
+    memory_swap: Optional[int] = None        # bytes, memory+swap (Docker semantics); -1 unlimited
+    memory_reservation: Optional[int] = None
+    cpus: Optional[float] = None             # cores
+    cpu_shares: Optional[int] = None         # v1 shares (v2 weight derived)
+    cpuset_cpus: Optional[str] = None
+    pids: Optional[int] = None
+    blkio_weight: Optional[int] = None
+    device_read_bps: tuple[DeviceRate, ...] = ()
+    device_write_bps: tuple[DeviceRate, ...] = ()
+    device_read_iops: tuple[DeviceRate, ...] = ()
+    device_write_iops: tuple[DeviceRate, ...] = ()
+
+    def any(self) -> bool:
+        return any(v not in (None, ()) for v in asdict(self).values())
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    sources: tuple[str, ...]                 # profile files, most derived first
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    user: User = field(default_factory=User)
+    capabilities: tuple[str, ...] = ()       # capabilities the program keeps (names without CAP_)
+    no_new_privs: bool = True
+    seccomp: Seccomp = field(default_factory=Seccomp)
+    filesystem: Filesystem = field(default_factory=Filesystem)
+    process: Process = field(default_factory=Process)
+    network: Network = field(default_factory=Network)
+    limits: Limits = field(default_factory=Limits)
+    landlock: bool = False
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
