@@ -1,0 +1,37 @@
+# The two commands of the README:  `make run`  and  `make test`.
+# Both set everything up on a fresh Debian 12 machine (run as root: installs Debian packages).
+PY      ?= /usr/bin/python3
+VENV    ?= .venv
+DEB_PKGS = python3-venv python3-dev gcc libcap-dev libseccomp2 procps iproute2 \
+           bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns
+DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
+
+.PHONY: setup run test bench lint clean
+.DEFAULT_GOAL := run
+
+$(VENV)/.deps: pyproject.toml
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	fi
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,net]'
+	touch $@
+
+setup: $(VENV)/.deps
+
+run: setup
+	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)
+
+test: setup
+	$(VENV)/bin/pysandbox lint profiles/
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: setup
+	$(VENV)/bin/python bench/launch.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,184 @@
+"""The one place where pysandbox calls the kernel through ctypes.
+
+Only syscalls that Python 3.11's standard library lacks live here: unshare, setns,
+clone (fork with namespace flags), mount, umount2, pivot_root, mount_setattr,
+close_range flags, seccomp, pidfd_open/pidfd_send_signal. Everything raises
+OSError with the errno and a short context, like the os module does.
+x86_64 syscall numbers are used where glibc has no wrapper.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_MACHINE = platform.machine()
+if _MACHINE == "x86_64":
+    NR = {"pivot_root": 155, "seccomp": 317, "mount_setattr": 442, "close_range": 436,
+          "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 56, "open_tree": 428,
+          "move_mount": 429}
+elif _MACHINE == "aarch64":
+    NR = {"pivot_root": 41, "seccomp": 277, "mount_setattr": 442, "close_range": 436,
+          "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 220, "open_tree": 428,
+          "move_mount": 429}
+else:  # pragma: no cover - other architectures are not supported yet
+    raise ImportError(f"pysandbox: unsupported architecture {_MACHINE}")
+
+# clone/unshare flags
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+SIGCHLD = 17
+
+# mount flags
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+# mount_setattr
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+# seccomp
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def _check(res: int, what: str) -> int:
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return res
+
+
+def _b(path):
+    if path is None:
+        return None
+    return os.fsencode(path)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source, target, fstype, flags: int = 0, data: str | None = None) -> None:
+    res = _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags),
+                      _b(data) if data is not None else None)
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source or fstype} on {target}: {os.strerror(err)}")
+
+
+def umount2(target, flags: int = 0) -> None:
+    res = _libc.umount2(_b(target), ctypes.c_int(flags))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def pivot_root(new_root, put_old) -> None:
+    _check(_syscall(ctypes.c_long(NR["pivot_root"]), _b(new_root), _b(put_old)), "pivot_root")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(path, attr_set: int, attr_clr: int = 0, recursive: bool = True,
+                  dirfd: int = -100) -> None:
+    """Set mount attributes (read-only, nosuid, ...) on a mount and, with recursive, all below it."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    res = _syscall(ctypes.c_long(NR["mount_setattr"]), ctypes.c_int(dirfd), _b(path),
+                   ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
+
+
+def close_range_cloexec(first: int = 3) -> None:
+    """Mark every descriptor >= first close-on-exec (CVE-2024-21626 class: no fd leaks into the sandbox)."""
+    _check(_syscall(ctypes.c_long(NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                    ctypes.c_uint(CLOSE_RANGE_CLOEXEC)), "close_range")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_load(bpf: bytes, flags: int = 0) -> int:
+    """Load a classic-BPF seccomp program (as exported by libseccomp). Returns the
+    listener fd with SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0."""
+    if len(bpf) % 8:
+        raise ValueError("seccomp program length is not a multiple of 8")
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    return _check(_syscall(ctypes.c_long(NR["seccomp"]), ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                           ctypes.c_uint(flags), ctypes.byref(prog)), "seccomp")
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(_syscall(ctypes.c_long(NR["pidfd_open"]), ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    _check(_syscall(ctypes.c_long(NR["pidfd_send_signal"]), ctypes.c_int(pidfd), ctypes.c_int(sig),
+                    None, ctypes.c_uint(0)), "pidfd_send_signal")
+
+
+# --- fork with namespace flags --------------------------------------------------
+# os.fork() cannot pass CLONE_NEW* flags. We call the raw clone syscall with a NULL
+# stack (fork semantics) and run CPython's own before/after-fork hooks around it,
+# exactly as os.fork() does, so the interpreter state in the child stays sound.
+_pyapi = ctypes.pythonapi
+_pyapi.PyOS_BeforeFork.restype = None
+_pyapi.PyOS_AfterFork_Parent.restype = None
+_pyapi.PyOS_AfterFork_Child.restype = None
+
+
+def clone_fork(flags: int) -> int:
+    """fork() into new namespaces. Returns 0 in the child, the child's pid in the parent."""
+    _pyapi.PyOS_BeforeFork()
+    if _MACHINE == "x86_64":   # clone(flags, stack, parent_tid, child_tid, tls)
+        pid = _syscall(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+    else:                      # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
+        pid = _syscall(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+    if pid == 0:
+        _pyapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    _pyapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid
