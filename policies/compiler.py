@@ -1,0 +1,516 @@
+"""Compile a loaded profile plus command-line overrides into one immutable Plan.
+
+Pure: reads files (profiles, the schema, imported seccomp JSON) but makes no kernel
+changes, needs no root, and never imports `sandbox` or `audit`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from . import plan as P
+from .errors import Location, ProfileError
+from .loader import Document, load_profile
+from .units import parse_bytes, parse_cpus, parse_rlimit, parse_ulimit
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "profile.schema.json"
+
+# Capabilities known to Linux 6.x (CAP_LAST_CAP = CHECKPOINT_RESTORE = 40), without the CAP_ prefix.
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
+
+# Docker's default capability set (moby oci/caps/defaults.go).
+DOCKER_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
+                       "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL",
+                       "AUDIT_WRITE")
+
+# Host uid/gid range a root caller maps the sandbox to when the profile says `auto`.
+ROOT_AUTO_BASE = 1_000_000_000
+ROOT_AUTO_COUNT = 65536
+
+DEFAULT_ETC = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+               "alternatives", "localtime", "os-release", "debian_version", "protocols", "services",
+               "mime.types", "ssl", "ca-certificates", "ca-certificates.conf", "profile", "bash.bashrc",
+               "inputrc", "terminfo", "host.conf", "gai.conf", "python3", "python3.11")
+
+
+@dataclass
+class Overrides:
+    """Command-line overrides, with Docker's flag names."""
+    argv: tuple = ()
+    cap_add: tuple = ()
+    cap_drop: tuple = ()
+    volumes: tuple = ()          # "SRC:DST[:ro|rw]"
+    tmpfs: tuple = ()            # "DST[:size=..,mode=..]"
+    read_only: Optional[bool] = None
+    env: tuple = ()              # "K=V" or "K"
+    workdir: Optional[str] = None
+    hostname: Optional[str] = None
+    network: Optional[str] = None
+    ports: tuple = ()
+    timeout: Optional[float] = None
+    memory: Optional[str] = None
+    memory_swap: Optional[str] = None
+    memory_reservation: Optional[str] = None
+    cpus: Optional[str] = None
+    cpu_shares: Optional[int] = None
+    cpuset_cpus: Optional[str] = None
+    pids_limit: Optional[int] = None
+    blkio_weight: Optional[int] = None
+    device_read_bps: tuple = ()
+    device_write_bps: tuple = ()
+    device_read_iops: tuple = ()
+    device_write_iops: tuple = ()
+    ulimits: tuple = ()
+    security_opt: tuple = ()
+    image: Optional[str] = None
+    keep: bool = False
+    user: Optional[str] = None   # "UID[:GID]" inside
+    cwd_for_paths: str = field(default_factory=os.getcwd)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    plan: P.Plan
+    document: Document
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)
+
+
+def validate(doc: Document) -> None:
+    """Validate against the JSON Schema; the first error (by position) is raised with its location."""
+    errors = list(_validator().iter_errors(doc.data))
+    if not errors:
+        return
+
+    def key(e):
+        loc = doc.locate(e.absolute_path)
+        return (loc.line, loc.col) if loc else (0, 0)
+
+    err = sorted(errors, key=key)[0]
+    raise ProfileError(_schema_message(err), doc.locate(err.absolute_path))
+
+
+def _schema_message(err) -> str:
+    path = ".".join(str(p) for p in err.absolute_path) or "profile"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        known = ", ".join(sorted(err.schema.get("properties", {})))
+        return f"{path}: unknown key {', '.join(map(repr, extra))} (known: {known})"
+    if err.validator == "oneOf" and err.context:
+        best = min(err.context, key=lambda e: len(list(e.absolute_path)))
+        return f"{path}: {best.message}"
+    if err.validator == "enum":
+        return f"{path}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    return f"{path}: {err.message}"
+
+
+def compile_profile(ref: str, overrides: Optional[Overrides] = None, *,
+                    caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
+                    kernel: Optional[tuple] = None) -> Compiled:
+    doc = load_profile(ref)
+    return compile_document(doc, overrides, caller_uid=caller_uid, caller_gid=caller_gid, kernel=kernel)
+
+
+def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
+                     caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
+                     kernel: Optional[tuple] = None) -> Compiled:
+    validate(doc)
+    ov = overrides or Overrides()
+    uid = os.geteuid() if caller_uid is None else caller_uid
+    gid = os.getegid() if caller_gid is None else caller_gid
+    d = doc.data
+    loc = doc.locate
+
+    def err(msg, path):
+        raise ProfileError(msg, loc(path))
+
+    # --- namespaces ---------------------------------------------------------
+    ns = P.Namespaces(**d.get("namespaces", {}))
+    if not ns.mount:
+        err("namespaces.mount: false is not supported: the sandbox root needs its own mount namespace",
+            ("namespaces", "mount"))
+    if ns.pid is False and d.get("filesystem", {}).get("proc", True):
+        pass  # /proc then shows the host's pid namespace; linted, not refused
+
+    # --- user ---------------------------------------------------------------
+    user_d = d.get("user", {})
+    in_uid, in_gid = user_d.get("uid", 0), user_d.get("gid", 0)
+    if ov.user:
+        try:
+            parts = ov.user.split(":")
+            in_uid = int(parts[0])
+            in_gid = int(parts[1]) if len(parts) > 1 else in_uid
+        except ValueError:
+            raise ProfileError(f"--user: expected UID[:GID] as numbers, got {ov.user!r}") from None
+    uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc) if ns.user else ()
+    gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc) if ns.user else ()
+    if ns.user:
+        for what, val, m in (("uid", in_uid, uid_map), ("gid", in_gid, gid_map)):
+            if not any(e.inside <= val < e.inside + e.count for e in m):
+                err(f"user.{what} {val} is not mapped by user.{what}_map", ("user", what))
+    user = P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map)
+
+    # --- capabilities -------------------------------------------------------
+    caps_d = d.get("capabilities", {"drop": ["ALL"]})
+    caps = set(CAPABILITIES)
+    for i, c in enumerate(caps_d.get("drop", [])):
+        caps -= _cap_set(c, ("capabilities", "drop", i), loc)
+    for i, c in enumerate(caps_d.get("add", [])):
+        caps |= _cap_set(c, ("capabilities", "add", i), loc)
+    for c in ov.cap_drop:
+        caps -= _cap_set(c, None, loc, flag="--cap-drop")
+    for c in ov.cap_add:
+        caps |= _cap_set(c, None, loc, flag="--cap-add")
+    capabilities = tuple(sorted(caps, key=CAP_INDEX.__getitem__))
+
+    # --- no_new_privs / security-opt ----------------------------------------
+    no_new_privs = d.get("no_new_privs", True)
+    seccomp_section = d.get("seccomp")
+    for opt in ov.security_opt:
+        k, _, v = opt.partition("=")
+        if k == "seccomp":
+            if not v:
+                raise ProfileError("--security-opt seccomp= needs a FILE or 'unconfined'")
+            if v == "unconfined":
+                seccomp_section = {"enabled": False}
+            else:
+                p = Path(ov.cwd_for_paths, v)
+                if not p.is_file():
+                    raise ProfileError(f"--security-opt seccomp={v}: file not found")
+                seccomp_section = {"import": str(p.resolve())}
+        elif k in ("no-new-privileges", "no_new_privs"):
+            if v not in ("", "true", "false"):
+                raise ProfileError(f"--security-opt {opt}: expected true or false")
+            no_new_privs = v != "false"
+        elif k == "landlock":
+            pass
+        else:
+            raise ProfileError(f"--security-opt {opt!r}: unknown option (known: seccomp=FILE|unconfined, "
+                               "no-new-privileges[=true|false])")
+
+    # --- seccomp ------------------------------------------------------------
+    from .seccomp import compile_seccomp
+    seccomp = compile_seccomp(seccomp_section, capabilities=frozenset(capabilities), locate=loc,
+                              kernel=kernel)
+
+    # --- filesystem ---------------------------------------------------------
+    fs = _filesystem(d.get("filesystem", {}), ov, loc)
+
+    # --- process ------------------------------------------------------------
+    proc = _process(d.get("process", {}), ov, loc)
+
+    # --- network ------------------------------------------------------------
+    net = _network(d.get("network", "none"), ov, loc, ns)
+    if net.mode == "host" and ns.net:
+        ns = replace(ns, net=False)
+    elif net.mode != "host" and not ns.net:
+        err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
+
+    # --- limits -------------------------------------------------------------
+    limits = _limits(d.get("limits", {}), ov, loc)
+
+    name = d.get("name") or Path(doc.files[0]).stem
+    plan = P.Plan(name=name, sources=tuple(doc.files), namespaces=ns, user=user,
+                  capabilities=capabilities, no_new_privs=no_new_privs, seccomp=seccomp,
+                  filesystem=fs, process=proc, network=net, limits=limits,
+                  landlock=bool(d.get("landlock", False)))
+    return Compiled(plan, doc)
+
+
+def _idmap(spec, inside: int, caller: int, path, loc) -> tuple:
+    if spec == "auto":
+        if caller == 0:
+            if inside >= ROOT_AUTO_COUNT:
+                raise ProfileError(f"uid/gid {inside} is outside the automatic range 0-{ROOT_AUTO_COUNT - 1}",
+                                   loc(path))
+            return (P.IdMapEntry(0, ROOT_AUTO_BASE, ROOT_AUTO_COUNT),)
+        return (P.IdMapEntry(inside, caller, 1),)
+    out = []
+    for i, e in enumerate(spec):
+        outside = caller if e["outside"] == "caller" else e["outside"]
+        out.append(P.IdMapEntry(e["inside"], outside, e["count"]))
+    out.sort(key=lambda e: e.inside)
+    for a, b in zip(out, out[1:]):
+        if a.inside + a.count > b.inside:
+            raise ProfileError("overlapping ranges in the map", loc(path))
+    return tuple(out)
+
+
+def _cap_set(name: str, path, loc, flag: Optional[str] = None) -> set:
+    n = name.upper()
+    if n.startswith("CAP_"):
+        n = n[4:]
+    if n == "ALL":
+        return set(CAPABILITIES)
+    if n not in CAP_INDEX:
+        msg = f"unknown capability {name!r}"
+        if flag:
+            raise ProfileError(f"{flag}: {msg}")
+        raise ProfileError(msg, loc(path))
+    return {n}
+
+
+def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
+    root, image = "host", None
+    r = f.get("root", "host")
+    if isinstance(r, dict):
+        if "path" in r:
+            root = r["path"]
+        else:
+            image = r["image"]
+    if ov.image:
+        image, root = ov.image, "host"
+    read_only = f.get("read_only", True)
+    if ov.read_only is not None:
+        read_only = ov.read_only
+    mounts = []
+    for i, m in enumerate(f.get("mounts", [])):
+        mounts.append(_mount_from_profile(m, ("filesystem", "mounts", i), loc))
+    for v in ov.volumes:
+        mounts.append(_parse_volume(v, ov.cwd_for_paths))
+    for t in ov.tmpfs:
+        mounts.append(_parse_tmpfs(t))
+    # later mounts on the same target replace earlier ones (CLI over profile)
+    seen, deduped = {}, []
+    for m in mounts:
+        seen[m.target.rstrip("/") or "/"] = m
+    for m in mounts:
+        if seen.get(m.target.rstrip("/") or "/") is m:
+            deduped.append(m)
+    for m in deduped:
+        if m.target.rstrip("/") in ("", "/proc", "/dev") :
+            raise ProfileError(f"mount target {m.target} is managed by pysandbox and cannot be replaced")
+    return P.Filesystem(
+        root=root, image=image, read_only=read_only,
+        system_dirs=tuple(f.get("system_dirs", P.Filesystem.system_dirs)),
+        etc=tuple(f.get("etc", DEFAULT_ETC)),
+        mounts=tuple(deduped),
+        masked_paths=tuple(f.get("masked_paths", ())),
+        readonly_paths=tuple(f.get("readonly_paths", ())),
+        proc=f.get("proc", True), sys=f.get("sys", True), keep=ov.keep)
+
+
+def _mount_from_profile(m: dict, path, loc) -> P.Mount:
+    t = m["type"]
+    try:
+        size = parse_bytes(m["size"]) if "size" in m else None
+        mode = int(m["mode"], 8) if isinstance(m.get("mode"), str) else m.get("mode")
+    except ValueError as e:
+        raise ProfileError(str(e), loc(path)) from None
+    if t in ("bind", "volume") and not m.get("source"):
+        raise ProfileError(f"a {t} mount needs a source", loc(path))
+    if t == "bind" and not os.path.isabs(m["source"]):
+        raise ProfileError("bind source must be an absolute path", loc(path + ("source",)))
+    return P.Mount(type=t, target=os.path.normpath(m["target"]), source=m.get("source"),
+                   read_only=m.get("read_only", t == "bind"), size=size, mode=mode)
+
+
+def _parse_volume(spec: str, cwd: str) -> P.Mount:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise ProfileError(f"-v {spec!r}: expected SRC:DST[:ro|rw]")
+    src, dst = parts[0], parts[1]
+    opts = parts[2].split(",") if len(parts) == 3 else []
+    bad = [o for o in opts if o not in ("ro", "rw")]
+    if bad:
+        raise ProfileError(f"-v {spec!r}: unknown option {bad[0]!r} (known: ro, rw)")
+    if not dst.startswith("/"):
+        raise ProfileError(f"-v {spec!r}: destination must be an absolute path")
+    ro = "ro" in opts
+    if src.startswith(("/", ".")):
+        src_abs = os.path.normpath(os.path.join(cwd, src))
+        if not os.path.exists(src_abs):
+            raise ProfileError(f"-v {spec!r}: source {src_abs} does not exist")
+        return P.Mount(type="bind", source=src_abs, target=os.path.normpath(dst), read_only=ro)
+    return P.Mount(type="volume", source=src, target=os.path.normpath(dst), read_only=ro)
+
+
+def _parse_tmpfs(spec: str) -> P.Mount:
+    dst, _, optstr = spec.partition(":")
+    if not dst.startswith("/"):
+        raise ProfileError(f"--tmpfs {spec!r}: destination must be an absolute path")
+    size = mode = None
+    for o in filter(None, optstr.split(",")):
+        k, _, v = o.partition("=")
+        try:
+            if k == "size":
+                size = parse_bytes(v)
+            elif k == "mode":
+                mode = int(v, 8)
+            else:
+                raise ProfileError(f"--tmpfs {spec!r}: unknown option {k!r} (known: size, mode)")
+        except ValueError:
+            raise ProfileError(f"--tmpfs {spec!r}: bad value for {k}") from None
+    return P.Mount(type="tmpfs", target=os.path.normpath(dst), size=size, mode=mode)
+
+
+def _process(p: dict, ov: Overrides, loc) -> P.Process:
+    argv = tuple(ov.argv) if ov.argv else tuple(p.get("argv", ("/bin/sh",)))
+    env = p.get("env", {})
+    allow = list(env.get("allow", ()))
+    env_set = {k: ("true" if v is True else "false" if v is False else str(v))
+               for k, v in env.get("set", {}).items()}
+    for e in ov.env:
+        if "=" in e:
+            k, v = e.split("=", 1)
+            if not k or not (k[0].isalpha() or k[0] == "_") or not k.replace("_", "a").isalnum():
+                raise ProfileError(f"-e {e!r}: invalid variable name")
+            env_set[k] = v
+        else:
+            if not e or not e.replace("_", "a").isalnum():
+                raise ProfileError(f"-e {e!r}: invalid variable name")
+            allow.append(e)
+    rlimits = []
+    for name, value in p.get("rlimits", {}).items():
+        try:
+            soft, hard = parse_rlimit(name, value)
+        except ValueError as e:
+            raise ProfileError(str(e), loc(("process", "rlimits", name))) from None
+        rlimits.append(P.Rlimit(name, soft, hard))
+    for u in ov.ulimits:
+        try:
+            name, soft, hard = parse_ulimit(u)
+        except ValueError as e:
+            raise ProfileError(f"--ulimit: {e}") from None
+        rlimits = [r for r in rlimits if r.name != name] + [P.Rlimit(name, soft, hard)]
+    timeout = p.get("timeout")
+    if ov.timeout is not None:
+        if ov.timeout <= 0:
+            raise ProfileError("--timeout must be > 0 seconds")
+        timeout = ov.timeout
+    cwd = ov.workdir or p.get("cwd", "/")
+    if not cwd.startswith("/"):
+        raise ProfileError(f"-w {cwd!r}: working directory must be an absolute path")
+    hostname = ov.hostname or p.get("hostname", "sandbox")
+    import re
+    if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$", hostname):
+        raise ProfileError(f"--hostname {hostname!r}: not a valid host name")
+    return P.Process(argv=argv, cwd=cwd, env_allow=tuple(dict.fromkeys(allow)),
+                     env_set=tuple(sorted(env_set.items())), hostname=hostname,
+                     rlimits=tuple(sorted(rlimits, key=lambda r: r.name)), timeout=timeout,
+                     new_session=p.get("new_session", True))
+
+
+def _network(n, ov: Overrides, loc, ns) -> P.Network:
+    if isinstance(n, str):
+        n = {"mode": n}
+    mode = ov.network or n.get("mode", "none")
+    ports = []
+    for i, spec in enumerate(list(n.get("ports", [])) + list(ov.ports)):
+        try:
+            ports.append(parse_port(spec))
+        except ValueError as e:
+            raise ProfileError(str(e), loc(("network", "ports", i)) if i < len(n.get("ports", [])) else None) from None
+    eg = n.get("egress", {})
+    rules = tuple(P.EgressRule(to=r["to"], ports=tuple(r.get("ports", ())), proto=r.get("proto", "tcp"))
+                  for r in eg.get("allow", []))
+    if mode == "host" and (ports or rules or eg.get("default") == "deny"):
+        raise ProfileError("network host cannot publish ports or filter egress (it shares the host's network)",
+                           loc(("network",)))
+    if mode == "none" and ports:
+        raise ProfileError("network none cannot publish ports", loc(("network",)))
+    return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "allow"),
+                     egress_allow=rules)
+
+
+def parse_port(spec) -> P.PortMapping:
+    """`[HOSTIP:]HOSTPORT:PORT[/tcp|udp]` or a mapping {host_port, port, proto, host_ip}."""
+    if isinstance(spec, dict):
+        return P.PortMapping(int(spec["host_port"]), int(spec["port"]), spec.get("proto", "tcp"),
+                             spec.get("host_ip", "0.0.0.0"))
+    s, _, proto = str(spec).partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"-p {spec!r}: protocol must be tcp or udp")
+    parts = s.rsplit(":", 2)
+    try:
+        if len(parts) == 3:
+            host_ip, hp, cp = parts
+        elif len(parts) == 2:
+            host_ip, (hp, cp) = "0.0.0.0", parts
+        else:
+            raise ValueError
+        hp_i, cp_i = int(hp), int(cp)
+    except ValueError:
+        raise ValueError(f"-p {spec!r}: expected [HOSTIP:]HOSTPORT:PORT[/tcp|udp]") from None
+    if not (0 < hp_i < 65536 and 0 < cp_i < 65536):
+        raise ValueError(f"-p {spec!r}: ports must be 1-65535")
+    return P.PortMapping(hp_i, cp_i, proto, host_ip or "0.0.0.0")
+
+
+def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
+    def size(key, flag_val, flag):
+        v = flag_val if flag_val is not None else l.get(key)
+        if v is None:
+            return None
+        try:
+            return parse_bytes(v)
+        except ValueError as e:
+            if flag_val is not None:
+                raise ProfileError(f"{flag}: {e}") from None
+            raise ProfileError(str(e), loc(("limits", key))) from None
+
+    def rates(key, flag_vals, flag):
+        out = [P.DeviceRate(r["path"], parse_bytes(r["rate"])) for r in l.get(key, [])]
+        for spec in flag_vals:
+            dev, _, rate = spec.rpartition(":")
+            try:
+                out.append(P.DeviceRate(dev, parse_bytes(rate)))
+            except ValueError:
+                raise ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE") from None
+            if not dev.startswith("/dev/"):
+                raise ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE with a /dev path")
+        return tuple(out)
+
+    cpus = ov.cpus if ov.cpus is not None else l.get("cpus")
+    try:
+        cpus_v = parse_cpus(cpus) if cpus is not None else None
+    except ValueError as e:
+        if ov.cpus is not None:
+            raise ProfileError(f"--cpus: {e}") from None
+        raise ProfileError(str(e), loc(("limits", "cpus"))) from None
+    pids = ov.pids_limit if ov.pids_limit is not None else l.get("pids")
+    if pids is not None and pids < 1:
+        raise ProfileError("--pids-limit must be at least 1")
+    shares = ov.cpu_shares if ov.cpu_shares is not None else l.get("cpu_shares")
+    if shares is not None and not (2 <= shares <= 262144):
+        raise ProfileError("--cpu-shares must be 2-262144")
+    weight = ov.blkio_weight if ov.blkio_weight is not None else l.get("blkio_weight")
+    if weight is not None and not (10 <= weight <= 1000):
+        raise ProfileError("--blkio-weight must be 10-1000")
+    memory = size("memory", ov.memory, "--memory")
+    if memory is not None and 0 <= memory < 6 * 1024 * 1024:
+        raise ProfileError("--memory: minimum memory limit is 6 MiB (Docker's minimum)")
+    swap = size("memory_swap", ov.memory_swap, "--memory-swap")
+    if swap is not None and swap != -1 and (memory is None or swap < memory):
+        raise ProfileError("--memory-swap must be at least --memory (it is memory plus swap), or -1")
+    cpuset = ov.cpuset_cpus or l.get("cpuset_cpus")
+    if cpuset is not None:
+        import re
+        if not re.match(r"^\d+(-\d+)?(,\d+(-\d+)?)*$", cpuset):
+            raise ProfileError(f"--cpuset-cpus {cpuset!r}: expected e.g. 0-1,3")
+    return P.Limits(memory=memory, memory_swap=swap,
+                    memory_reservation=size("memory_reservation", ov.memory_reservation, "--memory-reservation"),
+                    cpus=cpus_v, cpu_shares=shares, cpuset_cpus=cpuset, pids=pids, blkio_weight=weight,
+                    device_read_bps=rates("device_read_bps", ov.device_read_bps, "--device-read-bps"),
+                    device_write_bps=rates("device_write_bps", ov.device_write_bps, "--device-write-bps"),
+                    device_read_iops=rates("device_read_iops", ov.device_read_iops, "--device-read-iops"),
+                    device_write_iops=rates("device_write_iops", ov.device_write_iops, "--device-write-iops"))

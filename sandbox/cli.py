@@ -1,0 +1,105 @@
+"""The `pysandbox` command.
+
+`run` has a fast path: when the options before `--` have been seen before and none of the
+files they were compiled from changed, the cached plan and seccomp program are used and
+neither click, YAML, jsonschema nor libseccomp is imported.
+
+Exit codes: the program's own; 2 usage or profile error; 124 timeout; 125 the sandbox could not
+be set up; 126 the command cannot be executed; 127 command not found.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+EXIT_USAGE = 2
+
+# Modules contributing subcommands: each exposes COMMANDS = [click.Command, ...].
+_COMMAND_MODULES = ()
+
+_RAW_RUN_OPTIONS = None     # the options of `run` before `--`, for the plan cache key
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _finish_run(result) -> int:
+    if result.message:
+        _err(result.message)
+    return result.exit_code
+
+
+def _launch(plan, bpf, argv, runopts) -> int:
+    from .launcher import LaunchError, launch
+    try:
+        result = launch(plan, argv, bpf=bpf, name=runopts.get("name"))
+    except LaunchError as e:
+        _err(f"pysandbox: {e}")
+        return e.code
+    return _finish_run(result)
+
+
+def _fast_run(args: list[str]):
+    """`run OPTIONS -- CMD` with a valid cache entry -> exit code; else None."""
+    i = args.index("--")
+    options, cmd = args[1:i], args[i + 1:]
+    from . import plancache
+    hit = plancache.load(plancache.key_for(options))
+    if hit is None:
+        return None
+    plan, bpf, runopts = hit
+    return _launch(plan, bpf, cmd or None, runopts)
+
+
+def main(argv=None) -> int:
+    global _RAW_RUN_OPTIONS
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args and args[0] == "run" and "--" in args:
+            _RAW_RUN_OPTIONS = args[1:args.index("--")]
+            code = _fast_run(args)
+            if code is not None:
+                return _exit(code)
+        return _exit(_click_main(args))
+    except KeyboardInterrupt:
+        return _exit(130)
+
+
+def _exit(code: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _click_main(args) -> int:
+    from .commands import cli
+    try:
+        rv = cli.main(args=args, prog_name="pysandbox", standalone_mode=False)
+    except SystemExit as e:              # pragma: no cover
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        import click
+        from policies.errors import ProfileError
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.Abort):
+            _err("pysandbox: aborted")
+            return 130
+        if isinstance(e, click.ClickException):
+            msg = e.format_message()
+            ctx = getattr(e, "ctx", None)
+            cmd = f" {ctx.command_path.split(' ', 1)[1]}" if ctx and " " in ctx.command_path else ""
+            _err(f"pysandbox{cmd}: {msg}")
+            return e.exit_code
+        if isinstance(e, ProfileError):
+            _err(f"pysandbox: {e}")
+            return EXIT_USAGE
+        _err(f"pysandbox: internal error: {type(e).__name__}: {e}")
+        return 125
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""click definitions of the core commands: run, explain, doctor, profiles.
+Other areas add theirs through `sandbox.cli._COMMAND_MODULES`."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import click
+
+from policies.compiler import Overrides, compile_profile
+from policies.errors import ProfileError
+
+from . import cli as _cli
+
+
+class _Group(click.Group):
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="pysandbox")
+def cli():
+    """pysandbox: run programs confined by a policy profile."""
+
+
+def _overrides_options(f):
+    opts = [
+        click.option("--profile", "profile", default="strict", show_default=True,
+                     help="Shipped/user profile name or a YAML file path."),
+        click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
+        click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]", help="Bind mount or named volume."),
+        click.option("--tmpfs", multiple=True, metavar="DST[:size=,mode=]", help="Mount a tmpfs."),
+        click.option("--read-only/--read-write", "read_only", default=None, help="Read-only root (default per profile)."),
+        click.option("-e", "--env", multiple=True, metavar="K=V|K", help="Set or pass an environment variable."),
+        click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
+        click.option("--hostname", metavar="NAME"),
+        click.option("-u", "--user", metavar="UID[:GID]", help="User inside the sandbox."),
+        click.option("--network", "--net", "network", metavar="none|host|NAME"),
+        click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOSTPORT:PORT[/proto]"),
+        click.option("--timeout", type=float, metavar="SECONDS", help="Kill the whole sandbox after this time."),
+        click.option("-m", "--memory", metavar="SIZE"),
+        click.option("--memory-swap", metavar="SIZE"),
+        click.option("--memory-reservation", metavar="SIZE"),
+        click.option("--cpus", metavar="N"),
+        click.option("--cpu-shares", type=int, metavar="N"),
+        click.option("--cpuset-cpus", metavar="LIST"),
+        click.option("--pids-limit", type=int, metavar="N"),
+        click.option("--blkio-weight", type=int, metavar="N"),
+        click.option("--device-read-bps", multiple=True, metavar="DEV:RATE"),
+        click.option("--device-write-bps", multiple=True, metavar="DEV:RATE"),
+        click.option("--device-read-iops", multiple=True, metavar="DEV:RATE"),
+        click.option("--device-write-iops", multiple=True, metavar="DEV:RATE"),
+        click.option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]"),
+        click.option("--security-opt", multiple=True, metavar="OPT", help="seccomp=FILE|unconfined, no-new-privileges"),
+        click.option("--image", metavar="NAME", help="Root filesystem from an image."),
+        click.option("--keep", is_flag=True, help="Keep the writable layer after the run."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def overrides_from(kw: dict, argv=()) -> Overrides:
+    return Overrides(
+        argv=tuple(argv), cap_add=kw["cap_add"], cap_drop=kw["cap_drop"], volumes=kw["volumes"],
+        tmpfs=kw["tmpfs"], read_only=kw["read_only"], env=kw["env"], workdir=kw["workdir"],
+        hostname=kw["hostname"], network=kw["network"], ports=kw["ports"], timeout=kw["timeout"],
+        memory=kw["memory"], memory_swap=kw["memory_swap"], memory_reservation=kw["memory_reservation"],
+        cpus=kw["cpus"], cpu_shares=kw["cpu_shares"], cpuset_cpus=kw["cpuset_cpus"],
+        pids_limit=kw["pids_limit"], blkio_weight=kw["blkio_weight"],
+        device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
+        device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
+        ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
+        user=kw["user"])
+
+
+def _kernel():
+    rel = os.uname().release.split("-")[0].split(".")
+    try:
+        return tuple(int(x) for x in rel[:2])
+    except ValueError:
+        return None
+
+
+def compile_for(kw: dict, argv=()):
+    return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel())
+
+
+def cache_files(compiled) -> list:
+    files = list(compiled.document.files)
+    sec = compiled.document.data.get("seccomp") or {}
+    if isinstance(sec.get("import"), str):
+        files.append(sec["import"])
+    for opt in compiled.plan.sources:
+        pass
+    return files
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@_overrides_options
+@click.option("--name", metavar="NAME", help="Name of the sandbox.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(command, name, **kw):
+    """Run COMMAND in a sandbox:  pysandbox run [OPTIONS] -- COMMAND [ARGS...]"""
+    compiled = compile_for(kw, command)
+    plan = compiled.plan
+    bpf = None
+    if plan.seccomp.enabled:
+        from . import seccomp
+        bpf = seccomp.build_bpf(plan.seccomp)
+    runopts = {"name": name}
+    if _cli._RAW_RUN_OPTIONS is not None and not any(m.type == "volume" for m in plan.filesystem.mounts):
+        from . import plancache
+        # the cached plan carries no argv of its own: the command after `--` is supplied per run
+        from dataclasses import replace
+        cached = replace(plan, process=replace(plan.process, argv=tuple(compile_default_argv(compiled))))
+        plancache.store(plancache.key_for(_cli._RAW_RUN_OPTIONS), cached, bpf, runopts, cache_files(compiled))
+    return _cli._launch(plan, bpf, None, runopts)
+
+
+def compile_default_argv(compiled):
+    return compiled.document.data.get("process", {}).get("argv", ["/bin/sh"])
+
+
+@cli.command()
+@_overrides_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable plan.")
+def explain(as_json, **kw):
+    """Show the compiled plan of a profile (with the same overrides as run)."""
+    compiled = compile_for(kw)
+    from .explain import render
+    if as_json:
+        click.echo(json.dumps(compiled.plan.to_dict(), indent=2, sort_keys=False))
+    else:
+        click.echo(render(compiled.plan))
+    return 0
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def doctor(as_json):
+    """What this kernel and this user can enforce, and what not."""
+    from .doctor import checks
+    rows = checks()
+    if as_json:
+        click.echo(json.dumps([{"control": c, "ok": ok, "detail": d} for c, ok, d in rows], indent=2))
+    else:
+        width = max(len(c) for c, _, _ in rows)
+        for c, ok, d in rows:
+            click.echo(f"{'ok ' if ok else 'NO '} {c:<{width}}  {d}")
+    return 0
+
+
+@cli.command()
+def profiles():
+    """List shipped and user profiles."""
+    from policies.loader import SHIPPED_DIR, user_profile_dirs
+    seen = set()
+    for kind, d in [("user", p) for p in user_profile_dirs()] + [("shipped", SHIPPED_DIR)]:
+        if not d.is_dir():
+            continue
+        for p in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
+            if p.stem in seen:
+                continue
+            seen.add(p.stem)
+            desc = ""
+            try:
+                import yaml
+                data = yaml.safe_load(p.read_text()) or {}
+                desc = " ".join(str(data.get("description", "")).split())
+            except Exception:
+                desc = "(unreadable)"
+            click.echo(f"{p.stem:<16} {kind:<8} {desc[:90]}")
+    return 0
+
+
+for _mod in _cli._COMMAND_MODULES:
+    try:
+        _m = importlib.import_module(_mod)
+    except ImportError as _e:          # a missing optional area must not break the core commands
+        sys.stderr.write(f"pysandbox: warning: commands of {_mod} unavailable: {_e}\n")
+        continue
+    for _c in getattr(_m, "COMMANDS", ()):
+        cli.add_command(_c)

@@ -1,0 +1,73 @@
+"""Human-readable rendering of a compiled plan (`pysandbox explain`)."""
+from __future__ import annotations
+
+from collections import Counter
+
+
+def _size(n):
+    if n is None:
+        return "-"
+    if n == -1:
+        return "unlimited"
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def render(plan) -> str:
+    ns = plan.namespaces
+    out = [f"profile      {plan.name}", f"sources      {' <- '.join(plan.sources)}"]
+    on = [k for k in ("user", "pid", "mount", "uts", "ipc", "net", "cgroup", "time") if getattr(ns, k)]
+    off = [k for k in ("user", "pid", "mount", "uts", "ipc", "net", "cgroup", "time") if not getattr(ns, k)]
+    out.append(f"namespaces   new: {' '.join(on)}" + (f"   shared with host: {' '.join(off)}" if off else ""))
+    u = plan.user
+    maps = lambda m: ", ".join(f"{e.inside}-{e.inside + e.count - 1}->{e.outside}-{e.outside + e.count - 1}"
+                               if e.count > 1 else f"{e.inside}->{e.outside}" for e in m) or "(none: host ids)"
+    out.append(f"user         uid {u.uid} gid {u.gid}; uid_map {maps(u.uid_map)}; gid_map {maps(u.gid_map)}")
+    out.append(f"capabilities {' '.join(plan.capabilities) or 'none'}")
+    out.append(f"no_new_privs {'yes' if plan.no_new_privs else 'NO'}")
+    s = plan.seccomp
+    if not s.enabled:
+        out.append("seccomp      DISABLED (unconfined)")
+    else:
+        by = Counter((r.action, r.errno) for r in s.rules)
+        import errno as _e
+        def act(a, n):
+            return f"{a}({_e.errorcode.get(n, n)})" if a == "errno" and n is not None else a
+        summary = ", ".join(f"{act(a, n)}: {c}" for (a, n), c in sorted(by.items(), key=lambda x: -x[1]))
+        out.append(f"seccomp      default {act(s.default_action, s.default_errno)}; {len(s.rules)} rules ({summary})")
+        denied = sorted({r.name for r in s.rules if r.action != "allow" and not r.args})
+        if denied:
+            out.append(f"             denied: {' '.join(denied[:40])}{' ...' if len(denied) > 40 else ''}")
+        if s.skipped:
+            out.append(f"             skipped (unknown to this libseccomp): {' '.join(s.skipped[:20])}"
+                       f"{' ...' if len(s.skipped) > 20 else ''}")
+    f = plan.filesystem
+    root = f"image {f.image}" if f.image else ("host system directories " + " ".join(f.system_dirs)
+                                               if f.root == "host" else f.root)
+    out.append(f"root         {root}; {'read-only' if f.read_only else 'WRITABLE'}")
+    for m in f.mounts:
+        extra = f" size {_size(m.size)}" if m.type == "tmpfs" else f" from {m.source}"
+        out.append(f"mount        {m.target}: {m.type}{extra}{' ro' if m.read_only else ' rw'}")
+    if f.masked_paths:
+        out.append(f"masked       {' '.join(f.masked_paths)}")
+    if f.readonly_paths:
+        out.append(f"read-only    {' '.join(f.readonly_paths)}")
+    p = plan.process
+    out.append(f"process      argv {list(p.argv)}; cwd {p.cwd}; hostname {p.hostname}"
+               + (f"; timeout {p.timeout:g}s" if p.timeout else ""))
+    out.append(f"environment  set {', '.join(k for k, _ in p.env_set) or '-'}; passed {', '.join(p.env_allow) or '-'}")
+    if p.rlimits:
+        out.append("rlimits      " + ", ".join(f"{r.name}={'unlimited' if r.soft == -1 else r.soft}:"
+                                              f"{'unlimited' if r.hard == -1 else r.hard}" for r in p.rlimits))
+    n = plan.network
+    out.append(f"network      {n.mode}" + (f"; ports {', '.join(f'{x.host_ip}:{x.host_port}->{x.port}/{x.proto}' for x in n.ports)}" if n.ports else "")
+               + (f"; egress default {n.egress_default}, {len(n.egress_allow)} allow rules" if n.egress_allow or n.egress_default == 'deny' else ""))
+    l = plan.limits
+    lim = [f"memory {_size(l.memory)}" if l.memory else None, f"swap {_size(l.memory_swap)}" if l.memory_swap else None,
+           f"cpus {l.cpus:g}" if l.cpus else None, f"pids {l.pids}" if l.pids else None,
+           f"cpu-shares {l.cpu_shares}" if l.cpu_shares else None, f"cpuset {l.cpuset_cpus}" if l.cpuset_cpus else None,
+           f"blkio-weight {l.blkio_weight}" if l.blkio_weight else None]
+    out.append(f"limits       {', '.join(x for x in lim if x) or 'none'}")
+    return "\n".join(out)

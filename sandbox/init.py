@@ -1,0 +1,185 @@
+"""PID 1 of the sandbox, and the program's last steps before execve.
+
+PID 1 is a forked copy of the supervisor (never an exec of a host binary the program could
+reach): it is made non-dumpable first, so the program cannot open /proc/1/exe, /proc/1/mem
+or its descriptors (CVE-2019-5736 class). It builds the root filesystem, starts the program,
+drops every capability of its own, forwards signals to the program, reaps zombies, and
+reports the program's wait status to the supervisor over a pipe.
+
+Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> | EXIT <status>
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+
+import prctl
+
+from . import _sys, capabilities, rootfs
+from . import network as _network          # bring_up_loopback
+try:                                       # install() needs no libseccomp; imported before pivot_root
+    from . import seccomp as _seccomp
+except ImportError:                        # pragma: no cover
+    _seccomp = None
+
+# Everything PID 1 and the program use must be imported here: after pivot_root the
+# package's files are no longer reachable.
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+RLIMIT_IDS = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
+              ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+               "nproc", "rss", "rtprio", "rttime", "sigpending", "stack") if hasattr(resource, "RLIMIT_" + n.upper())}
+
+
+def _send(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+    except OSError:
+        pass
+
+
+def pid1_main(ctx) -> None:
+    """Entry of the cloned child. Never returns."""
+    status_w = ctx.status_w
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)      # the sandbox dies with its supervisor
+        prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
+        os.close(ctx.go_w)
+        os.close(ctx.status_r)
+        if os.read(ctx.go_r, 1) != b"G":          # supervisor gone or refused: stop here
+            os._exit(1)
+        os.close(ctx.go_r)
+        _setup(ctx)
+    except Exception as e:                       # any failure of the set-up: report and stop (exit 125)
+        _send(status_w, f"SETUP {_describe(e)}")
+        os._exit(1)
+
+    prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(prog_err_r)
+        _exec_program(ctx, prog_err_w)           # never returns
+    os.close(prog_err_w)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f, _p=pid: _forward(_p, s))
+    try:
+        capabilities.drop_all()
+        prctl.set_no_new_privs(1)
+    except Exception as e:
+        _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
+        os.kill(pid, signal.SIGKILL)
+        os._exit(1)
+    err = b""
+    while True:
+        chunk = os.read(prog_err_r, 512)
+        if not chunk:
+            break
+        err += chunk
+    os.close(prog_err_r)
+    if err:
+        _send(status_w, "EXEC " + err.decode(errors="replace"))
+    while True:
+        try:
+            wpid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if wpid == pid:
+            _send(status_w, f"EXIT {status}")
+            os._exit(0)                          # the kernel now kills what is left in the pid namespace
+
+
+def _forward(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.args and len(e.args) > 1:
+        return str(e.args[1]) if isinstance(e.args[1], str) else f"{e.strerror}"
+    return str(e) or type(e).__name__
+
+
+def _setup(ctx) -> None:
+    plan = ctx.plan
+    ns = plan.namespaces
+    if ns.user:
+        # become the mapped root of the new user namespace for the set-up (files we create
+        # must be owned by a mapped id); capabilities in the namespace are kept.
+        if _mapped(plan.user.gid_map, 0):
+            os.setresgid(0, 0, 0)
+        if not ctx.rootless:
+            os.setgroups([])                     # drop the host's supplementary groups
+        if _mapped(plan.user.uid_map, 0):
+            os.setresuid(0, 0, 0)
+    elif not ctx.rootless:
+        os.setgroups([])
+    if ns.uts:
+        socket.sethostname(plan.process.hostname)
+    if ns.cgroup:
+        _sys.unshare(_sys.CLONE_NEWCGROUP)       # after the supervisor placed us in our cgroup
+    if ns.time:
+        _sys.unshare(_sys.CLONE_NEWTIME)         # applies to the program (our children)
+    if ns.net:
+        _network.bring_up_loopback()
+    fds = rootfs.prepare(plan, has_netns=ns.net, has_pidns=ns.pid, hosts_text=ctx.hosts_text,
+                         resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
+                         volume_dirs=ctx.volume_dirs)
+    rootfs.pivot(plan)
+    rootfs.finish(plan, fds)
+
+
+def _mapped(idmap, ident: int) -> bool:
+    return any(e.inside <= ident < e.inside + e.count for e in idmap)
+
+
+def _exec_program(ctx, err_w: int) -> None:
+    """In the program's process: session, limits, identity, capabilities, no_new_privs,
+    descriptors, seccomp (last), execve. Never returns."""
+    plan = ctx.plan
+    stage = "prepare"
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if plan.process.new_session:
+            os.setsid()                          # no controlling terminal: no TIOCSTI into ours
+        for r in plan.process.rlimits:
+            resource.setrlimit(RLIMIT_IDS[r.name],
+                               (resource.RLIM_INFINITY if r.soft == -1 else r.soft,
+                                resource.RLIM_INFINITY if r.hard == -1 else r.hard))
+        stage = "cwd"
+        os.chdir(plan.process.cwd)
+        stage = "identity"
+        uid, gid = plan.user.uid, plan.user.gid
+        if plan.namespaces.user or not ctx.rootless:
+            if not ctx.rootless:
+                os.setgroups(list(plan.user.groups))
+            if uid != 0:
+                prctl.set_keepcaps(True)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+        stage = "capabilities"
+        capabilities.apply(plan.capabilities, uid_inside=uid)
+        if plan.no_new_privs:
+            prctl.set_no_new_privs(1)
+        _sys.close_range_cloexec(3)              # no descriptor of ours survives execve
+        os.set_inheritable(err_w, False)
+        stage = "seccomp"
+        if ctx.bpf:
+            listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None)
+            if ctx.notify_sock is not None and listener:
+                socket.send_fds(ctx.notify_sock, [b"L"], [listener])
+                os.close(listener)
+        stage = "exec"
+        os.execvpe(ctx.argv[0], list(ctx.argv), ctx.env)
+    except OSError as e:
+        code = e.errno or 0
+        os.write(err_w, f"{code} {stage} {ctx.argv[0] if stage == 'exec' else _describe(e)}".encode())
+        os._exit(127 if code == 2 and stage == "exec" else 126)
+    except Exception as e:                       # pragma: no cover - reported, never a traceback
+        os.write(err_w, f"0 {stage} {_describe(e)}".encode())
+        os._exit(126)
