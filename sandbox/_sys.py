@@ -182,3 +182,43 @@ def clone_fork(flags: int) -> int:
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+# --- prctl options python-prctl lacks -------------------------------------------
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def ambient_clear() -> None:
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+
+def ambient_raise(cap: int) -> None:
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "prctl(PR_CAP_AMBIENT_RAISE)")
+
+
+# --- openat2 (RESOLVE_IN_ROOT: resolve a path as if dirfd were "/", symlinks included) -----
+NR_OPENAT2 = 437                    # same number on x86_64 and aarch64
+O_PATH = 0o10000000
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): returns an fd; OSError(errno) on failure (EXDEV/ELOOP for resolve violations)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    res = _syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_int(dirfd), _b(path), ctypes.byref(how),
+                   ctypes.c_size_t(ctypes.sizeof(how)))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
+    return res
