@@ -1,0 +1,42 @@
+"""pysandbox audit: the event model, sinks, the escape-technique table and the log reader.
+
+Pure Python; depends on neither `sandbox` nor `policies` (data flows YAML -> policies ->
+sandbox -> audit). See docs/audit.md for the event format and
+audit/schema/event.schema.json for the machine-readable contract.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .events import (DEFAULT_SEVERITY, EVENT_TYPES, SEVERITIES, EventError, Recorder, rfc3339,
+                     syscall_event_fields)
+from .sinks import (CallbackSink, JsonlSink, MemorySink, SummarySink, SyslogSink, default_log_path,
+                    state_dir)
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "event.schema.json"
+
+__all__ = ["Recorder", "EventError", "EVENT_TYPES", "SEVERITIES", "DEFAULT_SEVERITY", "rfc3339",
+           "syscall_event_fields", "JsonlSink", "SummarySink", "SyslogSink", "MemorySink", "CallbackSink",
+           "default_log_path", "state_dir", "SCHEMA_PATH", "validate", "new_sandbox_id"]
+
+_validator = None
+
+
+def validate(event: dict) -> None:
+    """Raise jsonschema.ValidationError when `event` does not follow the schema (tests, tools;
+    never on the launch path)."""
+    global _validator
+    if _validator is None:
+        import json
+
+        import jsonschema
+        schema = json.loads(SCHEMA_PATH.read_text())
+        cls = jsonschema.validators.validator_for(schema)
+        _validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    _validator.validate(event)
+
+
+def new_sandbox_id() -> str:
+    """A fresh sandbox id: 12 hex digits (like a short container id)."""
+    import os
+    return os.urandom(6).hex()
