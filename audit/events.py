@@ -159,7 +159,7 @@ class Recorder:
                     sink.write(ev)
                 except Exception as e:  # noqa: BLE001 - a sink must never kill the sandbox
                     self._broken.add(i)
-                    _warn(f"audit sink {getattr(sink, 'describe', lambda: type(sink).__name__)()} "
+                    _warn(f"audit sink {getattr(sink, 'describe', lambda: sink.__class__.__name__)()} "
                           f"failed, disabled: {e}")
         return ev
 

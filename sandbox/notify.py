@@ -642,6 +642,15 @@ def code_action(code: int) -> tuple[str, Optional[int]]:
     return "errno", None
 
 
+def _errno_without_args(seccomp_plan, name: Optional[str]) -> int:
+    for r in getattr(seccomp_plan, "rules", ()) or ():
+        if r.name == name and r.action in ("errno", "notify"):
+            return r.errno or _errno.EPERM
+    if seccomp_plan is not None and getattr(seccomp_plan, "default_action", None) == "errno":
+        return seccomp_plan.default_errno or _errno.EPERM
+    return _errno.EPERM
+
+
 def pidns_matcher(root_pid: int) -> Callable[[int], bool]:
     """match(pid): is host pid `pid` in the pid namespace of `root_pid` (the sandbox's pid 1
     or its program)? Pids once matched are remembered (a killed process has no /proc)."""
@@ -735,10 +744,13 @@ class _Kmsg:
         if not self.match(r["pid"]):
             return
         self.stats["matched"] += 1
-        action, err = code_action(r["code"])
+        action, _ = code_action(r["code"])
         name = _NAMES.name(r["arch"], r["nr"])
-        if action == "errno" and err is None:
-            err = _errno.EPERM
+        err = None
+        if action == "errno":
+            # The kernel logs the action without its data: the errno comes from the plan
+            # (arguments are unknown here, so the first deny rule for the name decides).
+            err = _errno_without_args(self.plan, name)
         from audit.events import syscall_event_fields
         etype, fields = syscall_event_fields(
             name, r["nr"], None, action, errno=err, via="kmsg",

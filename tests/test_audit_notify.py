@@ -1,0 +1,338 @@
+"""sandbox/notify.py for real: a forked child loads a seccomp filter with
+SECCOMP_FILTER_FLAG_NEW_LISTENER (built with pyseccomp, SCMP_ACT_NOTIFY for a few calls),
+sends the listener fd over a socketpair (SCM_RIGHTS) and makes calls; this process
+supervises. Nothing is simulated: the kernel blocks the caller until we answer."""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from audit_helpers import build_bpf, raw, read_result, spawn  # noqa: E402
+
+import audit  # noqa: E402
+from audit import MemorySink, Recorder  # noqa: E402
+from policies.plan import ArgCond, Seccomp, SyscallRule  # noqa: E402
+from sandbox import notify  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not notify.user_notif_available(), reason="no seccomp user notification")
+
+PLAN = Seccomp(rules=(SyscallRule("mount", "errno", errno=errno.EPERM),
+                      SyscallRule("keyctl", "errno", errno=errno.EACCES),
+                      SyscallRule("unshare", "errno", errno=errno.EPERM),
+                      SyscallRule("ptrace", "errno", errno=errno.EPERM),
+                      SyscallRule("add_key", "kill")),
+               notify_denials=True)
+
+
+class Run:
+    def __init__(self, bpf, body, plan=PLAN, kill=None, on_event=None, recorder=None):
+        self.mem = MemorySink()
+        self.rec = recorder or Recorder("t" * 12, "notify-test", "test", [self.mem])
+        self.pid, sock, self.r = spawn(bpf, body)
+        fd = notify.recv_listener(sock, timeout=10)
+        sock.close()
+        self.handle = notify.start(fd, plan, on_event or self.rec.emit,
+                                   kill if kill is not None else None)
+
+    def finish(self):
+        res = read_result(self.r)
+        _, status = os.waitpid(self.pid, 0)
+        ended = self.handle.wait(10)          # POLLHUP once the child is gone
+        stats = self.handle.stop()
+        return res, status, ended, stats
+
+
+def test_denied_calls_recorded_with_args_and_answered_with_policy_errno():
+    bpf = build_bpf(notify=["mount", "keyctl", "unshare", "ptrace"])
+
+    def body():
+        return {"mount": raw("mount", b"/etc", b"/mnt", b"none", 4096 | 16384, 0),
+                "keyctl": raw("keyctl", 0, 0),
+                "unshare": raw("unshare", 0x10000000),
+                "ptrace": raw("ptrace", 16, 1, 0, 0),
+                "getppid": raw("getppid")}
+    run = Run(bpf, body)
+    res, status, ended, stats = run.finish()
+    assert status == 0 and ended
+    assert res["mount"] == [-1, errno.EPERM]
+    assert res["keyctl"] == [-1, errno.EACCES]
+    assert res["unshare"] == [-1, errno.EPERM]
+    assert res["ptrace"] == [-1, errno.EPERM]
+    assert res["getppid"][0] == os.getpid()        # allowed calls untouched
+    evs = run.mem.events
+    assert [e["syscall"]["name"] for e in evs] == ["mount", "keyctl", "unshare", "ptrace"]
+    assert stats["received"] == stats["answered"] == 4
+    m = evs[0]
+    assert m["type"] == "escape_attempt" and m["technique_id"] == "mount"
+    assert m["syscall"]["nr"] == 165 and m["syscall"]["arch"] == "x86_64"
+    assert m["syscall"]["decoded"]["source"] == "/etc" and m["syscall"]["decoded"]["target"] == "/mnt"
+    assert m["syscall"]["decoded"]["flags"] == "MS_BIND|MS_REC"
+    assert m["syscall"]["args"][3] == 4096 | 16384
+    assert m["path"] == "/mnt" and m["errno"] == 1 and m["errno_name"] == "EPERM"
+    assert m["pid"] == run.pid and m["comm"] and m["exe"].startswith("/")
+    assert evs[1]["errno_name"] == "EACCES" and evs[1]["technique_id"] == "keyring"
+    assert evs[2]["technique"].startswith("regain capabilities via user namespace")
+    assert evs[2]["syscall"]["decoded"]["flags"] == "CLONE_NEWUSER"
+    assert evs[3]["technique"].startswith("host ptrace")
+    assert evs[3]["syscall"]["decoded"] == {"request": "PTRACE_ATTACH", "target_pid": 1}
+    for e in evs:
+        audit.validate(e)
+        assert e["via"] == "user_notif" and e["action"] == "errno"
+
+
+def test_argument_conditions_pick_the_rule():
+    plan = Seccomp(rules=(SyscallRule("unshare", "errno", errno=errno.EPERM,
+                                      args=(ArgCond(0, "masked_eq", 0x10000000, 0x10000000),)),
+                          SyscallRule("unshare", "errno", errno=errno.EINVAL)))
+    bpf = build_bpf(notify=["unshare"])
+
+    def body():
+        return {"user": raw("unshare", 0x10000000), "files": raw("unshare", 0x400)}
+    run = Run(bpf, body, plan=plan)
+    res, status, _, _ = run.finish()
+    assert res["user"] == [-1, errno.EPERM] and res["files"] == [-1, errno.EINVAL]
+    assert [e["type"] for e in run.mem.events] == ["escape_attempt", "seccomp_denied"]
+
+
+def test_kill_rule_records_first_then_kills():
+    bpf = build_bpf(notify=["add_key"])
+    killed = []
+
+    def body():
+        raw("add_key", b"user", b"k", 0, 0, 0)
+        return {"survived": True}                  # must never get here
+    holder = {}
+
+    def kill():
+        killed.append(len(holder["run"].mem.events))   # events recorded at kill time
+        os.kill(holder["run"].pid, signal.SIGKILL)
+    holder["run"] = run = Run.__new__(Run)
+    Run.__init__(run, bpf, body, kill=kill)
+    res, status, ended, stats = run.finish()
+    assert res is None                              # the call never returned
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert killed == [1] and stats["killed"] == 1 and stats["answered"] == 0
+    ev = run.mem.events[0]
+    assert ev["type"] == "escape_attempt" and ev["action"] == "kill" and ev["killed"] is True
+    assert ev["syscall"]["decoded"]["type"] == "user"
+
+
+def test_kill_rule_without_callback_kills_the_process():
+    bpf = build_bpf(notify=["add_key"])
+    run = Run(bpf, lambda: raw("add_key", b"user", b"k", 0, 0, 0))
+    res, status, _, _ = run.finish()
+    assert res is None and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_multithreaded_sandbox_and_slow_supervisor_no_deadlock():
+    """8 threads x 25 denied calls while every record takes 5 ms: all answered, in any order."""
+    bpf = build_bpf(notify=["keyctl"])
+
+    def body():
+        out = []
+
+        def w():
+            for _ in range(25):
+                out.append(tuple(raw("keyctl", 0, 0)))
+        ts = [threading.Thread(target=w) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return {"n": len(out), "all_eacces": all(x == (-1, errno.EACCES) for x in out)}
+    mem = MemorySink()
+    rec = Recorder("slow", "slow", "test", [mem])
+
+    def slow_emit(t, **f):
+        time.sleep(0.005)
+        return rec.emit(t, **f)
+    run = Run(bpf, body, on_event=slow_emit)
+    res, status, ended, stats = run.finish()
+    assert status == 0 and ended
+    assert res == {"n": 200, "all_eacces": True}
+    assert len(mem.events) == 200 and stats["answered"] == 200
+    assert len({e["tid"] for e in mem.events}) == 8
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_1000_denials_all_recorded_memory_flat(tmp_path):
+    """Tight loop of denied calls: every one is in the JSONL log with consecutive seq
+    numbers; the supervisor's memory does not grow with the number of events."""
+    log = tmp_path / "audit.jsonl"
+
+    def loop(n):
+        def body():
+            bad = 0
+            for _ in range(n):
+                if raw("keyctl", 0, 0) != (-1, errno.EACCES):
+                    bad += 1
+            return {"bad": bad}
+        return body
+    bpf = build_bpf(notify=["keyctl"])
+    rec = Recorder("loop", "loop", "test", [audit.JsonlSink(log)])
+    run = Run(bpf, loop(1000), recorder=rec)
+    res, status, _, stats = run.finish()
+    assert res == {"bad": 0} and stats["answered"] == 1000
+    from audit import reader
+    evs = list(reader.read_events(log))
+    assert len(evs) == 1000 and [e["seq"] for e in evs] == list(range(1, 1001))
+    before = _rss_kb()
+    run = Run(bpf, loop(5000), recorder=rec)
+    res, _, _, stats = run.finish()
+    after = _rss_kb()
+    rec.close()
+    assert res == {"bad": 0} and stats["answered"] == 5000
+    assert len(list(reader.read_events(log))) == 6000
+    assert after - before < 2048, f"supervisor RSS grew {after - before} kB over 5000 events"
+
+
+def test_stop_is_fail_closed():
+    """After the supervisor stops (or dies) the kernel answers notified calls with ENOSYS:
+    still denied, never run."""
+    bpf = build_bpf(notify=["keyctl"])
+    go_r, go_w = os.pipe()
+
+    def body():
+        first = raw("keyctl", 0, 0)
+        os.read(go_r, 1)
+        second = raw("keyctl", 0, 0)
+        return {"first": first, "second": second}
+    run = Run(bpf, body)
+    deadline = time.time() + 10
+    while run.handle.stats["answered"] < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    run.handle.stop()
+    assert not run.handle.alive()
+    os.write(go_w, b"x")
+    res, status, _, _ = run.finish()
+    os.close(go_r)
+    os.close(go_w)
+    assert res == {"first": [-1, errno.EACCES], "second": [-1, errno.ENOSYS]}
+    assert len(run.mem.events) == 1
+
+
+def test_learning_supervisor_lets_calls_run_and_records_them():
+    """Learn mode only: the call runs (CONTINUE). getppid is notified and returns the real value."""
+    bpf = build_bpf(notify=["getppid"])
+    mem = MemorySink()
+    rec = Recorder("learn", "learn", "test", [mem])
+    pid, sock, r = spawn(bpf, lambda: {"ppid": raw("getppid")})
+    fd = notify.recv_listener(sock)
+    h = notify.start_learning(fd, Seccomp(default_action="errno", default_errno=38), rec.emit)
+    res = read_result(r)
+    os.waitpid(pid, 0)
+    h.wait(10)
+    h.stop()
+    assert res["ppid"] == [os.getpid(), 0]
+    assert len(mem.events) == 1
+    e = mem.events[0]
+    assert e["type"] == "seccomp_logged" and e["action"] == "allow"
+    assert e["message"] == "learn mode: would be errno (ENOSYS)"
+
+
+def test_enforcing_supervisor_has_no_continue_path():
+    import inspect
+    src = inspect.getsource(notify._Enforcing) + inspect.getsource(notify.start) + \
+        inspect.getsource(notify._Base) + inspect.getsource(notify.notif_send_errno)
+    assert "CONTINUE" not in src
+    # errno 0 would mean "success without running": never sent
+    assert notify.decide(PLAN, "keyctl", (0,) * 6).errno == errno.EACCES
+    assert notify.decide(Seccomp(rules=(SyscallRule("x", "allow"),)), "x", (0,) * 6).errno == errno.EPERM
+
+
+def test_recv_listener_times_out_instead_of_hanging():
+    import socket
+    a, b = socket.socketpair()
+    t0 = time.time()
+    with pytest.raises(OSError):
+        notify.recv_listener(a, timeout=0.2)
+    assert time.time() - t0 < 2
+    a.close()
+    b.close()
+
+
+def test_kmsg_fallback_records_by_pid():
+    """Fallback path: filter with plain ERRNO/KILL plus SECCOMP_FILTER_FLAG_LOG; the kernel's
+    type=1326 records on /dev/kmsg are matched by pid. Needs root (dmesg_restrict)."""
+    if os.geteuid() != 0:
+        pytest.skip("/dev/kmsg needs root")
+    import pyseccomp
+    mem = MemorySink()
+    rec = Recorder("kmsg", "kmsg", "test", [mem])
+    pids = set()
+    h = notify.start_kmsg(PLAN, rec.emit, lambda p: p in pids)
+    bpf = build_bpf(errno_rules=[("keyctl", errno.EACCES), ("mount", errno.EPERM)])
+    pid, _sock, r = spawn(bpf, lambda: {"k": raw("keyctl", 0, 0), "m": raw("mount", b"a", b"/b", b"c", 0, 0)},
+                          listener=False)
+    pids.add(pid)
+    res = read_result(r)
+    os.waitpid(pid, 0)
+    time.sleep(0.2)
+    h.stop()
+    assert res == {"k": [-1, errno.EACCES], "m": [-1, errno.EPERM]}
+    names = [e["syscall"]["name"] for e in mem.events if e["pid"] == pid]
+    assert names == ["keyctl", "mount"], mem.events
+    for e in mem.events:
+        audit.validate(e)
+        assert e["via"] == "kmsg" and "args" not in e["syscall"]
+    assert mem.events[0]["errno"] == errno.EACCES
+    assert pyseccomp  # noqa
+
+
+def test_kmsg_record_parser():
+    line = ('audit: type=1326 audit(1795393577.767:2): auid=4294967295 uid=0 gid=0 ses=4294967295 '
+            'pid=6690 comm="python" exe="/usr/bin/python3.11" sig=31 arch=c000003e syscall=250 '
+            'compat=0 ip=0x7f15971f9829 code=0x80000000')
+    r = notify.parse_kmsg_record(line)
+    assert r == {"pid": 6690, "comm": "python", "exe": "/usr/bin/python3.11", "sig": 31,
+                 "arch": 0xC000003E, "nr": 250, "code": 0x80000000}
+    assert notify.code_action(0x80000000) == ("kill", None)
+    assert notify.code_action(0x00050001) == ("errno", 1)
+    assert notify.code_action(0x7FFC0000) == ("log", None)
+    assert notify.parse_kmsg_record("audit: type=1400 apparmor") is None
+
+
+def test_rootless_supervision():
+    """The same mechanism as an unprivileged user (no_new_privs, no capabilities)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged uid")
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"""
+import errno, json, os, sys
+sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(here)!r})
+from audit_helpers import build_bpf, raw, read_result, spawn
+from audit import MemorySink, Recorder
+from policies.plan import Seccomp, SyscallRule
+from sandbox import notify
+assert os.geteuid() != 0
+bpf = build_bpf(notify=["mount", "keyctl"])
+pid, sock, r = spawn(bpf, lambda: {{"m": raw("mount", b"x", b"/y", b"z", 0, 0), "k": raw("keyctl", 0, 0)}})
+fd = notify.recv_listener(sock)
+mem = MemorySink()
+h = notify.start(fd, Seccomp(rules=(SyscallRule("mount", "errno", errno=1), SyscallRule("keyctl", "errno", errno=13))),
+                 Recorder("u", "u", "t", [mem]).emit)
+res = read_result(r); os.waitpid(pid, 0); h.wait(10); h.stop()
+print(json.dumps({{"res": res, "events": [(e["syscall"]["name"], e["errno"], e["syscall"].get("decoded", {{}}).get("target")) for e in mem.events]}}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: (os.setgroups([]), os.setgid(65534), os.setuid(65534)))
+    assert p.returncode == 0, p.stderr
+    import json
+    out = json.loads(p.stdout)
+    assert out["res"] == {"m": [-1, 1], "k": [-1, 13]}
+    assert out["events"] == [["mount", 1, "/y"], ["keyctl", 13, None]]
