@@ -76,8 +76,8 @@ class Loss:
 class HostView:
     """What the exporter may ask about the host. Subclassed by sandbox.cmd_export.RealHost."""
 
-    def kind(self, path: str) -> str:
-        """'dir', 'file', 'link', 'missing' or 'other'."""
+    def kind(self, path: str, follow: bool = False) -> str:
+        """'dir', 'file', 'link' (only when not following), 'missing' or 'other'."""
         return "dir"
 
     def readlink(self, path: str) -> str:
@@ -237,7 +237,7 @@ def rootfs_skeleton(config: dict, host: HostView = AssumeHost()) -> list[tuple[s
         for i in range(1, len(parts)):
             out.setdefault("/".join(parts[:i]), "dir")
         kind = "dir"
-        if m.get("type") == "bind" and host.kind(m.get("source", "")) == "file":
+        if m.get("type") == "bind" and host.kind(m.get("source", ""), follow=True) == "file":
             kind = "file"
         out["/".join(parts)] = kind
     del dests
@@ -318,7 +318,7 @@ def oci_config(plan: Plan, *, rootfs: str = "rootfs", host: HostView = AssumeHos
                            "options": ["rbind", "ro", "nosuid", "nodev"]})
         for name in fs.etc:
             src = "/etc/" + name
-            if host.kind(src) in ("missing", "other"):
+            if host.kind(src, follow=True) in ("missing", "other"):
                 continue
             mounts.append({"destination": src, "type": "bind", "source": src,
                            "options": ["rbind", "ro", "nosuid", "nodev"]})
@@ -331,7 +331,7 @@ def oci_config(plan: Plan, *, rootfs: str = "rootfs", host: HostView = AssumeHos
             mounts.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs",
                            "options": _tmpfs_options(m)})
         elif m.type == "bind":
-            if m.optional and host.kind(m.source) == "missing":
+            if m.optional and host.kind(m.source, follow=True) == "missing":
                 continue
             mounts.append({"destination": m.target, "type": "bind", "source": m.source,
                            "options": ["rbind", "ro" if m.read_only else "rw"]})
@@ -490,7 +490,13 @@ def run_argv(plan: Plan, *, engine: str = "docker", seccomp_file: Optional[str] 
         raise ExportError(f"unknown engine {engine!r} (docker or podman)")
     ns, fs, pr, lim = plan.namespaces, plan.filesystem, plan.process, plan.limits
     losses: list[Loss] = []
-    a = [engine, "run", "--rm", "--init"]
+    a = [engine, "run", "--rm"]
+    # No --init: the engine's init (tini/catatonit) would run under the profile's seccomp filter,
+    # which a strict profile may not let it work under (setpgid, setsid); pysandbox's own PID 1
+    # runs outside the filter.
+    losses.append(Loss("init", "no init process: the program runs as PID 1 (zombies are not reaped, "
+                       "signals without a handler are ignored); add --init if the seccomp profile allows "
+                       "the engine's init", False))
     # ---- namespaces
     if ns.user:
         if engine == "podman":
@@ -572,7 +578,7 @@ def run_argv(plan: Plan, *, engine: str = "docker", seccomp_file: Optional[str] 
                 a.append(f"--volume={d}:{d}:ro")
             for name in fs.etc:
                 src = "/etc/" + name
-                if host.kind(src) not in ("missing", "other"):
+                if host.kind(src, follow=True) not in ("missing", "other"):
                     a.append(f"--volume={src}:{src}:ro")
         else:
             losses.append(Loss("filesystem.root", f"`root: host` becomes the image {image!r}: its system "
@@ -589,7 +595,7 @@ def run_argv(plan: Plan, *, engine: str = "docker", seccomp_file: Optional[str] 
             opts = ["ro" if m.read_only else "rw"] + [o for o in _tmpfs_options(m) if o != "ro"]
             a.append(f"--tmpfs={m.target}:" + ",".join(opts))
         elif m.type == "bind":
-            if m.optional and host.kind(m.source) == "missing":
+            if m.optional and host.kind(m.source, follow=True) == "missing":
                 continue
             a.append(f"--volume={m.source}:{m.target}:{'ro' if m.read_only else 'rw'}")
         else:
@@ -762,6 +768,23 @@ def k8s_pod(plan: Plan, *, image: str = "debian:bookworm-slim", name: Optional[s
         losses.append(Loss("filesystem.root", f"`root: host` becomes the image {image!r}", False))
     losses += seccomp_section(plan, architectures=())[1]
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "annotations": {"pysandbox.io/profile": plan.name}},
+           "metadata": {"name": name, "labels": {"pysandbox.io/sandbox": name},
+                        "annotations": {"pysandbox.io/profile": plan.name}},
            "spec": spec}
     return pod, losses
+
+
+def k8s_manifests(plan: Plan, **kw) -> tuple[list[dict], list[Loss]]:
+    """The Pod of `k8s_pod` and, for `network: none`, a deny-all NetworkPolicy selecting it."""
+    pod, losses = k8s_pod(plan, **kw)
+    docs = [pod]
+    if plan.namespaces.net and plan.network.mode == "none":
+        name = pod["metadata"]["name"]
+        docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                     "metadata": {"name": name + "-deny-all"},
+                     "spec": {"podSelector": {"matchLabels": {"pysandbox.io/sandbox": name}},
+                              "policyTypes": ["Ingress", "Egress"]}})
+        losses = [l for l in losses if l.control != "network.mode"]
+        losses.append(Loss("network.mode", "network none becomes a deny-all NetworkPolicy: enforced only by a "
+                           "CNI plugin that implements NetworkPolicy; the Pod still has an interface", False))
+    return docs, losses
