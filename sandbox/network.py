@@ -1,0 +1,1213 @@
+"""Sandbox networking: none, host, private named networks, user-mode networking.
+
+Modes (`network.mode` in the plan, `--network` on the command line):
+
+* ``none``   own network namespace with only ``lo`` up (`bring_up_loopback`).
+* ``host``   the host's network namespace (nothing to do here; linted as a finding).
+* ``pasta`` / ``slirp4netns``  own namespace, outbound traffic and published ports
+  through a user-mode network stack (works rootless). ``--no-map-gw`` /
+  ``--disable-host-loopback``: the sandbox cannot reach the host's loopback services.
+* ``NAME``   a private network made with ``pysandbox network create NAME``: a Linux
+  bridge in the host namespace; each sandbox gets a veth pair, an address from the
+  network's pool (IPAM state under the state dir, allocation under an fcntl.flock),
+  a default route via the bridge, and an ``/etc/hosts`` listing its peers by
+  ``--name``, rewritten in place as peers join and leave. Needs root.
+
+Published ports (``-p [HOSTIP:]HOSTPORT:PORT[/tcp|udp]``) on private networks: nftables
+DNAT in the host namespace (``table ip pysandbox``) for traffic to the host's
+non-loopback addresses, plus a small userspace proxy process bound to
+HOSTIP:HOSTPORT that serves 127.0.0.1 (where DNAT cannot: routing a loopback source
+to a bridge is martian) and holds the port reservation. With pasta/slirp4netns the
+user-mode stack publishes the ports itself.
+
+Egress allow-list (``egress_default: deny``): ``table inet pysandbox`` inside the
+sandbox's own network namespace, installed by the supervisor from the host side in
+`NetHandle.attach`, before the sandboxed program runs and therefore before it has
+dropped capabilities; the program has no CAP_NET_ADMIN over that namespace, so it
+cannot change the rules. Denied packets are counted (named counter ``denied``);
+`NetHandle.release` reads the count (`NetHandle.egress_denied`) for the audit record.
+
+State lives under ``/var/lib/pysandbox/networks`` (root) or
+``$XDG_DATA_HOME/pysandbox/networks`` (rootless), overridable with
+``PYSANDBOX_STATE_DIR`` (the parent of ``networks``). Layout::
+
+    networks/.lock                      flock: every change of network state
+    networks/<net>/network.json         name, subnet, gateway, bridge
+    networks/<net>/endpoints/<sid>.json one per attached sandbox (address, supervisor pid, ...)
+    networks/<net>/hosts/<sid>          that sandbox's /etc/hosts (bind-mounted read-only)
+
+Crash clean-up: every endpoint records its supervisor's pid and start time; an
+endpoint whose supervisor is gone is reclaimed (`reclaim_stale`, also run before
+every allocation and by ``network ls/inspect/rm``): its veth, DNAT rules, proxy,
+address and hosts file are removed, and a bridge without endpoints is deleted.
+
+This module is imported on the launch path: keep module-level imports to the
+standard library; pyroute2 is imported only where a private network is used.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class NetworkError(Exception):
+    """A network control cannot be set up (the launcher maps it to exit 125)."""
+
+
+BUILTIN_MODES = ("none", "host", "pasta", "slirp4netns")
+RESERVED_NAMES = frozenset(BUILTIN_MODES) | {"bridge", "default", "container", "private"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+DEFAULT_POOL = ipaddress.ip_network("10.89.0.0/16")     # /24 networks are carved from here
+HOST_TABLE = "pysandbox"                                  # table ip pysandbox (host side)
+EGRESS_TABLE = "pysandbox"                                # table inet pysandbox (sandbox side)
+_NFT = "nft"
+_STEP_TIMEOUT = 10.0                                      # seconds: any helper process / wait
+
+
+# ---------------------------------------------------------------------------------
+# lo up, inside the sandbox (lean: no pyroute2)
+# ---------------------------------------------------------------------------------
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def bring_up_loopback() -> None:
+    """Set `lo` up in the current network namespace (needs CAP_NET_ADMIN there)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
+    try:
+        ifr = struct.pack("16sH22x", b"lo", 0)
+        res = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifr)
+        flags = struct.unpack("16sH22x", res)[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+    except OSError as e:
+        raise NetworkError(f"network: cannot bring up lo: {e.strerror}") from None
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------
+# state
+# ---------------------------------------------------------------------------------
+def _is_rootless() -> bool:
+    return os.geteuid() != 0
+
+
+def state_dir(rootless: bool | None = None) -> Path:
+    if rootless is None:
+        rootless = _is_rootless()
+    env = os.environ.get("PYSANDBOX_STATE_DIR")
+    if env:
+        return Path(env) / "networks"
+    if not rootless:
+        return Path("/var/lib/pysandbox/networks")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "pysandbox" / "networks"
+
+
+@contextmanager
+def _locked(root: Path):
+    # traversable (0711): sandboxes' hosts files under <net>/hosts are bind-mounted by the
+    # sandbox's mapped root, which has no capabilities on the host
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)          # releases the lock
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_start(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    st = _proc_start(pid)
+    return st is not None and (start is None or st == start)
+
+
+def _short(s: str, n: int = 10) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()[:n]
+
+
+def bridge_name(network: str) -> str:
+    return "psb-" + _short("net:" + network, 10)            # 14 chars < IFNAMSIZ
+
+
+def veth_name(sandbox_id: str) -> str:
+    return "psv" + _short("sbx:" + sandbox_id, 11)          # 14 chars
+
+
+# ---------------------------------------------------------------------------------
+# nftables (JSON)
+# ---------------------------------------------------------------------------------
+def _nsenter_prefix(pid: int | None, nsfd: int | None, userns_fd: int | None) -> list[str]:
+    if pid is None and nsfd is None:
+        return []
+    nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    if nsfd is not None:
+        me = os.getpid()
+        args = [nsenter]
+        if userns_fd is not None:
+            args += [f"--user=/proc/{me}/fd/{userns_fd}", "--preserve-credentials"]
+        return args + [f"--net=/proc/{me}/fd/{nsfd}", "--"]
+    args = [nsenter, "-t", str(pid)]
+    if userns_fd is not None:
+        args += ["-U", "--preserve-credentials"]
+    return args + ["-n", "--"]
+
+
+def _nft_path() -> str:
+    p = shutil.which(_NFT) or next((c for c in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(c)), None)
+    if p is None:
+        raise NetworkError("network: nft (nftables) is not installed; install the Debian package nftables")
+    return p
+
+
+def nft(cmds: list | None = None, *, args: list[str] | None = None, pid: int | None = None,
+        nsfd: int | None = None, userns_fd: int | None = None, check: bool = True) -> dict:
+    """Run nft with a JSON batch (cmds) or JSON-output arguments (args, e.g. ["list", "table", ...]).
+    pid/nsfd: run inside that process's / fd's network namespace."""
+    pre = _nsenter_prefix(pid, nsfd, userns_fd)
+    argv = pre + [_nft_path(), "-j"]
+    argv += (args if args is not None else ["-f", "-"])
+    inp = json.dumps({"nftables": cmds}) if cmds is not None else None
+    fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
+    try:
+        p = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=_STEP_TIMEOUT,
+                           pass_fds=fds)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NetworkError(f"network: nft: {e}") from None
+    if p.returncode != 0:
+        if not check:
+            return {}
+        msg = (p.stderr.strip().splitlines() or ["failed"])[0]
+        raise NetworkError(f"network: nftables: {msg}")
+    try:
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+    except ValueError:
+        return {}
+
+
+def _m(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(proto, field):
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _meta(key):
+    return {"meta": {"key": key}}
+
+
+def _prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def _ensure_host_table() -> None:
+    T = {"family": "ip", "table": HOST_TABLE}
+    nft([{"add": {"table": {"family": "ip", "name": HOST_TABLE}}},
+         {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "output", "type": "nat", "hook": "output", "prio": -100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
+                            "policy": "accept"}}}])
+
+
+def _host_rules() -> list[dict]:
+    """Rules of the host table (each with chain, handle, comment); [] when there is no table."""
+    out = nft(args=["list", "table", "ip", HOST_TABLE], check=False)
+    return [o["rule"] for o in out.get("nftables", []) if "rule" in o]
+
+
+def _delete_host_rules(pred) -> None:
+    dels = [{"delete": {"rule": {"family": "ip", "table": HOST_TABLE, "chain": r["chain"],
+                                 "handle": r["handle"]}}}
+            for r in _host_rules() if pred(r.get("comment") or "")]
+    if dels:
+        nft(dels, check=False)
+
+
+def _network_rules(netdef: dict) -> list[dict]:
+    """Masquerade outbound traffic of the subnet; isolate the bridge from other pysandbox bridges
+    and from direct (non-published) inbound traffic."""
+    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet"])
+    T = {"family": "ip", "table": HOST_TABLE}
+    c = f"net:{netdef['name']}"
+    iif, oif = _meta("iifname"), _meta("oifname")
+    return [
+        {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
+            _m(_payload("ip", "saddr"), _prefix(subnet)), _m(oif, br, "!="), {"masquerade": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            _m(iif, br), _m(oif, "psb-*"), _m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            _m(oif, br), _m(iif, br, "!="), _m({"ct": {"key": "state"}}, ["established", "related"], "in"),
+            {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            _m(oif, br), _m(iif, br, "!="), _m({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            _m(oif, br), _m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
+    ]
+
+
+def _dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
+    T = {"family": "ip", "table": HOST_TABLE}
+    rules = []
+    for p in ports:
+        hip = ipaddress.ip_address(p["host_ip"])
+        if hip.is_loopback:
+            continue                                  # served by the userspace proxy
+        dport = _m(_payload(p["proto"], "dport"), p["host_port"])
+        target = {"dnat": {"addr": ip, "port": p["port"]}}
+        if hip.is_unspecified:
+            local = _m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+            pre = [local, dport, target]
+            out = [local, _m(_payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
+                   dport, target]
+        else:
+            d = _m(_payload("ip", "daddr"), str(hip))
+            pre = out = [d, dport, target]
+        for chain, expr in (("prerouting", pre), ("output", out)):
+            rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
+    return rules
+
+
+def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str]]) -> list[dict]:
+    """The nft batch installed inside the sandbox's netns (`table inet pysandbox`).
+    rules: [{"to": cidr-or-name, "ports": [...], "proto": "tcp"|"udp"|"icmp"|"any"}]."""
+    T = {"family": "inet", "table": EGRESS_TABLE}
+    cmds: list[dict] = [
+        {"add": {"table": {"family": "inet", "name": EGRESS_TABLE}}},
+        {"add": {"counter": {**T, "name": "denied"}}},
+    ]
+    names = sorted({r["to"] for r in rules if _as_net(r["to"]) is None})
+    for n in names:
+        cmds.append({"add": {"set": {**T, "name": _set_name(n), "type": "ipv4_addr"}}})
+        if peer_ips.get(n):
+            cmds.append({"add": {"element": {**T, "name": _set_name(n), "elem": list(peer_ips[n])}}})
+    policy = "drop" if default == "deny" else "accept"
+    cmds.append({"add": {"chain": {**T, "name": "output", "type": "filter", "hook": "output", "prio": 0,
+                                   "policy": policy}}})
+
+    def rule(expr):
+        cmds.append({"add": {"rule": {**T, "chain": "output", "expr": expr}}})
+
+    rule([_m(_meta("oifname"), "lo"), {"accept": None}])
+    rule([_m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}])
+    for r in rules:
+        net = _as_net(r["to"])
+        if net is None:
+            dst = _m(_payload("ip", "daddr"), "@" + _set_name(r["to"]))
+        else:
+            dst = _m(_payload("ip" if net.version == 4 else "ip6", "daddr"),
+                     str(net.network_address) if net.prefixlen == net.max_prefixlen else _prefix(net))
+        proto = r.get("proto") or "tcp"
+        ports = list(r.get("ports") or ())
+        expr = [dst]
+        if proto in ("tcp", "udp"):
+            if ports:
+                expr.append(_m(_payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+            else:
+                expr.append(_m(_meta("l4proto"), proto))
+        elif proto == "icmp":
+            expr.append(_m(_meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
+        expr.append({"accept": None})
+        rule(expr)
+    # reject (not drop): a denied connect() fails at once with EHOSTUNREACH instead of hanging
+    rule([{"counter": "denied"}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
+         if default == "deny" else [{"accept": None}])
+    return cmds
+
+
+def _set_name(name: str) -> str:
+    return "peer_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] + "_" + _short(name, 6)
+
+
+def _as_net(s: str):
+    try:
+        return ipaddress.ip_network(s, strict=False)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------
+# networks: create / ls / inspect / rm
+# ---------------------------------------------------------------------------------
+def _net_dir(root: Path, name: str) -> Path:
+    return root / name
+
+
+def load_network(name: str, rootless: bool | None = None) -> dict | None:
+    if not NET_NAME_RE.match(name or ""):
+        return None
+    return _read_json(state_dir(rootless) / name / "network.json")
+
+
+def _all_networks(root: Path) -> list[dict]:
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            nd = _read_json(d / "network.json") if d.is_dir() else None
+            if nd:
+                out.append(nd)
+    return out
+
+
+def _endpoints(root: Path, name: str) -> list[dict]:
+    d = root / name / "endpoints"
+    out = []
+    if d.is_dir():
+        for f in sorted(d.glob("*.json")):
+            e = _read_json(f)
+            if e:
+                out.append(e)
+    return out
+
+
+def _host_routes() -> list:
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        return []
+    nets = []
+    with IPRoute() as ipr:
+        for r in ipr.get_routes(family=socket.AF_INET, table=254):
+            dst = r.get_attr("RTA_DST")
+            if dst and r["dst_len"]:
+                nets.append(ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False))
+    return nets
+
+
+def create_network(name: str, subnet: str | None = None, *, rootless: bool | None = None) -> dict:
+    if rootless is None:
+        rootless = _is_rootless()
+    if not NET_NAME_RE.match(name or ""):
+        raise NetworkError(f"network create: invalid name {name!r} (letters, digits, _ . -; at most 32)")
+    if name in RESERVED_NAMES:
+        raise NetworkError(f"network create: {name!r} is a reserved network name")
+    if rootless:
+        raise NetworkError("network create: private networks need root (a bridge and veth pairs in the host "
+                           "network namespace); rootless sandboxes can use --network pasta")
+    root = state_dir(rootless)
+    with _locked(root):
+        if (root / name / "network.json").exists():
+            raise NetworkError(f"network create: network {name!r} already exists")
+        others = [ipaddress.ip_network(n["subnet"]) for n in _all_networks(root)]
+        routes = _host_routes()
+        if subnet:
+            try:
+                net = ipaddress.ip_network(subnet, strict=True)
+            except ValueError as e:
+                raise NetworkError(f"network create: --subnet {subnet}: {e}") from None
+            if net.version != 4 or net.prefixlen > 29 or net.prefixlen < 8:
+                raise NetworkError(f"network create: --subnet {subnet}: need an IPv4 network from /8 to /29")
+            for o in others:
+                if net.overlaps(o):
+                    raise NetworkError(f"network create: --subnet {subnet} overlaps network subnet {o}")
+            for o in routes:
+                if net.overlaps(o):
+                    raise NetworkError(f"network create: --subnet {subnet} overlaps host route {o}")
+        else:
+            net = next((c for c in DEFAULT_POOL.subnets(new_prefix=24)
+                        if not any(c.overlaps(o) for o in others + routes)), None)
+            if net is None:
+                raise NetworkError("network create: no free /24 left in 10.89.0.0/16; pass --subnet")
+        gw = next(net.hosts())
+        nd = {"name": name, "subnet": str(net), "gateway": str(gw), "bridge": bridge_name(name),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "driver": "bridge"}
+        d = root / name
+        d.mkdir(mode=0o711, exist_ok=True)
+        (d / "endpoints").mkdir(mode=0o700, exist_ok=True)
+        (d / "hosts").mkdir(mode=0o755, exist_ok=True)
+        for p, m in ((d, 0o711), (d / "hosts", 0o755)):
+            os.chmod(p, m)
+        _write_json(d / "network.json", nd)
+    return nd
+
+
+def list_networks(rootless: bool | None = None) -> list[dict]:
+    reclaim_stale(rootless)
+    root = state_dir(rootless)
+    out = []
+    for nd in _all_networks(root):
+        out.append({**nd, "endpoints": len(_endpoints(root, nd["name"]))})
+    return out
+
+
+def inspect_network(name: str, rootless: bool | None = None) -> dict:
+    reclaim_stale(rootless)
+    root = state_dir(rootless)
+    nd = load_network(name, rootless)
+    if nd is None:
+        raise NetworkError(f"network {name!r} not found")
+    eps = [{k: e.get(k) for k in ("sandbox_id", "name", "address", "veth", "ports", "pid", "supervisor_pid",
+                                  "state")} for e in _endpoints(root, name)]
+    return {**nd, "endpoints": eps}
+
+
+def remove_network(name: str, rootless: bool | None = None) -> None:
+    reclaim_stale(rootless)
+    root = state_dir(rootless)
+    with _locked(root):
+        nd = load_network(name, rootless)
+        if nd is None:
+            raise NetworkError(f"network {name!r} not found")
+        eps = _endpoints(root, name)
+        if eps:
+            who = ", ".join(e.get("name") or e["sandbox_id"] for e in eps)
+            raise NetworkError(f"network rm: {name!r} has {len(eps)} attached sandbox(es): {who}")
+        _teardown_network(root, nd)
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------
+# prepare / attach / release
+# ---------------------------------------------------------------------------------
+def _port_dicts(net) -> list[dict]:
+    out = []
+    for p in getattr(net, "ports", ()) or ():
+        proto = (p.proto or "tcp").lower()
+        if proto not in ("tcp", "udp"):
+            raise NetworkError(f"network: published port {p.host_port}:{p.port}: protocol {p.proto!r} "
+                               "(tcp or udp)")
+        for v in (p.host_port, p.port):
+            if not 0 < int(v) < 65536:
+                raise NetworkError(f"network: published port {p.host_port}:{p.port}: port out of range")
+        hip = p.host_ip or "0.0.0.0"
+        try:
+            a = ipaddress.ip_address(hip)
+        except ValueError:
+            raise NetworkError(f"network: published port: bad host address {hip!r}") from None
+        if a.version != 4:
+            raise NetworkError(f"network: published port {hip}: only IPv4 host addresses are supported")
+        out.append({"host_ip": hip, "host_port": int(p.host_port), "port": int(p.port), "proto": proto})
+    seen = set()
+    for p in out:
+        k = (p["host_port"], p["proto"])
+        if k in seen:
+            raise NetworkError(f"network: host port {p['host_port']}/{p['proto']} published twice")
+        seen.add(k)
+    return out
+
+
+def _egress_dicts(net) -> list[dict]:
+    out = []
+    for r in getattr(net, "egress_allow", ()) or ():
+        proto = (r.proto or "tcp").lower()
+        if proto in ("all", "*"):
+            proto = "any"
+        if proto not in ("tcp", "udp", "icmp", "any"):
+            raise NetworkError(f"network: egress rule to {r.to}: protocol {r.proto!r} (tcp, udp, icmp, any)")
+        if r.ports and proto not in ("tcp", "udp"):
+            raise NetworkError(f"network: egress rule to {r.to}: ports need proto tcp or udp")
+        for p in r.ports:
+            if not 0 < int(p) < 65536:
+                raise NetworkError(f"network: egress rule to {r.to}: port {p} out of range")
+        if _as_net(r.to) is None and not NAME_RE.match(r.to or ""):
+            raise NetworkError(f"network: egress rule: {r.to!r} is neither a CIDR nor a sandbox name")
+        out.append({"to": r.to, "ports": [int(p) for p in r.ports], "proto": proto})
+    return out
+
+
+def _check_port_free(p: dict) -> None:
+    fam = socket.AF_INET
+    typ = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(fam, typ)
+    try:
+        s.bind((p["host_ip"], p["host_port"]))
+    except OSError as e:
+        raise NetworkError(f"network: cannot publish {p['host_ip']}:{p['host_port']}/{p['proto']}: "
+                           f"{e.strerror}") from None
+    finally:
+        s.close()
+
+
+def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHandle | None":
+    """Validate the network part of a plan and reserve what it needs (address, name) before
+    the sandbox is created. Fails closed with NetworkError. None when nothing is to be done
+    after clone (mode none without egress rules; host)."""
+    mode = getattr(net, "mode", "none") or "none"
+    ports = _port_dicts(net)
+    egress = _egress_dicts(net)
+    deny = (getattr(net, "egress_default", "allow") or "allow") == "deny"
+    if name is not None and not NAME_RE.match(name):
+        raise NetworkError(f"network: invalid sandbox name {name!r} (letters, digits, _ . -)")
+    if mode == "host":
+        if ports:
+            raise NetworkError("network host: published ports need an own network namespace "
+                               "(the program binds host ports directly)")
+        if deny or egress:
+            raise NetworkError("network host: an egress allow-list needs an own network namespace "
+                               "(use --network none, pasta or a private network)")
+        return None
+    names = [r["to"] for r in egress if _as_net(r["to"]) is None]
+    if mode == "none":
+        if ports:
+            raise NetworkError("network none: published ports need --network pasta or a private network")
+        if names:
+            raise NetworkError(f"network none: egress rule to sandbox {names[0]!r}: sandbox names resolve "
+                               "only on a private network")
+        if not deny:
+            return None
+        _nft_path()
+        return NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny)
+    if mode in ("pasta", "slirp4netns"):
+        tool = shutil.which(mode)
+        if tool is None:
+            pkg = "passt" if mode == "pasta" else "slirp4netns"
+            raise NetworkError(f"network {mode}: {mode} is not installed (Debian package {pkg})")
+        if names:
+            raise NetworkError(f"network {mode}: egress rule to sandbox {names[0]!r}: sandbox names resolve "
+                               "only on a private network")
+        if deny:
+            _nft_path()
+        for p in ports:
+            _check_port_free(p)
+        return NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny, tool=tool)
+    # a private network
+    if not NET_NAME_RE.match(mode):
+        raise NetworkError(f"network: invalid network name {mode!r}")
+    if rootless:
+        raise NetworkError(f"network {mode}: private networks need root (a bridge and veth pairs in the host "
+                           "network namespace); rootless sandboxes can use --network pasta or none")
+    root = state_dir(rootless)
+    nd = load_network(mode, rootless)
+    if nd is None:
+        raise NetworkError(f"network {mode!r} not found (create it with: pysandbox network create {mode})")
+    _nft_path()
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        raise NetworkError("network: private networks need the Python package pyroute2 "
+                           "(pip install 'pysandbox[net]')") from None
+    for p in ports:
+        _check_port_free(p)
+    reclaim_stale(rootless)
+    h = NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny)
+    with _locked(root):
+        nd = load_network(mode, rootless)
+        if nd is None:
+            raise NetworkError(f"network {mode!r} not found")
+        eps = _endpoints(root, mode)
+        if any(e["sandbox_id"] == sandbox_id for e in eps):
+            raise NetworkError(f"network {mode}: sandbox id {sandbox_id} is already attached")
+        if name is not None and any(e.get("name") == name for e in eps):
+            raise NetworkError(f"network {mode}: the name {name!r} is already in use on this network")
+        used = {e["address"] for e in eps} | {nd["gateway"]}
+        subnet = ipaddress.ip_network(nd["subnet"])
+        addr = next((str(a) for a in subnet.hosts() if str(a) not in used), None)
+        if addr is None:
+            raise NetworkError(f"network {mode}: no free address left in {subnet}")
+        h.netdef = nd
+        h.address = addr
+        h.veth = veth_name(sandbox_id)
+        h.hosts_path = str(root / mode / "hosts" / _safe_id(sandbox_id))
+        (root / mode / "endpoints").mkdir(parents=True, exist_ok=True)
+        (root / mode / "hosts").mkdir(parents=True, exist_ok=True)
+        h._write_endpoint(state="reserved")
+        # the hosts file exists from the start so the launcher can bind-mount it
+        _write_inplace(Path(h.hosts_path), _hosts_content(nd, eps + [h._endpoint("reserved")], name))
+    return h
+
+
+def _safe_id(sid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", sid)[:64] or _short(sid)
+
+
+def _write_inplace(path: Path, content: str) -> None:
+    """Rewrite a file's content keeping its inode (a read-only bind mount of it sees the change)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        data = content.encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _hosts_content(nd: dict, eps: list[dict], own_name: str | None) -> str:
+    lines = [f"# pysandbox network {nd['name']} ({nd['subnet']}): managed, rewritten as peers join and leave",
+             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    for e in sorted(eps, key=lambda e: ipaddress.ip_address(e["address"])):
+        if e.get("name"):
+            lines.append(f"{e['address']}\t{e['name']}")
+    return "\n".join(lines) + "\n"
+
+
+class NetHandle:
+    """The network of one sandbox, from `prepare` (before clone) to `release` (after exit)."""
+
+    def __init__(self, mode, sandbox_id, name, rootless, ports, egress, deny, tool=None):
+        self.mode = mode
+        self.sandbox_id = sandbox_id
+        self.name = name
+        self.rootless = rootless
+        self.ports = ports
+        self.egress = egress
+        self.egress_deny = deny
+        self.tool = tool
+        self.netdef: dict | None = None
+        self.address: str | None = None
+        self.veth: str | None = None
+        self.hosts_path: str | None = None
+        self.pid: int | None = None
+        self.denied: int | None = None          # egress packets denied (after release)
+        self._nsfd: int | None = None
+        self._usernsfd: int | None = None
+        self._helper: subprocess.Popen | None = None   # proxy / pasta / slirp4netns
+        self._helper_tmp: str | None = None
+        self._released = False
+        self._supervisor = os.getpid()
+        self._supervisor_start = _proc_start(self._supervisor)
+
+    # -- private network bookkeeping --------------------------------------------------
+    def _endpoint(self, state: str) -> dict:
+        return {"sandbox_id": self.sandbox_id, "name": self.name, "address": self.address, "veth": self.veth,
+                "ports": self.ports, "egress_names": sorted({r["to"] for r in self.egress
+                                                             if _as_net(r["to"]) is None}),
+                "pid": self.pid, "supervisor_pid": self._supervisor,
+                "supervisor_start": self._supervisor_start,
+                "helper_pid": self._helper.pid if self._helper else None,
+                "helper_start": _proc_start(self._helper.pid) if self._helper else None,
+                "hosts": self.hosts_path, "state": state}
+
+    def _ep_path(self) -> Path:
+        return state_dir(self.rootless) / self.mode / "endpoints" / (_safe_id(self.sandbox_id) + ".json")
+
+    def _write_endpoint(self, state: str) -> None:
+        _write_json(self._ep_path(), self._endpoint(state))
+
+    # -- interface for the launcher --------------------------------------------------
+    def etc_hosts(self) -> str | None:
+        """Content for the sandbox's /etc/hosts (private networks), else None. The live file
+        (rewritten in place as peers come and go) is `hosts_path`: bind-mount it read-only."""
+        if self.hosts_path is None:
+            return None
+        try:
+            with open(self.hosts_path) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def attach(self, pid: int) -> None:
+        """Connect the sandbox whose PID 1 (in its own netns, not yet running the program) is pid."""
+        if self._released:
+            raise NetworkError("network: handle already released")
+        self.pid = pid
+        try:
+            self._nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if self.rootless:
+                self._usernsfd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise NetworkError(f"network: sandbox process {pid}: {e.strerror}") from None
+        try:
+            if self.mode in ("pasta", "slirp4netns"):
+                self._attach_usermode(pid)
+            elif self.mode != "none":
+                self._attach_bridge(pid)
+            if self.egress_deny:
+                self._install_egress()
+        except NetworkError:
+            self.release()
+            raise
+        except Exception as e:  # pyroute2 / OS errors: one clear line, fail closed
+            self.release()
+            raise NetworkError(f"network {self.mode}: attach failed: {e}") from None
+
+    def _install_egress(self) -> None:
+        peers: dict[str, list[str]] = {}
+        if self.netdef is not None:
+            root = state_dir(self.rootless)
+            for e in _endpoints(root, self.mode):
+                if e.get("name") and e["sandbox_id"] != self.sandbox_id:
+                    peers.setdefault(e["name"], []).append(e["address"])
+        nft(egress_ruleset("deny", self.egress, peers), nsfd=self._nsfd, userns_fd=self._usernsfd)
+
+    def _attach_bridge(self, pid: int) -> None:
+        from pyroute2 import IPRoute
+        nd = self.netdef
+        root = state_dir(self.rootless)
+        subnet = ipaddress.ip_network(nd["subnet"])
+        with _locked(root):
+            with IPRoute() as ipr:
+                if not ipr.link_lookup(ifname=nd["bridge"]):
+                    ipr.link("add", ifname=nd["bridge"], kind="bridge")
+                    bi = ipr.link_lookup(ifname=nd["bridge"])[0]
+                    ipr.addr("add", index=bi, address=nd["gateway"], prefixlen=subnet.prefixlen)
+                    ipr.link("set", index=bi, state="up")
+                bi = ipr.link_lookup(ifname=nd["bridge"])[0]
+                _ensure_host_table()
+                if not any((r.get("comment") or "") == f"net:{nd['name']}" for r in _host_rules()):
+                    nft(_network_rules(nd))
+                if ipr.link_lookup(ifname=self.veth):       # leftover of a crashed sandbox with our id
+                    ipr.link("del", index=ipr.link_lookup(ifname=self.veth)[0])
+                ipr.link("add", ifname=self.veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": self._nsfd})
+                hi = ipr.link_lookup(ifname=self.veth)[0]
+                ipr.link("set", index=hi, master=bi, state="up")
+            with IPRoute(netns=f"/proc/{pid}/ns/net") as ns:
+                i = ns.link_lookup(ifname="eth0")[0]
+                ns.addr("add", index=i, address=self.address, prefixlen=subnet.prefixlen)
+                ns.link("set", index=i, state="up")
+                lo = ns.link_lookup(ifname="lo")[0]
+                ns.link("set", index=lo, state="up")
+                ns.route("add", dst="0.0.0.0/0", gateway=nd["gateway"])
+            if self.ports:
+                nft(_dnat_rules(self.sandbox_id, self.address, self.ports))
+                self._start_proxy()
+            self._write_endpoint(state="attached")
+            self._refresh_peers(root, joined=True)
+
+    def _refresh_peers(self, root: Path, joined: bool) -> None:
+        """(under the lock) rewrite every hosts file of the network; update peers' egress sets."""
+        nd = self.netdef
+        eps = _endpoints(root, nd["name"])
+        for e in eps:
+            if e.get("hosts"):
+                try:
+                    _write_inplace(Path(e["hosts"]), _hosts_content(nd, eps, e.get("name")))
+                except OSError:
+                    pass
+        if not self.name:
+            return
+        for e in eps:
+            if e["sandbox_id"] == self.sandbox_id or self.name not in (e.get("egress_names") or ()):
+                continue
+            if not e.get("pid") or _proc_start(e["pid"]) is None:
+                continue
+            op = "add" if joined else "delete"
+            nft([{op: {"element": {"family": "inet", "table": EGRESS_TABLE, "name": _set_name(self.name),
+                                   "elem": [self.address]}}}], pid=e["pid"], check=False)
+
+    def _start_proxy(self) -> None:
+        socks = []
+        try:
+            for p in self.ports:
+                typ = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
+                s = socket.socket(socket.AF_INET, typ)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((p["host_ip"], p["host_port"]))
+                except OSError as e:
+                    s.close()
+                    raise NetworkError(f"network: cannot publish {p['host_ip']}:{p['host_port']}/{p['proto']}: "
+                                       f"{e.strerror}") from None
+                if typ == socket.SOCK_STREAM:
+                    s.listen(128)
+                socks.append(s)
+            spec = [{"fd": s.fileno(), "proto": p["proto"], "ip": self.address, "port": p["port"]}
+                    for s, p in zip(socks, self.ports)]
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            code = "from sandbox.network import _proxy_main; _proxy_main()"
+            self._helper = subprocess.Popen(
+                [sys.executable, "-c", code, str(os.getpid()), json.dumps(spec)],
+                pass_fds=[s.fileno() for s in socks], env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            for s in socks:
+                s.close()
+        # wait until the proxy is running (it closes stderr when ready)
+        err = self._helper.stderr.read(4096) if self._helper.stderr else b""
+        self._helper.stderr.close()
+        if self._helper.poll() is not None:
+            raise NetworkError(f"network: port proxy failed: {err.decode(errors='replace').strip()[:200]}")
+
+    def _attach_usermode(self, pid: int) -> None:
+        if self.mode == "pasta":
+            argv = [self.tool, "--config-net", "-f", "-q", "--no-map-gw", "--ipv4-only"]
+            tcp = ",".join(f"{'' if p['host_ip'] == '0.0.0.0' else p['host_ip'] + '/'}{p['host_port']}:{p['port']}"
+                           for p in self.ports if p["proto"] == "tcp") or "none"
+            udp = ",".join(f"{'' if p['host_ip'] == '0.0.0.0' else p['host_ip'] + '/'}{p['host_port']}:{p['port']}"
+                           for p in self.ports if p["proto"] == "udp") or "none"
+            import tempfile
+            tmp = tempfile.mkdtemp(prefix="pysandbox-pasta-")
+            self._helper_tmp = tmp
+            pidfile = os.path.join(tmp, "pid")
+            argv += ["-t", tcp, "-u", udp, "-T", "none", "-U", "none", "-P", pidfile,
+                     "--netns", f"/proc/{pid}/ns/net", "--userns", f"/proc/{pid}/ns/user"]
+            self._helper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, start_new_session=True)
+            deadline = time.monotonic() + _STEP_TIMEOUT
+            while not os.path.exists(pidfile):
+                if self._helper.poll() is not None:
+                    err = self._helper.stderr.read().decode(errors="replace").strip().splitlines()
+                    raise NetworkError(f"network pasta: {err[-1] if err else 'exited'}")
+                if time.monotonic() > deadline:
+                    raise NetworkError("network pasta: not ready after 10 s")
+                time.sleep(0.005)
+            return
+        # slirp4netns
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix="pysandbox-slirp-")
+        self._helper_tmp = tmp
+        api = os.path.join(tmp, "api.sock")
+        r, w = os.pipe()
+        argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={w}",
+                f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
+                f"/proc/{pid}/ns/net", "tap0"]
+        try:
+            self._helper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, pass_fds=[w], start_new_session=True)
+        finally:
+            os.close(w)
+        try:
+            import select
+            ready, _, _ = select.select([r], [], [], _STEP_TIMEOUT)
+            ok = bool(ready) and os.read(r, 1) == b"1"
+        finally:
+            os.close(r)
+        if not ok:
+            err = b""
+            if self._helper.poll() is not None:
+                err = self._helper.stderr.read()
+            raise NetworkError(f"network slirp4netns: not ready: {err.decode(errors='replace').strip()[:200]}")
+        for p in self.ports:
+            req = {"execute": "add_hostfwd", "arguments": {"proto": p["proto"], "host_addr": p["host_ip"],
+                                                           "host_port": p["host_port"], "guest_port": p["port"]}}
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(_STEP_TIMEOUT)
+                s.connect(api)
+                s.sendall(json.dumps(req).encode())
+                s.shutdown(socket.SHUT_WR)
+                resp = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    resp += chunk
+            try:
+                ans = json.loads(resp or b"{}")
+            except ValueError:
+                ans = {"error": {"desc": resp.decode(errors="replace")}}
+            if "error" in ans:
+                raise NetworkError(f"network slirp4netns: publish {p['host_port']}: {ans['error'].get('desc')}")
+
+    def egress_denied(self) -> int | None:
+        """Packets the egress allow-list dropped so far (None when there is no allow-list)."""
+        if not self.egress_deny:
+            return None
+        if self._nsfd is None:
+            return self.denied
+        out = nft(args=["list", "counter", "inet", EGRESS_TABLE, "denied"], nsfd=self._nsfd,
+                  userns_fd=self._usernsfd, check=False)
+        for o in out.get("nftables", []):
+            if "counter" in o:
+                return int(o["counter"].get("packets", 0))
+        return self.denied
+
+    def release(self) -> None:
+        """Undo everything (idempotent): veth, DNAT rules, proxy/pasta, address, hosts file."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            self.denied = self.egress_denied()
+        except Exception:
+            pass
+        if self._helper is not None:
+            _stop(self._helper)
+            self._helper = None
+        if self._helper_tmp:
+            shutil.rmtree(self._helper_tmp, ignore_errors=True)
+        if self.netdef is not None:
+            root = state_dir(self.rootless)
+            with _locked(root):
+                _cleanup_endpoint(root, self.netdef, self._endpoint("released"))
+                self._refresh_peers(root, joined=False)
+                _maybe_teardown(root, self.netdef)
+        for attr in ("_nsfd", "_usernsfd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, attr, None)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    try:
+        p.terminate()
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=2)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
+    """(under the lock) remove one endpoint's host-side traces and its state."""
+    sid = e["sandbox_id"]
+    if e.get("helper_pid") and _alive(e["helper_pid"], e.get("helper_start")):
+        try:
+            os.kill(e["helper_pid"], signal.SIGKILL)
+        except OSError:
+            pass
+    if e.get("ports"):
+        _delete_host_rules(lambda c: c == f"sbx:{sid}")
+    if e.get("veth"):
+        try:
+            from pyroute2 import IPRoute
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=e["veth"])
+                if idx:
+                    ipr.link("del", index=idx[0])
+        except Exception:
+            pass
+    for p in (root / nd["name"] / "endpoints" / (_safe_id(sid) + ".json"),
+              Path(e["hosts"]) if e.get("hosts") else None):
+        if p is not None:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _teardown_network(root: Path, nd: dict) -> None:
+    """(under the lock) delete the bridge and the network's host rules; drop the host table when empty."""
+    try:
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=nd["bridge"])
+            if idx:
+                ipr.link("del", index=idx[0])
+    except ImportError:
+        pass
+    if shutil.which(_NFT) or os.path.exists("/usr/sbin/nft"):
+        _delete_host_rules(lambda c: c == f"net:{nd['name']}")
+        if not _host_rules():
+            nft([{"delete": {"table": {"family": "ip", "name": HOST_TABLE}}}], check=False)
+
+
+def _maybe_teardown(root: Path, nd: dict) -> None:
+    if not _endpoints(root, nd["name"]):
+        _teardown_network(root, nd)
+
+
+def reclaim_stale(rootless: bool | None = None) -> None:
+    """Remove endpoints whose supervisor is gone (crash clean-up), their host-side traces, and
+    bridges of networks without endpoints. Cheap when there is no network state."""
+    root = state_dir(rootless)
+    if not root.is_dir():
+        return
+    nets = _all_networks(root)
+    if not nets:
+        return
+    stale_any = False
+    for nd in nets:
+        for e in _endpoints(root, nd["name"]):
+            if not _alive(e.get("supervisor_pid"), e.get("supervisor_start")):
+                stale_any = True
+    if not stale_any:
+        return
+    with _locked(root):
+        for nd in _all_networks(root):
+            eps = _endpoints(root, nd["name"])
+            stale = [e for e in eps if not _alive(e.get("supervisor_pid"), e.get("supervisor_start"))]
+            for e in stale:
+                _cleanup_endpoint(root, nd, e)
+            if stale:
+                live = _endpoints(root, nd["name"])
+                for e in live:
+                    if e.get("hosts"):
+                        try:
+                            _write_inplace(Path(e["hosts"]), _hosts_content(nd, live, e.get("name")))
+                        except OSError:
+                            pass
+                if not live:
+                    _teardown_network(root, nd)
+
+
+# ---------------------------------------------------------------------------------
+# userspace port proxy (a separate process: python -c "...; _proxy_main()" SUPERVISOR SPEC)
+# ---------------------------------------------------------------------------------
+def _proxy_main() -> None:
+    import threading
+    try:
+        import prctl
+        prctl.set_pdeathsig(signal.SIGKILL)
+    except Exception:
+        pass
+    parent = int(sys.argv[1])
+    if os.getppid() != parent:
+        os._exit(1)
+    spec = json.loads(sys.argv[2])
+    max_conns = threading.BoundedSemaphore(512)
+
+    def pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        finally:
+            try:
+                b.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve_tcp(ls, ip, port):
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            if not max_conns.acquire(blocking=False):
+                c.close()
+                continue
+
+            def conn(c=c):
+                try:
+                    u = socket.create_connection((ip, port), timeout=10)
+                    u.settimeout(None)
+                except OSError:
+                    c.close()
+                    max_conns.release()
+                    return
+                t = threading.Thread(target=pipe, args=(u, c), daemon=True)
+                t.start()
+                pipe(c, u)
+                t.join()
+                c.close()
+                u.close()
+                max_conns.release()
+            threading.Thread(target=conn, daemon=True).start()
+
+    def serve_udp(ls, ip, port):
+        clients: dict = {}
+
+        def back(u, addr):
+            u.settimeout(60)
+            try:
+                while True:
+                    d = u.recv(65536)
+                    ls.sendto(d, addr)
+            except OSError:
+                pass
+            finally:
+                clients.pop(addr, None)
+                u.close()
+        while True:
+            try:
+                d, addr = ls.recvfrom(65536)
+            except OSError:
+                continue
+            u = clients.get(addr)
+            if u is None:
+                if len(clients) >= 256:
+                    continue
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                u.connect((ip, port))
+                clients[addr] = u
+                threading.Thread(target=back, args=(u, addr), daemon=True).start()
+            try:
+                u.send(d)
+            except OSError:
+                pass
+
+    threads = []
+    for s in spec:
+        typ = socket.SOCK_STREAM if s["proto"] == "tcp" else socket.SOCK_DGRAM
+        ls = socket.socket(socket.AF_INET, typ, fileno=s["fd"])
+        f = serve_tcp if s["proto"] == "tcp" else serve_udp
+        threads.append(threading.Thread(target=f, args=(ls, s["ip"], s["port"]), daemon=True))
+    for t in threads:
+        t.start()
+    os.close(2)            # tells the supervisor we are ready
+    while True:
+        time.sleep(3600)
+
+
+# ---------------------------------------------------------------------------------
+# doctor
+# ---------------------------------------------------------------------------------
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
+    out: list[tuple[str, bool, str]] = []
+    nftp = shutil.which(_NFT) or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    out.append(("network: nftables (egress allow-lists, published ports)", nftp is not None,
+                nftp or "nft not found: install nftables"))
+    try:
+        import importlib.util
+        ok = importlib.util.find_spec("pyroute2") is not None
+    except Exception:
+        ok = False
+    out.append(("network: pyroute2 (private networks)", ok, "installed" if ok else "pip install pyroute2"))
+    out.append(("network: private networks (bridge + veth)", not rootless,
+                "root: available" if not rootless else "need root; rootless sandboxes can use pasta"))
+    for tool, pkg in (("pasta", "passt"), ("slirp4netns", "slirp4netns")):
+        p = shutil.which(tool)
+        out.append((f"network: {tool} (user-mode networking, rootless)", p is not None,
+                    p or f"not found: install the Debian package {pkg}"))
+    fwd = _read_sysctl("/proc/sys/net/ipv4/ip_forward")
+    out.append(("network: ip_forward (private networks reach beyond the host; -p from other hosts)",
+                fwd == "1", f"net.ipv4.ip_forward = {fwd}" + ("" if fwd == "1" else
+                                                                 " (sandboxes reach only the host and peers)")))
+    brnf = _read_sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if brnf is not None:
+        out.append(("network: br_netfilter", True, f"bridge-nf-call-iptables = {brnf}"
+                    + (" (a FORWARD drop policy of iptables also filters traffic between peers)"
+                       if brnf == "1" else "")))
+    return out

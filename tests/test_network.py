@@ -1,0 +1,576 @@
+"""Networking mechanism tests (sandbox/network.py), real kernel, no launcher needed.
+
+SAFETY: every test that touches interfaces, routes or nftables runs inside a network
+namespace this test module creates for itself (the pytest process unshares CLONE_NEWNET for
+the module and setns()es back at the end; an assertion checks it really is a new namespace
+before anything is touched). The host's own interfaces, routes and ruleset are never seen.
+Traffic goes only to loopback, the module's bridges and the test's own "sandboxes".
+"Sandboxes" here are plain child processes in a new user+net+mount namespace (the launcher's
+clone), released after `NetHandle.attach` like the launcher does; their capabilities are cut
+with setpriv (bounding set) before exec. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from policies.plan import EgressRule, Network, PortMapping
+from sandbox import _sys
+from sandbox import network as N
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
+
+PY = "/usr/bin/python3"
+SETPRIV = "/usr/bin/setpriv"
+
+
+def _ns_ino(path="/proc/self/ns/net"):
+    return os.stat(path).st_ino
+
+
+@pytest.fixture(scope="module")
+def testns():
+    """Move this pytest process into a fresh network namespace for the module; private state dir."""
+    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    before = _ns_ino()
+    _sys.unshare(_sys.CLONE_NEWNET)
+    assert _ns_ino() != before, "refusing to run network tests outside a private netns"
+    N.bring_up_loopback()
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
+        f.write("1")
+    state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
+    os.chmod(state, 0o711)
+    old = os.environ.get("PYSANDBOX_STATE_DIR")
+    os.environ["PYSANDBOX_STATE_DIR"] = state
+    try:
+        yield state
+    finally:
+        if old is None:
+            os.environ.pop("PYSANDBOX_STATE_DIR", None)
+        else:
+            os.environ["PYSANDBOX_STATE_DIR"] = old
+        _sys.setns(saved, _sys.CLONE_NEWNET)
+        os.close(saved)
+        assert _ns_ino() == before
+        subprocess.run(["rm", "-rf", state], check=False)
+
+
+def links():
+    return sorted(n for _, n in socket.if_nameindex())
+
+
+def host_rules():
+    return N._host_rules()
+
+
+class Box:
+    """A child in new user+net+mount namespaces: waits for `go`, optionally bind-mounts a hosts
+    file on /etc/hosts, then execs python3 CODE under setpriv with the given bounding set.
+    Its stdout is a pipe: lines are read with a deadline."""
+
+    def __init__(self, code: str, caps: str = "-all", hosts: str | None = None):
+        r_go, w_go = os.pipe()
+        r_out, w_out = os.pipe()
+        pid = _sys.clone_fork(_sys.CLONE_NEWUSER | _sys.CLONE_NEWNET | _sys.CLONE_NEWNS)
+        if pid == 0:  # child
+            try:
+                os.close(w_go)
+                os.close(r_out)
+                if os.read(r_go, 1) != b"g":
+                    os._exit(120)
+                os.setresgid(0, 0, 0)          # become the mapped root (host uid 100000)
+                os.setresuid(0, 0, 0)
+                if hosts:
+                    _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+                    _sys.mount(hosts, "/etc/hosts", None, _sys.MS_BIND)
+                os.dup2(w_out, 1)
+                os.execv(SETPRIV, [SETPRIV, f"--bounding-set={caps}", "--inh-caps=-all", "--", PY, "-c", code])
+            except BaseException as e:  # noqa: BLE001
+                os.write(2, f"box child: {e}\n".encode())
+            os._exit(127)
+        os.close(r_go)
+        os.close(w_out)
+        self.pid, self._go, self._out, self._buf = pid, w_go, r_out, b""
+        for f in ("uid_map", "gid_map"):
+            if f == "gid_map":
+                with open(f"/proc/{pid}/setgroups", "w") as fh:
+                    fh.write("deny")
+            with open(f"/proc/{pid}/{f}", "w") as fh:
+                fh.write("0 100000 65536")
+        self.status = None
+
+    def go(self):
+        os.write(self._go, b"g")
+        os.close(self._go)
+
+    def line(self, timeout=10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no output from box")
+            r, _, _ = select.select([self._out], [], [], left)
+            if r:
+                d = os.read(self._out, 4096)
+                if not d:
+                    raise EOFError(f"box exited: {self._buf!r}")
+                self._buf += d
+        ln, self._buf = self._buf.split(b"\n", 1)
+        return ln.decode()
+
+    def wait(self, timeout=10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            p, st = os.waitpid(self.pid, os.WNOHANG)
+            if p:
+                self.status = os.waitstatus_to_exitcode(st)
+                os.close(self._out)
+                return self.status
+            time.sleep(0.01)
+        self.kill()
+        raise TimeoutError("box did not exit")
+
+    def kill(self):
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.status = -9
+
+
+# --- small programs run inside boxes (stdlib only) ------------------------------
+ECHO_SERVER = r"""
+import socket, sys, threading
+ports = [int(p) for p in PORTS]
+srvs = []
+for p in ports:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", p)); s.listen(16)
+    srvs.append(s)
+print("ready", flush=True)
+def serve(s):
+    for _ in range(50):
+        c, _ = s.accept()
+        d = c.recv(100); c.sendall(b"echo:" + d); c.close()
+ts = [threading.Thread(target=serve, args=(s,), daemon=True) for s in srvs]
+[t.start() for t in ts]
+__import__("time").sleep(30)
+"""
+
+CLIENT = r"""
+import socket, sys, json
+out = []
+for target in TARGETS:
+    host, port = target.rsplit(":", 1)
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError as e:
+        out.append(f"{target}=resolve-failed"); continue
+    try:
+        c = socket.create_connection((ip, int(port)), timeout=2)
+        c.sendall(b"hi"); d = c.recv(100); c.close()
+        out.append(f"{target}={d.decode()}")
+    except OSError as e:
+        out.append(f"{target}=err:{e.__class__.__name__}:{e.errno}")
+print(" ".join(out), flush=True)
+"""
+
+
+def server_box(handle=None, ports=(7000,), caps="-all", hosts=None):
+    code = ECHO_SERVER.replace("PORTS", repr(list(ports)))
+    b = Box(code, caps=caps, hosts=hosts)
+    if handle is not None:
+        handle.attach(b.pid)
+    b.go()
+    assert b.line() == "ready"
+    return b
+
+
+def client_box(handle, targets, caps="-all"):
+    code = CLIENT.replace("TARGETS", repr(list(targets)))
+    b = Box(code, caps=caps, hosts=handle.hosts_path if handle else None)
+    if handle is not None:
+        handle.attach(b.pid)
+    b.go()
+    res = dict(kv.split("=", 1) for kv in b.line().split())
+    b.wait()
+    return res
+
+
+@pytest.fixture
+def cleanup():
+    items = []
+    yield items
+    for it in reversed(items):
+        try:
+            if isinstance(it, Box):
+                it.kill()
+            elif isinstance(it, str):
+                N.remove_network(it)
+            else:
+                it.release()
+        except Exception:
+            pass
+
+
+def newnet(cleanup, name, subnet=None):
+    nd = N.create_network(name, subnet)
+    cleanup.append(name)
+    return nd
+
+
+def mk(mode, **kw):
+    return Network(mode=mode, **kw)
+
+
+# ---------------------------------------------------------------------------------
+def test_bring_up_loopback_in_new_netns(testns):
+    b = Box("import socket,fcntl,struct\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "f=struct.unpack('16sH22x',fcntl.ioctl(s.fileno(),0x8913,struct.pack('16sH22x',b'lo',0)))[1]\n"
+            "print('up' if f & 1 else 'down', sorted(n for _,n in socket.if_nameindex()), flush=True)",
+            caps="-all")
+    # the launcher calls bring_up_loopback() inside the child; here we do it from the parent's
+    # side by entering the child's netns in a short-lived helper process
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY)
+            _sys.setns(fd, _sys.CLONE_NEWNET)
+            N.bring_up_loopback()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    b.go()
+    assert b.line() == "up ['lo']"
+    assert b.wait() == 0
+
+
+def test_none_has_only_lo_and_reaches_nothing(testns, cleanup):
+    assert N.prepare(mk("none"), "sbx-none", None, rootless=False) is None
+    code = ("import socket\n"
+            "print(sorted(n for _,n in socket.if_nameindex()), flush=True)\n"
+            "r=[]\n"
+            "for ip in ('10.89.0.1','192.0.2.1','8.8.8.8'):\n"
+            "    try: socket.create_connection((ip,80),timeout=2); r.append('connected')\n"
+            "    except OSError as e: r.append(e.errno)\n"
+            "print(r, flush=True)")
+    b = Box(code)
+    cleanup.append(b)
+    b.go()
+    assert b.line() == "['lo']"
+    import errno
+    assert b.line() == str([errno.ENETUNREACH] * 3)
+    assert b.wait() == 0
+
+
+def test_host_mode_needs_nothing_and_refuses_ports_and_egress(testns):
+    assert N.prepare(mk("host"), "x", None, rootless=False) is None
+    with pytest.raises(N.NetworkError, match="published ports"):
+        N.prepare(mk("host", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
+    with pytest.raises(N.NetworkError, match="egress"):
+        N.prepare(mk("host", egress_default="deny"), "x", None, rootless=False)
+    with pytest.raises(N.NetworkError, match="published ports"):
+        N.prepare(mk("none", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
+
+
+def test_prepare_fails_closed(testns, cleanup):
+    with pytest.raises(N.NetworkError, match="not found"):
+        N.prepare(mk("nosuchnet"), "x", None, rootless=False)
+    newnet(cleanup, "fc1")
+    with pytest.raises(N.NetworkError, match="need root"):
+        N.prepare(mk("fc1"), "x", None, rootless=True)
+    with pytest.raises(N.NetworkError, match="protocol"):
+        N.prepare(mk("fc1", ports=(PortMapping(1, 2, proto="sctp"),)), "x", None, rootless=False)
+    with pytest.raises(N.NetworkError, match="neither a CIDR"):
+        N.prepare(mk("fc1", egress_default="deny", egress_allow=(EgressRule("bad name!"),)), "x", None,
+                  rootless=False)
+    # a port already bound on the host side is refused before anything is created
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    s.listen(1)
+    busy = s.getsockname()[1]
+    try:
+        with pytest.raises(N.NetworkError, match="cannot publish"):
+            N.prepare(mk("fc1", ports=(PortMapping(busy, 80),)), "x", None, rootless=False)
+    finally:
+        s.close()
+    assert N.inspect_network("fc1")["endpoints"] == []
+
+
+def test_network_create_ls_inspect_rm(testns, cleanup):
+    nd = N.create_network("lsnet", "10.77.5.0/24")
+    assert nd["subnet"] == "10.77.5.0/24" and nd["gateway"] == "10.77.5.1"
+    with pytest.raises(N.NetworkError, match="already exists"):
+        N.create_network("lsnet")
+    with pytest.raises(N.NetworkError, match="overlaps"):
+        N.create_network("lsnet2", "10.77.0.0/16")
+    with pytest.raises(N.NetworkError, match="reserved"):
+        N.create_network("host")
+    with pytest.raises(N.NetworkError, match="invalid name"):
+        N.create_network("bad/name")
+    auto = N.create_network("autonet")
+    assert auto["subnet"].startswith("10.89.")
+    assert {n["name"] for n in N.list_networks()} >= {"lsnet", "autonet"}
+    h = N.prepare(mk("lsnet"), "sbx-ls", "web", rootless=False)
+    cleanup.append(h)
+    b = server_box(h)
+    cleanup.append(b)
+    info = N.inspect_network("lsnet")
+    assert [(e["name"], e["address"], e["state"]) for e in info["endpoints"]] == [("web", "10.77.5.2", "attached")]
+    with pytest.raises(N.NetworkError, match="attached"):
+        N.remove_network("lsnet")
+    b.kill()
+    h.release()
+    N.remove_network("lsnet")
+    N.remove_network("autonet")
+    assert N.list_networks() == []
+    assert not [n for n in links() if n.startswith(("psb-", "psv"))]
+    assert host_rules() == []
+
+
+def test_two_sandboxes_reach_each_other_by_name_third_network_cannot(testns, cleanup):
+    newnet(cleanup, "neta")
+    newnet(cleanup, "netb")
+    ha = N.prepare(mk("neta"), "sbx-a", "alpha", rootless=False)
+    cleanup.append(ha)
+    a = server_box(ha, hosts=ha.hosts_path)
+    cleanup.append(a)
+    hb = N.prepare(mk("neta"), "sbx-b", "beta", rootless=False)
+    cleanup.append(hb)
+    res = client_box(hb, ["alpha:7000", "beta:1"])
+    assert res["alpha:7000"] == "echo:hi"                  # B reaches A by name
+    assert res["beta:1"].startswith("err:ConnectionRefused")   # own name resolves to itself
+    # A's hosts file learned about B while B was attached, and forgot it after B left
+    assert f"{hb.address}\tbeta" in open(ha.hosts_path).read()
+    hb.release()
+    assert "beta" not in open(ha.hosts_path).read()
+    assert "alpha" in ha.etc_hosts()
+    # C on another network: no name, and no route through the host either (forward drop)
+    hc = N.prepare(mk("netb"), "sbx-c", "gamma", rootless=False)
+    cleanup.append(hc)
+    res = client_box(hc, ["alpha:7000", f"{ha.address}:7000"])
+    assert res["alpha:7000"] == "resolve-failed"
+    assert res[f"{ha.address}:7000"].startswith("err:")
+    hc.release()
+    a.kill()
+    ha.release()
+    ha.release()                                             # idempotent
+    assert not [n for n in links() if n.startswith(("psb-", "psv"))]
+
+
+def test_published_port_dnat_and_loopback_proxy(testns, cleanup):
+    newnet(cleanup, "pubnet")
+    h = N.prepare(mk("pubnet", ports=(PortMapping(8080, 80),)), "sbx-pub", "web", rootless=False)
+    cleanup.append(h)
+    srv = server_box(h, ports=(80,), caps="-all,+net_bind_service")
+    cleanup.append(srv)
+    comments = [r.get("comment") for r in host_rules()]
+    assert comments.count("sbx:sbx-pub") == 2               # prerouting + output DNAT
+    for addr in (h.netdef["gateway"], "127.0.0.1"):          # DNAT path; userspace proxy path
+        c = socket.create_connection((addr, 8080), timeout=3)
+        c.sendall(b"x")
+        assert c.recv(100) == b"echo:x"
+        c.close()
+    srv.kill()
+    h.release()
+    assert "sbx:sbx-pub" not in [r.get("comment") for r in host_rules()]
+    for addr in (h.netdef["gateway"], "127.0.0.1"):
+        with pytest.raises(OSError):
+            socket.create_connection((addr, 8080), timeout=1).close()
+    assert host_rules() == []
+
+
+def test_egress_allow_list(testns, cleanup):
+    newnet(cleanup, "egnet")
+    ha = N.prepare(mk("egnet"), "sbx-ea", "db", rootless=False)
+    cleanup.append(ha)
+    a = server_box(ha, ports=(7000, 7001))
+    cleanup.append(a)
+    hc = N.prepare(mk("egnet"), "sbx-ec", "other", rootless=False)
+    cleanup.append(hc)
+    c = server_box(hc, ports=(7000,))
+    cleanup.append(c)
+    net = mk("egnet", egress_default="deny",
+             egress_allow=(EgressRule("db", ports=(7000,)), EgressRule("late", ports=(7000,))))
+    hb = N.prepare(net, "sbx-eb", "client", rootless=False)
+    cleanup.append(hb)
+    code = (CLIENT.replace("TARGETS", repr(["db:7000", "db:7001", "other:7000", "late:7000"]))
+            + "\nimport subprocess\n"
+              "p=subprocess.run(['/usr/sbin/nft','flush','ruleset'],capture_output=True,text=True)\n"
+              "print('flush', p.returncode, 'Operation not permitted' in p.stderr, flush=True)\n"
+              "import time\nmsg = 'late never connected'\n"
+              "for i in range(100):\n"          # bounded: 100 x 50 ms
+              "    time.sleep(0.05)\n"
+              "    try:\n"
+              "        s=socket.create_connection((socket.gethostbyname('late'),7000),timeout=2); s.sendall(b'z')\n"
+              "        msg = 'late ' + s.recv(10).decode(); break\n"
+              "    except OSError as e:\n"
+              "        msg = f'late err {e}'\n"
+              "print(msg, flush=True)\n")
+    b = Box(code, caps="-all,+net_raw", hosts=hb.hosts_path)       # NET_RAW but no NET_ADMIN
+    cleanup.append(b)
+    hb.attach(b.pid)
+    b.go()
+    res = dict(kv.split("=", 1) for kv in b.line().split())
+    assert res["db:7000"] == "echo:hi"                             # allowed peer:port
+    assert res["db:7001"] == "err:OSError:113"              # other port on same peer
+    assert res["other:7000"] == "err:OSError:113"           # other peer
+    assert res["late:7000"] == "resolve-failed"                   # not there yet
+    flush = b.line().split()
+    assert flush[0] == "flush" and flush[1] != "0"                # cannot flush the rules
+    assert flush[2] == "True"
+    # a peer named in the allow-list joins later: name resolves and the rule admits it
+    hl = N.prepare(mk("egnet"), "sbx-el", "late", rootless=False)
+    cleanup.append(hl)
+    late = server_box(hl, ports=(7000,))
+    cleanup.append(late)
+    assert b.line() == "late echo:z"
+    assert b.wait() == 0
+    # rules are intact; the denied packets were counted
+    assert hb.egress_denied() >= 2
+    hb.release()
+    assert hb.denied >= 2
+    for x in (late, c, a):
+        x.kill()
+    for x in (hl, hc, ha):
+        x.release()
+
+
+def test_egress_ruleset_shape():
+    cmds = N.egress_ruleset("deny", [{"to": "10.0.0.0/8", "ports": [80, 443], "proto": "tcp"},
+                                     {"to": "db", "ports": [], "proto": "udp"},
+                                     {"to": "192.0.2.7", "ports": [], "proto": "any"}], {"db": ["10.89.0.5"]})
+    chain = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})][0]
+    assert chain["hook"] == "output" and chain["policy"] == "drop"
+    sets = [c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})]
+    assert len(sets) == 1 and sets[0].startswith("peer_db")
+    rules = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})]
+    assert rules[-1][0] == {"counter": "denied"} and "reject" in rules[-1][1]
+    assert rules[2][1]["match"]["right"] == {"set": [80, 443]}
+
+
+def test_egress_on_none_network(testns, cleanup):
+    net = mk("none", egress_default="deny", egress_allow=(EgressRule("127.0.0.0/8", ports=(1,)),))
+    h = N.prepare(net, "sbx-noneg", None, rootless=False)
+    assert h is not None
+    cleanup.append(h)
+    b = Box("import subprocess\np=subprocess.run(['/usr/sbin/nft','-j','list','ruleset'],capture_output=True)\n"
+            "print(p.returncode, flush=True)", caps="-all,+net_raw")
+    cleanup.append(b)
+    h.attach(b.pid)
+    b.go()
+    assert b.line() != "0"        # cannot even read the ruleset without CAP_NET_ADMIN
+    b.wait()
+    out = N.nft(args=["list", "ruleset"], nsfd=h._nsfd)
+    assert any("chain" in o and o["chain"]["name"] == "output" for o in out["nftables"])
+    h.release()
+
+
+def test_twenty_concurrent_join_leave(testns, cleanup):
+    newnet(cleanup, "busy")
+    n = 20
+    r_res, w_res = os.pipe()
+    r_go, w_go = os.pipe()
+    pids = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r_res)
+                os.close(w_go)
+                h = N.prepare(mk("busy"), f"sbx-busy-{i}", f"s{i}", rootless=False)
+                b = Box("import time; print('ok', flush=True); time.sleep(20)")
+                h.attach(b.pid)
+                b.go()
+                b.line()
+                os.write(w_res, f"{h.address}\n".encode())
+                select.select([r_go], [], [], 30)
+                b.kill()
+                h.release()
+                code = 0
+            except BaseException as e:  # noqa: BLE001
+                os.write(w_res, f"ERR {e}\n".encode())
+            os._exit(code)
+        pids.append(pid)
+    os.close(w_res)
+    buf = b""
+    deadline = time.monotonic() + 60
+    while buf.count(b"\n") < n and time.monotonic() < deadline:
+        r, _, _ = select.select([r_res], [], [], 1)
+        if r:
+            d = os.read(r_res, 4096)
+            if not d:
+                break
+            buf += d
+    addrs = buf.decode().split()
+    attached = len([n_ for n_ in links() if n_.startswith("psv")])
+    os.write(w_go, b"x" * n)
+    os.close(w_go)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+    os.close(r_res)
+    assert not any(a.startswith("ERR") for a in addrs), buf
+    assert len(addrs) == n and len(set(addrs)) == n, addrs
+    assert attached == n                                   # all 20 were attached at once
+    assert codes == [0] * n
+    assert N.inspect_network("busy")["endpoints"] == []
+    assert not [x for x in links() if x.startswith(("psv", "psb-"))]
+
+
+def test_reclaim_after_supervisor_crash(testns, cleanup):
+    newnet(cleanup, "crash")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            h = N.prepare(mk("crash", ports=(PortMapping(18080, 80),)), "sbx-crash", "victim", rootless=False)
+            b = Box("import time; print('ok', flush=True); time.sleep(20)")
+            h.attach(b.pid)
+            b.go()
+            b.line()
+            os.write(w, f"{b.pid} {h._helper.pid}\n".encode())
+            select.select([], [], [], 30)
+        finally:
+            os._exit(1)
+    os.close(w)
+    line = b""
+    deadline = time.monotonic() + 20
+    while not line.endswith(b"\n") and time.monotonic() < deadline:
+        rr, _, _ = select.select([r], [], [], 1)
+        if rr:
+            line += os.read(r, 100)
+    os.close(r)
+    box_pid, proxy_pid = map(int, line.split())
+    os.kill(pid, signal.SIGKILL)                     # the supervisor crashes
+    os.waitpid(pid, 0)
+    os.kill(box_pid, signal.SIGKILL)                 # (the launcher's PDEATHSIG would do this)
+    time.sleep(0.2)
+    assert "sbx:sbx-crash" in [r_.get("comment") for r_ in host_rules()]
+    N.reclaim_stale()
+    assert N.inspect_network("crash")["endpoints"] == []
+    assert "sbx:sbx-crash" not in [r_.get("comment") for r_ in host_rules()]
+    assert not [x for x in links() if x.startswith(("psv", "psb-"))]
+    deadline = time.monotonic() + 5
+    while N._proc_start(proxy_pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert N._proc_start(proxy_pid) is None              # the port proxy is gone too
+
+
+def test_doctor_report_shape():
+    rep = N.doctor_report(rootless=False)
+    assert all(isinstance(a, str) and isinstance(b, bool) and isinstance(c, str) for a, b, c in rep)
+    assert any("pasta" in a for a, _, _ in rep)
+    assert dict((a, b) for a, b, _ in N.doctor_report(rootless=True))[
+        "network: private networks (bridge + veth)"] is False
