@@ -74,3 +74,75 @@ def parse_ulimit(spec: str) -> tuple[str, int, int]:
     name, value = spec.split("=", 1)
     soft, hard = parse_rlimit(name.strip().lower(), value)
     return name.strip().lower(), soft, hard
+
+
+# --- cgroup limit values (issue 3): Docker's ranges -------------------------------------------
+
+def parse_cpu_shares(value) -> int:
+    """`--cpu-shares 512` -> 512. Docker/cgroup v1 range 2..262144 (v2 weight is derived from it)."""
+    try:
+        shares = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        shares = None
+    if shares is None or not (2 <= shares <= 262144):
+        raise ValueError(f"invalid CPU shares {value!r} (expected an integer 2..262144)")
+    return shares
+
+
+def cpu_shares_to_weight(shares: int) -> int:
+    """cgroup v2 `cpu.weight` for v1 shares (the conversion runc/crun use): 2..262144 -> 1..10000."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def parse_blkio_weight(value) -> int:
+    """`--blkio-weight 500` -> 500. Docker range 10..1000."""
+    try:
+        weight = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        weight = None
+    if weight is None or not (10 <= weight <= 1000):
+        raise ValueError(f"invalid blkio weight {value!r} (expected an integer 10..1000)")
+    return weight
+
+
+def blkio_weight_to_io_weight(weight: int) -> int:
+    """cgroup v2 `io.weight` for a v1 blkio weight (10..1000 -> 1..10000, as runc converts)."""
+    return 1 + ((weight - 10) * 9999) // 990
+
+
+def parse_pids_limit(value) -> int:
+    """`--pids-limit 20` -> 20; 0 or -1 (Docker) -> -1 = unlimited."""
+    try:
+        n = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        n = None
+    if n is None or n < -1:
+        raise ValueError(f"invalid pids limit {value!r} (expected a positive integer, or -1 for unlimited)")
+    return -1 if n == 0 else n
+
+
+def parse_device_rate(spec, kind: str = "bps") -> tuple[str, int]:
+    """`/dev/sda:1mb` (bps: Docker sizes) or `/dev/sda:100` (iops) -> ("/dev/sda", rate).
+
+    Only the text is checked here; that the path is a block device is checked where the limit is
+    applied (sandbox.cgroups), since that needs the file system.
+    """
+    text = str(spec)
+    path, sep, rate = text.rpartition(":")
+    if not sep or not path.startswith("/"):
+        raise ValueError(f"invalid device rate {text!r} (expected /dev/DEVICE:RATE)")
+    if kind == "bps":
+        try:
+            value = parse_bytes(rate)
+        except ValueError:
+            raise ValueError(f"invalid device rate {text!r} (rate like 1mb, 512k)") from None
+    elif kind == "iops":
+        try:
+            value = int(rate.strip())
+        except ValueError:
+            raise ValueError(f"invalid device rate {text!r} (iops must be an integer)") from None
+    else:
+        raise ValueError(f"unknown device rate kind {kind!r}")
+    if value <= 0:
+        raise ValueError(f"invalid device rate {text!r} (rate must be > 0)")
+    return path, value
