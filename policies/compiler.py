@@ -105,7 +105,12 @@ def validate(doc: Document) -> None:
         return (loc.line, loc.col) if loc else (0, 0)
 
     err = sorted(errors, key=key)[0]
-    raise ProfileError(_schema_message(err), doc.locate(err.absolute_path))
+    path = tuple(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            path += (extra[0],)
+    raise ProfileError(_schema_message(err), doc.locate(path))
 
 
 def _schema_message(err) -> str:

@@ -116,6 +116,8 @@ def _construct(node, file: str, path: tuple, locs: dict):
                 raise ProfileError(f"duplicate key {key!r}",
                                    Location(file, knode.start_mark.line + 1, knode.start_mark.column + 1))
             out[key] = _construct(vnode, file, path + (key,), locs)
+            # a mapping entry is located at its key (where a reader looks for it)
+            locs[path + (key,)] = Location(file, knode.start_mark.line + 1, knode.start_mark.column + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = [_construct(v, file, path + (i,), locs) for i, v in enumerate(node.value)]

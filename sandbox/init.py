@@ -47,13 +47,20 @@ def pid1_main(ctx) -> None:
     status_w = ctx.status_w
     try:
         prctl.set_pdeathsig(signal.SIGKILL)      # the sandbox dies with its supervisor
-        prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
         os.close(ctx.go_w)
         os.close(ctx.status_r)
         if os.read(ctx.go_r, 1) != b"G":          # supervisor gone or refused: stop here
             os._exit(1)
         os.close(ctx.go_r)
+        # non-dumpable only now: before, the (rootless) supervisor still had to open our
+        # /proc/PID/uid_map, which a non-dumpable process makes root-owned
+        prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
         _setup(ctx)
+        # changing credentials cleared the parent-death signal: arm it again, then make sure the
+        # supervisor did not die in between (a pipe with no reader polls as POLLERR)
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if _supervisor_gone(status_w):
+            os._exit(1)
     except Exception as e:                       # any failure of the set-up: report and stop (exit 125)
         _send(status_w, f"SETUP {_describe(e)}")
         os._exit(1)
@@ -92,6 +99,13 @@ def pid1_main(ctx) -> None:
             os._exit(0)                          # the kernel now kills what is left in the pid namespace
 
 
+def _supervisor_gone(fd: int) -> bool:
+    import select
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
 def _forward(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -128,6 +142,7 @@ def _setup(ctx) -> None:
     if ns.net:
         _network.bring_up_loopback()
     fds = rootfs.prepare(plan, has_netns=ns.net, has_pidns=ns.pid, hosts_text=ctx.hosts_text,
+                         hosts_file=getattr(ctx, "hosts_file", None),
                          resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
                          volume_dirs=ctx.volume_dirs)
     rootfs.pivot(plan)
@@ -162,6 +177,7 @@ def _exec_program(ctx, err_w: int) -> None:
                 prctl.set_keepcaps(True)
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
+            prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the credential change
         stage = "capabilities"
         capabilities.apply(plan.capabilities, uid_inside=uid)
         if plan.no_new_privs:
