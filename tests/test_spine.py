@@ -313,7 +313,7 @@ def test_example_profile_extending_strict_serves_port_80(root_runner):
     ("version: 1\nextends: strict\nfilesystme: {}\n", ":3:1: "),                          # unknown key
     ("version: 1\nextends: strict\nseccomp:\n  allow: !extend [nosuchcall]\n", ":4:"),  # unknown syscall
     ("version: 1\nextends: strict\ncapabilities:\n  add: [CAP_FLY]\n", ":4:9:"),          # unknown capability
-    ("version: 1\nextends: nosuchprofile\n", ":2:10:"),                                   # missing parent
+    ("version: 1\nextends: nosuchprofile\n", ":2:1:"),                                    # missing parent
     ("version: 1\nextends: strict\nlimits: {memory: lots}\n", ":3:"),                     # bad value
 ])
 def test_bad_profiles_give_one_line_with_location(root_runner, tmp_profile, text, expect):
