@@ -46,6 +46,9 @@ def pid1_main(ctx) -> None:
     """Entry of the cloned child. Never returns."""
     status_w = ctx.status_w
     try:
+        for target, fd in enumerate(ctx.stdio):
+            if fd is not None:
+                os.dup2(fd, target, inheritable=True)
         prctl.set_pdeathsig(signal.SIGKILL)      # the sandbox dies with its supervisor
         os.close(ctx.go_w)
         os.close(ctx.status_r)

@@ -17,8 +17,10 @@ Exit status: the program's (128+N when killed by signal N); 125 the sandbox coul
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -64,9 +66,11 @@ class _Ctx:
     status_r: int
     status_w: int
     hosts_text: Optional[str] = None
+    hosts_file: Optional[str] = None      # private network: live hosts file, bind-mounted read-only
     image_root: object = None
     volume_dirs: dict = field(default_factory=dict)
     notify_sock: object = None
+    stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
 
 
 def build_env(plan) -> dict:
@@ -146,6 +150,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     try:
         if plan.limits.any():
             from . import cgroups
+            cgroups.reclaim_stale(rootless=rootless)   # leftovers of SIGKILLed supervisors (ours only)
             try:
                 cg = cgroups.create_for_sandbox(sandbox_id, plan.limits, rootless=rootless)
             except cgroups.CgroupError as e:
@@ -156,7 +161,10 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
             try:
                 net = network.prepare(plan.network, sandbox_id, name, rootless=rootless)
             except network.NetworkError as e:
-                raise LaunchError(f"network: {e}") from None
+                raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
+            if net is not None:
+                ctx.hosts_text = net.etc_hosts()
+                ctx.hosts_file = net.hosts_path
 
         ns = plan.namespaces
         flags = _sys.CLONE_NEWNS
@@ -164,8 +172,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                          (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
             if on:
                 flags |= flag
-        for stream, fd in ((stdin, 0), (stdout, 1), (stderr, 2)):
-            pass  # streams are inherited as is; the API layer redirects fds before calling
+        ctx.stdio = (stdin, stdout, stderr)
         try:
             pid = _sys.clone_fork(flags)
         except OSError as e:
@@ -185,33 +192,41 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
             try:
                 net.attach(pid)
             except Exception as e:
-                raise LaunchError(f"network: {e}") from None
+                raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
         emit("sandbox_start", pid=pid, argv=list(argv))
 
-        # forward signals to PID 1 (which forwards to the program); enforce the timeout
+        # Forward signals to PID 1 (which forwards to the program) — only possible from the main
+        # thread; API callers in other threads forward with Result-less kill() themselves.
         def forward(sig, _frame):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-            old_handlers[sig] = signal.signal(sig, forward)
-        timed_out = []
-        if plan.process.timeout:
-            def on_alarm(_s, _f):
-                timed_out.append(True)
-                _kill(pid, cg)
-            old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, plan.process.timeout)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+                old_handlers[sig] = signal.signal(sig, forward)
+        pidfd = _sys.pidfd_open(pid)
         os.write(go_w, b"G")
         os.close(go_w)
         go_w = -1
+        # wait for PID 1 (poll on its pidfd: works in any thread, enforces the timeout)
+        timed_out = False
+        deadline = time.monotonic() + plan.process.timeout if plan.process.timeout else None
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while True:
+            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if poller.poll(wait_ms):
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                _kill(pid, cg)
+                break
+        os.close(pidfd)
         _, p1_status = os.waitpid(pid, 0)
-        if plan.process.timeout:
-            signal.setitimer(signal.ITIMER_REAL, 0)
         pid = None
         report = _read_all(status_r)
-        result = _interpret(report, p1_status, argv, bool(timed_out), plan)
+        result = _interpret(report, p1_status, argv, timed_out, plan)
     except LaunchError as e:
         result = Result(exit_code=e.code, message=f"pysandbox: {e}")
         if pid:
