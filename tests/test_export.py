@@ -511,6 +511,8 @@ def test_cli_volume_mount_cannot_be_exported(tmp_path):
 def test_cli_as_unprivileged_user(user_runner, shared_tmp):
     """Rootless: the export maps root inside to the caller (as `pysandbox run` would)."""
     out = shared_tmp / "u"
+    out.mkdir()
+    os.chown(out, user_runner.uid, user_runner.gid)
     p = user_runner("export", "-f", "oci", "strict", "-o", str(out))
     assert p.returncode == 0, p
     cfg = json.loads((out / "config.json").read_text())
