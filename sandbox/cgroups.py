@@ -1275,3 +1275,67 @@ def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
                                                f"; without CAP_SYS_RESOURCE hard limits can only be lowered "
                                                f"(nofile hard {hard_txt})")))
     return rows
+
+
+# --------------------------------------------------------------------------- delegation (root only)
+
+_DELEGATE_V1 = ("memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "freezer")
+
+
+def delegate(uid: int, gid: int, layout: Optional[Layout] = None) -> list[str]:
+    """As root: give uid its own v1 parent `<hierarchy>/pysandbox-<uid>` in every v1 hierarchy, so
+    rootless `run` can enforce limits (the "delegated cgroup" of the v1 world). The user can then
+    create sandbox cgroups below it, set limits there and move its own processes into them; the
+    parent itself and everything outside stay root's. cgroup2 is delegated by systemd instead
+    (`systemd-run --user --scope -p Delegate=yes`), which puts the caller inside its subtree.
+    Returns the directories (idempotent)."""
+    if os.geteuid() != 0:
+        raise CgroupError("cgroups", "delegation needs root")
+    layout = layout or detect()
+    out = []
+    v1 = layout.v1_map
+    for mount in dict.fromkeys(v1[c] for c in _DELEGATE_V1 if c in v1):
+        d = os.path.join(mount, f"{PARENT}-{uid}")
+        try:
+            os.mkdir(d, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise CgroupError(os.path.basename(mount), f"cannot create {d}: {_errmsg(e)}") from None
+        if os.path.exists(os.path.join(d, "cpuset.cpus")):
+            V1Driver._cpuset_inherit(d, mount)
+        for f in ("", "cgroup.procs", "tasks"):
+            os.chown(os.path.join(d, f) if f else d, uid, gid)
+        out.append(d)
+    return out
+
+
+def undelegate(uid: int, layout: Optional[Layout] = None) -> list[str]:
+    """Remove the delegated parents of uid (and any empty sandbox cgroups left below them)."""
+    layout = layout or detect()
+    out = []
+    for mount in dict.fromkeys(m for _, m in layout.v1):
+        d = os.path.join(mount, f"{PARENT}-{uid}")
+        if os.path.isdir(d):
+            if _populated_tree(d):
+                raise CgroupError(os.path.basename(mount), f"{d} still holds processes")
+            if not _remove_tree(d):
+                raise CgroupError(os.path.basename(mount), f"cannot remove {d}")
+            out.append(d)
+    return out
+
+
+def list_sandboxes(rootless: Optional[bool] = None, layout: Optional[Layout] = None) -> dict[str, list[str]]:
+    """sandbox id -> its cgroup directories, under pysandbox's own parents."""
+    if rootless is None:
+        rootless = os.geteuid() != 0
+    layout = layout or detect()
+    out: dict[str, list[str]] = {}
+    for parent in _parents(layout, rootless):
+        try:
+            for ent in os.scandir(parent):
+                if ent.is_dir(follow_symlinks=False) and _ID_RE.match(ent.name):
+                    out.setdefault(ent.name, []).append(ent.path)
+        except OSError:
+            continue
+    return out
