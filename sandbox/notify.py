@@ -123,7 +123,7 @@ def recv_listener(sock: socket.socket | int, timeout: Optional[float] = 10.0) ->
             raise OSError(_errno.ETIMEDOUT, "seccomp listener fd not received in time") from None
         finally:
             s.settimeout(None)
-        if msg != _MAGIC or len(fds) != 1:
+        if not msg or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             raise OSError(_errno.EPROTO, "seccomp listener fd: the sandbox sent no listener")
@@ -413,8 +413,10 @@ class Handle:
 class _Base:
     via = "user_notif"
 
-    def __init__(self, fd: int, seccomp_plan, on_event: OnEvent, read_memory: bool = True):
-        self.fd = fd
+    def __init__(self, fd: Optional[int], seccomp_plan, on_event: OnEvent, read_memory: bool = True,
+                 fd_source: Optional[Callable[[], int]] = None):
+        self.fd = fd if fd is not None else -1
+        self._fd_source = fd_source
         self.plan = seccomp_plan
         self.on_event = on_event
         self.read_memory = read_memory
@@ -438,12 +440,20 @@ class _Base:
             return
         self._closed = True
         for fd in (self.fd, self._wake_r, self._wake_w):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
 
     def _run(self) -> None:
+        if self.fd < 0:
+            try:
+                self.fd = self._fd_source()        # e.g. recv_listener: EOF when no filter came
+            except OSError as e:
+                self.stats["no_listener"] = e.strerror or str(e)
+                return
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -509,8 +519,8 @@ def _event(name, n: Notification, info: dict, action: str, err: Optional[int], v
 class _Enforcing(_Base):
     """Records, then answers with the policy's errno, or kills the sandbox. Never continues."""
 
-    def __init__(self, fd, seccomp_plan, on_event, kill_sandbox, read_memory=True):
-        super().__init__(fd, seccomp_plan, on_event, read_memory)
+    def __init__(self, fd, seccomp_plan, on_event, kill_sandbox, read_memory=True, fd_source=None):
+        super().__init__(fd, seccomp_plan, on_event, read_memory, fd_source)
         self.kill_sandbox = kill_sandbox
 
     def handle(self, n: Notification) -> None:
@@ -597,6 +607,126 @@ def start_learning(listener_fd: int, seccomp_plan, on_event: OnEvent, *, read_me
     sup = _Learning(listener_fd, seccomp_plan, on_event, read_memory)
     sup.thread.start()
     return Handle(sup)
+
+
+# --- launcher glue -------------------------------------------------------------
+
+class Supervision:
+    """What the launcher needs, in three calls:
+
+        sup = Supervision(plan.seccomp, bpf, on_event, learn=False)   # before clone
+        ctx.notify_sock = sup.child_sock; ctx.bpf = sup.bpf; ctx.seccomp_log = sup.log_flag
+        sup.started(pid, kill_sandbox)                                # after clone, before "go"
+        ... waitpid ...
+        sup.stop()                                                    # after the sandbox is gone
+        if sup.killed: exit 128+SIGSYS
+
+    Mode "user_notif": the program sends its listener over child_sock; a thread receives
+    it and supervises. Mode "kmsg": user notification unavailable: the filter is rebuilt
+    without notify rules and loaded with SECCOMP_FILTER_FLAG_LOG; /dev/kmsg is watched for
+    the sandbox's pids. Mode None: nothing to supervise (no deny rules, seccomp off).
+    """
+
+    def __init__(self, seccomp_plan, bpf: Optional[bytes], on_event: OnEvent, *, learn: bool = False,
+                 learn_plan=None):
+        self.plan = seccomp_plan
+        self.bpf = bpf
+        self.on_event = on_event
+        self.learn = learn
+        self.learn_plan = learn_plan if learn_plan is not None else seccomp_plan
+        self.mode: Optional[str] = None
+        self.child_sock: Optional[socket.socket] = None
+        self.log_flag = False
+        self.killed: Optional[str] = None
+        self.warning: Optional[str] = None
+        self._parent: Optional[socket.socket] = None
+        self._handle: Optional[Handle] = None
+        self._match = None
+        if seccomp_plan is None or not getattr(seccomp_plan, "enabled", False) or not bpf:
+            return
+        from . import seccomp as _sc
+        if not learn and not _sc.needs_listener(seccomp_plan):
+            return
+        if user_notif_available():
+            self.mode = "user_notif"
+            if not learn and self._has_kill(seccomp_plan):
+                # kill rules are recorded first, then the sandbox is killed: they must
+                # reach the supervisor (as notify); the supervisor's plan still says kill.
+                self.bpf = _sc.build_bpf(_kill_as_notify(seccomp_plan))
+            self._parent, self.child_sock = socket.socketpair(socket.AF_UNIX,
+                                                              socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            return
+        if learn:
+            raise OSError(_errno.ENOSYS, "learn mode needs seccomp user notification")
+        # Fallback: plain errno/kill rules, logged by the kernel.
+        from dataclasses import replace
+        self.bpf = _sc.build_bpf(replace(seccomp_plan, notify_denials=False))
+        self.log_flag = True
+        self._known: set = set()
+        try:
+            self._handle = start_kmsg(seccomp_plan, self._record, self._match_pid)
+            self.mode = "kmsg"
+        except OSError as e:
+            self.warning = (f"seccomp denials are enforced but not recorded: no user notification on "
+                            f"this kernel and /dev/kmsg is not readable ({e.strerror})")
+
+    @staticmethod
+    def _has_kill(s) -> bool:
+        return getattr(s, "default_action", None) == "kill" or any(r.action == "kill" for r in s.rules)
+
+    def _record(self, etype: str, **fields) -> Any:
+        if fields.get("action") == "kill" and self.killed is None:
+            self.killed = (fields.get("syscall") or {}).get("name") or "?"
+        return self.on_event(etype, **fields)
+
+    def _match_pid(self, pid: int) -> bool:
+        m = self._match
+        return m(pid) if m is not None else False
+
+    def started(self, pid: int, kill_sandbox: Optional[Callable[[], Any]] = None) -> None:
+        """The sandbox's first process exists (host pid `pid`); call before releasing it."""
+        if self.warning:
+            try:
+                self.on_event("audit_lost", message=self.warning, via="supervisor")
+            except Exception:  # noqa: BLE001
+                pass
+        if self.mode == "kmsg":
+            self._match = pidns_matcher(pid)
+            return
+        if self.mode != "user_notif":
+            return
+        self.child_sock.close()
+        parent = self._parent
+
+        def fd_source() -> int:
+            return recv_listener(parent, timeout=None)
+        if self.learn:
+            sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source)
+        else:
+            sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source)
+        sup.thread.start()
+        self._handle = Handle(sup)
+
+    def stop(self) -> dict:
+        """After the sandbox is gone: drain, end the thread, close everything."""
+        if self._parent is not None:
+            try:
+                self._parent.shutdown(socket.SHUT_RDWR)     # unblocks a receiver still waiting
+            except OSError:
+                pass
+        stats = self._handle.stop() if self._handle is not None else {}
+        if self._parent is not None:
+            self._parent.close()
+            self._parent = None
+        if self.child_sock is not None and self.child_sock.fileno() >= 0:
+            self.child_sock.close()
+        return stats
+
+
+def _kill_as_notify(s):
+    from dataclasses import replace
+    rules = tuple(replace(r, action="notify", errno=None) if r.action == "kill" else r for r in s.rules)
+    return replace(s, rules=rules, default_action="notify" if s.default_action == "kill" else s.default_action)
 
 
 # --- fallback: kernel audit records on /dev/kmsg ---------------------------------
