@@ -1,0 +1,283 @@
+"""End-to-end networking through `pysandbox run` (the real launcher), as root.
+
+SAFETY: like tests/test_network.py, this module moves the pytest process into a network
+namespace of its own (fixture `testns`, imported from there) before anything is created;
+every `pysandbox` it starts inherits that namespace. Traffic goes only to loopback, the
+module's bridges and its own sandboxes; every wait is bounded.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from sandbox import network as N
+from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+if not os.path.exists(PYSANDBOX):
+    PYSANDBOX = None
+PY_IN = "/usr/bin/python3"
+
+
+def run_argv(*opts, code: str, profile="default"):
+    return [PYSANDBOX, "run", "--profile", profile, *opts, "--", PY_IN, "-c", textwrap.dedent(code)]
+
+
+def run(*opts, code: str, profile="default", timeout=30):
+    return subprocess.run(run_argv(*opts, code=code, profile=profile), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start(*opts, code: str, profile="default"):
+    p = subprocess.Popen(run_argv(*opts, code=code, profile=profile), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    return p
+
+
+def wait_line(p, timeout=15):
+    import select
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([p.stdout], [], [], 0.2)
+        if r:
+            return p.stdout.readline().strip()
+        if p.poll() is not None:
+            raise AssertionError(f"sandbox exited {p.returncode}: {p.stderr.read()}")
+    raise TimeoutError("no line from sandbox")
+
+
+def stop(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def cli(*args):
+    return subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=30)
+
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ports = PORTS
+socks = []
+for p in ports:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", p)); s.listen(8)
+    socks.append(s)
+print("ready", flush=True)
+import threading
+def serve(s):
+    for _ in range(20):
+        c, _ = s.accept(); c.sendall(b"hello:%d" % s.getsockname()[1]); c.close()
+ts = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
+[t.start() for t in ts]
+import time; time.sleep(60)
+"""
+
+
+def server(*opts, ports=(7000,)):
+    return SERVER.replace("PORTS", repr(list(ports)))
+
+
+CLIENT = """
+import socket
+out = []
+for host, port in TARGETS:
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError:
+        out.append("noname"); continue
+    try:
+        c = socket.create_connection((ip, port), timeout=2); out.append(c.recv(64).decode()); c.close()
+    except OSError as e:
+        out.append(f"err{e.errno}")
+print(" ".join(out))
+"""
+
+
+def client(targets):
+    return CLIENT.replace("TARGETS", repr(list(targets)))
+
+
+@pytest.fixture
+def nets(testns):
+    made = []
+
+    def make(name, *extra):
+        r = cli("network", "create", name, *extra)
+        assert r.returncode == 0, r.stderr
+        made.append(name)
+    yield make
+    for n in made:
+        cli("network", "rm", n)
+
+
+needs_cli = pytest.mark.skipif(PYSANDBOX is None, reason="pysandbox console script not installed")
+
+
+@needs_cli
+def test_e2e_by_name_and_isolation(nets):
+    nets("e2a")
+    nets("e2b")
+    a = start("--network", "e2a", "--name", "alpha", code=server())
+    try:
+        assert wait_line(a) == "ready"
+        r = run("--network", "e2a", "--name", "beta", code=client([("alpha", 7000)]) +
+                "\nprint(open('/etc/hosts').read())")
+        assert r.returncode == 0, r.stderr
+        first, hosts = r.stdout.split("\n", 1)
+        assert first == "hello:7000"                         # B reaches A by name
+        assert "\talpha" in hosts and "\tbeta" in hosts
+        ip_a = N.inspect_network("e2a")["endpoints"][0]["address"]
+        r = run("--network", "e2b", "--name", "gamma", code=client([("alpha", 7000), (ip_a, 7000)]))
+        assert r.returncode == 0, r.stderr
+        noname, by_ip = r.stdout.split()
+        assert noname == "noname" and by_ip.startswith("err")   # another network: neither name nor route
+    finally:
+        stop(a)
+    assert N.inspect_network("e2a")["endpoints"] == []
+    assert not [x for x in links() if x.startswith(("psv", "psb-"))]
+    r = cli("network", "rm", "e2a")
+    assert r.returncode == 0
+
+
+@needs_cli
+def test_e2e_none_only_lo(testns):
+    r = run("--network", "none", code="""
+        import socket
+        print(sorted(n for _, n in socket.if_nameindex()))
+        try:
+            socket.create_connection(("10.89.0.1", 80), timeout=2)
+        except OSError as e:
+            print(e.errno)
+        """)
+    assert r.returncode == 0, r.stderr
+    import errno
+    assert r.stdout.split("\n")[:2] == ["['lo']", str(errno.ENETUNREACH)]
+
+
+@needs_cli
+def test_e2e_published_port(nets):
+    nets("e2p")
+    p = start("--network", "e2p", "--name", "web", "-p", "8080:80", "--cap-add", "NET_BIND_SERVICE",
+              code=server(ports=(80,)))
+    try:
+        assert wait_line(p) == "ready"
+        gw = N.load_network("e2p")["gateway"]
+        assert "sbx:" in " ".join(r.get("comment") or "" for r in host_rules())
+        for addr in ("127.0.0.1", gw):
+            c = socket.create_connection((addr, 8080), timeout=3)
+            assert c.recv(64) == b"hello:80"
+            c.close()
+    finally:
+        stop(p)
+    assert not any((r.get("comment") or "").startswith("sbx:") for r in host_rules())
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", 8080), timeout=1).close()
+
+
+@needs_cli
+def test_e2e_egress_allow_list(nets, tmp_path):
+    nets("e2e")
+    prof = tmp_path / "egress.yaml"
+    prof.write_text(textwrap.dedent("""\
+        version: 1
+        name: egress-test
+        extends: default
+        network:
+          mode: e2e
+          egress:
+            default: deny
+            allow:
+              - {to: db, ports: [7000]}
+        """))
+    os.chmod(tmp_path, 0o755)
+    db = start("--network", "e2e", "--name", "db", code=server(ports=(7000, 7001)))
+    other = start("--network", "e2e", "--name", "other", code=server(ports=(7000,)))
+    try:
+        assert wait_line(db) == "ready" and wait_line(other) == "ready"
+        code = client([("db", 7000), ("db", 7001), ("other", 7000)]) + textwrap.dedent("""
+            import subprocess
+            p = subprocess.run(["/usr/sbin/nft", "flush", "ruleset"], capture_output=True, text=True)
+            print(p.returncode, "Operation not permitted" in p.stderr)
+            """)
+        r = run("--name", "client", "--cap-add", "NET_RAW", code=code, profile=str(prof))
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.split("\n")
+        assert lines[0].split() == ["hello:7000", "err113", "err113"]   # allowed; other port; other peer
+        rc, eperm = lines[1].split()
+        assert rc != "0" and eperm == "True"                               # NET_RAW cannot flush the rules
+    finally:
+        stop(db)
+        stop(other)
+
+
+@needs_cli
+def test_e2e_twenty_concurrent(nets):
+    nets("e2c")
+    code = """
+        import socket, fcntl, struct, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', b'eth0'))[20:24])
+        print(ip, flush=True)
+        time.sleep(1.5)
+        """
+    procs = [start("--network", "e2c", "--name", f"s{i}", code=code) for i in range(20)]
+    addrs = []
+    try:
+        for p in procs:
+            addrs.append(wait_line(p, timeout=60))
+        for p in procs:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            stop(p)
+    assert [p.returncode for p in procs] == [0] * 20, [p.stderr.read() for p in procs if p.returncode]
+    assert len(set(addrs)) == 20, addrs
+    assert N.inspect_network("e2c")["endpoints"] == []
+    assert not [x for x in links() if x.startswith(("psv", "psb-"))]
+
+
+@needs_cli
+def test_e2e_supervisor_crash_is_reclaimed(nets):
+    nets("e2k")
+    p = start("--network", "e2k", "--name", "victim", "-p", "18081:7000", code=server())
+    try:
+        assert wait_line(p) == "ready"
+        assert [e["name"] for e in N.inspect_network("e2k")["endpoints"]] == ["victim"]
+        os.kill(p.pid, signal.SIGKILL)                        # the supervisor dies
+        p.wait(timeout=10)
+    finally:
+        stop(p)
+    deadline = time.monotonic() + 10                          # its sandbox dies with it (PDEATHSIG)
+    while [x for x in links() if x.startswith("psv")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    r = cli("network", "ls")                                  # reclaims stale endpoints
+    assert r.returncode == 0
+    assert N.inspect_network("e2k")["endpoints"] == []
+    assert not any((r_.get("comment") or "").startswith("sbx:") for r_ in host_rules())
+    assert not [x for x in links() if x.startswith(("psv", "psb-"))]
+
+
+@needs_cli
+def test_e2e_errors_fail_closed(testns):
+    r = run("--network", "nosuch", code="print('ran')")
+    assert r.returncode == 125 and "ran" not in r.stdout
+    assert r.stderr.strip().splitlines() == [
+        "pysandbox: network 'nosuch' not found (create it with: pysandbox network create nosuch)"]
+    r = cli("network", "rm", "nosuch")
+    assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network 'nosuch' not found"
