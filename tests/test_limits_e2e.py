@@ -1,0 +1,273 @@
+"""Resource limits end to end, through the real CLI (`pysandbox run --memory ... -- CMD`).
+
+Every sandbox is real; the cgroups are this machine's cgroup v1 hierarchies (see test_cgroups.py for
+the driver-level tests, including the cgroup2 parts). `runner` runs each demonstration as root and as
+the unprivileged test user, for whom the session delegates `<hierarchy>/pysandbox-<uid>` (what an
+administrator does with `pysandbox cgroups delegate USER`). The "no delegation" case uses uid 65534,
+which has none.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from conftest import HOST_PYTHON, PYSANDBOX, Runner
+from sandbox import cgroups
+
+LAYOUT = cgroups.detect()
+V1 = LAYOUT.v1_map
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or "memory" not in V1 or "pids" not in V1,
+                                reason="needs root and cgroup v1 memory+pids hierarchies (this machine)")
+
+ALLOC = ("import sys\nn=int(sys.argv[1])*1024*1024\nb=bytearray(n)\n"
+         "b[::4096]=b'x'*len(range(0,n,4096))\nprint('allocated', n, flush=True)\n")
+
+
+def _alloc(runner, mb, *opts):
+    return runner("run", "--profile", "strict", *opts, "--", HOST_PYTHON, "-c", ALLOC, str(mb), timeout=120)
+
+
+def test_memory_100m_200mb_program_is_oom_killed(runner):
+    r = _alloc(runner, 200, "--memory", "100m")
+    assert r.returncode == 137, r
+    assert "allocated" not in r.stdout
+    lines = [l for l in r.stderr.splitlines() if l.startswith("pysandbox:")]
+    assert any(re.fullmatch(r"pysandbox: killed by OOM \(limit 100 MiB, peak \d+(\.\d)? MiB\)", l) for l in lines), r
+
+
+def test_memory_300m_200mb_program_passes(runner):
+    r = _alloc(runner, 200, "--memory", "300m")
+    assert r.returncode == 0, r
+    assert "allocated" in r.stdout and "OOM" not in r.stderr
+
+
+FORK_BOMB = textwrap.dedent("""\
+    import errno, os, time
+    ok = eagain = 0
+    kids = []
+    for _ in range(300):                     # bounded fork bomb
+        try:
+            pid = os.fork()
+        except OSError as e:
+            if e.errno != errno.EAGAIN:
+                raise
+            eagain += 1
+            continue
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        ok += 1
+        kids.append(pid)
+    print("forked", ok, "eagain", eagain, flush=True)
+    for k in kids:
+        os.kill(k, 9)
+""")
+
+
+def test_pids_limit_fork_bomb(runner):
+    t0 = time.monotonic()
+    r = runner("run", "--profile", "strict", "--pids-limit", "20", "--", HOST_PYTHON, "-c", FORK_BOMB, timeout=60)
+    assert r.returncode == 0, r
+    m = re.search(r"forked (\d+) eagain (\d+)", r.stdout)
+    assert m, r
+    forked, eagain = int(m.group(1)), int(m.group(2))
+    # 20 tasks in the sandbox: its PID 1, the program, and at most 18 children
+    assert forked <= 18 and eagain >= 300 - 18, r
+    assert "pysandbox: pids limit 20 reached" in r.stderr, r
+    # the host stayed responsive: the whole thing, including killing the children, is quick
+    assert time.monotonic() - t0 < 30
+
+
+def test_ulimit_nofile_visible_and_enforced(runner):
+    code = textwrap.dedent("""\
+        import os, resource
+        print("limit", resource.getrlimit(resource.RLIMIT_NOFILE))
+        fds = []
+        try:
+            for _ in range(200):
+                fds.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            print("stopped", len(fds), e.errno)
+    """)
+    r = runner("run", "--profile", "strict", "--ulimit", "nofile=64", "--", "/bin/sh", "-c",
+               f"ulimit -n; exec {HOST_PYTHON} -c '{code}'")
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines()[0] == "64", r
+    assert "limit (64, 64)" in r.stdout
+    m = re.search(r"stopped (\d+) 24", r.stdout)                 # EMFILE
+    assert m and 55 <= int(m.group(1)) <= 61, r
+
+
+def test_ulimit_above_hard_limit_fails_closed(root_runner):
+    """Root here lacks CAP_SYS_RESOURCE: a hard limit above the current one cannot be set."""
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or cgroups._has_cap(24):
+        pytest.skip("can raise rlimits here")
+    r = root_runner("run", "--profile", "strict", "--ulimit", f"nofile={hard + 1000}", "--", "/bin/true")
+    assert r.returncode == 125, r
+    assert r.stderr.strip().count("\n") == 0 and "pysandbox:" in r.stderr
+
+
+def test_cpus_limit_caps_cpu_time(runner):
+    """--cpus 0.5: a program spinning for 1.5 s wall gets at most ~0.75 s of CPU (host load can only
+    lower it). Bound: quota x wall + one 100 ms period's quota + interpreter start-up."""
+    code = ("import time\nw=time.monotonic(); c=time.process_time()\n"
+            "while time.monotonic()-w<1.5: pass\n"
+            "print('cpu', time.process_time()-c, 'wall', time.monotonic()-w)")
+    r = runner("run", "--profile", "strict", "--cpus", "0.5", "--", HOST_PYTHON, "-c", code, timeout=60)
+    assert r.returncode == 0, r
+    m = re.search(r"cpu ([\d.]+) wall ([\d.]+)", r.stdout)
+    cpu, wall = float(m.group(1)), float(m.group(2))
+    assert cpu <= 0.5 * wall + 0.05 + 0.05, r
+
+
+def _leaf_of(marker: str, timeout=10.0) -> tuple[int, list[str]]:
+    """Find the sandboxed process whose argv contains marker; return its pid and its cgroup dirs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                cg = open(f"/proc/{pid}/cgroup").read()
+            except OSError:
+                continue
+            if marker.encode() in argv:
+                dirs = []
+                for line in cg.splitlines():
+                    _, ctl, path = line.split(":", 2)
+                    if ctl in ("memory", "pids") and "/pysandbox" in path:
+                        dirs.append(os.path.join(V1[ctl], path.lstrip("/")))
+                if dirs:
+                    return int(pid), dirs
+        time.sleep(0.05)
+    raise AssertionError(f"no sandboxed process with {marker!r}")
+
+
+def test_cgroup_removed_after_exit(runner):
+    marker = f"marker-{os.getpid()}-{runner.rootless}"
+    env = runner.env()
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.rootless else {}
+    p = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--memory", "64m", "--", "/bin/sh", "-c",
+                          f"sleep 2; : {marker}"], env=env, cwd="/tmp", stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, **kw)
+    try:
+        _pid, dirs = _leaf_of(f"sleep 2; : {marker}")
+        assert dirs and all(os.path.isdir(d) for d in dirs)
+        owner = runner.uid
+        assert all(os.stat(d).st_uid == owner for d in dirs)   # rootless: inside its delegated parent
+        assert p.wait(timeout=30) == 0, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for d in dirs:
+        assert not os.path.exists(d), d
+
+
+def test_stale_cgroup_reclaimed_after_supervisor_sigkill(root_runner):
+    marker = f"stale-{os.getpid()}"
+    p = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--memory", "64m", "--", "/bin/sh", "-c",
+                          f"sleep 30; : {marker}"], env=root_runner.env(), cwd="/tmp",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid, dirs = _leaf_of(f"sleep 30; : {marker}")
+        p.send_signal(signal.SIGKILL)                  # the supervisor dies without cleaning up
+        p.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)                           # the sandbox dies with it (PDEATHSIG)
+        assert not os.path.exists(f"/proc/{pid}")
+        assert all(os.path.isdir(d) for d in dirs)     # left behind: stale
+        time.sleep(2.1)                                # reclaim skips cgroups younger than 2 s
+        r = root_runner("run", "--profile", "strict", "--memory", "64m", "--", "/bin/true")
+        assert r.returncode == 0, r
+        for d in dirs:
+            assert not os.path.exists(d), d            # the next start reclaimed it
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_rootless_without_delegation_fails_closed():
+    """uid 65534 has no delegated cgroup: the strict profile's limits (memory, pids) cannot be
+    enforced, so `run` refuses with 125 and one line naming the controller."""
+    home = tempfile.mkdtemp(prefix="pysbx-nobody-", dir="/tmp")
+    os.chown(home, 65534, 65534)
+    try:
+        env = {"PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8"}
+        for extra in ((), ("--memory", "100m"), ("--pids-limit", "10")):
+            p = subprocess.run([PYSANDBOX, "run", "--profile", "strict", *extra, "--", "/bin/echo", "ran"],
+                               env=env, cwd="/tmp", capture_output=True, text=True, timeout=60,
+                               user=65534, group=65534, extra_groups=[])
+            assert p.returncode == 125, p
+            assert "ran" not in p.stdout
+            assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+            assert re.match(r"pysandbox: limits: (memory|pids): controller not available for this user "
+                            r"\(no delegated cgroup", p.stderr), p.stderr
+    finally:
+        os.rmdir(home) if not os.listdir(home) else subprocess.run(["rm", "-rf", home])
+
+
+@pytest.mark.skipif("blkio" not in V1, reason="no v1 blkio hierarchy")
+def test_unenforceable_limit_fails_closed(root_runner):
+    if cgroups._bfq_disks():
+        pytest.skip("a disk uses BFQ here: --blkio-weight is enforceable")
+    r = root_runner("run", "--profile", "strict", "--blkio-weight", "500", "--", "/bin/echo", "ran")
+    assert r.returncode == 125, r
+    assert "ran" not in r.stdout
+    assert r.stderr.startswith("pysandbox: limits: blkio: --blkio-weight: no disk uses the BFQ"), r
+    r = root_runner("run", "--profile", "strict", "--cpuset-cpus", "4000", "--", "/bin/echo", "ran")
+    assert r.returncode == 125 and r.stderr.startswith("pysandbox: limits: cpuset:"), r
+
+
+def test_device_read_bps_throttles_direct_reads(root_runner):
+    """--device-read-bps DISK:2mb: O_DIRECT reads (no page cache) of a 4 MiB file on that disk take
+    ~2 s inside the sandbox (blk-throttle allows a short initial burst, hence >= 1.4 s)."""
+    shared_tmp = tempfile.mkdtemp(prefix="pysbx-bps-", dir="/var/tmp")
+    data = os.path.join(shared_tmp, "data")
+    st = os.stat(shared_tmp)
+    disk = cgroups._probe_disk()
+    try:
+        if not disk or "blkio" not in V1 or os.stat(disk).st_rdev != os.makedev(os.major(st.st_dev), 0):
+            pytest.skip("the test directory is not on a whole-disk file system here")
+        with open(data, "wb") as f:
+            f.write(os.urandom(4 << 20))
+        os.sync()
+        _read_throttled(root_runner, shared_tmp, disk)
+    finally:
+        subprocess.run(["rm", "-rf", shared_tmp])
+
+
+def _read_throttled(root_runner, shared_tmp, disk):
+    code = textwrap.dedent("""\
+        import mmap, os, time
+        fd = os.open("/data/data", os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, 1 << 20)
+        t = time.monotonic(); n = 0
+        while n < 4 << 20:
+            n += os.readv(fd, [buf])
+        print("secs", time.monotonic() - t)
+    """)
+    r = root_runner("run", "--profile", "strict", "-v", f"{shared_tmp}:/data:ro",
+                    "--device-read-bps", f"{disk}:2mb", "--", HOST_PYTHON, "-c", code, timeout=60)
+    assert r.returncode == 0, r
+    secs = float(re.search(r"secs ([\d.]+)", r.stdout).group(1))
+    assert secs >= 1.4, r
+
+
+def test_doctor_lists_limits(root_runner):
+    r = root_runner("doctor")
+    out = r.stdout + r.stderr
+    for control in ("memory", "pids-limit", "cpus", "blkio-weight"):
+        assert control in out, r
