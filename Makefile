@@ -19,6 +19,7 @@ $(VENV)/.deps: pyproject.toml
 	fi
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,net]'
+	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
 	touch $@
 
 setup: $(VENV)/.deps

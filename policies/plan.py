@@ -10,6 +10,9 @@ Units: sizes are bytes, times are seconds, CPU is in cores (0.5 = half a core).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
+
+# Every class has a docstring: without one, dataclass() computes one with inspect.signature,
+# which costs milliseconds per class on the launch path.
 from typing import Optional
 
 PLAN_VERSION = 1
@@ -17,6 +20,7 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class IdMapEntry:
+    """IdMapEntry (see docs/profile-format.md)."""
     inside: int
     outside: int
     count: int
@@ -24,6 +28,7 @@ class IdMapEntry:
 
 @dataclass(frozen=True)
 class Namespaces:
+    """Namespaces (see docs/profile-format.md)."""
     user: bool = True
     pid: bool = True
     mount: bool = True
@@ -36,6 +41,7 @@ class Namespaces:
 
 @dataclass(frozen=True)
 class User:
+    """User (see docs/profile-format.md)."""
     uid: int = 0                       # uid of the program inside the sandbox
     gid: int = 0
     uid_map: tuple[IdMapEntry, ...] = ()   # resolved: no "auto" left
@@ -54,6 +60,7 @@ class ArgCond:
 
 @dataclass(frozen=True)
 class SyscallRule:
+    """SyscallRule (see docs/profile-format.md)."""
     name: str
     action: str                        # allow | errno | kill | log | trap | notify
     errno: Optional[int] = None        # with action errno (and notify: the errno answered)
@@ -62,6 +69,7 @@ class SyscallRule:
 
 @dataclass(frozen=True)
 class Seccomp:
+    """Seccomp (see docs/profile-format.md)."""
     enabled: bool = True
     default_action: str = "errno"      # allow | errno | kill | log | trap
     default_errno: Optional[int] = 38  # ENOSYS
@@ -76,6 +84,7 @@ class Seccomp:
 
 @dataclass(frozen=True)
 class Mount:
+    """Mount (see docs/profile-format.md)."""
     type: str                          # bind | tmpfs | volume
     target: str                        # path inside the sandbox
     source: Optional[str] = None       # host path (bind) or volume name (volume)
@@ -87,6 +96,7 @@ class Mount:
 
 @dataclass(frozen=True)
 class Filesystem:
+    """Filesystem (see docs/profile-format.md)."""
     root: str = "host"                 # "host" (host system directories) or an absolute directory path
     image: Optional[str] = None        # image name (layer store), when root comes from an image
     read_only: bool = True
@@ -103,6 +113,7 @@ class Filesystem:
 
 @dataclass(frozen=True)
 class Rlimit:
+    """Rlimit (see docs/profile-format.md)."""
     name: str                          # nofile nproc core as cpu fsize stack memlock ...
     soft: int                          # -1 = unlimited
     hard: int
@@ -110,6 +121,7 @@ class Rlimit:
 
 @dataclass(frozen=True)
 class Process:
+    """Process (see docs/profile-format.md)."""
     argv: tuple[str, ...] = ("/bin/sh",)
     cwd: str = "/"
     env_allow: tuple[str, ...] = ()    # names passed through from the caller's environment
@@ -122,6 +134,7 @@ class Process:
 
 @dataclass(frozen=True)
 class PortMapping:
+    """PortMapping (see docs/profile-format.md)."""
     host_port: int
     port: int
     proto: str = "tcp"
@@ -130,6 +143,7 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class EgressRule:
+    """EgressRule (see docs/profile-format.md)."""
     to: str                            # CIDR or sandbox name
     ports: tuple[int, ...] = ()
     proto: str = "tcp"
@@ -137,6 +151,7 @@ class EgressRule:
 
 @dataclass(frozen=True)
 class Network:
+    """Network (see docs/profile-format.md)."""
     mode: str = "none"                 # none | host | <network name>
     ports: tuple[PortMapping, ...] = ()
     egress_default: str = "allow"      # allow | deny
@@ -145,12 +160,14 @@ class Network:
 
 @dataclass(frozen=True)
 class DeviceRate:
+    """DeviceRate (see docs/profile-format.md)."""
     path: str
     rate: int
 
 
 @dataclass(frozen=True)
 class Limits:
+    """Limits (see docs/profile-format.md)."""
     memory: Optional[int] = None             # bytes
     memory_swap: Optional[int] = None        # bytes, memory+swap (Docker semantics); -1 unlimited
     memory_reservation: Optional[int] = None
@@ -170,6 +187,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Plan:
+    """Plan (see docs/profile-format.md)."""
     name: str
     sources: tuple[str, ...]                 # profile files, most derived first
     namespaces: Namespaces = field(default_factory=Namespaces)

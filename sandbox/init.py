@@ -18,7 +18,7 @@ import socket
 import prctl
 
 from . import _sys, capabilities, rootfs
-from . import network as _network          # bring_up_loopback
+from . import netlo                        # lo up in PID 1 (sandbox.network stays off the launch path)
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from . import seccomp as _seccomp
 except ImportError:                        # pragma: no cover
@@ -143,7 +143,7 @@ def _setup(ctx) -> None:
     if ns.time:
         _sys.unshare(_sys.CLONE_NEWTIME)         # applies to the program (our children)
     if ns.net:
-        _network.bring_up_loopback()
+        netlo.bring_up_loopback()
     fds = rootfs.prepare(plan, has_netns=ns.net, has_pidns=ns.pid, hosts_text=ctx.hosts_text,
                          hosts_file=getattr(ctx, "hosts_file", None),
                          resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
@@ -189,7 +189,8 @@ def _exec_program(ctx, err_w: int) -> None:
         os.set_inheritable(err_w, False)
         stage = "seccomp"
         if ctx.bpf:
-            listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None)
+            listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None,
+                                       log=getattr(ctx, "seccomp_log", False))
             if ctx.notify_sock is not None and listener:
                 socket.send_fds(ctx.notify_sock, [b"L"], [listener])
                 os.close(listener)

@@ -44,6 +44,7 @@ class LaunchError(Exception):
 
 @dataclass
 class Result:
+    """Outcome of one sandbox run."""
     exit_code: int
     status: Optional[int] = None          # raw wait status of the program
     signal: Optional[int] = None
@@ -56,6 +57,7 @@ class Result:
 
 @dataclass
 class _Ctx:
+    """What PID 1 needs, handed over by fork."""
     plan: object
     argv: tuple
     env: dict
@@ -127,7 +129,7 @@ def _write_maps(pid: int, plan, rootless: bool) -> None:
 
 def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
            name: Optional[str] = None, on_event: Optional[Callable] = None,
-           stdin=None, stdout=None, stderr=None) -> Result:
+           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None) -> Result:
     """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends."""
     started = time.monotonic()
     rootless = os.geteuid() != 0
@@ -147,7 +149,15 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     pid = None
     result = Result(exit_code=EXIT_SETUP, sandbox_id=sandbox_id)
     old_handlers = {}
+    sup = None
     try:
+        if on_event is not None and ctx.bpf:     # audit: every seccomp denial recorded (sandbox/notify.py)
+            from .notify import Supervision
+            try:
+                sup = (supervision or Supervision)(plan.seccomp, ctx.bpf, emit)   # learn mode passes its own
+            except (OSError, ValueError) as e:
+                raise LaunchError(f"seccomp: {e}") from None
+            ctx.bpf, ctx.notify_sock, ctx.seccomp_log = sup.bpf, sup.child_sock, sup.log_flag
         if plan.limits.any():
             from . import cgroups
             cgroups.reclaim_stale(rootless=rootless)   # leftovers of SIGKILLed supervisors (ours only)
@@ -194,6 +204,8 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
             except Exception as e:
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
         emit("sandbox_start", pid=pid, argv=list(argv))
+        if sup is not None:
+            sup.started(pid, lambda p=pid: _kill(p, cg))
 
         # Forward signals to PID 1 (which forwards to the program) — only possible from the main
         # thread; API callers in other threads forward with Result-less kill() themselves.
@@ -227,6 +239,11 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
         pid = None
         report = _read_all(status_r)
         result = _interpret(report, p1_status, argv, timed_out, plan)
+        if sup is not None:
+            sup.stop()
+            if sup.killed and not timed_out:     # a kill rule: recorded, then the sandbox was killed
+                result = Result(128 + signal.SIGSYS, signal=signal.SIGSYS,
+                                message=f"pysandbox: killed by the seccomp policy ({sup.killed})")
     except LaunchError as e:
         result = Result(exit_code=e.code, message=f"pysandbox: {e}")
         if pid:
@@ -239,6 +256,8 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+        if sup is not None:
+            sup.stop()
         for fd in (status_r, go_w):
             if fd >= 0:
                 try:
@@ -255,6 +274,10 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 net.release()
             except Exception as e:
                 result.events.append({"type": "integrity_violation", "what": "network", "detail": str(e)})
+            if getattr(net, "denied", None):          # packets the egress allow-list refused (audit)
+                result.events.append({"type": "limit_exceeded", "limit": "network.egress", "value": 0,
+                                      "peak": net.denied, "via": "supervisor",
+                                      "message": f"egress allow-list denied {net.denied} packet(s)"})
     result.sandbox_id = sandbox_id
     result.duration = time.monotonic() - started
     if cg is not None:

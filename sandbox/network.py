@@ -88,18 +88,12 @@ _IFF_UP = 0x1
 
 
 def bring_up_loopback() -> None:
-    """Set `lo` up in the current network namespace (needs CAP_NET_ADMIN there)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0)
+    """Set `lo` up in the current network namespace (see sandbox.netlo, kept lean for PID 1)."""
+    from .netlo import bring_up_loopback as _up
     try:
-        ifr = struct.pack("16sH22x", b"lo", 0)
-        res = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifr)
-        flags = struct.unpack("16sH22x", res)[1]
-        if not flags & _IFF_UP:
-            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+        _up()
     except OSError as e:
-        raise NetworkError(f"network: cannot bring up lo: {e.strerror}") from None
-    finally:
-        s.close()
+        raise NetworkError(str(e.args[1]) if len(e.args) > 1 else str(e)) from None
 
 
 # ---------------------------------------------------------------------------------

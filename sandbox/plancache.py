@@ -8,31 +8,33 @@ writable cache would be a way around the policy.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import sys
-import tempfile
-from pathlib import Path
+import zlib
 
-FORMAT = 3
-_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+FORMAT = 4
+_POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
 _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "syscalls.py", "docker_seccomp.py",
               "units.py", "schema/profile.schema.json")
 
 
-def cache_dir() -> Path:
+def cache_dir() -> str:
     if os.geteuid() == 0:
-        return Path("/var/cache/pysandbox/plans")
+        return "/var/cache/pysandbox/plans"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pysandbox" / "plans"
+    return os.path.join(base, "pysandbox", "plans")
 
 
 def key_for(options: list[str]) -> str:
-    h = hashlib.sha256()
-    h.update(repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
-                   os.uname().release, options)).encode())
-    return h.hexdigest()[:40]
+    """The key material is stored in the entry and compared in full on load, so the short
+    file name (a CRC) can collide without ever handing out another option set's plan."""
+    return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
+                 os.uname().release, options))
+
+
+def _file_for(key: str) -> str:
+    return os.path.join(cache_dir(), "%08x-%d.pickle" % (zlib.crc32(key.encode()), len(key)))
 
 
 def _sig(path: str):
@@ -44,7 +46,7 @@ def _sig(path: str):
 
 
 def deps_for(files) -> tuple:
-    paths = list(files) + [str(_POLICY_DIR / f) for f in _SELF_DEPS]
+    paths = list(files) + [os.path.join(_POLICY_DIR, f) for f in _SELF_DEPS]
     return tuple((p, _sig(p)) for p in paths)
 
 
@@ -55,7 +57,7 @@ def _trusted(st) -> bool:
 def load(key: str):
     """-> (plan, bpf, runopts) or None."""
     d = cache_dir()
-    path = d / (key + ".pickle")
+    path = _file_for(key)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -69,7 +71,7 @@ def load(key: str):
         return None
     finally:
         os.close(fd)
-    if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+    if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
         return None
     for p, sig in entry["deps"]:
         if _sig(p) != sig:
@@ -78,15 +80,17 @@ def load(key: str):
 
 
 def store(key: str, plan, bpf, runopts: dict, files) -> None:
+    import tempfile
     d = cache_dir()
     try:
-        d.mkdir(parents=True, mode=0o700, exist_ok=True)
+        os.makedirs(d, mode=0o700, exist_ok=True)
         if not _trusted(os.stat(d)):
             return
-        entry = {"format": FORMAT, "deps": deps_for(files), "plan": plan, "bpf": bpf, "runopts": runopts}
+        entry = {"format": FORMAT, "key": key, "deps": deps_for(files), "plan": plan, "bpf": bpf,
+                 "runopts": runopts}
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, d / (key + ".pickle"))
+        os.replace(tmp, _file_for(key))
     except OSError:
         pass        # a cache that cannot be written costs speed, never correctness

@@ -1,0 +1,100 @@
+#!/work/main/.venv/bin/python
+"""Launch latency of `pysandbox run --profile strict -- /bin/true` against its peers, in one run.
+
+Peers (all run /bin/true):
+  exec      plain fork+exec of /bin/true (the unit: ratios are against this)
+  unshare   util-linux unshare with user, pid, mount, uts, ipc, net namespaces
+  bwrap     bubblewrap: --unshare-all, read-only host /usr (+ usr-merge links), fresh /proc,/dev,/tmp,
+            --cap-drop ALL, and the *same* strict seccomp filter (exported BPF via --seccomp FD)
+  pysandbox `pysandbox run --profile strict -- /bin/true` (cached plan + BPF: the normal case),
+            and once with the cache emptied first (cold: YAML, schema, compile, libseccomp)
+
+Interpreters are called by absolute path (the `python3` on PATH may be a slow shim).
+Usage: bench/launch.py [-n RUNS]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYSANDBOX = str(REPO / ".venv" / "bin" / "pysandbox")
+sys.path.insert(0, str(REPO))
+
+
+def timeit(argv, n, pass_fds=(), before=None):
+    times = []
+    for _ in range(n):
+        if before:
+            before()
+        t = time.perf_counter()
+        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds)
+        times.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            raise SystemExit(f"{argv[0]} failed ({p.returncode}): {p.stderr.decode()[-300:]}")
+    return statistics.median(times), statistics.mean(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=50)
+    a = ap.parse_args()
+    n = a.n
+    rows = []
+    rows.append(("exec /bin/true", *timeit(["/bin/true"], n)))
+    if shutil.which("unshare"):
+        rows.append(("unshare -Urpfmuin", *timeit(["unshare", "-Urpfmuin", "--mount-proc", "/bin/true"], n)))
+    bwrap = shutil.which("bwrap")
+    if bwrap:
+        from policies.compiler import compile_profile
+        from sandbox import seccomp
+        plan = compile_profile("strict").plan
+        bpf = seccomp.build_bpf(plan.seccomp)
+        fd, path = tempfile.mkstemp()
+        os.write(fd, bpf)
+        os.close(fd)
+        argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/"]
+
+        times = []
+        for _ in range(n):
+            sfd = os.open(path, os.O_RDONLY)
+            t = time.perf_counter()
+            p = subprocess.run(argv + ["--seccomp", str(sfd), "/bin/true"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, pass_fds=(sfd,))
+            times.append(time.perf_counter() - t)
+            os.close(sfd)
+            if p.returncode != 0:
+                raise SystemExit(f"bwrap failed: {p.stderr.decode()[-300:]}")
+        os.unlink(path)
+        rows.append(("bwrap + strict seccomp", statistics.median(times), statistics.mean(times)))
+    cmd = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
+    subprocess.run(cmd, check=True)                     # fill the plan cache
+    rows.append(("pysandbox strict (cached)", *timeit(cmd, n)))
+    from sandbox import plancache
+
+    def drop_cache():
+        shutil.rmtree(plancache.cache_dir(), ignore_errors=True)
+    rows.append(("pysandbox strict (cold)", *timeit(cmd, max(5, n // 5), before=drop_cache)))
+    subprocess.run(cmd, check=True)
+
+    base = rows[0][1]
+    print(f"{'launcher':<28} {'median ms':>10} {'mean ms':>9} {'x exec':>8}")
+    for name, med, mean in rows:
+        print(f"{name:<28} {med * 1000:>10.2f} {mean * 1000:>9.2f} {med / base:>8.1f}")
+    by = {name: med for name, med, _ in rows}
+    if "bwrap + strict seccomp" in by:
+        print(f"\npysandbox (cached) / bwrap = {by['pysandbox strict (cached)'] / by['bwrap + strict seccomp']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
