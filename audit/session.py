@@ -62,9 +62,11 @@ class Session:
                 name = ev.get("limit") if isinstance(ev.get("limit"), str) else t
                 lim = ev.get("limit") if isinstance(ev.get("limit"), dict) else \
                     {"name": name, "value": ev.get("value"), "peak": ev.get("peak")}
-                detail = {k: v for k, v in ev.items() if k not in ("type", "limit", "value", "peak")}
+                detail = {k: v for k, v in ev.items()
+                          if k not in ("type", "limit", "value", "peak", "via", "message")}
                 self.recorder.emit("limit_exceeded" if t == "cpu_throttled" else t, limit=lim,
-                                   via=ev.get("via", "cgroup"), detail=detail or None)
+                                   via=ev.get("via", "cgroup"), detail=detail or None,
+                                   message=ev.get("message"))
             elif t == "resources":
                 for k, v in ev.items():
                     if k != "type" and isinstance(v, (int, float)):

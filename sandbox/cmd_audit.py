@@ -136,4 +136,6 @@ def _check(path: str) -> None:
         raise _NoLog(f"cannot read the audit log {path}: permission denied")
 
 
-COMMANDS = [audit_group]
+from .learn import learn_command  # noqa: E402  (`pysandbox learn` lives with the audit commands)
+
+COMMANDS = [audit_group, learn_command]
