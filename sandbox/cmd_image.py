@@ -1,0 +1,244 @@
+"""CLI: `pysandbox image ...`, `pysandbox volume ...`, `pysandbox diff ID`, `pysandbox commit ID NAME`.
+
+Errors are one line; exit status 2 for bad input (unknown image, bad archive, bad name),
+125 when the store itself cannot be used.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from .images import ImageError, Store, human_size, import_image
+
+
+class _Fail(click.ClickException):
+    def __init__(self, msg: str, code: int = 2):
+        super().__init__(msg)
+        self.exit_code = code
+
+
+def _store() -> Store:
+    return Store()
+
+
+def _run(fn, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except ImageError as e:
+        raise _Fail(str(e)) from None
+    except PermissionError as e:
+        raise _Fail(f"permission denied: {e.filename or e}", 125) from None
+
+
+# --------------------------------------------------------------------------- image
+
+@click.group("image", help="Manage images (layer store).")
+def image():
+    pass
+
+
+@image.command("import", help="Import an OCI layout (dir/tar), a `docker save` tarball, or a rootfs tarball/dir.")
+@click.argument("path", type=click.Path(exists=False))
+@click.argument("name", required=False)
+@click.option("--ref", help="OCI layout: the manifest's ref.name to import (default: the only/first one).")
+@click.option("--devices", type=click.Choice(["reject", "skip"]), default="reject", show_default=True,
+              help="Device nodes in layers: refuse the import, or drop them.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
+def image_import(path, name, ref, devices, progress, quiet):
+    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress)
+    if quiet:
+        click.echo(rec["id"])
+    else:
+        click.echo(f"imported {n} {rec['id'][7:19]} ({len(rec['layers'])} layers)")
+
+
+@image.command("ls", help="List images.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="Only names.")
+def image_ls(as_json, quiet):
+    st = _store()
+    imgs = _run(st.images)
+    if as_json:
+        click.echo(json.dumps([dict(r, name=n, size=_run(st.image_size, r)) for n, r in sorted(imgs.items())],
+                              indent=1))
+        return
+    if quiet:
+        for n in sorted(imgs):
+            click.echo(n)
+        return
+    rows = [("NAME", "IMAGE ID", "CREATED", "LAYERS", "SIZE")]
+    for n, r in sorted(imgs.items()):
+        rows.append((n, r["id"][7:19], r.get("created", "")[:19], str(len(r["layers"])),
+                     human_size(_run(st.image_size, r))))
+    _table(rows)
+
+
+@image.command("history", help="Layers of an image, newest first, with sizes and created-by.")
+@click.argument("name")
+@click.option("--no-trunc", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def image_history(name, no_trunc, as_json):
+    st = _store()
+    n, rec = _run(st.resolve, name)
+    layers = list(rec["layers"])
+    rows_data = []
+    li = 0
+    for h in rec.get("history") or []:
+        if h.get("empty_layer"):
+            rows_data.append((None, h, 0))
+        else:
+            d = layers[li] if li < len(layers) else None
+            li += 1
+            rows_data.append((d, h, _run(st.layer_info, d).get("size", 0) if d else 0))
+    while li < len(layers):      # layers without history entries
+        rows_data.append((layers[li], {}, _run(st.layer_info, layers[li]).get("size", 0)))
+        li += 1
+    rows_data.reverse()
+    if as_json:
+        click.echo(json.dumps([{"layer": d, "size": s, **h} for d, h, s in rows_data], indent=1))
+        return
+    rows = [("LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
+    for d, h, s in rows_data:
+        by = h.get("created_by", "")
+        if not no_trunc and len(by) > 45:
+            by = by[:44] + "…"
+        rows.append(((d[7:19] if d and not no_trunc else (d or "<missing>")) if d else "<empty>",
+                     h.get("created", "")[:19], by, human_size(s), h.get("comment", "")))
+    _table(rows)
+
+
+@image.command("rm", help="Remove images (layers no other image or kept container uses are deleted).")
+@click.argument("names", nargs=-1, required=True)
+def image_rm(names):
+    st = _store()
+    for name in names:
+        n, removed = _run(st.remove_image, name)
+        click.echo(f"untagged {n}")
+        for d in removed:
+            click.echo(f"deleted layer {d[7:19]}")
+
+
+@image.command("tag", help="Give an image another name.")
+@click.argument("src")
+@click.argument("dst")
+def image_tag(src, dst):
+    click.echo(_run(_store().tag, src, dst))
+
+
+@image.command("containers", help="List kept writable layers (runs with --keep).")
+def image_containers():
+    from .overlay import list_containers
+    rows = [("CONTAINER", "IMAGE", "CREATED", "STATUS")]
+    for m in _run(list_containers, _store()):
+        rows.append((m["id"], m.get("image", ""), m.get("created", "")[:19], m.get("status", "")))
+    _table(rows)
+
+
+@image.command("prune", help="Delete kept writable layers (--containers), unused layers and stale imports.")
+@click.option("--containers", is_flag=True, help="Also remove every exited kept container.")
+def image_prune(containers):
+    from .overlay import list_containers, remove_container
+    st = _store()
+    if containers:
+        for m in _run(list_containers, st):
+            if m.get("status") != "running":
+                click.echo(f"removed container {_run(remove_container, st, m['id'])}")
+    for d in _run(st.gc):
+        click.echo(f"deleted layer {d[7:19]}")
+
+
+# --------------------------------------------------------------------------- diff / commit
+
+@click.command("diff", help="Changes of a kept sandbox's writable layer: A added, C changed, D deleted.")
+@click.argument("container_id")
+def diff_cmd(container_id):
+    from .overlay import changes
+    for kind, path in _run(changes, _store(), container_id):
+        click.echo(f"{kind} {path}")
+
+
+@click.command("commit", help="Turn a kept sandbox's writable layer into a new image.")
+@click.argument("container_id")
+@click.argument("name")
+@click.option("-m", "--message", default="", help="Commit message (history comment).")
+@click.option("-a", "--author", default="")
+@click.option("--rm", "remove", is_flag=True, help="Remove the kept container afterwards.")
+def commit_cmd(container_id, name, message, author, remove):
+    from .overlay import commit, remove_container
+    st = _store()
+    n, rec = _run(commit, st, container_id, name, message=message, author=author)
+    if remove:
+        _run(remove_container, st, container_id)
+    click.echo(f"{n} {rec['id'][7:19]}")
+
+
+@click.command("rm-container", help="Remove a kept writable layer.", hidden=True)
+@click.argument("container_id")
+def rm_container_cmd(container_id):
+    from .overlay import remove_container
+    click.echo(_run(remove_container, _store(), container_id))
+
+
+# --------------------------------------------------------------------------- volume
+
+@click.group("volume", help="Manage named volumes.")
+def volume():
+    pass
+
+
+@volume.command("create")
+@click.argument("name")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE")
+def volume_create(name, labels):
+    from .volumes import create_volume
+    lab = {}
+    for l in labels:
+        k, sep, v = l.partition("=")
+        if not k:
+            raise _Fail(f"invalid label {l!r} (KEY=VALUE)")
+        lab[k] = v
+    _run(create_volume, name, labels=lab)
+    click.echo(name)
+
+
+@volume.command("ls")
+@click.option("-q", "--quiet", is_flag=True)
+def volume_ls(quiet):
+    from .volumes import list_volumes
+    vols = _run(list_volumes)
+    if quiet:
+        for v in vols:
+            click.echo(v["Name"])
+        return
+    rows = [("DRIVER", "VOLUME NAME", "CREATED")]
+    for v in vols:
+        rows.append((v.get("Driver", "local"), v["Name"], v.get("CreatedAt", "")))
+    _table(rows)
+
+
+@volume.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+def volume_inspect(names):
+    from .volumes import inspect_volume
+    click.echo(json.dumps([_run(inspect_volume, n) for n in names], indent=1, sort_keys=True))
+
+
+@volume.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def volume_rm(names):
+    from .volumes import remove_volume
+    for n in names:
+        _run(remove_volume, n)
+        click.echo(n)
+
+
+def _table(rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+COMMANDS = [image, volume, diff_cmd, commit_cmd]

@@ -1,0 +1,651 @@
+"""Overlay root file systems from image layers, the writable layer after the run, safe mount targets.
+
+Flow (called by the launcher):
+
+    spec = prepare_root(plan.filesystem, sandbox_id, rootless=..., uid_map=..., gid_map=...)  # supervisor
+    mount_root(spec, target, rootless=...)          # sandbox PID 1, in its user+mount namespace
+    ... lead's rootfs code: proc, dev, tmp, binds (bind targets through safe_target) ...
+    finish_root(spec, keep=plan.filesystem.keep)    # supervisor, after the sandbox exited
+
+Per-sandbox state lives in ``<store>/containers/<id>/``: ``upper`` and ``work`` (none when the
+root is read-only), ``mnt`` (a small top lower layer holding mount points the image lacks, so a
+read-only root still gets its mount points) and ``container.json``.
+
+Copy-on-write: the image layers are only ever overlay *lower* directories; every write lands in
+the sandbox's own upper directory. When the sandbox's root is mapped to an unprivileged host uid
+(root launching with a uid range), the layers are used through a uid-shifted copy cached next
+to the layer (``layers/<hex>/shift-<key>``), so the layer itself is never chowned.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .images import ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    """Everything mount_root/finish_root need; plain data, picklable."""
+    container_id: str
+    store_root: str
+    image: str
+    image_id: str
+    lowers: tuple[str, ...]            # absolute lower dirs, overlay order: top first, lowest last
+    upper: Optional[str]
+    work: Optional[str]
+    mnt: str                           # per-sandbox top lower layer (mount points)
+    container_dir: str
+    read_only: bool
+    uid_map: tuple[tuple[int, int, int], ...] = ()
+    gid_map: tuple[tuple[int, int, int], ...] = ()
+    config: dict = field(default_factory=dict, compare=False, hash=False)   # image Env/Cmd/WorkingDir...
+
+
+def _maps(m) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for e in m or ():
+        if hasattr(e, "inside"):
+            out.append((int(e.inside), int(e.outside), int(e.count)))
+        else:
+            out.append(tuple(int(x) for x in e))
+    return tuple(out)
+
+
+def _shift(maps, i: int) -> int:
+    for inside, outside, count in maps:
+        if inside <= i < inside + count:
+            return outside + (i - inside)
+    return i
+
+
+def _unshift(maps, o: int) -> int:
+    for inside, outside, count in maps:
+        if outside <= o < outside + count:
+            return inside + (o - outside)
+    return o
+
+
+def _needs_shift(maps) -> bool:
+    return any(inside != outside for inside, outside, _ in maps)
+
+
+# --------------------------------------------------------------------------- prepare
+
+def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(), store: Optional[Store] = None
+                 ) -> RootSpec:
+    """Resolve fs.image to layer dirs and create the per-sandbox dirs (supervisor, before clone).
+
+    uid_map/gid_map (policies.plan.IdMapEntry or (inside, outside, count) tuples): the sandbox's
+    user namespace maps. As root with a shifted range the layers are used through uid-shifted
+    copies and the upper dir belongs to the sandbox's root; rootless they are ignored (the store
+    belongs to the caller, who is the sandbox's root).
+    """
+    if not getattr(fs, "image", None):
+        raise ImageError("filesystem has no image")
+    if not isinstance(sandbox_id, str) or not _ID.match(sandbox_id):
+        raise ImageError(f"invalid sandbox id {sandbox_id!r}")
+    store = store or Store(rootless=rootless)
+    umap, gmap = (_maps(uid_map), _maps(gid_map)) if not rootless else ((), ())
+    shift = _needs_shift(umap) or _needs_shift(gmap)
+    read_only = bool(getattr(fs, "read_only", False))
+    with store.locked():
+        name, rec = store.resolve(fs.image)
+        for d in rec["layers"]:
+            store.layer_info(d)            # raises a clear error when a layer is missing
+        cdir = os.path.join(store.containers, sandbox_id)
+        try:
+            os.mkdir(cdir, 0o711)
+        except FileExistsError:
+            raise ImageError(f"container {sandbox_id} already exists in {store.containers}") from None
+        try:
+            lowers = []
+            for d in reversed(rec["layers"]):           # top first
+                lowers.append(_shifted_layer(store, d, umap, gmap) if shift else store.layer_diff(d))
+            root_uid, root_gid = _shift(umap, 0), _shift(gmap, 0)
+            mnt = os.path.join(cdir, "mnt")
+            os.mkdir(mnt, 0o755)
+            upper = work = None
+            if not read_only:
+                upper, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
+                os.mkdir(upper, 0o755)
+                os.mkdir(work, 0o700)
+                if shift:
+                    os.chown(upper, root_uid, root_gid)
+                    os.chown(work, root_uid, root_gid)
+            _mountpoints(mnt, lowers, getattr(fs, "mounts", ()), (root_uid, root_gid) if shift else None)
+            meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
+                    "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
+                    "rootless": rootless, "uid_map": umap, "gid_map": gmap}
+            _write_json(os.path.join(cdir, "container.json"), meta)
+        except ImageError:
+            rmtree(cdir)
+            raise
+        except OSError as e:
+            rmtree(cdir)
+            raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
+    return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
+                    lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
+                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}))
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def _shifted_layer(store: Store, digest: str, umap, gmap) -> str:
+    """A copy of the layer with every owner shifted through the maps (cached, built atomically)."""
+    import hashlib
+    key = hashlib.sha256(json.dumps([umap, gmap]).encode()).hexdigest()[:16]
+    ldir = store.layer_dir(digest)
+    final = os.path.join(ldir, f"shift-{key}")
+    if os.path.isdir(final):
+        return final
+    tmp = tempfile.mkdtemp(prefix=".shift.", dir=ldir)
+    try:
+        _copy_shifted(store.layer_diff(digest), os.path.join(tmp, "d"), umap, gmap)
+        os.rename(os.path.join(tmp, "d"), final)
+    finally:
+        rmtree(tmp)
+    return final
+
+
+def _copy_shifted(src: str, dst: str, umap, gmap) -> None:
+    inodes: dict[tuple[int, int], str] = {}
+    dirs = []
+
+    def one(s: str, d: str, st: os.stat_result) -> None:
+        m = st.st_mode
+        if stat.S_ISDIR(m):
+            os.mkdir(d, 0o700)
+            dirs.append((d, st))
+            for xa in OPAQUE_XATTRS:
+                with contextlib.suppress(OSError):
+                    os.setxattr(d, xa, os.getxattr(s, xa, follow_symlinks=False), follow_symlinks=False)
+            with os.scandir(s) as it:
+                for e in it:
+                    one(e.path, os.path.join(d, e.name), e.stat(follow_symlinks=False))
+            return
+        if st.st_nlink > 1 and not stat.S_ISDIR(m):
+            k = (st.st_dev, st.st_ino)
+            if k in inodes:
+                os.link(inodes[k], d, follow_symlinks=False)
+                return
+            inodes[k] = d
+        if stat.S_ISREG(m):
+            fdi = os.open(s, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fdo = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    while True:
+                        n = os.sendfile(fdo, fdi, None, 1 << 24)
+                        if not n:
+                            break
+                finally:
+                    os.close(fdo)
+            finally:
+                os.close(fdi)
+        elif stat.S_ISLNK(m):
+            os.symlink(os.readlink(s), d)
+        elif stat.S_ISCHR(m) or stat.S_ISBLK(m):
+            os.mknod(d, m, st.st_rdev)
+        elif stat.S_ISFIFO(m):
+            os.mkfifo(d, 0o600)
+        else:
+            return
+        os.chown(d, _shift(umap, st.st_uid), _shift(gmap, st.st_gid), follow_symlinks=False)
+        if not stat.S_ISLNK(m):
+            os.chmod(d, stat.S_IMODE(m))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    one(src, dst, os.lstat(src))
+    for d, st in reversed(dirs):
+        os.chown(d, _shift(umap, st.st_uid), _shift(gmap, st.st_gid))
+        os.chmod(d, stat.S_IMODE(st.st_mode))
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# --------------------------------------------------------------------------- lower-layer lookups
+
+def _lookup(lowers, parts: tuple[str, ...]) -> Optional[os.stat_result]:
+    """lstat of a path in the merged lower layers (no symlink following, honours whiteouts and
+    opaque dirs). None when absent. Raises _Symlink when a parent component is a symlink."""
+    for layer in lowers:
+        d = layer
+        stop = False
+        for i, comp in enumerate(parts):
+            p = os.path.join(d, comp)
+            try:
+                st = os.lstat(p)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return None                      # whiteout: deleted in this layer, nothing below
+            if i == len(parts) - 1:
+                return st
+            if stat.S_ISLNK(st.st_mode):
+                raise _Symlink("/" + "/".join(parts[: i + 1]))
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            d = p
+            if _is_opaque(p):
+                stop = True                      # nothing below this layer exists under p
+        else:
+            continue
+        if stop:
+            return None
+    return None
+
+
+class _Symlink(Exception):
+    pass
+
+
+def _is_opaque(path: str) -> bool:
+    for xa in OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, xa, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+def _mountpoints(mnt: str, lowers, mounts, owner) -> None:
+    """Create, in the per-sandbox top lower layer, the mount points the image lacks."""
+    for m in mounts or ():
+        target = getattr(m, "target", None)
+        if not target or not target.startswith("/"):
+            continue
+        parts = tuple(p for p in target.split("/") if p not in ("", "."))
+        if not parts or ".." in parts:
+            continue
+        is_file = getattr(m, "type", "") == "bind" and bool(getattr(m, "source", None)) \
+            and os.path.isfile(m.source)
+        for i in range(1, len(parts) + 1):
+            sub = parts[:i]
+            try:
+                st = _lookup(lowers, sub)
+            except _Symlink:
+                break                            # resolved later, inside the root (safe_target)
+            last = i == len(parts)
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+                    break
+                continue
+            p = os.path.join(mnt, *sub)
+            if os.path.lexists(p):
+                continue
+            if last and is_file:
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            else:
+                os.mkdir(p, 0o755)
+            if owner:
+                os.chown(p, *owner, follow_symlinks=False)
+
+
+# --------------------------------------------------------------------------- mount (sandbox PID 1)
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
+def overlay_options(spec: RootSpec, *, userxattr: bool) -> str:
+    lowers = list(spec.lowers)
+    lowers.insert(0, spec.mnt)                # mount points on top (also: >= 2 lowers without upper)
+    opts = []
+    if userxattr:
+        opts.append("userxattr")
+    opts += ["index=off", "metacopy=off"]
+    opts.append("lowerdir=" + ":".join(_escape(p) for p in lowers))
+    if not spec.read_only:
+        opts.append("upperdir=" + _escape(spec.upper))
+        opts.append("workdir=" + _escape(spec.work))
+    return ",".join(opts)
+
+
+def _escape(p: str) -> str:
+    if any(c in p for c in ",:\\"):
+        raise ImageError(f"path {p!r} contains ',' ':' or '\\' and cannot be an overlay layer")
+    return p
+
+
+def mount_root(spec: RootSpec, target: str, *, rootless: bool) -> None:
+    """Mount the overlay root at `target` (in the sandbox's PID 1, as user-namespace root)."""
+    from . import _sys
+    userxattr = rootless or _in_user_namespace()
+    # Shorten the option string (one page at most): layer paths relative to the store root.
+    opts = overlay_options(spec, userxattr=userxattr)
+    rel = opts.replace(spec.store_root.rstrip("/") + "/", "")
+    if len(rel) > 4000:
+        raise ImageError(f"image {spec.image} has too many layers for one overlay mount ({len(spec.lowers)})")
+    flags = _sys.MS_NODEV | (_sys.MS_RDONLY if spec.read_only else 0)
+    old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chdir(spec.store_root)
+        _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
+    except OSError as e:
+        raise ImageError(f"filesystem.root image {spec.image}: overlay mount failed: {e.strerror}"
+                         f"{' (rootless overlay needs kernel >= 5.11)' if rootless else ''}") from None
+    finally:
+        os.fchdir(old)
+        os.close(old)
+
+
+def finish_root(spec: RootSpec, *, keep: bool) -> None:
+    """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
+    meta_path = os.path.join(spec.container_dir, "container.json")
+    if keep and not spec.read_only:
+        with contextlib.suppress(OSError, ValueError):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            meta.update(status="exited", finished=_now(), pid=None)
+            _write_json(meta_path, meta)
+        with contextlib.suppress(OSError):
+            rmtree(spec.mnt)
+            os.mkdir(spec.mnt, 0o755)
+        return
+    rmtree(spec.container_dir)
+
+
+# --------------------------------------------------------------------------- safe mount targets
+
+_open_targets: list[int] = []
+
+
+def safe_target(root: str, dst: str, *, create: Optional[str] = None) -> str:
+    """Resolve `dst` (a path inside the sandbox) under `root` without ever leaving `root`.
+
+    Symlinks in the path are resolved as if `root` were "/" (openat2 RESOLVE_IN_ROOT), so a
+    symlink to "/" or "../../.." stays inside the root (CVE-2021-30465 class). create: None (the
+    target must exist), "dir" or "file" (create missing components; the last as dir or file).
+    Returns "/proc/self/fd/N" for an O_PATH descriptor of the target: mount(2) on it mounts on
+    exactly the resolved object, so a concurrent symlink swap cannot redirect the mount. The
+    descriptor is close-on-exec; release_targets() closes them earlier.
+    """
+    from . import _sys
+    if not dst.startswith("/"):
+        raise ImageError(f"mount target {dst!r} must be an absolute path")
+    parts = [p for p in dst.split("/") if p not in ("", ".")]
+    rfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    res = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
+    try:
+        try:
+            fd = _sys.openat2(rfd, "/".join(parts) or ".", _sys.O_PATH | os.O_NOFOLLOW, 0, res)
+        except FileNotFoundError:
+            if not create:
+                raise ImageError(f"mount target {dst} does not exist in the sandbox root") from None
+            fd = _create_in_root(rfd, parts, create, dst, res)
+        except OSError as e:
+            raise ImageError(f"mount target {dst}: {e.strerror}") from None
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):   # final component a symlink: follow it, still inside the root
+            os.close(fd)
+            try:
+                fd = _sys.openat2(rfd, "/".join(parts), _sys.O_PATH, 0, res)
+            except FileNotFoundError:
+                raise ImageError(f"mount target {dst} is a dangling symlink") from None
+    finally:
+        os.close(rfd)
+    _open_targets.append(fd)
+    return f"/proc/self/fd/{fd}"
+
+
+def _create_in_root(rfd: int, parts: list[str], create: str, dst: str, res: int) -> int:
+    from . import _sys
+    cur = os.dup(rfd)
+    try:
+        for i, comp in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nfd = _sys.openat2(cur, comp, _sys.O_PATH, 0, res)
+            except FileNotFoundError:
+                try:
+                    if last and create == "file":
+                        dfd = _sys.openat2(cur, ".", os.O_RDONLY | os.O_DIRECTORY, 0, res)
+                        try:
+                            os.close(os.open(comp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                             | os.O_CLOEXEC, 0o644, dir_fd=dfd))
+                        finally:
+                            os.close(dfd)
+                    else:
+                        os.mkdir(comp, 0o755, dir_fd=cur)
+                except FileExistsError:
+                    raise ImageError(f"mount target {dst}: {'/'.join(parts[:i + 1])} is a dangling symlink") from None
+                except OSError as e:
+                    raise ImageError(f"cannot create mount point {dst}: {e.strerror}") from None
+                nfd = _sys.openat2(cur, comp, _sys.O_PATH | os.O_NOFOLLOW, 0, res)
+            os.close(cur)
+            cur = nfd
+        return cur
+    except OSError as e:
+        os.close(cur)
+        raise ImageError(f"mount target {dst}: {e.strerror}") from None
+    except BaseException:
+        os.close(cur)
+        raise
+
+
+def release_targets() -> None:
+    while _open_targets:
+        with contextlib.suppress(OSError):
+            os.close(_open_targets.pop())
+
+
+# --------------------------------------------------------------------------- kept containers
+
+def _container(store: Store, ref: str) -> tuple[str, dict]:
+    try:
+        ids = sorted(os.listdir(store.containers))
+    except FileNotFoundError:
+        ids = []
+    hits = [i for i in ids if i == ref] or [i for i in ids if i.startswith(ref)]
+    if not ref or not hits:
+        raise ImageError(f"no such container: {ref} (only runs with --keep are kept)")
+    if len(hits) > 1:
+        raise ImageError(f"container id prefix {ref!r} is ambiguous")
+    cid = hits[0]
+    try:
+        with open(os.path.join(store.containers, cid, "container.json")) as f:
+            return cid, json.load(f)
+    except (OSError, ValueError):
+        raise ImageError(f"container {cid} has no readable record") from None
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError):
+        return True
+
+
+def list_containers(store: Store) -> list[dict]:
+    out = []
+    with contextlib.suppress(FileNotFoundError):
+        for cid in sorted(os.listdir(store.containers)):
+            with contextlib.suppress(OSError, ValueError):
+                with open(os.path.join(store.containers, cid, "container.json")) as f:
+                    m = json.load(f)
+                if m.get("status") == "running" and not _alive(m.get("pid")):
+                    m["status"] = "dead"
+                out.append(m)
+    return out
+
+
+def remove_container(store: Store, ref: str) -> str:
+    with store.locked():
+        cid, meta = _container(store, ref)
+        if meta.get("status") == "running" and _alive(meta.get("pid")):
+            raise ImageError(f"container {cid} is running")
+        rmtree(os.path.join(store.containers, cid))
+    store.gc()
+    return cid
+
+
+def _lowers_of(store: Store, meta: dict) -> list[str]:
+    return [store.layer_diff(d) for d in reversed(meta.get("layers", []))]
+
+
+def changes(store: Store, ref: str) -> list[tuple[str, str]]:
+    """[(kind, path)]: A added, C changed, D deleted (like `docker diff`), sorted by path."""
+    cid, meta = _container(store, ref)
+    upper = os.path.join(store.containers, cid, "upper")
+    if not os.path.isdir(upper):
+        raise ImageError(f"container {cid} has no writable layer (read-only root)")
+    lowers = _lowers_of(store, meta)
+    out: list[tuple[str, str]] = []
+
+    def lower_st(parts):
+        try:
+            return _lookup(lowers, parts)
+        except _Symlink:
+            return None
+
+    def walk(d: str, parts: tuple[str, ...], parent_new: bool):
+        with os.scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            p = parts + (e.name,)
+            st = e.stat(follow_symlinks=False)
+            path = "/" + "/".join(p)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                if not parent_new and lower_st(p) is not None:
+                    out.append(("D", path))
+                continue
+            lst = None if parent_new else lower_st(p)
+            new = lst is None
+            out.append(("A" if new else "C", path))
+            if stat.S_ISDIR(st.st_mode):
+                if not new and _is_opaque(e.path):
+                    for gone in _lower_children(lowers, p):
+                        if not os.path.lexists(os.path.join(e.path, gone)):
+                            out.append(("D", f"{path}/{gone}"))
+                    walk(e.path, p, True)
+                else:
+                    walk(e.path, p, new)
+
+    walk(upper, (), False)
+    out.sort(key=lambda x: x[1])
+    return out
+
+
+def _lower_children(lowers, parts) -> set[str]:
+    names: set[str] = set()
+    gone: set[str] = set()
+    for layer in lowers:
+        p = os.path.join(layer, *parts)
+        if not os.path.isdir(p) or os.path.islink(p):
+            continue
+        for n in os.listdir(p):
+            st = os.lstat(os.path.join(p, n))
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                gone.add(n)
+            elif n not in gone:
+                names.add(n)
+        if _is_opaque(p):
+            break
+    return names
+
+
+def commit(store: Store, ref: str, name: str, *, message: str = "", author: str = "") -> tuple[str, dict]:
+    """Turn a kept writable layer into a new layer on top of its image (like `docker commit`)."""
+    name = normalize_name(name)
+    with store.locked():
+        cid, meta = _container(store, ref)
+        upper = os.path.join(store.containers, cid, "upper")
+        if not os.path.isdir(upper):
+            raise ImageError(f"container {cid} has no writable layer (read-only root)")
+        if meta.get("status") == "running" and _alive(meta.get("pid")):
+            raise ImageError(f"container {cid} is still running")
+        base = None
+        for rec in store.images().values():
+            if rec["id"] == meta.get("image_id"):
+                base = rec
+                break
+        if base is None:                       # the image was removed: rebuild from the layers
+            base = {"layers": meta["layers"], "history": [], "config": {}}
+        fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
+        os.close(fd)
+        try:
+            _upper_to_tar(upper, tarpath, meta)
+            info = add_layer_from_tar(tarpath, store, f"commit {cid}")
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tarpath)
+        import hashlib
+        layers = list(base["layers"]) + [info["digest"]]
+        hist = list(base.get("history") or [])
+        hist.append({"created": _now(), "created_by": f"pysandbox commit {cid}", "comment": message,
+                     "author": author, "empty_layer": False})
+        cfg = {"rootfs": {"type": "layers", "diff_ids": layers}, "history": hist,
+               "config": base.get("config") or {}, "created": _now()}
+        image_id = "sha256:" + hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+        record = {"id": image_id, "layers": layers, "history": hist, "created": cfg["created"],
+                  "source": f"commit {cid}", "format": "commit", "config": base.get("config") or {}}
+        add_image_record(store, name, record)
+    return name, dict(record, name=name)
+
+
+def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
+    """Overlay upper dir -> OCI layer tar (whiteouts -> .wh.NAME, opaque dirs -> .wh..wh..opq)."""
+    umap = [tuple(x) for x in meta.get("uid_map") or ()]
+    gmap = [tuple(x) for x in meta.get("gid_map") or ()]
+    me = os.getuid()
+    rootless = meta.get("rootless")
+    with tarfile.open(tarpath, "w", format=tarfile.PAX_FORMAT) as tf:
+        def owner(ti):
+            if rootless:          # the caller is the sandbox's root
+                ti.uid = 0 if ti.uid == me else ti.uid
+                ti.gid = 0 if ti.gid == os.getgid() else ti.gid
+            else:
+                ti.uid, ti.gid = _unshift(umap, ti.uid), _unshift(gmap, ti.gid)
+            ti.uname = ti.gname = ""
+
+        def walk(d: str, arc: str):
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for e in entries:
+                a = f"{arc}/{e.name}" if arc else e.name
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    wh = tarfile.TarInfo(f"{arc}/.wh.{e.name}" if arc else f".wh.{e.name}")
+                    wh.mtime = int(st.st_mtime)
+                    tf.addfile(wh)
+                    continue
+                ti = tf.gettarinfo(e.path, a)
+                if ti is None:
+                    continue
+                owner(ti)
+                if ti.isreg() and ti.type != tarfile.LNKTYPE:
+                    with open(e.path, "rb") as f:
+                        tf.addfile(ti, f)
+                else:
+                    tf.addfile(ti)
+                if ti.isdir():
+                    if _is_opaque(e.path):
+                        op = tarfile.TarInfo(f"{a}/.wh..wh..opq")
+                        op.mtime = int(st.st_mtime)
+                        tf.addfile(op)
+                    walk(e.path, a)
+        walk(upper, "")
