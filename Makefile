@@ -3,7 +3,7 @@
 PY      ?= /usr/bin/python3
 VENV    ?= .venv
 DEB_PKGS = python3-venv python3-dev gcc libcap-dev libseccomp2 procps iproute2 \
-           bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns
+           bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns podman
 DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
 
 .PHONY: setup run test bench lint clean

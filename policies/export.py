@@ -173,11 +173,12 @@ def seccomp_profile(plan: Plan, *, architectures: Optional[Iterable[str]] = None
 def _caps(plan: Plan) -> dict:
     caps = sorted({c.upper() if c.upper().startswith("CAP_") else "CAP_" + c.upper()
                    for c in plan.capabilities})
-    # A non-root program keeps capabilities across execve only through the ambient set (which
-    # needs them inheritable too). For uid 0 inheritable stays empty (moby CVE-2022-24769).
-    keep_ambient = plan.user.uid != 0
-    return {"bounding": caps, "effective": caps, "permitted": caps,
-            "inheritable": caps if keep_ambient else [], "ambient": caps if keep_ambient else []}
+    # As `pysandbox run` (sandbox/capabilities.py): bounding, permitted, effective and
+    # inheritable are the kept set; ambient too when the program is not uid 0, so that a
+    # non-root program keeps them across execve (root gets them from the bounding set anyway).
+    # Inheritable cannot grant anything outside the bounding set.
+    ambient = caps if plan.user.uid != 0 else []
+    return {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": ambient}
 
 
 def _env(plan: Plan, environ: Optional[Mapping[str, str]]) -> list[str]:
@@ -537,6 +538,9 @@ def run_argv(plan: Plan, *, engine: str = "docker", seccomp_file: Optional[str] 
     a.append("--cap-drop=ALL")
     for c in sorted({c.upper().removeprefix("CAP_") for c in plan.capabilities}):
         a.append(f"--cap-add={c}")
+    if plan.capabilities:
+        losses.append(Loss("capabilities.inheritable", f"{engine} leaves the inheritable set empty "
+                           "(pysandbox fills it with the kept capabilities; no privilege differs)", False))
     if plan.capabilities and plan.user.uid != 0:
         if engine == "docker":
             losses.append(Loss("capabilities", "docker does not give a non-root user ambient capabilities: "
