@@ -898,6 +898,11 @@ class Cgroup:
         for drv in self.drivers:
             drv.add_pid(pid)
 
+    def fds(self) -> list[int]:
+        """The supervisor's lock descriptors (O_CLOEXEC). A child that does not exec (the sandbox's
+        PID 1) may close its inherited copies; the supervisor's copy keeps the lock."""
+        return [fd for drv in self.drivers for fd in drv._locks]
+
     def procs(self) -> set[int]:
         out: set[int] = set()
         for drv in self.drivers:
