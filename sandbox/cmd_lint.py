@@ -1,0 +1,108 @@
+"""`pysandbox lint [PATH ...]`: lint profiles for CI (schema, security rules, exposure score).
+
+    pysandbox lint                          # ./profiles, recursively
+    pysandbox lint profiles/ my.yaml        # files and directories (*.yaml, *.yml)
+    pysandbox lint --format sarif -o lint.sarif
+    pysandbox lint --fail-on warning --threshold 2.0
+
+Exit codes: 0 clean; 1 a finding at or above --fail-on (default error), or a profile's
+exposure above --threshold; 2 usage error (bad path, bad option).
+The rules, score and formats live in `policies.lint` (pure); this module is only the CLI.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+FORMATS = ("text", "json", "sarif")
+LEVELS = ("error", "warning", "info")
+
+
+class LintUsage(click.ClickException):
+    exit_code = 2
+
+
+def _kernel():
+    rel = os.uname().release.split("-")[0].split(".")
+    try:
+        return tuple(int(x) for x in rel[:2])
+    except ValueError:
+        return None
+
+
+def _threshold(ctx, param, value):
+    if value is None:
+        return None
+    if not 0.0 <= value <= 10.0:
+        raise click.BadParameter("must be between 0.0 and 10.0")
+    return value
+
+
+@click.command("lint")
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="Output format (sarif: SARIF 2.1.0 for code-scanning upload).")
+@click.option("--fail-on", type=click.Choice(LEVELS), default="error", show_default=True,
+              help="Exit 1 when a finding has this severity or a higher one.")
+@click.option("--threshold", type=float, callback=_threshold, metavar="SCORE",
+              help="Exit 1 when a profile's exposure score is above SCORE (0.0-10.0).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write the report to FILE instead of standard output.")
+@click.option("--breakdown/--no-breakdown", default=None,
+              help="Per-profile exposure table (default: only when linting one profile).")
+@click.option("--show-suppressed", is_flag=True, help="Also list findings suppressed inline (text format).")
+@click.option("--list-rules", is_flag=True, help="List the rules and exit.")
+def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, list_rules):
+    """Lint profiles: schema errors, security rules, exposure score.
+
+    PATH is a profile file, a directory (searched recursively for *.yaml/*.yml) or a profile
+    name; the default is ./profiles. Suppress a finding inline, with a reason:
+    `# pysandbox: ignore[PSB203] the test runner needs ptrace`.
+    """
+    from policies.lint import LintUsageError, lint_paths
+    from policies.lint import output as O
+
+    if list_rules:
+        click.echo(O.rules_table())
+        return 0
+    if not paths:
+        if not os.path.isdir("profiles"):
+            raise LintUsage("no PATH given and there is no ./profiles directory")
+        paths = ("profiles",)
+    try:
+        result = lint_paths(paths, kernel=_kernel())
+    except LintUsageError as e:
+        raise LintUsage(str(e)) from None
+    if fmt == "json":
+        text = O.render_json(result, fail_on=fail_on, threshold=threshold)
+    elif fmt == "sarif":
+        text = O.render_sarif(result)
+    else:
+        color = output is None and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        text = O.render_text(result, breakdown=breakdown, color=color, show_suppressed=show_suppressed)
+        if threshold is not None:
+            worse = [r for r in result.reports if r.score is not None and r.score.score > threshold]
+            for r in worse:
+                text += (f"\nexposure {r.score.score:.1f} of {O.relpath(r.file)} is above the threshold "
+                         f"{threshold:.1f}")
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as e:
+            raise LintUsage(f"cannot write {output}: {e.strerror}") from None
+        if fmt != "text":
+            # keep CI logs readable: a one-line summary on stderr
+            c = {s: sum(1 for x in result.active if x.severity == s) for s in LEVELS}
+            click.echo(f"pysandbox lint: {c['error']} errors, {c['warning']} warnings, {c['info']} info "
+                       f"-> {output}", err=True)
+        else:
+            click.echo(text.rsplit("\n", 1)[-1], err=True)
+    else:
+        click.echo(text)
+    return 1 if result.failed(fail_on, threshold) else 0
+
+
+COMMANDS = [lint]
