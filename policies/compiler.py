@@ -158,6 +158,10 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     # --- user ---------------------------------------------------------------
     user_d = d.get("user", {})
     in_uid, in_gid = user_d.get("uid", 0), user_d.get("gid", 0)
+    if in_uid == "caller":          # map the caller to itself rather than to root
+        in_uid = uid
+    if in_gid == "caller":
+        in_gid = gid
     if ov.user:
         try:
             parts = ov.user.split(":")

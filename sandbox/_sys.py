@@ -222,3 +222,29 @@ def openat2(dirfd: int, path, flags: int, mode: int = 0, resolve: int = 0) -> in
         err = ctypes.get_errno()
         raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
     return res
+
+
+# --- new mount API (detached mount trees) ----------------------------------------
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_tree(path, recursive: bool = True) -> int:
+    """A detached clone of the mount tree at path (attach it later with move_mount)."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    res = _syscall(ctypes.c_long(NR["open_tree"]), ctypes.c_int(-100), _b(path), ctypes.c_uint(flags))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return res
+
+
+def move_mount_fd(fd: int, target) -> None:
+    """Attach a detached mount tree (from open_tree) at target."""
+    res = _syscall(ctypes.c_long(NR["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(-100), _b(target),
+                   ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"move_mount onto {target}: {os.strerror(err)}")

@@ -71,19 +71,43 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
 
 
 def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = None,
-            resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None) -> list:
+            resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None,
+            hosts_file: str | None = None) -> list:
     """Steps 1-4. Returns the O_PATH descriptors of bind sources, in plan.filesystem.mounts order."""
     fs = plan.filesystem
+    # Every host source is captured before anything else is mounted: the tmpfs on BASE below
+    # would hide sources under the host's /tmp, and pivot_root later hides them all. User bind
+    # sources become detached mount trees (open_tree), attached after pivot_root at targets
+    # resolved inside the new root.
     _sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    hosts_fd = os.open(hosts_file, os.O_PATH | os.O_CLOEXEC) if hosts_file else None
+    fds = []
+    for m in fs.mounts:
+        if m.type in ("bind", "volume"):
+            src = m.source if m.type == "bind" else (volume_dirs or {}).get(m.source)
+            if src is None:
+                raise SetupError(f"volume {m.source!r} is not available")
+            try:
+                st = os.stat(src)
+                fds.append((_sys.open_tree(src), stat.S_ISDIR(st.st_mode)))
+            except OSError as e:
+                raise SetupError(f"bind source {src}: {e.strerror}") from None
+        else:
+            fds.append(None)
+    root_fd = None
+    if image_root is None and fs.root != "host":
+        try:
+            root_fd = os.open(fs.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SetupError(f"root directory {fs.root}: {e.strerror}") from None
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
     if image_root is not None:
         from . import overlay
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.overlay)
-    elif fs.root != "host":
-        if not os.path.isdir(fs.root):
-            raise SetupError(f"root directory {fs.root} does not exist")
-        _bind(fs.root, new, read_only=False)
+    elif root_fd is not None:
+        _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
+        os.close(root_fd)
     else:
         for d in fs.system_dirs:
             _copy_entry(d, new + d)
@@ -98,6 +122,15 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         for d in ("/root", "/home", "/var", "/var/tmp", "/run", "/mnt", "/opt", "/srv"):
             _mkdirs(new + d)
         os.chmod(new + "/var/tmp", 0o1777)
+
+    # a private network's hosts file (sandbox.network): bound read-only, rewritten in place on the
+    # host as peers join and leave, so the sandbox always sees its current peers by name
+    if hosts_fd is not None:
+        _mkdirs(new + "/etc")
+        if not os.path.exists(new + "/etc/hosts"):
+            _touch(new + "/etc/hosts")
+        _bind(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts", read_only=True, recursive=False)
+        os.close(hosts_fd)
 
     # /proc
     if fs.proc:
@@ -129,19 +162,6 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{new}/dev/{name}")
 
-    # bind sources, opened while the host tree is still reachable
-    fds = []
-    for m in fs.mounts:
-        if m.type in ("bind", "volume"):
-            src = m.source if m.type == "bind" else (volume_dirs or {}).get(m.source)
-            if src is None:
-                raise SetupError(f"volume {m.source!r} is not available")
-            try:
-                fds.append(os.open(src, os.O_PATH | os.O_CLOEXEC))
-            except OSError as e:
-                raise SetupError(f"bind source {src}: {e.strerror}") from None
-        else:
-            fds.append(None)
     return fds
 
 
@@ -182,8 +202,8 @@ def finish(plan, bind_fds: list) -> None:
             opts = [f"size={m.size}" if m.size else "size=64m", f"mode={m.mode:o}" if m.mode is not None else "mode=1777"]
             _sys.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(opts))
         else:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
+            fd, is_dir = fd
+            if is_dir:
                 target = _resolve_inside(m.target)
             else:
                 parent = _resolve_inside(os.path.dirname(m.target) or "/")
@@ -192,8 +212,10 @@ def finish(plan, bind_fds: list) -> None:
                     raise SetupError(f"mount target {m.target} is a symbolic link (refused)")
                 if not os.path.exists(target):
                     _touch(target)
-            _bind(f"/proc/self/fd/{fd}", target, read_only=m.read_only)
+            _sys.move_mount_fd(fd, target)
             os.close(fd)
+            _sys.mount_setattr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+                               | (MOUNT_ATTR_RDONLY if m.read_only else 0), recursive=True)
     for p in fs.masked_paths:
         try:
             st = os.lstat(p)

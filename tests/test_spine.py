@@ -339,3 +339,41 @@ def test_bad_flags_give_one_line_exit_2(root_runner, flags):
     r = root_runner("run", *flags, "--", "/bin/true")
     assert r.returncode == 2, r
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("pysandbox"), r
+
+
+# --- identity ------------------------------------------------------------------------
+
+def test_rootless_caller_can_map_to_itself(user_runner, tmp_profile):
+    p = tmp_profile("version: 1\nextends: strict\nuser: {uid: caller, gid: caller}\n")
+    r = user_runner("run", "--profile", p, "--", "/bin/sh", "-c", "id -u; id -g")
+    assert r.returncode == 0 and r.stdout.split() == [str(user_runner.uid), str(user_runner.gid)], r
+
+
+def test_sandbox_root_is_an_unprivileged_host_id(root_runner, shared_tmp):
+    data = shared_tmp / "data"
+    data.mkdir()
+    os.chmod(data, 0o777)
+    r = root_runner.sh("id -u; touch /data/made-inside", "-v", f"{data}:/data")
+    assert r.returncode == 0 and r.stdout.strip() == "0", r             # root inside ...
+    st = os.stat(data / "made-inside")
+    assert st.st_uid == 1_000_000_000 and st.st_gid == 1_000_000_000    # ... nobody special outside
+    r = root_runner.sh("touch /data/ro-write", "-v", f"{data}:/data:ro")
+    assert r.returncode != 0 and "Read-only file system" in r.stderr, r
+
+
+def test_rootless_writable_bind_writes_as_the_caller(user_runner, shared_tmp):
+    data = shared_tmp / "udata"
+    data.mkdir()
+    os.chown(data, user_runner.uid, user_runner.gid)
+    r = user_runner.sh("touch /data/made-inside && id -u", "-v", f"{data}:/data")
+    assert r.returncode == 0 and r.stdout.strip() == "0", r
+    assert os.stat(data / "made-inside").st_uid == user_runner.uid
+
+
+def test_bind_target_through_a_symlink_is_refused(root_runner, shared_tmp):
+    # /bin is a symlink (usr-merge) in the sandbox root: a target below it is refused rather than
+    # followed; a symlink can never lead a mount target out of the new root.
+    src = shared_tmp / "src"
+    src.mkdir()
+    r = root_runner.sh("true", "-v", f"{src}:/bin/evil")
+    assert r.returncode == 125 and "symbolic link" in r.stderr, r
