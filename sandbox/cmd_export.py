@@ -243,7 +243,10 @@ def _command():
         res = export_plan(compiled.plan, fmt, outdir, image=image, allow_weaker=allow_weaker,
                           force=force, cgroups_path=cgroups_path)
         for l in res.losses:
-            click.echo(f"pysandbox export: {l}", err=True)
+            text = str(l)
+            if len(text) > 200:
+                text = text[:197] + "..."          # the full text is in NOTES.txt
+            click.echo(f"pysandbox export: {text}", err=True)
         for f in res.files:
             click.echo(f"wrote {f}")
         if res.command and fmt != "oci":
