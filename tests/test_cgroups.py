@@ -787,3 +787,117 @@ def test_doctor_report_matches_run():
         parent = os.path.join(mount, "pysandbox")
         if os.path.isdir(parent):
             assert not [e for e in os.listdir(parent) if e.startswith(f"doctor-{os.getpid()}-")]
+
+
+PURE_V2 = textwrap.dedent("""\
+    import os, sys
+    sys.path.insert(0, ".")
+    from policies.plan import Limits
+    from sandbox import cgroups
+    lay = cgroups.detect()
+    print("mode", lay.mode, lay.unified, sorted(lay.unified_controllers()))
+    try:
+        cgroups.create_for_sandbox(sys.argv[1], Limits(memory=64 << 20, pids=10), rootless=False)
+    except cgroups.CgroupError as e:
+        print("ERR", e)
+    print("left", os.path.exists(os.path.join(lay.unified, "pysandbox", sys.argv[1])))
+""")
+
+
+@needs_root
+@needs_unified
+def test_pure_v2_layout_in_private_mount_namespace():
+    """A REAL pure-cgroup2 layout, as another machine would have it: in a private mount namespace
+    (the host's mounts are untouched) the v1 hierarchies are unmounted and cgroup2 is mounted at
+    /sys/fs/cgroup. Detection must say v2, and since this kernel binds memory/pids to v1 (so cgroup2
+    does not offer them), the limits must fail closed without creating anything."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = ("umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && "
+              f'exec "{sys.executable}" -c "$0" "$1"')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, PURE_V2, _id("purev2")],
+                       capture_output=True, text=True, timeout=60, cwd=repo)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("mode v2 /sys/fs/cgroup "), r.stdout
+    assert "memory" not in lines[0]
+    assert lines[1].startswith("ERR memory: controller not available (not enabled in cgroup2 at /sys/fs/cgroup;"), r.stdout
+    assert lines[2] == "left False"
+    # and the host's layout is unchanged
+    assert cgroups.detect() == LAYOUT
+
+
+ROOTLESS_V2 = textwrap.dedent("""\
+    import os, subprocess, sys
+    sys.path.insert(0, ".")
+    from policies.plan import Limits
+    from sandbox import cgroups
+    lay = cgroups.detect()
+    print("base", cgroups.delegated_v2_base(lay))
+    cg = cgroups.create_for_sandbox(sys.argv[1], Limits(pids=5), rootless=True)
+    print("paths", " ".join(cg.paths))
+    r, w = os.pipe()
+    p = subprocess.Popen(["/bin/sh", "-c", "read x; cat /proc/self/cgroup"], stdin=r, stdout=subprocess.PIPE, text=True)
+    os.close(r); cg.add_pid(p.pid); os.write(w, b"\\n"); os.close(w)
+    out = p.communicate()[0]
+    print("child", [l for l in out.splitlines() if l.startswith(("0::", "8:pids", "pids")) or ":pids:" in l])
+    cg.finish()
+    print("removed", all(not os.path.exists(x) for x in cg.paths))
+""")
+
+
+@needs_root
+@needs_unified
+@pytest.mark.skipif("pids" not in V1, reason="no v1 pids hierarchy")
+def test_rootless_real_cgroup2_delegation():
+    """REAL cgroup2 delegation on the unified mount, the way systemd's Delegate=yes does it: a subtree
+    owned by uid 65534 (directory, cgroup.procs, cgroup.subtree_control, cgroup.threads), with the
+    caller placed inside it by root. Rootless, the driver finds that subtree as its base, creates the
+    sandbox's cgroup2 directory in it and moves the child there (allowed: the common ancestor is
+    delegated). The pids limit itself comes from the delegated v1 parent (pids is bound to v1 here)."""
+    base = os.path.join(LAYOUT.unified, _id("deleg"))
+    inner = os.path.join(base, "inner")
+    os.mkdir(base)
+    os.mkdir(inner)
+    made_v1 = []
+    p = None
+    try:
+        for d in (base, inner):
+            for f in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+                os.chown(os.path.join(d, f) if f else d, NOBODY, NOBODY)
+        made_v1 = cgroups.delegate(NOBODY, NOBODY)
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        r, w = os.pipe()
+        p = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                              "/bin/sh", "-c", 'read x; exec "$@"', "sh", sys.executable, "-c", ROOTLESS_V2,
+                              _id("rlv2")], stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=repo)
+        os.close(r)
+        with open(os.path.join(inner, "cgroup.procs"), "w") as f:     # root places the caller
+            f.write(str(p.pid))
+        os.write(w, b"\n")
+        os.close(w)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        lines = dict(l.split(" ", 1) for l in out.splitlines())
+        assert lines["base"] == base
+        leaf_v2 = os.path.join(base, "pysandbox", _id("rlv2"))
+        assert leaf_v2 in lines["paths"].split()
+        assert os.path.join(V1["pids"], f"pysandbox-{NOBODY}", _id("rlv2")) in lines["paths"].split()
+        assert f"0::/{_id('deleg')}/pysandbox/{_id('rlv2')}" in lines["child"]
+        assert lines["removed"] == "True"
+    finally:
+        if p and p.poll() is None:
+            p.kill()
+            p.wait()
+        for d in (os.path.join(base, "pysandbox"), inner, base):
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        if made_v1:
+            cgroups.undelegate(NOBODY)
+    assert not os.path.exists(base)
