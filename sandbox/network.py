@@ -558,12 +558,27 @@ def _check_port_free(p: dict) -> None:
     typ = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(fam, typ)
     try:
+        if typ == socket.SOCK_STREAM:      # a listener still conflicts; TIME_WAIT leftovers do not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((p["host_ip"], p["host_port"]))
     except OSError as e:
         raise NetworkError(f"network: cannot publish {p['host_ip']}:{p['host_port']}/{p['proto']}: "
                            f"{e.strerror}") from None
     finally:
         s.close()
+
+
+def _tun_problem() -> str | None:
+    """Why user-mode networking cannot open /dev/net/tun for this user, or None."""
+    path = "/dev/net/tun"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{path}: {e.strerror} (user-mode networking needs the tun device)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (f"{path} (mode {st.st_mode & 0o777:04o}) is not usable by uid {os.geteuid()}; user-mode "
+                "networking needs it (Debian's default is 0666)")
+    return None
 
 
 def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHandle | None":
@@ -603,6 +618,9 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHa
         if names:
             raise NetworkError(f"network {mode}: egress rule to sandbox {names[0]!r}: sandbox names resolve "
                                "only on a private network")
+        tun = _tun_problem()
+        if tun:
+            raise NetworkError(f"network {mode}: {tun}")
         if deny:
             _nft_path()
         for p in ports:
@@ -859,6 +877,10 @@ class NetHandle:
     def _attach_usermode(self, pid: int) -> None:
         if self.mode == "pasta":
             argv = [self.tool, "--config-net", "-f", "-q", "--no-map-gw", "--ipv4-only"]
+            if os.geteuid() == 0:
+                # as root pasta would switch to nobody before opening /proc/PID/ns/*, which the
+                # sandbox (another uid, non-dumpable) does not allow; it still drops its capabilities
+                argv += ["--runas", "0:0"]
             tcp = ",".join(f"{'' if p['host_ip'] == '0.0.0.0' else p['host_ip'] + '/'}{p['host_port']}:{p['port']}"
                            for p in self.ports if p["proto"] == "tcp") or "none"
             udp = ",".join(f"{'' if p['host_ip'] == '0.0.0.0' else p['host_ip'] + '/'}{p['host_port']}:{p['port']}"
@@ -1191,10 +1213,11 @@ def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
     out.append(("network: pyroute2 (private networks)", ok, "installed" if ok else "pip install pyroute2"))
     out.append(("network: private networks (bridge + veth)", not rootless,
                 "root: available" if not rootless else "need root; rootless sandboxes can use pasta"))
+    tun = _tun_problem()
     for tool, pkg in (("pasta", "passt"), ("slirp4netns", "slirp4netns")):
         p = shutil.which(tool)
-        out.append((f"network: {tool} (user-mode networking, rootless)", p is not None,
-                    p or f"not found: install the Debian package {pkg}"))
+        out.append((f"network: {tool} (user-mode networking)", p is not None and tun is None,
+                    (p or f"not found: install the Debian package {pkg}") + (f"; {tun}" if p and tun else "")))
     fwd = _read_sysctl("/proc/sys/net/ipv4/ip_forward")
     out.append(("network: ip_forward (private networks reach beyond the host; -p from other hosts)",
                 fwd == "1", f"net.ipv4.ip_forward = {fwd}" + ("" if fwd == "1" else

@@ -45,15 +45,24 @@ def start(*opts, code: str, profile="default"):
 
 
 def wait_line(p, timeout=15):
+    """Next stdout line of a started sandbox (own buffer over os.read: select() and a buffered
+    reader do not mix)."""
     import select
+    buf = getattr(p, "_linebuf", b"")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.2)
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no line from sandbox")
+        r, _, _ = select.select([p.stdout], [], [], min(left, 0.2))
         if r:
-            return p.stdout.readline().strip()
-        if p.poll() is not None:
-            raise AssertionError(f"sandbox exited {p.returncode}: {p.stderr.read()}")
-    raise TimeoutError("no line from sandbox")
+            d = os.read(p.stdout.fileno(), 4096)
+            if not d:
+                p.wait(timeout=10)
+                raise AssertionError(f"sandbox exited {p.returncode}: {p.stderr.read()}")
+            buf += d
+    line, p._linebuf = buf.split(b"\n", 1)
+    return line.decode().strip()
 
 
 def stop(p):
@@ -215,12 +224,18 @@ def test_e2e_egress_allow_list(nets, tmp_path):
             p = subprocess.run(["/usr/sbin/nft", "flush", "ruleset"], capture_output=True, text=True)
             print(p.returncode, "Operation not permitted" in p.stderr)
             """)
-        r = run("--name", "client", "--cap-add", "NET_RAW", code=code, profile=str(prof))
+        log = tmp_path / "audit.jsonl"
+        r = run("--name", "client", "--cap-add", "NET_RAW", "--audit-log", str(log), code=code, profile=str(prof))
         assert r.returncode == 0, r.stderr
         lines = r.stdout.split("\n")
         assert lines[0].split() == ["hello:7000", "err113", "err113"]   # allowed; other port; other peer
         rc, eperm = lines[1].split()
         assert rc != "0" and eperm == "True"                               # NET_RAW cannot flush the rules
+        # the denied packets are counted and reach the audit log
+        import json
+        evs = [json.loads(x) for x in log.read_text().splitlines()]
+        eg = [e for e in evs if e["type"] == "limit_exceeded" and e["limit"]["name"] == "network.egress"]
+        assert eg and eg[0]["limit"]["peak"] >= 2, evs
     finally:
         stop(db)
         stop(other)
@@ -281,3 +296,56 @@ def test_e2e_errors_fail_closed(testns):
         "pysandbox: network 'nosuch' not found (create it with: pysandbox network create nosuch)"]
     r = cli("network", "rm", "nosuch")
     assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network 'nosuch' not found"
+
+
+@needs_cli
+@pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
+def test_e2e_usermode_network_as_root(testns, mode):
+    """pasta / slirp4netns as root: outbound through the user-mode stack to an "upstream" veth of
+    this module's own netns (TEST-NET-1 addresses), and a published port."""
+    import shutil
+    if shutil.which(mode) is None:
+        pytest.skip(f"{mode} not installed")
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+        i0, i1 = ipr.link_lookup(ifname="up0")[0], ipr.link_lookup(ifname="up1")[0]
+        for i in (i0, i1):
+            ipr.link("set", index=i, state="up")
+        ipr.addr("add", index=i0, address="192.0.2.1", prefixlen=24)
+        ipr.addr("add", index=i0, address="192.0.2.2", prefixlen=24)
+        ipr.route("add", dst="0.0.0.0/0", gateway="192.0.2.254")
+    ls = socket.socket()
+    try:
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("192.0.2.2", 9000))
+        ls.listen(2)
+        ls.settimeout(15)
+        p = start("--network", mode, "-p", "18097:7000", code="""
+            import socket
+            print(sorted(n for _, n in socket.if_nameindex()), flush=True)
+            c = socket.create_connection(("192.0.2.2", 9000), timeout=5); print(c.recv(10).decode(), flush=True)
+            s = socket.socket(); s.bind(("0.0.0.0", 7000)); s.listen(1); s.settimeout(15)
+            print("listening", flush=True)
+            a, _ = s.accept(); a.sendall(b"published"); a.close()
+            """)
+        try:
+            names = wait_line(p)
+            c, _ = ls.accept()
+            c.sendall(b"upstream")
+            c.close()
+            assert wait_line(p) == "upstream"
+            assert wait_line(p) == "listening"
+            c = socket.create_connection(("127.0.0.1", 18097), timeout=5)
+            assert c.recv(20) == b"published"
+            c.close()
+            assert p.wait(timeout=15) == 0
+            assert names.startswith("['lo', ")
+        finally:
+            stop(p)
+    finally:
+        ls.close()
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname="up0")
+            if idx:
+                ipr.link("del", index=idx[0])
