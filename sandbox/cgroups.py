@@ -1216,6 +1216,22 @@ def _has_cap(bit: int) -> bool:
     return False
 
 
+_DOCTOR_FILES = {
+    "memory": ("memory.limit_in_bytes", "memory.max"),
+    "memory-swap": ("memory.memsw.limit_in_bytes", "memory.swap.max"),
+    "memory-reservation": ("memory.soft_limit_in_bytes", "memory.low"),
+    "cpus": ("cpu.cfs_quota_us", "cpu.max"),
+    "cpu-shares": ("cpu.shares", "cpu.weight"),
+    "cpuset-cpus": ("cpuset.cpus", "cpuset.cpus"),
+    "pids-limit": ("pids.max", "pids.max"),
+    "blkio-weight": ("blkio.bfq.weight", "io.weight"),
+    "device-read-bps": ("blkio.throttle.read_bps_device", "io.max"),
+    "device-write-bps": ("blkio.throttle.write_bps_device", "io.max"),
+    "device-read-iops": ("blkio.throttle.read_iops_device", "io.max"),
+    "device-write-iops": ("blkio.throttle.write_iops_device", "io.max"),
+}
+
+
 def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
     """(control, enforceable, reason) for every limit, found by really creating a probe cgroup with
     that one limit (the same code path as `run`) and removing it again."""
@@ -1260,14 +1276,24 @@ def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
         finally:
             if cg:
                 cg.finish()
-        rows.append((control, True, f"cgroup {where.split()[0]}" if where else "ok"))
+        if where:
+            version, path = where.split(" ", 1)
+            f1, f2 = _DOCTOR_FILES.get(control, ("", ""))
+            fname = f1 if version == "v1" else f2
+            rows.append((control, True, f"cgroup {version} {fname} under {os.path.dirname(path)}".replace("  ", " ")))
+        else:
+            rows.append((control, True, "ok"))
     # killing everything at exit
-    if layout.unified and (delegated_v2_base(layout) if rootless else layout.unified):
-        rows.append(("kill-all", True, f"cgroup2 cgroup.kill at {layout.unified}"))
-    elif "freezer" in layout.v1_map:
+    v2_base = (delegated_v2_base(layout) if rootless else layout.unified) if layout.unified else None
+    freezer = layout.v1_map.get("freezer")
+    freezer_ok = bool(freezer) and (not rootless or os.access(os.path.join(freezer, _parent_name(True)), os.W_OK))
+    if v2_base:
+        rows.append(("kill-all", True, f"cgroup2 cgroup.kill under {v2_base}"))
+    elif freezer_ok:
         rows.append(("kill-all", True, "cgroup v1 freezer + SIGKILL"))
     else:
-        rows.append(("kill-all", False, "no cgroup2 and no v1 freezer: SIGKILL loop only"))
+        rows.append(("kill-all", False, "no usable cgroup2 or v1 freezer: only the pid namespace's PID 1 "
+                                        "is killed (which takes the sandbox with it)"))
     sys_resource = _has_cap(24)
     try:
         import resource
