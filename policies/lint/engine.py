@@ -109,7 +109,12 @@ def schema_findings(doc, profile: str) -> list[M.Finding]:
             return [_err_finding(e, profile)]
     out = []
     for err in errors:
-        loc = doc.locate(err.absolute_path) or Location(profile, 1, 1)
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                path += (extra[0],)      # point at the unknown key, not at its parent
+        loc = doc.locate(path) or Location(profile, 1, 1)
         out.append(M.Finding(M.PSB001.code, "error", message(err), "fix the value to match the profile "
                              "schema (policies/schema/profile.schema.json)", loc.file, loc.line, loc.col, profile))
     out.sort(key=lambda f: (f.file, f.line, f.col))
@@ -160,6 +165,7 @@ def lint_file(path, *, kernel=None) -> M.ProfileReport:
         chk(ctx)
     rep.findings = doc_findings + ctx.findings
     rep.name = compiled.plan.name
+    rep.plan = compiled.plan
     rep.score = exposure(compiled.plan)
     return rep
 

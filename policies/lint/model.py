@@ -123,3 +123,4 @@ class ProfileReport:
     files: list = field(default_factory=list)       # the extends chain, most derived first
     findings: list = field(default_factory=list)    # Finding, suppressed ones included
     score: Optional[object] = None                  # score.Exposure, None when it did not compile
+    plan: Optional[object] = None                   # the compiled plan.Plan lint judged (None: did not compile)

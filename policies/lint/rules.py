@@ -534,7 +534,7 @@ def no_effect(ctx: Ctx):
                     continue
                 if n in seen:
                     first = ctx.loc(seen[n])
-                    ctx.report(M.PSB208, f"{n} is listed twice in seccomp.{which} (first at line {first.line})",
+                    ctx.report(M.PSB208, f"{n} is listed twice in seccomp.{which} (first at {first.line}:{first.col})",
                                "remove the repetition", p)
                 else:
                     seen[n] = p
