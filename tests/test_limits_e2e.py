@@ -235,6 +235,7 @@ def test_device_read_bps_throttles_direct_reads(root_runner):
     """--device-read-bps DISK:2mb: O_DIRECT reads (no page cache) of a 4 MiB file on that disk take
     ~2 s inside the sandbox (blk-throttle allows a short initial burst, hence >= 1.4 s)."""
     shared_tmp = tempfile.mkdtemp(prefix="pysbx-bps-", dir="/var/tmp")
+    os.chmod(shared_tmp, 0o755)                # readable by the sandbox's unprivileged uid
     data = os.path.join(shared_tmp, "data")
     st = os.stat(shared_tmp)
     disk = cgroups._probe_disk()
@@ -243,6 +244,7 @@ def test_device_read_bps_throttles_direct_reads(root_runner):
             pytest.skip("the test directory is not on a whole-disk file system here")
         with open(data, "wb") as f:
             f.write(os.urandom(4 << 20))
+        os.chmod(data, 0o644)
         os.sync()
         _read_throttled(root_runner, shared_tmp, disk)
     finally:
