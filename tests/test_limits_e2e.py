@@ -298,3 +298,17 @@ def test_cpus_02_vs_08_through_the_cli(root_runner):
             assert 3.0 <= ub / ua <= 5.0, seen
             return
     pytest.skip(f"host CPU contended, the 0.8 sandbox never got its quota: {seen}")
+
+
+def test_inside_cgroups_are_namespaced_and_unreachable(runner):
+    """The sandbox has a cgroup namespace (its cgroups read as "/") and no cgroup file system: it can
+    neither see nor change its limits, and there is no v1 release_agent to reach (CVE-2022-0492)."""
+    r = runner("run", "--profile", "strict", "--memory", "64m", "--pids-limit", "50", "--", "/bin/sh", "-c",
+               "cat /proc/self/cgroup; echo mounts=$(grep -c ' - cgroup' /proc/self/mountinfo); "
+               "mkdir /sys/fs/cgroup/x 2>/dev/null && echo MKDIR-OK; "
+               "ls /sys/fs/cgroup/memory/release_agent 2>/dev/null && echo RA-VISIBLE; echo end")
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    cg_lines = [l for l in lines if re.match(r"^\d+:", l)]
+    assert cg_lines and all(l.endswith(":/") for l in cg_lines), r
+    assert "mounts=0" in lines and "MKDIR-OK" not in lines and "RA-VISIBLE" not in lines, r
