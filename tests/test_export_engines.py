@@ -120,6 +120,22 @@ def v1_only(cmd: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
 
 
+def _cgroup_dirs(name: str) -> list[str]:
+    """<hierarchy>/<name> directories that exist, for every mounted cgroup hierarchy."""
+    with open("/proc/self/mountinfo") as f:
+        roots = [l.split()[4] for l in f if " - cgroup" in l]
+    return [os.path.join(r, name) for r in roots if os.path.isdir(os.path.join(r, name))]
+
+
+def _remove_empty_cgroups(name: str) -> None:
+    for d in _cgroup_dirs(name):
+        for dirpath, _, _ in sorted(os.walk(d), key=lambda t: -t[0].count("/")):
+            try:
+                os.rmdir(dirpath)          # fails (harmlessly) on a cgroup that still has tasks
+            except OSError:
+                pass
+
+
 def _mounts_under(path: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [l.split()[4] for l in f if l.split()[4].startswith(path)]
@@ -131,6 +147,8 @@ class Engine:
         # podman wants a short --runroot (< 50 characters): a state directory directly in /tmp
         self.state = Path(tempfile.mkdtemp(prefix=f"psx-{name[:6]}-", dir="/tmp"))
         self.ids: list[str] = []
+        # podman's cgroupfs manager leaves <hierarchy>/libpod_parent/conmon behind
+        self.had_libpod_parent = bool(_cgroup_dirs("libpod_parent"))
 
     # --- OCI runtimes on an exported bundle
     def run_bundle(self, bundle: Path, timeout=120) -> subprocess.CompletedProcess:
@@ -175,6 +193,8 @@ class Engine:
                                capture_output=True, timeout=30)
         else:
             subprocess.run(self.podman_global() + ["rm", "--all", "--force"], capture_output=True, timeout=60)
+            if not self.had_libpod_parent:
+                _remove_empty_cgroups("libpod_parent")
         for d in (self.tmp, self.state):
             for m in sorted(_mounts_under(str(d)), key=len, reverse=True):
                 subprocess.run(["umount", "-l", m], capture_output=True)
@@ -263,3 +283,72 @@ def test_seccomp_kill_rule_ends_with_sigsys(engine):
     p = engine.run([str(prof)], engine.tmp / "out", argv)
     assert "alive" not in p.stdout
     assert p.returncode == 159, (p.returncode, p.stderr[-800:])
+
+
+LIMIT_ARGS = ["--memory", "256m", "--memory-swap", "512m", "--memory-reservation", "128m", "--cpus", "0.5",
+              "--cpu-shares", "512", "--cpuset-cpus", "0", "--pids-limit", "64"]
+
+
+def _host_pid_of(marker: str, deadline: float) -> int | None:
+    import time
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if marker.encode() in argv and argv[0].endswith(b"python3"):
+                return int(pid)
+        time.sleep(0.05)
+    return None
+
+
+def _cgroup_file(pid: int, controller: str, name: str) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            if controller in ctrls.split(","):
+                with open(f"/sys/fs/cgroup/{controller}{path}/{name}") as g:
+                    return g.read().strip()
+    raise AssertionError(f"pid {pid} is in no {controller} cgroup")
+
+
+def test_cgroup_limits_are_applied_by_the_engine(engine):
+    """The exported resources land in the container's (v1) cgroups: read on the host from the
+    cgroup files of the running program (block device rates: the disk's major:minor)."""
+    import signal
+    import threading
+    import time
+    disk = next((d for d in ("/dev/vda", "/dev/sda", "/dev/nvme0n1") if os.path.exists(d)), None)
+    args = ["strict", *LIMIT_ARGS] + (["--device-read-bps", f"{disk}:1m"] if disk else [])
+    marker = f"pysbx-limits-{uuid.uuid4().hex[:8]}"
+    argv = ["/usr/bin/python3", "-c", "import time; time.sleep(60)", marker]
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("p", engine.run(args, engine.tmp / "out", argv)))
+    t.start()
+    pid = None
+    try:
+        pid = _host_pid_of(marker, time.monotonic() + 60)
+        assert pid, f"the container program did not start: {result.get('p')}"
+        got = {k: _cgroup_file(pid, c, f) for k, (c, f) in {
+            "memory": ("memory", "memory.limit_in_bytes"),
+            "memsw": ("memory", "memory.memsw.limit_in_bytes"),
+            "reservation": ("memory", "memory.soft_limit_in_bytes"),
+            "quota": ("cpu", "cpu.cfs_quota_us"), "period": ("cpu", "cpu.cfs_period_us"),
+            "shares": ("cpu", "cpu.shares"), "cpuset": ("cpuset", "cpuset.cpus"),
+            "pids": ("pids", "pids.max")}.items()}
+        assert got == {"memory": str(256 << 20), "memsw": str(512 << 20), "reservation": str(128 << 20),
+                       "quota": "50000", "period": "100000", "shares": "512", "cpuset": "0", "pids": "64"}
+        if disk:
+            st = os.stat(disk).st_rdev
+            rates = _cgroup_file(pid, "blkio", "blkio.throttle.read_bps_device")
+            assert f"{os.major(st)}:{os.minor(st)} {1 << 20}" in rates.splitlines()
+    finally:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        t.join(120)
+    assert result["p"].returncode == 137, result["p"]
