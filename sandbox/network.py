@@ -717,7 +717,6 @@ class NetHandle:
         self._nsfd: int | None = None
         self._usernsfd: int | None = None
         self._helper: subprocess.Popen | None = None   # proxy / pasta / slirp4netns
-        self._helper_tmp: str | None = None
         self._released = False
         self._supervisor = os.getpid()
         self._supervisor_start = _proc_start(self._supervisor)
@@ -875,6 +874,36 @@ class NetHandle:
             raise NetworkError(f"network: port proxy failed: {err.decode(errors='replace').strip()[:200]}")
 
     def _attach_usermode(self, pid: int) -> None:
+        import tempfile
+        tmp = tempfile.mkdtemp(prefix=f"pysandbox-{self.mode}-")
+        try:
+            errf = open(os.path.join(tmp, "stderr"), "w+b")
+            try:
+                self._attach_usermode_in(pid, tmp, errf)
+            finally:
+                errf.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)      # only needed while it starts
+
+    def _spawn_helper(self, argv: list[str], errf, pass_fds=()) -> None:
+        # the helper dies with the supervisor (PDEATHSIG through setpriv, kept across exec):
+        # no stray pasta/slirp4netns after a supervisor crash
+        sp = shutil.which("setpriv")
+        if sp:
+            argv = [sp, "--pdeathsig", "KILL", "--"] + argv
+        self._helper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
+                                        pass_fds=tuple(pass_fds), start_new_session=True)
+
+    @staticmethod
+    def _errtext(errf) -> str:
+        try:
+            errf.seek(0)
+            lines = errf.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        return lines[-1] if lines else "exited"
+
+    def _attach_usermode_in(self, pid: int, tmp: str, errf) -> None:
         if self.mode == "pasta":
             argv = [self.tool, "--config-net", "-f", "-q", "--no-map-gw", "--ipv4-only"]
             if os.geteuid() == 0:
@@ -885,35 +914,26 @@ class NetHandle:
                            for p in self.ports if p["proto"] == "tcp") or "none"
             udp = ",".join(f"{'' if p['host_ip'] == '0.0.0.0' else p['host_ip'] + '/'}{p['host_port']}:{p['port']}"
                            for p in self.ports if p["proto"] == "udp") or "none"
-            import tempfile
-            tmp = tempfile.mkdtemp(prefix="pysandbox-pasta-")
-            self._helper_tmp = tmp
             pidfile = os.path.join(tmp, "pid")
             argv += ["-t", tcp, "-u", udp, "-T", "none", "-U", "none", "-P", pidfile,
                      "--netns", f"/proc/{pid}/ns/net", "--userns", f"/proc/{pid}/ns/user"]
-            self._helper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, start_new_session=True)
+            self._spawn_helper(argv, errf)
             deadline = time.monotonic() + _STEP_TIMEOUT
             while not os.path.exists(pidfile):
                 if self._helper.poll() is not None:
-                    err = self._helper.stderr.read().decode(errors="replace").strip().splitlines()
-                    raise NetworkError(f"network pasta: {err[-1] if err else 'exited'}")
+                    raise NetworkError(f"network pasta: {self._errtext(errf)}")
                 if time.monotonic() > deadline:
                     raise NetworkError("network pasta: not ready after 10 s")
                 time.sleep(0.005)
             return
         # slirp4netns
-        import tempfile
-        tmp = tempfile.mkdtemp(prefix="pysandbox-slirp-")
-        self._helper_tmp = tmp
         api = os.path.join(tmp, "api.sock")
         r, w = os.pipe()
         argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={w}",
                 f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
                 f"/proc/{pid}/ns/net", "tap0"]
         try:
-            self._helper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, pass_fds=[w], start_new_session=True)
+            self._spawn_helper(argv, errf, pass_fds=[w])
         finally:
             os.close(w)
         try:
@@ -923,10 +943,9 @@ class NetHandle:
         finally:
             os.close(r)
         if not ok:
-            err = b""
-            if self._helper.poll() is not None:
-                err = self._helper.stderr.read()
-            raise NetworkError(f"network slirp4netns: not ready: {err.decode(errors='replace').strip()[:200]}")
+            if self._helper.poll() is None:
+                raise NetworkError("network slirp4netns: not ready after 10 s")
+            raise NetworkError(f"network slirp4netns: {self._errtext(errf)[:200]}")
         for p in self.ports:
             req = {"execute": "add_hostfwd", "arguments": {"proto": p["proto"], "host_addr": p["host_ip"],
                                                            "host_port": p["host_port"], "guest_port": p["port"]}}
@@ -973,8 +992,6 @@ class NetHandle:
         if self._helper is not None:
             _stop(self._helper)
             self._helper = None
-        if self._helper_tmp:
-            shutil.rmtree(self._helper_tmp, ignore_errors=True)
         if self.netdef is not None:
             root = state_dir(self.rootless)
             with _locked(root):

@@ -349,3 +349,55 @@ def test_e2e_usermode_network_as_root(testns, mode):
             idx = ipr.link_lookup(ifname="up0")
             if idx:
                 ipr.link("del", index=idx[0])
+
+
+@needs_cli
+def test_e2e_egress_refused_with_net_admin(testns, tmp_path):
+    prof = tmp_path / "eg.yaml"
+    prof.write_text("version: 1\nname: eg\nextends: default\nnetwork:\n  mode: none\n  egress:\n"
+                    "    default: deny\n    allow:\n      - {to: 10.0.0.0/8, proto: icmp}\n")
+    r = run("--cap-add", "NET_ADMIN", code="print('ran')", profile=str(prof))
+    assert r.returncode == 2 and "ran" not in r.stdout
+    assert "CAP_NET_ADMIN" in r.stderr and r.stderr.startswith(f"pysandbox: {prof}:")
+    r = run(code="print('ran')", profile=str(prof))
+    assert r.returncode == 0 and r.stdout.strip() == "ran", r.stderr
+
+
+def _helpers(mode):
+    out = subprocess.run(["pgrep", "-f", f"^/usr/bin/{mode} .*/proc/[0-9]+/ns/net"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@needs_cli
+@pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
+def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
+    import shutil
+    if shutil.which(mode) is None:
+        pytest.skip(f"{mode} not installed")
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:                    # pasta needs an "upstream" interface with a default route
+        ipr.link("add", ifname="up0", kind="veth", peer={"ifname": "up1"})
+        for n in ("up0", "up1"):
+            ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+        ipr.addr("add", index=ipr.link_lookup(ifname="up0")[0], address="192.0.2.1", prefixlen=24)
+        ipr.route("add", dst="0.0.0.0/0", gateway="192.0.2.254")
+    before = set(_helpers(mode))
+    try:
+        p = start("--network", mode, code="print('up', flush=True); import time; time.sleep(30)")
+        try:
+            assert wait_line(p) == "up"
+            mine = set(_helpers(mode)) - before
+            assert len(mine) == 1
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        finally:
+            stop(p)
+        deadline = time.monotonic() + 5
+        while set(_helpers(mode)) & mine and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(_helpers(mode)) & mine
+    finally:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname="up0")
+            if idx:
+                ipr.link("del", index=idx[0])
