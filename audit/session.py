@@ -73,10 +73,13 @@ class Session:
                         peaks[k] = v
             elif t in ("cgroup_cleanup_failed", "integrity_violation"):
                 paths = ev.get("paths")
-                self.recorder.emit("integrity_violation",
-                                   message=str(ev.get("detail") or ev.get("what") or t),
+                msg = ev.get("message") or (f"cgroup left behind: {', '.join(paths)}" if paths
+                                            else f"{ev.get('what', 'clean-up')}: {ev.get('detail', t)}")
+                detail = ev.get("detail") if isinstance(ev.get("detail"), dict) else \
+                    {k: v for k, v in ev.items() if k not in ("type", "message")}
+                self.recorder.emit("integrity_violation", message=str(msg),
                                    path=paths[0] if isinstance(paths, list) and paths else ev.get("path"),
-                                   detail={k: v for k, v in ev.items() if k != "type"})
+                                   pid=ev.get("pid"), comm=ev.get("comm"), detail=detail or None)
         return peaks
 
     def _exit(self, exit_code=None, signal=None, duration=0.0, events=None, **rest) -> dict:

@@ -74,6 +74,13 @@ def observed_from(events: list) -> dict:
     return out
 
 
+def _base_errno(s, name: str) -> Optional[int]:
+    for r in s.rules:
+        if r.name == name and not r.args and r.action == "errno":
+            return r.errno
+    return None
+
+
 def _denied_by(s, name: str) -> Optional[str]:
     """How BASE's plan treats a call: 'rule' (a deny rule names it), 'default', or None (allowed)."""
     named = [r for r in s.rules if r.name == name]
@@ -100,7 +107,8 @@ def new_deny_list(deny: list, remove: set, keep_caps: set) -> tuple[list, bool]:
                 members = sc.expand([item])
                 if remove & set(members):
                     changed = True
-                    out.extend(m for m in members if m not in remove and m not in lifted and m not in out)
+                    out.extend(m for m in members if m not in remove and m not in lifted and m not in out
+                               and sc.is_known(m))      # other architectures' names: lint PSB207
                 else:
                     out.append(item)
             elif item in remove:
@@ -114,7 +122,7 @@ def new_deny_list(deny: list, remove: set, keep_caps: set) -> tuple[list, bool]:
                 expanded.extend(sc.expand([n]) if sc.is_group(n) else [n])
             if remove & set(expanded):
                 changed = True
-                rest = [n for n in expanded if n not in remove]
+                rest = [n for n in expanded if n not in remove and sc.is_known(n)]
                 if rest:
                     out.append({**item, "names": rest})
             else:
@@ -132,8 +140,19 @@ def _item(x) -> str:
     return json.dumps(x, separators=(", ", ": ")) if isinstance(x, dict) else json.dumps(x)
 
 
+def escape_class(name: str) -> Optional[tuple[str, str]]:
+    """(severity, why) when `pysandbox lint` calls allowing `name` an escape (PSB203)."""
+    try:
+        from policies.lint.rules import ESCAPE_SYSCALLS
+    except ImportError:  # pragma: no cover - lint not installed
+        from audit.techniques import classify
+        t = classify(name)
+        return ("error", t[1]) if t else None
+    return ESCAPE_SYSCALLS.get(name)
+
+
 def render_profile(name: str, base_ref: str, argv, observed: dict, allow: list, deny: Optional[list],
-                   caps: list, hints: dict) -> str:
+                   caps: list, hints: dict, kept: Optional[dict] = None, allowed_escape: Optional[dict] = None) -> str:
     import shlex
     cmd = shlex.join(argv).replace("\r", "\\r").replace("\n", "\\n")   # one line: it goes in comments
     lines = [
@@ -142,6 +161,10 @@ def render_profile(name: str, base_ref: str, argv, observed: dict, allow: list, 
         "# Allows exactly the system calls the program made that the base profile denies:",
         "#   " + (", ".join(f"{k} ×{v}" for k, v in observed.items()) or "(none)"),
     ]
+    for n, why in (kept or {}).items():
+        lines.append(f"# NOT allowed: {n} is escape-class ({why}); rerun learn with --allow-escape to allow it")
+    for n, why in (allowed_escape or {}).items():
+        lines.append(f"# REVIEW: {n} is escape-class ({why}) and was allowed because of --allow-escape")
     for n, cap in hints.items():
         lines.append(f"# note: {n} usually also needs CAP_{cap} (not added: review and add by hand)")
     lines += [
@@ -155,12 +178,14 @@ def render_profile(name: str, base_ref: str, argv, observed: dict, allow: list, 
     if allow or deny is not None:
         lines.append("seccomp:")
         if allow:
-            lines.append(f"  allow: !extend {_flow(allow)}")
+            line = f"  allow: !extend {_flow(allow)}"
+            if allowed_escape:
+                line += (f"   # pysandbox: ignore[PSB203] observed by pysandbox learn and allowed with "
+                         f"--allow-escape: {', '.join(allowed_escape)}")
+            lines.append(line)
         if deny is not None:
-            lines.append("  deny:")
-            lines += [f"    - {_item(x)}" for x in deny] if deny else []
-            if not deny:
-                lines[-1] = "  deny: []"
+            lines.append("  deny:" if deny else "  deny: []")
+            lines += [f"    - {_item(x)}" for x in deny]
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +197,7 @@ def _profile_name(path: str) -> str:
 
 
 def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, timeout: Optional[float] = None,
-          stream=None) -> tuple[int, dict, str]:
+          allow_escape: bool = False, stream=None) -> tuple[int, dict, str]:
     """Run argv under BASE observing seccomp; write the learned profile. -> (exit code, observed, text)."""
     from policies.compiler import Overrides, compile_profile
 
@@ -225,21 +250,35 @@ def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, 
                 caps.append(cap)
         else:
             hints[n] = cap
-    by_rule = [n for n in observed if _denied_by(base, n) == "rule"]
-    by_default = [n for n in observed if _denied_by(base, n) == "default"]
+    # escape-class calls (lint PSB203 errors) stay denied unless the caller says otherwise;
+    # clone3 denied with ENOSYS is glibc's probe, answered as intended: never learned.
+    kept, allowed_escape = {}, {}
+    learnable = []
+    for n in observed:
+        if n == "clone3" and _base_errno(base, n) == 38:
+            continue
+        ec = escape_class(n)
+        if ec is not None and ec[0] == "error":
+            if not allow_escape:
+                kept[n] = ec[1]
+                continue
+            allowed_escape[n] = ec[1]
+        learnable.append(n)
+    by_rule = [n for n in learnable if _denied_by(base, n) == "rule"]
+    by_default = [n for n in learnable if _denied_by(base, n) == "default"]
     deny = None
     if by_rule:
         data_deny = ((compiled.document.data.get("seccomp") or {}).get("deny")) or []
         deny, changed = new_deny_list(list(data_deny), set(by_rule), keep_caps | set(caps))
         if not changed:
             deny = None
-            by_default += [n for n in by_rule if n not in by_default]   # denied by the import: allow wins
     base_ref_out = base_ref if not ("/" in base_ref or base_ref.endswith((".yaml", ".yml"))) \
         else os.path.abspath(base_ref)
-    # every observed call goes to the allow list (a call removed from the deny list would
+    # every learned call goes to the allow list (a call removed from the deny list would
     # otherwise fall to the default action)
     allow = by_default + [n for n in by_rule if n not in by_default]
-    text = render_profile(_profile_name(output), base_ref_out, argv, observed, allow, deny, caps, hints)
+    text = render_profile(_profile_name(output), base_ref_out, argv, observed, allow, deny, caps, hints,
+                          kept, allowed_escape)
     tmp = f"{output}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -254,8 +293,10 @@ def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, 
 @click.option("--force", is_flag=True, help="Overwrite NEW.yaml if it exists.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Kill the sandbox after this time.")
 @click.option("--audit-log", "audit_log", metavar="FILE", help="Also append the observations to FILE.")
+@click.option("--allow-escape", is_flag=True,
+              help="Also allow observed escape-class calls (lint PSB203 errors), with a reviewed suppression.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def learn_command(profile, output, force, timeout, audit_log, command):
+def learn_command(profile, output, force, timeout, audit_log, allow_escape, command):
     """Run COMMAND observing seccomp, then write a least-privilege profile extending the base:
 
     pysandbox learn --profile strict -o my.yaml -- COMMAND [ARGS...]
@@ -266,7 +307,8 @@ def learn_command(profile, output, force, timeout, audit_log, command):
     if os.path.exists(output) and not force:
         raise click.UsageError(f"{output} exists (use --force to overwrite)")
     try:
-        code, observed, _ = learn(profile, command, output, audit_log=audit_log, timeout=timeout)
+        code, observed, text = learn(profile, command, output, audit_log=audit_log, timeout=timeout,
+                                     allow_escape=allow_escape)
     except LaunchError as e:
         click.echo(f"pysandbox learn: {e}", err=True)
         return e.code
@@ -275,6 +317,9 @@ def learn_command(profile, output, force, timeout, audit_log, command):
         return 125
     shown = ", ".join(f"{k} ×{v}" for k, v in observed.items()) or "nothing beyond the base profile"
     click.echo(f"pysandbox learn: observed {shown}; wrote {output} (command exit status {code})", err=True)
+    for line in text.splitlines():
+        if line.startswith(("# NOT allowed:", "# REVIEW:")):
+            click.echo(f"pysandbox learn: {line[2:]}", err=True)
     return code
 
 

@@ -642,6 +642,7 @@ class Supervision:
         self._parent: Optional[socket.socket] = None
         self._handle: Optional[Handle] = None
         self._match = None
+        self._snap = None
         if seccomp_plan is None or not getattr(seccomp_plan, "enabled", False) or not bpf:
             return
         from . import seccomp as _sc
@@ -683,8 +684,11 @@ class Supervision:
         m = self._match
         return m(pid) if m is not None else False
 
-    def started(self, pid: int, kill_sandbox: Optional[Callable[[], Any]] = None) -> None:
-        """The sandbox's first process exists (host pid `pid`); call before releasing it."""
+    def started(self, pid: int, kill_sandbox: Optional[Callable[[], Any]] = None, ctx=None) -> None:
+        """The sandbox's first process exists (host pid `pid`); call before releasing it.
+        With ctx (the launcher's context), also snapshot what the integrity checks compare."""
+        if ctx is not None:
+            self._snapshot(pid, ctx)
         if self.warning:
             try:
                 self.on_event("audit_lost", message=self.warning, via="supervisor")
@@ -706,6 +710,30 @@ class Supervision:
             sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source)
         sup.thread.start()
         self._handle = Handle(sup)
+
+    def _snapshot(self, pid: int, ctx) -> None:
+        try:
+            from audit import integrity
+            from .rootfs import BASE
+            plan = ctx.plan
+            ro = [m.source for m in plan.filesystem.mounts if m.type == "bind" and m.read_only and m.source]
+            ro += list(getattr(getattr(ctx, "image_root", None), "lowers", None) or ())
+            self._snap = integrity.Snapshot.take(pid, ro_paths=ro, mount_prefixes=[BASE])
+        except Exception as e:  # noqa: BLE001 - checks are best effort, reported
+            self._snap = None
+            self.warning = f"integrity snapshot failed: {e}"
+
+    def integrity(self) -> list:
+        """After the sandbox is gone and cleaned up: problems as launcher-style event dicts."""
+        snap = getattr(self, "_snap", None)
+        if snap is None:
+            return []
+        from audit import integrity
+        try:
+            found = integrity.check(snap)
+        except Exception as e:  # noqa: BLE001
+            return [{"type": "integrity_violation", "message": f"integrity checks failed: {e}"}]
+        return [{"type": "integrity_violation", **f} for f in found]
 
     def stop(self) -> dict:
         """After the sandbox is gone: drain, end the thread, close everything."""

@@ -1,0 +1,166 @@
+"""Integrity checks after a sandbox exited -> `integrity_violation` events.
+
+    snap = integrity.Snapshot.take(pid1_host_pid, ro_paths=[...], mount_prefixes=["/tmp"])   # at start
+    ... sandbox runs and ends ...
+    for fields in integrity.check(snap, cgroup_paths=[...]):                                  # after exit
+        recorder.emit("integrity_violation", **fields)
+
+Checks:
+* processes: no process may remain in any namespace of the sandbox (pid, user, mnt, net, ipc,
+  uts, cgroup) that differs from the launcher's own — that would be a process of the sandbox
+  still alive outside it;
+* mounts: no mount appeared in the launcher's (host) mount namespace under the paths the
+  sandbox mounts on (propagation leak);
+* cgroups: the sandbox's cgroup directories are gone;
+* read-only sources: read-only bind sources and image layer directories are unchanged
+  (inode, size, mtime, ctime, mode of up to MAX_ENTRIES entries recorded at start).
+
+Reads /proc and stats files only; never writes anything. Pure of `sandbox`/`policies`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+NAMESPACES = ("pid", "user", "mnt", "net", "ipc", "uts", "cgroup")
+MAX_ENTRIES = 5000
+
+
+def _ns_ids(pid: int | str) -> dict:
+    out = {}
+    for ns in NAMESPACES:
+        try:
+            out[ns] = os.readlink(f"/proc/{pid}/ns/{ns}")
+        except OSError:
+            pass
+    return out
+
+
+def _mounts() -> dict:
+    """mount id -> (mount point, fstype, source) of the caller's mount namespace."""
+    out = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 10:
+                    continue
+                try:
+                    sep = parts.index("-")
+                except ValueError:
+                    continue
+                out[parts[0]] = (parts[4].replace("\\040", " "), parts[sep + 1], parts[sep + 2])
+    except OSError:
+        pass
+    return out
+
+
+def fingerprint(root: str, limit: int = MAX_ENTRIES) -> dict:
+    """path -> (ino, size, mtime_ns, ctime_ns, mode) for root and up to `limit` entries below
+    (breadth first, symlinks not followed)."""
+    out: dict = {}
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return out
+    out[root] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+    if not os.path.isdir(root) or os.path.islink(root):
+        return out
+    queue = [root]
+    while queue and len(out) < limit:
+        d = queue.pop(0)
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    if len(out) >= limit:
+                        break
+                    try:
+                        s = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    out[e.path] = (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_mode)
+                    if e.is_dir(follow_symlinks=False):
+                        queue.append(e.path)
+        except OSError:
+            continue
+    return out
+
+
+@dataclass
+class Snapshot:
+    pid: int
+    own_ns: dict
+    sandbox_ns: dict                      # only the namespaces that differ from ours
+    mounts: dict
+    mount_prefixes: tuple
+    ro: dict = field(default_factory=dict)     # root -> fingerprint
+
+    @classmethod
+    def take(cls, pid: int, *, ro_paths: Iterable[str] = (), mount_prefixes: Iterable[str] = ()) -> "Snapshot":
+        own = _ns_ids("self")
+        sb = {k: v for k, v in _ns_ids(pid).items() if own.get(k) != v}
+        return cls(pid, own, sb, _mounts(), tuple(p.rstrip("/") or "/" for p in mount_prefixes),
+                   {p: fingerprint(p) for p in ro_paths})
+
+
+def _under(path: str, prefixes: tuple) -> bool:
+    return any(path == p or path.startswith(p + "/") or p == "/" for p in prefixes)
+
+
+def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterable[int] = ()) -> list[dict]:
+    """-> a list of field dicts for `integrity_violation` events (empty when all is well)."""
+    found: list[dict] = []
+    # 1. processes still in one of the sandbox's namespaces
+    if snap.sandbox_ns:
+        wanted = {v: k for k, v in snap.sandbox_ns.items()}
+        skip = {os.getpid(), *skip_pids}
+        try:
+            entries = [e for e in os.listdir("/proc") if e.isdigit()]
+        except OSError:
+            entries = []
+        for e in entries:
+            pid = int(e)
+            if pid in skip:
+                continue
+            for ns in NAMESPACES:
+                if ns not in snap.sandbox_ns:
+                    continue
+                try:
+                    link = os.readlink(f"/proc/{e}/ns/{ns}")
+                except OSError:
+                    continue
+                if link in wanted:
+                    comm = ""
+                    try:
+                        with open(f"/proc/{e}/comm") as f:
+                            comm = f.read().strip()
+                    except OSError:
+                        pass
+                    found.append({"message": f"process {pid} ({comm}) still alive in the sandbox's "
+                                             f"{ns} namespace after exit",
+                                  "pid": pid, "comm": comm or None,
+                                  "detail": {"check": "process", "namespace": ns, "ns": link}})
+                    break
+    # 2. mounts leaked into our mount namespace
+    if snap.mount_prefixes:
+        for mid, (mp, fstype, src) in _mounts().items():
+            if mid not in snap.mounts and _under(mp, snap.mount_prefixes):
+                found.append({"message": f"mount leaked into the host mount namespace: {fstype} {src} on {mp}",
+                              "path": mp, "detail": {"check": "mount", "fstype": fstype, "source": src,
+                                                     "mount_id": int(mid)}})
+    # 3. cgroups left behind
+    for p in cgroup_paths:
+        if p and os.path.exists(p):
+            found.append({"message": f"cgroup left behind: {p}", "path": p, "detail": {"check": "cgroup"}})
+    # 4. read-only sources changed
+    for root, before in snap.ro.items():
+        after = fingerprint(root)
+        changed = [p for p, v in before.items() if after.get(p) != v]
+        added = [p for p in after if p not in before] if len(before) < MAX_ENTRIES else []
+        if changed or added:
+            paths = (changed + added)[:20]
+            found.append({"message": f"read-only source changed while the sandbox ran: {root} "
+                                     f"({len(changed)} changed/removed, {len(added)} added)",
+                          "path": root, "detail": {"check": "read_only", "paths": paths}})
+    return found
