@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine
 if _MACHINE == "x86_64":
     NR = {"pivot_root": 155, "seccomp": 317, "mount_setattr": 442, "close_range": 436,
           "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 56, "open_tree": 428,

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from . import _sys
 from .init import pid1_main
@@ -151,7 +150,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     old_handlers = {}
     sup = None
     try:
-        if on_event is not None and ctx.bpf:     # audit: every seccomp denial recorded (sandbox/notify.py)
+        if on_event is not None:     # audit: seccomp denials recorded, integrity checked (sandbox/notify.py)
             from .notify import Supervision
             try:
                 sup = (supervision or Supervision)(plan.seccomp, ctx.bpf, emit)   # learn mode passes its own
@@ -205,7 +204,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
         emit("sandbox_start", pid=pid, argv=list(argv))
         if sup is not None:
-            sup.started(pid, lambda p=pid: _kill(p, cg))
+            sup.started(pid, lambda p=pid: _kill(p, cg), ctx=ctx)
 
         # Forward signals to PID 1 (which forwards to the program) — only possible from the main
         # thread; API callers in other threads forward with Result-less kill() themselves.
@@ -278,6 +277,8 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 result.events.append({"type": "limit_exceeded", "limit": "network.egress", "value": 0,
                                       "peak": net.denied, "via": "supervisor",
                                       "message": f"egress allow-list denied {net.denied} packet(s)"})
+        if sup is not None:
+            result.events.extend(sup.integrity())     # audit: post-exit integrity checks (audit/integrity.py)
     result.sandbox_id = sandbox_id
     result.duration = time.monotonic() - started
     if cg is not None:
