@@ -433,3 +433,19 @@ def test_pre_commit_hook_definition():
     h = next(h for h in hooks if h["id"] == "pysandbox-lint")
     assert h["entry"].startswith("pysandbox lint") and h["language"] == "python"
     assert re.search(h["files"], "profiles/strict.yaml")
+
+
+def test_same_findings_as_root_and_as_unprivileged_user():
+    """Lint is pure and compiles for a fixed unprivileged caller: who runs it does not matter."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run as the unprivileged test user")
+    from conftest import TEST_USER, Runner
+    target = str(FIX / "PSB303" / "bad.yaml")
+    out = {}
+    for name, runner in (("root", Runner(None)), ("user", Runner(TEST_USER))):
+        r = runner("lint", "--format", "json", target, cwd="/tmp")
+        assert r.returncode == 0, r            # PSB303 is a warning
+        d = json.loads(r.stdout)
+        out[name] = ([(f["code"], f["line"], f["column"]) for f in d["findings"]],
+                     d["profiles"][0]["score"]["exposure"])
+    assert out["root"] == out["user"] and out["root"][0] == [("PSB303", 4, 3)]

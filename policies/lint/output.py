@@ -36,7 +36,7 @@ def breakdown_table(rep: M.ProfileReport, color: bool = False) -> str:
         if color:
             mark = f"\x1b[32m{mark}\x1b[0m" if r.ok else f"\x1b[31m{mark}\x1b[0m"
         lines.append(f"  {mark} {r.name:<{w1}}  {r.description:<{w2}}  {r.share:.2f}" if not r.ok
-                     else f"  {mark} {r.name:<{w1}}  {r.description:<{w2}}")
+                     else f"  {mark} {r.name:<{w1}}  {r.description}")
     lines.append(f"  → Overall exposure level for {rep.name}: {e.score:.1f} {e.level}")
     return "\n".join(lines)
 

@@ -503,7 +503,6 @@ def no_effect(ctx: Ctx):
                        "remove it, or make the default deny", base)
     sec = ctx.sec or {}
     if s.default_action == "errno":
-        from ..seccomp import DENY_ACTIONS  # noqa: F401 - same vocabulary
         deny_action = sec.get("deny_action", "errno")
         try:
             deny_errno = _sc.errno_number(sec.get("deny_errno", "EPERM"))
