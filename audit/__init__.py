@@ -6,14 +6,14 @@ audit/schema/event.schema.json for the machine-readable contract.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os as _os
 
 from .events import (DEFAULT_SEVERITY, EVENT_TYPES, SEVERITIES, EventError, Recorder, rfc3339,
                      syscall_event_fields)
 from .sinks import (CallbackSink, JsonlSink, MemorySink, SummarySink, SyslogSink, default_log_path,
                     state_dir)
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "event.schema.json"
+SCHEMA_PATH = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "schema", "event.schema.json")
 
 __all__ = ["Recorder", "EventError", "EVENT_TYPES", "SEVERITIES", "DEFAULT_SEVERITY", "rfc3339",
            "syscall_event_fields", "JsonlSink", "SummarySink", "SyslogSink", "MemorySink", "CallbackSink",
@@ -30,7 +30,8 @@ def validate(event: dict) -> None:
         import json
 
         import jsonschema
-        schema = json.loads(SCHEMA_PATH.read_text())
+        with open(SCHEMA_PATH) as f:
+            schema = json.load(f)
         cls = jsonschema.validators.validator_for(schema)
         _validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
     _validator.validate(event)
@@ -38,5 +39,4 @@ def validate(event: dict) -> None:
 
 def new_sandbox_id() -> str:
     """A fresh sandbox id: 12 hex digits (like a short container id)."""
-    import os
-    return os.urandom(6).hex()
+    return _os.urandom(6).hex()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno as _errno
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
 SCHEMA_VERSION = 1
@@ -67,11 +66,16 @@ def rfc3339(ts: Optional[float] = None) -> str:
     """Seconds since the epoch -> '2026-11-23T00:25:18.123456Z' (UTC)."""
     if ts is None:
         ts = time.time()
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sec = int(ts // 1)
+    usec = int(round((ts - sec) * 1e6))
+    if usec >= 1000000:
+        sec, usec = sec + 1, usec - 1000000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{usec:06d}Z"
 
 
 def parse_time(text: str) -> float:
     """RFC 3339 / ISO 8601 timestamp -> seconds since the epoch. Naive times are UTC."""
+    from datetime import datetime, timezone
     t = text.strip()
     if t.endswith(("Z", "z")):
         t = t[:-1] + "+00:00"
