@@ -408,13 +408,15 @@ def safe_target(root: str, dst: str, *, create: Optional[str] = None) -> str:
 
 
 def _create_in_root(rfd: int, parts: list[str], create: str, dst: str, res: int) -> int:
+    """Create the missing components of dst; every prefix is resolved from the root (RESOLVE_IN_ROOT)."""
     from . import _sys
     cur = os.dup(rfd)
     try:
         for i, comp in enumerate(parts):
             last = i == len(parts) - 1
+            prefix = "/".join(parts[: i + 1])
             try:
-                nfd = _sys.openat2(cur, comp, _sys.O_PATH, 0, res)
+                nfd = _sys.openat2(rfd, prefix, _sys.O_PATH, 0, res)
             except FileNotFoundError:
                 try:
                     if last and create == "file":
@@ -427,7 +429,7 @@ def _create_in_root(rfd: int, parts: list[str], create: str, dst: str, res: int)
                     else:
                         os.mkdir(comp, 0o755, dir_fd=cur)
                 except FileExistsError:
-                    raise ImageError(f"mount target {dst}: {'/'.join(parts[:i + 1])} is a dangling symlink") from None
+                    raise ImageError(f"mount target {dst}: /{prefix} is a dangling symlink") from None
                 except OSError as e:
                     raise ImageError(f"cannot create mount point {dst}: {e.strerror}") from None
                 nfd = _sys.openat2(cur, comp, _sys.O_PATH | os.O_NOFOLLOW, 0, res)
