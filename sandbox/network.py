@@ -462,8 +462,8 @@ def create_network(name: str, subnet: str | None = None, *, rootless: bool | Non
         d = root / name
         d.mkdir(mode=0o711, exist_ok=True)
         (d / "endpoints").mkdir(mode=0o700, exist_ok=True)
-        (d / "hosts").mkdir(mode=0o755, exist_ok=True)
-        for p, m in ((d, 0o711), (d / "hosts", 0o755)):
+        (d / "hosts").mkdir(mode=0o711, exist_ok=True)
+        for p, m in ((d, 0o711), (d / "hosts", 0o711)):
             os.chmod(p, m)
         _write_json(d / "network.json", nd)
     return nd
@@ -1139,6 +1139,7 @@ def _proxy_main() -> None:
             try:
                 c, _ = ls.accept()
             except OSError:
+                time.sleep(0.05)
                 continue
             if not max_conns.acquire(blocking=False):
                 c.close()
@@ -1179,6 +1180,7 @@ def _proxy_main() -> None:
             try:
                 d, addr = ls.recvfrom(65536)
             except OSError:
+                time.sleep(0.05)
                 continue
             u = clients.get(addr)
             if u is None:
