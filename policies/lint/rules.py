@@ -502,7 +502,7 @@ def no_effect(ctx: Ctx):
             ctx.report(M.PSB208, f"seccomp.allow[{i}] has no effect: the default action already allows",
                        "remove it, or make the default deny", base)
     sec = ctx.sec or {}
-    if s.default_action == "errno":
+    if s.default_action == "errno" and "import" not in sec:   # a deny may override an imported allow
         deny_action = sec.get("deny_action", "errno")
         try:
             deny_errno = _sc.errno_number(sec.get("deny_errno", "EPERM"))
