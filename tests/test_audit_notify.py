@@ -336,3 +336,28 @@ print(json.dumps({{"res": res, "events": [(e["syscall"]["name"], e["errno"], e["
     out = json.loads(p.stdout)
     assert out["res"] == {"m": [-1, 1], "k": [-1, 13]}
     assert out["events"] == [["mount", 1, "/y"], ["keyctl", 13, None]]
+
+
+def test_launcher_falls_back_to_kmsg_without_user_notification(monkeypatch):
+    """SIMULATED: this kernel has seccomp user notification; the test makes the launcher believe
+    it has not (notify.user_notif_available -> False). Everything else is real: the filter is
+    rebuilt with plain errno actions and SECCOMP_FILTER_FLAG_LOG, the kernel writes a type=1326
+    record to /dev/kmsg, and the supervisor matches it by the sandbox's pid namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("/dev/kmsg needs root")
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("busybox (static, few syscalls) not installed")
+    from policies.compiler import Overrides, compile_profile
+    from sandbox.launcher import launch
+    monkeypatch.setattr(notify, "user_notif_available", lambda: False)
+    plan = compile_profile("strict", Overrides()).plan
+    assert plan.seccomp.notify_denials
+    mem = MemorySink()
+    rec = Recorder("kmsgfb", "kmsgfb", "strict", [mem])
+    res = launch(plan, ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"], on_event=rec.emit)
+    assert res.exit_code == 1                             # mount(8) failed: EPERM, enforced by the kernel
+    evs = [e for e in mem.events if e.get("syscall")]
+    assert [e["syscall"]["name"] for e in evs] == ["mount"], mem.events
+    e = evs[0]
+    assert e["via"] == "kmsg" and e["errno"] == 1 and e["type"] == "escape_attempt"
+    assert e["comm"] == "busybox" and "args" not in e["syscall"]
