@@ -1,7 +1,8 @@
 """Exposure score of a compiled plan: 0.0 (tight) .. 10.0 (no isolation), like `systemd-analyze security`.
 
-Each check has a weight and a badness in 0..1. The exposure is 10 * sum(weight * badness) / sum(weight);
-a row's share (shown in the breakdown) is its part of that sum, so the rows add up to the total.
+Each check has a weight and a badness in 0..1. The exposure is min(10, 10 * sum(weight * badness) / 40);
+a row's share (shown in the breakdown) is its part of that sum, so the rows add up to the total
+(scaled down together when the total is capped at 10).
 The score reads only the plan: inline suppressions hide findings, they never change the exposure.
 """
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass, field
 from .. import syscalls as _sc
 from . import rules as R
 
-LEVELS = ((1.0, "OK"), (3.0, "MEDIUM"), (6.0, "EXPOSED"), (10.01, "UNSAFE"))
+LEVELS = ((2.0, "OK"), (5.0, "MEDIUM"), (8.0, "EXPOSED"), (10.01, "UNSAFE"))
+# A weighted badness of NORMALIZER points is an exposure of 10 (the weights add up to ~96: a profile
+# need not fail everything to be unsafe; one open door such as host networking already costs 2.0).
+NORMALIZER = 40.0
 
 
 @dataclass(frozen=True)
@@ -68,19 +72,19 @@ def exposure(plan) -> Exposure:
 
     ns, user = plan.namespaces, plan.user
     if not ns.user:
-        add("UserNamespace", 10, 1.0 if user.uid == 0 else 0.5,
+        add("UserNamespace", 16, 1.0 if user.uid == 0 else 0.5,
             "no user namespace: " + ("uid 0 is real root" if user.uid == 0 else f"runs as host uid {user.uid}"))
     elif any(e.outside <= 0 < e.outside + e.count for e in user.uid_map):
-        add("UserNamespace", 10, 0.6, "user namespace maps host root into the sandbox")
+        add("UserNamespace", 16, 0.6, "user namespace maps host root into the sandbox")
     else:
-        add("UserNamespace", 10, 0.0, "own user namespace, host root not mapped")
+        add("UserNamespace", 16, 0.0, "own user namespace, host root not mapped")
 
     bad = R.dangerous_caps(plan)
     if bad:
-        add("Capabilities", 12, 1.0, f"dangerous capabilities kept: {' '.join(bad)}")
+        add("Capabilities", 16, 1.0, f"dangerous capabilities kept: {' '.join(bad)}")
     else:
         n = len(plan.capabilities)
-        add("Capabilities", 12, 0.0 if n == 0 else min(0.1 + 0.4 * n / 14, 0.6),
+        add("Capabilities", 16, 0.0 if n == 0 else min(0.05 + 0.25 * n / 14, 0.5),
             f"{len(plan.capabilities)} capabilities kept" + (f": {' '.join(plan.capabilities)}"
                                                              if 0 < len(plan.capabilities) <= 4 else ""))
     add("NoNewPrivileges", 6, 0.0 if plan.no_new_privs else 1.0,
@@ -149,7 +153,8 @@ def exposure(plan) -> Exposure:
     add("CPULimit", 1, 0.0 if (lim.cpus or lim.cpu_shares or lim.cpuset_cpus) else 1.0,
         "CPU limited" if (lim.cpus or lim.cpu_shares or lim.cpuset_cpus) else "no CPU limit")
 
-    wsum = sum(w for _, _, w, _ in rows)
-    out = tuple(Row(n, d, w, b, 10.0 * w * b / wsum) for n, d, w, b in rows)
-    score = round(sum(r.share for r in out), 1)
+    raw = sum(10.0 * w * b / NORMALIZER for _, _, w, b in rows)
+    scale = 10.0 / raw if raw > 10.0 else 1.0          # capped at 10: shares still add up
+    out = tuple(Row(n, d, w, b, 10.0 * w * b / NORMALIZER * scale) for n, d, w, b in rows)
+    score = round(min(10.0, sum(r.share for r in out)), 1)
     return Exposure(score=score, level=level_of(score), rows=out)
