@@ -1071,7 +1071,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
                                           f"needed for {flags})")
             where = []
             if layout.unified:
-                where.append(f"not enabled in cgroup2 at {layout.unified}")
+                where.append(f"not enabled in cgroup2 at {v2_base or layout.unified}")
             if layout.v1 or not layout.unified:
                 where.append("no cgroup v1 hierarchy")
             raise CgroupError(v1name if not layout.unified or layout.v1 else v2name,
