@@ -51,6 +51,10 @@ class RootSpec:
     uid_map: tuple[tuple[int, int, int], ...] = ()
     gid_map: tuple[tuple[int, int, int], ...] = ()
     config: dict = field(default_factory=dict, compare=False, hash=False)   # image Env/Cmd/WorkingDir...
+    # O_PATH descriptor of the store root opened by prepare_root (inherited through clone): PID 1
+    # reaches the layers through it even when a mount (e.g. a tmpfs on /tmp) hides the path.
+    store_fd: int = field(default=-1, compare=False)
+    store_ino: tuple = field(default=(), compare=False)      # (st_dev, st_ino) of the store root
 
 
 def _maps(m) -> tuple[tuple[int, int, int], ...]:
@@ -135,9 +139,11 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
         except OSError as e:
             rmtree(cdir)
             raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
+    store_fd = os.open(store.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
-                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}))
+                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
+                    store_fd=store_fd, store_ino=(os.fstat(store_fd).st_dev, os.fstat(store_fd).st_ino))
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -326,10 +332,12 @@ def _escape(p: str) -> str:
     return p
 
 
-def mount_root(spec: RootSpec, target: str, *, rootless: bool) -> None:
-    """Mount the overlay root at `target` (in the sandbox's PID 1, as user-namespace root)."""
+def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) -> None:
+    """Mount the overlay root at `target` (in the sandbox's PID 1, as user-namespace root).
+
+    Inside any user namespace overlay can only use user.* xattrs (option userxattr)."""
     from . import _sys
-    userxattr = rootless or _in_user_namespace()
+    userxattr = bool(rootless) or _in_user_namespace()
     # Shorten the option string (one page at most): layer paths relative to the store root.
     opts = overlay_options(spec, userxattr=userxattr)
     rel = opts.replace(spec.store_root.rstrip("/") + "/", "")
@@ -338,7 +346,13 @@ def mount_root(spec: RootSpec, target: str, *, rootless: bool) -> None:
     flags = _sys.MS_NODEV | (_sys.MS_RDONLY if spec.read_only else 0)
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.chdir(spec.store_root)
+        try:
+            st = os.fstat(spec.store_fd)
+            if (st.st_dev, st.st_ino) != tuple(spec.store_ino):
+                raise OSError("not the store")     # e.g. a spec unpickled in another process
+            os.fchdir(spec.store_fd)
+        except OSError:
+            os.chdir(spec.store_root)
         _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
     except OSError as e:
         raise ImageError(f"filesystem.root image {spec.image}: overlay mount failed: {e.strerror}"
@@ -350,6 +364,9 @@ def mount_root(spec: RootSpec, target: str, *, rootless: bool) -> None:
 
 def finish_root(spec: RootSpec, *, keep: bool) -> None:
     """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
+    if spec.store_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(spec.store_fd)
     meta_path = os.path.join(spec.container_dir, "container.json")
     if keep and not spec.read_only:
         with contextlib.suppress(OSError, ValueError):
