@@ -31,6 +31,9 @@ test: setup
 	$(VENV)/bin/pysandbox lint profiles/
 	$(VENV)/bin/python -m pytest -q tests
 
+lint: setup
+	$(VENV)/bin/pysandbox lint profiles/
+
 bench: setup
 	$(VENV)/bin/python bench/launch.py
 
