@@ -55,22 +55,24 @@ class Session:
         """Emit the limits module's outcome dicts; returns the resource peaks found."""
         peaks: dict[str, Any] = {}
         for ev in events or ():
+            if isinstance(ev, dict) and ev.get("type") == "resources":
+                peaks.update({k: v for k, v in ev.items() if k != "type" and isinstance(v, (int, float))})
+        for ev in events or ():
             if not isinstance(ev, dict):
                 continue
             t = ev.get("type")
             if t in ("oom_kill", "pids_limit", "cpu_throttled", "limit_exceeded"):
                 name = ev.get("limit") if isinstance(ev.get("limit"), str) else t
                 lim = ev.get("limit") if isinstance(ev.get("limit"), dict) else \
-                    {"name": name, "value": ev.get("value"), "peak": ev.get("peak")}
+                    {"name": name, "value": ev.get("value"),
+                     "peak": ev.get("peak") if ev.get("peak") is not None else peaks.get(f"{name}_peak")}
                 detail = {k: v for k, v in ev.items()
                           if k not in ("type", "limit", "value", "peak", "via", "message")}
                 self.recorder.emit("limit_exceeded" if t == "cpu_throttled" else t, limit=lim,
                                    via=ev.get("via", "cgroup"), detail=detail or None,
                                    message=ev.get("message"))
             elif t == "resources":
-                for k, v in ev.items():
-                    if k != "type" and isinstance(v, (int, float)):
-                        peaks[k] = v
+                pass                                  # collected above
             elif t in ("cgroup_cleanup_failed", "integrity_violation"):
                 paths = ev.get("paths")
                 msg = ev.get("message") or (f"cgroup left behind: {', '.join(paths)}" if paths

@@ -246,3 +246,23 @@ def test_allowed_calls_produce_no_events(runner, logdir):
     r = runner.sh("ls / >/dev/null; cat /etc/hostname >/dev/null 2>&1; echo ok", "--audit-log", str(log))
     assert r.stdout == "ok\n" and "denial" not in r.stderr, r
     assert events(log) == []
+
+
+def test_oom_and_pids_limit_events_in_the_log(runner, logdir):
+    """The limits module's outcomes (issue: limits) become oom_kill / pids_limit events."""
+    log = logdir / "audit.jsonl"
+    r = runner("run", "--profile", "strict", "--memory", "32m", "--audit-log", str(log), "--",
+               HOST_PYTHON, "-c", "x = bytearray(200 * 1024 * 1024)")
+    assert r.returncode == 137, r
+    r2 = runner("run", "--profile", "strict", "--pids-limit", "4", "--audit-log", str(log), "--",
+                "/bin/sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait")
+    evs = events(log, None)
+    oom = [e for e in evs if e["type"] == "oom_kill"]
+    pids = [e for e in evs if e["type"] == "pids_limit"]
+    assert len(oom) == 1 and oom[0]["limit"]["name"] == "memory" and oom[0]["limit"]["value"] == 32 << 20, evs
+    assert oom[0]["limit"]["peak"] >= 30 << 20
+    assert len(pids) == 1 and pids[0]["limit"] == {"name": "pids", "value": 4, "peak": 4}, evs
+    exits = [e for e in evs if e["type"] == "sandbox_exit"]
+    assert exits[0]["status"] == {"exit_code": 137, "signal": "SIGKILL"}
+    assert exits[0]["peaks"]["memory_peak"] >= 30 << 20
+    assert "1 oom kill" in r.stderr and "1 pids limit" in r2.stderr
