@@ -258,18 +258,40 @@ def _ensure_host_table() -> None:
                             "policy": "accept"}}}])
 
 
-def _host_rules() -> list[dict]:
-    """Rules of the host table (each with chain, handle, comment); [] when there is no table."""
-    out = nft(args=["list", "table", "ip", HOST_TABLE], check=False)
+def _host_rules(family: str = "ip") -> list[dict]:
+    """Rules of a host table (each with chain, handle, comment); [] when there is no table."""
+    out = nft(args=["list", "table", family, HOST_TABLE], check=False)
     return [o["rule"] for o in out.get("nftables", []) if "rule" in o]
 
 
-def _delete_host_rules(pred) -> None:
-    dels = [{"delete": {"rule": {"family": "ip", "table": HOST_TABLE, "chain": r["chain"],
+def _delete_host_rules(pred, family: str = "ip") -> None:
+    dels = [{"delete": {"rule": {"family": family, "table": HOST_TABLE, "chain": r["chain"],
                                  "handle": r["handle"]}}}
-            for r in _host_rules() if pred(r.get("comment") or "")]
+            for r in _host_rules(family) if pred(r.get("comment") or "")]
     if dels:
         nft(dels, check=False)
+
+
+def _antispoof_rules(sid: str, veth: str, addr: str) -> list[dict]:
+    """`table bridge pysandbox`: what enters the bridge from a sandbox's veth must carry its own
+    IPv4 address (IP and ARP); IPv6 is not offered on private networks. A program with CAP_NET_RAW
+    can then not impersonate a peer."""
+    T = {"family": "bridge", "table": HOST_TABLE}
+    iif = _m(_meta("iifname"), veth)
+    c = f"sbx:{sid}"
+    return [
+        {"add": {"table": {"family": "bridge", "name": HOST_TABLE}}},
+        {"add": {"chain": {**T, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -200,
+                           "policy": "accept"}}},
+        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
+            iif, _m(_payload("ether", "type"), "ip"), _m(_payload("ip", "saddr"), addr, "!="),
+            {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
+            iif, _m(_payload("ether", "type"), "arp"), _m(_payload("arp", "saddr ip"), addr, "!="),
+            {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
+            iif, _m(_payload("ether", "type"), "ip6"), {"drop": None}]}}},
+    ]
 
 
 def _network_rules(netdef: dict) -> list[dict]:
@@ -804,6 +826,7 @@ class NetHandle:
                     ipr.link("del", index=ipr.link_lookup(ifname=self.veth)[0])
                 ipr.link("add", ifname=self.veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": self._nsfd})
                 hi = ipr.link_lookup(ifname=self.veth)[0]
+                nft(_antispoof_rules(self.sandbox_id, self.veth, self.address))   # before the port is up
                 ipr.link("set", index=hi, master=bi, state="up")
             with IPRoute(netns=f"/proc/{pid}/ns/net") as ns:
                 i = ns.link_lookup(ifname="eth0")[0]
@@ -1030,6 +1053,7 @@ def _cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
             pass
     if e.get("ports"):
         _delete_host_rules(lambda c: c == f"sbx:{sid}")
+    _delete_host_rules(lambda c: c == f"sbx:{sid}", family="bridge")
     if e.get("veth"):
         try:
             from pyroute2 import IPRoute
@@ -1062,6 +1086,8 @@ def _teardown_network(root: Path, nd: dict) -> None:
         _delete_host_rules(lambda c: c == f"net:{nd['name']}")
         if not _host_rules():
             nft([{"delete": {"table": {"family": "ip", "name": HOST_TABLE}}}], check=False)
+        if not _host_rules("bridge"):
+            nft([{"delete": {"table": {"family": "bridge", "name": HOST_TABLE}}}], check=False)
 
 
 def _maybe_teardown(root: Path, nd: dict) -> None:

@@ -67,8 +67,8 @@ def links():
     return sorted(n for _, n in socket.if_nameindex())
 
 
-def host_rules():
-    return N._host_rules()
+def host_rules(family="ip"):
+    return N._host_rules(family)
 
 
 class Box:
@@ -574,3 +574,48 @@ def test_doctor_report_shape():
     assert any("pasta" in a for a, _, _ in rep)
     assert dict((a, b) for a, b, _ in N.doctor_report(rootless=True))[
         "network: private networks (bridge + veth)"] is False
+
+
+def test_no_address_spoofing_on_a_private_network(testns, cleanup):
+    """A sandbox with CAP_NET_ADMIN + CAP_NET_RAW in its own namespace adds another address and
+    sends from it: the bridge (table bridge pysandbox) drops it; its own address passes."""
+    newnet(cleanup, "spoof")
+    ha = N.prepare(mk("spoof"), "sbx-sa", "victim", rootless=False)
+    cleanup.append(ha)
+    a = Box("import socket, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7500)); s.settimeout(0.2)\n"
+            "print('ready', flush=True)\n"
+            "src = set(); end = time.monotonic() + 4\n"
+            "while time.monotonic() < end:\n"
+            "    try:\n"
+            "        d, (ip, _) = s.recvfrom(100); src.add(ip)\n"
+            "    except OSError: pass\n"
+            "print(sorted(src), flush=True)\n")
+    cleanup.append(a)
+    ha.attach(a.pid)
+    a.go()
+    assert a.line() == "ready"
+    hb = N.prepare(mk("spoof"), "sbx-sb", "mallory", rootless=False)
+    cleanup.append(hb)
+    import ipaddress
+    fake = str(ipaddress.ip_network(ha.netdef["subnet"])[200])
+    code = ("import socket, subprocess\n"
+            f"r = subprocess.run(['/usr/sbin/ip', 'addr', 'add', '{fake}/32', 'dev', 'eth0'], capture_output=True)\n"
+            "print('addr', r.returncode, flush=True)\n"
+            "for src in (%r, %r):\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((src, 0))\n"
+            "    for _ in range(3): s.sendto(b'x', (%r, 7500))\n" % (fake, hb.address, ha.address))
+    b = Box(code, caps="-all,+net_admin,+net_raw")
+    cleanup.append(b)
+    hb.attach(b.pid)
+    b.go()
+    assert b.line() == "addr 0"                         # it did get the extra address in its namespace
+    assert b.wait() == 0
+    assert a.line() == str([hb.address])                # only its real address reached the victim
+    dropped = [r for r in host_rules("bridge") if r.get("comment") == "sbx:sbx-sb"]
+    assert any(x.get("counter", {}).get("packets", 0) >= 1 for r in dropped for x in r["expr"]
+               if isinstance(x, dict) and isinstance(x.get("counter"), dict))
+    hb.release()
+    a.kill()
+    ha.release()
+    assert host_rules("bridge") == []
