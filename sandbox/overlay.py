@@ -51,10 +51,6 @@ class RootSpec:
     uid_map: tuple[tuple[int, int, int], ...] = ()
     gid_map: tuple[tuple[int, int, int], ...] = ()
     config: dict = field(default_factory=dict, compare=False, hash=False)   # image Env/Cmd/WorkingDir...
-    # O_PATH descriptor of the store root opened by prepare_root (inherited through clone): PID 1
-    # reaches the layers through it even when a mount (e.g. a tmpfs on /tmp) hides the path.
-    store_fd: int = field(default=-1, compare=False)
-    store_ino: tuple = field(default=(), compare=False)      # (st_dev, st_ino) of the store root
 
 
 def _maps(m) -> tuple[tuple[int, int, int], ...]:
@@ -139,11 +135,9 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
         except OSError as e:
             rmtree(cdir)
             raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
-    store_fd = os.open(store.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
-                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
-                    store_fd=store_fd, store_ino=(os.fstat(store_fd).st_dev, os.fstat(store_fd).st_ino))
+                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}))
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -332,10 +326,26 @@ def _escape(p: str) -> str:
     return p
 
 
+_store_fd: Optional[int] = None
+
+
+def open_store(spec: RootSpec) -> None:
+    """In PID 1, in its new mount namespace, before anything is mounted over the store's path (the
+    new root's tmpfs on /tmp would hide a store under /tmp): keep a descriptor of the store for
+    mount_root. It must be opened in the sandbox's own mount namespace (overlay refuses layers
+    reached through a mount of another namespace)."""
+    global _store_fd
+    try:
+        _store_fd = os.open(spec.store_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageError(f"image store {spec.store_root}: {e.strerror}") from None
+
+
 def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) -> None:
     """Mount the overlay root at `target` (in the sandbox's PID 1, as user-namespace root).
 
     Inside any user namespace overlay can only use user.* xattrs (option userxattr)."""
+    global _store_fd
     from . import _sys
     userxattr = bool(rootless) or _in_user_namespace()
     # Shorten the option string (one page at most): layer paths relative to the store root.
@@ -346,12 +356,9 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
     flags = _sys.MS_NODEV | (_sys.MS_RDONLY if spec.read_only else 0)
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            st = os.fstat(spec.store_fd)
-            if (st.st_dev, st.st_ino) != tuple(spec.store_ino):
-                raise OSError("not the store")     # e.g. a spec unpickled in another process
-            os.fchdir(spec.store_fd)
-        except OSError:
+        if _store_fd is not None:
+            os.fchdir(_store_fd)
+        else:
             os.chdir(spec.store_root)
         _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
     except OSError as e:
@@ -360,13 +367,13 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
     finally:
         os.fchdir(old)
         os.close(old)
+        if _store_fd is not None:
+            os.close(_store_fd)
+            _store_fd = None
 
 
 def finish_root(spec: RootSpec, *, keep: bool) -> None:
     """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
-    if spec.store_fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(spec.store_fd)
     meta_path = os.path.join(spec.container_dir, "container.json")
     if keep and not spec.read_only:
         with contextlib.suppress(OSError, ValueError):
