@@ -67,7 +67,7 @@ def layers() -> list[bytes]:
            ("tmp", "dir", b"", 0o1777), ("root", "dir", b"", 0o700), ("proc", "dir"), ("dev", "dir"),
            ("sys", "dir"), ("usr", "dir"), ("usr/share", "dir"), ("usr/share/data", "dir"),
            ("usr/share/data/a", "file", b"a\n"), ("usr/share/data/b", "file", b"b1\n"),
-           ("var", "dir"), ("var/run", "sym", "../run"), ("run", "dir")]
+           ("var", "dir"), ("var/run", "sym", "../run"), ("run", "dir"), ("hostroot", "sym", "/")]
     l2 = [("etc", "dir"), ("etc/layer2", "file", b"layer 2\n"), ("opt", "dir"), ("opt/app", "dir"),
           ("opt/app/run.sh", "file", b"#!/bin/sh\necho app\n", 0o755),
           ("usr/share/data/b", "file", b"b2\n")]

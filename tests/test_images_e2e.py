@@ -1,0 +1,155 @@
+"""End to end through `pysandbox run --image ...` in the `strict` profile, as root and rootless.
+
+Root launches map the sandbox's root to an unprivileged host range (strict's `auto` map), so the
+image layers are used through uid-shifted copies; rootless launches use the caller's own store.
+Every test has its own store (PYSANDBOX_STATE_DIR) in a temporary directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import imagebuild as ib
+from conftest import PYSANDBOX
+
+
+@pytest.fixture
+def img(runner, shared_tmp):
+    """(runner, state dir, work dir) with busybox:test imported by the runner's user."""
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    state, work = shared_tmp / "state", shared_tmp / "work"
+    work.mkdir()
+    ib.write_docker_save(str(work / "save.tar"))
+    for p in (work, work / "save.tar"):
+        os.chown(p, runner.uid, runner.gid)
+    env = (runner, str(state), str(work))
+    r = cli(env, "image", "import", str(work / "save.tar"))
+    assert r.returncode == 0, r
+    return env
+
+
+def cli(env, *args, **kw):
+    runner, state, _ = env
+    return runner(*args, env={"PYSANDBOX_STATE_DIR": state}, **kw)
+
+
+def sh(env, script, *opts, **kw):
+    return cli(env, "run", "--profile", "strict", "--image", "busybox:test", *opts, "--", "/bin/sh", "-c", script,
+               **kw)
+
+
+def layers_digest(state: str) -> dict:
+    out = {}
+    base = os.path.join(state, "layers")
+    for h in os.listdir(base):
+        d = os.path.join(base, h, "diff")
+        for dp, dns, fns in os.walk(d):
+            for n in dns + fns:
+                p = os.path.join(dp, n)
+                st = os.lstat(p)
+                data = None
+                if os.path.isfile(p) and not os.path.islink(p):
+                    data = hashlib.sha256(open(p, "rb").read()).hexdigest()
+                out[os.path.relpath(p, base)] = (st.st_mode, st.st_uid, st.st_mtime_ns, data)
+    return out
+
+
+def kept_id(r) -> str:
+    m = re.search(r"kept the writable layer of (\S+)", r.stderr)
+    assert m, r
+    return m.group(1)
+
+
+def test_run_image_root_and_whiteout(img):
+    r = sh(img, "cat /etc/motd; ls /etc; test -e /etc/remove-me && echo PRESENT || echo absent; ls /usr/share/data; id -u")
+    assert r.returncode == 0, r
+    out = r.stdout.split()
+    assert r.stdout.startswith(ib.MOTD.decode()), r
+    assert "layer3" in out and "remove-me" not in out and "absent" in out and out[-2:] == ["c", "0"], r
+
+
+def test_two_sandboxes_copy_on_write_diff_commit(img):
+    runner, state, work = img
+    before = layers_digest(state)
+    a = sh(img, "echo changed-by-A > /etc/motd && cat /etc/motd", "--read-write", "--keep")
+    assert a.returncode == 0 and a.stdout == "changed-by-A\n", a
+    cid = kept_id(a)
+    b = sh(img, "cat /etc/motd", "--read-write")
+    assert b.returncode == 0 and b.stdout.encode() == ib.MOTD, b
+    after = layers_digest(state)
+    assert {k: v for k, v in after.items() if k in before} == before      # layers byte-identical
+    d = cli(img, "diff", cid)
+    assert d.returncode == 0 and "C /etc/motd" in d.stdout.splitlines(), d
+    c = cli(img, "commit", cid, "motd:v2")
+    assert c.returncode == 0, c
+    r = cli(img, "run", "--profile", "strict", "--image", "motd:v2", "--", "/bin/cat", "/etc/motd")
+    assert r.stdout == "changed-by-A\n", r
+    h = cli(img, "image", "history", "motd:v2")
+    assert f"pysandbox commit {cid}" in h.stdout
+    # without --keep nothing is left behind
+    assert os.listdir(os.path.join(state, "containers")) == [cid]
+
+
+def test_read_only_root_tmpfs_and_volume_writable(img):
+    r = sh(img, "for p in /etc/motd /newfile /usr/x /bin/busybox; do echo x > $p && echo WROTE $p; done; "
+                "echo t > /tmp/t && cat /tmp/t; echo v > /data/v && cat /data/v",
+           "--read-only", "-v", "rovol:/data")
+    assert r.returncode == 0, r
+    assert "WROTE" not in r.stdout and r.stdout.split() == ["t", "v"], r
+    assert r.stderr.count("Read-only file system") == 4, r
+
+
+def test_named_volume_across_runs_and_concurrently(img):
+    runner, state, work = img
+    r = sh(img, "echo from-run-1 > /data/db", "-v", "mongo_data:/data")
+    assert r.returncode == 0, r
+    r = sh(img, "cat /data/db", "-v", "mongo_data:/data")
+    assert r.stdout == "from-run-1\n", r
+    # two sandboxes at once: A waits (bounded) for B's file in the shared volume
+    env = runner.env({"PYSANDBOX_STATE_DIR": state})
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.rootless else {}
+    a = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--image", "busybox:test", "-v", "mongo_data:/data",
+                          "--", "/bin/sh", "-c",
+                          "echo a > /data/a; i=0; while [ ! -e /data/b ] && [ $i -lt 200 ]; do sleep 0.05; "
+                          "i=$((i+1)); done; cat /data/b"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/tmp", **kw)
+    try:
+        deadline = time.monotonic() + 20
+        vol = os.path.join(state, "volumes", "mongo_data", "_data")
+        while not os.path.exists(os.path.join(vol, "a")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = sh(img, "cat /data/a; echo b > /data/b", "-v", "mongo_data:/data")
+        assert r.stdout == "a\n", r
+        out, err = a.communicate(timeout=30)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    assert a.returncode == 0 and out == "b\n", (out, err)
+    v = json.loads(cli(img, "volume", "inspect", "mongo_data").stdout)[0]
+    assert v["Name"] == "mongo_data"
+
+
+def test_bind_destination_symlink_out_of_root_is_refused(img, shared_tmp):
+    runner, state, work = img
+    src = os.path.join(work, "src")
+    os.mkdir(src)
+    os.chown(src, runner.uid, runner.gid)
+    name = f"pysbx-bind-escape-{os.getpid()}"
+    # /hostroot -> / in the image: the target must not resolve to the host's /tmp
+    r = sh(img, "true", "-v", f"{src}:/hostroot/tmp/{name}")
+    assert r.returncode == 125 and "symbolic link" in r.stderr and r.stderr.count("\n") == 1, r
+    assert not os.path.exists(f"/tmp/{name}")
+
+
+def test_bad_image_names(img):
+    r = sh(img, "true", "--read-only")
+    assert r.returncode == 0
+    r = cli(img, "run", "--profile", "strict", "--image", "nosuch", "--", "/bin/true")
+    assert r.returncode == 125 and "no such image: nosuch" in r.stderr and r.stderr.count("\n") == 1, r
