@@ -25,26 +25,35 @@ the import succeeded, so a corrupt or malicious archive leaves the store as it w
 """
 from __future__ import annotations
 
-import bz2
 import contextlib
 import errno
 import fcntl
-import gzip
-import hashlib
+import importlib
 import io
 import json
-import lzma
 import os
 import re
-import shutil
 import stat
 import sys
-import tarfile
-import tempfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Optional
+
+
+class _Lazy:
+    """A module imported on first use: `run --image` needs none of the archive/compression code."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        mod = importlib.import_module(self._name)
+        globals()[self._name] = mod
+        return getattr(mod, attr)
+
+
+bz2, gzip, hashlib, lzma, shutil, tarfile, tempfile, zlib = (
+    _Lazy(n) for n in ("bz2", "gzip", "hashlib", "lzma", "shutil", "tarfile", "tempfile", "zlib"))
 
 
 class ImageError(Exception):

@@ -23,13 +23,13 @@ import json
 import os
 import re
 import stat
-import tarfile
-import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .images import ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name
+from .images import _Lazy
+
+tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
@@ -149,8 +149,10 @@ def _write_json(path: str, data: dict) -> None:
 
 def _shifted_layer(store: Store, digest: str, umap, gmap) -> str:
     """A copy of the layer with every owner shifted through the maps (cached, built atomically)."""
-    import hashlib
-    key = hashlib.sha256(json.dumps([umap, gmap]).encode()).hexdigest()[:16]
+    key = "_".join("-".join(map(str, e)) for e in umap) + "__" + "_".join("-".join(map(str, e)) for e in gmap)
+    if len(key) > 120:
+        import hashlib
+        key = hashlib.sha256(key.encode()).hexdigest()[:16]
     ldir = store.layer_dir(digest)
     final = os.path.join(ldir, f"shift-{key}")
     if os.path.isdir(final):
