@@ -611,6 +611,18 @@ def start_learning(listener_fd: int, seccomp_plan, on_event: OnEvent, *, read_me
 
 # --- launcher glue -------------------------------------------------------------
 
+HANDOVER_CALLS = ("sendmsg", "close")
+
+
+def plan_allows(s, name: str) -> bool:
+    """Does the plan allow `name` for every argument? (unconditional allow rule, or no rule
+    and an allowing default)."""
+    rules = [r for r in getattr(s, "rules", ()) if r.name == name]
+    if not rules:
+        return getattr(s, "default_action", "errno") in ("allow", "log")
+    return any(r.action in ("allow", "log") and not r.args for r in rules)
+
+
 class Supervision:
     """What the launcher needs, in three calls:
 
@@ -649,6 +661,13 @@ class Supervision:
         if not learn and not _sc.needs_listener(seccomp_plan):
             return
         if user_notif_available():
+            # The program hands the listener over with sendmsg and closes it, *after* its filter
+            # is loaded: if the policy denied those through notification, the program would
+            # wait for a supervisor that waits for the listener. Refuse such a plan up front.
+            for call in HANDOVER_CALLS:
+                if not plan_allows(seccomp_plan, call):
+                    raise ValueError(f"notify_denials needs {call} allowed (the program hands its "
+                                                 f"seccomp listener to the supervisor with it)")
             self.mode = "user_notif"
             if not learn and self._has_kill(seccomp_plan):
                 # kill rules are recorded first, then the sandbox is killed: they must

@@ -361,3 +361,18 @@ def test_launcher_falls_back_to_kmsg_without_user_notification(monkeypatch):
     e = evs[0]
     assert e["via"] == "kmsg" and e["errno"] == 1 and e["type"] == "escape_attempt"
     assert e["comm"] == "busybox" and "args" not in e["syscall"]
+
+
+def test_plan_that_would_deadlock_the_handover_is_refused():
+    """sendmsg/close denied through notification would make the program wait for a supervisor
+    that waits for the listener: refused before anything starts."""
+    s = Seccomp(rules=(SyscallRule("sendmsg", "errno", errno=1), SyscallRule("mount", "errno", errno=1)),
+                notify_denials=True)
+    with pytest.raises(ValueError, match="notify_denials needs sendmsg allowed"):
+        notify.Supervision(s, b"\0" * 8, lambda *a, **k: None)
+    ok = Seccomp(default_action="allow", rules=(SyscallRule("mount", "errno", errno=1),), notify_denials=True)
+    sup = notify.Supervision(ok, b"\0" * 8, lambda *a, **k: None)
+    assert sup.mode == "user_notif"
+    sup.stop()
+    from policies.compiler import compile_profile
+    assert notify.plan_allows(compile_profile("strict").plan.seccomp, "sendmsg")
