@@ -266,3 +266,21 @@ def test_oom_and_pids_limit_events_in_the_log(runner, logdir):
     assert exits[0]["status"] == {"exit_code": 137, "signal": "SIGKILL"}
     assert exits[0]["peaks"]["memory_peak"] >= 30 << 20
     assert "1 oom kill" in r.stderr and "1 pids limit" in r2.stderr
+
+
+def test_multithreaded_program_all_denials_recorded(runner, logdir):
+    log = logdir / "audit.jsonl"
+    code = ("import ctypes, threading\n"
+            "l = ctypes.CDLL(None, use_errno=True)\n"
+            "bad = []\n"
+            "def w():\n"
+            "    for _ in range(50):\n"
+            "        if l.syscall(250, 0, 0) != -1 or ctypes.get_errno() != 1: bad.append(1)\n"
+            "ts = [threading.Thread(target=w) for _ in range(8)]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print('bad', len(bad))")
+    r = runner("run", "--profile", "strict", "--audit-log", str(log), "--", HOST_PYTHON, "-c", code, timeout=120)
+    assert r.returncode == 0 and r.stdout == "bad 0\n", r
+    evs = events(log)
+    assert len(evs) == 400 and len({e["tid"] for e in evs}) == 8
+    assert {e["sandbox_pid"] for e in evs} == {evs[0]["sandbox_pid"]}
