@@ -291,10 +291,8 @@ def proc_identity(tid: int) -> dict:
             for line in f:
                 if line.startswith(b"Tgid:"):
                     out["pid"] = int(line.split()[1])
-                elif line.startswith(b"NSpid:"):
+                elif line.startswith(b"NStgid:"):      # the process (not thread) id inside
                     out["sandbox_pid"] = int(line.split()[-1])
-                elif line.startswith(b"Name:"):
-                    pass
     except (OSError, ValueError, IndexError):
         pass
     try:
