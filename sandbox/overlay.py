@@ -265,9 +265,18 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
+class _MP:
+    def __init__(self, target: str):
+        self.target, self.type, self.source = target, "dir", None
+
+
+# Mount points the launcher's root set-up always uses (fresh /proc, sysfs, /dev, /tmp).
+STANDARD_MOUNTPOINTS = ("/proc", "/sys", "/dev", "/tmp")
+
+
 def _mountpoints(mnt: str, lowers, mounts, owner) -> None:
     """Create, in the per-sandbox top lower layer, the mount points the image lacks."""
-    for m in mounts or ():
+    for m in [_MP(t) for t in STANDARD_MOUNTPOINTS] + list(mounts or ()):
         target = getattr(m, "target", None)
         if not target or not target.startswith("/"):
             continue

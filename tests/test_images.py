@@ -140,9 +140,13 @@ def test_import_every_format(env):
     assert r.returncode == 0 and "1 layers" in r.stdout, r
     r = cli(env, "image", "import", f"{work}/rootfsdir", "fromdir")
     assert r.returncode == 0, r
+    subprocess.run(["tar", "-C", f"{work}/oci", "-cf", f"{work}/oci.tar", "."], check=True)
+    os.chown(f"{work}/oci.tar", runner.uid, runner.gid)
+    r = cli(env, "image", "import", f"{work}/oci.tar", "ocitar")       # an OCI layout as a tarball
+    assert r.returncode == 0 and "3 layers" in r.stdout, r
     r = cli(env, "image", "ls")
     assert r.returncode == 0
-    for n in ("bb-oci:latest", "busybox:test", "flat:latest", "fromdir:latest"):
+    for n in ("bb-oci:latest", "busybox:test", "flat:latest", "fromdir:latest", "ocitar:latest"):
         assert n in r.stdout, r
     imgs = {i["name"]: i for i in json.loads(cli(env, "image", "ls", "--json").stdout)}
     # OCI layout and docker save of the same image: same config -> same image id, layers stored once
@@ -415,3 +419,20 @@ def test_named_volume_persists_across_runs(env):
                    f"try:\n    resolve_volume('gone', rootless={runner.rootless}, create=False)\n"
                    "except ImageError as e:\n    print(e)")
     assert "no such volume: gone" in r.stdout
+
+
+def test_progress_bar_only_on_a_terminal():
+    import io
+    from sandbox.images import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        p = Progress("importing x", 1000, stream=stream)
+        p.start -= 1                      # pretend the import has been running for a second
+        p.update(500)
+        p.close()
+    assert "importing x [###############" in tty.getvalue() and " 50%" in tty.getvalue()
+    assert tty.getvalue().endswith("\r\033[K") and pipe.getvalue() == ""

@@ -153,3 +153,21 @@ def test_bad_image_names(img):
     assert r.returncode == 0
     r = cli(img, "run", "--profile", "strict", "--image", "nosuch", "--", "/bin/true")
     assert r.returncode == 125 and "no such image: nosuch" in r.stderr and r.stderr.count("\n") == 1, r
+
+
+def test_profile_root_image_and_missing_mountpoints(img, tmp_profile):
+    runner, state, work = img
+    prof = tmp_profile('extends: strict\nfilesystem:\n  root: {image: "busybox:test"}\n  read_only: false\n')
+    r = cli(img, "run", "--profile", prof, "--", "/bin/sh", "-c", "echo y > /etc/motd && cat /etc/motd")
+    assert r.returncode == 0 and r.stdout == "y\n", r
+    # an image without /sys and /tmp, read-only: the mount points come from the per-sandbox top layer
+    d = os.path.join(work, "mini")
+    ib.write_rootfs_dir(d)
+    for dp, dns, fns in os.walk(d):
+        for n in dns + fns:
+            os.lchown(os.path.join(dp, n), runner.uid, runner.gid)
+    assert cli(img, "image", "import", d, "mini").returncode == 0
+    r = cli(img, "run", "--profile", "strict", "--image", "mini", "--read-only", "--", "/bin/sh", "-c",
+            "ls /; echo t > /tmp/t && cat /tmp/t; echo x > /etc/motd")
+    assert r.returncode == 1 and r.stdout.split() == ["bin", "dev", "etc", "proc", "sys", "tmp", "t"], r
+    assert "Read-only file system" in r.stderr
