@@ -284,3 +284,14 @@ def test_multithreaded_program_all_denials_recorded(runner, logdir):
     evs = events(log)
     assert len(evs) == 400 and len({e["tid"] for e in evs}) == 8
     assert {e["sandbox_pid"] for e in evs} == {evs[0]["sandbox_pid"]}
+
+
+def test_timeout_event(runner, logdir):
+    log = logdir / "audit.jsonl"
+    r = runner("run", "--profile", "strict", "--timeout", "1", "--audit-log", str(log), "--", "/bin/sleep", "10")
+    assert r.returncode == 124, r
+    evs = events(log, None)
+    assert [e["type"] for e in evs] == ["sandbox_start", "timeout", "sandbox_exit"]
+    assert evs[1]["limit"] == {"name": "timeout", "value": 1.0, "unit": "s"}
+    assert evs[2]["status"]["exit_code"] == 124 and 1.0 <= evs[2]["duration"] < 5
+    assert "1 timeout — see" in r.stderr
