@@ -205,11 +205,12 @@ def _nft_path() -> str:
 
 
 def nft(cmds: list | None = None, *, args: list[str] | None = None, pid: int | None = None,
-        nsfd: int | None = None, userns_fd: int | None = None, check: bool = True) -> dict:
+        nsfd: int | None = None, userns_fd: int | None = None, check: bool = True, echo: bool = False) -> dict:
     """Run nft with a JSON batch (cmds) or JSON-output arguments (args, e.g. ["list", "table", ...]).
-    pid/nsfd: run inside that process's / fd's network namespace."""
+    pid/nsfd: run inside that process's / fd's network namespace. echo: return the added objects
+    with their handles."""
     pre = _nsenter_prefix(pid, nsfd, userns_fd)
-    argv = pre + [_nft_path(), "-j"]
+    argv = pre + [_nft_path(), "-j"] + (["-e"] if echo else [])
     argv += (args if args is not None else ["-f", "-"])
     inp = json.dumps({"nftables": cmds}) if cmds is not None else None
     fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
@@ -245,9 +246,11 @@ def _prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
     return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
 
-def _ensure_host_table() -> None:
+def _host_base() -> list[dict]:
+    """Idempotent: the host tables and their base chains."""
     T = {"family": "ip", "table": HOST_TABLE}
-    nft([{"add": {"table": {"family": "ip", "name": HOST_TABLE}}},
+    B = {"family": "bridge", "table": HOST_TABLE}
+    return [{"add": {"table": {"family": "ip", "name": HOST_TABLE}}},
          {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
                             "policy": "accept"}}},
          {"add": {"chain": {**T, "name": "output", "type": "nat", "hook": "output", "prio": -100,
@@ -255,7 +258,10 @@ def _ensure_host_table() -> None:
          {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
                             "policy": "accept"}}},
          {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
-                            "policy": "accept"}}}])
+                            "policy": "accept"}}},
+         {"add": {"table": {"family": "bridge", "name": HOST_TABLE}}},
+         {"add": {"chain": {**B, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -200,
+                            "policy": "accept"}}}]
 
 
 def _host_rules(family: str = "ip") -> list[dict]:
@@ -280,9 +286,6 @@ def _antispoof_rules(sid: str, veth: str, addr: str) -> list[dict]:
     iif = _m(_meta("iifname"), veth)
     c = f"sbx:{sid}"
     return [
-        {"add": {"table": {"family": "bridge", "name": HOST_TABLE}}},
-        {"add": {"chain": {**T, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -200,
-                           "policy": "accept"}}},
         {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
             iif, _m(_payload("ether", "type"), "ip"), _m(_payload("ip", "saddr"), addr, "!="),
             {"counter": None}, {"drop": None}]}}},
@@ -738,7 +741,9 @@ class NetHandle:
         self.denied: int | None = None          # egress packets denied (after release)
         self._nsfd: int | None = None
         self._usernsfd: int | None = None
-        self._helper: subprocess.Popen | None = None   # proxy / pasta / slirp4netns
+        self._helper: subprocess.Popen | None = None   # pasta / slirp4netns
+        self._proxy_pid: int | None = None              # userspace port proxy (forked)
+        self._rules: list = []                          # (family, chain, handle) of our host rules
         self._released = False
         self._supervisor = os.getpid()
         self._supervisor_start = _proc_start(self._supervisor)
@@ -750,9 +755,12 @@ class NetHandle:
                                                              if _as_net(r["to"]) is None}),
                 "pid": self.pid, "supervisor_pid": self._supervisor,
                 "supervisor_start": self._supervisor_start,
-                "helper_pid": self._helper.pid if self._helper else None,
-                "helper_start": _proc_start(self._helper.pid) if self._helper else None,
+                "helper_pid": self._helper_pid(), "helper_start": _proc_start(self._helper_pid() or -1),
+                "rules": [list(r) for r in self._rules],
                 "hosts": self.hosts_path, "state": state}
+
+    def _helper_pid(self) -> int | None:
+        return self._helper.pid if self._helper else self._proxy_pid
 
     def _ep_path(self) -> Path:
         return state_dir(self.rootless) / self.mode / "endpoints" / (_safe_id(self.sandbox_id) + ".json")
@@ -813,20 +821,27 @@ class NetHandle:
         subnet = ipaddress.ip_network(nd["subnet"])
         with _locked(root):
             with IPRoute() as ipr:
+                cmds = _host_base()
                 if not ipr.link_lookup(ifname=nd["bridge"]):
+                    # the bridge lives as long as the network (made again after a reboot); its
+                    # masquerade/isolation rules come and go with it
                     ipr.link("add", ifname=nd["bridge"], kind="bridge")
                     bi = ipr.link_lookup(ifname=nd["bridge"])[0]
                     ipr.addr("add", index=bi, address=nd["gateway"], prefixlen=subnet.prefixlen)
                     ipr.link("set", index=bi, state="up")
+                    _delete_host_rules(lambda c: c == f"net:{nd['name']}")
+                    cmds += _network_rules(nd)
                 bi = ipr.link_lookup(ifname=nd["bridge"])[0]
-                _ensure_host_table()
-                if not any((r.get("comment") or "") == f"net:{nd['name']}" for r in _host_rules()):
-                    nft(_network_rules(nd))
                 if ipr.link_lookup(ifname=self.veth):       # leftover of a crashed sandbox with our id
                     ipr.link("del", index=ipr.link_lookup(ifname=self.veth)[0])
                 ipr.link("add", ifname=self.veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": self._nsfd})
                 hi = ipr.link_lookup(ifname=self.veth)[0]
-                nft(_antispoof_rules(self.sandbox_id, self.veth, self.address))   # before the port is up
+                # one nft transaction: anti-spoofing (before the port is up) and the DNAT of published ports
+                cmds += _antispoof_rules(self.sandbox_id, self.veth, self.address)
+                cmds += _dnat_rules(self.sandbox_id, self.address, self.ports)
+                out = nft(cmds, echo=True)
+                self._rules = [(r["family"], r["chain"], r["handle"]) for o in out.get("nftables", [])
+                               for r in [o.get("add", {}).get("rule")] if r and r.get("comment") == f"sbx:{self.sandbox_id}"]
                 ipr.link("set", index=hi, master=bi, state="up")
             with IPRoute(netns=f"/proc/{pid}/ns/net") as ns:
                 i = ns.link_lookup(ifname="eth0")[0]
@@ -836,7 +851,6 @@ class NetHandle:
                 ns.link("set", index=lo, state="up")
                 ns.route("add", dst="0.0.0.0/0", gateway=nd["gateway"])
             if self.ports:
-                nft(_dnat_rules(self.sandbox_id, self.address, self.ports))
                 self._start_proxy()
             self._write_endpoint(state="attached")
             self._refresh_peers(root, joined=True)
@@ -863,6 +877,8 @@ class NetHandle:
                                    "elem": [self.address]}}}], pid=e["pid"], check=False)
 
     def _start_proxy(self) -> None:
+        """Fork the userspace proxy (serves 127.0.0.1 and holds the port reservation). A fork, not a
+        new interpreter: no start-up cost; the child closes every descriptor but its sockets."""
         socks = []
         try:
             for p in self.ports:
@@ -880,21 +896,31 @@ class NetHandle:
                 socks.append(s)
             spec = [{"fd": s.fileno(), "proto": p["proto"], "ip": self.address, "port": p["port"]}
                     for s, p in zip(socks, self.ports)]
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                   "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-            code = "from sandbox.network import _proxy_main; _proxy_main()"
-            self._helper = subprocess.Popen(
-                [sys.executable, "-c", code, str(os.getpid()), json.dumps(spec)],
-                pass_fds=[s.fileno() for s in socks], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            parent = os.getpid()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    keep = sorted(x["fd"] for x in spec)
+                    lo = 3
+                    for fd in keep + [1 << 20]:
+                        if fd > lo:
+                            os.closerange(lo, min(fd, 65536))
+                        lo = fd + 1
+                    devnull = os.open(os.devnull, os.O_RDWR)
+                    for fd in (0, 1, 2):
+                        os.dup2(devnull, fd)
+                    if devnull > 2:
+                        os.close(devnull)
+                    os.setsid()
+                    _proxy_serve(parent, spec)
+                    code = 0
+                finally:
+                    os._exit(code)
+            self._proxy_pid = pid
         finally:
             for s in socks:
                 s.close()
-        # wait until the proxy is running (it closes stderr when ready)
-        err = self._helper.stderr.read(4096) if self._helper.stderr else b""
-        self._helper.stderr.close()
-        if self._helper.poll() is not None:
-            raise NetworkError(f"network: port proxy failed: {err.decode(errors='replace').strip()[:200]}")
 
     def _attach_usermode(self, pid: int) -> None:
         import tempfile
@@ -1015,12 +1041,18 @@ class NetHandle:
         if self._helper is not None:
             _stop(self._helper)
             self._helper = None
+        if self._proxy_pid is not None:
+            try:
+                os.kill(self._proxy_pid, signal.SIGKILL)
+                os.waitpid(self._proxy_pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+            self._proxy_pid = None
         if self.netdef is not None:
             root = state_dir(self.rootless)
             with _locked(root):
                 _cleanup_endpoint(root, self.netdef, self._endpoint("released"))
                 self._refresh_peers(root, joined=False)
-                _maybe_teardown(root, self.netdef)
         for attr in ("_nsfd", "_usernsfd"):
             fd = getattr(self, attr)
             if fd is not None:
@@ -1051,9 +1083,18 @@ def _cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
             os.kill(e["helper_pid"], signal.SIGKILL)
         except OSError:
             pass
-    if e.get("ports"):
-        _delete_host_rules(lambda c: c == f"sbx:{sid}")
-    _delete_host_rules(lambda c: c == f"sbx:{sid}", family="bridge")
+    # by the handles recorded at attach (one transaction); when that fails (crash leftovers, rules
+    # changed by someone else), by the comment every rule of this sandbox carries
+    rules = e.get("rules") or []
+    try:
+        if not rules:
+            raise NetworkError("no handles")
+        nft([{"delete": {"rule": {"family": f, "table": HOST_TABLE, "chain": c, "handle": h}}}
+             for f, c, h in rules])
+    except NetworkError:
+        if shutil.which(_NFT) or os.path.exists("/usr/sbin/nft"):
+            for fam in ("ip", "bridge"):
+                _delete_host_rules(lambda c: c == f"sbx:{sid}", family=fam)
     if e.get("veth"):
         try:
             from pyroute2 import IPRoute
@@ -1090,11 +1131,6 @@ def _teardown_network(root: Path, nd: dict) -> None:
             nft([{"delete": {"table": {"family": "bridge", "name": HOST_TABLE}}}], check=False)
 
 
-def _maybe_teardown(root: Path, nd: dict) -> None:
-    if not _endpoints(root, nd["name"]):
-        _teardown_network(root, nd)
-
-
 def reclaim_stale(rootless: bool | None = None) -> None:
     """Remove endpoints whose supervisor is gone (crash clean-up), their host-side traces, and
     bridges of networks without endpoints. Cheap when there is no network state."""
@@ -1125,24 +1161,20 @@ def reclaim_stale(rootless: bool | None = None) -> None:
                             _write_inplace(Path(e["hosts"]), _hosts_content(nd, live, e.get("name")))
                         except OSError:
                             pass
-                if not live:
-                    _teardown_network(root, nd)
 
 
 # ---------------------------------------------------------------------------------
-# userspace port proxy (a separate process: python -c "...; _proxy_main()" SUPERVISOR SPEC)
+# userspace port proxy (a forked child of the supervisor; see NetHandle._start_proxy)
 # ---------------------------------------------------------------------------------
-def _proxy_main() -> None:
+def _proxy_serve(parent: int, spec: list[dict]) -> None:
     import threading
     try:
         import prctl
-        prctl.set_pdeathsig(signal.SIGKILL)
+        prctl.set_pdeathsig(signal.SIGKILL)          # dies with the supervisor
     except Exception:
         pass
-    parent = int(sys.argv[1])
     if os.getppid() != parent:
-        os._exit(1)
-    spec = json.loads(sys.argv[2])
+        return
     max_conns = threading.BoundedSemaphore(512)
 
     def pipe(a, b):
@@ -1229,7 +1261,6 @@ def _proxy_main() -> None:
         threads.append(threading.Thread(target=f, args=(ls, s["ip"], s["port"]), daemon=True))
     for t in threads:
         t.start()
-    os.close(2)            # tells the supervisor we are ready
     while True:
         time.sleep(3600)
 
