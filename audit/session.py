@@ -42,8 +42,6 @@ class Session:
     def emit(self, type: str, **fields: Any) -> Optional[dict]:
         if type == "sandbox_start":
             fields.setdefault("uid", os.getuid())          # who started it
-            if fields.get("pid") is not None:
-                fields.setdefault("sandbox_pid", 1)        # the launcher reports the sandbox's PID 1
         if type == "sandbox_exit" and "status" not in fields:
             return self._exit(**fields)
         if type == "timeout" and "limit" not in fields:
