@@ -191,8 +191,21 @@ def format_syscall(ev: dict) -> str:
     return s
 
 
+_CTRL = {i: f"\\x{i:02x}" for i in list(range(0x20)) + [0x7f] + list(range(0x80, 0xa0))}
+
+
+def safe(text) -> str:
+    """Strings that came from inside a sandbox (paths, comm, argv) may carry terminal escape
+    sequences: show control characters escaped, never raw."""
+    return str(text).translate(_CTRL)
+
+
 def format_event(ev: dict) -> str:
-    """One human line per event."""
+    """One human line per event (control characters escaped: see safe())."""
+    return safe(_format_event(ev))
+
+
+def _format_event(ev: dict) -> str:
     t = ev.get("type", "?")
     parts = [_short_time(str(ev.get("time", ""))), str(ev.get("sandbox_name") or ev.get("sandbox_id", "?")),
              f"{ev.get('severity', ''):8}", f"{t:19}"]
@@ -292,4 +305,4 @@ def format_summary(summaries: list[SandboxSummary]) -> str:
     out.append(f"{len(summaries)} sandbox{'es' if len(summaries) != 1 else ''}, "
                f"{sum(total.values())} denials"
                + (f" ({', '.join(f'{k} ×{v}' for k, v in total.most_common(8))})" if total else ""))
-    return "\n".join(out)
+    return safe("\n".join(out)).replace("\\x0a", "\n")

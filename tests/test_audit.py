@@ -382,3 +382,14 @@ def test_syslog_sink_for_real_in_a_private_mount_namespace():
     assert msg.startswith("<10>"), msg            # LOG_USER(8) | LOG_CRIT(2): escape attempts are critical
     assert "pysandbox[" in msg and "type=escape_attempt syscall=ptrace action=errno technique=ptrace" in msg
     assert json.loads(msg[msg.index("{"):].rstrip("\x00\n"))["syscall"]["decoded"]["request"] == "PTRACE_ATTACH"
+
+
+def test_human_output_escapes_terminal_control_characters():
+    """A path or comm chosen by the sandboxed program must not drive the admin's terminal."""
+    ev = rec().build("escape_attempt", syscall={"name": "mount", "nr": 165,
+                                                 "decoded": {"target": "/mnt\x1b]0;owned\x07\x1b[2J"}},
+                     action="errno", errno=1, via="user_notif", technique="t", technique_id="mount",
+                     comm="evil\x1b[31m", path="/x\ny")
+    line = reader.format_event(ev)
+    assert "\x1b" not in line and "\x07" not in line and "\n" not in line
+    assert "\\x1b]0;owned\\x07" in line and "evil\\x1b[31m" in line
