@@ -389,7 +389,7 @@ def test_human_output_escapes_terminal_control_characters():
     ev = rec().build("escape_attempt", syscall={"name": "mount", "nr": 165,
                                                  "decoded": {"target": "/mnt\x1b]0;owned\x07\x1b[2J"}},
                      action="errno", errno=1, via="user_notif", technique="t", technique_id="mount",
-                     comm="evil\x1b[31m", path="/x\ny")
+                     pid=5, comm="evil\x1b[31m", path="/x\ny")
     line = reader.format_event(ev)
     assert "\x1b" not in line and "\x07" not in line and "\n" not in line
     assert "\\x1b]0;owned\\x07" in line and "evil\\x1b[31m" in line
