@@ -101,6 +101,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     shift = _needs_shift(umap) or _needs_shift(gmap)
     read_only = bool(getattr(fs, "read_only", False))
     with store.locked():
+        _reclaim_stale(store)
         name, rec = store.resolve(fs.image)
         for d in rec["layers"]:
             store.layer_info(d)            # raises a clear error when a layer is missing
@@ -127,7 +128,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             _mountpoints(mnt, lowers, getattr(fs, "mounts", ()), (root_uid, root_gid) if shift else None)
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
                     "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
-                    "rootless": rootless, "uid_map": umap, "gid_map": gmap}
+                    "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": bool(getattr(fs, "keep", False))}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
             rmtree(cdir)
@@ -138,6 +139,20 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
                     read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}))
+
+
+def _reclaim_stale(store: Store) -> None:
+    """Writable layers of sandboxes whose supervisor died (SIGKILL) without --keep: deleted."""
+    with contextlib.suppress(FileNotFoundError):
+        for cid in os.listdir(store.containers):
+            path = os.path.join(store.containers, cid, "container.json")
+            try:
+                with open(path) as f:
+                    m = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if m.get("status") == "running" and not m.get("keep") and not _alive(m.get("pid")):
+                rmtree(os.path.join(store.containers, cid))
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -675,7 +690,10 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
                     continue
                 owner(ti)
                 if ti.isreg() and ti.type != tarfile.LNKTYPE:
-                    with open(e.path, "rb") as f:
+                    fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                    with os.fdopen(fd, "rb") as f:
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            raise ImageError(f"commit: {a} changed while being read")
                         tf.addfile(ti, f)
                 else:
                     tf.addfile(ti)

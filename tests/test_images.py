@@ -68,7 +68,9 @@ def prepare(env_, cid: str, image: str = "busybox:test", read_only: bool = False
     py_as(env_, f"""
 from sandbox import overlay
 from policies.plan import Filesystem, Mount, IdMapEntry
-spec = overlay.prepare_root(Filesystem(image={image!r}, read_only={read_only}, mounts={mounts}), {cid!r},
+# keep=True: this short-lived process is not the supervisor; without it the next prepare_root would
+# reclaim the layer as one of a dead supervisor (finish_root(keep=False) still deletes it)
+spec = overlay.prepare_root(Filesystem(image={image!r}, read_only={read_only}, mounts={mounts}, keep=True), {cid!r},
                             rootless={runner.rootless}, uid_map={uid_map}, gid_map={uid_map})
 pickle.dump(spec, open({out!r}, "wb"))
 """)
@@ -436,3 +438,25 @@ def test_progress_bar_only_on_a_terminal():
         p.close()
     assert "importing x [###############" in tty.getvalue() and " 50%" in tty.getvalue()
     assert tty.getvalue().endswith("\r\033[K") and pipe.getvalue() == ""
+
+
+def test_stale_writable_layers_of_dead_supervisors_are_reclaimed(env):
+    runner, state, work = env
+    assert cli(env, "image", "import", f"{work}/save.tar").returncode == 0
+    s = prepare(env, "dead1")
+    meta_path = os.path.join(state, "containers", "dead1", "container.json")
+    meta = json.load(open(meta_path))
+    meta["pid"] = 2 ** 22 + 12345          # no such process: the supervisor was SIGKILLed
+    meta["keep"] = False
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    prepare(env, "next")
+    assert sorted(os.listdir(os.path.join(state, "containers"))) == ["next"]
+    # a kept one (or one whose supervisor lives) is left alone
+    meta = json.load(open(os.path.join(state, "containers", "next", "container.json")))
+    meta["pid"] = 2 ** 22 + 12345
+    with open(os.path.join(state, "containers", "next", "container.json"), "w") as f:
+        json.dump(meta, f)
+    prepare(env, "third")
+    assert sorted(os.listdir(os.path.join(state, "containers"))) == ["next", "third"]
+    assert s
