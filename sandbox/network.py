@@ -120,6 +120,13 @@ def _locked(root: Path):
     # traversable (0711): sandboxes' hosts files under <net>/hosts are bind-mounted by the
     # sandbox's mapped root, which has no capabilities on the host
     root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    for d in (root.parent, root):      # ours (…/pysandbox, …/networks): make sure o+x survived the umask
+        try:
+            st = d.stat()
+            if st.st_uid == os.geteuid() and not st.st_mode & 0o001 and d.name in ("pysandbox", "networks"):
+                os.chmod(d, (st.st_mode & 0o7777) | 0o711)
+        except OSError:
+            pass
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -688,12 +695,15 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHa
         h.netdef = nd
         h.address = addr
         h.veth = veth_name(sandbox_id)
-        h.hosts_path = str(root / mode / "hosts" / _safe_id(sandbox_id))
+        h._hosts_file = str(root / mode / "hosts" / _safe_id(sandbox_id))
         (root / mode / "endpoints").mkdir(parents=True, exist_ok=True)
         (root / mode / "hosts").mkdir(parents=True, exist_ok=True)
         h._write_endpoint(state="reserved")
         # the hosts file exists from the start so the launcher can bind-mount it
-        _write_inplace(Path(h.hosts_path), _hosts_content(nd, eps + [h._endpoint("reserved")], name))
+        _write_inplace(Path(h._hosts_file), _hosts_content(nd, eps + [h._endpoint("reserved")], name))
+        # the sandbox's PID 1 (its mapped root, no capabilities on the host) opens this path
+        # itself: every directory above it is traversable (0711), the file is 0644
+        h.hosts_path = h._hosts_file
     return h
 
 
@@ -705,6 +715,7 @@ def _write_inplace(path: Path, content: str) -> None:
     """Rewrite a file's content keeping its inode (a read-only bind mount of it sees the change)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
+        os.fchmod(fd, 0o644)               # readable by the sandbox's mapped root, whatever the umask
         data = content.encode()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
@@ -736,7 +747,8 @@ class NetHandle:
         self.netdef: dict | None = None
         self.address: str | None = None
         self.veth: str | None = None
-        self.hosts_path: str | None = None
+        self.hosts_path: str | None = None      # the live hosts file (bind it read-only on /etc/hosts)
+        self._hosts_file: str | None = None
         self.pid: int | None = None
         self.denied: int | None = None          # egress packets denied (after release)
         self._nsfd: int | None = None
@@ -757,7 +769,7 @@ class NetHandle:
                 "supervisor_start": self._supervisor_start,
                 "helper_pid": self._helper_pid(), "helper_start": _proc_start(self._helper_pid() or -1),
                 "rules": [list(r) for r in self._rules],
-                "hosts": self.hosts_path, "state": state}
+                "hosts": self._hosts_file, "state": state}
 
     def _helper_pid(self) -> int | None:
         return self._helper.pid if self._helper else self._proxy_pid
@@ -770,12 +782,12 @@ class NetHandle:
 
     # -- interface for the launcher --------------------------------------------------
     def etc_hosts(self) -> str | None:
-        """Content for the sandbox's /etc/hosts (private networks), else None. The live file
-        (rewritten in place as peers come and go) is `hosts_path`: bind-mount it read-only."""
-        if self.hosts_path is None:
+        """Content of the sandbox's /etc/hosts now (private networks), else None. It changes as
+        peers come and go: bind-mount `hosts_path` read-only over /etc/hosts to see that."""
+        if self._hosts_file is None or self._released:
             return None
         try:
-            with open(self.hosts_path) as f:
+            with open(self._hosts_file) as f:
                 return f.read()
         except OSError:
             return None
