@@ -619,3 +619,41 @@ def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     a.kill()
     ha.release()
     assert host_rules("bridge") == []
+
+
+def test_published_udp_and_loopback_only_port(testns, cleanup):
+    newnet(cleanup, "udpnet")
+    net = mk("udpnet", ports=(PortMapping(15353, 5353, proto="udp"),
+                              PortMapping(18082, 7000, host_ip="127.0.0.1")))
+    h = N.prepare(net, "sbx-udp", "dns", rootless=False)
+    cleanup.append(h)
+    b = Box("import socket, threading\n"
+            "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 5353))\n"
+            "t = socket.socket(); t.bind(('0.0.0.0', 7000)); t.listen(4)\n"
+            "def tcp():\n"
+            "    for _ in range(4):\n"
+            "        c, _ = t.accept(); c.sendall(b'tcp-ok'); c.close()\n"
+            "threading.Thread(target=tcp, daemon=True).start()\n"
+            "print('ready', flush=True)\n"
+            "for _ in range(4):\n"
+            "    d, a = u.recvfrom(100); u.sendto(b'udp:' + d, a)\n")
+    cleanup.append(b)
+    h.attach(b.pid)
+    b.go()
+    assert b.line() == "ready"
+    rules = [r for r in host_rules() if r.get("comment") == "sbx:sbx-udp"]
+    assert len(rules) == 2                      # udp DNAT (prerouting + output); none for 127.0.0.1
+    for addr in (h.netdef["gateway"], "127.0.0.1"):           # DNAT; proxy
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(3)
+        u.sendto(b"q", (addr, 15353))
+        assert u.recvfrom(100)[0] == b"udp:q"
+        u.close()
+    c = socket.create_connection(("127.0.0.1", 18082), timeout=3)     # bound to loopback only
+    assert c.recv(20) == b"tcp-ok"
+    c.close()
+    with pytest.raises(OSError):                               # not on the gateway address
+        socket.create_connection((h.netdef["gateway"], 18082), timeout=1).close()
+    b.kill()
+    h.release()
+    assert not [r for r in host_rules() if r.get("comment") == "sbx:sbx-udp"]

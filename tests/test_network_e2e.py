@@ -406,3 +406,36 @@ def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
             idx = ipr.link_lookup(ifname="up0")
             if idx:
                 ipr.link("del", index=idx[0])
+
+
+@needs_cli
+def test_e2e_network_cli(nets):
+    r = cli("network", "create", "clinet", "--subnet", "10.66.1.0/24")
+    assert r.returncode == 0 and r.stdout.strip() == "clinet"
+    try:
+        r = cli("network", "create", "clinet")
+        assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network create: network 'clinet' already exists"
+        r = cli("network", "create", "x2", "--subnet", "nonsense")
+        assert r.returncode == 1 and r.stderr.startswith("pysandbox: network create: --subnet nonsense")
+        r = cli("network", "ls")
+        assert r.returncode == 0
+        assert r.stdout.splitlines()[0].split() == ["NAME", "SUBNET", "GATEWAY", "BRIDGE", "SANDBOXES"]
+        assert any(ln.split()[:2] == ["clinet", "10.66.1.0/24"] for ln in r.stdout.splitlines())
+        import json
+        r = cli("network", "ls", "--json")
+        assert [n for n in json.loads(r.stdout) if n["name"] == "clinet"][0]["gateway"] == "10.66.1.1"
+        p = start("--network", "clinet", "--name", "svc", code="print('up', flush=True); import time; time.sleep(20)")
+        try:
+            assert wait_line(p) == "up"
+            info = json.loads(cli("network", "inspect", "clinet").stdout)
+            assert [(e["name"], e["address"]) for e in info["endpoints"]] == [("svc", "10.66.1.2")]
+            r = cli("network", "rm", "clinet")
+            assert r.returncode == 1 and "attached" in r.stderr and "svc" in r.stderr
+        finally:
+            stop(p)
+        r = cli("network", "inspect", "nosuch")
+        assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network 'nosuch' not found"
+    finally:
+        r = cli("network", "rm", "clinet")
+    assert r.returncode == 0
+    assert "clinet" not in cli("network", "ls").stdout
