@@ -1,0 +1,260 @@
+"""The Python API: compile a profile once, launch many sandboxes from it.
+
+    from sandbox.api import Sandbox
+    sb = Sandbox("strict", cap_add=["NET_BIND_SERVICE"], memory="256m")   # YAML, schema, libseccomp: here, once
+    r = sb.run(["/bin/sh", "-c", "id"], input=b"", timeout=5)          # no compilation work per run
+    r.exit_code, r.stdout, r.stderr, r.events, r.denied("mount")
+    r = await sb.run_async(["/bin/true"])                               # asyncio: runs in a worker thread
+
+Thread safety: `Sandbox` is immutable after construction (a frozen plan and BPF bytes); `run` keeps
+all per-run state local (its own memfds for stdin/stdout/stderr, its own audit recorder), so any
+number of threads may call it at once. The launcher waits on PID 1 through a pidfd, so a timeout
+works in any thread; signal forwarding (SIGTERM to the program) only happens when `run` is called
+from the main thread.
+
+Output is captured in memory files (memfd), not pipes: no reader thread per run and no deadlock
+however much the program writes; the pages are charged to the sandbox's memory cgroup.
+See docs/api.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from policies.compiler import Overrides, compile_profile
+
+from . import launcher as _launcher
+
+DENIAL_TYPES = ("seccomp_denied", "seccomp_killed", "escape_attempt")
+
+# keyword -> Overrides field; tuple-valued fields accept a str or any iterable
+_TUPLE_FIELDS = {"cap_add", "cap_drop", "volumes", "tmpfs", "env", "ports", "device_read_bps",
+                 "device_write_bps", "device_read_iops", "device_write_iops", "ulimits", "security_opt"}
+_SCALAR_FIELDS = {"read_only", "workdir", "hostname", "network", "timeout", "memory", "memory_swap",
+                  "memory_reservation", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "blkio_weight",
+                  "image", "keep", "user", "argv"}
+_ALIASES = {"volume": "volumes", "port": "ports", "publish": "ports", "ulimit": "ulimits", "net": "network",
+            "cwd": "workdir"}
+
+
+class SandboxError(Exception):
+    """Raised by RunResult.check() and by Sandbox() for an unusable profile or override."""
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    stdout: Union[bytes, str] = b""
+    stderr: Union[bytes, str] = b""
+    events: list = field(default_factory=list)     # audit events of this run (docs/audit.md schema)
+    duration: float = 0.0
+    timed_out: bool = False
+    signal: Optional[int] = None
+    message: Optional[str] = None                   # the launcher's own one-line outcome, if any
+    sandbox_id: str = ""
+    argv: tuple = ()
+
+    @property
+    def returncode(self) -> int:                    # subprocess-style alias
+        return self.exit_code
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def denials(self) -> list[dict]:
+        """seccomp_denied / seccomp_killed / escape_attempt events of this run."""
+        return [e for e in self.events if e.get("type") in DENIAL_TYPES]
+
+    def denied(self, syscall: Optional[str] = None) -> bool:
+        """True when the sandbox denied `syscall` (any syscall when None) during this run.
+
+        Needs the audit path: the profile's seccomp must record denials (`seccomp.notify_denials:
+        true`, as in `strict`; or the /dev/kmsg fallback) and the Sandbox must have audit=True
+        (the default). Capability checks the kernel refuses (EPERM without CAP_X) are not syscall
+        denials and are not reported here: assert on the exit code/output for those."""
+        for e in self.denials:
+            if syscall is None or (e.get("syscall") or {}).get("name") == syscall:
+                return True
+        return False
+
+    def events_of(self, type: str) -> list[dict]:
+        return [e for e in self.events if e.get("type") == type]
+
+    def check(self) -> "RunResult":
+        if self.exit_code != 0:
+            raise SandboxError(f"sandboxed {list(self.argv)!r} exited with {self.exit_code}"
+                               + (f": {self.message}" if self.message else ""))
+        return self
+
+    def __repr__(self) -> str:
+        def cut(b):
+            return b[-300:] if b else b
+        return (f"RunResult(exit_code={self.exit_code}, stdout={cut(self.stdout)!r}, stderr={cut(self.stderr)!r}, "
+                f"denials={[(e.get('syscall') or {}).get('name') for e in self.denials]}, message={self.message!r})")
+
+
+def _overrides(kw: Mapping[str, Any]) -> Overrides:
+    fields = {}
+    for key, value in kw.items():
+        key = _ALIASES.get(key, key)
+        if key in _TUPLE_FIELDS:
+            if value is None:
+                value = ()
+            elif isinstance(value, (str, bytes)):
+                value = (value,)
+            elif isinstance(value, Mapping) and key == "env":
+                value = tuple(f"{k}={v}" for k, v in value.items())
+            value = tuple(value)
+        elif key not in _SCALAR_FIELDS:
+            raise TypeError(f"Sandbox(): unknown override {key!r}")
+        fields[key] = value
+    return Overrides(**fields)
+
+
+class Sandbox:
+    """A compiled profile (plan + seccomp BPF), launched any number of times."""
+
+    def __init__(self, profile: str = "strict", *, audit: bool = True, name: Optional[str] = None,
+                 audit_log: Optional[str] = None, **overrides: Any):
+        from policies.errors import ProfileError
+        try:
+            compiled = compile_profile(profile, _overrides(overrides), kernel=_kernel())
+        except ProfileError as e:
+            raise SandboxError(str(e)) from None
+        self._init(compiled.plan, None, audit=audit, name=name, audit_log=audit_log)
+
+    @classmethod
+    def from_plan(cls, plan, bpf: Optional[bytes] = None, *, audit: bool = True, name: Optional[str] = None,
+                  audit_log: Optional[str] = None) -> "Sandbox":
+        """From an already compiled Plan (and, optionally, its BPF)."""
+        self = cls.__new__(cls)
+        self._init(plan, bpf, audit=audit, name=name, audit_log=audit_log)
+        return self
+
+    def _init(self, plan, bpf, *, audit, name, audit_log) -> None:
+        if plan.seccomp.enabled and bpf is None:
+            from .seccomp import build_bpf
+            try:
+                bpf = build_bpf(plan.seccomp)
+            except ValueError as e:
+                raise SandboxError(str(e)) from None
+        self.plan = plan
+        self.bpf = bpf
+        self.audit = audit
+        self.name = name
+        self.audit_log = audit_log
+        if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
+            from . import notify
+            notify.user_notif_available()                # probe once, not per run
+        from audit import session as _s  # noqa: F401  warm import, not per run
+
+    @property
+    def profile(self) -> str:
+        return self.plan.name
+
+    def run(self, argv: Sequence[str], *, input: Union[bytes, str, None] = None, timeout: Optional[float] = None,
+            env: Optional[Mapping[str, str]] = None, text: bool = False, check: bool = False) -> RunResult:
+        """Run argv in a fresh sandbox; blocks until it ended. Returns a RunResult.
+
+        input: bytes/str for the program's stdin (else /dev/null); timeout: seconds, the whole
+        sandbox is killed after it (exit 124, timed_out=True); env: extra variables on top of the
+        profile's; text: decode stdout/stderr as UTF-8; check: raise SandboxError unless exit 0."""
+        plan = self.plan
+        if timeout is not None or env:
+            proc = plan.process
+            if timeout is not None:
+                proc = dataclasses.replace(proc, timeout=float(timeout))
+            if env:
+                proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple((str(k), str(v))
+                                                                                    for k, v in env.items()))
+            plan = dataclasses.replace(plan, process=proc)
+        argv = tuple(argv)
+        sid = os.urandom(6).hex()
+        fds = []
+        try:
+            if input is None:
+                stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                stdin = os.memfd_create("pysandbox-stdin", os.MFD_CLOEXEC)
+                data = input.encode() if isinstance(input, str) else bytes(input)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(stdin, view):]
+                os.lseek(stdin, 0, os.SEEK_SET)
+            fds.append(stdin)
+            out = os.memfd_create("pysandbox-stdout", os.MFD_CLOEXEC)
+            fds.append(out)
+            err = os.memfd_create("pysandbox-stderr", os.MFD_CLOEXEC)
+            fds.append(err)
+            recorder = sink = None
+            on_event = None
+            if self.audit:
+                from audit.events import Recorder
+                from audit.session import Session
+                from audit.sinks import JsonlSink, MemorySink
+                sink = MemorySink()
+                sinks = [sink]
+                if self.audit_log:
+                    sinks.append(JsonlSink(self.audit_log))
+                recorder = Recorder(sid, self.name or sid, plan.name, sinks)
+                on_event = Session(recorder, self.audit_log).emit
+            try:
+                res = _launcher.launch(plan, argv, bpf=self.bpf, sandbox_id=sid, name=self.name,
+                                       on_event=on_event, stdin=stdin, stdout=out, stderr=err)
+            except _launcher.LaunchError as e:
+                res = _launcher.Result(exit_code=e.code, message=f"pysandbox: {e}", sandbox_id=sid)
+            finally:
+                if recorder is not None:
+                    recorder.close()
+            o, e_ = _read_memfd(out), _read_memfd(err)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if text:
+            o, e_ = o.decode(errors="replace"), e_.decode(errors="replace")
+        events = list(sink.events) if sink is not None else list(res.events)
+        result = RunResult(exit_code=res.exit_code, stdout=o, stderr=e_, events=events,
+                           duration=res.duration, timed_out=res.timed_out, signal=res.signal,
+                           message=res.message, sandbox_id=sid, argv=argv)
+        if check:
+            result.check()
+        return result
+
+    async def run_async(self, argv: Sequence[str], **kw) -> RunResult:
+        """`run` for asyncio: the blocking launch runs in the loop's default executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.run(argv, **kw))
+
+    def __repr__(self) -> str:
+        return f"Sandbox(profile={self.plan.name!r}, sources={list(self.plan.sources)!r})"
+
+
+def _read_memfd(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def _kernel():
+    rel = os.uname().release.split("-")[0].split(".")
+    try:
+        return tuple(int(x) for x in rel[:2])
+    except ValueError:
+        return None
+
+
+def run(argv: Sequence[str], profile: str = "strict", *, input=None, timeout=None, text=False,
+        **overrides) -> RunResult:
+    """One-shot convenience: compile and run (use Sandbox to compile once and run many times)."""
+    return Sandbox(profile, **overrides).run(argv, input=input, timeout=timeout, text=text)

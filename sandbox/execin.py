@@ -1,0 +1,362 @@
+"""`pysandbox exec NAME -- CMD`: run a command inside a running sandbox.
+
+Order (everything imported before the first setns: after joining the mount namespace the
+package's files are not reachable):
+
+ 1. Read the state; check PID 1 and the program are the processes recorded (pid + start time).
+ 2. Make ourselves non-dumpable (runc CVE-2016-9962 class: no process of the sandbox may ptrace us
+    or open /proc/PID/{fd,mem,exe} while we still hold host privileges or host descriptors) and
+    mark every descriptor above 2 close-on-exec.
+ 3. Open the namespace files of the sandbox (PID 1's as root; the program's when rootless, since
+    PID 1 is non-dumpable and its links are unreadable to an unprivileged caller) and check each
+    inode against the one recorded when the sandbox started: a sandbox that made itself new
+    namespaces cannot redirect us into them.
+ 4. Join the sandbox's cgroups (host paths, so before the mount namespace), then setns: user
+    first (from here on we hold no privilege outside the sandbox), mnt, pid (applies to our
+    children), uts, ipc, net, cgroup, time.
+ 5. fork: the child is in the sandbox's pid namespace. It does what the launcher does for the
+    program: setsid (or takes the pty as controlling terminal), rlimits, cwd, uid/gid (no
+    supplementary groups but the plan's), capabilities (all five sets), no_new_privs, close
+    descriptors, seccomp (the sandbox's own filter, kept in the state directory, plain errno/kill
+    actions), execve. Dumpability comes back only with execve, after every privilege is gone.
+ 6. The parent (in the sandbox's namespaces but not its pid namespace, invisible from inside)
+    forwards signals (and, with -t, relays the terminal and window size) and exits with the
+    command's status (128+N on signal N).
+
+Exit codes: the command's; 125 cannot join the sandbox; 126 cannot execute; 127 not found.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import termios
+import tty as _tty
+
+import prctl
+
+from . import _sys, capabilities, state
+from . import seccomp as _seccomp
+from .state import StateError
+
+NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),
+            ("uts", _sys.CLONE_NEWUTS), ("ipc", _sys.CLONE_NEWIPC), ("net", _sys.CLONE_NEWNET),
+            ("cgroup", _sys.CLONE_NEWCGROUP), ("time", _sys.CLONE_NEWTIME))
+PLAN_NS = {"user": "user", "mnt": "mount", "pid": "pid", "uts": "uts", "ipc": "ipc", "net": "net",
+           "cgroup": "cgroup", "time": "time"}
+RLIMIT_IDS = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
+              ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+               "nproc", "rss", "rtprio", "rttime", "sigpending", "stack") if hasattr(resource, "RLIMIT_" + n.upper())}
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+EXIT_SETUP = 125
+
+
+class ExecError(StateError):
+    def __init__(self, message: str):
+        super().__init__(message, code=EXIT_SETUP)
+
+
+def _env(plan: dict, extra) -> dict:
+    proc = plan["process"]
+    env = {}
+    for name in proc.get("env_allow") or ():
+        if name.endswith("*"):
+            env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    env.update({k: v for k, v in proc.get("env_set") or ()})
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    for item in extra or ():
+        k, eq, v = item.partition("=")
+        if eq:
+            env[k] = v
+        elif k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) -> int:
+    from . import lifecycle
+    name, st, status = lifecycle.load(ref)
+    if status != "running":
+        raise StateError(f"{name} is not running ({status})")
+    plan = st["plan"]
+    rootless = os.geteuid() != 0
+    if bool(st.get("rootless")) != rootless:
+        raise ExecError(f"{name}: started by another user")
+    pid1, prog = st.get("pid1"), st.get("program_pid")
+    if not state.same_process(pid1, st.get("pid1_start")):
+        raise ExecError(f"{name}: its PID 1 is gone")
+    bpf = b""
+    if plan["seccomp"]["enabled"]:
+        try:
+            bpf = state.read_private(name, "seccomp.bpf")
+        except OSError as e:
+            raise ExecError(f"{name}: seccomp: cannot read the sandbox's filter: {e.strerror}") from None
+        if not bpf:
+            raise ExecError(f"{name}: seccomp: the sandbox's filter is missing; refusing to run without it")
+    want = st.get("namespaces") or {}
+    enabled = plan["namespaces"]
+    # namespaces to join: PID 1's where we may read them, else the program's; verified by inode
+    sources = [pid1, prog] if not rootless else [prog]
+    fds: list[tuple[str, int, int]] = []
+    prctl.set_dumpable(False)                    # before we hold anything of the sandbox's
+    _close_fds()
+    try:
+        for ns, flag in NS_ORDER:
+            if not enabled.get(PLAN_NS[ns]):
+                continue
+            if ns not in want:
+                raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: inode not recorded; cannot join safely")
+            fd = None
+            for src in sources:
+                if not src or not state.same_process(src, st.get("pid1_start") if src == pid1
+                                                     else st.get("program_start")):
+                    continue
+                try:
+                    f = os.open(f"/proc/{src}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                if os.fstat(f).st_ino == want[ns]:
+                    fd = f
+                    break
+                os.close(f)
+            if fd is None:
+                raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: cannot open the sandbox's namespace "
+                                f"(gone, or it changed since the start)")
+            fds.append((ns, flag, fd))
+        # cgroups first: their files are host paths
+        for cg in st.get("cgroups") or ():
+            try:
+                with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError as e:
+                raise ExecError(f"{name}: limits: cannot join the sandbox's cgroup {cg}: {e.strerror}") from None
+        for ns, flag, fd in fds:
+            try:
+                _sys.setns(fd, flag)
+            except OSError as e:
+                raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: setns: {e.strerror}") from None
+    finally:
+        for _, _, fd in fds:
+            os.close(fd)
+    proc = plan["process"]
+    cwd = workdir or proc.get("cwd") or "/"
+    environ = _env(plan, env)
+    master = None
+    if tty:
+        master, slave_name = _open_pty()         # the sandbox's own devpts (we are in its mount ns)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(err_r)
+        _child(plan, argv, environ, cwd, bpf, rootless, err_w, master, slave_name if tty else None)
+    os.close(err_w)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f, _p=pid: _kill(_p, s))
+    relay = None
+    if master is not None:
+        relay = _TtyRelay(master, pid)
+    report = b""
+    while True:
+        try:
+            chunk = os.read(err_r, 512)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        report += chunk
+    os.close(err_r)
+    if relay is not None:
+        relay.run()
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if relay is not None:
+        relay.restore()
+    if report:
+        code_s, _, rest = report.decode(errors="replace").partition(" ")
+        stage, _, what = rest.partition(" ")
+        err = int(code_s) if code_s.isdigit() else 0
+        if stage == "exec" and err == errno.ENOENT:
+            sys.stderr.write(f"pysandbox: {argv[0]}: command not found\n")
+            return 127
+        if stage in ("exec", "cwd"):
+            sys.stderr.write(f"pysandbox: {argv[0] if stage == 'exec' else cwd}: {os.strerror(err) if err else what}\n")
+            return 126
+        sys.stderr.write(f"pysandbox: exec: cannot set up the command ({stage}): {what}\n")
+        return EXIT_SETUP
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _close_fds() -> None:
+    """Close every descriptor above 2: nothing of the host may follow us into the sandbox."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _sys.close_range_cloexec(3)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> None:
+    stage = "prepare"
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        os.setsid()
+        if slave_name is not None:
+            os.close(master)
+            s = os.open(slave_name, os.O_RDWR)       # first tty opened after setsid: ours
+            fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+            for t in (0, 1, 2):
+                os.dup2(s, t)
+            if s > 2:
+                os.close(s)
+        proc = plan["process"]
+        for r in proc.get("rlimits") or ():
+            resource.setrlimit(RLIMIT_IDS[r["name"]],
+                               (resource.RLIM_INFINITY if r["soft"] == -1 else r["soft"],
+                                resource.RLIM_INFINITY if r["hard"] == -1 else r["hard"]))
+        stage = "cwd"
+        os.chdir(cwd)
+        stage = "identity"
+        user = plan["user"]
+        uid, gid = user["uid"], user["gid"]
+        if plan["namespaces"]["user"] or not rootless:
+            if not rootless:
+                os.setgroups(list(user.get("groups") or ()))
+            if uid != 0:
+                prctl.set_keepcaps(True)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            prctl.set_pdeathsig(signal.SIGKILL)
+        stage = "capabilities"
+        capabilities.apply(tuple(plan["capabilities"]), uid_inside=uid)
+        if plan["no_new_privs"]:
+            prctl.set_no_new_privs(1)
+        _sys.close_range_cloexec(3)
+        stage = "seccomp"
+        if bpf:
+            _seccomp.install(bpf)
+        stage = "exec"
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as e:
+        code = e.errno or 0
+        os.write(err_w, f"{code} {stage} {e.strerror or e}".encode())
+        os._exit(127 if code == errno.ENOENT and stage == "exec" else 126)
+    except BaseException as e:                   # noqa: BLE001 - reported, never a traceback
+        os.write(err_w, f"0 {stage} {e}".encode())
+        os._exit(126)
+
+
+def _open_pty() -> tuple[int, str]:
+    """A pty of the sandbox's devpts instance (/dev/ptmx -> pts/ptmx inside)."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ExecError(f"tty: cannot open /dev/ptmx inside the sandbox: {e.strerror}") from None
+    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))          # unlockpt
+    n = struct.unpack("I", fcntl.ioctl(master, termios.TIOCGPTN, b"\0" * 4))[0]
+    return master, f"/dev/pts/{n}"
+
+
+class _TtyRelay:
+    """Copy between our terminal and the pty master; raw mode while it runs; SIGWINCH -> TIOCSWINSZ."""
+
+    def __init__(self, master: int, pid: int):
+        self.master = master
+        self.pid = pid
+        self.saved = None
+        if os.isatty(0):
+            try:
+                self.saved = termios.tcgetattr(0)
+                _tty.setraw(0)
+            except termios.error:
+                self.saved = None
+        self._winsize()
+        signal.signal(signal.SIGWINCH, lambda *_: self._winsize())
+
+    def _winsize(self) -> None:
+        for fd in (0, 1):
+            if os.isatty(fd):
+                try:
+                    ws = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                    fcntl.ioctl(self.master, termios.TIOCSWINSZ, ws)
+                except OSError:
+                    pass
+                return
+
+    def run(self) -> None:
+        relay(self.master, self.pid)
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            try:
+                termios.tcsetattr(0, termios.TCSADRAIN, self.saved)
+            except termios.error:
+                pass
+
+
+def relay(master: int, pid: int, stdin: int = 0, stdout: int = 1) -> None:
+    """Until the pty's other side is closed: stdin -> master, master -> stdout."""
+    stdin_open = True
+    while True:
+        rl = [master] + ([stdin] if stdin_open else [])
+        try:
+            r, _, _ = select.select(rl, [], [], 0.5)
+        except InterruptedError:
+            continue
+        if master in r:
+            try:
+                data = os.read(master, 65536)
+            except OSError as e:
+                if e.errno == errno.EIO:          # no slave left: the command ended
+                    break
+                raise
+            if not data:
+                break
+            os.write(stdout, data)
+        if stdin_open and stdin in r:
+            data = os.read(stdin, 65536)
+            if not data:
+                stdin_open = False
+                try:
+                    os.write(master, b"\x04")     # EOF for the program's canonical-mode read
+                except OSError:
+                    pass
+            else:
+                try:
+                    os.write(master, data)
+                except OSError:
+                    break
+        if not r:
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break                         # ended (reaped by the caller)
+            except ChildProcessError:
+                break

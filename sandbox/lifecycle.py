@@ -1,0 +1,624 @@
+"""Named, detached sandboxes and their lifecycle: run -d, ps, inspect, logs, top, stats, stop, kill, rm.
+
+`run -d --name NAME -- CMD`
+    The CLI creates NAME's state directory (sandbox/state.py), then forks twice (setsid in between):
+    the grandchild is the sandbox's *supervisor*. It keeps a shared flock on `alive` (PID 1, its
+    fork, shares that lock: the lock is free exactly when both are gone), sends the program's
+    stdout/stderr to stdout.log/stderr.log, records audit events through the usual session, and
+    calls the launcher. When the launcher reports PID 1 (`on_event("sandbox_start", pid=...)`) the
+    supervisor records PID 1's host pid and start time, its namespace inodes and the sandbox's
+    cgroups; a watcher thread waits until the program runs (PID 1's first child, which carries the
+    cgroup/time namespaces too), records it and tells the waiting CLI, which prints the name and
+    exits 0. When the sandbox ends the state says `exited` with the exit code (`--rm`: the state
+    directory is removed).
+
+Status shown by `ps`: running | exited (CODE) | dead (the supervisor vanished without recording an
+exit, e.g. SIGKILL; `rm` cleans up what it left: processes, cgroups, state).
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from typing import Optional
+
+from . import _sys
+from . import state
+from .state import StateError
+
+NS_TYPES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time")
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+# --- facts about live processes ---------------------------------------------------
+
+def ns_inodes(pid: int, types=NS_TYPES) -> dict:
+    out = {}
+    for t in types:
+        try:
+            out[t] = os.stat(f"/proc/{pid}/ns/{t}").st_ino
+        except OSError:
+            pass
+    return out
+
+
+def first_child(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = f.read().split()
+        return int(kids[0]) if kids else None
+    except (OSError, ValueError):
+        pass
+    for ent in os.scandir("/proc"):             # fallback: scan for PPid
+        if ent.name.isdigit() and _ppid(int(ent.name)) == pid:
+            return int(ent.name)
+    return None
+
+
+def _ppid(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            s = f.read()
+        return int(s[s.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def sandbox_cgroups(pid: int, sandbox_id: str) -> list[str]:
+    """The cgroup directories (host paths) created for this sandbox that `pid` is in."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    from .cgroups import detect
+    try:
+        layout = detect()
+    except OSError:
+        return []
+    v1 = layout.v1_map
+    out = []
+    for line in lines:
+        _, ctls, path = line.split(":", 2)
+        if os.path.basename(path) != sandbox_id:
+            continue
+        if ctls == "":
+            if layout.unified:
+                out.append(os.path.normpath(layout.unified + path))
+            continue
+        for c in ctls.split(","):
+            if c in v1:
+                out.append(os.path.normpath(v1[c] + path))
+                break
+    return sorted(set(out))
+
+
+# --- the supervisor of a detached sandbox ----------------------------------------------
+
+def run_special(plan, bpf, argv, runopts) -> int:
+    """`run -d` and `run -t` (called from sandbox.cli._launch)."""
+    if runopts.get("detach"):
+        if runopts.get("tty"):
+            _err("pysandbox: run: -d and -t cannot be combined (a detached sandbox has no terminal)")
+            return 2
+        return run_detached(plan, bpf, argv, runopts)
+    from .tty import run_tty
+    return run_tty(plan, bpf, argv, runopts)
+
+
+def run_detached(plan, bpf, argv, runopts) -> int:
+    """CLI side of `run -d`: returns the exit code of the `run` command (0 when started)."""
+    sid = os.urandom(6).hex()
+    name = runopts.get("name") or f"sbx-{sid}"
+    argv = tuple(argv) if argv else tuple(plan.process.argv)
+    try:
+        d = state.create(name, {
+            "name": name, "id": sid, "status": "created", "created": state.now(), "profile": plan.name,
+            "argv": list(argv), "rootless": os.geteuid() != 0, "auto_remove": bool(runopts.get("rm")),
+            "plan": plan.to_dict(), "supervisor_pid": None, "pid1": None, "program_pid": None,
+            "namespaces": {}, "cgroups": [], "exit_code": None, "message": None,
+            "stdout_log": None, "stderr_log": None, "audit_log": None,
+        })
+    except StateError as e:
+        _err(f"pysandbox: {e}")
+        return e.code
+    except OSError as e:
+        _err(f"pysandbox: state directory: {e.strerror}")
+        return 125
+    exec_bpf = b""
+    if plan.seccomp.enabled:
+        try:
+            exec_bpf = _plain_bpf(plan, bpf)
+            state.write_private(name, "seccomp.bpf", exec_bpf)
+        except (OSError, ValueError) as e:
+            state.remove(name)
+            _err(f"pysandbox: seccomp: {e}")
+            return 125
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:                                     # intermediate: new session, fork the supervisor
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            _supervisor_main(name, sid, plan, bpf, argv, runopts, w, str(d))
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    msg = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        msg += chunk
+        if msg.endswith(b"\n"):
+            break
+    os.close(r)
+    line = msg.decode(errors="replace").strip()
+    if line.startswith("OK"):
+        print(name)
+        return 0
+    if line.startswith("ERR "):
+        code_s, _, text = line[4:].partition(" ")
+        _err(text)
+        return int(code_s) if code_s.isdigit() else 125
+    _err(f"pysandbox: the supervisor of {name} did not report (see {d}/supervisor.log)")
+    return 125
+
+
+def _plain_bpf(plan, bpf) -> bytes:
+    """The filter `exec` loads: the sandbox's own rules with plain errno/kill actions (notify
+    actions need a listener; with none attached the kernel would answer ENOSYS instead)."""
+    if not plan.seccomp.notify_denials and bpf:
+        return bpf
+    from dataclasses import replace
+    from .seccomp import build_bpf
+    return build_bpf(replace(plan.seccomp, notify_denials=False))
+
+
+def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
+    """In the detached supervisor process. Never returns."""
+    told = [False]
+
+    def tell(line: str) -> None:
+        if told[0]:
+            return
+        told[0] = True
+        try:
+            os.write(notify_w, (line.replace("\n", " ") + "\n").encode())
+            os.close(notify_w)
+        except OSError:
+            pass
+
+    try:
+        os.chdir("/")
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        sup_log = os.open(os.path.join(d, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                          0o600)
+        os.dup2(devnull, 0)
+        os.dup2(sup_log, 1)
+        os.dup2(sup_log, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        out = os.open(os.path.join(d, "stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        err = os.open(os.path.join(d, "stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        state.hold_alive(name)                   # kept open for the supervisor's (and PID 1's) lifetime
+        from audit.session import open_session
+        sess = open_session(sid, name, plan.name, log_path=runopts.get("audit_log"), summary=False)
+        state.update(name, status="starting", supervisor_pid=os.getpid(),
+                     supervisor_start=state.proc_starttime(os.getpid()),
+                     stdout_log=os.path.join(d, "stdout.log"), stderr_log=os.path.join(d, "stderr.log"),
+                     audit_log=sess.log_path)
+    except Exception as e:                        # noqa: BLE001
+        tell(f"ERR 125 pysandbox: cannot start the supervisor of {name}: {e}")
+        state.remove(name)
+        os._exit(125)
+
+    def on_event(etype, **fields):
+        if etype == "sandbox_start":
+            try:
+                _record_start(name, sid, fields["pid"], tell)
+            except Exception as e:                # noqa: BLE001 - never break the launch over state
+                print(f"pysandbox: state of {name}: {e}", file=sys.stderr)
+        return sess.emit(etype, **fields)
+
+    from .launcher import LaunchError, launch
+    ran = False
+    try:
+        result = launch(plan, argv, bpf=bpf, sandbox_id=sid, name=name, on_event=on_event,
+                        stdin=devnull, stdout=out, stderr=err)
+        code, message = result.exit_code, result.message
+        ran = result.status is not None or result.signal is not None or result.timed_out
+    except LaunchError as e:
+        code, message = e.code, f"pysandbox: {e}"
+    except Exception as e:                        # noqa: BLE001
+        code, message = 125, f"pysandbox: internal error: {type(e).__name__}: {e}"
+    if message:
+        print(message, file=sys.stderr)
+    try:
+        sess.close()
+    except Exception:                             # noqa: BLE001
+        pass
+    try:
+        state.update(name, status="exited", exit_code=code, message=message, finished=state.now())
+    except StateError:
+        pass
+    if ran or code not in (125, 126, 127):
+        tell(f"OK exited {code}")
+    else:
+        tell(f"ERR {code} {message or 'pysandbox: the sandbox could not be started'}")
+        state.remove(name)
+        os._exit(code)
+    if runopts.get("rm"):
+        state.remove(name)
+    os._exit(0)
+
+
+def _record_start(name: str, sid: str, pid1: int, tell) -> None:
+    """Launcher thread, right after clone (PID 1 is still waiting for "go"): record PID 1."""
+    st1 = state.proc_starttime(pid1)
+    ns = ns_inodes(pid1, ("user", "mnt", "pid", "uts", "ipc", "net"))
+    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, cgroups=sandbox_cgroups(pid1, sid),
+                 started=state.now())
+    threading.Thread(target=_watch_ready, args=(name, pid1, st1, tell), daemon=True).start()
+
+
+def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
+    """Wait until PID 1 has started the program and its namespaces can be read (after execve when
+    rootless, since the program is non-dumpable until then); record it, then report "running"."""
+    deadline = time.monotonic() + limit
+    delay = 0.001
+    while time.monotonic() < deadline:
+        if not state.same_process(pid1, st1):
+            return                                # ended before: the supervisor reports the exit
+        prog = first_child(pid1)
+        if prog and _execed(prog, pid1):
+            ns = ns_inodes(prog)
+            if "cgroup" in ns and "mnt" in ns:
+                try:
+                    st = state.read(name)
+                    merged = dict(st.get("namespaces") or {})
+                    for t in ("cgroup", "time"):
+                        if t in ns:
+                            merged[t] = ns[t]
+                    state.update(name, status="running", program_pid=prog,
+                                 program_start=state.proc_starttime(prog), namespaces=merged,
+                                 program_namespaces=ns)
+                except StateError:
+                    return
+                tell("OK running")
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def _comm(pid: int) -> Optional[bytes]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            s = f.read()
+        return s[s.index(b"(") + 1:s.rindex(b")")]
+    except (OSError, ValueError):
+        return None
+
+
+def _exe(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _execed(prog: int, pid1: int) -> bool:
+    """Has PID 1's child called execve yet? (before, it is a fork of PID 1: same comm and exe)"""
+    c = _comm(prog)
+    if c is not None and c != _comm(pid1):
+        return True
+    e = _exe(prog)
+    return e is not None and e != _exe(pid1) and _exe(pid1) is not None
+
+
+# --- status ---------------------------------------------------------------------------
+
+def status_of(st: dict, name: str) -> str:
+    s = st.get("status")
+    if s in ("running", "starting", "created"):
+        return s if state.is_alive(name) else "dead"
+    return s or "unknown"
+
+
+def load(ref: str) -> tuple[str, dict, str]:
+    name = state.resolve(ref)
+    st = state.read(name)
+    return name, st, status_of(st, name)
+
+
+def listing(all_: bool = False) -> list[dict]:
+    rows = []
+    for n in state.names():
+        try:
+            st = state.read(n)
+        except StateError:
+            continue
+        status = status_of(st, n)
+        if not all_ and status not in ("running", "starting"):
+            continue
+        rows.append({"name": n, "id": st.get("id"), "profile": st.get("profile"), "status": status,
+                     "exit_code": st.get("exit_code"), "pid": st.get("pid1"), "created": st.get("created"),
+                     "command": st.get("argv")})
+    return rows
+
+
+def inspect(ref: str) -> dict:
+    name, st, status = load(ref)
+    out = dict(st)
+    out["status"] = status
+    prog = st.get("program_pid")
+    if status == "running" and state.same_process(prog, st.get("program_start")):
+        out["mounts"] = _mounts(prog)
+        out["processes"] = [p["pid"] for p in processes(st)]
+    out["limits"] = (st.get("plan") or {}).get("limits")
+    out["network"] = (st.get("plan") or {}).get("network")
+    out["state_dir"] = str(state.sandbox_dir(name))
+    return out
+
+
+def _mounts(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        lf, rf = left.split(), right.split()
+        if len(lf) >= 6 and len(rf) >= 2:
+            out.append({"target": lf[4], "fstype": rf[0], "source": rf[1], "options": lf[5]})
+    return out
+
+
+def processes(st: dict) -> list[dict]:
+    """The sandbox's processes (host view): those in its pid namespace, else in its cgroups."""
+    pidns = (st.get("namespaces") or {}).get("pid")
+    pids = set()
+    if pidns:
+        for ent in os.scandir("/proc"):
+            if ent.name.isdigit():
+                try:
+                    if os.stat(f"/proc/{ent.name}/ns/pid").st_ino == pidns:
+                        pids.add(int(ent.name))
+                except OSError:
+                    pass
+    for cg in st.get("cgroups") or ():
+        try:
+            with open(os.path.join(cg, "cgroup.procs")) as f:
+                pids.update(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            pass
+    rows = []
+    for pid in sorted(pids):
+        row = _proc_row(pid)
+        if row:
+            rows.append(row)
+    return rows
+
+
+def _proc_row(pid: int) -> Optional[dict]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            s = f.read()
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    fields = s[s.rindex(b")") + 2:].split()
+    comm = s[s.index(b"(") + 1:s.rindex(b")")].decode(errors="replace")
+    kv = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
+    nspid = kv.get("NSpid", "").split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"pid": pid, "nspid": int(nspid[-1]) if nspid else None, "ppid": int(fields[1]),
+            "state": fields[0].decode(), "uid": kv.get("Uid", "").split()[0] if kv.get("Uid") else "",
+            "rss_kib": int(kv.get("VmRSS", "0 kB").split()[0]) if kv.get("VmRSS") else 0,
+            "cpu_s": round((int(fields[11]) + int(fields[12])) / tick, 2), "command": cmd or f"[{comm}]"}
+
+
+def cgroup_stats(st: dict) -> dict:
+    """Current cgroup figures of the sandbox (v1 and v2 files)."""
+    def rd(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def num(v):
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return None
+    out: dict = {}
+    for cg in st.get("cgroups") or ():
+        if os.path.exists(os.path.join(cg, "memory.usage_in_bytes")):
+            out["memory_usage"] = num(rd(os.path.join(cg, "memory.usage_in_bytes")))
+            lim = num(rd(os.path.join(cg, "memory.limit_in_bytes")))
+            out["memory_limit"] = lim if lim is not None and lim < (1 << 62) else None
+            out["memory_peak"] = num(rd(os.path.join(cg, "memory.max_usage_in_bytes")))
+        if os.path.exists(os.path.join(cg, "memory.current")):
+            out["memory_usage"] = num(rd(os.path.join(cg, "memory.current")))
+            out["memory_limit"] = num(rd(os.path.join(cg, "memory.max")))
+        if os.path.exists(os.path.join(cg, "pids.current")):
+            out["pids"] = num(rd(os.path.join(cg, "pids.current")))
+            out["pids_limit"] = num(rd(os.path.join(cg, "pids.max")))
+        if os.path.exists(os.path.join(cg, "cpuacct.usage")):
+            u = num(rd(os.path.join(cg, "cpuacct.usage")))
+            out["cpu_usage_ns"] = u
+        if os.path.exists(os.path.join(cg, "cpu.stat")) and "cpu_usage_ns" not in out:
+            for line in (rd(os.path.join(cg, "cpu.stat")) or "").splitlines():
+                k, _, v = line.partition(" ")
+                if k == "usage_usec":
+                    out["cpu_usage_ns"] = num(v) * 1000
+    return out
+
+
+# --- signals, stop, rm ------------------------------------------------------------------
+
+def signal_sandbox(st: dict, sig: int) -> bool:
+    """Send sig to the sandbox's PID 1 (which forwards it to the program; SIGKILL ends the whole
+    sandbox). Uses a pidfd after checking the start time, so a recycled pid is never signalled."""
+    pid1 = st.get("pid1")
+    if not state.same_process(pid1, st.get("pid1_start")):
+        return False
+    try:
+        fd = _sys.pidfd_open(pid1)
+    except OSError:
+        return False
+    try:
+        if not state.same_process(pid1, st.get("pid1_start")):
+            return False
+        _sys.pidfd_send_signal(fd, sig)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def wait_gone(name: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if not state.is_alive(name):
+            return True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return not state.is_alive(name)
+
+
+def stop(ref: str, grace: float = 10.0) -> str:
+    name, st, status = load(ref)
+    if status not in ("running", "starting"):
+        return name
+    signal_sandbox(st, signal.SIGTERM)
+    if not wait_gone(name, grace):
+        signal_sandbox(st, signal.SIGKILL)
+        if not wait_gone(name, 10.0):
+            raise StateError(f"{name}: still running after SIGKILL")
+    return name
+
+
+def kill(ref: str, sig: int = signal.SIGKILL) -> str:
+    name, st, status = load(ref)
+    if status not in ("running", "starting"):
+        raise StateError(f"{name} is not running ({status})")
+    if not signal_sandbox(st, sig):
+        raise StateError(f"{name}: cannot signal its PID 1 (gone?)")
+    return name
+
+
+def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
+    """Remove a stopped (or dead) sandbox: kill what is left, its cgroups, its state.
+    Returns (name, problems)."""
+    name, st, status = load(ref)
+    if status in ("running", "starting"):
+        if not force:
+            raise StateError(f"{name} is running: stop it first or use rm -f")
+        signal_sandbox(st, signal.SIGKILL)
+        sup = st.get("supervisor_pid")
+        if not wait_gone(name, 10.0) and state.same_process(sup, st.get("supervisor_start")):
+            os.kill(sup, signal.SIGKILL)
+            wait_gone(name, 5.0)
+    problems = []
+    # leftovers of a supervisor that died: its sandbox (PDEATHSIG) and cgroups
+    for cg in reversed(st.get("cgroups") or []):
+        problems += _remove_cgroup(cg, st.get("id") or "")
+    if (st.get("plan") or {}).get("network", {}).get("mode") not in (None, "none", "host"):
+        try:
+            from . import network
+            network.reclaim_stale(rootless=os.geteuid() != 0)
+        except Exception as e:                    # noqa: BLE001
+            problems.append(f"network clean-up: {e}")
+    state.remove(name)
+    return name, problems
+
+
+def _remove_cgroup(path: str, sid: str) -> list[str]:
+    if not sid or os.path.basename(path) != sid or not os.path.isdir(path):
+        return []
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            for root, _dirs, _f in sorted(os.walk(path), key=lambda t: -t[0].count("/")):
+                os.rmdir(root)
+            return []
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            if time.monotonic() > deadline:
+                return [f"cgroup {path}: {e.strerror}"]
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    for p in f.read().split():
+                        try:
+                            os.kill(int(p), signal.SIGKILL)
+                        except (ProcessLookupError, PermissionError, ValueError):
+                            pass
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+
+def follow_logs(name: str, follow: bool, out=None, err=None) -> None:
+    out = out or sys.stdout.buffer
+    err = err or sys.stderr.buffer
+    d = state.sandbox_dir(name)
+    files = []
+    for fname, dest in (("stdout.log", out), ("stderr.log", err)):
+        try:
+            files.append((open(d / fname, "rb"), dest))
+        except FileNotFoundError:
+            pass
+    try:
+        while True:
+            got = False
+            for f, dest in files:
+                chunk = f.read()
+                if chunk:
+                    got = True
+                    dest.write(chunk)
+                    dest.flush()
+            if not follow:
+                return
+            if not got:
+                if not state.is_alive(name):
+                    for f, dest in files:          # what was written just before the end
+                        chunk = f.read()
+                        if chunk:
+                            dest.write(chunk)
+                            dest.flush()
+                    return
+                time.sleep(0.1)
+    finally:
+        for f, _ in files:
+            f.close()
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

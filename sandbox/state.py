@@ -1,0 +1,239 @@
+"""Per-sandbox state of named/detached sandboxes.
+
+Layout (one directory per sandbox, named after the sandbox):
+
+    /var/lib/pysandbox/sandboxes/NAME/          (root)
+    $XDG_DATA_HOME/pysandbox/sandboxes/NAME/    (rootless; default ~/.local/share)
+        state.json       the state (written atomically: temp file + rename, under `lock`)
+        lock             flock'ed around every read-modify-write of state.json
+        alive            flock'ed (shared) by the supervisor and PID 1 for as long as the sandbox lives:
+                         whoever can take it exclusively knows the sandbox is gone (no pid reuse races)
+        stdout.log, stderr.log   the program's output (detached sandboxes)
+        supervisor.log   the supervisor's own messages
+        seccomp.bpf      the sandbox's filter as loaded by `exec` (plain errno/kill actions)
+
+Every directory is 0700 and every file 0600, owned by the caller; files that are not are refused
+(a state directory someone else can write would be a way to make `exec` load another filter).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class StateError(Exception):
+    """A state problem the CLI reports as one line (exit 1 unless .code says otherwise)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def state_root(euid: Optional[int] = None) -> Path:
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        base = Path("/var/lib/pysandbox")
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")) \
+            / "pysandbox"
+    return base / "sandboxes"
+
+
+def _trusted(st) -> bool:
+    return st.st_uid == os.geteuid() and not (st.st_mode & 0o022)
+
+
+def _root(create: bool = False) -> Path:
+    root = state_root()
+    if create:
+        root.mkdir(parents=True, mode=0o700, exist_ok=True)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return root
+    if not _trusted(st):
+        raise StateError(f"state directory {root} is not owned by this user or is writable by others; refusing it")
+    return root
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise StateError(f"invalid sandbox name {name!r}: use letters, digits, '_', '.', '-' (max 63), "
+                         f"starting with a letter or digit", code=2)
+    return name
+
+
+def sandbox_dir(name: str) -> Path:
+    return _root() / check_name(name)
+
+
+def create(name: str, data: dict) -> Path:
+    """Create NAME's directory and first state; StateError if the name is taken."""
+    d = _root(create=True) / check_name(name)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        raise StateError(f"the name {name!r} is already in use (pysandbox rm {name})", code=125) from None
+    for f in ("lock", "alive"):
+        os.close(os.open(d / f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+    _write(d, data)
+    return d
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[Path]:
+    d = sandbox_dir(name)
+    try:
+        fd = os.open(d / "lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise StateError(f"no such sandbox: {name}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield d
+    finally:
+        os.close(fd)
+
+
+def _write(d: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / "state.json")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read(name: str) -> dict:
+    d = sandbox_dir(name)
+    try:
+        fd = os.open(d / "state.json", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise StateError(f"no such sandbox: {name}") from None
+    except OSError as e:
+        raise StateError(f"sandbox {name}: cannot read its state: {e.strerror}") from None
+    with os.fdopen(fd) as f:
+        if not _trusted(os.fstat(f.fileno())):
+            raise StateError(f"sandbox {name}: state file not owned by this user; refusing it")
+        try:
+            data = json.load(f)
+        except ValueError:
+            raise StateError(f"sandbox {name}: state file is corrupt") from None
+    return data
+
+
+def update(name: str, **fields) -> dict:
+    """Read-modify-write under the lock; returns the new state."""
+    with locked(name) as d:
+        data = read(name)
+        data.update(fields)
+        _write(d, data)
+        return data
+
+
+def names() -> list[str]:
+    root = _root()
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and NAME_RE.match(e.name))
+    except FileNotFoundError:
+        return []
+
+
+def resolve(ref: str) -> str:
+    """A name, or a unique prefix of a sandbox id -> the sandbox's name."""
+    if NAME_RE.match(ref or "") and (_root() / ref / "state.json").exists():
+        return ref
+    hits = []
+    for n in names():
+        try:
+            if read(n).get("id", "").startswith(ref) and ref:
+                hits.append(n)
+        except StateError:
+            continue
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise StateError(f"{ref!r} matches several sandboxes: {', '.join(hits)}")
+    raise StateError(f"no such sandbox: {ref}")
+
+
+def hold_alive(name: str) -> int:
+    """The supervisor takes a shared lock on `alive` and keeps the fd (PID 1, a fork, shares it)."""
+    fd = os.open(sandbox_dir(name) / "alive", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def is_alive(name: str) -> bool:
+    """True while the supervisor or the sandbox's PID 1 holds `alive`."""
+    try:
+        fd = os.open(sandbox_dir(name) / "alive", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
+def write_private(name: str, fname: str, data: bytes) -> Path:
+    p = sandbox_dir(name) / fname
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return p
+
+
+def read_private(name: str, fname: str) -> bytes:
+    """A file of the state directory, only if it is the caller's and nobody else can write it."""
+    p = sandbox_dir(name) / fname
+    fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        if not _trusted(os.fstat(f.fileno())) or not _trusted(os.stat(p.parent)):
+            raise StateError(f"{p}: not owned by this user or writable by others; refusing it", code=125)
+        return f.read()
+
+
+def remove(name: str) -> None:
+    shutil.rmtree(sandbox_dir(name), ignore_errors=True)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def proc_starttime(pid: int) -> Optional[int]:
+    """Field 22 of /proc/PID/stat (clock ticks since boot): pid + starttime names a process uniquely."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            s = f.read()
+    except OSError:
+        return None
+    try:
+        return int(s[s.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def same_process(pid: Optional[int], starttime: Optional[int]) -> bool:
+    return bool(pid) and starttime is not None and proc_starttime(pid) == starttime
