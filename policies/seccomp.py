@@ -1,0 +1,703 @@
+"""Compile the `seccomp:` section of a profile into `plan.Seccomp` (pure).
+
+Input (already shape-checked by the JSON Schema)::
+
+    seccomp:
+      enabled: true
+      default_action: errno        # allow | errno | kill | log | trap
+      default_errno: ENOSYS
+      import: /abs/docker.json     # optional Docker/OCI seccomp JSON: the base rule set
+      allow: ["@default", read, {names: [personality], args: [{index: 0, op: eq, value: 0}]}]
+      deny:  ["@mount", {names: [ptrace], action: kill}, ...]
+      deny_action: errno           # errno | kill | log | trap
+      deny_errno: EPERM
+
+Who decides a call (first match wins, for one syscall and one argument vector):
+  1. the section's own allow/deny rules beat the imported rule set;
+  2. the more specific rule (more argument conditions) beats the less specific one;
+  3. at equal specificity a deny beats an allow;
+  4. among denies the harsher action wins (kill > trap > errno/notify > log);
+  5. then the later rule wins.
+  Calls no rule matches get default_action.
+
+A deny that reaches a syscall only through an @group is lifted when the plan keeps
+the capability that governs that syscall (CAP_LIFTS: chown family <- CHOWN, setuid
+family <- SETUID, setgid family <- SETGID, capset <- SETPCAP). An explicitly named
+deny is never lifted.
+
+libseccomp can hold only one comparison per argument in a rule and silently drops
+a conditional rule on a syscall that also has an unconditional rule with another
+action. So the compiler computes, per syscall, the exact argument regions of each
+decision (a small algebra over intervals and bit-cubes of 64-bit values), makes the
+regions of different decisions disjoint, and emits one SyscallRule per region
+term, each with at most one comparison per argument. Rules that only restate the
+default action are dropped. The output is sorted, so equal policies give equal plans.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+from . import syscalls as _sc
+from .errors import Location, ProfileError
+from .plan import ArgCond, Seccomp, SyscallRule
+
+MAX64 = (1 << 64) - 1
+OPS = ("eq", "ne", "lt", "le", "gt", "ge", "masked_eq")
+DEFAULT_ACTIONS = ("allow", "errno", "kill", "log", "trap")
+DENY_ACTIONS = ("errno", "kill", "log", "trap", "notify")
+SEVERITY = {"kill": 4, "trap": 3, "errno": 2, "notify": 2, "log": 1, "allow": 0}
+
+SECTION_KEYS = {"enabled", "default_action", "default_errno", "import", "allow", "deny",
+                "deny_action", "deny_errno", "notify_denials"}
+ALLOW_KEYS = {"names", "args", "comment"}
+DENY_KEYS = {"names", "action", "errno", "args", "comment"}
+ARG_KEYS = {"index", "op", "value", "mask"}
+
+# Capability-checked syscalls of @privileged whose group deny is lifted when the plan
+# keeps the capability (the kernel's own capability check then decides).
+CAP_LIFTS: dict[str, tuple[str, ...]] = {
+    "CHOWN": ("chown", "chown32", "fchown", "fchown32", "fchownat", "lchown", "lchown32"),
+    "SETUID": ("setfsuid", "setfsuid32", "setresuid", "setresuid32", "setreuid", "setreuid32",
+               "setuid", "setuid32"),
+    "SETGID": ("setfsgid", "setfsgid32", "setgid", "setgid32", "setgroups", "setgroups32",
+               "setregid", "setregid32", "setresgid", "setresgid32"),
+    "SETPCAP": ("capset",),
+}
+
+Locate = Callable[[tuple], Optional[Location]]
+
+
+# =====================================================================================
+# Argument-region algebra. An atom is a set of 64-bit values:
+#   ("I", lo, hi)   the interval lo..hi
+#   ("C", mask, v)  the cube {x : x & mask == v}
+# A term is a conjunction: a sorted tuple of (arg_index, atom), one atom per index.
+# A region is a disjunction: a list of terms. [()] is everything, [] is nothing.
+# =====================================================================================
+
+FULL = ("I", 0, MAX64)
+
+
+def _norm(a):
+    if a[0] == "C":
+        m, v = a[1], a[2]
+        if m == 0:
+            return FULL
+        if m == MAX64:
+            return ("I", v, v)
+    return a
+
+
+def _prefix_cubes(lo: int, hi: int) -> list:
+    """Split lo..hi into aligned blocks, each a cube (like CIDR prefixes)."""
+    out = []
+    while lo <= hi:
+        size = 1 << 64 if lo == 0 else lo & -lo
+        while lo + size - 1 > hi:
+            size >>= 1
+        out.append(_norm(("C", MAX64 ^ (size - 1), lo)))
+        lo += size
+    return out
+
+
+def _is_full(a) -> bool:
+    return a == FULL
+
+
+def _atom_subset(a, b) -> bool:
+    """a is a subset of b (False when unsure: only used for pruning)."""
+    if _is_full(b):
+        return True
+    if a[0] == "I" and b[0] == "I":
+        return b[1] <= a[1] and a[2] <= b[2]
+    if a[0] == "C" and b[0] == "C":
+        return (b[1] & ~a[1]) == 0 and (a[2] & b[1]) == b[2]
+    if a[0] == "I" and b[0] == "C":
+        if a[1] == a[2]:
+            return (a[1] & b[1]) == b[2]
+        return all(_atom_subset(c, b) for c in _prefix_cubes(a[1], a[2]))
+    # a cube inside an interval: its smallest and largest members
+    return b[1] <= a[2] and (a[2] | (MAX64 ^ a[1])) <= b[2]
+
+
+def _atom_and(a, b) -> list:
+    if _is_full(a):
+        return [b]
+    if _is_full(b):
+        return [a]
+    if a[0] == "I" and b[0] == "I":
+        lo, hi = max(a[1], b[1]), min(a[2], b[2])
+        return [("I", lo, hi)] if lo <= hi else []
+    if a[0] == "C" and b[0] == "C":
+        if (a[2] ^ b[2]) & a[1] & b[1]:
+            return []
+        return [_norm(("C", a[1] | b[1], a[2] | b[2]))]
+    i, c = (a, b) if a[0] == "I" else (b, a)
+    if i[1] == i[2]:
+        return [i] if (i[1] & c[1]) == c[2] else []
+    if _atom_subset(c, i):
+        return [c]
+    out = []
+    for p in _prefix_cubes(i[1], i[2]):
+        out.extend(_atom_and(p, c))
+    return out
+
+
+def _atom_not(a) -> list:
+    if a[0] == "I":
+        out = []
+        if a[1] > 0:
+            out.append(("I", 0, a[1] - 1))
+        if a[2] < MAX64:
+            out.append(("I", a[2] + 1, MAX64))
+        return out
+    m, v = a[1], a[2]
+    out = []
+    for bit in range(63, -1, -1):          # some masked bit differs from v
+        b = 1 << bit
+        if m & b:
+            out.append(_norm(("C", b, (~v) & b)))
+    return out
+
+
+def _term_and(t1: tuple, t2: tuple) -> list:
+    d1, d2 = dict(t1), dict(t2)
+    fixed = {i: [a] for i, a in d1.items() if i not in d2}
+    fixed.update({i: [a] for i, a in d2.items() if i not in d1})
+    for i in set(d1) & set(d2):
+        r = _atom_and(d1[i], d2[i])
+        if not r:
+            return []
+        fixed[i] = r
+    keys = sorted(fixed)
+    out = []
+    for combo in itertools.product(*(fixed[k] for k in keys)):
+        out.append(tuple((k, a) for k, a in zip(keys, combo) if not _is_full(a)))
+    return out
+
+
+def _term_subset(t1: tuple, t2: tuple) -> bool:
+    d1 = dict(t1)
+    for i, b in t2:
+        a = d1.get(i)
+        if a is None or not _atom_subset(a, b):
+            return False
+    return True
+
+
+def _simplify(region: list) -> list:
+    uniq = list(dict.fromkeys(region))
+    if () in uniq:
+        return [()]
+    uniq.sort(key=len)
+    out: list = []
+    for t in uniq:
+        if not any(_term_subset(t, k) for k in out):
+            out.append(t)
+    return out
+
+
+class TooComplex(Exception):
+    """The argument conditions of one syscall do not fit libseccomp's rule model
+    within MAX_TERMS rules (pathological mixes of ranges and bit masks)."""
+
+
+MAX_TERMS = 256
+
+
+def _region_and(r1: list, r2: list) -> list:
+    out = []
+    for a in r1:
+        for b in r2:
+            out.extend(_term_and(a, b))
+            if len(out) > 4 * MAX_TERMS:
+                raise TooComplex()
+    out = _simplify(out)
+    if len(out) > MAX_TERMS:
+        raise TooComplex()
+    return out
+
+
+def _term_not(t: tuple) -> list:
+    out = []
+    for i, a in t:
+        out.extend(((i, n),) for n in _atom_not(a))
+    return out
+
+
+def _region_minus(r: list, s: list) -> list:
+    for t in s:
+        if not r:
+            break
+        r = _region_and(r, _term_not(t))
+    return r
+
+
+def _cond_atoms(c: ArgCond) -> list:
+    v = c.value
+    if c.op == "eq":
+        return [("I", v, v)]
+    if c.op == "ne":
+        return _atom_not(("I", v, v))
+    if c.op == "lt":
+        return [("I", 0, v - 1)] if v > 0 else []
+    if c.op == "le":
+        return [("I", 0, v)]
+    if c.op == "gt":
+        return [("I", v + 1, MAX64)] if v < MAX64 else []
+    if c.op == "ge":
+        return [("I", v, MAX64)]
+    if c.op == "masked_eq":
+        return [] if v & ~c.mask & MAX64 else [_norm(("C", c.mask, v))]
+    raise ValueError(c.op)
+
+
+def region_of(conds: Iterable[ArgCond]) -> list:
+    """The region where all the conditions hold."""
+    region: list = [()]
+    for c in conds:
+        region = _region_and(region, [((c.index, a),) if not _is_full(a) else () for a in _cond_atoms(c)])
+    return region
+
+
+def _merge_ne(region: list) -> list:
+    """Join terms that differ only by the two halves of `!= v` at one index."""
+    terms = [dict(t) for t in region]
+    changed = True
+    while changed:
+        changed = False
+        for x, y in itertools.combinations(range(len(terms)), 2):
+            tx, ty = terms[x], terms[y]
+            if tx.keys() != ty.keys():
+                continue
+            diff = [i for i in tx if tx[i] != ty[i]]
+            if len(diff) != 1:
+                continue
+            i = diff[0]
+            a, b = sorted((tx[i], ty[i]))
+            if a[0] == b[0] == "I" and a[1] == 0 and b[2] == MAX64 and a[2] + 2 == b[1]:
+                merged = dict(tx)
+                merged[i] = ("NE", a[2] + 1)
+                terms = [t for k, t in enumerate(terms) if k not in (x, y)] + [merged]
+                changed = True
+                break
+    return [tuple(sorted(t.items())) for t in terms]
+
+
+def _emit_conds(term: tuple) -> list[tuple[ArgCond, ...]]:
+    """One term -> one or more libseccomp-ready comparison tuples (one per arg)."""
+    options = []
+    for i, a in term:
+        if a[0] == "NE":
+            options.append([ArgCond(i, "ne", a[1])])
+        elif a[0] == "I":
+            lo, hi = a[1], a[2]
+            if lo == hi:
+                options.append([ArgCond(i, "eq", lo)])
+            elif lo == 0:
+                options.append([ArgCond(i, "le", hi)])
+            elif hi == MAX64:
+                options.append([ArgCond(i, "ge", lo)])
+            else:
+                options.append([_cube_cond(i, c) for c in _prefix_cubes(lo, hi)])
+        else:
+            options.append([_cube_cond(i, a)])
+    return [tuple(combo) for combo in itertools.product(*options)]
+
+
+def _cube_cond(i: int, c) -> ArgCond:
+    if c[0] == "I":
+        return ArgCond(i, "eq", c[1])
+    return ArgCond(i, "masked_eq", c[2], c[1])
+
+
+# =====================================================================================
+# Rule resolution
+# =====================================================================================
+
+@dataclass
+class Entry:
+    """One source rule for one syscall, before resolution."""
+    name: str
+    action: str
+    errno: Optional[int]
+    args: tuple[ArgCond, ...]
+    layer: int            # 0 imported, 1 the section's own
+    order: int            # position in the source, later wins ties
+    via_group: bool = False
+
+    def key(self):
+        return (self.layer, len(self.args), self.action != "allow", SEVERITY[self.action], self.order)
+
+
+def resolve_entries(entries: list[Entry], default_action: str, default_errno: Optional[int]) -> list[SyscallRule]:
+    """Turn prioritised, possibly overlapping rules into disjoint libseccomp rules.
+    Raises TooComplex(name) when one syscall's conditions do not fit."""
+    by_name: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_name.setdefault(e.name, []).append(e)
+    default_key = (default_action, default_errno if default_action == "errno" else None)
+    out: list[SyscallRule] = []
+    for name in sorted(by_name):
+        try:
+            out.extend(_resolve_one(name, by_name[name], default_key))
+        except TooComplex:
+            raise TooComplex(name) from None
+    return sort_rules(out)
+
+
+def _resolve_one(name: str, entries: list[Entry], default_key: tuple) -> list[SyscallRule]:
+    es = sorted(entries, key=Entry.key, reverse=True)
+    if len(es) == 1 or all(not e.args for e in es):
+        # the common case: the first (strongest) unconditional rule decides alone
+        e = es[0]
+        if (e.action, e.errno) == default_key:
+            return []
+        if not e.args:
+            return [SyscallRule(name=name, action=e.action, errno=e.errno)]
+    regions: dict[tuple, list] = {}
+    earlier: list[tuple[tuple, list]] = []
+    for e in es:
+        akey = (e.action, e.errno)
+        whole = r = region_of(e.args)
+        for k, other in earlier:
+            if k != akey and r:
+                r = _region_minus(r, other)
+        earlier.append((akey, whole))
+        if r:
+            regions[akey] = _simplify(regions.get(akey, []) + r)
+        if () in whole:
+            break               # everything below is shadowed
+    out: list[SyscallRule] = []
+    for akey in sorted(regions, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        if akey == default_key:
+            continue
+        action, err = akey
+        for term in _merge_ne(regions[akey]):
+            for conds in _emit_conds(term):
+                out.append(SyscallRule(name=name, action=action, errno=err, args=conds))
+        if len(out) > MAX_TERMS:
+            raise TooComplex(name)
+    return out
+
+
+def sort_rules(rules: Iterable[SyscallRule]) -> list[SyscallRule]:
+    def k(r: SyscallRule):
+        return (r.name, r.action, -1 if r.errno is None else r.errno,
+                tuple((c.index, OPS.index(c.op), c.value, c.mask) for c in r.args))
+    return sorted(set(rules), key=k)
+
+
+# =====================================================================================
+# Section parsing
+# =====================================================================================
+
+def parse_int(v, what: str) -> int:
+    """An argument value: int or string ('0x7e020000', '40', '-100'); 64-bit two's complement."""
+    if isinstance(v, bool):
+        raise ValueError(f"{what}: expected an integer, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = int(v.strip().replace("_", ""), 0)
+        except ValueError:
+            raise ValueError(f"{what}: not an integer: {v!r}") from None
+    if not isinstance(v, int):
+        raise ValueError(f"{what}: expected an integer, got {v!r}")
+    if not -(1 << 63) <= v <= MAX64:
+        raise ValueError(f"{what}: {v} does not fit in 64 bits")
+    return v & MAX64
+
+
+class _Ctx:
+    def __init__(self, locate: Optional[Locate], root: tuple = ("seccomp",)):
+        self._locate = locate
+        self.root = root
+
+    def loc(self, *path) -> Optional[Location]:
+        if self._locate is None:
+            return None
+        p = self.root + tuple(path)
+        while p:
+            try:
+                loc = self._locate(p)
+            except Exception:  # noqa: BLE001 - a locator must never hide the real error
+                loc = None
+            if loc is not None:
+                return loc
+            p = p[:-1]
+        return None
+
+    def fail(self, msg: str, *path):
+        raise ProfileError(msg, self.loc(*path))
+
+
+def _errno(ctx: _Ctx, value, *path) -> int:
+    try:
+        return _sc.errno_number(value)
+    except ValueError as e:
+        ctx.fail(f"seccomp: {e}", *path)
+
+
+def _args(ctx: _Ctx, raw, *path) -> tuple[ArgCond, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        ctx.fail("seccomp: 'args' must be a list of {index, op, value[, mask]}", *path)
+    out = []
+    seen = set()
+    for j, a in enumerate(raw):
+        p = path + (j,)
+        if not isinstance(a, dict):
+            ctx.fail("seccomp: an argument condition must be a mapping {index, op, value[, mask]}", *p)
+        extra = set(a) - ARG_KEYS
+        if extra:
+            ctx.fail(f"seccomp: unknown key {sorted(extra)[0]!r} in argument condition", *p, sorted(extra)[0])
+        idx = a.get("index")
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx <= 5:
+            ctx.fail(f"seccomp: argument index must be 0..5, got {idx!r}", *p, "index")
+        op = a.get("op")
+        if op not in OPS:
+            ctx.fail(f"seccomp: unknown comparison op {op!r} (expected one of {', '.join(OPS)})", *p, "op")
+        if "value" not in a:
+            ctx.fail("seccomp: argument condition needs a 'value'", *p)
+        try:
+            value = parse_int(a["value"], "value")
+        except ValueError as e:
+            ctx.fail(f"seccomp: {e}", *p, "value")
+        mask = 0
+        if op == "masked_eq":
+            if "mask" not in a:
+                ctx.fail("seccomp: masked_eq needs a 'mask'", *p)
+            try:
+                mask = parse_int(a["mask"], "mask")
+            except ValueError as e:
+                ctx.fail(f"seccomp: {e}", *p, "mask")
+        elif "mask" in a:
+            ctx.fail(f"seccomp: 'mask' is only valid with op masked_eq, not {op}", *p, "mask")
+        if idx in seen:
+            # AND of two comparisons on one argument: fine for us (the algebra splits it)
+            pass
+        seen.add(idx)
+        out.append(ArgCond(idx, op, value, mask))
+    return tuple(out)
+
+
+def _names(ctx: _Ctx, item, skipped: set, *path) -> list[tuple[str, bool]]:
+    """Names (with @groups expanded) of one list item: [(name, via_group)]."""
+    if isinstance(item, str):
+        raw, base = [item], path
+    else:
+        raw = item.get("names")
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            ctx.fail("seccomp: 'names' must be a non-empty list of syscall names or @groups", *path, "names")
+        base = path + ("names",)
+    out = []
+    for j, n in enumerate(raw):
+        p = base if isinstance(item, str) else base + (j,)
+        if not isinstance(n, str) or not n:
+            ctx.fail(f"seccomp: syscall name must be a string, got {n!r}", *p)
+        if _sc.is_group(n):
+            table = _sc.groups()
+            if n not in table:
+                ctx.fail(f"seccomp: unknown syscall group {n!r} (known: {', '.join(sorted(table))})", *p)
+            for m in table[n]:
+                if _sc.is_known(m):
+                    out.append((m, True))
+                else:
+                    skipped.add(m)
+        else:
+            kind = _sc.classify(n)
+            if kind == "unknown":
+                ctx.fail(f"seccomp: unknown syscall {n!r}", *p)
+            if kind == "foreign":
+                skipped.add(n)
+            else:
+                out.append((n, False))
+    return out
+
+
+def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = frozenset(),
+                    locate: Optional[Locate] = None, kernel: Optional[tuple[int, int]] = None,
+                    root: tuple = ("seccomp",)) -> Seccomp:
+    """Compile a profile's `seccomp:` mapping into plan.Seccomp.
+
+    capabilities: capabilities the program keeps (names with or without CAP_);
+      used by the Docker import (includes/excludes) and by CAP_LIFTS.
+    locate(path_tuple) -> Location | None, e.g. locate(("seccomp", "allow", 3)).
+    kernel: (major, minor) of the running kernel for Docker `minKernel`; None means
+      unknown, and then minKernel-gated rules are left out (the stricter reading).
+    A missing section (None) compiles Docker's default profile, as `docker run` does.
+    """
+    from . import docker_seccomp  # local: avoids an import cycle
+
+    ctx = _Ctx(locate, root)
+    caps = frozenset(_sc.cap_name(c) for c in capabilities)
+    if section is None:
+        section = {"import": _sc.DOCKER_DEFAULT_FILE}
+    if not isinstance(section, dict):
+        ctx.fail("seccomp: the section must be a mapping")
+    extra = set(section) - SECTION_KEYS
+    if extra:
+        k = sorted(extra)[0]
+        ctx.fail(f"seccomp: unknown key {k!r}", k)
+
+    enabled = section.get("enabled", True)
+    if not isinstance(enabled, bool):
+        ctx.fail("seccomp: 'enabled' must be true or false", "enabled")
+    notify = section.get("notify_denials", False)
+    if not isinstance(notify, bool):
+        ctx.fail("seccomp: 'notify_denials' must be true or false", "notify_denials")
+    if not enabled:
+        return Seccomp(enabled=False, default_action="allow", default_errno=None, rules=(),
+                       skipped=(), notify_denials=False)
+
+    skipped: set[str] = set()
+    entries: list[Entry] = []
+    default_action, default_errno = "errno", 38
+
+    # 1. the imported base set
+    if section.get("import") is not None:
+        path = section["import"]
+        if not isinstance(path, str) or not path:
+            ctx.fail("seccomp: 'import' must be a file path", "import")
+        imp = docker_seccomp.import_file(path, capabilities=caps, kernel=kernel, location=ctx.loc("import"))
+        default_action, default_errno = imp.default_action, imp.default_errno
+        skipped.update(imp.skipped)
+        for i, r in enumerate(imp.rules):
+            entries.append(Entry(r.name, r.action, r.errno, r.args, layer=0, order=i))
+
+    # 2. the section's defaults
+    if "default_action" in section:
+        default_action = section["default_action"]
+        if default_action not in DEFAULT_ACTIONS:
+            ctx.fail(f"seccomp: default_action must be one of {', '.join(DEFAULT_ACTIONS)}, got {default_action!r}",
+                     "default_action")
+        if default_action == "errno" and "default_errno" not in section and default_errno is None:
+            default_errno = 38
+    if "default_errno" in section:
+        default_errno = _errno(ctx, section["default_errno"], "default_errno")
+    if default_action != "errno":
+        default_errno = None
+    elif default_errno is None:
+        default_errno = 38
+
+    deny_action = section.get("deny_action", "errno")
+    if deny_action not in DENY_ACTIONS:
+        ctx.fail(f"seccomp: deny_action must be one of errno, kill, log, trap, got {deny_action!r}", "deny_action")
+    deny_errno = _errno(ctx, section.get("deny_errno", "EPERM"), "deny_errno")
+
+    order = len(entries)
+    lifted = set()
+    for cap, names in CAP_LIFTS.items():
+        if cap in caps:
+            lifted.update(names)
+
+    # 3. allow list
+    allow = section.get("allow") or []
+    if not isinstance(allow, list):
+        ctx.fail("seccomp: 'allow' must be a list", "allow")
+    for i, item in enumerate(allow):
+        if isinstance(item, dict):
+            extra = set(item) - ALLOW_KEYS
+            if extra:
+                k = sorted(extra)[0]
+                ctx.fail(f"seccomp: unknown key {k!r} in an allow rule (allowed: names, args)", "allow", i, k)
+            args = _args(ctx, item.get("args"), "allow", i, "args")
+        elif isinstance(item, str):
+            args = ()
+        else:
+            ctx.fail("seccomp: an allow item must be a syscall name, an @group or {names, args}", "allow", i)
+        for name, via_group in _names(ctx, item, skipped, "allow", i):
+            order += 1
+            entries.append(Entry(name, "allow", None, args, layer=1, order=order, via_group=via_group))
+
+    # 4. deny list
+    deny = section.get("deny") or []
+    if not isinstance(deny, list):
+        ctx.fail("seccomp: 'deny' must be a list", "deny")
+    for i, item in enumerate(deny):
+        action, err, args = deny_action, deny_errno, ()
+        if isinstance(item, dict):
+            extra = set(item) - DENY_KEYS
+            if extra:
+                k = sorted(extra)[0]
+                ctx.fail(f"seccomp: unknown key {k!r} in a deny rule (allowed: names, action, errno, args)",
+                         "deny", i, k)
+            if "action" in item:
+                action = item["action"]
+                if action not in DENY_ACTIONS:
+                    ctx.fail(f"seccomp: a deny action must be one of errno, kill, log, trap, got {action!r}",
+                             "deny", i, "action")
+            if "errno" in item:
+                if action not in ("errno", "notify"):
+                    ctx.fail(f"seccomp: 'errno' given for action {action}", "deny", i, "errno")
+                err = _errno(ctx, item["errno"], "deny", i, "errno")
+            args = _args(ctx, item.get("args"), "deny", i, "args")
+        elif not isinstance(item, str):
+            ctx.fail("seccomp: a deny item must be a syscall name, an @group or {names, action, errno, args}",
+                     "deny", i)
+        e = err if action in ("errno", "notify") else None
+        for name, via_group in _names(ctx, item, skipped, "deny", i):
+            if via_group and name in lifted:
+                continue
+            order += 1
+            entries.append(Entry(name, action, e, args, layer=1, order=order, via_group=via_group))
+
+    try:
+        rules = resolve_entries(entries, default_action, default_errno)
+    except TooComplex as e:
+        ctx.fail(f"seccomp: the argument conditions for {e.args[0]!r} are too complex for libseccomp "
+                 f"(more than {MAX_TERMS} rules); simplify them")
+    return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
+                   rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify)
+
+
+# =====================================================================================
+# Evaluation (for tests, `explain` and the audit supervisor): what does the plan do?
+# =====================================================================================
+
+def cond_matches(c: ArgCond, value: int) -> bool:
+    v = value & MAX64
+    if c.op == "eq":
+        return v == c.value
+    if c.op == "ne":
+        return v != c.value
+    if c.op == "lt":
+        return v < c.value
+    if c.op == "le":
+        return v <= c.value
+    if c.op == "gt":
+        return v > c.value
+    if c.op == "ge":
+        return v >= c.value
+    if c.op == "masked_eq":
+        return (v & c.mask) == c.value
+    raise ValueError(c.op)
+
+
+def decide(s: Seccomp, name: str, args: Iterable[int] = ()) -> tuple[str, Optional[int]]:
+    """(action, errno) the plan gives `name(args...)`. Rules are disjoint, so the
+    first match is the only match."""
+    if not s.enabled:
+        return ("allow", None)
+    a = list(args) + [0] * 6
+    for r in s.rules:
+        if r.name == name and all(cond_matches(c, a[c.index]) for c in r.args):
+            return (r.action, r.errno)
+    return (s.default_action, s.default_errno)
+
+
+def describe_rule(r: SyscallRule) -> str:
+    act = r.action if r.errno is None else f"{r.action}({_sc.errno_name(r.errno)})"
+    conds = []
+    for c in r.args:
+        if c.op == "masked_eq":
+            conds.append(f"arg{c.index} & {c.mask:#x} == {c.value:#x}")
+        else:
+            sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[c.op]
+            conds.append(f"arg{c.index} {sym} {c.value:#x}")
+    return f"{r.name}{'(' + ' && '.join(conds) + ')' if conds else ''} -> {act}"

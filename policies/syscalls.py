@@ -1,0 +1,204 @@
+"""Syscall names, systemd-style @groups and errno names for the seccomp policy.
+
+Pure lookups: group data comes from `policies/data/systemd-syscall-groups.json`
+(systemd's SystemCallFilter= table, recursively expanded), name -> number
+resolution comes from libseccomp's own table for the native architecture
+(`pyseccomp.resolve_syscall`, a library lookup, no syscall). pyseccomp is only
+imported when a name has to be resolved.
+
+A syscall name is one of:
+  * native    - libseccomp knows it and it exists on this architecture;
+  * foreign   - a real syscall that does not exist here (`chown32`, `_llseek` on
+                x86_64) or that this libseccomp is too old to know (`mseal` on
+                libseccomp 2.5.4); skipped and reported in Seccomp.skipped;
+  * unknown   - a typo: not in libseccomp and not in any reference table.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import functools
+import json
+import os
+import platform
+from typing import Iterable, Optional
+
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+SYSTEMD_GROUPS_FILE = os.path.join(_DATA, "systemd-syscall-groups.json")
+DOCKER_DEFAULT_FILE = os.path.join(_DATA, "docker-default-seccomp.json")
+
+# Groups of our own, next to systemd's. Documented in docs/seccomp.md.
+PROJECT_GROUPS: dict[str, tuple[str, ...]] = {
+    # namespace creation / joining (clone with CLONE_NEW* flags is argument-filtered separately)
+    "@namespace": ("setns", "unshare"),
+    # io_uring: its own submission path that seccomp cannot see into; Docker dropped it too
+    "@io-uring": ("io_uring_enter", "io_uring_register", "io_uring_setup"),
+    # reading/writing/inspecting another process (Docker ties these to CAP_SYS_PTRACE)
+    "@process-access": ("kcmp", "pidfd_getfd", "process_madvise", "process_vm_readv",
+                        "process_vm_writev", "ptrace"),
+    # file handles: the "shocker" escape (open_by_handle_at) and its info-leak twin
+    "@file-handle": ("name_to_handle_at", "open_by_handle_at"),
+    # the new mount API pieces not in systemd's @mount
+    "@mount-api": ("fsconfig", "fsmount", "fsopen", "fspick", "mount_setattr", "move_mount",
+                   "open_tree", "open_tree_attr"),
+}
+
+# Architecture token used by Docker's "arches" (Go GOARCH names) for the native arch.
+_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "riscv64": "riscv64",
+           "s390x": "s390x", "ppc64le": "ppc64le", "loongarch64": "loong64"}
+_SCMP_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+def machine() -> str:
+    return platform.machine()
+
+
+def native_arch_names() -> frozenset[str]:
+    """Names by which seccomp JSON files may refer to the native architecture."""
+    m = machine()
+    names = {m}
+    if m in _GOARCH:
+        names.add(_GOARCH[m])
+    if m in _SCMP_ARCH:
+        names.add(_SCMP_ARCH[m])
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1)
+def _systemd() -> dict:
+    with open(SYSTEMD_GROUPS_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@functools.lru_cache(maxsize=1)
+def groups() -> dict[str, tuple[str, ...]]:
+    """Every @group -> sorted member names (systemd's expanded table + ours)."""
+    data = _systemd()
+    out = {g: tuple(sorted(set(v))) for g, v in data["groups_expanded"].items()}
+    for g, v in PROJECT_GROUPS.items():
+        out[g] = tuple(sorted(set(v)))
+    return out
+
+
+def group_names() -> list[str]:
+    return sorted(groups())
+
+
+def is_group(name: str) -> bool:
+    return isinstance(name, str) and name.startswith("@")
+
+
+def expand(names: Iterable[str]) -> list[str]:
+    """Expand @groups; returns sorted unique syscall names. Unknown group -> KeyError."""
+    table = groups()
+    out: set[str] = set()
+    for n in names:
+        if is_group(n):
+            if n not in table:
+                raise KeyError(n)
+            out.update(table[n])
+        else:
+            out.add(n)
+    return sorted(out)
+
+
+@functools.lru_cache(maxsize=1)
+def reference_names() -> frozenset[str]:
+    """Every syscall name found in the shipped reference tables (all architectures)."""
+    data = _systemd()
+    names: set[str] = set()
+    for table in (data.get("groups_expanded", {}), data.get("debian12_systemd_252", {}).get("groups_expanded", {})):
+        for members in table.values():
+            names.update(m for m in members if not m.startswith("@"))
+    for members in PROJECT_GROUPS.values():
+        names.update(members)
+    try:
+        with open(DOCKER_DEFAULT_FILE, encoding="utf-8") as f:
+            for entry in json.load(f).get("syscalls", []):
+                names.update(entry.get("names") or [])
+    except (OSError, ValueError):  # pragma: no cover - shipped file
+        pass
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def resolve(name: str) -> Optional[int]:
+    """The native syscall number, or None when the name is not a syscall here."""
+    import pyseccomp  # lazy: only policy compilation needs libseccomp's table
+    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    return nr if nr >= 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _scmp_knows(name: str) -> bool:
+    """libseccomp knows the name for some architecture (pseudo numbers are < -1)."""
+    import pyseccomp
+    return pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) != -1
+
+
+def is_known(name: str) -> bool:
+    """True when the name is a syscall of the native architecture that libseccomp can filter."""
+    return resolve(name) is not None
+
+
+def classify(name: str) -> str:
+    """'native', 'foreign' (real but not filterable here) or 'unknown' (no such syscall)."""
+    if resolve(name) is not None:
+        return "native"
+    if _scmp_knows(name) or name in reference_names():
+        return "foreign"
+    return "unknown"
+
+
+def syscall_name(nr: int) -> Optional[str]:
+    """Native number -> name (for reports), None when unknown."""
+    import pyseccomp
+    try:
+        return pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
+    except ValueError:
+        return None
+
+
+# --- errno ----------------------------------------------------------------------
+
+MAX_ERRNO = 4095
+
+
+def errno_number(value) -> int:
+    """'EPERM' / 'eperm' / 1 / '1' -> 1. Raises ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad errno {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        v = value.strip()
+        if v.isdigit():
+            n = int(v)
+        else:
+            n = getattr(_errno, v.upper(), None)
+            if not isinstance(n, int) or not v.upper().startswith("E"):
+                raise ValueError(f"unknown errno name {value!r}")
+    else:
+        raise ValueError(f"bad errno {value!r}")
+    if not 0 <= n <= MAX_ERRNO:
+        raise ValueError(f"errno {n} out of range 0..{MAX_ERRNO}")
+    return n
+
+
+def errno_name(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    return _errno.errorcode.get(n, str(n))
+
+
+# --- capabilities (Docker's mapping of capabilities to syscalls) -----------------
+
+DOCKER_DEFAULT_CAPS = frozenset({
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+})
+
+
+def cap_name(c: str) -> str:
+    """'cap_sys_admin' / 'SYS_ADMIN' / 'CAP_SYS_ADMIN' -> 'SYS_ADMIN'."""
+    c = c.strip().upper()
+    return c[4:] if c.startswith("CAP_") else c

@@ -1,0 +1,248 @@
+"""Seccomp: plan.Seccomp -> classic BPF bytes (libseccomp) -> kernel.
+
+build_bpf() is the only place pysandbox uses libseccomp to generate a filter; its
+output is cacheable (deterministic for one plan and one libseccomp). install() loads
+those bytes through sandbox._sys.seccomp_load and never imports pyseccomp, so a
+cached launch pays nothing for libseccomp.
+
+The filter covers the native architecture only; any other architecture (x86 32-bit
+int 0x80, x32 syscall numbers) is answered with KILL_PROCESS.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional
+
+ENOSYS = 38
+
+# SECCOMP_RET_* values (for people reading the BPF) and the libseccomp op numbers.
+RET_KILL_PROCESS = 0x80000000
+RET_KILL_THREAD = 0x00000000
+RET_TRAP = 0x00030000
+RET_ERRNO = 0x00050000
+RET_USER_NOTIF = 0x7FC00000
+RET_LOG = 0x7FFC0000
+RET_ALLOW = 0x7FFF0000
+_OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+
+
+def _act(action: str, errno: Optional[int]) -> int:
+    if action == "allow":
+        return RET_ALLOW
+    if action == "errno":
+        return RET_ERRNO | ((errno if errno is not None else 1) & 0xFFFF)
+    if action == "kill":
+        return RET_KILL_PROCESS
+    if action == "trap":
+        return RET_TRAP
+    if action == "log":
+        return RET_LOG
+    if action == "notify":
+        return RET_USER_NOTIF
+    raise ValueError(f"seccomp: unknown action {action!r}")
+
+
+def _notified(action: str, errno: Optional[int], notify_denials: bool, notify_enosys: bool) -> bool:
+    if action == "notify":
+        return True
+    return notify_denials and action == "errno" and (errno != ENOSYS or notify_enosys)
+
+
+def needs_listener(s, *, notify_enosys: bool = False) -> bool:
+    """True when the filter has user-notification rules (install with listener=True)."""
+    if not s.enabled:
+        return False
+    if _notified(s.default_action, s.default_errno, s.notify_denials, notify_enosys):
+        return True
+    return any(_notified(r.action, r.errno, s.notify_denials, notify_enosys) for r in s.rules)
+
+
+def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
+    """Compile plan.Seccomp into a BPF program (bytes, 8 per instruction).
+
+    With s.notify_denials, errno rules (and an errno default) become
+    SECCOMP_RET_USER_NOTIF so a supervisor can record each denial and answer it with
+    the rule's errno (see Decider). ENOSYS answers - unlisted syscalls and feature
+    probes such as clone3 - stay plain errno unless notify_enosys is set: they are
+    compatibility answers, and glibc probes clone3 at every thread start.
+    Returns b"" when seccomp is disabled.
+    """
+    if not s.enabled:
+        return b""
+    import pyseccomp  # lazy: only on a cache miss
+
+    def act(action, errno):
+        if _notified(action, errno, s.notify_denials, notify_enosys):
+            return RET_USER_NOTIF
+        return _act(action, errno)
+
+    f = pyseccomp.SyscallFilter(act(s.default_action, s.default_errno))
+    f.set_attr(pyseccomp.Attr.ACT_BADARCH, RET_KILL_PROCESS)
+    try:
+        f.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)     # binary tree over syscall numbers
+    except OSError:  # pragma: no cover - older libseccomp
+        pass
+    for r in s.rules:
+        args = [pyseccomp.Arg(c.index, _OPS[c.op], c.mask if c.op == "masked_eq" else c.value,
+                              c.value if c.op == "masked_eq" else 0) for c in r.args]
+        try:
+            f.add_rule_exactly(act(r.action, r.errno), r.name, *args)
+        except OSError as e:
+            raise ValueError(f"seccomp: libseccomp refused rule {r}: {e.strerror}") from None
+    fd = os.memfd_create("pysandbox-seccomp", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "w+b", closefd=False) as fh:
+            f.export_bpf(fh)
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(fd)
+    bpf = b"".join(chunks)
+    if not bpf or len(bpf) % 8:
+        raise ValueError("seccomp: libseccomp produced no usable BPF program")
+    if len(bpf) // 8 > 4096:
+        raise ValueError(f"seccomp: filter has {len(bpf) // 8} instructions, the kernel allows 4096")
+    return bpf
+
+
+def install(bpf: bytes, *, listener: bool = False, log: bool = False) -> Optional[int]:
+    """Load a BPF program into the calling thread (call after no_new_privs, just
+    before execve). Returns the user-notification listener fd when listener=True,
+    else None. Raises OSError (EACCES: neither no_new_privs nor CAP_SYS_ADMIN).
+    log=True adds SECCOMP_FILTER_FLAG_LOG (every non-allow action is audit-logged)."""
+    if not bpf:
+        return None
+    from . import _sys
+    flags = 0
+    if listener:
+        flags |= _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER
+    if log:
+        flags |= _sys.SECCOMP_FILTER_FLAG_LOG
+    res = _sys.seccomp_load(bpf, flags)
+    return res if listener else None
+
+
+class Decider:
+    """For a supervisor answering notifications: syscall number + args -> the
+    plan's (action, errno). Rules are disjoint, so the first match is the answer."""
+
+    def __init__(self, s):
+        import pyseccomp
+        self.seccomp = s
+        self.by_nr: dict[int, list] = {}
+        self.names: dict[int, str] = {}
+        for r in s.rules:
+            nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, r.name)
+            self.by_nr.setdefault(nr, []).append(r)
+            self.names[nr] = r.name
+
+    def name(self, nr: int) -> str:
+        if nr not in self.names:
+            import pyseccomp
+            try:
+                self.names[nr] = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
+            except ValueError:
+                self.names[nr] = f"syscall_{nr}"
+        return self.names[nr]
+
+    def decide(self, nr: int, args: Iterable[int]) -> tuple[str, Optional[int]]:
+        from policies.seccomp import cond_matches
+        s = self.seccomp
+        a = list(args) + [0] * 6
+        for r in self.by_nr.get(nr, ()):
+            if all(cond_matches(c, a[c.index]) for c in r.args):
+                return (r.action, r.errno)
+        return (s.default_action, s.default_errno)
+
+
+# --- a classic-BPF interpreter for seccomp programs ------------------------------
+# Used by tests and `explain`-style tools to ask what a generated program answers
+# for (arch, nr, args) without loading it. Pure Python, no syscalls.
+
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+
+
+def native_audit_arch() -> int:
+    import platform
+    return AUDIT_ARCH[platform.machine()]
+
+
+def run_bpf(bpf: bytes, nr: int, args: Iterable[int] = (), arch: Optional[int] = None,
+            ip: int = 0) -> int:
+    """Evaluate a seccomp BPF program; returns the SECCOMP_RET_* value."""
+    import struct
+    a6 = (list(args) + [0] * 6)[:6]
+    data = struct.pack("<iIQ6Q", nr, native_audit_arch() if arch is None else arch, ip,
+                       *[x & 0xFFFFFFFFFFFFFFFF for x in a6])
+    prog = [struct.unpack_from("<HBBI", bpf, i) for i in range(0, len(bpf), 8)]
+    A = X = 0
+    mem = [0] * 16
+    pc = 0
+    M = 0xFFFFFFFF
+    for _ in range(100000):
+        code, jt, jf, k = prog[pc]
+        cls = code & 0x07
+        if cls == 0x00:                                   # BPF_LD
+            mode, size = code & 0xE0, code & 0x18
+            if mode == 0x20 and size == 0x00:             # ABS, W
+                A = struct.unpack_from("<I", data, k)[0]
+            elif mode == 0x00:                            # IMM
+                A = k
+            elif mode == 0x60:                            # MEM
+                A = mem[k]
+            elif mode == 0x80:                            # LEN
+                A = len(data)
+            else:
+                raise ValueError(f"bpf: unsupported ld {code:#x}")
+        elif cls == 0x01:                                 # BPF_LDX
+            mode = code & 0xE0
+            X = k if mode == 0x00 else mem[k] if mode == 0x60 else len(data)
+        elif cls == 0x02:                                 # BPF_ST
+            mem[k] = A
+        elif cls == 0x03:                                 # BPF_STX
+            mem[k] = X
+        elif cls == 0x04:                                 # BPF_ALU
+            op, src = code & 0xF0, (X if code & 0x08 else k)
+            if op == 0x00:
+                A = (A + src) & M
+            elif op == 0x10:
+                A = (A - src) & M
+            elif op == 0x20:
+                A = (A * src) & M
+            elif op == 0x30:
+                A = A // src
+            elif op == 0x40:
+                A = A | src
+            elif op == 0x50:
+                A = A & src
+            elif op == 0x60:
+                A = (A << src) & M
+            elif op == 0x70:
+                A = A >> src
+            elif op == 0x80:
+                A = (-A) & M
+            elif op == 0xA0:
+                A = A ^ src
+            else:
+                raise ValueError(f"bpf: unsupported alu {code:#x}")
+        elif cls == 0x05:                                 # BPF_JMP
+            op, src = code & 0xF0, (X if code & 0x08 else k)
+            if op == 0x00:
+                pc += k
+            else:
+                cond = {0x10: A == src, 0x20: A > src, 0x30: A >= src, 0x40: (A & src) != 0}[op]
+                pc += jt if cond else jf
+        elif cls == 0x06:                                 # BPF_RET
+            return k if (code & 0x18) == 0x00 else A
+        elif cls == 0x07:                                 # BPF_MISC
+            if code & 0xF8 == 0x00:
+                X = A
+            else:
+                A = X
+        pc += 1
+    raise ValueError("bpf: program did not terminate")
