@@ -46,7 +46,6 @@ standard library; pyroute2 is imported only where a private network is used.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -56,9 +55,7 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,11 +79,6 @@ _STEP_TIMEOUT = 10.0                                      # seconds: any helper 
 # ---------------------------------------------------------------------------------
 # lo up, inside the sandbox (lean: no pyroute2)
 # ---------------------------------------------------------------------------------
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
 def bring_up_loopback() -> None:
     """Set `lo` up in the current network namespace (see sandbox.netlo, kept lean for PID 1)."""
     from .netlo import bring_up_loopback as _up
@@ -409,10 +401,6 @@ def _as_net(s: str):
 # ---------------------------------------------------------------------------------
 # networks: create / ls / inspect / rm
 # ---------------------------------------------------------------------------------
-def _net_dir(root: Path, name: str) -> Path:
-    return root / name
-
-
 def load_network(name: str, rootless: bool | None = None) -> dict | None:
     if not NET_NAME_RE.match(name or ""):
         return None
