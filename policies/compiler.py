@@ -232,6 +232,9 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         ns = replace(ns, net=False)
     elif net.mode != "host" and not ns.net:
         err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
+    if net.egress_default == "deny" and "NET_ADMIN" in capabilities:
+        err("network.egress: an egress allow-list cannot hold against CAP_NET_ADMIN (the program could "
+            "change the rules); drop NET_ADMIN", ("network", "egress"))
 
     # --- limits -------------------------------------------------------------
     limits = _limits(d.get("limits", {}), ov, loc)

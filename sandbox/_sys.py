@@ -164,15 +164,19 @@ _pyapi = ctypes.pythonapi
 _pyapi.PyOS_BeforeFork.restype = None
 _pyapi.PyOS_AfterFork_Parent.restype = None
 _pyapi.PyOS_AfterFork_Child.restype = None
+# clone through a PyDLL handle: the GIL stays held across the call. (A CDLL call releases it; with
+# other threads running, the child would then wait forever for a GIL owned by a thread it lacks.)
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
 
 
 def clone_fork(flags: int) -> int:
     """fork() into new namespaces. Returns 0 in the child, the child's pid in the parent."""
     _pyapi.PyOS_BeforeFork()
     if _MACHINE == "x86_64":   # clone(flags, stack, parent_tid, child_tid, tls)
-        pid = _syscall(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+        pid = _syscall_gil(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
     else:                      # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
-        pid = _syscall(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+        pid = _syscall_gil(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
     if pid == 0:
         _pyapi.PyOS_AfterFork_Child()
         return 0
@@ -247,3 +251,26 @@ def move_mount_fd(fd: int, target) -> None:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"move_mount onto {target}: {os.strerror(err)}")
+
+
+# --- credentials of the calling thread only -------------------------------------------
+# After clone_fork in a multi-threaded process, glibc still believes the parent's other threads
+# exist; its setresuid/setresgid/setgroups signal every thread (setxid broadcast) and wait for
+# them forever. The child is single-threaded in fact: the raw syscalls are exact there.
+_NR_CRED = {"x86_64": {"setgroups": 116, "setresuid": 117, "setresgid": 119},
+            "aarch64": {"setgroups": 159, "setresuid": 147, "setresgid": 149}}[_MACHINE]
+
+
+def setresuid(r: int, e: int, s: int) -> None:
+    _check(_syscall(ctypes.c_long(_NR_CRED["setresuid"]), ctypes.c_uint(r), ctypes.c_uint(e), ctypes.c_uint(s)),
+           "setresuid")
+
+
+def setresgid(r: int, e: int, s: int) -> None:
+    _check(_syscall(ctypes.c_long(_NR_CRED["setresgid"]), ctypes.c_uint(r), ctypes.c_uint(e), ctypes.c_uint(s)),
+           "setresgid")
+
+
+def setgroups(groups) -> None:
+    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
+    _check(_syscall(ctypes.c_long(_NR_CRED["setgroups"]), ctypes.c_size_t(len(groups)), arr), "setgroups")

@@ -15,7 +15,8 @@ import sys
 EXIT_USAGE = 2
 
 # Modules contributing subcommands: each exposes COMMANDS = [click.Command, ...].
-_COMMAND_MODULES = ()
+_COMMAND_MODULES = ("sandbox.cmd_export", "sandbox.cmd_image", "sandbox.cmd_audit", "sandbox.cmd_network",
+                    "sandbox.cmd_cgroups", "sandbox.cmd_lint", "sandbox.cmd_lifecycle")
 
 _RAW_RUN_OPTIONS = None     # the options of `run` before `--`, for the plan cache key
 
@@ -32,13 +33,27 @@ def _finish_run(result) -> int:
 
 
 def _launch(plan, bpf, argv, runopts) -> int:
+    if runopts.get("detach") or runopts.get("tty"):     # run -d / run -t (sandbox/lifecycle.py)
+        from .lifecycle import run_special
+        return run_special(plan, bpf, argv, runopts)
     from .launcher import LaunchError, launch
+    from audit.session import open_session   # audit log + stderr summary + syslog
     try:
-        result = launch(plan, argv, bpf=bpf, name=runopts.get("name"))
+        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
+                            log_path=runopts.get("audit_log"))
+    except OSError as e:
+        _err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+        return 125
+    try:
+        result = launch(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
+                        on_event=sess.emit)
     except LaunchError as e:
         _err(f"pysandbox: {e}")
+        sess.close()
         return e.code
-    return _finish_run(result)
+    code = _finish_run(result)
+    sess.close()
+    return code
 
 
 def _fast_run(args: list[str]):

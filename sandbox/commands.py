@@ -103,8 +103,13 @@ def cache_files(compiled) -> list:
 @cli.command(context_settings={"allow_interspersed_args": False})
 @_overrides_options
 @click.option("--name", metavar="NAME", help="Name of the sandbox.")
+@click.option("--audit-log", "audit_log", metavar="FILE", help="Append audit events (JSON lines) to FILE.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; see ps/logs/exec/stop/rm.")
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the detached sandbox's state when it ends.")
+@click.option("-t", "--tty", is_flag=True, help="A pseudo-terminal inside the sandbox (controlling terminal).")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (foreground runs always pass stdin).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(command, name, **kw):
+def run(command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
     """Run COMMAND in a sandbox:  pysandbox run [OPTIONS] -- COMMAND [ARGS...]"""
     compiled = compile_for(kw, command)
     plan = compiled.plan
@@ -112,7 +117,9 @@ def run(command, name, **kw):
     if plan.seccomp.enabled:
         from . import seccomp
         bpf = seccomp.build_bpf(plan.seccomp)
-    runopts = {"name": name}
+    runopts = {"name": name, "audit_log": audit_log}
+    if detach or tty:
+        runopts.update(detach=detach, rm=auto_remove, tty=tty, interactive=interactive)
     if _cli._RAW_RUN_OPTIONS is not None and not any(m.type == "volume" for m in plan.filesystem.mounts):
         from . import plancache
         # the cached plan carries no argv of its own: the command after `--` is supplied per run

@@ -129,13 +129,13 @@ def _setup(ctx) -> None:
         # become the mapped root of the new user namespace for the set-up (files we create
         # must be owned by a mapped id); capabilities in the namespace are kept.
         if _mapped(plan.user.gid_map, 0):
-            os.setresgid(0, 0, 0)
+            _sys.setresgid(0, 0, 0)
         if not ctx.rootless:
-            os.setgroups([])                     # drop the host's supplementary groups
+            _sys.setgroups([])                     # drop the host's supplementary groups
         if _mapped(plan.user.uid_map, 0):
-            os.setresuid(0, 0, 0)
+            _sys.setresuid(0, 0, 0)
     elif not ctx.rootless:
-        os.setgroups([])
+        _sys.setgroups([])
     if ns.uts:
         socket.sethostname(plan.process.hostname)
     if ns.cgroup:
@@ -166,6 +166,7 @@ def _exec_program(ctx, err_w: int) -> None:
         if plan.process.new_session:
             os.setsid()                          # no controlling terminal: no TIOCSTI into ours
         for r in plan.process.rlimits:
+            stage = f"ulimit:{r.name}"           # e.g. raising a hard limit needs CAP_SYS_RESOURCE
             resource.setrlimit(RLIMIT_IDS[r.name],
                                (resource.RLIM_INFINITY if r.soft == -1 else r.soft,
                                 resource.RLIM_INFINITY if r.hard == -1 else r.hard))
@@ -175,11 +176,11 @@ def _exec_program(ctx, err_w: int) -> None:
         uid, gid = plan.user.uid, plan.user.gid
         if plan.namespaces.user or not ctx.rootless:
             if not ctx.rootless:
-                os.setgroups(list(plan.user.groups))
+                _sys.setgroups(list(plan.user.groups))
             if uid != 0:
                 prctl.set_keepcaps(True)
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
+            _sys.setresgid(gid, gid, gid)
+            _sys.setresuid(uid, uid, uid)
             prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the credential change
         stage = "capabilities"
         capabilities.apply(plan.capabilities, uid_inside=uid)

@@ -175,6 +175,9 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 ctx.hosts_text = net.etc_hosts()
                 ctx.hosts_file = net.hosts_path
 
+        if plan.filesystem.image or any(m.type == "volume" for m in plan.filesystem.mounts):
+            _prepare_image_and_volumes(ctx, plan, sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
+
         ns = plan.namespaces
         flags = _sys.CLONE_NEWNS
         for on, flag in ((ns.user, _sys.CLONE_NEWUSER), (ns.pid, _sys.CLONE_NEWPID),
@@ -236,6 +239,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
         os.close(pidfd)
         _, p1_status = os.waitpid(pid, 0)
         pid = None
+        os.set_blocking(status_r, False)   # PID 1 is gone; other threads' PID 1s may hold copies of status_w
         report = _read_all(status_r)
         result = _interpret(report, p1_status, argv, timed_out, plan)
         if sup is not None:
@@ -268,6 +272,18 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 result.events.extend(cg.finish())
             except Exception as e:  # clean-up problems are reported, never hidden
                 result.events.append({"type": "integrity_violation", "what": "cgroup", "detail": str(e)})
+        if ctx.image_root is not None:             # discard the writable layer, or keep it (--keep)
+            try:
+                from . import overlay
+                keep = plan.filesystem.keep and result.exit_code != EXIT_SETUP
+                overlay.finish_root(ctx.image_root, keep=keep)
+                if keep:
+                    kept = (f"pysandbox: kept the writable layer of {sandbox_id} (pysandbox diff {sandbox_id})"
+                            if not ctx.image_root.read_only else
+                            "pysandbox: --keep: nothing kept, the root was read-only (use --read-write)")
+                    result.message = kept if not result.message else result.message + "\n" + kept
+            except Exception as e:
+                result.events.append({"type": "integrity_violation", "what": "image root", "detail": str(e)})
         if net is not None:
             try:
                 net.release()
@@ -294,6 +310,28 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     emit("sandbox_exit", exit_code=result.exit_code, duration=round(result.duration, 6),
          signal=result.signal, events=result.events)
     return result
+
+
+def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> None:
+    """Before clone: an image's overlay root (per-sandbox upper/work dirs) and named volume dirs."""
+    from .images import ImageError
+    fs = plan.filesystem
+    try:
+        if fs.image:
+            from . import overlay
+            ctx.image_root = overlay.prepare_root(fs, sandbox_id, rootless=rootless,
+                                                  uid_map=plan.user.uid_map, gid_map=plan.user.gid_map)
+        vols = [m for m in fs.mounts if m.type == "volume"]
+        if vols:
+            from .volumes import resolve_volume
+            owner = None
+            if not rootless and plan.user.uid_map:      # the sandbox's root owns a new volume
+                owner = tuple(next((e.outside for e in m if e.inside == 0), 0)
+                              for m in (plan.user.uid_map, plan.user.gid_map))
+            for m in vols:
+                ctx.volume_dirs[m.source] = resolve_volume(m.source, rootless=rootless, create=True, owner=owner)
+    except ImageError as e:
+        raise LaunchError(f"filesystem: {e}") from None
 
 
 def _kill(pid: int, cg) -> None:

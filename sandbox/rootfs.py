@@ -100,6 +100,9 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
             root_fd = os.open(fs.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SetupError(f"root directory {fs.root}: {e.strerror}") from None
+    if image_root is not None:       # the image store may live under BASE: reach it before the tmpfs
+        from . import overlay
+        overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
     if image_root is not None:
