@@ -109,4 +109,10 @@ def resolve_volume(name: str, *, rootless: bool, create: bool, owner: Optional[t
         create_volume(name, rootless=rootless, owner=owner, exist_ok=True, store=store)
     if not os.path.isdir(data) or os.path.islink(data):
         raise ImageError(f"volume {name}: {data} is missing or not a directory")
+    if owner and os.geteuid() == 0:
+        # A volume made by `volume create` (owned by host root) and still empty is handed to the
+        # sandbox's mapped root on first use, so it can write to it (Docker does the same).
+        st = os.lstat(data)
+        if (st.st_uid, st.st_gid) == (0, 0) and tuple(owner) != (0, 0) and not os.listdir(data):
+            os.chown(data, *owner)
     return data

@@ -171,3 +171,16 @@ def test_profile_root_image_and_missing_mountpoints(img, tmp_profile):
             "ls /; echo t > /tmp/t && cat /tmp/t; echo x > /etc/motd")
     assert r.returncode == 1 and r.stdout.split() == ["bin", "dev", "etc", "proc", "sys", "tmp", "t"], r
     assert "Read-only file system" in r.stderr
+
+
+def test_private_state_dir_still_reachable_by_the_mapped_root(img):
+    """/var/lib/pysandbox may have been created 0700 by another part: the store adds search (x) only."""
+    runner, state, work = img
+    if runner.rootless:
+        pytest.skip("rootless: the sandbox's root is the store's owner")
+    os.chmod(state, 0o700)
+    r = cli(img, "volume", "create", "made-by-root")
+    assert r.returncode == 0
+    r = sh(img, "cat /etc/motd >/dev/null && echo w > /data/w && cat /data/w", "-v", "made-by-root:/data")
+    assert r.returncode == 0 and r.stdout == "w\n", r
+    assert os.stat(state).st_mode & 0o777 == 0o711
