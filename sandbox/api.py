@@ -258,3 +258,31 @@ def run(argv: Sequence[str], profile: str = "strict", *, input=None, timeout=Non
         **overrides) -> RunResult:
     """One-shot convenience: compile and run (use Sandbox to compile once and run many times)."""
     return Sandbox(profile, **overrides).run(argv, input=input, timeout=timeout, text=text)
+
+
+# --- worker: one run described as JSON on stdin, result as JSON on stdout -------------------
+# Used by the pytest plugin to run the same API as another (unprivileged) user:
+#   python -m sandbox.api < {"profile": "strict", "overrides": {...}, "argv": [...], "input": b64|null,
+#                            "timeout": N|null}
+
+def _worker() -> int:
+    import base64
+    import json
+    import sys
+    req = json.load(sys.stdin)
+    try:
+        sb = Sandbox(req.get("profile") or "strict", **(req.get("overrides") or {}))
+        inp = req.get("input")
+        r = sb.run(req["argv"], input=base64.b64decode(inp) if inp is not None else None,
+                   timeout=req.get("timeout"), env=req.get("env"))
+        out = {"exit_code": r.exit_code, "stdout": base64.b64encode(r.stdout).decode(),
+               "stderr": base64.b64encode(r.stderr).decode(), "events": r.events, "duration": r.duration,
+               "timed_out": r.timed_out, "signal": r.signal, "message": r.message, "sandbox_id": r.sandbox_id}
+    except (SandboxError, TypeError) as e:
+        out = {"error": str(e)}
+    json.dump(out, sys.stdout, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker())

@@ -1,0 +1,155 @@
+"""The Python API (sandbox/api.py): compile once, launch many; threads; asyncio; real sandboxes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import REPO, TEST_USER
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root (and switches to the test user)")
+
+
+@pytest.fixture(scope="module")
+def strict():
+    from sandbox.api import Sandbox
+    return Sandbox("strict")
+
+
+def test_exit_code_output_input_and_events(strict):
+    r = strict.run(["/bin/sh", "-c", "cat; echo out; echo err >&2; exit 3"], input=b"in\n")
+    assert r.exit_code == 3 and r.returncode == 3 and not r.ok
+    assert r.stdout == b"in\nout\n" and r.stderr == b"err\n"
+    types = [e["type"] for e in r.events]
+    assert types[0] == "sandbox_start" and types[-1] == "sandbox_exit", types
+    assert all(e["sandbox_id"] == r.sandbox_id for e in r.events)
+    assert r.events[-1]["status"]["exit_code"] == 3
+
+
+def test_text_env_and_large_output(strict):
+    r = strict.run(["/bin/sh", "-c", 'echo "$FOO"; head -c 3000000 /dev/zero'], env={"FOO": "bar"}, text=True)
+    assert r.exit_code == 0 and r.stdout.startswith("bar\n") and len(r.stdout) == 4 + 3000000
+
+
+def test_timeout_kills_the_sandbox(strict):
+    t = time.monotonic()
+    r = strict.run(["/bin/sleep", "30"], timeout=0.5)
+    assert r.exit_code == 124 and r.timed_out, r
+    assert time.monotonic() - t < 10
+    assert any(e["type"] == "timeout" for e in r.events), r.events
+
+
+def test_not_found_and_check(strict):
+    from sandbox.api import SandboxError
+    r = strict.run(["/no/such/program"])
+    assert r.exit_code == 127 and "not found" in (r.message or ""), r
+    with pytest.raises(SandboxError):
+        r.check()
+
+
+def test_denials_are_this_runs_only(strict):
+    code = "import ctypes; print(ctypes.CDLL(None).mount(b'x', b'/tmp', b'tmpfs', 0, None))"
+    a = strict.run(["/usr/bin/python3", "-c", code], text=True)
+    b = strict.run(["/bin/true"])
+    assert a.stdout.strip() == "-1" and a.denied("mount") and a.denied()
+    assert not b.denied() and b.denials == []
+
+
+def test_bad_profile_and_bad_override():
+    from sandbox.api import Sandbox, SandboxError
+    with pytest.raises(SandboxError):
+        Sandbox("no-such-profile-xyz")
+    with pytest.raises(SandboxError):
+        Sandbox("strict", cap_add=["NOT_A_CAP"])
+    with pytest.raises(TypeError):
+        Sandbox("strict", no_such_option=1)
+
+
+def test_warm_launch_does_no_yaml_schema_or_seccomp_compilation(strict, monkeypatch):
+    """After the constructor, a run must not touch the loader, the schema, the compiler or libseccomp."""
+    import jsonschema
+    import pyseccomp
+    import yaml
+
+    import policies.compiler
+    import policies.loader
+    import sandbox.seccomp
+
+    def boom(*a, **k):
+        raise AssertionError("compilation work during a warm launch")
+    for mod, attr in ((yaml, "safe_load"), (yaml, "load"), (yaml, "compose"), (jsonschema, "validate"),
+                      (policies.loader, "load_profile"), (policies.compiler, "compile_profile"),
+                      (policies.compiler, "compile_document"), (policies.compiler, "validate"),
+                      (sandbox.seccomp, "build_bpf"), (pyseccomp, "SyscallFilter")):
+        monkeypatch.setattr(mod, attr, boom)
+    code = "import ctypes; print(ctypes.CDLL(None).mount(b'x', b'/tmp', b'tmpfs', 0, None))"
+    r = strict.run(["/usr/bin/python3", "-c", code], text=True)
+    assert r.exit_code == 0 and r.stdout.strip() == "-1" and r.denied("mount"), r
+
+
+def test_ten_threads_at_once(strict):
+    results = [None] * 10
+    errors = []
+    barrier = threading.Barrier(10)
+
+    def go(i):
+        try:
+            barrier.wait()
+            results[i] = strict.run(["/bin/sh", "-c", f"echo {i} $$; readlink /proc/self/ns/pid; sleep 0.3"],
+                                    text=True, timeout=60)
+        except Exception as e:                    # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(10)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    assert all(r is not None and r.exit_code == 0 for r in results), results
+    lines = [r.stdout.split("\n") for r in results]
+    assert [int(l[0].split()[0]) for l in lines] == list(range(10))
+    assert all(l[0].split()[1] == "2" for l in lines)             # the program is pid 2 in each sandbox
+    assert len({l[1] for l in lines}) == 10                       # ten distinct pid namespaces
+    assert len({r.sandbox_id for r in results}) == 10
+    assert time.monotonic() - t < 60
+
+
+def test_asyncio(strict):
+    async def main():
+        return await asyncio.gather(*(strict.run_async(["/bin/sh", "-c", f"echo {i}"], text=True)
+                                      for i in range(5)))
+    rs = asyncio.run(main())
+    assert [r.stdout for r in rs] == [f"{i}\n" for i in range(5)]
+
+
+ROOTLESS_THREADS = r'''
+import json, sys, threading
+from sandbox.api import Sandbox
+sb = Sandbox("strict")
+out = [None] * 10
+def go(i):
+    r = sb.run(["/bin/sh", "-c", "id -u; readlink /proc/self/ns/pid"], text=True, timeout=60)
+    out[i] = [r.exit_code, r.stdout, r.stderr]
+ts = [threading.Thread(target=go, args=(i,)) for i in range(10)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(json.dumps(out))
+'''
+
+
+def test_ten_threads_rootless(delegated_cgroups):
+    import pwd
+    pw = pwd.getpwnam(TEST_USER)
+    p = subprocess.run([sys.executable, "-c", ROOTLESS_THREADS], capture_output=True, text=True, timeout=180,
+                       user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/tmp",
+                       env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert all(o[0] == 0 and o[1].split()[0] == "0" for o in out), out      # root inside, mapped to the user
+    assert len({o[1].split()[1] for o in out}) == 10, out
