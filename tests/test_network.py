@@ -657,3 +657,14 @@ def test_published_udp_and_loopback_only_port(testns, cleanup):
     b.kill()
     h.release()
     assert not [r for r in host_rules() if r.get("comment") == "sbx:sbx-udp"]
+
+
+def test_compiled_egress_defaults_to_deny_when_rules_are_given(tmp_path):
+    from policies.compiler import compile_profile
+    p = tmp_path / "p.yaml"
+    p.write_text("version: 1\nname: p\nextends: default\nnetwork:\n  mode: none\n  egress:\n"
+                 "    allow:\n      - {to: 10.0.0.0/8, ports: [443]}\n")
+    net = compile_profile(str(p)).plan.network
+    assert net.egress_default == "deny" and net.egress_allow[0].ports == (443,)
+    p.write_text("version: 1\nname: p\nextends: default\nnetwork: none\n")
+    assert compile_profile(str(p)).plan.network.egress_default == "allow"
