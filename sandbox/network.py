@@ -601,10 +601,12 @@ def _tun_problem() -> str | None:
     return None
 
 
-def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHandle | None":
+def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
+            hostname: str | None = None) -> "NetHandle | None":
     """Validate the network part of a plan and reserve what it needs (address, name) before
     the sandbox is created. Fails closed with NetworkError. None when nothing is to be done
-    after clone (mode none without egress rules; host)."""
+    after clone (mode none without egress rules; host). hostname: the sandbox's host name, listed
+    with its own address in its /etc/hosts on a private network."""
     mode = getattr(net, "mode", "none") or "none"
     ports = _port_dicts(net)
     egress = _egress_dicts(net)
@@ -681,6 +683,7 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHa
         if addr is None:
             raise NetworkError(f"network {mode}: no free address left in {subnet}")
         h.netdef = nd
+        h.hostname = hostname if hostname and NAME_RE.match(hostname) else None
         h.address = addr
         h.veth = veth_name(sandbox_id)
         h._hosts_file = str(root / mode / "hosts" / _safe_id(sandbox_id))
@@ -688,7 +691,7 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool) -> "NetHa
         (root / mode / "hosts").mkdir(parents=True, exist_ok=True)
         h._write_endpoint(state="reserved")
         # the hosts file exists from the start so the launcher can bind-mount it
-        _write_inplace(Path(h._hosts_file), _hosts_content(nd, eps + [h._endpoint("reserved")], name))
+        _write_inplace(Path(h._hosts_file), _hosts_content(nd, eps + [h._endpoint("reserved")], sandbox_id))
         # the sandbox's PID 1 (its mapped root, no capabilities on the host) opens this path
         # itself: every directory above it is traversable (0711), the file is 0644
         h.hosts_path = h._hosts_file
@@ -711,12 +714,17 @@ def _write_inplace(path: Path, content: str) -> None:
         os.close(fd)
 
 
-def _hosts_content(nd: dict, eps: list[dict], own_name: str | None) -> str:
+def _hosts_content(nd: dict, eps: list[dict], own_sid: str | None) -> str:
+    """One sandbox's /etc/hosts: localhost, every named peer, and its own name and host name."""
     lines = [f"# pysandbox network {nd['name']} ({nd['subnet']}): managed, rewritten as peers join and leave",
              "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     for e in sorted(eps, key=lambda e: ipaddress.ip_address(e["address"])):
-        if e.get("name"):
-            lines.append(f"{e['address']}\t{e['name']}")
+        names = [e.get("name")]
+        if e["sandbox_id"] == own_sid:
+            names.append(e.get("hostname"))
+        names = list(dict.fromkeys(n for n in names if n))
+        if names:
+            lines.append(f"{e['address']}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
 
 
@@ -734,6 +742,7 @@ class NetHandle:
         self.tool = tool
         self.netdef: dict | None = None
         self.address: str | None = None
+        self.hostname: str | None = None
         self.veth: str | None = None
         self.hosts_path: str | None = None      # the live hosts file (bind it read-only on /etc/hosts)
         self._hosts_file: str | None = None
@@ -750,7 +759,8 @@ class NetHandle:
 
     # -- private network bookkeeping --------------------------------------------------
     def _endpoint(self, state: str) -> dict:
-        return {"sandbox_id": self.sandbox_id, "name": self.name, "address": self.address, "veth": self.veth,
+        return {"sandbox_id": self.sandbox_id, "name": self.name, "hostname": self.hostname,
+                "address": self.address, "veth": self.veth,
                 "ports": self.ports, "egress_names": sorted({r["to"] for r in self.egress
                                                              if _as_net(r["to"]) is None}),
                 "pid": self.pid, "supervisor_pid": self._supervisor,
@@ -862,7 +872,7 @@ class NetHandle:
         for e in eps:
             if e.get("hosts"):
                 try:
-                    _write_inplace(Path(e["hosts"]), _hosts_content(nd, eps, e.get("name")))
+                    _write_inplace(Path(e["hosts"]), _hosts_content(nd, eps, e["sandbox_id"]))
                 except OSError:
                     pass
         if not self.name:
@@ -1158,7 +1168,7 @@ def reclaim_stale(rootless: bool | None = None) -> None:
                 for e in live:
                     if e.get("hosts"):
                         try:
-                            _write_inplace(Path(e["hosts"]), _hosts_content(nd, live, e.get("name")))
+                            _write_inplace(Path(e["hosts"]), _hosts_content(nd, live, e["sandbox_id"]))
                         except OSError:
                             pass
 

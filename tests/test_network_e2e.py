@@ -153,7 +153,8 @@ def test_e2e_by_name_and_isolation(nets):
         assert r.returncode == 0, r.stderr
         first, hosts = r.stdout.split("\n", 1)
         assert first == "hello:7000"                         # B reaches A by name
-        assert "\talpha" in hosts and "\tbeta" in hosts
+        assert "\talpha\n" in hosts                      # a peer: by its name
+        assert "\tbeta sandbox\n" in hosts               # itself: its name and its host name
         ip_a = N.inspect_network("e2a")["endpoints"][0]["address"]
         r = run("--network", "e2b", "--name", "gamma", code=client([("alpha", 7000), (ip_a, 7000)]))
         assert r.returncode == 0, r.stderr
