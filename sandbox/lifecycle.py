@@ -426,7 +426,7 @@ def _proc_row(pid: int) -> Optional[dict]:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            cmd = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
     except OSError:
         return None
     fields = s[s.rindex(b")") + 2:].split()
