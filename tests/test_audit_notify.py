@@ -343,32 +343,45 @@ print(json.dumps({{"res": res, "events": [(e["syscall"]["name"], e["errno"], e["
     assert out["events"] == [["mount", 1, "/y"], ["keyctl", 13, None]]
 
 
-def test_launcher_falls_back_to_kmsg_without_user_notification(monkeypatch):
+def test_launcher_falls_back_to_kmsg_without_user_notification():
     """SIMULATED: this kernel has seccomp user notification; the test makes the launcher believe
-    it has not (notify.user_notif_available -> False). Everything else is real: the filter is
-    rebuilt with plain errno actions and SECCOMP_FILTER_FLAG_LOG, the kernel writes a type=1326
-    record to /dev/kmsg, and the supervisor matches it by the sandbox's pid namespace."""
+    it has not (notify.user_notif_available -> False, in a fresh interpreter). Everything else is
+    real: the filter is rebuilt with plain errno actions and SECCOMP_FILTER_FLAG_LOG, the kernel
+    writes a type=1326 record to /dev/kmsg, the supervisor matches it by the sandbox's pid
+    namespace."""
     if os.geteuid() != 0:
         pytest.skip("/dev/kmsg needs root")
     if not os.path.exists("/bin/busybox"):
         pytest.skip("busybox (static, few syscalls) not installed")
-    from policies.compiler import Overrides, compile_profile
-    from sandbox.launcher import launch
-    monkeypatch.setattr(notify, "user_notif_available", lambda: False)
-    plan = compile_profile("strict", Overrides()).plan
-    assert plan.seccomp.notify_denials
-    # The kernel rate-limits printk'ed audit records machine-wide (~10 per 5 s): other activity
-    # can eat the budget, so a run without the record is retried after the window.
-    for attempt in range(3):
-        mem = MemorySink()
-        rec = Recorder("kmsgfb", "kmsgfb", "strict", [mem])
-        res = launch(plan, ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"], on_event=rec.emit)
-        assert res.exit_code == 1                         # mount(8) failed: EPERM, enforced by the kernel
-        evs = [e for e in mem.events if e.get("syscall")]
-        if evs:
-            break
-        time.sleep(5.5)
-    assert [e["syscall"]["name"] for e in evs] == ["mount"], mem.events
+    code = """
+import json, sys, time
+from sandbox import notify
+notify.user_notif_available = lambda: False
+from policies.compiler import Overrides, compile_profile
+from sandbox.launcher import launch
+from audit import MemorySink, Recorder
+plan = compile_profile("strict", Overrides()).plan
+assert plan.seccomp.notify_denials
+# The kernel rate-limits printk'ed audit records machine-wide (~10 per 5 s): other activity can
+# eat the budget, so a run without the record is retried after the window.
+for attempt in range(3):
+    mem = MemorySink()
+    res = launch(plan, ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"],
+                 on_event=Recorder("kmsgfb", "kmsgfb", "strict", [mem]).emit)
+    evs = [e for e in mem.events if e.get("syscall")]
+    if evs:
+        break
+    time.sleep(5.5)
+print(json.dumps({"code": res.exit_code, "message": res.message, "events": evs}))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 0, p.stderr
+    import json
+    out = json.loads(p.stdout.splitlines()[-1])
+    assert out["code"] == 1, out                         # mount(8) failed: EPERM, enforced by the kernel
+    evs = out["events"]
+    assert [e["syscall"]["name"] for e in evs] == ["mount"], out
     e = evs[0]
     assert e["via"] == "kmsg" and e["errno"] == 1 and e["type"] == "escape_attempt"
     assert e["comm"] == "busybox" and "args" not in e["syscall"]
