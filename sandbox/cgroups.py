@@ -1023,11 +1023,12 @@ def _parent_name(rootless: bool) -> str:
 
 
 def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
-                       layout: Optional[Layout] = None) -> Optional[Cgroup]:
+                       layout: Optional[Layout] = None, parent: Optional[str] = None) -> Optional[Cgroup]:
     """Create the sandbox's cgroup(s) and write every requested limit (read back; fail closed).
 
     Returns None when `limits` asks for nothing. Raises `CgroupError` when a requested limit cannot
-    be enforced; raises ValueError for an invalid sandbox id.
+    be enforced; raises ValueError for an invalid sandbox id. `parent` replaces the parent's name
+    (`pysandbox` / `pysandbox-<uid>`) — for tests that need a parent of their own.
     """
     if not limits.any():
         return None
@@ -1044,7 +1045,9 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
         raise CgroupError("cpu", "--cpus below 0.01 cannot be enforced (CFS quota minimum 1 ms)")
 
     v1map = layout.v1_map
-    parent_name = _parent_name(rootless)
+    if parent is not None and not _ID_RE.match(parent):
+        raise ValueError(f"invalid parent name {parent!r}")
+    parent_name = parent or _parent_name(rootless)
     v2_base = None
     v2_avail: frozenset[str] = frozenset()
     if layout.unified:
@@ -1089,7 +1092,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
             drv.create(required)
             drv.apply(_only(limits, v1_ctl))
         if v2_base:
-            drv2 = V2Driver(sandbox_id, v2_ctl, v2_base, PARENT, rootless)
+            drv2 = V2Driver(sandbox_id, v2_ctl, v2_base, parent or PARENT, rootless)
             try:
                 drv2.create(required)
                 drivers.append(drv2)
