@@ -280,8 +280,8 @@ def _open_pty() -> tuple[int, str]:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ExecError(f"tty: cannot open /dev/ptmx inside the sandbox: {e.strerror}") from None
-    fcntl.ioctl(master, termios.TIOCSPTLCK, struct.pack("i", 0))          # unlockpt
-    n = struct.unpack("I", fcntl.ioctl(master, termios.TIOCGPTN, b"\0" * 4))[0]
+    fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))      # TIOCSPTLCK: unlockpt
+    n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0" * 4))[0]    # TIOCGPTN
     return master, f"/dev/pts/{n}"
 
 
@@ -354,9 +354,89 @@ def relay(master: int, pid: int, stdin: int = 0, stdout: int = 1) -> None:
                     os.write(master, data)
                 except OSError:
                     break
-        if not r:
+        if not r and pid > 0:
             try:
                 if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                     break                         # ended (reaped by the caller)
             except ChildProcessError:
                 break
+
+
+# --- run -t: the supervisor side of a terminal sandbox ----------------------------------------
+
+def run_tty(plan, bpf, argv, runopts) -> int:
+    """`pysandbox run -t [-i] -- CMD`: the program's controlling terminal is a pty of the sandbox's
+    own devpts (created inside, master passed back over a socket); we relay it to our terminal in
+    raw mode and forward window-size changes (SIGWINCH -> TIOCSWINSZ on the master)."""
+    import threading
+    from audit.session import open_session
+    from .launcher import LaunchError, launch
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name, log_path=runopts.get("audit_log"))
+    except OSError as e:
+        sys.stderr.write(f"pysandbox: {e}\n")
+        return EXIT_SETUP
+    box: dict = {}
+    ready = threading.Event()
+
+    def winsize(*_):
+        m = box.get("master")
+        if m is None:
+            return
+        for fd in (0, 1):
+            if os.isatty(fd):
+                try:
+                    fcntl.ioctl(m, termios.TIOCSWINSZ, fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+                except OSError:
+                    pass
+                return
+
+    def pump():
+        try:
+            _, fds, _, _ = socket.recv_fds(parent, 1, 1)
+        except OSError:
+            fds = []
+        if not fds:
+            ready.set()
+            return
+        box["master"] = fds[0]
+        winsize()
+        ready.set()
+        relay(fds[0], -1)
+
+    saved = None
+    if os.isatty(0):
+        try:
+            saved = termios.tcgetattr(0)
+            _tty.setraw(0)
+        except termios.error:
+            saved = None
+    old = signal.signal(signal.SIGWINCH, winsize)
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    try:
+        result = launch(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
+                        on_event=sess.emit, stdin=devnull, stdout=devnull, stderr=devnull, console=child)
+        code, message = result.exit_code, result.message
+    except LaunchError as e:
+        code, message = e.code, f"pysandbox: {e}"
+    finally:
+        child.close()
+        try:
+            parent.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        t.join(5)
+        signal.signal(signal.SIGWINCH, old)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        parent.close()
+        if "master" in box:
+            os.close(box["master"])
+        os.close(devnull)
+    if message:
+        sys.stderr.write(message.rstrip("\n") + "\n")
+    sess.close()
+    return code

@@ -110,7 +110,7 @@ def run_special(plan, bpf, argv, runopts) -> int:
             _err("pysandbox: run: -d and -t cannot be combined (a detached sandbox has no terminal)")
             return 2
         return run_detached(plan, bpf, argv, runopts)
-    from .tty import run_tty
+    from .execin import run_tty
     return run_tty(plan, bpf, argv, runopts)
 
 

@@ -204,3 +204,84 @@ def test_auto_remove_and_names(runner):
     finally:
         runner("rm", "-f", name)
         runner("rm", "-f", name + "x")
+
+
+# --- terminals ------------------------------------------------------------------------------
+
+def _pty_session(runner, args, steps, timeout=20.0):
+    """Run `pysandbox ARGS` on a fresh pty (as the runner's user); steps: [(wait_for, action)]
+    where action is bytes to type or a (rows, cols) resize. Returns (output, exit status)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    from conftest import PYSANDBOX
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            env = runner.env()
+            if runner.user:
+                os.setgroups([])
+                os.setgid(runner.gid)
+                os.setuid(runner.uid)
+            os.chdir("/tmp")
+            os.execve(PYSANDBOX, [PYSANDBOX, *args], env)
+        finally:
+            os._exit(127)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    out = b""
+    deadline = time.monotonic() + timeout
+    steps = list(steps)
+    import select
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                d = os.read(fd, 4096)
+            except OSError:
+                break
+            if not d:
+                break
+            out += d
+        while steps and steps[0][0].encode() in out:
+            _, action = steps.pop(0)
+            if isinstance(action, tuple):
+                fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", action[0], action[1], 0, 0))
+                os.kill(pid, signal.SIGWINCH)
+            else:
+                os.write(fd, action)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_run_tty_is_the_sandboxs_own_pty_with_resize(runner):
+    script = ('tty; stty size; test -t 0 && echo isatty; '
+              'trap "stty size; echo RESIZED; touch /tmp/r" WINCH; echo READY; '
+              'i=0; while [ ! -e /tmp/r ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; '
+              'read x; echo got=$x; exit 3')
+    out, code = _pty_session(runner, ["run", "-t", "--", "/bin/sh", "-c", script],
+                             [("READY", (44, 120)), ("RESIZED", b"hello\n")])
+    assert "/dev/pts/0" in out and "33 101" in out and "isatty" in out, out   # the sandbox's devpts
+    assert "44 120" in out, out                                               # resize forwarded
+    assert "got=hello" in out and code == 3, (out, code)                      # input relayed, status kept
+
+
+def test_run_tty_ctrl_c_reaches_the_program(runner):
+    out, code = _pty_session(runner, ["run", "-it", "--", "/bin/sh", "-c", "echo READY; exec sleep 30"],
+                             [("READY", b"\x03")])
+    assert "READY" in out and code == 130, (out, code)                       # SIGINT from the pty
+
+
+def test_exec_tty(runner):
+    name = _name(runner, "tty")
+    try:
+        assert runner("run", "-d", "--name", name, "--", "/bin/sleep", "60").returncode == 0
+        out, code = _pty_session(runner, ["exec", "-it", name, "--", "/bin/sh", "-c",
+                                          "tty; stty size; echo READY; read x; echo got=$x"],
+                                 [("READY", b"hello\n")])
+        assert "/dev/pts/" in out and "33 101" in out and "got=hello" in out and code == 0, (out, code)
+    finally:
+        runner("rm", "-f", name)
