@@ -274,3 +274,17 @@ def setresgid(r: int, e: int, s: int) -> None:
 def setgroups(groups) -> None:
     arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
     _check(_syscall(ctypes.c_long(_NR_CRED["setgroups"]), ctypes.c_size_t(len(groups)), arr), "setgroups")
+
+
+# --- idmapped mounts (sandbox.overlay: image layers seen through the sandbox's uid map) -----
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+def mount_setattr_idmap(fd: int, userns_fd: int) -> None:
+    """Make the detached mount tree `fd` (from open_tree) idmapped through the user namespace `userns_fd`."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    res = _syscall(ctypes.c_long(NR["mount_setattr"]), ctypes.c_int(fd), b"", ctypes.c_uint(AT_EMPTY_PATH),
+                   ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount_setattr idmap: {os.strerror(err)}")

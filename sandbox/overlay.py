@@ -51,6 +51,11 @@ class RootSpec:
     uid_map: tuple[tuple[int, int, int], ...] = ()
     gid_map: tuple[tuple[int, int, int], ...] = ()
     config: dict = field(default_factory=dict, compare=False, hash=False)   # image Env/Cmd/WorkingDir...
+    # Root with a mapped uid range: detached idmapped mounts of the layers (open_tree +
+    # MOUNT_ATTR_IDMAP, made by the supervisor, inherited through clone); PID 1 attaches them at
+    # `attach` and mounts the overlay on those. Empty: the overlay uses `lowers` directly.
+    idmapped: tuple[int, ...] = field(default=(), compare=False)
+    attach: tuple[str, ...] = ()
 
 
 def _maps(m) -> tuple[tuple[int, int, int], ...]:
@@ -110,10 +115,17 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             os.mkdir(cdir, 0o711)
         except FileExistsError:
             raise ImageError(f"container {sandbox_id} already exists in {store.containers}") from None
+        idfds: tuple[int, ...] = ()
+        attach: list[str] = []
         try:
             lowers = []
-            for d in reversed(rec["layers"]):           # top first
-                lowers.append(_shifted_layer(store, d, umap, gmap) if shift else store.layer_diff(d))
+            if shift and os.environ.get("PYSANDBOX_IDMAP", "1") != "0":
+                idfds, attach = _idmapped_layers(store, rec["layers"], cdir, umap, gmap)
+                if idfds:
+                    lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
+            if not idfds:
+                for d in reversed(rec["layers"]):           # top first
+                    lowers.append(_shifted_layer(store, d, umap, gmap) if shift else store.layer_diff(d))
             root_uid, root_gid = _shift(umap, 0), _shift(gmap, 0)
             mnt = os.path.join(cdir, "mnt")
             os.mkdir(mnt, 0o755)
@@ -131,14 +143,17 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                     "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": bool(getattr(fs, "keep", False))}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
+            _close(idfds)
             rmtree(cdir)
             raise
         except OSError as e:
+            _close(idfds)
             rmtree(cdir)
             raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
-                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}))
+                    read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
+                    idmapped=idfds, attach=tuple(attach))
 
 
 def _reclaim_stale(store: Store) -> None:
@@ -153,6 +168,63 @@ def _reclaim_stale(store: Store) -> None:
                 continue
             if m.get("status") == "running" and not m.get("keep") and not _alive(m.get("pid")):
                 rmtree(os.path.join(store.containers, cid))
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _idmap_userns(umap, gmap) -> int:
+    """An fd of a fresh user namespace with the given maps (only used to idmap mounts)."""
+    from . import _sys
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = _sys.clone_fork(_sys.CLONE_NEWUSER)
+    if pid == 0:
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        for name, m in (("uid_map", umap), ("gid_map", gmap)):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write("".join(f"{a} {b} {c}\n" for a, b, c in m))
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+def _idmapped_layers(store: Store, layers, cdir: str, umap, gmap) -> tuple[tuple[int, ...], list[str]]:
+    """Detached idmapped mounts of the layers (top first) and their attach points; ((), []) when
+    this kernel/file system cannot idmap (the caller then falls back to uid-shifted copies)."""
+    from . import _sys
+    fds: list[int] = []
+    try:
+        uns = _idmap_userns(umap or ((0, 0, 4294967295),), gmap or ((0, 0, 4294967295),))
+    except OSError:
+        return (), []
+    try:
+        for d in reversed(layers):
+            fd = _sys.open_tree(store.layer_diff(d), recursive=False)
+            fds.append(fd)
+            _sys.mount_setattr_idmap(fd, uns)
+    except OSError:
+        _close(fds)
+        return (), []
+    finally:
+        os.close(uns)
+    base = os.path.join(cdir, "lower")
+    os.mkdir(base, 0o711)
+    points = []
+    for i in range(len(fds)):
+        p = os.path.join(base, str(i))
+        os.mkdir(p, 0o755)
+        points.append(p)
+    return tuple(fds), points
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -333,7 +405,7 @@ def _in_user_namespace() -> bool:
 
 
 def overlay_options(spec: RootSpec, *, userxattr: bool) -> str:
-    lowers = list(spec.lowers)
+    lowers = list(spec.attach if spec.idmapped else spec.lowers)
     lowers.insert(0, spec.mnt)                # mount points on top (also: >= 2 lowers without upper)
     opts = []
     if userxattr:
@@ -386,7 +458,18 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
             os.fchdir(_store_fd)
         else:
             os.chdir(spec.store_root)
-        _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
+        attached = []
+        try:
+            for fd, point in zip(spec.idmapped, spec.attach):     # idmapped layers (root, mapped range)
+                relp = os.path.relpath(point, spec.store_root)
+                _sys.move_mount_fd(fd, relp)
+                attached.append(relp)
+            _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
+        finally:
+            for relp in attached:      # overlay keeps private clones of its layers
+                with contextlib.suppress(OSError):
+                    _sys.umount2(relp, _sys.MNT_DETACH)
+            _close(spec.idmapped)
     except OSError as e:
         raise ImageError(f"filesystem.root image {spec.image}: overlay mount failed: {e.strerror}"
                          f"{' (rootless overlay needs kernel >= 5.11)' if rootless else ''}") from None
@@ -400,6 +483,9 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
 
 def finish_root(spec: RootSpec, *, keep: bool) -> None:
     """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
+    _close(spec.idmapped)
+    with contextlib.suppress(OSError):
+        rmtree(os.path.join(spec.container_dir, "lower"))
     meta_path = os.path.join(spec.container_dir, "container.json")
     if keep and not spec.read_only:
         with contextlib.suppress(OSError, ValueError):

@@ -184,3 +184,26 @@ def test_private_state_dir_still_reachable_by_the_mapped_root(img):
     r = sh(img, "cat /etc/motd >/dev/null && echo w > /data/w && cat /data/w", "-v", "made-by-root:/data")
     assert r.returncode == 0 and r.stdout == "w\n", r
     assert os.stat(state).st_mode & 0o777 == 0o711
+
+
+@pytest.mark.parametrize("idmap", ["1", "0"])
+def test_root_with_mapped_range_idmapped_or_shifted_copy(img, idmap):
+    """strict as root maps the sandbox's root to host uid 1000000000+: the layers are used through
+    idmapped mounts (default; no copy) or, with PYSANDBOX_IDMAP=0, through uid-shifted copies."""
+    runner, state, work = img
+    if runner.rootless:
+        pytest.skip("rootless: no uid shift")
+    before = layers_digest(state)
+    r = runner("run", "--profile", "strict", "--image", "busybox:test", "--read-write", "--keep", "--",
+               "/bin/sh", "-c", "stat -c %u:%g /etc/passwd; echo new > /etc/motd; cat /etc/motd",
+               env={"PYSANDBOX_STATE_DIR": state, "PYSANDBOX_IDMAP": idmap})
+    assert r.returncode == 0 and r.stdout.split() == ["0:0", "new"], r
+    assert "integrity" not in r.stderr, r
+    cid = kept_id(r)
+    upper_motd = os.path.join(state, "containers", cid, "upper", "etc", "motd")
+    assert os.stat(upper_motd).st_uid == 1000000000                     # written by the mapped root
+    shifted = [h for h in os.listdir(os.path.join(state, "layers"))
+               if any(n.startswith("shift-") for n in os.listdir(os.path.join(state, "layers", h)))]
+    assert bool(shifted) == (idmap == "0"), shifted
+    assert {k: v for k, v in layers_digest(state).items() if k in before} == before
+    assert cli(img, "diff", cid).stdout.splitlines() == ["C /etc", "C /etc/motd"]
