@@ -13,8 +13,9 @@ read-only root still gets its mount points) and ``container.json``.
 
 Copy-on-write: the image layers are only ever overlay *lower* directories; every write lands in
 the sandbox's own upper directory. When the sandbox's root is mapped to an unprivileged host uid
-(root launching with a uid range), the layers are used through a uid-shifted copy cached next
-to the layer (``layers/<hex>/shift-<key>``), so the layer itself is never chowned.
+(root launching with a uid range), the layers are used through idmapped mounts made by the
+supervisor (or, where the kernel cannot, a uid-shifted copy cached next to the layer,
+``layers/<hex>/shift-<maps>``), so the layer itself is never chowned.
 """
 from __future__ import annotations
 
