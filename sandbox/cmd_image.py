@@ -6,7 +6,6 @@ Errors are one line; exit status 2 for bad input (unknown image, bad archive, ba
 from __future__ import annotations
 
 import json
-import os
 
 import click
 

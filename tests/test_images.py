@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -21,10 +20,6 @@ from conftest import REPO, Runner
 
 PY = sys.executable
 HELPER = str(REPO / "tests" / "imagebuild.py")
-
-
-def _ensure_path():
-    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture
@@ -301,7 +296,6 @@ def test_whiteouts_and_opaque_dirs(env):
 
 
 def test_read_only_root_no_upper(env):
-    from policies.plan import Mount  # noqa: F401  (the spec below is built in the helper)
     runner, state, work = env
     assert cli(env, "image", "import", f"{work}/save.tar").returncode == 0
     vol = os.path.join(work, "vol")
