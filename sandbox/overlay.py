@@ -138,7 +138,8 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                 if shift:
                     os.chown(upper, root_uid, root_gid)
                     os.chown(work, root_uid, root_gid)
-            _mountpoints(mnt, lowers, getattr(fs, "mounts", ()), (root_uid, root_gid) if shift else None)
+            _mountpoints(mnt, [store.layer_diff(d) for d in reversed(rec["layers"])], getattr(fs, "mounts", ()),
+                         umap, gmap, rootless=rootless, read_only=read_only)
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
                     "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
                     "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": bool(getattr(fs, "keep", False))}
@@ -354,45 +355,68 @@ def _is_opaque(path: str) -> bool:
 
 
 class _MP:
-    def __init__(self, target: str):
-        self.target, self.type, self.source = target, "dir", None
+    def __init__(self, target: str, file: bool = False):
+        self.target, self.type, self.source = target, ("file" if file else "dir"), None
 
 
-# Mount points the launcher's root set-up always uses (fresh /proc, sysfs, /dev, /tmp).
+# Mount points the launcher's root set-up always uses (fresh /proc, sysfs, /dev, /tmp), and, for
+# a read-only root (nothing can be created later), the files a private network binds.
 STANDARD_MOUNTPOINTS = ("/proc", "/sys", "/dev", "/tmp")
+READ_ONLY_FILE_MOUNTPOINTS = ("/etc/hosts", "/etc/resolv.conf")
 
 
-def _mountpoints(mnt: str, lowers, mounts, owner) -> None:
-    """Create, in the per-sandbox top lower layer, the mount points the image lacks."""
-    for m in [_MP(t) for t in STANDARD_MOUNTPOINTS] + list(mounts or ()):
+def _mountpoints(mnt: str, lowers, mounts, umap, gmap, *, rootless: bool, read_only: bool = False) -> None:
+    """Create, in the per-sandbox top lower layer, the mount points the image lacks.
+
+    Directories of the image on the way are reproduced with the image's mode and owner (the top
+    layer's attributes are what the merged directory shows)."""
+    extra = [_MP(t) for t in STANDARD_MOUNTPOINTS]
+    if read_only:
+        extra += [_MP(t, file=True) for t in READ_ONLY_FILE_MOUNTPOINTS]
+
+    def own(p: str, uid: int, gid: int) -> None:
+        if not rootless:
+            os.chown(p, _shift(umap, uid), _shift(gmap, gid), follow_symlinks=False)
+
+    # the top layer's root directory is what "/" shows: the image's own mode and owner
+    rst = os.lstat(lowers[0]) if lowers else None
+    if rst is not None:
+        os.chmod(mnt, stat.S_IMODE(rst.st_mode))
+        own(mnt, rst.st_uid, rst.st_gid)
+
+    for m in extra + list(mounts or ()):
         target = getattr(m, "target", None)
         if not target or not target.startswith("/"):
             continue
         parts = tuple(p for p in target.split("/") if p not in ("", "."))
         if not parts or ".." in parts:
             continue
-        is_file = getattr(m, "type", "") == "bind" and bool(getattr(m, "source", None)) \
-            and os.path.isfile(m.source)
+        is_file = getattr(m, "type", "") == "file" or getattr(m, "type", "") == "bind" \
+            and bool(getattr(m, "source", None)) and os.path.isfile(m.source)
         for i in range(1, len(parts) + 1):
             sub = parts[:i]
+            last = i == len(parts)
             try:
                 st = _lookup(lowers, sub)
             except _Symlink:
-                break                            # resolved later, inside the root (safe_target)
-            last = i == len(parts)
-            if st is not None:
-                if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-                    break
-                continue
+                break                            # resolved later, inside the root
+            if st is not None and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
+                break                            # exists in the image (a file, or a symlink: its business)
+            if st is not None and last:
+                break                            # the directory exists: nothing to create
             p = os.path.join(mnt, *sub)
             if os.path.lexists(p):
+                continue
+            if st is not None:                   # an image directory on the way: same mode and owner
+                os.mkdir(p, 0o700)
+                os.chmod(p, stat.S_IMODE(st.st_mode))
+                own(p, st.st_uid, st.st_gid)
                 continue
             if last and is_file:
                 os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
             else:
                 os.mkdir(p, 0o755)
-            if owner:
-                os.chown(p, *owner, follow_symlinks=False)
+            own(p, 0, 0)
 
 
 # --------------------------------------------------------------------------- mount (sandbox PID 1)

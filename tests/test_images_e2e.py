@@ -206,3 +206,17 @@ def test_root_with_mapped_range_idmapped_or_shifted_copy(img, idmap):
     assert bool(shifted) == (idmap == "0"), shifted
     assert {k: v for k, v in layers_digest(state).items() if k in before} == before
     assert cli(img, "diff", cid).stdout.splitlines() == ["C /etc", "C /etc/motd"]
+
+
+def test_read_only_root_mount_points_keep_the_image_attributes(img):
+    """Mount points missing from a read-only image are made in a per-sandbox top layer; the image's
+    directories on the way (/, /etc) keep their mode and owner as seen inside."""
+    runner, state, work = img
+    src = os.path.join(work, "conf")
+    os.mkdir(src)
+    open(os.path.join(src, "c"), "w").write("conf\n")
+    os.chown(src, runner.uid, runner.gid)
+    r = sh(img, "stat -c '%u %a' / /etc; cat /etc/conf.d/x/c; ls /etc/conf.d",
+           "--read-only", "-v", f"{src}:/etc/conf.d/x:ro")
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines() == ["0 755", "0 755", "conf", "x"], r
