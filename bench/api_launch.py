@@ -1,0 +1,106 @@
+#!/work/main/.venv/bin/python
+"""Warm API launches of /bin/true under `strict` against bwrap, in one run (sandboxes per second).
+
+  api strict              Sandbox("strict").run(["/bin/true"]): the default API (audit on: every
+                          seccomp denial recorded through user notification; one supervisor thread
+                          per run), cgroup limits of strict (memory 1g, pids 512) created per run
+  api strict, audit off   Sandbox("strict", audit=False): filter with plain errno actions
+  api strict, no limits   as above without the cgroup limits: the isolation bwrap gives (bwrap
+                          has no cgroup limits at all)
+  bwrap + seccomp         bwrap --unshare-all --die-with-parent --new-session --cap-drop ALL,
+                          read-only /usr (+ usr-merge links), fresh /proc /dev /tmp, read-only /,
+                          and strict's own filter (exported with sandbox.seccomp.build_bpf, plain
+                          errno actions) through --seccomp FD; spawned from the same warm Python
+
+The compile + BPF work happens once in the Sandbox constructor; it is timed separately.
+Usage: bench/api_launch.py [-n RUNS]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def bench(fn, n):
+    fn()                                           # warm
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), n / sum(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=40)
+    n = ap.parse_args().n
+    from policies import plan as P
+    from sandbox.api import Sandbox
+    from sandbox.seccomp import build_bpf
+
+    t = time.perf_counter()
+    sb = Sandbox("strict")
+    t_compile = time.perf_counter() - t
+    sb_noaudit = Sandbox("strict", audit=False)
+    plan_nolimits = dataclasses.replace(sb_noaudit.plan, limits=P.Limits())
+    sb_nolimits = Sandbox.from_plan(plan_nolimits, audit=False)
+
+    def api(s):
+        def f():
+            r = s.run(["/bin/true"])
+            if r.exit_code != 0:
+                raise SystemExit(f"api run failed: {r}")
+        return f
+
+    rows = [("api strict", *bench(api(sb), n)),
+            ("api strict, audit off", *bench(api(sb_noaudit), n)),
+            ("api strict, no limits", *bench(api(sb_nolimits), n))]
+
+    bwrap = shutil.which("bwrap")
+    if bwrap:
+        bpf = build_bpf(dataclasses.replace(sb.plan.seccomp, notify_denials=False))
+        fd, path = tempfile.mkstemp()
+        os.write(fd, bpf)
+        os.close(fd)
+        argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/"]
+
+        def bw():
+            sfd = os.open(path, os.O_RDONLY)
+            try:
+                p = subprocess.run(argv + ["--seccomp", str(sfd), "/bin/true"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, pass_fds=(sfd,))
+            finally:
+                os.close(sfd)
+            if p.returncode != 0:
+                raise SystemExit(f"bwrap failed: {p.stderr.decode()[-300:]}")
+        rows.append(("bwrap + seccomp", *bench(bw, n)))
+        os.unlink(path)
+
+    print(f"compile + BPF once (constructor): {t_compile * 1000:.1f} ms   runs per row: {n}   "
+          f"({'root' if os.geteuid() == 0 else 'rootless'})")
+    print(f"{'launcher':<24} {'median ms':>10} {'per second':>11} {'vs bwrap':>9}")
+    ref = dict((r[0], r) for r in rows).get("bwrap + seccomp")
+    for name, med, rate in rows:
+        ratio = f"{rate / ref[2]:.2f}x" if ref else "-"
+        print(f"{name:<24} {med * 1000:>10.2f} {rate:>11.1f} {ratio:>9}")
+    if ref:
+        print("\nratio = sandboxes per second relative to bwrap (>= 1.00 meets the target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+#!/work/main/.venv/bin/python
+"""100 concurrent `strict` sandboxes (`sleep 2`) launched from one API process.
+
+Measures
+  * the time from the first run() call until every sandbox's program is running (PID 1's child
+    has exec'd /bin/sleep), polled from /proc every 5 ms;
+  * the supervisor memory per sandbox: PSS of this process (/proc/self/smaps_rollup) while all
+    sandboxes run, minus the PSS before, divided by N. PID 1 of each sandbox is a forked copy of
+    this process (copy-on-write); its PSS is reported separately (sum over all PID 1s / N).
+Targets (issue 8): all running within 1 s, <= 1 MiB supervisor PSS per sandbox.
+
+Usage: bench/concurrent.py [-n 100] [--audit-off] [--no-limits]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# this file is named like the stdlib package `concurrent`: take bench/ off the path
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != str(Path(__file__).resolve().parent)]
+sys.path.insert(0, str(REPO))
+
+
+def pss_kib(pid="self") -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def children(pid: int, tid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            for c in children(p, int(t)):
+                out.append(c)
+                todo.append(c)
+    return out
+
+
+def nspid(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except OSError:
+        pass
+    return []
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=100)
+    ap.add_argument("--audit-off", action="store_true")
+    ap.add_argument("--no-limits", action="store_true")
+    ap.add_argument("--sleep", default="2")
+    a = ap.parse_args()
+    from sandbox.api import Sandbox
+    sb = Sandbox("strict", audit=not a.audit_off)
+    if a.no_limits:
+        from policies import plan as P
+        sb = Sandbox.from_plan(dataclasses.replace(sb.plan, limits=P.Limits()), sb.bpf, audit=not a.audit_off)
+    threading.stack_size(256 * 1024)
+    sb.run(["/bin/true"])                                # warm: imports, caches
+    before = pss_kib()
+    results = [None] * a.n
+    go = threading.Event()
+
+    def worker(i):
+        go.wait()
+        results[i] = sb.run(["/bin/sleep", a.sleep], timeout=60)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.n)]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    go.set()
+    all_running = None
+    peak_pss = 0
+    deadline = t0 + 30
+    kinds = {}
+    while time.monotonic() < deadline:
+        desc = descendants(os.getpid())
+        if sum(1 for p in desc if comm(p) == "sleep") >= a.n:
+            all_running = time.monotonic() - t0
+            peak_pss = pss_kib()
+            for p in desc:
+                ns = nspid(p)
+                kind = "pid1" if ns[-1:] == [1] and len(ns) > 1 else ("program" if len(ns) > 1 else "supervisor")
+                kinds[kind] = kinds.get(kind, 0) + pss_kib(p)
+            break
+        time.sleep(0.005)
+    for t in threads:
+        t.join()
+    total = time.monotonic() - t0
+    bad = [r for r in results if r is None or r.exit_code != 0]
+    mode = ("root" if os.geteuid() == 0 else "rootless") + (", audit off" if a.audit_off else ", audit on") + \
+        (", no limits" if a.no_limits else ", strict limits")
+    print(f"{a.n} concurrent strict sandboxes (sleep {a.sleep}) from one API process ({mode})")
+    if all_running is None:
+        print("  not all sandboxes were running within 30 s")
+    else:
+        per = (peak_pss - before) / a.n
+        print(f"  all running after        {all_running:7.3f} s     (target <= 1 s: {all_running / 1.0:.2f}x)")
+        print(f"  supervisor PSS / sandbox {per / 1024:7.3f} MiB   (target <= 1 MiB: {per / 1024:.2f}x; "
+              f"process PSS {before / 1024:.1f} -> {peak_pss / 1024:.1f} MiB)")
+        sup = kinds.get("supervisor", 0)
+        if sup:
+            print(f"  per-run supervisor PSS   {sup / a.n / 1024:7.3f} MiB   (forked per run: the caller is "
+                  f"multi-threaded; total with the API process "
+                  f"{(peak_pss - before + sup) / a.n / 1024:.3f} MiB/sandbox)")
+        print(f"  PID 1 PSS / sandbox      {kinds.get('pid1', 0) / a.n / 1024:7.3f} MiB   (forked copies of the "
+              f"supervisor)")
+    print(f"  all ended after          {total:7.3f} s; failures: {len(bad)}")
+    if bad:
+        print("  first failure:", bad[0])
+
+
+if __name__ == "__main__":
+    main()
