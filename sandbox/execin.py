@@ -415,10 +415,14 @@ def run_tty(plan, bpf, argv, runopts) -> int:
             saved = None
     old = signal.signal(signal.SIGWINCH, winsize)
     t = threading.Thread(target=pump, daemon=True)
-    t.start()
+
+    def on_event(etype, **fields):
+        if etype == "sandbox_start" and not t.is_alive():
+            t.start()                            # after the clone: PID 1 is never cloned from a threaded process
+        return sess.emit(etype, **fields)
     try:
         result = launch(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
-                        on_event=sess.emit, stdin=devnull, stdout=devnull, stderr=devnull, console=child)
+                        on_event=on_event, stdin=devnull, stdout=devnull, stderr=devnull, console=child)
         code, message = result.exit_code, result.message
     except LaunchError as e:
         code, message = e.code, f"pysandbox: {e}"
@@ -428,7 +432,8 @@ def run_tty(plan, bpf, argv, runopts) -> int:
             parent.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        t.join(5)
+        if t.ident is not None:
+            t.join(5)
         signal.signal(signal.SIGWINCH, old)
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
