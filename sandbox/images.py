@@ -268,16 +268,23 @@ class Store:
             return dst
 
 
+def _chmod_dir(p: str) -> None:
+    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)   # never through a symlink
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def rmtree(path: str) -> None:
     """Remove a tree, also one with unwritable directories (overlay work dirs, 0555 dirs in layers)."""
     def onerror(func, p, exc):
         if isinstance(exc[1], FileNotFoundError):
             return
         with contextlib.suppress(OSError):
-            parent = os.path.dirname(p)
-            os.chmod(parent, 0o700)
+            _chmod_dir(os.path.dirname(p))
             if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
+                _chmod_dir(p)
                 shutil.rmtree(p, onerror=_ignore)
                 return
             func(p)
@@ -489,6 +496,10 @@ class Extractor:
                 return
             raise self.fail(orig, "empty name")
         base = parts[-1]
+        if not ti.isdir() and self.dirs:     # a directory replaced by a non-directory: forget its metadata
+            n = len(parts)
+            for k in [k for k in self.dirs if k[:n] == parts]:
+                del self.dirs[k]
         if base.startswith(WHITEOUT_PREFIX):
             return self._whiteout(parts, orig)
         pfd = self.parent_fd(parts, orig)
