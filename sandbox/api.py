@@ -265,6 +265,8 @@ def _launch_forked(plan, argv, *, bpf, sandbox_id, name, on_event, stdin, stdout
     pid = os.fork()
     if pid == 0:                                   # the per-run supervisor
         try:
+            import gc
+            gc.disable()                           # a collection would touch (copy) every shared page
             os.close(r)
             import prctl
             import signal
