@@ -439,7 +439,7 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
                            loc(("network",)))
     if mode == "none" and ports:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
-    return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "allow"),
+    return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "deny" if rules else "allow"),
                      egress_allow=rules)
 
 

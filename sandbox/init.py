@@ -10,10 +10,13 @@ Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> |
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
 import socket
+import struct
+import termios
 
 import prctl
 
@@ -156,6 +159,24 @@ def _mapped(idmap, ident: int) -> bool:
     return any(e.inside <= ident < e.inside + e.count for e in idmap)
 
 
+def _console(sock) -> None:
+    """New session whose controlling terminal is a fresh pty of the sandbox's own devpts instance;
+    the master goes to the supervisor over `sock` (the runc console-socket pattern)."""
+    os.setsid()
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))      # TIOCSPTLCK: unlockpt
+    n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0" * 4))[0]    # TIOCGPTN
+    slave = os.open(f"/dev/pts/{n}", os.O_RDWR)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    socket.send_fds(sock, [b"T"], [master])
+    os.close(master)
+    sock.close()
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    if slave > 2:
+        os.close(slave)
+
+
 def _exec_program(ctx, err_w: int) -> None:
     """In the program's process: session, limits, identity, capabilities, no_new_privs,
     descriptors, seccomp (last), execve. Never returns."""
@@ -163,7 +184,10 @@ def _exec_program(ctx, err_w: int) -> None:
     stage = "prepare"
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
-        if plan.process.new_session:
+        if getattr(ctx, "console", None) is not None:
+            stage = "tty"
+            _console(ctx.console)                # run -t: a pty of the sandbox's devpts, our terminal
+        elif plan.process.new_session:
             os.setsid()                          # no controlling terminal: no TIOCSTI into ours
         for r in plan.process.rlimits:
             stage = f"ulimit:{r.name}"           # e.g. raising a hard limit needs CAP_SYS_RESOURCE

@@ -128,7 +128,8 @@ def _write_maps(pid: int, plan, rootless: bool) -> None:
 
 def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
            name: Optional[str] = None, on_event: Optional[Callable] = None,
-           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None) -> Result:
+           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
+           console=None) -> Result:
     """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends."""
     started = time.monotonic()
     rootless = os.geteuid() != 0
@@ -168,7 +169,8 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                 or plan.network.egress_default == "deny":
             from . import network
             try:
-                net = network.prepare(plan.network, sandbox_id, name, rootless=rootless)
+                net = network.prepare(plan.network, sandbox_id, name, rootless=rootless,
+                                      hostname=plan.process.hostname)
             except network.NetworkError as e:
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
             if net is not None:
@@ -185,6 +187,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
             if on:
                 flags |= flag
         ctx.stdio = (stdin, stdout, stderr)
+        ctx.console = console        # socket: the program sends its pty master back (run -t)
         try:
             pid = _sys.clone_fork(flags)
         except OSError as e:
