@@ -231,7 +231,9 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> No
         os.setsid()
         if slave_name is not None:
             os.close(master)
-            s = os.open(slave_name, os.O_RDWR)       # first tty opened after setsid: ours
+            s = os.open(slave_name, os.O_RDWR | os.O_NOFOLLOW)   # first tty opened after setsid: ours
+            if not 136 <= os.major(os.fstat(s).st_rdev) <= 143:   # UNIX98 pty slaves
+                raise OSError(errno.EPERM, f"{slave_name} is not a pty slave")
             fcntl.ioctl(s, termios.TIOCSCTTY, 0)
             for t in (0, 1, 2):
                 os.dup2(s, t)
@@ -276,10 +278,15 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> No
 
 def _open_pty() -> tuple[int, str]:
     """A pty of the sandbox's devpts instance (/dev/ptmx -> pts/ptmx inside)."""
+    import stat
     try:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise ExecError(f"tty: cannot open /dev/ptmx inside the sandbox: {e.strerror}") from None
+    st = os.fstat(master)
+    if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != 5 or os.minor(st.st_rdev) != 2:
+        os.close(master)                         # the sandbox replaced its /dev/ptmx: refuse it
+        raise ExecError("tty: /dev/ptmx inside the sandbox is not the pty multiplexer; refusing it")
     fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))      # TIOCSPTLCK: unlockpt
     n = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0" * 4))[0]    # TIOCGPTN
     return master, f"/dev/pts/{n}"
