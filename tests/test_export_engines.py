@@ -298,7 +298,13 @@ def _host_pid_of(marker: str, deadline: float) -> int | None:
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if marker.encode() in argv and argv[0].endswith(b"python3"):
+            # the container's program, not a host process whose command line carries the marker
+            # (the export command itself): it lives in a pid namespace of its own
+            try:
+                own_ns = os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+            except OSError:
+                continue
+            if marker.encode() in argv and argv[0].endswith(b"python3") and own_ns:
                 return int(pid)
         time.sleep(0.05)
     return None
@@ -306,11 +312,15 @@ def _host_pid_of(marker: str, deadline: float) -> int | None:
 
 def _cgroup_file(pid: int, controller: str, name: str) -> str:
     with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            _, ctrls, path = line.rstrip("\n").split(":", 2)
-            if controller in ctrls.split(","):
+        text = f.read()
+    for line in text.splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if controller in ctrls.split(","):
+            try:
                 with open(f"/sys/fs/cgroup/{controller}{path}/{name}") as g:
                     return g.read().strip()
+            except FileNotFoundError:
+                raise AssertionError(f"pid {pid}: no {controller}{path}/{name}; /proc/{pid}/cgroup:\n{text}") from None
     raise AssertionError(f"pid {pid} is in no {controller} cgroup")
 
 
