@@ -297,7 +297,7 @@ def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
                     for t in ("cgroup", "time"):
                         if t in ns:
                             merged[t] = ns[t]
-                    state.update(name, status="running", program_pid=prog,
+                    state.update(name, _only_if_status=("starting",), status="running", program_pid=prog,
                                  program_start=state.proc_starttime(prog), namespaces=merged,
                                  program_namespaces=ns)
                 except StateError:

@@ -137,10 +137,13 @@ def read(name: str) -> dict:
     return data
 
 
-def update(name: str, **fields) -> dict:
-    """Read-modify-write under the lock; returns the new state."""
+def update(name: str, _only_if_status: Optional[tuple] = None, **fields) -> dict:
+    """Read-modify-write under the lock; returns the new state. With _only_if_status, nothing is
+    written unless the current status is one of those."""
     with locked(name) as d:
         data = read(name)
+        if _only_if_status is not None and data.get("status") not in _only_if_status:
+            return data
         data.update(fields)
         _write(d, data)
         return data
