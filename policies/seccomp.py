@@ -162,80 +162,16 @@ def _atom_not(a) -> list:
     return out
 
 
-def _term_and(t1: tuple, t2: tuple) -> list:
-    d1, d2 = dict(t1), dict(t2)
-    fixed = {i: [a] for i, a in d1.items() if i not in d2}
-    fixed.update({i: [a] for i, a in d2.items() if i not in d1})
-    for i in set(d1) & set(d2):
-        r = _atom_and(d1[i], d2[i])
-        if not r:
-            return []
-        fixed[i] = r
-    keys = sorted(fixed)
-    out = []
-    for combo in itertools.product(*(fixed[k] for k in keys)):
-        out.append(tuple((k, a) for k, a in zip(keys, combo) if not _is_full(a)))
-    return out
-
-
-def _term_subset(t1: tuple, t2: tuple) -> bool:
-    d1 = dict(t1)
-    for i, b in t2:
-        a = d1.get(i)
-        if a is None or not _atom_subset(a, b):
-            return False
-    return True
-
-
-def _simplify(region: list) -> list:
-    uniq = list(dict.fromkeys(region))
-    if () in uniq:
-        return [()]
-    uniq.sort(key=len)
-    out: list = []
-    for t in uniq:
-        if not any(_term_subset(t, k) for k in out):
-            out.append(t)
-    return out
-
-
 class TooComplex(Exception):
-    """The argument conditions of one syscall do not fit libseccomp's rule model
-    within MAX_TERMS rules (pathological mixes of ranges and bit masks)."""
+    """One syscall's argument conditions need more than MAX_RULES libseccomp rules."""
 
 
-MAX_TERMS = 256
-
-
-def _region_and(r1: list, r2: list) -> list:
-    out = []
-    for a in r1:
-        for b in r2:
-            out.extend(_term_and(a, b))
-            if len(out) > 4 * MAX_TERMS:
-                raise TooComplex()
-    out = _simplify(out)
-    if len(out) > MAX_TERMS:
-        raise TooComplex()
-    return out
-
-
-def _term_not(t: tuple) -> list:
-    out = []
-    for i, a in t:
-        out.extend(((i, n),) for n in _atom_not(a))
-    return out
-
-
-def _region_minus(r: list, s: list) -> list:
-    for t in s:
-        if not r:
-            break
-        r = _region_and(r, _term_not(t))
-    return r
+MAX_RULES = 128
+MAX_PIECES = 1024
 
 
 def _cond_atoms(c: ArgCond) -> list:
+    """The values of one comparison, as a union of atoms."""
     v = c.value
     if c.op == "eq":
         return [("I", v, v)]
@@ -254,63 +190,211 @@ def _cond_atoms(c: ArgCond) -> list:
     raise ValueError(c.op)
 
 
-def region_of(conds: Iterable[ArgCond]) -> list:
-    """The region where all the conditions hold."""
-    region: list = [()]
+def _union_and(u1: list, u2: list) -> list:
+    return [x for a in u1 for b in u2 for x in _atom_and(a, b)]
+
+
+def conditions_by_index(conds: Iterable[ArgCond]) -> Optional[dict]:
+    """{index: union of atoms} (AND of the comparisons per index); None if unsatisfiable."""
+    out: dict[int, list] = {}
     for c in conds:
-        region = _region_and(region, [((c.index, a),) if not _is_full(a) else () for a in _cond_atoms(c)])
-    return region
+        u = _cond_atoms(c)
+        out[c.index] = _union_and(out[c.index], u) if c.index in out else u
+        if not out[c.index]:
+            return None
+    return {i: u for i, u in out.items() if FULL not in u}
 
 
-def _merge_ne(region: list) -> list:
-    """Join terms that differ only by the two halves of `!= v` at one index."""
-    terms = [dict(t) for t in region]
+def _expressible(a) -> bool:
+    """One libseccomp comparison can say it."""
+    if a[0] != "I":
+        return True
+    return a[1] == a[2] or a[1] == 0 or a[2] == MAX64
+
+
+def _cube(a) -> tuple[int, int]:
+    if a[0] == "C":
+        return a[1], a[2]
+    assert a[1] == a[2]
+    return MAX64, a[1]
+
+
+def _partition(unions: list[list]) -> list:
+    """Disjoint single-comparison pieces covering all 64-bit values, each piece inside or
+    outside every atom of every union."""
+    atoms = {a for u in unions for a in u}
+    if all(a[0] == "I" for a in atoms):
+        cuts = {0}
+        for a in atoms:
+            cuts.add(a[1])
+            if a[2] < MAX64:
+                cuts.add(a[2] + 1)
+        cuts = sorted(cuts) + [MAX64 + 1]
+        pieces = []
+        for lo, nxt in zip(cuts, cuts[1:]):
+            p = ("I", lo, nxt - 1)
+            pieces.extend([p] if _expressible(p) else _prefix_cubes(lo, nxt - 1))
+        return pieces
+    cubes: list[tuple[int, int]] = []
+    for a in atoms:
+        if a[0] == "C" or a[1] == a[2]:
+            cubes.append(_cube(a))
+        else:
+            cubes.extend(_cube(p) for p in _prefix_cubes(a[1], a[2]))
+    pieces = [(0, 0)]
+    for am, av in sorted(set(cubes), key=lambda c: (-bin(c[0]).count("1"), c)):
+        new = []
+        for xm, xv in pieces:
+            if (xv ^ av) & xm & am:
+                new.append((xm, xv))
+                continue
+            new.append((xm | am, xv | (av & am)))
+            fixed = 0
+            for bit in range(63, -1, -1):
+                b = 1 << bit
+                if am & b and not xm & b:
+                    new.append((xm | fixed | b, (xv | (av & fixed) | (~av & b)) & (xm | fixed | b)))
+                    fixed |= b
+        pieces = new
+        if len(pieces) > MAX_PIECES:
+            raise TooComplex()
+    return [_norm(("C", m, v)) for m, v in pieces]
+
+
+def _cube_complement(c) -> list:
+    """Disjoint cubes covering everything outside cube c."""
+    m, v = c[1], c[2]
+    out, fixed = [], 0
+    for bit in range(63, -1, -1):
+        b = 1 << bit
+        if m & b:
+            out.append(_norm(("C", fixed | b, (v & fixed) | (~v & b))))
+            fixed |= b
+    return out
+
+
+def _inside(piece, union: list) -> bool:
+    return any(_atom_subset(piece, a) for a in union)
+
+
+def _merge_pieces(pieces: list) -> list:
+    """Union of sibling pieces that lead to the same decision, in as few comparisons as possible."""
+    ints = sorted(p for p in pieces if p[0] == "I")
+    cubes = {_cube(p) for p in pieces if p[0] == "C"}
+    out = []
+    # adjacent intervals whose union is still one comparison
+    run: list = []
+    def flush():
+        if not run:
+            return
+        lo, hi = run[0][1], run[-1][2]
+        m = ("I", lo, hi)
+        if len(run) > 1 and _expressible(m):
+            out.append(m)
+        else:
+            out.extend(run)
+    for p in ints:
+        if run and run[-1][2] + 1 == p[1]:
+            run.append(p)
+        else:
+            flush()
+            run = [p]
+    flush()
+    # x != v: everything but one point
+    lows = [p for p in out if p[0] == "I" and p[1] == 0 and p[2] < MAX64]
+    highs = [p for p in out if p[0] == "I" and p[2] == MAX64 and p[1] > 0]
+    for lo in lows:
+        for hi in highs:
+            if lo[2] + 2 == hi[1] and lo in out and hi in out:
+                out.remove(lo)
+                out.remove(hi)
+                out.append(("NE", lo[2] + 1))
+    # cubes differing in one fixed bit merge (Quine-McCluskey step)
     changed = True
     while changed:
         changed = False
-        for x, y in itertools.combinations(range(len(terms)), 2):
-            tx, ty = terms[x], terms[y]
-            if tx.keys() != ty.keys():
-                continue
-            diff = [i for i in tx if tx[i] != ty[i]]
-            if len(diff) != 1:
-                continue
-            i = diff[0]
-            a, b = sorted((tx[i], ty[i]))
-            if a[0] == b[0] == "I" and a[1] == 0 and b[2] == MAX64 and a[2] + 2 == b[1]:
-                merged = dict(tx)
-                merged[i] = ("NE", a[2] + 1)
-                terms = [t for k, t in enumerate(terms) if k not in (x, y)] + [merged]
+        for (m1, v1), (m2, v2) in itertools.combinations(sorted(cubes), 2):
+            d = v1 ^ v2
+            if m1 == m2 and d and d & (d - 1) == 0 and d & m1:
+                cubes -= {(m1, v1), (m2, v2)}
+                cubes.add((m1 & ~d, v1 & ~d))
                 changed = True
                 break
-    return [tuple(sorted(t.items())) for t in terms]
+    out.extend(_norm(("C", m, v)) for m, v in sorted(cubes))
+    return out
 
 
-def _emit_conds(term: tuple) -> list[tuple[ArgCond, ...]]:
-    """One term -> one or more libseccomp-ready comparison tuples (one per arg)."""
-    options = []
-    for i, a in term:
-        if a[0] == "NE":
-            options.append([ArgCond(i, "ne", a[1])])
-        elif a[0] == "I":
-            lo, hi = a[1], a[2]
-            if lo == hi:
-                options.append([ArgCond(i, "eq", lo)])
-            elif lo == 0:
-                options.append([ArgCond(i, "le", hi)])
-            elif hi == MAX64:
-                options.append([ArgCond(i, "ge", lo)])
-            else:
-                options.append([_cube_cond(i, c) for c in _prefix_cubes(lo, hi)])
-        else:
-            options.append([_cube_cond(i, a)])
-    return [tuple(combo) for combo in itertools.product(*options)]
+def _tree(entries: list, default_key: tuple, budget: list):
+    """Decision tree: ("L", key) or ("S", index, ((piece, child), ...)).
+    entries: [(key, {index: union})] strongest first; the first whose conditions all hold decides."""
+    if not entries:
+        return ("L", default_key)
+    if not entries[0][1]:
+        return ("L", entries[0][0])
+    idx = min(i for _, conds in entries for i in conds)
+    unions = [conds[idx] for _, conds in entries if idx in conds]
+    children = []
+    for piece in _partition(unions):
+        sub = []
+        for key, conds in entries:
+            if idx in conds:
+                if not _inside(piece, conds[idx]):
+                    continue
+                conds = {i: u for i, u in conds.items() if i != idx}
+            sub.append((key, conds))
+            if not conds:
+                break                    # unconditional here: shadows the rest
+        children.append((piece, _tree(sub, default_key, budget)))
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TooComplex()
+    groups: dict = {}
+    for piece, child in children:
+        groups.setdefault(child, []).append(piece)
+    if len(groups) == 1:
+        return next(iter(groups))
+    per = {child: _merge_pieces(pieces) for child, pieces in groups.items()}
+    if len(per) == 2:                    # one side a single cube: the other is its complement
+        (c1, p1), (c2, p2) = per.items()
+        for (ca, pa), (cb, pb) in (((c1, p1), (c2, p2)), ((c2, p2), (c1, p1))):
+            if len(pa) == 1 and pa[0][0] == "C":
+                alt = _cube_complement(pa[0])
+                if len(alt) < len(pb):
+                    per[cb] = alt
+    merged = []
+    for child, pieces in per.items():
+        merged.extend((p, child) for p in pieces)
+    merged.sort(key=lambda pc: repr(pc[0]))
+    return ("S", idx, tuple(merged))
 
 
-def _cube_cond(i: int, c) -> ArgCond:
-    if c[0] == "I":
-        return ArgCond(i, "eq", c[1])
-    return ArgCond(i, "masked_eq", c[2], c[1])
+def _piece_cond(i: int, p) -> Optional[ArgCond]:
+    if p[0] == "NE":
+        return ArgCond(i, "ne", p[1])
+    if p[0] == "C":
+        return ArgCond(i, "masked_eq", p[2], p[1])
+    lo, hi = p[1], p[2]
+    if lo == 0 and hi == MAX64:
+        return None
+    if lo == hi:
+        return ArgCond(i, "eq", lo)
+    if lo == 0:
+        return ArgCond(i, "le", hi)
+    if hi == MAX64:
+        return ArgCond(i, "ge", lo)
+    raise AssertionError(f"interval {p} is not one comparison")
+
+
+def _emit(name: str, node, default_key: tuple, path: tuple, out: list) -> None:
+    if node[0] == "L":
+        key = node[1]
+        if key != default_key:
+            out.append(SyscallRule(name=name, action=key[0], errno=key[1], args=path))
+        return
+    _, idx, children = node
+    for piece, child in children:
+        c = _piece_cond(idx, piece)
+        _emit(name, child, default_key, path + ((c,) if c else ()), out)
 
 
 # =====================================================================================
@@ -333,54 +417,37 @@ class Entry:
 
 
 def resolve_entries(entries: list[Entry], default_action: str, default_errno: Optional[int]) -> list[SyscallRule]:
-    """Turn prioritised, possibly overlapping rules into disjoint libseccomp rules.
-    Raises TooComplex(name) when one syscall's conditions do not fit."""
+    """Prioritised, possibly overlapping rules -> rules libseccomp evaluates exactly.
+
+    Per syscall a decision tree is built over the arguments in ascending index order
+    (the order libseccomp's own tree uses); sibling comparisons are disjoint, so
+    libseccomp's "first true comparison commits" evaluation gives the intended answer.
+    Raises TooComplex(name) when one syscall would need more than MAX_RULES rules."""
     by_name: dict[str, list[Entry]] = {}
     for e in entries:
         by_name.setdefault(e.name, []).append(e)
     default_key = (default_action, default_errno if default_action == "errno" else None)
     out: list[SyscallRule] = []
     for name in sorted(by_name):
+        es = sorted(by_name[name], key=Entry.key, reverse=True)
+        prepared = []
+        for e in es:
+            conds = conditions_by_index(e.args)
+            if conds is None:
+                continue                 # can never match
+            prepared.append(((e.action, e.errno if e.action in ("errno", "notify") else None), conds))
+            if not conds:
+                break                    # unconditional: nothing weaker matters
         try:
-            out.extend(_resolve_one(name, by_name[name], default_key))
+            tree = _tree(prepared, default_key, [4 * MAX_RULES])
+            rules: list[SyscallRule] = []
+            _emit(name, tree, default_key, (), rules)
         except TooComplex:
             raise TooComplex(name) from None
-    return sort_rules(out)
-
-
-def _resolve_one(name: str, entries: list[Entry], default_key: tuple) -> list[SyscallRule]:
-    es = sorted(entries, key=Entry.key, reverse=True)
-    if len(es) == 1 or all(not e.args for e in es):
-        # the common case: the first (strongest) unconditional rule decides alone
-        e = es[0]
-        if (e.action, e.errno) == default_key:
-            return []
-        if not e.args:
-            return [SyscallRule(name=name, action=e.action, errno=e.errno)]
-    regions: dict[tuple, list] = {}
-    earlier: list[tuple[tuple, list]] = []
-    for e in es:
-        akey = (e.action, e.errno)
-        whole = r = region_of(e.args)
-        for k, other in earlier:
-            if k != akey and r:
-                r = _region_minus(r, other)
-        earlier.append((akey, whole))
-        if r:
-            regions[akey] = _simplify(regions.get(akey, []) + r)
-        if () in whole:
-            break               # everything below is shadowed
-    out: list[SyscallRule] = []
-    for akey in sorted(regions, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
-        if akey == default_key:
-            continue
-        action, err = akey
-        for term in _merge_ne(regions[akey]):
-            for conds in _emit_conds(term):
-                out.append(SyscallRule(name=name, action=action, errno=err, args=conds))
-        if len(out) > MAX_TERMS:
+        if len(rules) > MAX_RULES:
             raise TooComplex(name)
-    return out
+        out.extend(rules)
+    return sort_rules(out)
 
 
 def sort_rules(rules: Iterable[SyscallRule]) -> list[SyscallRule]:
@@ -389,10 +456,6 @@ def sort_rules(rules: Iterable[SyscallRule]) -> list[SyscallRule]:
                 tuple((c.index, OPS.index(c.op), c.value, c.mask) for c in r.args))
     return sorted(set(rules), key=k)
 
-
-# =====================================================================================
-# Section parsing
-# =====================================================================================
 
 def parse_int(v, what: str) -> int:
     """An argument value: int or string ('0x7e020000', '40', '-100'); 64-bit two's complement."""
@@ -651,7 +714,7 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
         rules = resolve_entries(entries, default_action, default_errno)
     except TooComplex as e:
         ctx.fail(f"seccomp: the argument conditions for {e.args[0]!r} are too complex for libseccomp "
-                 f"(more than {MAX_TERMS} rules); simplify them")
+                 f"(more than {MAX_RULES} rules); simplify them")
     return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
                    rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify)
 

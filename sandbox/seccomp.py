@@ -57,7 +57,7 @@ def needs_listener(s, *, notify_enosys: bool = False) -> bool:
     return any(_notified(r.action, r.errno, s.notify_denials, notify_enosys) for r in s.rules)
 
 
-def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
+def build_bpf(s, *, notify_enosys: bool = False, timeout: float = 20.0) -> bytes:
     """Compile plan.Seccomp into a BPF program (bytes, 8 per instruction).
 
     With s.notify_denials, errno rules (and an errno default) become
@@ -65,11 +65,68 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
     the rule's errno (see Decider). ENOSYS answers - unlisted syscalls and feature
     probes such as clone3 - stay plain errno unless notify_enosys is set: they are
     compatibility answers, and glibc probes clone3 at every thread start.
-    Returns b"" when seccomp is disabled.
+    Returns b"" when seccomp is disabled. Raises ValueError when libseccomp refuses.
+
+    libseccomp runs in a forked child: libseccomp 2.5.4 can loop forever on some mixes
+    of 64-bit masked comparisons, and a profile must never hang the launcher.
     """
     if not s.enabled:
         return b""
-    import pyseccomp  # lazy: only on a cache miss
+    import pyseccomp  # noqa: F401  lazy: only on a cache miss; imported before the fork
+    import select
+    import signal
+    import time
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:                                   # child: build, write, exit
+        code = 0
+        try:
+            os.close(r)
+            try:
+                out = b"B" + _build_bpf_here(s, notify_enosys)
+            except Exception as e:  # noqa: BLE001 - reported to the parent
+                out, code = b"E" + str(e).encode(errors="replace"), 1
+            view = memoryview(out)
+            while view:
+                n = os.write(w, view)
+                view = view[n:]
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise ValueError(f"seccomp: libseccomp did not finish building the filter in {timeout:g}s "
+                                 "(libseccomp 2.5 can loop on some 64-bit masked_eq combinations); "
+                                 "simplify the argument conditions")
+            b = os.read(r, 1 << 16)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(r)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # pragma: no cover - someone else reaped it
+            pass
+    out = b"".join(chunks)
+    if out[:1] == b"E":
+        raise ValueError(out[1:].decode(errors="replace"))
+    bpf = out[1:]
+    if out[:1] != b"B" or not bpf or len(bpf) % 8:
+        raise ValueError("seccomp: libseccomp produced no usable BPF program")
+    if len(bpf) // 8 > 4096:
+        raise ValueError(f"seccomp: the filter has {len(bpf) // 8} instructions, the kernel allows 4096")
+    return bpf
+
+
+def _build_bpf_here(s, notify_enosys: bool) -> bytes:
+    import pyseccomp
 
     def act(action, errno):
         if _notified(action, errno, s.notify_denials, notify_enosys):
@@ -103,11 +160,77 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
     finally:
         os.close(fd)
     bpf = b"".join(chunks)
-    if not bpf or len(bpf) % 8:
-        raise ValueError("seccomp: libseccomp produced no usable BPF program")
-    if len(bpf) // 8 > 4096:
-        raise ValueError(f"seccomp: filter has {len(bpf) // 8} instructions, the kernel allows 4096")
+    verify_bpf(s, bpf, notify_enosys)
     return bpf
+
+
+def _probe_values(conds) -> list[int]:
+    M64 = 0xFFFFFFFFFFFFFFFF
+    vals = {0, 1, M64, M64 - 1, 0xFFFFFFFF, 0x100000000}
+    for c in conds:
+        if c.op == "masked_eq":
+            m, v = c.mask, c.value
+            bits = [1 << b for b in range(64) if m >> b & 1]
+            vals.update({v, v | (~m & M64), m | v, (v ^ m) & M64})
+            for b in bits[:12] + bits[-12:]:
+                vals.update({v ^ b, (v | (~m & M64)) ^ b})
+        else:
+            vals.update({c.value, (c.value - 1) & M64, (c.value + 1) & M64})
+    return sorted(vals)
+
+
+def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 20000) -> None:
+    """Check the generated program against the plan at the boundary values of every
+    argument condition (and every named syscall once). libseccomp 2.5 builds wrong
+    argument trees for some rule shapes; a wrong filter must never be loaded."""
+    import itertools
+    import random
+    import pyseccomp
+    from policies.seccomp import cond_matches
+
+    prog = decode_bpf(bpf)
+
+    def expected(rules, args):
+        for r in rules:
+            if all(cond_matches(c, args[c.index]) for c in r.args):
+                return r.action, r.errno
+        return s.default_action, s.default_errno
+
+    def ret(action, errno):
+        if _notified(action, errno, s.notify_denials, notify_enosys):
+            return RET_USER_NOTIF
+        return _act(action, errno)
+
+    by_name: dict[str, list] = {}
+    for r in s.rules:
+        by_name.setdefault(r.name, []).append(r)
+    rng = random.Random(0)
+    budget = limit
+    for name, rules in sorted(by_name.items()):
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        idxs = sorted({c.index for r in rules for c in r.args})
+        per = [_probe_values([c for r in rules for c in r.args if c.index == i]) for i in idxs]
+        total = 1
+        for p in per:
+            total *= len(p)
+        if total <= 2000:
+            combos = itertools.product(*per)
+        else:
+            combos = (tuple(rng.choice(p) for p in per) for _ in range(2000))
+        for combo in combos:
+            args = [0] * 6
+            for i, v in zip(idxs, combo):
+                args[i] = v
+            want = ret(*expected(rules, args))
+            got = run_bpf(prog, nr, args)
+            if got != want:
+                shown = ", ".join(hex(a) for a in args[:max(idxs) + 1]) if idxs else ""
+                raise ValueError(f"seccomp: libseccomp built a wrong filter for {name}({shown}) "
+                                 f"(answers {got:#x}, the policy says {want:#x}); "
+                                 f"simplify the argument conditions of {name}")
+            budget -= 1
+            if budget <= 0:
+                return
 
 
 def install(bpf: bytes, *, listener: bool = False, log: bool = False) -> Optional[int]:
@@ -172,14 +295,20 @@ def native_audit_arch() -> int:
     return AUDIT_ARCH[platform.machine()]
 
 
-def run_bpf(bpf: bytes, nr: int, args: Iterable[int] = (), arch: Optional[int] = None,
-            ip: int = 0) -> int:
-    """Evaluate a seccomp BPF program; returns the SECCOMP_RET_* value."""
+def decode_bpf(bpf: bytes) -> list[tuple[int, int, int, int]]:
     import struct
+    return [struct.unpack_from("<HBBI", bpf, i) for i in range(0, len(bpf), 8)]
+
+
+def run_bpf(bpf, nr: int, args: Iterable[int] = (), arch: Optional[int] = None,
+            ip: int = 0) -> int:
+    """Evaluate a seccomp BPF program (bytes, or decode_bpf() output); returns the
+    SECCOMP_RET_* value the kernel would act on."""
+    import struct
+    prog = decode_bpf(bpf) if isinstance(bpf, (bytes, bytearray)) else bpf
     a6 = (list(args) + [0] * 6)[:6]
     data = struct.pack("<iIQ6Q", nr, native_audit_arch() if arch is None else arch, ip,
                        *[x & 0xFFFFFFFFFFFFFFFF for x in a6])
-    prog = [struct.unpack_from("<HBBI", bpf, i) for i in range(0, len(bpf), 8)]
     A = X = 0
     mem = [0] * 16
     pc = 0
