@@ -269,9 +269,10 @@ class Store:
 
 
 def _chmod_dir(p: str) -> None:
-    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)   # never through a symlink
+    # O_PATH: works on a mode 000 directory; O_NOFOLLOW: never through a symlink
+    fd = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.fchmod(fd, 0o700)
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
     finally:
         os.close(fd)
 
