@@ -271,6 +271,10 @@ def _launch_forked(plan, argv, *, bpf, sandbox_id, name, on_event, stdin, stdout
             import prctl
             import signal
             prctl.set_pdeathsig(signal.SIGKILL)    # dies with the calling thread
+            try:
+                signal.set_wakeup_fd(-1)           # not the caller's event loop's wake-up pipe
+            except (ValueError, OSError):
+                pass
             lock = threading.Lock()
 
             def send(msg) -> None:
