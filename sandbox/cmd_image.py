@@ -109,6 +109,18 @@ def image_history(name, no_trunc, as_json):
     _table(rows)
 
 
+@image.command("inspect", help="An image's record (id, layers with sizes, history, config) as JSON.")
+@click.argument("names", nargs=-1, required=True)
+def image_inspect(names):
+    st = _store()
+    out = []
+    for name in names:
+        n, rec = _run(st.resolve, name)
+        layers = [dict(_run(st.layer_info, d), digest=d, path=st.layer_diff(d)) for d in rec["layers"]]
+        out.append(dict(rec, name=n, layers=layers, size=sum(l.get("size", 0) for l in layers)))
+    click.echo(json.dumps(out, indent=1, sort_keys=True))
+
+
 @image.command("rm", help="Remove images (layers no other image or kept container uses are deleted).")
 @click.argument("names", nargs=-1, required=True)
 def image_rm(names):

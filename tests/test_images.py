@@ -457,3 +457,15 @@ def test_stale_writable_layers_of_dead_supervisors_are_reclaimed(env):
     prepare(env, "third")
     assert sorted(os.listdir(os.path.join(state, "containers"))) == ["next", "third"]
     assert s
+
+
+def test_image_inspect(env):
+    runner, state, work = env
+    assert cli(env, "image", "import", f"{work}/oci", "bb").returncode == 0
+    r = cli(env, "image", "inspect", "bb")
+    assert r.returncode == 0, r
+    rec = json.loads(r.stdout)[0]
+    assert rec["name"] == "bb:latest" and rec["format"] == "oci" and len(rec["layers"]) == 3
+    assert rec["config"]["Cmd"] == ["/bin/sh"] and rec["size"] == sum(l["size"] for l in rec["layers"])
+    assert all(os.path.isdir(l["path"]) for l in rec["layers"])
+    assert cli(env, "image", "inspect", "nope").returncode == 2
