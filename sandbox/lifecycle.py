@@ -214,6 +214,13 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         os.dup2(devnull, 0)
         os.dup2(sup_log, 1)
         os.dup2(sup_log, 2)
+        for fdname in os.listdir("/proc/self/fd"):  # nothing of the caller's stays open in the background
+            fd = int(fdname)
+            if fd > 2 and fd not in (notify_w, devnull, sup_log):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         out = os.open(os.path.join(d, "stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
