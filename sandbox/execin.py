@@ -34,6 +34,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import termios
@@ -278,7 +279,6 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> No
 
 def _open_pty() -> tuple[int, str]:
     """A pty of the sandbox's devpts instance (/dev/ptmx -> pts/ptmx inside)."""
-    import stat
     try:
         master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
