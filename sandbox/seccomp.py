@@ -133,13 +133,16 @@ def _build_bpf_here(s, notify_enosys: bool) -> bytes:
             return RET_USER_NOTIF
         return _act(action, errno)
 
-    f = pyseccomp.SyscallFilter(act(s.default_action, s.default_errno))
+    default = act(s.default_action, s.default_errno)
+    f = pyseccomp.SyscallFilter(default)
     f.set_attr(pyseccomp.Attr.ACT_BADARCH, RET_KILL_PROCESS)
     try:
         f.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)     # binary tree over syscall numbers
     except OSError:  # pragma: no cover - older libseccomp
         pass
     for r in s.rules:
+        if act(r.action, r.errno) == default:
+            continue                # libseccomp refuses rules that restate the default (EACCES)
         args = [pyseccomp.Arg(c.index, _OPS[c.op], c.mask if c.op == "masked_eq" else c.value,
                               c.value if c.op == "masked_eq" else 0) for c in r.args]
         try:
@@ -164,22 +167,48 @@ def _build_bpf_here(s, notify_enosys: bool) -> bytes:
     return bpf
 
 
-def _probe_values(conds) -> list[int]:
-    M64 = 0xFFFFFFFFFFFFFFFF
-    vals = {0, 1, M64, M64 - 1, 0xFFFFFFFF, 0x100000000}
-    for c in conds:
-        if c.op == "masked_eq":
-            m, v = c.mask, c.value
-            bits = [1 << b for b in range(64) if m >> b & 1]
-            vals.update({v, v | (~m & M64), m | v, (v ^ m) & M64})
-            for b in bits[:12] + bits[-12:]:
-                vals.update({v ^ b, (v | (~m & M64)) ^ b})
-        else:
-            vals.update({c.value, (c.value - 1) & M64, (c.value + 1) & M64})
+def _bpf_constants(prog) -> dict[int, set[int]]:
+    """Constants the program compares each 32-bit word of seccomp_data against
+    (offset of the word -> constants), from `ld [off]` followed by jumps."""
+    out: dict[int, set[int]] = {}
+    off = None
+    for code, _jt, _jf, k in prog:
+        cls = code & 0x07
+        if cls == 0x00 and code & 0xE0 == 0x20:
+            off = k
+        elif cls == 0x05 and code & 0xF0 and off is not None:
+            out.setdefault(off, set()).add(k)
+        elif cls == 0x04 and code & 0xF0 == 0x50 and off is not None:   # and-mask
+            out.setdefault(off, set()).add(k)
+    return out
+
+
+def _word_probes(consts: set[int], extra: Iterable[int]) -> list[int]:
+    M = 0xFFFFFFFF
+    vals = {0, 1, M, M - 1, 0x80000000, 0x7FFFFFFF}
+    for k in set(consts) | set(extra):
+        k &= M
+        vals.update({k, (k - 1) & M, (k + 1) & M, k ^ M})
+        low = k & -k
+        if low:
+            vals.update({k & ~low, k | (low >> 1)})
     return sorted(vals)
 
 
-def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 20000) -> None:
+def _arg_probes(prog_consts: dict, conds, i: int) -> list[int]:
+    """Argument values at every boundary the plan or the program draws for argument i."""
+    M = 0xFFFFFFFF
+    lo_extra, hi_extra = set(), set()
+    for c in conds:
+        for v in (c.value, c.mask):
+            lo_extra.add(v & M)
+            hi_extra.add(v >> 32)
+    los = _word_probes(prog_consts.get(16 + 8 * i, set()), lo_extra)
+    his = _word_probes(prog_consts.get(20 + 8 * i, set()), hi_extra)
+    return [(h << 32) | lo for h in his for lo in los]
+
+
+def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 200000) -> None:
     """Check the generated program against the plan at the boundary values of every
     argument condition (and every named syscall once). libseccomp 2.5 builds wrong
     argument trees for some rule shapes; a wrong filter must never be loaded."""
@@ -189,6 +218,7 @@ def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 20000) -
     from policies.seccomp import cond_matches
 
     prog = decode_bpf(bpf)
+    consts = _bpf_constants(prog)
 
     def expected(rules, args):
         for r in rules:
@@ -209,14 +239,14 @@ def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 20000) -
     for name, rules in sorted(by_name.items()):
         nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
         idxs = sorted({c.index for r in rules for c in r.args})
-        per = [_probe_values([c for r in rules for c in r.args if c.index == i]) for i in idxs]
+        per = [_arg_probes(consts, [c for r in rules for c in r.args if c.index == i], i) for i in idxs]
         total = 1
         for p in per:
             total *= len(p)
-        if total <= 2000:
+        if total <= 20000:
             combos = itertools.product(*per)
         else:
-            combos = (tuple(rng.choice(p) for p in per) for _ in range(2000))
+            combos = (tuple(rng.choice(p) for p in per) for _ in range(20000))
         for combo in combos:
             args = [0] * 6
             for i, v in zip(idxs, combo):
