@@ -167,6 +167,19 @@ def _build_bpf_here(s, notify_enosys: bool) -> bytes:
     return bpf
 
 
+def _probe_values(conds) -> list[int]:
+    M64 = 0xFFFFFFFFFFFFFFFF
+    vals = {0, 1, M64}
+    for c in conds:
+        if c.op == "masked_eq":
+            m, v = c.mask, c.value
+            low = m & -m
+            vals.update({v, v | (~m & M64), (v ^ m) & M64, v ^ low, (v | (~m & M64)) ^ low})
+        else:
+            vals.update({c.value, (c.value - 1) & M64, (c.value + 1) & M64})
+    return sorted(vals)
+
+
 def _bpf_constants(prog) -> dict[int, set[int]]:
     """Constants the program compares each 32-bit word of seccomp_data against
     (offset of the word -> constants), from `ld [off]` followed by jumps."""
@@ -239,14 +252,21 @@ def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 200000) 
     for name, rules in sorted(by_name.items()):
         nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
         idxs = sorted({c.index for r in rules for c in r.args})
-        per = [_arg_probes(consts, [c for r in rules for c in r.args if c.index == i], i) for i in idxs]
-        total = 1
-        for p in per:
-            total *= len(p)
-        if total <= 20000:
-            combos = itertools.product(*per)
-        else:
-            combos = (tuple(rng.choice(p) for p in per) for _ in range(20000))
+        conds = [[c for r in rules for c in r.args if c.index == i] for i in idxs]
+
+        def combos_of(per, n):
+            total = 1
+            for p in per:
+                total *= len(p)
+            if total <= n:
+                return itertools.product(*per)
+            return (tuple(rng.choice(p) for p in per) for _ in range(n))
+
+        # 1. every combination of the plan's own boundary values (x-1, x, x+1, mask variants);
+        # 2. the program's 32-bit word boundaries (exhaustive for one argument, sampled for more)
+        combos = itertools.chain(
+            combos_of([_probe_values(cs) for cs in conds], 30000),
+            combos_of([_arg_probes(consts, cs, i) for cs, i in zip(conds, idxs)], 20000))
         for combo in combos:
             args = [0] * 6
             for i, v in zip(idxs, combo):
