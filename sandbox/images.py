@@ -122,15 +122,13 @@ class Store:
             # 0711: the sandbox's (possibly unprivileged, mapped) root must be able to reach the
             # layer directories it mounts, but not list the store.
             for d in (self.root, self.layers, self.containers, self.volumes, self.tmp):
-                os.makedirs(d, mode=0o711 if not self.rootless else 0o700, exist_ok=True)
-            if not self.rootless:
-                # Overlay looks the layers up with the credentials of the sandbox's root, which is
-                # an unprivileged host uid when root launches with a mapped range: it needs search
-                # (x, never read) permission on the way. Other state here stays private (0600/0700).
-                for d in (self.root, self.layers, self.containers, self.volumes):
-                    mode = stat.S_IMODE(os.stat(d).st_mode)
-                    if mode & 0o011 != 0o011:
-                        os.chmod(d, mode | 0o011)
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            # Private: layers hold setuid binaries of images and containers/volumes files written
+            # by sandboxes; no local user may reach them. (Sandboxes whose root is an unprivileged
+            # host uid get the layers, writable layer and volumes as detached mount trees.)
+            for d in (self.layers, self.containers, self.volumes, self.tmp):
+                if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
+                    os.chmod(d, 0o700)
         except OSError as e:
             raise ImageError(f"cannot create image store {self.root}: {e.strerror}") from None
 

@@ -52,11 +52,14 @@ class RootSpec:
     uid_map: tuple[tuple[int, int, int], ...] = ()
     gid_map: tuple[tuple[int, int, int], ...] = ()
     config: dict = field(default_factory=dict, compare=False, hash=False)   # image Env/Cmd/WorkingDir...
-    # Root with a mapped uid range: detached idmapped mounts of the layers (open_tree +
-    # MOUNT_ATTR_IDMAP, made by the supervisor, inherited through clone); PID 1 attaches them at
-    # `attach` and mounts the overlay on those. Empty: the overlay uses `lowers` directly.
-    idmapped: tuple[int, ...] = field(default=(), compare=False)
-    attach: tuple[str, ...] = ()
+    # Root with a mapped uid range: the supervisor (real root) hands PID 1 detached mount trees
+    # (open_tree, inherited through clone): one per layer, top first (idmapped through the
+    # sandbox's maps, or plain over uid-shifted copies), and one of the container dir (mnt, upper,
+    # work). PID 1 attaches them in its own namespace, so the store itself stays 0700: no local
+    # user can reach a layer's setuid binaries. Empty/-1: the overlay uses the paths.
+    lower_fds: tuple[int, ...] = field(default=(), compare=False)
+    rw_fd: int = field(default=-1, compare=False)
+    idmapped: bool = False
 
 
 def _maps(m) -> tuple[tuple[int, int, int], ...]:
@@ -113,20 +116,24 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             store.layer_info(d)            # raises a clear error when a layer is missing
         cdir = os.path.join(store.containers, sandbox_id)
         try:
-            os.mkdir(cdir, 0o711)
+            os.mkdir(cdir, 0o700)
         except FileExistsError:
             raise ImageError(f"container {sandbox_id} already exists in {store.containers}") from None
         idfds: tuple[int, ...] = ()
-        attach: list[str] = []
+        rw_fd = -1
+        idmapped = False
         try:
             lowers = []
             if shift and os.environ.get("PYSANDBOX_IDMAP", "1") != "0":
-                idfds, attach = _idmapped_layers(store, rec["layers"], cdir, umap, gmap)
+                idfds = _idmapped_layers(store, rec["layers"], umap, gmap)
                 if idfds:
+                    idmapped = True
                     lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
             if not idfds:
                 for d in reversed(rec["layers"]):           # top first
                     lowers.append(_shifted_layer(store, d, umap, gmap) if shift else store.layer_diff(d))
+                if shift:
+                    idfds = _detached(lowers)
             root_uid, root_gid = _shift(umap, 0), _shift(gmap, 0)
             mnt = os.path.join(cdir, "mnt")
             os.mkdir(mnt, 0o755)
@@ -140,22 +147,26 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                     os.chown(work, root_uid, root_gid)
             _mountpoints(mnt, [store.layer_diff(d) for d in reversed(rec["layers"])], getattr(fs, "mounts", ()),
                          umap, gmap, rootless=rootless, read_only=read_only)
+            if shift:
+                from . import _sys
+                os.chmod(cdir, 0o711)     # the mapped root enters it as the root of a detached tree;
+                rw_fd = _sys.open_tree(cdir, recursive=False)   # containers/ (0700) keeps others out
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
                     "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
                     "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": bool(getattr(fs, "keep", False))}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
-            _close(idfds)
+            _close(idfds + ((rw_fd,) if rw_fd >= 0 else ()))
             rmtree(cdir)
             raise
         except OSError as e:
-            _close(idfds)
+            _close(idfds + ((rw_fd,) if rw_fd >= 0 else ()))
             rmtree(cdir)
             raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
                     read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
-                    idmapped=idfds, attach=tuple(attach))
+                    lower_fds=idfds, rw_fd=rw_fd, idmapped=idmapped)
 
 
 def _reclaim_stale(store: Store) -> None:
@@ -200,15 +211,15 @@ def _idmap_userns(umap, gmap) -> int:
         os.waitpid(pid, 0)
 
 
-def _idmapped_layers(store: Store, layers, cdir: str, umap, gmap) -> tuple[tuple[int, ...], list[str]]:
-    """Detached idmapped mounts of the layers (top first) and their attach points; ((), []) when
-    this kernel/file system cannot idmap (the caller then falls back to uid-shifted copies)."""
+def _idmapped_layers(store: Store, layers, umap, gmap) -> tuple[int, ...]:
+    """Detached idmapped mounts of the layers (top first); () when this kernel/file system cannot
+    idmap (the caller then falls back to uid-shifted copies)."""
     from . import _sys
     fds: list[int] = []
     try:
         uns = _idmap_userns(umap or ((0, 0, 4294967295),), gmap or ((0, 0, 4294967295),))
     except OSError:
-        return (), []
+        return ()
     try:
         for d in reversed(layers):
             fd = _sys.open_tree(store.layer_diff(d), recursive=False)
@@ -216,17 +227,22 @@ def _idmapped_layers(store: Store, layers, cdir: str, umap, gmap) -> tuple[tuple
             _sys.mount_setattr_idmap(fd, uns)
     except OSError:
         _close(fds)
-        return (), []
+        return ()
     finally:
         os.close(uns)
-    base = os.path.join(cdir, "lower")
-    os.mkdir(base, 0o711)
-    points = []
-    for i in range(len(fds)):
-        p = os.path.join(base, str(i))
-        os.mkdir(p, 0o755)
-        points.append(p)
-    return tuple(fds), points
+    return tuple(fds)
+
+
+def _detached(paths) -> tuple[int, ...]:
+    from . import _sys
+    fds: list[int] = []
+    try:
+        for p in paths:
+            fds.append(_sys.open_tree(p, recursive=False))
+    except OSError:
+        _close(fds)
+        raise
+    return tuple(fds)
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -429,17 +445,17 @@ def _in_user_namespace() -> bool:
         return True
 
 
-def overlay_options(spec: RootSpec, *, userxattr: bool) -> str:
-    lowers = list(spec.attach if spec.idmapped else spec.lowers)
-    lowers.insert(0, spec.mnt)                # mount points on top (also: >= 2 lowers without upper)
+def overlay_options(spec: RootSpec, *, userxattr: bool, lowers=None, mnt=None, upper=None, work=None) -> str:
+    lowers = list(spec.lowers if lowers is None else lowers)
+    lowers.insert(0, mnt or spec.mnt)         # mount points on top (also: >= 2 lowers without upper)
     opts = []
     if userxattr:
         opts.append("userxattr")
     opts += ["index=off", "metacopy=off"]
     opts.append("lowerdir=" + ":".join(_escape(p) for p in lowers))
     if not spec.read_only:
-        opts.append("upperdir=" + _escape(spec.upper))
-        opts.append("workdir=" + _escape(spec.work))
+        opts.append("upperdir=" + _escape(upper or spec.upper))
+        opts.append("workdir=" + _escape(work or spec.work))
     return ",".join(opts)
 
 
@@ -458,6 +474,8 @@ def open_store(spec: RootSpec) -> None:
     mount_root. It must be opened in the sandbox's own mount namespace (overlay refuses layers
     reached through a mount of another namespace)."""
     global _store_fd
+    if spec.lower_fds:
+        return                                # detached mounts: no path into the store needed
     try:
         _store_fd = os.open(spec.store_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
@@ -471,46 +489,72 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
     global _store_fd
     from . import _sys
     userxattr = bool(rootless) or _in_user_namespace()
-    # Shorten the option string (one page at most): layer paths relative to the store root.
-    opts = overlay_options(spec, userxattr=userxattr)
-    rel = opts.replace(spec.store_root.rstrip("/") + "/", "")
-    if len(rel) > 4000:
-        raise ImageError(f"image {spec.image} has too many layers for one overlay mount ({len(spec.lowers)})")
     flags = _sys.MS_NODEV | (_sys.MS_RDONLY if spec.read_only else 0)
-    old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _store_fd is not None:
-            os.fchdir(_store_fd)
-        else:
-            os.chdir(spec.store_root)
-        attached = []
+        if spec.lower_fds:
+            _mount_detached(spec, target, flags, userxattr)
+            return
+        # Shorten the option string (one page at most): layer paths relative to the store root.
+        opts = overlay_options(spec, userxattr=userxattr)
+        rel = opts.replace(spec.store_root.rstrip("/") + "/", "")
+        if len(rel) > 4000:
+            raise ImageError(f"image {spec.image} has too many layers for one overlay mount ({len(spec.lowers)})")
+        old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for fd, point in zip(spec.idmapped, spec.attach):     # idmapped layers (root, mapped range)
-                relp = os.path.relpath(point, spec.store_root)
-                _sys.move_mount_fd(fd, relp)
-                attached.append(relp)
+            if _store_fd is not None:
+                os.fchdir(_store_fd)
+            else:
+                os.chdir(spec.store_root)
             _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
         finally:
-            for relp in attached:      # overlay keeps private clones of its layers
-                with contextlib.suppress(OSError):
-                    _sys.umount2(relp, _sys.MNT_DETACH)
-            _close(spec.idmapped)
+            os.fchdir(old)
+            os.close(old)
+            if _store_fd is not None:
+                os.close(_store_fd)
+                _store_fd = None
     except OSError as e:
         raise ImageError(f"filesystem.root image {spec.image}: overlay mount failed: {e.strerror}"
                          f"{' (rootless overlay needs kernel >= 5.11)' if rootless else ''}") from None
+
+
+def _mount_detached(spec: RootSpec, target: str, flags: int, userxattr: bool) -> None:
+    """Attach the supervisor's detached trees in a stage dir under target (the new root's tmpfs),
+    mount the overlay at stage/root, drop the attachments (overlay keeps private clones) and move
+    the overlay onto target."""
+    from . import _sys
+    stage = os.path.join(target, ".pysandbox-stage")
+    os.mkdir(stage, 0o700)
+    attached = []
+    try:
+        lowers = []
+        for i, fd in enumerate(spec.lower_fds):
+            p = os.path.join(stage, f"l{i}")
+            os.mkdir(p, 0o700)
+            _sys.move_mount_fd(fd, p)
+            attached.append(p)
+            lowers.append(p)
+        rw = os.path.join(stage, "rw")
+        os.mkdir(rw, 0o700)
+        _sys.move_mount_fd(spec.rw_fd, rw)
+        attached.append(rw)
+        opts = overlay_options(spec, userxattr=userxattr, lowers=lowers, mnt=os.path.join(rw, "mnt"),
+                               upper=os.path.join(rw, "upper"), work=os.path.join(rw, "work"))
+        if len(opts) > 4000:
+            raise ImageError(f"image {spec.image} has too many layers for one overlay mount ({len(lowers)})")
+        root = os.path.join(stage, "root")
+        os.mkdir(root, 0o755)
+        _sys.mount("pysandbox-overlay", root, "overlay", flags, opts)
     finally:
-        os.fchdir(old)
-        os.close(old)
-        if _store_fd is not None:
-            os.close(_store_fd)
-            _store_fd = None
+        for p in reversed(attached):
+            with contextlib.suppress(OSError):
+                _sys.umount2(p, _sys.MNT_DETACH)
+        _close(spec.lower_fds + (spec.rw_fd,))
+    _sys.mount(root, target, None, _sys.MS_MOVE)
 
 
 def finish_root(spec: RootSpec, *, keep: bool) -> None:
     """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
-    _close(spec.idmapped)
-    with contextlib.suppress(OSError):
-        rmtree(os.path.join(spec.container_dir, "lower"))
+    _close(spec.lower_fds + ((spec.rw_fd,) if spec.rw_fd >= 0 else ()))
     meta_path = os.path.join(spec.container_dir, "container.json")
     if keep and not spec.read_only:
         with contextlib.suppress(OSError, ValueError):

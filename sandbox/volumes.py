@@ -46,7 +46,7 @@ def create_volume(name: str, *, rootless: Optional[bool] = None, labels: Optiona
         tmp = d + ".creating"
         rmtree(tmp)
         try:
-            os.mkdir(tmp, 0o711)
+            os.mkdir(tmp, 0o700)
             os.mkdir(os.path.join(tmp, "_data"), 0o755)
             if owner:
                 os.chown(os.path.join(tmp, "_data"), *owner)

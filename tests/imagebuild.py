@@ -223,33 +223,6 @@ def _run_root(spec_path: str, target: str, script: str) -> int:
     from sandbox import overlay, _sys
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
-    idmap = os.environ.get("USERNS_MAP")      # "INSIDE OUTSIDE COUNT": root launching with a shifted range
-    if idmap:
-        r, w = os.pipe()
-        r2, w2 = os.pipe()
-        pid = os.fork()
-        if pid:
-            os.close(w)
-            os.close(r2)
-            os.read(r, 1)
-            for f in ("uid_map", "gid_map"):
-                with open(f"/proc/{pid}/{f}", "w") as fh:
-                    fh.write(idmap + "\n")
-            os.write(w2, b"x")
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        try:
-            os.close(r)
-            os.close(w2)
-            _sys.unshare(_sys.CLONE_NEWUSER | _sys.CLONE_NEWNS)
-            os.write(w, b"x")
-            os.read(r2, 1)
-            os.setgid(0)
-            os.setuid(0)
-            os.environ.pop("USERNS_MAP")
-            os._exit(_run_root(spec_path, target, script))
-        finally:
-            os._exit(98)
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)     # nothing propagates to the host
     rootless = os.environ.get("ROOTLESS") == "1"
     try:

@@ -173,17 +173,24 @@ def test_profile_root_image_and_missing_mountpoints(img, tmp_profile):
     assert "Read-only file system" in r.stderr
 
 
-def test_private_state_dir_still_reachable_by_the_mapped_root(img):
-    """/var/lib/pysandbox may have been created 0700 by another part: the store adds search (x) only."""
+def test_store_is_private_and_still_usable_by_the_mapped_root(img, user_runner):
+    """As root the store is 0700 (layers keep the images' setuid binaries): the sandbox's root, an
+    unprivileged host uid under strict, gets layers, writable layer and volumes as detached mount
+    trees from the supervisor; a local user reaches nothing."""
     runner, state, work = img
     if runner.rootless:
-        pytest.skip("rootless: the sandbox's root is the store's owner")
-    os.chmod(state, 0o700)
+        pytest.skip("rootless: the store belongs to the caller")
+    os.chmod(os.path.dirname(state), 0o755)
+    os.chmod(state, 0o755)               # even with a world-searchable state dir ...
     r = cli(img, "volume", "create", "made-by-root")
     assert r.returncode == 0
     r = sh(img, "cat /etc/motd >/dev/null && echo w > /data/w && cat /data/w", "-v", "made-by-root:/data")
     assert r.returncode == 0 and r.stdout == "w\n", r
-    assert os.stat(state).st_mode & 0o777 == 0o711
+    for d in ("layers", "containers", "volumes", "tmp"):     # ... its parts stay private
+        assert os.stat(os.path.join(state, d)).st_mode & 0o777 == 0o700, d
+    probe = subprocess.run(["/bin/ls", os.path.join(state, "layers")], capture_output=True, text=True,
+                           user=user_runner.uid, group=user_runner.gid, extra_groups=[])
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr
 
 
 @pytest.mark.parametrize("idmap", ["1", "0"])
@@ -206,6 +213,10 @@ def test_root_with_mapped_range_idmapped_or_shifted_copy(img, idmap):
     assert bool(shifted) == (idmap == "0"), shifted
     assert {k: v for k, v in layers_digest(state).items() if k in before} == before
     assert cli(img, "diff", cid).stdout.splitlines() == ["C /etc", "C /etc/motd"]
+    assert cli(img, "commit", cid, f"shifted{idmap}").returncode == 0
+    rec = {i["name"]: i for i in json.loads(cli(img, "image", "ls", "--json").stdout)}[f"shifted{idmap}:latest"]
+    top = os.path.join(state, "layers", rec["layers"][-1][7:], "diff", "etc", "motd")
+    assert os.stat(top).st_uid == 0 and open(top).read() == "new\n"     # committed with the inside uid
 
 
 def test_read_only_root_mount_points_keep_the_image_attributes(img):
