@@ -97,9 +97,11 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     """Resolve fs.image to layer dirs and create the per-sandbox dirs (supervisor, before clone).
 
     uid_map/gid_map (policies.plan.IdMapEntry or (inside, outside, count) tuples): the sandbox's
-    user namespace maps. As root with a shifted range the layers are used through uid-shifted
-    copies and the upper dir belongs to the sandbox's root; rootless they are ignored (the store
-    belongs to the caller, who is the sandbox's root).
+    user namespace maps. As root with a shifted range the layers are handed to PID 1 as detached
+    idmapped mount trees (fallback: uid-shifted copies), the container dir as a detached tree, and
+    the upper dir belongs to the sandbox's root; rootless they are ignored (the store belongs to
+    the caller, who is the sandbox's root). The spec's descriptors are inherited through clone:
+    call mount_root in a child of this process, and finish_root here afterwards (closes them).
     """
     if not getattr(fs, "image", None):
         raise ImageError("filesystem has no image")
