@@ -124,3 +124,13 @@ def test_security_opt_unconfined_and_import_file(runner, tmp_profile):
     r = runner("run", "--profile", prof, "--", "/usr/bin/python3", "-c",
                "import os; print('before', flush=True); os.getppid(); print('after')")
     assert r.returncode == 159 and "before" in r.stdout and "after" not in r.stdout, r
+
+
+def test_security_opt_seccomp_file_imports_docker_json(runner):
+    from pathlib import Path
+    docker_json = str(Path(__file__).resolve().parent.parent / "policies" / "data" / "docker-default-seccomp.json")
+    out = probe(runner, "--security-opt", f"seccomp={docker_json}")
+    assert out["pers_query"][1] == 0 and out["pers_bad"] == [-1, 1]
+    assert out["clone3"] == [-1, 38] and out["clone_newuser"] == [-1, 1]
+    assert out["vsock"] == [-1, 1]
+    assert out["vsock_hi"][0] >= 0 or out["vsock_hi"][1] != 1     # Docker's own filter: arg0 > 40 passes
