@@ -474,3 +474,20 @@ def test_docker_json_errors_are_profile_errors(tmp_path):
         comp({"import": str(bad)})
     with pytest.raises(ProfileError, match="cannot read"):
         comp({"import": str(tmp_path / "missing.json")})
+
+
+def test_every_docker_capability_and_strict_cap_lift_builds_and_verifies():
+    """build_bpf verifies each program against its plan; no capability set may make libseccomp
+    produce a wrong or unbuildable filter for the shipped policies."""
+    import yaml
+    data = _docker()
+    caps = sorted({c[4:] for e in data["syscalls"]
+                   for c in (e.get("includes") or {}).get("caps", []) + (e.get("excludes") or {}).get("caps", [])})
+    assert "SYS_ADMIN" in caps and "SYS_PTRACE" in caps
+    for c in caps:
+        build_bpf(comp({"import": str(DOCKER_JSON)}, caps=DOCKER_CAPS | {c}))
+    strict_section = yaml.safe_load((REPO / "profiles" / "strict.yaml").read_text())["seccomp"]
+    for c in (set(), {"CHOWN"}, {"SETUID", "SETGID"}, {"SETPCAP"}, DOCKER_CAPS | set(caps)):
+        s = comp(strict_section, caps=c)
+        build_bpf(s)
+        assert decide(s, "fchownat")[0] == ("allow" if "CHOWN" in c else "errno")
