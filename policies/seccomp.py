@@ -25,13 +25,15 @@ the capability that governs that syscall (CAP_LIFTS: chown family <- CHOWN, setu
 family <- SETUID, setgid family <- SETGID, capset <- SETPCAP). An explicitly named
 deny is never lifted.
 
-libseccomp can hold only one comparison per argument in a rule and silently drops
-a conditional rule on a syscall that also has an unconditional rule with another
-action. So the compiler computes, per syscall, the exact argument regions of each
-decision (a small algebra over intervals and bit-cubes of 64-bit values), makes the
-regions of different decisions disjoint, and emits one SyscallRule per region
-term, each with at most one comparison per argument. Rules that only restate the
-default action are dropped. The output is sorted, so equal policies give equal plans.
+libseccomp can hold only one comparison per argument in a rule, silently drops a
+conditional rule on a syscall that also has an unconditional rule with another
+action, and evaluates a syscall's argument rules as a tree in which the first true
+comparison commits. So the compiler resolves the rules itself: per syscall it builds
+a decision tree over the arguments in ascending index order (libseccomp's own order),
+each level split into disjoint single-comparison pieces (intervals and bit-cubes of
+64-bit values), and emits one SyscallRule per leaf that differs from the default.
+The output is sorted, so equal policies give equal plans; sandbox.seccomp verifies the
+BPF libseccomp builds from these rules against decide() before it is used.
 """
 from __future__ import annotations
 
@@ -70,11 +72,11 @@ Locate = Callable[[tuple], Optional[Location]]
 
 
 # =====================================================================================
-# Argument-region algebra. An atom is a set of 64-bit values:
+# Sets of 64-bit argument values. An atom is
 #   ("I", lo, hi)   the interval lo..hi
 #   ("C", mask, v)  the cube {x : x & mask == v}
-# A term is a conjunction: a sorted tuple of (arg_index, atom), one atom per index.
-# A region is a disjunction: a list of terms. [()] is everything, [] is nothing.
+#   ("NE", v)       everything but v (only produced when merging sibling pieces)
+# A condition on one argument is a union (list) of atoms.
 # =====================================================================================
 
 FULL = ("I", 0, MAX64)

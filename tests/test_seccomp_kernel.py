@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import signal
-import struct
 
 import prctl
 import pytest
