@@ -130,12 +130,12 @@ def test_default_log_path(monkeypatch, tmp_path):
     monkeypatch.delenv("PYSANDBOX_AUDIT_LOG", raising=False)
     assert str(sinks.default_log_path(0)) == "/var/lib/pysandbox/audit.jsonl"
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
-    assert sinks.default_log_path(1000) == tmp_path / "pysandbox" / "audit.jsonl"
+    assert sinks.default_log_path(1000) == str(tmp_path / "pysandbox" / "audit.jsonl")
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", "/home/u")
     assert str(sinks.default_log_path(1000)) == "/home/u/.local/state/pysandbox/audit.jsonl"
     monkeypatch.setenv("PYSANDBOX_AUDIT_LOG", str(tmp_path / "x.jsonl"))
-    assert sinks.default_log_path(1000) == tmp_path / "x.jsonl"
+    assert sinks.default_log_path(1000) == str(tmp_path / "x.jsonl")
 
 
 def test_jsonl_append_only_and_crash_safe(tmp_path):

@@ -8,6 +8,7 @@ Nothing is simulated: the supervisor answers real seccomp user notifications.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 
@@ -223,7 +224,7 @@ def test_default_log_location(runner, shared_tmp):
         log = state / "pysandbox" / "audit.jsonl"
     else:
         env = {}
-        log = audit.default_log_path(0)
+        log = Path(audit.default_log_path(0))
     before = log.stat().st_size if log.exists() else 0
     name = "deflog-" + os.urandom(4).hex()       # the root log is shared with every other run
     r = runner("run", "--profile", "strict", "--name", name, "--", HOST_PYTHON, "-c", CALL, "250", "0", "0",
