@@ -460,13 +460,13 @@ def _conds(args) -> Optional[list[ArgCond]]:
 def never_matches(ctx: Ctx):
     if not ctx.plan.seccomp.enabled:
         return
-    from ..seccomp import region_of
+    from ..seccomp import conditions_by_index      # None: the conditions cannot all hold
     for which in ("allow", "deny"):
         for i, base, names, args in ctx.seccomp_items(which):
             if not args:
                 continue
             conds = _conds(args)
-            if conds is None or region_of(conds):
+            if conds is None or conditions_by_index(conds) is not None:
                 continue
             shown = ", ".join(sorted({n for n, _, _ in names})[:6])
             ctx.report(M.PSB206, f"seccomp.{which}[{i}] ({shown}) can never match: its argument "
