@@ -266,7 +266,7 @@ def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 200000) 
         # 2. the program's 32-bit word boundaries (exhaustive for one argument, sampled for more)
         combos = itertools.chain(
             combos_of([_probe_values(cs) for cs in conds], 30000),
-            combos_of([_arg_probes(consts, cs, i) for cs, i in zip(conds, idxs)], 20000))
+            combos_of([_arg_probes(consts, cs, i) for cs, i in zip(conds, idxs)], 4000))
         for combo in combos:
             args = [0] * 6
             for i, v in zip(idxs, combo):

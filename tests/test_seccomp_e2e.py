@@ -98,6 +98,12 @@ def test_docker_equivalent_profiles(runner, profile):
     assert out["unix"][0] >= 0
 
 
+def test_strict_tar_and_cp_preserve_ownership_to_own_root(runner):
+    r = runner.sh("cd /tmp && mkdir d && echo x > d/f && tar -cf a.tar d && mkdir out && tar -C out -xf a.tar "
+                  "&& cp -a d e && chown 0:0 e/f && install -o 0 -g 0 d/f g && echo owned-ok")
+    assert r.returncode == 0 and "owned-ok" in r.stdout, r
+
+
 def test_chown_needs_the_capability_not_a_seccomp_exception(runner):
     script = "touch /tmp/f && chown 1:1 /tmp/f && echo chowned"
     denied = runner.sh(script)
