@@ -1,6 +1,6 @@
 """Learn mode round trip on a real program, as root and rootless:
 
-  pysandbox learn --profile strict -o NEW.yaml -- python3 -c '<opens files and sockets, keyctl, chown>'
+  pysandbox learn --profile strict -o NEW.yaml -- python3 -c '<opens files and sockets, keyctl, setuid>'
 
 then NEW.yaml compiles (and passes `pysandbox lint` where that command exists), the same
 program runs under NEW.yaml with the same output and no denial (learning again under NEW.yaml
@@ -25,8 +25,8 @@ u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); u.close()
 l = ctypes.CDLL(None, use_errno=True)
 print('sysfs', l.syscall(139, 3, 0, 0) > 0)    # sysfs(3): @obsolete, denied by strict's deny list
 print('keyctl', l.syscall(250, 0, 0), ctypes.get_errno())   # escape-class: EINVAL when it runs
-os.chown('/tmp/x', 0, 0)                       # @privileged + CAP_CHOWN
-print('chown ok')
+os.setuid(0)                                   # @privileged + CAP_SETUID (a no-op: already 0)
+print('setuid ok')
 """
 
 
@@ -56,14 +56,14 @@ def test_learn_round_trip(runner, workdir):
     r = runner("learn", "--profile", "strict", "-o", str(new), "--", HOST_PYTHON, "-c", PROG, cwd=str(workdir))
     assert r.returncode == 0, r
     learned_out = r.stdout
-    assert "sysfs True" in learned_out and "keyctl -1 22" in learned_out and "chown ok" in learned_out
+    assert "sysfs True" in learned_out and "keyctl -1 22" in learned_out and "setuid ok" in learned_out
     assert "pysandbox learn: observed" in r.stderr and "keyctl ×1" in r.stderr and "sysfs ×1" in r.stderr
     assert "NOT allowed: keyctl is escape-class" in r.stderr        # escape calls are not learned silently
     text = new.read_text()
     assert "extends: \"strict\"" in text
-    assert "add: !extend [\"CHOWN\"]" in text                # inferred capability
+    assert "add: !extend [\"SETUID\"]" in text               # inferred capability
     allow_line = next(l for l in text.splitlines() if l.strip().startswith("allow:"))
-    assert "\"sysfs\"" in allow_line and "\"chown\"" in allow_line and "keyctl" not in allow_line
+    assert "\"sysfs\"" in allow_line and "\"setuid\"" in allow_line and "keyctl" not in allow_line
     deny_block = text[text.index("  deny:"):]
     assert "\"sysfs\"" not in deny_block and "\"@obsolete\"" not in deny_block
     assert "\"uselib\"" in deny_block                         # the rest of @obsolete stays denied
@@ -71,7 +71,7 @@ def test_learn_round_trip(runner, workdir):
 
     from policies.compiler import compile_profile
     plan = compile_profile(str(new)).plan
-    assert "CHOWN" in plan.capabilities
+    assert "SETUID" in plan.capabilities
     assert any(x.name == "sysfs" and x.action == "allow" for x in plan.seccomp.rules)
     assert any(x.name == "uselib" and x.action != "allow" for x in plan.seccomp.rules)
     lint_ok(runner, new)
