@@ -287,6 +287,12 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                     result.message = kept if not result.message else result.message + "\n" + kept
             except Exception as e:
                 result.events.append({"type": "integrity_violation", "what": "image root", "detail": str(e)})
+        for v in ctx.volume_dirs.values():           # the supervisor's copies of detached volume trees
+            if isinstance(v, int):
+                try:
+                    os.close(v)
+                except OSError:
+                    pass
         if net is not None:
             try:
                 net.release()
@@ -332,9 +338,16 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> No
                 owner = tuple(next((e.outside for e in m if e.inside == 0), 0)
                               for m in (plan.user.uid_map, plan.user.gid_map))
             for m in vols:
-                ctx.volume_dirs[m.source] = resolve_volume(m.source, rootless=rootless, create=True, owner=owner)
+                if m.source in ctx.volume_dirs:
+                    raise ImageError(f"volume {m.source} is mounted twice (mount it once, bind a subdirectory "
+                                     f"elsewhere if needed)")
+                path = resolve_volume(m.source, rootless=rootless, create=True, owner=owner)
+                # as root: a detached tree (the store is 0700; PID 1 may be an unprivileged uid)
+                ctx.volume_dirs[m.source] = path if rootless else _sys.open_tree(path, recursive=False)
     except ImageError as e:
         raise LaunchError(f"filesystem: {e}") from None
+    except OSError as e:
+        raise LaunchError(f"filesystem: volume: {e.strerror}") from None
 
 
 def _kill(pid: int, cg) -> None:

@@ -89,7 +89,7 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
                 raise SetupError(f"volume {m.source!r} is not available")
             try:
                 st = os.stat(src)
-                fds.append((_sys.open_tree(src), stat.S_ISDIR(st.st_mode)))
+                fds.append((src if isinstance(src, int) else _sys.open_tree(src), stat.S_ISDIR(st.st_mode)))
             except OSError as e:
                 raise SetupError(f"bind source {src}: {e.strerror}") from None
         else:
