@@ -66,6 +66,7 @@ class Runner:
         kw = {}
         if self.user:
             kw = dict(user=self.uid, group=self.gid, extra_groups=[])
+            _ensure_delegation(self.uid, self.gid)
         p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                            env=self.env(env), cwd=cwd or ("/tmp" if self.user else str(REPO)), **kw)
         r = Run(p.returncode, p.stdout, p.stderr)
@@ -116,15 +117,24 @@ def _remove_cgroup_tree(d: str) -> None:
             pass
 
 
+_DELEGATED: dict = {}          # uid -> directories this session created (removed at its end)
+
+
+def _ensure_delegation(uid: int, gid: int) -> None:
+    """Idempotent: re-create a delegated directory if a test removed it meanwhile."""
+    if uid in _DELEGATED:
+        _DELEGATED[uid].extend(d for d in _delegate_cgroups(uid, gid) if d not in _DELEGATED[uid])
+
+
 @pytest.fixture(scope="session")
 def delegated_cgroups():
     """Delegate cgroup subtrees to the unprivileged test user for the session (cleaned up after)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     pw = ensure_test_user()
-    made = _delegate_cgroups(pw.pw_uid, pw.pw_gid)
+    _DELEGATED[pw.pw_uid] = _delegate_cgroups(pw.pw_uid, pw.pw_gid)
     yield [os.path.join(CGROUP_V1, c, f"pysandbox-{pw.pw_uid}") for c in DELEGATED_CONTROLLERS]
-    for d in made:
+    for d in _DELEGATED.pop(pw.pw_uid, []):
         _remove_cgroup_tree(d)
 
 

@@ -364,14 +364,14 @@ plan = compile_profile("strict", Overrides()).plan
 assert plan.seccomp.notify_denials
 # The kernel rate-limits printk'ed audit records machine-wide (~10 per 5 s): other activity can
 # eat the budget, so a run without the record is retried after the window.
-for attempt in range(3):
+for attempt in range(6):
     mem = MemorySink()
     res = launch(plan, ["/bin/busybox", "mount", "-t", "tmpfs", "none", "/mnt"],
                  on_event=Recorder("kmsgfb", "kmsgfb", "strict", [mem]).emit)
     evs = [e for e in mem.events if e.get("syscall")]
     if evs:
         break
-    time.sleep(5.5)
+    time.sleep(6)
 print(json.dumps({"code": res.exit_code, "message": res.message, "events": evs}))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
