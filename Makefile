@@ -34,8 +34,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/pysandbox lint profiles/
 
-bench: setup
+bench: setup      # ratios against the peers in one run (call the venv's interpreter by absolute path)
 	$(VENV)/bin/python bench/launch.py
+	$(VENV)/bin/python bench/api_launch.py
+	$(VENV)/bin/python bench/concurrent.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,4 +1,4 @@
-#!/work/main/.venv/bin/python
+#!/usr/bin/env python3
 """Warm API launches of /bin/true under `strict` against bwrap, in one run (sandboxes per second).
 
   api strict              Sandbox("strict").run(["/bin/true"]): the default API (audit on: every

@@ -1,4 +1,4 @@
-#!/work/main/.venv/bin/python
+#!/usr/bin/env python3
 """100 concurrent `strict` sandboxes (`sleep 2`) launched from one API process.
 
 Measures

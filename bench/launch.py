@@ -1,4 +1,4 @@
-#!/work/main/.venv/bin/python
+#!/usr/bin/env python3
 """Launch latency of `pysandbox run --profile strict -- /bin/true` against its peers, in one run.
 
 Peers (all run /bin/true):
