@@ -22,14 +22,14 @@ import dataclasses
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import bwrap_true  # noqa: E402
 
 
 def bench(fn, n):
@@ -71,25 +71,8 @@ def main():
     bwrap = shutil.which("bwrap")
     if bwrap:
         bpf = build_bpf(dataclasses.replace(sb.plan.seccomp, notify_denials=False))
-        fd, path = tempfile.mkstemp()
-        os.write(fd, bpf)
-        os.close(fd)
-        argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--remount-ro", "/"]
-
-        def bw():
-            sfd = os.open(path, os.O_RDONLY)
-            try:
-                p = subprocess.run(argv + ["--seccomp", str(sfd), "/bin/true"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, pass_fds=(sfd,))
-            finally:
-                os.close(sfd)
-            if p.returncode != 0:
-                raise SystemExit(f"bwrap failed: {p.stderr.decode()[-300:]}")
-        rows.append(("bwrap + seccomp", *bench(bw, n)))
-        os.unlink(path)
+        with bwrap_true(bwrap, bpf) as bw:
+            rows.append(("bwrap + seccomp", *bench(bw, n)))
 
     print(f"compile + BPF once (constructor): {t_compile * 1000:.1f} ms   runs per row: {n}   "
           f"({'root' if os.geteuid() == 0 else 'rootless'})")

@@ -30,11 +30,6 @@ CAPABILITIES = (
 )
 CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
 
-# Docker's default capability set (moby oci/caps/defaults.go).
-DOCKER_DEFAULT_CAPS = ("CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID",
-                       "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL",
-                       "AUDIT_WRITE")
-
 # Host uid/gid range a root caller maps the sandbox to when the profile says `auto`.
 ROOT_AUTO_BASE = 1_000_000_000
 ROOT_AUTO_COUNT = 65536

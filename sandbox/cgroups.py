@@ -302,6 +302,24 @@ class _Driver:
         self.created: list[str] = []          # leaf directories this object created
 
     # -- life cycle
+
+    @staticmethod
+    def _write_checked(name: str, leaf: str, fname: str, value, check=None, flag: str = "") -> None:
+        """Write a limit file and read it back: a limit that does not read back is not enforced
+        (fail closed). `check(text) -> bool` replaces the plain equality where the kernel rounds."""
+        path = os.path.join(leaf, fname)
+        what = f"{flag} " if flag else ""
+        if not os.path.exists(path):
+            raise CgroupError(name, f"{what}not supported here ({fname} missing)")
+        try:
+            _write(path, str(value))
+        except OSError as e:
+            raise CgroupError(name, f"{what}cannot set {fname} to {value}: {_errmsg(e)}") from None
+        got = _read(path)
+        ok = check(got) if check else (got is not None and got.strip() == str(value))
+        if not ok:
+            raise CgroupError(name, f"{what}{fname} reads back {(got or '').strip()!r}, "
+                                    f"wanted {value!r} (limit not enforced)")
     def create(self, required: set[str]) -> None: raise NotImplementedError
     def apply(self, limits: "Limits") -> None: raise NotImplementedError
     def add_pid(self, pid: int) -> None: raise NotImplementedError
@@ -480,19 +498,7 @@ class V1Driver(_Driver):
         leaf = self.dirs.get(c)
         if leaf is None:
             raise CgroupError(name, "controller not available")
-        path = os.path.join(leaf, fname)
-        what = f"{flag} " if flag else ""
-        if not os.path.exists(path):
-            raise CgroupError(name, f"{what}not supported here ({fname} missing)")
-        try:
-            _write(path, str(value))
-        except OSError as e:
-            raise CgroupError(name, f"{what}cannot set {fname} to {value}: {_errmsg(e)}") from None
-        got = _read(path)
-        ok = check(got) if check else (got is not None and got.strip() == str(value))
-        if not ok:
-            raise CgroupError(name, f"{what}{fname} reads back {(got or '').strip()!r}, "
-                                    f"wanted {value!r} (limit not enforced)")
+        self._write_checked(name, leaf, fname, value, check, flag)
 
     def apply(self, limits: "Limits") -> None:
         L = limits
@@ -716,19 +722,7 @@ class V2Driver(_Driver):
         name = _NAMES[c][1]
         if c not in self.controllers:
             raise CgroupError(name, "controller not available")
-        path = os.path.join(self.leaf, fname)
-        what = f"{flag} " if flag else ""
-        if not os.path.exists(path):
-            raise CgroupError(name, f"{what}not supported here ({fname} missing)")
-        try:
-            _write(path, str(value))
-        except OSError as e:
-            raise CgroupError(name, f"{what}cannot set {fname} to {value}: {_errmsg(e)}") from None
-        got = _read(path)
-        ok = check(got) if check else (got is not None and got.strip() == str(value))
-        if not ok:
-            raise CgroupError(name, f"{what}{fname} reads back {(got or '').strip()!r}, "
-                                    f"wanted {value!r} (limit not enforced)")
+        self._write_checked(name, self.leaf, fname, value, check, flag)
 
     def apply(self, limits: "Limits") -> None:
         L = limits

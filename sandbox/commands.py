@@ -15,12 +15,7 @@ from policies.errors import ProfileError
 from . import cli as _cli
 
 
-class _Group(click.Group):
-    def get_command(self, ctx, name):
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option("0.1.0", prog_name="pysandbox")
 def cli():
     """pysandbox: run programs confined by a policy profile."""
@@ -95,8 +90,6 @@ def cache_files(compiled) -> list:
     sec = compiled.document.data.get("seccomp") or {}
     if isinstance(sec.get("import"), str):
         files.append(sec["import"])
-    for opt in compiled.plan.sources:
-        pass
     return files
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
