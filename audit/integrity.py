@@ -20,6 +20,7 @@ Reads /proc and stats files only; never writes anything. Pure of `sandbox`/`poli
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
@@ -95,13 +96,26 @@ class Snapshot:
     mounts: dict
     mount_prefixes: tuple
     ro: dict = field(default_factory=dict)     # root -> fingerprint
+    taken: float = 0.0                         # time.monotonic() at take()
 
     @classmethod
     def take(cls, pid: int, *, ro_paths: Iterable[str] = (), mount_prefixes: Iterable[str] = ()) -> "Snapshot":
         own = _ns_ids("self")
         sb = {k: v for k, v in _ns_ids(pid).items() if own.get(k) != v}
         return cls(pid, own, sb, _mounts(), tuple(p.rstrip("/") or "/" for p in mount_prefixes),
-                   {p: fingerprint(p) for p in ro_paths})
+                   {p: fingerprint(p) for p in ro_paths}, time.monotonic())
+
+
+WRAP_SAFE = 5.0
+
+
+def _last_pid() -> int:
+    """The last pid handed out in our pid namespace (-1 when unknown: scan everything)."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return -1
 
 
 def _under(path: str, prefixes: tuple) -> bool:
@@ -119,9 +133,15 @@ def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterab
             entries = [e for e in os.listdir("/proc") if e.isdigit()]
         except OSError:
             entries = []
+        # Any process of the sandbox was created after its PID 1, so while pid numbers have not
+        # wrapped around since, its pid is above PID 1's: skip the older processes (the scan runs
+        # after every sandbox; with many running, reading every process's links costs). A full
+        # wrap takes millions of forks: a sandbox older than WRAP_SAFE seconds gets a full scan.
+        newer_only = snap.taken and time.monotonic() - snap.taken < WRAP_SAFE and \
+            _last_pid() >= snap.pid
         for e in entries:
             pid = int(e)
-            if pid in skip:
+            if pid in skip or newer_only and pid < snap.pid:
                 continue
             for ns in NAMESPACES:
                 if ns not in snap.sandbox_ns:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from policies.compiler import Overrides, compile_profile
 
 from . import launcher as _launcher
+from . import zygote as _zygote
 
 DENIAL_TYPES = ("seccomp_denied", "seccomp_killed", "escape_attempt")
 
@@ -148,6 +149,7 @@ class Sandbox:
         self.audit = audit
         self.name = name
         self.audit_log = audit_log
+        self._key = os.urandom(8).hex()                  # the launch server keeps the plan under it
         if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
             from . import notify
             notify.user_notif_available()                # probe once, not per run
@@ -165,14 +167,6 @@ class Sandbox:
         sandbox is killed after it (exit 124, timed_out=True); env: extra variables on top of the
         profile's; text: decode stdout/stderr as UTF-8; check: raise SandboxError unless exit 0."""
         plan = self.plan
-        if timeout is not None or env:
-            proc = plan.process
-            if timeout is not None:
-                proc = dataclasses.replace(proc, timeout=float(timeout))
-            if env:
-                proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple((str(k), str(v))
-                                                                                    for k, v in env.items()))
-            plan = dataclasses.replace(plan, process=proc)
         argv = tuple(argv)
         sid = os.urandom(6).hex()
         fds = []
@@ -203,10 +197,11 @@ class Sandbox:
                     sinks.append(JsonlSink(self.audit_log))
                 recorder = Recorder(sid, self.name or sid, plan.name, sinks)
                 on_event = Session(recorder, self.audit_log).emit
+            req = {"argv": argv, "sandbox_id": sid, "name": self.name, "audit": self.audit,
+                   "timeout": None if timeout is None else float(timeout),
+                   "env": tuple((str(k), str(v)) for k, v in env.items()) if env else ()}
             try:
-                launch = _launch_forked if _multithreaded() else _launcher.launch
-                res = launch(plan, argv, bpf=self.bpf, sandbox_id=sid, name=self.name,
-                             on_event=on_event, stdin=stdin, stdout=out, stderr=err)
+                res = _zygote.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event)
             except _launcher.LaunchError as e:
                 res = _launcher.Result(exit_code=e.code, message=f"pysandbox: {e}", sandbox_id=sid)
             finally:
@@ -234,112 +229,6 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox(profile={self.plan.name!r}, sources={list(self.plan.sources)!r})"
-
-
-def _multithreaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) > 1
-    except OSError:
-        return True
-
-
-_MSG = None
-
-
-def _launch_forked(plan, argv, *, bpf, sandbox_id, name, on_event, stdin, stdout, stderr):
-    """launch() in a single-threaded child made with fork(2).
-
-    The launcher clones PID 1 with a raw clone syscall, which runs none of glibc's fork handlers:
-    done from a multi-threaded process, the child can inherit a malloc arena lock or interpreter
-    lock held by another thread and hang forever. glibc's fork() (os.fork) does take those locks
-    around the fork, so we fork a per-run supervisor first; it is single-threaded when it clones
-    PID 1. Events and the Result come back over a pipe (pickled, length-prefixed); the calling
-    thread feeds the events to on_event as they arrive."""
-    import pickle
-    import struct
-    import threading
-    global _MSG
-    if _MSG is None:
-        _MSG = struct.Struct("=I")
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:                                   # the per-run supervisor
-        try:
-            import gc
-            gc.disable()                           # a collection would touch (copy) every shared page
-            os.close(r)
-            import prctl
-            import signal
-            prctl.set_pdeathsig(signal.SIGKILL)    # dies with the calling thread
-            try:
-                signal.set_wakeup_fd(-1)           # not the caller's event loop's wake-up pipe
-            except (ValueError, OSError):
-                pass
-            lock = threading.Lock()
-
-            def send(msg) -> None:
-                data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-                buf = memoryview(_MSG.pack(len(data)) + data)
-                with lock:
-                    while buf:
-                        buf = buf[os.write(w, buf):]
-
-            def emit(etype, **fields):
-                send(("event", etype, fields))
-            try:
-                res = _launcher.launch(plan, argv, bpf=bpf, sandbox_id=sandbox_id, name=name,
-                                       on_event=emit if on_event is not None else None,
-                                       stdin=stdin, stdout=stdout, stderr=stderr)
-                send(("result", res))
-            except _launcher.LaunchError as e:
-                send(("error", e.code, str(e)))
-            except BaseException as e:             # noqa: BLE001
-                send(("error", 125, f"internal error: {type(e).__name__}: {e}"))
-        finally:
-            os._exit(0)
-    os.close(w)
-    from . import _sys
-    import select
-    pidfd = _sys.pidfd_open(pid)
-    res = None
-    buf = b""
-    try:
-        poller = select.poll()
-        poller.register(r, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
-        child_gone = False
-        while res is None:
-            ready = dict(poller.poll(None if not child_gone else 0))
-            if not ready:
-                break                                # child gone and nothing left to read
-            if pidfd in ready:
-                child_gone = True
-                poller.unregister(pidfd)
-            if r in ready:
-                chunk = os.read(r, 1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-                while len(buf) >= 4:
-                    n = _MSG.unpack_from(buf)[0]
-                    if len(buf) < 4 + n:
-                        break
-                    msg = pickle.loads(buf[4:4 + n])
-                    buf = buf[4 + n:]
-                    if msg[0] == "event":
-                        if on_event is not None:
-                            on_event(msg[1], **msg[2])
-                    elif msg[0] == "result":
-                        res = msg[1]
-                    else:
-                        raise _launcher.LaunchError(msg[2], msg[1])
-    finally:
-        os.close(r)
-        os.close(pidfd)
-        os.waitpid(pid, 0)
-    if res is None:
-        raise _launcher.LaunchError("the per-run supervisor ended without a result")
-    return res
 
 
 def _read_memfd(fd: int) -> bytes:

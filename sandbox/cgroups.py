@@ -890,7 +890,35 @@ class Cgroup:
 
     def add_pid(self, pid: int) -> None:
         for drv in self.drivers:
-            drv.add_pid(pid)
+            if not (drv.version == 1 and self._child_joins):
+                drv.add_pid(pid)
+
+    _child_joins = False
+
+    def join_fds(self) -> list[int]:
+        """Write-only descriptors of each v1 leaf's `tasks` file, for the sandbox's first process to
+        join by itself (`write(fd, "0")` before it forks anything; see join()), after which add_pid()
+        leaves the v1 drivers alone.
+
+        Why: a pid written to cgroup.procs (or another task's tid to `tasks`) makes the kernel take
+        the global cgroup_threadgroup_rwsem for writing, which waits for an RCU grace period —
+        milliseconds, during which a launcher serving many sandboxes could do nothing else. A
+        single-threaded task moving itself ("0" to `tasks`) needs no threadgroup lock
+        (kernel/cgroup/cgroup.c, cgroup_procs_write_start). Permission is checked against the
+        opener's credentials, ours. v2 has no such file for processes: the parent moves it."""
+        fds: list[int] = []
+        try:
+            for drv in self.drivers:
+                if drv.version != 1:
+                    continue
+                for leaf in dict.fromkeys(drv.dirs.values()):
+                    fds.append(os.open(os.path.join(leaf, "tasks"), os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            raise CgroupError("cgroup", f"cannot open a tasks file: {_errmsg(e)}") from None
+        self._child_joins = bool(fds)
+        return fds
 
     def fds(self) -> list[int]:
         """The supervisor's lock descriptors (O_CLOEXEC). A child that does not exec (the sandbox's
@@ -1367,3 +1395,10 @@ def list_sandboxes(rootless: Optional[bool] = None, layout: Optional[Layout] = N
         except OSError:
             continue
     return out
+
+
+def join(fds) -> None:
+    """In the sandbox's first process, before it forks: join the cgroups behind join_fds()."""
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)

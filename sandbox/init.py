@@ -11,8 +11,10 @@ Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> |
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -46,9 +48,20 @@ def _send(fd: int, line: str) -> None:
 
 
 def pid1_main(ctx) -> None:
-    """Entry of the cloned child. Never returns."""
+    """Entry of the cloned child. Never returns.
+
+    PID 1 stays small: it joins its cgroup, takes the sandbox's identity, then forks the program
+    at once; the program's process builds the root filesystem (same mount namespace: its
+    pivot_root moves PID 1's root and cwd too) and execs. PID 1 itself only drops its
+    privileges, forwards signals and reaps — so the pages it copies from its parent stay few."""
     status_w = ctx.status_w
     try:
+        gc.disable()                             # a collection would copy every shared page
+        if ctx.nofile is not None:               # the supervisor's own, raised limit is not ours
+            resource.setrlimit(resource.RLIMIT_NOFILE, ctx.nofile)
+        for fd in ctx.cg_fds:                    # join our cgroups ourselves, before any fork
+            os.write(fd, b"0")                   # (see sandbox/cgroups.py, Cgroup.join_fds)
+            os.close(fd)
         for target, fd in enumerate(ctx.stdio):
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
@@ -61,7 +74,7 @@ def pid1_main(ctx) -> None:
         # non-dumpable only now: before, the (rootless) supervisor still had to open our
         # /proc/PID/uid_map, which a non-dumpable process makes root-owned
         prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
-        _setup(ctx)
+        _identity(ctx)
         # changing credentials cleared the parent-death signal: arm it again, then make sure the
         # supervisor did not die in between (a pipe with no reader polls as POLLERR)
         prctl.set_pdeathsig(signal.SIGKILL)
@@ -75,8 +88,11 @@ def pid1_main(ctx) -> None:
     pid = os.fork()
     if pid == 0:
         os.close(prog_err_r)
-        _exec_program(ctx, prog_err_w)           # never returns
+        _program(ctx, prog_err_w)                # never returns
     os.close(prog_err_w)
+    # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
+    # pipes, sockets and pidfds) but its status pipe and the program's error pipe
+    _close_all_but((status_w, prog_err_r))
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f, _p=pid: _forward(_p, s))
     try:
@@ -94,7 +110,8 @@ def pid1_main(ctx) -> None:
         err += chunk
     os.close(prog_err_r)
     if err:
-        _send(status_w, "EXEC " + err.decode(errors="replace"))
+        _send(status_w, err.decode(errors="replace") if err.startswith(b"SETUP ")
+              else "EXEC " + err.decode(errors="replace"))
     while True:
         try:
             wpid, status = os.waitpid(-1, 0)
@@ -105,8 +122,18 @@ def pid1_main(ctx) -> None:
             os._exit(0)                          # the kernel now kills what is left in the pid namespace
 
 
+def _close_all_but(keep) -> None:
+    """Close every descriptor above 2 except those in keep (close_range(2) under os.closerange).
+    Only in processes that never return to the code that owned them (PID 1, the program)."""
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 0x7FFFFFFF)
+
+
 def _supervisor_gone(fd: int) -> bool:
-    import select
     p = select.poll()
     p.register(fd, select.POLLOUT)
     return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
@@ -125,12 +152,13 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _setup(ctx) -> None:
+def _identity(ctx) -> None:
+    """PID 1, before it forks the program: become the mapped root of the new user namespace (files
+    the set-up creates must be owned by a mapped id; capabilities in the namespace are kept),
+    hostname, cgroup and time namespaces (both inherited by the program)."""
     plan = ctx.plan
     ns = plan.namespaces
     if ns.user:
-        # become the mapped root of the new user namespace for the set-up (files we create
-        # must be owned by a mapped id); capabilities in the namespace are kept.
         if _mapped(plan.user.gid_map, 0):
             _sys.setresgid(0, 0, 0)
         if not ctx.rootless:
@@ -142,17 +170,29 @@ def _setup(ctx) -> None:
     if ns.uts:
         socket.sethostname(plan.process.hostname)
     if ns.cgroup:
-        _sys.unshare(_sys.CLONE_NEWCGROUP)       # after the supervisor placed us in our cgroup
+        _sys.unshare(_sys.CLONE_NEWCGROUP)       # after we joined our cgroup
     if ns.time:
         _sys.unshare(_sys.CLONE_NEWTIME)         # applies to the program (our children)
-    if ns.net:
-        netlo.bring_up_loopback()
-    fds = rootfs.prepare(plan, has_netns=ns.net, has_pidns=ns.pid, hosts_text=ctx.hosts_text,
-                         hosts_file=getattr(ctx, "hosts_file", None),
-                         resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
-                         volume_dirs=ctx.volume_dirs)
-    rootfs.pivot(plan)
-    rootfs.finish(plan, fds)
+    os.chdir("/")                                # the old root: the program's pivot_root moves it
+
+
+def _program(ctx, err_w: int) -> None:
+    """The program's process: loopback, root filesystem (pivot_root), then _exec_program."""
+    plan = ctx.plan
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1
+        if plan.namespaces.net:
+            netlo.bring_up_loopback()
+        fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
+                             hosts_text=ctx.hosts_text, hosts_file=getattr(ctx, "hosts_file", None),
+                             resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
+                             volume_dirs=ctx.volume_dirs)
+        rootfs.pivot(plan)
+        rootfs.finish(plan, fds)
+    except Exception as e:                       # reported by PID 1 as a set-up failure (exit 125)
+        os.write(err_w, f"SETUP {_describe(e)}".replace("\n", " ").encode())
+        os._exit(125)
+    _exec_program(ctx, err_w)
 
 
 def _mapped(idmap, ident: int) -> bool:
@@ -184,6 +224,10 @@ def _exec_program(ctx, err_w: int) -> None:
     stage = "prepare"
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
+        # the set-up is done: keep only what the last steps use (else the descriptors inherited
+        # from a busy supervisor could exceed the program's RLIMIT_NOFILE before it even starts)
+        _close_all_but((err_w, ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
+                        ctx.console.fileno() if getattr(ctx, "console", None) is not None else None))
         if getattr(ctx, "console", None) is not None:
             stage = "tty"
             _console(ctx.console)                # run -t: a pty of the sandbox's devpts, our terminal

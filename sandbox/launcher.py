@@ -31,6 +31,15 @@ EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
 
+# Set by a supervisor that raised its own RLIMIT_NOFILE (the API's launch server): the limits its
+# sandboxes start from (the caller's), restored in PID 1.
+CHILD_NOFILE = None
+
+# Stale cgroups (of SIGKILLed supervisors) are looked for at the first launch of a process, then at
+# most every RECLAIM_EVERY seconds: a launch server starting many sandboxes need not rescan each time.
+RECLAIM_EVERY = 30.0
+_RECLAIMED = None
+
 
 class LaunchError(Exception):
     """The sandbox could not be set up as the plan says (exit 125). One line, names the control."""
@@ -71,6 +80,8 @@ class _Ctx:
     volume_dirs: dict = field(default_factory=dict)
     notify_sock: object = None
     stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
+    cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
+    nofile: Optional[tuple] = None        # RLIMIT_NOFILE for PID 1, when the supervisor raised its own
 
 
 def build_env(plan) -> dict:
@@ -125,173 +136,253 @@ def _write_maps(pid: int, plan, rootless: bool) -> None:
         raise LaunchError(f"user namespace: cannot write the id maps: {e.strerror}") from None
 
 
-def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
-           name: Optional[str] = None, on_event: Optional[Callable] = None,
-           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
-           console=None) -> Result:
-    """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends."""
-    started = time.monotonic()
-    rootless = os.geteuid() != 0
-    sandbox_id = sandbox_id or os.urandom(6).hex()
-    argv = tuple(argv) if argv else tuple(plan.process.argv)
-    preflight(plan, rootless)
-    if plan.seccomp.enabled and bpf is None:
-        from . import seccomp
-        bpf = seccomp.build_bpf(plan.seccomp)
-    env = build_env(plan)
-    emit = on_event or (lambda *a, **k: None)
+class Launch:
+    """One sandbox run in three steps, so that one process can supervise many at once:
 
-    cg = net = None
-    status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    ctx = _Ctx(plan, argv, env, bpf if plan.seccomp.enabled else None, rootless, go_r, go_w, status_r, status_w)
-    pid = None
-    result = Result(exit_code=EXIT_SETUP, sandbox_id=sandbox_id)
-    old_handlers = {}
-    sup = None
-    try:
-        if on_event is not None:     # audit: seccomp denials recorded, integrity checked (sandbox/notify.py)
+        run = Launch(plan, argv, ...)
+        if run.start():             # everything up to releasing PID 1 ("G"); False: run.result says why
+            ... wait until run.pidfd is readable (or run.deadline passed: run.expire()) ...
+        result = run.finish()       # reap, interpret the report, clean up, emit sandbox_exit
+
+    launch() below does the three in a row (the CLI, detached sandboxes, learn mode); the API's
+    launch server (sandbox/zygote.py) interleaves many."""
+
+    def __init__(self, plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
+                 name: Optional[str] = None, on_event: Optional[Callable] = None,
+                 stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
+                 console=None):
+        self.started = time.monotonic()
+        self.plan = plan
+        self.rootless = os.geteuid() != 0
+        self.sandbox_id = sandbox_id or os.urandom(6).hex()
+        self.argv = tuple(argv) if argv else tuple(plan.process.argv)
+        self.bpf = bpf
+        self.name = name
+        self.on_event = on_event
+        self.emit = on_event or _no_event
+        self.stdio = (stdin, stdout, stderr)
+        self.supervision = supervision
+        self.console = console
+        self.cg = self.net = self.sup = self.ctx = None
+        self.pid = None
+        self.pidfd = -1
+        self.deadline = None
+        self.timed_out = False
+        self.result = None
+        self._status_r = self._go_w = -1
+        # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/zygote.py)
+        self.inline_supervision = False
+
+    def start(self) -> bool:
+        """Set up and release the sandbox. False when it could not be started (self.result says why;
+        everything created is cleaned up already)."""
+        plan, rootless = self.plan, self.rootless
+        try:
+            preflight(plan, rootless)
+            bpf = self.bpf
+            if plan.seccomp.enabled and bpf is None:
+                from . import seccomp
+                bpf = seccomp.build_bpf(plan.seccomp)
+            env = build_env(plan)
+            self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+            ctx = self.ctx = _Ctx(plan, self.argv, env, bpf if plan.seccomp.enabled else None, rootless,
+                                  go_r, self._go_w, self._status_r, status_w)
+            ctx.nofile = CHILD_NOFILE
+            try:
+                self._prepare(ctx)
+                ns = plan.namespaces
+                flags = _sys.CLONE_NEWNS
+                for on, flag in ((ns.user, _sys.CLONE_NEWUSER), (ns.pid, _sys.CLONE_NEWPID),
+                                 (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
+                    if on:
+                        flags |= flag
+                ctx.stdio = self.stdio
+                ctx.console = self.console   # socket: the program sends its pty master back (run -t)
+                try:
+                    pid = _sys.clone_fork(flags)
+                except OSError as e:
+                    raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
+                if pid == 0:
+                    try:
+                        pid1_main(ctx)
+                    finally:
+                        os._exit(1)
+                self.pid = pid
+            finally:
+                os.close(go_r)
+                os.close(status_w)
+            if ctx.cg_fds:
+                for fd in ctx.cg_fds:                  # PID 1 joined its cgroup itself before this
+                    os.close(fd)
+                ctx.cg_fds = ()
+            if plan.namespaces.user:
+                _write_maps(pid, plan, rootless)
+            if self.cg is not None:
+                self.cg.add_pid(pid)                   # v2 only: PID 1 joined v1 leaves itself
+            if self.net is not None:
+                try:
+                    self.net.attach(pid)
+                except Exception as e:
+                    raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
+            more = {}
+            if self.cg is not None:                    # PID 1 may not have joined them yet: say where
+                more["cgroups"] = [d for d in self.cg.paths if os.path.basename(d) == self.sandbox_id]
+            self.emit("sandbox_start", pid=pid, argv=list(self.argv), **more)
+            if self.sup is not None:
+                kw = {"inline": True} if self.inline_supervision else {}
+                self.sup.started(pid, lambda p=pid, c=self.cg: _kill(p, c), ctx=ctx, **kw)
+            self.pidfd = _sys.pidfd_open(pid)
+            os.write(self._go_w, b"G")
+            os.close(self._go_w)
+            self._go_w = -1
+            if plan.process.timeout:
+                self.deadline = time.monotonic() + plan.process.timeout
+            return True
+        except BaseException as e:
+            if isinstance(e, LaunchError):
+                self.result = Result(exit_code=e.code, message=f"pysandbox: {e}")
+            if self.pid:
+                _kill(self.pid, self.cg)
+            if self.result is None:                    # not a LaunchError: clean up, then raise
+                self.result = Result(exit_code=EXIT_SETUP)
+                self._cleanup()
+                raise
+            self._cleanup()
+            self._ending()
+            return False
+
+    def _prepare(self, ctx) -> None:
+        """Before clone: audit supervision, cgroup, network, image root and volumes."""
+        plan, rootless = self.plan, self.rootless
+        if self.on_event is not None:    # audit: seccomp denials recorded, integrity checked (sandbox/notify.py)
             from .notify import Supervision
             try:
-                sup = (supervision or Supervision)(plan.seccomp, ctx.bpf, emit)   # learn mode passes its own
+                self.sup = (self.supervision or Supervision)(plan.seccomp, ctx.bpf, self.emit)
             except (OSError, ValueError) as e:
                 raise LaunchError(f"seccomp: {e}") from None
-            ctx.bpf, ctx.notify_sock, ctx.seccomp_log = sup.bpf, sup.child_sock, sup.log_flag
+            ctx.bpf, ctx.notify_sock, ctx.seccomp_log = self.sup.bpf, self.sup.child_sock, self.sup.log_flag
         if plan.limits.any():
             from . import cgroups
-            cgroups.reclaim_stale(rootless=rootless)   # leftovers of SIGKILLed supervisors (ours only)
+            global _RECLAIMED
+            if _RECLAIMED is None or time.monotonic() - _RECLAIMED > RECLAIM_EVERY:
+                cgroups.reclaim_stale(rootless=rootless)   # leftovers of SIGKILLed supervisors (ours only)
+                _RECLAIMED = time.monotonic()
             try:
-                cg = cgroups.create_for_sandbox(sandbox_id, plan.limits, rootless=rootless)
+                self.cg = cgroups.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless)
+                ctx.cg_fds = self.cg.join_fds()        # PID 1 joins by itself (no RCU wait on v1)
             except cgroups.CgroupError as e:
                 raise LaunchError(f"limits: {e}") from None
         if plan.network.mode not in ("none", "host") or plan.network.ports or plan.network.egress_allow \
                 or plan.network.egress_default == "deny":
             from . import network
             try:
-                net = network.prepare(plan.network, sandbox_id, name, rootless=rootless,
-                                      hostname=plan.process.hostname)
+                self.net = network.prepare(plan.network, self.sandbox_id, self.name, rootless=rootless,
+                                           hostname=plan.process.hostname)
             except network.NetworkError as e:
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
-            if net is not None:
-                ctx.hosts_text = net.etc_hosts()
-                ctx.hosts_file = net.hosts_path
-
+            if self.net is not None:
+                ctx.hosts_text = self.net.etc_hosts()
+                ctx.hosts_file = self.net.hosts_path
         if plan.filesystem.image or any(m.type == "volume" for m in plan.filesystem.mounts):
-            _prepare_image_and_volumes(ctx, plan, sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
+            _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
 
-        ns = plan.namespaces
-        flags = _sys.CLONE_NEWNS
-        for on, flag in ((ns.user, _sys.CLONE_NEWUSER), (ns.pid, _sys.CLONE_NEWPID),
-                         (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
-            if on:
-                flags |= flag
-        ctx.stdio = (stdin, stdout, stderr)
-        ctx.console = console        # socket: the program sends its pty master back (run -t)
-        try:
-            pid = _sys.clone_fork(flags)
-        except OSError as e:
-            raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
-        if pid == 0:
-            try:
-                pid1_main(ctx)
-            finally:
-                os._exit(1)
-        os.close(go_r)
-        os.close(status_w)
-        if ns.user:
-            _write_maps(pid, plan, rootless)
-        if cg is not None:
-            cg.add_pid(pid)
-        if net is not None:
-            try:
-                net.attach(pid)
-            except Exception as e:
-                raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
-        emit("sandbox_start", pid=pid, argv=list(argv))
-        if sup is not None:
-            sup.started(pid, lambda p=pid: _kill(p, cg), ctx=ctx)
+    def expire(self) -> None:
+        """The deadline passed: kill the whole sandbox (finish() then reports exit 124)."""
+        self.timed_out = True
+        _kill(self.pid, self.cg)
 
-        # Forward signals to PID 1 (which forwards to the program) — only possible from the main
-        # thread; API callers in other threads forward with Result-less kill() themselves.
-        def forward(sig, _frame):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-                old_handlers[sig] = signal.signal(sig, forward)
-        pidfd = _sys.pidfd_open(pid)
-        os.write(go_w, b"G")
-        os.close(go_w)
-        go_w = -1
-        # wait for PID 1 (poll on its pidfd: works in any thread, enforces the timeout)
-        timed_out = False
-        deadline = time.monotonic() + plan.process.timeout if plan.process.timeout else None
+    def kill(self) -> None:
+        if self.pid:
+            _kill(self.pid, self.cg)
+
+    def wait(self) -> None:
+        """Block until PID 1 has ended, enforcing the deadline (poll on the pidfd: any thread)."""
         poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
         while True:
-            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            wait_ms = None if self.deadline is None else max(0, int((self.deadline - time.monotonic()) * 1000))
             if poller.poll(wait_ms):
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
-                _kill(pid, cg)
-                break
-        os.close(pidfd)
-        _, p1_status = os.waitpid(pid, 0)
-        pid = None
-        os.set_blocking(status_r, False)   # PID 1 is gone; other threads' PID 1s may hold copies of status_w
-        report = _read_all(status_r)
-        result = _interpret(report, p1_status, argv, timed_out, plan)
-        if sup is not None:
-            sup.stop()
-            if sup.killed and not timed_out:     # a kill rule: recorded, then the sandbox was killed
-                result = Result(128 + signal.SIGSYS, signal=signal.SIGSYS,
-                                message=f"pysandbox: killed by the seccomp policy ({sup.killed})")
-    except LaunchError as e:
-        result = Result(exit_code=e.code, message=f"pysandbox: {e}")
-        if pid:
-            _kill(pid, cg)
-    finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-        if pid:
+                return
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.expire()
+                return
+
+    def finish(self) -> Result:
+        """After PID 1 ended (or expire()/kill()): reap, interpret, clean up. Returns the Result."""
+        if self.result is not None:                   # start() failed: already cleaned up
+            return self.result
+        plan = self.plan
+        try:
+            _, p1_status = os.waitpid(self.pid, 0)
+            self.pid = None
+            os.set_blocking(self._status_r, False)   # PID 1 is gone; other PID 1s may hold copies of status_w
+            report = _read_all(self._status_r)
+            result = _interpret(report, p1_status, self.argv, self.timed_out, plan)
+            sup = self.sup
+            if sup is not None:
+                sup.stop()
+                if sup.killed and not self.timed_out:   # a kill rule: recorded, then the sandbox was killed
+                    result = Result(128 + signal.SIGSYS, signal=signal.SIGSYS,
+                                    message=f"pysandbox: killed by the seccomp policy ({sup.killed})")
+        except BaseException:
+            self.result = Result(exit_code=EXIT_SETUP)
+            if self.pid:
+                _kill(self.pid, self.cg)
+            self._cleanup()
+            raise
+        self.result = result
+        self._cleanup()
+        self._ending()
+        return self.result
+
+    def _cleanup(self) -> None:
+        result, plan, ctx = self.result, self.plan, self.ctx
+        if self.pid:
             try:
-                os.waitpid(pid, 0)
+                os.waitpid(self.pid, 0)
             except ChildProcessError:
                 pass
+            self.pid = None
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        sup = self.sup
         if sup is not None:
             sup.stop()
-        for fd in (status_r, go_w):
+        for fd in (self._status_r, self._go_w):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        if cg is not None:
+        self._status_r = self._go_w = -1
+        for fd in getattr(ctx, "cg_fds", ()) or ():
+            os.close(fd)
+        if self.cg is not None:
             try:
-                result.events.extend(cg.finish())
+                result.events.extend(self.cg.finish())
             except Exception as e:  # clean-up problems are reported, never hidden
                 result.events.append({"type": "integrity_violation", "what": "cgroup", "detail": str(e)})
-        if ctx.image_root is not None:             # discard the writable layer, or keep it (--keep)
+        if ctx is not None and ctx.image_root is not None:   # discard the writable layer, or keep it (--keep)
             try:
                 from . import overlay
                 keep = plan.filesystem.keep and result.exit_code != EXIT_SETUP
                 overlay.finish_root(ctx.image_root, keep=keep)
                 if keep:
-                    kept = (f"pysandbox: kept the writable layer of {sandbox_id} (pysandbox diff {sandbox_id})"
-                            if not ctx.image_root.read_only else
+                    kept = (f"pysandbox: kept the writable layer of {self.sandbox_id} (pysandbox diff "
+                            f"{self.sandbox_id})" if not ctx.image_root.read_only else
                             "pysandbox: --keep: nothing kept, the root was read-only (use --read-write)")
                     result.message = kept if not result.message else result.message + "\n" + kept
             except Exception as e:
                 result.events.append({"type": "integrity_violation", "what": "image root", "detail": str(e)})
-        for v in ctx.volume_dirs.values():           # the supervisor's copies of detached volume trees
+        for v in (ctx.volume_dirs.values() if ctx is not None else ()):   # our copies of detached volume trees
             if isinstance(v, int):
                 try:
                     os.close(v)
                 except OSError:
                     pass
+        net = self.net
         if net is not None:
             try:
                 net.release()
@@ -303,21 +394,62 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
                                       "message": f"egress allow-list denied {net.denied} packet(s)"})
         if sup is not None:
             result.events.extend(sup.integrity())     # audit: post-exit integrity checks (audit/integrity.py)
-    result.sandbox_id = sandbox_id
-    result.duration = time.monotonic() - started
-    if cg is not None:
-        from . import cgroups
-        line = cgroups.summary_line(result.events)
-        if line:
-            result.message = line if not result.message else result.message + "\n" + line
-            if any(e.get("type") == "oom_kill" for e in result.events) and result.exit_code in (EXIT_SETUP, 137) \
-                    or any(e.get("type") == "oom_kill" for e in result.events) and result.signal == signal.SIGKILL:
-                result.exit_code = 137
-    if result.timed_out:
-        emit("timeout", timeout=plan.process.timeout)
-    emit("sandbox_exit", exit_code=result.exit_code, duration=round(result.duration, 6),
-         signal=result.signal, events=result.events)
-    return result
+
+    def _ending(self) -> None:
+        result, plan = self.result, self.plan
+        result.sandbox_id = self.sandbox_id
+        result.duration = time.monotonic() - self.started
+        if self.cg is not None:
+            from . import cgroups
+            line = cgroups.summary_line(result.events)
+            if line:
+                result.message = line if not result.message else result.message + "\n" + line
+                oom = any(e.get("type") == "oom_kill" for e in result.events)
+                if oom and (result.exit_code in (EXIT_SETUP, 137) or result.signal == signal.SIGKILL):
+                    result.exit_code = 137
+        if result.timed_out:
+            self.emit("timeout", timeout=plan.process.timeout)
+        self.emit("sandbox_exit", exit_code=result.exit_code, duration=round(result.duration, 6),
+                  signal=result.signal, events=result.events)
+
+
+def _no_event(*_a, **_k) -> None:
+    pass
+
+
+def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
+           name: Optional[str] = None, on_event: Optional[Callable] = None,
+           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
+           console=None) -> Result:
+    """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends.
+    Signals (TERM INT HUP QUIT USR1 USR2) are forwarded to PID 1 when called from the main thread."""
+    run = Launch(plan, argv, bpf=bpf, sandbox_id=sandbox_id, name=name, on_event=on_event, stdin=stdin,
+                 stdout=stdout, stderr=stderr, supervision=supervision, console=console)
+    old_handlers = {}
+
+    def forward(sig, _frame):
+        if run.pid:
+            try:
+                os.kill(run.pid, sig)
+            except ProcessLookupError:
+                pass
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+                old_handlers[sig] = signal.signal(sig, forward)
+        if not run.start():
+            return run.result
+        run.wait()
+    except BaseException:
+        run.kill()
+        if run.result is None:
+            run.result = Result(exit_code=EXIT_SETUP)
+            run._cleanup()
+        raise
+    finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+    return run.finish()
 
 
 def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> None:

@@ -240,7 +240,7 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     def on_event(etype, **fields):
         if etype == "sandbox_start":
             try:
-                _record_start(name, sid, fields["pid"], tell)
+                _record_start(name, sid, fields["pid"], tell, fields.get("cgroups"))
             except Exception as e:                # noqa: BLE001 - never break the launch over state
                 print(f"pysandbox: state of {name}: {e}", file=sys.stderr)
         return sess.emit(etype, **fields)
@@ -277,11 +277,12 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     os._exit(0)
 
 
-def _record_start(name: str, sid: str, pid1: int, tell) -> None:
+def _record_start(name: str, sid: str, pid1: int, tell, cgroups=None) -> None:
     """Launcher thread, right after clone (PID 1 is still waiting for "go"): record PID 1."""
     st1 = state.proc_starttime(pid1)
     ns = ns_inodes(pid1, ("user", "mnt", "pid", "uts", "ipc", "net"))
-    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, cgroups=sandbox_cgroups(pid1, sid),
+    cgs = list(cgroups) if cgroups is not None else sandbox_cgroups(pid1, sid)
+    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, cgroups=cgs,
                  started=state.now())
     threading.Thread(target=_watch_ready, args=(name, pid1, st1, tell), daemon=True).start()
 

@@ -653,6 +653,8 @@ class Supervision:
         self._handle: Optional[Handle] = None
         self._match = None
         self._snap = None
+        self._inline: Optional[_Base] = None
+        self._inline_done = False
         if seccomp_plan is None or not getattr(seccomp_plan, "enabled", False) or not bpf:
             return
         from . import seccomp as _sc
@@ -701,9 +703,12 @@ class Supervision:
         m = self._match
         return m(pid) if m is not None else False
 
-    def started(self, pid: int, kill_sandbox: Optional[Callable[[], Any]] = None, ctx=None) -> None:
+    def started(self, pid: int, kill_sandbox: Optional[Callable[[], Any]] = None, ctx=None, *,
+                inline: bool = False) -> None:
         """The sandbox's first process exists (host pid `pid`); call before releasing it.
-        With ctx (the launcher's context), also snapshot what the integrity checks compare."""
+        With ctx (the launcher's context), also snapshot what the integrity checks compare.
+        inline=True: no thread; the caller's poll loop watches inline_fds() and calls
+        inline_ready() (the API's launch server supervises every sandbox in one loop)."""
         if ctx is not None:
             self._snapshot(pid, ctx)
         if self.warning:
@@ -725,8 +730,55 @@ class Supervision:
             sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source)
         else:
             sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source)
+        if inline:
+            self._inline = sup
+            return
         sup.thread.start()
         self._handle = Handle(sup)
+
+    # --- inline supervision (no thread): driven by the caller's poll loop ---------------------
+    def inline_fds(self) -> tuple:
+        """Descriptors to poll for POLLIN now: the socket the listener arrives on, then the
+        listener itself; () when there is nothing (more) to supervise."""
+        sup = self._inline
+        if sup is None or self._inline_done:
+            return ()
+        if sup.fd < 0:
+            return (self._parent.fileno(),) if self._parent is not None else ()
+        return (sup.fd,)
+
+    def inline_ready(self, fd: int, events: int) -> None:
+        """One of inline_fds() is ready: take the listener, or answer one notification."""
+        sup = self._inline
+        if sup is None or self._inline_done:
+            return
+        try:
+            if sup.fd < 0:
+                sup.fd = recv_listener(self._parent, timeout=0)      # readable: no wait
+            elif events & select.POLLIN:
+                sup._one()
+            elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self._inline_done = True                            # no task uses the filter any more
+        except OSError as e:            # EOF: the program ended before it loaded its filter
+            sup.stats["no_listener" if sup.fd < 0 else "error"] = e.strerror or str(e)
+            self._inline_done = True
+        except Exception as e:  # noqa: BLE001 - reported in stats, never a dead launch server
+            sup.stats["error"] = f"{type(e).__name__}: {e}"
+            self._inline_done = True
+
+    def _stop_inline(self) -> dict:
+        sup = self._inline
+        self._inline = None
+        if sup.fd >= 0 and not self._inline_done:       # answer what is still queued
+            p = select.poll()
+            p.register(sup.fd, select.POLLIN)
+            try:
+                while any(ev & select.POLLIN for _, ev in p.poll(0)):
+                    sup._one()
+            except Exception as e:  # noqa: BLE001
+                sup.stats["error"] = f"{type(e).__name__}: {e}"
+        sup.close()
+        return dict(sup.stats)
 
     def _snapshot(self, pid: int, ctx) -> None:
         try:
@@ -759,7 +811,10 @@ class Supervision:
                 self._parent.shutdown(socket.SHUT_RDWR)     # unblocks a receiver still waiting
             except OSError:
                 pass
-        stats = self._handle.stop() if self._handle is not None else {}
+        if self._inline is not None:
+            stats = self._stop_inline()
+        else:
+            stats = self._handle.stop() if self._handle is not None else {}
         if self._parent is not None:
             self._parent.close()
             self._parent = None

@@ -1,0 +1,309 @@
+"""The API's launch server: one small, single-purpose process that starts and supervises every
+sandbox of one API process.
+
+Why a separate process:
+  * cost: a sandbox's PID 1 is a forked copy of whoever clones it. Cloned from the API process
+    (which compiled profiles: PyYAML, jsonschema, libseccomp, the compiler; and whatever the
+    application itself holds), every launch copies a large page table twice (PID 1, then the
+    program) and every PID 1 shares — and soon copies — a large heap. The server is started once
+    with `python -I -S` and imports only the launch path (sandbox.launcher, init, rootfs,
+    capabilities, the seccomp loader, cgroups, notify), so forks from it are cheap and its PID 1s
+    small (`bench/api_launch.py`, `bench/concurrent.py`);
+  * safety: it is single-threaded when it clones (the audit's notification threads aside: they only
+    ever release the GIL around blocking system calls), whereas an application calling the API may
+    run any number of threads — cloning from those could leave the child waiting forever on a
+    lock another thread held. No per-run supervisor process is needed any more;
+  * scale: one poll loop supervises every sandbox (PID 1 pidfds, deadlines, the callers' sockets),
+    so N concurrent sandboxes cost N small PID 1s, not N supervisors.
+
+Protocol (AF_UNIX SOCK_SEQPACKET, pickled messages; both ends are this package, same user):
+  control socket (API -> server): one message per run, a request dict, with four descriptors
+    attached: the run's own socket, the program's stdin, stdout, stderr;
+  run socket (server -> API): ("event", type, fields) as the run goes (audit), then
+    ("result", launcher.Result) or ("error", exit_code, message). The caller closing its run socket
+    kills that sandbox; the control socket closing (the API process ended, however) kills them all.
+Plans are sent once per Sandbox (by key) and kept by the server.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import socket
+import sys
+import threading
+import time
+
+MAX_MSG = 1 << 22
+
+_BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve; serve({fd})")
+
+
+# --- the server -----------------------------------------------------------------------------
+
+class _Run:
+    __slots__ = ("launch", "sock", "lock", "nfds")
+
+    def __init__(self, launch, sock):
+        self.launch = launch
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.nfds: tuple = ()                  # audit: seccomp listener (or the socket it comes on)
+
+    def send(self, msg) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with self.lock:
+                self.sock.send(data)
+        except OSError:
+            pass                               # the caller went away: its sandbox is being killed
+
+
+class _Poller:
+    """select.poll that remembers which descriptors were (un)registered since the last poll(): an
+    event for one of those belongs to a closed descriptor whose number may be in use again."""
+
+    def __init__(self):
+        self._p = select.poll()
+        self.changed: set = set()
+
+    def register(self, fd: int, mask: int) -> None:
+        self._p.register(fd, mask)
+        self.changed.add(fd)
+
+    def unregister(self, fd: int) -> None:
+        self._p.unregister(fd)
+        self.changed.add(fd)
+
+    def poll(self, timeout):
+        return self._p.poll(timeout)
+
+
+def serve(ctl_fd: int) -> None:
+    """The server's main loop. Returns (exits) when the control socket closes and every sandbox
+    it started has ended and been cleaned up."""
+    import dataclasses
+    import gc
+    import signal
+    from . import launcher
+    from . import cgroups, notify  # noqa: F401  imported once here, shared by every PID 1
+    from policies import plan as _plan  # noqa: F401  unpickling plans
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the caller handles ^C (closing its run socket)
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:                                 # ~8 descriptors per running sandbox
+        launcher.CHILD_NOFILE = (soft, hard)         # what the sandboxes start from (the caller's)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctl = socket.socket(fileno=ctl_fd)
+    plans: dict = {}
+    by_pidfd: dict[int, _Run] = {}
+    by_sock: dict[int, _Run] = {}
+    by_nfd: dict[int, _Run] = {}
+    poller = _Poller()
+    poller.register(ctl_fd, select.POLLIN)
+    gc.collect()
+    gc.freeze()                                      # what exists now is never scanned (nor copied) again
+    closing = False
+
+    def new_run() -> bool:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, MAX_MSG, 8)
+        except OSError:
+            return False
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            return False
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            return True
+        rsock = socket.socket(fileno=fds[0])
+        stdio = fds[1:]
+        run = None
+        try:
+            req = pickle.loads(msg)
+            if req.get("plan") is not None:
+                plans[req["key"]] = pickle.loads(req["plan"])
+            plan, bpf = plans[req["key"]]
+            if req.get("timeout") is not None or req.get("env"):
+                proc = plan.process
+                if req.get("timeout") is not None:
+                    proc = dataclasses.replace(proc, timeout=float(req["timeout"]))
+                if req.get("env"):
+                    proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple(req["env"]))
+                plan = dataclasses.replace(plan, process=proc)
+            run = _Run(None, rsock)
+            on_event = None
+            if req.get("audit"):
+                def on_event(etype, _run=run, **fields):
+                    _run.send(("event", etype, fields))
+            run.launch = launcher.Launch(plan, req["argv"], bpf=bpf, sandbox_id=req["sandbox_id"],
+                                         name=req.get("name"), on_event=on_event,
+                                         stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
+            ok = run.launch.start()
+        except launcher.LaunchError as e:
+            (run or _Run(None, rsock)).send(("error", e.code, str(e)))
+            ok = None
+        except Exception as e:  # noqa: BLE001 - one line to the caller, never a dead server
+            (run or _Run(None, rsock)).send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
+            ok = None
+        finally:
+            for fd in stdio:                           # PID 1 has its own copies
+                os.close(fd)
+        if not ok:
+            if ok is False:
+                run.send(("result", run.launch.result))
+            rsock.close()
+            return True
+        by_pidfd[run.launch.pidfd] = run
+        by_sock[rsock.fileno()] = run
+        poller.register(run.launch.pidfd, select.POLLIN)
+        poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
+        sync_notify(run)
+        return True
+
+    def sync_notify(run: _Run) -> None:
+        sup = run.launch.sup
+        want = tuple(sup.inline_fds()) if sup is not None else ()
+        for fd in run.nfds:
+            if fd not in want:
+                poller.unregister(fd)
+                del by_nfd[fd]
+        for fd in want:
+            if fd not in run.nfds:
+                poller.register(fd, select.POLLIN)
+                by_nfd[fd] = run
+        run.nfds = want
+
+    def end_run(run: _Run) -> None:
+        for fd in run.nfds:
+            poller.unregister(fd)
+            del by_nfd[fd]
+        run.nfds = ()
+        poller.unregister(run.launch.pidfd)
+        poller.unregister(run.sock.fileno())
+        del by_pidfd[run.launch.pidfd]
+        del by_sock[run.sock.fileno()]
+        try:
+            result = run.launch.finish()
+            run.send(("result", result))
+        except Exception as e:  # noqa: BLE001
+            run.send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
+        run.sock.close()
+
+    while True:
+        if closing and not by_pidfd:
+            break
+        now = time.monotonic()
+        deadlines = [r.launch.deadline for r in by_pidfd.values()
+                     if r.launch.deadline is not None and not r.launch.timed_out]
+        timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
+        events = poller.poll(timeout)
+        poller.changed.clear()
+        for fd, ev in events:
+            if fd in poller.changed:
+                continue                               # (re)registered since: a stale event, or another fd
+            if fd == ctl_fd:
+                if ev & select.POLLIN and new_run():
+                    continue                           # (queued requests are served before a HUP)
+                closing = True                         # the API process is gone: end everything
+                poller.unregister(ctl_fd)
+                for r in by_pidfd.values():
+                    r.launch.kill()
+            elif fd in by_nfd:                         # audit: a denial to record and answer
+                run = by_nfd[fd]
+                run.launch.sup.inline_ready(fd, ev)
+                sync_notify(run)
+            elif fd in by_pidfd:
+                end_run(by_pidfd[fd])
+            elif fd in by_sock and ev & (select.POLLHUP | select.POLLERR):
+                by_sock[fd].launch.kill()             # PID 1's pidfd reports the end
+        now = time.monotonic()
+        for r in list(by_pidfd.values()):
+            d = r.launch.deadline
+            if d is not None and not r.launch.timed_out and now >= d:
+                r.launch.expire()
+    os._exit(0)
+
+
+# --- the client (in the API process) --------------------------------------------------------
+
+class Client:
+    """The API process's handle on its launch server, started on first use (per process: a
+    forked child of the API starts its own)."""
+
+    _lock = threading.Lock()
+    _current: "Client | None" = None
+
+    @classmethod
+    def get(cls) -> "Client":
+        with cls._lock:
+            c = cls._current
+            if c is None or c.owner != os.getpid() or c.proc.poll() is not None:
+                c = cls._current = cls()
+            return c
+
+    def __init__(self):
+        import subprocess
+        self.owner = os.getpid()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        # the caller's own module path (the project, site-packages) — with -I -S nothing else:
+        # no PYTHONPATH, no user site, no current directory
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _BOOT.format(paths=paths, fd=theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)
+        theirs.close()
+        self.ctl = mine
+        self.sent: set = set()
+        import atexit
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """End the server: it kills what still runs, cleans up and exits."""
+        try:
+            self.ctl.close()
+        except OSError:
+            pass
+        if self.owner == os.getpid():
+            try:
+                self.proc.wait(10)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def run(self, key, plan, bpf, req: dict, stdio, on_event):
+        """Start a sandbox and wait for it; returns the launcher's Result (LaunchError raised when
+        the server refused or failed)."""
+        from .launcher import LaunchError
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            req = dict(req, key=key)
+            first = key not in self.sent
+            if first:
+                req["plan"] = pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                socket.send_fds(self.ctl, [pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)],
+                                [theirs.fileno(), *stdio])
+            except OSError as e:
+                raise LaunchError(f"the launch server is gone: {e.strerror}") from None
+            if first:
+                self.sent.add(key)
+            theirs.close()
+            while True:
+                data = mine.recv(MAX_MSG)
+                if not data:
+                    raise LaunchError("the launch server ended without a result")
+                msg = pickle.loads(data)
+                if msg[0] == "event":
+                    if on_event is not None:
+                        on_event(msg[1], **msg[2])
+                elif msg[0] == "result":
+                    return msg[1]
+                else:
+                    raise LaunchError(msg[2], msg[1])
+        finally:
+            theirs.close()
+            mine.close()
