@@ -150,9 +150,14 @@ class Sandbox:
         self.name = name
         self.audit_log = audit_log
         self._key = os.urandom(8).hex()                  # the launch server keeps the plan under it
+        self._names = None
         if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
             from . import notify
             notify.user_notif_available()                # probe once, not per run
+            try:                                         # the launch server names denied syscalls
+                self._names = _syscall_table()           # from this table, without libseccomp
+            except Exception:  # noqa: BLE001 - it falls back to libseccomp
+                self._names = None
         from audit import session as _s  # noqa: F401  warm import, not per run
 
     @property
@@ -201,7 +206,8 @@ class Sandbox:
                    "timeout": None if timeout is None else float(timeout),
                    "env": tuple((str(k), str(v)) for k, v in env.items()) if env else ()}
             try:
-                res = _zygote.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event)
+                res = _zygote.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event,
+                                               names=self._names)
             except _launcher.LaunchError as e:
                 res = _launcher.Result(exit_code=e.code, message=f"pysandbox: {e}", sandbox_id=sid)
             finally:
@@ -229,6 +235,17 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox(profile={self.plan.name!r}, sources={list(self.plan.sources)!r})"
+
+
+_TABLE = None
+
+
+def _syscall_table() -> dict:
+    global _TABLE
+    if _TABLE is None:
+        from .notify import _NAMES
+        _TABLE = _NAMES.table()
+    return _TABLE
 
 
 def _read_memfd(fd: int) -> bytes:

@@ -66,8 +66,10 @@ def pid1_main(ctx) -> None:
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
         prctl.set_pdeathsig(signal.SIGKILL)      # the sandbox dies with its supervisor
-        os.close(ctx.go_w)
-        os.close(ctx.status_r)
+        if ctx.go_w is not None:                  # (None: handed over without them, sandbox/zygote.py)
+            os.close(ctx.go_w)
+        if ctx.status_r is not None:
+            os.close(ctx.status_r)
         if os.read(ctx.go_r, 1) != b"G":          # supervisor gone or refused: stop here
             os._exit(1)
         os.close(ctx.go_r)

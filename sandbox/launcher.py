@@ -172,6 +172,9 @@ class Launch:
         self._status_r = self._go_w = -1
         # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/zygote.py)
         self.inline_supervision = False
+        # clone(flags, ctx) -> pid: PID 1 made by someone else (a child of ours all the same, through
+        # CLONE_PARENT), which then runs pid1_main(ctx) — sandbox/zygote.py's template. Never 0.
+        self.clone = None
 
     def start(self) -> bool:
         """Set up and release the sandbox. False when it could not be started (self.result says why;
@@ -200,7 +203,7 @@ class Launch:
                 ctx.stdio = self.stdio
                 ctx.console = self.console   # socket: the program sends its pty master back (run -t)
                 try:
-                    pid = _sys.clone_fork(flags)
+                    pid = self.clone(flags, ctx) if self.clone is not None else _sys.clone_fork(flags)
                 except OSError as e:
                     raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
                 if pid == 0:

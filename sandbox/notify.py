@@ -211,6 +211,23 @@ class SyscallNames:
         return name
 
 
+    def table(self, arch: Optional[int] = None, top: int = 1024) -> dict:
+        """{(arch, nr): name} for every native syscall number below `top` (libseccomp, once): for
+        a process that must resolve names without loading libseccomp (the API's launch server)."""
+        import pyseccomp
+        arch = pyseccomp.system_arch() if arch is None else arch
+        out = {}
+        for nr in range(top):
+            try:
+                out[(arch, nr)] = pyseccomp.resolve_syscall(arch, nr).decode()
+            except Exception:  # noqa: BLE001 - a hole in the table
+                continue
+        return out
+
+    def seed(self, table: dict) -> None:
+        self._cache.update(table)
+
+
 _NAMES = SyscallNames()
 
 

@@ -79,6 +79,192 @@ class _Poller:
         return self._p.poll(timeout)
 
 
+# --- the template: PID 1s are cloned from a copy of the server that never changes -------------
+#
+# A forked PID 1 shares the pages of its parent until one of them writes. The server keeps working
+# (every launch, every result, every audit event), and each page it writes afterwards becomes a
+# private page of every PID 1 still running that was forked before: PID 1s of a busy server grow
+# to megabytes. So the server forks, once, right after its imports, a template process that does
+# nothing but clone PID 1s on request (one small message each way). The clone uses CLONE_PARENT:
+# PID 1 is the server's own child all the same (pidfd, waitpid, PDEATHSIG as before). PID 1 then
+# receives its context and descriptors from the server over a socket of its own and runs
+# sandbox.init.pid1_main.
+
+CLONE_PARENT = 0x00008000
+KEY_LEN = 32
+_PLANS: dict = {}                                     # in the template: key -> plan
+
+
+def ctx_fds(ctx) -> list:
+    """Every descriptor PID 1's context refers to (they are re-created at the same numbers)."""
+    fds = [ctx.go_r, ctx.status_w, *(fd for fd in ctx.stdio if fd is not None), *ctx.cg_fds]
+    for name in ("notify_sock", "console"):
+        sock = getattr(ctx, name, None)
+        if sock is not None:
+            fds.append(sock.fileno())
+    fds += [v for v in ctx.volume_dirs.values() if isinstance(v, int)]
+    root = ctx.image_root
+    if root is not None:
+        fds += list(getattr(root, "lower_fds", ()) or ())
+        if getattr(root, "rw_fd", -1) >= 0:
+            fds.append(root.rw_fd)
+    return list(dict.fromkeys(fds))
+
+
+class _Template:
+    def __init__(self):
+        import prctl  # noqa: F401  (imported here: the template uses it)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.sock.close()
+                _template_loop(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self.pid = pid
+        self.plans: set = set()
+
+    def clone(self, flags: int, ctx, key: str, plan) -> int:
+        """Launch.clone: PID 1 from the template, handed its context. Returns its pid.
+        The template keeps `plan` (the Sandbox's, without per-run overrides: those only concern
+        the supervisor, and the environment, which travels in ctx.env) under `key`, so a PID 1
+        unpickles only the small per-run part of its context."""
+        import copy
+        import errno
+        import signal
+        if key not in self.plans:
+            data = b"P" + key.encode().ljust(KEY_LEN)[:KEY_LEN] + pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self.sock.send(data)
+                ok = self.sock.recv(64)
+            except OSError as e:
+                raise OSError(e.errno or errno.EPIPE, f"the template process is gone: {e.strerror}") from None
+            if ok != b"K":
+                raise OSError(errno.EPROTO, "the template process refused the plan")
+            self.plans.add(key)
+        chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                socket.send_fds(self.sock, [b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN]],
+                                [theirs.fileno()])
+                reply = self.sock.recv(64)
+            except OSError as e:
+                raise OSError(e.errno or errno.EPIPE, f"the template process is gone: {e.strerror}") from None
+            finally:
+                theirs.close()
+            if not reply:
+                raise OSError(errno.EPIPE, "the template process is gone")
+            if reply[:1] == b"E":
+                err = int(reply[1:])
+                raise OSError(err, os.strerror(err))
+            pid = int(reply[1:])
+            try:
+                c = copy.copy(ctx)
+                c.plan = None                               # the template has it
+                c.go_w = c.status_r = None
+                c.notify_sock = ctx.notify_sock.fileno() if ctx.notify_sock is not None else None
+                c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
+                fds = ctx_fds(ctx)
+                data = pickle.dumps((c, fds), protocol=pickle.HIGHEST_PROTOCOL)
+                socket.send_fds(chan, [len(data).to_bytes(8, "little")], fds)
+                chan.sendall(data)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+            return pid
+        finally:
+            chan.close()
+
+
+def _template_loop(sock) -> None:
+    import gc
+    import signal
+    import prctl
+    from . import _sys
+    gc.disable()
+    prctl.set_pdeathsig(signal.SIGKILL)               # dies with the server
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)                               # the server is gone
+        if msg[:1] == b"P" and not fds:               # a plan, once per Sandbox
+            try:
+                _PLANS[msg[1:1 + KEY_LEN].decode().strip()] = pickle.loads(msg[1 + KEY_LEN:])
+                sock.send(b"K")
+            except Exception:  # noqa: BLE001
+                sock.send(b"E22")
+            continue
+        if msg[:1] != b"C" or len(fds) != 1 or len(msg) != 9 + KEY_LEN:
+            for fd in fds:
+                os.close(fd)
+            sock.send(b"E22")
+            continue
+        key = msg[9:].decode().strip()
+        if key not in _PLANS:
+            os.close(fds[0])
+            sock.send(b"E22")
+            continue
+        try:
+            pid = _sys.clone_fork(int.from_bytes(msg[1:9], "little") | CLONE_PARENT)
+        except OSError as e:
+            os.close(fds[0])
+            sock.send(b"E%d" % (e.errno or 1))
+            continue
+        if pid == 0:
+            try:
+                _pid1_entry(fds[0], _PLANS[key])
+            finally:
+                os._exit(1)
+        os.close(fds[0])
+        sock.send(b"P%d" % pid)
+
+
+def _pid1_entry(chan_fd: int, plan) -> None:
+    """In the new PID 1: receive the context and its descriptors, put each descriptor at the number
+    the context names, then become PID 1 proper. Any failure: exit (the server reports it)."""
+    import fcntl
+    try:
+        chan = socket.socket(fileno=chan_fd)
+        msg, fds, _flags, _addr = socket.recv_fds(chan, 8, 250)
+        if len(msg) != 8:
+            os._exit(1)
+        n = int.from_bytes(msg, "little")
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = chan.recv(min(1 << 20, n - len(buf)))
+            if not chunk:
+                os._exit(1)
+            buf += chunk
+        chan.close()
+        ctx, wanted = pickle.loads(buf)
+        ctx.plan = plan
+        if len(fds) != len(wanted):
+            os._exit(1)
+        floor = max([2, *wanted, *fds]) + 1
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        for fd, want in zip(moved, wanted):
+            os.dup2(fd, want, inheritable=False)
+            os.close(fd)
+        if ctx.notify_sock is not None:
+            ctx.notify_sock = socket.socket(fileno=ctx.notify_sock)
+        if getattr(ctx, "console", None) is not None:
+            ctx.console = socket.socket(fileno=ctx.console)
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
+    from .init import pid1_main
+    pid1_main(ctx)
+
+
 def serve(ctl_fd: int) -> None:
     """The server's main loop. Returns (exits) when the control socket closes and every sandbox
     it started has ended and been cleaned up."""
@@ -104,6 +290,7 @@ def serve(ctl_fd: int) -> None:
     poller.register(ctl_fd, select.POLLIN)
     gc.collect()
     gc.freeze()                                      # what exists now is never scanned (nor copied) again
+    template = _Template()
     closing = False
 
     def new_run() -> bool:
@@ -126,6 +313,8 @@ def serve(ctl_fd: int) -> None:
             req = pickle.loads(msg)
             if req.get("plan") is not None:
                 plans[req["key"]] = pickle.loads(req["plan"])
+            if req.get("names"):
+                notify._NAMES.seed(req["names"])        # syscall names without libseccomp here
             plan, bpf = plans[req["key"]]
             if req.get("timeout") is not None or req.get("env"):
                 proc = plan.process
@@ -143,6 +332,8 @@ def serve(ctl_fd: int) -> None:
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
             run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
+            run.launch.clone = lambda flags, ctx, _k=req["key"], _p=plans[req["key"]][0]: \
+                template.clone(flags, ctx, _k, _p)     # PID 1 from the template (see above)
             ok = run.launch.start()
         except launcher.LaunchError as e:
             (run or _Run(None, rsock)).send(("error", e.code, str(e)))
@@ -259,6 +450,7 @@ class Client:
         theirs.close()
         self.ctl = mine
         self.sent: set = set()
+        self.names_sent = False
         import atexit
         atexit.register(self.close)
 
@@ -274,7 +466,7 @@ class Client:
             except Exception:  # noqa: BLE001
                 pass
 
-    def run(self, key, plan, bpf, req: dict, stdio, on_event):
+    def run(self, key, plan, bpf, req: dict, stdio, on_event, names=None):
         """Start a sandbox and wait for it; returns the launcher's Result (LaunchError raised when
         the server refused or failed)."""
         from .launcher import LaunchError
@@ -284,6 +476,9 @@ class Client:
             first = key not in self.sent
             if first:
                 req["plan"] = pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)
+                if not self.names_sent and names is not None:
+                    req["names"] = names
+                    self.names_sent = True
             try:
                 socket.send_fds(self.ctl, [pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)],
                                 [theirs.fileno(), *stdio])

@@ -91,6 +91,11 @@ def test_warm_launch_does_no_yaml_schema_or_seccomp_compilation(strict, monkeypa
     code = "import ctypes; print(ctypes.CDLL(None).mount(b'x', b'/tmp', b'tmpfs', 0, None))"
     r = strict.run(["/usr/bin/python3", "-c", code], text=True)
     assert r.exit_code == 0 and r.stdout.strip() == "-1" and r.denied("mount"), r
+    # the launch server (a process of its own) has not loaded libseccomp or PyYAML's C parser either
+    from sandbox import zygote
+    with open(f"/proc/{zygote.Client.get().proc.pid}/maps") as f:
+        maps = f.read()
+    assert "libseccomp" not in maps and "_yaml" not in maps and "jsonschema" not in maps
 
 
 def test_ten_threads_at_once(strict):
@@ -180,3 +185,118 @@ def test_many_threads_never_hang(strict):
     assert not any(th.is_alive() for th in threads), f"hung: {sum(th.is_alive() for th in threads)} threads"
     assert not errors, errors[:3]
     assert len(done) == 120
+
+
+# --- the launch server (sandbox/zygote.py) ------------------------------------------------------
+
+KILLED_CALLER = r'''
+import os, sys, threading, time
+from sandbox.api import Sandbox
+from sandbox import zygote
+sb = Sandbox("strict")
+threading.Thread(target=sb.run, args=(["/bin/sleep", "60"],), daemon=True).start()
+server = zygote.Client.get().proc.pid
+for _ in range(200):                     # until PID 1's program runs
+    kids = open(f"/proc/{server}/task/{server}/children").read().split()
+    progs = [c for k in kids for c in open(f"/proc/{k}/task/{k}/children").read().split()]
+    if any(open(f"/proc/{p}/comm").read().strip() == "sleep" for p in progs):
+        break
+    time.sleep(0.05)
+print(server, " ".join(kids), " ".join(progs), flush=True)
+time.sleep(60)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_caller_killed_takes_its_sandboxes_down():
+    """The API process dies (SIGKILL: no clean-up of its own): the launch server sees its control
+    socket close, kills every sandbox it started, removes their cgroups and exits."""
+    p = subprocess.Popen([sys.executable, "-c", KILLED_CALLER], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = p.stdout.readline().split()
+        server, rest = int(line[0]), [int(x) for x in line[1:]]
+        assert rest, line                                  # the template, PID 1 and the program
+        cgroup_dirs = []
+        for pid in rest:
+            with open(f"/proc/{pid}/cgroup") as f:
+                for entry in f.read().splitlines():
+                    _, ctl, path = entry.split(":", 2)
+                    if ctl in ("memory", "pids") and "/pysandbox" in path:
+                        cgroup_dirs.append(f"/sys/fs/cgroup/{ctl}{path}")
+        assert cgroup_dirs, "the sandbox runs in its own cgroups"
+        p.kill()
+        p.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(x) for x in (server, *rest)):
+            time.sleep(0.1)
+        assert not any(_alive(x) for x in (server, *rest)), "sandbox or server survived its caller"
+        assert not any(os.path.exists(d) for d in cgroup_dirs), cgroup_dirs
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+LIMITS_CALLER = r'''
+import resource, threading, time
+from sandbox.api import Sandbox
+sb = Sandbox("strict")
+other = threading.Thread(target=sb.run, args=(["/bin/sleep", "2"],))
+other.start()
+time.sleep(0.3)
+r = sb.run(["/bin/sh", "-c", "ls /proc/self/fd; grep 'open files' /proc/1/limits"], text=True)
+other.join()
+print(r.exit_code)
+print(r.stdout, end="")
+'''
+
+
+def test_launch_server_leaks_nothing_into_sandboxes():
+    """PID 1 and the program start from a server that supervises other sandboxes at the same time:
+    the program holds only its stdio, and PID 1 runs with the caller's RLIMIT_NOFILE although the
+    server raised its own soft limit to the hard limit (here: a caller with soft 512)."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard > 512
+    p = subprocess.run([sys.executable, "-c", LIMITS_CALLER], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert lines[0] == "0", p.stdout
+    fds = sorted(int(x) for x in lines[1:-1])
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4, p.stdout       # 0 1 2 + ls's own directory fd
+    limits = lines[-1].split()                                   # Max open files SOFT HARD files
+    assert limits[3:5] == ["512", str(hard)], limits
+
+
+def test_pid1_is_the_servers_child_and_small(strict):
+    """PID 1 is cloned from the server's template (CLONE_PARENT): the server is its parent (it
+    reaps it, PDEATHSIG points at it), and it shares the template's pages."""
+    from sandbox import zygote
+    t = threading.Thread(target=strict.run, args=(["/bin/sleep", "2"],))
+    t.start()
+    try:
+        server = zygote.Client.get().proc.pid
+        pid1 = None
+        for _ in range(100):
+            for k in open(f"/proc/{server}/task/{server}/children").read().split():
+                with open(f"/proc/{k}/status") as f:
+                    st = f.read()
+                if st.split("NSpid:")[1].split("\n")[0].split()[-1] == "1":
+                    pid1 = int(k)
+            if pid1:
+                break
+            time.sleep(0.05)
+        assert pid1, "no PID 1 among the server's children"
+        with open(f"/proc/{pid1}/status") as f:
+            assert f"PPid:\t{server}" in f.read()
+    finally:
+        t.join()
