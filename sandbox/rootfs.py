@@ -12,9 +12,16 @@ Order (read top to bottom, like bubblewrap):
   6. user mounts (binds through the O_PATH descriptors, tmpfs, volumes) are made at targets
      resolved *inside* the new root — a symlink cannot lead a target out of it;
   7. masked paths (tmpfs or /dev/null over them), read-only paths, and the root, /dev made read-only.
+
+Cost (the API's warm launch is meant to be as fast as bubblewrap's): the mounts themselves are what
+they must be, but their flags are set in bulk — one recursive mount_setattr over the whole tree of
+read-only binds (_FreshRoot.seal) and one over /dev's device nodes instead of one per mount — and
+the fresh tmpfs's mount points are made with plain mkdir/mknod, without exist checks (_FreshRoot
+says why that is safe). tests/test_rootfs_flags.py pins every mount's flags.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -62,6 +69,132 @@ def _copy_entry(host_path: str, new_path: str, *, read_only: bool = True) -> Non
         _bind(host_path, new_path, read_only=read_only, recursive=False)
 
 
+_RO_ATTRS = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES)   # what os.path.exists() calls absent
+
+
+class _FreshRoot:
+    """Builds the host-root sandbox's tree in its fresh, empty tmpfs (BASE) with as few system calls
+    as the result allows; the mounts made, their order and their flags are the same as one _bind()
+    per entry would give.
+
+    * The host's read-only binds (system directories, /etc entries, the hosts file) are mounted
+      without flags; seal() then sets read-only, nosuid, nodev on the whole tree with one recursive
+      mount_setattr and clears read-only again on the tmpfs root alone (made read-only, if the profile
+      says so, at the very end of finish() as before): two system calls instead of one per bind.
+      Nothing that must stay writable or keep other flags (/proc, /sys, /dev and its nodes, /tmp,
+      user mounts) is mounted before the seal.
+    * Until the seal, those binds are writable views of the host: so a mount point is only ever
+      created with a plain mkdir/mknod/symlink (no exist checks: the tmpfs is fresh) inside a
+      directory that this launch itself made in the tmpfs (`made`), never below a bind and never
+      through a symlink (paths with '.', '..' or '//' are not taken apart here). Anything else (a
+      nested or duplicate entry, an entry below a copied symlink, an existing name) seals first and
+      takes the general way from then on (exist checks, flags per bind), as before this class.
+    """
+    __slots__ = ("base", "made", "pending")
+
+    def __init__(self, base: str):
+        self.base = base
+        self.made: set | None = {""}      # relative directories made by this launch in the tmpfs
+        self.pending = False              # binds mounted since the last seal (still writable)
+
+    def seal(self) -> None:
+        if self.pending:
+            _sys.mount_setattr(self.base, _RO_ATTRS, recursive=True)
+            _sys.mount_setattr(self.base, 0, MOUNT_ATTR_RDONLY, recursive=False)
+            self.pending = False
+
+    def _general(self) -> None:
+        self.seal()
+        self.made = None
+
+    def _place(self, rel: str) -> str | None:
+        """The absolute path for `rel` if its parent directories are (made) ours, else None."""
+        made = self.made
+        if made is None:
+            return None
+        parts = rel.split("/")
+        if "" in parts or "." in parts or ".." in parts:
+            self._general()
+            return None
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in made:
+                try:
+                    os.mkdir(f"{self.base}/{d}", 0o755)
+                except FileExistsError:
+                    self._general()
+                    return None
+                made.add(d)
+        return f"{self.base}/{rel}"
+
+    def mkdir(self, rel: str) -> None:
+        """A plain directory of the new root (mode 0755), made by us."""
+        path = self._place(rel)
+        if path is not None:
+            try:
+                os.mkdir(path, 0o755)
+                self.made.add(rel)
+                return
+            except FileExistsError:
+                self._general()
+        _mkdirs(f"{self.base}/{rel}")
+
+    def entry(self, host_path: str, rel: str) -> None:
+        """_copy_entry(host_path, BASE/rel) with the binds' flags left to seal()."""
+        try:
+            st = os.lstat(host_path)
+        except FileNotFoundError:
+            return                        # (before _place: no parent directories for a missing entry)
+        path = self._place(rel)
+        if path is None:
+            return _copy_entry(host_path, f"{self.base}/{rel}")
+        mode = st.st_mode
+        try:
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(host_path), path)
+            elif stat.S_ISDIR(mode):
+                os.mkdir(path, 0o755)
+                _sys.mount(host_path, path, None, MS_BIND | MS_REC)
+                self.pending = True
+            elif stat.S_ISREG(mode):
+                os.mknod(path, stat.S_IFREG | 0o644)
+                _sys.mount(host_path, path, None, MS_BIND)
+                self.pending = True
+        except FileExistsError:
+            self._general()
+            _copy_entry(host_path, path)
+
+    def write(self, rel: str, text: str) -> None:
+        """_write(BASE/rel, text) for a file that must be new: O_EXCL, in a directory of ours. An
+        existing name (an entry's bind, a link) seals first and is written the general way, which
+        then fails as it always did (read-only): never through a still-writable bind."""
+        made = self.made
+        if made is not None and rel.rpartition("/")[0] in made:
+            try:
+                fd = os.open(f"{self.base}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    os.write(fd, text.encode())
+                finally:
+                    os.close(fd)
+                return
+        self._general()
+        _write(f"{self.base}/{rel}", text)
+
+    def bind_file(self, src: str, rel: str) -> None:
+        """A read-only bind of a file onto the existing BASE/rel (written by us in `made`)."""
+        if self.made is not None and rel.rpartition("/")[0] in self.made:
+            _sys.mount(src, f"{self.base}/{rel}", None, MS_BIND)
+            self.pending = True
+        else:
+            self._general()
+            _bind(src, f"{self.base}/{rel}", read_only=True, recursive=False)
+
+
 def _write(path: str, text: str, mode: int = 0o644) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
@@ -105,6 +238,7 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
+    tree = None                       # the fresh tmpfs root of `root: host` (_FreshRoot)
     if image_root is not None:
         from . import overlay
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.overlay)
@@ -112,58 +246,77 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
         os.close(root_fd)
     else:
+        tree = _FreshRoot(new)
         for d in fs.system_dirs:
-            _copy_entry(d, new + d)
-        _mkdirs(new + "/etc")
+            tree.entry(d, d[1:])
+        tree.mkdir("etc")
         for e in fs.etc:
-            _copy_entry("/etc/" + e, f"{new}/etc/{e}")
-        _write(new + "/etc/hostname", plan.process.hostname + "\n")
-        _write(new + "/etc/hosts", hosts_text or
-               f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{plan.process.hostname}\n")
+            tree.entry("/etc/" + e, "etc/" + e)
+        tree.write("etc/hostname", plan.process.hostname + "\n")
+        tree.write("etc/hosts", hosts_text or
+                   f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{plan.process.hostname}\n")
         if resolv_conf and os.path.exists("/etc/resolv.conf"):
-            _copy_entry("/etc/resolv.conf", new + "/etc/resolv.conf")
-        for d in ("/root", "/home", "/var", "/var/tmp", "/run", "/mnt", "/opt", "/srv"):
-            _mkdirs(new + d)
+            tree.entry("/etc/resolv.conf", "etc/resolv.conf")
+        for d in ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv"):
+            tree.mkdir(d)
         os.chmod(new + "/var/tmp", 0o1777)
 
     # a private network's hosts file (sandbox.network): bound read-only, rewritten in place on the
     # host as peers join and leave, so the sandbox always sees its current peers by name
     if hosts_fd is not None:
-        _mkdirs(new + "/etc")
-        if not os.path.exists(new + "/etc/hosts"):
-            _touch(new + "/etc/hosts")
-        _bind(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts", read_only=True, recursive=False)
+        if tree is not None:              # /etc/hosts was written above
+            tree.bind_file(f"/proc/self/fd/{hosts_fd}", "etc/hosts")
+        else:
+            _mkdirs(new + "/etc")
+            if not os.path.exists(new + "/etc/hosts"):
+                _touch(new + "/etc/hosts")
+            _bind(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts", read_only=True, recursive=False)
         os.close(hosts_fd)
+    if tree is not None:
+        tree.seal()                       # before anything that must stay writable is mounted
 
+    mkpoint = tree.mkdir if tree is not None else (lambda rel: _mkdirs(f"{new}/{rel}"))
     # /proc
     if fs.proc:
-        _mkdirs(new + "/proc")
+        mkpoint("proc")
         if not has_pidns:
             raise SetupError("a fresh /proc needs the pid namespace (namespaces.pid: true)")
         _sys.mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # /sys: sysfs can only be mounted with a network namespace of our own
     if fs.sys:
-        _mkdirs(new + "/sys")
+        mkpoint("sys")
         if has_netns:
             _sys.mount("sysfs", new + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
         else:
             _bind("/sys", new + "/sys", read_only=True, noexec=True)
-    # /dev
-    _mkdirs(new + "/dev")
-    _sys.mount("tmpfs", new + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    # /dev: a fresh tmpfs, so its mount points need no exist checks; the device nodes' binds get
+    # nosuid, noexec in one recursive mount_setattr over /dev (which has both already) before
+    # devpts and /dev/shm (mounted with both, and nodev) are added
+    mkpoint("dev")
+    dev = new + "/dev"
+    _sys.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    nodes = False
     for n in DEV_NODES:
-        if os.path.exists("/dev/" + n):
-            _touch(f"{new}/dev/{n}")
-            _sys.mount("/dev/" + n, f"{new}/dev/{n}", None, MS_BIND)
-            _sys.mount_setattr(f"{new}/dev/{n}", MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=False)
-    _mkdirs(new + "/dev/pts")
-    _sys.mount("devpts", new + "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-    os.symlink("pts/ptmx", new + "/dev/ptmx")
-    _mkdirs(new + "/dev/shm")
-    _sys.mount("tmpfs", new + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
+        path = f"{dev}/{n}"
+        os.mknod(path, stat.S_IFREG | 0o644)
+        try:
+            _sys.mount("/dev/" + n, path, None, MS_BIND)
+        except OSError as e:
+            if e.errno not in _MISSING:   # the host lacks this node: skipped, as always
+                raise
+            os.unlink(path)
+            continue
+        nodes = True
+    if nodes:
+        _sys.mount_setattr(dev, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=True)
+    os.mkdir(dev + "/pts", 0o755)
+    _sys.mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", dev + "/ptmx")
+    os.mkdir(dev + "/shm", 0o755)
+    _sys.mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"{new}/dev/{name}")
+        os.symlink(target, f"{dev}/{name}")
 
     return fds
 
@@ -177,23 +330,24 @@ def pivot(plan) -> None:
 
 
 def _resolve_inside(target: str) -> str:
-    """Create the mount point `target` inside the (already pivoted) root, refusing symlinks."""
-    parts = [p for p in target.split("/") if p]
-    cur = "/"
-    for i, p in enumerate(parts):
-        nxt = os.path.join(cur, p)
+    """Create the mount point `target` inside the (already pivoted) root, refusing symlinks.
+
+    mkdir first: a component that does not exist yet is made (and is then no symlink) in one
+    system call; an existing one (mkdir reports EEXIST before EROFS or EACCES, also for a dangling
+    symlink) is looked at with lstat, and a symlink is refused."""
+    cur = ""
+    for p in target.split("/"):
+        if not p:
+            continue
+        cur = f"{cur}/{p}"
         try:
-            st = os.lstat(nxt)
-        except FileNotFoundError:
-            try:
-                os.mkdir(nxt, 0o755)
-            except OSError as e:
-                raise SetupError(f"mount target {target}: cannot create {nxt}: {e.strerror}") from None
-            st = os.lstat(nxt)
-        if stat.S_ISLNK(st.st_mode):
-            raise SetupError(f"mount target {target}: {nxt} is a symbolic link (refused)")
-        cur = nxt
-    return cur
+            os.mkdir(cur, 0o755)
+        except FileExistsError:
+            if stat.S_ISLNK(os.lstat(cur).st_mode):
+                raise SetupError(f"mount target {target}: {cur} is a symbolic link (refused)") from None
+        except OSError as e:
+            raise SetupError(f"mount target {target}: cannot create {cur}: {e.strerror}") from None
+    return cur or "/"
 
 
 def finish(plan, bind_fds: list) -> None:
@@ -211,10 +365,11 @@ def finish(plan, bind_fds: list) -> None:
             else:
                 parent = _resolve_inside(os.path.dirname(m.target) or "/")
                 target = os.path.join(parent, os.path.basename(m.target))
-                if os.path.islink(target):
-                    raise SetupError(f"mount target {m.target} is a symbolic link (refused)")
-                if not os.path.exists(target):
-                    _touch(target)
+                try:
+                    os.mknod(target, stat.S_IFREG | 0o644)      # the mount point, if it is not there
+                except FileExistsError:
+                    if stat.S_ISLNK(os.lstat(target).st_mode):
+                        raise SetupError(f"mount target {m.target} is a symbolic link (refused)") from None
             _sys.move_mount_fd(fd, target)
             os.close(fd)
             _sys.mount_setattr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
@@ -229,9 +384,12 @@ def finish(plan, bind_fds: list) -> None:
         else:
             _sys.mount("/dev/null", p, None, MS_BIND)
     for p in fs.readonly_paths:
-        if not os.path.exists(p):
-            continue
-        _sys.mount(p, p, None, MS_BIND | MS_REC)
+        try:
+            _sys.mount(p, p, None, MS_BIND | MS_REC)
+        except OSError as e:
+            if e.errno in _MISSING:    # absent (as os.path.exists() would say): nothing to protect
+                continue
+            raise
         _sys.mount_setattr(p, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
     _sys.mount_setattr("/dev", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=False)
     if fs.read_only:
