@@ -7,10 +7,11 @@
     r = await sb.run_async(["/bin/true"])                               # asyncio: runs in a worker thread
 
 Thread safety: `Sandbox` is immutable after construction (a frozen plan and BPF bytes); `run` keeps
-all per-run state local (its own memfds for stdin/stdout/stderr, its own audit recorder), so any
-number of threads may call it at once. The launcher waits on PID 1 through a pidfd, so a timeout
-works in any thread; signal forwarding (SIGTERM to the program) only happens when `run` is called
-from the main thread.
+all per-run state local (its own memfds for stdin/stdout/stderr, its own socket to the launch
+server, its own audit recorder), so any number of threads may call it at once. The sandboxes are
+started and supervised by the process's launch server (sandbox/zygote.py: one lean process, its
+own poll loop, deadlines included), never cloned from the caller's (possibly multi-threaded)
+process.
 
 Output is captured in memory files (memfd), not pipes: no reader thread per run and no deadlock
 however much the program writes; the pages are charged to the sandbox's memory cgroup.
@@ -18,9 +19,7 @@ See docs/api.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 

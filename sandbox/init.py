@@ -2,9 +2,11 @@
 
 PID 1 is a forked copy of the supervisor (never an exec of a host binary the program could
 reach): it is made non-dumpable first, so the program cannot open /proc/1/exe, /proc/1/mem
-or its descriptors (CVE-2019-5736 class). It builds the root filesystem, starts the program,
-drops every capability of its own, forwards signals to the program, reaps zombies, and
-reports the program's wait status to the supervisor over a pipe.
+or its descriptors (CVE-2019-5736 class). It joins its cgroups, takes the sandbox's identity
+and forks the program's process at once; that process builds the root filesystem (the same
+mount namespace: its pivot_root moves PID 1's root too) and execs. PID 1 itself drops every
+capability of its own, forwards signals to the program, reaps zombies, and reports the
+program's wait status to the supervisor over a pipe — and, doing little, stays small.
 
 Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> | EXIT <status>
 """

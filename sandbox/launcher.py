@@ -3,12 +3,12 @@
 Sequence (kernel order):
   supervisor: preflight checks (fail closed) -> cgroup -> network prepare -> clone(CLONE_NEWUSER |
   NEWNS | NEWPID | NEWUTS | NEWIPC | NEWNET) -> write setgroups/uid_map/gid_map -> put the child in
-  its cgroup -> attach its network -> release it ("G")
-  PID 1 (sandbox/init.py): pdeathsig, non-dumpable -> identity in the userns -> hostname -> cgroup
-  namespace -> loopback -> root filesystem, pivot_root -> fork the program -> drop its own privileges
-  -> forward signals, reap, report the wait status
-  program: setsid -> rlimits -> cwd -> uid/gid -> capabilities -> no_new_privs -> close fds ->
-  seccomp -> execve
+  its v2 cgroup -> attach its network -> release it ("G")
+  PID 1 (sandbox/init.py): joins its v1 cgroups -> pdeathsig -> (released) non-dumpable -> identity
+  in the userns -> hostname -> cgroup namespace -> fork the program -> drop its own privileges ->
+  forward signals, reap, report the wait status
+  program: loopback -> root filesystem, pivot_root -> setsid -> rlimits -> cwd -> uid/gid ->
+  capabilities -> no_new_privs -> close fds -> seccomp -> execve
   supervisor: forward signals, enforce --timeout, wait, read the report, clean up, exit status.
 
 Exit status: the program's (128+N when killed by signal N); 125 the sandbox could not be set up,
