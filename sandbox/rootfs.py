@@ -186,13 +186,18 @@ class _FreshRoot:
         _write(f"{self.base}/{rel}", text)
 
     def bind_file(self, src: str, rel: str) -> None:
-        """A read-only bind of a file onto the existing BASE/rel (written by us in `made`)."""
+        """A read-only bind of a file onto BASE/rel: while `made` is kept, write() made that file
+        itself (O_EXCL, in a directory of ours)."""
+        path = f"{self.base}/{rel}"
         if self.made is not None and rel.rpartition("/")[0] in self.made:
-            _sys.mount(src, f"{self.base}/{rel}", None, MS_BIND)
+            _sys.mount(src, path, None, MS_BIND)
             self.pending = True
         else:
             self._general()
-            _bind(src, f"{self.base}/{rel}", read_only=True, recursive=False)
+            _mkdirs(os.path.dirname(path))
+            if not os.path.exists(path):
+                _touch(path)
+            _bind(src, path, read_only=True, recursive=False)
 
 
 def _write(path: str, text: str, mode: int = 0o644) -> None:
