@@ -890,10 +890,27 @@ class Cgroup:
 
     def add_pid(self, pid: int) -> None:
         for drv in self.drivers:
-            if not (drv.version == 1 and self._child_joins):
+            if not (drv.version == 1 and self._child_joins or drv.version == 2 and self._child_clones_into):
                 drv.add_pid(pid)
 
     _child_joins = False
+    _child_clones_into = False
+
+    def v2_fd(self) -> Optional[int]:
+        """A descriptor of the cgroup2 leaf (None without one) for the sandbox's PID 1 to fork the
+        program straight into it (clone3 CLONE_INTO_CGROUP), after which add_pid() leaves the v2
+        driver alone: PID 1 itself stays where it was in cgroup2 (its v1 cgroups carry the limits),
+        its program and all it starts are in the leaf (cgroup.kill, cgroup.events). Moving a pid
+        through cgroup.procs would cost the launch an RCU grace period."""
+        for drv in self.drivers:
+            if drv.version == 2 and drv.created:
+                try:
+                    fd = os.open(drv.leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise CgroupError("cgroup2", f"cannot open {drv.leaf}: {_errmsg(e)}") from None
+                self._child_clones_into = True
+                return fd
+        return None
 
     def join_fds(self) -> list[int]:
         """Write-only descriptors of each v1 leaf's `tasks` file, for the sandbox's first process to

@@ -2,9 +2,9 @@
 
 PID 1 is a forked copy of the supervisor (never an exec of a host binary the program could
 reach): it is made non-dumpable first, so the program cannot open /proc/1/exe, /proc/1/mem
-or its descriptors (CVE-2019-5736 class). It joins its cgroups, takes the sandbox's identity
-and forks the program's process at once; that process builds the root filesystem (the same
-mount namespace: its pivot_root moves PID 1's root too) and execs. PID 1 itself drops every
+or its descriptors (CVE-2019-5736 class). It joins its cgroups and forks the program's process
+at once; that process takes the sandbox's identity, builds the root filesystem (the same mount
+namespace: its pivot_root moves PID 1's root too) and execs. PID 1 itself drops every
 capability of its own, forwards signals to the program, reaps zombies, and reports the
 program's wait status to the supervisor over a pipe — and, doing little, stays small.
 
@@ -52,10 +52,12 @@ def _send(fd: int, line: str) -> None:
 def pid1_main(ctx) -> None:
     """Entry of the cloned child. Never returns.
 
-    PID 1 stays small: it joins its cgroup, takes the sandbox's identity, then forks the program
-    at once; the program's process builds the root filesystem (same mount namespace: its
-    pivot_root moves PID 1's root and cwd too) and execs. PID 1 itself only drops its
-    privileges, forwards signals and reaps — so the pages it copies from its parent stay few."""
+    PID 1 stays small: it joins its cgroups and, once released, forks the program's process at
+    once (straight into the cgroup2 leaf when there is one: clone3 CLONE_INTO_CGROUP, which needs
+    the credentials PID 1 was cloned with). That process takes the sandbox's identity, builds the
+    root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and
+    execs. PID 1 itself then changes its credentials, drops its privileges, forwards signals and
+    reaps — so the pages it copies from its parent stay few."""
     status_w = ctx.status_w
     try:
         gc.disable()                             # a collection would copy every shared page
@@ -78,18 +80,19 @@ def pid1_main(ctx) -> None:
         # non-dumpable only now: before, the (rootless) supervisor still had to open our
         # /proc/PID/uid_map, which a non-dumpable process makes root-owned
         prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
-        _identity(ctx)
-        # changing credentials cleared the parent-death signal: arm it again, then make sure the
-        # supervisor did not die in between (a pipe with no reader polls as POLLERR)
-        prctl.set_pdeathsig(signal.SIGKILL)
-        if _supervisor_gone(status_w):
-            os._exit(1)
+        if ctx.plan.namespaces.time:
+            _sys.unshare(_sys.CLONE_NEWTIME)     # applies to the program (our children)
+        os.chdir("/")                            # the old root: the program's pivot_root moves it
     except Exception as e:                       # any failure of the set-up: report and stop (exit 125)
         _send(status_w, f"SETUP {_describe(e)}")
         os._exit(1)
 
-    prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
+        pid = _sys.clone3_fork(0, ctx.cg_v2_fd) if ctx.cg_v2_fd is not None else os.fork()
+    except Exception as e:
+        _send(status_w, f"SETUP cannot start the program's process: {_describe(e)}")
+        os._exit(1)
     if pid == 0:
         os.close(prog_err_r)
         _program(ctx, prog_err_w)                # never returns
@@ -100,6 +103,13 @@ def pid1_main(ctx) -> None:
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f, _p=pid: _forward(_p, s))
     try:
+        _credentials(ctx)                        # not host root any more: the sandbox's root
+        # changing credentials cleared the parent-death signal: arm it again, then make sure the
+        # supervisor did not die in between (a pipe with no reader polls as POLLERR)
+        prctl.set_pdeathsig(signal.SIGKILL)
+        if _supervisor_gone(status_w):
+            os.kill(pid, signal.SIGKILL)
+            os._exit(1)
         capabilities.drop_all()
         prctl.set_no_new_privs(1)
     except Exception as e:
@@ -156,13 +166,12 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _identity(ctx) -> None:
-    """PID 1, before it forks the program: become the mapped root of the new user namespace (files
-    the set-up creates must be owned by a mapped id; capabilities in the namespace are kept),
-    hostname, cgroup and time namespaces (both inherited by the program)."""
+def _credentials(ctx) -> None:
+    """Become the mapped root of the new user namespace (files the set-up creates must be owned
+    by a mapped id; capabilities in the namespace are kept); the host's supplementary groups are
+    dropped where allowed."""
     plan = ctx.plan
-    ns = plan.namespaces
-    if ns.user:
+    if plan.namespaces.user:
         if _mapped(plan.user.gid_map, 0):
             _sys.setresgid(0, 0, 0)
         if not ctx.rootless:
@@ -171,20 +180,25 @@ def _identity(ctx) -> None:
             _sys.setresuid(0, 0, 0)
     elif not ctx.rootless:
         _sys.setgroups([])
-    if ns.uts:
+
+
+def _identity(ctx) -> None:
+    """The program's process, first: credentials, hostname, cgroup namespace (rooted at the
+    cgroup it was forked into)."""
+    plan = ctx.plan
+    _credentials(ctx)
+    if plan.namespaces.uts:
         socket.sethostname(plan.process.hostname)
-    if ns.cgroup:
-        _sys.unshare(_sys.CLONE_NEWCGROUP)       # after we joined our cgroup
-    if ns.time:
-        _sys.unshare(_sys.CLONE_NEWTIME)         # applies to the program (our children)
-    os.chdir("/")                                # the old root: the program's pivot_root moves it
+    if plan.namespaces.cgroup:
+        _sys.unshare(_sys.CLONE_NEWCGROUP)
 
 
 def _program(ctx, err_w: int) -> None:
     """The program's process: loopback, root filesystem (pivot_root), then _exec_program."""
     plan = ctx.plan
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1
+        _identity(ctx)
+        prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1 (armed after the credential change)
         if plan.namespaces.net:
             netlo.bring_up_loopback()
         fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,

@@ -2,13 +2,14 @@
 
 Sequence (kernel order):
   supervisor: preflight checks (fail closed) -> cgroup -> network prepare -> clone(CLONE_NEWUSER |
-  NEWNS | NEWPID | NEWUTS | NEWIPC | NEWNET) -> write setgroups/uid_map/gid_map -> put the child in
-  its v2 cgroup -> attach its network -> release it ("G")
-  PID 1 (sandbox/init.py): joins its v1 cgroups -> pdeathsig -> (released) non-dumpable -> identity
-  in the userns -> hostname -> cgroup namespace -> fork the program -> drop its own privileges ->
+  NEWNS | NEWPID | NEWUTS | NEWIPC | NEWNET) -> write setgroups/uid_map/gid_map -> attach its
+  network -> release it ("G")
+  PID 1 (sandbox/init.py): joins its v1 cgroups -> pdeathsig -> (released) non-dumpable -> fork the
+  program (clone3 into the cgroup2 leaf) -> root of the userns -> drop its own privileges ->
   forward signals, reap, report the wait status
-  program: loopback -> root filesystem, pivot_root -> setsid -> rlimits -> cwd -> uid/gid ->
-  capabilities -> no_new_privs -> close fds -> seccomp -> execve
+  program: root of the userns -> hostname -> cgroup namespace -> loopback -> root filesystem,
+  pivot_root -> setsid -> rlimits -> cwd -> uid/gid -> capabilities -> no_new_privs -> close fds ->
+  seccomp -> execve
   supervisor: forward signals, enforce --timeout, wait, read the report, clean up, exit status.
 
 Exit status: the program's (128+N when killed by signal N); 125 the sandbox could not be set up,
@@ -81,6 +82,7 @@ class _Ctx:
     notify_sock: object = None
     stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
     cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
+    cg_v2_fd: Optional[int] = None        # cgroup2 leaf: PID 1 forks the program into it (CLONE_INTO_CGROUP)
     nofile: Optional[tuple] = None        # RLIMIT_NOFILE for PID 1, when the supervisor raised its own
 
 
@@ -175,6 +177,7 @@ class Launch:
         # clone(flags, ctx) -> pid: PID 1 made by someone else (a child of ours all the same, through
         # CLONE_PARENT), which then runs pid1_main(ctx) — sandbox/zygote.py's template. Never 0.
         self.clone = None
+        self.clone_flags = None
 
     def start(self) -> bool:
         """Set up and release the sandbox. False when it could not be started (self.result says why;
@@ -200,6 +203,7 @@ class Launch:
                                  (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
                     if on:
                         flags |= flag
+                self.clone_flags = flags
                 ctx.stdio = self.stdio
                 ctx.console = self.console   # socket: the program sends its pty master back (run -t)
                 try:
@@ -215,10 +219,9 @@ class Launch:
             finally:
                 os.close(go_r)
                 os.close(status_w)
-            if ctx.cg_fds:
-                for fd in ctx.cg_fds:                  # PID 1 joined its cgroup itself before this
-                    os.close(fd)
-                ctx.cg_fds = ()
+            for fd in (*ctx.cg_fds, *(() if ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
+                os.close(fd)                           # PID 1 has its own copies
+            ctx.cg_fds, ctx.cg_v2_fd = (), None
             if plan.namespaces.user:
                 _write_maps(pid, plan, rootless)
             if self.cg is not None:
@@ -274,6 +277,7 @@ class Launch:
             try:
                 self.cg = cgroups.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless)
                 ctx.cg_fds = self.cg.join_fds()        # PID 1 joins by itself (no RCU wait on v1)
+                ctx.cg_v2_fd = self.cg.v2_fd()         # PID 1 forks the program into it (clone3)
             except cgroups.CgroupError as e:
                 raise LaunchError(f"limits: {e}") from None
         if plan.network.mode not in ("none", "host") or plan.network.ports or plan.network.egress_allow \
@@ -360,7 +364,8 @@ class Launch:
                 except OSError:
                     pass
         self._status_r = self._go_w = -1
-        for fd in getattr(ctx, "cg_fds", ()) or ():
+        for fd in (*(getattr(ctx, "cg_fds", ()) or ()), *(() if getattr(ctx, "cg_v2_fd", None) is None
+                                                          else (ctx.cg_v2_fd,))):
             os.close(fd)
         if self.cg is not None:
             try:

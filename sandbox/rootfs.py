@@ -1,4 +1,5 @@
-"""The sandbox's root filesystem, built in PID 1 inside its own mount namespace.
+"""The sandbox's root filesystem, built inside its own mount namespace by the program's process
+(PID 1's first child, sandbox/init.py).
 
 Order (read top to bottom, like bubblewrap):
   1. make every mount private (nothing propagates back to the host);

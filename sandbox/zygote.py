@@ -98,6 +98,8 @@ _PLANS: dict = {}                                     # in the template: key -> 
 def ctx_fds(ctx) -> list:
     """Every descriptor PID 1's context refers to (they are re-created at the same numbers)."""
     fds = [ctx.go_r, ctx.status_w, *(fd for fd in ctx.stdio if fd is not None), *ctx.cg_fds]
+    if ctx.cg_v2_fd is not None:
+        fds.append(ctx.cg_v2_fd)
     for name in ("notify_sock", "console"):
         sock = getattr(ctx, name, None)
         if sock is not None:
@@ -112,6 +114,8 @@ def ctx_fds(ctx) -> list:
 
 
 class _Template:
+    """The server's handle on its template process (see above)."""
+
     def __init__(self):
         import prctl  # noqa: F401  (imported here: the template uses it)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -125,58 +129,79 @@ class _Template:
         theirs.close()
         self.pid = pid
         self.plans: set = set()
+        self.zombies: list = []          # discarded spare PID 1s: our children (CLONE_PARENT), to reap
+
+    def _ask(self, msg: bytes, nfds: int = 0):
+        import errno
+        try:
+            self.sock.send(msg)
+            reply, fds, _flags, _addr = socket.recv_fds(self.sock, 256, max(nfds, 1))
+        except OSError as e:
+            raise OSError(e.errno or errno.EPIPE, f"the template process is gone: {e.strerror}") from None
+        if not reply:
+            raise OSError(errno.EPIPE, "the template process is gone")
+        return reply, fds
+
+    def spare(self, flags: int) -> None:
+        """Have a PID 1 for `flags` cloned ahead of the next launch (called when the server is idle)."""
+        try:
+            self.sock.send(b"S" + flags.to_bytes(8, "little"))
+        except OSError:
+            pass
+
+    def reap(self) -> None:
+        left = []
+        for pid in self.zombies:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    left.append(pid)
+            except ChildProcessError:
+                pass
+        self.zombies = left
 
     def clone(self, flags: int, ctx, key: str, plan) -> int:
-        """Launch.clone: PID 1 from the template, handed its context. Returns its pid.
+        """Launch.clone: PID 1 from the template (a spare cloned ahead when there is one for these
+        flags), handed its context. Returns its pid.
         The template keeps `plan` (the Sandbox's, without per-run overrides: those only concern
         the supervisor, and the environment, which travels in ctx.env) under `key`, so a PID 1
-        unpickles only the small per-run part of its context."""
+        unpickles only the small per-run part of its context (or the plan too, when it was cloned
+        before the template had it)."""
         import copy
         import errno
         import signal
         if key not in self.plans:
-            data = b"P" + key.encode().ljust(KEY_LEN)[:KEY_LEN] + pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                self.sock.send(data)
-                ok = self.sock.recv(64)
-            except OSError as e:
-                raise OSError(e.errno or errno.EPIPE, f"the template process is gone: {e.strerror}") from None
+            ok, _ = self._ask(b"P" + key.encode().ljust(KEY_LEN)[:KEY_LEN]
+                              + pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
             if ok != b"K":
                 raise OSError(errno.EPROTO, "the template process refused the plan")
             self.plans.add(key)
-        chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        reply, fds = self._ask(b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN], 1)
+        if reply[:1] == b"E" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            err = int(reply[1:].split()[0]) if reply[:1] == b"E" else errno.EPROTO
+            raise OSError(err, os.strerror(err))
+        chan = socket.socket(fileno=fds[0])
+        fields = reply[1:].split()
+        pid, has_plan = int(fields[0]), fields[1] == b"1"
+        self.zombies += [int(x) for x in fields[2:]]
         try:
-            try:
-                socket.send_fds(self.sock, [b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN]],
-                                [theirs.fileno()])
-                reply = self.sock.recv(64)
-            except OSError as e:
-                raise OSError(e.errno or errno.EPIPE, f"the template process is gone: {e.strerror}") from None
-            finally:
-                theirs.close()
-            if not reply:
-                raise OSError(errno.EPIPE, "the template process is gone")
-            if reply[:1] == b"E":
-                err = int(reply[1:])
-                raise OSError(err, os.strerror(err))
-            pid = int(reply[1:])
-            try:
-                c = copy.copy(ctx)
-                c.plan = None                               # the template has it
-                c.go_w = c.status_r = None
-                c.notify_sock = ctx.notify_sock.fileno() if ctx.notify_sock is not None else None
-                c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
-                fds = ctx_fds(ctx)
-                data = pickle.dumps((c, fds), protocol=pickle.HIGHEST_PROTOCOL)
-                socket.send_fds(chan, [len(data).to_bytes(8, "little")], fds)
-                chan.sendall(data)
-            except BaseException:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise
-            return pid
+            c = copy.copy(ctx)
+            c.plan = None if has_plan else ctx.plan     # else PID 1 has it from the template
+            c.go_w = c.status_r = None
+            c.notify_sock = ctx.notify_sock.fileno() if ctx.notify_sock is not None else None
+            c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
+            wanted = ctx_fds(ctx)
+            data = pickle.dumps((c, key, wanted), protocol=pickle.HIGHEST_PROTOCOL)
+            socket.send_fds(chan, [len(data).to_bytes(8, "little")], wanted)
+            chan.sendall(data)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         finally:
             chan.close()
+        return pid
 
 
 def _template_loop(sock) -> None:
@@ -186,52 +211,89 @@ def _template_loop(sock) -> None:
     from . import _sys
     gc.disable()
     prctl.set_pdeathsig(signal.SIGKILL)               # dies with the server
+    spare = None                                      # (pid, flags, our end of its socket, keys it has)
+
+    def make(flags: int):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            pid = _sys.clone_fork(flags | CLONE_PARENT)
+        except OSError:
+            mine.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            try:
+                mine.close()
+                _pid1_entry(theirs.fileno())
+            finally:
+                os._exit(1)
+        theirs.close()
+        return pid, flags, mine, frozenset(_PLANS)
+
     while True:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_MSG, 1)
+            msg = sock.recv(MAX_MSG)
         except InterruptedError:
             continue
         except OSError:
             os._exit(0)
         if not msg:
             os._exit(0)                               # the server is gone
-        if msg[:1] == b"P" and not fds:               # a plan, once per Sandbox
+        kind = msg[:1]
+        if kind == b"P":                              # a plan, once per Sandbox
             try:
                 _PLANS[msg[1:1 + KEY_LEN].decode().strip()] = pickle.loads(msg[1 + KEY_LEN:])
                 sock.send(b"K")
             except Exception:  # noqa: BLE001
                 sock.send(b"E22")
             continue
-        if msg[:1] != b"C" or len(fds) != 1 or len(msg) != 9 + KEY_LEN:
-            for fd in fds:
-                os.close(fd)
+        if kind not in (b"C", b"S") or len(msg) < 9:
             sock.send(b"E22")
             continue
-        key = msg[9:].decode().strip()
-        if key not in _PLANS:
-            os.close(fds[0])
-            sock.send(b"E22")
+        flags = int.from_bytes(msg[1:9], "little")
+        dead = []
+        if kind == b"S":                              # clone ahead (no reply)
+            if spare is not None and spare[1] != flags:
+                dead.append(spare[0])                 # (reported with the next reply)
+                spare[2].close()                      # it exits on EOF
+                spare = None
+            if spare is None:
+                try:
+                    spare = make(flags)
+                except OSError:
+                    spare = None
             continue
-        try:
-            pid = _sys.clone_fork(int.from_bytes(msg[1:9], "little") | CLONE_PARENT)
-        except OSError as e:
-            os.close(fds[0])
-            sock.send(b"E%d" % (e.errno or 1))
-            continue
-        if pid == 0:
+        key = msg[9:9 + KEY_LEN].decode().strip()
+        use = None
+        if spare is not None and spare[1] == flags:
+            use, spare = spare, None
+        else:
+            if spare is not None:
+                dead.append(spare[0])
+                spare[2].close()
+                spare = None
             try:
-                _pid1_entry(fds[0], _PLANS[key])
-            finally:
-                os._exit(1)
-        os.close(fds[0])
-        sock.send(b"P%d" % pid)
+                use = make(flags)
+            except OSError as e:
+                sock.send(b"E%d" % (e.errno or 1))
+                continue
+        pid, _f, chan, keys = use
+        reply = b"P%d %d" % (pid, 1 if key in keys else 0) + b"".join(b" %d" % d for d in dead)
+        try:
+            socket.send_fds(sock, [reply], [chan.fileno()])
+        finally:
+            chan.close()
 
 
-def _pid1_entry(chan_fd: int, plan) -> None:
-    """In the new PID 1: receive the context and its descriptors, put each descriptor at the number
-    the context names, then become PID 1 proper. Any failure: exit (the server reports it)."""
+def _pid1_entry(chan_fd: int) -> None:
+    """In a new PID 1 (cloned ahead or on demand): wait for the context and its descriptors, put each
+    descriptor at the number the context names, then become PID 1 proper. Any failure or the
+    server going away: exit (the server reports it)."""
     import fcntl
+    import signal
+    import prctl
     try:
+        prctl.set_pdeathsig(signal.SIGKILL)      # our parent is the server (CLONE_PARENT)
         chan = socket.socket(fileno=chan_fd)
         msg, fds, _flags, _addr = socket.recv_fds(chan, 8, 250)
         if len(msg) != 8:
@@ -244,8 +306,9 @@ def _pid1_entry(chan_fd: int, plan) -> None:
                 os._exit(1)
             buf += chunk
         chan.close()
-        ctx, wanted = pickle.loads(buf)
-        ctx.plan = plan
+        ctx, key, wanted = pickle.loads(buf)
+        if ctx.plan is None:
+            ctx.plan = _PLANS[key]
         if len(fds) != len(wanted):
             os._exit(1)
         floor = max([2, *wanted, *fds]) + 1
@@ -354,6 +417,7 @@ def serve(ctl_fd: int) -> None:
         poller.register(run.launch.pidfd, select.POLLIN)
         poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
         sync_notify(run)
+        spare_flags[0] = run.launch.clone_flags          # the next PID 1 is cloned while this one runs
         return True
 
     def sync_notify(run: _Run) -> None:
@@ -385,9 +449,15 @@ def serve(ctl_fd: int) -> None:
             run.send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
         run.sock.close()
 
+    spare_flags = [None]
     while True:
         if closing and not by_pidfd:
             break
+        if spare_flags[0] is not None and not closing:
+            template.spare(spare_flags[0])
+            spare_flags[0] = None
+        if template.zombies:
+            template.reap()
         now = time.monotonic()
         deadlines = [r.launch.deadline for r in by_pidfd.values()
                      if r.launch.deadline is not None and not r.launch.timed_out]
