@@ -417,7 +417,6 @@ def serve(ctl_fd: int) -> None:
         poller.register(run.launch.pidfd, select.POLLIN)
         poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
         sync_notify(run)
-        spare_flags[0] = run.launch.clone_flags          # the next PID 1 is cloned while this one runs
         return True
 
     def sync_notify(run: _Run) -> None:
@@ -442,6 +441,11 @@ def serve(ctl_fd: int) -> None:
         poller.unregister(run.sock.fileno())
         del by_pidfd[run.launch.pidfd]
         del by_sock[run.sock.fileno()]
+        if run.launch.clone_flags is not None and not closing:
+            # the next PID 1 is cloned now, while this sandbox is cleaned up and the caller starts
+            # the next launch: not while a sandbox builds its root (the clone copies the host's
+            # mount table under the kernel's global mount lock)
+            template.spare(run.launch.clone_flags)
         try:
             result = run.launch.finish()
             run.send(("result", result))
@@ -449,13 +453,9 @@ def serve(ctl_fd: int) -> None:
             run.send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
         run.sock.close()
 
-    spare_flags = [None]
     while True:
         if closing and not by_pidfd:
             break
-        if spare_flags[0] is not None and not closing:
-            template.spare(spare_flags[0])
-            spare_flags[0] = None
         if template.zombies:
             template.reap()
         now = time.monotonic()
