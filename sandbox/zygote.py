@@ -351,6 +351,8 @@ def serve(ctl_fd: int) -> None:
     by_nfd: dict[int, _Run] = {}
     poller = _Poller()
     poller.register(ctl_fd, select.POLLIN)
+    pending = select.poll()                          # "is another launch request waiting?"
+    pending.register(ctl_fd, select.POLLIN)
     gc.collect()
     gc.freeze()                                      # what exists now is never scanned (nor copied) again
     template = _Template()
@@ -417,6 +419,8 @@ def serve(ctl_fd: int) -> None:
         poller.register(run.launch.pidfd, select.POLLIN)
         poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
         sync_notify(run)
+        if run.launch.clone_flags is not None and pending.poll(0):
+            template.spare(run.launch.clone_flags)       # more launches queued: clone ahead now
         return True
 
     def sync_notify(run: _Run) -> None:
