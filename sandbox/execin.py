@@ -43,6 +43,7 @@ import tty as _tty
 import prctl
 
 from . import _sys, capabilities, state
+from . import notify as _notify
 from . import seccomp as _seccomp
 from .state import StateError
 
@@ -103,13 +104,32 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
             raise ExecError(f"{name}: seccomp: cannot read the sandbox's filter: {e.strerror}") from None
         if not bpf:
             raise ExecError(f"{name}: seccomp: the sandbox's filter is missing; refusing to run without it")
+    # denials of the command are recorded by the sandbox's supervisor (sandbox/lifecycle.py,
+    # _ExecAudit): it gets the command's seccomp listener over the state directory's socket —
+    # connected now, while the host's paths are reachable
+    audit_sock = None
+    if bpf:
+        try:
+            nbpf = state.read_private(name, "seccomp-notify.bpf")
+        except (OSError, StateError):
+            nbpf = b""
+        if nbpf:
+            import socket as _socket
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            try:
+                s.connect(str(state.sandbox_dir(name) / "audit.sock"))
+                audit_sock, bpf = s, nbpf
+            except OSError as e:
+                s.close()
+                sys.stderr.write(f"pysandbox: exec: the sandbox's supervisor does not record this "
+                                 f"command's denials ({e.strerror}); they are enforced\n")
     want = st.get("namespaces") or {}
     enabled = plan["namespaces"]
     # namespaces to join: PID 1's where we may read them, else the program's; verified by inode
     sources = [pid1, prog] if not rootless else [prog]
     fds: list[tuple[str, int, int]] = []
     prctl.set_dumpable(False)                    # before we hold anything of the sandbox's
-    _close_fds()
+    _close_fds(keep=(audit_sock.fileno(),) if audit_sock is not None else ())
     try:
         for ns, flag in NS_ORDER:
             if not enabled.get(PLAN_NS[ns]):
@@ -160,8 +180,11 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     pid = os.fork()
     if pid == 0:
         os.close(err_r)
-        _child(plan, argv, environ, cwd, bpf, rootless, err_w, master, slave_name if tty else None)
+        _child(plan, argv, environ, cwd, bpf, rootless, err_w, master, slave_name if tty else None,
+               audit_sock)
     os.close(err_w)
+    if audit_sock is not None:
+        audit_sock.close()
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f, _p=pid: _kill(_p, s))
     relay = None
@@ -204,13 +227,15 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     return os.WEXITSTATUS(status)
 
 
-def _close_fds() -> None:
-    """Close every descriptor above 2: nothing of the host may follow us into the sandbox."""
+def _close_fds(keep=()) -> None:
+    """Close every descriptor above 2: nothing of the host may follow us into the sandbox (but
+    `keep`: the socket to the sandbox's own supervisor, close-on-exec, closed before the command
+    runs)."""
     sys.stdout.flush()
     sys.stderr.flush()
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2:
+        if fd > 2 and fd not in keep:
             try:
                 os.close(fd)
             except OSError:
@@ -225,7 +250,7 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> None:
+def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit_sock=None) -> None:
     stage = "prepare"
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
@@ -265,7 +290,10 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name) -> No
         _sys.close_range_cloexec(3)
         stage = "seccomp"
         if bpf:
-            _seccomp.install(bpf)
+            listener = _seccomp.install(bpf, listener=audit_sock is not None)
+            if listener is not None:              # to the sandbox's supervisor, which records denials
+                _notify.send_listener(audit_sock, listener)
+                os.close(listener)
         stage = "exec"
         os.execvpe(argv[0], list(argv), env)
     except OSError as e:

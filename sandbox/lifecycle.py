@@ -138,6 +138,9 @@ def run_detached(plan, bpf, argv, runopts) -> int:
         try:
             exec_bpf = _plain_bpf(plan, bpf)
             state.write_private(name, "seccomp.bpf", exec_bpf)
+            notify_bpf = _notify_bpf(plan, bpf)
+            if notify_bpf:                           # exec'd commands' denials are recorded too
+                state.write_private(name, "seccomp-notify.bpf", notify_bpf)
         except (OSError, ValueError) as e:
             state.remove(name)
             _err(f"pysandbox: seccomp: {e}")
@@ -192,6 +195,82 @@ def _plain_bpf(plan, bpf) -> bytes:
     return build_bpf(replace(plan.seccomp, notify_denials=False))
 
 
+def _notify_bpf(plan, bpf) -> bytes:
+    """The filter an `exec`'d command loads when its denials can be recorded: the sandbox's own
+    (notify actions; kill rules delivered as notifications first), b"" when they cannot."""
+    if not plan.seccomp.notify_denials:
+        return b""
+    from .notify import Supervision, user_notif_available
+    if not user_notif_available():
+        return b""
+    try:
+        sup = Supervision(plan.seccomp, bpf, lambda *a, **k: None)
+    except (OSError, ValueError):
+        return b""
+    try:
+        return sup.bpf if sup.mode == "user_notif" and sup.bpf else b""
+    finally:
+        sup.stop()
+
+
+EXEC_AUDIT_SOCKET = "audit.sock"
+
+
+class _ExecAudit:
+    """The detached supervisor records the seccomp denials of `pysandbox exec` commands with its
+    own recorder (one sandbox, one event sequence): the exec'd command hands its listener over
+    the state directory's `audit.sock` (0600; the peer must be this user or root), and a
+    supervisor thread answers and records its notifications like the program's."""
+
+    def __init__(self, path: str, seccomp_plan, emit, kill):
+        import socket
+        self.plan, self.emit, self.kill = seccomp_plan, emit, kill
+        self.handles: list = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        self.sock.listen(8)
+        threading.Thread(target=self._serve, name="pysandbox-exec-audit", daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import struct
+        from . import notify
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return                                # closed: the sandbox ended
+            try:
+                _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                      struct.calcsize("3i")))
+                if uid not in (os.geteuid(), 0):
+                    continue
+                fd = notify.recv_listener(conn, timeout=10)
+            except OSError:
+                continue
+            finally:
+                conn.close()
+            self.handles.append(notify.start(fd, self.plan, self.emit, self.kill))
+
+    def close(self) -> None:
+        import socket
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)     # wakes accept()
+        except OSError:
+            pass
+        self.sock.close()
+        for h in self.handles:
+            h.stop(timeout=2)
+
+
 def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     """In the detached supervisor process. Never returns."""
     told = [False]
@@ -237,13 +316,30 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         state.remove(name)
         os._exit(125)
 
+    pid1 = [None]
+
     def on_event(etype, **fields):
         if etype == "sandbox_start":
+            pid1[0] = fields["pid"]
             try:
                 _record_start(name, sid, fields["pid"], tell, fields.get("cgroups"))
             except Exception as e:                # noqa: BLE001 - never break the launch over state
                 print(f"pysandbox: state of {name}: {e}", file=sys.stderr)
         return sess.emit(etype, **fields)
+
+    def kill_sandbox() -> None:                   # a kill rule hit by an exec'd command
+        if pid1[0]:
+            try:
+                os.kill(pid1[0], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    exec_audit = None
+    if plan.seccomp.enabled and os.path.exists(os.path.join(d, "seccomp-notify.bpf")):
+        try:
+            exec_audit = _ExecAudit(os.path.join(d, EXEC_AUDIT_SOCKET), plan.seccomp, sess.emit, kill_sandbox)
+        except OSError as e:                      # exec'd commands' denials: enforced, not recorded
+            print(f"pysandbox: {name}: exec audit socket: {e.strerror}", file=sys.stderr)
 
     from .launcher import LaunchError, launch
     ran = False
@@ -258,6 +354,8 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         code, message = 125, f"pysandbox: internal error: {type(e).__name__}: {e}"
     if message:
         print(message, file=sys.stderr)
+    if exec_audit is not None:
+        exec_audit.close()
     try:
         sess.close()
     except Exception:                             # noqa: BLE001

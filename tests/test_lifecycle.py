@@ -89,6 +89,15 @@ def test_detached_lifecycle(runner):
         assert "mount=EPERM" in inside and "ptrace=EPERM" in inside and "getpid=ok" in inside
         assert "capeff=0000000000000000" in inside and "nnp=1" in inside and "seccomp=2" in inside
         assert "host=sandbox" in inside and "uid=0" in inside
+        # ... and the exec'd command's denials are recorded by the sandbox's own supervisor: its
+        # events, its sequence (one recorder: no duplicate, no gap)
+        with open(info["audit_log"]) as f:
+            evs = [json.loads(line) for line in f if info["id"] in line]
+        evs = [e for e in evs if e["sandbox_id"] == info["id"]]
+        mounts = [e for e in evs if e["type"] in ("seccomp_denied", "escape_attempt")
+                  and e["syscall"]["name"] == "mount"]
+        assert len({e["pid"] for e in mounts}) == 2, mounts       # the program's and the exec'd probe's
+        assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), [e["seq"] for e in evs]
 
         # exec exit statuses
         assert runner("exec", name, "--", "/bin/sh", "-c", "exit 7").returncode == 7
