@@ -919,6 +919,17 @@ def pidns_matcher(root_pid: int) -> Callable[[int], bool]:
                 return True
         except OSError:
             pass
+        # gone from its namespaces already (exited: a zombie has no namespace links): its parent
+        # tells — PID 1 keeps dead children unreaped for a moment in this mode (sandbox/init.py)
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = next((int(line.split()[1]) for line in f if line.startswith("PPid:")), 0)
+        except (OSError, ValueError):
+            return False
+        if ppid and (ppid in known or ppid != pid and match(ppid)):
+            if len(known) < 65536:
+                known.add(pid)
+            return True
         return False
     match.known = known  # type: ignore[attr-defined]
     return match
