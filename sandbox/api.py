@@ -148,7 +148,11 @@ class Sandbox:
         self.audit = audit
         self.name = name
         self.audit_log = audit_log
-        self._key = os.urandom(8).hex()                  # the launch server keeps the plan under it
+        # the launch server keeps the plan under this key: derived from the content, so that equal
+        # plans (e.g. api.run() called again and again) share one entry instead of piling up
+        import hashlib
+        import pickle
+        self._key = hashlib.sha256(pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()[:24]
         self._names = None
         if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
             from . import notify
