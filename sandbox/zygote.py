@@ -131,6 +131,22 @@ class _Template:
         self.plans: set = set()
         self.zombies: list = []          # discarded spare PID 1s: our children (CLONE_PARENT), to reap
 
+    def alive(self) -> bool:
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
+
+    def close(self) -> None:
+        """(A dead template.) Its spare PID 1s end on their own (their socket closed); reap them."""
+        self.sock.close()
+        for pid in self.zombies:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.zombies = []
+
     def _ask(self, msg: bytes, nfds: int = 0):
         import errno
         try:
@@ -373,8 +389,17 @@ def serve(ctl_fd: int) -> None:
     pending.register(ctl_fd, select.POLLIN)
     gc.collect()
     gc.freeze()                                      # what exists now is never scanned (nor copied) again
-    template = _Template()
+    tmpl = [_Template()]
     closing = False
+
+    def template_clone(flags, ctx, key, plan) -> int:
+        """Through the template; a template that died (it never should) is replaced once."""
+        t = tmpl[0]
+        if t.alive():
+            return t.clone(flags, ctx, key, plan)
+        t.close()
+        tmpl[0] = _Template()                        # a copy of the server as it is now
+        return tmpl[0].clone(flags, ctx, key, plan)
 
     def new_run() -> bool:
         try:
@@ -416,7 +441,7 @@ def serve(ctl_fd: int) -> None:
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
             run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
             run.launch.clone = lambda flags, ctx, _k=req["key"], _p=plans[req["key"]][0]: \
-                template.clone(flags, ctx, _k, _p)     # PID 1 from the template (see above)
+                template_clone(flags, ctx, _k, _p)     # PID 1 from the template (see above)
             ok = run.launch.start()
         except launcher.LaunchError as e:
             (run or _Run(None, rsock)).send(("error", e.code, str(e)))
@@ -438,7 +463,7 @@ def serve(ctl_fd: int) -> None:
         poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
         sync_notify(run)
         if run.launch.clone_flags is not None and pending.poll(0):
-            template.spare(run.launch.clone_flags)       # more launches queued: clone ahead now
+            tmpl[0].spare(run.launch.clone_flags)        # more launches queued: clone ahead now
         return True
 
     def sync_notify(run: _Run) -> None:
@@ -467,7 +492,7 @@ def serve(ctl_fd: int) -> None:
             # the next PID 1 is cloned now, while this sandbox is cleaned up and the caller starts
             # the next launch: not while a sandbox builds its root (the clone copies the host's
             # mount table under the kernel's global mount lock)
-            template.spare(run.launch.clone_flags)
+            tmpl[0].spare(run.launch.clone_flags)
         try:
             result = run.launch.finish()
             run.send(("result", result))
@@ -478,8 +503,8 @@ def serve(ctl_fd: int) -> None:
     while True:
         if closing and not by_pidfd:
             break
-        if template.zombies:
-            template.reap()
+        if tmpl[0].zombies:
+            tmpl[0].reap()
         now = time.monotonic()
         deadlines = [r.launch.deadline for r in by_pidfd.values()
                      if r.launch.deadline is not None and not r.launch.timed_out]

@@ -300,3 +300,19 @@ def test_pid1_is_the_servers_child_and_small(strict):
             assert f"PPid:\t{server}" in f.read()
     finally:
         t.join()
+
+
+def test_a_dead_template_is_replaced(strict):
+    """The template (which clones every PID 1) is killed: the next launch gets a new one."""
+    import signal
+    from sandbox import zygote
+    assert strict.run(["/bin/true"]).exit_code == 0
+    server = zygote.Client.get().proc.pid
+    kids = open(f"/proc/{server}/task/{server}/children").read().split()
+    template = [int(k) for k in kids
+                if open(f"/proc/{k}/status").read().split("NSpid:")[1].split("\n")[0].split()[-1] == k]
+    assert len(template) == 1, kids                     # the template; the others are spare PID 1s
+    os.kill(template[0], signal.SIGKILL)
+    time.sleep(0.2)
+    r = strict.run(["/bin/sh", "-c", "echo again"], text=True)
+    assert r.exit_code == 0 and r.stdout == "again\n", r
