@@ -52,37 +52,57 @@ def _send(fd: int, line: str) -> None:
 
 
 def pid1_main(ctx) -> None:
-    """Entry of the cloned child. Never returns.
+    """Entry of the cloned child (a full context at hand: the CLI's launcher). Never returns."""
+    if ctx.go_w is not None:                      # (None: handed over without them, sandbox/zygote.py)
+        os.close(ctx.go_w)
+    if ctx.status_r is not None:
+        os.close(ctx.status_r)
+    plan = ctx.plan
+    creds = credential_steps(plan, ctx.rootless)
+    pid1_core(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
+              plan.namespaces.time, bool(getattr(ctx, "seccomp_log", False)), creds,
+              lambda err_w: _program(ctx, err_w))
+
+
+def credential_steps(plan, rootless: bool) -> tuple:
+    """(setresgid 0, setgroups [], setresuid 0): how PID 1 and the program become the mapped root
+    of the new user namespace (files the set-up creates must be owned by a mapped id;
+    capabilities in the namespace are kept); the host's supplementary groups are dropped where
+    allowed."""
+    ns_user = plan.namespaces.user
+    return (bool(ns_user and _mapped(plan.user.gid_map, 0)), not rootless,
+            bool(ns_user and _mapped(plan.user.uid_map, 0)))
+
+
+def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
+              creds: tuple, program) -> None:
+    """PID 1 proper. Never returns. `program(err_w)` runs in the forked program's process.
 
     PID 1 stays small: it joins its cgroups and, once released, forks the program's process at
     once (straight into the cgroup2 leaf when there is one: clone3 CLONE_INTO_CGROUP, which needs
     the credentials PID 1 was cloned with). That process takes the sandbox's identity, builds the
     root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and
     execs. PID 1 itself then changes its credentials, drops its privileges, forwards signals and
-    reaps — so the pages it copies from its parent stay few."""
-    status_w = ctx.status_w
+    reaps — so the pages it copies from its parent stay few. It reads no plan: everything it
+    needs comes as arguments."""
     try:
         gc.disable()                             # a collection would copy every shared page
-        if ctx.nofile is not None:               # the supervisor's own, raised limit is not ours
-            resource.setrlimit(resource.RLIMIT_NOFILE, ctx.nofile)
-        for fd in ctx.cg_fds:                    # join our cgroups ourselves, before any fork
+        if nofile is not None:                   # the supervisor's own, raised limit is not ours
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+        for fd in cg_fds:                        # join our cgroups ourselves, before any fork
             os.write(fd, b"0")                   # (see sandbox/cgroups.py, Cgroup.join_fds)
             os.close(fd)
-        for target, fd in enumerate(ctx.stdio):
+        for target, fd in enumerate(stdio):
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
         prctl.set_pdeathsig(signal.SIGKILL)      # the sandbox dies with its supervisor
-        if ctx.go_w is not None:                  # (None: handed over without them, sandbox/zygote.py)
-            os.close(ctx.go_w)
-        if ctx.status_r is not None:
-            os.close(ctx.status_r)
-        if os.read(ctx.go_r, 1) != b"G":          # supervisor gone or refused: stop here
+        if os.read(go_r, 1) != b"G":              # supervisor gone or refused: stop here
             os._exit(1)
-        os.close(ctx.go_r)
+        os.close(go_r)
         # non-dumpable only now: before, the (rootless) supervisor still had to open our
         # /proc/PID/uid_map, which a non-dumpable process makes root-owned
         prctl.set_dumpable(False)                # no /proc/1/exe, /proc/1/mem for the program
-        if ctx.plan.namespaces.time:
+        if time_ns:
             _sys.unshare(_sys.CLONE_NEWTIME)     # applies to the program (our children)
         os.chdir("/")                            # the old root: the program's pivot_root moves it
     except Exception as e:                       # any failure of the set-up: report and stop (exit 125)
@@ -91,21 +111,23 @@ def pid1_main(ctx) -> None:
 
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
-        pid = _sys.clone3_fork(0, ctx.cg_v2_fd) if ctx.cg_v2_fd is not None else os.fork()
+        pid = _sys.clone3_fork(0, cg_v2_fd) if cg_v2_fd is not None else os.fork()
     except Exception as e:
         _send(status_w, f"SETUP cannot start the program's process: {_describe(e)}")
         os._exit(1)
     if pid == 0:
         os.close(prog_err_r)
-        _program(ctx, prog_err_w)                # never returns
+        program(prog_err_w)                      # never returns
+        os._exit(125)
     os.close(prog_err_w)
     # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
     # pipes, sockets and pidfds) but its status pipe and the program's error pipe
     _close_all_but((status_w, prog_err_r))
+    _PID1_CHILD[0] = pid
     for sig in FORWARDED:
-        signal.signal(sig, lambda s, _f, _p=pid: _forward(_p, s))
+        signal.signal(sig, _forward_to_child)
     try:
-        _credentials(ctx)                        # not host root any more: the sandbox's root
+        _set_credentials(creds)                  # not host root any more: the sandbox's root
         # changing credentials cleared the parent-death signal: arm it again, then make sure the
         # supervisor did not die in between (a pipe with no reader polls as POLLERR)
         prctl.set_pdeathsig(signal.SIGKILL)
@@ -128,7 +150,6 @@ def pid1_main(ctx) -> None:
     if err:
         _send(status_w, err.decode(errors="replace") if err.startswith(b"SETUP ")
               else "EXEC " + err.decode(errors="replace"))
-    linger = bool(getattr(ctx, "seccomp_log", False))
     while True:
         try:
             if linger:
@@ -148,6 +169,23 @@ def pid1_main(ctx) -> None:
         if wpid == pid:
             _send(status_w, f"EXIT {status}")
             os._exit(0)                          # the kernel now kills what is left in the pid namespace
+
+
+_PID1_CHILD = [0]
+
+
+def _forward_to_child(sig: int, _frame) -> None:
+    _forward(_PID1_CHILD[0], sig)
+
+
+def _set_credentials(creds: tuple) -> None:
+    gid0, groups, uid0 = creds
+    if gid0:
+        _sys.setresgid(0, 0, 0)
+    if groups:
+        _sys.setgroups([])                     # drop the host's supplementary groups
+    if uid0:
+        _sys.setresuid(0, 0, 0)
 
 
 def _close_all_but(keep) -> None:
@@ -180,27 +218,11 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _credentials(ctx) -> None:
-    """Become the mapped root of the new user namespace (files the set-up creates must be owned
-    by a mapped id; capabilities in the namespace are kept); the host's supplementary groups are
-    dropped where allowed."""
-    plan = ctx.plan
-    if plan.namespaces.user:
-        if _mapped(plan.user.gid_map, 0):
-            _sys.setresgid(0, 0, 0)
-        if not ctx.rootless:
-            _sys.setgroups([])                     # drop the host's supplementary groups
-        if _mapped(plan.user.uid_map, 0):
-            _sys.setresuid(0, 0, 0)
-    elif not ctx.rootless:
-        _sys.setgroups([])
-
-
 def _identity(ctx) -> None:
     """The program's process, first: credentials, hostname, cgroup namespace (rooted at the
     cgroup it was forked into)."""
     plan = ctx.plan
-    _credentials(ctx)
+    _set_credentials(credential_steps(plan, ctx.rootless))
     if plan.namespaces.uts:
         socket.sethostname(plan.process.hostname)
     if plan.namespaces.cgroup:

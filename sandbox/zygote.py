@@ -30,6 +30,7 @@ import os
 import pickle
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -209,7 +210,7 @@ class _Template:
             c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
             wanted = ctx_fds(ctx)
             data = pickle.dumps((c, key, wanted), protocol=pickle.HIGHEST_PROTOCOL)
-            socket.send_fds(chan, [len(data).to_bytes(8, "little")], wanted)
+            socket.send_fds(chan, [_header(ctx, wanted, len(data))], wanted)
             chan.sendall(data)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
@@ -319,47 +320,92 @@ def _quiet_threading_fork_hook() -> None:
         hook.__code__ = _noop.__code__
 
 
+# What PID 1 needs, in fixed binary form (it never unpickles anything: every object it creates
+# costs it copied pages). Indices point into the descriptor list that comes with it.
+_HDR = struct.Struct("=Q8iqqI")      # context size; go_r status_w stdin stdout stderr cg_first cg_count
+                                     # cg_v2 (indices, -1: none); RLIMIT_NOFILE soft hard; flags
+_F_TIME, _F_LINGER, _F_GID0, _F_GROUPS, _F_UID0, _F_NOFILE = 1, 2, 4, 8, 16, 32
+
+
+def _header(ctx, wanted: list, size: int) -> bytes:
+    from .init import credential_steps
+    idx = {fd: i for i, fd in enumerate(wanted)}
+    stdio = [idx[fd] if fd is not None else -1 for fd in ctx.stdio]
+    cg = [idx[fd] for fd in ctx.cg_fds]
+    gid0, groups, uid0 = credential_steps(ctx.plan, ctx.rootless)
+    flags = ((_F_TIME if ctx.plan.namespaces.time else 0) | (_F_LINGER if getattr(ctx, "seccomp_log", False) else 0)
+             | (_F_GID0 if gid0 else 0) | (_F_GROUPS if groups else 0) | (_F_UID0 if uid0 else 0)
+             | (_F_NOFILE if ctx.nofile is not None else 0))
+    soft, hard = ctx.nofile if ctx.nofile is not None else (0, 0)
+    return _HDR.pack(size, idx[ctx.go_r], idx[ctx.status_w], *stdio, cg[0] if cg else -1, len(cg),
+                     idx[ctx.cg_v2_fd] if ctx.cg_v2_fd is not None else -1, soft, hard, flags)
+
+
 def _pid1_entry(chan_fd: int) -> None:
-    """In a new PID 1 (cloned ahead or on demand): wait for the context and its descriptors, put each
-    descriptor at the number the context names, then become PID 1 proper. Any failure or the
-    server going away: exit (the server reports it)."""
-    import fcntl
+    """In a new PID 1 (cloned ahead or on demand): wait for its header, descriptors and (still
+    pickled) context, then become PID 1 proper with init.pid1_core. The context is unpickled —
+    and its descriptors put at the numbers it names — only in the program's process. Any failure
+    or the server going away: exit (the server reports it)."""
     import signal
     import prctl
     try:
         prctl.set_pdeathsig(signal.SIGKILL)      # our parent is the server (CLONE_PARENT)
         chan = socket.socket(fileno=chan_fd)
-        msg, fds, _flags, _addr = socket.recv_fds(chan, 8, 250)
-        if len(msg) != 8:
+        msg, fds, _flags, _addr = socket.recv_fds(chan, _HDR.size, 250)
+        if len(msg) != _HDR.size:
             os._exit(1)
-        n = int.from_bytes(msg, "little")
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = chan.recv(min(1 << 20, n - len(buf)))
-            if not chunk:
+        n, go_r, status_w, i0, i1, i2, cg_first, cg_count, cg_v2, soft, hard, flags = _HDR.unpack(msg)
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = chan.recv_into(view[got:])
+            if not k:
                 os._exit(1)
-            buf += chunk
+            got += k
         chan.close()
+        cg = fds[cg_first:cg_first + cg_count] if cg_count else ()
+        consumed = {go_r, *range(cg_first, cg_first + cg_count)}     # closed by PID 1 before the fork
+    except BaseException:  # noqa: BLE001
+        os._exit(1)
+    from .init import pid1_core
+    pid1_core(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
+              (soft, hard) if flags & _F_NOFILE else None,
+              tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
+              bool(flags & _F_TIME), bool(flags & _F_LINGER),
+              (bool(flags & _F_GID0), bool(flags & _F_GROUPS), bool(flags & _F_UID0)),
+              lambda err_w: _program_from(buf, fds, consumed, err_w))
+
+
+def _program_from(buf, fds: list, consumed: set, err_w: int) -> None:
+    """In the program's process (forked by PID 1): the context, its descriptors at the numbers it
+    names, then init._program. Never returns."""
+    import fcntl
+    try:
         ctx, key, wanted = pickle.loads(buf)
         if ctx.plan is None:
             ctx.plan = _PLANS[key]
-        if len(fds) != len(wanted):
-            os._exit(1)
-        floor = max([2, *wanted, *fds]) + 1
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
-        for fd in fds:
-            os.close(fd)
-        for fd, want in zip(moved, wanted):
+        floor = max([2, err_w, *wanted, *fds]) + 1
+        err = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)    # out of the way of the numbers below
+        os.close(err_w)
+        err_w = err
+        moved = []
+        for i, fd in enumerate(fds):
+            if i not in consumed:
+                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, err_w + 1), wanted[i]))
+                os.close(fd)
+        for fd, want in moved:
             os.dup2(fd, want, inheritable=False)
             os.close(fd)
         if ctx.notify_sock is not None:
             ctx.notify_sock = socket.socket(fileno=ctx.notify_sock)
         if getattr(ctx, "console", None) is not None:
             ctx.console = socket.socket(fileno=ctx.console)
-    except BaseException:  # noqa: BLE001
-        os._exit(1)
-    from .init import pid1_main
-    pid1_main(ctx)
+    except BaseException as e:  # noqa: BLE001
+        os.write(err_w, f"SETUP cannot take the sandbox's context: {type(e).__name__}: {e}".encode())
+        os._exit(125)
+    from .init import _program
+    _program(ctx, err_w)
 
 
 def serve(ctl_fd: int) -> None:
