@@ -112,9 +112,12 @@ WRAP_SAFE = 5.0
 
 def _start_ticks(pid) -> int:
     """A process's start time in clock ticks after boot (/proc/PID/stat field 22), -1 if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+    try:                                  # os-level calls: this runs for many processes per check
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
         return int(data[data.rindex(b")") + 2:].split(None, 20)[19])
     except (OSError, ValueError, IndexError):
         return -1

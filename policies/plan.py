@@ -184,7 +184,7 @@ class Limits:
     device_write_iops: tuple[DeviceRate, ...] = ()
 
     def any(self) -> bool:
-        return any(v not in (None, ()) for v in asdict(self).values())
+        return any(v not in (None, ()) for v in self.__dict__.values())
 
 
 @dataclass(frozen=True)

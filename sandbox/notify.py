@@ -629,9 +629,30 @@ def start_learning(listener_fd: int, seccomp_plan, on_event: OnEvent, *, read_me
 HANDOVER_CALLS = ("sendmsg", "close")
 
 
+_PLAN_FACTS: dict = {}     # id(seccomp plan) -> (plan, {question: answer}): plans are frozen
+
+
+def _fact(s, question, compute):
+    """A fact about a (frozen, immutable) seccomp plan, computed once per plan object: a launch
+    server asks the same questions of the same plan at every launch."""
+    entry = _PLAN_FACTS.get(id(s))
+    if entry is None or entry[0] is not s:
+        if len(_PLAN_FACTS) > 256:
+            _PLAN_FACTS.clear()
+        entry = _PLAN_FACTS[id(s)] = (s, {})
+    facts = entry[1]
+    if question not in facts:
+        facts[question] = compute()
+    return facts[question]
+
+
 def plan_allows(s, name: str) -> bool:
     """Does the plan allow `name` for every argument? (unconditional allow rule, or no rule
     and an allowing default)."""
+    return _fact(s, ("allows", name), lambda: _plan_allows(s, name))
+
+
+def _plan_allows(s, name: str) -> bool:
     rules = [r for r in getattr(s, "rules", ()) if r.name == name]
     if not rules:
         return getattr(s, "default_action", "errno") in ("allow", "log")
@@ -709,7 +730,8 @@ class Supervision:
 
     @staticmethod
     def _has_kill(s) -> bool:
-        return getattr(s, "default_action", None) == "kill" or any(r.action == "kill" for r in s.rules)
+        return _fact(s, "has_kill", lambda: getattr(s, "default_action", None) == "kill"
+                     or any(r.action == "kill" for r in s.rules))
 
     def _record(self, etype: str, **fields) -> Any:
         if fields.get("action") == "kill" and self.killed is None:
