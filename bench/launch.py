@@ -19,7 +19,6 @@ Usage: bench/launch.py [-n RUNS]
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import plan as P
-from .errors import Location, ProfileError
+from .errors import ProfileError
 from .loader import Document, load_profile
 from .units import parse_bytes, parse_cpus, parse_rlimit, parse_ulimit
 

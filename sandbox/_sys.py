@@ -170,21 +170,25 @@ _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 
 
-def clone_fork(flags: int) -> int:
-    """fork() into new namespaces. Returns 0 in the child, the child's pid in the parent."""
+def _forked(syscall, *args) -> int:
+    """A fork-like raw syscall with CPython's own before/after-fork hooks around it (as os.fork)."""
     _pyapi.PyOS_BeforeFork()
-    if _MACHINE == "x86_64":   # clone(flags, stack, parent_tid, child_tid, tls)
-        pid = _syscall_gil(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
-    else:                      # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
-        pid = _syscall_gil(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
+    pid = _syscall_gil(*args)
     if pid == 0:
         _pyapi.PyOS_AfterFork_Child()
         return 0
     err = ctypes.get_errno()
     _pyapi.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise OSError(err, f"clone: {os.strerror(err)}")
+        raise OSError(err, f"{syscall}: {os.strerror(err)}")
     return pid
+
+
+def clone_fork(flags: int) -> int:
+    """fork() into new namespaces. Returns 0 in the child, the child's pid in the parent.
+    (A NULL stack means fork semantics; the argument order that differs between x86_64 and
+    aarch64 only concerns the tid/tls arguments, all NULL here.)"""
+    return _forked("clone", ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags | SIGCHLD), None, None, None, None)
 
 
 # clone3 (same number on x86_64 and aarch64) for CLONE_INTO_CGROUP: the child starts in a cgroup2
@@ -203,16 +207,7 @@ class _CloneArgs(ctypes.Structure):
 def clone3_fork(flags: int, cgroup_fd: int) -> int:
     """fork() (with namespace flags) straight into the cgroup2 directory `cgroup_fd`. Like clone_fork."""
     args = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
-    _pyapi.PyOS_BeforeFork()
-    pid = _syscall_gil(ctypes.c_long(NR_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
-    if pid == 0:
-        _pyapi.PyOS_AfterFork_Child()
-        return 0
-    err = ctypes.get_errno()
-    _pyapi.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone3: {os.strerror(err)}")
-    return pid
+    return _forked("clone3", ctypes.c_long(NR_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
 
 
 # --- prctl options python-prctl lacks -------------------------------------------

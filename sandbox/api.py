@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from policies.compiler import Overrides, compile_profile
 
 from . import launcher as _launcher
+from .doctor import kernel_version as _kernel_version
 from . import zygote as _zygote
 
 DENIAL_TYPES = ("seccomp_denied", "seccomp_killed", "escape_attempt")
@@ -123,7 +124,7 @@ class Sandbox:
                  audit_log: Optional[str] = None, **overrides: Any):
         from policies.errors import ProfileError
         try:
-            compiled = compile_profile(profile, _overrides(overrides), kernel=_kernel())
+            compiled = compile_profile(profile, _overrides(overrides), kernel=_kernel_version())
         except ProfileError as e:
             raise SandboxError(str(e)) from None
         self._init(compiled.plan, None, audit=audit, name=name, audit_log=audit_log)
@@ -260,14 +261,6 @@ def _read_memfd(fd: int) -> bytes:
             break
         chunks.append(b)
     return b"".join(chunks)
-
-
-def _kernel():
-    rel = os.uname().release.split("-")[0].split(".")
-    try:
-        return tuple(int(x) for x in rel[:2])
-    except ValueError:
-        return None
 
 
 def run(argv: Sequence[str], profile: str = "strict", *, input=None, timeout=None, text=False,

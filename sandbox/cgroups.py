@@ -914,7 +914,7 @@ class Cgroup:
 
     def join_fds(self) -> list[int]:
         """Write-only descriptors of each v1 leaf's `tasks` file, for the sandbox's first process to
-        join by itself (`write(fd, "0")` before it forks anything; see join()), after which add_pid()
+        join by itself (`write(fd, "0")` before it forks anything: sandbox/init.py), after which add_pid()
         leaves the v1 drivers alone.
 
         Why: a pid written to cgroup.procs (or another task's tid to `tasks`) makes the kernel take
@@ -1412,10 +1412,3 @@ def list_sandboxes(rootless: Optional[bool] = None, layout: Optional[Layout] = N
         except OSError:
             continue
     return out
-
-
-def join(fds) -> None:
-    """In the sandbox's first process, before it forks: join the cgroups behind join_fds()."""
-    for fd in fds:
-        os.write(fd, b"0")
-        os.close(fd)

@@ -16,20 +16,14 @@ import sys
 
 import click
 
+from .doctor import kernel_version as _kernel_version
+
 FORMATS = ("text", "json", "sarif")
 LEVELS = ("error", "warning", "info")
 
 
 class LintUsage(click.ClickException):
     exit_code = 2
-
-
-def _kernel():
-    rel = os.uname().release.split("-")[0].split(".")
-    try:
-        return tuple(int(x) for x in rel[:2])
-    except ValueError:
-        return None
 
 
 def _threshold(ctx, param, value):
@@ -72,7 +66,7 @@ def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, lis
             raise LintUsage("no PATH given and there is no ./profiles directory")
         paths = ("profiles",)
     try:
-        result = lint_paths(paths, kernel=_kernel())
+        result = lint_paths(paths, kernel=_kernel_version())
     except LintUsageError as e:
         raise LintUsage(str(e)) from None
     if fmt == "json":

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 
 import click
 
 from policies.compiler import Overrides, compile_profile
-from policies.errors import ProfileError
 
 from . import cli as _cli
+from .doctor import kernel_version as _kernel_version
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,16 +72,8 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         user=kw["user"])
 
 
-def _kernel():
-    rel = os.uname().release.split("-")[0].split(".")
-    try:
-        return tuple(int(x) for x in rel[:2])
-    except ValueError:
-        return None
-
-
 def compile_for(kw: dict, argv=()):
-    return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel())
+    return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel_version())
 
 
 def cache_files(compiled) -> list:

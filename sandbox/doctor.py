@@ -7,6 +7,16 @@ import os
 from . import _sys
 
 
+def kernel_version():
+    """(major, minor) of the running kernel, None when its release string is not numeric (the
+    compiler and lint rules use it for version-dependent syscalls)."""
+    rel = os.uname().release.split("-")[0].split(".")
+    try:
+        return tuple(int(x) for x in rel[:2])
+    except ValueError:
+        return None
+
+
 def _probe(flags: int) -> tuple[bool, str]:
     """Try to create namespaces in a throw-away child."""
     r, w = os.pipe()

@@ -117,7 +117,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
             import socket as _socket
             s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
             try:
-                s.connect(str(state.sandbox_dir(name) / "audit.sock"))
+                s.connect(str(state.sandbox_dir(name) / lifecycle.EXEC_AUDIT_SOCKET))
                 audit_sock, bpf = s, nbpf
             except OSError as e:
                 s.close()

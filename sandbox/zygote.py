@@ -118,7 +118,6 @@ class _Template:
     """The server's handle on its template process (see above)."""
 
     def __init__(self):
-        import prctl  # noqa: F401  (imported here: the template uses it)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pid = os.fork()
         if pid == 0:

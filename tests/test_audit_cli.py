@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import HOST_PYTHON, PYSANDBOX, REPO
+from conftest import HOST_PYTHON, PYSANDBOX
 
 import audit
 from audit import reader

@@ -19,7 +19,6 @@ cgroup (as the launcher does between clone and release), then execs the program.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess

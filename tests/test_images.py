@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import imagebuild as ib
-from conftest import REPO, Runner
+from conftest import REPO
 
 PY = sys.executable
 HELPER = str(REPO / "tests" / "imagebuild.py")

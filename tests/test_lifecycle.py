@@ -8,8 +8,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from conftest import HOST_PYTHON
 
 PROBE = r'''

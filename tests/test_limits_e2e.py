@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import HOST_PYTHON, PYSANDBOX, Runner
+from conftest import HOST_PYTHON, PYSANDBOX
 from sandbox import cgroups
 
 LAYOUT = cgroups.detect()

@@ -20,7 +20,6 @@ from policies.lint import RULES, lint_paths
 from policies.lint import output as O
 from policies.lint import suppress as S
 from policies.lint.engine import LINT_CALLER_GID, LINT_CALLER_UID
-from policies.lint.score import exposure
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "lint_fixtures"

@@ -11,7 +11,6 @@ with setpriv (bounding set) before exec. Every wait is bounded.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal

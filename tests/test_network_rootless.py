@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import textwrap
 
 import pytest
 

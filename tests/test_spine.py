@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import HOST_PYTHON, PYSANDBOX
+from conftest import PYSANDBOX
 
 # A small probe library run inside the sandbox with /usr/bin/python3.
 PROBE = r'''
