@@ -20,6 +20,7 @@ Reads /proc and stats files only; never writes anything. Pure of `sandbox`/`poli
 from __future__ import annotations
 
 import os
+import select
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -55,6 +56,46 @@ def _mounts() -> dict:
     except OSError:
         pass
     return out
+
+
+class _MountWatch:
+    """The caller's mount table, parsed again only when the kernel says it changed: an open
+    /proc/self/mountinfo reports POLLPRI|POLLERR after a mount or unmount in its namespace
+    (proc(5)). One per process and mount namespace: the poll state belongs to the open file."""
+    __slots__ = ("key", "fd", "poller", "table")
+
+    def __init__(self, key: tuple):
+        self.key = key
+        self.fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLPRI)
+        self.table = _mounts()                # read after the open: no change is missed
+
+    def current(self) -> dict:
+        if self.poller.poll(0):               # changed since the last look: read it again
+            self.table = _mounts()
+        return self.table
+
+
+_WATCH: list = [None]
+
+
+def _mount_table() -> dict:
+    """The caller's mount table (mount id -> ...), the same dict object while nothing changed."""
+    try:
+        key = (os.getpid(), os.readlink("/proc/self/ns/mnt"))
+    except OSError:
+        return _mounts()
+    w = _WATCH[0]
+    if w is None or w.key != key:
+        if w is not None and w.key[0] == key[0]:
+            os.close(w.fd)                    # ours, for a namespace we left (a fork's copy stays open)
+        try:
+            w = _WATCH[0] = _MountWatch(key)
+        except OSError:
+            _WATCH[0] = None
+            return _mounts()
+    return w.current()
 
 
 def fingerprint(root: str, limit: int = MAX_ENTRIES) -> dict:
@@ -103,24 +144,44 @@ class Snapshot:
     def take(cls, pid: int, *, ro_paths: Iterable[str] = (), mount_prefixes: Iterable[str] = ()) -> "Snapshot":
         own = _ns_ids("self")
         sb = {k: v for k, v in _ns_ids(pid).items() if own.get(k) != v}
-        return cls(pid, own, sb, _mounts(), tuple(p.rstrip("/") or "/" for p in mount_prefixes),
-                   {p: fingerprint(p) for p in ro_paths}, time.monotonic(), _start_ticks(pid))
+        ticks = _start_ticks(pid)
+        return cls(pid, own, sb, _mount_table(), tuple(p.rstrip("/") or "/" for p in mount_prefixes),
+                   {p: fingerprint(p) for p in ro_paths}, time.monotonic(), -1 if ticks is None else ticks)
 
 
 WRAP_SAFE = 5.0
 
 
-def _start_ticks(pid) -> int:
-    """A process's start time in clock ticks after boot (/proc/PID/stat field 22), -1 if gone."""
+def _start_ticks(pid):
+    """A process's start time in clock ticks after boot (/proc/PID/stat field 22); None when
+    there is no such process, -1 when it cannot be read."""
     try:                                  # os-level calls: this runs for many processes per check
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return -1
+    try:
+        data = os.read(fd, 4096)
         return int(data[data.rindex(b")") + 2:].split(None, 20)[19])
     except (OSError, ValueError, IndexError):
         return -1
+    finally:
+        os.close(fd)
+
+
+PROBE_MAX = 256
+
+
+def _tgid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
 
 
 def _last_pid() -> int:
@@ -143,22 +204,29 @@ def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterab
     if snap.sandbox_ns:
         wanted = {v: k for k, v in snap.sandbox_ns.items()}
         skip = {os.getpid(), *skip_pids}
-        try:
-            entries = [e for e in os.listdir("/proc") if e.isdigit()]
-        except OSError:
-            entries = []
-        # Any process of the sandbox was created after its PID 1, so while pid numbers have not
-        # wrapped around since, its pid is above PID 1's: skip the older processes (the scan runs
-        # after every sandbox; with many running, reading every process's links costs). A full
-        # wrap takes millions of forks: a sandbox older than WRAP_SAFE seconds gets a full scan.
-        newer_only = snap.taken and time.monotonic() - snap.taken < WRAP_SAFE and \
-            _last_pid() >= snap.pid
+        # Any process of the sandbox was created after its PID 1 and before now, so while pid
+        # numbers have not wrapped around since, its pid lies between PID 1's and the last pid
+        # handed out: only those are looked at (the scan runs after every sandbox; with many
+        # running, reading every process's links costs). A full wrap takes the whole pid space
+        # of forks: a sandbox older than WRAP_SAFE seconds gets a full scan.
+        last = _last_pid()
+        newer_only = bool(snap.taken) and time.monotonic() - snap.taken < WRAP_SAFE and last >= snap.pid
+        probe = newer_only and last - snap.pid < PROBE_MAX
+        if probe:                             # a few pids: ask for each (a thread id answers too)
+            entries = [str(p) for p in range(snap.pid, last + 1)]
+        else:
+            try:
+                entries = [e for e in os.listdir("/proc") if e.isdigit()]
+            except OSError:
+                entries = []
         for e in entries:
             pid = int(e)
-            if pid in skip or newer_only and pid < snap.pid:
+            if pid in skip or newer_only and not snap.pid <= pid <= last:
                 continue
-            if newer_only and snap.start_ticks >= 0 and 0 <= _start_ticks(e) < snap.start_ticks:
-                continue                      # started before PID 1: one read instead of 7 links
+            if newer_only and snap.start_ticks >= 0:
+                st = _start_ticks(e)
+                if st is None or 0 <= st < snap.start_ticks:
+                    continue                  # gone, or started before PID 1: one read instead of 7 links
             for ns in NAMESPACES:
                 if ns not in snap.sandbox_ns:
                     continue
@@ -167,6 +235,8 @@ def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterab
                 except OSError:
                     continue
                 if link in wanted:
+                    if probe and _tgid(pid) != pid:
+                        break                 # a thread: its process is reported under its own pid
                     comm = ""
                     try:
                         with open(f"/proc/{e}/comm") as f:
@@ -179,8 +249,9 @@ def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterab
                                   "detail": {"check": "process", "namespace": ns, "ns": link}})
                     break
     # 2. mounts leaked into our mount namespace
-    if snap.mount_prefixes:
-        for mid, (mp, fstype, src) in _mounts().items():
+    now = _mount_table() if snap.mount_prefixes else None
+    if now is not None and now is not snap.mounts:          # (the same table: nothing mounted since)
+        for mid, (mp, fstype, src) in now.items():
             if mid not in snap.mounts and _under(mp, snap.mount_prefixes):
                 found.append({"message": f"mount leaked into the host mount namespace: {fstype} {src} on {mp}",
                               "path": mp, "detail": {"check": "mount", "fstype": fstype, "source": src,

@@ -155,19 +155,41 @@ def parse_mountinfo(text: str) -> Layout:
                   unified=unified[0] if unified else None)
 
 
+_LAYOUT: list = [None, None]                 # (mountinfo text, its Layout): parsed once per change
+
+
 def detect(mountinfo: str = MOUNTINFO) -> Layout:
-    with open(mountinfo) as f:
-        return parse_mountinfo(f.read())
+    """The cgroup layout of our mount namespace (read every time, parsed again only when the
+    mount table changed: a launch server asks once per sandbox)."""
+    text = _read(mountinfo)
+    if text is None:
+        with open(mountinfo) as f:           # the error, as before
+            text = f.read()
+    if _LAYOUT[0] != text:
+        _LAYOUT[:] = [text, parse_mountinfo(text)]
+    return _LAYOUT[1]
 
 
 # --------------------------------------------------------------------------- small file helpers
 
 def _read(path: str) -> Optional[str]:
+    """The whole file, None when it cannot be read (os-level calls: a launch reads a dozen)."""
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _write(path: str, value: str) -> None:
@@ -309,10 +331,10 @@ class _Driver:
         (fail closed). `check(text) -> bool` replaces the plain equality where the kernel rounds."""
         path = os.path.join(leaf, fname)
         what = f"{flag} " if flag else ""
-        if not os.path.exists(path):
-            raise CgroupError(name, f"{what}not supported here ({fname} missing)")
         try:
             _write(path, str(value))
+        except FileNotFoundError:
+            raise CgroupError(name, f"{what}not supported here ({fname} missing)") from None
         except OSError as e:
             raise CgroupError(name, f"{what}cannot set {fname} to {value}: {_errmsg(e)}") from None
         got = _read(path)
@@ -961,13 +983,15 @@ class Cgroup:
                 merged.setdefault(k, v)
         return merged
 
-    def finish(self) -> list[dict]:
+    def finish(self, pidns_reaped: bool = False) -> list[dict]:
         """After the sandbox exited: kill leftovers, read events and peaks, remove every directory.
-        Idempotent (a second call returns the same events)."""
+        Idempotent (a second call returns the same events). pidns_reaped: the sandbox's pid
+        namespace init has been reaped, so the kernel has already ended every process of it (no
+        leftovers to look for; a directory that stays busy is still emptied by remove())."""
         if self._events is not None:
             return self._events
         try:
-            if self.procs():
+            if not pidns_reaped and self.procs():
                 self.kill()
         except OSError:
             pass

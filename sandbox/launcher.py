@@ -369,7 +369,8 @@ class Launch:
             os.close(fd)
         if self.cg is not None:
             try:
-                result.events.extend(self.cg.finish())
+                # PID 1 is reaped by now (above): with a pid namespace, nothing of the sandbox is left
+                result.events.extend(self.cg.finish(pidns_reaped=bool(plan.namespaces.pid)))
             except Exception as e:  # clean-up problems are reported, never hidden
                 result.events.append({"type": "integrity_violation", "what": "cgroup", "detail": str(e)})
         if ctx is not None and ctx.image_root is not None:   # discard the writable layer, or keep it (--keep)

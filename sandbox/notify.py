@@ -437,21 +437,32 @@ class _Base:
         self.read_memory = read_memory
         self.stats = {"received": 0, "answered": 0, "killed": 0, "vanished": 0, "record_errors": 0}
         self._buf = bytearray(NOTIF.size)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake_r = self._wake_w = -1
         self._stopping = False
         self._closed = False
-        self.thread = threading.Thread(target=self._run, name=f"pysandbox-{self.__class__.__name__}",
-                                       daemon=True)
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The supervising thread (and its wake-up pipe), made on first use: a launch server that
+        drives _one() from its own poll loop (inline) needs neither."""
+        if self._thread is None:
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            self._thread = threading.Thread(target=self._run, name=f"pysandbox-{self.__class__.__name__}",
+                                            daemon=True)
+        return self._thread
 
     def request_stop(self) -> None:
         self._stopping = True
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
 
     def close(self) -> None:
-        if self._closed or self.thread.is_alive():
+        if self._closed or self._thread is not None and self._thread.is_alive():
             return
         self._closed = True
         for fd in (self.fd, self._wake_r, self._wake_w):
@@ -972,8 +983,9 @@ class _Kmsg:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._closed = False
-        self.thread = threading.Thread(target=self._run, name="pysandbox-kmsg", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pysandbox-kmsg", daemon=True)
 
+    thread = property(lambda self: self._thread)
     request_stop = _Base.request_stop
 
     def close(self) -> None:

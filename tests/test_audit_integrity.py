@@ -99,9 +99,10 @@ def test_leaked_mount_is_reported(tmp_path):
             _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
             snap = integrity.Snapshot.take(os.getpid(), mount_prefixes=[str(tmp_path)])
             clean = integrity.check(snap)
+            same = integrity._mount_table() is snap.mounts      # nothing mounted: not parsed again
             _sys.mount("tmpfs", str(target), "tmpfs", 0, "size=1m")
             leaked = integrity.check(snap)
-            os.write(w, json.dumps({"clean": clean, "leaked": leaked}).encode())
+            os.write(w, json.dumps({"clean": clean, "leaked": leaked, "same": same}).encode())
             os._exit(0)
         except BaseException as e:  # noqa: BLE001
             os.write(w, json.dumps({"error": repr(e)}).encode())
@@ -114,6 +115,7 @@ def test_leaked_mount_is_reported(tmp_path):
     os.waitpid(pid, 0)
     res = json.loads(data)
     assert res.get("clean") == [], res
+    assert res["same"] is True
     assert len(res["leaked"]) == 1
     leak = res["leaked"][0]
     assert leak["path"] == str(target) and leak["detail"]["fstype"] == "tmpfs"
