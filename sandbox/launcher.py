@@ -126,14 +126,15 @@ def preflight(plan, rootless: bool) -> None:
 def _write_maps(pid: int, plan, rootless: bool) -> None:
     def fmt(m):
         return "".join(f"{e.inside} {e.outside} {e.count}\n" for e in m)
+    files = ((("setgroups", "deny"),) if rootless else ()) + \
+        (("uid_map", fmt(plan.user.uid_map)), ("gid_map", fmt(plan.user.gid_map)))
     try:
-        if rootless:
-            with open(f"/proc/{pid}/setgroups", "w") as f:
-                f.write("deny")
-        with open(f"/proc/{pid}/uid_map", "w") as f:
-            f.write(fmt(plan.user.uid_map))
-        with open(f"/proc/{pid}/gid_map", "w") as f:
-            f.write(fmt(plan.user.gid_map))
+        for name, text in files:                 # one write(2) each, as the kernel wants them
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
     except OSError as e:
         raise LaunchError(f"user namespace: cannot write the id maps: {e.strerror}") from None
 

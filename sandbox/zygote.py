@@ -19,8 +19,9 @@ Why a separate process:
 Protocol (AF_UNIX SOCK_SEQPACKET, pickled messages; both ends are this package, same user):
   control socket (API -> server): one message per run, a request dict, with four descriptors
     attached: the run's own socket, the program's stdin, stdout, stderr;
-  run socket (server -> API): ("event", type, fields) as the run goes (audit), then
-    ("result", launcher.Result) or ("error", exit_code, message). The caller closing its run socket
+  run socket (server -> API): ("event", type, fields) as the run goes (audit), ("events",
+    [(type, fields), ...]) for a batch, then ("result", launcher.Result, [the clean-up's events])
+    or ("error", exit_code, message). The caller closing its run socket
     kills that sandbox; the control socket closing (the API process ended, however) kills them all.
 Plans are sent once per Sandbox (by key) and kept by the server.
 """
@@ -36,6 +37,18 @@ import threading
 import time
 
 MAX_MSG = 1 << 22
+HELD_MAX = 32                                  # events held back to travel with the result (see end_run)
+_PEEK = bytearray(1)
+
+
+def _msg_len(sock) -> int:
+    """The length of the next message on a SEQPACKET socket, without taking it (0: end of stream):
+    a receive buffer of that size instead of MAX_MSG (allocating 4 MiB costs more than the call)."""
+    return sock.recv_into(_PEEK, 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+
+
+def _recv(sock) -> bytes:
+    return sock.recv(max(_msg_len(sock), 1))
 
 _BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve; serve({fd})")
 
@@ -43,13 +56,24 @@ _BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve
 # --- the server -----------------------------------------------------------------------------
 
 class _Run:
-    __slots__ = ("launch", "sock", "lock", "nfds")
+    __slots__ = ("launch", "sock", "lock", "nfds", "held")
 
     def __init__(self, launch, sock):
         self.launch = launch
         self.sock = sock
         self.lock = threading.Lock()
         self.nfds: tuple = ()                  # audit: seccomp listener (or the socket it comes on)
+        self.held: "list | None" = None        # while finishing: events that go with the result
+
+    def event(self, etype: str, fields: dict) -> None:
+        held = self.held
+        if held is None:
+            self.send(("event", etype, fields))
+            return
+        if len(held) >= HELD_MAX:              # many (denials drained at the end): in batches
+            self.send(("events", held))
+            held = self.held = []
+        held.append((etype, fields))
 
     def send(self, msg) -> None:
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -249,7 +273,7 @@ def _template_loop(sock) -> None:
 
     while True:
         try:
-            msg = sock.recv(MAX_MSG)
+            msg = _recv(sock)
         except InterruptedError:
             continue
         except OSError:
@@ -448,7 +472,7 @@ def serve(ctl_fd: int) -> None:
 
     def new_run() -> bool:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(ctl, MAX_MSG, 8)
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, max(_msg_len(ctl), 1), 8)
         except OSError:
             return False
         if not msg:
@@ -480,7 +504,7 @@ def serve(ctl_fd: int) -> None:
             on_event = None
             if req.get("audit"):
                 def on_event(etype, _run=run, **fields):
-                    _run.send(("event", etype, fields))
+                    _run.event(etype, fields)
             run.launch = launcher.Launch(plan, req["argv"], bpf=bpf, sandbox_id=req["sandbox_id"],
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
@@ -499,7 +523,7 @@ def serve(ctl_fd: int) -> None:
                 os.close(fd)
         if not ok:
             if ok is False:
-                run.send(("result", run.launch.result))
+                run.send(("result", run.launch.result, []))
             rsock.close()
             return True
         by_pidfd[run.launch.pidfd] = run
@@ -538,10 +562,15 @@ def serve(ctl_fd: int) -> None:
             # the next launch: not while a sandbox builds its root (the clone copies the host's
             # mount table under the kernel's global mount lock)
             tmpl[0].spare(run.launch.clone_flags)
+        # the events of the clean-up (sandbox_exit, ...) travel with the result: one message, one
+        # wake-up of the caller, instead of one each while this process is still busy
+        run.held = []
         try:
             result = run.launch.finish()
-            run.send(("result", result))
+            run.send(("result", result, run.held))
         except Exception as e:  # noqa: BLE001
+            if run.held:
+                run.send(("events", run.held))
             run.send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
         run.sock.close()
 
@@ -650,15 +679,19 @@ class Client:
                 self.sent.add(key)
             theirs.close()
             while True:
-                data = mine.recv(MAX_MSG)
+                data = _recv(mine)
                 if not data:
                     raise LaunchError("the launch server ended without a result")
                 msg = pickle.loads(data)
                 if msg[0] == "event":
                     if on_event is not None:
                         on_event(msg[1], **msg[2])
-                elif msg[0] == "result":
-                    return msg[1]
+                elif msg[0] == "events" or msg[0] == "result":
+                    if on_event is not None:
+                        for etype, fields in msg[-1]:
+                            on_event(etype, **fields)
+                    if msg[0] == "result":
+                        return msg[1]
                 else:
                     raise LaunchError(msg[2], msg[1])
         finally:
