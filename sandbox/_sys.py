@@ -204,9 +204,17 @@ class _CloneArgs(ctypes.Structure):
                  "set_tid", "set_tid_size", "cgroup")]
 
 
-def clone3_fork(flags: int, cgroup_fd: int) -> int:
-    """fork() (with namespace flags) straight into the cgroup2 directory `cgroup_fd`. Like clone_fork."""
-    args = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
+def clone3_fork(flags: int, cgroup_fd: int | None, pid: int | None = None) -> int:
+    """fork() (with namespace flags) straight into the cgroup2 directory `cgroup_fd` (None: where the
+    caller is), as process `pid` of the caller's pid namespace when given (set_tid: needs
+    CAP_SYS_ADMIN over that namespace; EEXIST when taken). Like clone_fork."""
+    args = _CloneArgs(flags=flags | (CLONE_INTO_CGROUP if cgroup_fd is not None else 0), exit_signal=SIGCHLD,
+                      cgroup=cgroup_fd if cgroup_fd is not None else 0)
+    tid = None
+    if pid is not None:
+        tid = (ctypes.c_int * 1)(pid)
+        args.set_tid = ctypes.addressof(tid)
+        args.set_tid_size = 1
     return _forked("clone3", ctypes.c_long(NR_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
 
 

@@ -75,7 +75,7 @@ def credential_steps(plan, rootless: bool) -> tuple:
 
 
 def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
-              creds: tuple, program) -> None:
+              creds: tuple, program, program_pid: int | None = None) -> None:
     """PID 1 proper. Never returns. `program(err_w)` runs in the forked program's process.
 
     PID 1 stays small: it joins its cgroups and, once released, forks the program's process at
@@ -84,7 +84,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
     root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and
     execs. PID 1 itself then changes its credentials, drops its privileges, forwards signals and
     reaps — so the pages it copies from its parent stay few. It reads no plan: everything it
-    needs comes as arguments."""
+    needs comes as arguments. program_pid: the pid the program must have in the namespace (2, when
+    a builder process had it before: a launch server's spare, sandbox/zygote.py)."""
     try:
         gc.disable()                             # a collection would copy every shared page
         if nofile is not None:                   # the supervisor's own, raised limit is not ours
@@ -111,7 +112,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
 
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
-        pid = _sys.clone3_fork(0, cg_v2_fd) if cg_v2_fd is not None else os.fork()
+        pid = _sys.clone3_fork(0, cg_v2_fd, program_pid) if cg_v2_fd is not None or program_pid \
+            else os.fork()
     except Exception as e:
         _send(status_w, f"SETUP cannot start the program's process: {_describe(e)}")
         os._exit(1)
@@ -229,20 +231,40 @@ def _identity(ctx) -> None:
         _sys.unshare(_sys.CLONE_NEWCGROUP)
 
 
-def _program(ctx, err_w: int) -> None:
-    """The program's process: loopback, root filesystem (pivot_root), then _exec_program."""
+def prebuild_root(plan, rootless: bool) -> None:
+    """In a builder process that a launch server's spare PID 1 forks before any run exists
+    (sandbox/zygote.py; plans where launcher.prebuildable() holds, id maps already written): what
+    the program's process does first — the mapped root's credentials, the hostname, loopback, the
+    whole root file system and pivot_root (which moves PID 1's root and cwd too). Raises on failure."""
+    _set_credentials(credential_steps(plan, rootless))
+    if plan.namespaces.uts:
+        socket.sethostname(plan.process.hostname)
+    _build_root(plan, None)
+
+
+def _build_root(plan, ctx) -> None:
+    """Loopback, the root file system, pivot_root, the mounts inside (ctx None: a run's context
+    adds nothing to the root, see prebuild_root)."""
+    if plan.namespaces.net:
+        netlo.bring_up_loopback()
+    fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
+                         resolv_conf=plan.network.mode != "none",
+                         **({} if ctx is None else
+                            {"hosts_text": ctx.hosts_text, "hosts_file": getattr(ctx, "hosts_file", None),
+                             "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs}))
+    rootfs.pivot(plan)
+    rootfs.finish(plan, fds)
+
+
+def _program(ctx, err_w: int, built: bool = False) -> None:
+    """The program's process: loopback, root filesystem (pivot_root), then _exec_program.
+    built: prebuild_root() did all that already for this sandbox (only the identity is left)."""
     plan = ctx.plan
     try:
         _identity(ctx)
         prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1 (armed after the credential change)
-        if plan.namespaces.net:
-            netlo.bring_up_loopback()
-        fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
-                             hosts_text=ctx.hosts_text, hosts_file=getattr(ctx, "hosts_file", None),
-                             resolv_conf=plan.network.mode != "none", image_root=ctx.image_root,
-                             volume_dirs=ctx.volume_dirs)
-        rootfs.pivot(plan)
-        rootfs.finish(plan, fds)
+        if not built:
+            _build_root(plan, ctx)
     except Exception as e:                       # reported by PID 1 as a set-up failure (exit 125)
         os.write(err_w, f"SETUP {_describe(e)}".replace("\n", " ").encode())
         os._exit(125)

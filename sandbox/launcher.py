@@ -98,6 +98,31 @@ def build_env(plan) -> dict:
     return env
 
 
+def needs_network(plan) -> bool:
+    """A network of its own to prepare (sandbox.network): anything beyond none/host."""
+    net = plan.network
+    return net.mode not in ("none", "host") or bool(net.ports) or bool(net.egress_allow) \
+        or net.egress_default == "deny"
+
+
+def needs_image(plan) -> bool:
+    """An image root or volumes to prepare per run (sandbox.overlay / sandbox.volumes)."""
+    fs = plan.filesystem
+    return bool(fs.image) or any(m.type == "volume" for m in fs.mounts)
+
+
+def prebuildable(plan) -> bool:
+    """Whether a PID 1 may build this plan's root file system before the run exists (the launch
+    server's spares, sandbox/zygote.py): the root then needs nothing of the run — no image,
+    volume, network (hosts file) of its own — and binds no path the caller chose (the host root's
+    system directories and /etc entries only): a user's bind source may be replaced between two
+    runs (rm -rf DIR; mkdir DIR), and the run must see the new one. (And a pid namespace: the
+    builder is pid 2 of it, and the program takes pid 2 back.)"""
+    fs = plan.filesystem
+    return plan.namespaces.pid and not needs_network(plan) and not needs_image(plan) \
+        and fs.root == "host" and not any(m.type == "bind" for m in fs.mounts)
+
+
 def preflight(plan, rootless: bool) -> None:
     """Refuse plans this caller/kernel cannot enforce, before anything is created."""
     ns = plan.namespaces
@@ -179,6 +204,7 @@ class Launch:
         # CLONE_PARENT), which then runs pid1_main(ctx) — sandbox/zygote.py's template. Never 0.
         self.clone = None
         self.clone_flags = None
+        self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)
 
     def start(self) -> bool:
         """Set up and release the sandbox. False when it could not be started (self.result says why;
@@ -223,7 +249,7 @@ class Launch:
             for fd in (*ctx.cg_fds, *(() if ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
                 os.close(fd)                           # PID 1 has its own copies
             ctx.cg_fds, ctx.cg_v2_fd = (), None
-            if plan.namespaces.user:
+            if plan.namespaces.user and not self.maps_done:
                 _write_maps(pid, plan, rootless)
             if self.cg is not None:
                 self.cg.add_pid(pid)                   # v2 only: PID 1 joined v1 leaves itself
@@ -281,8 +307,7 @@ class Launch:
                 ctx.cg_v2_fd = self.cg.v2_fd()         # PID 1 forks the program into it (clone3)
             except cgroups.CgroupError as e:
                 raise LaunchError(f"limits: {e}") from None
-        if plan.network.mode not in ("none", "host") or plan.network.ports or plan.network.egress_allow \
-                or plan.network.egress_default == "deny":
+        if needs_network(plan):
             from . import network
             try:
                 self.net = network.prepare(plan.network, self.sandbox_id, self.name, rootless=rootless,
@@ -292,7 +317,7 @@ class Launch:
             if self.net is not None:
                 ctx.hosts_text = self.net.etc_hosts()
                 ctx.hosts_file = self.net.hosts_path
-        if plan.filesystem.image or any(m.type == "volume" for m in plan.filesystem.mounts):
+        if needs_image(plan):
             _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
 
     def expire(self) -> None:

@@ -56,11 +56,13 @@ _BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve
 # --- the server -----------------------------------------------------------------------------
 
 class _Run:
-    __slots__ = ("launch", "sock", "lock", "nfds", "held")
+    __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built")
 
-    def __init__(self, launch, sock):
+    def __init__(self, launch, sock, key=None):
         self.launch = launch
         self.sock = sock
+        self.key = key                         # the plan's key (the template's spares are built for it)
+        self.built = False                     # its PID 1 was a spare with the root built ahead
         self.lock = threading.Lock()
         self.nfds: tuple = ()                  # audit: seccomp listener (or the socket it comes on)
         self.held: "list | None" = None        # while finishing: events that go with the result
@@ -182,10 +184,12 @@ class _Template:
             raise OSError(errno.EPIPE, "the template process is gone")
         return reply, fds
 
-    def spare(self, flags: int) -> None:
-        """Have a PID 1 for `flags` cloned ahead of the next launch (called when the server is idle)."""
+    def spare(self, flags: int, key: "str | None" = None) -> None:
+        """Have a PID 1 for `flags` cloned ahead of the next launch (called when the server is idle);
+        with the key of a plan the template has, also its root file system built ahead."""
         try:
-            self.sock.send(b"S" + flags.to_bytes(8, "little"))
+            self.sock.send(b"S" + flags.to_bytes(8, "little")
+                           + (key.encode().ljust(KEY_LEN)[:KEY_LEN] if key and key in self.plans else b""))
         except OSError:
             pass
 
@@ -199,13 +203,16 @@ class _Template:
                 pass
         self.zombies = left
 
-    def clone(self, flags: int, ctx, key: str, plan) -> int:
+    def clone(self, flags: int, ctx, key: str, plan, built_ok: bool = False, again: bool = True) -> tuple:
         """Launch.clone: PID 1 from the template (a spare cloned ahead when there is one for these
-        flags), handed its context. Returns its pid.
+        flags), handed its context. Returns (its pid, whether its root was built ahead: then its id
+        maps are written and the program skips building). built_ok: this run's root needs nothing
+        of the run (launcher.prebuildable, and the context agrees).
         The template keeps `plan` (the Sandbox's, without per-run overrides: those only concern
         the supervisor, and the environment, which travels in ctx.env) under `key`, so a PID 1
         unpickles only the small per-run part of its context (or the plan too, when it was cloned
-        before the template had it)."""
+        before the template had it). A spare that died while it waited (or whose build failed)
+        is reaped and replaced by a fresh PID 1, once (again=False: no more)."""
         import copy
         import errno
         import signal
@@ -215,7 +222,8 @@ class _Template:
             if ok != b"K":
                 raise OSError(errno.EPROTO, "the template process refused the plan")
             self.plans.add(key)
-        reply, fds = self._ask(b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN], 1)
+        reply, fds = self._ask(b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN]
+                               + (b"1" if built_ok else b"0"), 1)
         if reply[:1] == b"E" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -223,8 +231,19 @@ class _Template:
             raise OSError(err, os.strerror(err))
         chan = socket.socket(fileno=fds[0])
         fields = reply[1:].split()
-        pid, has_plan = int(fields[0]), fields[1] == b"1"
-        self.zombies += [int(x) for x in fields[2:]]
+        pid, has_plan, built = int(fields[0]), fields[1] == b"1", fields[2] == b"1"
+        self.zombies += [int(x) for x in fields[3:]]
+
+        def discard() -> None:
+            chan.close()
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        if built and not _built_ready(chan):
+            discard()                                    # its build failed (or hangs): a fresh PID 1,
+            return self.clone(flags, ctx, key, plan, False, again)     # which reports it as usual
         try:
             c = copy.copy(ctx)
             c.plan = None if has_plan else ctx.plan     # else PID 1 has it from the template
@@ -233,15 +252,37 @@ class _Template:
             c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
             wanted = ctx_fds(ctx)
             data = pickle.dumps((c, key, wanted), protocol=pickle.HIGHEST_PROTOCOL)
-            socket.send_fds(chan, [_header(ctx, wanted, len(data))], wanted)
+            socket.send_fds(chan, [_header(ctx, wanted, len(data), built)], wanted)
             chan.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            discard()                                    # the spare died while it waited
+            if not again:
+                raise
+            return self.clone(flags, ctx, key, plan, False, False)
         except BaseException:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            discard()
             raise
-        finally:
-            chan.close()
-        return pid
+        chan.close()
+        return pid, built
+
+
+BUILD_WAIT = 5.0
+# A built root binds the host's files as they were when it was built: a file replaced since (a new
+# /etc/passwd written by rename) would be the old one in the sandbox. A spare built longer ago than
+# this is not used (launches in a row take theirs within milliseconds).
+BUILT_FRESH = 1.0
+SPARES = 4              # PID 1s kept ready: one per (namespaces, plan) recently launched, at most
+
+
+def _built_ready(chan) -> bool:
+    """A spare's build: "R" ready, anything else (its build failed, it died) or nothing within
+    BUILD_WAIT seconds: not usable."""
+    p = select.poll()
+    p.register(chan.fileno(), select.POLLIN)
+    try:
+        return bool(p.poll(int(BUILD_WAIT * 1000))) and chan.recv(1) == b"R"
+    except OSError:
+        return False
 
 
 def _template_loop(sock) -> None:
@@ -252,10 +293,24 @@ def _template_loop(sock) -> None:
     gc.disable()
     prctl.set_pdeathsig(signal.SIGKILL)               # dies with the server
     _quiet_threading_fork_hook()
-    spare = None                                      # (pid, flags, our end of its socket, keys it has)
+    import errno
+    from . import launcher
+    rootless = os.geteuid() != 0
+    # spares: (flags, key of the plan whose root it built or None) -> (pid, flags, our end of its
+    # socket, keys it has, that key, when it was made), oldest first; at most SPARES of them
+    spares: dict = {}
+    dead: list = []                                   # discarded spares: reported with the next reply
 
-    def make(flags: int):
+    def discard(k) -> None:
+        sp = spares.pop(k)
+        dead.append(sp[0])
+        sp[2].close()                                 # it exits on EOF
+
+    def make(flags: int, build: "str | None" = None):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        plan = _PLANS.get(build) if build else None
+        if plan is not None and not launcher.prebuildable(plan):
+            plan = None
         try:
             pid = _sys.clone_fork(flags | CLONE_PARENT)
         except OSError:
@@ -265,11 +320,20 @@ def _template_loop(sock) -> None:
         if pid == 0:
             try:
                 mine.close()
-                _pid1_entry(theirs.fileno())
+                _pid1_entry(theirs.fileno(), (plan, rootless) if plan is not None else None)
             finally:
                 os._exit(1)
         theirs.close()
-        return pid, flags, mine, frozenset(_PLANS)
+        if plan is not None:
+            try:                                      # as Launch.start would (it then does not)
+                if plan.namespaces.user:
+                    launcher._write_maps(pid, plan, rootless)
+                mine.send(b"B")                       # build now
+            except Exception:  # noqa: BLE001 - not built: it ends on EOF, the server reaps it
+                mine.close()
+                dead.append(pid)
+                raise OSError(errno.EPROTO, "spare: cannot write its id maps") from None
+        return pid, flags, mine, frozenset(_PLANS), build if plan is not None else None, time.monotonic()
 
     while True:
         try:
@@ -292,34 +356,34 @@ def _template_loop(sock) -> None:
             sock.send(b"E22")
             continue
         flags = int.from_bytes(msg[1:9], "little")
-        dead = []
-        if kind == b"S":                              # clone ahead (no reply)
-            if spare is not None and spare[1] != flags:
-                dead.append(spare[0])                 # (reported with the next reply)
-                spare[2].close()                      # it exits on EOF
-                spare = None
-            if spare is None:
+        key = msg[9:9 + KEY_LEN].decode().strip() or None
+        if kind == b"S":                              # clone ahead (no reply), built for `key`
+            k = (flags, key if key in _PLANS and launcher.prebuildable(_PLANS[key]) else None)
+            if k not in spares:
                 try:
-                    spare = make(flags)
+                    spares[k] = make(*k)
                 except OSError:
-                    spare = None
+                    pass
+                while len(spares) > SPARES:           # the least recently used goes
+                    discard(next(iter(spares)))
             continue
-        key = msg[9:9 + KEY_LEN].decode().strip()
-        use = None
-        if spare is not None and spare[1] == flags:
-            use, spare = spare, None
-        else:
-            if spare is not None:
-                dead.append(spare[0])
-                spare[2].close()
-                spare = None
+        built_ok = msg[9 + KEY_LEN:10 + KEY_LEN] == b"1"
+        use = spares.pop((flags, key), None) if built_ok else None
+        if use is not None and time.monotonic() - use[5] > BUILT_FRESH:
+            dead.append(use[0])                       # its binds of host files are too old a view
+            use[2].close()
+            use = None
+        if use is None:
+            use = spares.pop((flags, None), None)
+        if use is None:
             try:
                 use = make(flags)
             except OSError as e:
                 sock.send(b"E%d" % (e.errno or 1))
                 continue
-        pid, _f, chan, keys = use
-        reply = b"P%d %d" % (pid, 1 if key in keys else 0) + b"".join(b" %d" % d for d in dead)
+        pid, _f, chan, keys, built, _t = use
+        reply = b"P%d %d %d" % (pid, 1 if key in keys else 0, 1 if built else 0) + b"".join(b" %d" % d for d in dead)
+        dead = []
         try:
             socket.send_fds(sock, [reply], [chan.fileno()])
         finally:
@@ -347,10 +411,10 @@ def _quiet_threading_fork_hook() -> None:
 # costs it copied pages). Indices point into the descriptor list that comes with it.
 _HDR = struct.Struct("=Q8iqqI")      # context size; go_r status_w stdin stdout stderr cg_first cg_count
                                      # cg_v2 (indices, -1: none); RLIMIT_NOFILE soft hard; flags
-_F_TIME, _F_LINGER, _F_GID0, _F_GROUPS, _F_UID0, _F_NOFILE = 1, 2, 4, 8, 16, 32
+_F_TIME, _F_LINGER, _F_GID0, _F_GROUPS, _F_UID0, _F_NOFILE, _F_BUILT = 1, 2, 4, 8, 16, 32, 64
 
 
-def _header(ctx, wanted: list, size: int) -> bytes:
+def _header(ctx, wanted: list, size: int, built: bool = False) -> bytes:
     from .init import credential_steps
     idx = {fd: i for i, fd in enumerate(wanted)}
     stdio = [idx[fd] if fd is not None else -1 for fd in ctx.stdio]
@@ -358,22 +422,33 @@ def _header(ctx, wanted: list, size: int) -> bytes:
     gid0, groups, uid0 = credential_steps(ctx.plan, ctx.rootless)
     flags = ((_F_TIME if ctx.plan.namespaces.time else 0) | (_F_LINGER if getattr(ctx, "seccomp_log", False) else 0)
              | (_F_GID0 if gid0 else 0) | (_F_GROUPS if groups else 0) | (_F_UID0 if uid0 else 0)
-             | (_F_NOFILE if ctx.nofile is not None else 0))
+             | (_F_NOFILE if ctx.nofile is not None else 0) | (_F_BUILT if built else 0))
     soft, hard = ctx.nofile if ctx.nofile is not None else (0, 0)
     return _HDR.pack(size, idx[ctx.go_r], idx[ctx.status_w], *stdio, cg[0] if cg else -1, len(cg),
                      idx[ctx.cg_v2_fd] if ctx.cg_v2_fd is not None else -1, soft, hard, flags)
 
 
-def _pid1_entry(chan_fd: int) -> None:
+def _pid1_entry(chan_fd: int, build=None) -> None:
     """In a new PID 1 (cloned ahead or on demand): wait for its header, descriptors and (still
     pickled) context, then become PID 1 proper with init.pid1_core. The context is unpickled —
     and its descriptors put at the numbers it names — only in the program's process. Any failure
-    or the server going away: exit (the server reports it)."""
+    or the server going away: exit (the server reports it).
+    build (plan, rootless): a spare that builds the plan's root file system ahead, once the
+    template has written its id maps ("B"), in a builder process of its own (init.prebuild_root:
+    this process keeps the credentials it was cloned with, which forking the program into its
+    cgroup needs); it then says "R" (ready) to whoever takes it, or "F" and ends."""
     import signal
     import prctl
     try:
         prctl.set_pdeathsig(signal.SIGKILL)      # our parent is the server (CLONE_PARENT)
         chan = socket.socket(fileno=chan_fd)
+        if build is not None:
+            if chan.recv(1) != b"B":
+                os._exit(1)
+            ok = _build(*build)
+            chan.send(b"R" if ok else b"F")
+            if not ok:
+                os._exit(1)
         msg, fds, _flags, _addr = socket.recv_fds(chan, _HDR.size, 250)
         if len(msg) != _HDR.size:
             os._exit(1)
@@ -397,10 +472,34 @@ def _pid1_entry(chan_fd: int) -> None:
               tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
               bool(flags & _F_TIME), bool(flags & _F_LINGER),
               (bool(flags & _F_GID0), bool(flags & _F_GROUPS), bool(flags & _F_UID0)),
-              lambda err_w: _program_from(buf, fds, consumed, err_w))
+              lambda err_w: _program_from(buf, fds, consumed, err_w, bool(flags & _F_BUILT)),
+              2 if flags & _F_BUILT else None)      # (the builder had pid 2)
 
 
-def _program_from(buf, fds: list, consumed: set, err_w: int) -> None:
+def _build(plan, rootless: bool) -> bool:
+    """Fork the builder (pid 2 of the new namespace), wait for it: True when the root is built."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:
+        code = 1
+        try:
+            from .init import prebuild_root
+            prebuild_root(plan, rootless)
+            code = 0
+        except BaseException:  # noqa: BLE001 - a fresh PID 1 will report the error
+            pass
+        finally:
+            os._exit(code)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return False
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False) -> None:
     """In the program's process (forked by PID 1): the context, its descriptors at the numbers it
     names, then init._program. Never returns."""
     import fcntl
@@ -428,7 +527,7 @@ def _program_from(buf, fds: list, consumed: set, err_w: int) -> None:
         os.write(err_w, f"SETUP cannot take the sandbox's context: {type(e).__name__}: {e}".encode())
         os._exit(125)
     from .init import _program
-    _program(ctx, err_w)
+    _program(ctx, err_w, built)
 
 
 def serve(ctl_fd: int) -> None:
@@ -461,14 +560,17 @@ def serve(ctl_fd: int) -> None:
     tmpl = [_Template()]
     closing = False
 
-    def template_clone(flags, ctx, key, plan) -> int:
+    def template_clone(run: _Run, flags, ctx, plan) -> int:
         """Through the template; a template that died (it never should) is replaced once."""
+        built_ok = (launcher.prebuildable(run.launch.plan) and ctx.hosts_text is None and ctx.image_root is None
+                    and getattr(ctx, "hosts_file", None) is None and not ctx.volume_dirs)
         t = tmpl[0]
-        if t.alive():
-            return t.clone(flags, ctx, key, plan)
-        t.close()
-        tmpl[0] = _Template()                        # a copy of the server as it is now
-        return tmpl[0].clone(flags, ctx, key, plan)
+        if not t.alive():
+            t.close()
+            t = tmpl[0] = _Template()                # a copy of the server as it is now
+        pid, run.built = t.clone(flags, ctx, run.key, plan, built_ok)
+        run.launch.maps_done = run.built             # the template wrote them before the build
+        return pid
 
     def new_run() -> bool:
         try:
@@ -500,7 +602,7 @@ def serve(ctl_fd: int) -> None:
                 if req.get("env"):
                     proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple(req["env"]))
                 plan = dataclasses.replace(plan, process=proc)
-            run = _Run(None, rsock)
+            run = _Run(None, rsock, req["key"])
             on_event = None
             if req.get("audit"):
                 def on_event(etype, _run=run, **fields):
@@ -509,8 +611,8 @@ def serve(ctl_fd: int) -> None:
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
             run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
-            run.launch.clone = lambda flags, ctx, _k=req["key"], _p=plans[req["key"]][0]: \
-                template_clone(flags, ctx, _k, _p)     # PID 1 from the template (see above)
+            run.launch.clone = lambda flags, ctx, _r=run, _p=plans[req["key"]][0]: \
+                template_clone(_r, flags, ctx, _p)     # PID 1 from the template (see above)
             ok = run.launch.start()
         except launcher.LaunchError as e:
             (run or _Run(None, rsock)).send(("error", e.code, str(e)))
@@ -531,8 +633,13 @@ def serve(ctl_fd: int) -> None:
         poller.register(run.launch.pidfd, select.POLLIN)
         poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
         sync_notify(run)
-        if run.launch.clone_flags is not None and pending.poll(0):
-            tmpl[0].spare(run.launch.clone_flags)        # more launches queued: clone ahead now
+        if run.launch.clone_flags is not None:
+            if pending.poll(0):
+                tmpl[0].spare(run.launch.clone_flags)    # more launches queued: clone ahead now
+            elif run.built:
+                # this sandbox builds no root (its spare did): the next spare is cloned and built
+                # now, while it runs, so that it is ready for the next launch
+                tmpl[0].spare(run.launch.clone_flags, run.key)
         return True
 
     def sync_notify(run: _Run) -> None:
@@ -560,8 +667,9 @@ def serve(ctl_fd: int) -> None:
         if run.launch.clone_flags is not None and not closing:
             # the next PID 1 is cloned now, while this sandbox is cleaned up and the caller starts
             # the next launch: not while a sandbox builds its root (the clone copies the host's
-            # mount table under the kernel's global mount lock)
-            tmpl[0].spare(run.launch.clone_flags)
+            # mount table under the kernel's global mount lock). Built for this plan when nothing
+            # else waits (a build takes a few milliseconds; queued launches take plain spares)
+            tmpl[0].spare(run.launch.clone_flags, None if pending.poll(0) else run.key)
         # the events of the clean-up (sandbox_exit, ...) travel with the result: one message, one
         # wake-up of the caller, instead of one each while this process is still busy
         run.held = []

@@ -316,3 +316,122 @@ def test_a_dead_template_is_replaced(strict):
     time.sleep(0.2)
     r = strict.run(["/bin/sh", "-c", "echo again"], text=True)
     assert r.exit_code == 0 and r.stdout == "again\n", r
+
+
+# --- roots built ahead by the launch server's spare PID 1s ---------------------------------
+
+BUILT_AHEAD = r'''
+import json, os, sys, time
+from sandbox.api import Sandbox
+from sandbox import zygote
+
+def table(text):
+    """mountinfo without what differs between any two sandboxes (mount ids, device numbers)."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        sep = f.index("-")
+        out.append([f[3], f[4], f[5], *f[sep + 1:]])
+    return out
+
+def built_spares(server):
+    """The server's children that pivoted into a root whose /etc/hostname is the generated one."""
+    found = []
+    for k in open(f"/proc/{server}/task/{server}/children").read().split():
+        try:
+            with open(f"/proc/{k}/root/etc/hostname") as f:
+                if f.read() == "sandbox\n":
+                    found.append(int(k))
+        except OSError:
+            pass
+    return found
+
+sb = Sandbox("strict")
+cat = ["/bin/sh", "-c", "echo $$; id -u; cat /proc/self/mountinfo"]
+first = sb.run(cat, text=True)                 # a fresh PID 1: the program's process builds the root
+server = zygote.Client.get().proc.pid
+spares = []
+for _ in range(300):                           # the spare cloned and built for the next launch
+    spares = built_spares(server)
+    if spares:
+        break
+    time.sleep(0.01)
+second = sb.run(cat, text=True)                # served by it
+third = sb.run(cat, text=True)
+used = bool(spares) and not os.path.exists(f"/proc/{spares[0]}")
+killed = []
+for _ in range(300):                           # a spare that dies before its launch: a fresh PID 1
+    killed = built_spares(server)
+    if killed:
+        break
+    time.sleep(0.01)
+for k in killed:
+    os.kill(k, 9)
+fourth = sb.run(cat, text=True)
+runs = (first, second, third, fourth)
+print(json.dumps({"codes": [r.exit_code for r in runs], "spares": spares, "used": used, "killed": killed,
+                  "tables": [table(r.stdout.split("\n", 2)[2]) for r in runs],
+                  "heads": [r.stdout.split("\n", 2)[:2] for r in runs],
+                  "stderr": [r.stderr for r in runs]}))
+'''
+
+
+def _built_ahead(**run_as) -> dict:
+    p = subprocess.run([sys.executable, "-c", BUILT_AHEAD], capture_output=True, text=True, timeout=120,
+                       cwd="/tmp", **run_as)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def _check_built_ahead(out: dict, uid_inside: str) -> None:
+    assert out["codes"] == [0, 0, 0, 0], out
+    assert out["spares"], "no spare PID 1 with a built root after the first launch"
+    assert out["used"], "the next launch did not take the built spare"
+    assert out["killed"], "no built spare to kill before the fourth launch"
+    first, second, third, fourth = out["tables"]
+    assert first == second == third == fourth       # the same mounts, flags, sources and order
+    assert len(first) > 30
+    assert all(h == ["2", uid_inside] for h in out["heads"]), out["heads"]   # still pid 2, same identity
+
+
+def test_root_built_ahead_is_the_same_root():
+    """After a launch, the server's next spare PID 1 builds the plan's root ahead (in a builder
+    process: init.prebuild_root); the next launch takes it and the program skips that work. The
+    sandbox it gives is the same: every mount, its flags and order, the program's pid and uid. A
+    built spare that died before its launch is replaced by a fresh PID 1."""
+    with open("/etc/hostname") as f:
+        assert f.read() != "sandbox\n"            # (how the test tells a built spare from the host)
+    _check_built_ahead(_built_ahead(env={**os.environ, "PYTHONPATH": str(REPO)}), "0")
+
+
+def test_root_built_ahead_rootless(delegated_cgroups):
+    import pwd
+    pw = pwd.getpwnam(TEST_USER)
+    out = _built_ahead(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                       env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO)})
+    _check_built_ahead(out, "0")
+
+
+def test_bind_sources_are_taken_at_each_run():
+    """A plan with a bind mount of the caller's is never built ahead: a source replaced between two
+    runs (rm -rf, mkdir) is the new one in the next run."""
+    import shutil
+    import tempfile
+    from sandbox.api import Sandbox
+    top = tempfile.mkdtemp(prefix="pysandbox-bind-", dir="/tmp")     # reachable by the sandbox's root
+    try:
+        os.chmod(top, 0o755)
+        src = os.path.join(top, "src")
+        for i, word in enumerate(("one", "two", "three")):
+            if i:
+                shutil.rmtree(src)
+            os.mkdir(src)
+            with open(os.path.join(src, "f"), "w") as f:
+                f.write(word + "\n")
+            if not i:
+                sb = Sandbox("strict", volumes=[f"{src}:/data:ro"])
+            r = sb.run(["/bin/cat", "/data/f"], text=True)
+            assert r.exit_code == 0 and r.stdout == word + "\n", r
+            time.sleep(0.2)          # (a spare built ahead would have bound the old source by now)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
