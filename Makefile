@@ -2,7 +2,7 @@
 # Both set everything up on a fresh Debian 12 machine (run as root: installs Debian packages).
 PY      ?= /usr/bin/python3
 VENV    ?= .venv
-DEB_PKGS = python3-venv python3-dev gcc libcap-dev libseccomp2 procps iproute2 \
+DEB_PKGS = python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 procps iproute2 \
            bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns podman
 DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
 
@@ -22,7 +22,13 @@ $(VENV)/.deps: pyproject.toml
 	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
 	touch $@
 
-setup: $(VENV)/.deps
+# PID 1's last stage, a small static program (sandbox/pid1.c; sandbox/init.py, init_image). Without
+# it PID 1 stays a Python process (~1.5 MiB more per sandbox; nothing of the isolation changes).
+INIT = sandbox/pysandbox-init
+$(INIT): sandbox/pid1.c | $(VENV)/.deps
+	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
+
+setup: $(VENV)/.deps $(INIT)
 
 run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)

@@ -6,8 +6,9 @@ Measures
     has exec'd /bin/sleep), polled from /proc every 5 ms;
   * the supervisor memory per sandbox while all run: the launch server's PSS (sandbox/zygote.py,
     one process supervising every sandbox of this API process) plus this process's PSS growth,
-    divided by N. Each sandbox's PID 1 (a forked copy of the launch server, copy-on-write, inside
-    the sandbox) is reported separately (sum of their PSS / N), and the total of both.
+    divided by N. Each sandbox's PID 1 (inside the sandbox: a forked copy of the launch server
+    that execs the small pysandbox-init once the program runs, sandbox/pid1.c) is reported
+    separately (sum of their PSS / N), and the total of both.
 Targets (issue 8): all running within 1 s, <= 1 MiB supervisor PSS per sandbox.
 
 Usage: bench/concurrent.py [-n 100] [--audit-off] [--no-limits]
@@ -147,8 +148,8 @@ def main():
         print(f"  supervisor PSS / sandbox {(api + server) / 1024:7.3f} MiB   (target <= 1 MiB: "
               f"{(api + server) / 1024:.2f}x): the launch server {server / 1024:.3f} + this API process's "
               f"growth {api / 1024:.3f} (PSS {before / 1024:.1f} -> {peak_pss / 1024:.1f} MiB)")
-        print(f"  PID 1 PSS / sandbox      {pid1 / 1024:7.3f} MiB   (each sandbox's init, inside it: a forked "
-              f"copy of the launch server; with it {(api + server + pid1) / 1024:.3f} MiB per sandbox in all)")
+        print(f"  PID 1 PSS / sandbox      {pid1 / 1024:7.3f} MiB   (each sandbox's init, inside it; with it "
+              f"{(api + server + pid1) / 1024:.3f} MiB per sandbox in all)")
     print(f"  all ended after          {total:7.3f} s; failures: {len(bad)}; load average "
           f"{open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} CPUs")
     if bad:

@@ -36,6 +36,57 @@ except ImportError:                        # pragma: no cover
 
 KMSG_LINGER_MS = 50
 
+# PID 1's last stage as a small static program (sandbox/pid1.c, built by `make`): see init_image()
+INIT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
+_INIT: list = [None, None]                  # (the pid that made it, its descriptor)
+MFD_EXEC = 0x10                             # (Linux 6.3; os lacks the constant in Python 3.11)
+
+
+def init_image():
+    """The descriptor of a sealed, execute-only memfd copy of pysandbox-init, made once per process
+    before PID 1s are cloned from it (they inherit it); None when it was not built (PID 1 then
+    stays the Python process it is, as before — nothing of the isolation depends on it).
+
+    PID 1 execs it once the program's process exists and PID 1 has dropped its privileges
+    (pid1_core): what is left for PID 1 to do is small, and a Python interpreter doing it keeps
+    ~1.5 MiB of copied pages per sandbox (the C program: ~0.1). The copy, not the file: PID 1 runs
+    inside the sandbox, and a writable host binary behind /proc/1/exe is the runc CVE-2019-5736
+    class; the memfd is sealed (no write, grow, shrink) and mode 0111 — PID 1 cannot read its own
+    image, so the kernel makes it non-dumpable from its first instruction (no ptrace, no
+    /proc/1/mem for the program, before it could set that itself)."""
+    if _INIT[0] == os.getpid():
+        return _INIT[1]
+    fd = None
+    try:
+        src = os.open(INIT_BINARY, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        _INIT[:] = [os.getpid(), None]
+        return None
+    try:
+        size = os.fstat(src).st_size
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        try:
+            fd = os.memfd_create("pysandbox-init", flags | MFD_EXEC)
+        except OSError:
+            fd = os.memfd_create("pysandbox-init", flags)      # (before 6.3: executable anyway)
+        done = 0
+        while done < size:
+            n = os.sendfile(fd, src, done, size - done)
+            if n <= 0:
+                raise OSError("short copy")
+            done += n
+        os.fchmod(fd, 0o111)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_SEAL)
+    except OSError:
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    finally:
+        os.close(src)
+    _INIT[:] = [os.getpid(), fd]
+    return fd
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
@@ -123,8 +174,9 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         os._exit(125)
     os.close(prog_err_w)
     # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
-    # pipes, sockets and pidfds) but its status pipe and the program's error pipe
-    _close_all_but((status_w, prog_err_r))
+    # pipes, sockets and pidfds) but its status pipe, the program's error pipe and its last image
+    init = _INIT[1]
+    _close_all_but((status_w, prog_err_r, init))
     _PID1_CHILD[0] = pid
     for sig in FORWARDED:
         signal.signal(sig, _forward_to_child)
@@ -142,6 +194,15 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
         os.kill(pid, signal.SIGKILL)
         os._exit(1)
+    if init is not None:                         # the rest, as a small program (init_image)
+        try:
+            os.set_inheritable(status_w, True)
+            os.set_inheritable(prog_err_r, True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
+            os.execve(init, ["pysandbox-init", str(status_w), str(prog_err_r), str(pid),
+                             str(KMSG_LINGER_MS if linger else 0)], {})
+        except OSError:                          # (e.g. memfds made non-executable): go on here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     err = b""
     while True:
         chunk = os.read(prog_err_r, 512)

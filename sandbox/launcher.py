@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _sys
-from .init import pid1_main
+from .init import init_image, pid1_main
 
 EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
@@ -233,6 +233,8 @@ class Launch:
                 self.clone_flags = flags
                 ctx.stdio = self.stdio
                 ctx.console = self.console   # socket: the program sends its pty master back (run -t)
+                if self.clone is None:
+                    init_image()                       # PID 1's last image, inherited (sandbox/init.py)
                 try:
                     pid = self.clone(flags, ctx) if self.clone is not None else _sys.clone_fork(flags)
                 except OSError as e:
@@ -266,7 +268,10 @@ class Launch:
                 kw = {"inline": True} if self.inline_supervision else {}
                 self.sup.started(pid, lambda p=pid, c=self.cg: _kill(p, c), ctx=ctx, **kw)
             self.pidfd = _sys.pidfd_open(pid)
-            os.write(self._go_w, b"G")
+            try:
+                os.write(self._go_w, b"G")
+            except BrokenPipeError:
+                raise LaunchError("the sandbox's PID 1 ended before it was released") from None
             os.close(self._go_w)
             self._go_w = -1
             if plan.process.timeout:

@@ -431,12 +431,14 @@ def _exe(pid: int) -> Optional[str]:
 
 
 def _execed(prog: int, pid1: int) -> bool:
-    """Has PID 1's child called execve yet? (before, it is a fork of PID 1: same comm and exe)"""
+    """Has PID 1's child called execve yet? (before, it is a fork of PID 1, itself a fork of this
+    supervisor: our comm and exe — not PID 1's, which execs pysandbox-init once the program's
+    process exists, sandbox/init.py)"""
     c = _comm(prog)
-    if c is not None and c != _comm(pid1):
+    if c is not None and c != _comm(os.getpid()):
         return True
     e = _exe(prog)
-    return e is not None and e != _exe(pid1) and _exe(pid1) is not None
+    return e is not None and e != _exe(os.getpid())
 
 
 # --- status ---------------------------------------------------------------------------

@@ -555,6 +555,8 @@ def serve(ctl_fd: int) -> None:
     poller.register(ctl_fd, select.POLLIN)
     pending = select.poll()                          # "is another launch request waiting?"
     pending.register(ctl_fd, select.POLLIN)
+    from .init import init_image
+    init_image()                                     # PID 1's last image: every PID 1 inherits it
     gc.collect()
     gc.freeze()                                      # what exists now is never scanned (nor copied) again
     tmpl = [_Template()]

@@ -1,0 +1,114 @@
+"""PID 1's last stage: once the program's process exists and PID 1 has dropped its privileges, PID 1
+execs pysandbox-init (sandbox/pid1.c, built by `make`) from a sealed, execute-only memfd copy
+(sandbox/init.py, init_image). Real sandboxes: what PID 1 then is, what the program can (not) do
+to it, and that a missing binary leaves PID 1 the Python process it was.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import REPO  # noqa: F401  (the repository on sys.path)
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' /proc entries as root")
+
+
+def test_binary_is_built():
+    from sandbox.init import INIT_BINARY
+    assert os.access(INIT_BINARY, os.X_OK), "sandbox/pysandbox-init missing: `make setup` builds it"
+
+
+def test_init_image_is_sealed_and_execute_only():
+    from sandbox import init
+    fd = init.init_image()
+    assert fd is not None
+    st = os.fstat(fd)
+    assert st.st_mode & 0o777 == 0o111                   # PID 1 may execute it, nobody may read it
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    for seal in (fcntl.F_SEAL_WRITE, fcntl.F_SEAL_GROW, fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_SEAL):
+        assert seals & seal
+    with open(init.INIT_BINARY, "rb") as f:
+        assert st.st_size == len(f.read())
+    assert init.init_image() == fd                        # once per process
+
+
+def _server_pid1s(server: int) -> list[int]:
+    out = []
+    for k in open(f"/proc/{server}/task/{server}/children").read().split():
+        try:
+            with open(f"/proc/{k}/status") as f:
+                st = f.read()
+        except OSError:
+            continue
+        ns = st.split("NSpid:")[1].split("\n")[0].split()
+        if ns[-1] == "1" and len(ns) > 1:
+            out.append(int(k))
+    return out
+
+
+@root_only
+def test_pid1_is_the_small_init_and_out_of_the_programs_reach():
+    """While the program runs: PID 1's image is the memfd (no host file behind /proc/1/exe), its own
+    pages are few, and the program can neither read PID 1's image nor its memory (PID 1 could not
+    read its image, so the kernel made it non-dumpable from its first instruction)."""
+    from sandbox import zygote
+    from sandbox.api import Sandbox
+    sb = Sandbox("strict")
+    sb.run(["/bin/true"])
+    server = zygote.Client.get().proc.pid
+    probe = ("cat /proc/1/exe >/dev/null 2>&1; echo exe $?; "
+             "head -c1 /proc/1/mem >/dev/null 2>&1; echo mem $?; "
+             "ls /proc/1/fd >/dev/null 2>&1; echo fd $?; sleep 1.5")
+    res = {}
+    t = threading.Thread(target=lambda: res.setdefault("r", sb.run(["/bin/sh", "-c", probe], text=True)))
+    t.start()
+    try:
+        pid1 = None
+        for _ in range(200):
+            for k in _server_pid1s(server):           # (idle spares are still Python)
+                try:
+                    if os.readlink(f"/proc/{k}/exe").startswith("/memfd:pysandbox-init"):
+                        pid1 = k
+                except OSError:
+                    pass
+            if pid1:
+                break
+            time.sleep(0.01)
+        assert pid1, "no PID 1 running pysandbox-init"
+        with open(f"/proc/{pid1}/smaps_rollup") as f:
+            rollup = {line.split(":")[0]: int(line.split()[1]) for line in f if line.endswith("kB\n")}
+        # its own pages; the image (the memfd, shared by every PID 1 of the server) is one copy for all
+        assert rollup["Anonymous"] < 256 and rollup["Rss"] < 1024, rollup
+        with open(f"/proc/{pid1}/status") as f:
+            st = f.read()
+        assert "CapEff:\t0000000000000000" in st and "NoNewPrivs:\t1" in st
+    finally:
+        t.join()
+    r = res["r"]
+    assert r.exit_code == 0, r
+    got = [line.split() for line in r.stdout.split("\n")[:3]]
+    assert [g[0] for g in got] == ["exe", "mem", "fd"] and all(g[1] != "0" for g in got), r.stdout
+
+
+@root_only
+def test_without_the_binary_pid1_stays_python(monkeypatch):
+    """No pysandbox-init (not built): PID 1 does its last stage itself, as it did before."""
+    from policies.compiler import compile_profile
+    from sandbox import init, launcher
+    monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+    monkeypatch.setattr(init, "_INIT", [None, None])
+    plan = compile_profile("strict").plan
+    r, w = os.pipe()
+    try:
+        res = launcher.launch(plan, ["/bin/sh", "-c", "cat /proc/1/comm; exit 3"], stdout=w)
+    finally:
+        os.close(w)
+    out = os.read(r, 1000).decode()
+    os.close(r)
+    assert res.exit_code == 3, res
+    assert init._INIT[1] is None
+    assert out.strip() not in ("", "memfd:pysandbox"), out        # PID 1 is the Python copy
