@@ -69,6 +69,7 @@ int main(int argc, char **argv)
     int status_fd = atoi(argv[1]), err_fd = atoi(argv[2]), linger_ms = atoi(argv[4]);
     child = (pid_t)atoi(argv[3]);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);             /* (it is already: it could not read its image) */
+    prctl(PR_SET_NAME, "pysandbox-init", 0, 0, 0);  /* (not "memfd:pysandbox" in ps) */
 
     sigset_t set;
     sigemptyset(&set);
