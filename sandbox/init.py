@@ -203,12 +203,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
                              str(KMSG_LINGER_MS if linger else 0)], {})
         except OSError:                          # (e.g. memfds made non-executable): go on here
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-    err = b""
-    while True:
-        chunk = os.read(prog_err_r, 512)
-        if not chunk:
-            break
-        err += chunk
+    err = read_to_end(prog_err_r)
     os.close(prog_err_r)
     if err:
         _send(status_w, err.decode(errors="replace") if err.startswith(b"SETUP ")
@@ -268,6 +263,20 @@ def _supervisor_gone(fd: int) -> bool:
     return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
 
 
+def read_to_end(fd: int) -> bytes:
+    """Everything until end of file (a read error ends it too): PID 1's report pipes."""
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def _forward(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -281,14 +290,13 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _identity(ctx) -> None:
+def _identity(plan, rootless: bool, cgroupns: bool = True) -> None:
     """The program's process, first: credentials, hostname, cgroup namespace (rooted at the
-    cgroup it was forked into)."""
-    plan = ctx.plan
-    _set_credentials(credential_steps(plan, ctx.rootless))
+    cgroup it was forked into; cgroupns=False: a builder, which is in none of the sandbox's)."""
+    _set_credentials(credential_steps(plan, rootless))
     if plan.namespaces.uts:
         socket.sethostname(plan.process.hostname)
-    if plan.namespaces.cgroup:
+    if cgroupns and plan.namespaces.cgroup:
         _sys.unshare(_sys.CLONE_NEWCGROUP)
 
 
@@ -297,9 +305,7 @@ def prebuild_root(plan, rootless: bool) -> None:
     (sandbox/zygote.py; plans where launcher.prebuildable() holds, id maps already written): what
     the program's process does first — the mapped root's credentials, the hostname, loopback, the
     whole root file system and pivot_root (which moves PID 1's root and cwd too). Raises on failure."""
-    _set_credentials(credential_steps(plan, rootless))
-    if plan.namespaces.uts:
-        socket.sethostname(plan.process.hostname)
+    _identity(plan, rootless, cgroupns=False)
     _build_root(plan, None)
 
 
@@ -322,7 +328,7 @@ def _program(ctx, err_w: int, built: bool = False) -> None:
     built: prebuild_root() did all that already for this sandbox (only the identity is left)."""
     plan = ctx.plan
     try:
-        _identity(ctx)
+        _identity(plan, ctx.rootless)
         prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1 (armed after the credential change)
         if not built:
             _build_root(plan, ctx)

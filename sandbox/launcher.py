@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _sys
-from .init import init_image, pid1_main
+from .init import init_image, pid1_main, read_to_end
 
 EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
@@ -355,7 +355,7 @@ class Launch:
             _, p1_status = os.waitpid(self.pid, 0)
             self.pid = None
             os.set_blocking(self._status_r, False)   # PID 1 is gone; other PID 1s may hold copies of status_w
-            report = _read_all(self._status_r)
+            report = read_to_end(self._status_r).decode(errors="replace")
             result = _interpret(report, p1_status, self.argv, self.timed_out, plan)
             sup = self.sup
             if sup is not None:
@@ -531,19 +531,6 @@ def _kill(pid: int, cg) -> None:
             cg.kill()
         except Exception:
             pass
-
-
-def _read_all(fd: int) -> str:
-    out = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out.decode(errors="replace")
 
 
 def _interpret(report: str, p1_status: int, argv, timed_out: bool, plan) -> Result:

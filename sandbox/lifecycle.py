@@ -394,7 +394,7 @@ def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
         if not state.same_process(pid1, st1):
             return                                # ended before: the supervisor reports the exit
         prog = first_child(pid1)
-        if prog and _execed(prog, pid1):
+        if prog and _execed(prog):
             ns = ns_inodes(prog)
             if "cgroup" in ns and "mnt" in ns:
                 try:
@@ -430,7 +430,7 @@ def _exe(pid: int) -> Optional[str]:
         return None
 
 
-def _execed(prog: int, pid1: int) -> bool:
+def _execed(prog: int) -> bool:
     """Has PID 1's child called execve yet? (before, it is a fork of PID 1, itself a fork of this
     supervisor: our comm and exe — not PID 1's, which execs pysandbox-init once the program's
     process exists, sandbox/init.py)"""

@@ -301,16 +301,13 @@ def _template_loop(sock) -> None:
     spares: dict = {}
     dead: list = []                                   # discarded spares: reported with the next reply
 
-    def discard(k) -> None:
-        sp = spares.pop(k)
+    def drop(sp) -> None:
         dead.append(sp[0])
         sp[2].close()                                 # it exits on EOF
 
     def make(flags: int, build: "str | None" = None):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        plan = _PLANS.get(build) if build else None
-        if plan is not None and not launcher.prebuildable(plan):
-            plan = None
+        plan = _PLANS[build] if build else None      # (prebuildable: checked by the "S" below)
         try:
             pid = _sys.clone_fork(flags | CLONE_PARENT)
         except OSError:
@@ -365,13 +362,12 @@ def _template_loop(sock) -> None:
                 except OSError:
                     pass
                 while len(spares) > SPARES:           # the least recently used goes
-                    discard(next(iter(spares)))
+                    drop(spares.pop(next(iter(spares))))
             continue
         built_ok = msg[9 + KEY_LEN:10 + KEY_LEN] == b"1"
         use = spares.pop((flags, key), None) if built_ok else None
         if use is not None and time.monotonic() - use[5] > BUILT_FRESH:
-            dead.append(use[0])                       # its binds of host files are too old a view
-            use[2].close()
+            drop(use)                                 # its binds of host files are too old a view
             use = None
         if use is None:
             use = spares.pop((flags, None), None)
@@ -564,8 +560,7 @@ def serve(ctl_fd: int) -> None:
 
     def template_clone(run: _Run, flags, ctx, plan) -> int:
         """Through the template; a template that died (it never should) is replaced once."""
-        built_ok = (launcher.prebuildable(run.launch.plan) and ctx.hosts_text is None and ctx.image_root is None
-                    and getattr(ctx, "hosts_file", None) is None and not ctx.volume_dirs)
+        built_ok = launcher.prebuildable(run.launch.plan)  # (then no network, image or volume in ctx)
         t = tmpl[0]
         if not t.alive():
             t.close()

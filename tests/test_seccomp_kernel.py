@@ -20,6 +20,8 @@ from policies.seccomp import compile_seccomp
 from policies.syscalls import DOCKER_DEFAULT_CAPS, DOCKER_DEFAULT_FILE
 from sandbox.seccomp import build_bpf, install
 
+from audit_helpers import read_result  # noqa: E402
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 KERNEL = tuple(int(x) for x in os.uname().release.split(".")[:2])
@@ -59,15 +61,9 @@ def in_child(bpf: bytes, body, listener=False):
         finally:
             os._exit(code)
     os.close(w)
-    data = b""
-    while True:
-        b = os.read(r, 65536)
-        if not b:
-            break
-        data += b
-    os.close(r)
+    out = read_result(r)
     _, status = os.waitpid(pid, 0)
-    return status, (json.loads(data) if data else {})
+    return status, (out or {})
 
 
 @pytest.fixture(scope="module")
