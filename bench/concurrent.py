@@ -40,6 +40,12 @@ def pss_kib(pid="self") -> int:
     return 0
 
 
+def tasks() -> int:
+    """Scheduling entities on the machine (the 4th field of /proc/loadavg: running/total)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[1])
+
+
 def children(pid: int, tid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{tid}/children") as f:
@@ -109,6 +115,7 @@ def main():
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.n)]
     for t in threads:
         t.start()
+    base_tasks = tasks()
     t0 = time.monotonic()
     up0 = float(open("/proc/uptime").read().split()[0])
     go.set()
@@ -117,6 +124,10 @@ def main():
     deadline = t0 + 30
     kinds = {}
     while time.monotonic() < deadline and any(t.is_alive() for t in threads):
+        # PID 1 and the program of each (less the few spare PID 1s that existed already)
+        if tasks() < base_tasks + 2 * a.n - 8:
+            time.sleep(0.01)
+            continue
         desc = descendants(os.getpid())
         if sum(1 for p in desc if comm(p) == "sleep") >= a.n:
             all_running = time.monotonic() - t0
@@ -126,7 +137,7 @@ def main():
                 kind = "pid1" if ns[-1:] == [1] and len(ns) > 1 else ("program" if len(ns) > 1 else "supervisor")
                 kinds[kind] = kinds.get(kind, 0) + pss_kib(p)
             break
-        time.sleep(0.005)
+        time.sleep(0.01)
     for t in threads:
         t.join()
     total = time.monotonic() - t0
