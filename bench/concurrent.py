@@ -2,9 +2,14 @@
 """100 concurrent `strict` sandboxes (`sleep 2`) launched from one API process.
 
 Measures
-  * the time from the first run() call until every sandbox's program is running (PID 1's child
-    has exec'd /bin/sleep), polled from /proc every 5 ms;
-  * the supervisor memory per sandbox while all run: the launch server's PSS (sandbox/zygote.py,
+  * the time from the first run() call until every sandbox's program is running, from the
+    programs' own clock reads (each prints CLOCK_BOOTTIME before it becomes /bin/sleep);
+  * the CPU time per sandbox until all run, and start to end: the launch server, its template and
+    every sandbox's processes, and this API process (its threads, its waiting for the results);
+  * the supervisor memory per sandbox while all run (taken once all N sleep processes exist;
+    watching for that costs one read of /proc/loadavg per 10 ms, whose task count must have grown
+    by 2N before the process tree is walked: walking it every few ms took ~0.35 s of CPU from the
+    very launches it watched): the launch server's PSS (sandbox/zygote.py,
     one process supervising every sandbox of this API process) plus this process's PSS growth,
     divided by N. Each sandbox's PID 1 (inside the sandbox: a forked copy of the launch server
     that execs the small pysandbox-init once the program runs, sandbox/pid1.c) is reported
@@ -38,6 +43,23 @@ def pss_kib(pid="self") -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_ticks(pid) -> tuple:
+    """(own utime+stime, reaped children's cutime+cstime) of a process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            v = f.read().rsplit(")", 1)[1].split()
+        return int(v[11]) + int(v[12]), int(v[13]) + int(v[14])
+    except OSError:
+        return 0, 0
+
+
+def launch_cpu(server: int) -> int:
+    """CPU ticks spent so far by the launch server and everything below it, live (the template,
+    spare PID 1s, running sandboxes) or reaped (each ended sandbox's PID 1, with the program that
+    PID 1 reaped)."""
+    return sum(sum(cpu_ticks(p)) for p in [server, *descendants(server)])
 
 
 def tasks() -> int:
@@ -115,6 +137,9 @@ def main():
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.n)]
     for t in threads:
         t.start()
+    from sandbox import zygote
+    server = zygote.Client.get().proc.pid
+    cpu0, api0 = launch_cpu(server), sum(os.times()[:2])
     base_tasks = tasks()
     t0 = time.monotonic()
     up0 = float(open("/proc/uptime").read().split()[0])
@@ -131,6 +156,8 @@ def main():
         desc = descendants(os.getpid())
         if sum(1 for p in desc if comm(p) == "sleep") >= a.n:
             all_running = time.monotonic() - t0
+            cpu_up = (launch_cpu(server) - cpu0) / os.sysconf("SC_CLK_TCK") * 1000 / a.n
+            api_up = (sum(os.times()[:2]) - api0) * 1000 / a.n
             peak_pss = pss_kib()
             for p in desc:
                 ns = nspid(p)
@@ -141,6 +168,8 @@ def main():
     for t in threads:
         t.join()
     total = time.monotonic() - t0
+    cpu = (launch_cpu(server) - cpu0) / os.sysconf("SC_CLK_TCK") * 1000 / a.n
+    api_cpu = (sum(os.times()[:2]) - api0) * 1000 / a.n
     bad = [r for r in results if r is None or r.exit_code != 0]
     starts = [float(r.stdout.split()[0]) - up0 for r in results if r is not None and r.stdout.strip()]
     mode = ("root" if os.geteuid() == 0 else "rootless") + (", audit off" if a.audit_off else ", audit on") + \
@@ -161,6 +190,11 @@ def main():
               f"growth {api / 1024:.3f} (PSS {before / 1024:.1f} -> {peak_pss / 1024:.1f} MiB)")
         print(f"  PID 1 PSS / sandbox      {pid1 / 1024:7.3f} MiB   (each sandbox's init, inside it; with it "
               f"{(api + server + pid1) / 1024:.3f} MiB per sandbox in all)")
+    if all_running is not None:
+        print(f"  CPU per sandbox, start   {cpu_up + api_up:7.2f} ms    (until all ran: the launch server, its template and "
+              f"the sandboxes {cpu_up:.2f}, this API process {api_up:.2f})")
+    print(f"  CPU per sandbox, all     {cpu + api_cpu:7.2f} ms    (start to end: {cpu:.2f} + {api_cpu:.2f}; CPU "
+          f"time varies less than elapsed time on a shared machine)")
     print(f"  all ended after          {total:7.3f} s; failures: {len(bad)}; load average "
           f"{open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} CPUs")
     if bad:
