@@ -4,9 +4,11 @@ PID 1 is a forked copy of the supervisor (never an exec of a host binary the pro
 reach): it is made non-dumpable first, so the program cannot open /proc/1/exe, /proc/1/mem
 or its descriptors (CVE-2019-5736 class). It joins its cgroups and forks the program's process
 at once; that process takes the sandbox's identity, builds the root filesystem (the same mount
-namespace: its pivot_root moves PID 1's root too) and execs. PID 1 itself drops every
-capability of its own, forwards signals to the program, reaps zombies, and reports the
-program's wait status to the supervisor over a pipe — and, doing little, stays small.
+namespace: its pivot_root moves PID 1's root too) and execs once PID 1 has released it. PID 1
+itself drops every capability of its own (then releases the program: nothing of the sandbox's
+runs beside a privileged PID 1), forwards signals to the program, reaps zombies, and reports the
+program's wait status to the supervisor over a pipe — and, doing little, stays small (its last
+stage is the C program pysandbox-init, see init_image).
 
 Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> | EXIT <status>
 """
@@ -47,13 +49,14 @@ def init_image():
     before PID 1s are cloned from it (they inherit it); None when it was not built (PID 1 then
     stays the Python process it is, as before — nothing of the isolation depends on it).
 
-    PID 1 execs it once the program's process exists and PID 1 has dropped its privileges
-    (pid1_core): what is left for PID 1 to do is small, and a Python interpreter doing it keeps
-    ~1.5 MiB of copied pages per sandbox (the C program: ~0.1). The copy, not the file: PID 1 runs
-    inside the sandbox, and a writable host binary behind /proc/1/exe is the runc CVE-2019-5736
-    class; the memfd is sealed (no write, grow, shrink) and mode 0111 — PID 1 cannot read its own
-    image, so the kernel makes it non-dumpable from its first instruction (no ptrace, no
-    /proc/1/mem for the program, before it could set that itself)."""
+    PID 1 execs it once the program's process exists and PID 1 is root of the user namespace
+    (pid1_core); it drops PID 1's privileges, releases the program, and does the rest: all small,
+    and a Python interpreter doing it keeps ~1.5 MiB of copied pages per sandbox (the C program:
+    ~0.05). The copy, not the file: PID 1 runs inside the sandbox, and a writable host binary
+    behind /proc/1/exe is the runc CVE-2019-5736 class; the memfd is sealed (no write, grow,
+    shrink) and mode 0111 — PID 1, which execs it without the two capabilities that read any
+    file, cannot read its own image, so the kernel makes it non-dumpable from its first
+    instruction (no ptrace, no /proc/1/mem for the program, before it could set that itself)."""
     if _INIT[0] == os.getpid():
         return _INIT[1]
     fd = None
@@ -132,9 +135,11 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
     PID 1 stays small: it joins its cgroups and, once released, forks the program's process at
     once (straight into the cgroup2 leaf when there is one: clone3 CLONE_INTO_CGROUP, which needs
     the credentials PID 1 was cloned with). That process takes the sandbox's identity, builds the
-    root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and
-    execs. PID 1 itself then changes its credentials, drops its privileges, forwards signals and
-    reaps — so the pages it copies from its parent stay few. It reads no plan: everything it
+    root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and,
+    once PID 1 releases it ("G" on its go pipe, init._exec_program), installs its seccomp filter
+    and execs. PID 1 itself then changes its credentials, drops its privileges (in pysandbox-init
+    when it exists), releases the program, forwards signals and reaps — so the pages it copies
+    from its parent stay few. It reads no plan: everything it
     needs comes as arguments. program_pid: the pid the program must have in the namespace (2, when
     a builder process had it before: a launch server's spare, sandbox/zygote.py)."""
     try:
@@ -163,6 +168,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
 
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)      # "G": PID 1 holds no privilege any more
         pid = _sys.clone3_fork(0, cg_v2_fd, program_pid) if cg_v2_fd is not None or program_pid \
             else os.fork()
     except Exception as e:
@@ -170,14 +176,38 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         os._exit(1)
     if pid == 0:
         os.close(prog_err_r)
+        os.close(go_w)
+        _PROGRAM_GO[0] = go_r
         program(prog_err_w)                      # never returns
         os._exit(125)
     os.close(prog_err_w)
-    # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
-    # pipes, sockets and pidfds) but its status pipe, the program's error pipe and its last image
-    init = _INIT[1]
-    _close_all_but((status_w, prog_err_r, init))
+    os.close(go_r)
     _PID1_CHILD[0] = pid
+    # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
+    # pipes, sockets and pidfds) but its status pipe, the program's pipes and its last image
+    init = _INIT[1]
+    _close_all_but((status_w, prog_err_r, go_w, init))
+    if init is not None:                         # the rest, as a small program (init_image)
+        try:
+            for fd in (status_w, prog_err_r, go_w):
+                os.set_inheritable(fd, True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
+            _set_credentials(creds)              # the sandbox's root (keeps its capabilities across
+            # the exec); without the capabilities that read any file, PID 1 cannot read the image it
+            # execs: the kernel makes it non-dumpable from its first instruction. The C program
+            # drops the rest, then releases the program.
+            dac = ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False)
+            if os.geteuid() == 0:
+                prctl.set_caps(dac)
+            else:                                # (no root in the namespace, e.g. a rootless caller
+                # mapped to itself: the exec clears every capability but the ambient ones — keep
+                # CAP_SETPCAP, which the C program needs to empty the bounding set too)
+                prctl.set_caps(dac, ((prctl.CAP_SETPCAP,), prctl.CAP_INHERITABLE, True))
+                _sys.ambient_raise(prctl.CAP_SETPCAP)
+            os.execve(init, ["pysandbox-init", str(status_w), str(prog_err_r), str(pid),
+                             str(KMSG_LINGER_MS if linger else 0), str(go_w)], {})
+        except OSError:                          # (e.g. memfds made non-executable): go on here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     for sig in FORWARDED:
         signal.signal(sig, _forward_to_child)
     try:
@@ -194,15 +224,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
         os.kill(pid, signal.SIGKILL)
         os._exit(1)
-    if init is not None:                         # the rest, as a small program (init_image)
-        try:
-            os.set_inheritable(status_w, True)
-            os.set_inheritable(prog_err_r, True)
-            signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
-            os.execve(init, ["pysandbox-init", str(status_w), str(prog_err_r), str(pid),
-                             str(KMSG_LINGER_MS if linger else 0)], {})
-        except OSError:                          # (e.g. memfds made non-executable): go on here
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+    os.write(go_w, b"G")                         # the program may go on to its seccomp filter and execve
+    os.close(go_w)
     err = read_to_end(prog_err_r)
     os.close(prog_err_r)
     if err:
@@ -230,6 +253,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
 
 
 _PID1_CHILD = [0]
+_PROGRAM_GO: list = [None]                 # in the program's process: PID 1's "G" pipe
 
 
 def _forward_to_child(sig: int, _frame) -> None:
@@ -369,7 +393,7 @@ def _exec_program(ctx, err_w: int) -> None:
         prctl.set_pdeathsig(signal.SIGKILL)
         # the set-up is done: keep only what the last steps use (else the descriptors inherited
         # from a busy supervisor could exceed the program's RLIMIT_NOFILE before it even starts)
-        _close_all_but((err_w, ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
+        _close_all_but((err_w, _PROGRAM_GO[0], ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
                         ctx.console.fileno() if getattr(ctx, "console", None) is not None else None))
         if getattr(ctx, "console", None) is not None:
             stage = "tty"
@@ -399,6 +423,11 @@ def _exec_program(ctx, err_w: int) -> None:
             prctl.set_no_new_privs(1)
         _sys.close_range_cloexec(3)              # no descriptor of ours survives execve
         os.set_inheritable(err_w, False)
+        if _PROGRAM_GO[0] is not None:           # nothing of the sandbox's runs beside a privileged PID 1
+            stage = "pid 1"
+            if os.read(_PROGRAM_GO[0], 1) != b"G":
+                os._exit(125)                    # PID 1 failed (it reports why) or is gone
+            os.close(_PROGRAM_GO[0])
         stage = "seccomp"
         if ctx.bpf:
             listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None,

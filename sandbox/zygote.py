@@ -503,14 +503,18 @@ def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False
         ctx, key, wanted = pickle.loads(buf)
         if ctx.plan is None:
             ctx.plan = _PLANS[key]
-        floor = max([2, err_w, *wanted, *fds]) + 1
+        from .init import _PROGRAM_GO as go
+        floor = max([2, err_w, go[0] or 0, *wanted, *fds]) + 1
         err = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)    # out of the way of the numbers below
         os.close(err_w)
         err_w = err
+        if go[0] is not None:                    # (PID 1's release, init._exec_program), likewise
+            go[0], old = fcntl.fcntl(go[0], fcntl.F_DUPFD_CLOEXEC, floor), go[0]
+            os.close(old)
         moved = []
         for i, fd in enumerate(fds):
             if i not in consumed:
-                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, err_w + 1), wanted[i]))
+                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor), wanted[i]))
                 os.close(fd)
         for fd, want in moved:
             os.dup2(fd, want, inheritable=False)

@@ -1,20 +1,75 @@
-"""PID 1's last stage: once the program's process exists and PID 1 has dropped its privileges, PID 1
-execs pysandbox-init (sandbox/pid1.c, built by `make`) from a sealed, execute-only memfd copy
-(sandbox/init.py, init_image). Real sandboxes: what PID 1 then is, what the program can (not) do
-to it, and that a missing binary leaves PID 1 the Python process it was.
+"""PID 1's last stage: once the program's process exists and PID 1 is root of the user namespace,
+PID 1 execs pysandbox-init (sandbox/pid1.c, built by `make`) from a sealed, execute-only memfd copy
+(sandbox/init.py, init_image), which drops its privileges and only then releases the program.
+Real sandboxes: what PID 1 then is, what the program can (not) do to it, that the program never
+runs beside a privileged PID 1, and that a missing binary leaves PID 1 the Python process it was
+(with the same guarantees).
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from conftest import REPO  # noqa: F401  (the repository on sys.path)
+from conftest import REPO, TEST_USER
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="reads other processes' /proc entries as root")
+
+
+def _unprivileged(status: str) -> None:
+    """PID 1's /proc/1/status as the program sees it: no capability in any set, no_new_privs."""
+    fields = dict(line.split(":\t", 1) for line in status.strip().splitlines() if ":\t" in line)
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(fields[cap], 16) == 0, (cap, fields[cap])
+    assert fields["NoNewPrivs"].strip() == "1", fields["NoNewPrivs"]
+
+
+PID1_AT_START = """
+import json, threading
+from sandbox.api import Sandbox
+sb = Sandbox("strict")
+out = []
+for _ in range(5):                                 # one by one: roots built ahead
+    r = sb.run(["/bin/cat", "/proc/1/status"], text=True)
+    out.append([r.exit_code, r.stdout])
+def one():                                         # ten at once: fresh PID 1s
+    r = sb.run(["/bin/cat", "/proc/1/status"], text=True)
+    out.append([r.exit_code, r.stdout])
+ts = [threading.Thread(target=one) for _ in range(10)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(json.dumps(out))
+"""
+
+
+def _pid1_at_start(**kw) -> None:
+    p = subprocess.run([sys.executable, "-c", PID1_AT_START], capture_output=True, text=True, timeout=180, **kw)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert len(out) == 15
+    for code, status in out:
+        assert code == 0, (code, status)
+        _unprivileged(status)
+
+
+def test_the_program_never_runs_beside_a_privileged_pid1():
+    """The program's first instruction already finds PID 1 without any capability and with
+    no_new_privs: PID 1 releases the program only once it dropped them (else a program granted
+    CAP_SYS_PTRACE could attach to a PID 1 that still holds the namespace's capabilities, and
+    rootful, the host's root uid). The program reads /proc/1/status as it starts."""
+    _pid1_at_start(env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_the_program_never_runs_beside_a_privileged_pid1_rootless(delegated_cgroups):
+    import pwd
+    pw = pwd.getpwnam(TEST_USER)
+    _pid1_at_start(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/tmp",
+                   env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO)})
 
 
 def test_binary_is_built():
@@ -104,11 +159,26 @@ def test_without_the_binary_pid1_stays_python(monkeypatch):
     plan = compile_profile("strict").plan
     r, w = os.pipe()
     try:
-        res = launcher.launch(plan, ["/bin/sh", "-c", "cat /proc/1/comm; exit 3"], stdout=w)
+        res = launcher.launch(plan, ["/bin/sh", "-c", "cat /proc/1/comm /proc/1/status; exit 3"], stdout=w)
     finally:
         os.close(w)
-    out = os.read(r, 1000).decode()
+    out = os.read(r, 100000).decode()
     os.close(r)
     assert res.exit_code == 3, res
     assert init._INIT[1] is None
-    assert out.strip() not in ("", "memfd:pysandbox"), out        # PID 1 is the Python copy
+    comm, status = out.split("\n", 1)
+    assert comm.strip() not in ("", "memfd:pysandbox", "pysandbox-init"), out     # PID 1 is the Python copy
+    _unprivileged(status)                                   # which dropped the same before the release
+
+
+def test_pid1_without_root_in_the_namespace_drops_everything(user_runner, tmp_profile):
+    """A rootless caller mapped to itself: PID 1 is no root of its namespace, so the exec of
+    pysandbox-init would clear its capabilities before it could empty its bounding set (it keeps
+    CAP_SETPCAP as an ambient capability for that). The program still finds it with none left."""
+    p = tmp_profile("version: 1\nextends: strict\nuser: {uid: caller, gid: caller}\n")
+    r = user_runner("run", "--profile", p, "--", "/bin/sh", "-c", "cat /proc/1/comm /proc/1/status")
+    assert r.returncode == 0, r
+    comm, status = r.stdout.split("\n", 1)
+    assert comm == "pysandbox-init", r.stdout
+    assert f"Uid:\t{user_runner.uid}\t" in status, status
+    _unprivileged(status)
