@@ -7,9 +7,9 @@ Measures
   * the CPU time per sandbox until all run, and start to end: the launch server, its template and
     every sandbox's processes, and this API process (its threads, its waiting for the results);
   * the supervisor memory per sandbox while all run (taken once all N sleep processes exist;
-    watching for that costs one read of /proc/loadavg per 10 ms, whose task count must have grown
-    by 2N before the process tree is walked: walking it every few ms took ~0.35 s of CPU from the
-    very launches it watched): the launch server's PSS (sandbox/zygote.py,
+    watching for that costs one read of /proc/loadavg per 10 ms, and a walk of the process tree
+    when its task count has grown by 2N or 100 ms after the last: walking it every 5 ms took
+    ~0.35 s of CPU from the very launches it watched): the launch server's PSS (sandbox/zygote.py,
     one process supervising every sandbox of this API process) plus this process's PSS growth,
     divided by N. Each sandbox's PID 1 (inside the sandbox: a forked copy of the launch server
     that execs the small pysandbox-init once the program runs, sandbox/pid1.c) is reported
@@ -45,21 +45,27 @@ def pss_kib(pid="self") -> int:
     return 0
 
 
-def cpu_ticks(pid) -> tuple:
-    """(own utime+stime, reaped children's cutime+cstime) of a process, in clock ticks."""
+def cpu_ms(pid) -> float:
+    """Milliseconds of CPU of a process: its own (every thread's, from schedstat, in ns: the
+    clock-tick fields of /proc/PID/stat read 0 for a process that ran 2 ms) plus what it reaped
+    (cutime + cstime, accumulated exactly by the kernel, shown in clock ticks)."""
+    own = 0
     try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                own += int(f.read().split()[0])
         with open(f"/proc/{pid}/stat") as f:
             v = f.read().rsplit(")", 1)[1].split()
-        return int(v[11]) + int(v[12]), int(v[13]) + int(v[14])
     except OSError:
-        return 0, 0
+        return 0.0
+    return own / 1e6 + (int(v[13]) + int(v[14])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def launch_cpu(server: int) -> int:
-    """CPU ticks spent so far by the launch server and everything below it, live (the template,
-    spare PID 1s, running sandboxes) or reaped (each ended sandbox's PID 1, with the program that
-    PID 1 reaped)."""
-    return sum(sum(cpu_ticks(p)) for p in [server, *descendants(server)])
+def launch_cpu(server: int) -> float:
+    """CPU milliseconds spent so far by the launch server and everything below it, live (the
+    template, spare PID 1s, running sandboxes) or reaped (each ended sandbox's PID 1, with the
+    program that PID 1 reaped)."""
+    return sum(cpu_ms(p) for p in [server, *descendants(server)])
 
 
 def tasks() -> int:
@@ -116,6 +122,7 @@ def main():
     ap.add_argument("--audit-off", action="store_true")
     ap.add_argument("--no-limits", action="store_true")
     ap.add_argument("--sleep", default="2")
+    ap.add_argument("--no-peer", action="store_true", help="skip the bwrap burst")
     a = ap.parse_args()
     from sandbox.api import Sandbox
     sb = Sandbox("strict", audit=not a.audit_off)
@@ -147,16 +154,19 @@ def main():
     all_running = None
     peak_pss = 0
     deadline = t0 + 30
+    walked = t0
     kinds = {}
     while time.monotonic() < deadline and any(t.is_alive() for t in threads):
-        # PID 1 and the program of each (less the few spare PID 1s that existed already)
-        if tasks() < base_tasks + 2 * a.n - 8:
+        # PID 1 and the program of each (less the few spare PID 1s that existed already); the
+        # machine's count moves with other users' processes too: walk at least every 100 ms
+        if tasks() < base_tasks + 2 * a.n - 8 and time.monotonic() - walked < 0.1:
             time.sleep(0.01)
             continue
+        walked = time.monotonic()
         desc = descendants(os.getpid())
         if sum(1 for p in desc if comm(p) == "sleep") >= a.n:
             all_running = time.monotonic() - t0
-            cpu_up = (launch_cpu(server) - cpu0) / os.sysconf("SC_CLK_TCK") * 1000 / a.n
+            cpu_up = (launch_cpu(server) - cpu0) / a.n
             api_up = (sum(os.times()[:2]) - api0) * 1000 / a.n
             peak_pss = pss_kib()
             for p in desc:
@@ -168,7 +178,7 @@ def main():
     for t in threads:
         t.join()
     total = time.monotonic() - t0
-    cpu = (launch_cpu(server) - cpu0) / os.sysconf("SC_CLK_TCK") * 1000 / a.n
+    cpu = (launch_cpu(server) - cpu0) / a.n
     api_cpu = (sum(os.times()[:2]) - api0) * 1000 / a.n
     bad = [r for r in results if r is None or r.exit_code != 0]
     starts = [float(r.stdout.split()[0]) - up0 for r in results if r is not None and r.stdout.strip()]
@@ -199,6 +209,45 @@ def main():
           f"{open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} CPUs")
     if bad:
         print("  first failure:", bad[0])
+    if not a.no_peer and len(starts) == a.n:
+        peer_burst(a, sb, max(starts))
+
+
+def peer_burst(a, sb, ours: float) -> None:
+    """The same burst under bwrap with the isolation of the plan (bench/peers.py: bwrap_args_for,
+    the same seccomp filter; no cgroup limits, no audit — bwrap has neither): N bwrap processes
+    started from N threads of this process at once."""
+    import shutil
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peers import bwrap_true
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        print("  bwrap not installed: no peer figures")
+        return
+    with bwrap_true(bwrap, sb.bpf, sb.plan) as run:
+        run()                                            # warm: page cache, the probe
+        argv = ["/bin/sh", "-c", f"read up idle < /proc/uptime; echo $up; exec /bin/sleep {a.sleep}"]
+        out = [None] * a.n
+        go = threading.Event()
+
+        def worker(i):
+            go.wait()
+            out[i] = run(argv, capture=True)
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.n)]
+        for t in threads:
+            t.start()
+        with open("/proc/uptime") as f:
+            up0 = float(f.read().split()[0])
+        go.set()
+        for t in threads:
+            t.join()
+    starts = [float(p.stdout.split()[0]) - up0 for p in out if p is not None and p.returncode == 0 and p.stdout.strip()]
+    if len(starts) != a.n:
+        print(f"  bwrap: {a.n - len(starts)} of {a.n} failed")
+        return
+    print("bwrap, same isolation and filter, no limits, no audit (bench/peers.py), the same burst")
+    print(f"  all programs started by  {max(starts):7.3f} s     (median {sorted(starts)[a.n // 2]:.3f} s); pysandbox "
+          f"took {ours / max(starts):.2f}x bwrap's time")
 
 
 if __name__ == "__main__":
