@@ -224,7 +224,10 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
         os.kill(pid, signal.SIGKILL)
         os._exit(1)
-    os.write(go_w, b"G")                         # the program may go on to its seccomp filter and execve
+    try:
+        os.write(go_w, b"G")                     # the program may go on to its seccomp filter and execve
+    except OSError:                              # it ended before (a set-up error: its report follows)
+        pass
     os.close(go_w)
     err = read_to_end(prog_err_r)
     os.close(prog_err_r)

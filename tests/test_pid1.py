@@ -105,6 +105,22 @@ def _server_pid1s(server: int) -> list[int]:
     return out
 
 
+def _program_execd(pid1: int, python: str) -> bool:
+    """PID 1's child (the program) runs an image other than the launch server's Python."""
+    try:
+        with open(f"/proc/{pid1}/task/{pid1}/children") as f:
+            kids = f.read().split()
+    except OSError:
+        return False
+    for k in kids:
+        try:
+            if os.readlink(f"/proc/{k}/exe") != python:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 @root_only
 def test_pid1_is_the_small_init_and_out_of_the_programs_reach():
     """While the program runs: PID 1's image is the memfd (no host file behind /proc/1/exe), its own
@@ -115,6 +131,7 @@ def test_pid1_is_the_small_init_and_out_of_the_programs_reach():
     sb = Sandbox("strict")
     sb.run(["/bin/true"])
     server = zygote.Client.get().proc.pid
+    python = os.readlink(f"/proc/{server}/exe")
     probe = ("cat /proc/1/exe >/dev/null 2>&1; echo exe $?; "
              "head -c1 /proc/1/mem >/dev/null 2>&1; echo mem $?; "
              "ls /proc/1/fd >/dev/null 2>&1; echo fd $?; sleep 1.5")
@@ -126,7 +143,10 @@ def test_pid1_is_the_small_init_and_out_of_the_programs_reach():
         for _ in range(200):
             for k in _server_pid1s(server):           # (idle spares are still Python)
                 try:
-                    if os.readlink(f"/proc/{k}/exe").startswith("/memfd:pysandbox-init"):
+                    # pysandbox-init, and the program released: it has exec'd (PID 1 drops its
+                    # privileges in pysandbox-init before the release)
+                    if os.readlink(f"/proc/{k}/exe").startswith("/memfd:pysandbox-init") and \
+                            _program_execd(k, python):
                         pid1 = k
                 except OSError:
                     pass
@@ -182,3 +202,21 @@ def test_pid1_without_root_in_the_namespace_drops_everything(user_runner, tmp_pr
     assert comm == "pysandbox-init", r.stdout
     assert f"Uid:\t{user_runner.uid}\t" in status, status
     _unprivileged(status)
+
+
+@root_only
+def test_without_the_binary_an_early_set_up_error_is_still_reported(monkeypatch):
+    """The Python PID 1 releases a program that may already have ended on a set-up error (here: a
+    working directory that does not exist); the release then finds no reader, and the program's
+    report must still reach the caller (the C PID 1 likewise, see test_spine's error tests)."""
+    import dataclasses
+    from policies.compiler import compile_profile
+    from sandbox import init, launcher
+    monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+    monkeypatch.setattr(init, "_INIT", [None, None])
+    plan = compile_profile("strict").plan
+    plan = dataclasses.replace(plan, process=dataclasses.replace(plan.process, cwd="/no/such/dir"))
+    for _ in range(5):
+        res = launcher.launch(plan, ["/bin/true"])
+        assert res.exit_code == 126, res
+        assert "working directory /no/such/dir" in (res.message or ""), res
