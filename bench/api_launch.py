@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import bwrap_true  # noqa: E402
+from peers import bwrap_true, peer_bpf  # noqa: E402
 
 
 def bench_interleaved(fns: dict, n: int) -> dict:
@@ -60,7 +60,6 @@ def main():
     n = ap.parse_args().n
     from policies import plan as P
     from sandbox.api import Sandbox
-    from sandbox.seccomp import build_bpf
 
     t = time.perf_counter()
     sb = Sandbox("strict")
@@ -81,7 +80,7 @@ def main():
     with contextlib.ExitStack() as stack:
         bwrap = shutil.which("bwrap")
         if bwrap:
-            bpf = build_bpf(dataclasses.replace(sb.plan.seccomp, notify_denials=False))
+            bpf = peer_bpf(sb.plan)
             fns["bwrap equivalent"] = stack.enter_context(bwrap_true(bwrap, bpf, sb.plan))
             fns["bwrap minimal"] = stack.enter_context(bwrap_true(bwrap, bpf))
         res = bench_interleaved(fns, n)

@@ -218,13 +218,13 @@ def peer_burst(a, sb, ours: float) -> None:
     the same seccomp filter; no cgroup limits, no audit — bwrap has neither): N bwrap processes
     started from N threads of this process at once."""
     import shutil
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from peers import bwrap_true
+    sys.path.append(str(Path(__file__).resolve().parent))     # (after the stdlib: see the top)
+    from peers import bwrap_true, peer_bpf
     bwrap = shutil.which("bwrap")
     if not bwrap:
         print("  bwrap not installed: no peer figures")
         return
-    with bwrap_true(bwrap, sb.bpf, sb.plan) as run:
+    with bwrap_true(bwrap, peer_bpf(sb.plan), sb.plan) as run:
         run()                                            # warm: page cache, the probe
         argv = ["/bin/sh", "-c", f"read up idle < /proc/uptime; echo $up; exec /bin/sleep {a.sleep}"]
         out = [None] * a.n

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYSANDBOX = str(REPO / ".venv" / "bin" / "pysandbox")
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import bwrap_true  # noqa: E402
+from peers import bwrap_true, peer_bpf  # noqa: E402
 
 
 def timeit(argv, n, pass_fds=(), before=None):
@@ -58,10 +58,8 @@ def main():
     bwrap = shutil.which("bwrap")
     if bwrap:
         from policies.compiler import compile_profile
-        from sandbox import seccomp
         plan = compile_profile("strict").plan
-        from dataclasses import replace
-        bpf = seccomp.build_bpf(replace(plan.seccomp, notify_denials=False))   # plain errno, no listener
+        bpf = peer_bpf(plan)                            # plain errno, no listener
         for name, peer_plan in (("bwrap equivalent", plan), ("bwrap minimal", None)):
             times = []
             with bwrap_true(bwrap, bpf, peer_plan) as run:

@@ -22,7 +22,6 @@ What `bwrap_args_for` reproduces, step for step with rootfs.py:
   /etc              --dir /etc; each filesystem.etc entry likewise (--symlink or --ro-bind-try);
                     /etc/hostname and /etc/hosts generated with rootfs.py's exact text, written into
                     the root tmpfs (--perms 0644 --file FD; no extra mount, as in pysandbox);
-                    /etc/resolv.conf when the plan has a network
   directories       /root /home /var /var/tmp (1777) /run /mnt /opt /srv (--dir)
   /proc             --proc /proc (nosuid,nodev,noexec, as pysandbox's)
   /sys              --ro-bind /sys /sys, see below
@@ -99,17 +98,15 @@ FILE_FD = "@fd:"        # placeholder in bwrap_args_for's output: "@fd:/etc/host
 _BWRAP_PROC_COVERED = frozenset({"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"})
 # the nodes bwrap's --dev binds from the host (bubblewrap.c devnodes[])
 _BWRAP_DEV_NODES = frozenset({"null", "zero", "full", "random", "urandom", "tty"})
-# mirror of rootfs.prepare's fixed directories
-_DIRS = ("/root", "/home", "/var", "/var/tmp", "/run", "/mnt", "/opt", "/srv")
 
 
 def generated_files(plan) -> dict[str, bytes]:
     """The files rootfs.prepare writes into the new root (no network: default /etc/hosts text)."""
     if plan.filesystem.root != "host" or plan.filesystem.image:
         return {}
+    from sandbox.rootfs import default_hosts
     h = plan.process.hostname
-    return {"/etc/hostname": (h + "\n").encode(),
-            "/etc/hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{h}\n".encode()}
+    return {"/etc/hostname": (h + "\n").encode(), "/etc/hosts": default_hosts(h).encode()}
 
 
 def _copy_entry(host_path: str, dest: str, bind: str) -> list[str]:
@@ -127,10 +124,11 @@ def _copy_entry(host_path: str, dest: str, bind: str) -> list[str]:
 
 def _submounts_under(top: str) -> list[str]:
     """Outermost mount points strictly below `top` in the caller's mount namespace."""
+    from sandbox.cgroups import _unescape
     points = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = line.split()[4].encode().decode("unicode_escape")
+            mp = _unescape(line.split()[4])
             if mp.startswith(top + "/"):
                 points.append(mp)
     points.sort()
@@ -203,8 +201,9 @@ def bwrap_args_for(plan, bwrap: str | None = None) -> list[str]:
             a += _copy_entry("/etc/" + e, "/etc/" + e, "--ro-bind-try")
         for dest in generated_files(plan):
             a += ["--perms", "0644", "--file", FILE_FD + dest, dest]
-        for d in _DIRS:
-            a += (["--perms", "1777"] if d == "/var/tmp" else []) + ["--dir", d]
+        from sandbox.rootfs import FIXED_DIRS
+        for d in FIXED_DIRS:
+            a += (["--perms", "1777"] if d == "var/tmp" else []) + ["--dir", "/" + d]
     if fs.proc:
         if not ns.pid:
             raise ValueError("bwrap peer: a fresh /proc needs the pid namespace")
@@ -243,6 +242,14 @@ def bwrap_args_for(plan, bwrap: str | None = None) -> list[str]:
     if fs.read_only:
         a += ["--remount-ro", "/"]
     return a
+
+
+def peer_bpf(plan) -> bytes:
+    """The plan's seccomp filter for a peer: its denials as plain errno actions (a peer has no
+    supervisor to hand a user-notification listener to)."""
+    import dataclasses
+    from sandbox import seccomp
+    return seccomp.build_bpf(dataclasses.replace(plan.seccomp, notify_denials=False))
 
 
 @contextlib.contextmanager

@@ -126,6 +126,18 @@ def mount_setattr(path, attr_set: int, attr_clr: int = 0, recursive: bool = True
         raise OSError(err, f"mount_setattr {path}: {os.strerror(err)}")
 
 
+def close_all_but(keep) -> None:
+    """Close every descriptor above 2 except those in keep (None entries ignored; close_range(2)
+    under os.closerange). Only in processes that never return to the code that owned them (PID 1,
+    the program, a command entering a sandbox)."""
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= 3):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 0x7FFFFFFF)
+
+
 def close_range_cloexec(first: int = 3) -> None:
     """Mark every descriptor >= first close-on-exec (CVE-2024-21626 class: no fd leaks into the sandbox)."""
     _check(_syscall(ctypes.c_long(NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),

@@ -156,12 +156,10 @@ class Sandbox:
         self._key = hashlib.sha256(pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()[:24]
         self._names = None
         if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
-            from . import notify
-            notify.user_notif_available()                # probe once, not per run
             try:                                         # the launch server names denied syscalls
                 self._names = _syscall_table()           # from this table, without libseccomp
             except Exception:  # noqa: BLE001 - it falls back to libseccomp
-                self._names = None
+                pass
         from audit import session as _s  # noqa: F401  warm import, not per run
 
     @property

@@ -114,8 +114,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
         except (OSError, StateError):
             nbpf = b""
         if nbpf:
-            import socket as _socket
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
                 s.connect(str(state.sandbox_dir(name) / lifecycle.EXEC_AUDIT_SOCKET))
                 audit_sock, bpf = s, nbpf
@@ -233,13 +232,7 @@ def _close_fds(keep=()) -> None:
     runs)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    _sys.close_all_but(keep)
     _sys.close_range_cloexec(3)
 
 

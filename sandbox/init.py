@@ -107,10 +107,8 @@ def _send(fd: int, line: str) -> None:
 
 def pid1_main(ctx) -> None:
     """Entry of the cloned child (a full context at hand: the CLI's launcher). Never returns."""
-    if ctx.go_w is not None:                      # (None: handed over without them, sandbox/zygote.py)
-        os.close(ctx.go_w)
-    if ctx.status_r is not None:
-        os.close(ctx.status_r)
+    os.close(ctx.go_w)                            # (the supervisor's ends)
+    os.close(ctx.status_r)
     plan = ctx.plan
     creds = credential_steps(plan, ctx.rootless)
     pid1_core(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
@@ -186,7 +184,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
     # PID 1 needs nothing it inherited from its supervisor (which may serve many sandboxes: their
     # pipes, sockets and pidfds) but its status pipe, the program's pipes and its last image
     init = _INIT[1]
-    _close_all_but((status_w, prog_err_r, go_w, init))
+    _sys.close_all_but((status_w, prog_err_r, go_w, init))
     if init is not None:                         # the rest, as a small program (init_image)
         try:
             for fd in (status_w, prog_err_r, go_w):
@@ -241,11 +239,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
                 # record to this sandbox by the process's ancestry, which a reaped process no longer
                 # has — a dead child stays a zombie for a moment before it is reaped
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-                if info is not None:
-                    select.poll().poll(KMSG_LINGER_MS)
-                    wpid, status = os.waitpid(info.si_pid, 0)
-                else:
-                    continue
+                select.poll().poll(KMSG_LINGER_MS)
+                wpid, status = os.waitpid(info.si_pid, 0)
             else:
                 wpid, status = os.waitpid(-1, 0)
         except ChildProcessError:
@@ -271,17 +266,6 @@ def _set_credentials(creds: tuple) -> None:
         _sys.setgroups([])                     # drop the host's supplementary groups
     if uid0:
         _sys.setresuid(0, 0, 0)
-
-
-def _close_all_but(keep) -> None:
-    """Close every descriptor above 2 except those in keep (close_range(2) under os.closerange).
-    Only in processes that never return to the code that owned them (PID 1, the program)."""
-    low = 3
-    for fd in sorted(k for k in keep if k is not None and k >= 3):
-        if fd > low:
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 0x7FFFFFFF)
 
 
 def _supervisor_gone(fd: int) -> bool:
@@ -393,10 +377,10 @@ def _exec_program(ctx, err_w: int) -> None:
     plan = ctx.plan
     stage = "prepare"
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        # (PDEATHSIG: armed by _program, after the identity's credential change)
         # the set-up is done: keep only what the last steps use (else the descriptors inherited
         # from a busy supervisor could exceed the program's RLIMIT_NOFILE before it even starts)
-        _close_all_but((err_w, _PROGRAM_GO[0], ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
+        _sys.close_all_but((err_w, _PROGRAM_GO[0], ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
                         ctx.console.fileno() if getattr(ctx, "console", None) is not None else None))
         if getattr(ctx, "console", None) is not None:
             stage = "tty"

@@ -201,7 +201,7 @@ class Launch:
         # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/zygote.py)
         self.inline_supervision = False
         # clone(flags, ctx) -> pid: PID 1 made by someone else (a child of ours all the same, through
-        # CLONE_PARENT), which then runs pid1_main(ctx) — sandbox/zygote.py's template. Never 0.
+        # CLONE_PARENT), which then runs init.pid1_core — sandbox/zygote.py's template. Never 0.
         self.clone = None
         self.clone_flags = None
         self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno as _errno
 import fcntl
+import functools
 import os
 import re
 import select
@@ -88,8 +89,10 @@ _MAGIC = b"pysandbox-seccomp-listener"
 OnEvent = Callable[..., Any]          # on_event(type, **fields), e.g. audit.Recorder.emit
 
 
+@functools.lru_cache(maxsize=None)
 def user_notif_available() -> bool:
-    """Does this kernel offer seccomp user notification (SECCOMP_RET_USER_NOTIF)?"""
+    """Does this kernel offer seccomp user notification (SECCOMP_RET_USER_NOTIF)? (Read once per
+    process: asked at every audited launch.)"""
     try:
         with open("/proc/sys/kernel/seccomp/actions_avail") as f:
             return "user_notif" in f.read().split()
@@ -721,7 +724,8 @@ class Supervision:
             if not learn and self._has_kill(seccomp_plan):
                 # kill rules are recorded first, then the sandbox is killed: they must
                 # reach the supervisor (as notify); the supervisor's plan still says kill.
-                self.bpf = _sc.build_bpf(_kill_as_notify(seccomp_plan))
+                self.bpf = _fact(seccomp_plan, "bpf_kill_as_notify",
+                                 lambda: _sc.build_bpf(_kill_as_notify(seccomp_plan)))
             self._parent, self.child_sock = socket.socketpair(socket.AF_UNIX,
                                                               socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             return
@@ -729,7 +733,8 @@ class Supervision:
             raise OSError(_errno.ENOSYS, "learn mode needs seccomp user notification")
         # Fallback: plain errno/kill rules, logged by the kernel.
         from dataclasses import replace
-        self.bpf = _sc.build_bpf(replace(seccomp_plan, notify_denials=False))
+        self.bpf = _fact(seccomp_plan, "bpf_kmsg",
+                         lambda: _sc.build_bpf(replace(seccomp_plan, notify_denials=False)))
         self.log_flag = True
         self._known: set = set()
         try:

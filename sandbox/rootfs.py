@@ -31,6 +31,15 @@ from ._sys import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONL
                    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOEXEC)
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+# the empty directories of a `root: host` tree (var/tmp: mode 1777)
+FIXED_DIRS = ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv")
+
+
+def default_hosts(hostname: str) -> str:
+    """/etc/hosts of a sandbox without a network of its own."""
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+
+
 BASE = "/tmp"        # mount point of the new root's tmpfs, in our private mount namespace only
 
 
@@ -195,10 +204,15 @@ class _FreshRoot:
             self.pending = True
         else:
             self._general()
-            _mkdirs(os.path.dirname(path))
-            if not os.path.exists(path):
-                _touch(path)
-            _bind(src, path, read_only=True, recursive=False)
+            _bind_file_at(src, path)
+
+
+def _bind_file_at(src: str, path: str) -> None:
+    """A read-only bind of a file onto path, its directories and mount point made as needed."""
+    _mkdirs(os.path.dirname(path))
+    if not os.path.exists(path):
+        _touch(path)
+    _bind(src, path, read_only=True, recursive=False)
 
 
 def _write(path: str, text: str, mode: int = 0o644) -> None:
@@ -259,11 +273,10 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         for e in fs.etc:
             tree.entry("/etc/" + e, "etc/" + e)
         tree.write("etc/hostname", plan.process.hostname + "\n")
-        tree.write("etc/hosts", hosts_text or
-                   f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{plan.process.hostname}\n")
+        tree.write("etc/hosts", hosts_text or default_hosts(plan.process.hostname))
         if resolv_conf and os.path.exists("/etc/resolv.conf"):
             tree.entry("/etc/resolv.conf", "etc/resolv.conf")
-        for d in ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv"):
+        for d in FIXED_DIRS:
             tree.mkdir(d)
         os.chmod(new + "/var/tmp", 0o1777)
 
@@ -273,10 +286,7 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         if tree is not None:              # /etc/hosts was written above
             tree.bind_file(f"/proc/self/fd/{hosts_fd}", "etc/hosts")
         else:
-            _mkdirs(new + "/etc")
-            if not os.path.exists(new + "/etc/hosts"):
-                _touch(new + "/etc/hosts")
-            _bind(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts", read_only=True, recursive=False)
+            _bind_file_at(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts")
         os.close(hosts_fd)
     if tree is not None:
         tree.seal()                       # before anything that must stay writable is mounted

@@ -58,8 +58,8 @@ _BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve
 class _Run:
     __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built")
 
-    def __init__(self, launch, sock, key=None):
-        self.launch = launch
+    def __init__(self, sock, key=None):
+        self.launch = None                     # its launcher.Launch, once made
         self.sock = sock
         self.key = key                         # the plan's key (the template's spares are built for it)
         self.built = False                     # its PID 1 was a spare with the root built ahead
@@ -115,10 +115,17 @@ class _Poller:
 # nothing but clone PID 1s on request (one small message each way). The clone uses CLONE_PARENT:
 # PID 1 is the server's own child all the same (pidfd, waitpid, PDEATHSIG as before). PID 1 then
 # receives its context and descriptors from the server over a socket of its own and runs
-# sandbox.init.pid1_main.
+# sandbox.init.pid1_core (through _pid1_entry).
 
 CLONE_PARENT = 0x00008000
 KEY_LEN = 32
+
+
+def _key_bytes(key: str) -> bytes:
+    """A plan's key as it travels to the template: KEY_LEN bytes, space-padded."""
+    return key.encode().ljust(KEY_LEN)[:KEY_LEN]
+
+
 _PLANS: dict = {}                                     # in the template: key -> plan
 
 
@@ -189,7 +196,7 @@ class _Template:
         with the key of a plan the template has, also its root file system built ahead."""
         try:
             self.sock.send(b"S" + flags.to_bytes(8, "little")
-                           + (key.encode().ljust(KEY_LEN)[:KEY_LEN] if key and key in self.plans else b""))
+                           + (_key_bytes(key) if key and key in self.plans else b""))
         except OSError:
             pass
 
@@ -217,12 +224,12 @@ class _Template:
         import errno
         import signal
         if key not in self.plans:
-            ok, _ = self._ask(b"P" + key.encode().ljust(KEY_LEN)[:KEY_LEN]
+            ok, _ = self._ask(b"P" + _key_bytes(key)
                               + pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
             if ok != b"K":
                 raise OSError(errno.EPROTO, "the template process refused the plan")
             self.plans.add(key)
-        reply, fds = self._ask(b"C" + flags.to_bytes(8, "little") + key.encode().ljust(KEY_LEN)[:KEY_LEN]
+        reply, fds = self._ask(b"C" + flags.to_bytes(8, "little") + _key_bytes(key)
                                + (b"1" if built_ok else b"0"), 1)
         if reply[:1] == b"E" or len(fds) != 1:
             for fd in fds:
@@ -595,7 +602,8 @@ def serve(ctl_fd: int) -> None:
                 plans[req["key"]] = pickle.loads(req["plan"])
             if req.get("names"):
                 notify._NAMES.seed(req["names"])        # syscall names without libseccomp here
-            plan, bpf = plans[req["key"]]
+            base, bpf = plans[req["key"]]
+            plan = base
             if req.get("timeout") is not None or req.get("env"):
                 proc = plan.process
                 if req.get("timeout") is not None:
@@ -603,7 +611,7 @@ def serve(ctl_fd: int) -> None:
                 if req.get("env"):
                     proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple(req["env"]))
                 plan = dataclasses.replace(plan, process=proc)
-            run = _Run(None, rsock, req["key"])
+            run = _Run(rsock, req["key"])
             on_event = None
             if req.get("audit"):
                 def on_event(etype, _run=run, **fields):
@@ -612,14 +620,14 @@ def serve(ctl_fd: int) -> None:
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
             run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
-            run.launch.clone = lambda flags, ctx, _r=run, _p=plans[req["key"]][0]: \
+            run.launch.clone = lambda flags, ctx, _r=run, _p=base: \
                 template_clone(_r, flags, ctx, _p)     # PID 1 from the template (see above)
             ok = run.launch.start()
         except launcher.LaunchError as e:
-            (run or _Run(None, rsock)).send(("error", e.code, str(e)))
+            (run or _Run(rsock)).send(("error", e.code, str(e)))
             ok = None
         except Exception as e:  # noqa: BLE001 - one line to the caller, never a dead server
-            (run or _Run(None, rsock)).send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
+            (run or _Run(rsock)).send(("error", launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
             ok = None
         finally:
             for fd in stdio:                           # PID 1 has its own copies
