@@ -138,6 +138,17 @@ def close_all_but(keep) -> None:
     os.closerange(low, 0x7FFFFFFF)
 
 
+def default_signals() -> None:
+    """Every ignored signal back to its default disposition, just before a sandboxed program's
+    execve (ignored ones stay ignored across it): the Python interpreter ignores SIGPIPE and
+    SIGXFSZ, the launch server SIGINT — a program must not inherit that (`yes | head` would not
+    end, RLIMIT_FSIZE would not stop it). pysandbox-init's spawn mode does the same in C."""
+    import signal
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
 def close_range_cloexec(first: int = 3) -> None:
     """Mark every descriptor >= first close-on-exec (CVE-2024-21626 class: no fd leaks into the sandbox)."""
     _check(_syscall(ctypes.c_long(NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),

@@ -287,6 +287,7 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
             if listener is not None:              # to the sandbox's supervisor, which records denials
                 _notify.send_listener(audit_sock, listener)
                 os.close(listener)
+        _sys.default_signals()
         stage = "exec"
         os.execvpe(argv[0], list(argv), env)
     except OSError as e:

@@ -415,6 +415,7 @@ def _exec_program(ctx, err_w: int) -> None:
             if os.read(_PROGRAM_GO[0], 1) != b"G":
                 os._exit(125)                    # PID 1 failed (it reports why) or is gone
             os.close(_PROGRAM_GO[0])
+        _sys.default_signals()
         stage = "seccomp"
         if ctx.bpf:
             listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None,

@@ -102,6 +102,8 @@ def test_detached_lifecycle(runner):
         nf = runner("exec", name, "--", "/no/such/cmd")
         assert nf.returncode == 127 and "not found" in nf.stderr, nf
         # exec -w and -e
+        sig = runner("exec", name, "--", "/bin/sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status")
+        assert sig.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16], sig    # not the CLI's SIGPIPE
         ex = runner("exec", "-w", "/tmp", "-e", "FOO=bar", name, "--", "/bin/sh", "-c", 'echo "$PWD $FOO"')
         assert ex.stdout.strip() == "/tmp bar", ex
 
