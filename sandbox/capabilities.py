@@ -7,7 +7,7 @@ import prctl
 from . import _sys
 
 
-def _numbers(names) -> list[int]:
+def numbers(names) -> list[int]:
     return [getattr(prctl, "CAP_" + n) for n in names]
 
 
@@ -17,7 +17,7 @@ def apply(keep: tuple[str, ...], *, uid_inside: int) -> None:
     Bounding: everything not kept is dropped (no way back, also not through file caps or setuid).
     Permitted/effective/inheritable: exactly `keep`. Ambient: `keep` when the program runs as a
     non-zero uid (root gets its permitted set from the bounding set at execve anyway)."""
-    keep_n = set(_numbers(keep))
+    keep_n = set(numbers(keep))
     for cap in prctl.ALL_CAPS:
         if cap not in keep_n:
             prctl.capbset_drop(cap)

@@ -2,13 +2,14 @@
 
 PID 1 is a forked copy of the supervisor (never an exec of a host binary the program could
 reach): it is made non-dumpable first, so the program cannot open /proc/1/exe, /proc/1/mem
-or its descriptors (CVE-2019-5736 class). It joins its cgroups and forks the program's process
-at once; that process takes the sandbox's identity, builds the root filesystem (the same mount
-namespace: its pivot_root moves PID 1's root too) and execs once PID 1 has released it. PID 1
-itself drops every capability of its own (then releases the program: nothing of the sandbox's
-runs beside a privileged PID 1), forwards signals to the program, reaps zombies, and reports the
-program's wait status to the supervisor over a pipe — and, doing little, stays small (its last
-stage is the C program pysandbox-init, see init_image).
+or its descriptors (CVE-2019-5736 class). It joins its cgroups, builds the root filesystem (in a
+thread that takes the sandbox's identity: _inline) and execs the C program pysandbox-init
+(init_image), which forks the program's process — a copy of that small program, not of the Python
+launcher — does its last steps and execs it once PID 1 has dropped every capability of its own
+(nothing of the sandbox's runs beside a privileged PID 1); it forwards signals to the program,
+reaps zombies, and reports the program's wait status to the supervisor over a pipe. Without
+pysandbox-init (or with no root in the user namespace), PID 1 forks the program's process as a
+Python copy, which builds the root and does the last steps itself (_program, _exec_program).
 
 Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> | EXIT <status>
 """
@@ -113,7 +114,8 @@ def pid1_main(ctx) -> None:
     creds = credential_steps(plan, ctx.rootless)
     pid1_core(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
               plan.namespaces.time, bool(getattr(ctx, "seccomp_log", False)), creds,
-              lambda err_w: _program(ctx, err_w))
+              lambda err_w: _program(ctx, err_w),
+              inline=lambda c: _inline(ctx, c, ctx.status_w, ctx.cg_v2_fd))
 
 
 def credential_steps(plan, rootless: bool) -> tuple:
@@ -127,19 +129,25 @@ def credential_steps(plan, rootless: bool) -> tuple:
 
 
 def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
-              creds: tuple, program, program_pid: int | None = None) -> None:
-    """PID 1 proper. Never returns. `program(err_w)` runs in the forked program's process.
+              creds: tuple, program, program_pid: int | None = None, inline=None) -> None:
+    """PID 1 proper. Never returns.
 
-    PID 1 stays small: it joins its cgroups and, once released, forks the program's process at
-    once (straight into the cgroup2 leaf when there is one: clone3 CLONE_INTO_CGROUP, which needs
-    the credentials PID 1 was cloned with). That process takes the sandbox's identity, builds the
-    root filesystem (same mount namespace: its pivot_root moves PID 1's root and cwd too) and,
-    once PID 1 releases it ("G" on its go pipe, init._exec_program), installs its seccomp filter
-    and execs. PID 1 itself then changes its credentials, drops its privileges (in pysandbox-init
-    when it exists), releases the program, forwards signals and reaps — so the pages it copies
-    from its parent stay few. It reads no plan: everything it
-    needs comes as arguments. program_pid: the pid the program must have in the namespace (2, when
-    a builder process had it before: a launch server's spare, sandbox/zygote.py)."""
+    PID 1 joins its cgroups and, once released, either
+      * (`inline(creds)`, when pysandbox-init exists and returns the context) has the root
+        filesystem built by a thread of its own as the sandbox's root, and execs pysandbox-init in
+        spawn mode, which forks the program's process (straight into the cgroup2 leaf when there is
+        one: clone3 CLONE_INTO_CGROUP, which needs the credentials PID 1 was cloned with — hence
+        the thread), changes its own credentials, drops its privileges, releases the program
+        (which does its last steps in C) and supervises it: one copy of the Python launcher per
+        sandbox, whose copied pages, page-table copy and teardown were most of a launch's CPU;
+      * or forks the program's process, where `program(err_w)` runs (a Python copy: identity, root
+        filesystem — same mount namespace: its pivot_root moves PID 1's root and cwd too — and,
+        once PID 1 releases it, "G" on its go pipe, init._exec_program, seccomp and execve), then
+        changes its credentials, drops its privileges (in pysandbox-init when it exists),
+        releases the program, forwards signals and reaps.
+    It reads no plan before `inline`/`program`: everything else comes as arguments. program_pid:
+    the pid the program must have in the namespace (2, when a builder process had it before: a
+    launch server's spare, sandbox/zygote.py; spawn mode always asks for 2)."""
     try:
         gc.disable()                             # a collection would copy every shared page
         if nofile is not None:                   # the supervisor's own, raised limit is not ours
@@ -164,6 +172,14 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         _send(status_w, f"SETUP {_describe(e)}")
         os._exit(1)
 
+    if inline is not None and _INIT[1] is not None:
+        try:
+            got = inline(creds)                  # the program's Python set-up, here (or None)
+        except Exception as e:                   # noqa: BLE001 - reported as the program's would be
+            _send(status_w, f"SETUP {_describe(e)}")
+            os._exit(1)
+        if got is not None:
+            _exec_spawning_init(got[1], got[0], creds, linger, got[2], program_pid)    # never returns
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)      # "G": PID 1 holds no privilege any more
@@ -191,17 +207,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
                 os.set_inheritable(fd, True)
             signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
             _set_credentials(creds)              # the sandbox's root (keeps its capabilities across
-            # the exec); without the capabilities that read any file, PID 1 cannot read the image it
-            # execs: the kernel makes it non-dumpable from its first instruction. The C program
-            # drops the rest, then releases the program.
-            dac = ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False)
-            if os.geteuid() == 0:
-                prctl.set_caps(dac)
-            else:                                # (no root in the namespace, e.g. a rootless caller
-                # mapped to itself: the exec clears every capability but the ambient ones — keep
-                # CAP_SETPCAP, which the C program needs to empty the bounding set too)
-                prctl.set_caps(dac, ((prctl.CAP_SETPCAP,), prctl.CAP_INHERITABLE, True))
-                _sys.ambient_raise(prctl.CAP_SETPCAP)
+            _drop_dac_for_exec()                 # the exec); the C program drops the rest, then
+            # releases the program
             os.execve(init, ["pysandbox-init", str(status_w), str(prog_err_r), str(pid),
                              str(KMSG_LINGER_MS if linger else 0), str(go_w)], {})
         except OSError:                          # (e.g. memfds made non-executable): go on here
@@ -266,6 +273,140 @@ def _set_credentials(creds: tuple) -> None:
         _sys.setgroups([])                     # drop the host's supplementary groups
     if uid0:
         _sys.setresuid(0, 0, 0)
+
+
+def _inline(ctx, creds: tuple, status_w: int, cg_v2_fd, built: bool = False):
+    """In PID 1 (still the Python copy of its launcher), when pysandbox-init exists: the program's
+    Python set-up done here instead of in a forked copy — the sandbox's root identity, hostname,
+    loopback, root file system — so that PID 1 can exec pysandbox-init at once, which forks the
+    program's process as a copy of itself (small) and does its last steps (`spawn` in pid1.c).
+    One copy of the Python launcher per sandbox instead of two: its copied pages, page-table copy
+    and teardown were most of a launch's CPU (bench/concurrent.py). Returns (ctx, status_w,
+    cg_v2_fd: where PID 1's descriptors are now), or
+    None when the program's process must still be a Python copy: no root in the user namespace
+    (a caller mapped to itself keeps no capability across PID 1's exec, and the program's set-up
+    needs them)."""
+    plan = ctx.plan
+    if not (creds[2] or (not plan.namespaces.user and os.geteuid() == 0)):
+        return None
+
+    def build() -> None:
+        _set_credentials(creds)                  # (this thread's: raw system calls)
+        if plan.namespaces.uts:
+            socket.sethostname(plan.process.hostname)
+        if not built:
+            _build_root(plan, ctx)
+    _in_thread(build)
+    return ctx, status_w, cg_v2_fd
+
+
+def _in_thread(fn) -> None:
+    """fn() in a thread of its own, waited for; its exception raised here. Credentials are a
+    thread's own: the root file system is built as the sandbox's root (files it creates must be
+    owned by a mapped id) while PID 1 keeps the credentials it was cloned with — pysandbox-init
+    forks the program's process into its cgroup2 directory with them (clone3 CLONE_INTO_CGROUP:
+    the mapped root may not write the host's cgroup.procs), then takes the sandbox's root itself."""
+    import _thread
+    done = _thread.allocate_lock()
+    done.acquire()
+    out: list = []
+
+    def body() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001
+            out.append(e)
+        finally:
+            done.release()
+    _thread.start_new_thread(body, ())
+    done.acquire()
+    if out:
+        raise out[0]
+
+
+_PARAMS_FLAGS = {"new_session": 1, "set_ids": 2, "setgroups": 4, "nnp": 8, "listener": 16, "log": 32,
+                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512}
+
+
+def program_params(ctx, creds: tuple) -> bytes:
+    """The program's last steps (_exec_program's, less what PID 1 did already) as pysandbox-init's
+    spawn mode reads them: little-endian u32/i64 and u32-length-prefixed strings, see pid1.c."""
+    plan = ctx.plan
+    uid, gid = plan.user.uid, plan.user.gid
+    fl = _PARAMS_FLAGS
+    flags = ((fl["new_session"] if plan.process.new_session else 0)
+             | (fl["set_ids"] if plan.namespaces.user or not ctx.rootless else 0)
+             | (fl["setgroups"] if not ctx.rootless else 0)
+             | (fl["nnp"] if plan.no_new_privs else 0)
+             | (fl["listener"] if ctx.notify_sock is not None else 0)
+             | (fl["log"] if getattr(ctx, "seccomp_log", False) else 0)
+             | (fl["cgroupns"] if plan.namespaces.cgroup else 0)
+             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0))
+    groups = list(plan.user.groups) if not ctx.rootless else []
+
+    def text(v) -> bytes:
+        b = os.fsencode(v) if not isinstance(v, bytes) else v
+        return struct.pack("<I", len(b)) + b
+    out = [struct.pack("<4I", flags, uid, gid, len(groups)), struct.pack(f"<{len(groups)}I", *groups),
+           struct.pack("<I", len(plan.process.rlimits))]
+    for r in plan.process.rlimits:
+        out += [struct.pack("<Iqq", RLIMIT_IDS[r.name], r.soft, r.hard), text(r.name)]
+    keep = 0
+    for c in capabilities.numbers(plan.capabilities):
+        keep |= 1 << c
+    bpf = ctx.bpf or b""
+    out += [text(plan.process.cwd), struct.pack("<Q", keep), text(bpf), struct.pack("<I", len(ctx.argv))]
+    out += [text(a) for a in ctx.argv]
+    env = [f"{k}={v}" for k, v in ctx.env.items()]
+    out += [struct.pack("<I", len(env))] + [text(e) for e in env]
+    return b"".join(out)
+
+
+def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd, program_pid) -> None:
+    """PID 1 (after _inline) becomes pysandbox-init in spawn mode, with the credentials it was
+    cloned with and every capability it has as ambient (so that it keeps them across the exec
+    without being the namespace's root); it takes the sandbox's root identity itself (`creds`)
+    once it has forked the program. Never returns."""
+    init = _INIT[1]
+    try:
+        blob = program_params(ctx, creds)
+        pfd = os.memfd_create("pysandbox-program", 0)
+        done = 0
+        while done < len(blob):
+            done += os.write(pfd, blob[done:])
+        fd_of = lambda sock: sock.fileno() if sock is not None else -1     # noqa: E731
+        notify, console = fd_of(ctx.notify_sock), fd_of(getattr(ctx, "console", None))
+        cg = cg_v2_fd if cg_v2_fd is not None else -1
+        _sys.close_all_but((status_w, init, pfd, cg, notify, console))
+        for fd in (status_w, pfd, cg, notify, console):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
+        caps = [c for c, n in zip(prctl.ALL_CAPS, prctl.ALL_CAP_NAMES) if getattr(prctl.cap_permitted, n)]
+        prctl.set_caps((caps, prctl.CAP_INHERITABLE, True),
+                       ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False))
+        for c in caps:
+            _sys.ambient_raise(c)
+        cred_bits = (1 if creds[0] else 0) | (2 if creds[1] else 0) | (4 if creds[2] else 0)
+        os.execve(init, ["pysandbox-init", "spawn", str(status_w), str(KMSG_LINGER_MS if linger else 0),
+                         str(pfd), str(cg), str(program_pid or 2), str(notify), str(console), str(cred_bits)], {})
+    except Exception as e:                       # noqa: BLE001
+        _send(status_w, f"SETUP cannot start pid 1: {_describe(e)}")
+    os._exit(1)
+
+
+def _drop_dac_for_exec() -> None:
+    """Before PID 1 execs pysandbox-init as root of the namespace: without the capabilities that
+    read any file, PID 1 cannot read the image it execs, and the kernel makes it non-dumpable from
+    its first instruction. (No root in the namespace, e.g. a rootless caller mapped to itself:
+    the exec clears every capability but the ambient ones — keep CAP_SETPCAP, which the C program
+    needs to empty the bounding set too.)"""
+    dac = ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False)
+    if os.geteuid() == 0:
+        prctl.set_caps(dac)
+    else:
+        prctl.set_caps(dac, ((prctl.CAP_SETPCAP,), prctl.CAP_INHERITABLE, True))
+        _sys.ambient_raise(prctl.CAP_SETPCAP)
 
 
 def _supervisor_gone(fd: int) -> bool:

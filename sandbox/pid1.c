@@ -1,13 +1,20 @@
 /*
- * pysandbox-init: a sandbox's PID 1 once its program's process exists.
+ * pysandbox-init: a sandbox's PID 1 once its root file system is built.
  *
- * PID 1 starts as a forked copy of the (Python) launcher: it joins its cgroups and forks the
- * program (sandbox/init.py, pid1_core). What is left for it to do until the end is small — drop
+ * PID 1 starts as a forked copy of the (Python) launcher: it joins its cgroups and builds the root
+ * file system (sandbox/init.py, pid1_core). What is left for it to do until the end is small — drop
  * its privileges, release the program, forward signals, report the program's set-up failure or
  * wait status, reap — and a Python interpreter doing it keeps ~1.5 MiB of copied pages per sandbox
  * and spends ~1 ms of CPU on the privilege drop alone. So pid1_core execs this program instead (from
  * a sealed memfd copy that PID 1 may execute but not read: sandbox/init.py, init_image), which does
  * exactly what the rest of pid1_core does, in the same order and with the same report lines.
+ *
+ *   pysandbox-init spawn STATUS_FD LINGER_MS PARAM_FD CGROUP2_FD PROGRAM_PID NOTIFY_FD CONSOLE_FD CREDS
+ *
+ * Spawn mode (the usual one): it first forks the program's process itself — see "the program's
+ * last steps" below — and takes the sandbox's root identity (CREDS); PID 1 arrives with the
+ * credentials it was cloned with and its capabilities as ambient ones. Otherwise (no root in the
+ * user namespace: the program's process is a Python copy forked before, and waits):
  *
  *   pysandbox-init STATUS_FD ERR_FD CHILD_PID LINGER_MS GO_FD
  *
@@ -18,22 +25,35 @@
  * GO_FD: the program waits on it before its seccomp filter and execve — one byte "G" once PID 1
  * holds no privilege (so no code of the sandbox's ever runs beside a privileged PID 1).
  * PID 1 arrives as root of the user namespace (its credentials changed before the exec, so that
- * it keeps its capabilities across it, less the two that would let it read its image).
+ * it keeps its capabilities across it, less the two that would let it read its image), or, in
+ * spawn mode, with its capabilities as ambient ones (less those two in its effective set).
  * The forwarded signals are blocked when it starts (they stay pending) and unblocked once their
  * handlers are in place. Exit status 0 after the EXIT line, 1 otherwise (the supervisor then
  * reports what it has).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <linux/filter.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
@@ -72,8 +92,15 @@ static void send_line(int fd, const char *prefix, const char *text, size_t n)
  * be still there, every capability gone (bounding, ambient, permitted, effective, inheritable),
  * no_new_privs: init.pid1_core's Python fallback does the same. 0, or -1 with errno set; 1: the
  * supervisor is gone. */
-static int drop_privileges(int status_fd)
+static int drop_privileges(int status_fd, int creds)
 {
+    /* spawn mode: the sandbox's root identity first (1 gid 0, 2 no supplementary groups, 4 uid 0) */
+    if (creds & 1 && syscall(SYS_setresgid, 0, 0, 0) < 0)
+        return -1;
+    if (creds & 2 && syscall(SYS_setgroups, 0, NULL) < 0)
+        return -1;
+    if (creds & 4 && syscall(SYS_setresuid, 0, 0, 0) < 0)
+        return -1;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         return -1;
     struct pollfd p = {.fd = status_fd, .events = POLLOUT};
@@ -98,16 +125,433 @@ static int drop_privileges(int status_fd)
     return 0;
 }
 
+/* ---- the program's last steps (spawn mode) -------------------------------------------------
+ * In spawn mode PID 1 starts the program's process itself: a fork of this small program, not of the
+ * Python launcher (whose copy-on-write pages, page-table copy and teardown were most of a launch's
+ * CPU). The Python PID 1 has built the root file system and taken the sandbox's root identity; what
+ * is left for the program's process is what init._exec_program does, in the same order, with the
+ * same error reports ("<errno> <stage> <text>" on its error pipe, exit 126/127; "SETUP <text>" for a
+ * set-up step): the parameters come from init.program_params, as one blob on PARAM_FD. */
+
+struct blob { const unsigned char *p; size_t left; int bad; };
+
+static uint32_t take_u32(struct blob *b)
+{
+    uint32_t v = 0;
+    if (b->left < 4) { b->bad = 1; return 0; }
+    memcpy(&v, b->p, 4);
+    b->p += 4; b->left -= 4;
+    return v;
+}
+
+static int64_t take_i64(struct blob *b)
+{
+    int64_t v = 0;
+    if (b->left < 8) { b->bad = 1; return 0; }
+    memcpy(&v, b->p, 8);
+    b->p += 8; b->left -= 8;
+    return v;
+}
+
+static char *take_str(struct blob *b)           /* length-prefixed, returned NUL-terminated */
+{
+    uint32_t n = take_u32(b);
+    if (b->bad || b->left < n) { b->bad = 1; return NULL; }
+    char *out = malloc((size_t)n + 1);
+    if (!out) { b->bad = 1; return NULL; }
+    memcpy(out, b->p, n);
+    out[n] = 0;
+    b->p += n; b->left -= n;
+    return out;
+}
+
+enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
+       P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512 };
+
+static int err_w = -1;
+
+static void report(int code, const char *stage, const char *text, int status)
+{
+    char line[1200];
+    int n = snprintf(line, sizeof(line), "%d %s %s", code, stage, text);
+    if (n > 0)
+        (void)!write(err_w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    _exit(status);
+}
+
+static void fail(const char *stage, const char *what)      /* errno set by the failed call */
+{
+    int e = errno;
+    char text[600];
+    if (what)
+        snprintf(text, sizeof(text), "%s: %s", what, strerror(e));
+    else
+        snprintf(text, sizeof(text), "%s", strerror(e));
+    report(e, stage, text, 126);
+}
+
+static void setup_fail(const char *what)
+{
+    char line[600];
+    int n = snprintf(line, sizeof(line), "SETUP %s: %s", what, strerror(errno));
+    if (n > 0)
+        (void)!write(err_w, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    _exit(125);
+}
+
+static void close_all_but(const int *keep, int n)
+{
+    int low = 3;
+    for (;;) {                                      /* the smallest kept fd >= low */
+        int next = -1;
+        for (int i = 0; i < n; i++)
+            if (keep[i] >= low && (next < 0 || keep[i] < next))
+                next = keep[i];
+        if (next < 0)
+            break;
+        if (next > low)
+            syscall(SYS_close_range, low, next - 1, 0);
+        low = next + 1;
+    }
+    syscall(SYS_close_range, low, ~0U, 0);
+}
+
+static int send_fd(int sock, int fd, char tag)
+{
+    char cbuf[CMSG_SPACE(sizeof(int))];
+    memset(cbuf, 0, sizeof(cbuf));
+    struct iovec iov = {.iov_base = &tag, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    return sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 ? -1 : 0;
+}
+
+/* run -t: a new session whose controlling terminal is a fresh pty of the sandbox's devpts; the
+ * master goes to the supervisor (init._console) */
+static void console(int sock)
+{
+    if (setsid() < 0)
+        fail("tty", "setsid");
+    int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0)
+        fail("tty", "/dev/ptmx");
+    int unlock = 0, n = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCGPTN, &n) < 0)
+        fail("tty", "ptmx");
+    char path[64];
+    snprintf(path, sizeof(path), "/dev/pts/%d", n);
+    int slave = open(path, O_RDWR);
+    if (slave < 0)
+        fail("tty", path);
+    if (ioctl(slave, TIOCSCTTY, 0) < 0)
+        fail("tty", "TIOCSCTTY");
+    if (send_fd(sock, master, 'T') < 0)
+        fail("tty", "console socket");
+    close(master);
+    close(sock);
+    for (int t = 0; t < 3; t++)
+        if (dup2(slave, t) < 0)
+            fail("tty", "dup2");
+    if (slave > 2)
+        close(slave);
+}
+
+/* os.execvpe's search: the PATH of the program's environment (else /bin:/usr/bin); the first error
+ * other than ENOENT/ENOTDIR wins, else the last */
+static void exec_search(char **argv, char **envp)
+{
+    const char *file = argv[0];
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return;
+    }
+    const char *path = "/bin:/usr/bin";
+    for (char **e = envp; *e; e++)
+        if (!strncmp(*e, "PATH=", 5))
+            path = *e + 5;
+    int saved = 0, last = ENOENT;
+    size_t flen = strlen(file);
+    for (const char *p = path;; ) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        char full[4096];
+        if (dlen + flen + 2 <= sizeof(full)) {
+            memcpy(full, p, dlen);
+            size_t off = dlen;
+            if (dlen && full[dlen - 1] != '/')
+                full[off++] = '/';
+            memcpy(full + off, file, flen + 1);
+            if (!dlen)                              /* an empty entry: os.path.join("", file) */
+                memmove(full, full + (off - dlen), flen + 1);
+            execve(full, argv, envp);
+            last = errno;
+            if (last != ENOENT && last != ENOTDIR && !saved)
+                saved = last;
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    errno = saved ? saved : last;
+}
+
+static void program(const unsigned char *buf, size_t len, int go_r, int notify, int cons)
+{
+    struct blob b = {buf, len, 0};
+    uint32_t flags = take_u32(&b), uid = take_u32(&b), gid = take_u32(&b), ngroups = take_u32(&b);
+    gid_t *groups = ngroups <= 65536 ? calloc((size_t)ngroups + 1, sizeof(gid_t)) : NULL;
+    if (!groups)
+        b.bad = 1;
+    for (uint32_t i = 0; i < ngroups && !b.bad; i++)
+        groups[i] = take_u32(&b);
+    uint32_t nlim = take_u32(&b);
+    if (nlim > 32)
+        b.bad = 1;
+    int lim_id[32];
+    int64_t lim_soft[32], lim_hard[32];
+    char *lim_name[32];
+    for (uint32_t i = 0; i < nlim && !b.bad; i++) {
+        lim_id[i] = (int)take_u32(&b);
+        lim_soft[i] = take_i64(&b);
+        lim_hard[i] = take_i64(&b);
+        lim_name[i] = take_str(&b);
+    }
+    char *cwd = take_str(&b);
+    uint64_t keep = (uint64_t)take_i64(&b);
+    uint32_t bpf_len = take_u32(&b);
+    const unsigned char *bpf = b.p;
+    if (bpf_len % 8 || b.left < bpf_len)
+        b.bad = 1;
+    else {
+        b.p += bpf_len; b.left -= bpf_len;
+    }
+    uint32_t argc = take_u32(&b);
+    char **av = calloc((size_t)argc + 1, sizeof(char *));
+    for (uint32_t i = 0; av && i < argc && !b.bad; i++)
+        av[i] = take_str(&b);
+    uint32_t envc = take_u32(&b);
+    char **ev = calloc((size_t)envc + 1, sizeof(char *));
+    for (uint32_t i = 0; ev && i < envc && !b.bad; i++)
+        ev[i] = take_str(&b);
+    if (b.bad || !av || !ev || !argc) {
+        errno = EINVAL;
+        setup_fail("the program's parameters");
+    }
+
+    /* first the sandbox's root identity, as the Python program's process had it (init._identity) */
+    if (flags & P_GID0 && syscall(SYS_setresgid, 0, 0, 0) < 0)
+        setup_fail("setresgid");
+    if (flags & P_GROUPS0 && syscall(SYS_setgroups, 0, NULL) < 0)
+        setup_fail("setgroups");
+    if (flags & P_UID0 && syscall(SYS_setresuid, 0, 0, 0) < 0)
+        setup_fail("setresuid");
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        setup_fail("pdeathsig");
+    if (flags & P_CGROUPNS && syscall(SYS_unshare, CLONE_NEWCGROUP) < 0)  /* rooted at the cgroup it was forked into */
+        setup_fail("cannot unshare the cgroup namespace");
+    /* PID 1 execs this program without the two capabilities that read any file in its effective
+     * set: the program's set-up has them again, as the Python program's process did */
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct cap[2];
+    if (syscall(SYS_capget, &hdr, cap) < 0)
+        setup_fail("capget");
+    cap[0].effective = cap[0].permitted;
+    cap[1].effective = cap[1].permitted;
+    if (syscall(SYS_capset, &hdr, cap) < 0)
+        setup_fail("capset");
+
+    int kept[] = {err_w, go_r, notify, cons};
+    close_all_but(kept, 4);
+    if (cons >= 0)
+        console(cons);
+    else if (flags & P_NEW_SESSION && setsid() < 0)
+        fail("prepare", "setsid");
+    for (uint32_t i = 0; i < nlim; i++) {
+        char stage[64];
+        snprintf(stage, sizeof(stage), "ulimit:%s", lim_name[i]);
+        struct rlimit rl = {.rlim_cur = lim_soft[i] < 0 ? RLIM_INFINITY : (rlim_t)lim_soft[i],
+                            .rlim_max = lim_hard[i] < 0 ? RLIM_INFINITY : (rlim_t)lim_hard[i]};
+        if (setrlimit(lim_id[i], &rl) < 0) {         /* (the words of Python's resource.setrlimit) */
+            if (errno == EPERM)
+                report(0, stage, "not allowed to raise maximum limit", 126);
+            if (errno == EINVAL)
+                report(0, stage, "current limit exceeds maximum limit", 126);
+            fail(stage, NULL);
+        }
+    }
+    if (chdir(cwd) < 0)
+        fail("cwd", NULL);
+    if (flags & P_SET_IDS) {
+        if (flags & P_SETGROUPS && syscall(SYS_setgroups, (size_t)ngroups, groups) < 0)
+            fail("identity", "setgroups");
+        if (uid != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+            fail("identity", "keepcaps");
+        if (syscall(SYS_setresgid, gid, gid, gid) < 0)
+            fail("identity", "setresgid");
+        if (syscall(SYS_setresuid, uid, uid, uid) < 0)
+            fail("identity", "setresuid");
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)       /* cleared by the change */
+            fail("identity", "pdeathsig");
+    }
+    /* capabilities.apply: the bounding set to `keep`, ambient cleared, permitted = effective =
+     * inheritable = `keep`, and ambient = `keep` for a non-root uid */
+    for (int c = 0; c < 64; c++) {
+        if (keep & (1ULL << c))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break;
+            fail("capabilities", "capbset_drop");
+        }
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+        fail("capabilities", "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+    for (int i = 0; i < 2; i++)
+        cap[i].permitted = cap[i].effective = cap[i].inheritable = (uint32_t)(keep >> (32 * i));
+    if (syscall(SYS_capset, &hdr, cap) < 0)
+        fail("capabilities", "capset");
+    if (uid != 0)
+        for (int c = 0; c < 64; c++)
+            if (keep & (1ULL << c) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0)
+                fail("capabilities", "prctl(PR_CAP_AMBIENT_RAISE)");
+    if (flags & P_NNP && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail("capabilities", "no_new_privs");
+    syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);   /* no descriptor of ours survives execve */
+    /* nothing of the sandbox's runs beside a privileged PID 1 */
+    char g = 0;
+    ssize_t r;
+    while ((r = read(go_r, &g, 1)) < 0 && errno == EINTR)
+        ;
+    if (r != 1 || g != 'G')
+        _exit(125);                                 /* PID 1 failed (it reports why) or is gone */
+    close(go_r);
+    if (bpf_len) {
+        struct sock_fprog prog = {.len = (unsigned short)(bpf_len / 8), .filter = (struct sock_filter *)bpf};
+        unsigned int sflags = (flags & P_LISTENER ? SECCOMP_FILTER_FLAG_NEW_LISTENER : 0)
+                              | (flags & P_LOG ? SECCOMP_FILTER_FLAG_LOG : 0);
+        long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, sflags, &prog);
+        if (fd < 0)
+            fail("seccomp", "seccomp");
+        if (flags & P_LISTENER && notify >= 0) {
+            if (send_fd(notify, (int)fd, 'L') < 0)
+                fail("seccomp", "notify socket");
+            close((int)fd);
+        }
+    }
+    exec_search(av, ev);
+    int e = errno;
+    report(e, "exec", av[0], e == ENOENT ? 127 : 126);
+}
+
+static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, int cons, int *err_r, int *go_w)
+{
+    struct stat st;
+    if (fstat(param_fd, &st) < 0 || st.st_size <= 0 || st.st_size > (64 << 20))
+        return -1;
+    unsigned char *buf = malloc((size_t)st.st_size);
+    if (!buf)
+        return -1;
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = pread(param_fd, buf + got, (size_t)st.st_size - got, (off_t)got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    close(param_fd);
+    int ep[2], gp[2];
+    if (pipe2(ep, O_CLOEXEC) < 0 || pipe2(gp, O_CLOEXEC) < 0)
+        return -1;
+    struct clone_args ca;
+    memset(&ca, 0, sizeof(ca));
+    ca.exit_signal = SIGCHLD;
+    if (cg_fd >= 0) {
+        ca.flags |= CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)cg_fd;
+    }
+    pid_t tid = want_pid;
+    if (want_pid > 0) {
+        ca.set_tid = (uint64_t)(uintptr_t)&tid;
+        ca.set_tid_size = 1;
+    }
+    /* pid 2 (set_tid): it was the Python PID 1's thread that built the root (init._in_thread), or
+     * a spare's builder. The kernel wakes an exec waiting for the other threads to end slightly
+     * before it frees their pids: EEXIST for a moment at most */
+    long pid;
+    for (int tries = 0; (pid = syscall(SYS_clone3, &ca, sizeof(ca))) < 0 && errno == EEXIST && tries < 2000; tries++) {
+        struct timespec ts = {0, 50000};
+        nanosleep(&ts, NULL);
+    }
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < 65; sig++)          /* the program starts with every default disposition */
+            sigaction(sig, &dfl, NULL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        err_w = ep[1];
+        close(ep[0]);
+        close(gp[1]);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+            setup_fail("pdeathsig");
+        program(buf, (size_t)st.st_size, gp[0], notify, cons);
+        _exit(126);
+    }
+    free(buf);
+    close(ep[1]);
+    close(gp[0]);
+    *err_r = ep[0];
+    *go_w = gp[1];
+    return (pid_t)pid;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 6)
-        return 1;
-    int status_fd = atoi(argv[1]), err_fd = atoi(argv[2]), linger_ms = atoi(argv[4]), go_fd = atoi(argv[5]);
-    child = (pid_t)atoi(argv[3]);
+    int status_fd, err_fd = -1, linger_ms, go_fd = -1, creds = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);             /* (it is already: it could not read its image) */
     prctl(PR_SET_NAME, "pysandbox-init", 0, 0, 0);  /* (not "memfd:pysandbox" in ps) */
+    if (argc == 10 && !strcmp(argv[1], "spawn")) {
+        /* pysandbox-init spawn STATUS_FD LINGER_MS PARAM_FD CGROUP2_FD PROGRAM_PID NOTIFY_FD CONSOLE_FD
+         * CREDS (-1: none; CREDS: see drop_privileges): start the program's process first (see
+         * above), then go on as below */
+        status_fd = atoi(argv[2]);
+        creds = atoi(argv[9]);
+        linger_ms = atoi(argv[3]);
+        int cg = atoi(argv[5]), notify = atoi(argv[7]), cons = atoi(argv[8]);
+        child = spawn_program(atoi(argv[4]), cg, (pid_t)atoi(argv[6]), notify, cons, &err_fd, &go_fd);
+        if (child < 0) {
+            const char *why = strerror(errno);
+            send_line(status_fd, "SETUP cannot start the program's process: ", why, strlen(why));
+            return 1;
+        }
+        for (int i = 7; i <= 8; i++) {              /* (the program has them; we need neither) */
+            int fd = atoi(argv[i]);
+            if (fd > 2)
+                close(fd);
+        }
+        if (cg > 2)
+            close(cg);
+    } else if (argc == 6) {
+        status_fd = atoi(argv[1]);
+        err_fd = atoi(argv[2]);
+        linger_ms = atoi(argv[4]);
+        go_fd = atoi(argv[5]);
+        child = (pid_t)atoi(argv[3]);
+    } else {
+        return 1;
+    }
 
-    int dropped = drop_privileges(status_fd);
+    int dropped = drop_privileges(status_fd, creds);
     if (dropped != 0) {
         if (dropped < 0) {
             const char *why = strerror(errno);

@@ -470,13 +470,15 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
     except BaseException:  # noqa: BLE001
         os._exit(1)
     from .init import pid1_core
+    built = bool(flags & _F_BUILT)
     pid1_core(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
               (soft, hard) if flags & _F_NOFILE else None,
               tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
               bool(flags & _F_TIME), bool(flags & _F_LINGER),
               (bool(flags & _F_GID0), bool(flags & _F_GROUPS), bool(flags & _F_UID0)),
-              lambda err_w: _program_from(buf, fds, consumed, err_w, bool(flags & _F_BUILT)),
-              2 if flags & _F_BUILT else None)      # (the builder had pid 2)
+              lambda err_w: _program_from(buf, fds, consumed, err_w, built),
+              2 if built else None,                 # (the builder had pid 2)
+              inline=lambda creds: _inline_from(buf, fds, consumed, status_w, cg_v2, creds, built))
 
 
 def _build(plan, rootless: bool) -> bool:
@@ -502,34 +504,53 @@ def _build(plan, rootless: bool) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def _take_ctx(buf, fds: list, consumed: set, keep: list) -> tuple:
+    """The context, its descriptors at the numbers it names (all but `consumed` indices of fds),
+    and the descriptors in `keep` moved out of the way first: (ctx, keep's new numbers, the
+    numbers fds are at now)."""
+    import fcntl
+    ctx, key, wanted = pickle.loads(buf)
+    if ctx.plan is None:
+        ctx.plan = _PLANS[key]
+    floor = max([2, *keep, *wanted, *fds]) + 1
+    kept = []
+    for fd in keep:
+        kept.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
+        os.close(fd)
+    moved = []
+    for i, fd in enumerate(fds):
+        if i not in consumed:
+            moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor), wanted[i]))
+            os.close(fd)
+    for fd, want in moved:
+        os.dup2(fd, want, inheritable=False)
+        os.close(fd)
+    if ctx.notify_sock is not None:
+        ctx.notify_sock = socket.socket(fileno=ctx.notify_sock)
+    if getattr(ctx, "console", None) is not None:
+        ctx.console = socket.socket(fileno=ctx.console)
+    return ctx, kept, wanted
+
+
+def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, creds: tuple, built: bool):
+    """init.pid1_core's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
+    kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs),
+    then init._inline."""
+    from . import init
+    ctx, (init._INIT[1],), wanted = _take_ctx(buf, fds, consumed, [init._INIT[1]])
+    return init._inline(ctx, creds, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built)
+
+
 def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False) -> None:
     """In the program's process (forked by PID 1): the context, its descriptors at the numbers it
     names, then init._program. Never returns."""
-    import fcntl
+    from .init import _PROGRAM_GO as go
     try:
-        ctx, key, wanted = pickle.loads(buf)
-        if ctx.plan is None:
-            ctx.plan = _PLANS[key]
-        from .init import _PROGRAM_GO as go
-        floor = max([2, err_w, go[0] or 0, *wanted, *fds]) + 1
-        err = fcntl.fcntl(err_w, fcntl.F_DUPFD_CLOEXEC, floor)    # out of the way of the numbers below
-        os.close(err_w)
-        err_w = err
-        if go[0] is not None:                    # (PID 1's release, init._exec_program), likewise
-            go[0], old = fcntl.fcntl(go[0], fcntl.F_DUPFD_CLOEXEC, floor), go[0]
-            os.close(old)
-        moved = []
-        for i, fd in enumerate(fds):
-            if i not in consumed:
-                moved.append((fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor), wanted[i]))
-                os.close(fd)
-        for fd, want in moved:
-            os.dup2(fd, want, inheritable=False)
-            os.close(fd)
-        if ctx.notify_sock is not None:
-            ctx.notify_sock = socket.socket(fileno=ctx.notify_sock)
-        if getattr(ctx, "console", None) is not None:
-            ctx.console = socket.socket(fileno=ctx.console)
+        keep = [err_w] + ([go[0]] if go[0] is not None else [])    # (PID 1's release, init._exec_program)
+        ctx, kept, _ = _take_ctx(buf, fds, consumed, keep)
+        err_w = kept[0]
+        if go[0] is not None:
+            go[0] = kept[1]
     except BaseException as e:  # noqa: BLE001
         os.write(err_w, f"SETUP cannot take the sandbox's context: {type(e).__name__}: {e}".encode())
         os._exit(125)

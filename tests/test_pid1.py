@@ -220,3 +220,70 @@ def test_without_the_binary_an_early_set_up_error_is_still_reported(monkeypatch)
         res = launcher.launch(plan, ["/bin/true"])
         assert res.exit_code == 126, res
         assert "working directory /no/such/dir" in (res.message or ""), res
+
+
+SPAWN_PROBE = ("tr '\\0' ' ' < /proc/1/cmdline; echo; echo $$ $PPID; grep -E '^Sig(Ign|Blk)' /proc/self/status; "
+               "(yes; echo yes-ended $? >&2) | head -n1 >/dev/null")
+
+
+def _spawned_by_pysandbox_init(out: str, err: str) -> None:
+    lines = out.strip().split("\n")
+    assert lines[0].startswith("pysandbox-init spawn "), out       # PID 1 forked the program itself
+    assert lines[1].split() == ["2", "1"], out                      # pid 2, child of PID 1
+    _default_signals(lines[2:4], err)
+
+
+def _default_signals(lines, err: str) -> None:
+    """No signal ignored or blocked at the program's start (the Python launcher ignores SIGPIPE and
+    SIGXFSZ, the launch server SIGINT): `yes` in a closed pipe ends by SIGPIPE (141), as on the
+    host, not by EPIPE (1)."""
+    sig = dict(line.split(":\t") for line in lines)
+    assert int(sig["SigIgn"], 16) == 0 and int(sig["SigBlk"], 16) == 0, sig
+    assert "yes-ended 141" in err, err
+
+
+def _cli_launch(script: str) -> tuple:
+    """launcher.launch (the CLI's path) of `sh -c script` under strict: (stdout, stderr)."""
+    from policies.compiler import compile_profile
+    from sandbox import launcher
+    (ro, wo), (re_, we) = os.pipe(), os.pipe()
+    try:
+        res = launcher.launch(compile_profile("strict").plan, ["/bin/sh", "-c", script], stdout=wo, stderr=we)
+    finally:
+        os.close(wo)
+        os.close(we)
+    out, err = os.read(ro, 100000).decode(), os.read(re_, 100000).decode()
+    os.close(ro)
+    os.close(re_)
+    assert res.exit_code == 0, (res, out, err)
+    return out, err
+
+
+@root_only
+def test_pid1_forks_the_program_from_pysandbox_init():
+    """One Python copy per sandbox: PID 1 builds the root (in a thread of its own, as the sandbox's
+    root), execs pysandbox-init, which forks the program's process — pid 2, its child, in the
+    cgroup2 leaf — and does the program's last steps in C. API (launch server: fresh and built
+    ahead) and CLI path alike."""
+    from sandbox.api import Sandbox
+    sb = Sandbox("strict")
+    for _ in range(3):                                  # the second and third: roots built ahead
+        r = sb.run(["/bin/sh", "-c", SPAWN_PROBE], text=True)
+        assert r.exit_code == 0, r
+        _spawned_by_pysandbox_init(r.stdout, r.stderr)
+    r = sb.run(["/bin/sh", "-c", "cat /proc/self/cgroup"], text=True)
+    assert r.stdout.strip().endswith("0::/"), r.stdout   # its own cgroup namespace, rooted at its leaf
+    out, err = _cli_launch(SPAWN_PROBE)
+    _spawned_by_pysandbox_init(out, err)
+
+
+@root_only
+def test_without_the_binary_the_program_starts_with_default_signals(monkeypatch):
+    """The Python fallback gives the program the same start: nothing ignored, nothing blocked."""
+    from sandbox import init
+    monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+    monkeypatch.setattr(init, "_INIT", [None, None])
+    out, err = _cli_launch(SPAWN_PROBE)
+    lines = out.strip().split("\n")
+    assert not lines[0].startswith("pysandbox-init"), out
+    _default_signals(lines[2:4], err)
