@@ -19,11 +19,11 @@ _MACHINE = os.uname().machine
 if _MACHINE == "x86_64":
     NR = {"pivot_root": 155, "seccomp": 317, "mount_setattr": 442, "close_range": 436,
           "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 56, "open_tree": 428,
-          "move_mount": 429}
+          "move_mount": 429, "rt_sigaction": 13}
 elif _MACHINE == "aarch64":
     NR = {"pivot_root": 41, "seccomp": 277, "mount_setattr": 442, "close_range": 436,
           "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 220, "open_tree": 428,
-          "move_mount": 429}
+          "move_mount": 429, "rt_sigaction": 134}
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"pysandbox: unsupported architecture {_MACHINE}")
 
@@ -138,15 +138,25 @@ def close_all_but(keep) -> None:
     os.closerange(low, 0x7FFFFFFF)
 
 
+class _KSigaction(ctypes.Structure):          # the kernel's struct sigaction (x86_64, aarch64)
+    _fields_ = [("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_void_p),
+                ("mask", ctypes.c_uint64)]
+
+
 def default_signals() -> None:
     """Every ignored signal back to its default disposition, just before a sandboxed program's
     execve (ignored ones stay ignored across it): the Python interpreter ignores SIGPIPE and
-    SIGXFSZ, the launch server SIGINT — a program must not inherit that (`yes | head` would not
-    end, RLIMIT_FSIZE would not stop it). pysandbox-init's spawn mode does the same in C."""
-    import signal
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(sig) == signal.SIG_IGN:
-            signal.signal(sig, signal.SIG_DFL)
+    SIGXFSZ, the launch server SIGINT, and a caller may have ignored any — even the C library's
+    own 32 and 33, which Python's signal module cannot reach (hence rt_sigaction itself). A
+    program must not inherit that (`yes | head` would not end, RLIMIT_FSIZE would not stop it).
+    pysandbox-init's spawn mode does the same in C."""
+    old, dfl = _KSigaction(), _KSigaction()
+    nr = ctypes.c_long(NR["rt_sigaction"])
+    for sig in range(1, 65):
+        if sig in (9, 19):                     # SIGKILL, SIGSTOP
+            continue
+        if _syscall(nr, ctypes.c_int(sig), None, ctypes.byref(old), ctypes.c_size_t(8)) == 0 and old.handler == 1:
+            _syscall(nr, ctypes.c_int(sig), ctypes.byref(dfl), None, ctypes.c_size_t(8))
 
 
 def close_range_cloexec(first: int = 3) -> None:

@@ -287,7 +287,7 @@ def _inline(ctx, creds: tuple, status_w: int, cg_v2_fd, built: bool = False):
     (a caller mapped to itself keeps no capability across PID 1's exec, and the program's set-up
     needs them)."""
     plan = ctx.plan
-    if not (creds[2] or (not plan.namespaces.user and os.geteuid() == 0)):
+    if not can_inline(creds):
         return None
 
     def build() -> None:
@@ -298,6 +298,12 @@ def _inline(ctx, creds: tuple, status_w: int, cg_v2_fd, built: bool = False):
             _build_root(plan, ctx)
     _in_thread(build)
     return ctx, status_w, cg_v2_fd
+
+
+def can_inline(creds: tuple) -> bool:
+    """Whether _inline can do the program's set-up in PID 1 (decided before anything is changed):
+    PID 1 will be root of its user namespace (or is host root without one)."""
+    return _INIT[1] is not None and (creds[2] or os.geteuid() == 0)
 
 
 def _in_thread(fn) -> None:
@@ -346,6 +352,11 @@ def program_params(ctx, creds: tuple) -> bytes:
 
     def text(v) -> bytes:
         b = os.fsencode(v) if not isinstance(v, bytes) else v
+        if b"\0" in b:                          # (os.execvpe refuses them too)
+            raise ValueError(f"embedded null byte in {v!r}")
+        return struct.pack("<I", len(b)) + b
+
+    def blob(b: bytes) -> bytes:
         return struct.pack("<I", len(b)) + b
     out = [struct.pack("<4I", flags, uid, gid, len(groups)), struct.pack(f"<{len(groups)}I", *groups),
            struct.pack("<I", len(plan.process.rlimits))]
@@ -355,8 +366,10 @@ def program_params(ctx, creds: tuple) -> bytes:
     for c in capabilities.numbers(plan.capabilities):
         keep |= 1 << c
     bpf = ctx.bpf or b""
-    out += [text(plan.process.cwd), struct.pack("<Q", keep), text(bpf), struct.pack("<I", len(ctx.argv))]
+    out += [text(plan.process.cwd), struct.pack("<Q", keep), blob(bpf), struct.pack("<I", len(ctx.argv))]
     out += [text(a) for a in ctx.argv]
+    if any("=" in k for k in ctx.env):
+        raise ValueError("an environment variable's name contains '='")
     env = [f"{k}={v}" for k, v in ctx.env.items()]
     out += [struct.pack("<I", len(env))] + [text(e) for e in env]
     return b"".join(out)
@@ -389,7 +402,8 @@ def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd
             _sys.ambient_raise(c)
         cred_bits = (1 if creds[0] else 0) | (2 if creds[1] else 0) | (4 if creds[2] else 0)
         os.execve(init, ["pysandbox-init", "spawn", str(status_w), str(KMSG_LINGER_MS if linger else 0),
-                         str(pfd), str(cg), str(program_pid or 2), str(notify), str(console), str(cred_bits)], {})
+                         str(pfd), str(cg), str(program_pid or (2 if ctx.plan.namespaces.pid else 0)), str(notify),
+                         str(console), str(cred_bits)], {})
     except Exception as e:                       # noqa: BLE001
         _send(status_w, f"SETUP cannot start pid 1: {_describe(e)}")
     os._exit(1)

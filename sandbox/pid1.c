@@ -25,8 +25,9 @@
  * GO_FD: the program waits on it before its seccomp filter and execve — one byte "G" once PID 1
  * holds no privilege (so no code of the sandbox's ever runs beside a privileged PID 1).
  * PID 1 arrives as root of the user namespace (its credentials changed before the exec, so that
- * it keeps its capabilities across it, less the two that would let it read its image), or, in
- * spawn mode, with its capabilities as ambient ones (less those two in its effective set).
+ * it keeps its capabilities across it), or, in spawn mode, with the credentials it was cloned with
+ * and its capabilities as ambient ones; either way, the two that would let it read its image were
+ * out of its effective set when it exec'd (so the kernel made it non-dumpable).
  * The forwarded signals are blocked when it starts (they stay pending) and unblocked once their
  * handlers are in place. Exit status 0 after the EXIT line, 1 otherwise (the supervisor then
  * reports what it has).
@@ -199,6 +200,26 @@ static void setup_fail(const char *what)
     _exit(125);
 }
 
+/* close (cloexec: mark close-on-exec) every descriptor from low to high; one by one where
+ * close_range is refused (an outer seccomp filter): -1 only when that fails too */
+static int close_from(int low, unsigned int high, int cloexec)
+{
+    if (!syscall(SYS_close_range, low, high, cloexec ? CLOSE_RANGE_CLOEXEC : 0))
+        return 0;
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0)
+        return -1;
+    for (long fd = low; fd < max && fd <= (long)high; fd++) {
+        if (cloexec) {
+            if (fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0 && errno != EBADF)
+                return -1;
+        } else {
+            close((int)fd);
+        }
+    }
+    return 0;
+}
+
 static void close_all_but(const int *keep, int n)
 {
     int low = 3;
@@ -209,11 +230,12 @@ static void close_all_but(const int *keep, int n)
                 next = keep[i];
         if (next < 0)
             break;
-        if (next > low)
-            syscall(SYS_close_range, low, next - 1, 0);
+        if (next > low && close_from(low, (unsigned int)next - 1, 0) < 0)
+            setup_fail("cannot close the launcher's descriptors");
         low = next + 1;
     }
-    syscall(SYS_close_range, low, ~0U, 0);
+    if (close_from(low, ~0U, 0) < 0)
+        setup_fail("cannot close the launcher's descriptors");
 }
 
 static int send_fd(int sock, int fd, char tag)
@@ -353,8 +375,7 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
         setup_fail("pdeathsig");
     if (flags & P_CGROUPNS && syscall(SYS_unshare, CLONE_NEWCGROUP) < 0)  /* rooted at the cgroup it was forked into */
         setup_fail("cannot unshare the cgroup namespace");
-    /* PID 1 execs this program without the two capabilities that read any file in its effective
-     * set: the program's set-up has them again, as the Python program's process did */
+    /* every permitted capability effective, as the Python program's process had them */
     struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct cap[2];
     if (syscall(SYS_capget, &hdr, cap) < 0)
@@ -420,7 +441,8 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
                 fail("capabilities", "prctl(PR_CAP_AMBIENT_RAISE)");
     if (flags & P_NNP && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail("capabilities", "no_new_privs");
-    syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);   /* no descriptor of ours survives execve */
+    if (close_from(3, ~0U, 1) < 0)                  /* no descriptor of ours survives execve */
+        fail("capabilities", "close_range");
     /* nothing of the sandbox's runs beside a privileged PID 1 */
     char g = 0;
     ssize_t r;
@@ -450,8 +472,12 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
 static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, int cons, int *err_r, int *go_w)
 {
     struct stat st;
-    if (fstat(param_fd, &st) < 0 || st.st_size <= 0 || st.st_size > (64 << 20))
+    if (fstat(param_fd, &st) < 0)
         return -1;
+    if (st.st_size <= 0 || st.st_size > (64 << 20)) {
+        errno = E2BIG;
+        return -1;
+    }
     unsigned char *buf = malloc((size_t)st.st_size);
     if (!buf)
         return -1;
@@ -460,8 +486,11 @@ static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, 
         ssize_t r = pread(param_fd, buf + got, (size_t)st.st_size - got, (off_t)got);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
+        if (r <= 0) {
+            if (!r)
+                errno = EIO;
             return -1;
+        }
         got += (size_t)r;
     }
     close(param_fd);
@@ -491,14 +520,16 @@ static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, 
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        struct sigaction dfl;
-        memset(&dfl, 0, sizeof(dfl));
-        dfl.sa_handler = SIG_DFL;
-        for (int sig = 1; sig < 65; sig++)          /* the program starts with every default disposition */
-            sigaction(sig, &dfl, NULL);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        /* the program starts with every signal at its default disposition (the kernel's call: the C
+         * library's sigaction refuses its own 32 and 33, which a caller may have ignored), none
+         * blocked */
+        struct { void *handler; unsigned long flags; void *restorer; uint64_t mask; } dfl = {0}, old;
+        for (int sig = 1; sig < 65; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP && !syscall(SYS_rt_sigaction, sig, NULL, &old, 8)
+                    && old.handler == (void *)SIG_IGN)
+                syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8);
+        uint64_t none = 0;
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, 8);
         err_w = ep[1];
         close(ep[0]);
         close(gp[1]);

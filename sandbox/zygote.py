@@ -537,6 +537,8 @@ def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, cre
     kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs),
     then init._inline."""
     from . import init
+    if not init.can_inline(creds):
+        return None                              # (before any descriptor moves: PID 1 goes on with them)
     ctx, (init._INIT[1],), wanted = _take_ctx(buf, fds, consumed, [init._INIT[1]])
     return init._inline(ctx, creds, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built)
 

@@ -106,7 +106,8 @@ def _server_pid1s(server: int) -> list[int]:
 
 
 def _program_execd(pid1: int, python: str) -> bool:
-    """PID 1's child (the program) runs an image other than the launch server's Python."""
+    """PID 1's child (the program) runs its own image: neither the launch server's Python nor
+    pysandbox-init (of which it is a fork until its execve)."""
     try:
         with open(f"/proc/{pid1}/task/{pid1}/children") as f:
             kids = f.read().split()
@@ -114,7 +115,8 @@ def _program_execd(pid1: int, python: str) -> bool:
         return False
     for k in kids:
         try:
-            if os.readlink(f"/proc/{k}/exe") != python:
+            exe = os.readlink(f"/proc/{k}/exe")
+            if exe != python and not exe.startswith("/memfd:pysandbox-init"):
                 return True
         except OSError:
             pass
@@ -244,11 +246,15 @@ def _default_signals(lines, err: str) -> None:
 
 def _cli_launch(script: str) -> tuple:
     """launcher.launch (the CLI's path) of `sh -c script` under strict: (stdout, stderr)."""
+    return _cli_launch_profile("strict", script)
+
+
+def _cli_launch_profile(profile: str, script: str) -> tuple:
     from policies.compiler import compile_profile
     from sandbox import launcher
     (ro, wo), (re_, we) = os.pipe(), os.pipe()
     try:
-        res = launcher.launch(compile_profile("strict").plan, ["/bin/sh", "-c", script], stdout=wo, stderr=we)
+        res = launcher.launch(compile_profile(profile).plan, ["/bin/sh", "-c", script], stdout=wo, stderr=we)
     finally:
         os.close(wo)
         os.close(we)
@@ -287,3 +293,37 @@ def test_without_the_binary_the_program_starts_with_default_signals(monkeypatch)
     lines = out.strip().split("\n")
     assert not lines[0].startswith("pysandbox-init"), out
     _default_signals(lines[2:4], err)
+
+
+@root_only
+def test_without_a_pid_namespace_pysandbox_init_spawns_the_program_too(tmp_profile):
+    """A plan without a pid namespace: pysandbox-init forks the program with whatever pid the host
+    gives it (no pid 2 to ask for), through the CLI's path and the launch server's."""
+    from sandbox.api import Sandbox
+    p = tmp_profile("version: 1\nextends: strict\nnamespaces: {pid: false}\nfilesystem: {proc: false}\n",
+                    "nopid.yaml")
+    out, _ = _cli_launch_profile(p, "echo $$")
+    assert int(out) > 2, out
+    r = Sandbox(p).run(["/bin/sh", "-c", "echo $$; id -u"], text=True)
+    assert r.exit_code == 0, r
+    pid, uid = r.stdout.split()
+    assert int(pid) > 2 and uid == "0", r.stdout
+
+
+def test_api_without_root_in_the_namespace(delegated_cgroups, tmp_profile):
+    """The launch server's PID 1 with no root in its user namespace (a rootless caller mapped to
+    itself): the program's process stays a Python copy, and PID 1 keeps its descriptors where they
+    were (it decides before it takes the run's context)."""
+    import pwd
+    pw = pwd.getpwnam(TEST_USER)
+    p = tmp_profile("version: 1\nextends: strict\nuser: {uid: caller, gid: caller}\n", "self.yaml")
+    code = ("from sandbox.api import Sandbox\nsb = Sandbox(%r)\n"
+            "for _ in range(3):\n"
+            "    r = sb.run(['/bin/sh', '-c', 'echo $$ $(id -u); cat /proc/1/comm'], text=True)\n"
+            "    print(r.exit_code, r.message, r.stdout.replace(chr(10), ' '))\n" % p)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/tmp",
+                         env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    for line in run.stdout.strip().split("\n"):
+        assert line.split() == ["0", "None", "2", str(pw.pw_uid), "pysandbox-init"], run.stdout
