@@ -70,7 +70,7 @@ static void forward(int sig)
 
 static void send_line(int fd, const char *prefix, const char *text, size_t n)
 {
-    char line[1100];
+    char line[4200];
     size_t len = strlen(prefix);
     if (n > sizeof(line) - len - 1)
         n = sizeof(line) - len - 1;
@@ -546,6 +546,25 @@ static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, 
     return (pid_t)pid;
 }
 
+/* sleep ms milliseconds, a forwarded signal or not */
+static void linger(int ms)
+{
+    struct timespec now, end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += ms / 1000;
+    end.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (end.tv_nsec >= 1000000000L) {
+        end.tv_sec++;
+        end.tv_nsec -= 1000000000L;
+    }
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = (end.tv_sec - now.tv_sec) * 1000L + (end.tv_nsec - now.tv_nsec) / 1000000L;
+        if (left <= 0 || poll(NULL, 0, (int)left) == 0)
+            return;
+    }
+}
+
 int main(int argc, char **argv)
 {
     int status_fd, err_fd = -1, linger_ms, go_fd = -1, creds = 0;
@@ -610,7 +629,7 @@ int main(int argc, char **argv)
     sigprocmask(SIG_UNBLOCK, &set, NULL);
 
     /* the program's error pipe: end of file when it execs (or dies); anything else: why it failed */
-    char err[1000];
+    char err[4096];
     size_t got = 0;
     for (;;) {
         ssize_t r = read(err_fd, err + got, sizeof(err) - got);
@@ -645,7 +664,7 @@ int main(int argc, char **argv)
                     continue;
                 return 1;
             }
-            poll(NULL, 0, linger_ms);
+            linger(linger_ms);
             w = waitpid(si.si_pid, &status, 0);
         } else {
             w = waitpid(-1, &status, 0);

@@ -309,8 +309,13 @@ def test_a_dead_template_is_replaced(strict):
     assert strict.run(["/bin/true"]).exit_code == 0
     server = zygote.Client.get().proc.pid
     kids = open(f"/proc/{server}/task/{server}/children").read().split()
-    template = [int(k) for k in kids
-                if open(f"/proc/{k}/status").read().split("NSpid:")[1].split("\n")[0].split()[-1] == k]
+    def in_host_pidns(k) -> bool:                      # (not a PID 1 that just ended, not yet reaped)
+        try:
+            st = dict(line.split(":\t", 1) for line in open(f"/proc/{k}/status").read().splitlines() if ":\t" in line)
+        except FileNotFoundError:
+            return False
+        return st["NSpid"].split()[-1] == k and not st["State"].startswith("Z")
+    template = [int(k) for k in kids if in_host_pidns(k)]
     assert len(template) == 1, kids                     # the template; the others are spare PID 1s
     os.kill(template[0], signal.SIGKILL)
     time.sleep(0.2)
