@@ -327,3 +327,26 @@ def test_api_without_root_in_the_namespace(delegated_cgroups, tmp_profile):
     assert run.returncode == 0, run.stderr[-2000:]
     for line in run.stdout.strip().split("\n"):
         assert line.split() == ["0", "None", "2", str(pw.pw_uid), "pysandbox-init"], run.stdout
+
+
+@root_only
+@pytest.mark.parametrize("binary", [True, False], ids=["pysandbox-init", "python"])
+def test_the_programs_last_steps_report_alike(monkeypatch, tmp_profile, binary):
+    """The program's last steps fail with the same report whichever process does them (C in
+    spawn mode, Python without the binary): a hard limit above the kernel's, a program that is not
+    executable, one that does not exist."""
+    from policies.compiler import compile_profile
+    from sandbox import init, launcher
+    if not binary:
+        monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+        monkeypatch.setattr(init, "_INIT", [None, None])
+    p = tmp_profile("version: 1\nextends: strict\nprocess: {rlimits: {nofile: \"1024:2000000\"}}\n", "rl.yaml")
+    res = launcher.launch(compile_profile(p).plan, ["/bin/true"])
+    assert res.exit_code == 125, res
+    assert res.message == "pysandbox: cannot set up the program (ulimit:nofile): not allowed to raise maximum limit"
+    strict = compile_profile("strict").plan
+    res = launcher.launch(strict, ["/etc/passwd"])
+    assert (res.exit_code, res.message) == (126, "pysandbox: /etc/passwd: cannot execute: Permission denied"), res
+    res = launcher.launch(strict, ["no-such-command"])
+    assert (res.exit_code, res.message) == (127, "pysandbox: no-such-command: command not found"), res
+    assert (init._INIT[1] is not None) == binary
