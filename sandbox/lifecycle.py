@@ -430,15 +430,18 @@ def _exe(pid: int) -> Optional[str]:
         return None
 
 
+INIT_COMM = b"pysandbox-init"
+
+
 def _execed(prog: int) -> bool:
-    """Has PID 1's child called execve yet? (before, it is a fork of PID 1, itself a fork of this
-    supervisor: our comm and exe — not PID 1's, which execs pysandbox-init once the program's
-    process exists, sandbox/init.py)"""
+    """Has PID 1's child called execve yet? Before, it is a fork of pysandbox-init (its comm; its
+    exe the memfd, unreadable while it is non-dumpable) or, without it, of PID 1 as a copy of this
+    supervisor (our comm and exe); its cgroup namespace is not the sandbox's yet."""
     c = _comm(prog)
-    if c is not None and c != _comm(os.getpid()):
+    if c is not None and c not in (_comm(os.getpid()), INIT_COMM):
         return True
     e = _exe(prog)
-    return e is not None and e != _exe(os.getpid())
+    return e is not None and e != _exe(os.getpid()) and not e.startswith("/memfd:" + INIT_COMM.decode())
 
 
 # --- status ---------------------------------------------------------------------------
