@@ -309,13 +309,16 @@ def test_a_dead_template_is_replaced(strict):
     assert strict.run(["/bin/true"]).exit_code == 0
     server = zygote.Client.get().proc.pid
     kids = open(f"/proc/{server}/task/{server}/children").read().split()
-    def in_host_pidns(k) -> bool:                      # (not a PID 1 that just ended, not yet reaped)
+    def is_template(k) -> bool:
+        """In the server's user and pid namespaces (a spare PID 1 has its own; one of a plan
+        without a pid namespace still has its user namespace), and not a PID 1 that just ended
+        and is not reaped yet (a zombie's links are gone)."""
         try:
-            st = dict(line.split(":\t", 1) for line in open(f"/proc/{k}/status").read().splitlines() if ":\t" in line)
-        except FileNotFoundError:
+            return all(os.readlink(f"/proc/{k}/ns/{ns}") == os.readlink(f"/proc/{server}/ns/{ns}")
+                       for ns in ("user", "pid"))
+        except OSError:
             return False
-        return st["NSpid"].split()[-1] == k and not st["State"].startswith("Z")
-    template = [int(k) for k in kids if in_host_pidns(k)]
+    template = [int(k) for k in kids if is_template(k)]
     assert len(template) == 1, kids                     # the template; the others are spare PID 1s
     os.kill(template[0], signal.SIGKILL)
     time.sleep(0.2)
