@@ -262,6 +262,17 @@ def ambient_clear() -> None:
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+def cap_permitted() -> int:
+    """The calling thread's permitted capabilities as one mask (capget, version 3)."""
+    hdr, data = _CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()     # 2 x (effective, permitted, inheritable)
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    return data[1] | data[4] << 32
+
+
 def ambient_raise(cap: int) -> None:
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "prctl(PR_CAP_AMBIENT_RAISE)")
 

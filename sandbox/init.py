@@ -115,7 +115,7 @@ def pid1_main(ctx) -> None:
     pid1_core(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
               plan.namespaces.time, bool(getattr(ctx, "seccomp_log", False)), creds,
               lambda err_w: _program(ctx, err_w),
-              inline=lambda c: _inline(ctx, c, ctx.status_w, ctx.cg_v2_fd))
+              inline=lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False))
 
 
 def credential_steps(plan, rootless: bool) -> tuple:
@@ -133,7 +133,8 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
     """PID 1 proper. Never returns.
 
     PID 1 joins its cgroups and, once released, either
-      * (`inline(creds)`, when pysandbox-init exists and returns the context) has the root
+      * (when can_inline: `inline()` -> (the run's context, status_w and cg_v2_fd where those
+        descriptors are now, whether a spare built the root already)) has the root
         filesystem built by a thread of its own as the sandbox's root, and execs pysandbox-init in
         spawn mode, which forks the program's process (straight into the cgroup2 leaf when there is
         one: clone3 CLONE_INTO_CGROUP, which needs the credentials PID 1 was cloned with — hence
@@ -172,14 +173,14 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         _send(status_w, f"SETUP {_describe(e)}")
         os._exit(1)
 
-    if inline is not None and _INIT[1] is not None:
+    if inline is not None and can_inline(creds):
         try:
-            got = inline(creds)                  # the program's Python set-up, here (or None)
+            ctx, status_w, cg_v2_fd, built = inline()
+            _inline(ctx, built)                  # the program's Python set-up, here
         except Exception as e:                   # noqa: BLE001 - reported as the program's would be
             _send(status_w, f"SETUP {_describe(e)}")
             os._exit(1)
-        if got is not None:
-            _exec_spawning_init(got[1], got[0], creds, linger, got[2], program_pid)    # never returns
+        _exec_spawning_init(status_w, ctx, creds, linger, cg_v2_fd, program_pid)    # never returns
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)      # "G": PID 1 holds no privilege any more
@@ -275,34 +276,27 @@ def _set_credentials(creds: tuple) -> None:
         _sys.setresuid(0, 0, 0)
 
 
-def _inline(ctx, creds: tuple, status_w: int, cg_v2_fd, built: bool = False):
-    """In PID 1 (still the Python copy of its launcher), when pysandbox-init exists: the program's
-    Python set-up done here instead of in a forked copy — the sandbox's root identity, hostname,
+def _inline(ctx, built: bool = False):
+    """In PID 1 (still the Python copy of its launcher), when can_inline: the program's Python
+    set-up done here instead of in a forked copy — the sandbox's root identity, hostname,
     loopback, root file system — so that PID 1 can exec pysandbox-init at once, which forks the
     program's process as a copy of itself (small) and does its last steps (`spawn` in pid1.c).
     One copy of the Python launcher per sandbox instead of two: its copied pages, page-table copy
-    and teardown were most of a launch's CPU (bench/concurrent.py). Returns (ctx, status_w,
-    cg_v2_fd: where PID 1's descriptors are now), or
-    None when the program's process must still be a Python copy: no root in the user namespace
-    (a caller mapped to itself keeps no capability across PID 1's exec, and the program's set-up
-    needs them)."""
+    and teardown were most of a launch's CPU (bench/concurrent.py)."""
     plan = ctx.plan
-    if not can_inline(creds):
-        return None
 
     def build() -> None:
-        _set_credentials(creds)                  # (this thread's: raw system calls)
-        if plan.namespaces.uts:
-            socket.sethostname(plan.process.hostname)
-        if not built:
+        _identity(plan, ctx.rootless, cgroupns=False)   # (this thread's credentials: raw system calls;
+        if not built:                            # the program's process makes the cgroup namespace)
             _build_root(plan, ctx)
     _in_thread(build)
-    return ctx, status_w, cg_v2_fd
 
 
 def can_inline(creds: tuple) -> bool:
-    """Whether _inline can do the program's set-up in PID 1 (decided before anything is changed):
-    PID 1 will be root of its user namespace (or is host root without one)."""
+    """Whether PID 1 can do the program's set-up itself (_inline; decided before anything is
+    changed): pysandbox-init exists and PID 1 will be root of its user namespace (or is host root
+    without one). Else the program's process must still be a Python copy: a caller mapped to
+    itself keeps no capability across PID 1's exec, and the program's set-up needs them."""
     return _INIT[1] is not None and (creds[2] or os.geteuid() == 0)
 
 
@@ -395,7 +389,8 @@ def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd
             if fd >= 0:
                 os.set_inheritable(fd, True)
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
-        caps = [c for c, n in zip(prctl.ALL_CAPS, prctl.ALL_CAP_NAMES) if getattr(prctl.cap_permitted, n)]
+        permitted = _sys.cap_permitted()
+        caps = [c for c in prctl.ALL_CAPS if permitted >> c & 1]
         prctl.set_caps((caps, prctl.CAP_INHERITABLE, True),
                        ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False))
         for c in caps:

@@ -478,7 +478,7 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
               (bool(flags & _F_GID0), bool(flags & _F_GROUPS), bool(flags & _F_UID0)),
               lambda err_w: _program_from(buf, fds, consumed, err_w, built),
               2 if built else None,                 # (the builder had pid 2)
-              inline=lambda creds: _inline_from(buf, fds, consumed, status_w, cg_v2, creds, built))
+              inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
 
 
 def _build(plan, rootless: bool) -> bool:
@@ -532,15 +532,12 @@ def _take_ctx(buf, fds: list, consumed: set, keep: list) -> tuple:
     return ctx, kept, wanted
 
 
-def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, creds: tuple, built: bool):
+def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, built: bool):
     """init.pid1_core's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
-    kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs),
-    then init._inline."""
+    kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs)."""
     from . import init
-    if not init.can_inline(creds):
-        return None                              # (before any descriptor moves: PID 1 goes on with them)
     ctx, (init._INIT[1],), wanted = _take_ctx(buf, fds, consumed, [init._INIT[1]])
-    return init._inline(ctx, creds, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built)
+    return ctx, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built
 
 
 def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False) -> None:

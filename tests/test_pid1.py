@@ -350,3 +350,19 @@ def test_the_programs_last_steps_report_alike(monkeypatch, tmp_profile, binary):
     res = launcher.launch(strict, ["no-such-command"])
     assert (res.exit_code, res.message) == (127, "pysandbox: no-such-command: command not found"), res
     assert (init._INIT[1] is not None) == binary
+
+
+@root_only
+def test_a_root_that_cannot_be_built_is_reported_on_both_paths(tmp_profile):
+    """PID 1 builds the root itself now: a build failure is its report, through the CLI's path and
+    the launch server's (whose PID 1 has just moved its descriptors to the run's numbers)."""
+    from policies.compiler import compile_profile
+    from sandbox import launcher
+    from sandbox.api import Sandbox
+    p = tmp_profile("version: 1\nextends: strict\nfilesystem:\n  mounts:\n"
+                    "    - {type: tmpfs, target: /etc/hostname/x, size: 1m}\n", "badroot.yaml")
+    want = "cannot create /etc/hostname/x: Not a directory"
+    res = launcher.launch(compile_profile(p).plan, ["/bin/true"])
+    assert res.exit_code == 125 and want in (res.message or ""), res
+    r = Sandbox(p).run(["/bin/true"])
+    assert r.exit_code == 125 and want in (r.message or ""), r
