@@ -89,18 +89,28 @@ static void send_line(int fd, const char *prefix, const char *text, size_t n)
     }
 }
 
+/* The sandbox's root identity (ROOT_GID 1: gid 0; ROOT_GROUPS 2: no supplementary groups; ROOT_UID
+ * 4: uid 0), as init._set_credentials: 0, or -1 with errno set. */
+enum { ROOT_GID = 1, ROOT_GROUPS = 2, ROOT_UID = 4 };
+
+static int become_root(int creds)
+{
+    if (creds & ROOT_GID && syscall(SYS_setresgid, 0, 0, 0) < 0)
+        return -1;
+    if (creds & ROOT_GROUPS && syscall(SYS_setgroups, 0, NULL) < 0)
+        return -1;
+    if (creds & ROOT_UID && syscall(SYS_setresuid, 0, 0, 0) < 0)
+        return -1;
+    return 0;
+}
+
 /* Parent-death signal re-armed (the credential change cleared it) and the supervisor checked to
  * be still there, every capability gone (bounding, ambient, permitted, effective, inheritable),
  * no_new_privs: init.pid1_core's Python fallback does the same. 0, or -1 with errno set; 1: the
  * supervisor is gone. */
 static int drop_privileges(int status_fd, int creds)
 {
-    /* spawn mode: the sandbox's root identity first (1 gid 0, 2 no supplementary groups, 4 uid 0) */
-    if (creds & 1 && syscall(SYS_setresgid, 0, 0, 0) < 0)
-        return -1;
-    if (creds & 2 && syscall(SYS_setgroups, 0, NULL) < 0)
-        return -1;
-    if (creds & 4 && syscall(SYS_setresuid, 0, 0, 0) < 0)
+    if (become_root(creds) < 0)                     /* (spawn mode: CREDS; else 0, done before the exec) */
         return -1;
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         return -1;
@@ -129,30 +139,29 @@ static int drop_privileges(int status_fd, int creds)
 /* ---- the program's last steps (spawn mode) -------------------------------------------------
  * In spawn mode PID 1 starts the program's process itself: a fork of this small program, not of the
  * Python launcher (whose copy-on-write pages, page-table copy and teardown were most of a launch's
- * CPU). The Python PID 1 has built the root file system and taken the sandbox's root identity; what
- * is left for the program's process is what init._exec_program does, in the same order, with the
+ * CPU). The Python PID 1 has built the root file system (in a thread that took the sandbox's root
+ * identity; PID 1 itself kept the credentials it was cloned with, which clone3 CLONE_INTO_CGROUP
+ * is checked against); what is left for the program's process is its root identity, its cgroup
+ * namespace, and what init._exec_program does, in the same order, with the
  * same error reports ("<errno> <stage> <text>" on its error pipe, exit 126/127; "SETUP <text>" for a
  * set-up step): the parameters come from init.program_params, as one blob on PARAM_FD. */
 
 struct blob { const unsigned char *p; size_t left; int bad; };
 
-static uint32_t take_u32(struct blob *b)
+static void take(struct blob *b, void *v, size_t n)      /* (zeroes, and b->bad, when short) */
 {
-    uint32_t v = 0;
-    if (b->left < 4) { b->bad = 1; return 0; }
-    memcpy(&v, b->p, 4);
-    b->p += 4; b->left -= 4;
-    return v;
+    if (b->left < n) {
+        b->bad = 1;
+        memset(v, 0, n);
+        return;
+    }
+    memcpy(v, b->p, n);
+    b->p += n;
+    b->left -= n;
 }
 
-static int64_t take_i64(struct blob *b)
-{
-    int64_t v = 0;
-    if (b->left < 8) { b->bad = 1; return 0; }
-    memcpy(&v, b->p, 8);
-    b->p += 8; b->left -= 8;
-    return v;
-}
+static uint32_t take_u32(struct blob *b) { uint32_t v; take(b, &v, sizeof(v)); return v; }
+static int64_t take_i64(struct blob *b) { int64_t v; take(b, &v, sizeof(v)); return v; }
 
 static char *take_str(struct blob *b)           /* length-prefixed, returned NUL-terminated */
 {
@@ -167,7 +176,7 @@ static char *take_str(struct blob *b)           /* length-prefixed, returned NUL
 }
 
 enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
-       P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512 };
+       P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512 };   /* (the last 3: ROOT_* << 7) */
 
 static int err_w = -1;
 
@@ -365,12 +374,8 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     }
 
     /* first the sandbox's root identity, as the Python program's process had it (init._identity) */
-    if (flags & P_GID0 && syscall(SYS_setresgid, 0, 0, 0) < 0)
-        setup_fail("setresgid");
-    if (flags & P_GROUPS0 && syscall(SYS_setgroups, 0, NULL) < 0)
-        setup_fail("setgroups");
-    if (flags & P_UID0 && syscall(SYS_setresuid, 0, 0, 0) < 0)
-        setup_fail("setresuid");
+    if (become_root((int)(flags / P_GID0) & (ROOT_GID | ROOT_GROUPS | ROOT_UID)) < 0)
+        setup_fail("the sandbox's root identity");
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         setup_fail("pdeathsig");
     if (flags & P_CGROUPNS && syscall(SYS_unshare, CLONE_NEWCGROUP) < 0)  /* rooted at the cgroup it was forked into */
