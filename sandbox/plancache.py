@@ -28,9 +28,10 @@ def cache_dir() -> str:
 
 def key_for(options: list[str]) -> str:
     """The key material is stored in the entry and compared in full on load, so the short
-    file name (a CRC) can collide without ever handing out another option set's plan."""
+    file name (a CRC) can collide without ever handing out another option set's plan. The
+    installation (its policy directory) is part of the key: two installs never share a plan."""
     return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
-                 os.uname().release, options))
+                 os.uname().release, _POLICY_DIR, options))
 
 
 def _file_for(key: str) -> str:
