@@ -1031,8 +1031,11 @@ class NetHandle:
         # slirp4netns
         api = os.path.join(tmp, "api.sock")
         r, w = os.pipe()
-        argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={w}",
-                f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
+        # --disable-dns: slirp's DNS address (10.0.2.3) relays to the host's resolver, which may listen on
+        # the host's loopback (127.0.0.1, 127.0.0.53) - around --disable-host-loopback. Sandboxes use the
+        # host's resolv.conf, never 10.0.2.3.
+        argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
+                f"--ready-fd={w}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
                 f"/proc/{pid}/ns/net", "tap0"]
         try:
             self._spawn_helper(argv, errf, pass_fds=[w])
