@@ -217,3 +217,72 @@ def test_forged_tagged_and_foreign_frames_never_reach_the_neighbour(net, tmp_pat
     assert not [x for x in links() if x.startswith("psv")]
     out = N.nft(args=["list", "table", "netdev", N.HOST_TABLE], check=False).get("nftables", [])
     assert not [o for o in out if "chain" in o or "counter" in o]
+
+
+V6_NEIGHBOUR = r"""
+import json, re, select, socket, subprocess, time
+r = subprocess.run(["/usr/sbin/ip", "-6", "addr", "add", "fd00:5b::2/64", "dev", "eth0", "nodad"], capture_output=True)
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); raw.bind(("eth0", 0))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+u6.bind(("::", 9999))
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u4.bind(("0.0.0.0", 9999))
+print("ready", r.returncode, flush=True)
+raw_v6, got = 0, []
+end = time.monotonic() + 20; done = None
+while time.monotonic() < end and (done is None or time.monotonic() < done):
+    rd, _, _ = select.select([raw, u6, u4], [], [], 0.1)
+    if raw in rd:
+        d, a = raw.recvfrom(65536)
+        if a[2] != socket.PACKET_OUTGOING and d[12:14] == b"\x86\xdd" and b"PSBX:" in d:
+            raw_v6 += 1             # (the host's bridge sends IPv6 of its own: only the sender's count)
+    for s in (u6, u4):
+        if s in rd:
+            d, a = s.recvfrom(2048); got.append(d.decode(errors="replace"))
+            if d == b"PSBX:done":
+                done = time.monotonic() + 0.5
+print(json.dumps({"raw_v6": raw_v6, "got": got}), flush=True)
+"""
+
+V6_SENDER = r"""
+import json, socket, subprocess, time
+B = socket.gethostbyname("asp-b")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect((B, 9999)); u.send(b"PSBX:legit-udp")
+time.sleep(0.2)
+bmac = next(l.split()[3] for l in open("/proc/net/arp").read().splitlines()[1:] if l.split()[0] == B)
+ip = lambda *a: subprocess.run(["/usr/sbin/ip", *a], capture_output=True).returncode
+rc = [ip("-6", "addr", "add", "fd00:5b::1/64", "dev", "eth0", "nodad"),
+      ip("-6", "neigh", "replace", "fd00:5b::2", "lladdr", bmac, "dev", "eth0", "nud", "permanent")]
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sent = 0
+for _ in range(5):
+    try:
+        s6.sendto(b"PSBX:v6-own-address", ("fd00:5b::2", 9999)); sent += 1
+    except OSError:
+        pass
+    time.sleep(0.05)
+time.sleep(0.3)
+u.send(b"PSBX:done")
+print(json.dumps({"rc": rc, "sent": sent}), flush=True)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
+def test_ipv6_dropped_even_with_an_address_the_sandbox_gave_itself(net):
+    """No IPv6 address is assigned on a private network (not even link-local), and the port's
+    allow-list has no IPv6 entry: a sandbox with NET_ADMIN that adds an IPv6 address and a static
+    neighbour entry itself sends IPv6 datagrams that never reach the neighbour (which has an
+    address of its own and listens); IPv4 between them works."""
+    b = subprocess.Popen(argv("--network", NET, "--name", "asp-b", "--cap-add", "NET_ADMIN", code=V6_NEIGHBOUR),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert read_line(b) == "ready 0"                        # the neighbour did get its IPv6 address
+        a = subprocess.run(argv("--network", NET, "--name", "asp-a", "--cap-add", "NET_ADMIN", code=V6_SENDER),
+                           capture_output=True, text=True, timeout=60)
+        assert a.returncode == 0, a.stderr
+        att = json.loads(a.stdout)
+        seen = json.loads(read_line(b, timeout=30))
+    finally:
+        stop(b)
+    assert att["rc"] == [0, 0] and att["sent"] == 5            # the kernel sent them from its own address
+    assert "PSBX:legit-udp" in seen["got"] and "PSBX:done" in seen["got"]     # IPv4 works
+    assert "PSBX:v6-own-address" not in seen["got"] and seen["raw_v6"] == 0, seen   # no IPv6 frame arrived
