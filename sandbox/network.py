@@ -316,7 +316,7 @@ def _antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
 
 
 def _antispoof_dropped(veth: str) -> int | None:
-    """Frames the port's allow-list has dropped so far (None: no such chain)."""
+    """Frames the port's allow-list has dropped so far (None: no such counter)."""
     out = nft(args=["list", "counter", "netdev", HOST_TABLE, veth], check=False)
     for o in out.get("nftables", []):
         if "counter" in o:
@@ -1035,8 +1035,8 @@ class NetHandle:
         # the host's loopback (127.0.0.1, 127.0.0.53) - around --disable-host-loopback. Sandboxes use the
         # host's resolv.conf, never 10.0.2.3.
         argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
-                f"--ready-fd={w}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
-                f"/proc/{pid}/ns/net", "tap0"]
+                f"--ready-fd={w}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user",
+                "--netns-type=path", f"/proc/{pid}/ns/net", "tap0"]
         try:
             self._spawn_helper(argv, errf, pass_fds=[w])
         finally:

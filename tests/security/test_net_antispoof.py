@@ -286,3 +286,52 @@ def test_ipv6_dropped_even_with_an_address_the_sandbox_gave_itself(net):
     assert att["rc"] == [0, 0] and att["sent"] == 5            # the kernel sent them from its own address
     assert "PSBX:legit-udp" in seen["got"] and "PSBX:done" in seen["got"]     # IPv4 works
     assert "PSBX:v6-own-address" not in seen["got"] and seen["raw_v6"] == 0, seen   # no IPv6 frame arrived
+
+
+def test_kernel_nft_ether_type_sees_the_outer_tag(testns):
+    """What the design relies on, shown on this kernel: a frame with an 802.1Q or 802.1ad tag arrives
+    at a veth's ingress with the outer tag already moved into the skb's metadata (skb_vlan_untag);
+    nft's `ether type` still reads the outer tag (nft puts it back for the match), while
+    `meta protocol` reads the protocol behind it — so `meta protocol ip` (or the old
+    `ether type ip ip saddr != X drop`, which no tagged frame matches) is not a filter, and
+    `ether type ip` in an allow-list is. Both veth ends live in this module's network namespace."""
+    import socket
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="aspk0", kind="veth", peer={"ifname": "aspk1"})
+        for n in ("aspk0", "aspk1"):
+            ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+    T = {"family": "netdev", "table": "asp_probe"}
+    probes = {"et_ip": [N._m(N._payload("ether", "type"), "ip")],
+              "et_8100": [N._m(N._payload("ether", "type"), 0x8100)],
+              "et_88a8": [N._m(N._payload("ether", "type"), 0x88a8)],
+              "mp_ip": [N._m(N._meta("protocol"), "ip")],
+              "mp_8100": [N._m(N._meta("protocol"), 0x8100)]}
+    try:
+        N.nft([{"add": {"table": {"family": "netdev", "name": "asp_probe"}}},
+               {"add": {"chain": {**T, "name": "in", "type": "filter", "hook": "ingress", "dev": "aspk1",
+                                  "prio": 0, "policy": "drop"}}}]
+              + [{"add": {"rule": {**T, "chain": "in", "comment": k, "expr": e + [{"counter": None}]}}}
+                 for k, e in probes.items()])
+        ip = bytes.fromhex("4500001c0000000040110000c0000201c0000202") + b"\x00" * 8
+        dst, src = bytes.fromhex("0250c0000202"), bytes.fromhex("0250c0000201")
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind(("aspk0", 0))
+        s.send(dst + src + b"\x08\x00" + ip)                                        # plain IPv4
+        s.send(dst + src + b"\x81\x00\x00\x00\x08\x00" + ip)                        # VLAN 0
+        s.send(dst + src + b"\x88\xa8\x00\x00\x81\x00\x00\x00\x08\x00" + ip)        # 802.1ad + 802.1Q
+        s.close()
+        time.sleep(0.2)
+        out = N.nft(args=["list", "chain", "netdev", "asp_probe", "in"]).get("nftables", [])
+        got = {o["rule"]["comment"]: next(x["counter"]["packets"] for x in o["rule"]["expr"] if "counter" in x)
+               for o in out if "rule" in o}
+    finally:
+        N.nft([{"delete": {"table": {"family": "netdev", "name": "asp_probe"}}}], check=False)
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname="aspk0")
+            if idx:
+                ipr.link("del", index=idx[0])
+    # ether type: the outer ethertype of each frame, tag or not
+    assert (got["et_ip"], got["et_8100"], got["et_88a8"]) == (1, 1, 1), got
+    # meta protocol: behind the (first) tag - the VLAN-0 frame counts as IPv4
+    assert (got["mp_ip"], got["mp_8100"]) == (2, 1), got
