@@ -5,13 +5,16 @@ Modes (`network.mode` in the plan, `--network` on the command line):
 * ``none``   own network namespace with only ``lo`` up (`bring_up_loopback`).
 * ``host``   the host's network namespace (nothing to do here; linted as a finding).
 * ``pasta`` / ``slirp4netns``  own namespace, outbound traffic and published ports
-  through a user-mode network stack (works rootless). ``--no-map-gw`` /
-  ``--disable-host-loopback``: the sandbox cannot reach the host's loopback services.
+  through a user-mode network stack (works rootless). ``--no-map-gw`` / ``-T none -U none``
+  (pasta), ``--disable-host-loopback`` / ``--disable-dns`` (slirp4netns): the sandbox cannot
+  reach the host's loopback services.
 * ``NAME``   a private network made with ``pysandbox network create NAME``: a Linux
   bridge in the host namespace; each sandbox gets a veth pair, an address from the
   network's pool (IPAM state under the state dir, allocation under an fcntl.flock),
   a default route via the bridge, and an ``/etc/hosts`` listing its peers by
-  ``--name``, rewritten in place as peers join and leave. Needs root.
+  ``--name``, rewritten in place as peers join and leave. Its port has an allow-list
+  (``table netdev pysandbox``, `_antispoof_rules`): only IPv4 and ARP from its own
+  address and MAC leave it. Needs root.
 
 Published ports (``-p [HOSTIP:]HOSTPORT:PORT[/tcp|udp]``) on private networks: nftables
 DNAT in the host namespace (``table ip pysandbox``) for traffic to the host's
