@@ -432,6 +432,12 @@ class Launch:
                 result.events.append({"type": "limit_exceeded", "limit": "network.egress", "value": 0,
                                       "peak": net.denied, "via": "supervisor",
                                       "message": f"egress allow-list denied {net.denied} packet(s)"})
+            if getattr(net, "spoof_dropped", None):   # frames the port's allow-list dropped (audit)
+                result.events.append({"type": "limit_exceeded", "limit": "network.antispoof", "value": 0,
+                                      "peak": net.spoof_dropped, "via": "supervisor",
+                                      "message": f"private network: {net.spoof_dropped} frame(s) from the "
+                                                 "sandbox's port dropped (not IPv4/ARP from its own "
+                                                 "address and MAC)"})
         if sup is not None:
             result.events.extend(sup.integrity())     # audit: post-exit integrity checks (audit/integrity.py)
 

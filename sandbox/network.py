@@ -5,13 +5,16 @@ Modes (`network.mode` in the plan, `--network` on the command line):
 * ``none``   own network namespace with only ``lo`` up (`bring_up_loopback`).
 * ``host``   the host's network namespace (nothing to do here; linted as a finding).
 * ``pasta`` / ``slirp4netns``  own namespace, outbound traffic and published ports
-  through a user-mode network stack (works rootless). ``--no-map-gw`` /
-  ``--disable-host-loopback``: the sandbox cannot reach the host's loopback services.
+  through a user-mode network stack (works rootless). ``--no-map-gw`` / ``-T none -U none``
+  (pasta), ``--disable-host-loopback`` / ``--disable-dns`` (slirp4netns): the sandbox cannot
+  reach the host's loopback services.
 * ``NAME``   a private network made with ``pysandbox network create NAME``: a Linux
   bridge in the host namespace; each sandbox gets a veth pair, an address from the
   network's pool (IPAM state under the state dir, allocation under an fcntl.flock),
   a default route via the bridge, and an ``/etc/hosts`` listing its peers by
-  ``--name``, rewritten in place as peers join and leave. Needs root.
+  ``--name``, rewritten in place as peers join and leave. Its port has an allow-list
+  (``table netdev pysandbox``, `_antispoof_rules`): only IPv4 and ARP from its own
+  address and MAC leave it. Needs root.
 
 Published ports (``-p [HOSTIP:]HOSTPORT:PORT[/tcp|udp]``) on private networks: nftables
 DNAT in the host namespace (``table ip pysandbox``) for traffic to the host's
@@ -248,7 +251,6 @@ def _prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
 def _host_base() -> list[dict]:
     """Idempotent: the host tables and their base chains."""
     T = {"family": "ip", "table": HOST_TABLE}
-    B = {"family": "bridge", "table": HOST_TABLE}
     return [{"add": {"table": {"family": "ip", "name": HOST_TABLE}}},
          {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
                             "policy": "accept"}}},
@@ -258,9 +260,7 @@ def _host_base() -> list[dict]:
                             "policy": "accept"}}},
          {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
                             "policy": "accept"}}},
-         {"add": {"table": {"family": "bridge", "name": HOST_TABLE}}},
-         {"add": {"chain": {**B, "name": "prerouting", "type": "filter", "hook": "prerouting", "prio": -200,
-                            "policy": "accept"}}}]
+         {"add": {"table": {"family": "netdev", "name": HOST_TABLE}}}]
 
 
 def _host_rules(family: str = "ip") -> list[dict]:
@@ -277,23 +277,59 @@ def _delete_host_rules(pred, family: str = "ip") -> None:
         nft(dels, check=False)
 
 
-def _antispoof_rules(sid: str, veth: str, addr: str) -> list[dict]:
-    """`table bridge pysandbox`: what enters the bridge from a sandbox's veth must carry its own
-    IPv4 address (IP and ARP); IPv6 is not offered on private networks. A program with CAP_NET_RAW
-    can then not impersonate a peer."""
-    T = {"family": "bridge", "table": HOST_TABLE}
-    iif = _m(_meta("iifname"), veth)
+def port_mac(addr: str) -> str:
+    """The MAC address of a sandbox's eth0 on a private network: locally administered, unicast,
+    from its IPv4 address (02:50:a.b.c.d). Set by the supervisor when it creates the veth pair, so
+    the port's allow-list knows it before the port is up."""
+    return "02:50:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(addr).packed)
+
+
+def _antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
+    """The allow-list of one sandbox's port: a base chain of its own, `table netdev pysandbox`,
+    hook `ingress` on the host side of its veth (every frame the sandbox's eth0 sends arrives
+    there, before the bridge sees it), policy drop. Only two kinds of frame pass:
+
+    * IPv4 (outer ethertype 0x0800, version 4) from the port's own MAC and its own address;
+    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address.
+
+    Everything else is counted and dropped: other source addresses or MACs, 802.1Q/802.1ad tagged
+    frames (`ether type` sees the outer tag also when the kernel has moved it into the skb's
+    metadata: nft puts it back for the match), IPv6 (no IPv6 address is assigned), raw ethertypes,
+    LLC/STP and link-local frames (which the bridge's own prerouting hook never sees). DHCP is not
+    needed: addresses are static."""
+    T = {"family": "netdev", "table": HOST_TABLE}
     c = f"sbx:{sid}"
+    own_mac = _m(_payload("ether", "saddr"), mac)
     return [
-        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
-            iif, _m(_payload("ether", "type"), "ip"), _m(_payload("ip", "saddr"), addr, "!="),
-            {"counter": None}, {"drop": None}]}}},
-        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
-            iif, _m(_payload("ether", "type"), "arp"), _m(_payload("arp", "saddr ip"), addr, "!="),
-            {"counter": None}, {"drop": None}]}}},
-        {"add": {"rule": {**T, "chain": "prerouting", "comment": c, "expr": [
-            iif, _m(_payload("ether", "type"), "ip6"), {"drop": None}]}}},
+        # a named counter (not one in the rule): it outlives the chain's hook when the kernel takes the
+        # device away with the sandbox's namespace, so release can still read it
+        {"add": {"counter": {**T, "name": veth}}},
+        {"add": {"chain": {**T, "name": veth, "type": "filter", "hook": "ingress", "dev": veth, "prio": -500,
+                           "policy": "drop"}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [
+            own_mac, _m(_payload("ether", "type"), "ip"), _m(_payload("ip", "version"), 4),
+            _m(_payload("ip", "saddr"), addr), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [
+            own_mac, _m(_payload("ether", "type"), "arp"), _m(_payload("arp", "htype"), 1),
+            _m(_payload("arp", "ptype"), 0x0800), _m(_payload("arp", "hlen"), 6), _m(_payload("arp", "plen"), 4),
+            _m(_payload("arp", "operation"), {"set": ["request", "reply"]}),
+            _m(_payload("arp", "saddr ether"), mac), _m(_payload("arp", "saddr ip"), addr), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [{"counter": veth}, {"drop": None}]}}},
     ]
+
+
+def _antispoof_dropped(veth: str) -> int | None:
+    """Frames the port's allow-list has dropped so far (None: no such counter)."""
+    out = nft(args=["list", "counter", "netdev", HOST_TABLE, veth], check=False)
+    for o in out.get("nftables", []):
+        if "counter" in o:
+            return int(o["counter"].get("packets", 0))
+    return None
+
+
+def _antispoof_delete(veth: str) -> list[dict]:
+    T = {"family": "netdev", "table": HOST_TABLE, "name": veth}
+    return [{"delete": {"chain": T}}, {"delete": {"counter": T}}]
 
 
 def _network_rules(netdef: dict) -> list[dict]:
@@ -753,6 +789,8 @@ class NetHandle:
         self._helper: subprocess.Popen | None = None   # pasta / slirp4netns
         self._proxy_pid: int | None = None              # userspace port proxy (forked)
         self._rules: list = []                          # (family, chain, handle) of our host rules
+        self._antispoof = False                         # our port's chain in table netdev pysandbox
+        self.spoof_dropped: int | None = None           # frames it dropped (after release)
         self._released = False
         self._supervisor = os.getpid()
         self._supervisor_start = _proc_start(self._supervisor)
@@ -766,7 +804,7 @@ class NetHandle:
                 "pid": self.pid, "supervisor_pid": self._supervisor,
                 "supervisor_start": self._supervisor_start,
                 "helper_pid": self._helper_pid(), "helper_start": _proc_start(self._helper_pid() or -1),
-                "rules": [list(r) for r in self._rules],
+                "rules": [list(r) for r in self._rules], "antispoof": self._antispoof,
                 "hosts": self._hosts_file, "state": state}
 
     def _helper_pid(self) -> int | None:
@@ -844,17 +882,25 @@ class NetHandle:
                 bi = ipr.link_lookup(ifname=nd["bridge"])[0]
                 if ipr.link_lookup(ifname=self.veth):       # leftover of a crashed sandbox with our id
                     ipr.link("del", index=ipr.link_lookup(ifname=self.veth)[0])
-                ipr.link("add", ifname=self.veth, kind="veth", peer={"ifname": "eth0", "net_ns_fd": self._nsfd})
+                mac = port_mac(self.address)
+                ipr.link("add", ifname=self.veth, kind="veth",
+                         peer={"ifname": "eth0", "net_ns_fd": self._nsfd, "address": mac})
                 hi = ipr.link_lookup(ifname=self.veth)[0]
-                # one nft transaction: anti-spoofing (before the port is up) and the DNAT of published ports
-                cmds += _antispoof_rules(self.sandbox_id, self.veth, self.address)
+                # one nft transaction: the port's allow-list (before the port is up) and the DNAT of
+                # published ports
+                cmds += _antispoof_rules(self.sandbox_id, self.veth, self.address, mac)
                 cmds += _dnat_rules(self.sandbox_id, self.address, self.ports)
                 out = nft(cmds, echo=True)
                 self._rules = [(r["family"], r["chain"], r["handle"]) for o in out.get("nftables", [])
-                               for r in [o.get("add", {}).get("rule")] if r and r.get("comment") == f"sbx:{self.sandbox_id}"]
+                               for r in [o.get("add", {}).get("rule")]
+                               if r and r["family"] == "ip" and r.get("comment") == f"sbx:{self.sandbox_id}"]
+                self._antispoof = True
                 ipr.link("set", index=hi, master=bi, state="up")
             with IPRoute(netns=f"/proc/{pid}/ns/net") as ns:
                 i = ns.link_lookup(ifname="eth0")[0]
+                # no IPv6 address at all (not even link-local): the port's allow-list drops IPv6
+                ns.link("set", index=i, IFLA_AF_SPEC={"attrs": [("AF_INET6", {"attrs": [
+                    ("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})      # IN6_ADDR_GEN_MODE_NONE
                 ns.addr("add", index=i, address=self.address, prefixlen=subnet.prefixlen)
                 ns.link("set", index=i, state="up")
                 lo = ns.link_lookup(ifname="lo")[0]
@@ -988,9 +1034,12 @@ class NetHandle:
         # slirp4netns
         api = os.path.join(tmp, "api.sock")
         r, w = os.pipe()
-        argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", f"--ready-fd={w}",
-                f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user", "--netns-type=path",
-                f"/proc/{pid}/ns/net", "tap0"]
+        # --disable-dns: slirp's DNS address (10.0.2.3) relays to the host's resolver, which may listen on
+        # the host's loopback (127.0.0.1, 127.0.0.53) - around --disable-host-loopback. Sandboxes use the
+        # host's resolv.conf, never 10.0.2.3.
+        argv = [self.tool, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
+                f"--ready-fd={w}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user",
+                "--netns-type=path", f"/proc/{pid}/ns/net", "tap0"]
         try:
             self._spawn_helper(argv, errf, pass_fds=[w])
         finally:
@@ -1058,6 +1107,11 @@ class NetHandle:
             except (OSError, ChildProcessError):
                 pass
             self._proxy_pid = None
+        if self._antispoof:
+            try:
+                self.spoof_dropped = _antispoof_dropped(self.veth)
+            except Exception:
+                pass
         if self.netdef is not None:
             root = state_dir(self.rootless)
             with _locked(root):
@@ -1096,15 +1150,21 @@ def _cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
     # by the handles recorded at attach (one transaction); when that fails (crash leftovers, rules
     # changed by someone else), by the comment every rule of this sandbox carries
     rules = e.get("rules") or []
+    dels = [{"delete": {"rule": {"family": f, "table": HOST_TABLE, "chain": c, "handle": h}}}
+            for f, c, h in rules]
+    if e.get("antispoof") and e.get("veth"):
+        dels += _antispoof_delete(e["veth"])
     try:
-        if not rules:
-            raise NetworkError("no handles")
-        nft([{"delete": {"rule": {"family": f, "table": HOST_TABLE, "chain": c, "handle": h}}}
-             for f, c, h in rules])
+        if not dels:
+            raise NetworkError("nothing recorded")
+        nft(dels)
     except NetworkError:
         if shutil.which(_NFT) or os.path.exists("/usr/sbin/nft"):
-            for fam in ("ip", "bridge"):
-                _delete_host_rules(lambda c: c == f"sbx:{sid}", family=fam)
+            _delete_host_rules(lambda c: c == f"sbx:{sid}", family="ip")
+            if e.get("veth"):          # e.g. a crash between the nft run and the endpoint's record
+                for d in _antispoof_delete(e["veth"]):
+                    nft([d], check=False)
+            _delete_host_rules(lambda c: c == f"sbx:{sid}", family="bridge")   # before port allow-lists
     if e.get("veth"):
         try:
             from pyroute2 import IPRoute
@@ -1137,7 +1197,10 @@ def _teardown_network(root: Path, nd: dict) -> None:
         _delete_host_rules(lambda c: c == f"net:{nd['name']}")
         if not _host_rules():
             nft([{"delete": {"table": {"family": "ip", "name": HOST_TABLE}}}], check=False)
-        if not _host_rules("bridge"):
+        out = nft(args=["list", "table", "netdev", HOST_TABLE], check=False)
+        if out and not any("chain" in o or "counter" in o for o in out.get("nftables", [])):
+            nft([{"delete": {"table": {"family": "netdev", "name": HOST_TABLE}}}], check=False)
+        if not _host_rules("bridge"):      # the bridge table of versions before the port allow-lists
             nft([{"delete": {"table": {"family": "bridge", "name": HOST_TABLE}}}], check=False)
 
 

@@ -70,6 +70,12 @@ def host_rules(family="ip"):
     return N._host_rules(family)
 
 
+def port_objects():
+    """Chains and counters of table netdev pysandbox (one of each per attached sandbox port)."""
+    out = N.nft(args=["list", "table", "netdev", N.HOST_TABLE], check=False).get("nftables", [])
+    return sorted((k, o[k]["name"]) for o in out for k in ("chain", "counter") if k in o)
+
+
 class Box:
     """A child in new user+net+mount namespaces: waits for `go`, optionally bind-mounts a hosts
     file on /etc/hosts, then execs python3 CODE under setpriv with the given bounding set.
@@ -335,7 +341,9 @@ def test_network_create_ls_inspect_rm(testns, cleanup):
     N.remove_network("autonet")
     assert N.list_networks() == []
     assert not [n for n in links() if n.startswith(("psb-", "psv"))]     # bridges go with `network rm`
-    assert host_rules() == [] and host_rules("bridge") == []
+    assert host_rules() == [] and host_rules("bridge") == [] and port_objects() == []
+    tables = N.nft(args=["list", "tables"], check=False).get("nftables", [])
+    assert not [o for o in tables if "table" in o and o["table"]["name"] == N.HOST_TABLE]   # no table left
 
 
 def test_two_sandboxes_reach_each_other_by_name_third_network_cannot(testns, cleanup):
@@ -557,9 +565,12 @@ def test_reclaim_after_supervisor_crash(testns, cleanup):
     os.kill(box_pid, signal.SIGKILL)                 # (the launcher's PDEATHSIG would do this)
     time.sleep(0.2)
     assert "sbx:sbx-crash" in [r_.get("comment") for r_ in host_rules()]
+    veth = N.veth_name("sbx-crash")
+    assert ("chain", veth) in port_objects() and ("counter", veth) in port_objects()
     N.reclaim_stale()
     assert N.inspect_network("crash")["endpoints"] == []
     assert "sbx:sbx-crash" not in [r_.get("comment") for r_ in host_rules() + host_rules("bridge")]
+    assert [o for o in port_objects() if o[1] == veth] == []          # its port's allow-list is gone
     assert not [x for x in links() if x.startswith("psv")]
     deadline = time.monotonic() + 5
     while N._proc_start(proxy_pid) is not None and time.monotonic() < deadline:
@@ -577,7 +588,7 @@ def test_doctor_report_shape():
 
 def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     """A sandbox with CAP_NET_ADMIN + CAP_NET_RAW in its own namespace adds another address and
-    sends from it: the bridge (table bridge pysandbox) drops it; its own address passes."""
+    sends from it: its port's allow-list (table netdev pysandbox) drops it; its own address passes."""
     newnet(cleanup, "spoof")
     ha = N.prepare(mk("spoof"), "sbx-sa", "victim", rootless=False)
     cleanup.append(ha)
@@ -611,13 +622,12 @@ def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     assert b.line() == "addr 0"                         # it did get the extra address in its namespace
     assert b.wait() == 0
     assert a.line() == str([hb.address])                # only its real address reached the victim
-    dropped = [r for r in host_rules("bridge") if r.get("comment") == "sbx:sbx-sb"]
-    assert any(x.get("counter", {}).get("packets", 0) >= 1 for r in dropped for x in r["expr"]
-               if isinstance(x, dict) and isinstance(x.get("counter"), dict))
+    assert N._antispoof_dropped(hb.veth) >= 3           # the port's allow-list counted the forged ones
     hb.release()
+    assert hb.spoof_dropped >= 3
     a.kill()
     ha.release()
-    assert host_rules("bridge") == []
+    assert host_rules("netdev") == [] and host_rules("bridge") == [] and port_objects() == []
 
 
 def test_published_udp_and_loopback_only_port(testns, cleanup):
