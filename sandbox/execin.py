@@ -139,6 +139,8 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     # been handed to new namespaces, and a file whose device and inode are the recorded ones is
     # the recorded namespace.
     try:
+        if not isinstance(pid1, int) or pid1 <= 0:
+            raise OSError(errno.ESRCH, "no PID 1 recorded")
         pidfd = _sys.pidfd_open(pid1)
     except OSError:
         raise ExecError(f"{name}: its PID 1 is gone") from None
