@@ -17,7 +17,8 @@ Model: runc's `fs` (v1) / `fs2` (v2) split.
   controller. Controllers that were not asked for (pids, memory, cpuacct, freezer for statistics and
   killing) are used when available and skipped silently otherwise.
 * Placement: `<hierarchy root>/pysandbox/<sandbox id>` as root. Rootless: v1 only under an
-  administrator-delegated `<hierarchy root>/pysandbox-<uid>` that the caller can write; v2 only under
+  administrator-delegated `<hierarchy root>/pysandbox-user-<uid>/sandboxes` that the caller can write
+  (below a root-owned parent with finite limits: `delegate()`); v2 only under
   the topmost cgroup of the caller's own that is delegated to it (owned by the caller, writable
   `cgroup.procs`). Nothing else is ever touched.
 * Liveness: the supervisor holds a `flock` on every leaf directory it created for as long as the
@@ -461,7 +462,8 @@ class V1Driver(_Driver):
         if self.rootless:
             if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
                 raise CgroupError(name, "controller not available for this user (no delegated cgroup: "
-                                        f"{parent} must exist and be writable by uid {os.geteuid()})")
+                                        f"{parent} must exist and be writable by uid {os.geteuid()}; "
+                                        "as root: pysandbox cgroups delegate USER)")
         else:
             try:
                 self._mkdir(parent, 0o755)
@@ -1082,7 +1084,9 @@ def delegated_v2_base(layout: Layout) -> Optional[str]:
 
 
 def _parent_name(rootless: bool) -> str:
-    return f"{PARENT}-{os.geteuid()}" if rootless else PARENT
+    """Relative to each hierarchy's root: root's sandboxes under `pysandbox`, a rootless caller's
+    under the subtree `delegate()` gave it (below a root-owned parent with finite limits)."""
+    return delegated_subtree(os.geteuid()) if rootless else PARENT
 
 
 def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
@@ -1091,7 +1095,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
 
     Returns None when `limits` asks for nothing. Raises `CgroupError` when a requested limit cannot
     be enforced; raises ValueError for an invalid sandbox id. `parent` replaces the parent's name
-    (`pysandbox` / `pysandbox-<uid>`) — for tests that need a parent of their own.
+    (`pysandbox` / `pysandbox-user-<uid>/sandboxes`) — for tests that need a parent of their own.
     """
     if not limits.any():
         return None
@@ -1379,48 +1383,132 @@ def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
 # --------------------------------------------------------------------------- delegation (root only)
 
 _DELEGATE_V1 = ("memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "freezer")
+DELEGATE_PREFIX = f"{PARENT}-user-"      # <hierarchy>/pysandbox-user-<uid>: root's, with the user's limits
+DELEGATE_SUBTREE = "sandboxes"           # .../pysandbox-user-<uid>/sandboxes: the user's own subtree
+DELEGATE_PIDS = 4096                     # documented defaults (docs/limits.md, "Rootless")
+DELEGATE_CPU_SHARES = 1024
 
 
-def delegate(uid: int, gid: int, layout: Optional[Layout] = None) -> list[str]:
-    """As root: give uid its own v1 parent `<hierarchy>/pysandbox-<uid>` in every v1 hierarchy, so
-    rootless `run` can enforce limits (the "delegated cgroup" of the v1 world). The user can then
-    create sandbox cgroups below it, set limits there and move its own processes into them; the
-    parent itself and everything outside stay root's. cgroup2 is delegated by systemd instead
-    (`systemd-run --user --scope -p Delegate=yes`), which puts the caller inside its subtree.
-    Returns the directories (idempotent)."""
+def delegated_parent(uid: int) -> str:
+    """The root-owned, limited parent of uid's delegated subtree (relative to a hierarchy root)."""
+    return f"{DELEGATE_PREFIX}{uid}"
+
+
+def delegated_subtree(uid: int) -> str:
+    """uid's own subtree (relative to a hierarchy root): rootless sandboxes' cgroups go below it."""
+    return f"{delegated_parent(uid)}/{DELEGATE_SUBTREE}"
+
+
+def delegate_defaults() -> dict:
+    """The limits `delegate` sets when none is given: half the machine's memory, as much swap again,
+    4096 tasks, cpu.shares 1024 (one host task's weight at the hierarchy's root)."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    mem = _page_round(mem)
+    return {"memory": mem, "memory_swap": 2 * mem, "pids": DELEGATE_PIDS, "cpu_shares": DELEGATE_CPU_SHARES}
+
+
+def _delegate_limits(d: str, name: str, lim: dict) -> None:
+    """Write (and read back) the per-user limits into the root-owned parent `d` of hierarchy `name`."""
+    chk = _Driver._write_checked
+    if name == "memory":
+        mem, memsw = lim["memory"], lim["memory_swap"]
+        want = _page_round(mem)
+        memsw_file = os.path.join(d, "memory.memsw.limit_in_bytes")
+        has_memsw = os.path.exists(memsw_file)
+        # v1 keeps memory <= memory+swap at every step: raise memsw first when it grows
+        if has_memsw and (_int(_read(memsw_file)) or 0) < mem:
+            chk("memory", d, "memory.memsw.limit_in_bytes", memsw, lambda g: _int(g) == _page_round(memsw))
+        chk("memory", d, "memory.limit_in_bytes", mem, lambda g: _int(g) == want)
+        if has_memsw:
+            chk("memory", d, "memory.memsw.limit_in_bytes", memsw, lambda g: _int(g) == _page_round(memsw))
+        V1Driver._check_hierarchy(d)
+    elif name == "pids":
+        chk("pids", d, "pids.max", lim["pids"])
+    if os.path.exists(os.path.join(d, "cpu.shares")):
+        chk("cpu", d, "cpu.shares", lim["cpu_shares"])
+
+
+def delegate(uid: int, gid: int, layout: Optional[Layout] = None, *, memory: Optional[int] = None,
+             memory_swap: Optional[int] = None, pids: Optional[int] = None,
+             cpu_shares: Optional[int] = None) -> list[str]:
+    """As root: give uid a subtree of its own in every cgroup v1 hierarchy, below a parent with finite
+    limits that only root can change, so that rootless `run` can enforce limits:
+
+        <hierarchy>/pysandbox-user-<uid>/            root:root 0755; memory.limit_in_bytes (+memsw),
+                                                     pids.max, cpu.shares set here (defaults:
+                                                     delegate_defaults())
+        <hierarchy>/pysandbox-user-<uid>/sandboxes/  owned by uid (directory, cgroup.procs, tasks)
+
+    The user creates sandbox cgroups below `sandboxes` and may set any limit there, but v1 limits
+    are hierarchical: whatever a child says, the parent's memory, memsw and pids limits bound the
+    whole subtree, and the parent's cpu.shares is its weight against the rest of the machine. The
+    parent's files are root's (0644): the user cannot raise them. Idempotent: run again, it reuses
+    the directories and sets the limits given (or the defaults). cgroup2 is delegated by systemd
+    instead (`Delegate=yes`), which puts the caller inside its subtree. Returns the user's
+    subtrees."""
     if os.geteuid() != 0:
         raise CgroupError("cgroups", "delegation needs root")
+    if uid == 0:
+        raise CgroupError("cgroups", "root needs no delegation")
     layout = layout or detect()
-    out = []
     v1 = layout.v1_map
-    for mount in dict.fromkeys(v1[c] for c in _DELEGATE_V1 if c in v1):
-        d = os.path.join(mount, f"{PARENT}-{uid}")
-        try:
-            os.mkdir(d, 0o755)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise CgroupError(os.path.basename(mount), f"cannot create {d}: {_errmsg(e)}") from None
-        if os.path.exists(os.path.join(d, "cpuset.cpus")):
-            V1Driver._cpuset_inherit(d, mount)
+    mounts = list(dict.fromkeys(v1[c] for c in _DELEGATE_V1 if c in v1))
+    if not mounts:
+        raise CgroupError("cgroups", "no cgroup v1 hierarchy to delegate (cgroup2: delegate with systemd, "
+                                     "e.g. systemd-run --user --scope -p Delegate=yes)")
+    lim = delegate_defaults()
+    for k, v in (("memory", memory), ("memory_swap", memory_swap), ("pids", pids), ("cpu_shares", cpu_shares)):
+        if v is not None:
+            lim[k] = v
+    if memory is not None and memory_swap is None:
+        lim["memory_swap"] = 2 * memory
+    if lim["memory"] < (6 << 20) or lim["memory_swap"] < lim["memory"] or lim["pids"] < 1 \
+            or not (2 <= lim["cpu_shares"] <= 262144):
+        raise CgroupError("cgroups", "delegate: memory must be at least 6 MiB, memory+swap at least memory, "
+                                     "pids at least 1, cpu-shares 2..262144 (the limits must be finite)")
+    out = []
+    for mount in mounts:
+        names = [c for c, m in layout.v1 if m == mount]
+        name = "memory" if "memory" in names else "pids" if "pids" in names else os.path.basename(mount)
+        top = os.path.join(mount, delegated_parent(uid))
+        sub = os.path.join(mount, delegated_subtree(uid))
+        for d in (top, sub):
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise CgroupError(name, f"cannot create {d}: {_errmsg(e)}") from None
+        st = os.lstat(top)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            # a parent the user could own would be a parent whose limits the user could change
+            raise CgroupError(name, f"{top} is not root's directory; remove it and delegate again")
+        os.chmod(top, 0o755)
+        if os.path.exists(os.path.join(top, "cpuset.cpus")):
+            V1Driver._cpuset_inherit(top, mount)
+            V1Driver._cpuset_inherit(sub, top)
+        _delegate_limits(top, name, lim)
         for f in ("", "cgroup.procs", "tasks"):
-            os.chown(os.path.join(d, f) if f else d, uid, gid)
-        out.append(d)
+            os.chown(os.path.join(sub, f) if f else sub, uid, gid)
+        out.append(sub)
     return out
 
 
 def undelegate(uid: int, layout: Optional[Layout] = None) -> list[str]:
-    """Remove the delegated parents of uid (and any empty sandbox cgroups left below them)."""
+    """Remove uid's delegated subtrees and their parents (and any empty sandbox cgroups left below
+    them); also the unlimited `<hierarchy>/pysandbox-<uid>` an older pysandbox delegated."""
+    if os.geteuid() != 0:
+        raise CgroupError("cgroups", "undelegation needs root")
     layout = layout or detect()
     out = []
     for mount in dict.fromkeys(m for _, m in layout.v1):
-        d = os.path.join(mount, f"{PARENT}-{uid}")
-        if os.path.isdir(d):
-            if _populated_tree(d):
-                raise CgroupError(os.path.basename(mount), f"{d} still holds processes")
-            if not _remove_tree(d):
-                raise CgroupError(os.path.basename(mount), f"cannot remove {d}")
-            out.append(d)
+        for d in (os.path.join(mount, delegated_parent(uid)), os.path.join(mount, f"{PARENT}-{uid}")):
+            if os.path.isdir(d) and not os.path.islink(d):
+                if _populated_tree(d):
+                    raise CgroupError(os.path.basename(mount), f"{d} still holds processes")
+                if not _remove_tree(d):
+                    raise CgroupError(os.path.basename(mount), f"cannot remove {d}")
+                out.append(d)
     return out
 
 

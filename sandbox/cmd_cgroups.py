@@ -48,13 +48,39 @@ def reclaim() -> None:
         click.echo(f"removed {p}")
 
 
-@cgroups.command("delegate", help="(root) Give USER its own cgroup v1 parents, so rootless runs can enforce limits.")
+def _opt(parse, value, flag):
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as e:
+        click.echo(f"pysandbox: cgroups delegate: {flag}: {e}", err=True)
+        sys.exit(2)
+
+
+@cgroups.command("delegate", help="(root) Give USER a cgroup v1 subtree of its own, below a root-owned parent with "
+                                  "finite limits the user cannot raise, so rootless runs can enforce limits. "
+                                  "Defaults: half the machine's memory, as much swap again, 4096 tasks, "
+                                  "cpu-shares 1024. Run again to change them.")
 @click.argument("user")
-def delegate(user: str) -> None:
+@click.option("--memory", help="memory of all USER's sandboxes together (e.g. 8g)")
+@click.option("--memory-swap", help="memory plus swap of all USER's sandboxes (default: twice --memory)")
+@click.option("--pids", help="tasks (processes + threads) of all USER's sandboxes together")
+@click.option("--cpu-shares", help="CPU weight of USER's sandboxes together against the rest (2..262144)")
+def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
+    from policies import units
     from sandbox import cgroups as C
+    kw = {"memory": _opt(units.parse_bytes, memory, "--memory"),
+          "memory_swap": _opt(units.parse_bytes, memory_swap, "--memory-swap"),
+          "pids": _opt(units.parse_pids_limit, pids, "--pids"),
+          "cpu_shares": _opt(units.parse_cpu_shares, cpu_shares, "--cpu-shares")}
+    for k in ("memory", "memory_swap", "pids"):
+        if kw[k] is not None and kw[k] < 1:
+            click.echo(f"pysandbox: cgroups delegate: --{k.replace('_', '-')}: must be finite", err=True)
+            sys.exit(2)
     uid, gid = _user(user)
     try:
-        for p in C.delegate(uid, gid):
+        for p in C.delegate(uid, gid, **kw):
             click.echo(p)
     except C.CgroupError as e:
         _fail(str(e))
@@ -62,7 +88,7 @@ def delegate(user: str) -> None:
         _fail(f"cgroups: {e.strerror or e}")
 
 
-@cgroups.command("undelegate", help="(root) Remove USER's delegated cgroup v1 parents.")
+@cgroups.command("undelegate", help="(root) Remove USER's delegated cgroup v1 subtrees and their parents.")
 @click.argument("user")
 def undelegate(user: str) -> None:
     from sandbox import cgroups as C

@@ -7,13 +7,18 @@ package's files are not reachable):
  2. Make ourselves non-dumpable (runc CVE-2016-9962 class: no process of the sandbox may ptrace us
     or open /proc/PID/{fd,mem,exe} while we still hold host privileges or host descriptors) and
     mark every descriptor above 2 close-on-exec.
- 3. Open the namespace files of the sandbox (PID 1's as root; the program's when rootless, since
-    PID 1 is non-dumpable and its links are unreadable to an unprivileged caller) and check each
-    inode against the one recorded when the sandbox started: a sandbox that made itself new
-    namespaces cannot redirect us into them.
- 4. Join the sandbox's cgroups (host paths, so before the mount namespace), then setns: user
-    first (from here on we hold no privilege outside the sandbox), mnt, pid (applies to our
-    children), uts, ipc, net, cgroup, time.
+ 3. Pin PID 1 with a pidfd (then check its start time: the pidfd is the recorded process), open
+    the namespace files of the sandbox (PID 1's where this caller may read them, else the
+    program's: rootless, PID 1 may be non-dumpable) and check each one's device and inode
+    against the identity the supervisor recorded from PID 1 before releasing it (so before any
+    code of the program's ran: sandbox/lifecycle.py), then check through the pidfd that PID 1
+    is still alive — it held those namespaces all the while, so their inode numbers were not
+    reused. A sandbox that made itself new namespaces, or a pid reused, cannot redirect us.
+ 4. Join the sandbox's cgroups (host paths recorded by the supervisor, so before the mount
+    namespace), then setns: user first (from here on we hold no privilege outside the sandbox),
+    mnt, pid (applies to our children), uts, ipc, net; then make our own cgroup namespace
+    (rooted at the sandbox's cgroups, as the program's was) and time namespace (no offsets, as
+    the sandbox's): those the program could have replaced are never taken from it.
  5. fork: the child is in the sandbox's pid namespace. It does what the launcher does for the
     program: setsid (or takes the pty as controlling terminal), rlimits, cwd, uid/gid (no
     supplementary groups but the plan's), capabilities (all five sets), no_new_privs, close
@@ -50,6 +55,7 @@ from .state import StateError
 NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),
             ("uts", _sys.CLONE_NEWUTS), ("ipc", _sys.CLONE_NEWIPC), ("net", _sys.CLONE_NEWNET),
             ("cgroup", _sys.CLONE_NEWCGROUP), ("time", _sys.CLONE_NEWTIME))
+UNSHARED = ("cgroup", "time")                # made by exec itself (see exec_in), never joined
 PLAN_NS = {"user": "user", "mnt": "mount", "pid": "pid", "uts": "uts", "ipc": "ipc", "net": "net",
            "cgroup": "cgroup", "time": "time"}
 RLIMIT_IDS = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
@@ -122,29 +128,46 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
                 s.close()
                 sys.stderr.write(f"pysandbox: exec: the sandbox's supervisor does not record this "
                                  f"command's denials ({e.strerror}); they are enforced\n")
-    want = st.get("namespaces") or {}
+    want, want_dev = st.get("namespaces") or {}, st.get("namespaces_dev") or {}
     enabled = plan["namespaces"]
-    # namespaces to join: PID 1's where we may read them, else the program's; verified by inode
-    sources = [pid1, prog] if not rootless else [prog]
     fds: list[tuple[str, int, int]] = []
     prctl.set_dumpable(False)                    # before we hold anything of the sandbox's
     _close_fds(keep=(audit_sock.fileno(),) if audit_sock is not None else ())
+    # PID 1, pinned: a pidfd first, then its start time (so the pidfd is the recorded process, not
+    # one that got its pid since), and after the namespace files are open, it must still be
+    # alive: then it held the recorded namespaces all along, so their inode numbers cannot have
+    # been handed to new namespaces, and a file whose device and inode are the recorded ones is
+    # the recorded namespace.
     try:
+        if not isinstance(pid1, int) or pid1 <= 0:
+            raise OSError(errno.ESRCH, "no PID 1 recorded")
+        pidfd = _sys.pidfd_open(pid1)
+    except OSError:
+        raise ExecError(f"{name}: its PID 1 is gone") from None
+    try:
+        if not state.same_process(pid1, st.get("pid1_start")):
+            raise ExecError(f"{name}: its PID 1 is gone")
+        # namespaces to join: the identities recorded from PID 1 before the program ran; opened
+        # from PID 1 where we may (root; rootless once PID 1 runs pysandbox-init), else from the
+        # program's process - which cannot choose them: only a file naming the recorded
+        # namespace is used
+        sources = [(pid1, st.get("pid1_start")), (prog, st.get("program_start"))]
         for ns, flag in NS_ORDER:
-            if not enabled.get(PLAN_NS[ns]):
+            if not enabled.get(PLAN_NS[ns]) or ns in UNSHARED:
                 continue
-            if ns not in want:
-                raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: inode not recorded; cannot join safely")
+            if ns not in want or ns not in want_dev:
+                raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: identity not recorded before the program "
+                                f"started (a sandbox of an older pysandbox?); cannot join safely")
             fd = None
-            for src in sources:
-                if not src or not state.same_process(src, st.get("pid1_start") if src == pid1
-                                                     else st.get("program_start")):
+            for src, start in sources:
+                if not src or not state.same_process(src, start):
                     continue
                 try:
                     f = os.open(f"/proc/{src}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
                 except OSError:
                     continue
-                if os.fstat(f).st_ino == want[ns]:
+                fst = os.fstat(f)
+                if (fst.st_dev, fst.st_ino) == (want_dev[ns], want[ns]):
                     fd = f
                     break
                 os.close(f)
@@ -152,7 +175,16 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
                 raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: cannot open the sandbox's namespace "
                                 f"(gone, or it changed since the start)")
             fds.append((ns, flag, fd))
-        # cgroups first: their files are host paths
+        if select.select([pidfd], [], [], 0)[0]:  # readable: PID 1 has ended
+            raise ExecError(f"{name}: its PID 1 is gone")
+    except BaseException:
+        for _, _, fd in fds:
+            os.close(fd)
+        raise
+    finally:
+        os.close(pidfd)
+    try:
+        # cgroups first: their files are host paths (recorded by the supervisor, not the program)
         for cg in st.get("cgroups") or ():
             try:
                 with open(os.path.join(cg, "cgroup.procs"), "w") as f:
@@ -164,6 +196,19 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
                 _sys.setns(fd, flag)
             except OSError as e:
                 raise ExecError(f"{name}: namespaces.{PLAN_NS[ns]}: setns: {e.strerror}") from None
+        # cgroup and time namespaces: our own, owned by the sandbox's user namespace, never the
+        # program's. A cgroup namespace made here is rooted at the sandbox's cgroups (just joined),
+        # as the program's was at its start: the same view. The sandbox's time namespace has no
+        # offsets (pysandbox sets none), so a new one shows the same clocks.
+        flags = 0
+        for ns in UNSHARED:
+            if enabled.get(PLAN_NS[ns]):
+                flags |= dict(NS_ORDER)[ns]
+        if flags:
+            try:
+                _sys.unshare(flags)
+            except OSError as e:
+                raise ExecError(f"{name}: namespaces: cannot make the cgroup/time namespace: {e.strerror}") from None
     finally:
         for _, _, fd in fds:
             os.close(fd)

@@ -6,10 +6,10 @@
     fork, shares that lock: the lock is free exactly when both are gone), sends the program's
     stdout/stderr to stdout.log/stderr.log, records audit events through the usual session, and
     calls the launcher. When the launcher reports PID 1 (`on_event("sandbox_start", pid=...)`) the
-    supervisor records PID 1's host pid and start time, its namespace inodes and the sandbox's
-    cgroups; a watcher thread waits until the program runs (PID 1's first child, which carries the
-    cgroup/time namespaces too), records it and tells the waiting CLI, which prints the name and
-    exits 0. When the sandbox ends the state says `exited` with the exit code (`--rm`: the state
+    supervisor records PID 1's host pid and start time, the identities (device + inode) of the
+    namespaces `exec` joins — read from PID 1 before it is released, so before any code of the
+    program's runs — and the sandbox's cgroups; a watcher thread waits until the program runs
+    (PID 1's first child), records it and tells the waiting CLI, which prints the name and exits 0. When the sandbox ends the state says `exited` with the exit code (`--rm`: the state
     directory is removed).
 
 Status shown by `ps`: running | exited (CODE) | dead (the supervisor vanished without recording an
@@ -375,19 +375,43 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     os._exit(0)
 
 
+JOINED_NS = ("user", "mnt", "pid", "uts", "ipc", "net")     # what `exec` joins (sandbox/execin.py)
+
+
+def ns_identities(pid: int, types=JOINED_NS) -> tuple[dict, dict]:
+    """({type: inode}, {type: device}) of /proc/PID/ns/TYPE: together they name a namespace (while
+    it lives: a freed namespace's inode number is given to the next one)."""
+    ino, dev = {}, {}
+    for t in types:
+        try:
+            st = os.stat(f"/proc/{pid}/ns/{t}")
+        except OSError:
+            continue
+        ino[t], dev[t] = st.st_ino, st.st_dev
+    return ino, dev
+
+
 def _record_start(name: str, sid: str, pid1: int, tell, cgroups=None) -> None:
-    """Launcher thread, right after clone (PID 1 is still waiting for "go"): record PID 1."""
+    """Launcher thread, right after clone: record PID 1 and the namespaces `exec` will join.
+
+    PID 1 is still waiting for "go" (the launcher writes it after this event), so no code of the
+    program's has run, and it is our unreaped child, so its pid cannot have been reused: what is
+    read here are the sandbox's namespaces (user, mnt, pid, uts, ipc, net — the ones PID 1 lives
+    in; the cgroup and time namespaces are made later, by PID 1 and the program's process, and
+    `exec` makes its own instead of trusting the program's: sandbox/execin.py)."""
     st1 = state.proc_starttime(pid1)
-    ns = ns_inodes(pid1, ("user", "mnt", "pid", "uts", "ipc", "net"))
+    ns, ns_dev = ns_identities(pid1)
     cgs = list(cgroups) if cgroups is not None else sandbox_cgroups(pid1, sid)
-    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, cgroups=cgs,
+    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, namespaces_dev=ns_dev, cgroups=cgs,
                  started=state.now())
     threading.Thread(target=_watch_ready, args=(name, pid1, st1, tell), daemon=True).start()
 
 
 def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
-    """Wait until PID 1 has started the program and its namespaces can be read (after execve when
-    rootless, since the program is non-dumpable until then); record it, then report "running"."""
+    """Wait until PID 1 has started the program (after its execve), record it, then report
+    "running". Its namespaces are kept as `program_namespaces`, for information only: they are
+    read after the program started, which may have made new ones by then, so `exec` never uses
+    them as the reference (that is `namespaces`, read from PID 1 before the program ran)."""
     deadline = time.monotonic() + limit
     delay = 0.001
     while time.monotonic() < deadline:
@@ -396,16 +420,10 @@ def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
         prog = first_child(pid1)
         if prog and _execed(prog):
             ns = ns_inodes(prog)
-            if "cgroup" in ns and "mnt" in ns:
+            if "mnt" in ns:
                 try:
-                    st = state.read(name)
-                    merged = dict(st.get("namespaces") or {})
-                    for t in ("cgroup", "time"):
-                        if t in ns:
-                            merged[t] = ns[t]
                     state.update(name, _only_if_status=("starting",), status="running", program_pid=prog,
-                                 program_start=state.proc_starttime(prog), namespaces=merged,
-                                 program_namespaces=ns)
+                                 program_start=state.proc_starttime(prog), program_namespaces=ns)
                 except StateError:
                     return
                 tell("OK running")

@@ -87,25 +87,15 @@ DELEGATED_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", 
 
 
 def _delegate_cgroups(uid: int, gid: int) -> list[str]:
-    """What an administrator does for a rootless user on cgroup v1: a subtree per controller,
-    owned by the user (`<hierarchy>/pysandbox-<uid>`). Removed again at the end of the session."""
-    made = []
-    for c in DELEGATED_CONTROLLERS:
-        root = os.path.join(CGROUP_V1, c)
-        if not os.path.isdir(root) or os.path.islink(root):
-            continue
-        d = os.path.join(root, f"pysandbox-{uid}")
-        if not os.path.isdir(d):
-            os.mkdir(d)
-            made.append(d)
-        if c == "cpuset":
-            for f in ("cpuset.cpus", "cpuset.mems"):
-                with open(os.path.join(root, f)) as src, open(os.path.join(d, f), "w") as dst:
-                    dst.write(src.read().strip())
-        os.chown(d, uid, gid)
-        for f in ("cgroup.procs", "tasks", "cgroup.clone_children"):
-            if os.path.exists(os.path.join(d, f)):
-                os.chown(os.path.join(d, f), uid, gid)
+    """What an administrator does for a rootless user on cgroup v1: `pysandbox cgroups delegate USER`
+    (a subtree per hierarchy, `<hierarchy>/pysandbox-user-<uid>/sandboxes`, owned by the user, below a
+    root-owned parent with finite limits). Returns the parents this call created (removed again at
+    the end of the session)."""
+    from sandbox import cgroups
+    made = [os.path.join(CGROUP_V1, c, cgroups.delegated_parent(uid)) for c in DELEGATED_CONTROLLERS
+            if os.path.isdir(os.path.join(CGROUP_V1, c)) and not os.path.islink(os.path.join(CGROUP_V1, c))]
+    made = [d for d in made if not os.path.isdir(d)]
+    cgroups.delegate(uid, gid)
     return made
 
 
@@ -123,6 +113,10 @@ _DELEGATED: dict = {}          # uid -> directories this session created (remove
 def _ensure_delegation(uid: int, gid: int) -> None:
     """Idempotent: re-create a delegated directory if a test removed it meanwhile."""
     if uid in _DELEGATED:
+        from sandbox import cgroups
+        if all(os.path.isdir(os.path.join(CGROUP_V1, c, cgroups.delegated_subtree(uid))) for c in DELEGATED_CONTROLLERS
+               if os.path.isdir(os.path.join(CGROUP_V1, c)) and not os.path.islink(os.path.join(CGROUP_V1, c))):
+            return                          # (delegating again would reset limits a test has set)
         _DELEGATED[uid].extend(d for d in _delegate_cgroups(uid, gid) if d not in _DELEGATED[uid])
 
 
@@ -133,7 +127,8 @@ def delegated_cgroups():
         pytest.skip("needs root")
     pw = ensure_test_user()
     _DELEGATED[pw.pw_uid] = _delegate_cgroups(pw.pw_uid, pw.pw_gid)
-    yield [os.path.join(CGROUP_V1, c, f"pysandbox-{pw.pw_uid}") for c in DELEGATED_CONTROLLERS]
+    from sandbox import cgroups
+    yield [os.path.join(CGROUP_V1, c, cgroups.delegated_subtree(pw.pw_uid)) for c in DELEGATED_CONTROLLERS]
     for d in _DELEGATED.pop(pw.pw_uid, []):
         _remove_cgroup_tree(d)
 

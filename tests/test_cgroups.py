@@ -477,7 +477,7 @@ def test_rootless_without_delegation_fails_closed():
     r = _as_nobody(ROOTLESS_TRY)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ERR memory: controller not available for this user (no delegated cgroup"), r.stdout
-    assert f"pysandbox-{NOBODY}" in r.stdout
+    assert f"pysandbox-user-{NOBODY}/sandboxes" in r.stdout
 
 
 ROOTLESS_PIDS = textwrap.dedent("""\
@@ -499,9 +499,12 @@ ROOTLESS_PIDS = textwrap.dedent("""\
 @needs_root
 @pytest.mark.skipif("pids" not in V1, reason="no v1 pids hierarchy")
 def test_rootless_with_delegated_v1_parent():
-    """An administrator delegated /sys/fs/cgroup/pids/pysandbox-65534 to uid 65534: then the limit
-    works rootless (memory etc. are not delegated and not asked for, so they are skipped)."""
-    parent = os.path.join(V1["pids"], f"pysandbox-{NOBODY}")
+    """An administrator delegated /sys/fs/cgroup/pids/pysandbox-user-65534/sandboxes to uid 65534 (by
+    hand, as `cgroups delegate` lays it out): then the limit works rootless (memory etc. are not
+    delegated and not asked for, so they are skipped)."""
+    top = os.path.join(V1["pids"], f"pysandbox-user-{NOBODY}")
+    parent = os.path.join(top, "sandboxes")
+    os.mkdir(top)
     os.mkdir(parent)
     try:
         for f in ("", "cgroup.procs", "tasks"):
@@ -516,6 +519,7 @@ def test_rootless_with_delegated_v1_parent():
             if os.path.isdir(os.path.join(parent, e)):
                 os.rmdir(os.path.join(parent, e))
         os.rmdir(parent)
+        os.rmdir(top)
 
 
 # --------------------------------------------------------------------------- kill and clean-up
@@ -901,7 +905,7 @@ def test_rootless_real_cgroup2_delegation():
         assert lines["base"] == base
         leaf_v2 = os.path.join(base, "pysandbox", _id("rlv2"))
         assert leaf_v2 in lines["paths"].split()
-        assert os.path.join(V1["pids"], f"pysandbox-{NOBODY}", _id("rlv2")) in lines["paths"].split()
+        assert os.path.join(V1["pids"], f"pysandbox-user-{NOBODY}", "sandboxes", _id("rlv2")) in lines["paths"].split()
         assert f"0::/{_id('deleg')}/pysandbox/{_id('rlv2')}" in lines["child"]
         assert lines["removed"] == "True"
     finally:

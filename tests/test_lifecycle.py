@@ -63,7 +63,8 @@ def test_detached_lifecycle(runner):
 
         info = _inspect(runner, name)
         assert info["status"] == "running" and info["plan"]["name"] == "strict"
-        assert set(info["namespaces"]) >= {"user", "mnt", "pid", "uts", "ipc", "net", "cgroup"}
+        assert set(info["namespaces"]) >= {"user", "mnt", "pid", "uts", "ipc", "net"}      # recorded from PID 1
+        assert set(info["namespaces_dev"]) == set(info["namespaces"])
         assert info["cgroups"] and all(info["id"] in c for c in info["cgroups"]), info["cgroups"]
         assert any(m["target"] == "/tmp" and m["fstype"] == "tmpfs" for m in info.get("mounts", [])), info
         assert info["limits"]["memory"] == 1 << 30 and info["audit_log"]

@@ -2,7 +2,7 @@
 
 Every sandbox is real; the cgroups are this machine's cgroup v1 hierarchies (see test_cgroups.py for
 the driver-level tests, including the cgroup2 parts). `runner` runs each demonstration as root and as
-the unprivileged test user, for whom the session delegates `<hierarchy>/pysandbox-<uid>` (what an
+the unprivileged test user, for whom the session delegates `<hierarchy>/pysandbox-user-<uid>/sandboxes` (what an
 administrator does with `pysandbox cgroups delegate USER`). The "no delegation" case uses uid 65534,
 which has none.
 """
