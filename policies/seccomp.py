@@ -11,6 +11,7 @@ Input (already shape-checked by the JSON Schema)::
       deny:  ["@mount", {names: [ptrace], action: kill}, ...]
       deny_action: errno           # errno | kill | log | trap
       deny_errno: EPERM
+      socket_families: {allow: [AF_UNIX, {family: AF_NETLINK, protocols: [NETLINK_ROUTE]}]}
 
 Who decides a call (first match wins, for one syscall and one argument vector):
   1. the section's own allow/deny rules beat the imported rule set;
@@ -247,6 +248,9 @@ def _partition(unions: list[list]) -> list:
             cubes.append(_cube(a))
         else:
             cubes.extend(_cube(p) for p in _prefix_cubes(a[1], a[2]))
+    # Least specific cubes first: a 64-bit value carved out of the whole space first leaves 64
+    # pieces behind it, each then split again by a low-32-bit mask (>128 rules for a masked_eq
+    # socket rule beside exact families); carved out of the mask's few pieces it costs little.
     pieces = [(0, 0)]
     for am, av in sorted(set(cubes), key=lambda c: (bin(c[0]).count("1"), c)):
         new = []
@@ -661,7 +665,7 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
 
     order = len(entries)
 
-    # 3a. socket families (before the allow/deny lists: their rules win ties with these)
+    # 3a. socket families (added before the allow/deny lists: a list rule wins a tie with them)
     fam = section.get("socket_families")
     if fam is not None:
         for name, action, err, args in socket_family_rules(ctx, fam, caps):
