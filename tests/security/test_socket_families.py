@@ -242,3 +242,53 @@ def test_bad_family_lists_are_one_line_profile_errors(root_runner, tmp_profile, 
     assert r.returncode == 2, r
     line = r.stderr.strip()
     assert "\n" not in line and msg in line and f"{prof}:" in line, r
+
+
+# --- the compiled plan and its BPF, without a sandbox (fast; the kernel tests are above) ----
+
+def _plan(profile, **ov):
+    from policies.compiler import Overrides, compile_profile
+    return compile_profile(profile, Overrides(**ov) if ov else None).plan.seccomp
+
+
+@pytest.mark.parametrize("profile", ["strict", "default"])
+def test_plan_and_bpf_agree_on_every_family_protocol_and_high_bit_value(profile):
+    from policies.seccomp import decide
+    from sandbox.seccomp import RET_ALLOW, RET_ERRNO, RET_USER_NOTIF, build_bpf, run_bpf
+    s = _plan(profile)
+    bpf = build_bpf(s)
+    values = [f | hi for f in range(0, 70) for hi in (0, 1 << 32, 1 << 63)] + [(1 << 64) - 1, 0xFFFFFFFF]
+    for call, nr in (("socket", SYS_SOCKET), ("socketpair", SYS_SOCKETPAIR)):
+        for fam in values:
+            for proto in (0, 4, 15, 31, 32, 1 << 32):
+                action, err = decide(s, call, [fam, 1, proto])
+                got = run_bpf(bpf, nr, [fam, 1, proto])
+                if action == "allow":
+                    assert got == RET_ALLOW, (call, hex(fam), proto)
+                    assert fam < 46, (call, hex(fam))           # nothing beyond AF_MAX, no high bits
+                else:
+                    assert err == EAFNOSUPPORT, (call, hex(fam), proto, action, err)
+                    assert got in (RET_ERRNO | err, RET_USER_NOTIF), (call, hex(fam), proto, hex(got))
+    # the allowed families of strict, exactly
+    if profile == "strict":
+        allowed = {(f, p) for f in range(46) for p in range(32) if decide(s, "socket", [f, 1, p])[0] == "allow"}
+        assert allowed == {(1, p) for p in range(32)} | {(2, p) for p in range(32)} | \
+            {(10, p) for p in range(32)} | {(16, 0)}
+
+
+def test_capability_decides_af_packet_in_both_list_kinds():
+    from policies.seccomp import decide
+    assert decide(_plan("strict"), "socket", [17, 3, 0]) == ("errno", EAFNOSUPPORT)
+    assert decide(_plan("strict", cap_add=("NET_RAW",)), "socket", [17, 3, 0]) == ("allow", None)
+    assert decide(_plan("default"), "socket", [17, 3, 0]) == ("allow", None)
+    assert decide(_plan("default", cap_drop=("NET_RAW",)), "socket", [17, 3, 0]) == ("errno", EAFNOSUPPORT)
+    # docker-default: Docker's filter only (AF_PACKET left to the kernel's CAP_NET_RAW check)
+    assert decide(_plan("docker-default", cap_drop=("NET_RAW",)), "socket", [17, 3, 0]) == ("allow", None)
+    assert decide(_plan("docker-default"), "socket", [(1 << 32) | 38, 5, 0]) == ("allow", None)   # Docker's hole
+
+
+def test_socket_families_null_drops_the_list(tmp_profile):
+    from policies.seccomp import decide
+    prof = tmp_profile("version: 1\nextends: strict\nseccomp:\n  socket_families: null\n", name="sf-null.yaml")
+    s = _plan(prof)
+    assert decide(s, "socket", [38, 5, 0]) == ("allow", None)     # strict's @system-service allows socket
