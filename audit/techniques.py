@@ -73,8 +73,15 @@ BPF_CMDS = {0: "BPF_MAP_CREATE", 1: "BPF_MAP_LOOKUP_ELEM", 2: "BPF_MAP_UPDATE_EL
 KEYCTL_CMDS = {0: "KEYCTL_GET_KEYRING_ID", 1: "KEYCTL_JOIN_SESSION_KEYRING", 2: "KEYCTL_UPDATE",
                6: "KEYCTL_CLEAR", 11: "KEYCTL_READ", 20: "KEYCTL_SEARCH"}
 
-AF_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6", 16: "AF_NETLINK", 17: "AF_PACKET", 40: "AF_VSOCK",
-            38: "AF_ALG"}
+# linux/socket.h (every family of 6.18), so a denied socket() names its family in the record
+AF_NAMES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 3: "AF_AX25", 4: "AF_IPX", 5: "AF_APPLETALK",
+            6: "AF_NETROM", 7: "AF_BRIDGE", 8: "AF_ATMPVC", 9: "AF_X25", 10: "AF_INET6", 11: "AF_ROSE",
+            12: "AF_DECnet", 13: "AF_NETBEUI", 14: "AF_SECURITY", 15: "AF_KEY", 16: "AF_NETLINK",
+            17: "AF_PACKET", 18: "AF_ASH", 19: "AF_ECONET", 20: "AF_ATMSVC", 21: "AF_RDS", 22: "AF_SNA",
+            23: "AF_IRDA", 24: "AF_PPPOX", 25: "AF_WANPIPE", 26: "AF_LLC", 27: "AF_IB", 28: "AF_MPLS",
+            29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 32: "AF_IUCV", 33: "AF_RXRPC", 34: "AF_ISDN",
+            35: "AF_PHONET", 36: "AF_IEEE802154", 37: "AF_CAIF", 38: "AF_ALG", 39: "AF_NFC", 40: "AF_VSOCK",
+            41: "AF_KCM", 42: "AF_QIPCRTR", 43: "AF_SMC", 44: "AF_XDP", 45: "AF_MCTP"}
 SOCK_RAW = 3
 SOCK_TYPE_MASK = 0xF
 
@@ -282,7 +289,7 @@ def decode_args(name: str, args: Optional[Sequence[int]]) -> dict:
         out["cmd"] = BPF_CMDS.get(a0 & 0xFFFFFFFF, str(a0))
     elif name == "keyctl" and a0 is not None:
         out["cmd"] = KEYCTL_CMDS.get(a0 & 0xFFFFFFFF, str(a0))
-    elif name == "socket" and a0 is not None:
+    elif name in ("socket", "socketpair") and a0 is not None:
         out["family"] = AF_NAMES.get(a0 & 0xFFFFFFFF, str(a0))
         if a1 is not None:
             out["type"] = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}.get(

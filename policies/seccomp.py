@@ -11,6 +11,7 @@ Input (already shape-checked by the JSON Schema)::
       deny:  ["@mount", {names: [ptrace], action: kill}, ...]
       deny_action: errno           # errno | kill | log | trap
       deny_errno: EPERM
+      socket_families: {allow: [AF_UNIX, {family: AF_NETLINK, protocols: [NETLINK_ROUTE]}]}
 
 Who decides a call (first match wins, for one syscall and one argument vector):
   1. the section's own allow/deny rules beat the imported rule set;
@@ -52,7 +53,11 @@ DENY_ACTIONS = ("errno", "kill", "log", "trap", "notify")
 SEVERITY = {"kill": 4, "trap": 3, "errno": 2, "notify": 2, "log": 1, "allow": 0}
 
 SECTION_KEYS = {"enabled", "default_action", "default_errno", "import", "allow", "deny",
-                "deny_action", "deny_errno", "notify_denials"}
+                "deny_action", "deny_errno", "notify_denials", "socket_families"}
+SOCKET_KEYS = {"allow", "deny", "errno", "comment"}
+FAMILY_KEYS = {"family", "protocols", "capability", "comment"}
+# The calls whose first argument is an address family (x86_64 has no socketcall).
+SOCKET_CALLS = ("socket", "socketpair")
 ALLOW_KEYS = {"names", "args", "comment"}
 DENY_KEYS = {"names", "action", "errno", "args", "comment"}
 ARG_KEYS = {"index", "op", "value", "mask"}
@@ -243,8 +248,11 @@ def _partition(unions: list[list]) -> list:
             cubes.append(_cube(a))
         else:
             cubes.extend(_cube(p) for p in _prefix_cubes(a[1], a[2]))
+    # Least specific cubes first: a 64-bit value carved out of the whole space first leaves 64
+    # pieces behind it, each then split again by a low-32-bit mask (>128 rules for a masked_eq
+    # socket rule beside exact families); carved out of the mask's few pieces it costs little.
     pieces = [(0, 0)]
-    for am, av in sorted(set(cubes), key=lambda c: (-bin(c[0]).count("1"), c)):
+    for am, av in sorted(set(cubes), key=lambda c: (bin(c[0]).count("1"), c)):
         new = []
         for xm, xv in pieces:
             if (xv ^ av) & xm & am:
@@ -656,6 +664,14 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
     deny_errno = _errno(ctx, section.get("deny_errno", "EPERM"), "deny_errno")
 
     order = len(entries)
+
+    # 3a. socket families (added before the allow/deny lists: a list rule wins a tie with them)
+    fam = section.get("socket_families")
+    if fam is not None:
+        for name, action, err, args in socket_family_rules(ctx, fam, caps):
+            order += 1
+            entries.append(Entry(name, action, err, args, layer=1, order=order))
+
     lifted = set()
     for cap, names in CAP_LIFTS.items():
         if cap in caps:
@@ -719,6 +735,136 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
                  f"(more than {MAX_RULES} rules); simplify them")
     return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
                    rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify)
+
+
+# =====================================================================================
+# Socket address families
+# =====================================================================================
+
+def socket_family_rules(ctx: "_Ctx", section, caps: frozenset) -> list[tuple]:
+    """`socket_families:` -> [(syscall, action, errno, args)] for socket and socketpair.
+
+    allow: [families]  every other family is denied (an unconditional deny on both calls,
+                       beaten by one exact-match allow per family: arg0 == family);
+    deny:  [families]  exactly these are denied, and with them every value from AF_MAX on:
+                       the kernel knows no such family, and a value with any of the high 32
+                       bits set is one the kernel reads as its low 32 bits (socket's domain is
+                       an int) - so no denied family can be passed as 0x1000000xx.
+    A family is `AF_NAME` or {family, protocols: [NETLINK_...] (AF_NETLINK: arg2), capability:
+    CAP} - a family with `capability` counts as allowed only when the plan keeps it. Allowed
+    values are exact 64-bit matches: a family with high bits set never matches an allow rule.
+    Every rule compares one or two arguments with `eq`/`ge`: the allowed fast path is a
+    handful of comparisons, and extending the list adds one rule per family (no products)."""
+    path = ("socket_families",)
+    if not isinstance(section, dict):
+        ctx.fail("seccomp: 'socket_families' must be a mapping {allow: [...]} or {deny: [...]}", *path)
+    extra = set(section) - SOCKET_KEYS
+    if extra:
+        k = sorted(extra)[0]
+        ctx.fail(f"seccomp: unknown key {k!r} in socket_families (allowed: allow, deny, errno)", *path, k)
+    modes = [k for k in ("allow", "deny") if section.get(k) is not None]
+    if not modes:
+        return []
+    if len(modes) > 1:
+        ctx.fail("seccomp: socket_families takes either 'allow' (an allow-list) or 'deny', not both",
+                 *path, "deny")
+    mode = modes[0]
+    err = _errno(ctx, section.get("errno", "EAFNOSUPPORT"), *path, "errno")
+    items = section[mode]
+    if not isinstance(items, list):
+        ctx.fail(f"seccomp: socket_families.{mode} must be a list of families", *path, mode)
+    chosen: dict[int, Optional[tuple]] = {}          # family -> protocols (None: any)
+    for i, item in enumerate(items):
+        p = path + (mode, i)
+        protocols, cap = None, None
+        if isinstance(item, dict):
+            extra = set(item) - FAMILY_KEYS
+            if extra:
+                k = sorted(extra)[0]
+                ctx.fail(f"seccomp: unknown key {k!r} in a socket family (allowed: family, protocols, "
+                         "capability)", *p, k)
+            if "family" not in item:
+                ctx.fail("seccomp: a socket family mapping needs 'family'", *p)
+            value = item["family"]
+            fp = p + ("family",)
+            if item.get("protocols") is not None:
+                raw = item["protocols"]
+                if not isinstance(raw, list) or not raw:
+                    ctx.fail("seccomp: 'protocols' must be a non-empty list of NETLINK_* protocols",
+                             *p, "protocols")
+                protocols = []
+                for j, pr in enumerate(raw):
+                    try:
+                        protocols.append(_sc.netlink_protocol(pr))
+                    except ValueError as e:
+                        ctx.fail(f"seccomp: {e}", *p, "protocols", j)
+            if item.get("capability") is not None:
+                c = item["capability"]
+                from .compiler import CAPABILITIES
+                if not isinstance(c, str) or _sc.cap_name(c) not in CAPABILITIES:
+                    ctx.fail(f"seccomp: unknown capability {c!r}", *p, "capability")
+                cap = _sc.cap_name(c)
+        else:
+            value, fp = item, p
+        try:
+            f = _sc.socket_family(value)
+        except ValueError as e:
+            ctx.fail(f"seccomp: {e}", *fp)
+        if protocols is not None and f != _sc.SOCKET_FAMILIES["AF_NETLINK"]:
+            ctx.fail("seccomp: 'protocols' is only understood for AF_NETLINK", *p, "protocols")
+        # "allowed only with CAP": an allow item without the cap is left out (denied); a deny
+        # item with the cap is left out (allowed)
+        if cap is not None and (cap in caps) != (mode == "allow"):
+            continue
+        if protocols is None or (f in chosen and chosen[f] is None):
+            chosen[f] = None                       # the whole family
+        else:
+            chosen[f] = tuple(sorted(set(chosen.get(f, ()) + tuple(protocols))))
+    out: list[tuple] = []
+    for name in SOCKET_CALLS:
+        if mode == "allow":
+            out.append((name, "errno", err, ()))
+        else:
+            out.append((name, "errno", err, (ArgCond(0, "ge", _sc.AF_MAX),)))
+        for f, protos in sorted(chosen.items(), key=lambda x: x[0]):
+            fam = ArgCond(0, "eq", f)
+            if protos is None:
+                out.append((name, "allow" if mode == "allow" else "errno",
+                            None if mode == "allow" else err, (fam,)))
+                continue
+            for pr in protos:
+                out.append((name, "allow" if mode == "allow" else "errno",
+                            None if mode == "allow" else err, (fam, ArgCond(2, "eq", pr))))
+            if mode == "allow":        # the family's other protocols
+                out.append((name, "errno", err, (fam,)))
+            else:                      # protocols the kernel reads differently (high bits)
+                out.append((name, "errno", err, (fam, ArgCond(2, "ge", _sc.NETLINK_MAX_LINKS))))
+    return out
+
+
+def socket_family_verdicts(s: Seccomp) -> list[tuple[str, str]]:
+    """What the plan answers socket(family, SOCK_STREAM, 0) for every family the kernel knows
+    (AF_NETLINK per protocol when they differ): [(family name, verdict)], for `explain`."""
+    out = []
+    for f in range(_sc.AF_MAX):
+        name = _sc.SOCKET_FAMILY_NAMES.get(f, str(f))
+        if f == _sc.SOCKET_FAMILIES["AF_NETLINK"]:
+            per = {pr: _verdict(decide(s, "socket", (f, 3, pr))) for pr in range(_sc.NETLINK_MAX_LINKS)}
+            if len(set(per.values())) > 1:
+                allowed = [p for p, v in per.items() if v == "allow"]
+                if allowed:
+                    out.append((name + "(" + ",".join(_sc.NETLINK_PROTOCOL_NAMES.get(p, str(p))
+                                                      for p in allowed) + ")", "allow"))
+                    out.append((name + "(other protocols)",
+                                next(v for v in per.values() if v != "allow")))
+                    continue
+        out.append((name, _verdict(decide(s, "socket", (f, 1, 0)))))
+    return out
+
+
+def _verdict(d: tuple) -> str:
+    a, e = d
+    return f"{a}({_sc.errno_name(e)})" if e is not None else a
 
 
 # =====================================================================================

@@ -202,3 +202,70 @@ def cap_name(c: str) -> str:
     """'cap_sys_admin' / 'SYS_ADMIN' / 'CAP_SYS_ADMIN' -> 'SYS_ADMIN'."""
     c = c.strip().upper()
     return c[4:] if c.startswith("CAP_") else c
+
+
+# --- socket address families (linux/socket.h) and netlink protocols (linux/netlink.h) ---
+
+SOCKET_FAMILIES: dict[str, int] = {
+    "AF_UNSPEC": 0, "AF_UNIX": 1, "AF_INET": 2, "AF_AX25": 3, "AF_IPX": 4, "AF_APPLETALK": 5,
+    "AF_NETROM": 6, "AF_BRIDGE": 7, "AF_ATMPVC": 8, "AF_X25": 9, "AF_INET6": 10, "AF_ROSE": 11,
+    "AF_DECnet": 12, "AF_NETBEUI": 13, "AF_SECURITY": 14, "AF_KEY": 15, "AF_NETLINK": 16,
+    "AF_PACKET": 17, "AF_ASH": 18, "AF_ECONET": 19, "AF_ATMSVC": 20, "AF_RDS": 21, "AF_SNA": 22,
+    "AF_IRDA": 23, "AF_PPPOX": 24, "AF_WANPIPE": 25, "AF_LLC": 26, "AF_IB": 27, "AF_MPLS": 28,
+    "AF_CAN": 29, "AF_TIPC": 30, "AF_BLUETOOTH": 31, "AF_IUCV": 32, "AF_RXRPC": 33, "AF_ISDN": 34,
+    "AF_PHONET": 35, "AF_IEEE802154": 36, "AF_CAIF": 37, "AF_ALG": 38, "AF_NFC": 39, "AF_VSOCK": 40,
+    "AF_KCM": 41, "AF_QIPCRTR": 42, "AF_SMC": 43, "AF_XDP": 44, "AF_MCTP": 45,
+}
+# One past the last family the kernel knows (6.18): socket() answers EAFNOSUPPORT from here on.
+AF_MAX = 46
+SOCKET_FAMILY_NAMES: dict[int, str] = {v: k for k, v in SOCKET_FAMILIES.items()}
+
+NETLINK_PROTOCOLS: dict[str, int] = {
+    "NETLINK_ROUTE": 0, "NETLINK_UNUSED": 1, "NETLINK_USERSOCK": 2, "NETLINK_FIREWALL": 3,
+    "NETLINK_SOCK_DIAG": 4, "NETLINK_NFLOG": 5, "NETLINK_XFRM": 6, "NETLINK_SELINUX": 7,
+    "NETLINK_ISCSI": 8, "NETLINK_AUDIT": 9, "NETLINK_FIB_LOOKUP": 10, "NETLINK_CONNECTOR": 11,
+    "NETLINK_NETFILTER": 12, "NETLINK_IP6_FW": 13, "NETLINK_DNRTMSG": 14,
+    "NETLINK_KOBJECT_UEVENT": 15, "NETLINK_GENERIC": 16, "NETLINK_SCSITRANSPORT": 18,
+    "NETLINK_ECRYPTFS": 19, "NETLINK_RDMA": 20, "NETLINK_CRYPTO": 21, "NETLINK_SMC": 22,
+}
+# netlink_create() refuses protocols from MAX_LINKS on.
+NETLINK_MAX_LINKS = 32
+NETLINK_PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in NETLINK_PROTOCOLS.items()}
+
+
+def socket_family(value) -> int:
+    """'AF_UNIX' / 'af_unix' / 'UNIX' / 'PF_UNIX' / 1 -> 1. Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad socket family {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value < AF_MAX:
+            raise ValueError(f"socket family {value} out of range 0..{AF_MAX - 1}")
+        return value
+    if isinstance(value, str):
+        v = value.strip()
+        up = v.upper()
+        if up.startswith("PF_"):
+            up = "AF_" + up[3:]
+        elif not up.startswith("AF_"):
+            up = "AF_" + up
+        for name, n in SOCKET_FAMILIES.items():
+            if name.upper() == up:
+                return n
+    raise ValueError(f"unknown socket family {value!r}")
+
+
+def netlink_protocol(value) -> int:
+    """'NETLINK_ROUTE' / 'route' / 0 -> 0. Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad netlink protocol {value!r}")
+    if isinstance(value, int):
+        if not 0 <= value < NETLINK_MAX_LINKS:
+            raise ValueError(f"netlink protocol {value} out of range 0..{NETLINK_MAX_LINKS - 1}")
+        return value
+    if isinstance(value, str):
+        up = value.strip().upper()
+        if not up.startswith("NETLINK_"):
+            up = "NETLINK_" + up
+        if up in NETLINK_PROTOCOLS:
+            return NETLINK_PROTOCOLS[up]
+    raise ValueError(f"unknown netlink protocol {value!r}")

@@ -40,6 +40,13 @@ def render(plan) -> str:
         denied = sorted({r.name for r in s.rules if r.action != "allow" and not r.args})
         if denied:
             out.append(f"             denied: {' '.join(denied[:40])}{' ...' if len(denied) > 40 else ''}")
+        fams: dict = {}
+        from policies.seccomp import socket_family_verdicts
+        for fam, verdict in socket_family_verdicts(s):
+            fams.setdefault(verdict, []).append(fam)
+        for verdict, names in sorted(fams.items(), key=lambda x: (x[0] != "allow", -len(x[1]), x[0])):
+            out.append(f"             socket families {'allowed' if verdict == 'allow' else verdict}: "
+                       f"{' '.join(names)}")
         if s.skipped:
             out.append(f"             skipped (unknown to this libseccomp): {' '.join(s.skipped[:20])}"
                        f"{' ...' if len(s.skipped) > 20 else ''}")

@@ -317,7 +317,7 @@ CLONE_NEWUSER, CLONE_NEWNS, SIGCHLD = 0x10000000, 0x20000, 17
     ("clone", [CLONE_NEWUSER | SIGCHLD], ("errno", errno.EPERM)),
     ("clone", [CLONE_NEWNS | SIGCHLD], ("errno", errno.EPERM)),
     ("clone3", [], ("errno", errno.ENOSYS)),
-    ("socket", [40], ("errno", errno.EPERM)),
+    ("socket", [40], ("errno", errno.EAFNOSUPPORT)),          # AF_VSOCK: outside the family allow-list
     ("socket", [1], ("allow", None)),
     ("ioctl", [0, 0x5412], ("errno", errno.EPERM)),           # TIOCSTI
     ("ioctl", [0, 0x5401], ("allow", None)),                  # TCGETS
