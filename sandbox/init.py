@@ -325,7 +325,7 @@ def _in_thread(fn) -> None:
 
 
 _PARAMS_FLAGS = {"new_session": 1, "set_ids": 2, "setgroups": 4, "nnp": 8, "listener": 16, "log": 32,
-                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512}
+                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512, "landlock": 1024}
 
 
 def program_params(ctx, creds: tuple) -> bytes:
@@ -341,7 +341,8 @@ def program_params(ctx, creds: tuple) -> bytes:
              | (fl["listener"] if ctx.notify_sock is not None else 0)
              | (fl["log"] if getattr(ctx, "seccomp_log", False) else 0)
              | (fl["cgroupns"] if plan.namespaces.cgroup else 0)
-             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0))
+             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0)
+             | (fl["landlock"] if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI else 0))
     groups = list(plan.user.groups) if not ctx.rootless else []
 
     def text(v) -> bytes:
@@ -521,6 +522,17 @@ def _console(sock) -> None:
         os.close(slave)
 
 
+def _confine(caps) -> None:
+    """The program's process (and `pysandbox exec`'s) enters a Landlock domain of its own: no
+    capability it keeps lets it ptrace, open /proc/1/mem of, process_vm_* or pidfd_getfd PID 1
+    (see pid1.c, landlock_confine). Without Landlock scoping the launcher refused a program that
+    keeps CAP_SYS_PTRACE (launcher.pid1_reach_check); checked again here."""
+    if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI:
+        _sys.landlock_confine()
+    elif "SYS_PTRACE" in caps:
+        raise OSError(38, "no Landlock to keep pid 1 out of the program's reach")
+
+
 def _exec_program(ctx, err_w: int) -> None:
     """In the program's process: session, limits, identity, capabilities, no_new_privs,
     descriptors, seccomp (last), execve. Never returns."""
@@ -537,6 +549,8 @@ def _exec_program(ctx, err_w: int) -> None:
             _console(ctx.console)                # run -t: a pty of the sandbox's devpts, our terminal
         elif plan.process.new_session:
             os.setsid()                          # no controlling terminal: no TIOCSTI into ours
+        stage = "landlock"                       # out of PID 1's reach (pid1.c, landlock_confine),
+        _confine(plan.capabilities)              # while we still hold CAP_SYS_ADMIN in the namespace
         for r in plan.process.rlimits:
             stage = f"ulimit:{r.name}"           # e.g. raising a hard limit needs CAP_SYS_RESOURCE
             resource.setrlimit(RLIMIT_IDS[r.name],
@@ -577,6 +591,9 @@ def _exec_program(ctx, err_w: int) -> None:
         os.execvpe(ctx.argv[0], list(ctx.argv), ctx.env)
     except OSError as e:
         code = e.errno or 0
+        if stage == "landlock":                  # a control that cannot be enforced: exit 125
+            os.write(err_w, f"SETUP landlock (keeps pid 1 out of the program's reach): {_describe(e)}".encode())
+            os._exit(125)
         os.write(err_w, f"{code} {stage} {ctx.argv[0] if stage == 'exec' else _describe(e)}".encode())
         os._exit(127 if code == 2 and stage == "exec" else 126)
     except Exception as e:                       # pragma: no cover - reported, never a traceback
