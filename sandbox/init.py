@@ -226,6 +226,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
             os._exit(1)
         capabilities.drop_all()
         prctl.set_no_new_privs(1)
+        _sys.seccomp_load(pid1_filter())         # what this loop uses, nothing else (as pid1.c's)
     except Exception as e:
         _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
         os.kill(pid, signal.SIGKILL)
@@ -256,6 +257,34 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         if wpid == pid:
             _send(status_w, f"EXIT {status}")
             os._exit(0)                          # the kernel now kills what is left in the pid namespace
+
+
+# The Python PID 1's own seccomp filter (without pysandbox-init): pid1.c's list (pid1_filter) and
+# what CPython's allocator may ask for while it loops (brk, mmap, munmap, mremap, madvise). Same
+# shape: another architecture's convention, an x32 number or any other call kills PID 1.
+_PID1_CALLS = {
+    "x86_64": (0xC000003E, True, {"read": 0, "write": 1, "close": 3, "poll": 7, "rt_sigaction": 13,
+               "rt_sigprocmask": 14, "rt_sigreturn": 15, "exit": 60, "wait4": 61, "kill": 62,
+               "restart_syscall": 219, "clock_gettime": 228, "exit_group": 231, "waitid": 247,
+               "ppoll": 271, "brk": 12, "mmap": 9, "munmap": 11, "mremap": 25, "madvise": 28}),
+    "aarch64": (0xC00000B7, False, {"read": 63, "write": 64, "close": 57, "rt_sigaction": 134,
+                "rt_sigprocmask": 135, "rt_sigreturn": 139, "exit": 93, "wait4": 260, "kill": 129,
+                "restart_syscall": 128, "clock_gettime": 113, "exit_group": 94, "waitid": 95,
+                "ppoll": 73, "brk": 214, "mmap": 222, "munmap": 215, "mremap": 216, "madvise": 233}),
+}
+
+
+def pid1_filter() -> bytes:
+    """Classic BPF (struct sock_filter, native order) of the Python PID 1's filter."""
+    arch, x32, calls = _PID1_CALLS[os.uname().machine]
+    nrs = sorted(calls.values())
+    ins = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)     # noqa: E731
+    kill, allow = ins(0x06, 0, 0, 0x80000000), ins(0x06, 0, 0, 0x7FFF0000)  # RET KILL_PROCESS / ALLOW
+    out = [ins(0x20, 0, 0, 4), ins(0x15, 1, 0, arch), kill, ins(0x20, 0, 0, 0)]  # arch; load nr
+    if x32:
+        out.append(ins(0x35, len(nrs), 0, 0x40000000))                      # JGE x32 bit -> KILL
+    out += [ins(0x15, len(nrs) - i, 0, nr) for i, nr in enumerate(nrs)]     # JEQ nr -> ALLOW
+    return b"".join(out + [kill, allow])
 
 
 _PID1_CHILD = [0]

@@ -211,3 +211,40 @@ def test_running_pid1_has_exactly_that_filter_api():
         finally:
             t.join(30)
         assert res["r"].exit_code == 4, res
+
+
+@root_only
+def test_python_pid1_without_the_binary_has_a_filter_too(monkeypatch):
+    """No pysandbox-init (not built): PID 1 stays the Python process to the end, and loads a filter
+    of the same shape (sandbox/init.py, pid1_filter) once it dropped its privileges. From inside:
+    seccomp mode 2; a signal to PID 1 still reaches the program (its Python handler's kill)."""
+    from policies.compiler import compile_profile
+    from sandbox import init, launcher
+    monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+    monkeypatch.setattr(init, "_INIT", [None, None])
+    plan = compile_profile("strict").plan
+    r, w = os.pipe()
+    try:
+        res = launcher.launch(plan, ["/bin/sh", "-c", "trap 'echo got-term; exit 3' TERM; cat /proc/1/comm "
+                                     "/proc/1/status; sleep 2 & kill -TERM 1; wait; echo no-term"], stdout=w)
+    finally:
+        os.close(w)
+    out = os.read(r, 100000).decode()
+    os.close(r)
+    assert res.exit_code == 3 and "got-term" in out, (res, out)
+    comm, status = out.split("\n", 1)
+    assert comm != "pysandbox-init"
+    st = _status(status)
+    assert st["Seccomp"] == "2" and st["Seccomp_filters"] == "1", st
+
+
+@x86_64
+def test_python_pid1_filter_allows_only_its_list():
+    from sandbox import init
+    prog = init.pid1_filter()
+    want = set(init._PID1_CALLS["x86_64"][2].values())
+    assert {nr for nr in range(1024) if _run_bpf(prog, nr, AUDIT_ARCH_X86_64) == RET_ALLOW} == want
+    for nr in want:
+        assert _run_bpf(prog, nr | X32, AUDIT_ARCH_X86_64) == RET_KILL_PROCESS
+        assert _run_bpf(prog, nr, AUDIT_ARCH_I386) == RET_KILL_PROCESS
+    assert set(USED.values()) <= want                       # pysandbox-init's list, plus the allocator's
