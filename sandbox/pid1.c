@@ -28,6 +28,11 @@
  * it keeps its capabilities across it), or, in spawn mode, with the credentials it was cloned with
  * and its capabilities as ambient ones; either way, the two that would let it read its image were
  * out of its effective set when it exec'd (so the kernel made it non-dumpable).
+ * Before the release PID 1 also loads a seccomp filter of its own (pid1_filter: only the calls it
+ * makes from then on), and the program's process enters a Landlock domain PID 1 is not in
+ * (landlock_confine): no capability a profile grants lets the program ptrace PID 1 or open its
+ * memory. Test modes: `pysandbox-init filter` (the filter's BPF on stdout), `pysandbox-init
+ * filter-test NR` (one call under it).
  * The forwarded signals are blocked when it starts (they stay pending) and unblocked once their
  * handlers are in place. Exit status 0 after the EXIT line, 1 otherwise (the supervisor then
  * reports what it has).
