@@ -243,3 +243,69 @@ def test_without_landlock_ptrace_is_refused(runner):
     assert "Traceback" not in refused.stderr
     ok = run("run", "--profile", "default", "--", "/bin/echo", "ran")
     assert ok.returncode == 0 and ok.stdout.strip() == "ran", ok
+
+
+ABSTRACT = r"""
+import errno, socket, sys
+def connect(name):
+    t = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        t.connect(name)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+own.bind(b"\0" + sys.argv[2].encode())
+own.listen(1)
+print(connect(b"\0" + sys.argv[1].encode()), connect(b"\0" + sys.argv[2].encode()))
+"""
+
+
+def test_the_domain_scopes_abstract_unix_sockets_only(runner):
+    """What else the program's Landlock domain changes (its ruleset must restrict something): with
+    the host's network namespace, the host's abstract unix sockets (X11, D-Bus) are out of reach;
+    the program's own still work, and so do signals to PID 1 (not scoped: forwarded back to it)."""
+    import socket
+    tag = uuid.uuid4().hex[:8]
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    host.bind(f"\0pid1-host-{tag}")
+    host.listen(1)
+    try:
+        r = runner("run", "--profile", "strict", "--network", "host", "--", HOST_PYTHON, "-c", ABSTRACT,
+                   f"pid1-host-{tag}", f"pid1-own-{tag}")
+        assert r.returncode == 0 and r.stdout.split() == ["EPERM", "ok"], r
+    finally:
+        host.close()
+    r = runner.sh("trap 'echo forwarded; exit 3' TERM; sleep 5 & kill -TERM 1; wait")
+    assert r.returncode == 3 and "forwarded" in r.stdout, r
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the ENOSYS filter is written for x86_64")
+def test_without_landlock_exec_with_ptrace_is_refused(runner):
+    """`pysandbox exec` into a sandbox whose plan keeps SYS_PTRACE, on a kernel without Landlock
+    (simulated as above): refused, exit 125; a plain exec into a sandbox without it still works."""
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.user else {}
+    names = []
+    try:
+        for caps in (["--cap-add", "SYS_PTRACE"], []):
+            name = f"pid1-nl-{runner.user or 'root'}-{uuid.uuid4().hex[:6]}"
+            names.append(name)
+            r = runner("run", "-d", "--name", name, "--profile", "default", *caps, "--", "/bin/sleep", "120")
+            assert r.returncode == 0, r
+            ex = None
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                ex = subprocess.run([sys.executable, "-c", HIDE_LANDLOCK, PYSANDBOX, "exec", name, "--",
+                                     "/bin/echo", "ran"], capture_output=True, text=True, timeout=60,
+                                    cwd="/tmp", env={**runner.env(), "PYTHONPATH": str(REPO)}, **kw)
+                if "not running" not in ex.stderr:
+                    break
+                time.sleep(0.2)
+            if caps:
+                assert ex.returncode == 125 and "SYS_PTRACE needs Landlock" in ex.stderr, ex
+                assert "ran" not in ex.stdout and "Traceback" not in ex.stderr
+            else:
+                assert ex.returncode == 0 and ex.stdout.strip() == "ran", ex
+    finally:
+        for name in names:
+            runner("rm", "-f", name)
