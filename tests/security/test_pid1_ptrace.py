@@ -309,3 +309,37 @@ def test_without_landlock_exec_with_ptrace_is_refused(runner):
     finally:
         for name in names:
             runner("rm", "-f", name)
+
+
+def test_program_as_the_callers_own_id_cannot_reach_pid1(user_runner, tmp_profile):
+    """A rootless caller mapped to itself: no root in the namespace, so the program's process is the
+    Python copy (init._exec_program -> init._confine) and PID 1 pysandbox-init's other mode; both
+    run as the caller's uid, and the program holds CAP_SYS_PTRACE as an ambient capability."""
+    p = tmp_profile("version: 1\nextends: default\nuser: {uid: caller, gid: caller}\n")
+    r = user_runner("run", "--profile", p, "--timeout", "60", "--cap-add", "SYS_PTRACE", "--",
+                    HOST_PYTHON, "-c", PROBE + "print(open('/proc/1/comm').read().strip(), os.getuid())")
+    assert r.returncode == 0, r
+    comm_uid = r.stdout.strip().splitlines()[-1].split()
+    assert comm_uid == ["pysandbox-init", str(user_runner.uid)], r.stdout     # the same uid as PID 1
+    _check(json.loads(r.stdout.strip().splitlines()[-2]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an in-process launch as root")
+def test_python_fallback_program_cannot_reach_pid1(monkeypatch):
+    """No pysandbox-init built: PID 1 stays Python, the program's process is the Python copy
+    (init._confine before its capabilities)."""
+    from policies.compiler import Overrides, compile_profile
+    from sandbox import init, launcher
+    monkeypatch.setattr(init, "INIT_BINARY", "/nonexistent/pysandbox-init")
+    monkeypatch.setattr(init, "_INIT", [None, None])
+    plan = compile_profile("default", Overrides(cap_add=("SYS_PTRACE",))).plan
+    assert "SYS_PTRACE" in plan.capabilities
+    r, w = os.pipe()
+    try:
+        res = launcher.launch(plan, [HOST_PYTHON, "-c", PROBE], stdout=w)
+    finally:
+        os.close(w)
+    out = os.read(r, 100000).decode()
+    os.close(r)
+    assert res.exit_code == 0, (res, out)
+    _check(json.loads(out.strip().splitlines()[-1]))
