@@ -2,7 +2,7 @@
 
 Only syscalls that Python 3.11's standard library lacks live here: unshare, setns,
 clone (fork with namespace flags), mount, umount2, pivot_root, mount_setattr,
-close_range flags, seccomp, pidfd_open/pidfd_send_signal. Everything raises
+close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock. Everything raises
 OSError with the errno and a short context, like the os module does.
 x86_64 syscall numbers are used where glibc has no wrapper.
 """
@@ -19,11 +19,13 @@ _MACHINE = os.uname().machine
 if _MACHINE == "x86_64":
     NR = {"pivot_root": 155, "seccomp": 317, "mount_setattr": 442, "close_range": 436,
           "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 56, "open_tree": 428,
-          "move_mount": 429, "rt_sigaction": 13}
+          "move_mount": 429, "rt_sigaction": 13, "landlock_create_ruleset": 444,
+          "landlock_restrict_self": 446}
 elif _MACHINE == "aarch64":
     NR = {"pivot_root": 41, "seccomp": 277, "mount_setattr": 442, "close_range": 436,
           "pidfd_open": 434, "pidfd_send_signal": 424, "clone": 220, "open_tree": 428,
-          "move_mount": 429, "rt_sigaction": 134}
+          "move_mount": 429, "rt_sigaction": 134, "landlock_create_ruleset": 444,
+          "landlock_restrict_self": 446}
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"pysandbox: unsupported architecture {_MACHINE}")
 
@@ -363,3 +365,41 @@ def mount_setattr_idmap(fd: int, userns_fd: int) -> None:
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount_setattr idmap: {os.strerror(err)}")
+
+
+# --- Landlock: PID 1 out of the program's reach (sandbox/pid1.c, landlock_confine) -----------
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1
+LANDLOCK_SCOPE_ABI = 6                      # the first ABI with `scoped` rulesets (Linux 6.12)
+_LANDLOCK_ABI: list = []
+
+
+class _LandlockRulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none, or disabled at boot); asked once per process."""
+    if not _LANDLOCK_ABI:
+        v = _syscall(ctypes.c_long(NR["landlock_create_ruleset"]), None, ctypes.c_size_t(0),
+                     ctypes.c_uint(LANDLOCK_CREATE_RULESET_VERSION))
+        _LANDLOCK_ABI.append(max(0, v))
+    return _LANDLOCK_ABI[0]
+
+
+def landlock_confine() -> None:
+    """Put the calling process (thread: call it single-threaded) into a Landlock domain of its own
+    that handles no file system or network access and scopes abstract unix sockets only: from
+    then on it cannot ptrace, open /proc/PID/mem of, process_vm_* or pidfd_getfd any process
+    outside that domain (PID 1), whatever capabilities it holds. pysandbox-init's
+    landlock_confine does the same in C (the reasons are written there). Needs no_new_privs or
+    CAP_SYS_ADMIN in the current user namespace."""
+    attr = _LandlockRulesetAttr(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET)
+    fd = _check(_syscall(ctypes.c_long(NR["landlock_create_ruleset"]), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint(0)), "landlock_create_ruleset")
+    try:
+        _check(_syscall(ctypes.c_long(NR["landlock_restrict_self"]), ctypes.c_int(fd), ctypes.c_uint(0)),
+               "landlock_restrict_self")
+    finally:
+        os.close(fd)

@@ -59,8 +59,12 @@ def checks() -> list[tuple[str, bool, str]]:
     rows.append(("seccomp user notification", "user_notif" in actions,
                  "available (audit records each denial exactly)" if "user_notif" in actions else "missing: audit falls back to kernel log"))
     rows.append(("no_new_privs", True, "available"))
-    lsm = _read("/sys/kernel/security/lsm")
-    rows.append(("landlock", "landlock" in lsm, "enabled LSM" if "landlock" in lsm else "not enabled (lsm: " + (lsm or "?") + ")"))
+    abi = _sys.landlock_abi()                # the kernel's answer (securityfs may not be mounted)
+    scoped = abi >= _sys.LANDLOCK_SCOPE_ABI
+    rows.append(("landlock", scoped,
+                 f"ABI {abi}: the program is kept out of PID 1's reach whatever its capabilities" if scoped else
+                 (f"ABI {abi}" if abi else "not available") + ": profiles granting SYS_PTRACE are refused "
+                 "(PID 1 would be reachable; needs ABI 6, Linux 6.12)"))
     rows.append(("mount_setattr (recursive read-only binds)", True, "kernel >= 5.12" ))
     fs = _read("/proc/filesystems")
     rows.append(("overlayfs", "overlay" in fs, "available" if "overlay" in fs else "not available"))

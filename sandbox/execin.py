@@ -21,7 +21,8 @@ package's files are not reachable):
     the sandbox's): those the program could have replaced are never taken from it.
  5. fork: the child is in the sandbox's pid namespace. It does what the launcher does for the
     program: setsid (or takes the pty as controlling terminal), rlimits, cwd, uid/gid (no
-    supplementary groups but the plan's), capabilities (all five sets), no_new_privs, close
+    supplementary groups but the plan's), a Landlock domain of its own (no capability reaches PID 1),
+    capabilities (all five sets), no_new_privs, close
     descriptors, seccomp (the sandbox's own filter, kept in the state directory, plain errno/kill
     actions), execve. Dumpability comes back only with execve, after every privilege is gone.
  6. The parent (in the sandbox's namespaces but not its pid namespace, invisible from inside)
@@ -102,6 +103,9 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     pid1, prog = st.get("pid1"), st.get("program_pid")
     if not state.same_process(pid1, st.get("pid1_start")):
         raise ExecError(f"{name}: its PID 1 is gone")
+    if "SYS_PTRACE" in plan["capabilities"] and _sys.landlock_abi() < _sys.LANDLOCK_SCOPE_ABI:
+        raise ExecError(f"{name}: capabilities: SYS_PTRACE needs Landlock ABI 6 (Linux 6.12) to keep "
+                        "PID 1 out of the command's reach")
     bpf = b""
     if plan["seccomp"]["enabled"]:
         try:
@@ -310,6 +314,12 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
                                 resource.RLIM_INFINITY if r["hard"] == -1 else r["hard"]))
         stage = "cwd"
         os.chdir(cwd)
+        # a Landlock domain of its own, as the program's (sandbox/pid1.c, landlock_confine): no
+        # capability the command keeps reaches PID 1 (nor the program: a sibling domain), while it
+        # still holds CAP_SYS_ADMIN in the sandbox's namespace (no no_new_privs needed)
+        stage = "landlock"
+        if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI:
+            _sys.landlock_confine()
         stage = "identity"
         user = plan["user"]
         uid, gid = user["uid"], user["gid"]

@@ -226,6 +226,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
             os._exit(1)
         capabilities.drop_all()
         prctl.set_no_new_privs(1)
+        _sys.seccomp_load(pid1_filter())         # what this loop uses, nothing else (as pid1.c's)
     except Exception as e:
         _send(status_w, f"SETUP pid 1 could not drop its privileges: {_describe(e)}")
         os.kill(pid, signal.SIGKILL)
@@ -256,6 +257,34 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         if wpid == pid:
             _send(status_w, f"EXIT {status}")
             os._exit(0)                          # the kernel now kills what is left in the pid namespace
+
+
+# The Python PID 1's own seccomp filter (without pysandbox-init): pid1.c's list (pid1_filter) and
+# what CPython's allocator may ask for while it loops (brk, mmap, munmap, mremap, madvise). Same
+# shape: another architecture's convention, an x32 number or any other call kills PID 1.
+_PID1_CALLS = {
+    "x86_64": (0xC000003E, True, {"read": 0, "write": 1, "close": 3, "poll": 7, "rt_sigaction": 13,
+               "rt_sigprocmask": 14, "rt_sigreturn": 15, "exit": 60, "wait4": 61, "kill": 62,
+               "restart_syscall": 219, "clock_gettime": 228, "exit_group": 231, "waitid": 247,
+               "ppoll": 271, "brk": 12, "mmap": 9, "munmap": 11, "mremap": 25, "madvise": 28}),
+    "aarch64": (0xC00000B7, False, {"read": 63, "write": 64, "close": 57, "rt_sigaction": 134,
+                "rt_sigprocmask": 135, "rt_sigreturn": 139, "exit": 93, "wait4": 260, "kill": 129,
+                "restart_syscall": 128, "clock_gettime": 113, "exit_group": 94, "waitid": 95,
+                "ppoll": 73, "brk": 214, "mmap": 222, "munmap": 215, "mremap": 216, "madvise": 233}),
+}
+
+
+def pid1_filter() -> bytes:
+    """Classic BPF (struct sock_filter, native order) of the Python PID 1's filter."""
+    arch, x32, calls = _PID1_CALLS[os.uname().machine]
+    nrs = sorted(calls.values())
+    ins = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)     # noqa: E731
+    kill, allow = ins(0x06, 0, 0, 0x80000000), ins(0x06, 0, 0, 0x7FFF0000)  # RET KILL_PROCESS / ALLOW
+    out = [ins(0x20, 0, 0, 4), ins(0x15, 1, 0, arch), kill, ins(0x20, 0, 0, 0)]  # arch; load nr
+    if x32:
+        out.append(ins(0x35, len(nrs), 0, 0x40000000))                      # JGE x32 bit -> KILL
+    out += [ins(0x15, len(nrs) - i, 0, nr) for i, nr in enumerate(nrs)]     # JEQ nr -> ALLOW
+    return b"".join(out + [kill, allow])
 
 
 _PID1_CHILD = [0]
@@ -325,7 +354,7 @@ def _in_thread(fn) -> None:
 
 
 _PARAMS_FLAGS = {"new_session": 1, "set_ids": 2, "setgroups": 4, "nnp": 8, "listener": 16, "log": 32,
-                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512}
+                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512, "landlock": 1024}
 
 
 def program_params(ctx, creds: tuple) -> bytes:
@@ -341,7 +370,8 @@ def program_params(ctx, creds: tuple) -> bytes:
              | (fl["listener"] if ctx.notify_sock is not None else 0)
              | (fl["log"] if getattr(ctx, "seccomp_log", False) else 0)
              | (fl["cgroupns"] if plan.namespaces.cgroup else 0)
-             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0))
+             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0)
+             | (fl["landlock"] if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI else 0))
     groups = list(plan.user.groups) if not ctx.rootless else []
 
     def text(v) -> bytes:
@@ -521,6 +551,17 @@ def _console(sock) -> None:
         os.close(slave)
 
 
+def _confine(caps) -> None:
+    """The program's process (and `pysandbox exec`'s) enters a Landlock domain of its own: no
+    capability it keeps lets it ptrace, open /proc/1/mem of, process_vm_* or pidfd_getfd PID 1
+    (see pid1.c, landlock_confine). Without Landlock scoping the launcher refused a program that
+    keeps CAP_SYS_PTRACE (launcher.pid1_reach_check); checked again here."""
+    if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI:
+        _sys.landlock_confine()
+    elif "SYS_PTRACE" in caps:
+        raise OSError(38, "no Landlock to keep pid 1 out of the program's reach")
+
+
 def _exec_program(ctx, err_w: int) -> None:
     """In the program's process: session, limits, identity, capabilities, no_new_privs,
     descriptors, seccomp (last), execve. Never returns."""
@@ -537,6 +578,8 @@ def _exec_program(ctx, err_w: int) -> None:
             _console(ctx.console)                # run -t: a pty of the sandbox's devpts, our terminal
         elif plan.process.new_session:
             os.setsid()                          # no controlling terminal: no TIOCSTI into ours
+        stage = "landlock"                       # out of PID 1's reach (pid1.c, landlock_confine),
+        _confine(plan.capabilities)              # while we still hold CAP_SYS_ADMIN in the namespace
         for r in plan.process.rlimits:
             stage = f"ulimit:{r.name}"           # e.g. raising a hard limit needs CAP_SYS_RESOURCE
             resource.setrlimit(RLIMIT_IDS[r.name],
@@ -577,6 +620,9 @@ def _exec_program(ctx, err_w: int) -> None:
         os.execvpe(ctx.argv[0], list(ctx.argv), ctx.env)
     except OSError as e:
         code = e.errno or 0
+        if stage == "landlock":                  # a control that cannot be enforced: exit 125
+            os.write(err_w, f"SETUP landlock (keeps pid 1 out of the program's reach): {_describe(e)}".encode())
+            os._exit(125)
         os.write(err_w, f"{code} {stage} {ctx.argv[0] if stage == 'exec' else _describe(e)}".encode())
         os._exit(127 if code == 2 and stage == "exec" else 126)
     except Exception as e:                       # pragma: no cover - reported, never a traceback

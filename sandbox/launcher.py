@@ -146,6 +146,18 @@ def preflight(plan, rootless: bool) -> None:
         raise LaunchError("seccomp: an unprivileged caller can only load a filter with no_new_privs: true")
     if plan.landlock:
         raise LaunchError("landlock: not implemented yet in this version; refusing to run without it")
+    pid1_reach_check(plan.capabilities)
+
+
+def pid1_reach_check(caps) -> None:
+    """PID 1 out of the program's reach: CAP_SYS_PTRACE in the sandbox's user namespace beats both
+    the uid check and PID 1's non-dumpability, and only the program's Landlock domain (pid1.c,
+    landlock_confine) keeps it off PID 1. Without Landlock scoping (ABI < 6, or disabled at boot)
+    a program keeping CAP_SYS_PTRACE is refused (without it, PID 1's non-dumpability is enough)."""
+    if "SYS_PTRACE" in caps and _sys.landlock_abi() < _sys.LANDLOCK_SCOPE_ABI:
+        abi = _sys.landlock_abi()
+        raise LaunchError("capabilities: SYS_PTRACE needs Landlock ABI 6 (Linux 6.12) to keep PID 1 out of "
+                          f"the program's reach; this kernel has {f'ABI {abi}' if abi else 'no Landlock'}")
 
 
 def _write_maps(pid: int, plan, rootless: bool) -> None:

@@ -28,6 +28,11 @@
  * it keeps its capabilities across it), or, in spawn mode, with the credentials it was cloned with
  * and its capabilities as ambient ones; either way, the two that would let it read its image were
  * out of its effective set when it exec'd (so the kernel made it non-dumpable).
+ * Before the release PID 1 also loads a seccomp filter of its own (pid1_filter: only the calls it
+ * makes from then on), and the program's process enters a Landlock domain PID 1 is not in
+ * (landlock_confine): no capability a profile grants lets the program ptrace PID 1 or open its
+ * memory. Test modes: `pysandbox-init filter` (the filter's BPF on stdout), `pysandbox-init
+ * filter-test NR` (one call under it).
  * The forwarded signals are blocked when it starts (they stay pending) and unblocked once their
  * handlers are in place. Exit status 0 after the EXIT line, 1 otherwise (the supervisor then
  * reports what it has).
@@ -35,9 +40,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <linux/filter.h>
+#include <stddef.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -136,6 +143,95 @@ static int drop_privileges(int status_fd, int creds)
     return 0;
 }
 
+/* ---- PID 1 out of the program's reach: Landlock ----------------------------------------------
+ * ptrace_may_access lets CAP_SYS_PTRACE in the sandbox's user namespace beat both the uid check and
+ * PID 1's non-dumpability: a profile granting it would let the program attach to PID 1, write
+ * /proc/1/mem, process_vm_writev or pidfd_getfd it. Landlock vetoes all of those (its ptrace hook)
+ * for a process inside a domain towards any process outside that domain or its descendants,
+ * whatever the capabilities. So the program's process enters a domain of its own before it drops
+ * its privileges; PID 1 never does. The ruleset handles no file system or network access (one that
+ * did would deny the program mount, umount and pivot_root) and scopes only abstract unix sockets
+ * (ABI 6: a ruleset must restrict something): the program cannot connect to an abstract socket
+ * bound outside its domain (the host's, with the host's network namespace; a `pysandbox exec`
+ * process's). Signals are not scoped: a signal to PID 1 gains nothing (the kernel drops SIGKILL and
+ * SIGSTOP sent to a namespace's init from inside it; the others are forwarded to the program) and
+ * `pysandbox exec` processes (a sibling domain) can still signal the program. 0, or -1 with errno. */
+struct ll_ruleset_attr { uint64_t handled_access_fs, handled_access_net, scoped; };
+#define LL_SCOPE_ABSTRACT_UNIX_SOCKET 1ULL
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_restrict_self 446
+#endif
+
+static int landlock_confine(void)
+{
+    struct ll_ruleset_attr attr = {.scoped = LL_SCOPE_ABSTRACT_UNIX_SOCKET};
+    long fd = syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr), 0);
+    if (fd < 0)
+        return -1;
+    long r = syscall(SYS_landlock_restrict_self, (int)fd, 0);
+    int e = errno;
+    close((int)fd);
+    errno = e;
+    return r < 0 ? -1 : 0;
+}
+
+/* ---- PID 1's own seccomp filter ------------------------------------------------------------------
+ * Installed once PID 1 holds no privilege (no_new_privs set) and before it releases the program:
+ * from then on PID 1 may only do what main() does below — write its report and the "G", read the
+ * error pipe, forward signals (kill, rt_sigaction/rt_sigprocmask/rt_sigreturn), wait and reap
+ * (waitid, wait4), the kmsg audit's linger (clock_gettime, poll; restart_syscall when a stop
+ * interrupted it), close, exit. Anything else, another architecture's calling convention (i386
+ * int 0x80) or the x32 syscall numbers: the kernel kills PID 1 (SECCOMP_RET_KILL_PROCESS, recorded
+ * by the kernel's audit), which takes the whole sandbox down — a PID 1 doing anything else is
+ * not ours any more. Plain BPF, no libseccomp: `pysandbox-init filter` prints it. */
+#if defined(__x86_64__)
+#define PID1_ARCH AUDIT_ARCH_X86_64
+#define PID1_X32 1
+#elif defined(__aarch64__)
+#define PID1_ARCH AUDIT_ARCH_AARCH64
+#define PID1_X32 0
+#else
+#error "pysandbox-init: PID 1's seccomp filter knows x86_64 and aarch64 only"
+#endif
+
+static const long pid1_allowed[] = {
+    SYS_read, SYS_write, SYS_close, SYS_kill, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
+    SYS_wait4, SYS_waitid, SYS_clock_gettime, SYS_ppoll, SYS_restart_syscall, SYS_exit, SYS_exit_group,
+#ifdef SYS_poll
+    SYS_poll,
+#endif
+};
+#define N_ALLOWED (sizeof(pid1_allowed) / sizeof(pid1_allowed[0]))
+
+/* [0] arch check, [1..2] load nr (and x32), then one JEQ per allowed call, KILL, ALLOW */
+static unsigned short pid1_filter(struct sock_filter *f)
+{
+    unsigned short n = 0;
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PID1_ARCH, 1, 0);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+#if PID1_X32
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000, (unsigned char)N_ALLOWED, 0);   /* to KILL */
+#endif
+    for (size_t i = 0; i < N_ALLOWED; i++)      /* a match jumps to ALLOW, the last instruction */
+        f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)pid1_allowed[i],
+                                              (unsigned char)(N_ALLOWED - i), 0);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    return n;
+}
+
+#define PID1_FILTER_MAX (N_ALLOWED + 8)
+
+static int pid1_seccomp(void)                   /* needs no_new_privs (drop_privileges) */
+{
+    struct sock_filter f[PID1_FILTER_MAX];
+    struct sock_fprog prog = {.len = pid1_filter(f), .filter = f};
+    return (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog);
+}
+
 /* ---- the program's last steps (spawn mode) -------------------------------------------------
  * In spawn mode PID 1 starts the program's process itself: a fork of this small program, not of the
  * Python launcher (whose copy-on-write pages, page-table copy and teardown were most of a launch's
@@ -176,7 +272,8 @@ static char *take_str(struct blob *b)           /* length-prefixed, returned NUL
 }
 
 enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
-       P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512 };   /* (the last 3: ROOT_* << 7) */
+       P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512,    /* (these 3: ROOT_* << 7) */
+       P_LANDLOCK = 1024 };
 
 static int err_w = -1;
 
@@ -389,6 +486,14 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     cap[1].effective = cap[1].permitted;
     if (syscall(SYS_capset, &hdr, cap) < 0)
         setup_fail("capset");
+    /* out of reach of PID 1 (see landlock_confine), while it still holds CAP_SYS_ADMIN in the
+     * namespace (landlock_restrict_self needs it or no_new_privs, which a profile may not want).
+     * No Landlock: the launcher refused a program that would keep CAP_SYS_PTRACE (checked again) */
+    if (flags & P_LANDLOCK ? landlock_confine() < 0 : (keep >> CAP_SYS_PTRACE & 1) != 0) {
+        if (!(flags & P_LANDLOCK))
+            errno = ENOSYS;
+        setup_fail("landlock (keeps pid 1 out of the program's reach)");
+    }
 
     int kept[] = {err_w, go_r, notify, cons};
     close_all_but(kept, 4);
@@ -575,6 +680,39 @@ int main(int argc, char **argv)
     int status_fd, err_fd = -1, linger_ms, go_fd = -1, creds = 0;
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);             /* (it is already: it could not read its image) */
     prctl(PR_SET_NAME, "pysandbox-init", 0, 0, 0);  /* (not "memfd:pysandbox" in ps) */
+    if (argc == 2 && !strcmp(argv[1], "filter")) {
+        /* PID 1's seccomp filter, as raw BPF on stdout (what the host reads back from a running
+         * PID 1 with PTRACE_SECCOMP_GET_FILTER: tests/security/test_pid1_seccomp.py) */
+        struct sock_filter f[PID1_FILTER_MAX];
+        unsigned short n = pid1_filter(f);
+        return write(1, f, n * sizeof(f[0])) == (ssize_t)(n * sizeof(f[0])) ? 0 : 1;
+    }
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "filter-test")) {
+        /* filter-test NR | filter-test int80 NR: load PID 1's filter, then make system call NR with
+         * every argument -1 (the 64-bit convention, or i386's int 0x80), print "errno E" (or
+         * "ok"): a call the filter refuses kills this process (SIGSYS) */
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || pid1_seccomp() < 0)
+            return 2;
+        long nr = atol(argv[argc - 1]), r;
+        if (argc == 4) {
+#if defined(__x86_64__)
+            if (strcmp(argv[2], "int80"))
+                return 2;
+            __asm__ volatile("int $0x80" : "=a"(r) : "0"(nr), "b"(-1L), "c"(-1L), "d"(-1L) : "memory");
+            if (r < 0) {
+                errno = (int)-r;
+                r = -1;
+            }
+#else
+            return 2;
+#endif
+        } else {
+            r = syscall(nr, -1L, -1L, -1L, -1L, -1L, -1L);
+        }
+        char line[64];
+        int n = r < 0 ? snprintf(line, sizeof(line), "errno %d\n", errno) : snprintf(line, sizeof(line), "ok\n");
+        return write(1, line, (size_t)n) == n ? 0 : 1;
+    }
     if (argc == 10 && !strcmp(argv[1], "spawn")) {
         /* pysandbox-init spawn STATUS_FD LINGER_MS PARAM_FD CGROUP2_FD PROGRAM_PID NOTIFY_FD CONSOLE_FD
          * CREDS (-1: none; CREDS: see drop_privileges): start the program's process first (see
@@ -612,6 +750,12 @@ int main(int argc, char **argv)
             const char *why = strerror(errno);
             send_line(status_fd, "SETUP pid 1 could not drop its privileges: ", why, strlen(why));
         }
+        kill(child, SIGKILL);
+        return 1;
+    }
+    if (pid1_seccomp() < 0) {
+        const char *why = strerror(errno);
+        send_line(status_fd, "SETUP pid 1 could not load its seccomp filter: ", why, strlen(why));
         kill(child, SIGKILL);
         return 1;
     }
