@@ -338,3 +338,24 @@ def test_memory_sink_ring():
         m.write({"i": i})
     assert [e["i"] for e in m.events] == [0, 1, 2, 3, 4, 995, 996, 997, 998, 999]
     assert m.dropped == 990
+
+
+def test_distinct_kinds_cannot_bypass_the_limit():
+    """A program varying an argument to make every call a 'new kind' (ioctl requests, keyctl
+    commands) gets at most MAX_KINDS kinds with their args class; after that the class is dropped
+    from the key, so new records stop and the counts still add up. Pure: the Throttle with a
+    frozen clock (no time passes, no token comes back)."""
+    from audit.events import syscall_event_fields
+    from audit.throttle import MAX_KINDS, Throttle
+    thr = Throttle(rate=10, burst=100, clock=lambda: 1000.0, wall=lambda: 1.7e9)
+    written = 0
+    n = 50_000
+    for i in range(n):
+        t, f = syscall_event_fields("ioctl", 16, [3, 0x7000 + i, 0, 0, 0, 0], "errno", errno=1)
+        if thr.admit(t, f):
+            written += 1
+    assert written <= MAX_KINDS + 1
+    assert len(thr._kinds) <= MAX_KINDS + 1
+    recs = thr.finish()
+    assert sum(f["count"] for t, f in recs if t != "audit_suppressed") + written == n
+    assert recs[-1][0] == "audit_suppressed" and recs[-1][1]["count"] == n - written
