@@ -308,8 +308,9 @@ def summarize(events: Iterable[dict]) -> list[SandboxSummary]:
             s.denials[(ev.get("syscall") or {}).get("name", "?")] += n
         if ev.get("technique"):
             s.techniques[ev["technique"]] += n
-        if ev.get("type") == "audit_suppressed":
-            s.suppressed += n if not isinstance(ev.get("count"), int) else ev["count"]
+        c = ev.get("count")
+        if ev.get("type") == "audit_suppressed" and isinstance(c, int) and not isinstance(c, bool) and c > 0:
+            s.suppressed += c
         if ev.get("type") == "sandbox_exit":
             s.exit = {"status": ev.get("status"), "duration": ev.get("duration")}
     return list(by.values())
