@@ -210,6 +210,17 @@ class Throttle:
             out.append(self._record(k))
         return out
 
+    def next_due(self) -> Optional[float]:
+        """Monotonic time at which due() will have a record to give, or None (nothing pending):
+        so that a flood that stopped still gets its coalesced record without a new call."""
+        pending = [k.since for k in self._kinds.values() if k.pending]
+        if not pending:
+            return None
+        now = self._clock()
+        self._refill(now)
+        token_at = now if self._tokens >= 1.0 else now + (1.0 - self._tokens) / self.rate
+        return max(min(pending) + self.interval, token_at)
+
     def finish(self) -> list:
         """At the end of the sandbox: every pending coalesced record, then one
         `audit_suppressed` record (when anything was coalesced)."""

@@ -491,7 +491,10 @@ class _Base:
         poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
-                ready = dict(poller.poll(0 if self._stopping else None))
+                ready = dict(poller.poll(0 if self._stopping else self._flush_timeout()))
+                if not ready and not self._stopping:
+                    self.flush_due()              # a coalesced record's time came without a new call
+                    continue
                 m = ready.get(self.fd, 0)
                 if m & select.POLLIN:
                     self._one()
@@ -568,6 +571,15 @@ class _Base:
         return True
 
     _inline_pace = None      # set by Supervision for the launch server's loop (no sleeping there)
+
+    def _flush_timeout(self) -> Optional[int]:
+        """poll() timeout (ms) until the throttle's next coalesced record is due; None: none."""
+        thr = self.throttle
+        nd = thr.next_due() if thr is not None else None
+        if nd is None:
+            return None
+        import time
+        return max(0, int((nd - time.monotonic()) * 1000)) + 1
 
     def flush_due(self) -> None:
         thr = self.throttle
@@ -887,8 +899,21 @@ class Supervision:
         self._paced_until = time.monotonic() + delay
 
     def inline_wakeup(self) -> Optional[float]:
-        """Monotonic time at which inline_fds() has the listener again (a paced flood), or None."""
-        return self._paced_until or None
+        """Monotonic time at which the caller's loop should call inline_tick(): a paced flood's
+        listener is polled again, or a coalesced record is due. None: nothing to wait for."""
+        sup = self._inline
+        nd = sup.throttle.next_due() if sup is not None and sup.throttle is not None else None
+        times = [t for t in (self._paced_until or None, nd) if t is not None]
+        return min(times) if times else None
+
+    def inline_tick(self) -> None:
+        """inline_wakeup()'s time came: write the coalesced records that are due."""
+        sup = self._inline
+        if sup is not None and not self._inline_done:
+            try:
+                sup.flush_due()
+            except Exception as e:  # noqa: BLE001 - reported in stats, never a dead launch server
+                sup.stats["error"] = f"{type(e).__name__}: {e}"
 
     def inline_ready(self, fd: int, events: int) -> None:
         """One of inline_fds() is ready: take the listener, or answer one notification."""

@@ -745,6 +745,7 @@ def serve(ctl_fd: int) -> None:
         now = time.monotonic()
         for r in paced:
             if r.launch.pidfd in by_pidfd:
+                r.launch.sup.inline_tick()             # coalesced audit records that are due
                 sync_notify(r)                         # polls its listener again once the pace ended
         for r in list(by_pidfd.values()):
             d = r.launch.deadline

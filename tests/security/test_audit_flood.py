@@ -359,3 +359,47 @@ def test_distinct_kinds_cannot_bypass_the_limit():
     recs = thr.finish()
     assert sum(f["count"] for t, f in recs if t != "audit_suppressed") + written == n
     assert recs[-1][0] == "audit_suppressed" and recs[-1][1]["count"] == n - written
+
+
+QUIET_AFTER = r"""
+import ctypes, threading, time
+l = ctypes.CDLL(None, use_errno=True)
+end = time.monotonic() + 1.0
+def w():
+    while time.monotonic() < end:
+        l.mount(b"none", b"/mnt", b"tmpfs", 0, None)
+ts = [threading.Thread(target=w) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+time.sleep(4)                    # quiet: no call comes to carry the coalesced record out
+print("done")
+"""
+
+
+def _written_while_quiet(evs) -> None:
+    from audit.events import parse_time
+    exit_t = parse_time([e for e in evs if e["type"] == "sandbox_exit"][0]["time"])
+    early = [e for e in evs if e.get("count") and e["type"] == "escape_attempt"
+             and parse_time(e["time"]) < exit_t - 1.5]
+    assert early, [(e["type"], e.get("count"), e["time"]) for e in evs if e.get("count")]
+
+
+def test_coalesced_record_is_written_when_the_flood_stops(runner, logdir):
+    """A flood that stops: its coalesced record is written within the interval (2 s), not only
+    when the sandbox ends (a detached sandbox may run for days)."""
+    log = logdir / "audit.jsonl"
+    r = runner("run", "--profile", "strict", "--audit-log", str(log), "--", HOST_PYTHON, "-c", QUIET_AFTER)
+    assert r.returncode == 0 and r.stdout == "done\n", r
+    _written_while_quiet(list(reader.read_events(log)))
+
+
+def test_coalesced_record_is_written_when_the_flood_stops_api():
+    """The same through the API's launch server, which supervises inline (no thread, no sleep)."""
+    code = ("import json, sys\nfrom sandbox.api import Sandbox\n"
+            "r = Sandbox('strict').run(['/usr/bin/python3', '-c', sys.argv[1]], text=True)\n"
+            "print(json.dumps({'out': r.stdout, 'events': r.events}))")
+    p = subprocess.run([sys.executable, "-c", code, QUIET_AFTER], capture_output=True, text=True, timeout=120,
+                       cwd="/tmp", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/root"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout)
+    assert res["out"] == "done\n"
+    _written_while_quiet(res["events"])
