@@ -703,6 +703,16 @@ class _Learning(_Base):
 
     def handle(self, n: Notification) -> None:
         try:
+            if self.throttle is not None:
+                # the same rate limit as enforcing: the first call of each kind (so every syscall
+                # name the program used) is recorded in full; repeats beyond the rate only counted
+                name = _NAMES.name(n.arch, n.nr)
+                info = read_arguments(n.pid, name, n.args) if name == "clone3" and self.read_memory else {}
+                etype, cheap = _event(name, n, {k: v for k, v in info.items() if k == "clone3_flags"},
+                                      "allow", None, self.via, rule=decide(self.plan, name, n.args).rule)
+                if self.coalesced(etype, cheap):
+                    self.flush_due()
+                    return
             name, info = self.describe(n)
             d = decide(self.plan, name, n.args)
             etype, fields = _event(name, n, info, "allow", None, self.via, rule=d.rule,
@@ -710,6 +720,7 @@ class _Learning(_Base):
                                            + (f" ({_errno.errorcode.get(d.errno, d.errno)})"
                                               if d.action == "errno" else ""))
             self.record(etype, fields)
+            self.flush_due()
         finally:
             if _send(self.fd, NOTIF_RESP.pack(n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)):
                 self.stats["answered"] += 1
@@ -867,7 +878,8 @@ class Supervision:
         def fd_source() -> int:
             return recv_listener(parent, timeout=None)
         if self.learn:
-            sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source)
+            sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source,
+                                   throttle=throttle_for(self.learn_plan))
         else:
             sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source,
                              throttle=throttle_for(self.plan))

@@ -403,3 +403,37 @@ def test_coalesced_record_is_written_when_the_flood_stops_api():
     res = json.loads(p.stdout)
     assert res["out"] == "done\n"
     _written_while_quiet(res["events"])
+
+
+LEARN_FLOOD = r"""
+import ctypes, os, threading, time
+l = ctypes.CDLL(None, use_errno=True)
+n = [0] * 4
+end = time.monotonic() + 1.5
+def w(i):
+    while time.monotonic() < end:
+        l.syscall(139, 3, 0, 0); n[i] += 1        # sysfs(3): @obsolete, denied by strict
+ts = [threading.Thread(target=w, args=(i,)) for i in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+os.setuid(0)                                      # one more kind, after the flood
+print(sum(n))
+"""
+
+
+def test_learn_mode_is_bounded_and_still_learns_every_call(runner, logdir):
+    """Learn mode (the learning supervisor lets calls run) under the same flood: its records
+    are bounded by the same rate limit, yet every syscall name the program used is learned
+    (the first of each kind is always recorded) and the counts add up."""
+    out = logdir / "learned.yaml"
+    log = logdir / "learn.jsonl"
+    r = runner("learn", "--profile", "strict", "-o", str(out), "--audit-log", str(log), "--",
+               HOST_PYTHON, "-c", LEARN_FLOOD, cwd=str(logdir))
+    assert r.returncode == 0, r
+    calls = int(r.stdout.split()[-1])
+    assert calls > 300
+    allow_line = next(line for line in out.read_text().splitlines() if line.strip().startswith("allow:"))
+    assert '"sysfs"' in allow_line and '"setuid"' in allow_line
+    evs = list(reader.read_events(log))
+    assert len(evs) < 400, len(evs)
+    assert sum(reader.count(e) for e in evs if (e.get("syscall") or {}).get("name") == "sysfs") == calls
+    assert f"sysfs ×{calls}" in r.stderr
