@@ -22,6 +22,9 @@ plus per-type fields (all optional unless the schema says otherwise):
     path                                       integrity violations, paths named by a syscall
     status {exit_code, signal}, duration, peaks{...}   sandbox_exit
     argv, message, detail
+    count, first_time, last_time               a coalesced record: it stands for `count` calls
+                                               (absent: 1) made between first_time and last_time
+    suppressed [{type, syscall, technique_id, count}]   audit_suppressed: what was coalesced
 
 The machine-readable contract is audit/schema/event.schema.json (documented in docs/audit.md).
 This module is pure Python: it never imports `sandbox` or `policies`.
@@ -50,6 +53,7 @@ DEFAULT_SEVERITY = {
     "escape_attempt": "critical",
     "integrity_violation": "critical",
     "audit_lost": "error",          # the audit path itself lost records (e.g. kernel printk rate limit)
+    "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

@@ -107,18 +107,43 @@ def parse_lines(lines: Iterable[str], stats: Optional[ReadStats] = None) -> Iter
         yield ev
 
 
+def count(ev: dict) -> int:
+    """The calls a record stands for: `count` of a coalesced record, else 1 (audit/throttle.py).
+    An audit_suppressed record's count repeats what the coalesced records count: 1 here."""
+    c = ev.get("count")
+    if ev.get("type") == "audit_suppressed" or not isinstance(c, int) or isinstance(c, bool) or c < 1:
+        return 1
+    return c
+
+
+def log_files(path: os.PathLike | str) -> list[str]:
+    """The log and its rotated files (audit/sinks.py JsonlSink), oldest first."""
+    from .sinks import rotated_paths
+    return rotated_paths(os.fspath(path))
+
+
 def read_events(path: os.PathLike | str, flt: Optional[Filter] = None,
-                stats: Optional[ReadStats] = None) -> Iterator[dict]:
-    """Events of an audit log, oldest first, that pass the filter."""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        for ev in parse_lines(f, stats):
-            if flt is None or flt.match(ev):
-                yield ev
+                stats: Optional[ReadStats] = None, rotated: bool = False) -> Iterator[dict]:
+    """Events of an audit log, oldest first, that pass the filter; with rotated=True its
+    rotated files (path.N .. path.1) first. A rotated file that vanishes meanwhile is skipped."""
+    paths = log_files(path) if rotated else [os.fspath(path)]
+    for i, p in enumerate(paths):
+        try:
+            f = open(p, "r", encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            if i == len(paths) - 1:
+                raise
+            continue
+        with f:
+            for ev in parse_lines(f, stats):
+                if flt is None or flt.match(ev):
+                    yield ev
 
 
-def last_events(path: os.PathLike | str, n: int, flt: Optional[Filter] = None) -> list[dict]:
+def last_events(path: os.PathLike | str, n: int, flt: Optional[Filter] = None,
+                rotated: bool = False) -> list[dict]:
     from collections import deque
-    return list(deque(read_events(path, flt), maxlen=n))
+    return list(deque(read_events(path, flt, rotated=rotated), maxlen=n))
 
 
 def follow(path: os.PathLike | str, flt: Optional[Filter] = None, from_end: bool = True,
@@ -188,6 +213,9 @@ def format_syscall(ev: dict) -> str:
         s += f" -> {ev['errno_name']}"
     elif act:
         s += f" -> {act}"
+    if ev.get("count") is not None and ev.get("type") != "audit_suppressed":
+        s += f" ×{ev['count']} ({_short_time(str(ev.get('first_time', '')))[11:]}"
+        s += f"..{_short_time(str(ev.get('last_time', '')))[11:]})"
     return s
 
 
@@ -214,7 +242,7 @@ def _format_event(ev: dict) -> str:
     if ev.get("technique"):
         parts.append(f"[{ev['technique']}]")
     lim = ev.get("limit")
-    if lim:
+    if lim and t != "audit_suppressed":
         parts.append(f"{lim.get('name')} limit {lim.get('value')} peak {lim.get('peak')}")
     if ev.get("path"):
         parts.append(f"path={ev['path']}")
@@ -235,6 +263,9 @@ def _format_event(ev: dict) -> str:
         if ev.get("comm"):
             who += f" {ev['comm']}"
         parts.append(f"({who})")
+    if t == "audit_suppressed" and isinstance(ev.get("suppressed"), list):
+        parts.append(", ".join(f"{x.get('syscall') or x.get('type')} ×{x.get('count')}"
+                               for x in ev["suppressed"][:8] if isinstance(x, dict)))
     if ev.get("message") and not ev.get("syscall"):
         parts.append(str(ev["message"]))
     if ev.get("via") and ev.get("via") != "user_notif" and ev.get("syscall"):
@@ -253,12 +284,13 @@ class SandboxSummary:
     denials: Counter = field(default_factory=Counter)
     techniques: Counter = field(default_factory=Counter)
     exit: Optional[dict] = None
+    suppressed: int = 0             # events coalesced by the rate limit (counted in the denials)
 
     def to_dict(self) -> dict:
         return {"sandbox_id": self.sandbox_id, "sandbox_name": self.name, "profile": self.profile,
                 "first": self.first, "last": self.last, "events": dict(self.types),
                 "denials": dict(self.denials.most_common()), "techniques": dict(self.techniques.most_common()),
-                "exit": self.exit}
+                "exit": self.exit, "coalesced": self.suppressed}
 
 
 def summarize(events: Iterable[dict]) -> list[SandboxSummary]:
@@ -270,11 +302,15 @@ def summarize(events: Iterable[dict]) -> list[SandboxSummary]:
             s = by[sid] = SandboxSummary(sid, str(ev.get("sandbox_name") or sid), ev.get("profile"))
         s.first = s.first or ev.get("time")
         s.last = ev.get("time")
-        s.types[ev.get("type", "?")] += 1
+        s.types[ev.get("type", "?")] += 1                  # records
+        n = count(ev)                                      # calls (a coalesced record: its count)
         if is_denial(ev):
-            s.denials[(ev.get("syscall") or {}).get("name", "?")] += 1
+            s.denials[(ev.get("syscall") or {}).get("name", "?")] += n
         if ev.get("technique"):
-            s.techniques[ev["technique"]] += 1
+            s.techniques[ev["technique"]] += n
+        c = ev.get("count")
+        if ev.get("type") == "audit_suppressed" and isinstance(c, int) and not isinstance(c, bool) and c > 0:
+            s.suppressed += c
         if ev.get("type") == "sandbox_exit":
             s.exit = {"status": ev.get("status"), "duration": ev.get("duration")}
     return list(by.values())
@@ -299,6 +335,8 @@ def format_summary(summaries: list[SandboxSummary]) -> str:
             out.append("  denials: " + ", ".join(f"{k} ×{v}" for k, v in s.denials.most_common()))
         for tech, c in s.techniques.most_common():
             out.append(f"  escape attempt ×{c}: {tech}")
+        if s.suppressed:
+            out.append(f"  rate limit: {s.suppressed} events coalesced into records with a count")
         if s.exit and s.exit.get("status"):
             st = s.exit["status"]
             out.append(f"  exit: {('signal ' + str(st['signal'])) if st.get('signal') else st.get('exit_code')}")

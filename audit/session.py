@@ -14,7 +14,7 @@ import signal as _signal
 from typing import Any, Optional, TextIO
 
 from .events import Recorder, _warn
-from .sinks import JsonlSink, SummarySink, SyslogSink, default_log_path
+from .sinks import JsonlSink, SummarySink, SyslogSink, default_log_path, log_limits
 
 
 class AuditLogError(OSError):
@@ -99,11 +99,13 @@ def open_session(sandbox_id: str, name: Optional[str], profile: Optional[str], *
                  log_path: Optional[str] = None, summary: bool = True, syslog: bool = True,
                  syslog_min: str = "warning", stream: Optional[TextIO] = None) -> Session:
     """Recorder with the default sinks. An explicit log_path that cannot be opened raises
-    AuditLogError; the default path failing only warns (the stderr summary stays)."""
+    AuditLogError; the default path failing only warns (the stderr summary stays). The log is
+    size-capped and rotated (sinks.log_limits); syslog is rate-limited (sinks.SyslogSink)."""
     sinks: list = []
     path = log_path or str(default_log_path())
+    max_bytes, keep = log_limits()
     try:
-        sinks.append(JsonlSink(path))
+        sinks.append(JsonlSink(path, max_bytes=max_bytes, keep=keep))
     except OSError as e:
         if log_path:
             raise AuditLogError(e.errno, f"audit log {log_path}: {e.strerror}") from None

@@ -44,19 +44,57 @@ def encode(event: dict) -> bytes:
     return (json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
 
 
+DEFAULT_MAX_BYTES = 32 << 20     # the log is rotated when the next record would take it past this
+DEFAULT_KEEP = 4                 # rotated files kept: audit.jsonl.1 (newest) .. audit.jsonl.4
+MIN_MAX_BYTES = 64 << 10
+
+
+def log_limits() -> tuple[int, int]:
+    """(max_bytes, keep) of the audit log: the defaults, or $PYSANDBOX_AUDIT_LOG_MAX_BYTES and
+    $PYSANDBOX_AUDIT_LOG_KEEP (the invoking user's setting, never the profile's). Bad values fall
+    back to the defaults; the size is never below 64 KiB nor unbounded."""
+    def env_int(name: str, default: int, lo: int, hi: int) -> int:
+        try:
+            return max(lo, min(int(os.environ.get(name, default)), hi))
+        except ValueError:
+            return default
+    return (env_int("PYSANDBOX_AUDIT_LOG_MAX_BYTES", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, 1 << 40),
+            env_int("PYSANDBOX_AUDIT_LOG_KEEP", DEFAULT_KEEP, 1, 100))
+
+
+def rotated_paths(path: str, keep: int = 100) -> list[str]:
+    """The log's rotated files that exist, oldest first (path.N .. path.1), then path itself."""
+    out = [f"{path}.{i}" for i in range(keep, 0, -1) if os.path.exists(f"{path}.{i}")]
+    return out + [path]
+
+
 class JsonlSink:
     """Append-only JSON Lines file. Each event is one write(2) on an O_APPEND descriptor, so
     it is in the kernel (safe from a crash of pysandbox) as soon as `write` returns, and
     concurrent sandboxes appending to the same log never interleave inside a line.
-    With fsync=True every event is also forced to disk (survives a host crash)."""
+    With fsync=True every event is also forced to disk (survives a host crash).
 
-    def __init__(self, path: os.PathLike | str, fsync: bool = False, mode: int = 0o600):
+    Size cap: when the next record would take the file past `max_bytes`, the file is rotated
+    (path -> path.1 -> ... -> path.<keep>, the oldest dropped) and a new one started; None: no
+    cap. Writers in other processes (sandboxes sharing the log) notice at their next record
+    (their file is over the cap: it is path.1 now) and reopen; flock on the old file makes one
+    of them rotate. A file passes the cap by at most one record per concurrent writer."""
+
+    def __init__(self, path: os.PathLike | str, fsync: bool = False, mode: int = 0o600,
+                 max_bytes: Optional[int] = None, keep: int = DEFAULT_KEEP):
         self.path = os.fspath(path)
         self.fsync = fsync
+        self.mode = mode
+        self.max_bytes = max_bytes
+        self.keep = max(1, int(keep))
+        self.rotations = 0
         parent = os.path.dirname(self.path) or "."
         if not os.path.exists(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+        self.fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.mode)
 
     def describe(self) -> str:
         return str(self.path)
@@ -65,6 +103,8 @@ class JsonlSink:
         if self.fd < 0:
             raise ValueError("audit log is closed")
         data = encode(event)
+        if self.max_bytes is not None:
+            self._cap(len(data))
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)
@@ -72,10 +112,42 @@ class JsonlSink:
         if self.fsync:
             os.fsync(self.fd)
 
+    def _cap(self, n: int) -> None:
+        st = os.fstat(self.fd)
+        if st.st_size + n <= self.max_bytes or st.st_size == 0:
+            return
+        import fcntl
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            try:
+                cur = os.stat(self.path)
+                live = (cur.st_ino, cur.st_dev) == (st.st_ino, st.st_dev)
+            except FileNotFoundError:
+                live = False
+            if live and os.fstat(self.fd).st_size + n > self.max_bytes:
+                for i in range(self.keep - 1, 0, -1):
+                    try:
+                        os.rename(f"{self.path}.{i}", f"{self.path}.{i + 1}")
+                    except FileNotFoundError:
+                        pass
+                os.rename(self.path, f"{self.path}.1")
+                self.rotations += 1
+            fd = self._open()                 # the new file (ours, or the one another writer made)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = fd
+
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
+
+
+def event_count(event: dict) -> int:
+    """How many calls a record stands for: its `count` (a coalesced record), else 1."""
+    c = event.get("count")
+    return c if isinstance(c, int) and c > 0 and event.get("type") != "audit_suppressed" else 1
 
 
 def _denied(event: dict) -> bool:
@@ -100,6 +172,7 @@ class SummarySink:
         self.by_syscall: Counter[str] = Counter()
         self.escapes = 0
         self.other: Counter[str] = Counter()
+        self.coalesced = 0
         self.printed: Optional[str] = None
 
     def describe(self) -> str:
@@ -107,11 +180,14 @@ class SummarySink:
 
     def write(self, event: dict) -> None:
         if _denied(event):
-            self.by_syscall[(event.get("syscall") or {}).get("name", "?")] += 1
+            n = event_count(event)
+            self.by_syscall[(event.get("syscall") or {}).get("name", "?")] += n
             if event.get("type") == "escape_attempt":
-                self.escapes += 1
+                self.escapes += n
         elif event.get("type") in self.NOTABLE:
             self.other[event["type"]] += 1
+        elif event.get("type") == "audit_suppressed" and isinstance(event.get("count"), int):
+            self.coalesced += event["count"]
 
     def line(self) -> Optional[str]:
         n = sum(self.by_syscall.values())
@@ -126,6 +202,8 @@ class SummarySink:
                 parts.append(f"{self.escapes} escape attempt{'s' if self.escapes != 1 else ''}")
         for t, c in self.other.items():
             parts.append(f"{c} {t.replace('_', ' ')}{'s' if c != 1 and not t.endswith('s') else ''}")
+        if self.coalesced:
+            parts.append(f"{self.coalesced} coalesced by the audit rate limit")
         if not parts:
             return None
         where = f" — see {self.log_path}" if self.log_path else ""
@@ -163,49 +241,112 @@ def syslog_message(event: dict) -> str:
     return " ".join(bits) + " " + json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_RATE = 5.0        # messages per second per sandbox
+SYSLOG_BURST = 20
+SYSLOG_MAX_MESSAGE = 8192
+
+
 class SyslogSink:
-    """syslog(3) via Python's syslog module (journald reads /dev/log too). Events below
-    min_severity are skipped. Without a syslog daemon the messages are dropped by libc."""
+    """syslog: one datagram per event to the local syslog socket ($PYSANDBOX_SYSLOG_SOCKET, default
+    /dev/log; journald reads it too), framed as libc's syslog(3) sends it. Events below
+    min_severity are skipped. Bounded: at most `rate` messages per second (`burst` at once), each
+    at most SYSLOG_MAX_MESSAGE bytes; what is over is counted (`suppressed`) and said in one
+    message when the next one passes, and at close. Never blocks: a full or missing syslog socket
+    drops the message (counted in `dropped`) instead of stalling the supervisor."""
 
     def __init__(self, ident: str = "pysandbox", facility: Optional[int] = None,
-                 min_severity: str = "info"):
-        import syslog
-        self._syslog = syslog
-        self.facility = syslog.LOG_USER if facility is None else facility
+                 min_severity: str = "info", address: Optional[str] = None,
+                 rate: float = SYSLOG_RATE, burst: int = SYSLOG_BURST):
+        import socket
+        import time
+        self._time = time
+        self.facility = (1 << 3) if facility is None else facility      # LOG_USER
         self.min_index = _SEV_ORDER.index(min_severity)
-        syslog.openlog(ident, syslog.LOG_PID, self.facility)
+        self.ident = ident
+        self.address = address or os.environ.get("PYSANDBOX_SYSLOG_SOCKET") or SYSLOG_SOCKET
+        self.rate, self.burst = float(rate), int(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self.sent = 0
+        self.suppressed = 0          # over the rate: not sent, said later
+        self.dropped = 0             # the socket refused them (no syslog daemon, queue full)
+        self._untold = 0
+        self._last: Optional[dict] = None
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
     def describe(self) -> str:
         return "syslog"
+
+    def _send(self, prio: int, msg: str) -> None:
+        head = f"<{self.facility | prio}>{self._time.strftime('%b %e %H:%M:%S')} {self.ident}[{os.getpid()}]: "
+        data = (head + msg).encode(errors="replace")[:SYSLOG_MAX_MESSAGE]
+        try:
+            self._sock.sendto(data, self.address)
+            self.sent += 1
+        except OSError:
+            self.dropped += 1
+
+    def _tell(self) -> None:
+        if self._untold:
+            n, self._untold = self._untold, 0
+            name = (self._last or {}).get("sandbox_name")
+            self._send(4, f"sandbox={name} type=audit_suppressed syslog: {n} message{'s' if n != 1 else ''} "
+                          f"over the syslog rate limit ({self.rate:g}/s) not sent; the audit log has them")
 
     def write(self, event: dict) -> None:
         sev = event.get("severity", "info")
         if _SEV_ORDER.index(sev) < self.min_index:
             return
-        self._syslog.syslog(self.facility | _SYSLOG_PRIO.get(sev, 6), syslog_message(event))
+        now = self._time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            self.suppressed += 1
+            self._untold += 1
+            self._last = event
+            return
+        self._tokens -= 1.0
+        self._tell()
+        self._send(_SYSLOG_PRIO.get(sev, 6), syslog_message(event))
 
     def close(self) -> None:
-        pass
+        self._tell()
+        self._sock.close()
 
 
 class MemorySink:
-    """Keeps events in a list (tests, learn mode). `limit` bounds memory: oldest dropped,
-    `dropped` counts them."""
+    """Keeps events in memory (tests, learn mode, the Python API). `limit` bounds it: the first
+    limit/2 events are kept (the sandbox's start and its first denials) and the newest limit/2
+    (a ring); `dropped` counts those in between. `events` is a list of what is kept, in order."""
 
     def __init__(self, limit: Optional[int] = None):
-        self.events: list[dict] = []
+        from collections import deque
         self.limit = limit
+        self._head: list[dict] = []
+        self._headmax = None if limit is None else max(1, limit // 2)
+        self._tail: deque = deque(maxlen=None if limit is None else max(1, limit - self._headmax))
         self.dropped = 0
         self.closed = False
+
+    @property
+    def events(self) -> list[dict]:
+        return self._head + list(self._tail) if self._tail else self._head
+
+    def clear(self) -> None:
+        self._head.clear()
+        self._tail.clear()
 
     def describe(self) -> str:
         return "memory"
 
     def write(self, event: dict) -> None:
-        self.events.append(event)
-        if self.limit is not None and len(self.events) > self.limit:
-            del self.events[0]
+        if self._headmax is None or len(self._head) < self._headmax:
+            self._head.append(event)
+            return
+        if len(self._tail) == self._tail.maxlen:
             self.dropped += 1
+        self._tail.append(event)
 
     def close(self) -> None:
         self.closed = True

@@ -82,6 +82,10 @@ class Seccomp:
     # Deliver denials (errno rules) through seccomp user notification so the
     # supervisor can record them (audit); the answer is still the rule's errno.
     notify_denials: bool = False
+    # The supervisor's per-sandbox audit rate limit (docs/audit.md "Rate limit"): full records
+    # per second and in a burst; None: the defaults of audit/throttle.py. Bounded by the schema.
+    audit_rate: Optional[float] = None
+    audit_burst: Optional[int] = None
 
 
 @dataclass(frozen=True)

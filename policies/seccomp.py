@@ -53,11 +53,14 @@ DENY_ACTIONS = ("errno", "kill", "log", "trap", "notify")
 SEVERITY = {"kill": 4, "trap": 3, "errno": 2, "notify": 2, "log": 1, "allow": 0}
 
 SECTION_KEYS = {"enabled", "default_action", "default_errno", "import", "allow", "deny",
-                "deny_action", "deny_errno", "notify_denials", "socket_families"}
+                "deny_action", "deny_errno", "notify_denials", "socket_families",
+                "audit_rate", "audit_burst"}
 SOCKET_KEYS = {"allow", "deny", "errno", "comment"}
 FAMILY_KEYS = {"family", "protocols", "capability", "comment"}
 # The calls whose first argument is an address family (x86_64 has no socketcall).
 SOCKET_CALLS = ("socket", "socketpair")
+AUDIT_RATE_MAX = 1000        # the same bounds as audit/throttle.py (policies never imports audit)
+AUDIT_BURST_MAX = 10000
 ALLOW_KEYS = {"names", "args", "comment"}
 DENY_KEYS = {"names", "action", "errno", "args", "comment"}
 ARG_KEYS = {"index", "op", "value", "mask"}
@@ -624,6 +627,17 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
     notify = section.get("notify_denials", False)
     if not isinstance(notify, bool):
         ctx.fail("seccomp: 'notify_denials' must be true or false", "notify_denials")
+    rate = section.get("audit_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not 0.1 <= rate <= AUDIT_RATE_MAX):
+        ctx.fail(f"seccomp: 'audit_rate' must be a number of records per second from 0.1 to {AUDIT_RATE_MAX}",
+                 "audit_rate")
+    burst = section.get("audit_burst")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)
+                              or not 1 <= burst <= AUDIT_BURST_MAX):
+        ctx.fail(f"seccomp: 'audit_burst' must be a whole number of records from 1 to {AUDIT_BURST_MAX}",
+                 "audit_burst")
+    audit_limits = {"audit_rate": None if rate is None else float(rate), "audit_burst": burst}
     if not enabled:
         return Seccomp(enabled=False, default_action="allow", default_errno=None, rules=(),
                        skipped=(), notify_denials=False)
@@ -734,7 +748,8 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
         ctx.fail(f"seccomp: the argument conditions for {e.args[0]!r} are too complex for libseccomp "
                  f"(more than {MAX_RULES} rules); simplify them")
     return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
-                   rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify)
+                   rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify,
+                   **audit_limits)
 
 
 # =====================================================================================

@@ -30,6 +30,7 @@ from .doctor import kernel_version as _kernel_version
 from . import zygote as _zygote
 
 DENIAL_TYPES = ("seccomp_denied", "seccomp_killed", "escape_attempt")
+MEMORY_EVENTS = 10000      # audit events a RunResult keeps at most (a flood is coalesced before that, docs/audit.md)
 
 # keyword -> Overrides field; tuple-valued fields accept a str or any iterable
 _TUPLE_FIELDS = {"cap_add", "cap_drop", "volumes", "tmpfs", "env", "ports", "device_read_bps",
@@ -51,6 +52,7 @@ class RunResult:
     stdout: Union[bytes, str] = b""
     stderr: Union[bytes, str] = b""
     events: list = field(default_factory=list)     # audit events of this run (docs/audit.md schema)
+    events_dropped: int = 0                         # events not kept in `events` (MEMORY_EVENTS bound)
     duration: float = 0.0
     timed_out: bool = False
     signal: Optional[int] = None
@@ -197,11 +199,12 @@ class Sandbox:
             if self.audit:
                 from audit.events import Recorder
                 from audit.session import Session
-                from audit.sinks import JsonlSink, MemorySink
-                sink = MemorySink()
+                from audit.sinks import JsonlSink, MemorySink, log_limits
+                sink = MemorySink(limit=MEMORY_EVENTS)      # bounded: first half kept, newest half a ring
                 sinks = [sink]
                 if self.audit_log:
-                    sinks.append(JsonlSink(self.audit_log))
+                    max_bytes, keep = log_limits()
+                    sinks.append(JsonlSink(self.audit_log, max_bytes=max_bytes, keep=keep))
                 recorder = Recorder(sid, self.name or sid, plan.name, sinks)
                 on_event = Session(recorder, self.audit_log).emit
             req = {"argv": argv, "sandbox_id": sid, "name": self.name, "audit": self.audit,
@@ -223,6 +226,7 @@ class Sandbox:
             o, e_ = o.decode(errors="replace"), e_.decode(errors="replace")
         events = list(sink.events) if sink is not None else list(res.events)
         result = RunResult(exit_code=res.exit_code, stdout=o, stderr=e_, events=events,
+                           events_dropped=sink.dropped if sink is not None else 0,
                            duration=res.duration, timed_out=res.timed_out, signal=res.signal,
                            message=res.message, sandbox_id=sid, argv=argv)
         if check:

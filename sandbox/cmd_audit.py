@@ -6,6 +6,8 @@
 
 The log is --log FILE, else $PYSANDBOX_AUDIT_LOG, else the default under the state
 directory (/var/lib/pysandbox/audit.jsonl as root, ~/.local/state/pysandbox/audit.jsonl rootless).
+`show` and `summary` read the rotated files (FILE.N .. FILE.1) too, oldest first; a record with
+a `count` stands for that many calls (the rate limit's coalesced records, docs/audit.md).
 Exit status: 0 ok, 1 no log file, 2 bad option.
 """
 from __future__ import annotations
@@ -78,7 +80,8 @@ def show(log_path, sandboxes, types, since, syscalls, min_severity, as_json, las
     path = _log(log_path)
     flt = _make_filter(sandboxes, types, since, syscalls, min_severity)
     _check(path)
-    evs = reader.last_events(path, last, flt) if last else reader.read_events(path, flt)
+    evs = (reader.last_events(path, last, flt, rotated=True) if last
+           else reader.read_events(path, flt, rotated=True))
     try:
         for ev in evs:
             _emit(ev, as_json)
@@ -121,7 +124,7 @@ def summary(log_path, sandboxes, types, since, syscalls, min_severity, as_json):
     path = _log(log_path)
     flt = _make_filter(sandboxes, types, since, syscalls, min_severity)
     _check(path)
-    s = reader.summarize(reader.read_events(path, flt))
+    s = reader.summarize(reader.read_events(path, flt, rotated=True))
     if as_json:
         click.echo(json.dumps([x.to_dict() for x in s], indent=2, ensure_ascii=False))
     else:

@@ -64,13 +64,15 @@ def learning_seccomp(s):
 
 
 def observed_from(events: list) -> dict:
-    """learn-mode events -> {syscall name: count}, in first-seen order."""
+    """learn-mode events -> {syscall name: count}, in first-seen order. The rate limit writes
+    the first call of each kind in full, so every name is there; counts include coalesced ones."""
+    from audit.sinks import event_count
     out: dict = {}
     for e in events:
         if e.get("type") in ("seccomp_logged", "escape_attempt", "seccomp_denied") and e.get("syscall"):
             n = e["syscall"].get("name")
             if n:
-                out[n] = out.get(n, 0) + 1
+                out[n] = out.get(n, 0) + event_count(e)     # a coalesced record counts its calls
     return out
 
 

@@ -432,14 +432,17 @@ class _Base:
     via = "user_notif"
 
     def __init__(self, fd: Optional[int], seccomp_plan, on_event: OnEvent, read_memory: bool = True,
-                 fd_source: Optional[Callable[[], int]] = None):
+                 fd_source: Optional[Callable[[], int]] = None, throttle=None):
+        self.throttle = throttle          # audit.throttle.Throttle, or None: every event in full
         self.fd = fd if fd is not None else -1
         self._fd_source = fd_source
         self.plan = seccomp_plan
         self.on_event = on_event
         self.read_memory = read_memory
-        self.stats = {"received": 0, "answered": 0, "killed": 0, "vanished": 0, "record_errors": 0}
+        self.stats = {"received": 0, "answered": 0, "killed": 0, "vanished": 0, "record_errors": 0,
+                      "coalesced": 0, "paced_s": 0.0}
         self._buf = bytearray(NOTIF.size)
+        self._finished = False
         self._wake_r = self._wake_w = -1
         self._stopping = False
         self._closed = False
@@ -488,7 +491,10 @@ class _Base:
         poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
-                ready = dict(poller.poll(0 if self._stopping else None))
+                ready = dict(poller.poll(0 if self._stopping else self._flush_timeout()))
+                if not ready and not self._stopping:
+                    self.flush_due()              # a coalesced record's time came without a new call
+                    continue
                 m = ready.get(self.fd, 0)
                 if m & select.POLLIN:
                     self._one()
@@ -501,6 +507,18 @@ class _Base:
                     self._stopping = True
         except Exception as e:  # noqa: BLE001 - report, never hang the launcher
             self.stats["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """No more calls will come: write the pending coalesced records and the
+        audit_suppressed summary (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.throttle is not None:
+            for etype, fields in self.throttle.finish():
+                self.record(etype, fields)
 
     def _one(self) -> None:
         n = notif_recv(self.fd, self._buf)
@@ -532,6 +550,43 @@ class _Base:
         except Exception:  # noqa: BLE001 - a broken sink must not wedge the sandbox
             self.stats["record_errors"] += 1
 
+    def coalesced(self, etype: str, fields: dict) -> bool:
+        """Rate limit (audit/throttle.py), asked with the call's cheap fields before anything is
+        read from /proc: True when the call was only counted. Then waits as the throttle's pace
+        says (bounds the supervisor's CPU under a flood: the flooding calls just take longer)."""
+        thr = self.throttle
+        if thr is None:
+            return False
+        if thr.admit(etype, fields):
+            return False
+        self.stats["coalesced"] += 1
+        delay = thr.pace()
+        if delay > 0:
+            if self._inline_pace is not None:
+                self._inline_pace(delay)
+            else:
+                import time
+                time.sleep(delay)
+            self.stats["paced_s"] += delay
+        return True
+
+    _inline_pace = None      # set by Supervision for the launch server's loop (no sleeping there)
+
+    def _flush_timeout(self) -> Optional[int]:
+        """poll() timeout (ms) until the throttle's next coalesced record is due; None: none."""
+        thr = self.throttle
+        nd = thr.next_due() if thr is not None else None
+        if nd is None:
+            return None
+        import time
+        return max(0, int((nd - time.monotonic()) * 1000)) + 1
+
+    def flush_due(self) -> None:
+        thr = self.throttle
+        if thr is not None:
+            for etype, fields in thr.due():
+                self.record(etype, fields)
+
     def handle(self, n: Notification) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -548,15 +603,29 @@ def _event(name, n: Notification, info: dict, action: str, err: Optional[int], v
 class _Enforcing(_Base):
     """Records, then answers with the policy's errno, or kills the sandbox. Never continues."""
 
-    def __init__(self, fd, seccomp_plan, on_event, kill_sandbox, read_memory=True, fd_source=None):
-        super().__init__(fd, seccomp_plan, on_event, read_memory, fd_source)
+    def __init__(self, fd, seccomp_plan, on_event, kill_sandbox, read_memory=True, fd_source=None,
+                 throttle=None):
+        super().__init__(fd, seccomp_plan, on_event, read_memory, fd_source, throttle)
         self.kill_sandbox = kill_sandbox
 
     def handle(self, n: Notification) -> None:
         answered = False
         try:
-            name, info = self.describe(n)
+            name = _NAMES.name(n.arch, n.nr)
             d = decide(self.plan, name, n.args)
+            if d.action != "kill" and self.throttle is not None:
+                # the cheap fields first: a call over the rate limit is answered and counted
+                # without reading the caller's /proc (a clone3's flags are read: they decide its kind)
+                info = read_arguments(n.pid, name, n.args) if name == "clone3" and self.read_memory else {}
+                etype, cheap = _event(name, n, {k: v for k, v in info.items() if k == "clone3_flags"},
+                                      d.action, d.errno, self.via, rule=d.rule)
+                if self.coalesced(etype, cheap):
+                    ok = notif_send_errno(self.fd, n.id, d.errno or _errno.EPERM)
+                    answered = True
+                    self.stats["answered" if ok else "vanished"] += 1
+                    self.flush_due()
+                    return
+            name, info = self.describe(n)
             etype, fields = _event(name, n, info, d.action, d.errno, self.via, rule=d.rule)
             self.record(etype, fields)
             if d.action == "kill":
@@ -566,6 +635,7 @@ class _Enforcing(_Base):
             ok = notif_send_errno(self.fd, n.id, d.errno or _errno.EPERM)
             answered = True
             self.stats["answered" if ok else "vanished"] += 1
+            self.flush_due()
         finally:
             if not answered:             # whatever failed above: the call is denied
                 try:
@@ -595,8 +665,17 @@ class _Enforcing(_Base):
             pass
 
 
+def throttle_for(seccomp_plan):
+    """The per-sandbox audit rate limit the plan asks for (seccomp.audit_rate / audit_burst;
+    defaults in audit/throttle.py, bounded there whatever the profile says)."""
+    from audit.throttle import DEFAULT_BURST, DEFAULT_RATE, Throttle
+    return Throttle(rate=getattr(seccomp_plan, "audit_rate", None) or DEFAULT_RATE,
+                    burst=getattr(seccomp_plan, "audit_burst", None) or DEFAULT_BURST)
+
+
 def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
-          kill_sandbox: Optional[Callable[[], Any]] = None, *, read_memory: bool = True) -> Handle:
+          kill_sandbox: Optional[Callable[[], Any]] = None, *, read_memory: bool = True,
+          throttle: Any = None) -> Handle:
     """Supervise a seccomp listener in a thread (enforcing: errno answers, kill rules kill).
 
     listener_fd:  from recv_listener(); owned by the supervisor from now on (closed by stop()).
@@ -604,8 +683,13 @@ def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
     on_event:     on_event(type, **fields) -> ignored; e.g. audit.Recorder.emit.
     kill_sandbox: called (no arguments) after a kill rule was recorded; must kill every
                   process of the sandbox. Without it the offending process gets SIGKILL.
+    throttle:     the audit rate limit (audit.throttle.Throttle); None: the plan's
+                  (throttle_for); False: none, every call recorded in full (tests, tools).
     """
-    sup = _Enforcing(listener_fd, seccomp_plan, on_event, kill_sandbox, read_memory)
+    if throttle is None:
+        throttle = throttle_for(seccomp_plan)
+    sup = _Enforcing(listener_fd, seccomp_plan, on_event, kill_sandbox, read_memory,
+                     throttle=throttle or None)
     sup.thread.start()
     return Handle(sup)
 
@@ -619,6 +703,16 @@ class _Learning(_Base):
 
     def handle(self, n: Notification) -> None:
         try:
+            if self.throttle is not None:
+                # the same rate limit as enforcing: the first call of each kind (so every syscall
+                # name the program used) is recorded in full; repeats beyond the rate only counted
+                name = _NAMES.name(n.arch, n.nr)
+                info = read_arguments(n.pid, name, n.args) if name == "clone3" and self.read_memory else {}
+                etype, cheap = _event(name, n, {k: v for k, v in info.items() if k == "clone3_flags"},
+                                      "allow", None, self.via, rule=decide(self.plan, name, n.args).rule)
+                if self.coalesced(etype, cheap):
+                    self.flush_due()
+                    return
             name, info = self.describe(n)
             d = decide(self.plan, name, n.args)
             etype, fields = _event(name, n, info, "allow", None, self.via, rule=d.rule,
@@ -626,6 +720,7 @@ class _Learning(_Base):
                                            + (f" ({_errno.errorcode.get(d.errno, d.errno)})"
                                               if d.action == "errno" else ""))
             self.record(etype, fields)
+            self.flush_due()
         finally:
             if _send(self.fd, NOTIF_RESP.pack(n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)):
                 self.stats["answered"] += 1
@@ -707,6 +802,7 @@ class Supervision:
         self._snap = None
         self._inline: Optional[_Base] = None
         self._inline_done = False
+        self._paced_until = 0.0
         if seccomp_plan is None or not getattr(seccomp_plan, "enabled", False) or not bpf:
             return
         from . import seccomp as _sc
@@ -738,7 +834,7 @@ class Supervision:
         self.log_flag = True
         self._known: set = set()
         try:
-            self._handle = start_kmsg(seccomp_plan, self._record, self._match_pid)
+            self._handle = start_kmsg(seccomp_plan, self._record, self._match_pid, throttle=None)
             self.mode = "kmsg"
         except OSError as e:
             self.warning = (f"seccomp denials are enforced but not recorded: no user notification on "
@@ -782,10 +878,13 @@ class Supervision:
         def fd_source() -> int:
             return recv_listener(parent, timeout=None)
         if self.learn:
-            sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source)
+            sup: _Base = _Learning(None, self.learn_plan, self._record, True, fd_source,
+                                   throttle=throttle_for(self.learn_plan))
         else:
-            sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source)
+            sup = _Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source,
+                             throttle=throttle_for(self.plan))
         if inline:
+            sup._inline_pace = self._pace_inline
             self._inline = sup
             return
         sup.thread.start()
@@ -800,7 +899,33 @@ class Supervision:
             return ()
         if sup.fd < 0:
             return (self._parent.fileno(),) if self._parent is not None else ()
+        if self._paced_until:
+            import time
+            if time.monotonic() < self._paced_until:
+                return ()                 # over the audit pace: not polled until inline_wakeup()
+            self._paced_until = 0.0
         return (sup.fd,)
+
+    def _pace_inline(self, delay: float) -> None:
+        import time
+        self._paced_until = time.monotonic() + delay
+
+    def inline_wakeup(self) -> Optional[float]:
+        """Monotonic time at which the caller's loop should call inline_tick(): a paced flood's
+        listener is polled again, or a coalesced record is due. None: nothing to wait for."""
+        sup = self._inline
+        nd = sup.throttle.next_due() if sup is not None and sup.throttle is not None else None
+        times = [t for t in (self._paced_until or None, nd) if t is not None]
+        return min(times) if times else None
+
+    def inline_tick(self) -> None:
+        """inline_wakeup()'s time came: write the coalesced records that are due."""
+        sup = self._inline
+        if sup is not None and not self._inline_done:
+            try:
+                sup.flush_due()
+            except Exception as e:  # noqa: BLE001 - reported in stats, never a dead launch server
+                sup.stats["error"] = f"{type(e).__name__}: {e}"
 
     def inline_ready(self, fd: int, events: int) -> None:
         """One of inline_fds() is ready: take the listener, or answer one notification."""
@@ -832,6 +957,7 @@ class Supervision:
                     sup._one()
             except Exception as e:  # noqa: BLE001
                 sup.stats["error"] = f"{type(e).__name__}: {e}"
+        sup.finish()
         sup.close()
         return dict(sup.stats)
 
@@ -977,7 +1103,8 @@ class _Kmsg:
     via = "kmsg"
 
     def __init__(self, seccomp_plan, on_event: OnEvent, match_pid: Callable[[int], bool],
-                 kmsg_path: str = "/dev/kmsg"):
+                 kmsg_path: str = "/dev/kmsg", throttle=None):
+        self.throttle = throttle
         self.plan = seccomp_plan
         self.on_event = on_event
         self.match = match_pid
@@ -1013,6 +1140,10 @@ class _Kmsg:
                     self._stopping = True
         except Exception as e:  # noqa: BLE001
             self.stats["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            if self.throttle is not None:
+                for etype, fields in self.throttle.finish():
+                    self._record(etype, fields)
 
     def _drain(self) -> None:
         while True:
@@ -1053,6 +1184,12 @@ class _Kmsg:
             name, r["nr"], None, action, errno=err, via="kmsg",
             arch=AUDIT_ARCH_NAMES.get(r["arch"], hex(r["arch"])), pid=r["pid"], comm=r["comm"],
             exe=r["exe"], rule=None)
+        thr = self.throttle
+        if thr is not None:
+            if not thr.admit(etype, fields):
+                return
+            for t, f in thr.due():
+                self._record(t, f)
         self._record(etype, fields)
 
     def _record(self, etype: str, fields: dict) -> None:
@@ -1063,10 +1200,11 @@ class _Kmsg:
 
 
 def start_kmsg(seccomp_plan, on_event: OnEvent, match_pid: Callable[[int], bool],
-               kmsg_path: str = "/dev/kmsg") -> Handle:
+               kmsg_path: str = "/dev/kmsg", throttle: Any = None) -> Handle:
     """Fallback recorder: kernel audit records (type=1326) of the sandbox's pids.
     Open it BEFORE the sandbox runs (records before the open are skipped). Needs read
     access to /dev/kmsg (root, or kernel.dmesg_restrict=0). Raises OSError otherwise."""
-    sup = _Kmsg(seccomp_plan, on_event, match_pid, kmsg_path)
+    sup = _Kmsg(seccomp_plan, on_event, match_pid, kmsg_path,
+                throttle=throttle_for(seccomp_plan) if throttle is None else (throttle or None))
     sup.thread.start()
     return Handle(sup)  # type: ignore[arg-type]

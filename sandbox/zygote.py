@@ -719,6 +719,8 @@ def serve(ctl_fd: int) -> None:
         now = time.monotonic()
         deadlines = [r.launch.deadline for r in by_pidfd.values()
                      if r.launch.deadline is not None and not r.launch.timed_out]
+        paced = [r for r in by_pidfd.values() if r.launch.sup is not None and r.launch.sup.inline_wakeup()]
+        deadlines += [r.launch.sup.inline_wakeup() for r in paced]   # audit: a flood's pace ends
         timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
         events = poller.poll(timeout)
         poller.changed.clear()
@@ -741,6 +743,10 @@ def serve(ctl_fd: int) -> None:
             elif fd in by_sock and ev & (select.POLLHUP | select.POLLERR):
                 by_sock[fd].launch.kill()             # PID 1's pidfd reports the end
         now = time.monotonic()
+        for r in paced:
+            if r.launch.pidfd in by_pidfd:
+                r.launch.sup.inline_tick()             # coalesced audit records that are due
+                sync_notify(r)                         # polls its listener again once the pace ended
         for r in list(by_pidfd.values()):
             d = r.launch.deadline
             if d is not None and not r.launch.timed_out and now >= d:

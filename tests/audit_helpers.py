@@ -13,7 +13,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
 NR = {"keyctl": 250, "add_key": 248, "mount": 165, "unshare": 272, "ptrace": 101, "bpf": 321,
-      "getppid": 110, "init_module": 175, "open_by_handle_at": 304}
+      "getppid": 110, "init_module": 175, "open_by_handle_at": 304, "mkdir": 83, "mkdirat": 258}
 
 
 def raw(name, *args):

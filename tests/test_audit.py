@@ -190,20 +190,62 @@ def test_summary_line():
     assert one.getvalue() == "pysandbox: 1 denial (getrandom ×1), 1 oom kill\n"
 
 
-def test_syslog_sink_sends(monkeypatch):
-    import syslog
-    sent = []
-    monkeypatch.setattr(syslog, "syslog", lambda prio, msg: sent.append((prio, msg)))
-    monkeypatch.setattr(syslog, "openlog", lambda *a: None)
-    r = rec(sinks.SyslogSink(min_severity="notice"))
+def _syslog_receiver(tmp_path):
+    """A real AF_UNIX datagram socket standing in for /dev/log (the host's is never touched)."""
+    import socket
+    path = str(tmp_path / "log.sock")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    rx.setblocking(False)
+    return rx, path
+
+
+def _received(rx) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(rx.recv(65536).decode())
+        except BlockingIOError:
+            return out
+
+
+def test_syslog_sink_sends(tmp_path):
+    rx, path = _syslog_receiver(tmp_path)
+    r = rec(sinks.SyslogSink(min_severity="notice", address=path))
     r.emit("sandbox_start")                       # info: below notice
     t, f = syscall_event_fields("mount", 165, [0] * 6, "errno", errno=1)
     r.emit(t, **f)
+    sent = _received(rx)
     assert len(sent) == 1
-    prio, msg = sent[0]
-    assert prio == syslog.LOG_USER | syslog.LOG_CRIT
-    assert msg.startswith("sandbox=box type=escape_attempt syscall=mount action=errno technique=mount {")
-    assert json.loads(msg[msg.index("{"):])["syscall"]["name"] == "mount"
+    msg = sent[0]
+    assert msg.startswith("<10>")                 # LOG_USER | LOG_CRIT, as syslog(3) frames it
+    assert f" pysandbox[{os.getpid()}]: " in msg
+    body = msg.split("]: ", 1)[1]
+    assert body.startswith("sandbox=box type=escape_attempt syscall=mount action=errno technique=mount {")
+    assert json.loads(body[body.index("{"):])["syscall"]["name"] == "mount"
+    r.close()
+    rx.close()
+
+
+def test_syslog_sink_is_rate_limited_and_says_so(tmp_path):
+    """A flood of events: at most the burst goes to syslog at once; the rest is counted and said
+    in one message; a missing syslog socket drops (counted), never blocks or raises."""
+    rx, path = _syslog_receiver(tmp_path)
+    sink = sinks.SyslogSink(min_severity="warning", address=path, rate=0.001, burst=5)
+    r = rec(sink)
+    t, f = syscall_event_fields("mount", 165, [0] * 6, "errno", errno=1)
+    for _ in range(1000):
+        r.emit(t, **f)
+    r.close()
+    sent = _received(rx)
+    assert len(sent) == 6 and sink.sent == 6 and sink.suppressed == 995
+    assert all("type=escape_attempt" in m for m in sent[:5])
+    assert "type=audit_suppressed syslog: 995 messages over the syslog rate limit" in sent[5]
+    rx.close()
+    gone = sinks.SyslogSink(address=str(tmp_path / "nobody-listens"))
+    gone.write({"severity": "critical", "type": "escape_attempt", "sandbox_name": "x"})
+    assert gone.sent == 0 and gone.dropped == 1
+    gone.close()
 
 
 # --- techniques -------------------------------------------------------------------

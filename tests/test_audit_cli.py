@@ -2,7 +2,8 @@
 
 Under `strict` each escape call is denied with the policy's errno AND recorded exactly once
 in the audit log, with its syscall name, arguments, errno and technique; a kill rule is
-recorded before the sandbox dies (exit 159); 1000 denials in a tight loop are all recorded.
+recorded before the sandbox dies (exit 159); 1000 denials in a tight loop are all accounted for
+(in full up to the rate limit, the rest in coalesced records whose counts add up).
 Nothing is simulated: the supervisor answers real seccomp user notifications.
 """
 from __future__ import annotations
@@ -65,8 +66,7 @@ def events(path, types=SYSCALL_TYPES):
 
 @pytest.mark.parametrize("name", list(DEMOS))
 def test_escape_call_denied_and_recorded_once(runner, logdir, name):
-    if not _plan_denies(name):
-        pytest.xfail(f"strict does not deny {name} yet (seccomp section of issue 2)")
+    assert _plan_denies(name), f"strict does not deny {name}: a strict profile that stops denying is a regression"
     nr, args, tech = DEMOS[name]
     log = logdir / "audit.jsonl"
     r = runner("run", "--profile", "strict", "--audit-log", str(log), "--",
@@ -112,11 +112,11 @@ def test_real_binaries_mount_and_unshare(runner, logdir):
     assert "mount=32" in r.stdout or "mount=1" in r.stdout, r
     evs = [e for e in events(log) if e["syscall"]["name"] == "mount"]
     assert len(evs) == 1 and evs[0]["comm"] == "mount" and evs[0]["syscall"]["decoded"]["target"] == "/mnt"
-    if _plan_denies("unshare"):
-        r = runner.sh("unshare -U true; echo unshare=$?", "--audit-log", str(log))
-        assert "unshare=1" in r.stdout, r
-        evs = [e for e in events(log) if e["syscall"]["name"] == "unshare"]
-        assert len(evs) == 1 and evs[0]["technique_id"] == "userns"
+    assert _plan_denies("unshare"), "strict does not deny unshare"
+    r = runner.sh("unshare -U true; echo unshare=$?", "--audit-log", str(log))
+    assert "unshare=1" in r.stdout, r
+    evs = [e for e in events(log) if e["syscall"]["name"] == "unshare"]
+    assert len(evs) == 1 and evs[0]["technique_id"] == "userns"
 
 
 def test_kill_rule_recorded_before_the_sandbox_dies(runner, logdir, tmp_profile):
@@ -163,11 +163,15 @@ def test_1000_denials_all_recorded(runner, logdir):
     rc, out, err = loop(1000, log)
     assert rc == 0 and out == "bad 0\n", err
     evs = events(log)
-    assert len(evs) == 1000
+    # every call accounted for: in full while the rate limit allows, the rest in coalesced records
+    assert sum(reader.count(e) for e in evs) == 1000
+    assert len(evs) < 200
     sid = {e["sandbox_id"] for e in evs}
     assert len(sid) == 1
-    seqs = [e["seq"] for e in events(log, None)]
-    assert seqs == list(range(1, 1003))                      # start, 1000 denials, exit: no gaps
+    allev = events(log, None)
+    seqs = [e["seq"] for e in allev]
+    assert seqs == list(range(1, len(allev) + 1))            # no gaps: nothing lost
+    assert [e["type"] for e in allev].count("audit_suppressed") == 1
     assert "pysandbox: 1000 denials (keyctl ×1000)" in err
 
     # memory: the launcher+supervisor's peak RSS with 10000 events vs 1000
@@ -188,7 +192,7 @@ print(peak(1000, sys.argv[1]), peak(10000, sys.argv[1]))
     assert p.returncode == 0, p.stderr
     small, big = map(int, p.stdout.split())
     assert big - small < 4096, f"peak RSS {small} kB for 1000 denials, {big} kB for 10000"
-    assert len(events(log2)) == 11000
+    assert sum(reader.count(e) for e in events(log2)) == 11000
 
 
 def test_audit_commands_read_the_log(runner, logdir):
@@ -283,8 +287,10 @@ def test_multithreaded_program_all_denials_recorded(runner, logdir):
     r = runner("run", "--profile", "strict", "--audit-log", str(log), "--", HOST_PYTHON, "-c", code, timeout=120)
     assert r.returncode == 0 and r.stdout == "bad 0\n", r
     evs = events(log)
-    assert len(evs) == 400 and len({e["tid"] for e in evs}) == 8
-    assert {e["sandbox_pid"] for e in evs} == {evs[0]["sandbox_pid"]}
+    assert sum(reader.count(e) for e in evs) == 400
+    full = [e for e in evs if "count" not in e]               # the ones recorded in full
+    assert len(full) >= 100 and {e["sandbox_pid"] for e in full} == {full[0]["sandbox_pid"]}
+    assert len({e["tid"] for e in full}) >= 2
 
 
 def test_timeout_event(runner, logdir):
