@@ -72,6 +72,7 @@ class Overrides:
     image: Optional[str] = None
     keep: bool = False
     user: Optional[str] = None   # "UID[:GID]" inside
+    profile_path: tuple = ()     # further directories `extends:` paths / seccomp.import may resolve into
     cwd_for_paths: str = field(default_factory=os.getcwd)
 
 
@@ -125,7 +126,8 @@ def _schema_message(err) -> str:
 def compile_profile(ref: str, overrides: Optional[Overrides] = None, *,
                     caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
                     kernel: Optional[tuple] = None) -> Compiled:
-    doc = load_profile(ref)
+    ov = overrides or Overrides()
+    doc = load_profile(ref, allow=tuple(os.path.join(ov.cwd_for_paths, d) for d in ov.profile_path))
     return compile_document(doc, overrides, caller_uid=caller_uid, caller_gid=caller_gid, kernel=kernel)
 
 

@@ -24,6 +24,8 @@ def _overrides_options(f):
     opts = [
         click.option("--profile", "profile", default="strict", show_default=True,
                      help="Shipped/user profile name or a YAML file path."),
+        click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
+                     help="Also allow the profile's extends:/seccomp.import paths to resolve into DIR."),
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]", help="Bind mount or named volume."),
@@ -69,7 +71,7 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
-        user=kw["user"])
+        user=kw["user"], profile_path=kw["profile_path"])
 
 
 def compile_for(kw: dict, argv=()):
