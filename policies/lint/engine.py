@@ -146,7 +146,8 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
         return rep
     try:
         compiled = compile_document(doc, Overrides(), caller_uid=LINT_CALLER_UID, caller_gid=LINT_CALLER_GID,
-                                    kernel=kernel)
+                                    kernel=kernel, owned_ids=False)     # PSB105 reports them
+
     except ProfileError as e:
         f = _err_finding(e, profile)
         # an unknown syscall is already reported precisely by PSB207 at the same node
