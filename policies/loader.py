@@ -136,8 +136,10 @@ def is_path_ref(ref: str) -> bool:
     return "/" in ref or ref.endswith((".yaml", ".yml"))
 
 
-def resolve_profile(ref: str, relative_to: Optional[Path] = None) -> Path:
-    """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir."""
+def resolve_profile(ref: str, relative_to: Optional[Path] = None, probed: Optional[list] = None) -> Path:
+    """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir;
+    the candidates looked at before the one found are appended to `probed` (one appearing later
+    would change the answer: the plan cache depends on their absence)."""
     if is_path_ref(ref):
         p = Path(ref)
         if not p.is_absolute() and relative_to is not None:
@@ -148,6 +150,8 @@ def resolve_profile(ref: str, relative_to: Optional[Path] = None) -> Path:
             p = d / f"{ref}{ext}"
             if p.is_file():
                 return p.resolve()
+            if probed is not None:
+                probed.append(str(p))
     raise FileNotFoundError(ref)
 
 
@@ -170,6 +174,7 @@ class Document:
     data: dict
     locations: dict = field(default_factory=dict)     # path tuple -> Location
     files: list = field(default_factory=list)          # most derived first
+    probed: list = field(default_factory=list)         # absent files a name lookup looked at first
 
     def locate(self, path) -> Optional[Location]:
         path = tuple(path)
@@ -378,16 +383,19 @@ def _merge(parent, child, path: tuple, plocs: dict, clocs: dict, out_locs: dict)
 def load_profile(ref: str, *, relative_to: Optional[Path] = None, allow=()) -> Document:
     """Load a profile by name or path, resolving `extends:` (multi-level, cycle-checked).
     `allow`: further directories `extends:` paths and `seccomp.import` may resolve into."""
+    probed: list = []
     try:
-        path = resolve_profile(ref, relative_to)
+        path = resolve_profile(ref, relative_to, probed)
     except FileNotFoundError:
         where = ", ".join(str(d) for d in profile_dirs())
         raise ProfileError(f"unknown profile {ref!r} (looked in {where})") from None
     roots = trusted_roots(allow, Path(os.path.realpath(path)).parent)
-    return _load_chain(path, [], roots)
+    doc = _load_chain(path, [], roots, probed)
+    doc.probed = list(dict.fromkeys(probed))
+    return doc
 
 
-def _load_chain(path: Path, stack: list, roots: list) -> Document:
+def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
     key = os.path.realpath(path)
     if key in stack:
         chain = " -> ".join(stack[stack.index(key):] + [key])
@@ -412,10 +420,10 @@ def _load_chain(path: Path, stack: list, roots: list) -> Document:
             raise ProfileError(f"extends missing file {parent_ref!r}", ext_loc)
     else:
         try:
-            parent_path = resolve_profile(parent_ref)
+            parent_path = resolve_profile(parent_ref, probed=probed)
         except FileNotFoundError:
             raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
-    parent = _load_chain(parent_path, stack + [key], roots)
+    parent = _load_chain(parent_path, stack + [key], roots, probed)
     out_locs: dict = {}
     child_locs = {p: l for p, l in doc.locations.items() if p != ("extends",)}
     merged = _merge(parent.data, doc.data, (), parent.locations, child_locs, out_locs)

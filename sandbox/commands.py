@@ -78,11 +78,19 @@ def compile_for(kw: dict, argv=()):
     return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel_version())
 
 
-def cache_files(compiled) -> list:
-    files = list(compiled.document.files)
+def cache_files(compiled, kw=None) -> list:
+    """Every file the plan was compiled from (the extends chain, seccomp imports, a
+    `--security-opt seccomp=FILE`) and every file whose appearance would change it (the search
+    path's candidates a profile name was looked up in before the one found)."""
+    import os
+    files = list(compiled.document.files) + list(compiled.document.probed)
     sec = compiled.document.data.get("seccomp") or {}
     if isinstance(sec.get("import"), str):
         files.append(sec["import"])
+    for opt in (kw or {}).get("security_opt") or ():
+        k, _, v = opt.partition("=")
+        if k == "seccomp" and v and v != "unconfined":
+            files.append(os.path.abspath(v))
     return files
 
 
@@ -111,7 +119,7 @@ def run(command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
         # the cached plan carries no argv of its own: the command after `--` is supplied per run
         from dataclasses import replace
         cached = replace(plan, process=replace(plan.process, argv=tuple(compile_default_argv(compiled))))
-        plancache.store(plancache.key_for(_cli._RAW_RUN_OPTIONS), cached, bpf, runopts, cache_files(compiled))
+        plancache.store(plancache.key_for(_cli._RAW_RUN_OPTIONS), cached, bpf, runopts, cache_files(compiled, kw))
     return _cli._launch(plan, bpf, None, runopts)
 
 
