@@ -138,5 +138,17 @@ def test_cli_entry_ignores_pythonpath_user_site_and_cwd(runner, shared_tmp, miss
         assert r.stdout.strip() == "cli-ok"
     assert not marker.exists(), f"hostile module imported: {marker.read_text()}"
     # the entry script is the isolated one (sandbox/entry.py), not pip's console script
-    first = Path(REPO / ".venv" / "bin" / "pysandbox").read_text().splitlines()[0]
+    script = Path(sys.executable).parent / "pysandbox"
+    first = script.read_text().splitlines()[0]
     assert first.endswith(" -IS"), first
+    # and its module path: the standard library first, nothing of the environment or cwd
+    p = subprocess.run([str(script), "run", "--profile", "strict", "--", "/bin/true"], capture_output=True,
+                       env=dict(runner.env(), **env), cwd=str(hostile), text=True, timeout=60, **_as(runner))
+    assert p.returncode == 0, p.stderr
+    code = script.read_text().replace("from sandbox.cli import main\nmain()", "print(repr(sys.path))")
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(hostile), timeout=30).stdout
+    path = eval(out)
+    stdlib = os.path.dirname(os.__file__)
+    assert path.index(stdlib) < path.index(str(REPO)), path
+    assert not [p for p in path if p.startswith(str(shared_tmp)) or p in ("", ".")], path
