@@ -171,7 +171,8 @@ def profiles():
             desc = ""
             try:
                 import yaml
-                data = yaml.safe_load(p.read_text()) or {}
+                from policies.loader import read_bounded    # regular files, bounded: never a FIFO
+                data = yaml.safe_load(read_bounded(p)) or {}
                 desc = " ".join(str(data.get("description", "")).split())
             except Exception:
                 desc = "(unreadable)"

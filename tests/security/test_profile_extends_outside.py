@@ -72,6 +72,9 @@ def test_fifo_is_refused_without_blocking(runner, shared_tmp):
     assert f"{fifo}: not a regular file" in _one_clean_line(_run(runner, str(fifo)))
     p = _write(shared_tmp, "q.yaml", "version: 1\nextends: strict\nseccomp:\n  import: fifo.yaml\n")
     assert "not a regular file" in _one_clean_line(_run(runner, p))
+    # `pysandbox profiles` over a search path holding it: listed as unreadable, not a hang
+    r = runner("profiles", env={"PYSANDBOX_PROFILE_PATH": str(shared_tmp)}, timeout=30)
+    assert r.returncode == 0 and re.search(r"^fifo +user +\(unreadable\)", r.stdout, re.M), r
 
 
 SECRET = "db_password: hunter2-topsecret\napi_token: tok-0123456789\n"
