@@ -128,7 +128,9 @@ def read_bounded(path, what: str = "profile", limit: int = MAX_PROFILE_BYTES, ro
 
 def _redact(problem: str) -> str:
     """A YAML parser message without anything quoted from the input (characters, anchors, tags)."""
-    out = re.sub(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|#x[0-9a-fA-F]+""", "", problem or "")
+    def keep(m):        # the grammar's own words ('<stream end>', ',', ']') are not the input's
+        return m.group(0) if re.fullmatch(r"'(<[a-z ]+>|[,\]\[}{:?-])'", m.group(0)) else ""
+    out = re.sub(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|#x[0-9a-fA-F]+""", keep, problem or "")
     return " ".join(out.split()).replace(" ,", ",") or "syntax error"
 
 
@@ -242,7 +244,8 @@ def _construct(node, file: str, path: tuple, locs: dict, budget: Optional[_Budge
     try:
         value = loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError):
-        raise ProfileError("invalid scalar value (e.g. an impossible date)", loc) from None
+        raise ProfileError("a value the safe YAML loader cannot construct (an impossible date or number, "
+                           "an unsupported tag)", loc) from None
     finally:
         loader.constructed_objects.clear()
     return value
