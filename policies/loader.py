@@ -77,11 +77,14 @@ def _inside(path: str, roots) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def read_bounded(path, what: str = "profile", limit: int = MAX_PROFILE_BYTES, roots=None) -> str:
+def read_bounded(path, what: str = "profile", limit: int = MAX_PROFILE_BYTES, roots=None,
+                 owned: bool = False) -> str:
     """The text of a regular file of at most `limit` bytes. Never blocks on a FIFO (opened
     non-blocking, refused by fstat before any read); errors name the file, never its content.
     With `roots`: the file opened must be inside them (checked on the descriptor, so a directory
-    swapped for a symlink after the path was resolved is caught)."""
+    swapped for a symlink after the path was resolved is caught). With `owned`: it must belong to
+    the caller or root and not be writable by everyone (a parent profile another local user
+    planted or can rewrite - in /tmp, say - is not the one the caller reviewed)."""
     file = str(path)
     try:
         fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -97,6 +100,9 @@ def read_bounded(path, what: str = "profile", limit: int = MAX_PROFILE_BYTES, ro
             raise ProfileError(f"not a regular file: a {what} must be one", file=file)
         if st.st_size > limit:
             raise ProfileError(f"larger than {limit} bytes: not a {what}", file=file)
+        if owned and (st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o002):
+            raise ProfileError(f"a parent {what} must belong to you or root and not be writable by "
+                               f"everyone (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})", file=file)
         if roots is not None:
             try:
                 real = os.readlink(f"/proc/self/fd/{fd}")
@@ -262,12 +268,12 @@ def _scalar_loader():
     return _SCALAR_LOADER
 
 
-def load_file(path: Path, roots=None) -> Document:
+def load_file(path: Path, roots=None, parent: bool = False) -> Document:
     """Parse one YAML file (no extends resolution). With `roots`, a `seccomp.import` path must
-    resolve inside them."""
+    resolve inside them. `parent`: reached through `extends:` (see read_bounded's `owned`)."""
     yaml = _yaml()
     file = str(path)
-    text = read_bounded(path, roots=roots)
+    text = read_bounded(path, roots=roots, owned=parent)
     _scalar_loader()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -405,7 +411,7 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
         raise ProfileError(f"extends cycle: {chain}", file=stack[-1])
     if len(stack) >= MAX_DEPTH:
         raise ProfileError(f"extends chain deeper than {MAX_DEPTH}", file=str(path))
-    doc = load_file(Path(path), roots)
+    doc = load_file(Path(path), roots, parent=bool(stack))
     parent_ref = doc.data.pop("extends", None)
     if parent_ref is None:
         doc.data = _clean(doc.data)

@@ -172,3 +172,26 @@ def test_api_refuses_and_allows_the_same(shared_tmp):
         Sandbox(p)
     r = Sandbox(p, profile_path=[str(shared_tmp)]).run(["/bin/echo", "api-ok"])
     assert r.exit_code == 0 and r.stdout == b"api-ok\n", r
+
+
+def test_parent_planted_by_another_user_is_refused(runner, shared_tmp):
+    """The profile's own directory may be shared (/tmp): a parent another local user owns, or one
+    anyone can rewrite, is not the one the caller reviewed - refused; the caller's or root's works."""
+    import pwd
+    other = pwd.getpwnam("nobody").pw_uid
+    os.chmod(shared_tmp, 0o1777)
+    _write(shared_tmp, "base.yaml", "version: 1\nextends: strict\nprocess: {hostname: prof-planted}\n")
+    os.chown(shared_tmp / "base.yaml", other, other)
+    p = _write(shared_tmp, "p.yaml", "version: 1\nextends: base.yaml\n")
+    line = _one_clean_line(_run(runner, p))
+    assert f"{shared_tmp / 'base.yaml'}: a parent profile must belong to you or root" in line, line
+    assert "prof-planted" not in line
+    os.chown(shared_tmp / "base.yaml", 0, 0)
+    os.chmod(shared_tmp / "base.yaml", 0o666)
+    assert "not be writable by everyone" in _one_clean_line(_run(runner, p))
+    os.chmod(shared_tmp / "base.yaml", 0o644)
+    r = _run(runner, p)
+    assert r.returncode == 0 and r.stdout.strip() == "prof-planted", r
+    if runner.rootless:                                    # the caller's own file
+        os.chown(shared_tmp / "base.yaml", runner.uid, runner.gid)
+        assert _run(runner, p).stdout.strip() == "prof-planted"
