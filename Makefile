@@ -28,7 +28,11 @@ INIT = sandbox/pysandbox-init
 $(INIT): sandbox/pid1.c | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
 
-setup: $(VENV)/.deps $(INIT)
+# the lean, isolated `pysandbox` entry script (sandbox/entry.py: python -IS, standard library first)
+$(VENV)/bin/pysandbox: sandbox/entry.py | $(VENV)/.deps
+	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
+
+setup: $(VENV)/.deps $(INIT) $(VENV)/bin/pysandbox
 
 run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)

@@ -72,6 +72,7 @@ class Overrides:
     image: Optional[str] = None
     keep: bool = False
     user: Optional[str] = None   # "UID[:GID]" inside
+    profile_path: tuple = ()     # further directories `extends:` paths / seccomp.import may resolve into
     cwd_for_paths: str = field(default_factory=os.getcwd)
 
 
@@ -125,13 +126,16 @@ def _schema_message(err) -> str:
 def compile_profile(ref: str, overrides: Optional[Overrides] = None, *,
                     caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
                     kernel: Optional[tuple] = None) -> Compiled:
-    doc = load_profile(ref)
+    ov = overrides or Overrides()
+    doc = load_profile(ref, allow=tuple(os.path.join(ov.cwd_for_paths, d) for d in ov.profile_path))
     return compile_document(doc, overrides, caller_uid=caller_uid, caller_gid=caller_gid, kernel=kernel)
 
 
 def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                      caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
-                     kernel: Optional[tuple] = None) -> Compiled:
+                     kernel: Optional[tuple] = None, owned_ids: bool = True) -> Compiled:
+    """owned_ids=False: do not refuse id maps the caller does not own (lint, which cannot know the
+    caller, reports them as PSB105 instead)."""
     validate(doc)
     ov = overrides or Overrides()
     uid = os.geteuid() if caller_uid is None else caller_uid
@@ -164,8 +168,10 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
             in_gid = int(parts[1]) if len(parts) > 1 else in_uid
         except ValueError:
             raise ProfileError(f"--user: expected UID[:GID] as numbers, got {ov.user!r}") from None
-    uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc) if ns.user else ()
-    gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc) if ns.user else ()
+    uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
+                     owned_ids) if ns.user else ()
+    gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
+                     owned_ids) if ns.user else ()
     if ns.user:
         for what, val, m in (("uid", in_uid, uid_map), ("gid", in_gid, gid_map)):
             if not any(e.inside <= val < e.inside + e.count for e in m):
@@ -242,7 +248,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     return Compiled(plan, doc)
 
 
-def _idmap(spec, inside: int, caller: int, path, loc) -> tuple:
+def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) -> tuple:
     if spec == "auto":
         if caller == 0:
             if inside >= ROOT_AUTO_COUNT:
@@ -251,8 +257,21 @@ def _idmap(spec, inside: int, caller: int, path, loc) -> tuple:
             return (P.IdMapEntry(0, ROOT_AUTO_BASE, ROOT_AUTO_COUNT),)
         return (P.IdMapEntry(inside, caller, 1),)
     out = []
+    what = "uid" if path[-1] == "uid_map" else "gid"
     for i, e in enumerate(spec):
         outside = caller if e["outside"] == "caller" else e["outside"]
+        if owned_check and caller != 0:
+            # who owns a host id: root owns all; a rootless caller only its own (one id, once) -
+            # refused here, at compile time, pointing at the entry (the launch would fail anyway)
+            n = e["count"]
+            ids = f"{outside}" if n == 1 else f"{outside}-{outside + n - 1}"
+            if outside != caller or n != 1:
+                raise ProfileError(f"{'.'.join(path)}[{i}]: host {what} {ids} is not yours: a rootless caller "
+                                   f"({what} {caller}) may map only its own {what}, one id (outside: caller, "
+                                   "count: 1); other ids and ranges need root", loc(path + (i,)))
+            if i > 0:
+                raise ProfileError(f"{'.'.join(path)}[{i}]: a rootless caller may map its own {what} only once",
+                                   loc(path + (i,)))
         out.append(P.IdMapEntry(e["inside"], outside, e["count"]))
     out.sort(key=lambda e: e.inside)
     for a, b in zip(out, out[1:]):

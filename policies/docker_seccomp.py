@@ -195,12 +195,17 @@ def convert(data: dict, *, capabilities: Iterable[str] = (), kernel: Optional[tu
     return out
 
 
+# the top-level keys of Docker's and the OCI runtime spec's seccomp JSON
+_TOP_KEYS = frozenset({"defaultAction", "defaultErrnoRet", "architectures", "archMap", "syscalls", "flags",
+                       "listenerPath", "listenerMetadata"})
+
+
 def load_json(path: str, location: Optional[Location] = None) -> dict:
+    from .loader import read_bounded      # regular files only (never blocks on a FIFO), bounded
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ProfileError(f"seccomp import: cannot read {path}: {e.strerror}", location) from None
+        text = read_bounded(path, "seccomp JSON")
+    except ProfileError as e:
+        raise ProfileError(f"seccomp import: {path}: {e.message}", location) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -211,6 +216,12 @@ def import_file(path: str, *, capabilities: Iterable[str] = (), kernel: Optional
                 location: Optional[Location] = None) -> Imported:
     """Read and convert a Docker/OCI seccomp JSON file; errors are ProfileErrors."""
     data = load_json(path, location)
+    if not (isinstance(data, dict) and data.keys() & {"defaultAction", "syscalls"}
+            and data.keys() <= _TOP_KEYS):
+        # quote nothing of a file that is not a seccomp profile (it may be anything readable)
+        raise ProfileError(f"seccomp import: {path}: not a Docker/OCI seccomp profile (a JSON object "
+                           f"with defaultAction or syscalls; known keys: {', '.join(sorted(_TOP_KEYS))})",
+                           location)
     try:
         return convert(data, capabilities=capabilities, kernel=kernel)
     except ValueError as e:

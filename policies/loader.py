@@ -12,10 +12,25 @@ Merge rules (child over parent):
   * `!extend [a, b]` appends to the parent's list (items already present are not repeated);
   * `!remove [a, b]` removes those items from the parent's list.
 Paths named in PATH_KEYS are made absolute relative to the file that wrote them.
+
+Profiles are untrusted input (a profile's author is not the caller). So:
+  * a file is read only when it is a regular file of at most MAX_PROFILE_BYTES (a FIFO or device is
+    never opened for blocking reads), as UTF-8 text without NUL bytes, into at most MAX_NODES nodes
+    (aliases included: no "billion laughs");
+  * `extends:` by path, and `seccomp.import`, resolve (realpath, symlinks followed) only inside the
+    trusted roots: the profile search path (PYSANDBOX_PROFILE_PATH, the user's, /etc, shipped), the
+    shipped data directory, the directory of the profile being loaded (the one the caller named)
+    and below, and the directories the caller allows (`--profile-path DIR`, API `profile_path=`);
+    `extends:` by name goes through the search path only;
+  * an error about a file that is not a valid profile quotes nothing of it: no line text, no key
+    name, no value (only its path, a line:column and our own words). A file is taken for a profile
+    once it is a YAML mapping whose top-level keys are all profile keys.
 """
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +38,13 @@ from typing import Any, Optional
 from .errors import Location, ProfileError
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_DEPTH = 16
+MAX_PROFILE_BYTES = 1 << 20          # a profile (or imported seccomp JSON) larger than this is refused
+MAX_NODES = 200_000                  # YAML nodes after alias expansion
+# the top-level keys of profile format v1 (schema/profile.schema.json's properties)
+PROFILE_KEYS = ("version", "name", "description", "extends", "namespaces", "user", "capabilities",
+                "no_new_privs", "seccomp", "filesystem", "process", "network", "limits", "landlock")
 
 # (path pattern) whose string values are filesystem paths relative to the declaring file.
 PATH_KEYS = {("seccomp", "import")}
@@ -44,12 +65,89 @@ def profile_dirs() -> list[Path]:
     return user_profile_dirs() + [SHIPPED_DIR]
 
 
+def trusted_roots(allow=(), top: Optional[Path] = None) -> list[str]:
+    """Directories (realpath) an `extends:` path or a `seccomp.import` may resolve into."""
+    dirs = list(profile_dirs()) + [SHIPPED_DATA_DIR] + [Path(a) for a in allow]
+    if top is not None:
+        dirs.append(Path(top))
+    return list(dict.fromkeys(os.path.realpath(d) for d in dirs))
+
+
+def _inside(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def read_bounded(path, what: str = "profile", limit: int = MAX_PROFILE_BYTES, roots=None,
+                 owned: bool = False) -> str:
+    """The text of a regular file of at most `limit` bytes. Never blocks on a FIFO (opened
+    non-blocking, refused by fstat before any read); errors name the file, never its content.
+    With `roots`: the file opened must be inside them (checked on the descriptor, so a directory
+    swapped for a symlink after the path was resolved is caught). With `owned`: it must belong to
+    the caller or root and not be writable by everyone (a parent profile another local user
+    planted or can rewrite - in /tmp, say - is not the one the caller reviewed)."""
+    file = str(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ProfileError(f"cannot read {what}: no such file", file=file) from None
+    except OSError as e:
+        raise ProfileError(f"cannot read {what}: {e.strerror}", file=file) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ProfileError(f"is a directory, not a {what} file", file=file)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileError(f"not a regular file: a {what} must be one", file=file)
+        if st.st_size > limit:
+            raise ProfileError(f"larger than {limit} bytes: not a {what}", file=file)
+        if owned and (st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o002):
+            raise ProfileError(f"a parent {what} must belong to you or root and not be writable by "
+                               f"everyone (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o})", file=file)
+        if roots is not None:
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                real = os.path.realpath(file)       # no /proc: the resolved path was checked already
+            if not _inside(real, roots):
+                raise ProfileError(f"resolves outside the profile directories", file=file)
+        chunks, n = [], 0
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            n += len(b)
+            if n > limit:
+                raise ProfileError(f"larger than {limit} bytes: not a {what}", file=file)
+            chunks.append(b)
+    except OSError as e:
+        raise ProfileError(f"cannot read {what}: {e.strerror}", file=file) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if b"\0" in data:
+        raise ProfileError(f"binary data (NUL bytes): not a {what}", file=file)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"not UTF-8 text: not a {what}", file=file) from None
+
+
+def _redact(problem: str) -> str:
+    """A YAML parser message without anything quoted from the input (characters, anchors, tags)."""
+    def keep(m):        # the grammar's own words ('<stream end>', ',', ']') are not the input's
+        return m.group(0) if re.fullmatch(r"'(<[a-z ]+>|[,\]\[}{:?-])'", m.group(0)) else ""
+    out = re.sub(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|#x[0-9a-fA-F]+""", keep, problem or "")
+    return " ".join(out.split()).replace(" ,", ",") or "syntax error"
+
+
 def is_path_ref(ref: str) -> bool:
     return "/" in ref or ref.endswith((".yaml", ".yml"))
 
 
-def resolve_profile(ref: str, relative_to: Optional[Path] = None) -> Path:
-    """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir."""
+def resolve_profile(ref: str, relative_to: Optional[Path] = None, probed: Optional[list] = None) -> Path:
+    """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir;
+    the candidates looked at before the one found are appended to `probed` (one appearing later
+    would change the answer: the plan cache depends on their absence)."""
     if is_path_ref(ref):
         p = Path(ref)
         if not p.is_absolute() and relative_to is not None:
@@ -60,6 +158,8 @@ def resolve_profile(ref: str, relative_to: Optional[Path] = None) -> Path:
             p = d / f"{ref}{ext}"
             if p.is_file():
                 return p.resolve()
+            if probed is not None:
+                probed.append(str(p))
     raise FileNotFoundError(ref)
 
 
@@ -82,6 +182,7 @@ class Document:
     data: dict
     locations: dict = field(default_factory=dict)     # path tuple -> Location
     files: list = field(default_factory=list)          # most derived first
+    probed: list = field(default_factory=list)         # absent files a name lookup looked at first
 
     def locate(self, path) -> Optional[Location]:
         path = tuple(path)
@@ -98,9 +199,21 @@ def _yaml():
     return yaml
 
 
-def _construct(node, file: str, path: tuple, locs: dict):
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, n: int):
+        self.left = n
+
+
+def _construct(node, file: str, path: tuple, locs: dict, budget: Optional[_Budget] = None):
     yaml = _yaml()
     loc = Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
+    if budget is None:
+        budget = _Budget(MAX_NODES)
+    budget.left -= 1
+    if budget.left < 0:
+        raise ProfileError(f"more than {MAX_NODES} YAML nodes (aliases expanded): not a profile", loc)
     locs[path] = loc
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
@@ -113,27 +226,34 @@ def _construct(node, file: str, path: tuple, locs: dict):
                 raise ProfileError("YAML merge keys (<<) are not supported; use extends:",
                                    Location(file, knode.start_mark.line + 1, knode.start_mark.column + 1))
             if key in out:
-                raise ProfileError(f"duplicate key {key!r}",
+                first = locs.get(path + (key,))
+                raise ProfileError("duplicate key" + (f" (first at line {first.line}, column {first.col})"
+                                                      if first else ""),
                                    Location(file, knode.start_mark.line + 1, knode.start_mark.column + 1))
-            out[key] = _construct(vnode, file, path + (key,), locs)
+            out[key] = _construct(vnode, file, path + (key,), locs, budget)
             # a mapping entry is located at its key (where a reader looks for it)
             locs[path + (key,)] = Location(file, knode.start_mark.line + 1, knode.start_mark.column + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        items = [_construct(v, file, path + (i,), locs) for i, v in enumerate(node.value)]
+        items = [_construct(v, file, path + (i,), locs, budget) for i, v in enumerate(node.value)]
         if node.tag == "!extend":
             return Extend(items)
         if node.tag == "!remove":
             return Remove(items)
         if node.tag not in ("tag:yaml.org,2002:seq",):
-            raise ProfileError(f"unknown tag {node.tag} (known: !extend, !remove)", loc)
+            raise ProfileError("unknown tag on a list (known: !extend, !remove)", loc)
         return items
     # scalar
     if node.tag.startswith("!"):
-        raise ProfileError(f"unknown tag {node.tag} (known on lists: !extend, !remove)", loc)
+        raise ProfileError("unknown tag (known on lists: !extend, !remove)", loc)
     loader = _scalar_loader()
-    value = loader.construct_object(node, deep=True)
-    loader.constructed_objects.clear()
+    try:
+        value = loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError):
+        raise ProfileError("a value the safe YAML loader cannot construct (an impossible date or number, "
+                           "an unsupported tag)", loc) from None
+    finally:
+        loader.constructed_objects.clear()
     return value
 
 
@@ -148,47 +268,59 @@ def _scalar_loader():
     return _SCALAR_LOADER
 
 
-def load_file(path: Path) -> Document:
-    """Parse one YAML file (no extends resolution)."""
+def load_file(path: Path, roots=None, parent: bool = False) -> Document:
+    """Parse one YAML file (no extends resolution). With `roots`, a `seccomp.import` path must
+    resolve inside them. `parent`: reached through `extends:` (see read_bounded's `owned`)."""
     yaml = _yaml()
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProfileError("profile file not found", file=file) from None
-    except IsADirectoryError:
-        raise ProfileError("is a directory, not a profile file", file=file) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"cannot read profile: {getattr(e, 'strerror', None) or e}", file=file) from None
+    # the installation's own profiles are as trusted as its code (whoever installed it)
+    shipped = _inside(os.path.realpath(path), (os.path.realpath(SHIPPED_DIR),))
+    text = read_bounded(path, roots=roots, owned=parent and not shipped)
     _scalar_loader()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            raise ProfileError("empty profile", Location(file, 1, 1))
+        locs: dict = {}
+        data = _construct(node, file, (), locs)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        msg = f"invalid YAML: {e.problem or e.context}"
+        msg = f"invalid YAML: {_redact(e.problem or e.context)}"
         if mark is not None:
             raise ProfileError(msg, Location(file, mark.line + 1, mark.column + 1)) from None
         raise ProfileError(msg, file=file) from None
     except yaml.YAMLError as e:
-        raise ProfileError(f"invalid YAML: {e}", file=file) from None
-    locs: dict = {}
-    if node is None:
-        raise ProfileError("empty profile", Location(file, 1, 1))
-    data = _construct(node, file, (), locs)
+        pos = getattr(e, "position", None)          # ReaderError: a character YAML does not allow
+        raise ProfileError("invalid YAML: a character YAML does not allow"
+                           + (f" at offset {pos}" if isinstance(pos, int) else ""), file=file) from None
+    except RecursionError:
+        raise ProfileError("nested too deeply: not a profile", file=file) from None
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a YAML mapping", locs[()])
-    _absolutize(data, Path(path).resolve().parent, ())
+    for key in data:
+        if key not in PROFILE_KEYS:
+            # say where, never what: the file may be anything but a profile
+            import difflib
+            near = difflib.get_close_matches(str(key), PROFILE_KEYS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ProfileError(f"not a pysandbox profile: unknown top-level key{hint} (known: "
+                               f"{', '.join(sorted(PROFILE_KEYS))})", locs.get((key,), locs[()]))
+    _absolutize(data, Path(path).resolve().parent, (), locs, roots)
     return Document(data, locs, [file])
 
 
-def _absolutize(data: Any, base: Path, path: tuple) -> None:
+def _absolutize(data: Any, base: Path, path: tuple, locs: dict, roots=None) -> None:
     if isinstance(data, dict):
         for k, v in data.items():
             p = path + (k,)
-            if p in PATH_KEYS and isinstance(v, str) and v and not os.path.isabs(v):
-                data[k] = str((base / v).resolve())
+            if p in PATH_KEYS and isinstance(v, str) and v:
+                full = os.path.realpath(os.path.join(base, v))
+                if roots is not None and not _inside(full, roots):
+                    raise ProfileError(f"{'.'.join(p)}: {v!r} resolves outside the profile directories "
+                                       "(allow a directory with --profile-path DIR)", locs.get(p))
+                data[k] = full if not os.path.isabs(v) or roots is not None else v
             else:
-                _absolutize(v, base, p)
+                _absolutize(v, base, p, locs, roots)
 
 
 def _clean(value):
@@ -259,24 +391,29 @@ def _merge(parent, child, path: tuple, plocs: dict, clocs: dict, out_locs: dict)
     return _clean(child)
 
 
-def load_profile(ref: str, *, relative_to: Optional[Path] = None) -> Document:
-    """Load a profile by name or path, resolving `extends:` (multi-level, cycle-checked)."""
+def load_profile(ref: str, *, relative_to: Optional[Path] = None, allow=()) -> Document:
+    """Load a profile by name or path, resolving `extends:` (multi-level, cycle-checked).
+    `allow`: further directories `extends:` paths and `seccomp.import` may resolve into."""
+    probed: list = []
     try:
-        path = resolve_profile(ref, relative_to)
+        path = resolve_profile(ref, relative_to, probed)
     except FileNotFoundError:
         where = ", ".join(str(d) for d in profile_dirs())
         raise ProfileError(f"unknown profile {ref!r} (looked in {where})") from None
-    return _load_chain(path, [])
+    roots = trusted_roots(allow, Path(os.path.realpath(path)).parent)
+    doc = _load_chain(path, [], roots, probed)
+    doc.probed = list(dict.fromkeys(probed))
+    return doc
 
 
-def _load_chain(path: Path, stack: list) -> Document:
-    key = str(Path(path).resolve()) if Path(path).exists() else str(path)
+def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
+    key = os.path.realpath(path)
     if key in stack:
         chain = " -> ".join(stack[stack.index(key):] + [key])
         raise ProfileError(f"extends cycle: {chain}", file=stack[-1])
     if len(stack) >= MAX_DEPTH:
         raise ProfileError(f"extends chain deeper than {MAX_DEPTH}", file=str(path))
-    doc = load_file(Path(path))
+    doc = load_file(Path(path), roots, parent=bool(stack))
     parent_ref = doc.data.pop("extends", None)
     if parent_ref is None:
         doc.data = _clean(doc.data)
@@ -284,13 +421,20 @@ def _load_chain(path: Path, stack: list) -> Document:
     ext_loc = doc.locations.get(("extends",))
     if not isinstance(parent_ref, str) or not parent_ref:
         raise ProfileError("extends must be a profile name or a path", ext_loc)
-    try:
-        parent_path = resolve_profile(parent_ref, Path(path).resolve().parent)
-    except FileNotFoundError:
-        raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
-    if not Path(parent_path).exists():
-        raise ProfileError(f"extends missing file {parent_ref!r}", ext_loc)
-    parent = _load_chain(parent_path, stack + [key])
+    if is_path_ref(parent_ref):
+        parent_path = Path(os.path.realpath(os.path.join(os.path.dirname(key), parent_ref)))
+        if not _inside(str(parent_path), roots):
+            raise ProfileError(f"extends {parent_ref!r}: resolves outside the profile directories (the "
+                               "profile's own directory, the profile search path; allow another with "
+                               "--profile-path DIR)", ext_loc)
+        if not parent_path.exists():
+            raise ProfileError(f"extends missing file {parent_ref!r}", ext_loc)
+    else:
+        try:
+            parent_path = resolve_profile(parent_ref, probed=probed)
+        except FileNotFoundError:
+            raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
+    parent = _load_chain(parent_path, stack + [key], roots, probed)
     out_locs: dict = {}
     child_locs = {p: l for p, l in doc.locations.items() if p != ("extends",)}
     merged = _merge(parent.data, doc.data, (), parent.locations, child_locs, out_locs)

@@ -48,7 +48,9 @@ def _threshold(ctx, param, value):
               help="Per-profile exposure table (default: only when linting one profile).")
 @click.option("--show-suppressed", is_flag=True, help="Also list findings suppressed inline (text format).")
 @click.option("--list-rules", is_flag=True, help="List the rules and exit.")
-def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, list_rules):
+@click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
+              help="Also allow extends:/seccomp.import paths to resolve into DIR.")
+def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, list_rules, profile_path):
     """Lint profiles: schema errors, security rules, exposure score.
 
     PATH is a profile file, a directory (searched recursively for *.yaml/*.yml) or a profile
@@ -66,7 +68,7 @@ def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, lis
             raise LintUsage("no PATH given and there is no ./profiles directory")
         paths = ("profiles",)
     try:
-        result = lint_paths(paths, kernel=_kernel_version())
+        result = lint_paths(paths, kernel=_kernel_version(), profile_path=profile_path)
     except LintUsageError as e:
         raise LintUsage(str(e)) from None
     if fmt == "json":

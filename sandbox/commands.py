@@ -24,6 +24,8 @@ def _overrides_options(f):
     opts = [
         click.option("--profile", "profile", default="strict", show_default=True,
                      help="Shipped/user profile name or a YAML file path."),
+        click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
+                     help="Also allow the profile's extends:/seccomp.import paths to resolve into DIR."),
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:DST[:ro]", help="Bind mount or named volume."),
@@ -69,18 +71,26 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
-        user=kw["user"])
+        user=kw["user"], profile_path=kw["profile_path"])
 
 
 def compile_for(kw: dict, argv=()):
     return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel_version())
 
 
-def cache_files(compiled) -> list:
-    files = list(compiled.document.files)
+def cache_files(compiled, kw=None) -> list:
+    """Every file the plan was compiled from (the extends chain, seccomp imports, a
+    `--security-opt seccomp=FILE`) and every file whose appearance would change it (the search
+    path's candidates a profile name was looked up in before the one found)."""
+    import os
+    files = list(compiled.document.files) + list(compiled.document.probed)
     sec = compiled.document.data.get("seccomp") or {}
     if isinstance(sec.get("import"), str):
         files.append(sec["import"])
+    for opt in (kw or {}).get("security_opt") or ():
+        k, _, v = opt.partition("=")
+        if k == "seccomp" and v and v != "unconfined":
+            files.append(os.path.abspath(v))
     return files
 
 
@@ -109,7 +119,7 @@ def run(command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
         # the cached plan carries no argv of its own: the command after `--` is supplied per run
         from dataclasses import replace
         cached = replace(plan, process=replace(plan.process, argv=tuple(compile_default_argv(compiled))))
-        plancache.store(plancache.key_for(_cli._RAW_RUN_OPTIONS), cached, bpf, runopts, cache_files(compiled))
+        plancache.store(plancache.key_for(_cli._RAW_RUN_OPTIONS), cached, bpf, runopts, cache_files(compiled, kw))
     return _cli._launch(plan, bpf, None, runopts)
 
 
@@ -161,7 +171,8 @@ def profiles():
             desc = ""
             try:
                 import yaml
-                data = yaml.safe_load(p.read_text()) or {}
+                from policies.loader import read_bounded    # regular files, bounded: never a FIFO
+                data = yaml.safe_load(read_bounded(p)) or {}
                 desc = " ".join(str(data.get("description", "")).split())
             except Exception:
                 desc = "(unreadable)"

@@ -30,8 +30,11 @@ def key_for(options: list[str]) -> str:
     """The key material is stored in the entry and compared in full on load, so the short
     file name (a CRC) can collide without ever handing out another option set's plan. The
     installation (its policy directory) is part of the key: two installs never share a plan."""
+    env = os.environ
     return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
-                 os.uname().release, _POLICY_DIR, options))
+                 os.uname().release, _POLICY_DIR, options,
+                 # what a profile name resolves through (policies.loader.user_profile_dirs)
+                 env.get("PYSANDBOX_PROFILE_PATH"), env.get("XDG_CONFIG_HOME"), env.get("HOME")))
 
 
 def _file_for(key: str) -> str:
@@ -64,7 +67,8 @@ def load(key: str):
     except OSError:
         return None
     try:
-        if not (_trusted(os.fstat(fd)) and _trusted(os.stat(d))):
+        # the directory itself, not what a symlink in its place points at
+        if not (_trusted(os.fstat(fd)) and _trusted(os.lstat(d))):
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
             entry = pickle.load(f)
@@ -85,7 +89,7 @@ def store(key: str, plan, bpf, runopts: dict, files) -> None:
     d = cache_dir()
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
-        if not _trusted(os.stat(d)):
+        if not _trusted(os.lstat(d)):
             return
         entry = {"format": FORMAT, "key": key, "deps": deps_for(files), "plan": plan, "bpf": bpf,
                  "runopts": runopts}

@@ -50,7 +50,35 @@ def _msg_len(sock) -> int:
 def _recv(sock) -> bytes:
     return sock.recv(max(_msg_len(sock), 1))
 
-_BOOT = ("import sys; sys.path[:0] = {paths!r}; from sandbox.zygote import serve; serve({fd})")
+# The server's module path: the standard library first (what `-I -S` leaves), then only the locations
+# this package and its dependencies were imported from (module_roots) - never the caller's sys.path,
+# whose entries (a script's directory, `python -m`'s working directory, PYTHONPATH) may hold a
+# `json.py` or a `sandbox/` of anyone's.
+_BOOT = ("import sys; sys.path += {paths!r}; from sandbox.zygote import serve; serve({fd})")
+# Top-level modules the server imports (sandbox/launcher.py and what it imports; policies.plan to
+# unpickle plans; audit for the events' schema); optional ones are skipped when not installed.
+_SERVER_MODULES = ("sandbox", "policies", "audit", "prctl", "_prctl", "pyseccomp")
+
+
+def module_roots(names=_SERVER_MODULES) -> list:
+    """The sys.path entries the named top-level modules were imported from, derived from their
+    files (an editable install's finder hook included, which `-S` would not run)."""
+    import importlib
+    roots = []
+    for name in names:
+        try:
+            mod = sys.modules.get(name) or importlib.import_module(name)
+        except ImportError:
+            continue
+        spec = getattr(mod, "__spec__", None)
+        if spec is not None and spec.submodule_search_locations is not None:
+            where = [os.path.dirname(p) for p in spec.submodule_search_locations]   # a package
+        elif getattr(mod, "__file__", None):
+            where = [os.path.dirname(mod.__file__)]                                  # a module
+        else:
+            where = []                                                               # built in
+        roots += [os.path.realpath(w) for w in where if os.path.isabs(w)]
+    return list(dict.fromkeys(roots))
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -775,9 +803,9 @@ class Client:
         import subprocess
         self.owner = os.getpid()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        # the caller's own module path (the project, site-packages) — with -I -S nothing else:
-        # no PYTHONPATH, no user site, no current directory
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        # -I -S: no PYTHONPATH, no user site, no current directory; the standard library first,
+        # then where this package and its dependencies live (module_roots), nothing of sys.path
+        paths = module_roots()
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _BOOT.format(paths=paths, fd=theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True)

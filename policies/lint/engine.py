@@ -121,7 +121,7 @@ def schema_findings(doc, profile: str) -> list[M.Finding]:
     return out
 
 
-def lint_file(path, *, kernel=None) -> M.ProfileReport:
+def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
     """Lint one profile file (suppressions are applied by lint_paths)."""
     from ..compiler import Overrides, compile_document
     from ..loader import load_profile
@@ -130,7 +130,7 @@ def lint_file(path, *, kernel=None) -> M.ProfileReport:
     profile = str(Path(path).resolve()) if Path(path).exists() else str(path)
     rep = M.ProfileReport(file=profile, files=[profile])
     try:
-        doc = load_profile(profile)
+        doc = load_profile(profile, allow=allow)
     except ProfileError as e:
         rep.findings.append(_err_finding(e, profile))
         return rep
@@ -146,7 +146,8 @@ def lint_file(path, *, kernel=None) -> M.ProfileReport:
         return rep
     try:
         compiled = compile_document(doc, Overrides(), caller_uid=LINT_CALLER_UID, caller_gid=LINT_CALLER_GID,
-                                    kernel=kernel)
+                                    kernel=kernel, owned_ids=False)     # PSB105 reports them
+
     except ProfileError as e:
         f = _err_finding(e, profile)
         # an unknown syscall is already reported precisely by PSB207 at the same node
@@ -170,11 +171,14 @@ def lint_file(path, *, kernel=None) -> M.ProfileReport:
     return rep
 
 
-def lint_paths(paths: Iterable[str], *, kernel=None) -> LintResult:
+def lint_paths(paths: Iterable[str], *, kernel=None, profile_path=()) -> LintResult:
+    paths = list(paths)
     files = collect(paths)
+    # extends: paths may resolve into the directories linted and those the caller allows
+    allow = tuple(profile_path) + tuple(p for p in paths if os.path.isdir(p))
     result = LintResult()
     for f in files:
-        result.reports.append(lint_file(f, kernel=kernel))
+        result.reports.append(lint_file(f, kernel=kernel, allow=allow))
 
     # suppressions of every file any linted profile is made of
     sup_files: list[str] = []

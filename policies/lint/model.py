@@ -77,6 +77,8 @@ PSB103 = rule("PSB103", "real-root", "error",
               "The program runs as uid 0 without a user namespace: real root when root launches it.")
 PSB104 = rule("PSB104", "maps-host-root", "warning",
               "The user namespace maps host uid/gid 0 into the sandbox.")
+PSB105 = rule("PSB105", "map-needs-root", "warning",
+              "An id map names a host id other than the caller's (`outside: caller`): only root may use it.")
 # 2xx: seccomp
 PSB201 = rule("PSB201", "seccomp-disabled", "error",
               "seccomp is disabled: every system call of the kernel is reachable.")

@@ -322,6 +322,34 @@ def maps_host_root(ctx: Ctx):
                            ("user", key, i, "outside"), ("user", key, i))
 
 
+@check
+def map_needs_root(ctx: Ctx):
+    """lint cannot know who will run the profile: any explicit host id (not the `caller`
+    placeholder, not `auto`) is refused at compile time for a rootless caller."""
+    if not ctx.plan.namespaces.user:
+        return
+    user = ctx.doc.data.get("user")
+    if not isinstance(user, dict):
+        return
+    for key in ("uid_map", "gid_map"):
+        m = user.get(key)
+        if not isinstance(m, list):
+            continue
+        what = "uid" if key == "uid_map" else "gid"
+        for i, e in enumerate(m):
+            if not isinstance(e, dict):
+                continue
+            out, cnt = e.get("outside"), e.get("count", 1)
+            if out == "caller" and cnt == 1 and i == 0:
+                continue
+            shown = f"host {what} {out}" if cnt == 1 else f"host {what}s {out}+{cnt}"
+            ctx.report(M.PSB105, f"user.{key}[{i}] maps {shown}: only root may run this profile (a rootless "
+                       f"caller may map only its own {what}, once)",
+                       "use `auto` (the caller's own id rootless, an unprivileged range as root) or "
+                       "`{inside: N, outside: caller, count: 1}`; keep it only for root-run profiles",
+                       ("user", key, i, "outside"), ("user", key, i))
+
+
 # ---------------------------------------------------------------------------------------
 # 2xx seccomp
 # ---------------------------------------------------------------------------------------
