@@ -45,9 +45,17 @@ def image():
 @click.option("--devices", type=click.Choice(["reject", "skip"]), default="reject", show_default=True,
               help="Device nodes in layers: refuse the import, or drop them.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a bound of the import (repeatable; sizes take k/M/G/T): header, members, path, depth, "
+                   "file_size, size, stream, ratio, json, json_depth. Defaults in docs/images.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
-def image_import(path, name, ref, devices, progress, quiet):
-    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress)
+def image_import(path, name, ref, devices, progress, limits, quiet):
+    from .tarsafe import DEFAULT_LIMITS
+    try:
+        lim = DEFAULT_LIMITS.with_overrides(limits)
+    except ValueError as e:
+        raise _Fail(str(e)) from None
+    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress, limits=lim)
     if quiet:
         click.echo(rec["id"])
     else:

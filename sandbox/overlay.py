@@ -27,7 +27,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .images import ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name
+from .images import (ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name,
+                     tree_to_tar)
 from .images import _Lazy
 
 tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
@@ -115,7 +116,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
         _reclaim_stale(store)
         name, rec = store.resolve(fs.image)
         for d in rec["layers"]:
-            store.layer_info(d)            # raises a clear error when a layer is missing
+            store.check_layer(d)           # missing, or changed since its digest was checked: refused
         cdir = os.path.join(store.containers, sandbox_id)
         try:
             os.mkdir(cdir, 0o700)
@@ -362,6 +363,14 @@ def _lookup(lowers, parts: tuple[str, ...]) -> Optional[os.stat_result]:
 
 class _Symlink(Exception):
     pass
+
+
+def _fd_is_opaque(fd: int) -> bool:
+    for xa in OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(fd, xa) == b"y":
+                return True
+    return False
 
 
 def _is_opaque(path: str) -> bool:
@@ -831,33 +840,19 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
                 ti.uid, ti.gid = _unshift(umap, ti.uid), _unshift(gmap, ti.gid)
             ti.uname = ti.gname = ""
 
-        def walk(d: str, arc: str):
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for e in entries:
-                a = f"{arc}/{e.name}" if arc else e.name
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    wh = tarfile.TarInfo(f"{arc}/.wh.{e.name}" if arc else f".wh.{e.name}")
-                    wh.mtime = int(st.st_mtime)
-                    tf.addfile(wh)
-                    continue
-                ti = tf.gettarinfo(e.path, a)
-                if ti is None:
-                    continue
-                owner(ti)
-                if ti.isreg() and ti.type != tarfile.LNKTYPE:
-                    fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-                    with os.fdopen(fd, "rb") as f:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            raise ImageError(f"commit: {a} changed while being read")
-                        tf.addfile(ti, f)
-                else:
-                    tf.addfile(ti)
-                if ti.isdir():
-                    if _is_opaque(e.path):
-                        op = tarfile.TarInfo(f"{a}/.wh..wh..opq")
-                        op.mtime = int(st.st_mtime)
-                        tf.addfile(op)
-                    walk(e.path, a)
-        walk(upper, "")
+        def entry(e, ti):
+            st = e.st
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:     # overlay whiteout -> .wh.NAME
+                d, _, base = e.arc.rpartition("/")
+                wh = tarfile.TarInfo(f"{d}/.wh.{base}" if d else f".wh.{base}")
+                wh.mtime = int(st.st_mtime)
+                return [wh]
+            owner(ti)
+            if ti.isdir() and _fd_is_opaque(e.fd):
+                op = tarfile.TarInfo(f"{e.arc}/.wh..wh..opq")
+                op.mtime = int(st.st_mtime)
+                return [ti, op]
+            return [ti]
+
+        # by descriptors: the upper directory was written by the sandbox (tree_to_tar)
+        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=entry)
