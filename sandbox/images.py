@@ -21,7 +21,11 @@ O_NOFOLLOW, so a symlink planted by the archive can never redirect a later write
 are refused (or skipped on request); claimed sizes are checked against the space left before a
 byte is written; OCI whiteouts become overlay whiteouts (char 0:0 device, ``overlay.opaque``
 xattr). Everything is extracted into ``tmp/`` and renamed into place only when every layer of
-the import succeeded, so a corrupt or malicious archive leaves the store as it was.
+the import succeeded, so a corrupt or malicious archive leaves the store as it was. Tar headers,
+member counts, names, sizes, decompressed bytes and metadata JSON are bounded before anything is
+allocated (``sandbox.tarsafe``, ``--limit``); directories are packed by descriptors
+(``tree_to_tar``). Each extracted layer is sealed (``tree_seal``: inode and change time of every
+entry) and checked before every launch (``Store.check_layer``).
 """
 from __future__ import annotations
 
@@ -307,32 +311,47 @@ def tree_seal(root: str) -> str:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     st = os.fstat(fd)
     h.update(b"%d %d %o\n" % (st.st_ino, st.st_ctime_ns, st.st_mode))
-    stack = [(fd, b"")]
+    stack: list = []                     # (dir fd, path, subdirectories still to visit): one fd per level
+    cur = b""
     try:
-        while stack:
-            dfd, arc = stack.pop()
-            try:
+        while True:
+            if fd >= 0:
                 ents = []
-                with os.scandir(dfd) as it:
+                with os.scandir(fd) as it:
                     for e in it:
                         est = e.stat(follow_symlinks=False)
                         ents.append((os.fsencode(e.name), est.st_ino, est.st_ctime_ns, est.st_mode, est.st_size))
                 ents.sort()
+                stack.append((fd, cur, [n for n, _, _, m, _ in reversed(ents) if stat.S_ISDIR(m)]))
+                fd = -1
                 for name, ino, ctime, mode, size in ents:
-                    p = arc + b"/" + name
-                    h.update(b"%s\0%d %d %o %d\n" % (p, ino, ctime, mode, size))
-                    if stat.S_ISDIR(mode):
-                        try:
-                            stack.append((os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                                  dir_fd=dfd), p))
-                        except PermissionError:
-                            h.update(b"%s\0unreadable\n" % p)
-            finally:
+                    h.update(b"%s/%s\0%d %d %o %d\n" % (cur, name, ino, ctime, mode, size))
+            if not stack:
+                break
+            dfd, base, subdirs = stack[-1]
+            if not subdirs:
                 os.close(dfd)
+                stack.pop()
+                continue
+            name = subdirs.pop()
+            cur = base + b"/" + name
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except PermissionError:
+                h.update(b"%s\0unreadable\n" % cur)
     finally:
-        for dfd, _ in stack:
+        if fd >= 0:
+            os.close(fd)
+        for dfd, _, _ in stack:
             os.close(dfd)
     return "sha256:" + h.hexdigest()
+
+
+def _seal_new(diff: str, what: str) -> str:
+    try:
+        return tree_seal(diff)
+    except OSError as e:
+        raise ImageError(f"{what}: cannot seal the extracted layer ({_one_line(e)})") from None
 
 
 def _chmod_dir(p: str) -> None:
@@ -480,7 +499,9 @@ class Extractor:
         self.written = 0
         self.files = 0
         self.skipped_devices = 0
-        self.dirs: dict[tuple, tuple] = {}       # parts -> (mode, uid, gid, mtime): applied at the end
+        self.dirs: dict[tuple, tuple] = {}       # parts -> (mode, uid, gid, mtime, seq): applied at the end
+        self.replaced: dict[tuple, int] = {}     # parts -> seq: a directory removed by a later member
+        self._seq = 0
         self._cache: tuple[tuple, int] | None = None
 
     def close(self) -> None:
@@ -543,7 +564,7 @@ class Extractor:
         self._cache = (pp, fd)
         return fd
 
-    def _clear(self, pfd: int, base: str, keep_dir: bool) -> Optional[os.stat_result]:
+    def _clear(self, pfd: int, base: str, keep_dir: bool, parts: tuple = ()) -> Optional[os.stat_result]:
         """Remove an existing entry (tar semantics: a later member replaces an earlier one)."""
         try:
             st = os.lstat(base, dir_fd=pfd)
@@ -553,6 +574,10 @@ class Extractor:
             if keep_dir:
                 return st
             self._drop_cache()   # the cached parent may live below the removed directory
+            # the metadata recorded for it and below it so far is stale (finish skips it): O(1)
+            # here, where a scan of every recorded directory made each member cost O(directories)
+            self._seq += 1
+            self.replaced[parts] = self._seq
             shutil.rmtree(base, dir_fd=pfd)
         else:
             os.unlink(base, dir_fd=pfd)
@@ -568,14 +593,10 @@ class Extractor:
         parts = self.split(ti.name, orig)
         if not parts:
             if ti.isdir():      # "./": the layer root itself
-                self.dirs[()] = (ti.mode, ti.uid, ti.gid, ti.mtime)
+                self.dirs[()] = (ti.mode, ti.uid, ti.gid, ti.mtime, 0)
                 return
             raise self.fail(orig, "empty name")
         base = parts[-1]
-        if not ti.isdir() and self.dirs:     # a directory replaced by a non-directory: forget its metadata
-            n = len(parts)
-            for k in [k for k in self.dirs if k[:n] == parts]:
-                del self.dirs[k]
         if base.startswith(WHITEOUT_PREFIX):
             return self._whiteout(parts, orig)
         pfd = self.parent_fd(parts, orig)
@@ -584,7 +605,8 @@ class Extractor:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(base, 0o700, dir_fd=pfd)
             self._own(pfd, base, ti)
-            self.dirs[parts] = (ti.mode, ti.uid, ti.gid, ti.mtime)
+            self._seq += 1
+            self.dirs[parts] = (ti.mode, ti.uid, ti.gid, ti.mtime, self._seq)
         elif ti.isreg():
             if self.size_left is not None and self.written + ti.size > self.size_left:
                 raise self.fail(orig, f"claims {human_size(ti.size)}: the import would unpack more than the size "
@@ -592,7 +614,7 @@ class Extractor:
             if self.budget is not None and self.written + ti.size > self.budget:
                 raise self.fail(orig, f"claims {human_size(ti.size)}, more than the "
                                       f"{human_size(max(0, self.budget - self.written))} left for this import")
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
             try:
@@ -614,7 +636,7 @@ class Extractor:
         elif ti.issym():
             if "\x00" in ti.linkname:
                 raise self.fail(orig, "NUL byte in symlink target")
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             os.symlink(ti.linkname, base, dir_fd=pfd)
             self._own(pfd, base, ti)
             with contextlib.suppress(OSError):
@@ -632,12 +654,12 @@ class Extractor:
                 if stat.S_ISDIR(st.st_mode):
                     raise self.fail(orig, "hard link to a directory")
                 pfd = self.parent_fd(parts, orig)
-                self._clear(pfd, base, keep_dir=False)
+                self._clear(pfd, base, keep_dir=False, parts=parts)
                 os.link(tparts[-1], base, src_dir_fd=tpfd_own, dst_dir_fd=pfd, follow_symlinks=False)
             finally:
                 os.close(tpfd_own)
         elif ti.isfifo():
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             os.mkfifo(base, ti.mode & 0o777, dir_fd=pfd)
             self._own(pfd, base, ti)
         elif ti.ischr() or ti.isblk():
@@ -662,7 +684,7 @@ class Extractor:
         target = base[len(WHITEOUT_PREFIX):]
         if target in ("", ".", ".."):
             raise self.fail(orig, "invalid whiteout name")
-        self._clear(pfd, target, keep_dir=False)
+        self._clear(pfd, target, keep_dir=False, parts=parts[:-1] + (target,))
         # char 0:0 is the overlay whiteout; the kernel lets unprivileged users create it (5.8+).
         try:
             os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
@@ -685,7 +707,9 @@ class Extractor:
         """Apply directory modes/owners/mtimes, deepest first (modes like 0555 would block creation)."""
         self._drop_cache()
         for parts in sorted(self.dirs, key=len, reverse=True):
-            mode, uid, gid, mtime = self.dirs[parts]
+            mode, uid, gid, mtime, seq = self.dirs[parts]
+            if self.replaced and any(self.replaced.get(parts[:i], -1) > seq for i in range(1, len(parts) + 1)):
+                continue                         # removed (and maybe made again) after it was recorded
             if parts:
                 pfd = self.parent_fd(parts, "/".join(parts), create=False)
                 fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
@@ -1320,7 +1344,7 @@ def _import_source(path, name, store, ref, devices, progress, what, stage, limit
               "source": os.path.abspath(path), "format": kind,
               "config": {k: cfg[k] for k in _CONFIG_KEYS if cfg.get(k) is not None}}
     for digest, dest, info in new_layers:
-        info["seal"] = tree_seal(os.path.join(dest, "diff"))
+        info["seal"] = _seal_new(os.path.join(dest, "diff"), what)
         with open(os.path.join(dest, "layer.json"), "w") as f:
             json.dump(info, f, sort_keys=True)
     for digest, dest, info in new_layers:
@@ -1350,7 +1374,7 @@ def add_layer_from_tar(tar_path: str, store: Store, what: str) -> dict:
         info.pop("skipped_devices", None)
         info.pop("stream", None)
         info["created"] = _now()
-        info["seal"] = tree_seal(os.path.join(dest, "diff"))
+        info["seal"] = _seal_new(os.path.join(dest, "diff"), what)
         if not store.has_layer(info["digest"]):
             with open(os.path.join(dest, "layer.json"), "w") as f:
                 json.dump(info, f, sort_keys=True)

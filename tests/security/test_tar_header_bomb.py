@@ -351,3 +351,4 @@ def _concat(a: bytes, b: bytes) -> bytes:
     last = tf.getmembers()[-1]
     end = last.offset_data + ((last.size + 511) // 512) * 512
     return a[:end] + b
+
