@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .images import (ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name,
-                     tree_to_tar)
+                     tree_seal, tree_to_tar)
 from .images import _Lazy
 
 tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
@@ -263,12 +263,22 @@ def _shifted_layer(store: Store, digest: str, umap, gmap) -> str:
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
     ldir = store.layer_dir(digest)
     final = os.path.join(ldir, f"shift-{key}")
+    sealf = final + ".seal"
     if os.path.isdir(final):
-        return final
+        # a cache of the layer (checked just before): used only while its own seal holds, else
+        # rebuilt from the layer -- the copy is a lower layer of the sandbox like the layer itself
+        with contextlib.suppress(OSError):
+            with open(sealf) as f:
+                if f.read().strip() == tree_seal(final):
+                    return final
+        rmtree(final)
     tmp = tempfile.mkdtemp(prefix=".shift.", dir=ldir)
     try:
         _copy_shifted(store.layer_diff(digest), os.path.join(tmp, "d"), umap, gmap)
-        os.rename(os.path.join(tmp, "d"), final)
+        os.rename(os.path.join(tmp, "d"), final)        # (a rename moves the directory's ctime: seal after)
+        with open(os.path.join(tmp, "seal"), "w") as f:
+            f.write(tree_seal(final))
+        os.rename(os.path.join(tmp, "seal"), sealf)
     finally:
         rmtree(tmp)
     return final

@@ -255,3 +255,28 @@ def test_layer_stored_before_seals_is_sealed_on_first_use(env):
     _tamper_append(motd)
     r = run_image(env)
     assert r.returncode == 125 and "was modified after it was imported" in r.stderr, r
+
+
+def test_uid_shifted_copy_changed_is_rebuilt(root_runner, shared_tmp):
+    """Root with a mapped range where idmapped mounts are not used (PYSANDBOX_IDMAP=0): the layers
+    are mounted through uid-shifted copies (layers/<hex>/shift-<maps>), a cache of the checked
+    layer. A copy changed after it was made is not used: it is rebuilt from the layer."""
+    env_ = (root_runner, str(shared_tmp / "state"), str(shared_tmp))
+    ib.write_docker_save(str(shared_tmp / "save.tar"))
+    assert cli(env_, "image", "import", str(shared_tmp / "save.tar")).returncode == 0
+
+    def run():
+        return root_runner("run", "--profile", "strict", "--image", "busybox:test", "--", "/bin/cat", "/etc/motd",
+                           env={"PYSANDBOX_STATE_DIR": env_[1], "PYSANDBOX_IDMAP": "0"})
+    r = run()
+    assert r.returncode == 0 and r.stdout == ib.MOTD.decode(), r
+    motd = _layer_of(env_[1], "etc/motd")
+    ldir = os.path.dirname(os.path.dirname(os.path.dirname(motd)))
+    shifted = [n for n in os.listdir(ldir) if n.startswith("shift-") and not n.endswith(".seal")]
+    assert len(shifted) == 1, os.listdir(ldir)
+    copy = os.path.join(ldir, shifted[0], "etc", "motd")
+    with open(copy, "ab") as f:
+        f.write(b"tampered copy\n")
+    r = run()
+    assert r.returncode == 0 and r.stdout == ib.MOTD.decode(), r        # rebuilt, not the changed copy
+    assert open(copy, "rb").read() == ib.MOTD
