@@ -1290,6 +1290,7 @@ def _import_source(path, name, store, ref, devices, progress, what, stage, limit
         for i, lsrc in enumerate(src.layers):
             lwhat = f"{what}: layer {i + 1}/{len(src.layers)}"
             if lsrc.diff_id and store.has_layer(lsrc.diff_id):
+                store.check_layer(lsrc.diff_id)     # reused as stored: only if it is still what was checked
                 digests.append(lsrc.diff_id)
                 bar.update(lsrc.size or 0)
                 continue

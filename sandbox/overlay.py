@@ -750,30 +750,35 @@ def changes(store: Store, ref: str) -> list[tuple[str, str]]:
         except _Symlink:
             return None
 
-    def walk(d: str, parts: tuple[str, ...], parent_new: bool):
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            p = parts + (e.name,)
-            st = e.stat(follow_symlinks=False)
-            path = "/" + "/".join(p)
+    # by descriptors (tarsafe.walk_tree): a running sandbox may swap a directory of its upper
+    # layer for a symlink to a host directory while it is listed; that is never followed
+    from .tarsafe import walk_tree, TreeChanged
+    children_new: dict[tuple, bool] = {(): False}       # directory -> are its entries all new
+    try:
+        for e in walk_tree(upper):
+            p = tuple(e.arc.split("/"))
+            parent_new = children_new.get(p[:-1], True)
+            st = e.st
+            path = "/" + e.arc
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 if not parent_new and lower_st(p) is not None:
                     out.append(("D", path))
                 continue
-            lst = None if parent_new else lower_st(p)
-            new = lst is None
+            new = parent_new or lower_st(p) is None
             out.append(("A" if new else "C", path))
             if stat.S_ISDIR(st.st_mode):
-                if not new and _is_opaque(e.path):
+                if not new and _fd_is_opaque(e.fd):
+                    present = set(os.listdir(e.fd))
                     for gone in _lower_children(lowers, p):
-                        if not os.path.lexists(os.path.join(e.path, gone)):
+                        if gone not in present:
                             out.append(("D", f"{path}/{gone}"))
-                    walk(e.path, p, True)
+                    children_new[p] = True
                 else:
-                    walk(e.path, p, new)
-
-    walk(upper, (), False)
+                    children_new[p] = new
+    except TreeChanged as err:
+        raise ImageError(f"diff {cid}: {err} (retry when the sandbox has stopped)") from None
+    except OSError as err:
+        raise ImageError(f"diff {cid}: cannot read the writable layer ({err.strerror})") from None
     out.sort(key=lambda x: x[1])
     return out
 

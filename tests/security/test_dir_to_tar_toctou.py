@@ -173,3 +173,50 @@ def test_commit_packer_racing_thread(root_runner, tmp_path):
         names_in = {m.name: m for m in tf.getmembers()}
     assert all(names_in[f"d{i}/inner"].isreg() for i in range(40))
     assert all(names_in[f"d{i}.l"].issym() and names_in[f"d{i}.l"].linkname == str(decoy) for i in range(40))
+
+
+def test_diff_listing_racing_thread(root_runner, tmp_path):
+    """`pysandbox diff` lists a kept (or running) sandbox's writable layer. A thread stands in for
+    the running sandbox, swapping its directories with symlinks to a host decoy: the decoy's
+    entries are never listed."""
+    import json
+    from sandbox import overlay
+    from sandbox.images import ImageError, Store
+    state, decoy = tmp_path / "state", tmp_path / "decoy"
+    upper = state / "containers" / "toctoudiff" / "upper"
+    upper.mkdir(parents=True)
+    (state / "containers" / "toctoudiff" / "container.json").write_text(json.dumps({"id": "toctoudiff", "layers": []}))
+    decoy.mkdir()
+    (decoy / "secret").write_bytes(SECRET)
+    for i in range(40):
+        (upper / f"d{i}").mkdir()
+        (upper / f"d{i}" / "inner").write_text("inner\n")
+        os.symlink(decoy, upper / f"d{i}.l")
+    libc = ctypes.CDLL(None, use_errno=True)
+    names = [(str(upper / f"d{i}").encode(), str(upper / f"d{i}.l").encode()) for i in range(40)]
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            for a, b in names:
+                libc.renameat2(-100, a, -100, b, 2)
+
+    store = Store(str(state), rootless=False)
+    t = threading.Thread(target=swap)
+    t.start()
+    try:
+        for k in range(30):
+            try:
+                out = overlay.changes(store, "toctoudiff")
+            except ImageError as e:
+                assert "changed while being read" in str(e), e
+                continue
+            assert not [p for _, p in out if p.endswith("/secret")], out
+    finally:
+        stop.set()
+        t.join()
+    for a, b in names:
+        if os.path.islink(a):
+            libc.renameat2(-100, a, -100, b, 2)
+    out = overlay.changes(store, "toctoudiff")              # nothing racing: the whole layer, all added
+    assert ("A", "/d0/inner") in out and ("A", "/d0.l") in out and len(out) == 120, out

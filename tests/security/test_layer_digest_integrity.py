@@ -280,3 +280,16 @@ def test_uid_shifted_copy_changed_is_rebuilt(root_runner, shared_tmp):
     r = run()
     assert r.returncode == 0 and r.stdout == ib.MOTD.decode(), r        # rebuilt, not the changed copy
     assert open(copy, "rb").read() == ib.MOTD
+
+
+def test_changed_layer_is_not_reused_by_a_later_import(env):
+    """An import whose layer is already stored reuses it: only while its seal holds."""
+    runner, state, work = env
+    ib.write_docker_save(os.path.join(work, "save.tar"))
+    ib.write_oci_layout(os.path.join(work, "oci"))
+    give(env, work)
+    assert cli(env, "image", "import", os.path.join(work, "save.tar")).returncode == 0
+    _tamper_append(_layer_of(state, "etc/motd"))
+    r = cli(env, "image", "import", os.path.join(work, "oci"), "again")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "was modified after it was imported" in r.stderr, r
+    assert "again" not in cli(env, "image", "ls", "-q").stdout
