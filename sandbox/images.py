@@ -453,6 +453,23 @@ class _CountingReader(io.RawIOBase):
         return self.h.hexdigest()
 
 
+_XZ_MEMLIMIT = 256 << 20     # xz -9 needs 65 MiB; a header may declare a 4 GiB dictionary (memory it fills)
+
+
+def _decompress_error(what: str, msg: str) -> str:
+    if "Memory usage limit" in msg:
+        return (f"{what}: the xz stream needs more than {_XZ_MEMLIMIT >> 20} MiB of memory to decompress "
+                f"(its dictionary size)")
+    return f"{what}: corrupt or truncated compressed data ({msg})"
+
+
+def _xz_reader(f):
+    """lzma.LZMAFile's reader with liblzma's memory limit set (LZMAFile has none)."""
+    import _compression
+    return io.BufferedReader(_compression.DecompressReader(f, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                            memlimit=_XZ_MEMLIMIT), 1 << 16)
+
+
 def _open_decompressed(raw: BinaryIO, what: str, count: bool = False):
     """Detect gzip/bzip2/xz by magic and return a decompressing reader (or raw for plain tar).
     count=True: (reader, counter of the compressed bytes read, or None when not compressed)."""
@@ -464,7 +481,7 @@ def _open_decompressed(raw: BinaryIO, what: str, count: bool = False):
     elif head[:3] == b"BZh":
         opener = lambda f: bz2.BZ2File(f, "rb")
     elif head[:6] == b"\xfd7zXZ\x00":
-        opener = lambda f: lzma.LZMAFile(f, "rb")
+        opener = _xz_reader
     elif head[:4] == b"\x28\xb5\x2f\xfd":
         raise ImageError(f"{what}: zstd-compressed layers are not supported (recompress with gzip)")
     if opener is None:
@@ -762,7 +779,7 @@ def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str =
                 raise ImageError(f"{what}: no space left in the image store") from None
             msg = _one_line(e)
             if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)) or "gzip" in msg.lower():
-                raise ImageError(f"{what}: corrupt or truncated compressed data ({msg})") from None
+                raise ImageError(_decompress_error(what, msg)) from None
             raise ImageError(f"{what}: extraction failed: {msg}") from None
     finally:
         ex.close()
@@ -1163,7 +1180,7 @@ def _decompress_to(path: str, stage: str, what: str, limits) -> str:
     except (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise ImageError(f"{what}: no space left in the image store") from None
-        raise ImageError(f"{what}: corrupt or truncated compressed data ({_one_line(e)})") from None
+        raise ImageError(_decompress_error(what, _one_line(e))) from None
     return out
 
 

@@ -222,6 +222,24 @@ def _docker(p, manifest: bytes, config: bytes = b"{}"):
     write_stream(p, [member("c.json", config), member("manifest.json", manifest), END])
 
 
+def bomb_xz_dictionary(p):
+    """An xz stream whose block header declares a 3 GiB LZMA2 dictionary (liblzma fills as much of
+    it as the stream decompresses to; lzma.LZMAFile sets no memory limit)."""
+    import lzma
+    import struct
+    tar = member("f", b"hello\n" * 1000) + END
+    x = bytearray(lzma.compress(tar, format=lzma.FORMAT_XZ,
+                                filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]))
+    size = (x[12] + 1) * 4                     # the block header follows the 12-byte stream header
+    bh = x[12:12 + size]
+    assert bh[1] == 0 and bh[2] == 0x21 and bh[3] == 1    # no optional sizes; LZMA2, 1 property byte
+    bh[4] = 39                                            # dictionary 3 GiB
+    bh[-4:] = struct.pack("<I", zlib.crc32(bytes(bh[:-4])))
+    x[12:12 + size] = bh
+    with open(p, "wb") as f:
+        f.write(bytes(x))
+
+
 NORATIO = ("--limit", "ratio=1000000")     # each bound on its own: the ratio bound would stop some first
 
 BOMBS = {
@@ -244,6 +262,7 @@ BOMBS = {
     "json_size": (bomb_json_size, (), "manifest.json is 6.29MB, more than 4.19MB (limit json"),
     "json_depth": (bomb_json_depth, (), "manifest.json is nested more than 64 levels"),
     "json_types": (bomb_json_types, (), "malformed image metadata"),
+    "xz_dictionary": (bomb_xz_dictionary, (), "the xz stream needs more than 256 MiB of memory to decompress"),
 }
 
 
@@ -351,4 +370,5 @@ def _concat(a: bytes, b: bytes) -> bytes:
     last = tf.getmembers()[-1]
     end = last.offset_data + ((last.size + 511) // 512) * 512
     return a[:end] + b
+
 
