@@ -875,7 +875,7 @@ class _TarBundle:
         except OSError as e:
             raise ImageError(f"{what}: cannot read: {e.strerror}") from None
         try:
-            with open(path, "rb") as f, tarsafe.open_tar(f, "r:", self.limits) as tf:
+            with os.fdopen(os.dup(self.fd), "rb") as f, tarsafe.open_tar(f, "r:", self.limits) as tf:
                 for m in tarsafe.members(tf):
                     n = m.name
                     while n.startswith("./"):
