@@ -50,7 +50,8 @@ class ImportLimits:
     file_size: int = 16 * GiB      # bytes of one regular file
     size: int = 64 * GiB           # bytes of file data of one import (also capped by free space)
     stream: int = 0                # decompressed bytes of one import; 0: size + 1/8 + 256 MiB (headers, padding)
-    ratio: int = 1000              # decompressed : compressed bytes (checked after the first 16 MiB)
+    ratio: int = 2000              # decompressed : compressed bytes (checked after the first 16 MiB); above
+                                   # gzip's maximum (~1030): never refuses a gzip stream, stops bzip2/xz bombs
     json: int = 4 * MiB            # bytes of one manifest/index/config JSON document
     json_depth: int = 64           # nesting of a JSON document
 

@@ -21,7 +21,6 @@ import tarfile
 import threading
 import time
 
-import pytest
 
 from conftest import PYSANDBOX
 

@@ -240,11 +240,11 @@ def bomb_xz_dictionary(p):
         f.write(bytes(x))
 
 
-NORATIO = ("--limit", "ratio=1000000")     # each bound on its own: the ratio bound would stop some first
+NORATIO = ("--limit", "ratio=1000000")     # each test shows its own bound, whatever the ratio
 
 BOMBS = {
     # name: (builder, extra CLI args, expected words in the one line)
-    "pax_path_default": (bomb_pax_path, (), "more than 1000 times its compressed size"),
+    "pax_path_default": (bomb_pax_path, (), "extended header at offset 0 declares 210MB, more than the 1.05MB allowed"),
     "pax_path": (bomb_pax_path, NORATIO, "extended header at offset 0 declares 210MB, more than the 1.05MB allowed"),
     "gnu_longname": (bomb_gnu_longname, NORATIO, "extended header at offset 0 declares 210MB"),
     "gnu_longlink": (bomb_gnu_longlink, NORATIO, "extended header at offset 0 declares 210MB"),
@@ -253,7 +253,7 @@ BOMBS = {
     "deep": (bomb_deep, (), "301 path components, more than 256"),
     "long_path": (bomb_long_path, (), "name is 6029 bytes, more than 4096"),
     "members": (bomb_members, ("--limit", "members=2000"), "more than 2000 members (limit members"),
-    "ratio": (bomb_ratio, (), "more than 1000 times its compressed size"),
+    "ratio": (bomb_ratio, (), "more than 2000 times its compressed size"),
     "stream": (bomb_stream, ("--limit", "stream=8M", *NORATIO), "decompresses to more than 8.39MB"),
     "huge_member": (bomb_huge_member, (), "member 'big': claims 1.1TB, more than the 17.2GB allowed for one file"),
     "size": (bomb_size, ("--limit", "size=3M"), "member 'b': claims 2.1MB: the import would unpack more than"),
