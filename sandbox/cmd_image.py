@@ -22,6 +22,14 @@ def _store() -> Store:
     return Store()
 
 
+def _limits(items):
+    from .tarsafe import DEFAULT_LIMITS
+    try:
+        return DEFAULT_LIMITS.with_overrides(items)
+    except ValueError as e:
+        raise _Fail(str(e)) from None
+
+
 def _run(fn, *a, **kw):
     try:
         return fn(*a, **kw)
@@ -50,12 +58,8 @@ def image():
                    "file_size, size, stream, ratio, json, json_depth. Defaults in docs/images.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
 def image_import(path, name, ref, devices, progress, limits, quiet):
-    from .tarsafe import DEFAULT_LIMITS
-    try:
-        lim = DEFAULT_LIMITS.with_overrides(limits)
-    except ValueError as e:
-        raise _Fail(str(e)) from None
-    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress, limits=lim)
+    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress,
+                  limits=_limits(limits))
     if quiet:
         click.echo(rec["id"])
     else:
@@ -185,10 +189,12 @@ def diff_cmd(container_id):
 @click.option("-m", "--message", default="", help="Commit message (history comment).")
 @click.option("-a", "--author", default="")
 @click.option("--rm", "remove", is_flag=True, help="Remove the kept container afterwards.")
-def commit_cmd(container_id, name, message, author, remove):
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a bound of the new layer, as for `image import --limit`.")
+def commit_cmd(container_id, name, message, author, remove, limits):
     from .overlay import commit, remove_container
     st = _store()
-    n, rec = _run(commit, st, container_id, name, message=message, author=author)
+    n, rec = _run(commit, st, container_id, name, message=message, author=author, limits=_limits(limits))
     if remove:
         _run(remove_container, st, container_id)
     click.echo(f"{n} {rec['id'][7:19]}")

@@ -1089,7 +1089,7 @@ def _docker_source(bundle, what: str) -> _ImageSource:
     return _ImageSource(layers=layers, config=config, config_bytes=cbytes, names=list(m.get("RepoTags") or []))
 
 
-def tree_to_tar(src: str, tf, what: str, on_entry=None) -> None:
+def tree_to_tar(src: str, tf, what: str, on_entry=None, limits=None) -> None:
     """Add the tree below `src` to the open TarFile `tf` (PAX), walking it by descriptors
     (tarsafe.walk_tree): the tree may be written by a hostile program while it is read (a rootfs
     directory, a sandbox's writable layer), and no symlink it plants -- a directory swapped for a
@@ -1097,9 +1097,10 @@ def tree_to_tar(src: str, tf, what: str, on_entry=None) -> None:
     Hard links within the tree are kept. on_entry(entry, ti) -> list of TarInfo to add instead
     of ti (ti itself, with its data, when returned unchanged)."""
     from . import tarsafe
+    limits = limits or tarsafe.DEFAULT_LIMITS
     inodes: dict = {}
     try:
-        for e in tarsafe.walk_tree(src):
+        for e in tarsafe.walk_tree(src, max_entries=limits.members, max_depth=limits.depth):
             st = e.st
             ti = tarfile.TarInfo(e.arc)
             ti.mode, ti.uid, ti.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
@@ -1138,17 +1139,19 @@ def tree_to_tar(src: str, tf, what: str, on_entry=None) -> None:
                 else:
                     tf.addfile(t)
     except tarsafe.TreeChanged as err:
+        if isinstance(err, tarsafe.TreeTooLarge):
+            raise ImageError(f"{what}: {err}") from None
         raise ImageError(f"{what}: {err} (retry when nothing writes to it)") from None
     except OSError as err:
         raise ImageError(f"{what}: cannot read the directory ({_one_line(err)})") from None
 
 
-def _dir_to_tar(src: str, tmpdir: str) -> str:
+def _dir_to_tar(src: str, tmpdir: str, limits=None) -> str:
     """Pack a rootfs directory into a tar (symlinks stored as symlinks, never followed)."""
     fd, path = tempfile.mkstemp(prefix="rootfs.", suffix=".tar", dir=tmpdir)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            tree_to_tar(src, tf, src)
+            tree_to_tar(src, tf, src, limits=limits)
     except OSError as e:
         raise ImageError(f"{src}: cannot pack the directory ({_one_line(e)})") from None
     return path
@@ -1290,7 +1293,7 @@ def _import_source(path, name, store, ref, devices, progress, what, stage, limit
     except (AttributeError, TypeError, KeyError, IndexError) as e:
         raise ImageError(f"{what}: malformed image metadata ({type(e).__name__}: {_one_line(e)})") from None
     if src is None:
-        tarpath = _dir_to_tar(path, stage) if os.path.isdir(path) else tarpath
+        tarpath = _dir_to_tar(path, stage, limits) if os.path.isdir(path) else tarpath
         src = _ImageSource(layers=[_LayerSource(open=lambda: open(tarpath, "rb"), size=os.path.getsize(tarpath))],
                            created_by_default=f"pysandbox image import {os.path.basename(os.path.normpath(path))}")
     if len(src.layers) > _MAX_LAYERS:
@@ -1380,14 +1383,14 @@ def _import_source(path, name, store, ref, devices, progress, what, stage, limit
     return names[0], dict(record, name=names[0])
 
 
-def add_layer_from_tar(tar_path: str, store: Store, what: str) -> dict:
+def add_layer_from_tar(tar_path: str, store: Store, what: str, limits=None) -> dict:
     """Import one layer tar into the store (used by commit). Caller holds the lock."""
     stage = tempfile.mkdtemp(prefix="layer.", dir=store.tmp)
     try:
         dest = os.path.join(stage, "l")
         os.makedirs(os.path.join(dest, "diff"), 0o755)
         with open(tar_path, "rb") as f:
-            info = extract_layer(f, os.path.join(dest, "diff"), rootless=store.rootless,
+            info = extract_layer(f, os.path.join(dest, "diff"), rootless=store.rootless, limits=limits,
                                  budget=_free_budget(store.tmp), what=what)
         info.pop("skipped_devices", None)
         info.pop("stream", None)

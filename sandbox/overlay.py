@@ -801,7 +801,8 @@ def _lower_children(lowers, parts) -> set[str]:
     return names
 
 
-def commit(store: Store, ref: str, name: str, *, message: str = "", author: str = "") -> tuple[str, dict]:
+def commit(store: Store, ref: str, name: str, *, message: str = "", author: str = "", limits=None
+           ) -> tuple[str, dict]:
     """Turn a kept writable layer into a new layer on top of its image (like `docker commit`)."""
     name = normalize_name(name)
     with store.locked():
@@ -821,8 +822,8 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
         fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
         os.close(fd)
         try:
-            _upper_to_tar(upper, tarpath, meta)
-            info = add_layer_from_tar(tarpath, store, f"commit {cid}")
+            _upper_to_tar(upper, tarpath, meta, limits)
+            info = add_layer_from_tar(tarpath, store, f"commit {cid}", limits)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tarpath)
@@ -840,7 +841,7 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
     return name, dict(record, name=name)
 
 
-def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
+def _upper_to_tar(upper: str, tarpath: str, meta: dict, limits=None) -> None:
     """Overlay upper dir -> OCI layer tar (whiteouts -> .wh.NAME, opaque dirs -> .wh..wh..opq)."""
     umap = [tuple(x) for x in meta.get("uid_map") or ()]
     gmap = [tuple(x) for x in meta.get("gid_map") or ()]
@@ -870,4 +871,4 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
             return [ti]
 
         # by descriptors: the upper directory was written by the sandbox (tree_to_tar)
-        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=entry)
+        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=entry, limits=limits)

@@ -318,6 +318,10 @@ class TreeChanged(Exception):
     """An entry changed type while the tree was walked (a concurrent writer). One line."""
 
 
+class TreeTooLarge(TreeChanged):
+    """The tree has more entries or levels than allowed. One line."""
+
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -345,7 +349,7 @@ def walk_tree(root: str, *, max_entries: int = DEFAULT_LIMITS.members,
             name = names.pop()
             count += 1
             if count > max_entries:
-                raise TreeChanged(f"more than {max_entries} entries")
+                raise TreeTooLarge(f"more than {max_entries} entries {_hint('members')}")
             a = f"{arc}/{name}" if arc else name
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -354,7 +358,7 @@ def walk_tree(root: str, *, max_entries: int = DEFAULT_LIMITS.members,
             mode = st.st_mode
             if stat.S_ISDIR(mode):
                 if len(stack) >= max_depth:
-                    raise TreeChanged(f"{a}: deeper than {max_depth} directories")
+                    raise TreeTooLarge(f"{a[:100]}...: deeper than {max_depth} directories {_hint('depth')}")
                 try:
                     cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
                 except OSError as e:

@@ -372,3 +372,27 @@ def _concat(a: bytes, b: bytes) -> bytes:
     return a[:end] + b
 
 
+
+
+def test_commit_is_bounded_too(runner, shared_tmp):
+    """commit packs a sandbox's writable layer (written by the program) and imports it with the
+    same bounds: a layer over a bound is refused with one line; --limit raises it."""
+    import re
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    state = str(shared_tmp / "state")
+    ib.write_docker_save(str(shared_tmp / "save.tar"))
+    os.chown(shared_tmp / "save.tar", runner.uid, runner.gid)
+    env = {"PYSANDBOX_STATE_DIR": state}
+    assert runner("image", "import", str(shared_tmp / "save.tar"), env=env).returncode == 0
+    r = runner("run", "--profile", "strict", "--image", "busybox:test", "--read-write", "--keep", "--",
+               "/bin/sh", "-c", "mkdir /many && i=0; while [ $i -lt 50 ]; do touch /many/f$i; i=$((i+1)); done",
+               env=env)
+    assert r.returncode == 0, r
+    cid = re.search(r"kept the writable layer of (\S+)", r.stderr).group(1)
+    r = runner("commit", "--limit", "members=20", cid, "many:1", env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "more than 20 entries (limit members" in r.stderr, r
+    assert "many:1" not in runner("image", "ls", "-q", env=env).stdout
+    r = runner("commit", cid, "many:2", env=env)
+    assert r.returncode == 0, r
+    r = runner("run", "--profile", "strict", "--image", "many:2", "--", "/bin/sh", "-c", "ls /many | wc -l", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "50", r
