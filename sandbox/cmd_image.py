@@ -22,6 +22,14 @@ def _store() -> Store:
     return Store()
 
 
+def _limits(items):
+    from .tarsafe import DEFAULT_LIMITS
+    try:
+        return DEFAULT_LIMITS.with_overrides(items)
+    except ValueError as e:
+        raise _Fail(str(e)) from None
+
+
 def _run(fn, *a, **kw):
     try:
         return fn(*a, **kw)
@@ -45,9 +53,13 @@ def image():
 @click.option("--devices", type=click.Choice(["reject", "skip"]), default="reject", show_default=True,
               help="Device nodes in layers: refuse the import, or drop them.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a bound of the import (repeatable; sizes take k/M/G/T): header, members, path, depth, "
+                   "file_size, size, stream, ratio, json, json_depth. Defaults in docs/images.md.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
-def image_import(path, name, ref, devices, progress, quiet):
-    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress)
+def image_import(path, name, ref, devices, progress, limits, quiet):
+    n, rec = _run(import_image, path, name, store=_store(), ref=ref, devices=devices, progress=progress,
+                  limits=_limits(limits))
     if quiet:
         click.echo(rec["id"])
     else:
@@ -177,10 +189,12 @@ def diff_cmd(container_id):
 @click.option("-m", "--message", default="", help="Commit message (history comment).")
 @click.option("-a", "--author", default="")
 @click.option("--rm", "remove", is_flag=True, help="Remove the kept container afterwards.")
-def commit_cmd(container_id, name, message, author, remove):
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
+              help="Raise a bound of the new layer, as for `image import --limit`.")
+def commit_cmd(container_id, name, message, author, remove, limits):
     from .overlay import commit, remove_container
     st = _store()
-    n, rec = _run(commit, st, container_id, name, message=message, author=author)
+    n, rec = _run(commit, st, container_id, name, message=message, author=author, limits=_limits(limits))
     if remove:
         _run(remove_container, st, container_id)
     click.echo(f"{n} {rec['id'][7:19]}")

@@ -21,7 +21,11 @@ O_NOFOLLOW, so a symlink planted by the archive can never redirect a later write
 are refused (or skipped on request); claimed sizes are checked against the space left before a
 byte is written; OCI whiteouts become overlay whiteouts (char 0:0 device, ``overlay.opaque``
 xattr). Everything is extracted into ``tmp/`` and renamed into place only when every layer of
-the import succeeded, so a corrupt or malicious archive leaves the store as it was.
+the import succeeded, so a corrupt or malicious archive leaves the store as it was. Tar headers,
+member counts, names, sizes, decompressed bytes and metadata JSON are bounded before anything is
+allocated (``sandbox.tarsafe``, ``--limit``); directories are packed by descriptors
+(``tree_to_tar``). Each extracted layer is sealed (``tree_seal``: inode and change time of every
+entry) and checked before every launch (``Store.check_layer``).
 """
 from __future__ import annotations
 
@@ -218,6 +222,30 @@ class Store:
             raise ImageError(f"layer {digest[:19]} is missing from the store {self.root} "
                              f"(store damaged? re-import the image)") from None
 
+    def check_layer(self, digest: str) -> dict:
+        """A layer about to be used: its record names this digest and its tree is exactly as it was
+        extracted -- sealed at import (tree_seal: every entry's inode and change time, which any
+        write, chmod, chown, rename, link or unlink updates and no unprivileged process can set
+        back). Raises ImageError (the launch stops) otherwise. Costs one lstat per entry."""
+        info = self.layer_info(digest)
+        short = digest[:19]
+        if info.get("digest") != digest:
+            raise ImageError(f"layer {short} in the store {self.root} records the digest "
+                             f"{str(info.get('digest'))[:19]}: the store is damaged (re-import the image)")
+        try:
+            seal = tree_seal(self.layer_diff(digest))
+        except OSError as e:
+            raise ImageError(f"layer {short} in the store {self.root} is unreadable ({_one_line(e)}): "
+                             f"re-import the image") from None
+        if info.get("seal") is None:         # stored by a version without seals: sealed on first use
+            info["seal"] = seal
+            with contextlib.suppress(OSError):
+                _write_json_atomic(os.path.join(self.layer_dir(digest), "layer.json"), info)
+        elif info["seal"] != seal:
+            raise ImageError(f"layer {short} in the store {self.root} was modified after it was imported "
+                             f"(its files no longer match its digest): remove the image and import it again")
+        return info
+
     def image_size(self, rec: dict) -> int:
         return sum(self.layer_info(d).get("size", 0) for d in rec["layers"])
 
@@ -264,6 +292,66 @@ class Store:
             idx["images"][dst] = dict(rec, name=dst)
             self.write_index(idx)
             return dst
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def tree_seal(root: str) -> str:
+    """sha256 over (name, inode, change time, mode, size) of `root` and every entry below it, walked
+    by descriptors in name order. The kernel updates an inode's change time on every change to
+    its data or metadata, and a replaced entry has a new inode: a layer whose seal is unchanged
+    is the tree extracted (and digest-checked) at import. Directories the caller cannot list
+    (mode 000, rootless) are sealed by their own inode and change time."""
+    h = hashlib.sha256()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    h.update(b"%d %d %o\n" % (st.st_ino, st.st_ctime_ns, st.st_mode))
+    stack: list = []                     # (dir fd, path, subdirectories still to visit): one fd per level
+    cur = b""
+    try:
+        while True:
+            if fd >= 0:
+                ents = []
+                with os.scandir(fd) as it:
+                    for e in it:
+                        est = e.stat(follow_symlinks=False)
+                        ents.append((os.fsencode(e.name), est.st_ino, est.st_ctime_ns, est.st_mode, est.st_size))
+                ents.sort()
+                stack.append((fd, cur, [n for n, _, _, m, _ in reversed(ents) if stat.S_ISDIR(m)]))
+                fd = -1
+                for name, ino, ctime, mode, size in ents:
+                    h.update(b"%s/%s\0%d %d %o %d\n" % (cur, name, ino, ctime, mode, size))
+            if not stack:
+                break
+            dfd, base, subdirs = stack[-1]
+            if not subdirs:
+                os.close(dfd)
+                stack.pop()
+                continue
+            name = subdirs.pop()
+            cur = base + b"/" + name
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except PermissionError:
+                h.update(b"%s\0unreadable\n" % cur)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for dfd, _, _ in stack:
+            os.close(dfd)
+    return "sha256:" + h.hexdigest()
+
+
+def _seal_new(diff: str, what: str) -> str:
+    try:
+        return tree_seal(diff)
+    except OSError as e:
+        raise ImageError(f"{what}: cannot seal the extracted layer ({_one_line(e)})") from None
 
 
 def _chmod_dir(p: str) -> None:
@@ -365,18 +453,42 @@ class _CountingReader(io.RawIOBase):
         return self.h.hexdigest()
 
 
-def _open_decompressed(raw: BinaryIO, what: str) -> BinaryIO:
-    """Detect gzip/bzip2/xz by magic and return a decompressing reader (or raw for plain tar)."""
+_XZ_MEMLIMIT = 256 << 20     # xz -9 needs 65 MiB; a header may declare a 4 GiB dictionary (memory it fills)
+
+
+def _decompress_error(what: str, msg: str) -> str:
+    if "Memory usage limit" in msg:
+        return (f"{what}: the xz stream needs more than {_XZ_MEMLIMIT >> 20} MiB of memory to decompress "
+                f"(its dictionary size)")
+    return f"{what}: corrupt or truncated compressed data ({msg})"
+
+
+def _xz_reader(f):
+    """lzma.LZMAFile's reader with liblzma's memory limit set (LZMAFile has none)."""
+    import _compression
+    return io.BufferedReader(_compression.DecompressReader(f, lzma.LZMADecompressor, trailing_error=lzma.LZMAError,
+                                                            memlimit=_XZ_MEMLIMIT), 1 << 16)
+
+
+def _open_decompressed(raw: BinaryIO, what: str, count: bool = False):
+    """Detect gzip/bzip2/xz by magic and return a decompressing reader (or raw for plain tar).
+    count=True: (reader, counter of the compressed bytes read, or None when not compressed)."""
+    from .tarsafe import CountingRaw
     head = raw.peek(6)[:6] if hasattr(raw, "peek") else b""
+    opener = None
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if head[:3] == b"BZh":
-        return bz2.BZ2File(raw, "rb")
-    if head[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(raw, "rb")
-    if head[:4] == b"\x28\xb5\x2f\xfd":
+        opener = lambda f: gzip.GzipFile(fileobj=f, mode="rb")
+    elif head[:3] == b"BZh":
+        opener = lambda f: bz2.BZ2File(f, "rb")
+    elif head[:6] == b"\xfd7zXZ\x00":
+        opener = _xz_reader
+    elif head[:4] == b"\x28\xb5\x2f\xfd":
         raise ImageError(f"{what}: zstd-compressed layers are not supported (recompress with gzip)")
-    return raw
+    if opener is None:
+        return (raw, None) if count else raw
+    craw = CountingRaw(raw)
+    dec = opener(io.BufferedReader(craw, 1 << 16))
+    return (dec, craw) if count else dec
 
 
 # --------------------------------------------------------------------------- safe extraction
@@ -394,16 +506,19 @@ class Extractor:
     """
 
     def __init__(self, dest: str, *, rootless: bool, devices: str = "reject", budget: Optional[int] = None,
-                 what: str = "layer"):
+                 what: str = "layer", size_left: Optional[int] = None):
         if devices not in ("reject", "skip"):
             raise ValueError(devices)
         self.dest, self.rootless, self.devices, self.what = dest, rootless, devices, what
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.budget = budget
+        self.size_left = size_left              # --limit size: file bytes this layer may still write
         self.written = 0
         self.files = 0
         self.skipped_devices = 0
-        self.dirs: dict[tuple, tuple] = {}       # parts -> (mode, uid, gid, mtime): applied at the end
+        self.dirs: dict[tuple, tuple] = {}       # parts -> (mode, uid, gid, mtime, seq): applied at the end
+        self.replaced: dict[tuple, int] = {}     # parts -> seq: a directory removed by a later member
+        self._seq = 0
         self._cache: tuple[tuple, int] | None = None
 
     def close(self) -> None:
@@ -466,7 +581,7 @@ class Extractor:
         self._cache = (pp, fd)
         return fd
 
-    def _clear(self, pfd: int, base: str, keep_dir: bool) -> Optional[os.stat_result]:
+    def _clear(self, pfd: int, base: str, keep_dir: bool, parts: tuple = ()) -> Optional[os.stat_result]:
         """Remove an existing entry (tar semantics: a later member replaces an earlier one)."""
         try:
             st = os.lstat(base, dir_fd=pfd)
@@ -476,6 +591,10 @@ class Extractor:
             if keep_dir:
                 return st
             self._drop_cache()   # the cached parent may live below the removed directory
+            # the metadata recorded for it and below it so far is stale (finish skips it): O(1)
+            # here, where a scan of every recorded directory made each member cost O(directories)
+            self._seq += 1
+            self.replaced[parts] = self._seq
             shutil.rmtree(base, dir_fd=pfd)
         else:
             os.unlink(base, dir_fd=pfd)
@@ -491,14 +610,10 @@ class Extractor:
         parts = self.split(ti.name, orig)
         if not parts:
             if ti.isdir():      # "./": the layer root itself
-                self.dirs[()] = (ti.mode, ti.uid, ti.gid, ti.mtime)
+                self.dirs[()] = (ti.mode, ti.uid, ti.gid, ti.mtime, 0)
                 return
             raise self.fail(orig, "empty name")
         base = parts[-1]
-        if not ti.isdir() and self.dirs:     # a directory replaced by a non-directory: forget its metadata
-            n = len(parts)
-            for k in [k for k in self.dirs if k[:n] == parts]:
-                del self.dirs[k]
         if base.startswith(WHITEOUT_PREFIX):
             return self._whiteout(parts, orig)
         pfd = self.parent_fd(parts, orig)
@@ -507,12 +622,16 @@ class Extractor:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(base, 0o700, dir_fd=pfd)
             self._own(pfd, base, ti)
-            self.dirs[parts] = (ti.mode, ti.uid, ti.gid, ti.mtime)
+            self._seq += 1
+            self.dirs[parts] = (ti.mode, ti.uid, ti.gid, ti.mtime, self._seq)
         elif ti.isreg():
+            if self.size_left is not None and self.written + ti.size > self.size_left:
+                raise self.fail(orig, f"claims {human_size(ti.size)}: the import would unpack more than the size "
+                                      f"limit (limit size; raise it with --limit size=N)")
             if self.budget is not None and self.written + ti.size > self.budget:
                 raise self.fail(orig, f"claims {human_size(ti.size)}, more than the "
                                       f"{human_size(max(0, self.budget - self.written))} left for this import")
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=pfd)
             try:
@@ -534,7 +653,7 @@ class Extractor:
         elif ti.issym():
             if "\x00" in ti.linkname:
                 raise self.fail(orig, "NUL byte in symlink target")
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             os.symlink(ti.linkname, base, dir_fd=pfd)
             self._own(pfd, base, ti)
             with contextlib.suppress(OSError):
@@ -552,12 +671,12 @@ class Extractor:
                 if stat.S_ISDIR(st.st_mode):
                     raise self.fail(orig, "hard link to a directory")
                 pfd = self.parent_fd(parts, orig)
-                self._clear(pfd, base, keep_dir=False)
+                self._clear(pfd, base, keep_dir=False, parts=parts)
                 os.link(tparts[-1], base, src_dir_fd=tpfd_own, dst_dir_fd=pfd, follow_symlinks=False)
             finally:
                 os.close(tpfd_own)
         elif ti.isfifo():
-            self._clear(pfd, base, keep_dir=False)
+            self._clear(pfd, base, keep_dir=False, parts=parts)
             os.mkfifo(base, ti.mode & 0o777, dir_fd=pfd)
             self._own(pfd, base, ti)
         elif ti.ischr() or ti.isblk():
@@ -582,7 +701,7 @@ class Extractor:
         target = base[len(WHITEOUT_PREFIX):]
         if target in ("", ".", ".."):
             raise self.fail(orig, "invalid whiteout name")
-        self._clear(pfd, target, keep_dir=False)
+        self._clear(pfd, target, keep_dir=False, parts=parts[:-1] + (target,))
         # char 0:0 is the overlay whiteout; the kernel lets unprivileged users create it (5.8+).
         try:
             os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
@@ -605,7 +724,9 @@ class Extractor:
         """Apply directory modes/owners/mtimes, deepest first (modes like 0555 would block creation)."""
         self._drop_cache()
         for parts in sorted(self.dirs, key=len, reverse=True):
-            mode, uid, gid, mtime = self.dirs[parts]
+            mode, uid, gid, mtime, seq = self.dirs[parts]
+            if self.replaced and any(self.replaced.get(parts[:i], -1) > seq for i in range(1, len(parts) + 1)):
+                continue                         # removed (and maybe made again) after it was recorded
             if parts:
                 pfd = self.parent_fd(parts, "/".join(parts), create=False)
                 fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
@@ -622,26 +743,35 @@ class Extractor:
 
 
 def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str = "reject",
-                  budget: Optional[int] = None, what: str = "layer") -> dict:
+                  budget: Optional[int] = None, what: str = "layer", limits=None, used: tuple = (0, 0)) -> dict:
     """Extract an (uncompressed or compressed) layer tar from `stream` into the empty dir `dest`.
 
-    Returns {"digest": "sha256:<diff_id>", "size": bytes written, "files": n}.
-    Raises ImageError (one line) for anything malformed or unsafe.
+    `limits` (tarsafe.ImportLimits) bound headers, members, names, sizes and the decompressed
+    stream; `used` = (file bytes, decompressed bytes) of earlier layers of the same import.
+    Returns {"digest": "sha256:<diff_id>", "size": bytes written, "files": n, "stream": bytes}.
+    Raises ImageError (one line) for anything malformed, unsafe or beyond a limit.
     """
+    from . import tarsafe
+    limits = limits or tarsafe.DEFAULT_LIMITS
     raw = stream if hasattr(stream, "peek") else io.BufferedReader(stream, 1 << 16)
-    dec = _open_decompressed(raw, what)
-    counter = _CountingReader(dec)
-    ex = Extractor(dest, rootless=rootless, devices=devices, budget=budget, what=what)
+    ex = Extractor(dest, rootless=rootless, devices=devices, budget=budget, what=what,
+                   size_left=limits.size - used[0])
     try:
         try:
-            with tarfile.open(fileobj=io.BufferedReader(counter, 1 << 16), mode="r|") as tf:
-                for ti in tf:
+            dec, craw = _open_decompressed(raw, what, count=True)
+            limited = tarsafe.LimitedReader(dec, limits.stream_bytes(), base=used[1], ratio=limits.ratio,
+                                            compressed=(lambda: craw.n) if craw else None)
+            counter = _CountingReader(limited)
+            with tarsafe.open_tar(io.BufferedReader(counter, 1 << 16), "r|", limits) as tf:
+                for ti in tarsafe.members(tf):
                     ex.add(ti, tf)
                     # ti.size was written; tarfile skips the padding itself
             counter.drain()      # rest of the stream (end-of-archive blocks): part of the digest
             ex.finish()
         except ImageError:
             raise
+        except tarsafe.TarLimitError as e:
+            raise ImageError(f"{what}: {e}") from None
         except tarfile.TarError as e:
             raise ImageError(f"{what}: not a valid tar archive ({_one_line(e)})") from None
         except (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
@@ -649,12 +779,12 @@ def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str =
                 raise ImageError(f"{what}: no space left in the image store") from None
             msg = _one_line(e)
             if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)) or "gzip" in msg.lower():
-                raise ImageError(f"{what}: corrupt or truncated compressed data ({msg})") from None
+                raise ImageError(_decompress_error(what, msg)) from None
             raise ImageError(f"{what}: extraction failed: {msg}") from None
     finally:
         ex.close()
     return {"digest": "sha256:" + counter.hexdigest(), "size": ex.written, "files": ex.files,
-            "skipped_devices": ex.skipped_devices}
+            "skipped_devices": ex.skipped_devices, "stream": limited.n}
 
 
 # --------------------------------------------------------------------------- import
@@ -686,9 +816,12 @@ def _free_budget(path: str) -> int:
     return budget
 
 
-def _json_loads(data: bytes, what: str):
+def _json_loads(data: bytes, what: str, limits=None):
+    from . import tarsafe
     try:
-        return json.loads(data)
+        return tarsafe.json_loads(data, what, limits or tarsafe.DEFAULT_LIMITS)
+    except tarsafe.TarLimitError as e:
+        raise ImageError(str(e)) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ImageError(f"{what} is not valid JSON ({_one_line(e)})") from None
 
@@ -699,21 +832,86 @@ def _safe_rel(name: str, what: str) -> str:
     return name
 
 
-class _TarBundle:
-    """Random access to files of an outer tar (docker save / OCI layout as a tarball)."""
+class _Slice(io.RawIOBase):
+    """Read-only view of bytes [start, start+size) of a file (a member of an uncompressed tar)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, fd: int, start: int, size: int):
+        self.fd, self.pos, self.end = fd, start, start + size
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(len(b), self.end - self.pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self.fd, n, self.pos)
+        if not data:
+            raise ImageError("archive truncated while being read")
+        b[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+_BUNDLE_MAX_ENTRIES = 65536          # an image archive (docker save, OCI layout) has a few per layer
+_BUNDLE_MAX_NAME_BYTES = 16 << 20
+
+
+class _TarBundle:
+    """Random access to files of an outer, uncompressed tar (docker save / OCI layout as a tarball).
+
+    One bounded pass (tarsafe limits) records, for regular files and symlinks, (type, data offset,
+    size, link); nothing of tarfile's is kept. Members are then read with pread."""
+
+    def __init__(self, path: str, what: str, limits=None, scan: Optional[dict] = None):
+        from . import tarsafe
+        self.path, self.what = path, what
+        self.limits = limits or tarsafe.DEFAULT_LIMITS
+        self.members: Optional[dict] = {}
+        self.top: set = set()
+        names = 0
         try:
-            self.tf = tarfile.open(path, "r:*")
-            self.members = {}
-            for m in self.tf.getmembers():
-                n = m.name
-                while n.startswith("./"):
-                    n = n[2:]
-                self.members[n] = m
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
-            raise ImageError(f"{path}: not a readable tar archive ({_one_line(e)})") from None
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ImageError(f"{what}: cannot read: {e.strerror}") from None
+        try:
+            with os.fdopen(os.dup(self.fd), "rb") as f, tarsafe.open_tar(f, "r:", self.limits) as tf:
+                for m in tarsafe.members(tf):
+                    n = m.name
+                    while n.startswith("./"):
+                        n = n[2:]
+                    n = n.strip("/")
+                    if n in ("manifest.json", "oci-layout", "index.json"):
+                        self.top.add(n)
+                    if self.members is None or not (m.isreg() or m.issym()):
+                        continue
+                    names += len(n)
+                    if len(self.members) >= _BUNDLE_MAX_ENTRIES or names > _BUNDLE_MAX_NAME_BYTES:
+                        self.members = None     # not an image archive (a large rootfs): index dropped
+                        continue
+                    self.members[n] = (m.issym(), m.offset_data, m.size, m.linkname)
+        except tarsafe.TarLimitError as e:
+            self.close()
+            raise ImageError(f"{what}: {e}") from None
+        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+            self.close()
+            raise ImageError(f"{what}: not a readable tar archive ({_one_line(e)})") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def kind(self) -> Optional[str]:
+        if "manifest.json" in self.top:
+            kind = "docker"
+        elif "oci-layout" in self.top and "index.json" in self.top:
+            kind = "oci"
+        else:
+            return None
+        if self.members is None:
+            raise ImageError(f"{self.what}: more than {_BUNDLE_MAX_ENTRIES} files in an image archive")
+        return kind
 
     def exists(self, name: str) -> bool:
         return self._get(name) is not None
@@ -721,29 +919,42 @@ class _TarBundle:
     def _get(self, name: str):
         m = self.members.get(name)
         seen = 0
-        while m is not None and m.issym() and seen < 10:     # docker save uses symlinked layer dirs
-            target = os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
+        while m is not None and m[0] and seen < 10:     # docker save uses symlinked layer dirs
+            target = os.path.normpath(os.path.join(os.path.dirname(name), m[3]))
             name, m, seen = target, self.members.get(target), seen + 1
-        return m if m is not None and m.isreg() else None
+        return m if m is not None and not m[0] else None
 
     def read(self, name: str, what: str) -> bytes:
-        f = self.open(name, what)
-        return f.read()
+        from . import tarsafe
+        m = self._get(_safe_rel(name, what))
+        if m is not None and m[2] > self.limits.json:
+            raise ImageError(f"{what}: {name} is {human_size(m[2])}, more than {human_size(self.limits.json)} "
+                             f"(limit json; raise it with --limit json=N)")
+        with self.open(name, what) as f:
+            try:
+                return tarsafe.read_bounded(f, self.limits.json, f"{what}: {name}")
+            except tarsafe.TarLimitError as e:
+                raise ImageError(str(e)) from None
 
     def size(self, name: str) -> Optional[int]:
         m = self._get(name)
-        return m.size if m else None
+        return m[2] if m else None
 
     def open(self, name: str, what: str) -> BinaryIO:
         m = self._get(_safe_rel(name, what))
         if m is None:
             raise ImageError(f"{what}: {name} is missing from {self.path}")
-        return self.tf.extractfile(m)
+        return io.BufferedReader(_Slice(self.fd, m[1], m[2]), 1 << 16)
 
 
 class _DirBundle:
-    def __init__(self, path: str):
+    def __init__(self, path: str, limits=None):
+        from . import tarsafe
         self.path = path
+        self.limits = limits or tarsafe.DEFAULT_LIMITS
+
+    def close(self) -> None:
+        pass
 
     def _p(self, name: str, what: str) -> str:
         p = os.path.join(self.path, _safe_rel(name, what))
@@ -756,8 +967,12 @@ class _DirBundle:
         return os.path.isfile(os.path.join(self.path, name))
 
     def read(self, name: str, what: str) -> bytes:
+        from . import tarsafe
         with self.open(name, what) as f:
-            return f.read()
+            try:
+                return tarsafe.read_bounded(f, self.limits.json, f"{what}: {name}")
+            except tarsafe.TarLimitError as e:
+                raise ImageError(str(e)) from None
 
     def size(self, name: str) -> Optional[int]:
         with contextlib.suppress(OSError):
@@ -766,7 +981,11 @@ class _DirBundle:
 
     def open(self, name: str, what: str) -> BinaryIO:
         try:
-            return open(self._p(name, what), "rb")
+            fd = os.open(self._p(name, what), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise ImageError(f"{what}: {name} is not a regular file")
+            return os.fdopen(fd, "rb")
         except FileNotFoundError:
             raise ImageError(f"{what}: {name} is missing from {self.path}") from None
         except OSError as e:
@@ -796,10 +1015,10 @@ def _arch() -> str:
 
 
 def _oci_source(bundle, ref: Optional[str], what: str) -> _ImageSource:
-    layout = _json_loads(bundle.read("oci-layout", what), f"{what}: oci-layout")
+    layout = _json_loads(bundle.read("oci-layout", what), f"{what}: oci-layout", bundle.limits)
     if not isinstance(layout, dict) or not str(layout.get("imageLayoutVersion", "")).startswith("1."):
         raise ImageError(f"{what}: unsupported OCI layout version {layout!r}")
-    index = _json_loads(bundle.read("index.json", what), f"{what}: index.json")
+    index = _json_loads(bundle.read("index.json", what), f"{what}: index.json", bundle.limits)
     manifests = index.get("manifests") if isinstance(index, dict) else None
     if not manifests:
         raise ImageError(f"{what}: index.json lists no manifests")
@@ -820,18 +1039,18 @@ def _oci_source(bundle, ref: Optional[str], what: str) -> _ImageSource:
         if rn:
             names.append(rn)
         if m.get("mediaType") in _INDEX_TYPES:
-            sub = _json_loads(_read_blob(bundle, m.get("digest"), what), f"{what}: image index")
+            sub = _json_loads(_read_blob(bundle, m.get("digest"), what), f"{what}: image index", bundle.limits)
             return pick(sub.get("manifests") or [], depth + 1)
         return m
 
     mdesc = pick(manifests)
-    manifest = _json_loads(_read_blob(bundle, mdesc.get("digest"), what), f"{what}: manifest")
+    manifest = _json_loads(_read_blob(bundle, mdesc.get("digest"), what), f"{what}: manifest", bundle.limits)
     if manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest:
         manifest = _json_loads(_read_blob(bundle, pick(manifest["manifests"], 1).get("digest"), what),
-                               f"{what}: manifest")
+                               f"{what}: manifest", bundle.limits)
     cdesc = manifest.get("config") or {}
     cbytes = _read_blob(bundle, cdesc.get("digest"), what)
-    config = _json_loads(cbytes, f"{what}: image config")
+    config = _json_loads(cbytes, f"{what}: image config", bundle.limits)
     diff_ids = ((config.get("rootfs") or {}).get("diff_ids")) or []
     ldescs = manifest.get("layers") or []
     if len(diff_ids) != len(ldescs):
@@ -851,13 +1070,13 @@ def _oci_source(bundle, ref: Optional[str], what: str) -> _ImageSource:
 
 
 def _docker_source(bundle, what: str) -> _ImageSource:
-    man = _json_loads(bundle.read("manifest.json", what), f"{what}: manifest.json")
+    man = _json_loads(bundle.read("manifest.json", what), f"{what}: manifest.json", bundle.limits)
     if not isinstance(man, list) or not man or not isinstance(man[0], dict):
         raise ImageError(f"{what}: manifest.json is not a docker save manifest")
     m = man[0]
     cname = m.get("Config")
     cbytes = bundle.read(_safe_rel(cname, what), what)
-    config = _json_loads(cbytes, f"{what}: image config")
+    config = _json_loads(cbytes, f"{what}: image config", bundle.limits)
     diff_ids = ((config.get("rootfs") or {}).get("diff_ids")) or []
     lnames = m.get("Layers") or []
     if len(diff_ids) != len(lnames):
@@ -870,30 +1089,102 @@ def _docker_source(bundle, what: str) -> _ImageSource:
     return _ImageSource(layers=layers, config=config, config_bytes=cbytes, names=list(m.get("RepoTags") or []))
 
 
-def _dir_to_tar(src: str, tmpdir: str) -> str:
+def tree_to_tar(src: str, tf, what: str, on_entry=None, limits=None) -> None:
+    """Add the tree below `src` to the open TarFile `tf` (PAX), walking it by descriptors
+    (tarsafe.walk_tree): the tree may be written by a hostile program while it is read (a rootfs
+    directory, a sandbox's writable layer), and no symlink it plants -- a directory swapped for a
+    link to a host directory -- is ever followed; headers describe the object actually opened.
+    Hard links within the tree are kept. on_entry(entry, ti) -> list of TarInfo to add instead
+    of ti (ti itself, with its data, when returned unchanged)."""
+    from . import tarsafe
+    limits = limits or tarsafe.DEFAULT_LIMITS
+    inodes: dict = {}
+    try:
+        for e in tarsafe.walk_tree(src, max_entries=limits.members, max_depth=limits.depth):
+            st = e.st
+            ti = tarfile.TarInfo(e.arc)
+            ti.mode, ti.uid, ti.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+            ti.mtime, ti.uname, ti.gname = int(st.st_mtime), "", ""
+            mode = st.st_mode
+            data = False
+            if stat.S_ISREG(mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in inodes:
+                    ti.type, ti.linkname = tarfile.LNKTYPE, inodes[key]
+                else:
+                    if st.st_nlink > 1:
+                        inodes[key] = e.arc
+                    ti.type, ti.size, data = tarfile.REGTYPE, st.st_size, True
+            elif stat.S_ISDIR(mode):
+                ti.type = tarfile.DIRTYPE
+            elif stat.S_ISLNK(mode):
+                ti.type, ti.linkname = tarfile.SYMTYPE, e.link
+            elif stat.S_ISFIFO(mode):
+                ti.type = tarfile.FIFOTYPE
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            else:
+                continue                                  # sockets
+            out = on_entry(e, ti) if on_entry else [ti]
+            for t in out:
+                if t is ti and data:
+                    f = io.FileIO(e.fd, "rb", closefd=False)
+                    try:
+                        tf.addfile(ti, f)
+                    except OSError as err:
+                        if "unexpected end of data" in str(err):
+                            raise ImageError(f"{what}: {e.arc} changed while being read") from None
+                        raise
+                else:
+                    tf.addfile(t)
+    except tarsafe.TreeChanged as err:
+        if isinstance(err, tarsafe.TreeTooLarge):
+            raise ImageError(f"{what}: {err}") from None
+        raise ImageError(f"{what}: {err} (retry when nothing writes to it)") from None
+    except OSError as err:
+        raise ImageError(f"{what}: cannot read the directory ({_one_line(err)})") from None
+
+
+def _dir_to_tar(src: str, tmpdir: str, limits=None) -> str:
     """Pack a rootfs directory into a tar (symlinks stored as symlinks, never followed)."""
     fd, path = tempfile.mkstemp(prefix="rootfs.", suffix=".tar", dir=tmpdir)
-    os.close(fd)
     try:
-        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
-            def walk(d: str, arc: str):
-                for name in sorted(os.listdir(d)):
-                    p = os.path.join(d, name)
-                    a = f"{arc}/{name}" if arc else name
-                    ti = tf.gettarinfo(p, a)
-                    if ti is None:           # sockets
-                        continue
-                    if ti.isreg():
-                        with open(p, "rb") as f:
-                            tf.addfile(ti, f)
-                    else:
-                        tf.addfile(ti)
-                    if ti.isdir():
-                        walk(p, a)
-            walk(src, "")
+        with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            tree_to_tar(src, tf, src, limits=limits)
     except OSError as e:
-        raise ImageError(f"{src}: cannot read the directory ({e.filename}: {e.strerror})") from None
+        raise ImageError(f"{src}: cannot pack the directory ({_one_line(e)})") from None
     return path
+
+
+def _decompress_to(path: str, stage: str, what: str, limits) -> str:
+    """A compressed archive, decompressed once into the staging directory (bounded: stream bytes,
+    ratio, free space) so that it can be indexed and read at random."""
+    from . import tarsafe
+    out = os.path.join(stage, "archive.tar")
+    room = _free_budget(stage)
+    try:
+        with open(path, "rb") as f, open(out, "wb") as o:
+            dec, craw = _open_decompressed(io.BufferedReader(f, 1 << 16), what, count=True)
+            lim = tarsafe.LimitedReader(dec, limits.stream_bytes(), ratio=limits.ratio,
+                                        compressed=(lambda: craw.n) if craw else None)
+            while True:
+                chunk = lim.read(1 << 20)
+                if not chunk:
+                    break
+                if lim.n > room:
+                    raise ImageError(f"{what}: decompresses to more than the {human_size(room)} free in the "
+                                     f"image store")
+                o.write(chunk)
+    except ImageError:
+        raise
+    except tarsafe.TarLimitError as e:
+        raise ImageError(f"{what}: {e}") from None
+    except (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise ImageError(f"{what}: no space left in the image store") from None
+        raise ImageError(_decompress_error(what, _one_line(e))) from None
+    return out
 
 
 def _default_name(path: str) -> str:
@@ -921,9 +1212,13 @@ _CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels")
 
 
 def import_image(path: str, name: Optional[str] = None, *, store: Optional[Store] = None, ref: Optional[str] = None,
-                 devices: str = "reject", progress: Optional[bool] = None) -> tuple[str, dict]:
+                 devices: str = "reject", progress: Optional[bool] = None, limits=None) -> tuple[str, dict]:
     """Import an OCI layout (dir or tar), a `docker save` tarball (or its unpacked dir), or a plain
-    rootfs tarball/directory. Atomic: on any error the store is unchanged. Returns (name, record)."""
+    rootfs tarball/directory. Atomic: on any error the store is unchanged. Returns (name, record).
+    `limits` (tarsafe.ImportLimits, default tarsafe.DEFAULT_LIMITS) bound what the archive may
+    make this process read, hold and write; see docs/images.md."""
+    from . import tarsafe
+    limits = limits or tarsafe.DEFAULT_LIMITS
     store = store or Store()
     what = path
     if not os.path.exists(path):
@@ -932,27 +1227,9 @@ def import_image(path: str, name: Optional[str] = None, *, store: Optional[Store
         store.gc() if _stale_tmp(store) else None
         stage = tempfile.mkdtemp(prefix="import.", dir=store.tmp)
         try:
-            return _import_locked(path, name, store, ref, devices, progress, what, stage)
+            return _import_locked(path, name, store, ref, devices, progress, what, stage, limits)
         finally:
             rmtree(stage)
-
-
-def _member_names(path: str, what: str) -> set:
-    """Top-level member names of a compressed tar (one streaming pass)."""
-    names = set()
-    try:
-        with open(path, "rb") as f:
-            dec = _open_decompressed(io.BufferedReader(f, 1 << 16), what)
-            with tarfile.open(fileobj=dec, mode="r|") as tf:
-                for m in tf:
-                    n = m.name[2:] if m.name.startswith("./") else m.name
-                    if "/" not in n.strip("/"):
-                        names.add(n)
-    except ImageError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, ValueError) as e:
-        raise ImageError(f"{what}: corrupt or truncated archive ({_one_line(e)})") from None
-    return names
 
 
 def _one_line(e: BaseException) -> str:
@@ -966,50 +1243,61 @@ def _stale_tmp(store: Store) -> bool:
     return False
 
 
-def _import_locked(path, name, store, ref, devices, progress, what, stage) -> tuple[str, dict]:
+_MAX_LAYERS = 500          # overlayfs stacks at most 500 lower layers
+
+
+def _import_locked(path, name, store, ref, devices, progress, what, stage, limits) -> tuple[str, dict]:
     kind = "rootfs"
     bundle = None
+    tarpath = None
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "oci-layout")):
-            kind, bundle = "oci", _DirBundle(path)
+            kind, bundle = "oci", _DirBundle(path, limits)
         elif os.path.isfile(os.path.join(path, "manifest.json")) and not os.path.isdir(os.path.join(path, "bin")):
-            kind, bundle = "docker", _DirBundle(path)
+            kind, bundle = "docker", _DirBundle(path, limits)
     else:
         with open(path, "rb") as f:
             head = f.read(512 + 262)
         compressed = head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00"
-        if compressed or len(head) >= 262 and head[257:262] == b"ustar":
-            names = _member_names(path, what) if compressed else None
-            if names is None or "manifest.json" in names or "oci-layout" in names:
-                try:
-                    b = _TarBundle(path)
-                except ImageError:
-                    if names is not None:
-                        raise
-                    b = None     # not indexable: extract as a rootfs, which names the bad member
-                if b is None:
-                    pass
-                elif b.exists("manifest.json"):
-                    kind, bundle = "docker", b
-                elif b.exists("oci-layout") and b.exists("index.json"):
-                    kind, bundle = "oci", b
-                else:
-                    b.tf.close()
+        if compressed:
+            tarpath = _decompress_to(path, stage, what, limits)
+        elif len(head) >= 262 and head[257:262] == b"ustar":
+            tarpath = path
         elif head[:4] == b"\x28\xb5\x2f\xfd":
             raise ImageError(f"{path}: zstd-compressed archives are not supported (use gzip, xz or bzip2)")
         elif len(head) == 0:
             raise ImageError(f"{path}: empty file")
         else:
             raise ImageError(f"{path}: not a tar archive, OCI layout or docker save tarball")
+        b = _TarBundle(tarpath, what, limits)       # one bounded pass: what kind of archive
+        k = b.kind()
+        if k:
+            kind, bundle = k, b
+        else:
+            b.close()
+    try:
+        return _import_source(path, name, store, ref, devices, progress, what, stage, limits, kind, bundle, tarpath)
+    finally:
+        if bundle is not None:
+            bundle.close()
 
-    if kind == "oci":
-        src = _oci_source(bundle, ref, what)
-    elif kind == "docker":
-        src = _docker_source(bundle, what)
-    else:
-        tarpath = _dir_to_tar(path, stage) if os.path.isdir(path) else path
+
+def _import_source(path, name, store, ref, devices, progress, what, stage, limits, kind, bundle, tarpath):
+    try:
+        if kind == "oci":
+            src = _oci_source(bundle, ref, what)
+        elif kind == "docker":
+            src = _docker_source(bundle, what)
+        else:
+            src = None
+    except (AttributeError, TypeError, KeyError, IndexError) as e:
+        raise ImageError(f"{what}: malformed image metadata ({type(e).__name__}: {_one_line(e)})") from None
+    if src is None:
+        tarpath = _dir_to_tar(path, stage, limits) if os.path.isdir(path) else tarpath
         src = _ImageSource(layers=[_LayerSource(open=lambda: open(tarpath, "rb"), size=os.path.getsize(tarpath))],
                            created_by_default=f"pysandbox image import {os.path.basename(os.path.normpath(path))}")
+    if len(src.layers) > _MAX_LAYERS:
+        raise ImageError(f"{what}: {len(src.layers)} layers, more than the {_MAX_LAYERS} an overlay can stack")
     if not src.layers:
         raise ImageError(f"{what}: the image has no layers")
     total = sum(l.size or 0 for l in src.layers) or None
@@ -1017,10 +1305,12 @@ def _import_locked(path, name, store, ref, devices, progress, what, stage) -> tu
     budget = _free_budget(store.tmp)
     new_layers: list[tuple[str, str, dict]] = []   # (digest, staged dir, info)
     digests = []
+    used = (0, 0)                                   # file bytes, decompressed bytes of this import
     try:
         for i, lsrc in enumerate(src.layers):
             lwhat = f"{what}: layer {i + 1}/{len(src.layers)}"
             if lsrc.diff_id and store.has_layer(lsrc.diff_id):
+                store.check_layer(lsrc.diff_id)     # reused as stored: only if it is still what was checked
                 digests.append(lsrc.diff_id)
                 bar.update(lsrc.size or 0)
                 continue
@@ -1033,9 +1323,11 @@ def _import_locked(path, name, store, ref, devices, progress, what, stage) -> tu
             with lsrc.open() as rawf:
                 counted = _CountingReader(rawf, bar)
                 info = extract_layer(io.BufferedReader(counted, 1 << 16), os.path.join(dest, "diff"),
-                                     rootless=store.rootless, devices=devices, budget=budget, what=lwhat)
+                                     rootless=store.rootless, devices=devices, budget=budget, what=lwhat,
+                                     limits=limits, used=used)
                 counted.drain()
             budget -= info["size"]
+            used = (used[0] + info["size"], used[1] + info.pop("stream"))
             if lsrc.blob_digest and "sha256:" + counted.hexdigest() != lsrc.blob_digest:
                 raise ImageError(f"{lwhat}: blob does not match its digest {lsrc.blob_digest[:19]} (corrupt image)")
             if lsrc.diff_id and info["digest"] != lsrc.diff_id:
@@ -1073,6 +1365,7 @@ def _import_locked(path, name, store, ref, devices, progress, what, stage) -> tu
               "source": os.path.abspath(path), "format": kind,
               "config": {k: cfg[k] for k in _CONFIG_KEYS if cfg.get(k) is not None}}
     for digest, dest, info in new_layers:
+        info["seal"] = _seal_new(os.path.join(dest, "diff"), what)
         with open(os.path.join(dest, "layer.json"), "w") as f:
             json.dump(info, f, sort_keys=True)
     for digest, dest, info in new_layers:
@@ -1090,17 +1383,19 @@ def _import_locked(path, name, store, ref, devices, progress, what, stage) -> tu
     return names[0], dict(record, name=names[0])
 
 
-def add_layer_from_tar(tar_path: str, store: Store, what: str) -> dict:
+def add_layer_from_tar(tar_path: str, store: Store, what: str, limits=None) -> dict:
     """Import one layer tar into the store (used by commit). Caller holds the lock."""
     stage = tempfile.mkdtemp(prefix="layer.", dir=store.tmp)
     try:
         dest = os.path.join(stage, "l")
         os.makedirs(os.path.join(dest, "diff"), 0o755)
         with open(tar_path, "rb") as f:
-            info = extract_layer(f, os.path.join(dest, "diff"), rootless=store.rootless,
+            info = extract_layer(f, os.path.join(dest, "diff"), rootless=store.rootless, limits=limits,
                                  budget=_free_budget(store.tmp), what=what)
         info.pop("skipped_devices", None)
+        info.pop("stream", None)
         info["created"] = _now()
+        info["seal"] = _seal_new(os.path.join(dest, "diff"), what)
         if not store.has_layer(info["digest"]):
             with open(os.path.join(dest, "layer.json"), "w") as f:
                 json.dump(info, f, sort_keys=True)

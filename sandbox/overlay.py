@@ -27,7 +27,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .images import ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name
+from .images import (ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name,
+                     tree_seal, tree_to_tar)
 from .images import _Lazy
 
 tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
@@ -115,7 +116,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
         _reclaim_stale(store)
         name, rec = store.resolve(fs.image)
         for d in rec["layers"]:
-            store.layer_info(d)            # raises a clear error when a layer is missing
+            store.check_layer(d)           # missing, or changed since its digest was checked: refused
         cdir = os.path.join(store.containers, sandbox_id)
         try:
             os.mkdir(cdir, 0o700)
@@ -262,12 +263,22 @@ def _shifted_layer(store: Store, digest: str, umap, gmap) -> str:
         key = hashlib.sha256(key.encode()).hexdigest()[:16]
     ldir = store.layer_dir(digest)
     final = os.path.join(ldir, f"shift-{key}")
+    sealf = final + ".seal"
     if os.path.isdir(final):
-        return final
+        # a cache of the layer (checked just before): used only while its own seal holds, else
+        # rebuilt from the layer -- the copy is a lower layer of the sandbox like the layer itself
+        with contextlib.suppress(OSError):
+            with open(sealf) as f:
+                if f.read().strip() == tree_seal(final):
+                    return final
+        rmtree(final)
     tmp = tempfile.mkdtemp(prefix=".shift.", dir=ldir)
     try:
         _copy_shifted(store.layer_diff(digest), os.path.join(tmp, "d"), umap, gmap)
-        os.rename(os.path.join(tmp, "d"), final)
+        os.rename(os.path.join(tmp, "d"), final)        # (a rename moves the directory's ctime: seal after)
+        with open(os.path.join(tmp, "seal"), "w") as f:
+            f.write(tree_seal(final))
+        os.rename(os.path.join(tmp, "seal"), sealf)
     finally:
         rmtree(tmp)
     return final
@@ -362,6 +373,14 @@ def _lookup(lowers, parts: tuple[str, ...]) -> Optional[os.stat_result]:
 
 class _Symlink(Exception):
     pass
+
+
+def _fd_is_opaque(fd: int) -> bool:
+    for xa in OPAQUE_XATTRS:
+        with contextlib.suppress(OSError):
+            if os.getxattr(fd, xa) == b"y":
+                return True
+    return False
 
 
 def _is_opaque(path: str) -> bool:
@@ -731,30 +750,35 @@ def changes(store: Store, ref: str) -> list[tuple[str, str]]:
         except _Symlink:
             return None
 
-    def walk(d: str, parts: tuple[str, ...], parent_new: bool):
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            p = parts + (e.name,)
-            st = e.stat(follow_symlinks=False)
-            path = "/" + "/".join(p)
+    # by descriptors (tarsafe.walk_tree): a running sandbox may swap a directory of its upper
+    # layer for a symlink to a host directory while it is listed; that is never followed
+    from .tarsafe import walk_tree, TreeChanged
+    children_new: dict[tuple, bool] = {(): False}       # directory -> are its entries all new
+    try:
+        for e in walk_tree(upper):
+            p = tuple(e.arc.split("/"))
+            parent_new = children_new.get(p[:-1], True)
+            st = e.st
+            path = "/" + e.arc
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 if not parent_new and lower_st(p) is not None:
                     out.append(("D", path))
                 continue
-            lst = None if parent_new else lower_st(p)
-            new = lst is None
+            new = parent_new or lower_st(p) is None
             out.append(("A" if new else "C", path))
             if stat.S_ISDIR(st.st_mode):
-                if not new and _is_opaque(e.path):
+                if not new and _fd_is_opaque(e.fd):
+                    present = set(os.listdir(e.fd))
                     for gone in _lower_children(lowers, p):
-                        if not os.path.lexists(os.path.join(e.path, gone)):
+                        if gone not in present:
                             out.append(("D", f"{path}/{gone}"))
-                    walk(e.path, p, True)
+                    children_new[p] = True
                 else:
-                    walk(e.path, p, new)
-
-    walk(upper, (), False)
+                    children_new[p] = new
+    except TreeChanged as err:
+        raise ImageError(f"diff {cid}: {err} (retry when the sandbox has stopped)") from None
+    except OSError as err:
+        raise ImageError(f"diff {cid}: cannot read the writable layer ({err.strerror})") from None
     out.sort(key=lambda x: x[1])
     return out
 
@@ -777,7 +801,8 @@ def _lower_children(lowers, parts) -> set[str]:
     return names
 
 
-def commit(store: Store, ref: str, name: str, *, message: str = "", author: str = "") -> tuple[str, dict]:
+def commit(store: Store, ref: str, name: str, *, message: str = "", author: str = "", limits=None
+           ) -> tuple[str, dict]:
     """Turn a kept writable layer into a new layer on top of its image (like `docker commit`)."""
     name = normalize_name(name)
     with store.locked():
@@ -797,8 +822,8 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
         fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
         os.close(fd)
         try:
-            _upper_to_tar(upper, tarpath, meta)
-            info = add_layer_from_tar(tarpath, store, f"commit {cid}")
+            _upper_to_tar(upper, tarpath, meta, limits)
+            info = add_layer_from_tar(tarpath, store, f"commit {cid}", limits)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tarpath)
@@ -816,7 +841,7 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
     return name, dict(record, name=name)
 
 
-def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
+def _upper_to_tar(upper: str, tarpath: str, meta: dict, limits=None) -> None:
     """Overlay upper dir -> OCI layer tar (whiteouts -> .wh.NAME, opaque dirs -> .wh..wh..opq)."""
     umap = [tuple(x) for x in meta.get("uid_map") or ()]
     gmap = [tuple(x) for x in meta.get("gid_map") or ()]
@@ -831,33 +856,19 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict) -> None:
                 ti.uid, ti.gid = _unshift(umap, ti.uid), _unshift(gmap, ti.gid)
             ti.uname = ti.gname = ""
 
-        def walk(d: str, arc: str):
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for e in entries:
-                a = f"{arc}/{e.name}" if arc else e.name
-                st = e.stat(follow_symlinks=False)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    wh = tarfile.TarInfo(f"{arc}/.wh.{e.name}" if arc else f".wh.{e.name}")
-                    wh.mtime = int(st.st_mtime)
-                    tf.addfile(wh)
-                    continue
-                ti = tf.gettarinfo(e.path, a)
-                if ti is None:
-                    continue
-                owner(ti)
-                if ti.isreg() and ti.type != tarfile.LNKTYPE:
-                    fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-                    with os.fdopen(fd, "rb") as f:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            raise ImageError(f"commit: {a} changed while being read")
-                        tf.addfile(ti, f)
-                else:
-                    tf.addfile(ti)
-                if ti.isdir():
-                    if _is_opaque(e.path):
-                        op = tarfile.TarInfo(f"{a}/.wh..wh..opq")
-                        op.mtime = int(st.st_mtime)
-                        tf.addfile(op)
-                    walk(e.path, a)
-        walk(upper, "")
+        def entry(e, ti):
+            st = e.st
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:     # overlay whiteout -> .wh.NAME
+                d, _, base = e.arc.rpartition("/")
+                wh = tarfile.TarInfo(f"{d}/.wh.{base}" if d else f".wh.{base}")
+                wh.mtime = int(st.st_mtime)
+                return [wh]
+            owner(ti)
+            if ti.isdir() and _fd_is_opaque(e.fd):
+                op = tarfile.TarInfo(f"{e.arc}/.wh..wh..opq")
+                op.mtime = int(st.st_mtime)
+                return [ti, op]
+            return [ti]
+
+        # by descriptors: the upper directory was written by the sandbox (tree_to_tar)
+        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=entry, limits=limits)
