@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Optional
 
 from .events import EVENT_TYPES, SEVERITIES, SYSCALL_TYPES, parse_time
 
-_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*\Z")
 _REL_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -48,7 +48,7 @@ PARENT = "pysandbox"            # pysandbox's own parent cgroup in every hierarc
 PERIOD_US = 100_000             # Docker's CFS period for --cpus
 MOUNTINFO = "/proc/self/mountinfo"
 _UNLIMITED = 1 << 62            # v1 reports "unlimited" as 9223372036854771712
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 # Controllers known to cgroup v1 (a `cgroup` mount's super options name the ones it carries).
 _V1_KNOWN = frozenset({"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls",

@@ -105,6 +105,12 @@ def cache_files(compiled, kw=None) -> list:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
     """Run COMMAND in a sandbox:  pysandbox run [OPTIONS] -- COMMAND [ARGS...]"""
+    if name is not None:            # a name becomes a state directory, a host name, an audit label
+        from .state import StateError, check_name
+        try:
+            check_name(name)
+        except StateError as e:
+            raise click.BadParameter(str(e), param_hint="'--name'")
     compiled = compile_for(kw, command)
     plan = compiled.plan
     bpf = None

@@ -78,9 +78,9 @@ def state_dir(rootless: Optional[bool] = None) -> str:
     return os.path.join(base, "pysandbox")
 
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,200}[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})\Z")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,200}[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?\Z")
 
 
 def normalize_name(name: str) -> str:

@@ -454,18 +454,24 @@ def _supervisor_gone(fd: int) -> bool:
     return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
 
 
-def read_to_end(fd: int) -> bytes:
-    """Everything until end of file (a read error ends it too): PID 1's report pipes."""
-    out = b""
+REPORT_MAX = 64 * 1024
+
+
+def read_to_end(fd: int, limit: int = REPORT_MAX) -> bytes:
+    """Everything until end of file (a read error ends it too): PID 1's report pipes. At most
+    `limit` bytes are kept (PID 1 relays at most 4 KiB of the program's report); the rest is read
+    and dropped, so that the writer never blocks and the supervisor's memory stays bounded."""
+    out = bytearray()
     while True:
         try:
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 65536)
         except OSError:
             break
         if not chunk:
             break
-        out += chunk
-    return out
+        if len(out) < limit:
+            out += chunk[:limit - len(out)]
+    return bytes(out)
 
 
 def _forward(pid: int, sig: int) -> None:

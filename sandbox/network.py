@@ -70,8 +70,8 @@ class NetworkError(Exception):
 
 BUILTIN_MODES = ("none", "host", "pasta", "slirp4netns")
 RESERVED_NAMES = frozenset(BUILTIN_MODES) | {"bridge", "default", "container", "private"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-NET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+NET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}\Z")
 DEFAULT_POOL = ipaddress.ip_network("10.89.0.0/16")     # /24 networks are carved from here
 HOST_TABLE = "pysandbox"                                  # table ip pysandbox (host side)
 EGRESS_TABLE = "pysandbox"                                # table inet pysandbox (sandbox side)

@@ -33,7 +33,7 @@ from .images import _Lazy
 
 tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 
 

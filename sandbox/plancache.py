@@ -13,7 +13,7 @@ import pickle
 import sys
 import zlib
 
-FORMAT = 4
+FORMAT = 5
 _POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
 _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "syscalls.py", "docker_seccomp.py",
               "units.py", "schema/profile.schema.json")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")   # \Z, not $: "$" lets "name\n" through
 
 
 class StateError(Exception):

@@ -14,7 +14,7 @@ from typing import Optional
 
 from .images import ImageError, Store, rmtree, _now
 
-_VOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_VOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def is_volume_name(src: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 _RE = re.compile(r"#\s*pysandbox\s*:\s*ignore\s*\[(?P<codes>[^\]]*)\](?P<reason>.*)$", re.IGNORECASE)
-_CODE = re.compile(r"^[A-Z]{3}\d{3}$")
+_CODE = re.compile(r"^[A-Z]{3}\d{3}\Z")
 
 
 @dataclass
