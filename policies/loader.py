@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import Location, ProfileError
+from .resources import builtin_import, shipped_profiles_dir
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SHIPPED_DIR = shipped_profiles_dir()     # package data in a wheel; profiles/ in the work tree
 MAX_DEPTH = 16
 
-# (path pattern) whose string values are filesystem paths relative to the declaring file.
+# (path pattern) whose string values are filesystem paths relative to the declaring file, or
+# `builtin:NAME` for a file shipped in policies/data/ (policies/resources.py).
 PATH_KEYS = {("seccomp", "import")}
 
 
@@ -177,18 +179,22 @@ def load_file(path: Path) -> Document:
     data = _construct(node, file, (), locs)
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a YAML mapping", locs[()])
-    _absolutize(data, Path(path).resolve().parent, ())
+    _absolutize(data, Path(path).resolve().parent, (), locs)
     return Document(data, locs, [file])
 
 
-def _absolutize(data: Any, base: Path, path: tuple) -> None:
+def _absolutize(data: Any, base: Path, path: tuple, locs: Optional[dict] = None) -> None:
     if isinstance(data, dict):
         for k, v in data.items():
             p = path + (k,)
             if p in PATH_KEYS and isinstance(v, str) and v and not os.path.isabs(v):
-                data[k] = str((base / v).resolve())
+                try:
+                    builtin = builtin_import(v)
+                except ValueError as e:
+                    raise ProfileError(str(e), (locs or {}).get(p)) from None
+                data[k] = str(builtin) if builtin is not None else str((base / v).resolve())
             else:
-                _absolutize(v, base, p)
+                _absolutize(v, base, p, locs)
 
 
 def _clean(value):
