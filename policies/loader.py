@@ -179,22 +179,19 @@ def load_file(path: Path) -> Document:
     data = _construct(node, file, (), locs)
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a YAML mapping", locs[()])
-    _absolutize(data, Path(path).resolve().parent, (), locs)
+    _builtin_imports(data, locs)
+    _absolutize(data, Path(path).resolve().parent, ())
     return Document(data, locs, [file])
 
 
-def _absolutize(data: Any, base: Path, path: tuple, locs: Optional[dict] = None) -> None:
+def _absolutize(data: Any, base: Path, path: tuple) -> None:
     if isinstance(data, dict):
         for k, v in data.items():
             p = path + (k,)
             if p in PATH_KEYS and isinstance(v, str) and v and not os.path.isabs(v):
-                try:
-                    builtin = builtin_import(v)
-                except ValueError as e:
-                    raise ProfileError(str(e), (locs or {}).get(p)) from None
-                data[k] = str(builtin) if builtin is not None else str((base / v).resolve())
+                data[k] = str((base / v).resolve())
             else:
-                _absolutize(v, base, p, locs)
+                _absolutize(v, base, p)
 
 
 def _clean(value):
@@ -303,3 +300,20 @@ def _load_chain(path: Path, stack: list) -> Document:
     out_locs[()] = doc.locations[()]
     out_locs[("extends",)] = ext_loc
     return Document(merged, out_locs, [str(path)] + parent.files)
+
+
+def _builtin_imports(data: dict, locs: dict) -> None:
+    """`seccomp.import: builtin:NAME` -> the absolute path of the shipped policies/data/NAME.json
+    (policies/resources.py), before relative paths are made absolute."""
+    for p in PATH_KEYS:
+        parent = data
+        for k in p[:-1]:
+            parent = parent.get(k) if isinstance(parent, dict) else None
+        v = parent.get(p[-1]) if isinstance(parent, dict) else None
+        if isinstance(v, str):
+            try:
+                builtin = builtin_import(v)
+            except ValueError as e:
+                raise ProfileError(f"{'.'.join(p)}: {e}", locs.get(p)) from None
+            if builtin is not None:
+                parent[p[-1]] = str(builtin)
