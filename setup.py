@@ -50,8 +50,8 @@ def _why(stderr: str) -> str:
     if "cannot find -lc" in stderr or "cannot find crt" in stderr or "crt1.o" in stderr:
         return ("the static C library (libc.a) is missing: install the C library's development "
                 "package (Debian/Ubuntu: apt-get install libc6-dev; Alpine: apk add musl-dev)")
-    if "No such file or directory" in stderr and ".h" in stderr:
-        line = next((ln for ln in stderr.splitlines() if "fatal error" in ln), stderr.strip()[:200])
+    if ("No such file or directory" in stderr and ".h" in stderr) or "no include path" in stderr:
+        line = next((ln for ln in stderr.splitlines() if "error" in ln), stderr.strip()[:200])
         return (f"C headers are missing ({line.strip()}): install the C library's and the kernel's "
                 "headers (Debian/Ubuntu: apt-get install libc6-dev linux-libc-dev)")
     return "the compiler failed:\n" + stderr.strip()[-2000:]
