@@ -24,25 +24,29 @@ def _package_dir(package: str) -> Path:
     return Path(str(resources.files(package)))
 
 
-def _first_dir(*candidates: Path) -> Path:
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
+def _packaged_or_tree(packaged: Path, in_tree: str) -> Path:
+    """PACKAGED when it exists (a wheel); else IN_TREE under the project's work tree, but only when
+    the packages are imported from a work tree (its pyproject.toml and sandbox/pid1.c beside them,
+    which no wheel has): a site-packages directory never lends its top-level `profiles/` or
+    `docs/` of another distribution's."""
+    if packaged.is_dir():
+        return packaged
+    top = _package_dir("policies").parent
+    if (top / "pyproject.toml").is_file() and (top / "sandbox" / "pid1.c").is_file():
+        return top / in_tree
+    return packaged
 
 
 @lru_cache(maxsize=None)
 def shipped_profiles_dir() -> Path:
     """The directory of the shipped profiles (strict, default, docker-default, examples/)."""
-    pkg = _package_dir("policies")
-    return _first_dir(pkg / "profiles", pkg.parent / "profiles")
+    return _packaged_or_tree(_package_dir("policies") / "profiles", "profiles")
 
 
 @lru_cache(maxsize=None)
 def rule_docs_dir() -> Path:
     """The directory of the lint rules' documents (PSB001.md, ...)."""
-    pkg = _package_dir("policies")
-    return _first_dir(pkg / "lint" / "rules", pkg.parent / "docs" / "rules")
+    return _packaged_or_tree(_package_dir("policies") / "lint" / "rules", "docs/rules")
 
 
 def data_file(name: str) -> Path:
