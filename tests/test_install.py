@@ -278,18 +278,37 @@ def test_foreign_project_uses_the_plugin(layout, as_user):
     # without libc6-dev: "fatal error: errno.h: No such file or directory")
     ("cc --sysroot=/nonexistent-pysbx-sysroot", "C headers are missing"),
 ])
-def test_build_without_compiler_or_headers_fails_clearly(source_copy, tmp_path, cc, says):
-    p = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path / "lib")],
-                       cwd=source_copy, capture_output=True, text=True, timeout=300,
+def test_build_without_compiler_or_headers_fails_clearly(source_copy, wheel, tmp_path, cc, says):
+    p = subprocess.run([str(EDITABLE_BIN / "pip"), "wheel", "--disable-pip-version-check", "--no-deps",
+                        "-w", str(tmp_path), str(source_copy)], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "CC": cc})
+    out = p.stdout + p.stderr
     assert p.returncode != 0
-    assert says in p.stderr and "pysandbox-init" in p.stderr, p.stderr[-2000:]
-    assert not (tmp_path / "lib" / "sandbox" / "pysandbox-init").exists()
-    # the same tree builds with the real compiler (the other side)
-    ok = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path / "ok")],
-                        cwd=source_copy, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert os.access(tmp_path / "ok" / "sandbox" / "pysandbox-init", os.X_OK)
-    assert (tmp_path / "ok" / "policies" / "profiles" / "strict.yaml").is_file()
+    assert says in out and "cannot build pysandbox-init" in out, out[-3000:]
+    assert not list(tmp_path.glob("*.whl"))                  # never a wheel without the binary
+    # the other side: the same tree with the real compiler gave the session's wheel, binary inside
+    with zipfile.ZipFile(wheel) as z:
+        assert z.read("sandbox/pysandbox-init")[:4] == b"\x7fELF"
 
 
+def test_build_sdist_then_wheel(wheel_venv, source_copy, tmp_path):
+    """`python -m build` (the PyPA front end: an sdist first, the wheel built from it) - so the
+    sdist carries pid1.c, the profiles, the rule docs and the AppArmor profile (MANIFEST.in)."""
+    p = subprocess.run([str(wheel_venv / "pip"), "install", "-q", "--disable-pip-version-check", "build"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([str(wheel_venv / "python"), "-m", "build", "-o", str(tmp_path), str(source_copy)],
+                       capture_output=True, text=True, timeout=900, cwd="/tmp")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "SetuptoolsDeprecationWarning" not in p.stdout + p.stderr, "the build uses deprecated metadata"
+    import tarfile
+    (sdist,) = tmp_path.glob("pysandbox-*.tar.gz")
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    for f in ("sandbox/pid1.c", "setup.py", "profiles/strict.yaml", "docs/rules/PSB101.md",
+              "sandbox/data/apparmor/pysandbox"):
+        assert f in names, f
+    (whl,) = tmp_path.glob("pysandbox-*-py3-none-linux_*.whl")
+    with zipfile.ZipFile(whl) as z:
+        names = set(z.namelist())
+    assert {"sandbox/pysandbox-init", "policies/profiles/strict.yaml", "policies/lint/rules/PSB101.md"} <= names
