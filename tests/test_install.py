@@ -312,3 +312,22 @@ def test_build_sdist_then_wheel(wheel_venv, source_copy, tmp_path):
     with zipfile.ZipFile(whl) as z:
         names = set(z.namelist())
     assert {"sandbox/pysandbox-init", "policies/profiles/strict.yaml", "policies/lint/rules/PSB101.md"} <= names
+
+
+def test_lean_entry_script_in_a_wheel_venv(wheel_venv):
+    """`python -m sandbox.entry BIN` (what `make setup` does for .venv) is right for a wheel's venv
+    too: only its site-packages on the module path, nothing of the work tree; it runs."""
+    script = wheel_venv / "pysandbox"
+    saved = script.read_bytes()
+    try:
+        p = subprocess.run([str(wheel_venv / "python"), "-m", "sandbox.entry", str(wheel_venv)],
+                           capture_output=True, text=True, cwd="/tmp", timeout=60)
+        assert p.returncode == 0, p.stderr
+        text = script.read_text()
+        assert text.startswith(f"#!{wheel_venv / 'python'} -IS\n"), text
+        assert str(REPO) not in text and str(wheel_venv.parent / "lib") in text, text
+        r = subprocess.run([str(script), "run", "--profile", "strict", "--", "id", "-u"],
+                           capture_output=True, text=True, cwd="/tmp", timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+    finally:
+        script.write_bytes(saved)
