@@ -88,6 +88,21 @@ def test_bad_table_is_one_line_exit_2(root_runner, project, table, says):
     assert r.stdout == ""                             # nothing linted
 
 
+def test_paths_stay_inside_the_project(root_runner, project):
+    """A pyproject.toml that came with the code cannot point lint outside its project directory
+    (absolute, `..`, or through a symlink); a path inside still works (the other side)."""
+    d, write = project
+    os.symlink("/etc", d / "etc-link")
+    for bad in ('"/etc/shadow"', '"../../etc/passwd"', '"etc-link/passwd"'):
+        write(f'[tool.pysandbox.lint]\npaths = [{bad}]\n')
+        r = root_runner("lint", cwd=str(d))
+        assert r.returncode == 2 and "resolves outside the project directory" in r.stderr, (bad, r)
+        assert ":5:1:" in r.stderr and "root:" not in r.stderr + r.stdout
+    write('[tool.pysandbox.lint]\npaths = ["./sandbox/../sandbox/app.yaml"]\nfail-on = "error"\n')
+    r = root_runner("lint", cwd=str(d))
+    assert r.returncode == 0, r
+
+
 def test_oversized_pyproject_is_refused(root_runner, project):
     d, write = project
     write("[tool.pysandbox.lint]\n" + "# padding\n" * 120_000)     # > 1 MiB

@@ -8,7 +8,8 @@
     threshold = 2.0                          # exposure score 0.0-10.0
 
 The file is the nearest pyproject.toml from the current directory upwards (the first one found,
-with or without the table, ends the search, as ruff does); `paths` are relative to its directory.
+with or without the table, ends the search, as ruff does); `paths` are relative to its directory
+and must resolve inside it.
 The command line's options override each setting. The file is the project's, not necessarily the
 caller's (CI lints contributions): it is read bounded (at most MAX_BYTES), and any error — TOML
 syntax, an unknown key, a wrong type, an unknown rule — is one line with file:line:col where known
@@ -122,8 +123,17 @@ def load(start: Optional[str] = None) -> LintConfig:
                                   "expected a list of non-empty strings")
         return tuple(v)
 
-    base = path.parent
-    paths = tuple(str(base / p) if not os.path.isabs(p) else p for p in strings("paths"))
+    # the file may come with the code being linted: its paths stay inside its project directory
+    # (realpath: symlinks followed), so it cannot point lint at /etc/shadow or another's home
+    base = os.path.realpath(path.parent)
+    paths = []
+    for p in strings("paths"):
+        full = os.path.realpath(os.path.join(base, p))
+        if full != base and not full.startswith(base.rstrip("/") + "/"):
+            raise LintConfigError(f"{_where(text, path, 'paths')}: [tool.pysandbox.lint] paths: {p!r} resolves "
+                                  f"outside the project directory {base}")
+        paths.append(full)
+    paths = tuple(paths)
     ignore = tuple(c.upper() for c in strings("ignore"))
     unknown = [c for c in ignore if c not in M.RULES]
     if unknown:
