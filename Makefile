@@ -6,10 +6,10 @@ DEB_PKGS = python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 procps 
            bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns podman
 DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test test-install bench lint clean
 .DEFAULT_GOAL := run
 
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps: pyproject.toml setup.py
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=$$(for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
@@ -24,6 +24,8 @@ $(VENV)/.deps: pyproject.toml
 
 # PID 1's last stage, a small static program (sandbox/pid1.c; sandbox/init.py, init_image). Without
 # it PID 1 stays a Python process (~1.5 MiB more per sandbox; nothing of the isolation changes).
+# `pip install -e .` (above) builds it too (setup.py's build hook); this rebuilds it after an edit
+# of pid1.c. A wheel (`pip wheel .`, `python -m build`) always carries it, compiled at build time.
 INIT = sandbox/pysandbox-init
 $(INIT): sandbox/pid1.c | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
@@ -41,6 +43,10 @@ test: setup
 	$(VENV)/bin/pysandbox lint profiles/
 	$(VENV)/bin/python -m pytest -q tests
 
+# the install checks alone (also part of `make test`): wheel in a fresh venv + editable, from /tmp
+test-install: setup
+	$(VENV)/bin/python -m pytest -q tests/test_install.py tests/test_doctor.py
+
 lint: setup
 	$(VENV)/bin/pysandbox lint profiles/
 
@@ -50,4 +56,4 @@ bench: setup      # ratios against the peers in one run (call the venv's interpr
 	$(VENV)/bin/python bench/concurrent.py
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import Location, ProfileError
+from .resources import builtin_import, shipped_profiles_dir
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SHIPPED_DIR = shipped_profiles_dir()     # package data in a wheel; profiles/ in the work tree
 SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_DEPTH = 16
 MAX_PROFILE_BYTES = 1 << 20          # a profile (or imported seccomp JSON) larger than this is refused
@@ -46,7 +47,8 @@ MAX_NODES = 200_000                  # YAML nodes after alias expansion
 PROFILE_KEYS = ("version", "name", "description", "extends", "namespaces", "user", "capabilities",
                 "no_new_privs", "seccomp", "filesystem", "process", "network", "limits", "landlock")
 
-# (path pattern) whose string values are filesystem paths relative to the declaring file.
+# (path pattern) whose string values are filesystem paths relative to the declaring file, or
+# `builtin:NAME` for a file shipped in policies/data/ (policies/resources.py).
 PATH_KEYS = {("seccomp", "import")}
 
 
@@ -305,6 +307,7 @@ def load_file(path: Path, roots=None, parent: bool = False) -> Document:
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ProfileError(f"not a pysandbox profile: unknown top-level key{hint} (known: "
                                f"{', '.join(sorted(PROFILE_KEYS))})", locs.get((key,), locs[()]))
+    _builtin_imports(data, locs)
     _absolutize(data, Path(path).resolve().parent, (), locs, roots)
     return Document(data, locs, [file])
 
@@ -441,3 +444,20 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
     out_locs[()] = doc.locations[()]
     out_locs[("extends",)] = ext_loc
     return Document(merged, out_locs, [str(path)] + parent.files)
+
+
+def _builtin_imports(data: dict, locs: dict) -> None:
+    """`seccomp.import: builtin:NAME` -> the absolute path of the shipped policies/data/NAME.json
+    (policies/resources.py), before relative paths are made absolute."""
+    for p in PATH_KEYS:
+        parent = data
+        for k in p[:-1]:
+            parent = parent.get(k) if isinstance(parent, dict) else None
+        v = parent.get(p[-1]) if isinstance(parent, dict) else None
+        if isinstance(v, str):
+            try:
+                builtin = builtin_import(v)
+            except ValueError as e:
+                raise ProfileError(f"{'.'.join(p)}: {e}", locs.get(p)) from None
+            if builtin is not None:
+                parent[p[-1]] = str(builtin)

@@ -4,6 +4,7 @@
     pysandbox lint profiles/ my.yaml        # files and directories (*.yaml, *.yml)
     pysandbox lint --format sarif -o lint.sarif
     pysandbox lint --fail-on warning --threshold 2.0
+    pysandbox lint --ignore PSB203            # or [tool.pysandbox.lint] in pyproject.toml
 
 Exit codes: 0 clean; 1 a finding at or above --fail-on (default error), or a profile's
 exposure above --threshold; 2 usage error (bad path, bad option).
@@ -47,22 +48,52 @@ def _threshold(ctx, param, value):
 @click.option("--breakdown/--no-breakdown", default=None,
               help="Per-profile exposure table (default: only when linting one profile).")
 @click.option("--show-suppressed", is_flag=True, help="Also list findings suppressed inline (text format).")
+@click.option("--ignore", "ignore", multiple=True, metavar="CODE",
+              help="Suppress the findings of rule CODE (repeatable; replaces pyproject.toml's ignore).")
+@click.option("--no-config", is_flag=True, help="Do not read [tool.pysandbox.lint] from pyproject.toml.")
 @click.option("--list-rules", is_flag=True, help="List the rules and exit.")
 @click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
               help="Also allow extends:/seccomp.import paths to resolve into DIR.")
-def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, list_rules, profile_path):
+@click.pass_context
+def lint(ctx, paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, ignore, no_config, list_rules,
+         profile_path):
     """Lint profiles: schema errors, security rules, exposure score.
 
     PATH is a profile file, a directory (searched recursively for *.yaml/*.yml) or a profile
-    name; the default is ./profiles. Suppress a finding inline, with a reason:
-    `# pysandbox: ignore[PSB203] the test runner needs ptrace`.
+    name; the default is [tool.pysandbox.lint] paths of the nearest pyproject.toml, else
+    ./profiles. Suppress a finding inline, with a reason:
+    `# pysandbox: ignore[PSB203] the test runner needs ptrace`. Settings in pyproject.toml
+    ([tool.pysandbox.lint]: paths, ignore, fail-on, threshold) are overridden by these options.
     """
     from policies.lint import LintUsageError, lint_paths
+    from policies.lint import config as C
     from policies.lint import output as O
 
     if list_rules:
         click.echo(O.rules_table())
         return 0
+    cfg = C.LintConfig()
+    if not no_config:
+        try:
+            cfg = C.load()
+        except C.LintConfigError as e:
+            raise LintUsage(str(e)) from None
+    from click.core import ParameterSource
+    given = {n for n in ("fail_on", "threshold") if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+    if "fail_on" not in given and cfg.fail_on is not None:
+        fail_on = cfg.fail_on
+    if "threshold" not in given and cfg.threshold is not None:
+        threshold = cfg.threshold
+    if ignore:
+        ignore = tuple(c.upper() for c in ignore)
+        from policies.lint import model as M
+        bad = [c for c in ignore if c not in M.RULES]
+        if bad:
+            raise LintUsage(f"--ignore {bad[0]}: unknown rule (see pysandbox lint --list-rules)")
+    else:
+        ignore = cfg.ignore
+    if not paths and cfg.paths:
+        paths = cfg.paths
     if not paths:
         if not os.path.isdir("profiles"):
             raise LintUsage("no PATH given and there is no ./profiles directory")
@@ -71,6 +102,7 @@ def lint(paths, fmt, fail_on, threshold, output, breakdown, show_suppressed, lis
         result = lint_paths(paths, kernel=_kernel_version(), profile_path=profile_path)
     except LintUsageError as e:
         raise LintUsage(str(e)) from None
+    C.apply_ignore(result, ignore, C.IGNORED_REASON if not ctx.params.get("ignore") else "ignored by --ignore")
     if fmt == "json":
         text = O.render_json(result, fail_on=fail_on, threshold=threshold)
     elif fmt == "sarif":

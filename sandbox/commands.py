@@ -14,15 +14,50 @@ from . import cli as _cli
 from .doctor import kernel_version as _kernel_version
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option("0.1.0", prog_name="pysandbox")
+def _version() -> str:
+    """The installed distribution's version (wheel or editable), read only when asked for."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pysandbox")
+    except PackageNotFoundError:        # the work tree on sys.path without an install
+        return "0.1.0+source"
+
+
+class _Version(click.Option):
+    def __init__(self):
+        super().__init__(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                         help="Show the version and exit.", callback=self._show)
+
+    @staticmethod
+    def _show(ctx, param, value):
+        if value and not ctx.resilient_parsing:
+            click.echo(f"pysandbox, version {_version()}")
+            ctx.exit()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, params=[_Version()])
 def cli():
     """pysandbox: run programs confined by a policy profile."""
+
+
+def _complete_profile(ctx, param, incomplete):
+    """Shell completion of --profile: the names on the profile search path (then files)."""
+    from click.shell_completion import CompletionItem
+    from policies.loader import profile_dirs
+    names = set()
+    for d in profile_dirs():
+        try:
+            names.update(p.stem for p in d.iterdir() if p.suffix in (".yaml", ".yml"))
+        except OSError:
+            continue
+    items = [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+    return items or [CompletionItem(incomplete, type="file")]
 
 
 def _overrides_options(f):
     opts = [
         click.option("--profile", "profile", default="strict", show_default=True,
+                     shell_complete=_complete_profile,
                      help="Shipped/user profile name or a YAML file path."),
         click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
                      help="Also allow the profile's extends:/seccomp.import paths to resolve into DIR."),
@@ -183,6 +218,26 @@ def profiles():
             except Exception:
                 desc = "(unreadable)"
             click.echo(f"{p.stem:<16} {kind:<8} {desc[:90]}")
+    return 0
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell):
+    """Print the shell completion script for SHELL (bash, zsh, fish).
+
+    \b
+    bash:  pysandbox completion bash > ~/.local/share/bash-completion/completions/pysandbox
+    zsh:   pysandbox completion zsh > "${fpath[1]}/_pysandbox"
+    fish:  pysandbox completion fish > ~/.config/fish/completions/pysandbox.fish
+    """
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    comp = cls(cli, {}, "pysandbox", "_PYSANDBOX_COMPLETE")
+    click.echo(comp.source())
     return 0
 
 

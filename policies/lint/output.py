@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 from . import model as M
+from ..resources import rule_docs_dir
 from .engine import LintResult, relpath
 
 TOOL_NAME = "pysandbox-lint"
 TOOL_VERSION = "0.1.0"
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "sarif-2.1.0.json"
-DOCS_RULES = Path(__file__).resolve().parent.parent.parent / "docs" / "rules"
+DOCS_RULES = rule_docs_dir()     # package data in a wheel; docs/rules/ in the work tree
 
 
 def _counts(findings) -> dict:
