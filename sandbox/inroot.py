@@ -97,9 +97,9 @@ def resolve(root_fd: int, path: str, *, follow: bool, create: str | None = None,
 
 def _why(e: OSError) -> str:
     if e.errno == errno.EXDEV:
-        return "leads out of the root or through a /proc magic link (refused)"
+        return "leads out of the root (refused)"
     if e.errno == errno.ELOOP:
-        return "too many levels of symbolic links (refused)"
+        return "a /proc magic link or too many levels of symbolic links (refused)"
     return e.strerror or str(e)
 
 

@@ -14,6 +14,13 @@ Order (read top to bottom, like bubblewrap):
      resolved *inside* the new root — a symlink cannot lead a target out of it;
   7. masked paths (tmpfs or /dev/null over them), read-only paths, and the root, /dev made read-only.
 
+A root we did not make (an image's overlay, a `root:` directory; after pivot_root, any root) is
+untrusted: every path in it (/etc/hosts, the /proc /sys /dev mount points, mount targets, masked
+and read-only paths) is resolved inside it by descriptor (sandbox/inroot.py) and every mount is made
+on that descriptor (move_mount MOVE_MOUNT_T_EMPTY_PATH; fresh file systems with fsmount), never on a
+path looked up again by name. Mount points refuse symlinks; the hosts file, masked and read-only
+paths follow them inside the root; /proc magic links are refused everywhere.
+
 Cost (the API's warm launch is meant to be as fast as bubblewrap's): the mounts themselves are what
 they must be, but their flags are set in bulk — one recursive mount_setattr over the whole tree of
 read-only binds (_FreshRoot.seal) and one over /dev's device nodes instead of one per mount — and

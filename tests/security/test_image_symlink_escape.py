@@ -69,6 +69,9 @@ def images(decoy: str) -> dict:
         imgs[f"{name}-abs"] = {name: (name, "sym", decoy)}
         imgs[f"{name}-rel"] = {name: (name, "sym", _rel(decoy))}
     imgs["dests"] = {"data": ("data", "sym", decoy), "srv": ("srv", "sym", _rel(decoy))}
+    imgs["paths"] = {"etc/secret": ("etc/secret", "sym", "../srv/secret"),
+                     "srv": [("srv", "dir"), ("srv/secret", "file", b"SECRET\n")],
+                     "etc/ro": ("etc/ro", "sym", "/srv"), "etc/magic": ("etc/magic", "sym", "/proc/self/fd/1")}
     imgs["etc-abs"] = {"etc": ("etc", "sym", decoy)}
     imgs["etc-rel"] = {"etc": ("etc", "sym", _rel(decoy))}
     imgs["hosts-abs"] = {"etc/hosts": ("etc/hosts", "sym", decoy + "/hosts")}
@@ -172,6 +175,22 @@ def test_volume_and_bind_destinations_through_symlinks_are_refused(store, decoy,
     import json
     data = json.loads(r.stdout)[0]["Mountpoint"]
     assert open(os.path.join(data, "f")).read() == "written\n"
+
+
+def test_masked_and_read_only_paths_follow_links_inside_the_root_never_magic_ones(store, tmp_profile):
+    """What the program would open by that name is masked / made read-only: `etc/secret ->
+    ../srv/secret` masks /srv/secret; `etc/ro -> /srv` makes the image's /srv read-only. A /proc
+    magic link (`etc/magic -> /proc/self/fd/1`: a descriptor of the launcher's, outside the root)
+    is refused instead of being mounted over."""
+    base = "extends: strict\nfilesystem:\n  read_only: false\n  masked_paths: [/etc/secret]\n"
+    prof = tmp_profile(base + "  readonly_paths: [/etc/ro]\n")
+    r = run(store, "paths", "cat /etc/secret /srv/secret; echo x > /srv/new || echo ro; echo x > /root/w && echo rw",
+            profile=prof)
+    assert r.returncode == 0 and r.stdout.split() == ["ro", "rw"] and "SECRET" not in r.stdout, r
+    for key in ("masked_paths", "readonly_paths"):
+        prof = tmp_profile(f"extends: strict\nfilesystem:\n  {key}: [/etc/magic]\n", name=f"{key}.yaml")
+        r = run(store, "paths", "echo ran", profile=prof)
+        refused(r, "/etc/magic", "magic link")
 
 
 def test_root_directory_mount_points_through_symlinks_are_refused(runner, decoy, shared_tmp, tmp_profile):
