@@ -71,14 +71,10 @@ def resolve(root_fd: int, path: str, *, follow: bool, create: str | None = None,
     if follow and parts:
         try:
             fd = _sys.openat2(root_fd, "/".join(parts), _O_PATH, 0, IN_ROOT)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if create is None:
                 raise
-            fd = _walk(root_fd, parts, follow, create, what, shown)
-        except NotADirectoryError:
-            if create is None:
-                raise
-            raise InRootError(f"{what} {shown}: a component is not a directory") from None
+            fd = _walk(root_fd, parts, follow, create, what, shown)      # (which component, made or not)
         except OSError as e:
             raise InRootError(f"{what} {shown}: {_why(e)}") from None
     else:
@@ -120,7 +116,7 @@ def _walk(root_fd: int, parts: list[str], follow: bool, create: str | None, what
                 if create is None:
                     raise
                 if isinstance(e, NotADirectoryError):
-                    raise InRootError(f"{what} {shown}: {prefix}: a component is not a directory") from None
+                    raise InRootError(f"{what} {shown}: cannot create {prefix}: Not a directory") from None
                 nxt = _make(cur, name, "file" if last and create == "file" else "dir", what, shown, prefix)
             except OSError as e:
                 raise InRootError(f"{what} {shown}: {prefix}: {_why(e)}") from None
