@@ -24,6 +24,10 @@ mounts on the returned descriptor (sandbox._sys.move_mount_fd: MOVE_MOUNT_T_EMPT
 looked up again by name after the check, so swapping a component for a symlink in between gains
 nothing.
 
+No RESOLVE_NO_XDEV: mount targets legitimately lie on other mounts of the root (a bind inside a
+bind, /tmp's tmpfs), and crossing a mount below root_fd never leaves it — the walk is anchored at
+root_fd (RESOLVE_IN_ROOT / RESOLVE_BENEATH), which is what keeps it inside.
+
 Errors: InRootError, one line naming the path as the sandbox sees it.
 """
 from __future__ import annotations

@@ -133,6 +133,52 @@ def refused(r, *words):
         assert w in lines[0], (w, r)
 
 
+def test_inroot_resolve_stays_inside_the_root(decoy, shared_tmp):
+    """The helper itself, on a plain directory (no mount, no namespace): links to the decoy,
+    absolute and through ../../.., are resolved inside the root or refused; what is created lands
+    inside the root; the decoy (which exists on the host) is never touched."""
+    from sandbox import inroot
+    root = shared_tmp / "r"
+    (root / "etc").mkdir(parents=True)
+    (root / "in" / d_rel(decoy)).mkdir(parents=True)         # the decoy's path, inside the root
+    os.symlink(decoy, root / "abs")
+    os.symlink(_rel(decoy), root / "rel")
+    os.symlink(decoy + "/missing", root / "etc" / "dangling")
+    os.symlink("/proc/self/root", root / "magic")
+    before = snapshot(decoy)
+    rfd = inroot.open_root(str(root))
+    try:
+        # follow=True: the links resolve inside the root; the decoy's path does not exist there
+        for p in ("/abs/hosts", "/rel/hosts", "/etc/dangling"):
+            with pytest.raises(inroot.InRootError, match="dangling symbolic link"):
+                os.close(inroot.resolve(rfd, p, follow=True, create="file"))
+        # ... and where the root has that path, the file is made there
+        os.symlink("/in" + decoy, root / "inner")
+        fd = inroot.resolve(rfd, "/inner/hosts", follow=True, create="file")
+        os.close(fd)
+        assert (root / "in" / d_rel(decoy) / "hosts").is_file()
+        # follow=False: any link on the way is refused, named
+        for p, bad in (("/abs/x", "/abs"), ("/rel", "/rel"), ("/etc/dangling/x", "/etc/dangling")):
+            with pytest.raises(inroot.InRootError, match=f"{bad} is a symbolic link"):
+                os.close(inroot.resolve(rfd, p, follow=False, create="dir"))
+        # /proc/self/root named by an absolute link is the *root's* /proc (absent here), not the
+        # host's (the e2e test below shows a real magic link refused inside a sandbox)
+        with pytest.raises(FileNotFoundError):
+            inroot.resolve(rfd, "/magic/etc", follow=True)
+        # legitimate: nested directories made inside the root, an existing one found
+        os.close(inroot.resolve(rfd, "/new/a/b", follow=False, create="dir"))
+        assert (root / "new" / "a" / "b").is_dir()
+        with pytest.raises(FileNotFoundError):
+            inroot.resolve(rfd, "/nothing/here", follow=True)
+    finally:
+        os.close(rfd)
+    assert snapshot(decoy) == before
+
+
+def d_rel(decoy: str) -> str:
+    return decoy.lstrip("/")
+
+
 @pytest.mark.parametrize("name", ["proc", "dev", "sys", "tmp"])
 @pytest.mark.parametrize("kind", ["abs", "rel"])
 def test_mount_point_symlinks_are_refused(store, decoy, name, kind):
