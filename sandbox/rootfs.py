@@ -298,8 +298,8 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
             if tree is not None:              # /etc/hosts was written above
                 tree.bind_file(f"/proc/self/fd/{hosts_fd}", "etc/hosts")
             else:                             # where the program will read it: followed inside the root
-                _attach(_sys.open_tree(hosts_fd, recursive=False), _inside(rfd, "/etc/hosts", "file", True),
-                        _RO_ATTRS, recursive=False)
+                at = _inside(rfd, "/etc/hosts", "file", True)
+                _attach(_sys.open_tree(hosts_fd, recursive=False), at, _RO_ATTRS, recursive=False)
             os.close(hosts_fd)
         if tree is not None:
             tree.seal()                       # before anything that must stay writable is mounted
@@ -314,7 +314,8 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         if fs.proc:
             if not has_pidns:
                 raise SetupError("a fresh /proc needs the pid namespace (namespaces.pid: true)")
-            _attach(_sys.fsmount("proc", (), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), point("proc"))
+            at = point("proc")
+            _attach(_sys.fsmount("proc", (), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), at)
         # /sys: sysfs can only be mounted with a network namespace of our own
         if fs.sys:
             at = point("sys")
