@@ -118,9 +118,12 @@ class _MountAttr(ctypes.Structure):
 
 def mount_setattr(path, attr_set: int, attr_clr: int = 0, recursive: bool = True,
                   dirfd: int = -100) -> None:
-    """Set mount attributes (read-only, nosuid, ...) on a mount and, with recursive, all below it."""
+    """Set mount attributes (read-only, nosuid, ...) on a mount and, with recursive, all below it.
+    path: a path, or a descriptor (the mount it refers to: a detached tree, a mount's root)."""
     attr = _MountAttr(attr_set, attr_clr, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
+    if isinstance(path, int):
+        dirfd, path, flags = path, "", flags | AT_EMPTY_PATH
     res = _syscall(ctypes.c_long(NR["mount_setattr"]), ctypes.c_int(dirfd), _b(path),
                    ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     if res < 0:
@@ -309,12 +312,22 @@ OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_EMPTY_PATH = 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+# fsopen/fsconfig/fsmount: same numbers on x86_64 and aarch64
+NR_FSOPEN, NR_FSCONFIG, NR_FSMOUNT = 430, 431, 432
+FSOPEN_CLOEXEC = 1
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+FSMOUNT_CLOEXEC = 1
 
 
 def open_tree(path, recursive: bool = True) -> int:
-    """A detached clone of the mount tree at path (attach it later with move_mount)."""
+    """A detached clone of the mount tree at path, or at what the descriptor `path` refers to
+    (attach it later with move_mount)."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    res = _syscall(ctypes.c_long(NR["open_tree"]), ctypes.c_int(-100), _b(path), ctypes.c_uint(flags))
+    dirfd = -100
+    if isinstance(path, int):
+        dirfd, path, flags = path, "", flags | AT_EMPTY_PATH
+    res = _syscall(ctypes.c_long(NR["open_tree"]), ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags))
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
@@ -322,12 +335,34 @@ def open_tree(path, recursive: bool = True) -> int:
 
 
 def move_mount_fd(fd: int, target) -> None:
-    """Attach a detached mount tree (from open_tree) at target."""
-    res = _syscall(ctypes.c_long(NR["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(-100), _b(target),
-                   ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    """Attach a detached mount tree (from open_tree or fsmount) at target: a path, or a descriptor
+    (O_PATH) of exactly the object to mount on — nothing is looked up again by name."""
+    flags, dirfd = MOVE_MOUNT_F_EMPTY_PATH, -100
+    if isinstance(target, int):
+        dirfd, target, flags = target, "", flags | MOVE_MOUNT_T_EMPTY_PATH
+    res = _syscall(ctypes.c_long(NR["move_mount"]), ctypes.c_int(fd), b"", ctypes.c_int(dirfd), _b(target),
+                   ctypes.c_uint(flags))
     if res < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"move_mount onto {target}: {os.strerror(err)}")
+
+
+def fsmount(fstype: str, options=(), attrs: int = 0) -> int:
+    """A new, detached mount of a fresh `fstype` file system (fsopen, fsconfig, fsmount): options
+    are (key, value) pairs, value None for a flag ("ro" also makes the superblock read-only, as
+    mount(2)'s MS_RDONLY does); attrs MOUNT_ATTR_*. Attach it with move_mount_fd."""
+    fs = _check(_syscall(ctypes.c_long(NR_FSOPEN), _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen {fstype}")
+    try:
+        for key, value in options:
+            cmd = FSCONFIG_SET_FLAG if value is None else FSCONFIG_SET_STRING
+            _check(_syscall(ctypes.c_long(NR_FSCONFIG), ctypes.c_int(fs), ctypes.c_uint(cmd), _b(key),
+                            _b(value), ctypes.c_int(0)), f"fsconfig {fstype} {key}")
+        _check(_syscall(ctypes.c_long(NR_FSCONFIG), ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE), None,
+                        None, ctypes.c_int(0)), f"mount {fstype}")
+        return _check(_syscall(ctypes.c_long(NR_FSMOUNT), ctypes.c_int(fs), ctypes.c_uint(FSMOUNT_CLOEXEC),
+                               ctypes.c_uint(attrs)), f"fsmount {fstype}")
+    finally:
+        os.close(fs)
 
 
 # --- credentials of the calling thread only -------------------------------------------

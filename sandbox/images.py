@@ -354,33 +354,104 @@ def _seal_new(diff: str, what: str) -> str:
         raise ImageError(f"{what}: cannot seal the extracted layer ({_one_line(e)})") from None
 
 
-def _chmod_dir(p: str) -> None:
-    # O_PATH: works on a mode 000 directory; O_NOFOLLOW: never through a symlink
-    fd = os.open(p, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.chmod(f"/proc/self/fd/{fd}", 0o700)
-    finally:
-        os.close(fd)
-
-
 def rmtree(path: str) -> None:
-    """Remove a tree, also one with unwritable directories (overlay work dirs, 0555 dirs in layers)."""
-    def onerror(func, p, exc):
-        if isinstance(exc[1], FileNotFoundError):
+    """Remove a tree, also one with unwritable directories (overlay work dirs, 0555 dirs in layers),
+    best effort (an entry that cannot be removed is left). The trees are often written by a
+    sandbox (its writable layer, a volume): no symlink is ever followed (every step relative to a
+    directory descriptor opened O_NOFOLLOW; '..' checked against the directory it must be), and no
+    recursion — a program can nest directories deeper than Python's recursion limit (shutil.rmtree
+    then failed, the writable layer stayed, and every later image launch of the store failed while
+    reclaiming it). One descriptor open at a time, whatever the depth."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)
             return
-        with contextlib.suppress(OSError):
-            _chmod_dir(os.path.dirname(p))
-            if os.path.isdir(p) and not os.path.islink(p):
-                _chmod_dir(p)
-                shutil.rmtree(p, onerror=_ignore)
-                return
-            func(p)
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
+        parent = os.path.dirname(os.path.abspath(path)) or "/"
+        name = os.path.basename(os.path.abspath(path))
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    # one level per directory on the way down: (its name, the (dev, ino) of its parent, names left)
+    levels: list = []
+    try:
+        fd = _rm_descend(fd, name, levels)
+        while fd >= 0 and levels:
+            names = levels[-1][2]
+            if names is None:
+                try:
+                    names = levels[-1][2] = os.listdir(fd)
+                except OSError:
+                    names = levels[-1][2] = []
+            if names:
+                n = names.pop()
+                try:
+                    st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    fd = _rm_descend(fd, n, levels)
+                    continue
+                if not _rm_retry(lambda: os.unlink(n, dir_fd=fd), fd):
+                    continue
+            else:                              # empty now (or what is left cannot go): up, rmdir
+                name, pid, _ = levels.pop()
+                try:
+                    up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError:
+                    up = -1
+                os.close(fd)
+                fd = up
+                if fd < 0:
+                    break
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != pid:            # moved meanwhile: stop, touch nothing else
+                    break
+                _rm_retry(lambda: os.rmdir(name, dir_fd=fd), fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
-def _ignore(*a):
-    pass
+def _rm_descend(fd: int, name: str, levels: list) -> int:
+    """Open the directory `name` in `fd` (never a symlink; made searchable if it is not) and go
+    into it; stays at fd when it cannot be opened. Returns the current directory's descriptor."""
+    st = os.fstat(fd)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        child = os.open(name, flags, dir_fd=fd)
+    except PermissionError:
+        try:
+            sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                os.chmod(f"/proc/self/fd/{sub}", 0o700)
+            finally:
+                os.close(sub)
+            child = os.open(name, flags, dir_fd=fd)
+        except OSError:
+            return fd
+    except OSError:
+        return fd
+    os.close(fd)
+    levels.append([name, (st.st_dev, st.st_ino), None])
+    return child
+
+
+def _rm_retry(op, fd: int) -> bool:
+    """op() in the directory fd; on EACCES/EPERM make fd writable (0700) and try once more."""
+    try:
+        op()
+        return True
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        try:
+            os.fchmod(fd, 0o700)
+            op()
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- progress

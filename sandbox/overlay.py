@@ -598,76 +598,32 @@ _open_targets: list[int] = []
 def safe_target(root: str, dst: str, *, create: Optional[str] = None) -> str:
     """Resolve `dst` (a path inside the sandbox) under `root` without ever leaving `root`.
 
-    Symlinks in the path are resolved as if `root` were "/" (openat2 RESOLVE_IN_ROOT), so a
-    symlink to "/" or "../../.." stays inside the root (CVE-2021-30465 class). create: None (the
-    target must exist), "dir" or "file" (create missing components; the last as dir or file).
+    Symlinks in the path are resolved as if `root` were "/" (sandbox.inroot.resolve, follow=True:
+    openat2 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), so a symlink to "/" or "../../.." stays inside
+    the root (CVE-2021-30465 class). create: None (the target must exist), "dir" or "file" (create
+    missing components relative to their resolved parent; the last as dir or file).
     Returns "/proc/self/fd/N" for an O_PATH descriptor of the target: mount(2) on it mounts on
     exactly the resolved object, so a concurrent symlink swap cannot redirect the mount. The
-    descriptor is close-on-exec; release_targets() closes them earlier.
+    descriptor is close-on-exec; release_targets() closes them earlier. (The launcher itself uses
+    inroot.resolve and move_mount on the descriptor: sandbox/rootfs.py.)
     """
-    from . import _sys
+    from . import inroot
     if not dst.startswith("/"):
         raise ImageError(f"mount target {dst!r} must be an absolute path")
-    parts = [p for p in dst.split("/") if p not in ("", ".")]
-    rfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    res = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
     try:
-        try:
-            fd = _sys.openat2(rfd, "/".join(parts) or ".", _sys.O_PATH | os.O_NOFOLLOW, 0, res)
-        except FileNotFoundError:
-            if not create:
-                raise ImageError(f"mount target {dst} does not exist in the sandbox root") from None
-            fd = _create_in_root(rfd, parts, create, dst, res)
-        except OSError as e:
-            raise ImageError(f"mount target {dst}: {e.strerror}") from None
-        st = os.fstat(fd)
-        if stat.S_ISLNK(st.st_mode):   # final component a symlink: follow it, still inside the root
-            os.close(fd)
-            try:
-                fd = _sys.openat2(rfd, "/".join(parts), _sys.O_PATH, 0, res)
-            except FileNotFoundError:
-                raise ImageError(f"mount target {dst} is a dangling symlink") from None
+        rfd = inroot.open_root(root)
+    except OSError as e:
+        raise ImageError(f"root {root}: {e.strerror}") from None
+    try:
+        fd = inroot.resolve(rfd, dst, follow=True, create=create, what="mount target")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"mount target {dst} does not exist in the sandbox root") from None
+    except inroot.InRootError as e:
+        raise ImageError(str(e)) from None
     finally:
         os.close(rfd)
     _open_targets.append(fd)
     return f"/proc/self/fd/{fd}"
-
-
-def _create_in_root(rfd: int, parts: list[str], create: str, dst: str, res: int) -> int:
-    """Create the missing components of dst; every prefix is resolved from the root (RESOLVE_IN_ROOT)."""
-    from . import _sys
-    cur = os.dup(rfd)
-    try:
-        for i, comp in enumerate(parts):
-            last = i == len(parts) - 1
-            prefix = "/".join(parts[: i + 1])
-            try:
-                nfd = _sys.openat2(rfd, prefix, _sys.O_PATH, 0, res)
-            except FileNotFoundError:
-                try:
-                    if last and create == "file":
-                        dfd = _sys.openat2(cur, ".", os.O_RDONLY | os.O_DIRECTORY, 0, res)
-                        try:
-                            os.close(os.open(comp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                                             | os.O_CLOEXEC, 0o644, dir_fd=dfd))
-                        finally:
-                            os.close(dfd)
-                    else:
-                        os.mkdir(comp, 0o755, dir_fd=cur)
-                except FileExistsError:
-                    raise ImageError(f"mount target {dst}: /{prefix} is a dangling symlink") from None
-                except OSError as e:
-                    raise ImageError(f"cannot create mount point {dst}: {e.strerror}") from None
-                nfd = _sys.openat2(cur, comp, _sys.O_PATH | os.O_NOFOLLOW, 0, res)
-            os.close(cur)
-            cur = nfd
-        return cur
-    except OSError as e:
-        os.close(cur)
-        raise ImageError(f"mount target {dst}: {e.strerror}") from None
-    except BaseException:
-        os.close(cur)
-        raise
 
 
 def release_targets() -> None:

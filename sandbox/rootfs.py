@@ -14,6 +14,13 @@ Order (read top to bottom, like bubblewrap):
      resolved *inside* the new root — a symlink cannot lead a target out of it;
   7. masked paths (tmpfs or /dev/null over them), read-only paths, and the root, /dev made read-only.
 
+A root we did not make (an image's overlay, a `root:` directory; after pivot_root, any root) is
+untrusted: every path in it (/etc/hosts, the /proc /sys /dev mount points, mount targets, masked
+and read-only paths) is resolved inside it by descriptor (sandbox/inroot.py) and every mount is made
+on that descriptor (move_mount MOVE_MOUNT_T_EMPTY_PATH; fresh file systems with fsmount), never on a
+path looked up again by name. Mount points refuse symlinks; the hosts file, masked and read-only
+paths follow them inside the root; /proc magic links are refused everywhere.
+
 Cost (the API's warm launch is meant to be as fast as bubblewrap's): the mounts themselves are what
 they must be, but their flags are set in bulk — one recursive mount_setattr over the whole tree of
 read-only binds (_FreshRoot.seal) and one over /dev's device nodes instead of one per mount — and
@@ -26,7 +33,7 @@ import errno
 import os
 import stat
 
-from . import _sys
+from . import _sys, inroot
 from ._sys import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MNT_DETACH,
                    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOEXEC)
 
@@ -280,61 +287,108 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
             tree.mkdir(d)
         os.chmod(new + "/var/tmp", 0o1777)
 
-    # a private network's hosts file (sandbox.network): bound read-only, rewritten in place on the
-    # host as peers join and leave, so the sandbox always sees its current peers by name
-    if hosts_fd is not None:
-        if tree is not None:              # /etc/hosts was written above
-            tree.bind_file(f"/proc/self/fd/{hosts_fd}", "etc/hosts")
-        else:
-            _bind_file_at(f"/proc/self/fd/{hosts_fd}", new + "/etc/hosts")
-        os.close(hosts_fd)
-    if tree is not None:
-        tree.seal()                       # before anything that must stay writable is mounted
+    # Inside a root we did not make (an image, a `root:` directory), every path is resolved in it
+    # by descriptor (sandbox.inroot): an image's `etc -> /host/dir` must not make us create
+    # /host/dir/hosts, nor `proc -> ../../..` lead a mount out of it.
+    rfd = None if tree is not None else inroot.open_root(new)
+    try:
+        # a private network's hosts file (sandbox.network): bound read-only, rewritten in place on
+        # the host as peers join and leave, so the sandbox always sees its current peers by name
+        if hosts_fd is not None:
+            if tree is not None:              # /etc/hosts was written above
+                tree.bind_file(f"/proc/self/fd/{hosts_fd}", "etc/hosts")
+            else:                             # where the program will read it: followed inside the root
+                at = _inside(rfd, "/etc/hosts", "file", True)
+                _attach(_sys.open_tree(hosts_fd, recursive=False), at, _RO_ATTRS, recursive=False)
+            os.close(hosts_fd)
+        if tree is not None:
+            tree.seal()                       # before anything that must stay writable is mounted
 
-    mkpoint = tree.mkdir if tree is not None else (lambda rel: _mkdirs(f"{new}/{rel}"))
-    # /proc
-    if fs.proc:
-        mkpoint("proc")
-        if not has_pidns:
-            raise SetupError("a fresh /proc needs the pid namespace (namespaces.pid: true)")
-        _sys.mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    # /sys: sysfs can only be mounted with a network namespace of our own
-    if fs.sys:
-        mkpoint("sys")
-        if has_netns:
-            _sys.mount("sysfs", new + "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
-        else:
-            _bind("/sys", new + "/sys", read_only=True, noexec=True)
-    # /dev: a fresh tmpfs, so its mount points need no exist checks; the device nodes' binds get
-    # nosuid, noexec in one recursive mount_setattr over /dev (which has both already) before
-    # devpts and /dev/shm (mounted with both, and nodev) are added
-    mkpoint("dev")
-    dev = new + "/dev"
-    _sys.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+        def point(rel: str) -> int:           # a mount point: made by us, or resolved (no symlinks)
+            if tree is not None:
+                tree.mkdir(rel)
+                return os.open(f"{new}/{rel}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return _inside(rfd, "/" + rel, "dir", False)
+
+        # /proc
+        if fs.proc:
+            if not has_pidns:
+                raise SetupError("a fresh /proc needs the pid namespace (namespaces.pid: true)")
+            at = point("proc")
+            _attach(_sys.fsmount("proc", (), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), at)
+        # /sys: sysfs can only be mounted with a network namespace of our own
+        if fs.sys:
+            at = point("sys")
+            if has_netns:
+                _attach(_sys.fsmount("sysfs", (("ro", None),), _RO_ATTRS | MOUNT_ATTR_NOEXEC), at)
+            else:
+                _attach(_sys.open_tree("/sys"), at, _RO_ATTRS | MOUNT_ATTR_NOEXEC)
+        _make_dev(point("dev"))
+    finally:
+        if rfd is not None:
+            os.close(rfd)
+    return fds
+
+
+_DEV: list = []          # the descriptor of this sandbox's /dev (its root), from prepare to finish
+
+
+def _attach(tree: int, at: int, attrs: int | None = None, recursive: bool = True) -> None:
+    """Attach the detached mount `tree` (open_tree/fsmount) on the object `at` refers to, its
+    attributes set first (before it is reachable); both descriptors closed."""
+    try:
+        if attrs is not None:
+            _sys.mount_setattr(tree, attrs, recursive=recursive)
+        _sys.move_mount_fd(tree, at)
+    finally:
+        os.close(tree)
+        os.close(at)
+
+
+def _inside(rfd: int, path: str, create: str | None, follow: bool, what: str = "mount point") -> int:
+    try:
+        return inroot.resolve(rfd, path, follow=follow, create=create, what=what)
+    except inroot.InRootError as e:
+        raise SetupError(str(e)) from None
+
+
+def _make_dev(at: int) -> None:
+    """A fresh tmpfs on `at` with null zero full random urandom tty (binds of the host's), devpts
+    with its own ptmx, shm and the fd links; everything made relative to the tmpfs's own root
+    descriptor. The device nodes' binds get nosuid, noexec in one recursive mount_setattr over /dev
+    (which has both already) before devpts and /dev/shm (mounted with both, and nodev) are added."""
+    dev = _sys.fsmount("tmpfs", (("mode", "0755"), ("size", "64k")), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+    try:
+        _sys.move_mount_fd(dev, at)
+    finally:
+        os.close(at)
+    _DEV.append(dev)
     nodes = False
     for n in DEV_NODES:
-        path = f"{dev}/{n}"
-        os.mknod(path, stat.S_IFREG | 0o644)
+        os.mknod(n, stat.S_IFREG | 0o644, dir_fd=dev)
         try:
-            _sys.mount("/dev/" + n, path, None, MS_BIND)
+            tree = _sys.open_tree("/dev/" + n, recursive=False)
         except OSError as e:
             if e.errno not in _MISSING:   # the host lacks this node: skipped, as always
                 raise
-            os.unlink(path)
+            os.unlink(n, dir_fd=dev)
             continue
+        _attach(tree, os.open(n, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev))
         nodes = True
     if nodes:
         _sys.mount_setattr(dev, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=True)
-    os.mkdir(dev + "/pts", 0o755)
-    _sys.mount("devpts", dev + "/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-    os.symlink("pts/ptmx", dev + "/ptmx")
-    os.mkdir(dev + "/shm", 0o755)
-    _sys.mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m")
+    os.mkdir("pts", 0o755, dir_fd=dev)
+    _attach(_sys.fsmount("devpts", (("newinstance", None), ("ptmxmode", "0666"), ("mode", "0620")),
+                         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC),
+            os.open("pts", os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dev))
+    os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
+    os.mkdir("shm", 0o755, dir_fd=dev)
+    _attach(_sys.fsmount("tmpfs", (("mode", "1777"), ("size", "64m")),
+                         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC),
+            os.open("shm", os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dev))
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"{dev}/{name}")
-
-    return fds
+        os.symlink(target, name, dir_fd=dev)
 
 
 def pivot(plan) -> None:
@@ -345,68 +399,58 @@ def pivot(plan) -> None:
     os.chdir("/")
 
 
-def _resolve_inside(target: str) -> str:
-    """Create the mount point `target` inside the (already pivoted) root, refusing symlinks.
-
-    mkdir first: a component that does not exist yet is made (and is then no symlink) in one
-    system call; an existing one (mkdir reports EEXIST before EROFS or EACCES, also for a dangling
-    symlink) is looked at with lstat, and a symlink is refused."""
-    cur = ""
-    for p in target.split("/"):
-        if not p:
-            continue
-        cur = f"{cur}/{p}"
-        try:
-            os.mkdir(cur, 0o755)
-        except FileExistsError:
-            if stat.S_ISLNK(os.lstat(cur).st_mode):
-                raise SetupError(f"mount target {target}: {cur} is a symbolic link (refused)") from None
-        except OSError as e:
-            raise SetupError(f"mount target {target}: cannot create {cur}: {e.strerror}") from None
-    return cur or "/"
-
-
 def finish(plan, bind_fds: list) -> None:
-    """Steps 6-7, after pivot_root."""
+    """Steps 6-7, after pivot_root. Every path is resolved inside the new root by descriptor
+    (sandbox.inroot) and mounted on as that descriptor: user mount targets refuse symlinks (the
+    target is a mount point, as runc and bubblewrap require), masked and read-only paths follow
+    them inside the root (what the program would open by that name); magic links never."""
     fs = plan.filesystem
-    for m, fd in zip(fs.mounts, bind_fds):
-        if m.type == "tmpfs":
-            target = _resolve_inside(m.target)
-            opts = [f"size={m.size}" if m.size else "size=64m", f"mode={m.mode:o}" if m.mode is not None else "mode=1777"]
-            _sys.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, ",".join(opts))
-        else:
-            fd, is_dir = fd
-            if is_dir:
-                target = _resolve_inside(m.target)
+    root = inroot.open_root("/")
+    try:
+        for m, fd in zip(fs.mounts, bind_fds):
+            if m.type == "tmpfs":
+                at = _inside(root, m.target, "dir", False, "mount target")
+                opts = (("size", str(m.size) if m.size else "64m"), ("mode", f"{m.mode:o}" if m.mode is not None else "1777"))
+                _attach(_sys.fsmount("tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV), at)
             else:
-                parent = _resolve_inside(os.path.dirname(m.target) or "/")
-                target = os.path.join(parent, os.path.basename(m.target))
+                fd, is_dir = fd
                 try:
-                    os.mknod(target, stat.S_IFREG | 0o644)      # the mount point, if it is not there
-                except FileExistsError:
-                    if stat.S_ISLNK(os.lstat(target).st_mode):
-                        raise SetupError(f"mount target {m.target} is a symbolic link (refused)") from None
-            _sys.move_mount_fd(fd, target)
-            os.close(fd)
-            _sys.mount_setattr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
-                               | (MOUNT_ATTR_RDONLY if m.read_only else 0), recursive=True)
-    for p in fs.masked_paths:
-        try:
-            st = os.lstat(p)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            _sys.mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
-        else:
-            _sys.mount("/dev/null", p, None, MS_BIND)
-    for p in fs.readonly_paths:
-        try:
-            _sys.mount(p, p, None, MS_BIND | MS_REC)
-        except OSError as e:
-            if e.errno in _MISSING:    # absent (as os.path.exists() would say): nothing to protect
+                    at = _inside(root, m.target, "dir" if is_dir else "file", False, "mount target")
+                except BaseException:
+                    os.close(fd)
+                    raise
+                _attach(fd, at, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if m.read_only else 0))
+        for p in fs.masked_paths:
+            try:
+                at = _inside(root, p, None, True, "masked path")
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            raise
-        _sys.mount_setattr(p, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=True)
-    _sys.mount_setattr("/dev", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=False)
+            if stat.S_ISDIR(os.fstat(at).st_mode):
+                tree = _sys.fsmount("tmpfs", (("size", "4k"), ("mode", "0555"), ("ro", None)),
+                                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC)
+                _attach(tree, at)
+            else:
+                _attach(_sys.open_tree("/dev/null", recursive=False), at)
+        for p in fs.readonly_paths:
+            try:
+                at = _inside(root, p, None, True, "read-only path")
+            except OSError as e:
+                if e.errno in _MISSING:    # absent (as os.path.exists() would say): nothing to protect
+                    continue
+                raise
+            try:
+                tree = _sys.open_tree(at)
+            except BaseException:
+                os.close(at)
+                raise
+            _attach(tree, at, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+    finally:
+        os.close(root)
+    while _DEV:
+        dev = _DEV.pop()
+        try:
+            _sys.mount_setattr(dev, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC, recursive=False)
+        finally:
+            os.close(dev)
     if fs.read_only:
         _sys.mount_setattr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, recursive=False)
