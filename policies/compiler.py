@@ -162,7 +162,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     if in_gid == "caller":
         in_gid = gid
     fs = _filesystem(d.get("filesystem", {}), ov, loc)
-    in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid)
+    in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
     uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc) if ns.user else ()
     gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc) if ns.user else ()
     if ns.user:
@@ -238,23 +238,30 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     return Compiled(plan, doc)
 
 
-def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int) -> tuple:
+def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int, caller: int) -> tuple:
     """--user (else the image's config User) and --group-add, names resolved in the sandbox's root
-    (policies/users.py): (uid, gid, supplementary groups)."""
+    (policies/users.py): (uid, gid, supplementary groups). A rootless caller's namespace denies
+    setgroups: --group-add is refused, the user's memberships in /etc/group are not taken."""
+    if caller != 0 and ov.group_add:
+        raise ProfileError("--group-add: supplementary groups need a root caller (an unprivileged "
+                           "caller's user namespace denies setgroups)")
     from . import users
     spec = ov.user or None
     db = None
     if spec is not None or ov.group_add or fs.image:
         db = ov.user_db(fs) if ov.user_db is not None else None
+    label = "--user"
     if spec is None and fs.image and db is not None:
         spec = getattr(db, "image_user", None) or None    # Docker: the image's User is the default
+        label = "the image's User"
     if spec is None and not ov.group_add:
         return in_uid, in_gid, ()
     where = getattr(db, "where", "the sandbox's root")
-    r_uid, r_gid, groups = users.resolve(spec, tuple(ov.group_add), db.read if db is not None else None, where)
+    r_uid, r_gid, groups = users.resolve(spec, tuple(ov.group_add), db.read if db is not None else None,
+                                         where, label)
     if r_uid is not None:
         in_uid, in_gid = r_uid, r_gid
-    return in_uid, in_gid, groups
+    return in_uid, in_gid, groups if caller == 0 else ()
 
 
 def _check_mapped(in_uid: int, in_gid: int, groups: tuple, uid_map, gid_map, caller: int, user_d, loc) -> None:

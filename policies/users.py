@@ -54,13 +54,13 @@ def group_entries(text: Optional[bytes]) -> list[tuple[str, int, tuple[str, ...]
 
 
 def resolve(spec: Optional[str], group_add: tuple, db: Optional[Callable[[str], Optional[bytes]]],
-            where: str) -> tuple[Optional[int], Optional[int], tuple[int, ...]]:
+            where: str, label: str = "--user") -> tuple[Optional[int], Optional[int], tuple[int, ...]]:
     """(uid, gid, supplementary groups) for `--user spec` and `--group-add`, as Docker resolves them:
     a name is looked up in the root's passwd (its gid unless one is given); a number needs no entry
     (gid: the entry's when there is one, else the uid, as pysandbox did before); the user's
     supplementary groups come from the root's group file, then every --group-add (name or number).
     uid/gid None: no --user. `db(name)` returns the root's /etc/NAME (bytes, bounded) or None;
-    `where` names the root in messages. Raises ProfileError (exit 2)."""
+    `where` names the root in messages, `label` where spec came from. Raises ProfileError (exit 2)."""
     cache: dict = {}
 
     def read(name):
@@ -73,25 +73,25 @@ def resolve(spec: Optional[str], group_add: tuple, db: Optional[Callable[[str], 
     groups: list[int] = []
     if spec is not None:
         if not spec or len(spec) > MAX_SPEC or spec.count(":") > 1:
-            raise ProfileError(f"--user: expected NAME|UID[:GROUP|GID], got {spec!r}")
+            raise ProfileError(f"{label}: expected NAME|UID[:GROUP|GID], got {spec!r}")
         u, _, g = spec.partition(":")
         if not u or (":" in spec and not g):
-            raise ProfileError(f"--user: expected NAME|UID[:GROUP|GID], got {spec!r}")
+            raise ProfileError(f"{label}: expected NAME|UID[:GROUP|GID], got {spec!r}")
         pw = passwd_entries(read("passwd"))
         if u.isdigit():
             uid = _num(u)
             if uid is None:
-                raise ProfileError(f"--user: uid {u} is out of range (0-{MAX_ID})")
+                raise ProfileError(f"{label}: uid {u} is out of range (0-{MAX_ID})")
             hit = next((e for e in pw if e[1] == uid), None)
         else:
             hit = next((e for e in pw if e[0] == u), None)
             if hit is None:
-                raise ProfileError(f"--user {spec}: no user {u!r} in {where}/etc/passwd")
+                raise ProfileError(f"{label} {spec}: no user {u!r} in {where}/etc/passwd")
             uid = hit[1]
         if hit is not None:
             user_name = hit[0]
         if g:
-            gid = _group(g, read, where, "--user")
+            gid = _group(g, read, where, label)
         else:
             gid = hit[2] if hit is not None else uid
         if user_name is not None:        # the user's supplementary groups (Docker: from /etc/group)

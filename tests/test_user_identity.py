@@ -102,10 +102,15 @@ def test_group_add(root_runner):
 
 
 def test_group_add_rootless_is_refused(user_runner):
-    """Rootless: only the caller's gid is mapped, and setgroups is denied in its namespace."""
-    r = user_runner("run", "--group-add", "1234", "--", "/bin/true")
-    assert r.returncode == 2, r
-    assert "gid 1234 is not mapped by gid_map" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    """Rootless: setgroups is denied in the caller's namespace — refused at compile time, one line,
+    nothing launched; a named user's memberships in /etc/group are simply not taken."""
+    for g in ("1234", str(user_runner.gid)):
+        r = user_runner("run", "--group-add", g, "--", "/bin/true")
+        assert r.returncode == 2, r
+        assert r.stderr == ("pysandbox: --group-add: supplementary groups need a root caller (an unprivileged "
+                            "caller's user namespace denies setgroups)\n"), r
+    r = user_runner("run", "-u", "nobody", "--", "/bin/sh", "-c", "id -G")   # no error: just none
+    assert r.returncode == 0 and r.stdout == "65534\n", r
 
 
 def test_profile_uid_1000_with_a_range_map(root_runner, tmp_profile):
@@ -277,7 +282,7 @@ def test_image_passwd_symlink_stays_in_the_image(user_img):
     runner, env = user_img
     r = runner("run", "--image", "ident-evil:test", "--", "/bin/true", env=env)
     assert r.returncode == 2, r
-    assert r.stderr.strip() == "pysandbox: --user cloudsdk: no user 'cloudsdk' in image ident-evil:test:/etc/passwd", r
+    assert r.stderr.strip() == "pysandbox: the image's User cloudsdk: no user 'cloudsdk' in image ident-evil:test:/etc/passwd", r
 
 
 def test_setuid_gains_privileges_only_without_no_new_privs(user_img):
@@ -402,3 +407,26 @@ def test_api(who, delegated_cgroups):
         ids = text.split()
         assert ids[:2] == ["65534", "4"] and set(ids[2:]) == {"4", "29"}, text
     assert out["bad"] == "--user no-such-user-ident: no user 'no-such-user-ident' in /etc/passwd", out
+
+
+# --- the parser of the root's passwd/group (pure: untrusted text) ----------------------------------
+
+def test_passwd_and_group_parsing_is_bounded_and_lenient():
+    from policies import users
+    from policies.errors import ProfileError
+    passwd = (b"# comment\nroot:x:0:0:root:/root:/bin/sh\nbroken\nbad:x:notanumber:1::/:/bin/sh\n"
+              b"huge:x:99999999999:1::/:/bin/sh\n\xff\xfe:x:5:5::/:\napp:x:1234:4321::/:/bin/sh\n")
+    group = b"grp:x:4321:\nextra:x:77:app,other\nnomembers:x:78\n"
+    db = {"passwd": passwd, "group": group}.get
+    assert users.resolve("app", (), db, "") == (1234, 4321, (77,))
+    assert users.resolve("1234", ("extra", "9"), db, "") == (1234, 4321, (77, 9))
+    assert users.resolve("4242", (), db, "") == (4242, 4242, ())
+    for bad in ("huge", "bad", "", "a:b:c", "x" * 300, "1:", "99999999999"):
+        with pytest.raises(ProfileError):
+            users.resolve(bad, (), db, "")
+    many = b"".join(b"g%d:x:%d:app\n" % (i, 1000 + i) for i in range(100))
+    with pytest.raises(ProfileError, match="at most 64"):
+        users.resolve("app", (), {"passwd": passwd, "group": many}.get, "")
+    lines = b"x:x:1:1::/:\n" * (users.MAX_LINES + 10) + b"late:x:9:9::/:\n"
+    with pytest.raises(ProfileError, match="no user 'late'"):          # past the line bound: not read
+        users.resolve("late", (), {"passwd": lines}.get, "")
