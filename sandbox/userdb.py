@@ -24,11 +24,14 @@ _RESOLVE = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS
 def _read_in_root(root_fd: int, rel: str) -> tuple[Optional[bytes], bool]:
     """(content, stop): content None when absent; stop when this layer hides lower ones (a whiteout
     of the file, or an opaque directory on its way)."""
-    try:
-        fd = _sys.openat2(root_fd, rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
-                          resolve=_RESOLVE)
+    try:                                        # (symlinks followed inside this root only)
+        fd = _sys.openat2(root_fd, rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, resolve=_RESOLVE)
     except OSError:
-        return None, _opaque(root_fd, os.path.dirname(rel))
+        try:                                    # the entry exists (a dangling or looping link): it
+            os.close(_sys.openat2(root_fd, rel, _sys.O_PATH | os.O_NOFOLLOW, resolve=_RESOLVE))
+            return None, True                   # hides the lower layers' file, as overlay would
+        except OSError:
+            return None, _opaque(root_fd, os.path.dirname(rel))
     try:
         st = os.fstat(fd)
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:

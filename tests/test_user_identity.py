@@ -430,3 +430,26 @@ def test_passwd_and_group_parsing_is_bounded_and_lenient():
     lines = b"x:x:1:1::/:\n" * (users.MAX_LINES + 10) + b"late:x:9:9::/:\n"
     with pytest.raises(ProfileError, match="no user 'late'"):          # past the line bound: not read
         users.resolve("late", (), {"passwd": lines}.get, "")
+
+
+def test_userdb_reads_inside_a_directory_root(shared_tmp):
+    """root: {path: DIR}: DIR/etc/passwd is read through DIR (openat2 RESOLVE_IN_ROOT): an absolute
+    symlink or one climbing out with .. resolves inside DIR, never to the host's file; a FIFO is not
+    read (no hang); the compiler's --user takes it."""
+    from types import SimpleNamespace
+    from policies.compiler import Overrides, compile_profile
+    from sandbox.userdb import UserDB
+    root = shared_tmp / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "real").write_bytes(b"appuser:x:4242:4343::/:/bin/sh\n")
+    os.symlink("/../../../etc/real", root / "etc" / "passwd")          # inside DIR: DIR/etc/real
+    os.symlink("/../../../../../etc/hostname", root / "etc" / "group")  # DIR/etc/hostname: absent
+    db = UserDB(SimpleNamespace(image=None, root=str(root)))
+    assert db.read("passwd") == b"appuser:x:4242:4343::/:/bin/sh\n"
+    assert db.read("group") is None                                     # not the host's /etc/hostname
+    os.mkfifo(root / "etc" / "fifo")
+    assert db.read("fifo") is None
+    prof = shared_tmp / "dirroot.yaml"
+    prof.write_text(f"version: 1\nextends: strict\nfilesystem: {{root: {{path: {root}}}}}\n")
+    plan = compile_profile(str(prof), Overrides(user="appuser", user_db=UserDB), caller_uid=0, caller_gid=0).plan
+    assert (plan.user.uid, plan.user.gid) == (4242, 4343)
