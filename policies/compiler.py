@@ -71,8 +71,12 @@ class Overrides:
     security_opt: tuple = ()
     image: Optional[str] = None
     keep: bool = False
-    user: Optional[str] = None   # "UID[:GID]" inside
+    user: Optional[str] = None   # "NAME|UID[:GROUP|GID]" inside
     profile_path: tuple = ()     # further directories `extends:` paths / seccomp.import may resolve into
+    group_add: tuple = ()        # supplementary groups inside: names or GIDs
+    # the sandbox layer's reader of the root's /etc/passwd and /etc/group (sandbox/userdb.py):
+    # user_db(filesystem) -> object with .read(name) -> bytes|None, .where, .image_user
+    user_db: Optional[object] = field(default=None, compare=False, repr=False)
     cwd_for_paths: str = field(default_factory=os.getcwd)
 
 
@@ -161,22 +165,16 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         in_uid = uid
     if in_gid == "caller":
         in_gid = gid
-    if ov.user:
-        try:
-            parts = ov.user.split(":")
-            in_uid = int(parts[0])
-            in_gid = int(parts[1]) if len(parts) > 1 else in_uid
-        except ValueError:
-            raise ProfileError(f"--user: expected UID[:GID] as numbers, got {ov.user!r}") from None
+    fs = _filesystem(d.get("filesystem", {}), ov, loc)
+    in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
     uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
                      owned_ids) if ns.user else ()
     gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
                      owned_ids) if ns.user else ()
     if ns.user:
-        for what, val, m in (("uid", in_uid, uid_map), ("gid", in_gid, gid_map)):
-            if not any(e.inside <= val < e.inside + e.count for e in m):
-                err(f"user.{what} {val} is not mapped by user.{what}_map", ("user", what))
-    user = P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map)
+        _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
+                      user_d if not (ov.user or fs.image) else {}, loc)
+    user = P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map, groups=groups)
 
     # --- capabilities -------------------------------------------------------
     caps_d = d.get("capabilities", {"drop": ["ALL"]})
@@ -221,9 +219,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     seccomp = compile_seccomp(seccomp_section, capabilities=frozenset(capabilities), locate=loc,
                               kernel=kernel)
 
-    # --- filesystem ---------------------------------------------------------
-    fs = _filesystem(d.get("filesystem", {}), ov, loc)
-
+    # --- filesystem: see the user section (the root's /etc/passwd names users) -------------
     # --- process ------------------------------------------------------------
     proc = _process(d.get("process", {}), ov, loc)
 
@@ -246,6 +242,54 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                   filesystem=fs, process=proc, network=net, limits=limits,
                   landlock=bool(d.get("landlock", False)))
     return Compiled(plan, doc)
+
+
+def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int, caller: int) -> tuple:
+    """--user (else the image's config User) and --group-add, names resolved in the sandbox's root
+    (policies/users.py): (uid, gid, supplementary groups). A rootless caller's namespace denies
+    setgroups: --group-add is refused, the user's memberships in /etc/group are not taken."""
+    if caller != 0 and ov.group_add:
+        raise ProfileError("--group-add: supplementary groups need a root caller (an unprivileged "
+                           "caller's user namespace denies setgroups)")
+    from . import users
+    spec = ov.user or None
+    db = None
+    if spec is not None or ov.group_add or fs.image:
+        db = ov.user_db(fs) if ov.user_db is not None else None
+    label = "--user"
+    if spec is None and fs.image and db is not None:
+        spec = getattr(db, "image_user", None) or None    # Docker: the image's User is the default
+        label = "the image's User"
+    if spec is None and not ov.group_add:
+        return in_uid, in_gid, ()
+    where = getattr(db, "where", "the sandbox's root")
+    r_uid, r_gid, groups = users.resolve(spec, tuple(ov.group_add), db.read if db is not None else None,
+                                         where, label)
+    if r_uid is not None:
+        in_uid, in_gid = r_uid, r_gid
+    return in_uid, in_gid, groups if caller == 0 else ()
+
+
+def _check_mapped(in_uid: int, in_gid: int, groups: tuple, uid_map, gid_map, caller: int, user_d, loc) -> None:
+    """Every id the program takes is mapped in its user namespace (else setresuid fails with
+    EINVAL, or files come out EOVERFLOW at launch); a root caller's set-up runs as the namespace's
+    root, so a map must hold inside 0 too (a rootless caller's set-up runs as itself)."""
+    for what, ids, m in (("uid", (in_uid,), uid_map), ("gid", (in_gid,), gid_map), ("gid", groups, gid_map)):
+        for val in ids:
+            if not any(e.inside <= val < e.inside + e.count for e in m):
+                path = ("user", what) if what in user_d else ("user", f"{what}_map")
+                raise ProfileError(f"{what} {val} is not mapped by {what}_map ({_show_map(m)}): map it, "
+                                   f"or choose another --user", loc(path))
+    if caller == 0:
+        for what, m in (("uid", uid_map), ("gid", gid_map)):
+            if not any(e.inside == 0 for e in m):
+                raise ProfileError(f"{what} 0 is not mapped by {what}_map ({_show_map(m)}): the sandbox is set up "
+                                   f"as root of its user namespace; add an entry for inside 0",
+                                   loc(("user", f"{what}_map")))
+
+
+def _show_map(m) -> str:
+    return ", ".join(f"{e.inside}->{e.outside} x{e.count}" for e in m) or "empty"
 
 
 def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) -> tuple:

@@ -278,8 +278,51 @@ def cap_permitted() -> int:
     return data[1] | data[4] << 32
 
 
+def capget() -> tuple[int, int, int]:
+    """The calling thread's (permitted, effective, inheritable) sets as 64-bit masks."""
+    hdr, data = _CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    return (data[1] | data[4] << 32, data[0] | data[3] << 32, data[2] | data[5] << 32)
+
+
 def ambient_raise(cap: int) -> None:
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0), "prctl(PR_CAP_AMBIENT_RAISE)")
+
+
+# --- capability sets, raw (python-prctl knows capabilities only up to 37; Linux 6.x has 40) ---
+PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
+_LAST_CAP: list = []
+
+
+def cap_last_cap() -> int:
+    """The kernel's last capability (/proc/sys/kernel/cap_last_cap; read once per process, before
+    any pivot_root: the launcher calls it on import of sandbox.capabilities)."""
+    if not _LAST_CAP:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+                _LAST_CAP.append(int(f.read(16)))
+        except (OSError, ValueError):
+            _LAST_CAP.append(40)
+    return _LAST_CAP[0]
+
+
+def capbset_drop(cap: int) -> None:
+    _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "capbset_drop")
+
+
+def set_keepcaps(on: bool) -> None:
+    _check(_libc.prctl(PR_SET_KEEPCAPS, 1 if on else 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def capset(permitted: int, effective: int, inheritable: int) -> None:
+    """The calling thread's permitted/effective/inheritable sets, as 64-bit masks (capset, v3)."""
+    hdr, data = _CapHeader(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    for i in range(2):
+        data[3 * i] = effective >> (32 * i) & 0xFFFFFFFF
+        data[3 * i + 1] = permitted >> (32 * i) & 0xFFFFFFFF
+        data[3 * i + 2] = inheritable >> (32 * i) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
 
 
 # --- openat2 (RESOLVE_IN_ROOT: resolve a path as if dirfd were "/", symlinks included) -----

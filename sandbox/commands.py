@@ -69,7 +69,10 @@ def _overrides_options(f):
         click.option("-e", "--env", multiple=True, metavar="K=V|K", help="Set or pass an environment variable."),
         click.option("-w", "--workdir", metavar="DIR", help="Working directory inside."),
         click.option("--hostname", metavar="NAME"),
-        click.option("-u", "--user", metavar="UID[:GID]", help="User inside the sandbox."),
+        click.option("-u", "--user", metavar="NAME|UID[:GROUP|GID]",
+                     help="User inside the sandbox (names from the root's /etc/passwd; default: the image's User)."),
+        click.option("--group-add", "group_add", multiple=True, metavar="GROUP|GID",
+                     help="Supplementary group inside the sandbox."),
         click.option("--network", "--net", "network", metavar="none|host|NAME"),
         click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOSTPORT:PORT[/proto]"),
         click.option("--timeout", type=float, metavar="SECONDS", help="Kill the whole sandbox after this time."),
@@ -106,7 +109,18 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
-        user=kw["user"], profile_path=kw["profile_path"])
+        user=kw["user"], group_add=kw["group_add"], user_db=_user_db,
+        profile_path=kw["profile_path"])
+
+
+_USER_DBS: list = []            # the ones this compile read (their files: the plan cache's deps)
+
+
+def _user_db(fs):
+    from .userdb import user_db
+    db = user_db(fs)
+    _USER_DBS.append(db)
+    return db
 
 
 def compile_for(kw: dict, argv=()):
@@ -126,6 +140,8 @@ def cache_files(compiled, kw=None) -> list:
         k, _, v = opt.partition("=")
         if k == "seccomp" and v and v != "unconfined":
             files.append(os.path.abspath(v))
+    for db in _USER_DBS:                # --user NAME, --group-add, an image's User
+        files += db.files
     return files
 
 

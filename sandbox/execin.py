@@ -320,6 +320,12 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
         stage = "landlock"
         if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI:
             _sys.landlock_confine()
+        # the program's order (init._exec_program): bounding set while CAP_SETPCAP is effective,
+        # keep caps across the uid change, ids, the other sets (+ CAP_SYS_ADMIN until execve for a
+        # filter without no_new_privs), ambient, no_new_privs, seccomp
+        stage = "capabilities"
+        keep = capabilities.mask(tuple(plan["capabilities"]))
+        capabilities.drop_bounding(keep)
         stage = "identity"
         user = plan["user"]
         uid, gid = user["uid"], user["gid"]
@@ -327,12 +333,12 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
             if not rootless:
                 os.setgroups(list(user.get("groups") or ()))
             if uid != 0:
-                prctl.set_keepcaps(True)
+                _sys.set_keepcaps(True)
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
             prctl.set_pdeathsig(signal.SIGKILL)
         stage = "capabilities"
-        capabilities.apply(tuple(plan["capabilities"]), uid_inside=uid)
+        capabilities.set_sets(keep, uid_inside=uid, seccomp_cap=bool(bpf) and not plan["no_new_privs"])
         if plan["no_new_privs"]:
             prctl.set_no_new_privs(1)
         _sys.close_range_cloexec(3)

@@ -24,7 +24,8 @@ def render(plan) -> str:
     u = plan.user
     maps = lambda m: ", ".join(f"{e.inside}-{e.inside + e.count - 1}->{e.outside}-{e.outside + e.count - 1}"
                                if e.count > 1 else f"{e.inside}->{e.outside}" for e in m) or "(none: host ids)"
-    out.append(f"user         uid {u.uid} gid {u.gid}; uid_map {maps(u.uid_map)}; gid_map {maps(u.gid_map)}")
+    groups = f" groups {','.join(map(str, u.groups))}" if u.groups else ""
+    out.append(f"user         uid {u.uid} gid {u.gid}{groups}; uid_map {maps(u.uid_map)}; gid_map {maps(u.gid_map)}")
     out.append(f"capabilities {' '.join(plan.capabilities) or 'none'}")
     out.append(f"no_new_privs {'yes' if plan.no_new_privs else 'NO'}")
     s = plan.seccomp

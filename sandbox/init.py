@@ -419,12 +419,12 @@ def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd
             if fd >= 0:
                 os.set_inheritable(fd, True)
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
-        permitted = _sys.cap_permitted()
-        caps = [c for c in prctl.ALL_CAPS if permitted >> c & 1]
-        prctl.set_caps((caps, prctl.CAP_INHERITABLE, True),
-                       ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False))
-        for c in caps:
-            _sys.ambient_raise(c)
+        permitted = _sys.cap_permitted()        # (every one to the kernel's last, 38-40 too)
+        dac = 1 << capabilities.CAP_DAC_OVERRIDE | 1 << capabilities.CAP_DAC_READ_SEARCH
+        _sys.capset(permitted, permitted & ~dac, permitted)
+        for c in range(capabilities.LAST + 1):
+            if permitted >> c & 1:
+                _sys.ambient_raise(c)
         cred_bits = (1 if creds[0] else 0) | (2 if creds[1] else 0) | (4 if creds[2] else 0)
         os.execve(init, ["pysandbox-init", "spawn", str(status_w), str(KMSG_LINGER_MS if linger else 0),
                          str(pfd), str(cg), str(program_pid or (2 if ctx.plan.namespaces.pid else 0)), str(notify),
@@ -440,12 +440,13 @@ def _drop_dac_for_exec() -> None:
     its first instruction. (No root in the namespace, e.g. a rootless caller mapped to itself:
     the exec clears every capability but the ambient ones — keep CAP_SETPCAP, which the C program
     needs to empty the bounding set too.)"""
-    dac = ((prctl.CAP_DAC_OVERRIDE, prctl.CAP_DAC_READ_SEARCH), prctl.CAP_EFFECTIVE, False)
+    permitted, effective, inheritable = _sys.capget()
+    dac = 1 << capabilities.CAP_DAC_OVERRIDE | 1 << capabilities.CAP_DAC_READ_SEARCH
     if os.geteuid() == 0:
-        prctl.set_caps(dac)
+        _sys.capset(permitted, effective & ~dac, inheritable)
     else:
-        prctl.set_caps(dac, ((prctl.CAP_SETPCAP,), prctl.CAP_INHERITABLE, True))
-        _sys.ambient_raise(prctl.CAP_SETPCAP)
+        _sys.capset(permitted, effective & ~dac, inheritable | 1 << capabilities.CAP_SETPCAP)
+        _sys.ambient_raise(capabilities.CAP_SETPCAP)
 
 
 def _supervisor_gone(fd: int) -> bool:
@@ -593,18 +594,27 @@ def _exec_program(ctx, err_w: int) -> None:
                                 resource.RLIM_INFINITY if r.hard == -1 else r.hard))
         stage = "cwd"
         os.chdir(plan.process.cwd)
+        # the kernel's order: bounding set (needs CAP_SETPCAP, gone from the effective set at a
+        # change to a non-zero uid) -> keep caps across the uid change -> groups, gid, uid ->
+        # permitted/effective/inheritable -> ambient -> no_new_privs -> seccomp (pid1.c: the same)
+        stage = "capabilities"
+        keep = capabilities.mask(plan.capabilities)
+        capabilities.drop_bounding(keep)
         stage = "identity"
         uid, gid = plan.user.uid, plan.user.gid
         if plan.namespaces.user or not ctx.rootless:
             if not ctx.rootless:
                 _sys.setgroups(list(plan.user.groups))
             if uid != 0:
-                prctl.set_keepcaps(True)
+                _sys.set_keepcaps(True)
             _sys.setresgid(gid, gid, gid)
             _sys.setresuid(uid, uid, uid)
             prctl.set_pdeathsig(signal.SIGKILL)  # cleared by the credential change
         stage = "capabilities"
-        capabilities.apply(plan.capabilities, uid_inside=uid)
+        # without no_new_privs the filter is loaded with CAP_SYS_ADMIN in the namespace (as runc
+        # does), which execve then drops (in neither the bounding nor the inheritable set)
+        capabilities.set_sets(keep, uid_inside=uid,
+                              seccomp_cap=bool(ctx.bpf) and not plan.no_new_privs)
         if plan.no_new_privs:
             prctl.set_no_new_privs(1)
         _sys.close_range_cloexec(3)              # no descriptor of ours survives execve

@@ -516,6 +516,18 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     }
     if (chdir(cwd) < 0)
         fail("cwd", NULL);
+    /* the kernel's order (init._exec_program does the same): the bounding set first, while
+     * CAP_SETPCAP is still effective (a change to a non-zero uid clears the effective set) — every
+     * capability not kept, up to the kernel's last (EINVAL past it) */
+    for (int c = 0; c < 64; c++) {
+        if (keep & (1ULL << c))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break;
+            fail("capabilities", "capbset_drop");
+        }
+    }
     if (flags & P_SET_IDS) {
         if (flags & P_SETGROUPS && syscall(SYS_setgroups, (size_t)ngroups, groups) < 0)
             fail("identity", "setgroups");
@@ -528,21 +540,19 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)       /* cleared by the change */
             fail("identity", "pdeathsig");
     }
-    /* capabilities.apply: the bounding set to `keep`, ambient cleared, permitted = effective =
-     * inheritable = `keep`, and ambient = `keep` for a non-root uid */
-    for (int c = 0; c < 64; c++) {
-        if (keep & (1ULL << c))
-            continue;
-        if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0) {
-            if (errno == EINVAL)
-                break;
-            fail("capabilities", "capbset_drop");
-        }
-    }
+    /* capabilities.set_sets: ambient cleared, permitted = effective = inheritable = `keep`, and
+     * ambient = `keep` for a non-root uid. A seccomp filter without no_new_privs is loaded with
+     * CAP_SYS_ADMIN in the namespace (as runc does): it stays in permitted/effective until execve,
+     * which drops it (it is in neither the bounding nor the inheritable set, root or not) */
+    uint64_t pe = keep;
+    if (bpf_len && !(flags & P_NNP))
+        pe |= 1ULL << CAP_SYS_ADMIN;
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
         fail("capabilities", "prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
-    for (int i = 0; i < 2; i++)
-        cap[i].permitted = cap[i].effective = cap[i].inheritable = (uint32_t)(keep >> (32 * i));
+    for (int i = 0; i < 2; i++) {
+        cap[i].permitted = cap[i].effective = (uint32_t)(pe >> (32 * i));
+        cap[i].inheritable = (uint32_t)(keep >> (32 * i));
+    }
     if (syscall(SYS_capset, &hdr, cap) < 0)
         fail("capabilities", "capset");
     if (uid != 0)
