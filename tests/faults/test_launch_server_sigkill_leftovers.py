@@ -1,0 +1,60 @@
+"""Issue 18 item 6, the Python API: the launch server (sandbox/zygote.py) SIGKILLed while it
+supervises a sandbox. Its sandboxes die with it (PDEATHSIG), and the next command of any kind
+(`pysandbox ps`) removes their cgroup leaves and registry records; nothing of the server's session
+(template, spare PID 1s, sandboxes) is left; a new launch server starts and runs the next sandbox.
+The server's pid comes from the API's client object; the sandbox's id from the registry record the
+server wrote (owner = the server) before creating its cgroup. As root (the API as another user is
+the same code under that user's state dir)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+from faults_helpers import cgroup_leaves, new_record, pids_alive, records, sigkill, wait_for
+
+
+def _session(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=,stat=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [int(l.split()[0]) for l in out.splitlines() if l.split() and not l.split()[1].startswith("Z")]
+
+
+def test_launch_server_sigkill_leaves_nothing(root_runner):
+    from sandbox import api, zygote
+    sb = api.Sandbox("strict", memory="64m", audit=False)
+    assert sb.run(["/bin/true"]).exit_code == 0                   # server up, template and spares made
+    client = zygote.Client.get()
+    server = client.proc.pid
+    before = records(root_runner)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", sb.run(["/bin/sleep", "60"])), daemon=True)
+    t.start()
+    got = new_record(root_runner, before, owner=server)
+    assert got, "the launch server did not register the sandbox's resources"
+    sid = got[0]
+
+    def program():
+        for leaf in cgroup_leaves(root_runner, sid):
+            try:
+                with open(os.path.join(leaf, "cgroup.procs")) as f:
+                    pids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            if any(os.path.exists(f"/proc/{p}/exe") and os.readlink(f"/proc/{p}/exe").endswith("sleep")
+                   for p in pids if pids_alive(p)):
+                return pids
+        return None
+    procs = wait_for(program)
+    assert procs, "the sandbox never ran"
+    sigkill(server)
+    t.join(30)
+    assert not t.is_alive()
+    assert out["r"].exit_code == 125 and "launch server" in (out["r"].message or ""), out["r"]
+    r = root_runner("ps")                                          # the next command, of any kind
+    assert r.returncode == 0, r
+    assert sid not in records(root_runner)
+    assert cgroup_leaves(root_runner, sid) == []
+    assert wait_for(lambda: not pids_alive(*procs) and not _session(server), 10), (pids_alive(*procs), _session(server))
+    # the API goes on: a new launch server runs the next sandbox
+    assert sb.run(["/bin/true"]).exit_code == 0
+    assert zygote.Client.get().proc.pid != server
