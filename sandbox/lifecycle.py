@@ -12,8 +12,17 @@
     (PID 1's first child), records it and tells the waiting CLI, which prints the name and exits 0. When the sandbox ends the state says `exited` with the exit code (`--rm`: the state
     directory is removed).
 
-Status shown by `ps`: running | exited (CODE) | dead (the supervisor vanished without recording an
-exit, e.g. SIGKILL; `rm` cleans up what it left: processes, cgroups, state).
+Status shown by `ps`: starting | running | exited (CODE) | dead (the supervisor vanished without
+recording an exit, e.g. SIGKILL; the next command removes what it left — sandbox/reclaim.py — and
+`rm`/`prune` the state).
+
+Start-up: the CLI registers the sandbox (sandbox/reclaim.py) and creates its state as `starting`
+with the `alive` lock taken before state.json exists, so the entry is never seen dead. `kill` and
+`stop` queue their signal in the state while it is `starting` (`state.queue_signal`, under the
+state lock); the supervisor takes the queue when it records PID 1 (a SIGKILL there aborts the
+launch before PID 1 is released: nothing runs) and again, atomically with the switch to `running`,
+when the program runs (then PID 1 gets them at once). `rm` refuses a starting sandbox (exit 1);
+`rm -f` kills it through the queue and waits for its supervisor.
 """
 from __future__ import annotations
 
