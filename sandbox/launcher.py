@@ -340,8 +340,12 @@ class Launch:
             return
         from . import reclaim
         try:
-            self.registered = reclaim.register(self.sandbox_id, rootless=rootless, cgroup=plan.limits.any(),
-                                               network=net, overlay=overlay, name=self.name)
+            # a detached sandbox's supervisor registered it already (its state): merged, and that
+            # record stays its own to remove
+            ours = not os.path.lexists(reclaim.record_path(self.sandbox_id, rootless))
+            path = reclaim.register(self.sandbox_id, rootless=rootless, cgroup=plan.limits.any(),
+                                    network=net, overlay=overlay, name=self.name)
+            self.registered = path if ours else None
         except OSError as e:
             raise LaunchError(f"state: cannot record the sandbox's resources for their clean-up: "
                               f"{e.strerror or e}") from None

@@ -93,7 +93,10 @@ def register(sandbox_id: str, *, rootless: bool, owner: Optional[tuple] = None, 
         raise RegistryError(e.errno, f"{d}: {e.strerror}") from None
     path = os.path.join(d, f"{sandbox_id}.{pid}.{start}")
     import json
-    data = json.dumps({k: v for k, v in what.items() if v}, separators=(",", ":")).encode()
+    old = _read(path) if os.path.lexists(path) else None     # the same owner registering more: merged
+    merged = dict(old or {})
+    merged.update({k: v for k, v in what.items() if v})
+    data = json.dumps(merged, separators=(",", ":")).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
@@ -106,6 +109,12 @@ def register(sandbox_id: str, *, rootless: bool, owner: Optional[tuple] = None, 
             os.unlink(path)
         raise RegistryError(e.errno, f"{path}: {e.strerror}") from None
     return path
+
+
+def record_path(sandbox_id: str, rootless: bool) -> str:
+    """This process's record of sandbox_id (which may not exist)."""
+    pid, start = _self_identity()
+    return os.path.join(owners_dir(rootless), f"{sandbox_id}.{pid}.{start}")
 
 
 def unregister(path: Optional[str]) -> None:

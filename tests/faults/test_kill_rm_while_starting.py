@@ -7,8 +7,8 @@ moment `kill`, `stop` and `rm` see it live:
   rm         refused (exit 1, "NAME is starting: stop it first or use rm -f"), as Docker refuses to
              remove a running container; the sandbox goes on and runs;
   rm -f      SIGKILL as above, waits for the supervisor (bounded), removes everything.
-Each action is taken at once after the state entry appears, and 10 ms / 100 ms / 1 s later (the
-start-up phases: supervisor forking, launch, PID 1 cloned, running). As root and rootless."""
+kill is sent at once after the state entry appears, and 10 ms / 100 ms / 1 s later (the start-up
+phases: supervisor forking, launch, PID 1 cloned, running); stop, rm and rm -f at once. As root and rootless."""
 from __future__ import annotations
 
 import os
@@ -18,13 +18,22 @@ import pytest
 
 from faults_helpers import cgroup_leaves, pids_alive, read_state, records, start_cli, state_path, wait_for
 
-CASES = [("kill", d) for d in (0, 0.01, 0.1, 1.0)] + [("kill -s TERM", 0)] \
-    + [("rm -f", d) for d in (0, 0.1)] + [("rm", 0), ("stop -t 5", 0)]
+# kill (SIGKILL: queued, aborts the launch) at each phase; stop (SIGTERM: queued, delivered when the
+# program runs, then SIGKILL after the grace); rm; rm -f
+CASES = [("kill", d) for d in (0, 0.01, 0.1, 1.0)] + [("rm -f", 0), ("rm", 0), ("stop -t 5", 0)]
 
 
 def _status(runner, name):
     st = read_state(runner, name)
     return None if st is None else (st["status"], st.get("exit_code"))
+
+
+def _log(runner, name):
+    try:
+        with open(os.path.join(state_path(runner, name), "supervisor.log")) as f:
+            return f.read()[-2000:]
+    except OSError:
+        return None
 
 
 @pytest.mark.parametrize("action,delay", CASES, ids=[f"{a.replace(' ', '')}-{d}" for a, d in CASES])
@@ -59,11 +68,12 @@ def test_action_at_each_startup_phase(runner, action, delay):
             assert _status(runner, name) is None
         else:
             want = 137 if action == "kill" else 143
-            assert wait_for(lambda: _status(runner, name) == ("exited", want), 15), (phase, _status(runner, name))
+            assert wait_for(lambda: _status(runner, name) == ("exited", want), 30), \
+                (phase, read_state(runner, name), _log(runner, name), out, err)
         assert wait_for(lambda: not pids_alive(st.get("pid1"), st.get("program_pid")), 10)
-        if sid:
+        if sid:                         # the supervisor removes its record just after the exit
+            assert wait_for(lambda: sid not in records(runner), 10)
             assert cgroup_leaves(runner, sid) == []
-            assert sid not in records(runner)
     finally:
         if p.poll() is None:
             p.kill()

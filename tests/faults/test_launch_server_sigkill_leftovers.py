@@ -65,3 +65,50 @@ def test_launch_server_sigkill_leaves_nothing(root_runner, next_cmd):
     # the API goes on: a new launch server runs the next sandbox
     assert sb.run(["/bin/true"]).exit_code == 0
     assert zygote.Client.get().proc.pid != server
+
+
+ROOTLESS_CALLER = r'''
+import threading
+from sandbox.api import Sandbox
+from sandbox import zygote
+sb = Sandbox("strict", memory="64m", audit=False)
+assert sb.run(["/bin/true"]).exit_code == 0
+out = {}
+t = threading.Thread(target=lambda: out.setdefault("r", sb.run(["/bin/sleep", "60"])), daemon=True)
+t.start()
+print(zygote.Client.get().proc.pid, flush=True)
+t.join(60)
+print(out["r"].exit_code, flush=True)
+'''
+
+
+def test_launch_server_sigkill_rootless(user_runner):
+    """The same as the unprivileged user: its own registry, cgroups under its delegation."""
+    import sys
+    from conftest import REPO
+    u = user_runner
+    before = records(u)
+    p = subprocess.Popen([sys.executable, "-c", ROOTLESS_CALLER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, user=u.uid, group=u.gid, extra_groups=[], cwd="/tmp",
+                         env={"PATH": "/usr/bin:/bin", "HOME": u.home, "PYTHONPATH": str(REPO)})
+    try:
+        server = int(p.stdout.readline())
+        got = new_record(u, before, owner=server)
+        assert got, "the launch server did not register the sandbox's resources"
+        sid = got[0]
+        assert wait_for(lambda: any(os.path.getsize(os.path.join(l, "cgroup.procs")) or open(
+            os.path.join(l, "cgroup.procs")).read().strip() for l in cgroup_leaves(u, sid)))
+        sigkill(server)
+        assert p.stdout.readline().strip() == "125"
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    r = u("ps")
+    assert r.returncode == 0, r
+    assert sid not in records(u)
+    assert cgroup_leaves(u, sid) == []
+    assert wait_for(lambda: not _session(server), 10)
+    r = u("run", "--memory", "64m", "--", "/bin/true")            # the legitimate use still works
+    assert r.returncode == 0, r
