@@ -15,7 +15,7 @@ from typing import Optional
 from . import plan as P
 from .errors import ProfileError
 from .loader import Document, load_profile
-from .units import parse_bytes, parse_cpus, parse_rlimit, parse_ulimit
+from .units import MAX_BYTES, parse_bytes, parse_cpus, parse_rlimit, parse_ulimit
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "profile.schema.json"
 
@@ -570,6 +570,10 @@ def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
     if memory is not None and 0 <= memory < 6 * 1024 * 1024:
         raise ProfileError("--memory: minimum memory limit is 6 MiB (Docker's minimum)")
     swap = size("memory_swap", ov.memory_swap, "--memory-swap")
+    if memory is not None and swap is None and 2 * memory > MAX_BYTES:
+        # Docker: --memory alone allows as much swap again (memory+swap = 2 x --memory)
+        raise ProfileError(f"--memory: {memory} is too large without --memory-swap (twice it, the default "
+                           f"memory+swap limit, must be at most {MAX_BYTES} bytes)")
     if swap is not None and swap != -1 and (memory is None or swap < memory):
         raise ProfileError("--memory-swap must be at least --memory (it is memory plus swap), or -1")
     cpuset = ov.cpuset_cpus or l.get("cpuset_cpus")

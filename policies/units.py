@@ -6,6 +6,12 @@ import re
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _MULT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
+# The largest size a kernel limit holds as written: cgroup memory limits are a signed 64-bit count
+# of pages (PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE), so anything above 2**63 - PAGE_SIZE reads back
+# as "unlimited". 64 KiB is the largest page size Linux uses; below this bound every page size reads
+# back what was written (rounded down to a page).
+MAX_BYTES = ((1 << 63) - 1) & ~0xFFFF
+
 
 def parse_bytes(value) -> int:
     """`100m` -> 104857600 (Docker: binary multiples). Integers are bytes. -1 means unlimited."""
@@ -14,12 +20,27 @@ def parse_bytes(value) -> int:
     if isinstance(value, int):
         if value < -1:
             raise ValueError(f"invalid size {value!r}")
-        return value
-    m = _SIZE_RE.match(str(value))
+        return _bounded(value, value)
+    text = str(value)
+    if text.strip() == "-1":
+        return -1
+    m = _SIZE_RE.match(text) if len(text) <= 64 else None
     if not m:
-        raise ValueError(f"invalid size {value!r} (expected e.g. 512k, 100m, 1g)")
-    num, unit = float(m.group(1)), m.group(2).lower()
-    return int(num * _MULT[unit])
+        raise ValueError(f"invalid size {text[:64]!r} (expected e.g. 512k, 100m, 1g)")
+    num, unit = m.group(1), m.group(2).lower()
+    if "." in num:
+        whole, frac = num.split(".")
+        n = int(whole) * _MULT[unit] + (int(frac) * _MULT[unit]) // (10 ** len(frac))
+    else:
+        n = int(num) * _MULT[unit]
+    return _bounded(n, value)
+
+
+def _bounded(n: int, value) -> int:
+    if n > MAX_BYTES:
+        raise ValueError(f"size {value!r} is too large (at most {MAX_BYTES} bytes, 8 EiB - 64 KiB: "
+                         f"the kernel's 64-bit limit)")
+    return n
 
 
 def parse_cpus(value) -> float:

@@ -1225,6 +1225,48 @@ def _parents(layout: Layout, rootless: bool) -> list[str]:
     return out
 
 
+def remove_leftover(sandbox_id: str, *, rootless: Optional[bool] = None, layout: Optional[Layout] = None,
+                    timeout: float = 3.0) -> list[str]:
+    """The leaves of ONE sandbox whose supervisor is known dead (sandbox/reclaim.py): SIGKILL what is
+    still in them (PID 1 dies of PDEATHSIG, but maybe not yet), then remove them. Only
+    `<pysandbox's parent>/<sandbox_id>` is looked at. Returns problems (empty: nothing left)."""
+    if not _ID_RE.match(sandbox_id or ""):
+        return []
+    if rootless is None:
+        rootless = os.geteuid() != 0
+    try:
+        layout = layout or detect()
+    except OSError:
+        return []
+    problems = []
+    for parent in _parents(layout, rootless):
+        path = os.path.join(parent, sandbox_id)
+        deadline = time.monotonic() + timeout
+        while os.path.isdir(path) and not _remove_tree(path):
+            if time.monotonic() > deadline:
+                problems.append(f"cgroup {path}: still busy")
+                break
+            if os.path.exists(os.path.join(path, "freezer.state")):
+                try:
+                    _write(os.path.join(path, "freezer.state"), "THAWED")   # a frozen task takes no SIGKILL
+                except OSError:
+                    pass
+            killfile = os.path.join(path, "cgroup.kill")
+            if os.path.exists(killfile):
+                try:
+                    _write(killfile, "1")
+                except OSError:
+                    pass
+            for root, _dirs, _files in os.walk(path):
+                for pid in _procs(root):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            time.sleep(0.01)
+    return problems
+
+
 def reclaim_stale(min_age: float = 2.0, *, rootless: Optional[bool] = None,
                   layout: Optional[Layout] = None) -> list[str]:
     """Remove sandbox cgroups under pysandbox's own parents whose supervisor is gone (no flock held)

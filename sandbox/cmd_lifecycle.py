@@ -1,7 +1,10 @@
 """CLI: ps, inspect, logs, top, stats, stop, kill, rm, exec (named/detached sandboxes).
 
-Exit codes: 0 ok; 1 no such sandbox / not running / clean-up problem; 2 usage; exec: the
-command's own status (125 cannot join the sandbox, 126/127 cannot execute / not found).
+Exit codes: 0 ok; 1 no such sandbox / not running / clean-up problem / `rm` of a running or
+starting sandbox without -f; 2 usage; exec: the command's own status (125 cannot join the sandbox,
+126/127 cannot execute / not found). `kill`/`stop` of a starting sandbox queue the signal (see
+sandbox/lifecycle.py); `prune` removes leftovers of dead supervisors and every detached sandbox
+that is not running.
 """
 from __future__ import annotations
 
@@ -256,4 +259,18 @@ def exec_cmd(tty, interactive, env, workdir, name, command):
         return _report(e)
 
 
-COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, stop_cmd, kill_cmd, rm_cmd, exec_cmd]
+@click.command("prune")
+def prune_cmd():
+    """Remove what dead supervisors left (processes, cgroups, network endpoints, overlay dirs) and
+    every detached sandbox that is not running (exited or dead): its state and logs."""
+    from . import reclaim
+    try:
+        removed = reclaim.prune()
+    except StateError as e:
+        return _report(e)
+    for n in removed:
+        click.echo(n)
+    return 0
+
+
+COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, stop_cmd, kill_cmd, rm_cmd, exec_cmd, prune_cmd]

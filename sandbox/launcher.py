@@ -204,6 +204,7 @@ class Launch:
         self.supervision = supervision
         self.console = console
         self.cg = self.net = self.sup = self.ctx = None
+        self.registered = None   # sandbox/reclaim.py: our record of what this launch creates on the host
         self.pid = None
         self.pidfd = -1
         self.deadline = None
@@ -312,6 +313,7 @@ class Launch:
             except (OSError, ValueError) as e:
                 raise LaunchError(f"seccomp: {e}") from None
             ctx.bpf, ctx.notify_sock, ctx.seccomp_log = self.sup.bpf, self.sup.child_sock, self.sup.log_flag
+        self._register(plan, rootless)
         if plan.limits.any():
             from . import cgroups
             global _RECLAIMED
@@ -336,6 +338,29 @@ class Launch:
                 ctx.hosts_file = self.net.hosts_path
         if needs_image(plan):
             _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
+
+    def _register(self, plan, rootless: bool) -> None:
+        """Record what this launch is about to create on the host, before creating it, owned by this
+        process (pid + start time): if it is SIGKILLed, the next pysandbox command of any kind
+        removes it (sandbox/reclaim.py). Nothing to record for a sandbox that creates nothing there."""
+        net = plan.network.mode if plan.network.mode not in ("none", "host") else None
+        overlay = None
+        if plan.filesystem.image:
+            from .images import state_dir
+            overlay = state_dir(rootless)
+        if not (plan.limits.any() or net or overlay):
+            return
+        from . import reclaim
+        try:
+            # a detached sandbox's supervisor registered it already (its state): merged, and that
+            # record stays its own to remove
+            ours = not os.path.lexists(reclaim.record_path(self.sandbox_id, rootless))
+            path = reclaim.register(self.sandbox_id, rootless=rootless, cgroup=plan.limits.any(),
+                                    network=net, overlay=overlay, name=self.name)
+            self.registered = path if ours else None
+        except OSError as e:
+            raise LaunchError(f"state: cannot record the sandbox's resources for their clean-up: "
+                              f"{e.strerror or e}") from None
 
     def expire(self) -> None:
         """The deadline passed: kill the whole sandbox (finish() then reports exit 124)."""
@@ -452,6 +477,10 @@ class Launch:
                                                  "address and MAC)"})
         if sup is not None:
             result.events.extend(sup.integrity())     # audit: post-exit integrity checks (audit/integrity.py)
+        if self.registered:                           # everything above is removed: forget it
+            from . import reclaim
+            reclaim.unregister(self.registered)
+            self.registered = None
 
     def _ending(self) -> None:
         result, plan = self.result, self.plan

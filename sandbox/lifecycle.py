@@ -12,11 +12,21 @@
     (PID 1's first child), records it and tells the waiting CLI, which prints the name and exits 0. When the sandbox ends the state says `exited` with the exit code (`--rm`: the state
     directory is removed).
 
-Status shown by `ps`: running | exited (CODE) | dead (the supervisor vanished without recording an
-exit, e.g. SIGKILL; `rm` cleans up what it left: processes, cgroups, state).
+Status shown by `ps`: starting | running | exited (CODE) | dead (the supervisor vanished without
+recording an exit, e.g. SIGKILL; the next command removes what it left — sandbox/reclaim.py — and
+`rm`/`prune` the state).
+
+Start-up: the CLI registers the sandbox (sandbox/reclaim.py) and creates its state as `starting`
+with the `alive` lock taken before state.json exists, so the entry is never seen dead. `kill` and
+`stop` queue their signal in the state while it is `starting` (`state.queue_signal`, under the
+state lock); the supervisor takes the queue when it records PID 1 (a SIGKILL there aborts the
+launch before PID 1 is released: nothing runs) and again, atomically with the switch to `running`,
+when the program runs (then PID 1 gets them at once). `rm` refuses a starting sandbox (exit 1);
+`rm -f` kills it through the queue and waits for its supervisor.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -119,20 +129,42 @@ def run_detached(plan, bpf, argv, runopts) -> int:
     sid = os.urandom(6).hex()
     name = runopts.get("name") or f"sbx-{sid}"
     argv = tuple(argv) if argv else tuple(plan.process.argv)
+    from . import reclaim
     try:
-        d = state.create(name, {
-            "name": name, "id": sid, "status": "created", "created": state.now(), "profile": plan.name,
+        state.check_name(name)
+        # registered before it exists: a `run -d` killed at any point leaves nothing the next
+        # command does not remove (sandbox/reclaim.py)
+        rec = reclaim.register(sid, rootless=os.geteuid() != 0, name=name)
+    except StateError as e:
+        _err(f"pysandbox: {e}")
+        return e.code
+    except OSError as e:
+        _err(f"pysandbox: state directory: {e.strerror or e}")
+        return 125
+    try:
+        d, alive_fd = state.create(name, {
+            "name": name, "id": sid, "status": "starting", "created": state.now(), "profile": plan.name,
             "argv": list(argv), "rootless": os.geteuid() != 0, "auto_remove": bool(runopts.get("rm")),
             "plan": plan.to_dict(), "supervisor_pid": None, "pid1": None, "program_pid": None,
             "namespaces": {}, "cgroups": [], "exit_code": None, "message": None,
             "stdout_log": None, "stderr_log": None, "audit_log": None,
         })
     except StateError as e:
+        reclaim.unregister(rec)
         _err(f"pysandbox: {e}")
         return e.code
     except OSError as e:
+        reclaim.unregister(rec)
         _err(f"pysandbox: state directory: {e.strerror}")
         return 125
+    try:
+        return _start_detached(name, sid, d, plan, bpf, argv, runopts)
+    finally:
+        os.close(alive_fd)      # the supervisor holds `alive` by now (or it failed and cleaned up)
+        reclaim.unregister(rec)
+
+
+def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
     exec_bpf = b""
     if plan.seccomp.enabled:
         try:
@@ -143,7 +175,7 @@ def run_detached(plan, bpf, argv, runopts) -> int:
                 state.write_private(name, "seccomp-notify.bpf", notify_bpf)
         except (OSError, ValueError) as e:
             state.remove(name)
-            _err(f"pysandbox: seccomp: {e}")
+            _err(f"pysandbox: seccomp: {getattr(e, 'strerror', None) or e}")
             return 125
     r, w = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -305,6 +337,8 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         out = os.open(os.path.join(d, "stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         err = os.open(os.path.join(d, "stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         state.hold_alive(name)                   # kept open for the supervisor's (and PID 1's) lifetime
+        from . import reclaim
+        own_rec = reclaim.register(sid, rootless=os.geteuid() != 0, name=name)   # the CLI's record goes
         from audit.session import open_session
         sess = open_session(sid, name, plan.name, log_path=runopts.get("audit_log"), summary=False)
         state.update(name, status="starting", supervisor_pid=os.getpid(),
@@ -321,10 +355,16 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     def on_event(etype, **fields):
         if etype == "sandbox_start":
             pid1[0] = fields["pid"]
+            queued = []
             try:
-                _record_start(name, sid, fields["pid"], tell, fields.get("cgroups"))
+                queued = _record_start(name, sid, fields["pid"], tell, fields.get("cgroups"))
             except Exception as e:                # noqa: BLE001 - never break the launch over state
                 print(f"pysandbox: state of {name}: {e}", file=sys.stderr)
+            if signal.SIGKILL in queued:          # `kill`/`rm -f` while starting: nothing runs
+                sess.emit(etype, **fields)
+                from .launcher import LaunchError
+                raise LaunchError(f"{name} was killed while starting (SIGKILL before its program ran)",
+                                  code=128 + signal.SIGKILL)
         return sess.emit(etype, **fields)
 
     def kill_sandbox() -> None:                   # a kill rule hit by an exec'd command
@@ -369,9 +409,11 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     else:
         tell(f"ERR {code} {message or 'pysandbox: the sandbox could not be started'}")
         state.remove(name)
+        reclaim.unregister(own_rec)
         os._exit(code)
     if runopts.get("rm"):
         state.remove(name)
+    reclaim.unregister(own_rec)
     os._exit(0)
 
 
@@ -402,12 +444,14 @@ def _record_start(name: str, sid: str, pid1: int, tell, cgroups=None) -> None:
     st1 = state.proc_starttime(pid1)
     ns, ns_dev = ns_identities(pid1)
     cgs = list(cgroups) if cgroups is not None else sandbox_cgroups(pid1, sid)
-    state.update(name, pid1=pid1, pid1_start=st1, namespaces=ns, namespaces_dev=ns_dev, cgroups=cgs,
-                 started=state.now())
-    threading.Thread(target=_watch_ready, args=(name, pid1, st1, tell), daemon=True).start()
+    queued = state.take_signals(name, pid1=pid1, pid1_start=st1, namespaces=ns, namespaces_dev=ns_dev,
+                                cgroups=cgs, started=state.now())
+    if signal.SIGKILL not in queued:
+        threading.Thread(target=_watch_ready, args=(name, pid1, st1, tell, queued), daemon=True).start()
+    return queued
 
 
-def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
+def _watch_ready(name: str, pid1: int, st1, tell, queued=(), limit: float = 60.0) -> None:
     """Wait until PID 1 has started the program (after its execve), record it, then report
     "running". Its namespaces are kept as `program_namespaces`, for information only: they are
     read after the program started, which may have made new ones by then, so `exec` never uses
@@ -422,10 +466,15 @@ def _watch_ready(name: str, pid1: int, st1, tell, limit: float = 60.0) -> None:
             ns = ns_inodes(prog)
             if "mnt" in ns:
                 try:
-                    state.update(name, _only_if_status=("starting",), status="running", program_pid=prog,
-                                 program_start=state.proc_starttime(prog), program_namespaces=ns)
+                    # running, and the signals `kill` queued while it was starting (atomically: a
+                    # `kill` from now on finds it running and signals PID 1 itself)
+                    queued = list(queued) + state.take_signals(
+                        name, _only_if_status=("starting",), status="running", program_pid=prog, program_start=state.proc_starttime(prog),
+                        program_namespaces=ns)
                 except StateError:
                     return
+                for sig in queued:                # PID 1 (pysandbox-init) forwards them to the program
+                    signal_sandbox({"pid1": pid1, "pid1_start": st1}, sig)
                 tell("OK running")
                 return
         time.sleep(delay)
@@ -641,13 +690,27 @@ def wait_gone(name: str, timeout: float) -> bool:
     return not state.is_alive(name)
 
 
+def deliver(name: str, st: dict, sig: int) -> bool:
+    """Signal a live sandbox: while it is `starting` the signal is queued in its state (under the
+    state lock) and its supervisor delivers it the moment the program runs — a SIGKILL queued
+    before PID 1 is released aborts the launch, so nothing runs; once `running`, PID 1 gets it."""
+    if st.get("status") == "starting" or not st.get("pid1"):
+        try:
+            if state.queue_signal(name, sig):
+                return True
+        except StateError:
+            return False
+        st = state.read(name)                     # it went on to running meanwhile
+    return signal_sandbox(st, sig)
+
+
 def stop(ref: str, grace: float = 10.0) -> str:
     name, st, status = load(ref)
     if status not in ("running", "starting"):
         return name
-    signal_sandbox(st, signal.SIGTERM)
+    deliver(name, st, signal.SIGTERM)
     if not wait_gone(name, grace):
-        signal_sandbox(st, signal.SIGKILL)
+        deliver(name, state.read(name), signal.SIGKILL)
         if not wait_gone(name, 10.0):
             raise StateError(f"{name}: still running after SIGKILL")
     return name
@@ -657,7 +720,9 @@ def kill(ref: str, sig: int = signal.SIGKILL) -> str:
     name, st, status = load(ref)
     if status not in ("running", "starting"):
         raise StateError(f"{name} is not running ({status})")
-    if not signal_sandbox(st, sig):
+    if not deliver(name, st, sig):
+        if not state.is_alive(name):
+            raise StateError(f"{name} is not running (it ended meanwhile)")
         raise StateError(f"{name}: cannot signal its PID 1 (gone?)")
     return name
 
@@ -668,12 +733,18 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
     name, st, status = load(ref)
     if status in ("running", "starting"):
         if not force:
-            raise StateError(f"{name} is running: stop it first or use rm -f")
-        signal_sandbox(st, signal.SIGKILL)
-        sup = st.get("supervisor_pid")
-        if not wait_gone(name, 10.0) and state.same_process(sup, st.get("supervisor_start")):
-            os.kill(sup, signal.SIGKILL)
-            wait_gone(name, 5.0)
+            raise StateError(f"{name} is {status}: stop it first or use rm -f")
+        deliver(name, st, signal.SIGKILL)         # while starting: queued, the launch is aborted
+        if not wait_gone(name, 10.0):
+            with contextlib.suppress(StateError):
+                st = state.read(name)
+            sup = st.get("supervisor_pid")
+            if state.same_process(sup, st.get("supervisor_start")):
+                os.kill(sup, signal.SIGKILL)
+            if not wait_gone(name, 5.0):
+                raise StateError(f"{name}: still running after SIGKILL; not removed")
+        with contextlib.suppress(StateError):
+            st = state.read(name)                 # the supervisor's last word (cgroups, ...)
     problems = []
     # leftovers of a supervisor that died: its sandbox (PDEATHSIG) and cgroups
     for cg in reversed(st.get("cgroups") or []):
@@ -684,6 +755,13 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
             network.reclaim_stale(rootless=os.geteuid() != 0)
         except Exception as e:                    # noqa: BLE001
             problems.append(f"network clean-up: {e}")
+    sid = st.get("id") or ""
+    if sid:                                       # what its dead supervisor registered (overlay dir, ...)
+        from . import reclaim
+        try:
+            reclaim.reclaim(only=sid)
+        except OSError as e:
+            problems.append(f"clean-up: {e}")
     state.remove(name)
     return name, problems
 

@@ -4,6 +4,7 @@ Layout (one directory per sandbox, named after the sandbox):
 
     /var/lib/pysandbox/sandboxes/NAME/          (root)
     $XDG_DATA_HOME/pysandbox/sandboxes/NAME/    (rootless; default ~/.local/share)
+    $PYSANDBOX_STATE_DIR/sandboxes/NAME/        (when set, as the image store and networks)
         state.json       the state (written atomically: temp file + rename, under `lock`)
         lock             flock'ed around every read-modify-write of state.json
         alive            flock'ed (shared) by the supervisor and PID 1 for as long as the sandbox lives:
@@ -42,6 +43,9 @@ class StateError(Exception):
 
 def state_root(euid: Optional[int] = None) -> Path:
     euid = os.geteuid() if euid is None else euid
+    env = os.environ.get("PYSANDBOX_STATE_DIR")      # as the image store and networks (tests)
+    if env:
+        return Path(os.path.abspath(env)) / "sandboxes"
     if euid == 0:
         base = Path("/var/lib/pysandbox")
     else:
@@ -78,17 +82,53 @@ def sandbox_dir(name: str) -> Path:
     return _root() / check_name(name)
 
 
-def create(name: str, data: dict) -> Path:
-    """Create NAME's directory and first state; StateError if the name is taken."""
+def create(name: str, data: dict) -> tuple[Path, int]:
+    """Create NAME's directory and first state; StateError if the name is taken. Returns the
+    directory and a descriptor holding a shared lock on `alive`, taken before the state exists:
+    from its first moment the entry is seen as live (`starting`), never as dead. On any failure
+    (disk full) nothing of it is left."""
     d = _root(create=True) / check_name(name)
     try:
         os.mkdir(d, 0o700)
     except FileExistsError:
         raise StateError(f"the name {name!r} is already in use (pysandbox rm {name})", code=125) from None
-    for f in ("lock", "alive"):
-        os.close(os.open(d / f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
-    _write(d, data)
-    return d
+    fd = -1
+    try:
+        for f in ("lock", "alive"):
+            os.close(os.open(d / f, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        fd = hold_alive(name)
+        _write(d, data)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    return d, fd
+
+
+def take_signals(name: str, _only_if_status: Optional[tuple] = None, **fields) -> list:
+    """Under the lock: set fields and take the signals queued while the sandbox was starting
+    (`pysandbox kill` before its program runs, sandbox/lifecycle.py). With _only_if_status, nothing
+    is changed (and nothing taken) unless the status is one of those."""
+    with locked(name) as d:
+        data = read(name)
+        if _only_if_status is not None and data.get("status") not in _only_if_status:
+            return []
+        queued = [int(x) for x in (data.get("queued_signals") or []) if isinstance(x, int)]
+        data.update(fields, queued_signals=[])
+        _write(d, data)
+        return queued
+
+
+def queue_signal(name: str, sig: int) -> bool:
+    """Under the lock: queue sig if the sandbox is still `starting` (True), else False."""
+    with locked(name) as d:
+        data = read(name)
+        if data.get("status") != "starting":
+            return False
+        data["queued_signals"] = (list(data.get("queued_signals") or []) + [int(sig)])[-16:]
+        _write(d, data)
+        return True
 
 
 @contextlib.contextmanager

@@ -795,13 +795,22 @@ class Client:
     def get(cls) -> "Client":
         with cls._lock:
             c = cls._current
-            if c is None or c.owner != os.getpid() or c.proc.poll() is not None:
+            if c is None or c.owner != os.getpid() or c.broken or c.proc.poll() is not None:
+                if c is not None and c.owner == os.getpid():
+                    try:
+                        c.ctl.close()      # (a server still there ends when its control socket closes)
+                        c.proc.wait(5)     # gone: reaped, so the reclaimer sees its owner dead
+                    except Exception:  # noqa: BLE001
+                        pass
+                from .reclaim import reclaim_quietly
+                reclaim_quietly()          # what a SIGKILLed launch server left (sandbox/reclaim.py)
                 c = cls._current = cls()
             return c
 
     def __init__(self):
         import subprocess
         self.owner = os.getpid()
+        self.broken = False      # the server went away (its exit may not be reapable yet): start another
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         # -I -S: no PYTHONPATH, no user site, no current directory; the standard library first,
         # then where this package and its dependencies live (module_roots), nothing of sys.path
@@ -845,6 +854,7 @@ class Client:
                 socket.send_fds(self.ctl, [pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)],
                                 [theirs.fileno(), *stdio])
             except OSError as e:
+                self.broken = True
                 raise LaunchError(f"the launch server is gone: {e.strerror}") from None
             if first:
                 self.sent.add(key)
@@ -852,6 +862,7 @@ class Client:
             while True:
                 data = _recv(mine)
                 if not data:
+                    self.broken = True
                     raise LaunchError("the launch server ended without a result")
                 msg = pickle.loads(data)
                 if msg[0] == "event":
