@@ -53,7 +53,16 @@ def _make_filter(sandboxes, types, since, syscalls, min_severity) -> reader.Filt
 
 
 def _log(log_path) -> str:
-    return log_path or str(default_log_path())
+    if log_path:
+        return log_path
+    path = str(default_log_path())
+    if not os.path.exists(path) and not os.environ.get("PYSANDBOX_AUDIT_LOG"):
+        # rootless logs were under $XDG_STATE_HOME/pysandbox before there was one state directory
+        from audit.paths import legacy_audit_dir
+        old = legacy_audit_dir(os.geteuid() != 0)
+        if old and os.path.exists(os.path.join(old, os.path.basename(path))):
+            return os.path.join(old, os.path.basename(path))
+    return path
 
 
 class _NoLog(click.ClickException):

@@ -1,4 +1,4 @@
-"""CLI: ps, inspect, logs, top, stats, stop, kill, rm, exec (named/detached sandboxes).
+"""CLI: ps, inspect, logs, top, stats, pause, unpause, stop, kill, rm, exec (named/detached sandboxes).
 
 Exit codes: 0 ok; 1 no such sandbox / not running / clean-up problem; 2 usage; exec: the
 command's own status (125 cannot join the sandbox, 126/127 cannot execute / not found).
@@ -97,7 +97,7 @@ def top_cmd(name, as_json):
         _n, st, status = lifecycle.load(name)
     except StateError as e:
         return _report(e)
-    if status != "running":
+    if status not in ("running", "paused"):
         return _report(StateError(f"{name} is not running ({status})"))
     rows = lifecycle.processes(st)
     if as_json:
@@ -126,33 +126,48 @@ def _h(n) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sandbox and sample.")
 @click.option("--interval", type=float, default=1.0, show_default=True)
 def stats_cmd(names, no_stream, as_json, interval):
-    """Live cgroup figures: CPU %, memory usage/limit, pids."""
+    """Live cgroup figures: CPU %, memory usage/limit, pids. CPU % is the CPU time used over the
+    last interval (100 % = one CPU); --no-stream samples once over --interval, as Docker does."""
+    if interval <= 0 or interval > 3600:
+        raise click.BadParameter("must be > 0 and at most 3600", param_hint="--interval")
     prev: dict = {}
-    first = True
+
+    def sample() -> list:
+        rows = []
+        for n in names:
+            name, st, status = lifecycle.load(n)
+            live = status in ("running", "paused")
+            s = lifecycle.cgroup_stats(st) if live else {}
+            procs = lifecycle.processes(st) if live else []
+            if s.get("cpu_usage_ns") is None and procs:   # no cpu accounting cgroup: the processes' times
+                s["cpu_usage_ns"] = int(sum(p["cpu_s"] for p in procs) * 1e9)
+            now = time.monotonic()
+            cpu = None
+            if s.get("cpu_usage_ns") is not None and name in prev:
+                t0, u0 = prev[name]
+                if now > t0 and u0 is not None:
+                    cpu = round(max(0.0, 100.0 * (s["cpu_usage_ns"] - u0) / 1e9 / (now - t0)), 2)
+            prev[name] = (now, s.get("cpu_usage_ns"))
+            rows.append({"name": name, "status": status, "cpu_percent": cpu, **s, "processes": len(procs)})
+        return rows
+
     try:
+        if no_stream:                 # a first sample, then the figures over one interval
+            try:
+                first = sample()
+            except StateError as e:
+                return _report(e)
+            if any(r["status"] in ("running", "paused") for r in first):
+                time.sleep(interval)
         while True:
-            rows = []
-            for n in names:
-                try:
-                    name, st, status = lifecycle.load(n)
-                except StateError as e:
-                    return _report(e)
-                s = lifecycle.cgroup_stats(st) if status == "running" else {}
-                now = time.monotonic()
-                cpu = None
-                if "cpu_usage_ns" in s and name in prev:
-                    t0, u0 = prev[name]
-                    if now > t0 and s["cpu_usage_ns"] is not None and u0 is not None:
-                        cpu = round(100.0 * (s["cpu_usage_ns"] - u0) / 1e9 / (now - t0), 2)
-                prev[name] = (now, s.get("cpu_usage_ns"))
-                rows.append({"name": name, "status": status, "cpu_percent": cpu, **s,
-                             "processes": len(lifecycle.processes(st)) if status == "running" else 0})
+            try:
+                rows = sample()
+            except StateError as e:
+                return _report(e)
             if as_json:
                 for r in rows:
                     click.echo(json.dumps(r))
             else:
-                if not first or not no_stream:
-                    pass
                 click.echo(f"{'NAME':<20} {'STATUS':<9} {'CPU %':>7} {'MEM USAGE / LIMIT':>24} {'PIDS':>6} "
                            f"{'PIDS LIMIT':>10}")
                 for r in rows:
@@ -164,12 +179,39 @@ def stats_cmd(names, no_stream, as_json, interval):
             sys.stdout.flush()
             if no_stream:
                 return 0
-            if all(r["status"] != "running" for r in rows):
+            if all(r["status"] not in ("running", "paused") for r in rows):
                 return 0
-            first = False
             time.sleep(interval)
     except KeyboardInterrupt:
         return 0
+
+
+@click.command("pause")
+@click.argument("names", nargs=-1, required=True)
+def pause_cmd(names):
+    """Freeze every process of running sandboxes (the cgroup freezer: v1 freezer.state or cgroup2
+    cgroup.freeze). While paused: exec is refused, kill -s KILL and rm -f end the sandbox, other
+    signals wait until unpause, stop thaws first."""
+    code = 0
+    for n in names:
+        try:
+            click.echo(lifecycle.pause(n))
+        except StateError as e:
+            code = _report(e)
+    return code
+
+
+@click.command("unpause")
+@click.argument("names", nargs=-1, required=True)
+def unpause_cmd(names):
+    """Thaw paused sandboxes."""
+    code = 0
+    for n in names:
+        try:
+            click.echo(lifecycle.unpause(n))
+        except StateError as e:
+            code = _report(e)
+    return code
 
 
 @click.command("stop")
@@ -256,4 +298,5 @@ def exec_cmd(tty, interactive, env, workdir, name, command):
         return _report(e)
 
 
-COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, stop_cmd, kill_cmd, rm_cmd, exec_cmd]
+COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, pause_cmd, unpause_cmd, stop_cmd, kill_cmd, rm_cmd,
+            exec_cmd]
