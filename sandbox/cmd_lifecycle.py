@@ -12,6 +12,7 @@ import time
 
 import click
 
+from . import completion as _complete
 from . import lifecycle, state
 from .state import StateError
 
@@ -58,8 +59,9 @@ def ps_cmd(all_, as_json, quiet):
 
 
 @click.command("inspect")
-@click.argument("names", nargs=-1, required=True)
-def inspect_cmd(names):
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
+@click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
+def inspect_cmd(names, as_json):
     """Everything known about sandboxes, as JSON: profile, compiled plan, pids, namespace inodes,
     cgroups, mounts, limits, network, log and audit paths."""
     out = []
@@ -74,7 +76,7 @@ def inspect_cmd(names):
 
 
 @click.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the sandbox ends.")
 def logs_cmd(name, follow):
     """The stdout (to stdout) and stderr (to stderr) of a detached sandbox."""
@@ -89,7 +91,7 @@ def logs_cmd(name, follow):
 
 
 @click.command("top")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.option("--json", "as_json", is_flag=True)
 def top_cmd(name, as_json):
     """The processes of a running sandbox (host pid, pid inside, state, RSS, CPU time, command)."""
@@ -121,7 +123,7 @@ def _h(n) -> str:
 
 
 @click.command("stats")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("--no-stream", is_flag=True, help="Print once and exit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sandbox and sample.")
 @click.option("--interval", type=float, default=1.0, show_default=True)
@@ -187,7 +189,7 @@ def stats_cmd(names, no_stream, as_json, interval):
 
 
 @click.command("pause")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 def pause_cmd(names):
     """Freeze every process of running sandboxes (the cgroup freezer: v1 freezer.state or cgroup2
     cgroup.freeze). While paused: exec is refused, kill -s KILL and rm -f end the sandbox, other
@@ -202,7 +204,7 @@ def pause_cmd(names):
 
 
 @click.command("unpause")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 def unpause_cmd(names):
     """Thaw paused sandboxes."""
     code = 0
@@ -215,7 +217,7 @@ def unpause_cmd(names):
 
 
 @click.command("stop")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-t", "--time", "grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL.")
 def stop_cmd(names, grace):
@@ -242,7 +244,7 @@ def _parse_signal(s: str) -> int:
 
 
 @click.command("kill")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="Signal name or number.")
 def kill_cmd(names, sig):
     """Send a signal to sandboxes (to PID 1, which forwards it to the program; KILL ends the sandbox)."""
@@ -257,7 +259,7 @@ def kill_cmd(names, sig):
 
 
 @click.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-f", "--force", is_flag=True, help="Kill running sandboxes first.")
 def rm_cmd(names, force):
     """Remove stopped or dead sandboxes: leftover processes, cgroups and state."""
@@ -279,7 +281,7 @@ def rm_cmd(names, force):
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (always the case; Docker compatibility).")
 @click.option("-e", "--env", multiple=True, metavar="K=V|K", help="Set or pass an environment variable.")
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory inside.")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(tty, interactive, env, workdir, name, command):
     """Run COMMAND inside a running sandbox:  pysandbox exec NAME -- COMMAND [ARGS...]
