@@ -636,6 +636,26 @@ def _tun_problem() -> str | None:
     return None
 
 
+def _check_reachable(hosts_dir: Path) -> None:
+    """The sandbox's PID 1 (its mapped root: no capability on the host) opens its hosts file under
+    `hosts_dir` by path: every directory from / down to it must be searchable by others. Checked
+    before anything is reserved, so the launch fails closed with the directory named (exit 125)
+    instead of a bare "Permission denied" from inside the sandbox."""
+    d = hosts_dir
+    while True:
+        try:
+            st = d.stat()
+        except OSError as e:
+            raise NetworkError(f"network: {d}: {e.strerror}") from None
+        if not st.st_mode & 0o001:
+            raise NetworkError(f"network: {d} (mode {st.st_mode & 0o777:04o}) is not searchable by others: the "
+                               f"sandbox's root cannot reach its hosts file below it; make it o+x or use a "
+                               f"state directory (PYSANDBOX_STATE_DIR) whose parents are")
+        if d.parent == d:
+            return
+        d = d.parent
+
+
 def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
             hostname: str | None = None) -> "NetHandle | None":
     """Validate the network part of a plan and reserve what it needs (address, name) before
@@ -701,6 +721,7 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
                            "(pip install 'pysandbox[net]')") from None
     for p in ports:
         _check_port_free(p)
+    _check_reachable(root / mode / "hosts")
     reclaim_stale(rootless)
     h = NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny)
     with _locked(root):
