@@ -508,3 +508,28 @@ def test_no_false_integrity_violation_under_concurrent_launches(root_runner, roo
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [], p.stdout
     r = cli(root_runner, sd, "diff", "cli-k12-3")                 # the kept runs did their work
     assert "A /x" in r.stdout, r
+
+
+def test_audit_reads_the_rootless_log_of_before_one_state_dir(user_runner):
+    """Compatibility: rootless audit logs used to be under $XDG_STATE_HOME; `audit` reads that one
+    while the state directory has none yet, and the state directory's once it exists."""
+    base = tempfile.mkdtemp(prefix="pysbx-cli-", dir="/tmp")
+    os.chown(base, user_runner.uid, user_runner.gid)
+    try:
+        env = {"XDG_STATE_HOME": f"{base}/state", "XDG_DATA_HOME": f"{base}/data"}
+        os.makedirs(f"{base}/state/pysandbox")
+        for d in (f"{base}/state", f"{base}/state/pysandbox"):
+            os.chown(d, user_runner.uid, user_runner.gid)
+        old = f"{base}/state/pysandbox/audit.jsonl"
+        r = user_runner("run", "--audit-log", old, "--name", "cli-old", "--profile", "strict", "--", "/bin/true",
+                        env=env)
+        assert r.returncode == 0, r
+        r = user_runner("audit", "show", "--json", env=env)
+        assert r.returncode == 0 and "cli-old" in r.stdout, r
+        r = user_runner("run", "--name", "cli-new", "--profile", "strict", "--", "/bin/true", env=env)
+        assert r.returncode == 0, r
+        assert os.path.exists(f"{base}/data/pysandbox/audit.jsonl")           # new runs: the state dir
+        r = user_runner("audit", "show", "--json", env=env)
+        assert "cli-new" in r.stdout and "cli-old" not in r.stdout, r
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
