@@ -5,7 +5,8 @@
     pysandbox audit summary [filters] [--json]
 
 The log is --log FILE, else $PYSANDBOX_AUDIT_LOG, else the default under the state
-directory (/var/lib/pysandbox/audit.jsonl as root, ~/.local/state/pysandbox/audit.jsonl rootless).
+directory (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox as root, $XDG_DATA_HOME/pysandbox
+rootless; the pre-1-state-dir rootless log $XDG_STATE_HOME/pysandbox/audit.jsonl while there is no new one).
 `show` and `summary` read the rotated files (FILE.N .. FILE.1) too, oldest first; a record with
 a `count` stands for that many calls (the rate limit's coalesced records, docs/audit.md).
 Exit status: 0 ok, 1 no log file, 2 bad option.
