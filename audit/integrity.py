@@ -8,7 +8,8 @@
 Checks:
 * processes: no process may remain in any namespace of the sandbox (pid, user, mnt, net, ipc,
   uts, cgroup) that differs from the launcher's own — that would be a process of the sandbox
-  still alive outside it;
+  still alive outside it. The namespaces are held open from the snapshot to the check, so their
+  inode numbers cannot be reused by sandboxes started meanwhile (no false reports under load);
 * mounts: no mount appeared in the launcher's (host) mount namespace under the paths the
   sandbox mounts on (propagation leak);
 * cgroups: the sandbox's cgroup directories are gone;
@@ -139,14 +140,50 @@ class Snapshot:
     ro: dict = field(default_factory=dict)     # root -> fingerprint
     taken: float = 0.0                         # time.monotonic() at take()
     start_ticks: int = -1                      # PID 1's start time (clock ticks after boot), -1 unknown
+    # One open descriptor per namespace of the sandbox, held from take() until check() is done
+    # (or close()): a namespace's inode number is reused by the kernel as soon as the namespace
+    # is freed, so without them a namespace of a sandbox started after this one ended could carry
+    # the same "mnt:[N]" and its processes be reported as this sandbox's leftovers.
+    ns_fds: dict = field(default_factory=dict)
 
     @classmethod
     def take(cls, pid: int, *, ro_paths: Iterable[str] = (), mount_prefixes: Iterable[str] = ()) -> "Snapshot":
         own = _ns_ids("self")
-        sb = {k: v for k, v in _ns_ids(pid).items() if own.get(k) != v}
+        fds, sb = _hold_namespaces(pid, own)
         ticks = _start_ticks(pid)
         return cls(pid, own, sb, _mount_table(), tuple(p.rstrip("/") or "/" for p in mount_prefixes),
-                   {p: fingerprint(p) for p in ro_paths}, time.monotonic(), -1 if ticks is None else ticks)
+                   {p: fingerprint(p) for p in ro_paths}, time.monotonic(), -1 if ticks is None else ticks,
+                   fds)
+
+    def close(self) -> None:
+        """Let go of the sandbox's namespaces (check() does this when it is done)."""
+        fds, self.ns_fds = self.ns_fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self):
+        self.close()
+
+
+def _hold_namespaces(pid: int, own: dict) -> tuple[dict, dict]:
+    """Open the namespaces of `pid` that differ from ours -> ({ns: fd}, {ns: "mnt:[inode]"}): the
+    inode is taken from the held descriptor, so it names that namespace for as long as it is open."""
+    fds: dict = {}
+    ids: dict = {}
+    for ns in NAMESPACES:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        link = f"{ns}:[{os.fstat(fd).st_ino}]"
+        if own.get(ns) == link:
+            os.close(fd)
+            continue
+        fds[ns], ids[ns] = fd, link
+    return fds, ids
 
 
 WRAP_SAFE = 5.0
@@ -198,7 +235,15 @@ def _under(path: str, prefixes: tuple) -> bool:
 
 
 def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterable[int] = ()) -> list[dict]:
-    """-> a list of field dicts for `integrity_violation` events (empty when all is well)."""
+    """-> a list of field dicts for `integrity_violation` events (empty when all is well). Lets go
+    of the snapshot's namespaces when done."""
+    try:
+        return _check(snap, cgroup_paths, skip_pids)
+    finally:
+        snap.close()
+
+
+def _check(snap: Snapshot, cgroup_paths: Iterable[str], skip_pids: Iterable[int]) -> list[dict]:
     found: list[dict] = []
     # 1. processes still in one of the sandbox's namespaces
     if snap.sandbox_ns:

@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from typing import Any, Callable, Optional, TextIO
 
+from . import paths
 from .events import SYSCALL_TYPES
 
 LOG_NAME = "audit.jsonl"
@@ -19,16 +20,11 @@ LOG_NAME = "audit.jsonl"
 # Paths are plain strings (os.path): pathlib costs ~10 ms of imports on the launch path.
 
 def state_dir(euid: Optional[int] = None) -> str:
-    """pysandbox's state directory: /var/lib/pysandbox as root, else $XDG_STATE_HOME/pysandbox
-    (default ~/.local/state/pysandbox)."""
+    """pysandbox's state directory (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox as
+    root, else $XDG_DATA_HOME/pysandbox)."""
     if euid is None:
         euid = os.geteuid()
-    if euid == 0:
-        return "/var/lib/pysandbox"
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return os.path.join(xdg, "pysandbox")
-    return os.path.join(os.path.expanduser("~"), ".local", "state", "pysandbox")
+    return paths.state_dir(rootless=euid != 0)
 
 
 def default_log_path(euid: Optional[int] = None) -> str:
@@ -89,7 +85,9 @@ class JsonlSink:
         self.keep = max(1, int(keep))
         self.rotations = 0
         parent = os.path.dirname(self.path) or "."
-        if not os.path.exists(parent):
+        if os.path.abspath(parent) == paths.state_dir():
+            paths.ensure_state_dir()           # 0711, checked: never left to the umask
+        elif not os.path.exists(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
         self.fd = self._open()
 

@@ -5,7 +5,8 @@
     pysandbox audit summary [filters] [--json]
 
 The log is --log FILE, else $PYSANDBOX_AUDIT_LOG, else the default under the state
-directory (/var/lib/pysandbox/audit.jsonl as root, ~/.local/state/pysandbox/audit.jsonl rootless).
+directory (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox as root, $XDG_DATA_HOME/pysandbox
+rootless; the pre-1-state-dir rootless log $XDG_STATE_HOME/pysandbox/audit.jsonl while there is no new one).
 `show` and `summary` read the rotated files (FILE.N .. FILE.1) too, oldest first; a record with
 a `count` stands for that many calls (the rate limit's coalesced records, docs/audit.md).
 Exit status: 0 ok, 1 no log file, 2 bad option.
@@ -53,7 +54,16 @@ def _make_filter(sandboxes, types, since, syscalls, min_severity) -> reader.Filt
 
 
 def _log(log_path) -> str:
-    return log_path or str(default_log_path())
+    if log_path:
+        return log_path
+    path = str(default_log_path())
+    if not os.path.exists(path) and not os.environ.get("PYSANDBOX_AUDIT_LOG"):
+        # rootless logs were under $XDG_STATE_HOME/pysandbox before there was one state directory
+        from audit.paths import legacy_audit_dir
+        old = legacy_audit_dir(os.geteuid() != 0)
+        if old and os.path.exists(os.path.join(old, os.path.basename(path))):
+            return os.path.join(old, os.path.basename(path))
+    return path
 
 
 class _NoLog(click.ClickException):

@@ -4,6 +4,7 @@ Errors print one line on stderr and exit 1 (usage errors: click's exit 2).
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -31,12 +32,16 @@ def cgroups() -> None:
 
 
 @cgroups.command("ls", help="List sandbox cgroups under pysandbox's own parents.")
-def ls() -> None:
+@click.option("--json", "as_json", is_flag=True, help="{sandbox id: [cgroup paths]}")
+def ls(as_json: bool) -> None:
     from sandbox import cgroups as C
     try:
         found = C.list_sandboxes()
     except OSError as e:
         _fail(f"cgroups: {e.strerror or e}")
+    if as_json:
+        click.echo(json.dumps({sid: list(p) for sid, p in sorted(found.items())}, indent=2))
+        return
     for sid, paths in sorted(found.items()):
         click.echo(f"{sid}\t{' '.join(paths)}")
 

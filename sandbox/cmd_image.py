@@ -9,6 +9,7 @@ import json
 
 import click
 
+from . import completion as _complete
 from .images import ImageError, Store, human_size, import_image
 
 
@@ -88,7 +89,7 @@ def image_ls(as_json, quiet):
 
 
 @image.command("history", help="Layers of an image, newest first, with sizes and created-by.")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.images)
 @click.option("--no-trunc", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def image_history(name, no_trunc, as_json):
@@ -122,8 +123,9 @@ def image_history(name, no_trunc, as_json):
 
 
 @image.command("inspect", help="An image's record (id, layers with sizes, history, config) as JSON.")
-@click.argument("names", nargs=-1, required=True)
-def image_inspect(names):
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.images)
+@click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
+def image_inspect(names, as_json):
     st = _store()
     out = []
     for name in names:
@@ -134,7 +136,7 @@ def image_inspect(names):
 
 
 @image.command("rm", help="Remove images (layers no other image or kept container uses are deleted).")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.images)
 def image_rm(names):
     st = _store()
     for name in names:
@@ -145,18 +147,23 @@ def image_rm(names):
 
 
 @image.command("tag", help="Give an image another name.")
-@click.argument("src")
+@click.argument("src", shell_complete=_complete.images)
 @click.argument("dst")
 def image_tag(src, dst):
     click.echo(_run(_store().tag, src, dst))
 
 
 @image.command("containers", help="List kept writable layers (runs with --keep).")
-def image_containers():
+@click.option("--json", "as_json", is_flag=True)
+def image_containers(as_json):
     from .overlay import list_containers
-    rows = [("CONTAINER", "IMAGE", "CREATED", "STATUS")]
-    for m in _run(list_containers, _store()):
-        rows.append((m["id"], m.get("image", ""), m.get("created", "")[:19], m.get("status", "")))
+    found = _run(list_containers, _store())
+    if as_json:
+        click.echo(json.dumps(found, indent=1, sort_keys=True))
+        return
+    rows = [("CONTAINER", "NAME", "IMAGE", "CREATED", "STATUS")]
+    for m in found:
+        rows.append((m["id"], m.get("name") or "", m.get("image", ""), m.get("created", "")[:19], m.get("status", "")))
     _table(rows)
 
 
@@ -175,16 +182,23 @@ def image_prune(containers):
 
 # --------------------------------------------------------------------------- diff / commit
 
-@click.command("diff", help="Changes of a kept sandbox's writable layer: A added, C changed, D deleted.")
-@click.argument("container_id")
-def diff_cmd(container_id):
+@click.command("diff", help="Changes of a kept sandbox's writable layer: A added, C changed, D deleted. "
+                             "CONTAINER: the run's --name or its id.")
+@click.argument("container_id", metavar="CONTAINER", shell_complete=_complete.containers)
+@click.option("--json", "as_json", is_flag=True, help="[{kind, path}]")
+def diff_cmd(container_id, as_json):
     from .overlay import changes
-    for kind, path in _run(changes, _store(), container_id):
+    found = _run(changes, _store(), container_id)
+    if as_json:
+        click.echo(json.dumps([{"kind": k, "path": p} for k, p in found], indent=1))
+        return
+    for kind, path in found:
         click.echo(f"{kind} {path}")
 
 
-@click.command("commit", help="Turn a kept sandbox's writable layer into a new image.")
-@click.argument("container_id")
+@click.command("commit", help="Turn a kept sandbox's writable layer into a new image. CONTAINER: the run's "
+                               "--name or its id.")
+@click.argument("container_id", metavar="CONTAINER", shell_complete=_complete.containers)
 @click.argument("name")
 @click.option("-m", "--message", default="", help="Commit message (history comment).")
 @click.option("-a", "--author", default="")
@@ -201,7 +215,7 @@ def commit_cmd(container_id, name, message, author, remove, limits):
 
 
 @click.command("rm-container", help="Remove a kept writable layer.", hidden=True)
-@click.argument("container_id")
+@click.argument("container_id", shell_complete=_complete.containers)
 def rm_container_cmd(container_id):
     from .overlay import remove_container
     click.echo(_run(remove_container, _store(), container_id))
@@ -231,9 +245,13 @@ def volume_create(name, labels):
 
 @volume.command("ls")
 @click.option("-q", "--quiet", is_flag=True)
-def volume_ls(quiet):
+@click.option("--json", "as_json", is_flag=True)
+def volume_ls(quiet, as_json):
     from .volumes import list_volumes
     vols = _run(list_volumes)
+    if as_json:
+        click.echo(json.dumps(vols, indent=1, sort_keys=True))
+        return
     if quiet:
         for v in vols:
             click.echo(v["Name"])
@@ -245,14 +263,15 @@ def volume_ls(quiet):
 
 
 @volume.command("inspect")
-@click.argument("names", nargs=-1, required=True)
-def volume_inspect(names):
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.volumes)
+@click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
+def volume_inspect(names, as_json):
     from .volumes import inspect_volume
     click.echo(json.dumps([_run(inspect_volume, n) for n in names], indent=1, sort_keys=True))
 
 
 @volume.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.volumes)
 def volume_rm(names):
     from .volumes import remove_volume
     for n in names:

@@ -1,4 +1,4 @@
-"""CLI: ps, inspect, logs, top, stats, stop, kill, rm, exec (named/detached sandboxes).
+"""CLI: ps, inspect, logs, top, stats, pause, unpause, stop, kill, rm, exec (named/detached sandboxes).
 
 Exit codes: 0 ok; 1 no such sandbox / not running / clean-up problem / `rm` of a running or
 starting sandbox without -f; 2 usage; exec: the command's own status (125 cannot join the sandbox,
@@ -15,6 +15,7 @@ import time
 
 import click
 
+from . import completion as _complete
 from . import lifecycle, state
 from .state import StateError
 
@@ -61,8 +62,9 @@ def ps_cmd(all_, as_json, quiet):
 
 
 @click.command("inspect")
-@click.argument("names", nargs=-1, required=True)
-def inspect_cmd(names):
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
+@click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
+def inspect_cmd(names, as_json):
     """Everything known about sandboxes, as JSON: profile, compiled plan, pids, namespace inodes,
     cgroups, mounts, limits, network, log and audit paths."""
     out = []
@@ -77,7 +79,7 @@ def inspect_cmd(names):
 
 
 @click.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the sandbox ends.")
 def logs_cmd(name, follow):
     """The stdout (to stdout) and stderr (to stderr) of a detached sandbox."""
@@ -92,7 +94,7 @@ def logs_cmd(name, follow):
 
 
 @click.command("top")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.option("--json", "as_json", is_flag=True)
 def top_cmd(name, as_json):
     """The processes of a running sandbox (host pid, pid inside, state, RSS, CPU time, command)."""
@@ -100,7 +102,7 @@ def top_cmd(name, as_json):
         _n, st, status = lifecycle.load(name)
     except StateError as e:
         return _report(e)
-    if status != "running":
+    if status not in ("running", "paused"):
         return _report(StateError(f"{name} is not running ({status})"))
     rows = lifecycle.processes(st)
     if as_json:
@@ -124,38 +126,53 @@ def _h(n) -> str:
 
 
 @click.command("stats")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("--no-stream", is_flag=True, help="Print once and exit.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per sandbox and sample.")
 @click.option("--interval", type=float, default=1.0, show_default=True)
 def stats_cmd(names, no_stream, as_json, interval):
-    """Live cgroup figures: CPU %, memory usage/limit, pids."""
+    """Live cgroup figures: CPU %, memory usage/limit, pids. CPU % is the CPU time used over the
+    last interval (100 % = one CPU); --no-stream samples once over --interval, as Docker does."""
+    if interval <= 0 or interval > 3600:
+        raise click.BadParameter("must be > 0 and at most 3600", param_hint="--interval")
     prev: dict = {}
-    first = True
+
+    def sample() -> list:
+        rows = []
+        for n in names:
+            name, st, status = lifecycle.load(n)
+            live = status in ("running", "paused")
+            s = lifecycle.cgroup_stats(st) if live else {}
+            procs = lifecycle.processes(st) if live else []
+            if s.get("cpu_usage_ns") is None and procs:   # no cpu accounting cgroup: the processes' times
+                s["cpu_usage_ns"] = int(sum(p["cpu_s"] for p in procs) * 1e9)
+            now = time.monotonic()
+            cpu = None
+            if s.get("cpu_usage_ns") is not None and name in prev:
+                t0, u0 = prev[name]
+                if now > t0 and u0 is not None:
+                    cpu = round(max(0.0, 100.0 * (s["cpu_usage_ns"] - u0) / 1e9 / (now - t0)), 2)
+            prev[name] = (now, s.get("cpu_usage_ns"))
+            rows.append({"name": name, "status": status, "cpu_percent": cpu, **s, "processes": len(procs)})
+        return rows
+
     try:
+        if no_stream:                 # a first sample, then the figures over one interval
+            try:
+                first = sample()
+            except StateError as e:
+                return _report(e)
+            if any(r["status"] in ("running", "paused") for r in first):
+                time.sleep(interval)
         while True:
-            rows = []
-            for n in names:
-                try:
-                    name, st, status = lifecycle.load(n)
-                except StateError as e:
-                    return _report(e)
-                s = lifecycle.cgroup_stats(st) if status == "running" else {}
-                now = time.monotonic()
-                cpu = None
-                if "cpu_usage_ns" in s and name in prev:
-                    t0, u0 = prev[name]
-                    if now > t0 and s["cpu_usage_ns"] is not None and u0 is not None:
-                        cpu = round(100.0 * (s["cpu_usage_ns"] - u0) / 1e9 / (now - t0), 2)
-                prev[name] = (now, s.get("cpu_usage_ns"))
-                rows.append({"name": name, "status": status, "cpu_percent": cpu, **s,
-                             "processes": len(lifecycle.processes(st)) if status == "running" else 0})
+            try:
+                rows = sample()
+            except StateError as e:
+                return _report(e)
             if as_json:
                 for r in rows:
                     click.echo(json.dumps(r))
             else:
-                if not first or not no_stream:
-                    pass
                 click.echo(f"{'NAME':<20} {'STATUS':<9} {'CPU %':>7} {'MEM USAGE / LIMIT':>24} {'PIDS':>6} "
                            f"{'PIDS LIMIT':>10}")
                 for r in rows:
@@ -167,16 +184,43 @@ def stats_cmd(names, no_stream, as_json, interval):
             sys.stdout.flush()
             if no_stream:
                 return 0
-            if all(r["status"] != "running" for r in rows):
+            if all(r["status"] not in ("running", "paused") for r in rows):
                 return 0
-            first = False
             time.sleep(interval)
     except KeyboardInterrupt:
         return 0
 
 
+@click.command("pause")
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
+def pause_cmd(names):
+    """Freeze every process of running sandboxes (the cgroup freezer: v1 freezer.state or cgroup2
+    cgroup.freeze). While paused: exec is refused, kill -s KILL and rm -f end the sandbox, other
+    signals wait until unpause, stop thaws first."""
+    code = 0
+    for n in names:
+        try:
+            click.echo(lifecycle.pause(n))
+        except StateError as e:
+            code = _report(e)
+    return code
+
+
+@click.command("unpause")
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
+def unpause_cmd(names):
+    """Thaw paused sandboxes."""
+    code = 0
+    for n in names:
+        try:
+            click.echo(lifecycle.unpause(n))
+        except StateError as e:
+            code = _report(e)
+    return code
+
+
 @click.command("stop")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-t", "--time", "grace", type=float, default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL.")
 def stop_cmd(names, grace):
@@ -203,7 +247,7 @@ def _parse_signal(s: str) -> int:
 
 
 @click.command("kill")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True, help="Signal name or number.")
 def kill_cmd(names, sig):
     """Send a signal to sandboxes (to PID 1, which forwards it to the program; KILL ends the sandbox)."""
@@ -218,7 +262,7 @@ def kill_cmd(names, sig):
 
 
 @click.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 @click.option("-f", "--force", is_flag=True, help="Kill running sandboxes first.")
 def rm_cmd(names, force):
     """Remove stopped or dead sandboxes: leftover processes, cgroups and state."""
@@ -240,7 +284,7 @@ def rm_cmd(names, force):
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (always the case; Docker compatibility).")
 @click.option("-e", "--env", multiple=True, metavar="K=V|K", help="Set or pass an environment variable.")
 @click.option("-w", "--workdir", metavar="DIR", help="Working directory inside.")
-@click.argument("name")
+@click.argument("name", shell_complete=_complete.sandboxes)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_cmd(tty, interactive, env, workdir, name, command):
     """Run COMMAND inside a running sandbox:  pysandbox exec NAME -- COMMAND [ARGS...]
@@ -273,4 +317,5 @@ def prune_cmd():
     return 0
 
 
-COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, stop_cmd, kill_cmd, rm_cmd, exec_cmd, prune_cmd]
+COMMANDS = [ps_cmd, inspect_cmd, logs_cmd, top_cmd, stats_cmd, pause_cmd, unpause_cmd, stop_cmd, kill_cmd, rm_cmd,
+            exec_cmd, prune_cmd]

@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from . import completion as _complete
+
 
 def _fail(msg: str) -> None:
     click.echo(f"pysandbox: {msg}", err=True)
@@ -55,8 +57,9 @@ def ls(as_json: bool) -> None:
 
 
 @network.command("inspect", help="Show a network and its attached sandboxes as JSON.")
-@click.argument("name")
-def inspect(name: str) -> None:
+@click.argument("name", shell_complete=_complete.networks)
+@click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
+def inspect(name: str, as_json: bool) -> None:
     from sandbox import network as N
     try:
         info = N.inspect_network(name)
@@ -68,7 +71,7 @@ def inspect(name: str) -> None:
 
 
 @network.command("rm", help="Remove networks (refused while sandboxes are attached).")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete.networks)
 def rm(names: tuple[str, ...]) -> None:
     from sandbox import network as N
     failed = False

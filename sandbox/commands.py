@@ -11,6 +11,7 @@ import click
 from policies.compiler import Overrides, compile_profile
 
 from . import cli as _cli
+from . import completion as _complete
 from .doctor import kernel_version as _kernel_version
 
 
@@ -40,25 +41,10 @@ def cli():
     """pysandbox: run programs confined by a policy profile."""
 
 
-def _complete_profile(ctx, param, incomplete):
-    """Shell completion of --profile: the names on the profile search path (then files)."""
-    from click.shell_completion import CompletionItem
-    from policies.loader import profile_dirs
-    names = set()
-    for d in profile_dirs():
-        try:
-            names.update(p.stem for p in d.iterdir() if p.suffix in (".yaml", ".yml"))
-        except OSError:
-            continue
-    items = [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
-    return items or [CompletionItem(incomplete, type="file")]
-
-
 def _overrides_options(f):
     opts = [
         click.option("--profile", "profile", default="strict", show_default=True,
-                     shell_complete=_complete_profile,
-                     help="Shipped/user profile name or a YAML file path."),
+                     shell_complete=_complete.profiles, help="Shipped/user profile name or a YAML file path."),
         click.option("--profile-path", "profile_path", multiple=True, metavar="DIR",
                      help="Also allow the profile's extends:/seccomp.import paths to resolve into DIR."),
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
@@ -73,7 +59,7 @@ def _overrides_options(f):
                      help="User inside the sandbox (names from the root's /etc/passwd; default: the image's User)."),
         click.option("--group-add", "group_add", multiple=True, metavar="GROUP|GID",
                      help="Supplementary group inside the sandbox."),
-        click.option("--network", "--net", "network", metavar="none|host|NAME"),
+        click.option("--network", "--net", "network", metavar="none|host|NAME", shell_complete=_complete.networks),
         click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOSTPORT:PORT[/proto]"),
         click.option("--timeout", type=float, metavar="SECONDS", help="Kill the whole sandbox after this time."),
         click.option("-m", "--memory", metavar="SIZE"),
@@ -90,7 +76,7 @@ def _overrides_options(f):
         click.option("--device-write-iops", multiple=True, metavar="DEV:RATE"),
         click.option("--ulimit", "ulimits", multiple=True, metavar="NAME=SOFT[:HARD]"),
         click.option("--security-opt", multiple=True, metavar="OPT", help="seccomp=FILE|unconfined, no-new-privileges"),
-        click.option("--image", metavar="NAME", help="Root filesystem from an image."),
+        click.option("--image", metavar="NAME", shell_complete=_complete.images, help="Root filesystem from an image."),
         click.option("--keep", is_flag=True, help="Keep the writable layer after the run."),
     ]
     for o in reversed(opts):
@@ -214,10 +200,12 @@ def doctor(as_json):
 
 
 @cli.command()
-def profiles():
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: [{name, kind, path, description}].")
+def profiles(as_json):
     """List shipped and user profiles."""
     from policies.loader import SHIPPED_DIR, user_profile_dirs
     seen = set()
+    rows = []
     for kind, d in [("user", p) for p in user_profile_dirs()] + [("shipped", SHIPPED_DIR)]:
         if not d.is_dir():
             continue
@@ -233,7 +221,12 @@ def profiles():
                 desc = " ".join(str(data.get("description", "")).split())
             except Exception:
                 desc = "(unreadable)"
-            click.echo(f"{p.stem:<16} {kind:<8} {desc[:90]}")
+            rows.append({"name": p.stem, "kind": kind, "path": str(p), "description": desc})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        click.echo(f"{r['name']:<16} {r['kind']:<8} {r['description'][:90]}")
     return 0
 
 

@@ -94,6 +94,8 @@ def _env(plan: dict, extra) -> dict:
 def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) -> int:
     from . import lifecycle
     name, st, status = lifecycle.load(ref)
+    if status == "paused":                       # joining a frozen cgroup would hang (Docker refuses too)
+        raise StateError(f"{name} is paused: unpause it before exec (pysandbox unpause {name})")
     if status != "running":
         raise StateError(f"{name} is not running ({status})")
     plan = st["plan"]

@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Optional
 
+from audit import paths as _paths
+
 
 class _Lazy:
     """A module imported on first use: `run --image` needs none of the archive/compression code."""
@@ -67,15 +69,8 @@ class ImageError(Exception):
 # --------------------------------------------------------------------------- state directory
 
 def state_dir(rootless: Optional[bool] = None) -> str:
-    env = os.environ.get("PYSANDBOX_STATE_DIR")
-    if env:
-        return os.path.abspath(env)
-    if rootless is None:
-        rootless = os.geteuid() != 0
-    if not rootless:
-        return "/var/lib/pysandbox"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "pysandbox")
+    """The one state directory (audit/paths.py)."""
+    return _paths.state_dir(rootless)
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -123,9 +118,13 @@ class Store:
 
     def ensure(self) -> None:
         try:
-            # 0711: the sandbox's (possibly unprivileged, mapped) root must be able to reach the
-            # layer directories it mounts, but not list the store.
-            for d in (self.root, self.layers, self.containers, self.volumes, self.tmp):
+            # The store's root is 0711 (audit/paths.py): a private network's hosts file below it must be
+            # reachable by a sandbox's mapped root; it is never listable or writable by others.
+            if os.path.abspath(self.root) == _paths.state_dir(self.rootless):
+                _paths.ensure_state_dir(self.rootless)
+            else:
+                os.makedirs(self.root, mode=0o711, exist_ok=True)
+            for d in (self.layers, self.containers, self.volumes, self.tmp):
                 os.makedirs(d, mode=0o700, exist_ok=True)
             # Private: layers hold setuid binaries of images and containers/volumes files written
             # by sandboxes; no local user may reach them. (Sandboxes whose root is an unprivileged
@@ -133,8 +132,10 @@ class Store:
             for d in (self.layers, self.containers, self.volumes, self.tmp):
                 if stat.S_IMODE(os.stat(d).st_mode) != 0o700:
                     os.chmod(d, 0o700)
+        except _paths.StateDirError as e:
+            raise ImageError(str(e)) from None
         except OSError as e:
-            raise ImageError(f"cannot create image store {self.root}: {e.strerror}") from None
+            raise ImageError(f"cannot create image store {e.filename or self.root}: {e.strerror}") from None
 
     @contextlib.contextmanager
     def locked(self, shared: bool = False):

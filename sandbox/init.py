@@ -15,6 +15,7 @@ Messages to the supervisor, one line each:  SETUP <text> | EXEC <errno> <text> |
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import os
@@ -315,9 +316,16 @@ def _inline(ctx, built: bool = False):
     plan = ctx.plan
 
     def build() -> None:
-        _identity(plan, ctx.rootless, cgroupns=False)   # (this thread's credentials: raw system calls;
-        if not built:                            # the program's process makes the cgroup namespace)
-            _build_root(plan, ctx)
+        step = "user identity and hostname"
+        try:
+            _identity(plan, ctx.rootless, cgroupns=False)   # (this thread's credentials: raw system calls;
+            if not built:                            # the program's process makes the cgroup namespace)
+                step = "root filesystem"
+                _build_root(plan, ctx)
+        except Exception as e:                       # the report names the step (_describe)
+            with contextlib.suppress(AttributeError):
+                e.pysandbox_step = step
+            raise
     _in_thread(build)
 
 
@@ -482,10 +490,17 @@ def _forward(pid: int, sig: int) -> None:
         pass
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException, step: str = "") -> str:
+    """One line for the supervisor: the step, the path (when the error has one) and the reason."""
     if isinstance(e, OSError) and e.strerror and e.args and len(e.args) > 1:
-        return str(e.args[1]) if isinstance(e.args[1], str) else f"{e.strerror}"
-    return str(e) or type(e).__name__
+        why = str(e.args[1]) if isinstance(e.args[1], str) else f"{e.strerror}"
+        if e.filename is not None and str(e.filename) not in why:
+            what = f"{os.fsdecode(e.filename)}" + (f" -> {os.fsdecode(e.filename2)}" if e.filename2 else "")
+            why = f"{what}: {why}"
+    else:
+        why = str(e) or type(e).__name__
+    step = step or getattr(e, "pysandbox_step", "")
+    return f"{step}: {why}" if step else why
 
 
 def _identity(plan, rootless: bool, cgroupns: bool = True) -> None:
@@ -525,13 +540,15 @@ def _program(ctx, err_w: int, built: bool = False) -> None:
     """The program's process: loopback, root filesystem (pivot_root), then _exec_program.
     built: prebuild_root() did all that already for this sandbox (only the identity is left)."""
     plan = ctx.plan
+    step = "user identity and hostname"
     try:
         _identity(plan, ctx.rootless)
         prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1 (armed after the credential change)
         if not built:
+            step = "root filesystem"
             _build_root(plan, ctx)
     except Exception as e:                       # reported by PID 1 as a set-up failure (exit 125)
-        os.write(err_w, f"SETUP {_describe(e)}".replace("\n", " ").encode())
+        os.write(err_w, f"SETUP {_describe(e, step)}".replace("\n", " ").encode())
         os._exit(125)
     _exec_program(ctx, err_w)
 

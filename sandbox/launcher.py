@@ -43,11 +43,23 @@ _RECLAIMED = None
 
 
 class LaunchError(Exception):
-    """The sandbox could not be set up as the plan says (exit 125). One line, names the control."""
+    """The sandbox could not be set up as the plan says (exit 125). One line, names the control.
+    .step: the launch step that failed (preflight, audit supervision, cgroup, network, filesystem,
+    namespaces, id maps, release); .path: the file it failed on, when there is one."""
 
-    def __init__(self, message: str, code: int = EXIT_SETUP):
+    def __init__(self, message: str, code: int = EXIT_SETUP, *, step: Optional[str] = None,
+                 path: Optional[str] = None):
         super().__init__(message)
         self.code = code
+        self.step = step
+        self.path = path
+
+    @classmethod
+    def from_os(cls, step: str, e: OSError) -> "LaunchError":
+        """A bare OSError of a launch step -> one line naming the step and the path."""
+        path = os.fsdecode(e.filename) if e.filename is not None else None
+        why = e.strerror or str(e)
+        return cls(f"{step}: {path}: {why}" if path else f"{step}: {why}", step=step, path=path)
 
 
 @dataclass
@@ -173,7 +185,8 @@ def _write_maps(pid: int, plan, rootless: bool) -> None:
             finally:
                 os.close(fd)
     except OSError as e:
-        raise LaunchError(f"user namespace: cannot write the id maps: {e.strerror}") from None
+        raise LaunchError(f"user namespace: cannot write the id maps: {e.filename}: {e.strerror}",
+                          step="id maps", path=e.filename) from None
 
 
 class Launch:
@@ -223,6 +236,7 @@ class Launch:
         """Set up and release the sandbox. False when it could not be started (self.result says why;
         everything created is cleaned up already)."""
         plan, rootless = self.plan, self.rootless
+        self.step = "preflight"
         try:
             preflight(plan, rootless)
             bpf = self.bpf
@@ -244,6 +258,7 @@ class Launch:
                     if on:
                         flags |= flag
                 self.clone_flags = flags
+                self.step = "namespaces"
                 ctx.stdio = self.stdio
                 ctx.console = self.console   # socket: the program sends its pty master back (run -t)
                 if self.clone is None:
@@ -264,10 +279,13 @@ class Launch:
             for fd in (*ctx.cg_fds, *(() if ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
                 os.close(fd)                           # PID 1 has its own copies
             ctx.cg_fds, ctx.cg_v2_fd = (), None
+            self.step = "id maps"
             if plan.namespaces.user and not self.maps_done:
                 _write_maps(pid, plan, rootless)
+            self.step = "cgroup"
             if self.cg is not None:
                 self.cg.add_pid(pid)                   # v2 only: PID 1 joined v1 leaves itself
+            self.step = "network"
             if self.net is not None:
                 try:
                     self.net.attach(pid)
@@ -280,6 +298,7 @@ class Launch:
             if self.sup is not None:
                 kw = {"inline": True} if self.inline_supervision else {}
                 self.sup.started(pid, lambda p=pid, c=self.cg: _kill(p, c), ctx=ctx, **kw)
+            self.step = "release"
             self.pidfd = _sys.pidfd_open(pid)
             try:
                 os.write(self._go_w, b"G")
@@ -291,7 +310,10 @@ class Launch:
                 self.deadline = time.monotonic() + plan.process.timeout
             return True
         except BaseException as e:
+            if isinstance(e, OSError):                 # a bare OSError: name the step and the path
+                e = LaunchError.from_os(getattr(self, "step", "set-up"), e)
             if isinstance(e, LaunchError):
+                self.error = e
                 self.result = Result(exit_code=e.code, message=f"pysandbox: {e}")
             if self.pid:
                 _kill(self.pid, self.cg)
@@ -306,6 +328,7 @@ class Launch:
     def _prepare(self, ctx) -> None:
         """Before clone: audit supervision, cgroup, network, image root and volumes."""
         plan, rootless = self.plan, self.rootless
+        self.step = "audit supervision"
         if self.on_event is not None:    # audit: seccomp denials recorded, integrity checked (sandbox/notify.py)
             from .notify import Supervision
             try:
@@ -314,6 +337,7 @@ class Launch:
                 raise LaunchError(f"seccomp: {e}") from None
             ctx.bpf, ctx.notify_sock, ctx.seccomp_log = self.sup.bpf, self.sup.child_sock, self.sup.log_flag
         self._register(plan, rootless)
+        self.step = "cgroup"
         if plan.limits.any():
             from . import cgroups
             global _RECLAIMED
@@ -326,6 +350,7 @@ class Launch:
                 ctx.cg_v2_fd = self.cg.v2_fd()         # PID 1 forks the program into it (clone3)
             except cgroups.CgroupError as e:
                 raise LaunchError(f"limits: {e}") from None
+        self.step = "network"
         if needs_network(plan):
             from . import network
             try:
@@ -336,8 +361,9 @@ class Launch:
             if self.net is not None:
                 ctx.hosts_text = self.net.etc_hosts()
                 ctx.hosts_file = self.net.hosts_path
+        self.step = "filesystem"
         if needs_image(plan):
-            _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless)   # sandbox.overlay / sandbox.volumes
+            _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless, self.name)   # sandbox.overlay / sandbox.volumes
 
     def _register(self, plan, rootless: bool) -> None:
         """Record what this launch is about to create on the host, before creating it, owned by this
@@ -448,7 +474,7 @@ class Launch:
                 overlay.finish_root(ctx.image_root, keep=keep)
                 if keep:
                     kept = (f"pysandbox: kept the writable layer of {self.sandbox_id} (pysandbox diff "
-                            f"{self.sandbox_id})" if not ctx.image_root.read_only else
+                            f"{self.name or self.sandbox_id})" if not ctx.image_root.read_only else
                             "pysandbox: --keep: nothing kept, the root was read-only (use --read-write)")
                     result.message = kept if not result.message else result.message + "\n" + kept
             except Exception as e:
@@ -539,7 +565,7 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     return run.finish()
 
 
-def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> None:
+def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name: Optional[str] = None) -> None:
     """Before clone: an image's overlay root (per-sandbox upper/work dirs) and named volume dirs."""
     from .images import ImageError
     fs = plan.filesystem
@@ -547,7 +573,8 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> No
         if fs.image:
             from . import overlay
             ctx.image_root = overlay.prepare_root(fs, sandbox_id, rootless=rootless,
-                                                  uid_map=plan.user.uid_map, gid_map=plan.user.gid_map)
+                                                  uid_map=plan.user.uid_map, gid_map=plan.user.gid_map,
+                                                  name=name)
         vols = [m for m in fs.mounts if m.type == "volume"]
         if vols:
             from .volumes import resolve_volume
@@ -565,7 +592,7 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool) -> No
     except ImageError as e:
         raise LaunchError(f"filesystem: {e}") from None
     except OSError as e:
-        raise LaunchError(f"filesystem: volume: {e.strerror}") from None
+        raise LaunchError.from_os("filesystem: volume", e) from None
 
 
 def _kill(pid: int, cg) -> None:

@@ -516,8 +516,47 @@ def _execed(prog: int) -> bool:
 def status_of(st: dict, name: str) -> str:
     s = st.get("status")
     if s in ("running", "starting", "created"):
-        return s if state.is_alive(name) else "dead"
+        if not state.is_alive(name):
+            return "dead"
+        if s == "running" and st.get("cgroups") and _frozen(st):
+            return "paused"                       # read from the kernel's freezer, never stored
+        return s
     return s or "unknown"
+
+
+def _frozen(st: dict) -> bool:
+    from . import cgroups
+    return cgroups.is_frozen(st.get("cgroups"), st.get("id") or "")
+
+
+# --- pause / unpause (the cgroup freezer: v1 freezer.state, cgroup2 cgroup.freeze) ----------
+
+def _set_frozen(ref: str, frozen: bool) -> str:
+    from . import cgroups
+    name, st, status = load(ref)
+    want, verb = ("running", "pause") if frozen else ("paused", "unpause")
+    if status != want:
+        raise StateError(f"{name} is {'not running' if frozen else 'not paused'} ({status}): cannot {verb} it")
+    try:
+        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", frozen)
+    except cgroups.CgroupError as e:
+        raise StateError(f"{name}: {e}") from None
+    return name
+
+
+def pause(ref: str) -> str:
+    """Freeze every process of a running sandbox (Docker's `pause`)."""
+    return _set_frozen(ref, True)
+
+
+def unpause(ref: str) -> str:
+    return _set_frozen(ref, False)
+
+
+def _thaw(st: dict) -> None:
+    from . import cgroups
+    with contextlib.suppress(cgroups.CgroupError):
+        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", False)
 
 
 def load(ref: str) -> tuple[str, dict, str]:
@@ -534,7 +573,7 @@ def listing(all_: bool = False) -> list[dict]:
         except StateError:
             continue
         status = status_of(st, n)
-        if not all_ and status not in ("running", "starting"):
+        if not all_ and status not in ("running", "starting", "paused"):
             continue
         rows.append({"name": n, "id": st.get("id"), "profile": st.get("profile"), "status": status,
                      "exit_code": st.get("exit_code"), "pid": st.get("pid1"), "created": st.get("created"),
@@ -547,7 +586,8 @@ def inspect(ref: str) -> dict:
     out = dict(st)
     out["status"] = status
     prog = st.get("program_pid")
-    if status == "running" and state.same_process(prog, st.get("program_start")):
+    out["paused"] = status == "paused"
+    if status in ("running", "paused") and state.same_process(prog, st.get("program_start")):
         out["mounts"] = _mounts(prog)
         out["processes"] = [p["pid"] for p in processes(st)]
     out["limits"] = (st.get("plan") or {}).get("limits")
@@ -706,8 +746,10 @@ def deliver(name: str, st: dict, sig: int) -> bool:
 
 def stop(ref: str, grace: float = 10.0) -> str:
     name, st, status = load(ref)
-    if status not in ("running", "starting"):
+    if status not in ("running", "starting", "paused"):
         return name
+    if status == "paused":                        # as Docker: thaw, then stop
+        _thaw(st)
     deliver(name, st, signal.SIGTERM)
     if not wait_gone(name, grace):
         deliver(name, state.read(name), signal.SIGKILL)
@@ -718,23 +760,27 @@ def stop(ref: str, grace: float = 10.0) -> str:
 
 def kill(ref: str, sig: int = signal.SIGKILL) -> str:
     name, st, status = load(ref)
-    if status not in ("running", "starting"):
+    if status not in ("running", "starting", "paused"):
         raise StateError(f"{name} is not running ({status})")
     if not deliver(name, st, sig):
         if not state.is_alive(name):
             raise StateError(f"{name} is not running (it ended meanwhile)")
         raise StateError(f"{name}: cannot signal its PID 1 (gone?)")
-    return name
+    if status == "paused" and sig == signal.SIGKILL:
+        _thaw(st)      # v1 frozen tasks die only once thawed; the pending SIGKILL runs no user code
+    return name       # (other signals stay queued until unpause, as with Docker)
 
 
 def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
     """Remove a stopped (or dead) sandbox: kill what is left, its cgroups, its state.
     Returns (name, problems)."""
     name, st, status = load(ref)
-    if status in ("running", "starting"):
+    if status in ("running", "starting", "paused"):
         if not force:
             raise StateError(f"{name} is {status}: stop it first or use rm -f")
         deliver(name, st, signal.SIGKILL)         # while starting: queued, the launch is aborted
+        if status == "paused":
+            _thaw(st)
         if not wait_gone(name, 10.0):
             with contextlib.suppress(StateError):
                 st = state.read(name)

@@ -63,6 +63,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from audit import paths as _paths
+
 
 class NetworkError(Exception):
     """A network control cannot be set up (the launcher maps it to exit 125)."""
@@ -99,29 +101,26 @@ def _is_rootless() -> bool:
 
 
 def state_dir(rootless: bool | None = None) -> Path:
+    """<state directory>/networks (the one resolver: audit/paths.py)."""
     if rootless is None:
         rootless = _is_rootless()
-    env = os.environ.get("PYSANDBOX_STATE_DIR")
-    if env:
-        return Path(env) / "networks"
-    if not rootless:
-        return Path("/var/lib/pysandbox/networks")
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "pysandbox" / "networks"
+    return Path(_paths.state_dir(rootless)) / "networks"
 
 
 @contextmanager
 def _locked(root: Path):
     # traversable (0711): sandboxes' hosts files under <net>/hosts are bind-mounted by the
     # sandbox's mapped root, which has no capabilities on the host
-    root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    for d in (root.parent, root):      # ours (…/pysandbox, …/networks): make sure o+x survived the umask
-        try:
-            st = d.stat()
-            if st.st_uid == os.geteuid() and not st.st_mode & 0o001 and d.name in ("pysandbox", "networks"):
-                os.chmod(d, (st.st_mode & 0o7777) | 0o711)
-        except OSError:
-            pass
+    try:
+        if str(root.parent) == _paths.state_dir():
+            _paths.ensure_state_dir()          # 0711, ours, not writable by others
+        root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        if root.stat().st_uid == os.geteuid() and not root.stat().st_mode & 0o001:
+            os.chmod(root, 0o711)              # make sure o+x survived the umask
+    except _paths.StateDirError as e:
+        raise NetworkError(str(e)) from None
+    except OSError as e:
+        raise NetworkError(f"network state {e.filename or root}: {e.strerror}") from None
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -637,6 +636,26 @@ def _tun_problem() -> str | None:
     return None
 
 
+def _check_reachable(hosts_dir: Path) -> None:
+    """The sandbox's PID 1 (its mapped root: no capability on the host) opens its hosts file under
+    `hosts_dir` by path: every directory from / down to it must be searchable by others. Checked
+    before anything is reserved, so the launch fails closed with the directory named (exit 125)
+    instead of a bare "Permission denied" from inside the sandbox."""
+    d = hosts_dir
+    while True:
+        try:
+            st = d.stat()
+        except OSError as e:
+            raise NetworkError(f"network: {d}: {e.strerror}") from None
+        if not st.st_mode & 0o001:
+            raise NetworkError(f"network: {d} (mode {st.st_mode & 0o777:04o}) is not searchable by others: the "
+                               f"sandbox's root cannot reach its hosts file below it; make it o+x or use a "
+                               f"state directory (PYSANDBOX_STATE_DIR) whose parents are")
+        if d.parent == d:
+            return
+        d = d.parent
+
+
 def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
             hostname: str | None = None) -> "NetHandle | None":
     """Validate the network part of a plan and reserve what it needs (address, name) before
@@ -702,6 +721,7 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
                            "(pip install 'pysandbox[net]')") from None
     for p in ports:
         _check_port_free(p)
+    _check_reachable(root / mode / "hosts")
     reclaim_stale(rootless)
     h = NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny)
     with _locked(root):

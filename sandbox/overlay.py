@@ -93,8 +93,8 @@ def _needs_shift(maps) -> bool:
 
 # --------------------------------------------------------------------------- prepare
 
-def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(), store: Optional[Store] = None
-                 ) -> RootSpec:
+def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(), store: Optional[Store] = None,
+                 name: Optional[str] = None) -> RootSpec:
     """Resolve fs.image to layer dirs and create the per-sandbox dirs (supervisor, before clone).
 
     uid_map/gid_map (policies.plan.IdMapEntry or (inside, outside, count) tuples): the sandbox's
@@ -114,6 +114,13 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     read_only = bool(getattr(fs, "read_only", False))
     with store.locked():
         _reclaim_stale(store)
+        keep = bool(getattr(fs, "keep", False))
+        if name and keep:                  # `diff NAME` / `commit NAME` must find one container
+            other = _by_name(store, name)
+            if other:
+                raise ImageError(f"the name {name!r} is already used by kept container {other} "
+                                 f"(pysandbox commit --rm, or image prune --containers)")
+        sandbox_name = name
         name, rec = store.resolve(fs.image)
         for d in rec["layers"]:
             store.check_layer(d)           # missing, or changed since its digest was checked: refused
@@ -156,7 +163,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                 rw_fd = _sys.open_tree(cdir, recursive=False)   # containers/ (0700) keeps others out
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
                     "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
-                    "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": bool(getattr(fs, "keep", False))}
+                    "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": keep, "name": sandbox_name}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
             _close(idfds + ((rw_fd,) if rw_fd >= 0 else ()))
@@ -634,12 +641,30 @@ def release_targets() -> None:
 
 # --------------------------------------------------------------------------- kept containers
 
+def _by_name(store: Store, name: str) -> Optional[str]:
+    """The id of the kept container whose sandbox was run with --name NAME, if any."""
+    try:
+        ids = sorted(os.listdir(store.containers))
+    except FileNotFoundError:
+        return None
+    for cid in ids:
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(store.containers, cid, "container.json")) as f:
+                if json.load(f).get("name") == name:
+                    return cid
+    return None
+
+
 def _container(store: Store, ref: str) -> tuple[str, dict]:
+    """A kept container by id, by its sandbox's --name, or by a unique id prefix."""
     try:
         ids = sorted(os.listdir(store.containers))
     except FileNotFoundError:
         ids = []
-    hits = [i for i in ids if i == ref] or [i for i in ids if i.startswith(ref)]
+    hits = [i for i in ids if i == ref]
+    if ref and not hits:
+        named = _by_name(store, ref)
+        hits = [named] if named else [i for i in ids if i.startswith(ref)]
     if not ref or not hits:
         raise ImageError(f"no such container: {ref} (only runs with --keep are kept)")
     if len(hits) > 1:

@@ -32,8 +32,8 @@ import time
 
 # json and fcntl are imported where used: the check at the start of every command needs neither
 
-_REC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.(\d+)\.(\d+)$")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")    # sandbox ids (as sandbox.cgroups)
+_REC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.(\d+)\.(\d+)\Z")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")    # sandbox ids (as sandbox.cgroups)
 
 
 class RegistryError(OSError):
@@ -41,15 +41,9 @@ class RegistryError(OSError):
 
 
 def base_dir(rootless: Optional[bool] = None) -> str:
-    env = os.environ.get("PYSANDBOX_STATE_DIR")
-    if env:
-        return os.path.abspath(env)
-    if rootless is None:
-        rootless = os.geteuid() != 0
-    if not rootless:
-        return "/var/lib/pysandbox"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "pysandbox")
+    """The one state directory (audit/paths.py)."""
+    from audit import paths
+    return paths.state_dir(rootless)
 
 
 def owners_dir(rootless: Optional[bool] = None) -> str:

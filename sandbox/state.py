@@ -2,9 +2,8 @@
 
 Layout (one directory per sandbox, named after the sandbox):
 
-    /var/lib/pysandbox/sandboxes/NAME/          (root)
-    $XDG_DATA_HOME/pysandbox/sandboxes/NAME/    (rootless; default ~/.local/share)
-    $PYSANDBOX_STATE_DIR/sandboxes/NAME/        (when set, as the image store and networks)
+    <state directory>/sandboxes/NAME/    (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox
+                                          as root, $XDG_DATA_HOME/pysandbox rootless)
         state.json       the state (written atomically: temp file + rename, under `lock`)
         lock             flock'ed around every read-modify-write of state.json
         alive            flock'ed (shared) by the supervisor and PID 1 for as long as the sandbox lives:
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from audit import paths
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")   # \Z, not $: "$" lets "name\n" through
 
 
@@ -42,16 +43,9 @@ class StateError(Exception):
 
 
 def state_root(euid: Optional[int] = None) -> Path:
+    """<state directory>/sandboxes (the one resolver: audit/paths.py)."""
     euid = os.geteuid() if euid is None else euid
-    env = os.environ.get("PYSANDBOX_STATE_DIR")      # as the image store and networks (tests)
-    if env:
-        return Path(os.path.abspath(env)) / "sandboxes"
-    if euid == 0:
-        base = Path("/var/lib/pysandbox")
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")) \
-            / "pysandbox"
-    return base / "sandboxes"
+    return Path(paths.state_dir(rootless=euid != 0)) / "sandboxes"
 
 
 def _trusted(st) -> bool:
@@ -61,7 +55,12 @@ def _trusted(st) -> bool:
 def _root(create: bool = False) -> Path:
     root = state_root()
     if create:
-        root.mkdir(parents=True, mode=0o700, exist_ok=True)
+        try:
+            paths.ensure_state_dir()               # 0711, ours, not writable by others
+            root.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StateError(f"{e.strerror or e}" if isinstance(e, paths.StateDirError)
+                             else f"state directory {root}: cannot create it: {e.strerror}", code=125) from None
     try:
         st = os.stat(root)
     except FileNotFoundError:

@@ -127,13 +127,18 @@ def test_broken_sink_is_disabled_not_fatal(capsys):
 # --- sinks ------------------------------------------------------------------------
 
 def test_default_log_path(monkeypatch, tmp_path):
+    """The default log lives in the one state directory (audit/paths.py)."""
     monkeypatch.delenv("PYSANDBOX_AUDIT_LOG", raising=False)
+    monkeypatch.delenv("PYSANDBOX_STATE_DIR", raising=False)
     assert str(sinks.default_log_path(0)) == "/var/lib/pysandbox/audit.jsonl"
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert sinks.default_log_path(1000) == str(tmp_path / "pysandbox" / "audit.jsonl")
-    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", "/home/u")
-    assert str(sinks.default_log_path(1000)) == "/home/u/.local/state/pysandbox/audit.jsonl"
+    assert str(sinks.default_log_path(1000)) == "/home/u/.local/share/pysandbox/audit.jsonl"
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path / "sd"))
+    assert sinks.default_log_path(0) == str(tmp_path / "sd" / "audit.jsonl")
+    assert sinks.default_log_path(1000) == str(tmp_path / "sd" / "audit.jsonl")
     monkeypatch.setenv("PYSANDBOX_AUDIT_LOG", str(tmp_path / "x.jsonl"))
     assert sinks.default_log_path(1000) == str(tmp_path / "x.jsonl")
 

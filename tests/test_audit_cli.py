@@ -219,12 +219,13 @@ def test_audit_commands_read_the_log(runner, logdir):
 
 
 def test_default_log_location(runner, shared_tmp):
-    """Without --audit-log: /var/lib/pysandbox/audit.jsonl as root, $XDG_STATE_HOME/pysandbox rootless."""
+    """Without --audit-log: the state directory's audit.jsonl (audit/paths.py): /var/lib/pysandbox
+    as root, $XDG_DATA_HOME/pysandbox rootless."""
     if runner.user:
-        state = shared_tmp / "state"
+        state = shared_tmp / "data"
         state.mkdir()
         os.chown(state, runner.uid, runner.gid)
-        env = {"XDG_STATE_HOME": str(state)}
+        env = {"XDG_DATA_HOME": str(state)}
         log = state / "pysandbox" / "audit.jsonl"
     else:
         env = {}
