@@ -82,7 +82,11 @@ def register(sandbox_id: str, *, rootless: bool, owner: Optional[tuple] = None, 
         raise RegistryError(0, "cannot read this process's start time")
     d = owners_dir(rootless)
     try:
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        from audit import paths
+        paths.ensure_state_dir(rootless)      # 0711, the caller's (a makedirs here made it 0755)
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
     except OSError as e:
         raise RegistryError(e.errno, f"{d}: {e.strerror}") from None
     path = os.path.join(d, f"{sandbox_id}.{pid}.{start}")
