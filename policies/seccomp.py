@@ -173,7 +173,8 @@ def _atom_not(a) -> list:
 
 
 class TooComplex(Exception):
-    """One syscall's argument conditions need more than MAX_RULES libseccomp rules."""
+    """One syscall's argument conditions need more than MAX_RULES libseccomp rules.
+    args: (syscall name, the Entry whose addition made it so, or None)."""
 
 
 MAX_RULES = 128
@@ -424,6 +425,7 @@ class Entry:
     layer: int            # 0 imported, 1 the section's own
     order: int            # position in the source, later wins ties
     via_group: bool = False
+    src: tuple = ()       # where it was written, under seccomp: (("deny", 3), ("socket_families",), ...)
 
     def key(self):
         return (self.layer, len(self.args), self.action != "allow", SEVERITY[self.action], self.order)
@@ -435,32 +437,49 @@ def resolve_entries(entries: list[Entry], default_action: str, default_errno: Op
     Per syscall a decision tree is built over the arguments in ascending index order
     (the order libseccomp's own tree uses); sibling comparisons are disjoint, so
     libseccomp's "first true comparison commits" evaluation gives the intended answer.
-    Raises TooComplex(name) when one syscall would need more than MAX_RULES rules."""
+    Raises TooComplex(name, entry) when one syscall would need more than MAX_RULES rules;
+    entry is the source rule whose addition (in source order) made it so."""
     by_name: dict[str, list[Entry]] = {}
     for e in entries:
         by_name.setdefault(e.name, []).append(e)
     default_key = (default_action, default_errno if default_action == "errno" else None)
     out: list[SyscallRule] = []
     for name in sorted(by_name):
-        es = sorted(by_name[name], key=Entry.key, reverse=True)
-        prepared = []
-        for e in es:
-            conds = conditions_by_index(e.args)
-            if conds is None:
-                continue                 # can never match
-            prepared.append(((e.action, e.errno if e.action in ("errno", "notify") else None), conds))
-            if not conds:
-                break                    # unconditional: nothing weaker matters
-        try:
-            tree = _tree(prepared, default_key, [4 * MAX_RULES])
-            rules: list[SyscallRule] = []
-            _emit(name, tree, default_key, (), rules)
-        except TooComplex:
-            raise TooComplex(name) from None
-        if len(rules) > MAX_RULES:
-            raise TooComplex(name)
+        rules = _resolve_one(name, by_name[name], default_key)
+        if rules is None:
+            raise TooComplex(name, _culprit(name, by_name[name], default_key))
         out.extend(rules)
     return sort_rules(out)
+
+
+def _resolve_one(name: str, es: list[Entry], default_key: tuple) -> Optional[list[SyscallRule]]:
+    """One syscall's rules, or None when they need more than MAX_RULES libseccomp rules."""
+    prepared = []
+    for e in sorted(es, key=Entry.key, reverse=True):
+        conds = conditions_by_index(e.args)
+        if conds is None:
+            continue                 # can never match
+        prepared.append(((e.action, e.errno if e.action in ("errno", "notify") else None), conds))
+        if not conds:
+            break                    # unconditional: nothing weaker matters
+    try:
+        tree = _tree(prepared, default_key, [4 * MAX_RULES])
+        rules: list[SyscallRule] = []
+        _emit(name, tree, default_key, (), rules)
+    except TooComplex:
+        return None
+    return rules if len(rules) <= MAX_RULES else None
+
+
+def _culprit(name: str, es: list[Entry], default_key: tuple) -> Optional[Entry]:
+    """The rule that makes `name` too complex: the first, in source order (imported rules,
+    socket families, allow, deny), whose addition to the ones before it does. Each try is
+    bounded by the same budget, and a syscall has few source rules."""
+    ordered = sorted(es, key=lambda e: (e.layer, e.order))
+    for n in range(1, len(ordered) + 1):
+        if _resolve_one(name, ordered[:n], default_key) is None:
+            return ordered[n - 1]
+    return ordered[-1] if ordered else None
 
 
 def sort_rules(rules: Iterable[SyscallRule]) -> list[SyscallRule]:
@@ -655,7 +674,7 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
         default_action, default_errno = imp.default_action, imp.default_errno
         skipped.update(imp.skipped)
         for i, r in enumerate(imp.rules):
-            entries.append(Entry(r.name, r.action, r.errno, r.args, layer=0, order=i))
+            entries.append(Entry(r.name, r.action, r.errno, r.args, layer=0, order=i, src=("import",)))
 
     # 2. the section's defaults
     if "default_action" in section:
@@ -684,7 +703,7 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
     if fam is not None:
         for name, action, err, args in socket_family_rules(ctx, fam, caps):
             order += 1
-            entries.append(Entry(name, action, err, args, layer=1, order=order))
+            entries.append(Entry(name, action, err, args, layer=1, order=order, src=("socket_families",)))
 
     lifted = set()
     for cap, names in CAP_LIFTS.items():
@@ -708,7 +727,8 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
             ctx.fail("seccomp: an allow item must be a syscall name, an @group or {names, args}", "allow", i)
         for name, via_group in _names(ctx, item, skipped, "allow", i):
             order += 1
-            entries.append(Entry(name, "allow", None, args, layer=1, order=order, via_group=via_group))
+            entries.append(Entry(name, "allow", None, args, layer=1, order=order, via_group=via_group,
+                                 src=("allow", i)))
 
     # 4. deny list
     deny = section.get("deny") or []
@@ -740,13 +760,19 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
             if via_group and name in lifted:
                 continue
             order += 1
-            entries.append(Entry(name, action, e, args, layer=1, order=order, via_group=via_group))
+            entries.append(Entry(name, action, e, args, layer=1, order=order, via_group=via_group,
+                                 src=("deny", i)))
 
     try:
         rules = resolve_entries(entries, default_action, default_errno)
     except TooComplex as e:
-        ctx.fail(f"seccomp: the argument conditions for {e.args[0]!r} are too complex for libseccomp "
-                 f"(more than {MAX_RULES} rules); simplify them")
+        name, culprit = e.args[0], (e.args[1] if len(e.args) > 1 else None)
+        where = culprit.src if culprit is not None else ()
+        what = {"allow": "this allow rule", "deny": "this deny rule", "socket_families": "socket_families",
+                "import": "the imported rules"}.get(where[0] if where else "", "these rules")
+        ctx.fail(f"seccomp: {what} makes the argument conditions for {name!r} too complex for libseccomp "
+                 f"(more than {MAX_RULES} rules); use fewer argument conditions, or compare the way the "
+                 "rules it meets do (eq where they use eq: docs/seccomp.md)", *where)
     return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
                    rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify,
                    **audit_limits)

@@ -415,7 +415,8 @@ def w(i):
         l.syscall(139, 3, 0, 0); n[i] += 1        # sysfs(3): @obsolete, denied by strict
 ts = [threading.Thread(target=w, args=(i,)) for i in range(4)]
 [t.start() for t in ts]; [t.join() for t in ts]
-os.setuid(0)                                      # one more kind, after the flood
+l.sethostname(b"x", 1)                            # one more kind, after the flood (strict denies it;
+                                                  # setuid is left to the kernel's capability check)
 print(sum(n))
 """
 
@@ -432,7 +433,7 @@ def test_learn_mode_is_bounded_and_still_learns_every_call(runner, logdir):
     calls = int(r.stdout.split()[-1])
     assert calls > 300
     allow_line = next(line for line in out.read_text().splitlines() if line.strip().startswith("allow:"))
-    assert '"sysfs"' in allow_line and '"setuid"' in allow_line
+    assert '"sysfs"' in allow_line and '"sethostname"' in allow_line
     evs = list(reader.read_events(log))
     assert len(evs) < 400, len(evs)
     assert sum(reader.count(e) for e in evs if (e.get("syscall") or {}).get("name") == "sysfs") == calls
