@@ -515,7 +515,9 @@ def _build_root(plan, ctx) -> None:
                          resolv_conf=plan.network.mode != "none",
                          **({} if ctx is None else
                             {"hosts_text": ctx.hosts_text, "hosts_file": getattr(ctx, "hosts_file", None),
-                             "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs}))
+                             "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs,
+                             "bind_srcs": getattr(ctx, "bind_srcs", ()),
+                             "sys_admin": "SYS_ADMIN" in plan.capabilities}))
     rootfs.pivot(plan)
     rootfs.finish(plan, fds)
 

@@ -230,10 +230,43 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def _bind_source(m, src, sys_admin: bool) -> tuple:
+    """The detached tree to bind for `m`, from the supervisor's descriptor `src` = (fd, is_dir,
+    is_tree), which the caller opened with its own credentials (launcher.open_bind_sources): the
+    caller's access decided what may be bound. A descriptor of the host's mount namespace cannot
+    be cloned here (the kernel refuses, EINVAL), so the source is cloned by name in this mount
+    namespace — a copy of the host's, whose mounts the kernel locked (the program cannot unmount
+    a submount to see what it covers, nor clear a read-only flag the host set) — and must be the
+    object the caller opened (device and inode), else the launch stops. When the sandbox's root
+    cannot reach it (a root caller binding /root/x: the mapped root is an unprivileged host uid),
+    the supervisor's own tree is used instead (root callers only); its mounts are not locked, so
+    a program that keeps CAP_SYS_ADMIN is refused then (fail closed)."""
+    if src is None:
+        raise SetupError(f"bind source {m.source}: not opened by the supervisor")
+    fd, is_dir, is_tree = src
+    want = os.fstat(fd)
+    try:
+        tree = _sys.open_tree(m.source)
+    except OSError as e:
+        if not is_tree or e.errno not in (errno.EACCES, errno.EPERM):
+            raise SetupError(f"bind source {m.source}: {e.strerror} (in the sandbox's mount namespace)") from None
+        if sys_admin:
+            raise SetupError(f"bind source {m.source}: only the caller can reach it and its mounts cannot be "
+                             f"locked; refused while the program keeps CAP_SYS_ADMIN") from None
+        return os.dup(fd), is_dir
+    got = os.fstat(tree)
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        os.close(tree)
+        raise SetupError(f"bind source {m.source}: replaced while the sandbox was set up")
+    return tree, is_dir
+
+
 def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = None,
             resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None,
-            hosts_file: str | None = None) -> list:
-    """Steps 1-4. Returns the O_PATH descriptors of bind sources, in plan.filesystem.mounts order."""
+            hosts_file: str | None = None, bind_srcs: tuple = (), sys_admin: bool = False) -> list:
+    """Steps 1-4. Returns the detached trees of bind and volume sources, in plan.filesystem.mounts
+    order. bind_srcs: the supervisor's descriptors of the bind sources (launcher.open_bind_sources);
+    sys_admin: the program keeps CAP_SYS_ADMIN (see _bind_source)."""
     fs = plan.filesystem
     # Every host source is captured before anything else is mounted: the tmpfs on BASE below
     # would hide sources under the host's /tmp, and pivot_root later hides them all. User bind
@@ -242,16 +275,18 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
     _sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
     hosts_fd = os.open(hosts_file, os.O_PATH | os.O_CLOEXEC) if hosts_file else None
     fds = []
-    for m in fs.mounts:
-        if m.type in ("bind", "volume"):
-            src = m.source if m.type == "bind" else (volume_dirs or {}).get(m.source)
+    for i, m in enumerate(fs.mounts):
+        if m.type == "bind":
+            fds.append(_bind_source(m, bind_srcs[i] if i < len(bind_srcs) else None, sys_admin))
+        elif m.type == "volume":
+            src = (volume_dirs or {}).get(m.source)
             if src is None:
                 raise SetupError(f"volume {m.source!r} is not available")
             try:
                 st = os.stat(src)
                 fds.append((src if isinstance(src, int) else _sys.open_tree(src), stat.S_ISDIR(st.st_mode)))
             except OSError as e:
-                raise SetupError(f"bind source {src}: {e.strerror}") from None
+                raise SetupError(f"volume {m.source}: {e.strerror}") from None
         else:
             fds.append(None)
     root_fd = None
