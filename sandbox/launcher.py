@@ -98,6 +98,7 @@ def build_env(plan) -> dict:
             env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
         elif name in os.environ:
             env[name] = os.environ[name]
+    env["container"] = "pysandbox"   # podman's convention (docs/profile-format.md); a profile's env may set it
     env.update(dict(plan.process.env_set))
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     return env

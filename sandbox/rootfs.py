@@ -42,6 +42,27 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 FIXED_DIRS = ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv")
 
 
+# The container interface of systemd and podman (issue 20 item 15): programs and checkers
+# (systemd-detect-virt -c, toolbox, …) detect the sandbox. `container=pysandbox` is in PID 1's and
+# the program's environment (sandbox/init.py, launcher.build_env); /run/host/container-manager
+# (systemd's) and /run/.containerenv (podman's) are files of the root we build (`root: host`), mode
+# 0444, written into its tmpfs (no mount). Not in an image's root: written there they would land in
+# its writable layer (`pysandbox diff`, `commit`) or fail on a read-only one — nor in a `root:`
+# directory, which is the host's (docs/images.md).
+ENGINE = "pysandbox"
+VERSION = "0.1.0"        # = pyproject.toml's (tests/test_container_interface.py checks)
+
+
+def containerenv(image: str = "", image_id: str = "", rootless: bool = False) -> str:
+    """/run/.containerenv: podman's key=value lines. Like podman's for a container that is not
+    --privileged, no name and no id: a root built ahead (the launch server's spares) does not know
+    its run, and the file must read the same whichever way the root was built. The image is the
+    name the caller chose; nothing of the host's."""
+    q = lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    return (f"engine={q(ENGINE + '-' + VERSION)}\nimage={q(image)}\nimageid={q(image_id)}\n"
+            f"rootless={1 if rootless else 0}\n")
+
+
 def default_hosts(hostname: str) -> str:
     """/etc/hosts of a sandbox without a network of its own."""
     return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
@@ -182,7 +203,7 @@ class _FreshRoot:
             self._general()
             _copy_entry(host_path, path)
 
-    def write(self, rel: str, text: str) -> None:
+    def write(self, rel: str, text: str, mode: int = 0o644) -> None:
         """_write(BASE/rel, text) for a file that must be new: O_EXCL, in a directory of ours. An
         existing name (an entry's bind, a link) seals first and is written the general way, which
         then fails as it always did (read-only): never through a still-writable bind."""
@@ -190,7 +211,7 @@ class _FreshRoot:
         if made is not None and rel.rpartition("/")[0] in made:
             try:
                 fd = os.open(f"{self.base}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, 0o644)
+                             | os.O_NOFOLLOW, mode)
             except FileExistsError:
                 pass
             else:
@@ -200,7 +221,7 @@ class _FreshRoot:
                     os.close(fd)
                 return
         self._general()
-        _write(f"{self.base}/{rel}", text)
+        _write(f"{self.base}/{rel}", text, mode)
 
     def bind_file(self, src: str, rel: str) -> None:
         """A read-only bind of a file onto BASE/rel: while `made` is kept, write() made that file
@@ -263,7 +284,8 @@ def _bind_source(m, src, sys_admin: bool) -> tuple:
 
 def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = None,
             resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None,
-            hosts_file: str | None = None, bind_srcs: tuple = (), sys_admin: bool = False) -> list:
+            hosts_file: str | None = None, bind_srcs: tuple = (), sys_admin: bool = False,
+            rootless: bool = False) -> list:
     """Steps 1-4. Returns the detached trees of bind and volume sources, in plan.filesystem.mounts
     order. bind_srcs: the supervisor's descriptors of the bind sources (launcher.open_bind_sources);
     sys_admin: the program keeps CAP_SYS_ADMIN (see _bind_source)."""
@@ -321,6 +343,10 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         for d in FIXED_DIRS:
             tree.mkdir(d)
         os.chmod(new + "/var/tmp", 0o1777)
+        tree.write("run/.containerenv", containerenv(rootless=rootless), 0o444)
+        tree.mkdir("run/host")
+        tree.write("run/host/container-manager", ENGINE + "\n", 0o444)
+        os.chmod(new + "/run/host", 0o555)
 
     # Inside a root we did not make (an image, a `root:` directory), every path is resolved in it
     # by descriptor (sandbox.inroot): an image's `etc -> /host/dir` must not make us create
