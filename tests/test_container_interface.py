@@ -63,6 +63,19 @@ def test_profile_env_may_set_container(runner):
     assert r.returncode == 0 and r.stdout.split() == ["docker", "pysandbox"], r
 
 
+def test_exec_commands_see_it_too(runner):
+    """A `pysandbox exec` command into a running sandbox has the variable and sees the files."""
+    import uuid
+    name = f"rfdock-ci-{uuid.uuid4().hex[:8]}"
+    try:
+        r = runner("run", "-d", "--name", name, "--profile", "strict", "--", "/bin/sleep", "60")
+        assert r.returncode == 0, r
+        ex = runner("exec", name, "--", "/bin/sh", "-c", 'echo "$container"; cat /run/host/container-manager')
+        assert ex.returncode == 0 and ex.stdout.split() == ["pysandbox", "pysandbox"], ex
+    finally:
+        runner("rm", "-f", name)
+
+
 def _pid1_environ(runner) -> bytes:
     """PID 1's environment as the host sees it (/proc/PID/environ read by this test, host root):
     the program itself cannot read /proc/1/environ (PID 1 is non-dumpable and out of its reach)."""
