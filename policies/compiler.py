@@ -407,8 +407,12 @@ def _parse_volume(spec: str, cwd: str) -> P.Mount:
     ro = "ro" in opts
     if src.startswith(("/", ".")):
         src_abs = os.path.normpath(os.path.join(cwd, src))
-        if not os.path.exists(src_abs):
-            raise ProfileError(f"-v {spec!r}: source {src_abs} does not exist")
+        try:
+            os.stat(src_abs)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ProfileError(f"-v {spec!r}: source {src_abs} does not exist") from None
+        except OSError:     # e.g. EACCES: the launcher opens it as the caller and says why (exit 125)
+            pass
         return P.Mount(type="bind", source=src_abs, target=os.path.normpath(dst), read_only=ro)
     return P.Mount(type="volume", source=src, target=os.path.normpath(dst), read_only=ro)
 

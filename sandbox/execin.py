@@ -80,6 +80,7 @@ def _env(plan: dict, extra) -> dict:
             env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
         elif name in os.environ:
             env[name] = os.environ[name]
+    env["container"] = "pysandbox"      # as the program's (launcher.build_env)
     env.update({k: v for k, v in proc.get("env_set") or ()})
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     for item in extra or ():

@@ -39,6 +39,9 @@ except ImportError:                        # pragma: no cover
 # package's files are no longer reachable.
 
 KMSG_LINGER_MS = 50
+# PID 1's environment (pysandbox-init's, /proc/1/environ): the container interface of systemd and
+# podman, nothing of the host's (sandbox/rootfs.py, ENGINE)
+PID1_ENV = {"container": "pysandbox"}
 
 # PID 1's last stage as a small static program (sandbox/pid1.c, built by `make`): see init_image()
 INIT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pysandbox-init")
@@ -212,7 +215,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
             _drop_dac_for_exec()                 # the exec); the C program drops the rest, then
             # releases the program
             os.execve(init, ["pysandbox-init", str(status_w), str(prog_err_r), str(pid),
-                             str(KMSG_LINGER_MS if linger else 0), str(go_w)], {})
+                             str(KMSG_LINGER_MS if linger else 0), str(go_w)], PID1_ENV)
         except OSError:                          # (e.g. memfds made non-executable): go on here
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     for sig in FORWARDED:
@@ -321,7 +324,7 @@ def _inline(ctx, built: bool = False):
             _identity(plan, ctx.rootless, cgroupns=False)   # (this thread's credentials: raw system calls;
             if not built:                            # the program's process makes the cgroup namespace)
                 step = "root filesystem"
-                _build_root(plan, ctx)
+                _build_root(plan, ctx, ctx.rootless)
         except Exception as e:                       # the report names the step (_describe)
             with contextlib.suppress(AttributeError):
                 e.pysandbox_step = step
@@ -436,7 +439,7 @@ def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd
         cred_bits = (1 if creds[0] else 0) | (2 if creds[1] else 0) | (4 if creds[2] else 0)
         os.execve(init, ["pysandbox-init", "spawn", str(status_w), str(KMSG_LINGER_MS if linger else 0),
                          str(pfd), str(cg), str(program_pid or (2 if ctx.plan.namespaces.pid else 0)), str(notify),
-                         str(console), str(cred_bits)], {})
+                         str(console), str(cred_bits)], PID1_ENV)
     except Exception as e:                       # noqa: BLE001
         _send(status_w, f"SETUP cannot start pid 1: {_describe(e)}")
     os._exit(1)
@@ -519,19 +522,21 @@ def prebuild_root(plan, rootless: bool) -> None:
     the program's process does first — the mapped root's credentials, the hostname, loopback, the
     whole root file system and pivot_root (which moves PID 1's root and cwd too). Raises on failure."""
     _identity(plan, rootless, cgroupns=False)
-    _build_root(plan, None)
+    _build_root(plan, None, rootless)
 
 
-def _build_root(plan, ctx) -> None:
+def _build_root(plan, ctx, rootless: bool) -> None:
     """Loopback, the root file system, pivot_root, the mounts inside (ctx None: a run's context
     adds nothing to the root, see prebuild_root)."""
     if plan.namespaces.net:
         netlo.bring_up_loopback()
     fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
-                         resolv_conf=plan.network.mode != "none",
+                         resolv_conf=plan.network.mode != "none", rootless=rootless,
                          **({} if ctx is None else
                             {"hosts_text": ctx.hosts_text, "hosts_file": getattr(ctx, "hosts_file", None),
-                             "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs}))
+                             "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs,
+                             "bind_srcs": getattr(ctx, "bind_srcs", ()),
+                             "sys_admin": "SYS_ADMIN" in plan.capabilities}))
     rootfs.pivot(plan)
     rootfs.finish(plan, fds)
 
@@ -546,7 +551,7 @@ def _program(ctx, err_w: int, built: bool = False) -> None:
         prctl.set_pdeathsig(signal.SIGKILL)      # dies with PID 1 (armed after the credential change)
         if not built:
             step = "root filesystem"
-            _build_root(plan, ctx)
+            _build_root(plan, ctx, ctx.rootless)
     except Exception as e:                       # reported by PID 1 as a set-up failure (exit 125)
         os.write(err_w, f"SETUP {_describe(e, step)}".replace("\n", " ").encode())
         os._exit(125)

@@ -18,6 +18,7 @@ Exit status: the program's (128+N when killed by signal N); 125 the sandbox coul
 from __future__ import annotations
 
 import os
+import stat
 import select
 import signal
 import threading
@@ -91,6 +92,10 @@ class _Ctx:
     hosts_file: Optional[str] = None      # private network: live hosts file, bind-mounted read-only
     image_root: object = None
     volume_dirs: dict = field(default_factory=dict)
+    # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for
+    # other mounts): (fd, is_dir, is_tree) — as root a detached tree (open_tree in the host's mount
+    # namespace), rootless an O_PATH descriptor (open_bind_sources)
+    bind_srcs: tuple = ()
     notify_sock: object = None
     stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
     cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
@@ -105,6 +110,7 @@ def build_env(plan) -> dict:
             env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
         elif name in os.environ:
             env[name] = os.environ[name]
+    env["container"] = "pysandbox"   # podman's convention (docs/profile-format.md); a profile's env may set it
     env.update(dict(plan.process.env_set))
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     return env
@@ -365,6 +371,9 @@ class Launch:
         if needs_image(plan):
             _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless, self.name)   # sandbox.overlay / sandbox.volumes
 
+        if any(m.type == "bind" for m in plan.filesystem.mounts):
+            ctx.bind_srcs = open_bind_sources(plan, rootless)
+
     def _register(self, plan, rootless: bool) -> None:
         """Record what this launch is about to create on the host, before creating it, owned by this
         process (pid + start time): if it is SIGKILLed, the next pysandbox command of any kind
@@ -479,7 +488,8 @@ class Launch:
                     result.message = kept if not result.message else result.message + "\n" + kept
             except Exception as e:
                 result.events.append({"type": "integrity_violation", "what": "image root", "detail": str(e)})
-        for v in (ctx.volume_dirs.values() if ctx is not None else ()):   # our copies of detached volume trees
+        for v in (*(ctx.volume_dirs.values() if ctx is not None else ()),   # our copies of detached volume
+                  *(b[0] for b in (ctx.bind_srcs if ctx is not None else ()) if b is not None)):   # trees, bind sources
             if isinstance(v, int):
                 try:
                     os.close(v)
@@ -593,6 +603,52 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name:
         raise LaunchError(f"filesystem: {e}") from None
     except OSError as e:
         raise LaunchError.from_os("filesystem: volume", e) from None
+
+
+def open_bind_sources(plan, rootless: bool) -> tuple:
+    """Bind sources are opened here, by the supervisor, with the caller's own credentials: the
+    caller's access decides what it may bind (issue 20 item 13) — not the sandbox's mapped root,
+    which for a root caller is an unprivileged host uid that cannot enter /root. Returns one entry
+    per plan.filesystem.mounts: None for other mounts, else (fd, is_dir, is_tree).
+
+    As root the source becomes a detached mount tree here (open_tree on the descriptor, in the
+    host's mount namespace); rootless, open_tree needs CAP_SYS_ADMIN over the host's mount
+    namespace, so the O_PATH descriptor itself goes to PID 1. PID 1 cannot clone a mount of
+    another mount namespace through a descriptor (the kernel's check_mnt: EINVAL), so there
+    (rootfs.prepare) the source is cloned by name in the sandbox's copy of the host's mount table
+    — whose mounts the kernel locks — and must be the very object opened here (device and inode),
+    else the launch stops; as root, the supervisor's tree is used only when the sandbox's root
+    cannot reach the source (rootfs.prepare says why it then refuses a program keeping
+    CAP_SYS_ADMIN)."""
+    out: list = []
+    try:
+        for m in plan.filesystem.mounts:
+            if m.type != "bind":
+                out.append(None)
+                continue
+            try:
+                fd = os.open(m.source, os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                raise LaunchError(f"bind source {m.source}: {e.strerror} (opened as uid {os.getuid()})") from None
+            try:
+                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+                if not rootless:
+                    try:
+                        tree = _sys.open_tree(fd)
+                    except OSError as e:
+                        raise LaunchError(f"bind source {m.source}: {e.strerror}") from None
+                    os.close(fd)
+                    fd = tree
+            except BaseException:
+                os.close(fd)
+                raise
+            out.append((fd, is_dir, not rootless))
+    except BaseException:
+        for b in out:
+            if b is not None:
+                os.close(b[0])
+        raise
+    return tuple(out)
 
 
 def _kill(pid: int, cg) -> None:

@@ -42,6 +42,27 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 FIXED_DIRS = ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv")
 
 
+# The container interface of systemd and podman (issue 20 item 15): programs and checkers
+# (systemd-detect-virt -c, toolbox, …) detect the sandbox. `container=pysandbox` is in PID 1's and
+# the program's environment (sandbox/init.py, launcher.build_env); /run/host/container-manager
+# (systemd's) and /run/.containerenv (podman's) are files of the root we build (`root: host`), mode
+# 0444, written into its tmpfs (no mount). Not in an image's root: written there they would land in
+# its writable layer (`pysandbox diff`, `commit`) or fail on a read-only one — nor in a `root:`
+# directory, which is the host's (docs/images.md).
+ENGINE = "pysandbox"
+VERSION = "0.1.0"        # = pyproject.toml's (tests/test_container_interface.py checks)
+
+
+def containerenv(image: str = "", image_id: str = "", rootless: bool = False) -> str:
+    """/run/.containerenv: podman's key=value lines. Like podman's for a container that is not
+    --privileged, no name and no id: a root built ahead (the launch server's spares) does not know
+    its run, and the file must read the same whichever way the root was built. The image is the
+    name the caller chose; nothing of the host's."""
+    q = lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    return (f"engine={q(ENGINE + '-' + VERSION)}\nimage={q(image)}\nimageid={q(image_id)}\n"
+            f"rootless={1 if rootless else 0}\n")
+
+
 def default_hosts(hostname: str) -> str:
     """/etc/hosts of a sandbox without a network of its own."""
     return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
@@ -182,7 +203,7 @@ class _FreshRoot:
             self._general()
             _copy_entry(host_path, path)
 
-    def write(self, rel: str, text: str) -> None:
+    def write(self, rel: str, text: str, mode: int = 0o644) -> None:
         """_write(BASE/rel, text) for a file that must be new: O_EXCL, in a directory of ours. An
         existing name (an entry's bind, a link) seals first and is written the general way, which
         then fails as it always did (read-only): never through a still-writable bind."""
@@ -190,7 +211,7 @@ class _FreshRoot:
         if made is not None and rel.rpartition("/")[0] in made:
             try:
                 fd = os.open(f"{self.base}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, 0o644)
+                             | os.O_NOFOLLOW, mode)
             except FileExistsError:
                 pass
             else:
@@ -200,7 +221,7 @@ class _FreshRoot:
                     os.close(fd)
                 return
         self._general()
-        _write(f"{self.base}/{rel}", text)
+        _write(f"{self.base}/{rel}", text, mode)
 
     def bind_file(self, src: str, rel: str) -> None:
         """A read-only bind of a file onto BASE/rel: while `made` is kept, write() made that file
@@ -230,10 +251,44 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def _bind_source(m, src, sys_admin: bool) -> tuple:
+    """The detached tree to bind for `m`, from the supervisor's descriptor `src` = (fd, is_dir,
+    is_tree), which the caller opened with its own credentials (launcher.open_bind_sources): the
+    caller's access decided what may be bound. A descriptor of the host's mount namespace cannot
+    be cloned here (the kernel refuses, EINVAL), so the source is cloned by name in this mount
+    namespace — a copy of the host's, whose mounts the kernel locked (the program cannot unmount
+    a submount to see what it covers, nor clear a read-only flag the host set) — and must be the
+    object the caller opened (device and inode), else the launch stops. When the sandbox's root
+    cannot reach it (a root caller binding /root/x: the mapped root is an unprivileged host uid),
+    the supervisor's own tree is used instead (root callers only); its mounts are not locked, so
+    a program that keeps CAP_SYS_ADMIN is refused then (fail closed)."""
+    if src is None:
+        raise SetupError(f"bind source {m.source}: not opened by the supervisor")
+    fd, is_dir, is_tree = src
+    want = os.fstat(fd)
+    try:
+        tree = _sys.open_tree(m.source)
+    except OSError as e:
+        if not is_tree or e.errno not in (errno.EACCES, errno.EPERM):
+            raise SetupError(f"bind source {m.source}: {e.strerror} (in the sandbox's mount namespace)") from None
+        if sys_admin:
+            raise SetupError(f"bind source {m.source}: only the caller can reach it and its mounts cannot be "
+                             f"locked; refused while the program keeps CAP_SYS_ADMIN") from None
+        return os.dup(fd), is_dir
+    got = os.fstat(tree)
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        os.close(tree)
+        raise SetupError(f"bind source {m.source}: replaced while the sandbox was set up")
+    return tree, is_dir
+
+
 def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = None,
             resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None,
-            hosts_file: str | None = None) -> list:
-    """Steps 1-4. Returns the O_PATH descriptors of bind sources, in plan.filesystem.mounts order."""
+            hosts_file: str | None = None, bind_srcs: tuple = (), sys_admin: bool = False,
+            rootless: bool = False) -> list:
+    """Steps 1-4. Returns the detached trees of bind and volume sources, in plan.filesystem.mounts
+    order. bind_srcs: the supervisor's descriptors of the bind sources (launcher.open_bind_sources);
+    sys_admin: the program keeps CAP_SYS_ADMIN (see _bind_source)."""
     fs = plan.filesystem
     # Every host source is captured before anything else is mounted: the tmpfs on BASE below
     # would hide sources under the host's /tmp, and pivot_root later hides them all. User bind
@@ -242,16 +297,18 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
     _sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
     hosts_fd = os.open(hosts_file, os.O_PATH | os.O_CLOEXEC) if hosts_file else None
     fds = []
-    for m in fs.mounts:
-        if m.type in ("bind", "volume"):
-            src = m.source if m.type == "bind" else (volume_dirs or {}).get(m.source)
+    for i, m in enumerate(fs.mounts):
+        if m.type == "bind":
+            fds.append(_bind_source(m, bind_srcs[i] if i < len(bind_srcs) else None, sys_admin))
+        elif m.type == "volume":
+            src = (volume_dirs or {}).get(m.source)
             if src is None:
                 raise SetupError(f"volume {m.source!r} is not available")
             try:
                 st = os.stat(src)
                 fds.append((src if isinstance(src, int) else _sys.open_tree(src), stat.S_ISDIR(st.st_mode)))
             except OSError as e:
-                raise SetupError(f"bind source {src}: {e.strerror}") from None
+                raise SetupError(f"volume {m.source}: {e.strerror}") from None
         else:
             fds.append(None)
     root_fd = None
@@ -286,6 +343,10 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         for d in FIXED_DIRS:
             tree.mkdir(d)
         os.chmod(new + "/var/tmp", 0o1777)
+        tree.write("run/.containerenv", containerenv(rootless=rootless), 0o444)
+        tree.mkdir("run/host")
+        tree.write("run/host/container-manager", ENGINE + "\n", 0o444)
+        os.chmod(new + "/run/host", 0o555)
 
     # Inside a root we did not make (an image, a `root:` directory), every path is resolved in it
     # by descriptor (sandbox.inroot): an image's `etc -> /host/dir` must not make us create

@@ -167,6 +167,7 @@ def ctx_fds(ctx) -> list:
         if sock is not None:
             fds.append(sock.fileno())
     fds += [v for v in ctx.volume_dirs.values() if isinstance(v, int)]
+    fds += [b[0] for b in getattr(ctx, "bind_srcs", ()) if b is not None]
     root = ctx.image_root
     if root is not None:
         fds += list(getattr(root, "lower_fds", ()) or ())
