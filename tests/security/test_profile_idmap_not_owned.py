@@ -35,7 +35,7 @@ def _other_uid(me: int) -> int:
 MAPS = {
     "root": "user:\n  uid_map:\n    - {{inside: 0, outside: 0, count: 1}}\n",
     "other": "user:\n  uid_map:\n    - {{inside: 0, outside: {other}, count: 1}}\n",
-    "range": "user:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n    - {{inside: 1, outside: 100000, count: 65536}}\n",
+    "range": "user:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n    - {{inside: 1, outside: 100000, count: 65537}}\n",
     "gid": "user:\n  gid_map:\n    - {{inside: 0, outside: 0, count: 1}}\n",
 }
 

@@ -1,0 +1,278 @@
+"""Issue 20 item 2: rootless id ranges through newuidmap/newgidmap.
+
+How it failed: a rootless caller could map only its own id; a profile mapping a range (even the
+caller's own /etc/subuid range, as podman does) was refused - "ranges need root" at launch, later
+"host uid 100000-165535 is not yours" at compile time - so rootless sandboxes had one id and their
+root was the caller itself.
+
+Now `uid_map: subordinate` / `gid_map: subordinate` map inside 0-65535 to the caller's first 65536
+subordinate ids (written by the setuid helpers of the uidmap package), and explicit entries inside
+the caller's ranges are accepted. Shown here, as the unprivileged test user (pysbx-test, whose
+range useradd gave it - the fixture adds one for the session if missing and restores the files
+byte for byte): `id`, the maps (65536 ids), root inside is not the caller (a file it writes in a
+bind-mounted directory is owned by the subordinate id on the host; the caller's own 0600 file is
+not readable to it, but is with `auto`), chown to uid 1000 inside works, the API (launch server,
+spares built ahead), and the refusals: a user without subordinate ids (a throw-away user made
+with SUB_UID_COUNT=0), ids outside the range, ranges removed after the plan was cached (the
+helper refuses at launch: exit 125), and image/volume roots (not uid-shifted rootless yet).
+Nothing is simulated.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import PYSANDBOX, TEST_USER, VENV_BIN, ensure_test_user
+
+SUBFILES = ("/etc/subuid", "/etc/subgid")
+NOSUB_USER = "pysbx-idm-nosub"        # throw-away user of this file (no subordinate ids)
+
+SUB_PROFILE = "version: 1\nextends: {base}\nuser:\n  uid_map: subordinate\n  gid_map: subordinate\n"
+
+
+def _ranges(path: str, name: str, uid: int) -> list[tuple[int, int]]:
+    out = []
+    for line in Path(path).read_text().splitlines():
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in (name, str(uid)):
+            out.append((int(parts[1]), int(parts[2])))
+    return out
+
+
+class _Backup:
+    """/etc/subuid and /etc/subgid as they were (bytes, mode, owner), put back exactly."""
+
+    def __init__(self):
+        self.saved = {p: (Path(p).read_bytes(), os.stat(p)) for p in SUBFILES}
+
+    def restore(self):
+        for p, (data, st) in self.saved.items():
+            tmp = p + ".pysbx-idm"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, st.st_mode & 0o7777)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, p)
+
+
+@pytest.fixture(scope="module")
+def subids(user_runner):
+    """pysbx-test's first subordinate uid and gid (>= 65536 ids each); lines added if missing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (test users, /etc/subuid)")
+    pw = ensure_test_user()
+    backup = _Backup()
+    added = False
+    for p in SUBFILES:
+        if sum(n for _, n in _ranges(p, TEST_USER, pw.pw_uid)) < 65536:
+            nl = "" if Path(p).read_bytes().endswith(b"\n") or not Path(p).read_bytes() else "\n"
+            with open(p, "a") as f:                 # a range no one else has here
+                f.write(f"{nl}{TEST_USER}:3000000000:65536\n")
+            added = True
+    try:
+        yield (_ranges(SUBFILES[0], TEST_USER, pw.pw_uid)[0][0], _ranges(SUBFILES[1], TEST_USER, pw.pw_uid)[0][0])
+    finally:
+        if added:
+            backup.restore()
+
+
+@pytest.fixture
+def sub_dir(shared_tmp):
+    """A bind source the sandbox's root (a subordinate id: "other" on the host) may write to."""
+    d = shared_tmp / "w"
+    d.mkdir()
+    os.chmod(shared_tmp, 0o755)
+    os.chmod(d, 0o1777)
+    return d
+
+
+def test_cli_subordinate_ids(user_runner, subids, tmp_profile, sub_dir):
+    su, sg = subids
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-strict.yaml")
+    r = user_runner("run", "--profile", p, "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c",
+                    "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups; "
+                    "grep '^Groups' /proc/self/status; touch /w/made")
+    assert r.returncode == 0, r
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["0", "0"], r
+    assert lines[2].split() == ["0", str(su), "65536"], r          # 65536 ids: root inside is su
+    assert lines[3].split() == ["0", str(sg), "65536"], r
+    assert lines[4] == "allow", r                                  # newgidmap: a subordinate range
+    assert lines[5].split() == ["Groups:"], r                      # the caller's groups dropped
+    st = os.stat(sub_dir / "made")
+    assert (st.st_uid, st.st_gid) == (su, sg)                      # not the caller's file
+    assert st.st_uid != user_runner.uid
+
+
+def test_root_inside_is_not_the_caller(user_runner, subids, tmp_profile, sub_dir):
+    """The caller's own 0600 file: unreadable to the sandbox's root with subordinate ids (EACCES:
+    the caller's uid is not mapped, root inside is "other"); readable with `auto` (root = caller)."""
+    secret = sub_dir / "secret"
+    secret.write_text("caller only\n")
+    os.chown(secret, user_runner.uid, user_runner.gid)
+    os.chmod(secret, 0o600)
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-strict.yaml")
+    script = "stat -c '%u %g' /w/secret; cat /w/secret; echo rc=$?"
+    r = user_runner("run", "--profile", p, "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c", script)
+    assert "Permission denied" in r.stderr and "rc=1" in r.stdout, r
+    assert r.stdout.splitlines()[0] == "65534 65534", r            # the caller's file: nobody inside
+    r = user_runner("run", "--profile", "strict", "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c", script)
+    assert "caller only" in r.stdout and "rc=0" in r.stdout, r
+
+
+def test_chown_to_uid_1000_inside(user_runner, subids, tmp_profile, sub_dir):
+    su, sg = subids
+    p = tmp_profile(SUB_PROFILE.format(base="default"), "sub-default.yaml")
+    r = user_runner("run", "--profile", p, "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c",
+                    "touch /w/f && chown 1000:1000 /w/f && stat -c '%u %g' /w/f && "
+                    "chown 70000 /w/f; echo rc=$?")
+    assert r.stdout.splitlines()[0] == "1000 1000", r
+    st = os.stat(sub_dir / "f")
+    assert (st.st_uid, st.st_gid) == (su + 1000, sg + 1000)
+    assert "rc=1" in r.stdout and "Invalid argument" in r.stderr, r     # 70000: not mapped (EINVAL)
+
+
+def test_explicit_range_that_used_to_be_refused(user_runner, subids, tmp_profile):
+    """The podman layout, written out: 0 -> the caller, 1-65535 -> subordinate ids. Refused before
+    ("ranges need root" / "is not yours"); one id more than the range still is (exit 2)."""
+    su, _ = subids
+    body = ("version: 1\nextends: strict\nuser:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n"
+            "    - {{inside: 1, outside: {su}, count: {n}}}\n")
+    p = tmp_profile(body.format(su=su, n=65535), "podman.yaml")
+    r = user_runner("run", "--profile", p, "--", "/bin/cat", "/proc/self/uid_map", "/proc/self/setgroups")
+    assert r.returncode == 0, r
+    rows = [ln.split() for ln in r.stdout.splitlines()]
+    assert rows[:2] == [["0", str(user_runner.uid), "1"], ["1", str(su), "65535"]], r
+    assert rows[2] == ["deny"], r       # gid_map auto (own gid only): newgidmap denies setgroups
+    p = tmp_profile(body.format(su=su, n=65537), "toomany.yaml")
+    r = user_runner("run", "--profile", p, "--", "/bin/true")
+    assert r.returncode == 2, r
+    assert re.fullmatch(rf"pysandbox: {re.escape(p)}:6:7: user\.uid_map\[1\]: host uid {su}-{su + 65536} is not "
+                        r"yours: .*/etc/subuid \(\d+-\d+\); other ids need root", r.stderr.strip()), r
+
+
+def test_root_caller_subordinate_is_the_automatic_range(root_runner, tmp_profile):
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-root.yaml")
+    r = root_runner("run", "--profile", p, "--", "/bin/cat", "/proc/self/uid_map")
+    assert r.returncode == 0 and r.stdout.split() == ["0", "1000000000", "65536"], r
+
+
+API_SCRIPT = textwrap.dedent("""
+    import sys
+    from sandbox.api import Sandbox
+    sb = Sandbox(sys.argv[1])
+    for i in range(4):        # the 2nd and later take spares built ahead (their maps written by the template)
+        r = sb.run(["/bin/sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /w/api$$ 2>&1; echo ok"])
+        print(r.exit_code, r.stdout.decode().split(), flush=True)
+""")
+
+
+def test_api_launch_server_and_spares(user_runner, subids, tmp_profile, shared_tmp):
+    su, sg = subids
+    os.chmod(shared_tmp, 0o755)
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-api.yaml")
+    script = shared_tmp / "api.py"
+    script.write_text(API_SCRIPT)
+    os.chmod(script, 0o644)
+    r = subprocess.run([str(VENV_BIN / "python"), str(script), p], capture_output=True, text=True, timeout=120,
+                       user=user_runner.uid, group=user_runner.gid, extra_groups=[], cwd="/tmp",
+                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home})
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 4, r
+    for line in r.stdout.splitlines():
+        # no /w in a prebuildable root: the touch fails there, the sandbox still runs as root inside
+        assert line.startswith("0 ['0', '0', '" + str(su) + "', '65536', '0', '" + str(sg) + "', '65536'"), line
+        assert line.endswith("'ok']"), line
+
+
+@pytest.fixture
+def nosub_user():
+    """A throw-away user with no subordinate ids (useradd -K SUB_UID_COUNT=0); removed afterwards,
+    /etc/subuid and /etc/subgid restored byte for byte."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    backup = _Backup()
+    try:
+        pwd.getpwnam(NOSUB_USER)
+        subprocess.run(["userdel", NOSUB_USER], check=False, capture_output=True)
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "-M", "-N", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                    "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", NOSUB_USER], check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(NOSUB_USER)
+        for f in SUBFILES:
+            assert not _ranges(f, NOSUB_USER, pw.pw_uid), f
+        yield pw
+    finally:
+        subprocess.run(["userdel", NOSUB_USER], check=False, capture_output=True)
+        backup.restore()
+
+
+def test_no_subordinate_ids_is_refused(nosub_user, tmp_profile, shared_tmp):
+    pw = nosub_user
+    os.chmod(shared_tmp, 0o755)
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "nosub.yaml")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(shared_tmp), "LANG": "C.UTF-8"}
+    kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/tmp", env=env, capture_output=True,
+              text=True, timeout=60)
+    marker = shared_tmp / "ran"
+    os.chmod(shared_tmp, 0o777)
+    r = subprocess.run([PYSANDBOX, "run", "--profile", p, "--", "/bin/sh", "-c", f"touch {marker}"], **kw)
+    assert r.returncode == 2, r
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r
+    assert lines[0] == (f"pysandbox: {p}:4:3: user.uid_map: subordinate: user {NOSUB_USER} has no subordinate "
+                        f"uids in /etc/subuid (needs 65536); an administrator adds them: usermod --add-subuids "
+                        f"FIRST-LAST {NOSUB_USER} (e.g. 100000-165535, a range no other user has)"), r
+    assert not marker.exists()
+    # the API (the compiler for that caller) says the same
+    from policies.compiler import compile_profile
+    from policies.errors import ProfileError
+    with pytest.raises(ProfileError) as ei:
+        compile_profile(p, caller_uid=pw.pw_uid, caller_gid=pw.pw_gid)
+    assert ei.value.exit_code == 2 and "/etc/subuid" in str(ei.value) and "usermod --add-subuids" in str(ei.value)
+    # the legitimate side: the same user's `auto` profile compiles (its own id only)
+    ok = compile_profile("strict", caller_uid=pw.pw_uid, caller_gid=pw.pw_gid).plan.user.uid_map
+    assert [(e.inside, e.outside, e.count) for e in ok] == [(0, pw.pw_uid, 1)]
+
+
+def test_ranges_gone_after_the_plan_was_cached_fail_closed(user_runner, subids, tmp_profile):
+    """A plan compiled (and cached) while the caller had the range; the range removed by the
+    administrator; the next launch: newuidmap refuses, exit 125, one line naming /etc/subuid."""
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-cached.yaml")
+    assert user_runner("run", "--profile", p, "--", "/bin/true").returncode == 0
+    backup = _Backup()
+    try:
+        for f in SUBFILES:
+            kept = [ln for ln in Path(f).read_text().splitlines(keepends=True)
+                    if not ln.startswith(TEST_USER + ":")]
+            Path(f).write_text("".join(kept))
+        r = user_runner("run", "--profile", p, "--", "/bin/true")
+    finally:
+        backup.restore()
+    assert r.returncode == 125, r                  # the cached plan: the helper's refusal at launch
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "/etc/subuid" in lines[0], r
+    assert "newuidmap refused: newuidmap: uid range [0-65536) -> " in lines[0], r
+    assert "usermod --add-subuids" in lines[0], r
+    assert user_runner("run", "--profile", p, "--", "/bin/true").returncode == 0   # ranges back: works
+
+
+def test_image_or_volume_root_with_subordinate_ids_refused(user_runner, subids, tmp_profile):
+    """The rootless volume (and image) stores hold the caller's files, not uid-shifted copies: the
+    sandbox's root could not write them. Refused (125) instead of a root that cannot write its own
+    files; the same volume with `auto` works."""
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-vol.yaml")
+    r = user_runner("run", "--profile", p, "-v", "pysbx-idm-vol:/data", "--", "/bin/true")
+    assert r.returncode == 125, r
+    assert "subordinate ids rootless work with the host root only" in r.stderr, r
+    r = user_runner("run", "--profile", "strict", "-v", "pysbx-idm-vol:/data", "--", "/bin/sh", "-c",
+                    "touch /data/x && echo ok")
+    assert r.returncode == 0 and "ok" in r.stdout, r
+    user_runner("volume", "rm", "pysbx-idm-vol", check_no_traceback=False)
