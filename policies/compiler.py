@@ -34,6 +34,8 @@ CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
 # Host uid/gid range a root caller maps the sandbox to when the profile says `auto`.
 ROOT_AUTO_BASE = 1_000_000_000
 ROOT_AUTO_COUNT = 65536
+# What `subordinate` stands for when compiling for no real caller (lint): useradd's first range.
+LINT_SUBORDINATE_BASE = 100000
 
 DEFAULT_ETC = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
                "alternatives", "localtime", "os-release", "debian_version", "protocols", "services",
@@ -260,7 +262,10 @@ def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) 
         if spec == "auto":
             return (P.IdMapEntry(inside, caller, 1),)
         # rootless `subordinate`: inside 0-65535 -> the first 65536 of the caller's /etc/sub{u,g}id
-        # ids (root inside is not the caller); written by newuidmap/newgidmap at launch
+        # ids (root inside is not the caller); written by newuidmap/newgidmap at launch. (lint,
+        # owned_check False, compiles for no real caller: a placeholder range, no file read.)
+        if not owned_check:
+            return (P.IdMapEntry(0, LINT_SUBORDINATE_BASE, subids.WANT),)
         entries = subids.first_ids(_subids(what, caller, path, loc))
         if not entries:
             raise ProfileError(f"{'.'.join(path)}: subordinate: {_no_subids(what, caller)}", loc(path))
