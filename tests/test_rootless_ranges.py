@@ -276,3 +276,27 @@ def test_image_or_volume_root_with_subordinate_ids_refused(user_runner, subids, 
                     "touch /data/x && echo ok")
     assert r.returncode == 0 and "ok" in r.stdout, r
     user_runner("volume", "rm", "pysbx-idm-vol", check_no_traceback=False)
+
+
+def test_pty_with_subordinate_ids(user_runner, subids, tmp_profile):
+    """`run -t`: the sandbox's own devpts; its pty belongs to root inside (a subordinate id), and
+    the program has it as its terminal. (A real terminal from script(1), no simulation.)"""
+    import shutil
+    if not shutil.which("script"):
+        pytest.fail("script(1) (bsdutils) is needed for a terminal")
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-tty.yaml")
+    cmd = f"{PYSANDBOX} run -t --profile {p} -- /bin/sh -c 'tty; stat -c \"%u %g\" $(tty); id -u'"
+    r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
+                       user=user_runner.uid, group=user_runner.gid, extra_groups=[], cwd="/tmp",
+                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "TERM": "dumb"})
+    out = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+    assert r.returncode == 0 and out[-3].startswith("/dev/pts/") and out[-2:] == ["0 0", "0"], r
+
+
+def test_lint_subordinate_is_no_finding(tmp_profile):
+    """lint has no real caller: `subordinate` compiles without reading /etc/subuid (a machine
+    without ranges must not make a valid profile a PSB001 error), and is not PSB105."""
+    from policies.lint import lint_paths
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-lint.yaml")
+    r = lint_paths([p])
+    assert not [f for f in r.findings if f.code in ("PSB001", "PSB105")], r.findings
