@@ -300,3 +300,36 @@ def test_lint_subordinate_is_no_finding(tmp_profile):
     p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-lint.yaml")
     r = lint_paths([p])
     assert not [f for f in r.findings if f.code in ("PSB001", "PSB105")], r.findings
+
+
+def _as_user_with_group(user_runner, args, group: int) -> subprocess.CompletedProcess:
+    """pysandbox ARGS as pysbx-test with one supplementary host group (the runner gives none)."""
+    return subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=60, user=user_runner.uid,
+                          group=user_runner.gid, extra_groups=[group], cwd="/tmp",
+                          env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "LANG": "C.UTF-8"})
+
+
+def test_callers_supplementary_groups_dropped_run_and_exec(user_runner, subids, tmp_profile):
+    """With `auto` the caller's host groups stay with the program (setgroups denied: they show as
+    65534); with subordinate ids newgidmap leaves setgroups at allow and the program and a
+    `pysandbox exec` command have none (a subordinate root keeping the caller's groups would still
+    reach the caller's group-shared files)."""
+    import grp
+    group = grp.getgrnam("users").gr_gid if "users" in {g.gr_name for g in grp.getgrall()} else 100
+    show = ["--", "/bin/sh", "-c", "grep '^Groups' /proc/self/status"]
+    r = _as_user_with_group(user_runner, ["run", "--profile", "strict", *show], group)
+    assert r.returncode == 0 and r.stdout.split() == ["Groups:", "65534"], r        # before: kept
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-groups.yaml")
+    r = _as_user_with_group(user_runner, ["run", "--profile", p, *show], group)
+    assert r.returncode == 0 and r.stdout.split() == ["Groups:"], r
+    name = f"pysbx-idm-ex-{os.getpid()}"
+    r = _as_user_with_group(user_runner, ["run", "-d", "--name", name, "--profile", p, "--", "/bin/sleep", "60"],
+                            group)
+    assert r.returncode == 0, r
+    try:
+        r = _as_user_with_group(user_runner, ["exec", name, *show[1:]], group)
+        assert r.returncode == 0 and r.stdout.split() == ["Groups:"], r
+        r = _as_user_with_group(user_runner, ["exec", name, "/bin/cat", "/proc/self/uid_map"], group)
+        assert r.stdout.split()[:2] == ["0", str(subids[0])], r
+    finally:
+        _as_user_with_group(user_runner, ["rm", "-f", name], group)
