@@ -172,9 +172,9 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         except ValueError:
             raise ProfileError(f"--user: expected UID[:GID] as numbers, got {ov.user!r}") from None
     uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
-                     owned_ids) if ns.user else ()
+                     owned_ids, owner=uid) if ns.user else ()
     gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
-                     owned_ids) if ns.user else ()
+                     owned_ids, owner=uid) if ns.user else ()
     if ns.user:
         for what, val, m in (("uid", in_uid, uid_map), ("gid", in_gid, gid_map)):
             if not any(e.inside <= val < e.inside + e.count for e in m):
@@ -251,7 +251,11 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     return Compiled(plan, doc)
 
 
-def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) -> tuple:
+def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True,
+           owner: Optional[int] = None) -> tuple:
+    """caller: the caller's uid (uid_map) or gid (gid_map); owner: its uid, which names it in both
+    /etc/subuid and /etc/subgid (by name or number)."""
+    owner = caller if owner is None else owner
     what = "uid" if path[-1] == "uid_map" else "gid"
     if spec in ("auto", "subordinate"):
         if caller == 0:
@@ -266,9 +270,9 @@ def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) 
         # owned_check False, compiles for no real caller: a placeholder range, no file read.)
         if not owned_check:
             return (P.IdMapEntry(0, LINT_SUBORDINATE_BASE, subids.WANT),)
-        entries = subids.first_ids(_subids(what, caller, path, loc))
+        entries = subids.first_ids(_subids(what, owner, path, loc))
         if not entries:
-            raise ProfileError(f"{'.'.join(path)}: subordinate: {_no_subids(what, caller)}", loc(path))
+            raise ProfileError(f"{'.'.join(path)}: subordinate: {_no_subids(what, owner)}", loc(path))
         return tuple(P.IdMapEntry(*e) for e in entries)
     out = []
     owned = None
@@ -288,7 +292,7 @@ def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) 
                 own_seen = True
             else:
                 if owned is None:
-                    owned = _subids(what, caller, path + (i,), loc)
+                    owned = _subids(what, owner, path + (i,), loc)
                 if not subids.owns(owned, outside, n):
                     raise ProfileError(f"{'.'.join(path)}[{i}]: host {what} {ids} is not yours: a rootless caller "
                                        f"({what} {caller}) may map its own {what} (outside: caller, count: 1) and "
@@ -303,9 +307,9 @@ def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) 
     return tuple(out)
 
 
-def _subids(what: str, caller: int, path, loc) -> list:
+def _subids(what: str, owner: int, path, loc) -> list:
     try:
-        return subids.ranges(what, caller)
+        return subids.ranges(what, owner)
     except subids.SubidError as e:
         raise ProfileError(f"{'.'.join(str(p) for p in path)}: {e}", loc(path)) from None
 
@@ -314,10 +318,10 @@ def _ranges_text(rs) -> str:
     return ", ".join(f"{a}-{a + n - 1}" for a, n in rs)
 
 
-def _no_subids(what: str, caller: int) -> str:
+def _no_subids(what: str, owner: int) -> str:
     """One line: why there are no subordinate ids to map, and the remedy."""
-    name = subids.user_name(caller) or str(caller)
-    have = sum(n for _, n in subids.ranges(what, caller))
+    name = subids.user_name(owner) or str(owner)
+    have = sum(n for _, n in subids.ranges(what, owner))
     short = (f"only {have} subordinate {what}s" if have else f"no subordinate {what}s")
     return (f"user {name} has {short} in {subids.FILES[what]} (needs {subids.WANT}); an administrator adds "
             f"them: usermod --add-sub{what}s FIRST-LAST {name} (e.g. 100000-165535, a range no other user "

@@ -333,3 +333,18 @@ def test_callers_supplementary_groups_dropped_run_and_exec(user_runner, subids, 
         assert r.stdout.split()[:2] == ["0", str(subids[0])], r
     finally:
         _as_user_with_group(user_runner, ["rm", "-f", name], group)
+
+
+def test_subgid_ranges_are_found_by_the_users_name_not_its_gid(user_runner, subids, tmp_profile):
+    """/etc/subgid names the user (by name or uid), as /etc/subuid does: a caller whose gid differs
+    from its uid still gets its subordinate gids (the API compiles for any caller_uid/gid)."""
+    from policies.compiler import compile_profile
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-gid.yaml")
+    plan = compile_profile(p, caller_uid=user_runner.uid, caller_gid=4242).plan
+    assert [(e.inside, e.outside, e.count) for e in plan.user.gid_map] == [(0, subids[1], 65536)]
+
+
+def test_doctor_reports_subordinate_ids(user_runner, subids):
+    r = user_runner("doctor")
+    line = next(ln for ln in r.stdout.splitlines() if "subordinate ids" in ln)
+    assert line.startswith("ok ") and "65536 uids, 65536 gids" in line, r
