@@ -27,7 +27,7 @@ import termios
 
 import prctl
 
-from . import _sys, capabilities, rootfs
+from . import _sys, capabilities, idmap, rootfs
 from . import netlo                        # lo up in PID 1 (sandbox.network stays off the launch path)
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from . import seccomp as _seccomp
@@ -132,8 +132,7 @@ def setgroups_allowed(plan, rootless: bool) -> bool:
     """Whether the sandbox may call setgroups: root's, and a rootless caller's whose gid map holds a
     subordinate range (newgidmap left `setgroups` at `allow`: the caller's supplementary groups
     are dropped then; sandbox/idmap.py). A rootless map of the caller's own gid: `deny`."""
-    m = plan.user.gid_map
-    return not rootless or bool(plan.namespaces.user and (len(m) > 1 or any(e.count > 1 for e in m)))
+    return not rootless or bool(plan.namespaces.user and idmap.ranged(plan.user.gid_map))
 
 
 def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
