@@ -348,3 +348,15 @@ def test_doctor_reports_subordinate_ids(user_runner, subids):
     r = user_runner("doctor")
     line = next(ln for ln in r.stdout.splitlines() if "subordinate ids" in ln)
     assert line.startswith("ok ") and "65536 uids, 65536 gids" in line, r
+
+
+def test_delegated_cgroup_limits_hold_with_subordinate_ids(user_runner, subids, tmp_profile):
+    """The caller's delegated cgroup subtree belongs to the caller, not to the sandbox's root (a
+    subordinate id): PID 1 joins through descriptors the supervisor opened, so limits still apply.
+    A fork beyond --pids-limit is refused (and reported); under the limit the same runs."""
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-pids.yaml")
+    forks = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait; id -u"
+    r = user_runner("run", "--profile", p, "--pids-limit", "6", "--", "/bin/sh", "-c", forks)
+    assert "Cannot fork" in r.stderr and "pids limit 6 reached" in r.stderr, r
+    r = user_runner("run", "--profile", p, "--pids-limit", "64", "--", "/bin/sh", "-c", forks)
+    assert r.returncode == 0 and r.stdout.strip() == "0" and "Cannot fork" not in r.stderr, r
