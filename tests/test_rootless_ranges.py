@@ -164,16 +164,42 @@ def test_root_caller_subordinate_is_the_automatic_range(root_runner, tmp_profile
 
 
 API_SCRIPT = textwrap.dedent("""
-    import sys
+    import json, os, sys, time
     from sandbox.api import Sandbox
+    from sandbox import zygote
+
+    def built_spares(server):   # the server's children that pivoted into a built root (as tests/test_api.py)
+        found = []
+        for k in open(f"/proc/{server}/task/{server}/children").read().split():
+            try:
+                with open(f"/proc/{k}/root/etc/hostname") as f:
+                    if f.read() == "sandbox\\n":
+                        found.append(int(k))
+            except OSError:
+                pass
+        return found
+
     sb = Sandbox(sys.argv[1])
-    for i in range(4):        # the 2nd and later take spares built ahead (their maps written by the template)
-        r = sb.run(["/bin/sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map; touch /w/api$$ 2>&1; echo ok"])
-        print(r.exit_code, r.stdout.decode().split(), flush=True)
+    cmd = ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups"]
+    runs = [sb.run(cmd, text=True)]
+    server = zygote.Client.get().proc.pid
+    spares = []
+    for _ in range(300):          # the template cloned a spare, wrote its maps (the helpers), built its root
+        spares = built_spares(server)
+        if spares:
+            break
+        time.sleep(0.01)
+    runs += [sb.run(cmd, text=True) for _ in range(3)]
+    used = bool(spares) and not os.path.exists(f"/proc/{spares[0]}")
+    print(json.dumps({"out": [(r.exit_code, r.stdout.split(), r.stderr) for r in runs], "spares": spares,
+                      "used": used}))
 """)
 
 
 def test_api_launch_server_and_spares(user_runner, subids, tmp_profile, shared_tmp):
+    """sandbox.api as the unprivileged user: the launch server writes the maps of a fresh PID 1
+    (Launch.start), and its template those of the spares it builds ahead; the launch takes one."""
+    import json
     su, sg = subids
     os.chmod(shared_tmp, 0o755)
     p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-api.yaml")
@@ -183,11 +209,17 @@ def test_api_launch_server_and_spares(user_runner, subids, tmp_profile, shared_t
     r = subprocess.run([str(VENV_BIN / "python"), str(script), p], capture_output=True, text=True, timeout=120,
                        user=user_runner.uid, group=user_runner.gid, extra_groups=[], cwd="/tmp",
                        env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home})
-    assert r.returncode == 0 and len(r.stdout.splitlines()) == 4, r
-    for line in r.stdout.splitlines():
-        # no /w in a prebuildable root: the touch fails there, the sandbox still runs as root inside
-        assert line.startswith("0 ['0', '0', '" + str(su) + "', '65536', '0', '" + str(sg) + "', '65536'"), line
-        assert line.endswith("'ok']"), line
+    assert r.returncode == 0, r
+    out = json.loads(r.stdout)
+    want = ["0", "0", str(su), "65536", "0", str(sg), "65536", "allow"]
+    assert [o[:2] for o in out["out"]] == [[0, want]] * 4, out
+    assert out["spares"] and out["used"], out          # a spare (maps by the template) served a launch
+    # the refusal through the API: the same profile compiled for a caller without ranges
+    from policies.compiler import compile_profile
+    from policies.errors import ProfileError
+    with pytest.raises(ProfileError) as ei:
+        compile_profile(p, caller_uid=4242, caller_gid=4242)
+    assert "/etc/subuid" in str(ei.value) and "usermod --add-subuids" in str(ei.value)
 
 
 @pytest.fixture
@@ -231,7 +263,12 @@ def test_no_subordinate_ids_is_refused(nosub_user, tmp_profile, shared_tmp):
                         f"uids in /etc/subuid (needs 65536); an administrator adds them: usermod --add-subuids "
                         f"FIRST-LAST {NOSUB_USER} (e.g. 100000-165535, a range no other user has)"), r
     assert not marker.exists()
-    # the API (the compiler for that caller) says the same
+    # the API, as that user: Sandbox(profile) raises SandboxError with the same line, nothing runs
+    api = ("import sys\nfrom sandbox.api import Sandbox\ntry:\n    Sandbox(sys.argv[1]).run(['/bin/true'])\n"
+           "except Exception as e:\n    print(type(e).__name__, getattr(e, 'exit_code', None), e)\n")
+    r = subprocess.run([str(VENV_BIN / "python"), "-c", api, p], **kw)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r
+    assert r.stdout.strip() == "SandboxError None " + lines[0][len("pysandbox: "):], r
     from policies.compiler import compile_profile
     from policies.errors import ProfileError
     with pytest.raises(ProfileError) as ei:
