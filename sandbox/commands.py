@@ -91,6 +91,9 @@ def cache_files(compiled, kw=None) -> list:
         k, _, v = opt.partition("=")
         if k == "seccomp" and v and v != "unconfined":
             files.append(os.path.abspath(v))
+    from . import idmap
+    if idmap.uses_helpers(compiled.plan, os.geteuid() != 0):
+        files.extend(("/etc/subuid", "/etc/subgid"))    # `subordinate` resolved from them
     return files
 
 

@@ -279,26 +279,68 @@ def test_no_subordinate_ids_is_refused(nosub_user, tmp_profile, shared_tmp):
     assert [(e.inside, e.outside, e.count) for e in ok] == [(0, pw.pw_uid, 1)]
 
 
-def test_ranges_gone_after_the_plan_was_cached_fail_closed(user_runner, subids, tmp_profile):
-    """A plan compiled (and cached) while the caller had the range; the range removed by the
-    administrator; the next launch: newuidmap refuses, exit 125, one line naming /etc/subuid."""
+def _without_test_user_ranges():
+    for f in SUBFILES:
+        kept = [ln for ln in Path(f).read_text().splitlines(keepends=True) if not ln.startswith(TEST_USER + ":")]
+        Path(f).write_text("".join(kept))
+
+
+def test_ranges_gone_after_the_plan_was_cached(user_runner, subids, tmp_profile):
+    """The CLI's cached plan depends on /etc/subuid and /etc/subgid: ranges withdrawn by the
+    administrator after a run are seen by the next run (exit 2, the compile-time line), not
+    hidden behind a cached plan; back, it runs again."""
     p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-cached.yaml")
     assert user_runner("run", "--profile", p, "--", "/bin/true").returncode == 0
+    assert user_runner("run", "--profile", p, "--", "/bin/true").returncode == 0    # (cached)
     backup = _Backup()
     try:
-        for f in SUBFILES:
-            kept = [ln for ln in Path(f).read_text().splitlines(keepends=True)
-                    if not ln.startswith(TEST_USER + ":")]
-            Path(f).write_text("".join(kept))
+        _without_test_user_ranges()
         r = user_runner("run", "--profile", p, "--", "/bin/true")
     finally:
         backup.restore()
-    assert r.returncode == 125, r                  # the cached plan: the helper's refusal at launch
+    assert r.returncode == 2, r
     lines = r.stderr.splitlines()
-    assert len(lines) == 1 and "/etc/subuid" in lines[0], r
-    assert "newuidmap refused: newuidmap: uid range [0-65536) -> " in lines[0], r
-    assert "usermod --add-subuids" in lines[0], r
+    assert len(lines) == 1 and "has no subordinate uids in /etc/subuid" in lines[0], r
     assert user_runner("run", "--profile", p, "--", "/bin/true").returncode == 0   # ranges back: works
+
+
+WITHDRAWN = textwrap.dedent("""
+    import sys
+    from sandbox.api import Sandbox
+    sb = Sandbox(sys.argv[1])                      # compiled now, while the ranges exist
+    print(sb.run(["/bin/true"]).exit_code, flush=True)
+    sys.stdin.readline()                           # the test withdraws the ranges meanwhile
+    r = sb.run(["/bin/true"])
+    print(r.exit_code, r.message, flush=True)
+""")
+
+
+def test_ranges_withdrawn_under_a_compiled_plan_fail_closed(user_runner, subids, tmp_profile, shared_tmp):
+    """A plan compiled while the caller had the ranges (an API Sandbox, compiled once), launched
+    after they were withdrawn: newuidmap itself refuses - exit 125, one line quoting it and naming
+    /etc/subuid - and nothing runs with a map the administrator no longer grants."""
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-withdrawn.yaml")
+    os.chmod(shared_tmp, 0o755)
+    proc = subprocess.Popen([str(VENV_BIN / "python"), "-c", WITHDRAWN, p], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user_runner.uid,
+                            group=user_runner.gid, extra_groups=[], cwd="/tmp",
+                            env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home})
+    backup = _Backup()
+    try:
+        assert proc.stdout.readline().strip() == "0"
+        _without_test_user_ranges()
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        backup.restore()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    code, _, message = out.strip().partition(" ")
+    assert code == "125", out
+    assert message.startswith("pysandbox: user namespace: cannot write the id maps: newuidmap refused: "
+                              "newuidmap: uid range [0-65536) -> "), out
+    assert "/etc/subuid" in message and "usermod --add-subuids" in message and "\n" not in message, out
 
 
 def test_image_or_volume_root_with_subordinate_ids_refused(user_runner, subids, tmp_profile):
