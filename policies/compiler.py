@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import plan as P
+from . import subids
 from .errors import ProfileError
 from .loader import Document, load_profile
 from .units import MAX_BYTES, parse_bytes, parse_cpus, parse_rlimit, parse_ulimit
@@ -33,6 +34,8 @@ CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
 # Host uid/gid range a root caller maps the sandbox to when the profile says `auto`.
 ROOT_AUTO_BASE = 1_000_000_000
 ROOT_AUTO_COUNT = 65536
+# What `subordinate` stands for when compiling for no real caller (lint): useradd's first range.
+LINT_SUBORDINATE_BASE = 100000
 
 DEFAULT_ETC = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
                "alternatives", "localtime", "os-release", "debian_version", "protocols", "services",
@@ -168,9 +171,9 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     fs = _filesystem(d.get("filesystem", {}), ov, loc)
     in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
     uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
-                     owned_ids) if ns.user else ()
+                     owned_ids, owner=uid) if ns.user else ()
     gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
-                     owned_ids) if ns.user else ()
+                     owned_ids, owner=uid) if ns.user else ()
     if ns.user:
         _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
                       user_d if not (ov.user or fs.image) else {}, loc)
@@ -292,36 +295,81 @@ def _show_map(m) -> str:
     return ", ".join(f"{e.inside}->{e.outside} x{e.count}" for e in m) or "empty"
 
 
-def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) -> tuple:
-    if spec == "auto":
+def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True,
+           owner: Optional[int] = None) -> tuple:
+    """caller: the caller's uid (uid_map) or gid (gid_map); owner: its uid, which names it in both
+    /etc/subuid and /etc/subgid (by name or number)."""
+    owner = caller if owner is None else owner
+    what = "uid" if path[-1] == "uid_map" else "gid"
+    if spec in ("auto", "subordinate"):
         if caller == 0:
             if inside >= ROOT_AUTO_COUNT:
                 raise ProfileError(f"uid/gid {inside} is outside the automatic range 0-{ROOT_AUTO_COUNT - 1}",
                                    loc(path))
             return (P.IdMapEntry(0, ROOT_AUTO_BASE, ROOT_AUTO_COUNT),)
-        return (P.IdMapEntry(inside, caller, 1),)
+        if spec == "auto":
+            return (P.IdMapEntry(inside, caller, 1),)
+        # rootless `subordinate`: inside 0-65535 -> the first 65536 of the caller's /etc/sub{u,g}id
+        # ids (root inside is not the caller); written by newuidmap/newgidmap at launch. (lint,
+        # owned_check False, compiles for no real caller: a placeholder range, no file read.)
+        if not owned_check:
+            return (P.IdMapEntry(0, LINT_SUBORDINATE_BASE, subids.WANT),)
+        entries = subids.first_ids(_subids(what, owner, path, loc))
+        if not entries:
+            raise ProfileError(f"{'.'.join(path)}: subordinate: {_no_subids(what, owner)}", loc(path))
+        return tuple(P.IdMapEntry(*e) for e in entries)
     out = []
-    what = "uid" if path[-1] == "uid_map" else "gid"
+    owned = None
+    own_seen = False
     for i, e in enumerate(spec):
         outside = caller if e["outside"] == "caller" else e["outside"]
         if owned_check and caller != 0:
-            # who owns a host id: root owns all; a rootless caller only its own (one id, once) -
+            # who owns a host id: root owns all; a rootless caller its own (one id, once) and its
+            # subordinate ranges (/etc/subuid, /etc/subgid: newuidmap/newgidmap write those) -
             # refused here, at compile time, pointing at the entry (the launch would fail anyway)
             n = e["count"]
             ids = f"{outside}" if n == 1 else f"{outside}-{outside + n - 1}"
-            if outside != caller or n != 1:
-                raise ProfileError(f"{'.'.join(path)}[{i}]: host {what} {ids} is not yours: a rootless caller "
-                                   f"({what} {caller}) may map only its own {what}, one id (outside: caller, "
-                                   "count: 1); other ids and ranges need root", loc(path + (i,)))
-            if i > 0:
-                raise ProfileError(f"{'.'.join(path)}[{i}]: a rootless caller may map its own {what} only once",
-                                   loc(path + (i,)))
+            if outside == caller and n == 1:
+                if own_seen:
+                    raise ProfileError(f"{'.'.join(path)}[{i}]: a rootless caller may map its own {what} only once",
+                                       loc(path + (i,)))
+                own_seen = True
+            else:
+                if owned is None:
+                    owned = _subids(what, owner, path + (i,), loc)
+                if not subids.owns(owned, outside, n):
+                    raise ProfileError(f"{'.'.join(path)}[{i}]: host {what} {ids} is not yours: a rootless caller "
+                                       f"({what} {caller}) may map its own {what} (outside: caller, count: 1) and "
+                                       f"ids of its ranges in {subids.FILES[what]} "
+                                       f"({_ranges_text(owned) or 'none'}); other ids need root",
+                                       loc(path + (i,)))
         out.append(P.IdMapEntry(e["inside"], outside, e["count"]))
     out.sort(key=lambda e: e.inside)
     for a, b in zip(out, out[1:]):
         if a.inside + a.count > b.inside:
             raise ProfileError("overlapping ranges in the map", loc(path))
     return tuple(out)
+
+
+def _subids(what: str, owner: int, path, loc) -> list:
+    try:
+        return subids.ranges(what, owner)
+    except subids.SubidError as e:
+        raise ProfileError(f"{'.'.join(str(p) for p in path)}: {e}", loc(path)) from None
+
+
+def _ranges_text(rs) -> str:
+    return ", ".join(f"{a}-{a + n - 1}" for a, n in rs)
+
+
+def _no_subids(what: str, owner: int) -> str:
+    """One line: why there are no subordinate ids to map, and the remedy."""
+    name = subids.user_name(owner) or str(owner)
+    have = sum(n for _, n in subids.ranges(what, owner))
+    short = (f"only {have} subordinate {what}s" if have else f"no subordinate {what}s")
+    return (f"user {name} has {short} in {subids.FILES[what]} (needs {subids.WANT}); an administrator adds "
+            f"them: usermod --add-sub{what}s FIRST-LAST {name} (e.g. 100000-165535, a range no other user "
+            f"has)")
 
 
 def _cap_set(name: str, path, loc, flag: Optional[str] = None) -> set:

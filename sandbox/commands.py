@@ -128,6 +128,9 @@ def cache_files(compiled, kw=None) -> list:
             files.append(os.path.abspath(v))
     for db in _USER_DBS:                # --user NAME, --group-add, an image's User
         files += db.files
+    from . import idmap
+    if idmap.uses_helpers(compiled.plan, os.geteuid() != 0):
+        files.extend(("/etc/subuid", "/etc/subgid"))    # `subordinate` resolved from them
     return files
 
 

@@ -199,6 +199,26 @@ def _username() -> str:
         return str(os.geteuid())
 
 
+def _subordinate_row(root: bool) -> tuple[str, bool, str]:
+    """uid_map: subordinate (docs/profile-format.md, "Rootless id ranges"): usable by this caller?"""
+    name = "subordinate ids (uid_map: subordinate)"
+    if root:
+        return (name, True, "root: the automatic range 1000000000-1000065535")
+    from policies import subids
+    from . import idmap
+    try:
+        # (both files name the user, by name or uid)
+        have = {w: sum(n for _, n in subids.ranges(w, os.geteuid())) for w in ("uid", "gid")}
+    except subids.SubidError as e:
+        return (name, False, str(e))
+    problem = idmap.helper_problem()
+    short = [f"{subids.FILES[w]} holds {have[w]}" for w in ("uid", "gid") if have[w] < subids.WANT]
+    if problem or short:
+        return (name, False, "; ".join(short + ([problem] if problem else [])) +
+                f" (needs {subids.WANT}: usermod --add-subuids/--add-subgids FIRST-LAST USER)")
+    return (name, True, f"{have['uid']} uids, {have['gid']} gids (newuidmap/newgidmap)")
+
+
 def checks() -> list[tuple[str, bool, str]]:
     rows = []
     root = os.geteuid() == 0
@@ -242,6 +262,7 @@ def checks() -> list[tuple[str, bool, str]]:
                  f"ABI {abi}: the program is kept out of PID 1's reach whatever its capabilities" if scoped else
                  (f"ABI {abi}" if abi else "not available") + ": profiles granting SYS_PTRACE are refused "
                  "(PID 1 would be reachable; needs ABI 6, Linux 6.12)"))
+    rows.append(_subordinate_row(root))
     rows.append(("mount_setattr (recursive read-only binds)", True, "kernel >= 5.12" ))
     fs = _read("/proc/filesystems")
     rows.append(("overlayfs", "overlay" in fs, "available" if "overlay" in fs else "not available"))

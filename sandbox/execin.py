@@ -295,6 +295,14 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
+def _gid_range(m) -> bool:
+    """A gid map (the plan as stored: entries as dicts or lists) holding a subordinate range:
+    newgidmap left setgroups at allow (as init.setgroups_allowed decides for the program)."""
+    m = list(m or ())
+    count = lambda e: e["count"] if isinstance(e, dict) else e[2]     # noqa: E731
+    return len(m) > 1 or any(count(e) > 1 for e in m)
+
+
 def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit_sock=None) -> None:
     stage = "prepare"
     try:
@@ -333,8 +341,8 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
         user = plan["user"]
         uid, gid = user["uid"], user["gid"]
         if plan["namespaces"]["user"] or not rootless:
-            if not rootless:
-                os.setgroups(list(user.get("groups") or ()))
+            if not rootless or _gid_range(user.get("gid_map")):   # setgroups allowed (sandbox/idmap.py):
+                os.setgroups(list(user.get("groups") or ()))     # the caller's groups dropped
             if uid != 0:
                 _sys.set_keepcaps(True)
             os.setresgid(gid, gid, gid)

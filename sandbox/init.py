@@ -28,7 +28,7 @@ import termios
 
 import prctl
 
-from . import _sys, capabilities, rootfs
+from . import _sys, capabilities, idmap, rootfs
 from . import netlo                        # lo up in PID 1 (sandbox.network stays off the launch path)
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from . import seccomp as _seccomp
@@ -128,8 +128,15 @@ def credential_steps(plan, rootless: bool) -> tuple:
     capabilities in the namespace are kept); the host's supplementary groups are dropped where
     allowed."""
     ns_user = plan.namespaces.user
-    return (bool(ns_user and _mapped(plan.user.gid_map, 0)), not rootless,
+    return (bool(ns_user and _mapped(plan.user.gid_map, 0)), setgroups_allowed(plan, rootless),
             bool(ns_user and _mapped(plan.user.uid_map, 0)))
+
+
+def setgroups_allowed(plan, rootless: bool) -> bool:
+    """Whether the sandbox may call setgroups: root's, and a rootless caller's whose gid map holds a
+    subordinate range (newgidmap left `setgroups` at `allow`: the caller's supplementary groups
+    are dropped then; sandbox/idmap.py). A rootless map of the caller's own gid: `deny`."""
+    return not rootless or bool(plan.namespaces.user and idmap.ranged(plan.user.gid_map))
 
 
 def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
@@ -376,14 +383,14 @@ def program_params(ctx, creds: tuple) -> bytes:
     fl = _PARAMS_FLAGS
     flags = ((fl["new_session"] if plan.process.new_session else 0)
              | (fl["set_ids"] if plan.namespaces.user or not ctx.rootless else 0)
-             | (fl["setgroups"] if not ctx.rootless else 0)
+             | (fl["setgroups"] if setgroups_allowed(plan, ctx.rootless) else 0)
              | (fl["nnp"] if plan.no_new_privs else 0)
              | (fl["listener"] if ctx.notify_sock is not None else 0)
              | (fl["log"] if getattr(ctx, "seccomp_log", False) else 0)
              | (fl["cgroupns"] if plan.namespaces.cgroup else 0)
              | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0)
              | (fl["landlock"] if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI else 0))
-    groups = list(plan.user.groups) if not ctx.rootless else []
+    groups = list(plan.user.groups) if setgroups_allowed(plan, ctx.rootless) else []
 
     def text(v) -> bytes:
         b = os.fsencode(v) if not isinstance(v, bytes) else v
@@ -625,7 +632,7 @@ def _exec_program(ctx, err_w: int) -> None:
         stage = "identity"
         uid, gid = plan.user.uid, plan.user.gid
         if plan.namespaces.user or not ctx.rootless:
-            if not ctx.rootless:
+            if setgroups_allowed(plan, ctx.rootless):
                 _sys.setgroups(list(plan.user.groups))
             if uid != 0:
                 _sys.set_keepcaps(True)

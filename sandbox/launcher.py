@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import _sys
+from . import _sys, idmap
 from .init import init_image, pid1_main, read_to_end
 
 EXIT_SETUP = 125
@@ -147,13 +147,20 @@ def preflight(plan, rootless: bool) -> None:
     if rootless:
         if not ns.user:
             raise LaunchError("namespaces: a rootless sandbox needs a user namespace (namespaces.user: true)")
-        uid, gid = os.geteuid(), os.getegid()
-        for what, m, own in (("uid_map", plan.user.uid_map, uid), ("gid_map", plan.user.gid_map, gid)):
-            if len(m) != 1 or m[0].count != 1 or m[0].outside != own:
-                raise LaunchError(f"user.{what}: rootless callers can only map their own id "
-                                  f"({own}) to one id inside; ranges need root")
-        if plan.user.groups:
-            raise LaunchError("user.groups: supplementary groups need root (setgroups is denied rootless)")
+        if idmap.uses_helpers(plan, rootless):     # ranges: the caller's /etc/subuid, /etc/subgid ids
+            problem = idmap.helper_problem()
+            if problem:
+                raise LaunchError(f"user.uid_map: ranges of subordinate ids need newuidmap/newgidmap: {problem}")
+            fs = plan.filesystem
+            if fs.image or any(m.type == "volume" for m in fs.mounts):
+                # the rootless image and volume stores hold the caller's files, not uid-shifted
+                # copies: the sandbox's root (a subordinate id) could not write its own root
+                raise LaunchError("user.uid_map: subordinate ids rootless work with the host root only, not "
+                                  "with an image or a named volume yet (their rootless stores are the "
+                                  "caller's files); use uid_map: auto there")
+        if plan.user.groups and not (idmap.uses_helpers(plan, rootless) and idmap.ranged(plan.user.gid_map)):
+            raise LaunchError("user.groups: supplementary groups need root, or a subordinate gid range "
+                              "(setgroups is denied to a rootless caller mapping only its own gid)")
     if ns.user and not os.path.exists("/proc/self/ns/user"):
         raise LaunchError("namespaces.user: this kernel has no user namespaces")
     if ns.time and not os.path.exists("/proc/self/ns/time"):
@@ -179,6 +186,13 @@ def pid1_reach_check(caps) -> None:
 
 
 def _write_maps(pid: int, plan, rootless: bool) -> None:
+    if idmap.uses_helpers(plan, rootless):     # rootless ranges: newuidmap/newgidmap (sandbox/idmap.py)
+        problem = idmap.write_with_helpers(pid, plan)
+        if problem:
+            raise LaunchError(f"user namespace: cannot write the id maps: {problem} (the ids must be the "
+                              "caller's in /etc/subuid and /etc/subgid: usermod --add-subuids/--add-subgids)")
+        return
+
     def fmt(m):
         return "".join(f"{e.inside} {e.outside} {e.count}\n" for e in m)
     files = ((("setgroups", "deny"),) if rootless else ()) + \

@@ -344,8 +344,9 @@ def map_needs_root(ctx: Ctx):
                 continue
             shown = f"host {what} {out}" if cnt == 1 else f"host {what}s {out}+{cnt}"
             ctx.report(M.PSB105, f"user.{key}[{i}] maps {shown}: only root may run this profile (a rootless "
-                       f"caller may map only its own {what}, once)",
-                       "use `auto` (the caller's own id rootless, an unprivileged range as root) or "
+                       f"caller may map only its own {what}, once, and ids of its /etc/sub{what} ranges)",
+                       "use `auto` (the caller's own id rootless, an unprivileged range as root), `subordinate` "
+                       "(the caller's /etc/subuid range rootless) or "
                        "`{inside: N, outside: caller, count: 1}`; keep it only for root-run profiles",
                        ("user", key, i, "outside"), ("user", key, i))
 

@@ -3,7 +3,8 @@ user does not own; only the launch (preflight) stopped it, after the whole compi
 no location in the profile.
 
 Now the compiler refuses it: who owns a host id - root all of them, a rootless caller only its own
-uid/gid (one id, one entry; /etc/subuid ranges are not used today) - checked at compile time,
+uid/gid (one id, one entry) and, since issue 20 item 2, the ids of its /etc/subuid, /etc/subgid
+ranges (tests/test_rootless_ranges.py; the "range" case here exceeds pysbx-test's by one id) - checked at compile time,
 `file:line:col` at the offending map entry, exit 2, nothing launched (no sandbox process, no audit
 `start` event). The caller's own id still works rootless; root may map any range. lint, which
 cannot know the caller, warns with PSB105 for any explicit host id.
@@ -35,7 +36,7 @@ def _other_uid(me: int) -> int:
 MAPS = {
     "root": "user:\n  uid_map:\n    - {{inside: 0, outside: 0, count: 1}}\n",
     "other": "user:\n  uid_map:\n    - {{inside: 0, outside: {other}, count: 1}}\n",
-    "range": "user:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n    - {{inside: 1, outside: 100000, count: 65536}}\n",
+    "range": "user:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n    - {{inside: 1, outside: 100000, count: 65537}}\n",
     "gid": "user:\n  gid_map:\n    - {{inside: 0, outside: 0, count: 1}}\n",
 }
 

@@ -1,0 +1,119 @@
+"""A sandbox's id maps: /proc/PID/{setgroups,uid_map,gid_map}, written by the supervisor after the
+clone and before PID 1's release.
+
+* root: any map, written directly.
+* rootless, its own id only (`uid_map: auto`): written directly, with `setgroups` `deny` first
+  (the kernel's rule for an unprivileged map of the writer's own gid).
+* rootless, ranges (`uid_map: subordinate`, or entries inside the caller's /etc/subuid,
+  /etc/subgid ranges — the compiler checks them, policies/subids.py): only the setuid helpers of
+  shadow's `uidmap` package may write those, after checking the ranges against the same files —
+  as podman, buildah and rootlesskit do. `newuidmap PID inside outside count ...`, then
+  `newgidmap PID ...`, which leaves `setgroups` at `allow` when a subordinate range is mapped
+  (so PID 1 drops the caller's supplementary groups with setgroups([])) and writes `deny` when
+  only the caller's own gid is. Both are spawned at once (~7 ms each on this machine) and waited
+  for; the target must still be dumpable and owned by the caller (PID 1 is, until its release).
+"""
+from __future__ import annotations
+
+import os
+
+HELPERS = ("newuidmap", "newgidmap")
+_STDERR_MAX = 4096
+_found: dict = {}
+
+
+def _own(m, own: int) -> bool:
+    return len(m) == 1 and m[0].count == 1 and m[0].outside == own
+
+
+def uses_helpers(plan, rootless: bool) -> bool:
+    """A rootless plan mapping more than the caller's own uid and gid (ranges: the setuid helpers)."""
+    return bool(rootless and plan.namespaces.user and not (_own(plan.user.uid_map, os.geteuid())
+                                                          and _own(plan.user.gid_map, os.getegid())))
+
+
+def ranged(m) -> bool:
+    """A gid map holding a subordinate range (as far as the plan tells: more than one id): newgidmap
+    then leaves `setgroups` at `allow` and the sandbox drops the caller's supplementary groups
+    (init.setgroups_allowed; execin._gid_range for the plan as stored). Decided from the plan
+    alone, in PID 1 too (where the caller's gid is not known any more). A map of one subordinate
+    gid (count 1) is not seen as a range: setgroups is not called and the caller's groups stay, as
+    with `auto` - never a failed launch."""
+    return len(m) > 1 or any(e.count > 1 for e in m)
+
+
+def helper_problem() -> str | None:
+    """Why newuidmap/newgidmap cannot write ranges here (None: they can): missing, or neither
+    setuid root nor given file capabilities (`security.capability`)."""
+    for name in HELPERS:
+        path = find(name)
+        if path is None:
+            return f"{name} not found (install the uidmap package)"
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return f"{path}: {e.strerror}"
+        if not (st.st_uid == 0 and st.st_mode & 0o4000):
+            try:
+                os.getxattr(path, "security.capability")
+            except OSError:
+                return f"{path} is neither setuid root nor has file capabilities"
+    return None
+
+
+def find(name: str) -> str | None:
+    if name not in _found:
+        import shutil
+        _found[name] = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
+    return _found[name]
+
+
+def _args(m) -> list[str]:
+    return [str(x) for e in m for x in (e.inside, e.outside, e.count)]
+
+
+def write_with_helpers(pid: int, plan) -> str | None:
+    """Run newuidmap and newgidmap for PID 1 (at once). None when both succeeded, else one line:
+    what failed and the helper's own words."""
+    procs, failed = [], None
+    try:
+        for name, m in (("newuidmap", plan.user.uid_map), ("newgidmap", plan.user.gid_map)):
+            path = find(name)
+            if path is None:
+                failed = f"{name} not found (install the uidmap package)"
+                break
+            r, w = os.pipe2(os.O_CLOEXEC)
+            try:
+                devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    child = os.posix_spawn(path, [name, str(pid), *_args(m)], {"LC_ALL": "C"},
+                                           file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                                                         (os.POSIX_SPAWN_DUP2, w, 1),
+                                                         (os.POSIX_SPAWN_DUP2, w, 2)])
+                finally:
+                    os.close(devnull)
+            except OSError as e:
+                os.close(r)
+                failed = f"{name}: {e.strerror}"
+                break
+            finally:
+                os.close(w)
+            procs.append((name, child, r))
+        for name, child, r in procs:           # every spawned helper is read and reaped
+            out = b""
+            while True:
+                chunk = os.read(r, _STDERR_MAX)
+                if not chunk:
+                    break
+                if len(out) < _STDERR_MAX:
+                    out += chunk
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if failed is None and code != 0:
+                said = next((ln.strip() for ln in out.decode("utf-8", "replace").splitlines() if ln.strip()),
+                            f"exit status {code}")
+                failed = f"{name} refused: {said[:300]}"
+        return failed
+    finally:
+        for _, _, r in procs:
+            os.close(r)
