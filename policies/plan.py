@@ -115,6 +115,9 @@ class Filesystem:
     sys: bool = True
     dev: str = "minimal"               # minimal (null zero full random urandom tty pts shm)
     keep: bool = False                 # keep the writable layer after the run (images)
+    # size limit in bytes of an image's writable layer (filesystem.storage.size, --storage-opt
+    # size=); None: no writable layer (read-only root, or no image)
+    storage_size: Optional[int] = None
 
 
 @dataclass(frozen=True)

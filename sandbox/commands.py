@@ -89,6 +89,8 @@ def _overrides_options(f):
         click.option("--security-opt", multiple=True, metavar="OPT", help="seccomp=FILE|unconfined, no-new-privileges"),
         click.option("--image", metavar="NAME", help="Root filesystem from an image."),
         click.option("--keep", is_flag=True, help="Keep the writable layer after the run."),
+        click.option("--storage-opt", "storage_opt", multiple=True, metavar="size=SIZE",
+                     help="Size limit of an image's writable layer (default 2G; docs/images.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -106,7 +108,7 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
-        user=kw["user"], profile_path=kw["profile_path"])
+        storage_opt=kw.get("storage_opt", ()), user=kw["user"], profile_path=kw["profile_path"])
 
 
 def compile_for(kw: dict, argv=()):
