@@ -308,6 +308,8 @@ def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
     read_only = f.get("read_only", True)
     if ov.read_only is not None:
         read_only = ov.read_only
+    if ov.storage_opt and not image:
+        raise ProfileError("--storage-opt limits an image's writable layer: it needs --image (and --read-write)")
     storage_size = _storage_size(f, ov, loc) if image and not read_only else None
     mounts = []
     for i, m in enumerate(f.get("mounts", [])):

@@ -674,7 +674,7 @@ def _receive_layer(spec: RootSpec) -> int:
 def finish_root(spec: RootSpec, *, keep: bool) -> list[dict]:
     """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`.
 
-    Returns audit events: `storage_limit` when the writable layer was full at the end."""
+    Returns audit events: `limit_exceeded` (limit `storage`) when the writable layer was full at the end."""
     _close(spec.lower_fds + ((spec.rw_fd,) if spec.rw_fd >= 0 else ()))
     events: list[dict] = []
     layer = _receive_layer(spec)
@@ -683,9 +683,11 @@ def finish_root(spec: RootSpec, *, keep: bool) -> list[dict]:
             with contextlib.suppress(OSError):
                 v = os.fstatvfs(layer)
                 if v.f_bavail == 0 or v.f_favail == 0:
-                    events.append({"type": "storage_limit", "limit": "storage", "value": spec.upper_size,
-                                   "what": "inodes" if v.f_favail == 0 else "bytes",
-                                   "detail": "the writable layer was full (writes failed with ENOSPC)"})
+                    what = "inodes" if v.f_favail == 0 else "bytes"
+                    events.append({"type": "limit_exceeded", "limit": "storage", "value": spec.upper_size,
+                                   "peak": (v.f_blocks - v.f_bfree) * v.f_frsize, "via": "tmpfs", "what": what,
+                                   "message": f"the writable layer was full ({what}) at the end: writes "
+                                              f"beyond {_human(spec.upper_size)} failed with ENOSPC"})
         if keep and not spec.read_only:
             if layer < 0:
                 rmtree(spec.container_dir)
