@@ -7,9 +7,11 @@ Flow (called by the launcher):
     ... lead's rootfs code: proc, dev, tmp, binds (bind targets through safe_target) ...
     finish_root(spec, keep=plan.filesystem.keep)    # supervisor, after the sandbox exited
 
-Per-sandbox state lives in ``<store>/containers/<id>/``: ``upper`` and ``work`` (none when the
-root is read-only), ``mnt`` (a small top lower layer holding mount points the image lacks, so a
-read-only root still gets its mount points) and ``container.json``.
+Per-sandbox state lives in ``<store>/containers/<id>/``: ``upperfs``, the mount point of the
+writable layer (none when the root is read-only: a tmpfs of the plan's storage size holding
+``upper`` and ``work``, mounted by PID 1 in the sandbox's mount namespace; its upper directory is
+copied to ``upper`` after a ``--keep`` run), ``mnt`` (a small top lower layer holding mount points
+the image lacks, so a read-only root still gets its mount points) and ``container.json``.
 
 Copy-on-write: the image layers are only ever overlay *lower* directories; every write lands in
 the sandbox's own upper directory. When the sandbox's root is mapped to an unprivileged host uid
