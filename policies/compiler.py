@@ -338,9 +338,7 @@ def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
         proc=f.get("proc", True), sys=f.get("sys", True), keep=ov.keep, storage_size=storage_size)
 
 
-# The writable layer of an image run is a tmpfs of this size (docs/images.md, "Size of the
-# writable layer"): memory, so a default a machine can hold, raised per run.
-DEFAULT_STORAGE_SIZE = 2 << 30
+DEFAULT_STORAGE_SIZE = P.DEFAULT_STORAGE_SIZE
 
 
 def _storage_size(f: dict, ov: Overrides, loc) -> int:

@@ -125,9 +125,8 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     read_only = bool(getattr(fs, "read_only", False))
     upper_size = 0
     if not read_only:
-        upper_size = getattr(fs, "storage_size", None) or 0
-        if upper_size <= 0:
-            raise ImageError("the writable layer has no size limit (filesystem.storage.size)")
+        from policies.plan import DEFAULT_STORAGE_SIZE
+        upper_size = getattr(fs, "storage_size", None) or DEFAULT_STORAGE_SIZE   # never unlimited
         _check_storage_size(upper_size)
     with store.locked():
         _reclaim_stale(store)
@@ -691,20 +690,35 @@ def finish_root(spec: RootSpec, *, keep: bool) -> list[dict]:
                                    "message": f"the writable layer was full ({what}) at the end: writes "
                                               f"beyond {_human(spec.upper_size)} failed with ENOSPC"})
         if keep and not spec.read_only:
-            if layer < 0:
+            if layer >= 0:
+                keep_upper(spec, layer)
+            elif not os.path.isdir(os.path.join(spec.container_dir, "upper")):   # (kept by a caller)
                 rmtree(spec.container_dir)
                 raise ImageError(f"--keep: the writable layer of {spec.container_id} was never mounted")
-            try:
-                _copy_layer(layer, os.path.join(spec.container_dir, "upper"), rootless=os.geteuid() != 0)
-            except (OSError, ImageError) as e:
-                rmtree(spec.container_dir)
-                raise ImageError(f"--keep: could not keep the writable layer of {spec.container_id}: "
-                                 f"{getattr(e, 'strerror', None) or e}") from None
     finally:
         if layer >= 0:
             os.close(layer)
     finish_kept(spec, keep=keep)
     return events
+
+
+def keep_upper(spec: RootSpec, layer_fd: int) -> None:
+    """Copy the upper directory of the layer's tmpfs (a descriptor PID 1 sent) to
+    containers/<id>/upper, replacing an earlier copy. On failure nothing of the run is kept."""
+    dst = os.path.join(spec.container_dir, "upper")
+    try:
+        if os.path.lexists(dst):
+            rmtree(dst)
+        _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
+    except (OSError, ImageError) as e:
+        rmtree(spec.container_dir)
+        raise ImageError(f"--keep: could not keep the writable layer of {spec.container_id}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def receive_layer(spec: RootSpec) -> int:
+    """The descriptor of the layer's tmpfs PID 1 sent (-1: none); the caller closes it."""
+    return _receive_layer(spec)
 
 
 def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:

@@ -169,3 +169,24 @@ def test_the_layer_is_charged_to_the_sandbox_memory(img):
     r = sh(img, "dd if=/dev/zero of=/big bs=1M count=20 2>/dev/null; echo dd=$?", "--read-write",
            "--storage-opt", "size=200m", "--memory", "48m")
     assert r.returncode == 0 and r.stdout == "dd=0\n", r
+
+
+def test_python_api_launch_server_limits_the_layer(root_runner, shared_tmp):
+    """The Python API launches through its launch server (PID 1 cloned by a template process that
+    re-creates the descriptors): the layer's tmpfs and its descriptor travel that way too."""
+    import sys
+    state = shared_tmp / "state"
+    ib.write_docker_save(str(shared_tmp / "save.tar"))
+    env = dict(os.environ, PYSANDBOX_STATE_DIR=str(state))
+    r = root_runner("image", "import", str(shared_tmp / "save.tar"), env={"PYSANDBOX_STATE_DIR": str(state)})
+    assert r.returncode == 0, r
+    code = ("from sandbox.api import Sandbox\n"
+            "sb = Sandbox('strict', image='busybox:test', read_only=False, storage_opt='size=20m')\n"
+            "for i in range(2):\n"
+            "    r = sb.run(['/bin/sh', '-c', 'dd if=/dev/zero of=/big bs=1M count=50 2>/dev/null; echo dd=$?; "
+            "rm /big; echo ok > /ok && cat /ok'])\n"
+            "    print(r.exit_code, r.stdout.decode().split(), [e['limit']['name'] for e in r.events "
+            "if e.get('type') == 'limit_exceeded'])\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and p.stdout == "0 ['dd=1', 'ok'] []\n" * 2, p
+    assert os.listdir(state / "containers") == []
