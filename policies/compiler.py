@@ -74,6 +74,7 @@ class Overrides:
     security_opt: tuple = ()
     image: Optional[str] = None
     keep: bool = False
+    storage_opt: tuple = ()      # "size=10G" (Docker's --storage-opt)
     user: Optional[str] = None   # "NAME|UID[:GROUP|GID]" inside
     profile_path: tuple = ()     # further directories `extends:` paths / seccomp.import may resolve into
     group_add: tuple = ()        # supplementary groups inside: names or GIDs
@@ -399,6 +400,9 @@ def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
     read_only = f.get("read_only", True)
     if ov.read_only is not None:
         read_only = ov.read_only
+    if ov.storage_opt and not image:
+        raise ProfileError("--storage-opt limits an image's writable layer: it needs --image (and --read-write)")
+    storage_size = _storage_size(f, ov, loc) if image and not read_only else None
     mounts = []
     for i, m in enumerate(f.get("mounts", [])):
         mounts.append(_mount_from_profile(m, ("filesystem", "mounts", i), loc))
@@ -423,7 +427,35 @@ def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
         mounts=tuple(deduped),
         masked_paths=tuple(f.get("masked_paths", ())),
         readonly_paths=tuple(f.get("readonly_paths", ())),
-        proc=f.get("proc", True), sys=f.get("sys", True), keep=ov.keep)
+        proc=f.get("proc", True), sys=f.get("sys", True), keep=ov.keep, storage_size=storage_size)
+
+
+DEFAULT_STORAGE_SIZE = P.DEFAULT_STORAGE_SIZE
+
+
+def _storage_size(f: dict, ov: Overrides, loc) -> int:
+    """filesystem.storage.size, then --storage-opt size= (later wins); the default otherwise."""
+    size = DEFAULT_STORAGE_SIZE
+    st = f.get("storage") or {}
+    if "size" in st:
+        try:
+            size = parse_bytes(st["size"])
+        except ValueError as e:
+            raise ProfileError(str(e), loc(("filesystem", "storage", "size"))) from None
+        if size <= 0:
+            raise ProfileError(f"filesystem.storage.size must be a positive size (got {st['size']!r})",
+                               loc(("filesystem", "storage", "size")))
+    for opt in ov.storage_opt:
+        k, eq, v = opt.partition("=")
+        if k.strip() != "size" or not eq:
+            raise ProfileError(f"--storage-opt {opt}: unknown option (supported: size=SIZE, e.g. size=10G)")
+        try:
+            size = parse_bytes(v)
+        except ValueError as e:
+            raise ProfileError(f"--storage-opt {opt}: {e}") from None
+        if size <= 0:
+            raise ProfileError(f"--storage-opt {opt}: the size must be positive")
+    return size
 
 
 def _mount_from_profile(m: dict, path, loc) -> P.Mount:

@@ -100,6 +100,12 @@ class Mount:
     optional: bool = False             # bind: skip silently when the source is missing (system dirs only)
 
 
+# Size limit of an image's writable layer when neither filesystem.storage.size nor --storage-opt
+# size= sets one (docs/images.md, "Size of the writable layer"): a tmpfs, so memory -- a default a
+# machine can hold; never unlimited.
+DEFAULT_STORAGE_SIZE = 2 << 30
+
+
 @dataclass(frozen=True)
 class Filesystem:
     """Filesystem (see docs/profile-format.md)."""
@@ -115,6 +121,9 @@ class Filesystem:
     sys: bool = True
     dev: str = "minimal"               # minimal (null zero full random urandom tty pts shm)
     keep: bool = False                 # keep the writable layer after the run (images)
+    # size limit in bytes of an image's writable layer (filesystem.storage.size, --storage-opt
+    # size=); None: no writable layer (read-only root, or no image)
+    storage_size: Optional[int] = None
 
 
 @dataclass(frozen=True)

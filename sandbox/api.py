@@ -35,7 +35,7 @@ MEMORY_EVENTS = 10000      # audit events a RunResult keeps at most (a flood is 
 # keyword -> Overrides field; tuple-valued fields accept a str or any iterable
 _TUPLE_FIELDS = {"cap_add", "cap_drop", "volumes", "tmpfs", "env", "ports", "device_read_bps",
                  "device_write_bps", "device_read_iops", "device_write_iops", "ulimits", "security_opt",
-                 "profile_path", "group_add"}
+                 "profile_path", "group_add", "storage_opt"}
 _SCALAR_FIELDS = {"read_only", "workdir", "hostname", "network", "timeout", "memory", "memory_swap",
                   "memory_reservation", "cpus", "cpu_shares", "cpuset_cpus", "pids_limit", "blkio_weight",
                   "image", "keep", "user", "argv"}

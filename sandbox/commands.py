@@ -78,6 +78,8 @@ def _overrides_options(f):
         click.option("--security-opt", multiple=True, metavar="OPT", help="seccomp=FILE|unconfined, no-new-privileges"),
         click.option("--image", metavar="NAME", shell_complete=_complete.images, help="Root filesystem from an image."),
         click.option("--keep", is_flag=True, help="Keep the writable layer after the run."),
+        click.option("--storage-opt", "storage_opt", multiple=True, metavar="size=SIZE",
+                     help="Size limit of an image's writable layer (default 2G; docs/images.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -95,7 +97,7 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_bps=kw["device_read_bps"], device_write_bps=kw["device_write_bps"],
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
-        user=kw["user"], group_add=kw["group_add"], user_db=_user_db,
+        storage_opt=kw.get("storage_opt", ()), user=kw["user"], group_add=kw["group_add"], user_db=_user_db,
         profile_path=kw["profile_path"])
 
 

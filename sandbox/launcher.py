@@ -494,7 +494,7 @@ class Launch:
             try:
                 from . import overlay
                 keep = plan.filesystem.keep and result.exit_code != EXIT_SETUP
-                overlay.finish_root(ctx.image_root, keep=keep)
+                result.events.extend(overlay.finish_root(ctx.image_root, keep=keep) or ())
                 if keep:
                     kept = (f"pysandbox: kept the writable layer of {self.sandbox_id} (pysandbox diff "
                             f"{self.name or self.sandbox_id})" if not ctx.image_root.read_only else

@@ -7,9 +7,11 @@ Flow (called by the launcher):
     ... lead's rootfs code: proc, dev, tmp, binds (bind targets through safe_target) ...
     finish_root(spec, keep=plan.filesystem.keep)    # supervisor, after the sandbox exited
 
-Per-sandbox state lives in ``<store>/containers/<id>/``: ``upper`` and ``work`` (none when the
-root is read-only), ``mnt`` (a small top lower layer holding mount points the image lacks, so a
-read-only root still gets its mount points) and ``container.json``.
+Per-sandbox state lives in ``<store>/containers/<id>/``: ``upperfs``, the mount point of the
+writable layer (none when the root is read-only: a tmpfs of the plan's storage size holding
+``upper`` and ``work``, mounted by PID 1 in the sandbox's mount namespace; its upper directory is
+copied to ``upper`` after a ``--keep`` run), ``mnt`` (a small top lower layer holding mount points
+the image lacks, so a read-only root still gets its mount points) and ``container.json``.
 
 Copy-on-write: the image layers are only ever overlay *lower* directories; every write lands in
 the sandbox's own upper directory. When the sandbox's root is mapped to an unprivileged host uid
@@ -61,6 +63,15 @@ class RootSpec:
     lower_fds: tuple[int, ...] = field(default=(), compare=False)
     rw_fd: int = field(default=-1, compare=False)
     idmapped: bool = False
+    # The writable layer (upper + work) is a tmpfs of `upper_size` bytes, mounted by PID 1 on
+    # containers/<id>/upperfs in its own mount namespace: the kernel refuses writes beyond it
+    # (ENOSPC), root and rootless. PID 1 sends a descriptor of that tmpfs over `layer_sock`
+    # (a socketpair; the supervisor keeps the other end): after the sandbox ended it still
+    # reaches the layer (a file in flight keeps its mount alive) to record a full layer and,
+    # --keep, to copy the upper directory to containers/<id>/upper for diff/commit.
+    upper_size: int = 0
+    keep: bool = False
+    layer_sock: tuple[int, int] = field(default=(-1, -1), compare=False)
 
 
 def _maps(m) -> tuple[tuple[int, int, int], ...]:
@@ -112,6 +123,11 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     umap, gmap = (_maps(uid_map), _maps(gid_map)) if not rootless else ((), ())
     shift = _needs_shift(umap) or _needs_shift(gmap)
     read_only = bool(getattr(fs, "read_only", False))
+    upper_size = 0
+    if not read_only:
+        from policies.plan import DEFAULT_STORAGE_SIZE
+        upper_size = getattr(fs, "storage_size", None) or DEFAULT_STORAGE_SIZE   # never unlimited
+        _check_storage_size(upper_size)
     with store.locked():
         _reclaim_stale(store)
         keep = bool(getattr(fs, "keep", False))
@@ -148,13 +164,9 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             mnt = os.path.join(cdir, "mnt")
             os.mkdir(mnt, 0o755)
             upper = work = None
-            if not read_only:
-                upper, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
-                os.mkdir(upper, 0o755)
-                os.mkdir(work, 0o700)
-                if shift:
-                    os.chown(upper, root_uid, root_gid)
-                    os.chown(work, root_uid, root_gid)
+            if not read_only:                # the tmpfs's mount point; upper and work are made in it
+                os.mkdir(os.path.join(cdir, "upperfs"), 0o700)
+                upper, work = os.path.join(cdir, "upperfs", "upper"), os.path.join(cdir, "upperfs", "work")
             _mountpoints(mnt, [store.layer_diff(d) for d in reversed(rec["layers"])], getattr(fs, "mounts", ()),
                          umap, gmap, rootless=rootless, read_only=read_only)
             if shift:
@@ -173,10 +185,47 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             _close(idfds + ((rw_fd,) if rw_fd >= 0 else ()))
             rmtree(cdir)
             raise ImageError(f"cannot prepare the root of {sandbox_id}: {e.strerror} ({e.filename})") from None
+    sock = (-1, -1)
+    if not read_only:
+        import socket
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock = (a.detach(), b.detach())
     return RootSpec(container_id=sandbox_id, store_root=store.root, image=name, image_id=rec["id"],
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
                     read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
-                    lower_fds=idfds, rw_fd=rw_fd, idmapped=idmapped)
+                    lower_fds=idfds, rw_fd=rw_fd, idmapped=idmapped, upper_size=upper_size,
+                    keep=bool(getattr(fs, "keep", False)), layer_sock=sock)
+
+
+def _check_storage_size(size: int) -> None:
+    """Fail closed: a tmpfs larger than the machine's memory and swap would not stop a program
+    at the limit (it would exhaust the host's memory first), so such a limit is not enforceable."""
+    total = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("MemTotal", "SwapTotal"):
+                    total += int(v.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        total = 0
+    if total and size > total:
+        raise ImageError(f"writable layer size {_human(size)} cannot be enforced: the layer is a tmpfs and this "
+                         f"machine has {_human(total)} of memory and swap (choose --storage-opt size= below "
+                         f"that, or --read-only)")
+
+
+def _human(n: int) -> str:
+    for unit, m in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= m:
+            return f"{n / m:.1f} {unit}"
+    return f"{n} B"
+
+
+def upper_tmpfs_options(size: int) -> str:
+    """tmpfs options of the writable layer: `size` bytes of data and one inode per 4 KiB of it
+    (empty files and directories take no data page but kernel memory: bounded too)."""
+    return f"size={size},nr_inodes={max(1024, size // 4096)},mode=0755"
 
 
 def _reclaim_stale(store: Store) -> None:
@@ -533,6 +582,8 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
                 os.fchdir(_store_fd)
             else:
                 os.chdir(spec.store_root)
+            if not spec.read_only:
+                _mount_upperfs(spec, os.path.relpath(os.path.dirname(spec.upper), spec.store_root))
             _sys.mount("pysandbox-overlay", target, "overlay", flags, rel)
         finally:
             os.fchdir(old)
@@ -565,8 +616,10 @@ def _mount_detached(spec: RootSpec, target: str, flags: int, userxattr: bool) ->
         os.mkdir(rw, 0o700)
         _sys.move_mount_fd(spec.rw_fd, rw)
         attached.append(rw)
+        if not spec.read_only:
+            _mount_upperfs(spec, os.path.join(rw, "upperfs"))
         opts = overlay_options(spec, userxattr=userxattr, lowers=lowers, mnt=os.path.join(rw, "mnt"),
-                               upper=os.path.join(rw, "upper"), work=os.path.join(rw, "work"))
+                               upper=os.path.join(rw, "upperfs", "upper"), work=os.path.join(rw, "upperfs", "work"))
         if len(opts) > 4000:
             raise ImageError(f"image {spec.image} has too many layers for one overlay mount ({len(lowers)})")
         root = os.path.join(stage, "root")
@@ -580,9 +633,176 @@ def _mount_detached(spec: RootSpec, target: str, flags: int, userxattr: bool) ->
     _sys.mount(root, target, None, _sys.MS_MOVE)
 
 
-def finish_root(spec: RootSpec, *, keep: bool) -> None:
-    """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`."""
+def _mount_upperfs(spec: RootSpec, where: str) -> None:
+    """PID 1, as root of the sandbox's user namespace, in its mount namespace: the writable layer's
+    tmpfs on `where` (relative to the working directory or absolute), upper and work made in it,
+    and a descriptor of it sent to the supervisor. Any failure stops the launch (fail closed)."""
+    from . import _sys
+    import socket
+    try:
+        _sys.mount("pysandbox-layer", where, "tmpfs", _sys.MS_NODEV | _sys.MS_NOSUID,
+                   upper_tmpfs_options(spec.upper_size))
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.mkdir("upper", 0o755, dir_fd=fd)
+            os.mkdir("work", 0o700, dir_fd=fd)
+            if spec.layer_sock[1] >= 0:
+                with socket.socket(fileno=os.dup(spec.layer_sock[1])) as s:
+                    socket.send_fds(s, [b"L"], [fd])
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ImageError(f"writable layer of {spec.image} (a tmpfs of {_human(spec.upper_size)}): "
+                         f"{e.strerror}") from None
+    finally:
+        if spec.layer_sock[1] >= 0:
+            with contextlib.suppress(OSError):
+                os.close(spec.layer_sock[1])
+
+
+def _receive_layer(spec: RootSpec) -> int:
+    """The supervisor's descriptor of the sandbox's writable-layer tmpfs; -1 when PID 1 never
+    sent it (its set-up failed first)."""
+    import socket
+    a, b = spec.layer_sock
+    if a < 0:
+        return -1
+    with contextlib.suppress(OSError):
+        os.close(b)
+    try:
+        with socket.socket(fileno=a) as s:
+            _msg, fds, _flags, _addr = socket.recv_fds(s, 4, 2, socket.MSG_DONTWAIT)
+    except (BlockingIOError, OSError):
+        return -1
+    for extra in fds[1:]:
+        os.close(extra)
+    return fds[0] if fds else -1
+
+
+def finish_root(spec: RootSpec, *, keep: bool) -> list[dict]:
+    """After the sandbox exited: discard the writable layer, or keep it for `diff`/`commit`.
+
+    Returns audit events: `limit_exceeded` (limit `storage`) when the writable layer was full at the end."""
     _close(spec.lower_fds + ((spec.rw_fd,) if spec.rw_fd >= 0 else ()))
+    events: list[dict] = []
+    layer = _receive_layer(spec)
+    try:
+        if layer >= 0:
+            with contextlib.suppress(OSError):
+                v = os.fstatvfs(layer)
+                if v.f_bavail == 0 or v.f_favail == 0:
+                    what = "inodes" if v.f_favail == 0 else "bytes"
+                    events.append({"type": "limit_exceeded", "limit": "storage", "value": spec.upper_size,
+                                   "peak": (v.f_blocks - v.f_bfree) * v.f_frsize, "via": "tmpfs", "what": what,
+                                   "message": f"the writable layer was full ({what}) at the end: writes "
+                                              f"beyond {_human(spec.upper_size)} failed with ENOSPC"})
+        if keep and not spec.read_only:
+            if layer >= 0:
+                keep_upper(spec, layer)
+            elif not os.path.isdir(os.path.join(spec.container_dir, "upper")):   # (kept by a caller)
+                rmtree(spec.container_dir)
+                raise ImageError(f"--keep: the writable layer of {spec.container_id} was never mounted")
+    finally:
+        if layer >= 0:
+            os.close(layer)
+    finish_kept(spec, keep=keep)
+    return events
+
+
+def keep_upper(spec: RootSpec, layer_fd: int) -> None:
+    """Copy the upper directory of the layer's tmpfs (a descriptor PID 1 sent) to
+    containers/<id>/upper, replacing an earlier copy. On failure nothing of the run is kept."""
+    dst = os.path.join(spec.container_dir, "upper")
+    try:
+        if os.path.lexists(dst):
+            rmtree(dst)
+        _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
+    except (OSError, ImageError) as e:
+        rmtree(spec.container_dir)
+        raise ImageError(f"--keep: could not keep the writable layer of {spec.container_id}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def receive_layer(spec: RootSpec) -> int:
+    """The descriptor of the layer's tmpfs PID 1 sent (-1: none); the caller closes it."""
+    return _receive_layer(spec)
+
+
+def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
+    """Copy the upper directory of the writable layer's tmpfs to `dst` on disk, by descriptors
+    (tarsafe.walk_tree: nothing is followed), with what overlay and diff/commit need: types,
+    whiteouts (0:0 character devices), overlay's xattrs, modes, owners (as root), times, hard
+    links. Bounded: the tmpfs holds at most its size and inode count."""
+    from .tarsafe import walk_tree, TreeChanged
+    os.mkdir(dst, 0o700)
+    dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    dirs: list[tuple[str, os.stat_result, list]] = []
+    links: dict[tuple[int, int], str] = {}
+
+    def xattrs(src) -> list:             # a descriptor (never follows) or a directory path
+        kw = {} if isinstance(src, int) else {"follow_symlinks": False}
+        out = []
+        with contextlib.suppress(OSError):
+            for n in os.listxattr(src, **kw):
+                if n.startswith(("user.overlay.", "trusted.overlay.")):
+                    with contextlib.suppress(OSError):
+                        out.append((n, os.getxattr(src, n, **kw)))
+        return out
+
+    def finish(path: str, st: os.stat_result, xa=()) -> None:
+        for n, v in xa:
+            os.setxattr(path, n, v, follow_symlinks=False)
+        if not rootless:
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode), follow_symlinks=False)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    try:
+        src_root = f"/proc/self/fd/{layer_fd}/upper"
+        for e in walk_tree(src_root):
+            st = e.st
+            p = os.path.join(dst, e.arc)
+            m = st.st_mode
+            if stat.S_ISDIR(m):
+                os.mkdir(p, 0o700)
+                dirs.append((p, st, xattrs(e.fd)))
+                continue
+            if st.st_nlink > 1:
+                k = (st.st_dev, st.st_ino)
+                if k in links:
+                    os.link(links[k], p, follow_symlinks=False)
+                    continue
+                links[k] = p
+            if stat.S_ISREG(m):
+                out = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    while os.sendfile(out, e.fd, None, 1 << 24):
+                        pass
+                finally:
+                    os.close(out)
+                finish(p, st, xattrs(e.fd))
+            elif stat.S_ISLNK(m):
+                os.symlink(e.link, p)
+                finish(p, st)
+            elif stat.S_ISCHR(m) and st.st_rdev == 0:            # a whiteout
+                os.mknod(p, stat.S_IFCHR | 0o600, 0)
+                finish(p, st)
+            elif stat.S_ISFIFO(m):
+                os.mkfifo(p, 0o600)
+                finish(p, st)
+            # sockets and devices (the layer is nodev) are not part of a layer
+        for p, st, xa in reversed(dirs):
+            finish(p, st, xa)
+        root_st = os.stat(src_root)
+        finish(dst, root_st, xattrs(src_root))
+    except TreeChanged as e:
+        raise ImageError(str(e)) from None
+    finally:
+        os.close(dfd)
+
+
+def finish_kept(spec: RootSpec, *, keep: bool) -> None:
     meta_path = os.path.join(spec.container_dir, "container.json")
     if keep and not spec.read_only:
         with contextlib.suppress(OSError, ValueError):
@@ -593,6 +813,8 @@ def finish_root(spec: RootSpec, *, keep: bool) -> None:
         with contextlib.suppress(OSError):
             rmtree(spec.mnt)
             os.mkdir(spec.mnt, 0o755)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(spec.container_dir, "upperfs"))
         return
     rmtree(spec.container_dir)
 
@@ -721,6 +943,8 @@ def changes(store: Store, ref: str) -> list[tuple[str, str]]:
     cid, meta = _container(store, ref)
     upper = os.path.join(store.containers, cid, "upper")
     if not os.path.isdir(upper):
+        if meta.get("status") == "running" and _alive(meta.get("pid")):
+            raise ImageError(f"container {cid} is still running (its writable layer is kept when it exits)")
         raise ImageError(f"container {cid} has no writable layer (read-only root)")
     lowers = _lowers_of(store, meta)
     out: list[tuple[str, str]] = []

@@ -173,6 +173,8 @@ def ctx_fds(ctx) -> list:
         fds += list(getattr(root, "lower_fds", ()) or ())
         if getattr(root, "rw_fd", -1) >= 0:
             fds.append(root.rw_fd)
+        if (getattr(root, "layer_sock", (-1, -1)) or (-1, -1))[1] >= 0:
+            fds.append(root.layer_sock[1])           # PID 1 sends the writable layer's tmpfs on it
     return list(dict.fromkeys(fds))
 
 

@@ -225,6 +225,13 @@ def _run_root(spec_path: str, target: str, script: str) -> int:
         spec = pickle.load(f)
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)     # nothing propagates to the host
     rootless = os.environ.get("ROOTLESS") == "1"
+    if not spec.read_only:
+        # this process plays the supervisor for the writable layer (a tmpfs, gone with this mount
+        # namespace): PID 1's socketpair, and the copy-out of a kept layer when the script ended
+        import dataclasses
+        import socket
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        spec = dataclasses.replace(spec, layer_sock=(a.detach(), b.detach()))
     try:
         overlay.mount_root(spec, target, rootless=rootless)
     except Exception as e:
@@ -245,6 +252,11 @@ def _run_root(spec_path: str, target: str, script: str) -> int:
             finally:
                 os._exit(127)
         _, status = os.waitpid(pid, 0)
+        if not spec.read_only and spec.keep:
+            layer = overlay.receive_layer(spec)
+            if layer >= 0:
+                overlay.keep_upper(spec, layer)
+                os.close(layer)
         return os.waitstatus_to_exitcode(status)
     finally:
         _sys.umount2(target, _sys.MNT_DETACH)
