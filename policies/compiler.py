@@ -137,6 +137,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     """owned_ids=False: do not refuse id maps the caller does not own (lint, which cannot know the
     caller, reports them as PSB105 instead)."""
     validate(doc)
+    _no_nul(doc.data, (), doc.locate)
     ov = overrides or Overrides()
     uid = os.geteuid() if caller_uid is None else caller_uid
     gid = os.getegid() if caller_gid is None else caller_gid
@@ -248,6 +249,21 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     return Compiled(plan, doc)
 
 
+def _no_nul(value, path: tuple, loc) -> None:
+    """No kernel interface takes a string with a NUL byte (paths, argv, environment, names): refused
+    at its node rather than failing in the launch (ValueError: embedded null byte)."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ProfileError(f"{'.'.join(map(str, path)) or 'profile'}: contains a NUL byte", loc(path))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k, path + (k,), loc)
+            _no_nul(v, path + (k,), loc)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_nul(v, path + (i,), loc)
+
+
 def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True) -> tuple:
     if spec == "auto":
         if caller == 0:
@@ -345,6 +361,10 @@ def _mount_from_profile(m: dict, path, loc) -> P.Mount:
         raise ProfileError(f"a {t} mount needs a source", loc(path))
     if t == "bind" and not os.path.isabs(m["source"]):
         raise ProfileError("bind source must be an absolute path", loc(path + ("source",)))
+    from .loader import check_path_value
+    check_path_value(m["target"], ".".join(map(str, path + ("target",))), loc(path + ("target",)))
+    if m.get("source") is not None:
+        check_path_value(m["source"], ".".join(map(str, path + ("source",))), loc(path + ("source",)))
     return P.Mount(type=t, target=os.path.normpath(m["target"]), source=m.get("source"),
                    read_only=m.get("read_only", t == "bind"), size=size, mode=mode)
 

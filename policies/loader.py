@@ -141,6 +141,29 @@ def _redact(problem: str) -> str:
     return " ".join(out.split()).replace(" ,", ",") or "syntax error"
 
 
+PATH_MAX = 4096
+NAME_MAX = 255
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_path_value(value, what: str, loc: Optional[Location] = None, file: Optional[str] = None) -> None:
+    """A path or profile reference from a profile or the command line: refused (a ProfileError at
+    `loc`) when the kernel could not take it (a NUL byte, a name or path too long) - checked here so
+    that it is a profile error, not an OSError/ValueError from deep in a lookup."""
+    if not isinstance(value, str) or not value:
+        raise ProfileError(f"{what}: expected a non-empty string", loc, file)
+    if "\0" in value:
+        raise ProfileError(f"{what}: contains a NUL byte", loc, file)
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProfileError(f"{what}: not valid UTF-8 text", loc, file) from None
+    if len(raw) >= PATH_MAX:
+        raise ProfileError(f"{what}: longer than {PATH_MAX - 1} bytes", loc, file)
+    if any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        raise ProfileError(f"{what}: a path component longer than {NAME_MAX} bytes", loc, file)
+
+
 def is_path_ref(ref: str) -> bool:
     return "/" in ref or ref.endswith((".yaml", ".yml"))
 
@@ -149,15 +172,23 @@ def resolve_profile(ref: str, relative_to: Optional[Path] = None, probed: Option
     """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir;
     the candidates looked at before the one found are appended to `probed` (one appearing later
     would change the answer: the plan cache depends on their absence)."""
+    check_path_value(ref, "profile reference")
     if is_path_ref(ref):
         p = Path(ref)
         if not p.is_absolute() and relative_to is not None:
             p = relative_to / p
         return p.resolve() if p.exists() else p
+    if not _NAME_RE.fullmatch(ref):
+        raise ProfileError(f"{ref!r} is not a profile name (letters, digits, '_', '.', '+', '-'; at most "
+                           "128; a path needs a '/' or a .yaml suffix)")
     for d in profile_dirs():
         for ext in (".yaml", ".yml"):
             p = d / f"{ref}{ext}"
-            if p.is_file():
+            try:
+                found = p.is_file()
+            except OSError:             # a search-path directory that cannot be read: not there
+                found = False
+            if found:
                 return p.resolve()
             if probed is not None:
                 probed.append(str(p))
@@ -334,6 +365,7 @@ def _absolutize(data: Any, base: Path, path: tuple, locs: dict, roots=None) -> N
         for k, v in data.items():
             p = path + (k,)
             if p in PATH_KEYS and isinstance(v, str) and v:
+                check_path_value(v, ".".join(p), locs.get(p))
                 full = os.path.realpath(os.path.join(base, v))
                 if roots is not None and not _inside(full, roots):
                     raise ProfileError(f"{'.'.join(p)}: {v!r} resolves outside the profile directories "
@@ -462,6 +494,7 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
     ext_loc = doc.locations.get(("extends",))
     if not isinstance(parent_ref, str) or not parent_ref:
         raise ProfileError("extends must be a profile name or a path", ext_loc)
+    check_path_value(parent_ref, "extends", ext_loc)
     if is_path_ref(parent_ref):
         parent_path = Path(os.path.realpath(os.path.join(os.path.dirname(key), parent_ref)))
         if not _inside(str(parent_path), roots):
@@ -475,6 +508,8 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
             parent_path = resolve_profile(parent_ref, probed=probed)
         except FileNotFoundError:
             raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
+        except ProfileError as e:
+            raise ProfileError(f"extends: {e.message}", ext_loc) from None
     parent = _load_chain(parent_path, stack + [key], roots, probed)
     out_locs: dict = {}
     child_locs = {p: l for p, l in doc.locations.items() if p != ("extends",)}

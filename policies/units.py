@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+MAX_BYTES = (1 << 63) - 1             # what a cgroup or rlimit file takes
 _MULT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
@@ -14,12 +15,17 @@ def parse_bytes(value) -> int:
     if isinstance(value, int):
         if value < -1:
             raise ValueError(f"invalid size {value!r}")
+        if value > MAX_BYTES:
+            raise ValueError(f"size {value!r} is larger than 8 EiB")
         return value
     m = _SIZE_RE.match(str(value))
     if not m:
         raise ValueError(f"invalid size {value!r} (expected e.g. 512k, 100m, 1g)")
     num, unit = float(m.group(1)), m.group(2).lower()
-    return int(num * _MULT[unit])
+    n = num * _MULT[unit]
+    if not n <= MAX_BYTES:              # also inf (a 400-digit number)
+        raise ValueError(f"size {value!r} is larger than 8 EiB")
+    return int(n)
 
 
 def parse_cpus(value) -> float:
@@ -40,10 +46,12 @@ def _limit_value(v) -> int:
     if isinstance(v, str) and v.strip().lower() in ("unlimited", "-1", "infinity"):
         return -1
     if isinstance(v, int) and not isinstance(v, bool):
-        if v < -1:
-            raise ValueError(f"invalid limit {v!r}")
-        return v
-    return int(str(v).strip())
+        n = v
+    else:
+        n = int(str(v).strip()[:40])
+    if n < -1 or n > MAX_BYTES:
+        raise ValueError(f"invalid limit {v!r}")
+    return n
 
 
 def parse_rlimit(name: str, value) -> tuple[int, int]:

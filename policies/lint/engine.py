@@ -51,7 +51,15 @@ def collect(paths: Iterable[str]) -> list[Path]:
     from ..loader import is_path_ref, resolve_profile
     out: list[Path] = []
     for raw in paths:
+        if "\0" in raw:
+            raise LintUsageError(f"{raw!r}: contains a NUL byte")
         p = Path(raw)
+        try:
+            p.lstat()
+        except OSError as e:
+            import errno
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):       # ENAMETOOLONG, EACCES, ELOOP
+                raise LintUsageError(f"{raw}: {e.strerror}") from None
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix in PROFILE_SUFFIXES and q.is_file()
                            and not any(part.startswith(".") for part in q.relative_to(p).parts))
@@ -67,6 +75,8 @@ def collect(paths: Iterable[str]) -> list[Path]:
                 out.append(resolve_profile(raw))
             except FileNotFoundError:
                 raise LintUsageError(f"{raw}: no such file, directory or profile name") from None
+            except ProfileError as e:           # not a possible name (NUL, too long, odd characters)
+                raise LintUsageError(f"{raw!r}: {e.message}") from None
         else:
             raise LintUsageError(f"{raw}: no such file or directory")
     seen, uniq = set(), []
