@@ -466,6 +466,11 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
         except ValueError as e:
             raise ProfileError(str(e), loc(("network", "ports", i)) if i < len(n.get("ports", [])) else None) from None
     eg = n.get("egress", {})
+    for i, r in enumerate(eg.get("allow", [])):
+        if egress_dns_name(r.get("to")):
+            raise ProfileError(f"network.egress.allow[{i}].to: {r['to']!r} looks like a DNS name, not a "
+                               f"sandbox peer or an IP/CIDR; {DNS_EGRESS_HINT}",
+                               loc(("network", "egress", "allow", i, "to")))
     rules = tuple(P.EgressRule(to=r["to"], ports=tuple(r.get("ports", ())), proto=r.get("proto", "tcp"))
                   for r in eg.get("allow", []))
     if mode == "host" and (ports or rules or eg.get("default") == "deny"):
@@ -475,6 +480,34 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
     return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "deny" if rules else "allow"),
                      egress_allow=rules)
+
+
+_HOSTNAME_LABEL = __import__("re").compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def egress_dns_name(to) -> bool:
+    """True when an egress `to:` is no IP address or CIDR but looks like a DNS name: it has a dot
+    (sandbox peer names in `to:` have none) and every label is hostname syntax, or it is
+    `localhost`. Such a rule would be taken as a peer name that never matches (issue 20.8);
+    domain rules do not exist yet, so it is refused (compiler) and linted (PSB503)."""
+    import ipaddress
+    if not isinstance(to, str) or not to:
+        return False
+    try:
+        ipaddress.ip_network(to, strict=False)
+        return False
+    except ValueError:
+        pass
+    name = to[:-1] if to.endswith(".") else to
+    if name.lower() == "localhost":
+        return True
+    labels = name.split(".")
+    return len(labels) > 1 and all(_HOSTNAME_LABEL.fullmatch(x) for x in labels) \
+        and not all(x.isdigit() for x in labels)
+
+
+DNS_EGRESS_HINT = ("domain rules are not implemented yet: allow the service's IP address or CIDR "
+                   "(`to: 203.0.113.7` or `to: 203.0.113.0/24`); a sandbox peer name has no dot")
 
 
 def parse_port(spec) -> P.PortMapping:
