@@ -151,25 +151,31 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
         chk(ctx)
     doc_findings = list(ctx.findings)
     schema = schema_findings(doc, profile)
-    if schema:
-        rep.findings = doc_findings + schema
-        return rep
     try:
+        # every error of every stage in one pass (policies.errors.ProfileErrors), schema's included
         compiled = compile_document(doc, Overrides(), caller_uid=LINT_CALLER_UID, caller_gid=LINT_CALLER_GID,
                                     kernel=kernel, owned_ids=False)     # PSB105 reports them
 
     except ProfileError as e:
-        f = _err_finding(e, profile)
-        # an unknown syscall is already reported precisely by PSB207 at the same node
-        if not any((d.file, d.line, d.col) == (f.file, f.line, f.col) for d in doc_findings):
-            doc_findings.append(f)
-        rep.findings = doc_findings
+        from ..errors import ProfileErrors
+        out = doc_findings + schema
+        for one in (e.errors if isinstance(e, ProfileErrors) else [e]):
+            f = _err_finding(one, profile)
+            # an unknown syscall is already reported precisely by PSB207 at the same node (a DNS
+            # egress name by PSB503), a schema error by schema_findings
+            if not any((d.file, d.line, d.col) == (f.file, f.line, f.col) and
+                       (d.code != M.PSB001.code or d.message == f.message) for d in out):
+                out.append(f)
+        if isinstance(e, ProfileErrors) and e.total > len(e.errors):
+            out.append(M.Finding(M.PSB001.code, "error", f"... and {e.total - len(e.errors)} more errors",
+                                 "fix the errors above first", profile, 1, 1, profile))
+        rep.findings = out
         return rep
     except Exception as e:               # never a traceback from lint: report it on the profile
         loc = doc.locate(()) or Location(profile, 1, 1)
         doc_findings.append(M.Finding(M.PSB001.code, "error", f"cannot compile: {type(e).__name__}: {e}",
                                       "report this as a pysandbox bug", loc.file, loc.line, loc.col, profile))
-        rep.findings = doc_findings
+        rep.findings = doc_findings + schema
         return rep
     ctx = R.Ctx(doc, compiled.plan, profile)
     for chk in R.CHECKS:
