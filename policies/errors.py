@@ -31,11 +31,21 @@ class ProfileError(Exception):
         self.file = file if file is not None else (location.file if location else None)
 
     def __str__(self) -> str:
+        msg = _one_line(self.message)
         if self.location is not None:
-            return f"{self.location}: {self.message}"
+            return f"{_one_line(str(self.location))}: {msg}"
         if self.file:
-            return f"{self.file}: {self.message}"
-        return self.message
+            return f"{_one_line(self.file)}: {msg}"
+        return msg
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + [0x7f]}
+
+
+def _one_line(text: str) -> str:
+    """A message quoting a key or value of the profile stays one line: control characters (a
+    newline in a key, an escape sequence) are shown as \\xNN."""
+    return text.translate(_CONTROL)
 
 
 MAX_ERRORS = 50

@@ -95,7 +95,8 @@ def _loc_of(e: ProfileError, fallback: str) -> Location:
 
 
 def _err_finding(e: ProfileError, profile: str) -> M.Finding:
-    msg = e.message
+    from ..errors import _one_line
+    msg = _one_line(e.message)
     loc = _loc_of(e, profile)
     if msg.startswith(("extends unknown profile", "extends missing file")):
         return M.Finding(M.PSB002.code, "error", msg, "fix the name or path in `extends:` "
