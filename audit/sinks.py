@@ -85,6 +85,10 @@ def to_json(event: dict) -> str:
     text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
     if not _has_surrogate(text):
         return text
+    return _escaped_json(event)
+
+
+def _escaped_json(event: dict) -> str:
     escaped: list = []
     ev = _escape(event, "", escaped)
     ev["escaped"] = escaped
@@ -94,7 +98,11 @@ def to_json(event: dict) -> str:
 
 def encode(event: dict) -> bytes:
     """One event -> one JSONL line (UTF-8, no embedded newlines, keys in insertion order)."""
-    return (to_json(event) + "\n").encode()
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+    try:
+        return text.encode()                    # the common case: one encode, no extra walk
+    except UnicodeEncodeError:
+        return (_escaped_json(event) + "\n").encode()
 
 
 DEFAULT_MAX_BYTES = 32 << 20     # the log is rotated when the next record would take it past this
