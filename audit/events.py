@@ -169,6 +169,13 @@ class Recorder:
                     self._broken.add(i)
                     _warn(f"audit sink {getattr(sink, 'describe', lambda: sink.__class__.__name__)()} "
                           f"failed, disabled: {e}")
+                    for j, other in enumerate(self.sinks):     # the summary must not say "see FILE"
+                        hook = getattr(other, "sink_failed", None)
+                        if j != i and j not in self._broken and hook is not None:
+                            try:
+                                hook(sink, e, ev["seq"])
+                            except Exception:  # noqa: BLE001
+                                pass
         return ev
 
     @property

@@ -35,9 +35,70 @@ def default_log_path(euid: Optional[int] = None) -> str:
     return os.path.join(state_dir(euid), LOG_NAME)
 
 
+def _escape_text(s: str) -> str:
+    """A str holding bytes that are not UTF-8 (Python's surrogateescape: argv, environment, paths
+    from the program) -> text: each such byte as `\\xNN`, a literal backslash as `\\\\`."""
+    out = []
+    for ch in s.replace("\\", "\\\\"):
+        o = ord(ch)
+        if 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\x{o - 0xDC00:02x}" if 0xDC80 <= o <= 0xDCFF else f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _has_surrogate(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _escape(value: Any, path: str, escaped: list) -> Any:
+    if isinstance(value, str):
+        if _has_surrogate(value):
+            escaped.append(path)
+            return _escape_text(value)
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            ek = _escape_text(k) if isinstance(k, str) and _has_surrogate(k) else k
+            out[ek] = _escape(v, f"{path}.{ek}" if path else str(ek), escaped)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_escape(v, f"{path}.{i}", escaped) for i, v in enumerate(value)]
+    return value
+
+
+def to_json(event: dict) -> str:
+    """One event as JSON text that is always valid UTF-8. No input can make an event unwritable: a
+    string with bytes that are not UTF-8 is written escaped (see _escape_text) and the event names
+    it in `escaped` (dotted paths, e.g. ["argv.1"]). Decoding an escaped string: `\\\\` -> `\\`,
+    `\\xNN` -> the byte NN."""
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    if not _has_surrogate(text):
+        return text
+    return _escaped_json(event)
+
+
+def _escaped_json(event: dict) -> str:
+    escaped: list = []
+    ev = _escape(event, "", escaped)
+    ev["escaped"] = escaped
+    text = json.dumps(ev, ensure_ascii=False, separators=(",", ":"), default=lambda o: _escape_text(str(o)))
+    return text if not _has_surrogate(text) else text.encode("utf-8", "backslashreplace").decode()
+
+
 def encode(event: dict) -> bytes:
     """One event -> one JSONL line (UTF-8, no embedded newlines, keys in insertion order)."""
-    return (json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
+    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+    try:
+        return text.encode()                    # the common case: one encode, no extra walk
+    except UnicodeEncodeError:
+        return (_escaped_json(event) + "\n").encode()
 
 
 DEFAULT_MAX_BYTES = 32 << 20     # the log is rotated when the next record would take it past this
@@ -172,6 +233,14 @@ class SummarySink:
         self.other: Counter[str] = Counter()
         self.coalesced = 0
         self.printed: Optional[str] = None
+        self.log_failed: Optional[str] = None      # why the audit log stopped taking events
+
+    def sink_failed(self, sink: Any, error: BaseException, seq: int) -> None:
+        """Called by the Recorder when another sink failed: if it is the log this summary points at,
+        the summary says so instead of "see FILE" (and is printed even when nothing else is)."""
+        if self.log_path is not None and getattr(sink, "path", None) is not None \
+                and str(sink.path) == self.log_path and self.log_failed is None:
+            self.log_failed = f"{error} (event #{seq} and later not written)"
 
     def describe(self) -> str:
         return "stderr summary"
@@ -202,6 +271,10 @@ class SummarySink:
             parts.append(f"{c} {t.replace('_', ' ')}{'s' if c != 1 and not t.endswith('s') else ''}")
         if self.coalesced:
             parts.append(f"{self.coalesced} coalesced by the audit rate limit")
+        if self.log_failed is not None:
+            who = f" [{self.sandbox}]" if self.sandbox else ""
+            return (f"pysandbox{who}: error: audit log {self.log_path} failed: {self.log_failed}"
+                    + (f"; {', '.join(parts)}" if parts else ""))
         if not parts:
             return None
         where = f" — see {self.log_path}" if self.log_path else ""
@@ -236,7 +309,7 @@ def syslog_message(event: dict) -> str:
         bits.append(f"technique={event['technique_id']}")
     if event.get("pid"):
         bits.append(f"pid={event['pid']}")
-    return " ".join(bits) + " " + json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _escape_text(" ".join(map(str, bits))) + " " + to_json(event)
 
 
 SYSLOG_SOCKET = "/dev/log"

@@ -139,13 +139,66 @@ def compile_profile(ref: str, overrides: Optional[Overrides] = None, *,
     return compile_document(doc, overrides, caller_uid=caller_uid, caller_gid=caller_gid, kernel=kernel)
 
 
+def schema_errors(doc: Document) -> list:
+    """Every schema violation, as ProfileErrors at their nodes, in file order."""
+    out = []
+    for err in _validator().iter_errors(doc.data):
+        path = tuple(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                path += (extra[0],)
+        e = ProfileError(_schema_message(err), doc.locate(path))
+        e.path = path
+        out.append(e)
+    return out
+
+
+class _Collect:
+    """One pass over the stages of compilation, collecting every ProfileError. A stage whose
+    section failed the schema is skipped (its data has not the shape the stage reads); a stage
+    that depends on another which failed gets that one's default. Without schema errors, an
+    exception other than ProfileError is a bug and propagates."""
+
+    def __init__(self, schema: list):
+        self.errors: list = list(schema)
+        self.bad = {getattr(e, "path", ())[:1] for e in schema}
+        self.all_bad = () in self.bad
+
+    def __call__(self, sections, fn, default=None):
+        if self.all_bad or any((k,) in self.bad for k in sections):
+            return default
+        try:
+            return fn()
+        except ProfileError as e:
+            self.errors.append(e)
+            return default
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+            if len(self.errors) > 0 and self.bad:
+                return default            # a shape the schema already reported elsewhere
+            raise
+
+    def add(self, e: ProfileError) -> None:
+        self.errors.append(e)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            from .errors import ProfileErrors
+            raise ProfileErrors(self.errors)
+
+
 def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                      caller_uid: Optional[int] = None, caller_gid: Optional[int] = None,
                      kernel: Optional[tuple] = None, owned_ids: bool = True) -> Compiled:
     """owned_ids=False: do not refuse id maps the caller does not own (lint, which cannot know the
-    caller, reports them as PSB105 instead)."""
-    validate(doc)
+    caller, reports them as PSB105 instead).
+
+    Every error found is reported (ProfileErrors, see policies.errors), not only the first: the
+    schema's, then each stage's (namespaces, user, capabilities, security options, seccomp,
+    filesystem, process, network, limits), each at its node."""
     ov = overrides or Overrides()
+    col = _Collect(schema_errors(doc))
+    col((), lambda: _no_nul(doc.data, (), doc.locate))
     uid = os.geteuid() if caller_uid is None else caller_uid
     gid = os.getegid() if caller_gid is None else caller_gid
     d = doc.data
@@ -155,91 +208,106 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         raise ProfileError(msg, loc(path))
 
     # --- namespaces ---------------------------------------------------------
-    ns = P.Namespaces(**d.get("namespaces", {}))
-    if not ns.mount:
-        err("namespaces.mount: false is not supported: the sandbox root needs its own mount namespace",
-            ("namespaces", "mount"))
-    if ns.pid is False and d.get("filesystem", {}).get("proc", True):
-        pass  # /proc then shows the host's pid namespace; linted, not refused
+    def namespaces():
+        ns = P.Namespaces(**d.get("namespaces", {}))
+        if not ns.mount:
+            err("namespaces.mount: false is not supported: the sandbox root needs its own mount namespace",
+                ("namespaces", "mount"))
+        return ns
+    ns = col(("namespaces",), namespaces)
+    ns_ok = ns is not None
+    ns = ns or P.Namespaces()
+
+    # --- filesystem (before the user: the root's /etc/passwd names users) ---
+    fs = col(("filesystem",), lambda: _filesystem(d.get("filesystem", {}), ov, loc))
 
     # --- user ---------------------------------------------------------------
-    user_d = d.get("user", {})
-    in_uid, in_gid = user_d.get("uid", 0), user_d.get("gid", 0)
-    if in_uid == "caller":          # map the caller to itself rather than to root
-        in_uid = uid
-    if in_gid == "caller":
-        in_gid = gid
-    fs = _filesystem(d.get("filesystem", {}), ov, loc)
-    in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
-    uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
-                     owned_ids, owner=uid) if ns.user else ()
-    gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
-                     owned_ids, owner=uid) if ns.user else ()
-    if ns.user:
-        _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
-                      user_d if not (ov.user or fs.image) else {}, loc)
-    user = P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map, groups=groups)
+    def user_stage():
+        user_d = d.get("user", {})
+        in_uid, in_gid = user_d.get("uid", 0), user_d.get("gid", 0)
+        if in_uid == "caller":          # map the caller to itself rather than to root
+            in_uid = uid
+        if in_gid == "caller":
+            in_gid = gid
+        in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
+        uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
+                         owned_ids, owner=uid) if ns.user else ()
+        gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
+                         owned_ids, owner=uid) if ns.user else ()
+        if ns.user:
+            _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
+                          user_d if not (ov.user or fs.image) else {}, loc)
+        return P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map, groups=groups)
+    user = col(("user", "namespaces") if not ns_ok else ("user",), user_stage) if fs is not None else None
 
-    # --- capabilities -------------------------------------------------------
-    caps_d = d.get("capabilities", {"drop": ["ALL"]})
+    # --- capabilities (every unknown name reported; the valid ones still count) ----------
+    caps_d = d.get("capabilities", {"drop": ["ALL"]}) if ("capabilities",) not in col.bad else {}
     caps = set(CAPABILITIES)
-    for i, c in enumerate(caps_d.get("drop", [])):
-        caps -= _cap_set(c, ("capabilities", "drop", i), loc)
-    for i, c in enumerate(caps_d.get("add", [])):
-        caps |= _cap_set(c, ("capabilities", "add", i), loc)
+    for i, c in enumerate(caps_d.get("drop", []) if isinstance(caps_d, dict) else ()):
+        caps -= col(("capabilities",), lambda: _cap_set(c, ("capabilities", "drop", i), loc), set())
+    for i, c in enumerate(caps_d.get("add", []) if isinstance(caps_d, dict) else ()):
+        caps |= col(("capabilities",), lambda: _cap_set(c, ("capabilities", "add", i), loc), set())
     for c in ov.cap_drop:
-        caps -= _cap_set(c, None, loc, flag="--cap-drop")
+        caps -= col((), lambda: _cap_set(c, None, loc, flag="--cap-drop"), set())
     for c in ov.cap_add:
-        caps |= _cap_set(c, None, loc, flag="--cap-add")
+        caps |= col((), lambda: _cap_set(c, None, loc, flag="--cap-add"), set())
     capabilities = tuple(sorted(caps, key=CAP_INDEX.__getitem__))
 
     # --- no_new_privs / security-opt ----------------------------------------
-    no_new_privs = d.get("no_new_privs", True)
-    seccomp_section = d.get("seccomp")
-    for opt in ov.security_opt:
-        k, _, v = opt.partition("=")
-        if k == "seccomp":
-            if not v:
-                raise ProfileError("--security-opt seccomp= needs a FILE or 'unconfined'")
-            if v == "unconfined":
-                seccomp_section = {"enabled": False}
+    def security_opts():
+        no_new_privs = d.get("no_new_privs", True)
+        seccomp_section = d.get("seccomp")
+        for opt in ov.security_opt:
+            k, _, v = opt.partition("=")
+            if k == "seccomp":
+                if not v:
+                    raise ProfileError("--security-opt seccomp= needs a FILE or 'unconfined'")
+                if v == "unconfined":
+                    seccomp_section = {"enabled": False}
+                else:
+                    p = Path(ov.cwd_for_paths, v)
+                    if not p.is_file():
+                        raise ProfileError(f"--security-opt seccomp={v}: file not found")
+                    seccomp_section = {"import": str(p.resolve())}
+            elif k in ("no-new-privileges", "no_new_privs"):
+                if v not in ("", "true", "false"):
+                    raise ProfileError(f"--security-opt {opt}: expected true or false")
+                no_new_privs = v != "false"
+            elif k == "landlock":
+                pass
             else:
-                p = Path(ov.cwd_for_paths, v)
-                if not p.is_file():
-                    raise ProfileError(f"--security-opt seccomp={v}: file not found")
-                seccomp_section = {"import": str(p.resolve())}
-        elif k in ("no-new-privileges", "no_new_privs"):
-            if v not in ("", "true", "false"):
-                raise ProfileError(f"--security-opt {opt}: expected true or false")
-            no_new_privs = v != "false"
-        elif k == "landlock":
-            pass
-        else:
-            raise ProfileError(f"--security-opt {opt!r}: unknown option (known: seccomp=FILE|unconfined, "
-                               "no-new-privileges[=true|false])")
+                raise ProfileError(f"--security-opt {opt!r}: unknown option (known: seccomp=FILE|unconfined, "
+                                   "no-new-privileges[=true|false])")
+        return no_new_privs, seccomp_section
+    no_new_privs, seccomp_section = col(("no_new_privs",), security_opts, (True, None))
 
     # --- seccomp ------------------------------------------------------------
     from .seccomp import compile_seccomp
-    seccomp = compile_seccomp(seccomp_section, capabilities=frozenset(capabilities), locate=loc,
-                              kernel=kernel)
+    seccomp = col(("seccomp",), lambda: compile_seccomp(seccomp_section, capabilities=frozenset(capabilities),
+                                                        locate=loc, kernel=kernel))
 
     # --- filesystem: see the user section (the root's /etc/passwd names users) -------------
     # --- process ------------------------------------------------------------
-    proc = _process(d.get("process", {}), ov, loc)
+    proc = col(("process",), lambda: _process(d.get("process", {}), ov, loc))
 
     # --- network ------------------------------------------------------------
-    net = _network(d.get("network", "none"), ov, loc, ns)
-    if net.mode == "host" and ns.net:
-        ns = replace(ns, net=False)
-    elif net.mode != "host" and not ns.net:
-        err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
-    if net.egress_default == "deny" and "NET_ADMIN" in capabilities:
-        err("network.egress: an egress allow-list cannot hold against CAP_NET_ADMIN (the program could "
-            "change the rules); drop NET_ADMIN", ("network", "egress"))
+    def network():
+        nonlocal ns
+        net = _network(d.get("network", "none"), ov, loc, ns)
+        if net.mode == "host" and ns.net:
+            ns = replace(ns, net=False)
+        elif net.mode != "host" and not ns.net:
+            err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
+        if net.egress_default == "deny" and "NET_ADMIN" in capabilities:
+            err("network.egress: an egress allow-list cannot hold against CAP_NET_ADMIN (the program could "
+                "change the rules); drop NET_ADMIN", ("network", "egress"))
+        return net
+    net = col(("network",), network)      # with the default namespaces if those failed
 
     # --- limits -------------------------------------------------------------
-    limits = _limits(d.get("limits", {}), ov, loc)
+    limits = col(("limits",), lambda: _limits(d.get("limits", {}), ov, loc))
 
+    col.raise_if_any()
     name = d.get("name") or Path(doc.files[0]).stem
     plan = P.Plan(name=name, sources=tuple(doc.files), namespaces=ns, user=user,
                   capabilities=capabilities, no_new_privs=no_new_privs, seccomp=seccomp,
@@ -294,6 +362,21 @@ def _check_mapped(in_uid: int, in_gid: int, groups: tuple, uid_map, gid_map, cal
 
 def _show_map(m) -> str:
     return ", ".join(f"{e.inside}->{e.outside} x{e.count}" for e in m) or "empty"
+
+
+def _no_nul(value, path: tuple, loc) -> None:
+    """No kernel interface takes a string with a NUL byte (paths, argv, environment, names): refused
+    at its node rather than failing in the launch (ValueError: embedded null byte)."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ProfileError(f"{'.'.join(map(str, path)) or 'profile'}: contains a NUL byte", loc(path))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k, path + (k,), loc)
+            _no_nul(v, path + (k,), loc)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_nul(v, path + (i,), loc)
 
 
 def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True,
@@ -403,9 +486,15 @@ def _filesystem(f: dict, ov: Overrides, loc) -> P.Filesystem:
     if ov.storage_opt and not image:
         raise ProfileError("--storage-opt limits an image's writable layer: it needs --image (and --read-write)")
     storage_size = _storage_size(f, ov, loc) if image and not read_only else None
-    mounts = []
+    mounts, errs = [], []
     for i, m in enumerate(f.get("mounts", [])):
-        mounts.append(_mount_from_profile(m, ("filesystem", "mounts", i), loc))
+        try:
+            mounts.append(_mount_from_profile(m, ("filesystem", "mounts", i), loc))
+        except ProfileError as e:            # every bad mount is reported
+            errs.append(e)
+    if errs:
+        from .errors import ProfileErrors
+        raise ProfileErrors(errs)
     for v in ov.volumes:
         mounts.append(_parse_volume(v, ov.cwd_for_paths))
     for t in ov.tmpfs:
@@ -469,6 +558,10 @@ def _mount_from_profile(m: dict, path, loc) -> P.Mount:
         raise ProfileError(f"a {t} mount needs a source", loc(path))
     if t == "bind" and not os.path.isabs(m["source"]):
         raise ProfileError("bind source must be an absolute path", loc(path + ("source",)))
+    from .loader import check_path_value
+    check_path_value(m["target"], ".".join(map(str, path + ("target",))), loc(path + ("target",)))
+    if m.get("source") is not None:
+        check_path_value(m["source"], ".".join(map(str, path + ("source",))), loc(path + ("source",)))
     return P.Mount(type=t, target=os.path.normpath(m["target"]), source=m.get("source"),
                    read_only=m.get("read_only", t == "bind"), size=size, mode=mode)
 
@@ -532,13 +625,17 @@ def _process(p: dict, ov: Overrides, loc) -> P.Process:
             if not e or not e.replace("_", "a").isalnum():
                 raise ProfileError(f"-e {e!r}: invalid variable name")
             allow.append(e)
-    rlimits = []
+    rlimits, errs = [], []
     for name, value in p.get("rlimits", {}).items():
         try:
             soft, hard = parse_rlimit(name, value)
         except ValueError as e:
-            raise ProfileError(str(e), loc(("process", "rlimits", name))) from None
+            errs.append(ProfileError(str(e), loc(("process", "rlimits", name))))
+            continue
         rlimits.append(P.Rlimit(name, soft, hard))
+    if errs:
+        from .errors import ProfileErrors
+        raise ProfileErrors(errs)
     for u in ov.ulimits:
         try:
             name, soft, hard = parse_ulimit(u)
@@ -574,6 +671,12 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
         except ValueError as e:
             raise ProfileError(str(e), loc(("network", "ports", i)) if i < len(n.get("ports", [])) else None) from None
     eg = n.get("egress", {})
+    dns = [ProfileError(f"network.egress.allow[{i}].to: {r['to']!r} looks like a DNS name, not a "
+                        f"sandbox peer or an IP/CIDR; {DNS_EGRESS_HINT}", loc(("network", "egress", "allow", i, "to")))
+           for i, r in enumerate(eg.get("allow", [])) if egress_dns_name(r.get("to"))]
+    if dns:
+        from .errors import ProfileErrors
+        raise ProfileErrors(dns)
     rules = tuple(P.EgressRule(to=r["to"], ports=tuple(r.get("ports", ())), proto=r.get("proto", "tcp"))
                   for r in eg.get("allow", []))
     if mode == "host" and (ports or rules or eg.get("default") == "deny"):
@@ -583,6 +686,34 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
     return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "deny" if rules else "allow"),
                      egress_allow=rules)
+
+
+_HOSTNAME_LABEL = __import__("re").compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def egress_dns_name(to) -> bool:
+    """True when an egress `to:` is no IP address or CIDR but looks like a DNS name: it has a dot
+    (sandbox peer names in `to:` have none) and every label is hostname syntax, or it is
+    `localhost`. Such a rule would be taken as a peer name that never matches (issue 20.8);
+    domain rules do not exist yet, so it is refused (compiler) and linted (PSB503)."""
+    import ipaddress
+    if not isinstance(to, str) or not to:
+        return False
+    try:
+        ipaddress.ip_network(to, strict=False)
+        return False
+    except ValueError:
+        pass
+    name = to[:-1] if to.endswith(".") else to
+    if name.lower() == "localhost":
+        return True
+    labels = name.split(".")
+    return len(labels) > 1 and all(_HOSTNAME_LABEL.fullmatch(x) for x in labels) \
+        and not all(x.isdigit() for x in labels)
+
+
+DNS_EGRESS_HINT = ("domain rules are not implemented yet: allow the service's IP address or CIDR "
+                   "(`to: 203.0.113.7` or `to: 203.0.113.0/24`); a sandbox peer name has no dot")
 
 
 def parse_port(spec) -> P.PortMapping:
@@ -611,6 +742,12 @@ def parse_port(spec) -> P.PortMapping:
 
 
 def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
+    """Every bad limit is reported (ProfileErrors), each at its node (or naming its flag)."""
+    errs: list = []
+
+    def bad(msg, key, from_flag):
+        errs.append(ProfileError(msg) if from_flag else ProfileError(msg, loc(("limits", key))))
+
     def size(key, flag_val, flag):
         v = flag_val if flag_val is not None else l.get(key)
         if v is None:
@@ -618,57 +755,71 @@ def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
         try:
             return parse_bytes(v)
         except ValueError as e:
-            if flag_val is not None:
-                raise ProfileError(f"{flag}: {e}") from None
-            raise ProfileError(str(e), loc(("limits", key))) from None
+            bad(f"{flag}: {e}" if flag_val is not None else f"limits.{key}: {e}", key, flag_val is not None)
+            return None
 
     def rates(key, flag_vals, flag):
-        out = [P.DeviceRate(r["path"], parse_bytes(r["rate"])) for r in l.get(key, [])]
+        out = []
+        for i, r in enumerate(l.get(key, [])):
+            try:
+                out.append(P.DeviceRate(r["path"], parse_bytes(r["rate"])))
+            except ValueError as e:
+                errs.append(ProfileError(f"limits.{key}[{i}]: {e}", loc(("limits", key, i, "rate"))))
         for spec in flag_vals:
             dev, _, rate = spec.rpartition(":")
             try:
                 out.append(P.DeviceRate(dev, parse_bytes(rate)))
             except ValueError:
-                raise ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE") from None
+                errs.append(ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE"))
+                continue
             if not dev.startswith("/dev/"):
-                raise ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE with a /dev path")
+                errs.append(ProfileError(f"{flag} {spec!r}: expected DEVICE:RATE with a /dev path"))
         return tuple(out)
 
-    cpus = ov.cpus if ov.cpus is not None else l.get("cpus")
+    def pick(flag_val, key):
+        return (flag_val, True) if flag_val is not None else (l.get(key), False)
+
+    cpus, f = pick(ov.cpus, "cpus")
+    cpus_v = None
     try:
         cpus_v = parse_cpus(cpus) if cpus is not None else None
     except ValueError as e:
-        if ov.cpus is not None:
-            raise ProfileError(f"--cpus: {e}") from None
-        raise ProfileError(str(e), loc(("limits", "cpus"))) from None
-    pids = ov.pids_limit if ov.pids_limit is not None else l.get("pids")
+        bad(f"--cpus: {e}" if f else f"limits.cpus: {e}", "cpus", f)
+    pids, f = pick(ov.pids_limit, "pids")
     if pids is not None and pids < 1:
-        raise ProfileError("--pids-limit must be at least 1")
-    shares = ov.cpu_shares if ov.cpu_shares is not None else l.get("cpu_shares")
+        bad("--pids-limit must be at least 1" if f else "limits.pids must be at least 1", "pids", f)
+    shares, f = pick(ov.cpu_shares, "cpu_shares")
     if shares is not None and not (2 <= shares <= 262144):
-        raise ProfileError("--cpu-shares must be 2-262144")
-    weight = ov.blkio_weight if ov.blkio_weight is not None else l.get("blkio_weight")
+        bad("--cpu-shares must be 2-262144" if f else "limits.cpu_shares must be 2-262144", "cpu_shares", f)
+    weight, f = pick(ov.blkio_weight, "blkio_weight")
     if weight is not None and not (10 <= weight <= 1000):
-        raise ProfileError("--blkio-weight must be 10-1000")
+        bad("--blkio-weight must be 10-1000" if f else "limits.blkio_weight must be 10-1000", "blkio_weight", f)
     memory = size("memory", ov.memory, "--memory")
     if memory is not None and 0 <= memory < 6 * 1024 * 1024:
-        raise ProfileError("--memory: minimum memory limit is 6 MiB (Docker's minimum)")
+        bad(f"{'--memory' if ov.memory is not None else 'limits.memory'}: minimum memory limit is 6 MiB "
+            "(Docker's minimum)", "memory", ov.memory is not None)
     swap = size("memory_swap", ov.memory_swap, "--memory-swap")
     if memory is not None and swap is None and 2 * memory > MAX_BYTES:
         # Docker: --memory alone allows as much swap again (memory+swap = 2 x --memory)
         raise ProfileError(f"--memory: {memory} is too large without --memory-swap (twice it, the default "
                            f"memory+swap limit, must be at most {MAX_BYTES} bytes)")
     if swap is not None and swap != -1 and (memory is None or swap < memory):
-        raise ProfileError("--memory-swap must be at least --memory (it is memory plus swap), or -1")
+        bad("--memory-swap must be at least --memory (it is memory plus swap), or -1", "memory_swap",
+            ov.memory_swap is not None)
     cpuset = ov.cpuset_cpus or l.get("cpuset_cpus")
     if cpuset is not None:
         import re
         if not re.match(r"^\d+(-\d+)?(,\d+(-\d+)?)*$", cpuset):
-            raise ProfileError(f"--cpuset-cpus {cpuset!r}: expected e.g. 0-1,3")
-    return P.Limits(memory=memory, memory_swap=swap,
-                    memory_reservation=size("memory_reservation", ov.memory_reservation, "--memory-reservation"),
+            bad(f"--cpuset-cpus {cpuset!r}: expected e.g. 0-1,3", "cpuset_cpus", bool(ov.cpuset_cpus))
+    reservation = size("memory_reservation", ov.memory_reservation, "--memory-reservation")
+    rd_bps = rates("device_read_bps", ov.device_read_bps, "--device-read-bps")
+    wr_bps = rates("device_write_bps", ov.device_write_bps, "--device-write-bps")
+    rd_iops = rates("device_read_iops", ov.device_read_iops, "--device-read-iops")
+    wr_iops = rates("device_write_iops", ov.device_write_iops, "--device-write-iops")
+    if errs:
+        from .errors import ProfileErrors
+        raise ProfileErrors(errs)
+    return P.Limits(memory=memory, memory_swap=swap, memory_reservation=reservation,
                     cpus=cpus_v, cpu_shares=shares, cpuset_cpus=cpuset, pids=pids, blkio_weight=weight,
-                    device_read_bps=rates("device_read_bps", ov.device_read_bps, "--device-read-bps"),
-                    device_write_bps=rates("device_write_bps", ov.device_write_bps, "--device-write-bps"),
-                    device_read_iops=rates("device_read_iops", ov.device_read_iops, "--device-read-iops"),
-                    device_write_iops=rates("device_write_iops", ov.device_write_iops, "--device-write-iops"))
+                    device_read_bps=rd_bps, device_write_bps=wr_bps,
+                    device_read_iops=rd_iops, device_write_iops=wr_iops)

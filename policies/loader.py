@@ -43,6 +43,7 @@ SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 MAX_DEPTH = 16
 MAX_PROFILE_BYTES = 1 << 20          # a profile (or imported seccomp JSON) larger than this is refused
 MAX_NODES = 200_000                  # YAML nodes after alias expansion
+MAX_NESTING = 64                     # mappings/lists inside each other (a real profile needs < 10)
 # the top-level keys of profile format v1 (schema/profile.schema.json's properties)
 PROFILE_KEYS = ("version", "name", "description", "extends", "namespaces", "user", "capabilities",
                 "no_new_privs", "seccomp", "filesystem", "process", "network", "limits", "landlock")
@@ -142,6 +143,29 @@ def _redact(problem: str) -> str:
     return " ".join(out.split()).replace(" ,", ",") or "syntax error"
 
 
+PATH_MAX = 4096
+NAME_MAX = 255
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_path_value(value, what: str, loc: Optional[Location] = None, file: Optional[str] = None) -> None:
+    """A path or profile reference from a profile or the command line: refused (a ProfileError at
+    `loc`) when the kernel could not take it (a NUL byte, a name or path too long) - checked here so
+    that it is a profile error, not an OSError/ValueError from deep in a lookup."""
+    if not isinstance(value, str) or not value:
+        raise ProfileError(f"{what}: expected a non-empty string", loc, file)
+    if "\0" in value:
+        raise ProfileError(f"{what}: contains a NUL byte", loc, file)
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProfileError(f"{what}: not valid UTF-8 text", loc, file) from None
+    if len(raw) >= PATH_MAX:
+        raise ProfileError(f"{what}: longer than {PATH_MAX - 1} bytes", loc, file)
+    if any(len(part) > NAME_MAX for part in raw.split(b"/")):
+        raise ProfileError(f"{what}: a path component longer than {NAME_MAX} bytes", loc, file)
+
+
 def is_path_ref(ref: str) -> bool:
     return "/" in ref or ref.endswith((".yaml", ".yml"))
 
@@ -150,15 +174,23 @@ def resolve_profile(ref: str, relative_to: Optional[Path] = None, probed: Option
     """A profile reference -> file. Names are looked up in the user dirs, then the shipped dir;
     the candidates looked at before the one found are appended to `probed` (one appearing later
     would change the answer: the plan cache depends on their absence)."""
+    check_path_value(ref, "profile reference")
     if is_path_ref(ref):
         p = Path(ref)
         if not p.is_absolute() and relative_to is not None:
             p = relative_to / p
         return p.resolve() if p.exists() else p
+    if not _NAME_RE.fullmatch(ref):
+        raise ProfileError(f"{ref!r} is not a profile name (letters, digits, '_', '.', '+', '-'; at most "
+                           "128; a path needs a '/' or a .yaml suffix)")
     for d in profile_dirs():
         for ext in (".yaml", ".yml"):
             p = d / f"{ref}{ext}"
-            if p.is_file():
+            try:
+                found = p.is_file()
+            except OSError:             # a search-path directory that cannot be read: not there
+                found = False
+            if found:
                 return p.resolve()
             if probed is not None:
                 probed.append(str(p))
@@ -217,6 +249,8 @@ def _construct(node, file: str, path: tuple, locs: dict, budget: Optional[_Budge
     if budget.left < 0:
         raise ProfileError(f"more than {MAX_NODES} YAML nodes (aliases expanded): not a profile", loc)
     locs[path] = loc
+    if len(path) > MAX_NESTING and not isinstance(node, yaml.ScalarNode):
+        raise ProfileError(f"nested too deeply (more than {MAX_NESTING} levels): not a profile", loc)
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for knode, vnode in node.value:
@@ -248,6 +282,8 @@ def _construct(node, file: str, path: tuple, locs: dict, budget: Optional[_Budge
     # scalar
     if node.tag.startswith("!"):
         raise ProfileError("unknown tag (known on lists: !extend, !remove)", loc)
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value                      # most scalars: no constructor needed
     loader = _scalar_loader()
     try:
         value = loader.construct_object(node, deep=True)
@@ -260,6 +296,13 @@ def _construct(node, file: str, path: tuple, locs: dict, budget: Optional[_Budge
 
 
 _SCALAR_LOADER = None
+
+
+def _composer():
+    """libyaml's parser and composer when PyYAML has them (C: linear and ~10x faster than the pure
+    Python one; its scanner refuses nesting deeper than 1000 itself), else the Python one."""
+    yaml = _yaml()
+    return getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 
 
 def _scalar_loader():
@@ -279,8 +322,11 @@ def load_file(path: Path, roots=None, parent: bool = False) -> Document:
     shipped = _inside(os.path.realpath(path), (os.path.realpath(SHIPPED_DIR),))
     text = read_bounded(path, roots=roots, owned=parent and not shipped)
     _scalar_loader()
+    import gc
+    gc_was = gc.isenabled()
+    gc.disable()            # the node tree has no cycles: collections during its build only cost time
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_composer())
         if node is None:
             raise ProfileError("empty profile", Location(file, 1, 1))
         locs: dict = {}
@@ -288,6 +334,8 @@ def load_file(path: Path, roots=None, parent: bool = False) -> Document:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = f"invalid YAML: {_redact(e.problem or e.context)}"
+        if "nesting depth" in (e.problem or ""):        # libyaml's own bound (1000 levels)
+            msg = f"nested too deeply (more than {MAX_NESTING} levels): not a profile"
         if mark is not None:
             raise ProfileError(msg, Location(file, mark.line + 1, mark.column + 1)) from None
         raise ProfileError(msg, file=file) from None
@@ -297,6 +345,9 @@ def load_file(path: Path, roots=None, parent: bool = False) -> Document:
                            + (f" at offset {pos}" if isinstance(pos, int) else ""), file=file) from None
     except RecursionError:
         raise ProfileError("nested too deeply: not a profile", file=file) from None
+    finally:
+        if gc_was:
+            gc.enable()
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a YAML mapping", locs[()])
     for key in data:
@@ -317,6 +368,7 @@ def _absolutize(data: Any, base: Path, path: tuple, locs: dict, roots=None) -> N
         for k, v in data.items():
             p = path + (k,)
             if p in PATH_KEYS and isinstance(v, str) and v:
+                check_path_value(v, ".".join(p), locs.get(p))
                 full = os.path.realpath(os.path.join(base, v))
                 if roots is not None and not _inside(full, roots):
                     raise ProfileError(f"{'.'.join(p)}: {v!r} resolves outside the profile directories "
@@ -339,16 +391,33 @@ def _clean(value):
     return value
 
 
-def _shift_locs(locs: dict, src_prefix: tuple, dst_prefix: tuple, offset: int = 0) -> dict:
-    out = {}
-    n = len(src_prefix)
-    for p, loc in locs.items():
-        if p[:n] == src_prefix:
-            rest = p[n:]
-            if offset and rest and isinstance(rest[0], int):
-                rest = (rest[0] + offset,) + rest[1:]
-            out[dst_prefix + rest] = loc
-    return out
+def _copy_locs(value, src: tuple, dst: tuple, locs: dict, out: dict) -> None:
+    """The locations of `value` (the node at `src` in `locs`) and everything below it, placed at
+    `dst` in `out`. Walks the value, not the table: linear in the size of the subtree (a scan of
+    the whole table per key made merging quadratic)."""
+    loc = locs.get(src)
+    if loc is not None:
+        out[dst] = loc
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _copy_locs(v, src + (k,), dst + (k,), locs, out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _copy_locs(v, src + (i,), dst + (i,), locs, out)
+
+
+def _item_key(item):
+    """A hashable stand-in for a list item, equal exactly when the items are equal (for !extend and
+    !remove: a set lookup instead of a scan of the list per item)."""
+    if isinstance(item, dict):
+        return ("d", tuple(sorted(((repr(k), _item_key(v)) for k, v in item.items()))))
+    if isinstance(item, list):
+        return ("l", tuple(_item_key(v) for v in item))
+    if item is None:
+        return ("s", None)
+    if isinstance(item, (bool, int, float)):
+        return ("n", item)           # True == 1 == 1.0, as the list's `in` had it
+    return ("o", type(item).__name__, repr(item))
 
 
 def _merge(parent, child, path: tuple, plocs: dict, clocs: dict, out_locs: dict):
@@ -365,32 +434,36 @@ def _merge(parent, child, path: tuple, plocs: dict, clocs: dict, out_locs: dict)
                 merged[k] = _merge(parent[k], child[k], p, plocs, clocs, out_locs)
             elif k in child:
                 merged[k] = _clean(child[k])
-                out_locs.update(_shift_locs(clocs, p, p))
+                _copy_locs(child[k], p, p, clocs, out_locs)
             else:
                 merged[k] = parent[k]
-                out_locs.update(_shift_locs(plocs, p, p))
+                _copy_locs(parent[k], p, p, plocs, out_locs)
         # keep a stable key order: parent's order, then the child's new keys
         ordered = {k: merged[k] for k in list(parent.keys()) + [k for k in child if k not in parent]}
         return ordered
     if isinstance(child, Extend) and isinstance(parent, list):
         result = list(parent)
-        out_locs.update(_shift_locs(plocs, path, path))
+        _copy_locs(parent, path, path, plocs, out_locs)
+        have = {_item_key(x) for x in result}
         for i, item in enumerate(child):
-            if item not in result:
-                out_locs.update(_shift_locs(clocs, path + (i,), path + (len(result),)))
+            k = _item_key(item)
+            if k not in have:
+                have.add(k)
+                _copy_locs(item, path + (i,), path + (len(result),), clocs, out_locs)
                 result.append(_clean(item))
         out_locs[path] = clocs.get(path, plocs.get(path))
         return result
     if isinstance(child, Remove) and isinstance(parent, list):
         result = []
+        gone = {_item_key(x) for x in child}
         for i, item in enumerate(parent):
-            if item not in child:
-                out_locs.update(_shift_locs(plocs, path + (i,), path + (len(result),)))
+            if _item_key(item) not in gone:
+                _copy_locs(item, path + (i,), path + (len(result),), plocs, out_locs)
                 result.append(item)
         out_locs[path] = clocs.get(path, plocs.get(path))
         return result
     # replace
-    out_locs.update(_shift_locs(clocs, path, path))
+    _copy_locs(child, path, path, clocs, out_locs)
     return _clean(child)
 
 
@@ -424,6 +497,7 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
     ext_loc = doc.locations.get(("extends",))
     if not isinstance(parent_ref, str) or not parent_ref:
         raise ProfileError("extends must be a profile name or a path", ext_loc)
+    check_path_value(parent_ref, "extends", ext_loc)
     if is_path_ref(parent_ref):
         parent_path = Path(os.path.realpath(os.path.join(os.path.dirname(key), parent_ref)))
         if not _inside(str(parent_path), roots):
@@ -437,6 +511,8 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
             parent_path = resolve_profile(parent_ref, probed=probed)
         except FileNotFoundError:
             raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
+        except ProfileError as e:
+            raise ProfileError(f"extends: {e.message}", ext_loc) from None
     parent = _load_chain(parent_path, stack + [key], roots, probed)
     out_locs: dict = {}
     child_locs = {p: l for p, l in doc.locations.items() if p != ("extends",)}

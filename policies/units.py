@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+MAX_BYTES = (1 << 63) - 1             # what a cgroup or rlimit file takes
 _MULT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 # The largest size a kernel limit holds as written: cgroup memory limits are a signed 64-bit count
@@ -61,10 +62,12 @@ def _limit_value(v) -> int:
     if isinstance(v, str) and v.strip().lower() in ("unlimited", "-1", "infinity"):
         return -1
     if isinstance(v, int) and not isinstance(v, bool):
-        if v < -1:
-            raise ValueError(f"invalid limit {v!r}")
-        return v
-    return int(str(v).strip())
+        n = v
+    else:
+        n = int(str(v).strip()[:40])
+    if n < -1 or n > MAX_BYTES:
+        raise ValueError(f"invalid limit {v!r}")
+    return n
 
 
 def parse_rlimit(name: str, value) -> tuple[int, int]:

@@ -113,7 +113,9 @@ def _click_main(args) -> int:
             _err(f"pysandbox{cmd}: {msg}")
             return e.exit_code
         if isinstance(e, ProfileError):
-            _err(f"pysandbox: {e}")
+            from policies.errors import error_lines
+            for line in error_lines(e):         # every error found, one per line
+                _err(f"pysandbox: {line}")
             return EXIT_USAGE
         _err(f"pysandbox: internal error: {type(e).__name__}: {e}")
         return 125

@@ -118,9 +118,14 @@ def compile_for(kw: dict, argv=()):
 def cache_files(compiled, kw=None) -> list:
     """Every file the plan was compiled from (the extends chain, seccomp imports, a
     `--security-opt seccomp=FILE`) and every file whose appearance would change it (the search
-    path's candidates a profile name was looked up in before the one found)."""
+    path's candidates a profile name was looked up in before the one found), and the directories
+    of the search path themselves (a few stats per cached run)."""
     import os
+    from policies.loader import profile_dirs
     files = list(compiled.document.files) + list(compiled.document.probed)
+    # every directory of the profile search path (its mtime changes when an entry is added, removed,
+    # renamed or a symlink in it is swapped: `ln -sfn`, which the target file's signature cannot see)
+    files += [str(d) for d in profile_dirs()]
     sec = compiled.document.data.get("seccomp") or {}
     if isinstance(sec.get("import"), str):
         files.append(sec["import"])

@@ -160,29 +160,6 @@ def apparmor_remedy() -> str:
             "see docs/install.md; or run pysandbox as root")
 
 
-def subordinate_ids(user: str, uid: int) -> tuple[bool, str]:
-    """Are there /etc/subuid and /etc/subgid ranges for the caller, and newuidmap/newgidmap?"""
-    missing = []
-    for f in ("/etc/subuid", "/etc/subgid"):
-        ok = False
-        for line in _read(f).splitlines():
-            parts = line.strip().split(":")
-            if len(parts) == 3 and parts[0] in (user, str(uid)):
-                ok = True
-        if not ok:
-            missing.append(f)
-    tools = [t for t in ("newuidmap", "newgidmap") if not shutil.which(t)]
-    if not missing and not tools:
-        return True, f"{user}: ranges in /etc/subuid and /etc/subgid; newuidmap/newgidmap installed"
-    fix = []
-    if missing:
-        fix.append(f"no range for {user} in {' and '.join(missing)} (as root: usermod --add-subuids "
-                   f"100000-165535 --add-subgids 100000-165535 {user})")
-    if tools:
-        fix.append(f"{'/'.join(tools)} missing (Debian/Ubuntu: apt-get install uidmap)")
-    return False, "; ".join(fix) + " - needed only for maps of more than the caller's own id"
-
-
 def _read(path: str) -> str:
     try:
         with open(path) as f:
@@ -201,7 +178,7 @@ def _username() -> str:
 
 def _subordinate_row(root: bool) -> tuple[str, bool, str]:
     """uid_map: subordinate (docs/profile-format.md, "Rootless id ranges"): usable by this caller?"""
-    name = "subordinate ids (uid_map: subordinate)"
+    name = "subordinate ids"           # (uid_map: subordinate, docs/profile-format.md)
     if root:
         return (name, True, "root: the automatic range 1000000000-1000065535")
     from policies import subids
@@ -210,7 +187,7 @@ def _subordinate_row(root: bool) -> tuple[str, bool, str]:
         # (both files name the user, by name or uid)
         have = {w: sum(n for _, n in subids.ranges(w, os.geteuid())) for w in ("uid", "gid")}
     except subids.SubidError as e:
-        return (name, False, str(e))
+        return (name, False, f"{e} (usermod --add-subuids/--add-subgids FIRST-LAST USER)")
     problem = idmap.helper_problem()
     short = [f"{subids.FILES[w]} holds {have[w]}" for w in ("uid", "gid") if have[w] < subids.WANT]
     if problem or short:
@@ -240,10 +217,6 @@ def checks() -> list[tuple[str, bool, str]]:
         rows.append(("apparmor userns restriction", True, "on, but this interpreter may use user namespaces"))
     kind = container_kind()
     rows.append(("container", True, f"inside a {kind} container" if kind else "none recognised"))
-    if root:
-        rows.append(("subordinate ids", True, "root: writes any id map itself"))
-    else:
-        rows.append(("subordinate ids", *subordinate_ids(_username(), os.geteuid())))
     base = _sys.CLONE_NEWUSER if (ok or not root) else 0
     for name, flag in (("pid namespace", _sys.CLONE_NEWPID), ("mount namespace", _sys.CLONE_NEWNS),
                        ("network namespace", _sys.CLONE_NEWNET), ("uts namespace", _sys.CLONE_NEWUTS),

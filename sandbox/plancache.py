@@ -2,7 +2,10 @@
 
 A hit skips YAML parsing, schema validation, compilation and libseccomp entirely. An entry
 records the files it was built from (profiles, imported seccomp JSON, the policy code and data)
-with their (mtime, size, inode); any change invalidates it. Entries are trusted only when the
+with their (mtime, size, inode), the search-path candidates looked at before the profile found,
+and every directory of the profile search path (an entry added, removed or re-pointed there
+changes the directory's mtime); any change invalidates it. The installation (its policy
+directory) and the search-path environment are part of the key. Entries are trusted only when the
 cache file and its directory belong to the caller and are not writable by anyone else — a
 writable cache would be a way around the policy.
 """

@@ -51,7 +51,15 @@ def collect(paths: Iterable[str]) -> list[Path]:
     from ..loader import is_path_ref, resolve_profile
     out: list[Path] = []
     for raw in paths:
+        if "\0" in raw:
+            raise LintUsageError(f"{raw!r}: contains a NUL byte")
         p = Path(raw)
+        try:
+            p.lstat()
+        except OSError as e:
+            import errno
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):       # ENAMETOOLONG, EACCES, ELOOP
+                raise LintUsageError(f"{raw}: {e.strerror}") from None
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix in PROFILE_SUFFIXES and q.is_file()
                            and not any(part.startswith(".") for part in q.relative_to(p).parts))
@@ -67,6 +75,8 @@ def collect(paths: Iterable[str]) -> list[Path]:
                 out.append(resolve_profile(raw))
             except FileNotFoundError:
                 raise LintUsageError(f"{raw}: no such file, directory or profile name") from None
+            except ProfileError as e:           # not a possible name (NUL, too long, odd characters)
+                raise LintUsageError(f"{raw!r}: {e.message}") from None
         else:
             raise LintUsageError(f"{raw}: no such file or directory")
     seen, uniq = set(), []
@@ -85,7 +95,8 @@ def _loc_of(e: ProfileError, fallback: str) -> Location:
 
 
 def _err_finding(e: ProfileError, profile: str) -> M.Finding:
-    msg = e.message
+    from ..errors import _one_line
+    msg = _one_line(e.message)
     loc = _loc_of(e, profile)
     if msg.startswith(("extends unknown profile", "extends missing file")):
         return M.Finding(M.PSB002.code, "error", msg, "fix the name or path in `extends:` "
@@ -141,25 +152,31 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
         chk(ctx)
     doc_findings = list(ctx.findings)
     schema = schema_findings(doc, profile)
-    if schema:
-        rep.findings = doc_findings + schema
-        return rep
     try:
+        # every error of every stage in one pass (policies.errors.ProfileErrors), schema's included
         compiled = compile_document(doc, Overrides(), caller_uid=LINT_CALLER_UID, caller_gid=LINT_CALLER_GID,
                                     kernel=kernel, owned_ids=False)     # PSB105 reports them
 
     except ProfileError as e:
-        f = _err_finding(e, profile)
-        # an unknown syscall is already reported precisely by PSB207 at the same node
-        if not any((d.file, d.line, d.col) == (f.file, f.line, f.col) for d in doc_findings):
-            doc_findings.append(f)
-        rep.findings = doc_findings
+        from ..errors import ProfileErrors
+        out = doc_findings + schema
+        for one in (e.errors if isinstance(e, ProfileErrors) else [e]):
+            f = _err_finding(one, profile)
+            # an unknown syscall is already reported precisely by PSB207 at the same node (a DNS
+            # egress name by PSB503), a schema error by schema_findings
+            if not any((d.file, d.line, d.col) == (f.file, f.line, f.col) and
+                       (d.code != M.PSB001.code or d.message == f.message) for d in out):
+                out.append(f)
+        if isinstance(e, ProfileErrors) and e.total > len(e.errors):
+            out.append(M.Finding(M.PSB001.code, "error", f"... and {e.total - len(e.errors)} more errors",
+                                 "fix the errors above first", profile, 1, 1, profile))
+        rep.findings = out
         return rep
     except Exception as e:               # never a traceback from lint: report it on the profile
         loc = doc.locate(()) or Location(profile, 1, 1)
         doc_findings.append(M.Finding(M.PSB001.code, "error", f"cannot compile: {type(e).__name__}: {e}",
                                       "report this as a pysandbox bug", loc.file, loc.line, loc.col, profile))
-        rep.findings = doc_findings
+        rep.findings = doc_findings + schema
         return rep
     ctx = R.Ctx(doc, compiled.plan, profile)
     for chk in R.CHECKS:

@@ -115,6 +115,9 @@ PSB501 = rule("PSB501", "network-host", "error",
               "`network: host` shares the host's network stack (its interfaces, ports and abstract sockets).")
 PSB502 = rule("PSB502", "namespace-shared", "warning",
               "A namespace (pid, ipc, uts, cgroup) is shared with the host.")
+PSB503 = rule("PSB503", "egress-dns-name", "error",
+              "An egress `to:` is a DNS name: taken as a peer name it never matches (domain rules do "
+              "not exist yet).")
 
 
 @dataclass

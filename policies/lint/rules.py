@@ -687,3 +687,19 @@ def shared_namespaces(ctx: Ctx):
         if not getattr(ns, name):
             ctx.report(M.PSB502, f"namespaces.{name} is off: {why}", f"set `namespaces: {{{name}: true}}`",
                        ("namespaces", name), ("namespaces",), severity=sev)
+
+
+@doc_check
+def egress_dns_name(ctx: Ctx):
+    """PSB503: reported on the document (the compiler refuses such a profile, so there is no plan)."""
+    from ..compiler import DNS_EGRESS_HINT, egress_dns_name as is_dns
+    net = ctx.doc.data.get("network")
+    eg = net.get("egress") if isinstance(net, dict) else None
+    allow = eg.get("allow") if isinstance(eg, dict) else None
+    if not isinstance(allow, list):
+        return
+    for i, r in enumerate(allow):
+        if isinstance(r, dict) and is_dns(r.get("to")):
+            ctx.report(M.PSB503, f"egress to {r['to']!r}: a DNS name, not a sandbox peer or an IP/CIDR "
+                       "(as a peer name it would never match; the profile is refused)", DNS_EGRESS_HINT,
+                       ("network", "egress", "allow", i, "to"))
