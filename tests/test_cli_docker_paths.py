@@ -107,16 +107,13 @@ def test_state_dir_mode_and_private_network_after_image_import(root_runner, root
         r = cli(root_runner, sd, "run", "--network", net, "--image", img, "--", "/bin/true")
         assert r.returncode == 0, r
         assert stat.S_IMODE(os.stat(sd).st_mode) == 0o711
-        # a launch error from inside the sandbox names the step and the path (a bind source below
-        # a directory the sandbox's mapped root cannot search)
+        # a bind source below a directory the sandbox's mapped root cannot search: the caller's own
+        # access decides (the supervisor opens it as the caller: issue 20 item 13,
+        # tests/test_bind_as_caller.py), so root may bind it; launch errors naming their step and
+        # path: test_launch_error_carries_step_and_path
         priv = os.path.join(os.path.dirname(sd), "priv")
         os.makedirs(os.path.join(priv, "inner"))
         os.chmod(priv, 0o700)
-        r = cli(root_runner, sd, "run", "--profile", "strict", "-v", f"{priv}/inner:/mnt", "--", "/bin/true")
-        assert r.returncode == 125, r
-        line = r.stderr.strip().splitlines()[-1]
-        assert "root filesystem" in line and f"{priv}/inner" in line and "Permission denied" in line, r
-        os.chmod(priv, 0o711)                                          # the legitimate case
         r = cli(root_runner, sd, "run", "--profile", "strict", "-v", f"{priv}/inner:/mnt", "--", "/bin/true")
         assert r.returncode == 0, r
         # the hosts directory made unreachable: refused before launch, named

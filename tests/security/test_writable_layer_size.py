@@ -62,8 +62,7 @@ def kept_id(r) -> str:
 
 
 def audit_events(runner, state, name):
-    path = "/var/lib/pysandbox/audit.jsonl" if not runner.rootless else \
-        os.path.join(runner.home, ".local", "state", "pysandbox", "audit.jsonl")
+    path = os.path.join(state, "audit.jsonl")      # the default log is in the state directory (audit/paths.py)
     with open(path) as f:
         return [e for e in map(json.loads, f) if e.get("sandbox_name") == name]
 
