@@ -21,15 +21,7 @@ from .units import MAX_BYTES, parse_bytes, parse_cpus, parse_rlimit, parse_ulimi
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "profile.schema.json"
 
 # Capabilities known to Linux 6.x (CAP_LAST_CAP = CHECKPOINT_RESTORE = 40), without the CAP_ prefix.
-CAPABILITIES = (
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
-)
-CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
+from .plan import CAP_INDEX, CAPABILITIES  # noqa: E402  (the names live with the plan: the launch path reads them)
 
 # Host uid/gid range a root caller maps the sandbox to when the profile says `auto`.
 ROOT_AUTO_BASE = 1_000_000_000

@@ -20,6 +20,18 @@ from dataclasses import dataclass, field, asdict
 PLAN_VERSION = 1
 
 
+# Capability names in kernel order (index = the capability number). Here, not in compiler.py: the
+# launch path (sandbox/capabilities.py) needs them without importing the compiler.
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+CAP_INDEX = {name: i for i, name in enumerate(CAPABILITIES)}
+
 @dataclass(frozen=True)
 class IdMapEntry:
     """IdMapEntry (see docs/profile-format.md)."""

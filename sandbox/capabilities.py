@@ -4,7 +4,7 @@ to the plan's list, with raw prctl/capset (sandbox._sys): every capability the c
 to the kernel's last one (/proc/sys/kernel/cap_last_cap), whatever that is."""
 from __future__ import annotations
 
-from policies.compiler import CAP_INDEX
+from policies.plan import CAP_INDEX
 
 from . import _sys
 
