@@ -191,32 +191,31 @@ def stats_cmd(names, no_stream, as_json, interval):
         return 0
 
 
+def _each(names, action) -> int:
+    """Apply action to each sandbox, printing what it returns; one line per failure, exit 1 if any."""
+    code = 0
+    for n in names:
+        try:
+            click.echo(action(n))
+        except StateError as e:
+            code = _report(e)
+    return code
+
+
 @click.command("pause")
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 def pause_cmd(names):
     """Freeze every process of running sandboxes (the cgroup freezer: v1 freezer.state or cgroup2
     cgroup.freeze). While paused: exec is refused, kill -s KILL and rm -f end the sandbox, other
     signals wait until unpause, stop thaws first."""
-    code = 0
-    for n in names:
-        try:
-            click.echo(lifecycle.pause(n))
-        except StateError as e:
-            code = _report(e)
-    return code
+    return _each(names, lifecycle.pause)
 
 
 @click.command("unpause")
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.sandboxes)
 def unpause_cmd(names):
     """Thaw paused sandboxes."""
-    code = 0
-    for n in names:
-        try:
-            click.echo(lifecycle.unpause(n))
-        except StateError as e:
-            code = _report(e)
-    return code
+    return _each(names, lifecycle.unpause)
 
 
 @click.command("stop")
@@ -225,13 +224,7 @@ def unpause_cmd(names):
               help="Seconds between SIGTERM and SIGKILL.")
 def stop_cmd(names, grace):
     """Stop sandboxes: SIGTERM (forwarded to the program), then SIGKILL after the grace period."""
-    code = 0
-    for n in names:
-        try:
-            click.echo(lifecycle.stop(n, grace))
-        except StateError as e:
-            code = _report(e)
-    return code
+    return _each(names, lambda n: lifecycle.stop(n, grace))
 
 
 def _parse_signal(s: str) -> int:
@@ -252,13 +245,7 @@ def _parse_signal(s: str) -> int:
 def kill_cmd(names, sig):
     """Send a signal to sandboxes (to PID 1, which forwards it to the program; KILL ends the sandbox)."""
     signum = _parse_signal(sig)
-    code = 0
-    for n in names:
-        try:
-            click.echo(lifecycle.kill(n, signum))
-        except StateError as e:
-            code = _report(e)
-    return code
+    return _each(names, lambda n: lifecycle.kill(n, signum))
 
 
 @click.command("rm")

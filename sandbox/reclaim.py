@@ -36,6 +36,9 @@ _REC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.(\d+)\.(\d+)\Z")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")    # sandbox ids (as sandbox.cgroups)
 
 
+from .state import proc_starttime  # noqa: E402  (pid + start time: the one process identity)
+
+
 class RegistryError(OSError):
     pass
 
@@ -48,15 +51,6 @@ def base_dir(rootless: Optional[bool] = None) -> str:
 
 def owners_dir(rootless: Optional[bool] = None) -> str:
     return os.path.join(base_dir(rootless), "owners")
-
-
-def proc_starttime(pid: int) -> Optional[int]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-        return int(s[s.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 _SELF: Optional[tuple] = None
