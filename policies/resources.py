@@ -24,12 +24,12 @@ def _package_dir(package: str) -> Path:
     return Path(str(resources.files(package)))
 
 
-def _packaged_or_tree(packaged: Path, in_tree: str) -> Path:
-    """PACKAGED when it exists (a wheel); else IN_TREE under the project's work tree, but only when
+def _packaged_or_tree(packaged: Path, in_tree: str, holds: str = "*") -> Path:
+    """PACKAGED when it exists and holds files matching HOLDS (a wheel); else IN_TREE under the project's work tree, but only when
     the packages are imported from a work tree (its pyproject.toml and sandbox/pid1.c beside them,
     which no wheel has): a site-packages directory never lends its top-level `profiles/` or
     `docs/` of another distribution's."""
-    if packaged.is_dir():
+    if packaged.is_dir() and any(packaged.glob(holds)):
         return packaged
     top = _package_dir("policies").parent
     if (top / "pyproject.toml").is_file() and (top / "sandbox" / "pid1.c").is_file():
@@ -45,8 +45,9 @@ def shipped_profiles_dir() -> Path:
 
 @lru_cache(maxsize=None)
 def rule_docs_dir() -> Path:
-    """The directory of the lint rules' documents (PSB001.md, ...)."""
-    return _packaged_or_tree(_package_dir("policies") / "lint" / "rules", "docs/rules")
+    """The directory of the lint rules' documents (PSB001.md, ...). policies/lint/rules/ is also the
+    package of the rule modules: only a wheel's holds the documents."""
+    return _packaged_or_tree(_package_dir("policies") / "lint" / "rules", "docs/rules", "PSB*.md")
 
 
 def data_file(name: str) -> Path:

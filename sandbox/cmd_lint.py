@@ -86,8 +86,8 @@ def lint(ctx, paths, fmt, fail_on, threshold, output, breakdown, show_suppressed
         threshold = cfg.threshold
     if ignore:
         ignore = tuple(c.upper() for c in ignore)
-        from policies.lint import model as M
-        bad = [c for c in ignore if c not in M.RULES]
+        from policies.lint import RULES
+        bad = [c for c in ignore if c not in RULES]
         if bad:
             raise LintUsage(f"--ignore {bad[0]}: unknown rule (see pysandbox lint --list-rules)")
     else:

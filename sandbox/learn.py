@@ -145,7 +145,7 @@ def _item(x) -> str:
 def escape_class(name: str) -> Optional[tuple[str, str]]:
     """(severity, why) when `pysandbox lint` calls allowing `name` an escape (PSB203)."""
     try:
-        from policies.lint.rules import ESCAPE_SYSCALLS
+        from policies.lint.hazards import ESCAPE_SYSCALLS
     except ImportError:  # pragma: no cover - lint not installed
         from audit.techniques import classify
         t = classify(name)

@@ -6,7 +6,8 @@ text/JSON/SARIF output for profiles kept in git. Pure: never imports `sandbox` o
     result.findings, result.reports[0].score.score
 """
 from .engine import LintResult, LintUsageError, collect, lint_file, lint_paths
-from .model import RULES, SEVERITIES, Finding, ProfileReport, Rule
+from .model import SEVERITIES, Finding, ProfileReport, Rule
+from .rules import RULES
 from .score import Exposure, exposure
 
 __all__ = ["LintResult", "LintUsageError", "collect", "lint_file", "lint_paths", "RULES", "SEVERITIES",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import model as M
+from .rules import RULES
 
 MAX_BYTES = 1 << 20
 LEVELS = ("error", "warning", "info")
@@ -135,7 +136,7 @@ def load(start: Optional[str] = None) -> LintConfig:
         paths.append(full)
     paths = tuple(paths)
     ignore = tuple(c.upper() for c in strings("ignore"))
-    unknown = [c for c in ignore if c not in M.RULES]
+    unknown = [c for c in ignore if c not in RULES]
     if unknown:
         raise LintConfigError(f"{_where(text, path, 'ignore')}: [tool.pysandbox.lint] ignore: unknown "
                               f"rule {unknown[0]!r} (see pysandbox lint --list-rules)")

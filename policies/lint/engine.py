@@ -10,8 +10,15 @@ from typing import Iterable, Optional
 
 from ..errors import Location, ProfileError
 from . import model as M
-from . import rules as R
 from . import suppress as S
+from .context import Ctx
+from .rules import CHECKS, DOC_CHECKS, RULES
+# the rules the engine reports itself (their modules declare them; they have no check)
+from .rules.psb001_invalid_profile import RULE as PSB001
+from .rules.psb002_extends_missing import RULE as PSB002
+from .rules.psb003_suppression_without_reason import RULE as PSB003
+from .rules.psb004_suppression_unknown_rule import RULE as PSB004
+from .rules.psb005_suppression_unused import RULE as PSB005
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
 # Caller the plan is compiled for: an unprivileged user, so `auto` maps the sandbox to that user
@@ -99,10 +106,10 @@ def _err_finding(e: ProfileError, profile: str) -> M.Finding:
     msg = _one_line(e.message)
     loc = _loc_of(e, profile)
     if msg.startswith(("extends unknown profile", "extends missing file")):
-        return M.Finding(M.PSB002.code, "error", msg, "fix the name or path in `extends:` "
+        return M.Finding(PSB002.code, "error", msg, "fix the name or path in `extends:` "
                          "(names are looked up in the user profile directories, then the shipped ones)",
                          loc.file, loc.line, loc.col, profile)
-    return M.Finding(M.PSB001.code, "error", msg, "fix the profile at this node",
+    return M.Finding(PSB001.code, "error", msg, "fix the profile at this node",
                      loc.file, loc.line, loc.col, profile)
 
 
@@ -126,7 +133,7 @@ def schema_findings(doc, profile: str) -> list[M.Finding]:
             if extra:
                 path += (extra[0],)      # point at the unknown key, not at its parent
         loc = doc.locate(path) or Location(profile, 1, 1)
-        out.append(M.Finding(M.PSB001.code, "error", message(err), "fix the value to match the profile "
+        out.append(M.Finding(PSB001.code, "error", message(err), "fix the value to match the profile "
                              "schema (policies/schema/profile.schema.json)", loc.file, loc.line, loc.col, profile))
     out.sort(key=lambda f: (f.file, f.line, f.col))
     return out
@@ -147,8 +154,8 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
         return rep
     rep.files = list(doc.files)
     rep.name = str(doc.data.get("name") or Path(profile).stem)
-    ctx = R.Ctx(doc, None, profile)
-    for chk in R.DOC_CHECKS:
+    ctx = Ctx(doc, None, profile)
+    for chk in DOC_CHECKS:
         chk(ctx)
     doc_findings = list(ctx.findings)
     schema = schema_findings(doc, profile)
@@ -165,21 +172,21 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
             # an unknown syscall is already reported precisely by PSB207 at the same node (a DNS
             # egress name by PSB503), a schema error by schema_findings
             if not any((d.file, d.line, d.col) == (f.file, f.line, f.col) and
-                       (d.code != M.PSB001.code or d.message == f.message) for d in out):
+                       (d.code != PSB001.code or d.message == f.message) for d in out):
                 out.append(f)
         if isinstance(e, ProfileErrors) and e.total > len(e.errors):
-            out.append(M.Finding(M.PSB001.code, "error", f"... and {e.total - len(e.errors)} more errors",
+            out.append(M.Finding(PSB001.code, "error", f"... and {e.total - len(e.errors)} more errors",
                                  "fix the errors above first", profile, 1, 1, profile))
         rep.findings = out
         return rep
     except Exception as e:               # never a traceback from lint: report it on the profile
         loc = doc.locate(()) or Location(profile, 1, 1)
-        doc_findings.append(M.Finding(M.PSB001.code, "error", f"cannot compile: {type(e).__name__}: {e}",
+        doc_findings.append(M.Finding(PSB001.code, "error", f"cannot compile: {type(e).__name__}: {e}",
                                       "report this as a pysandbox bug", loc.file, loc.line, loc.col, profile))
         rep.findings = doc_findings + schema
         return rep
-    ctx = R.Ctx(doc, compiled.plan, profile)
-    for chk in R.CHECKS:
+    ctx = Ctx(doc, compiled.plan, profile)
+    for chk in CHECKS:
         chk(ctx)
     rep.findings = doc_findings + ctx.findings
     rep.name = compiled.plan.name
@@ -203,7 +210,7 @@ def lint_paths(paths: Iterable[str], *, kernel=None, profile_path=()) -> LintRes
         for f in r.files:
             if f not in sup_files:
                 sup_files.append(f)
-    sups = {f: S.read(f, known_codes=tuple(M.RULES)) for f in sup_files}
+    sups = {f: S.read(f, known_codes=tuple(RULES)) for f in sup_files}
 
     def apply(f: M.Finding) -> M.Finding:
         for s in sups.get(f.file, ()):
@@ -227,17 +234,17 @@ def lint_paths(paths: Iterable[str], *, kernel=None, profile_path=()) -> LintRes
         for s in lst:
             meta = []
             if not s.reason:
-                meta.append(M.Finding(M.PSB003.code, "error",
+                meta.append(M.Finding(PSB003.code, "error",
                                       f"suppression of {', '.join(s.codes) or 'nothing'} gives no reason "
                                       "(not honoured)", "write why after the bracket: "
                                       "`# pysandbox: ignore[PSB203] the test runner needs ptrace`",
                                       file, s.line, s.col, owner[file].file))
             for c in s.bad_codes:
-                meta.append(M.Finding(M.PSB004.code, "warning", f"suppression names unknown rule {c!r}",
+                meta.append(M.Finding(PSB004.code, "warning", f"suppression names unknown rule {c!r}",
                                       "use a code from `pysandbox lint --list-rules`", file, s.line, s.col,
                                       owner[file].file))
             if s.reason and not s.used and not s.bad_codes:
-                meta.append(M.Finding(M.PSB005.code, "info",
+                meta.append(M.Finding(PSB005.code, "info",
                                       f"suppression of {', '.join(s.codes)} matches no finding on line "
                                       f"{s.target if s.target else '(end of file)'}",
                                       "remove the stale suppression", file, s.line, s.col, owner[file].file))

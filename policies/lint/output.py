@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 from . import model as M
-from ..resources import rule_docs_dir
 from .engine import LintResult, relpath
+from .ruledoc import render
+from .rules import RULES
 
 TOOL_NAME = "pysandbox-lint"
 TOOL_VERSION = "0.1.0"
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema" / "sarif-2.1.0.json"
-DOCS_RULES = rule_docs_dir()     # package data in a wheel; docs/rules/ in the work tree
 
 
 def _counts(findings) -> dict:
@@ -105,14 +105,6 @@ def render_json(result: LintResult, *, fail_on: str = "error", threshold: Option
 
 # --- sarif ---------------------------------------------------------------------------------
 
-def _rule_help(code: str) -> Optional[str]:
-    p = DOCS_RULES / f"{code}.md"
-    try:
-        return p.read_text(encoding="utf-8")
-    except OSError:
-        return None
-
-
 def _uri(file: str, base: str) -> tuple[str, Optional[str]]:
     rel = relpath(file, base)
     if rel != file and not os.path.isabs(rel):
@@ -122,19 +114,18 @@ def _uri(file: str, base: str) -> tuple[str, Optional[str]]:
 
 def render_sarif(result: LintResult, *, base: Optional[str] = None) -> str:
     base = base or os.getcwd()
-    codes = sorted(M.RULES)
+    codes = sorted(RULES)
     index = {c: i for i, c in enumerate(codes)}
     rules = []
     for c in codes:
-        r = M.RULES[c]
+        r = RULES[c]
         d = {"id": c, "name": r.name, "shortDescription": {"text": r.summary},
              "fullDescription": {"text": r.summary},
              "defaultConfiguration": {"level": M.SARIF_LEVEL[r.severity]},
              "properties": {"tags": ["security", "pysandbox"], "precision": "high",
                             "problem.severity": r.severity}}
-        h = _rule_help(c)
-        if h:
-            d["help"] = {"text": h, "markdown": h}
+        h = render(r)           # the rule's page (docs/rules/CODE.md is generated from the same module)
+        d["help"] = {"text": h, "markdown": h}
         rules.append(d)
     results = []
     for f in result.findings:
@@ -167,9 +158,9 @@ def render_sarif(result: LintResult, *, base: Optional[str] = None) -> str:
 
 
 def rules_table() -> str:
-    w = max(len(r.name) for r in M.RULES.values())
+    w = max(len(r.name) for r in RULES.values())
     lines = [f"{'CODE':<7} {'SEVERITY':<8} {'NAME':<{w}}  SUMMARY"]
-    for c in sorted(M.RULES):
-        r = M.RULES[c]
+    for c in sorted(RULES):
+        r = RULES[c]
         lines.append(f"{c:<7} {r.severity:<8} {r.name:<{w}}  {r.summary}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, field
 
 from .. import syscalls as _sc
-from . import rules as R
+from . import hazards as H
 
 LEVELS = ((2.0, "OK"), (5.0, "MEDIUM"), (8.0, "EXPOSED"), (10.01, "UNSAFE"))
 # A weighted badness of NORMALIZER points is an exposure of 10 (the weights add up to ~96: a profile
@@ -79,7 +79,7 @@ def exposure(plan) -> Exposure:
     else:
         add("UserNamespace", 16, 0.0, "own user namespace, host root not mapped")
 
-    bad = R.dangerous_caps(plan)
+    bad = H.dangerous_caps(plan)
     if bad:
         add("Capabilities", 16, 1.0, f"dangerous capabilities kept: {' '.join(bad)}")
     else:
@@ -99,16 +99,16 @@ def exposure(plan) -> Exposure:
         add("SeccompFilter", 10, 0.8, "seccomp default log")
     else:
         add("SeccompFilter", 10, 0.0, f"seccomp default {s.default_action} (allow list)")
-    esc = R.allowed_escape(s)
+    esc = H.allowed_escape(s)
     weight = {"error": 1.0, "warning": 0.4, "info": 0.1}
-    total = sum(weight[sev] for sev, _ in R.ESCAPE_SYSCALLS.values())
+    total = sum(weight[sev] for sev, _ in H.ESCAPE_SYSCALLS.values())
     got = sum(weight[sev] * (0.5 if cond else 1.0) for _, sev, cond in esc)
-    if R.clone_creates_namespaces(s):
+    if H.clone_creates_namespaces(s):
         got += 1.0
     add("EscapeSyscalls", 10, min(1.0, 3 * got / total),
         f"{len(esc)} escape-class syscalls allowed" + (f": {' '.join(n for n, _, _ in esc[:3])}"
                                                        f"{' ...' if len(esc) > 3 else ''}" if esc else "")
-        + ("; namespace-creating clone" if R.clone_creates_namespaces(s) else ""))
+        + ("; namespace-creating clone" if H.clone_creates_namespaces(s) else ""))
     n_all = len(native_syscalls()) or 1
     allowed = _allowed_count(s)
     add("SyscallSurface", 5, allowed / n_all, f"{allowed} of {n_all} system calls allowed")
@@ -129,20 +129,20 @@ def exposure(plan) -> Exposure:
         if m.type != "bind" or not m.source:
             continue
         src = m.source
-        if any(R.covered(sock, [src]) for sock in R.RUNTIME_SOCKETS):
+        if any(H.covered(sock, [src]) for sock in H.RUNTIME_SOCKETS):
             b = 1.0
-        elif src in R.SENSITIVE_PATHS or src.startswith(R.SENSITIVE_PREFIXES):
+        elif src in H.SENSITIVE_PATHS or src.startswith(H.SENSITIVE_PREFIXES):
             b = 0.4 if m.read_only else 1.0
         else:
             b = 0.0 if m.read_only else 0.2
         if b > worst:
             worst, what = b, f"{'read-only' if m.read_only else 'writable'} bind of {src}"
     add("HostMounts", 10, worst, what)
-    miss = R._missing(R.OCI_MASKED, fs.masked_paths, fs)
-    add("MaskedPaths", 3, len(miss) / len(R.OCI_MASKED),
+    miss = H.missing_paths(H.OCI_MASKED, fs.masked_paths, fs)
+    add("MaskedPaths", 3, len(miss) / len(H.OCI_MASKED),
         f"{len(miss)} OCI default masked paths missing" if miss else "OCI default masked paths masked")
-    miss = R._missing(R.OCI_READONLY, list(fs.readonly_paths) + list(fs.masked_paths), fs)
-    add("ReadonlyPaths", 2, len(miss) / len(R.OCI_READONLY),
+    miss = H.missing_paths(H.OCI_READONLY, list(fs.readonly_paths) + list(fs.masked_paths), fs)
+    add("ReadonlyPaths", 2, len(miss) / len(H.OCI_READONLY),
         f"{len(miss)} OCI default read-only paths missing" if miss else "OCI default read-only paths read-only")
 
     lim = plan.limits
