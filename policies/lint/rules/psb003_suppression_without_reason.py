@@ -1,4 +1,6 @@
-"""PSB003 suppression-without-reason: An inline `# pysandbox: ignore[...]` suppression gives no reason (it is not honoured)."""
+"""PSB003 suppression-without-reason: An inline `# pysandbox: ignore[...]` suppression gives no reason
+(it is not honoured).
+"""
 from __future__ import annotations
 
 from ..model import Rule

@@ -1,4 +1,6 @@
-"""PSB105 map-needs-root: An id map names a host id other than the caller's (`outside: caller`): only root may use it."""
+"""PSB105 map-needs-root: An id map names a host id other than the caller's (`outside: caller`): only
+root may use it.
+"""
 from __future__ import annotations
 
 from ..context import Ctx

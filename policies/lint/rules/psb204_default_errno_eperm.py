@@ -1,4 +1,6 @@
-"""PSB204 default-errno-eperm: Unknown system calls fail with EPERM; ENOSYS lets libc fall back (clone3, openat2, ...)."""
+"""PSB204 default-errno-eperm: Unknown system calls fail with EPERM; ENOSYS lets libc fall back
+(clone3, openat2, ...).
+"""
 from __future__ import annotations
 
 from ... import syscalls as _sc

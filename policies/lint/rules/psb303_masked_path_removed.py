@@ -1,4 +1,6 @@
-"""PSB303 masked-path-removed: An OCI default masked path (/proc/kcore, /proc/keys, /sys/firmware, ...) is not masked."""
+"""PSB303 masked-path-removed: An OCI default masked path (/proc/kcore, /proc/keys, /sys/firmware, ...)
+is not masked.
+"""
 from __future__ import annotations
 
 from ..context import Ctx

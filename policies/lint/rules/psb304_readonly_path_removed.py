@@ -1,4 +1,6 @@
-"""PSB304 readonly-path-removed: An OCI default read-only path (/proc/sys, /proc/sysrq-trigger, ...) is not read-only."""
+"""PSB304 readonly-path-removed: An OCI default read-only path (/proc/sys, /proc/sysrq-trigger, ...) is
+not read-only.
+"""
 from __future__ import annotations
 
 from ..context import Ctx

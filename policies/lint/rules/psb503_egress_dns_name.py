@@ -1,4 +1,6 @@
-"""PSB503 egress-dns-name: An egress `to:` is a DNS name: taken as a peer name it never matches (domain rules do not exist yet)."""
+"""PSB503 egress-dns-name: An egress `to:` is a DNS name: taken as a peer name it never matches (domain
+rules do not exist yet).
+"""
 from __future__ import annotations
 
 from ..context import Ctx
