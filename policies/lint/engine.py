@@ -106,10 +106,10 @@ def _err_finding(e: ProfileError, profile: str) -> M.Finding:
     msg = _one_line(e.message)
     loc = _loc_of(e, profile)
     if msg.startswith(("extends unknown profile", "extends missing file")):
-        return M.Finding(PSB002.code, "error", msg, "fix the name or path in `extends:` "
+        return M.Finding(PSB002.code, PSB002.severity, msg, "fix the name or path in `extends:` "
                          "(names are looked up in the user profile directories, then the shipped ones)",
                          loc.file, loc.line, loc.col, profile)
-    return M.Finding(PSB001.code, "error", msg, "fix the profile at this node",
+    return M.Finding(PSB001.code, PSB001.severity, msg, "fix the profile at this node",
                      loc.file, loc.line, loc.col, profile)
 
 
@@ -133,7 +133,7 @@ def schema_findings(doc, profile: str) -> list[M.Finding]:
             if extra:
                 path += (extra[0],)      # point at the unknown key, not at its parent
         loc = doc.locate(path) or Location(profile, 1, 1)
-        out.append(M.Finding(PSB001.code, "error", message(err), "fix the value to match the profile "
+        out.append(M.Finding(PSB001.code, PSB001.severity, message(err), "fix the value to match the profile "
                              "schema (policies/schema/profile.schema.json)", loc.file, loc.line, loc.col, profile))
     out.sort(key=lambda f: (f.file, f.line, f.col))
     return out
@@ -175,13 +175,13 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
                        (d.code != PSB001.code or d.message == f.message) for d in out):
                 out.append(f)
         if isinstance(e, ProfileErrors) and e.total > len(e.errors):
-            out.append(M.Finding(PSB001.code, "error", f"... and {e.total - len(e.errors)} more errors",
+            out.append(M.Finding(PSB001.code, PSB001.severity, f"... and {e.total - len(e.errors)} more errors",
                                  "fix the errors above first", profile, 1, 1, profile))
         rep.findings = out
         return rep
     except Exception as e:               # never a traceback from lint: report it on the profile
         loc = doc.locate(()) or Location(profile, 1, 1)
-        doc_findings.append(M.Finding(PSB001.code, "error", f"cannot compile: {type(e).__name__}: {e}",
+        doc_findings.append(M.Finding(PSB001.code, PSB001.severity, f"cannot compile: {type(e).__name__}: {e}",
                                       "report this as a pysandbox bug", loc.file, loc.line, loc.col, profile))
         rep.findings = doc_findings + schema
         return rep
@@ -234,17 +234,17 @@ def lint_paths(paths: Iterable[str], *, kernel=None, profile_path=()) -> LintRes
         for s in lst:
             meta = []
             if not s.reason:
-                meta.append(M.Finding(PSB003.code, "error",
+                meta.append(M.Finding(PSB003.code, PSB003.severity,
                                       f"suppression of {', '.join(s.codes) or 'nothing'} gives no reason "
                                       "(not honoured)", "write why after the bracket: "
                                       "`# pysandbox: ignore[PSB203] the test runner needs ptrace`",
                                       file, s.line, s.col, owner[file].file))
             for c in s.bad_codes:
-                meta.append(M.Finding(PSB004.code, "warning", f"suppression names unknown rule {c!r}",
+                meta.append(M.Finding(PSB004.code, PSB004.severity, f"suppression names unknown rule {c!r}",
                                       "use a code from `pysandbox lint --list-rules`", file, s.line, s.col,
                                       owner[file].file))
             if s.reason and not s.used and not s.bad_codes:
-                meta.append(M.Finding(PSB005.code, "info",
+                meta.append(M.Finding(PSB005.code, PSB005.severity,
                                       f"suppression of {', '.join(s.codes)} matches no finding on line "
                                       f"{s.target if s.target else '(end of file)'}",
                                       "remove the stale suppression", file, s.line, s.col, owner[file].file))
