@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import syscalls as _sc
+from ..seccomp import decide
 
 # Capabilities that let a process escape the sandbox or attack the kernel (why, severity).
 DANGEROUS_CAPS: dict[str, str] = {
@@ -107,7 +108,6 @@ def covered(path: str, by: Iterable[str]) -> bool:
 
 def allowed_escape(seccomp) -> list[tuple[str, str, bool]]:
     """[(name, severity, conditional)] of escape-class syscalls the plan lets through."""
-    from ..seccomp import decide
     out = []
     if not seccomp.enabled:
         return [(n, sev, False) for n, (sev, _) in ESCAPE_SYSCALLS.items() if _sc.is_known(n)]
@@ -122,7 +122,6 @@ def allowed_escape(seccomp) -> list[tuple[str, str, bool]]:
 
 
 def clone_creates_namespaces(seccomp) -> bool:
-    from ..seccomp import decide
     if not seccomp.enabled:
         return True
     return decide(seccomp, "clone", [CLONE_NEWUSER])[0] == "allow"

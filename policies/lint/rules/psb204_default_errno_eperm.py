@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ... import syscalls as _sc
+from ...seccomp import decide
 from ..context import Ctx
 from ..model import Rule
 
@@ -44,7 +45,6 @@ def check(ctx: Ctx) -> None:
     s = ctx.plan.seccomp
     if not s.enabled or s.default_action != "errno" or s.default_errno != 1:
         return
-    from ...seccomp import decide
     clone3 = decide(s, "clone3") if _sc.is_known("clone3") else ("errno", 38)
     handled = clone3 == ("errno", 38)
     sev = "info" if handled else "warning"

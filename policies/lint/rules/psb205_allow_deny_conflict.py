@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ... import syscalls as _sc
+from ...seccomp import decide
 from ..context import Ctx
 from ..model import Rule
 
@@ -43,7 +44,6 @@ def check(ctx: Ctx) -> None:
     s = ctx.plan.seccomp
     if not s.enabled:
         return
-    from ...seccomp import decide
     deny_src: dict[str, tuple] = {}
     for _, base, names, args in ctx.seccomp_items("deny"):
         if args:

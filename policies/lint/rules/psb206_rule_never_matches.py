@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...plan import ArgCond
+from ...seccomp import conditions_by_index, parse_int
 from ..context import Ctx
 from ..model import Rule
 
@@ -44,7 +45,6 @@ must overlap.
 
 
 def _conds(args) -> Optional[list[ArgCond]]:
-    from ...seccomp import parse_int
     out = []
     try:
         for a in args or []:
@@ -59,13 +59,12 @@ def _conds(args) -> Optional[list[ArgCond]]:
 def check(ctx: Ctx) -> None:
     if not ctx.plan.seccomp.enabled:
         return
-    from ...seccomp import conditions_by_index      # None: the conditions cannot all hold
     for which in ("allow", "deny"):
         for i, base, names, args in ctx.seccomp_items(which):
             if not args:
                 continue
             conds = _conds(args)
-            if conds is None or conditions_by_index(conds) is not None:
+            if conds is None or conditions_by_index(conds) is not None:   # None: they cannot all hold
                 continue
             shown = ", ".join(sorted({n for n, _, _ in names})[:6])
             ctx.report(RULE, f"seccomp.{which}[{i}] ({shown}) can never match: its argument "

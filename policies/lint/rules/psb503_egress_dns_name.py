@@ -3,6 +3,7 @@ rules do not exist yet).
 """
 from __future__ import annotations
 
+from ...compiler import DNS_EGRESS_HINT, egress_dns_name as is_dns
 from ..context import Ctx
 from ..model import Rule
 
@@ -50,7 +51,6 @@ Name a sandbox peer or an IP address / CIDR in `to:`; domain rules do not exist 
 
 def check_document(ctx: Ctx) -> None:
     """PSB503: reported on the document (the compiler refuses such a profile, so there is no plan)."""
-    from ...compiler import DNS_EGRESS_HINT, egress_dns_name as is_dns
     net = ctx.doc.data.get("network")
     eg = net.get("egress") if isinstance(net, dict) else None
     allow = eg.get("allow") if isinstance(eg, dict) else None
