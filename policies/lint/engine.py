@@ -3,12 +3,15 @@
 the inline suppressions, de-duplicate what several profiles inherit, and score each profile."""
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import Location, ProfileError
+from .. import compiler as C
+from ..errors import Location, ProfileError, ProfileErrors, _one_line
+from ..loader import is_path_ref, load_profile, resolve_profile
 from . import model as M
 from . import suppress as S
 from .context import Ctx
@@ -19,6 +22,7 @@ from .rules.psb002_extends_missing import RULE as PSB002
 from .rules.psb003_suppression_without_reason import RULE as PSB003
 from .rules.psb004_suppression_unknown_rule import RULE as PSB004
 from .rules.psb005_suppression_unused import RULE as PSB005
+from .score import exposure
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
 # Caller the plan is compiled for: an unprivileged user, so `auto` maps the sandbox to that user
@@ -55,7 +59,6 @@ class LintResult:
 def collect(paths: Iterable[str]) -> list[Path]:
     """Files (as given) and directories (recursively, *.yaml / *.yml, sorted). Profile names of the
     profile search path (`strict`) are accepted too."""
-    from ..loader import is_path_ref, resolve_profile
     out: list[Path] = []
     for raw in paths:
         if "\0" in raw:
@@ -64,7 +67,6 @@ def collect(paths: Iterable[str]) -> list[Path]:
         try:
             p.lstat()
         except OSError as e:
-            import errno
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):       # ENAMETOOLONG, EACCES, ELOOP
                 raise LintUsageError(f"{raw}: {e.strerror}") from None
         if p.is_dir():
@@ -102,7 +104,6 @@ def _loc_of(e: ProfileError, fallback: str) -> Location:
 
 
 def _err_finding(e: ProfileError, profile: str) -> M.Finding:
-    from ..errors import _one_line
     msg = _one_line(e.message)
     loc = _loc_of(e, profile)
     if msg.startswith(("extends unknown profile", "extends missing file")):
@@ -115,7 +116,6 @@ def _err_finding(e: ProfileError, profile: str) -> M.Finding:
 
 def schema_findings(doc, profile: str) -> list[M.Finding]:
     """Every schema violation (the compiler stops at the first), each at its node."""
-    from .. import compiler as C
     try:
         errors = list(C._validator().iter_errors(doc.data))
         message = C._schema_message
@@ -141,9 +141,6 @@ def schema_findings(doc, profile: str) -> list[M.Finding]:
 
 def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
     """Lint one profile file (suppressions are applied by lint_paths)."""
-    from ..compiler import Overrides, compile_document
-    from ..loader import load_profile
-    from .score import exposure
 
     profile = str(Path(path).resolve()) if Path(path).exists() else str(path)
     rep = M.ProfileReport(file=profile, files=[profile])
@@ -161,11 +158,11 @@ def lint_file(path, *, kernel=None, allow=()) -> M.ProfileReport:
     schema = schema_findings(doc, profile)
     try:
         # every error of every stage in one pass (policies.errors.ProfileErrors), schema's included
-        compiled = compile_document(doc, Overrides(), caller_uid=LINT_CALLER_UID, caller_gid=LINT_CALLER_GID,
-                                    kernel=kernel, owned_ids=False)     # PSB105 reports them
+        compiled = C.compile_document(doc, C.Overrides(), caller_uid=LINT_CALLER_UID,
+                                      caller_gid=LINT_CALLER_GID, kernel=kernel,
+                                      owned_ids=False)     # PSB105 reports them
 
     except ProfileError as e:
-        from ..errors import ProfileErrors
         out = doc_findings + schema
         for one in (e.errors if isinstance(e, ProfileErrors) else [e]):
             f = _err_finding(one, profile)

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass, field
 
 from .. import syscalls as _sc
+from ..seccomp import decide
 from . import hazards as H
 
 LEVELS = ((2.0, "OK"), (5.0, "MEDIUM"), (8.0, "EXPOSED"), (10.01, "UNSAFE"))
@@ -57,7 +58,6 @@ def native_syscalls() -> tuple:
 
 
 def _allowed_count(seccomp) -> int:
-    from ..seccomp import decide
     if not seccomp.enabled:
         return len(native_syscalls())
     cond = {r.name for r in seccomp.rules if r.action == "allow"}
