@@ -86,12 +86,8 @@ def _version() -> str:
         return "0.1.0+source"
 
 
-def _err(msg: str) -> None:
-    sys.stderr.write(msg.rstrip("\n") + "\n")
-    sys.stderr.flush()
-
-
 def _click_main(args, raw_run_options=None) -> int:
+    from .runner import err as _err
     cli = build()
     try:
         # the raw options reach `run` (sandbox/cli/run.py) as the context's obj: the cache key
