@@ -13,7 +13,7 @@ command refuses to write such an export unless told `--allow-weaker`); `weaker=F
 information (e.g. audit of denials, the run timeout).
 
 Host facts (is /bin a symlink? does /etc/ssl exist? device numbers for blkio rates) come from a
-`HostView` passed in by the caller (sandbox/cmd_export.py gives a real one); the default
+`HostView` passed in by the caller (sandbox/cli/export.py gives a real one); the default
 `AssumeHost` assumes every path is a directory and knows no devices, so this module never
 touches the filesystem except to read its own shipped schema files.
 """
@@ -74,7 +74,7 @@ class Loss:
 
 
 class HostView:
-    """What the exporter may ask about the host. Subclassed by sandbox.cmd_export.RealHost."""
+    """What the exporter may ask about the host. Subclassed by sandbox.cli.export.RealHost."""
 
     def kind(self, path: str, follow: bool = False) -> str:
         """'dir', 'file', 'link' (only when not following), 'missing' or 'other'."""

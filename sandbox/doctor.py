@@ -1,4 +1,5 @@
-"""`pysandbox doctor`: what this kernel and this caller can enforce. Each check is real
+"""What this kernel and this caller can enforce: `checks()`, the rows `pysandbox doctor` prints
+(sandbox/cli/doctor.py) and tests call, and `kernel_version()`. Each check is real
 (a probe in a throw-away child or a kernel interface read), never a guess from versions.
 
 When a user namespace cannot be created, or is created but is of no use (Ubuntu's AppArmor

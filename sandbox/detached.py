@@ -1,4 +1,10 @@
-"""Named, detached sandboxes and their lifecycle: run -d, ps, inspect, logs, top, stats, stop, kill, rm.
+"""Detached sandboxes (`run -d`): their supervisor, their status, and the signal queue.
+
+The commands that act on them (ps, inspect, logs, top, stats, pause, unpause, stop, kill, rm,
+exec, prune) are in sandbox/cli/status.py and sandbox/cli/lifecycle.py; `exec` itself is
+sandbox/execin.py. This module is what they share with the supervisor: `status_of`/`load` (the
+status as the kernel and the `alive` lock tell it), `deliver` (the signal queue of a starting
+sandbox) and `signal_sandbox` (PID 1 through a pidfd).
 
 `run -d --name NAME -- CMD`
     The CLI creates NAME's state directory (sandbox/state.py), then forks twice (setsid in between):
@@ -26,8 +32,6 @@ when the program runs (then PID 1 gets them at once). `rm` refuses a starting sa
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import select
 import signal
@@ -112,17 +116,6 @@ def sandbox_cgroups(pid: int, sandbox_id: str) -> list[str]:
 
 
 # --- the supervisor of a detached sandbox ----------------------------------------------
-
-def run_special(plan, bpf, argv, runopts) -> int:
-    """`run -d` and `run -t` (called from sandbox.cli._launch)."""
-    if runopts.get("detach"):
-        if runopts.get("tty"):
-            _err("pysandbox: run: -d and -t cannot be combined (a detached sandbox has no terminal)")
-            return 2
-        return run_detached(plan, bpf, argv, runopts)
-    from .execin import run_tty
-    return run_tty(plan, bpf, argv, runopts)
-
 
 def run_detached(plan, bpf, argv, runopts) -> int:
     """CLI side of `run -d`: returns the exit code of the `run` command (0 when started)."""
@@ -511,7 +504,7 @@ def _execed(prog: int) -> bool:
     return e is not None and e != _exe(os.getpid()) and not e.startswith("/memfd:" + INIT_COMM.decode())
 
 
-# --- status ---------------------------------------------------------------------------
+# --- status: what `ps`, `inspect`, `exec` read (sandbox/cli/status.py, sandbox/execin.py) ---
 
 def status_of(st: dict, name: str) -> str:
     s = st.get("status")
@@ -529,174 +522,13 @@ def _frozen(st: dict) -> bool:
     return cgroups.is_frozen(st.get("cgroups"), st.get("id") or "")
 
 
-# --- pause / unpause (the cgroup freezer: v1 freezer.state, cgroup2 cgroup.freeze) ----------
-
-def _set_frozen(ref: str, frozen: bool) -> str:
-    from . import cgroups
-    name, st, status = load(ref)
-    want, verb = ("running", "pause") if frozen else ("paused", "unpause")
-    if status != want:
-        raise StateError(f"{name} is {'not running' if frozen else 'not paused'} ({status}): cannot {verb} it")
-    try:
-        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", frozen)
-    except cgroups.CgroupError as e:
-        raise StateError(f"{name}: {e}") from None
-    return name
-
-
-def pause(ref: str) -> str:
-    """Freeze every process of a running sandbox (Docker's `pause`)."""
-    return _set_frozen(ref, True)
-
-
-def unpause(ref: str) -> str:
-    return _set_frozen(ref, False)
-
-
-def _thaw(st: dict) -> None:
-    from . import cgroups
-    with contextlib.suppress(cgroups.CgroupError):
-        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", False)
-
-
 def load(ref: str) -> tuple[str, dict, str]:
     name = state.resolve(ref)
     st = state.read(name)
     return name, st, status_of(st, name)
 
 
-def listing(all_: bool = False) -> list[dict]:
-    rows = []
-    for n in state.names():
-        try:
-            st = state.read(n)
-        except StateError:
-            continue
-        status = status_of(st, n)
-        if not all_ and status not in ("running", "starting", "paused"):
-            continue
-        rows.append({"name": n, "id": st.get("id"), "profile": st.get("profile"), "status": status,
-                     "exit_code": st.get("exit_code"), "pid": st.get("pid1"), "created": st.get("created"),
-                     "command": st.get("argv")})
-    return rows
-
-
-def inspect(ref: str) -> dict:
-    name, st, status = load(ref)
-    out = dict(st)
-    out["status"] = status
-    prog = st.get("program_pid")
-    out["paused"] = status == "paused"
-    if status in ("running", "paused") and state.same_process(prog, st.get("program_start")):
-        out["mounts"] = _mounts(prog)
-        out["processes"] = [p["pid"] for p in processes(st)]
-    out["limits"] = (st.get("plan") or {}).get("limits")
-    out["network"] = (st.get("plan") or {}).get("network")
-    out["state_dir"] = str(state.sandbox_dir(name))
-    return out
-
-
-def _mounts(pid: int) -> list:
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        lf, rf = left.split(), right.split()
-        if len(lf) >= 6 and len(rf) >= 2:
-            out.append({"target": lf[4], "fstype": rf[0], "source": rf[1], "options": lf[5]})
-    return out
-
-
-def processes(st: dict) -> list[dict]:
-    """The sandbox's processes (host view): those in its pid namespace, else in its cgroups."""
-    pidns = (st.get("namespaces") or {}).get("pid")
-    pids = set()
-    if pidns:
-        for ent in os.scandir("/proc"):
-            if ent.name.isdigit():
-                try:
-                    if os.stat(f"/proc/{ent.name}/ns/pid").st_ino == pidns:
-                        pids.add(int(ent.name))
-                except OSError:
-                    pass
-    for cg in st.get("cgroups") or ():
-        try:
-            with open(os.path.join(cg, "cgroup.procs")) as f:
-                pids.update(int(x) for x in f.read().split())
-        except (OSError, ValueError):
-            pass
-    rows = []
-    for pid in sorted(pids):
-        row = _proc_row(pid)
-        if row:
-            rows.append(row)
-    return rows
-
-
-def _proc_row(pid: int) -> Optional[dict]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-        with open(f"/proc/{pid}/status") as f:
-            status = f.read()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())
-    except OSError:
-        return None
-    fields = s[s.rindex(b")") + 2:].split()
-    comm = s[s.index(b"(") + 1:s.rindex(b")")].decode(errors="replace")
-    kv = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
-    nspid = kv.get("NSpid", "").split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return {"pid": pid, "nspid": int(nspid[-1]) if nspid else None, "ppid": int(fields[1]),
-            "state": fields[0].decode(), "uid": kv.get("Uid", "").split()[0] if kv.get("Uid") else "",
-            "rss_kib": int(kv.get("VmRSS", "0 kB").split()[0]) if kv.get("VmRSS") else 0,
-            "cpu_s": round((int(fields[11]) + int(fields[12])) / tick, 2), "command": cmd or f"[{comm}]"}
-
-
-def cgroup_stats(st: dict) -> dict:
-    """Current cgroup figures of the sandbox (v1 and v2 files)."""
-    def rd(path):
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except OSError:
-            return None
-
-    def num(v):
-        try:
-            return int(v)
-        except (TypeError, ValueError):
-            return None
-    out: dict = {}
-    for cg in st.get("cgroups") or ():
-        if os.path.exists(os.path.join(cg, "memory.usage_in_bytes")):
-            out["memory_usage"] = num(rd(os.path.join(cg, "memory.usage_in_bytes")))
-            lim = num(rd(os.path.join(cg, "memory.limit_in_bytes")))
-            out["memory_limit"] = lim if lim is not None and lim < (1 << 62) else None
-            out["memory_peak"] = num(rd(os.path.join(cg, "memory.max_usage_in_bytes")))
-        if os.path.exists(os.path.join(cg, "memory.current")):
-            out["memory_usage"] = num(rd(os.path.join(cg, "memory.current")))
-            out["memory_limit"] = num(rd(os.path.join(cg, "memory.max")))
-        if os.path.exists(os.path.join(cg, "pids.current")):
-            out["pids"] = num(rd(os.path.join(cg, "pids.current")))
-            out["pids_limit"] = num(rd(os.path.join(cg, "pids.max")))
-        if os.path.exists(os.path.join(cg, "cpuacct.usage")):
-            u = num(rd(os.path.join(cg, "cpuacct.usage")))
-            out["cpu_usage_ns"] = u
-        if os.path.exists(os.path.join(cg, "cpu.stat")) and "cpu_usage_ns" not in out:
-            for line in (rd(os.path.join(cg, "cpu.stat")) or "").splitlines():
-                k, _, v = line.partition(" ")
-                if k == "usage_usec":
-                    out["cpu_usage_ns"] = num(v) * 1000
-    return out
-
-
-# --- signals, stop, rm ------------------------------------------------------------------
+# --- signals: what `kill`, `stop` and `rm` send (sandbox/cli/lifecycle.py) -----------------
 
 def signal_sandbox(st: dict, sig: int) -> bool:
     """Send sig to the sandbox's PID 1 (which forwards it to the program; SIGKILL ends the whole
@@ -744,134 +576,3 @@ def deliver(name: str, st: dict, sig: int) -> bool:
     return signal_sandbox(st, sig)
 
 
-def stop(ref: str, grace: float = 10.0) -> str:
-    name, st, status = load(ref)
-    if status not in ("running", "starting", "paused"):
-        return name
-    if status == "paused":                        # as Docker: thaw, then stop
-        _thaw(st)
-    deliver(name, st, signal.SIGTERM)
-    if not wait_gone(name, grace):
-        deliver(name, state.read(name), signal.SIGKILL)
-        if not wait_gone(name, 10.0):
-            raise StateError(f"{name}: still running after SIGKILL")
-    return name
-
-
-def kill(ref: str, sig: int = signal.SIGKILL) -> str:
-    name, st, status = load(ref)
-    if status not in ("running", "starting", "paused"):
-        raise StateError(f"{name} is not running ({status})")
-    if not deliver(name, st, sig):
-        if not state.is_alive(name):
-            raise StateError(f"{name} is not running (it ended meanwhile)")
-        raise StateError(f"{name}: cannot signal its PID 1 (gone?)")
-    if status == "paused" and sig == signal.SIGKILL:
-        _thaw(st)      # v1 frozen tasks die only once thawed; the pending SIGKILL runs no user code
-    return name       # (other signals stay queued until unpause, as with Docker)
-
-
-def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
-    """Remove a stopped (or dead) sandbox: kill what is left, its cgroups, its state.
-    Returns (name, problems)."""
-    name, st, status = load(ref)
-    if status in ("running", "starting", "paused"):
-        if not force:
-            raise StateError(f"{name} is {status}: stop it first or use rm -f")
-        deliver(name, st, signal.SIGKILL)         # while starting: queued, the launch is aborted
-        if status == "paused":
-            _thaw(st)
-        if not wait_gone(name, 10.0):
-            with contextlib.suppress(StateError):
-                st = state.read(name)
-            sup = st.get("supervisor_pid")
-            if state.same_process(sup, st.get("supervisor_start")):
-                os.kill(sup, signal.SIGKILL)
-            if not wait_gone(name, 5.0):
-                raise StateError(f"{name}: still running after SIGKILL; not removed")
-        with contextlib.suppress(StateError):
-            st = state.read(name)                 # the supervisor's last word (cgroups, ...)
-    problems = []
-    # leftovers of a supervisor that died: its sandbox (PDEATHSIG) and cgroups
-    for cg in reversed(st.get("cgroups") or []):
-        problems += _remove_cgroup(cg, st.get("id") or "")
-    if (st.get("plan") or {}).get("network", {}).get("mode") not in (None, "none", "host"):
-        try:
-            from . import network
-            network.reclaim_stale(rootless=os.geteuid() != 0)
-        except Exception as e:                    # noqa: BLE001
-            problems.append(f"network clean-up: {e}")
-    sid = st.get("id") or ""
-    if sid:                                       # what its dead supervisor registered (overlay dir, ...)
-        from . import reclaim
-        try:
-            reclaim.reclaim(only=sid)
-        except OSError as e:
-            problems.append(f"clean-up: {e}")
-    state.remove(name)
-    return name, problems
-
-
-def _remove_cgroup(path: str, sid: str) -> list[str]:
-    if not sid or os.path.basename(path) != sid or not os.path.isdir(path):
-        return []
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            for root, _dirs, _f in sorted(os.walk(path), key=lambda t: -t[0].count("/")):
-                os.rmdir(root)
-            return []
-        except FileNotFoundError:
-            return []
-        except OSError as e:
-            if time.monotonic() > deadline:
-                return [f"cgroup {path}: {e.strerror}"]
-            try:
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    for p in f.read().split():
-                        try:
-                            os.kill(int(p), signal.SIGKILL)
-                        except (ProcessLookupError, PermissionError, ValueError):
-                            pass
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-
-def follow_logs(name: str, follow: bool, out=None, err=None) -> None:
-    out = out or sys.stdout.buffer
-    err = err or sys.stderr.buffer
-    d = state.sandbox_dir(name)
-    files = []
-    for fname, dest in (("stdout.log", out), ("stderr.log", err)):
-        try:
-            files.append((open(d / fname, "rb"), dest))
-        except FileNotFoundError:
-            pass
-    try:
-        while True:
-            got = False
-            for f, dest in files:
-                chunk = f.read()
-                if chunk:
-                    got = True
-                    dest.write(chunk)
-                    dest.flush()
-            if not follow:
-                return
-            if not got:
-                if not state.is_alive(name):
-                    for f, dest in files:          # what was written just before the end
-                        chunk = f.read()
-                        if chunk:
-                            dest.write(chunk)
-                            dest.flush()
-                    return
-                time.sleep(0.1)
-    finally:
-        for f, _ in files:
-            f.close()
-
-
-def to_json(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

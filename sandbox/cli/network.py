@@ -26,7 +26,7 @@ def network() -> None:
 @click.argument("name")
 @click.option("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free /24 from 10.89.0.0/16).")
 def create(name: str, subnet: str | None) -> None:
-    from sandbox import network as N
+    from .. import network as N
     try:
         nd = N.create_network(name, subnet)
     except N.NetworkError as e:
@@ -39,7 +39,7 @@ def create(name: str, subnet: str | None) -> None:
 @network.command("ls", help="List networks.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls(as_json: bool) -> None:
-    from sandbox import network as N
+    from .. import network as N
     try:
         nets = N.list_networks()
     except N.NetworkError as e:
@@ -60,7 +60,7 @@ def ls(as_json: bool) -> None:
 @click.argument("name", shell_complete=_complete.networks)
 @click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
 def inspect(name: str, as_json: bool) -> None:
-    from sandbox import network as N
+    from .. import network as N
     try:
         info = N.inspect_network(name)
     except N.NetworkError as e:
@@ -73,7 +73,7 @@ def inspect(name: str, as_json: bool) -> None:
 @network.command("rm", help="Remove networks (refused while sandboxes are attached).")
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.networks)
 def rm(names: tuple[str, ...]) -> None:
-    from sandbox import network as N
+    from .. import network as N
     failed = False
     for name in names:
         try:

@@ -27,6 +27,8 @@ import click
 from policies import export as X
 from policies.plan import Plan
 
+from .options import compile_for, overrides_options
+
 FORMATS = ("oci", "docker", "podman", "k8s")
 DEFAULT_IMAGE = "debian:bookworm-slim"
 # Files podman always bind into a container: mount points it needs in a --rootfs directory that
@@ -207,54 +209,49 @@ def export_plan(plan: Plan, fmt: str, outdir, *, image: Optional[str] = None, al
     return res
 
 
-def _command():
-    from .commands import _overrides_options, compile_for
+@click.command("export", context_settings={"allow_interspersed_args": True})
+@overrides_options
+@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="oci: runtime bundle (crun/runc); docker/podman: seccomp JSON + run flags; "
+                   "k8s: Pod + Localhost seccomp JSON.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write (created).")
+@click.option("--allow-weaker", is_flag=True,
+              help="Write the export even where the format cannot carry a control (listed in NOTES.txt).")
+@click.option("--force", is_flag=True, help="Overwrite an earlier export in DIR.")
+@click.option("--cgroups-path", metavar="PATH", help="oci: linux.cgroupsPath.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def export(fmt, outdir, allow_weaker, force, cgroups_path, args, **kw):
+    """Export a profile for other engines.
 
-    @click.command("export", context_settings={"allow_interspersed_args": True})
-    @_overrides_options
-    @click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), required=True,
-                  help="oci: runtime bundle (crun/runc); docker/podman: seccomp JSON + run flags; "
-                       "k8s: Pod + Localhost seccomp JSON.")
-    @click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
-                  help="Directory to write (created).")
-    @click.option("--allow-weaker", is_flag=True,
-                  help="Write the export even where the format cannot carry a control (listed in NOTES.txt).")
-    @click.option("--force", is_flag=True, help="Overwrite an earlier export in DIR.")
-    @click.option("--cgroups-path", metavar="PATH", help="oci: linux.cgroupsPath.")
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def export(fmt, outdir, allow_weaker, force, cgroups_path, args, **kw):
-        """Export a profile for other engines.
+    pysandbox export -f oci|docker|podman|k8s PROFILE -o DIR [-- CMD ARGS...]
 
-        pysandbox export -f oci|docker|podman|k8s PROFILE -o DIR [-- CMD ARGS...]
-
-        PROFILE (or --profile) is a shipped/user profile name or a file; CMD replaces the
-        profile's argv. docker and k8s use --image (default debian:bookworm-slim) in place of
-        `root: host`; podman runs from DIR/rootfs with the host's system directories bound read-only.
-        """
-        args = list(args)
-        ctx = click.get_current_context()
-        if ctx.get_parameter_source("profile") != click.core.ParameterSource.COMMANDLINE:
-            if not args:
-                raise click.UsageError("missing PROFILE (a profile name or file)")
-            kw["profile"] = args.pop(0)
-        image = kw.get("image")
-        kw["image"] = None                 # for export --image names the engine image, not a pysandbox root
-        compiled = compile_for(kw, tuple(args))
-        res = export_plan(compiled.plan, fmt, outdir, image=image, allow_weaker=allow_weaker,
-                          force=force, cgroups_path=cgroups_path)
-        for l in res.losses:
-            text = str(l)
-            if len(text) > 200:
-                text = text[:197] + "..."          # the full text is in NOTES.txt
-            click.echo(f"pysandbox export: {text}", err=True)
-        for f in res.files:
-            click.echo(f"wrote {f}")
-        if res.command and fmt != "oci":
-            click.echo(res.command)
-        click.echo(res.hint)
-        return 0
-
-    return export
+    PROFILE (or --profile) is a shipped/user profile name or a file; CMD replaces the
+    profile's argv. docker and k8s use --image (default debian:bookworm-slim) in place of
+    `root: host`; podman runs from DIR/rootfs with the host's system directories bound read-only.
+    """
+    args = list(args)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("profile") != click.core.ParameterSource.COMMANDLINE:
+        if not args:
+            raise click.UsageError("missing PROFILE (a profile name or file)")
+        kw["profile"] = args.pop(0)
+    image = kw.get("image")
+    kw["image"] = None                 # for export --image names the engine image, not a pysandbox root
+    compiled = compile_for(kw, tuple(args))
+    res = export_plan(compiled.plan, fmt, outdir, image=image, allow_weaker=allow_weaker,
+                      force=force, cgroups_path=cgroups_path)
+    for l in res.losses:
+        text = str(l)
+        if len(text) > 200:
+            text = text[:197] + "..."          # the full text is in NOTES.txt
+        click.echo(f"pysandbox export: {text}", err=True)
+    for f in res.files:
+        click.echo(f"wrote {f}")
+    if res.command and fmt != "oci":
+        click.echo(res.command)
+    click.echo(res.hint)
+    return 0
 
 
-COMMANDS = [_command()]
+COMMANDS = [export]

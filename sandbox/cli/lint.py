@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from .doctor import kernel_version as _kernel_version
+from ..doctor import kernel_version as _kernel_version
 
 FORMATS = ("text", "json", "sarif")
 LEVELS = ("error", "warning", "info")

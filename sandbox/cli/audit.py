@@ -22,6 +22,8 @@ import click
 from audit import reader
 from audit.sinks import default_log_path
 
+from ..learn import learn_command     # `pysandbox learn` lives with the audit commands
+
 
 def _filters(f):
     opts = [
@@ -148,7 +150,5 @@ def _check(path: str) -> None:
     if not os.access(path, os.R_OK):
         raise _NoLog(f"cannot read the audit log {path}: permission denied")
 
-
-from .learn import learn_command  # noqa: E402  (`pysandbox learn` lives with the audit commands)
 
 COMMANDS = [audit_group, learn_command]

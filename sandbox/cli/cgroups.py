@@ -34,7 +34,7 @@ def cgroups() -> None:
 @cgroups.command("ls", help="List sandbox cgroups under pysandbox's own parents.")
 @click.option("--json", "as_json", is_flag=True, help="{sandbox id: [cgroup paths]}")
 def ls(as_json: bool) -> None:
-    from sandbox import cgroups as C
+    from .. import cgroups as C
     try:
         found = C.list_sandboxes()
     except OSError as e:
@@ -48,7 +48,7 @@ def ls(as_json: bool) -> None:
 
 @cgroups.command("reclaim", help="Remove sandbox cgroups whose supervisor is gone and that are empty.")
 def reclaim() -> None:
-    from sandbox import cgroups as C
+    from .. import cgroups as C
     for p in C.reclaim_stale(min_age=0):
         click.echo(f"removed {p}")
 
@@ -74,7 +74,7 @@ def _opt(parse, value, flag):
 @click.option("--cpu-shares", help="CPU weight of USER's sandboxes together against the rest (2..262144)")
 def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
     from policies import units
-    from sandbox import cgroups as C
+    from .. import cgroups as C
     kw = {"memory": _opt(units.parse_bytes, memory, "--memory"),
           "memory_swap": _opt(units.parse_bytes, memory_swap, "--memory-swap"),
           "pids": _opt(units.parse_pids_limit, pids, "--pids"),
@@ -96,7 +96,7 @@ def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
 @cgroups.command("undelegate", help="(root) Remove USER's delegated cgroup v1 subtrees and their parents.")
 @click.argument("user")
 def undelegate(user: str) -> None:
-    from sandbox import cgroups as C
+    from .. import cgroups as C
     uid, _gid = _user(user)
     try:
         for p in C.undelegate(uid):

@@ -1,7 +1,8 @@
 """Dynamic shell completion of names: profiles, sandboxes, images, kept containers, networks, volumes.
 
 Used as click `shell_complete=` callbacks; the shell scripts themselves are click's
-(`pysandbox completion bash|zsh|fish`, or `_PYSANDBOX_COMPLETE=bash_source pysandbox`).
+(`pysandbox completion bash|zsh|fish`, the command at the end of this module, or
+`_PYSANDBOX_COMPLETE=bash_source pysandbox`).
 
 A completer runs on every TAB: it only reads (never creates the state directory, takes no lock,
 reclaims nothing), reads only the caller's own state directory (audit/paths.py), bounds what it
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import click
 
 from audit import paths as _paths
 
@@ -69,7 +72,7 @@ def profiles(incomplete: str):
 @_safe
 def sandboxes(incomplete: str):
     """Names of the caller's named/detached sandboxes."""
-    from .state import NAME_RE
+    from ..state import NAME_RE
     names = [n for n in _listdir(os.path.join(_paths.state_dir(), "sandboxes")) if NAME_RE.match(n)]
     return _items(names, incomplete)
 
@@ -121,3 +124,27 @@ def volumes(incomplete: str):
     """Named volumes of the caller's store."""
     root = os.path.join(_paths.state_dir(), "volumes")
     return _items([n for n in _listdir(root) if not n.endswith(".creating")], incomplete)
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+@click.pass_context
+def completion(ctx, shell):
+    """Print the shell completion script for SHELL (bash, zsh, fish).
+
+    \b
+    bash:  pysandbox completion bash > ~/.local/share/bash-completion/completions/pysandbox
+    zsh:   pysandbox completion zsh > "${fpath[1]}/_pysandbox"
+    fish:  pysandbox completion fish > ~/.config/fish/completions/pysandbox.fish
+    """
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    comp = cls(ctx.find_root().command, {}, "pysandbox", "_PYSANDBOX_COMPLETE")
+    click.echo(comp.source())
+    return 0
+
+
+COMMANDS = [completion]

@@ -1,0 +1,4 @@
+"""`python -m sandbox.cli ARGS` = `pysandbox ARGS`."""
+from . import main
+
+main()

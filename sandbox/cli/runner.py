@@ -1,0 +1,64 @@
+"""Launch a compiled plan from the command line: foreground, `run -d`, `run -t`.
+
+Shared by the cached fast path (sandbox/cli/__init__.py) and the click `run` command
+(sandbox/cli/run.py). Kept lean on purpose: on a plan-cache hit this is the only command module
+imported, so it imports no click, YAML, jsonschema or libseccomp, and the launcher and audit
+session only when a run actually starts (imports inside the functions below).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(msg.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def launch(plan, bpf, argv, runopts) -> int:
+    """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
+    if runopts.get("detach") or runopts.get("tty"):
+        return _run_special(plan, bpf, argv, runopts)
+    from ..launcher import LaunchError, launch as launch_plan
+    from audit.session import open_session   # audit log + stderr summary + syslog
+    try:
+        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
+                            log_path=runopts.get("audit_log"))
+    except OSError as e:
+        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+        return 125
+    try:
+        result = launch_plan(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
+                             on_event=sess.emit)
+    except LaunchError as e:
+        err(f"pysandbox: {e}")
+        sess.close()
+        return e.code
+    if result.message:
+        err(result.message)
+    code = result.exit_code
+    sess.close()
+    return code
+
+
+def _run_special(plan, bpf, argv, runopts) -> int:
+    """`run -d` (the detached supervisor, sandbox/detached.py) and `run -t` (sandbox/execin.py)."""
+    if runopts.get("detach"):
+        if runopts.get("tty"):
+            err("pysandbox: run: -d and -t cannot be combined (a detached sandbox has no terminal)")
+            return 2
+        from ..detached import run_detached
+        return run_detached(plan, bpf, argv, runopts)
+    from ..execin import run_tty
+    return run_tty(plan, bpf, argv, runopts)
+
+
+def fast_run(options: list, cmd: list):
+    """`run OPTIONS -- CMD` with a valid plan-cache entry for OPTIONS -> exit code; else None."""
+    from .. import plancache
+    hit = plancache.load(plancache.key_for(options))
+    if hit is None:
+        return None
+    plan, bpf, runopts = hit
+    return launch(plan, bpf, cmd or None, runopts)
