@@ -36,6 +36,17 @@ def remove_tree(path: str) -> bool:
     return True
 
 
+def _parents(rootless: Optional[bool], layout: Optional[Layout]) -> list[str]:
+    """pysandbox's parents for this caller ([] when the mount table cannot be read)."""
+    if rootless is None:
+        rootless = os.geteuid() != 0
+    try:
+        layout = layout or detect()
+    except OSError:
+        return []
+    return parents(layout, rootless)
+
+
 def remove_leftover(sandbox_id: str, *, rootless: Optional[bool] = None, layout: Optional[Layout] = None,
                     timeout: float = 3.0) -> list[str]:
     """The leaves of ONE sandbox whose supervisor is known dead (sandbox/reclaim.py): SIGKILL what is
@@ -43,14 +54,8 @@ def remove_leftover(sandbox_id: str, *, rootless: Optional[bool] = None, layout:
     `<pysandbox's parent>/<sandbox_id>` is looked at. Returns problems (empty: nothing left)."""
     if not ID_RE.match(sandbox_id or ""):
         return []
-    if rootless is None:
-        rootless = os.geteuid() != 0
-    try:
-        layout = layout or detect()
-    except OSError:
-        return []
     problems = []
-    for parent in parents(layout, rootless):
+    for parent in _parents(rootless, layout):
         path = os.path.join(parent, sandbox_id)
         deadline = time.monotonic() + timeout
         while os.path.isdir(path) and not remove_tree(path):
@@ -68,15 +73,9 @@ def reclaim_stale(min_age: float = 2.0, *, rootless: Optional[bool] = None,
                   layout: Optional[Layout] = None) -> list[str]:
     """Remove sandbox cgroups under pysandbox's own parents whose supervisor is gone (no flock held)
     and that hold no processes. Never looks outside those parents. Returns the removed paths."""
-    if rootless is None:
-        rootless = os.geteuid() != 0
-    try:
-        layout = layout or detect()
-    except OSError:
-        return []
     removed = []
     now = time.time()
-    for parent in parents(layout, rootless):
+    for parent in _parents(rootless, layout):
         try:
             entries = list(os.scandir(parent))
         except OSError:

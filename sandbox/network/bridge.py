@@ -205,6 +205,14 @@ def refresh_peers(root: Path, nd: dict, sandbox_id: str, name: str | None, addre
 
 # --------------------------------------------------------------------------- clean-up
 
+def _delete_link(name: str) -> None:
+    from pyroute2 import IPRoute      # lazy: see the module's docstring
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
 def cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
     """(under the lock) remove one endpoint's host-side traces and its state."""
     sid = e["sandbox_id"]
@@ -233,11 +241,7 @@ def cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
             nft.delete_host_rules(lambda c: c == f"sbx:{sid}", family="bridge")   # before port allow-lists
     if e.get("veth"):
         try:
-            from pyroute2 import IPRoute      # lazy: see the module's docstring
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=e["veth"])
-                if idx:
-                    ipr.link("del", index=idx[0])
+            _delete_link(e["veth"])
         except Exception:
             pass
     for p in (endpoint_path(root, nd["name"], sid), Path(e["hosts"]) if e.get("hosts") else None):
@@ -251,11 +255,7 @@ def cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
 def teardown_network(root: Path, nd: dict) -> None:
     """(under the lock) delete the bridge and the network's host rules; drop the host table when empty."""
     try:
-        from pyroute2 import IPRoute      # lazy: see the module's docstring
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=nd["bridge"])
-            if idx:
-                ipr.link("del", index=idx[0])
+        _delete_link(nd["bridge"])
     except ImportError:
         pass
     if nft.find_nft():
