@@ -14,6 +14,7 @@ from .files import CgroupError, read
 from .layout import MOUNTINFO, detect
 from .manager import create_for_sandbox
 
+
 def probe_disk() -> Optional[str]:
     """A whole block device node to probe per-device limits with (never written to)."""
     try:
@@ -111,7 +112,8 @@ def doctor_report(rootless: bool) -> list[tuple[str, bool, str]]:
     # killing everything at exit
     v2_base = placement.v2_base(layout, rootless)
     freezer = layout.v1_map.get("freezer")
-    freezer_ok = bool(freezer) and (not rootless or os.access(os.path.join(freezer, placement.parent_name(True)), os.W_OK))
+    freezer_ok = bool(freezer) and (not rootless
+                                    or os.access(os.path.join(freezer, placement.parent_name(True)), os.W_OK))
     if v2_base:
         rows.append(("kill-all", True, f"cgroup2 cgroup.kill under {v2_base}"))
     elif freezer_ok:
