@@ -124,11 +124,11 @@ def _copy_entry(host_path: str, dest: str, bind: str) -> list[str]:
 
 def _submounts_under(top: str) -> list[str]:
     """Outermost mount points strictly below `top` in the caller's mount namespace."""
-    from sandbox.cgroups import _unescape
+    from sandbox.cgroups.layout import unescape
     points = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = _unescape(line.split()[4])
+            mp = unescape(line.split()[4])
             if mp.startswith(top + "/"):
                 points.append(mp)
     points.sort()

@@ -93,7 +93,7 @@ def sandbox_cgroups(pid: int, sandbox_id: str) -> list[str]:
             lines = f.read().splitlines()
     except OSError:
         return []
-    from .cgroups import detect
+    from .cgroups.layout import detect
     try:
         layout = detect()
     except OSError:
@@ -518,8 +518,8 @@ def status_of(st: dict, name: str) -> str:
 
 
 def _frozen(st: dict) -> bool:
-    from . import cgroups
-    return cgroups.is_frozen(st.get("cgroups"), st.get("id") or "")
+    from .cgroups import freezer
+    return freezer.is_frozen(st.get("cgroups"), st.get("id") or "")
 
 
 def load(ref: str) -> tuple[str, dict, str]:

@@ -240,8 +240,8 @@ def checks() -> list[tuple[str, bool, str]]:
     fs = _read("/proc/filesystems")
     rows.append(("overlayfs", "overlay" in fs, "available" if "overlay" in fs else "not available"))
     try:
-        from . import cgroups
-        cg = cgroups.doctor_report(rootless=not root)
+        from .cgroups import doctor as cgroups_doctor
+        cg = cgroups_doctor.doctor_report(rootless=not root)
         rows.extend(cg)
         if not root and any("no delegated cgroup" in d for _, ok_, d in cg if not ok_):
             rows.append(("cgroup delegation", False,
@@ -251,8 +251,8 @@ def checks() -> list[tuple[str, bool, str]]:
     except Exception as e:   # report, never hide
         rows.append(("cgroups", False, f"cannot inspect: {e}"))
     try:
-        from . import network
-        rows.extend(network.doctor_report(rootless=not root))
+        from .network import doctor as network_doctor
+        rows.extend(network_doctor.doctor_report(rootless=not root))
     except Exception as e:
         rows.append(("networking", False, f"cannot inspect: {e}"))
     return rows

@@ -29,7 +29,7 @@ import termios
 import prctl
 
 from . import _sys, capabilities, idmap, rootfs
-from . import netlo                        # lo up in PID 1 (sandbox.network stays off the launch path)
+from .network import loopback             # lo up in PID 1 (the rest of sandbox.network stays off the launch path)
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from . import seccomp as _seccomp
 except ImportError:                        # pragma: no cover
@@ -165,7 +165,7 @@ def pid1_core(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns
         if nofile is not None:                   # the supervisor's own, raised limit is not ours
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         for fd in cg_fds:                        # join our cgroups ourselves, before any fork
-            os.write(fd, b"0")                   # (see sandbox/cgroups.py, Cgroup.join_fds)
+            os.write(fd, b"0")                   # (see sandbox/cgroups/manager.py, Cgroup.join_fds)
             os.close(fd)
         for target, fd in enumerate(stdio):
             if fd is not None:
@@ -536,7 +536,7 @@ def _build_root(plan, ctx, rootless: bool) -> None:
     """Loopback, the root file system, pivot_root, the mounts inside (ctx None: a run's context
     adds nothing to the root, see prebuild_root)."""
     if plan.namespaces.net:
-        netlo.bring_up_loopback()
+        loopback.bring_up_loopback()
     fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
                          resolv_conf=plan.network.mode != "none", rootless=rootless,
                          **({} if ctx is None else

@@ -359,24 +359,26 @@ class Launch:
         self._register(plan, rootless)
         self.step = "cgroup"
         if plan.limits.any():
-            from . import cgroups
+            from .cgroups import leftover, manager
+            from .cgroups.files import CgroupError
             global _RECLAIMED
             if _RECLAIMED is None or time.monotonic() - _RECLAIMED > RECLAIM_EVERY:
-                cgroups.reclaim_stale(rootless=rootless)   # leftovers of SIGKILLed supervisors (ours only)
+                leftover.reclaim_stale(rootless=rootless)  # leftovers of SIGKILLed supervisors (ours only)
                 _RECLAIMED = time.monotonic()
             try:
-                self.cg = cgroups.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless)
+                self.cg = manager.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless)
                 ctx.cg_fds = self.cg.join_fds()        # PID 1 joins by itself (no RCU wait on v1)
                 ctx.cg_v2_fd = self.cg.v2_fd()         # PID 1 forks the program into it (clone3)
-            except cgroups.CgroupError as e:
+            except CgroupError as e:
                 raise LaunchError(f"limits: {e}") from None
         self.step = "network"
         if needs_network(plan):
-            from . import network
+            from .network import endpoint
+            from .network.common import NetworkError
             try:
-                self.net = network.prepare(plan.network, self.sandbox_id, self.name, rootless=rootless,
-                                           hostname=plan.process.hostname)
-            except network.NetworkError as e:
+                self.net = endpoint.prepare(plan.network, self.sandbox_id, self.name, rootless=rootless,
+                                            hostname=plan.process.hostname)
+            except NetworkError as e:
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
             if self.net is not None:
                 ctx.hosts_text = self.net.etc_hosts()
@@ -537,8 +539,8 @@ class Launch:
         result.sandbox_id = self.sandbox_id
         result.duration = time.monotonic() - self.started
         if self.cg is not None:
-            from . import cgroups
-            line = cgroups.summary_line(result.events)
+            from .cgroups.stats import summary_line
+            line = summary_line(result.events)
             if line:
                 result.message = line if not result.message else result.message + "\n" + line
                 oom = any(e.get("type") == "oom_kill" for e in result.events)

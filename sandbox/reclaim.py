@@ -223,15 +223,15 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
     """Remove one dead sandbox's leftovers; True when nothing is left (the records may go)."""
     ok = True
     if kinds.get("cgroup") or torn:
-        from . import cgroups
+        from .cgroups import leftover
         try:
-            ok = not cgroups.remove_leftover(sid, rootless=rootless) and ok
+            ok = not leftover.remove_leftover(sid, rootless=rootless) and ok
         except OSError:
             ok = False
     if kinds.get("network") or torn:
         try:
-            from . import network
-            network.reclaim_stale(rootless)       # every endpoint whose own supervisor is gone
+            from .network import bridge
+            bridge.reclaim_stale(rootless)        # every endpoint whose own supervisor is gone
         except Exception:                         # noqa: BLE001 - pyroute2 missing, nft failing: retry later
             ok = False if kinds.get("network") else ok
     if kinds.get("overlay") or torn:

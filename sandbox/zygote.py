@@ -595,7 +595,8 @@ def serve(ctl_fd: int) -> None:
     import gc
     import signal
     from . import launcher
-    from . import cgroups, notify  # noqa: F401  imported once here, shared by every PID 1
+    from . import notify  # noqa: F401  imported once here, shared by every PID 1
+    from .cgroups import leftover, manager  # noqa: F401  likewise
     from policies import plan as _plan  # noqa: F401  unpickling plans
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the caller handles ^C (closing its run socket)

@@ -91,11 +91,12 @@ def _delegate_cgroups(uid: int, gid: int) -> list[str]:
     (a subtree per hierarchy, `<hierarchy>/pysandbox-user-<uid>/sandboxes`, owned by the user, below a
     root-owned parent with finite limits). Returns the parents this call created (removed again at
     the end of the session)."""
-    from sandbox import cgroups
-    made = [os.path.join(CGROUP_V1, c, cgroups.delegated_parent(uid)) for c in DELEGATED_CONTROLLERS
+    from sandbox.cgroups.delegate import delegate
+    from sandbox.cgroups.placement import delegated_parent
+    made = [os.path.join(CGROUP_V1, c, delegated_parent(uid)) for c in DELEGATED_CONTROLLERS
             if os.path.isdir(os.path.join(CGROUP_V1, c)) and not os.path.islink(os.path.join(CGROUP_V1, c))]
     made = [d for d in made if not os.path.isdir(d)]
-    cgroups.delegate(uid, gid)
+    delegate(uid, gid)
     return made
 
 
@@ -113,8 +114,8 @@ _DELEGATED: dict = {}          # uid -> directories this session created (remove
 def _ensure_delegation(uid: int, gid: int) -> None:
     """Idempotent: re-create a delegated directory if a test removed it meanwhile."""
     if uid in _DELEGATED:
-        from sandbox import cgroups
-        if all(os.path.isdir(os.path.join(CGROUP_V1, c, cgroups.delegated_subtree(uid))) for c in DELEGATED_CONTROLLERS
+        from sandbox.cgroups.placement import delegated_subtree
+        if all(os.path.isdir(os.path.join(CGROUP_V1, c, delegated_subtree(uid))) for c in DELEGATED_CONTROLLERS
                if os.path.isdir(os.path.join(CGROUP_V1, c)) and not os.path.islink(os.path.join(CGROUP_V1, c))):
             return                          # (delegating again would reset limits a test has set)
         _DELEGATED[uid].extend(d for d in _delegate_cgroups(uid, gid) if d not in _DELEGATED[uid])
@@ -127,8 +128,8 @@ def delegated_cgroups():
         pytest.skip("needs root")
     pw = ensure_test_user()
     _DELEGATED[pw.pw_uid] = _delegate_cgroups(pw.pw_uid, pw.pw_gid)
-    from sandbox import cgroups
-    yield [os.path.join(CGROUP_V1, c, cgroups.delegated_subtree(pw.pw_uid)) for c in DELEGATED_CONTROLLERS]
+    from sandbox.cgroups.placement import delegated_subtree
+    yield [os.path.join(CGROUP_V1, c, delegated_subtree(pw.pw_uid)) for c in DELEGATED_CONTROLLERS]
     for d in _DELEGATED.pop(pw.pw_uid, []):
         _remove_cgroup_tree(d)
 

@@ -1,4 +1,4 @@
-"""sandbox.cgroups: resource limits, for real on this machine's cgroups.
+"""sandbox/cgroups/: resource limits, for real on this machine's cgroups.
 
 This machine is *hybrid*: every controller (memory, cpu, cpuacct, cpuset, pids, blkio, freezer) is bound
 to a cgroup v1 hierarchy, and cgroup2 is mounted at /sys/fs/cgroup/unified with no resource controllers
@@ -30,12 +30,20 @@ import time
 import pytest
 
 from policies.plan import DeviceRate, Limits
-from sandbox import cgroups
-from sandbox.cgroups import CgroupError, Layout, create_for_sandbox, summary_line
+from sandbox.cgroups import delegate as cg_delegate
+from sandbox.cgroups import placement
+from sandbox.cgroups.doctor import doctor_report, probe_disk
+from sandbox.cgroups.driver import Driver
+from sandbox.cgroups.files import CgroupError, bfq_disks, procs
+from sandbox.cgroups.layout import Layout, detect, parse_mountinfo
+from sandbox.cgroups.leftover import reclaim_stale
+from sandbox.cgroups.manager import create_for_sandbox
+from sandbox.cgroups.stats import summary_line
+from sandbox.cgroups.v2 import V2Driver
 
 PY = "/usr/bin/python3"
 ROOT = os.geteuid() == 0
-LAYOUT = cgroups.detect()
+LAYOUT = detect()
 V1 = LAYOUT.v1_map
 NOBODY = 65534
 
@@ -106,7 +114,7 @@ MOUNTINFO_V1 = "35 31 0:32 / /cg/mem\\040ory rw - cgroup cgroup rw,memory\n"
 
 
 def test_parse_mountinfo_hybrid():
-    lay = cgroups.parse_mountinfo(MOUNTINFO_HYBRID)
+    lay = parse_mountinfo(MOUNTINFO_HYBRID)
     assert lay.mode == "hybrid"
     m = lay.v1_map
     assert m["cpu"] == m["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct"     # co-mounted: one directory
@@ -117,11 +125,11 @@ def test_parse_mountinfo_hybrid():
 
 
 def test_parse_mountinfo_v2_v1_none():
-    assert cgroups.parse_mountinfo(MOUNTINFO_V2).mode == "v2"
-    assert cgroups.parse_mountinfo(MOUNTINFO_V2).unified == "/sys/fs/cgroup"
-    v1 = cgroups.parse_mountinfo(MOUNTINFO_V1)
+    assert parse_mountinfo(MOUNTINFO_V2).mode == "v2"
+    assert parse_mountinfo(MOUNTINFO_V2).unified == "/sys/fs/cgroup"
+    v1 = parse_mountinfo(MOUNTINFO_V1)
     assert v1.mode == "v1" and v1.v1_map == {"memory": "/cg/mem ory"}      # \040 unescaped
-    assert cgroups.parse_mountinfo("").mode == "none"
+    assert parse_mountinfo("").mode == "none"
 
 
 def test_detect_this_machine():
@@ -364,7 +372,7 @@ def test_cpuset(cgs):
 # --------------------------------------------------------------------------- v1, for real: blkio
 
 def _root_disk():
-    return cgroups._probe_disk()
+    return probe_disk()
 
 
 @needs_root
@@ -422,7 +430,7 @@ def test_device_read_bps_enforced(cgs):
 @needs_root
 @pytest.mark.skipif("blkio" not in V1, reason="no v1 blkio hierarchy")
 def test_blkio_weight_only_where_it_acts(cgs):
-    if cgroups._bfq_disks():
+    if bfq_disks():
         cg = cgs("weight", Limits(blkio_weight=500))
         assert cg is not None
     else:
@@ -461,7 +469,8 @@ ROOTLESS_TRY = textwrap.dedent("""\
     import sys
     sys.path.insert(0, ".")
     from policies.plan import Limits
-    from sandbox.cgroups import create_for_sandbox, CgroupError
+    from sandbox.cgroups.files import CgroupError
+    from sandbox.cgroups.manager import create_for_sandbox
     try:
         cg = create_for_sandbox(sys.argv[1] if len(sys.argv) > 1 else "rl", Limits(memory=64 << 20), rootless=True)
     except CgroupError as e:
@@ -484,7 +493,7 @@ ROOTLESS_PIDS = textwrap.dedent("""\
     import sys, os, subprocess
     sys.path.insert(0, ".")
     from policies.plan import Limits
-    from sandbox.cgroups import create_for_sandbox
+    from sandbox.cgroups.manager import create_for_sandbox
     cg = create_for_sandbox(sys.argv[1], Limits(pids=5), rootless=True)
     r, w = os.pipe()
     p = subprocess.Popen(["/bin/sh", "-c", "read x; for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait"],
@@ -554,7 +563,7 @@ SUPERVISOR = textwrap.dedent("""\
     import sys, os, time
     sys.path.insert(0, ".")
     from policies.plan import Limits
-    from sandbox.cgroups import create_for_sandbox
+    from sandbox.cgroups.manager import create_for_sandbox
     cg = create_for_sandbox(sys.argv[1], Limits(memory=32 << 20, pids=10), rootless=False)
     print(" ".join(cg.paths), flush=True)
     time.sleep(60)
@@ -570,7 +579,7 @@ def test_reclaim_after_supervisor_sigkill(cgs):
         paths = sup.stdout.readline().decode().split()
         assert paths and all(os.path.isdir(p) for p in paths)
         # while the supervisor lives, its flock protects the cgroup
-        assert not set(paths) & set(cgroups.reclaim_stale(min_age=0))
+        assert not set(paths) & set(reclaim_stale(min_age=0))
         assert all(os.path.isdir(p) for p in paths)
     finally:
         sup.kill()
@@ -580,7 +589,7 @@ def test_reclaim_after_supervisor_sigkill(cgs):
     foreign = os.path.join(V1.get("pids", LAYOUT.unified or "/nonexistent"), _id("foreign"))
     os.mkdir(foreign)
     try:
-        removed = cgroups.reclaim_stale(min_age=0)
+        removed = reclaim_stale(min_age=0)
         assert set(paths) <= set(removed)
         assert all(not os.path.exists(p) for p in paths)
         assert all(os.path.isdir(p) for p in live.paths)
@@ -596,7 +605,7 @@ def test_reclaim_keeps_populated_cgroup(cgs):
     try:
         for drv in cg.drivers:
             drv.release_locks()            # as if the supervisor were gone, processes still inside
-        assert not set(cg.paths) & set(cgroups.reclaim_stale(min_age=0))
+        assert not set(cg.paths) & set(reclaim_stale(min_age=0))
         assert all(os.path.isdir(x) for x in cg.paths)
     finally:
         p.kill()
@@ -617,9 +626,9 @@ def test_v2_real_child_move_events_kill(cgs):
     assert v2[0].populated() is False
     p = spawn(cg, ["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"])
     deadline = time.monotonic() + 10
-    while len(cgroups._procs(leaf)) < 3 and time.monotonic() < deadline:
+    while len(procs(leaf)) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert p.pid in cgroups._procs(leaf)
+    assert p.pid in procs(leaf)
     assert f"0::/pysandbox/{_id('v2real')}" in open(f"/proc/{p.pid}/cgroup").read()
     assert v2[0].populated() is True
     assert os.path.exists(os.path.join(leaf, "cgroup.kill"))
@@ -637,7 +646,7 @@ def test_v2_real_child_move_events_kill(cgs):
 @needs_unified
 def test_v2_real_driver_directly():
     """The V2 driver alone on the real cgroup2 mount (no controllers here: only tracking)."""
-    drv = cgroups.V2Driver(_id("v2direct"), [], LAYOUT.unified)
+    drv = V2Driver(_id("v2direct"), [], LAYOUT.unified)
     drv.create(set())
     try:
         p = subprocess.Popen(["/bin/sleep", "60"])
@@ -692,8 +701,8 @@ def simulated_v2(tmp_path, monkeypatch):
                 with open(os.path.join(path, name), "w") as f:
                     f.write(content)
 
-    monkeypatch.setattr(cgroups._Driver, "_mkdir", staticmethod(fake_mkdir))
-    monkeypatch.setattr(cgroups._Driver, "_rmdir", staticmethod(lambda p: shutil.rmtree(p)))
+    monkeypatch.setattr(Driver, "_mkdir", staticmethod(fake_mkdir))
+    monkeypatch.setattr(Driver, "_rmdir", staticmethod(lambda p: shutil.rmtree(p)))
     return Layout(v1=(), unified=str(root))
 
 
@@ -773,7 +782,7 @@ def test_v2_simulated_fail_closed(simulated_v2):
     # --blkio-weight without iocost or BFQ
     for d in (root, os.path.join(root, "pysandbox")):
         open(os.path.join(d, "cgroup.controllers"), "w").write(SIM_CONTROLLERS + "\n")
-    if not cgroups._bfq_disks():
+    if not bfq_disks():
         with pytest.raises(CgroupError, match=r"^io: --blkio-weight: neither iocost"):
             create_for_sandbox("sim6", Limits(blkio_weight=300), rootless=False, layout=simulated_v2)
     # with iocost enabled for a device, io.weight carries the converted weight
@@ -787,7 +796,7 @@ def test_v2_simulated_fail_closed(simulated_v2):
 
 def test_v2_rootless_needs_delegation(monkeypatch, simulated_v2):
     """Pure-v2 layout (simulated), rootless, and the caller's own cgroup is not delegated."""
-    monkeypatch.setattr(cgroups, "delegated_v2_base", lambda layout: None)
+    monkeypatch.setattr(placement, "delegated_v2_base", lambda layout: None)
     with pytest.raises(CgroupError, match=r"^memory: controller not available for this user \(no delegated cgroup"):
         create_for_sandbox("sim8", Limits(memory=64 << 20), rootless=True, layout=simulated_v2)
 
@@ -796,14 +805,14 @@ def test_v2_rootless_needs_delegation(monkeypatch, simulated_v2):
 
 @needs_root
 def test_doctor_report_matches_run():
-    rows = cgroups.doctor_report(False)
+    rows = doctor_report(False)
     names = [r[0] for r in rows]
     for control in ("memory", "memory-swap", "cpus", "cpu-shares", "cpuset-cpus", "pids-limit", "blkio-weight",
                     "device-read-bps", "kill-all", "ulimit"):
         assert control in names
     d = {r[0]: r for r in rows}
     assert d["memory"][1] is ("memory" in V1 or "memory" in LAYOUT.unified_controllers())
-    if "blkio" in V1 and not cgroups._bfq_disks():
+    if "blkio" in V1 and not bfq_disks():
         assert d["blkio-weight"][1] is False and "BFQ" in d["blkio-weight"][2]
     # the probes leave nothing behind
     for mount in set(V1.values()):
@@ -816,12 +825,14 @@ PURE_V2 = textwrap.dedent("""\
     import os, sys
     sys.path.insert(0, ".")
     from policies.plan import Limits
-    from sandbox import cgroups
-    lay = cgroups.detect()
+    from sandbox.cgroups.files import CgroupError
+    from sandbox.cgroups.layout import detect
+    from sandbox.cgroups.manager import create_for_sandbox
+    lay = detect()
     print("mode", lay.mode, lay.unified, sorted(lay.unified_controllers()))
     try:
-        cgroups.create_for_sandbox(sys.argv[1], Limits(memory=64 << 20, pids=10), rootless=False)
-    except cgroups.CgroupError as e:
+        create_for_sandbox(sys.argv[1], Limits(memory=64 << 20, pids=10), rootless=False)
+    except CgroupError as e:
         print("ERR", e)
     print("left", os.path.exists(os.path.join(lay.unified, "pysandbox", sys.argv[1])))
 """)
@@ -846,17 +857,19 @@ def test_pure_v2_layout_in_private_mount_namespace():
     assert lines[1].startswith("ERR memory: controller not available (not enabled in cgroup2 at /sys/fs/cgroup;"), r.stdout
     assert lines[2] == "left False"
     # and the host's layout is unchanged
-    assert cgroups.detect() == LAYOUT
+    assert detect() == LAYOUT
 
 
 ROOTLESS_V2 = textwrap.dedent("""\
     import os, subprocess, sys
     sys.path.insert(0, ".")
     from policies.plan import Limits
-    from sandbox import cgroups
-    lay = cgroups.detect()
-    print("base", cgroups.delegated_v2_base(lay))
-    cg = cgroups.create_for_sandbox(sys.argv[1], Limits(pids=5), rootless=True)
+    from sandbox.cgroups.layout import detect
+    from sandbox.cgroups.manager import create_for_sandbox
+    from sandbox.cgroups.placement import delegated_v2_base
+    lay = detect()
+    print("base", delegated_v2_base(lay))
+    cg = create_for_sandbox(sys.argv[1], Limits(pids=5), rootless=True)
     print("paths", " ".join(cg.paths))
     r, w = os.pipe()
     p = subprocess.Popen(["/bin/sh", "-c", "read x; cat /proc/self/cgroup"], stdin=r, stdout=subprocess.PIPE, text=True)
@@ -887,7 +900,7 @@ def test_rootless_real_cgroup2_delegation():
         for d in (base, inner):
             for f in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
                 os.chown(os.path.join(d, f) if f else d, NOBODY, NOBODY)
-        made_v1 = cgroups.delegate(NOBODY, NOBODY)
+        made_v1 = cg_delegate.delegate(NOBODY, NOBODY)
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         r, w = os.pipe()
         p = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
@@ -922,5 +935,5 @@ def test_rootless_real_cgroup2_delegation():
                 except OSError:
                     time.sleep(0.05)
         if made_v1:
-            cgroups.undelegate(NOBODY)
+            cg_delegate.undelegate(NOBODY)
     assert not os.path.exists(base)

@@ -194,7 +194,8 @@ def test_one_state_dir_everywhere(runner, sdirs):
 
 def test_resolver_rules(monkeypatch, tmp_path):
     from audit import paths
-    from sandbox import images, network, state
+    from sandbox import images, state
+    from sandbox.network import store as network_store
     monkeypatch.delenv("PYSANDBOX_STATE_DIR", raising=False)
     monkeypatch.setenv("HOME", "/home/u")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
@@ -208,7 +209,7 @@ def test_resolver_rules(monkeypatch, tmp_path):
     for rootless in (False, True):
         assert paths.state_dir(rootless) == str(tmp_path / "sd")
         assert images.state_dir(rootless) == str(tmp_path / "sd")
-        assert network.state_dir(rootless) == tmp_path / "sd" / "networks"
+        assert network_store.state_dir(rootless) == tmp_path / "sd" / "networks"
     assert state.state_root() == tmp_path / "sd" / "sandboxes"
 
 

@@ -19,9 +19,11 @@ import time
 import pytest
 
 from conftest import HOST_PYTHON, PYSANDBOX
-from sandbox import cgroups
+from sandbox.cgroups.doctor import has_cap, probe_disk
+from sandbox.cgroups.files import bfq_disks
+from sandbox.cgroups.layout import detect
 
-LAYOUT = cgroups.detect()
+LAYOUT = detect()
 V1 = LAYOUT.v1_map
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or "memory" not in V1 or "pids" not in V1,
                                 reason="needs root and cgroup v1 memory+pids hierarchies (this machine)")
@@ -109,7 +111,7 @@ def test_ulimit_above_hard_limit_fails_closed(root_runner):
     """Root here lacks CAP_SYS_RESOURCE: a hard limit above the current one cannot be set."""
     import resource
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or cgroups._has_cap(24):
+    if hard == resource.RLIM_INFINITY or has_cap(24):
         pytest.skip("can raise rlimits here")
     r = root_runner("run", "--profile", "strict", "--ulimit", f"nofile={hard + 1000}", "--", "/bin/true")
     assert r.returncode == 125, r
@@ -221,7 +223,7 @@ def test_rootless_without_delegation_fails_closed():
 
 @pytest.mark.skipif("blkio" not in V1, reason="no v1 blkio hierarchy")
 def test_unenforceable_limit_fails_closed(root_runner):
-    if cgroups._bfq_disks():
+    if bfq_disks():
         pytest.skip("a disk uses BFQ here: --blkio-weight is enforceable")
     r = root_runner("run", "--profile", "strict", "--blkio-weight", "500", "--", "/bin/echo", "ran")
     assert r.returncode == 125, r
@@ -238,7 +240,7 @@ def test_device_read_bps_throttles_direct_reads(root_runner):
     os.chmod(shared_tmp, 0o755)                # readable by the sandbox's unprivileged uid
     data = os.path.join(shared_tmp, "data")
     st = os.stat(shared_tmp)
-    disk = cgroups._probe_disk()
+    disk = probe_disk()
     try:
         if not disk or "blkio" not in V1 or os.stat(disk).st_rdev != os.makedev(os.major(st.st_dev), 0):
             pytest.skip("the test directory is not on a whole-disk file system here")

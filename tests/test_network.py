@@ -1,4 +1,4 @@
-"""Networking mechanism tests (sandbox/network.py), real kernel, no launcher needed.
+"""Networking mechanism tests (sandbox/network/), real kernel, no launcher needed.
 
 SAFETY: every test that touches interfaces, routes or nftables runs inside a network
 namespace this test module creates for itself (the pytest process unshares CLONE_NEWNET for
@@ -23,7 +23,9 @@ import pytest
 
 from policies.plan import EgressRule, Network, PortMapping
 from sandbox import _sys
-from sandbox import network as N
+from sandbox.network import bridge, doctor as network_doctor, endpoint, loopback, nft
+from sandbox.network.common import NetworkError
+from sandbox.state import proc_starttime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
@@ -42,7 +44,7 @@ def testns():
     before = _ns_ino()
     _sys.unshare(_sys.CLONE_NEWNET)
     assert _ns_ino() != before, "refusing to run network tests outside a private netns"
-    N.bring_up_loopback()
+    loopback.bring_up_loopback()
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
         f.write("1")
     state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
@@ -67,12 +69,12 @@ def links():
 
 
 def host_rules(family="ip"):
-    return N._host_rules(family)
+    return nft.host_rules(family)
 
 
 def port_objects():
     """Chains and counters of table netdev pysandbox (one of each per attached sandbox port)."""
-    out = N.nft(args=["list", "table", "netdev", N.HOST_TABLE], check=False).get("nftables", [])
+    out = nft.nft(args=["list", "table", "netdev", nft.HOST_TABLE], check=False).get("nftables", [])
     return sorted((k, o[k]["name"]) for o in out for k in ("chain", "counter") if k in o)
 
 
@@ -220,7 +222,7 @@ def cleanup():
             if isinstance(it, Box):
                 it.kill()
             elif isinstance(it, str):
-                N.remove_network(it)
+                bridge.remove_network(it)
             else:
                 it.release()
         except Exception:
@@ -228,7 +230,7 @@ def cleanup():
 
 
 def newnet(cleanup, name, subnet=None):
-    nd = N.create_network(name, subnet)
+    nd = bridge.create_network(name, subnet)
     cleanup.append(name)
     return nd
 
@@ -251,7 +253,7 @@ def test_bring_up_loopback_in_new_netns(testns):
         try:
             fd = os.open(f"/proc/{b.pid}/ns/net", os.O_RDONLY)
             _sys.setns(fd, _sys.CLONE_NEWNET)
-            N.bring_up_loopback()
+            loopback.bring_up_loopback()
             os._exit(0)
         except BaseException:
             os._exit(1)
@@ -262,7 +264,7 @@ def test_bring_up_loopback_in_new_netns(testns):
 
 
 def test_none_has_only_lo_and_reaches_nothing(testns, cleanup):
-    assert N.prepare(mk("none"), "sbx-none", None, rootless=False) is None
+    assert endpoint.prepare(mk("none"), "sbx-none", None, rootless=False) is None
     code = ("import socket\n"
             "print(sorted(n for _,n in socket.if_nameindex()), flush=True)\n"
             "r=[]\n"
@@ -280,25 +282,25 @@ def test_none_has_only_lo_and_reaches_nothing(testns, cleanup):
 
 
 def test_host_mode_needs_nothing_and_refuses_ports_and_egress(testns):
-    assert N.prepare(mk("host"), "x", None, rootless=False) is None
-    with pytest.raises(N.NetworkError, match="published ports"):
-        N.prepare(mk("host", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
-    with pytest.raises(N.NetworkError, match="egress"):
-        N.prepare(mk("host", egress_default="deny"), "x", None, rootless=False)
-    with pytest.raises(N.NetworkError, match="published ports"):
-        N.prepare(mk("none", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
+    assert endpoint.prepare(mk("host"), "x", None, rootless=False) is None
+    with pytest.raises(NetworkError, match="published ports"):
+        endpoint.prepare(mk("host", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
+    with pytest.raises(NetworkError, match="egress"):
+        endpoint.prepare(mk("host", egress_default="deny"), "x", None, rootless=False)
+    with pytest.raises(NetworkError, match="published ports"):
+        endpoint.prepare(mk("none", ports=(PortMapping(8080, 80),)), "x", None, rootless=False)
 
 
 def test_prepare_fails_closed(testns, cleanup):
-    with pytest.raises(N.NetworkError, match="not found"):
-        N.prepare(mk("nosuchnet"), "x", None, rootless=False)
+    with pytest.raises(NetworkError, match="not found"):
+        endpoint.prepare(mk("nosuchnet"), "x", None, rootless=False)
     newnet(cleanup, "fc1")
-    with pytest.raises(N.NetworkError, match="need root"):
-        N.prepare(mk("fc1"), "x", None, rootless=True)
-    with pytest.raises(N.NetworkError, match="protocol"):
-        N.prepare(mk("fc1", ports=(PortMapping(1, 2, proto="sctp"),)), "x", None, rootless=False)
-    with pytest.raises(N.NetworkError, match="neither a CIDR"):
-        N.prepare(mk("fc1", egress_default="deny", egress_allow=(EgressRule("bad name!"),)), "x", None,
+    with pytest.raises(NetworkError, match="need root"):
+        endpoint.prepare(mk("fc1"), "x", None, rootless=True)
+    with pytest.raises(NetworkError, match="protocol"):
+        endpoint.prepare(mk("fc1", ports=(PortMapping(1, 2, proto="sctp"),)), "x", None, rootless=False)
+    with pytest.raises(NetworkError, match="neither a CIDR"):
+        endpoint.prepare(mk("fc1", egress_default="deny", egress_allow=(EgressRule("bad name!"),)), "x", None,
                   rootless=False)
     # a port already bound on the host side is refused before anything is created
     s = socket.socket()
@@ -306,54 +308,54 @@ def test_prepare_fails_closed(testns, cleanup):
     s.listen(1)
     busy = s.getsockname()[1]
     try:
-        with pytest.raises(N.NetworkError, match="cannot publish"):
-            N.prepare(mk("fc1", ports=(PortMapping(busy, 80),)), "x", None, rootless=False)
+        with pytest.raises(NetworkError, match="cannot publish"):
+            endpoint.prepare(mk("fc1", ports=(PortMapping(busy, 80),)), "x", None, rootless=False)
     finally:
         s.close()
-    assert N.inspect_network("fc1")["endpoints"] == []
+    assert bridge.inspect_network("fc1")["endpoints"] == []
 
 
 def test_network_create_ls_inspect_rm(testns, cleanup):
-    nd = N.create_network("lsnet", "10.77.5.0/24")
+    nd = bridge.create_network("lsnet", "10.77.5.0/24")
     assert nd["subnet"] == "10.77.5.0/24" and nd["gateway"] == "10.77.5.1"
-    with pytest.raises(N.NetworkError, match="already exists"):
-        N.create_network("lsnet")
-    with pytest.raises(N.NetworkError, match="overlaps"):
-        N.create_network("lsnet2", "10.77.0.0/16")
-    with pytest.raises(N.NetworkError, match="reserved"):
-        N.create_network("host")
-    with pytest.raises(N.NetworkError, match="invalid name"):
-        N.create_network("bad/name")
-    auto = N.create_network("autonet")
+    with pytest.raises(NetworkError, match="already exists"):
+        bridge.create_network("lsnet")
+    with pytest.raises(NetworkError, match="overlaps"):
+        bridge.create_network("lsnet2", "10.77.0.0/16")
+    with pytest.raises(NetworkError, match="reserved"):
+        bridge.create_network("host")
+    with pytest.raises(NetworkError, match="invalid name"):
+        bridge.create_network("bad/name")
+    auto = bridge.create_network("autonet")
     assert auto["subnet"].startswith("10.89.")
-    assert {n["name"] for n in N.list_networks()} >= {"lsnet", "autonet"}
-    h = N.prepare(mk("lsnet"), "sbx-ls", "web", rootless=False)
+    assert {n["name"] for n in bridge.list_networks()} >= {"lsnet", "autonet"}
+    h = endpoint.prepare(mk("lsnet"), "sbx-ls", "web", rootless=False)
     cleanup.append(h)
     b = server_box(h)
     cleanup.append(b)
-    info = N.inspect_network("lsnet")
+    info = bridge.inspect_network("lsnet")
     assert [(e["name"], e["address"], e["state"]) for e in info["endpoints"]] == [("web", "10.77.5.2", "attached")]
-    with pytest.raises(N.NetworkError, match="attached"):
-        N.remove_network("lsnet")
+    with pytest.raises(NetworkError, match="attached"):
+        bridge.remove_network("lsnet")
     b.kill()
     h.release()
-    N.remove_network("lsnet")
-    N.remove_network("autonet")
-    assert N.list_networks() == []
+    bridge.remove_network("lsnet")
+    bridge.remove_network("autonet")
+    assert bridge.list_networks() == []
     assert not [n for n in links() if n.startswith(("psb-", "psv"))]     # bridges go with `network rm`
     assert host_rules() == [] and host_rules("bridge") == [] and port_objects() == []
-    tables = N.nft(args=["list", "tables"], check=False).get("nftables", [])
-    assert not [o for o in tables if "table" in o and o["table"]["name"] == N.HOST_TABLE]   # no table left
+    tables = nft.nft(args=["list", "tables"], check=False).get("nftables", [])
+    assert not [o for o in tables if "table" in o and o["table"]["name"] == nft.HOST_TABLE]   # no table left
 
 
 def test_two_sandboxes_reach_each_other_by_name_third_network_cannot(testns, cleanup):
     newnet(cleanup, "neta")
     newnet(cleanup, "netb")
-    ha = N.prepare(mk("neta"), "sbx-a", "alpha", rootless=False)
+    ha = endpoint.prepare(mk("neta"), "sbx-a", "alpha", rootless=False)
     cleanup.append(ha)
     a = server_box(ha, hosts=ha.hosts_path)
     cleanup.append(a)
-    hb = N.prepare(mk("neta"), "sbx-b", "beta", rootless=False)
+    hb = endpoint.prepare(mk("neta"), "sbx-b", "beta", rootless=False)
     cleanup.append(hb)
     res = client_box(hb, ["alpha:7000", "beta:1"])
     assert res["alpha:7000"] == "echo:hi"                  # B reaches A by name
@@ -364,7 +366,7 @@ def test_two_sandboxes_reach_each_other_by_name_third_network_cannot(testns, cle
     assert "beta" not in open(ha.hosts_path).read()
     assert "alpha" in ha.etc_hosts()
     # C on another network: no name, and no route through the host either (forward drop)
-    hc = N.prepare(mk("netb"), "sbx-c", "gamma", rootless=False)
+    hc = endpoint.prepare(mk("netb"), "sbx-c", "gamma", rootless=False)
     cleanup.append(hc)
     res = client_box(hc, ["alpha:7000", f"{ha.address}:7000"])
     assert res["alpha:7000"] == "resolve-failed"
@@ -378,7 +380,7 @@ def test_two_sandboxes_reach_each_other_by_name_third_network_cannot(testns, cle
 
 def test_published_port_dnat_and_loopback_proxy(testns, cleanup):
     newnet(cleanup, "pubnet")
-    h = N.prepare(mk("pubnet", ports=(PortMapping(8080, 80),)), "sbx-pub", "web", rootless=False)
+    h = endpoint.prepare(mk("pubnet", ports=(PortMapping(8080, 80),)), "sbx-pub", "web", rootless=False)
     cleanup.append(h)
     srv = server_box(h, ports=(80,), caps="-all,+net_bind_service")
     cleanup.append(srv)
@@ -400,17 +402,17 @@ def test_published_port_dnat_and_loopback_proxy(testns, cleanup):
 
 def test_egress_allow_list(testns, cleanup):
     newnet(cleanup, "egnet")
-    ha = N.prepare(mk("egnet"), "sbx-ea", "db", rootless=False)
+    ha = endpoint.prepare(mk("egnet"), "sbx-ea", "db", rootless=False)
     cleanup.append(ha)
     a = server_box(ha, ports=(7000, 7001))
     cleanup.append(a)
-    hc = N.prepare(mk("egnet"), "sbx-ec", "other", rootless=False)
+    hc = endpoint.prepare(mk("egnet"), "sbx-ec", "other", rootless=False)
     cleanup.append(hc)
     c = server_box(hc, ports=(7000,))
     cleanup.append(c)
     net = mk("egnet", egress_default="deny",
              egress_allow=(EgressRule("db", ports=(7000,)), EgressRule("late", ports=(7000,))))
-    hb = N.prepare(net, "sbx-eb", "client", rootless=False)
+    hb = endpoint.prepare(net, "sbx-eb", "client", rootless=False)
     cleanup.append(hb)
     code = (CLIENT.replace("TARGETS", repr(["db:7000", "db:7001", "other:7000", "late:7000"]))
             + "\nimport subprocess\n"
@@ -438,7 +440,7 @@ def test_egress_allow_list(testns, cleanup):
     assert flush[0] == "flush" and flush[1] != "0"                # cannot flush the rules
     assert flush[2] == "True"
     # a peer named in the allow-list joins later: name resolves and the rule admits it
-    hl = N.prepare(mk("egnet"), "sbx-el", "late", rootless=False)
+    hl = endpoint.prepare(mk("egnet"), "sbx-el", "late", rootless=False)
     cleanup.append(hl)
     late = server_box(hl, ports=(7000,))
     cleanup.append(late)
@@ -455,7 +457,7 @@ def test_egress_allow_list(testns, cleanup):
 
 
 def test_egress_ruleset_shape():
-    cmds = N.egress_ruleset("deny", [{"to": "10.0.0.0/8", "ports": [80, 443], "proto": "tcp"},
+    cmds = nft.egress_ruleset("deny", [{"to": "10.0.0.0/8", "ports": [80, 443], "proto": "tcp"},
                                      {"to": "db", "ports": [], "proto": "udp"},
                                      {"to": "192.0.2.7", "ports": [], "proto": "any"}], {"db": ["10.89.0.5"]})
     chain = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})][0]
@@ -469,7 +471,7 @@ def test_egress_ruleset_shape():
 
 def test_egress_on_none_network(testns, cleanup):
     net = mk("none", egress_default="deny", egress_allow=(EgressRule("127.0.0.0/8", ports=(1,)),))
-    h = N.prepare(net, "sbx-noneg", None, rootless=False)
+    h = endpoint.prepare(net, "sbx-noneg", None, rootless=False)
     assert h is not None
     cleanup.append(h)
     b = Box("import subprocess\np=subprocess.run(['/usr/sbin/nft','-j','list','ruleset'],capture_output=True)\n"
@@ -479,7 +481,7 @@ def test_egress_on_none_network(testns, cleanup):
     b.go()
     assert b.line() != "0"        # cannot even read the ruleset without CAP_NET_ADMIN
     b.wait()
-    out = N.nft(args=["list", "ruleset"], nsfd=h._nsfd)
+    out = nft.nft(args=["list", "ruleset"], nsfd=h._nsfd)
     assert any("chain" in o and o["chain"]["name"] == "output" for o in out["nftables"])
     h.release()
 
@@ -497,7 +499,7 @@ def test_twenty_concurrent_join_leave(testns, cleanup):
             try:
                 os.close(r_res)
                 os.close(w_go)
-                h = N.prepare(mk("busy"), f"sbx-busy-{i}", f"s{i}", rootless=False)
+                h = endpoint.prepare(mk("busy"), f"sbx-busy-{i}", f"s{i}", rootless=False)
                 b = Box("import time; print('ok', flush=True); time.sleep(20)")
                 h.attach(b.pid)
                 b.go()
@@ -531,7 +533,7 @@ def test_twenty_concurrent_join_leave(testns, cleanup):
     assert len(addrs) == n and len(set(addrs)) == n, addrs
     assert attached == n                                   # all 20 were attached at once
     assert codes == [0] * n
-    assert N.inspect_network("busy")["endpoints"] == []
+    assert bridge.inspect_network("busy")["endpoints"] == []
     assert not [x for x in links() if x.startswith("psv")]
 
 
@@ -542,7 +544,7 @@ def test_reclaim_after_supervisor_crash(testns, cleanup):
     if pid == 0:
         try:
             os.close(r)
-            h = N.prepare(mk("crash", ports=(PortMapping(18080, 80),)), "sbx-crash", "victim", rootless=False)
+            h = endpoint.prepare(mk("crash", ports=(PortMapping(18080, 80),)), "sbx-crash", "victim", rootless=False)
             b = Box("import time; print('ok', flush=True); time.sleep(20)")
             h.attach(b.pid)
             b.go()
@@ -565,24 +567,24 @@ def test_reclaim_after_supervisor_crash(testns, cleanup):
     os.kill(box_pid, signal.SIGKILL)                 # (the launcher's PDEATHSIG would do this)
     time.sleep(0.2)
     assert "sbx:sbx-crash" in [r_.get("comment") for r_ in host_rules()]
-    veth = N.veth_name("sbx-crash")
+    veth = bridge.veth_name("sbx-crash")
     assert ("chain", veth) in port_objects() and ("counter", veth) in port_objects()
-    N.reclaim_stale()
-    assert N.inspect_network("crash")["endpoints"] == []
+    bridge.reclaim_stale()
+    assert bridge.inspect_network("crash")["endpoints"] == []
     assert "sbx:sbx-crash" not in [r_.get("comment") for r_ in host_rules() + host_rules("bridge")]
     assert [o for o in port_objects() if o[1] == veth] == []          # its port's allow-list is gone
     assert not [x for x in links() if x.startswith("psv")]
     deadline = time.monotonic() + 5
-    while N._proc_start(proxy_pid) is not None and time.monotonic() < deadline:
+    while proc_starttime(proxy_pid) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert N._proc_start(proxy_pid) is None              # the port proxy is gone too
+    assert proc_starttime(proxy_pid) is None              # the port proxy is gone too
 
 
 def test_doctor_report_shape():
-    rep = N.doctor_report(rootless=False)
+    rep = network_doctor.doctor_report(rootless=False)
     assert all(isinstance(a, str) and isinstance(b, bool) and isinstance(c, str) for a, b, c in rep)
     assert any("pasta" in a for a, _, _ in rep)
-    assert dict((a, b) for a, b, _ in N.doctor_report(rootless=True))[
+    assert dict((a, b) for a, b, _ in network_doctor.doctor_report(rootless=True))[
         "network: private networks (bridge + veth)"] is False
 
 
@@ -590,7 +592,7 @@ def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     """A sandbox with CAP_NET_ADMIN + CAP_NET_RAW in its own namespace adds another address and
     sends from it: its port's allow-list (table netdev pysandbox) drops it; its own address passes."""
     newnet(cleanup, "spoof")
-    ha = N.prepare(mk("spoof"), "sbx-sa", "victim", rootless=False)
+    ha = endpoint.prepare(mk("spoof"), "sbx-sa", "victim", rootless=False)
     cleanup.append(ha)
     a = Box("import socket, time\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7500)); s.settimeout(0.2)\n"
@@ -605,7 +607,7 @@ def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     ha.attach(a.pid)
     a.go()
     assert a.line() == "ready"
-    hb = N.prepare(mk("spoof"), "sbx-sb", "mallory", rootless=False)
+    hb = endpoint.prepare(mk("spoof"), "sbx-sb", "mallory", rootless=False)
     cleanup.append(hb)
     import ipaddress
     fake = str(ipaddress.ip_network(ha.netdef["subnet"])[200])
@@ -622,7 +624,7 @@ def test_no_address_spoofing_on_a_private_network(testns, cleanup):
     assert b.line() == "addr 0"                         # it did get the extra address in its namespace
     assert b.wait() == 0
     assert a.line() == str([hb.address])                # only its real address reached the victim
-    assert N._antispoof_dropped(hb.veth) >= 3           # the port's allow-list counted the forged ones
+    assert nft.antispoof_dropped(hb.veth) >= 3           # the port's allow-list counted the forged ones
     hb.release()
     assert hb.spoof_dropped >= 3
     a.kill()
@@ -634,7 +636,7 @@ def test_published_udp_and_loopback_only_port(testns, cleanup):
     newnet(cleanup, "udpnet")
     net = mk("udpnet", ports=(PortMapping(15353, 5353, proto="udp"),
                               PortMapping(18082, 7000, host_ip="127.0.0.1")))
-    h = N.prepare(net, "sbx-udp", "dns", rootless=False)
+    h = endpoint.prepare(net, "sbx-udp", "dns", rootless=False)
     cleanup.append(h)
     b = Box("import socket, threading\n"
             "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 5353))\n"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from sandbox import network as N
+from sandbox.network import bridge, store
 from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
@@ -143,7 +143,7 @@ needs_cli = pytest.mark.skipif(PYSANDBOX is None, reason="pysandbox console scri
 def test_e2e_by_name_and_isolation(nets):
     nets("e2a")
     nets("e2b")
-    bridge_a = N.load_network("e2a")["bridge"]
+    bridge_a = store.load_network("e2a")["bridge"]
     a = start("--network", "e2a", "--name", "alpha", code=server())
     try:
         assert wait_line(a) == "ready"
@@ -154,18 +154,18 @@ def test_e2e_by_name_and_isolation(nets):
         assert first == "hello:7000"                         # B reaches A by name
         assert "\talpha\n" in hosts                      # a peer: by its name
         assert "\tbeta sandbox\n" in hosts               # itself: its name and its host name
-        ip_a = N.inspect_network("e2a")["endpoints"][0]["address"]
+        ip_a = bridge.inspect_network("e2a")["endpoints"][0]["address"]
         r = run("--network", "e2b", "--name", "gamma", code=client([("alpha", 7000), (ip_a, 7000)]))
         assert r.returncode == 0, r.stderr
         noname, by_ip = r.stdout.split()
         assert noname == "noname" and by_ip.startswith("err")   # another network: neither name nor route
     finally:
         stop(a)
-    assert N.inspect_network("e2a")["endpoints"] == []
+    assert bridge.inspect_network("e2a")["endpoints"] == []
     assert not [x for x in links() if x.startswith("psv")]
     r = cli("network", "rm", "e2a")
     assert r.returncode == 0
-    assert N.load_network("e2b")["bridge"] in links()                  # a network's bridge lives with it
+    assert store.load_network("e2b")["bridge"] in links()                  # a network's bridge lives with it
     assert bridge_a not in links()
 
 
@@ -191,7 +191,7 @@ def test_e2e_published_port(nets):
               code=server(ports=(80,)))
     try:
         assert wait_line(p) == "ready"
-        gw = N.load_network("e2p")["gateway"]
+        gw = store.load_network("e2p")["gateway"]
         assert "sbx:" in " ".join(r.get("comment") or "" for r in host_rules())
         for addr in ("127.0.0.1", gw):
             c = socket.create_connection((addr, 8080), timeout=3)
@@ -268,7 +268,7 @@ def test_e2e_twenty_concurrent(nets):
             stop(p)
     assert [p.returncode for p in procs] == [0] * 20, [p.stderr.read() for p in procs if p.returncode]
     assert len(set(addrs)) == 20, addrs
-    assert N.inspect_network("e2c")["endpoints"] == []
+    assert bridge.inspect_network("e2c")["endpoints"] == []
     assert not [x for x in links() if x.startswith("psv")]
 
 
@@ -278,7 +278,7 @@ def test_e2e_supervisor_crash_is_reclaimed(nets):
     p = start("--network", "e2k", "--name", "victim", "-p", "18081:7000", code=server())
     try:
         assert wait_line(p) == "ready"
-        assert [e["name"] for e in N.inspect_network("e2k")["endpoints"]] == ["victim"]
+        assert [e["name"] for e in bridge.inspect_network("e2k")["endpoints"]] == ["victim"]
         os.kill(p.pid, signal.SIGKILL)                        # the supervisor dies
         p.wait(timeout=10)
     finally:
@@ -288,7 +288,7 @@ def test_e2e_supervisor_crash_is_reclaimed(nets):
         time.sleep(0.1)
     r = cli("network", "ls")                                  # reclaims stale endpoints
     assert r.returncode == 0
-    assert N.inspect_network("e2k")["endpoints"] == []
+    assert bridge.inspect_network("e2k")["endpoints"] == []
     assert not any((r_.get("comment") or "").startswith("sbx:") for r_ in host_rules())
     assert not [x for x in links() if x.startswith("psv")]
 

@@ -34,9 +34,9 @@ def cgroups() -> None:
 @cgroups.command("ls", help="List sandbox cgroups under pysandbox's own parents.")
 @click.option("--json", "as_json", is_flag=True, help="{sandbox id: [cgroup paths]}")
 def ls(as_json: bool) -> None:
-    from .. import cgroups as C
+    from sandbox.cgroups.leftover import list_sandboxes
     try:
-        found = C.list_sandboxes()
+        found = list_sandboxes()
     except OSError as e:
         _fail(f"cgroups: {e.strerror or e}")
     if as_json:
@@ -48,8 +48,8 @@ def ls(as_json: bool) -> None:
 
 @cgroups.command("reclaim", help="Remove sandbox cgroups whose supervisor is gone and that are empty.")
 def reclaim() -> None:
-    from .. import cgroups as C
-    for p in C.reclaim_stale(min_age=0):
+    from sandbox.cgroups.leftover import reclaim_stale
+    for p in reclaim_stale(min_age=0):
         click.echo(f"removed {p}")
 
 
@@ -74,7 +74,8 @@ def _opt(parse, value, flag):
 @click.option("--cpu-shares", help="CPU weight of USER's sandboxes together against the rest (2..262144)")
 def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
     from policies import units
-    from .. import cgroups as C
+    from sandbox.cgroups import delegate as D
+    from sandbox.cgroups.files import CgroupError
     kw = {"memory": _opt(units.parse_bytes, memory, "--memory"),
           "memory_swap": _opt(units.parse_bytes, memory_swap, "--memory-swap"),
           "pids": _opt(units.parse_pids_limit, pids, "--pids"),
@@ -85,9 +86,9 @@ def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
             sys.exit(2)
     uid, gid = _user(user)
     try:
-        for p in C.delegate(uid, gid, **kw):
+        for p in D.delegate(uid, gid, **kw):
             click.echo(p)
-    except C.CgroupError as e:
+    except CgroupError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"cgroups: {e.strerror or e}")
@@ -96,12 +97,13 @@ def delegate(user: str, memory, memory_swap, pids, cpu_shares) -> None:
 @cgroups.command("undelegate", help="(root) Remove USER's delegated cgroup v1 subtrees and their parents.")
 @click.argument("user")
 def undelegate(user: str) -> None:
-    from .. import cgroups as C
+    from sandbox.cgroups import delegate as D
+    from sandbox.cgroups.files import CgroupError
     uid, _gid = _user(user)
     try:
-        for p in C.undelegate(uid):
+        for p in D.undelegate(uid):
             click.echo(f"removed {p}")
-    except C.CgroupError as e:
+    except CgroupError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"cgroups: {e.strerror or e}")

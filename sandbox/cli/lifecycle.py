@@ -26,14 +26,15 @@ from .status import report
 # --- what the commands do -------------------------------------------------------------------
 
 def _set_frozen(ref: str, frozen: bool) -> str:
-    from .. import cgroups
+    from ..cgroups import freezer
+    from ..cgroups.files import CgroupError
     name, st, status = load(ref)
     want, verb = ("running", "pause") if frozen else ("paused", "unpause")
     if status != want:
         raise StateError(f"{name} is {'not running' if frozen else 'not paused'} ({status}): cannot {verb} it")
     try:
-        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", frozen)
-    except cgroups.CgroupError as e:
+        freezer.set_frozen(st.get("cgroups"), st.get("id") or "", frozen)
+    except CgroupError as e:
         raise StateError(f"{name}: {e}") from None
     return name
 
@@ -48,9 +49,10 @@ def unpause(ref: str) -> str:
 
 
 def _thaw(st: dict) -> None:
-    from .. import cgroups
-    with contextlib.suppress(cgroups.CgroupError):
-        cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", False)
+    from ..cgroups import freezer
+    from ..cgroups.files import CgroupError
+    with contextlib.suppress(CgroupError):
+        freezer.set_frozen(st.get("cgroups"), st.get("id") or "", False)
 
 
 def stop(ref: str, grace: float = 10.0) -> str:
@@ -106,8 +108,8 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
         problems += _remove_cgroup(cg, st.get("id") or "")
     if (st.get("plan") or {}).get("network", {}).get("mode") not in (None, "none", "host"):
         try:
-            from .. import network
-            network.reclaim_stale(rootless=os.geteuid() != 0)
+            from ..network import bridge
+            bridge.reclaim_stale(rootless=os.geteuid() != 0)
         except Exception as e:                    # noqa: BLE001
             problems.append(f"network clean-up: {e}")
     sid = st.get("id") or ""

@@ -26,10 +26,11 @@ def network() -> None:
 @click.argument("name")
 @click.option("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free /24 from 10.89.0.0/16).")
 def create(name: str, subnet: str | None) -> None:
-    from .. import network as N
+    from sandbox.network import bridge
+    from sandbox.network.common import NetworkError
     try:
-        nd = N.create_network(name, subnet)
-    except N.NetworkError as e:
+        nd = bridge.create_network(name, subnet)
+    except NetworkError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"network create: {e.strerror or e}")
@@ -39,10 +40,11 @@ def create(name: str, subnet: str | None) -> None:
 @network.command("ls", help="List networks.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls(as_json: bool) -> None:
-    from .. import network as N
+    from sandbox.network import bridge
+    from sandbox.network.common import NetworkError
     try:
-        nets = N.list_networks()
-    except N.NetworkError as e:
+        nets = bridge.list_networks()
+    except NetworkError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"network ls: {e.strerror or e}")
@@ -60,10 +62,11 @@ def ls(as_json: bool) -> None:
 @click.argument("name", shell_complete=_complete.networks)
 @click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
 def inspect(name: str, as_json: bool) -> None:
-    from .. import network as N
+    from sandbox.network import bridge
+    from sandbox.network.common import NetworkError
     try:
-        info = N.inspect_network(name)
-    except N.NetworkError as e:
+        info = bridge.inspect_network(name)
+    except NetworkError as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"network inspect: {e.strerror or e}")
@@ -73,13 +76,14 @@ def inspect(name: str, as_json: bool) -> None:
 @network.command("rm", help="Remove networks (refused while sandboxes are attached).")
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.networks)
 def rm(names: tuple[str, ...]) -> None:
-    from .. import network as N
+    from sandbox.network import bridge
+    from sandbox.network.common import NetworkError
     failed = False
     for name in names:
         try:
-            N.remove_network(name)
+            bridge.remove_network(name)
             click.echo(name)
-        except N.NetworkError as e:
+        except NetworkError as e:
             click.echo(f"pysandbox: {e}", err=True)
             failed = True
         except OSError as e:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PYSANDBOX
 from faults_helpers import sigkill, wait_for
-from sandbox import network as N
+from sandbox.network import bridge, nft
 from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
@@ -39,7 +39,7 @@ def _cli(*args):
 
 
 def _port_objects(veth):
-    out = N.nft(args=["list", "table", "netdev", N.HOST_TABLE], check=False).get("nftables", [])
+    out = nft.nft(args=["list", "table", "netdev", nft.HOST_TABLE], check=False).get("nftables", [])
     return [o for o in out for k in ("chain", "counter") if k in o and o[k]["name"] == veth]
 
 
@@ -61,7 +61,7 @@ def test_network_leftovers_removed_by_next_command(net, step):
     try:
         got = wait_for(lambda: next((s for s in _records() if s not in before), None))
         assert got, "the launch did not register its resources"
-        sid, veth = got, N.veth_name(got)
+        sid, veth = got, bridge.veth_name(got)
         ep = os.path.join(state, "networks", net, "endpoints", f"{sid}.json")
         hosts = os.path.join(state, "networks", net, "hosts", sid)
         if step == "reserved":
@@ -84,7 +84,7 @@ def test_network_leftovers_removed_by_next_command(net, step):
     assert wait_for(lambda: veth not in links(), 5)
     assert _port_objects(veth) == []
     assert not any((x.get("comment") or "") == f"sbx:{sid}" for x in host_rules())
-    assert N.inspect_network(net)["endpoints"] == []
+    assert bridge.inspect_network(net)["endpoints"] == []
     # the network still works for the next sandbox
     r = _cli("run", "--profile", "default", "--audit-log", "/dev/null", "--network", net, "--",
              "/usr/bin/python3", "-c", "print('ok')")

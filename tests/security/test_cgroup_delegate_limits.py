@@ -19,9 +19,11 @@ import textwrap
 import pytest
 
 from conftest import HOST_PYTHON, PYSANDBOX
-from sandbox import cgroups
+from sandbox.cgroups.delegate import undelegate
+from sandbox.cgroups.layout import detect
+from sandbox.cgroups.placement import delegated_parent, delegated_subtree
 
-V1 = cgroups.detect().v1_map
+V1 = detect().v1_map
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not {"memory", "pids", "cpu"} <= set(V1),
                                 reason="needs root and cgroup v1 memory, pids, cpu hierarchies (this machine)")
 
@@ -54,7 +56,7 @@ def _as(pw, code: str):
 @pytest.fixture
 def delegated(shared_tmp):
     pw = _user()
-    cgroups.undelegate(pw.pw_uid)
+    undelegate(pw.pw_uid)
     r = _cli("cgroups", "delegate", USER, "--memory", "192m", "--pids", "40", "--cpu-shares", "512")
     assert r.returncode == 0, r.stderr
     os.chown(shared_tmp, pw.pw_uid, pw.pw_gid)
@@ -62,15 +64,15 @@ def delegated(shared_tmp):
     subprocess.run(["pkill", "-KILL", "-U", str(pw.pw_uid)], check=False)    # only this file's user
     r = _cli("cgroups", "undelegate", USER)
     assert r.returncode == 0, r.stderr
-    assert not any(os.path.exists(os.path.join(m, cgroups.delegated_parent(pw.pw_uid)))
+    assert not any(os.path.exists(os.path.join(m, delegated_parent(pw.pw_uid)))
                    for m in set(V1.values()))
 
 
 def test_delegate_layout_parent_is_roots_with_finite_limits(delegated):
     pw, subtrees = delegated
     uid = pw.pw_uid
-    top = {c: os.path.join(V1[c], cgroups.delegated_parent(uid)) for c in ("memory", "pids", "cpu")}
-    assert os.path.join(V1["pids"], cgroups.delegated_subtree(uid)) in subtrees
+    top = {c: os.path.join(V1[c], delegated_parent(uid)) for c in ("memory", "pids", "cpu")}
+    assert os.path.join(V1["pids"], delegated_subtree(uid)) in subtrees
     for c, d in top.items():
         st = os.stat(d)
         assert (st.st_uid, st.st_mode & 0o777) == (0, 0o755), d
@@ -88,11 +90,11 @@ def test_delegate_layout_parent_is_roots_with_finite_limits(delegated):
 def test_user_cannot_raise_or_escape_the_parent(delegated):
     pw, _ = delegated
     uid = pw.pw_uid
-    files = [os.path.join(V1["memory"], cgroups.delegated_parent(uid), f)
+    files = [os.path.join(V1["memory"], delegated_parent(uid), f)
              for f in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes",
                        "cgroup.procs", "tasks")]
-    files += [os.path.join(V1["pids"], cgroups.delegated_parent(uid), f) for f in ("pids.max", "cgroup.procs")]
-    files += [os.path.join(V1["cpu"], cgroups.delegated_parent(uid), f) for f in ("cpu.shares", "cpu.cfs_quota_us")]
+    files += [os.path.join(V1["pids"], delegated_parent(uid), f) for f in ("pids.max", "cgroup.procs")]
+    files += [os.path.join(V1["cpu"], delegated_parent(uid), f) for f in ("cpu.shares", "cpu.cfs_quota_us")]
     files = [f for f in files if os.path.exists(f)]
     code = textwrap.dedent(f"""\
         import errno, os
@@ -102,19 +104,19 @@ def test_user_cannot_raise_or_escape_the_parent(delegated):
                 print("WRITABLE", f)
             except OSError as e:
                 print("denied", errno.errorcode[e.errno], f)
-        for f in {[os.path.join(V1["pids"], cgroups.delegated_parent(uid), f) for f in ("pids.max", "tasks")]!r}:
+        for f in {[os.path.join(V1["pids"], delegated_parent(uid), f) for f in ("pids.max", "tasks")]!r}:
             try:
                 os.chmod(f, 0o666)
                 print("CHMOD", f)
             except OSError as e:
                 print("chmod denied", errno.errorcode[e.errno])
         try:
-            os.rmdir({os.path.join(V1["pids"], cgroups.delegated_subtree(uid))!r})
+            os.rmdir({os.path.join(V1["pids"], delegated_subtree(uid))!r})
             print("REMOVED subtree")
         except OSError as e:
             print("rmdir denied", errno.errorcode[e.errno])
         # the legitimate use: a cgroup of its own below the subtree, with a limit above the parent's
-        d = {os.path.join(V1["pids"], cgroups.delegated_subtree(uid), "cgdel-own")!r}
+        d = {os.path.join(V1["pids"], delegated_subtree(uid), "cgdel-own")!r}
         os.mkdir(d)
         with open(os.path.join(d, "pids.max"), "w") as f:
             f.write("100000")
@@ -131,7 +133,7 @@ def test_user_cannot_raise_or_escape_the_parent(delegated):
     # and as the user, `cgroups delegate` itself is refused (exit 1), changing nothing
     r2 = _cli("cgroups", "delegate", USER, "--pids", "100000", pw=pw)
     assert r2.returncode == 1 and "needs root" in r2.stderr, r2
-    assert open(os.path.join(V1["pids"], cgroups.delegated_parent(uid), "pids.max")).read().strip() == "40"
+    assert open(os.path.join(V1["pids"], delegated_parent(uid), "pids.max")).read().strip() == "40"
 
 
 FORK_BOMB = textwrap.dedent("""\
@@ -195,7 +197,7 @@ def test_old_unlimited_layout_is_not_used(shared_tmp):
     """`<hierarchy>/pysandbox-<uid>` owned by the user (what delegate made before, with no limit
     above it) is not a delegation any more: a rootless run that needs the controller fails closed."""
     pw = _user()
-    cgroups.undelegate(pw.pw_uid)
+    undelegate(pw.pw_uid)
     os.chown(shared_tmp, pw.pw_uid, pw.pw_gid)
     old = os.path.join(V1["pids"], f"pysandbox-{pw.pw_uid}")
     os.mkdir(old)
@@ -212,8 +214,8 @@ def test_old_unlimited_layout_is_not_used(shared_tmp):
 
 def test_delegate_bad_values_change_nothing():
     pw = _user()
-    cgroups.undelegate(pw.pw_uid)
+    undelegate(pw.pw_uid)
     for args in (("--memory", "lots"), ("--pids", "-1"), ("--memory", "-1"), ("--cpu-shares", "1")):
         r = _cli("cgroups", "delegate", USER, *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pysandbox:" in r.stderr, (args, r)
-    assert not os.path.exists(os.path.join(V1["pids"], cgroups.delegated_parent(pw.pw_uid)))
+    assert not os.path.exists(os.path.join(V1["pids"], delegated_parent(pw.pw_uid)))

@@ -27,9 +27,9 @@ import time
 import pytest
 
 from conftest import HOST_PYTHON, PYSANDBOX
-from sandbox import cgroups
+from sandbox.cgroups.layout import detect
 
-V1 = cgroups.detect().v1_map
+V1 = detect().v1_map
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not {"memory", "cpu", "cpuset", "blkio"} <= set(V1),
                                 reason="needs root and cgroup v1 memory, cpu, cpuset, blkio (this machine)")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import images, network, overlay, state, volumes
+from sandbox import images, overlay, state, volumes
+from sandbox.network import common as network_common
 
 
 @pytest.mark.parametrize("check, good", [
@@ -24,7 +25,7 @@ def test_validators_refuse_a_trailing_newline(check, good):
 
 
 def test_patterns_match_whole_strings_only():
-    for rx, good in ((state.NAME_RE, "k1"), (network.NAME_RE, "web"), (network.NET_NAME_RE, "net1"),
+    for rx, good in ((state.NAME_RE, "k1"), (network_common.NAME_RE, "web"), (network_common.NET_NAME_RE, "net1"),
                      (overlay._ID, "abc"), (images._DIGEST, "sha256:" + "0" * 64)):
         assert rx.match(good)
         assert not rx.match(good + "\n"), rx.pattern

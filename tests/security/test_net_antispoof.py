@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from sandbox import network as N
+from sandbox.network import nft, store
 from test_network import host_rules, links, testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root (refused rootless: "
@@ -77,7 +77,7 @@ def stop(p):
 def net(testns):
     r = cli("network", "create", NET)
     assert r.returncode == 0, r.stderr
-    yield N.load_network(NET)
+    yield store.load_network(NET)
     cli("network", "rm", NET)
 
 
@@ -215,7 +215,7 @@ def test_forged_tagged_and_foreign_frames_never_reach_the_neighbour(net, tmp_pat
     assert len(sp) == 1 and sp[0]["limit"]["peak"] >= 36, sp            # 12 kinds x 3, at least
     # nothing left behind: no port, no per-port chain or counter
     assert not [x for x in links() if x.startswith("psv")]
-    out = N.nft(args=["list", "table", "netdev", N.HOST_TABLE], check=False).get("nftables", [])
+    out = nft.nft(args=["list", "table", "netdev", nft.HOST_TABLE], check=False).get("nftables", [])
     assert not [o for o in out if "chain" in o or "counter" in o]
 
 
@@ -302,13 +302,13 @@ def test_kernel_nft_ether_type_sees_the_outer_tag(testns):
         for n in ("aspk0", "aspk1"):
             ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
     T = {"family": "netdev", "table": "asp_probe"}
-    probes = {"et_ip": [N._m(N._payload("ether", "type"), "ip")],
-              "et_8100": [N._m(N._payload("ether", "type"), 0x8100)],
-              "et_88a8": [N._m(N._payload("ether", "type"), 0x88a8)],
-              "mp_ip": [N._m(N._meta("protocol"), "ip")],
-              "mp_8100": [N._m(N._meta("protocol"), 0x8100)]}
+    probes = {"et_ip": [nft.m(nft.payload("ether", "type"), "ip")],
+              "et_8100": [nft.m(nft.payload("ether", "type"), 0x8100)],
+              "et_88a8": [nft.m(nft.payload("ether", "type"), 0x88a8)],
+              "mp_ip": [nft.m(nft.meta("protocol"), "ip")],
+              "mp_8100": [nft.m(nft.meta("protocol"), 0x8100)]}
     try:
-        N.nft([{"add": {"table": {"family": "netdev", "name": "asp_probe"}}},
+        nft.nft([{"add": {"table": {"family": "netdev", "name": "asp_probe"}}},
                {"add": {"chain": {**T, "name": "in", "type": "filter", "hook": "ingress", "dev": "aspk1",
                                   "prio": 0, "policy": "drop"}}}]
               + [{"add": {"rule": {**T, "chain": "in", "comment": k, "expr": e + [{"counter": None}]}}}
@@ -322,11 +322,11 @@ def test_kernel_nft_ether_type_sees_the_outer_tag(testns):
         s.send(dst + src + b"\x88\xa8\x00\x00\x81\x00\x00\x00\x08\x00" + ip)        # 802.1ad + 802.1Q
         s.close()
         time.sleep(0.2)
-        out = N.nft(args=["list", "chain", "netdev", "asp_probe", "in"]).get("nftables", [])
+        out = nft.nft(args=["list", "chain", "netdev", "asp_probe", "in"]).get("nftables", [])
         got = {o["rule"]["comment"]: next(x["counter"]["packets"] for x in o["rule"]["expr"] if "counter" in x)
                for o in out if "rule" in o}
     finally:
-        N.nft([{"delete": {"table": {"family": "netdev", "name": "asp_probe"}}}], check=False)
+        nft.nft([{"delete": {"table": {"family": "netdev", "name": "asp_probe"}}}], check=False)
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname="aspk0")
             if idx:

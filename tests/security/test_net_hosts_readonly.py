@@ -24,7 +24,7 @@ import textwrap
 
 import pytest
 
-from sandbox import network as N
+from sandbox.network import bridge, store
 from test_network import testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
@@ -66,7 +66,7 @@ def run(*opts, code, args=()):
 def net(testns):
     r = subprocess.run([PYSANDBOX, "network", "create", NET], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    yield N.load_network(NET)
+    yield store.load_network(NET)
     subprocess.run([PYSANDBOX, "network", "rm", NET], capture_output=True, timeout=60)
 
 
@@ -78,7 +78,7 @@ def test_etc_hosts_is_read_only_and_resolves(net):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert peer.stdout.readline().strip() == "up"
-        peer_ip = next(e["address"] for e in N.inspect_network(NET)["endpoints"] if e["name"] == "hro-peer")
+        peer_ip = next(e["address"] for e in bridge.inspect_network(NET)["endpoints"] if e["name"] == "hro-peer")
         files_before = {p: open(p).read() for p in _hosts_files()}          # the peer's
         r = run("--network", NET, "--name", "hro-self", code=PROBE)
         assert r.returncode == 0, r.stderr
@@ -107,5 +107,5 @@ def test_etc_hosts_is_read_only_and_resolves(net):
 
 
 def _hosts_files():
-    d = N.state_dir() / NET / "hosts"
+    d = store.state_dir() / NET / "hosts"
     return [str(p) for p in d.iterdir()] if d.is_dir() else []

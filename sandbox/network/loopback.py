@@ -1,5 +1,6 @@
 """Bring up `lo` in the sandbox's own network namespace — the only piece of networking PID 1
-needs on every launch, kept apart from sandbox.network so the launch path stays lean."""
+needs on every launch: one ioctl, the standard library only (this package's `__init__` imports
+nothing, so PID 1 loads this module alone)."""
 from __future__ import annotations
 
 import fcntl

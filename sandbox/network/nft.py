@@ -1,0 +1,276 @@
+"""nftables, through `nft -j` (JSON): the rulesets of sandbox networking.
+
+* host side, `table ip pysandbox`: masquerade and isolation of each private network's bridge
+  (`network_rules`), DNAT of published ports (`dnat_rules`);
+* host side, `table netdev pysandbox`: each sandbox port's allow-list (`antispoof_rules`);
+* sandbox side, `table inet pysandbox` in the sandbox's own network namespace: the egress
+  allow-list (`egress_ruleset`), installed from the host before the program runs; the program has
+  no CAP_NET_ADMIN over that namespace, so it cannot change the rules. Denied packets are counted
+  (named counter ``denied``, `egress_denied`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+
+from .common import STEP_TIMEOUT, NetworkError, as_net, short
+
+HOST_TABLE = "pysandbox"                                  # table ip pysandbox (host side)
+EGRESS_TABLE = "pysandbox"                                # table inet pysandbox (sandbox side)
+_NFT = "nft"
+
+
+def nsenter_prefix(pid: int | None, nsfd: int | None, userns_fd: int | None) -> list[str]:
+    if pid is None and nsfd is None:
+        return []
+    nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    if nsfd is not None:
+        me = os.getpid()
+        args = [nsenter]
+        if userns_fd is not None:
+            args += [f"--user=/proc/{me}/fd/{userns_fd}", "--preserve-credentials"]
+        return args + [f"--net=/proc/{me}/fd/{nsfd}", "--"]
+    args = [nsenter, "-t", str(pid)]
+    if userns_fd is not None:
+        args += ["-U", "--preserve-credentials"]
+    return args + ["-n", "--"]
+
+
+def find_nft() -> str | None:
+    """The nft binary, None when nftables is not installed."""
+    return shutil.which(_NFT) or next((c for c in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(c)), None)
+
+
+def nft_path() -> str:
+    p = find_nft()
+    if p is None:
+        raise NetworkError("network: nft (nftables) is not installed; install the Debian package nftables")
+    return p
+
+
+def nft(cmds: list | None = None, *, args: list[str] | None = None, pid: int | None = None,
+        nsfd: int | None = None, userns_fd: int | None = None, check: bool = True, echo: bool = False) -> dict:
+    """Run nft with a JSON batch (cmds) or JSON-output arguments (args, e.g. ["list", "table", ...]).
+    pid/nsfd: run inside that process's / fd's network namespace. echo: return the added objects
+    with their handles."""
+    pre = nsenter_prefix(pid, nsfd, userns_fd)
+    argv = pre + [nft_path(), "-j"] + (["-e"] if echo else [])
+    argv += (args if args is not None else ["-f", "-"])
+    inp = json.dumps({"nftables": cmds}) if cmds is not None else None
+    fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
+    try:
+        p = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=STEP_TIMEOUT,
+                           pass_fds=fds)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NetworkError(f"network: nft: {e}") from None
+    if p.returncode != 0:
+        if not check:
+            return {}
+        msg = (p.stderr.strip().splitlines() or ["failed"])[0]
+        raise NetworkError(f"network: nftables: {msg}")
+    try:
+        return json.loads(p.stdout) if p.stdout.strip() else {}
+    except ValueError:
+        return {}
+
+
+def m(left, right, op="=="):
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def payload(proto, field):
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def meta(key):
+    return {"meta": {"key": key}}
+
+
+def prefix(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def host_base() -> list[dict]:
+    """Idempotent: the host tables and their base chains."""
+    T = {"family": "ip", "table": HOST_TABLE}
+    return [{"add": {"table": {"family": "ip", "name": HOST_TABLE}}},
+         {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "output", "type": "nat", "hook": "output", "prio": -100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
+                            "policy": "accept"}}},
+         {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
+                            "policy": "accept"}}},
+         {"add": {"table": {"family": "netdev", "name": HOST_TABLE}}}]
+
+
+def host_rules(family: str = "ip") -> list[dict]:
+    """Rules of a host table (each with chain, handle, comment); [] when there is no table."""
+    out = nft(args=["list", "table", family, HOST_TABLE], check=False)
+    return [o["rule"] for o in out.get("nftables", []) if "rule" in o]
+
+
+def delete_host_rules(pred, family: str = "ip") -> None:
+    dels = [{"delete": {"rule": {"family": family, "table": HOST_TABLE, "chain": r["chain"],
+                                 "handle": r["handle"]}}}
+            for r in host_rules(family) if pred(r.get("comment") or "")]
+    if dels:
+        nft(dels, check=False)
+
+
+def antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
+    """The allow-list of one sandbox's port: a base chain of its own, `table netdev pysandbox`,
+    hook `ingress` on the host side of its veth (every frame the sandbox's eth0 sends arrives
+    there, before the bridge sees it), policy drop. Only two kinds of frame pass:
+
+    * IPv4 (outer ethertype 0x0800, version 4) from the port's own MAC and its own address;
+    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address.
+
+    Everything else is counted and dropped: other source addresses or MACs, 802.1Q/802.1ad tagged
+    frames (`ether type` sees the outer tag also when the kernel has moved it into the skb's
+    metadata: nft puts it back for the match), IPv6 (no IPv6 address is assigned), raw ethertypes,
+    LLC/STP and link-local frames (which the bridge's own prerouting hook never sees). DHCP is not
+    needed: addresses are static."""
+    T = {"family": "netdev", "table": HOST_TABLE}
+    c = f"sbx:{sid}"
+    own_mac = m(payload("ether", "saddr"), mac)
+    return [
+        # a named counter (not one in the rule): it outlives the chain's hook when the kernel takes the
+        # device away with the sandbox's namespace, so release can still read it
+        {"add": {"counter": {**T, "name": veth}}},
+        {"add": {"chain": {**T, "name": veth, "type": "filter", "hook": "ingress", "dev": veth, "prio": -500,
+                           "policy": "drop"}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [
+            own_mac, m(payload("ether", "type"), "ip"), m(payload("ip", "version"), 4),
+            m(payload("ip", "saddr"), addr), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [
+            own_mac, m(payload("ether", "type"), "arp"), m(payload("arp", "htype"), 1),
+            m(payload("arp", "ptype"), 0x0800), m(payload("arp", "hlen"), 6), m(payload("arp", "plen"), 4),
+            m(payload("arp", "operation"), {"set": ["request", "reply"]}),
+            m(payload("arp", "saddr ether"), mac), m(payload("arp", "saddr ip"), addr), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [{"counter": veth}, {"drop": None}]}}},
+    ]
+
+
+def _counter(family: str, table: str, name: str, **where) -> int | None:
+    """Packets a named counter has counted so far (None: no such counter)."""
+    out = nft(args=["list", "counter", family, table, name], check=False, **where)
+    for o in out.get("nftables", []):
+        if "counter" in o:
+            return int(o["counter"].get("packets", 0))
+    return None
+
+
+def antispoof_dropped(veth: str) -> int | None:
+    """Frames the port's allow-list has dropped so far (None: no such counter)."""
+    return _counter("netdev", HOST_TABLE, veth)
+
+
+def antispoof_delete(veth: str) -> list[dict]:
+    T = {"family": "netdev", "table": HOST_TABLE, "name": veth}
+    return [{"delete": {"chain": T}}, {"delete": {"counter": T}}]
+
+
+def network_rules(netdef: dict) -> list[dict]:
+    """Masquerade outbound traffic of the subnet; isolate the bridge from other pysandbox bridges
+    and from direct (non-published) inbound traffic."""
+    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet"])
+    T = {"family": "ip", "table": HOST_TABLE}
+    c = f"net:{netdef['name']}"
+    iif, oif = meta("iifname"), meta("oifname")
+    return [
+        {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
+            m(payload("ip", "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(iif, br), m(oif, "psb-*"), m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(oif, br), m(iif, br, "!="), m({"ct": {"key": "state"}}, ["established", "related"], "in"),
+            {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(oif, br), m(iif, br, "!="), m({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(oif, br), m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
+    ]
+
+
+def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
+    T = {"family": "ip", "table": HOST_TABLE}
+    rules = []
+    for p in ports:
+        hip = ipaddress.ip_address(p["host_ip"])
+        if hip.is_loopback:
+            continue                                  # served by the userspace proxy
+        dport = m(payload(p["proto"], "dport"), p["host_port"])
+        target = {"dnat": {"addr": ip, "port": p["port"]}}
+        if hip.is_unspecified:
+            local = m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+            pre = [local, dport, target]
+            out = [local, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
+                   dport, target]
+        else:
+            d = m(payload("ip", "daddr"), str(hip))
+            pre = out = [d, dport, target]
+        for chain, expr in (("prerouting", pre), ("output", out)):
+            rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
+    return rules
+
+
+def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str]]) -> list[dict]:
+    """The nft batch installed inside the sandbox's netns (`table inet pysandbox`).
+    rules: [{"to": cidr-or-name, "ports": [...], "proto": "tcp"|"udp"|"icmp"|"any"}]."""
+    T = {"family": "inet", "table": EGRESS_TABLE}
+    cmds: list[dict] = [
+        {"add": {"table": {"family": "inet", "name": EGRESS_TABLE}}},
+        {"add": {"counter": {**T, "name": "denied"}}},
+    ]
+    names = sorted({r["to"] for r in rules if as_net(r["to"]) is None})
+    for n in names:
+        cmds.append({"add": {"set": {**T, "name": set_name(n), "type": "ipv4_addr"}}})
+        if peer_ips.get(n):
+            cmds.append({"add": {"element": {**T, "name": set_name(n), "elem": list(peer_ips[n])}}})
+    policy = "drop" if default == "deny" else "accept"
+    cmds.append({"add": {"chain": {**T, "name": "output", "type": "filter", "hook": "output", "prio": 0,
+                                   "policy": policy}}})
+
+    def rule(expr):
+        cmds.append({"add": {"rule": {**T, "chain": "output", "expr": expr}}})
+
+    rule([m(meta("oifname"), "lo"), {"accept": None}])
+    rule([m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}])
+    for r in rules:
+        net = as_net(r["to"])
+        if net is None:
+            dst = m(payload("ip", "daddr"), "@" + set_name(r["to"]))
+        else:
+            dst = m(payload("ip" if net.version == 4 else "ip6", "daddr"),
+                     str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
+        proto = r.get("proto") or "tcp"
+        ports = list(r.get("ports") or ())
+        expr = [dst]
+        if proto in ("tcp", "udp"):
+            if ports:
+                expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+            else:
+                expr.append(m(meta("l4proto"), proto))
+        elif proto == "icmp":
+            expr.append(m(meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
+        expr.append({"accept": None})
+        rule(expr)
+    # reject (not drop): a denied connect() fails at once with EHOSTUNREACH instead of hanging
+    rule([{"counter": "denied"}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
+         if default == "deny" else [{"accept": None}])
+    return cmds
+
+
+def set_name(name: str) -> str:
+    return "peer_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] + "_" + short(name, 6)
+
+
+def egress_denied(nsfd: int, userns_fd: int | None) -> int | None:
+    """Packets the egress allow-list of the sandbox's namespace `nsfd` denied (None: no counter)."""
+    return _counter("inet", EGRESS_TABLE, "denied", nsfd=nsfd, userns_fd=userns_fd)
