@@ -417,7 +417,8 @@ def test_round_trip_import_of_export_compiles_to_the_same_filter(tmp_path):
     policy (policies.seccomp.decide) and by the two compiled BPF programs (sandbox.seccomp.run_bpf).
     The re-import may cut an argument region into different but equivalent conditions, so the
     rule lists themselves are not compared."""
-    from policies.seccomp import compile_seccomp, decide
+    from policies.seccomp import compile_seccomp
+    from policies.seccomp_verdict import decide
     from policies.syscalls import resolve
     from sandbox.seccomp import build_bpf, run_bpf
 
