@@ -171,11 +171,11 @@ def _emit_cond(a: _Asm, c, ok: int, fail: int) -> None:
     cont = a.label()
     a.op(_LD_ABS, hi)
     if c.op in ("eq", "ne"):
-        same, other = (cont, fail) if c.op == "eq" else (cont, ok)
-        a.jump(_JEQ, vh, same, other)
+        equal, unequal = (ok, fail) if c.op == "eq" else (fail, ok)
+        a.jump(_JEQ, vh, cont, unequal)
         a.place(cont)
         a.op(_LD_ABS, lo)
-        a.jump(_JEQ, vl, ok, fail) if c.op == "eq" else a.jump(_JEQ, vl, fail, ok)
+        a.jump(_JEQ, vl, equal, unequal)
         return
     above, below = (ok, fail) if c.op in ("gt", "ge") else (fail, ok)
     eqw = a.label()
@@ -248,10 +248,12 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
         return _act(action, errno)
 
     default = ret(s.default_action, s.default_errno)
+    native = native_audit_arch()
+    x32 = native == AUDIT_ARCH["x86_64"]
     by_nr: dict[int, list] = {}
     for r in s.rules:
         nr = _names.resolve(r.name)
-        if nr is None or nr < 0:
+        if nr is None or nr < 0 or (x32 and nr >= X32_SYSCALL_BIT):
             raise ValueError(f"seccomp: no syscall number for {r.name!r} on this machine")
         by_nr.setdefault(nr, []).append(r)
     leaves = {}
@@ -264,8 +266,7 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
         if not rules:
             continue
         leaves[nr] = ("ret", ret(rules[0].action, rules[0].errno)) if not rules[0].args else ("args", rules)
-    native = native_audit_arch()
-    ranges = _ranges(leaves, default, native == AUDIT_ARCH["x86_64"])
+    ranges = _ranges(leaves, default, x32)
 
     a = _Asm()
     kill = a.label()
