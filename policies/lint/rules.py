@@ -120,7 +120,7 @@ def covered(path: str, by: Iterable[str]) -> bool:
 
 def allowed_escape(seccomp) -> list[tuple[str, str, bool]]:
     """[(name, severity, conditional)] of escape-class syscalls the plan lets through."""
-    from ..seccomp import decide
+    from ..seccomp_verdict import decide
     out = []
     if not seccomp.enabled:
         return [(n, sev, False) for n, (sev, _) in ESCAPE_SYSCALLS.items() if _sc.is_known(n)]
@@ -135,7 +135,7 @@ def allowed_escape(seccomp) -> list[tuple[str, str, bool]]:
 
 
 def clone_creates_namespaces(seccomp) -> bool:
-    from ..seccomp import decide
+    from ..seccomp_verdict import decide
     if not seccomp.enabled:
         return True
     return decide(seccomp, "clone", [CLONE_NEWUSER])[0] == "allow"
@@ -433,7 +433,7 @@ def default_errno_eperm(ctx: Ctx):
     s = ctx.plan.seccomp
     if not s.enabled or s.default_action != "errno" or s.default_errno != 1:
         return
-    from ..seccomp import decide
+    from ..seccomp_verdict import decide
     clone3 = decide(s, "clone3") if _sc.is_known("clone3") else ("errno", 38)
     handled = clone3 == ("errno", 38)
     sev = "info" if handled else "warning"
@@ -449,7 +449,7 @@ def allow_deny_conflict(ctx: Ctx):
     s = ctx.plan.seccomp
     if not s.enabled:
         return
-    from ..seccomp import decide
+    from ..seccomp_verdict import decide
     deny_src: dict[str, tuple] = {}
     for _, base, names, args in ctx.seccomp_items("deny"):
         if args:

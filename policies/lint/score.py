@@ -57,7 +57,7 @@ def native_syscalls() -> tuple:
 
 
 def _allowed_count(seccomp) -> int:
-    from ..seccomp import decide
+    from ..seccomp_verdict import decide
     if not seccomp.enabled:
         return len(native_syscalls())
     cond = {r.name for r in seccomp.rules if r.action == "allow"}
