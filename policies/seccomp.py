@@ -46,9 +46,8 @@ from typing import Callable, Iterable, Optional
 from . import syscalls as _sc
 from .errors import Location, ProfileError
 from .plan import ArgCond, Seccomp, SyscallRule
-from .seccomp_verdict import decide
+from .seccomp_verdict import MAX64, decide
 
-MAX64 = (1 << 64) - 1
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "masked_eq")
 DEFAULT_ACTIONS = ("allow", "errno", "kill", "log", "trap")
 DENY_ACTIONS = ("errno", "kill", "log", "trap", "notify")
