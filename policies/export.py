@@ -137,6 +137,14 @@ def seccomp_section(plan: Plan, *, architectures: Optional[Iterable[str]] = None
     if sc.default_action == "errno":
         out["defaultErrnoRet"] = sc.default_errno if sc.default_errno is not None else 1
     out["architectures"] = list(architectures) if architectures is not None else [native_arch()]
+    from .seccomp import disjoint
+    by_name: dict = {}
+    for r in sc.rules:
+        by_name.setdefault(r.name, []).append(r)
+    for name, rules in by_name.items():
+        if not disjoint(rules):     # kept in priority order: libseccomp would read them otherwise
+            raise ExportError(f"seccomp rules for {name} are too complex for libseccomp (they overlap and "
+                              "depend on their order; pysandbox's own filter enforces them)")
     groups: dict = {}
     order: list = []
     for r in sc.rules:

@@ -87,6 +87,7 @@ class Seccomp:
     enabled: bool = True
     default_action: str = "errno"      # allow | errno | kill | log | trap
     default_errno: Optional[int] = 38  # ENOSYS
+    # per syscall tried in order, the first match decides (policies/seccomp_verdict.py)
     rules: tuple[SyscallRule, ...] = ()
     # Names asked for by the profile that this machine's libseccomp does not know
     # (skipped and reported, never silently dropped from the report).

@@ -26,15 +26,16 @@ the capability that governs that syscall (CAP_LIFTS: chown family <- CHOWN, setu
 family <- SETUID, setgid family <- SETGID, capset <- SETPCAP). An explicitly named
 deny is never lifted.
 
-libseccomp can hold only one comparison per argument in a rule, silently drops a
-conditional rule on a syscall that also has an unconditional rule with another
-action, and evaluates a syscall's argument rules as a tree in which the first true
-comparison commits. So the compiler resolves the rules itself: per syscall it builds
-a decision tree over the arguments in ascending index order (libseccomp's own order),
-each level split into disjoint single-comparison pieces (intervals and bit-cubes of
-64-bit values), and emits one SyscallRule per leaf that differs from the default.
-The output is sorted, so equal policies give equal plans; sandbox.seccomp verifies the
-BPF libseccomp builds from these rules against decide() before it is used.
+The plan keeps, per syscall, rules in the order they are tried: the first whose conditions all
+hold decides (policies/seccomp_verdict.py: the one verdict every consumer uses - the BPF
+emitter in sandbox/seccomp.py emits exactly this first-match order, the notification
+supervisor answers with it, `explain` and `learn` read it). When it can, the compiler resolves a
+syscall's overlapping rules into disjoint single-comparison rules (a decision tree over the
+arguments in ascending index order, each level split into intervals and bit-cubes of 64-bit
+values) - then the order does not matter, the plan reads the same whatever order the profile
+listed its rules in, and the rules are what libseccomp / an OCI runtime can hold (export). A
+syscall whose rules that resolution cannot hold within its bounds (MAX_RULES, MAX_PIECES) keeps
+its rules in priority order instead: still exact, still enforced, only not exportable.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ from typing import Callable, Iterable, Optional
 from . import syscalls as _sc
 from .errors import Location, ProfileError
 from .plan import ArgCond, Seccomp, SyscallRule
+from .seccomp_verdict import MAX64, decide
 
-MAX64 = (1 << 64) - 1
 OPS = ("eq", "ne", "lt", "le", "gt", "ge", "masked_eq")
 DEFAULT_ACTIONS = ("allow", "errno", "kill", "log", "trap")
 DENY_ACTIONS = ("errno", "kill", "log", "trap", "notify")
@@ -173,8 +174,8 @@ def _atom_not(a) -> list:
 
 
 class TooComplex(Exception):
-    """One syscall's argument conditions need more than MAX_RULES libseccomp rules.
-    args: (syscall name, the Entry whose addition made it so, or None)."""
+    """One syscall's argument conditions need more disjoint single-comparison rules (what
+    libseccomp can hold) than MAX_RULES / MAX_PIECES allow: its rules stay in priority order."""
 
 
 MAX_RULES = 128
@@ -432,38 +433,43 @@ class Entry:
 
 
 def resolve_entries(entries: list[Entry], default_action: str, default_errno: Optional[int]) -> list[SyscallRule]:
-    """Prioritised, possibly overlapping rules -> rules libseccomp evaluates exactly.
+    """Prioritised, possibly overlapping rules -> the plan's rules (first match decides).
 
-    Per syscall a decision tree is built over the arguments in ascending index order
-    (the order libseccomp's own tree uses); sibling comparisons are disjoint, so
-    libseccomp's "first true comparison commits" evaluation gives the intended answer.
-    Raises TooComplex(name, entry) when one syscall would need more than MAX_RULES rules;
-    entry is the source rule whose addition (in source order) made it so."""
+    Per syscall a decision tree is built over the arguments in ascending index order (the
+    order libseccomp's own tree uses) and one disjoint rule emitted per leaf that differs from
+    the default, sorted. A syscall whose tree goes over MAX_RULES leaves (or the bounds of its
+    construction) keeps its rules in priority order instead (`_by_priority`): both read the
+    same under first-match, so nothing is refused for a libseccomp limit."""
     by_name: dict[str, list[Entry]] = {}
     for e in entries:
         by_name.setdefault(e.name, []).append(e)
     default_key = (default_action, default_errno if default_action == "errno" else None)
     out: list[SyscallRule] = []
     for name in sorted(by_name):
-        rules = _resolve_one(name, by_name[name], default_key)
-        if rules is None:
-            raise TooComplex(name, _culprit(name, by_name[name], default_key))
-        out.extend(rules)
-    return sort_rules(out)
+        prepared = _prepare(by_name[name])
+        rules = _resolve_one(name, prepared, default_key)
+        out.extend(sort_rules(rules) if rules is not None else _by_priority(name, prepared, default_key))
+    return out
 
 
-def _resolve_one(name: str, es: list[Entry], default_key: tuple) -> Optional[list[SyscallRule]]:
-    """One syscall's rules, or None when they need more than MAX_RULES libseccomp rules."""
+def _prepare(es: list[Entry]) -> list[tuple]:
+    """One syscall's rules strongest first as [(verdict key, {index: union})], up to the first
+    unconditional one (nothing weaker matters); rules that can never match left out."""
     prepared = []
     for e in sorted(es, key=Entry.key, reverse=True):
         conds = conditions_by_index(e.args)
         if conds is None:
             continue                 # can never match
-        prepared.append(((e.action, e.errno if e.action in ("errno", "notify") else None), conds))
+        prepared.append(((e.action, e.errno if e.action in ("errno", "notify") else None), conds, e.args))
         if not conds:
             break                    # unconditional: nothing weaker matters
+    return prepared
+
+
+def _resolve_one(name: str, prepared: list[tuple], default_key: tuple) -> Optional[list[SyscallRule]]:
+    """One syscall's disjoint rules, or None when they need more than MAX_RULES of them."""
     try:
-        tree = _tree(prepared, default_key, [4 * MAX_RULES])
+        tree = _tree([(k, conds) for k, conds, _ in prepared], default_key, [4 * MAX_RULES])
         rules: list[SyscallRule] = []
         _emit(name, tree, default_key, (), rules)
     except TooComplex:
@@ -471,15 +477,25 @@ def _resolve_one(name: str, es: list[Entry], default_key: tuple) -> Optional[lis
     return rules if len(rules) <= MAX_RULES else None
 
 
-def _culprit(name: str, es: list[Entry], default_key: tuple) -> Optional[Entry]:
-    """The rule that makes `name` too complex: the first, in source order (imported rules,
-    socket families, allow, deny), whose addition to the ones before it does. Each try is
-    bounded by the same budget, and a syscall has few source rules."""
-    ordered = sorted(es, key=lambda e: (e.layer, e.order))
-    for n in range(1, len(ordered) + 1):
-        if _resolve_one(name, ordered[:n], default_key) is None:
-            return ordered[n - 1]
-    return ordered[-1] if ordered else None
+def _by_priority(name: str, prepared: list[tuple], default_key: tuple) -> list[SyscallRule]:
+    """One syscall's rules as written, strongest first (first match decides); the rules at the
+    end that answer what the default answers anyway are dropped."""
+    rules = [SyscallRule(name=name, action=k[0], errno=k[1], args=args) for k, _, args in prepared]
+    while rules and (rules[-1].action, rules[-1].errno) == default_key:
+        rules.pop()
+    return rules
+
+
+def disjoint(rules: list[SyscallRule]) -> bool:
+    """No two of one syscall's rules match the same arguments (so their order does not matter
+    and libseccomp / an OCI runtime evaluates them as the plan does)."""
+    conds = [conditions_by_index(r.args) for r in rules]
+    for (i, a), (j, b) in itertools.combinations(enumerate(conds), 2):
+        if a is None or b is None:
+            continue
+        if not any(k in b and not _union_and(a[k], b[k]) for k in a):
+            return False
+    return True
 
 
 def sort_rules(rules: Iterable[SyscallRule]) -> list[SyscallRule]:
@@ -763,16 +779,7 @@ def compile_seccomp(section: Optional[dict], *, capabilities: Iterable[str] = fr
             entries.append(Entry(name, action, e, args, layer=1, order=order, via_group=via_group,
                                  src=("deny", i)))
 
-    try:
-        rules = resolve_entries(entries, default_action, default_errno)
-    except TooComplex as e:
-        name, culprit = e.args[0], (e.args[1] if len(e.args) > 1 else None)
-        where = culprit.src if culprit is not None else ()
-        what = {"allow": "this allow rule", "deny": "this deny rule", "socket_families": "socket_families",
-                "import": "the imported rules"}.get(where[0] if where else "", "these rules")
-        ctx.fail(f"seccomp: {what} makes the argument conditions for {name!r} too complex for libseccomp "
-                 f"(more than {MAX_RULES} rules); use fewer argument conditions, or compare the way the "
-                 "rules it meets do (eq where they use eq: docs/seccomp.md)", *where)
+    rules = resolve_entries(entries, default_action, default_errno)
     return Seccomp(enabled=True, default_action=default_action, default_errno=default_errno,
                    rules=tuple(rules), skipped=tuple(sorted(skipped)), notify_denials=notify,
                    **audit_limits)
@@ -906,41 +913,6 @@ def socket_family_verdicts(s: Seccomp) -> list[tuple[str, str]]:
 def _verdict(d: tuple) -> str:
     a, e = d
     return f"{a}({_sc.errno_name(e)})" if e is not None else a
-
-
-# =====================================================================================
-# Evaluation (for tests, `explain` and the audit supervisor): what does the plan do?
-# =====================================================================================
-
-def cond_matches(c: ArgCond, value: int) -> bool:
-    v = value & MAX64
-    if c.op == "eq":
-        return v == c.value
-    if c.op == "ne":
-        return v != c.value
-    if c.op == "lt":
-        return v < c.value
-    if c.op == "le":
-        return v <= c.value
-    if c.op == "gt":
-        return v > c.value
-    if c.op == "ge":
-        return v >= c.value
-    if c.op == "masked_eq":
-        return (v & c.mask) == c.value
-    raise ValueError(c.op)
-
-
-def decide(s: Seccomp, name: str, args: Iterable[int] = ()) -> tuple[str, Optional[int]]:
-    """(action, errno) the plan gives `name(args...)`. Rules are disjoint, so the
-    first match is the only match."""
-    if not s.enabled:
-        return ("allow", None)
-    a = list(args) + [0] * 6
-    for r in s.rules:
-        if r.name == name and all(cond_matches(c, a[c.index]) for c in r.args):
-            return (r.action, r.errno)
-    return (s.default_action, s.default_errno)
 
 
 def describe_rule(r: SyscallRule) -> str:

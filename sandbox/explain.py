@@ -38,7 +38,9 @@ def render(plan) -> str:
             return f"{a}({_e.errorcode.get(n, n)})" if a == "errno" and n is not None else a
         summary = ", ".join(f"{act(a, n)}: {c}" for (a, n), c in sorted(by.items(), key=lambda x: -x[1]))
         out.append(f"seccomp      default {act(s.default_action, s.default_errno)}; {len(s.rules)} rules ({summary})")
-        denied = sorted({r.name for r in s.rules if r.action != "allow" and not r.args})
+        from policies.seccomp_verdict import fixed_verdict
+        denied = sorted(n for n in {r.name for r in s.rules}
+                        if (fixed_verdict(s, n) or ("allow",))[0] != "allow")
         if denied:
             out.append(f"             denied: {' '.join(denied[:40])}{' ...' if len(denied) > 40 else ''}")
         fams: dict = {}

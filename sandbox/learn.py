@@ -56,11 +56,21 @@ SAFE_INFERRED_CAPS = frozenset({"CHOWN", "SETUID", "SETGID", "SETPCAP"})
 
 
 def learning_seccomp(s):
-    """BASE's seccomp plan with every non-allow decision turned into `notify` (observed)."""
-    # the default becomes notify, so every non-allow rule just falls to it (libseccomp
-    # refuses rules that restate the default action)
-    rules = tuple(r for r in s.rules if r.action in ("allow", "log"))
-    return replace(s, rules=rules, default_action="notify", default_errno=None, notify_denials=True)
+    """BASE's seccomp plan with every non-allow decision turned into `notify` (observed).
+    The default becomes notify, so a syscall's non-allow rules can just fall to it when its
+    rules are disjoint; rules kept in priority order (first match) keep their place, as notify."""
+    from policies.seccomp import disjoint
+    by_name: dict = {}
+    for r in s.rules:
+        by_name.setdefault(r.name, []).append(r)
+    rules = []
+    for name, rs in by_name.items():
+        if disjoint(rs):
+            rules.extend(r for r in rs if r.action in ("allow", "log"))
+        else:
+            rules.extend(r if r.action in ("allow", "log") else replace(r, action="notify", errno=None)
+                         for r in rs)
+    return replace(s, rules=tuple(rules), default_action="notify", default_errno=None, notify_denials=True)
 
 
 def observed_from(events: list) -> dict:

@@ -236,31 +236,6 @@ _NAMES = SyscallNames()
 
 # --- policy lookup -------------------------------------------------------------
 
-_M64 = 0xFFFFFFFFFFFFFFFF
-
-
-def _cond_ok(c, args) -> bool:
-    if c.index >= len(args):
-        return False
-    a, v = args[c.index] & _M64, c.value & _M64
-    op = c.op
-    if op == "eq":
-        return a == v
-    if op == "ne":
-        return a != v
-    if op == "lt":
-        return a < v
-    if op == "le":
-        return a <= v
-    if op == "gt":
-        return a > v
-    if op == "ge":
-        return a >= v
-    if op == "masked_eq":
-        return (a & (c.mask & _M64)) == v
-    return False
-
-
 @dataclass(frozen=True)
 class Decision:
     action: str                 # errno | kill
@@ -270,27 +245,18 @@ class Decision:
 
 
 def decide(seccomp_plan, name: Optional[str], args) -> Decision:
-    """The plan's verdict for a notified call. The filter only notifies calls the plan
-    denies, so an `allow`/`log` verdict here means plan and filter disagree: the call is
-    still denied (EPERM). A `trap` rule cannot be emulated: answered ENOSYS."""
+    """How the supervisor answers a notified call: the plan's verdict (policies.seccomp.rule_for,
+    the one decision) turned into an answer. The filter only notifies calls the plan denies, so
+    an `allow`/`log` verdict here means plan and filter disagree: the call is still denied
+    (EPERM). A `trap` rule cannot be emulated: answered ENOSYS."""
     if seccomp_plan is None:
         return Decision("errno", _errno.EPERM, "default", "unknown")
-    best = None
-    for r in getattr(seccomp_plan, "rules", ()):
-        if r.name != name:
-            continue
-        if all(_cond_ok(c, args) for c in r.args):
-            if r.action != "allow":
-                best = r
-                break
-            if best is None:
-                best = r
-    if best is None:
-        act = getattr(seccomp_plan, "default_action", "errno")
-        err = getattr(seccomp_plan, "default_errno", None)
-        rule = "default"
+    from policies.seccomp_verdict import rule_for
+    r = rule_for(seccomp_plan, name, args) if name is not None else None
+    if r is None:
+        act, err, rule = seccomp_plan.default_action, seccomp_plan.default_errno, "default"
     else:
-        act, err, rule = best.action, best.errno, best.name
+        act, err, rule = r.action, r.errno, r.name
     if act == "kill":
         return Decision("kill", None, rule, act)
     if act in ("errno", "notify"):
@@ -762,10 +728,9 @@ def plan_allows(s, name: str) -> bool:
 
 
 def _plan_allows(s, name: str) -> bool:
-    rules = [r for r in getattr(s, "rules", ()) if r.name == name]
-    if not rules:
-        return getattr(s, "default_action", "errno") in ("allow", "log")
-    return any(r.action in ("allow", "log") and not r.args for r in rules)
+    from policies.seccomp_verdict import fixed_verdict
+    v = fixed_verdict(s, name)
+    return v is not None and v[0] in ("allow", "log")
 
 
 class Supervision:

@@ -18,8 +18,10 @@ import zlib
 
 FORMAT = 5
 _POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
-_SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "syscalls.py", "docker_seccomp.py",
-              "units.py", "schema/profile.schema.json")
+# the policy code, and the BPF emitter (sandbox/seccomp.py) whose program the entry holds
+_SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "seccomp_verdict.py", "syscalls.py",
+              "docker_seccomp.py", "units.py", "schema/profile.schema.json",
+              os.path.join(os.pardir, "sandbox", "seccomp.py"))
 
 
 def cache_dir() -> str:

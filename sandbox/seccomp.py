@@ -1,21 +1,23 @@
-"""Seccomp: plan.Seccomp -> classic BPF bytes (libseccomp) -> kernel.
+"""Seccomp: plan.Seccomp -> classic BPF bytes (our own emitter) -> kernel.
 
-build_bpf() is the only place pysandbox uses libseccomp to generate a filter; its
-output is cacheable (deterministic for one plan and one libseccomp). install() loads
-those bytes through sandbox._sys.seccomp_load and never imports pyseccomp, so a
-cached launch pays nothing for libseccomp.
+build_bpf() emits the whole filter itself - no libseccomp - and its output is cacheable
+(deterministic for one plan). install() loads those bytes through sandbox._sys.seccomp_load.
 
-The filter covers the native architecture only; any other architecture (x86 32-bit
-int 0x80, x32 syscall numbers) is answered with KILL_PROCESS.
+The program, in the order the kernel runs it:
+  1. the architecture: anything but the native one (x86 32-bit int 0x80) -> KILL_PROCESS;
+  2. the syscall number: a binary search over ranges of numbers with one answer each; on
+     x86_64 the x32 numbers (0x40000000 and up, except -1) -> KILL_PROCESS, as libseccomp did;
+  3. a syscall with argument rules: its rules in the plan's order, the first whose conditions
+     all hold answers (policies.seccomp_verdict.rule_for: the plan's verdict), else the default.
+Each 64-bit comparison is two 32-bit ones (high word, then low word).
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable, Optional
 
 ENOSYS = 38
 
-# SECCOMP_RET_* values (for people reading the BPF) and the libseccomp op numbers.
+# SECCOMP_RET_* values
 RET_KILL_PROCESS = 0x80000000
 RET_KILL_THREAD = 0x00000000
 RET_TRAP = 0x00030000
@@ -23,7 +25,10 @@ RET_ERRNO = 0x00050000
 RET_USER_NOTIF = 0x7FC00000
 RET_LOG = 0x7FFC0000
 RET_ALLOW = 0x7FFF0000
-_OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+
+MAX_INSNS = 4096                 # BPF_MAXINSNS
+X32_SYSCALL_BIT = 0x40000000
+M32 = 0xFFFFFFFF
 
 
 def _act(action: str, errno: Optional[int]) -> int:
@@ -57,230 +62,248 @@ def needs_listener(s, *, notify_enosys: bool = False) -> bool:
     return any(_notified(r.action, r.errno, s.notify_denials, notify_enosys) for r in s.rules)
 
 
-def build_bpf(s, *, notify_enosys: bool = False, timeout: float = 20.0) -> bytes:
+# --- the emitter ------------------------------------------------------------------------------
+# classic BPF opcodes (linux/bpf_common.h)
+_LD_ABS = 0x20          # BPF_LD | BPF_W | BPF_ABS
+_AND_K = 0x54           # BPF_ALU | BPF_AND | BPF_K
+_JA = 0x05
+_JEQ, _JGT, _JGE = 0x15, 0x25, 0x35
+_RET_K = 0x06
+_OFF_NR, _OFF_ARCH, _OFF_ARGS = 0, 4, 16
+
+
+class _Asm:
+    """Instructions with symbolic jump targets (labels); assemble() lays them out, adding a
+    `ja` trampoline after a conditional jump whose target is more than 255 away."""
+
+    def __init__(self):
+        self.ins: list = []          # [code, k, jt_label, jf_label] or ("label", n)
+        self.n = 0
+
+    def label(self) -> int:
+        self.n += 1
+        return self.n
+
+    def place(self, label: int) -> None:
+        self.ins.append(("label", label))
+
+    def op(self, code: int, k: int = 0) -> None:
+        self.ins.append([code, k, None, None])
+
+    def jump(self, code: int, k: int, jt: int, jf: int) -> None:
+        self.ins.append([code, k, jt, jf])
+
+    def ja(self, target: int) -> None:
+        self.ins.append([_JA, 0, target, None])
+
+    def ret(self, value: int) -> None:
+        self.ins.append([_RET_K, value, None, None])
+
+    def assemble(self) -> bytes:
+        import struct
+        far: set = set()                 # (instruction index, side) that go through a trampoline
+        while True:
+            pos, where, i = {}, [], 0
+            for n, x in enumerate(self.ins):
+                if x[0] == "label":
+                    pos[x[1]] = i
+                    where.append(None)
+                    continue
+                where.append(i)
+                i += 1 + ((n, 0) in far) + ((n, 1) in far)
+            more = set()
+            for n, x in enumerate(self.ins):
+                if x[0] == "label" or x[0] == _JA or x[2] is None:
+                    continue
+                for side in (0, 1):
+                    if (n, side) not in far and pos[x[2 + side]] - where[n] - 1 > 255:
+                        more.add((n, side))
+            if not more:
+                break
+            far |= more
+        out = []
+        for n, x in enumerate(self.ins):
+            if x[0] == "label":
+                continue
+            code, k, jt, jf = x
+            at = where[n]
+            if code == _JA:
+                out.append(struct.pack("<HBBI", _JA, 0, 0, pos[jt] - at - 1))
+            elif jt is None:
+                out.append(struct.pack("<HBBI", code, 0, 0, k))
+            else:
+                tramp = [s for s in (0, 1) if (n, s) in far]
+                offs = []
+                for side, target in ((0, jt), (1, jf)):
+                    if (n, side) in far:
+                        offs.append(tramp.index(side))        # its trampoline, right after
+                    else:
+                        offs.append(pos[target] - at - 1)
+                out.append(struct.pack("<HBBI", code, offs[0], offs[1], k))
+                for j, side in enumerate(tramp):
+                    target = jt if side == 0 else jf
+                    out.append(struct.pack("<HBBI", _JA, 0, 0, pos[target] - (at + 1 + j) - 1))
+        return b"".join(out)
+
+
+def _emit_cond(a: _Asm, c, ok: int, fail: int) -> None:
+    """Jump to `ok` when the 64-bit comparison c holds for its argument, else to `fail`."""
+    lo, hi = _OFF_ARGS + 8 * c.index, _OFF_ARGS + 8 * c.index + 4
+    v = c.value
+    vh, vl = v >> 32, v & M32
+    if c.op == "masked_eq":
+        if v & ~c.mask:
+            a.ja(fail)                   # a value bit outside the mask: never equal
+            return
+        words = [(off, m, w) for off, m, w in ((hi, c.mask >> 32, vh), (lo, c.mask & M32, vl)) if m]
+        if not words:
+            a.ja(ok)
+            return
+        for j, (off, m, w) in enumerate(words):
+            nxt = ok if j == len(words) - 1 else a.label()
+            a.op(_LD_ABS, off)
+            if m != M32:
+                a.op(_AND_K, m)
+            a.jump(_JEQ, w, nxt, fail)
+            if nxt != ok:
+                a.place(nxt)
+        return
+    cont = a.label()
+    a.op(_LD_ABS, hi)
+    if c.op in ("eq", "ne"):
+        equal, unequal = (ok, fail) if c.op == "eq" else (fail, ok)
+        a.jump(_JEQ, vh, cont, unequal)
+        a.place(cont)
+        a.op(_LD_ABS, lo)
+        a.jump(_JEQ, vl, equal, unequal)
+        return
+    above, below = (ok, fail) if c.op in ("gt", "ge") else (fail, ok)
+    eqw = a.label()
+    a.jump(_JGT, vh, above, eqw)         # high word above: decided
+    a.place(eqw)
+    a.jump(_JEQ, vh, cont, below)        # high word below: decided
+    a.place(cont)
+    a.op(_LD_ABS, lo)
+    if c.op in ("gt", "le"):
+        a.jump(_JGT, vl, above, below)
+    else:                                # ge, lt: low word >= vl
+        a.jump(_JGE, vl, above, below)
+
+
+def _emit_rules(a: _Asm, rules, ret, default: int) -> None:
+    """One syscall's argument rules, first match in order, else the default."""
+    for r in rules:
+        nxt = a.label()
+        for c in r.args:
+            ok = a.label()
+            _emit_cond(a, c, ok, nxt)
+            a.place(ok)
+        a.ret(ret(r.action, r.errno))
+        a.place(nxt)
+    a.ret(default)
+
+
+def _ranges(leaves: dict, default: int, x32: bool) -> list:
+    """Syscall numbers 0..2^32-1 as [(first number, leaf)]: a leaf is ("ret", value) or
+    ("args", rules); neighbouring numbers with one return value share a range."""
+    cuts = dict(leaves)
+    if x32:
+        cuts[X32_SYSCALL_BIT] = ("ret", RET_KILL_PROCESS)
+        cuts[M32] = ("ret", default)                      # -1: as libseccomp, not killed
+    out: list = []
+    nxt = 0
+    for nr in sorted(cuts):
+        if x32 and X32_SYSCALL_BIT < nr < M32:
+            continue
+        if nr > nxt:
+            out.append((nxt, ("ret", default)))
+        out.append((nr, cuts[nr]))
+        nxt = (M32 if nr == X32_SYSCALL_BIT else nr + 1)
+    if nxt <= M32 and (not out or out[-1][0] != M32):
+        out.append((nxt, ("ret", default)))
+    merged: list = []
+    for first, leaf in out:
+        if merged and leaf[0] == "ret" and merged[-1][1] == leaf:
+            continue
+        merged.append((first, leaf))
+    return merged
+
+
+def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
     """Compile plan.Seccomp into a BPF program (bytes, 8 per instruction).
 
-    With s.notify_denials, errno rules (and an errno default) become
-    SECCOMP_RET_USER_NOTIF so a supervisor can record each denial and answer it with
-    the rule's errno (see Decider). ENOSYS answers - unlisted syscalls and feature
-    probes such as clone3 - stay plain errno unless notify_enosys is set: they are
-    compatibility answers, and glibc probes clone3 at every thread start.
-    Returns b"" when seccomp is disabled. Raises ValueError when libseccomp refuses.
-
-    libseccomp runs in a forked child: libseccomp 2.5.4 can loop forever on some mixes
-    of 64-bit masked comparisons, and a profile must never hang the launcher.
-    """
+    With s.notify_denials, errno rules (and an errno default) become SECCOMP_RET_USER_NOTIF so
+    a supervisor can record each denial and answer it with the rule's errno (sandbox/notify.py).
+    ENOSYS answers - unlisted syscalls and feature probes such as clone3 - stay plain errno
+    unless notify_enosys is set: they are compatibility answers, and glibc probes clone3 at
+    every thread start. Returns b"" when seccomp is disabled. Raises ValueError for a syscall
+    this machine has no number for, or a program over the kernel's 4096 instructions."""
     if not s.enabled:
         return b""
-    import pyseccomp  # noqa: F401  lazy: only on a cache miss; imported before the fork
-    import select
-    import signal
-    import time
-
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:                                   # child: build, write, exit
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out = b"B" + _build_bpf_here(s, notify_enosys)
-            except Exception as e:  # noqa: BLE001 - reported to the parent
-                out, code = b"E" + str(e).encode(errors="replace"), 1
-            view = memoryview(out)
-            while view:
-                n = os.write(w, view)
-                view = view[n:]
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                raise ValueError(f"seccomp: libseccomp did not finish building the filter in {timeout:g}s "
-                                 "(libseccomp 2.5 can loop on some 64-bit masked_eq combinations); "
-                                 "simplify the argument conditions")
-            b = os.read(r, 1 << 16)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        os.close(r)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:  # pragma: no cover - someone else reaped it
-            pass
-    out = b"".join(chunks)
-    if out[:1] == b"E":
-        raise ValueError(out[1:].decode(errors="replace"))
-    bpf = out[1:]
-    if out[:1] != b"B" or not bpf or len(bpf) % 8:
-        raise ValueError("seccomp: libseccomp produced no usable BPF program")
-    if len(bpf) // 8 > 4096:
-        raise ValueError(f"seccomp: the filter has {len(bpf) // 8} instructions, the kernel allows 4096")
-    return bpf
-
-
-def _build_bpf_here(s, notify_enosys: bool) -> bytes:
-    import pyseccomp
-
-    def act(action, errno):
-        if _notified(action, errno, s.notify_denials, notify_enosys):
-            return RET_USER_NOTIF
-        return _act(action, errno)
-
-    default = act(s.default_action, s.default_errno)
-    f = pyseccomp.SyscallFilter(default)
-    f.set_attr(pyseccomp.Attr.ACT_BADARCH, RET_KILL_PROCESS)
-    try:
-        f.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)     # binary tree over syscall numbers
-    except OSError:  # pragma: no cover - older libseccomp
-        pass
-    for r in s.rules:
-        if act(r.action, r.errno) == default:
-            continue                # libseccomp refuses rules that restate the default (EACCES)
-        args = [pyseccomp.Arg(c.index, _OPS[c.op], c.mask if c.op == "masked_eq" else c.value,
-                              c.value if c.op == "masked_eq" else 0) for c in r.args]
-        try:
-            f.add_rule_exactly(act(r.action, r.errno), r.name, *args)
-        except OSError as e:
-            raise ValueError(f"seccomp: libseccomp refused rule {r}: {e.strerror}") from None
-    fd = os.memfd_create("pysandbox-seccomp", os.MFD_CLOEXEC)
-    try:
-        with open(fd, "w+b", closefd=False) as fh:
-            f.export_bpf(fh)
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while True:
-            b = os.read(fd, 1 << 16)
-            if not b:
-                break
-            chunks.append(b)
-    finally:
-        os.close(fd)
-    bpf = b"".join(chunks)
-    verify_bpf(s, bpf, notify_enosys)
-    return bpf
-
-
-def _probe_values(conds) -> list[int]:
-    M64 = 0xFFFFFFFFFFFFFFFF
-    vals = {0, 1, M64}
-    for c in conds:
-        if c.op == "masked_eq":
-            m, v = c.mask, c.value
-            low = m & -m
-            vals.update({v, v | (~m & M64), (v ^ m) & M64, v ^ low, (v | (~m & M64)) ^ low})
-        else:
-            vals.update({c.value, (c.value - 1) & M64, (c.value + 1) & M64})
-    return sorted(vals)
-
-
-def _bpf_constants(prog) -> dict[int, set[int]]:
-    """Constants the program compares each 32-bit word of seccomp_data against
-    (offset of the word -> constants), from `ld [off]` followed by jumps."""
-    out: dict[int, set[int]] = {}
-    off = None
-    for code, _jt, _jf, k in prog:
-        cls = code & 0x07
-        if cls == 0x00 and code & 0xE0 == 0x20:
-            off = k
-        elif cls == 0x05 and code & 0xF0 and off is not None:
-            out.setdefault(off, set()).add(k)
-        elif cls == 0x04 and code & 0xF0 == 0x50 and off is not None:   # and-mask
-            out.setdefault(off, set()).add(k)
-    return out
-
-
-def _word_probes(consts: set[int], extra: Iterable[int]) -> list[int]:
-    M = 0xFFFFFFFF
-    vals = {0, 1, M, M - 1, 0x80000000, 0x7FFFFFFF}
-    for k in set(consts) | set(extra):
-        k &= M
-        vals.update({k, (k - 1) & M, (k + 1) & M, k ^ M})
-        low = k & -k
-        if low:
-            vals.update({k & ~low, k | (low >> 1)})
-    return sorted(vals)
-
-
-def _arg_probes(prog_consts: dict, conds, i: int) -> list[int]:
-    """Argument values at every boundary the plan or the program draws for argument i."""
-    M = 0xFFFFFFFF
-    lo_extra, hi_extra = set(), set()
-    for c in conds:
-        for v in (c.value, c.mask):
-            lo_extra.add(v & M)
-            hi_extra.add(v >> 32)
-    los = _word_probes(prog_consts.get(16 + 8 * i, set()), lo_extra)
-    his = _word_probes(prog_consts.get(20 + 8 * i, set()), hi_extra)
-    return [(h << 32) | lo for h in his for lo in los]
-
-
-def verify_bpf(s, bpf: bytes, notify_enosys: bool = False, limit: int = 200000) -> None:
-    """Check the generated program against the plan at the boundary values of every
-    argument condition (and every named syscall once). libseccomp 2.5 builds wrong
-    argument trees for some rule shapes; a wrong filter must never be loaded."""
-    import itertools
-    import random
-    import pyseccomp
-    from policies.seccomp import cond_matches
-
-    prog = decode_bpf(bpf)
-    consts = _bpf_constants(prog)
-
-    def expected(rules, args):
-        for r in rules:
-            if all(cond_matches(c, args[c.index]) for c in r.args):
-                return r.action, r.errno
-        return s.default_action, s.default_errno
+    from policies import syscalls as _names      # lazy: name -> number only on a cache miss
 
     def ret(action, errno):
         if _notified(action, errno, s.notify_denials, notify_enosys):
             return RET_USER_NOTIF
         return _act(action, errno)
 
-    by_name: dict[str, list] = {}
+    default = ret(s.default_action, s.default_errno)
+    native = native_audit_arch()
+    x32 = native == AUDIT_ARCH["x86_64"]
+    by_nr: dict[int, list] = {}
     for r in s.rules:
-        by_name.setdefault(r.name, []).append(r)
-    rng = random.Random(0)
-    budget = limit
-    for name, rules in sorted(by_name.items()):
-        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
-        idxs = sorted({c.index for r in rules for c in r.args})
-        conds = [[c for r in rules for c in r.args if c.index == i] for i in idxs]
+        nr = _names.resolve(r.name)
+        if nr is None or nr < 0 or (x32 and nr >= X32_SYSCALL_BIT):
+            raise ValueError(f"seccomp: no syscall number for {r.name!r} on this machine")
+        by_nr.setdefault(nr, []).append(r)
+    leaves = {}
+    for nr, rules in by_nr.items():
+        cut = next((i for i, r in enumerate(rules) if not r.args), None)
+        if cut is not None:
+            rules = rules[:cut + 1]              # after an unconditional rule nothing is reached
+        while rules and ret(rules[-1].action, rules[-1].errno) == default:
+            rules = rules[:-1]                   # answers what the default answers
+        if not rules:
+            continue
+        leaves[nr] = ("ret", ret(rules[0].action, rules[0].errno)) if not rules[0].args else ("args", rules)
+    ranges = _ranges(leaves, default, x32)
 
-        def combos_of(per, n):
-            total = 1
-            for p in per:
-                total *= len(p)
-            if total <= n:
-                return itertools.product(*per)
-            return (tuple(rng.choice(p) for p in per) for _ in range(n))
+    a = _Asm()
+    kill = a.label()
+    go = a.label()
+    a.op(_LD_ABS, _OFF_ARCH)
+    a.jump(_JEQ, native, go, kill)
+    a.place(go)
+    a.op(_LD_ABS, _OFF_NR)
+    blocks: list = []
 
-        # 1. every combination of the plan's own boundary values (x-1, x, x+1, mask variants);
-        # 2. the program's 32-bit word boundaries (exhaustive for one argument, sampled for more)
-        combos = itertools.chain(
-            combos_of([_probe_values(cs) for cs in conds], 30000),
-            combos_of([_arg_probes(consts, cs, i) for cs, i in zip(conds, idxs)], 4000))
-        for combo in combos:
-            args = [0] * 6
-            for i, v in zip(idxs, combo):
-                args[i] = v
-            want = ret(*expected(rules, args))
-            got = run_bpf(prog, nr, args)
-            if got != want:
-                shown = ", ".join(hex(a) for a in args[:max(idxs) + 1]) if idxs else ""
-                raise ValueError(f"seccomp: libseccomp built a wrong filter for {name}({shown}) "
-                                 f"(answers {got:#x}, the policy says {want:#x}); "
-                                 f"simplify the argument conditions of {name}")
-            budget -= 1
-            if budget <= 0:
-                return
+    def search(lo: int, hi: int) -> None:        # ranges[lo:hi], A = the syscall number
+        if hi - lo == 1:
+            leaf = ranges[lo][1]
+            if leaf[0] == "ret":
+                a.ret(leaf[1])
+            else:
+                target = a.label()
+                blocks.append((target, leaf[1]))
+                a.ja(target)
+            return
+        mid = (lo + hi) // 2
+        left, right = a.label(), a.label()
+        a.jump(_JGE, ranges[mid][0], right, left)
+        a.place(left)
+        search(lo, mid)
+        a.place(right)
+        search(mid, hi)
+    search(0, len(ranges))
+    for target, rules in blocks:
+        a.place(target)
+        _emit_rules(a, rules, ret, default)
+    a.place(kill)
+    a.ret(RET_KILL_PROCESS)
+    bpf = a.assemble()
+    if len(bpf) // 8 > MAX_INSNS:
+        raise ValueError(f"seccomp: the filter has {len(bpf) // 8} instructions, the kernel allows {MAX_INSNS}")
+    return bpf
 
 
 def install(bpf: bytes, *, listener: bool = False, log: bool = False) -> Optional[int]:
@@ -298,39 +321,6 @@ def install(bpf: bytes, *, listener: bool = False, log: bool = False) -> Optiona
         flags |= _sys.SECCOMP_FILTER_FLAG_LOG
     res = _sys.seccomp_load(bpf, flags)
     return res if listener else None
-
-
-class Decider:
-    """For a supervisor answering notifications: syscall number + args -> the
-    plan's (action, errno). Rules are disjoint, so the first match is the answer."""
-
-    def __init__(self, s):
-        import pyseccomp
-        self.seccomp = s
-        self.by_nr: dict[int, list] = {}
-        self.names: dict[int, str] = {}
-        for r in s.rules:
-            nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, r.name)
-            self.by_nr.setdefault(nr, []).append(r)
-            self.names[nr] = r.name
-
-    def name(self, nr: int) -> str:
-        if nr not in self.names:
-            import pyseccomp
-            try:
-                self.names[nr] = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
-            except ValueError:
-                self.names[nr] = f"syscall_{nr}"
-        return self.names[nr]
-
-    def decide(self, nr: int, args: Iterable[int]) -> tuple[str, Optional[int]]:
-        from policies.seccomp import cond_matches
-        s = self.seccomp
-        a = list(args) + [0] * 6
-        for r in self.by_nr.get(nr, ()):
-            if all(cond_matches(c, a[c.index]) for c in r.args):
-                return (r.action, r.errno)
-        return (s.default_action, s.default_errno)
 
 
 # --- a classic-BPF interpreter for seccomp programs ------------------------------

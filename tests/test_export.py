@@ -414,10 +414,11 @@ def test_shipped_profiles_export_valid(ref):
 def test_round_trip_import_of_export_compiles_to_the_same_filter(tmp_path):
     """import(export(P)) is the same filter as P: the same default, and the same decision for
     every syscall named by either side, probed at every rule's boundary values — both by the
-    policy (policies.seccomp.decide) and by the two compiled BPF programs (sandbox.seccomp.run_bpf).
+    policy (policies.seccomp_verdict.decide) and by the two compiled BPF programs (sandbox.seccomp.run_bpf).
     The re-import may cut an argument region into different but equivalent conditions, so the
     rule lists themselves are not compared."""
-    from policies.seccomp import compile_seccomp, decide
+    from policies.seccomp import compile_seccomp
+    from policies.seccomp_verdict import decide
     from policies.syscalls import resolve
     from sandbox.seccomp import build_bpf, run_bpf
 

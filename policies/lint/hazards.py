@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from .. import syscalls as _sc
-from ..seccomp import decide
+from ..seccomp_verdict import decide
 
 # Capabilities that let a process escape the sandbox or attack the kernel (why, severity).
 DANGEROUS_CAPS: dict[str, str] = {

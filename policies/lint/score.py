@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, field
 
 from .. import syscalls as _sc
-from ..seccomp import decide
+from ..seccomp_verdict import decide
 from . import hazards as H
 
 LEVELS = ((2.0, "OK"), (5.0, "MEDIUM"), (8.0, "EXPOSED"), (10.01, "UNSAFE"))

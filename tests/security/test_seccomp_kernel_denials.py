@@ -288,7 +288,7 @@ def test_foreign_abi_syscalls_kill_the_program(runner, tools, logdir, profile, m
 @pytest.mark.parametrize("profile", ["strict", "default"])
 def test_each_documented_denial_on_the_real_kernel(runner, tools, logdir, profile):
     from policies.compiler import compile_profile
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     plan = compile_profile(profile).plan.seccomp
     log = logdir / "audit.jsonl"
     r = runner("run", "--profile", profile, "--audit-log", str(log), "-v", f"{tools}:/probe:ro", "--",

@@ -175,7 +175,7 @@ def test_af_packet_only_with_net_raw(runner, profile, opts, allowed):
 
 def test_default_blocks_dockers_families_the_cve_ones_and_high_bits(runner):
     from policies.compiler import compile_profile
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     docker = compile_profile("docker-default").plan.seccomp
     docker_blocks = {name for name, fam in FAMILIES.items() if decide(docker, "socket", [fam, 1, 0])[0] != "allow"}
     assert {"AF_ALG", "AF_VSOCK"} <= docker_blocks                  # what Docker's current JSON blocks
@@ -220,7 +220,7 @@ def test_extending_the_allow_list_and_socket_rules_in_a_derived_profile(runner, 
     # AF_CAN passes the filter: whatever the kernel answers is not the filter's EAFNOSUPPORT...
     # unless this kernel has no CAN, which also answers EAFNOSUPPORT: tell them apart by the plan
     from policies.compiler import compile_profile
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     s = compile_profile(prof).plan.seccomp
     assert decide(s, "socket", [29, 3, 1]) == ("allow", None)
     explain = runner("explain", "--profile", prof)
@@ -253,7 +253,7 @@ def _plan(profile, **ov):
 
 @pytest.mark.parametrize("profile", ["strict", "default"])
 def test_plan_and_bpf_agree_on_every_family_protocol_and_high_bit_value(profile):
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     from sandbox.seccomp import RET_ALLOW, RET_ERRNO, RET_USER_NOTIF, build_bpf, run_bpf
     s = _plan(profile)
     bpf = build_bpf(s)
@@ -277,7 +277,7 @@ def test_plan_and_bpf_agree_on_every_family_protocol_and_high_bit_value(profile)
 
 
 def test_capability_decides_af_packet_in_both_list_kinds():
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     assert decide(_plan("strict"), "socket", [17, 3, 0]) == ("errno", EAFNOSUPPORT)
     assert decide(_plan("strict", cap_add=("NET_RAW",)), "socket", [17, 3, 0]) == ("allow", None)
     assert decide(_plan("default"), "socket", [17, 3, 0]) == ("allow", None)
@@ -288,7 +288,7 @@ def test_capability_decides_af_packet_in_both_list_kinds():
 
 
 def test_socket_families_null_drops_the_list(tmp_profile):
-    from policies.seccomp import decide
+    from policies.seccomp_verdict import decide
     prof = tmp_profile("version: 1\nextends: strict\nseccomp:\n  socket_families: null\n", name="sf-null.yaml")
     s = _plan(prof)
     assert decide(s, "socket", [38, 5, 0]) == ("allow", None)     # strict's @system-service allows socket

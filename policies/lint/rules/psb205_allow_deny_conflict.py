@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ... import syscalls as _sc
-from ...seccomp import decide
+from ...seccomp_verdict import decide
 from ..context import Ctx
 from ..model import Rule
 
