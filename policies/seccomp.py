@@ -848,7 +848,7 @@ def socket_family_rules(ctx: "_Ctx", section, caps: frozenset) -> list[tuple]:
                         ctx.fail(f"seccomp: {e}", *p, "protocols", j)
             if item.get("capability") is not None:
                 c = item["capability"]
-                from .compiler import CAPABILITIES
+                from .plan import CAPABILITIES
                 if not isinstance(c, str) or _sc.cap_name(c) not in CAPABILITIES:
                     ctx.fail(f"seccomp: unknown capability {c!r}", *p, "capability")
                 cap = _sc.cap_name(c)
