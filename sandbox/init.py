@@ -29,6 +29,7 @@ import termios
 import prctl
 
 from . import _sys, capabilities, idmap, rootfs
+from .launch import wire
 from . import netlo                        # lo up in PID 1 (sandbox.network stays off the launch path)
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from . import seccomp as _seccomp
@@ -117,7 +118,7 @@ def pid1_main(ctx) -> None:
     plan = ctx.plan
     creds = credential_steps(plan, ctx.rootless)
     pid1_core(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
-              plan.namespaces.time, bool(getattr(ctx, "seccomp_log", False)), creds,
+              plan.namespaces.time, ctx.seccomp_log, creds,
               lambda err_w: _program(ctx, err_w),
               inline=lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False))
 
@@ -371,50 +372,25 @@ def _in_thread(fn) -> None:
         raise out[0]
 
 
-_PARAMS_FLAGS = {"new_session": 1, "set_ids": 2, "setgroups": 4, "nnp": 8, "listener": 16, "log": 32,
-                 "cgroupns": 64, "gid0": 128, "groups0": 256, "uid0": 512, "landlock": 1024}
-
-
 def program_params(ctx, creds: tuple) -> bytes:
     """The program's last steps (_exec_program's, less what PID 1 did already) as pysandbox-init's
-    spawn mode reads them: little-endian u32/i64 and u32-length-prefixed strings, see pid1.c."""
+    spawn mode reads them: a launch message of one PROGRAM section (sandbox/launch/wire.py)."""
     plan = ctx.plan
-    uid, gid = plan.user.uid, plan.user.gid
-    fl = _PARAMS_FLAGS
-    flags = ((fl["new_session"] if plan.process.new_session else 0)
-             | (fl["set_ids"] if plan.namespaces.user or not ctx.rootless else 0)
-             | (fl["setgroups"] if setgroups_allowed(plan, ctx.rootless) else 0)
-             | (fl["nnp"] if plan.no_new_privs else 0)
-             | (fl["listener"] if ctx.notify_sock is not None else 0)
-             | (fl["log"] if getattr(ctx, "seccomp_log", False) else 0)
-             | (fl["cgroupns"] if plan.namespaces.cgroup else 0)
-             | (fl["gid0"] if creds[0] else 0) | (fl["groups0"] if creds[1] else 0) | (fl["uid0"] if creds[2] else 0)
-             | (fl["landlock"] if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI else 0))
+    flags = ((wire.P_NEW_SESSION if plan.process.new_session else 0)
+             | (wire.P_SET_IDS if plan.namespaces.user or not ctx.rootless else 0)
+             | (wire.P_SETGROUPS if setgroups_allowed(plan, ctx.rootless) else 0)
+             | (wire.P_NNP if plan.no_new_privs else 0)
+             | (wire.P_LISTENER if ctx.notify_sock is not None else 0)
+             | (wire.P_LOG if ctx.seccomp_log else 0)
+             | (wire.P_CGROUPNS if plan.namespaces.cgroup else 0)
+             | (wire.P_GID0 if creds[0] else 0) | (wire.P_GROUPS0 if creds[1] else 0)
+             | (wire.P_UID0 if creds[2] else 0)
+             | (wire.P_LANDLOCK if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI else 0))
     groups = list(plan.user.groups) if setgroups_allowed(plan, ctx.rootless) else []
-
-    def text(v) -> bytes:
-        b = os.fsencode(v) if not isinstance(v, bytes) else v
-        if b"\0" in b:                          # (os.execvpe refuses them too)
-            raise ValueError(f"embedded null byte in {v!r}")
-        return struct.pack("<I", len(b)) + b
-
-    def blob(b: bytes) -> bytes:
-        return struct.pack("<I", len(b)) + b
-    out = [struct.pack("<4I", flags, uid, gid, len(groups)), struct.pack(f"<{len(groups)}I", *groups),
-           struct.pack("<I", len(plan.process.rlimits))]
-    for r in plan.process.rlimits:
-        out += [struct.pack("<Iqq", RLIMIT_IDS[r.name], r.soft, r.hard), text(r.name)]
-    keep = 0
-    for c in capabilities.numbers(plan.capabilities):
-        keep |= 1 << c
-    bpf = ctx.bpf or b""
-    out += [text(plan.process.cwd), struct.pack("<Q", keep), blob(bpf), struct.pack("<I", len(ctx.argv))]
-    out += [text(a) for a in ctx.argv]
-    if any("=" in k for k in ctx.env):
-        raise ValueError("an environment variable's name contains '='")
-    env = [f"{k}={v}" for k, v in ctx.env.items()]
-    out += [struct.pack("<I", len(env))] + [text(e) for e in env]
-    return b"".join(out)
+    return wire.encode_program(flags, plan.user.uid, plan.user.gid, groups,
+                               [(RLIMIT_IDS[r.name], r.soft, r.hard, r.name) for r in plan.process.rlimits],
+                               plan.process.cwd, capabilities.mask(plan.capabilities), ctx.bpf or b"",
+                               ctx.argv, ctx.env)
 
 
 def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd, program_pid) -> None:
@@ -430,7 +406,7 @@ def _exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd
         while done < len(blob):
             done += os.write(pfd, blob[done:])
         fd_of = lambda sock: sock.fileno() if sock is not None else -1     # noqa: E731
-        notify, console = fd_of(ctx.notify_sock), fd_of(getattr(ctx, "console", None))
+        notify, console = fd_of(ctx.notify_sock), fd_of(ctx.console)
         cg = cg_v2_fd if cg_v2_fd is not None else -1
         _sys.close_all_but((status_w, init, pfd, cg, notify, console))
         for fd in (status_w, pfd, cg, notify, console):
@@ -540,9 +516,9 @@ def _build_root(plan, ctx, rootless: bool) -> None:
     fds = rootfs.prepare(plan, has_netns=plan.namespaces.net, has_pidns=plan.namespaces.pid,
                          resolv_conf=plan.network.mode != "none", rootless=rootless,
                          **({} if ctx is None else
-                            {"hosts_text": ctx.hosts_text, "hosts_file": getattr(ctx, "hosts_file", None),
+                            {"hosts_text": ctx.hosts_text, "hosts_file": ctx.hosts_file,
                              "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs,
-                             "bind_srcs": getattr(ctx, "bind_srcs", ()),
+                             "bind_srcs": ctx.bind_srcs,
                              "sys_admin": "SYS_ADMIN" in plan.capabilities}))
     rootfs.pivot(plan)
     rootfs.finish(plan, fds)
@@ -608,8 +584,8 @@ def _exec_program(ctx, err_w: int) -> None:
         # the set-up is done: keep only what the last steps use (else the descriptors inherited
         # from a busy supervisor could exceed the program's RLIMIT_NOFILE before it even starts)
         _sys.close_all_but((err_w, _PROGRAM_GO[0], ctx.notify_sock.fileno() if ctx.notify_sock is not None else None,
-                        ctx.console.fileno() if getattr(ctx, "console", None) is not None else None))
-        if getattr(ctx, "console", None) is not None:
+                        ctx.console.fileno() if ctx.console is not None else None))
+        if ctx.console is not None:
             stage = "tty"
             _console(ctx.console)                # run -t: a pty of the sandbox's devpts, our terminal
         elif plan.process.new_session:
@@ -657,7 +633,7 @@ def _exec_program(ctx, err_w: int) -> None:
         stage = "seccomp"
         if ctx.bpf:
             listener = _seccomp.install(ctx.bpf, listener=ctx.notify_sock is not None,
-                                       log=getattr(ctx, "seccomp_log", False))
+                                       log=ctx.seccomp_log)
             if ctx.notify_sock is not None and listener:
                 socket.send_fds(ctx.notify_sock, [b"L"], [listener])
                 os.close(listener)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from . import _sys, idmap
 from .init import init_image, pid1_main, read_to_end
+from .launch.wire import LaunchContext
 
 EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
@@ -74,33 +75,6 @@ class Result:
     duration: float = 0.0
     sandbox_id: str = ""
     events: list = field(default_factory=list)
-
-
-@dataclass
-class _Ctx:
-    """What PID 1 needs, handed over by fork."""
-    plan: object
-    argv: tuple
-    env: dict
-    bpf: Optional[bytes]
-    rootless: bool
-    go_r: int
-    go_w: int
-    status_r: int
-    status_w: int
-    hosts_text: Optional[str] = None
-    hosts_file: Optional[str] = None      # private network: live hosts file, bind-mounted read-only
-    image_root: object = None
-    volume_dirs: dict = field(default_factory=dict)
-    # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for
-    # other mounts): (fd, is_dir, is_tree) — as root a detached tree (open_tree in the host's mount
-    # namespace), rootless an O_PATH descriptor (open_bind_sources)
-    bind_srcs: tuple = ()
-    notify_sock: object = None
-    stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
-    cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
-    cg_v2_fd: Optional[int] = None        # cgroup2 leaf: PID 1 forks the program into it (CLONE_INTO_CGROUP)
-    nofile: Optional[tuple] = None        # RLIMIT_NOFILE for PID 1, when the supervisor raised its own
 
 
 def build_env(plan) -> dict:
@@ -266,7 +240,7 @@ class Launch:
             env = build_env(plan)
             self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
             go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
-            ctx = self.ctx = _Ctx(plan, self.argv, env, bpf if plan.seccomp.enabled else None, rootless,
+            ctx = self.ctx = LaunchContext(plan, self.argv, env, bpf if plan.seccomp.enabled else None, rootless,
                                   go_r, self._go_w, self._status_r, status_w)
             ctx.nofile = CHILD_NOFILE
             try:
@@ -481,8 +455,8 @@ class Launch:
                 except OSError:
                     pass
         self._status_r = self._go_w = -1
-        for fd in (*(getattr(ctx, "cg_fds", ()) or ()), *(() if getattr(ctx, "cg_v2_fd", None) is None
-                                                          else (ctx.cg_v2_fd,))):
+        for fd in (*(ctx.cg_fds if ctx is not None else ()),
+                   *(() if ctx is None or ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
             os.close(fd)
         if self.cg is not None:
             try:

@@ -240,7 +240,17 @@ static int pid1_seccomp(void)                   /* needs no_new_privs (drop_priv
  * is checked against); what is left for the program's process is its root identity, its cgroup
  * namespace, and what init._exec_program does, in the same order, with the
  * same error reports ("<errno> <stage> <text>" on its error pipe, exit 126/127; "SETUP <text>" for a
- * set-up step): the parameters come from init.program_params, as one blob on PARAM_FD. */
+ * set-up step): the parameters come from init.program_params, as one launch message on PARAM_FD
+ * (sandbox/launch/wire.py, which documents the layout; version WIRE_VERSION):
+ *
+ *   header   magic "PSBW" | version u16 | count u16 | length u32 (the whole message)
+ *   section  tag u16 | reserved u16 | length u32 | payload        (little-endian throughout)
+ *
+ * Only the PROGRAM section (tag 2) is read here: flags u32 (P_*), uid u32, gid u32, ngroups u32,
+ * groups u32[ngroups], nrlimits u32, (resource u32, soft i64, hard i64, name str)[nrlimits], cwd str,
+ * capabilities kept u64, bpf (u32 length, bytes), argc u32, argv str[argc], envc u32,
+ * env str[envc]; str = u32 length + bytes. Another magic or version, a section beyond the message,
+ * an unknown tag, or no PROGRAM section: the program does not start (SETUP, exit 125). */
 
 struct blob { const unsigned char *p; size_t left; int bad; };
 
@@ -269,6 +279,44 @@ static char *take_str(struct blob *b)           /* length-prefixed, returned NUL
     out[n] = 0;
     b->p += n; b->left -= n;
     return out;
+}
+
+#define WIRE_VERSION 1
+enum { WIRE_HEADER = 12, WIRE_SECTION = 8, WIRE_MAX_SECTIONS = 8, WIRE_TAG_MAX = 5, WIRE_PROGRAM = 2 };
+
+/* the PROGRAM section of a launch message (see above); 0 when there is none or the message is bad */
+static int wire_program(const unsigned char *buf, size_t len, struct blob *out)
+{
+    uint16_t version, count;
+    uint32_t total;
+    if (len < WIRE_HEADER || memcmp(buf, "PSBW", 4))
+        return 0;
+    memcpy(&version, buf + 4, 2);
+    memcpy(&count, buf + 6, 2);
+    memcpy(&total, buf + 8, 4);
+    if (version != WIRE_VERSION || count > WIRE_MAX_SECTIONS || total != len)
+        return 0;
+    size_t at = WIRE_HEADER;
+    unsigned seen = 0;
+    int found = 0;
+    for (unsigned i = 0; i < count; i++) {
+        uint16_t tag;
+        uint32_t n;
+        if (len - at < WIRE_SECTION)
+            return 0;
+        memcpy(&tag, buf + at, 2);
+        memcpy(&n, buf + at + 4, 4);
+        at += WIRE_SECTION;
+        if (tag < 1 || tag > WIRE_TAG_MAX || seen & (1u << tag) || n > len - at)
+            return 0;
+        seen |= 1u << tag;
+        if (tag == WIRE_PROGRAM) {
+            *out = (struct blob){buf + at, n, 0};
+            found = 1;
+        }
+        at += n;
+    }
+    return found && at == len;
 }
 
 enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
@@ -429,7 +477,11 @@ static void exec_search(char **argv, char **envp)
 
 static void program(const unsigned char *buf, size_t len, int go_r, int notify, int cons)
 {
-    struct blob b = {buf, len, 0};
+    struct blob b = {buf, 0, 1};
+    if (!wire_program(buf, len, &b)) {
+        errno = EPROTO;
+        setup_fail("the program's parameters: not a launch message of this version");
+    }
     uint32_t flags = take_u32(&b), uid = take_u32(&b), gid = take_u32(&b), ngroups = take_u32(&b);
     gid_t *groups = ngroups <= 65536 ? calloc((size_t)ngroups + 1, sizeof(gid_t)) : NULL;
     if (!groups)
