@@ -16,7 +16,7 @@ import time
 import click
 
 from . import completion as _complete
-from . import lifecycle, state
+from . import lifecycle, recorded, state
 from .state import StateError
 
 
@@ -99,7 +99,7 @@ def logs_cmd(name, follow):
 def top_cmd(name, as_json):
     """The processes of a running sandbox (host pid, pid inside, state, RSS, CPU time, command)."""
     try:
-        _n, st, status = lifecycle.load(name)
+        _n, st, status = recorded.load(name)
     except StateError as e:
         return _report(e)
     if status not in ("running", "paused"):
@@ -140,7 +140,7 @@ def stats_cmd(names, no_stream, as_json, interval):
     def sample() -> list:
         rows = []
         for n in names:
-            name, st, status = lifecycle.load(n)
+            name, st, status = recorded.load(n)
             live = status in ("running", "paused")
             s = lifecycle.cgroup_stats(st) if live else {}
             procs = lifecycle.processes(st) if live else []

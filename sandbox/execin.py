@@ -48,7 +48,7 @@ import tty as _tty
 
 import prctl
 
-from . import _sys, capabilities, state
+from . import _sys, capabilities, recorded, state
 from . import notify as _notify
 from . import seccomp as _seccomp
 from .state import StateError
@@ -93,8 +93,7 @@ def _env(plan: dict, extra) -> dict:
 
 
 def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) -> int:
-    from . import lifecycle
-    name, st, status = lifecycle.load(ref)
+    name, st, status = recorded.load(ref)
     if status == "paused":                       # joining a frozen cgroup would hang (Docker refuses too)
         raise StateError(f"{name} is paused: unpause it before exec (pysandbox unpause {name})")
     if status != "running":
@@ -129,7 +128,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
         if nbpf:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                s.connect(str(state.sandbox_dir(name) / lifecycle.EXEC_AUDIT_SOCKET))
+                s.connect(str(state.sandbox_dir(name) / recorded.EXEC_AUDIT_SOCKET))
                 audit_sock, bpf = s, nbpf
             except OSError as e:
                 s.close()

@@ -38,6 +38,7 @@ from typing import Optional
 
 from . import _sys
 from . import state
+from .recorded import EXEC_AUDIT_SOCKET, load, status_of
 from .state import StateError
 
 NS_TYPES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time")
@@ -245,7 +246,6 @@ def _notify_bpf(plan, bpf) -> bytes:
         sup.stop()
 
 
-EXEC_AUDIT_SOCKET = "audit.sock"
 
 
 class _ExecAudit:
@@ -513,22 +513,6 @@ def _execed(prog: int) -> bool:
 
 # --- status ---------------------------------------------------------------------------
 
-def status_of(st: dict, name: str) -> str:
-    s = st.get("status")
-    if s in ("running", "starting", "created"):
-        if not state.is_alive(name):
-            return "dead"
-        if s == "running" and st.get("cgroups") and _frozen(st):
-            return "paused"                       # read from the kernel's freezer, never stored
-        return s
-    return s or "unknown"
-
-
-def _frozen(st: dict) -> bool:
-    from . import cgroups
-    return cgroups.is_frozen(st.get("cgroups"), st.get("id") or "")
-
-
 # --- pause / unpause (the cgroup freezer: v1 freezer.state, cgroup2 cgroup.freeze) ----------
 
 def _set_frozen(ref: str, frozen: bool) -> str:
@@ -557,12 +541,6 @@ def _thaw(st: dict) -> None:
     from . import cgroups
     with contextlib.suppress(cgroups.CgroupError):
         cgroups.set_frozen(st.get("cgroups"), st.get("id") or "", False)
-
-
-def load(ref: str) -> tuple[str, dict, str]:
-    name = state.resolve(ref)
-    st = state.read(name)
-    return name, st, status_of(st, name)
 
 
 def listing(all_: bool = False) -> list[dict]:
