@@ -145,7 +145,7 @@ class _Poller:
 # nothing but clone PID 1s on request (one small message each way). The clone uses CLONE_PARENT:
 # PID 1 is the server's own child all the same (pidfd, waitpid, PDEATHSIG as before). PID 1 then
 # receives its context and descriptors from the server over a socket of its own and runs
-# sandbox.init.pid1_core (through _pid1_entry).
+# sandbox.launch.sequence.pid1 (through _pid1_entry).
 
 CLONE_PARENT = 0x00008000
 KEY_LEN = 32
@@ -328,7 +328,7 @@ def _template_loop(sock) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)               # dies with the server
     _quiet_threading_fork_hook()
     import errno
-    from . import launcher
+    from . import idmap, launcher
     rootless = os.geteuid() != 0
     # spares: (flags, key of the plan whose root it built or None) -> (pid, flags, our end of its
     # socket, keys it has, that key, when it was made), oldest first; at most SPARES of them
@@ -358,7 +358,7 @@ def _template_loop(sock) -> None:
         if plan is not None:
             try:                                      # as Launch.start would (it then does not)
                 if plan.namespaces.user:
-                    launcher._write_maps(pid, plan, rootless)
+                    idmap.write_maps(pid, plan, rootless)
                 mine.send(b"B")                       # build now
             except Exception:  # noqa: BLE001 - not built: it ends on EOF, the server reaps it
                 mine.close()
@@ -440,7 +440,7 @@ def _quiet_threading_fork_hook() -> None:
 def _pid1_entry(chan_fd: int, build=None) -> None:
     """In a new PID 1 (cloned ahead or on demand): wait for its context (a launch message,
     sandbox/launch/wire.py: the fixed PID1 part first, with the descriptors, then the rest, kept
-    encoded), then become PID 1 proper with init.pid1_core. The rest is decoded — and its
+    encoded), then become PID 1 proper with sequence.pid1. The rest is decoded — and its
     descriptors put at the numbers it names — only where it is used (_inline_from, _program_from). Any failure
     or the server going away: exit (the server reports it).
     build (plan, rootless): a spare that builds the plan's root file system ahead, once the
@@ -478,16 +478,16 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
         consumed = {go_r, *range(cg_first, cg_first + cg_count)}     # closed by PID 1 before the fork
     except BaseException:  # noqa: BLE001
         os._exit(1)
-    from .init import pid1_core
+    from .launch import sequence
     built = bool(flags & wire.F_BUILT)
-    pid1_core(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
-              (soft, hard) if flags & wire.F_NOFILE else None,
-              tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
-              bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
-              (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
-              lambda err_w: _program_from(buf, fds, consumed, err_w, built),
-              2 if built else None,                 # (the builder had pid 2)
-              inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
+    sequence.pid1(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
+                  (soft, hard) if flags & wire.F_NOFILE else None,
+                  tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
+                  bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
+                  (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
+                  lambda err_w, prog_go_r: _program_from(buf, fds, consumed, err_w, prog_go_r, built),
+                  2 if built else None,                 # (the builder had pid 2)
+                  inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
 
 
 def _build(plan, rootless: bool) -> bool:
@@ -544,28 +544,24 @@ def _take_ctx(buf, fds: list, consumed: set, keep: list) -> tuple:
 
 
 def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, built: bool):
-    """init.pid1_core's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
+    """sequence.pid1's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
     kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs)."""
     from . import init
-    ctx, (init._INIT[1],), wanted = _take_ctx(buf, fds, consumed, [init._INIT[1]])
+    ctx, (image,), wanted = _take_ctx(buf, fds, consumed, [init.image_fd()])
+    init.move_image_fd(image)
     return ctx, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built
 
 
-def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False) -> None:
+def _program_from(buf, fds: list, consumed: set, err_w: int, go_r: int, built: bool = False) -> None:
     """In the program's process (forked by PID 1): the context, its descriptors at the numbers it
-    names, then init._program. Never returns."""
-    from .init import _PROGRAM_GO as go
+    names, then sequence.program. Never returns."""
     try:
-        keep = [err_w] + ([go[0]] if go[0] is not None else [])    # (PID 1's release, init._exec_program)
-        ctx, kept, _ = _take_ctx(buf, fds, consumed, keep)
-        err_w = kept[0]
-        if go[0] is not None:
-            go[0] = kept[1]
+        ctx, (err_w, go_r), _ = _take_ctx(buf, fds, consumed, [err_w, go_r])   # (PID 1's release: go_r)
     except BaseException as e:  # noqa: BLE001
         os.write(err_w, f"SETUP cannot take the sandbox's context: {type(e).__name__}: {e}".encode())
         os._exit(125)
-    from .init import _program
-    _program(ctx, err_w, built)
+    from .launch import sequence
+    sequence.program(ctx, err_w, go_r, built)
 
 
 def serve(ctl_fd: int) -> None:

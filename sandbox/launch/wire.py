@@ -325,19 +325,54 @@ def _str(v) -> bytes:
     return struct.pack("<I", len(b)) + b
 
 
-def encode_program(flags: int, uid: int, gid: int, groups, rlimits, cwd: str, keep: int, bpf: bytes,
-                   argv, env: dict) -> bytes:
-    """rlimits: (resource number, soft, hard, name) each. -> a message of one PROGRAM section."""
-    groups, rlimits = list(groups), list(rlimits)
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+    """The program's last steps as data (sequence.last_steps; pid1.c `program` reads the same as
+    a PROGRAM section): flags, then the values. rlimits: (resource number, soft, hard, name) each;
+    keep: the capabilities kept, a mask."""
+    new_session: bool
+    set_ids: bool              # change uid/gid (a user namespace, or root)
+    setgroups: bool            # setgroups(groups) allowed
+    nnp: bool
+    listener: bool             # a seccomp listener to hand to the audit supervisor
+    log: bool                  # SECCOMP_FILTER_FLAG_LOG
+    cgroupns: bool             # (C: unshare the cgroup namespace; the Python copy did that before)
+    gid0: bool                 # (C: the sandbox's root identity first: init.credential_steps)
+    groups0: bool
+    uid0: bool
+    landlock: bool             # Landlock scoping available: the program confines itself
+    uid: int
+    gid: int
+    groups: tuple
+    rlimits: tuple
+    cwd: str
+    keep: int
+    bpf: bytes
+    argv: tuple
+    env: dict
+
+
+_P_FLAGS = (("new_session", P_NEW_SESSION), ("set_ids", P_SET_IDS), ("setgroups", P_SETGROUPS),
+            ("nnp", P_NNP), ("listener", P_LISTENER), ("log", P_LOG), ("cgroupns", P_CGROUPNS),
+            ("gid0", P_GID0), ("groups0", P_GROUPS0), ("uid0", P_UID0), ("landlock", P_LANDLOCK))
+
+
+def encode_program(spec: ProgramSpec) -> bytes:
+    """-> a message of one PROGRAM section (pysandbox-init's spawn mode reads it)."""
+    flags = 0
+    for name, bit in _P_FLAGS:
+        if getattr(spec, name):
+            flags |= bit
+    groups, rlimits, bpf, env = list(spec.groups), list(spec.rlimits), spec.bpf, spec.env
     if len(groups) > MAX_GROUPS or len(rlimits) > MAX_RLIMITS or len(bpf) % 8:
         raise WireError("the program's parameters are beyond their limits")
     if any("=" in k for k in env):
         raise ValueError("an environment variable's name contains '='")
-    out = [struct.pack("<4I", flags, uid, gid, len(groups)), struct.pack(f"<{len(groups)}I", *groups),
+    out = [struct.pack("<4I", flags, spec.uid, spec.gid, len(groups)), struct.pack(f"<{len(groups)}I", *groups),
            struct.pack("<I", len(rlimits))]
     for rid, soft, hard, name in rlimits:
         out += [struct.pack("<Iqq", rid, soft, hard), _str(name)]
-    out += [_str(cwd), struct.pack("<QI", keep, len(bpf)), bpf, struct.pack("<I", len(argv))]
-    out += [_str(a) for a in argv]
+    out += [_str(spec.cwd), struct.pack("<QI", spec.keep, len(bpf)), bpf, struct.pack("<I", len(spec.argv))]
+    out += [_str(a) for a in spec.argv]
     out += [struct.pack("<I", len(env))] + [_str(f"{k}={v}") for k, v in env.items()]
     return encode([(T_PROGRAM, b"".join(out))])

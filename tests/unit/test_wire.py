@@ -92,15 +92,22 @@ def test_only_the_launch_classes_are_built():
         wire.decode_plan(wire.encode([(wire.T_PLAN, wire.value({"d": 1}))]))
 
 
+def _spec(**kw):
+    base = dict(new_session=False, set_ids=False, setgroups=False, nnp=False, listener=False, log=False,
+                cgroupns=False, gid0=False, groups0=False, uid0=False, landlock=False, uid=0, gid=0, groups=(),
+                rlimits=(), cwd="/", keep=0, bpf=b"", argv=("a",), env={})
+    return wire.ProgramSpec(**{**base, **kw})
+
+
 def test_program_section_layout():
-    data = wire.encode_program(wire.P_NNP, 1, 2, [7], [(7, 10, -1, "nofile")], "/", 1 << 3, b"\0" * 8,
-                               ["sh"], {"A": "b"})
+    data = wire.encode_program(_spec(nnp=True, uid=1, gid=2, groups=(7,), rlimits=((7, 10, -1, "nofile"),),
+                                     keep=1 << 3, bpf=b"\0" * 8, argv=("sh",), env={"A": "b"}))
     s = wire.decode(data)
     assert list(s) == [wire.T_PROGRAM]
     p = bytes(s[wire.T_PROGRAM])
     assert p[:20] == struct.pack("<5I", wire.P_NNP, 1, 2, 1, 7)
     assert p.endswith(struct.pack("<I", 1) + struct.pack("<I", 3) + b"A=b")
     with pytest.raises(ValueError):
-        wire.encode_program(0, 0, 0, [], [], "/", 0, b"", ["a\0b"], {})
+        wire.encode_program(_spec(argv=("a\0b",)))
     with pytest.raises(wire.WireError):
-        wire.encode_program(0, 0, 0, [], [], "/", 0, b"\0" * 3, ["a"], {})
+        wire.encode_program(_spec(bpf=b"\0" * 3))
