@@ -282,7 +282,7 @@ static char *take_str(struct blob *b)           /* length-prefixed, returned NUL
 }
 
 #define WIRE_VERSION 1
-enum { WIRE_HEADER = 12, WIRE_SECTION = 8, WIRE_MAX_SECTIONS = 8, WIRE_TAG_MAX = 5, WIRE_PROGRAM = 2 };
+enum { WIRE_HEADER = 12, WIRE_SECTION = 8, WIRE_MAX_SECTIONS = 8, WIRE_TAG_MAX = 6, WIRE_PROGRAM = 2 };
 
 /* the PROGRAM section of a launch message (see above); 0 when there is none or the message is bad */
 static int wire_program(const unsigned char *buf, size_t len, struct blob *out)

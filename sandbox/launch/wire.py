@@ -25,6 +25,8 @@ Layout (every integer little-endian):
   tag 3 RUN      the run's context (LaunchContext with descriptors by number), a value
   tag 4 PLAN     a compiled plan (policies.plan.Plan), a value
   tag 5 REQUEST  a launch request of the API to its launch server (dict), a value
+  tag 6 BPF      the run's seccomp filter (LaunchContext.bpf), raw (struct sock_filter, a
+                 multiple of 8 bytes): kept out of RUN, whose JSON would carry it as hex
 
 A decoder skips a known section it does not need and refuses an unknown tag, a tag twice, a
 length beyond the message, more than MAX_SECTIONS sections or a message over MAX_MESSAGE bytes.
@@ -49,8 +51,8 @@ MAX_MESSAGE = 64 << 20                  # (pid1.c refuses a larger parameter fil
 MAX_SECTIONS = 8
 MAX_DEPTH = 32
 
-T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST = 1, 2, 3, 4, 5
-TAGS = frozenset((T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST))
+T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF = 1, 2, 3, 4, 5, 6
+TAGS = frozenset((T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF))
 
 PID1 = struct.Struct("<8iqqI")
 PID1_PREFIX = HEADER.size + SECTION.size + PID1.size
@@ -169,36 +171,51 @@ def decode(data) -> dict:
 
 # --- values ------------------------------------------------------------------------------------
 
+_FIELDS: dict = {}
+
+
+def _fields(cls) -> tuple:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _enc(v):
-    if v is None or v is True or v is False or type(v) in (int, float, str):
-        return v
     t = type(v)
+    if t in _SCALARS:
+        return v
     if t is tuple:
-        return [_enc(x) for x in v]
+        return [x if type(x) in _SCALARS else _enc(x) for x in v]
     if t is list:
-        return {"l": [_enc(x) for x in v]}
+        return {"l": [x if type(x) in _SCALARS else _enc(x) for x in v]}
     if t is dict:
-        return {"d": [[_enc(k), _enc(x)] for k, x in v.items()]}
+        return {"d": [[_enc(k), x if type(x) in _SCALARS else _enc(x)] for k, x in v.items()]}
     if t is bytes:
         return {"b": v.hex()}
     if dataclasses.is_dataclass(v) and _class(t.__name__) is t:
-        return {"c": t.__name__, "f": [[f.name, _enc(getattr(v, f.name))] for f in dataclasses.fields(v)]}
+        return {"c": t.__name__, "f": [[n, _enc(getattr(v, n))] for n in _fields(t)]}
     raise WireError(f"cannot encode a {t.__name__}")
 
 
 def _dec(v, depth: int = 0):
+    t = type(v)
+    if t in _SCALARS:
+        return v
     if depth > MAX_DEPTH:
         raise WireError("value nested too deep")
-    if v is None or type(v) in (bool, int, float, str):
-        return v
-    if type(v) is list:
-        return tuple(_dec(x, depth + 1) for x in v)
-    if type(v) is dict and len(v) in (1, 2):
+    depth += 1
+    if t is list:
+        return tuple(x if type(x) in _SCALARS else _dec(x, depth) for x in v)
+    if t is dict and len(v) in (1, 2):
         if "l" in v and len(v) == 1 and type(v["l"]) is list:
-            return [_dec(x, depth + 1) for x in v["l"]]
+            return [x if type(x) in _SCALARS else _dec(x, depth) for x in v["l"]]
         if "d" in v and len(v) == 1 and type(v["d"]) is list:
             try:
-                return {_dec(k, depth + 1): _dec(x, depth + 1) for k, x in v["d"]}
+                return {_dec(k, depth): _dec(x, depth) for k, x in v["d"]}
             except (TypeError, ValueError) as e:
                 raise WireError(f"bad dict: {e}") from None
         if "b" in v and len(v) == 1 and type(v["b"]) is str:
@@ -211,7 +228,7 @@ def _dec(v, depth: int = 0):
             if cls is None:
                 raise WireError(f"class {v['c']!r} is not one of the launch's")
             try:
-                return cls(**{k: _dec(x, depth + 1) for k, x in v["f"]})
+                return cls(**{k: _dec(x, depth) for k, x in v["f"]})
             except (TypeError, ValueError) as e:
                 raise WireError(f"bad {v['c']}: {e}") from None
     raise WireError("not a launch value")
@@ -282,9 +299,11 @@ def encode_context(ctx: LaunchContext, key: str, fds: list, creds: tuple, built:
     pid1 = PID1.pack(idx[ctx.go_r], idx[ctx.status_w], *stdio, cg[0] if cg else -1, len(cg),
                      idx[ctx.cg_v2_fd] if ctx.cg_v2_fd is not None else -1, soft, hard, flags)
     fileno = lambda s: s.fileno() if s is not None else None      # noqa: E731
-    run = dataclasses.replace(ctx, plan=None, go_w=None, status_r=None, notify_sock=fileno(ctx.notify_sock),
-                              console=fileno(ctx.console))
+    run = dataclasses.replace(ctx, plan=None, go_w=None, status_r=None, bpf=None,
+                              notify_sock=fileno(ctx.notify_sock), console=fileno(ctx.console))
     out = [(T_PID1, pid1), (T_RUN, value({"key": key, "fds": tuple(fds), "ctx": run}))]
+    if ctx.bpf is not None:
+        out.append((T_BPF, bytes(ctx.bpf)))
     if with_plan:
         out.append((T_PLAN, value(ctx.plan)))
     return encode(out)
@@ -309,6 +328,10 @@ def decode_context(data) -> tuple:
             or type(run.get("fds")) is not tuple or not all(type(fd) is int and fd >= 0 for fd in run["fds"]):
         raise WireError("not a run's context")
     ctx = run["ctx"]
+    if T_BPF in s:
+        if len(s[T_BPF]) % 8:
+            raise WireError("a seccomp filter is a multiple of 8 bytes")
+        ctx.bpf = bytes(s[T_BPF])
     if T_PLAN in s:
         ctx.plan = section(s, T_PLAN)
         if type(ctx.plan) is not _plan.Plan:

@@ -75,6 +75,10 @@ def test_bounds_fail_closed():
         wire.encode([(4, b"")] * (wire.MAX_SECTIONS + 1))
     with pytest.raises(wire.WireError):                      # header says more than the limit
         wire.check_header(wire.HEADER.pack(wire.MAGIC, wire.VERSION, 0, wire.MAX_MESSAGE + 1))
+    with pytest.raises(wire.WireError):                      # a filter that is not whole instructions
+        wire.decode_context(wire.encode(list(wire.decode(wire.encode_context(
+            wire.LaunchContext(_plan(), ("a",), {}, None, False, 3, None, None, 4), "k", [3, 4], (False,) * 3,
+            False, with_plan=False)).items()) + [(wire.T_BPF, b"\0" * 7)]))
     deep = b"[" * (wire.MAX_DEPTH + 2) + b"]" * (wire.MAX_DEPTH + 2)
     with pytest.raises(wire.WireError):
         wire.from_value(deep)
