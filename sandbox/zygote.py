@@ -480,13 +480,13 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
         os._exit(1)
     from .launch import sequence
     built = bool(flags & wire.F_BUILT)
-    sequence.pid1(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
-                  (soft, hard) if flags & wire.F_NOFILE else None,
-                  tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
-                  bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
-                  (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
-                  lambda err_w, prog_go_r: _program_from(buf, fds, consumed, err_w, prog_go_r, built),
-                  2 if built else None,                 # (the builder had pid 2)
+    spec = wire.Pid1Spec(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
+                         (soft, hard) if flags & wire.F_NOFILE else None,
+                         tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
+                         bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
+                         (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
+                         2 if built else None)          # (the builder had pid 2)
+    sequence.pid1(spec, lambda err_w, prog_go_r: _program_from(buf, fds, consumed, err_w, prog_go_r, built),
                   inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
 
 

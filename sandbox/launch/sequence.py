@@ -61,17 +61,15 @@ def pid1_main(ctx) -> None:
     """PID 1 forked by the supervisor itself (the whole context at hand). Never returns."""
     os.close(ctx.go_w)                     # (the supervisor's ends)
     os.close(ctx.status_r)
-    creds = init.credential_steps(ctx.plan, ctx.rootless)
-    pid1(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
-         ctx.plan.namespaces.time, ctx.seccomp_log, creds,
-         lambda err_w, go_r: program(ctx, err_w, go_r),
+    spec = wire.Pid1Spec(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
+                         ctx.plan.namespaces.time, ctx.seccomp_log, init.credential_steps(ctx.plan, ctx.rootless))
+    pid1(spec, lambda err_w, go_r: program(ctx, err_w, go_r),
          inline=lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False))
 
 
-def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: bool, linger: bool,
-         creds: tuple, program_fn, program_pid: "int | None" = None, inline=None) -> None:
-    """PID 1. Never returns. It reads no plan before `inline`/`program_fn`: the rest comes as
-    arguments (a launch server's PID 1 has them from the PID1 section of its context).
+def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
+    """PID 1. Never returns. It reads no plan before `inline`/`program_fn`: the rest is `spec`
+    (a launch server's PID 1 has it from the PID1 section of its context).
 
     Then, when init.can_inline(creds): `inline()` -> (the run's context, status_w and cg_v2_fd
     where those descriptors are now, whether a spare built the root already); the program's set-up
@@ -81,15 +79,16 @@ def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: boo
     thread), becomes the sandbox's root, drops its privileges, releases the program (last_steps in
     C, from the PROGRAM section) and supervises it. Otherwise it forks the program's process as a
     Python copy, `program_fn(err_w, go_r)` (program() below), and does the same itself.
-    program_pid: the program's pid in the namespace (2, when a spare's builder had it before)."""
+    spec.program_pid: the program's pid in the namespace (2, when a spare's builder had it)."""
+    status_w, go_r, cg_v2_fd, creds = spec.status_w, spec.go_r, spec.cg_v2_fd, spec.creds
     try:
         gc.disable()                               # a collection would copy every shared page
-        if nofile is not None:                     # the supervisor's own, raised limit is not ours
-            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
-        for fd in cg_fds:                          # join our v1 cgroups ourselves, before any fork
+        if spec.nofile is not None:                # the supervisor's own, raised limit is not ours
+            resource.setrlimit(resource.RLIMIT_NOFILE, spec.nofile)
+        for fd in spec.cg_fds:                     # join our v1 cgroups ourselves, before any fork
             os.write(fd, b"0")                     # (no threadgroup lock: sandbox/cgroups.py, join_fds)
             os.close(fd)
-        for target, fd in enumerate(stdio):        # the program's stdin, stdout, stderr
+        for target, fd in enumerate(spec.stdio):   # the program's stdin, stdout, stderr
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
         prctl.set_pdeathsig(signal.SIGKILL)        # the sandbox dies with its supervisor
@@ -97,7 +96,7 @@ def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: boo
             os._exit(1)
         os.close(go_r)
         prctl.set_dumpable(False)                  # only now: the id maps needed us dumpable
-        if time_ns:
+        if spec.time_ns:
             _sys.unshare(_sys.CLONE_NEWTIME)       # applies to the program (our children)
         os.chdir("/")                              # the old root: the program's pivot_root moves it
     except Exception as e:                         # any failure of the set-up: report and stop (exit 125)
@@ -111,11 +110,11 @@ def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: boo
         except Exception as e:                     # noqa: BLE001 - reported as the program's would be
             init.report(status_w, f"SETUP {init.describe(e)}")
             os._exit(1)
-        init.exec_spawning_init(status_w, ctx, creds, linger, cg_v2_fd, program_pid)   # never returns
+        init.exec_spawning_init(status_w, ctx, creds, spec.linger, cg_v2_fd, spec.program_pid)   # never returns
     try:
         prog_err_r, prog_err_w = os.pipe2(os.O_CLOEXEC)
         prog_go_r, prog_go_w = os.pipe2(os.O_CLOEXEC)   # "G": PID 1 holds no privilege any more
-        pid = _sys.clone3_fork(0, cg_v2_fd, program_pid) if cg_v2_fd is not None or program_pid \
+        pid = _sys.clone3_fork(0, cg_v2_fd, spec.program_pid) if cg_v2_fd is not None or spec.program_pid \
             else os.fork()
     except Exception as e:
         init.report(status_w, f"SETUP cannot start the program's process: {init.describe(e)}")
@@ -127,7 +126,7 @@ def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: boo
         os._exit(125)
     os.close(prog_err_w)
     os.close(prog_go_r)
-    init.become_init(status_w, prog_err_r, prog_go_w, pid, creds, linger)   # pysandbox-init, when built
+    init.become_init(status_w, prog_err_r, prog_go_w, pid, creds, spec.linger)   # pysandbox-init, when built
     init.forward_signals_to(pid)
     try:
         init.set_credentials(creds)                # not host root any more: the sandbox's root
@@ -147,7 +146,7 @@ def pid1(status_w: int, go_r: int, cg_fds, cg_v2_fd, nofile, stdio, time_ns: boo
     except OSError:                                # it ended before (a set-up error: its report follows)
         pass
     os.close(prog_go_w)
-    init.supervise(status_w, prog_err_r, pid, linger)    # report, reap, EXIT; never returns
+    init.supervise(status_w, prog_err_r, pid, spec.linger)    # report, reap, EXIT; never returns
 
 
 # --- 3. the program's process ----------------------------------------------------------------

@@ -349,6 +349,22 @@ def _str(v) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pid1Spec:
+    """What PID 1 needs before it reads the run's context (sequence.pid1): descriptors by number
+    in PID 1 (a launch server's PID 1: from its PID1 section), and what it does with them."""
+    status_w: int                   # the report to the supervisor
+    go_r: int                       # the release
+    cg_fds: tuple                   # v1 `tasks` files to write "0" to
+    cg_v2_fd: "int | None"          # the cgroup2 leaf the program is forked into
+    nofile: "tuple | None"          # RLIMIT_NOFILE to restore
+    stdio: tuple                    # the program's stdin, stdout, stderr (None: inherited)
+    time_ns: bool                   # a time namespace for the program
+    linger: bool                    # kmsg audit: reaped children linger (init.KMSG_LINGER_MS)
+    creds: tuple                    # init.credential_steps
+    program_pid: "int | None" = None   # the program's pid (2, when a spare's builder had it)
+
+
+@dataclasses.dataclass(frozen=True)
 class ProgramSpec:
     """The program's last steps as data (sequence.last_steps; pid1.c `program` reads the same as
     a PROGRAM section): flags, then the values. rlimits: (resource number, soft, hard, name) each;
