@@ -20,10 +20,10 @@ Protocol (AF_UNIX SOCK_SEQPACKET; both ends are this package, same user):
   control socket (API -> server): one message per run, a launch message (sandbox/launch/wire.py:
     a REQUEST section, and the plan's PLAN section the first time) with four descriptors
     attached: the run's own socket, the program's stdin, stdout, stderr;
-  run socket (server -> API, pickled: the server's own objects for its caller): ("event", type, fields) as the run goes (audit), ("events",
-    [(type, fields), ...]) for a batch, then ("result", launcher.Result, [the clean-up's events])
-    or ("error", exit_code, message). The caller closing its run socket
-    kills that sandbox; the control socket closing (the API process ended, however) kills them all.
+  run socket (server -> API; pickled: the server's own objects for its own caller): ("event",
+    type, fields) as the run goes (audit), ("events", [(type, fields), ...]) for a batch, then
+    ("result", launcher.Result, [the clean-up's events]) or ("error", exit_code, message). The
+    caller closing its run socket kills that sandbox; the control socket closing (the API process ended, however) kills them all.
 Plans are sent once per Sandbox (by key) and kept by the server.
 """
 from __future__ import annotations
