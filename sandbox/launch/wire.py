@@ -299,9 +299,14 @@ def encode_context(ctx: LaunchContext, key: str, fds: list, creds: tuple, built:
     pid1 = PID1.pack(idx[ctx.go_r], idx[ctx.status_w], *stdio, cg[0] if cg else -1, len(cg),
                      idx[ctx.cg_v2_fd] if ctx.cg_v2_fd is not None else -1, soft, hard, flags)
     fileno = lambda s: s.fileno() if s is not None else None      # noqa: E731
-    run = dataclasses.replace(ctx, plan=None, go_w=None, status_r=None, bpf=None,
-                              notify_sock=fileno(ctx.notify_sock), console=fileno(ctx.console))
-    out = [(T_PID1, pid1), (T_RUN, value({"key": key, "fds": tuple(fds), "ctx": run}))]
+    fields = {n: getattr(ctx, n) for n in _fields(LaunchContext)}
+    fields.update(plan=None, go_w=None, status_r=None, bpf=None, notify_sock=fileno(ctx.notify_sock),
+                  console=fileno(ctx.console))
+    # (the value of {"key": key, "fds": fds, "ctx": LaunchContext(**fields)}, built without a copy of ctx)
+    run = {"d": [["key", key], ["fds", list(fds)],
+                 ["ctx", {"c": "LaunchContext", "f": [[n, _enc(v)] for n, v in fields.items()]}]]}
+    import json
+    out = [(T_PID1, pid1), (T_RUN, json.dumps(run, separators=(",", ":"), allow_nan=False).encode())]
     if ctx.bpf is not None:
         out.append((T_BPF, bytes(ctx.bpf)))
     if with_plan:
