@@ -2,8 +2,8 @@
 
 The commands that act on them (ps, inspect, logs, top, stats, pause, unpause, stop, kill, rm,
 exec, prune) are in sandbox/cli/status.py and sandbox/cli/lifecycle.py; `exec` itself is
-sandbox/execin.py. This module is what they share with the supervisor: `status_of`/`load` (the
-status as the kernel and the `alive` lock tell it), `deliver` (the signal queue of a starting
+sandbox/execin.py. This module is what they share with the supervisor (a sandbox's status, `status_of`/`load`, is
+sandbox/recorded.py): `deliver` (the signal queue of a starting
 sandbox) and `signal_sandbox` (PID 1 through a pidfd).
 
 `run -d --name NAME -- CMD`
@@ -42,6 +42,7 @@ from typing import Optional
 
 from . import _sys
 from . import state
+from .recorded import EXEC_AUDIT_SOCKET
 from .state import StateError
 
 NS_TYPES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time")
@@ -237,8 +238,6 @@ def _notify_bpf(plan, bpf) -> bytes:
     finally:
         sup.stop()
 
-
-EXEC_AUDIT_SOCKET = "audit.sock"
 
 
 class _ExecAudit:
@@ -502,30 +501,6 @@ def _execed(prog: int) -> bool:
         return True
     e = _exe(prog)
     return e is not None and e != _exe(os.getpid()) and not e.startswith("/memfd:" + INIT_COMM.decode())
-
-
-# --- status: what `ps`, `inspect`, `exec` read (sandbox/cli/status.py, sandbox/execin.py) ---
-
-def status_of(st: dict, name: str) -> str:
-    s = st.get("status")
-    if s in ("running", "starting", "created"):
-        if not state.is_alive(name):
-            return "dead"
-        if s == "running" and st.get("cgroups") and _frozen(st):
-            return "paused"                       # read from the kernel's freezer, never stored
-        return s
-    return s or "unknown"
-
-
-def _frozen(st: dict) -> bool:
-    from .cgroups import freezer
-    return freezer.is_frozen(st.get("cgroups"), st.get("id") or "")
-
-
-def load(ref: str) -> tuple[str, dict, str]:
-    name = state.resolve(ref)
-    st = state.read(name)
-    return name, st, status_of(st, name)
 
 
 # --- signals: what `kill`, `stop` and `rm` send (sandbox/cli/lifecycle.py) -----------------

@@ -11,7 +11,7 @@ package's files are not reachable):
     the namespace files of the sandbox (PID 1's where this caller may read them, else the
     program's: rootless, PID 1 may be non-dumpable) and check each one's device and inode
     against the identity the supervisor recorded from PID 1 before releasing it (so before any
-    code of the program's ran: sandbox/lifecycle.py), then check through the pidfd that PID 1
+    code of the program's ran: sandbox/detached.py), then check through the pidfd that PID 1
     is still alive — it held those namespaces all the while, so their inode numbers were not
     reused. A sandbox that made itself new namespaces, or a pid reused, cannot redirect us.
  4. Join the sandbox's cgroups (host paths recorded by the supervisor, so before the mount
@@ -36,7 +36,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import resource
 import select
 import signal
 import socket
@@ -48,9 +47,11 @@ import tty as _tty
 
 import prctl
 
-from . import _sys, capabilities, state
-from . import notify as _notify
-from . import seccomp as _seccomp
+from . import _sys, capabilities, recorded, state
+from . import notify  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
+from .init import RLIMIT_IDS
+from .launch import sequence
+from .launch.wire import ProgramSpec
 from .state import StateError
 
 NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),
@@ -59,9 +60,6 @@ NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sy
 UNSHARED = ("cgroup", "time")                # made by exec itself (see exec_in), never joined
 PLAN_NS = {"user": "user", "mnt": "mount", "pid": "pid", "uts": "uts", "ipc": "ipc", "net": "net",
            "cgroup": "cgroup", "time": "time"}
-RLIMIT_IDS = {n: getattr(resource, "RLIMIT_" + n.upper()) for n in
-              ("as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
-               "nproc", "rss", "rtprio", "rttime", "sigpending", "stack") if hasattr(resource, "RLIMIT_" + n.upper())}
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 EXIT_SETUP = 125
@@ -93,8 +91,7 @@ def _env(plan: dict, extra) -> dict:
 
 
 def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) -> int:
-    from . import detached
-    name, st, status = detached.load(ref)
+    name, st, status = recorded.load(ref)
     if status == "paused":                       # joining a frozen cgroup would hang (Docker refuses too)
         raise StateError(f"{name} is paused: unpause it before exec (pysandbox unpause {name})")
     if status != "running":
@@ -117,7 +114,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
             raise ExecError(f"{name}: seccomp: cannot read the sandbox's filter: {e.strerror}") from None
         if not bpf:
             raise ExecError(f"{name}: seccomp: the sandbox's filter is missing; refusing to run without it")
-    # denials of the command are recorded by the sandbox's supervisor (sandbox/lifecycle.py,
+    # denials of the command are recorded by the sandbox's supervisor (sandbox/detached.py,
     # _ExecAudit): it gets the command's seccomp listener over the state directory's socket —
     # connected now, while the host's paths are reachable
     audit_sock = None
@@ -129,7 +126,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
         if nbpf:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                s.connect(str(state.sandbox_dir(name) / detached.EXEC_AUDIT_SOCKET))
+                s.connect(str(state.sandbox_dir(name) / recorded.EXEC_AUDIT_SOCKET))
                 audit_sock, bpf = s, nbpf
             except OSError as e:
                 s.close()
@@ -303,8 +300,25 @@ def _gid_range(m) -> bool:
     return len(m) > 1 or any(count(e) > 1 for e in m)
 
 
+def _spec(plan, argv, env, cwd, bpf, rootless, listener: bool) -> ProgramSpec:
+    """The command's last steps, from the plan as stored: the program's (sequence.last_steps),
+    in its own session already (_child), with no PID 1 release to wait for."""
+    user, proc = plan["user"], plan["process"]
+    set_ids = bool(plan["namespaces"]["user"] or not rootless)
+    allowed = not rootless or _gid_range(user.get("gid_map"))   # setgroups allowed (sandbox/idmap.py):
+    return ProgramSpec(                                          # the caller's groups dropped
+        new_session=False, set_ids=set_ids, setgroups=allowed, nnp=bool(plan["no_new_privs"]),
+        listener=listener, log=False, cgroupns=False, gid0=False, groups0=False, uid0=False,
+        landlock=_sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI,
+        uid=user["uid"], gid=user["gid"], groups=tuple(user.get("groups") or ()) if allowed else (),
+        rlimits=tuple((RLIMIT_IDS[r["name"]], r["soft"], r["hard"], r["name"]) for r in proc.get("rlimits") or ()),
+        cwd=cwd, keep=capabilities.mask(tuple(plan["capabilities"])), bpf=bpf or b"", argv=tuple(argv),
+        env=dict(env))
+
+
 def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit_sock=None) -> None:
-    stage = "prepare"
+    """The command's process: its own session (a pty of the sandbox's, -t), then the program's last
+    steps (sandbox/launch/sequence.py, last_steps). Never returns."""
     try:
         prctl.set_pdeathsig(signal.SIGKILL)
         os.setsid()
@@ -318,57 +332,14 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
                 os.dup2(s, t)
             if s > 2:
                 os.close(s)
-        proc = plan["process"]
-        for r in proc.get("rlimits") or ():
-            resource.setrlimit(RLIMIT_IDS[r["name"]],
-                               (resource.RLIM_INFINITY if r["soft"] == -1 else r["soft"],
-                                resource.RLIM_INFINITY if r["hard"] == -1 else r["hard"]))
-        stage = "cwd"
-        os.chdir(cwd)
-        # a Landlock domain of its own, as the program's (sandbox/pid1.c, landlock_confine): no
-        # capability the command keeps reaches PID 1 (nor the program: a sibling domain), while it
-        # still holds CAP_SYS_ADMIN in the sandbox's namespace (no no_new_privs needed)
-        stage = "landlock"
-        if _sys.landlock_abi() >= _sys.LANDLOCK_SCOPE_ABI:
-            _sys.landlock_confine()
-        # the program's order (init._exec_program): bounding set while CAP_SETPCAP is effective,
-        # keep caps across the uid change, ids, the other sets (+ CAP_SYS_ADMIN until execve for a
-        # filter without no_new_privs), ambient, no_new_privs, seccomp
-        stage = "capabilities"
-        keep = capabilities.mask(tuple(plan["capabilities"]))
-        capabilities.drop_bounding(keep)
-        stage = "identity"
-        user = plan["user"]
-        uid, gid = user["uid"], user["gid"]
-        if plan["namespaces"]["user"] or not rootless:
-            if not rootless or _gid_range(user.get("gid_map")):   # setgroups allowed (sandbox/idmap.py):
-                os.setgroups(list(user.get("groups") or ()))     # the caller's groups dropped
-            if uid != 0:
-                _sys.set_keepcaps(True)
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            prctl.set_pdeathsig(signal.SIGKILL)
-        stage = "capabilities"
-        capabilities.set_sets(keep, uid_inside=uid, seccomp_cap=bool(bpf) and not plan["no_new_privs"])
-        if plan["no_new_privs"]:
-            prctl.set_no_new_privs(1)
-        _sys.close_range_cloexec(3)
-        stage = "seccomp"
-        if bpf:
-            listener = _seccomp.install(bpf, listener=audit_sock is not None)
-            if listener is not None:              # to the sandbox's supervisor, which records denials
-                _notify.send_listener(audit_sock, listener)
-                os.close(listener)
-        _sys.default_signals()
-        stage = "exec"
-        os.execvpe(argv[0], list(argv), env)
+        spec = _spec(plan, argv, env, cwd, bpf, rootless, audit_sock is not None)
     except OSError as e:
-        code = e.errno or 0
-        os.write(err_w, f"{code} {stage} {e.strerror or e}".encode())
-        os._exit(127 if code == errno.ENOENT and stage == "exec" else 126)
-    except BaseException as e:                   # noqa: BLE001 - reported, never a traceback
-        os.write(err_w, f"0 {stage} {e}".encode())
+        os.write(err_w, f"{e.errno or 0} prepare {e.strerror or e}".encode())
         os._exit(126)
+    except BaseException as e:                   # noqa: BLE001 - reported, never a traceback
+        os.write(err_w, f"0 prepare {e}".encode())
+        os._exit(126)
+    sequence.last_steps(spec, err_w, listener_sock=audit_sock, listener_tag=None)
 
 
 def _open_pty() -> tuple[int, str]:

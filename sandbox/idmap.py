@@ -117,3 +117,38 @@ def write_with_helpers(pid: int, plan) -> str | None:
     finally:
         for _, _, r in procs:
             os.close(r)
+
+
+class IdMapError(Exception):
+    """The id maps could not be written (the launch stops, exit 125). .path: the file, if any."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+def write_maps(pid: int, plan, rootless: bool) -> None:
+    """The supervisor's step after the clone: `setgroups` (rootless, own ids: deny), `uid_map`,
+    `gid_map` of PID `pid`, one write(2) each as the kernel wants them — or, rootless with ranges,
+    through newuidmap/newgidmap. Raises IdMapError."""
+    if uses_helpers(plan, rootless):
+        problem = write_with_helpers(pid, plan)
+        if problem:
+            raise IdMapError(f"user namespace: cannot write the id maps: {problem} (the ids must be the "
+                             "caller's in /etc/subuid and /etc/subgid: usermod --add-subuids/--add-subgids)")
+        return
+
+    def fmt(m):
+        return "".join(f"{e.inside} {e.outside} {e.count}\n" for e in m)
+    files = ((("setgroups", "deny"),) if rootless else ()) + \
+        (("uid_map", fmt(plan.user.uid_map)), ("gid_map", fmt(plan.user.gid_map)))
+    try:
+        for name, text in files:
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise IdMapError(f"user namespace: cannot write the id maps: {e.filename}: {e.strerror}",
+                         path=e.filename) from None

@@ -1,16 +1,8 @@
 """Carry out a compiled Plan: the supervisor side of a sandbox.
 
-Sequence (kernel order):
-  supervisor: preflight checks (fail closed) -> cgroup -> network prepare -> clone(CLONE_NEWUSER |
-  NEWNS | NEWPID | NEWUTS | NEWIPC | NEWNET) -> write setgroups/uid_map/gid_map -> attach its
-  network -> release it ("G")
-  PID 1 (sandbox/init.py): joins its v1 cgroups -> pdeathsig -> (released) non-dumpable -> fork the
-  program (clone3 into the cgroup2 leaf) -> root of the userns -> drop its own privileges ->
-  forward signals, reap, report the wait status
-  program: root of the userns -> hostname -> cgroup namespace -> loopback -> root filesystem,
-  pivot_root -> setsid -> rlimits -> cwd -> uid/gid -> capabilities -> no_new_privs -> close fds ->
-  seccomp -> execve
-  supervisor: forward signals, enforce --timeout, wait, read the report, clean up, exit status.
+The steps, in the order they run (this process's half and PID 1's and the program's), are read in
+one place: sandbox/launch/sequence.py. Launch carries the supervisor's state through them, then
+waits (signals forwarded, --timeout), reads PID 1's report and cleans up.
 
 Exit status: the program's (128+N when killed by signal N); 125 the sandbox could not be set up,
 126 the command cannot be executed, 127 command not found, 124 timed out.
@@ -26,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 
 from . import _sys, idmap
-from .init import init_image, pid1_main, read_to_end
+from .init import init_image, read_to_end
+from .launch import sequence
+from .launch.wire import LaunchContext
 
 EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
@@ -74,33 +68,6 @@ class Result:
     duration: float = 0.0
     sandbox_id: str = ""
     events: list = field(default_factory=list)
-
-
-@dataclass
-class _Ctx:
-    """What PID 1 needs, handed over by fork."""
-    plan: object
-    argv: tuple
-    env: dict
-    bpf: Optional[bytes]
-    rootless: bool
-    go_r: int
-    go_w: int
-    status_r: int
-    status_w: int
-    hosts_text: Optional[str] = None
-    hosts_file: Optional[str] = None      # private network: live hosts file, bind-mounted read-only
-    image_root: object = None
-    volume_dirs: dict = field(default_factory=dict)
-    # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for
-    # other mounts): (fd, is_dir, is_tree) — as root a detached tree (open_tree in the host's mount
-    # namespace), rootless an O_PATH descriptor (open_bind_sources)
-    bind_srcs: tuple = ()
-    notify_sock: object = None
-    stdio: tuple = (None, None, None)     # descriptors for the program's stdin/stdout/stderr
-    cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
-    cg_v2_fd: Optional[int] = None        # cgroup2 leaf: PID 1 forks the program into it (CLONE_INTO_CGROUP)
-    nofile: Optional[tuple] = None        # RLIMIT_NOFILE for PID 1, when the supervisor raised its own
 
 
 def build_env(plan) -> dict:
@@ -168,7 +135,7 @@ def preflight(plan, rootless: bool) -> None:
     if ns.cgroup and not os.path.exists("/proc/self/ns/cgroup"):
         raise LaunchError("namespaces.cgroup: this kernel has no cgroup namespaces")
     # (seccomp without no_new_privs: the program's process loads its filter while it holds
-    # CAP_SYS_ADMIN in the sandbox's user namespace, rootless too — init._exec_program, pid1.c)
+    # CAP_SYS_ADMIN in the sandbox's user namespace, rootless too — sequence.last_steps, pid1.c)
     if plan.landlock:
         raise LaunchError("landlock: not implemented yet in this version; refusing to run without it")
     pid1_reach_check(plan.capabilities)
@@ -183,30 +150,6 @@ def pid1_reach_check(caps) -> None:
         abi = _sys.landlock_abi()
         raise LaunchError("capabilities: SYS_PTRACE needs Landlock ABI 6 (Linux 6.12) to keep PID 1 out of "
                           f"the program's reach; this kernel has {f'ABI {abi}' if abi else 'no Landlock'}")
-
-
-def _write_maps(pid: int, plan, rootless: bool) -> None:
-    if idmap.uses_helpers(plan, rootless):     # rootless ranges: newuidmap/newgidmap (sandbox/idmap.py)
-        problem = idmap.write_with_helpers(pid, plan)
-        if problem:
-            raise LaunchError(f"user namespace: cannot write the id maps: {problem} (the ids must be the "
-                              "caller's in /etc/subuid and /etc/subgid: usermod --add-subuids/--add-subgids)")
-        return
-
-    def fmt(m):
-        return "".join(f"{e.inside} {e.outside} {e.count}\n" for e in m)
-    files = ((("setgroups", "deny"),) if rootless else ()) + \
-        (("uid_map", fmt(plan.user.uid_map)), ("gid_map", fmt(plan.user.gid_map)))
-    try:
-        for name, text in files:                 # one write(2) each, as the kernel wants them
-            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
-    except OSError as e:
-        raise LaunchError(f"user namespace: cannot write the id maps: {e.filename}: {e.strerror}",
-                          step="id maps", path=e.filename) from None
 
 
 class Launch:
@@ -244,92 +187,27 @@ class Launch:
         self.timed_out = False
         self.result = None
         self._status_r = self._go_w = -1
+        self._pid1_ends: tuple = ()   # PID 1's ends of its pipes, until it has its copies
         # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/zygote.py)
         self.inline_supervision = False
         # clone(flags, ctx) -> pid: PID 1 made by someone else (a child of ours all the same, through
-        # CLONE_PARENT), which then runs init.pid1_core — sandbox/zygote.py's template. Never 0.
+        # CLONE_PARENT), which then runs sequence.pid1 — sandbox/zygote.py's template. Never 0.
         self.clone = None
         self.clone_flags = None
         self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)
 
     def start(self) -> bool:
-        """Set up and release the sandbox. False when it could not be started (self.result says why;
-        everything created is cleaned up already)."""
-        plan, rootless = self.plan, self.rootless
+        """Set up and release the sandbox: the supervisor's half of the launch sequence
+        (sandbox/launch/sequence.py, start). False when it could not be started (self.result says
+        why; everything created is cleaned up already)."""
         self.step = "preflight"
         try:
-            preflight(plan, rootless)
-            bpf = self.bpf
-            if plan.seccomp.enabled and bpf is None:
-                from . import seccomp
-                bpf = seccomp.build_bpf(plan.seccomp)
-            env = build_env(plan)
-            self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
-            ctx = self.ctx = _Ctx(plan, self.argv, env, bpf if plan.seccomp.enabled else None, rootless,
-                                  go_r, self._go_w, self._status_r, status_w)
-            ctx.nofile = CHILD_NOFILE
-            try:
-                self._prepare(ctx)
-                ns = plan.namespaces
-                flags = _sys.CLONE_NEWNS
-                for on, flag in ((ns.user, _sys.CLONE_NEWUSER), (ns.pid, _sys.CLONE_NEWPID),
-                                 (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
-                    if on:
-                        flags |= flag
-                self.clone_flags = flags
-                self.step = "namespaces"
-                ctx.stdio = self.stdio
-                ctx.console = self.console   # socket: the program sends its pty master back (run -t)
-                if self.clone is None:
-                    init_image()                       # PID 1's last image, inherited (sandbox/init.py)
-                try:
-                    pid = self.clone(flags, ctx) if self.clone is not None else _sys.clone_fork(flags)
-                except OSError as e:
-                    raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
-                if pid == 0:
-                    try:
-                        pid1_main(ctx)
-                    finally:
-                        os._exit(1)
-                self.pid = pid
-            finally:
-                os.close(go_r)
-                os.close(status_w)
-            for fd in (*ctx.cg_fds, *(() if ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
-                os.close(fd)                           # PID 1 has its own copies
-            ctx.cg_fds, ctx.cg_v2_fd = (), None
-            self.step = "id maps"
-            if plan.namespaces.user and not self.maps_done:
-                _write_maps(pid, plan, rootless)
-            self.step = "cgroup"
-            if self.cg is not None:
-                self.cg.add_pid(pid)                   # v2 only: PID 1 joined v1 leaves itself
-            self.step = "network"
-            if self.net is not None:
-                try:
-                    self.net.attach(pid)
-                except Exception as e:
-                    raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
-            more = {}
-            if self.cg is not None:                    # PID 1 may not have joined them yet: say where
-                more["cgroups"] = [d for d in self.cg.paths if os.path.basename(d) == self.sandbox_id]
-            self.emit("sandbox_start", pid=pid, argv=list(self.argv), **more)
-            if self.sup is not None:
-                kw = {"inline": True} if self.inline_supervision else {}
-                self.sup.started(pid, lambda p=pid, c=self.cg: _kill(p, c), ctx=ctx, **kw)
-            self.step = "release"
-            self.pidfd = _sys.pidfd_open(pid)
-            try:
-                os.write(self._go_w, b"G")
-            except BrokenPipeError:
-                raise LaunchError("the sandbox's PID 1 ended before it was released") from None
-            os.close(self._go_w)
-            self._go_w = -1
-            if plan.process.timeout:
-                self.deadline = time.monotonic() + plan.process.timeout
+            sequence.start(self)
             return True
         except BaseException as e:
+            self._close_pid1_ends()
+            if isinstance(e, idmap.IdMapError):
+                e = LaunchError(str(e), step="id maps", path=e.path)
             if isinstance(e, OSError):                 # a bare OSError: name the step and the path
                 e = LaunchError.from_os(getattr(self, "step", "set-up"), e)
             if isinstance(e, LaunchError):
@@ -345,7 +223,107 @@ class Launch:
             self._ending()
             return False
 
-    def _prepare(self, ctx) -> None:
+    # --- the supervisor's steps, in the order sandbox/launch/sequence.start takes them -----------
+
+    def preflight(self) -> None:
+        preflight(self.plan, self.rootless)
+
+    def context(self) -> LaunchContext:
+        """The run's context for PID 1: the program's argv, environment and filter, PID 1's pipes."""
+        plan = self.plan
+        bpf = self.bpf
+        if plan.seccomp.enabled and bpf is None:
+            from . import seccomp                      # (a cached plan comes with its filter)
+            bpf = seccomp.build_bpf(plan.seccomp)
+        env = build_env(plan)
+        self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
+        self._pid1_ends = (go_r, status_w)             # closed once PID 1 has its copies
+        ctx = self.ctx = LaunchContext(plan, self.argv, env, bpf if plan.seccomp.enabled else None,
+                                       self.rootless, go_r, self._go_w, self._status_r, status_w)
+        ctx.nofile = CHILD_NOFILE
+        ctx.stdio = self.stdio
+        ctx.console = self.console   # socket: the program sends its pty master back (run -t)
+        return ctx
+
+    def clone_pid1(self, ctx) -> int:
+        """clone with the plan's namespaces: PID 1 (sequence.pid1_main), or through `self.clone`
+        (the launch server's template). Our copies of what PID 1 inherited are closed after."""
+        ns = self.plan.namespaces
+        flags = _sys.CLONE_NEWNS
+        for on, flag in ((ns.user, _sys.CLONE_NEWUSER), (ns.pid, _sys.CLONE_NEWPID),
+                         (ns.uts, _sys.CLONE_NEWUTS), (ns.ipc, _sys.CLONE_NEWIPC), (ns.net, _sys.CLONE_NEWNET)):
+            if on:
+                flags |= flag
+        self.clone_flags = flags
+        self.step = "namespaces"
+        try:
+            if self.clone is None:
+                init_image()                       # PID 1's last image, inherited (sandbox/init.py)
+            try:
+                pid = self.clone(flags, ctx) if self.clone is not None else _sys.clone_fork(flags)
+            except OSError as e:
+                raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
+            if pid == 0:
+                try:
+                    sequence.pid1_main(ctx)
+                finally:
+                    os._exit(1)
+            self.pid = pid
+        finally:
+            self._close_pid1_ends()
+        for fd in (*ctx.cg_fds, *(() if ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
+            os.close(fd)                           # PID 1 has its own copies
+        ctx.cg_fds, ctx.cg_v2_fd = (), None
+        return pid
+
+    def write_maps(self, pid: int) -> None:
+        self.step = "id maps"
+        if self.plan.namespaces.user and not self.maps_done:   # (a spare's were written already)
+            idmap.write_maps(pid, self.plan, self.rootless)
+
+    def join_cgroup(self, pid: int) -> None:
+        self.step = "cgroup"
+        if self.cg is not None:
+            self.cg.add_pid(pid)                   # v2 only: PID 1 joined v1 leaves itself
+
+    def attach_network(self, pid: int) -> None:
+        self.step = "network"
+        if self.net is not None:
+            try:
+                self.net.attach(pid)
+            except Exception as e:
+                raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
+
+    def announce(self, pid: int) -> None:
+        """sandbox_start; the audit supervision starts watching."""
+        more = {}
+        if self.cg is not None:                    # PID 1 may not have joined them yet: say where
+            more["cgroups"] = [d for d in self.cg.paths if os.path.basename(d) == self.sandbox_id]
+        self.emit("sandbox_start", pid=pid, argv=list(self.argv), **more)
+        if self.sup is not None:
+            kw = {"inline": True} if self.inline_supervision else {}
+            self.sup.started(pid, lambda p=pid, c=self.cg: _kill(p, c), ctx=self.ctx, **kw)
+
+    def release(self, pid: int) -> None:
+        """"G" on PID 1's go pipe; the deadline starts."""
+        self.step = "release"
+        self.pidfd = _sys.pidfd_open(pid)
+        try:
+            os.write(self._go_w, b"G")
+        except BrokenPipeError:
+            raise LaunchError("the sandbox's PID 1 ended before it was released") from None
+        os.close(self._go_w)
+        self._go_w = -1
+        if self.plan.process.timeout:
+            self.deadline = time.monotonic() + self.plan.process.timeout
+
+    def _close_pid1_ends(self) -> None:
+        for fd in self._pid1_ends:
+            os.close(fd)
+        self._pid1_ends = ()
+
+    def prepare(self, ctx) -> None:
         """Before clone: audit supervision, cgroup, network, image root and volumes."""
         plan, rootless = self.plan, self.rootless
         self.step = "audit supervision"
@@ -483,8 +461,8 @@ class Launch:
                 except OSError:
                     pass
         self._status_r = self._go_w = -1
-        for fd in (*(getattr(ctx, "cg_fds", ()) or ()), *(() if getattr(ctx, "cg_v2_fd", None) is None
-                                                          else (ctx.cg_v2_fd,))):
+        for fd in (*(ctx.cg_fds if ctx is not None else ()),
+                   *(() if ctx is None or ctx.cg_v2_fd is None else (ctx.cg_v2_fd,))):
             os.close(fd)
         if self.cg is not None:
             try:

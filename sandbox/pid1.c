@@ -2,12 +2,12 @@
  * pysandbox-init: a sandbox's PID 1 once its root file system is built.
  *
  * PID 1 starts as a forked copy of the (Python) launcher: it joins its cgroups and builds the root
- * file system (sandbox/init.py, pid1_core). What is left for it to do until the end is small — drop
+ * file system (sandbox/launch/sequence.py, pid1). What is left for it to do until the end is small — drop
  * its privileges, release the program, forward signals, report the program's set-up failure or
  * wait status, reap — and a Python interpreter doing it keeps ~1.5 MiB of copied pages per sandbox
- * and spends ~1 ms of CPU on the privilege drop alone. So pid1_core execs this program instead (from
+ * and spends ~1 ms of CPU on the privilege drop alone. So sequence.pid1 execs this program instead (from
  * a sealed memfd copy that PID 1 may execute but not read: sandbox/init.py, init_image), which does
- * exactly what the rest of pid1_core does, in the same order and with the same report lines.
+ * exactly what the rest of sequence.pid1 does, in the same order and with the same report lines.
  *
  *   pysandbox-init spawn STATUS_FD LINGER_MS PARAM_FD CGROUP2_FD PROGRAM_PID NOTIFY_FD CONSOLE_FD CREDS
  *
@@ -113,7 +113,7 @@ static int become_root(int creds)
 
 /* Parent-death signal re-armed (the credential change cleared it) and the supervisor checked to
  * be still there, every capability gone (bounding, ambient, permitted, effective, inheritable),
- * no_new_privs: init.pid1_core's Python fallback does the same. 0, or -1 with errno set; 1: the
+ * no_new_privs: sequence.pid1's Python fallback does the same. 0, or -1 with errno set; 1: the
  * supervisor is gone. */
 static int drop_privileges(int status_fd, int creds)
 {
@@ -238,9 +238,19 @@ static int pid1_seccomp(void)                   /* needs no_new_privs (drop_priv
  * CPU). The Python PID 1 has built the root file system (in a thread that took the sandbox's root
  * identity; PID 1 itself kept the credentials it was cloned with, which clone3 CLONE_INTO_CGROUP
  * is checked against); what is left for the program's process is its root identity, its cgroup
- * namespace, and what init._exec_program does, in the same order, with the
+ * namespace, and what sequence.last_steps does, in the same order, with the
  * same error reports ("<errno> <stage> <text>" on its error pipe, exit 126/127; "SETUP <text>" for a
- * set-up step): the parameters come from init.program_params, as one blob on PARAM_FD. */
+ * set-up step): the parameters come from init.program_params, as one launch message on PARAM_FD
+ * (sandbox/launch/wire.py, which documents the layout; version WIRE_VERSION):
+ *
+ *   header   magic "PSBW" | version u16 | count u16 | length u32 (the whole message)
+ *   section  tag u16 | reserved u16 | length u32 | payload        (little-endian throughout)
+ *
+ * Only the PROGRAM section (tag 2) is read here: flags u32 (P_*), uid u32, gid u32, ngroups u32,
+ * groups u32[ngroups], nrlimits u32, (resource u32, soft i64, hard i64, name str)[nrlimits], cwd str,
+ * capabilities kept u64, bpf (u32 length, bytes), argc u32, argv str[argc], envc u32,
+ * env str[envc]; str = u32 length + bytes. Another magic or version, a section beyond the message,
+ * an unknown tag, or no PROGRAM section: the program does not start (SETUP, exit 125). */
 
 struct blob { const unsigned char *p; size_t left; int bad; };
 
@@ -269,6 +279,44 @@ static char *take_str(struct blob *b)           /* length-prefixed, returned NUL
     out[n] = 0;
     b->p += n; b->left -= n;
     return out;
+}
+
+#define WIRE_VERSION 1
+enum { WIRE_HEADER = 12, WIRE_SECTION = 8, WIRE_MAX_SECTIONS = 8, WIRE_TAG_MAX = 6, WIRE_PROGRAM = 2 };
+
+/* the PROGRAM section of a launch message (see above); 0 when there is none or the message is bad */
+static int wire_program(const unsigned char *buf, size_t len, struct blob *out)
+{
+    uint16_t version, count;
+    uint32_t total;
+    if (len < WIRE_HEADER || memcmp(buf, "PSBW", 4))
+        return 0;
+    memcpy(&version, buf + 4, 2);
+    memcpy(&count, buf + 6, 2);
+    memcpy(&total, buf + 8, 4);
+    if (version != WIRE_VERSION || count > WIRE_MAX_SECTIONS || total != len)
+        return 0;
+    size_t at = WIRE_HEADER;
+    unsigned seen = 0;
+    int found = 0;
+    for (unsigned i = 0; i < count; i++) {
+        uint16_t tag;
+        uint32_t n;
+        if (len - at < WIRE_SECTION)
+            return 0;
+        memcpy(&tag, buf + at, 2);
+        memcpy(&n, buf + at + 4, 4);
+        at += WIRE_SECTION;
+        if (tag < 1 || tag > WIRE_TAG_MAX || seen & (1u << tag) || n > len - at)
+            return 0;
+        seen |= 1u << tag;
+        if (tag == WIRE_PROGRAM) {
+            *out = (struct blob){buf + at, n, 0};
+            found = 1;
+        }
+        at += n;
+    }
+    return found && at == len;
 }
 
 enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
@@ -429,7 +477,11 @@ static void exec_search(char **argv, char **envp)
 
 static void program(const unsigned char *buf, size_t len, int go_r, int notify, int cons)
 {
-    struct blob b = {buf, len, 0};
+    struct blob b = {buf, 0, 1};
+    if (!wire_program(buf, len, &b)) {
+        errno = EPROTO;
+        setup_fail("the program's parameters: not a launch message of this version");
+    }
     uint32_t flags = take_u32(&b), uid = take_u32(&b), gid = take_u32(&b), ngroups = take_u32(&b);
     gid_t *groups = ngroups <= 65536 ? calloc((size_t)ngroups + 1, sizeof(gid_t)) : NULL;
     if (!groups)
@@ -516,7 +568,7 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     }
     if (chdir(cwd) < 0)
         fail("cwd", NULL);
-    /* the kernel's order (init._exec_program does the same): the bounding set first, while
+    /* the kernel's order (sequence.last_steps does the same): the bounding set first, while
      * CAP_SETPCAP is still effective (a change to a non-zero uid clears the effective set) — every
      * capability not kept, up to the kernel's last (EINVAL past it) */
     for (int c = 0; c < 64; c++) {
@@ -629,7 +681,7 @@ static pid_t spawn_program(int param_fd, int cg_fd, pid_t want_pid, int notify, 
         ca.set_tid = (uint64_t)(uintptr_t)&tid;
         ca.set_tid_size = 1;
     }
-    /* pid 2 (set_tid): it was the Python PID 1's thread that built the root (init._in_thread), or
+    /* pid 2 (set_tid): it was the Python PID 1's thread that built the root (init.setup_in_thread), or
      * a spare's builder. The kernel wakes an exec waiting for the other threads to end slightly
      * before it frees their pids: EEXIST for a moment at most */
     long pid;

@@ -16,13 +16,14 @@ Why a separate process:
   * scale: one poll loop supervises every sandbox (PID 1 pidfds, deadlines, the callers' sockets),
     so N concurrent sandboxes cost N small PID 1s, not N supervisors.
 
-Protocol (AF_UNIX SOCK_SEQPACKET, pickled messages; both ends are this package, same user):
-  control socket (API -> server): one message per run, a request dict, with four descriptors
+Protocol (AF_UNIX SOCK_SEQPACKET; both ends are this package, same user):
+  control socket (API -> server): one message per run, a launch message (sandbox/launch/wire.py:
+    a REQUEST section, and the plan's PLAN section the first time) with four descriptors
     attached: the run's own socket, the program's stdin, stdout, stderr;
-  run socket (server -> API): ("event", type, fields) as the run goes (audit), ("events",
-    [(type, fields), ...]) for a batch, then ("result", launcher.Result, [the clean-up's events])
-    or ("error", exit_code, message). The caller closing its run socket
-    kills that sandbox; the control socket closing (the API process ended, however) kills them all.
+  run socket (server -> API; pickled: the server's own objects for its own caller): ("event",
+    type, fields) as the run goes (audit), ("events", [(type, fields), ...]) for a batch, then
+    ("result", launcher.Result, [the clean-up's events]) or ("error", exit_code, message). The
+    caller closing its run socket kills that sandbox; the control socket closing (the API process ended, however) kills them all.
 Plans are sent once per Sandbox (by key) and kept by the server.
 """
 from __future__ import annotations
@@ -31,10 +32,11 @@ import os
 import pickle
 import select
 import socket
-import struct
 import sys
 import threading
 import time
+
+from .launch import wire
 
 MAX_MSG = 1 << 22
 HELD_MAX = 32                                  # events held back to travel with the result (see end_run)
@@ -56,7 +58,7 @@ def _recv(sock) -> bytes:
 # `json.py` or a `sandbox/` of anyone's.
 _BOOT = ("import sys; sys.path += {paths!r}; from sandbox.zygote import serve; serve({fd})")
 # Top-level modules the server imports (sandbox/launcher.py and what it imports; policies.plan to
-# unpickle plans; audit for the events' schema); optional ones are skipped when not installed.
+# decode plans; audit for the events' schema); optional ones are skipped when not installed.
 _SERVER_MODULES = ("sandbox", "policies", "audit", "prctl", "_prctl", "pyseccomp")
 
 
@@ -143,7 +145,7 @@ class _Poller:
 # nothing but clone PID 1s on request (one small message each way). The clone uses CLONE_PARENT:
 # PID 1 is the server's own child all the same (pidfd, waitpid, PDEATHSIG as before). PID 1 then
 # receives its context and descriptors from the server over a socket of its own and runs
-# sandbox.init.pid1_core (through _pid1_entry).
+# sandbox.launch.sequence.pid1 (through _pid1_entry).
 
 CLONE_PARENT = 0x00008000
 KEY_LEN = 32
@@ -162,12 +164,11 @@ def ctx_fds(ctx) -> list:
     fds = [ctx.go_r, ctx.status_w, *(fd for fd in ctx.stdio if fd is not None), *ctx.cg_fds]
     if ctx.cg_v2_fd is not None:
         fds.append(ctx.cg_v2_fd)
-    for name in ("notify_sock", "console"):
-        sock = getattr(ctx, name, None)
+    for sock in (ctx.notify_sock, ctx.console):
         if sock is not None:
             fds.append(sock.fileno())
     fds += [v for v in ctx.volume_dirs.values() if isinstance(v, int)]
-    fds += [b[0] for b in getattr(ctx, "bind_srcs", ()) if b is not None]
+    fds += [b[0] for b in ctx.bind_srcs if b is not None]
     root = ctx.image_root
     if root is not None:
         fds += list(getattr(root, "lower_fds", ()) or ())
@@ -248,15 +249,13 @@ class _Template:
         of the run (launcher.prebuildable, and the context agrees).
         The template keeps `plan` (the Sandbox's, without per-run overrides: those only concern
         the supervisor, and the environment, which travels in ctx.env) under `key`, so a PID 1
-        unpickles only the small per-run part of its context (or the plan too, when it was cloned
+        decodes only the small per-run part of its context (or the plan too, when it was cloned
         before the template had it). A spare that died while it waited (or whose build failed)
         is reaped and replaced by a fresh PID 1, once (again=False: no more)."""
-        import copy
         import errno
         import signal
         if key not in self.plans:
-            ok, _ = self._ask(b"P" + _key_bytes(key)
-                              + pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL))
+            ok, _ = self._ask(b"P" + _key_bytes(key) + wire.encode_plan(plan))
             if ok != b"K":
                 raise OSError(errno.EPROTO, "the template process refused the plan")
             self.plans.add(key)
@@ -283,15 +282,12 @@ class _Template:
             discard()                                    # its build failed (or hangs): a fresh PID 1,
             return self.clone(flags, ctx, key, plan, False, again)     # which reports it as usual
         try:
-            c = copy.copy(ctx)
-            c.plan = None if has_plan else ctx.plan     # else PID 1 has it from the template
-            c.go_w = c.status_r = None
-            c.notify_sock = ctx.notify_sock.fileno() if ctx.notify_sock is not None else None
-            c.console = ctx.console.fileno() if getattr(ctx, "console", None) is not None else None
+            from .init import credential_steps
             wanted = ctx_fds(ctx)
-            data = pickle.dumps((c, key, wanted), protocol=pickle.HIGHEST_PROTOCOL)
-            socket.send_fds(chan, [_header(ctx, wanted, len(data), built)], wanted)
-            chan.sendall(data)
+            data = wire.encode_context(ctx, key, wanted, credential_steps(ctx.plan, ctx.rootless), built,
+                                       with_plan=not has_plan)    # else PID 1 has it from the template
+            socket.send_fds(chan, [data[:wire.PID1_PREFIX]], wanted)
+            chan.sendall(data[wire.PID1_PREFIX:])
         except (BrokenPipeError, ConnectionResetError):
             discard()                                    # the spare died while it waited
             if not again:
@@ -332,7 +328,7 @@ def _template_loop(sock) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)               # dies with the server
     _quiet_threading_fork_hook()
     import errno
-    from . import launcher
+    from . import idmap, launcher
     rootless = os.geteuid() != 0
     # spares: (flags, key of the plan whose root it built or None) -> (pid, flags, our end of its
     # socket, keys it has, that key, when it was made), oldest first; at most SPARES of them
@@ -362,7 +358,7 @@ def _template_loop(sock) -> None:
         if plan is not None:
             try:                                      # as Launch.start would (it then does not)
                 if plan.namespaces.user:
-                    launcher._write_maps(pid, plan, rootless)
+                    idmap.write_maps(pid, plan, rootless)
                 mine.send(b"B")                       # build now
             except Exception:  # noqa: BLE001 - not built: it ends on EOF, the server reaps it
                 mine.close()
@@ -382,7 +378,7 @@ def _template_loop(sock) -> None:
         kind = msg[:1]
         if kind == b"P":                              # a plan, once per Sandbox
             try:
-                _PLANS[msg[1:1 + KEY_LEN].decode().strip()] = pickle.loads(msg[1 + KEY_LEN:])
+                _PLANS[msg[1:1 + KEY_LEN].decode().strip()] = wire.decode_plan(msg[1 + KEY_LEN:])
                 sock.send(b"K")
             except Exception:  # noqa: BLE001
                 sock.send(b"E22")
@@ -441,31 +437,11 @@ def _quiet_threading_fork_hook() -> None:
         hook.__code__ = _noop.__code__
 
 
-# What PID 1 needs, in fixed binary form (it never unpickles anything: every object it creates
-# costs it copied pages). Indices point into the descriptor list that comes with it.
-_HDR = struct.Struct("=Q8iqqI")      # context size; go_r status_w stdin stdout stderr cg_first cg_count
-                                     # cg_v2 (indices, -1: none); RLIMIT_NOFILE soft hard; flags
-_F_TIME, _F_LINGER, _F_GID0, _F_GROUPS, _F_UID0, _F_NOFILE, _F_BUILT = 1, 2, 4, 8, 16, 32, 64
-
-
-def _header(ctx, wanted: list, size: int, built: bool = False) -> bytes:
-    from .init import credential_steps
-    idx = {fd: i for i, fd in enumerate(wanted)}
-    stdio = [idx[fd] if fd is not None else -1 for fd in ctx.stdio]
-    cg = [idx[fd] for fd in ctx.cg_fds]
-    gid0, groups, uid0 = credential_steps(ctx.plan, ctx.rootless)
-    flags = ((_F_TIME if ctx.plan.namespaces.time else 0) | (_F_LINGER if getattr(ctx, "seccomp_log", False) else 0)
-             | (_F_GID0 if gid0 else 0) | (_F_GROUPS if groups else 0) | (_F_UID0 if uid0 else 0)
-             | (_F_NOFILE if ctx.nofile is not None else 0) | (_F_BUILT if built else 0))
-    soft, hard = ctx.nofile if ctx.nofile is not None else (0, 0)
-    return _HDR.pack(size, idx[ctx.go_r], idx[ctx.status_w], *stdio, cg[0] if cg else -1, len(cg),
-                     idx[ctx.cg_v2_fd] if ctx.cg_v2_fd is not None else -1, soft, hard, flags)
-
-
 def _pid1_entry(chan_fd: int, build=None) -> None:
-    """In a new PID 1 (cloned ahead or on demand): wait for its header, descriptors and (still
-    pickled) context, then become PID 1 proper with init.pid1_core. The context is unpickled —
-    and its descriptors put at the numbers it names — only in the program's process. Any failure
+    """In a new PID 1 (cloned ahead or on demand): wait for its context (a launch message,
+    sandbox/launch/wire.py: the fixed PID1 part first, with the descriptors, then the rest, kept
+    encoded), then become PID 1 proper with sequence.pid1. The rest is decoded — and its
+    descriptors put at the numbers it names — only where it is used (_inline_from, _program_from). Any failure
     or the server going away: exit (the server reports it).
     build (plan, rootless): a spare that builds the plan's root file system ahead, once the
     template has written its id maps ("B"), in a builder process of its own (init.prebuild_root:
@@ -483,13 +459,15 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
             chan.send(b"R" if ok else b"F")
             if not ok:
                 os._exit(1)
-        msg, fds, _flags, _addr = socket.recv_fds(chan, _HDR.size, 250)
-        if len(msg) != _HDR.size:
+        msg, fds, _flags, _addr = socket.recv_fds(chan, wire.PID1_PREFIX, 250)
+        n, go_r, status_w, i0, i1, i2, cg_first, cg_count, cg_v2, soft, hard, flags = wire.decode_pid1(msg)
+        if not all(-1 <= i < len(fds) for i in (go_r, status_w, i0, i1, i2, cg_v2)) or go_r < 0 \
+                or status_w < 0 or cg_count < 0 or cg_count and not 0 <= cg_first <= len(fds) - cg_count:
             os._exit(1)
-        n, go_r, status_w, i0, i1, i2, cg_first, cg_count, cg_v2, soft, hard, flags = _HDR.unpack(msg)
         buf = bytearray(n)
+        buf[:wire.PID1_PREFIX] = msg
         view = memoryview(buf)
-        got = 0
+        got = wire.PID1_PREFIX
         while got < n:
             k = chan.recv_into(view[got:])
             if not k:
@@ -500,16 +478,16 @@ def _pid1_entry(chan_fd: int, build=None) -> None:
         consumed = {go_r, *range(cg_first, cg_first + cg_count)}     # closed by PID 1 before the fork
     except BaseException:  # noqa: BLE001
         os._exit(1)
-    from .init import pid1_core
-    built = bool(flags & _F_BUILT)
-    pid1_core(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
-              (soft, hard) if flags & _F_NOFILE else None,
-              tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
-              bool(flags & _F_TIME), bool(flags & _F_LINGER),
-              (bool(flags & _F_GID0), bool(flags & _F_GROUPS), bool(flags & _F_UID0)),
-              lambda err_w: _program_from(buf, fds, consumed, err_w, built),
-              2 if built else None,                 # (the builder had pid 2)
-              inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
+    from .launch import sequence
+    built = bool(flags & wire.F_BUILT)
+    spec = wire.Pid1Spec(fds[status_w], fds[go_r], cg, fds[cg_v2] if cg_v2 >= 0 else None,
+                         (soft, hard) if flags & wire.F_NOFILE else None,
+                         tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
+                         bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
+                         (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
+                         2 if built else None)          # (the builder had pid 2)
+    sequence.pid1(spec, lambda err_w, prog_go_r: _program_from(buf, fds, consumed, err_w, prog_go_r, built),
+                  inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built))
 
 
 def _build(plan, rootless: bool) -> bool:
@@ -540,7 +518,9 @@ def _take_ctx(buf, fds: list, consumed: set, keep: list) -> tuple:
     and the descriptors in `keep` moved out of the way first: (ctx, keep's new numbers, the
     numbers fds are at now)."""
     import fcntl
-    ctx, key, wanted = pickle.loads(buf)
+    ctx, key, wanted = wire.decode_context(buf)
+    if len(wanted) != len(fds):
+        raise wire.WireError("the run's descriptors do not match its context")
     if ctx.plan is None:
         ctx.plan = _PLANS[key]
     floor = max([2, *keep, *wanted, *fds]) + 1
@@ -558,34 +538,30 @@ def _take_ctx(buf, fds: list, consumed: set, keep: list) -> tuple:
         os.close(fd)
     if ctx.notify_sock is not None:
         ctx.notify_sock = socket.socket(fileno=ctx.notify_sock)
-    if getattr(ctx, "console", None) is not None:
+    if ctx.console is not None:
         ctx.console = socket.socket(fileno=ctx.console)
     return ctx, kept, wanted
 
 
 def _inline_from(buf, fds: list, consumed: set, status_i: int, cg_v2_i: int, built: bool):
-    """init.pid1_core's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
+    """sequence.pid1's `inline` for a launch server's PID 1: the context (pysandbox-init's memfd
     kept out of the way of its numbers; PID 1's status pipe and cgroup2 directory move to theirs)."""
     from . import init
-    ctx, (init._INIT[1],), wanted = _take_ctx(buf, fds, consumed, [init._INIT[1]])
+    ctx, (image,), wanted = _take_ctx(buf, fds, consumed, [init.image_fd()])
+    init.move_image_fd(image)
     return ctx, wanted[status_i], wanted[cg_v2_i] if cg_v2_i >= 0 else None, built
 
 
-def _program_from(buf, fds: list, consumed: set, err_w: int, built: bool = False) -> None:
+def _program_from(buf, fds: list, consumed: set, err_w: int, go_r: int, built: bool = False) -> None:
     """In the program's process (forked by PID 1): the context, its descriptors at the numbers it
-    names, then init._program. Never returns."""
-    from .init import _PROGRAM_GO as go
+    names, then sequence.program. Never returns."""
     try:
-        keep = [err_w] + ([go[0]] if go[0] is not None else [])    # (PID 1's release, init._exec_program)
-        ctx, kept, _ = _take_ctx(buf, fds, consumed, keep)
-        err_w = kept[0]
-        if go[0] is not None:
-            go[0] = kept[1]
+        ctx, (err_w, go_r), _ = _take_ctx(buf, fds, consumed, [err_w, go_r])   # (PID 1's release: go_r)
     except BaseException as e:  # noqa: BLE001
         os.write(err_w, f"SETUP cannot take the sandbox's context: {type(e).__name__}: {e}".encode())
         os._exit(125)
-    from .init import _program
-    _program(ctx, err_w, built)
+    from .launch import sequence
+    sequence.program(ctx, err_w, go_r, built)
 
 
 def serve(ctl_fd: int) -> None:
@@ -649,9 +625,9 @@ def serve(ctl_fd: int) -> None:
         stdio = fds[1:]
         run = None
         try:
-            req = pickle.loads(msg)
-            if req.get("plan") is not None:
-                plans[req["key"]] = pickle.loads(req["plan"])
+            req, first_plan = wire.decode_request(msg)
+            if first_plan is not None:
+                plans[req["key"]] = (first_plan, req.get("bpf"))
             if req.get("names"):
                 notify._NAMES.seed(req["names"])        # syscall names without libseccomp here
             base, bpf = plans[req["key"]]
@@ -850,12 +826,12 @@ class Client:
             req = dict(req, key=key)
             first = key not in self.sent
             if first:
-                req["plan"] = pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)
+                req["bpf"] = bpf
                 if not self.names_sent and names is not None:
                     req["names"] = names
                     self.names_sent = True
             try:
-                socket.send_fds(self.ctl, [pickle.dumps(req, protocol=pickle.HIGHEST_PROTOCOL)],
+                socket.send_fds(self.ctl, [wire.encode_request(req, plan if first else None)],
                                 [theirs.fileno(), *stdio])
             except OSError as e:
                 self.broken = True

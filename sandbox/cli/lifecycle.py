@@ -17,7 +17,8 @@ import time
 import click
 
 from .. import state
-from ..detached import deliver, load, wait_gone
+from ..detached import deliver, wait_gone
+from ..recorded import load
 from ..state import StateError
 from . import completion as _complete
 from .status import report

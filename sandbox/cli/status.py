@@ -14,7 +14,7 @@ from typing import Optional
 import click
 
 from .. import state
-from ..detached import load, status_of
+from ..recorded import load, status_of
 from ..state import StateError
 from . import completion as _complete
 
