@@ -51,7 +51,7 @@ from . import _sys, capabilities, recorded, state
 from . import notify  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
 from .init import RLIMIT_IDS
 from .launch import sequence
-from .launch.wire import ProgramSpec
+from .wire import ProgramSpec
 from .state import StateError
 
 NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),

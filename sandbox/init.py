@@ -30,7 +30,7 @@ import termios
 
 from . import _sys, capabilities, idmap, rootfs
 from policies.plan import CAP_INDEX
-from .launch import wire
+from . import wire
 from .network import loopback             # lo up in PID 1 (the rest of sandbox.network stays off the launch path)
 
 # Everything PID 1 and the program use must be imported here: after pivot_root the

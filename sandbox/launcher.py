@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import _sys, idmap
 from .init import init_image, read_to_end
 from .launch import sequence
-from .launch.wire import LaunchContext
+from .wire import LaunchContext
 
 EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126

@@ -241,7 +241,7 @@ static int pid1_seccomp(void)                   /* needs no_new_privs (drop_priv
  * namespace, and what sequence.last_steps does, in the same order, with the
  * same error reports ("<errno> <stage> <text>" on its error pipe, exit 126/127; "SETUP <text>" for a
  * set-up step): the parameters come from init.program_params, as one launch message on PARAM_FD
- * (sandbox/launch/wire.py, which documents the layout; version WIRE_VERSION):
+ * (sandbox/wire.py, which documents the layout; version WIRE_VERSION):
  *
  *   header   magic "PSBW" | version u16 | count u16 | length u32 (the whole message)
  *   section  tag u16 | reserved u16 | length u32 | payload        (little-endian throughout)

@@ -17,7 +17,7 @@ Why a separate process:
     so N concurrent sandboxes cost N small PID 1s, not N supervisors.
 
 Protocol (AF_UNIX SOCK_SEQPACKET; both ends are this package, same user):
-  control socket (API -> server): one message per run, a launch message (sandbox/launch/wire.py:
+  control socket (API -> server): one message per run, a launch message (sandbox/wire.py:
     a REQUEST section, and the plan's PLAN section the first time) with four descriptors
     attached: the run's own socket, the program's stdin, stdout, stderr;
   run socket (server -> API; pickled: the server's own objects for its own caller): ("event",
@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 
-from .launch import wire
+from . import wire
 
 MAX_MSG = 1 << 22
 HELD_MAX = 32                                  # events held back to travel with the result (see end_run)
@@ -439,7 +439,7 @@ def _quiet_threading_fork_hook() -> None:
 
 def _pid1_entry(chan_fd: int, build=None) -> None:
     """In a new PID 1 (cloned ahead or on demand): wait for its context (a launch message,
-    sandbox/launch/wire.py: the fixed PID1 part first, with the descriptors, then the rest, kept
+    sandbox/wire.py: the fixed PID1 part first, with the descriptors, then the rest, kept
     encoded), then become PID 1 proper with sequence.pid1. The rest is decoded — and its
     descriptors put at the numbers it names — only where it is used (_inline_from, _program_from). Any failure
     or the server going away: exit (the server reports it).

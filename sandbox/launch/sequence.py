@@ -14,7 +14,7 @@ they run (as runc's `Init` shows the parent's and the child's side):
                                     command does (sandbox/execin.py), from the same ProgramSpec;
                                     pysandbox-init's `program` (pid1.c) is the same steps in C
 
-What differs between callers is data: the plan, a launch.wire.LaunchContext (the run's
+What differs between callers is data: the plan, a wire.LaunchContext (the run's
 descriptors, filter, environment; inherited by fork, or sent to a launch server's PID 1 in the
 launch wire format), a wire.ProgramSpec (the program's last steps; pysandbox-init reads the same
 spec as a PROGRAM section). Everything here is imported before the clone: after pivot_root the
@@ -32,7 +32,7 @@ import socket
 import prctl
 
 from .. import _sys, capabilities, init
-from . import wire
+from .. import wire
 try:                                       # install() needs no libseccomp; imported before pivot_root
     from .. import seccomp as _seccomp
 except ImportError:                        # pragma: no cover

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from sandbox import init
-from sandbox.launch import wire
+from sandbox import wire
 
 pytestmark = pytest.mark.skipif(not os.path.exists(init.INIT_BINARY), reason="pysandbox-init not built")
 

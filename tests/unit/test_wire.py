@@ -1,4 +1,4 @@
-"""sandbox/launch/wire.py: the one encoding of the launch context (no root, no kernel)."""
+"""sandbox/wire.py: the one encoding of the launch context (no root, no kernel)."""
 from __future__ import annotations
 
 import struct
@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from policies import plan as P
-from sandbox.launch import wire
+from sandbox import wire
 
 
 def _plan():
