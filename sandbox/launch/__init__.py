@@ -1,2 +1,2 @@
-"""The launch: what crosses a process boundary on the way from the supervisor to the program
-(wire.py: one versioned encoding of the launch context)."""
+"""The launch sequence (sequence.py): every step of a launch, top to bottom, in kernel order.
+What crosses a process boundary on the way is sandbox/wire.py."""
