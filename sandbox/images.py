@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import importlib
 import io
 import json
@@ -44,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Optional
 
 from audit import paths as _paths
+
+from . import fsutil
 
 
 class _Lazy:
@@ -65,12 +66,6 @@ bz2, gzip, hashlib, lzma, shutil, tarfile, tempfile, zlib = (
 class ImageError(Exception):
     """One-line error about images, layers, volumes or containers (CLI: exit 125 at launch, 2 for bad input)."""
 
-
-# --------------------------------------------------------------------------- state directory
-
-def state_dir(rootless: Optional[bool] = None) -> str:
-    """The one state directory (audit/paths.py)."""
-    return _paths.state_dir(rootless)
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -107,7 +102,7 @@ class Store:
         if rootless is None:
             rootless = os.geteuid() != 0
         self.rootless = rootless
-        self.root = root or state_dir(rootless)
+        self.root = root or _paths.state_dir(rootless)
         self.layers = os.path.join(self.root, "layers")
         self.containers = os.path.join(self.root, "containers")
         self.volumes = os.path.join(self.root, "volumes")
@@ -147,9 +142,8 @@ class Store:
             finally:
                 self._lock_depth -= 1
             return
-        fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = fsutil.lock(os.path.join(self.root, ".lock"), shared=shared)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             self._lock_fd, self._lock_depth = fd, 1
             yield self
         finally:
@@ -169,17 +163,7 @@ class Store:
         return data
 
     def write_index(self, data: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".images.", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.index)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        fsutil.atomic_write_json(self.index, data, indent=1, sort_keys=True)
 
     def images(self) -> dict:
         return self.read_index()["images"]
@@ -241,7 +225,8 @@ class Store:
         if info.get("seal") is None:         # stored by a version without seals: sealed on first use
             info["seal"] = seal
             with contextlib.suppress(OSError):
-                _write_json_atomic(os.path.join(self.layer_dir(digest), "layer.json"), info)
+                fsutil.atomic_write_json(os.path.join(self.layer_dir(digest), "layer.json"), info, mode=0o644,
+                                         fsync=False, sort_keys=True)
         elif info["seal"] != seal:
             raise ImageError(f"layer {short} in the store {self.root} was modified after it was imported "
                              f"(its files no longer match its digest): remove the image and import it again")
@@ -295,56 +280,29 @@ class Store:
             return dst
 
 
-def _write_json_atomic(path: str, data: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
-    os.rename(tmp, path)
-
-
 def tree_seal(root: str) -> str:
     """sha256 over (name, inode, change time, mode, size) of `root` and every entry below it, walked
     by descriptors in name order. The kernel updates an inode's change time on every change to
     its data or metadata, and a replaced entry has a new inode: a layer whose seal is unchanged
     is the tree extracted (and digest-checked) at import. Directories the caller cannot list
     (mode 000, rootless) are sealed by their own inode and change time."""
+    from .treewalk import TreeChanged, walk_tree
     h = hashlib.sha256()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    h.update(b"%d %d %o\n" % (st.st_ino, st.st_ctime_ns, st.st_mode))
-    stack: list = []                     # (dir fd, path, subdirectories still to visit): one fd per level
-    cur = b""
     try:
-        while True:
-            if fd >= 0:
-                ents = []
-                with os.scandir(fd) as it:
-                    for e in it:
-                        est = e.stat(follow_symlinks=False)
-                        ents.append((os.fsencode(e.name), est.st_ino, est.st_ctime_ns, est.st_mode, est.st_size))
-                ents.sort()
-                stack.append((fd, cur, [n for n, _, _, m, _ in reversed(ents) if stat.S_ISDIR(m)]))
-                fd = -1
-                for name, ino, ctime, mode, size in ents:
-                    h.update(b"%s/%s\0%d %d %o %d\n" % (cur, name, ino, ctime, mode, size))
-            if not stack:
-                break
-            dfd, base, subdirs = stack[-1]
-            if not subdirs:
-                os.close(dfd)
-                stack.pop()
-                continue
-            name = subdirs.pop()
-            cur = base + b"/" + name
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            except PermissionError:
-                h.update(b"%s\0unreadable\n" % cur)
+        st = os.fstat(fd)
+        h.update(b"%d %d %o\n" % (st.st_ino, st.st_ctime_ns, st.st_mode))
+        for e in walk_tree(fd, max_entries=None, max_depth=None, open_files=False, unreadable_dirs=True):
+            arc = e.arc.encode("utf-8", "surrogateescape")          # os.fsencode, without its call
+            if e.unreadable:
+                h.update(b"/%s\0unreadable\n" % arc)
+            else:
+                est = e.st
+                h.update(b"/%s\0%d %d %o %d\n" % (arc, est.st_ino, est.st_ctime_ns, est.st_mode, est.st_size))
+    except TreeChanged as e:
+        raise OSError(errno.ESTALE, str(e), root) from None
     finally:
-        if fd >= 0:
-            os.close(fd)
-        for dfd, _, _ in stack:
-            os.close(dfd)
+        os.close(fd)
     return "sha256:" + h.hexdigest()
 
 
@@ -1163,16 +1121,16 @@ def _docker_source(bundle, what: str) -> _ImageSource:
 
 def tree_to_tar(src: str, tf, what: str, on_entry=None, limits=None) -> None:
     """Add the tree below `src` to the open TarFile `tf` (PAX), walking it by descriptors
-    (tarsafe.walk_tree): the tree may be written by a hostile program while it is read (a rootfs
+    (treewalk.walk_tree): the tree may be written by a hostile program while it is read (a rootfs
     directory, a sandbox's writable layer), and no symlink it plants -- a directory swapped for a
     link to a host directory -- is ever followed; headers describe the object actually opened.
     Hard links within the tree are kept. on_entry(entry, ti) -> list of TarInfo to add instead
     of ti (ti itself, with its data, when returned unchanged)."""
-    from . import tarsafe
+    from . import tarsafe, treewalk
     limits = limits or tarsafe.DEFAULT_LIMITS
     inodes: dict = {}
     try:
-        for e in tarsafe.walk_tree(src, max_entries=limits.members, max_depth=limits.depth):
+        for e in treewalk.walk_tree(src, max_entries=limits.members, max_depth=limits.depth):
             st = e.st
             ti = tarfile.TarInfo(e.arc)
             ti.mode, ti.uid, ti.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
@@ -1210,8 +1168,8 @@ def tree_to_tar(src: str, tf, what: str, on_entry=None, limits=None) -> None:
                         raise
                 else:
                     tf.addfile(t)
-    except tarsafe.TreeChanged as err:
-        if isinstance(err, tarsafe.TreeTooLarge):
+    except treewalk.TreeChanged as err:
+        if isinstance(err, treewalk.TreeTooLarge):
             raise ImageError(f"{what}: {err}") from None
         raise ImageError(f"{what}: {err} (retry when nothing writes to it)") from None
     except OSError as err:

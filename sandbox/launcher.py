@@ -395,7 +395,7 @@ class Launch:
         net = plan.network.mode if plan.network.mode not in ("none", "host") else None
         overlay = None
         if plan.filesystem.image:
-            from .images import state_dir
+            from audit.paths import state_dir
             overlay = state_dir(rootless)
         if not (plan.limits.any() or net or overlay):
             return

@@ -32,6 +32,7 @@ from typing import Optional
 from .images import (ImageError, Store, rmtree, _now, add_layer_from_tar, add_image_record, normalize_name,
                      tree_seal, tree_to_tar)
 from .images import _Lazy
+from . import fsutil, procid
 
 tarfile, tempfile = _Lazy("tarfile"), _Lazy("tempfile")
 
@@ -174,7 +175,8 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                 os.chmod(cdir, 0o711)     # the mapped root enters it as the root of a detached tree;
                 rw_fd = _sys.open_tree(cdir, recursive=False)   # containers/ (0700) keeps others out
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
-                    "created": _now(), "status": "running", "pid": os.getpid(), "read_only": read_only,
+                    "created": _now(), "status": "running", "pid": os.getpid(),
+                    "pid_start": procid.start_time(os.getpid()), "read_only": read_only,
                     "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": keep, "name": sandbox_name}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
@@ -238,7 +240,7 @@ def _reclaim_stale(store: Store) -> None:
                     m = json.load(f)
             except (OSError, ValueError):
                 continue
-            if m.get("status") == "running" and not m.get("keep") and not _alive(m.get("pid")):
+            if m.get("status") == "running" and not m.get("keep") and not _alive(m):
                 rmtree(os.path.join(store.containers, cid))
 
 
@@ -305,10 +307,8 @@ def _detached(paths) -> tuple[int, ...]:
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.rename(tmp, path)
+    # on the launch path (container.json): no fsync, as before (a crash loses the container anyway)
+    fsutil.atomic_write_json(path, data, mode=0o644, fsync=False, indent=1, sort_keys=True)
 
 
 def _shifted_layer(store: Store, digest: str, umap, gmap) -> str:
@@ -730,10 +730,10 @@ def receive_layer(spec: RootSpec) -> int:
 
 def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
     """Copy the upper directory of the writable layer's tmpfs to `dst` on disk, by descriptors
-    (tarsafe.walk_tree: nothing is followed), with what overlay and diff/commit need: types,
+    (treewalk.walk_tree: nothing is followed), with what overlay and diff/commit need: types,
     whiteouts (0:0 character devices), overlay's xattrs, modes, owners (as root), times, hard
     links. Bounded: the tmpfs holds at most its size and inode count."""
-    from .tarsafe import walk_tree, TreeChanged
+    from .treewalk import walk_tree, TreeChanged
     os.mkdir(dst, 0o700)
     dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     dirs: list[tuple[str, os.stat_result, list]] = []
@@ -899,16 +899,10 @@ def _container(store: Store, ref: str) -> tuple[str, dict]:
         raise ImageError(f"container {cid} has no readable record") from None
 
 
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
+def _alive(meta: dict) -> bool:
+    """The process that made the container still runs: its pid + start time (a record of an older
+    pysandbox has no start time: its pid alone)."""
+    return procid.running(meta.get("pid"), meta.get("pid_start"))
 
 
 def list_containers(store: Store) -> list[dict]:
@@ -918,7 +912,7 @@ def list_containers(store: Store) -> list[dict]:
             with contextlib.suppress(OSError, ValueError):
                 with open(os.path.join(store.containers, cid, "container.json")) as f:
                     m = json.load(f)
-                if m.get("status") == "running" and not _alive(m.get("pid")):
+                if m.get("status") == "running" and not _alive(m):
                     m["status"] = "dead"
                 out.append(m)
     return out
@@ -927,7 +921,7 @@ def list_containers(store: Store) -> list[dict]:
 def remove_container(store: Store, ref: str) -> str:
     with store.locked():
         cid, meta = _container(store, ref)
-        if meta.get("status") == "running" and _alive(meta.get("pid")):
+        if meta.get("status") == "running" and _alive(meta):
             raise ImageError(f"container {cid} is running")
         rmtree(os.path.join(store.containers, cid))
     store.gc()
@@ -943,7 +937,7 @@ def changes(store: Store, ref: str) -> list[tuple[str, str]]:
     cid, meta = _container(store, ref)
     upper = os.path.join(store.containers, cid, "upper")
     if not os.path.isdir(upper):
-        if meta.get("status") == "running" and _alive(meta.get("pid")):
+        if meta.get("status") == "running" and _alive(meta):
             raise ImageError(f"container {cid} is still running (its writable layer is kept when it exits)")
         raise ImageError(f"container {cid} has no writable layer (read-only root)")
     lowers = _lowers_of(store, meta)
@@ -955,9 +949,9 @@ def changes(store: Store, ref: str) -> list[tuple[str, str]]:
         except _Symlink:
             return None
 
-    # by descriptors (tarsafe.walk_tree): a running sandbox may swap a directory of its upper
+    # by descriptors (treewalk.walk_tree): a running sandbox may swap a directory of its upper
     # layer for a symlink to a host directory while it is listed; that is never followed
-    from .tarsafe import walk_tree, TreeChanged
+    from .treewalk import walk_tree, TreeChanged
     children_new: dict[tuple, bool] = {(): False}       # directory -> are its entries all new
     try:
         for e in walk_tree(upper):
@@ -1015,7 +1009,7 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
         upper = os.path.join(store.containers, cid, "upper")
         if not os.path.isdir(upper):
             raise ImageError(f"container {cid} has no writable layer (read-only root)")
-        if meta.get("status") == "running" and _alive(meta.get("pid")):
+        if meta.get("status") == "running" and _alive(meta):
             raise ImageError(f"container {cid} is still running")
         base = None
         for rec in store.images().values():
