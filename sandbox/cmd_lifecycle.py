@@ -16,8 +16,9 @@ import time
 import click
 
 from . import completion as _complete
-from . import lifecycle, state
-from .state import StateError
+from . import lifecycle
+from .store import state
+from .store.state import StateError
 
 
 def _fail(e: StateError):
@@ -294,7 +295,7 @@ def exec_cmd(tty, interactive, env, workdir, name, command):
 def prune_cmd():
     """Remove what dead supervisors left (processes, cgroups, network endpoints, overlay dirs) and
     every detached sandbox that is not running (exited or dead): its state and logs."""
-    from . import reclaim
+    from .store import reclaim
     try:
         removed = reclaim.prune()
     except StateError as e:

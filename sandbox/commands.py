@@ -153,7 +153,7 @@ def cache_files(compiled, kw=None) -> list:
 def run(command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
     """Run COMMAND in a sandbox:  pysandbox run [OPTIONS] -- COMMAND [ARGS...]"""
     if name is not None:            # a name becomes a state directory, a host name, an audit label
-        from .state import StateError, check_name
+        from .store.state import StateError, check_name
         try:
             check_name(name)
         except StateError as e:

@@ -48,10 +48,11 @@ import tty as _tty
 
 import prctl
 
-from . import _sys, capabilities, procid, state
+from . import _sys, capabilities, procid
 from . import notify as _notify
 from . import seccomp as _seccomp
-from .state import StateError
+from .store import state
+from .store.state import StateError
 
 NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),
             ("uts", _sys.CLONE_NEWUTS), ("ipc", _sys.CLONE_NEWIPC), ("net", _sys.CLONE_NEWNET),

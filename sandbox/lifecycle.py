@@ -37,8 +37,9 @@ import time
 from typing import Optional
 
 from . import _sys
-from . import procid, state
-from .state import StateError
+from . import procid
+from .store import state
+from .store.state import StateError
 
 NS_TYPES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time")
 
@@ -129,7 +130,7 @@ def run_detached(plan, bpf, argv, runopts) -> int:
     sid = os.urandom(6).hex()
     name = runopts.get("name") or f"sbx-{sid}"
     argv = tuple(argv) if argv else tuple(plan.process.argv)
-    from . import reclaim
+    from .store import reclaim
     try:
         state.check_name(name)
         # registered before it exists: a `run -d` killed at any point leaves nothing the next
@@ -337,7 +338,7 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         out = os.open(os.path.join(d, "stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         err = os.open(os.path.join(d, "stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         state.hold_alive(name)                   # kept open for the supervisor's (and PID 1's) lifetime
-        from . import reclaim
+        from .store import reclaim
         own_rec = reclaim.register(sid, rootless=os.geteuid() != 0, name=name)   # the CLI's record goes
         from audit.session import open_session
         sess = open_session(sid, name, plan.name, log_path=runopts.get("audit_log"), summary=False)
@@ -797,7 +798,7 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
             problems.append(f"network clean-up: {e}")
     sid = st.get("id") or ""
     if sid:                                       # what its dead supervisor registered (overlay dir, ...)
-        from . import reclaim
+        from .store import reclaim
         try:
             reclaim.reclaim(only=sid)
         except OSError as e:

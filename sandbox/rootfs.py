@@ -318,13 +318,13 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         except OSError as e:
             raise SetupError(f"root directory {fs.root}: {e.strerror}") from None
     if image_root is not None:       # the image store may live under BASE: reach it before the tmpfs
-        from . import overlay
+        from .store import overlay
         overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
     tree = None                       # the fresh tmpfs root of `root: host` (_FreshRoot)
     if image_root is not None:
-        from . import overlay
+        from .store import overlay
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.overlay)
     elif root_fd is not None:
         _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)

@@ -31,7 +31,7 @@ import re
 import time
 from typing import Optional
 
-from . import procid          # pid + start time: the one process identity
+from .. import procid          # pid + start time: the one process identity
 
 # json and fsutil are imported where used: the check at the start of every command needs neither
 
@@ -161,7 +161,7 @@ def reclaim(rootless: Optional[bool] = None, *, only: Optional[str] = None) -> l
     if not dead:
         return []
     done = []
-    from . import fsutil
+    from .. import fsutil
     try:
         lock = fsutil.lock(os.path.join(d, ".lock"))
     except OSError:
@@ -210,7 +210,7 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
     """Remove one dead sandbox's leftovers; True when nothing is left (the records may go)."""
     ok = True
     if kinds.get("cgroup") or torn:
-        from . import cgroups
+        from .. import cgroups
         try:
             ok = not cgroups.remove_leftover(sid, rootless=rootless) and ok
         except OSError:
@@ -230,7 +230,7 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
 
 def _remove_container(sid: str, store_root: Optional[str], rootless: bool) -> bool:
     import json
-    from . import fsutil
+    from .. import fsutil
     from .images import Store, rmtree
     store = Store(store_root, rootless=rootless) if store_root else Store(rootless=rootless)
     cdir = os.path.join(store.containers, sid)

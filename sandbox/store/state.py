@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 
 from audit import paths
 
-from . import fsutil
+from .. import fsutil
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")   # \Z, not $: "$" lets "name\n" through
 

@@ -20,12 +20,9 @@ Limits are refused with `TarLimitError` (one line, naming the limit and how to r
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
 import re
-import stat
 import tarfile
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
