@@ -1,4 +1,7 @@
-"""The per-sandbox top lower layer of an image root: the mount points the image lacks."""
+"""The per-sandbox top lower layer of a root we did not make (an image's, a `root:` directory's): the
+mount points the root lacks, and the container-interface files (/run/.containerenv,
+/run/host/container-manager) — so nothing is ever written into an image layer or the user's
+directory, and a read-only root still gets them."""
 from __future__ import annotations
 
 import contextlib
@@ -71,6 +74,60 @@ class _MP:
 # a read-only root (nothing can be created later), the files a private network binds.
 STANDARD_MOUNTPOINTS = ("/proc", "/sys", "/dev", "/tmp")
 READ_ONLY_FILE_MOUNTPOINTS = ("/etc/hosts", "/etc/resolv.conf")
+
+
+# The container interface of systemd and podman (issue 20 item 15), as in a `root: host` tree
+# (sandbox/rootfs.py writes the same files there): (directory, its mode when the root lacks it,
+# file name). The files are 0444, the sandbox root's.
+INTERFACE_FILES = (("run", 0o755, ".containerenv"), ("run/host", 0o555, "container-manager"))
+
+
+def add_interface_files(layer: str, lowers, umap=(), gmap=(), *, rootless: bool, chown: bool = True) -> None:
+    """Write the container-interface files into the top layer `layer` (contents as for a host root:
+    rootfs.containerenv, rootfs.ENGINE), over whatever the root has at those paths. Directories of
+    the root on the way keep its mode and owner (the top layer's attributes are what the merged
+    directory shows); missing ones are made as in a host root. Where the root has a symlink or a
+    file on the way (`/run -> /var/run`), or a directory we cannot search, the files are left out:
+    the root's own business, and nothing of it is followed. chown=False: as the sandbox's root (the files are its own already)."""
+    from ..rootfs import ENGINE, containerenv      # PID 1 has it imported already; the supervisor: once
+    texts = {".containerenv": containerenv(rootless=rootless), "container-manager": ENGINE + "\n"}
+    modes = []                                      # (path, mode): set after the files are written
+
+    def own(p: str, uid: int, gid: int) -> None:
+        if chown and not rootless:
+            os.chown(p, shift_id(umap, uid), shift_id(gmap, gid), follow_symlinks=False)
+
+    for rel, new_mode, fname in INTERFACE_FILES:
+        parts = tuple(rel.split("/"))
+        ok = True
+        for i in range(1, len(parts) + 1):
+            sub = parts[:i]
+            try:
+                st = lookup(lowers, sub)
+            except (SymlinkInPath, PermissionError):   # (a directory the sandbox's root cannot search:
+                ok = False                              # its contents are not the sandbox's to see either)
+                break
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                ok = False                          # a symlink or a file of the root's
+                break
+            p = os.path.join(layer, *sub)
+            if os.path.lexists(p):
+                continue
+            os.mkdir(p, 0o755)
+            modes.append((p, stat.S_IMODE(st.st_mode) if st is not None else (new_mode if i == len(parts) else 0o755)))
+            own(p, st.st_uid if st is not None else 0, st.st_gid if st is not None else 0)
+        if not ok:
+            continue
+        p = os.path.join(layer, *parts, fname)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        try:
+            os.write(fd, texts[fname].encode())
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
+        own(p, 0, 0)
+    for p, mode in reversed(modes):
+        os.chmod(p, mode)
 
 
 def make_mountpoints(mnt: str, lowers, mounts, umap, gmap, *, rootless: bool, read_only: bool = False) -> None:

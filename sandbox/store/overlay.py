@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import fsutil, procid
-from .containers import alive, by_name
 from .idshift import close_all, detached, id_maps, idmapped_layers, needs_shift, shift_id, shifted_layer
 from .images import ImageError, Store, now, rmtree
-from .mountpoints import make_mountpoints
+from .mountpoints import add_interface_files, make_mountpoints
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -102,6 +101,7 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     with store.locked():
         _reclaim_stale(store)
         keep = bool(getattr(fs, "keep", False))
+        from .containers import by_name   # (imported here: PID 1 imports this module to mount)
         if name and keep:                  # `diff NAME` / `commit NAME` must find one container
             other = by_name(store, name)
             if other:
@@ -138,8 +138,10 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             if not read_only:                # the tmpfs's mount point; upper and work are made in it
                 os.mkdir(os.path.join(cdir, "upperfs"), 0o700)
                 upper, work = os.path.join(cdir, "upperfs", "upper"), os.path.join(cdir, "upperfs", "work")
-            make_mountpoints(mnt, [store.layer_diff(d) for d in reversed(rec["layers"])], getattr(fs, "mounts", ()),
-                         umap, gmap, rootless=rootless, read_only=read_only)
+            image_lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
+            make_mountpoints(mnt, image_lowers, getattr(fs, "mounts", ()), umap, gmap, rootless=rootless,
+                             read_only=read_only)
+            add_interface_files(mnt, image_lowers, umap, gmap, rootless=rootless)
             if shift:
                 from .. import _sys
                 os.chmod(cdir, 0o711)     # the mapped root enters it as the root of a detached tree;
@@ -202,6 +204,7 @@ def upper_tmpfs_options(size: int) -> str:
 
 def _reclaim_stale(store: Store) -> None:
     """Writable layers of sandboxes whose supervisor died (SIGKILL) without --keep: deleted."""
+    from .containers import alive
     with contextlib.suppress(FileNotFoundError):
         for cid in os.listdir(store.containers):
             path = os.path.join(store.containers, cid, "container.json")
@@ -301,6 +304,29 @@ def mount_root(spec: RootSpec, target: str, *, rootless: Optional[bool] = None) 
     except OSError as e:
         raise ImageError(f"filesystem.root image {spec.image}: overlay mount failed: {e.strerror}"
                          f"{' (rootless overlay needs kernel >= 5.11)' if rootless else ''}") from None
+
+
+def mount_dir_root(root_fd: int, target: str, fs, *, rootless: bool) -> None:
+    """A read-only `root:` directory (the descriptor root_fd, O_PATH) at `target`, in the sandbox's
+    PID 1 as the root of its user namespace: an overlay of a top layer over the directory, the
+    layer made here on target's tmpfs (hidden below the overlay afterwards) with the container-
+    interface files and the mount points the directory lacks. Nothing is ever written into the
+    directory (a bind of it would need its mount points made in it), and the root stays
+    read-only. (Submounts below the directory are not part of an overlay layer.)"""
+    from .. import _sys
+    layer = os.path.join(target, ".pysandbox-top")
+    lower = f"/proc/self/fd/{root_fd}"
+    try:
+        os.mkdir(layer, 0o755)
+        # as the sandbox's root: the directory's ids as this namespace sees them are not all mapped
+        make_mountpoints(layer, [lower + "/"], getattr(fs, "mounts", ()), (), (), rootless=True, read_only=True)
+        add_interface_files(layer, [lower + "/"], rootless=rootless, chown=False)
+        opts = ("userxattr," if rootless or _in_user_namespace() else "") + \
+            f"index=off,metacopy=off,lowerdir={_escape(layer)}:{lower}"
+        _sys.mount("pysandbox-root", target, "overlay", _sys.MS_RDONLY | _sys.MS_NOSUID | _sys.MS_NODEV, opts)
+    except OSError as e:
+        raise ImageError(f"filesystem.root {fs.root}: cannot mount it read-only with the container "
+                         f"interface: {e.strerror}") from None
 
 
 def _mount_detached(spec: RootSpec, target: str, flags: int, userxattr: bool) -> None:
