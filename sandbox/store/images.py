@@ -1,13 +1,12 @@
 """Image layer store: content-addressed layers, safe import, image records.
 
-Layout of the state directory (``/var/lib/pysandbox`` as root, ``$XDG_DATA_HOME/pysandbox``
-rootless, ``$PYSANDBOX_STATE_DIR`` when set)::
+Layout of the state directory (audit/paths.py; its rules: docs/api.md, "State directory")::
 
     layers/<sha256 hex>/diff         the extracted layer (an overlay lower directory)
     layers/<sha256 hex>/layer.json   {digest, size, files, created}
     images.json                      {"images": {"name:tag": record}}   (replaced atomically)
-    containers/<id>/                 per-sandbox upper/work dirs (sandbox.overlay)
-    volumes/<name>/_data             named volumes (sandbox.volumes)
+    containers/<id>/                 per-sandbox upper/work dirs (store/overlay.py)
+    volumes/<name>/_data             named volumes (store/volumes.py)
     tmp/                             staging area for imports (same filesystem: rename is atomic)
     .lock                            flock: one writer at a time
 
@@ -15,7 +14,7 @@ A layer is addressed by the sha256 of its *uncompressed* tar stream (the OCI ``d
 An image record lists its layers bottom first, a ``history`` (created, created_by, empty_layer)
 and the image config subset we use (Env, Cmd, Entrypoint, WorkingDir, User).
 
-Extraction never trusts the archive: member names are normalised and refused when absolute
+Extraction (store/extract.py; import, store/archive.py) never trusts the archive: member names are normalised and refused when absolute
 or containing ``..``; every parent directory is opened relative to the layer root with
 O_NOFOLLOW, so a symlink planted by the archive can never redirect a later write; device nodes
 are refused (or skipped on request); claimed sizes are checked against the space left before a
@@ -23,8 +22,8 @@ byte is written; OCI whiteouts become overlay whiteouts (char 0:0 device, ``over
 xattr). Everything is extracted into ``tmp/`` and renamed into place only when every layer of
 the import succeeded, so a corrupt or malicious archive leaves the store as it was. Tar headers,
 member counts, names, sizes, decompressed bytes and metadata JSON are bounded before anything is
-allocated (``sandbox.tarsafe``, ``--limit``); directories are packed by descriptors
-(``tree_to_tar``). Each extracted layer is sealed (``tree_seal``: inode and change time of every
+allocated (``store/tarsafe.py``, ``--limit``); directories are packed by descriptors
+(``archive.tree_to_tar``, ``treewalk.walk_tree``). Each extracted layer is sealed (``tree_seal``: inode and change time of every
 entry) and checked before every launch (``Store.check_layer``).
 """
 from __future__ import annotations

@@ -11,7 +11,10 @@ Per-sandbox state lives in ``<store>/containers/<id>/``: ``upperfs``, the mount 
 writable layer (none when the root is read-only: a tmpfs of the plan's storage size holding
 ``upper`` and ``work``, mounted by PID 1 in the sandbox's mount namespace; its upper directory is
 copied to ``upper`` after a ``--keep`` run), ``mnt`` (a small top lower layer holding mount points
-the image lacks, so a read-only root still gets its mount points) and ``container.json``.
+the image lacks, so a read-only root still gets its mount points, and the container-interface
+files: store/mountpoints.py) and ``container.json``. A read-only `root:` directory gets the same
+kind of top layer (mount_dir_root). Kept containers (ls, rm, diff, commit): store/containers.py;
+id-shifted layers: store/idshift.py.
 
 Copy-on-write: the image layers are only ever overlay *lower* directories; every write lands in
 the sandbox's own upper directory. When the sandbox's root is mapped to an unprivileged host uid

@@ -4,9 +4,8 @@ Before a launch creates anything on the host that outlives a process — a cgrou
 network's endpoint (veth, nft rules, address, hosts file), an image's `containers/<id>` directory,
 a detached sandbox's state entry — its owner registers it here:
 
-    <state dir>/owners/<sandbox id>.<owner pid>.<owner start time>     (root: /var/lib/pysandbox,
-                                                                        rootless: $XDG_DATA_HOME/
-                                                                        pysandbox; $PYSANDBOX_STATE_DIR)
+    <state dir>/owners/<sandbox id>.<owner pid>.<owner start time>     (the state directory:
+                                                                        audit/paths.py)
 
 The file name alone names the sandbox and its owner (pid + start time in clock ticks since boot:
 a pid is never reused with the same start time), so even an empty or torn record (disk full) can be

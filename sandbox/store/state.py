@@ -2,8 +2,7 @@
 
 Layout (one directory per sandbox, named after the sandbox):
 
-    <state directory>/sandboxes/NAME/    (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox
-                                          as root, $XDG_DATA_HOME/pysandbox rootless)
+    <state directory>/sandboxes/NAME/    (the state directory: audit/paths.py)
         state.json       the state (written atomically: temp file + rename, under `lock`)
         lock             flock'ed around every read-modify-write of state.json
         alive            flock'ed (shared) by the supervisor and PID 1 for as long as the sandbox lives:
