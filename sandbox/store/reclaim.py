@@ -216,7 +216,7 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
             ok = False
     if kinds.get("network") or torn:
         try:
-            from . import network
+            from .. import network
             network.reclaim_stale(rootless)       # every endpoint whose own supervisor is gone
         except Exception:                         # noqa: BLE001 - pyroute2 missing, nft failing: retry later
             ok = False if kinds.get("network") else ok
