@@ -431,7 +431,7 @@ def setgroups(groups) -> None:
     _check(_syscall(ctypes.c_long(_NR_CRED["setgroups"]), ctypes.c_size_t(len(groups)), arr), "setgroups")
 
 
-# --- idmapped mounts (sandbox.overlay: image layers seen through the sandbox's uid map) -----
+# --- idmapped mounts (sandbox.store.overlay: image layers seen through the sandbox's uid map) -----
 MOUNT_ATTR_IDMAP = 0x00100000
 
 

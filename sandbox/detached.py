@@ -41,9 +41,10 @@ import time
 from typing import Optional
 
 from . import _sys
-from . import state
+from . import procid
 from .recorded import EXEC_AUDIT_SOCKET
-from .state import StateError
+from .store import state
+from .store.state import StateError
 
 NS_TYPES = ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time")
 
@@ -123,7 +124,7 @@ def run_detached(plan, bpf, argv, runopts) -> int:
     sid = os.urandom(6).hex()
     name = runopts.get("name") or f"sbx-{sid}"
     argv = tuple(argv) if argv else tuple(plan.process.argv)
-    from . import reclaim
+    from .store import reclaim
     try:
         state.check_name(name)
         # registered before it exists: a `run -d` killed at any point leaves nothing the next
@@ -329,12 +330,12 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
         out = os.open(os.path.join(d, "stdout.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         err = os.open(os.path.join(d, "stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         state.hold_alive(name)                   # kept open for the supervisor's (and PID 1's) lifetime
-        from . import reclaim
+        from .store import reclaim
         own_rec = reclaim.register(sid, rootless=os.geteuid() != 0, name=name)   # the CLI's record goes
         from audit.session import open_session
         sess = open_session(sid, name, plan.name, log_path=runopts.get("audit_log"), summary=False)
         state.update(name, status="starting", supervisor_pid=os.getpid(),
-                     supervisor_start=state.proc_starttime(os.getpid()),
+                     supervisor_start=procid.start_time(os.getpid()),
                      stdout_log=os.path.join(d, "stdout.log"), stderr_log=os.path.join(d, "stderr.log"),
                      audit_log=sess.log_path)
     except Exception as e:                        # noqa: BLE001
@@ -433,7 +434,7 @@ def _record_start(name: str, sid: str, pid1: int, tell, cgroups=None) -> None:
     read here are the sandbox's namespaces (user, mnt, pid, uts, ipc, net — the ones PID 1 lives
     in; the cgroup and time namespaces are made later, by PID 1 and the program's process, and
     `exec` makes its own instead of trusting the program's: sandbox/execin.py)."""
-    st1 = state.proc_starttime(pid1)
+    st1 = procid.start_time(pid1)
     ns, ns_dev = ns_identities(pid1)
     cgs = list(cgroups) if cgroups is not None else sandbox_cgroups(pid1, sid)
     queued = state.take_signals(name, pid1=pid1, pid1_start=st1, namespaces=ns, namespaces_dev=ns_dev,
@@ -451,7 +452,7 @@ def _watch_ready(name: str, pid1: int, st1, tell, queued=(), limit: float = 60.0
     deadline = time.monotonic() + limit
     delay = 0.001
     while time.monotonic() < deadline:
-        if not state.same_process(pid1, st1):
+        if not procid.same_process(pid1, st1):
             return                                # ended before: the supervisor reports the exit
         prog = first_child(pid1)
         if prog and _execed(prog):
@@ -461,7 +462,7 @@ def _watch_ready(name: str, pid1: int, st1, tell, queued=(), limit: float = 60.0
                     # running, and the signals `kill` queued while it was starting (atomically: a
                     # `kill` from now on finds it running and signals PID 1 itself)
                     queued = list(queued) + state.take_signals(
-                        name, _only_if_status=("starting",), status="running", program_pid=prog, program_start=state.proc_starttime(prog),
+                        name, _only_if_status=("starting",), status="running", program_pid=prog, program_start=procid.start_time(prog),
                         program_namespaces=ns)
                 except StateError:
                     return
@@ -508,16 +509,10 @@ def _execed(prog: int) -> bool:
 def signal_sandbox(st: dict, sig: int) -> bool:
     """Send sig to the sandbox's PID 1 (which forwards it to the program; SIGKILL ends the whole
     sandbox). Uses a pidfd after checking the start time, so a recycled pid is never signalled."""
-    pid1 = st.get("pid1")
-    if not state.same_process(pid1, st.get("pid1_start")):
+    fd = procid.open_pidfd(st.get("pid1"), st.get("pid1_start"))
+    if fd is None:
         return False
     try:
-        fd = _sys.pidfd_open(pid1)
-    except OSError:
-        return False
-    try:
-        if not state.same_process(pid1, st.get("pid1_start")):
-            return False
         _sys.pidfd_send_signal(fd, sig)
         return True
     except OSError:

@@ -47,12 +47,13 @@ import tty as _tty
 
 import prctl
 
-from . import _sys, capabilities, recorded, state
+from . import _sys, capabilities, procid, recorded
 from . import notify  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
 from .init import RLIMIT_IDS
 from .launch import sequence
+from .store import state
+from .store.state import StateError
 from .wire import ProgramSpec
-from .state import StateError
 
 NS_ORDER = (("user", _sys.CLONE_NEWUSER), ("mnt", _sys.CLONE_NEWNS), ("pid", _sys.CLONE_NEWPID),
             ("uts", _sys.CLONE_NEWUTS), ("ipc", _sys.CLONE_NEWIPC), ("net", _sys.CLONE_NEWNET),
@@ -101,7 +102,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     if bool(st.get("rootless")) != rootless:
         raise ExecError(f"{name}: started by another user")
     pid1, prog = st.get("pid1"), st.get("program_pid")
-    if not state.same_process(pid1, st.get("pid1_start")):
+    if not procid.same_process(pid1, st.get("pid1_start")):
         raise ExecError(f"{name}: its PID 1 is gone")
     if "SYS_PTRACE" in plan["capabilities"] and _sys.landlock_abi() < _sys.LANDLOCK_SCOPE_ABI:
         raise ExecError(f"{name}: capabilities: SYS_PTRACE needs Landlock ABI 6 (Linux 6.12) to keep "
@@ -142,15 +143,10 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
     # alive: then it held the recorded namespaces all along, so their inode numbers cannot have
     # been handed to new namespaces, and a file whose device and inode are the recorded ones is
     # the recorded namespace.
+    pidfd = procid.open_pidfd(pid1, st.get("pid1_start"))
+    if pidfd is None:
+        raise ExecError(f"{name}: its PID 1 is gone")
     try:
-        if not isinstance(pid1, int) or pid1 <= 0:
-            raise OSError(errno.ESRCH, "no PID 1 recorded")
-        pidfd = _sys.pidfd_open(pid1)
-    except OSError:
-        raise ExecError(f"{name}: its PID 1 is gone") from None
-    try:
-        if not state.same_process(pid1, st.get("pid1_start")):
-            raise ExecError(f"{name}: its PID 1 is gone")
         # namespaces to join: the identities recorded from PID 1 before the program ran; opened
         # from PID 1 where we may (root; rootless once PID 1 runs pysandbox-init), else from the
         # program's process - which cannot choose them: only a file naming the recorded
@@ -164,7 +160,7 @@ def exec_in(ref: str, argv: list, *, tty: bool = False, env=(), workdir=None) ->
                                 f"started (a sandbox of an older pysandbox?); cannot join safely")
             fd = None
             for src, start in sources:
-                if not src or not state.same_process(src, start):
+                if not src or not procid.same_process(src, start):
                     continue
                 try:
                     f = os.open(f"/proc/{src}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)

@@ -91,7 +91,7 @@ def needs_network(plan) -> bool:
 
 
 def needs_image(plan) -> bool:
-    """An image root or volumes to prepare per run (sandbox.overlay / sandbox.volumes)."""
+    """An image root or volumes to prepare per run (sandbox.store.overlay / sandbox.store.volumes)."""
     fs = plan.filesystem
     return bool(fs.image) or any(m.type == "volume" for m in fs.mounts)
 
@@ -363,7 +363,7 @@ class Launch:
                 ctx.hosts_file = self.net.hosts_path
         self.step = "filesystem"
         if needs_image(plan):
-            _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless, self.name)   # sandbox.overlay / sandbox.volumes
+            _prepare_image_and_volumes(ctx, plan, self.sandbox_id, rootless, self.name)   # sandbox.store.overlay / sandbox.store.volumes
 
         if any(m.type == "bind" for m in plan.filesystem.mounts):
             ctx.bind_srcs = open_bind_sources(plan, rootless)
@@ -375,11 +375,11 @@ class Launch:
         net = plan.network.mode if plan.network.mode not in ("none", "host") else None
         overlay = None
         if plan.filesystem.image:
-            from .images import state_dir
+            from audit.paths import state_dir
             overlay = state_dir(rootless)
         if not (plan.limits.any() or net or overlay):
             return
-        from . import reclaim
+        from .store import reclaim
         try:
             # a detached sandbox's supervisor registered it already (its state): merged, and that
             # record stays its own to remove
@@ -472,7 +472,7 @@ class Launch:
                 result.events.append({"type": "integrity_violation", "what": "cgroup", "detail": str(e)})
         if ctx is not None and ctx.image_root is not None:   # discard the writable layer, or keep it (--keep)
             try:
-                from . import overlay
+                from .store import overlay
                 keep = plan.filesystem.keep and result.exit_code != EXIT_SETUP
                 result.events.extend(overlay.finish_root(ctx.image_root, keep=keep) or ())
                 if keep:
@@ -508,7 +508,7 @@ class Launch:
         if sup is not None:
             result.events.extend(sup.integrity())     # audit: post-exit integrity checks (audit/integrity.py)
         if self.registered:                           # everything above is removed: forget it
-            from . import reclaim
+            from .store import reclaim
             reclaim.unregister(self.registered)
             self.registered = None
 
@@ -571,17 +571,17 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
 
 def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name: Optional[str] = None) -> None:
     """Before clone: an image's overlay root (per-sandbox upper/work dirs) and named volume dirs."""
-    from .images import ImageError
+    from .store.images import ImageError
     fs = plan.filesystem
     try:
         if fs.image:
-            from . import overlay
+            from .store import overlay
             ctx.image_root = overlay.prepare_root(fs, sandbox_id, rootless=rootless,
                                                   uid_map=plan.user.uid_map, gid_map=plan.user.gid_map,
                                                   name=name)
         vols = [m for m in fs.mounts if m.type == "volume"]
         if vols:
-            from .volumes import resolve_volume
+            from .store.volumes import resolve_volume
             owner = None
             if not rootless and plan.user.uid_map:      # the sandbox's root owns a new volume
                 owner = tuple(next((e.outside for e in m if e.inside == 0), 0)

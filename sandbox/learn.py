@@ -292,10 +292,8 @@ def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, 
     allow = by_default + [n for n in by_rule if n not in by_default]
     text = render_profile(_profile_name(output), base_ref_out, argv, observed, allow, deny, caps, hints,
                           kept, allowed_escape)
-    tmp = f"{output}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, output)
+    from . import fsutil
+    fsutil.atomic_write(output, text, mode=None)
     return result.exit_code, observed, text
 
 

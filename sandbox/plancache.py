@@ -90,7 +90,7 @@ def load(key: str):
 
 
 def store(key: str, plan, bpf, runopts: dict, files) -> None:
-    import tempfile
+    from . import fsutil          # a cache miss only: the cached path does not import it
     d = cache_dir()
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
@@ -98,9 +98,6 @@ def store(key: str, plan, bpf, runopts: dict, files) -> None:
             return
         entry = {"format": FORMAT, "key": key, "deps": deps_for(files), "plan": plan, "bpf": bpf,
                  "runopts": runopts}
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(entry, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, _file_for(key))
+        fsutil.atomic_write(_file_for(key), pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL), fsync=False)
     except OSError:
         pass        # a cache that cannot be written costs speed, never correctness

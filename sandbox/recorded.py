@@ -4,7 +4,7 @@ Apart from detached.py, so that `exec` (sandbox/execin.py) reads it without impo
 detached supervisor (no import cycle)."""
 from __future__ import annotations
 
-from . import state
+from .store import state
 
 # In a sandbox's state directory: the supervisor's socket on which `exec` hands it the command's
 # seccomp listener (detached._ExecAudit), so that the command's denials are recorded too

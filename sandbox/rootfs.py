@@ -46,9 +46,9 @@ FIXED_DIRS = ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv")
 # (systemd-detect-virt -c, toolbox, …) detect the sandbox. `container=pysandbox` is in PID 1's and
 # the program's environment (sandbox/init.py, launcher.build_env); /run/host/container-manager
 # (systemd's) and /run/.containerenv (podman's) are files of the root we build (`root: host`), mode
-# 0444, written into its tmpfs (no mount). Not in an image's root: written there they would land in
-# its writable layer (`pysandbox diff`, `commit`) or fail on a read-only one — nor in a `root:`
-# directory, which is the host's (docs/images.md).
+# 0444, written into its tmpfs (no mount). An image's root and a read-only `root:` directory get the
+# same files on a top layer of the sandbox's own (sandbox/store/mountpoints.py), never in the image
+# or the directory (docs/profile-format.md).
 ENGINE = "pysandbox"
 VERSION = "0.1.0"        # = pyproject.toml's (tests/test_container_interface.py checks)
 
@@ -318,16 +318,20 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         except OSError as e:
             raise SetupError(f"root directory {fs.root}: {e.strerror}") from None
     if image_root is not None:       # the image store may live under BASE: reach it before the tmpfs
-        from . import overlay
+        from .store import overlay
         overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
     tree = None                       # the fresh tmpfs root of `root: host` (_FreshRoot)
     if image_root is not None:
-        from . import overlay
-        overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.overlay)
+        from .store import overlay
+        overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.store.overlay)
     elif root_fd is not None:
-        _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
+        if fs.read_only:              # the container interface files on a top layer (sandbox.store)
+            from .store import overlay
+            overlay.mount_dir_root(root_fd, new, fs, rootless=rootless)
+        else:                         # writable: the directory itself (nothing can be added to it)
+            _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
         os.close(root_fd)
     else:
         tree = _FreshRoot(new)

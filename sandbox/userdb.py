@@ -72,7 +72,7 @@ class UserDB:
         self._dirs: list[str] = []
         self.files: list[str] = []             # what the answer depends on (the run's plan cache)
         if getattr(fs, "image", None):
-            from .images import ImageError, Store
+            from .store.images import ImageError, Store
             try:
                 store = Store()
                 self.files.append(store.index)

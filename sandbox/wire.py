@@ -85,7 +85,7 @@ class LaunchContext:
     status_w: int
     hosts_text: "str | None" = None
     hosts_file: "str | None" = None       # private network: live hosts file, bind-mounted read-only
-    image_root: object = None             # sandbox.overlay.RootSpec
+    image_root: object = None             # sandbox.store.overlay.RootSpec
     volume_dirs: dict = dataclasses.field(default_factory=dict)
     # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for
     # other mounts): (fd, is_dir, is_tree) — as root a detached tree (open_tree in the host's mount
@@ -113,7 +113,7 @@ CLASSES = _classes()
 def _class(name: str):
     cls = CLASSES.get(name)
     if cls is None and name == "RootSpec":        # an image's root: only runs with an image load it
-        from .. import overlay
+        from .store import overlay
         cls = CLASSES[name] = overlay.RootSpec
     return cls
 

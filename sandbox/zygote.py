@@ -782,7 +782,7 @@ class Client:
                         c.proc.wait(5)     # gone: reaped, so the reclaimer sees its owner dead
                     except Exception:  # noqa: BLE001
                         pass
-                from .reclaim import reclaim_quietly
+                from .store.reclaim import reclaim_quietly
                 reclaim_quietly()          # what a SIGKILLed launch server left (sandbox/reclaim.py)
                 c = cls._current = cls()
             return c

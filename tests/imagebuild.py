@@ -213,14 +213,15 @@ def truncated_gzip() -> bytes:
 
 # --------------------------------------------------------------------------- overlay helper
 # `python tests/imagebuild.py run-root SPEC.pickle TARGET SCRIPT` -- run under `unshare -m` (root) or
-# `unshare -Urm` (rootless): mounts the overlay root of SPEC at TARGET (sandbox.overlay.mount_root),
+# `unshare -Urm` (rootless): mounts the overlay root of SPEC at TARGET (sandbox.store.overlay.mount_root),
 # runs SCRIPT with the image's /bin/sh chrooted into it, unmounts, exits with the script's status.
 
 def _run_root(spec_path: str, target: str, script: str) -> int:
     import pickle
     import sys
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from sandbox import overlay, _sys
+    from sandbox import _sys
+    from sandbox.store import overlay
     with open(spec_path, "rb") as f:
         spec = pickle.load(f)
     _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)     # nothing propagates to the host

@@ -194,7 +194,7 @@ def test_one_state_dir_everywhere(runner, sdirs):
 
 def test_resolver_rules(monkeypatch, tmp_path):
     from audit import paths
-    from sandbox import images, state
+    from sandbox.store import images, state
     from sandbox.network import store as network_store
     monkeypatch.delenv("PYSANDBOX_STATE_DIR", raising=False)
     monkeypatch.setenv("HOME", "/home/u")
@@ -208,7 +208,7 @@ def test_resolver_rules(monkeypatch, tmp_path):
     monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path / "sd"))
     for rootless in (False, True):
         assert paths.state_dir(rootless) == str(tmp_path / "sd")
-        assert images.state_dir(rootless) == str(tmp_path / "sd")
+        assert images.Store(rootless=rootless).root == str(tmp_path / "sd")
         assert network_store.state_dir(rootless) == tmp_path / "sd" / "networks"
     assert state.state_root() == tmp_path / "sd" / "sandboxes"
 

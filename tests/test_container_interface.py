@@ -166,3 +166,115 @@ def test_api_and_roots_built_ahead(who, request):
     want = "pysandbox\n" + containerenv(rootless) + "pysandbox\n"
     assert out["built"] == containerenv(rootless), out      # the spare's root, before its run
     assert out["runs"][0] == want and out["runs"][1] == want, out
+
+
+# --------------------------------------------------------------------------- image and directory roots
+# The same files for a root we did not make (an image's, a read-only `root:` directory's), written
+# into a top layer of the sandbox's own (sandbox/store/mountpoints.py): present and read-only, and
+# neither the image's layers nor the user's directory are written to.
+
+CHECK = ('echo "env=$container"; cat /run/.containerenv; echo ---; cat /run/host/container-manager; '
+         'stat -c "%a %F" /run/.containerenv /run/host/container-manager /run/host')
+DENY = ("echo engine=host > /run/.containerenv; echo rc=$?; echo x > /run/host/container-manager; echo rc=$?; "
+        "rm -f /run/.containerenv; echo rc=$?; cat /run/host/container-manager")
+
+
+def _tree(top) -> dict:
+    """Every entry below top (top included): type and mode, owner, size, mtime, content."""
+    import hashlib
+    out = {}
+    for dp, dns, fns in os.walk(top):
+        for n in [""] + dns + fns:
+            p = os.path.join(dp, n) if n else dp
+            st = os.lstat(p)
+            data = None
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as f:
+                    data = hashlib.sha256(f.read()).hexdigest()
+            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, data)
+    return out
+
+
+def _sees_the_interface(r, rootless: bool) -> None:
+    assert r.returncode == 0, r
+    env, rest = r.stdout.split("\n", 1)
+    assert env == "env=pysandbox", r
+    ce, rest = rest.split("---\n", 1)
+    assert ce == containerenv(rootless), r                  # as for a host root: nothing of the host's
+    assert rest.splitlines() == ["pysandbox", "444 regular file", "444 regular file", "555 directory"], r
+
+
+def _cannot_change_it(r) -> None:
+    rcs = r.stdout.split()
+    assert len(rcs) == 4 and all(x.startswith("rc=") and x != "rc=0" for x in rcs[:3]) and rcs[3] == "pysandbox", r
+    assert r.stderr.count("Read-only file system") == 3, r
+
+
+@pytest.fixture
+def image_env(runner, shared_tmp):
+    """(runner, state dir) with busybox:test imported by the runner's user into a store of its own."""
+    import imagebuild as ib
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    state, work = shared_tmp / "state", shared_tmp / "work"
+    work.mkdir()
+    ib.write_docker_save(str(work / "save.tar"))
+    for p in (work, work / "save.tar"):
+        os.chown(p, runner.uid, runner.gid)
+    r = runner("image", "import", str(work / "save.tar"), env={"PYSANDBOX_STATE_DIR": str(state)})
+    assert r.returncode == 0, r
+    return runner, str(state)
+
+
+def test_image_root_has_the_container_interface(image_env):
+    """`--image`: the files are in the sandbox's own top layer, over the image's /run (which has
+    none of them); the image's layers are not touched, and the program cannot change the files."""
+    runner, state = image_env
+    before = _tree(os.path.join(state, "layers"))
+    env = {"PYSANDBOX_STATE_DIR": state}
+    r = runner("run", "--profile", "strict", "--image", "busybox:test", "--", "/bin/sh", "-c", CHECK, env=env)
+    _sees_the_interface(r, runner.rootless)
+    r = runner("run", "--profile", "strict", "--image", "busybox:test", "--", "/bin/sh", "-c", DENY, env=env)
+    _cannot_change_it(r)
+    assert _tree(os.path.join(state, "layers")) == before
+
+
+def _dir_root(runner, shared_tmp) -> str:
+    import imagebuild as ib
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    root = str(shared_tmp / "root")
+    ib.write_rootfs_dir(root)                      # bin/busybox, sh, cat, ls; etc/motd — no proc, dev, run
+    for a in ("stat", "rm"):
+        os.symlink("busybox", os.path.join(root, "bin", a))
+    return root
+
+
+def test_directory_root_has_the_container_interface(runner, shared_tmp, tmp_profile):
+    """`root: {path: DIR}` (read-only, strict's default): the files are there, read-only, and
+    nothing is written into DIR — not even the mount points it lacks (/proc, /dev, /sys, /tmp,
+    /etc/hosts: a bind of DIR had them made in it)."""
+    root = _dir_root(runner, shared_tmp)
+    before = _tree(root)
+    prof = tmp_profile(f"extends: strict\nfilesystem:\n  root: {{path: {root}}}\n")
+    r = runner("run", "--profile", prof, "--", "/bin/sh", "-c", CHECK)
+    _sees_the_interface(r, runner.rootless)
+    r = runner("run", "--profile", prof, "--", "/bin/sh", "-c", DENY)
+    _cannot_change_it(r)
+    r = runner("run", "--profile", prof, "--", "/bin/cat", "/etc/motd")
+    assert r.returncode == 0 and r.stdout == "Welcome to the pysandbox test image\n", r
+    assert _tree(root) == before
+
+
+def test_directory_root_keeps_its_own_run(runner, shared_tmp, tmp_profile):
+    """DIR's /run: its entries stay, its mode too; the two files are added beside them."""
+    root = _dir_root(runner, shared_tmp)
+    os.mkdir(os.path.join(root, "run"))
+    os.chmod(os.path.join(root, "run"), 0o775)
+    with open(os.path.join(root, "run", "app.pid"), "w") as f:
+        f.write("42\n")
+    before = _tree(root)
+    prof = tmp_profile(f"extends: strict\nfilesystem:\n  root: {{path: {root}}}\n")
+    r = runner("run", "--profile", prof, "--", "/bin/sh", "-c",
+               "cat /run/app.pid; stat -c %a /run; ls -a /run; cat /run/host/container-manager")
+    assert r.returncode == 0, r
+    assert r.stdout.split() == ["42", "775", ".", "..", ".containerenv", "app.pid", "host", "pysandbox"], r
+    assert _tree(root) == before

@@ -2,7 +2,7 @@
 
 Overlay mounts happen inside a private mount namespace (`unshare -m` as root, `unshare -Urm` as the
 unprivileged test user) through tests/imagebuild.py's `run-root` helper, which mounts the root with
-sandbox.overlay.mount_root, chroots into it and runs a script with the image's busybox. Nothing is
+sandbox.store.overlay.mount_root, chroots into it and runs a script with the image's busybox. Nothing is
 mounted in the host's namespace. Each test uses its own state directory (PYSANDBOX_STATE_DIR).
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def prepare(env_, cid: str, image: str = "busybox:test", read_only: bool = False
     runner, state, work = env_
     out = os.path.join(work, f"{cid}.pkl")
     py_as(env_, f"""
-from sandbox import overlay
+from sandbox.store import overlay
 from policies.plan import Filesystem, Mount, IdMapEntry
 # keep=True: this short-lived process is not the supervisor; without it the next prepare_root would
 # reclaim the layer as one of a dead supervisor (finish_root(keep=False) still deletes it)
@@ -74,7 +74,7 @@ pickle.dump(spec, open({out!r}, "wb"))
 
 def finish(env_, spec_path: str, keep: bool) -> None:
     py_as(env_, f"""
-from sandbox import overlay
+from sandbox.store import overlay
 overlay.finish_root(pickle.load(open({spec_path!r}, "rb")), keep={keep})
 """)
 
@@ -326,8 +326,8 @@ def test_safe_target_stays_inside_the_root(env, shared_tmp):
     name = f"pysbx-safe-target-{os.getpid()}"
     p = py_as(env, f"""
 import os
-from sandbox import overlay
-from sandbox.images import ImageError
+from sandbox.store import overlay
+from sandbox.store.images import ImageError
 for dst in ("/abs/tmp/{name}", "/rel/{name}", "/etclink/{name}"):
     t = overlay.safe_target({root!r}, dst, create="dir")
     print(os.readlink(t))
@@ -365,7 +365,7 @@ def test_named_volume_persists_across_runs(env):
     assert r.returncode == 0 and r.stdout.strip() == "mongo_data", r
     info = json.loads(cli(env, "volume", "inspect", "mongo_data").stdout)[0]
     assert info["Labels"] == {"app": "db"} and info["Mountpoint"].startswith(state)
-    path = py_as(env, "from sandbox.volumes import resolve_volume\n"
+    path = py_as(env, "from sandbox.store.volumes import resolve_volume\n"
                       f"print(resolve_volume('mongo_data', rootless={runner.rootless}, create=False))").stdout.strip()
     assert path == info["Mountpoint"]
     s1 = prepare(env, "v1", read_only=True, mounts="(Mount(type='volume', source='mongo_data', target='/data'),)")
@@ -383,7 +383,7 @@ def test_named_volume_persists_across_runs(env):
     assert r.returncode == 2 and "invalid volume name" in r.stderr
     assert cli(env, "volume", "rm", "mongo_data").returncode == 0
     assert not os.path.exists(path)
-    r = py_as(env, "from sandbox.volumes import resolve_volume\nfrom sandbox.images import ImageError\n"
+    r = py_as(env, "from sandbox.store.volumes import resolve_volume\nfrom sandbox.store.images import ImageError\n"
                    f"try:\n    resolve_volume('gone', rootless={runner.rootless}, create=False)\n"
                    "except ImageError as e:\n    print(e)")
     assert "no such volume: gone" in r.stdout
@@ -391,7 +391,7 @@ def test_named_volume_persists_across_runs(env):
 
 def test_progress_bar_only_on_a_terminal():
     import io
-    from sandbox.images import Progress
+    from sandbox.store.extract import Progress
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -25,7 +25,7 @@ from policies.plan import EgressRule, Network, PortMapping
 from sandbox import _sys
 from sandbox.network import bridge, doctor as network_doctor, endpoint, loopback, nft
 from sandbox.network.common import NetworkError
-from sandbox.state import proc_starttime
+from sandbox.procid import start_time as proc_starttime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 

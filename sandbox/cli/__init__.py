@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     # what SIGKILLed supervisors left (cgroups, network endpoints, overlay dirs, state entries):
     # removed at the start of every command — a directory listing when nothing is dead
-    from ..reclaim import reclaim_quietly
+    from ..store.reclaim import reclaim_quietly
     reclaim_quietly()
     try:
         raw_run_options = None

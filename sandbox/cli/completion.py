@@ -72,7 +72,7 @@ def profiles(incomplete: str):
 @_safe
 def sandboxes(incomplete: str):
     """Names of the caller's named/detached sandboxes."""
-    from ..state import NAME_RE
+    from ..store.state import NAME_RE
     names = [n for n in _listdir(os.path.join(_paths.state_dir(), "sandboxes")) if NAME_RE.match(n)]
     return _items(names, incomplete)
 

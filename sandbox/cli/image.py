@@ -10,7 +10,8 @@ import json
 import click
 
 from . import completion as _complete
-from ..images import ImageError, Store, human_size, import_image
+from ..store.archive import import_image
+from ..store.images import ImageError, Store, human_size
 
 
 class _Fail(click.ClickException):
@@ -24,7 +25,7 @@ def _store() -> Store:
 
 
 def _limits(items):
-    from ..tarsafe import DEFAULT_LIMITS
+    from ..store.tarsafe import DEFAULT_LIMITS
     try:
         return DEFAULT_LIMITS.with_overrides(items)
     except ValueError as e:
@@ -156,7 +157,7 @@ def image_tag(src, dst):
 @image.command("containers", help="List kept writable layers (runs with --keep).")
 @click.option("--json", "as_json", is_flag=True)
 def image_containers(as_json):
-    from ..overlay import list_containers
+    from ..store.containers import list_containers
     found = _run(list_containers, _store())
     if as_json:
         click.echo(json.dumps(found, indent=1, sort_keys=True))
@@ -170,7 +171,7 @@ def image_containers(as_json):
 @image.command("prune", help="Delete kept writable layers (--containers), unused layers and stale imports.")
 @click.option("--containers", is_flag=True, help="Also remove every exited kept container.")
 def image_prune(containers):
-    from ..overlay import list_containers, remove_container
+    from ..store.containers import list_containers, remove_container
     st = _store()
     if containers:
         for m in _run(list_containers, st):
@@ -187,7 +188,7 @@ def image_prune(containers):
 @click.argument("container_id", metavar="CONTAINER", shell_complete=_complete.containers)
 @click.option("--json", "as_json", is_flag=True, help="[{kind, path}]")
 def diff_cmd(container_id, as_json):
-    from ..overlay import changes
+    from ..store.containers import changes
     found = _run(changes, _store(), container_id)
     if as_json:
         click.echo(json.dumps([{"kind": k, "path": p} for k, p in found], indent=1))
@@ -206,7 +207,7 @@ def diff_cmd(container_id, as_json):
 @click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE",
               help="Raise a bound of the new layer, as for `image import --limit`.")
 def commit_cmd(container_id, name, message, author, remove, limits):
-    from ..overlay import commit, remove_container
+    from ..store.containers import commit, remove_container
     st = _store()
     n, rec = _run(commit, st, container_id, name, message=message, author=author, limits=_limits(limits))
     if remove:
@@ -217,7 +218,7 @@ def commit_cmd(container_id, name, message, author, remove, limits):
 @click.command("rm-container", help="Remove a kept writable layer.", hidden=True)
 @click.argument("container_id", shell_complete=_complete.containers)
 def rm_container_cmd(container_id):
-    from ..overlay import remove_container
+    from ..store.containers import remove_container
     click.echo(_run(remove_container, _store(), container_id))
 
 
@@ -232,7 +233,7 @@ def volume():
 @click.argument("name")
 @click.option("--label", "labels", multiple=True, help="KEY=VALUE")
 def volume_create(name, labels):
-    from ..volumes import create_volume
+    from ..store.volumes import create_volume
     lab = {}
     for l in labels:
         k, sep, v = l.partition("=")
@@ -247,7 +248,7 @@ def volume_create(name, labels):
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def volume_ls(quiet, as_json):
-    from ..volumes import list_volumes
+    from ..store.volumes import list_volumes
     vols = _run(list_volumes)
     if as_json:
         click.echo(json.dumps(vols, indent=1, sort_keys=True))
@@ -266,14 +267,14 @@ def volume_ls(quiet, as_json):
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.volumes)
 @click.option("--json", "as_json", is_flag=True, help="(always JSON; accepted for symmetry)")
 def volume_inspect(names, as_json):
-    from ..volumes import inspect_volume
+    from ..store.volumes import inspect_volume
     click.echo(json.dumps([_run(inspect_volume, n) for n in names], indent=1, sort_keys=True))
 
 
 @volume.command("rm")
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete.volumes)
 def volume_rm(names):
-    from ..volumes import remove_volume
+    from ..store.volumes import remove_volume
     for n in names:
         _run(remove_volume, n)
         click.echo(n)

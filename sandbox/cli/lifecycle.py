@@ -16,10 +16,11 @@ import time
 
 import click
 
-from .. import state
+from .. import procid
+from ..store import state
 from ..detached import deliver, wait_gone
 from ..recorded import load
-from ..state import StateError
+from ..store.state import StateError
 from . import completion as _complete
 from .status import report
 
@@ -97,7 +98,7 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
             with contextlib.suppress(StateError):
                 st = state.read(name)
             sup = st.get("supervisor_pid")
-            if state.same_process(sup, st.get("supervisor_start")):
+            if procid.same_process(sup, st.get("supervisor_start")):
                 os.kill(sup, signal.SIGKILL)
             if not wait_gone(name, 5.0):
                 raise StateError(f"{name}: still running after SIGKILL; not removed")
@@ -115,7 +116,7 @@ def rm(ref: str, force: bool = False) -> tuple[str, list[str]]:
             problems.append(f"network clean-up: {e}")
     sid = st.get("id") or ""
     if sid:                                       # what its dead supervisor registered (overlay dir, ...)
-        from .. import reclaim
+        from ..store import reclaim
         try:
             reclaim.reclaim(only=sid)
         except OSError as e:
@@ -255,7 +256,7 @@ def exec_cmd(tty, interactive, env, workdir, name, command):
 def prune_cmd():
     """Remove what dead supervisors left (processes, cgroups, network endpoints, overlay dirs) and
     every detached sandbox that is not running (exited or dead): its state and logs."""
-    from .. import reclaim
+    from ..store import reclaim
     try:
         removed = reclaim.prune()
     except StateError as e:

@@ -22,7 +22,7 @@ from .runner import launch
 def run(ctx, command, name, audit_log, detach, auto_remove, tty, interactive, **kw):
     """Run COMMAND in a sandbox:  pysandbox run [OPTIONS] -- COMMAND [ARGS...]"""
     if name is not None:            # a name becomes a state directory, a host name, an audit label
-        from ..state import StateError, check_name
+        from ..store.state import StateError, check_name
         try:
             check_name(name)
         except StateError as e:

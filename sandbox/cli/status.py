@@ -13,9 +13,10 @@ from typing import Optional
 
 import click
 
-from .. import state
+from .. import procid
+from ..store import state
 from ..recorded import load, status_of
-from ..state import StateError
+from ..store.state import StateError
 from . import completion as _complete
 
 
@@ -49,7 +50,7 @@ def inspect(ref: str) -> dict:
     out["status"] = status
     prog = st.get("program_pid")
     out["paused"] = status == "paused"
-    if status in ("running", "paused") and state.same_process(prog, st.get("program_start")):
+    if status in ("running", "paused") and procid.same_process(prog, st.get("program_start")):
         out["mounts"] = _mounts(prog)
         out["processes"] = [p["pid"] for p in processes(st)]
     out["limits"] = (st.get("plan") or {}).get("limits")

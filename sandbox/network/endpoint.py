@@ -31,7 +31,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from ..state import proc_starttime
+from ..procid import start_time as proc_starttime
 from . import bridge, hosts, nft, proxy, usermode
 from .common import NAME_RE, NET_NAME_RE, NetworkError, as_net
 from .store import endpoint_path, endpoints, load_network, locked, safe_id, state_dir, write_json

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from audit import paths as _paths
 
-from ..state import proc_starttime
+from ..procid import start_time as proc_starttime
 from .common import NET_NAME_RE, NetworkError, short
 
 

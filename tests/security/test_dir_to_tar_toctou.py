@@ -120,9 +120,9 @@ def test_sandbox_swapping_dirs_for_symlinks_during_import(runner, shared_tmp):
 def test_commit_packer_racing_thread(root_runner, tmp_path):
     """A thread of this process stands in for the sandbox (commit packs a stopped sandbox's upper
     directory): it swaps directories of the 'upper' dir with symlinks to a decoy while
-    overlay._upper_to_tar packs it, 30 times. The decoy's file never appears in a tar."""
-    from sandbox import overlay
-    from sandbox.images import ImageError
+    containers._upper_to_tar packs it, 30 times. The decoy's file never appears in a tar."""
+    from sandbox.store import containers
+    from sandbox.store.images import ImageError
     upper, decoy = tmp_path / "upper", tmp_path / "decoy"
     upper.mkdir()
     decoy.mkdir()
@@ -147,7 +147,7 @@ def test_commit_packer_racing_thread(root_runner, tmp_path):
         for k in range(30):
             tarpath = str(tmp_path / f"c{k}.tar")
             try:
-                overlay._upper_to_tar(str(upper), tarpath, {"id": "toctou", "rootless": False})
+                containers._upper_to_tar(str(upper), tarpath, {"id": "toctou", "rootless": False})
             except ImageError as e:
                 assert "changed while being read" in str(e), e
                 refused += 1
@@ -167,7 +167,7 @@ def test_commit_packer_racing_thread(root_runner, tmp_path):
     for a, b in names:
         if os.path.islink(a):
             libc.renameat2(-100, a, -100, b, 2)
-    overlay._upper_to_tar(str(upper), tarpath, {"id": "toctou", "rootless": False})
+    containers._upper_to_tar(str(upper), tarpath, {"id": "toctou", "rootless": False})
     with tarfile.open(tarpath) as tf:
         names_in = {m.name: m for m in tf.getmembers()}
     assert all(names_in[f"d{i}/inner"].isreg() for i in range(40))
@@ -179,8 +179,8 @@ def test_diff_listing_racing_thread(root_runner, tmp_path):
     the running sandbox, swapping its directories with symlinks to a host decoy: the decoy's
     entries are never listed."""
     import json
-    from sandbox import overlay
-    from sandbox.images import ImageError, Store
+    from sandbox.store import containers
+    from sandbox.store.images import ImageError, Store
     state, decoy = tmp_path / "state", tmp_path / "decoy"
     upper = state / "containers" / "toctoudiff" / "upper"
     upper.mkdir(parents=True)
@@ -206,7 +206,7 @@ def test_diff_listing_racing_thread(root_runner, tmp_path):
     try:
         for k in range(30):
             try:
-                out = overlay.changes(store, "toctoudiff")
+                out = containers.changes(store, "toctoudiff")
             except ImageError as e:
                 assert "changed while being read" in str(e), e
                 continue
@@ -217,5 +217,5 @@ def test_diff_listing_racing_thread(root_runner, tmp_path):
     for a, b in names:
         if os.path.islink(a):
             libc.renameat2(-100, a, -100, b, 2)
-    out = overlay.changes(store, "toctoudiff")              # nothing racing: the whole layer, all added
+    out = containers.changes(store, "toctoudiff")              # nothing racing: the whole layer, all added
     assert ("A", "/d0/inner") in out and ("A", "/d0.l") in out and len(out) == 120, out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import images, overlay, state, volumes
+from sandbox.store import images, overlay, state, volumes
 from sandbox.network import common as network_common
 
 
@@ -26,7 +26,7 @@ def test_validators_refuse_a_trailing_newline(check, good):
 
 def test_patterns_match_whole_strings_only():
     for rx, good in ((state.NAME_RE, "k1"), (network_common.NAME_RE, "web"), (network_common.NET_NAME_RE, "net1"),
-                     (overlay._ID, "abc"), (images._DIGEST, "sha256:" + "0" * 64)):
+                     (overlay._ID, "abc"), (images.DIGEST_RE, "sha256:" + "0" * 64)):
         assert rx.match(good)
         assert not rx.match(good + "\n"), rx.pattern
 

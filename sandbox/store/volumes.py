@@ -12,7 +12,8 @@ import os
 import re
 from typing import Optional
 
-from .images import ImageError, Store, rmtree, _now
+from .. import fsutil
+from .images import ImageError, Store, rmtree, now
 
 _VOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -50,9 +51,8 @@ def create_volume(name: str, *, rootless: Optional[bool] = None, labels: Optiona
             os.mkdir(os.path.join(tmp, "_data"), 0o755)
             if owner:
                 os.chown(os.path.join(tmp, "_data"), *owner)
-            info = {"Name": name, "Driver": "local", "CreatedAt": _now(), "Labels": dict(labels or {})}
-            with open(os.path.join(tmp, "volume.json"), "w") as f:
-                json.dump(info, f, indent=1, sort_keys=True)
+            info = {"Name": name, "Driver": "local", "CreatedAt": now(), "Labels": dict(labels or {})}
+            fsutil.atomic_write_json(os.path.join(tmp, "volume.json"), info, mode=0o644, indent=1, sort_keys=True)
             os.rename(tmp, d)
         except OSError as e:
             rmtree(tmp)

@@ -4,9 +4,8 @@ Before a launch creates anything on the host that outlives a process — a cgrou
 network's endpoint (veth, nft rules, address, hosts file), an image's `containers/<id>` directory,
 a detached sandbox's state entry — its owner registers it here:
 
-    <state dir>/owners/<sandbox id>.<owner pid>.<owner start time>     (root: /var/lib/pysandbox,
-                                                                        rootless: $XDG_DATA_HOME/
-                                                                        pysandbox; $PYSANDBOX_STATE_DIR)
+    <state dir>/owners/<sandbox id>.<owner pid>.<owner start time>     (the state directory:
+                                                                        audit/paths.py)
 
 The file name alone names the sandbox and its owner (pid + start time in clock ticks since boot:
 a pid is never reused with the same start time), so even an empty or torn record (disk full) can be
@@ -29,14 +28,14 @@ import contextlib
 import os
 import re
 import time
+from typing import Optional
 
-# json and fcntl are imported where used: the check at the start of every command needs neither
+from .. import procid          # pid + start time: the one process identity
+
+# json and fsutil are imported where used: the check at the start of every command needs neither
 
 _REC = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\.(\d+)\.(\d+)\Z")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")    # sandbox ids (as sandbox.cgroups)
-
-
-from .state import proc_starttime  # noqa: E402  (pid + start time: the one process identity)
 
 
 class RegistryError(OSError):
@@ -60,7 +59,7 @@ def _self_identity() -> tuple[int, int]:
     global _SELF
     pid = os.getpid()
     if _SELF is None or _SELF[0] != pid:          # a fork is another owner
-        _SELF = (pid, proc_starttime(pid))
+        _SELF = (pid, procid.start_time(pid))
     return _SELF
 
 
@@ -147,18 +146,6 @@ def _read(path: str) -> Optional[dict]:
         os.close(fd)
 
 
-def _owner_alive(pid: int, start: int) -> bool:
-    """pid + start time name a live process (a zombie is dead: it holds nothing any more, and its
-    reaper — init, after a double fork — may take its time)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-        fields = s[s.rindex(b")") + 2:].split()
-        return int(fields[19]) == start and fields[0] not in (b"Z", b"X")
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 def reclaim(rootless: Optional[bool] = None, *, only: Optional[str] = None) -> list[str]:
     """Remove whatever sandboxes of dead owners left (see the module's docstring). Cheap when there
     is nothing dead: one listing and a /proc/PID/stat per record. Returns the ids reclaimed.
@@ -169,21 +156,20 @@ def reclaim(rootless: Optional[bool] = None, *, only: Optional[str] = None) -> l
     recs = _records(d)
     if only is not None:
         recs = {only: recs.get(only, [])} if only in recs else {}
-    dead = [sid for sid, rs in recs.items() if not any(_owner_alive(p, s) for _, p, s in rs)]
+    dead = [sid for sid, rs in recs.items() if not any(procid.running(p, s) for _, p, s in rs)]
     if not dead:
         return []
     done = []
-    import fcntl
+    from .. import fsutil
     try:
-        lock = os.open(os.path.join(d, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        lock = fsutil.lock(os.path.join(d, ".lock"))
     except OSError:
         return []
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         fresh = _records(d)                       # another command may have reclaimed them meanwhile
         for sid in dead:
             rs = fresh.get(sid)
-            if not rs or any(_owner_alive(p, s) for _, p, s in rs):
+            if not rs or any(procid.running(p, s) for _, p, s in rs):
                 continue
             kinds: dict = {}
             torn = False
@@ -223,14 +209,14 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
     """Remove one dead sandbox's leftovers; True when nothing is left (the records may go)."""
     ok = True
     if kinds.get("cgroup") or torn:
-        from .cgroups import leftover
+        from ..cgroups import leftover
         try:
             ok = not leftover.remove_leftover(sid, rootless=rootless) and ok
         except OSError:
             ok = False
     if kinds.get("network") or torn:
         try:
-            from .network import bridge
+            from ..network import bridge
             bridge.reclaim_stale(rootless)        # every endpoint whose own supervisor is gone
         except Exception:                         # noqa: BLE001 - pyroute2 missing, nft failing: retry later
             ok = False if kinds.get("network") else ok
@@ -243,6 +229,7 @@ def _reclaim_one(sid: str, kinds: dict, torn: bool, rootless: bool) -> bool:
 
 def _remove_container(sid: str, store_root: Optional[str], rootless: bool) -> bool:
     import json
+    from .. import fsutil
     from .images import Store, rmtree
     store = Store(store_root, rootless=rootless) if store_root else Store(rootless=rootless)
     cdir = os.path.join(store.containers, sid)
@@ -257,10 +244,7 @@ def _remove_container(sid: str, store_root: Optional[str], rootless: bool) -> bo
                 meta = {}
             if meta.get("keep") and meta.get("status") == "running":
                 meta.update(status="dead", pid=None)   # --keep: the layer stays for diff/commit
-                tmp = os.path.join(cdir, ".container.json.tmp")
-                with open(tmp, "w") as f:
-                    json.dump(meta, f)
-                os.replace(tmp, os.path.join(cdir, "container.json"))
+                fsutil.atomic_write_json(os.path.join(cdir, "container.json"), meta, mode=0o644, fsync=False)
                 return True
             rmtree(cdir)
     except OSError:
@@ -323,7 +307,7 @@ def wait_reclaimable(sid: str, timeout: float, rootless: Optional[bool] = None) 
     d = owners_dir(rootless)
     while True:
         rs = _records(d).get(sid, [])
-        if not any(_owner_alive(p, s) for _, p, s in rs):
+        if not any(procid.running(p, s) for _, p, s in rs):
             return True
         if time.monotonic() > deadline:
             return False

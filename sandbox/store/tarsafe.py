@@ -14,23 +14,20 @@ accumulates global PAX headers, and follows GNU sparse maps of any length. Here:
 * `LimitedReader` bounds the decompressed bytes of a stream and its ratio to the compressed
   bytes read;
 * `json_loads` bounds size and nesting depth before `json.loads`;
-* `walk_tree` walks a directory by descriptors (O_DIRECTORY|O_NOFOLLOW, openat, fstat), never
-  re-resolving a path, so a writer swapping a directory for a symlink cannot make it read
-  outside the tree.
+* (walking a directory by descriptors, for packing one into a tar: sandbox/treewalk.py.)
 
 Limits are refused with `TarLimitError` (one line, naming the limit and how to raise it).
 """
 from __future__ import annotations
 
-import errno
 import io
 import json
-import os
 import re
-import stat
 import tarfile
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
+
+from .treewalk import MAX_DEPTH, MAX_ENTRIES, _hint
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -44,9 +41,9 @@ class ImportLimits:
     """Bounds for reading an image archive. `pysandbox image import --limit NAME=VALUE` raises them."""
     header: int = 1 * MiB          # bytes of extended headers (PAX x/g, GNU L/K) in front of one member,
                                    # and of all global PAX headers of an archive
-    members: int = 1_000_000       # members of one tar stream (a layer, an archive)
+    members: int = MAX_ENTRIES     # members of one tar stream (a layer, an archive)
     path: int = 4096               # bytes of a member's name or link target (PATH_MAX)
-    depth: int = 256               # path components of a member's name
+    depth: int = MAX_DEPTH         # path components of a member's name
     file_size: int = 16 * GiB      # bytes of one regular file
     size: int = 64 * GiB           # bytes of file data of one import (also capped by free space)
     stream: int = 0                # decompressed bytes of one import; 0: size + 1/8 + 256 MiB (headers, padding)
@@ -98,8 +95,6 @@ def human(n: int) -> str:
     return str(n)
 
 
-def _hint(name: str) -> str:
-    return f"(limit {name}; raise it with --limit {name}=N)"
 
 
 _EXT_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
@@ -302,111 +297,3 @@ def read_bounded(f, limit: int, what: str, name: str = "json") -> bytes:
     if len(data) > limit:
         raise TarLimitError(f"{what} is more than {human(limit)} {_hint(name)}")
     return data
-
-
-# --------------------------------------------------------------------------- walking a hostile tree
-
-@dataclass
-class TreeEntry:
-    arc: str                     # path below the root, '/'-separated, no leading '/'
-    st: os.stat_result           # of the object actually opened (fstat) for files and directories
-    fd: int = -1                 # open O_RDONLY for regular files and directories (valid during the yield)
-    link: Optional[str] = None   # symlink target
-
-
-class TreeChanged(Exception):
-    """An entry changed type while the tree was walked (a concurrent writer). One line."""
-
-
-class TreeTooLarge(TreeChanged):
-    """The tree has more entries or levels than allowed. One line."""
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def walk_tree(root: str, *, max_entries: int = DEFAULT_LIMITS.members,
-              max_depth: int = DEFAULT_LIMITS.depth) -> Iterator[TreeEntry]:
-    """Pre-order walk of `root` (sorted by name) by descriptors only: every directory is opened
-    with O_DIRECTORY|O_NOFOLLOW relative to its parent's descriptor, every regular file with
-    O_NOFOLLOW|O_NONBLOCK relative to it and checked with fstat; symlinks are read with
-    readlinkat and never followed. An entry whose type changes between listing and opening
-    raises TreeChanged (a concurrent writer): nothing outside the tree is ever read.
-    Raises OSError for other failures."""
-    rfd = os.open(root, _DIR_FLAGS)
-    stack: list[tuple[int, str, list]] = []
-    count = 0
-    try:
-        stack.append((rfd, "", _listdir(rfd)))
-        rfd = -1
-        while stack:
-            dfd, arc, names = stack[-1]
-            if not names:
-                os.close(dfd)
-                stack.pop()
-                continue
-            name = names.pop()
-            count += 1
-            if count > max_entries:
-                raise TreeTooLarge(f"more than {max_entries} entries {_hint('members')}")
-            a = f"{arc}/{name}" if arc else name
-            try:
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue                         # removed meanwhile: as if it never was
-            mode = st.st_mode
-            if stat.S_ISDIR(mode):
-                if len(stack) >= max_depth:
-                    raise TreeTooLarge(f"{a[:100]}...: deeper than {max_depth} directories {_hint('depth')}")
-                try:
-                    cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):   # swapped or removed meanwhile
-                        raise TreeChanged(f"{a} changed while being read") from None
-                    raise
-                try:
-                    cst = os.fstat(cfd)
-                    entry = TreeEntry(a, cst, cfd)
-                    yield entry
-                    names_c = _listdir(cfd)
-                except BaseException:
-                    os.close(cfd)
-                    raise
-                stack.append((cfd, a, names_c))
-            elif stat.S_ISREG(mode):
-                try:
-                    fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENXIO):     # swapped meanwhile
-                        raise TreeChanged(f"{a} changed while being read") from None
-                    raise
-                try:
-                    fst = os.fstat(fd)
-                    if not stat.S_ISREG(fst.st_mode):
-                        raise TreeChanged(f"{a} changed while being read")
-                    yield TreeEntry(a, fst, fd)
-                finally:
-                    os.close(fd)
-            elif stat.S_ISLNK(mode):
-                try:
-                    target = os.readlink(name, dir_fd=dfd)
-                except OSError as e:
-                    if e.errno in (errno.EINVAL, errno.ENOENT):   # no longer a symlink
-                        raise TreeChanged(f"{a} changed while being read") from None
-                    raise
-                yield TreeEntry(a, st, -1, target)
-            else:
-                yield TreeEntry(a, st)           # fifo, device, socket: metadata only
-    finally:
-        if rfd >= 0:
-            os.close(rfd)
-        for dfd, _, _ in stack:
-            os.close(dfd)
-
-
-def _listdir(dfd: int) -> list:
-    names = os.listdir(dfd)
-    names.sort(reverse=True)                     # popped from the end: ascending order
-    return names
-

@@ -2,8 +2,7 @@
 
 Layout (one directory per sandbox, named after the sandbox):
 
-    <state directory>/sandboxes/NAME/    (audit/paths.py: $PYSANDBOX_STATE_DIR, /var/lib/pysandbox
-                                          as root, $XDG_DATA_HOME/pysandbox rootless)
+    <state directory>/sandboxes/NAME/    (the state directory: audit/paths.py)
         state.json       the state (written atomically: temp file + rename, under `lock`)
         lock             flock'ed around every read-modify-write of state.json
         alive            flock'ed (shared) by the supervisor and PID 1 for as long as the sandbox lives:
@@ -18,18 +17,17 @@ Every directory is 0700 and every file 0600, owned by the caller; files that are
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from audit import paths
+
+from .. import fsutil
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")   # \Z, not $: "$" lets "name\n" through
 
@@ -134,28 +132,17 @@ def queue_signal(name: str, sig: int) -> bool:
 def locked(name: str) -> Iterator[Path]:
     d = sandbox_dir(name)
     try:
-        fd = os.open(d / "lock", os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = fsutil.lock(d / "lock", create=False)
     except FileNotFoundError:
         raise StateError(f"no such sandbox: {name}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield d
     finally:
         os.close(fd)
 
 
 def _write(d: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".state-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, d / "state.json")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    fsutil.atomic_write_json(d / "state.json", data, indent=1, sort_keys=False, default=str)
 
 
 def read(name: str) -> dict:
@@ -216,25 +203,18 @@ def resolve(ref: str) -> str:
 
 def hold_alive(name: str) -> int:
     """The supervisor takes a shared lock on `alive` and keeps the fd (PID 1, a fork, shares it)."""
-    fd = os.open(sandbox_dir(name) / "alive", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
+    return fsutil.lock(sandbox_dir(name) / "alive", shared=True, create=False)
 
 
 def is_alive(name: str) -> bool:
     """True while the supervisor or the sandbox's PID 1 holds `alive`."""
     try:
-        fd = os.open(sandbox_dir(name) / "alive", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = fsutil.lock(sandbox_dir(name) / "alive", create=False, blocking=False)
+    except BlockingIOError:
+        return True
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)
+    os.close(fd)
     return False
 
 
@@ -262,20 +242,3 @@ def remove(name: str) -> None:
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def proc_starttime(pid: int) -> Optional[int]:
-    """Field 22 of /proc/PID/stat (clock ticks since boot): pid + starttime names a process uniquely."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            s = f.read()
-    except OSError:
-        return None
-    try:
-        return int(s[s.rindex(b")") + 2:].split()[19])
-    except (ValueError, IndexError):
-        return None
-
-
-def same_process(pid: Optional[int], starttime: Optional[int]) -> bool:
-    return bool(pid) and starttime is not None and proc_starttime(pid) == starttime
