@@ -38,7 +38,7 @@ from .network import loopback             # lo up in PID 1 (the rest of sandbox.
 
 KMSG_LINGER_MS = 50
 # PID 1's environment (pysandbox-init's, /proc/1/environ): the container interface of systemd and
-# podman, nothing of the host's (sandbox/rootfs.py, ENGINE)
+# podman, nothing of the host's (sandbox/interface.py, ENGINE)
 PID1_ENV = {"container": "pysandbox"}
 
 # PID 1's last stage as a small static program (sandbox/pid1.c, built by `make`): see init_image()

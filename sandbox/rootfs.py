@@ -34,6 +34,7 @@ import os
 import stat
 
 from . import _sys, inroot
+from .interface import ENGINE, containerenv
 from ._sys import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MNT_DETACH,
                    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOEXEC)
 
@@ -49,20 +50,6 @@ FIXED_DIRS = ("root", "home", "var", "var/tmp", "run", "mnt", "opt", "srv")
 # 0444, written into its tmpfs (no mount). An image's root and a read-only `root:` directory get the
 # same files on a top layer of the sandbox's own (sandbox/store/mountpoints.py), never in the image
 # or the directory (docs/profile-format.md).
-ENGINE = "pysandbox"
-VERSION = "0.1.0"        # = pyproject.toml's (tests/test_container_interface.py checks)
-
-
-def containerenv(image: str = "", image_id: str = "", rootless: bool = False) -> str:
-    """/run/.containerenv: podman's key=value lines. Like podman's for a container that is not
-    --privileged, no name and no id: a root built ahead (the launch server's spares) does not know
-    its run, and the file must read the same whichever way the root was built. The image is the
-    name the caller chose; nothing of the host's."""
-    q = lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
-    return (f"engine={q(ENGINE + '-' + VERSION)}\nimage={q(image)}\nimageid={q(image_id)}\n"
-            f"rootless={1 if rootless else 0}\n")
-
-
 def default_hosts(hostname: str) -> str:
     """/etc/hosts of a sandbox without a network of its own."""
     return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"

@@ -118,9 +118,9 @@ def test_pid1_environment(runner):
 def test_version_is_the_distribution_version():
     """/run/.containerenv's engine version is a constant (reading the installed metadata costs ~45 ms,
     at every launch); it must be the one pyproject.toml declares."""
-    from sandbox import rootfs
+    from sandbox import interface
     m = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
-    assert m and rootfs.VERSION == m.group(1)
+    assert m and interface.VERSION == m.group(1)
 
 
 BUILT_AHEAD = r'''

@@ -84,12 +84,12 @@ INTERFACE_FILES = (("run", 0o755, ".containerenv"), ("run/host", 0o555, "contain
 
 def add_interface_files(layer: str, lowers, umap=(), gmap=(), *, rootless: bool, chown: bool = True) -> None:
     """Write the container-interface files into the top layer `layer` (contents as for a host root:
-    rootfs.containerenv, rootfs.ENGINE), over whatever the root has at those paths. Directories of
+    sandbox/interface.py), over whatever the root has at those paths. Directories of
     the root on the way keep its mode and owner (the top layer's attributes are what the merged
     directory shows); missing ones are made as in a host root. Where the root has a symlink or a
     file on the way (`/run -> /var/run`), or a directory we cannot search, the files are left out:
     the root's own business, and nothing of it is followed. chown=False: as the sandbox's root (the files are its own already)."""
-    from ..rootfs import ENGINE, containerenv      # PID 1 has it imported already; the supervisor: once
+    from ..interface import ENGINE, containerenv
     texts = {".containerenv": containerenv(rootless=rootless), "container-manager": ENGINE + "\n"}
     modes = []                                      # (path, mode): set after the files are written
 
