@@ -33,10 +33,8 @@ def write(bin_dir: str) -> Path:
     platlib = sysconfig.get_paths()["platlib"]
     paths = ", ".join(repr(p) for p in dict.fromkeys([str(repo), purelib, platlib]))
     target = bin_path / "pysandbox"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(TEMPLATE.format(python=python, paths=paths))
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, target)
+    from sandbox.fsutil import atomic_write
+    atomic_write(target, TEMPLATE.format(python=python, paths=paths), mode=0o755, fsync=False)
     return target
 
 

@@ -3,11 +3,12 @@ the kernel's formats, the write-and-read-back that makes a limit fail closed, th
 that says "a live supervisor owns this", and the block-device facts the I/O limits need."""
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import stat
 from typing import Optional
+
+from .. import fsutil
 
 UNLIMITED = 1 << 62            # v1 reports "unlimited" as 9223372036854771712
 
@@ -121,13 +122,7 @@ def page_round(n: int) -> int:
 
 def lock_dir(path: str) -> int:
     """Open a cgroup directory and hold an exclusive flock on it: "a live supervisor owns this"."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
+    return fsutil.lock(path, create=False, blocking=False)
 
 
 # --------------------------------------------------------------------------- block devices

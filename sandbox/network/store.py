@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from audit import paths as _paths
 
+from .. import fsutil
 from ..procid import start_time as proc_starttime
 from .common import NET_NAME_RE, NetworkError, short
 
@@ -45,20 +45,12 @@ def locked(root: Path):
         raise NetworkError(str(e)) from None
     except OSError as e:
         raise NetworkError(f"network state {e.filename or root}: {e.strerror}") from None
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with fsutil.locked(root / ".lock"):
         yield
-    finally:
-        os.close(fd)          # releases the lock
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    fsutil.atomic_write_json(path, data, mode=None, fsync=False, indent=1, sort_keys=True)
 
 
 def read_json(path: Path) -> dict | None:
