@@ -5,8 +5,8 @@ running — and the next command of any kind (`pysandbox ps`, not a network comm
 IPAM entry, hosts file, veth, nft per-port chain and counter and its host rules; the peer on the
 same network keeps working and a new sandbox gets on the network again.
 
-SAFETY: as tests/test_network_e2e.py, the module runs in a network namespace of its own (fixture
-`testns` from tests/test_network.py) with a private state dir; everything is checked by the dead
+SAFETY: as tests/system/test_network_e2e.py, the module runs in a network namespace of its own (fixture
+`testns` from tests/system/test_network.py) with a private state dir; everything is checked by the dead
 sandbox's own id and veth name."""
 from __future__ import annotations
 

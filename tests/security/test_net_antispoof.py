@@ -9,12 +9,12 @@ forged datagram. STP-addressed frames and unknown ethertypes were forwarded like
 Now each port has an allow-list (table netdev pysandbox, hook ingress on the host side of its
 veth, policy drop): IPv4 from its own address and MAC, ARP for its own address and MAC; nothing
 else. These tests go through `pysandbox run` (the CLI) as root — private networks need root;
-rootless they are refused (tests/test_network_rootless.py) — two sandboxes on one private network:
+rootless they are refused (tests/system/test_network_rootless.py) — two sandboxes on one private network:
 the attacker sends with an AF_PACKET socket (NET_RAW of `--profile default`), the neighbour
 captures on its eth0 with an AF_PACKET socket and a deadline.
 
 SAFETY: the pytest process is moved into a network namespace of its own (fixture `testns` of
-tests/test_network.py) before anything is created; the sandboxes, bridges and nft tables live
+tests/system/test_network.py) before anything is created; the sandboxes, bridges and nft tables live
 there and go with it. Every wait is bounded.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sandbox import network as N
 from test_network import host_rules, links, testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root (refused rootless: "
-                                                          "tests/test_network_rootless.py)")
+                                                          "tests/system/test_network_rootless.py)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")

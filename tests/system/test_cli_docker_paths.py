@@ -20,7 +20,7 @@ import pytest
 import imagebuild
 from test_network import testns  # noqa: F401  (module fixture: a private network namespace)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 BUSY = "i=0; while :; do i=$((i+1)); done"
 
@@ -109,7 +109,7 @@ def test_state_dir_mode_and_private_network_after_image_import(root_runner, root
         assert stat.S_IMODE(os.stat(sd).st_mode) == 0o711
         # a bind source below a directory the sandbox's mapped root cannot search: the caller's own
         # access decides (the supervisor opens it as the caller: issue 20 item 13,
-        # tests/test_bind_as_caller.py), so root may bind it; launch errors naming their step and
+        # tests/system/test_bind_as_caller.py), so root may bind it; launch errors naming their step and
         # path: test_launch_error_carries_step_and_path
         priv = os.path.join(os.path.dirname(sd), "priv")
         os.makedirs(os.path.join(priv, "inner"))

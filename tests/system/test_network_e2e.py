@@ -1,6 +1,6 @@
 """End-to-end networking through `pysandbox run` (the real launcher), as root.
 
-SAFETY: like tests/test_network.py, this module moves the pytest process into a network
+SAFETY: like tests/system/test_network.py, this module moves the pytest process into a network
 namespace of its own (fixture `testns`, imported from there) before anything is created;
 every `pysandbox` it starts inherits that namespace. Traffic goes only to loopback, the
 module's bridges and its own sandboxes; every wait is bounded.
@@ -21,7 +21,7 @@ from test_network import links, host_rules, testns  # noqa: F401  (module fixtur
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
 if not os.path.exists(PYSANDBOX):
     PYSANDBOX = None

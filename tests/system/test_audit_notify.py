@@ -380,7 +380,7 @@ def test_rootless_supervision():
     here = os.path.dirname(os.path.abspath(__file__))
     code = f"""
 import errno, json, os, sys
-sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(here)!r})
+sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.dirname(here))!r})
 from audit_helpers import build_bpf, raw, read_result, spawn
 from audit import MemorySink, Recorder
 from policies.plan import Seccomp, SyscallRule
@@ -436,7 +436,7 @@ for attempt in range(6):
 print(json.dumps({"code": res.exit_code, "message": res.message, "events": evs}))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert p.returncode == 0, p.stderr
     import json
     out = json.loads(p.stdout.splitlines()[-1])

@@ -168,7 +168,7 @@ API_SCRIPT = textwrap.dedent("""
     from sandbox.api import Sandbox
     from sandbox import zygote
 
-    def built_spares(server):   # the server's children that pivoted into a built root (as tests/test_api.py)
+    def built_spares(server):   # the server's children that pivoted into a built root (as tests/system/test_api.py)
         found = []
         for k in open(f"/proc/{server}/task/{server}/children").read().split():
             try:

@@ -22,7 +22,7 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces "
                                                           "and the unprivileged user's environment")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 
