@@ -1,7 +1,15 @@
-"""Shared fixtures: run the real `pysandbox` CLI as root and as an unprivileged user.
+"""Shared fixtures of both tiers (tests/unit/, tests/system/ with tests/security/ and tests/faults/):
+run the real `pysandbox` CLI as root and as an unprivileged user, and a state directory per test.
 
 Nothing here mocks the kernel: every sandbox is real. The unprivileged user
 (`pysbx-test`, created once if missing, with a home directory) exercises the rootless path.
+
+State: every test runs with a PYSANDBOX_STATE_DIR of its own (`own_state_dir`, autouse; the one
+resolver is audit/paths.py): sandboxes, images, volumes, networks and the default audit log of a
+test never meet another test's, /var/lib/pysandbox or the shared audit log. Root's directory is in
+os.environ (the API, `sys.executable -m ...` children) and in Runner(None)'s environment; the
+unprivileged runner gets one of its own (owned by it, as audit/paths.py requires). Fixtures of a
+wider scope see a directory of that scope (session, module).
 """
 from __future__ import annotations
 
@@ -10,14 +18,18 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the interpreter running pytest and the entry point installed beside it (never a path in the work
+# tree: the tests run against whatever `pip install` put there; missing, the tests that use it fail)
 VENV_BIN = Path(sys.executable).parent
 PYSANDBOX = str(VENV_BIN / "pysandbox")
+PYTHON = sys.executable
 TEST_USER = "pysbx-test"
 HOST_PYTHON = "/usr/bin/python3"
 
@@ -55,6 +67,9 @@ class Runner:
     def env(self, extra=None):
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "HOME": self.home}
+        sd = _STATE.get("user" if self.user else "root")
+        if sd:
+            env[STATE_ENV] = sd
         if self.user:
             env["USER"] = self.user
         if extra:
@@ -178,3 +193,97 @@ def tmp_profile(shared_tmp):
         os.chmod(p, 0o644)
         return str(p)
     return write
+
+
+# ------------------------------------------------------------------------------------------------
+# a state directory per test
+
+STATE_ENV = "PYSANDBOX_STATE_DIR"
+_STATE: dict = {}              # "root"/"user" -> the state directory of the running test (or scope)
+
+
+def _new_state_dirs(tag: str) -> dict:
+    """/tmp/pysbx-state-TAG-XXXX (0711, root's) with root/ (made by pysandbox itself, 0711) and, as
+    root, user/ owned by the test user. Both reachable by a sandbox's mapped root (0711 parents)."""
+    base = tempfile.mkdtemp(prefix=f"pysbx-state-{tag}-", dir="/tmp")
+    os.chmod(base, 0o711)
+    dirs = {"base": base, "root": os.path.join(base, "root")}
+    if os.geteuid() == 0:
+        pw = ensure_test_user()
+        user = os.path.join(base, "user")
+        os.mkdir(user, 0o711)
+        os.chown(user, pw.pw_uid, pw.pw_gid)
+        dirs["user"] = user
+    return dirs
+
+
+def _mounts_below(d: str) -> list[str]:
+    d = d.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [ln.split()[4].encode().decode("unicode_escape") for ln in f]
+    return sorted((p for p in points if p.startswith(d)), key=len, reverse=True)
+
+
+def _remove_state_dirs(dirs: dict) -> None:
+    """What a test left running is removed the way a user would (`pysandbox rm -f`), mounts below the
+    directory are detached, then the directory goes. With a mount left, the directory stays (rmtree
+    must never walk into a mounted host directory)."""
+    for who in ("root", "user"):
+        sd = dirs.get(who)
+        if not sd or not os.path.isdir(os.path.join(sd, "containers")) or not os.listdir(os.path.join(sd, "containers")):
+            continue
+        run = Runner(TEST_USER if who == "user" else None)
+        names = run("ps", "-a", "-q", env={STATE_ENV: sd}, timeout=60, check_no_traceback=False).stdout.split()
+        if names:
+            run("rm", "-f", *names, env={STATE_ENV: sd}, timeout=120, check_no_traceback=False)
+    for m in _mounts_below(dirs["base"]):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+    if not _mounts_below(dirs["base"]):
+        shutil.rmtree(dirs["base"], ignore_errors=True)
+
+
+def _state_scope(tag: str):
+    saved_env, saved = os.environ.get(STATE_ENV), dict(_STATE)
+    dirs = _new_state_dirs(tag)
+    os.environ[STATE_ENV] = dirs["root"]
+    _STATE.clear()
+    _STATE.update({k: v for k, v in dirs.items() if k in ("root", "user")})
+    try:
+        yield dirs
+    finally:
+        if saved_env is None:
+            os.environ.pop(STATE_ENV, None)
+        else:
+            os.environ[STATE_ENV] = saved_env
+        _STATE.clear()
+        _STATE.update(saved)
+        _remove_state_dirs(dirs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_dir():
+    """Session fixtures (delegated cgroups, wheels) see a session-wide directory."""
+    yield from _state_scope("session")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_state_dir(_session_state_dir):
+    """Module fixtures (a built image, an API object) see a module-wide directory: the module's tests
+    that use them share it, every other test gets its own (below)."""
+    yield from _state_scope("module")
+
+
+@pytest.fixture(autouse=True)
+def own_state_dir(request, _module_state_dir):
+    """Each test's own state directories: {"root": ..., "user": ...} (see the module's docstring).
+    A module whose tests use state that a module fixture made (an image, a running sandbox) says
+    so with `pytestmark = pytest.mark.module_state_dir`: its tests share the module's directory."""
+    if request.node.get_closest_marker("module_state_dir"):
+        yield _module_state_dir
+        return
+    yield from _state_scope("test")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "module_state_dir: the module's tests share one state directory "
+                                       "(state made by a module-scoped fixture)")

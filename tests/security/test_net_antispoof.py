@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need
                                                           "tests/system/test_network_rootless.py)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 PY_IN = "/usr/bin/python3"
 NET = "asp-net"
 
@@ -177,7 +177,6 @@ print(json.dumps({"tcp": tcp, "me": me, "mac": mymac.hex(":"), "frames": sorted(
 """
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_forged_tagged_and_foreign_frames_never_reach_the_neighbour(net, tmp_path):
     gw = net["gateway"]
     b = subprocess.Popen(argv("--network", NET, "--name", "asp-b", code=NEIGHBOUR), stdout=subprocess.PIPE,
@@ -266,7 +265,6 @@ print(json.dumps({"rc": rc, "sent": sent}), flush=True)
 """
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_ipv6_dropped_even_with_an_address_the_sandbox_gave_itself(net):
     """No IPv6 address is assigned on a private network (not even link-local), and the port's
     allow-list has no IPv6 entry: a sandbox with NET_ADMIN that adds an IPv6 address and a static

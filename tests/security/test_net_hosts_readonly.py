@@ -30,7 +30,7 @@ from test_network import testns  # noqa: F401  (module fixture)
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 NET = "hro-net"
 
 PROBE = r"""
@@ -70,7 +70,6 @@ def net(testns):
     subprocess.run([PYSANDBOX, "network", "rm", NET], capture_output=True, timeout=60)
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_etc_hosts_is_read_only_and_resolves(net):
     peer = subprocess.Popen([PYSANDBOX, "run", "--profile", "default", "--audit-log", "/dev/null", "--network", NET,
                              "--name", "hro-peer", "--", "/usr/bin/python3", "-c",

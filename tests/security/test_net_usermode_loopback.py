@@ -32,8 +32,7 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+from conftest import PYSANDBOX, PYTHON as PY  # noqa: E402  (the installed entry points)
 
 SCENARIO = r'''
 import json, os, select, socket, subprocess, sys, threading, time
@@ -129,7 +128,6 @@ def scenario(mode: str, who: str) -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 @pytest.mark.parametrize("who", ["root", "rootless"])
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_usermode_network_does_not_reach_host_loopback(mode, who):

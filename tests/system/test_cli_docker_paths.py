@@ -21,7 +21,7 @@ import imagebuild
 from test_network import testns  # noqa: F401  (module fixture: a private network namespace)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+from conftest import PYTHON as PY, PYSANDBOX  # noqa: E402  (the installed entry points)
 BUSY = "i=0; while :; do i=$((i+1)); done"
 
 
@@ -498,7 +498,7 @@ def test_no_false_integrity_violation_under_concurrent_launches(root_runner, roo
     sd = root_sdirs()
     _image(root_runner, sd)
     env = dict(os.environ, PYSANDBOX_STATE_DIR=sd, PYTHONPATH=ROOT)
-    kept = [os.path.join(ROOT, ".venv", "bin", "pysandbox"), "run", "--profile", "strict"]
+    kept = [PYSANDBOX, "run", "--profile", "strict"]
     p = subprocess.run([PY, "-c", CONCURRENT, sd, json.dumps(kept), "4"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]

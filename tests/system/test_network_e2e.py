@@ -22,7 +22,7 @@ from test_network import links, host_rules, testns  # noqa: F401  (module fixtur
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 if not os.path.exists(PYSANDBOX):
     PYSANDBOX = None
 PY_IN = "/usr/bin/python3"
