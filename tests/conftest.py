@@ -287,3 +287,122 @@ def own_state_dir(request, _module_state_dir):
 def pytest_configure(config):
     config.addinivalue_line("markers", "module_state_dir: the module's tests share one state directory "
                                        "(state made by a module-scoped fixture)")
+
+
+# ------------------------------------------------------------------------------------------------
+# a sandbox's processes, found by what pysandbox reports (never by scanning the host's /proc)
+
+class SandboxProcs:
+    """PID 1 of a sandbox (host pid from the `sandbox_start` event of its audit log) held by a pidfd,
+    and the sandbox's cgroups. When PID 1 of a PID namespace has exited, the kernel has killed and
+    reaped every other process of that namespace first; a cgroup that is gone or lists no process
+    holds none. `gone()` waits on the pidfd (an event, no sleeping) and then checks the cgroups."""
+
+    def __init__(self, event: dict):
+        self.pid = event["pid"]
+        self.cgroups = list(event.get("cgroups") or ())
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self.pidfd = None                     # already gone
+
+    @classmethod
+    def from_log(cls, log, timeout: float = 30) -> "SandboxProcs":
+        """From the first `sandbox_start` of LOG (a test's own state directory's audit.jsonl: it
+        is written before the program starts). Polls for the line with a deadline: the log is a
+        file written by another process, there is no event to wait on."""
+        import json
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(log) as f:
+                    for line in f:
+                        ev = json.loads(line)
+                        if ev.get("type") == "sandbox_start":
+                            return cls(ev)
+            except FileNotFoundError:
+                pass
+            assert time.monotonic() < deadline, f"no sandbox_start in {log}"
+            time.sleep(0.02)
+
+    def gone(self, timeout: float = 10) -> bool:
+        import select
+        if self.pidfd is not None:
+            p = select.poll()
+            p.register(self.pidfd, select.POLLIN)
+            if not p.poll(int(timeout * 1000)):
+                return False
+        for d in self.cgroups:
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    if f.read().split():
+                        return False
+            except FileNotFoundError:
+                pass                              # removed: an rmdir succeeds only on an empty cgroup
+        return True
+
+    def kill(self) -> None:
+        import signal
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def audit_log(runner) -> str:
+    """The default audit log of RUNNER in the running test's state directory."""
+    return os.path.join(_STATE["user" if runner.user else "root"], "audit.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------
+# a network namespace of its own (tests that touch interfaces, routes or nftables)
+
+def _ns_ino(path="/proc/self/ns/net"):
+    return os.stat(path).st_ino
+
+
+@pytest.fixture(scope="module")
+def testns():
+    """Move this pytest process into a fresh network namespace for the module; private state dir.
+    (sandbox imports are here, not at the top: the unit tier collects this file too.)"""
+    from sandbox import _sys
+    from sandbox import network as N
+    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    before = _ns_ino()
+    _sys.unshare(_sys.CLONE_NEWNET)
+    assert _ns_ino() != before, "refusing to run network tests outside a private netns"
+    N.bring_up_loopback()
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
+        f.write("1")
+    state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
+    os.chmod(state, 0o711)
+    old = os.environ.get("PYSANDBOX_STATE_DIR")
+    os.environ["PYSANDBOX_STATE_DIR"] = state
+    try:
+        yield state
+    finally:
+        if old is None:
+            os.environ.pop("PYSANDBOX_STATE_DIR", None)
+        else:
+            os.environ["PYSANDBOX_STATE_DIR"] = old
+        _sys.setns(saved, _sys.CLONE_NEWNET)
+        os.close(saved)
+        assert _ns_ino() == before
+        subprocess.run(["rm", "-rf", state], check=False)
+
+
+def links():
+    import socket
+    return sorted(n for _, n in socket.if_nameindex())
+
+
+def host_rules(family="ip"):
+    from sandbox import network as N
+    return N._host_rules(family)

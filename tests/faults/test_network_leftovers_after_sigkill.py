@@ -18,7 +18,7 @@ import pytest
 from conftest import PYSANDBOX
 from faults_helpers import sigkill, wait_for
 from sandbox import network as N
-from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
+from conftest import links, host_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
 

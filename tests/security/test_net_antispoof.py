@@ -28,7 +28,7 @@ import time
 import pytest
 
 from sandbox import network as N
-from test_network import host_rules, links, testns  # noqa: F401  (module fixture)
+from conftest import host_rules, links
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root (refused rootless: "
                                                           "tests/system/test_network_rootless.py)")

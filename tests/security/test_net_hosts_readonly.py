@@ -25,7 +25,6 @@ import textwrap
 import pytest
 
 from sandbox import network as N
-from test_network import testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
 

@@ -18,7 +18,6 @@ import time
 import pytest
 
 import imagebuild
-from test_network import testns  # noqa: F401  (module fixture: a private network namespace)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import PYTHON as PY, PYSANDBOX  # noqa: E402  (the installed entry points)

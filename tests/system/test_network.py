@@ -15,8 +15,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
@@ -25,49 +23,12 @@ from policies.plan import EgressRule, Network, PortMapping
 from sandbox import _sys
 from sandbox import network as N
 
+from conftest import host_rules, links
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
 PY = "/usr/bin/python3"
 SETPRIV = "/usr/bin/setpriv"
-
-
-def _ns_ino(path="/proc/self/ns/net"):
-    return os.stat(path).st_ino
-
-
-@pytest.fixture(scope="module")
-def testns():
-    """Move this pytest process into a fresh network namespace for the module; private state dir."""
-    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
-    before = _ns_ino()
-    _sys.unshare(_sys.CLONE_NEWNET)
-    assert _ns_ino() != before, "refusing to run network tests outside a private netns"
-    N.bring_up_loopback()
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
-        f.write("1")
-    state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
-    os.chmod(state, 0o711)
-    old = os.environ.get("PYSANDBOX_STATE_DIR")
-    os.environ["PYSANDBOX_STATE_DIR"] = state
-    try:
-        yield state
-    finally:
-        if old is None:
-            os.environ.pop("PYSANDBOX_STATE_DIR", None)
-        else:
-            os.environ["PYSANDBOX_STATE_DIR"] = old
-        _sys.setns(saved, _sys.CLONE_NEWNET)
-        os.close(saved)
-        assert _ns_ino() == before
-        subprocess.run(["rm", "-rf", state], check=False)
-
-
-def links():
-    return sorted(n for _, n in socket.if_nameindex())
-
-
-def host_rules(family="ip"):
-    return N._host_rules(family)
 
 
 def port_objects():

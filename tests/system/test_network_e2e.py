@@ -17,7 +17,7 @@ import time
 import pytest
 
 from sandbox import network as N
-from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
+from conftest import links, host_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
@@ -136,10 +136,8 @@ def nets(testns):
         cli("network", "rm", n)
 
 
-needs_cli = pytest.mark.skipif(PYSANDBOX is None, reason="pysandbox console script not installed")
 
 
-@needs_cli
 def test_e2e_by_name_and_isolation(nets):
     nets("e2a")
     nets("e2b")
@@ -169,7 +167,6 @@ def test_e2e_by_name_and_isolation(nets):
     assert bridge_a not in links()
 
 
-@needs_cli
 def test_e2e_none_only_lo(testns):
     r = run("--network", "none", code="""
         import socket
@@ -184,7 +181,6 @@ def test_e2e_none_only_lo(testns):
     assert r.stdout.split("\n")[:2] == ["['lo']", str(errno.ENETUNREACH)]
 
 
-@needs_cli
 def test_e2e_published_port(nets):
     nets("e2p")
     p = start("--network", "e2p", "--name", "web", "-p", "8080:80", "--cap-add", "NET_BIND_SERVICE",
@@ -204,7 +200,6 @@ def test_e2e_published_port(nets):
         socket.create_connection(("127.0.0.1", 8080), timeout=1).close()
 
 
-@needs_cli
 def test_e2e_egress_allow_list(nets, tmp_path):
     nets("e2e")
     prof = tmp_path / "egress.yaml"
@@ -246,7 +241,6 @@ def test_e2e_egress_allow_list(nets, tmp_path):
         stop(other)
 
 
-@needs_cli
 def test_e2e_twenty_concurrent(nets):
     nets("e2c")
     code = """
@@ -272,7 +266,6 @@ def test_e2e_twenty_concurrent(nets):
     assert not [x for x in links() if x.startswith("psv")]
 
 
-@needs_cli
 def test_e2e_supervisor_crash_is_reclaimed(nets):
     nets("e2k")
     p = start("--network", "e2k", "--name", "victim", "-p", "18081:7000", code=server())
@@ -293,7 +286,6 @@ def test_e2e_supervisor_crash_is_reclaimed(nets):
     assert not [x for x in links() if x.startswith("psv")]
 
 
-@needs_cli
 def test_e2e_errors_fail_closed(testns):
     r = run("--network", "nosuch", code="print('ran')")
     assert r.returncode == 125 and "ran" not in r.stdout
@@ -303,7 +295,6 @@ def test_e2e_errors_fail_closed(testns):
     assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network 'nosuch' not found"
 
 
-@needs_cli
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_e2e_usermode_network_as_root(testns, mode):
     """pasta / slirp4netns as root: outbound through the user-mode stack to an "upstream" veth of
@@ -356,7 +347,6 @@ def test_e2e_usermode_network_as_root(testns, mode):
                 ipr.link("del", index=idx[0])
 
 
-@needs_cli
 def test_e2e_egress_refused_with_net_admin(testns, tmp_path):
     prof = tmp_path / "eg.yaml"
     prof.write_text("version: 1\nname: eg\nextends: default\nnetwork:\n  mode: none\n  egress:\n"
@@ -373,7 +363,6 @@ def _helpers(mode):
     return [int(x) for x in out.stdout.split()]
 
 
-@needs_cli
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
     import shutil
@@ -408,7 +397,6 @@ def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
                 ipr.link("del", index=idx[0])
 
 
-@needs_cli
 def test_e2e_network_cli(nets):
     r = cli("network", "create", "clinet", "--subnet", "10.66.1.0/24")
     assert r.returncode == 0 and r.stdout.strip() == "clinet"

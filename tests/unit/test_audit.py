@@ -369,15 +369,20 @@ def test_follow_sees_appends(tmp_path):
     got = []
     done = threading.Event()
 
+    at_end = threading.Event()             # follow() asks stop() once it has read to the end
+
+    def stop():
+        at_end.set()
+        return done.is_set()
+
     def consume():
-        for ev in reader.follow(p, interval=0.02, stop=done.is_set):
+        for ev in reader.follow(p, interval=0.02, stop=stop):
             got.append(ev)
             if len(got) == 3:
                 done.set()
     t = threading.Thread(target=consume)
     t.start()
-    import time
-    time.sleep(0.1)
+    assert at_end.wait(5)
     for _ in range(3):
         r.emit("timeout", limit={"name": "timeout", "value": 1})
     t.join(5)
