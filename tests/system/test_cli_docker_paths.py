@@ -247,10 +247,12 @@ def test_name_of_a_kept_run_for_diff_and_commit(runner, sdirs):
 def test_stats_no_stream_shows_cpu_percent(runner, sdirs):
     sd = sdirs()
     for n, cmd in (("cli-busy", BUSY), ("cli-idle", "sleep 60")):
-        r = cli(runner, sd, "run", "-d", "--name", n, "--profile", "strict", "--", "/bin/sh", "-c", cmd)
+        r = cli(runner, sd, "run", "-d", "--name", n, "--profile", "strict", "--", "/bin/sh", "-c",
+                f"echo up; {cmd}")
         assert r.returncode == 0, r
     try:
-        time.sleep(0.3)
+        # both programs run (their first line is in their logs: a file, no event to wait on)
+        assert all(_wait(lambda n=n: "up" in cli(runner, sd, "logs", n).stdout) for n in ("cli-busy", "cli-idle"))
         r = cli(runner, sd, "stats", "--no-stream", "--json", "--interval", "0.5", "cli-busy", "cli-idle")
         assert r.returncode == 0, r
         rows = {d["name"]: d for d in map(json.loads, r.stdout.splitlines())}

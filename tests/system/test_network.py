@@ -521,10 +521,12 @@ def test_reclaim_after_supervisor_crash(testns, cleanup):
             line += os.read(r, 100)
     os.close(r)
     box_pid, proxy_pid = map(int, line.split())
+    box = os.pidfd_open(box_pid)
     os.kill(pid, signal.SIGKILL)                     # the supervisor crashes
     os.waitpid(pid, 0)
-    os.kill(box_pid, signal.SIGKILL)                 # (the launcher's PDEATHSIG would do this)
-    time.sleep(0.2)
+    signal.pidfd_send_signal(box, signal.SIGKILL)    # (the launcher's PDEATHSIG would do this)
+    assert select.select([box], [], [], 10)[0], "the sandbox did not die"     # its pidfd: it has exited
+    os.close(box)
     assert "sbx:sbx-crash" in [r_.get("comment") for r_ in host_rules()]
     veth = N.veth_name("sbx-crash")
     assert ("chain", veth) in port_objects() and ("counter", veth) in port_objects()
