@@ -242,15 +242,34 @@ def _remove_state_dirs(dirs: dict) -> None:
         shutil.rmtree(dirs["base"], ignore_errors=True)
 
 
+def _launch_server():
+    """This process's API launch server (sandbox/zygote.py), if one was started."""
+    z = sys.modules.get("sandbox.zygote")
+    return getattr(z.Client, "_current", None) if z else None
+
+
+def _end_launch_server_started_since(before) -> None:
+    """The API's launch server is per process and keeps the state directory it was started with: one
+    started during a scope is ended with it (it kills what still runs), so the next scope's API
+    calls start a server in their own directory."""
+    z = sys.modules.get("sandbox.zygote")
+    c = _launch_server()
+    if c is not None and c is not before:
+        c.close()
+        z.Client._current = None
+
+
 def _state_scope(tag: str):
     saved_env, saved = os.environ.get(STATE_ENV), dict(_STATE)
     dirs = _new_state_dirs(tag)
     os.environ[STATE_ENV] = dirs["root"]
     _STATE.clear()
     _STATE.update({k: v for k, v in dirs.items() if k in ("root", "user")})
+    server = _launch_server()
     try:
         yield dirs
     finally:
+        _end_launch_server_started_since(server)
         if saved_env is None:
             os.environ.pop(STATE_ENV, None)
         else:
