@@ -335,8 +335,11 @@ def test_a_dead_template_is_replaced(strict):
             return False
     template = [int(k) for k in kids if is_template(k)]
     assert len(template) == 1, kids                     # the template; the others are spare PID 1s
-    os.kill(template[0], signal.SIGKILL)
-    time.sleep(0.2)
+    fd = os.pidfd_open(template[0])
+    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    import select
+    assert select.select([fd], [], [], 10)[0]           # the template has exited (its pidfd: an event)
+    os.close(fd)
     r = strict.run(["/bin/sh", "-c", "echo again"], text=True)
     assert r.exit_code == 0 and r.stdout == "again\n", r
 

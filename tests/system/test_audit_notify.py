@@ -345,7 +345,9 @@ def test_kmsg_fallback_records_by_pid():
         pids.add(pid)
         res = read_result(r)
         os.waitpid(pid, 0)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 2                 # kmsg records arrive on their own: poll for them
+        while len([e for e in mem.events if e.get("pid") == pid]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         h.stop()
         if len([e for e in mem.events if e.get("pid") == pid]) == 2:
             break
