@@ -74,7 +74,7 @@ class Runner:
             env["USER"] = self.user
         if extra:
             env.update(extra)
-        return env
+        return {k: v for k, v in env.items() if v is not None}     # (None: unset, e.g. the state dir)
 
     def __call__(self, *args, input=None, timeout=60, env=None, cwd=None, check_no_traceback=True) -> Run:
         cmd = [PYSANDBOX, *args]
@@ -373,6 +373,12 @@ class SandboxProcs:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def user_state_env() -> dict:
+    """For a command run as the test user with an environment of its own: the test's state
+    directory for that user."""
+    return {STATE_ENV: _STATE["user"]}
 
 
 def audit_log(runner) -> str:
