@@ -287,25 +287,15 @@ def _session_state_dir():
 
 @pytest.fixture(scope="module", autouse=True)
 def _module_state_dir(_session_state_dir):
-    """Module fixtures (a built image, an API object) see a module-wide directory: the module's tests
-    that use them share it, every other test gets its own (below)."""
+    """Module fixtures (an API object, a network namespace) see a module-wide directory."""
     yield from _state_scope("module")
 
 
 @pytest.fixture(autouse=True)
-def own_state_dir(request, _module_state_dir):
-    """Each test's own state directories: {"root": ..., "user": ...} (see the module's docstring).
-    A module whose tests use state that a module fixture made (an image, a running sandbox) says
-    so with `pytestmark = pytest.mark.module_state_dir`: its tests share the module's directory."""
-    if request.node.get_closest_marker("module_state_dir"):
-        yield _module_state_dir
-        return
+def own_state_dir(_module_state_dir):
+    """Each test's own state directories: {"base": ..., "root": ..., "user": ...} (see the module's
+    docstring); removed after the test."""
     yield from _state_scope("test")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "module_state_dir: the module's tests share one state directory "
-                                       "(state made by a module-scoped fixture)")
 
 
 # ------------------------------------------------------------------------------------------------
