@@ -23,8 +23,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates n
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
-if not os.path.exists(PYSANDBOX):
-    PYSANDBOX = None
 PY_IN = "/usr/bin/python3"
 
 
