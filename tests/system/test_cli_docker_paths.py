@@ -514,7 +514,8 @@ def test_audit_reads_the_rootless_log_of_before_one_state_dir(user_runner):
     base = tempfile.mkdtemp(prefix="pysbx-cli-", dir="/tmp")
     os.chown(base, user_runner.uid, user_runner.gid)
     try:
-        env = {"XDG_STATE_HOME": f"{base}/state", "XDG_DATA_HOME": f"{base}/data"}
+        env = {"XDG_STATE_HOME": f"{base}/state", "XDG_DATA_HOME": f"{base}/data",
+               "PYSANDBOX_STATE_DIR": None}           # the XDG defaults, not the test's own directory
         os.makedirs(f"{base}/state/pysandbox")
         for d in (f"{base}/state", f"{base}/state/pysandbox"):
             os.chown(d, user_runner.uid, user_runner.gid)
