@@ -291,10 +291,17 @@ def _module_state_dir(_session_state_dir):
     yield from _state_scope("module")
 
 
+_PINNED: list = []             # a module fixture's own state directory its tests share (testns)
+
+
 @pytest.fixture(autouse=True)
 def own_state_dir(_module_state_dir):
     """Each test's own state directories: {"base": ..., "root": ..., "user": ...} (see the module's
-    docstring); removed after the test."""
+    docstring); removed after the test. In a module running in `testns` (a network namespace with
+    a state directory of its own, where its fixtures create networks) the tests use that one."""
+    if _PINNED:
+        yield {"root": _PINNED[-1]}
+        return
     yield from _state_scope("test")
 
 
@@ -365,10 +372,10 @@ class SandboxProcs:
             self.pidfd = None
 
 
-def user_state_env() -> dict:
-    """For a command run as the test user with an environment of its own: the test's state
-    directory for that user."""
-    return {STATE_ENV: _STATE["user"]}
+def state_env(rootless: bool) -> dict:
+    """For a command run with an environment of its own (as root, or as the test user): the
+    running test's state directory for that caller."""
+    return {STATE_ENV: _STATE["user" if rootless else "root"]}
 
 
 def audit_log(runner) -> str:
@@ -398,11 +405,16 @@ def testns():
         f.write("1")
     state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
     os.chmod(state, 0o711)
-    old = os.environ.get("PYSANDBOX_STATE_DIR")
+    old, saved_state = os.environ.get("PYSANDBOX_STATE_DIR"), dict(_STATE)
     os.environ["PYSANDBOX_STATE_DIR"] = state
+    _STATE["root"] = state
+    _PINNED.append(state)
     try:
         yield state
     finally:
+        _PINNED.pop()
+        _STATE.clear()
+        _STATE.update(saved_state)
         if old is None:
             os.environ.pop("PYSANDBOX_STATE_DIR", None)
         else:

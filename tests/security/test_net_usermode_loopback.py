@@ -100,6 +100,8 @@ with open(prof, "w") as f:
 os.chmod(D, 0o755); os.chmod(prof, 0o644)
 env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": D, "XDG_DATA_HOME": f"{D}/data",
        "XDG_CACHE_HOME": f"{D}/cache", "XDG_RUNTIME_DIR": f"{D}/run"}
+if WHO == "root":                         # the test's own state directory (rootless: XDG_DATA_HOME above)
+    env["PYSANDBOX_STATE_DIR"] = os.environ["PYSANDBOX_STATE_DIR"]
 argv = [PYSANDBOX, "run", "--profile", prof, "--audit-log", "/dev/null", "--", "/usr/bin/python3", "-c", code]
 if WHO == "rootless":
     os.chmod(D, 0o777)

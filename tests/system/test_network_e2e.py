@@ -37,9 +37,9 @@ def run(*opts, code: str, profile="default", timeout=30):
                           timeout=timeout)
 
 
-def start(*opts, code: str, profile="default"):
+def start(*opts, code: str, profile="default", stdin=None):
     p = subprocess.Popen(run_argv(*opts, code=code, profile=profile), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, stdin=stdin, text=True)
     return p
 
 
@@ -242,17 +242,21 @@ def test_e2e_egress_allow_list(nets, tmp_path):
 def test_e2e_twenty_concurrent(nets):
     nets("e2c")
     code = """
-        import socket, fcntl, struct, time
+        import socket, fcntl, struct, sys
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', b'eth0'))[20:24])
         print(ip, flush=True)
-        time.sleep(1.5)
+        sys.stdin.read()
         """
-    procs = [start("--network", "e2c", "--name", f"s{i}", code=code) for i in range(20)]
+    # all twenty hold their address at once: each runs until its stdin closes, after every address
+    # is known (a fixed sleep let the first ones end - and free theirs - before the last started)
+    procs = [start("--network", "e2c", "--name", f"s{i}", code=code, stdin=subprocess.PIPE) for i in range(20)]
     addrs = []
     try:
         for p in procs:
             addrs.append(wait_line(p, timeout=60))
+        for p in procs:
+            p.stdin.close()
         for p in procs:
             p.wait(timeout=60)
     finally:
