@@ -45,7 +45,7 @@ test: setup
 	$(VENV)/bin/pysandbox lint profiles/
 	$(VENV)/bin/python -m pytest -q tests
 
-# the unit tier alone: pure policies/audit/lint/parsing tests, no root needed, under 30 s
+# the unit tier alone: pure policies/audit/lint/parsing tests, no root needed (any user, any directory)
 test-unit: setup
 	$(VENV)/bin/python -m pytest -q tests/unit
 
