@@ -8,8 +8,9 @@ State: every test runs with a PYSANDBOX_STATE_DIR of its own (`own_state_dir`, a
 resolver is audit/paths.py): sandboxes, images, volumes, networks and the default audit log of a
 test never meet another test's, /var/lib/pysandbox or the shared audit log. Root's directory is in
 os.environ (the API, `sys.executable -m ...` children) and in Runner(None)'s environment; the
-unprivileged runner gets one of its own (owned by it, as audit/paths.py requires). Fixtures of a
-wider scope see a directory of that scope (session, module).
+unprivileged runner gets one of its own (owned by it, as audit/paths.py requires); a command run
+with an environment of its own takes `state_env(rootless)`. Fixtures of a wider scope see a
+directory of that scope (session, module); a module in `testns` uses testns's directory.
 """
 from __future__ import annotations
 
