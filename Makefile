@@ -6,7 +6,7 @@ DEB_PKGS = python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 procps 
            bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns podman
 DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
 
-.PHONY: setup run test test-install bench lint clean
+.PHONY: setup run test test-unit test-install bench lint clean
 .DEFAULT_GOAL := run
 
 $(VENV)/.deps: pyproject.toml setup.py
@@ -39,13 +39,19 @@ setup: $(VENV)/.deps $(INIT) $(VENV)/bin/pysandbox
 run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)
 
+# both tiers: tests/unit/ (no root, no kernel) and the real sandboxes (tests/system/, tests/security/,
+# tests/faults/); each system test gets a state directory of its own (tests/conftest.py)
 test: setup
 	$(VENV)/bin/pysandbox lint profiles/
 	$(VENV)/bin/python -m pytest -q tests
 
+# the unit tier alone: pure policies/audit/lint/parsing tests, no root needed (any user, any directory)
+test-unit: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
+
 # the install checks alone (also part of `make test`): wheel in a fresh venv + editable, from /tmp
 test-install: setup
-	$(VENV)/bin/python -m pytest -q tests/test_install.py tests/test_doctor.py
+	$(VENV)/bin/python -m pytest -q tests/system/test_install.py tests/system/test_doctor.py
 
 lint: setup
 	$(VENV)/bin/pysandbox lint profiles/

@@ -5,7 +5,7 @@ sandbox/store/mountpoints.py (image and directory roots); one text for both."""
 from __future__ import annotations
 
 ENGINE = "pysandbox"
-VERSION = "0.1.0"        # = pyproject.toml's (tests/test_container_interface.py checks)
+VERSION = "0.1.0"        # = pyproject.toml's (tests/system/test_container_interface.py checks)
 
 
 def containerenv(image: str = "", image_id: str = "", rootless: bool = False) -> str:

@@ -25,7 +25,7 @@ Cost (the API's warm launch is meant to be as fast as bubblewrap's): the mounts 
 they must be, but their flags are set in bulk — one recursive mount_setattr over the whole tree of
 read-only binds (_FreshRoot.seal) and one over /dev's device nodes instead of one per mount — and
 the fresh tmpfs's mount points are made with plain mkdir/mknod, without exist checks (_FreshRoot
-says why that is safe). tests/test_rootfs_flags.py pins every mount's flags.
+says why that is safe). tests/system/test_rootfs_flags.py pins every mount's flags.
 """
 from __future__ import annotations
 

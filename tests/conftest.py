@@ -1,7 +1,16 @@
-"""Shared fixtures: run the real `pysandbox` CLI as root and as an unprivileged user.
+"""Shared fixtures of both tiers (tests/unit/, tests/system/ with tests/security/ and tests/faults/):
+run the real `pysandbox` CLI as root and as an unprivileged user, and a state directory per test.
 
 Nothing here mocks the kernel: every sandbox is real. The unprivileged user
 (`pysbx-test`, created once if missing, with a home directory) exercises the rootless path.
+
+State: every test runs with a PYSANDBOX_STATE_DIR of its own (`own_state_dir`, autouse; the one
+resolver is audit/paths.py): sandboxes, images, volumes, networks and the default audit log of a
+test never meet another test's, /var/lib/pysandbox or the shared audit log. Root's directory is in
+os.environ (the API, `sys.executable -m ...` children) and in Runner(None)'s environment; the
+unprivileged runner gets one of its own (owned by it, as audit/paths.py requires); a command run
+with an environment of its own takes `state_env(rootless)`. Fixtures of a wider scope see a
+directory of that scope (session, module); a module in `testns` uses testns's directory.
 """
 from __future__ import annotations
 
@@ -10,14 +19,18 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# the interpreter running pytest and the entry point installed beside it (never a path in the work
+# tree: the tests run against whatever `pip install` put there; missing, the tests that use it fail)
 VENV_BIN = Path(sys.executable).parent
 PYSANDBOX = str(VENV_BIN / "pysandbox")
+PYTHON = sys.executable
 TEST_USER = "pysbx-test"
 HOST_PYTHON = "/usr/bin/python3"
 
@@ -55,11 +68,14 @@ class Runner:
     def env(self, extra=None):
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
                "HOME": self.home}
+        sd = _STATE.get("user" if self.user else "root")
+        if sd:
+            env[STATE_ENV] = sd
         if self.user:
             env["USER"] = self.user
         if extra:
             env.update(extra)
-        return env
+        return {k: v for k, v in env.items() if v is not None}     # (None: unset, e.g. the state dir)
 
     def __call__(self, *args, input=None, timeout=60, env=None, cwd=None, check_no_traceback=True) -> Run:
         cmd = [PYSANDBOX, *args]
@@ -179,3 +195,243 @@ def tmp_profile(shared_tmp):
         os.chmod(p, 0o644)
         return str(p)
     return write
+
+
+# ------------------------------------------------------------------------------------------------
+# a state directory per test
+
+STATE_ENV = "PYSANDBOX_STATE_DIR"
+_STATE: dict = {}              # "root"/"user" -> the state directory of the running test (or scope)
+
+
+def _new_state_dirs(tag: str) -> dict:
+    """/tmp/pysbx-state-TAG-XXXX (0711, root's) with root/ (made by pysandbox itself, 0711) and, as
+    root, user/ owned by the test user. Both reachable by a sandbox's mapped root (0711 parents)."""
+    base = tempfile.mkdtemp(prefix=f"pysbx-state-{tag}-", dir="/tmp")
+    os.chmod(base, 0o711)
+    dirs = {"base": base, "root": os.path.join(base, "root")}
+    if os.geteuid() == 0:
+        pw = ensure_test_user()
+        user = os.path.join(base, "user")
+        os.mkdir(user, 0o711)
+        os.chown(user, pw.pw_uid, pw.pw_gid)
+        dirs["user"] = user
+    return dirs
+
+
+def _mounts_below(d: str) -> list[str]:
+    d = d.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [ln.split()[4].encode().decode("unicode_escape") for ln in f]
+    return sorted((p for p in points if p.startswith(d)), key=len, reverse=True)
+
+
+def _remove_state_dirs(dirs: dict) -> None:
+    """What a test left running is removed the way a user would (`pysandbox rm -f`), mounts below the
+    directory are detached, then the directory goes. With a mount left, the directory stays (rmtree
+    must never walk into a mounted host directory)."""
+    for who in ("root", "user"):
+        sd = dirs.get(who)
+        if not sd or not os.path.isdir(os.path.join(sd, "containers")) or not os.listdir(os.path.join(sd, "containers")):
+            continue
+        run = Runner(TEST_USER if who == "user" else None)
+        names = run("ps", "-a", "-q", env={STATE_ENV: sd}, timeout=60, check_no_traceback=False).stdout.split()
+        if names:
+            run("rm", "-f", *names, env={STATE_ENV: sd}, timeout=120, check_no_traceback=False)
+    for m in _mounts_below(dirs["base"]):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+    if not _mounts_below(dirs["base"]):
+        shutil.rmtree(dirs["base"], ignore_errors=True)
+
+
+def _launch_server():
+    """This process's API launch server (sandbox/zygote.py), if one was started."""
+    z = sys.modules.get("sandbox.zygote")
+    return getattr(z.Client, "_current", None) if z else None
+
+
+def _end_launch_server_started_since(before) -> None:
+    """The API's launch server is per process and keeps the state directory it was started with: one
+    started during a scope is ended with it (it kills what still runs), so the next scope's API
+    calls start a server in their own directory."""
+    z = sys.modules.get("sandbox.zygote")
+    c = _launch_server()
+    if c is not None and c is not before:
+        c.close()
+        z.Client._current = None
+
+
+def _state_scope(tag: str):
+    saved_env, saved = os.environ.get(STATE_ENV), dict(_STATE)
+    dirs = _new_state_dirs(tag)
+    os.environ[STATE_ENV] = dirs["root"]
+    _STATE.clear()
+    _STATE.update({k: v for k, v in dirs.items() if k in ("root", "user")})
+    server = _launch_server()
+    try:
+        yield dirs
+    finally:
+        _end_launch_server_started_since(server)
+        if saved_env is None:
+            os.environ.pop(STATE_ENV, None)
+        else:
+            os.environ[STATE_ENV] = saved_env
+        _STATE.clear()
+        _STATE.update(saved)
+        _remove_state_dirs(dirs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_dir():
+    """Session fixtures (delegated cgroups, wheels) see a session-wide directory."""
+    yield from _state_scope("session")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_state_dir(_session_state_dir):
+    """Module fixtures (an API object, a network namespace) see a module-wide directory."""
+    yield from _state_scope("module")
+
+
+_PINNED: list = []             # a module fixture's own state directory its tests share (testns)
+
+
+@pytest.fixture(autouse=True)
+def own_state_dir(_module_state_dir):
+    """Each test's own state directories: {"base": ..., "root": ..., "user": ...} (see the module's
+    docstring); removed after the test. In a module running in `testns` (a network namespace with
+    a state directory of its own, where its fixtures create networks) the tests use that one."""
+    if _PINNED:
+        yield {"root": _PINNED[-1]}
+        return
+    yield from _state_scope("test")
+
+
+# ------------------------------------------------------------------------------------------------
+# a sandbox's processes, found by what pysandbox reports (never by scanning the host's /proc)
+
+class SandboxProcs:
+    """PID 1 of a sandbox (host pid from the `sandbox_start` event of its audit log) held by a pidfd,
+    and the sandbox's cgroups. When PID 1 of a PID namespace has exited, the kernel has killed and
+    reaped every other process of that namespace first; a cgroup that is gone or lists no process
+    holds none. `gone()` waits on the pidfd (an event, no sleeping) and then checks the cgroups."""
+
+    def __init__(self, event: dict):
+        self.pid = event["pid"]
+        self.cgroups = list(event.get("cgroups") or ())
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self.pidfd = None                     # already gone
+
+    @classmethod
+    def from_log(cls, log, timeout: float = 30) -> "SandboxProcs":
+        """From the first `sandbox_start` of LOG (a test's own state directory's audit.jsonl: it
+        is written before the program starts). Polls for the line with a deadline: the log is a
+        file written by another process, there is no event to wait on."""
+        import json
+        import time
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with open(log) as f:
+                    for line in f:
+                        ev = json.loads(line)
+                        if ev.get("type") == "sandbox_start":
+                            return cls(ev)
+            except FileNotFoundError:
+                pass
+            assert time.monotonic() < deadline, f"no sandbox_start in {log}"
+            time.sleep(0.02)
+
+    def gone(self, timeout: float = 10) -> bool:
+        import select
+        if self.pidfd is not None:
+            p = select.poll()
+            p.register(self.pidfd, select.POLLIN)
+            if not p.poll(int(timeout * 1000)):
+                return False
+        for d in self.cgroups:
+            try:
+                with open(os.path.join(d, "cgroup.procs")) as f:
+                    if f.read().split():
+                        return False
+            except FileNotFoundError:
+                pass                              # removed: an rmdir succeeds only on an empty cgroup
+        return True
+
+    def kill(self) -> None:
+        import signal
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def state_env(rootless: bool) -> dict:
+    """For a command run with an environment of its own (as root, or as the test user): the
+    running test's state directory for that caller."""
+    return {STATE_ENV: _STATE["user" if rootless else "root"]}
+
+
+def audit_log(runner) -> str:
+    """The default audit log of RUNNER in the running test's state directory."""
+    return os.path.join(_STATE["user" if runner.user else "root"], "audit.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------
+# a network namespace of its own (tests that touch interfaces, routes or nftables)
+
+def _ns_ino(path="/proc/self/ns/net"):
+    return os.stat(path).st_ino
+
+
+@pytest.fixture(scope="module")
+def testns():
+    """Move this pytest process into a fresh network namespace for the module; private state dir.
+    (sandbox imports are here, not at the top: the unit tier collects this file too.)"""
+    from sandbox import _sys
+    from sandbox.network import loopback
+    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
+    before = _ns_ino()
+    _sys.unshare(_sys.CLONE_NEWNET)
+    assert _ns_ino() != before, "refusing to run network tests outside a private netns"
+    loopback.bring_up_loopback()
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
+        f.write("1")
+    state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
+    os.chmod(state, 0o711)
+    old, saved_state = os.environ.get("PYSANDBOX_STATE_DIR"), dict(_STATE)
+    os.environ["PYSANDBOX_STATE_DIR"] = state
+    _STATE["root"] = state
+    _PINNED.append(state)
+    try:
+        yield state
+    finally:
+        _PINNED.pop()
+        _STATE.clear()
+        _STATE.update(saved_state)
+        if old is None:
+            os.environ.pop("PYSANDBOX_STATE_DIR", None)
+        else:
+            os.environ["PYSANDBOX_STATE_DIR"] = old
+        _sys.setns(saved, _sys.CLONE_NEWNET)
+        os.close(saved)
+        assert _ns_ino() == before
+        subprocess.run(["rm", "-rf", state], check=False)
+
+
+def links():
+    import socket
+    return sorted(n for _, n in socket.if_nameindex())
+
+
+def host_rules(family="ip"):
+    from sandbox.network import nft
+    return nft.host_rules(family)

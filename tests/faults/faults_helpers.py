@@ -20,7 +20,8 @@ REC = re.compile(r"^(.+)\.(\d+)\.(\d+)$")
 
 
 def base_dir(runner, env=None) -> str:
-    env = env or {}
+    """The state directory RUNNER's commands use: its environment's (the test's own, tests/conftest.py)."""
+    env = runner.env(env)
     if env.get("PYSANDBOX_STATE_DIR"):
         return env["PYSANDBOX_STATE_DIR"]
     if runner.rootless:

@@ -85,12 +85,12 @@ print(out["r"].exit_code, flush=True)
 def test_launch_server_sigkill_rootless(user_runner):
     """The same as the unprivileged user: its own registry, cgroups under its delegation."""
     import sys
-    from conftest import REPO
+    from conftest import REPO, state_env
     u = user_runner
     before = records(u)
     p = subprocess.Popen([sys.executable, "-c", ROOTLESS_CALLER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, user=u.uid, group=u.gid, extra_groups=[], cwd="/tmp",
-                         env={"PATH": "/usr/bin:/bin", "HOME": u.home, "PYTHONPATH": str(REPO)})
+                         env={"PATH": "/usr/bin:/bin", "HOME": u.home, "PYTHONPATH": str(REPO), **state_env(True)})
     try:
         server = int(p.stdout.readline())
         got = new_record(u, before, owner=server)

@@ -5,8 +5,8 @@ running — and the next command of any kind (`pysandbox ps`, not a network comm
 IPAM entry, hosts file, veth, nft per-port chain and counter and its host rules; the peer on the
 same network keeps working and a new sandbox gets on the network again.
 
-SAFETY: as tests/test_network_e2e.py, the module runs in a network namespace of its own (fixture
-`testns` from tests/test_network.py) with a private state dir; everything is checked by the dead
+SAFETY: as tests/system/test_network_e2e.py, the module runs in a network namespace of its own (fixture
+`testns` from tests/system/test_network.py) with a private state dir; everything is checked by the dead
 sandbox's own id and veth name."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from conftest import PYSANDBOX
 from faults_helpers import sigkill, wait_for
 from sandbox.network import bridge, nft
-from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
+from conftest import links, host_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
 

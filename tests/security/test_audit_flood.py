@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import HOST_PYTHON, PYSANDBOX, REPO, TEST_USER
+from conftest import HOST_PYTHON, PYSANDBOX, REPO, TEST_USER, state_env
 
 import audit
 from audit import reader, sinks
@@ -320,7 +320,7 @@ def test_api_memory_sink_is_bounded(who, request):
         kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         env["HOME"] = pw.pw_dir
     p = subprocess.run([sys.executable, "-c", API_FLOOD, FLOOD], capture_output=True, text=True, timeout=180,
-                       cwd="/tmp", env=env, **kw)
+                       cwd="/tmp", env={**env, **state_env(who == "rootless")}, **kw)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout)
     prog = json.loads(res["out"])
@@ -398,7 +398,8 @@ def test_coalesced_record_is_written_when_the_flood_stops_api():
             "r = Sandbox('strict').run(['/usr/bin/python3', '-c', sys.argv[1]], text=True)\n"
             "print(json.dumps({'out': r.stdout, 'events': r.events}))")
     p = subprocess.run([sys.executable, "-c", code, QUIET_AFTER], capture_output=True, text=True, timeout=120,
-                       cwd="/tmp", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/root"})
+                       cwd="/tmp", env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": "/root",
+                                        **state_env(False)})
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout)
     assert res["out"] == "done\n"

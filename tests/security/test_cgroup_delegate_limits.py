@@ -13,6 +13,7 @@ import errno
 import os
 import pwd
 import re
+import signal
 import subprocess
 import textwrap
 
@@ -53,6 +54,31 @@ def _as(pw, code: str):
                           user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], cwd="/tmp")
 
 
+def _kill_delegated(uid: int) -> None:
+    """What still runs in the user's delegated cgroups (its sandboxes), by pidfd: the processes the
+    cgroups list, not every process of the user on the host."""
+    for m in set(V1.values()):
+        for dirpath, _, files in os.walk(os.path.join(m, cgroups.delegated_parent(uid))):
+            if "cgroup.procs" not in files:
+                continue
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    pids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            for pid in pids:
+                try:
+                    fd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                finally:
+                    os.close(fd)
+
+
 @pytest.fixture
 def delegated(shared_tmp):
     pw = _user()
@@ -61,7 +87,7 @@ def delegated(shared_tmp):
     assert r.returncode == 0, r.stderr
     os.chown(shared_tmp, pw.pw_uid, pw.pw_gid)
     yield pw, [l for l in r.stdout.splitlines() if l]
-    subprocess.run(["pkill", "-KILL", "-U", str(pw.pw_uid)], check=False)    # only this file's user
+    _kill_delegated(pw.pw_uid)
     r = _cli("cgroups", "undelegate", USER)
     assert r.returncode == 0, r.stderr
     assert not any(os.path.exists(os.path.join(m, delegated_parent(pw.pw_uid)))

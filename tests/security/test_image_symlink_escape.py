@@ -32,7 +32,6 @@ import tempfile
 import pytest
 
 import imagebuild as ib
-from test_network import testns  # noqa: F401  (module fixture: this process in a netns of its own)
 
 
 def _entries(over: dict) -> list:

@@ -8,7 +8,7 @@ What this machine cannot show, said plainly:
   together with the memory limit, and what is shown is that a program over it is OOM-killed and
   reported, and that it is not given swap beyond it (the test's "with swap" branch, which checks
   that swap up to --memory-swap is granted, runs only on a machine with swap). That a limit which
-  cannot be written (no swap accounting) stops the launch is tested in tests/test_cgroups.py
+  cannot be written (no swap accounting) stops the launch is tested in tests/system/test_cgroups.py
   (`--memory-swap: swap accounting not available`; its kernel branch runs where memsw is missing).
 * device limits: v1 blk-throttle throttles I/O issued by the sandbox's tasks, so the writes here
   are O_DIRECT (buffered writes are written back by kernel threads outside the cgroup: not

@@ -9,12 +9,12 @@ forged datagram. STP-addressed frames and unknown ethertypes were forwarded like
 Now each port has an allow-list (table netdev pysandbox, hook ingress on the host side of its
 veth, policy drop): IPv4 from its own address and MAC, ARP for its own address and MAC; nothing
 else. These tests go through `pysandbox run` (the CLI) as root — private networks need root;
-rootless they are refused (tests/test_network_rootless.py) — two sandboxes on one private network:
+rootless they are refused (tests/system/test_network_rootless.py) — two sandboxes on one private network:
 the attacker sends with an AF_PACKET socket (NET_RAW of `--profile default`), the neighbour
 captures on its eth0 with an AF_PACKET socket and a deadline.
 
 SAFETY: the pytest process is moved into a network namespace of its own (fixture `testns` of
-tests/test_network.py) before anything is created; the sandboxes, bridges and nft tables live
+tests/system/test_network.py) before anything is created; the sandboxes, bridges and nft tables live
 there and go with it. Every wait is bounded.
 """
 from __future__ import annotations
@@ -28,13 +28,13 @@ import time
 import pytest
 
 from sandbox.network import nft, store
-from test_network import host_rules, links, testns  # noqa: F401  (module fixture)
+from conftest import host_rules, links
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root (refused rootless: "
-                                                          "tests/test_network_rootless.py)")
+                                                          "tests/system/test_network_rootless.py)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 PY_IN = "/usr/bin/python3"
 NET = "asp-net"
 
@@ -177,7 +177,6 @@ print(json.dumps({"tcp": tcp, "me": me, "mac": mymac.hex(":"), "frames": sorted(
 """
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_forged_tagged_and_foreign_frames_never_reach_the_neighbour(net, tmp_path):
     gw = net["gateway"]
     b = subprocess.Popen(argv("--network", NET, "--name", "asp-b", code=NEIGHBOUR), stdout=subprocess.PIPE,
@@ -266,7 +265,6 @@ print(json.dumps({"rc": rc, "sent": sent}), flush=True)
 """
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_ipv6_dropped_even_with_an_address_the_sandbox_gave_itself(net):
     """No IPv6 address is assigned on a private network (not even link-local), and the port's
     allow-list has no IPv6 entry: a sandbox with NET_ADMIN that adds an IPv6 address and a static

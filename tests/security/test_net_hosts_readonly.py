@@ -5,7 +5,7 @@ read-only over /etc/hosts and rewritten in place by the supervisors as peers joi
 sandbox that could write it would redirect its own lookups only — but the file lives on the host:
 writing it would be a write to the host's filesystem, and (were the sandbox's root mapped to the
 host's) to state the supervisors trust. Through `pysandbox run` as root (private networks need
-root; rootless they are refused, tests/test_network_rootless.py): opening it for writing fails
+root; rootless they are refused, tests/system/test_network_rootless.py): opening it for writing fails
 (EROFS from the read-only bind mount, or EACCES from the file's host owner, whichever the kernel
 checks first for the open's flags), also with DAC_OVERRIDE (the `default` profile); with CAP_SYS_ADMIN added, a remount
 read-write is possible in the sandbox's own mount namespace, but the file still cannot be opened
@@ -13,7 +13,7 @@ for writing (it belongs to the host's root, whom the sandbox's root is not: EACC
 works and peers resolve by name. Probes open for writing and never write.
 
 SAFETY: the pytest process is moved into a network namespace of its own (fixture `testns` of
-tests/test_network.py); state dir, bridge and sandboxes live there. Waits are bounded.
+tests/system/test_network.py); state dir, bridge and sandboxes live there. Waits are bounded.
 """
 from __future__ import annotations
 
@@ -25,12 +25,11 @@ import textwrap
 import pytest
 
 from sandbox.network import bridge, store
-from test_network import testns  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="private networks need root")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 NET = "hro-net"
 
 PROBE = r"""
@@ -70,7 +69,6 @@ def net(testns):
     subprocess.run([PYSANDBOX, "network", "rm", NET], capture_output=True, timeout=60)
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 def test_etc_hosts_is_read_only_and_resolves(net):
     peer = subprocess.Popen([PYSANDBOX, "run", "--profile", "default", "--audit-log", "/dev/null", "--network", NET,
                              "--name", "hro-peer", "--", "/usr/bin/python3", "-c",

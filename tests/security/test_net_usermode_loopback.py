@@ -32,8 +32,7 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+from conftest import PYSANDBOX, PYTHON as PY  # noqa: E402  (the installed entry points)
 
 SCENARIO = r'''
 import json, os, select, socket, subprocess, sys, threading, time
@@ -101,6 +100,8 @@ with open(prof, "w") as f:
 os.chmod(D, 0o755); os.chmod(prof, 0o644)
 env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": D, "XDG_DATA_HOME": f"{D}/data",
        "XDG_CACHE_HOME": f"{D}/cache", "XDG_RUNTIME_DIR": f"{D}/run"}
+if WHO == "root":                         # the test's own state directory (rootless: XDG_DATA_HOME above)
+    env["PYSANDBOX_STATE_DIR"] = os.environ["PYSANDBOX_STATE_DIR"]
 argv = [PYSANDBOX, "run", "--profile", prof, "--audit-log", "/dev/null", "--", "/usr/bin/python3", "-c", code]
 if WHO == "rootless":
     os.chmod(D, 0o777)
@@ -129,7 +130,6 @@ def scenario(mode: str, who: str) -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-@pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 @pytest.mark.parametrize("who", ["root", "rootless"])
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_usermode_network_does_not_reach_host_loopback(mode, who):

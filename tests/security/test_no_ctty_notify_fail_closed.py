@@ -179,6 +179,7 @@ def test_notified_call_fails_closed_when_supervisor_is_killed(runner, tmp_profil
         sandbox = [q for q in _children(sup.pid)]           # PID 1 (and through it, the program)
         assert sandbox
         procs = sandbox + [c for q in sandbox for c in _children(q)]
+        pidfds = [os.pidfd_open(q) for q in procs]          # held: their exit is an event
         os.kill(sup.pid, signal.SIGSTOP)                     # the supervisor cannot answer...
         (shared / "go").write_text("")
         time.sleep(1.0)                                      # ...the call is pending
@@ -187,9 +188,9 @@ def test_notified_call_fails_closed_when_supervisor_is_killed(runner, tmp_profil
         os.kill(sup.pid, signal.SIGKILL)                     # ...and now it is gone
         sup.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while any(os.path.exists(f"/proc/{q}") for q in procs) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(os.path.exists(f"/proc/{q}") for q in procs), procs   # the sandbox died
+        for fd in pidfds:                                    # the sandbox died: every pidfd readable
+            assert select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0], procs
+            os.close(fd)
         assert not (shared / "proceeded").exists()           # the call never ran
         if (shared / "result").exists():                     # (if it returned before the end: an error)
             assert (shared / "result").read_text() != "ok"

@@ -4,7 +4,7 @@ no location in the profile.
 
 Now the compiler refuses it: who owns a host id - root all of them, a rootless caller only its own
 uid/gid (one id, one entry) and, since issue 20 item 2, the ids of its /etc/subuid, /etc/subgid
-ranges (tests/test_rootless_ranges.py; the "range" case here exceeds pysbx-test's by one id) - checked at compile time,
+ranges (tests/system/test_rootless_ranges.py; the "range" case here exceeds pysbx-test's by one id) - checked at compile time,
 `file:line:col` at the offending map entry, exit 2, nothing launched (no sandbox process, no audit
 `start` event). The caller's own id still works rootless; root may map any range. lint, which
 cannot know the caller, warns with PSB105 for any explicit host id.

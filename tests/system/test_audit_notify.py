@@ -345,7 +345,9 @@ def test_kmsg_fallback_records_by_pid():
         pids.add(pid)
         res = read_result(r)
         os.waitpid(pid, 0)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 2                 # kmsg records arrive on their own: poll for them
+        while len([e for e in mem.events if e.get("pid") == pid]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         h.stop()
         if len([e for e in mem.events if e.get("pid") == pid]) == 2:
             break
@@ -380,7 +382,7 @@ def test_rootless_supervision():
     here = os.path.dirname(os.path.abspath(__file__))
     code = f"""
 import errno, json, os, sys
-sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(here)!r})
+sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.dirname(here))!r})
 from audit_helpers import build_bpf, raw, read_result, spawn
 from audit import MemorySink, Recorder
 from policies.plan import Seccomp, SyscallRule
@@ -436,7 +438,7 @@ for attempt in range(6):
 print(json.dumps({"code": res.exit_code, "message": res.message, "events": evs}))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert p.returncode == 0, p.stderr
     import json
     out = json.loads(p.stdout.splitlines()[-1])

@@ -74,7 +74,7 @@ def test_admin_override_takes_effect_on_the_very_next_run(runner, shared_tmp):
     _poison_marker(runner, env, token)
     assert _hostname_run(runner, env, token) == "/proc"          # legitimate: the fast path hits
     # the override appears (extends the shipped one by path, changes the working directory)
-    shipped = Path(__file__).resolve().parent.parent / "profiles" / "strict.yaml"
+    shipped = Path(__file__).resolve().parents[2] / "profiles" / "strict.yaml"
     (prof / "strict.yaml").write_text(f"version: 1\nextends: {shipped}\nprocess: {{cwd: /tmp}}\n")
     os.chmod(prof / "strict.yaml", 0o644)
     assert _hostname_run(runner, env, token) == "/tmp"           # the very next run: no stale hit

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
+import subprocess
 import time
 
 import pytest
+
+from conftest import PYSANDBOX, Run
 
 from audit import integrity, reader
 from sandbox import _sys
@@ -152,14 +154,18 @@ def test_clean_runs_report_nothing_and_a_changed_read_only_bind_is_reported(root
     assert r.stdout.startswith("1") and "rc=0" not in r.stdout, r
     assert [e for e in reader.read_events(log) if e["type"] == "integrity_violation"] == []
 
-    def touch():
-        time.sleep(0.5)
+    # the source changes while the program runs: after its first line, before its stdin closes
+    p = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--audit-log", str(log), "-v",
+                          f"{src}:/data:ro", "--", "/bin/sh", "-c", "echo ready; read x"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=root_runner.env(), cwd="/tmp")
+    try:
+        assert p.stdout.readline() == "ready\n"
         (src / "f").write_text("2")
-    t = threading.Thread(target=touch)
-    t.start()
-    r = root_runner("run", "--profile", "strict", "--audit-log", str(log), "-v", f"{src}:/data:ro", "--",
-                    "/bin/sleep", "1.5")
-    t.join()
+        _, err = p.communicate("", timeout=60)
+    finally:
+        p.kill()
+    r = Run(p.returncode, "", err)
     iv = [e for e in reader.read_events(log) if e["type"] == "integrity_violation"]
     assert len(iv) == 1, iv
     assert iv[0]["path"] == str(src) and "read-only source changed" in iv[0]["message"]

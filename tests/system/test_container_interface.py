@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import PYSANDBOX, REPO, TEST_USER
+from conftest import PYSANDBOX, REPO, TEST_USER, state_env
 
 HOST_PYTHON = "/usr/bin/python3"
 
@@ -158,7 +158,7 @@ def test_api_and_roots_built_ahead(who, request):
         request.getfixturevalue("delegated_cgroups")
         pw = pwd.getpwnam(TEST_USER)
         run_as = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                      env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO)})
+                      env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir, "PYTHONPATH": str(REPO), **state_env(True)})
     p = subprocess.run([sys.executable, "-c", BUILT_AHEAD], capture_output=True, text=True, timeout=120,
                        cwd="/tmp", **run_as)
     assert p.returncode == 0, p.stderr[-2000:]

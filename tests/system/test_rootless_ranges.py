@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYSANDBOX, TEST_USER, VENV_BIN, ensure_test_user
+from conftest import PYSANDBOX, TEST_USER, VENV_BIN, ensure_test_user, state_env
 
 SUBFILES = ("/etc/subuid", "/etc/subgid")
 NOSUB_USER = "pysbx-idm-nosub"        # throw-away user of this file (no subordinate ids)
@@ -168,7 +168,7 @@ API_SCRIPT = textwrap.dedent("""
     from sandbox.api import Sandbox
     from sandbox import zygote
 
-    def built_spares(server):   # the server's children that pivoted into a built root (as tests/test_api.py)
+    def built_spares(server):   # the server's children that pivoted into a built root (as tests/system/test_api.py)
         found = []
         for k in open(f"/proc/{server}/task/{server}/children").read().split():
             try:
@@ -208,7 +208,7 @@ def test_api_launch_server_and_spares(user_runner, subids, tmp_profile, shared_t
     os.chmod(script, 0o644)
     r = subprocess.run([str(VENV_BIN / "python"), str(script), p], capture_output=True, text=True, timeout=120,
                        user=user_runner.uid, group=user_runner.gid, extra_groups=[], cwd="/tmp",
-                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home})
+                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, **state_env(True)})
     assert r.returncode == 0, r
     out = json.loads(r.stdout)
     want = ["0", "0", str(su), "65536", "0", str(sg), "65536", "allow"]
@@ -324,7 +324,7 @@ def test_ranges_withdrawn_under_a_compiled_plan_fail_closed(user_runner, subids,
     proc = subprocess.Popen([str(VENV_BIN / "python"), "-c", WITHDRAWN, p], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, user=user_runner.uid,
                             group=user_runner.gid, extra_groups=[], cwd="/tmp",
-                            env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home})
+                            env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, **state_env(True)})
     backup = _Backup()
     try:
         assert proc.stdout.readline().strip() == "0"
@@ -367,7 +367,7 @@ def test_pty_with_subordinate_ids(user_runner, subids, tmp_profile):
     cmd = f"{PYSANDBOX} run -t --profile {p} -- /bin/sh -c 'tty; stat -c \"%u %g\" $(tty); id -u'"
     r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
                        user=user_runner.uid, group=user_runner.gid, extra_groups=[], cwd="/tmp",
-                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "TERM": "dumb"})
+                       env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "TERM": "dumb", **state_env(True)})
     out = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
     assert r.returncode == 0 and out[-3].startswith("/dev/pts/") and out[-2:] == ["0 0", "0"], r
 
@@ -385,7 +385,7 @@ def _as_user_with_group(user_runner, args, group: int) -> subprocess.CompletedPr
     """pysandbox ARGS as pysbx-test with one supplementary host group (the runner gives none)."""
     return subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=60, user=user_runner.uid,
                           group=user_runner.gid, extra_groups=[group], cwd="/tmp",
-                          env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "LANG": "C.UTF-8"})
+                          env={"PATH": "/usr/bin:/bin", "HOME": user_runner.home, "LANG": "C.UTF-8", **state_env(True)})
 
 
 def test_callers_supplementary_groups_dropped_run_and_exec(user_runner, subids, tmp_profile):

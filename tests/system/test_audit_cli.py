@@ -219,13 +219,14 @@ def test_audit_commands_read_the_log(runner, logdir):
 
 
 def test_default_log_location(runner, shared_tmp):
-    """Without --audit-log: the state directory's audit.jsonl (audit/paths.py): /var/lib/pysandbox
-    as root, $XDG_DATA_HOME/pysandbox rootless."""
+    """Without --audit-log: the state directory's audit.jsonl (audit/paths.py): as root the test's own
+    PYSANDBOX_STATE_DIR (that root's default is /var/lib/pysandbox is tests/unit/test_audit.py's
+    test_default_log_path: no test writes the machine's log), $XDG_DATA_HOME/pysandbox rootless."""
     if runner.user:
         state = shared_tmp / "data"
         state.mkdir()
         os.chown(state, runner.uid, runner.gid)
-        env = {"XDG_DATA_HOME": str(state)}
+        env = {"XDG_DATA_HOME": str(state), "PYSANDBOX_STATE_DIR": None}     # the default, not the test's own
         log = state / "pysandbox" / "audit.jsonl"
     else:
         env = {}

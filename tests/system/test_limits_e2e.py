@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import HOST_PYTHON, PYSANDBOX
+from conftest import HOST_PYTHON, PYSANDBOX, SandboxProcs, audit_log
 from sandbox.cgroups.doctor import has_cap, probe_disk
 from sandbox.cgroups.files import bfq_disks
 from sandbox.cgroups.layout import detect
@@ -131,28 +131,14 @@ def test_cpus_limit_caps_cpu_time(runner):
     assert cpu <= 0.5 * wall + 0.05 + 0.05, r
 
 
-def _leaf_of(marker: str, timeout=10.0) -> tuple[int, list[str]]:
-    """Find the sandboxed process whose argv contains marker; return its pid and its cgroup dirs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-                cg = open(f"/proc/{pid}/cgroup").read()
-            except OSError:
-                continue
-            if marker.encode() in argv:
-                dirs = []
-                for line in cg.splitlines():
-                    _, ctl, path = line.split(":", 2)
-                    if ctl in ("memory", "pids") and "/pysandbox" in path:
-                        dirs.append(os.path.join(V1[ctl], path.lstrip("/")))
-                if dirs:
-                    return int(pid), dirs
-        time.sleep(0.05)
-    raise AssertionError(f"no sandboxed process with {marker!r}")
+def _leaf_of(runner) -> tuple["SandboxProcs", list[str]]:
+    """The running sandbox of this test (the `sandbox_start` of the test's own audit log): PID 1 held
+    by a pidfd, and its v1 memory/pids cgroup directories."""
+    procs = SandboxProcs.from_log(audit_log(runner))
+    dirs = [d for d in procs.cgroups for ctl in ("memory", "pids")
+            if ctl in V1 and d.startswith(V1[ctl].rstrip("/") + "/") and "/pysandbox" in d]
+    assert dirs, procs.cgroups
+    return procs, dirs
 
 
 def test_cgroup_removed_after_exit(runner):
@@ -163,7 +149,8 @@ def test_cgroup_removed_after_exit(runner):
                           f"sleep 2; : {marker}"], env=env, cwd="/tmp", stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, **kw)
     try:
-        _pid, dirs = _leaf_of(f"sleep 2; : {marker}")
+        procs, dirs = _leaf_of(runner)
+        procs.close()
         assert dirs and all(os.path.isdir(d) for d in dirs)
         owner = runner.uid
         assert all(os.stat(d).st_uid == owner for d in dirs)   # rootless: inside its delegated parent
@@ -182,13 +169,11 @@ def test_stale_cgroup_reclaimed_after_supervisor_sigkill(root_runner):
                           f"sleep 30; : {marker}"], env=root_runner.env(), cwd="/tmp",
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        pid, dirs = _leaf_of(f"sleep 30; : {marker}")
+        procs, dirs = _leaf_of(root_runner)
         p.send_signal(signal.SIGKILL)                  # the supervisor dies without cleaning up
         p.wait()
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)                           # the sandbox dies with it (PDEATHSIG)
-        assert not os.path.exists(f"/proc/{pid}")
+        assert procs.gone(timeout=10)                  # the sandbox dies with it (PDEATHSIG)
+        procs.close()
         assert all(os.path.isdir(d) for d in dirs)     # left behind: stale
         time.sleep(2.1)                                # reclaim skips cgroups younger than 2 s
         r = root_runner("run", "--profile", "strict", "--memory", "64m", "--", "/bin/true")

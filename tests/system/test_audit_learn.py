@@ -62,7 +62,7 @@ def test_learn_round_trip(runner, workdir):
     text = new.read_text()
     assert "extends: \"strict\"" in text
     # setuid is not a seccomp denial under strict any more (the kernel's CAP_SETUID check answers
-    # it, and a no-op passes: tests/test_strict_noops.py), so it is neither observed nor inferred
+    # it, and a no-op passes: tests/system/test_strict_noops.py), so it is neither observed nor inferred
     assert "SETUID" not in text and "setuid \u00d7" not in r.stderr
     allow_line = next(l for l in text.splitlines() if l.strip().startswith("allow:"))
     assert "\"sysfs\"" in allow_line and "\"setuid\"" not in allow_line and "keyctl" not in allow_line

@@ -109,7 +109,7 @@ def test_chown_needs_the_capability_not_a_seccomp_exception(runner):
     script = "touch /tmp/f && chown 1:1 /tmp/f && echo chowned"
     denied = runner.sh(script)
     assert denied.returncode != 0 and "chowned" not in denied.stdout, denied
-    # strict leaves chown to the kernel's capability check (tests/test_strict_noops.py): EPERM
+    # strict leaves chown to the kernel's capability check (tests/system/test_strict_noops.py): EPERM
     # without CAP_CHOWN; rootless maps one id, so uid 1 does not exist there: EINVAL
     assert ("Invalid argument" if runner.rootless else "Operation not permitted") in denied.stderr, denied
     allowed = runner.sh(script, "--cap-add", "CHOWN")
@@ -137,7 +137,7 @@ def test_security_opt_unconfined_and_import_file(runner, tmp_profile):
 
 def test_security_opt_seccomp_file_imports_docker_json(runner):
     from pathlib import Path
-    docker_json = str(Path(__file__).resolve().parent.parent / "policies" / "data" / "docker-default-seccomp.json")
+    docker_json = str(Path(__file__).resolve().parents[2] / "policies" / "data" / "docker-default-seccomp.json")
     out = probe(runner, "--security-opt", f"seccomp={docker_json}")
     assert out["pers_query"][1] == 0 and out["pers_bad"] == [-1, 1]
     assert out["clone3"] == [-1, 38] and out["clone_newuser"] == [-1, 1]

@@ -7,7 +7,7 @@ import fnmatch
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "security.md"
 _TOKEN = re.compile(r"`((?:tests/[\w/]+\.py)?(?:::[\w*\[\]-]+)?)`")
 

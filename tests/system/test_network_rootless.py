@@ -22,9 +22,8 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces "
                                                           "and the unprivileged user's environment")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import PYSANDBOX, PYTHON as PY  # noqa: E402  (the installed entry points)
 
 SCENARIO = r'''
 import json, os, socket, subprocess, sys, threading, time
@@ -121,10 +120,8 @@ def scenario(mode: str, tun: str) -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-needs = pytest.mark.skipif(not os.path.exists(PYSANDBOX), reason="pysandbox console script not installed")
 
 
-@needs
 @pytest.mark.parametrize("mode,iface", [("pasta", "v0"), ("slirp4netns", "tap0")])
 def test_rootless_usermode_network_egress_and_ports(mode, iface):
     import shutil
@@ -141,7 +138,6 @@ def test_rootless_usermode_network_egress_and_ports(mode, iface):
     assert "need root" in res["private_err"] and res["private_rc"] == 125
 
 
-@needs
 def test_rootless_usermode_fails_closed_without_tun():
     res = scenario("pasta", "0600")                    # this machine's real mode, reproduced
     assert res["rc"] == 125 and "inside" not in res

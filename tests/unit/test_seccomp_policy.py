@@ -24,7 +24,7 @@ from policies.seccomp import SEVERITY, compile_seccomp, describe_rule
 from policies.seccomp_verdict import cond_matches, decide
 from sandbox.seccomp import RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS, RET_USER_NOTIF, _act, build_bpf, run_bpf
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKER_JSON = REPO / "policies" / "data" / "docker-default-seccomp.json"
 M64 = (1 << 64) - 1
 DOCKER_CAPS = sc.DOCKER_DEFAULT_CAPS
@@ -533,7 +533,7 @@ def test_every_docker_capability_and_strict_cap_lift_builds_and_verifies():
         _bpf_agrees_with_plan(s, build_bpf(s))
         assert decide(s, "fchownat", [0xffffff9c, 0, 0, 0])[0] == "allow"      # to root:root inside
         # giving files away: left to the kernel's CAP_CHOWN check whatever the plan keeps
-        # (tests/test_strict_noops.py shows the kernel's EPERM without it)
+        # (tests/system/test_strict_noops.py shows the kernel's EPERM without it)
         assert decide(s, "fchownat", [0xffffff9c, 0, 1, 1])[0] == "allow"
         assert decide(s, "setresuid", [1, 1, 1])[0] == "allow" and decide(s, "capset", [0, 0])[0] == "allow"
         assert decide(s, "sethostname", [0, 0])[0] == "errno"              # the rest of @privileged

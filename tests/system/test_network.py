@@ -15,8 +15,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
@@ -27,49 +25,12 @@ from sandbox.network import bridge, doctor as network_doctor, endpoint, loopback
 from sandbox.network.common import NetworkError
 from sandbox.procid import start_time as proc_starttime
 
+from conftest import host_rules, links
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
 PY = "/usr/bin/python3"
 SETPRIV = "/usr/bin/setpriv"
-
-
-def _ns_ino(path="/proc/self/ns/net"):
-    return os.stat(path).st_ino
-
-
-@pytest.fixture(scope="module")
-def testns():
-    """Move this pytest process into a fresh network namespace for the module; private state dir."""
-    saved = os.open("/proc/self/ns/net", os.O_RDONLY)
-    before = _ns_ino()
-    _sys.unshare(_sys.CLONE_NEWNET)
-    assert _ns_ino() != before, "refusing to run network tests outside a private netns"
-    loopback.bring_up_loopback()
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:      # this netns's own sysctl
-        f.write("1")
-    state = tempfile.mkdtemp(prefix="pysbx-nettest-", dir="/tmp")
-    os.chmod(state, 0o711)
-    old = os.environ.get("PYSANDBOX_STATE_DIR")
-    os.environ["PYSANDBOX_STATE_DIR"] = state
-    try:
-        yield state
-    finally:
-        if old is None:
-            os.environ.pop("PYSANDBOX_STATE_DIR", None)
-        else:
-            os.environ["PYSANDBOX_STATE_DIR"] = old
-        _sys.setns(saved, _sys.CLONE_NEWNET)
-        os.close(saved)
-        assert _ns_ino() == before
-        subprocess.run(["rm", "-rf", state], check=False)
-
-
-def links():
-    return sorted(n for _, n in socket.if_nameindex())
-
-
-def host_rules(family="ip"):
-    return nft.host_rules(family)
 
 
 def port_objects():
@@ -562,10 +523,12 @@ def test_reclaim_after_supervisor_crash(testns, cleanup):
             line += os.read(r, 100)
     os.close(r)
     box_pid, proxy_pid = map(int, line.split())
+    box = os.pidfd_open(box_pid)
     os.kill(pid, signal.SIGKILL)                     # the supervisor crashes
     os.waitpid(pid, 0)
-    os.kill(box_pid, signal.SIGKILL)                 # (the launcher's PDEATHSIG would do this)
-    time.sleep(0.2)
+    signal.pidfd_send_signal(box, signal.SIGKILL)    # (the launcher's PDEATHSIG would do this)
+    assert select.select([box], [], [], 10)[0], "the sandbox did not die"     # its pidfd: it has exited
+    os.close(box)
     assert "sbx:sbx-crash" in [r_.get("comment") for r_ in host_rules()]
     veth = bridge.veth_name("sbx-crash")
     assert ("chain", veth) in port_objects() and ("counter", veth) in port_objects()

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import imagebuild as ib
-from conftest import HOST_PYTHON, REPO, TEST_USER
+from conftest import HOST_PYTHON, REPO, TEST_USER, state_env
 
 CAP = {"NET_BIND_SERVICE": 10, "SYS_ADMIN": 21, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40}
 LAST_CAP = int(open("/proc/sys/kernel/cap_last_cap").read())
@@ -385,7 +385,7 @@ def _api(rootless: bool) -> dict:
         kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         env["HOME"] = pw.pw_dir
     p = subprocess.run([sys.executable, "-c", API] + ([] if rootless else ["groups"]), capture_output=True,
-                       text=True, timeout=120, cwd="/tmp", env=env, **kw)
+                       text=True, timeout=120, cwd="/tmp", env={**env, **state_env(rootless)}, **kw)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)
 

@@ -1,6 +1,6 @@
 """End-to-end networking through `pysandbox run` (the real launcher), as root.
 
-SAFETY: like tests/test_network.py, this module moves the pytest process into a network
+SAFETY: like tests/system/test_network.py, this module moves the pytest process into a network
 namespace of its own (fixture `testns`, imported from there) before anything is created;
 every `pysandbox` it starts inherits that namespace. Traffic goes only to loopback, the
 module's bridges and its own sandboxes; every wait is bounded.
@@ -17,14 +17,12 @@ import time
 import pytest
 
 from sandbox.network import bridge, store
-from test_network import links, host_rules, testns  # noqa: F401  (module fixture)
+from conftest import links, host_rules
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (creates network namespaces)")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYSANDBOX = os.path.join(ROOT, ".venv", "bin", "pysandbox")
-if not os.path.exists(PYSANDBOX):
-    PYSANDBOX = None
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import PYSANDBOX  # noqa: E402  (the installed entry points)
 PY_IN = "/usr/bin/python3"
 
 
@@ -39,9 +37,9 @@ def run(*opts, code: str, profile="default", timeout=30):
                           timeout=timeout)
 
 
-def start(*opts, code: str, profile="default"):
+def start(*opts, code: str, profile="default", stdin=None):
     p = subprocess.Popen(run_argv(*opts, code=code, profile=profile), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, stdin=stdin, text=True)
     return p
 
 
@@ -136,10 +134,8 @@ def nets(testns):
         cli("network", "rm", n)
 
 
-needs_cli = pytest.mark.skipif(PYSANDBOX is None, reason="pysandbox console script not installed")
 
 
-@needs_cli
 def test_e2e_by_name_and_isolation(nets):
     nets("e2a")
     nets("e2b")
@@ -169,7 +165,6 @@ def test_e2e_by_name_and_isolation(nets):
     assert bridge_a not in links()
 
 
-@needs_cli
 def test_e2e_none_only_lo(testns):
     r = run("--network", "none", code="""
         import socket
@@ -184,7 +179,6 @@ def test_e2e_none_only_lo(testns):
     assert r.stdout.split("\n")[:2] == ["['lo']", str(errno.ENETUNREACH)]
 
 
-@needs_cli
 def test_e2e_published_port(nets):
     nets("e2p")
     p = start("--network", "e2p", "--name", "web", "-p", "8080:80", "--cap-add", "NET_BIND_SERVICE",
@@ -204,7 +198,6 @@ def test_e2e_published_port(nets):
         socket.create_connection(("127.0.0.1", 8080), timeout=1).close()
 
 
-@needs_cli
 def test_e2e_egress_allow_list(nets, tmp_path):
     nets("e2e")
     prof = tmp_path / "egress.yaml"
@@ -246,21 +239,24 @@ def test_e2e_egress_allow_list(nets, tmp_path):
         stop(other)
 
 
-@needs_cli
 def test_e2e_twenty_concurrent(nets):
     nets("e2c")
     code = """
-        import socket, fcntl, struct, time
+        import socket, fcntl, struct, sys
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', b'eth0'))[20:24])
         print(ip, flush=True)
-        time.sleep(1.5)
+        sys.stdin.read()
         """
-    procs = [start("--network", "e2c", "--name", f"s{i}", code=code) for i in range(20)]
+    # all twenty hold their address at once: each runs until its stdin closes, after every address
+    # is known (a fixed sleep let the first ones end - and free theirs - before the last started)
+    procs = [start("--network", "e2c", "--name", f"s{i}", code=code, stdin=subprocess.PIPE) for i in range(20)]
     addrs = []
     try:
         for p in procs:
             addrs.append(wait_line(p, timeout=60))
+        for p in procs:
+            p.stdin.close()
         for p in procs:
             p.wait(timeout=60)
     finally:
@@ -272,7 +268,6 @@ def test_e2e_twenty_concurrent(nets):
     assert not [x for x in links() if x.startswith("psv")]
 
 
-@needs_cli
 def test_e2e_supervisor_crash_is_reclaimed(nets):
     nets("e2k")
     p = start("--network", "e2k", "--name", "victim", "-p", "18081:7000", code=server())
@@ -293,7 +288,6 @@ def test_e2e_supervisor_crash_is_reclaimed(nets):
     assert not [x for x in links() if x.startswith("psv")]
 
 
-@needs_cli
 def test_e2e_errors_fail_closed(testns):
     r = run("--network", "nosuch", code="print('ran')")
     assert r.returncode == 125 and "ran" not in r.stdout
@@ -303,7 +297,6 @@ def test_e2e_errors_fail_closed(testns):
     assert r.returncode == 1 and r.stderr.strip() == "pysandbox: network 'nosuch' not found"
 
 
-@needs_cli
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_e2e_usermode_network_as_root(testns, mode):
     """pasta / slirp4netns as root: outbound through the user-mode stack to an "upstream" veth of
@@ -356,7 +349,6 @@ def test_e2e_usermode_network_as_root(testns, mode):
                 ipr.link("del", index=idx[0])
 
 
-@needs_cli
 def test_e2e_egress_refused_with_net_admin(testns, tmp_path):
     prof = tmp_path / "eg.yaml"
     prof.write_text("version: 1\nname: eg\nextends: default\nnetwork:\n  mode: none\n  egress:\n"
@@ -373,7 +365,6 @@ def _helpers(mode):
     return [int(x) for x in out.stdout.split()]
 
 
-@needs_cli
 @pytest.mark.parametrize("mode", ["pasta", "slirp4netns"])
 def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
     import shutil
@@ -408,7 +399,6 @@ def test_e2e_usermode_helper_dies_with_supervisor(testns, mode):
                 ipr.link("del", index=idx[0])
 
 
-@needs_cli
 def test_e2e_network_cli(nets):
     r = cli("network", "create", "clinet", "--subnet", "10.66.1.0/24")
     assert r.returncode == 0 and r.stdout.strip() == "clinet"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TEST_USER
+from conftest import REPO, TEST_USER, SandboxProcs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root (and switches to the test user)")
 
@@ -42,6 +42,14 @@ def test_timeout_kills_the_sandbox(strict):
     r = strict.run(["/bin/sleep", "30"], timeout=0.5)
     assert r.exit_code == 124 and r.timed_out, r
     assert time.monotonic() - t < 10
+    # every process is gone: PID 1 (whose exit the kernel completes only after the rest of its PID
+    # namespace) and the cgroups (pidfd/cgroup.procs), not only the call back in time
+    start = next(e for e in r.events if e["type"] == "sandbox_start")
+    procs = SandboxProcs(start)
+    try:
+        assert procs.gone(timeout=0), start
+    finally:
+        procs.close()
     assert any(e["type"] == "timeout" for e in r.events), r.events
 
 
@@ -248,9 +256,16 @@ LIMITS_CALLER = r'''
 import resource, threading, time
 from sandbox.api import Sandbox
 sb = Sandbox("strict")
+from sandbox import zygote
 other = threading.Thread(target=sb.run, args=(["/bin/sleep", "2"],))
 other.start()
-time.sleep(0.3)
+server = zygote.Client.get().proc.pid
+for _ in range(200):                     # until the other sandbox's program runs (the server's grandchild)
+    kids = open(f"/proc/{server}/task/{server}/children").read().split()
+    if any(open(f"/proc/{p}/comm").read().strip() == "sleep"
+           for k in kids for p in open(f"/proc/{k}/task/{k}/children").read().split()):
+        break
+    time.sleep(0.02)
 r = sb.run(["/bin/sh", "-c", "ls /proc/self/fd; grep 'open files' /proc/1/limits"], text=True)
 other.join()
 print(r.exit_code)
@@ -320,8 +335,11 @@ def test_a_dead_template_is_replaced(strict):
             return False
     template = [int(k) for k in kids if is_template(k)]
     assert len(template) == 1, kids                     # the template; the others are spare PID 1s
-    os.kill(template[0], signal.SIGKILL)
-    time.sleep(0.2)
+    fd = os.pidfd_open(template[0])
+    signal.pidfd_send_signal(fd, signal.SIGKILL)
+    import select
+    assert select.select([fd], [], [], 10)[0]           # the template has exited (its pidfd: an event)
+    os.close(fd)
     r = strict.run(["/bin/sh", "-c", "echo again"], text=True)
     assert r.exit_code == 0 and r.stdout == "again\n", r
 

@@ -18,10 +18,9 @@ import time
 import pytest
 
 import imagebuild
-from test_network import testns  # noqa: F401  (module fixture: a private network namespace)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PY = os.path.join(ROOT, ".venv", "bin", "python")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import PYTHON as PY, PYSANDBOX  # noqa: E402  (the installed entry points)
 BUSY = "i=0; while :; do i=$((i+1)); done"
 
 
@@ -109,7 +108,7 @@ def test_state_dir_mode_and_private_network_after_image_import(root_runner, root
         assert stat.S_IMODE(os.stat(sd).st_mode) == 0o711
         # a bind source below a directory the sandbox's mapped root cannot search: the caller's own
         # access decides (the supervisor opens it as the caller: issue 20 item 13,
-        # tests/test_bind_as_caller.py), so root may bind it; launch errors naming their step and
+        # tests/system/test_bind_as_caller.py), so root may bind it; launch errors naming their step and
         # path: test_launch_error_carries_step_and_path
         priv = os.path.join(os.path.dirname(sd), "priv")
         os.makedirs(os.path.join(priv, "inner"))
@@ -249,10 +248,12 @@ def test_name_of_a_kept_run_for_diff_and_commit(runner, sdirs):
 def test_stats_no_stream_shows_cpu_percent(runner, sdirs):
     sd = sdirs()
     for n, cmd in (("cli-busy", BUSY), ("cli-idle", "sleep 60")):
-        r = cli(runner, sd, "run", "-d", "--name", n, "--profile", "strict", "--", "/bin/sh", "-c", cmd)
+        r = cli(runner, sd, "run", "-d", "--name", n, "--profile", "strict", "--", "/bin/sh", "-c",
+                f"echo up; {cmd}")
         assert r.returncode == 0, r
     try:
-        time.sleep(0.3)
+        # both programs run (their first line is in their logs: a file, no event to wait on)
+        assert all(_wait(lambda n=n: "up" in cli(runner, sd, "logs", n).stdout) for n in ("cli-busy", "cli-idle"))
         r = cli(runner, sd, "stats", "--no-stream", "--json", "--interval", "0.5", "cli-busy", "cli-idle")
         assert r.returncode == 0, r
         rows = {d["name"]: d for d in map(json.loads, r.stdout.splitlines())}
@@ -499,7 +500,7 @@ def test_no_false_integrity_violation_under_concurrent_launches(root_runner, roo
     sd = root_sdirs()
     _image(root_runner, sd)
     env = dict(os.environ, PYSANDBOX_STATE_DIR=sd, PYTHONPATH=ROOT)
-    kept = [os.path.join(ROOT, ".venv", "bin", "pysandbox"), "run", "--profile", "strict"]
+    kept = [PYSANDBOX, "run", "--profile", "strict"]
     p = subprocess.run([PY, "-c", CONCURRENT, sd, json.dumps(kept), "4"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -514,7 +515,8 @@ def test_audit_reads_the_rootless_log_of_before_one_state_dir(user_runner):
     base = tempfile.mkdtemp(prefix="pysbx-cli-", dir="/tmp")
     os.chown(base, user_runner.uid, user_runner.gid)
     try:
-        env = {"XDG_STATE_HOME": f"{base}/state", "XDG_DATA_HOME": f"{base}/data"}
+        env = {"XDG_STATE_HOME": f"{base}/state", "XDG_DATA_HOME": f"{base}/data",
+               "PYSANDBOX_STATE_DIR": None}           # the XDG defaults, not the test's own directory
         os.makedirs(f"{base}/state/pysandbox")
         for d in (f"{base}/state", f"{base}/state/pysandbox"):
             os.chown(d, user_runner.uid, user_runner.gid)

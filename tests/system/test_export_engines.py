@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYSANDBOX = str(Path(sys.executable).parent / "pysandbox")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="engines are run as root")

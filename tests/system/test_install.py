@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TEST_USER, ensure_test_user
+from conftest import REPO, TEST_USER, ensure_test_user, state_env
 
 EDITABLE_BIN = Path(sys.executable).parent          # the project's .venv/bin
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -148,6 +148,7 @@ def as_user(request):
              "HOME": home, "PYTHONDONTWRITEBYTECODE": "1"}
         if ident:
             e["USER"] = TEST_USER
+        e.update(state_env(bool(ident)))
         e.update(env or {})
         p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout, **ident)
         assert "Traceback" not in p.stderr, p.stderr
