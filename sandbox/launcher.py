@@ -9,6 +9,9 @@ Exit status: the program's (128+N when killed by signal N); 125 the sandbox coul
 """
 from __future__ import annotations
 
+# No `typing` import (as policies/plan.py): annotations are strings, `Optional`/`Callable` are
+# documentation only, and `typing` would cost milliseconds on the launch path.
+
 import os
 import stat
 import select

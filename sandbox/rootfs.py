@@ -35,7 +35,7 @@ import stat
 
 from . import _sys, inroot
 from .interface import ENGINE, containerenv
-from ._sys import (MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MNT_DETACH,
+from ._sys import (MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_REC, MNT_DETACH,
                    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOEXEC)
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")

@@ -58,7 +58,7 @@ def _kill_delegated(uid: int) -> None:
     """What still runs in the user's delegated cgroups (its sandboxes), by pidfd: the processes the
     cgroups list, not every process of the user on the host."""
     for m in set(V1.values()):
-        for dirpath, _, files in os.walk(os.path.join(m, cgroups.delegated_parent(uid))):
+        for dirpath, _, files in os.walk(os.path.join(m, delegated_parent(uid))):
             if "cgroup.procs" not in files:
                 continue
             try:

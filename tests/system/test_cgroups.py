@@ -31,11 +31,9 @@ import pytest
 
 from policies.plan import DeviceRate, Limits
 from sandbox.cgroups import delegate as cg_delegate
-from sandbox.cgroups import placement
 from sandbox.cgroups.doctor import doctor_report, probe_disk
-from sandbox.cgroups.driver import Driver
 from sandbox.cgroups.files import CgroupError, bfq_disks, procs
-from sandbox.cgroups.layout import Layout, detect, parse_mountinfo
+from sandbox.cgroups.layout import Layout, detect
 from sandbox.cgroups.leftover import reclaim_stale
 from sandbox.cgroups.manager import create_for_sandbox
 from sandbox.cgroups.stats import summary_line
@@ -713,7 +711,7 @@ def test_rootless_real_cgroup2_delegation():
         for d in (base, inner):
             for f in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
                 os.chown(os.path.join(d, f) if f else d, NOBODY, NOBODY)
-        made_v1 = cgroups.delegate(NOBODY, NOBODY)
+        made_v1 = cg_delegate.delegate(NOBODY, NOBODY)
         repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         r, w = os.pipe()
         p = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
