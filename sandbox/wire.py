@@ -1,7 +1,8 @@
 """The launch context on the wire: one versioned encoding for everything of a launch that crosses a
-process boundary — the API process to its launch server (a request, a plan), the launch server to
-its template and to a PID 1 it did not fork itself (the run's context), PID 1 to pysandbox-init
-(the program's last steps, read by sandbox/pid1.c). One encoder and one decoder per side; no
+process boundary — the API process to its launch server (a request, a plan) and back (a run's
+audit events and result), the launch server to its template and to a PID 1 it did not fork
+itself (the run's context), PID 1 to pysandbox-init (the program's last steps, read by
+sandbox/pid1.c). One encoder and one decoder per side; no
 pickle: a decoder builds only the values and classes listed here, within fixed limits, and refuses
 anything else (a message of another version included) — fail closed.
 
