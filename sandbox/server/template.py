@@ -10,7 +10,12 @@ receives its context and descriptors from the server over a socket of its own an
 sandbox.launch.sequence.pid1 (through sandbox/server/pid1.py).
 
 The template keeps the plans it was sent (PLANS) and up to SPARES PID 1s cloned ahead, some
-with their root file system built for a plan (see Template.clone).
+with their root file system built for a plan (see Template.clone). Its socket's messages (server
+-> template; a key is KEY_LEN bytes, flags u64 little-endian):
+  P key PLAN-message        keep a plan (wire.encode_plan)      -> "K", or "E22"
+  C flags key built_ok      a PID 1 for a launch                -> "P pid has-plan built dead..."
+                                                                   with PID 1's socket, or "E errno"
+  S flags [key]             clone a spare ahead (built for key)    (no reply)
 """
 from __future__ import annotations
 
