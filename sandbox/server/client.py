@@ -11,6 +11,8 @@ import socket
 import sys
 import threading
 
+from audit.paths import state_dir
+
 from .. import wire
 from . import protocol
 
@@ -61,7 +63,6 @@ class Client:
     @classmethod
     def get(cls) -> "Client":
         """The server of the state directory this process has now (audit/paths.py)."""
-        from audit.paths import state_dir
         where = state_dir()
         with cls._lock:
             c = cls.servers.get(where)
@@ -77,10 +78,10 @@ class Client:
                 c = cls.servers[where] = cls(where)
             return c
 
-    def __init__(self, state_dir: "str | None" = None):
+    def __init__(self, where: "str | None" = None):
         import subprocess
         self.owner = os.getpid()
-        self.state_dir = state_dir       # (the server inherits the environment it is resolved from)
+        self.state_dir = where           # (the server inherits the environment it is resolved from)
         self.broken = False      # the server went away (its exit may not be reapable yet): start another
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         # -I -S: no PYTHONPATH, no user site, no current directory; the standard library first,
