@@ -9,7 +9,7 @@ Measures
   * the supervisor memory per sandbox while all run (taken once all N sleep processes exist;
     watching for that costs one read of /proc/loadavg per 10 ms, and a walk of the process tree
     when its task count has grown by 2N or 100 ms after the last: walking it every 5 ms took
-    ~0.35 s of CPU from the very launches it watched): the launch server's PSS (sandbox/zygote.py,
+    ~0.35 s of CPU from the very launches it watched): the launch server's PSS (sandbox/server/,
     one process supervising every sandbox of this API process) plus this process's PSS growth,
     divided by N. Each sandbox's PID 1 (inside the sandbox: a forked copy of the launch server
     that execs the small pysandbox-init once the program runs, sandbox/pid1.c) is reported
@@ -144,8 +144,8 @@ def main():
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.n)]
     for t in threads:
         t.start()
-    from sandbox import zygote
-    server = zygote.Client.get().proc.pid
+    from sandbox.server.client import Client
+    server = Client.get().proc.pid
     cpu0, api0 = launch_cpu(server), sum(os.times()[:2])
     base_tasks = tasks()
     t0 = time.monotonic()

@@ -9,9 +9,9 @@
 Thread safety: `Sandbox` is immutable after construction (a frozen plan and BPF bytes); `run` keeps
 all per-run state local (its own memfds for stdin/stdout/stderr, its own socket to the launch
 server, its own audit recorder), so any number of threads may call it at once. The sandboxes are
-started and supervised by the process's launch server (sandbox/zygote.py: one lean process, its
-own poll loop, deadlines included), never cloned from the caller's (possibly multi-threaded)
-process.
+started and supervised by the process's launch server (sandbox/server/: one lean process per
+state directory, its own poll loop, deadlines included), never cloned from the caller's
+(possibly multi-threaded) process.
 
 Output is captured in memory files (memfd), not pipes: no reader thread per run and no deadlock
 however much the program writes; the pages are charged to the sandbox's memory cgroup.
@@ -27,7 +27,7 @@ from policies.compiler import Overrides, compile_profile
 
 from . import launcher as _launcher
 from .doctor import kernel_version as _kernel_version
-from . import zygote as _zygote
+from .server import client as _server
 
 DENIAL_TYPES = ("seccomp_denied", "seccomp_killed", "escape_attempt")
 MEMORY_EVENTS = 10000      # audit events a RunResult keeps at most (a flood is coalesced before that, docs/audit.md)
@@ -153,11 +153,9 @@ class Sandbox:
         self.audit = audit
         self.name = name
         self.audit_log = audit_log
-        # the launch server keeps the plan under this key: derived from the content, so that equal
-        # plans (e.g. api.run() called again and again) share one entry instead of piling up
-        import hashlib
-        import pickle
-        self._key = hashlib.sha256(pickle.dumps((plan, bpf), protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()[:24]
+        # the launch server keeps the plan under this key: derived from the content (a digest of
+        # its wire encoding), so that equal plans share one entry instead of piling up
+        self._key = _server.plan_key(plan, bpf)
         self._names = None
         if audit and plan.seccomp.enabled and plan.seccomp.notify_denials:
             try:                                         # the launch server names denied syscalls
@@ -213,7 +211,7 @@ class Sandbox:
                    "timeout": None if timeout is None else float(timeout),
                    "env": tuple((str(k), str(v)) for k, v in env.items()) if env else ()}
             try:
-                res = _zygote.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event,
+                res = _server.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event,
                                                names=self._names)
             except _launcher.LaunchError as e:
                 res = _launcher.Result(exit_code=e.code, message=f"pysandbox: {e}", sandbox_id=sid)

@@ -406,7 +406,7 @@ def identity(plan, rootless: bool, cgroupns: bool = True) -> None:
 
 def prebuild_root(plan, rootless: bool) -> None:
     """In a builder process that a launch server's spare PID 1 forks before any run exists
-    (sandbox/zygote.py; plans where launcher.prebuildable() holds, id maps already written): what
+    (sandbox/server/; plans where launcher.prebuildable() holds, id maps already written): what
     the program's process does first — the mapped root's credentials, the hostname, loopback, the
     whole root file system and pivot_root (which moves PID 1's root and cwd too). Raises on failure."""
     identity(plan, rootless, cgroupns=False)

@@ -101,7 +101,7 @@ def needs_image(plan) -> bool:
 
 def prebuildable(plan) -> bool:
     """Whether a PID 1 may build this plan's root file system before the run exists (the launch
-    server's spares, sandbox/zygote.py): the root then needs nothing of the run — no image,
+    server's spares, sandbox/server/): the root then needs nothing of the run — no image,
     volume, network (hosts file) of its own — and binds no path the caller chose (the host root's
     system directories and /etc entries only): a user's bind source may be replaced between two
     runs (rm -rf DIR; mkdir DIR), and the run must see the new one. (And a pid namespace: the
@@ -164,7 +164,7 @@ class Launch:
         result = run.finish()       # reap, interpret the report, clean up, emit sandbox_exit
 
     launch() below does the three in a row (the CLI, detached sandboxes, learn mode); the API's
-    launch server (sandbox/zygote.py) interleaves many."""
+    launch server (sandbox/server/) interleaves many."""
 
     def __init__(self, plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
                  name: Optional[str] = None, on_event: Optional[Callable] = None,
@@ -191,10 +191,10 @@ class Launch:
         self.result = None
         self._status_r = self._go_w = -1
         self._pid1_ends: tuple = ()   # PID 1's ends of its pipes, until it has its copies
-        # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/zygote.py)
+        # audit supervision without a thread: the caller polls self.sup.inline_fds() (sandbox/server/)
         self.inline_supervision = False
         # clone(flags, ctx) -> pid: PID 1 made by someone else (a child of ours all the same, through
-        # CLONE_PARENT), which then runs sequence.pid1 — sandbox/zygote.py's template. Never 0.
+        # CLONE_PARENT), which then runs sequence.pid1 — sandbox/server/template.py. Never 0.
         self.clone = None
         self.clone_flags = None
         self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)

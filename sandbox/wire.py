@@ -1,7 +1,8 @@
 """The launch context on the wire: one versioned encoding for everything of a launch that crosses a
-process boundary — the API process to its launch server (a request, a plan), the launch server to
-its template and to a PID 1 it did not fork itself (the run's context), PID 1 to pysandbox-init
-(the program's last steps, read by sandbox/pid1.c). One encoder and one decoder per side; no
+process boundary — the API process to its launch server (a request, a plan) and back (a run's
+audit events and result), the launch server to its template and to a PID 1 it did not fork
+itself (the run's context), PID 1 to pysandbox-init (the program's last steps, read by
+sandbox/pid1.c). One encoder and one decoder per side; no
 pickle: a decoder builds only the values and classes listed here, within fixed limits, and refuses
 anything else (a message of another version included) — fail closed.
 
@@ -27,6 +28,10 @@ Layout (every integer little-endian):
   tag 5 REQUEST  a launch request of the API to its launch server (dict), a value
   tag 6 BPF      the run's seccomp filter (LaunchContext.bpf), raw (struct sock_filter, a
                  multiple of 8 bytes): kept out of RUN, whose JSON would carry it as hex
+  tag 7 EVENT    audit events of a run, launch server -> API (its run socket): a value, a tuple
+                 of (type, fields dict) pairs (one event, or a batch)
+  tag 8 RESULT   a run's end, launch server -> API: a value, a dict with one key: "result" (the
+                 launcher's Result as a dict of its fields) or "error" ((exit code, message))
 
 A decoder skips a known section it does not need and refuses an unknown tag, a tag twice, a
 length beyond the message, more than MAX_SECTIONS sections or a message over MAX_MESSAGE bytes.
@@ -51,8 +56,8 @@ MAX_MESSAGE = 64 << 20                  # (pid1.c refuses a larger parameter fil
 MAX_SECTIONS = 8
 MAX_DEPTH = 32
 
-T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF = 1, 2, 3, 4, 5, 6
-TAGS = frozenset((T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF))
+T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF, T_EVENT, T_RESULT = 1, 2, 3, 4, 5, 6, 7, 8
+TAGS = frozenset((T_PID1, T_PROGRAM, T_RUN, T_PLAN, T_REQUEST, T_BPF, T_EVENT, T_RESULT))
 
 PID1 = struct.Struct("<8iqqI")
 PID1_PREFIX = HEADER.size + SECTION.size + PID1.size
@@ -280,6 +285,46 @@ def decode_request(data) -> tuple:
     if type(req) is not dict or (plan is not None and type(plan) is not _plan.Plan):
         raise WireError("not a launch request")
     return req, plan
+
+
+def plan_digest(plan, bpf: "bytes | None") -> str:
+    """A plan's key: a digest of its wire encoding and its filter (equal plans, equal keys)."""
+    import hashlib
+    sections = [(T_PLAN, value(plan))] + ([(T_BPF, bytes(bpf))] if bpf is not None else [])
+    return hashlib.sha256(encode(sections)).hexdigest()[:24]
+
+
+# --- a run's replies (launch server -> API) --------------------------------------------------------
+
+def encode_reply(events=(), result: "dict | None" = None, error: "tuple | None" = None) -> bytes:
+    """One message on a run's socket: audit events (EVENT: (type, fields) pairs), then the run's
+    end when it is there (RESULT: the Result's fields, or the server's (exit code, message))."""
+    out = [(T_EVENT, value(tuple(events)))] if events else []
+    if result is not None:
+        out.append((T_RESULT, value({"result": result})))
+    elif error is not None:
+        out.append((T_RESULT, value({"error": (int(error[0]), str(error[1]))})))
+    return encode(out)
+
+
+def decode_reply(data) -> tuple:
+    """-> (events: a tuple of (type, fields) pairs, the end or None: ("result", fields dict) or
+    ("error", exit code, message)); WireError for anything else."""
+    s = decode(data)
+    events = section(s, T_EVENT) if T_EVENT in s else ()
+    if type(events) is not tuple or not all(type(e) is tuple and len(e) == 2 and type(e[0]) is str
+                                            and type(e[1]) is dict for e in events):
+        raise WireError("not a run's events")
+    if T_RESULT not in s:
+        return events, None
+    end = section(s, T_RESULT)
+    if type(end) is dict and len(end) == 1:
+        if type(end.get("result")) is dict and all(type(k) is str for k in end["result"]):
+            return events, ("result", end["result"])
+        err = end.get("error")
+        if type(err) is tuple and len(err) == 2 and type(err[0]) is int and type(err[1]) is str:
+            return events, ("error", err[0], err[1])
+    raise WireError("not a run's result")
 
 
 # --- a run's context (launch server -> PID 1) ----------------------------------------------------

@@ -245,20 +245,21 @@ def _remove_state_dirs(dirs: dict) -> None:
 
 
 def _launch_server():
-    """This process's API launch server (sandbox/zygote.py), if one was started."""
-    z = sys.modules.get("sandbox.zygote")
-    return getattr(z.Client, "_current", None) if z else None
+    """This process's API launch servers (sandbox/server/client.py: one per state directory), if
+    any was started."""
+    z = sys.modules.get("sandbox.server.client")
+    return dict(z.Client.servers) if z else {}
 
 
 def _end_launch_server_started_since(before) -> None:
-    """The API's launch server is per process and keeps the state directory it was started with: one
-    started during a scope is ended with it (it kills what still runs), so the next scope's API
-    calls start a server in their own directory."""
-    z = sys.modules.get("sandbox.zygote")
-    c = _launch_server()
-    if c is not None and c is not before:
-        c.close()
-        z.Client._current = None
+    """The API's launch server is per process and state directory: one started during a scope is
+    ended with it (it kills what still runs), so that no server outlives its test's directory."""
+    z = sys.modules.get("sandbox.server.client")
+    for where, c in list(_launch_server().items()):
+        if before.get(where) is not c:
+            c.close()
+            if z.Client.servers.get(where) is c:
+                del z.Client.servers[where]
 
 
 def _state_scope(tag: str):

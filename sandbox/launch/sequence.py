@@ -3,7 +3,7 @@ module that owns the mechanism. Three processes take part; their halves are belo
 they run (as runc's `Init` shows the parent's and the child's side):
 
   1. the supervisor   start()       the `pysandbox` process (run, run -d's supervisor, learn mode),
-                                    or the API's launch server (sandbox/zygote.py, PID 1 cloned by
+                                    or the API's launch server (sandbox/server/, PID 1 cloned by
                                     its template) — all through launcher.Launch, which start() drives
   2. PID 1            pid1()        the clone's child: cgroups, the release, then the program's
                                     process (in C: pysandbox-init, sandbox/pid1.c) and supervision

@@ -1,4 +1,4 @@
-"""Issue 18 item 6, the Python API: the launch server (sandbox/zygote.py) SIGKILLed while it
+"""Issue 18 item 6, the Python API: the launch server (sandbox/server/) SIGKILLed while it
 supervises a sandbox. Its sandboxes die with it (PDEATHSIG), and the next command of any kind
 (`pysandbox ps`), or the API's next launch (which starts a new server), removes their cgroup
 leaves and registry records; nothing of the server's session
@@ -24,10 +24,11 @@ def _session(sid: int) -> list[int]:
 
 @pytest.mark.parametrize("next_cmd", ("cli", "api"))
 def test_launch_server_sigkill_leaves_nothing(root_runner, next_cmd):
-    from sandbox import api, zygote
+    from sandbox import api
+    from sandbox.server.client import Client
     sb = api.Sandbox("strict", memory="64m", audit=False)
     assert sb.run(["/bin/true"]).exit_code == 0                   # server up, template and spares made
-    client = zygote.Client.get()
+    client = Client.get()
     server = client.proc.pid
     before = records(root_runner)
     out = {}
@@ -64,19 +65,19 @@ def test_launch_server_sigkill_leaves_nothing(root_runner, next_cmd):
     assert wait_for(lambda: not pids_alive(*procs) and not _session(server), 10), (pids_alive(*procs), _session(server))
     # the API goes on: a new launch server runs the next sandbox
     assert sb.run(["/bin/true"]).exit_code == 0
-    assert zygote.Client.get().proc.pid != server
+    assert Client.get().proc.pid != server
 
 
 ROOTLESS_CALLER = r'''
 import threading
 from sandbox.api import Sandbox
-from sandbox import zygote
+from sandbox.server.client import Client
 sb = Sandbox("strict", memory="64m", audit=False)
 assert sb.run(["/bin/true"]).exit_code == 0
 out = {}
 t = threading.Thread(target=lambda: out.setdefault("r", sb.run(["/bin/sleep", "60"])), daemon=True)
 t.start()
-print(zygote.Client.get().proc.pid, flush=True)
+print(Client.get().proc.pid, flush=True)
 t.join(60)
 print(out["r"].exit_code, flush=True)
 '''

@@ -6,7 +6,7 @@ to the front of sys.path (or runs from a directory holding a `json.py`, or sets 
 PYTHONUSERBASE for its children) must not get that directory's `pickle.py`, `json.py` or `sandbox/`
 imported by the server that clones every sandbox (it runs as the caller, with its privileges, and
 forks every PID 1). The server runs `python -I -S` with the standard library first and then only
-the directories this package and its dependencies were imported from (sandbox.zygote.module_roots).
+the directories this package and its dependencies were imported from (sandbox.server.client.module_roots).
 The same for the CLI: the venv's `pysandbox` script (sandbox/entry.py) runs `python -IS`.
 
 Each hostile module only writes a marker file when imported (harmless if the hole is there);
@@ -40,7 +40,9 @@ def _plant(d: Path, marker: Path) -> None:
         (d / f"{m}.py").write_text(body)
     (d / "sandbox").mkdir(exist_ok=True)
     (d / "sandbox" / "__init__.py").write_text(body)
-    (d / "sandbox" / "zygote.py").write_text(body)
+    (d / "sandbox" / "server").mkdir(exist_ok=True)
+    for m in ("__init__", "client", "protocol", "loop", "template", "pid1"):
+        (d / "sandbox" / "server" / f"{m}.py").write_text(body)
     os.system(f"chmod -R a+rX {d}")
 
 
@@ -107,17 +109,17 @@ def test_api_works_from_any_directory(runner, shared_tmp):
 def test_server_module_path_is_stdlib_first():
     """The derivation itself: the standard library stays first, then this package's root and the
     dependencies' directories, derived from the modules' files - not the caller's sys.path."""
-    from sandbox import zygote
+    from sandbox.server import client
     import sysconfig
-    roots = zygote.module_roots()
+    roots = client.module_roots()
     assert str(REPO) in roots
     assert os.path.realpath(sysconfig.get_paths()["purelib"]) in roots      # prctl, pyseccomp
     sys.path.insert(0, "/nonexistent-pysbx-profiles")
     try:
-        assert "/nonexistent-pysbx-profiles" not in zygote.module_roots()
+        assert "/nonexistent-pysbx-profiles" not in client.module_roots()
     finally:
         sys.path.remove("/nonexistent-pysbx-profiles")
-    assert "sys.path +=" in zygote._BOOT and "[:0]" not in zygote._BOOT
+    assert "sys.path +=" in client.BOOT and "[:0]" not in client.BOOT
 
 
 @pytest.mark.parametrize("miss", [False, True], ids=["cached", "compiled"])

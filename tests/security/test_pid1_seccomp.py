@@ -191,11 +191,11 @@ def test_running_pid1_has_exactly_that_filter_cli():
 @root_only
 def test_running_pid1_has_exactly_that_filter_api():
     """Through the launch server: a fresh PID 1, then PID 1s that were spares with a root built ahead."""
-    from sandbox import zygote
+    from sandbox.server.client import Client
     from sandbox.api import Sandbox
     sb = Sandbox("strict")
     sb.run(["/bin/true"])
-    server = zygote.Client.get().proc.pid
+    server = Client.get().proc.pid
     for _ in range(3):
         res = {}
         t = threading.Thread(target=lambda: res.setdefault("r", sb.run(["/bin/sh", "-c", "sleep 1.5; exit 4"])))

@@ -100,8 +100,8 @@ def test_warm_launch_does_no_yaml_schema_or_seccomp_compilation(strict, monkeypa
     r = strict.run(["/usr/bin/python3", "-c", code], text=True)
     assert r.exit_code == 0 and r.stdout.strip() == "-1" and r.denied("mount"), r
     # the launch server (a process of its own) has not loaded libseccomp or PyYAML's C parser either
-    from sandbox import zygote
-    with open(f"/proc/{zygote.Client.get().proc.pid}/maps") as f:
+    from sandbox.server.client import Client
+    with open(f"/proc/{Client.get().proc.pid}/maps") as f:
         maps = f.read()
     assert "libseccomp" not in maps and "_yaml" not in maps and "jsonschema" not in maps
 
@@ -173,7 +173,7 @@ def test_many_threads_never_hang(strict):
     """Regression: PID 1 used to be cloned straight from the calling thread; with other threads
     running, the raw clone could inherit a malloc arena / GIL state held by a thread the child
     lacks and hang forever (seen ~1 in 100 under load). Every launch now goes through the API's
-    launch server (sandbox/zygote.py), a process of its own; 40 threads x 3 runs must all finish."""
+    launch server (sandbox/server/), a process of its own; 40 threads x 3 runs must all finish."""
     done, errors = [], []
 
     def go(i):
@@ -195,15 +195,15 @@ def test_many_threads_never_hang(strict):
     assert len(done) == 120
 
 
-# --- the launch server (sandbox/zygote.py) ------------------------------------------------------
+# --- the launch server (sandbox/server/) ------------------------------------------------------
 
 KILLED_CALLER = r'''
 import os, sys, threading, time
 from sandbox.api import Sandbox
-from sandbox import zygote
+from sandbox.server.client import Client
 sb = Sandbox("strict")
 threading.Thread(target=sb.run, args=(["/bin/sleep", "60"],), daemon=True).start()
-server = zygote.Client.get().proc.pid
+server = Client.get().proc.pid
 for _ in range(200):                     # until PID 1's program runs
     kids = open(f"/proc/{server}/task/{server}/children").read().split()
     progs = [c for k in kids for c in open(f"/proc/{k}/task/{k}/children").read().split()]
@@ -252,14 +252,46 @@ def test_caller_killed_takes_its_sandboxes_down():
             p.kill()
 
 
+STATE_SWITCH = r'''
+import os, sys
+from sandbox.api import Sandbox
+from sandbox.server.client import Client
+a, b = sys.argv[1:3]
+os.environ["PYSANDBOX_STATE_DIR"] = a
+sb = Sandbox("strict")                   # (a cgroup limit: every launch records it in its state directory)
+out = [sb.run(["/bin/true"]).exit_code, Client.get().proc.pid, os.path.isdir(os.path.join(a, "owners")),
+       os.path.exists(b)]
+os.environ["PYSANDBOX_STATE_DIR"] = b
+out += [sb.run(["/bin/true"]).exit_code, Client.get().proc.pid, os.path.isdir(os.path.join(b, "owners"))]
+os.environ["PYSANDBOX_STATE_DIR"] = a
+out += [sb.run(["/bin/true"]).exit_code, Client.get().proc.pid]
+print(*out)
+'''
+
+
+def test_state_dir_changed_between_runs(tmp_path):
+    """The launch server works in the state directory it was started with: a process that changes
+    PYSANDBOX_STATE_DIR between runs launches into the new directory through a server of that
+    directory (the launch records itself there), and back in the first through the first server."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    p = subprocess.run([sys.executable, "-c", STATE_SWITCH, a, b], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    ok1, s1, owners_a, b_before, ok2, s2, owners_b, ok3, s3 = p.stdout.split()
+    assert (ok1, ok2, ok3) == ("0", "0", "0"), p.stdout
+    assert owners_a == "True" and b_before == "False", p.stdout
+    assert owners_b == "True", "the run after the change did not launch in the new state directory"
+    assert s1 != s2 and s3 == s1, p.stdout
+
+
 LIMITS_CALLER = r'''
 import resource, threading, time
 from sandbox.api import Sandbox
 sb = Sandbox("strict")
-from sandbox import zygote
+from sandbox.server.client import Client
 other = threading.Thread(target=sb.run, args=(["/bin/sleep", "2"],))
 other.start()
-server = zygote.Client.get().proc.pid
+server = Client.get().proc.pid
 for _ in range(200):                     # until the other sandbox's program runs (the server's grandchild)
     kids = open(f"/proc/{server}/task/{server}/children").read().split()
     if any(open(f"/proc/{p}/comm").read().strip() == "sleep"
@@ -295,11 +327,11 @@ def test_launch_server_leaks_nothing_into_sandboxes():
 def test_pid1_is_the_servers_child_and_small(strict):
     """PID 1 is cloned from the server's template (CLONE_PARENT): the server is its parent (it
     reaps it, PDEATHSIG points at it), and it shares the template's pages."""
-    from sandbox import zygote
+    from sandbox.server.client import Client
     t = threading.Thread(target=strict.run, args=(["/bin/sleep", "2"],))
     t.start()
     try:
-        server = zygote.Client.get().proc.pid
+        server = Client.get().proc.pid
         pid1 = None
         for _ in range(100):
             for k in open(f"/proc/{server}/task/{server}/children").read().split():
@@ -320,9 +352,9 @@ def test_pid1_is_the_servers_child_and_small(strict):
 def test_a_dead_template_is_replaced(strict):
     """The template (which clones every PID 1) is killed: the next launch gets a new one."""
     import signal
-    from sandbox import zygote
+    from sandbox.server.client import Client
     assert strict.run(["/bin/true"]).exit_code == 0
-    server = zygote.Client.get().proc.pid
+    server = Client.get().proc.pid
     kids = open(f"/proc/{server}/task/{server}/children").read().split()
     def is_template(k) -> bool:
         """In the server's user and pid namespaces (a spare PID 1 has its own; one of a plan
@@ -349,7 +381,7 @@ def test_a_dead_template_is_replaced(strict):
 BUILT_AHEAD = r'''
 import json, os, sys, time
 from sandbox.api import Sandbox
-from sandbox import zygote
+from sandbox.server.client import Client
 
 def table(text):
     """mountinfo without what differs between any two sandboxes (mount ids, device numbers)."""
@@ -375,7 +407,7 @@ def built_spares(server):
 sb = Sandbox("strict")
 cat = ["/bin/sh", "-c", "echo $$; id -u; cat /proc/self/mountinfo"]
 first = sb.run(cat, text=True)                 # a fresh PID 1: the program's process builds the root
-server = zygote.Client.get().proc.pid
+server = Client.get().proc.pid
 spares = []
 for _ in range(300):                           # the spare cloned and built for the next launch
     spares = built_spares(server)

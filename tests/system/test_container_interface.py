@@ -126,11 +126,11 @@ def test_version_is_the_distribution_version():
 BUILT_AHEAD = r'''
 import json, os, time
 from sandbox.api import Sandbox
-from sandbox import zygote
+from sandbox.server.client import Client
 sb = Sandbox("strict")
 cmd = ["/bin/sh", "-c", "echo $container; cat /run/.containerenv /run/host/container-manager"]
 out = {"runs": [sb.run(cmd, text=True).stdout]}
-server = zygote.Client.get().proc.pid
+server = Client.get().proc.pid
 built = None
 deadline = time.monotonic() + 10
 while built is None and time.monotonic() < deadline:

@@ -128,11 +128,11 @@ def test_pid1_is_the_small_init_and_out_of_the_programs_reach():
     """While the program runs: PID 1's image is the memfd (no host file behind /proc/1/exe), its own
     pages are few, and the program can neither read PID 1's image nor its memory (PID 1 could not
     read its image, so the kernel made it non-dumpable from its first instruction)."""
-    from sandbox import zygote
+    from sandbox.server.client import Client
     from sandbox.api import Sandbox
     sb = Sandbox("strict")
     sb.run(["/bin/true"])
-    server = zygote.Client.get().proc.pid
+    server = Client.get().proc.pid
     python = os.readlink(f"/proc/{server}/exe")
     probe = ("cat /proc/1/exe >/dev/null 2>&1; echo exe $?; "
              "head -c1 /proc/1/mem >/dev/null 2>&1; echo mem $?; "

@@ -166,7 +166,7 @@ def test_root_caller_subordinate_is_the_automatic_range(root_runner, tmp_profile
 API_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     from sandbox.api import Sandbox
-    from sandbox import zygote
+    from sandbox.server.client import Client
 
     def built_spares(server):   # the server's children that pivoted into a built root (as tests/system/test_api.py)
         found = []
@@ -182,7 +182,7 @@ API_SCRIPT = textwrap.dedent("""
     sb = Sandbox(sys.argv[1])
     cmd = ["/bin/sh", "-c", "id -u; cat /proc/self/uid_map /proc/self/gid_map /proc/self/setgroups"]
     runs = [sb.run(cmd, text=True)]
-    server = zygote.Client.get().proc.pid
+    server = Client.get().proc.pid
     spares = []
     for _ in range(300):          # the template cloned a spare, wrote its maps (the helpers), built its root
         spares = built_spares(server)

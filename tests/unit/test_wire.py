@@ -115,3 +115,45 @@ def test_program_section_layout():
         wire.encode_program(_spec(argv=("a\0b",)))
     with pytest.raises(wire.WireError):
         wire.encode_program(_spec(bpf=b"\0" * 3))
+
+
+# --- the launch server's replies (server -> API) and the plan's key -------------------------------
+
+def test_reply_round_trip_events_result_error():
+    events = (("seccomp_denied", {"syscall": {"name": "mount", "args": [1, 2]}, "count": 3}),
+              ("sandbox_exit", {"status": {"exit_code": 0, "signal": None}, "duration": 0.5}))
+    result = {"exit_code": 1, "status": 256, "signal": None, "timed_out": False, "message": "m",
+              "duration": 0.25, "sandbox_id": "ab", "events": [{"type": "x"}]}
+    got, end = wire.decode_reply(wire.encode_reply(events, result))
+    assert got == events and end == ("result", result)
+    assert type(got[0][1]["syscall"]["args"]) is list and type(end[1]["events"]) is list
+    assert wire.decode_reply(wire.encode_reply(events[:1])) == (events[:1], None)
+    assert wire.decode_reply(wire.encode_reply(error=(125, "no"))) == ((), ("error", 125, "no"))
+    assert wire.decode_reply(wire.encode_reply((), error=(125, "no")))[1] == ("error", 125, "no")
+
+
+def test_reply_refuses_what_is_not_a_reply():
+    bad = [wire.encode([(wire.T_EVENT, wire.value([("t", {})]))]),              # a list, not pairs
+           wire.encode([(wire.T_EVENT, wire.value((("t", "not a dict"),)))]),
+           wire.encode([(wire.T_RESULT, wire.value({"result": 1}))]),
+           wire.encode([(wire.T_RESULT, wire.value({"error": ("125", "x")}))]),
+           wire.encode([(wire.T_RESULT, wire.value({"result": {}, "error": (1, "x")}))]),
+           wire.encode([(wire.T_RESULT, wire.value({"result": {1: 2}}))]),
+           wire.encode([(wire.T_RESULT, wire.value({"c": "Plan", "f": []}))]),   # a class is refused
+           b"\x80\x04K\x01."]                                                    # a pickle
+    for data in bad:
+        with pytest.raises(wire.WireError):
+            wire.decode_reply(data)
+    with pytest.raises(wire.WireError):
+        wire.encode_reply([("t", {"x": object()})])                              # only wire values
+
+
+def test_plan_digest_is_of_the_wire_encoding():
+    import dataclasses
+    import hashlib
+    plan, bpf = _plan(), b"\x06\x00\x00\x00\x00\x00\xff\x7f"
+    assert wire.plan_digest(plan, bpf) == wire.plan_digest(_plan(), bytes(bpf))       # equal plans, one key
+    assert wire.plan_digest(plan, bpf) != wire.plan_digest(plan, None)
+    assert wire.plan_digest(plan, bpf) != wire.plan_digest(dataclasses.replace(plan, name="u"), bpf)
+    expect = hashlib.sha256(wire.encode([(wire.T_PLAN, wire.value(plan)), (wire.T_BPF, bpf)])).hexdigest()[:24]
+    assert wire.plan_digest(plan, bpf) == expect
