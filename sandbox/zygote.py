@@ -572,9 +572,9 @@ def serve(ctl_fd: int) -> None:
     import signal
     from . import launcher
     from .notify import supervision  # noqa: F401  imported once here, shared by every PID 1
-    from policies.syscalls import seed_syscall_names
     from .cgroups import leftover, manager  # noqa: F401  likewise
     from policies import plan as _plan  # noqa: F401  unpickling plans
+    from policies.syscalls import seed_syscall_names
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the caller handles ^C (closing its run socket)
     import resource
