@@ -2,7 +2,7 @@
 
 A program in a sandbox decides how often it makes a denied call; without a bound, four threads
 looping a denied `mount()` wrote 18 000 records (11 MiB) in 3 s. The supervisor that answers
-the calls (sandbox/notify.py) asks a Throttle about each event before it does the costly part
+the calls (sandbox/notify/supervisor.py) asks a Throttle about each event before it does the costly part
 (reading /proc, building and writing the record):
 
     thr = Throttle(rate=20, burst=100)

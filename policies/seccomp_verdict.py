@@ -3,7 +3,7 @@
 The plan keeps, per syscall, rules in the order they are tried; the first whose conditions all
 hold decides, calls no rule matches get the default (policies/seccomp.py compiles the rules so).
 This module is that decision, the only copy of it: the BPF emitter (sandbox/seccomp.py) emits
-the same rules in the same order, the notification supervisor (sandbox/notify.py) answers with
+the same rules in the same order, the notification supervisor (sandbox/notify/decision.py) answers with
 it, `explain` and `learn` read it. It imports nothing, so the launch path can use it without
 loading the compiler.
 """

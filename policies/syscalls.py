@@ -149,13 +149,48 @@ def classify(name: str) -> str:
     return "unknown"
 
 
-def syscall_name(nr: int) -> Optional[str]:
-    """Native number -> name (for reports), None when unknown."""
-    import pyseccomp
+_NAMES: dict[tuple[Optional[int], int], Optional[str]] = {}    # (arch, nr) -> name, bounded
+_NAMES_MAX = 4096
+
+
+def syscall_name(nr: int, arch: Optional[int] = None) -> Optional[str]:
+    """Number -> name (for reports and audit events), None when unknown (a hole in the table, a
+    foreign architecture's number libseccomp does not know). arch: an AUDIT_ARCH_* value (what a
+    seccomp notification or a kernel audit record carries); None: the native architecture.
+    Answers are cached (bounded by the syscall tables); a process that must not load libseccomp
+    is given the table first (syscall_table in another process, then seed_syscall_names)."""
+    key = (arch, nr)
+    if key in _NAMES:
+        return _NAMES[key]
     try:
-        return pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
-    except ValueError:
-        return None
+        import pyseccomp
+        name: Optional[str] = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE if arch is None else arch,
+                                                        nr).decode()
+    except Exception:  # noqa: BLE001 - unknown number, foreign arch
+        name = None
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[key] = name
+    return name
+
+
+def syscall_table(arch: Optional[int] = None, top: int = 1024) -> dict:
+    """{(arch, nr): name} for every syscall number below `top` of `arch` (None: the native one,
+    keyed by its AUDIT_ARCH_* value, as notifications name it), from libseccomp: for
+    seed_syscall_names in a process that must not load libseccomp (the API's launch server)."""
+    import pyseccomp
+    arch = pyseccomp.system_arch() if arch is None else arch
+    out = {}
+    for nr in range(top):
+        try:
+            out[(arch, nr)] = pyseccomp.resolve_syscall(arch, nr).decode()
+        except Exception:  # noqa: BLE001 - a hole in the table
+            continue
+    return out
+
+
+def seed_syscall_names(table: dict) -> None:
+    """syscall_name answers from `table` (syscall_table's) without libseccomp."""
+    _NAMES.update(table)
 
 
 # --- errno ----------------------------------------------------------------------

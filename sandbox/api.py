@@ -249,8 +249,8 @@ _TABLE = None
 def _syscall_table() -> dict:
     global _TABLE
     if _TABLE is None:
-        from .notify import _NAMES
-        _TABLE = _NAMES.table()
+        from policies.syscalls import syscall_table
+        _TABLE = syscall_table()
     return _TABLE
 
 

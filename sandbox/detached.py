@@ -163,9 +163,9 @@ def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
     exec_bpf = b""
     if plan.seccomp.enabled:
         try:
-            exec_bpf = _plain_bpf(plan, bpf)
+            from .seccomp import exec_filters
+            exec_bpf, notify_bpf = exec_filters(plan.seccomp, bpf)
             state.write_private(name, "seccomp.bpf", exec_bpf)
-            notify_bpf = _notify_bpf(plan, bpf)
             if notify_bpf:                           # exec'd commands' denials are recorded too
                 state.write_private(name, "seccomp-notify.bpf", notify_bpf)
         except (OSError, ValueError) as e:
@@ -212,35 +212,6 @@ def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
     return 125
 
 
-def _plain_bpf(plan, bpf) -> bytes:
-    """The filter `exec` loads: the sandbox's own rules with plain errno/kill actions (notify
-    actions need a listener; with none attached the kernel would answer ENOSYS instead)."""
-    if not plan.seccomp.notify_denials and bpf:
-        return bpf
-    from dataclasses import replace
-    from .seccomp import build_bpf
-    return build_bpf(replace(plan.seccomp, notify_denials=False))
-
-
-def _notify_bpf(plan, bpf) -> bytes:
-    """The filter an `exec`'d command loads when its denials can be recorded: the sandbox's own
-    (notify actions; kill rules delivered as notifications first), b"" when they cannot."""
-    if not plan.seccomp.notify_denials:
-        return b""
-    from .notify import Supervision, user_notif_available
-    if not user_notif_available():
-        return b""
-    try:
-        sup = Supervision(plan.seccomp, bpf, lambda *a, **k: None)
-    except (OSError, ValueError):
-        return b""
-    try:
-        return sup.bpf if sup.mode == "user_notif" and sup.bpf else b""
-    finally:
-        sup.stop()
-
-
-
 class _ExecAudit:
     """The detached supervisor records the seccomp denials of `pysandbox exec` commands with its
     own recorder (one sandbox, one event sequence): the exec'd command hands its listener over
@@ -267,7 +238,8 @@ class _ExecAudit:
     def _serve(self) -> None:
         import socket
         import struct
-        from . import notify
+        from .notify.listener import recv_listener
+        from .notify.supervisor import start
         while True:
             try:
                 conn, _ = self.sock.accept()
@@ -278,12 +250,12 @@ class _ExecAudit:
                                                                       struct.calcsize("3i")))
                 if uid not in (os.geteuid(), 0):
                     continue
-                fd = notify.recv_listener(conn, timeout=10)
+                fd = recv_listener(conn, timeout=10)
             except OSError:
                 continue
             finally:
                 conn.close()
-            self.handles.append(notify.start(fd, self.plan, self.emit, self.kill))
+            self.handles.append(start(fd, self.plan, self.emit, self.kill))
 
     def close(self) -> None:
         import socket

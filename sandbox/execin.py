@@ -48,7 +48,7 @@ import tty as _tty
 import prctl
 
 from . import _sys, capabilities, procid, recorded
-from . import notify  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
+from .notify import listener  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
 from .init import RLIMIT_IDS
 from .launch import sequence
 from .store import state

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import _sys, idmap
+from . import _sys, idmap, seccomp
 from .init import init_image, read_to_end
 from .launch import sequence
 from .wire import LaunchContext
@@ -168,8 +168,7 @@ class Launch:
 
     def __init__(self, plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
                  name: Optional[str] = None, on_event: Optional[Callable] = None,
-                 stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
-                 console=None):
+                 stdin=None, stdout=None, stderr=None, learn_plan=None, console=None):
         self.started = time.monotonic()
         self.plan = plan
         self.rootless = os.geteuid() != 0
@@ -180,7 +179,8 @@ class Launch:
         self.on_event = on_event
         self.emit = on_event or _no_event
         self.stdio = (stdin, stdout, stderr)
-        self.supervision = supervision
+        self.learn_plan = learn_plan   # learn mode: the base profile's seccomp plan (sandbox/learn.py)
+        self.filters = None            # the run's seccomp filters (seccomp.filters), decided in context()
         self.console = console
         self.cg = self.net = self.sup = self.ctx = None
         self.registered = None   # sandbox/reclaim.py: our record of what this launch creates on the host
@@ -234,16 +234,18 @@ class Launch:
     def context(self) -> LaunchContext:
         """The run's context for PID 1: the program's argv, environment and filter, PID 1's pipes."""
         plan = self.plan
-        bpf = self.bpf
-        if plan.seccomp.enabled and bpf is None:
-            from . import seccomp                      # (a cached plan comes with its filter)
-            bpf = seccomp.build_bpf(plan.seccomp)
+        try:                          # built here unless given (a cached plan comes with its filter)
+            f = self.filters = seccomp.filters(plan.seccomp, self.bpf, audit=self.on_event is not None,
+                                               learn=self.learn_plan is not None)
+        except (seccomp.FilterError, OSError) as e:
+            raise LaunchError(f"seccomp: {e}") from None
         env = build_env(plan)
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         self._pid1_ends = (go_r, status_w)             # closed once PID 1 has its copies
-        ctx = self.ctx = LaunchContext(plan, self.argv, env, bpf if plan.seccomp.enabled else None,
-                                       self.rootless, go_r, self._go_w, self._status_r, status_w)
+        ctx = self.ctx = LaunchContext(plan, self.argv, env, f.program, self.rootless, go_r, self._go_w,
+                                       self._status_r, status_w)
+        ctx.seccomp_log = f.log
         ctx.nofile = CHILD_NOFILE
         ctx.stdio = self.stdio
         ctx.console = self.console   # socket: the program sends its pty master back (run -t)
@@ -330,13 +332,13 @@ class Launch:
         """Before clone: audit supervision, cgroup, network, image root and volumes."""
         plan, rootless = self.plan, self.rootless
         self.step = "audit supervision"
-        if self.on_event is not None:    # audit: seccomp denials recorded, integrity checked (sandbox/notify.py)
-            from .notify import Supervision
+        if self.on_event is not None:    # audit: seccomp denials recorded, integrity checked (sandbox/notify/)
+            from .notify.supervision import Supervision
             try:
-                self.sup = (self.supervision or Supervision)(plan.seccomp, ctx.bpf, self.emit)
-            except (OSError, ValueError) as e:
+                self.sup = Supervision(self.filters, plan.seccomp, self.emit, learn_plan=self.learn_plan)
+            except OSError as e:
                 raise LaunchError(f"seccomp: {e}") from None
-            ctx.bpf, ctx.notify_sock, ctx.seccomp_log = self.sup.bpf, self.sup.child_sock, self.sup.log_flag
+            ctx.notify_sock = self.sup.child_sock
         self._register(plan, rootless)
         self.step = "cgroup"
         if plan.limits.any():
@@ -539,12 +541,12 @@ def _no_event(*_a, **_k) -> None:
 
 def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
            name: Optional[str] = None, on_event: Optional[Callable] = None,
-           stdin=None, stdout=None, stderr=None, supervision: Optional[Callable] = None,
+           stdin=None, stdout=None, stderr=None, learn_plan=None,
            console=None) -> Result:
     """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends.
     Signals (TERM INT HUP QUIT USR1 USR2) are forwarded to PID 1 when called from the main thread."""
     run = Launch(plan, argv, bpf=bpf, sandbox_id=sandbox_id, name=name, on_event=on_event, stdin=stdin,
-                 stdout=stdout, stderr=stderr, supervision=supervision, console=console)
+                 stdout=stdout, stderr=stderr, learn_plan=learn_plan, console=console)
     old_handlers = {}
 
     def forward(sig, _frame):

@@ -4,7 +4,7 @@ Runs CMD in the sandbox BASE describes — namespaces, capabilities, filesystem,
 enforced as usual — except seccomp, which runs *observing*: every call BASE would deny
 (deny rules of any action, and the default action) is sent to a learn-mode supervisor
 (seccomp user notification) that records it and lets it run
-(SECCOMP_USER_NOTIF_FLAG_CONTINUE; `notify.start_learning`/`_Learning`, the only code
+(SECCOMP_USER_NOTIF_FLAG_CONTINUE; `notify.supervisor.Learning`, the only code
 path in pysandbox that ever continues a notified call). Then it writes NEW.yaml:
 
     extends: BASE
@@ -30,7 +30,6 @@ import os
 import sys
 import time
 from dataclasses import replace
-from functools import partial
 from typing import Optional
 
 import click
@@ -216,11 +215,10 @@ def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, 
 
     from . import seccomp as _sc
     from .launcher import LaunchError, launch
-    from .notify import Supervision, user_notif_available
     import audit
     from audit.session import open_session
 
-    if not user_notif_available():
+    if not _sc.user_notif_available():
         raise LaunchError("learn mode needs seccomp user notification (kernel 5.0+), which this kernel lacks")
     compiled = compile_profile(base_ref, Overrides(argv=tuple(argv), timeout=timeout))
     plan = compiled.plan
@@ -244,7 +242,7 @@ def learn(base_ref: str, argv, output: str, *, audit_log: Optional[str] = None, 
         return ev
     try:
         result = launch(replace(plan, seccomp=ls), tuple(argv), bpf=bpf, name="learn", on_event=on_event,
-                        supervision=partial(Supervision, learn=True, learn_plan=base))
+                        learn_plan=base)
     finally:
         if sess is not None:
             sess.close()

@@ -1,7 +1,10 @@
 """Seccomp: plan.Seccomp -> classic BPF bytes (our own emitter) -> kernel.
 
-build_bpf() emits the whole filter itself - no libseccomp - and its output is cacheable
-(deterministic for one plan). install() loads those bytes through sandbox._sys.seccomp_load.
+filters() decides, once per launch, the filter a run's program loads and how its denials reach
+the supervisor (a listener, the kernel's audit records, or not at all); exec_filters() the two a
+detached sandbox keeps for `pysandbox exec`. build_bpf() emits a filter itself - no libseccomp -
+and its output is cacheable (deterministic for one plan). install() loads those bytes through
+sandbox._sys.seccomp_load.
 
 The program, in the order the kernel runs it:
   1. the architecture: anything but the native one (x86 32-bit int 0x80) -> KILL_PROCESS;
@@ -13,11 +16,15 @@ Each 64-bit comparison is two 32-bit ones (high word, then low word).
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 ENOSYS = 38
 
 # SECCOMP_RET_* values
+RET_ACTION_FULL = 0xFFFF0000
+RET_DATA = 0x0000FFFF
 RET_KILL_PROCESS = 0x80000000
 RET_KILL_THREAD = 0x00000000
 RET_TRAP = 0x00030000
@@ -60,6 +67,136 @@ def needs_listener(s, *, notify_enosys: bool = False) -> bool:
     if _notified(s.default_action, s.default_errno, s.notify_denials, notify_enosys):
         return True
     return any(_notified(r.action, r.errno, s.notify_denials, notify_enosys) for r in s.rules)
+
+
+# --- the filters of a run -----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def user_notif_available() -> bool:
+    """Does this kernel offer seccomp user notification (SECCOMP_RET_USER_NOTIF)? (Read once per
+    process: asked at every audited launch.)"""
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
+            return "user_notif" in f.read().split()
+    except OSError:
+        return False
+
+
+class FilterError(ValueError):
+    """A plan whose denials cannot be supervised as it asks (one line)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What one run loads, decided by filters().
+
+    program: the program's filter (None: seccomp off).
+    mode:    how its denials reach the supervisor (sandbox/notify/): "user_notif" - the program
+             loads it with SECCOMP_FILTER_FLAG_NEW_LISTENER and hands the listener over;
+             "kmsg" - the kernel's audit records (/dev/kmsg); None - they are not recorded.
+    log:     load with SECCOMP_FILTER_FLAG_LOG (the kmsg fallback: every denial audit-logged)."""
+    program: Optional[bytes]
+    mode: Optional[str] = None
+    log: bool = False
+
+
+# The program hands its listener over with sendmsg and closes it, *after* its filter is loaded.
+HANDOVER_CALLS = ("sendmsg", "close")
+
+_PER_PLAN: dict = {}     # id(seccomp plan) -> (plan, {question: answer}): plans are frozen
+
+
+def _per_plan(s, question, compute):
+    """A fact about a (frozen, immutable) seccomp plan, computed once per plan object: a launch
+    server asks the same questions of the same plan at every launch."""
+    entry = _PER_PLAN.get(id(s))
+    if entry is None or entry[0] is not s:
+        if len(_PER_PLAN) > 256:
+            _PER_PLAN.clear()
+        entry = _PER_PLAN[id(s)] = (s, {})
+    facts = entry[1]
+    if question not in facts:
+        facts[question] = compute()
+    return facts[question]
+
+
+def plan_allows(s, name: str) -> bool:
+    """Does the plan allow `name` for every argument? (unconditional allow rule, or no rule
+    and an allowing default)."""
+    def compute() -> bool:
+        from policies.seccomp_verdict import fixed_verdict
+        v = fixed_verdict(s, name)
+        return v is not None and v[0] in ("allow", "log")
+    return _per_plan(s, ("allows", name), compute)
+
+
+def _has_kill(s) -> bool:
+    return _per_plan(s, "has_kill", lambda: s.default_action == "kill" or any(r.action == "kill" for r in s.rules))
+
+
+def _kill_as_notify(s):
+    rules = tuple(replace(r, action="notify", errno=None) if r.action == "kill" else r for r in s.rules)
+    return replace(s, rules=rules, default_action="notify" if s.default_action == "kill" else s.default_action)
+
+
+def plain_bpf(s) -> bytes:
+    """The plan's filter without notification of denials (plain errno/kill actions): what the
+    kmsg fallback loads, and a detached sandbox's `exec` without a supervisor."""
+    return _per_plan(s, "bpf_plain", lambda: build_bpf(replace(s, notify_denials=False)))
+
+
+def filters(s, bpf: Optional[bytes] = None, *, audit: bool, learn: bool = False) -> Filters:
+    """The filter a run's program loads and how its denials reach the supervisor: decided here,
+    once per launch, by the supervisor's side (launcher.Launch.context).
+
+    s:     plan.Seccomp. bpf: build_bpf(s) when the caller has it (a cached plan's, the API's,
+           learn mode's own); built here when None (ValueError as build_bpf's).
+    audit: the run records its denials (an audit sink); without it the program's filter is bpf.
+    learn: learn mode (`pysandbox learn`): s is the learn filter's plan, every call it notifies
+           goes to the learn supervisor.
+    With audit, when the plan notifies denials (or in learn mode):
+      user notification available: the program hands its listener over; a plan that would deny
+        that hand-over (HANDOVER_CALLS) raises FilterError; kill rules become notify actions -
+        recorded first, then the supervisor kills the sandbox (its plan still says kill);
+      else (learn mode: OSError ENOSYS): plain errno/kill actions, loaded with
+        SECCOMP_FILTER_FLAG_LOG; the kernel's audit records are read (mode "kmsg")."""
+    if not s.enabled:
+        return Filters(None)
+    program = build_bpf(s) if bpf is None else bpf
+    if not audit or not program or not learn and not needs_listener(s):
+        return Filters(program)
+    if user_notif_available():
+        # denied through notification, the hand-over would make the program wait for a supervisor
+        # that waits for the listener: refused up front
+        for call in HANDOVER_CALLS:
+            if not plan_allows(s, call):
+                raise FilterError(f"notify_denials needs {call} allowed (the program hands its "
+                                  f"seccomp listener to the supervisor with it)")
+        if not learn and _has_kill(s):
+            # kill rules are recorded first, then the sandbox is killed: they must reach the
+            # supervisor (as notify); the supervisor's plan still says kill
+            program = _per_plan(s, "bpf_kill_as_notify", lambda: build_bpf(_kill_as_notify(s)))
+        return Filters(program, "user_notif")
+    if learn:
+        import errno
+        raise OSError(errno.ENOSYS, "learn mode needs seccomp user notification")
+    return Filters(plain_bpf(s), "kmsg", log=True)
+
+
+def exec_filters(s, bpf: Optional[bytes]) -> tuple[bytes, bytes]:
+    """The two filters a detached sandbox (`run -d`) keeps for `pysandbox exec`: (plain, notify).
+    plain: the sandbox's own rules with plain errno/kill actions (notify actions need a listener;
+    with none attached the kernel would answer ENOSYS instead). notify: the filter an exec'd
+    command loads when its denials can be recorded (the run's own under audit, kill rules
+    delivered as notifications first), b"" when they cannot."""
+    plain = bpf if not s.notify_denials and bpf else plain_bpf(s)
+    if not s.notify_denials or not bpf or not user_notif_available():
+        return plain, b""
+    try:
+        f = filters(s, bpf, audit=True)
+    except (OSError, ValueError):
+        return plain, b""
+    return plain, f.program if f.mode == "user_notif" and f.program else b""
 
 
 # --- the emitter ------------------------------------------------------------------------------
@@ -233,7 +370,7 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
     """Compile plan.Seccomp into a BPF program (bytes, 8 per instruction).
 
     With s.notify_denials, errno rules (and an errno default) become SECCOMP_RET_USER_NOTIF so
-    a supervisor can record each denial and answer it with the rule's errno (sandbox/notify.py).
+    a supervisor can record each denial and answer it with the rule's errno (sandbox/notify/).
     ENOSYS answers - unlisted syscalls and feature probes such as clone3 - stay plain errno
     unless notify_enosys is set: they are compatibility answers, and glibc probes clone3 at
     every thread start. Returns b"" when seccomp is disabled. Raises ValueError for a syscall

@@ -172,7 +172,7 @@ def last_steps(spec: "wire.ProgramSpec", err_w: int, *, go_r: "int | None" = Non
                listener_tag: "bytes | None" = b"L", console=None) -> None:
     """The program's last steps, in the kernel's order (pid1.c `program` is the same in C). Never
     returns. go_r: PID 1's release (the program waits for it before its filter and execve);
-    listener_sock: where the seccomp listener goes (listener_tag None: notify.send_listener's
+    listener_sock: where the seccomp listener goes (listener_tag None: notify.listener.send_listener's
     form, `pysandbox exec`'s); console: run -t's socket (the pty master goes back on it).
     Reports on err_w: "SETUP <text>" (exit 125) or "<errno> <stage> <text>" (exit 126/127)."""
     stage = "prepare"
@@ -228,7 +228,7 @@ def last_steps(spec: "wire.ProgramSpec", err_w: int, *, go_r: "int | None" = Non
             listener = _seccomp.install(spec.bpf, listener=spec.listener, log=spec.log)
             if listener_sock is not None and listener:
                 if listener_tag is None:
-                    from ..notify import send_listener     # (exec: imported already, by sandbox/execin.py)
+                    from ..notify.listener import send_listener   # (exec: imported already, by sandbox/execin.py)
                     send_listener(listener_sock, listener)
                 else:
                     socket.send_fds(listener_sock, [listener_tag], [listener])

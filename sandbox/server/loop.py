@@ -79,7 +79,8 @@ def serve(ctl_fd: int) -> None:
     import gc
     import signal
     from .. import launcher
-    from .. import notify  # noqa: F401  imported once here, shared by every PID 1
+    from ..notify import supervision  # noqa: F401  imported once here, shared by every PID 1
+    from policies.syscalls import seed_syscall_names
     from ..cgroups import leftover, manager  # noqa: F401  likewise
     from policies import plan as _plan  # noqa: F401  decoding plans
 
@@ -137,7 +138,7 @@ def serve(ctl_fd: int) -> None:
             if first_plan is not None:
                 plans[req["key"]] = (first_plan, req.get("bpf"))
             if req.get("names"):
-                notify._NAMES.seed(req["names"])        # syscall names without libseccomp here
+                seed_syscall_names(req["names"])        # syscall names without libseccomp here
             base, bpf = plans[req["key"]]
             plan = base
             if req.get("timeout") is not None or req.get("env"):

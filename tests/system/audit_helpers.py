@@ -42,7 +42,8 @@ def build_bpf(notify=(), kill=(), errno_rules=(), default=None):
 def spawn(bpf: bytes, body, listener: bool = True):
     """Fork a child that loads `bpf` (no_new_privs first), sends the listener fd, then runs
     body() and writes its JSON result to a pipe. Returns (pid, listener_sock, result_fd)."""
-    from sandbox import _sys, notify
+    from sandbox import _sys
+    from sandbox.notify.listener import send_listener
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     r, w = os.pipe()
     pid = os.fork()
@@ -56,7 +57,7 @@ def spawn(bpf: bytes, body, listener: bool = True):
             flags = _sys.SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else _sys.SECCOMP_FILTER_FLAG_LOG
             fd = _sys.seccomp_load(bpf, flags)
             if listener:
-                notify.send_listener(b, fd)
+                send_listener(b, fd)
                 os.close(fd)
             b.close()
             res = body()

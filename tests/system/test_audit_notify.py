@@ -1,4 +1,4 @@
-"""sandbox/notify.py for real: a forked child loads a seccomp filter with
+"""sandbox/notify/ for real: a forked child loads a seccomp filter with
 SECCOMP_FILTER_FLAG_NEW_LISTENER (built with pyseccomp, SCMP_ACT_NOTIFY for a few calls),
 sends the listener fd over a socketpair (SCM_RIGHTS) and makes calls; this process
 supervises. Nothing is simulated: the kernel blocks the caller until we answer."""
@@ -20,10 +20,11 @@ from audit_helpers import build_bpf, raw, read_result, spawn  # noqa: E402
 import audit  # noqa: E402
 from audit import MemorySink, Recorder  # noqa: E402
 from policies.plan import ArgCond, Seccomp, SyscallRule  # noqa: E402
-from sandbox import notify  # noqa: E402
+from sandbox import seccomp  # noqa: E402
+from sandbox.notify import kmsg, listener, supervision, supervisor  # noqa: E402
 
 def _kernel_user_notif() -> bool:
-    """Read here, not through notify.user_notif_available(): a bug there must fail a test
+    """Read here, not through seccomp.user_notif_available(): a bug there must fail a test
     (test_user_notif_detection), not skip this module."""
     with open("/proc/sys/kernel/seccomp/actions_avail") as f:
         return "user_notif" in f.read().split()
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.skipif(not _kernel_user_notif(), reason="this kernel ha
 
 
 def test_user_notif_detection():
-    assert notify.user_notif_available() is _kernel_user_notif()
+    assert seccomp.user_notif_available() is _kernel_user_notif()
 
 PLAN = Seccomp(rules=(SyscallRule("mount", "errno", errno=errno.EPERM),
                       SyscallRule("keyctl", "errno", errno=errno.EACCES),
@@ -48,9 +49,9 @@ class Run:
         self.mem = MemorySink()
         self.rec = recorder or Recorder("t" * 12, "notify-test", "test", [self.mem])
         self.pid, sock, self.r = spawn(bpf, body)
-        fd = notify.recv_listener(sock, timeout=10)
+        fd = listener.recv_listener(sock, timeout=10)
         sock.close()
-        self.handle = notify.start(fd, plan, on_event or self.rec.emit,
+        self.handle = supervisor.start(fd, plan, on_event or self.rec.emit,
                                    kill if kill is not None else None)
 
     def finish(self):
@@ -256,8 +257,8 @@ def test_learning_supervisor_lets_calls_run_and_records_them():
     mem = MemorySink()
     rec = Recorder("learn", "learn", "test", [mem])
     pid, sock, r = spawn(bpf, lambda: {"ppid": raw("getppid")})
-    fd = notify.recv_listener(sock)
-    h = notify.start_learning(fd, Seccomp(default_action="errno", default_errno=38), rec.emit)
+    fd = listener.recv_listener(sock)
+    h = supervisor.start_learning(fd, Seccomp(default_action="errno", default_errno=38), rec.emit)
     res = read_result(r)
     os.waitpid(pid, 0)
     h.wait(10)
@@ -307,7 +308,7 @@ def test_enforcing_supervisor_never_lets_a_notified_call_run(tmp_path):
     allow = tmp_path / "learn"
     allow.mkdir()
     pid, sock, r = spawn(bpf, body(str(allow)))
-    h = notify.start_learning(notify.recv_listener(sock, timeout=10), plan, lambda *a, **k: None)
+    h = supervisor.start_learning(listener.recv_listener(sock, timeout=10), plan, lambda *a, **k: None)
     res = read_result(r)
     os.waitpid(pid, 0)
     h.wait(10)
@@ -321,7 +322,7 @@ def test_recv_listener_times_out_instead_of_hanging():
     a, b = socket.socketpair()
     t0 = time.time()
     with pytest.raises(OSError):
-        notify.recv_listener(a, timeout=0.2)
+        listener.recv_listener(a, timeout=0.2)
     assert time.time() - t0 < 2
     a.close()
     b.close()
@@ -339,7 +340,7 @@ def test_kmsg_fallback_records_by_pid():
     bpf = build_bpf(errno_rules=[("keyctl", errno.EACCES), ("mount", errno.EPERM)])
     for attempt in range(3):          # printk rate limit (machine-wide): retry after the window
         mem.clear()
-        h = notify.start_kmsg(PLAN, rec.emit, lambda p: p in pids)
+        h = kmsg.start_kmsg(PLAN, rec.emit, lambda p: p in pids)
         pid, _sock, r = spawn(bpf, lambda: {"k": raw("keyctl", 0, 0),
                                             "m": raw("mount", b"a", b"/b", b"c", 0, 0)}, listener=False)
         pids.add(pid)
@@ -366,13 +367,13 @@ def test_kmsg_record_parser():
     line = ('audit: type=1326 audit(1795393577.767:2): auid=4294967295 uid=0 gid=0 ses=4294967295 '
             'pid=6690 comm="python" exe="/usr/bin/python3.11" sig=31 arch=c000003e syscall=250 '
             'compat=0 ip=0x7f15971f9829 code=0x80000000')
-    r = notify.parse_kmsg_record(line)
+    r = kmsg.parse_kmsg_record(line)
     assert r == {"pid": 6690, "comm": "python", "exe": "/usr/bin/python3.11", "sig": 31,
                  "arch": 0xC000003E, "nr": 250, "code": 0x80000000}
-    assert notify.code_action(0x80000000) == ("kill", None)
-    assert notify.code_action(0x00050001) == ("errno", 1)
-    assert notify.code_action(0x7FFC0000) == ("log", None)
-    assert notify.parse_kmsg_record("audit: type=1400 apparmor") is None
+    assert kmsg.code_action(0x80000000) == ("kill", None)
+    assert kmsg.code_action(0x00050001) == ("errno", 1)
+    assert kmsg.code_action(0x7FFC0000) == ("log", None)
+    assert kmsg.parse_kmsg_record("audit: type=1400 apparmor") is None
 
 
 def test_rootless_supervision():
@@ -386,13 +387,13 @@ sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.dirnam
 from audit_helpers import build_bpf, raw, read_result, spawn
 from audit import MemorySink, Recorder
 from policies.plan import Seccomp, SyscallRule
-from sandbox import notify
+from sandbox.notify import listener, supervisor
 assert os.geteuid() != 0
 bpf = build_bpf(notify=["mount", "keyctl"])
 pid, sock, r = spawn(bpf, lambda: {{"m": raw("mount", b"x", b"/y", b"z", 0, 0), "k": raw("keyctl", 0, 0)}})
-fd = notify.recv_listener(sock)
+fd = listener.recv_listener(sock)
 mem = MemorySink()
-h = notify.start(fd, Seccomp(rules=(SyscallRule("mount", "errno", errno=1), SyscallRule("keyctl", "errno", errno=13))),
+h = supervisor.start(fd, Seccomp(rules=(SyscallRule("mount", "errno", errno=1), SyscallRule("keyctl", "errno", errno=13))),
                  Recorder("u", "u", "t", [mem]).emit)
 res = read_result(r); os.waitpid(pid, 0); h.wait(10); h.stop()
 print(json.dumps({{"res": res, "events": [(e["syscall"]["name"], e["errno"], e["syscall"].get("decoded", {{}}).get("target")) for e in mem.events]}}))
@@ -408,7 +409,7 @@ print(json.dumps({{"res": res, "events": [(e["syscall"]["name"], e["errno"], e["
 
 def test_launcher_falls_back_to_kmsg_without_user_notification():
     """SIMULATED: this kernel has seccomp user notification; the test makes the launcher believe
-    it has not (notify.user_notif_available -> False, in a fresh interpreter). Everything else is
+    it has not (seccomp.user_notif_available -> False, in a fresh interpreter). Everything else is
     real: the filter is rebuilt with plain errno actions and SECCOMP_FILTER_FLAG_LOG, the kernel
     writes a type=1326 record to /dev/kmsg, the supervisor matches it by the sandbox's pid
     namespace."""
@@ -418,8 +419,8 @@ def test_launcher_falls_back_to_kmsg_without_user_notification():
         pytest.skip("busybox (static, few syscalls) not installed")
     code = """
 import json, sys, time
-from sandbox import notify
-notify.user_notif_available = lambda: False
+from sandbox import seccomp
+seccomp.user_notif_available = lambda: False
 from policies.compiler import Overrides, compile_profile
 from sandbox.launcher import launch
 from audit import MemorySink, Recorder
@@ -456,10 +457,10 @@ def test_plan_that_would_deadlock_the_handover_is_refused():
     s = Seccomp(rules=(SyscallRule("sendmsg", "errno", errno=1), SyscallRule("mount", "errno", errno=1)),
                 notify_denials=True)
     with pytest.raises(ValueError, match="notify_denials needs sendmsg allowed"):
-        notify.Supervision(s, b"\0" * 8, lambda *a, **k: None)
+        seccomp.filters(s, b"\0" * 8, audit=True)
     ok = Seccomp(default_action="allow", rules=(SyscallRule("mount", "errno", errno=1),), notify_denials=True)
-    sup = notify.Supervision(ok, b"\0" * 8, lambda *a, **k: None)
+    sup = supervision.Supervision(seccomp.filters(ok, b"\0" * 8, audit=True), ok, lambda *a, **k: None)
     assert sup.mode == "user_notif"
     sup.stop()
     from policies.compiler import compile_profile
-    assert notify.plan_allows(compile_profile("strict").plan.seccomp, "sendmsg")
+    assert seccomp.plan_allows(compile_profile("strict").plan.seccomp, "sendmsg")
