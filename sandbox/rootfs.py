@@ -304,18 +304,19 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
             root_fd = os.open(fs.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise SetupError(f"root directory {fs.root}: {e.strerror}") from None
-    if image_root is not None:       # the image store may live under BASE: reach it before the tmpfs
+    if image_root is not None or (root_fd is not None and fs.read_only):
+        # imported before the tmpfs covers BASE (/tmp): the package itself may live below it (a
+        # checkout or a venv under /tmp), and its files are out of reach from then on
         from .store import overlay
+    if image_root is not None:       # the image store may live under BASE: reach it before the tmpfs
         overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
     tree = None                       # the fresh tmpfs root of `root: host` (_FreshRoot)
     if image_root is not None:
-        from .store import overlay
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.store.overlay)
     elif root_fd is not None:
         if fs.read_only:              # the container interface files on a top layer (sandbox.store)
-            from .store import overlay
             overlay.mount_dir_root(root_fd, new, fs, rootless=rootless)
         else:                         # writable: the directory itself (nothing can be added to it)
             _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)

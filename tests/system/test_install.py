@@ -201,6 +201,27 @@ def test_cli_run_strict(layout, as_user):
     assert bad.returncode == 0 and bad.stdout.strip() == "EPERM", (bad.stdout, bad.stderr)
 
 
+def test_directory_root_with_the_package_below_tmp(layout, as_user, shared_tmp, tmp_profile):
+    """The package below /tmp (the wheel's venv here; a checkout there, as in CI): the new root's
+    tmpfs covers /tmp in PID 1's mount namespace, so every module a root needs must be imported
+    before it. A read-only `root:` directory failed with "cannot import name 'overlay'" (found by CI
+    from a clone under /tmp); the work tree's own tests never saw it."""
+    root = shared_tmp / "dirroot"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    os.symlink("busybox", root / "bin" / "sh")
+    os.symlink("busybox", root / "bin" / "cat")
+    os.chmod(root, 0o755)
+    os.chmod(root / "bin", 0o755)
+    prof = tmp_profile(f"extends: strict\nfilesystem:\n  root: {{path: {root}}}\n")
+    ok = as_user([str(layout / "pysandbox"), "run", "--profile", prof, "--", "/bin/cat", "/run/.containerenv"])
+    assert ok.returncode == 0 and ok.stdout.startswith('engine="pysandbox-'), (ok.stdout, ok.stderr)
+    # the other side: the root stays read-only
+    bad = as_user([str(layout / "pysandbox"), "run", "--profile", prof, "--", "/bin/sh", "-c", "echo x > /bin/x"])
+    assert bad.returncode != 0 and "Read-only file system" in bad.stderr, (bad.stdout, bad.stderr)
+    assert sorted(os.listdir(root / "bin")) == ["busybox", "cat", "sh"]
+
+
 def test_cli_docker_default_imports_builtin_seccomp(layout, as_user):
     """docker-default's `import: builtin:docker-default-seccomp` resolves in this layout."""
     p = as_user([str(layout / "pysandbox"), "run", "--profile", "docker-default", "--", HOST_PY, "-c",
