@@ -88,16 +88,13 @@ def register(sandbox_id: str, *, rootless: bool, owner: Optional[tuple] = None, 
     merged = dict(old or {})
     merged.update({k: v for k, v in what.items() if v})
     data = json.dumps(merged, separators=(",", ":")).encode()
+    # atomic (a temp file renamed into place): an owner killed while registering leaves either no
+    # record or a whole one - never an empty one, whose sandbox name the reclaimer could not read
+    # (its state entry then stayed behind: tests/faults/test_supervisor_sigkill_leftovers.py)
+    from .. import fsutil
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(28, os.strerror(28))
-        finally:
-            os.close(fd)
+        fsutil.atomic_write(path, data, mode=0o600, fsync=False)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
         raise RegistryError(e.errno, f"{path}: {e.strerror}") from None
     return path
 
