@@ -187,6 +187,23 @@ def shared_tmp():
 
 
 @pytest.fixture
+def img(runner, shared_tmp):
+    """(runner, state dir, work dir): busybox:test (tests/imagebuild.py) imported by the runner's
+    user into a store of its own; imagebuild.cli/sh run commands against it."""
+    import imagebuild as ib
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    state, work = shared_tmp / "state", shared_tmp / "work"
+    work.mkdir()
+    ib.write_docker_save(str(work / "save.tar"))
+    for p in (work, work / "save.tar"):
+        os.chown(p, runner.uid, runner.gid)
+    env = (runner, str(state), str(work))
+    r = ib.cli(env, "image", "import", str(work / "save.tar"))
+    assert r.returncode == 0, r
+    return env
+
+
+@pytest.fixture
 def tmp_profile(shared_tmp):
     """Write a profile file readable by the unprivileged user too."""
     def write(text: str, name: str = "p.yaml") -> str:

@@ -268,3 +268,15 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "run-root":
         sys.exit(_run_root(*sys.argv[2:]))
     sys.exit("usage: imagebuild.py run-root SPEC.pickle TARGET SCRIPT")
+
+
+def cli(env, *args, **kw):
+    """A pysandbox command against the store of conftest's `img` fixture: env = (runner, state, work)."""
+    runner, state, _ = env
+    return runner(*args, env={"PYSANDBOX_STATE_DIR": state}, **kw)
+
+
+def sh(env, script, *opts, **kw):
+    """`/bin/sh -c script` in busybox:test under strict (opts before `--`)."""
+    return cli(env, "run", "--profile", "strict", "--image", "busybox:test", *opts, "--", "/bin/sh", "-c", script,
+               **kw)

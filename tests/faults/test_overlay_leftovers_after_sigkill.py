@@ -15,17 +15,9 @@ from faults_helpers import mounts_naming, read_state, records, sigkill, start_cl
 
 
 @pytest.fixture
-def store(runner, shared_tmp):
-    os.chown(shared_tmp, runner.uid, runner.gid)
-    state, work = shared_tmp / "state", shared_tmp / "work"
-    work.mkdir()
-    ib.write_docker_save(str(work / "save.tar"))
-    for p in (work, work / "save.tar"):
-        os.chown(p, runner.uid, runner.gid)
-    env = {"PYSANDBOX_STATE_DIR": str(state)}
-    r = runner("image", "import", str(work / "save.tar"), env=env)
-    assert r.returncode == 0, r
-    return env
+def store(img):
+    """The state directory's environment of conftest's `img` (busybox:test imported)."""
+    return {"PYSANDBOX_STATE_DIR": img[1]}
 
 
 @pytest.mark.parametrize("step,next_cmd", [("overlay", "ps"), ("running", "ps"), ("running", "rm")])

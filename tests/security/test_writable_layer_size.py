@@ -18,32 +18,11 @@ import subprocess
 import pytest
 
 import imagebuild as ib
+from imagebuild import cli, sh
 
 MiB = 1 << 20
 
 
-@pytest.fixture
-def img(runner, shared_tmp):
-    os.chown(shared_tmp, runner.uid, runner.gid)
-    state, work = shared_tmp / "state", shared_tmp / "work"
-    work.mkdir()
-    ib.write_docker_save(str(work / "save.tar"))
-    for p in (work, work / "save.tar"):
-        os.chown(p, runner.uid, runner.gid)
-    env = (runner, str(state), str(work))
-    r = cli(env, "image", "import", str(work / "save.tar"))
-    assert r.returncode == 0, r
-    return env
-
-
-def cli(env, *args, **kw):
-    runner, state, _ = env
-    return runner(*args, env={"PYSANDBOX_STATE_DIR": state}, **kw)
-
-
-def sh(env, script, *opts, **kw):
-    return cli(env, "run", "--profile", "strict", "--image", "busybox:test", *opts, "--", "/bin/sh", "-c",
-               script, **kw)
 
 
 def du(path: str) -> int:

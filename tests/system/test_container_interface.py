@@ -210,25 +210,10 @@ def _cannot_change_it(r) -> None:
     assert r.stderr.count("Read-only file system") == 3, r
 
 
-@pytest.fixture
-def image_env(runner, shared_tmp):
-    """(runner, state dir) with busybox:test imported by the runner's user into a store of its own."""
-    import imagebuild as ib
-    os.chown(shared_tmp, runner.uid, runner.gid)
-    state, work = shared_tmp / "state", shared_tmp / "work"
-    work.mkdir()
-    ib.write_docker_save(str(work / "save.tar"))
-    for p in (work, work / "save.tar"):
-        os.chown(p, runner.uid, runner.gid)
-    r = runner("image", "import", str(work / "save.tar"), env={"PYSANDBOX_STATE_DIR": str(state)})
-    assert r.returncode == 0, r
-    return runner, str(state)
-
-
-def test_image_root_has_the_container_interface(image_env):
+def test_image_root_has_the_container_interface(img):
     """`--image`: the files are in the sandbox's own top layer, over the image's /run (which has
     none of them); the image's layers are not touched, and the program cannot change the files."""
-    runner, state = image_env
+    runner, state, _ = img
     before = _tree(os.path.join(state, "layers"))
     env = {"PYSANDBOX_STATE_DIR": state}
     r = runner("run", "--profile", "strict", "--image", "busybox:test", "--", "/bin/sh", "-c", CHECK, env=env)
