@@ -603,6 +603,10 @@ def _parse_tmpfs(spec: str) -> P.Mount:
 
 def _process(p: dict, ov: Overrides, loc) -> P.Process:
     argv = tuple(ov.argv) if ov.argv else tuple(p.get("argv", ("/bin/sh",)))
+    for flag, values in (("command", ov.argv), ("-e", ov.env)):   # the profile's are checked at load
+        bad = next((v for v in values if "\0" in v), None)
+        if bad is not None:
+            raise ProfileError(f"{flag} {bad!r}: contains a NUL byte")
     env = p.get("env", {})
     allow = list(env.get("allow", ()))
     env_set = {k: ("true" if v is True else "false" if v is False else str(v))

@@ -121,6 +121,21 @@ def _overrides(kw: Mapping[str, Any]) -> Overrides:
     return Overrides(**fields, user_db=user_db)
 
 
+def _check_strings(argv: tuple, env: Optional[Mapping[str, str]]) -> None:
+    """Bad arguments are the caller's error, raised before anything is launched (as subprocess
+    does): no kernel interface takes a string with a NUL byte, nor a variable name with '='.
+    An empty argv runs the profile's own `process.argv`."""
+    for a in argv:
+        if not isinstance(a, str):
+            raise TypeError(f"Sandbox.run(): argv items must be str, not {type(a).__name__}")
+        if "\0" in a:
+            raise ValueError(f"Sandbox.run(): embedded null byte in argv item {a!r}")
+    for k, v in (env or {}).items():
+        if "\0" in str(k) or "\0" in str(v) or "=" in str(k) or not str(k):
+            raise ValueError(f"Sandbox.run(): bad environment variable {str(k)!r} "
+                             "(empty, '=' in the name or a NUL byte)")
+
+
 class Sandbox:
     """A compiled profile (plan + seccomp BPF), launched any number of times."""
 
@@ -177,6 +192,7 @@ class Sandbox:
         profile's; text: decode stdout/stderr as UTF-8; check: raise SandboxError unless exit 0."""
         plan = self.plan
         argv = tuple(argv)
+        _check_strings(argv, env)
         sid = os.urandom(6).hex()
         fds = []
         try:

@@ -79,6 +79,23 @@ def test_bad_profile_and_bad_override():
         Sandbox("strict", no_such_option=1)
 
 
+def test_nul_byte_in_argv_or_env_is_refused_before_launch(strict):
+    """How it failed: a NUL byte in argv or in the environment reached the launch and came back as
+    exit 125 "cannot start pid 1: embedded null byte". Bad arguments are the caller's error: a
+    ValueError before anything is launched (as subprocess raises), SandboxError for an override
+    compiled into the profile; the sandbox still runs what is fine."""
+    from sandbox.api import Sandbox, SandboxError
+    with pytest.raises(ValueError, match="null byte"):
+        strict.run(["/bin/echo", "a\0b"])
+    with pytest.raises(ValueError, match="NUL byte"):
+        strict.run(["/bin/true"], env={"A": "x\0y"})
+    with pytest.raises(ValueError, match="'='"):
+        strict.run(["/bin/true"], env={"A=B": "x"})
+    with pytest.raises(SandboxError, match="contains a NUL byte"):
+        Sandbox("strict", env={"A": "x\0y"})
+    assert strict.run(["/bin/echo", "ok"], env={"A": "x"}).stdout == b"ok\n"
+
+
 def test_warm_launch_does_no_yaml_schema_or_seccomp_compilation(strict, monkeypatch):
     """After the constructor, a run must not touch the loader, the schema, the compiler or libseccomp."""
     import jsonschema
