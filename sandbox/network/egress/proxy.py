@@ -82,6 +82,7 @@ class Proxy:
         self.sem = asyncio.Semaphore(MAX_CONNECTIONS)
         self.threads: set[threading.Thread] = set()
         self.socks: set[socket.socket] = set()
+        self.pool = _Workers(2 * MAX_CONNECTIONS)
 
     async def serve(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +104,7 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        self.pool.shutdown()
 
     async def _one(self, c: socket.socket) -> None:
         handed = False
@@ -271,13 +273,54 @@ class Proxy:
                     for s in (a, b):
                         self.socks.discard(s)
                         s.close()
-                    loop.call_soon_threadsafe(self.sem.release)
-                self.threads.discard(threading.current_thread())
+                    try:
+                        loop.call_soon_threadsafe(self.sem.release)
+                    except RuntimeError:          # the loop is closed: the sandbox has ended
+                        pass
 
         for src, dst in ((a, b), (b, a)):
-            t = threading.Thread(target=pump, args=(src, dst), name="egress-splice", daemon=True)
-            self.threads.add(t)
-            t.start()
+            self.pool.submit(pump, src, dst)
+
+
+class _Workers:
+    """Splice workers, reused (starting a thread per connection costs more than the rest of its
+    set-up); daemon threads, so a supervisor never waits for them at exit."""
+
+    def __init__(self, limit: int):
+        import queue
+        self.q: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.limit = limit
+        self.idle = 0
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self.lock:
+            spawn = self.idle == 0 and self.count < self.limit
+            if spawn:
+                self.count += 1
+            else:
+                self.idle -= 1
+        self.q.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name="egress-splice", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:     # noqa: BLE001 - a connection never takes a worker down
+                pass
+            with self.lock:
+                self.idle += 1
+
+    def shutdown(self) -> None:
+        for _ in range(self.count):
+            self.q.put(None)
 
 
 def _pump(src_fd: int, dst: socket.socket) -> None:

@@ -167,8 +167,6 @@ class Service:
                 pass
             self.thread.join(5)
         self.proxy.close_all()
-        for t in list(self.proxy.threads):
-            t.join(2)
         for s in self.socks:
             s.close()
         self.audit.flush(final=True)
