@@ -171,4 +171,11 @@ def test_resolver_answers_allowed_names_only():
     assert a.events[-1][:5] == ("denied", "evil.test", None, 53, "dns")
     assert asyncio.run(dns.answer(n, a, b"\x00" * 3)) is None          # garbage: dropped
     assert asyncio.run(dns.answer(n, a, b"\x00" * (dns.MAX_QUERY + 1))) is None
+    # many addresses: over UDP the reply is truncated (TC, no answers), over TCP whole
+    many = names.Names(rules, ())
+    many._cache["web.test"] = (float("inf"), tuple(f"192.0.2.{i}" for i in range(1, 60)))
+    q = DNSRecord.question("web.test", "A").pack()
+    udp = DNSRecord.parse(asyncio.run(dns.answer(many, a, q, udp=True)))
+    assert udp.header.tc == 1 and udp.rr == []
+    assert len(DNSRecord.parse(asyncio.run(dns.answer(many, a, q))).rr) == 59
     assert QTYPE.A == 1

@@ -20,8 +20,20 @@ TCP_IDLE = 10.0
 MAX_TCP = 64             # concurrent TCP DNS connections
 
 
-async def answer(names, audit, data: bytes) -> bytes | None:
-    """The reply to one query (None: drop it)."""
+async def answer(names, audit, data: bytes, udp: bool = False) -> bytes | None:
+    """The reply to one query (None: drop it). udp: a reply over 512 bytes is sent truncated (TC
+    set, no answers: the client asks again over TCP)."""
+    out = await _answer(names, audit, data)
+    if out is not None and udp and len(out) > 512:
+        from dnslib import DNSRecord
+        r = DNSRecord.parse(out)
+        r.rr = []
+        r.header.tc = 1
+        out = r.pack()
+    return out
+
+
+async def _answer(names, audit, data: bytes) -> bytes | None:
     from dnslib import DNSRecord, QTYPE, RCODE, RR, A, DNSError
     if len(data) > MAX_QUERY:
         return None
@@ -72,9 +84,9 @@ class _Udp(asyncio.DatagramProtocol):
 
         async def one():
             try:
-                out = await answer(self.names, self.audit, data)
+                out = await answer(self.names, self.audit, data, udp=True)
                 if out is not None and self.transport is not None:
-                    self.transport.sendto(out[:512] if len(out) > 512 else out, addr)
+                    self.transport.sendto(out, addr)
             finally:
                 self.pending -= 1
         asyncio.ensure_future(one())
