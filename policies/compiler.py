@@ -690,6 +690,10 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
                            loc(("network",)))
     if mode == "none" and ports:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
+    if host_entries and not host_rules:
+        raise ProfileError("network.hosts / --add-host: the names are answered by the egress resolver, which "
+                           "runs with egress `host:` rules only (add a rule allowing the name)",
+                           loc(("network", "hosts")) if n.get("hosts") else None)
     if host_rules and eg.get("default") == "allow":
         raise ProfileError("network.egress: host rules need default deny (the proxy is the only way out)",
                            loc(("network", "egress", "default")))

@@ -81,7 +81,8 @@ def test_compiler_host_rules_defaults_and_errors():
                      ({"mode": "pasta", "egress": {"allow": [{"host": "a.test", "ports": [0]}]}}, "p.yaml:"),
                      ({"mode": "pasta", "egress": {"default": "allow", "allow": [{"host": "a.test"}]}}, "default deny"),
                      ({"mode": "pasta", "egress": {"allow": [{"to": "example.com"}]}}, "host:"),
-                     ({"mode": "pasta", "hosts": {"a.test": "nope"}}, "not an IP address")):
+                     ({"mode": "pasta", "hosts": {"a.test": "nope"}}, "not an IP address"),
+                     ({"mode": "pasta", "hosts": {"a.test": "192.0.2.1"}}, "`host:` rules only")):
         with pytest.raises(ProfileError) as e:
             _compile(net)
         assert msg in str(e.value), (net, str(e.value))
