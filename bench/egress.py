@@ -97,8 +97,9 @@ res = {}
 for mode, rule in (("direct", "{to: 192.0.2.1/32, ports: [8080]}"),
                    ("proxy", "{host: web.test, ports: [8080]}")):
     prof = f"{D}/{mode}.yaml"
+    hosts = "  hosts: {web.test: 192.0.2.1}\n" if mode == "proxy" else ""
     with open(prof, "w") as f:
-        f.write("version: 1\nname: egress-bench\nnetwork:\n  mode: egbench\n  hosts: {web.test: 192.0.2.1}\n"
+        f.write("version: 1\nname: egress-bench\nnetwork:\n  mode: egbench\n" + hosts +
                 "  egress:\n    allow:\n      - " + rule + "\n")
     os.chmod(prof, 0o644)
     p = subprocess.run([PYSANDBOX, "run", "--profile", prof, "--audit-log", "/dev/null", "--", "/usr/bin/python3",
