@@ -267,3 +267,7 @@ def test_egress_domains_private_network_root():
 
 def test_egress_domains_pasta_rootless():
     check(scenario("pasta", user="65534"))
+
+
+def test_egress_domains_slirp4netns_root():
+    check(scenario("slirp4netns"))
