@@ -180,3 +180,27 @@ def test_resolver_answers_allowed_names_only():
     assert udp.header.tc == 1 and udp.rr == []
     assert len(DNSRecord.parse(asyncio.run(dns.answer(many, a, q))).rr) == 59
     assert QTYPE.A == 1
+
+
+def test_parsers_on_hostile_bytes_raise_only_their_own_errors():
+    """Random and mutated input: the parsers answer with a name, NeedMore or their refusal - never
+    another exception (the proxy would log it as a proxy error), never unbounded work."""
+    from hypothesis import given, settings, strategies as st
+    hello = _client_hello("api.example.com")
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.binary(max_size=600), st.integers(0, 600), st.integers(0, 255))
+    def run(noise, pos, byte):
+        mutated = bytearray(hello)
+        mutated[pos % len(mutated)] = byte
+        for data in (noise, b"\x16\x03\x01" + noise, bytes(mutated)):
+            try:
+                tls.server_name(data)
+            except (tls.NeedMore, tls.NotTLS):
+                pass
+        for data in (noise, b"GET / HTTP/1.1\r\n" + noise + b"\r\n\r\n", b"CONNECT " + noise + b"\r\n\r\n"):
+            try:
+                http.parse(data)
+            except (http.NeedMore, http.BadRequest):
+                pass
+    run()
