@@ -1,7 +1,7 @@
 """Egress by domain name: what the egress proxy costs (issue 25).
 
 Rows:
-  egress download through the proxy   MB/s of a 1 GB HTTP download (256 MB with quick) from a host-side
+  egress download through the proxy   MB/s of a 1 GB HTTP download (256 MB with quick; best of 3) from a host-side
                                       server by a sandbox on a private network whose `host:` rule sends
                                       it through the egress proxy; peer: the same download allowed
                                       directly by an address rule (`to:`), same run. Target >= 0.7x.
@@ -29,6 +29,7 @@ PY_IN = "/usr/bin/python3"
 CLIENT = r'''
 import json, socket, statistics, sys, time
 mode, size, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+REPS = 3
 req = b"GET /%d HTTP/1.0\r\nHost: web.test\r\n\r\n"
 lat = []
 for _ in range(n):
@@ -39,17 +40,22 @@ for _ in range(n):
     lat.append(time.perf_counter() - t)
     s.close()
 buf = bytearray(1 << 20)
-t = time.perf_counter()
-s = socket.create_connection(("192.0.2.1", 8080), timeout=30)
-s.sendall(req % size)
-got = 0
-while True:
-    k = s.recv_into(buf)
-    if not k:
-        break
-    got += k
-dt = time.perf_counter() - t
-print(json.dumps({"mode": mode, "bytes": got, "seconds": dt, "latency_median": statistics.median(lat)}))
+best = None
+for _ in range(REPS):                   # the best of REPS: the machine is shared, other load only slows
+    t = time.perf_counter()
+    s = socket.create_connection(("192.0.2.1", 8080), timeout=30)
+    s.sendall(req % size)
+    got = 0
+    while True:
+        k = s.recv_into(buf)
+        if not k:
+            break
+        got += k
+    s.close()
+    dt = time.perf_counter() - t
+    if best is None or dt < best[1]:
+        best = (got, dt)
+print(json.dumps({"mode": mode, "bytes": best[0], "seconds": best[1], "latency_median": statistics.median(lat)}))
 '''
 
 SCENARIO = r'''

@@ -37,6 +37,7 @@ CONNECT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
 SPLICE_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_MORE", 4)
 
 
 @dataclass
@@ -334,14 +335,14 @@ def _pump(src_fd: int, dst: socket.socket) -> None:
         dfd = dst.fileno()
         while True:
             try:
-                n = os.splice(src_fd, w, SPLICE_CHUNK)
+                n = os.splice(src_fd, w, SPLICE_CHUNK, flags=_FLAGS)
             except OSError:
                 n = 0
             if n == 0:
                 break
             while n:
                 try:
-                    m = os.splice(r, dfd, n)
+                    m = os.splice(r, dfd, n, flags=_FLAGS)
                 except OSError:
                     m = 0
                 if m == 0:
