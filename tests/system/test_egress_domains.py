@@ -195,6 +195,16 @@ try:
         res["events"] = [json.loads(x) for x in f if x.strip()]
 except OSError:
     res["events"] = []
+if USER == "root" and MODE == "pasta":
+    # the Python API: the proxy then runs in the launch server (sandbox/server/), events come back
+    api = ("import json, sys; from sandbox.api import Sandbox\n"
+           "r = Sandbox(sys.argv[1]).run(['/usr/bin/python3', '/t/inside.py'], text=True)\n"
+           "print('API ' + json.dumps({'rc': r.exit_code, 'out': r.stdout, "
+           "'types': [e.get('type') for e in r.events]}))\n")
+    q = subprocess.run([sys.executable, "-c", api, f"{D}/p.yaml"], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": ""}, timeout=120)
+    line = next((x for x in q.stdout.splitlines() if x.startswith("API ")), None)
+    res["api"] = json.loads(line[4:]) if line else {"error": q.stderr[-1500:]}
 if MODE not in ("pasta", "slirp4netns"):
     subprocess.run([PYSANDBOX, "network", "rm", MODE], capture_output=True, env=env)
 # what the supervisor started is gone with it: no listener of its left in this namespace
@@ -258,7 +268,13 @@ def check(res: dict) -> None:
 
 
 def test_egress_domains_pasta_root():
-    check(scenario("pasta"))
+    res = scenario("pasta")
+    check(res)
+    api = res["api"]
+    assert api.get("rc") == 0, api
+    inside = json.loads(api["out"].strip().split("INSIDE ", 1)[1])
+    assert inside["https_transparent"] == "hello web.test /" and inside["dns_evil"].startswith("err:"), inside
+    assert "egress.allowed" in api["types"] and "egress.denied" in api["types"], api
 
 
 def test_egress_domains_private_network_root():
