@@ -106,6 +106,13 @@ def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
             hostname: str | None = None, on_event=None) -> "NetHandle | None":
     """See _prepare; on_event(type, **fields): the sandbox's audit (egress.allowed/denied events of
     the egress proxy, egress/service.py)."""
+    if getattr(net, "egress_hosts", ()):
+        try:
+            import dnslib  # noqa: F401
+            import h11  # noqa: F401
+        except ImportError:
+            raise NetworkError("network: egress by host name needs the Python packages dnslib and h11 "
+                               "(pip install 'pysandbox[net]')") from None
     h = _prepare(net, sandbox_id, name, rootless=rootless, hostname=hostname)
     if h is not None and getattr(net, "egress_hosts", ()):
         h.egress_plan, h.on_event = net, on_event

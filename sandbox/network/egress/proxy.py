@@ -25,7 +25,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from policies import egress as E
 
