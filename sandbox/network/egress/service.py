@@ -141,6 +141,11 @@ class Service:
         self._ready.set()
         try:
             self.loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            rest = asyncio.all_tasks(self.loop)          # connections still deciding, DNS answers
+            for t in rest:
+                t.cancel()
+            if rest:
+                self.loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
         finally:
             self.loop.close()
 
