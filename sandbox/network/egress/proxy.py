@@ -37,7 +37,8 @@ CONNECT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
 SPLICE_CHUNK = 1 << 20
 PIPE_SIZE = 1 << 20
-_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_MORE", 4)
+# not SPLICE_F_MORE: it would hold back the last bytes of a reply (interactive protocols) like a cork
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
 
 
 @dataclass
