@@ -54,6 +54,8 @@ DEFAULT_SEVERITY = {
     "integrity_violation": "critical",
     "audit_lost": "error",          # the audit path itself lost records (e.g. kernel printk rate limit)
     "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
+    "egress.allowed": "info",       # the egress proxy let a connection to a name through (sandbox/network/egress/)
+    "egress.denied": "warning",     # the egress proxy or its resolver refused a name, an address or a protocol
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

@@ -49,6 +49,7 @@ class Overrides:
     hostname: Optional[str] = None
     network: Optional[str] = None
     ports: tuple = ()
+    add_hosts: tuple = ()        # "NAME:ADDR" (Docker's --add-host): network.hosts entries
     timeout: Optional[float] = None
     memory: Optional[str] = None
     memory_swap: Optional[str] = None
@@ -295,6 +296,15 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                 "change the rules); drop NET_ADMIN", ("network", "egress"))
         return net
     net = col(("network",), network)      # with the default namespaces if those failed
+    if net is not None and getattr(net, "egress_hosts", ()) and proc is not None:
+        # programs that honour proxy variables go to the egress proxy's listener in the sandbox's
+        # own namespace (sandbox/network/egress/); the others are steered to it by nft all the same
+        from .egress import PROXY_URL
+        env = dict(proc.env_set)
+        for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+            env.setdefault(k, PROXY_URL)
+        env.setdefault("no_proxy", "localhost,127.0.0.1")
+        proc = replace(proc, env_set=tuple(sorted(env.items())))
 
     # --- limits -------------------------------------------------------------
     limits = col(("limits",), lambda: _limits(d.get("limits", {}), ov, loc))
@@ -674,14 +684,65 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
         from .errors import ProfileErrors
         raise ProfileErrors(dns)
     rules = tuple(P.EgressRule(to=r["to"], ports=tuple(r.get("ports", ())), proto=r.get("proto", "tcp"))
-                  for r in eg.get("allow", []))
+                  for r in eg.get("allow", []) if "to" in r)
+    host_rules, host_entries = _egress_hosts(n, eg, ov, loc)     # egress by domain name (policies/egress.py)
+    if host_rules and mode in ("none", "host"):
+        raise ProfileError(f"network {mode}: egress by host name needs an outbound network (a private network, "
+                           "pasta or slirp4netns)", loc(("network", "egress", "allow", host_rules[0].index)))
     if mode == "host" and (ports or rules or eg.get("default") == "deny"):
         raise ProfileError("network host cannot publish ports or filter egress (it shares the host's network)",
                            loc(("network",)))
     if mode == "none" and ports:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
-    return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "deny" if rules else "allow"),
-                     egress_allow=rules)
+    if host_entries and not host_rules:
+        raise ProfileError("network.hosts / --add-host: the names are answered by the egress resolver, which "
+                           "runs with egress `host:` rules only (add a rule allowing the name)",
+                           loc(("network", "hosts")) if n.get("hosts") else None)
+    if host_rules and eg.get("default") == "allow":
+        raise ProfileError("network.egress: host rules need default deny (the proxy is the only way out)",
+                           loc(("network", "egress", "default")))
+    return P.Network(mode=mode, ports=tuple(ports),
+                     egress_default=eg.get("default", "deny" if rules or host_rules else "allow"),
+                     egress_allow=rules, egress_hosts=host_rules, hosts=host_entries)
+
+
+def _egress_hosts(n: dict, eg: dict, ov: Overrides, loc) -> tuple[tuple, tuple]:
+    """network.egress.allow's `host:` rules and network.hosts + --add-host, normalised and bounded
+    (policies/egress.py)."""
+    from . import egress as E
+    allow = eg.get("allow", [])
+    if len(allow) > E.MAX_RULES:
+        raise ProfileError(f"network.egress.allow: at most {E.MAX_RULES} rules", loc(("network", "egress", "allow")))
+    out = []
+    for i, r in enumerate(allow):
+        if "host" not in r:
+            continue
+        where = loc(("network", "egress", "allow", i))
+        if "to" in r or "proto" in r:
+            raise ProfileError(f"network.egress.allow[{i}]: a host rule takes host, ports, allow_private "
+                               "(TCP through the egress proxy), not to/proto", where)
+        try:
+            out.append(P.EgressHostRule(host=E.normalise_name(r["host"], pattern=True),
+                                        ports=E.ports(r.get("ports"), f"network.egress.allow[{i}]"),
+                                        allow_private=bool(r.get("allow_private", False)), index=i))
+        except ValueError as e:
+            raise ProfileError(f"network.egress.allow[{i}].host: {e}", where) from None
+    entries: dict[str, str] = {}
+    table = n.get("hosts", {}) or {}
+    if len(table) + len(ov.add_hosts) > E.MAX_HOSTS:
+        raise ProfileError(f"network.hosts: at most {E.MAX_HOSTS} names", loc(("network", "hosts")))
+    for name, addr in table.items():
+        try:
+            entries[E.normalise_name(name)] = E.address(addr, f"network.hosts.{name}")
+        except ValueError as e:
+            raise ProfileError(f"network.hosts: {e}", loc(("network", "hosts", name))) from None
+    for spec in ov.add_hosts:
+        try:
+            k, v = E.parse_add_host(spec)
+        except ValueError as e:
+            raise ProfileError(str(e)) from None
+        entries[k] = v
+    return tuple(out), tuple(P.HostEntry(k, v) for k, v in sorted(entries.items()))
 
 
 _HOSTNAME_LABEL = __import__("re").compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -708,7 +769,7 @@ def egress_dns_name(to) -> bool:
         and not all(x.isdigit() for x in labels)
 
 
-DNS_EGRESS_HINT = ("domain rules are not implemented yet: allow the service's IP address or CIDR "
+DNS_EGRESS_HINT = ("allow a name with `host:` (`{host: example.com, ports: [443]}`), an address with `to:` "
                    "(`to: 203.0.113.7` or `to: 203.0.113.0/24`); a sandbox peer name has no dot")
 
 

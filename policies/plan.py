@@ -178,12 +178,32 @@ class EgressRule:
 
 
 @dataclass(frozen=True)
+class EgressHostRule:
+    """An egress rule by domain name (docs/network.md, "Egress by domain name"): TCP to `host` (IDNA,
+    lower case; "*.suffix" matches names below suffix, "*" every name) on `ports`, through the
+    host-side egress proxy. `index`: its position in network.egress.allow (audit, explain)."""
+    host: str
+    ports: tuple[int, ...] = (80, 443)
+    allow_private: bool = False
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    """A name the sandbox's resolver answers with a fixed address (network.hosts, --add-host)."""
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
 class Network:
     """Network (see docs/profile-format.md)."""
     mode: str = "none"                 # none | host | <network name>
     ports: tuple[PortMapping, ...] = ()
     egress_default: str = "allow"      # allow | deny
     egress_allow: tuple[EgressRule, ...] = ()
+    egress_hosts: tuple[EgressHostRule, ...] = ()    # egress by domain name (the egress proxy)
+    hosts: tuple[HostEntry, ...] = ()                # network.hosts and --add-host
 
 
 @dataclass(frozen=True)

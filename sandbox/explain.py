@@ -74,6 +74,13 @@ def render(plan) -> str:
     n = plan.network
     out.append(f"network      {n.mode}" + (f"; ports {', '.join(f'{x.host_ip}:{x.host_port}->{x.port}/{x.proto}' for x in n.ports)}" if n.ports else "")
                + (f"; egress default {n.egress_default}, {len(n.egress_allow)} allow rules" if n.egress_allow or n.egress_default == 'deny' else ""))
+    if n.egress_hosts:                  # egress by domain name (sandbox/network/egress/)
+        from policies.egress import rule_text
+        for r in n.egress_hosts:
+            out.append(f"  egress     allow[{r.index}] {rule_text(r)}: TCP through the egress proxy "
+                       "(SNI/Host and the resolver's answers checked)")
+    for h in n.hosts:
+        out.append(f"  hosts      {h.name} -> {h.address}")
     l = plan.limits
     lim = [f"memory {_size(l.memory)}" if l.memory else None, f"swap {_size(l.memory_swap)}" if l.memory_swap else None,
            f"cpus {l.cpus:g}" if l.cpus else None, f"pids {l.pids}" if l.pids else None,

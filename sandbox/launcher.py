@@ -360,7 +360,7 @@ class Launch:
             from .network.common import NetworkError
             try:
                 self.net = endpoint.prepare(plan.network, self.sandbox_id, self.name, rootless=rootless,
-                                            hostname=plan.process.hostname)
+                                            hostname=plan.process.hostname, on_event=self.on_event)
             except NetworkError as e:
                 raise LaunchError(str(e) if str(e).startswith("network") else f"network: {e}") from None
             if self.net is not None:

@@ -103,7 +103,24 @@ def _check_port_free(p: dict) -> None:
 # --------------------------------------------------------------------------- prepare
 
 def prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
-            hostname: str | None = None) -> "NetHandle | None":
+            hostname: str | None = None, on_event=None) -> "NetHandle | None":
+    """See _prepare; on_event(type, **fields): the sandbox's audit (egress.allowed/denied events of
+    the egress proxy, egress/service.py)."""
+    if getattr(net, "egress_hosts", ()):
+        try:
+            import dnslib  # noqa: F401
+            import h11  # noqa: F401
+        except ImportError:
+            raise NetworkError("network: egress by host name needs the Python packages dnslib and h11 "
+                               "(pip install 'pysandbox[net]')") from None
+    h = _prepare(net, sandbox_id, name, rootless=rootless, hostname=hostname)
+    if h is not None and getattr(net, "egress_hosts", ()):
+        h.egress_plan, h.on_event = net, on_event
+    return h
+
+
+def _prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
+             hostname: str | None = None) -> "NetHandle | None":
     """Validate the network part of a plan and reserve what it needs (address, name) before
     the sandbox is created. Fails closed with NetworkError. None when nothing is to be done
     after clone (mode none without egress rules; host). hostname: the sandbox's host name, listed
@@ -228,6 +245,9 @@ class NetHandle:
         self._antispoof = False                         # our port's chain in table netdev pysandbox
         self.spoof_dropped: int | None = None           # frames it dropped (after release)
         self._released = False
+        self.egress_plan = None                         # the plan's network when it has host rules
+        self.on_event = None
+        self.egress_service = None                      # egress/service.py: the proxy and resolver
         self._supervisor = os.getpid()
         self._supervisor_start = proc_starttime(self._supervisor)
 
@@ -296,7 +316,15 @@ class NetHandle:
             for e in endpoints(root, self.mode):
                 if e.get("name") and e["sandbox_id"] != self.sandbox_id:
                     peers.setdefault(e["name"], []).append(e["address"])
-        nft.nft(nft.egress_ruleset("deny", self.egress, peers), nsfd=self._nsfd, userns_fd=self._usernsfd)
+        steer = None
+        if self.egress_plan is not None:            # egress by domain name: the proxy first, then the rules
+            from policies.egress import DNS_ADDR, PROXY_ADDR
+            from .egress import service
+            self.egress_service = service.start(self.egress_plan, self.sandbox_id, self._nsfd,
+                                                self._usernsfd, self.on_event)
+            steer = (PROXY_ADDR[1], DNS_ADDR[1])
+        nft.nft(nft.egress_ruleset("deny", self.egress, peers, steer=steer), nsfd=self._nsfd,
+                userns_fd=self._usernsfd)
 
     def _attach_bridge(self, pid: int) -> None:
         from pyroute2 import IPRoute      # lazy: optional (the `net` extra), ~100 ms of imports
@@ -346,6 +374,11 @@ class NetHandle:
             self.denied = self.egress_denied()
         except Exception:
             pass
+        if self.egress_service is not None:
+            try:
+                self.egress_service.stop()
+            finally:
+                self.egress_service = None
         if self._helper is not None:
             usermode.stop(self._helper)
             self._helper = None

@@ -220,9 +220,11 @@ def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
     return rules
 
 
-def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str]]) -> list[dict]:
+def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str]],
+                   steer: tuple[int, int] | None = None) -> list[dict]:
     """The nft batch installed inside the sandbox's netns (`table inet pysandbox`).
-    rules: [{"to": cidr-or-name, "ports": [...], "proto": "tcp"|"udp"|"icmp"|"any"}]."""
+    rules: [{"to": cidr-or-name, "ports": [...], "proto": "tcp"|"udp"|"icmp"|"any"}].
+    steer: (proxy port, resolver port) - egress by domain name: `steer_rules`."""
     T = {"family": "inet", "table": EGRESS_TABLE}
     cmds: list[dict] = [
         {"add": {"table": {"family": "inet", "name": EGRESS_TABLE}}},
@@ -242,6 +244,12 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
 
     rule([m(meta("oifname"), "lo"), {"accept": None}])
     rule([m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}])
+    if steer is not None:
+        # redirected packets: their destination is now 127.0.0.1, but the filter hook still sees the
+        # output device chosen before the redirect (not lo)
+        rule([m(meta("nfproto"), "ipv4"), m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
+              {"accept": None}])
+        cmds += steer_rules(rules, steer)
     for r in rules:
         net = as_net(r["to"])
         if net is None:
@@ -264,6 +272,48 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
     # reject (not drop): a denied connect() fails at once with EHOSTUNREACH instead of hanging
     rule([{"counter": "denied"}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
          if default == "deny" else [{"accept": None}])
+    return cmds
+
+
+def _dst(r: dict) -> dict:
+    net = as_net(r["to"])
+    if net is None:
+        return m(payload("ip", "daddr"), "@" + set_name(r["to"]))
+    return m(payload("ip" if net.version == 4 else "ip6", "daddr"),
+             str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
+
+
+def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
+    """Egress by domain name (sandbox/network/egress/): a `nat` chain on the sandbox's output
+    redirects every TCP connection and every DNS packet (UDP/TCP port 53, any destination) to the
+    egress proxy's and resolver's sockets on 127.0.0.1 in the same namespace, except loopback
+    traffic and what the `to:` rules allow directly. The filter chain then sees loopback traffic
+    (accepted); a redirected connection keeps its original destination in the namespace's
+    conntrack (SO_ORIGINAL_DST). IPv6 TCP is not redirected: the filter's policy drops it."""
+    proxy_port, dns_port = steer
+    T = {"family": "inet", "table": EGRESS_TABLE}
+    cmds: list[dict] = [{"add": {"chain": {**T, "name": "steer", "type": "nat", "hook": "output",
+                                           "prio": -100, "policy": "accept"}}}]
+
+    def rule(expr):
+        cmds.append({"add": {"rule": {**T, "chain": "steer", "expr": expr}}})
+
+    v4 = m(meta("nfproto"), "ipv4")
+    rule([v4, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}), {"accept": None}])
+    for r in rules:                                    # address rules go straight out
+        proto = r.get("proto") or "tcp"
+        if proto not in ("tcp", "udp", "any"):
+            continue
+        expr = [_dst(r)]
+        if proto in ("tcp", "udp") and r.get("ports"):
+            ports = list(r["ports"])
+            expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+        elif proto in ("tcp", "udp"):
+            expr.append(m(meta("l4proto"), proto))
+        rule(expr + [{"accept": None}])
+    for proto in ("udp", "tcp"):
+        rule([v4, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
+    rule([v4, m(meta("l4proto"), "tcp"), {"redirect": {"port": proxy_port}}])
     return cmds
 
 

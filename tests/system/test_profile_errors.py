@@ -124,7 +124,7 @@ def test_egress_dns_name_refused_ip_and_peer_names_accepted(runner, tmp_profile)
         assert r.returncode == 2, (to, r)
         assert r.stderr.strip().startswith(f"pysandbox: {p}:7:10: network.egress.allow[0].to: {to!r} looks like "
                                            "a DNS name"), r
-        assert "domain rules are not implemented yet" in r.stderr, r
+        assert "allow a name with `host:`" in r.stderr, r    # issue 25: names go in host: rules
         r = runner("lint", p)
         assert r.returncode == 1 and f"{os.path.basename(p)}:7:10: error PSB503" in r.stdout, r
     # legitimate: an address, a CIDR, an IPv6 address, a peer name (no dot): compiled and run

@@ -1,0 +1,365 @@
+"""The egress proxy's connections: decide, connect upstream from the host, splice.
+
+Every TCP connection the sandbox makes (other than to its loopback and its `to:` rules) is
+redirected by its own nft rules to the proxy's listener on 127.0.0.1:3128 in its namespace; the
+accepted socket still knows where it was going (SO_ORIGINAL_DST, the sandbox namespace's conntrack).
+A connection made to the listener itself is an explicit proxy request (HTTP_PROXY/HTTPS_PROXY):
+`CONNECT host:port` or an absolute-form `GET http://host/...`.
+
+The decision, in order (each refusal is an `egress.denied` event, each success `egress.allowed`):
+1. the name: TLS -> the ClientHello's SNI (tls.py); plain HTTP -> Host (http.py); explicit ->
+   the request target (and for CONNECT to a TLS server, an SNI that differs from it is refused);
+   no name (another protocol, no SNI, no Host) -> refused;
+2. a host rule allowing the name and the port (first in plan order);
+3. the address: transparent -> the original destination must be one the name resolves to for
+   this sandbox (names.Names); explicit -> the first of those addresses;
+4. the secrets part's interception when the plan asks for it (`intercept`, imported lazily; see
+   `Ctx`); otherwise connect upstream from the host's namespace, send the bytes read so far and
+   splice both ways (os.splice through a pipe, in two threads: no copy through Python).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies import egress as E
+
+from . import http, tls
+
+SO_ORIGINAL_DST = 80
+FIRST_TIMEOUT = 10.0         # the client's first bytes (ClientHello / request head)
+CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
+SPLICE_CHUNK = 1 << 20
+PIPE_SIZE = 1 << 20
+# not SPLICE_F_MORE: it would hold back the last bytes of a reply (interactive protocols) like a cork
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
+
+
+@dataclass
+class Ctx:
+    """What the proxy passes to the secrets part's interception hook:
+
+        await sandbox.network.egress.intercept.handle(reader, writer, first_bytes, host=NAME,
+                                                      port=PORT, addrs=[ADDR, ...], ctx=ctx)
+
+    reader/writer: asyncio streams over the sandbox's connection; first_bytes: what the proxy has
+    read of it already (the ClientHello, or the request head); addrs: the addresses the name
+    resolves to for this sandbox (the original destination first when transparent)."""
+    sandbox_id: str
+    audit: Any                   # .allowed(name, addr, port, protocol, rule, reason) / .denied(...)
+    egress: Any                  # the plan's network section (policies.plan.Network)
+    names: Any = None            # names.Names: the sandbox's resolver state
+    extra: dict = field(default_factory=dict)
+
+    def wants_interception(self, name: str) -> bool:
+        """The plan has `http` rules or secrets for this host (the secrets part's fields; this
+        branch's plans have neither)."""
+        for attr in ("egress_http", "secrets"):
+            for r in getattr(self.egress, attr, ()) or ():
+                hosts = getattr(r, "hosts", None) or (getattr(r, "host", None),)
+                if any(h and E.matches(h, name) for h in hosts):
+                    return True
+        return False
+
+
+def original_dst(s: socket.socket) -> tuple[str, int] | None:
+    try:
+        raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, = struct.unpack_from("!H", raw, 2)
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+class Proxy:
+    def __init__(self, ctx: Ctx, listen_addr: tuple[str, int]):
+        self.ctx = ctx
+        self.listen_addr = listen_addr
+        self.sem = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.threads: set[threading.Thread] = set()
+        self.socks: set[socket.socket] = set()
+        self.pool = _Workers(2 * MAX_CONNECTIONS)
+
+    async def serve(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        lsock.setblocking(False)
+        while True:
+            await self.sem.acquire()
+            try:
+                c, _ = await loop.sock_accept(lsock)
+            except OSError:
+                self.sem.release()
+                await asyncio.sleep(0.05)
+                continue
+            c.setblocking(False)
+            asyncio.ensure_future(self._one(c))
+
+    def close_all(self) -> None:
+        for s in list(self.socks):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.pool.shutdown()
+
+    async def _one(self, c: socket.socket) -> None:
+        handed = False
+        try:
+            handed = await self._decide(c)
+        except Exception as e:      # noqa: BLE001 - one connection never takes the proxy down
+            self.ctx.audit.denied(None, None, None, "tcp", None, f"proxy error: {type(e).__name__}")
+        finally:
+            if not handed:
+                c.close()
+                self.sem.release()
+
+    async def _read_first(self, c, buf: bytes, parse) -> tuple[Any, bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_TIMEOUT
+        while True:
+            try:
+                return parse(buf), buf
+            except (tls.NeedMore, http.NeedMore):
+                pass
+            left = deadline - loop.time()
+            if left <= 0 or len(buf) > tls.MAX_HELLO + http.MAX_HEAD:
+                raise asyncio.TimeoutError
+            more = await asyncio.wait_for(loop.sock_recv(c, 16384), left)
+            if not more:
+                raise EOFError
+            buf += more
+
+    async def _decide(self, c: socket.socket) -> bool:
+        loop = asyncio.get_running_loop()
+        audit = self.ctx.audit
+        dst = original_dst(c)
+        explicit = dst is None or dst == self.listen_addr
+        addr, port = (None, None) if explicit else dst
+        try:
+            first = await asyncio.wait_for(loop.sock_recv(c, 16384), FIRST_TIMEOUT)
+        except (asyncio.TimeoutError, OSError):
+            audit.denied(None, addr, port, "tcp", None, "no data from the client")
+            return False
+        if not first:
+            return False
+        reply = b""
+        try:
+            if explicit:
+                head, buf = await self._read_first(c, first, http.parse)
+                if head.host is None:
+                    raise http.BadRequest("no host")
+                proto, raw_name, port = ("connect" if head.connect else "http"), head.host, head.port or 80
+                if head.connect:
+                    buf = buf[head.length:]
+                    reply = b"HTTP/1.1 200 Connection established\r\n\r\n"
+                else:
+                    buf = http.to_origin_form(buf, head)
+            elif tls.looks_like_tls(first):
+                proto = "tls"
+                raw_name, buf = await self._read_first(c, first, tls.server_name)
+            elif http.looks_like_http(first):
+                proto = "http"
+                head, buf = await self._read_first(c, first, http.parse)
+                raw_name = head.host
+            else:
+                audit.denied(None, addr, port, "tcp", None, "neither TLS nor HTTP: no name to check")
+                return False
+        except (tls.NotTLS, http.BadRequest) as e:
+            audit.denied(None, addr, port, "tcp", None, f"refused: {e}")
+            return False
+        except (asyncio.TimeoutError, EOFError, OSError):
+            audit.denied(None, addr, port, "tcp", None, "incomplete ClientHello or request head")
+            return False
+        if not raw_name:
+            audit.denied(None, addr, port, proto, None, "no server name (SNI) or Host header")
+            return await self._refuse(c, explicit)
+        try:
+            name = E.normalise_name(raw_name)
+        except ValueError:
+            audit.denied(str(raw_name)[:253], addr, port, proto, None, "not a host name")
+            return await self._refuse(c, explicit)
+        rule = self.ctx.names.rule(name, port)
+        if rule is None:
+            audit.denied(name, addr, port, proto, None, "name or port not allowed")
+            return await self._refuse(c, explicit)
+        if explicit:
+            addrs, why = await self.ctx.names.resolve(name, rule)
+            if not addrs:
+                audit.denied(name, None, port, proto, rule, why or "no address")
+                return await self._refuse(c, explicit)
+            addr = addrs[0]
+        else:
+            ok, addrs = await self.ctx.names.address_ok(name, rule, addr)
+            if not ok:
+                audit.denied(name, addr, port, proto, rule, "address is not one the name resolves to")
+                return False
+            addrs = (addr,) + tuple(a for a in addrs if a != addr)
+        if reply:                     # CONNECT: the tunnel's first bytes decide like a transparent TLS one
+            await loop.sock_sendall(c, reply)
+            if not buf:
+                try:
+                    buf = await asyncio.wait_for(loop.sock_recv(c, 16384), FIRST_TIMEOUT)
+                except (asyncio.TimeoutError, OSError):
+                    buf = b""
+            if buf and tls.looks_like_tls(buf):
+                try:
+                    sni, buf = await self._read_first(c, buf, tls.server_name)
+                except (tls.NotTLS, asyncio.TimeoutError, EOFError, OSError):
+                    audit.denied(name, addr, port, proto, rule, "bad ClientHello in the tunnel")
+                    return False
+                if sni is not None and sni.rstrip(".").lower() != name:
+                    audit.denied(name, addr, port, proto, rule, f"SNI {sni[:253]!r} in a tunnel to {name}")
+                    return False
+        if self.ctx.wants_interception(name):
+            return await self._intercept(c, buf, name, port, list(addrs))
+        up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        up.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(up, (addr, port)), CONNECT_TIMEOUT)
+            if buf:
+                await loop.sock_sendall(up, buf)
+        except (OSError, asyncio.TimeoutError) as e:
+            up.close()
+            audit.denied(name, addr, port, proto, rule, f"upstream: {getattr(e, 'strerror', None) or 'timeout'}")
+            if explicit and not reply:
+                await self._refuse(c, explicit, b"502 Bad Gateway")
+            return False
+        audit.allowed(name, addr, port, proto, rule, "")
+        self._splice(c, up)
+        return True
+
+    async def _refuse(self, c, explicit: bool, status: bytes = b"403 Forbidden") -> bool:
+        if explicit:
+            try:
+                await asyncio.get_running_loop().sock_sendall(
+                    c, b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+        return False
+
+    async def _intercept(self, c, first: bytes, name: str, port: int, addrs: list) -> bool:
+        from . import intercept          # the secrets part's module (never reached on this branch)
+        reader, writer = await asyncio.open_connection(sock=c)
+        try:
+            await intercept.handle(reader, writer, first, host=name, port=port, addrs=addrs, ctx=self.ctx)
+        finally:
+            writer.close()
+            self.sem.release()
+        return True
+
+    def _splice(self, a: socket.socket, b: socket.socket) -> None:
+        """Hand both sockets to two threads that splice (kernel to kernel) until both sides end."""
+        a.setblocking(True)
+        b.setblocking(True)
+        for s in (a, b):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks.add(s)
+        done = [0]
+        lock = threading.Lock()
+        loop = asyncio.get_running_loop()
+
+        def pump(src: socket.socket, dst: socket.socket):
+            try:
+                _pump(src.fileno(), dst)
+            finally:
+                with lock:
+                    done[0] += 1
+                    last = done[0] == 2
+                if last:
+                    for s in (a, b):
+                        self.socks.discard(s)
+                        s.close()
+                    try:
+                        loop.call_soon_threadsafe(self.sem.release)
+                    except RuntimeError:          # the loop is closed: the sandbox has ended
+                        pass
+
+        for src, dst in ((a, b), (b, a)):
+            self.pool.submit(pump, src, dst)
+
+
+class _Workers:
+    """Splice workers, reused (starting a thread per connection costs more than the rest of its
+    set-up); daemon threads, so a supervisor never waits for them at exit."""
+
+    def __init__(self, limit: int):
+        import queue
+        self.q: "queue.SimpleQueue" = queue.SimpleQueue()
+        self.limit = limit
+        self.idle = 0
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self.lock:
+            spawn = self.idle == 0 and self.count < self.limit
+            if spawn:
+                self.count += 1
+            else:
+                self.idle -= 1
+        self.q.put((fn, args))
+        if spawn:
+            threading.Thread(target=self._work, name="egress-splice", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:     # noqa: BLE001 - a connection never takes a worker down
+                pass
+            with self.lock:
+                self.idle += 1
+
+    def shutdown(self) -> None:
+        for _ in range(self.count):
+            self.q.put(None)
+
+
+def _pump(src_fd: int, dst: socket.socket) -> None:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            import fcntl
+            fcntl.fcntl(w, 1031, PIPE_SIZE)            # F_SETPIPE_SZ
+        except OSError:
+            pass
+        dfd = dst.fileno()
+        while True:
+            try:
+                n = os.splice(src_fd, w, SPLICE_CHUNK, flags=_FLAGS)
+            except OSError:
+                n = 0
+            if n == 0:
+                break
+            while n:
+                try:
+                    m = os.splice(r, dfd, n, flags=_FLAGS)
+                except OSError:
+                    m = 0
+                if m == 0:
+                    return _abort(dst)
+                n -= m
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _abort(dst: socket.socket) -> None:
+    try:
+        dst.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
