@@ -68,6 +68,20 @@ def image_import(path, name, ref, devices, progress, limits, quiet):
         click.echo(f"imported {n} {rec['id'][7:19]} ({len(rec['layers'])} layers)")
 
 
+@image.command("save", help="Write an image to a file podman/docker load: docker-archive (default), "
+                             "oci-archive, or an OCI layout directory (oci-dir).")
+@click.argument("name", shell_complete=_complete.images)
+@click.option("-o", "--output", required=True, type=click.Path(), help="The file (or directory for oci-dir).")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive", "oci-dir"]),
+              default="docker-archive", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def image_save(name, output, fmt, quiet):
+    from ..store.export import save
+    n, rec, digest = _run(save, _store(), name, output, fmt)
+    if not quiet:
+        click.echo(f"saved {n} to {output} ({fmt}, manifest {digest[:19]})")
+
+
 @image.command("ls", help="List images.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only names.")
