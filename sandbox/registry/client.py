@@ -206,8 +206,11 @@ class Client:
         r = self._send("GET", url, h, None)
         if r.status != 200:
             r.close()
-            code = UNAUTHORIZED if r.status in (401, 403) else NETWORK
-            raise RegistryError(f"{what}: the token service {u.netloc} refused (HTTP {r.status})", code)
+            if r.status in (401, 403):
+                hint = "" if self.creds else "; no credentials for it in the auth files"
+                raise RegistryError(f"{what}: unauthorized (the token service {u.netloc} refused: HTTP "
+                                    f"{r.status}{hint})", UNAUTHORIZED)
+            raise RegistryError(f"{what}: the token service {u.netloc} answered HTTP {r.status}", NETWORK)
         try:
             doc = json.loads(r.read_bounded(MAX_SMALL, f"{what}: token"))
             tok = doc.get("token") or doc.get("access_token")
