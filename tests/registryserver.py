@@ -15,7 +15,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -122,8 +121,9 @@ class FakeRegistry:
     service on /token checking basic credentials `user`:`password`). Requests are recorded."""
 
     def __init__(self, repo: str, manifests: dict, blobs: dict, token: str | None = None,
-                 user: str = "u", password: str = "p"):
+                 user: str = "u", password: str = "p", no_length: bool = False):
         self.repo, self.manifests, self.blobs, self.token = repo, manifests, blobs, token
+        self.no_length = no_length      # bodies without Content-Length, ended by closing the connection
         self.requests: list[tuple[str, str, str]] = []
         outer = self
 
@@ -135,10 +135,14 @@ class FakeRegistry:
                 self.send_response(code)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                if not outer.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    try:
+                        self.wfile.write(body)
+                    except OSError:          # the client stopped reading (a refused body)
+                        pass
 
             def do_HEAD(self):
                 self.do_GET()
@@ -196,9 +200,9 @@ def image_for_fake(tars: list[bytes], config: bytes) -> tuple[bytes, dict]:
     return json.dumps(man).encode(), blobs
 
 
-def v2_ok(host: str) -> bool:
-    try:
-        urllib.request.urlopen(f"http://{host}/v2/", timeout=5)
-        return True
-    except Exception:
-        return False
+def store_state(state: str) -> tuple:
+    """What a refused pull must leave as it was: the image index, the layers, an empty tmp/."""
+    idx = os.path.join(state, "images.json")
+    images = json.load(open(idx))["images"] if os.path.exists(idx) else {}
+    ls = (lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else [])
+    return sorted(images), ls(os.path.join(state, "layers")), ls(os.path.join(state, "tmp"))

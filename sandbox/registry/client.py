@@ -43,11 +43,12 @@ class Reply:
     def header(self, name: str) -> str:
         return self.resp.getheader(name) or ""
 
-    def read_bounded(self, limit: int, what: str) -> bytes:
+    def read_bounded(self, limit: int, what: str, hint: str = "") -> bytes:
         cl = self.header("Content-Length")
         if cl.isdigit() and int(cl) > limit:
             self.close()
-            raise RegistryError(f"{what}: the registry announces {cl} bytes, more than the {limit} allowed", INTEGRITY)
+            raise RegistryError(f"{what}: the registry announces {cl} bytes, more than the {limit} bytes allowed"
+                               f"{hint}", INTEGRITY)
         try:
             data = self.resp.read(limit + 1)
         except (OSError, http.client.HTTPException) as e:
@@ -55,7 +56,7 @@ class Reply:
         finally:
             self.close()
         if len(data) > limit:
-            raise RegistryError(f"{what}: more than the {limit} bytes allowed", INTEGRITY)
+            raise RegistryError(f"{what}: more than the {limit} bytes allowed{hint}", INTEGRITY)
         return data
 
     def close(self) -> None:
@@ -232,7 +233,7 @@ class Client:
                          what=what)
         ctype = r.header("Content-Type").split(";")[0].strip()
         sent = r.header("Docker-Content-Digest")
-        data = r.read_bounded(limit, what)
+        data = r.read_bounded(limit, what, " (limit json; raise it with --limit json=N)")
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(f"{what}: the manifest does not match its digest (got {digest[:19]})", INTEGRITY)
