@@ -53,6 +53,8 @@ def _read(path: str, explicit: bool) -> Optional[dict]:
         raise RegistryError(f"{path}: the auth file is larger than {MAX_AUTH_FILE} bytes", BAD_INPUT)
     try:
         doc = json.loads(data or b"{}")
+    except RecursionError:
+        raise RegistryError(f"{path}: the auth file is nested too deeply", BAD_INPUT) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise RegistryError(f"{path}: the auth file is not valid JSON ({e})", BAD_INPUT) from None
     return doc if isinstance(doc, dict) else None

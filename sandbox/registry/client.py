@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
-import os
 import re
 import ssl
+import time
 import urllib.parse
 from typing import BinaryIO, Callable, Optional
 
@@ -23,7 +22,8 @@ from .errors import INTEGRITY, NETWORK, NOT_FOUND, UNAUTHORIZED, RegistryError
 from .reference import Reference
 
 MAX_SMALL = 1 << 20               # a token reply, an error body
-TIMEOUT = 60.0
+TIMEOUT = 60.0                    # every socket operation
+SMALL_DEADLINE = 120.0            # a whole manifest, config, token or error body
 CHUNK = 1 << 20
 _REDIRECTS = (301, 302, 303, 307, 308)
 USER_AGENT = "pysandbox"
@@ -31,6 +31,16 @@ USER_AGENT = "pysandbox"
 
 def _clean(text: str, n: int = 200) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", text)[:n]
+
+
+def small_json(data: bytes):
+    """A small document from the registry (an error body, a token reply): bounded in size and
+    nesting (store/tarsafe.json_loads); None when it is not one."""
+    from ..store import tarsafe
+    try:
+        return tarsafe.json_loads(data, "reply", tarsafe.DEFAULT_LIMITS)
+    except (tarsafe.TarLimitError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class Reply:
@@ -49,15 +59,23 @@ class Reply:
             self.close()
             raise RegistryError(f"{what}: the registry announces {cl} bytes, more than the {limit} bytes allowed"
                                f"{hint}", INTEGRITY)
+        data = bytearray()
+        deadline = time.monotonic() + SMALL_DEADLINE
         try:
-            data = self.resp.read(limit + 1)
+            while len(data) <= limit:
+                chunk = self.resp.read(min(CHUNK, limit + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"{what}: not read within {SMALL_DEADLINE:.0f} s (too slow)", NETWORK)
         except (OSError, http.client.HTTPException) as e:
             raise RegistryError(f"{what}: connection failed while reading ({_clean(str(e))})", NETWORK) from None
         finally:
             self.close()
         if len(data) > limit:
             raise RegistryError(f"{what}: more than the {limit} bytes allowed{hint}", INTEGRITY)
-        return data
+        return bytes(data)
 
     def close(self) -> None:
         try:
@@ -164,10 +182,11 @@ class Client:
         msg = ""
         try:
             body = r.read_bounded(MAX_SMALL, what)
-            errs = json.loads(body).get("errors") if body else None
+            doc = small_json(body) if body else None
+            errs = doc.get("errors") if isinstance(doc, dict) else None
             if isinstance(errs, list) and errs and isinstance(errs[0], dict):
                 msg = f": {_clean(str(errs[0].get('code', '')))} {_clean(str(errs[0].get('message', '')))}"
-        except (RegistryError, ValueError, AttributeError, UnicodeDecodeError):
+        except RegistryError:
             pass
         finally:
             r.close()
@@ -212,11 +231,8 @@ class Client:
                 raise RegistryError(f"{what}: unauthorized (the token service {u.netloc} refused: HTTP "
                                     f"{r.status}{hint})", UNAUTHORIZED)
             raise RegistryError(f"{what}: the token service {u.netloc} answered HTTP {r.status}", NETWORK)
-        try:
-            doc = json.loads(r.read_bounded(MAX_SMALL, f"{what}: token"))
-            tok = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            tok = None
+        doc = small_json(r.read_bounded(MAX_SMALL, f"{what}: token"))
+        tok = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(tok, str) or not tok or len(tok) > 65536 or not re.fullmatch(r"[\x21-\x7e]+", tok):
             raise RegistryError(f"{what}: the token service sent no usable token", UNAUTHORIZED)
         return tok
@@ -317,9 +333,3 @@ class Client:
 class _TLSError(RegistryError):
     def __init__(self, message: str):
         super().__init__(message, NETWORK)
-
-
-def free_bytes(path: str) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-

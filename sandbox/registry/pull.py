@@ -15,7 +15,7 @@ import tempfile
 from typing import Optional
 
 from ..store import archive
-from ..store.images import ImageError, Store, human_size, rmtree
+from ..store.images import ImageError, Store, human_size, normalize_name, rmtree
 from .client import Client
 from .errors import BAD_INPUT, INTEGRITY, RegistryError
 from .reference import Reference, parse
@@ -107,7 +107,10 @@ def pull(ref: str, *, name: Optional[str] = None, store: Optional[Store] = None,
     limits = limits or tarsafe.DEFAULT_LIMITS
     r = parse(ref)
     store = store or Store()
-    local = name or r.local_name()
+    try:
+        local = normalize_name(name or r.local_name())
+    except ImageError as e:
+        raise RegistryError(str(e), BAD_INPUT) from None
     client = Client(r, tls_verify=tls_verify, ca_file=ca_file, authfile=authfile)
     mbytes, manifest, mdigest = resolve_manifest(client, r, limits)
     what = str(r)

@@ -7,7 +7,6 @@ registry does not already have (HEAD) is uploaded — in one PUT, or in PATCH ch
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from typing import Optional
 

@@ -20,7 +20,6 @@ import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
 
 from .archive import tree_to_tar
 from .images import ImageError, Store, now, one_line, rmtree
