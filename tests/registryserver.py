@@ -14,8 +14,11 @@ import shutil
 import socket
 import subprocess
 import threading
+import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PODMAN_RUN = ("--runtime", "/usr/bin/runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
@@ -108,6 +111,14 @@ class Podman:
     def cleanup(self) -> None:
         # not `podman system reset`: it also touches host-wide network configurations
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def podman():
+    """A Podman with a storage of its own, removed afterwards (import it into a test module)."""
+    p = Podman(tempfile.mkdtemp(prefix="pysbx-podman-"))
+    yield p
+    p.cleanup()
 
 
 def sha(b: bytes) -> str:

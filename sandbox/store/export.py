@@ -73,14 +73,10 @@ def _owner(rootless: bool):
     return owner
 
 
-def layer_blob(store: Store, digest: str, dest_dir: str, *, compress: bool = False) -> Blob:
-    """Pack the stored layer `digest` into an OCI layer tar (gzip when `compress`) in `dest_dir`.
-    The layer is checked against its seal first (Store.check_layer)."""
-    store.check_layer(digest)
-    diff = store.layer_diff(digest)
-    owner = _owner(store.rootless)
-    what = f"layer {digest[:19]}"
-
+def oci_entry(owner):
+    """tree_to_tar's on_entry for an overlay directory (a stored layer, a writable layer) packed as
+    an OCI layer: a char 0:0 whiteout becomes `.wh.NAME`, an opaque directory gains
+    `.wh..wh..opq`; `owner(ti)` sets each entry's owner."""
     def entry(e, ti):
         st = e.st
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:          # overlay whiteout -> .wh.NAME
@@ -94,6 +90,16 @@ def layer_blob(store: Store, digest: str, dest_dir: str, *, compress: bool = Fal
             op.mtime = int(st.st_mtime)
             return [ti, op]
         return [ti]
+    return entry
+
+
+def layer_blob(store: Store, digest: str, dest_dir: str, *, compress: bool = False) -> Blob:
+    """Pack the stored layer `digest` into an OCI layer tar (gzip when `compress`) in `dest_dir`.
+    The layer is checked against its seal first (Store.check_layer)."""
+    store.check_layer(digest)
+    diff = store.layer_diff(digest)
+    entry = oci_entry(_owner(store.rootless))
+    what = f"layer {digest[:19]}"
 
     fd, path = tempfile.mkstemp(prefix="layer.", suffix=".tar.gz" if compress else ".tar", dir=dest_dir)
     try:

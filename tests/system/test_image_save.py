@@ -7,26 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import pytest
 
 import imagebuild as ib
 import registryserver as rs
 from imagebuild import cli
+from registryserver import podman  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not shutil.which("podman"), reason="podman is in the Makefile's DEB_PKGS")
 
 CHECK = "cat /etc/layer3 /usr/share/data/c; ls /usr/share/data; test -e /etc/remove-me || echo gone"
 EXPECTED = ["layer", "3", "c", "c", "gone"]
-
-
-@pytest.fixture
-def podman():
-    d = tempfile.mkdtemp(prefix="pysbx-podman-")
-    p = rs.Podman(d)
-    yield p
-    p.cleanup()
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive", "oci-dir"])

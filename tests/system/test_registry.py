@@ -16,6 +16,7 @@ import pytest
 import imagebuild as ib
 import registryserver as rs
 from imagebuild import cli
+from registryserver import podman  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(rs.REGISTRY_BIN) or not shutil.which("podman"),
                                 reason="docker-registry and podman are in the Makefile's DEB_PKGS")
@@ -28,14 +29,6 @@ def registry():
     yield reg
     reg.stop()
     shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def podman():
-    d = tempfile.mkdtemp(prefix="pysbx-podman-")
-    p = rs.Podman(d)
-    yield p
-    p.cleanup()
 
 
 def _who(env) -> str:
