@@ -19,6 +19,8 @@ pytestmark = pytest.mark.skipif(not shutil.which("podman"), reason="podman is in
 
 CHECK = "cat /etc/layer3 /usr/share/data/c; ls /usr/share/data; test -e /etc/remove-me || echo gone"
 EXPECTED = ["layer", "3", "c", "c", "gone"]
+OWNERS = "stat -c '%u:%g %a %n' /etc/motd /bin/busybox /tmp"
+EXPECTED_OWNERS = ["0:0 644 /etc/motd", "0:0 755 /bin/busybox", "0:0 1777 /tmp"]
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive", "oci-dir"])
@@ -35,6 +37,8 @@ def test_save_loads_in_podman_and_runs(img, podman, fmt):
     iid = p.stdout.strip().splitlines()[-1].split()[-1]
     p = podman.run(iid, "/bin/sh", "-c", CHECK)
     assert p.stdout.split() == EXPECTED, p.stdout
+    # a rootless store's files (owned by the caller) are the image's root's
+    assert podman.run(iid, "/bin/sh", "-c", OWNERS).stdout.splitlines() == EXPECTED_OWNERS
     cfg = json.loads(podman("image", "inspect", iid).stdout)[0]
     assert cfg["Config"]["Env"] == ["PATH=/bin"] and cfg["Config"]["Cmd"] == ["/bin/sh"]
     assert [h.get("created_by") for h in cfg["History"]] == ib.HISTORY

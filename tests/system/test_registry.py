@@ -59,6 +59,12 @@ def test_podman_pushes_pysandbox_pulls_and_runs(img, registry, podman):
     assert rec["config"]["Cmd"] == ["/bin/cat", "/etc/motd"] and rec["config"]["WorkingDir"] == "/etc"
     assert "FROM_PODMAN=yes" in rec["config"]["Env"]
     # by digest, as a second name: the layers are already in the store (nothing downloaded twice)
+    # Docker v2 schema 2 media types
+    podman("push", "--tls-verify=false", "--format", "v2s2", "pod/bb:1", f"{registry.host}/pod/bb:{who}-v2s2")
+    r = cli(img, "image", "pull", "--tls-verify=false", f"{registry.host}/pod/bb:{who}-v2s2", "v2s2:1")
+    assert r.returncode == 0, r
+    r = cli(img, "run", "--profile", "strict", "--image", "v2s2:1", "--", "/bin/cat", "/etc/motd")
+    assert r.returncode == 0 and r.stdout == ib.MOTD.decode(), r
     digest = open(digest_file).read().strip()
     r = cli(img, "image", "pull", "--tls-verify=false", f"{registry.host}/pod/bb@{digest}", "bydigest:1")
     assert r.returncode == 0, r
