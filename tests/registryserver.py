@@ -176,8 +176,8 @@ class FakeRegistry:
                 if self.path.startswith(pre + "manifests/"):
                     ref = self.path[len(pre + "manifests/"):]
                     if ref in outer.manifests:
-                        data, mt = outer.manifests[ref]
-                        return self._send(200, data, {"Content-Type": mt})
+                        data, mt, *extra = outer.manifests[ref]       # (bytes, media type[, headers])
+                        return self._send(200, data, {"Content-Type": mt, **(extra[0] if extra else {})})
                 if self.path.startswith(pre + "blobs/"):
                     d = self.path[len(pre + "blobs/"):]
                     if d in outer.blobs:

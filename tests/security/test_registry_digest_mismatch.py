@@ -85,3 +85,13 @@ def test_honest_fake_registry_is_pulled(img):
         assert r.returncode == 0 and len(r.stdout) == 32 and r.stdout.encode() in tars[1], r
     finally:
         fake.stop()
+
+
+def test_docker_content_digest_header_disagreeing_refused(img):
+    tars, cfg, man, blobs = _image()
+    fake = rs.FakeRegistry("evil/bb", {"1": (man, MT, {"Docker-Content-Digest": rs.sha(b"other")})}, blobs)
+    try:
+        r = _pull(img, fake)
+        assert r.returncode == 5 and "Docker-Content-Digest" in r.stderr, r
+    finally:
+        fake.stop()
