@@ -132,8 +132,9 @@ class FakeRegistry:
     service on /token checking basic credentials `user`:`password`). Requests are recorded."""
 
     def __init__(self, repo: str, manifests: dict, blobs: dict, token: str | None = None,
-                 user: str = "u", password: str = "p", no_length: bool = False):
+                 user: str = "u", password: str = "p", no_length: bool = False, redirect_blobs: str = ""):
         self.repo, self.manifests, self.blobs, self.token = repo, manifests, blobs, token
+        self.redirect_blobs = redirect_blobs    # "http://HOST": blob GETs answered 307 to HOST (a blob store)
         self.no_length = no_length      # bodies without Content-Length, ended by closing the connection
         self.requests: list[tuple[str, str, str]] = []
         outer = self
@@ -180,6 +181,8 @@ class FakeRegistry:
                         return self._send(200, data, {"Content-Type": mt, **(extra[0] if extra else {})})
                 if self.path.startswith(pre + "blobs/"):
                     d = self.path[len(pre + "blobs/"):]
+                    if outer.redirect_blobs:
+                        return self._send(307, b"", {"Location": f"{outer.redirect_blobs}{self.path}"})
                     if d in outer.blobs:
                         return self._send(200, outer.blobs[d], {"Content-Type": "application/octet-stream"})
                 self._send(404, b'{"errors":[{"code":"NOT_FOUND","message":"unknown"}]}')

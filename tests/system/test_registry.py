@@ -155,10 +155,13 @@ def test_tls_self_signed(img):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_multi_arch_index_and_bearer_token(img, shared_tmp):
-    """Simulated registry (tests/registryserver.FakeRegistry): an index with an arm64/s390x and the
-    machine's own entry, behind the bearer-token flow (WWW-Authenticate -> token service with the
-    auth file's basic credentials -> Bearer)."""
+@pytest.mark.parametrize("index_type", ["application/vnd.oci.image.index.v1+json",
+                                        "application/vnd.docker.distribution.manifest.list.v2+json"])
+def test_multi_arch_index_and_bearer_token(img, shared_tmp, index_type):
+    """Simulated registries (tests/registryserver.FakeRegistry): an index (OCI, or a Docker manifest
+    list) with an s390x and the machine's own entry, behind the bearer-token flow (WWW-Authenticate
+    -> token service with the auth file's basic credentials -> Bearer); its blobs redirected to a
+    second host (a blob store), which must get no Authorization header."""
     tars = ib.layers()[:1]
     cfg = ib.config_for(tars)
     man, blobs = rs.image_for_fake(tars, cfg)
@@ -167,15 +170,17 @@ def test_multi_arch_index_and_bearer_token(img, shared_tmp):
              "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": rs.sha(b"x"), "size": 1},
              "layers": []}
     other_b = json.dumps(other).encode()
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+    index = {"schemaVersion": 2, "mediaType": index_type, "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": rs.sha(other_b), "size": len(other_b),
          "platform": {"os": "linux", "architecture": "s390x"}},
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": rs.sha(man), "size": len(man),
          "platform": {"os": "linux", "architecture": arch}}]}
     index_b = json.dumps(index).encode()
     mt = "application/vnd.oci.image.manifest.v1+json"
+    store = rs.FakeRegistry("multi/bb", {}, blobs)
     fake = rs.FakeRegistry("multi/bb", {"1": (index_b, index["mediaType"]), rs.sha(man): (man, mt),
-                                        rs.sha(other_b): (other_b, mt)}, blobs, token="tok123")
+                                        rs.sha(other_b): (other_b, mt)}, {}, token="tok123",
+                           redirect_blobs=f"http://{store.host}")
     try:
         af = rs.auth_file(str(shared_tmp / "auth.json"), fake.host, "u", "p")
         r = cli(img, "image", "pull", "--tls-verify=false", f"{fake.host}/multi/bb:1", "multi:1")
@@ -185,7 +190,9 @@ def test_multi_arch_index_and_bearer_token(img, shared_tmp):
         assert any(p.startswith("/token") and a.startswith("Basic ") for _, p, a in fake.requests)
         assert any(a == "Bearer tok123" for _, p, a in fake.requests if "/blobs/" in p)
         assert not any(rs.sha(other_b)[7:] in p for _, p, _ in fake.requests)
+        assert store.requests and not [a for _, _, a in store.requests if a], store.requests
         r = cli(img, "run", "--profile", "strict", "--image", "multi:1", "--", "/bin/cat", "/etc/motd")
         assert r.returncode == 0 and r.stdout == ib.MOTD.decode(), r
     finally:
         fake.stop()
+        store.stop()
