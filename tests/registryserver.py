@@ -215,8 +215,10 @@ def image_for_fake(tars: list[bytes], config: bytes) -> tuple[bytes, dict]:
 
 
 def store_state(state: str) -> tuple:
-    """What a refused pull must leave as it was: the image index, the layers, an empty tmp/."""
+    """What a refused pull must leave as it was: the image index, the layers, an empty tmp/ and
+    downloads/."""
     idx = os.path.join(state, "images.json")
     images = json.load(open(idx))["images"] if os.path.exists(idx) else {}
     ls = (lambda d: sorted(os.listdir(d)) if os.path.isdir(d) else [])
-    return sorted(images), ls(os.path.join(state, "layers")), ls(os.path.join(state, "tmp"))
+    return (sorted(images), ls(os.path.join(state, "layers")), ls(os.path.join(state, "tmp")),
+            ls(os.path.join(state, "downloads")))

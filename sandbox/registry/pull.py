@@ -2,18 +2,23 @@
 
 The manifest (by tag or digest; an index resolved to its linux/<this machine> entry) and the
 config are fetched bounded and checked against their digests; each layer blob not already in the
-store (by its config diff_id) is streamed into a staging OCI layout below the store's tmp/,
-hashed on the way and refused when it does not match. The staged layout then goes through the
-store's own import (store/archive.py: the hostile-tar checks, diff_id verification, the atomic
-move). All of it under the store's lock: on any error the store is as it was.
+store (by its config diff_id) is streamed into a staging OCI layout below the store's
+downloads/ (one flocked directory per pull), hashed on the way and refused when it does not
+match. The staged layout then goes through the store's own import (store/archive.py: the
+hostile-tar checks, diff_id verification, the atomic move) under the store's lock — held only
+for the import, not the download: on any error the store is as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
+import time
 from typing import Optional
 
+from .. import fsutil
 from ..store import archive
 from ..store.images import ImageError, Store, human_size, normalize_name, rmtree
 from .client import Client
@@ -127,51 +132,87 @@ def pull(ref: str, *, name: Optional[str] = None, store: Optional[Store] = None,
         raise RegistryError(f"{what}: {len(layers)} layers, more than the {MAX_LAYERS} an overlay can stack",
                             INTEGRITY)
     ldescs = [_descriptor(d, f"{what}: layer {i + 1}") for i, d in enumerate(layers)]
-    with store.locked():
-        if archive._stale_tmp(store):
-            store.gc()
-        stage = tempfile.mkdtemp(prefix="pull.", dir=store.tmp)
+    store.ensure()
+    stage, lock_fd = _staging(store)
+    try:
+        blobs = os.path.join(stage, "blobs", "sha256")
+        os.makedirs(blobs)
+
+        def fetch(digest: str, size: int) -> str:
+            path = os.path.join(blobs, digest[7:])
+            if not os.path.exists(path):
+                with open(path + ".part", "wb") as f:
+                    client.get_blob(digest, size, f, bar.update if bar else None)
+                os.rename(path + ".part", path)
+            return path
+
+        bar = None
+        with open(fetch(cdigest, csize), "rb") as f:
+            cbytes = f.read()
+        config = _loads(cbytes, f"{what}: config", limits)
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config.get("rootfs"), dict) else None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(ldescs):
+            raise RegistryError(f"{what}: the manifest has {len(ldescs)} layers but the config "
+                                f"{len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids", INTEGRITY)
+        need = [(d, s) for (d, s, _), did in zip(ldescs, diff_ids)
+                if not (isinstance(did, str) and store.has_layer(did))]
+        total = sum(s for _, s in {d: s for d, s in need}.items())
+        budget = archive._free_budget(store.tmp)
+        if total > budget:
+            raise RegistryError(f"{what}: the layers to download are {human_size(total)}, more than the "
+                                f"{human_size(budget)} free in the image store", INTEGRITY)
+        bar = archive.Progress(f"pulling {what}", total or None, enabled=progress)
         try:
-            blobs = os.path.join(stage, "blobs", "sha256")
-            os.makedirs(blobs)
-
-            def fetch(digest: str, size: int) -> str:
-                path = os.path.join(blobs, digest[7:])
-                if not os.path.exists(path):
-                    with open(path + ".part", "wb") as f:
-                        client.get_blob(digest, size, f, bar.update if bar else None)
-                    os.rename(path + ".part", path)
-                return path
-
-            bar = None
-            with open(fetch(cdigest, csize), "rb") as f:
-                cbytes = f.read()
-            config = _loads(cbytes, f"{what}: config", limits)
-            diff_ids = (config.get("rootfs") or {}).get("diff_ids") if isinstance(config.get("rootfs"), dict) else None
-            if not isinstance(diff_ids, list) or len(diff_ids) != len(ldescs):
-                raise RegistryError(f"{what}: the manifest has {len(ldescs)} layers but the config "
-                                    f"{len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids", INTEGRITY)
-            need = [(d, s) for (d, s, _), did in zip(ldescs, diff_ids)
-                    if not (isinstance(did, str) and store.has_layer(did))]
-            total = sum(s for _, s in {d: s for d, s in need}.items())
-            budget = archive._free_budget(store.tmp)
-            if total > budget:
-                raise RegistryError(f"{what}: the layers to download are {human_size(total)}, more than the "
-                                    f"{human_size(budget)} free in the image store", INTEGRITY)
-            bar = archive.Progress(f"pulling {what}", total or None, enabled=progress)
-            try:
-                for d, s in need:
-                    fetch(d, s)
-            finally:
-                bar.close()
-            with open(os.path.join(blobs, mdigest[7:]), "wb") as f:
-                f.write(mbytes)
-            with open(os.path.join(stage, "oci-layout"), "w") as f:
-                json.dump({"imageLayoutVersion": "1.0.0"}, f)
-            with open(os.path.join(stage, "index.json"), "w") as f:
-                json.dump({"schemaVersion": 2, "manifests": [
-                    {"mediaType": OCI_MANIFEST, "digest": mdigest, "size": len(mbytes)}]}, f)
-            return archive.import_locked(stage, local, store=store, progress=progress, limits=limits, source=what)
+            for d, s in need:
+                fetch(d, s)
         finally:
-            rmtree(stage)
+            bar.close()
+        with open(os.path.join(blobs, mdigest[7:]), "wb") as f:
+            f.write(mbytes)
+        with open(os.path.join(stage, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        with open(os.path.join(stage, "index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": [
+                {"mediaType": OCI_MANIFEST, "digest": mdigest, "size": len(mbytes)}]}, f)
+        # only the import holds the store's lock (a launch from the store takes it too)
+        with store.locked():
+            if archive._stale_tmp(store):
+                store.gc()
+            return archive.import_locked(stage, local, store=store, progress=progress, limits=limits, source=what)
+    finally:
+        rmtree(stage)
+        os.close(lock_fd)
+
+
+_STALE_UNLOCKED = 3600        # a staging directory never locked (a crash right after creating it)
+
+
+def _staging(store: Store) -> tuple[str, int]:
+    """A private directory below the store's `downloads/` (same file system as the layers) for one
+    pull's blobs, flocked while the pull runs; directories of pulls that died (their lock free)
+    are removed first. Not below tmp/: an import cleans tmp/ of whatever it finds there."""
+    downloads = os.path.join(store.root, "downloads")
+    try:
+        os.makedirs(downloads, mode=0o700, exist_ok=True)
+        if stat.S_IMODE(os.lstat(downloads).st_mode) != 0o700:
+            os.chmod(downloads, 0o700)
+        for n in os.listdir(downloads):
+            d = os.path.join(downloads, n)
+            try:
+                fd = fsutil.lock(os.path.join(d, ".lock"), create=False, blocking=False)
+            except FileNotFoundError:
+                with contextlib.suppress(OSError):
+                    if time.time() - os.lstat(d).st_mtime > _STALE_UNLOCKED:
+                        rmtree(d)
+                continue
+            except OSError:
+                continue                        # a running pull
+            try:
+                rmtree(d)
+            finally:
+                os.close(fd)
+        stage = tempfile.mkdtemp(prefix="pull.", dir=downloads)
+        return stage, fsutil.lock(os.path.join(stage, ".lock"))
+    except OSError as e:
+        raise ImageError(f"cannot stage the download in {downloads}: {e.strerror or e}") from None
 

@@ -196,3 +196,30 @@ def test_multi_arch_index_and_bearer_token(img, shared_tmp, index_type):
     finally:
         fake.stop()
         store.stop()
+
+
+def test_download_staging_of_a_dead_pull_is_removed(img, registry):
+    """A pull that died (its staging directory's flock free) leaves downloads/ to the next pull,
+    which removes it; a running pull's (flock held) is left alone."""
+    import fcntl
+    r = cli(img, "image", "push", "--tls-verify=false", "busybox:test", f"{registry.host}/stage/bb:1")
+    assert r.returncode == 0, r
+    downloads = os.path.join(img[1], "downloads")
+    os.makedirs(downloads, 0o700, exist_ok=True)
+    dirs = {}
+    for n in ("pull.dead", "pull.running"):
+        d = os.path.join(downloads, n)
+        os.mkdir(d)
+        open(os.path.join(d, ".lock"), "w").close()
+        open(os.path.join(d, "blob.part"), "w").write("x")
+        dirs[n] = d
+    for p in [downloads, *dirs.values()] + [os.path.join(d, f) for d in dirs.values() for f in (".lock", "blob.part")]:
+        os.chown(p, img[0].uid, img[0].gid)
+    held = os.open(os.path.join(dirs["pull.running"], ".lock"), os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = cli(img, "image", "pull", "--tls-verify=false", f"{registry.host}/stage/bb:1", "staged:1")
+        assert r.returncode == 0, r
+        assert os.listdir(downloads) == ["pull.running"]
+    finally:
+        os.close(held)
