@@ -68,6 +68,73 @@ def image_import(path, name, ref, devices, progress, limits, quiet):
         click.echo(f"imported {n} {rec['id'][7:19]} ({len(rec['layers'])} layers)")
 
 
+@image.command("save", help="Write an image to a file podman/docker load: docker-archive (default), "
+                             "oci-archive, or an OCI layout directory (oci-dir).")
+@click.argument("name", shell_complete=_complete.images)
+@click.option("-o", "--output", required=True, type=click.Path(), help="The file (or directory for oci-dir).")
+@click.option("--format", "fmt", type=click.Choice(["docker-archive", "oci-archive", "oci-dir"]),
+              default="docker-archive", show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def image_save(name, output, fmt, quiet):
+    from ..store.export import save
+    n, rec, digest = _run(save, _store(), name, output, fmt)
+    if not quiet:
+        click.echo(f"saved {n} to {output} ({fmt}, manifest {digest[:19]})")
+
+
+def _registry(fn, *a, **kw):
+    from ..registry.errors import RegistryError
+    try:
+        return _run(fn, *a, **kw)
+    except RegistryError as e:
+        raise _Fail(str(e), e.code) from None
+
+
+def _tls_options(f):
+    f = click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
+                     help="Verify the registry's TLS certificate; false (only when asked) also allows plain HTTP.")(f)
+    f = click.option("--ca-file", type=click.Path(), help="CA certificates (PEM) to verify the registry with.")(f)
+    return click.option("--authfile", type=click.Path(),
+                        help="Credentials file (default: $REGISTRY_AUTH_FILE, podman's auth.json, "
+                             "~/.docker/config.json).")(f)
+
+
+@image.command("pull", help="Pull REF ([HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]) from a registry into the store. "
+                            "Exit 3 unauthorized, 4 not found, 5 digest mismatch or a bound exceeded, 6 network/TLS.")
+@click.argument("ref")
+@click.argument("name", required=False)
+@_tls_options
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--limit", "limits", multiple=True, metavar="NAME=VALUE", help="As for `image import --limit`.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the image id.")
+def image_pull(ref, name, tls_verify, ca_file, authfile, progress, limits, quiet):
+    from ..registry.pull import pull
+    n, rec = _registry(pull, ref, name=name, store=_store(), tls_verify=tls_verify, ca_file=ca_file,
+                       authfile=authfile, progress=progress, limits=_limits(limits))
+    click.echo(rec["id"] if quiet else f"pulled {n} {rec['id'][7:19]} ({len(rec['layers'])} layers)")
+
+
+@image.command("push", help="Push image NAME to DEST ([HOST[:PORT]/]PATH[:TAG]; default NAME). "
+                            "Exit codes as for pull.")
+@click.argument("name", shell_complete=_complete.images)
+@click.argument("dest", required=False)
+@_tls_options
+@click.option("--chunk-size", default="0", metavar="SIZE",
+              help="Upload blobs in chunks of SIZE (k/M/G) instead of one request each.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the manifest digest.")
+def image_push(name, dest, tls_verify, ca_file, authfile, chunk_size, quiet):
+    from ..registry.push import push
+    from ..store.tarsafe import parse_size
+    try:
+        chunk = 0 if chunk_size.strip() == "0" else parse_size(chunk_size, "--chunk-size")
+    except ValueError as e:
+        raise _Fail(str(e)) from None
+    log = None if quiet else (lambda m: click.echo(m, err=True))
+    where, digest = _registry(push, name, dest, store=_store(), tls_verify=tls_verify, ca_file=ca_file,
+                              authfile=authfile, chunk_size=chunk, log=log)
+    click.echo(digest if quiet else f"pushed {where} {digest}")
+
+
 @image.command("ls", help="List images.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only names.")

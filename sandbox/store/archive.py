@@ -441,7 +441,7 @@ def _history_for(config: dict, nlayers: int, default_by: str) -> list[dict]:
             for _ in range(nlayers)]
 
 
-_CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels")
+_CONFIG_KEYS = ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "ExposedPorts", "Volumes", "StopSignal")
 
 
 def import_image(path: str, name: Optional[str] = None, *, store: Optional[Store] = None, ref: Optional[str] = None,
@@ -458,11 +458,22 @@ def import_image(path: str, name: Optional[str] = None, *, store: Optional[Store
         raise ImageError(f"{path}: no such file or directory")
     with store.locked():
         store.gc() if _stale_tmp(store) else None
-        stage = tempfile.mkdtemp(prefix="import.", dir=store.tmp)
-        try:
-            return _import_locked(path, name, store, ref, devices, progress, what, stage, limits)
-        finally:
-            rmtree(stage)
+        return import_locked(path, name, store=store, ref=ref, devices=devices, progress=progress, limits=limits)
+
+
+def import_locked(path: str, name: Optional[str] = None, *, store: Store, ref: Optional[str] = None,
+                  devices: str = "reject", progress: Optional[bool] = None, limits=None,
+                  source: Optional[str] = None) -> tuple[str, dict]:
+    """import_image for a caller that holds store.locked() (a registry pull, which stages the
+    image it downloads below store.tmp under the same lock). `source`: the record's source and
+    the prefix of its error messages (default: the path)."""
+    from . import tarsafe
+    limits = limits or tarsafe.DEFAULT_LIMITS
+    stage = tempfile.mkdtemp(prefix="import.", dir=store.tmp)
+    try:
+        return _import_locked(path, name, store, ref, devices, progress, source or path, stage, limits)
+    finally:
+        rmtree(stage)
 
 
 def _stale_tmp(store: Store) -> bool:
@@ -590,7 +601,7 @@ def _import_source(path, name, store, ref, devices, progress, what, stage, limit
     if not names:
         names = [_default_name(path)]
     record = {"id": image_id, "layers": digests, "history": history, "created": str(config.get("created") or now()),
-              "source": os.path.abspath(path), "format": kind,
+              "source": os.path.abspath(path) if what == path else what, "format": kind,
               "config": {k: cfg[k] for k in _CONFIG_KEYS if cfg.get(k) is not None}}
     for digest, dest, info in new_layers:
         info["seal"] = seal_new(os.path.join(dest, "diff"), what)
