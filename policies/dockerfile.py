@@ -26,6 +26,7 @@ SUPPORTED = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "CMD
              "LABEL", "EXPOSE", "SHELL")
 KNOWN_UNSUPPORTED = ("ONBUILD", "HEALTHCHECK", "STOPSIGNAL", "VOLUME", "MAINTAINER")
 _FLAGS = {"COPY": ("from", "chown", "chmod"), "ADD": ("chown", "chmod"), "FROM": (), "RUN": ()}
+_SUBSTITUTED = ("FROM", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "LABEL", "EXPOSE")
 _JSON_FORM = ("RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _STAGE_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -198,6 +199,8 @@ def _instruction(text: str, ln: int, col: int, file: str, escape: str) -> Instru
             ins.json = val
     if not ins.args and cmd not in ("CMD", "ENTRYPOINT"):
         raise DockerfileError(f"{cmd} needs arguments", file, ln, acol)
+    if cmd in _SUBSTITUTED and ins.json is None:
+        words(ins.args, {}, escape, where=(file, ln, acol))   # syntax (quotes, ${...}) checked before any step runs
     if cmd == "SHELL" and not ins.json:
         raise DockerfileError('SHELL needs the JSON form: SHELL ["executable", "parameters"]', file, ln, acol)
     if cmd in ("COPY", "ADD") and ins.json is not None and len(ins.json) < 2:

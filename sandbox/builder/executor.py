@@ -125,8 +125,12 @@ class Builder:
         total = sum(1 + len(df.stages[i].instructions) for i in needed)
         self.n, self.total = 0, total
         self.store.ensure()
-        for i in needed:
-            self.stage_states[i] = self._stage(df.stages[i])
+        from .steps import StepError
+        try:
+            for i in needed:
+                self.stage_states[i] = self._stage(df.stages[i])
+        except StepError as e:
+            raise BuildError(str(e), e.code) from None
         final = self.stage_states[len(df.stages) - 1]
         return self._record(tag, final)
 

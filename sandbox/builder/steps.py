@@ -73,10 +73,7 @@ def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optio
             if out:
                 out.seek(0)
                 os.write(2, out.read(64 * 1024))
-            msg = f"{what}: the command exited with {result.exit_code}"
-            if result.message:
-                msg += f" ({result.message.strip()})"
-            raise StepError(msg, 1)
+            raise StepError(f"{what}: the command exited with {result.exit_code}", 1)
     finally:
         os.close(null)
         if out:
