@@ -8,43 +8,8 @@ import os
 import re
 
 import imagebuild as ib
-
-
-def _ctx(env, files: dict, name="ctx") -> str:
-    """A build context below the runner's work directory (owned by the runner's user)."""
-    runner, _, work = env
-    d = os.path.join(work, name)
-    for rel, data in files.items():
-        p = os.path.join(d, rel)
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        with open(p, "w") as f:
-            f.write(data)
-    for root, dirs, fs in os.walk(d):
-        for n in [root] + [os.path.join(root, x) for x in dirs + fs]:
-            os.lchown(n, runner.uid, runner.gid)
-    return d
-
-
-def build(env, ctx, *opts, tag="app:1"):
-    return ib.cli(env, "build", "-t", tag, "--progress", "plain", *opts, ctx, timeout=180)
-
-
-def run_img(env, tag, *cmd, opts=()):
-    return ib.cli(env, "run", "--profile", "strict", "--image", tag, *opts, *(("--",) + cmd if cmd else ()))
-
-
-def steps(stderr: str) -> dict:
-    """{step number: 'cached' | 'ran'} from the plain progress output."""
-    out, cur = {}, None
-    for line in stderr.splitlines():
-        m = re.match(r"STEP (\d+)/\d+: ", line)
-        if m:
-            cur = int(m.group(1))
-        elif line.startswith("--> Using cache"):
-            out[cur] = "cached"
-        elif line.startswith("--> "):
-            out[cur] = "ran"
-    return out
+from buildhelpers import build, run_img, steps
+from buildhelpers import ctx_dir as _ctx
 
 
 APP = """\
