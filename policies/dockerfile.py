@@ -323,10 +323,11 @@ def key_values(ins: Instruction, env: dict, escape: str, file: str) -> list[tupl
     """ENV/LABEL arguments: `k=v k2="v 2"`, or the legacy `k value with spaces` form."""
     where = (file, ins.line, ins.col)
     raw = ins.args
-    first = raw.split(None, 1)[0]
+    first = (words(raw, {}, escape, where=where, expand=False) or [""])[0]
     if "=" not in first:
         if ins.cmd == "LABEL":
             raise DockerfileError("LABEL needs key=value", *where)
+        first = raw.split(None, 1)[0]
         rest = raw.split(None, 1)[1] if len(raw.split(None, 1)) > 1 else None
         if rest is None:
             raise DockerfileError(f"{ins.cmd} {first} needs a value", *where)

@@ -108,6 +108,11 @@ def test_cache_hit_and_precise_invalidation(img):
     # --no-cache runs every step again
     fifth = build(img, ctx, "--no-cache", tag="c:1")
     assert set(steps(fifth.stderr).values()) == {"ran"}, fifth
+    # image prune --build-cache forgets the steps (the image keeps its layers)
+    r = ib.cli(img, "image", "prune", "--build-cache")
+    assert r.returncode == 0 and "forgot" in r.stdout, r
+    assert set(steps(build(img, ctx, tag="c:2").stderr).values()) == {"ran"}
+    assert run_img(img, "c:1", "/bin/cat", "/end").stdout == "end\n"
 
 
 def test_dockerignore_excludes_files(img):
