@@ -23,6 +23,7 @@ from ..store.images import (BUILD_REF, ImageError, Store, normalize_name, read_b
 
 MAX_DOCKERFILE = D.MAX_BYTES
 DEFAULT_SHELL = ["/bin/sh", "-c"]
+MAX_CACHED_STEPS = 10_000          # entries of the store's build cache
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -107,13 +108,20 @@ class Builder:
             tag = normalize_name(self.o.tag)
         except ImageError as e:
             raise BuildError(f"-t {self.o.tag}: {e}") from None
-        df = D.parse(_read_bounded(self.dfpath, MAX_DOCKERFILE, self.dfname), self.dfname)
+        from .view import View
+        ctx_view = View([self.context], whiteouts=False)     # symlinks resolved inside the context
+        if self.o.dockerfile:                                  # -f: the caller's explicit choice
+            data = _read_bounded(self.dfpath, MAX_DOCKERFILE, self.dfname)
+        else:
+            data = ctx_view.read_small("Dockerfile", MAX_DOCKERFILE + 1)
+            if data is None:
+                raise BuildError(f"{self.o.context}: no Dockerfile in the build context (-f PATH)")
+        df = D.parse(data, self.dfname)
         self.df = df
         from .ignore import Ignore, IgnoreError
-        ig = os.path.join(self.context, ".dockerignore")
         try:
-            text = _read_bounded(ig, 1 << 20, ".dockerignore").decode("utf-8", "replace") if os.path.lexists(ig) else ""
-            self.ignore = Ignore(text)
+            raw = ctx_view.read_small(".dockerignore", (1 << 20) + 1) or b""
+            self.ignore = Ignore(raw.decode("utf-8", "replace"))
         except IgnoreError as e:
             raise BuildError(str(e)) from None
         for k in self.o.build_args:
@@ -332,6 +340,11 @@ class Builder:
             data = read_build_cache(self.store)
             data["states"][state.id] = {"layers": state.layers, "config": state.config, "history": state.history}
             data["steps"][key] = state.id
+            if len(data["steps"]) > MAX_CACHED_STEPS:          # the oldest steps go first
+                for k in list(data["steps"])[:len(data["steps"]) - MAX_CACHED_STEPS]:
+                    del data["steps"][k]
+                live = set(data["steps"].values())
+                data["states"] = {k: v for k, v in data["states"].items() if k in live}
             write_build_cache(self.store, data)
             self.cache = data
 

@@ -179,6 +179,13 @@ class View:
         except (OSError, ViewError):
             return None
         try:
-            return os.read(fd, limit)
+            chunks, left = [], limit
+            while left > 0:
+                b = os.read(fd, min(left, 1 << 20))
+                if not b:
+                    break
+                chunks.append(b)
+                left -= len(b)
+            return b"".join(chunks)
         finally:
             os.close(fd)

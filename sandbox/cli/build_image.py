@@ -18,12 +18,15 @@ import click
 @click.option("--network", metavar="NET", help="Network of the RUN steps (default: none).")
 @click.option("--progress", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
               help="Step display: auto (a spinner on a terminal), plain lines, or quiet (only the image id).")
+@click.option("-q", "--quiet", is_flag=True, help="Same as --progress quiet.")
 @click.argument("context", type=click.Path(file_okay=False))
-def build(tag, dockerfile, build_args, no_cache, network, progress, context):
+def build(tag, dockerfile, build_args, no_cache, network, progress, quiet, context):
     """Build an image from a Dockerfile, each RUN in a sandbox (profile `build`)."""
     from policies.dockerfile import DockerfileError
     from ..builder.executor import Builder, BuildError, Options
     from ..store.images import ImageError
+    if quiet:
+        progress = "quiet"
     args = {}
     for a in build_args:
         k, eq, v = a.partition("=")

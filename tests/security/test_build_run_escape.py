@@ -65,3 +65,32 @@ def test_run_cannot_write_outside_mount_or_reach_the_network(img):
     mounts = [e for e in events if e.get("profile") == "build" and e.get("type") in ("escape_attempt", "denial")
               and (e.get("syscall") or {}).get("name") == "mount"]
     assert mounts, [e.get("type") for e in events]
+
+
+def test_network_only_when_asked(img):
+    """The other side: `--network host` gives the RUN steps the host's network (the connection arrives)."""
+    addr = _host_address()
+    srv = socket.socket()
+    srv.bind((addr, 0))
+    srv.listen(4)
+    srv.settimeout(60)
+    port = srv.getsockname()[1]
+    got = []
+
+    def accept():
+        try:
+            c = srv.accept()[0]
+            got.append(c.recv(16))
+            c.close()
+        except OSError:
+            pass
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    d = ctx_dir(img, {"Dockerfile": f"FROM busybox:test\nRUN echo hello | /bin/busybox nc -w 5 {addr} {port}; true\n"})
+    try:
+        r = build(img, d, "--network", "host", tag="net:1")
+    finally:
+        t.join(30)
+        srv.close()
+    assert r.returncode == 0, r
+    assert got == [b"hello\n"], (got, r)
