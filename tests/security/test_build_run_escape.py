@@ -23,14 +23,19 @@ def _host_address() -> str:
         s.close()
 
 
-def test_run_cannot_write_outside_mount_or_reach_the_network(img):
-    marker = f"/tmp/pysbx-build-escape-{uuid.uuid4().hex[:8]}"
+def _listen(timeout: float) -> tuple:
+    """A TCP server on the host's outgoing address: (socket, address, port)."""
     addr = _host_address()
     srv = socket.socket()
     srv.bind((addr, 0))
     srv.listen(4)
-    srv.settimeout(0.2)
-    port = srv.getsockname()[1]
+    srv.settimeout(timeout)
+    return srv, addr, srv.getsockname()[1]
+
+
+def test_run_cannot_write_outside_mount_or_reach_the_network(img):
+    marker = f"/tmp/pysbx-build-escape-{uuid.uuid4().hex[:8]}"
+    srv, addr, port = _listen(0.2)
     got = []
     stop = threading.Event()
 
@@ -69,12 +74,7 @@ def test_run_cannot_write_outside_mount_or_reach_the_network(img):
 
 def test_network_only_when_asked(img):
     """The other side: `--network host` gives the RUN steps the host's network (the connection arrives)."""
-    addr = _host_address()
-    srv = socket.socket()
-    srv.bind((addr, 0))
-    srv.listen(4)
-    srv.settimeout(60)
-    port = srv.getsockname()[1]
+    srv, addr, port = _listen(60)
     got = []
 
     def accept():
