@@ -68,6 +68,9 @@ def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optio
         except LaunchError as e:
             _discard(store, sid)
             raise StepError(f"{what}: {e}", e.code) from None
+        except BaseException:                 # interrupted (^C): the step's kept layer goes too
+            _discard(store, sid)
+            raise
         if result.exit_code != 0:
             _discard(store, sid)
             if out:
@@ -103,6 +106,7 @@ class Item:
     src: tuple = ()
     st: Optional[os.stat_result] = None
     link: Optional[str] = None
+    sha: Optional[str] = None      # of a regular file's bytes, when the cache key was made
 
 
 def plan_copy(src_view: View, sources: list[str], dest: str, dest_view: View, ignore, *, from_context: bool,
@@ -213,7 +217,8 @@ def items_digest(items: list[Item], src_view: View) -> str:
         if it.link is not None:
             h.update(it.link.encode("utf-8", "surrogateescape") + b"\0")
         elif stat.S_ISREG(st.st_mode):
-            h.update(_file_sha(src_view, it).encode() + b"\n")
+            it.sha = _file_sha(src_view, it)
+            h.update(it.sha.encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
@@ -278,7 +283,10 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                     try:
                         ti.size = os.fstat(ffd).st_size
                         with io.FileIO(ffd, "rb", closefd=False) as f:
-                            tf.addfile(ti, f)
+                            hf = _Hashing(f)
+                            tf.addfile(ti, hf)
+                        if it.sha is not None and hf.h.hexdigest() != it.sha:
+                            raise StepError(f"{what}: /{'/'.join(it.src)} changed while being read (retry)")
                     except OSError as e:
                         raise StepError(f"{what}: /{'/'.join(it.src)}: {e} (changed while being read?)") from None
                     finally:
@@ -291,6 +299,18 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
             os.unlink(tarpath)
         except OSError:
             pass
+
+
+class _Hashing:
+    """A reader that hashes what it reads: the bytes written into the layer are the bytes of the key."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n=-1):
+        b = self.f.read(n)
+        self.h.update(b)
+        return b
 
 
 def mkdir_layer(store: Store, parts: tuple, dest_view: View, what: str) -> dict:
