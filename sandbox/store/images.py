@@ -5,6 +5,7 @@ Layout of the state directory (audit/paths.py; its rules: docs/api.md, "State di
     layers/<sha256 hex>/diff         the extracted layer (an overlay lower directory)
     layers/<sha256 hex>/layer.json   {digest, size, files, created}
     images.json                      {"images": {"name:tag": record}}   (replaced atomically)
+    build-cache.json                 `pysandbox build`'s step cache (read_build_cache; its layers are referenced)
     containers/<id>/                 per-sandbox upper/work dirs (store/overlay.py)
     volumes/<name>/_data             named volumes (store/volumes.py)
     tmp/                             staging area for imports (same filesystem: rename is atomic)
