@@ -210,7 +210,8 @@ def _instruction(text: str, ln: int, col: int, file: str, escape: str) -> Instru
 
 # --------------------------------------------------------------------------- words and substitution
 
-def words(text: str, env: dict, escape: str = "\\", *, where=("Dockerfile", 0, 0), expand: bool = True) -> list[str]:
+def words(text: str, env: dict, escape: str = "\\", *, where=("Dockerfile", 0, 0), expand: bool = True,
+          split: bool = True) -> list[str]:
     """Split `text` into shell-like words (whitespace separated; '...' literal, "..." with
     substitution, escape char quoting the next one) with $VAR substitution from `env`."""
     out: list[str] = []
@@ -236,7 +237,7 @@ def words(text: str, env: dict, escape: str = "\\", *, where=("Dockerfile", 0, 0
             have = True
             i += 2
             continue
-        if quote is None and c in " \t\r\n":
+        if quote is None and split and c in " \t\r\n":
             if have:
                 out.append("".join(cur))
                 cur, have = [], False
@@ -269,9 +270,8 @@ def words(text: str, env: dict, escape: str = "\\", *, where=("Dockerfile", 0, 0
 
 
 def expand(text: str, env: dict, escape: str = "\\", where=("Dockerfile", 0, 0)) -> str:
-    """Substitute variables in `text` keeping quotes and whitespace (one word)."""
-    res = words(text, env, escape, where=where)
-    return " ".join(res)
+    """Substitute variables in `text` (quotes processed, whitespace kept): one word."""
+    return "".join(words(text.strip(), env, escape, where=where, split=False))
 
 
 def _dollar(text: str, i: int, env: dict, escape: str, where, depth: int = 0) -> tuple[str, int]:

@@ -80,11 +80,11 @@ def test_substitution_as_docker():
 
 
 def test_key_values():
-    df = parse('FROM x\nENV A=1 B="two words" C=${A}\nENV LEGACY some value\nLABEL "k 1"=v\n')
+    df = parse('FROM x\nENV A=1 B="two words" C=${A}\nENV LEGACY some  value\nLABEL "k 1"=v\n')
     env = {"A": "0"}
     ins = df.stages[0].instructions
     assert D.key_values(ins[0], env, "\\", "Dockerfile") == [("A", "1"), ("B", "two words"), ("C", "0")]
-    assert D.key_values(ins[1], env, "\\", "Dockerfile") == [("LEGACY", "some value")]
+    assert D.key_values(ins[1], env, "\\", "Dockerfile") == [("LEGACY", "some  value")]      # whitespace kept
     assert D.key_values(ins[2], env, "\\", "Dockerfile") == [("k 1", "v")]
 
 
