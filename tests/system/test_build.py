@@ -200,3 +200,24 @@ def test_failing_run_and_missing_base(img):
     ctx = _ctx(img, {"Dockerfile": "FROM registry.example/app:1\n"}, "g")
     r = build(img, ctx, tag="fail:2")
     assert r.returncode == 2 and "is not local; `pysandbox image pull registry.example/app:1` first" in r.stderr, r
+
+
+def test_progress_on_a_terminal_and_quiet(img):
+    """On a terminal (util-linux `script` gives the build one) `auto` draws rich's spinner while a RUN
+    runs; not on a terminal, plain lines; --progress quiet: only the image id."""
+    import subprocess
+    from conftest import PYSANDBOX
+    runner, state, _ = img
+    ctx = _ctx(img, {"Dockerfile": "FROM busybox:test\nRUN sleep 0.3; echo hi > /x\n"}, "tty")
+    cmd = f"{PYSANDBOX} build --no-cache -t tty:1 {ctx}"
+    argv = ["script", "-qec", cmd, "/dev/null"]
+    if runner.rootless:
+        argv = ["runuser", "-u", runner.user, "--"] + argv
+    env = runner.env({"PYSANDBOX_STATE_DIR": state, "TERM": "xterm"})
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
+    assert p.returncode == 0, p
+    assert "\x1b[" in p.stdout and "STEP 2/2:" in p.stdout, p.stdout     # colour and cursor control
+    plain = build(img, ctx, "--no-cache", tag="tty:1")
+    assert "\x1b[" not in plain.stderr and "STEP 2/2: RUN" in plain.stderr
+    q = ib.cli(img, "build", "-q", "-t", "tty:1", ctx)
+    assert q.returncode == 0 and q.stderr == "" and re.fullmatch(r"sha256:[0-9a-f]{64}\n", q.stdout), q
