@@ -101,6 +101,7 @@ class Builder:
         self.cache = read_build_cache(self.store)
         self.stage_states: dict = {}          # index -> final State
         self.hits = self.misses = 0
+        self._checked: set = set()
 
     # ---- entry point
     def build(self) -> tuple[str, dict]:
@@ -400,7 +401,9 @@ class Builder:
 
     def _lowers(self, state: State) -> list[str]:
         for d in state.layers:
-            self.store.check_layer(d)
+            if d not in self._checked:             # each layer's seal once a build (a walk of the layer)
+                self.store.check_layer(d)
+                self._checked.add(d)
         return [self.store.layer_diff(d) for d in reversed(state.layers)]
 
     # ---- COPY / ADD
