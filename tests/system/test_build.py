@@ -84,6 +84,13 @@ RUN echo later > /etc/later
     diff = os.path.join(state, "layers", rec["layers"][-2]["digest"][7:], "diff")
     st = os.lstat(os.path.join(diff, "etc", "motd"))
     assert (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
+    opaque = set()
+    for x in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            opaque.add(os.getxattr(os.path.join(diff, "usr", "share", "data"), x))
+        except OSError:
+            pass
+    assert opaque == {b"y"}, opaque
 
 
 def test_cache_hit_and_precise_invalidation(img):
