@@ -281,7 +281,8 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
 
     # --- filesystem: see the user section (the root's /etc/passwd names users) -------------
     # --- process ------------------------------------------------------------
-    proc = col(("process",), lambda: _process(d.get("process", {}), ov, loc))
+    image_cfg = _image_config(ov, fs)          # an image's Entrypoint, Cmd, Env, WorkingDir (Docker's run)
+    proc = col(("process",), lambda: _process(d.get("process", {}), ov, loc, image_cfg))
 
     # --- network ------------------------------------------------------------
     def network():
@@ -611,8 +612,27 @@ def _parse_tmpfs(spec: str) -> P.Mount:
     return P.Mount(type="tmpfs", target=os.path.normpath(dst), size=size, mode=mode)
 
 
-def _process(p: dict, ov: Overrides, loc) -> P.Process:
-    argv = tuple(ov.argv) if ov.argv else tuple(p.get("argv", ("/bin/sh",)))
+def _image_config(ov: Overrides, fs) -> dict:
+    """The image's config (run --image): user_db(fs).image_config of the sandbox layer, or {}."""
+    if fs is None or not getattr(fs, "image", None) or ov.user_db is None:
+        return {}
+    cfg = getattr(ov.user_db(fs), "image_config", None)
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _str_list(v) -> tuple:
+    return tuple(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else ()
+
+
+def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P.Process:
+    img = image_cfg or {}
+    entry, cmd = _str_list(img.get("Entrypoint")), _str_list(img.get("Cmd"))
+    if ov.argv:                        # Docker: the image's Entrypoint, then the command given
+        argv = entry + tuple(ov.argv)
+    elif entry or cmd:
+        argv = entry + cmd
+    else:
+        argv = tuple(p.get("argv", ("/bin/sh",)))
     for flag, values in (("command", ov.argv), ("-e", ov.env)):   # the profile's are checked at load
         bad = next((v for v in values if "\0" in v), None)
         if bad is not None:
@@ -621,6 +641,10 @@ def _process(p: dict, ov: Overrides, loc) -> P.Process:
     allow = list(env.get("allow", ()))
     env_set = {k: ("true" if v is True else "false" if v is False else str(v))
                for k, v in env.get("set", {}).items()}
+    for e in _str_list(img.get("Env")):  # the image's Env over the profile's, -e over both
+        k, eq, v = e.partition("=")
+        if eq and k and (k[0].isalpha() or k[0] == "_") and k.replace("_", "a").isalnum():
+            env_set[k] = v
     for e in ov.env:
         if "=" in e:
             k, v = e.split("=", 1)
@@ -653,7 +677,8 @@ def _process(p: dict, ov: Overrides, loc) -> P.Process:
         if ov.timeout <= 0:
             raise ProfileError("--timeout must be > 0 seconds")
         timeout = ov.timeout
-    cwd = ov.workdir or p.get("cwd", "/")
+    wd = img.get("WorkingDir")
+    cwd = ov.workdir or (wd if isinstance(wd, str) and wd.startswith("/") else None) or p.get("cwd", "/")
     if not cwd.startswith("/"):
         raise ProfileError(f"-w {cwd!r}: working directory must be an absolute path")
     hostname = ov.hostname or p.get("hostname", "sandbox")

@@ -69,6 +69,7 @@ class UserDB:
 
     def __init__(self, fs):
         self.image_user: Optional[str] = None
+        self.image_config: dict = {}
         self._dirs: list[str] = []
         self.files: list[str] = []             # what the answer depends on (the run's plan cache)
         if getattr(fs, "image", None):
@@ -80,6 +81,7 @@ class UserDB:
                 self._dirs = [store.layer_diff(d) for d in reversed(rec["layers"])]      # top first
                 user = (rec.get("config") or {}).get("User")
                 self.image_user = user if isinstance(user, str) and user else None
+                self.image_config = dict(rec.get("config") or {})     # Entrypoint, Cmd, Env, WorkingDir
             except (ImageError, OSError, KeyError, TypeError):
                 pass                            # the launch reports a missing image clearly
             self.where = f"image {fs.image}:"

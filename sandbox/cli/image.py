@@ -237,15 +237,23 @@ def image_containers(as_json):
 
 @image.command("prune", help="Delete kept writable layers (--containers), unused layers and stale imports.")
 @click.option("--containers", is_flag=True, help="Also remove every exited kept container.")
-def image_prune(containers):
+@click.option("--build-cache", is_flag=True, help="Also forget every cached `pysandbox build` step (and its layers).")
+def image_prune(containers, build_cache):
     from ..store.containers import list_containers, remove_container
     st = _store()
+    if build_cache:
+        _prune_build_cache(st)
     if containers:
         for m in _run(list_containers, st):
             if m.get("status") != "running":
                 click.echo(f"removed container {_run(remove_container, st, m['id'])}")
     for d in _run(st.gc):
         click.echo(f"deleted layer {d[7:19]}")
+
+
+def _prune_build_cache(st: Store) -> None:
+    from ..store.images import prune_build_cache
+    click.echo(f"forgot {_run(prune_build_cache, st)} cached build steps")
 
 
 # --------------------------------------------------------------------------- diff / commit

@@ -85,6 +85,11 @@ def _user_db(fs):
     return db
 
 
+def image_sets_argv() -> bool:
+    """The run's image has an Entrypoint or Cmd (the plan cache's per-run argv cannot carry them)."""
+    return any((getattr(db, "image_config", None) or {}).get(k) for db in _USER_DBS for k in ("Entrypoint", "Cmd"))
+
+
 def compile_for(kw: dict, argv=()):
     return compile_profile(kw["profile"], overrides_from(kw, argv), kernel=_kernel_version())
 

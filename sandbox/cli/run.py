@@ -38,7 +38,9 @@ def run(ctx, command, name, audit_log, detach, auto_remove, tty, interactive, **
         runopts.update(detach=detach, rm=auto_remove, tty=tty, interactive=interactive)
     # the options before `--` as typed (main puts them in the context: the plan cache's key)
     raw_options = (ctx.obj or {}).get("raw_run_options")
-    if raw_options is not None and not any(m.type == "volume" for m in plan.filesystem.mounts):
+    from .options import image_sets_argv
+    if raw_options is not None and not any(m.type == "volume" for m in plan.filesystem.mounts) \
+            and not image_sets_argv():     # (an image's Entrypoint/Cmd: argv is the compiler's)
         from .. import plancache
         # the cached plan carries no argv of its own: the command after `--` is supplied per run
         from dataclasses import replace

@@ -173,14 +173,7 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
                 break
         if base is None:                       # the image was removed: rebuild from the layers
             base = {"layers": meta["layers"], "history": [], "config": {}}
-        fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
-        os.close(fd)
-        try:
-            _upper_to_tar(upper, tarpath, meta, limits)
-            info = add_layer_from_tar(tarpath, store, f"commit {cid}", limits)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tarpath)
+        info = _pack_upper(store, upper, meta, f"commit {cid}", limits)
         import hashlib
         layers = list(base["layers"]) + [info["digest"]]
         hist = list(base.get("history") or [])
@@ -193,6 +186,32 @@ def commit(store: Store, ref: str, name: str, *, message: str = "", author: str 
                   "source": f"commit {cid}", "format": "commit", "config": base.get("config") or {}}
         add_image_record(store, name, record)
     return name, dict(record, name=name)
+
+
+def _pack_upper(store: Store, upper: str, meta: dict, what: str, limits=None) -> dict:
+    fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
+    os.close(fd)
+    try:
+        _upper_to_tar(upper, tarpath, meta, limits)
+        return add_layer_from_tar(tarpath, store, what, limits)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tarpath)
+
+
+def layer_of(store: Store, cid: str, what: str, limits=None) -> dict:
+    """The writable layer of the ended, kept container `cid` as a layer of the store (its upper
+    directory only is walked: whiteouts -> .wh.NAME, opaque directories -> .wh..wh..opq, owners
+    mapped back to the ids inside); the container is removed. Returns the layer's info (digest)."""
+    with store.locked():
+        cid, meta = _container(store, cid)
+        try:
+            upper = os.path.join(store.containers, cid, "upper")
+            if not os.path.isdir(upper):
+                raise ImageError(f"{what}: the sandbox left no writable layer")
+            return _pack_upper(store, upper, meta, what, limits)
+        finally:
+            rmtree(os.path.join(store.containers, cid))
 
 
 def _upper_to_tar(upper: str, tarpath: str, meta: dict, limits=None) -> None:

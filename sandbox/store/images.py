@@ -5,6 +5,7 @@ Layout of the state directory (audit/paths.py; its rules: docs/api.md, "State di
     layers/<sha256 hex>/diff         the extracted layer (an overlay lower directory)
     layers/<sha256 hex>/layer.json   {digest, size, files, created}
     images.json                      {"images": {"name:tag": record}}   (replaced atomically)
+    build-cache.json                 `pysandbox build`'s step cache (read_build_cache; its layers are referenced)
     containers/<id>/                 per-sandbox upper/work dirs (store/overlay.py)
     volumes/<name>/_data             named volumes (store/volumes.py)
     tmp/                             staging area for imports (same filesystem: rename is atomic)
@@ -177,6 +178,11 @@ class Store:
             n = normalize_name(ref)
             if n in images:
                 return n, images[n]
+        if ref.startswith(BUILD_REF):                 # an intermediate state of `pysandbox build`
+            st = read_build_cache(self)["states"].get(ref[len(BUILD_REF):])
+            if isinstance(st, dict) and isinstance(st.get("layers"), list):
+                return ref, {"id": ref[len(BUILD_REF):], "layers": st["layers"], "history": [], "config": {}}
+            raise ImageError(f"no such build state: {ref}")
         h = ref[7:] if ref.startswith("sha256:") else ref
         if re.fullmatch(r"[0-9a-f]{4,64}", h):
             hits = [(n, r) for n, r in images.items() if r["id"].split(":", 1)[1].startswith(h)]
@@ -240,6 +246,8 @@ class Store:
         refs = set()
         for rec in self.images().values():
             refs.update(rec["layers"])
+        for st in read_build_cache(self)["states"].values():   # `pysandbox build`'s cache
+            refs.update(st.get("layers") or ())
         with contextlib.suppress(FileNotFoundError):
             for cid in os.listdir(self.containers):
                 with contextlib.suppress(OSError, ValueError):
@@ -427,3 +435,35 @@ def add_image_record(store: Store, name: str, record: dict) -> None:
 
 def iter_images(store: Store) -> Iterable[tuple[str, dict]]:
     return sorted(store.images().items())
+
+
+# --------------------------------------------------------------------------- the build cache
+
+BUILD_REF = "build-state@"          # Store.resolve: an intermediate state of `pysandbox build`
+BUILD_CACHE = "build-cache.json"    # {"version": 1, "steps": {key: state id}, "states": {id: state}}
+
+
+def read_build_cache(store: Store) -> dict:
+    """The build cache of the store: `steps` (cache key of a RUN/COPY/ADD -> the state after it)
+    and `states` ({layers, config, history}). A missing or unreadable file is an empty cache."""
+    try:
+        with open(os.path.join(store.root, BUILD_CACHE), "rb") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and isinstance(data.get("steps"), dict) and isinstance(data.get("states"), dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"version": 1, "steps": {}, "states": {}}
+
+
+def write_build_cache(store: Store, data: dict) -> None:
+    fsutil.atomic_write_json(os.path.join(store.root, BUILD_CACHE), data, sort_keys=True)
+
+
+def prune_build_cache(store: Store) -> int:
+    """Forget every cached build step (their layers go with the next gc). Returns the count."""
+    with store.locked():
+        n = len(read_build_cache(store)["steps"])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(store.root, BUILD_CACHE))
+    return n

@@ -223,3 +223,45 @@ def test_download_staging_of_a_dead_pull_is_removed(img, registry):
         assert os.listdir(downloads) == ["pull.running"]
     finally:
         os.close(held)
+
+
+def test_build_from_a_registry_and_from_a_podman_save(img, registry, podman):
+    """Issue 22: `FROM registry/name:tag` pulls when the image is not local (builder.resolve_base
+    → sandbox.registry.pull: digests verified, the store's import checks), with build's own
+    --tls-verify; a bare name that is not local is refused, not fetched from Docker Hub; and an
+    image saved by podman (`podman save`) builds FROM here after `image import`."""
+    who = _who(img)
+    _, state, work = img
+    rootfs = ib.write_rootfs_tar(os.path.join(podman.dir, "rootfs.tar.gz"))
+    podman("import", "--change", "ENV FROM_PODMAN=yes", rootfs, "pod/base:1")
+    podman("push", "--tls-verify=false", "pod/base:1", f"{registry.host}/pod/base:{who}")
+    ctx = os.path.join(work, "ctx-reg")
+    os.mkdir(ctx)
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(f"FROM {registry.host}/pod/base:{who}\nRUN echo built > /built\nCMD [\"/bin/cat\", \"/built\"]\n")
+    os.chown(ctx, img[0].uid, img[0].gid)
+    r = cli(img, "build", "-q", "-t", "fromreg:1", ctx)
+    assert r.returncode == 6 and "--tls-verify=false" in r.stderr, r       # https unless asked
+    r = cli(img, "build", "-q", "--tls-verify=false", "-t", "fromreg:1", ctx)
+    assert r.returncode == 0, r
+    r = cli(img, "run", "--profile", "strict", "--image", "fromreg:1")
+    assert r.returncode == 0 and r.stdout == "built\n", r
+    r = cli(img, "run", "--profile", "strict", "--image", "fromreg:1", "--", "/bin/sh", "-c", "echo $FROM_PODMAN")
+    assert r.stdout == "yes\n", r
+    # a bare name that is not local: refused with the hint, nothing fetched
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write("FROM no-such-local-image:1\nRUN true\n")
+    r = cli(img, "build", "-q", "-t", "bare:1", ctx)
+    assert r.returncode == 2 and "is not local" in r.stderr, r
+    # podman save -> image import -> FROM here
+    saved = os.path.join(podman.dir, "saved.tar")
+    podman("save", "-o", saved, "pod/base:1")
+    os.chmod(podman.dir, 0o755)
+    os.chmod(saved, 0o644)
+    assert cli(img, "image", "import", saved, "podsaved:1").returncode == 0
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write("FROM podsaved:1\nRUN echo again > /again\n")
+    r = cli(img, "build", "-q", "-t", "frompodman:1", ctx)
+    assert r.returncode == 0, r
+    r = cli(img, "run", "--profile", "strict", "--image", "frompodman:1", "--", "/bin/cat", "/again")
+    assert r.returncode == 0 and r.stdout == "again\n", r

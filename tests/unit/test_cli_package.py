@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "sandbox" / "cli"
 
 # every command `pysandbox --help` lists (a move that drops one fails here)
-COMMANDS = {"audit", "cgroups", "commit", "completion", "diff", "doctor", "exec", "explain", "export",
+COMMANDS = {"audit", "build", "cgroups", "commit", "completion", "diff", "doctor", "exec", "explain", "export",
             "image", "inspect", "kill", "learn", "lint", "logs", "network", "pause", "profiles", "prune",
             "ps", "rm", "run", "stats", "stop", "top", "unpause", "volume"}
 
