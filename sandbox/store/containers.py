@@ -9,6 +9,7 @@ from typing import Optional
 
 from .. import procid
 from .archive import add_layer_from_tar, tree_to_tar
+from .export import oci_entry
 from .idshift import unshift_id
 from .images import ImageError, LazyModule, Store, add_image_record, normalize_name, now, rmtree
 from .mountpoints import SymlinkInPath, fd_is_opaque, is_opaque, lookup
@@ -229,19 +230,5 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict, limits=None) -> None:
                 ti.uid, ti.gid = unshift_id(umap, ti.uid), unshift_id(gmap, ti.gid)
             ti.uname = ti.gname = ""
 
-        def entry(e, ti):
-            st = e.st
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:     # overlay whiteout -> .wh.NAME
-                d, _, base = e.arc.rpartition("/")
-                wh = tarfile.TarInfo(f"{d}/.wh.{base}" if d else f".wh.{base}")
-                wh.mtime = int(st.st_mtime)
-                return [wh]
-            owner(ti)
-            if ti.isdir() and fd_is_opaque(e.fd):
-                op = tarfile.TarInfo(f"{e.arc}/.wh..wh..opq")
-                op.mtime = int(st.st_mtime)
-                return [ti, op]
-            return [ti]
-
         # by descriptors: the upper directory was written by the sandbox (tree_to_tar)
-        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=entry, limits=limits)
+        tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=oci_entry(owner), limits=limits)
