@@ -204,9 +204,14 @@ def test_failing_run_and_missing_base(img):
     assert r.returncode == 1 and "Dockerfile:2:5: RUN: the command exited with 3" in r.stderr, r
     assert "fail:1" not in ib.cli(img, "image", "ls").stdout
     assert ib.cli(img, "image", "containers", "--json").stdout.strip() in ("", "[]")   # nothing kept
-    ctx = _ctx(img, {"Dockerfile": "FROM registry.example/app:1\n"}, "g")
+    ctx = _ctx(img, {"Dockerfile": "FROM app-not-here:1\n"}, "g")       # a bare name: never fetched
     r = build(img, ctx, tag="fail:2")
-    assert r.returncode == 2 and "is not local; `pysandbox image pull registry.example/app:1` first" in r.stderr, r
+    assert r.returncode == 2 and "is not local; `pysandbox image pull app-not-here:1` first" in r.stderr, r
+    # a registry's name is pulled (tests/system/test_registry.py); one that cannot be reached: exit 6
+    ctx = _ctx(img, {"Dockerfile": "FROM registry.invalid/app:1\n"}, "h")
+    r = build(img, ctx, tag="fail:3")
+    assert r.returncode == 6 and "FROM registry.invalid/app:1" in r.stderr, r
+    assert "fail:2" not in ib.cli(img, "image", "ls").stdout
 
 
 def test_progress_on_a_terminal_and_quiet(img):
