@@ -676,8 +676,74 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
                            loc(("network",)))
     if mode == "none" and ports:
         raise ProfileError("network none cannot publish ports", loc(("network",)))
+    http, secrets = _http_and_secrets(n, mode, loc)
     return P.Network(mode=mode, ports=tuple(ports), egress_default=eg.get("default", "deny" if rules else "allow"),
-                     egress_allow=rules)
+                     egress_allow=rules, http=http, secrets=secrets)
+
+
+# Headers a secret may not go into: they frame the message or name its peer (the proxy's own).
+SECRET_HEADERS_REFUSED = frozenset(("host", "content-length", "transfer-encoding", "connection", "upgrade",
+                                    "te", "trailer", "keep-alive", "proxy-connection", "expect"))
+
+
+def http_host_ok(host) -> bool:
+    """A host of an http rule or a secret: a DNS name, `*.` + a DNS name, or an IP address."""
+    import ipaddress
+    if not isinstance(host, str) or not host or len(host) > 253:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[2:] if host.startswith("*.") else host
+    return all(_HOSTNAME_LABEL.fullmatch(x) for x in name.split("."))
+
+
+def _http_and_secrets(n: dict, mode: str, loc) -> tuple:
+    """network.egress.http and network.secrets -> (HttpRule, ...), (Secret, ...). Pure: a secret is
+    kept as a reference (its NAME, `from:`, hosts, header, format), never read here."""
+    from .errors import ProfileErrors
+    errs = []
+    eg = n.get("egress", {}) or {}
+    http = []
+    for i, r in enumerate(eg.get("http", []) or []):
+        where = ("network", "egress", "http", i)
+        if not http_host_ok(r["host"]):
+            errs.append(ProfileError(f"network.egress.http[{i}].host: {r['host']!r} is no host name, "
+                                     f"`*.`name or IP address", loc(where + ("host",))))
+            continue
+        http.append(P.HttpRule(host=r["host"].lower().rstrip("."),
+                               methods=tuple(sorted({m.upper() for m in r.get("methods", ())})),
+                               paths=tuple(r.get("paths", ()))))
+    secrets = []
+    for name, sp in sorted((n.get("secrets") or {}).items()):
+        where = ("network", "secrets", name)
+        src = sp["from"]
+        if src.startswith("file:") and not os.path.isabs(src[5:]):
+            errs.append(ProfileError(f"network.secrets.{name}.from: {src!r}: the file must be an absolute path",
+                                     loc(where + ("from",))))
+        bad = [h for h in sp["hosts"] if not http_host_ok(h)]
+        if bad:
+            errs.append(ProfileError(f"network.secrets.{name}.hosts: {bad[0]!r} is no host name, `*.`name or "
+                                     f"IP address", loc(where + ("hosts",))))
+        header = sp.get("header", "Authorization")
+        if header.lower() in SECRET_HEADERS_REFUSED:
+            errs.append(ProfileError(f"network.secrets.{name}.header: {header!r} frames the request; a secret "
+                                     f"cannot go there", loc(where + ("header",))))
+        fmt = sp.get("format", "{}")
+        if fmt.count("{}") != 1 or any(ord(c) < 0x20 or ord(c) == 0x7f for c in fmt):
+            errs.append(ProfileError(f"network.secrets.{name}.format: {fmt!r} must hold `{{}}` (the value) once "
+                                     f"and no control characters", loc(where + ("format",))))
+        secrets.append(P.Secret(name=name, source=src, hosts=tuple(h.lower().rstrip(".") for h in sp["hosts"]),
+                                header=header, format=fmt))
+    if (http or secrets) and mode in ("none", "host"):
+        errs.append(ProfileError(f"network.{'secrets' if secrets else 'egress.http'}: needs a network whose "
+                                 f"traffic the egress proxy steers (a private network or pasta/slirp4netns), "
+                                 f"not {mode!r}", loc(("network", "secrets" if secrets else "egress"))))
+    if errs:
+        raise ProfileErrors(errs) if len(errs) > 1 else errs[0]
+    return tuple(http), tuple(secrets)
 
 
 _HOSTNAME_LABEL = __import__("re").compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
