@@ -202,8 +202,7 @@ class _Session:
             ev = await self._next(conn, self.down)
             if not isinstance(ev, h11.Request):
                 return                                  # closed (or a protocol error: h11 raises)
-            method, path = ev.method.decode("ascii", "replace"), ev.target
-            shown = path[:MAX_SHOWN_PATH].decode("ascii", "replace")
+            method, shown = ev.method.decode("ascii", "replace"), self.shown(ev.target)
             try:
                 headers, rule, used = self.decide(ev)
             except Refused as e:
@@ -220,6 +219,13 @@ class _Session:
                 conn.start_next_cycle()
             else:
                 return
+
+    def shown(self, target: bytes) -> str:
+        """The request's target for an audit event: bounded, a placeholder's random part masked."""
+        for m in (self.secrets.minted if self.secrets else ()):
+            for t in (m.token.encode(), m.token.upper().encode()):
+                target = target.replace(t, b"<" + m.name.encode() + b">")
+        return target[:MAX_SHOWN_PATH].decode("ascii", "replace")
 
     def decide(self, req) -> tuple:
         """(headers to send upstream, the rule, secret names used) or Refused(reason, rule)."""
