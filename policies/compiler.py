@@ -686,6 +686,10 @@ SECRET_HEADERS_REFUSED = frozenset(("host", "content-length", "transfer-encoding
                                     "te", "trailer", "keep-alive", "proxy-connection", "expect"))
 
 
+_SECRET_SOURCE = __import__("re").compile(r"env:[A-Za-z_][A-Za-z0-9_]*|file:[^\x00]+")
+_HEADER_NAME = __import__("re").compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
 def http_host_ok(host) -> bool:
     """A host of an http rule or a secret: a DNS name, `*.` + a DNS name, or an IP address."""
     import ipaddress
@@ -720,7 +724,10 @@ def _http_and_secrets(n: dict, mode: str, loc) -> tuple:
     for name, sp in sorted((n.get("secrets") or {}).items()):
         where = ("network", "secrets", name)
         src = sp["from"]
-        if src.startswith("file:") and not os.path.isabs(src[5:]):
+        if not _SECRET_SOURCE.fullmatch(src):
+            errs.append(ProfileError(f"network.secrets.{name}.from: {src!r}: expected env:VARIABLE or file:/path",
+                                     loc(where + ("from",))))
+        elif src.startswith("file:") and not os.path.isabs(src[5:]):
             errs.append(ProfileError(f"network.secrets.{name}.from: {src!r}: the file must be an absolute path",
                                      loc(where + ("from",))))
         bad = [h for h in sp["hosts"] if not http_host_ok(h)]
@@ -728,7 +735,10 @@ def _http_and_secrets(n: dict, mode: str, loc) -> tuple:
             errs.append(ProfileError(f"network.secrets.{name}.hosts: {bad[0]!r} is no host name, `*.`name or "
                                      f"IP address", loc(where + ("hosts",))))
         header = sp.get("header", "Authorization")
-        if header.lower() in SECRET_HEADERS_REFUSED:
+        if not _HEADER_NAME.fullmatch(header):
+            errs.append(ProfileError(f"network.secrets.{name}.header: {header!r} is no HTTP header name",
+                                     loc(where + ("header",))))
+        elif header.lower() in SECRET_HEADERS_REFUSED:
             errs.append(ProfileError(f"network.secrets.{name}.header: {header!r} frames the request; a secret "
                                      f"cannot go there", loc(where + ("header",))))
         fmt = sp.get("format", "{}")
