@@ -210,14 +210,14 @@ sys.stdin.read()                            # held until the test has scanned th
 '''
 
 
-def _profile(tmp, *, source="env:GH_TEST_TOKEN"):
+def _profile(tmp, *, source="env:GH_TEST_TOKEN", mode=NET):
     p = tmp / "secrets.yaml"
     p.write_text(textwrap.dedent(f"""\
         version: 1
         name: secrets-test
-        extends: default
+        {"extends: default" if mode == NET else "# no limits: uid 65534 has no delegated cgroups"}
         network:
-          mode: {NET}
+          mode: {mode}
           egress:
             http:
               - {{host: api.test, methods: [GET], paths: ["/repos/acme/*"]}}
@@ -227,17 +227,102 @@ def _profile(tmp, *, source="env:GH_TEST_TOKEN"):
             GITHUB_TOKEN: {{from: "{source}", hosts: [api.test, plain.api.test], header: Authorization,
                             format: "Bearer {{}}"}}
         """))
+    os.chmod(p, 0o644)
     return str(p)
 
 
-def _helper(tmp, up, env_value, names="api.test,other.test,plain.api.test", profile=None):
-    audit, pid = tmp / "audit.jsonl", tmp / "pid1"
-    env = dict(os.environ, GH_TEST_TOKEN=env_value) if env_value is not None else \
-        {k: v for k, v in os.environ.items() if k != "GH_TEST_TOKEN"}
-    p = subprocess.Popen([PYTHON, "-c", HELPER, profile or _profile(tmp), up["gw"], str(up["port"]), up["ca"],
-                          str(audit), str(pid), names, PY_IN, "-c", CLIENT],
+def _drive(tmp, up, value, *, mode=NET, runas=(), env=None) -> dict:
+    """Run the helper (supervisor + stand-in proxy) with the client in a sandbox; while the client
+    waits, look for the value from the host: every sandbox process's memory (/proc/PID/mem),
+    environ and cmdline, and every process's cmdline. Returns what was seen (no assertion here: a
+    rootless scenario runs this in a namespace of its own and reports back)."""
+    audit, pid_file = tmp / "audit.jsonl", tmp / "pid1"
+    env = dict(env if env is not None else os.environ, GH_TEST_TOKEN=value)
+    p = subprocess.Popen([*runas, PYTHON, "-c", HELPER, _profile(tmp, mode=mode), up["gw"], str(up["port"]), up["ca"],
+                          str(audit), str(pid_file), "api.test,other.test,plain.api.test", PY_IN, "-c", CLIENT],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    return p, audit, pid
+    res = {"violations": []}
+    try:
+        line = p.stdout.readline()
+        if not line:
+            res["violations"].append("no output from the client")
+            return res
+        res["out"] = out = json.loads(line)
+        procs = _tree(int(pid_file.read_text()))     # PID 1 (pysandbox-init) and the program
+        res["procs"] = len(procs)
+        token = out["env"].rsplit(":", 1)[1].encode()
+        for pid in procs:
+            if _memory_has(pid, [value.encode(), token])[value.encode()]:
+                res["violations"].append(f"the value in the memory of sandbox process {pid}")
+            for f in ("environ", "cmdline"):
+                with open(f"/proc/{pid}/{f}", "rb") as fh:
+                    if value.encode() in fh.read():
+                        res["violations"].append(f"the value in /proc/{pid}/{f}")
+        program = [q for q in procs if b"python3" in open(f"/proc/{q}/cmdline", "rb").read()]
+        res["scan_sees_placeholder"] = len(program) == 1 and _memory_has(program[0], [token])[token]
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as fh:
+                        if value.encode() in fh.read():
+                            res["violations"].append(f"the value in /proc/{d}/cmdline")
+                except OSError:
+                    pass
+    finally:
+        _, err = p.communicate(b"", timeout=60)
+        res["rc"], res["err"] = p.returncode, err.decode(errors="replace")[-2000:]
+        res["audit"] = audit.read_text() if audit.exists() else ""
+    return res
+
+
+def _check(res: dict, value: str, seen: list) -> None:
+    import base64
+    assert res["rc"] == 0 and not res["violations"], res
+    out = res["out"]
+    assert res["procs"] >= 2 and res["scan_sees_placeholder"]    # the scan does see what is there
+    # the program: a placeholder as GITHUB_TOKEN, the trust variables, the bundle with the sandbox's CA
+    assert re.fullmatch(r"pysandbox-secret:GITHUB_TOKEN:[0-9a-f]{32}", out["env"])
+    token = out["env"].rsplit(":", 1)[1]
+    assert out["cert_file"] == out["node"] == "/etc/ssl/certs/ca-certificates.crt"
+    environ, bundle = (base64.b64decode(out[k]) for k in ("environ", "bundle"))
+    assert value.encode() not in environ and value.encode() not in bundle
+    assert b"pysandbox: this sandbox's CA" in bundle and b"PRIVATE KEY" not in bundle
+    assert out["untrusted"] == "verify-failed"            # the leaf chains to the sandbox's CA only
+
+    # allowed: the server saw the real value, in the header only, both requests on one connection
+    assert out["get1"] == [200, "ok GET /repos/acme/one"] and out["get2"] == [200, "ok GET /repos/acme/two"]
+    api = [s for s in seen if s["path"].startswith("/repos/acme/")]
+    assert [s["headers"]["authorization"] for s in api] == [f"Bearer {value}"] * 2
+    assert api[0]["peer"] == api[1]["peer"]
+    # denied by the http rule: never reached the server
+    for k in ("post", "other_path", "dotdot"):
+        assert out[k][0] == 403, (k, out[k])
+    assert not [s for s in seen if s["method"] == "POST" and s["path"].startswith("/repos")]
+    assert not [s for s in seen if s["path"].startswith("/orgs")]
+    # another host: fine without the placeholder, refused with it anywhere (header, path, body)
+    assert out["other_ok"] == [200, "ok GET /fine"]
+    for k in ("leak_header", "leak_path", "leak_body"):
+        assert out[k][0] == 403, (k, out[k])
+    assert [s["path"] for s in seen if s["headers"].get("host", "").startswith("other.test")] == ["/fine"]
+    # plaintext HTTP: the secret is never put on it
+    assert out["plain"][0] == 403
+    assert not any(value in json.dumps(s) for s in seen if not s["path"].startswith("/repos/acme/"))
+
+    text = res["audit"]
+    assert value not in text, text
+    assert token not in text, text
+    evs = [json.loads(x) for x in text.splitlines()]
+    allowed = [e for e in evs if e["type"] == "egress.http.allowed" and e["host"] == "api.test"]
+    assert [(e["method"], e["path"], e["rule"], e.get("secrets")) for e in allowed] == \
+        [("GET", "/repos/acme/one", "network.egress.http[0]", ["GITHUB_TOKEN"]),
+         ("GET", "/repos/acme/two", "network.egress.http[0]", ["GITHUB_TOKEN"])]
+    denied = [(e["host"], e["method"], e["path"]) for e in evs if e["type"] == "egress.http.denied"]
+    assert ("api.test", "POST", "/repos/acme/one") in denied and ("api.test", "GET", "/orgs/acme") in denied
+    assert ("plain.api.test", "GET", "/repos/acme/one") in denied
+    exfil = [e for e in evs if e["type"] == "egress.secret_exfiltration"]
+    assert [(e["host"], e["secret"], e["where"]) for e in exfil] == \
+        [("other.test", "GITHUB_TOKEN", "head"), ("other.test", "GITHUB_TOKEN", "head"),
+         ("other.test", "GITHUB_TOKEN", "body")]
 
 
 def _tree(root: int) -> list:
@@ -293,79 +378,8 @@ def _memory_has(pid: int, needles) -> dict:
 def test_secret_substituted_for_its_host_only_and_never_in_the_sandbox(upstream, tmp_path):
     os.chmod(tmp_path, 0o755)
     value = "ghp_" + secrets.token_hex(20)
-    seen = upstream["seen"]
-    seen.clear()
-    p, audit, pid_file = _helper(tmp_path, upstream, value)
-    try:
-        line = p.stdout.readline()
-        assert line, p.stderr.read().decode()
-        out = json.loads(line)
-        pid1 = int(pid_file.read_text())
-        procs = _tree(pid1)                       # PID 1 (pysandbox-init) and the program
-        assert len(procs) >= 2
-        token = out["env"].rsplit(":", 1)[1].encode()
-        for pid in procs:                         # the value is nowhere in the sandbox's memory...
-            mem = _memory_has(pid, [value.encode(), token])
-            assert not mem[value.encode()], f"secret value in the memory of sandbox process {pid}"
-            for f in ("environ", "cmdline"):
-                with open(f"/proc/{pid}/{f}", "rb") as fh:
-                    assert value.encode() not in fh.read()
-        program = [q for q in procs if b"python3" in open(f"/proc/{q}/cmdline", "rb").read()]
-        assert len(program) == 1 and _memory_has(program[0], [token])[token]   # ...which the scan sees
-        for d in os.listdir("/proc"):             # no process's argv holds it
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/cmdline", "rb") as fh:
-                        assert value.encode() not in fh.read(), d
-                except OSError:
-                    pass
-    finally:
-        out_rest, err = p.communicate(b"", timeout=60)
-    assert p.returncode == 0, err.decode()
-
-    import base64
-    # the program: a placeholder as GITHUB_TOKEN, the trust variables, the bundle with the sandbox's CA
-    assert re.fullmatch(r"pysandbox-secret:GITHUB_TOKEN:[0-9a-f]{32}", out["env"])
-    assert out["cert_file"] == out["node"] == "/etc/ssl/certs/ca-certificates.crt"
-    environ, bundle = (base64.b64decode(out[k]) for k in ("environ", "bundle"))
-    assert value.encode() not in environ and value.encode() not in bundle
-    assert b"pysandbox: this sandbox's CA" in bundle and b"PRIVATE KEY" not in bundle
-    assert out["untrusted"] == "verify-failed"            # the leaf chains to the sandbox's CA only
-
-    # allowed: the server saw the real value, in the header only, both requests on one connection
-    assert out["get1"] == [200, "ok GET /repos/acme/one"] and out["get2"] == [200, "ok GET /repos/acme/two"]
-    api = [s for s in seen if s["path"].startswith("/repos/acme/")]
-    assert [s["headers"]["authorization"] for s in api] == [f"Bearer {value}"] * 2
-    assert api[0]["peer"] == api[1]["peer"]
-    # denied by the http rule: never reached the server
-    for k in ("post", "other_path", "dotdot"):
-        assert out[k][0] == 403, (k, out[k])
-    assert not [s for s in seen if s["method"] == "POST" and s["path"].startswith("/repos")]
-    assert not [s for s in seen if s["path"].startswith("/orgs")]
-    # another host: fine without the placeholder, refused with it anywhere (header, path, body)
-    assert out["other_ok"] == [200, "ok GET /fine"]
-    for k in ("leak_header", "leak_path", "leak_body"):
-        assert out[k][0] == 403, (k, out[k])
-    assert [s["path"] for s in seen if s["headers"].get("host", "").startswith("other.test")] == ["/fine"]
-    # plaintext HTTP: the secret is never put on it
-    assert out["plain"][0] == 403
-    assert not any(value in json.dumps(s) for s in seen if not s["path"].startswith("/repos/acme/"))
-
-    text = audit.read_text()
-    assert value not in text, text
-    assert token.decode() not in text, text
-    evs = [json.loads(x) for x in text.splitlines()]
-    allowed = [e for e in evs if e["type"] == "egress.http.allowed" and e["host"] == "api.test"]
-    assert [(e["method"], e["path"], e["rule"], e.get("secrets")) for e in allowed] == \
-        [("GET", "/repos/acme/one", "network.egress.http[0]", ["GITHUB_TOKEN"]),
-         ("GET", "/repos/acme/two", "network.egress.http[0]", ["GITHUB_TOKEN"])]
-    denied = [(e["host"], e["method"], e["path"]) for e in evs if e["type"] == "egress.http.denied"]
-    assert ("api.test", "POST", "/repos/acme/one") in denied and ("api.test", "GET", "/orgs/acme") in denied
-    assert ("plain.api.test", "GET", "/repos/acme/one") in denied
-    exfil = [e for e in evs if e["type"] == "egress.secret_exfiltration"]
-    assert [(e["host"], e["secret"], e["where"]) for e in exfil] == \
-        [("other.test", "GITHUB_TOKEN", "head"), ("other.test", "GITHUB_TOKEN", "head"),
-         ("other.test", "GITHUB_TOKEN", "body")]
+    upstream["seen"].clear()
+    _check(_drive(tmp_path, upstream, value), value, upstream["seen"])
 
 
 def test_missing_secret_stops_the_launch(upstream, tmp_path):
@@ -396,3 +410,63 @@ def test_secret_from_a_file_and_explain_shows_names_only(upstream, tmp_path):
     for args in (["explain", "--profile", prof], ["explain", "--json", "--profile", prof]):
         r = subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "GITHUB_TOKEN" in r.stdout and value not in r.stdout
+
+
+# --- rootless: pasta, as an unprivileged user ---------------------------------------------------
+
+SCENARIO = r'''
+import json, os, ssl, subprocess, sys, threading, http.server
+from pathlib import Path
+D, HERE = sys.argv[1], sys.argv[2]
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+import test_egress_secrets as T
+def sh(*a):
+    subprocess.run(a, check=True, capture_output=True)
+# this process is in fresh net + mount namespaces (unshare --net --mount)
+sh("mount", "--make-rprivate", "/")
+sh("mknod", f"{D}/tun", "c", "10", "200"); os.chmod(f"{D}/tun", 0o666)
+sh("mount", "--bind", f"{D}/tun", "/dev/net/tun")
+sh("ip", "link", "set", "lo", "up")
+sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
+sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0"); sh("ip", "addr", "add", "192.0.2.2/24", "dev", "v0")
+sh("ip", "route", "add", "default", "via", "192.0.2.254")
+os.chmod(D, 0o777)
+ca_file, chain = T._test_ca(Path(D), ["api.test", "other.test"])
+os.chmod(ca_file, 0o644)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), T._Recorder)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(chain)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+up = {"gw": "192.0.2.2", "port": srv.server_address[1], "ca": ca_file}
+env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": D, "XDG_DATA_HOME": f"{D}/data",
+       "XDG_CACHE_HOME": f"{D}/cache", "XDG_RUNTIME_DIR": f"{D}/run"}
+res = T._drive(Path(D), up, os.environ["SECRET_VALUE"], mode="pasta", env=env,
+               runas=["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"])
+res["seen"] = T._Recorder.seen
+srv.shutdown()
+print("RESULT " + json.dumps(res))
+'''
+
+
+def test_rootless_pasta_secret_substituted_and_never_in_the_sandbox():
+    """The same as root's test, rootless: the supervisor (and the stand-in proxy) as uid 65534, the
+    sandbox on pasta. SIMULATED like tests/system/test_network_rootless.py: this machine's
+    /dev/net/tun is mode 0600, so the scenario (its own net + mount namespaces: `unshare`) binds a
+    tun node of Debian's default mode 0666 over it; the upstream server listens in that namespace."""
+    import shutil
+    if not shutil.which("pasta"):
+        pytest.fail("pasta is not installed (Makefile DEB_PKGS)")
+    import tempfile
+    d = tempfile.mkdtemp(prefix="pysbx-secrets-", dir="/tmp")     # (pytest's tmp_path is root's only)
+    value = "ghp_" + secrets.token_hex(20)
+    try:
+        p = subprocess.run(["unshare", "--net", "--mount", "--", PYTHON, "-c", SCENARIO, d,
+                            os.path.dirname(os.path.abspath(__file__))], capture_output=True, text=True,
+                           timeout=180, env=dict(os.environ, SECRET_VALUE=value))
+    finally:
+        subprocess.run(["rm", "-rf", d], check=False)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(line[0][7:])
+    _check(res, value, res["seen"])
