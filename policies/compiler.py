@@ -290,6 +290,12 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
             ns = replace(ns, net=False)
         elif net.mode != "host" and not ns.net:
             err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
+        for k in [k for k, _ in getattr(proc, "env_set", ())] + list(getattr(proc, "env_allow", ())):
+            # a secret's placeholder or its source set or passed by hand (a wildcard: launcher drops it)
+            for s in net.secrets:
+                if k in (s.name, s.source[4:] if s.source.startswith("env:") else None):
+                    err(f"process.env: {k} is {'secret ' + s.name if k == s.name else 'the source of secret ' + s.name}"
+                        f" (network.secrets); it is never set or passed into the sandbox", ("process", "env"))
         if net.egress_default == "deny" and "NET_ADMIN" in capabilities:
             err("network.egress: an egress allow-list cannot hold against CAP_NET_ADMIN (the program could "
                 "change the rules); drop NET_ADMIN", ("network", "egress"))

@@ -268,6 +268,8 @@ class Launch:
                               f"(pip install 'pysandbox[net]'): {e}") from None
         n = self.plan.network
         self.egress_secrets = secrets.SecretSet(n.secrets)
+        for name in secrets.env_sources(n.secrets):   # never passed through (env.allow, -e NAME)
+            env.pop(name, None)
         env.update(self.egress_secrets.env())
         env.update(ca.trust_env())
         self.egress_ca = ca.SandboxCA(self.sandbox_id, [r.host for r in n.http] + [h for s in n.secrets for h in s.hosts])
@@ -278,8 +280,9 @@ class Launch:
         of this process in the sandbox holds one. Missing or malformed: the launch stops (125)."""
         if self.egress_secrets:
             self.step = "secrets"
-            from .network.egress.secrets import SecretError
+            from .network.egress.secrets import SecretError, check_not_exposed
             try:
+                check_not_exposed(self.egress_secrets, self.plan)
                 self.egress_secrets.load()
             except SecretError as e:
                 raise LaunchError(f"network.secrets: {e}") from None

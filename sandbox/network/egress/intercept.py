@@ -39,6 +39,7 @@ MAX_REQUESTS = 10000            # requests on one connection
 CHUNK = 64 * 1024
 IDLE_TIMEOUT = 300.0            # seconds waiting for the sandbox's next bytes / the upstream's
 CONNECT_TIMEOUT = 15.0
+LINGER_TIMEOUT, LINGER_BYTES = 2.0, 1 << 20   # reading the rest of a refused request before closing
 MAX_SHOWN_PATH = 512            # characters of a path in an audit event
 UPSTREAM_CA_ENV = "PYSANDBOX_EGRESS_UPSTREAM_CA"
 _UNNORMAL = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.I)
@@ -367,7 +368,26 @@ class _Session:
                 await self.down.write(conn.send(h11.Data(data=body)))
                 await self.down.write(conn.send(h11.EndOfMessage()))
         except (h11.LocalProtocolError, OSError, ssl.SSLError):
+            return
+        try:
+            await asyncio.wait_for(self.linger(conn), LINGER_TIMEOUT)
+        except (asyncio.TimeoutError, h11.ProtocolError, OSError, ssl.SSLError):
             pass
+
+    async def linger(self, conn) -> None:
+        """Read (and drop) the rest of the refused request, bounded: closing with its body unread
+        would reset the connection, and the sandbox's client would lose the answer."""
+        total = 0
+        while total < LINGER_BYTES:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                data = await self.down.read()
+                if not data:
+                    return
+                total += len(data)
+                conn.receive_data(data)
+            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)) or ev is h11.PAUSED:
+                return
 
 
 def _host_of(value: bytes) -> str:

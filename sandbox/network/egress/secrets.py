@@ -102,6 +102,33 @@ class SecretSet:
         return [m.token.encode() for m in self.minted]
 
 
+def env_sources(secrets) -> list:
+    """The caller's variables that hold values (`from: env:VAR`): kept out of the program's
+    environment whatever env.allow / -e pass through."""
+    return [s.source[4:] for s in secrets if s.source.startswith("env:")]
+
+
+def check_not_exposed(secret_set: SecretSet, plan) -> None:
+    """A `file:` secret the sandbox could read itself (below its root directory, a system
+    directory or /etc entry of a `root: host` sandbox, or a bind source; symlinks resolved) stops
+    the launch: the value would be in the sandbox after all."""
+    fs = plan.filesystem
+    seen = []
+    if fs.image is None:
+        seen += list(fs.system_dirs) + [f"/etc/{e}" for e in fs.etc] if fs.root == "host" else [fs.root]
+    seen += [m.source for m in fs.mounts if m.type == "bind" and m.source]
+    for m in secret_set.minted:
+        kind, _, path = m.secret.source.partition(":")
+        if kind != "file":
+            continue
+        real = os.path.realpath(path)
+        for v in seen:
+            rv = os.path.realpath(v)
+            if real == rv or real.startswith(rv.rstrip("/") + "/"):
+                raise SecretError(f"secret {m.name} ({m.secret.source}): the sandbox can read that file itself "
+                                  f"(through {v}); keep the file outside what the sandbox sees")
+
+
 def _read(secret, environ) -> bytes:
     kind, _, ref = secret.source.partition(":")
     what = f"secret {secret.name} ({kind}:{ref})"
