@@ -619,6 +619,9 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name:
     try:
         if fs.image:
             from .store import overlay
+            if ctx.ca_bundle:                # the trust store's mount point (egress interception)
+                from .rootfs import with_ca_mountpoint
+                fs = with_ca_mountpoint(fs)
             ctx.image_root = overlay.prepare_root(fs, sandbox_id, rootless=rootless,
                                                   uid_map=plan.user.uid_map, gid_map=plan.user.gid_map,
                                                   name=name)

@@ -318,7 +318,7 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.store.overlay)
     elif root_fd is not None:
         if fs.read_only:              # the container interface files on a top layer (sandbox.store)
-            overlay.mount_dir_root(root_fd, new, fs, rootless=rootless)
+            overlay.mount_dir_root(root_fd, new, with_ca_mountpoint(fs) if ca_bundle else fs, rootless=rootless)
         else:                         # writable: the directory itself (nothing can be added to it)
             _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
         os.close(root_fd)
@@ -395,6 +395,14 @@ CA_BUNDLE_PATHS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-
                    "/etc/ssl/ca-bundle.pem", "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
                    "/etc/ssl/cert.pem")
 _CA_STAGED = ".pysandbox-ca-bundle.pem"
+
+
+def with_ca_mountpoint(fs):
+    """`fs` with the CA bundle's mount point for a root we did not make: store/mountpoints makes it
+    in the sandbox's top layer when the root lacks it (a read-only image or `root:` directory)."""
+    from dataclasses import replace
+    from policies.plan import Mount
+    return replace(fs, mounts=tuple(fs.mounts) + (Mount(type="file", target=CA_BUNDLE_PATHS[0]),))
 
 
 def _stage_ca_bundle(base: str, text: str) -> int:

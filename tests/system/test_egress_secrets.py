@@ -470,3 +470,60 @@ def test_rootless_pasta_secret_substituted_and_never_in_the_sandbox():
     assert line, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.loads(line[0][7:])
     _check(res, value, res["seen"])
+
+
+@pytest.mark.parametrize("runner", ["root"], indirect=True)
+def test_image_root_gets_the_trust_store_and_placeholder(upstream, img, tmp_profile):
+    """An image without /etc/ssl (busybox:test): the bundle's mount point is made in the image's
+    writable layer, the trust variables name it; the image's files are not changed otherwise."""
+    import imagebuild as ib
+    r = ib.cli(img, "network", "create", "secimg")
+    assert r.returncode == 0, r
+    try:
+        prof = tmp_profile(textwrap.dedent("""\
+            version: 1
+            extends: strict
+            network:
+              mode: secimg
+              secrets:
+                GITHUB_TOKEN: {from: "env:GH_TEST_TOKEN", hosts: [api.test]}
+            """))
+        runner = img[0]
+        r = runner("run", "--profile", prof, "--image", "busybox:test", "--", "/bin/sh", "-c",
+                   'echo "$GITHUB_TOKEN $SSL_CERT_FILE"; grep -c "pysandbox: this sandbox" $SSL_CERT_FILE',
+                   env={"PYSANDBOX_STATE_DIR": img[1], "GH_TEST_TOKEN": "image-secret-value"})
+        assert r.returncode == 0, r
+        first, count = r.stdout.split("\n")[:2]
+        assert re.fullmatch(r"pysandbox-secret:GITHUB_TOKEN:[0-9a-f]{32} /etc/ssl/certs/ca-certificates.crt", first)
+        assert count == "1" and "image-secret-value" not in r.stdout
+    finally:
+        ib.cli(img, "network", "rm", "secimg")
+
+
+def test_directory_root_gets_the_trust_store_and_stays_untouched(upstream, tmp_path):
+    """A read-only `root:` directory without /etc/ssl: the mount point comes from the sandbox's top
+    layer (store/mountpoints), nothing is written into the directory."""
+    import shutil
+    root = tmp_path / "rootdir"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for a in ("sh", "grep", "echo"):
+        (root / "bin" / a).symlink_to("busybox")
+    os.chmod(tmp_path, 0o755)
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    prof = tmp_path / "d.yaml"
+    prof.write_text(textwrap.dedent(f"""\
+        version: 1
+        extends: strict
+        filesystem: {{root: {{path: {root}}}, read_only: true}}
+        network:
+          mode: {NET}
+          secrets:
+            GITHUB_TOKEN: {{from: "env:GH_TEST_TOKEN", hosts: [api.test]}}
+        """))
+    r = subprocess.run([PYSANDBOX, "run", "--profile", str(prof), "--", "/bin/sh", "-c",
+                        'echo "$GITHUB_TOKEN"; grep -c "pysandbox: this sandbox" "$SSL_CERT_FILE"'],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, GH_TEST_TOKEN="dir-secret"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("pysandbox-secret:GITHUB_TOKEN:") and r.stdout.split("\n")[1] == "1"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before
