@@ -500,10 +500,11 @@ def test_image_root_gets_the_trust_store_and_placeholder(upstream, img, tmp_prof
         ib.cli(img, "network", "rm", "secimg")
 
 
-def test_directory_root_gets_the_trust_store_and_stays_untouched(upstream, tmp_path):
+def test_directory_root_gets_the_trust_store_and_stays_untouched(upstream, shared_tmp):
     """A read-only `root:` directory without /etc/ssl: the mount point comes from the sandbox's top
     layer (store/mountpoints), nothing is written into the directory."""
     import shutil
+    tmp_path = shared_tmp                  # (the sandbox's root must reach it: pytest's tmp_path is 0700)
     root = tmp_path / "rootdir"
     (root / "bin").mkdir(parents=True)
     shutil.copy("/bin/busybox", root / "bin" / "busybox")
