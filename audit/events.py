@@ -54,6 +54,12 @@ DEFAULT_SEVERITY = {
     "integrity_violation": "critical",
     "audit_lost": "error",          # the audit path itself lost records (e.g. kernel printk rate limit)
     "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
+    # egress interception (sandbox/network/egress/intercept.py, docs/network.md "Secrets"): one per request
+    "egress.http.allowed": "info",
+    "egress.http.denied": "warning",
+    "egress.http.upstream_error": "warning",
+    "egress.secret_exfiltration": "critical",   # a secret's placeholder sent to a host it is not for
+    "egress.secret_reflected": "error",         # an upstream's answer held a secret's value: cut off
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

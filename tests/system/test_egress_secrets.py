@@ -76,7 +76,11 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
             return                                                # an incomplete request: not served
         type(self).seen.append({"peer": self.client_address[1], "method": self.command, "path": self.path,
                                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode()})
-        out = f"ok {self.command} {self.path}".encode()           # never echoes a header back
+        out = f"ok {self.command} {self.path}".encode()           # echoes a header back only when asked:
+        if self.path.endswith("/echo"):                              # an "echo my headers" endpoint
+            out = self.headers.get("Authorization", "").encode()
+        elif self.path.endswith("/echo-big"):                        # ... with the value across reads
+            out = b"a" * 100000 + self.headers.get("Authorization", "").encode() + b"b" * 1000
         self.send_response(200)
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
@@ -184,6 +188,8 @@ auth = {"Authorization": "Bearer " + tok}
 out["get1"] = req(c, "GET", "/repos/acme/one", auth)                     # keep-alive: one connection
 out["get2"] = req(c, "GET", "/repos/acme/two", auth)
 out["post"] = req(c, "POST", "/repos/acme/one", auth, b"x")              # the rule allows GET only
+out["echo"] = req(C("api.test"), "GET", "/repos/acme/echo", auth)      # the upstream reflects the value
+out["echo_big"] = req(C("api.test"), "GET", "/repos/acme/echo-big", auth)
 c = C("api.test")
 out["other_path"] = req(c, "GET", "/orgs/acme", auth)                    # outside the rule's paths
 c = C("api.test")
@@ -292,7 +298,11 @@ def _check(res: dict, value: str, seen: list) -> None:
     # allowed: the server saw the real value, in the header only, both requests on one connection
     assert out["get1"] == [200, "ok GET /repos/acme/one"] and out["get2"] == [200, "ok GET /repos/acme/two"]
     api = [s for s in seen if s["path"].startswith("/repos/acme/")]
-    assert [s["headers"]["authorization"] for s in api] == [f"Bearer {value}"] * 2
+    assert [s["headers"]["authorization"] for s in api] == [f"Bearer {value}"] * 4
+    api = [s for s in api if "echo" not in s["path"]]
+    # reflected by the upstream: cut off before the sandbox sees it (502, or a body cut short)
+    assert out["echo"][0] == 502 and value not in json.dumps(out["echo"])
+    assert out["echo_big"] in (["error", "IncompleteRead"], ["error", "RemoteDisconnected"]), out["echo_big"]
     assert api[0]["peer"] == api[1]["peer"]
     # denied by the http rule: never reached the server
     for k in ("post", "other_path", "dotdot"):
@@ -314,11 +324,13 @@ def _check(res: dict, value: str, seen: list) -> None:
     evs = [json.loads(x) for x in text.splitlines()]
     allowed = [e for e in evs if e["type"] == "egress.http.allowed" and e["host"] == "api.test"]
     assert [(e["method"], e["path"], e["rule"], e.get("secrets")) for e in allowed] == \
-        [("GET", "/repos/acme/one", "network.egress.http[0]", ["GITHUB_TOKEN"]),
-         ("GET", "/repos/acme/two", "network.egress.http[0]", ["GITHUB_TOKEN"])]
+        [("GET", f"/repos/acme/{p}", "network.egress.http[0]", ["GITHUB_TOKEN"])
+         for p in ("one", "two", "echo", "echo-big")]
     denied = [(e["host"], e["method"], e["path"]) for e in evs if e["type"] == "egress.http.denied"]
     assert ("api.test", "POST", "/repos/acme/one") in denied and ("api.test", "GET", "/orgs/acme") in denied
     assert ("plain.api.test", "GET", "/repos/acme/one") in denied
+    assert [(e["path"], e["secret"]) for e in evs if e["type"] == "egress.secret_reflected"] == \
+        [("/repos/acme/echo", "GITHUB_TOKEN"), ("/repos/acme/echo-big", "GITHUB_TOKEN")]
     exfil = [e for e in evs if e["type"] == "egress.secret_exfiltration"]
     assert [(e["host"], e["secret"], e["where"]) for e in exfil] == \
         [("other.test", "GITHUB_TOKEN", "head"), ("other.test", "GITHUB_TOKEN", "head"),

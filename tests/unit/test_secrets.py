@@ -253,3 +253,15 @@ def test_intercept_plaintext_rules_keepalive_and_exfiltration():
     out, ev = res["host_mismatch"]
     assert b"HTTP/1.1 403" in out and "Host header" in ev[0][1]["reason"]
     assert all(b"VALUE" not in repr(s).encode() for s in seen)               # plaintext: the value never sent
+
+
+def test_interception_events_are_audit_event_types():
+    """Every event intercept.py emits is one the audit recorder accepts (audit/events.py)."""
+    import inspect as _inspect
+    from audit.events import Recorder, DEFAULT_SEVERITY
+    from sandbox.network.egress import intercept
+    emitted = set(re.findall(r'self\.audit\("([a-z_.]+)"', _inspect.getsource(intercept)))
+    assert emitted == {"egress.http.allowed", "egress.http.denied", "egress.http.upstream_error",
+                       "egress.secret_exfiltration", "egress.secret_reflected"}
+    assert emitted <= set(DEFAULT_SEVERITY)
+    assert DEFAULT_SEVERITY["egress.secret_exfiltration"] == "critical"

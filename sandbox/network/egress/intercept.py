@@ -339,14 +339,41 @@ class _Session:
                 break
             else:
                 return False
-        while True:                                    # the response (1xx first), relayed
+        # the response (1xx first), relayed; a secret's value in it (an upstream reflecting the
+        # header back) never reaches the sandbox: the last len(value)-1 bytes of the body are held
+        # back until the next piece shows they do not start one
+        values = [m for m in (self.secrets.minted if self.secrets else ()) if m.value]
+        hold = max((len(m.value) for m in values), default=1) - 1
+        held, head = b"", None             # (the head waits for the first body bytes sent: a 502 stays possible)
+        while True:
             ev = await self._next(uc, up)
             if isinstance(ev, (h11.InformationalResponse, h11.Response)):
-                await self.down.write(conn.send(type(ev)(status_code=ev.status_code, headers=ev.headers,
-                                                         reason=ev.reason)))
+                if await self.reflected(conn, values, b"\n".join(k + b": " + v for k, v in ev.headers) + b"\n"
+                                        + ev.reason, method, shown):
+                    return False
+                head = type(ev)(status_code=ev.status_code, headers=ev.headers, reason=ev.reason)
+                if isinstance(ev, h11.InformationalResponse):
+                    await self.down.write(conn.send(head))
+                    head = None
             elif isinstance(ev, h11.Data):
-                await self.down.write(conn.send(h11.Data(data=ev.data)))
+                data = held + ev.data
+                if await self.reflected(conn, values, data, method, shown):
+                    return False
+                data, held = (data[:-hold], data[-hold:]) if hold and len(data) > hold else \
+                    ((b"", data) if hold else (data, b""))
+                if data:
+                    if head is not None:
+                        await self.down.write(conn.send(head))
+                        head = None
+                    await self.down.write(conn.send(h11.Data(data=data)))
             elif isinstance(ev, h11.EndOfMessage):
+                trailers = b"\n".join(k + b": " + v for k, v in ev.headers)
+                if await self.reflected(conn, values, held + b"\n" + trailers, method, shown):
+                    return False
+                if head is not None:
+                    await self.down.write(conn.send(head))
+                if held:
+                    await self.down.write(conn.send(h11.Data(data=held)))
                 await self.down.write(conn.send(h11.EndOfMessage(headers=ev.headers)))
                 break
             else:
@@ -356,6 +383,18 @@ class _Session:
         else:
             self.up.close()
             self.up = None
+        return True
+
+    async def reflected(self, conn, values, data: bytes, method: str, shown: str) -> bool:
+        """A secret's value in what the upstream sent: audited, the exchange cut off (502 when the
+        response has not started, else the connection closes mid-body). True then."""
+        m = next((m for m in values if m.value in data), None)
+        if m is None:
+            return False
+        self.audit("egress.secret_reflected", {"secret": m.name, "method": method, "path": shown})
+        self.up.close()
+        self.up = None
+        await self.status(conn, 502, f"the upstream's answer held the value of secret {m.name}; cut off")
         return True
 
     async def status(self, conn, code: int, text: str) -> None:
