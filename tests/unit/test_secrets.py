@@ -258,7 +258,7 @@ def test_intercept_plaintext_rules_keepalive_and_exfiltration():
 def test_interception_events_are_audit_event_types():
     """Every event intercept.py emits is one the audit recorder accepts (audit/events.py)."""
     import inspect as _inspect
-    from audit.events import Recorder, DEFAULT_SEVERITY
+    from audit.events import DEFAULT_SEVERITY
     from sandbox.network.egress import intercept
     emitted = set(re.findall(r'self\.audit\("([a-z_.]+)"', _inspect.getsource(intercept)))
     assert emitted == {"egress.http.allowed", "egress.http.denied", "egress.http.upstream_error",
