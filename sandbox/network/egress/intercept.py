@@ -47,8 +47,8 @@ _UNNORMAL = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.I)
 
 def wants(network, host: str) -> bool:
     """True when connections to `host` are intercepted: an http rule or a secret names it."""
-    return any(host_matches(r.host, host) for r in network.http) or \
-        any(host_matches(h, host) for s in network.secrets for h in s.hosts)
+    return any(host_matches(r.host, host) for r in getattr(network, "http", ())) or \
+        any(host_matches(h, host) for s in getattr(network, "secrets", ()) for h in s.hosts)
 
 
 class Refused(Exception):
@@ -170,9 +170,9 @@ async def handle(reader, writer, first_bytes: bytes, *, host: str, port: int, ad
 class _Session:
     def __init__(self, host: str, port: int, addrs: list, ctx, tls: bool):
         self.host, self.port, self.addrs, self.ctx, self.tls = host.lower().rstrip("."), port, addrs, ctx, tls
-        self.net = ctx.egress
         self.secrets = getattr(ctx, "secrets", None)
-        self.rules = [(i, r) for i, r in enumerate(self.net.http) if host_matches(r.host, self.host)]
+        self.rules = [(i, r) for i, r in enumerate(getattr(ctx.egress, "http", ()))
+                      if host_matches(r.host, self.host)]
         self.down = None
         self.up = self.up_conn = None
         # the placeholders that must not reach this host: those of secrets for other hosts
