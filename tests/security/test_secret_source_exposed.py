@@ -1,7 +1,7 @@
 """A secret's value must not reach the sandbox by another way than the interception.
 
 Two holes found while building network.secrets (docs/network.md, "Secrets"):
-* env pass-through: `process.env.allow: [GH_*]` (or `-e GH_TOKEN`) copied the caller's variable
+* env pass-through: `process.env.allow: [GH_*]` (or `-e GH_TOKEN`; also in `pysandbox exec`) copied the caller's variable
   that a secret reads (`from: env:GH_TOKEN`) into the program's environment: the value sat next to
   its placeholder. The launcher now drops every `env:` source variable from the program's
   environment.
@@ -87,3 +87,21 @@ def test_secret_file_the_sandbox_can_read_stops_the_launch(net, tmp_path):
     r = subprocess.run([PYSANDBOX, "run", "--profile", _profile(tmp_path, f"file:{d / 'token'}"), "--",
                         "/bin/sh", "-c", "echo $GITHUB_TOKEN"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("pysandbox-secret:GITHUB_TOKEN:"), r.stderr
+
+
+def test_exec_does_not_pass_the_secret_source_through(net, tmp_path):
+    """`pysandbox exec` builds its command's environment from the recorded plan: a wildcard in
+    env.allow must not pass a secret's source variable in either."""
+    value = "v_" + secrets.token_hex(16)
+    env = dict(os.environ, GH_PSB_SECRET=value, GH_OTHER="passed")
+    name = "secexp-" + secrets.token_hex(3)
+    r = subprocess.run([PYSANDBOX, "run", "-d", "--name", name, "--profile", _profile(tmp_path, "env:GH_PSB_SECRET"),
+                        "--", "/bin/sleep", "30"], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = subprocess.run([PYSANDBOX, "exec", name, "/bin/cat", "/proc/self/environ"], capture_output=True,
+                           timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        assert b"GH_OTHER=passed" in r.stdout.split(b"\0") and value.encode() not in r.stdout
+    finally:
+        subprocess.run([PYSANDBOX, "rm", "-f", name], capture_output=True, timeout=60)
