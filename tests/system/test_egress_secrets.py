@@ -415,10 +415,20 @@ def test_secret_from_a_file_and_explain_shows_names_only(upstream, tmp_path):
     f = tmp_path / "token"
     f.write_text(value + "\n")
     prof = _profile(tmp_path, source=f"file:{f}")
-    r = subprocess.run([PYSANDBOX, "run", "--profile", prof, "--", "/bin/sh", "-c", "echo $GITHUB_TOKEN"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("pysandbox-secret:GITHUB_TOKEN:") and value not in r.stdout
+    from pathlib import Path
+    from sandbox.plancache import cache_dir
+    log, started = tmp_path / "audit.jsonl", __import__("time").time() - 1
+    for _ in range(2):                     # the second run may take a cached plan
+        r = subprocess.run([PYSANDBOX, "run", "--profile", prof, "--audit-log", str(log), "--", "/bin/sh", "-c",
+                            "echo $GITHUB_TOKEN"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("pysandbox-secret:GITHUB_TOKEN:") and value not in r.stdout + r.stderr
+    # nowhere on disk but its file: not the plan cache (entries written since), the state directory,
+    # the audit log
+    stored = [p for d in (os.environ["PYSANDBOX_STATE_DIR"], log.parent) for p in Path(d).rglob("*")
+              if p.is_file() and p != f]
+    stored += [p for p in Path(cache_dir()).glob("*") if p.is_file() and p.stat().st_mtime >= started]
+    assert log in stored and [str(p) for p in stored if value.encode() in p.read_bytes()] == []
     for args in (["explain", "--profile", prof], ["explain", "--json", "--profile", prof]):
         r = subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "GITHUB_TOKEN" in r.stdout and value not in r.stdout
