@@ -265,3 +265,28 @@ def test_interception_events_are_audit_event_types():
                        "egress.secret_exfiltration", "egress.secret_reflected"}
     assert emitted <= set(DEFAULT_SEVERITY)
     assert DEFAULT_SEVERITY["egress.secret_exfiltration"] == "critical"
+
+
+def test_intercept_bounds_the_request_head():
+    """A request head over MAX_HEAD (64 KiB; h11 bounds what it buffers of an incomplete head, and one
+    read adds at most CHUNK) is answered 431 and audited, never buffered further."""
+    from policies.plan import HttpRule, Network
+    from sandbox.network.egress import intercept
+    net = Network(mode="n", http=(HttpRule("up.test"),))
+
+    async def main():
+        ctx = _Ctx(net, S.SecretSet())
+
+        async def accept(r, w):
+            await intercept.handle(r, w, await r.read(100), host="up.test", port=9, addrs=["127.0.0.1"], ctx=ctx)
+        proxy = await asyncio.start_server(accept, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*proxy.sockets[0].getsockname()[:2])
+        w.write(b"GET / HTTP/1.1\r\nHost: up.test\r\n" + b"X-Pad: " + b"a" * (intercept.MAX_HEAD * 3) + b"\r\n\r\n")
+        await w.drain()
+        out = await asyncio.wait_for(r.read(), 20)
+        w.close()
+        proxy.close()
+        return out, ctx.events
+    out, ev = asyncio.run(main())
+    assert out.startswith(b"HTTP/1.1 431 ") and ev[0][0] == "egress.http.denied"
+    assert ev[0][1]["reason"].startswith("malformed request")

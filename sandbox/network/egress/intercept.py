@@ -200,9 +200,15 @@ class _Session:
     async def serve(self) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         for _ in range(MAX_REQUESTS):
-            ev = await self._next(conn, self.down)
+            try:
+                ev = await self._next(conn, self.down)
+            except h11.RemoteProtocolError as e:       # malformed, or a head over MAX_HEAD
+                self.audit("egress.http.denied", {"method": None, "path": None, "rule": None,
+                                                  "reason": f"malformed request: {str(e)[:120]}"})
+                await self.status(conn, e.error_status_hint, "malformed request")
+                return
             if not isinstance(ev, h11.Request):
-                return                                  # closed (or a protocol error: h11 raises)
+                return                                  # closed
             method, shown = ev.method.decode("ascii", "replace"), self.shown(ev.target)
             try:
                 headers, rule, used = self.decide(ev)
@@ -400,7 +406,7 @@ class _Session:
     async def status(self, conn, code: int, text: str) -> None:
         body = f"pysandbox: {text}\n".encode()
         try:
-            if conn.our_state is h11.SEND_RESPONSE:
+            if conn.our_state in (h11.SEND_RESPONSE, h11.IDLE):     # (IDLE: after a malformed request)
                 await self.down.write(conn.send(h11.Response(status_code=code, headers=[
                     (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close")])))
@@ -418,6 +424,12 @@ class _Session:
         would reset the connection, and the sandbox's client would lose the answer."""
         total = 0
         while total < LINGER_BYTES:
+            if conn.their_state is h11.ERROR:           # nothing more to parse: drop what comes
+                data = await self.down.read()
+                if not data:
+                    return
+                total += len(data)
+                continue
             ev = conn.next_event()
             if ev is h11.NEED_DATA:
                 data = await self.down.read()
