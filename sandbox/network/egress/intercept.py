@@ -163,6 +163,9 @@ async def handle(reader, writer, first_bytes: bytes, *, host: str, port: int, ad
         await session.serve()
     except (OSError, ssl.SSLError, asyncio.TimeoutError, h11.ProtocolError, EOFError):
         pass                          # the sandbox's or the upstream's connection failed: closed
+    except Exception as e:            # never a traceback from the proxy: audited, closed
+        session.audit("egress.http.denied", {"method": None, "path": None, "rule": None,
+                                             "reason": f"interception failed: {type(e).__name__}"})
     finally:
         session.close()
 
@@ -271,6 +274,8 @@ class _Session:
         for k, v in req.headers:
             for m in self.own:
                 if k == m.secret.header.lower().encode() and m.token.encode() in v:
+                    if m.value is None:
+                        raise Refused(f"secret {m.name} is not loaded (the sandbox is ending)", rule)
                     if not self.tls:
                         raise Refused(f"secret {m.name} would cross plaintext HTTP", rule)
                     v = m.header_value(v)
