@@ -270,6 +270,7 @@ class Launch:
         self.egress_secrets = secrets.SecretSet(n.secrets)
         for name in secrets.env_sources(n.secrets):   # never passed through (env.allow, -e NAME)
             env.pop(name, None)
+        secrets.take_env_sources(n.secrets)            # nor inherited by a helper this launch spawns
         env.update(self.egress_secrets.env())
         env.update(ca.trust_env())
         self.egress_ca = ca.SandboxCA(self.sandbox_id, [r.host for r in n.http] + [h for s in n.secrets for h in s.hosts])

@@ -266,14 +266,24 @@ def _drive(tmp, up, value, *, mode=NET, runas=(), env=None) -> dict:
                         res["violations"].append(f"the value in /proc/{pid}/{f}")
         program = [q for q in procs if b"python3" in open(f"/proc/{q}/cmdline", "rb").read()]
         res["scan_sees_placeholder"] = len(program) == 1 and _memory_has(program[0], [token])[token]
+        # no process's argv, and no environment but the supervisor's (it read the value from its own:
+        # `from: env:`) and its callers' (this test gave it): not PID 1's, the program's, pasta's...
+        callers, q = {p.pid}, os.getpid()
+        while q > 1:
+            callers.add(q)
+            with open(f"/proc/{q}/stat") as fh:
+                q = int(fh.read().rsplit(")", 1)[1].split()[1])
         for d in os.listdir("/proc"):
             if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/cmdline", "rb") as fh:
-                        if value.encode() in fh.read():
-                            res["violations"].append(f"the value in /proc/{d}/cmdline")
-                except OSError:
-                    pass
+                for f in ("cmdline", "environ"):
+                    if f == "environ" and int(d) in callers:
+                        continue
+                    try:
+                        with open(f"/proc/{d}/{f}", "rb") as fh:
+                            if value.encode() in fh.read():
+                                res["violations"].append(f"the value in /proc/{d}/{f} ({_comm(d)})")
+                    except OSError:
+                        pass
     finally:
         _, err = p.communicate(b"", timeout=60)
         res["rc"], res["err"] = p.returncode, err.decode(errors="replace")[-2000:]
@@ -335,6 +345,14 @@ def _check(res: dict, value: str, seen: list) -> None:
     assert [(e["host"], e["secret"], e["where"]) for e in exfil] == \
         [("other.test", "GITHUB_TOKEN", "head"), ("other.test", "GITHUB_TOKEN", "head"),
          ("other.test", "GITHUB_TOKEN", "body")]
+
+
+def _comm(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 def _tree(root: int) -> list:

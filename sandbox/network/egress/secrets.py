@@ -21,6 +21,11 @@ MAX_VALUE = 16 * 1024              # bytes of one secret's value
 TOKEN_BYTES = 16                   # random bytes of a placeholder (32 hex digits)
 
 
+# `env:` sources moved out of this process's environment (take_env_sources), for this launch and
+# the later ones of the same process (a launch server runs many)
+_TAKEN: dict = {}
+
+
 class SecretError(Exception):
     """A secret the plan names cannot be read (missing, too large, not one header value)."""
 
@@ -81,8 +86,9 @@ class SecretSet:
         return {m.name: m.placeholder for m in self.minted}
 
     def load(self, environ=None) -> None:
-        """Read every value (fail closed: SecretError, one line, names the secret, never a value)."""
-        environ = os.environ if environ is None else environ
+        """Read every value (fail closed: SecretError, one line, names the secret, never a value).
+        environ: by default this process's environment and what take_env_sources moved out of it."""
+        environ = {**_TAKEN, **os.environ} if environ is None else environ
         for m in self.minted:
             m.value = _read(m.secret, environ)
 
@@ -106,6 +112,16 @@ def env_sources(secrets) -> list:
     """The caller's variables that hold values (`from: env:VAR`): kept out of the program's
     environment whatever env.allow / -e pass through."""
     return [s.source[4:] for s in secrets if s.source.startswith("env:")]
+
+
+def take_env_sources(secrets) -> None:
+    """Move every `env:` source variable out of this process's environment into this module's
+    memory, before the launch spawns any helper (pasta, slirp4netns, newuidmap, nft...): a helper
+    inherits the environment, and its /proc/PID/environ is readable by the caller's other
+    processes. (The supervisor's own initial environment, where the caller put the value, stays.)"""
+    for var in env_sources(secrets):
+        if var in os.environ:
+            _TAKEN[var] = os.environ.pop(var)
 
 
 def check_not_exposed(secret_set: SecretSet, plan) -> None:
