@@ -141,6 +141,11 @@ def test_ca_leaf_chains_to_it_and_is_name_constrained():
     c = ca.SandboxCA("abc123", ["api.example.com", "*.corp.example"])
     nc = c.cert.extensions.get_extension_for_class(x509.NameConstraints)
     assert nc.critical and {g.value for g in nc.value.permitted_subtrees} == {"api.example.com", "corp.example"}
+    assert {str(g.value) for g in nc.value.excluded_subtrees} == {"0.0.0.0/0", "::/0"}   # no IP host: none
+    ip_ca = ca.SandboxCA("x", ["192.0.2.7"])
+    ip_nc = ip_ca.cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    assert [str(g.value) for g in ip_nc.permitted_subtrees] == ["192.0.2.7/32"] and ip_nc.excluded_subtrees is None
+    ip_ca.server_context("192.0.2.7")
     assert c.cert.not_valid_after_utc - c.cert.not_valid_before_utc <= ca.VALIDITY + ca.SKEW
     bundle = c.bundle()
     assert "PRIVATE KEY" not in bundle and bundle.rstrip().endswith(c.cert_pem().rstrip())

@@ -62,7 +62,12 @@ def _constraints(hosts) -> x509.NameConstraints | None:
             permitted.append(x509.IPAddress(ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")))
         except ValueError:
             permitted.append(x509.DNSName(h))
-    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None) if permitted else None
+    if not permitted:
+        return None
+    # no IP host: every address excluded (a permitted DNS subtree alone leaves IP names open)
+    excluded = None if any(isinstance(g, x509.IPAddress) for g in permitted) else \
+        [x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")), x509.IPAddress(ipaddress.ip_network("::/0"))]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded)
 
 
 class SandboxCA:
