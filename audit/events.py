@@ -56,6 +56,12 @@ DEFAULT_SEVERITY = {
     "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
     "egress.allowed": "info",       # the egress proxy let a connection to a name through (sandbox/network/egress/)
     "egress.denied": "warning",     # the egress proxy or its resolver refused a name, an address or a protocol
+    # egress interception (sandbox/network/egress/intercept.py, docs/network.md "Secrets"): one per request
+    "egress.http.allowed": "info",
+    "egress.http.denied": "warning",
+    "egress.http.upstream_error": "warning",
+    "egress.secret_exfiltration": "critical",   # a secret's placeholder sent to a host it is not for
+    "egress.secret_reflected": "error",         # an upstream's answer held a secret's value: cut off
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

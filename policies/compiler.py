@@ -292,6 +292,12 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
             ns = replace(ns, net=False)
         elif net.mode != "host" and not ns.net:
             err(f"network {net.mode!r} needs namespaces.net: true", ("namespaces", "net"))
+        for k in [k for k, _ in getattr(proc, "env_set", ())] + list(getattr(proc, "env_allow", ())):
+            # a secret's placeholder or its source set or passed by hand (a wildcard: launcher drops it)
+            for s in net.secrets:
+                if k in (s.name, s.source[4:] if s.source.startswith("env:") else None):
+                    err(f"process.env: {k} is {'secret ' + s.name if k == s.name else 'the source of secret ' + s.name}"
+                        f" (network.secrets); it is never set or passed into the sandbox", ("process", "env"))
         if net.egress_default == "deny" and "NET_ADMIN" in capabilities:
             err("network.egress: an egress allow-list cannot hold against CAP_NET_ADMIN (the program could "
                 "change the rules); drop NET_ADMIN", ("network", "egress"))
@@ -726,9 +732,11 @@ def _network(n, ov: Overrides, loc, ns) -> P.Network:
     if host_rules and eg.get("default") == "allow":
         raise ProfileError("network.egress: host rules need default deny (the proxy is the only way out)",
                            loc(("network", "egress", "default")))
+    http, secrets = _http_and_secrets(n, mode, loc)
+    _intercepted_hosts_allowed(http, secrets, host_rules, loc)
     return P.Network(mode=mode, ports=tuple(ports),
                      egress_default=eg.get("default", "deny" if rules or host_rules else "allow"),
-                     egress_allow=rules, egress_hosts=host_rules, hosts=host_entries)
+                     egress_allow=rules, egress_hosts=host_rules, hosts=host_entries, http=http, secrets=secrets)
 
 
 def _egress_hosts(n: dict, eg: dict, ov: Overrides, loc) -> tuple[tuple, tuple]:
@@ -768,6 +776,81 @@ def _egress_hosts(n: dict, eg: dict, ov: Overrides, loc) -> tuple[tuple, tuple]:
             raise ProfileError(str(e)) from None
         entries[k] = v
     return tuple(out), tuple(P.HostEntry(k, v) for k, v in sorted(entries.items()))
+
+
+# Headers a secret may not go into: they frame the message or name its peer (the proxy's own).
+SECRET_HEADERS_REFUSED = frozenset(("host", "content-length", "transfer-encoding", "connection", "upgrade",
+                                    "te", "trailer", "keep-alive", "proxy-connection", "expect"))
+
+
+_SECRET_SOURCE = __import__("re").compile(r"env:[A-Za-z_][A-Za-z0-9_]*|file:[^\x00]+")
+_HEADER_NAME = __import__("re").compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
+def http_host_ok(host) -> bool:
+    """A host of an http rule or a secret: a DNS name, `*.` + a DNS name, or an IP address."""
+    import ipaddress
+    if not isinstance(host, str) or not host or len(host) > 253:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[2:] if host.startswith("*.") else host
+    return all(_HOSTNAME_LABEL.fullmatch(x) for x in name.split("."))
+
+
+def _http_and_secrets(n: dict, mode: str, loc) -> tuple:
+    """network.egress.http and network.secrets -> (HttpRule, ...), (Secret, ...). Pure: a secret is
+    kept as a reference (its NAME, `from:`, hosts, header, format), never read here."""
+    from .errors import ProfileErrors
+    errs = []
+    eg = n.get("egress", {}) or {}
+    http = []
+    for i, r in enumerate(eg.get("http", []) or []):
+        where = ("network", "egress", "http", i)
+        if not http_host_ok(r["host"]):
+            errs.append(ProfileError(f"network.egress.http[{i}].host: {r['host']!r} is no host name, "
+                                     f"`*.`name or IP address", loc(where + ("host",))))
+            continue
+        http.append(P.HttpRule(host=r["host"].lower().rstrip("."),
+                               methods=tuple(sorted({m.upper() for m in r.get("methods", ())})),
+                               paths=tuple(r.get("paths", ()))))
+    secrets = []
+    for name, sp in sorted((n.get("secrets") or {}).items()):
+        where = ("network", "secrets", name)
+        src = sp["from"]
+        if not _SECRET_SOURCE.fullmatch(src):
+            errs.append(ProfileError(f"network.secrets.{name}.from: {src!r}: expected env:VARIABLE or file:/path",
+                                     loc(where + ("from",))))
+        elif src.startswith("file:") and not os.path.isabs(src[5:]):
+            errs.append(ProfileError(f"network.secrets.{name}.from: {src!r}: the file must be an absolute path",
+                                     loc(where + ("from",))))
+        bad = [h for h in sp["hosts"] if not http_host_ok(h)]
+        if bad:
+            errs.append(ProfileError(f"network.secrets.{name}.hosts: {bad[0]!r} is no host name, `*.`name or "
+                                     f"IP address", loc(where + ("hosts",))))
+        header = sp.get("header", "Authorization")
+        if not _HEADER_NAME.fullmatch(header):
+            errs.append(ProfileError(f"network.secrets.{name}.header: {header!r} is no HTTP header name",
+                                     loc(where + ("header",))))
+        elif header.lower() in SECRET_HEADERS_REFUSED:
+            errs.append(ProfileError(f"network.secrets.{name}.header: {header!r} frames the request; a secret "
+                                     f"cannot go there", loc(where + ("header",))))
+        fmt = sp.get("format", "{}")
+        if fmt.count("{}") != 1 or any(ord(c) < 0x20 or ord(c) == 0x7f for c in fmt):
+            errs.append(ProfileError(f"network.secrets.{name}.format: {fmt!r} must hold `{{}}` (the value) once "
+                                     f"and no control characters", loc(where + ("format",))))
+        secrets.append(P.Secret(name=name, source=src, hosts=tuple(h.lower().rstrip(".") for h in sp["hosts"]),
+                                header=header, format=fmt))
+    if (http or secrets) and mode in ("none", "host"):
+        errs.append(ProfileError(f"network.{'secrets' if secrets else 'egress.http'}: needs a network whose "
+                                 f"traffic the egress proxy steers (a private network or pasta/slirp4netns), "
+                                 f"not {mode!r}", loc(("network", "secrets" if secrets else "egress"))))
+    if errs:
+        raise ProfileErrors(errs) if len(errs) > 1 else errs[0]
+    return tuple(http), tuple(secrets)
 
 
 _HOSTNAME_LABEL = __import__("re").compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -905,3 +988,27 @@ def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
                     cpus=cpus_v, cpu_shares=shares, cpuset_cpus=cpuset, pids=pids, blkio_weight=weight,
                     device_read_bps=rd_bps, device_write_bps=wr_bps,
                     device_read_iops=rd_iops, device_write_iops=wr_iops)
+
+
+def _intercepted_hosts_allowed(http: tuple, secrets: tuple, host_rules: tuple, loc) -> None:
+    """The egress proxy intercepts only connections it let through: an http rule's or a secret's
+    host that no egress `host:` rule allows would never be reached (the secret never substituted,
+    the http rule never enforced) — a profile that says so is refused rather than half enforced."""
+    from .egress import matches
+
+    def covered(h: str) -> bool:
+        if h.startswith("*."):
+            return any(r.host in ("*", h) or (r.host.startswith("*.") and h[1:].endswith(r.host[1:]))
+                       for r in host_rules)
+        return any(matches(r.host, h) for r in host_rules)
+    for i, r in enumerate(http):
+        if not covered(r.host):
+            raise ProfileError(f"network.egress.http[{i}].host: {r.host!r} is allowed by no egress `host:` rule "
+                               f"(add {{host: {r.host}, ports: [443]}} to network.egress.allow)",
+                               loc(("network", "egress", "http", i, "host")))
+    for s in secrets:
+        for h in s.hosts:
+            if not covered(h):
+                raise ProfileError(f"network.secrets.{s.name}.hosts: {h!r} is allowed by no egress `host:` rule "
+                                   f"(add {{host: {h}, ports: [443]}} to network.egress.allow)",
+                                   loc(("network", "secrets", s.name, "hosts")))

@@ -196,6 +196,26 @@ class HostEntry:
 
 
 @dataclass(frozen=True)
+class HttpRule:
+    """HttpRule: network.egress.http (docs/network.md, "Secrets"): what requests to `host` may be,
+    enforced by the egress proxy's TLS interception (sandbox/network/egress/intercept.py)."""
+    host: str                          # a name, or "*.suffix"
+    methods: tuple[str, ...] = ()      # upper case; () any
+    paths: tuple[str, ...] = ()        # globs over the request path (fnmatch); () any
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Secret: network.secrets (docs/network.md, "Secrets"). A reference only: the value is read by
+    the supervisor at launch (sandbox/network/egress/secrets.py) and never enters a plan."""
+    name: str                          # the sandbox's environment variable (holds a placeholder)
+    source: str                        # "env:VAR" (the caller's environment) or "file:/abs/path"
+    hosts: tuple[str, ...]             # where the value is substituted (names, "*.suffix")
+    header: str = "Authorization"
+    format: str = "{}"                 # "{}" stands for the value, e.g. "Bearer {}"
+
+
+@dataclass(frozen=True)
 class Network:
     """Network (see docs/profile-format.md)."""
     mode: str = "none"                 # none | host | <network name>
@@ -204,6 +224,8 @@ class Network:
     egress_allow: tuple[EgressRule, ...] = ()
     egress_hosts: tuple[EgressHostRule, ...] = ()    # egress by domain name (the egress proxy)
     hosts: tuple[HostEntry, ...] = ()                # network.hosts and --add-host
+    http: tuple[HttpRule, ...] = ()    # egress.http: rules of intercepted HTTP(S)
+    secrets: tuple[Secret, ...] = ()   # secrets substituted by the egress proxy
 
 
 @dataclass(frozen=True)

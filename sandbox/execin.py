@@ -79,6 +79,9 @@ def _env(plan: dict, extra) -> dict:
             env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
         elif name in os.environ:
             env[name] = os.environ[name]
+    for s in (plan.get("network") or {}).get("secrets") or ():   # a secret's env: source stays outside,
+        if s.get("source", "").startswith("env:"):              # as in the program's (launcher.intercept_setup)
+            env.pop(s["source"][4:], None)
     env["container"] = "pysandbox"      # as the program's (launcher.build_env)
     env.update({k: v for k, v in proc.get("env_set") or ()})
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")

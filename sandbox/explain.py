@@ -81,6 +81,10 @@ def render(plan) -> str:
                        "(SNI/Host and the resolver's answers checked)")
     for h in n.hosts:
         out.append(f"  hosts      {h.name} -> {h.address}")
+    for r in n.http:                 # intercepted HTTP(S) (docs/network.md, "Secrets")
+        out.append(f"http         {r.host}: {' '.join(r.methods) or 'any method'} {' '.join(r.paths) or 'any path'}")
+    for sc in n.secrets:             # names and where they go; values are never in a plan
+        out.append(f"secret       {sc.name} -> {sc.header} for {', '.join(sc.hosts)} (from {sc.source.partition(':')[0]})")
     l = plan.limits
     lim = [f"memory {_size(l.memory)}" if l.memory else None, f"swap {_size(l.memory_swap)}" if l.memory_swap else None,
            f"cpus {l.cpus:g}" if l.cpus else None, f"pids {l.pids}" if l.pids else None,

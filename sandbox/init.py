@@ -423,7 +423,7 @@ def build_root(plan, ctx, rootless: bool) -> None:
                          **({} if ctx is None else
                             {"hosts_text": ctx.hosts_text, "hosts_file": ctx.hosts_file,
                              "image_root": ctx.image_root, "volume_dirs": ctx.volume_dirs,
-                             "bind_srcs": ctx.bind_srcs,
+                             "bind_srcs": ctx.bind_srcs, "ca_bundle": ctx.ca_bundle,
                              "sys_admin": "SYS_ADMIN" in plan.capabilities}))
     rootfs.pivot(plan)
     rootfs.finish(plan, fds)

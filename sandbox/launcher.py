@@ -183,6 +183,9 @@ class Launch:
         self.filters = None            # the run's seccomp filters (seccomp.filters), decided in context()
         self.console = console
         self.cg = self.net = self.sup = self.ctx = None
+        # egress interception (sandbox/network/egress/): the secrets (values after load_secrets) and
+        # the sandbox's CA, kept in this process's memory for the egress proxy
+        self.egress_secrets = self.egress_ca = None
         self.registered = None   # sandbox/reclaim.py: our record of what this launch creates on the host
         self.pid = None
         self.pidfd = -1
@@ -240,16 +243,50 @@ class Launch:
         except (seccomp.FilterError, OSError) as e:
             raise LaunchError(f"seccomp: {e}") from None
         env = build_env(plan)
+        ca_bundle = self.intercept_setup(env) if plan.network.http or plan.network.secrets else None
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)
         self._pid1_ends = (go_r, status_w)             # closed once PID 1 has its copies
         ctx = self.ctx = LaunchContext(plan, self.argv, env, f.program, self.rootless, go_r, self._go_w,
                                        self._status_r, status_w)
         ctx.seccomp_log = f.log
+        ctx.ca_bundle = ca_bundle
         ctx.nofile = CHILD_NOFILE
         ctx.stdio = self.stdio
         ctx.console = self.console   # socket: the program sends its pty master back (run -t)
         return ctx
+
+    def intercept_setup(self, env: dict) -> str:
+        """Egress interception (docs/network.md, "Secrets"): each secret's placeholder into the
+        program's environment (sandbox.network.egress.secrets), the sandbox's CA made in memory and
+        the trust variables (sandbox.network.egress.ca). Returns the trust store's text (host CAs +
+        the sandbox's CA, no key), which rootfs binds over the root's CA bundle paths."""
+        try:
+            from .network.egress import ca, secrets
+        except ImportError as e:
+            raise LaunchError(f"network.secrets / egress.http: TLS interception needs the `net` extra "
+                              f"(pip install 'pysandbox[net]'): {e}") from None
+        n = self.plan.network
+        self.egress_secrets = secrets.SecretSet(n.secrets)
+        for name in secrets.env_sources(n.secrets):   # never passed through (env.allow, -e NAME)
+            env.pop(name, None)
+        secrets.take_env_sources(n.secrets)            # nor inherited by a helper this launch spawns
+        env.update(self.egress_secrets.env())
+        env.update(ca.trust_env())
+        self.egress_ca = ca.SandboxCA(self.sandbox_id, [r.host for r in n.http] + [h for s in n.secrets for h in s.hosts])
+        return self.egress_ca.bundle()
+
+    def load_secrets(self) -> None:
+        """The secrets' values, into this process's memory only: after PID 1 was cloned, so no copy
+        of this process in the sandbox holds one. Missing or malformed: the launch stops (125)."""
+        if self.egress_secrets:
+            self.step = "secrets"
+            from .network.egress.secrets import SecretError, check_not_exposed
+            try:
+                check_not_exposed(self.egress_secrets, self.plan)
+                self.egress_secrets.load()
+            except SecretError as e:
+                raise LaunchError(f"network.secrets: {e}") from None
 
     def clone_pid1(self, ctx) -> int:
         """clone with the plan's namespaces: PID 1 (sequence.pid1_main), or through `self.clone`
@@ -295,6 +332,8 @@ class Launch:
     def attach_network(self, pid: int) -> None:
         self.step = "network"
         if self.net is not None:
+            if self.egress_ca is not None:           # the proxy intercepts with the launch's CA and secrets
+                self.net.intercept = (self.egress_secrets, self.egress_ca)
             try:
                 self.net.attach(pid)
             except Exception as e:
@@ -447,6 +486,8 @@ class Launch:
 
     def _cleanup(self) -> None:
         result, plan, ctx = self.result, self.plan, self.ctx
+        if self.egress_secrets is not None:
+            self.egress_secrets.clear()          # the values leave this process's memory with the run
         if self.pid:
             try:
                 os.waitpid(self.pid, 0)
@@ -581,6 +622,9 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name:
     try:
         if fs.image:
             from .store import overlay
+            if ctx.ca_bundle:                # the trust store's mount point (egress interception)
+                from .rootfs import with_ca_mountpoint
+                fs = with_ca_mountpoint(fs)
             ctx.image_root = overlay.prepare_root(fs, sandbox_id, rootless=rootless,
                                                   uid_map=plan.user.uid_map, gid_map=plan.user.gid_map,
                                                   name=name)

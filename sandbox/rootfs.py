@@ -272,7 +272,7 @@ def _bind_source(m, src, sys_admin: bool) -> tuple:
 def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = None,
             resolv_conf: bool = False, image_root=None, volume_dirs: dict | None = None,
             hosts_file: str | None = None, bind_srcs: tuple = (), sys_admin: bool = False,
-            rootless: bool = False) -> list:
+            rootless: bool = False, ca_bundle: str | None = None) -> list:
     """Steps 1-4. Returns the detached trees of bind and volume sources, in plan.filesystem.mounts
     order. bind_srcs: the supervisor's descriptors of the bind sources (launcher.open_bind_sources);
     sys_admin: the program keeps CAP_SYS_ADMIN (see _bind_source)."""
@@ -312,12 +312,13 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
         overlay.open_store(image_root)
     _sys.mount("tmpfs", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=16m")
     new = BASE
+    ca_fd = _stage_ca_bundle(new, ca_bundle) if ca_bundle else None   # before a root covers the tmpfs
     tree = None                       # the fresh tmpfs root of `root: host` (_FreshRoot)
     if image_root is not None:
         overlay.mount_root(image_root, new)   # an image's layers as the root (sandbox.store.overlay)
     elif root_fd is not None:
         if fs.read_only:              # the container interface files on a top layer (sandbox.store)
-            overlay.mount_dir_root(root_fd, new, fs, rootless=rootless)
+            overlay.mount_dir_root(root_fd, new, with_ca_mountpoint(fs) if ca_bundle else fs, rootless=rootless)
         else:                         # writable: the directory itself (nothing can be added to it)
             _bind(f"/proc/self/fd/{root_fd}", new, read_only=False)
         os.close(root_fd)
@@ -356,6 +357,8 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
             os.close(hosts_fd)
         if tree is not None:
             tree.seal()                       # before anything that must stay writable is mounted
+        if ca_fd is not None:                 # the sandbox's trust store (egress interception)
+            _bind_ca_bundle(ca_fd, new, rfd)
 
         def point(rel: str) -> int:           # a mount point: made by us, or resolved (no symlinks)
             if tree is not None:
@@ -384,6 +387,55 @@ def prepare(plan, *, has_netns: bool, has_pidns: bool, hosts_text: str | None = 
 
 
 _DEV: list = []          # the descriptor of this sandbox's /dev (its root), from prepare to finish
+
+
+# The CA bundle paths of the common distributions (Debian/Ubuntu first: SSL_CERT_FILE names it and
+# it is made when missing; the others are bound over where the root has them) - sandbox/network/egress/ca.py
+CA_BUNDLE_PATHS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
+                   "/etc/ssl/ca-bundle.pem", "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+                   "/etc/ssl/cert.pem")
+_CA_STAGED = ".pysandbox-ca-bundle.pem"
+
+
+def with_ca_mountpoint(fs):
+    """`fs` with the CA bundle's mount point for a root we did not make: store/mountpoints makes it
+    in the sandbox's top layer when the root lacks it (a read-only image or `root:` directory)."""
+    from dataclasses import replace
+    from policies.plan import Mount
+    return replace(fs, mounts=tuple(fs.mounts) + (Mount(type="file", target=CA_BUNDLE_PATHS[0]),))
+
+
+def _stage_ca_bundle(base: str, text: str) -> int:
+    """The bundle (host CAs + the sandbox's CA; no key) as a read-only file of the fresh tmpfs on
+    BASE, written before an image or directory root covers it: O_PATH descriptor."""
+    fd = os.open(f"{base}/{_CA_STAGED}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    return os.open(f"{base}/{_CA_STAGED}", os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+
+def _bind_ca_bundle(ca_fd: int, base: str, rfd: int | None) -> None:
+    """Bind the staged bundle read-only over the root's CA bundle paths, resolved inside the root
+    (the first one made when missing, the others where they exist); the staged name is removed."""
+    own = rfd is None
+    root = inroot.open_root(base) if own else rfd
+    try:
+        for i, path in enumerate(CA_BUNDLE_PATHS):
+            try:
+                at = _inside(root, path, "file" if i == 0 else None, True, "CA bundle")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not stat.S_ISREG(os.fstat(at).st_mode):
+                os.close(at)
+                continue
+            _attach(_sys.open_tree(ca_fd, recursive=False), at, _RO_ATTRS, recursive=False)
+    finally:
+        os.close(ca_fd)
+        if own:                               # a root: host tree (an image or directory root covers it)
+            os.close(root)
+            os.unlink(f"{base}/{_CA_STAGED}")
 
 
 def _attach(tree: int, at: int, attrs: int | None = None, recursive: bool = True) -> None:

@@ -90,6 +90,7 @@ class LaunchContext:
     status_w: int
     hosts_text: "str | None" = None
     hosts_file: "str | None" = None       # private network: live hosts file, bind-mounted read-only
+    ca_bundle: "str | None" = None        # egress interception: host CA bundle + the sandbox's CA (PEM)
     image_root: object = None             # sandbox.store.overlay.RootSpec
     volume_dirs: dict = dataclasses.field(default_factory=dict)
     # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for

@@ -46,6 +46,7 @@ def start(run) -> None:
     ctx = run.context()                    # PID 1's pipes, the program's argv, environment, seccomp filter
     run.prepare(ctx)                       # audit supervision, reclaim record, cgroup, network, image, bind sources
     pid = run.clone_pid1(ctx)              # clone(CLONE_NEWUSER|NEWNS|NEWPID|NEWUTS|NEWIPC|NEWNET): PID 1 -> pid1()
+    run.load_secrets()                     # network.secrets' values, in the supervisor only (network.egress.secrets)
     run.write_maps(pid)                    # setgroups, uid_map, gid_map (idmap.write_maps)
     run.join_cgroup(pid)                   # the cgroup2 leaf (cgroups; v1 leaves: PID 1 joins itself)
     run.attach_network(pid)                # its end of a private network (network)

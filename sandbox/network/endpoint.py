@@ -247,6 +247,7 @@ class NetHandle:
         self._released = False
         self.egress_plan = None                         # the plan's network when it has host rules
         self.on_event = None
+        self.intercept = None                           # (SecretSet, SandboxCA): launcher.attach_network
         self.egress_service = None                      # egress/service.py: the proxy and resolver
         self._supervisor = os.getpid()
         self._supervisor_start = proc_starttime(self._supervisor)
@@ -321,7 +322,7 @@ class NetHandle:
             from policies.egress import DNS_ADDR, PROXY_ADDR
             from .egress import service
             self.egress_service = service.start(self.egress_plan, self.sandbox_id, self._nsfd,
-                                                self._usernsfd, self.on_event)
+                                                self._usernsfd, self.on_event, self.intercept)
             steer = (PROXY_ADDR[1], DNS_ADDR[1])
         nft.nft(nft.egress_ruleset("deny", self.egress, peers, steer=steer), nsfd=self._nsfd,
                 userns_fd=self._usernsfd)

@@ -55,12 +55,20 @@ class Ctx:
     audit: Any                   # .allowed(name, addr, port, protocol, rule, reason) / .denied(...)
     egress: Any                  # the plan's network section (policies.plan.Network)
     names: Any = None            # names.Names: the sandbox's resolver state
+    secrets: Any = None          # egress.secrets.SecretSet of the launch (values in this process only)
+    ca: Any = None               # egress.ca.SandboxCA of the launch (leaf certificates per host)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def sandbox(self) -> str:
+        return self.sandbox_id
+
     def wants_interception(self, name: str) -> bool:
-        """The plan has `http` rules or secrets for this host (the secrets part's fields; this
-        branch's plans have neither)."""
-        for attr in ("egress_http", "secrets"):
+        """The plan has `http` rules or secrets for this host (intercept.py, docs/network.md
+        "Secrets"); the compiler refuses those whose host no `host:` rule allows."""
+        if self.ca is None:
+            return False
+        for attr in ("http", "secrets"):
             for r in getattr(self.egress, attr, ()) or ():
                 hosts = getattr(r, "hosts", None) or (getattr(r, "host", None),)
                 if any(h and E.matches(h, name) for h in hosts):

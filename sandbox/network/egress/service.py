@@ -100,6 +100,17 @@ class Audit:
         except Exception:   # noqa: BLE001 - auditing never takes the proxy down
             pass
 
+    def __call__(self, etype: str, fields: dict) -> None:
+        """An interception event (intercept.py: egress.http.*, egress.secret_*), rate-limited alike."""
+        if self.on_event is None:
+            return
+        try:
+            if self.thr.admit(etype, fields):
+                self.on_event(etype, **fields)
+            self.flush()
+        except Exception:   # noqa: BLE001 - auditing never takes the proxy down
+            pass
+
     def allowed(self, name, addr, port, protocol, rule, reason="") -> None:
         self._emit("egress.allowed", name, addr, port, protocol, rule, reason)
 
@@ -121,10 +132,12 @@ class Audit:
 
 
 class Service:
-    def __init__(self, network, sandbox_id: str, on_event, socks: list[socket.socket]):
+    def __init__(self, network, sandbox_id: str, on_event, socks: list[socket.socket], intercept=None):
         self.audit = Audit(on_event)
         self.names = _names.Names(network.egress_hosts, network.hosts)
-        self.ctx = _proxy.Ctx(sandbox_id=sandbox_id, audit=self.audit, egress=network, names=self.names)
+        secrets, ca = intercept or (None, None)
+        self.ctx = _proxy.Ctx(sandbox_id=sandbox_id, audit=self.audit, egress=network, names=self.names,
+                              secrets=secrets, ca=ca)
         self.socks = socks
         self.loop = asyncio.new_event_loop()
         self.proxy = _proxy.Proxy(self.ctx, E.PROXY_ADDR)
@@ -177,11 +190,12 @@ class Service:
         self.audit.flush(final=True)
 
 
-def start(network, sandbox_id: str, nsfd: int, userns_fd: int | None, on_event) -> Service:
-    """The egress proxy and resolver of one sandbox, running (see the module's docstring)."""
+def start(network, sandbox_id: str, nsfd: int, userns_fd: int | None, on_event, intercept=None) -> Service:
+    """The egress proxy and resolver of one sandbox, running (see the module's docstring).
+    intercept: (SecretSet, SandboxCA) of the launch when the plan has http rules or secrets."""
     socks = listen_in_netns(nsfd, userns_fd)
     try:
-        return Service(network, sandbox_id, on_event, socks).start()
+        return Service(network, sandbox_id, on_event, socks, intercept).start()
     except Exception:
         for s in socks:
             s.close()
