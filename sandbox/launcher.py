@@ -122,12 +122,12 @@ def preflight(plan, rootless: bool) -> None:
             if problem:
                 raise LaunchError(f"user.uid_map: ranges of subordinate ids need newuidmap/newgidmap: {problem}")
             fs = plan.filesystem
-            if fs.image or any(m.type == "volume" for m in fs.mounts):
-                # the rootless image and volume stores hold the caller's files, not uid-shifted
-                # copies: the sandbox's root (a subordinate id) could not write its own root
-                raise LaunchError("user.uid_map: subordinate ids rootless work with the host root only, not "
-                                  "with an image or a named volume yet (their rootless stores are the "
-                                  "caller's files); use uid_map: auto there")
+            if any(m.type == "volume" for m in fs.mounts):
+                # the rootless volume store holds the caller's files: the sandbox's root (a
+                # subordinate id) could not write them (images: uid-shifted copies, store/idshift.py)
+                raise LaunchError("user.uid_map: subordinate ids rootless work with the host root and images, "
+                                  "not with a named volume yet (the rootless volume store holds the caller's "
+                                  "files); use a bind mount there")
         if plan.user.groups and not (idmap.uses_helpers(plan, rootless) and idmap.ranged(plan.user.gid_map)):
             raise LaunchError("user.groups: supplementary groups need root, or a subordinate gid range "
                               "(setgroups is denied to a rootless caller mapping only its own gid)")
