@@ -327,3 +327,49 @@ def remove_in_userns(umap, gmap, path: str) -> None:
     from .. import idmap
     with contextlib.suppress(idmap.IdMapError):
         idmap.run_in_userns(*idmap.store_maps(id_maps(umap), id_maps(gmap)), lambda: rmtree(path) or "ok")
+
+
+def grant_search(path: str, uid: int) -> None:
+    """A POSIX ACL entry on the caller's directory `path`: search (x) for host uid `uid` only (the
+    root of a sandbox with subordinate ids, which must reach a volume through the caller's 0700
+    store directories; no other user gains anything). The owner's, group's and others' bits
+    stay; the ACL mask is the group's bits plus x. Raises OSError (EOPNOTSUPP: no ACLs here)."""
+    import struct
+    mode = os.stat(path).st_mode
+    group = (mode >> 3) & 7
+    entries = ((0x01, (mode >> 6) & 7, 0xFFFFFFFF), (0x02, 1, uid), (0x04, group, 0xFFFFFFFF),
+               (0x10, group | 1, 0xFFFFFFFF), (0x20, mode & 7, 0xFFFFFFFF))
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    with contextlib.suppress(OSError):
+        if os.getxattr(path, "system.posix_acl_access") == blob:
+            return
+    os.setxattr(path, "system.posix_acl_access", blob)
+
+
+def chown_in_userns(umap, gmap, path: str) -> None:
+    """`path` (the caller's, empty) given to the sandbox's root, in the store's namespace."""
+    from .. import idmap
+    idmap.run_in_userns(*idmap.store_maps(id_maps(umap), id_maps(gmap)), lambda: os.chown(path, 0, 0) or "ok")
+
+
+def caller_maps() -> tuple[tuple, tuple]:
+    """Maps naming every id the caller owns (its own at 0, then each of its subordinate ranges):
+    the namespace in which anything of its store can be removed."""
+    from policies import subids
+
+    def m(what, own):
+        out, nxt = [(0, own, 1)], 1
+        for first, count in subids.ranges(what, os.geteuid())[:300]:
+            out.append((nxt, first, count))
+            nxt += count
+        return tuple(out)
+    return m("uid", os.geteuid()), m("gid", os.getegid())
+
+
+def remove_as_owner(path: str) -> None:
+    """Remove a tree of the caller's store that holds subordinate-owned files (rmtree left them)."""
+    from .. import idmap
+    if not os.path.lexists(path):
+        return
+    with contextlib.suppress(idmap.IdMapError, Exception):
+        idmap.run_in_userns(*caller_maps(), lambda: rmtree(path) or "ok")
