@@ -34,7 +34,7 @@ from typing import Optional
 
 from .. import fsutil, procid
 from .idshift import (close_all, detached, id_maps, idmapped_layers, needs_shift, prepare_rootless, remove_in_userns,
-                      shift_id, shifted_layer, subordinate)
+                      shift_id, shifted_layer, subordinate, unshift_id)
 from .images import ImageError, Store, now, rmtree
 from .mountpoints import add_interface_files, make_mountpoints
 
@@ -190,9 +190,6 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
 def _prepare_subordinate(store: Store, rec: dict, fs, sandbox_id: str, umap, gmap, read_only: bool, keep: bool):
     """Rootless with subordinate ids (store/idshift.py): the layers' uid-shifted copies and the
     sandbox's top layer, made in the store's user namespace. -> (lowers, its directory, mnt, upper, work)."""
-    if keep:
-        raise ImageError("--keep with subordinate ids, rootless, is not supported yet (the writable layer "
-                         "holds files of the subordinate ids, which diff/commit read as the caller)")
     mounts = getattr(fs, "mounts", ())
 
     def top_layer(lowers, udir):       # in the namespace, as the sandbox's root: its own files
@@ -489,11 +486,35 @@ def keep_upper(spec: RootSpec, layer_fd: int) -> None:
     try:
         if os.path.lexists(dst):
             rmtree(dst)
-        _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
+        if spec.userns_dir:
+            _keep_subordinate(spec, layer_fd, dst)
+        else:
+            _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
     except (OSError, ImageError) as e:
         rmtree(spec.container_dir)
         raise ImageError(f"--keep: could not keep the writable layer of {spec.container_id}: "
                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _keep_subordinate(spec: RootSpec, layer_fd: int, dst: str) -> None:
+    """--keep, rootless with subordinate ids: the layer's files belong to subordinate ids, which the
+    caller cannot read; copied in the store's user namespace as the caller's own files (as a
+    rootless import keeps a layer), their owners inside in containers/<id>/owners.json."""
+    from .. import idmap
+    from .extract import write_owners
+    hum, hgm = idmap.store_maps(spec.uid_map, spec.gid_map)
+    cu, cg = unshift_id(hum, os.geteuid()), unshift_id(hgm, os.getegid())    # the caller's ids there
+
+    def work() -> str:
+        owners: dict = {}
+        _copy_layer(layer_fd, dst, rootless=False, chown_to=(cu, cg), owners=owners)
+        write_owners(spec.container_dir, owners)
+        os.chown(os.path.join(spec.container_dir, "owners.json"), cu, cg)
+        return "ok"
+    try:
+        idmap.run_in_userns(hum, hgm, work)
+    except idmap.IdMapError as e:
+        raise ImageError(str(e)) from None
 
 
 def receive_layer(spec: RootSpec) -> int:
@@ -501,11 +522,12 @@ def receive_layer(spec: RootSpec) -> int:
     return _receive_layer(spec)
 
 
-def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
+def _copy_layer(layer_fd: int, dst: str, *, rootless: bool, chown_to=None, owners=None) -> None:
     """Copy the upper directory of the writable layer's tmpfs to `dst` on disk, by descriptors
     (treewalk.walk_tree: nothing is followed), with what overlay and diff/commit need: types,
     whiteouts (0:0 character devices), overlay's xattrs, modes, owners (as root), times, hard
-    links. Bounded: the tmpfs holds at most its size and inode count."""
+    links. Bounded: the tmpfs holds at most its size and inode count. chown_to: every entry given
+    these (uid, gid) instead, its own (not 0:0) recorded in `owners` ("a/b" -> [uid, gid])."""
     from .treewalk import walk_tree, TreeChanged
     os.mkdir(dst, 0o700)
     dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -525,7 +547,12 @@ def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
     def finish(path: str, st: os.stat_result, xa=()) -> None:
         for n, v in xa:
             os.setxattr(path, n, v, follow_symlinks=False)
-        if not rootless:
+        if chown_to is not None:
+            os.chown(path, *chown_to, follow_symlinks=False)
+            rel = os.path.relpath(path, dst)
+            if (st.st_uid, st.st_gid) != (0, 0):
+                owners["" if rel == "." else rel] = [st.st_uid, st.st_gid]
+        elif not rootless:
             os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(path, stat.S_IMODE(st.st_mode), follow_symlinks=False)
@@ -584,8 +611,9 @@ def finish_kept(spec: RootSpec, *, keep: bool) -> None:
             meta.update(status="exited", finished=now(), pid=None)
             _write_json(meta_path, meta)
         with contextlib.suppress(OSError):
-            rmtree(spec.mnt)
-            os.mkdir(spec.mnt, 0o755)
+            mnt = os.path.join(spec.container_dir, "mnt") if spec.userns_dir else spec.mnt
+            rmtree(mnt)
+            os.mkdir(mnt, 0o755)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(spec.container_dir, "upperfs"))
         return
