@@ -228,6 +228,22 @@ def map_key(umap, gmap) -> str:
     return key
 
 
+def check_reachable(store: Store) -> None:
+    """The sandbox's root (a subordinate id, not the caller) opens the store by its path: every
+    directory above it must be searchable by others. Raises ImageError naming the first that is not."""
+    from .images import ImageError
+    p = os.path.dirname(os.path.abspath(store.root))
+    while True:
+        with contextlib.suppress(OSError):
+            if not os.stat(p).st_mode & stat.S_IXOTH:
+                raise ImageError(f"{p} is not searchable by others (mode {oct(os.stat(p).st_mode & 0o7777)}): "
+                                 f"the sandbox's root with subordinate ids is not the caller and must reach the state "
+                                 f"directory {store.root}; chmod o+x {p}, or set PYSANDBOX_STATE_DIR elsewhere")
+        if p == "/":
+            return
+        p = os.path.dirname(p)
+
+
 def _in_map(maps, i: int) -> bool:
     return any(inside <= i < inside + count for inside, _, count in maps)
 
@@ -251,6 +267,7 @@ def prepare_rootless(store: Store, layers, umap, gmap, cid: str, top_layer) -> t
     from .extract import read_owners
     from .images import ImageError
     umap, gmap = id_maps(umap), id_maps(gmap)
+    check_reachable(store)
     a = area(store)
     key = map_key(umap, gmap)
     lowers = [os.path.join(a, f"l-{d.split(':', 1)[1]}-{key}") for d in reversed(layers)]

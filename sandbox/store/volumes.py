@@ -98,9 +98,10 @@ def remove_volume(name: str, *, rootless: Optional[bool] = None, store: Optional
 
 
 def _for_subordinate(name: str, store: Store, d: str, data: str, uid_map, gid_map) -> None:
-    from .idshift import chown_in_userns, grant_search, id_maps, subordinate
+    from .idshift import check_reachable, chown_in_userns, grant_search, id_maps, subordinate
     if not subordinate(uid_map, gid_map):
         return
+    check_reachable(store)
     root = next((o for i, o, _ in id_maps(uid_map) if i == 0), None)
     if root is None:
         raise ImageError(f"volume {name}: the sandbox's uid_map does not map root")
