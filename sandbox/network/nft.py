@@ -109,6 +109,17 @@ def host_base() -> list[dict]:
          {"add": {"table": {"family": "netdev", "name": HOST_TABLE}}}]
 
 
+def host_base6() -> list[dict]:
+    """Idempotent: `table ip6 pysandbox` and its base chains (dual-stack networks: masquerade and
+    isolation of their IPv6 subnets, network_rules6)."""
+    T = {"family": "ip6", "table": HOST_TABLE}
+    return [{"add": {"table": {"family": "ip6", "name": HOST_TABLE}}},
+            {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
+                               "policy": "accept"}}},
+            {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
+                               "policy": "accept"}}}]
+
+
 def host_rules(family: str = "ip") -> list[dict]:
     """Rules of a host table (each with chain, handle, comment); [] when there is no table."""
     out = nft(args=["list", "table", family, HOST_TABLE], check=False)
@@ -123,17 +134,22 @@ def delete_host_rules(pred, family: str = "ip") -> None:
         nft(dels, check=False)
 
 
-def antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
+def antispoof_rules(sid: str, veth: str, addr: str, mac: str, addr6: str | None = None) -> list[dict]:
     """The allow-list of one sandbox's port: a base chain of its own, `table netdev pysandbox`,
     hook `ingress` on the host side of its veth (every frame the sandbox's eth0 sends arrives
     there, before the bridge sees it), policy drop. Only two kinds of frame pass:
 
     * IPv4 (outer ethertype 0x0800, version 4) from the port's own MAC and its own address;
-    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address.
+    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address;
+    * on a dual-stack network (addr6), IPv6 (ethertype 0x86dd, version 6) from its own MAC and its
+      own IPv6 address - but no router advertisement or redirect (the host's bridge must not take
+      routes from a sandbox), and no neighbour advertisement for another target than its own
+      address (IPv6's ARP spoofing). Its neighbour solicitations come from its own address too
+      (no duplicate address detection, no link-local address: bridge.configure_inside).
 
     Everything else is counted and dropped: other source addresses or MACs, 802.1Q/802.1ad tagged
     frames (`ether type` sees the outer tag also when the kernel has moved it into the skb's
-    metadata: nft puts it back for the match), IPv6 (no IPv6 address is assigned), raw ethertypes,
+    metadata: nft puts it back for the match), IPv6 on an IPv4-only network, raw ethertypes,
     LLC/STP and link-local frames (which the bridge's own prerouting hook never sees). DHCP is not
     needed: addresses are static."""
     T = {"family": "netdev", "table": HOST_TABLE}
@@ -153,8 +169,28 @@ def antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
             m(payload("arp", "ptype"), 0x0800), m(payload("arp", "hlen"), 6), m(payload("arp", "plen"), 4),
             m(payload("arp", "operation"), {"set": ["request", "reply"]}),
             m(payload("arp", "saddr ether"), mac), m(payload("arp", "saddr ip"), addr), {"accept": None}]}}},
+        *(_antispoof6(T, c, veth, own_mac, addr6) if addr6 else []),
         {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [{"counter": veth}, {"drop": None}]}}},
     ]
+
+
+def _antispoof6(T: dict, c: str, veth: str, own_mac: dict, addr6: str) -> list[dict]:
+    v6 = [own_mac, m(payload("ether", "type"), "ip6"), m(payload("ip6", "version"), 6)]
+    icmp = v6 + [m(meta("l4proto"), "ipv6-icmp")]
+    drop = [{"counter": veth}, {"drop": None}]
+    out = [{"add": {"rule": {**T, "chain": veth, "comment": c, "expr": icmp + [
+        m(payload("icmpv6", "type"), {"set": ["nd-router-advert", "nd-redirect"]})] + drop}}}]
+    # a neighbour advertisement's target (bytes 8-23 of the ICMPv6 message) must be its own address:
+    # compared as four 32-bit words (nft's JSON takes no 128-bit integer), any differing one drops
+    own = int(ipaddress.IPv6Address(addr6))
+    for k in range(4):
+        word = (own >> (96 - 32 * k)) & 0xFFFFFFFF
+        out.append({"add": {"rule": {**T, "chain": veth, "comment": c, "expr": icmp + [
+            m(payload("icmpv6", "type"), "nd-neighbor-advert"),
+            m({"payload": {"base": "th", "offset": 64 + 32 * k, "len": 32}}, word, "!=")] + drop}}})
+    out.append({"add": {"rule": {**T, "chain": veth, "comment": c, "expr": v6 + [
+        m(payload("ip6", "saddr"), addr6), {"accept": None}]}}})
+    return out
 
 
 def _counter(family: str, table: str, name: str, **where) -> int | None:
@@ -193,6 +229,27 @@ def network_rules(netdef: dict) -> list[dict]:
             {"accept": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
             m(oif, br), m(iif, br, "!="), m({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(oif, br), m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
+    ]
+
+
+def network_rules6(netdef: dict) -> list[dict]:
+    """network_rules for a dual-stack network's IPv6 subnet, in `table ip6 pysandbox`: masquerade
+    (used when the host forwards IPv6: net.ipv6.conf.all.forwarding, the administrator's choice),
+    no traffic between pysandbox bridges, no inbound connections."""
+    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet6"])
+    T = {"family": "ip6", "table": HOST_TABLE}
+    c = f"net:{netdef['name']}"
+    iif, oif = meta("iifname"), meta("oifname")
+    return [
+        {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
+            m(payload("ip6", "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(iif, br), m(oif, "psb-*"), m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
+            m(oif, br), m(iif, br, "!="), m({"ct": {"key": "state"}}, ["established", "related"], "in"),
+            {"accept": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
             m(oif, br), m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
     ]
@@ -241,6 +298,10 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         cmds.append({"add": {"rule": {**T, "chain": "output", "expr": expr}}})
 
     rule([m(meta("oifname"), "lo"), {"accept": None}])
+    # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
+    # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
+    rule([m(meta("l4proto"), "ipv6-icmp"),
+          m(payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}])
     rule([m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}])
     for r in rules:
         net = as_net(r["to"])
