@@ -24,19 +24,39 @@ EGRESS_TABLE = "pysandbox"                                # table inet pysandbox
 _NFT = "nft"
 
 
+def _caller_mapped(userns_fd: int) -> bool:
+    """Whether this process's uid is mapped in the user namespace `userns_fd`: a sandbox mapping the
+    caller's own id (root inside is the caller) - not one with subordinate ids only, where the
+    caller is nobody inside and nft, exec'd with the caller's credentials, would keep no capability
+    (nsenter then becomes root of the namespace instead: setgroups is allowed there). Asked in a
+    forked child that joins the namespace."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            from .. import _sys
+            _sys.setns(userns_fd, _sys.CLONE_NEWUSER)
+            code = 0 if os.getuid() != 65534 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 1
+
+
 def nsenter_prefix(pid: int | None, nsfd: int | None, userns_fd: int | None) -> list[str]:
     if pid is None and nsfd is None:
         return []
     nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    keep = ["--preserve-credentials"] if userns_fd is not None and _caller_mapped(userns_fd) else []
     if nsfd is not None:
         me = os.getpid()
         args = [nsenter]
         if userns_fd is not None:
-            args += [f"--user=/proc/{me}/fd/{userns_fd}", "--preserve-credentials"]
+            args += [f"--user=/proc/{me}/fd/{userns_fd}", *keep]
         return args + [f"--net=/proc/{me}/fd/{nsfd}", "--"]
     args = [nsenter, "-t", str(pid)]
     if userns_fd is not None:
-        args += ["-U", "--preserve-credentials"]
+        args += ["-U", *keep]
     return args + ["-n", "--"]
 
 
@@ -59,8 +79,14 @@ def nft(cmds: list | None = None, *, args: list[str] | None = None, pid: int | N
     with their handles."""
     pre = nsenter_prefix(pid, nsfd, userns_fd)
     argv = pre + [nft_path(), "-j"] + (["-e"] if echo else [])
-    argv += (args if args is not None else ["-f", "-"])
     inp = json.dumps({"nftables": cmds}) if cmds is not None else None
+    if args is None and userns_fd is not None and "--preserve-credentials" not in pre and len(inp) < 100000:
+        # as root of a namespace with subordinate ids only: the caller's pipe (stdin) is not its to
+        # reopen (/dev/stdin: EACCES), so the batch goes as the argument (`nft -j JSON`)
+        argv.append(inp)
+        inp = None
+    else:
+        argv += (args if args is not None else ["-f", "-"])
     fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
     try:
         p = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=STEP_TIMEOUT,
