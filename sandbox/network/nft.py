@@ -324,10 +324,6 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         cmds.append({"add": {"rule": {**T, "chain": "output", "expr": expr}}})
 
     rule([m(meta("oifname"), "lo"), {"accept": None}])
-    # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
-    # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
-    rule([m(meta("l4proto"), "ipv6-icmp"),
-          m(payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}])
     rule([m({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}])
     for r in rules:
         net = as_net(r["to"])
@@ -348,6 +344,10 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
             expr.append(m(meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
         expr.append({"accept": None})
         rule(expr)
+    # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
+    # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
+    rule([m(meta("l4proto"), "ipv6-icmp"),
+          m(payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}])
     # reject (not drop): a denied connect() fails at once with EHOSTUNREACH instead of hanging
     rule([{"counter": "denied"}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
          if default == "deny" else [{"accept": None}])
