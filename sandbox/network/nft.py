@@ -238,16 +238,16 @@ def antispoof_delete(veth: str) -> list[dict]:
     return [{"delete": {"chain": T}}, {"delete": {"counter": T}}]
 
 
-def network_rules(netdef: dict) -> list[dict]:
+def network_rules(netdef: dict, family: str = "ip") -> list[dict]:
     """Masquerade outbound traffic of the subnet; isolate the bridge from other pysandbox bridges
-    and from direct (non-published) inbound traffic."""
-    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet"])
-    T = {"family": "ip", "table": HOST_TABLE}
+    and from direct (non-published) inbound traffic. (family "ip6": the same for subnet6.)"""
+    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet" if family == "ip" else "subnet6"])
+    T = {"family": family, "table": HOST_TABLE}
     c = f"net:{netdef['name']}"
     iif, oif = meta("iifname"), meta("oifname")
     return [
         {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
-            m(payload("ip", "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
+            m(payload(family, "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
             m(iif, br), m(oif, "psb-*"), m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
@@ -261,24 +261,10 @@ def network_rules(netdef: dict) -> list[dict]:
 
 
 def network_rules6(netdef: dict) -> list[dict]:
-    """network_rules for a dual-stack network's IPv6 subnet, in `table ip6 pysandbox`: masquerade
-    (used when the host forwards IPv6: net.ipv6.conf.all.forwarding, the administrator's choice),
-    no traffic between pysandbox bridges, no inbound connections."""
-    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet6"])
-    T = {"family": "ip6", "table": HOST_TABLE}
-    c = f"net:{netdef['name']}"
-    iif, oif = meta("iifname"), meta("oifname")
-    return [
-        {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
-            m(payload("ip6", "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
-        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
-            m(iif, br), m(oif, "psb-*"), m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
-        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
-            m(oif, br), m(iif, br, "!="), m({"ct": {"key": "state"}}, ["established", "related"], "in"),
-            {"accept": None}]}}},
-        {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
-            m(oif, br), m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
-    ]
+    """network_rules for a dual-stack network's IPv6 subnet, in `table ip6 pysandbox` (the
+    masquerade is used when the host forwards IPv6: net.ipv6.conf.all.forwarding, the
+    administrator's choice)."""
+    return network_rules(netdef, family="ip6")
 
 
 def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
