@@ -384,6 +384,9 @@ def _auto_choice(caller: int, in_uid: int, in_gid: int, as_caller: bool, owned_c
     name = subids.user_name(caller) or str(caller)
     if as_caller:
         return False, "auto: the caller's own ids only (user.uid: caller asks for the caller itself inside)"
+    if subids.no_new_privs():
+        return False, ("auto: the caller's own ids only (it runs with no_new_privs: the setuid newuidmap and "
+                       "newgidmap cannot map its subordinate ids)")
     if max(in_uid, in_gid) >= subids.WANT:
         return False, (f"auto: the caller's own ids only (uid/gid {max(in_uid, in_gid)} inside is beyond the "
                        f"subordinate range 0-{subids.WANT - 1})")
