@@ -222,15 +222,17 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
             in_uid = uid
         if in_gid == "caller":
             in_gid = gid
+        as_caller = user_d.get("uid", 0) == "caller"
         in_uid, in_gid, groups = _user_override(ov, fs, in_uid, in_gid, uid)
+        auto_sub, map_note = _auto_choice(uid, in_uid, in_gid, as_caller, owned_ids, user_d) if ns.user else (False, "")
         uid_map = _idmap(user_d.get("uid_map", "auto"), in_uid, uid, ("user", "uid_map"), loc,
-                         owned_ids, owner=uid) if ns.user else ()
+                         owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
         gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
-                         owned_ids, owner=uid) if ns.user else ()
+                         owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
         if ns.user:
             _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
                           user_d if not (ov.user or fs.image) else {}, loc)
-        return P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map, groups=groups)
+        return P.User(uid=in_uid, gid=in_gid, uid_map=uid_map, gid_map=gid_map, groups=groups, map_note=map_note)
     user = col(("user", "namespaces") if not ns_ok else ("user",), user_stage) if fs is not None else None
 
     # --- capabilities (every unknown name reported; the valid ones still count) ----------
@@ -388,10 +390,41 @@ def _no_nul(value, path: tuple, loc) -> None:
             _no_nul(v, path + (i,), loc)
 
 
+def _auto_choice(caller: int, in_uid: int, in_gid: int, as_caller: bool, owned_check: bool, user_d) -> tuple:
+    """What a rootless caller's `auto` maps, and why (explain shows the reason): its subordinate
+    ids (inside 0-65535, as `subordinate`) when /etc/subuid and /etc/subgid give it 65536 each,
+    else its own uid and gid only. -> (subordinate?, one line; "" for a root caller or no auto)."""
+    if caller == 0 or "auto" not in (user_d.get("uid_map", "auto"), user_d.get("gid_map", "auto")):
+        return False, ""
+    if not owned_check:              # lint: no real caller
+        return False, ""
+    name = subids.user_name(caller) or str(caller)
+    if as_caller:
+        return False, "auto: the caller's own ids only (user.uid: caller asks for the caller itself inside)"
+    if subids.no_new_privs():
+        return False, ("auto: the caller's own ids only (it runs with no_new_privs: the setuid newuidmap and "
+                       "newgidmap cannot map its subordinate ids)")
+    if max(in_uid, in_gid) >= subids.WANT:
+        return False, (f"auto: the caller's own ids only (uid/gid {max(in_uid, in_gid)} inside is beyond the "
+                       f"subordinate range 0-{subids.WANT - 1})")
+    try:
+        have = {w: sum(n for _, n in subids.ranges(w, caller)) for w in ("uid", "gid")}
+        enough = all(subids.first_ids(subids.ranges(w, caller)) for w in ("uid", "gid"))
+    except subids.SubidError as e:
+        return False, f"auto: the caller's own ids only ({e})"
+    if enough:
+        return True, (f"auto: user {name}'s subordinate ids (/etc/subuid, /etc/subgid: inside 0-"
+                      f"{subids.WANT - 1}; root inside is not the caller)")
+    return False, (f"auto: the caller's own ids only (user {name} has {have['uid']} subordinate uids and "
+                   f"{have['gid']} gids in /etc/subuid, /etc/subgid; 65536 of each give the sandbox 65536 ids "
+                   f"and a root that is not the caller: usermod --add-subuids/--add-subgids FIRST-LAST {name})")
+
+
 def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True,
-           owner: Optional[int] = None) -> tuple:
+           owner: Optional[int] = None, auto_sub: bool = False) -> tuple:
     """caller: the caller's uid (uid_map) or gid (gid_map); owner: its uid, which names it in both
-    /etc/subuid and /etc/subgid (by name or number)."""
+    /etc/subuid and /etc/subgid (by name or number). auto_sub: a rootless `auto` maps the caller's
+    subordinate ids (_auto_choice)."""
     owner = caller if owner is None else owner
     what = "uid" if path[-1] == "uid_map" else "gid"
     if spec in ("auto", "subordinate"):
@@ -400,7 +433,7 @@ def _idmap(spec, inside: int, caller: int, path, loc, owned_check: bool = True,
                 raise ProfileError(f"uid/gid {inside} is outside the automatic range 0-{ROOT_AUTO_COUNT - 1}",
                                    loc(path))
             return (P.IdMapEntry(0, ROOT_AUTO_BASE, ROOT_AUTO_COUNT),)
-        if spec == "auto":
+        if spec == "auto" and not auto_sub:
             return (P.IdMapEntry(inside, caller, 1),)
         # rootless `subordinate`: inside 0-65535 -> the first 65536 of the caller's /etc/sub{u,g}id
         # ids (root inside is not the caller); written by newuidmap/newgidmap at launch. (lint,

@@ -61,6 +61,7 @@ class User:
     uid_map: tuple[IdMapEntry, ...] = ()   # resolved: no "auto" left
     gid_map: tuple[IdMapEntry, ...] = ()
     groups: tuple[int, ...] = ()       # supplementary groups inside (needs setgroups allowed)
+    map_note: str = field(default="", compare=False)   # which map a rootless `auto` chose, and why (explain)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,19 @@ def ranges(what: str, uid: int, *, path: Optional[str] = None) -> list[tuple[int
             if owner in owners]
 
 
+def no_new_privs() -> bool:
+    """Whether this process runs with no_new_privs (/proc/self/status): the setuid newuidmap and
+    newgidmap then gain nothing and cannot write ranges for it."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f.read(65536).splitlines():
+                if line.startswith(b"NoNewPrivs:"):
+                    return line.split()[1:] == [b"1"]
+    except (OSError, IndexError):
+        pass
+    return False
+
+
 def owns(rs: list[tuple[int, int]], first: int, count: int) -> bool:
     """Whether [first, first+count) lies inside one of the ranges (as newuidmap checks it)."""
     return any(a <= first and first + count <= a + n for a, n in rs)

@@ -481,3 +481,26 @@ def landlock_confine() -> None:
                "landlock_restrict_self")
     finally:
         os.close(fd)
+
+
+# --- process_vm_readv: another process's memory without /proc/PID/mem ------------------------------
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.POINTER(_IoVec),
+                                   ctypes.c_ulong, ctypes.c_ulong]
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+
+
+def process_vm_read(pid: int, addr: int, n: int) -> bytes:
+    """Up to n bytes at addr in process pid (a ptrace access check only: a rootless caller reads a
+    sandbox whose ids are subordinate ids - its user namespace's owner - where /proc/PID/mem, a
+    file of those ids, is closed to it). Raises OSError."""
+    buf = ctypes.create_string_buffer(n)
+    local, remote = _IoVec(ctypes.cast(buf, ctypes.c_void_p), n), _IoVec(addr, n)
+    got = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return buf.raw[:got]

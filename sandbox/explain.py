@@ -26,6 +26,8 @@ def render(plan) -> str:
                                if e.count > 1 else f"{e.inside}->{e.outside}" for e in m) or "(none: host ids)"
     groups = f" groups {','.join(map(str, u.groups))}" if u.groups else ""
     out.append(f"user         uid {u.uid} gid {u.gid}{groups}; uid_map {maps(u.uid_map)}; gid_map {maps(u.gid_map)}")
+    if getattr(u, "map_note", ""):
+        out.append(f"             {u.map_note}")
     out.append(f"capabilities {' '.join(plan.capabilities) or 'none'}")
     out.append(f"no_new_privs {'yes' if plan.no_new_privs else 'NO'}")
     s = plan.seccomp

@@ -69,15 +69,20 @@ def find(name: str) -> str | None:
 
 
 def _args(m) -> list[str]:
-    return [str(x) for e in m for x in (e.inside, e.outside, e.count)]
+    return [str(x) for e in m for x in ((e.inside, e.outside, e.count) if hasattr(e, "inside") else e)]
 
 
 def write_with_helpers(pid: int, plan) -> str | None:
     """Run newuidmap and newgidmap for PID 1 (at once). None when both succeeded, else one line:
     what failed and the helper's own words."""
+    return write_ranges(pid, plan.user.uid_map, plan.user.gid_map)
+
+
+def write_ranges(pid: int, uid_map, gid_map) -> str | None:
+    """newuidmap and newgidmap for process `pid` (entries: IdMapEntry or (inside, outside, count))."""
     procs, failed = [], None
     try:
-        for name, m in (("newuidmap", plan.user.uid_map), ("newgidmap", plan.user.gid_map)):
+        for name, m in (("newuidmap", uid_map), ("newgidmap", gid_map)):
             path = find(name)
             if path is None:
                 failed = f"{name} not found (install the uidmap package)"
@@ -152,3 +157,86 @@ def write_maps(pid: int, plan, rootless: bool) -> None:
     except OSError as e:
         raise IdMapError(f"user namespace: cannot write the id maps: {e.filename}: {e.strerror}",
                          path=e.filename) from None
+
+
+# --------------------------------------------------------------------------- a store's user namespace
+
+def store_maps(uid_map, gid_map) -> tuple[tuple, tuple]:
+    """The maps of the user namespace a rootless caller's store work is done in for a sandbox with
+    subordinate ids (sandbox/store/idshift.py): the sandbox's own maps, so ids there are the
+    sandbox's ids, plus the caller's own uid and gid at the first free inside id (unless the
+    sandbox maps them already): its root there may read the caller's layers and write files owned
+    by the sandbox's ids, as podman's rootless storage does. Tuples (inside, outside, count)."""
+    def add(m, own):
+        m = [((e.inside, e.outside, e.count) if hasattr(e, "inside") else tuple(e)) for e in m]
+        if not any(o <= own < o + n for _, o, n in m):
+            m.append((max((i + n for i, _, n in m), default=0), own, 1))
+        return tuple(m)
+    return add(uid_map, os.geteuid()), add(gid_map, os.getegid())
+
+
+_RESULT_MAX = 1 << 20
+
+
+def run_in_userns(uid_map, gid_map, fn) -> str:
+    """fn() in a forked child of this process, in a new user namespace whose maps newuidmap and
+    newgidmap write (ranges of the caller's /etc/subuid, /etc/subgid), as its root (uid and gid 0
+    there, no supplementary groups, every capability of that namespace). Returns fn's result (a
+    str, at most 1 MiB); raises IdMapError with one line when the maps cannot be written or fn
+    raised (its message). The child is always reaped."""
+    from . import _sys
+    r_res, w_res = os.pipe2(os.O_CLOEXEC)
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = _sys.clone_fork(_sys.CLONE_NEWUSER)
+    except OSError as e:
+        for fd in (r_res, w_res, r_go, w_go):
+            os.close(fd)
+        raise IdMapError(f"user namespace for the store: {e.strerror}") from None
+    if pid == 0:                                   # the child: never returns
+        code = 1
+        try:
+            os.close(r_res)
+            os.close(w_go)
+            if os.read(r_go, 1) == b"G":
+                try:
+                    _sys.setresgid(0, 0, 0)
+                    try:
+                        _sys.setgroups([])
+                    except OSError:
+                        pass
+                    _sys.setresuid(0, 0, 0)
+                    out = b"OK" + str(fn()).encode("utf-8", "surrogateescape")
+                except BaseException as e:     # noqa: BLE001 - reported to the parent, one line
+                    msg = getattr(e, "strerror", None) and f"{getattr(e, 'filename', '') or ''}: {e.strerror}" or str(e)
+                    out = b"ER" + " ".join(str(msg).split())[:500].encode("utf-8", "replace")
+                os.write(w_res, out[:_RESULT_MAX])
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(w_res)
+    os.close(r_go)
+    data = b""
+    try:
+        problem = write_ranges(pid, uid_map, gid_map)
+        if problem is None:
+            os.write(w_go, b"G")
+        os.close(w_go)
+        w_go = -1
+        while True:
+            chunk = os.read(r_res, 65536)
+            if not chunk:
+                break
+            if len(data) <= _RESULT_MAX:
+                data += chunk
+    finally:
+        if w_go >= 0:
+            os.close(w_go)
+        os.close(r_res)
+        os.waitpid(pid, 0)
+    if problem is not None:
+        raise IdMapError(f"user namespace for the store: cannot write the id maps: {problem}")
+    if data[:2] == b"OK":
+        return data[2:].decode("utf-8", "surrogateescape")
+    raise IdMapError(data[2:].decode("utf-8", "replace") if data[:2] == b"ER" else
+                     "user namespace for the store: the helper process ended without an answer")

@@ -121,13 +121,6 @@ def preflight(plan, rootless: bool) -> None:
             problem = idmap.helper_problem()
             if problem:
                 raise LaunchError(f"user.uid_map: ranges of subordinate ids need newuidmap/newgidmap: {problem}")
-            fs = plan.filesystem
-            if fs.image or any(m.type == "volume" for m in fs.mounts):
-                # the rootless image and volume stores hold the caller's files, not uid-shifted
-                # copies: the sandbox's root (a subordinate id) could not write its own root
-                raise LaunchError("user.uid_map: subordinate ids rootless work with the host root only, not "
-                                  "with an image or a named volume yet (their rootless stores are the "
-                                  "caller's files); use uid_map: auto there")
         if plan.user.groups and not (idmap.uses_helpers(plan, rootless) and idmap.ranged(plan.user.gid_map)):
             raise LaunchError("user.groups: supplementary groups need root, or a subordinate gid range "
                               "(setgroups is denied to a rootless caller mapping only its own gid)")
@@ -639,7 +632,8 @@ def _prepare_image_and_volumes(ctx, plan, sandbox_id: str, rootless: bool, name:
                 if m.source in ctx.volume_dirs:
                     raise ImageError(f"volume {m.source} is mounted twice (mount it once, bind a subdirectory "
                                      f"elsewhere if needed)")
-                path = resolve_volume(m.source, rootless=rootless, create=True, owner=owner)
+                path = resolve_volume(m.source, rootless=rootless, create=True, owner=owner,
+                                      maps=(plan.user.uid_map, plan.user.gid_map) if rootless else ())
                 # as root: a detached tree (the store is 0700; PID 1 may be an unprivileged uid)
                 ctx.volume_dirs[m.source] = path if rootless else _sys.open_tree(path, recursive=False)
     except ImageError as e:

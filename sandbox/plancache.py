@@ -39,7 +39,14 @@ def key_for(options: list[str]) -> str:
     return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
                  os.uname().release, _POLICY_DIR, options,
                  # what a profile name resolves through (policies.loader.user_profile_dirs)
-                 env.get("PYSANDBOX_PROFILE_PATH"), env.get("XDG_CONFIG_HOME"), env.get("HOME")))
+                 env.get("PYSANDBOX_PROFILE_PATH"), env.get("XDG_CONFIG_HOME"), env.get("HOME"),
+                 # a rootless `auto` maps subordinate ids only without no_new_privs (policies/subids.py)
+                 _no_new_privs()))
+
+
+def _no_new_privs() -> bool:
+    from policies.subids import no_new_privs
+    return os.geteuid() != 0 and no_new_privs()
 
 
 def _file_for(key: str) -> str:

@@ -392,6 +392,16 @@ class SandboxProcs:
             self.pidfd = None
 
 
+def single_id(runner) -> bool:
+    """Whether RUNNER's sandboxes map one id only: rootless without 65536 subordinate uids and gids
+    (/etc/subuid, /etc/subgid). Else a rootless `auto` maps the caller's subordinate range, and ids
+    other than root exist inside as they do for root (docs/profile-format.md)."""
+    if not runner.rootless:
+        return False
+    from policies import subids
+    return not all(subids.first_ids(subids.ranges(w, runner.uid)) for w in ("uid", "gid"))
+
+
 def state_env(rootless: bool) -> dict:
     """For a command run with an environment of its own (as root, or as the test user): the
     running test's state directory for that caller."""

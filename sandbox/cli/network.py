@@ -25,11 +25,12 @@ def network() -> None:
 @network.command("create", help="Create a private network NAME (needs root).")
 @click.argument("name")
 @click.option("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free /24 from 10.89.0.0/16).")
-def create(name: str, subnet: str | None) -> None:
+@click.option("--ipv6", is_flag=True, help="Dual stack: also an IPv6 unique local /64 (fdXX:…, derived from NAME).")
+def create(name: str, subnet: str | None, ipv6: bool) -> None:
     from sandbox.network import bridge
     from sandbox.network.common import NetworkError
     try:
-        nd = bridge.create_network(name, subnet)
+        nd = bridge.create_network(name, subnet, ipv6=ipv6)
     except NetworkError as e:
         _fail(str(e))
     except OSError as e:

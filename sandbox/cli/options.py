@@ -114,6 +114,6 @@ def cache_files(compiled, kw=None) -> list:
     for db in _USER_DBS:                # --user NAME, --group-add, an image's User
         files += db.files
     from .. import idmap
-    if idmap.uses_helpers(compiled.plan, os.geteuid() != 0):
-        files.extend(("/etc/subuid", "/etc/subgid"))    # `subordinate` resolved from them
+    if idmap.uses_helpers(compiled.plan, os.geteuid() != 0) or compiled.plan.user.map_note:
+        files.extend(("/etc/subuid", "/etc/subgid"))    # `subordinate`, rootless `auto` resolved from them
     return files

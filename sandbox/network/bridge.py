@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from . import hosts, nft
+from .hosts import ipv6_of
 from .common import NET_NAME_RE, RESERVED_NAMES, NetworkError, short
 from .store import all_networks, alive, endpoint_path, endpoints, load_network, locked, state_dir, write_json
 
@@ -59,7 +60,10 @@ def _host_routes() -> list:
     return nets
 
 
-def create_network(name: str, subnet: str | None = None, *, rootless: bool | None = None) -> dict:
+def create_network(name: str, subnet: str | None = None, *, rootless: bool | None = None,
+                   ipv6: bool = False) -> dict:
+    """ipv6 (`network create --ipv6`; off by default, as Docker's and podman's): dual stack - a unique local /64 derived from the name (hosts.ipv6_subnet)
+    besides the IPv4 subnet; each sandbox's IPv6 address goes with its IPv4 one (hosts.ipv6_of)."""
     if rootless is None:
         rootless = os.geteuid() != 0
     if not NET_NAME_RE.match(name or ""):
@@ -96,6 +100,12 @@ def create_network(name: str, subnet: str | None = None, *, rootless: bool | Non
         gw = next(net.hosts())
         nd = {"name": name, "subnet": str(net), "gateway": str(gw), "bridge": bridge_name(name),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "driver": "bridge"}
+        if ipv6:
+            net6 = hosts.ipv6_subnet(name)
+            if any(o.get("subnet6") == str(net6) for o in all_networks(root)):
+                raise NetworkError(f"network create: the IPv6 subnet {net6} derived from {name!r} is taken; "
+                                   f"choose another name or --no-ipv6")
+            nd.update(subnet6=str(net6), gateway6=ipv6_of({"subnet6": str(net6)}, str(gw)))
         d = root / name
         d.mkdir(mode=0o711, exist_ok=True)
         (d / "endpoints").mkdir(mode=0o700, exist_ok=True)
@@ -147,16 +157,24 @@ def remove_network(name: str, rootless: bool | None = None) -> None:
 def ensure_bridge(ipr, nd: dict) -> list[dict]:
     """Make network `nd`'s bridge when it is not there (with its gateway address, up); the nft
     commands of the host tables, plus the bridge's masquerade/isolation rules when it is new."""
-    cmds = nft.host_base()
+    cmds = nft.host_base() + (nft.host_base6() if nd.get("subnet6") else [])
     if not ipr.link_lookup(ifname=nd["bridge"]):
         # the bridge lives as long as the network (made again after a reboot); its
         # masquerade/isolation rules come and go with it
-        ipr.link("add", ifname=nd["bridge"], kind="bridge")
+        # (no multicast snooping: IPv6 neighbour discovery goes to every port, whether or not a
+        # sandbox sent MLD reports - the ports' allow-lists drop those from ::)
+        ipr.link("add", ifname=nd["bridge"], kind="bridge", br_mcast_snooping=0)
         bi = ipr.link_lookup(ifname=nd["bridge"])[0]
         ipr.addr("add", index=bi, address=nd["gateway"], prefixlen=ipaddress.ip_network(nd["subnet"]).prefixlen)
+        if nd.get("gateway6"):
+            _ipv6_on(ipr, nd["bridge"], bi)
+            ipr.addr("add", index=bi, address=nd["gateway6"], prefixlen=64, flags=IFA_F_NODAD)
         ipr.link("set", index=bi, state="up")
         nft.delete_host_rules(lambda c: c == f"net:{nd['name']}")
+        nft.delete_host_rules(lambda c: c == f"net:{nd['name']}", family="ip6")
         cmds += nft.network_rules(nd)
+        if nd.get("subnet6"):
+            cmds += nft.network_rules6(nd)
     return cmds
 
 
@@ -169,20 +187,42 @@ def add_port(ipr, veth: str, nsfd: int, mac: str) -> int:
     return ipr.link_lookup(ifname=veth)[0]
 
 
-def configure_inside(pid: int, address: str, prefixlen: int, gateway: str) -> None:
-    """In the sandbox's namespace: eth0's address (and no IPv6 at all), eth0 and lo up, the default
-    route via the bridge."""
+IFA_F_NODAD = 0x02
+
+
+def _ipv6_on(ipr, ifname: str, index: int) -> None:
+    """IPv6 on a link, without addresses of its own making (no link-local: only the address we
+    give it, which the port's allow-list knows) - and enabled, whatever the namespace's default."""
+    ipr.link("set", index=index, IFLA_AF_SPEC={"attrs": [("AF_INET6", {"attrs": [
+        ("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})      # IN6_ADDR_GEN_MODE_NONE
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("0")
+    except OSError:
+        pass
+
+
+def configure_inside(pid: int, address: str, prefixlen: int, gateway: str, nd: dict | None = None) -> None:
+    """In the sandbox's namespace: eth0's address, eth0 and lo up, the default route via the bridge;
+    on a dual-stack network (nd["subnet6"]) its IPv6 address too (no duplicate address detection:
+    the address is the network's to give, and usable at once) and the IPv6 default route. No
+    link-local address either way: the port's allow-list drops what does not come from the
+    sandbox's own addresses."""
     from pyroute2 import IPRoute      # lazy: see the module's docstring
+    address6 = ipv6_of(nd or {}, address)
     with IPRoute(netns=f"/proc/{pid}/ns/net") as ns:
         i = ns.link_lookup(ifname="eth0")[0]
-        # no IPv6 address at all (not even link-local): the port's allow-list drops IPv6
         ns.link("set", index=i, IFLA_AF_SPEC={"attrs": [("AF_INET6", {"attrs": [
             ("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})      # IN6_ADDR_GEN_MODE_NONE
         ns.addr("add", index=i, address=address, prefixlen=prefixlen)
+        if address6:
+            ns.addr("add", index=i, address=address6, prefixlen=64, flags=IFA_F_NODAD)
         ns.link("set", index=i, state="up")
         lo = ns.link_lookup(ifname="lo")[0]
         ns.link("set", index=lo, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+        if address6:
+            ns.route("add", dst="::/0", gateway=nd["gateway6"], family=socket.AF_INET6)
 
 
 def refresh_peers(root: Path, nd: dict, sandbox_id: str, name: str | None, address: str | None,
@@ -262,6 +302,9 @@ def teardown_network(root: Path, nd: dict) -> None:
         nft.delete_host_rules(lambda c: c == f"net:{nd['name']}")
         if not nft.host_rules():
             nft.nft([{"delete": {"table": {"family": "ip", "name": nft.HOST_TABLE}}}], check=False)
+        nft.delete_host_rules(lambda c: c == f"net:{nd['name']}", family="ip6")
+        if not nft.host_rules("ip6"):
+            nft.nft([{"delete": {"table": {"family": "ip6", "name": nft.HOST_TABLE}}}], check=False)
         out = nft.nft(args=["list", "table", "netdev", nft.HOST_TABLE], check=False)
         if out and not any("chain" in o or "counter" in o for o in out.get("nftables", [])):
             nft.nft([{"delete": {"table": {"family": "netdev", "name": nft.HOST_TABLE}}}], check=False)

@@ -340,7 +340,8 @@ class NetHandle:
                 hi = bridge.add_port(ipr, self.veth, self._nsfd, mac)
                 # one nft transaction: the port's allow-list (before the port is up) and the DNAT of
                 # published ports
-                cmds += nft.antispoof_rules(self.sandbox_id, self.veth, self.address, mac)
+                cmds += nft.antispoof_rules(self.sandbox_id, self.veth, self.address, mac,
+                                            bridge.ipv6_of(nd, self.address))
                 cmds += nft.dnat_rules(self.sandbox_id, self.address, self.ports)
                 out = nft.nft(cmds, echo=True)
                 self._rules = [(r["family"], r["chain"], r["handle"]) for o in out.get("nftables", [])
@@ -348,7 +349,7 @@ class NetHandle:
                                if r and r["family"] == "ip" and r.get("comment") == f"sbx:{self.sandbox_id}"]
                 self._antispoof = True
                 ipr.link("set", index=hi, master=bi, state="up")
-            bridge.configure_inside(pid, self.address, subnet.prefixlen, nd["gateway"])
+            bridge.configure_inside(pid, self.address, subnet.prefixlen, nd["gateway"], nd)
             if self.ports:
                 self._proxy_pid = proxy.start(self.ports, self.address)
             self._write_endpoint(state="attached")

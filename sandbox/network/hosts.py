@@ -3,11 +3,28 @@ read-only on the sandbox's /etc/hosts and rewritten in place (same inode: the bi
 as peers join and leave. (resolv.conf is the host's, bound by sandbox/rootfs.py.)"""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from pathlib import Path
 
 from .common import NetworkError
+
+
+def ipv6_subnet(network: str) -> ipaddress.IPv6Network:
+    """A private network's IPv6 subnet: a unique local /64 (RFC 4193: fd00::/8, a 40-bit global id
+    - here from the network's name - and subnet id 0)."""
+    gid = hashlib.sha256(("net6:" + network).encode()).digest()[:5]
+    return ipaddress.IPv6Network((b"\xfd" + gid + bytes(10), 64))
+
+
+def ipv6_of(nd: dict, ipv4: str | None) -> str | None:
+    """The IPv6 address that goes with an IPv4 address of network `nd` (its subnet's prefix and the
+    IPv4 address as interface id: one allocation gives both); None for an IPv4-only network."""
+    if not nd.get("subnet6") or not ipv4:
+        return None
+    net = ipaddress.IPv6Network(nd["subnet6"])
+    return str(net.network_address + int(ipaddress.IPv4Address(ipv4)))
 
 
 def write_inplace(path: Path, content: str) -> None:
@@ -33,6 +50,8 @@ def content(nd: dict, eps: list[dict], own_sid: str | None) -> str:
         names = list(dict.fromkeys(n for n in names if n))
         if names:
             lines.append(f"{e['address']}\t{' '.join(names)}")
+            if ipv6_of(nd, e["address"]):
+                lines.append(f"{ipv6_of(nd, e['address'])}\t{' '.join(names)}")
     return "\n".join(lines) + "\n"
 
 

@@ -24,19 +24,39 @@ EGRESS_TABLE = "pysandbox"                                # table inet pysandbox
 _NFT = "nft"
 
 
+def _caller_mapped(userns_fd: int) -> bool:
+    """Whether this process's uid is mapped in the user namespace `userns_fd`: a sandbox mapping the
+    caller's own id (root inside is the caller) - not one with subordinate ids only, where the
+    caller is nobody inside and nft, exec'd with the caller's credentials, would keep no capability
+    (nsenter then becomes root of the namespace instead: setgroups is allowed there). Asked in a
+    forked child that joins the namespace."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            from .. import _sys
+            _sys.setns(userns_fd, _sys.CLONE_NEWUSER)
+            code = 0 if os.getuid() != 65534 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 1
+
+
 def nsenter_prefix(pid: int | None, nsfd: int | None, userns_fd: int | None) -> list[str]:
     if pid is None and nsfd is None:
         return []
     nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    keep = ["--preserve-credentials"] if userns_fd is not None and _caller_mapped(userns_fd) else []
     if nsfd is not None:
         me = os.getpid()
         args = [nsenter]
         if userns_fd is not None:
-            args += [f"--user=/proc/{me}/fd/{userns_fd}", "--preserve-credentials"]
+            args += [f"--user=/proc/{me}/fd/{userns_fd}", *keep]
         return args + [f"--net=/proc/{me}/fd/{nsfd}", "--"]
     args = [nsenter, "-t", str(pid)]
     if userns_fd is not None:
-        args += ["-U", "--preserve-credentials"]
+        args += ["-U", *keep]
     return args + ["-n", "--"]
 
 
@@ -59,8 +79,14 @@ def nft(cmds: list | None = None, *, args: list[str] | None = None, pid: int | N
     with their handles."""
     pre = nsenter_prefix(pid, nsfd, userns_fd)
     argv = pre + [nft_path(), "-j"] + (["-e"] if echo else [])
-    argv += (args if args is not None else ["-f", "-"])
     inp = json.dumps({"nftables": cmds}) if cmds is not None else None
+    if args is None and userns_fd is not None and "--preserve-credentials" not in pre and len(inp) < 100000:
+        # as root of a namespace with subordinate ids only: the caller's pipe (stdin) is not its to
+        # reopen (/dev/stdin: EACCES), so the batch goes as the argument (`nft -j JSON`)
+        argv.append(inp)
+        inp = None
+    else:
+        argv += (args if args is not None else ["-f", "-"])
     fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
     try:
         p = subprocess.run(argv, input=inp, capture_output=True, text=True, timeout=STEP_TIMEOUT,
@@ -109,6 +135,17 @@ def host_base() -> list[dict]:
          {"add": {"table": {"family": "netdev", "name": HOST_TABLE}}}]
 
 
+def host_base6() -> list[dict]:
+    """Idempotent: `table ip6 pysandbox` and its base chains (dual-stack networks: masquerade and
+    isolation of their IPv6 subnets, network_rules6)."""
+    T = {"family": "ip6", "table": HOST_TABLE}
+    return [{"add": {"table": {"family": "ip6", "name": HOST_TABLE}}},
+            {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
+                               "policy": "accept"}}},
+            {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
+                               "policy": "accept"}}}]
+
+
 def host_rules(family: str = "ip") -> list[dict]:
     """Rules of a host table (each with chain, handle, comment); [] when there is no table."""
     out = nft(args=["list", "table", family, HOST_TABLE], check=False)
@@ -123,17 +160,22 @@ def delete_host_rules(pred, family: str = "ip") -> None:
         nft(dels, check=False)
 
 
-def antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
+def antispoof_rules(sid: str, veth: str, addr: str, mac: str, addr6: str | None = None) -> list[dict]:
     """The allow-list of one sandbox's port: a base chain of its own, `table netdev pysandbox`,
     hook `ingress` on the host side of its veth (every frame the sandbox's eth0 sends arrives
     there, before the bridge sees it), policy drop. Only two kinds of frame pass:
 
     * IPv4 (outer ethertype 0x0800, version 4) from the port's own MAC and its own address;
-    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address.
+    * ARP (Ethernet/IPv4, request or reply) from its own MAC whose sender is its own MAC and address;
+    * on a dual-stack network (addr6), IPv6 (ethertype 0x86dd, version 6) from its own MAC and its
+      own IPv6 address - but no router advertisement or redirect (the host's bridge must not take
+      routes from a sandbox), and no neighbour advertisement for another target than its own
+      address (IPv6's ARP spoofing). Its neighbour solicitations come from its own address too
+      (no duplicate address detection, no link-local address: bridge.configure_inside).
 
     Everything else is counted and dropped: other source addresses or MACs, 802.1Q/802.1ad tagged
     frames (`ether type` sees the outer tag also when the kernel has moved it into the skb's
-    metadata: nft puts it back for the match), IPv6 (no IPv6 address is assigned), raw ethertypes,
+    metadata: nft puts it back for the match), IPv6 on an IPv4-only network, raw ethertypes,
     LLC/STP and link-local frames (which the bridge's own prerouting hook never sees). DHCP is not
     needed: addresses are static."""
     T = {"family": "netdev", "table": HOST_TABLE}
@@ -153,8 +195,28 @@ def antispoof_rules(sid: str, veth: str, addr: str, mac: str) -> list[dict]:
             m(payload("arp", "ptype"), 0x0800), m(payload("arp", "hlen"), 6), m(payload("arp", "plen"), 4),
             m(payload("arp", "operation"), {"set": ["request", "reply"]}),
             m(payload("arp", "saddr ether"), mac), m(payload("arp", "saddr ip"), addr), {"accept": None}]}}},
+        *(_antispoof6(T, c, veth, own_mac, addr6) if addr6 else []),
         {"add": {"rule": {**T, "chain": veth, "comment": c, "expr": [{"counter": veth}, {"drop": None}]}}},
     ]
+
+
+def _antispoof6(T: dict, c: str, veth: str, own_mac: dict, addr6: str) -> list[dict]:
+    v6 = [own_mac, m(payload("ether", "type"), "ip6"), m(payload("ip6", "version"), 6)]
+    icmp = v6 + [m(meta("l4proto"), "ipv6-icmp")]
+    drop = [{"counter": veth}, {"drop": None}]
+    out = [{"add": {"rule": {**T, "chain": veth, "comment": c, "expr": icmp + [
+        m(payload("icmpv6", "type"), {"set": ["nd-router-advert", "nd-redirect"]})] + drop}}}]
+    # a neighbour advertisement's target (bytes 8-23 of the ICMPv6 message) must be its own address:
+    # compared as four 32-bit words (nft's JSON takes no 128-bit integer), any differing one drops
+    own = int(ipaddress.IPv6Address(addr6))
+    for k in range(4):
+        word = (own >> (96 - 32 * k)) & 0xFFFFFFFF
+        out.append({"add": {"rule": {**T, "chain": veth, "comment": c, "expr": icmp + [
+            m(payload("icmpv6", "type"), "nd-neighbor-advert"),
+            m({"payload": {"base": "th", "offset": 64 + 32 * k, "len": 32}}, word, "!=")] + drop}}})
+    out.append({"add": {"rule": {**T, "chain": veth, "comment": c, "expr": v6 + [
+        m(payload("ip6", "saddr"), addr6), {"accept": None}]}}})
+    return out
 
 
 def _counter(family: str, table: str, name: str, **where) -> int | None:
@@ -176,16 +238,16 @@ def antispoof_delete(veth: str) -> list[dict]:
     return [{"delete": {"chain": T}}, {"delete": {"counter": T}}]
 
 
-def network_rules(netdef: dict) -> list[dict]:
+def network_rules(netdef: dict, family: str = "ip") -> list[dict]:
     """Masquerade outbound traffic of the subnet; isolate the bridge from other pysandbox bridges
-    and from direct (non-published) inbound traffic."""
-    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet"])
-    T = {"family": "ip", "table": HOST_TABLE}
+    and from direct (non-published) inbound traffic. (family "ip6": the same for subnet6.)"""
+    br, subnet = netdef["bridge"], ipaddress.ip_network(netdef["subnet" if family == "ip" else "subnet6"])
+    T = {"family": family, "table": HOST_TABLE}
     c = f"net:{netdef['name']}"
     iif, oif = meta("iifname"), meta("oifname")
     return [
         {"add": {"rule": {**T, "chain": "postrouting", "comment": c, "expr": [
-            m(payload("ip", "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
+            m(payload(family, "saddr"), prefix(subnet)), m(oif, br, "!="), {"masquerade": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
             m(iif, br), m(oif, "psb-*"), m(oif, br, "!="), {"counter": None}, {"drop": None}]}}},
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
@@ -196,6 +258,13 @@ def network_rules(netdef: dict) -> list[dict]:
         {"add": {"rule": {**T, "chain": "forward", "comment": c, "expr": [
             m(oif, br), m(iif, br, "!="), {"counter": None}, {"drop": None}]}}},
     ]
+
+
+def network_rules6(netdef: dict) -> list[dict]:
+    """network_rules for a dual-stack network's IPv6 subnet, in `table ip6 pysandbox` (the
+    masquerade is used when the host forwards IPv6: net.ipv6.conf.all.forwarding, the
+    administrator's choice)."""
+    return network_rules(netdef, family="ip6")
 
 
 def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
@@ -269,6 +338,10 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
             expr.append(m(meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
         expr.append({"accept": None})
         rule(expr)
+    # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
+    # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
+    rule([m(meta("l4proto"), "ipv6-icmp"),
+          m(payload("icmpv6", "type"), {"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}), {"accept": None}])
     # reject (not drop): a denied connect() fails at once with EHOSTUNREACH instead of hanging
     rule([{"counter": "denied"}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]
          if default == "deny" else [{"accept": None}])

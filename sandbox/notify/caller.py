@@ -40,6 +40,22 @@ def proc_identity(tid: int) -> dict:
     return out
 
 
+class _VmRead:
+    """In place of a /proc/TID/mem descriptor for read_string/read_u64: process_vm_readv (the
+    ptrace check only), when the file is not the reader's to open."""
+
+    def __init__(self, tid: int):
+        self.tid = tid
+
+    def pread(self, n: int, addr: int) -> bytes:
+        from .. import _sys
+        return _sys.process_vm_read(self.tid, addr, n)
+
+
+def _pread(memfd, n: int, addr: int) -> bytes:
+    return memfd.pread(n, addr) if isinstance(memfd, _VmRead) else os.pread(memfd, n, addr)
+
+
 def read_string(memfd: int, addr: int, limit: int = MAX_STRING) -> Optional[str]:
     """A NUL-terminated string from another process's memory (page by page)."""
     if not addr:
@@ -48,7 +64,7 @@ def read_string(memfd: int, addr: int, limit: int = MAX_STRING) -> Optional[str]
     while len(out) < limit:
         chunk = min(4096 - (addr % 4096), limit - len(out))
         try:
-            data = os.pread(memfd, chunk, addr)
+            data = _pread(memfd, chunk, addr)
         except OSError:
             break
         if not data:
@@ -66,7 +82,7 @@ def read_u64(memfd: int, addr: int) -> Optional[int]:
     if not addr:
         return None
     try:
-        data = os.pread(memfd, 8, addr)
+        data = _pread(memfd, 8, addr)
     except OSError:
         return None
     return _U64.unpack(data)[0] if len(data) == 8 else None
@@ -82,9 +98,9 @@ def read_arguments(tid: int, name: Optional[str], args) -> dict:
     if idx or name == "clone3":
         try:
             memfd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            memfd = -1
-        if memfd >= 0:
+        except OSError:           # rootless, the sandbox's ids subordinate ones: the file is theirs
+            memfd = _VmRead(tid)
+        if memfd is not None:
             try:
                 for i in idx:
                     s = read_string(memfd, args[i])
@@ -95,7 +111,8 @@ def read_arguments(tid: int, name: Optional[str], args) -> dict:
                     if fl is not None:
                         out["clone3_flags"] = fl
             finally:
-                os.close(memfd)
+                if isinstance(memfd, int):
+                    os.close(memfd)
     for i in FD_ARGS.get(name or "", ()):
         fd = args[i] & 0xFFFFFFFF
         if fd >= 0x80000000:           # AT_FDCWD and other negatives

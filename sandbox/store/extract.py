@@ -12,8 +12,8 @@ from typing import BinaryIO, Optional
 
 from .images import ImageError, LazyModule, human_size, one_line
 
-bz2, gzip, hashlib, lzma, shutil, tarfile, zlib = (
-    LazyModule(n, globals()) for n in ("bz2", "gzip", "hashlib", "lzma", "shutil", "tarfile", "zlib"))
+bz2, gzip, hashlib, json, lzma, shutil, tarfile, zlib = (
+    LazyModule(n, globals()) for n in ("bz2", "gzip", "hashlib", "json", "lzma", "shutil", "tarfile", "zlib"))
 
 
 # --------------------------------------------------------------------------- progress
@@ -153,6 +153,9 @@ class Extractor:
         self.replaced: dict[tuple, int] = {}     # parts -> seq: a directory removed by a later member
         self._seq = 0
         self._cache: tuple[tuple, int] | None = None
+        # rootless: the owners the archive gives (the caller cannot chown), "a/b" -> [uid, gid] when
+        # not 0:0; written next to the layer (owners.json) for uid-shifted copies (store/idshift.py)
+        self.owners: dict[str, list[int]] = {}
 
     def close(self) -> None:
         self._drop_cache()
@@ -195,6 +198,7 @@ class Extractor:
                     if not create:
                         raise self.fail(orig, f"parent {'/'.join(pp[:i + 1])} does not exist") from None
                     os.mkdir(comp, 0o755, dir_fd=fd)
+                    self.owners.pop("/".join(pp[:i + 1]), None)     # a made parent: root's
                     st = os.lstat(comp, dir_fd=fd)
                     if not self.rootless:
                         os.chown(comp, 0, 0, dir_fd=fd, follow_symlinks=False)
@@ -237,6 +241,14 @@ class Extractor:
         if not self.rootless:
             os.chown(base, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
 
+    def _record_owner(self, parts: tuple, ti: tarfile.TarInfo) -> None:
+        if self.rootless:
+            key = "/".join(parts)
+            if (ti.uid, ti.gid) == (0, 0):
+                self.owners.pop(key, None)
+            else:
+                self.owners[key] = [int(ti.uid), int(ti.gid)]
+
     # ---- members
     def add(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         orig = ti.name
@@ -244,11 +256,14 @@ class Extractor:
         if not parts:
             if ti.isdir():      # "./": the layer root itself
                 self.dirs[()] = (ti.mode, ti.uid, ti.gid, ti.mtime, 0)
+                self._record_owner((), ti)
                 return
             raise self.fail(orig, "empty name")
         base = parts[-1]
         if base.startswith(WHITEOUT_PREFIX):
             return self._whiteout(parts, orig)
+        if not (ti.ischr() or ti.isblk()):
+            self._record_owner(parts, ti)
         pfd = self.parent_fd(parts, orig)
         if ti.isdir():
             self._clear(pfd, base, keep_dir=True)
@@ -375,6 +390,35 @@ class Extractor:
         self._drop_cache()
 
 
+OWNERS = "owners.json"       # next to a rootless layer's diff/: the archive's owners (not 0:0)
+OWNERS_MAX = 64 << 20
+
+
+def write_owners(layer_dir: str, owners: dict) -> None:
+    """owners.json of a rootless layer (written before the layer's record: part of the import)."""
+    with open(os.path.join(layer_dir, OWNERS), "w") as f:
+        json.dump(owners, f, separators=(",", ":"), sort_keys=True)
+
+
+def read_owners(layer_dir: str) -> dict:
+    """A rootless layer's recorded owners ({} for a layer imported before they were recorded: its
+    files are then root's); bounded."""
+    try:
+        with open(os.path.join(layer_dir, OWNERS), "rb") as f:
+            data = f.read(OWNERS_MAX + 1)
+    except FileNotFoundError:
+        return {}
+    if len(data) > OWNERS_MAX:
+        raise ImageError(f"{layer_dir}/{OWNERS}: larger than {OWNERS_MAX} bytes")
+    try:
+        out = json.loads(data)
+    except ValueError:
+        raise ImageError(f"{layer_dir}/{OWNERS}: not valid JSON (re-import the image)") from None
+    if not isinstance(out, dict):
+        raise ImageError(f"{layer_dir}/{OWNERS}: not an object (re-import the image)")
+    return out
+
+
 def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str = "reject",
                   budget: Optional[int] = None, what: str = "layer", limits=None, used: tuple = (0, 0)) -> dict:
     """Extract an (uncompressed or compressed) layer tar from `stream` into the empty dir `dest`.
@@ -401,6 +445,8 @@ def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str =
                     # ti.size was written; tarfile skips the padding itself
             counter.drain()      # rest of the stream (end-of-archive blocks): part of the digest
             ex.finish()
+            if rootless:
+                write_owners(os.path.dirname(os.path.abspath(dest)), ex.owners)
         except ImageError:
             raise
         except tarsafe.TarLimitError as e:

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import fsutil, procid
-from .idshift import close_all, detached, id_maps, idmapped_layers, needs_shift, shift_id, shifted_layer
+from .idshift import (close_all, detached, id_maps, idmapped_layers, needs_shift, prepare_rootless, remove_in_userns,
+                      shift_id, shifted_layer, subordinate, unshift_id)
 from .images import ImageError, Store, now, rmtree
 from .mountpoints import add_interface_files, make_mountpoints
 
@@ -73,6 +74,9 @@ class RootSpec:
     upper_size: int = 0
     keep: bool = False
     layer_sock: tuple[int, int] = field(default=(-1, -1), compare=False)
+    # Rootless with subordinate ids: the sandbox's directory in <store>/userns/ (its top layer and
+    # the writable layer's mount point, owned by its root; store/idshift.py), removed at the end
+    userns_dir: str = ""
 
 
 # --------------------------------------------------------------------------- prepare
@@ -84,8 +88,11 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     uid_map/gid_map (policies.plan.IdMapEntry or (inside, outside, count) tuples): the sandbox's
     user namespace maps. As root with a shifted range the layers are handed to PID 1 as detached
     idmapped mount trees (fallback: uid-shifted copies), the container dir as a detached tree, and
-    the upper dir belongs to the sandbox's root; rootless they are ignored (the store belongs to
-    the caller, who is the sandbox's root). The spec's descriptors are inherited through clone:
+    the upper dir belongs to the sandbox's root. Rootless, mapping only the caller, they are ignored
+    (the store belongs to the caller, who is the sandbox's root); rootless with subordinate ids the
+    layers are uid-shifted copies made in a user namespace with the sandbox's maps
+    (idshift.prepare_rootless), and the sandbox's top layer and writable layer's mount point are in
+    <store>/userns/c-<id>/ (owned by the sandbox's root). The spec's descriptors are inherited through clone:
     call mount_root in a child of this process, and finish_root here afterwards (closes them).
     """
     if not getattr(fs, "image", None):
@@ -93,8 +100,9 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
     if not isinstance(sandbox_id, str) or not _ID.match(sandbox_id):
         raise ImageError(f"invalid sandbox id {sandbox_id!r}")
     store = store or Store(rootless=rootless)
-    umap, gmap = (id_maps(uid_map), id_maps(gid_map)) if not rootless else ((), ())
-    shift = needs_shift(umap) or needs_shift(gmap)
+    sub = rootless and subordinate(uid_map, gid_map)
+    umap, gmap = (id_maps(uid_map), id_maps(gid_map)) if not rootless or sub else ((), ())
+    shift = (needs_shift(umap) or needs_shift(gmap)) and not rootless
     read_only = bool(getattr(fs, "read_only", False))
     upper_size = 0
     if not read_only:
@@ -122,29 +130,33 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
         idfds: tuple[int, ...] = ()
         rw_fd = -1
         idmapped = False
+        udir = ""
         try:
             lowers = []
+            if sub:
+                lowers, udir, mnt, upper, work = _prepare_subordinate(store, rec, fs, sandbox_id, umap, gmap,
+                                                                      read_only, keep)
             if shift and os.environ.get("PYSANDBOX_IDMAP", "1") != "0":
                 idfds = idmapped_layers(store, rec["layers"], umap, gmap)
                 if idfds:
                     idmapped = True
                     lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
-            if not idfds:
+            if not idfds and not sub:
                 for d in reversed(rec["layers"]):           # top first
                     lowers.append(shifted_layer(store, d, umap, gmap) if shift else store.layer_diff(d))
                 if shift:
                     idfds = detached(lowers)
-            root_uid, root_gid = shift_id(umap, 0), shift_id(gmap, 0)
-            mnt = os.path.join(cdir, "mnt")
-            os.mkdir(mnt, 0o755)
-            upper = work = None
-            if not read_only:                # the tmpfs's mount point; upper and work are made in it
-                os.mkdir(os.path.join(cdir, "upperfs"), 0o700)
-                upper, work = os.path.join(cdir, "upperfs", "upper"), os.path.join(cdir, "upperfs", "work")
-            image_lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
-            make_mountpoints(mnt, image_lowers, getattr(fs, "mounts", ()), umap, gmap, rootless=rootless,
-                             read_only=read_only)
-            add_interface_files(mnt, image_lowers, umap, gmap, rootless=rootless)
+            if not sub:
+                mnt = os.path.join(cdir, "mnt")
+                os.mkdir(mnt, 0o755)
+                upper = work = None
+                if not read_only:                # the tmpfs's mount point; upper and work are made in it
+                    os.mkdir(os.path.join(cdir, "upperfs"), 0o700)
+                    upper, work = os.path.join(cdir, "upperfs", "upper"), os.path.join(cdir, "upperfs", "work")
+                image_lowers = [store.layer_diff(d) for d in reversed(rec["layers"])]
+                make_mountpoints(mnt, image_lowers, getattr(fs, "mounts", ()), umap, gmap, rootless=rootless,
+                                 read_only=read_only)
+                add_interface_files(mnt, image_lowers, umap, gmap, rootless=rootless)
             if shift:
                 from .. import _sys
                 os.chmod(cdir, 0o711)     # the mapped root enters it as the root of a detached tree;
@@ -152,7 +164,8 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
             meta = {"id": sandbox_id, "image": name, "image_id": rec["id"], "layers": rec["layers"],
                     "created": now(), "status": "running", "pid": os.getpid(),
                     "pid_start": procid.start_time(os.getpid()), "read_only": read_only,
-                    "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": keep, "name": sandbox_name}
+                    "rootless": rootless, "uid_map": umap, "gid_map": gmap, "keep": keep, "name": sandbox_name,
+                    **({"userns_dir": udir} if udir else {})}
             _write_json(os.path.join(cdir, "container.json"), meta)
         except ImageError:
             close_all(idfds + ((rw_fd,) if rw_fd >= 0 else ()))
@@ -171,7 +184,26 @@ def prepare_root(fs, sandbox_id: str, *, rootless: bool, uid_map=(), gid_map=(),
                     lowers=tuple(lowers), upper=upper, work=work, mnt=mnt, container_dir=cdir,
                     read_only=read_only, uid_map=umap, gid_map=gmap, config=dict(rec.get("config") or {}),
                     lower_fds=idfds, rw_fd=rw_fd, idmapped=idmapped, upper_size=upper_size,
-                    keep=bool(getattr(fs, "keep", False)), layer_sock=sock)
+                    keep=bool(getattr(fs, "keep", False)), layer_sock=sock, userns_dir=udir)
+
+
+def _prepare_subordinate(store: Store, rec: dict, fs, sandbox_id: str, umap, gmap, read_only: bool, keep: bool):
+    """Rootless with subordinate ids (store/idshift.py): the layers' uid-shifted copies and the
+    sandbox's top layer, made in the store's user namespace. -> (lowers, its directory, mnt, upper, work)."""
+    mounts = getattr(fs, "mounts", ())
+
+    def top_layer(lowers, udir):       # in the namespace, as the sandbox's root: its own files
+        mnt = os.path.join(udir, "mnt")
+        os.mkdir(mnt, 0o755)
+        if not read_only:
+            os.mkdir(os.path.join(udir, "upperfs"), 0o700)
+        make_mountpoints(mnt, lowers, mounts, (), (), rootless=False, read_only=read_only)
+        add_interface_files(mnt, lowers, rootless=True, chown=False)
+    lowers, udir = prepare_rootless(store, rec["layers"], umap, gmap, sandbox_id, top_layer)
+    upper = work = None
+    if not read_only:
+        upper, work = os.path.join(udir, "upperfs", "upper"), os.path.join(udir, "upperfs", "work")
+    return lowers, udir, os.path.join(udir, "mnt"), upper, work
 
 
 def _check_storage_size(size: int) -> None:
@@ -441,6 +473,8 @@ def finish_root(spec: RootSpec, *, keep: bool) -> list[dict]:
     finally:
         if layer >= 0:
             os.close(layer)
+    if spec.userns_dir:
+        remove_in_userns(spec.uid_map, spec.gid_map, spec.userns_dir)
     finish_kept(spec, keep=keep)
     return events
 
@@ -452,11 +486,35 @@ def keep_upper(spec: RootSpec, layer_fd: int) -> None:
     try:
         if os.path.lexists(dst):
             rmtree(dst)
-        _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
+        if spec.userns_dir:
+            _keep_subordinate(spec, layer_fd, dst)
+        else:
+            _copy_layer(layer_fd, dst, rootless=os.geteuid() != 0)
     except (OSError, ImageError) as e:
         rmtree(spec.container_dir)
         raise ImageError(f"--keep: could not keep the writable layer of {spec.container_id}: "
                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _keep_subordinate(spec: RootSpec, layer_fd: int, dst: str) -> None:
+    """--keep, rootless with subordinate ids: the layer's files belong to subordinate ids, which the
+    caller cannot read; copied in the store's user namespace as the caller's own files (as a
+    rootless import keeps a layer), their owners inside in containers/<id>/owners.json."""
+    from .. import idmap
+    from .extract import write_owners
+    hum, hgm = idmap.store_maps(spec.uid_map, spec.gid_map)
+    cu, cg = unshift_id(hum, os.geteuid()), unshift_id(hgm, os.getegid())    # the caller's ids there
+
+    def work() -> str:
+        owners: dict = {}
+        _copy_layer(layer_fd, dst, rootless=False, chown_to=(cu, cg), owners=owners)
+        write_owners(spec.container_dir, owners)
+        os.chown(os.path.join(spec.container_dir, "owners.json"), cu, cg)
+        return "ok"
+    try:
+        idmap.run_in_userns(hum, hgm, work)
+    except idmap.IdMapError as e:
+        raise ImageError(str(e)) from None
 
 
 def receive_layer(spec: RootSpec) -> int:
@@ -464,11 +522,12 @@ def receive_layer(spec: RootSpec) -> int:
     return _receive_layer(spec)
 
 
-def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
+def _copy_layer(layer_fd: int, dst: str, *, rootless: bool, chown_to=None, owners=None) -> None:
     """Copy the upper directory of the writable layer's tmpfs to `dst` on disk, by descriptors
     (treewalk.walk_tree: nothing is followed), with what overlay and diff/commit need: types,
     whiteouts (0:0 character devices), overlay's xattrs, modes, owners (as root), times, hard
-    links. Bounded: the tmpfs holds at most its size and inode count."""
+    links. Bounded: the tmpfs holds at most its size and inode count. chown_to: every entry given
+    these (uid, gid) instead, its own (not 0:0) recorded in `owners` ("a/b" -> [uid, gid])."""
     from .treewalk import walk_tree, TreeChanged
     os.mkdir(dst, 0o700)
     dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -488,7 +547,12 @@ def _copy_layer(layer_fd: int, dst: str, *, rootless: bool) -> None:
     def finish(path: str, st: os.stat_result, xa=()) -> None:
         for n, v in xa:
             os.setxattr(path, n, v, follow_symlinks=False)
-        if not rootless:
+        if chown_to is not None:
+            os.chown(path, *chown_to, follow_symlinks=False)
+            rel = os.path.relpath(path, dst)
+            if (st.st_uid, st.st_gid) != (0, 0):
+                owners["" if rel == "." else rel] = [st.st_uid, st.st_gid]
+        elif not rootless:
             os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(path, stat.S_IMODE(st.st_mode), follow_symlinks=False)
@@ -547,8 +611,9 @@ def finish_kept(spec: RootSpec, *, keep: bool) -> None:
             meta.update(status="exited", finished=now(), pid=None)
             _write_json(meta_path, meta)
         with contextlib.suppress(OSError):
-            rmtree(spec.mnt)
-            os.mkdir(spec.mnt, 0o755)
+            mnt = os.path.join(spec.container_dir, "mnt") if spec.userns_dir else spec.mnt
+            rmtree(mnt)
+            os.mkdir(mnt, 0o755)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(spec.container_dir, "upperfs"))
         return

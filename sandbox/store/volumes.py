@@ -92,14 +92,43 @@ def remove_volume(name: str, *, rootless: Optional[bool] = None, store: Optional
         if not os.path.isfile(meta):
             raise ImageError(f"no such volume: {name}")
         rmtree(d)
+        if store.rootless and os.path.lexists(d):     # files of subordinate ids (a sandbox's root wrote them)
+            from .idshift import remove_as_owner
+            remove_as_owner(d)
+
+
+def _for_subordinate(name: str, store: Store, d: str, data: str, uid_map, gid_map) -> None:
+    from .idshift import check_reachable, chown_in_userns, grant_search, id_maps, subordinate
+    if not subordinate(uid_map, gid_map):
+        return
+    check_reachable(store)
+    root = next((o for i, o, _ in id_maps(uid_map) if i == 0), None)
+    if root is None:
+        raise ImageError(f"volume {name}: the sandbox's uid_map does not map root")
+    try:
+        for p in (store.volumes, d):
+            grant_search(p, root)
+        st = os.lstat(data)
+        if st.st_uid == os.geteuid() and not os.listdir(data):
+            chown_in_userns(uid_map, gid_map, data)
+    except OSError as e:
+        raise ImageError(f"volume {name} with subordinate ids: {e.filename or d}: {e.strerror} (the sandbox's "
+                         f"root reaches the volume through an ACL entry: the state directory's file system "
+                         f"must support POSIX ACLs)") from None
+    except Exception as e:      # idmap.IdMapError: the maps could not be written
+        raise ImageError(f"volume {name} with subordinate ids: {e}") from None
 
 
 def resolve_volume(name: str, *, rootless: bool, create: bool, owner: Optional[tuple[int, int]] = None,
-                   store: Optional[Store] = None) -> str:
+                   store: Optional[Store] = None, maps: tuple = ()) -> str:
     """Named volume -> its host directory (created on first use when `create`).
 
     owner: (uid, gid) on the host to give a new volume's directory (the sandbox's mapped root
     when root launches with a shifted uid range), so the sandbox can write to it.
+    maps: (uid_map, gid_map) of a rootless sandbox: with subordinate ids, its root (a subordinate
+    id) is given search on the store's volumes/ and volumes/NAME (an ACL entry for that one uid:
+    they stay 0700 to everyone else) and, when still empty and the caller's, the volume itself
+    (chowned in a user namespace with the sandbox's maps: store/idshift.py).
     """
     store = store or Store(rootless=rootless)
     d, data, meta = _paths(store, name)
@@ -109,6 +138,8 @@ def resolve_volume(name: str, *, rootless: bool, create: bool, owner: Optional[t
         create_volume(name, rootless=rootless, owner=owner, exist_ok=True, store=store)
     if not os.path.isdir(data) or os.path.islink(data):
         raise ImageError(f"volume {name}: {data} is missing or not a directory")
+    if rootless and maps:
+        _for_subordinate(name, store, d, data, *maps)
     if owner and os.geteuid() == 0:
         # A volume made by `volume create` (owned by host root) and still empty is handed to the
         # sandbox's mapped root on first use, so it can write to it (Docker does the same).

@@ -69,8 +69,37 @@ def _links(out: str) -> dict:
     return {l.split(":", 1)[0]: l for l in out.splitlines() if l.endswith("]") and ":[" in l}
 
 
+OWN_IDS = ("user:\n  uid_map: [{inside: 0, outside: caller, count: 1}]\n"
+           "  gid_map: [{inside: 0, outside: caller, count: 1}]\n")
+
+
+def test_exec_with_subordinate_ids_refuses_namespaces_the_program_made(user_runner, tmp_profile):
+    """Rootless with subordinate ids (rootless `auto` with a range): PID 1 runs an image the caller
+    owns but the sandbox's root cannot read, so the kernel ties its memory to the initial user
+    namespace and its namespace files are closed to the caller; `exec` then has only the
+    program's process to open them from, whose namespaces are not the recorded ones: refused
+    (exit 125, one line) - never joined."""
+    from conftest import single_id
+    if single_id(user_runner):
+        pytest.skip("the test user has no subordinate ids here")
+    prof = tmp_profile(PROFILE, "sub.yaml")
+    name = _name(user_runner, "unshare-sub")
+    try:
+        r = user_runner("run", "-d", "--name", name, "--profile", prof, "--", HOST_PYTHON, "-c", UNSHARER)
+        assert r.returncode == 0, r
+        _wait_log(user_runner, name, "prog ")
+        ex = user_runner("exec", name, "--", "/bin/sh", "-c", SHOW)
+        assert ex.returncode == 125 and ex.stdout == "", ex
+        assert ex.stderr == (f"pysandbox: {name}: namespaces.mount: cannot open the sandbox's namespace (gone, or it "
+                             f"changed since the start)\n"), ex
+    finally:
+        user_runner("rm", "-f", name)
+
+
 def test_exec_ignores_namespaces_the_program_made(runner, tmp_profile):
-    prof = tmp_profile(PROFILE)
+    """(Rootless: the caller's own ids, root inside is the caller: PID 1's namespace files are
+    open to it. With subordinate ids: the test above.)"""
+    prof = tmp_profile(PROFILE + (OWN_IDS if runner.rootless else ""))
     name = _name(runner, "unshare")
     try:
         r = runner("run", "-d", "--name", name, "--profile", prof, "--", HOST_PYTHON, "-c", UNSHARER)

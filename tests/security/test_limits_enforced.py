@@ -152,10 +152,12 @@ def _root_disk() -> str:
 
 
 def _direct_write(runner, shared_tmp, bs, n, *limit):
-    if runner.rootless:
+    from conftest import single_id
+    if single_id(runner):
         os.chown(shared_tmp, runner.uid, runner.gid)
     else:
-        os.chmod(shared_tmp, 0o777)          # the sandbox's root is an unprivileged host uid
+        os.chmod(shared_tmp, 0o777)          # the sandbox's root is an unprivileged host uid (root, or
+                                             # rootless with subordinate ids)
     r = runner("run", "--profile", "strict", "-v", f"{shared_tmp}:/data", *limit,
                "--", HOST_PYTHON, "-c", DIRECT_WRITE, "/data/f", str(bs), str(n), timeout=120)
     assert r.returncode == 0, r

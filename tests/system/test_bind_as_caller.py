@@ -71,7 +71,9 @@ def test_root_only_source_refused_when_program_keeps_sys_admin(root_runner, root
 
 def test_rootless_cannot_bind_what_it_cannot_open(user_runner, root_only_dir, shared_tmp):
     """The unprivileged user cannot enter /root: one line naming the path and its errno, exit 125,
-    nothing traced back. A directory it owns binds as before."""
+    nothing traced back. A directory it owns binds as before: readable to a root that is the
+    caller (a map of its own ids); with subordinate ids (rootless `auto` with a range) it binds
+    too, but its 0600 file is the caller's, not the sandbox root's (EACCES)."""
     r = user_runner("run", "--profile", "strict", "-v", f"{root_only_dir}/data:/x", "--", "cat", "/x/f")
     assert r.returncode == 125, r
     assert r.stderr.strip() == (f"pysandbox: bind source {root_only_dir}/data: Permission denied "
@@ -82,8 +84,18 @@ def test_rootless_cannot_bind_what_it_cannot_open(user_runner, root_only_dir, sh
     (mine / "f").write_text("mine\n")
     os.chown(mine, user_runner.uid, user_runner.gid)
     os.chown(mine / "f", user_runner.uid, user_runner.gid)
-    r = user_runner("run", "--profile", "strict", "-v", f"{mine}:/x", "--", "cat", "/x/f")
+    (mine / "f").chmod(0o600)
+    own = shared_tmp / "own.yaml"
+    own.write_text("version: 1\nextends: strict\nuser:\n  uid_map: [{inside: 0, outside: caller, count: 1}]\n"
+                   "  gid_map: [{inside: 0, outside: caller, count: 1}]\n")
+    os.chmod(own, 0o644)
+    r = user_runner("run", "--profile", str(own), "-v", f"{mine}:/x", "--", "cat", "/x/f")
     assert r.returncode == 0 and r.stdout == "mine\n", r
+    r = user_runner("explain", "--profile", "strict")
+    if "subordinate ids" in r.stdout:
+        os.chmod(mine, 0o755)
+        r = user_runner("run", "--profile", "strict", "-v", f"{mine}:/x", "--", "cat", "/x/f")
+        assert r.returncode == 1 and "Permission denied" in r.stderr and "mine" not in r.stdout, r
 
 
 def test_api_root_binds_a_source_only_root_can_reach(root_runner, root_only_dir):

@@ -26,12 +26,14 @@ BUSY = "i=0; while :; do i=$((i+1)); done"
 
 def _state_dirs(runner):
     """make(): a new state directory path (not created yet: pysandbox creates it) in a private
-    0700 parent owned by the runner's user."""
+    0711 parent owned by the runner's user (searchable, not listable, as a home: a rootless
+    sandbox with subordinate ids - rootless `auto` - opens the store as its own root)."""
     made = []
 
     def make(tag="sd"):
         parent = tempfile.mkdtemp(prefix="pysbx-cli-", dir="/tmp")
         os.chown(parent, runner.uid, runner.gid)
+        os.chmod(parent, 0o711)
         made.append(parent)
         return os.path.join(parent, tag)
     yield make

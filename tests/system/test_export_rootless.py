@@ -14,7 +14,8 @@ def assert_valid(cfg):
 
 
 def test_cli_as_unprivileged_user(user_runner, shared_tmp):
-    """Rootless: the export maps root inside to the caller (as `pysandbox run` would)."""
+    """Rootless: the export maps root inside as `pysandbox run` would: to the caller's subordinate
+    range (rootless `auto` with one), else to the caller."""
     out = shared_tmp / "u"
     out.mkdir()
     os.chown(out, user_runner.uid, user_runner.gid)
@@ -22,5 +23,9 @@ def test_cli_as_unprivileged_user(user_runner, shared_tmp):
     assert p.returncode == 0, p
     cfg = json.loads((out / "config.json").read_text())
     assert_valid(cfg)
-    assert cfg["linux"]["uidMappings"] == [{"containerID": 0, "hostID": user_runner.uid, "size": 1}]
+    from conftest import single_id
+    from policies import subids
+    want = ({"containerID": 0, "hostID": user_runner.uid, "size": 1} if single_id(user_runner) else
+            {"containerID": 0, "hostID": subids.first_ids(subids.ranges("uid", user_runner.uid))[0][1], "size": 65536})
+    assert cfg["linux"]["uidMappings"] == [want]
     assert os.stat(out / "config.json").st_uid == user_runner.uid

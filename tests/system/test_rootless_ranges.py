@@ -11,10 +11,11 @@ the caller's ranges are accepted. Shown here, as the unprivileged test user (pys
 range useradd gave it - the fixture adds one for the session if missing and restores the files
 byte for byte): `id`, the maps (65536 ids), root inside is not the caller (a file it writes in a
 bind-mounted directory is owned by the subordinate id on the host; the caller's own 0600 file is
-not readable to it, but is with `auto`), chown to uid 1000 inside works, the API (launch server,
+not readable to it, but is with a map of the caller's own ids), chown to uid 1000 inside works, the API (launch server,
 spares built ahead), and the refusals: a user without subordinate ids (a throw-away user made
 with SUB_UID_COUNT=0), ids outside the range, ranges removed after the plan was cached (the
-helper refuses at launch: exit 125), and image/volume roots (not uid-shifted rootless yet).
+helper refuses at launch: exit 125). Image roots and named volumes with subordinate ids, and
+rootless `auto` (which now maps the caller's subordinate ids): tests/system/test_rootless_subordinate.py.
 Nothing is simulated.
 """
 from __future__ import annotations
@@ -34,6 +35,10 @@ SUBFILES = ("/etc/subuid", "/etc/subgid")
 NOSUB_USER = "pysbx-idm-nosub"        # throw-away user of this file (no subordinate ids)
 
 SUB_PROFILE = "version: 1\nextends: {base}\nuser:\n  uid_map: subordinate\n  gid_map: subordinate\n"
+# the caller's own uid and gid only: what a rootless `auto` mapped before it took the caller's
+# subordinate ids (and still does for a caller without them)
+OWN_PROFILE = ("version: 1\nextends: {base}\nuser:\n  uid_map: [{{inside: 0, outside: caller, count: 1}}]\n"
+               "  gid_map: [{{inside: 0, outside: caller, count: 1}}]\n")
 
 
 def _ranges(path: str, name: str, uid: int) -> list[tuple[int, int]]:
@@ -112,7 +117,9 @@ def test_cli_subordinate_ids(user_runner, subids, tmp_profile, sub_dir):
 
 def test_root_inside_is_not_the_caller(user_runner, subids, tmp_profile, sub_dir):
     """The caller's own 0600 file: unreadable to the sandbox's root with subordinate ids (EACCES:
-    the caller's uid is not mapped, root inside is "other"); readable with `auto` (root = caller)."""
+    the caller's uid is not mapped, root inside is "other") - with `subordinate` and with `auto`
+    (strict, rootless: the caller's subordinate ids now); readable with a map of the caller's own
+    ids (root = caller)."""
     secret = sub_dir / "secret"
     secret.write_text("caller only\n")
     os.chown(secret, user_runner.uid, user_runner.gid)
@@ -123,6 +130,9 @@ def test_root_inside_is_not_the_caller(user_runner, subids, tmp_profile, sub_dir
     assert "Permission denied" in r.stderr and "rc=1" in r.stdout, r
     assert r.stdout.splitlines()[0] == "65534 65534", r            # the caller's file: nobody inside
     r = user_runner("run", "--profile", "strict", "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c", script)
+    assert "Permission denied" in r.stderr and "rc=1" in r.stdout, r
+    own = tmp_profile(OWN_PROFILE.format(base="strict"), "own-strict.yaml")
+    r = user_runner("run", "--profile", own, "-v", f"{sub_dir}:/w", "--", "/bin/sh", "-c", script)
     assert "caller only" in r.stdout and "rc=0" in r.stdout, r
 
 
@@ -140,16 +150,17 @@ def test_chown_to_uid_1000_inside(user_runner, subids, tmp_profile, sub_dir):
 
 def test_explicit_range_that_used_to_be_refused(user_runner, subids, tmp_profile):
     """The podman layout, written out: 0 -> the caller, 1-65535 -> subordinate ids. Refused before
-    ("ranges need root" / "is not yours"); one id more than the range still is (exit 2)."""
+    ("ranges need root" / "is not yours"); one id more than the range still is (exit 2). (The
+    gid map: the caller's own gid only, so newgidmap denies setgroups.)"""
     su, _ = subids
     body = ("version: 1\nextends: strict\nuser:\n  uid_map:\n    - {{inside: 0, outside: caller, count: 1}}\n"
-            "    - {{inside: 1, outside: {su}, count: {n}}}\n")
+            "    - {{inside: 1, outside: {su}, count: {n}}}\n  gid_map: [{{inside: 0, outside: caller, count: 1}}]\n")
     p = tmp_profile(body.format(su=su, n=65535), "podman.yaml")
     r = user_runner("run", "--profile", p, "--", "/bin/cat", "/proc/self/uid_map", "/proc/self/setgroups")
     assert r.returncode == 0, r
     rows = [ln.split() for ln in r.stdout.splitlines()]
     assert rows[:2] == [["0", str(user_runner.uid), "1"], ["1", str(su), "65535"]], r
-    assert rows[2] == ["deny"], r       # gid_map auto (own gid only): newgidmap denies setgroups
+    assert rows[2] == ["deny"], r       # gid_map: own gid only: newgidmap denies setgroups
     p = tmp_profile(body.format(su=su, n=65537), "toomany.yaml")
     r = user_runner("run", "--profile", p, "--", "/bin/true")
     assert r.returncode == 2, r
@@ -343,20 +354,6 @@ def test_ranges_withdrawn_under_a_compiled_plan_fail_closed(user_runner, subids,
     assert "/etc/subuid" in message and "usermod --add-subuids" in message and "\n" not in message, out
 
 
-def test_image_or_volume_root_with_subordinate_ids_refused(user_runner, subids, tmp_profile):
-    """The rootless volume (and image) stores hold the caller's files, not uid-shifted copies: the
-    sandbox's root could not write them. Refused (125) instead of a root that cannot write its own
-    files; the same volume with `auto` works."""
-    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-vol.yaml")
-    r = user_runner("run", "--profile", p, "-v", "pysbx-idm-vol:/data", "--", "/bin/true")
-    assert r.returncode == 125, r
-    assert "subordinate ids rootless work with the host root only" in r.stderr, r
-    r = user_runner("run", "--profile", "strict", "-v", "pysbx-idm-vol:/data", "--", "/bin/sh", "-c",
-                    "touch /data/x && echo ok")
-    assert r.returncode == 0 and "ok" in r.stdout, r
-    user_runner("volume", "rm", "pysbx-idm-vol", check_no_traceback=False)
-
-
 def test_pty_with_subordinate_ids(user_runner, subids, tmp_profile):
     """`run -t`: the sandbox's own devpts; its pty belongs to root inside (a subordinate id), and
     the program has it as its terminal. (A real terminal from script(1), no simulation.)"""
@@ -389,15 +386,18 @@ def _as_user_with_group(user_runner, args, group: int) -> subprocess.CompletedPr
 
 
 def test_callers_supplementary_groups_dropped_run_and_exec(user_runner, subids, tmp_profile):
-    """With `auto` the caller's host groups stay with the program (setgroups denied: they show as
-    65534); with subordinate ids newgidmap leaves setgroups at allow and the program and a
+    """With the caller's own ids only, its host groups stay with the program (setgroups denied:
+    they show as 65534); with subordinate ids (`subordinate`, and rootless `auto` now) newgidmap leaves setgroups at allow and the program and a
     `pysandbox exec` command have none (a subordinate root keeping the caller's groups would still
     reach the caller's group-shared files)."""
     import grp
     group = grp.getgrnam("users").gr_gid if "users" in {g.gr_name for g in grp.getgrall()} else 100
     show = ["--", "/bin/sh", "-c", "grep '^Groups' /proc/self/status"]
-    r = _as_user_with_group(user_runner, ["run", "--profile", "strict", *show], group)
+    own = tmp_profile(OWN_PROFILE.format(base="strict"), "own-groups.yaml")
+    r = _as_user_with_group(user_runner, ["run", "--profile", own, *show], group)
     assert r.returncode == 0 and r.stdout.split() == ["Groups:", "65534"], r        # before: kept
+    r = _as_user_with_group(user_runner, ["run", "--profile", "strict", *show], group)
+    assert r.returncode == 0 and r.stdout.split() == ["Groups:"], r                 # auto: subordinate
     p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-groups.yaml")
     r = _as_user_with_group(user_runner, ["run", "--profile", p, *show], group)
     assert r.returncode == 0 and r.stdout.split() == ["Groups:"], r

@@ -372,12 +372,23 @@ def test_sandbox_root_is_an_unprivileged_host_id(root_runner, shared_tmp):
 
 
 def test_rootless_writable_bind_writes_as_the_caller(user_runner, shared_tmp):
+    """With a map of the caller's own ids, root inside is the caller: it writes the caller's bind
+    mount, as the caller. With subordinate ids (rootless `auto` for a caller with a range) root
+    inside is not the caller: the caller's 0755 directory is not its to write."""
     data = shared_tmp / "udata"
     data.mkdir()
     os.chown(data, user_runner.uid, user_runner.gid)
-    r = user_runner.sh("touch /data/made-inside && id -u", "-v", f"{data}:/data")
+    own = shared_tmp / "own.yaml"
+    own.write_text("version: 1\nextends: strict\nuser:\n  uid_map: [{inside: 0, outside: caller, count: 1}]\n"
+                   "  gid_map: [{inside: 0, outside: caller, count: 1}]\n")
+    os.chmod(own, 0o644)
+    r = user_runner.sh("touch /data/made-inside && id -u", "-v", f"{data}:/data", profile=str(own))
     assert r.returncode == 0 and r.stdout.strip() == "0", r
     assert os.stat(data / "made-inside").st_uid == user_runner.uid
+    if "subordinate ids" in user_runner("explain", "--profile", "strict").stdout:
+        r = user_runner.sh("touch /data/other", "-v", f"{data}:/data")
+        assert r.returncode == 1 and "Permission denied" in r.stderr, r
+        assert not (data / "other").exists()
 
 
 def test_bind_target_through_a_symlink_is_refused(root_runner, shared_tmp):

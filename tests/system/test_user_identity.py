@@ -19,6 +19,18 @@ import pytest
 import imagebuild as ib
 from conftest import HOST_PYTHON, REPO, TEST_USER, state_env
 
+
+def _subordinate_first(uid: int):
+    """The first subordinate uid a rootless `auto` maps root to (None: the caller has fewer than
+    65536 subordinate uids/gids, and `auto` maps its own id only)."""
+    from policies import subids
+    u, g = (subids.first_ids(subids.ranges(w, uid)) for w in ("uid", "gid"))
+    return u[0][1] if u and g else None
+
+
+OWN_MAP = ("version: 1\nextends: {base}\nuser:\n  uid_map: [{{inside: {i}, outside: caller, count: 1}}]\n"
+           "  gid_map: [{{inside: {i}, outside: caller, count: 1}}]\n")
+
 CAP = {"NET_BIND_SERVICE": 10, "SYS_ADMIN": 21, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40}
 LAST_CAP = int(open("/proc/sys/kernel/cap_last_cap").read())
 
@@ -47,12 +59,15 @@ STATUS = ("/bin/cat", "/proc/self/status")
 def test_user_1000(runner):
     """`pysandbox run -u 1000 -- id` (exit 125 'capbset_drop: Operation not permitted' before: the
     uid was changed before the bounding set was dropped). Root: 1000 inside the auto range;
-    rootless: the auto map maps 1000 to the caller (its only id)."""
+    rootless: the auto map is the caller's subordinate range (1000 inside it), or, for a caller
+    without one, 1000 mapped to the caller (its only id)."""
     r = runner("run", "-u", "1000", "--", "/bin/sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
     assert r.returncode == 0, r
     uid, gid, umap = r.stdout.split("\n", 2)
     assert (uid, gid) == ("1000", "1000"), r
-    if runner.rootless:
+    if runner.rootless and _subordinate_first(runner.uid) is not None:
+        assert umap.split()[:3] == ["0", str(_subordinate_first(runner.uid)), "65536"], r
+    elif runner.rootless:
         assert umap.split() == ["1000", str(runner.uid), "1"], r
     else:
         assert umap.split()[:3] == ["0", "1000000000", "65536"], r
@@ -81,9 +96,16 @@ def test_user_by_name(root_runner):
         "pysandbox: --user no-such-user-ident: no user 'no-such-user-ident' in /etc/passwd", r
 
 
-def test_user_by_name_rootless(user_runner):
-    """Rootless, a named user is its uid mapped to the caller (the only id a rootless caller has)."""
+def test_user_by_name_rootless(user_runner, tmp_profile):
+    """Rootless, a named user is its uid: inside the caller's subordinate range (`auto` with one),
+    or mapped to the caller (a map of the caller's own id: the only id it has then)."""
     r = user_runner("run", "-u", "nobody", "--", "/bin/sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
+    assert r.returncode == 0, r
+    first = _subordinate_first(user_runner.uid)
+    assert r.stdout.split() == ["65534", "65534"] + (["0", str(first), "65536"] if first is not None else
+                                                     ["65534", str(user_runner.uid), "1"]), r
+    own = tmp_profile(OWN_MAP.format(base="strict", i=65534), "own-nobody.yaml")
+    r = user_runner("run", "--profile", own, "-u", "nobody", "--", "/bin/sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
     assert r.returncode == 0, r
     assert r.stdout.split() == ["65534", "65534", "65534", str(user_runner.uid), "1"], r
 
@@ -289,14 +311,17 @@ def test_setuid_gains_privileges_only_without_no_new_privs(user_img):
     """no-new-privileges=false promises what Docker's does: a setuid-root program (here in an
     image, on its writable overlay root, which is not nosuid) runs with euid 0. With
     no_new_privs (the default) it does not. The host's system directories are nosuid anyway.
-    Rootless, the image's files belong to the caller, the only id mapped (here as 1000): the
-    setuid bit names uid 1000 itself, so there is nothing to gain either way."""
+    Rootless with subordinate ids (`auto` for a caller with them) the same: the image's files are
+    root's inside (uid-shifted copies). Rootless with the caller's own id only, they belong to the
+    caller, the only id mapped (here as 1000): the setuid bit names uid 1000 itself, so there is
+    nothing to gain either way."""
     runner, env = user_img
     args = ("run", "--image", "ident-user:test", "--read-write", "-u", "1000", "--cap-add", "SETUID")
     r = runner(*args, "--security-opt", "no-new-privileges=false", "--", "/bin/sh", "-c",
                "stat -c %u /bin/suid-euid; /bin/suid-euid", env=env)
     assert r.returncode == 0, r
-    assert r.stdout == ("1000\n1000 1000\n" if runner.rootless else "0\n1000 0\n"), r
+    single = runner.rootless and _subordinate_first(runner.uid) is None
+    assert r.stdout == ("1000\n1000 1000\n" if single else "0\n1000 0\n"), r
     r = runner(*args, "--", "/bin/suid-euid", env=env)
     assert r.returncode == 0 and r.stdout == "1000 1000\n", r
 
