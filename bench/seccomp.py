@@ -49,7 +49,7 @@ def rows(quick: bool = False) -> list[dict]:
     if not cc:
         raise RuntimeError("no C compiler (cc) to build bench/c/syscall_loop.c")
     taskset = shutil.which("taskset")
-    iters, reps, rounds = (200_000, 7, 3) if quick else (1_000_000, 11, 7)
+    iters, reps, rounds = (100_000, 5, 3) if quick else (200_000, 9, 5)
     with tempfile.TemporaryDirectory(prefix="bench-seccomp-") as tmp:
         exe, bpf = str(Path(tmp) / "syscall_loop"), str(Path(tmp) / "strict.bpf")
         subprocess.run([cc, "-O2", "-o", exe, str(BENCH / "c" / "syscall_loop.c")], check=True)
