@@ -75,8 +75,12 @@ def interleaved(fns: dict, n: int) -> dict:
 
 
 def _drop_cache():
+    """Remove this command's plan-cache entry only (the cache directory is shared: as root, every
+    installation's entries are in /var/cache/pysandbox/plans). The key is what the subprocess
+    computes: same working directory, environment and options."""
     from sandbox import plancache
-    shutil.rmtree(plancache.cache_dir(), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(plancache._file_for(plancache.key_for(CMD[2:CMD.index("--")])))
 
 
 def rows(quick: bool = False, n: int | None = None) -> list[dict]:
