@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", metavar="TOPIC", help="only this topic (repeatable)")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/*.json")
     a = ap.parse_args(argv)
+    with open("/proc/loadavg") as f:
+        load_start = f.read().split()[:3]
     names = topics()
     if a.only:
         unknown = sorted(set(a.only) - set(names))
@@ -144,7 +146,11 @@ def main(argv=None) -> int:
         except Exception as e:                     # noqa: BLE001 - one topic failing must not hide the rest
             failed[topic] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
+    m = {**machine(), "load_average_start": load_start}
     print(table(all_rows))
+    print(f"{m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, Python {m['python']}, {m['user']}; "
+          f"load average {' '.join(load_start)} -> {' '.join(m['load_average'])}; "
+          + ", ".join(v for v in m["peers"].values() if v))
     for topic, err in failed.items():
         print(f"topic {topic} failed: {err}")
     if not a.no_save:
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
         out = BENCH / "results" / f"{now:%Y-%m-%dT%H%M%SZ}.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({"time": now.isoformat(timespec="seconds"), "quick": a.quick,
-                                   "machine": machine(), "rows": all_rows, "failed": failed}, indent=1) + "\n")
+                                   "machine": m, "rows": all_rows, "failed": failed}, indent=1) + "\n")
         print(f"wrote {out.relative_to(REPO)}")
     return 1 if failed else 0
 
