@@ -13,7 +13,8 @@ stored), and the Python API (`Sandbox("strict").run`, through the launch server)
   * the same id maps, setgroups, hostname and identity.
 
 The program prints what it sees, then execs `sleep`; the host reads the filter and the cgroup files
-while it sleeps, then kills the sandbox. Root (the host's ptrace of a sandboxed process)."""
+while it sleeps, then kills the sandbox. Run as root (the host's ptrace of a sandboxed process); the
+CLI's two paths are compared as the unprivileged test user too."""
 from __future__ import annotations
 
 import ctypes
@@ -144,8 +145,20 @@ def _normalised(out: str) -> dict:
             "maps": parts[3].splitlines(), "ident": parts[4].splitlines()}
 
 
-def _cli(log: str) -> tuple[dict, dict]:
+def _cli(log: str, runner=None, env=None) -> tuple[dict, dict]:
+    """`pysandbox run --profile strict -- PROBE`: as root from this process, or through RUNNER (the
+    unprivileged test user) in a thread."""
     before = _starts(log)
+    if runner is not None:
+        res = {}
+        t = threading.Thread(target=lambda: res.update(r=runner("run", "--profile", "strict", "--", *ARGV,
+                                                                 env=env, timeout=100)))
+        t.start()
+        try:
+            host = _host_side(log, before)
+        finally:
+            t.join(120)
+        return _normalised(res["r"].stdout), host
     p = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--", *ARGV], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
@@ -208,3 +221,27 @@ def test_fast_path_full_path_and_api_give_the_same_sandbox(monkeypatch, tmp_path
     assert full_host["cgroup"].get("pids/pids.max") == "512", full_host["cgroup"]
     assert full["maps"][0].split() == ["0", "1000000000", "65536"], full["maps"]
     assert signal.SIGKILL                                       # (the sandboxes were killed above)
+
+
+def test_rootless_fast_path_and_full_path_give_the_same_sandbox(user_runner, shared_tmp):
+    """The same comparison as the unprivileged test user (its own delegated cgroups, its own plan
+    cache: a private XDG_CACHE_HOME, so that the first run is the full path and the second the
+    cached one whatever other tests left in the user's cache)."""
+    cache = shared_tmp / "cache"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, user_runner.uid, user_runner.gid)
+    env = {"XDG_CACHE_HOME": str(cache)}
+    log = audit_log(user_runner)
+    full, full_host = _cli(log, user_runner, env)
+    entries = list((cache / "pysandbox" / "plans").iterdir())
+    assert len(entries) == 1, entries                       # the full path stored its plan
+    stored = entries[0].stat().st_mtime_ns
+    fast, fast_host = _cli(log, user_runner, env)
+    assert entries[0].stat().st_mtime_ns == stored, "the second run did not take the cached path"
+    assert fast == full
+    assert fast_host["filters"] == full_host["filters"] and fast_host["cgroup"] == full_host["cgroup"]
+    status = dict(line.split(":\t", 1) for line in full["status"])
+    assert status["CapEff"] == status["CapBnd"] == "0000000000000000" and status["NoNewPrivs"] == "1"
+    assert len(full_host["filters"]) == int(status["Seccomp_filters"]) >= 1
+    assert full_host["cgroup"].get("pids/pids.max") == "512", full_host["cgroup"]
+    assert full["maps"][0].split()[:2] == ["0", str(user_runner.uid)], full["maps"]
