@@ -232,3 +232,21 @@ def test_rootless_fast_path_and_full_path_give_the_same_sandbox(user_runner, sha
     assert len(full_host["filters"]) == int(status["Seccomp_filters"]) >= 1
     assert full_host["cgroup"].get("pids/pids.max") == "512", full_host["cgroup"]
     assert full["maps"][0].split()[:2] == ["0", str(user_runner.uid)], full["maps"]
+
+
+def test_a_cached_run_imports_no_compiler_nor_heavy_library(tmp_path, monkeypatch):
+    """What a cache hit may not do (issue 23): import click, YAML, jsonschema or libseccomp, or
+    compile. The real entry script, run by its interpreter with `-X importtime` (every module
+    imported is listed on stderr), after a first run filled the cache; the sandbox runs."""
+    monkeypatch.chdir(tmp_path)
+    cmd = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0         # fills the cache
+    with open(PYSANDBOX) as f:
+        python = f.readline()[2:].split()[0]                                 # the script's #! interpreter
+    r = subprocess.run([python, "-I", "-S", "-X", "importtime", *cmd], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "sandbox.launcher" in imported and "sandbox.plancache" in imported           # it did launch
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("click", "yaml", "jsonschema", "seccomp", "pyseccomp")
+                   or m in ("policies.compiler", "policies.loader", "sandbox.cli.run"))
+    assert heavy == [], heavy
