@@ -57,10 +57,8 @@ test-install: setup
 lint: setup
 	$(VENV)/bin/pysandbox lint profiles/
 
-bench: setup      # ratios against the peers in one run (call the venv's interpreter by absolute path)
-	$(VENV)/bin/python bench/launch.py
-	$(VENV)/bin/python bench/api_launch.py
-	$(VENV)/bin/python bench/concurrent.py
+bench: setup      # every bench/<topic>.py with rows(): one table + bench/results/<UTC>.json (BENCH_ARGS="--quick --only launch")
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info build

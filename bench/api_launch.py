@@ -18,7 +18,11 @@
                           /usr, fresh /proc /dev /tmp, read-only /, same filter), for reference
 
 The compile + BPF work happens once in the Sandbox constructor; it is timed separately.
-Usage: bench/api_launch.py [-n RUNS]
+  4 threads / 4 asyncio  Sandbox("strict").run from 4 threads at once, and run_async from 4
+                          asyncio tasks at once: sandboxes per second over the whole burst
+
+rows(quick) gives the figures for bench/run.py (1 thread against bwrap+seccomp's rate, 4 callers
+against 200/s). Usage: bench/api_launch.py [-n RUNS] [--quick]
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+for _p in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.append(_p)                 # after the stdlib (bench/concurrent.py shadows `concurrent`)
 from peers import bwrap_true, peer_bpf  # noqa: E402
 
 
@@ -95,6 +100,72 @@ def main():
         print(f"{name:<24} {med * 1000:>10.2f} {rate:>11.1f} {ratio:>9}")
     if ref:
         print("\nratio = sandboxes per second relative to `bwrap equivalent` (>= 1.00 meets the target)")
+
+
+def burst_rate(sb, callers: int, per_caller: int, use_asyncio: bool) -> float:
+    """Sandboxes per second of `callers` concurrent callers, each running /bin/true per_caller times."""
+    import threading
+
+    def check(r):
+        if r.exit_code != 0:
+            raise RuntimeError(f"api run failed: {r}")
+    if use_asyncio:
+        import asyncio
+
+        async def caller():
+            for _ in range(per_caller):
+                check(await sb.run_async(["/bin/true"]))
+
+        async def all_callers():
+            await asyncio.gather(*(caller() for _ in range(callers)))
+        t = time.perf_counter()
+        asyncio.run(all_callers())
+        return callers * per_caller / (time.perf_counter() - t)
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(per_caller):
+                check(sb.run(["/bin/true"]))
+        except Exception as e:              # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=worker) for _ in range(callers)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return callers * per_caller / (time.perf_counter() - t)
+
+
+def rows(quick: bool = False, n: int | None = None) -> list[dict]:
+    n = n or (15 if quick else 40)
+    from sandbox.api import Sandbox
+    sb = Sandbox("strict")
+    sb.run(["/bin/true"])
+
+    def api():
+        r = sb.run(["/bin/true"])
+        if r.exit_code != 0:
+            raise RuntimeError(f"api run failed: {r}")
+    fns = {"api strict": api}
+    bwrap = shutil.which("bwrap")
+    with contextlib.ExitStack() as stack:
+        if bwrap:
+            fns["bwrap+seccomp"] = stack.enter_context(bwrap_true(bwrap, peer_bpf(sb.plan), sb.plan))
+        res = bench_interleaved(fns, n)
+    rate, peer = res["api strict"][1], res.get("bwrap+seccomp", (None, None))[1]
+    out = [{"name": "api: strict /bin/true, 1 thread", "value": round(rate, 1), "unit": "sandboxes/s",
+            "peer": "bwrap+seccomp (subprocess)" if peer else None, "peer_value": round(peer, 1) if peer else None,
+            "ratio": round(rate / peer, 2) if peer else None, "target": ">= 1x bwrap+seccomp"}]
+    per = max(5, n // 2)
+    for label, aio in (("4 threads", False), ("4 asyncio tasks", True)):
+        r = burst_rate(sb, 4, per, aio)
+        out.append({"name": f"api: strict /bin/true, {label}", "value": round(r, 1), "unit": "sandboxes/s",
+                    "peer": None, "peer_value": None, "ratio": None, "target": ">= 200/s"})
+    return out
 
 
 if __name__ == "__main__":

@@ -116,14 +116,16 @@ def nspid(pid: int) -> list[int]:
     return []
 
 
-def main():
+def main(argv=None) -> dict:
+    """Runs the burst, prints the figures and returns them: all_started (s), supervisor_pss (MiB)."""
+    figures = {}
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--audit-off", action="store_true")
     ap.add_argument("--no-limits", action="store_true")
     ap.add_argument("--sleep", default="2")
     ap.add_argument("--no-peer", action="store_true", help="skip the bwrap burst")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     from sandbox.api import Sandbox
     sb = Sandbox("strict", audit=not a.audit_off)
     if a.no_limits:
@@ -186,6 +188,7 @@ def main():
         (", no limits" if a.no_limits else ", strict limits")
     print(f"{a.n} concurrent strict sandboxes (sleep {a.sleep}) from one API process ({mode})")
     if len(starts) == a.n:
+        figures["all_started"] = max(starts)
         print(f"  all programs started by  {max(starts):7.3f} s     (target <= 1 s: {max(starts):.2f}x; median "
               f"{sorted(starts)[a.n // 2]:.3f} s; from the programs' own clock reads)")
     if all_running is None:
@@ -195,6 +198,7 @@ def main():
         api = (peak_pss - before) / a.n
         server = kinds.get("supervisor", 0) / a.n
         pid1 = kinds.get("pid1", 0) / a.n
+        figures["supervisor_pss"] = (api + server) / 1024
         print(f"  supervisor PSS / sandbox {(api + server) / 1024:7.3f} MiB   (target <= 1 MiB: "
               f"{(api + server) / 1024:.2f}x): the launch server {server / 1024:.3f} + this API process's "
               f"growth {api / 1024:.3f} (PSS {before / 1024:.1f} -> {peak_pss / 1024:.1f} MiB)")
@@ -210,10 +214,11 @@ def main():
     if bad:
         print("  first failure:", bad[0])
     if not a.no_peer and len(starts) == a.n:
-        peer_burst(a, sb, max(starts))
+        figures["peer_all_started"] = peer_burst(a, sb, max(starts))
+    return figures
 
 
-def peer_burst(a, sb, ours: float) -> None:
+def peer_burst(a, sb, ours: float) -> float | None:
     """The same burst under bwrap with the isolation of the plan (bench/peers.py: bwrap_args_for,
     the same seccomp filter; no cgroup limits, no audit — bwrap has neither): N bwrap processes
     started from N threads of this process at once."""
@@ -248,6 +253,24 @@ def peer_burst(a, sb, ours: float) -> None:
     print("bwrap, same isolation and filter, no limits, no audit (bench/peers.py), the same burst")
     print(f"  all programs started by  {max(starts):7.3f} s     (median {sorted(starts)[a.n // 2]:.3f} s); pysandbox "
           f"took {ours / max(starts):.2f}x bwrap's time")
+    return max(starts)
+
+
+def rows(quick: bool = False) -> list[dict]:
+    """P4: 100 concurrent strict sandboxes all running within 1 s (bwrap's same burst as the peer),
+    supervisor memory <= 1 MiB PSS a sandbox. --quick: 20 sandboxes."""
+    n = 20 if quick else 100
+    f = main(["-n", str(n), "--sleep", "3"])
+    started, peer = f.get("all_started"), f.get("peer_all_started")
+    out = [{"name": f"api: {n} concurrent strict, all running", "value": round(started, 3) if started else None,
+            "unit": "s", "peer": "bwrap+seccomp burst" if peer else None,
+            "peer_value": round(peer, 3) if peer else None,
+            "ratio": round(started / peer, 2) if started and peer else None, "target": "<= 1 s"}]
+    pss = f.get("supervisor_pss")
+    out.append({"name": f"api: {n} concurrent strict, supervisor PSS a sandbox",
+                "value": round(pss, 3) if pss is not None else None, "unit": "MiB", "peer": None,
+                "peer_value": None, "ratio": None, "target": "<= 1 MiB"})
+    return out
 
 
 if __name__ == "__main__":

@@ -1,24 +1,27 @@
 #!/usr/bin/env python3
 """Launch latency of `pysandbox run --profile strict -- /bin/true` against its peers, in one run.
 
-Peers (all run /bin/true):
-  exec      plain fork+exec of /bin/true (the unit: ratios are against this)
-  unshare   util-linux unshare with user, pid, mount, uts, ipc, net namespaces
-  bwrap     bubblewrap with the isolation of strict's plan (peers.bwrap_args_for: the same root,
-            /etc entries, /dev, /proc, /sys, masked and read-only paths, namespaces, hostname,
-            --cap-drop ALL; gaps listed in bench/peers.py) and the *same* strict seccomp filter
-            (exported BPF via --seccomp FD): "bwrap equivalent", the row pysandbox is compared to;
-            and "bwrap minimal" (peers.BWRAP_MINIMAL: namespaces, read-only /usr, fresh
-            /proc,/dev,/tmp, same filter), the earlier thinner peer, for reference
-  pysandbox `pysandbox run --profile strict -- /bin/true` (cached plan + BPF: the normal case),
-            and once with the cache emptied first (cold: YAML, schema, compile, libseccomp)
+Rows (all run /bin/true; each launcher once per round, order rotated every round, median):
+  exec              plain fork+exec of /bin/true (the floor)
+  bwrap+seccomp     bubblewrap with the isolation of strict's plan (peers.bwrap_args_for: the same
+                    root, /etc entries, /dev, /proc, /sys, masked and read-only paths, namespaces,
+                    hostname, --cap-drop ALL; gaps listed in bench/peers.py) and the *same* strict
+                    seccomp filter (plain errno actions, --seccomp FD)
+  crun              `crun run` (create + start + wait + delete) of the OCI bundle `pysandbox export
+                    -f oci strict` writes (namespaces, id map, caps, NNP, seccomp, read-only root,
+                    masked paths, rlimits, memory + pids limits), in a private mount + cgroup
+                    namespace showing only the cgroup v1 hierarchies (peers.crun_true). Root only.
+  pysandbox cached  `pysandbox run --profile strict -- /bin/true` with the plan cached (the usual case)
+  pysandbox cold    the same with the plan cache emptied first (YAML, schema, compile, BPF)
 
 Interpreters are called by absolute path (the `python3` on PATH may be a slow shim).
-Usage: bench/launch.py [-n RUNS]
+Usage: bench/launch.py [-n RUNS] [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,65 +31,100 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYSANDBOX = str(REPO / ".venv" / "bin" / "pysandbox")
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers import bwrap_true, peer_bpf  # noqa: E402
+for _p in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.append(_p)                 # after the stdlib (bench/concurrent.py shadows `concurrent`)
+from peers import bwrap_true, crun_true, peer_bpf  # noqa: E402
+
+CMD = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
 
 
-def timeit(argv, n, pass_fds=(), before=None):
-    times = []
-    for _ in range(n):
+def _subprocess_timer(argv, before=None):
+    def run():
         if before:
             before()
         t = time.perf_counter()
-        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=pass_fds)
-        times.append(time.perf_counter() - t)
+        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        dt = time.perf_counter() - t
         if p.returncode != 0:
-            raise SystemExit(f"{argv[0]} failed ({p.returncode}): {p.stderr.decode()[-300:]}")
-    return statistics.median(times), statistics.mean(times)
+            raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {p.stderr.decode()[-300:]}")
+        return dt
+    return run
+
+
+def _timed(fn):
+    def run():
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+    return run
+
+
+def interleaved(fns: dict, n: int) -> dict:
+    """name -> median seconds; every launcher once per round, the order rotated each round, so
+    load that comes and goes on the shared machine hits every row alike."""
+    for fn in fns.values():
+        fn()                                  # warm: page cache, probes
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for i in range(n):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(fns[name]())
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _drop_cache():
+    """Remove this command's plan-cache entry only (the cache directory is shared: as root, every
+    installation's entries are in /var/cache/pysandbox/plans). The key is what the subprocess
+    computes: same working directory, environment and options."""
+    from sandbox import plancache
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(plancache._file_for(plancache.key_for(CMD[2:CMD.index("--")])))
+
+
+def rows(quick: bool = False, n: int | None = None) -> list[dict]:
+    n = n or (10 if quick else 40)
+    from policies.compiler import compile_profile
+    plan = compile_profile("strict").plan
+    fns = {"exec /bin/true": _subprocess_timer(["/bin/true"])}
+    with contextlib.ExitStack() as stack:
+        bwrap = shutil.which("bwrap")
+        if bwrap:
+            fns["bwrap+seccomp"] = _timed(stack.enter_context(bwrap_true(bwrap, peer_bpf(plan), plan)))
+        crun = shutil.which("crun")
+        if crun and os.geteuid() == 0:
+            fns["crun"] = stack.enter_context(crun_true(crun, "strict"))
+        subprocess.run(CMD, check=True)                       # fill the plan cache
+        fns["pysandbox cached"] = _subprocess_timer(CMD)
+        med = interleaved(fns, n)
+        cold = interleaved({"cold": _subprocess_timer(CMD, before=_drop_cache)}, max(3, n // 8))["cold"]
+        subprocess.run(CMD, check=True)
+
+    def row(name, value, unit="ms", peer=None, target=None):
+        pv = med[peer] * 1000 if peer in med else None
+        return {"name": name, "value": round(value, 2), "unit": unit, "peer": peer if pv else None,
+                "peer_value": round(pv, 2) if pv else None,
+                "ratio": round(value / pv, 2) if pv else None, "target": target}
+    ms = {k: v * 1000 for k, v in med.items()}
+    out = [row("launch: exec /bin/true", ms["exec /bin/true"])]
+    for peer in ("bwrap+seccomp", "crun"):
+        if peer in ms:
+            out.append(row(f"launch: {peer} /bin/true", ms[peer], peer="exec /bin/true"))
+    ours = ms["pysandbox cached"]
+    out.append(row("launch: CLI strict, cached plan", ours, peer="crun", target="<= 1.5x crun"))
+    out.append(row("launch: CLI strict, cached plan", ours, peer="bwrap+seccomp", target="<= 2x bwrap+seccomp"))
+    out.append(row("launch: CLI strict, cold (cache emptied)", cold * 1000, target="<= 300 ms"))
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=50)
+    ap.add_argument("-n", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    n = a.n
-    rows = []
-    rows.append(("exec /bin/true", *timeit(["/bin/true"], n)))
-    if shutil.which("unshare"):
-        rows.append(("unshare -Urpfmuin", *timeit(["unshare", "-Urpfmuin", "--mount-proc", "/bin/true"], n)))
-    bwrap = shutil.which("bwrap")
-    if bwrap:
-        from policies.compiler import compile_profile
-        plan = compile_profile("strict").plan
-        bpf = peer_bpf(plan)                            # plain errno, no listener
-        for name, peer_plan in (("bwrap equivalent", plan), ("bwrap minimal", None)):
-            times = []
-            with bwrap_true(bwrap, bpf, peer_plan) as run:
-                run()                                   # warm (and the one-off --proc probe)
-                for _ in range(n):
-                    t = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - t)
-            rows.append((name, statistics.median(times), statistics.mean(times)))
-    cmd = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
-    subprocess.run(cmd, check=True)                     # fill the plan cache
-    rows.append(("pysandbox strict (cached)", *timeit(cmd, n)))
-    from sandbox import plancache
-
-    def drop_cache():
-        shutil.rmtree(plancache.cache_dir(), ignore_errors=True)
-    rows.append(("pysandbox strict (cold)", *timeit(cmd, max(5, n // 5), before=drop_cache)))
-    subprocess.run(cmd, check=True)
-
-    base = rows[0][1]
-    print(f"{'launcher':<28} {'median ms':>10} {'mean ms':>9} {'x exec':>8}")
-    for name, med, mean in rows:
-        print(f"{name:<28} {med * 1000:>10.2f} {mean * 1000:>9.2f} {med / base:>8.1f}")
-    by = {name: med for name, med, _ in rows}
-    if "bwrap equivalent" in by:
-        print(f"\npysandbox (cached) / bwrap equivalent = "
-              f"{by['pysandbox strict (cached)'] / by['bwrap equivalent']:.2f}   (median time; < 1 is faster)")
+    for r in rows(a.quick, a.n):
+        print(r)
 
 
 if __name__ == "__main__":

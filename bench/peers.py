@@ -292,3 +292,72 @@ def bwrap_true(bwrap: str, bpf: bytes, plan=None):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         os.rmdir(tmp)
+
+
+# crun refuses a hybrid cgroup layout (v1 controllers plus /sys/fs/cgroup/unified). It runs in a
+# private mount + cgroup namespace whose /sys/fs/cgroup is a fresh tmpfs holding only the v1
+# hierarchies (bind mounts of the host's): crun sees a legacy (v1) layout and creates its cgroups
+# there, as it would on a v1 host. The runs are timed inside that namespace by a small Python
+# loop (CRUN_SERVER) told "run" on stdin, the same way the other rows are timed (subprocess.run).
+CRUN_SETUP = r"""
+set -e
+old=$(mktemp -d /tmp/bench-crun-cg.XXXXXX)
+mount --rbind /sys/fs/cgroup "$old"
+mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+for c in $(ls "$old"); do
+  [ "$c" = unified ] && continue
+  mountpoint -q "$old/$c" || continue
+  mkdir /sys/fs/cgroup/$c && mount --bind "$old/$c" /sys/fs/cgroup/$c
+done
+umount -l "$old"; rmdir "$old"
+exec "$@"
+"""
+CRUN_SERVER = r"""
+import os, subprocess, sys, time
+crun, bundle = sys.argv[1:3]
+i = 0
+for line in sys.stdin:
+    i += 1
+    cid = f"bench-crun-{os.getpid()}-{i}"
+    t = time.perf_counter()
+    p = subprocess.run([crun, "run", "--bundle", bundle, cid], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dt = time.perf_counter() - t
+    if p.returncode:
+        subprocess.run([crun, "delete", "-f", cid], capture_output=True)
+    print(dt if p.returncode == 0 else "ERR " + p.stderr.decode()[-200:].replace("\n", " "), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def crun_true(crun: str, profile: str = "strict"):
+    """Yields a function that runs /bin/true once with `crun run` (create + start + wait + delete)
+    of the OCI bundle `pysandbox export -f oci PROFILE` writes (the same namespaces, id map,
+    capabilities, no_new_privs, seccomp rules, read-only root, masked paths, rlimits and cgroup
+    limits; the gaps are in the bundle's NOTES.txt) and returns the seconds it took. Root only."""
+    import shutil
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(prefix="bench-crun-")
+    bundle = os.path.join(tmp, "bundle")
+    proc = None
+    try:
+        subprocess.run([os.path.join(repo, ".venv", "bin", "pysandbox"), "export", "-f", "oci", profile,
+                        "-o", bundle, "--", "/bin/true"], check=True, capture_output=True)
+        proc = subprocess.Popen(["unshare", "-m", "-C", "--propagation", "private", "sh", "-c", CRUN_SETUP, "sh",
+                                 sys.executable, "-I", "-c", CRUN_SERVER, crun, bundle],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        def run():
+            proc.stdin.write("run\n")
+            proc.stdin.flush()
+            out = proc.stdout.readline()
+            if not out or out.startswith("ERR"):
+                raise RuntimeError(f"crun failed: {out.strip() or 'no answer'}")
+            return float(out)
+        yield run
+    finally:
+        if proc is not None:
+            proc.stdin.close()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -9,9 +9,13 @@ sandbox._sys.seccomp_load.
 The program, in the order the kernel runs it:
   1. the architecture: anything but the native one (x86 32-bit int 0x80) -> KILL_PROCESS;
   2. the syscall number: a binary search over ranges of numbers with one answer each; on
-     x86_64 the x32 numbers (0x40000000 and up, except -1) -> KILL_PROCESS, as libseccomp did;
+     x86_64 the x32 numbers (0x40000000 and up, except -1) -> KILL_PROCESS, as libseccomp did.
+     The search is weighted: numbers with argument rules sit near the root (the kernel's action
+     cache skips the program for numbers it always allows, so those are what the program runs for);
   3. a syscall with argument rules: its rules in the plan's order, the first whose conditions
-     all hold answers (policies.seccomp_verdict.rule_for: the plan's verdict), else the default.
+     all hold answers (policies.seccomp_verdict.rule_for: the plan's verdict), else the default;
+     a run of disjoint one-interval rules on one argument word (ioctl's request blocks) is one
+     binary search over that word (being disjoint, their order cannot change the answer).
 Each 64-bit comparison is two 32-bit ones (high word, then low word).
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ RET_LOG = 0x7FFC0000
 RET_ALLOW = 0x7FFF0000
 
 MAX_INSNS = 4096                 # BPF_MAXINSNS
+ARGS_WEIGHT = 8                  # see build_bpf: argument-checked numbers nearer the search's root
 X32_SYSCALL_BIT = 0x40000000
 M32 = 0xFFFFFFFF
 
@@ -327,9 +332,85 @@ def _emit_cond(a: _Asm, c, ok: int, fail: int) -> None:
         a.jump(_JGE, vl, above, below)
 
 
+def _interval(c):
+    """(index, high word or None, first, last) when condition c holds exactly when args[index]'s
+    low 32-bit word is in [first, last] (and its high word equals `high`, None: any); else None.
+    An eq, or a masked_eq whose mask keeps the high word whole or not at all and clears only
+    low bits of the low word (the compiler's aligned blocks: ioctl requests, personality)."""
+    if c.op == "eq":
+        return c.index, c.value >> 32, c.value & M32, c.value & M32
+    if c.op != "masked_eq" or c.value & ~c.mask:
+        return None
+    mh, ml = c.mask >> 32, c.mask & M32
+    if mh not in (0, M32):
+        return None
+    free = ~ml & M32
+    if free & (free + 1):                # the cleared bits are not the lowest ones
+        return None
+    return c.index, (c.value >> 32 if mh else None), c.value & M32, (c.value & M32) | free
+
+
+MIN_RUN = 4
+
+
+def _run_at(rules, i: int):
+    """The longest run of rules from i that are each one disjoint interval (_interval) of the same
+    argument word: those can be decided by a binary search rather than one after the other (being
+    disjoint, at most one of them matches: their order cannot change the answer). -> (count,
+    index, high, [(first, last, rule)]) or None when shorter than MIN_RUN."""
+    run, key = [], None
+    for r in rules[i:]:
+        iv = _interval(r.args[0]) if len(r.args) == 1 else None
+        if iv is None or (key is not None and iv[:2] != key):
+            break
+        key = iv[:2]
+        run.append((iv[2], iv[3], r))
+    while len(run) >= MIN_RUN:
+        ordered = sorted(run, key=lambda x: x[0])
+        if all(b[0] > a_[1] for a_, b in zip(ordered, ordered[1:])):
+            return len(run), key[0], key[1], ordered
+        run.pop()                        # overlapping: a shorter run, or none
+    return None
+
+
 def _emit_rules(a: _Asm, rules, ret, default: int) -> None:
-    """One syscall's argument rules, first match in order, else the default."""
-    for r in rules:
+    """One syscall's argument rules, first match in order, else the default. A run of disjoint
+    single-interval rules on one argument word (_run_at) is one binary search over that word."""
+    i = 0
+    while i < len(rules):
+        run = _run_at(rules, i)
+        if run is not None:
+            count, index, high, ordered = run
+            nxt = a.label()
+            if high is not None:
+                cont = a.label()
+                a.op(_LD_ABS, _OFF_ARGS + 8 * index + 4)
+                a.jump(_JEQ, high, cont, nxt)
+                a.place(cont)
+            a.op(_LD_ABS, _OFF_ARGS + 8 * index)
+            segs, at = [], 0
+            for first, last, r in ordered:
+                if first > at:
+                    segs.append((at, ("next",)))
+                segs.append((first, ("ret", ret(r.action, r.errno))))
+                at = last + 1
+            if at <= M32:
+                segs.append((at, ("next",)))
+            merged: list = []
+            for first, leaf in segs:
+                if not (merged and merged[-1][1] == leaf):
+                    merged.append((first, leaf))
+
+            def leaf_at(leaf):
+                if leaf[0] == "ret":
+                    a.ret(leaf[1])
+                else:
+                    a.ja(nxt)
+            _search(a, merged, [1] * len(merged), leaf_at)
+            a.place(nxt)
+            i += count
+            continue
+        r = rules[i]
         nxt = a.label()
         for c in r.args:
             ok = a.label()
@@ -337,7 +418,31 @@ def _emit_rules(a: _Asm, rules, ret, default: int) -> None:
             a.place(ok)
         a.ret(ret(r.action, r.errno))
         a.place(nxt)
+        i += 1
     a.ret(default)
+
+
+def _search(a: _Asm, ranges: list, weights: list, leaf_at) -> None:
+    """A binary search over ranges [(first value, leaf)] (sorted, covering 0..2^32-1) of the value
+    in A: each split with JGE where the weights on both sides are closest (equal weights: the
+    middle), so that heavy leaves sit near the root; leaf_at(leaf) emits a leaf."""
+    prefix = [0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+
+    def go(lo: int, hi: int) -> None:
+        if hi - lo == 1:
+            leaf_at(ranges[lo][1])
+            return
+        total = prefix[hi] + prefix[lo]
+        mid = min(range(lo + 1, hi), key=lambda m: (abs(2 * prefix[m] - total), abs(2 * m - lo - hi)))
+        left, right = a.label(), a.label()
+        a.jump(_JGE, ranges[mid][0], right, left)
+        a.place(left)
+        go(lo, mid)
+        a.place(right)
+        go(mid, hi)
+    go(0, len(ranges))
 
 
 def _ranges(leaves: dict, default: int, x32: bool) -> list:
@@ -414,24 +519,17 @@ def build_bpf(s, *, notify_enosys: bool = False) -> bytes:
     a.op(_LD_ABS, _OFF_NR)
     blocks: list = []
 
-    def search(lo: int, hi: int) -> None:        # ranges[lo:hi], A = the syscall number
-        if hi - lo == 1:
-            leaf = ranges[lo][1]
-            if leaf[0] == "ret":
-                a.ret(leaf[1])
-            else:
-                target = a.label()
-                blocks.append((target, leaf[1]))
-                a.ja(target)
-            return
-        mid = (lo + hi) // 2
-        left, right = a.label(), a.label()
-        a.jump(_JGE, ranges[mid][0], right, left)
-        a.place(left)
-        search(lo, mid)
-        a.place(right)
-        search(mid, hi)
-    search(0, len(ranges))
+    def leaf_at(leaf) -> None:
+        if leaf[0] == "ret":
+            a.ret(leaf[1])
+        else:
+            target = a.label()
+            blocks.append((target, leaf[1]))
+            a.ja(target)
+    # the kernel (5.11+) skips the filter for a number it always allows whatever the arguments
+    # (its seccomp action cache): the program runs for argument-checked and denied calls only, so
+    # those with argument rules are placed near the root (a weight of ARGS_WEIGHT against 1)
+    _search(a, ranges, [ARGS_WEIGHT if leaf[0] == "args" else 1 for _, leaf in ranges], leaf_at)
     for target, rules in blocks:
         a.place(target)
         _emit_rules(a, rules, ret, default)

@@ -14,6 +14,7 @@ directory of that scope (session, module); a module in `testns` uses testns's di
 """
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
@@ -376,6 +377,9 @@ class SandboxProcs:
                         return False
             except FileNotFoundError:
                 pass                              # removed: an rmdir succeeds only on an empty cgroup
+            except OSError as e:                  # ENODEV: removed between the open and the read
+                if e.errno != errno.ENODEV:
+                    raise
         return True
 
     def kill(self) -> None:

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
             code = fast_run(raw_run_options, args[i + 1:])
             if code is not None:
                 return _exit(code)
+        from .runner import gc_on
+        gc_on()
         return _exit(_click_main(args, raw_run_options))
     except KeyboardInterrupt:
         return _exit(130)

@@ -16,8 +16,19 @@ def err(msg: str) -> None:
     sys.stderr.flush()
 
 
+def gc_on() -> None:
+    """The garbage collector back on (the lean entry script, sandbox/entry.py, starts with it off
+    while the modules load): what was imported is frozen (never scanned again, and not copied
+    into the forked children's pages by a collection)."""
+    import gc
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def launch(plan, bpf, argv, runopts) -> int:
     """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
+    gc_on()
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
