@@ -18,6 +18,10 @@ def err(msg: str) -> None:
 
 def launch(plan, bpf, argv, runopts) -> int:
     """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
+    if plan.backend is not None or plan.isolation != "namespaces":
+        code = _ladder(plan, bpf, argv, runopts)     # the backend ladder (sandbox/launch/nsfree.py)
+        if code is not None:
+            return code
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
@@ -40,6 +44,35 @@ def launch(plan, bpf, argv, runopts) -> int:
     code = result.exit_code
     sess.close()
     return code
+
+
+def _ladder(plan, bpf, argv, runopts):
+    """The namespace-free backend when the plan accepts or forces it and gets it: its exit code;
+    None: today's launch (namespaces)."""
+    from ..launch import nsfree
+    backend, why = nsfree.choose(plan)
+    if backend == nsfree.NAMESPACES:
+        return None
+    if backend is None:
+        err(f"pysandbox: {why}")
+        return 125
+    if runopts.get("detach") or runopts.get("tty"):
+        err("pysandbox: run -d and -t need the namespaces backend (isolation landlock: " + why + ")")
+        return 125
+    from audit.session import open_session
+    try:
+        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
+                            log_path=runopts.get("audit_log"))
+    except OSError as e:
+        err(f"pysandbox: {e}")
+        return 125
+    try:
+        return nsfree.run(plan, bpf, argv, on_event=sess.emit, sandbox_id=sess.sandbox_id)
+    except (nsfree.NsfreeError, OSError, ValueError) as e:
+        err(f"pysandbox: isolation landlock: {e}")
+        return 125
+    finally:
+        sess.close()
 
 
 def _run_special(plan, bpf, argv, runopts) -> int:
