@@ -67,7 +67,8 @@ def _ladder(plan, bpf, argv, runopts):
         err(f"pysandbox: {e}")
         return 125
     try:
-        return nsfree.run(plan, bpf, argv, on_event=sess.emit, sandbox_id=sess.sandbox_id)
+        from ..launcher import build_env
+        return nsfree.run(plan, bpf, argv, build_env(plan), on_event=sess.emit, sandbox_id=sess.sandbox_id)
     except (nsfree.NsfreeError, OSError, ValueError) as e:
         err(f"pysandbox: isolation landlock: {e}")
         return 125

@@ -90,11 +90,10 @@ def refusal(plan) -> "str | None":
     return None
 
 
-def run(plan, bpf, argv, *, on_event=None, sandbox_id: str = "nsfree") -> int:
+def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree") -> int:
     """The namespace-free sandbox: the program's exit status (128+N: killed by signal N), 125 when
-    it could not be confined (one line on stderr), 126/127 as execve's."""
+    it could not be confined (one line on stderr), 126/127 as execve's. env: launcher.build_env's."""
     from .. import _sys, capabilities, landlock, seccomp
-    from ..launcher import build_env
     why = refusal(plan)
     if why:
         raise NsfreeError(why)
@@ -113,7 +112,6 @@ def run(plan, bpf, argv, *, on_event=None, sandbox_id: str = "nsfree") -> int:
             raise NsfreeError(f"limits: {e} (the namespace-free backend puts limits in a delegated cgroup)") \
                 from None
     argv = list(argv or plan.process.argv)
-    env = build_env(plan)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
