@@ -74,8 +74,10 @@ def _merge(paths: list) -> tuple:
     out: dict = {}
     req: dict = {}
     for p in paths:
-        out.setdefault(p.path, [])
-        out[p.path] += [a for a in p.access if a not in out[p.path]]
+        have = out.setdefault(p.path, [])
+        for a in p.access:
+            if a not in have:
+                have.append(a)
         req[p.path] = req.get(p.path, False) or p.required
     return tuple(P.LandlockPath(k, tuple(v), req[k]) for k, v in out.items())
 
@@ -113,6 +115,18 @@ def rights_needing(access: tuple) -> int:
     return max((RIGHTS_ABI[a] for a in access), default=1)
 
 
+def _words(access: tuple) -> str:
+    """Rights -> the profile's words (write includes read), then any right they do not cover."""
+    have = set(access)
+    words = [w for w, acc in (("write", P.LANDLOCK_WRITE), ("read", P.LANDLOCK_READ),
+                              ("execute", P.LANDLOCK_EXECUTE)) if set(acc) <= have]
+    if "write" in words:
+        words.remove("read")
+    covered = set().union(*(dict(write=P.LANDLOCK_WRITE, read=P.LANDLOCK_READ, execute=P.LANDLOCK_EXECUTE)[w]
+                            for w in words)) if words else set()
+    return "+".join(words + [a for a in access if a not in covered])
+
+
 def describe(ll: "P.Landlock | None") -> list:
     """Lines for `pysandbox explain` (sandbox/explain.py)."""
     if ll is None:
@@ -121,15 +135,11 @@ def describe(ll: "P.Landlock | None") -> list:
            + (f" (the profile asks {ll.abi}, the rules need {ll.needs_abi})" if ll.abi != ll.needs_abi else "")
            + ("; file system: derived from the mounts" if ll.derived else "")]
     if ll.filesystem:
+        groups: dict = {}
         for p in ll.paths:
-            words = [w for w, acc in (("write", P.LANDLOCK_WRITE), ("read", P.LANDLOCK_READ),
-                                      ("execute", P.LANDLOCK_EXECUTE)) if set(acc) <= set(p.access)]
-            if "write" in words:
-                words.remove("read")
-            rest = [a for a in p.access if not any(a in acc for w, acc in (
-                ("write", P.LANDLOCK_WRITE), ("read", P.LANDLOCK_READ), ("execute", P.LANDLOCK_EXECUTE))
-                if w in words)]
-            out.append(f"             {p.path}: {' '.join(words + rest)}{'' if p.required else ' (if present)'}")
+            groups.setdefault((_words(p.access), p.required), []).append(p.path)
+        for (words, required), paths in groups.items():
+            out.append(f"             {words}{'' if required else ' (where present)'}: {' '.join(paths)}")
         if not ll.paths:
             out.append("             file system: nothing allowed")
     else:

@@ -56,7 +56,7 @@ def handled_fs(abi: int) -> int:
 
 
 def mask(access: tuple) -> int:
-    return sum(FS_BIT[a] for a in access)
+    return sum(FS_BIT[a] for a in set(access))
 
 
 def restrict_flags(abi: "int | None" = None) -> int:
