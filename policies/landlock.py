@@ -82,12 +82,17 @@ def _merge(paths: list) -> tuple:
     return tuple(P.LandlockPath(k, tuple(v), req[k]) for k, v in out.items())
 
 
-def derive_from_mounts(fs: "P.Filesystem") -> tuple:
+HOST_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")   # sandbox/rootfs.py's DEV_NODES
+
+
+def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     """strict's rules (`filesystem: from_mounts`): what the mount plan makes readable is read, what it
     makes writable is write (never execute: W^X), directories it binds read-only from the host are
     read + execute; nothing else. `/` itself: list directories only (its files are the container
     interface in /run and empty mount points). An image's or a `root:` directory's tree is read +
-    execute as a whole (and write when the root is writable): coarser, documented."""
+    execute as a whole (and write when the root is writable): coarser, documented.
+    host: the paths are the host's (the namespace-free backend, sandbox/launch/nsfree.py): no /run
+    (the host's holds its sockets), and of /dev only the nodes a sandbox's /dev has, and /dev/pts."""
     R, W, X = P.LANDLOCK_READ, P.LANDLOCK_WRITE, P.LANDLOCK_EXECUTE
     out = []
     if fs.root == "host" and not fs.image:
@@ -96,14 +101,18 @@ def derive_from_mounts(fs: "P.Filesystem") -> tuple:
             out.append(P.LandlockPath(d, R + X, False))
         for e in fs.etc + ("hostname", "hosts", "resolv.conf"):
             out.append(P.LandlockPath("/etc/" + e, R, False))
-        out.append(P.LandlockPath("/run", R, False))
+        if not host:
+            out.append(P.LandlockPath("/run", R, False))
     else:
         out.append(P.LandlockPath("/", R + X + (() if fs.read_only else W), False))
     if fs.proc:
         out.append(P.LandlockPath("/proc", R, False))
     if fs.sys:
         out.append(P.LandlockPath("/sys", R, False))
-    out.append(P.LandlockPath("/dev", DEV_ACCESS, False))
+    if host:
+        out += [P.LandlockPath(f"/dev/{n}", DEV_ACCESS, False) for n in HOST_DEV_NODES + ("pts",)]
+    else:
+        out.append(P.LandlockPath("/dev", DEV_ACCESS, False))
     out.append(P.LandlockPath("/dev/shm", W, False))
     for m in fs.mounts:
         out.append(P.LandlockPath(m.target, R + X if m.read_only else W, False))

@@ -40,10 +40,19 @@ def launch(plan, bpf, argv, runopts) -> int:
         sess.close()
         return e.code
     if result.message:
-        err(result.message)
+        err(_no_namespaces(plan) if result.message.startswith("pysandbox: namespaces: cannot create") else
+            result.message)
     code = result.exit_code
     sess.close()
     return code
+
+
+def _no_namespaces(plan) -> str:
+    """The namespaces backend could not start: say what is missing and what lighter isolation the
+    user could accept (sandbox/launch/nsfree.py), when user namespaces are what failed."""
+    from ..launch import nsfree
+    backend, why = nsfree.choose(plan)
+    return f"pysandbox: {why}" if backend is None else "pysandbox: namespaces: cannot create them"
 
 
 def _ladder(plan, bpf, argv, runopts):

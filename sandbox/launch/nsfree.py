@@ -90,6 +90,22 @@ def refusal(plan) -> "str | None":
     return None
 
 
+def confined_plan(plan):
+    """The plan as the namespace-free backend enforces it: Landlock file system rules always (a
+    profile without them gets its mount plan's, on the host's paths: policies.landlock,
+    derive_from_mounts host=True), and `network: none` as Landlock's TCP rules with no port (ABI 4;
+    other protocols are not covered: docs/security.md)."""
+    from dataclasses import replace
+    from policies import plan as P
+    from policies.landlock import derive_from_mounts
+    ll = plan.landlock or P.Landlock()
+    if not ll.filesystem or ll.derived:
+        ll = replace(ll, filesystem=True, derived=True, paths=derive_from_mounts(plan.filesystem, host=True))
+    if plan.network.mode == "none" and not ll.network:
+        ll = replace(ll, network=True, bind=(), connect=(), needs_abi=max(ll.needs_abi, P.LANDLOCK_NET_ABI))
+    return replace(plan, landlock=ll)
+
+
 def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree") -> int:
     """The namespace-free sandbox: the program's exit status (128+N: killed by signal N), 125 when
     it could not be confined (one line on stderr), 126/127 as execve's. env: launcher.build_env's."""
@@ -97,6 +113,7 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     why = refusal(plan)
     if why:
         raise NsfreeError(why)
+    plan = confined_plan(plan)
     try:
         landlock.check(plan)                           # the profile's ABI (exit 125 below it)
     except landlock.LandlockError as e:
