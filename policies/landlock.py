@@ -96,7 +96,8 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     R, W, X = P.LANDLOCK_READ, P.LANDLOCK_WRITE, P.LANDLOCK_EXECUTE
     out = []
     if fs.root == "host" and not fs.image:
-        out.append(P.LandlockPath("/", ("read_dir",) if fs.read_only else W, False))
+        if not host:                   # (the host's /: nothing, not even a listing)
+            out.append(P.LandlockPath("/", ("read_dir",) if fs.read_only else W, False))
         for d in fs.system_dirs:
             out.append(P.LandlockPath(d, R + X, False))
         for e in fs.etc + ("hostname", "hosts", "resolv.conf"):

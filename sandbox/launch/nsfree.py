@@ -85,6 +85,13 @@ def refusal(plan) -> "str | None":
     if plan.capabilities:
         return (f"capabilities: {' '.join(plan.capabilities)}: the namespace-free backend keeps no "
                 "capability (they would be the host's)")
+    fs = plan.filesystem
+    if fs.image or fs.root != "host":
+        return "filesystem: an image or a root: directory needs the namespaces backend (no mounts here)"
+    binds = [m.target for m in fs.mounts if m.type != "tmpfs"]
+    if binds:
+        return (f"filesystem: mounts at {' '.join(binds)} need the namespaces backend (no mounts here; a "
+                "tmpfs target is the host's directory of that name, shared)")
     if not plan.seccomp.enabled:
         return "seccomp: the namespace-free backend needs the plan's seccomp filter (it is disabled)"
     return None
@@ -119,13 +126,17 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     except landlock.LandlockError as e:
         raise NsfreeError(str(e)) from None
     plain, _ = seccomp.exec_filters(plan.seccomp, bpf)  # errno actions: no listener to notify here
-    cg = None
+    cg = registered = None
     if plan.limits.any():
         from ..cgroups import manager
         from ..cgroups.files import CgroupError
-        try:
-            cg = manager.create_for_sandbox(sandbox_id, plan.limits, rootless=os.geteuid() != 0)
+        from ..store import reclaim
+        rootless = os.geteuid() != 0
+        try:                                           # recorded first: a SIGKILLed supervisor's is reclaimed
+            registered = reclaim.register(sandbox_id, rootless=rootless, cgroup=True)
+            cg = manager.create_for_sandbox(sandbox_id, plan.limits, rootless=rootless)
         except (CgroupError, OSError) as e:
+            reclaim.unregister(registered)
             raise NsfreeError(f"limits: {e} (the namespace-free backend puts limits in a delegated cgroup)") \
                 from None
     argv = list(argv or plan.process.argv)
@@ -194,11 +205,10 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
             signal.signal(s, h)
     report = os.read(err_r, 4096).decode(errors="replace")
     os.close(err_r)
-    if cg is not None:
-        try:
-            cg.remove()
-        except Exception:                              # noqa: BLE001 - left for the reclaimer
-            pass
+    events = cg.finish() if cg is not None else []   # leftovers killed, events and peaks read, removed
+    if registered:
+        from ..store import reclaim
+        reclaim.unregister(registered)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code
     if report:
@@ -208,7 +218,7 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
         import sys
         sys.stderr.write(f"pysandbox: {stage}: {text}\n")
     if on_event:
-        on_event("sandbox_exit", exit_code=code, signal=-os.waitstatus_to_exitcode(status)
+        on_event("sandbox_exit", exit_code=code, events=events, signal=-os.waitstatus_to_exitcode(status)
                  if os.WIFSIGNALED(status) else None)
     return code
 

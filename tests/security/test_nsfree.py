@@ -76,6 +76,7 @@ t("write:etc", lambda: write("/etc/pysbx-nsfree-x"))
 t("open:/proc/sys/kernel/hostname", lambda: open("/proc/sys/kernel/hostname", "wb").close())
 t("read:/etc/shadow", lambda: open("/etc/shadow").read())
 t("read:/etc/passwd", lambda: open("/etc/passwd").read())
+t("list:/", lambda: os.listdir("/"))
 t("open:/proc/1/mem", lambda: os.close(os.open("/proc/1/mem", os.O_RDONLY)))
 t("read:/proc/1/environ", lambda: open("/proc/1/environ").read())
 t("copy:tmp", lambda: (open(tmp + "x", "wb").write(open("/usr/bin/true", "rb").read()), os.chmod(tmp + "x", 0o755)))
@@ -126,7 +127,7 @@ BLOCKED = {
     "write:tmp": "ok",                      # allowed: strict's writable /tmp (here the host's)
     "write:home": "EACCES", "write:usr": "EACCES", "write:etc": "EACCES",
     "open:/proc/sys/kernel/hostname": "EACCES",
-    "read:/etc/shadow": "EACCES", "read:/etc/passwd": "ok",
+    "read:/etc/shadow": "EACCES", "read:/etc/passwd": "ok", "list:/": "EACCES",
     "open:/proc/1/mem": "EACCES", "read:/proc/1/environ": "EACCES",
     "copy:tmp": "ok", "exec:tmp": "EACCES", "exec:/usr/bin/true": "ok",
     "connect:tcp": "EACCES",                # network: none -> Landlock TCP rules with no port
@@ -173,11 +174,13 @@ def test_a_profile_accepting_landlock_gets_the_ladder(runner, wrap, tmp_profile)
 
 def test_what_the_namespace_free_backend_refuses(runner, tmp_profile):
     """Capabilities would be the host's: refused (exit 125, one line); so is an ABI above the
-    kernel's; run -d needs the namespaces backend."""
+    kernel's, and a bind mount (there are no mounts); run -d needs the namespaces backend."""
     r = runner("run", "--profile", "strict", "--isolation", "landlock", "--cap-add", "NET_RAW", "--", "/bin/true")
     assert r.returncode == 125 and "capabilities: NET_RAW" in r.stderr and r.stderr.count("\n") == 1, r
     p = tmp_profile("version: 1\nextends: strict\nlandlock: {abi: 99}\n")
     r = runner("run", "--profile", p, "--isolation", "landlock", "--", "/bin/true")
     assert r.returncode == 125 and "abi 99" in r.stderr, r
+    r = runner("run", "--profile", "strict", "--isolation", "landlock", "-v", "/tmp:/data", "--", "/bin/true")
+    assert r.returncode == 125 and "mounts at /data need the namespaces backend" in r.stderr, r
     r = runner("run", "-d", "--profile", "strict", "--isolation", "landlock", "--", "/bin/true")
     assert r.returncode == 125 and "namespaces backend" in r.stderr, r
