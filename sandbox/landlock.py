@@ -110,6 +110,27 @@ def build(plan, root: str = "") -> int:
     return fd
 
 
+def build_recorded(plan: dict) -> int:
+    """build() for a recorded sandbox's plan (its state's JSON: `pysandbox exec`, after joining its
+    mount namespace, so that the paths are the sandbox's)."""
+    ll = plan.get("landlock")
+    if not ll:
+        return -1
+    paths = tuple(P.LandlockPath(p["path"], tuple(p["access"]), bool(p.get("required", True)))
+                  for p in ll.get("paths") or ())
+    rec = P.Landlock(abi=int(ll.get("abi", 1)), needs_abi=int(ll.get("needs_abi", 1)),
+                     filesystem=bool(ll.get("filesystem")), paths=paths, derived=bool(ll.get("derived")),
+                     network=bool(ll.get("network")), bind=tuple(ll.get("bind") or ()),
+                     connect=tuple(ll.get("connect") or ()), scope=tuple(ll.get("scope") or ()))
+    return build(_Recorded(rec))
+
+
+class _Recorded:
+    """(what build() reads of a plan)"""
+    def __init__(self, landlock):
+        self.landlock = landlock
+
+
 def enter(fd: int) -> None:
     """The calling thread enters the ruleset `fd` (closed)."""
     try:

@@ -150,3 +150,16 @@ def test_explain_shows_rules_and_backend(runner, tmp_profile):
     assert "write (where present): /dev/shm /tmp" in r.stdout and "backend      namespaces" in r.stdout, r
     r = runner("explain", "--profile", tmp_profile(PROFILE))
     assert "tcp bind: 40411; tcp connect: 40411" in r.stdout and "execute: /usr/bin" in r.stdout, r
+
+
+def test_exec_command_enters_the_same_rules(runner):
+    """`pysandbox exec` into a running strict sandbox: the command gets the profile's rules too
+    (built after it joined the sandbox's mount namespace): /tmp writable, not executable."""
+    r = runner("run", "-d", "--name", "ll-exec", "--profile", "strict", "--", "/bin/sleep", "60")
+    assert r.returncode == 0, r
+    try:
+        r = runner("exec", "ll-exec", "/bin/sh", "-c",
+                   "echo x > /tmp/a && echo write-ok; cp /bin/true /tmp/t; /tmp/t || echo exec=$?")
+        assert r.returncode == 0 and r.stdout == "write-ok\nexec=126\n" and "Permission denied" in r.stderr, r
+    finally:
+        runner("rm", "-f", "ll-exec")
