@@ -54,6 +54,7 @@ DEFAULT_SEVERITY = {
     "integrity_violation": "critical",
     "audit_lost": "error",          # the audit path itself lost records (e.g. kernel printk rate limit)
     "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
+    "landlock_denied": "warning",   # a Landlock denial from the kernel's audit records (sandbox/landlock.py)
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

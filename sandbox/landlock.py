@@ -15,7 +15,11 @@ instead). Raw system calls: sandbox/_sys.py.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
+import struct
+import threading
 
 from policies import plan as P
 
@@ -137,3 +141,151 @@ def enter(fd: int) -> None:
         _sys.landlock_restrict_self(fd, restrict_flags())
     finally:
         os.close(fd)
+
+
+# --- Landlock denials in the audit log ----------------------------------------------------------
+# Linux 6.15+ (ABI 7) reports a denial through the audit subsystem, only while audit is enabled:
+# `type=1423` (AUDIT_LANDLOCK_ACCESS: domain, blockers, path or port) and, at a domain's first
+# denial, `type=1424` (AUDIT_LANDLOCK_DOMAIN: the domain's creator, pid=). Without auditd they
+# are printed to the kernel log (/dev/kmsg), where DenialWatch reads them and attributes a domain
+# to the sandbox by its creator's pid (docs/security.md, "Landlock denials in the audit log").
+AUDIT_GET, AUDIT_LANDLOCK_ACCESS, AUDIT_LANDLOCK_DOMAIN = 1000, 1423, 1424
+_RECORD = re.compile(r"audit: type=(1423|1424) audit\([^)]*\): (.*)$")
+_FIELD = re.compile(r"(\w+)=(\"[^\"]*\"|\S+)")
+LINGER = 0.3                           # seconds DenialWatch.stop waits for kauditd's last records
+MAX_DENIALS = 1000                     # per run: the rest are counted, not kept (bounded memory)
+
+
+def audit_enabled() -> bool:
+    """Whether the kernel's audit subsystem is enabled (AUDIT_GET over NETLINK_AUDIT; needs
+    CAP_AUDIT_CONTROL: False for anyone else, who could not read its records in kmsg either)."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9) as s:
+            s.settimeout(1)
+            s.bind((0, 0))
+            s.send(struct.pack("=IHHII", 16, AUDIT_GET, 1, 1, 0))      # NLM_F_REQUEST
+            for _ in range(4):
+                d = s.recv(8192)
+                if len(d) >= 24 and struct.unpack_from("=H", d, 4)[0] == AUDIT_GET:
+                    return struct.unpack_from("=I", d, 20)[0] != 0
+    except OSError:
+        pass
+    return False
+
+
+def _unquote(v: str) -> str:
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    if len(v) % 2 == 0 and len(v) >= 2 and all(c in "0123456789ABCDEF" for c in v):
+        return bytes.fromhex(v).decode(errors="replace")     # audit's encoding of unusual strings
+    return v
+
+
+def parse_record(line: str) -> "tuple[int, dict] | None":
+    """A /dev/kmsg line -> (1423 or 1424, its fields), None for anything else."""
+    m = _RECORD.search(line)
+    if not m:
+        return None
+    return int(m.group(1)), {k: _unquote(v) for k, v in _FIELD.findall(m.group(2)[:4096])}
+
+
+def denial_event(fields: dict, pid: int) -> dict:
+    """A 1423 record's fields -> the keyword arguments of a `landlock_denied` audit event."""
+    access = [b for b in fields.get("blockers", "").split(",") if b]
+    where = fields.get("path") or (f"tcp port {fields['dest']}" if "dest" in fields else
+                                   f"tcp port {fields['src']}" if "src" in fields else "")
+    detail = {k: v for k, v in fields.items() if k not in ("blockers", "path")}
+    return dict(path=fields.get("path"), errno=13, via="kmsg", pid=pid, detail={"access": access, **detail},
+                message=f"landlock denied {' '.join(access) or 'access'}" + (f" on {where}" if where else ""))
+
+
+class DenialWatch:
+    """Reads /dev/kmsg from now on in a thread of its own; a 1423 record whose domain was created by
+    a process `match_pid(pid)` accepts becomes on_event("landlock_denied", ...). stop() drains
+    and ends it. Bounded: MAX_DENIALS events, records of at most 4 KiB."""
+
+    def __init__(self, on_event, match_pid):
+        self.on_event, self.match_pid = on_event, match_pid
+        self.fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.lseek(self.fd, 0, os.SEEK_END)
+        self.domains: dict = {}            # domain -> creator pid (ours) or None
+        self.pending: dict = {}            # domain -> [fields] seen before its 1424 record
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="landlock-audit", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                line = os.read(self.fd, 8192).decode(errors="replace")
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == 32:          # EPIPE: records overwritten meanwhile; go on
+                    continue
+                return
+            if not line:
+                return
+            rec = parse_record(line.rstrip("\n"))
+            if rec is not None:
+                self._record(*rec)
+
+    def _record(self, kind: int, fields: dict) -> None:
+        dom = fields.get("domain")
+        if not dom:
+            return
+        if kind == AUDIT_LANDLOCK_DOMAIN:
+            if fields.get("status") == "allocated" and dom not in self.domains:
+                try:
+                    pid = int(fields.get("pid", ""))
+                except ValueError:
+                    pid = 0
+                self.domains[dom] = pid if pid and self.match_pid(pid) else None
+                for f in self.pending.pop(dom, ()):
+                    self._emit(dom, f)
+            return
+        if dom in self.domains:
+            self._emit(dom, fields)
+        elif len(self.pending) < 64:
+            seen = self.pending.setdefault(dom, [])
+            if len(seen) < 16:
+                seen.append(fields)
+
+    def _emit(self, dom: str, fields: dict) -> None:
+        pid = self.domains.get(dom)
+        if pid is None or self.count >= MAX_DENIALS:
+            return
+        self.count += 1
+        try:
+            self.on_event("landlock_denied", **denial_event(fields, pid))
+        except Exception:                  # noqa: BLE001 - the audit must never end the run
+            pass
+
+    def stop(self, linger: float = LINGER) -> None:
+        """kauditd prints the records after the denial, asynchronously: they may come after the
+        program's end, hence the linger (only where audit is enabled: no cost elsewhere)."""
+        self._stop.wait(linger)
+        self._stop.set()
+        self._thread.join(2)
+        self._drain()
+        os.close(self.fd)
+
+
+def pidns_of(pid: int):
+    """A matcher: processes in the pid namespace `pid` is in (the sandbox's, from its PID 1)."""
+    try:
+        want = os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return lambda p: False
+
+    def match(p: int) -> bool:
+        try:
+            return os.stat(f"/proc/{p}/ns/pid").st_ino == want
+        except OSError:
+            return False
+    return match

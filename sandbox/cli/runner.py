@@ -32,19 +32,46 @@ def launch(plan, bpf, argv, runopts) -> int:
     except OSError as e:
         err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
         return 125
+    watch = _LandlockAudit(sess.emit, plan)
     try:
         result = launch_plan(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
-                             on_event=sess.emit)
+                             on_event=watch.on_event)
     except LaunchError as e:
         err(f"pysandbox: {e}")
+        watch.stop()
         sess.close()
         return e.code
+    watch.stop()
     if result.message:
         err(_no_namespaces(plan) if result.message.startswith("pysandbox: namespaces: cannot create") else
             result.message)
     code = result.exit_code
     sess.close()
     return code
+
+
+class _LandlockAudit:
+    """The run's Landlock denials as audit events (sandbox/landlock.py, DenialWatch), where the
+    kernel's audit is enabled: started at sandbox_start, attributed by the sandbox's pid namespace."""
+
+    def __init__(self, emit, plan):
+        self.emit, self.watch = emit, None
+        self.on = plan.landlock is not None and plan.landlock.filesystem or False
+
+    def on_event(self, type, **fields):
+        out = self.emit(type, **fields)
+        if type == "sandbox_start" and self.on and self.watch is None and fields.get("pid"):
+            from .. import landlock
+            if landlock.audit_enabled():
+                try:
+                    self.watch = landlock.DenialWatch(self.emit, landlock.pidns_of(fields["pid"]))
+                except OSError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
 
 
 def _no_namespaces(plan) -> str:

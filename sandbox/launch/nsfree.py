@@ -185,17 +185,26 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
             os._exit(127 if stage == "exec" and code == 2 else 126 if stage == "exec" else 125)
     os.close(err_w)
     os.close(go_r)
+    watch = None
+    if on_event:
+        on_event("sandbox_start", pid=pid, argv=argv)
+        if landlock.audit_enabled():               # the kernel's records of its denials (root)
+            try:
+                watch = landlock.DenialWatch(on_event, lambda p: p == pid)
+            except OSError:
+                pass
     try:
         if cg is not None:
             cg.add_pid(pid)
         os.write(go_w, b"G")
     except OSError as e:
         os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if watch is not None:
+            watch.stop()
         raise NsfreeError(f"limits: cannot put the program in its cgroup: {e}") from None
     finally:
         os.close(go_w)
-    if on_event:
-        on_event("sandbox_start", pid=pid, argv=argv)
     forward = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n)) for s in forward}
     try:
@@ -203,6 +212,8 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if watch is not None:
+        watch.stop()
     report = os.read(err_r, 4096).decode(errors="replace")
     os.close(err_r)
     events = cg.finish() if cg is not None else []   # leftovers killed, events and peaks read, removed
