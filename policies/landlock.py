@@ -120,6 +120,11 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     return _merge(out)
 
 
+def beneath(p: str, q: str) -> bool:
+    """Whether path p is q or inside q (a Landlock rule on q covers p)."""
+    return p == q or q == "/" or p.startswith(q.rstrip("/") + "/")
+
+
 def rights_needing(access: tuple) -> int:
     """The ABI the newest of these rights needs."""
     return max((RIGHTS_ABI[a] for a in access), default=1)

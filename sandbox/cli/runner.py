@@ -25,12 +25,8 @@ def launch(plan, bpf, argv, runopts) -> int:
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
-    from audit.session import open_session   # audit log + stderr summary + syslog
-    try:
-        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
-                            log_path=runopts.get("audit_log"))
-    except OSError as e:
-        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+    sess = _session(plan, runopts)            # audit log + stderr summary + syslog
+    if sess is None:
         return 125
     watch = _LandlockAudit(sess.emit, plan)
     try:
@@ -48,6 +44,17 @@ def launch(plan, bpf, argv, runopts) -> int:
     code = result.exit_code
     sess.close()
     return code
+
+
+def _session(plan, runopts):
+    """The run's audit session, or None (said on stderr) when it cannot be opened."""
+    from audit.session import open_session
+    try:
+        return open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
+                            log_path=runopts.get("audit_log"))
+    except OSError as e:
+        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+        return None
 
 
 class _LandlockAudit:
@@ -95,12 +102,8 @@ def _ladder(plan, bpf, argv, runopts):
     if runopts.get("detach") or runopts.get("tty"):
         err("pysandbox: run -d and -t need the namespaces backend (isolation landlock: " + why + ")")
         return 125
-    from audit.session import open_session
-    try:
-        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
-                            log_path=runopts.get("audit_log"))
-    except OSError as e:
-        err(f"pysandbox: {e}")
+    sess = _session(plan, runopts)
+    if sess is None:
         return 125
     try:
         from ..launcher import build_env

@@ -1,6 +1,9 @@
 """PSB601 landlock-write-execute: A Landlock rule lets the program both write and execute the same path."""
 from __future__ import annotations
 
+import posixpath
+
+from ...landlock import beneath as _beneath
 from ..context import Ctx
 from ..model import Rule
 
@@ -41,10 +44,6 @@ program's own tree); install what must run before the sandbox starts.
 )
 
 
-def _under(p: str, q: str) -> bool:
-    return p == q or q == "/" or p.startswith(q.rstrip("/") + "/")
-
-
 def check(ctx: Ctx) -> None:
     ll = ctx.plan.landlock
     fsec = ((ctx.doc.data.get("landlock") or {}).get("filesystem"))
@@ -52,9 +51,8 @@ def check(ctx: Ctx) -> None:
         return
     writes = [r.path for r in ll.paths if "write_file" in r.access]
     for i, raw in enumerate(fsec.get("execute") or ()):
-        x = next((r.path for r in ll.paths if "execute" in r.access and r.path.rstrip("/") == raw.rstrip("/")
-                  or r.path == raw), raw)
-        w = next((w for w in writes if _under(x, w) or _under(w, x)), None)
+        x = posixpath.normpath(raw) if isinstance(raw, str) else ""
+        w = next((w for w in writes if _beneath(x, w) or _beneath(w, x)), None)
         if w is not None:
             ctx.report(RULE, f"landlock: {x} is executable and {'writable' if w == x else f'{w} writable'}: "
                        "the program can write a binary there and run it",

@@ -1,6 +1,7 @@
 """PSB602 landlock-wider-than-mounts: A Landlock rule grants more than the mount plan gives that path."""
 from __future__ import annotations
 
+from ...landlock import beneath as _beneath
 from ..context import Ctx
 from ..model import Rule
 
@@ -41,10 +42,6 @@ Grant write only beneath writable mounts (`tmpfs`, a bind or volume without `rea
 )
 
 
-def _under(p: str, q: str) -> bool:
-    return p == q or q == "/" or p.startswith(q.rstrip("/") + "/")
-
-
 def check(ctx: Ctx) -> None:
     fs, ll = ctx.plan.filesystem, ctx.plan.landlock
     fsec = ((ctx.doc.data.get("landlock") or {}).get("filesystem"))
@@ -53,6 +50,6 @@ def check(ctx: Ctx) -> None:
     writable = [m.target for m in fs.mounts if not m.read_only] + ["/dev/shm"] + ([] if fs.read_only else ["/"])
     for i, raw in enumerate(fsec.get("write") or ()):
         path = "/" + raw.strip("/") if raw != "/" else "/"
-        if not any(_under(path, w) for w in writable):
+        if not any(_beneath(path, w) for w in writable):
             ctx.report(RULE, f"landlock: write on {path}, which the mount plan does not make writable",
                        "grant write only beneath writable mounts", ("landlock", "filesystem", "write", i))
