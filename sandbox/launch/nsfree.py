@@ -207,7 +207,21 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
         os.close(go_w)
     forward = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     old = {s: signal.signal(s, lambda n, _f: os.kill(pid, n)) for s in forward}
+    timed_out = False
     try:
+        if plan.process.timeout:                       # --timeout: the program's session killed (exit 124)
+            import select
+            pfd = os.pidfd_open(pid)
+            try:
+                if not select.select([pfd], [], [], plan.process.timeout)[0]:
+                    timed_out = True
+                    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                        try:
+                            kill()
+                        except OSError:
+                            pass
+            finally:
+                os.close(pfd)
         _, status = os.waitpid(pid, 0)
     finally:
         for s, h in old.items():
@@ -222,6 +236,10 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
         reclaim.unregister(registered)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code
+    if timed_out:
+        code = 124
+        if on_event:
+            on_event("timeout", timeout=plan.process.timeout)
     if report:
         errno_, stage, text = (report.split(" ", 2) + ["", ""])[:3]
         if code == 125:

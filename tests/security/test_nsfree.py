@@ -184,3 +184,14 @@ def test_what_the_namespace_free_backend_refuses(runner, tmp_profile):
     assert r.returncode == 125 and "mounts at /data need the namespaces backend" in r.stderr, r
     r = runner("run", "-d", "--profile", "strict", "--isolation", "landlock", "--", "/bin/true")
     assert r.returncode == 125 and "namespaces backend" in r.stderr, r
+
+
+def test_timeout_and_limits_hold_without_namespaces(runner):
+    """--timeout kills the program's session (exit 124); strict's pids limit is the same cgroup
+    limit as in the namespaces backend (forks stop at it, the audit records it)."""
+    r = runner("run", "--profile", "strict", "--isolation", "landlock", "--timeout", "1", "--",
+               "/bin/sh", "-c", "sleep 30; echo not-killed")
+    assert r.returncode == 124 and "not-killed" not in r.stdout, r
+    r = runner("run", "--profile", "strict", "--isolation", "landlock", "--pids-limit", "20", "--",
+               "/bin/sh", "-c", "for i in $(seq 40); do sleep 1 & done; wait; echo all-forked")
+    assert r.returncode != 0 and "all-forked" not in r.stdout and "pids limit" in r.stderr, r   # audited
