@@ -62,6 +62,7 @@ DEFAULT_SEVERITY = {
     "egress.http.upstream_error": "warning",
     "egress.secret_exfiltration": "critical",   # a secret's placeholder sent to a host it is not for
     "egress.secret_reflected": "error",         # an upstream's answer held a secret's value: cut off
+    "landlock_denied": "warning",   # a Landlock denial from the kernel's audit records (sandbox/landlock.py)
 }
 EVENT_TYPES = tuple(DEFAULT_SEVERITY)
 

@@ -71,6 +71,7 @@ class Overrides:
     user: Optional[str] = None   # "NAME|UID[:GROUP|GID]" inside
     profile_path: tuple = ()     # further directories `extends:` paths / seccomp.import may resolve into
     group_add: tuple = ()        # supplementary groups inside: names or GIDs
+    isolation: Optional[str] = None   # --isolation namespaces|landlock: the backend (policies/landlock.py)
     # the sandbox layer's reader of the root's /etc/passwd and /etc/group (sandbox/userdb.py):
     # user_db(filesystem) -> object with .read(name) -> bytes|None, .where, .image_user
     user_db: Optional[object] = field(default=None, compare=False, repr=False)
@@ -318,12 +319,18 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
     # --- limits -------------------------------------------------------------
     limits = col(("limits",), lambda: _limits(d.get("limits", {}), ov, loc))
 
+    # --- landlock, isolation (policies/landlock.py) ---------------------------
+    from . import landlock as _ll
+    landlock = col(("landlock",), lambda: _ll.compile_landlock(d.get("landlock"), fs or P.Filesystem(), loc))
+    isolation, backend = col(("isolation",), lambda: _ll.compile_isolation(d.get("isolation"), ov.isolation, loc),
+                             ("namespaces", None))
+
     col.raise_if_any()
     name = d.get("name") or Path(doc.files[0]).stem
     plan = P.Plan(name=name, sources=tuple(doc.files), namespaces=ns, user=user,
                   capabilities=capabilities, no_new_privs=no_new_privs, seccomp=seccomp,
                   filesystem=fs, process=proc, network=net, limits=limits,
-                  landlock=bool(d.get("landlock", False)))
+                  landlock=landlock, isolation=isolation, backend=backend)
     return Compiled(plan, doc)
 
 

@@ -73,6 +73,15 @@ class Loss:
         return f"{'WEAKER' if self.weaker else 'note'}: {self.control}: {self.detail}"
 
 
+def _landlock_loss(plan, detail: str) -> Loss:
+    """Landlock rules derived from the mounts (`filesystem: from_mounts`, strict) repeat the mount
+    plan the export carries: only the second wall is lost, not a control (a note, not weaker)."""
+    ll = plan.landlock
+    derived = ll.derived and not ll.network and not (set(ll.scope) - {"abstract_unix_socket"})
+    return Loss("landlock", detail + ("; its rules were derived from the mounts, which the export carries "
+                                      "(only the second wall is lost)" if derived else ""), weaker=not derived)
+
+
 class HostView:
     """What the exporter may ask about the host. Subclassed by sandbox.cli.export.RealHost."""
 
@@ -384,7 +393,7 @@ def oci_config(plan: Plan, *, rootfs: str = "rootfs", host: HostView = AssumeHos
     cfg["linux"] = linux
 
     if plan.landlock:
-        losses.append(Loss("landlock", "OCI runtime-spec 1.0.2 has no Landlock ruleset"))
+        losses.append(_landlock_loss(plan, "OCI runtime-spec 1.0.2 has no Landlock ruleset"))
     losses += _network_losses(plan, "OCI runtimes configure no network (use CNI / the engine)")
     return cfg, losses
 
@@ -560,7 +569,7 @@ def run_argv(plan: Plan, *, engine: str = "docker", seccomp_file: Optional[str] 
     else:
         a.append("--security-opt=seccomp=unconfined")
     if plan.landlock:
-        losses.append(Loss("landlock", f"{engine} has no Landlock option"))
+        losses.append(_landlock_loss(plan, f"{engine} has no Landlock option"))
     # ---- filesystem
     if fs.image:
         raise ExportError(f"root from image {fs.image!r}: pass that image to {engine} instead")
@@ -773,7 +782,7 @@ def k8s_pod(plan: Plan, *, image: str = "debian:bookworm-slim", name: Optional[s
     if pr.timeout:
         spec["activeDeadlineSeconds"] = max(1, int(pr.timeout))
     if plan.landlock:
-        losses.append(Loss("landlock", "Kubernetes has no Landlock option"))
+        losses.append(_landlock_loss(plan, "Kubernetes has no Landlock option"))
     if fs.root != "host":
         losses.append(Loss("filesystem.root", f"root directory {fs.root} must be packaged as image {image!r}", False))
     else:

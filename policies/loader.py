@@ -46,7 +46,8 @@ MAX_NODES = 200_000                  # YAML nodes after alias expansion
 MAX_NESTING = 64                     # mappings/lists inside each other (a real profile needs < 10)
 # the top-level keys of profile format v1 (schema/profile.schema.json's properties)
 PROFILE_KEYS = ("version", "name", "description", "extends", "namespaces", "user", "capabilities",
-                "no_new_privs", "seccomp", "filesystem", "process", "network", "limits", "landlock")
+                "no_new_privs", "seccomp", "filesystem", "process", "network", "limits", "landlock",
+                "isolation")
 
 # (path pattern) whose string values are filesystem paths relative to the declaring file, or
 # `builtin:NAME` for a file shipped in policies/data/ (policies/resources.py).

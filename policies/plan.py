@@ -256,6 +256,48 @@ class Limits:
         return any(v not in (None, ()) for v in self.__dict__.values())
 
 
+# Landlock (docs/profile-format.md, "landlock"): the profile's words and the kernel's access rights.
+# read = read_file + read_dir; write = read + write_file, truncate, remove_*, make_{reg,dir,sym,sock,
+# fifo}, refer (never make_char/make_block: no device is created); execute = execute. ioctl_dev
+# goes with write (terminals and /dev/null need it on ABI >= 5). Each right with the first ABI
+# that knows it (rights a kernel does not know are not handled there: best effort, as Landlock's
+# own documentation recommends; `abi:` makes a profile refuse such a kernel instead).
+LANDLOCK_FS_RIGHTS = (("execute", 1), ("write_file", 1), ("read_file", 1), ("read_dir", 1),
+                      ("remove_dir", 1), ("remove_file", 1), ("make_char", 1), ("make_dir", 1),
+                      ("make_reg", 1), ("make_sock", 1), ("make_fifo", 1), ("make_block", 1),
+                      ("make_sym", 1), ("refer", 2), ("truncate", 3), ("ioctl_dev", 5))
+LANDLOCK_READ = ("read_file", "read_dir")
+LANDLOCK_WRITE = LANDLOCK_READ + ("write_file", "truncate", "remove_dir", "remove_file", "make_dir", "make_reg",
+                                  "make_sym", "make_sock", "make_fifo", "refer", "ioctl_dev")
+LANDLOCK_EXECUTE = ("execute",)
+# rights that apply to a file (the others only to a directory's contents)
+LANDLOCK_FILE_RIGHTS = ("execute", "write_file", "read_file", "truncate", "ioctl_dev")
+LANDLOCK_NET_ABI = 4
+LANDLOCK_SCOPES = (("abstract_unix_socket", 6), ("signal", 6))
+
+
+@dataclass(frozen=True)
+class LandlockPath:
+    """One Landlock path rule: the rights granted beneath `path` (inside the sandbox's root)."""
+    path: str
+    access: tuple[str, ...]            # names of LANDLOCK_FS_RIGHTS
+    required: bool = True              # missing at launch: refused (False: skipped, nothing granted)
+
+
+@dataclass(frozen=True)
+class Landlock:
+    """Landlock (see docs/profile-format.md): the program's ruleset. None of a section: not handled."""
+    abi: int = 1                       # the minimum ABI the profile asks for
+    needs_abi: int = 1                 # the minimum ABI the rules need (network 4, scope 6)
+    filesystem: bool = False           # file system access handled (everything not listed denied)
+    paths: tuple[LandlockPath, ...] = ()
+    derived: bool = False              # the paths were derived from the mount plan (filesystem: from_mounts)
+    network: bool = False              # TCP bind/connect handled
+    bind: tuple[int, ...] = ()
+    connect: tuple[int, ...] = ()
+    scope: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Plan:
     """Plan (see docs/profile-format.md)."""
@@ -270,7 +312,9 @@ class Plan:
     process: Process = field(default_factory=Process)
     network: Network = field(default_factory=Network)
     limits: Limits = field(default_factory=Limits)
-    landlock: bool = False
+    landlock: Optional[Landlock] = None      # None: no Landlock rules (scoping only, see init.confine)
+    isolation: str = "namespaces"            # the lightest backend the profile accepts: namespaces | landlock
+    backend: Optional[str] = None            # forced by --isolation (None: chosen at launch, sandbox/launch/nsfree.py)
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict:

@@ -504,3 +504,44 @@ def process_vm_read(pid: int, addr: int, n: int) -> bytes:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return buf.raw[:got]
+
+
+# --- Landlock rulesets of a profile (sandbox/landlock.py builds them) --------------------------
+NR_LANDLOCK_ADD_RULE = 445                  # x86_64 and aarch64 alike (the generic table)
+LANDLOCK_RULE_PATH_BENEATH, LANDLOCK_RULE_NET_PORT = 1, 2
+
+
+class _LandlockPathBeneath(ctypes.Structure):
+    _pack_ = 1                              # __attribute__((packed)) in linux/landlock.h
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class _LandlockNetPort(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+def landlock_create_ruleset(handled_fs: int, handled_net: int, scoped: int) -> int:
+    """A new ruleset (close-on-exec descriptor) handling these access rights and scopes."""
+    attr = _LandlockRulesetAttr(handled_fs, handled_net, scoped)
+    return _check(_syscall(ctypes.c_long(NR["landlock_create_ruleset"]), ctypes.byref(attr),
+                           ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint(0)), "landlock_create_ruleset")
+
+
+def landlock_add_path(ruleset: int, allowed: int, parent_fd: int) -> None:
+    attr = _LandlockPathBeneath(allowed, parent_fd)
+    _check(_syscall(ctypes.c_long(NR_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
+                    ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(attr), ctypes.c_uint(0)),
+           "landlock_add_rule")
+
+
+def landlock_add_port(ruleset: int, allowed: int, port: int) -> None:
+    attr = _LandlockNetPort(allowed, port)
+    _check(_syscall(ctypes.c_long(NR_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
+                    ctypes.c_int(LANDLOCK_RULE_NET_PORT), ctypes.byref(attr), ctypes.c_uint(0)),
+           "landlock_add_rule")
+
+
+def landlock_restrict_self(ruleset: int, flags: int = 0) -> None:
+    """The calling thread enters the ruleset's domain (no_new_privs or CAP_SYS_ADMIN needed)."""
+    _check(_syscall(ctypes.c_long(NR["landlock_restrict_self"]), ctypes.c_int(ruleset), ctypes.c_uint(flags)),
+           "landlock_restrict_self")

@@ -255,4 +255,23 @@ def checks() -> list[tuple[str, bool, str]]:
         rows.extend(network_doctor.doctor_report(rootless=not root))
     except Exception as e:
         rows.append(("networking", False, f"cannot inspect: {e}"))
+    rows.extend(backend_rows())
+    return rows
+
+
+def backend_rows() -> list:
+    """For each shipped profile, the backend a run of it gets here and why (sandbox/launch/nsfree.py:
+    namespaces when user namespaces work; the namespace-free one only where a profile accepts it)."""
+    from policies.compiler import compile_profile
+    from policies.resources import shipped_profiles_dir
+    from .launch import nsfree
+    rows = []
+    problem = nsfree.userns_problem()                # asked once for every profile
+    for path in sorted(shipped_profiles_dir().glob("*.yaml")):
+        try:
+            plan = compile_profile(str(path)).plan
+            backend, why = nsfree.choose(plan, problem=lambda: problem)
+        except Exception as e:                       # noqa: BLE001 - report, never hide
+            backend, why = None, f"cannot compile: {e}"
+        rows.append((f"backend: {path.stem}", backend is not None, f"{backend or 'refused'}: {why}"))
     return rows

@@ -33,6 +33,7 @@ Exit codes: the command's; 125 cannot join the sandbox; 126 cannot execute; 127 
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
@@ -47,7 +48,7 @@ import tty as _tty
 
 import prctl
 
-from . import _sys, capabilities, procid, recorded
+from . import _sys, capabilities, landlock, procid, recorded
 from .notify import listener  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
 from .init import RLIMIT_IDS
 from .launch import sequence
@@ -332,6 +333,12 @@ def _child(plan, argv, env, cwd, bpf, rootless, err_w, master, slave_name, audit
             if s > 2:
                 os.close(s)
         spec = _spec(plan, argv, env, cwd, bpf, rootless, audit_sock is not None)
+        ruleset = landlock.build_recorded(plan)      # the profile's rules, paths inside the sandbox
+        if ruleset >= 0:
+            spec = dataclasses.replace(spec, ruleset=ruleset, ruleset_flags=landlock.restrict_flags())
+    except landlock.LandlockError as e:
+        os.write(err_w, f"SETUP {e}".encode())
+        os._exit(125)
     except OSError as e:
         os.write(err_w, f"{e.errno or 0} prepare {e.strerror or e}".encode())
         os._exit(126)

@@ -93,4 +93,14 @@ def render(plan) -> str:
            f"cpu-shares {l.cpu_shares}" if l.cpu_shares else None, f"cpuset {l.cpuset_cpus}" if l.cpuset_cpus else None,
            f"blkio-weight {l.blkio_weight}" if l.blkio_weight else None]
     out.append(f"limits       {', '.join(x for x in lim if x) or 'none'}")
+    from policies.landlock import describe as _landlock_lines
+    out += _landlock_lines(plan.landlock)
+    out.append(_backend_line(plan))
     return "\n".join(out)
+
+
+def _backend_line(plan) -> str:
+    """The backend this plan gets on this machine and why (sandbox/launch/nsfree.py, choose)."""
+    from .launch import nsfree
+    backend, why = nsfree.choose(plan)
+    return f"backend      {backend or 'REFUSED'}: {why}"

@@ -28,7 +28,7 @@ import struct
 import termios
 
 
-from . import _sys, capabilities, idmap, rootfs
+from . import _sys, capabilities, idmap, landlock, rootfs
 from policies.plan import CAP_INDEX
 from . import wire
 from .network import loopback             # lo up in PID 1 (the rest of sandbox.network stays off the launch path)
@@ -242,6 +242,8 @@ def setup_in_thread(ctx, built: bool = False):
             if not built:                            # the program's process makes the cgroup namespace)
                 step = "root filesystem"
                 build_root(plan, ctx, ctx.rootless)
+            step = "landlock"
+            landlock_rules(plan)
         except Exception as e:                       # the report names the step (describe)
             with contextlib.suppress(AttributeError):
                 e.pysandbox_step = step
@@ -295,7 +297,8 @@ def program_spec(ctx, creds: tuple) -> "wire.ProgramSpec":
         uid=plan.user.uid, gid=plan.user.gid, groups=tuple(plan.user.groups) if allowed else (),
         rlimits=tuple((RLIMIT_IDS[r.name], r.soft, r.hard, r.name) for r in plan.process.rlimits),
         cwd=plan.process.cwd, keep=capabilities.mask(plan.capabilities), bpf=ctx.bpf or b"",
-        argv=tuple(ctx.argv), env=dict(ctx.env))
+        argv=tuple(ctx.argv), env=dict(ctx.env), ruleset=_RULESET[0],
+        ruleset_flags=landlock.restrict_flags() if _RULESET[0] >= 0 else 0)
 
 
 def exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd, program_pid) -> None:
@@ -313,8 +316,9 @@ def exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd,
         fd_of = lambda sock: sock.fileno() if sock is not None else -1     # noqa: E731
         notify, console = fd_of(ctx.notify_sock), fd_of(ctx.console)
         cg = cg_v2_fd if cg_v2_fd is not None else -1
-        _sys.close_all_but((status_w, init, pfd, cg, notify, console))
-        for fd in (status_w, pfd, cg, notify, console):
+        ruleset = _RULESET[0]
+        _sys.close_all_but((status_w, init, pfd, cg, notify, console, ruleset))
+        for fd in (status_w, pfd, cg, notify, console, ruleset):
             if fd >= 0:
                 os.set_inheritable(fd, True)
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)    # pending until its handlers exist
@@ -456,10 +460,22 @@ def confine(spec) -> None:
     no capability it keeps lets it ptrace, open /proc/1/mem of, process_vm_* or pidfd_getfd PID 1
     (see pid1.c, landlock_confine). Without Landlock scoping the launcher refused a program that
     keeps CAP_SYS_PTRACE (launcher.pid1_reach_check); checked again here."""
-    if spec.landlock:
+    if spec.ruleset >= 0:                # the profile's rules (scoping abstract unix sockets too)
+        landlock.enter(spec.ruleset)
+    elif spec.landlock:
         _sys.landlock_confine()
     elif spec.keep >> CAP_INDEX["SYS_PTRACE"] & 1:
         raise OSError(38, "no Landlock to keep pid 1 out of the program's reach")
+
+
+_RULESET = [-1]        # the profile's Landlock ruleset, built after pivot_root (landlock_rules)
+
+
+def landlock_rules(plan) -> None:
+    """After pivot_root, in the program's process or PID 1's set-up thread: the profile's Landlock
+    ruleset with its paths as the program will see them (sandbox/landlock.py); the program's
+    process enters it in its last steps (confine; pid1.c program())."""
+    _RULESET[0] = landlock.build(plan)
 
 
 def image_fd():

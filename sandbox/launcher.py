@@ -132,9 +132,17 @@ def preflight(plan, rootless: bool) -> None:
         raise LaunchError("namespaces.cgroup: this kernel has no cgroup namespaces")
     # (seccomp without no_new_privs: the program's process loads its filter while it holds
     # CAP_SYS_ADMIN in the sandbox's user namespace, rootless too — sequence.last_steps, pid1.c)
-    if plan.landlock:
-        raise LaunchError("landlock: not implemented yet in this version; refusing to run without it")
+    landlock_check(plan)
     pid1_reach_check(plan.capabilities)
+
+
+def landlock_check(plan) -> None:
+    """The profile's Landlock ABI (sandbox/landlock.py): refused below it (exit 125)."""
+    from . import landlock
+    try:
+        landlock.check(plan)
+    except landlock.LandlockError as e:
+        raise LaunchError(str(e)) from None
 
 
 def pid1_reach_check(caps) -> None:

@@ -176,6 +176,17 @@ static int landlock_confine(void)
     return r < 0 ? -1 : 0;
 }
 
+/* The profile's Landlock ruleset (sandbox/landlock.py built it after pivot_root; the PROGRAM
+ * section names its descriptor): the program's process enters it instead. 0, or -1 with errno. */
+static int landlock_enter(int ruleset, uint32_t flags)
+{
+    long r = syscall(SYS_landlock_restrict_self, ruleset, flags);
+    int e = errno;
+    close(ruleset);
+    errno = e;
+    return r < 0 ? -1 : 0;
+}
+
 /* ---- PID 1's own seccomp filter ------------------------------------------------------------------
  * Installed once PID 1 holds no privilege (no_new_privs set) and before it releases the program:
  * from then on PID 1 may only do what main() does below — write its report and the "G", read the
@@ -249,7 +260,7 @@ static int pid1_seccomp(void)                   /* needs no_new_privs (drop_priv
  * Only the PROGRAM section (tag 2) is read here: flags u32 (P_*), uid u32, gid u32, ngroups u32,
  * groups u32[ngroups], nrlimits u32, (resource u32, soft i64, hard i64, name str)[nrlimits], cwd str,
  * capabilities kept u64, bpf (u32 length, bytes), argc u32, argv str[argc], envc u32,
- * env str[envc]; str = u32 length + bytes. Another magic or version, a section beyond the message,
+ * env str[envc], Landlock ruleset descriptor i32 (-1: none), landlock_restrict_self flags u32; str = u32 length + bytes. Another magic or version, a section beyond the message,
  * an unknown tag, or no PROGRAM section: the program does not start (SETUP, exit 125). */
 
 struct blob { const unsigned char *p; size_t left; int bad; };
@@ -517,6 +528,8 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     char **ev = calloc((size_t)envc + 1, sizeof(char *));
     for (uint32_t i = 0; ev && i < envc && !b.bad; i++)
         ev[i] = take_str(&b);
+    int ruleset = (int)take_u32(&b);              /* the profile's Landlock ruleset (-1: none) */
+    uint32_t ruleset_flags = take_u32(&b);
     if (b.bad || !av || !ev || !argc) {
         errno = EINVAL;
         setup_fail("the program's parameters");
@@ -541,7 +554,10 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
     /* out of reach of PID 1 (see landlock_confine), while it still holds CAP_SYS_ADMIN in the
      * namespace (landlock_restrict_self needs it or no_new_privs, which a profile may not want).
      * No Landlock: the launcher refused a program that would keep CAP_SYS_PTRACE (checked again) */
-    if (flags & P_LANDLOCK ? landlock_confine() < 0 : (keep >> CAP_SYS_PTRACE & 1) != 0) {
+    if (ruleset >= 0) {        /* the profile's rules, built by init.landlock_rules (they scope too) */
+        if (landlock_enter(ruleset, ruleset_flags) < 0)
+            setup_fail("landlock (the profile's rules)");
+    } else if (flags & P_LANDLOCK ? landlock_confine() < 0 : (keep >> CAP_SYS_PTRACE & 1) != 0) {
         if (!(flags & P_LANDLOCK))
             errno = ENOSYS;
         setup_fail("landlock (keeps pid 1 out of the program's reach)");

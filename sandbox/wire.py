@@ -440,6 +440,8 @@ class ProgramSpec:
     bpf: bytes
     argv: tuple
     env: dict
+    ruleset: int = -1          # a Landlock ruleset's descriptor to enter (sandbox/landlock.py; -1: none)
+    ruleset_flags: int = 0     # landlock_restrict_self's flags
 
 
 _P_FLAGS = (("new_session", P_NEW_SESSION), ("set_ids", P_SET_IDS), ("setgroups", P_SETGROUPS),
@@ -465,4 +467,5 @@ def encode_program(spec: ProgramSpec) -> bytes:
     out += [_str(spec.cwd), struct.pack("<QI", spec.keep, len(bpf)), bpf, struct.pack("<I", len(spec.argv))]
     out += [_str(a) for a in spec.argv]
     out += [struct.pack("<I", len(env))] + [_str(f"{k}={v}") for k, v in env.items()]
+    out += [struct.pack("<iI", spec.ruleset, spec.ruleset_flags)]
     return encode([(T_PROGRAM, b"".join(out))])

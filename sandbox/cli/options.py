@@ -53,6 +53,8 @@ def overrides_options(f):
         click.option("--keep", is_flag=True, help="Keep the writable layer after the run."),
         click.option("--storage-opt", "storage_opt", multiple=True, metavar="size=SIZE",
                      help="Size limit of an image's writable layer (default 2G; docs/images.md)."),
+        click.option("--isolation", type=click.Choice(["namespaces", "landlock"]), default=None,
+                     help="The backend: namespaces, or landlock (namespace-free; docs/security.md)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -72,7 +74,7 @@ def overrides_from(kw: dict, argv=()) -> Overrides:
         device_read_iops=kw["device_read_iops"], device_write_iops=kw["device_write_iops"],
         ulimits=kw["ulimits"], security_opt=kw["security_opt"], image=kw["image"], keep=kw["keep"],
         storage_opt=kw.get("storage_opt", ()), user=kw["user"], group_add=kw["group_add"], user_db=_user_db,
-        profile_path=kw["profile_path"])
+        profile_path=kw["profile_path"], isolation=kw.get("isolation"))
 
 
 _USER_DBS: list = []            # the ones this compile read (their files: the plan cache's deps)

@@ -29,28 +29,101 @@ def gc_on() -> None:
 def launch(plan, bpf, argv, runopts) -> int:
     """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
     gc_on()
+    if plan.backend is not None or plan.isolation != "namespaces":
+        code = _ladder(plan, bpf, argv, runopts)     # the backend ladder (sandbox/launch/nsfree.py)
+        if code is not None:
+            return code
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
-    from audit.session import open_session   # audit log + stderr summary + syslog
-    try:
-        sess = open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
-                            log_path=runopts.get("audit_log"))
-    except OSError as e:
-        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+    sess = _session(plan, runopts)            # audit log + stderr summary + syslog
+    if sess is None:
         return 125
+    watch = _LandlockAudit(sess.emit, plan)
     try:
         result = launch_plan(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
-                             on_event=sess.emit)
+                             on_event=watch.on_event)
     except LaunchError as e:
         err(f"pysandbox: {e}")
+        watch.stop()
         sess.close()
         return e.code
+    watch.stop()
     if result.message:
-        err(result.message)
+        err(_no_namespaces(plan) if result.message.startswith("pysandbox: namespaces: cannot create") else
+            result.message)
     code = result.exit_code
     sess.close()
     return code
+
+
+def _session(plan, runopts):
+    """The run's audit session, or None (said on stderr) when it cannot be opened."""
+    from audit.session import open_session
+    try:
+        return open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
+                            log_path=runopts.get("audit_log"))
+    except OSError as e:
+        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
+        return None
+
+
+class _LandlockAudit:
+    """The run's Landlock denials as audit events (sandbox/landlock.py, DenialWatch), where the
+    kernel's audit is enabled: started at sandbox_start, attributed by the sandbox's pid namespace."""
+
+    def __init__(self, emit, plan):
+        self.emit, self.watch = emit, None
+        self.on = plan.landlock is not None and plan.landlock.filesystem or False
+
+    def on_event(self, type, **fields):
+        out = self.emit(type, **fields)
+        if type == "sandbox_start" and self.on and self.watch is None and fields.get("pid"):
+            from .. import landlock
+            if landlock.audit_enabled():
+                try:
+                    self.watch = landlock.DenialWatch(self.emit, landlock.pidns_of(fields["pid"]))
+                except OSError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+
+
+def _no_namespaces(plan) -> str:
+    """The namespaces backend could not start: say what is missing and what lighter isolation the
+    user could accept (sandbox/launch/nsfree.py), when user namespaces are what failed."""
+    from ..launch import nsfree
+    backend, why = nsfree.choose(plan)
+    return f"pysandbox: {why}" if backend is None else "pysandbox: namespaces: cannot create them"
+
+
+def _ladder(plan, bpf, argv, runopts):
+    """The namespace-free backend when the plan accepts or forces it and gets it: its exit code;
+    None: today's launch (namespaces)."""
+    from ..launch import nsfree
+    backend, why = nsfree.choose(plan)
+    if backend == nsfree.NAMESPACES:
+        return None
+    if backend is None:
+        err(f"pysandbox: {why}")
+        return 125
+    if runopts.get("detach") or runopts.get("tty"):
+        err("pysandbox: run -d and -t need the namespaces backend (isolation landlock: " + why + ")")
+        return 125
+    sess = _session(plan, runopts)
+    if sess is None:
+        return 125
+    try:
+        from ..launcher import build_env
+        return nsfree.run(plan, bpf, argv, build_env(plan), on_event=sess.emit, sandbox_id=sess.sandbox_id)
+    except (nsfree.NsfreeError, OSError, ValueError) as e:
+        err(f"pysandbox: isolation landlock: {e}")
+        return 125
+    finally:
+        sess.close()
 
 
 def _run_special(plan, bpf, argv, runopts) -> int:

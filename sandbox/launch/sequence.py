@@ -162,6 +162,8 @@ def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False) -> 
         if not built:
             step = "root filesystem"
             init.build_root(plan, ctx, ctx.rootless)   # loopback, rootfs.prepare, pivot_root, finish
+        step = "landlock"
+        init.landlock_rules(plan)                  # the profile's ruleset, paths as the program sees them
     except Exception as e:                         # reported by PID 1 as a set-up failure (exit 125)
         os.write(err_w, f"SETUP {init.describe(e, step)}".replace("\n", " ").encode())
         os._exit(125)
@@ -182,7 +184,8 @@ def last_steps(spec: "wire.ProgramSpec", err_w: int, *, go_r: "int | None" = Non
         # keep only what the last steps use (descriptors inherited from a busy supervisor could
         # exceed the program's RLIMIT_NOFILE before it even starts)
         _sys.close_all_but((err_w, go_r, listener_sock.fileno() if listener_sock is not None else None,
-                            console.fileno() if console is not None else None))
+                            console.fileno() if console is not None else None,
+                            spec.ruleset if spec.ruleset >= 0 else None))
         if console is not None:
             stage = "tty"
             init.console_terminal(console)          # run -t: a pty of the sandbox's devpts, our terminal

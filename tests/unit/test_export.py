@@ -265,7 +265,7 @@ def test_oci_root_directory_and_user_mounts():
 
 
 def test_oci_losses_fail_closed_controls():
-    p = strict_like_plan(landlock=True, namespaces=P.Namespaces(time=True),
+    p = strict_like_plan(landlock=P.Landlock(filesystem=True), namespaces=P.Namespaces(time=True),
                          network=P.Network(mode="appnet", egress_default="deny"),
                          process=replace(strict_like_plan().process, timeout=5.0),
                          limits=P.Limits(device_write_iops=(P.DeviceRate("/dev/unknown", 10),)))
