@@ -198,6 +198,9 @@ class Launch:
         self.clone = None
         self.clone_flags = None
         self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)
+        # before_release(pid): called by release() before "G" (pysandbox-runtime: the OCI `create`
+        # holds the set-up sandbox here until `start`, sandbox/runtime/monitor.py); may raise LaunchError
+        self.before_release = None
 
     def start(self) -> bool:
         """Set up and release the sandbox: the supervisor's half of the launch sequence
@@ -313,6 +316,8 @@ class Launch:
     def release(self, pid: int) -> None:
         """"G" on PID 1's go pipe; the deadline starts."""
         self.step = "release"
+        if self.before_release is not None:
+            self.before_release(pid)
         self.pidfd = _sys.pidfd_open(pid)
         try:
             os.write(self._go_w, b"G")
