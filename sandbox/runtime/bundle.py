@@ -56,6 +56,7 @@ class Bundle:
     terminal: bool = False
     annotations: dict = field(default_factory=dict)
     audit_log: "str | None" = None
+    umask: "int | None" = None                          # set in the monitor, inherited by PID 1
 
 
 def _get(d, key, kind, where):
@@ -139,7 +140,7 @@ def translate(cfg: dict, bundle_dir: str) -> Bundle:
     if proc.get("ioPriority") or proc.get("scheduler") or proc.get("execCPUAffinity"):
         raise BundleError("config.json: process.ioPriority/scheduler/execCPUAffinity: not supported")
     return Bundle(bundle_dir, plan, hooks, join, oom, sysctl, bool(proc.get("terminal")), dict(annotations),
-                  annotations.get(ANNOTATION_AUDIT_LOG))
+                  annotations.get(ANNOTATION_AUDIT_LOG), (proc.get("user") or {}).get("umask"))
 
 
 def _strings(d: dict, key: str, where: str = "linux.") -> list:
@@ -195,8 +196,9 @@ def _user(proc: dict, linux: dict, ns) -> P.User:
         raise BundleError("config.json: process.user: must be an object")
     if u.get("username"):
         raise BundleError("config.json: process.user.username: Windows only")
-    if u.get("umask") is not None:
-        raise BundleError("config.json: process.user.umask: not supported")
+    um = u.get("umask")
+    if um is not None and (isinstance(um, bool) or not isinstance(um, int) or not 0 <= um <= 0o777):
+        raise BundleError("config.json: process.user.umask: must be 0..0777")
     uid, gid = u.get("uid", 0), u.get("gid", 0)
     groups = u.get("additionalGids") or []
     for what, v in (("uid", uid), ("gid", gid), *((f"additionalGids", g) for g in groups)):

@@ -108,6 +108,8 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             raise LaunchError(f"linux.namespaces: cannot join {path}: {e.strerror}") from None
         finally:
             os.close(fd)
+    if bundle.umask is not None:
+        os.umask(bundle.umask)
     console = None
     if bundle.terminal:
         if not console_socket:
