@@ -332,7 +332,7 @@ def _process(proc: dict, cfg: dict) -> P.Process:
     if cfg.get("domainname"):
         raise BundleError("config.json: domainname: not supported")
     return P.Process(argv=tuple(args), cwd=cwd, env_set=tuple(env), hostname=hostname,
-                     rlimits=tuple(sorted(rl, key=lambda r: r.name)), new_session=not proc.get("terminal"))
+                     rlimits=tuple(sorted(rl, key=lambda r: r.name)))
 
 
 def _devices(linux: dict) -> None:

@@ -110,20 +110,17 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             os.close(fd)
     if bundle.umask is not None:
         os.umask(bundle.umask)
-    console = None
-    if bundle.terminal:
+    stdio = (None, None, None)
+    if bundle.terminal:                            # the pty master to the engine before create returns
         if not console_socket:
             raise LaunchError("process.terminal: needs --console-socket")
-        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            console.connect(console_socket)
-        except OSError as e:
-            raise LaunchError(f"--console-socket {console_socket}: {e.strerror}") from None
+        stdio = _console(console_socket)
     elif console_socket:
         raise LaunchError("--console-socket: given, but process.terminal is false")
     from audit.session import open_session
     sess = open_session(os.urandom(6).hex(), cid, bundle.plan.name, log_path=bundle.audit_log, summary=False)
-    run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, console=console)
+    run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, stdin=stdio[0],
+                 stdout=stdio[1], stderr=stdio[2])
     fifo = os.path.join(_state.container_dir(root, cid), "exec.fifo")
     me = os.getpid()
 
@@ -200,11 +197,32 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     finally:
         result = run.finish()
         st.update(status="stopped", exit_code=result.exit_code, signal=result.signal)
+        if result.message and result.exit_code in (125, 126, 127):
+            st["error"] = result.message.removeprefix("pysandbox: ")
         _state.save(root, cid, st)
         if result.message and result.exit_code in (125, 126, 127):
             log(result.message.removeprefix("pysandbox: "))
         sess.close()
     return result.exit_code
+
+
+def _console(path: str) -> tuple:
+    """process.terminal: a pty whose master goes to the engine's console socket now (SCM_RIGHTS,
+    as runc and crun send it during create); its slave is the program's stdin, stdout and stderr.
+    The pty is the host's devpts (the sandbox's own is mounted only after the release, when `create`
+    has returned), and the program has no controlling terminal (a session of its own, as every
+    sandboxed program: no TIOCSTI into a terminal it shares)."""
+    from ..launcher import LaunchError
+    master, slave = os.openpty()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            socket.send_fds(s, [os.ttyname(slave).encode()], [master])
+    except OSError as e:
+        raise LaunchError(f"--console-socket {path}: {e.strerror}") from None
+    finally:
+        os.close(master)
+    return (slave, slave, slave)
 
 
 def _write_sysctl(pid: int, key: str, value: str, ns: str) -> None:
