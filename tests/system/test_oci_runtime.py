@@ -472,3 +472,42 @@ def test_delete_force_of_a_created_container(rt, bundle):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert "hello-oci" not in rt.output()
+
+
+# --- rootless ------------------------------------------------------------------------------------
+
+def test_rootless_lifecycle(tmp_path, user_runner):
+    """The unprivileged test user runs a `crun spec --rootless` bundle (user namespace mapping its
+    own uid and gid to 0) through create, start, state, delete."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo rootless-ok; id -u"])
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"].pop("resources", None)
+    edit_config(b, edit)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args):
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e,
+                                  env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    for args in (("create", "--bundle", str(b), "r1"), ("start", "r1")):
+        r = rt(*args)
+        assert r.returncode == 0, (out / "stderr").read_text()
+    deadline = time.monotonic() + 30
+    while True:
+        r = subprocess.run([RUNTIME, "--root", root, "state", "r1"], capture_output=True, text=True, env=env,
+                           user=u.uid, group=u.gid, extra_groups=[])
+        if json.loads(r.stdout)["status"] == "stopped":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert rt("delete", "r1").returncode == 0
+    assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
