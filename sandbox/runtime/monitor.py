@@ -99,7 +99,7 @@ def _remove(d: str) -> None:
 
 
 def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log) -> int:
-    from ..launcher import Launch, LaunchError
+    from ..launcher import FORWARDED, Launch, LaunchError
     for t, path in bundle.join.items():               # namespaces joined by path: inherited by PID 1
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -170,14 +170,8 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
 
     run.before_release = hold
 
-    def forward(sig, _frame):
-        if run.pid:
-            try:
-                os.kill(run.pid, sig)
-            except ProcessLookupError:
-                pass
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, forward)
+    for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
+        signal.signal(sig, run.forward)
     if not run.start():
         msg = run.result.message or "the container could not be created"
         _tell(ready_w, "ERR " + msg.removeprefix("pysandbox: "))
