@@ -498,16 +498,19 @@ def test_rootless_lifecycle(tmp_path, user_runner):
         with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
             return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e,
                                   env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
-    for args in (("create", "--bundle", str(b), "r1"), ("start", "r1")):
-        r = rt(*args)
-        assert r.returncode == 0, (out / "stderr").read_text()
-    deadline = time.monotonic() + 30
-    while True:
-        r = subprocess.run([RUNTIME, "--root", root, "state", "r1"], capture_output=True, text=True, env=env,
-                           user=u.uid, group=u.gid, extra_groups=[])
-        if json.loads(r.stdout)["status"] == "stopped":
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert rt("delete", "r1").returncode == 0
-    assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
+    try:
+        for args in (("create", "--bundle", str(b), "r1"), ("start", "r1")):
+            r = rt(*args)
+            assert r.returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run([RUNTIME, "--root", root, "state", "r1"], capture_output=True, text=True, env=env,
+                               user=u.uid, group=u.gid, extra_groups=[])
+            if json.loads(r.stdout)["status"] == "stopped":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "r1").returncode == 0
+        assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
+    finally:
+        rt("delete", "--force", "r1")              # nothing stays running after a failure
