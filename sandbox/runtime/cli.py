@@ -18,11 +18,12 @@ import time
 from . import state as _state
 
 VERSION = "0.1.0"
-UNSUPPORTED = ("exec", "ps", "update", "checkpoint", "restore", "pause", "resume", "events", "run", "list",
+UNSUPPORTED = ("ps", "update", "checkpoint", "restore", "pause", "resume", "events", "run", "list",
                "spec", "exec-cpu-affinity")
 USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
          "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
-         "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version")
+         "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
+         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] ID [CMD...]")
 
 
 class Usage(Exception):
@@ -52,15 +53,15 @@ class Ctx:
                 pass
 
 
-def _opts(args: list, flags: dict) -> tuple:
+def _opts(args: list, flags: dict, first_positional_ends: bool = False) -> tuple:
     """Parse --name VALUE / --name=VALUE / --flag options (flags: name -> takes a value); the rest
     are positional. Unknown options: Usage."""
     out, pos = {}, []
     i = 0
     while i < len(args):
         a = args[i]
-        if a == "--":
-            pos += args[i + 1:]
+        if a == "--" or (first_positional_ends and pos):
+            pos += args[i + 1:] if a == "--" else args[i:]
             break
         if a.startswith("-") and len(a) > 1 and not (pos and a[1:].isdigit()):
             name, eq, val = a.lstrip("-").partition("=")
@@ -135,7 +136,7 @@ def _main(ctx: Ctx, argv: list) -> int:
         raise Usage("no command")
     cmd, args = argv[0], argv[1:]
     if cmd in UNSUPPORTED:
-        ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, features)")
+        ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, exec, features)")
         return 1
     fn = COMMANDS.get(cmd)
     if fn is None:
@@ -290,6 +291,26 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
     return 0
 
 
+def cmd_exec(ctx: Ctx, args: list) -> int:
+    o, pos = _opts(args, {"process": True, "p": True, "pid-file": True, "detach": False, "d": False,
+                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": True,
+                          "user": True, "u": True}, first_positional_ends=True)
+    for unsupported in ("cwd", "env", "user", "u"):
+        if unsupported in o:
+            ctx.log(f"exec --{unsupported}: not supported (give a --process file)")
+            return 1
+    if not pos:
+        raise Usage("exec: needs the container id")
+    cid = _state.check_id(pos[0])
+    process = o.get("process") or o.get("p")
+    if not process and len(pos) < 2:
+        raise Usage("exec: needs --process FILE or a command after the id")
+    from .execproc import exec_process
+    return exec_process(ctx.root, cid, process, pos[1:], pid_file=o.get("pid-file"),
+                        detach=bool(o.get("detach") or o.get("d")), console_socket=o.get("console-socket"),
+                        log=ctx.log)
+
+
 def cmd_features(ctx: Ctx, args: list) -> int:
     from .bundle import HOOK_KINDS, SUPPORTED_HOOKS, NS_FIELDS, OK_OPTIONS
     from policies.plan import CAPABILITIES
@@ -312,4 +333,4 @@ def cmd_features(ctx: Ctx, args: list) -> int:
 
 
 COMMANDS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
-            "delete": cmd_delete, "features": cmd_features}
+            "delete": cmd_delete, "features": cmd_features, "exec": cmd_exec}

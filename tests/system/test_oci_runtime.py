@@ -354,7 +354,7 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
 
 
 def test_must_not_supported_operations_fail_clearly(rt):
-    for cmd in ("exec", "ps", "update", "checkpoint", "pause"):
+    for cmd in ("ps", "update", "checkpoint", "pause", "restore"):
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode != 0 and "not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--systemd-cgroup", "--root", rt.root, "state", "x"], capture_output=True, text=True)
@@ -514,3 +514,31 @@ def test_rootless_lifecycle(tmp_path, user_runner):
         assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
     finally:
         rt("delete", "--force", "r1")              # nothing stays running after a failure
+
+
+def test_exec_joins_the_running_container(rt, tmp_path):
+    """exec: a process in the container's namespaces (its pid namespace: PID 1 is the sandbox's),
+    with config.json's user, capabilities and seccomp filter; its exit status is exec's; --process
+    (podman's form) with another user; a stopped container refuses it."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    rt("create", "--bundle", str(b), "x1", check=True)
+    rt("start", "x1", check=True)
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "x1", "/bin/sh", "-c",
+                        "cat /proc/1/cmdline; echo; grep Seccomp: /proc/self/status; hostname; exit 4"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.splitlines()[0].startswith("pysandbox-init")          # the sandbox's PID 1
+    assert "Seccomp:\t2" in r.stdout
+    proc = tmp_path / "process.json"
+    proc.write_text(json.dumps({"args": ["/bin/id", "-u"], "cwd": "/", "user": {"uid": 1000, "gid": 1000},
+                                "env": ["PATH=/bin"]}))
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "--process", str(proc), "x1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "1000", r.stderr
+    rt("kill", "x1", "KILL", check=True)
+    rt.wait_status("x1", "stopped")
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "x1", "/bin/true"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not running" in r.stderr
+    rt("delete", "x1", check=True)

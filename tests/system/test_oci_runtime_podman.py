@@ -68,8 +68,13 @@ def test_podman_detached_stop_rm(podman):
     cid = r.stdout.strip()
     r = podman("inspect", "--format", "{{.State.Status}}", cid)
     assert r.stdout.strip() == "running"
-    r = podman("exec", cid, "/bin/true")           # not implemented: a clear error, nothing else
-    assert r.returncode != 0 and "exec: not supported" in r.stderr
+    r = podman("exec", cid, "/bin/sh", "-c", "echo in-exec; id -u; exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout.split() == ["in-exec", "0"]
+    r = podman("exec", "-u", "1000", cid, "/bin/id", "-u")
+    assert r.returncode == 0 and r.stdout.strip() == "1000", r.stderr
+    r = podman("exec", "-t", cid, "/bin/sh", "-c", "test -t 0 && echo on-a-tty")
+    assert r.returncode == 0 and "on-a-tty" in r.stdout, r.stderr
     r = podman("stop", "-t", "5", cid)
     assert r.returncode == 0, r.stderr
     r = podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", cid)
