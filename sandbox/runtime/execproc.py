@@ -95,8 +95,9 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
     spec = _spec(plan.to_dict(), plan.process.argv, env, plan.process.cwd, bpf, os.geteuid() != 0, False)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+    import prctl
+    prctl.set_dumpable(False)                          # (as execin's) before anything joins the sandbox
     if not detach:                                     # the process is reparented to us: its status
-        import prctl
         prctl.set_child_subreaper(1)
     joiner = os.fork()
     if joiner == 0:                                    # cgroups, namespaces, then the process
