@@ -7,9 +7,10 @@ program's last steps (sequence.last_steps, from execin's ProgramSpec: capabiliti
 rlimits, no_new_privs, the seccomp filter, Landlock).
 
     exec (the engine's child) -> joiner (cgroups, setns) -> the process (pid namespace: a fork)
-The joiner exits once the process runs (--detach: exec exits too, the process is reparented to
-the engine's subreaper, which waits for it); without --detach exec is the subreaper, waits and
-exits with its status. With no --process, the arguments after ID replace config.json's args."""
+The joiner stays the process's parent (its parent-death signal is armed by the last steps),
+forwards signals and exits with its status: its pid is the one in --pid-file (--detach: exec
+returns once the process runs, and the joiner is reparented to the engine's subreaper, which
+waits for it); without --detach exec waits for the joiner and exits with its status. With no --process, the arguments after ID replace config.json's args."""
 from __future__ import annotations
 
 import json
@@ -52,6 +53,7 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
     from .. import seccomp
     from ..execin import NS_ORDER, _spec
     from ..launch import sequence                     # everything imported before setns
+    from ..launcher import FORWARDED
     pid1, start = st.get("sandbox_pid"), st.get("sandbox_pid_start")
     pidfd = procid.open_pidfd(pid1, start)
     if pidfd is None:
@@ -94,15 +96,11 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     spec = _spec(plan.to_dict(), plan.process.argv, env, plan.process.cwd, bpf, os.geteuid() != 0, False)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
     import prctl
     prctl.set_dumpable(False)                          # (as execin's) before anything joins the sandbox
-    if not detach:                                     # the process is reparented to us: its status
-        prctl.set_child_subreaper(1)
     joiner = os.fork()
     if joiner == 0:                                    # cgroups, namespaces, then the process
         os.close(err_r)
-        os.close(pid_r)
         try:
             for d in cgroups:
                 with open(os.path.join(d, "cgroup.procs"), "w") as f:
@@ -116,23 +114,30 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
             os.write(err_w, f"SETUP cannot join the container: {e.strerror or e}".encode())
             os._exit(125)
         if child == 0:
-            os.close(pid_w)
             if stdio is not None:
                 for n in (0, 1, 2):
                     os.dup2(stdio[0], n)
             os.setsid()
             sequence.last_steps(spec, err_w)           # never returns
-        os.write(pid_w, str(child).encode())
-        os._exit(0)
+        # the process's parent while it runs (its parent-death signal is armed): what the engine
+        # waits for (pid file), exiting with its status; signals forwarded
+        os.close(err_w)
+        for sig in FORWARDED:
+            signal.signal(sig, lambda s, _f: os.kill(child, s))
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.WIFSIGNALED(status):
+            os._exit(128 + os.WTERMSIG(status))
+        os._exit(os.WEXITSTATUS(status))
     os.close(err_w)
-    os.close(pid_w)
     for _, fd in nsfds:
         os.close(fd)
     if stdio is not None:
         os.close(stdio[0])
-    child = os.read(pid_r, 32)
-    os.close(pid_r)
-    os.waitpid(joiner, 0)
     report = b""
     while True:                                        # end of file: the process exec'd (or died)
         chunk = os.read(err_r, 4096)
@@ -140,20 +145,20 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
             break
         report += chunk
     os.close(err_r)
-    if not child or report:
-        log(f"exec: {report.decode(errors='replace') or 'the process could not be started'}")
-        return 126 if report and not report.startswith(b"SETUP") else 125
-    pid = int(child)
+    if report:
+        log(f"exec: {report.decode(errors='replace')}")
+        os.waitpid(joiner, 0)
+        return 125 if report.startswith(b"SETUP") else 126
     if pid_file:
         from ..fsutil import atomic_write
-        atomic_write(pid_file, str(pid), mode=0o644, fsync=False)
+        atomic_write(pid_file, str(joiner), mode=0o644, fsync=False)
     if detach:
         return 0
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: os.kill(pid, s))
+    for sig in FORWARDED:
+        signal.signal(sig, lambda s, _f: os.kill(joiner, s))
     while True:
         try:
-            _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(joiner, 0)
             break
         except InterruptedError:
             continue
