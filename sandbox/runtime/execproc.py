@@ -124,15 +124,7 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
         os.close(err_w)
         for sig in FORWARDED:
             signal.signal(sig, lambda s, _f: os.kill(child, s))
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        if os.WIFSIGNALED(status):
-            os._exit(128 + os.WTERMSIG(status))
-        os._exit(os.WEXITSTATUS(status))
+        os._exit(_exit_code(child))
     os.close(err_w)
     for _, fd in nsfds:
         os.close(fd)
@@ -156,9 +148,14 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
         return 0
     for sig in FORWARDED:
         signal.signal(sig, lambda s, _f: os.kill(joiner, s))
+    return _exit_code(joiner)
+
+
+def _exit_code(pid: int) -> int:
+    """Wait for the child pid: its exit status, 128+N when killed by signal N."""
     while True:
         try:
-            _, status = os.waitpid(joiner, 0)
+            _, status = os.waitpid(pid, 0)
             break
         except InterruptedError:
             continue
