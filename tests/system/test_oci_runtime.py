@@ -542,3 +542,22 @@ def test_exec_joins_the_running_container(rt, tmp_path):
     r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "x1", "/bin/true"], capture_output=True, text=True)
     assert r.returncode != 0 and "not running" in r.stderr
     rt("delete", "x1", check=True)
+
+
+def test_resources_pids_limit_is_enforced(rt, tmp_path):
+    """linux.resources.pids.limit through sandbox/cgroups: the 9th process of a limit of 8 cannot
+    be forked; below the limit forks work."""
+    script = ("i=0; while [ $i -lt 4 ]; do sleep 30 & i=$((i+1)); done; echo four-ok; "
+              "i=0; while [ $i -lt 12 ]; do sleep 30 & i=$((i+1)); done; echo done")
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
+    edit_config(b, lambda c: c["linux"].update(resources={"pids": {"limit": 8}}))
+    rt("create", "--bundle", str(b), "pl1", check=True)
+    rt("start", "pl1", check=True)
+    deadline = time.monotonic() + 30
+    while "done" not in rt.output() and rt.status("pl1") != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rt("delete", "--force", "pl1", check=True)
+    out = rt.output()
+    assert "four-ok" in out
+    assert "done" not in out and "can't fork" in rt.err()
