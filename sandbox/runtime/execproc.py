@@ -38,7 +38,7 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
                 proc = json.loads(f.read(MAX_PROCESS))
         else:
             proc = dict(cfg.get("process") or {}, args=args, terminal=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         log(f"exec: {getattr(e, 'strerror', None) or e}")
         return 1
     if not isinstance(proc, dict) or not isinstance(cfg, dict):

@@ -37,7 +37,7 @@ NS_FLAGS = {"network": "CLONE_NEWNET", "ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWU
 def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socket: "str | None", log) -> int:
     """Fork the monitor and wait until the container is created (or failed). Returns the exit code."""
     d = _state.container_dir(root, cid)
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    _state.check_root(root, create=True)
     try:
         os.mkdir(d, 0o700)
     except FileExistsError:

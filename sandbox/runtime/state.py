@@ -30,6 +30,20 @@ def default_root() -> str:
                         "pysandbox-runtime")
 
 
+def check_root(root: str, create: bool = False) -> None:
+    """The --root directory: made 0700 when `create`; ours and writable by no one else, else
+    refused (a rootless default below /tmp could have been made by another user first)."""
+    import stat
+    if create:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise StateError(f"--root {root}: not a directory of uid {os.geteuid()} writable by it alone")
+
+
 def check_id(cid: str) -> str:
     if not ID_RE.match(cid or ""):
         raise StateError(f"container id {cid!r}: letters, digits, and _ . + - (at most 128)")
@@ -41,6 +55,7 @@ def container_dir(root: str, cid: str) -> str:
 
 
 def load(root: str, cid: str) -> dict:
+    check_root(root)
     path = os.path.join(container_dir(root, cid), "state.json")
     try:
         with open(path, "rb") as f:

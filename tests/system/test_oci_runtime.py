@@ -561,3 +561,19 @@ def test_resources_pids_limit_is_enforced(rt, tmp_path):
     out = rt.output()
     assert "four-ok" in out
     assert "done" not in out and "can't fork" in rt.err()
+
+
+def test_root_directory_of_another_user_is_refused(tmp_path, rt, bundle):
+    """--root made by someone else (a rootless default below /tmp made first by another user), or
+    writable by others: refused, nothing created in it."""
+    d = tmp_path / "others"
+    d.mkdir()
+    os.chown(d, 1001, 1001)
+    r = subprocess.run([RUNTIME, "--root", str(d), "create", "--bundle", str(bundle), "o1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "--root" in r.stderr
+    assert os.listdir(d) == []
+    os.chown(d, 0, 0)
+    os.chmod(d, 0o777)
+    r = subprocess.run([RUNTIME, "--root", str(d), "state", "o1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "writable by it alone" in r.stderr
