@@ -34,6 +34,9 @@ EXIT_TIMEOUT = 124
 # sandboxes start from (the caller's), restored in PID 1.
 CHILD_NOFILE = None
 
+# the signals a foreground supervisor forwards to PID 1 (Launch.forward)
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
 # Stale cgroups (of SIGKILLed supervisors) are looked for at the first launch of a process, then at
 # most every RECLAIM_EVERY seconds: a launch server starting many sandboxes need not rescan each time.
 RECLAIM_EVERY = 30.0
@@ -202,6 +205,9 @@ class Launch:
         self.clone = None
         self.clone_flags = None
         self.maps_done = False   # set by `clone`: the id maps were written for PID 1 already (a spare's)
+        # before_release(pid): called by release() before "G" (pysandbox-runtime: the OCI `create`
+        # holds the set-up sandbox here until `start`, sandbox/runtime/monitor.py); may raise LaunchError
+        self.before_release = None
 
     def start(self) -> bool:
         """Set up and release the sandbox: the supervisor's half of the launch sequence
@@ -353,6 +359,8 @@ class Launch:
     def release(self, pid: int) -> None:
         """"G" on PID 1's go pipe; the deadline starts."""
         self.step = "release"
+        if self.before_release is not None:
+            self.before_release(pid)
         self.pidfd = _sys.pidfd_open(pid)
         try:
             os.write(self._go_w, b"G")
@@ -444,6 +452,14 @@ class Launch:
     def kill(self) -> None:
         if self.pid:
             _kill(self.pid, self.cg)
+
+    def forward(self, sig: int, _frame=None) -> None:
+        """A signal handler: the signal to PID 1 (which forwards it to the program)."""
+        if self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def wait(self) -> None:
         """Block until PID 1 has ended, enforcing the deadline (poll on the pidfd: any thread)."""
@@ -590,17 +606,10 @@ def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional
     run = Launch(plan, argv, bpf=bpf, sandbox_id=sandbox_id, name=name, on_event=on_event, stdin=stdin,
                  stdout=stdout, stderr=stderr, learn_plan=learn_plan, console=console)
     old_handlers = {}
-
-    def forward(sig, _frame):
-        if run.pid:
-            try:
-                os.kill(run.pid, sig)
-            except ProcessLookupError:
-                pass
     try:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
-                old_handlers[sig] = signal.signal(sig, forward)
+            for sig in FORWARDED:
+                old_handlers[sig] = signal.signal(sig, run.forward)
         if not run.start():
             return run.result
         run.wait()

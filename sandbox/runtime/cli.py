@@ -1,0 +1,336 @@
+"""pysandbox-runtime's command line, in the conventions runc and crun share (what podman, conmon and
+containerd's shim call):
+
+  pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
+    create --bundle DIR [--pid-file F] [--console-socket S] ID
+    start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version
+
+Errors: one line on stderr (and in --log, as JSON with --log-format json); exit 1 (2: usage).
+Lean on purpose: no click, nothing of the launcher until `create` needs it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from . import state as _state
+
+VERSION = "0.1.0"
+UNSUPPORTED = ("ps", "update", "checkpoint", "restore", "pause", "resume", "events", "run", "list",
+               "spec", "exec-cpu-affinity")
+USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
+         "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
+         "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
+         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] ID [CMD...]")
+
+
+class Usage(Exception):
+    pass
+
+
+class Ctx:
+    def __init__(self):
+        self.root = _state.default_root()
+        self.log_file = None
+        self.log_format = "text"
+
+    def log(self, msg: str, level: str = "error") -> None:
+        line = f"pysandbox-runtime: {msg}"
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        if self.log_file:
+            rec = (json.dumps({"level": level, "msg": msg, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                   if self.log_format == "json" else f"{level}: {msg}")
+            try:
+                with open(self.log_file, "a") as f:
+                    f.write(rec + "\n")
+            except OSError:
+                pass
+
+
+def _opts(args: list, flags: dict, first_positional_ends: bool = False) -> tuple:
+    """Parse --name VALUE / --name=VALUE / --flag options (flags: name -> takes a value); the rest
+    are positional. Unknown options: Usage."""
+    out, pos = {}, []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--" or (first_positional_ends and pos):
+            pos += args[i + 1:] if a == "--" else args[i:]
+            break
+        if a.startswith("-") and len(a) > 1 and not (pos and a[1:].isdigit()):
+            name, eq, val = a.lstrip("-").partition("=")
+            if name not in flags:
+                raise Usage(f"unknown option {a}")
+            if flags[name]:
+                if not eq:
+                    i += 1
+                    if i >= len(args):
+                        raise Usage(f"option --{name} needs a value")
+                    val = args[i]
+                out[name] = val
+            else:
+                out[name] = True
+        else:
+            pos.append(a)
+        i += 1
+    return out, pos
+
+
+def main(argv: "list | None" = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ctx = Ctx()
+    try:
+        code = _main(ctx, argv)
+    except Usage as e:
+        ctx.log(str(e))
+        sys.stderr.write(USAGE + "\n")
+        code = 2
+    except _state.StateError as e:
+        ctx.log(str(e))
+        code = 1
+    sys.exit(code)
+
+
+def _main(ctx: Ctx, argv: list) -> int:
+    # global options, before the command
+    while argv and argv[0].startswith("-"):
+        a = argv.pop(0)
+        name, eq, val = a.lstrip("-").partition("=")
+        if name in ("version", "v") and not eq:
+            print(f"pysandbox-runtime version {VERSION}\nspec: {_state.OCI_VERSION}")
+            return 0
+        if name in ("h", "help"):
+            print(USAGE)
+            return 0
+        if name == "systemd-cgroup":
+            ctx.log("--systemd-cgroup: not supported (pysandbox-runtime manages cgroupfs cgroups itself; "
+                    "configure the engine's cgroup manager as cgroupfs)")
+            return 1
+        if name in ("root", "log", "log-format", "rootless", "criu", "cgroup-manager"):
+            if not eq:
+                if not argv:
+                    raise Usage(f"option --{name} needs a value")
+                val = argv.pop(0)
+            if name == "root":
+                ctx.root = os.path.abspath(val)
+            elif name == "log":
+                ctx.log_file = val
+            elif name == "log-format":
+                if val not in ("text", "json"):
+                    raise Usage("--log-format: text or json")
+                ctx.log_format = val
+            elif name == "cgroup-manager" and val != "cgroupfs":
+                ctx.log(f"--cgroup-manager {val}: not supported (cgroupfs only)")
+                return 1
+            continue
+        if name == "debug":
+            continue
+        raise Usage(f"unknown global option {a}")
+    if not argv:
+        raise Usage("no command")
+    cmd, args = argv[0], argv[1:]
+    if cmd in UNSUPPORTED:
+        ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, exec, features)")
+        return 1
+    fn = COMMANDS.get(cmd)
+    if fn is None:
+        raise Usage(f"unknown command {cmd!r}")
+    return fn(ctx, args)
+
+
+def _one_id(pos: list, cmd: str, most: int = 1) -> str:
+    if not 1 <= len(pos) <= most:
+        raise Usage(f"{cmd}: needs the container id")
+    return _state.check_id(pos[0])
+
+
+def cmd_create(ctx: Ctx, args: list) -> int:
+    o, pos = _opts(args, {"bundle": True, "b": True, "pid-file": True, "console-socket": True,
+                          "no-pivot": False, "no-new-keyring": False, "preserve-fds": True})
+    cid = _one_id(pos, "create")
+    if o.get("no-pivot"):
+        ctx.log("create --no-pivot: not supported (the root is always pivoted)")
+        return 1
+    if o.get("preserve-fds") not in (None, "0"):
+        ctx.log("create --preserve-fds: not supported")
+        return 1
+    from .bundle import BundleError, load
+    try:
+        bundle = load(o.get("bundle") or o.get("b") or os.getcwd())
+    except BundleError as e:
+        ctx.log(str(e))
+        return 1
+    from . import monitor
+    return monitor.create(ctx.root, cid, bundle, pid_file=o.get("pid-file"),
+                          console_socket=o.get("console-socket"), log=ctx.log)
+
+
+def cmd_start(ctx: Ctx, args: list) -> int:
+    _, pos = _opts(args, {})
+    cid = _one_id(pos, "start")
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s != "created":
+        ctx.log(f"start: container {cid} is {s}, not created")
+        return 1
+    fifo = os.path.join(_state.container_dir(ctx.root, cid), "exec.fifo")
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        ctx.log(f"start: container {cid} is not waiting to start ({e.strerror})")
+        return 1
+    try:
+        os.write(fd, b"G")
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 120          # poststart hooks run before start returns
+    while time.monotonic() < deadline:
+        st = _state.load(ctx.root, cid)
+        if st.get("status") != "created" or _state.status(st) == "stopped":
+            return 0
+        time.sleep(0.002)
+    ctx.log(f"start: container {cid} did not report running")
+    return 1
+
+
+def cmd_state(ctx: Ctx, args: list) -> int:
+    _, pos = _opts(args, {})
+    cid = _one_id(pos, "state")
+    print(json.dumps(_state.oci_state(_state.load(ctx.root, cid)), indent=2))
+    return 0
+
+
+def parse_signal(s: str) -> int:
+    s = s.upper()
+    if s.isdigit():
+        n = int(s)
+    else:
+        name = s if s.startswith("SIG") else "SIG" + s
+        n = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
+        if n is None:
+            raise Usage(f"kill: unknown signal {s!r}")
+        n = int(n)
+    if not 1 <= n <= 64:
+        raise Usage(f"kill: signal {s} out of range")
+    return n
+
+
+def cmd_kill(ctx: Ctx, args: list) -> int:
+    _, pos = _opts(args, {"all": False, "a": False})
+    cid = _one_id(pos, "kill", 2)
+    sig = parse_signal(pos[1]) if len(pos) > 1 else signal.SIGTERM
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s not in ("created", "running"):
+        ctx.log(f"kill: container {cid} is {s}")
+        return 1
+    from .. import procid
+    # the sandbox's PID 1 (it forwards to the program; SIGKILL ends the whole pid namespace)
+    pidfd = procid.open_pidfd(st.get("sandbox_pid"), st.get("sandbox_pid_start"))
+    if pidfd is None:
+        pidfd = procid.open_pidfd(st.get("pid"), st.get("pid_start"))
+    if pidfd is None:
+        ctx.log(f"kill: container {cid} is stopped")
+        return 1
+    from .. import _sys
+    try:
+        _sys.pidfd_send_signal(pidfd, sig)
+    except OSError as e:
+        ctx.log(f"kill: {e.strerror}")
+        return 1
+    finally:
+        os.close(pidfd)
+    return 0
+
+
+def cmd_delete(ctx: Ctx, args: list) -> int:
+    o, pos = _opts(args, {"force": False, "f": False})
+    cid = _one_id(pos, "delete")
+    try:
+        st = _state.load(ctx.root, cid)
+    except _state.StateError:
+        if o.get("force") or o.get("f"):
+            return 0
+        raise
+    s = _state.status(st)
+    from .. import procid
+    if s != "stopped":
+        if not (o.get("force") or o.get("f")):
+            ctx.log(f"delete: container {cid} is {s} (stop it first, or --force)")
+            return 1
+        from .. import _sys
+        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")), (st.get("pid"), st.get("pid_start"))):
+            fd = procid.open_pidfd(pid, start)
+            if fd is not None:
+                try:
+                    _sys.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                os.close(fd)
+    deadline = time.monotonic() + 10           # the monitor cleans up (cgroup, mounts) as it ends
+    while procid.running(st.get("pid"), st.get("pid_start")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        from ..store.reclaim import reclaim_quietly
+        reclaim_quietly()                      # what a SIGKILLed monitor left on the host
+    except Exception:                          # noqa: BLE001 - best effort, as every command's
+        pass
+    from . import hooks
+    try:
+        hooks.run("poststop", st.get("hooks") or {}, dict(_state.oci_state(st), status="stopped"))
+    except hooks.HookError as e:
+        ctx.log(f"warning: {e}", "warning")
+    from .monitor import _remove
+    _remove(_state.container_dir(ctx.root, cid))
+    return 0
+
+
+def cmd_exec(ctx: Ctx, args: list) -> int:
+    o, pos = _opts(args, {"process": True, "p": True, "pid-file": True, "detach": False, "d": False,
+                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": True,
+                          "user": True, "u": True}, first_positional_ends=True)
+    for unsupported in ("cwd", "env", "user", "u"):
+        if unsupported in o:
+            ctx.log(f"exec --{unsupported}: not supported (give a --process file)")
+            return 1
+    if not pos:
+        raise Usage("exec: needs the container id")
+    cid = _state.check_id(pos[0])
+    process = o.get("process") or o.get("p")
+    if not process and len(pos) < 2:
+        raise Usage("exec: needs --process FILE or a command after the id")
+    from .execproc import exec_process
+    return exec_process(ctx.root, cid, process, pos[1:], pid_file=o.get("pid-file"),
+                        detach=bool(o.get("detach") or o.get("d")), console_socket=o.get("console-socket"),
+                        log=ctx.log)
+
+
+def cmd_features(ctx: Ctx, args: list) -> int:
+    from .bundle import HOOK_KINDS, SUPPORTED_HOOKS, NS_FIELDS, OK_OPTIONS
+    from policies.plan import CAPABILITIES
+    print(json.dumps({
+        "ociVersionMin": "1.0.0", "ociVersionMax": _state.OCI_VERSION,
+        "hooks": [h for h in HOOK_KINDS if h in SUPPORTED_HOOKS],
+        "mountOptions": sorted(OK_OPTIONS),
+        "linux": {"namespaces": sorted(NS_FIELDS), "capabilities": ["CAP_" + c for c in CAPABILITIES],
+                  "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+                  "seccomp": {"enabled": True, "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                                                           "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD",
+                                                           "SCMP_ACT_LOG", "SCMP_ACT_TRAP"],
+                              "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE",
+                                            "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"]},
+                  "apparmor": {"enabled": False}, "selinux": {"enabled": False}},
+        "annotations": {"org.pysandbox.profile": "a pysandbox profile applied on top of the bundle",
+                        "org.pysandbox.audit-log": "the container's audit log (JSONL)"},
+    }, indent=2))
+    return 0
+
+
+COMMANDS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
+            "delete": cmd_delete, "features": cmd_features, "exec": cmd_exec}

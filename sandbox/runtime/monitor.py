@@ -1,0 +1,245 @@
+"""`create`: the container's monitor, a process of its own that runs the project's one launch
+sequence (launcher.Launch -> sandbox/launch/sequence.py) and holds it before its release until
+`start` writes to the exec FIFO (runc's exec.fifo; here the monitor waits on it, PID 1 waits on
+its go pipe as in every launch).
+
+    create (the engine's child)          monitor (forked by create)          PID 1, the program
+      translate the bundle                 join namespaces by path             (sequence.pid1)
+      state dir, exec.fifo                 Launch.start: preflight ... announce
+      fork the monitor  ───────────────►   before_release: sysctl, oomScoreAdj,
+      wait for "OK"/"ERR"  ◄───────────    state "created", createRuntime+prestart hooks, "OK"
+      --pid-file: the monitor's pid        wait: exec.fifo ("G" from `start`) or PID 1 gone
+      exit 0                               release ("G")  ───────────────────►  runs
+                                           poststart hooks, state "running"
+                                           wait, finish (report, clean-up), state "stopped"
+                                           exit with the program's status
+
+The pid the engine gets (pid file, `state`) is the monitor's: when create exits, the monitor is
+reparented to the engine's subreaper (podman's conmon), which waits for it and reads the
+container's exit status from it — as it would from runc's container process. `kill` signals the
+sandbox's PID 1 (which forwards to the program); if the monitor dies, PID 1's parent-death
+signal ends the sandbox."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+
+from .. import _sys, procid
+from . import hooks as _hooks
+from . import state as _state
+
+NS_FLAGS = {"network": "CLONE_NEWNET", "ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWUTS"}
+
+
+def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socket: "str | None", log) -> int:
+    """Fork the monitor and wait until the container is created (or failed). Returns the exit code."""
+    d = _state.container_dir(root, cid)
+    _state.check_root(root, create=True)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        log(f"container {cid} already exists")
+        return 1
+    fifo = os.path.join(d, "exec.fifo")
+    os.mkfifo(fifo, 0o600)
+    st = {"id": cid, "bundle": bundle.path, "annotations": bundle.annotations, "status": "creating",
+          "hooks": bundle.hooks, "created": time.time()}
+    _state.save(root, cid, st)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        code = 1
+        try:
+            code = _monitor(root, cid, bundle, st, ready_w, console_socket, log)
+        except BaseException as e:          # noqa: BLE001 - one line, never a traceback
+            _tell(ready_w, f"ERR {e}")
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    # one message, one write (PID 1 holds a copy of ready_w until it closes its descriptors: no EOF)
+    msg = os.read(ready_r, 4096)
+    os.close(ready_r)
+    text = msg.decode(errors="replace")
+    if not text.startswith("OK"):
+        log(text[4:] if text.startswith("ERR ") else "the container's monitor ended before the container was created")
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        _remove(d)
+        return 1
+    if pid_file:
+        from ..fsutil import atomic_write
+        atomic_write(pid_file, str(pid), mode=0o644, fsync=False)
+    return 0
+
+
+def _tell(fd: int, text: str) -> None:
+    try:
+        os.write(fd, text.replace("\n", " ").encode()[:4000])
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _remove(d: str) -> None:
+    for n in ("exec.fifo", "state.json"):
+        try:
+            os.unlink(os.path.join(d, n))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log) -> int:
+    from ..launcher import FORWARDED, Launch, LaunchError
+    for t, path in bundle.join.items():               # namespaces joined by path: inherited by PID 1
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _sys.setns(fd, getattr(_sys, NS_FLAGS[t]))
+        except OSError as e:
+            raise LaunchError(f"linux.namespaces: cannot join {path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+    if bundle.umask is not None:
+        os.umask(bundle.umask)
+    stdio = (None, None, None)
+    if bundle.terminal:                            # the pty master to the engine before create returns
+        if not console_socket:
+            raise LaunchError("process.terminal: needs --console-socket")
+        stdio = _console(console_socket)
+    elif console_socket:
+        raise LaunchError("--console-socket: given, but process.terminal is false")
+    from audit.session import open_session
+    sess = open_session(os.urandom(6).hex(), cid, bundle.plan.name, log_path=bundle.audit_log, summary=False)
+    run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, stdin=stdio[0],
+                 stdout=stdio[1], stderr=stdio[2])
+    fifo = os.path.join(_state.container_dir(root, cid), "exec.fifo")
+    me = os.getpid()
+
+    def hold(pid: int) -> None:
+        """Launch.before_release: the container is created; wait for `start`."""
+        try:
+            for k, v in bundle.sysctl.items():
+                _write_sysctl(pid, k, v, "ipc" if not k.startswith("net.") else "net")
+            if bundle.oom_score_adj is not None:
+                with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                    f.write(str(bundle.oom_score_adj))
+        except OSError as e:
+            raise LaunchError(f"{'process.oomScoreAdj' if 'oom' in str(e.filename) else 'linux.sysctl'}: "
+                              f"{e.strerror}") from None
+        st.update(status="created", pid=me, pid_start=procid.start_time(me), sandbox_pid=pid,
+                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id)
+        _state.save(root, cid, st)
+        try:
+            for kind in ("createRuntime", "prestart"):
+                _hooks.run(kind, bundle.hooks, _state.oci_state(st))
+        except _hooks.HookError as e:
+            raise LaunchError(str(e)) from None
+        ffd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        pidfd = _sys.pidfd_open(pid)
+        _tell(ready_w, "OK")
+        null = os.open(os.devnull, os.O_RDWR)
+        for n in (0, 1, 2):                        # the engine's pipes are the container's, not ours (errors: --log)
+            os.dup2(null, n)
+        os.close(null)
+        try:
+            p = select.poll()
+            p.register(ffd, select.POLLIN)
+            p.register(pidfd, select.POLLIN)
+            while True:
+                ready = dict(p.poll())
+                if pidfd in ready:
+                    raise LaunchError("the container's PID 1 ended before start")
+                if ffd in ready and os.read(ffd, 1) == b"G":
+                    break
+        finally:
+            os.close(ffd)
+            os.close(pidfd)
+            try:
+                os.unlink(fifo)
+            except FileNotFoundError:
+                pass
+
+    run.before_release = hold
+
+    for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
+        signal.signal(sig, run.forward)
+    if not run.start():
+        msg = run.result.message or "the container could not be created"
+        _tell(ready_w, "ERR " + msg.removeprefix("pysandbox: "))
+        st.update(status="stopped", exit_code=run.result.exit_code)
+        if st.get("pid"):
+            _state.save(root, cid, st)
+        sess.close()
+        return run.result.exit_code
+    try:
+        _hooks.run("poststart", bundle.hooks, dict(_state.oci_state(st), status="running"))
+    except _hooks.HookError as e:
+        log(f"warning: {e}")
+    st["status"] = "running"
+    _state.save(root, cid, st)
+    try:
+        run.wait()
+    finally:
+        result = run.finish()
+        st.update(status="stopped", exit_code=result.exit_code, signal=result.signal)
+        if result.message and result.exit_code in (125, 126, 127):
+            st["error"] = result.message.removeprefix("pysandbox: ")
+        _state.save(root, cid, st)
+        if result.message and result.exit_code in (125, 126, 127):
+            log(result.message.removeprefix("pysandbox: "))
+        sess.close()
+    return result.exit_code
+
+
+def _console(path: str) -> tuple:
+    """process.terminal: a pty whose master goes to the engine's console socket now (SCM_RIGHTS,
+    as runc and crun send it during create); its slave is the program's stdin, stdout and stderr.
+    The pty is the host's devpts (the sandbox's own is mounted only after the release, when `create`
+    has returned), and the program has no controlling terminal (a session of its own, as every
+    sandboxed program: no TIOCSTI into a terminal it shares)."""
+    from ..launcher import LaunchError
+    master, slave = os.openpty()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+            socket.send_fds(s, [os.ttyname(slave).encode()], [master])
+    except OSError as e:
+        raise LaunchError(f"--console-socket {path}: {e.strerror}") from None
+    finally:
+        os.close(master)
+    return (slave, slave, slave)
+
+
+def _write_sysctl(pid: int, key: str, value: str, ns: str) -> None:
+    """A sysctl of the container's net or ipc namespace: /proc/sys shows the namespaces of the
+    process reading it, so a child of ours joins PID 1's namespace and writes it there."""
+    flag = _sys.CLONE_NEWNET if ns == "net" else _sys.CLONE_NEWIPC
+    nsfd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    child = os.fork()
+    if child == 0:
+        err = 0
+        try:
+            _sys.setns(nsfd, flag)
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        except OSError as e:
+            err = e.errno or 1
+        os.write(w, str(err).encode())
+        os._exit(0)
+    os.close(w)
+    os.close(nsfd)
+    err = int(os.read(r, 16) or b"1")
+    os.close(r)
+    os.waitpid(child, 0)
+    if err:
+        raise OSError(err, f"{key}: {os.strerror(err)}", f"/proc/sys/{key}")

@@ -1,0 +1,579 @@
+"""pysandbox-runtime driven the way engines drive an OCI runtime: bundles made by `crun spec`,
+`runc spec` and `pysandbox export` (rootfs: the host's static busybox), the whole lifecycle, and
+one test per MUST of the OCI runtime specification (runtime.md, "Lifecycle", "Operations",
+config.md "hooks") that this runtime implements, named after it. Real sandboxes, as root.
+
+The container's output goes to files: the container holds its stdio (the engine's pipes) after
+`create` returns, so a pipe read to its end would wait for the container."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import VENV_BIN
+
+RUNTIME = str(VENV_BIN / "pysandbox-runtime")
+BUSYBOX = "/bin/busybox"
+APPLETS = ("sh", "echo", "cat", "id", "sleep", "true", "ls", "grep", "touch")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the OCI runtime tests run as root")
+
+
+def make_rootfs(d: Path) -> Path:
+    (d / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, d / "bin" / "busybox")
+    for a in APPLETS:
+        os.symlink("busybox", d / "bin" / a)
+    return d
+
+
+def spec_bundle(d: Path, tool: str, args: list, **edit) -> Path:
+    """A bundle from `crun spec` / `runc spec` (their defaults), args and edits applied."""
+    d.mkdir(parents=True, exist_ok=True)
+    make_rootfs(d / "rootfs")
+    subprocess.run([tool, "spec"], cwd=d, check=True)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = args
+    for k, v in edit.items():
+        cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def edit_config(bundle: Path, fn) -> None:
+    cfg = json.loads((bundle / "config.json").read_text())
+    fn(cfg)
+    (bundle / "config.json").write_text(json.dumps(cfg))
+
+
+class Rt:
+    """pysandbox-runtime with a --root of the test's own; the container's stdio in files."""
+
+    def __init__(self, root: Path, out: Path):
+        self.root = str(root)
+        self.out = out
+
+    def __call__(self, *args, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+        with open(self.out / "stdout", "ab") as o, open(self.out / "stderr", "ab") as e:
+            r = subprocess.run([RUNTIME, "--root", self.root, *args], stdout=o, stderr=e, timeout=timeout)
+        if check:
+            assert r.returncode == 0, (args, self.err())
+        return r
+
+    def json(self, *args) -> dict:
+        r = subprocess.run([RUNTIME, "--root", self.root, *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def status(self, cid: str) -> str:
+        return self.json("state", cid)["status"]
+
+    def err(self) -> str:
+        return (self.out / "stderr").read_text() if (self.out / "stderr").exists() else ""
+
+    def output(self) -> str:
+        return (self.out / "stdout").read_text() if (self.out / "stdout").exists() else ""
+
+    def wait_status(self, cid: str, want: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.status(cid) != want:
+            assert time.monotonic() < deadline, f"{cid} never became {want}"
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def tmp_path():
+    """A work directory the sandbox's mapped root can reach too (pytest's tmp_path is below a
+    0700 directory; bundles with a user namespace need their rootfs reachable)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="psbrt-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def rt(tmp_path):
+    (tmp_path / "out").mkdir()
+    r = Rt(tmp_path / "root", tmp_path / "out")
+    yield r
+    if os.path.isdir(r.root):                      # nothing of a failed test stays running
+        for cid in os.listdir(r.root):
+            subprocess.run([RUNTIME, "--root", r.root, "delete", "--force", cid], capture_output=True, timeout=60)
+
+
+@pytest.fixture(params=["crun", "runc"])
+def bundle(request, tmp_path):
+    return spec_bundle(tmp_path / "bundle", request.param, ["/bin/sh", "-c", "echo hello-oci; id -u"])
+
+
+# --- the lifecycle -------------------------------------------------------------------------------
+
+def test_lifecycle_create_start_state_kill_delete(rt, tmp_path):
+    """create -> created (the program has not run) -> start -> running -> kill -> stopped -> delete."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo started; exec sleep 100"])
+    pid_file = tmp_path / "pid"
+    rt("create", "--bundle", str(b), "--pid-file", str(pid_file), "c1", check=True)
+    st = rt.json("state", "c1")
+    assert st["status"] == "created" and st["id"] == "c1" and st["bundle"] == str(b)
+    assert st["pid"] == int(pid_file.read_text())
+    assert "started" not in rt.output()                  # created: the program waits for start
+    rt("start", "c1", check=True)
+    assert rt.status("c1") == "running"
+    deadline = time.monotonic() + 30
+    while "started" not in rt.output():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    rt("kill", "c1", "KILL", check=True)
+    rt.wait_status("c1", "stopped")
+    rt("delete", "c1", check=True)
+    assert rt("state", "c1").returncode != 0
+    assert not os.path.exists(os.path.join(rt.root, "c1"))
+
+
+def test_spec_bundles_run(rt, bundle):
+    """Bundles made by crun spec and runc spec, unchanged but for the command."""
+    rt("create", "--bundle", str(bundle), "b1", check=True)
+    rt("start", "b1", check=True)
+    rt.wait_status("b1", "stopped")
+    rt("delete", "b1", check=True)
+    assert rt.output().split() == ["hello-oci", "0"]
+
+
+def test_export_bundle_runs(rt, tmp_path):
+    """A bundle made by `pysandbox export -f oci` (user namespace, seccomp, masked paths...)."""
+    out = tmp_path / "exp"
+    r = subprocess.run([str(VENV_BIN / "pysandbox"), "export", "-f", "oci", "strict", "-o", str(out), "--",
+                        "/bin/sh", "-c", "echo from-export; cat /proc/self/status"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rt("create", "--bundle", str(out), "e1", check=True)
+    rt("start", "e1", check=True)
+    rt.wait_status("e1", "stopped")
+    rt("delete", "e1", check=True)
+    text = rt.output()
+    assert "from-export" in text
+    assert "Seccomp:\t2" in text and "NoNewPrivs:\t1" in text
+
+
+def test_pid_file_names_the_waitable_process(rt, tmp_path):
+    """--pid-file: written when create returns; the process exits with the container's status."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "exit 7"])
+    rt("create", "--bundle", str(b), "--pid-file", str(tmp_path / "pid"), "p1", check=True)
+    pid = int((tmp_path / "pid").read_text())
+    fd = os.pidfd_open(pid)
+    rt("start", "p1", check=True)
+    import select
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    assert p.poll(30000)
+    os.close(fd)
+    rt.wait_status("p1", "stopped")
+    st = json.loads(Path(rt.root, "p1", "state.json").read_text())
+    assert st["exit_code"] == 7
+    rt("delete", "p1", check=True)
+
+
+def test_console_socket_receives_the_pty_master(rt, tmp_path):
+    """process.terminal with --console-socket: the pty master arrives by SCM_RIGHTS before create
+    returns (as runc and crun send it); the program's stdio is the pty."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"])
+    edit_config(b, lambda c: c["process"].update(terminal=True))
+    path = str(tmp_path / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(30)
+    proc = subprocess.Popen([RUNTIME, "--root", rt.root, "create", "--bundle", str(b), "--console-socket", path,
+                             "t1"], stderr=subprocess.PIPE)
+    conn, _ = srv.accept()
+    msg, fds, _, _ = socket.recv_fds(conn, 64, 1)
+    assert len(fds) == 1
+    master = fds[0]
+    assert proc.wait(60) == 0, proc.stderr.read()
+    rt("start", "t1", check=True)
+    data = b""
+    deadline = time.monotonic() + 30
+    import select
+    while b"on-a-tty" not in data and time.monotonic() < deadline:
+        if not select.select([master], [], [], 1)[0]:
+            continue
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert b"on-a-tty" in data
+    os.close(master)
+    conn.close()
+    srv.close()
+    rt.wait_status("t1", "stopped")
+    rt("delete", "t1", check=True)
+
+
+def test_hooks_run_in_order_with_the_state_on_stdin(rt, tmp_path):
+    """createRuntime, prestart (at create), poststart (before start returns), poststop (at
+    delete): in that order, each reading the state JSON on stdin."""
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nread -r line; echo \"$1 $line\" >> {log}\n")
+    hook.chmod(0o755)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/true"])
+    edit_config(b, lambda c: c.update(hooks={k: [{"path": str(hook), "args": ["hook.sh", k]}]
+                                             for k in ("createRuntime", "prestart", "poststart", "poststop")}))
+    rt("create", "--bundle", str(b), "h1", check=True)
+    rt("start", "h1", check=True)
+    rt.wait_status("h1", "stopped")
+    rt("delete", "h1", check=True)
+    lines = log.read_text().splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["createRuntime", "prestart", "poststart", "poststop"]
+    states = [json.loads(line.split(" ", 1)[1]) for line in lines]
+    assert all(s["id"] == "h1" and s["bundle"] == str(b) for s in states)
+    assert states[0]["status"] == "created" and states[3]["status"] == "stopped"
+
+
+def test_failing_prestart_hook_stops_create(rt, tmp_path):
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo must-not-run"])
+    edit_config(b, lambda c: c.update(hooks={"prestart": [{"path": "/bin/false"}]}))
+    r = rt("create", "--bundle", str(b), "h2")
+    assert r.returncode != 0 and "hooks.prestart[0]" in rt.err()
+    assert rt("state", "h2").returncode != 0
+    assert "must-not-run" not in rt.output()
+
+
+# --- the runtime specification's MUSTs, one test each --------------------------------------------
+
+def test_must_state_has_ociVersion_id_status_pid_bundle(rt, bundle):
+    """runtime.md State: ociVersion, id, status, bundle (absolute), pid while created/running."""
+    rt("create", "--bundle", str(bundle), "s1", check=True)
+    st = rt.json("state", "s1")
+    assert {"ociVersion", "id", "status", "pid", "bundle", "annotations"} <= st.keys()
+    assert os.path.isabs(st["bundle"]) and isinstance(st["pid"], int) and st["pid"] > 0
+    rt("delete", "--force", "s1", check=True)
+
+
+def test_must_create_with_existing_id_fails(rt, bundle):
+    """runtime.md create: MUST generate an error if the ID is not unique."""
+    rt("create", "--bundle", str(bundle), "dup", check=True)
+    assert rt("create", "--bundle", str(bundle), "dup").returncode != 0
+    assert rt.status("dup") == "created"
+    rt("delete", "--force", "dup", check=True)
+
+
+def test_must_not_run_the_program_before_start(rt, tmp_path):
+    """runtime.md create: the user-specified program MUST NOT be run at this time."""
+    marker = tmp_path / "rw"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/touch", "/marker"])
+    edit_config(b, lambda c: c["root"].update(readonly=False))
+    rt("create", "--bundle", str(b), "n1", check=True)
+    time.sleep(0.5)                 # (not a timing assertion: only the chance to do it wrongly)
+    assert not (b / "rootfs" / "marker").exists()
+    rt("start", "n1", check=True)
+    rt.wait_status("n1", "stopped")
+    assert (b / "rootfs" / "marker").exists()
+    rt("delete", "n1", check=True)
+    assert not marker.exists()
+
+
+def test_must_start_on_a_not_created_container_fails(rt, bundle):
+    """runtime.md start: MUST generate an error if the container is not in the created state."""
+    rt("create", "--bundle", str(bundle), "st1", check=True)
+    rt("start", "st1", check=True)
+    rt.wait_status("st1", "stopped")
+    assert rt("start", "st1").returncode != 0
+    rt("delete", "st1", check=True)
+
+
+def test_must_kill_on_a_stopped_container_fails(rt, bundle):
+    """runtime.md kill: MUST generate an error if the container is neither created nor running."""
+    rt("create", "--bundle", str(bundle), "k1", check=True)
+    rt("start", "k1", check=True)
+    rt.wait_status("k1", "stopped")
+    assert rt("kill", "k1", "TERM").returncode != 0
+    rt("delete", "k1", check=True)
+
+
+def test_must_kill_sends_the_signal(rt, tmp_path):
+    """runtime.md kill: MUST send the specified signal to the container process."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "trap 'echo got-usr1; exit 0' USR1; "
+                                                              "echo ready; while true; do sleep 0.1; done"])
+    rt("create", "--bundle", str(b), "k2", check=True)
+    rt("start", "k2", check=True)
+    deadline = time.monotonic() + 30
+    while "ready" not in rt.output():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    rt("kill", "k2", "SIGUSR1", check=True)
+    rt.wait_status("k2", "stopped")
+    assert "got-usr1" in rt.output()
+    rt("delete", "k2", check=True)
+
+
+def test_must_delete_of_a_running_container_fails(rt, tmp_path):
+    """runtime.md delete: MUST generate an error if the container is not stopped."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
+    rt("create", "--bundle", str(b), "d1", check=True)
+    rt("start", "d1", check=True)
+    assert rt("delete", "d1").returncode != 0
+    assert rt.status("d1") == "running"
+    rt("delete", "--force", "d1", check=True)
+    assert rt("state", "d1").returncode != 0
+
+
+def test_must_unsupported_config_fails_create(rt, tmp_path):
+    """config.md: a runtime MUST generate an error for a property it cannot honour (fail closed,
+    naming the field) — an unknown mount type, a pid namespace joined by path, a hook kind not
+    implemented."""
+    cases = [
+        (lambda c: c["mounts"].append({"destination": "/x", "type": "nfs", "source": "h:/x"}), "mounts["),
+        (lambda c: c["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"}),
+         "linux.namespaces"),
+        (lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}), "hooks.createContainer"),
+        (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
+        (lambda c: c["process"].update(capabilities={"bounding": ["CAP_KILL"], "effective": ["CAP_CHOWN"],
+                                                     "permitted": ["CAP_KILL"]}), "capabilities.effective"),
+    ]
+    for i, (fn, field) in enumerate(cases):
+        b = spec_bundle(tmp_path / f"b{i}", "crun", ["/bin/true"])
+        edit_config(b, fn)
+        before = rt.err()
+        r = rt("create", "--bundle", str(b), f"u{i}")
+        assert r.returncode != 0
+        assert field in rt.err()[len(before):], (field, rt.err())
+        assert rt("state", f"u{i}").returncode != 0
+
+
+def test_must_not_supported_operations_fail_clearly(rt):
+    for cmd in ("ps", "update", "checkpoint", "pause", "restore"):
+        r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
+        assert r.returncode != 0 and "not supported" in r.stderr
+    r = subprocess.run([RUNTIME, "--systemd-cgroup", "--root", rt.root, "state", "x"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--systemd-cgroup: not supported" in r.stderr
+    r = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "spec: 1." in r.stdout
+    feats = json.loads(subprocess.run([RUNTIME, "features"], capture_output=True, text=True).stdout)
+    assert feats["ociVersionMax"].startswith("1.") and "poststop" in feats["hooks"]
+
+
+# --- config.json fields, both sides ----------------------------------------------------------------
+
+def test_config_fields_are_honoured(rt, tmp_path):
+    """process.user (uid, gid, additionalGids), env, cwd, rlimits, capabilities, noNewPrivileges,
+    hostname, oomScoreAdj, maskedPaths, readonlyPaths, a tmpfs and a bind mount, sysctl."""
+    src = tmp_path / "shared"
+    src.mkdir()
+    (src / "f").write_text("from-host\n")
+    script = ("id; echo env=$FOO; pwd; ulimit -n; hostname; cat /proc/self/oom_score_adj; "
+              "grep -E 'CapEff|NoNewPrivs' /proc/self/status; cat /data/f; "
+              "echo x > /data/g || echo bind-ro; test -s /proc/kcore || echo kcore-masked; "
+              "echo y > /scratch/y && echo tmpfs-ok; cat /proc/sys/net/ipv4/ip_forward; "
+              "echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo proc-sys-ro")
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
+
+    def edit(c):
+        c["process"].update(user={"uid": 1000, "gid": 1000, "additionalGids": [5, 6]}, env=["FOO=bar", "PATH=/bin"],
+                            cwd="/tmp", rlimits=[{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 512}],
+                            oomScoreAdj=500, noNewPrivileges=True)
+        c["process"]["capabilities"] = {k: ["CAP_KILL"] for k in ("bounding", "effective", "permitted")}
+        c["hostname"] = "oci-host"
+        c["mounts"] += [{"destination": "/data", "type": "bind", "source": str(src), "options": ["rbind", "ro"]},
+                        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]}]
+        c["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+        c["linux"]["maskedPaths"] = ["/proc/kcore"]
+        c["linux"]["readonlyPaths"] = ["/proc/sys"]
+        (b / "rootfs" / "tmp").mkdir(exist_ok=True)
+    edit_config(b, edit)
+    rt("create", "--bundle", str(b), "f1", check=True)
+    rt("start", "f1", check=True)
+    rt.wait_status("f1", "stopped")
+    rt("delete", "f1", check=True)
+    out = rt.output()
+    assert "uid=1000 gid=1000 groups=5,6" in out, out
+    assert "env=bar" in out and "\n/tmp\n" in out and "\n512\n" in out and "oci-host" in out
+    assert "\n500\n" in out
+    assert "CapEff:\t0000000000000020" in out and "NoNewPrivs:\t1" in out
+    assert "from-host" in out and "bind-ro" in out and "tmpfs-ok" in out
+    assert "kcore-masked" in out
+    assert "\n1\n" in out and "proc-sys-ro" in out
+    assert not (src / "g").exists()
+
+
+def test_seccomp_compiled_through_the_project(rt, tmp_path):
+    """linux.seccomp: an OCI seccomp object, compiled by policies.seccomp: a denied syscall gets
+    its errno, the rest works."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo before; mkdir /tmp/x || echo mkdir-denied; "
+                                                              "grep Seccomp: /proc/self/status"])
+    edit_config(b, lambda c: c["linux"].update(seccomp={
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    edit_config(b, lambda c: c["root"].update(readonly=False))
+    (b / "rootfs" / "tmp").mkdir()
+    rt("create", "--bundle", str(b), "sc1", check=True)
+    rt("start", "sc1", check=True)
+    rt.wait_status("sc1", "stopped")
+    rt("delete", "sc1", check=True)
+    out = rt.output()
+    assert "before" in out and "mkdir-denied" in out and "Seccomp:\t2" in out
+    assert not (b / "rootfs" / "tmp" / "x").exists()
+
+
+def test_profile_annotation_applies_a_profile(rt, tmp_path):
+    """org.pysandbox.profile: strict's seccomp and capabilities on top of the bundle; its
+    sandbox_start/sandbox_exit go to the audit log."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "grep -E 'Seccomp:|CapEff' /proc/self/status"])
+    log = tmp_path / "audit.jsonl"
+    edit_config(b, lambda c: c.update(annotations={"org.pysandbox.profile": "strict",
+                                                   "org.pysandbox.audit-log": str(log)}))
+    rt("create", "--bundle", str(b), "a1", check=True)
+    rt("start", "a1", check=True)
+    rt.wait_status("a1", "stopped")
+    rt("delete", "a1", check=True)
+    out = rt.output()
+    assert "Seccomp:\t2" in out and "CapEff:\t0000000000000000" in out
+    types = [json.loads(x)["type"] for x in log.read_text().splitlines()]
+    assert "sandbox_start" in types and "sandbox_exit" in types
+
+
+def test_namespace_joined_by_path(rt, tmp_path):
+    """linux.namespaces network with a path: the container is in that network namespace."""
+    name = f"psbrt{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        want = os.stat(f"/run/netns/{name}").st_ino
+        b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "ls -L -i /proc/self/ns/net"])
+        edit_config(b, lambda c: c["linux"].update(namespaces=[n for n in c["linux"]["namespaces"] if n["type"] != "network"]
+                                                   + [{"type": "network", "path": f"/run/netns/{name}"}]))
+        rt("create", "--bundle", str(b), "j1", check=True)
+        rt("start", "j1", check=True)
+        rt.wait_status("j1", "stopped")
+        rt("delete", "j1", check=True)
+        assert rt.output().split()[0] == str(want)
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
+def test_delete_force_of_a_created_container(rt, bundle):
+    rt("create", "--bundle", str(bundle), "df1", check=True)
+    pid = rt.json("state", "df1")["pid"]
+    rt("delete", "--force", "df1", check=True)
+    assert rt("state", "df1").returncode != 0
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "hello-oci" not in rt.output()
+
+
+# --- rootless ------------------------------------------------------------------------------------
+
+def test_rootless_lifecycle(tmp_path, user_runner):
+    """The unprivileged test user runs a `crun spec --rootless` bundle (user namespace mapping its
+    own uid and gid to 0) through create, start, state, delete."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo rootless-ok; id -u"])
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"].pop("resources", None)
+    edit_config(b, edit)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args):
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e,
+                                  env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    try:
+        for args in (("create", "--bundle", str(b), "r1"), ("start", "r1")):
+            r = rt(*args)
+            assert r.returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 30
+        while True:
+            r = subprocess.run([RUNTIME, "--root", root, "state", "r1"], capture_output=True, text=True, env=env,
+                               user=u.uid, group=u.gid, extra_groups=[])
+            if json.loads(r.stdout)["status"] == "stopped":
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "r1").returncode == 0
+        assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
+    finally:
+        rt("delete", "--force", "r1")              # nothing stays running after a failure
+
+
+def test_exec_joins_the_running_container(rt, tmp_path):
+    """exec: a process in the container's namespaces (its pid namespace: PID 1 is the sandbox's),
+    with config.json's user, capabilities and seccomp filter; its exit status is exec's; --process
+    (podman's form) with another user; a stopped container refuses it."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    rt("create", "--bundle", str(b), "x1", check=True)
+    rt("start", "x1", check=True)
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "x1", "/bin/sh", "-c",
+                        "cat /proc/1/cmdline; echo; grep Seccomp: /proc/self/status; hostname; exit 4"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4, r.stderr
+    assert r.stdout.splitlines()[0].startswith("pysandbox-init")          # the sandbox's PID 1
+    assert "Seccomp:\t2" in r.stdout
+    proc = tmp_path / "process.json"
+    proc.write_text(json.dumps({"args": ["/bin/id", "-u"], "cwd": "/", "user": {"uid": 1000, "gid": 1000},
+                                "env": ["PATH=/bin"]}))
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "--process", str(proc), "x1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "1000", r.stderr
+    rt("kill", "x1", "KILL", check=True)
+    rt.wait_status("x1", "stopped")
+    r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "x1", "/bin/true"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not running" in r.stderr
+    rt("delete", "x1", check=True)
+
+
+def test_resources_pids_limit_is_enforced(rt, tmp_path):
+    """linux.resources.pids.limit through sandbox/cgroups: the 9th process of a limit of 8 cannot
+    be forked; below the limit forks work."""
+    script = ("i=0; while [ $i -lt 4 ]; do sleep 30 & i=$((i+1)); done; echo four-ok; "
+              "i=0; while [ $i -lt 12 ]; do sleep 30 & i=$((i+1)); done; echo done")
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
+    edit_config(b, lambda c: c["linux"].update(resources={"pids": {"limit": 8}}))
+    rt("create", "--bundle", str(b), "pl1", check=True)
+    rt("start", "pl1", check=True)
+    deadline = time.monotonic() + 30
+    while "done" not in rt.output() and rt.status("pl1") != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    rt("delete", "--force", "pl1", check=True)
+    out = rt.output()
+    assert "four-ok" in out
+    assert "done" not in out and "can't fork" in rt.err()
+
+
+def test_root_directory_of_another_user_is_refused(tmp_path, rt, bundle):
+    """--root made by someone else (a rootless default below /tmp made first by another user), or
+    writable by others: refused, nothing created in it."""
+    d = tmp_path / "others"
+    d.mkdir()
+    os.chown(d, 1001, 1001)
+    r = subprocess.run([RUNTIME, "--root", str(d), "create", "--bundle", str(bundle), "o1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "--root" in r.stderr
+    assert os.listdir(d) == []
+    os.chown(d, 0, 0)
+    os.chmod(d, 0o777)
+    r = subprocess.run([RUNTIME, "--root", str(d), "state", "o1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "writable by it alone" in r.stderr

@@ -1,0 +1,94 @@
+"""podman driving pysandbox-runtime (`podman --runtime $(which pysandbox-runtime)`), with a podman
+storage of the test's own (--root/--runroot in a temporary directory, vfs, cgroupfs) and an image
+imported from a busybox rootfs tar. As the issue says, on this machine podman's default rlimits
+exceed the hard limit root may set (no CAP_SYS_RESOURCE): the runs pass --ulimit as for runc."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+import pytest
+
+from conftest import VENV_BIN
+
+RUNTIME = str(VENV_BIN / "pysandbox-runtime")
+ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("podman"),
+                                reason="podman as root")
+
+
+@pytest.fixture(scope="module")
+def podman():
+    d = tempfile.mkdtemp(prefix="psbrt-podman-", dir="/tmp")
+    base = ["podman", "--root", f"{d}/root", "--runroot", f"{d}/runroot", "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--tmpdir", f"{d}/tmp",
+            "--runtime", RUNTIME]
+    rootfs = os.path.join(d, "rootfs")
+    os.makedirs(rootfs + "/bin")
+    shutil.copy("/bin/busybox", rootfs + "/bin/busybox")
+    for a in ("sh", "echo", "cat", "id", "sleep", "true", "grep", "hostname"):
+        os.symlink("busybox", f"{rootfs}/bin/{a}")
+    with tarfile.open(f"{d}/bb.tar", "w") as t:
+        t.add(rootfs, arcname=".")
+    r = subprocess.run(base + ["import", f"{d}/bb.tar", "psbrt-bb:1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+    def run(*args, timeout=120):
+        return subprocess.run(base + list(args), capture_output=True, text=True, timeout=timeout)
+    yield run
+    run("rm", "--all", "--force")
+    run("rmi", "--all", "--force")
+    subprocess.run(["umount", "-R", d], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_podman_run_rm(podman):
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sh", "-c", "echo hi-podman; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.strip() == "hi-podman"
+
+
+def test_podman_run_default_network(podman):
+    """podman's own network namespace (netavark), joined by path (linux.namespaces network path)."""
+    r = podman("run", "--rm", *ULIMITS, "--hostname", "pod-h", "psbrt-bb:1", "/bin/sh", "-c",
+               "hostname; id -u; grep -c . /proc/net/dev")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert lines[0] == "pod-h" and lines[1] == "0"
+    assert int(lines[2]) >= 4                      # lo and podman's eth0 (2 header lines)
+
+
+def test_podman_detached_stop_rm(podman):
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    r = podman("inspect", "--format", "{{.State.Status}}", cid)
+    assert r.stdout.strip() == "running"
+    r = podman("exec", cid, "/bin/sh", "-c", "echo in-exec; id -u; exit 5")
+    assert r.returncode == 5, r.stderr
+    assert r.stdout.split() == ["in-exec", "0"]
+    r = podman("exec", "-u", "1000", cid, "/bin/id", "-u")
+    assert r.returncode == 0 and r.stdout.strip() == "1000", r.stderr
+    r = podman("exec", "-t", cid, "/bin/sh", "-c", "test -t 0 && echo on-a-tty")
+    assert r.returncode == 0 and "on-a-tty" in r.stdout, r.stderr
+    r = podman("stop", "-t", "5", cid)
+    assert r.returncode == 0, r.stderr
+    r = podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", cid)
+    assert r.stdout.split() == ["exited", "143"]
+    r = podman("rm", cid)
+    assert r.returncode == 0, r.stderr
+
+
+def test_podman_profile_annotation(podman):
+    """--annotation org.pysandbox.profile=strict: the profile on top (strict keeps no capability;
+    podman's default set otherwise)."""
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "--annotation", "org.pysandbox.profile=strict",
+               "psbrt-bb:1", "/bin/grep", "CapEff:", "/proc/self/status")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["CapEff:", "0000000000000000"]
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/grep", "CapEff:", "/proc/self/status")
+    assert r.stdout.split()[1] != "0000000000000000"
