@@ -188,8 +188,20 @@ class _Session:
                 s.close()
 
     def audit(self, event: str, fields: dict) -> None:
+        """One interception event in the audit schema's shape (audit/schema/event.schema.json):
+        `egress` {name, address, port, protocol, reason} as the proxy's own events, and `http`
+        {method, path, rule, secrets | secret, where} for the request; names only, never a value."""
+        http = dict(fields)
+        reason = http.pop("reason", None)
+        eg = {"name": self.host, "address": self.addrs[0] if self.addrs else None, "port": self.port,
+              "protocol": "tls" if self.tls else "http"}
+        if reason:
+            eg["reason"] = reason
+        what = event.split(".", 1)[1].replace("http.", "").replace("_", " ")
+        msg = f"{what} {http.get('method') or ''} {self.host}:{self.port}{http.get('path') or ''}"
         try:
-            self.ctx.audit(event, {"host": self.host, "port": self.port, **fields})
+            self.ctx.audit(event, {"egress": eg, "http": http, "via": "supervisor",
+                                   "message": msg + (f": {reason}" if reason else "")})
         except Exception:
             pass
 

@@ -225,6 +225,7 @@ class Proxy:
                     audit.denied(name, addr, port, proto, rule, f"SNI {sni[:253]!r} in a tunnel to {name}")
                     return False
         if self.ctx.wants_interception(name):
+            audit.allowed(name, addr, port, proto, rule, "intercepted: http rules or secrets")
             return await self._intercept(c, buf, name, port, list(addrs))
         up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         up.setblocking(False)

@@ -125,6 +125,8 @@ class Audit:
                 fields.pop("syscall", None)
                 fields["egress"] = {"name": None, "protocol": "tcp",
                                     "reason": "coalesced by the audit rate limit"}
+                if not etype.startswith(("egress.allowed", "egress.denied")):
+                    fields["http"] = {}             # an interception kind's coalesced record
             try:
                 self.on_event(etype, **fields)
             except Exception:   # noqa: BLE001
