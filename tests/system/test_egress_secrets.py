@@ -468,8 +468,9 @@ def upstream(testns):
 
 
 def _simple_profile(tmp, *, source="env:GH_TEST_TOKEN"):
-    p = tmp / "secrets.yaml"
-    p.write_text(_profile(NET, "root", source=source, d=str(tmp)))
+    p, t = tmp / "secrets.yaml", tmp / "t"          # (/t: a directory apart from a file secret's)
+    t.mkdir(exist_ok=True)
+    p.write_text(_profile(NET, "root", source=source, d=str(t)))
     os.chmod(p, 0o644)
     return str(p)
 
@@ -513,7 +514,7 @@ def test_secret_from_a_file_and_explain_shows_names_only(upstream, tmp_path):
         r = subprocess.run([PYSANDBOX, *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "GITHUB_TOKEN" in r.stdout and value not in r.stdout
 
-
+@pytest.mark.parametrize("runner", ["root"], indirect=True)
 def test_image_root_gets_the_trust_store_and_placeholder(upstream, img, tmp_profile):
     """An image without /etc/ssl (busybox:test): the bundle's mount point is made in the image's
     writable layer, the trust variables name it; the image's files are not changed otherwise."""
