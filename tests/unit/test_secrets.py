@@ -320,3 +320,28 @@ def test_intercept_bounds_the_request_head():
     out, ev = asyncio.run(main())
     assert out.startswith(b"HTTP/1.1 431 ") and ev[0][0] == "egress.http.denied"
     assert ev[0][1]["egress"]["reason"].startswith("malformed request")
+
+
+def test_interception_events_and_their_coalesced_records_follow_the_audit_schema():
+    """The proxy's Audit (service.py) with the interception's events past the per-sandbox rate
+    limit: every record written, full or coalesced, validates against audit/schema/event.schema.json
+    (a coalesced one keeps `egress` and `http` without per-request fields)."""
+    import audit
+    from audit.events import Recorder
+    from sandbox.network.egress import intercept, service
+    rec = Recorder("abc123", profile="p")
+    out = []
+    a = service.Audit(lambda t, **f: out.append(rec.build(t, **f)))
+    s = intercept._Session("api.test", 443, ["192.0.2.1"], type("C", (), {"audit": a, "egress": None,
+                                                                          "secrets": None})(), tls=True)
+    for i in range(300):
+        s.audit("egress.http.allowed", {"method": "GET", "path": f"/r/{i}", "rule": "network.egress.http[0]",
+                                        "secrets": ["T"]})
+    s.audit("egress.secret_exfiltration", {"secret": "T", "where": "body"})
+    s.audit("egress.http.denied", {"method": None, "path": None, "rule": None, "reason": "malformed request"})
+    a.flush(final=True)
+    assert any(e.get("count") for e in out) and len(out) < 300       # the rate limit coalesced some
+    for e in out:
+        e["seq"] = 1
+        audit.validate(e)
+    assert {e["type"] for e in out} >= {"egress.http.allowed", "egress.secret_exfiltration", "egress.http.denied"}
