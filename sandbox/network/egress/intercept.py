@@ -1,9 +1,10 @@
 """TLS interception of the egress proxy, for hosts with `egress.http` rules or secrets
 (docs/network.md, "Secrets").
 
-The egress proxy (sandbox/network/egress/, the connection steering and SNI/Host matching) calls
-`handle()` for a connection of the sandbox it accepted and allowed, when `wants(plan.network, host)`
-says this host is intercepted; every other host is spliced untouched and never comes here.
+The egress proxy (proxy.py: the connection steering and SNI/Host/CONNECT matching, the host
+rule, the address check) calls `handle()` in its loop for a connection of the sandbox it accepted
+and allowed, when `wants(plan.network, host)` says this host is intercepted (proxy.Ctx.
+wants_interception); every other host is spliced untouched and never comes here.
 
     await handle(reader, writer, first_bytes, host=..., port=..., addrs=[...], ctx=ctx)
 
