@@ -266,6 +266,21 @@ res = T._scan(p, VALUE)
 res["seen"] = T._Recorder.seen
 with open(audit) as f:
     res["audit"] = f.read()
+if USER == "root" and MODE == "pasta":
+    # the Python API: the proxy (and the values) then live in the launch server (sandbox/server/),
+    # the interception's events come back to the API process
+    api = ("import json, sys; from sandbox.api import Sandbox\n"
+           "r = Sandbox(sys.argv[1]).run(['/usr/bin/python3', '-c', sys.argv[2]], text=True)\n"
+           "print('API ' + json.dumps({'rc': r.exit_code, 'out': r.stdout, 'err': r.stderr[-500:], "
+           "'events': [e for e in r.events if e.get('type', '').startswith('egress.http')]}))\n")
+    one = ("import http.client, os, ssl\n"
+           "c = http.client.HTTPSConnection('api.test', 8443, context=ssl.create_default_context(), timeout=20)\n"
+           "c.request('GET', '/repos/acme/api', headers={'Authorization': 'Bearer ' + os.environ['GITHUB_TOKEN']})\n"
+           "r = c.getresponse(); print(r.status, r.read().decode())\n")
+    q = subprocess.run([sys.executable, "-c", api, f"{D}/p.yaml", one], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": ""}, timeout=120)
+    line = next((x for x in q.stdout.splitlines() if x.startswith("API ")), None)
+    res["api"] = json.loads(line[4:]) if line else {"error": q.stderr[-1500:]}
 # never shown: explain (text and JSON), a detached sandbox's inspect
 res["shown"] = []
 for args in (["explain", "--profile", f"{D}/p.yaml"], ["explain", "--json", "--profile", f"{D}/p.yaml"],
@@ -381,7 +396,14 @@ def _check(res: dict, value: str) -> None:
     # the program using the proxy variables (CONNECT) is intercepted the same
     assert out["get1"] == [200, "ok GET /repos/acme/one"] and out["get2"] == [200, "ok GET /repos/acme/two"]
     assert out["via_proxy_env"] == [200, "ok GET /repos/acme/proxied"], out
-    api = [s for s in seen if s["path"].startswith("/repos/acme/")]
+    api = [s for s in seen if s["path"].startswith("/repos/acme/") and s["path"] != "/repos/acme/api"]
+    if "api" in res:               # (root, pasta) the Python API's launch server intercepts alike
+        a = res["api"]
+        assert a.get("rc") == 0 and a["out"] == "200 ok GET /repos/acme/api\n", a
+        assert [x["headers"]["authorization"] for x in seen if x["path"] == "/repos/acme/api"] == [f"Bearer {value}"]
+        assert [(e["egress"]["name"], e["http"]["path"], e["http"].get("secrets")) for e in a["events"]] == \
+            [("api.test", "/repos/acme/api", ["GITHUB_TOKEN"])], a
+        assert value not in json.dumps(a)
     assert [s["path"] for s in api] == [f"/repos/acme/{p}" for p in ("one", "two", "echo", "echo-big", "proxied")]
     assert [s["headers"]["authorization"] for s in api] == [f"Bearer {value}"] * 5
     assert api[0]["peer"] == api[1]["peer"]
