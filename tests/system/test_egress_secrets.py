@@ -6,7 +6,7 @@ root, no profile base rootless) connects to the servers BY NAME with certificate
 proxy) and with them (CONNECT); the proxy intercepts the hosts with http rules or secrets and
 splices every other allowed host; the upstream server (a CA of the test's own, trusted by the
 interception through $PYSANDBOX_EGRESS_UPSTREAM_CA of the supervisor) sees the real value.
-Root on a private network and on pasta; rootless (uid 65534) on pasta.
+Root on a private network, pasta and slirp4netns; rootless (uid 65534) on pasta.
 
 While the program waits (it reads its stdin), the scenario scans from the host every process of the
 sandbox (those below the supervisor in another pid namespace: /proc/PID/mem, environ, cmdline) and
@@ -249,7 +249,7 @@ env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "GH_TEST_TOKEN": VALUE,
 pre = []
 if USER == "root":
     env["PYSANDBOX_STATE_DIR"] = state = f"{D}/state"
-    if MODE != "pasta":
+    if MODE not in ("pasta", "slirp4netns"):
         sh(PYSANDBOX, "network", "create", MODE, "--subnet", "10.125.0.0/24", env=env)
 else:
     for n in (D, f"{D}/p.yaml"):
@@ -295,7 +295,7 @@ files = [p for p in Path(state).rglob("*") if p.is_file()] + [Path(audit)]
 files += [p for p in Path(cache).glob("*") if p.is_file() and p.stat().st_mtime >= started]
 res["files_scanned"] = len(files)
 res["files_with_value"] = [str(p) for p in files if VALUE.encode() in p.read_bytes()]
-if USER == "root" and MODE != "pasta":
+if USER == "root" and MODE not in ("pasta", "slirp4netns"):
     sh(PYSANDBOX, "network", "rm", MODE, env=env)
 tls.shutdown(); plain.shutdown()
 print("RESULT " + json.dumps(res))
@@ -467,6 +467,10 @@ def test_secret_through_the_proxy_private_network_root():
 
 def test_secret_through_the_proxy_pasta_root():
     _check(*_scenario("pasta"))
+
+
+def test_secret_through_the_proxy_slirp4netns_root():
+    _check(*_scenario("slirp4netns"))
 
 
 def test_secret_through_the_proxy_pasta_rootless():
