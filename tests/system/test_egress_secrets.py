@@ -484,7 +484,8 @@ def test_secret_through_the_proxy_pasta_rootless():
 # --- the launch's own checks (a private network in the test netns: no server needed) -------------
 
 @pytest.fixture(scope="module")
-def upstream(testns):
+def secnet(testns):
+    """The private network NET in the module's test network namespace (no upstream server needed)."""
     r = subprocess.run([PYSANDBOX, "network", "create", NET], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     try:
@@ -501,7 +502,7 @@ def _simple_profile(tmp, *, source="env:GH_TEST_TOKEN"):
     return str(p)
 
 
-def test_missing_secret_stops_the_launch(upstream, tmp_path):
+def test_missing_secret_stops_the_launch(secnet, tmp_path):
     """Fail closed: a secret whose source is missing stops the launch before the program runs."""
     os.chmod(tmp_path, 0o755)
     r = subprocess.run([PYSANDBOX, "run", "--profile", _simple_profile(tmp_path), "--", "/bin/echo", "ran"],
@@ -516,7 +517,7 @@ def test_missing_secret_stops_the_launch(upstream, tmp_path):
     assert r.returncode == 125 and "No such file" in r.stderr and "ran" not in r.stdout
 
 
-def test_secret_from_a_file_and_explain_shows_names_only(upstream, tmp_path):
+def test_secret_from_a_file_and_explain_shows_names_only(secnet, tmp_path):
     os.chmod(tmp_path, 0o755)
     value = "filetok_" + secrets.token_hex(16)
     f = tmp_path / "token"
@@ -541,7 +542,7 @@ def test_secret_from_a_file_and_explain_shows_names_only(upstream, tmp_path):
         assert r.returncode == 0 and "GITHUB_TOKEN" in r.stdout and value not in r.stdout
 
 @pytest.mark.parametrize("runner", ["root"], indirect=True)
-def test_image_root_gets_the_trust_store_and_placeholder(upstream, img, tmp_profile):
+def test_image_root_gets_the_trust_store_and_placeholder(secnet, img, tmp_profile):
     """An image without /etc/ssl (busybox:test): the bundle's mount point is made in the image's
     writable layer, the trust variables name it; the image's files are not changed otherwise."""
     import imagebuild as ib
@@ -570,7 +571,7 @@ def test_image_root_gets_the_trust_store_and_placeholder(upstream, img, tmp_prof
         ib.cli(img, "network", "rm", "secimg")
 
 
-def test_directory_root_gets_the_trust_store_and_stays_untouched(upstream, shared_tmp):
+def test_directory_root_gets_the_trust_store_and_stays_untouched(secnet, shared_tmp):
     """A read-only `root:` directory without /etc/ssl: the mount point comes from the sandbox's top
     layer (store/mountpoints), nothing is written into the directory."""
     import shutil
