@@ -289,6 +289,21 @@ for args in (["explain", "--profile", f"{D}/p.yaml"], ["explain", "--json", "--p
     q = subprocess.run(pre + [PYSANDBOX, *args], capture_output=True, text=True, env=env, timeout=60)
     res["shown"].append([" ".join(args[:2]), q.returncode,
                          "GITHUB_TOKEN" in q.stdout, VALUE in q.stdout + q.stderr, q.stderr[-300:]])
+def detached_left():
+    out = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if b"secinspect" in f.read().split(b"\0"):        # (an argument, not this script's text)
+                    out.append(d)
+        except OSError:
+            pass
+    return out
+for _ in range(100):                 # the detached sandbox's supervisor ends (and cleans up) first
+    if not detached_left():
+        break
+    time.sleep(0.1)
+res["detached_left"] = detached_left()
 # nowhere on disk: the state directory, the audit log, plan cache entries written since
 cache = "/var/cache/pysandbox/plans" if USER == "root" else f"{D}/cache/pysandbox/plans"
 files = [p for p in Path(state).rglob("*") if p.is_file()] + [Path(audit)]
@@ -432,6 +447,7 @@ def _check(res: dict, value: str) -> None:
         if what.startswith("explain"):
             assert named, what
     assert res["files_scanned"] > 1 and res["files_with_value"] == [], res["files_with_value"]
+    assert res["detached_left"] == [], res["detached_left"]
     text = res["audit"]
     assert value not in text and token not in text, text
     evs = [json.loads(x) for x in text.splitlines()]
