@@ -1037,18 +1037,32 @@ def _intercepted_hosts_allowed(http: tuple, secrets: tuple, host_rules: tuple, l
     from .egress import matches
 
     def covered(h: str) -> bool:
+        if _is_address(h):      # an egress `host:` rule names no address: refused below, said why
+            return False
         if h.startswith("*."):
             return any(r.host in ("*", h) or (r.host.startswith("*.") and h[1:].endswith(r.host[1:]))
                        for r in host_rules)
         return any(matches(r.host, h) for r in host_rules)
+    def why(h: str) -> str:
+        if _is_address(h):
+            return (f"{h!r} is an address: the egress proxy intercepts connections by host name "
+                    f"(SNI, Host, CONNECT) let through by a `host:` rule; name the host instead")
+        return f"{h!r} is allowed by no egress `host:` rule (add {{host: {h}, ports: [443]}} to network.egress.allow)"
     for i, r in enumerate(http):
         if not covered(r.host):
-            raise ProfileError(f"network.egress.http[{i}].host: {r.host!r} is allowed by no egress `host:` rule "
-                               f"(add {{host: {r.host}, ports: [443]}} to network.egress.allow)",
+            raise ProfileError(f"network.egress.http[{i}].host: {why(r.host)}",
                                loc(("network", "egress", "http", i, "host")))
     for s in secrets:
         for h in s.hosts:
             if not covered(h):
-                raise ProfileError(f"network.secrets.{s.name}.hosts: {h!r} is allowed by no egress `host:` rule "
-                                   f"(add {{host: {h}, ports: [443]}} to network.egress.allow)",
+                raise ProfileError(f"network.secrets.{s.name}.hosts: {why(h)}",
                                    loc(("network", "secrets", s.name, "hosts")))
+
+
+def _is_address(h: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(h.strip("[]"))
+        return True
+    except ValueError:
+        return False

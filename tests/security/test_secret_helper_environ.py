@@ -55,6 +55,8 @@ def test_helpers_do_not_inherit_a_secret(upstream_route, tmp_path, mode):
           mode: {mode}
           secrets:
             TOKEN: {{from: "env:PSB_HELPER_SECRET", hosts: [api.test]}}
+          egress:
+            allow: [{{host: api.test, ports: [443]}}]     # (the proxy only intercepts what a host rule allows)
         """))
     p = subprocess.Popen([PYSANDBOX, "run", "--profile", str(prof), "--", "/bin/sh", "-c", "echo up; read x"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -47,6 +47,8 @@ def _profile(tmp, source, allow="[GH_*]"):
           mode: {NET}
           secrets:
             GITHUB_TOKEN: {{from: "{source}", hosts: [api.test]}}
+          egress:
+            allow: [{{host: api.test, ports: [443]}}]     # (the proxy only intercepts what a host rule allows)
         """))
     return str(p)
 

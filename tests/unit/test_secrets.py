@@ -24,6 +24,9 @@ extends: default
 network:
   mode: {mode}
   egress:
+    allow:
+      - {{host: api.example.com, ports: [443]}}
+      - {{host: "*.corp.example", ports: [443]}}
     http:
       - {{host: API.example.com, methods: [get, post], paths: ["/repos/acme/*"]}}
   secrets:
@@ -49,8 +52,8 @@ def test_compiler_keeps_references_only(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kw,msg", [
-    ({"mode": "none"}, "needs a network whose traffic the egress proxy steers"),
-    ({"mode": "host"}, "not 'host'"),
+    ({"mode": "none"}, "needs an outbound network"),           # (the host rules: said first)
+    ({"mode": "host"}, "needs an outbound network"),
     ({"header": "Host"}, "frames the request"),
     ({"header": "Content-Length"}, "frames the request"),
     ({"fmt": "Bearer"}, "must hold `{}`"),
@@ -64,6 +67,27 @@ def test_compiler_refuses_with_one_line(tmp_path, kw, msg):
         _compile(tmp_path, **kw)
     text = str(e.value)
     assert msg in text and "\n" not in text and re.match(r".*p\.yaml:\d+:\d+: ", text), text
+
+
+@pytest.mark.parametrize("allow,hosts,msg", [
+    ("[{host: other.example, ports: [443]}]", "[api.example.com]",
+     "network.secrets.T.hosts: 'api.example.com' is allowed by no egress `host:` rule"),
+    ("[{host: api.example.com}]", "[192.0.2.7]",
+     "network.secrets.T.hosts: '192.0.2.7' is an address: the egress proxy intercepts connections by host name"),
+    ("[{host: '*.example.com'}]", "['*.sub.example.com', api.example.com]", None),
+])
+def test_compiler_secret_hosts_must_reach_the_proxy(tmp_path, allow, hosts, msg):
+    """A secret's (or http rule's) host must be one an egress `host:` rule lets through the proxy:
+    else it would never be substituted (refused, one line, exit 2); an address never is."""
+    p = tmp_path / "p.yaml"
+    p.write_text(f"version: 1\nnetwork:\n  mode: n\n  egress:\n    allow: {allow}\n"
+                 f"  secrets:\n    T: {{from: 'env:X', hosts: {hosts}}}\n")
+    if msg is None:
+        assert compile_profile(str(p)).plan.network.secrets[0].hosts == ("*.sub.example.com", "api.example.com")
+        return
+    with pytest.raises(ProfileError) as e:
+        compile_profile(str(p))
+    assert msg in str(e.value) and "\n" not in str(e.value) and re.match(r".*p\.yaml:\d+:\d+: ", str(e.value))
 
 
 def test_compiler_bad_hosts_and_bounds(tmp_path):
@@ -247,16 +271,17 @@ def test_intercept_plaintext_rules_keepalive_and_exfiltration():
     assert out.count(b"HTTP/1.1 200") == 2 and b"HTTP/1.1 403" in out          # GET, GET kept alive; DELETE refused
     assert [(s[0], s[1]) for s in seen if s[1].startswith(b"/ok")] == [(b"GET", b"/ok/1"), (b"GET", b"/ok/2")]
     assert [t for t, _ in ev] == ["egress.http.allowed", "egress.http.allowed", "egress.http.denied"]
-    assert ev[2][1]["method"] == "DELETE" and ev[2][1]["rule"] == "network.egress.http[0]"
+    assert ev[2][1]["http"]["method"] == "DELETE" and ev[2][1]["http"]["rule"] == "network.egress.http[0]"
     out, ev = res["other"]
-    assert b"HTTP/1.1 403" in out and ("egress.secret_exfiltration", {"host": "other.test", "port": ev[0][1]["port"],
-                                                                       "secret": "TOKEN", "where": "body"}) in ev
+    assert b"HTTP/1.1 403" in out and ("egress.secret_exfiltration", {"secret": "TOKEN", "where": "body"}) in \
+        [(t, f["http"]) for t, f in ev]
+    assert all(f["egress"]["name"] == "other.test" and f["egress"]["protocol"] == "http" for _, f in ev)
     assert not [s for s in seen if s[1] == b"/x" and s[3].endswith(ph)]       # never a whole request upstream
     out, ev = res["other_head"]
     assert b"HTTP/1.1 403" in out and ev[0][0] == "egress.secret_exfiltration"
     assert all(ph.decode() not in repr(f) for _, f in ev)                    # the audit masks the placeholder
     out, ev = res["host_mismatch"]
-    assert b"HTTP/1.1 403" in out and "Host header" in ev[0][1]["reason"]
+    assert b"HTTP/1.1 403" in out and "Host header" in ev[0][1]["egress"]["reason"]
     assert all(b"VALUE" not in repr(s).encode() for s in seen)               # plaintext: the value never sent
 
 
@@ -294,4 +319,29 @@ def test_intercept_bounds_the_request_head():
         return out, ctx.events
     out, ev = asyncio.run(main())
     assert out.startswith(b"HTTP/1.1 431 ") and ev[0][0] == "egress.http.denied"
-    assert ev[0][1]["reason"].startswith("malformed request")
+    assert ev[0][1]["egress"]["reason"].startswith("malformed request")
+
+
+def test_interception_events_and_their_coalesced_records_follow_the_audit_schema():
+    """The proxy's Audit (service.py) with the interception's events past the per-sandbox rate
+    limit: every record written, full or coalesced, validates against audit/schema/event.schema.json
+    (a coalesced one keeps `egress` and `http` without per-request fields)."""
+    import audit
+    from audit.events import Recorder
+    from sandbox.network.egress import intercept, service
+    rec = Recorder("abc123", profile="p")
+    out = []
+    a = service.Audit(lambda t, **f: out.append(rec.build(t, **f)))
+    s = intercept._Session("api.test", 443, ["192.0.2.1"], type("C", (), {"audit": a, "egress": None,
+                                                                          "secrets": None})(), tls=True)
+    for i in range(300):
+        s.audit("egress.http.allowed", {"method": "GET", "path": f"/r/{i}", "rule": "network.egress.http[0]",
+                                        "secrets": ["T"]})
+    s.audit("egress.secret_exfiltration", {"secret": "T", "where": "body"})
+    s.audit("egress.http.denied", {"method": None, "path": None, "rule": None, "reason": "malformed request"})
+    a.flush(final=True)
+    assert any(e.get("count") for e in out) and len(out) < 300       # the rate limit coalesced some
+    for e in out:
+        e["seq"] = 1
+        audit.validate(e)
+    assert {e["type"] for e in out} >= {"egress.http.allowed", "egress.secret_exfiltration", "egress.http.denied"}

@@ -3,8 +3,6 @@ would have to cross the network readable, so the egress proxy never substitutes 
 """
 from __future__ import annotations
 
-import ipaddress
-
 from ..context import Ctx
 from ..model import Rule
 
@@ -21,10 +19,9 @@ RULE = Rule(
 into the named header of requests to the secret's hosts, which needs TLS interception
 (docs/network.md, "Secrets"). Over plaintext HTTP the value would travel the network readable by
 anyone on the path, so the proxy refuses such a request (403, `egress.http.denied`). When the
-egress allow-list lets the program reach a secret's host on plaintext ports only (80, 8080) -
-an address rule `{to: ADDR, ports: [80]}` covering a secret's IP host, or a host rule
-`{host: NAME, ports: [80]}` - the secret can never work, and the profile most likely meant
-HTTPS (port 443).
+egress allow-list lets the program reach a secret's host on plaintext ports only (80, 8080) - a
+host rule `{host: NAME, ports: [80]}` - the secret can never work, and the profile most likely
+meant HTTPS (port 443).
 """,
     bad="""\
 version: 1
@@ -33,9 +30,9 @@ network:
   mode: privnet
   egress:
     allow:
-      - {to: 203.0.113.7, ports: [80]}
+      - {host: api.example.com, ports: [80]}
   secrets:
-    API_TOKEN: {from: "env:API_TOKEN", hosts: [203.0.113.7], header: Authorization}   # expect: PSB520
+    API_TOKEN: {from: "env:API_TOKEN", hosts: [api.example.com], header: Authorization}   # expect: PSB520
 """,
     good="""\
 version: 1
@@ -44,9 +41,9 @@ network:
   mode: privnet
   egress:
     allow:
-      - {to: 203.0.113.7, ports: [443]}
+      - {host: api.example.com, ports: [443]}
   secrets:
-    API_TOKEN: {from: "env:API_TOKEN", hosts: [203.0.113.7], header: Authorization}
+    API_TOKEN: {from: "env:API_TOKEN", hosts: [api.example.com], header: Authorization}
 """,
     fix="""\
 Allow the secret's host on its HTTPS port (443) and have the program use `https://`; a secret is
@@ -63,33 +60,18 @@ def _matches(pattern: str, host: str) -> bool:
 
 
 def _ports_for(host: str, allow: list):
-    """The ports the allow-list opens to `host` (None: no rule names it; "all": some rule has no ports)."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
+    """The ports the allow-list's `host:` rules open to `host` (None: no rule names it). Address
+    rules do not count: their traffic bypasses the egress proxy, which alone substitutes secrets."""
     ports, named = set(), False
     for r in allow:
-        if not isinstance(r, dict):
-            continue
-        if isinstance(r.get("host"), str) and _matches(r["host"], host):
+        if isinstance(r, dict) and isinstance(r.get("host"), str) and _matches(r["host"], host):
             named = True
             ports.update(r.get("ports") or HOST_RULE_PORTS)
-        elif ip is not None and isinstance(r.get("to"), str):
-            try:
-                if ip not in ipaddress.ip_network(r["to"], strict=False):
-                    continue
-            except ValueError:
-                continue
-            named = True
-            if not r.get("ports"):
-                return "all"
-            ports.update(r["ports"])
     return ports if named else None
 
 
 def check_document(ctx: Ctx) -> None:
-    """PSB520, on the document: egress `host:` rules (the egress proxy's) and address rules alike."""
+    """PSB520, on the document: the egress `host:` rules (the egress proxy's)."""
     net = ctx.doc.data.get("network")
     if not isinstance(net, dict) or not isinstance(net.get("secrets"), dict):
         return

@@ -1,9 +1,10 @@
 """TLS interception of the egress proxy, for hosts with `egress.http` rules or secrets
 (docs/network.md, "Secrets").
 
-The egress proxy (sandbox/network/egress/, the connection steering and SNI/Host matching) calls
-`handle()` for a connection of the sandbox it accepted and allowed, when `wants(plan.network, host)`
-says this host is intercepted; every other host is spliced untouched and never comes here.
+The egress proxy (proxy.py: the connection steering and SNI/Host/CONNECT matching, the host
+rule, the address check) calls `handle()` in its loop for a connection of the sandbox it accepted
+and allowed, when `wants(plan.network, host)` says this host is intercepted (proxy.Ctx.
+wants_interception); every other host is spliced untouched and never comes here.
 
     await handle(reader, writer, first_bytes, host=..., port=..., addrs=[...], ctx=ctx)
 
@@ -188,8 +189,20 @@ class _Session:
                 s.close()
 
     def audit(self, event: str, fields: dict) -> None:
+        """One interception event in the audit schema's shape (audit/schema/event.schema.json):
+        `egress` {name, address, port, protocol, reason} as the proxy's own events, and `http`
+        {method, path, rule, secrets | secret, where} for the request; names only, never a value."""
+        http = dict(fields)
+        reason = http.pop("reason", None)
+        eg = {"name": self.host, "address": self.addrs[0] if self.addrs else None, "port": self.port,
+              "protocol": "tls" if self.tls else "http"}
+        if reason:
+            eg["reason"] = reason
+        what = event.split(".", 1)[1].replace("http.", "").replace("_", " ")
+        msg = f"{what} {http.get('method') or ''} {self.host}:{self.port}{http.get('path') or ''}"
         try:
-            self.ctx.audit(event, {"host": self.host, "port": self.port, **fields})
+            self.ctx.audit(event, {"egress": eg, "http": http, "via": "supervisor",
+                                   "message": msg + (f": {reason}" if reason else "")})
         except Exception:
             pass
 

@@ -64,16 +64,13 @@ class Ctx:
         return self.sandbox_id
 
     def wants_interception(self, name: str) -> bool:
-        """The plan has `http` rules or secrets for this host (intercept.py, docs/network.md
-        "Secrets"); the compiler refuses those whose host no `host:` rule allows."""
+        """The plan has `http` rules or secrets for this host (intercept.wants, the one copy;
+        docs/network.md "Secrets"); the compiler refuses those whose host no `host:` rule allows.
+        No CA: the launch set up no interception (imported only then: h11)."""
         if self.ca is None:
             return False
-        for attr in ("http", "secrets"):
-            for r in getattr(self.egress, attr, ()) or ():
-                hosts = getattr(r, "hosts", None) or (getattr(r, "host", None),)
-                if any(h and E.matches(h, name) for h in hosts):
-                    return True
-        return False
+        from . import intercept
+        return intercept.wants(self.egress, name)
 
 
 def original_dst(s: socket.socket) -> tuple[str, int] | None:
@@ -225,6 +222,7 @@ class Proxy:
                     audit.denied(name, addr, port, proto, rule, f"SNI {sni[:253]!r} in a tunnel to {name}")
                     return False
         if self.ctx.wants_interception(name):
+            audit.allowed(name, addr, port, proto, rule, "intercepted: http rules or secrets")
             return await self._intercept(c, buf, name, port, list(addrs))
         up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         up.setblocking(False)
@@ -252,7 +250,7 @@ class Proxy:
         return False
 
     async def _intercept(self, c, first: bytes, name: str, port: int, addrs: list) -> bool:
-        from . import intercept          # the secrets part's module (never reached on this branch)
+        from . import intercept
         reader, writer = await asyncio.open_connection(sock=c)
         try:
             await intercept.handle(reader, writer, first, host=name, port=port, addrs=addrs, ctx=self.ctx)

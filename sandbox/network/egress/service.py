@@ -89,19 +89,14 @@ class Audit:
               "rule": {"index": rule.index, "text": E.rule_text(rule)} if rule is not None else None}
         if reason:
             ev["reason"] = reason
-        fields = {"egress": ev, "via": "supervisor",
-                  "message": f"{'allowed' if etype == 'egress.allowed' else 'denied'} {protocol} "
-                             f"{name or '?'} {addr or ''}{':' + str(port) if port else ''}"
-                             + (f": {reason}" if reason else "")}
-        try:
-            if self.thr.admit(etype, fields):
-                self.on_event(etype, **fields)
-            self.flush()
-        except Exception:   # noqa: BLE001 - auditing never takes the proxy down
-            pass
+        self(etype, {"egress": ev, "via": "supervisor",
+                     "message": f"{'allowed' if etype == 'egress.allowed' else 'denied'} {protocol} "
+                                f"{name or '?'} {addr or ''}{':' + str(port) if port else ''}"
+                                + (f": {reason}" if reason else "")})
 
     def __call__(self, etype: str, fields: dict) -> None:
-        """An interception event (intercept.py: egress.http.*, egress.secret_*), rate-limited alike."""
+        """One event, rate-limited: the proxy's and the resolver's (`allowed`, `denied`) and the
+        interception's (intercept.py: egress.http.*, egress.secret_*)."""
         if self.on_event is None:
             return
         try:
@@ -125,6 +120,8 @@ class Audit:
                 fields.pop("syscall", None)
                 fields["egress"] = {"name": None, "protocol": "tcp",
                                     "reason": "coalesced by the audit rate limit"}
+                if not etype.startswith(("egress.allowed", "egress.denied")):
+                    fields["http"] = {}             # an interception kind's coalesced record
             try:
                 self.on_event(etype, **fields)
             except Exception:   # noqa: BLE001
