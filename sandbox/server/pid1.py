@@ -18,9 +18,9 @@ def entry(chan_fd: int, plans: dict, build=None) -> None:
     descriptors put at the numbers it names — only where it is used (_inline_from, _program_from). Any failure
     or the server going away: exit (the server reports it).
     build (plan, rootless): a spare that builds the plan's root file system ahead, once the
-    template has written its id maps ("B"), in a builder process of its own (init.prebuild_root:
-    this process keeps the credentials it was cloned with, which forking the program into its
-    cgroup needs); it then says "R" (ready) to whoever takes it, or "F" and ends.
+    template has written its id maps ("B"), in a builder thread (_build, init.prebuild_root: only
+    the thread takes the sandbox's identity; this process keeps the credentials it was cloned with,
+    which forking the program into its cgroup needs); it then says "R" (ready) to whoever takes it, or "F" and ends.
     plans: the template's plans by key (a run's context names its plan by key when the template
     had it before this PID 1 was cloned)."""
     import signal
