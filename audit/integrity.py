@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -79,6 +80,7 @@ class _MountWatch:
 
 
 _WATCH: list = [None]
+_WATCH_LOCK = threading.Lock()                # take() and check() may run on different threads
 
 
 def _mount_table() -> dict:
@@ -87,6 +89,11 @@ def _mount_table() -> dict:
         key = (os.getpid(), os.readlink("/proc/self/ns/mnt"))
     except OSError:
         return _mounts()
+    with _WATCH_LOCK:
+        return _watched(key)
+
+
+def _watched(key: tuple) -> dict:
     w = _WATCH[0]
     if w is None or w.key != key:
         if w is not None and w.key[0] == key[0]:

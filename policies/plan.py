@@ -12,10 +12,90 @@ from __future__ import annotations
 # No `typing` import: annotations are strings (postponed), and `typing` costs ~10 ms on the
 # launch path. `Optional[X]` below is documentation only.
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import MISSING, FrozenInstanceError, dataclass as _dataclass, field, fields, asdict
 
 # Every class has a docstring: without one, dataclass() computes one with inspect.signature,
 # which costs milliseconds per class on the launch path.
+
+
+def dataclass(*, frozen: bool):
+    """dataclass(frozen=True) with the same behaviour — fields, defaults and default factories,
+    keyword and positional __init__, repr, eq and hash over the compare fields, immutability
+    (FrozenInstanceError), dataclasses.fields/replace/asdict, pickling — but its six methods are
+    shared generic functions instead of source compiled by `exec` per class: that compiling was
+    15.7 ms of every import of this module (120 functions), which a cached `pysandbox run` pays
+    only to unpickle its plan (docs/performance.md). Checked against dataclasses' own in
+    tests/unit/test_plan_dataclass.py."""
+    assert frozen
+
+    def wrap(cls):
+        cls = _dataclass(init=False, repr=False, eq=False)(cls)   # metadata only: nothing exec'd
+        fs = fields(cls)
+        cls._pl_init = tuple((f.name, f.default, f.default_factory) for f in fs if f.init)
+        cls._pl_names = frozenset(f.name for f in fs)
+        cls._pl_repr = tuple(f.name for f in fs if f.repr)
+        cls._pl_cmp = tuple(f.name for f in fs if f.compare)
+        cls._pl_hash = tuple(f.name for f in fs if (f.compare if f.hash is None else f.hash))
+        cls._pl_cls = cls
+        for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+            setattr(cls, name, _METHODS[name])
+        cls.__dataclass_params__.frozen = cls.__dataclass_params__.eq = True
+        return cls
+    return wrap
+
+
+def _init(self, *args, **kw):
+    spec = self._pl_init
+    if len(args) > len(spec):
+        raise TypeError(f"{type(self).__name__}.__init__() takes {len(spec) + 1} positional arguments "
+                        f"but {len(args) + 1} were given")
+    put = object.__setattr__
+    for i, (name, default, factory) in enumerate(spec):
+        if i < len(args):
+            if name in kw:
+                raise TypeError(f"{type(self).__name__}.__init__() got multiple values for argument {name!r}")
+            value = args[i]
+        elif name in kw:
+            value = kw.pop(name)
+        elif default is not MISSING:
+            value = default
+        elif factory is not MISSING:
+            value = factory()
+        else:
+            raise TypeError(f"{type(self).__name__}.__init__() missing 1 required argument: {name!r}")
+        put(self, name, value)
+    if kw:
+        raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {next(iter(kw))!r}")
+
+
+def _repr(self):
+    return f"{type(self).__qualname__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self._pl_repr) + ")"
+
+
+def _eq(self, other):
+    if other.__class__ is self.__class__:
+        return tuple(getattr(self, n) for n in self._pl_cmp) == tuple(getattr(other, n) for n in self._pl_cmp)
+    return NotImplemented
+
+
+def _hash(self):
+    return hash(tuple(getattr(self, n) for n in self._pl_hash))
+
+
+def _setattr(self, name, value):
+    if type(self) is self._pl_cls or name in self._pl_names:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+    super(self._pl_cls, self).__setattr__(name, value)
+
+
+def _delattr(self, name):
+    if type(self) is self._pl_cls or name in self._pl_names:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+    super(self._pl_cls, self).__delattr__(name)
+
+
+_METHODS = {"__init__": _init, "__repr__": _repr, "__eq__": _eq, "__hash__": _hash,
+            "__setattr__": _setattr, "__delattr__": _delattr}
 
 PLAN_VERSION = 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import select
 import socket
 import threading
@@ -105,6 +106,24 @@ def serve(ctl_fd: int) -> None:
     gc.freeze()                                      # what exists now is never scanned (nor copied) again
     tmpl = [template.Template()]
     closing = False
+    # An ended sandbox is finished (reaped, audited, cleaned up, integrity-checked, answered) on a
+    # worker thread, not on this loop: most of that time is the kernel's (tearing the sandbox's
+    # namespaces down when the integrity snapshot lets go of them, removing its cgroups), during
+    # which this loop starts and supervises the other sandboxes. The worker is started after the
+    # template was forked; before another fork (a template replaced) it is drained (idle).
+    ending: queue.Queue = queue.Queue()
+
+    def finisher() -> None:
+        while True:
+            run = ending.get()
+            try:
+                if run is None:
+                    return
+                finish_run(run)
+            finally:
+                ending.task_done()
+    worker = threading.Thread(target=finisher, name="pysandbox-finish", daemon=True)
+    worker.start()
 
     def template_clone(run: _Run, flags, ctx, plan) -> int:
         """Through the template; a template that died (it never should) is replaced once."""
@@ -112,6 +131,7 @@ def serve(ctl_fd: int) -> None:
         t = tmpl[0]
         if not t.alive():
             t.close()
+            ending.join()                                    # no finish under way while we fork
             t = tmpl[0] = template.Template()                # a copy of the server as it is now
         pid, run.built = t.clone(flags, ctx, run.key, plan, built_ok)
         run.launch.maps_done = run.built             # the template wrote them before the build
@@ -219,6 +239,12 @@ def serve(ctl_fd: int) -> None:
         # the events of the clean-up (sandbox_exit, ...) travel with the result: one message, one
         # wake-up of the caller, instead of one each while this process is still busy
         run.held = []
+        ending.put(run)                                # finish_run, on the worker thread
+
+    def finish_run(run: _Run) -> None:
+        """On the worker: the launcher's finish (the audit's drain, cgroups, the integrity check),
+        then the result with the clean-up's events. Nothing of this loop's state is touched: the
+        run left every table and the poller in end_run."""
         try:
             result = run.launch.finish()
             run.send(run.held, result)
@@ -230,6 +256,8 @@ def serve(ctl_fd: int) -> None:
 
     while True:
         if closing and not by_pidfd:
+            ending.put(None)                           # the finishes under way complete first
+            worker.join()
             break
         if tmpl[0].zombies:
             tmpl[0].reap()

@@ -18,9 +18,9 @@ def entry(chan_fd: int, plans: dict, build=None) -> None:
     descriptors put at the numbers it names — only where it is used (_inline_from, _program_from). Any failure
     or the server going away: exit (the server reports it).
     build (plan, rootless): a spare that builds the plan's root file system ahead, once the
-    template has written its id maps ("B"), in a builder process of its own (init.prebuild_root:
-    this process keeps the credentials it was cloned with, which forking the program into its
-    cgroup needs); it then says "R" (ready) to whoever takes it, or "F" and ends.
+    template has written its id maps ("B"), in a builder thread (_build, init.prebuild_root: only
+    the thread takes the sandbox's identity; this process keeps the credentials it was cloned with,
+    which forking the program into its cgroup needs); it then says "R" (ready) to whoever takes it, or "F" and ends.
     plans: the template's plans by key (a run's context names its plan by key when the template
     had it before this PID 1 was cloned)."""
     import signal
@@ -61,32 +61,47 @@ def entry(chan_fd: int, plans: dict, build=None) -> None:
                          tuple(fds[i] if i >= 0 else None for i in (i0, i1, i2)),
                          bool(flags & wire.F_TIME), bool(flags & wire.F_LINGER),
                          (bool(flags & wire.F_GID0), bool(flags & wire.F_GROUPS), bool(flags & wire.F_UID0)),
-                         2 if built else None)          # (the builder had pid 2)
+                         2 if built else None)          # (the builder thread had pid 2)
     sequence.pid1(spec, lambda err_w, prog_go_r: _program_from(buf, fds, consumed, err_w, prog_go_r, built, plans),
                   inline=lambda: _inline_from(buf, fds, consumed, status_w, cg_v2, built, plans))
 
 
 def _build(plan, rootless: bool) -> bool:
-    """Fork the builder (pid 2 of the new namespace), wait for it: True when the root is built."""
+    """Build the root in a thread of this PID 1 (init._in_thread, as init.setup_in_thread does at
+    a launch: the thread takes the sandbox's identity, this process keeps the credentials it was
+    cloned with), wait for it: True when the root is built. A thread, not a forked builder: a
+    copy of the Python process per spare (its page tables, copied pages and teardown) was the
+    largest CPU cost of a launch server's launch (docs/performance.md). The thread is pid 2 of
+    the new namespace; the program gets pid 2 again (Pid1Spec.program_pid) once it has gone."""
+    import _thread
+    tid: list = []
+
+    def build() -> None:
+        from ..init import prebuild_root
+        tid.append(_thread.get_native_id())
+        prebuild_root(plan, rootless)
     try:
-        pid = os.fork()
-    except OSError:
+        from ..init import _in_thread
+        _in_thread(build)
+    except BaseException:  # noqa: BLE001 - a fresh PID 1 will report the error
         return False
-    if pid == 0:
-        code = 1
+    return _gone(tid[0]) if tid else False
+
+
+def _gone(tid: int, limit: float = 1.0) -> bool:
+    """Wait (bounded) until the builder thread's task has left the kernel, so that its pid is
+    free for the program's process: the thread says it is done just before it exits."""
+    import time
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
         try:
-            from ..init import prebuild_root
-            prebuild_root(plan, rootless)
-            code = 0
-        except BaseException:  # noqa: BLE001 - a fresh PID 1 will report the error
-            pass
-        finally:
-            os._exit(code)
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return False
-    return os.waitstatus_to_exitcode(status) == 0
+            os.kill(tid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        time.sleep(0.0002)
+    return False
 
 
 def _take_ctx(buf, fds: list, consumed: set, keep: list, plans: dict) -> tuple:
