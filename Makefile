@@ -19,7 +19,7 @@ $(VENV)/.deps: pyproject.toml setup.py
 	  fi; \
 	fi
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,net]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,net,build]'
 	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
 	touch $@
 
