@@ -394,11 +394,13 @@ class Builder:
         workdir, user = state.config.get("WorkingDir"), state.config.get("User")
 
         def make():
-            from .steps import run_step
+            from .steps import exec_dirs, run_step
+            from .view import View
             ref = self._state_ref(state)
+            paths = exec_dirs(View(self._lowers(state)))
             with self.progress.working(f"RUN {shown[:60]}"):
                 return run_step(self.store, ref, argv, run_env, workdir, user, self.o.network, where,
-                                quiet=self.progress.quiet)
+                                quiet=self.progress.quiet, exec_paths=paths)
         return self._cached(new, ins, f"RUN {shown}", {"argv": argv, "env": run_env, "user": user,
                                                        "workdir": workdir, "network": self.o.network}, make, state)
 

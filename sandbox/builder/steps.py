@@ -32,10 +32,60 @@ class StepError(Exception):
 
 # --------------------------------------------------------------------------- RUN
 
+NOEXEC_TOP = frozenset({"tmp", "dev", "proc", "sys", "run"})    # scratch and kernel trees: never executable
+NOEXEC_VAR = frozenset({"tmp"})                                   # /var/tmp
+
+
+def build_landlock(ll, top: list, var: list, workdir: Optional[str]):
+    """The Landlock rules of one RUN step (docs/images.md, "W^X in builds"): the profile's rules
+    derived from its mounts, except that the image's root is read + write but *not* executable as
+    a whole; execute (with read) is granted on each directory at the top of the stage's root
+    (`top`: its real directories, symlinks are covered through their targets) but /tmp, /dev,
+    /proc, /sys and /run, on /var's directories but /var/tmp, and on the WORKDIR. A build runs
+    what it builds and installs where programs live (/usr, /opt, /srv/app, ...); a binary dropped
+    in /tmp, /var/tmp or /dev/shm does not run. (Landlock rights add up down a path: an execute
+    right on / could not be taken back below it, hence one rule per directory.)"""
+    from dataclasses import replace
+    from policies import plan as P
+    if ll is None or not ll.filesystem or not ll.derived:
+        return ll                  # a profile of explicit rules (or none): as written
+    X = P.LANDLOCK_READ + P.LANDLOCK_EXECUTE
+    paths = []
+    for p in ll.paths:
+        if p.path == "/":
+            p = P.LandlockPath("/", tuple(a for a in p.access if a != "execute"), p.required)
+        paths.append(p)
+    for n in top:
+        if n not in NOEXEC_TOP and n != "var":
+            paths.append(P.LandlockPath("/" + n, X, False))
+    for n in var:
+        if n not in NOEXEC_VAR:
+            paths.append(P.LandlockPath("/var/" + n, X, False))
+    if workdir and workdir != "/":
+        paths.append(P.LandlockPath(workdir, X, False))
+    from policies.landlock import _merge
+    return replace(ll, paths=_merge(paths))
+
+
+def exec_dirs(view: View) -> tuple[list, list]:
+    """(the real directories at the top of the view's root, those of its /var) for build_landlock."""
+    def dirs(parts):
+        out = []
+        for n in view.listdir(parts) if view.entry(parts) else ():
+            hit = view.entry(parts + (n,))
+            if hit is not None and stat.S_ISDIR(hit[1].st_mode):
+                out.append(n)
+        return out
+    top = dirs(())
+    return top, dirs(("var",)) if "var" in top else []
+
+
 def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optional[str], user: Optional[str],
-             network: Optional[str], what: str, *, quiet: bool = False, profile: str = "build") -> Optional[dict]:
+             network: Optional[str], what: str, *, quiet: bool = False, profile: str = "build",
+             exec_paths: Optional[tuple] = None) -> Optional[dict]:
     """Run argv in a sandbox on the state's layers; returns the new layer's info, or None when the
-    command changed nothing. Raises StepError (non-zero exit: code 1; the launch failed: its code)."""
+    command changed nothing. Raises StepError (non-zero exit: code 1; the launch failed: its code).
+    exec_paths: exec_dirs() of the state (the step's Landlock rules, build_landlock)."""
     from policies.compiler import Overrides, compile_profile
     from policies.errors import ProfileError
     from .. import seccomp
@@ -50,6 +100,9 @@ def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optio
         plan = compile_profile(profile, ov).plan
     except (ProfileError, ValueError) as e:
         raise StepError(f"{what}: {e}", 2) from None
+    if exec_paths is not None:
+        from dataclasses import replace
+        plan = replace(plan, landlock=build_landlock(plan.landlock, *exec_paths, workdir))
     bpf = seccomp.build_bpf(plan.seccomp) if plan.seccomp.enabled else None
     sid = os.urandom(6).hex()
     try:
