@@ -288,15 +288,16 @@ def _file_sha(view: View, it: Item) -> str:
 
 
 def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View, *, chown: Optional[tuple],
-               chmod: Optional[int], what: str) -> dict:
+               chmod: Optional[int], what: str, archives: tuple = ()) -> dict:
     """Write the items (and the parents of their destinations, with the attributes they have in
-    the stage) into a layer tar and add it to the store. Caller holds the store lock."""
+    the stage) into a layer tar and add it to the store. Caller holds the store lock.
+    archives: (Item, destination directory parts) of local archives ADD extracts (add_archive)."""
     from ..store.archive import add_layer_from_tar
     fd, tarpath = tempfile.mkstemp(prefix="copy.", suffix=".tar", dir=store.tmp)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
             done: set = set()
-            for it in items:
+            for it in list(items) + [Item(root + ("\0",)) for _, root in archives]:
                 for i in range(1, len(it.dest)):
                     parent = it.dest[:i]
                     if parent in done:
@@ -313,7 +314,7 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                         if chown:
                             ti.uid, ti.gid = chown
                     tf.addfile(ti)
-                if it.dest in done:
+                if it.dest in done or it.st is None:
                     continue
                 done.add(it.dest)
                 st = it.st
@@ -344,7 +345,14 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                         raise StepError(f"{what}: /{'/'.join(it.src)}: {e} (changed while being read?)") from None
                     finally:
                         os.close(ffd)
-        return add_layer_from_tar(tarpath, store, what)
+            for it, root in archives:
+                add_archive(tf, src_view, it, root, chown=chown, what=what)
+        try:
+            return add_layer_from_tar(tarpath, store, what)
+        except ImageError as e:
+            if archives:               # e.g. a member written through a symlink the archive made
+                raise StepError(str(e), 2) from None
+            raise
     except (OSError, ViewError) as e:
         raise StepError(f"{what}: {getattr(e, 'strerror', None) or e}") from None
     finally:
@@ -352,6 +360,99 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
             os.unlink(tarpath)
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------- ADD of a local archive
+
+def is_archive(view: View, it: Item) -> bool:
+    """Docker's test, by content: a gzip, bzip2 or xz stream, or a tar (ustar magic)."""
+    if it.st is None or not stat.S_ISREG(it.st.st_mode) or it.link is not None:
+        return False
+    fd = view.open(it.layer, it.src)
+    try:
+        head = os.pread(fd, 512, 0)
+    finally:
+        os.close(fd)
+    return (head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00"
+            or (len(head) == 512 and head[257:262] == b"ustar"))
+
+
+def _archive_parts(name: str, where: str) -> tuple:
+    """A member's name -> its components below the extraction directory (a leading '/' is dropped,
+    as tar does); '..', NUL and whiteout names are refused."""
+    if "\0" in name:
+        raise StepError(f"{where}: NUL byte in a member's name", 2)
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise StepError(f"{where}: {name!r}: '..' in a member's path (path traversal)", 2)
+    if parts and parts[-1].startswith(".wh."):
+        raise StepError(f"{where}: {name!r}: an overlay whiteout name in an archive", 2)
+    return parts
+
+
+def add_archive(tf, view: View, it: Item, root: tuple, *, chown: Optional[tuple], what: str) -> None:
+    """ADD of a local archive (tar, gzip/bzip2/xz): its members written into the layer tar `tf`
+    below `root`, through the store's hostile-tar readers (store/tarsafe.py bounds: headers,
+    members, names, depth, sizes, decompressed bytes and ratio; xz memory). Refused (exit 2): '..'
+    or whiteout names, device nodes, hard links out of the archive, anything not a valid archive.
+    The layer tar then goes through the import's extractor (add_layer_from_tar), which refuses a
+    member written through a symlink. Owners as in the archive (--chown: those)."""
+    from ..store import tarsafe
+    from ..store.extract import decompress_error, open_decompressed
+    src = "/".join(it.src)
+    where = f"{what} {src}"
+    limits = tarsafe.DEFAULT_LIMITS
+    fd = view.open(it.layer, it.src)
+    seen: set = set()
+    try:
+        with io.FileIO(fd, "rb", closefd=False) as raw:
+            dec, craw = open_decompressed(io.BufferedReader(raw, 1 << 16), where, count=True)
+            limited = tarsafe.LimitedReader(dec, limits.stream_bytes(), ratio=limits.ratio,
+                                            compressed=(lambda: craw.n) if craw else None)
+            with tarsafe.open_tar(io.BufferedReader(limited, 1 << 16), "r|", limits) as stf:
+                for ti in tarsafe.members(stf):
+                    parts = _archive_parts(ti.name, where)
+                    if ti.ischr() or ti.isblk():
+                        raise StepError(f"{where}: {ti.name!r}: device node not allowed in an image", 2)
+                    if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.isfifo()):
+                        raise StepError(f"{where}: {ti.name!r}: unsupported member type {ti.type!r}", 2)
+                    if not parts:
+                        if not ti.isdir():
+                            raise StepError(f"{where}: {ti.name!r}: an empty name", 2)
+                        continue             # the archive's "./": the destination keeps its attributes
+                    out = tarfile.TarInfo("/".join(root + parts))
+                    out.type, out.mode, out.mtime = ti.type, ti.mode & 0o7777, ti.mtime
+                    out.uid, out.gid = chown if chown else (ti.uid, ti.gid)
+                    if ti.islnk():
+                        target = _archive_parts(ti.linkname, where)
+                        if target not in seen:
+                            raise StepError(f"{where}: {ti.name!r}: hard link to {ti.linkname!r}, "
+                                            f"not earlier in the archive", 2)
+                        out.linkname = "/".join(root + target)
+                    elif ti.issym():
+                        out.linkname = ti.linkname        # resolved inside the image, as any symlink
+                    if ti.isreg():
+                        out.size = ti.size
+                        tf.addfile(out, stf.extractfile(ti))
+                    else:
+                        tf.addfile(out)
+                    seen.add(parts)
+    except StepError:
+        raise
+    except ImageError as e:
+        raise StepError(str(e), 2) from None
+    except tarsafe.TarLimitError as e:
+        raise StepError(f"{where}: {e}", 2) from None
+    except tarfile.TarError as e:
+        raise StepError(f"{where}: not a valid tar archive ({' '.join(str(e).split())})", 2) from None
+    except (EOFError, ValueError, OSError) as e:
+        import lzma
+        import zlib
+        if isinstance(e, (EOFError, zlib.error, lzma.LZMAError)) or "gzip" in str(e).lower() or "bz" in str(e).lower():
+            raise StepError(decompress_error(where, " ".join(str(e).split())), 2) from None
+        raise
+    finally:
+        os.close(fd)
 
 
 class _Hashing:
