@@ -405,7 +405,8 @@ def add_archive(tf, view: View, it: Item, root: tuple, *, chown: Optional[tuple]
     fd = view.open(it.layer, it.src)
     seen: set = set()
     try:
-        with io.FileIO(fd, "rb", closefd=False) as raw:
+        with io.FileIO(fd, "rb", closefd=False) as f:
+            raw = _HashingRaw(f)
             dec, craw = open_decompressed(io.BufferedReader(raw, 1 << 16), where, count=True)
             limited = tarsafe.LimitedReader(dec, limits.stream_bytes(), ratio=limits.ratio,
                                             compressed=(lambda: craw.n) if craw else None)
@@ -437,6 +438,10 @@ def add_archive(tf, view: View, it: Item, root: tuple, *, chown: Optional[tuple]
                     else:
                         tf.addfile(out)
                     seen.add(parts)
+            while raw.read(1 << 20):          # the rest (padding, trailing bytes): all of the cache key's bytes
+                pass
+            if it.sha is not None and raw.h.hexdigest() != it.sha:
+                raise StepError(f"{where}: changed while being read (retry)")
     except StepError:
         raise
     except ImageError as e:
@@ -453,6 +458,22 @@ def add_archive(tf, view: View, it: Item, root: tuple, *, chown: Optional[tuple]
         raise
     finally:
         os.close(fd)
+
+
+class _HashingRaw(io.RawIOBase):
+    """A raw reader that hashes what it reads (an ADDed archive: its bytes are the cache key's)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        if n:
+            self.h.update(memoryview(b)[:n])
+        return n
 
 
 class _Hashing:
