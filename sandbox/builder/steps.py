@@ -34,6 +34,7 @@ class StepError(Exception):
 
 NOEXEC_TOP = frozenset({"tmp", "dev", "proc", "sys", "run"})    # scratch and kernel trees: never executable
 NOEXEC_VAR = frozenset({"tmp"})                                   # /var/tmp
+MAX_EXEC_DIRS = 4096                                              # entries of / (and /var) a step's rules list
 
 
 def build_landlock(ll, top: list, var: list, workdir: Optional[str]):
@@ -71,7 +72,10 @@ def exec_dirs(view: View) -> tuple[list, list]:
     """(the real directories at the top of the view's root, those of its /var) for build_landlock."""
     def dirs(parts):
         out = []
-        for n in view.listdir(parts) if view.entry(parts) else ():
+        names = view.listdir(parts) if view.entry(parts) else []
+        if len(names) > MAX_EXEC_DIRS:
+            raise StepError(f"/{'/'.join(parts)}: more than {MAX_EXEC_DIRS} entries (one Landlock rule each)", 2)
+        for n in names:
             hit = view.entry(parts + (n,))
             if hit is not None and stat.S_ISDIR(hit[1].st_mode):
                 out.append(n)
