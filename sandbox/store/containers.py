@@ -9,7 +9,7 @@ from typing import Optional
 
 from .. import procid
 from .archive import add_layer_from_tar, tree_to_tar
-from .export import oci_entry
+from .export import oci_entry, recorded_owner
 from .idshift import unshift_id
 from .images import ImageError, LazyModule, Store, add_image_record, normalize_name, now, rmtree
 from .mountpoints import SymlinkInPath, fd_is_opaque, is_opaque, lookup
@@ -245,11 +245,7 @@ def _upper_to_tar_subordinate(upper: str, tarpath: str, meta: dict, limits=None)
     from .. import idmap
     from .extract import read_owners
     from .idshift import id_maps
-    owners = read_owners(os.path.dirname(upper))
-
-    def owner(ti):
-        u, g = owners.get(ti.name.rstrip("/"), (0, 0))
-        ti.uid, ti.gid, ti.uname, ti.gname = int(u), int(g), "", ""
+    owner = recorded_owner(read_owners(os.path.dirname(upper)))
 
     def work() -> str:
         with tarfile.open(tarpath, "w", format=tarfile.PAX_FORMAT) as tf:
