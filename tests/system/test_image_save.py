@@ -81,3 +81,103 @@ def test_save_is_atomic(img):
     assert r.returncode == 2 and "modified after it was imported" in r.stderr, r
     assert open(out).read() == "previous content\n"
     assert sorted(os.listdir(img[2])) == ["keep.tar", "save.tar"], "temporary files left"
+
+
+# ------------------------------------------------------------------------ owners (issue 22)
+#
+# A layer whose files belong to 1000:1000, 1002:1003 and root, with a file and a directory of mode
+# 0000 and a directory of 0700: `image save` and `image push` give each entry the owner and mode
+# the archive gave it. Rootless, the store holds them as the caller's own files (owners.json next
+# to the layer): the saved tar must carry the recorded owners, not the caller's uid nor 0:0, and
+# the files the caller cannot read (mode 0000) are packed too.
+
+OWNED = [  # (name, kind, mode, uid, gid, data)
+    ("home", "dir", 0o755, 0, 0, b""),
+    ("home/user", "dir", 0o700, 1000, 1000, b""),
+    ("home/user/secret", "file", 0o600, 1000, 1000, b"secret\n"),
+    ("home/user/none", "file", 0o000, 1000, 1000, b"none\n"),
+    ("home/rootfile", "file", 0o644, 0, 0, b"root\n"),
+    ("home/locked", "dir", 0o000, 1002, 1003, b""),
+    ("home/locked/inner", "file", 0o640, 1002, 1003, b"inner\n"),
+]
+OWNED_STAT = "stat -c '%u:%g %a %n' " + " ".join("/" + n for n, *_ in OWNED)
+OWNED_EXPECTED = [f"{u}:{g} {m:o} /{n}" for n, _, m, u, g, _ in OWNED]
+
+
+def _owned_layer() -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, mode, uid, gid, data in OWNED:
+            tf.addfile(ib._ti(name, kind, mode, len(data), uid=uid, gid=gid), io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def owned(img):
+    """img's store with owned:1 = busybox:test's layers + the OWNED layer (imported as its runner)."""
+    path = os.path.join(img[2], "owned.tar")
+    ib.write_docker_save(path, tars=ib.layers() + [_owned_layer()], tag="owned:1")
+    os.chown(path, img[0].uid, img[0].gid)
+    r = cli(img, "image", "import", path)
+    assert r.returncode == 0, r
+    return img
+
+
+def _layer_members(tar_path: str) -> list:
+    """The members of every layer of a docker-archive, in layer order."""
+    import io
+    import tarfile
+    with tarfile.open(tar_path) as t:
+        man = json.load(t.extractfile("manifest.json"))[0]
+        out = []
+        for ln in man["Layers"]:
+            with tarfile.open(fileobj=io.BytesIO(t.extractfile(ln).read())) as lt:
+                out.append(lt.getmembers())
+    return out
+
+
+def test_save_keeps_owners_and_unreadable_files(owned, podman):
+    out = os.path.join(owned[2], "owned-out.tar")
+    r = cli(owned, "image", "save", "owned:1", "-o", out)
+    assert r.returncode == 0, r
+    layers = _layer_members(out)
+    got = {m.name: (m.uid, m.gid, m.mode, m.size) for m in layers[-1]}
+    assert got == {n: (u, g, m, len(d)) for n, _, m, u, g, d in OWNED}, got
+    # the busybox layers were imported as root's: root's they stay (never the caller's uid)
+    assert {(m.uid, m.gid) for lay in layers[:-1] for m in lay} == {(0, 0)}
+    assert all(m.uname == "" and m.gname == "" for lay in layers for m in lay)
+    # podman loads it and sees the same owners and modes; the unreadable file's content is there
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    assert podman.run(iid, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+    assert podman.run(iid, "/bin/cat", "/home/user/none", "/home/locked/inner").stdout == "none\ninner\n"
+
+
+@pytest.mark.parametrize("fmt", ["oci-archive", "oci-dir"])
+def test_save_keeps_owners_oci(owned, podman, fmt):
+    out = os.path.join(owned[2], "owned-" + fmt)
+    r = cli(owned, "image", "save", "owned:1", "-o", out, "--format", fmt)
+    assert r.returncode == 0, r
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    assert podman.run(iid, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+
+
+@pytest.fixture(scope="module")
+def registry():
+    import tempfile
+    d = tempfile.mkdtemp(prefix="pysbx-registry-")
+    reg = rs.RealRegistry(d)
+    yield reg
+    reg.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(not os.path.exists(rs.REGISTRY_BIN), reason="docker-registry is in the Makefile's DEB_PKGS")
+def test_push_keeps_owners_and_unreadable_files(owned, registry, podman):
+    dest = f"{registry.host}/owners/img:{'user' if owned[0].rootless else 'root'}"
+    r = cli(owned, "image", "push", "--tls-verify=false", "owned:1", dest)
+    assert r.returncode == 0, r
+    podman("pull", "--tls-verify=false", dest)
+    assert podman.run(dest, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+    assert podman.run(dest, "/bin/cat", "/home/user/none", "/home/locked/inner").stdout == "none\ninner\n"
