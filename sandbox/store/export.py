@@ -3,7 +3,9 @@
 
 A stored layer is an extracted directory (overlay whiteouts, opaque marks); it is packed back into
 an OCI layer tar by descriptors (archive.tree_to_tar: nothing a layer holds is followed), char 0:0
-whiteouts become `.wh.NAME`, opaque directories `.wh..wh..opq`. Digests are computed while the
+whiteouts become `.wh.NAME`, opaque directories `.wh..wh..opq`; a rootless store's layer (the
+caller's own files on disk) is read in a user namespace where the caller is root, each entry with
+the owner its archive gave it (owners.json, recorded_owner). Digests are computed while the
 bytes are written (never by reading them back). The re-packed tar is not the tar the layer was
 imported from, so its digest — the saved image's diff_id — may differ from the store's layer digest
 (docs/images.md, "Saving and loading").

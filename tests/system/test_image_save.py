@@ -14,6 +14,7 @@ import imagebuild as ib
 import registryserver as rs
 from imagebuild import cli
 from registryserver import podman  # noqa: F401  (a fixture)
+from test_registry import registry  # noqa: F401  (a fixture: docker-registry on a free port)
 
 pytestmark = pytest.mark.skipif(not shutil.which("podman"), reason="podman is in the Makefile's DEB_PKGS")
 
@@ -161,16 +162,6 @@ def test_save_keeps_owners_oci(owned, podman, fmt):
     assert r.returncode == 0, r
     iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
     assert podman.run(iid, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
-
-
-@pytest.fixture(scope="module")
-def registry():
-    import tempfile
-    d = tempfile.mkdtemp(prefix="pysbx-registry-")
-    reg = rs.RealRegistry(d)
-    yield reg
-    reg.stop()
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.skipif(not os.path.exists(rs.REGISTRY_BIN), reason="docker-registry is in the Makefile's DEB_PKGS")
