@@ -1,6 +1,7 @@
 """`pysandbox image save` -> `podman load` -> `podman run` (docker-archive, oci-archive, OCI layout
 directory), `podman save` -> `pysandbox image import` -> run, the round trip save -> import, and
-save's atomic output, as root and rootless (podman with a storage of its own, as root).
+save's atomic output, as root and rootless (podman with a storage of its own, as root); owners and
+modes kept by `image save` and `image push` (a crafted layer, a built image), rootless too.
 """
 from __future__ import annotations
 
@@ -172,3 +173,30 @@ def test_push_keeps_owners_and_unreadable_files(owned, registry, podman):
     podman("pull", "--tls-verify=false", dest)
     assert podman.run(dest, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
     assert podman.run(dest, "/bin/cat", "/home/user/none", "/home/locked/inner").stdout == "none\ninner\n"
+
+
+BUILT = """FROM busybox:test
+RUN mkdir /srv && touch /srv/a /srv/b /srv/locked && chown 1000:1000 /srv/a && chown 1001:1002 /srv/b \\
+ && chown 1000:1000 /srv/locked && chmod 600 /srv/b && chmod 000 /srv/locked
+COPY --chown=1003:1004 c.txt /c.txt
+"""
+BUILT_EXPECTED = ["0:0 755 /srv", "1000:1000 644 /srv/a", "1001:1002 600 /srv/b", "1000:1000 0 /srv/locked",
+                  "1003:1004 644 /c.txt"]
+
+
+def test_built_image_saves_with_its_owners(img, podman):
+    """`pysandbox build` with `RUN chown`/`COPY --chown` (rootless: the test user's subordinate
+    ids, its layers recorded in owners.json by the commit of each step), then `image save`: podman
+    sees the owners and modes the build gave."""
+    from buildhelpers import build, ctx_dir
+    from conftest import single_id
+    if single_id(img[0]):
+        return      # one id mapped: chown to 1000 fails inside (docs/profile-format.md)
+    r = build(img, ctx_dir(img, {"Dockerfile": BUILT, "c.txt": "c\n"}, "owned-build"), tag="built:1")
+    assert r.returncode == 0, r
+    out = os.path.join(img[2], "built.tar")
+    r = cli(img, "image", "save", "built:1", "-o", out)
+    assert r.returncode == 0, r
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    p = podman.run(iid, "/bin/sh", "-c", "stat -c '%u:%g %a %n' /srv /srv/a /srv/b /srv/locked /c.txt")
+    assert p.stdout.splitlines() == BUILT_EXPECTED, p.stdout
