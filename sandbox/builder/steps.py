@@ -297,6 +297,13 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
     the stage) into a layer tar and add it to the store. Caller holds the store lock.
     archives: (Item, destination directory parts) of local archives ADD extracts (add_archive)."""
     from ..store.archive import add_layer_from_tar
+    from ..store.extract import read_owners
+    rootless, owners_of = os.geteuid() != 0, {}
+
+    def recorded(layer: str) -> dict:        # a rootless layer's owners inside (owners.json, by layer)
+        if layer not in owners_of:
+            owners_of[layer] = read_owners(os.path.dirname(layer.rstrip("/")))
+        return owners_of[layer]
     fd, tarpath = tempfile.mkstemp(prefix="copy.", suffix=".tar", dir=store.tmp)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -313,6 +320,8 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                     if hit and stat.S_ISDIR(hit[1].st_mode):
                         pst = hit[1]
                         ti.mode, ti.uid, ti.gid, ti.mtime = stat.S_IMODE(pst.st_mode), pst.st_uid, pst.st_gid, int(pst.st_mtime)
+                        if rootless:        # on disk the caller's: the owner inside is recorded with the layer
+                            ti.uid, ti.gid = recorded(hit[0]).get("/".join(parent), (0, 0))
                     else:
                         ti.mode, ti.uid, ti.gid, ti.mtime = 0o755, 0, 0, 0
                         if chown:

@@ -17,12 +17,15 @@ DF = """FROM busybox:test
 RUN touch /f && chown 1000:1000 /f && mkdir /d && touch /d/secret && chown 1001:1002 /d/secret && chmod 600 /d/secret
 RUN touch /locked && chown 1000:1000 /locked && chmod 000 /locked
 COPY --chown=1000 c.txt /c.txt
+RUN mkdir /srv && chown 1002:1002 /srv
+COPY --chown=1000 c.txt /srv/c.txt
 RUN mkdir -p /home/u && chown 1000:1000 /home/u
 USER 1000
 RUN touch /home/u/mine && echo data > /home/u/mine
 """
 WANT = {"/f": "1000:1000", "/d/secret": "1001:1002", "/locked": "1000:1000", "/c.txt": "1000:1000",
-        "/home/u": "1000:1000", "/home/u/mine": "1000:1000", "/d": "0:0"}
+        "/home/u": "1000:1000", "/home/u/mine": "1000:1000", "/d": "0:0",
+        "/srv": "1002:1002", "/srv/c.txt": "1000:1000"}   # /srv: a COPY's parent keeps its owner inside
 
 
 def test_owners_in_layers_and_at_run_time(img):
@@ -47,7 +50,6 @@ def test_owners_in_layers_and_at_run_time(img):
     if runner.rootless:
         # the caller's store keeps its own files; the layer tar's owners are recorded with the
         # layer (owners.json, store/extract.py), read by the uid-shifted copies of later runs.
-        # (`image save` of a rootless store repacks from the files: store/export.py, not this part)
         for d in digests:
             with open(os.path.join(img[1], "layers", d.split(":")[1], "owners.json")) as f:
                 for path, (u, g) in json.load(f).items():
