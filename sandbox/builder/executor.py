@@ -394,11 +394,13 @@ class Builder:
         workdir, user = state.config.get("WorkingDir"), state.config.get("User")
 
         def make():
-            from .steps import run_step
+            from .steps import exec_dirs, run_step
+            from .view import View
             ref = self._state_ref(state)
+            paths = exec_dirs(View(self._lowers(state)))
             with self.progress.working(f"RUN {shown[:60]}"):
                 return run_step(self.store, ref, argv, run_env, workdir, user, self.o.network, where,
-                                quiet=self.progress.quiet)
+                                quiet=self.progress.quiet, exec_paths=paths)
         return self._cached(new, ins, f"RUN {shown}", {"argv": argv, "env": run_env, "user": user,
                                                        "workdir": workdir, "network": self.o.network}, make, state)
 
@@ -426,7 +428,7 @@ class Builder:
     # ---- COPY / ADD
     def _copy(self, ins, state: State, args: dict, xenv: dict) -> State:
         from .steps import StepError, copy_layer, items_digest, plan_copy
-        from .view import View
+        from .view import View, ViewError
         where = self._where(ins)
         wstr = f"{where[0]}:{where[1]}:{where[2]}: {ins.cmd}"
         esc = self.df.escape
@@ -441,8 +443,6 @@ class Builder:
             for s in sources:
                 if "://" in s or s.startswith("git@"):
                     raise D.DockerfileError(f"ADD {s}: only local files are supported (no URLs)", *where)
-                if s.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")):
-                    raise D.DockerfileError(f"ADD {s}: extracting archives is not supported (COPY it and RUN tar)", *where)
         ref = ins.flags.get("from")
         if ref is not None:
             ref_x = D.expand(ref, xenv, esc, where)
@@ -475,13 +475,25 @@ class Builder:
             raise BuildError(str(e), e.code) from None
         except OSError as e:
             raise BuildError(f"{wstr}: {e.strerror or e}") from None
+        archives: list = []
+        if ins.cmd == "ADD" and from_context:       # a local archive is extracted into the destination
+            from .steps import is_archive
+            try:
+                droot = dest_view.resolve(dest if dest.startswith("/") else
+                                          os.path.join(state.config.get("WorkingDir") or "/", dest))
+                archives = [(it, droot) for it in items if is_archive(src_view, it)]
+            except (OSError, ViewError) as e:
+                raise BuildError(f"{wstr}: {getattr(e, 'strerror', None) or e}") from None
+            items = [it for it in items if not any(it is a for a, _ in archives)]
         new = state.copy()
 
         def make():
             with self.store.locked(), self.progress.working(f"{ins.cmd} {len(items)} entries"):
-                return copy_layer(self.store, items, src_view, dest_view, chown=chown, chmod=chmod, what=wstr)
+                return copy_layer(self.store, items, src_view, dest_view, chown=chown, chmod=chmod, what=wstr,
+                                  archives=tuple(archives))
         return self._cached(new, ins, f"{ins.cmd} {' '.join(ws)}", {"files": digest, "from": src_id,
-                                                                    "chown": chown, "chmod": chmod}, make, state)
+                                                                    "chown": chown, "chmod": chmod,
+                                                                    "extract": len(archives)}, make, state)
 
     def _chown(self, spec: Optional[str], state: State, xenv: dict, where) -> Optional[tuple]:
         if spec is None:

@@ -32,10 +32,64 @@ class StepError(Exception):
 
 # --------------------------------------------------------------------------- RUN
 
+NOEXEC_TOP = frozenset({"tmp", "dev", "proc", "sys", "run"})    # scratch and kernel trees: never executable
+NOEXEC_VAR = frozenset({"tmp"})                                   # /var/tmp
+MAX_EXEC_DIRS = 4096                                              # entries of / (and /var) a step's rules list
+
+
+def build_landlock(ll, top: list, var: list, workdir: Optional[str]):
+    """The Landlock rules of one RUN step (docs/images.md, "W^X in builds"): the profile's rules
+    derived from its mounts, except that the image's root is read + write but *not* executable as
+    a whole; execute (with read) is granted on each directory at the top of the stage's root
+    (`top`: its real directories, symlinks are covered through their targets) but /tmp, /dev,
+    /proc, /sys and /run, on /var's directories but /var/tmp, and on the WORKDIR. A build runs
+    what it builds and installs where programs live (/usr, /opt, /srv/app, ...); a binary dropped
+    in /tmp, /var/tmp or /dev/shm does not run. (Landlock rights add up down a path: an execute
+    right on / could not be taken back below it, hence one rule per directory.)"""
+    from dataclasses import replace
+    from policies import plan as P
+    if ll is None or not ll.filesystem or not ll.derived:
+        return ll                  # a profile of explicit rules (or none): as written
+    X = P.LANDLOCK_READ + P.LANDLOCK_EXECUTE
+    paths = []
+    for p in ll.paths:
+        if p.path == "/":
+            p = P.LandlockPath("/", tuple(a for a in p.access if a != "execute"), p.required)
+        paths.append(p)
+    for n in top:
+        if n not in NOEXEC_TOP and n != "var":
+            paths.append(P.LandlockPath("/" + n, X, False))
+    for n in var:
+        if n not in NOEXEC_VAR:
+            paths.append(P.LandlockPath("/var/" + n, X, False))
+    if workdir and workdir != "/":
+        paths.append(P.LandlockPath(workdir, X, False))
+    from policies.landlock import _merge
+    return replace(ll, paths=_merge(paths))
+
+
+def exec_dirs(view: View) -> tuple[list, list]:
+    """(the real directories at the top of the view's root, those of its /var) for build_landlock."""
+    def dirs(parts):
+        out = []
+        names = view.listdir(parts) if view.entry(parts) else []
+        if len(names) > MAX_EXEC_DIRS:
+            raise StepError(f"/{'/'.join(parts)}: more than {MAX_EXEC_DIRS} entries (one Landlock rule each)", 2)
+        for n in names:
+            hit = view.entry(parts + (n,))
+            if hit is not None and stat.S_ISDIR(hit[1].st_mode):
+                out.append(n)
+        return out
+    top = dirs(())
+    return top, dirs(("var",)) if "var" in top else []
+
+
 def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optional[str], user: Optional[str],
-             network: Optional[str], what: str, *, quiet: bool = False, profile: str = "build") -> Optional[dict]:
+             network: Optional[str], what: str, *, quiet: bool = False, profile: str = "build",
+             exec_paths: Optional[tuple] = None) -> Optional[dict]:
     """Run argv in a sandbox on the state's layers; returns the new layer's info, or None when the
-    command changed nothing. Raises StepError (non-zero exit: code 1; the launch failed: its code)."""
+    command changed nothing. Raises StepError (non-zero exit: code 1; the launch failed: its code).
+    exec_paths: exec_dirs() of the state (the step's Landlock rules, build_landlock)."""
     from policies.compiler import Overrides, compile_profile
     from policies.errors import ProfileError
     from .. import seccomp
@@ -50,6 +104,9 @@ def run_step(store: Store, state_ref: str, argv: list, env: dict, workdir: Optio
         plan = compile_profile(profile, ov).plan
     except (ProfileError, ValueError) as e:
         raise StepError(f"{what}: {e}", 2) from None
+    if exec_paths is not None:
+        from dataclasses import replace
+        plan = replace(plan, landlock=build_landlock(plan.landlock, *exec_paths, workdir))
     bpf = seccomp.build_bpf(plan.seccomp) if plan.seccomp.enabled else None
     sid = os.urandom(6).hex()
     try:
@@ -235,15 +292,23 @@ def _file_sha(view: View, it: Item) -> str:
 
 
 def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View, *, chown: Optional[tuple],
-               chmod: Optional[int], what: str) -> dict:
+               chmod: Optional[int], what: str, archives: tuple = ()) -> dict:
     """Write the items (and the parents of their destinations, with the attributes they have in
-    the stage) into a layer tar and add it to the store. Caller holds the store lock."""
+    the stage) into a layer tar and add it to the store. Caller holds the store lock.
+    archives: (Item, destination directory parts) of local archives ADD extracts (add_archive)."""
     from ..store.archive import add_layer_from_tar
+    from ..store.extract import read_owners
+    rootless, owners_of = os.geteuid() != 0, {}
+
+    def recorded(layer: str) -> dict:        # a rootless layer's owners inside (owners.json, by layer)
+        if layer not in owners_of:
+            owners_of[layer] = read_owners(os.path.dirname(layer.rstrip("/")))
+        return owners_of[layer]
     fd, tarpath = tempfile.mkstemp(prefix="copy.", suffix=".tar", dir=store.tmp)
     try:
         with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
             done: set = set()
-            for it in items:
+            for it in list(items) + [Item(root + ("\0",)) for _, root in archives]:
                 for i in range(1, len(it.dest)):
                     parent = it.dest[:i]
                     if parent in done:
@@ -255,12 +320,14 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                     if hit and stat.S_ISDIR(hit[1].st_mode):
                         pst = hit[1]
                         ti.mode, ti.uid, ti.gid, ti.mtime = stat.S_IMODE(pst.st_mode), pst.st_uid, pst.st_gid, int(pst.st_mtime)
+                        if rootless:        # on disk the caller's: the owner inside is recorded with the layer
+                            ti.uid, ti.gid = recorded(hit[0]).get("/".join(parent), (0, 0))
                     else:
                         ti.mode, ti.uid, ti.gid, ti.mtime = 0o755, 0, 0, 0
                         if chown:
                             ti.uid, ti.gid = chown
                     tf.addfile(ti)
-                if it.dest in done:
+                if it.dest in done or it.st is None:
                     continue
                 done.add(it.dest)
                 st = it.st
@@ -291,7 +358,14 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
                         raise StepError(f"{what}: /{'/'.join(it.src)}: {e} (changed while being read?)") from None
                     finally:
                         os.close(ffd)
-        return add_layer_from_tar(tarpath, store, what)
+            for it, root in archives:
+                add_archive(tf, src_view, it, root, chown=chown, what=what)
+        try:
+            return add_layer_from_tar(tarpath, store, what)
+        except ImageError as e:
+            if archives:               # e.g. a member written through a symlink the archive made
+                raise StepError(str(e), 2) from None
+            raise
     except (OSError, ViewError) as e:
         raise StepError(f"{what}: {getattr(e, 'strerror', None) or e}") from None
     finally:
@@ -299,6 +373,120 @@ def copy_layer(store: Store, items: list[Item], src_view: View, dest_view: View,
             os.unlink(tarpath)
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------- ADD of a local archive
+
+def is_archive(view: View, it: Item) -> bool:
+    """Docker's test, by content: a gzip, bzip2 or xz stream, or a tar (ustar magic)."""
+    if it.st is None or not stat.S_ISREG(it.st.st_mode) or it.link is not None:
+        return False
+    fd = view.open(it.layer, it.src)
+    try:
+        head = os.pread(fd, 512, 0)
+    finally:
+        os.close(fd)
+    return (head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00"
+            or (len(head) == 512 and head[257:262] == b"ustar"))
+
+
+def _archive_parts(name: str, where: str) -> tuple:
+    """A member's name -> its components below the extraction directory (a leading '/' is dropped,
+    as tar does); '..', NUL and whiteout names are refused."""
+    if "\0" in name:
+        raise StepError(f"{where}: NUL byte in a member's name", 2)
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise StepError(f"{where}: {name!r}: '..' in a member's path (path traversal)", 2)
+    if parts and parts[-1].startswith(".wh."):
+        raise StepError(f"{where}: {name!r}: an overlay whiteout name in an archive", 2)
+    return parts
+
+
+def add_archive(tf, view: View, it: Item, root: tuple, *, chown: Optional[tuple], what: str) -> None:
+    """ADD of a local archive (tar, gzip/bzip2/xz): its members written into the layer tar `tf`
+    below `root`, through the store's hostile-tar readers (store/tarsafe.py bounds: headers,
+    members, names, depth, sizes, decompressed bytes and ratio; xz memory). Refused (exit 2): '..'
+    or whiteout names, device nodes, hard links out of the archive, anything not a valid archive.
+    The layer tar then goes through the import's extractor (add_layer_from_tar), which refuses a
+    member written through a symlink. Owners as in the archive (--chown: those)."""
+    from ..store import tarsafe
+    from ..store.extract import decompress_error, open_decompressed
+    src = "/".join(it.src)
+    where = f"{what} {src}"
+    limits = tarsafe.DEFAULT_LIMITS
+    fd = view.open(it.layer, it.src)
+    seen: set = set()
+    try:
+        with io.FileIO(fd, "rb", closefd=False) as f:
+            raw = _HashingRaw(f)
+            dec, craw = open_decompressed(io.BufferedReader(raw, 1 << 16), where, count=True)
+            limited = tarsafe.LimitedReader(dec, limits.stream_bytes(), ratio=limits.ratio,
+                                            compressed=(lambda: craw.n) if craw else None)
+            with tarsafe.open_tar(io.BufferedReader(limited, 1 << 16), "r|", limits) as stf:
+                for ti in tarsafe.members(stf):
+                    parts = _archive_parts(ti.name, where)
+                    if ti.ischr() or ti.isblk():
+                        raise StepError(f"{where}: {ti.name!r}: device node not allowed in an image", 2)
+                    if not (ti.isreg() or ti.isdir() or ti.issym() or ti.islnk() or ti.isfifo()):
+                        raise StepError(f"{where}: {ti.name!r}: unsupported member type {ti.type!r}", 2)
+                    if not parts:
+                        if not ti.isdir():
+                            raise StepError(f"{where}: {ti.name!r}: an empty name", 2)
+                        continue             # the archive's "./": the destination keeps its attributes
+                    out = tarfile.TarInfo("/".join(root + parts))
+                    out.type, out.mode, out.mtime = ti.type, ti.mode & 0o7777, ti.mtime
+                    out.uid, out.gid = chown if chown else (ti.uid, ti.gid)
+                    if ti.islnk():
+                        target = _archive_parts(ti.linkname, where)
+                        if target not in seen:
+                            raise StepError(f"{where}: {ti.name!r}: hard link to {ti.linkname!r}, "
+                                            f"not earlier in the archive", 2)
+                        out.linkname = "/".join(root + target)
+                    elif ti.issym():
+                        out.linkname = ti.linkname        # resolved inside the image, as any symlink
+                    if ti.isreg():
+                        out.size = ti.size
+                        tf.addfile(out, stf.extractfile(ti))
+                    else:
+                        tf.addfile(out)
+                    seen.add(parts)
+            while raw.read(1 << 20):          # the rest (padding, trailing bytes): all of the cache key's bytes
+                pass
+            if it.sha is not None and raw.h.hexdigest() != it.sha:
+                raise StepError(f"{where}: changed while being read (retry)")
+    except StepError:
+        raise
+    except ImageError as e:
+        raise StepError(str(e), 2) from None
+    except tarsafe.TarLimitError as e:
+        raise StepError(f"{where}: {e}", 2) from None
+    except tarfile.TarError as e:
+        raise StepError(f"{where}: not a valid tar archive ({' '.join(str(e).split())})", 2) from None
+    except (EOFError, ValueError, OSError) as e:
+        import lzma
+        import zlib
+        if isinstance(e, (EOFError, zlib.error, lzma.LZMAError)) or "gzip" in str(e).lower() or "bz" in str(e).lower():
+            raise StepError(decompress_error(where, " ".join(str(e).split())), 2) from None
+        raise
+    finally:
+        os.close(fd)
+
+
+class _HashingRaw(io.RawIOBase):
+    """A raw reader that hashes what it reads (an ADDed archive: its bytes are the cache key's)."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        if n:
+            self.h.update(memoryview(b)[:n])
+        return n
 
 
 class _Hashing:

@@ -5,6 +5,7 @@ Errors are one line; exit status 2 for bad input (unknown image, bad archive, ba
 """
 from __future__ import annotations
 
+import contextlib
 import json
 
 import click
@@ -177,8 +178,11 @@ def image_history(name, no_trunc, as_json):
         rows_data.append((layers[li], {}, _run(st.layer_info, layers[li]).get("size", 0)))
         li += 1
     rows_data.reverse()
-    if as_json:
-        click.echo(json.dumps([{"layer": d, "size": s, **h} for d, h, s in rows_data], indent=1))
+    if as_json:                  # ours, and the keys of `docker history --format json` (ID: the image's on top)
+        click.echo(json.dumps([{"layer": d, "size": s, **h,
+                                "ID": rec["id"] if i == 0 else "<missing>", "CreatedAt": h.get("created", ""),
+                                "CreatedBy": h.get("created_by", ""), "Size": human_size(s),
+                                "Comment": h.get("comment", "")} for i, (d, h, s) in enumerate(rows_data)], indent=1))
         return
     rows = [("LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
     for d, h, s in rows_data:
@@ -199,8 +203,24 @@ def image_inspect(names, as_json):
     for name in names:
         n, rec = _run(st.resolve, name)
         layers = [dict(_run(st.layer_info, d), digest=d, path=st.layer_diff(d)) for d in rec["layers"]]
-        out.append(dict(rec, name=n, layers=layers, size=sum(l.get("size", 0) for l in layers)))
+        size = sum(l.get("size", 0) for l in layers)
+        out.append(dict(rec, name=n, layers=layers, size=size, **_docker_inspect(rec, n, size)))
     click.echo(json.dumps(out, indent=1, sort_keys=True))
+
+
+def _docker_inspect(rec: dict, name: str, size: int) -> dict:
+    """The keys of `docker`/`podman image inspect` beside the record's own: Id, RepoTags, Created,
+    Architecture, Os, Config (the OCI config's), RootFS, History (OCI history entries), Size."""
+    oci = {}
+    if rec.get("config_json"):
+        with contextlib.suppress(ValueError):
+            oci = json.loads(rec["config_json"])
+    hist = [{k: h[k] for k in ("created", "created_by", "author", "comment", "empty_layer") if h.get(k)}
+            for h in rec.get("history") or []]
+    return {"Id": rec["id"], "RepoTags": [name], "Created": rec.get("created", ""),
+            "Architecture": oci.get("architecture", "amd64"), "Os": oci.get("os", "linux"),
+            "Config": rec.get("config") or {}, "RootFS": {"Type": "layers", "Layers": list(rec["layers"])},
+            "History": hist, "Size": size}
 
 
 @image.command("rm", help="Remove images (layers no other image or kept container uses are deleted).")

@@ -9,7 +9,7 @@ from typing import Optional
 
 from .. import procid
 from .archive import add_layer_from_tar, tree_to_tar
-from .export import oci_entry
+from .export import oci_entry, recorded_owner
 from .idshift import unshift_id
 from .images import ImageError, LazyModule, Store, add_image_record, normalize_name, now, rmtree
 from .mountpoints import SymlinkInPath, fd_is_opaque, is_opaque, lookup
@@ -193,7 +193,10 @@ def _pack_upper(store: Store, upper: str, meta: dict, what: str, limits=None) ->
     fd, tarpath = tempfile.mkstemp(prefix="commit.", suffix=".tar", dir=store.tmp)
     os.close(fd)
     try:
-        _upper_to_tar(upper, tarpath, meta, limits)
+        if meta.get("rootless") and meta.get("uid_map"):
+            _upper_to_tar_subordinate(upper, tarpath, meta, limits)
+        else:
+            _upper_to_tar(upper, tarpath, meta, limits)
         return add_layer_from_tar(tarpath, store, what, limits)
     finally:
         with contextlib.suppress(OSError):
@@ -232,3 +235,23 @@ def _upper_to_tar(upper: str, tarpath: str, meta: dict, limits=None) -> None:
 
         # by descriptors: the upper directory was written by the sandbox (tree_to_tar)
         tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=oci_entry(owner), limits=limits)
+
+
+def _upper_to_tar_subordinate(upper: str, tarpath: str, meta: dict, limits=None) -> None:
+    """Rootless with subordinate ids: the kept upper directory holds the caller's own files, their
+    owners inside in containers/<id>/owners.json (overlay._keep_subordinate). Packed in the store's
+    user namespace (there the caller's files are within its root's reach: one of mode 0000 or a
+    directory of 0700 is read too), each entry with its recorded owner inside."""
+    from .. import idmap
+    from .extract import read_owners
+    from .idshift import id_maps
+    owner = recorded_owner(read_owners(os.path.dirname(upper)))
+
+    def work() -> str:
+        with tarfile.open(tarpath, "w", format=tarfile.PAX_FORMAT) as tf:
+            tree_to_tar(upper, tf, f"commit {meta.get('id', '')}".strip(), on_entry=oci_entry(owner), limits=limits)
+        return "ok"
+    try:
+        idmap.run_in_userns(*idmap.store_maps(id_maps(meta["uid_map"]), id_maps(meta["gid_map"])), work)
+    except idmap.IdMapError as e:
+        raise ImageError(f"commit {meta.get('id', '')}: {e}") from None

@@ -3,7 +3,9 @@
 
 A stored layer is an extracted directory (overlay whiteouts, opaque marks); it is packed back into
 an OCI layer tar by descriptors (archive.tree_to_tar: nothing a layer holds is followed), char 0:0
-whiteouts become `.wh.NAME`, opaque directories `.wh..wh..opq`. Digests are computed while the
+whiteouts become `.wh.NAME`, opaque directories `.wh..wh..opq`; a rootless store's layer (the
+caller's own files on disk) is read in a user namespace where the caller is root, each entry with
+the owner its archive gave it (owners.json, recorded_owner). Digests are computed while the
 bytes are written (never by reading them back). The re-packed tar is not the tar the layer was
 imported from, so its digest — the saved image's diff_id — may differ from the store's layer digest
 (docs/images.md, "Saving and loading").
@@ -62,14 +64,19 @@ class _HashWriter(io.RawIOBase):
         return "sha256:" + self.h.hexdigest()
 
 
-def _owner(rootless: bool):
-    me, mygid = os.getuid(), os.getgid()
+def anonymous(ti) -> None:
+    """owner(ti) as root packs a stored layer: the files' own owners, no names."""
+    ti.uname = ti.gname = ""
 
+
+def recorded_owner(owners: dict):
+    """owner(ti) for a tree a rootless caller keeps as its own files, whose owners inside are
+    recorded in `owners` ("a/b" -> [uid, gid]; an entry not recorded is root's): a stored layer
+    (its owners.json, store/extract.py) or a kept container's writable layer
+    (containers/<id>/owners.json). The owners on disk (the caller) never reach the tar."""
     def owner(ti):
-        if rootless:            # a rootless store keeps every file as the caller: its root in the image
-            ti.uid = 0 if ti.uid == me else ti.uid
-            ti.gid = 0 if ti.gid == mygid else ti.gid
-        ti.uname = ti.gname = ""
+        u, g = owners.get(ti.name.rstrip("/"), (0, 0))
+        ti.uid, ti.gid, ti.uname, ti.gname = int(u), int(g), "", ""
     return owner
 
 
@@ -95,31 +102,52 @@ def oci_entry(owner):
 
 def layer_blob(store: Store, digest: str, dest_dir: str, *, compress: bool = False) -> Blob:
     """Pack the stored layer `digest` into an OCI layer tar (gzip when `compress`) in `dest_dir`.
-    The layer is checked against its seal first (Store.check_layer)."""
+    The layer is checked against its seal first (Store.check_layer). A rootless store's layer
+    holds the caller's own files: each entry gets the owner recorded at import (owners.json), and
+    it is read in a user namespace where the caller is root (idmap.run_in_userns, its own uid and
+    gid only), whose CAP_DAC_OVERRIDE over the caller's files reads a file of mode 0000 or 0600
+    and lists a directory of mode 0000 -- as containers._upper_to_tar_subordinate does."""
     store.check_layer(digest)
     diff = store.layer_diff(digest)
-    entry = oci_entry(_owner(store.rootless))
     what = f"layer {digest[:19]}"
+    if store.rootless:
+        from .extract import read_owners
+        entry = oci_entry(recorded_owner(read_owners(store.layer_dir(digest))))
+    else:
+        entry = oci_entry(anonymous)
 
     fd, path = tempfile.mkstemp(prefix="layer.", suffix=".tar.gz" if compress else ".tar", dir=dest_dir)
+    os.close(fd)
+
+    def write() -> str:
+        try:
+            with open(path, "wb") as out:
+                outer = _HashWriter(out)
+                gz = gzip.GzipFile(fileobj=outer, mode="wb", mtime=0, compresslevel=6) if compress else None
+                inner = _HashWriter(gz) if gz else outer
+                with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+                    tree_to_tar(diff, tf, what, on_entry=entry)
+                if gz:
+                    gz.close()
+        except OSError as e:
+            raise ImageError(f"{what}: cannot write the layer tar ({one_line(e)})") from None
+        return json.dumps([outer.digest(), outer.n, inner.digest()])
+
     try:
-        with os.fdopen(fd, "wb") as out:
-            outer = _HashWriter(out)
-            gz = gzip.GzipFile(fileobj=outer, mode="wb", mtime=0, compresslevel=6) if compress else None
-            inner = _HashWriter(gz) if gz else outer
-            with tarfile.open(fileobj=inner, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-                tree_to_tar(diff, tf, what, on_entry=entry)
-            if gz:
-                gz.close()
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise ImageError(f"{what}: cannot write the layer tar ({one_line(e)})") from None
+        if store.rootless:
+            from .. import idmap
+            try:
+                res = idmap.run_in_userns(((0, os.geteuid(), 1),), ((0, os.getegid(), 1),), write)
+            except idmap.IdMapError as e:
+                raise ImageError(str(e) if str(e).startswith(what) else f"{what}: {e}") from None
+        else:
+            res = write()
+        d, n, diff_id = json.loads(res)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
-    return Blob(path, outer.digest(), outer.n, inner.digest())
+    return Blob(path, d, int(n), diff_id)
 
 
 def image_config(rec: dict, diff_ids: list[str]) -> dict:

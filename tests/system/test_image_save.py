@@ -1,6 +1,7 @@
 """`pysandbox image save` -> `podman load` -> `podman run` (docker-archive, oci-archive, OCI layout
 directory), `podman save` -> `pysandbox image import` -> run, the round trip save -> import, and
-save's atomic output, as root and rootless (podman with a storage of its own, as root).
+save's atomic output, as root and rootless (podman with a storage of its own, as root); owners and
+modes kept by `image save` and `image push` (a crafted layer, a built image), rootless too.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import imagebuild as ib
 import registryserver as rs
 from imagebuild import cli
 from registryserver import podman  # noqa: F401  (a fixture)
+from test_registry import registry  # noqa: F401  (a fixture: docker-registry on a free port)
 
 pytestmark = pytest.mark.skipif(not shutil.which("podman"), reason="podman is in the Makefile's DEB_PKGS")
 
@@ -81,3 +83,120 @@ def test_save_is_atomic(img):
     assert r.returncode == 2 and "modified after it was imported" in r.stderr, r
     assert open(out).read() == "previous content\n"
     assert sorted(os.listdir(img[2])) == ["keep.tar", "save.tar"], "temporary files left"
+
+
+# ------------------------------------------------------------------------ owners (issue 22)
+#
+# A layer whose files belong to 1000:1000, 1002:1003 and root, with a file and a directory of mode
+# 0000 and a directory of 0700: `image save` and `image push` give each entry the owner and mode
+# the archive gave it. Rootless, the store holds them as the caller's own files (owners.json next
+# to the layer): the saved tar must carry the recorded owners, not the caller's uid nor 0:0, and
+# the files the caller cannot read (mode 0000) are packed too.
+
+OWNED = [  # (name, kind, mode, uid, gid, data)
+    ("home", "dir", 0o755, 0, 0, b""),
+    ("home/user", "dir", 0o700, 1000, 1000, b""),
+    ("home/user/secret", "file", 0o600, 1000, 1000, b"secret\n"),
+    ("home/user/none", "file", 0o000, 1000, 1000, b"none\n"),
+    ("home/rootfile", "file", 0o644, 0, 0, b"root\n"),
+    ("home/locked", "dir", 0o000, 1002, 1003, b""),
+    ("home/locked/inner", "file", 0o640, 1002, 1003, b"inner\n"),
+]
+OWNED_STAT = "stat -c '%u:%g %a %n' " + " ".join("/" + n for n, *_ in OWNED)
+OWNED_EXPECTED = [f"{u}:{g} {m:o} /{n}" for n, _, m, u, g, _ in OWNED]
+
+
+def _owned_layer() -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, mode, uid, gid, data in OWNED:
+            tf.addfile(ib._ti(name, kind, mode, len(data), uid=uid, gid=gid), io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def owned(img):
+    """img's store with owned:1 = busybox:test's layers + the OWNED layer (imported as its runner)."""
+    path = os.path.join(img[2], "owned.tar")
+    ib.write_docker_save(path, tars=ib.layers() + [_owned_layer()], tag="owned:1")
+    os.chown(path, img[0].uid, img[0].gid)
+    r = cli(img, "image", "import", path)
+    assert r.returncode == 0, r
+    return img
+
+
+def _layer_members(tar_path: str) -> list:
+    """The members of every layer of a docker-archive, in layer order."""
+    import io
+    import tarfile
+    with tarfile.open(tar_path) as t:
+        man = json.load(t.extractfile("manifest.json"))[0]
+        out = []
+        for ln in man["Layers"]:
+            with tarfile.open(fileobj=io.BytesIO(t.extractfile(ln).read())) as lt:
+                out.append(lt.getmembers())
+    return out
+
+
+def test_save_keeps_owners_and_unreadable_files(owned, podman):
+    out = os.path.join(owned[2], "owned-out.tar")
+    r = cli(owned, "image", "save", "owned:1", "-o", out)
+    assert r.returncode == 0, r
+    layers = _layer_members(out)
+    got = {m.name: (m.uid, m.gid, m.mode, m.size) for m in layers[-1]}
+    assert got == {n: (u, g, m, len(d)) for n, _, m, u, g, d in OWNED}, got
+    # the busybox layers were imported as root's: root's they stay (never the caller's uid)
+    assert {(m.uid, m.gid) for lay in layers[:-1] for m in lay} == {(0, 0)}
+    assert all(m.uname == "" and m.gname == "" for lay in layers for m in lay)
+    # podman loads it and sees the same owners and modes; the unreadable file's content is there
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    assert podman.run(iid, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+    assert podman.run(iid, "/bin/cat", "/home/user/none", "/home/locked/inner").stdout == "none\ninner\n"
+
+
+@pytest.mark.parametrize("fmt", ["oci-archive", "oci-dir"])
+def test_save_keeps_owners_oci(owned, podman, fmt):
+    out = os.path.join(owned[2], "owned-" + fmt)
+    r = cli(owned, "image", "save", "owned:1", "-o", out, "--format", fmt)
+    assert r.returncode == 0, r
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    assert podman.run(iid, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+
+
+@pytest.mark.skipif(not os.path.exists(rs.REGISTRY_BIN), reason="docker-registry is in the Makefile's DEB_PKGS")
+def test_push_keeps_owners_and_unreadable_files(owned, registry, podman):
+    dest = f"{registry.host}/owners/img:{'user' if owned[0].rootless else 'root'}"
+    r = cli(owned, "image", "push", "--tls-verify=false", "owned:1", dest)
+    assert r.returncode == 0, r
+    podman("pull", "--tls-verify=false", dest)
+    assert podman.run(dest, "/bin/sh", "-c", OWNED_STAT).stdout.splitlines() == OWNED_EXPECTED
+    assert podman.run(dest, "/bin/cat", "/home/user/none", "/home/locked/inner").stdout == "none\ninner\n"
+
+
+BUILT = """FROM busybox:test
+RUN mkdir /srv && touch /srv/a /srv/b /srv/locked && chown 1000:1000 /srv/a && chown 1001:1002 /srv/b \\
+ && chown 1000:1000 /srv/locked && chmod 600 /srv/b && chmod 000 /srv/locked
+COPY --chown=1003:1004 c.txt /c.txt
+"""
+BUILT_EXPECTED = ["0:0 755 /srv", "1000:1000 644 /srv/a", "1001:1002 600 /srv/b", "1000:1000 0 /srv/locked",
+                  "1003:1004 644 /c.txt"]
+
+
+def test_built_image_saves_with_its_owners(img, podman):
+    """`pysandbox build` with `RUN chown`/`COPY --chown` (rootless: the test user's subordinate
+    ids, its layers recorded in owners.json by the commit of each step), then `image save`: podman
+    sees the owners and modes the build gave."""
+    from buildhelpers import build, ctx_dir
+    from conftest import single_id
+    if single_id(img[0]):
+        return      # one id mapped: chown to 1000 fails inside (docs/profile-format.md)
+    r = build(img, ctx_dir(img, {"Dockerfile": BUILT, "c.txt": "c\n"}, "owned-build"), tag="built:1")
+    assert r.returncode == 0, r
+    out = os.path.join(img[2], "built.tar")
+    r = cli(img, "image", "save", "built:1", "-o", out)
+    assert r.returncode == 0, r
+    iid = podman("load", "-i", out).stdout.strip().splitlines()[-1].split()[-1]
+    p = podman.run(iid, "/bin/sh", "-c", "stat -c '%u:%g %a %n' /srv /srv/a /srv/b /srv/locked /c.txt")
+    assert p.stdout.splitlines() == BUILT_EXPECTED, p.stdout
