@@ -120,6 +120,63 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     return _merge(out)
 
 
+MAX_CARVE_ENTRIES = 8192       # directory entries carve_execute may list in all (a hostile image's root)
+
+
+class CarveError(ValueError):
+    """carve_execute could not keep W^X within its bounds (the launch is refused)."""
+
+
+def carve_execute(paths: tuple, listdir) -> tuple:
+    """W^X where Landlock's rights add up down a path: an execute rule covering a write-only rule's
+    path beneath it (an image's or a `root:` directory's `/` over the /tmp tmpfs, a system directory
+    over a writable bind inside it) would make that writable path executable. Such a rule keeps its
+    other rights; execute is granted instead on each entry of its directory except the writable
+    path, recursing only into the entries that lead to one. `listdir(path)` -> the names of the
+    directory's entries that are not symbolic links (their targets get the rules of where they
+    lead), None when it is not a directory; what it lists is bounded by MAX_CARVE_ENTRIES
+    (CarveError beyond). Pure: the caller lists the sandbox's paths (sandbox/landlock.py)."""
+    holes = [p.path for p in paths if set(p.access) & _WRITE_ONLY and "execute" not in p.access]
+    budget = [MAX_CARVE_ENTRIES]
+    out = []
+    for p in paths:
+        inside = [h for h in holes if h != p.path and beneath(h, p.path)]
+        if "execute" not in p.access or not inside:
+            out.append(p)
+            continue
+        rest = tuple(a for a in p.access if a != "execute")
+        if rest:
+            out.append(P.LandlockPath(p.path, rest, p.required))
+        out += _carve(p.path, inside, listdir, budget)
+    return _merge(out)
+
+
+_WRITE_ONLY = set(P.LANDLOCK_WRITE) - set(P.LANDLOCK_READ)
+
+
+def _carve(path: str, holes: list, listdir, budget: list) -> list:
+    names = listdir(path)
+    if names is None:
+        return []
+    budget[0] -= len(names)
+    if budget[0] < 0:
+        raise CarveError(f"landlock: more than {MAX_CARVE_ENTRIES} entries to list under {path} "
+                         f"to keep its writable paths from executing")
+    out = []
+    for name in sorted(names):
+        if "/" in name or name in (".", "..", "") or "\0" in name:
+            continue
+        child = path.rstrip("/") + "/" + name
+        if child in holes:
+            continue
+        inner = [h for h in holes if beneath(h, child)]
+        if inner:
+            out += _carve(child, inner, listdir, budget)
+        else:
+            out.append(P.LandlockPath(child, P.LANDLOCK_EXECUTE, False))
+    return out
+
+
 def beneath(p: str, q: str) -> bool:
     """Whether path p is q or inside q (a Landlock rule on q covers p)."""
     return p == q or q == "/" or p.startswith(q.rstrip("/") + "/")
