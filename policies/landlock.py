@@ -90,7 +90,8 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     makes writable is write (never execute: W^X), directories it binds read-only from the host are
     read + execute; nothing else. `/` itself: list directories only (its files are the container
     interface in /run and empty mount points). An image's or a `root:` directory's tree is read +
-    execute as a whole (and write when the root is writable): coarser, documented.
+    execute (and write when the root is writable): coarser, documented; its execute never reaches
+    the writable mounts beneath it (carve_execute, at launch: sandbox/landlock.py build).
     host: the paths are the host's (the namespace-free backend, sandbox/launch/nsfree.py): no /run
     (the host's holds its sockets), and of /dev only the nodes a sandbox's /dev has, and /dev/pts."""
     R, W, X = P.LANDLOCK_READ, P.LANDLOCK_WRITE, P.LANDLOCK_EXECUTE
@@ -136,7 +137,7 @@ def carve_execute(paths: tuple, listdir) -> tuple:
     directory's entries that are not symbolic links (their targets get the rules of where they
     lead), None when it is not a directory; what it lists is bounded by MAX_CARVE_ENTRIES
     (CarveError beyond). Pure: the caller lists the sandbox's paths (sandbox/landlock.py)."""
-    holes = [p.path for p in paths if set(p.access) & _WRITE_ONLY and "execute" not in p.access]
+    holes = _holes(paths)
     budget = [MAX_CARVE_ENTRIES]
     out = []
     for p in paths:
@@ -152,6 +153,18 @@ def carve_execute(paths: tuple, listdir) -> tuple:
 
 
 _WRITE_ONLY = set(P.LANDLOCK_WRITE) - set(P.LANDLOCK_READ)
+
+
+def _holes(paths: tuple) -> list:
+    """The paths that are writable and not executable."""
+    return [p.path for p in paths if set(p.access) & _WRITE_ONLY and "execute" not in p.access]
+
+
+def carved(paths: tuple) -> list:
+    """The execute rules carve_execute splits (those covering a writable, not executable path)."""
+    holes = _holes(paths)
+    return [p.path for p in paths if "execute" in p.access
+            and any(h != p.path and beneath(h, p.path) for h in holes)]
 
 
 def _carve(path: str, holes: list, listdir, budget: list) -> list:
@@ -214,6 +227,9 @@ def describe(ll: "P.Landlock | None") -> list:
             out.append(f"             {words}{'' if required else ' (where present)'}: {' '.join(paths)}")
         if not ll.paths:
             out.append("             file system: nothing allowed")
+        if ll.derived and carved(ll.paths):
+            out.append(f"             execute beneath {' '.join(carved(ll.paths))}: granted at launch per entry, "
+                       f"never on the writable paths in it (W^X)")
     else:
         out.append("             file system: not handled")
     if ll.network:

@@ -74,7 +74,9 @@ def build(plan, root: str = "") -> int:
     before, init.confine). Paths are opened (O_PATH, following symlinks: the program would) under
     `root` ("" : this process's root). A rule on a path that does not exist: a write or execute rule
     refuses the launch (the profile means a path we cannot show it); a read rule, or a rule derived
-    from the mounts (`required` false), is skipped: it would grant nothing."""
+    from the mounts (`required` false), is skipped: it would grant nothing. Derived rules keep W^X
+    where an execute rule covers a writable path (an image's `/` over /tmp): execute is granted per
+    entry listed here instead (policies.landlock.carve_execute; too many entries: LandlockError)."""
     ll = plan.landlock
     if ll is None:
         return -1

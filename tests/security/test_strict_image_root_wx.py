@@ -88,3 +88,17 @@ filesystem:
     r = runner("run", "--profile", prof, "--", "/bin/sh", "-c", script)
     assert r.returncode == 0, r
     assert r.stdout.split("\n") == ["copied", "scratch 126", "bin 0", "link 0", ""], r
+
+
+def test_too_many_entries_to_carve_refused(runner, shared_tmp, tmp_profile):
+    """A root with more top-level entries than carve_execute may list (a hostile image's): the
+    launch is refused (exit 125, one line) rather than run with /tmp executable."""
+    from policies.landlock import MAX_CARVE_ENTRIES
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    root = ib.write_rootfs_dir(str(shared_tmp / "root"))
+    for i in range(MAX_CARVE_ENTRIES + 1):
+        open(os.path.join(root, f"f{i}"), "w").close()
+    prof = tmp_profile(f"extends: strict\nfilesystem:\n  root: {{path: {root}}}\n")
+    r = runner("run", "--profile", prof, "--", "/bin/busybox", "true")
+    assert r.returncode == 125, r
+    assert "landlock: more than" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
