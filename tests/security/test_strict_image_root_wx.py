@@ -102,3 +102,22 @@ def test_too_many_entries_to_carve_refused(runner, shared_tmp, tmp_profile):
     r = runner("run", "--profile", prof, "--", "/bin/busybox", "true")
     assert r.returncode == 125, r
     assert "landlock: more than" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+
+
+def test_exec_into_image_sandbox_same_carving(img):
+    """`pysandbox exec` into a running strict --image sandbox: its command's rules are carved the
+    same way (built after joining the sandbox's mount namespace): /tmp copy EACCES, /bin runs."""
+    r = ib.cli(img, "run", "-d", "--name", "wx-exec", "--profile", "strict", "--image", "busybox:test", "--",
+               "/bin/sleep", "60")
+    assert r.returncode == 0, r
+    try:
+        r = ib.cli(img, "exec", "wx-exec", "/bin/sh", "-c", PROBE.format(dirs="/tmp"))
+        assert results(r) == denied("/tmp"), r
+    finally:
+        ib.cli(img, "rm", "-f", "wx-exec")
+
+
+def test_explain_names_the_carved_rule(img):
+    r = ib.cli(img, "explain", "--profile", "strict", "--image", "busybox:test")
+    assert r.returncode == 0, r
+    assert "execute beneath /: granted at launch per entry, never on the writable paths in it (W^X)" in r.stdout, r
