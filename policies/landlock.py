@@ -90,7 +90,8 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     makes writable is write (never execute: W^X), directories it binds read-only from the host are
     read + execute; nothing else. `/` itself: list directories only (its files are the container
     interface in /run and empty mount points). An image's or a `root:` directory's tree is read +
-    execute as a whole (and write when the root is writable): coarser, documented.
+    execute (and write when the root is writable): coarser, documented; its execute never reaches
+    the writable mounts beneath it (carve_execute, at launch: sandbox/landlock.py build).
     host: the paths are the host's (the namespace-free backend, sandbox/launch/nsfree.py): no /run
     (the host's holds its sockets), and of /dev only the nodes a sandbox's /dev has, and /dev/pts."""
     R, W, X = P.LANDLOCK_READ, P.LANDLOCK_WRITE, P.LANDLOCK_EXECUTE
@@ -118,6 +119,75 @@ def derive_from_mounts(fs: "P.Filesystem", host: bool = False) -> tuple:
     for m in fs.mounts:
         out.append(P.LandlockPath(m.target, R + X if m.read_only else W, False))
     return _merge(out)
+
+
+MAX_CARVE_ENTRIES = 8192       # directory entries carve_execute may list in all (a hostile image's root)
+
+
+class CarveError(ValueError):
+    """carve_execute could not keep W^X within its bounds (the launch is refused)."""
+
+
+def carve_execute(paths: tuple, listdir) -> tuple:
+    """W^X where Landlock's rights add up down a path: an execute rule covering a write-only rule's
+    path beneath it (an image's or a `root:` directory's `/` over the /tmp tmpfs, a system directory
+    over a writable bind inside it) would make that writable path executable. Such a rule keeps its
+    other rights; execute is granted instead on each entry of its directory except the writable
+    path, recursing only into the entries that lead to one. `listdir(path)` -> the names of the
+    directory's entries that are not symbolic links (their targets get the rules of where they
+    lead), None when it is not a directory; what it lists is bounded by MAX_CARVE_ENTRIES
+    (CarveError beyond). Pure: the caller lists the sandbox's paths (sandbox/landlock.py)."""
+    holes = _holes(paths)
+    budget = [MAX_CARVE_ENTRIES]
+    out = []
+    for p in paths:
+        inside = [h for h in holes if h != p.path and beneath(h, p.path)]
+        if "execute" not in p.access or not inside:
+            out.append(p)
+            continue
+        rest = tuple(a for a in p.access if a != "execute")
+        if rest:
+            out.append(P.LandlockPath(p.path, rest, p.required))
+        out += _carve(p.path, inside, listdir, budget)
+    return _merge(out)
+
+
+_WRITE_ONLY = set(P.LANDLOCK_WRITE) - set(P.LANDLOCK_READ)
+
+
+def _holes(paths: tuple) -> list:
+    """The paths that are writable and not executable."""
+    return [p.path for p in paths if set(p.access) & _WRITE_ONLY and "execute" not in p.access]
+
+
+def carved(paths: tuple) -> list:
+    """The execute rules carve_execute splits (those covering a writable, not executable path)."""
+    holes = _holes(paths)
+    return [p.path for p in paths if "execute" in p.access
+            and any(h != p.path and beneath(h, p.path) for h in holes)]
+
+
+def _carve(path: str, holes: list, listdir, budget: list) -> list:
+    names = listdir(path)
+    if names is None:
+        return []
+    budget[0] -= len(names)
+    if budget[0] < 0:
+        raise CarveError(f"landlock: more than {MAX_CARVE_ENTRIES} entries to list under {path} "
+                         f"to keep its writable paths from executing")
+    out = []
+    for name in sorted(names):
+        if "/" in name or name in (".", "..", "") or "\0" in name:
+            continue
+        child = path.rstrip("/") + "/" + name
+        if child in holes:
+            continue
+        inner = [h for h in holes if beneath(h, child)]
+        if inner:
+            out += _carve(child, inner, listdir, budget)
+        else:
+            out.append(P.LandlockPath(child, P.LANDLOCK_EXECUTE, False))
+    return out
 
 
 def beneath(p: str, q: str) -> bool:
@@ -157,6 +227,9 @@ def describe(ll: "P.Landlock | None") -> list:
             out.append(f"             {words}{'' if required else ' (where present)'}: {' '.join(paths)}")
         if not ll.paths:
             out.append("             file system: nothing allowed")
+        if ll.derived and carved(ll.paths):
+            out.append(f"             execute beneath {' '.join(carved(ll.paths))}: granted at launch per entry, "
+                       f"never on the writable paths in it (W^X)")
     else:
         out.append("             file system: not handled")
     if ll.network:

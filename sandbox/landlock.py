@@ -22,6 +22,7 @@ import struct
 import threading
 
 from policies import plan as P
+from policies.landlock import MAX_CARVE_ENTRIES, CarveError, carve_execute
 
 from . import _sys
 
@@ -73,7 +74,9 @@ def build(plan, root: str = "") -> int:
     before, init.confine). Paths are opened (O_PATH, following symlinks: the program would) under
     `root` ("" : this process's root). A rule on a path that does not exist: a write or execute rule
     refuses the launch (the profile means a path we cannot show it); a read rule, or a rule derived
-    from the mounts (`required` false), is skipped: it would grant nothing."""
+    from the mounts (`required` false), is skipped: it would grant nothing. Derived rules keep W^X
+    where an execute rule covers a writable path (an image's `/` over /tmp): execute is granted per
+    entry listed here instead (policies.landlock.carve_execute; too many entries: LandlockError)."""
     ll = plan.landlock
     if ll is None:
         return -1
@@ -86,9 +89,15 @@ def build(plan, root: str = "") -> int:
         scoped |= SCOPE_BIT["abstract_unix_socket"]
     if not (fs_bits or net_bits or scoped):
         return -1                              # nothing to restrict (a bare `abi:`)
+    paths = ll.paths
+    if ll.derived and fs_bits:
+        try:
+            paths = carve_execute(paths, lambda p: _listdir(root + p))
+        except CarveError as e:
+            raise LandlockError(str(e)) from None
     fd = _sys.landlock_create_ruleset(fs_bits, net_bits, scoped)
     try:
-        for rule in ll.paths:
+        for rule in paths:
             allowed = mask(rule.access) & fs_bits
             try:
                 pfd = os.open(root + rule.path, os.O_PATH | os.O_CLOEXEC)
@@ -112,6 +121,22 @@ def build(plan, root: str = "") -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _listdir(path: str) -> "list | None":
+    """The names of a directory's entries that are not symbolic links (carve_execute), at most
+    MAX_CARVE_ENTRIES + 1 of them; None when `path` is not a directory (or is gone)."""
+    names = []
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                if not e.is_symlink():
+                    names.append(e.name)
+                if len(names) > MAX_CARVE_ENTRIES:
+                    break
+    except (NotADirectoryError, FileNotFoundError):
+        return None
+    return names
 
 
 def build_recorded(plan: dict) -> int:
