@@ -57,6 +57,7 @@ class Bundle:
     annotations: dict = field(default_factory=dict)
     audit_log: "str | None" = None
     umask: "int | None" = None                          # set in the monitor, inherited by PID 1
+    cgroup_path: "str | None" = None                    # linux.cgroupsPath below each hierarchy's root
 
 
 def _get(d, key, kind, where):
@@ -140,7 +141,19 @@ def translate(cfg: dict, bundle_dir: str) -> Bundle:
     if proc.get("ioPriority") or proc.get("scheduler") or proc.get("execCPUAffinity"):
         raise BundleError("config.json: process.ioPriority/scheduler/execCPUAffinity: not supported")
     return Bundle(bundle_dir, plan, hooks, join, oom, sysctl, bool(proc.get("terminal")), dict(annotations),
-                  annotations.get(ANNOTATION_AUDIT_LOG), (proc.get("user") or {}).get("umask"))
+                  annotations.get(ANNOTATION_AUDIT_LOG), (proc.get("user") or {}).get("umask"),
+                  _cgroups_path(linux))
+
+
+def _cgroups_path(linux: dict) -> "str | None":
+    cp = _get(linux, "cgroupsPath", str, "linux.")
+    if not cp:
+        return None                                    # pysandbox's own leaf per container
+    from ..cgroups.placement import engine_path
+    try:
+        return engine_path(cp)
+    except ValueError as e:
+        raise BundleError(f"config.json: linux.cgroupsPath: {e}") from None
 
 
 def _strings(d: dict, key: str, where: str = "linux.") -> list:

@@ -281,6 +281,11 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
         reclaim_quietly()                      # what a SIGKILLed monitor left on the host
     except Exception:                          # noqa: BLE001 - best effort, as every command's
         pass
+    for d in st.get("cgroups") or ():          # linux.cgroupsPath leaves a SIGKILLed monitor left
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
     from . import hooks
     try:
         hooks.run("poststop", st.get("hooks") or {}, dict(_state.oci_state(st), status="stopped"))

@@ -121,6 +121,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     sess = open_session(os.urandom(6).hex(), cid, bundle.plan.name, log_path=bundle.audit_log, summary=False)
     run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, stdin=stdio[0],
                  stdout=stdio[1], stderr=stdio[2])
+    run.cgroup_path = bundle.cgroup_path               # linux.cgroupsPath (None: pysandbox's own leaf)
     fifo = os.path.join(_state.container_dir(root, cid), "exec.fifo")
     me = os.getpid()
 
@@ -136,7 +137,8 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             raise LaunchError(f"{'process.oomScoreAdj' if 'oom' in str(e.filename) else 'linux.sysctl'}: "
                               f"{e.strerror}") from None
         st.update(status="created", pid=me, pid_start=procid.start_time(me), sandbox_pid=pid,
-                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id)
+                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id,
+                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [])
         _state.save(root, cid, st)
         try:
             for kind in ("createRuntime", "prestart"):

@@ -577,3 +577,81 @@ def test_root_directory_of_another_user_is_refused(tmp_path, rt, bundle):
     os.chmod(d, 0o777)
     r = subprocess.run([RUNTIME, "--root", str(d), "state", "o1"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "writable by it alone" in r.stderr
+
+
+# --- linux.cgroupsPath ------------------------------------------------------------------------------
+
+def _cg_hierarchies() -> list:
+    """The hierarchies a container's cgroupsPath leaf goes in here: memory and pids (v1), cgroup2."""
+    return [h for h in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified")
+            if os.path.isdir(h)]
+
+
+def _cg_cleanup(top: str) -> None:
+    for h in _cg_hierarchies() + ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/blkio"]:
+        d = os.path.join(h, top)
+        for sub in sorted((os.path.join(r, n) for r, ds, _ in os.walk(d) for n in ds), key=len, reverse=True):
+            os.rmdir(sub)
+        if os.path.isdir(d):
+            os.rmdir(d)
+
+
+@pytest.mark.parametrize("rel", [False, True], ids=["absolute", "relative"])
+def test_must_cgroups_path_attaches_to_the_same_place(rt, tmp_path, rel):
+    """config.md linux.cgroupsPath: "the runtime MUST consistently attach to the same place in the
+    cgroups hierarchy given the same value": an absolute path below each hierarchy's root, a relative
+    one below pysandbox's own parent (runc: below its own cgroup); the container's processes are
+    there while it runs (every hierarchy, cgroup2 too), created with no resources asked for, and
+    the leaf is gone after delete (its parent, the engine's, stays)."""
+    top = f"psbrt-cgp-{os.getpid()}-{int(rel)}"
+    want = f"/pysandbox/{top}/ctr" if rel else f"/{top}/ctr"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "cat /proc/self/cgroup; sleep 100"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=want.removeprefix("/pysandbox/") if rel else want))
+    try:
+        for round_ in (1, 2):                          # the same value: the same place, twice
+            cid = f"cg{round_}"
+            rt("create", "--bundle", str(b), cid, check=True)
+            pid1 = rt.json("state", cid)["pid"]
+            for h in _cg_hierarchies():
+                assert os.path.isdir(h + want), h
+            rt("start", cid, check=True)
+            deadline = time.monotonic() + 30
+            while rt.output().count("0::") < round_:
+                assert time.monotonic() < deadline, rt.err()
+                time.sleep(0.02)
+            lines = rt.output().splitlines()
+            assert f"0::{want}" in lines and any(ln.endswith(f":memory:{want}") for ln in lines)
+            assert any(ln.endswith(f":pids:{want}") for ln in lines)
+            assert pid1 > 0
+            rt("kill", cid, "KILL", check=True)
+            rt.wait_status(cid, "stopped")
+            rt("delete", cid, check=True)
+            for h in _cg_hierarchies():
+                assert not os.path.exists(h + want) and os.path.isdir(os.path.dirname(h + want)), h
+    finally:
+        _cg_cleanup(f"pysandbox/{top}" if rel else top)
+
+
+def test_cgroups_path_limits_apply_at_that_path(rt, tmp_path):
+    """linux.resources with a cgroupsPath: the limit is written in the leaf at that path (pids.max)."""
+    top = f"psbrt-cgl-{os.getpid()}"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=f"/{top}/ctr", resources={"pids": {"limit": 7}}))
+    try:
+        rt("create", "--bundle", str(b), "cl", check=True)
+        assert Path(f"/sys/fs/cgroup/pids/{top}/ctr/pids.max").read_text().strip() == "7"
+        rt("delete", "--force", "cl", check=True)
+        assert not os.path.exists(f"/sys/fs/cgroup/pids/{top}/ctr")
+    finally:
+        _cg_cleanup(top)
+
+
+@pytest.mark.parametrize("path", ["system.slice:libpod:abc", "/a/b c", "/a/\u00e9"])
+def test_cgroups_path_systemd_form_and_odd_names_are_refused(rt, tmp_path, path):
+    """The systemd form slice:prefix:name needs the systemd cgroup driver (refused, as
+    --systemd-cgroup is); a component that is not a plain name is refused: nothing is created."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/true"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=path))
+    assert rt("create", "--bundle", str(b), "cs").returncode != 0
+    assert "linux.cgroupsPath" in rt.err() and ("systemd" in rt.err() if ":" in path else True)
+    assert not os.path.exists(os.path.join(rt.root, "cs"))
