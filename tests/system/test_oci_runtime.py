@@ -588,8 +588,8 @@ def _cg_hierarchies() -> list:
 
 
 def _cg_cleanup(top: str) -> None:
-    for h in _cg_hierarchies() + ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/blkio"]:
-        d = os.path.join(h, top)
+    for h in os.listdir("/sys/fs/cgroup"):
+        d = os.path.join("/sys/fs/cgroup", h, top)
         for sub in sorted((os.path.join(r, n) for r, ds, _ in os.walk(d) for n in ds), key=len, reverse=True):
             os.rmdir(sub)
         if os.path.isdir(d):
