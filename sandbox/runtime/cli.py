@@ -23,7 +23,8 @@ UNSUPPORTED = ("ps", "update", "checkpoint", "restore", "pause", "resume", "even
 USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
          "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
          "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
-         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] ID [CMD...]")
+         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] [--cwd D] [--env K=V]...\n"
+         "       [--user UID[:GID]] [--additional-gids G]... [--cap CAP_X]... [--no-new-privs] ID [CMD...]")
 
 
 class Usage(Exception):
@@ -73,7 +74,10 @@ def _opts(args: list, flags: dict, first_positional_ends: bool = False) -> tuple
                     if i >= len(args):
                         raise Usage(f"option --{name} needs a value")
                     val = args[i]
-                out[name] = val
+                if flags[name] == "many":                   # repeatable: --env A=1 --env B=2
+                    out.setdefault(name, []).append(val)
+                else:
+                    out[name] = val
             else:
                 out[name] = True
         else:
@@ -298,22 +302,22 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
 
 def cmd_exec(ctx: Ctx, args: list) -> int:
     o, pos = _opts(args, {"process": True, "p": True, "pid-file": True, "detach": False, "d": False,
-                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": True,
-                          "user": True, "u": True}, first_positional_ends=True)
-    for unsupported in ("cwd", "env", "user", "u"):
-        if unsupported in o:
-            ctx.log(f"exec --{unsupported}: not supported (give a --process file)")
-            return 1
+                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": "many",
+                          "e": "many", "user": True, "u": True, "additional-gids": "many", "g": "many",
+                          "cap": "many", "c": "many", "no-new-privs": False}, first_positional_ends=True)
     if not pos:
         raise Usage("exec: needs the container id")
     cid = _state.check_id(pos[0])
     process = o.get("process") or o.get("p")
     if not process and len(pos) < 2:
         raise Usage("exec: needs --process FILE or a command after the id")
+    flags = {"cwd": o.get("cwd"), "env": o.get("env", []) + o.get("e", []), "user": o.get("user") or o.get("u"),
+             "additional-gids": o.get("additional-gids", []) + o.get("g", []),
+             "cap": o.get("cap", []) + o.get("c", []), "no-new-privs": bool(o.get("no-new-privs"))}
     from .execproc import exec_process
     return exec_process(ctx.root, cid, process, pos[1:], pid_file=o.get("pid-file"),
                         detach=bool(o.get("detach") or o.get("d")), console_socket=o.get("console-socket"),
-                        log=ctx.log)
+                        log=ctx.log, flags=flags)
 
 
 def cmd_features(ctx: Ctx, args: list) -> int:

@@ -655,3 +655,50 @@ def test_cgroups_path_systemd_form_and_odd_names_are_refused(rt, tmp_path, path)
     assert rt("create", "--bundle", str(b), "cs").returncode != 0
     assert "linux.cgroupsPath" in rt.err() and ("systemd" in rt.err() if ":" in path else True)
     assert not os.path.exists(os.path.join(rt.root, "cs"))
+
+
+# --- exec's flags ---------------------------------------------------------------------------------
+
+def _exec(rt, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([RUNTIME, "--root", rt.root, "exec", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_exec_flags_cwd_env_user_groups_nnp(rt, tmp_path):
+    """runc's exec flags: --cwd, --env (repeatable, replaces a key of config.json's env), --user
+    UID:GID, --additional-gids, --no-new-privs; without them the process is config.json's (root,
+    cwd /, no NoNewPrivs); a bad --user is refused with one line."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["process"].update(noNewPrivileges=False))
+    rt("create", "--bundle", str(b), "xf", check=True)
+    rt("start", "xf", check=True)
+    show = ["/bin/sh", "-c", 'pwd; echo "$FOO $TERM"; id -u; id -g; id -G; grep NoNewPrivs: /proc/self/status']
+    r = _exec(rt, "--cwd", "/bin", "--env", "FOO=bar", "-e", "TERM=dumb", "--user", "1000:1001",
+              "--additional-gids", "7", "-g", "8", "--no-new-privs", "xf", *show)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:4] == ["/bin", "bar dumb", "1000", "1001"]
+    assert set(out[4].split()) == {"1001", "7", "8"} and out[5].split() == ["NoNewPrivs:", "1"]
+    r = _exec(rt, "xf", *show)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "/" and out[2] == "0" and out[5].split() == ["NoNewPrivs:", "0"]
+    r = _exec(rt, "--user", "nobody", "xf", "/bin/true")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--user" in r.stderr
+    rt("delete", "--force", "xf", check=True)
+
+
+@pytest.mark.parametrize("profile", [None, "strict"])
+def test_exec_flag_cap_adds_a_capability_unless_a_profile_removes_it(rt, tmp_path, profile):
+    """--cap CAP_NET_ADMIN (bit 12) is added to the process's sets, as runc does; without the flag the
+    bundle's set lacks it; under org.pysandbox.profile: strict (no capability) --cap adds nothing."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    if profile:
+        edit_config(b, lambda c: c.update(annotations={"org.pysandbox.profile": profile}))
+    rt("create", "--bundle", str(b), "xc", check=True)
+    rt("start", "xc", check=True)
+    eff = ["/bin/grep", "CapEff:", "/proc/self/status"]
+    with_cap = int(_exec(rt, "--cap", "CAP_NET_ADMIN", "xc", *eff).stdout.split()[1], 16)
+    without = int(_exec(rt, "xc", *eff).stdout.split()[1], 16)
+    assert not without & (1 << 12)
+    assert bool(with_cap & (1 << 12)) == (profile is None)
+    rt("delete", "--force", "xc", check=True)
