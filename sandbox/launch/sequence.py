@@ -38,6 +38,12 @@ except ImportError:                        # pragma: no cover
     _seccomp = None
 
 
+# pysandbox-runtime's OCI startContainer hooks (set by sandbox/runtime/monitor.py in its own process,
+# inherited by PID 1's fork): called in the sandbox's namespaces after pivot_root, before the
+# program's last steps; an exception is a set-up failure (exit 125)
+before_program = None
+
+
 # --- 1. the supervisor -----------------------------------------------------------------------
 
 def start(run) -> None:
@@ -107,6 +113,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         try:
             ctx, status_w, cg_v2_fd, built = inline()
             init.setup_in_thread(ctx, built)       # program() up to pivot_root, in a thread of ours
+            if before_program is not None:
+                before_program()
         except Exception as e:                     # noqa: BLE001 - reported as the program's would be
             init.report(status_w, f"SETUP {init.describe(e)}")
             os._exit(1)
@@ -162,6 +170,9 @@ def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False) -> 
         if not built:
             step = "root filesystem"
             init.build_root(plan, ctx, ctx.rootless)   # loopback, rootfs.prepare, pivot_root, finish
+        if before_program is not None:
+            step = "startContainer hooks"
+            before_program()
         step = "landlock"
         init.landlock_rules(plan)                  # the profile's ruleset, paths as the program sees them
     except Exception as e:                         # reported by PID 1 as a set-up failure (exit 125)

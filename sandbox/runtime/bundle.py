@@ -27,7 +27,7 @@ JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts"}
 PROVIDED = {("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"),
             ("/sys/fs/cgroup", "cgroup"), ("/sys/fs/cgroup", "cgroup2")}
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
-SUPPORTED_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
+SUPPORTED_HOOKS = HOOK_KINDS
 # the nodes rootfs._make_dev binds from the host; linux.devices may only name these
 DEV_NODES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 # sysctls of the namespaces a container has (runc's validation: ipc and net ones)
@@ -436,9 +436,6 @@ def _hooks(cfg: dict) -> dict:
     for kind, lst in hooks.items():
         if kind not in HOOK_KINDS:
             raise BundleError(f"config.json: hooks.{kind}: unknown hook")
-        if lst and kind not in SUPPORTED_HOOKS:
-            raise BundleError(f"config.json: hooks.{kind}: not supported (hooks run in the container's "
-                              "namespaces are not implemented)")
         for i, h in enumerate(lst or []):
             if not isinstance(h, dict) or not isinstance(h.get("path"), str) or not h["path"].startswith("/"):
                 raise BundleError(f"config.json: hooks.{kind}[{i}].path: must be an absolute path")

@@ -143,8 +143,16 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
         try:
             for kind in ("createRuntime", "prestart"):
                 _hooks.run(kind, bundle.hooks, _state.oci_state(st))
+            if bundle.hooks.get("createContainer"):   # in the container's namespaces, before pivot_root
+                enter = join_ns_of(pid)
+                try:
+                    _hooks.run("createContainer", bundle.hooks, _state.oci_state(st), preexec=enter)
+                finally:
+                    enter.close()
         except _hooks.HookError as e:
             raise LaunchError(str(e)) from None
+        if start_w is not None:                    # PID 1 runs the startContainer hooks with this state
+            _state_to(start_w, _state.oci_state(st))
         ffd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         pidfd = _sys.pidfd_open(pid)
         _tell(ready_w, "OK")
@@ -171,6 +179,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
                 pass
 
     run.before_release = hold
+    start_w = _start_container_hooks(bundle) if bundle.hooks.get("startContainer") else None
 
     for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
         signal.signal(sig, run.forward)
@@ -200,6 +209,58 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             log(result.message.removeprefix("pysandbox: "))
         sess.close()
     return result.exit_code
+
+
+def join_ns_of(pid: int):
+    """A preexec function: setns into every namespace of `pid` that differs from ours (the user
+    namespace first, as sandbox/execin.py's NS_ORDER), for a createContainer hook's process: "in
+    the container namespace". Its mount namespace is PID 1's before pivot_root, a copy of ours:
+    the hook's path resolves as in the runtime namespace, as the spec says."""
+    from ..execin import NS_ORDER
+    fds = []
+    for ns, flag in NS_ORDER:
+        if ns == "time":
+            continue
+        if os.stat(f"/proc/self/ns/{ns}").st_ino != os.stat(f"/proc/{pid}/ns/{ns}").st_ino:
+            fds.append((os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC), flag))
+
+    def enter() -> None:
+        for fd, flag in fds:
+            _sys.setns(fd, flag)
+    enter.close = lambda: [os.close(fd) for fd, _ in fds]
+    return enter
+
+
+def _state_to(w: int, state: dict) -> None:
+    """The state for PID 1's startContainer hooks, one write (annotations dropped past a pipe's
+    buffer: the write must not wait for PID 1, which reads it only after its release)."""
+    import json
+    data = json.dumps(state).encode()
+    if len(data) > 60000:
+        data = json.dumps(dict(state, annotations={})).encode()[:60000]
+    try:
+        os.write(w, data)
+    finally:
+        os.close(w)
+
+
+def _start_container_hooks(bundle) -> int:
+    """startContainer: sequence.before_program, run by PID 1 (or the program's Python process) in
+    the container's namespaces after pivot_root, before the program's last steps; the hook's path
+    resolves in the container. The state comes on a pipe from hold(). Returns its write end."""
+    from ..launch import sequence
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def before_program() -> None:
+        os.close(w)                                # (the monitor's copy is the writer)
+        data = os.read(r, 65536)                   # written whole before the release (PID 1 may hold
+        os.close(r)                                # a copy of w: no EOF to wait for)
+        try:
+            _hooks.run("startContainer", bundle.hooks, data)
+        except _hooks.HookError as e:
+            raise RuntimeError(str(e)) from None
+    sequence.before_program = before_program
+    return w
 
 
 def _console(path: str) -> tuple:

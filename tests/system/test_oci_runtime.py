@@ -332,13 +332,13 @@ def test_must_delete_of_a_running_container_fails(rt, tmp_path):
 
 def test_must_unsupported_config_fails_create(rt, tmp_path):
     """config.md: a runtime MUST generate an error for a property it cannot honour (fail closed,
-    naming the field) — an unknown mount type, a pid namespace joined by path, a hook kind not
-    implemented."""
+    naming the field) — an unknown mount type, a user namespace joined by path, a hook kind the
+    spec does not have."""
     cases = [
         (lambda c: c["mounts"].append({"destination": "/x", "type": "nfs", "source": "h:/x"}), "mounts["),
         (lambda c: c["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"}),
          "linux.namespaces"),
-        (lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}), "hooks.createContainer"),
+        (lambda c: c.update(hooks={"preStop": [{"path": "/bin/true"}]}), "hooks.preStop"),
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
         (lambda c: c["process"].update(capabilities={"bounding": ["CAP_KILL"], "effective": ["CAP_CHOWN"],
                                                      "permitted": ["CAP_KILL"]}), "capabilities.effective"),
@@ -702,3 +702,133 @@ def test_exec_flag_cap_adds_a_capability_unless_a_profile_removes_it(rt, tmp_pat
     assert not without & (1 << 12)
     assert bool(with_cap & (1 << 12)) == (profile is None)
     rt("delete", "--force", "xc", check=True)
+
+
+# --- createContainer and startContainer hooks -------------------------------------------------------
+
+def test_must_create_container_hooks_run_in_the_container_namespace_during_create(rt, tmp_path):
+    """config.md createContainer: called during create, after the createRuntime hooks, "in the
+    container namespace" (the program's mount, uts and net namespaces, not ours), before pivot_root,
+    its path resolving in the runtime namespace (a host path), the state on stdin."""
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nread -r line; echo \"$1 $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/uts) "
+                    f"$line\" >> {log}\n")
+    hook.chmod(0o755)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "ls -l /proc/self/ns/mnt /proc/self/ns/uts"])
+    edit_config(b, lambda c: c.update(hooks={k: [{"path": str(hook), "args": ["hook.sh", k]}]
+                                             for k in ("createRuntime", "createContainer")}))
+    rt("create", "--bundle", str(b), "hc", check=True)
+    lines = log.read_text().splitlines()                 # both ran during create
+    assert [ln.split()[0] for ln in lines] == ["createRuntime", "createContainer"]
+    host_mnt, host_uts = os.readlink("/proc/self/ns/mnt"), os.readlink("/proc/self/ns/uts")
+    assert lines[0].split()[1:3] == [host_mnt, host_uts]
+    cc = lines[1].split(" ", 3)
+    assert cc[1] != host_mnt and cc[2] != host_uts
+    assert json.loads(cc[3])["id"] == "hc" and json.loads(cc[3])["status"] == "created"
+    rt("start", "hc", check=True)
+    rt.wait_status("hc", "stopped")
+    rt("delete", "hc", check=True)
+    out = rt.output()
+    assert cc[1] in out and cc[2] in out                 # the program's own namespaces
+
+
+def test_must_start_container_hooks_run_in_the_container_before_the_program(rt, tmp_path):
+    """config.md startContainer: called as part of start, before the user-specified process is
+    executed, in the container namespace, its path resolving in the container (a script only the
+    container's root has), the state on stdin; not at create."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program >> /shared/log"])
+    name = f"psbrt-start-hook-{os.getpid()}.sh"
+    assert not os.path.exists("/" + name)
+    (b / "rootfs" / name).write_text("#!/bin/sh\nread -r line; echo \"$1 $line\" >> /shared/log; "
+                                     "ls /proc/1/ >/dev/null && echo proc-ok >> /shared/log\n")
+    (b / "rootfs" / name).chmod(0o755)
+    edit_config(b, lambda c: (c.update(hooks={"startContainer": [{"path": "/" + name, "args": [name, "startContainer"]}]}),
+                              c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(out),
+                                                  "options": ["rbind", "rw"]})))
+    rt("create", "--bundle", str(b), "hs", check=True)
+    assert not (out / "log").exists()                    # not at create
+    rt("start", "hs", check=True)
+    rt.wait_status("hs", "stopped")
+    rt("delete", "hs", check=True)
+    lines = (out / "log").read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["startContainer", "proc-ok", "program"], rt.err()
+    assert json.loads(lines[0].split(" ", 1)[1])["id"] == "hs"
+
+
+@pytest.mark.parametrize("kind", ["createContainer", "startContainer"])
+def test_must_failing_container_hook_stops_the_container(rt, tmp_path, kind):
+    """A createContainer hook that fails: create fails, naming it; a startContainer one: the
+    program is never executed, the container stops with an error."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    marker = shared / "ran"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/touch", "/shared/ran"])
+    edit_config(b, lambda c: (c.update(hooks={kind: [{"path": "/bin/false"}]}),
+                              c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared),
+                                                  "options": ["rbind", "rw"]})))
+    r = rt("create", "--bundle", str(b), "hf")
+    if kind == "createContainer":
+        assert r.returncode != 0 and "hooks.createContainer[0]" in rt.err()
+        assert not os.path.exists(os.path.join(rt.root, "hf"))
+        return
+    assert r.returncode == 0, rt.err()
+    rt("start", "hf")
+    rt.wait_status("hf", "stopped")
+    st = json.loads(Path(rt.root, "hf", "state.json").read_text())     # (the monitor's record)
+    rt("delete", "hf", check=True)
+    assert not marker.exists()                          # /bin/touch never ran
+    assert st["exit_code"] == 125 and "hooks.startContainer[0] /bin/false" in st["error"]
+
+
+def test_rootless_container_hooks(tmp_path, user_runner):
+    """As the unprivileged test user (the program's set-up in a Python process: sequence.program),
+    createContainer runs in the container's mount namespace during create and startContainer in
+    the container before the program, both with the state on stdin."""
+    u = user_runner
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    cc = tmp_path / "cc.sh"
+    cc.write_text(f"#!/bin/sh\nread -r line; echo \"createContainer $(readlink /proc/self/ns/mnt)\" >> {out}/log\n")
+    cc.chmod(0o755)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program $(ls -l /proc/self/ns/mnt) >> /shared/log"])
+    (b / "rootfs" / "sc.sh").write_text("#!/bin/sh\nread -r line; echo startContainer >> /shared/log\n")
+    (b / "rootfs" / "sc.sh").chmod(0o755)
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"].pop("resources", None)
+        c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(out), "options": ["rbind", "rw"]})
+        c["hooks"] = {"createContainer": [{"path": str(cc)}], "startContainer": [{"path": "/sc.sh"}]}
+    edit_config(b, edit)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args):                                 # (files: the container holds its stdio)
+        with open(tmp_path / "stdout", "a") as o, open(tmp_path / "stderr", "a+") as e:
+            r = subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e, text=True,
+                               env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+            r.stdout = subprocess.run([RUNTIME, "--root", root, "state", "rh"], capture_output=True, text=True,
+                                      env=env, user=u.uid, group=u.gid, extra_groups=[]).stdout
+            r.stderr = (tmp_path / "stderr").read_text()
+        return r
+    try:
+        r = rt("create", "--bundle", str(b), "rh")
+        assert r.returncode == 0, r.stderr
+        assert (out / "log").read_text().split()[0] == "createContainer"
+        assert rt("start", "rh").returncode == 0
+        deadline = time.monotonic() + 30
+        while json.loads(rt("state", "rh").stdout)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        lines = (out / "log").read_text().splitlines()
+        assert [ln.split()[0] for ln in lines] == ["createContainer", "startContainer", "program"]
+        assert lines[0].split()[1] in lines[2] and lines[0].split()[1] != os.readlink("/proc/self/ns/mnt")
+    finally:
+        rt("delete", "--force", "rh")
