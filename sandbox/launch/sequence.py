@@ -42,6 +42,10 @@ except ImportError:                        # pragma: no cover
 # inherited by PID 1's fork): called in the sandbox's namespaces after pivot_root, before the
 # program's last steps; an exception is a set-up failure (exit 125)
 before_program = None
+# False: PID 1 forks the program's Python process itself, never pysandbox-init's spawn mode (which
+# clones it as pid 2): pysandbox-runtime sets it for a pid namespace joined by path (PID 1 is not
+# that namespace's init; pid 2 is someone else's)
+spawn_inline = True
 
 
 # --- 1. the supervisor -----------------------------------------------------------------------
@@ -70,7 +74,7 @@ def pid1_main(ctx) -> None:
     spec = wire.Pid1Spec(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
                          ctx.plan.namespaces.time, ctx.seccomp_log, init.credential_steps(ctx.plan, ctx.rootless))
     pid1(spec, lambda err_w, go_r: program(ctx, err_w, go_r),
-         inline=lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False))
+         inline=(lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False)) if spawn_inline else None)
 
 
 def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:

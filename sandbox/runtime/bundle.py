@@ -21,7 +21,7 @@ ANNOTATION_AUDIT_LOG = "org.pysandbox.audit-log"
 # namespaces the plan creates (type -> Namespaces field); joined by path: JOINABLE only
 NS_FIELDS = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
              "user": "user", "cgroup": "cgroup", "time": "time"}
-JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts"}
+JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid"}
 # mounts the sandbox's own root always provides (rootfs._make_dev, proc, sysfs) or that are
 # not mounted (documented in docs/interop.md): accepted at these destinations only
 PROVIDED = {("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"),
@@ -177,10 +177,12 @@ def _namespaces(linux: dict):
         if path:
             if t not in JOINABLE:
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: joining a {t} namespace is not "
-                                  "supported (network, ipc and uts ones are)")
+                                  "supported (network, ipc, uts and pid ones are)")
             if not os.path.exists(path):
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: {path}: no such namespace")
             join[t] = path
+            if t == "pid":                 # a pid namespace the sandbox has (its /proc), not a new one:
+                on["pid"] = True           # monitor.clone_joining clones PID 1 into it
         else:
             on[NS_FIELDS[t]] = True
     if not on.get("mount"):

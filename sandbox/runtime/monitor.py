@@ -101,6 +101,8 @@ def _remove(d: str) -> None:
 def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log) -> int:
     from ..launcher import FORWARDED, Launch, LaunchError
     for t, path in bundle.join.items():               # namespaces joined by path: inherited by PID 1
+        if t not in NS_FLAGS:
+            continue                                  # (pid: clone_joining, below)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _sys.setns(fd, getattr(_sys, NS_FLAGS[t]))
@@ -179,6 +181,10 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
                 pass
 
     run.before_release = hold
+    if "pid" in bundle.join:
+        from ..launch import sequence
+        run.clone = clone_joining(bundle.join["pid"])
+        sequence.spawn_inline = False
     start_w = _start_container_hooks(bundle) if bundle.hooks.get("startContainer") else None
 
     for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
@@ -209,6 +215,44 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             log(result.message.removeprefix("pysandbox: "))
         sess.close()
     return result.exit_code
+
+
+def clone_joining(pid_ns: str):
+    """Launch.clone for a pid namespace joined by path: setns(CLONE_NEWPID) changes the namespace
+    of our next children only, so around PID 1's clone (without CLONE_NEWPID), then back to ours
+    (hooks and helpers stay in the runtime's). PID 1 is then a process of that namespace, not its
+    init: what the program leaves running belongs to the namespace's init, as with runc."""
+    from ..init import init_image
+
+    def clone(flags: int, ctx) -> int:
+        from ..launcher import LaunchError
+        init_image()                                   # (launcher.clone_pid1 does it without a clone)
+        target = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC)
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _sys.setns(target, _sys.CLONE_NEWPID)
+            except OSError as e:
+                raise LaunchError(f"linux.namespaces: cannot join {pid_ns}: {e.strerror}") from None
+            pid = _sys.clone_fork(flags & ~_sys.CLONE_NEWPID)
+        except BaseException:
+            _back(own)
+            raise
+        finally:
+            os.close(target)
+        if pid != 0:
+            _back(own)
+        os.close(own)
+        return pid
+    return clone
+
+
+def _back(own: int) -> None:
+    """The supervisor's children in its own pid namespace again (setns to our own: allowed)."""
+    try:
+        _sys.setns(own, _sys.CLONE_NEWPID)
+    except OSError:
+        pass
 
 
 def join_ns_of(pid: int):

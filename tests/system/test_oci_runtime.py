@@ -832,3 +832,44 @@ def test_rootless_container_hooks(tmp_path, user_runner):
         assert lines[0].split()[1] in lines[2] and lines[0].split()[1] != os.readlink("/proc/self/ns/mnt")
     finally:
         rt("delete", "--force", "rh")
+
+
+# --- namespaces joined by path: pid ---------------------------------------------------------------
+
+def _join(c, kind: str, path: str) -> None:
+    c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != kind] + [{"type": kind, "path": path}]
+
+
+def test_must_pid_namespace_joined_by_path(rt, tmp_path):
+    """config.md linux.namespaces path: "the runtime MUST place the container process in the
+    namespace at that path": a container joining the pid namespace of another (podman's --pid
+    container:, Kubernetes' shared process namespace) sees its processes, and its /proc is that
+    namespace's; a container of its own (no path) does not see them; the runtime itself (hooks)
+    stays in its own pid namespace."""
+    a = spec_bundle(tmp_path / "a", "crun", ["/bin/sh", "-c", "exec sleep 1234"])
+    rt("create", "--bundle", str(a), "pa", check=True)
+    rt("start", "pa", check=True)
+    pid1 = json.loads(Path(rt.root, "pa", "state.json").read_text())["sandbox_pid"]
+    show = ["/bin/sh", "-c", "for f in /proc/[0-9]*/cmdline; do cat $f; echo; done; echo own=$$"]
+    hook_log = tmp_path / "hook.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nreadlink /proc/self/ns/pid >> {hook_log}\n")
+    hook.chmod(0o755)
+    try:
+        for cid, joined in (("pb", True), ("pc", False)):
+            b = spec_bundle(tmp_path / cid, "crun", show)
+            if joined:
+                edit_config(b, lambda c: (_join(c, "pid", f"/proc/{pid1}/ns/pid"),
+                                          c.update(hooks={"poststart": [{"path": str(hook)}]})))
+            before = len(rt.output())
+            rt("create", "--bundle", str(b), cid, check=True)
+            rt("start", cid, check=True)
+            rt.wait_status(cid, "stopped")
+            rt("delete", cid, check=True)
+            out = rt.output()[before:]
+            assert ("1234" in out) == joined, out
+            assert "own=1" not in out if joined else True      # not the namespace's init
+        assert hook_log.read_text().split() == [os.readlink("/proc/self/ns/pid")]
+        assert rt.status("pa") == "running"                     # the joined container is unharmed
+    finally:
+        rt("delete", "--force", "pa")
