@@ -70,7 +70,7 @@ def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socke
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        _remove(d)
+        _state.remove_dir(d)
         return 1
     if pid_file:
         from ..fsutil import atomic_write
@@ -82,18 +82,6 @@ def _tell(fd: int, text: str) -> None:
     try:
         os.write(fd, text.replace("\n", " ").encode()[:4000])
         os.close(fd)
-    except OSError:
-        pass
-
-
-def _remove(d: str) -> None:
-    for n in ("exec.fifo", "state.json"):
-        try:
-            os.unlink(os.path.join(d, n))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
     except OSError:
         pass
 
