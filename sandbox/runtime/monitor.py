@@ -243,6 +243,30 @@ def _back(own: int) -> None:
         pass
 
 
+def as_program(plan):
+    """A preexec function for a startContainer hook: the program's credentials, not PID 1's (as
+    runc runs them after finalizeNamespace): its capability sets, groups, gid and uid, and
+    no_new_privs — the hook is a file of the container's image."""
+    from .. import capabilities
+    import prctl
+    keep, u = capabilities.mask(plan.capabilities), plan.user
+
+    def drop() -> None:
+        capabilities.drop_bounding(keep)
+        try:
+            _sys.setgroups(list(u.groups))
+        except OSError:
+            if u.groups:                               # (setgroups denied in a rootless namespace)
+                raise
+        if u.uid != 0:
+            _sys.set_keepcaps(True)
+        _sys.setresgid(u.gid, u.gid, u.gid)
+        _sys.setresuid(u.uid, u.uid, u.uid)
+        capabilities.set_sets(keep, uid_inside=u.uid)
+        prctl.set_no_new_privs(1)
+    return drop
+
+
 def join_ns_of(pid: int):
     """A preexec function: setns into every namespace of `pid` that differs from ours (the user
     namespace first, as sandbox/execin.py's NS_ORDER), for a createContainer hook's process: "in
@@ -288,7 +312,7 @@ def _start_container_hooks(bundle) -> int:
         data = os.read(r, 65536)                   # written whole before the release (PID 1 may hold
         os.close(r)                                # a copy of w: no EOF to wait for)
         try:
-            _hooks.run("startContainer", bundle.hooks, data)
+            _hooks.run("startContainer", bundle.hooks, data, preexec=as_program(bundle.plan))
         except _hooks.HookError as e:
             raise RuntimeError(str(e)) from None
     sequence.before_program = before_program

@@ -736,15 +736,20 @@ def test_must_create_container_hooks_run_in_the_container_namespace_during_creat
 def test_must_start_container_hooks_run_in_the_container_before_the_program(rt, tmp_path):
     """config.md startContainer: called as part of start, before the user-specified process is
     executed, in the container namespace, its path resolving in the container (a script only the
-    container's root has), the state on stdin; not at create."""
+    container's root has), the state on stdin; not at create. It runs as the program would (its
+    uid, its capability sets, no_new_privs), not with PID 1's privileges —
+    the script is the image's (regression: first version ran it with PID 1's full set)."""
     out = tmp_path / "shared"
     out.mkdir()
     os.chmod(out, 0o777)
-    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program >> /shared/log"])
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program >> /shared/log; "
+                                                           "grep CapEff: /proc/self/status > /shared/caps-prog"])
+    edit_config(b, lambda c: c["process"].update(user={"uid": 1000, "gid": 1000}))
     name = f"psbrt-start-hook-{os.getpid()}.sh"
     assert not os.path.exists("/" + name)
     (b / "rootfs" / name).write_text("#!/bin/sh\nread -r line; echo \"$1 $line\" >> /shared/log; "
-                                     "ls /proc/1/ >/dev/null && echo proc-ok >> /shared/log\n")
+                                     "ls /proc/1/ >/dev/null && echo proc-ok >> /shared/log; "
+                                     "grep -E '^(Uid|CapEff|NoNewPrivs):' /proc/self/status >> /shared/caps\n")
     (b / "rootfs" / name).chmod(0o755)
     edit_config(b, lambda c: (c.update(hooks={"startContainer": [{"path": "/" + name, "args": [name, "startContainer"]}]}),
                               c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(out),
@@ -757,6 +762,11 @@ def test_must_start_container_hooks_run_in_the_container_before_the_program(rt, 
     lines = (out / "log").read_text().splitlines()
     assert [ln.split()[0] for ln in lines] == ["startContainer", "proc-ok", "program"], rt.err()
     assert json.loads(lines[0].split(" ", 1)[1])["id"] == "hs"
+    caps = dict(ln.split(":", 1) for ln in (out / "caps").read_text().splitlines())
+    assert caps["Uid"].split()[0] == "1000" and caps["NoNewPrivs"].strip() == "1"
+    prog = (out / "caps-prog").read_text().split()[1]
+    assert caps["CapEff"].strip() == prog                # the program's set (crun's default three), not PID 1's
+    assert int(prog, 16) == (1 << 5) | (1 << 10) | (1 << 29)
 
 
 @pytest.mark.parametrize("kind", ["createContainer", "startContainer"])
