@@ -208,6 +208,7 @@ class Launch:
         # before_release(pid): called by release() before "G" (pysandbox-runtime: the OCI `create`
         # holds the set-up sandbox here until `start`, sandbox/runtime/monitor.py); may raise LaunchError
         self.before_release = None
+        self.cgroup_path = None  # the leaf's path below each hierarchy's root (an OCI bundle's linux.cgroupsPath)
 
     def start(self) -> bool:
         """Set up and release the sandbox: the supervisor's half of the launch sequence
@@ -350,7 +351,7 @@ class Launch:
         """sandbox_start; the audit supervision starts watching."""
         more = {}
         if self.cg is not None:                    # PID 1 may not have joined them yet: say where
-            more["cgroups"] = [d for d in self.cg.paths if os.path.basename(d) == self.sandbox_id]
+            more["cgroups"] = [d for d in self.cg.paths if os.path.basename(d) == self.cg.sandbox_id]
         self.emit("sandbox_start", pid=pid, argv=list(self.argv), **more)
         if self.sup is not None:
             kw = {"inline": True} if self.inline_supervision else {}
@@ -389,7 +390,7 @@ class Launch:
             ctx.notify_sock = self.sup.child_sock
         self._register(plan, rootless)
         self.step = "cgroup"
-        if plan.limits.any():
+        if plan.limits.any() or self.cgroup_path:
             from .cgroups import leftover, manager
             from .cgroups.files import CgroupError
             global _RECLAIMED
@@ -397,7 +398,8 @@ class Launch:
                 leftover.reclaim_stale(rootless=rootless)  # leftovers of SIGKILLed supervisors (ours only)
                 _RECLAIMED = time.monotonic()
             try:
-                self.cg = manager.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless)
+                self.cg = manager.create_for_sandbox(self.sandbox_id, plan.limits, rootless=rootless,
+                                                     path=self.cgroup_path)
                 ctx.cg_fds = self.cg.join_fds()        # PID 1 joins by itself (no RCU wait on v1)
                 ctx.cg_v2_fd = self.cg.v2_fd()         # PID 1 forks the program into it (clone3)
             except CgroupError as e:

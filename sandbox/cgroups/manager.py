@@ -145,25 +145,30 @@ class Cgroup:
 
 
 def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
-                       layout: Optional[Layout] = None, parent: Optional[str] = None) -> Optional[Cgroup]:
+                       layout: Optional[Layout] = None, parent: Optional[str] = None,
+                       path: Optional[str] = None) -> Optional[Cgroup]:
     """Create the sandbox's cgroup(s) and write every requested limit (read back; fail closed).
 
     Returns None when `limits` asks for nothing. Raises `CgroupError` when a requested limit cannot
     be enforced; raises ValueError for an invalid sandbox id. `parent` replaces the parent's name
     (`pysandbox` / `pysandbox-user-<uid>/sandboxes`) — for tests that need a parent of their own.
+    `path` (an OCI bundle's linux.cgroupsPath, placement.engine_path): the leaf at that path below
+    each hierarchy's root instead, created even when `limits` asks for nothing (the engine reads it).
     """
-    if not limits.any():
+    if not limits.any() and path is None:
         return None
-    if not ID_RE.match(sandbox_id):
+    if path is not None:
+        parent, sandbox_id = os.path.split(path)
+    elif not ID_RE.match(sandbox_id):
         raise ValueError(f"invalid sandbox id {sandbox_id!r}")
     layout = layout or detect()
     requested = flags_by_controller(limits)
     precheck(limits)
 
     v1map = layout.v1_map
-    if parent is not None and not ID_RE.match(parent):
+    if parent is not None and path is None and not ID_RE.match(parent):
         raise ValueError(f"invalid parent name {parent!r}")
-    parent_name = parent or placement.parent_name(rootless)
+    parent_name = parent if path is not None else (parent or placement.parent_name(rootless))
     v2_base = placement.v2_base(layout, rootless)
     v2_avail: frozenset[str] = frozenset()
     if v2_base:
@@ -175,7 +180,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
     for ctl in ("memory", "pids", "cpu", "cpuset", "io"):
         v1name, v2name = NAMES[ctl]
         needed = ctl in required
-        if not needed and ctl not in ("memory", "pids"):
+        if not needed and ctl not in (("memory", "pids") if path is None else ("memory", "pids", "cpu", "io")):
             continue
         if v1name in v1map:
             v1_ctl.append(ctl)
@@ -193,7 +198,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
                 where.append("no cgroup v1 hierarchy")
             raise CgroupError(v1name if not layout.unified or layout.v1 else v2name,
                               f"controller not available ({', '.join(where)}; needed for {flags})")
-    if v1_ctl and not v2_base:
+    if v1_ctl and (not v2_base or path is not None):     # (an engine reads an OCI container's cpuacct)
         # statistics and freeze-then-kill; a cgroup2 directory (hybrid) gives both already (its
         # cpu.stat, its atomic cgroup.kill): two directories fewer to create and remove per sandbox
         for extra in ("cpuacct", "freezer"):
@@ -208,7 +213,7 @@ def create_for_sandbox(sandbox_id: str, limits: "Limits", *, rootless: bool,
             drv.create(required)
             drv.apply(only(limits, v1_ctl))
         if v2_base:
-            drv2 = V2Driver(sandbox_id, v2_ctl, v2_base, parent or PARENT, rootless)
+            drv2 = V2Driver(sandbox_id, v2_ctl, v2_base, parent if path is not None else (parent or PARENT), rootless)
             try:
                 drv2.create(required)
                 drivers.append(drv2)

@@ -89,3 +89,21 @@ def parents(layout: Layout, rootless: bool) -> list[str]:
     if base:
         out.append(os.path.join(base, PARENT))
     return out
+
+
+def engine_path(cgroups_path: str) -> str:
+    """An OCI bundle's linux.cgroupsPath (cgroupfs form) -> the leaf's path relative to each
+    hierarchy's root, as runc resolves it: absolute paths from the root of every hierarchy,
+    relative ones below pysandbox's own parent (runc: below its own cgroup); `..` cannot leave
+    the root (normalised from "/"). The systemd form `slice:prefix:name` is refused (ValueError),
+    as is a component that is not a plain name."""
+    if ":" in cgroups_path:
+        raise ValueError(f"{cgroups_path!r}: the systemd form slice:prefix:name needs the systemd cgroup "
+                         "driver, which pysandbox-runtime does not have (use the engine's cgroupfs manager)")
+    rel = os.path.normpath("/" + cgroups_path).lstrip("/")
+    if not cgroups_path.startswith("/"):
+        rel = f"{PARENT}/{rel}" if rel else ""
+    parts = rel.split("/") if rel else []
+    if not parts or len(parts) > 16 or not all(ID_RE.match(p) for p in parts):
+        raise ValueError(f"{cgroups_path!r}: not a cgroup path of plain names (letters, digits, _ . -)")
+    return rel

@@ -100,7 +100,7 @@ class V1Driver(Driver):
                                         "as root: pysandbox cgroups delegate USER)")
         else:
             try:
-                self._mkdir(parent, 0o755)
+                (os.makedirs if "/" in self.parent_name else self._mkdir)(parent, 0o755)   # (an engine's path)
             except FileExistsError:
                 pass
             except OSError as e:

@@ -35,6 +35,17 @@ class V2Driver(Driver):
         self.leaf = os.path.join(self.parent, sandbox_id)
         self.rootless = rootless
 
+    @property
+    def nested(self) -> bool:
+        """The parent is more than one level below the base (an engine's cgroupsPath)."""
+        return os.path.dirname(self.parent) != self.base
+
+    def _chain(self) -> list[str]:
+        out = [self.parent]
+        while out[-1] != self.base and len(out[-1]) > len(self.base):
+            out.append(os.path.dirname(out[-1]))
+        return out[::-1]
+
     def dir(self, c: str) -> Optional[str]:
         return self.leaf if (c in self.controllers and self.created) else None
 
@@ -58,7 +69,7 @@ class V2Driver(Driver):
                 raise CgroupError(name, f"controller not enabled in cgroup2 at {self.base}")
         self.controllers = wanted
         try:
-            self._mkdir(self.parent, 0o755)
+            os.makedirs(self.parent, 0o755) if self.nested else self._mkdir(self.parent, 0o755)
         except FileExistsError:
             pass
         except OSError as e:
@@ -67,8 +78,8 @@ class V2Driver(Driver):
         for c in list(self.controllers):
             name = NAMES[c][1]
             try:
-                self._enable(self.base, name, name)
-                self._enable(self.parent, name, name)
+                for d in self._chain():            # the base, any intermediate cgroup, the parent
+                    self._enable(d, name, name)
             except CgroupError:
                 if c in required:
                     raise

@@ -38,6 +38,16 @@ except ImportError:                        # pragma: no cover
     _seccomp = None
 
 
+# pysandbox-runtime's OCI startContainer hooks (set by sandbox/runtime/monitor.py in its own process,
+# inherited by PID 1's fork): called in the sandbox's namespaces after pivot_root, before the
+# program's last steps; an exception is a set-up failure (exit 125)
+before_program = None
+# False: PID 1 forks the program's Python process itself, never pysandbox-init's spawn mode (which
+# clones it as pid 2): pysandbox-runtime sets it for a pid namespace joined by path (PID 1 is not
+# that namespace's init; pid 2 is someone else's)
+spawn_inline = True
+
+
 # --- 1. the supervisor -----------------------------------------------------------------------
 
 def start(run) -> None:
@@ -64,7 +74,7 @@ def pid1_main(ctx) -> None:
     spec = wire.Pid1Spec(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
                          ctx.plan.namespaces.time, ctx.seccomp_log, init.credential_steps(ctx.plan, ctx.rootless))
     pid1(spec, lambda err_w, go_r: program(ctx, err_w, go_r),
-         inline=lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False))
+         inline=(lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False)) if spawn_inline else None)
 
 
 def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
@@ -107,6 +117,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         try:
             ctx, status_w, cg_v2_fd, built = inline()
             init.setup_in_thread(ctx, built)       # program() up to pivot_root, in a thread of ours
+            if before_program is not None:
+                before_program()
         except Exception as e:                     # noqa: BLE001 - reported as the program's would be
             init.report(status_w, f"SETUP {init.describe(e)}")
             os._exit(1)
@@ -162,6 +174,9 @@ def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False) -> 
         if not built:
             step = "root filesystem"
             init.build_root(plan, ctx, ctx.rootless)   # loopback, rootfs.prepare, pivot_root, finish
+        if before_program is not None:
+            step = "startContainer hooks"
+            before_program()
         step = "landlock"
         init.landlock_rules(plan)                  # the profile's ruleset, paths as the program sees them
     except Exception as e:                         # reported by PID 1 as a set-up failure (exit 125)

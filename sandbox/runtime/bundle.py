@@ -21,13 +21,13 @@ ANNOTATION_AUDIT_LOG = "org.pysandbox.audit-log"
 # namespaces the plan creates (type -> Namespaces field); joined by path: JOINABLE only
 NS_FIELDS = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
              "user": "user", "cgroup": "cgroup", "time": "time"}
-JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts"}
+JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid"}
 # mounts the sandbox's own root always provides (rootfs._make_dev, proc, sysfs) or that are
 # not mounted (documented in docs/interop.md): accepted at these destinations only
 PROVIDED = {("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"),
             ("/sys/fs/cgroup", "cgroup"), ("/sys/fs/cgroup", "cgroup2")}
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
-SUPPORTED_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
+SUPPORTED_HOOKS = HOOK_KINDS
 # the nodes rootfs._make_dev binds from the host; linux.devices may only name these
 DEV_NODES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"}
 # sysctls of the namespaces a container has (runc's validation: ipc and net ones)
@@ -57,6 +57,7 @@ class Bundle:
     annotations: dict = field(default_factory=dict)
     audit_log: "str | None" = None
     umask: "int | None" = None                          # set in the monitor, inherited by PID 1
+    cgroup_path: "str | None" = None                    # linux.cgroupsPath below each hierarchy's root
 
 
 def _get(d, key, kind, where):
@@ -140,7 +141,19 @@ def translate(cfg: dict, bundle_dir: str) -> Bundle:
     if proc.get("ioPriority") or proc.get("scheduler") or proc.get("execCPUAffinity"):
         raise BundleError("config.json: process.ioPriority/scheduler/execCPUAffinity: not supported")
     return Bundle(bundle_dir, plan, hooks, join, oom, sysctl, bool(proc.get("terminal")), dict(annotations),
-                  annotations.get(ANNOTATION_AUDIT_LOG), (proc.get("user") or {}).get("umask"))
+                  annotations.get(ANNOTATION_AUDIT_LOG), (proc.get("user") or {}).get("umask"),
+                  _cgroups_path(linux))
+
+
+def _cgroups_path(linux: dict) -> "str | None":
+    cp = _get(linux, "cgroupsPath", str, "linux.")
+    if not cp:
+        return None                                    # pysandbox's own leaf per container
+    from ..cgroups.placement import engine_path
+    try:
+        return engine_path(cp)
+    except ValueError as e:
+        raise BundleError(f"config.json: linux.cgroupsPath: {e}") from None
 
 
 def _strings(d: dict, key: str, where: str = "linux.") -> list:
@@ -164,10 +177,12 @@ def _namespaces(linux: dict):
         if path:
             if t not in JOINABLE:
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: joining a {t} namespace is not "
-                                  "supported (network, ipc and uts ones are)")
+                                  "supported (network, ipc, uts and pid ones are)")
             if not os.path.exists(path):
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: {path}: no such namespace")
             join[t] = path
+            if t == "pid":                 # a pid namespace the sandbox has (its /proc), not a new one:
+                on["pid"] = True           # monitor.clone_joining clones PID 1 into it
         else:
             on[NS_FIELDS[t]] = True
     if not on.get("mount"):
@@ -423,9 +438,6 @@ def _hooks(cfg: dict) -> dict:
     for kind, lst in hooks.items():
         if kind not in HOOK_KINDS:
             raise BundleError(f"config.json: hooks.{kind}: unknown hook")
-        if lst and kind not in SUPPORTED_HOOKS:
-            raise BundleError(f"config.json: hooks.{kind}: not supported (hooks run in the container's "
-                              "namespaces are not implemented)")
         for i, h in enumerate(lst or []):
             if not isinstance(h, dict) or not isinstance(h.get("path"), str) or not h["path"].startswith("/"):
                 raise BundleError(f"config.json: hooks.{kind}[{i}].path: must be an absolute path")

@@ -23,7 +23,8 @@ UNSUPPORTED = ("ps", "update", "checkpoint", "restore", "pause", "resume", "even
 USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
          "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
          "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
-         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] ID [CMD...]")
+         "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] [--cwd D] [--env K=V]...\n"
+         "       [--user UID[:GID]] [--additional-gids G]... [--cap CAP_X]... [--no-new-privs] ID [CMD...]")
 
 
 class Usage(Exception):
@@ -73,7 +74,10 @@ def _opts(args: list, flags: dict, first_positional_ends: bool = False) -> tuple
                     if i >= len(args):
                         raise Usage(f"option --{name} needs a value")
                     val = args[i]
-                out[name] = val
+                if flags[name] == "many":                   # repeatable: --env A=1 --env B=2
+                    out.setdefault(name, []).append(val)
+                else:
+                    out[name] = val
             else:
                 out[name] = True
         else:
@@ -276,39 +280,45 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
     deadline = time.monotonic() + 10           # the monitor cleans up (cgroup, mounts) as it ends
     while procid.running(st.get("pid"), st.get("pid_start")) and time.monotonic() < deadline:
         time.sleep(0.005)
-    try:
-        from ..store.reclaim import reclaim_quietly
-        reclaim_quietly()                      # what a SIGKILLed monitor left on the host
-    except Exception:                          # noqa: BLE001 - best effort, as every command's
-        pass
-    from . import hooks
-    try:
-        hooks.run("poststop", st.get("hooks") or {}, dict(_state.oci_state(st), status="stopped"))
-    except hooks.HookError as e:
-        ctx.log(f"warning: {e}", "warning")
-    from .monitor import _remove
-    _remove(_state.container_dir(ctx.root, cid))
+    if st.get("status") != "stopped":          # the monitor did not finish (SIGKILLed): what it left
+        try:                                   # on the host (a monitor that recorded "stopped" has
+            from ..store.reclaim import reclaim_quietly   # cleaned up: ~17 ms saved)
+            reclaim_quietly()
+        except Exception:                      # noqa: BLE001 - best effort, as every command's
+            pass
+    for d in st.get("cgroups") or ():          # linux.cgroupsPath leaves a SIGKILLed monitor left
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+    if (st.get("hooks") or {}).get("poststop"):   # (imported only then: subprocess costs a delete ~10 ms)
+        from . import hooks
+        try:
+            hooks.run("poststop", st["hooks"], dict(_state.oci_state(st), status="stopped"))
+        except hooks.HookError as e:
+            ctx.log(f"warning: {e}", "warning")
+    _state.remove_dir(_state.container_dir(ctx.root, cid))
     return 0
 
 
 def cmd_exec(ctx: Ctx, args: list) -> int:
     o, pos = _opts(args, {"process": True, "p": True, "pid-file": True, "detach": False, "d": False,
-                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": True,
-                          "user": True, "u": True}, first_positional_ends=True)
-    for unsupported in ("cwd", "env", "user", "u"):
-        if unsupported in o:
-            ctx.log(f"exec --{unsupported}: not supported (give a --process file)")
-            return 1
+                          "console-socket": True, "tty": False, "t": False, "cwd": True, "env": "many",
+                          "e": "many", "user": True, "u": True, "additional-gids": "many", "g": "many",
+                          "cap": "many", "c": "many", "no-new-privs": False}, first_positional_ends=True)
     if not pos:
         raise Usage("exec: needs the container id")
     cid = _state.check_id(pos[0])
     process = o.get("process") or o.get("p")
     if not process and len(pos) < 2:
         raise Usage("exec: needs --process FILE or a command after the id")
+    flags = {"cwd": o.get("cwd"), "env": o.get("env", []) + o.get("e", []), "user": o.get("user") or o.get("u"),
+             "additional-gids": o.get("additional-gids", []) + o.get("g", []),
+             "cap": o.get("cap", []) + o.get("c", []), "no-new-privs": bool(o.get("no-new-privs"))}
     from .execproc import exec_process
     return exec_process(ctx.root, cid, process, pos[1:], pid_file=o.get("pid-file"),
                         detach=bool(o.get("detach") or o.get("d")), console_socket=o.get("console-socket"),
-                        log=ctx.log)
+                        log=ctx.log, flags=flags)
 
 
 def cmd_features(ctx: Ctx, args: list) -> int:

@@ -24,7 +24,46 @@ from . import state as _state
 MAX_PROCESS = 1 << 20
 
 
-def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, detach: bool, console_socket, log) -> int:
+def apply_flags(proc: dict, flags: dict) -> dict:
+    """runc's exec flags on top of the process (config.json's, or --process FILE's): --cwd, --env
+    (KEY=VALUE replaces KEY), --user UID[:GID], --additional-gids, --cap (added to every set, as
+    runc does; a profile annotation still intersects them), --no-new-privs. ValueError: one line."""
+    proc = dict(proc)
+    if flags.get("cwd"):
+        proc["cwd"] = flags["cwd"]
+    if flags.get("env"):
+        env = {e.split("=", 1)[0]: e for e in proc.get("env") or [] if isinstance(e, str)}
+        for e in flags["env"]:
+            if "=" not in e:
+                raise ValueError(f"--env {e!r}: KEY=VALUE")
+            env[e.split("=", 1)[0]] = e
+        proc["env"] = list(env.values())
+    user = dict(proc.get("user") or {})
+    if flags.get("user"):
+        uid, _, gid = flags["user"].partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise ValueError(f"--user {flags['user']!r}: UID[:GID] (numbers: no passwd lookup in the container)")
+        user.update(uid=int(uid), gid=int(gid) if gid else 0)
+    if flags.get("additional-gids"):
+        if not all(g.isdigit() for g in flags["additional-gids"]):
+            raise ValueError("--additional-gids: numbers")
+        user["additionalGids"] = [int(g) for g in flags["additional-gids"]]
+    proc["user"] = user
+    if flags.get("cap"):
+        have = proc.get("capabilities") if isinstance(proc.get("capabilities"), dict) else {}
+        caps = {k: list(v or []) if isinstance(v, list) else v for k, v in have.items()}
+        for c in flags["cap"]:
+            for k in ("bounding", "effective", "permitted", "inheritable", "ambient"):
+                if c not in caps.setdefault(k, []):
+                    caps[k].append(c)
+        proc["capabilities"] = caps
+    if flags.get("no-new-privs"):
+        proc["noNewPrivileges"] = True
+    return proc
+
+
+def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, detach: bool, console_socket, log,
+                 flags: "dict | None" = None) -> int:
     from .bundle import BundleError, translate
     st = _state.load(root, cid)
     if _state.status(st) != "running":
@@ -43,6 +82,11 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
         return 1
     if not isinstance(proc, dict) or not isinstance(cfg, dict):
         log("exec: --process and config.json must be JSON objects")
+        return 1
+    try:
+        proc = apply_flags(proc, flags or {})
+    except ValueError as e:
+        log(f"exec: {e}")
         return 1
     cfg["process"] = proc
     try:

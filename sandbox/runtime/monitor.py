@@ -70,7 +70,7 @@ def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socke
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-        _remove(d)
+        _state.remove_dir(d)
         return 1
     if pid_file:
         from ..fsutil import atomic_write
@@ -86,21 +86,11 @@ def _tell(fd: int, text: str) -> None:
         pass
 
 
-def _remove(d: str) -> None:
-    for n in ("exec.fifo", "state.json"):
-        try:
-            os.unlink(os.path.join(d, n))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(d)
-    except OSError:
-        pass
-
-
 def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log) -> int:
     from ..launcher import FORWARDED, Launch, LaunchError
     for t, path in bundle.join.items():               # namespaces joined by path: inherited by PID 1
+        if t not in NS_FLAGS:
+            continue                                  # (pid: clone_joining, below)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _sys.setns(fd, getattr(_sys, NS_FLAGS[t]))
@@ -121,6 +111,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     sess = open_session(os.urandom(6).hex(), cid, bundle.plan.name, log_path=bundle.audit_log, summary=False)
     run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, stdin=stdio[0],
                  stdout=stdio[1], stderr=stdio[2])
+    run.cgroup_path = bundle.cgroup_path               # linux.cgroupsPath (None: pysandbox's own leaf)
     fifo = os.path.join(_state.container_dir(root, cid), "exec.fifo")
     me = os.getpid()
 
@@ -136,13 +127,22 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             raise LaunchError(f"{'process.oomScoreAdj' if 'oom' in str(e.filename) else 'linux.sysctl'}: "
                               f"{e.strerror}") from None
         st.update(status="created", pid=me, pid_start=procid.start_time(me), sandbox_pid=pid,
-                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id)
+                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id,
+                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [])
         _state.save(root, cid, st)
         try:
             for kind in ("createRuntime", "prestart"):
                 _hooks.run(kind, bundle.hooks, _state.oci_state(st))
+            if bundle.hooks.get("createContainer"):   # in the container's namespaces, before pivot_root
+                enter = join_ns_of(pid)
+                try:
+                    _hooks.run("createContainer", bundle.hooks, _state.oci_state(st), preexec=enter)
+                finally:
+                    enter.close()
         except _hooks.HookError as e:
             raise LaunchError(str(e)) from None
+        if start_w is not None:                    # PID 1 runs the startContainer hooks with this state
+            _state_to(start_w, _state.oci_state(st))
         ffd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         pidfd = _sys.pidfd_open(pid)
         _tell(ready_w, "OK")
@@ -169,6 +169,11 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
                 pass
 
     run.before_release = hold
+    if "pid" in bundle.join:
+        from ..launch import sequence
+        run.clone = clone_joining(bundle.join["pid"])
+        sequence.spawn_inline = False
+    start_w = _start_container_hooks(bundle) if bundle.hooks.get("startContainer") else None
 
     for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
         signal.signal(sig, run.forward)
@@ -198,6 +203,120 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             log(result.message.removeprefix("pysandbox: "))
         sess.close()
     return result.exit_code
+
+
+def clone_joining(pid_ns: str):
+    """Launch.clone for a pid namespace joined by path: setns(CLONE_NEWPID) changes the namespace
+    of our next children only, so around PID 1's clone (without CLONE_NEWPID), then back to ours
+    (hooks and helpers stay in the runtime's). PID 1 is then a process of that namespace, not its
+    init: what the program leaves running belongs to the namespace's init, as with runc."""
+    from ..init import init_image
+
+    def clone(flags: int, ctx) -> int:
+        from ..launcher import LaunchError
+        init_image()                                   # (launcher.clone_pid1 does it without a clone)
+        target = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC)
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _sys.setns(target, _sys.CLONE_NEWPID)
+            except OSError as e:
+                raise LaunchError(f"linux.namespaces: cannot join {pid_ns}: {e.strerror}") from None
+            pid = _sys.clone_fork(flags & ~_sys.CLONE_NEWPID)
+        except BaseException:
+            _back(own)
+            raise
+        finally:
+            os.close(target)
+        if pid != 0:
+            _back(own)
+        os.close(own)
+        return pid
+    return clone
+
+
+def _back(own: int) -> None:
+    """The supervisor's children in its own pid namespace again (setns to our own: allowed)."""
+    try:
+        _sys.setns(own, _sys.CLONE_NEWPID)
+    except OSError:
+        pass
+
+
+def as_program(plan):
+    """A preexec function for a startContainer hook: the program's credentials, not PID 1's (as
+    runc runs them after finalizeNamespace): its capability sets, groups, gid and uid, and
+    no_new_privs — the hook is a file of the container's image."""
+    from .. import capabilities
+    import prctl
+    keep, u = capabilities.mask(plan.capabilities), plan.user
+
+    def drop() -> None:
+        capabilities.drop_bounding(keep)
+        try:
+            _sys.setgroups(list(u.groups))
+        except OSError:
+            if u.groups:                               # (setgroups denied in a rootless namespace)
+                raise
+        if u.uid != 0:
+            _sys.set_keepcaps(True)
+        _sys.setresgid(u.gid, u.gid, u.gid)
+        _sys.setresuid(u.uid, u.uid, u.uid)
+        capabilities.set_sets(keep, uid_inside=u.uid)
+        prctl.set_no_new_privs(1)
+    return drop
+
+
+def join_ns_of(pid: int):
+    """A preexec function: setns into every namespace of `pid` that differs from ours (the user
+    namespace first, as sandbox/execin.py's NS_ORDER), for a createContainer hook's process: "in
+    the container namespace". Its mount namespace is PID 1's before pivot_root, a copy of ours:
+    the hook's path resolves as in the runtime namespace, as the spec says."""
+    from ..execin import NS_ORDER
+    fds = []
+    for ns, flag in NS_ORDER:
+        if ns == "time":
+            continue
+        if os.stat(f"/proc/self/ns/{ns}").st_ino != os.stat(f"/proc/{pid}/ns/{ns}").st_ino:
+            fds.append((os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC), flag))
+
+    def enter() -> None:
+        for fd, flag in fds:
+            _sys.setns(fd, flag)
+    enter.close = lambda: [os.close(fd) for fd, _ in fds]
+    return enter
+
+
+def _state_to(w: int, state: dict) -> None:
+    """The state for PID 1's startContainer hooks, one write (annotations dropped past a pipe's
+    buffer: the write must not wait for PID 1, which reads it only after its release)."""
+    import json
+    data = json.dumps(state).encode()
+    if len(data) > 60000:
+        data = json.dumps(dict(state, annotations={})).encode()[:60000]
+    try:
+        os.write(w, data)
+    finally:
+        os.close(w)
+
+
+def _start_container_hooks(bundle) -> int:
+    """startContainer: sequence.before_program, run by PID 1 (or the program's Python process) in
+    the container's namespaces after pivot_root, before the program's last steps; the hook's path
+    resolves in the container. The state comes on a pipe from hold(). Returns its write end."""
+    from ..launch import sequence
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def before_program() -> None:
+        os.close(w)                                # (the monitor's copy is the writer)
+        data = os.read(r, 65536)                   # written whole before the release (PID 1 may hold
+        os.close(r)                                # a copy of w: no EOF to wait for)
+        try:
+            _hooks.run("startContainer", bundle.hooks, data, preexec=as_program(bundle.plan))
+        except _hooks.HookError as e:
+            raise RuntimeError(str(e)) from None
+    sequence.before_program = before_program
+    return w
 
 
 def _console(path: str) -> tuple:

@@ -19,6 +19,19 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 MAX_STATE = 1 << 20
 
 
+def remove_dir(d: str) -> None:
+    """A container's state directory, gone (delete; a create that failed)."""
+    for n in ("exec.fifo", "state.json"):
+        try:
+            os.unlink(os.path.join(d, n))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
 class StateError(Exception):
     """A container that does not exist, or a command its status forbids: one line."""
 

@@ -332,13 +332,13 @@ def test_must_delete_of_a_running_container_fails(rt, tmp_path):
 
 def test_must_unsupported_config_fails_create(rt, tmp_path):
     """config.md: a runtime MUST generate an error for a property it cannot honour (fail closed,
-    naming the field) — an unknown mount type, a pid namespace joined by path, a hook kind not
-    implemented."""
+    naming the field) — an unknown mount type, a user namespace joined by path, a hook kind the
+    spec does not have."""
     cases = [
         (lambda c: c["mounts"].append({"destination": "/x", "type": "nfs", "source": "h:/x"}), "mounts["),
         (lambda c: c["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"}),
          "linux.namespaces"),
-        (lambda c: c.update(hooks={"createContainer": [{"path": "/bin/true"}]}), "hooks.createContainer"),
+        (lambda c: c.update(hooks={"preStop": [{"path": "/bin/true"}]}), "hooks.preStop"),
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
         (lambda c: c["process"].update(capabilities={"bounding": ["CAP_KILL"], "effective": ["CAP_CHOWN"],
                                                      "permitted": ["CAP_KILL"]}), "capabilities.effective"),
@@ -577,3 +577,309 @@ def test_root_directory_of_another_user_is_refused(tmp_path, rt, bundle):
     os.chmod(d, 0o777)
     r = subprocess.run([RUNTIME, "--root", str(d), "state", "o1"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "writable by it alone" in r.stderr
+
+
+# --- linux.cgroupsPath ------------------------------------------------------------------------------
+
+def _cg_hierarchies() -> list:
+    """The hierarchies a container's cgroupsPath leaf goes in here: memory and pids (v1), cgroup2."""
+    return [h for h in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified")
+            if os.path.isdir(h)]
+
+
+def _cg_cleanup(top: str) -> None:
+    for h in os.listdir("/sys/fs/cgroup"):
+        d = os.path.join("/sys/fs/cgroup", h, top)
+        for sub in sorted((os.path.join(r, n) for r, ds, _ in os.walk(d) for n in ds), key=len, reverse=True):
+            os.rmdir(sub)
+        if os.path.isdir(d):
+            os.rmdir(d)
+
+
+@pytest.mark.parametrize("rel", [False, True], ids=["absolute", "relative"])
+def test_must_cgroups_path_attaches_to_the_same_place(rt, tmp_path, rel):
+    """config.md linux.cgroupsPath: "the runtime MUST consistently attach to the same place in the
+    cgroups hierarchy given the same value": an absolute path below each hierarchy's root, a relative
+    one below pysandbox's own parent (runc: below its own cgroup); the container's processes are
+    there while it runs (every hierarchy, cgroup2 too), created with no resources asked for, and
+    the leaf is gone after delete (its parent, the engine's, stays)."""
+    top = f"psbrt-cgp-{os.getpid()}-{int(rel)}"
+    want = f"/pysandbox/{top}/ctr" if rel else f"/{top}/ctr"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "cat /proc/self/cgroup; sleep 100"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=want.removeprefix("/pysandbox/") if rel else want))
+    try:
+        for round_ in (1, 2):                          # the same value: the same place, twice
+            cid = f"cg{round_}"
+            rt("create", "--bundle", str(b), cid, check=True)
+            pid1 = rt.json("state", cid)["pid"]
+            for h in _cg_hierarchies():
+                assert os.path.isdir(h + want), h
+            rt("start", cid, check=True)
+            deadline = time.monotonic() + 30
+            while rt.output().count("0::") < round_:
+                assert time.monotonic() < deadline, rt.err()
+                time.sleep(0.02)
+            lines = rt.output().splitlines()
+            assert f"0::{want}" in lines and any(ln.endswith(f":memory:{want}") for ln in lines)
+            assert any(ln.endswith(f":pids:{want}") for ln in lines)
+            assert pid1 > 0
+            rt("kill", cid, "KILL", check=True)
+            rt.wait_status(cid, "stopped")
+            rt("delete", cid, check=True)
+            for h in _cg_hierarchies():
+                assert not os.path.exists(h + want) and os.path.isdir(os.path.dirname(h + want)), h
+    finally:
+        _cg_cleanup(f"pysandbox/{top}" if rel else top)
+
+
+def test_cgroups_path_limits_apply_at_that_path(rt, tmp_path):
+    """linux.resources with a cgroupsPath: the limit is written in the leaf at that path (pids.max)."""
+    top = f"psbrt-cgl-{os.getpid()}"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=f"/{top}/ctr", resources={"pids": {"limit": 7}}))
+    try:
+        rt("create", "--bundle", str(b), "cl", check=True)
+        assert Path(f"/sys/fs/cgroup/pids/{top}/ctr/pids.max").read_text().strip() == "7"
+        rt("delete", "--force", "cl", check=True)
+        assert not os.path.exists(f"/sys/fs/cgroup/pids/{top}/ctr")
+    finally:
+        _cg_cleanup(top)
+
+
+@pytest.mark.parametrize("path", ["system.slice:libpod:abc", "/a/b c", "/a/\u00e9"])
+def test_cgroups_path_systemd_form_and_odd_names_are_refused(rt, tmp_path, path):
+    """The systemd form slice:prefix:name needs the systemd cgroup driver (refused, as
+    --systemd-cgroup is); a component that is not a plain name is refused: nothing is created."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/true"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=path))
+    assert rt("create", "--bundle", str(b), "cs").returncode != 0
+    assert "linux.cgroupsPath" in rt.err() and ("systemd" in rt.err() if ":" in path else True)
+    assert not os.path.exists(os.path.join(rt.root, "cs"))
+
+
+# --- exec's flags ---------------------------------------------------------------------------------
+
+def _exec(rt, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([RUNTIME, "--root", rt.root, "exec", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_exec_flags_cwd_env_user_groups_nnp(rt, tmp_path):
+    """runc's exec flags: --cwd, --env (repeatable, replaces a key of config.json's env), --user
+    UID:GID, --additional-gids, --no-new-privs; without them the process is config.json's (root,
+    cwd /, no NoNewPrivs); a bad --user is refused with one line."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["process"].update(noNewPrivileges=False))
+    rt("create", "--bundle", str(b), "xf", check=True)
+    rt("start", "xf", check=True)
+    show = ["/bin/sh", "-c", 'pwd; echo "$FOO $TERM"; id -u; id -g; id -G; grep NoNewPrivs: /proc/self/status']
+    r = _exec(rt, "--cwd", "/bin", "--env", "FOO=bar", "-e", "TERM=dumb", "--user", "1000:1001",
+              "--additional-gids", "7", "-g", "8", "--no-new-privs", "xf", *show)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:4] == ["/bin", "bar dumb", "1000", "1001"]
+    assert set(out[4].split()) == {"1001", "7", "8"} and out[5].split() == ["NoNewPrivs:", "1"]
+    r = _exec(rt, "xf", *show)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "/" and out[2] == "0" and out[5].split() == ["NoNewPrivs:", "0"]
+    r = _exec(rt, "--user", "nobody", "xf", "/bin/true")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--user" in r.stderr
+    rt("delete", "--force", "xf", check=True)
+
+
+@pytest.mark.parametrize("profile", [None, "strict"])
+def test_exec_flag_cap_adds_a_capability_unless_a_profile_removes_it(rt, tmp_path, profile):
+    """--cap CAP_NET_ADMIN (bit 12) is added to the process's sets, as runc does; without the flag the
+    bundle's set lacks it; under org.pysandbox.profile: strict (no capability) --cap adds nothing."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    if profile:
+        edit_config(b, lambda c: c.update(annotations={"org.pysandbox.profile": profile}))
+    rt("create", "--bundle", str(b), "xc", check=True)
+    rt("start", "xc", check=True)
+    eff = ["/bin/grep", "CapEff:", "/proc/self/status"]
+    with_cap = int(_exec(rt, "--cap", "CAP_NET_ADMIN", "xc", *eff).stdout.split()[1], 16)
+    without = int(_exec(rt, "xc", *eff).stdout.split()[1], 16)
+    assert not without & (1 << 12)
+    assert bool(with_cap & (1 << 12)) == (profile is None)
+    rt("delete", "--force", "xc", check=True)
+
+
+# --- createContainer and startContainer hooks -------------------------------------------------------
+
+def test_must_create_container_hooks_run_in_the_container_namespace_during_create(rt, tmp_path):
+    """config.md createContainer: called during create, after the createRuntime hooks, "in the
+    container namespace" (the program's mount, uts and net namespaces, not ours), before pivot_root,
+    its path resolving in the runtime namespace (a host path), the state on stdin."""
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nread -r line; echo \"$1 $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/uts) "
+                    f"$line\" >> {log}\n")
+    hook.chmod(0o755)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "ls -l /proc/self/ns/mnt /proc/self/ns/uts"])
+    edit_config(b, lambda c: c.update(hooks={k: [{"path": str(hook), "args": ["hook.sh", k]}]
+                                             for k in ("createRuntime", "createContainer")}))
+    rt("create", "--bundle", str(b), "hc", check=True)
+    lines = log.read_text().splitlines()                 # both ran during create
+    assert [ln.split()[0] for ln in lines] == ["createRuntime", "createContainer"]
+    host_mnt, host_uts = os.readlink("/proc/self/ns/mnt"), os.readlink("/proc/self/ns/uts")
+    assert lines[0].split()[1:3] == [host_mnt, host_uts]
+    cc = lines[1].split(" ", 3)
+    assert cc[1] != host_mnt and cc[2] != host_uts
+    assert json.loads(cc[3])["id"] == "hc" and json.loads(cc[3])["status"] == "created"
+    rt("start", "hc", check=True)
+    rt.wait_status("hc", "stopped")
+    rt("delete", "hc", check=True)
+    out = rt.output()
+    assert cc[1] in out and cc[2] in out                 # the program's own namespaces
+
+
+def test_must_start_container_hooks_run_in_the_container_before_the_program(rt, tmp_path):
+    """config.md startContainer: called as part of start, before the user-specified process is
+    executed, in the container namespace, its path resolving in the container (a script only the
+    container's root has), the state on stdin; not at create. It runs as the program would (its
+    uid, its capability sets, no_new_privs), not with PID 1's privileges —
+    the script is the image's (regression: first version ran it with PID 1's full set)."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program >> /shared/log; "
+                                                           "grep CapEff: /proc/self/status > /shared/caps-prog"])
+    edit_config(b, lambda c: c["process"].update(user={"uid": 1000, "gid": 1000}))
+    name = f"psbrt-start-hook-{os.getpid()}.sh"
+    assert not os.path.exists("/" + name)
+    (b / "rootfs" / name).write_text("#!/bin/sh\nread -r line; echo \"$1 $line\" >> /shared/log; "
+                                     "ls /proc/1/ >/dev/null && echo proc-ok >> /shared/log; "
+                                     "grep -E '^(Uid|CapEff|NoNewPrivs):' /proc/self/status >> /shared/caps\n")
+    (b / "rootfs" / name).chmod(0o755)
+    edit_config(b, lambda c: (c.update(hooks={"startContainer": [{"path": "/" + name, "args": [name, "startContainer"]}]}),
+                              c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(out),
+                                                  "options": ["rbind", "rw"]})))
+    rt("create", "--bundle", str(b), "hs", check=True)
+    assert not (out / "log").exists()                    # not at create
+    rt("start", "hs", check=True)
+    rt.wait_status("hs", "stopped")
+    rt("delete", "hs", check=True)
+    lines = (out / "log").read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["startContainer", "proc-ok", "program"], rt.err()
+    assert json.loads(lines[0].split(" ", 1)[1])["id"] == "hs"
+    caps = dict(ln.split(":", 1) for ln in (out / "caps").read_text().splitlines())
+    assert caps["Uid"].split()[0] == "1000" and caps["NoNewPrivs"].strip() == "1"
+    prog = (out / "caps-prog").read_text().split()[1]
+    assert caps["CapEff"].strip() == prog                # the program's set (crun's default three), not PID 1's
+    assert int(prog, 16) == (1 << 5) | (1 << 10) | (1 << 29)
+
+
+@pytest.mark.parametrize("kind", ["createContainer", "startContainer"])
+def test_must_failing_container_hook_stops_the_container(rt, tmp_path, kind):
+    """A createContainer hook that fails: create fails, naming it; a startContainer one: the
+    program is never executed, the container stops with an error."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    marker = shared / "ran"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/touch", "/shared/ran"])
+    edit_config(b, lambda c: (c.update(hooks={kind: [{"path": "/bin/false"}]}),
+                              c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(shared),
+                                                  "options": ["rbind", "rw"]})))
+    r = rt("create", "--bundle", str(b), "hf")
+    if kind == "createContainer":
+        assert r.returncode != 0 and "hooks.createContainer[0]" in rt.err()
+        assert not os.path.exists(os.path.join(rt.root, "hf"))
+        return
+    assert r.returncode == 0, rt.err()
+    rt("start", "hf")
+    rt.wait_status("hf", "stopped")
+    st = json.loads(Path(rt.root, "hf", "state.json").read_text())     # (the monitor's record)
+    rt("delete", "hf", check=True)
+    assert not marker.exists()                          # /bin/touch never ran
+    assert st["exit_code"] == 125 and "hooks.startContainer[0] /bin/false" in st["error"]
+
+
+def test_rootless_container_hooks(tmp_path, user_runner):
+    """As the unprivileged test user (the program's set-up in a Python process: sequence.program),
+    createContainer runs in the container's mount namespace during create and startContainer in
+    the container before the program, both with the state on stdin."""
+    u = user_runner
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    cc = tmp_path / "cc.sh"
+    cc.write_text(f"#!/bin/sh\nread -r line; echo \"createContainer $(readlink /proc/self/ns/mnt)\" >> {out}/log\n")
+    cc.chmod(0o755)
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo program $(ls -l /proc/self/ns/mnt) >> /shared/log"])
+    (b / "rootfs" / "sc.sh").write_text("#!/bin/sh\nread -r line; echo startContainer >> /shared/log\n")
+    (b / "rootfs" / "sc.sh").chmod(0o755)
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"].pop("resources", None)
+        c["mounts"].append({"destination": "/shared", "type": "bind", "source": str(out), "options": ["rbind", "rw"]})
+        c["hooks"] = {"createContainer": [{"path": str(cc)}], "startContainer": [{"path": "/sc.sh"}]}
+    edit_config(b, edit)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args):                                 # (files: the container holds its stdio)
+        with open(tmp_path / "stdout", "a") as o, open(tmp_path / "stderr", "a+") as e:
+            r = subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e, text=True,
+                               env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+            r.stdout = subprocess.run([RUNTIME, "--root", root, "state", "rh"], capture_output=True, text=True,
+                                      env=env, user=u.uid, group=u.gid, extra_groups=[]).stdout
+            r.stderr = (tmp_path / "stderr").read_text()
+        return r
+    try:
+        r = rt("create", "--bundle", str(b), "rh")
+        assert r.returncode == 0, r.stderr
+        assert (out / "log").read_text().split()[0] == "createContainer"
+        assert rt("start", "rh").returncode == 0
+        deadline = time.monotonic() + 30
+        while json.loads(rt("state", "rh").stdout)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        lines = (out / "log").read_text().splitlines()
+        assert [ln.split()[0] for ln in lines] == ["createContainer", "startContainer", "program"]
+        assert lines[0].split()[1] in lines[2] and lines[0].split()[1] != os.readlink("/proc/self/ns/mnt")
+    finally:
+        rt("delete", "--force", "rh")
+
+
+# --- namespaces joined by path: pid ---------------------------------------------------------------
+
+def _join(c, kind: str, path: str) -> None:
+    c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != kind] + [{"type": kind, "path": path}]
+
+
+def test_must_pid_namespace_joined_by_path(rt, tmp_path):
+    """config.md linux.namespaces path: "the runtime MUST place the container process in the
+    namespace at that path": a container joining the pid namespace of another (podman's --pid
+    container:, Kubernetes' shared process namespace) sees its processes, and its /proc is that
+    namespace's; a container of its own (no path) does not see them; the runtime itself (hooks)
+    stays in its own pid namespace."""
+    a = spec_bundle(tmp_path / "a", "crun", ["/bin/sh", "-c", "exec sleep 1234"])
+    rt("create", "--bundle", str(a), "pa", check=True)
+    rt("start", "pa", check=True)
+    pid1 = json.loads(Path(rt.root, "pa", "state.json").read_text())["sandbox_pid"]
+    show = ["/bin/sh", "-c", "for f in /proc/[0-9]*/cmdline; do cat $f; echo; done; echo own=$$"]
+    hook_log = tmp_path / "hook.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nreadlink /proc/self/ns/pid >> {hook_log}\n")
+    hook.chmod(0o755)
+    try:
+        for cid, joined in (("pb", True), ("pc", False)):
+            b = spec_bundle(tmp_path / cid, "crun", show)
+            if joined:
+                edit_config(b, lambda c: (_join(c, "pid", f"/proc/{pid1}/ns/pid"),
+                                          c.update(hooks={"poststart": [{"path": str(hook)}]})))
+            before = len(rt.output())
+            rt("create", "--bundle", str(b), cid, check=True)
+            rt("start", cid, check=True)
+            rt.wait_status(cid, "stopped")
+            rt("delete", cid, check=True)
+            out = rt.output()[before:]
+            assert ("1234" in out) == joined, out
+            assert "own=1" not in out if joined else True      # not the namespace's init
+        assert hook_log.read_text().split() == [os.readlink("/proc/self/ns/pid")]
+        assert rt.status("pa") == "running"                     # the joined container is unharmed
+    finally:
+        rt("delete", "--force", "pa")

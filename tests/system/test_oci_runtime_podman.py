@@ -92,3 +92,36 @@ def test_podman_profile_annotation(podman):
     assert r.stdout.split() == ["CapEff:", "0000000000000000"]
     r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/grep", "CapEff:", "/proc/self/status")
     assert r.stdout.split()[1] != "0000000000000000"
+
+
+def test_podman_cgroup_parent_and_stats(podman):
+    """linux.cgroupsPath: podman's --cgroup-parent (cgroupfs: /PARENT/libpod-ID) is where the
+    container is, in every hierarchy podman reads, so `podman stats` reports its pids and memory;
+    podman rm leaves no leaf behind."""
+    parent = f"psbrt-podman-{os.getpid()}"
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "--cgroup-parent", f"/{parent}", "psbrt-bb:1",
+               "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        leaf = f"{parent}/libpod-{cid}"
+        for h in ("memory", "pids", "cpuacct"):
+            procs = open(f"/sys/fs/cgroup/{h}/{leaf}/cgroup.procs").read().split()
+            assert procs, h
+        r = podman("stats", "--no-stream", "--format", "{{.PIDs}} {{.MemUsage}}", cid)
+        assert r.returncode == 0, r.stderr
+        assert int(r.stdout.split()[0]) >= 2              # PID 1 and sleep
+        r = podman("rm", "-f", "-t", "0", cid)
+        assert r.returncode == 0, r.stderr
+        for h in ("memory", "pids", "cpuacct", "unified"):
+            assert not os.path.exists(f"/sys/fs/cgroup/{h}/{leaf}")
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
+        for h in os.listdir("/sys/fs/cgroup"):
+            for sub in ("conmon", ""):
+                d = os.path.join("/sys/fs/cgroup", h, parent, sub)
+                if os.path.isdir(d):
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
