@@ -4,6 +4,8 @@ atomic_write: a temporary file in the same directory (O_EXCL, O_NOFOLLOW, the fi
 explicitly, not left to the umask), written, fsync'ed, renamed over the target: a reader sees the
 old content or the new one, never a part, and a crash leaves at most a `.NAME.*.tmp` file.
 lock / locked: flock on a lock file (exclusive by default); the lock goes with the descriptor.
+read_json_object: the reading side of atomic_write_json for files a store or a caller hands us:
+bounded in size, JSON, an object at the top.
 """
 from __future__ import annotations
 
@@ -48,6 +50,23 @@ def atomic_write(path: _Path, data: Union[bytes, str], *, mode: Optional[int] = 
 def atomic_write_json(path: _Path, obj, *, mode: Optional[int] = 0o600, fsync: bool = True, **dump) -> None:
     """atomic_write of json.dumps(obj, **dump)."""
     atomic_write(path, json.dumps(obj, **dump), mode=mode, fsync=fsync)
+
+
+def read_json_object(path: _Path, limit: int) -> dict:
+    """The JSON object in path, read at most `limit` bytes. OSError (FileNotFoundError…) as open
+    raises it; ValueError with a short reason ("larger than N bytes", "not JSON: …", "not a JSON
+    object") for the callers' one-line messages."""
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
 
 
 def lock(path: _Path, *, shared: bool = False, create: bool = True, blocking: bool = True,

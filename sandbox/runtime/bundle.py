@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from policies import plan as P
 
+from ..fsutil import read_json_object
+
 MAX_CONFIG = 4 << 20
 ANNOTATION_PROFILE = "org.pysandbox.profile"
 ANNOTATION_AUDIT_LOG = "org.pysandbox.audit-log"
@@ -69,21 +71,18 @@ def _get(d, key, kind, where):
 
 def load(bundle_dir: str) -> Bundle:
     """Read BUNDLE/config.json and translate it (BundleError: one line naming the field)."""
+    return translate(read_config(bundle_dir), os.path.abspath(bundle_dir))
+
+
+def read_config(bundle_dir: str) -> dict:
+    """BUNDLE/config.json as a dict: at most MAX_CONFIG bytes, a JSON object (BundleError)."""
     path = os.path.join(bundle_dir, "config.json")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG + 1)
+        return read_json_object(path, MAX_CONFIG)
     except OSError as e:
         raise BundleError(f"{path}: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG:
-        raise BundleError(f"{path}: larger than {MAX_CONFIG} bytes")
-    try:
-        cfg = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise BundleError(f"{path}: not JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise BundleError(f"{path}: the top level must be an object")
-    return translate(cfg, os.path.abspath(bundle_dir))
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}") from None
 
 
 def translate(cfg: dict, bundle_dir: str) -> Bundle:

@@ -13,13 +13,13 @@ returns once the process runs, and the joiner is reparented to the engine's subr
 waits for it); without --detach exec waits for the joiner and exits with its status. With no --process, the arguments after ID replace config.json's args."""
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
 
 from .. import _sys, procid
 from . import state as _state
+from ..fsutil import read_json_object
 
 MAX_PROCESS = 1 << 20
 
@@ -64,24 +64,25 @@ def apply_flags(proc: dict, flags: dict) -> dict:
 
 def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, detach: bool, console_socket, log,
                  flags: "dict | None" = None) -> int:
-    from .bundle import BundleError, translate
+    from .bundle import BundleError, read_config, translate
     st = _state.load(root, cid)
     if _state.status(st) != "running":
         log(f"exec: container {cid} is {_state.status(st)}, not running")
         return 1
     try:
-        with open(os.path.join(st["bundle"], "config.json"), "rb") as f:
-            cfg = json.loads(f.read(4 << 20))
+        cfg = read_config(st["bundle"])                 # as create read it: bounded, an object
         if process_file:
-            with open(process_file, "rb") as f:
-                proc = json.loads(f.read(MAX_PROCESS))
+            proc = read_json_object(process_file, MAX_PROCESS)
         else:
             proc = dict(cfg.get("process") or {}, args=args, terminal=False)
-    except (OSError, ValueError, RecursionError) as e:
-        log(f"exec: {getattr(e, 'strerror', None) or e}")
+    except BundleError as e:
+        log(f"exec: {e}")
         return 1
-    if not isinstance(proc, dict) or not isinstance(cfg, dict):
-        log("exec: --process and config.json must be JSON objects")
+    except OSError as e:
+        log(f"exec: {process_file}: {e.strerror}")
+        return 1
+    except ValueError as e:
+        log(f"exec: {process_file}: {e}")
         return 1
     try:
         proc = apply_flags(proc, flags or {})

@@ -7,12 +7,11 @@ created (the launch is held before its release), running (released, the monitor 
 stopped (the monitor recorded the exit, or is gone)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 
 from .. import procid
-from ..fsutil import atomic_write_json
+from ..fsutil import atomic_write_json, read_json_object
 
 OCI_VERSION = "1.2.0"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -71,17 +70,11 @@ def load(root: str, cid: str) -> dict:
     check_root(root)
     path = os.path.join(container_dir(root, cid), "state.json")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATE + 1)
+        return read_json_object(path, MAX_STATE)
     except FileNotFoundError:
         raise StateError(f"container {cid} does not exist") from None
-    try:
-        st = json.loads(raw)
     except ValueError:
         raise StateError(f"container {cid}: its state file is damaged") from None
-    if not isinstance(st, dict):
-        raise StateError(f"container {cid}: its state file is damaged")
-    return st
 
 
 def save(root: str, cid: str, st: dict) -> None:

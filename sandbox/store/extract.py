@@ -10,6 +10,7 @@ import sys
 import time
 from typing import BinaryIO, Optional
 
+from ..fsutil import read_json_object
 from .images import ImageError, LazyModule, human_size, one_line
 
 bz2, gzip, hashlib, json, lzma, shutil, tarfile, zlib = (
@@ -404,19 +405,11 @@ def read_owners(layer_dir: str) -> dict:
     """A rootless layer's recorded owners ({} for a layer imported before they were recorded: its
     files are then root's); bounded."""
     try:
-        with open(os.path.join(layer_dir, OWNERS), "rb") as f:
-            data = f.read(OWNERS_MAX + 1)
+        return read_json_object(os.path.join(layer_dir, OWNERS), OWNERS_MAX)
     except FileNotFoundError:
         return {}
-    if len(data) > OWNERS_MAX:
-        raise ImageError(f"{layer_dir}/{OWNERS}: larger than {OWNERS_MAX} bytes")
-    try:
-        out = json.loads(data)
-    except ValueError:
-        raise ImageError(f"{layer_dir}/{OWNERS}: not valid JSON (re-import the image)") from None
-    if not isinstance(out, dict):
-        raise ImageError(f"{layer_dir}/{OWNERS}: not an object (re-import the image)")
-    return out
+    except ValueError as e:
+        raise ImageError(f"{layer_dir}/{OWNERS}: {e} (re-import the image)") from None
 
 
 def extract_layer(stream: BinaryIO, dest: str, *, rootless: bool, devices: str = "reject",

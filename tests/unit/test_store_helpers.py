@@ -222,3 +222,19 @@ def test_seal_of_a_vanishing_root_is_an_oserror(tmp_path):
     with pytest.raises(OSError) as e:
         images.tree_seal(str(tmp_path / "none"))
     assert e.value.errno == errno.ENOENT
+
+
+def test_read_json_object_is_bounded_and_an_object(tmp_path):
+    """fsutil.read_json_object, the one bounded reader of the JSON files stores and callers hand
+    us (runtime state and config.json, a layer's owners.json): the limit, not JSON, not an object."""
+    from sandbox.fsutil import read_json_object
+    p = tmp_path / "f.json"
+    p.write_text('{"a": [1, 2]}')
+    assert read_json_object(p, 100) == {"a": [1, 2]}
+    for text, why in (('{"a": "' + "x" * 200 + '"}', "larger than 100 bytes"), ("{nope", "not JSON"),
+                      ("[1]", "not a JSON object"), ("[" * 50 + "]" * 50, "not a JSON object")):
+        p.write_text(text)
+        with pytest.raises(ValueError, match=why):
+            read_json_object(p, 100)
+    with pytest.raises(FileNotFoundError):
+        read_json_object(tmp_path / "missing", 100)
