@@ -15,30 +15,25 @@ The decision, in order (each refusal is an `egress.denied` event, each success `
    this sandbox (names.Names); explicit -> the first of those addresses;
 4. the secrets part's interception when the plan asks for it (`intercept`, imported lazily; see
    `Ctx`); otherwise connect upstream from the host's namespace, send the bytes read so far and
-   splice both ways (os.splice through a pipe, in two threads: no copy through Python).
+   hand both sockets to the splice relay (relay.py: os.splice through a pipe each way, in worker
+   threads: no copy through Python; half-close, idle limit, byte counters).
 """
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from policies import egress as E
 
-from . import http, tls
+from . import http, relay as _relay, tls
 
 SO_ORIGINAL_DST = 80
 FIRST_TIMEOUT = 10.0         # the client's first bytes (ClientHello / request head)
 CONNECT_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
-SPLICE_CHUNK = 1 << 20
-PIPE_SIZE = 1 << 20
-# not SPLICE_F_MORE: it would hold back the last bytes of a reply (interactive protocols) like a cork
-_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
 
 
 @dataclass
@@ -87,9 +82,7 @@ class Proxy:
         self.ctx = ctx
         self.listen_addr = listen_addr
         self.sem = asyncio.Semaphore(MAX_CONNECTIONS)
-        self.threads: set[threading.Thread] = set()
-        self.socks: set[socket.socket] = set()
-        self.pool = _Workers(2 * MAX_CONNECTIONS)
+        self.relay = _relay.Relay(2 * MAX_CONNECTIONS)
 
     async def serve(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -106,12 +99,7 @@ class Proxy:
             asyncio.ensure_future(self._one(c))
 
     def close_all(self) -> None:
-        for s in list(self.socks):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.pool.shutdown()
+        self.relay.close_all()
 
     async def _one(self, c: socket.socket) -> None:
         handed = False
@@ -237,7 +225,7 @@ class Proxy:
                 await self._refuse(c, explicit, b"502 Bad Gateway")
             return False
         audit.allowed(name, addr, port, proto, rule, "")
-        self._splice(c, up)
+        self._splice(c, up, len(buf))
         return True
 
     async def _refuse(self, c, explicit: bool, status: bytes = b"403 Forbidden") -> bool:
@@ -259,113 +247,15 @@ class Proxy:
             self.sem.release()
         return True
 
-    def _splice(self, a: socket.socket, b: socket.socket) -> None:
-        """Hand both sockets to two threads that splice (kernel to kernel) until both sides end."""
-        a.setblocking(True)
-        b.setblocking(True)
-        for s in (a, b):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.socks.add(s)
-        done = [0]
-        lock = threading.Lock()
+    def _splice(self, a: socket.socket, b: socket.socket, first: int = 0) -> None:
+        """Hand both sockets to the splice relay (relay.py: kernel to kernel, both ways, until both
+        sides end); the connection's slot is given back when it is over."""
         loop = asyncio.get_running_loop()
 
-        def pump(src: socket.socket, dst: socket.socket):
+        def over(_conn) -> None:
             try:
-                _pump(src.fileno(), dst)
-            finally:
-                with lock:
-                    done[0] += 1
-                    last = done[0] == 2
-                if last:
-                    for s in (a, b):
-                        self.socks.discard(s)
-                        s.close()
-                    try:
-                        loop.call_soon_threadsafe(self.sem.release)
-                    except RuntimeError:          # the loop is closed: the sandbox has ended
-                        pass
-
-        for src, dst in ((a, b), (b, a)):
-            self.pool.submit(pump, src, dst)
-
-
-class _Workers:
-    """Splice workers, reused (starting a thread per connection costs more than the rest of its
-    set-up); daemon threads, so a supervisor never waits for them at exit."""
-
-    def __init__(self, limit: int):
-        import queue
-        self.q: "queue.SimpleQueue" = queue.SimpleQueue()
-        self.limit = limit
-        self.idle = 0
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def submit(self, fn, *args) -> None:
-        with self.lock:
-            spawn = self.idle == 0 and self.count < self.limit
-            if spawn:
-                self.count += 1
-            else:
-                self.idle -= 1
-        self.q.put((fn, args))
-        if spawn:
-            threading.Thread(target=self._work, name="egress-splice", daemon=True).start()
-
-    def _work(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:     # noqa: BLE001 - a connection never takes a worker down
+                loop.call_soon_threadsafe(self.sem.release)
+            except RuntimeError:          # the loop is closed: the sandbox has ended
                 pass
-            with self.lock:
-                self.idle += 1
 
-    def shutdown(self) -> None:
-        for _ in range(self.count):
-            self.q.put(None)
-
-
-def _pump(src_fd: int, dst: socket.socket) -> None:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        try:
-            import fcntl
-            fcntl.fcntl(w, 1031, PIPE_SIZE)            # F_SETPIPE_SZ
-        except OSError:
-            pass
-        dfd = dst.fileno()
-        while True:
-            try:
-                n = os.splice(src_fd, w, SPLICE_CHUNK, flags=_FLAGS)
-            except OSError:
-                n = 0
-            if n == 0:
-                break
-            while n:
-                try:
-                    m = os.splice(r, dfd, n, flags=_FLAGS)
-                except OSError:
-                    m = 0
-                if m == 0:
-                    return _abort(dst)
-                n -= m
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-    finally:
-        os.close(r)
-        os.close(w)
-
-
-def _abort(dst: socket.socket) -> None:
-    try:
-        dst.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+        self.relay.start(a, b, first, over)
