@@ -10,9 +10,13 @@ Per connection:
 * **half-close**: a side that ends (EOF) is passed on as `shutdown(SHUT_WR)` of the other; the
   other direction keeps flowing (a client that half-closes still gets the whole reply); the
   sockets are closed when both directions have ended;
-* **bounded**: one pipe per direction, at most PIPE_SIZE bytes in flight in it (plus the kernel's
-  own socket buffers); a pump splices at most CHUNK bytes at a time and drains the pipe before it
-  reads again, so a slow reader holds back its writer (TCP back-pressure), never memory;
+* **bounded**: one pipe per direction, at most its size in flight in it (plus the kernel's own
+  socket buffers); a pump splices at most a pipe's worth at a time and drains the pipe before it
+  reads again, so a slow reader holds back its writer (TCP back-pressure), never memory. A pipe
+  starts at the kernel's default (64 KiB) and grows to PIPE_SIZE the first time one read fills
+  it (a bulk transfer): interactive connections keep small pipes, and an unprivileged
+  supervisor's pipe quota (fs.pipe-user-pages-soft, per user: past it new pipes get 2 pages)
+  goes to the connections that move data;
 * **idle limit**: a connection on which no byte moved either way for IDLE_TIMEOUT seconds (the
   interception path's limit) is ended; the pumps wait in the kernel with SO_RCVTIMEO/SO_SNDTIMEO
   of TICK seconds and check the connection's last progress when a wait runs out (no timer, no
@@ -39,11 +43,11 @@ import threading
 import time
 from typing import Callable
 
-CHUNK = 1 << 20              # bytes a pump asks the kernel for at a time
-PIPE_SIZE = 1 << 20          # each direction's pipe (F_SETPIPE_SZ; the default 64 KiB if refused)
+PIPE_SIZE = 1 << 20          # a pipe's size once a read filled it (F_SETPIPE_SZ; kept as is if refused)
 IDLE_TIMEOUT = 300.0         # seconds without a byte either way: the connection is ended
 TICK = 5.0                   # how often a waiting pump looks at the idle limit
-F_SETPIPE_SZ = 1031
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # not SPLICE_F_MORE: it would hold back the last bytes of a reply (interactive protocols) like a cork
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1)
 
@@ -146,14 +150,12 @@ def _pump(conn: Conn, src_fd: int, dst: socket.socket, up: bool) -> None:
     """One direction: splice src -> pipe -> dst until src ends (then SHUT_WR dst) or fails."""
     r, w = os.pipe2(os.O_CLOEXEC)
     try:
-        try:
-            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass
+        size = fcntl.fcntl(w, F_GETPIPE_SZ)
+        grow = size < PIPE_SIZE
         dfd = dst.fileno()
         while True:
             try:
-                n = os.splice(src_fd, w, CHUNK, flags=_FLAGS)
+                n = os.splice(src_fd, w, size, flags=_FLAGS)
             except BlockingIOError:                 # SO_RCVTIMEO ran out: nothing to read yet
                 if _idle(conn):
                     return conn.abort()
@@ -162,6 +164,7 @@ def _pump(conn: Conn, src_fd: int, dst: socket.socket, up: bool) -> None:
                 return conn.abort()
             if n == 0:
                 break
+            full = n >= size
             while n:
                 try:
                     m = os.splice(r, dfd, n, flags=_FLAGS)
@@ -179,6 +182,12 @@ def _pump(conn: Conn, src_fd: int, dst: socket.socket, up: bool) -> None:
                 else:
                     conn.down += m
             conn.last = time.monotonic()
+            if full and grow:                       # a bulk transfer: a bigger pipe, once
+                grow = False
+                try:
+                    size = fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+                except OSError:
+                    pass
         try:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
