@@ -1,6 +1,6 @@
 """The egress proxy's splice relay (sandbox/network/egress/relay.py).
 
-Through `pysandbox run` (root, a private network): 64 MiB up and 64 MiB down on one connection that
+Through `pysandbox run` (root on a private network; rootless, uid 65534, on pasta): 64 MiB up and 64 MiB down on one connection that
 the proxy allowed by name and spliced, both checked by SHA-256 at the other end, and the client's
 half-close (shutdown(SHUT_WR) after its upload) reaching the server, whose reply (sent only after it
 saw the end of the upload) still arrives in full.
@@ -12,6 +12,8 @@ limit and tick are made short for the test (the proxy's are 300 s and 5 s).
 
 SAFETY: the scenario runs in a child started with `unshare --net --mount` (an "upstream" veth with
 192.0.2.1 and the server there, as bench/egress.py does); nothing reaches the machine's network.
+SIMULATED: this machine's /dev/net/tun is 0600: the rootless scenario binds a 0666 tun node over it
+in its own mount namespace (as tests/system/test_egress_domains.py does).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ print("INSIDE " + json.dumps({"status": head.split(b"\r\n")[0].decode(), "up_sen
 
 SCENARIO = r'''
 import hashlib, json, os, socket, subprocess, sys, threading
-D, PYSANDBOX, SIZE = sys.argv[1], sys.argv[2], int(sys.argv[3])
+D, PYSANDBOX, SIZE, USER = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 def sh(*a, env=None):
     subprocess.run(a, check=True, capture_output=True, env=env)
 sh("mount", "--make-rprivate", "/")
@@ -65,6 +67,7 @@ sh("ip", "link", "set", "lo", "up")
 sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
 sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0")
+sh("ip", "route", "add", "default", "via", "192.0.2.254")             # pasta copies the default route
 with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
     f.write("1")
 down = os.urandom(SIZE)
@@ -97,14 +100,24 @@ def serve():
         threading.Thread(target=one, args=(c,), daemon=True).start()
 threading.Thread(target=serve, daemon=True).start()
 env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYSANDBOX_STATE_DIR": f"{D}/state"}
-sh(PYSANDBOX, "network", "create", "egrelay", "--subnet", "10.126.0.0/24", env=env)
+pre, mode = [], "egrelay"
+if USER == "root":
+    sh(PYSANDBOX, "network", "create", "egrelay", "--subnet", "10.126.0.0/24", env=env)
+else:
+    mode = "pasta"
+    sh("mknod", f"{D}/tun", "c", "10", "200"); os.chmod(f"{D}/tun", 0o666)
+    sh("mount", "--bind", f"{D}/tun", "/dev/net/tun")
+    os.chown(D, 65534, 65534)
+    env.update({"HOME": D, "XDG_DATA_HOME": f"{D}/data", "XDG_CACHE_HOME": f"{D}/cache", "XDG_RUNTIME_DIR": f"{D}/run",
+                "PYSANDBOX_STATE_DIR": f"{D}/state"})
+    pre = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 os.chmod(D, 0o755)
 with open(f"{D}/p.yaml", "w") as f:
-    f.write("version: 1\nname: egress-relay\nnetwork:\n  mode: egrelay\n  hosts: {web.test: 192.0.2.1}\n"
+    f.write(f"version: 1\nname: egress-relay\nnetwork:\n  mode: {mode}\n  hosts: {{web.test: 192.0.2.1}}\n"
             "  egress:\n    allow:\n      - {host: web.test, ports: [8080]}\n")
 os.chmod(f"{D}/p.yaml", 0o644)
 res = {}
-p = subprocess.run([PYSANDBOX, "run", "--profile", f"{D}/p.yaml", "--audit-log", f"{D}/audit.jsonl", "--",
+p = subprocess.run(pre + [PYSANDBOX, "run", "--profile", f"{D}/p.yaml", "--audit-log", f"{D}/audit.jsonl", "--",
                     "/usr/bin/python3", "-c", INSIDE, str(SIZE)], capture_output=True, text=True, env=env, timeout=120)
 res["rc"], res["stderr"] = p.returncode, p.stderr[-2000:]
 for line in p.stdout.splitlines():
@@ -115,17 +128,19 @@ try:
         res["events"] = [json.loads(x) for x in f if x.strip()]
 except OSError:
     res["events"] = []
-subprocess.run([PYSANDBOX, "network", "rm", "egrelay"], capture_output=True, env=env)
+if USER == "root":
+    subprocess.run([PYSANDBOX, "network", "rm", "egrelay"], capture_output=True, env=env)
 print("RESULT " + json.dumps(res))
 '''
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces")
-def test_large_transfer_both_ways_and_half_close_through_the_proxy():
+@pytest.mark.parametrize("user", ["root", "rootless"])
+def test_large_transfer_both_ways_and_half_close_through_the_proxy(user):
     d = tempfile.mkdtemp(prefix="pysbx-egrelay-", dir="/tmp")
     try:
         script = SCENARIO.replace("INSIDE, str(SIZE)", repr(INSIDE) + ", str(SIZE)", 1)
-        p = subprocess.run(["unshare", "--net", "--mount", PY, "-c", script, d, PYSANDBOX, str(SIZE)],
+        p = subprocess.run(["unshare", "--net", "--mount", PY, "-c", script, d, PYSANDBOX, str(SIZE), user],
                            capture_output=True, text=True, timeout=240)
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
         assert line, p.stdout[-3000:] + p.stderr[-3000:]
