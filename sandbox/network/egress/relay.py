@@ -90,11 +90,16 @@ class Relay:
         """Relay both ways until both sides end; `first`: bytes already sent upstream (counted).
         The sockets belong to the relay from here on (it closes them)."""
         tv = struct.pack("ll", int(self.tick), int((self.tick % 1) * 1e6))
-        for s in (client, upstream):
-            s.setblocking(True)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        try:
+            for s in (client, upstream):
+                s.setblocking(True)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except OSError:
+            client.close()
+            upstream.close()
+            raise
         conn = Conn(client, upstream, first, on_end, self.idle)
         with self.lock:
             self.conns.add(conn)
@@ -181,7 +186,7 @@ def _pump(conn: Conn, src_fd: int, dst: socket.socket, up: bool) -> None:
                     conn.up += m
                 else:
                     conn.down += m
-            conn.last = time.monotonic()
+                conn.last = time.monotonic()        # progress, even if a slow reader takes a chunk in parts
             if full and grow:                       # a bulk transfer: a bigger pipe, once
                 grow = False
                 try:
