@@ -41,10 +41,15 @@ run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)
 
 # both tiers: tests/unit/ (no root, no kernel) and the real sandboxes (tests/system/, tests/security/,
-# tests/faults/); each system test gets a state directory of its own (tests/conftest.py)
+# tests/faults/); each system test gets a state directory of its own (tests/conftest.py). Two
+# workers at once (pytest-xdist; modules sharing host-wide objects on one worker), then the tests
+# marked `exclusive` alone (they change what others read, or measure rates); both always run.
 test: setup
 	$(VENV)/bin/pysandbox lint profiles/
-	$(VENV)/bin/python -m pytest -q tests
+	@rc=0; \
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m "not exclusive" tests || rc=$$?; \
+	$(VENV)/bin/python -m pytest -q -m exclusive tests || rc=$$?; \
+	exit $$rc
 
 # the unit tier alone: pure policies/audit/lint/parsing tests, no root needed (any user, any directory)
 test-unit: setup

@@ -46,12 +46,29 @@ class Run:
         return f"Run(rc={self.returncode}, stdout={self.stdout[-800:]!r}, stderr={self.stderr[-800:]!r})"
 
 
+class _HostLock:
+    """Serialises the set-up of host-wide test objects (the test user, its delegated cgroups)
+    between pytest processes: `make test` runs two workers (pytest-xdist) at once."""
+
+    def __enter__(self):
+        import fcntl
+        self.fd = os.open("/tmp/pysbx-test-setup.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
 def ensure_test_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(TEST_USER)
     except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER], check=True)
-        return pwd.getpwnam(TEST_USER)
+        with _HostLock():
+            try:
+                return pwd.getpwnam(TEST_USER)
+            except KeyError:
+                subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER], check=True)
+                return pwd.getpwnam(TEST_USER)
 
 
 class Runner:
@@ -99,6 +116,71 @@ class Runner:
         return self(*("run", "--profile", profile, *opts, "--", HOST_PYTHON, "-c", code), **kw)
 
 
+# ------------------------------------------------------------------------------------------------
+# two workers at once (`make test`: pytest -n 2 --dist loadgroup -m "not exclusive", then the
+# `exclusive` tests alone). A module runs whole on one worker (its module fixtures once). Modules
+# that use the same host-wide objects run on one worker, one after another: the network family
+# (bridges, veths, nft tables, published host ports, pasta/slirp4netns, egress servers) and the
+# podman family (podman's image store, the registry). `exclusive` modules change what every other
+# test reads (/etc/subuid and /etc/subgid, the test user's delegated cgroups, another user's
+# delegation) or measure rates and ratios that a second worker's load would disturb.
+
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+_FAMILIES = {
+    "network": ("system/test_cli_docker_paths.py", "system/test_egress_domains.py",
+                "system/test_egress_domains_faults.py", "system/test_egress_relay.py",
+                "system/test_egress_secrets.py", "system/test_network.py", "system/test_network_e2e.py",
+                "system/test_network_ipv6.py", "system/test_network_rootless.py",
+                "security/test_image_symlink_escape.py", "security/test_name_trailing_newline.py",
+                "security/test_net_antispoof.py", "security/test_net_hosts_readonly.py",
+                "security/test_net_usermode_loopback.py", "security/test_secret_helper_environ.py",
+                "security/test_secret_source_exposed.py", "faults/test_network_leftovers_after_sigkill.py"),
+    "podman": ("system/test_bind_as_caller.py", "system/test_container_interface.py",
+               "system/test_export_engines.py", "system/test_image_save.py", "system/test_oci_runtime.py",
+               "system/test_oci_runtime_podman.py", "system/test_oci_runtime_front.py",
+               "system/test_registry.py", "security/test_registry_bounds.py",
+               "security/test_registry_digest_mismatch.py"),
+}
+_EXCLUSIVE = ("system/test_rootless_ranges.py", "system/test_rootless_subordinate.py",
+              "security/test_profile_idmap_not_owned.py", "security/test_limits_enforced.py",
+              "security/test_cgroup_delegate_limits.py", "system/test_doctor.py")
+_FAMILY_OF = {m: f for f, mods in _FAMILIES.items() for m in mods}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "exclusive: runs alone, after the two workers (see tests/conftest.py)")
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        config._pysbx_parents_before = _delegated_parents()        # the controller of -n N
+
+
+def pytest_unconfigure(config):
+    """The controller removes the delegated cgroup parents its workers made (never one that was
+    there before the run: an administrator's)."""
+    before = getattr(config, "_pysbx_parents_before", None)
+    if before is not None:
+        for d in _delegated_parents() - before:
+            _remove_cgroup_tree(d)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mod = item.nodeid.split("::")[0].removeprefix("tests/")
+        if mod in _EXCLUSIVE:
+            item.add_marker(pytest.mark.exclusive)
+        item.add_marker(pytest.mark.xdist_group(_FAMILY_OF.get(mod, mod)))
+
+
+def _delegated_parents() -> set:
+    try:
+        uid = pwd.getpwnam(TEST_USER).pw_uid
+    except KeyError:
+        return set()
+    from sandbox.cgroups.placement import delegated_parent
+    return {d for c in DELEGATED_CONTROLLERS for d in [os.path.join(CGROUP_V1, c, delegated_parent(uid))]
+            if os.path.isdir(d)}
+
+
 CGROUP_V1 = "/sys/fs/cgroup"
 DELEGATED_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "freezer")
 
@@ -112,8 +194,9 @@ def _delegate_cgroups(uid: int, gid: int) -> list[str]:
     from sandbox.cgroups.placement import delegated_parent
     made = [os.path.join(CGROUP_V1, c, delegated_parent(uid)) for c in DELEGATED_CONTROLLERS
             if os.path.isdir(os.path.join(CGROUP_V1, c)) and not os.path.islink(os.path.join(CGROUP_V1, c))]
-    made = [d for d in made if not os.path.isdir(d)]
-    delegate(uid, gid)
+    with _HostLock():
+        made = [d for d in made if not os.path.isdir(d)]
+        delegate(uid, gid)
     return made
 
 
@@ -147,6 +230,8 @@ def delegated_cgroups():
     _DELEGATED[pw.pw_uid] = _delegate_cgroups(pw.pw_uid, pw.pw_gid)
     from sandbox.cgroups.placement import delegated_subtree
     yield [os.path.join(CGROUP_V1, c, delegated_subtree(pw.pw_uid)) for c in DELEGATED_CONTROLLERS]
+    if _XDIST_WORKER:
+        return                              # the other worker may still use them: pytest_unconfigure
     for d in _DELEGATED.pop(pw.pw_uid, []):
         _remove_cgroup_tree(d)
 

@@ -29,7 +29,9 @@ PROG = "import time; print('ready', flush=True); time.sleep(60)"
 def _records():
     d = os.path.join(os.environ["PYSANDBOX_STATE_DIR"], "owners")
     try:
-        return {n.split(".")[0]: [int(n.split(".")[1])] for n in os.listdir(d) if n.count(".") >= 2}
+        # SANDBOX.PID.START; an atomic write's temporary file (.SANDBOX.PID.START.XXXX) is not a record
+        return {n.split(".")[0]: [int(n.split(".")[1])] for n in os.listdir(d)
+                if n.count(".") >= 2 and not n.startswith(".")}
     except FileNotFoundError:
         return {}
 
