@@ -318,6 +318,7 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         # output device chosen before the redirect (not lo)
         rule([m(meta("nfproto"), "ipv4"), m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
               {"accept": None}])
+        rule([m(meta("nfproto"), "ipv6"), m(payload("ip6", "daddr"), "::1"), {"accept": None}])
         cmds += steer_rules(rules, steer)
     for r in rules:
         net = as_net(r["to"])
@@ -362,7 +363,8 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
     egress proxy's and resolver's sockets on 127.0.0.1 in the same namespace, except loopback
     traffic and what the `to:` rules allow directly. The filter chain then sees loopback traffic
     (accepted); a redirected connection keeps its original destination in the namespace's
-    conntrack (SO_ORIGINAL_DST). IPv6 TCP is not redirected: the filter's policy drops it."""
+    conntrack (SO_ORIGINAL_DST). IPv6 alike: TCP and DNS to the proxy's and resolver's sockets on ::1
+    (a redirect in the output hook rewrites to the loopback address of the packet's family)."""
     proxy_port, dns_port = steer
     T = {"family": "inet", "table": EGRESS_TABLE}
     cmds: list[dict] = [{"add": {"chain": {**T, "name": "steer", "type": "nat", "hook": "output",
@@ -372,7 +374,9 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
         cmds.append({"add": {"rule": {**T, "chain": "steer", "expr": expr}}})
 
     v4 = m(meta("nfproto"), "ipv4")
+    v6 = m(meta("nfproto"), "ipv6")
     rule([v4, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}), {"accept": None}])
+    rule([v6, m(payload("ip6", "daddr"), "::1"), {"accept": None}])
     for r in rules:                                    # address rules go straight out
         proto = r.get("proto") or "tcp"
         if proto not in ("tcp", "udp", "any"):
@@ -384,9 +388,10 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
         elif proto in ("tcp", "udp"):
             expr.append(m(meta("l4proto"), proto))
         rule(expr + [{"accept": None}])
-    for proto in ("udp", "tcp"):
-        rule([v4, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
-    rule([v4, m(meta("l4proto"), "tcp"), {"redirect": {"port": proxy_port}}])
+    for fam in (v4, v6):
+        for proto in ("udp", "tcp"):
+            rule([fam, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
+        rule([fam, m(meta("l4proto"), "tcp"), {"redirect": {"port": proxy_port}}])
     return cmds
 
 
