@@ -275,6 +275,8 @@ def cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
     except NetworkError:
         if nft.find_nft():
             nft.delete_host_rules(lambda c: c == f"sbx:{sid}", family="ip")
+            if nd.get("subnet6"):
+                nft.delete_host_rules(lambda c: c == f"sbx:{sid}", family="ip6")
             if e.get("veth"):          # e.g. a crash between the nft run and the endpoint's record
                 for d in nft.antispoof_delete(e["veth"]):
                     nft.nft([d], check=False)

@@ -140,6 +140,10 @@ def host_base6() -> list[dict]:
     isolation of their IPv6 subnets, network_rules6)."""
     T = {"family": "ip6", "table": HOST_TABLE}
     return [{"add": {"table": {"family": "ip6", "name": HOST_TABLE}}},
+            {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
+                               "policy": "accept"}}},          # published ports over IPv6 (dnat_rules)
+            {"add": {"chain": {**T, "name": "output", "type": "nat", "hook": "output", "prio": -100,
+                               "policy": "accept"}}},
             {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
                                "policy": "accept"}}},
             {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
@@ -267,25 +271,36 @@ def network_rules6(netdef: dict) -> list[dict]:
     return network_rules(netdef, family="ip6")
 
 
-def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
-    T = {"family": "ip", "table": HOST_TABLE}
+def dnat_rules(sid: str, ip: str, ports: list[dict], ip6: str | None = None) -> list[dict]:
+    """DNAT of published ports to the sandbox's address, `prerouting` (from elsewhere) and `output`
+    (from the host itself). ip6: the sandbox's IPv6 address on a dual-stack network - an IPv6 host
+    address goes to it (`table ip6 pysandbox`), and so does 0.0.0.0's IPv6 side (Docker's
+    dual-stack publishing); loopback host addresses are the userspace proxy's (proxy.py)."""
     rules = []
     for p in ports:
         hip = ipaddress.ip_address(p["host_ip"])
-        if hip.is_loopback:
-            continue                                  # served by the userspace proxy
-        dport = m(payload(p["proto"], "dport"), p["host_port"])
-        target = {"dnat": {"addr": ip, "port": p["port"]}}
-        if hip.is_unspecified:
-            local = m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
-            pre = [local, dport, target]
-            out = [local, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
-                   dport, target]
-        else:
-            d = m(payload("ip", "daddr"), str(hip))
-            pre = out = [d, dport, target]
-        for chain, expr in (("prerouting", pre), ("output", out)):
-            rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
+        sides = [(hip, ip)]
+        if hip.version == 4 and hip.is_unspecified and p.get("also6") and ip6:
+            sides.append((ipaddress.ip_address("::"), ip6))
+        for h, to in sides:
+            if h.is_loopback or (h.version == 6 and not ip6):
+                continue                                  # served by the userspace proxy
+            fam = "ip" if h.version == 4 else "ip6"
+            to = to if h.version == 4 else ip6
+            T = {"family": fam, "table": HOST_TABLE}
+            dport = m(payload(p["proto"], "dport"), p["host_port"])
+            target = {"dnat": {"family": fam, "addr": to, "port": p["port"]}} if fam == "ip6" else \
+                {"dnat": {"addr": to, "port": p["port"]}}
+            if h.is_unspecified:
+                local = m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+                lo = {"prefix": {"addr": "127.0.0.0", "len": 8}} if fam == "ip" else "::1"
+                pre = [local, dport, target]
+                out = [local, m(payload(fam, "daddr"), lo, "!="), dport, target]
+            else:
+                d = m(payload(fam, "daddr"), str(h))
+                pre = out = [d, dport, target]
+            for chain, expr in (("prerouting", pre), ("output", out)):
+                rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
     return rules
 
 

@@ -253,3 +253,63 @@ def test_egress_rules_for_ipv6_cidrs(net, tmp_path):
         stop(b)
     assert r.returncode == 0, r
     assert r.stdout.split() == ["pong6:ok", "EACCES"], r
+
+
+# a dual-stack TCP server on 9998 answering with the peer's address; stops after 20 s
+SERVER = r"""
+import socket, time
+t = socket.socket(socket.AF_INET6); t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+t.bind(("::", 9998)); t.listen(8); t.settimeout(20)
+print("ready", flush=True)
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    try:
+        c, peer = t.accept()
+    except OSError:
+        break
+    c.sendall(b"pong:" + peer[0].encode()); c.close()
+"""
+
+
+def _ask(addr: str, port: int) -> str:
+    import socket
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(fam) as c:
+            c.settimeout(5)
+            c.connect((addr, port))
+            return c.recv(100).decode()
+    except OSError as e:
+        return f"err{e.errno}"
+
+
+def test_published_ports_over_ipv6(net):
+    """-p on a dual-stack network publishes on IPv6 too (as Docker does): 0.0.0.0's port answers on
+    the host's IPv6 addresses (DNAT in `table ip6 pysandbox` to the sandbox's IPv6 address) and on
+    ::1 (the userspace proxy's [::] socket, relayed to its IPv4 address), an IPv6 host address
+    (`-p [::1]:PORT:PORT`) binds only there; an IPv4-only network refuses IPv6 host addresses."""
+    gw4, gw6 = net["gateway"], net["gateway6"]
+    b = start("v6-p", SERVER, "-p", "18080:9998", "-p", "[::1]:18081:9998")
+    try:
+        assert line(b) == "ready"
+        got = {a: _ask(a, 18080) for a in (gw6, "::1", gw4, "127.0.0.1")}
+        got["[::1]:18081"] = _ask("::1", 18081)
+        got["127.0.0.1:18081"] = _ask("127.0.0.1", 18081)
+    finally:
+        stop(b)
+    net6 = ipaddress.ip_network(net["subnet6"])
+    assert got[gw6].startswith("pong:") and ipaddress.ip_address(got[gw6][5:]) in net6, got   # DNAT, IPv6
+    for a in ("::1", gw4, "127.0.0.1", "[::1]:18081"):
+        assert got[a].startswith("pong:"), (a, got)
+    assert got["127.0.0.1:18081"] == "err111", got              # [::1] only
+    # after the sandbox: its IPv6 DNAT rules are gone with it
+    rules = subprocess.run(["nft", "list", "table", "ip6", "pysandbox"], capture_output=True, text=True).stdout
+    assert "sbx:" not in rules, rules
+    # an IPv4-only network: an IPv6 host address fails closed before anything is created
+    assert cli("network", "create", "v4-only").returncode == 0
+    try:
+        r = cli("run", "--profile", "strict", "--audit-log", "/dev/null", "--network", "v4-only",
+                "-p", "[::1]:18082:80", "--", "/bin/true")
+    finally:
+        cli("network", "rm", "v4-only")
+    assert r.returncode == 125 and "IPv4 only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
