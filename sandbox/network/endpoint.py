@@ -331,6 +331,9 @@ class NetHandle:
             for e in endpoints(root, self.mode):
                 if e.get("name") and e["sandbox_id"] != self.sandbox_id:
                     peers.setdefault(e["name"], []).append(e["address"])
+                    a6 = bridge.ipv6_of(self.netdef, e["address"])
+                    if a6:
+                        peers[e["name"]].append(a6)
         steer = None
         if self.egress_plan is not None:            # egress by domain name: the proxy first, then the rules
             from policies.egress import DNS_ADDR, PROXY_ADDR

@@ -315,10 +315,12 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         {"add": {"counter": {**T, "name": "denied"}}},
     ]
     names = sorted({r["to"] for r in rules if as_net(r["to"]) is None})
-    for n in names:
-        cmds.append({"add": {"set": {**T, "name": set_name(n), "type": "ipv4_addr"}}})
-        if peer_ips.get(n):
-            cmds.append({"add": {"element": {**T, "name": set_name(n), "elem": list(peer_ips[n])}}})
+    for n in names:                    # a peer's IPv4 and (dual-stack networks) IPv6 addresses
+        for sname, typ, v6 in ((set_name(n), "ipv4_addr", False), (set_name6(n), "ipv6_addr", True)):
+            cmds.append({"add": {"set": {**T, "name": sname, "type": typ}}})
+            elems = [a for a in peer_ips.get(n) or () if (":" in a) == v6]
+            if elems:
+                cmds.append({"add": {"element": {**T, "name": sname, "elem": elems}}})
     policy = "drop" if default == "deny" else "accept"
     cmds.append({"add": {"chain": {**T, "name": "output", "type": "filter", "hook": "output", "prio": 0,
                                    "policy": policy}}})
@@ -337,23 +339,20 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         cmds += steer_rules(rules, steer)
     for r in rules:
         net = as_net(r["to"])
-        if net is None:
-            dst = m(payload("ip", "daddr"), "@" + set_name(r["to"]))
-        else:
-            dst = m(payload("ip" if net.version == 4 else "ip6", "daddr"),
-                     str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
         proto = r.get("proto") or "tcp"
         ports = list(r.get("ports") or ())
-        expr = [dst]
-        if proto in ("tcp", "udp"):
-            if ports:
-                expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
-            else:
-                expr.append(m(meta("l4proto"), proto))
-        elif proto == "icmp":
-            expr.append(m(meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
-        expr.append({"accept": None})
-        rule(expr)
+        for dst in _dsts(r):
+            v6 = dst["match"]["left"]["payload"]["protocol"] == "ip6"
+            expr = [dst]
+            if proto in ("tcp", "udp"):
+                if ports:
+                    expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+                else:
+                    expr.append(m(meta("l4proto"), proto))
+            elif proto == "icmp":
+                expr.append(m(meta("l4proto"), "ipv6-icmp" if v6 else "icmp"))
+            expr.append({"accept": None})
+            rule(expr)
     # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
     # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
     rule([m(meta("l4proto"), "ipv6-icmp"),
@@ -364,12 +363,14 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
     return cmds
 
 
-def _dst(r: dict) -> dict:
+def _dsts(r: dict) -> list[dict]:
+    """The destination matches of a `to:` rule: its CIDR, or a peer name's two sets (IPv4, IPv6)."""
     net = as_net(r["to"])
     if net is None:
-        return m(payload("ip", "daddr"), "@" + set_name(r["to"]))
-    return m(payload("ip" if net.version == 4 else "ip6", "daddr"),
-             str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
+        return [m(payload("ip", "daddr"), "@" + set_name(r["to"])),
+                m(payload("ip6", "daddr"), "@" + set_name6(r["to"]))]
+    return [m(payload("ip" if net.version == 4 else "ip6", "daddr"),
+              str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))]
 
 
 def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
@@ -396,13 +397,14 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
         proto = r.get("proto") or "tcp"
         if proto not in ("tcp", "udp", "any"):
             continue
-        expr = [_dst(r)]
-        if proto in ("tcp", "udp") and r.get("ports"):
-            ports = list(r["ports"])
-            expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
-        elif proto in ("tcp", "udp"):
-            expr.append(m(meta("l4proto"), proto))
-        rule(expr + [{"accept": None}])
+        for dst in _dsts(r):
+            expr = [dst]
+            if proto in ("tcp", "udp") and r.get("ports"):
+                ports = list(r["ports"])
+                expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+            elif proto in ("tcp", "udp"):
+                expr.append(m(meta("l4proto"), proto))
+            rule(expr + [{"accept": None}])
     for fam in (v4, v6):
         for proto in ("udp", "tcp"):
             rule([fam, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
@@ -412,6 +414,11 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
 
 def set_name(name: str) -> str:
     return "peer_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] + "_" + short(name, 6)
+
+
+def set_name6(name: str) -> str:
+    """The set of a peer name's IPv6 addresses (dual-stack networks; empty on IPv4-only ones)."""
+    return set_name(name) + "_6"
 
 
 def egress_denied(nsfd: int, userns_fd: int | None) -> int | None:

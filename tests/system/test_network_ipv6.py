@@ -313,3 +313,32 @@ def test_published_ports_over_ipv6(net):
     finally:
         cli("network", "rm", "v4-only")
     assert r.returncode == 125 and "IPv4 only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+
+
+def test_peer_names_in_egress_rules_match_ipv6_with_the_egress_proxy(net, tmp_path):
+    """`to: PEER` allows the peer's IPv6 address too (a second nft set per name), also when host
+    rules steer the rest of the sandbox's TCP to the egress proxy: the peer answers by name over
+    IPv6 on the allowed port; another port of it goes to the proxy, which refuses (no name)."""
+    b = start("v6-b", NEIGHBOUR.replace("9998", "9997"))
+    try:
+        json.loads(line(b))
+        prof = tmp_path / "peer6.yaml"
+        prof.write_text(f"version: 1\nextends: strict\nnetwork:\n  mode: {NET}\n  egress:\n    allow:\n"
+                        f"      - {{to: v6-b, ports: [9997]}}\n      - {{host: example.test, ports: [443]}}\n")
+        code = textwrap.dedent("""
+            import socket
+            a = socket.getaddrinfo("v6-b", 9997, socket.AF_INET6, socket.SOCK_STREAM)[0][4][:2]
+            c = socket.create_connection(a, timeout=5); c.sendall(b"ok"); print(c.recv(100).decode()[:8])
+            try:
+                c = socket.create_connection((a[0], 9996), timeout=5); c.sendall(b"raw"); print(c.recv(10) or b"closed")
+            except OSError as e:
+                print("err", e.errno)
+        """)
+        r = cli("run", "--profile", str(prof), "--audit-log", "/dev/null", "--network", NET, "--name", "v6-n", "--",
+                PY, "-c", code)
+    finally:
+        stop(b)
+    assert r.returncode == 0, r
+    out = r.stdout.split("\n")
+    assert out[0] == "pong6:ok", r
+    assert out[1] in ("b'closed'", "err 104"), r
