@@ -69,12 +69,13 @@ def tls_to(addr, sni):
             t.sendall(b"GET / HTTP/1.0\r\n\r\n"); return t.recv(100).decode()
 tryit("sni_other_at_web_address", lambda: tls_to("192.0.2.1", "other.test"))
 tryit("sni_web_at_wrong_address", lambda: tls_to("10.123.0.1", "web.test"))
-def raw():
-    with socket.create_connection(("192.0.2.1", 9999), timeout=10) as s:
+def raw(addr="192.0.2.1"):
+    with socket.create_connection((addr, 9999), timeout=10) as s:
         s.sendall(b"\x00\x01 not tls, not http\n"); return s.recv(100).decode()
 tryit("raw_tcp", raw)
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", ("192.0.2.1", 9999)); return "sent"
+def udp(addr="192.0.2.1"):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", (addr, 9999)); return "sent"
 tryit("udp", udp)
 tryit("dns_internal_private", lambda: socket.gethostbyname("internal.test"))
 def http_host(addr, host):
@@ -98,13 +99,8 @@ tryit("https6_host_resolver", lambda: direct.open("https://web6b.test:8443/", ti
 tryit("sni6_other_at_web6_address", lambda: tls_to("2001:db8::1", "other6.test"))
 tryit("sni6_web6_at_wrong_address", lambda: tls_to("fd00:db8::1", "web6.test"))
 tryit("sni6_web6_at_mapped_v4", lambda: tls_to("::ffff:10.123.0.1", "web6.test"))
-def raw6():
-    with socket.create_connection(("2001:db8::1", 9999), timeout=10) as s:
-        s.sendall(b"\x00\x01 not tls, not http\n"); return s.recv(100).decode()
-tryit("raw_tcp6", raw6)
-def udp6():
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.sendto(b"x", ("2001:db8::1", 9999)); return "sent"
-tryit("udp6", udp6)
+tryit("raw_tcp6", lambda: raw("2001:db8::1"))
+tryit("udp6", lambda: udp("2001:db8::1"))
 tryit("internal6_direct", lambda: http_host("fd00:db8::1", "internal6.test"))
 print("INSIDE " + json.dumps(out), flush=True)
 '''
