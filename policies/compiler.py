@@ -313,7 +313,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         env = dict(proc.env_set)
         for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             env.setdefault(k, PROXY_URL)
-        env.setdefault("no_proxy", "localhost,127.0.0.1")
+        env.setdefault("no_proxy", "localhost,127.0.0.1,::1")
         proc = replace(proc, env_set=tuple(sorted(env.items())))
 
     # --- limits -------------------------------------------------------------
