@@ -313,7 +313,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
         env = dict(proc.env_set)
         for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             env.setdefault(k, PROXY_URL)
-        env.setdefault("no_proxy", "localhost,127.0.0.1")
+        env.setdefault("no_proxy", "localhost,127.0.0.1,::1")
         proc = replace(proc, env_set=tuple(sorted(env.items())))
 
     # --- limits -------------------------------------------------------------
@@ -800,13 +800,14 @@ def _egress_hosts(n: dict, eg: dict, ov: Overrides, loc) -> tuple[tuple, tuple]:
                                         allow_private=bool(r.get("allow_private", False)), index=i))
         except ValueError as e:
             raise ProfileError(f"network.egress.allow[{i}].host: {e}", where) from None
-    entries: dict[str, str] = {}
+    entries: dict[tuple[str, bool], str] = {}       # (name, IPv6?): a name may have one address of each family
     table = n.get("hosts", {}) or {}
     if len(table) + len(ov.add_hosts) > E.MAX_HOSTS:
         raise ProfileError(f"network.hosts: at most {E.MAX_HOSTS} names", loc(("network", "hosts")))
     for name, addr in table.items():
         try:
-            entries[E.normalise_name(name)] = E.address(addr, f"network.hosts.{name}")
+            a = E.address(addr, f"network.hosts.{name}")
+            entries[(E.normalise_name(name), ":" in a)] = a
         except ValueError as e:
             raise ProfileError(f"network.hosts: {e}", loc(("network", "hosts", name))) from None
     for spec in ov.add_hosts:
@@ -814,8 +815,8 @@ def _egress_hosts(n: dict, eg: dict, ov: Overrides, loc) -> tuple[tuple, tuple]:
             k, v = E.parse_add_host(spec)
         except ValueError as e:
             raise ProfileError(str(e)) from None
-        entries[k] = v
-    return tuple(out), tuple(P.HostEntry(k, v) for k, v in sorted(entries.items()))
+        entries[(k, ":" in v)] = v
+    return tuple(out), tuple(P.HostEntry(k[0], v) for k, v in sorted(entries.items()))
 
 
 # Headers a secret may not go into: they frame the message or name its peer (the proxy's own).

@@ -14,6 +14,8 @@ DEFAULT_PORTS = (80, 443)
 # loopback; the sockets are the proxy's, made in that namespace from the host side)
 PROXY_ADDR = ("127.0.0.1", 3128)
 DNS_ADDR = ("127.0.0.1", 53)
+PROXY_ADDR6 = ("::1", 3128)  # the same on the IPv6 side (nft redirects IPv6 to ::1)
+DNS_ADDR6 = ("::1", 53)
 PROXY_URL = "http://127.0.0.1:3128"
 MAX_RULES = 1024             # network.egress.allow entries
 MAX_HOSTS = 1024             # network.hosts + --add-host entries
@@ -26,7 +28,11 @@ _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 # refused unless the rule says allow_private (or the name comes from network.hosts, see below)
 PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "0.0.0.0/8",
-    "::1/128", "fc00::/7", "fe80::/10", "::/128"))
+    "::1/128", "fc00::/7", "fe80::/10", "::/128", "fec0::/10", "64:ff9b:1::/48"))
+# IPv6 prefixes carrying an IPv4 address in their last 32 bits, judged by that address: IPv4-mapped
+# (::ffff:0:0/96, what an AF_INET6 socket sends as IPv4) and NAT64's well-known prefix (RFC 6052: a
+# NAT64 gateway forwards 64:ff9b::7f00:1 to 127.0.0.1 - its own, or its network's)
+EMBEDDED_V4 = (ipaddress.ip_network("64:ff9b::/96"),)
 
 
 def normalise_name(name, *, pattern: bool = False) -> str:
@@ -91,6 +97,8 @@ def is_private(addr) -> bool:
         return True
     if a.version == 6 and a.ipv4_mapped is not None:
         a = a.ipv4_mapped
+    elif a.version == 6 and any(a in n for n in EMBEDDED_V4):
+        a = ipaddress.IPv4Address(int(a) & 0xFFFFFFFF)
     return any(a in n for n in PRIVATE_NETS if n.version == a.version)
 
 

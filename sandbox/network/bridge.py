@@ -239,8 +239,10 @@ def refresh_peers(root: Path, nd: dict, sandbox_id: str, name: str | None, addre
         if not e.get("pid") or not alive(e["pid"], None):
             continue
         op = "add" if joined else "delete"
-        nft.nft([{op: {"element": {"family": "inet", "table": nft.EGRESS_TABLE, "name": nft.set_name(name),
-                                   "elem": [address]}}}], pid=e["pid"], check=False)
+        sets = [(nft.set_name(name), address)] + ([(nft.set_name6(name), ipv6_of(nd, address))]
+                                                   if nd.get("subnet6") else [])
+        nft.nft([{op: {"element": {"family": "inet", "table": nft.EGRESS_TABLE, "name": sname, "elem": [a]}}}
+                 for sname, a in sets], pid=e["pid"], check=False)
 
 
 # --------------------------------------------------------------------------- clean-up
@@ -275,6 +277,8 @@ def cleanup_endpoint(root: Path, nd: dict, e: dict) -> None:
     except NetworkError:
         if nft.find_nft():
             nft.delete_host_rules(lambda c: c == f"sbx:{sid}", family="ip")
+            if nd.get("subnet6"):
+                nft.delete_host_rules(lambda c: c == f"sbx:{sid}", family="ip6")
             if e.get("veth"):          # e.g. a crash between the nft run and the endpoint's record
                 for d in nft.antispoof_delete(e["veth"]):
                     nft.nft([d], check=False)

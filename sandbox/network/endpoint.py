@@ -50,16 +50,16 @@ def _port_dicts(net) -> list[dict]:
             if not 0 < int(v) < 65536:
                 raise NetworkError(f"network: published port {p.host_port}:{p.port}: port out of range")
         hip = p.host_ip or "0.0.0.0"
+        if hip.startswith("[") and hip.endswith("]"):          # -p [::1]:8080:80
+            hip = hip[1:-1]
         try:
-            a = ipaddress.ip_address(hip)
+            hip = str(ipaddress.ip_address(hip))
         except ValueError:
             raise NetworkError(f"network: published port: bad host address {hip!r}") from None
-        if a.version != 4:
-            raise NetworkError(f"network: published port {hip}: only IPv4 host addresses are supported")
         out.append({"host_ip": hip, "host_port": int(p.host_port), "port": int(p.port), "proto": proto})
     seen = set()
     for p in out:
-        k = (p["host_port"], p["proto"])
+        k = (p["host_port"], p["proto"], ":" in p["host_ip"])
         if k in seen:
             raise NetworkError(f"network: host port {p['host_port']}/{p['proto']} published twice")
         seen.add(k)
@@ -85,16 +85,19 @@ def _egress_dicts(net) -> list[dict]:
     return out
 
 
-def _check_port_free(p: dict) -> None:
-    fam = socket.AF_INET
+def _check_port_free(p: dict, host_ip: str | None = None) -> None:
+    host_ip = host_ip or p["host_ip"]
+    fam = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
     typ = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(fam, typ)
     try:
         if typ == socket.SOCK_STREAM:      # a listener still conflicts; TIME_WAIT leftovers do not
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((p["host_ip"], p["host_port"]))
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((host_ip, p["host_port"]))
     except OSError as e:
-        raise NetworkError(f"network: cannot publish {p['host_ip']}:{p['host_port']}/{p['proto']}: "
+        raise NetworkError(f"network: cannot publish {host_ip}:{p['host_port']}/{p['proto']}: "
                            f"{e.strerror}") from None
     finally:
         s.close()
@@ -158,6 +161,10 @@ def _prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
         if names:
             raise NetworkError(f"network {mode}: egress rule to sandbox {names[0]!r}: sandbox names resolve "
                                "only on a private network")
+        v6 = next((p for p in ports if ":" in p["host_ip"]), None)
+        if v6 is not None and mode == "slirp4netns":
+            raise NetworkError(f"network slirp4netns: published port [{v6['host_ip']}]:{v6['host_port']}: "
+                               "slirp4netns runs IPv4 only (use pasta for IPv6)")
         tun = usermode.tun_problem()
         if tun:
             raise NetworkError(f"network {mode}: {tun}")
@@ -182,8 +189,15 @@ def _prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
     except ImportError:
         raise NetworkError("network: private networks need the Python package pyroute2 "
                            "(pip install 'pysandbox[net]')") from None
+    v6 = next((p for p in ports if ":" in p["host_ip"]), None)
+    if v6 is not None and not nd.get("subnet6"):
+        raise NetworkError(f"network {mode}: published port [{v6['host_ip']}]:{v6['host_port']}: the network "
+                           f"is IPv4 only (IPv6 host addresses need a network made with --ipv6)")
     for p in ports:
         _check_port_free(p)
+        if nd.get("subnet6") and p["host_ip"] == "0.0.0.0":    # dual stack: published on IPv6 too
+            p["also6"] = True
+            _check_port_free(p, "::")
     hosts.check_reachable(root / mode / "hosts")
     bridge.reclaim_stale(rootless)
     h = NetHandle(mode, sandbox_id, name, rootless, ports, egress, deny)
@@ -317,6 +331,9 @@ class NetHandle:
             for e in endpoints(root, self.mode):
                 if e.get("name") and e["sandbox_id"] != self.sandbox_id:
                     peers.setdefault(e["name"], []).append(e["address"])
+                    a6 = bridge.ipv6_of(self.netdef, e["address"])
+                    if a6:
+                        peers[e["name"]].append(a6)
         steer = None
         if self.egress_plan is not None:            # egress by domain name: the proxy first, then the rules
             from policies.egress import DNS_ADDR, PROXY_ADDR
@@ -342,11 +359,12 @@ class NetHandle:
                 # published ports
                 cmds += nft.antispoof_rules(self.sandbox_id, self.veth, self.address, mac,
                                             bridge.ipv6_of(nd, self.address))
-                cmds += nft.dnat_rules(self.sandbox_id, self.address, self.ports)
+                cmds += nft.dnat_rules(self.sandbox_id, self.address, self.ports,
+                                       bridge.ipv6_of(nd, self.address))
                 out = nft.nft(cmds, echo=True)
                 self._rules = [(r["family"], r["chain"], r["handle"]) for o in out.get("nftables", [])
                                for r in [o.get("add", {}).get("rule")]
-                               if r and r["family"] == "ip" and r.get("comment") == f"sbx:{self.sandbox_id}"]
+                               if r and r["family"] in ("ip", "ip6") and r.get("comment") == f"sbx:{self.sandbox_id}"]
                 self._antispoof = True
                 ipr.link("set", index=hi, master=bi, state="up")
             bridge.configure_inside(pid, self.address, subnet.prefixlen, nd["gateway"], nd)

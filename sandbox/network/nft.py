@@ -140,6 +140,10 @@ def host_base6() -> list[dict]:
     isolation of their IPv6 subnets, network_rules6)."""
     T = {"family": "ip6", "table": HOST_TABLE}
     return [{"add": {"table": {"family": "ip6", "name": HOST_TABLE}}},
+            {"add": {"chain": {**T, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100,
+                               "policy": "accept"}}},          # published ports over IPv6 (dnat_rules)
+            {"add": {"chain": {**T, "name": "output", "type": "nat", "hook": "output", "prio": -100,
+                               "policy": "accept"}}},
             {"add": {"chain": {**T, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100,
                                "policy": "accept"}}},
             {"add": {"chain": {**T, "name": "forward", "type": "filter", "hook": "forward", "prio": 0,
@@ -267,25 +271,36 @@ def network_rules6(netdef: dict) -> list[dict]:
     return network_rules(netdef, family="ip6")
 
 
-def dnat_rules(sid: str, ip: str, ports: list[dict]) -> list[dict]:
-    T = {"family": "ip", "table": HOST_TABLE}
+def dnat_rules(sid: str, ip: str, ports: list[dict], ip6: str | None = None) -> list[dict]:
+    """DNAT of published ports to the sandbox's address, `prerouting` (from elsewhere) and `output`
+    (from the host itself). ip6: the sandbox's IPv6 address on a dual-stack network - an IPv6 host
+    address goes to it (`table ip6 pysandbox`), and so does 0.0.0.0's IPv6 side (Docker's
+    dual-stack publishing); loopback host addresses are the userspace proxy's (proxy.py)."""
     rules = []
     for p in ports:
         hip = ipaddress.ip_address(p["host_ip"])
-        if hip.is_loopback:
-            continue                                  # served by the userspace proxy
-        dport = m(payload(p["proto"], "dport"), p["host_port"])
-        target = {"dnat": {"addr": ip, "port": p["port"]}}
-        if hip.is_unspecified:
-            local = m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
-            pre = [local, dport, target]
-            out = [local, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}, "!="),
-                   dport, target]
-        else:
-            d = m(payload("ip", "daddr"), str(hip))
-            pre = out = [d, dport, target]
-        for chain, expr in (("prerouting", pre), ("output", out)):
-            rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
+        sides = [(hip, ip)]
+        if hip.version == 4 and hip.is_unspecified and p.get("also6") and ip6:
+            sides.append((ipaddress.ip_address("::"), ip6))
+        for h, to in sides:
+            if h.is_loopback or (h.version == 6 and not ip6):
+                continue                                  # served by the userspace proxy
+            fam = "ip" if h.version == 4 else "ip6"
+            to = to if h.version == 4 else ip6
+            T = {"family": fam, "table": HOST_TABLE}
+            dport = m(payload(p["proto"], "dport"), p["host_port"])
+            target = {"dnat": {"family": fam, "addr": to, "port": p["port"]}} if fam == "ip6" else \
+                {"dnat": {"addr": to, "port": p["port"]}}
+            if h.is_unspecified:
+                local = m({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+                lo = {"prefix": {"addr": "127.0.0.0", "len": 8}} if fam == "ip" else "::1"
+                pre = [local, dport, target]
+                out = [local, m(payload(fam, "daddr"), lo, "!="), dport, target]
+            else:
+                d = m(payload(fam, "daddr"), str(h))
+                pre = out = [d, dport, target]
+            for chain, expr in (("prerouting", pre), ("output", out)):
+                rules.append({"add": {"rule": {**T, "chain": chain, "comment": f"sbx:{sid}", "expr": expr}}})
     return rules
 
 
@@ -300,10 +315,12 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         {"add": {"counter": {**T, "name": "denied"}}},
     ]
     names = sorted({r["to"] for r in rules if as_net(r["to"]) is None})
-    for n in names:
-        cmds.append({"add": {"set": {**T, "name": set_name(n), "type": "ipv4_addr"}}})
-        if peer_ips.get(n):
-            cmds.append({"add": {"element": {**T, "name": set_name(n), "elem": list(peer_ips[n])}}})
+    for n in names:                    # a peer's IPv4 and (dual-stack networks) IPv6 addresses
+        for sname, typ, v6 in ((set_name(n), "ipv4_addr", False), (set_name6(n), "ipv6_addr", True)):
+            cmds.append({"add": {"set": {**T, "name": sname, "type": typ}}})
+            elems = [a for a in peer_ips.get(n) or () if (":" in a) == v6]
+            if elems:
+                cmds.append({"add": {"element": {**T, "name": sname, "elem": elems}}})
     policy = "drop" if default == "deny" else "accept"
     cmds.append({"add": {"chain": {**T, "name": "output", "type": "filter", "hook": "output", "prio": 0,
                                    "policy": policy}}})
@@ -318,26 +335,24 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
         # output device chosen before the redirect (not lo)
         rule([m(meta("nfproto"), "ipv4"), m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}),
               {"accept": None}])
+        rule([m(meta("nfproto"), "ipv6"), m(payload("ip6", "daddr"), "::1"), {"accept": None}])
         cmds += steer_rules(rules, steer)
     for r in rules:
         net = as_net(r["to"])
-        if net is None:
-            dst = m(payload("ip", "daddr"), "@" + set_name(r["to"]))
-        else:
-            dst = m(payload("ip" if net.version == 4 else "ip6", "daddr"),
-                     str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
         proto = r.get("proto") or "tcp"
         ports = list(r.get("ports") or ())
-        expr = [dst]
-        if proto in ("tcp", "udp"):
-            if ports:
-                expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
-            else:
-                expr.append(m(meta("l4proto"), proto))
-        elif proto == "icmp":
-            expr.append(m(meta("l4proto"), "icmp" if (net is None or net.version == 4) else "ipv6-icmp"))
-        expr.append({"accept": None})
-        rule(expr)
+        for dst in _dsts(r):
+            v6 = dst["match"]["left"]["payload"]["protocol"] == "ip6"
+            expr = [dst]
+            if proto in ("tcp", "udp"):
+                if ports:
+                    expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+                else:
+                    expr.append(m(meta("l4proto"), proto))
+            elif proto == "icmp":
+                expr.append(m(meta("l4proto"), "ipv6-icmp" if v6 else "icmp"))
+            expr.append({"accept": None})
+            rule(expr)
     # IPv6 neighbour discovery (dual-stack private networks): IPv6's ARP, which an inet output
     # chain sees (ARP it does not); without it no IPv6 address on the link is reachable
     rule([m(meta("l4proto"), "ipv6-icmp"),
@@ -348,12 +363,14 @@ def egress_ruleset(default: str, rules: list[dict], peer_ips: dict[str, list[str
     return cmds
 
 
-def _dst(r: dict) -> dict:
+def _dsts(r: dict) -> list[dict]:
+    """The destination matches of a `to:` rule: its CIDR, or a peer name's two sets (IPv4, IPv6)."""
     net = as_net(r["to"])
     if net is None:
-        return m(payload("ip", "daddr"), "@" + set_name(r["to"]))
-    return m(payload("ip" if net.version == 4 else "ip6", "daddr"),
-             str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))
+        return [m(payload("ip", "daddr"), "@" + set_name(r["to"])),
+                m(payload("ip6", "daddr"), "@" + set_name6(r["to"]))]
+    return [m(payload("ip" if net.version == 4 else "ip6", "daddr"),
+              str(net.network_address) if net.prefixlen == net.max_prefixlen else prefix(net))]
 
 
 def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
@@ -362,7 +379,8 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
     egress proxy's and resolver's sockets on 127.0.0.1 in the same namespace, except loopback
     traffic and what the `to:` rules allow directly. The filter chain then sees loopback traffic
     (accepted); a redirected connection keeps its original destination in the namespace's
-    conntrack (SO_ORIGINAL_DST). IPv6 TCP is not redirected: the filter's policy drops it."""
+    conntrack (SO_ORIGINAL_DST). IPv6 alike: TCP and DNS to the proxy's and resolver's sockets on ::1
+    (a redirect in the output hook rewrites to the loopback address of the packet's family)."""
     proxy_port, dns_port = steer
     T = {"family": "inet", "table": EGRESS_TABLE}
     cmds: list[dict] = [{"add": {"chain": {**T, "name": "steer", "type": "nat", "hook": "output",
@@ -372,26 +390,35 @@ def steer_rules(rules: list[dict], steer: tuple[int, int]) -> list[dict]:
         cmds.append({"add": {"rule": {**T, "chain": "steer", "expr": expr}}})
 
     v4 = m(meta("nfproto"), "ipv4")
+    v6 = m(meta("nfproto"), "ipv6")
     rule([v4, m(payload("ip", "daddr"), {"prefix": {"addr": "127.0.0.0", "len": 8}}), {"accept": None}])
+    rule([v6, m(payload("ip6", "daddr"), "::1"), {"accept": None}])
     for r in rules:                                    # address rules go straight out
         proto = r.get("proto") or "tcp"
         if proto not in ("tcp", "udp", "any"):
             continue
-        expr = [_dst(r)]
-        if proto in ("tcp", "udp") and r.get("ports"):
-            ports = list(r["ports"])
-            expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
-        elif proto in ("tcp", "udp"):
-            expr.append(m(meta("l4proto"), proto))
-        rule(expr + [{"accept": None}])
-    for proto in ("udp", "tcp"):
-        rule([v4, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
-    rule([v4, m(meta("l4proto"), "tcp"), {"redirect": {"port": proxy_port}}])
+        for dst in _dsts(r):
+            expr = [dst]
+            if proto in ("tcp", "udp") and r.get("ports"):
+                ports = list(r["ports"])
+                expr.append(m(payload(proto, "dport"), ports[0] if len(ports) == 1 else {"set": ports}))
+            elif proto in ("tcp", "udp"):
+                expr.append(m(meta("l4proto"), proto))
+            rule(expr + [{"accept": None}])
+    for fam in (v4, v6):
+        for proto in ("udp", "tcp"):
+            rule([fam, m(payload(proto, "dport"), 53), {"redirect": {"port": dns_port}}])
+        rule([fam, m(meta("l4proto"), "tcp"), {"redirect": {"port": proxy_port}}])
     return cmds
 
 
 def set_name(name: str) -> str:
     return "peer_" + re.sub(r"[^A-Za-z0-9_]", "_", name)[:40] + "_" + short(name, 6)
+
+
+def set_name6(name: str) -> str:
+    """The set of a peer name's IPv6 addresses (dual-stack networks; empty on IPv4-only ones)."""
+    return set_name(name) + "_6"
 
 
 def egress_denied(nsfd: int, userns_fd: int | None) -> int | None:

@@ -15,24 +15,29 @@ from .common import NetworkError
 
 def start(ports: list[dict], address: str) -> int:
     """Fork the proxy for `ports` (published to the sandbox at `address`); its pid. A fork, not a
-    new interpreter: no start-up cost; the child closes every descriptor but its sockets."""
-    socks = []
+    new interpreter: no start-up cost; the child closes every descriptor but its sockets.
+    An IPv6 host address is bound with an IPv6 socket (`[::1]` served here, relayed to the
+    sandbox's IPv4 address); a port published on 0.0.0.0 of a dual-stack network also binds `[::]`
+    (p["also6"]: reserves the port on IPv6 and serves ::1; DNAT serves the other addresses)."""
+    socks, spec = [], []
     try:
         for p in ports:
             typ = socket.SOCK_STREAM if p["proto"] == "tcp" else socket.SOCK_DGRAM
-            s = socket.socket(socket.AF_INET, typ)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((p["host_ip"], p["host_port"]))
-            except OSError as e:
-                s.close()
-                raise NetworkError(f"network: cannot publish {p['host_ip']}:{p['host_port']}/{p['proto']}: "
-                                   f"{e.strerror}") from None
-            if typ == socket.SOCK_STREAM:
-                s.listen(128)
-            socks.append(s)
-        spec = [{"fd": s.fileno(), "proto": p["proto"], "ip": address, "port": p["port"]}
-                for s, p in zip(socks, ports)]
+            for hip in [p["host_ip"]] + (["::"] if p.get("also6") else []):
+                fam = socket.AF_INET6 if ":" in hip else socket.AF_INET
+                s = socket.socket(fam, typ)
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if fam == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    s.bind((hip, p["host_port"]))
+                except OSError as e:
+                    raise NetworkError(f"network: cannot publish {hip}:{p['host_port']}/{p['proto']}: "
+                                       f"{e.strerror}") from None
+                if typ == socket.SOCK_STREAM:
+                    s.listen(128)
+                spec.append({"fd": s.fileno(), "fam": fam, "proto": p["proto"], "ip": address, "port": p["port"]})
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -150,7 +155,7 @@ def _serve(parent: int, spec: list[dict]) -> None:
     threads = []
     for s in spec:
         typ = socket.SOCK_STREAM if s["proto"] == "tcp" else socket.SOCK_DGRAM
-        ls = socket.socket(socket.AF_INET, typ, fileno=s["fd"])
+        ls = socket.socket(s.get("fam", socket.AF_INET), typ, fileno=s["fd"])
         f = serve_tcp if s["proto"] == "tcp" else serve_udp
         threads.append(threading.Thread(target=f, args=(ls, s["ip"], s["port"]), daemon=True))
     for t in threads:

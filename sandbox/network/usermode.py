@@ -98,7 +98,7 @@ def _errtext(errf) -> str:
 # --------------------------------------------------------------------------- pasta
 
 def _pasta_argv(tool: str, ports: list[dict], pid: int, pidfile: str) -> list[str]:
-    argv = [tool, "--config-net", "-f", "-q", "--no-map-gw", "--ipv4-only"]
+    argv = [tool, "--config-net", "-f", "-q", "--no-map-gw"]
     if os.geteuid() == 0:
         # as root pasta would switch to nobody before opening /proc/PID/ns/*, which the
         # sandbox (another uid, non-dumpable) does not allow; it still drops its capabilities

@@ -1,6 +1,6 @@
 """User-mode networks (pasta, slirp4netns) do not reach the host's loopback.
 
-pysandbox runs pasta with `--no-map-gw -T none -U none --ipv4-only` and slirp4netns with
+pysandbox runs pasta with `--no-map-gw -T none -U none` (IPv6 too) and slirp4netns with
 `--disable-host-loopback` (and no `--enable-ipv6`). Without those flags the tools map an address
 inside the sandbox to the host's 127.0.0.1 (slirp4netns: 10.0.2.2; pasta: the gateway) or splice
 the sandbox's own loopback ports to the host's (pasta -T/-U): services that trust "only local
@@ -10,8 +10,9 @@ Each scenario runs `pysandbox run --network pasta|slirp4netns` (the CLI), as roo
 unprivileged user (uid 65534), inside a child started with `unshare --net --mount`: the "host" is
 that namespace. In it: TCP servers on 127.0.0.1 and ::1, a UDP server on 127.0.0.1:53 (with a
 resolv.conf naming 127.0.0.1, so a DNS forwarder of the tool would aim at it), and an "upstream"
-non-loopback address (192.0.2.2, TEST-NET-1, on a veth pair; the default route leads nowhere).
-The sandbox probes 127.0.0.1, ::1, its gateway, 10.0.2.2 and 10.0.2.3 (TCP) and the DNS
+non-loopback address (192.0.2.2, TEST-NET-1, on a veth pair; the default route leads nowhere),
+and the same for IPv6 (2001:db8:1::2 on another veth, a default route via 2001:db8::fe).
+The sandbox probes 127.0.0.1, ::1, its gateways (IPv4 and IPv6), 10.0.2.2 and 10.0.2.3 (TCP) and the DNS
 addresses (UDP 53): not one connection or datagram may reach the host's loopback servers, while
 a TCP connection to the upstream address works (outward connectivity, offline).
 
@@ -53,7 +54,11 @@ sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
 sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0"); sh("ip", "addr", "add", "192.0.2.2/24", "dev", "v0")
 sh("ip", "route", "add", "default", "via", "192.0.2.254")
-hits = {"lo4": 0, "lo6": 0, "dns": 0, "upstream": 0}
+sh("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "v0", "nodad")
+sh("ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1")    # not on v0: pasta would take it
+sh("ip", "link", "set", "w0", "up"); sh("ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "w0", "nodad")
+sh("ip", "-6", "route", "add", "default", "via", "2001:db8::fe", "dev", "v0")
+hits = {"lo4": 0, "lo6": 0, "dns": 0, "upstream": 0, "upstream6": 0}
 def tcp_server(fam, addr, port, key):
     s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((addr, port)); s.listen(8)
     def serve():
@@ -63,6 +68,7 @@ def tcp_server(fam, addr, port, key):
 tcp_server(socket.AF_INET, "127.0.0.1", 7071, "lo4")
 tcp_server(socket.AF_INET6, "::1", 7071, "lo6")
 tcp_server(socket.AF_INET, "192.0.2.2", 7073, "upstream")
+tcp_server(socket.AF_INET6, "2001:db8:1::2", 7073, "upstream6")
 dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("127.0.0.1", 53))
 def dns_serve():
     while True:
@@ -72,7 +78,9 @@ code = r"""
 import json, socket, struct
 gw = next((socket.inet_ntoa(struct.pack("<I", int(l.split()[2], 16))) for l in open("/proc/net/route").read().splitlines()[1:]
            if l.split()[1] == "00000000"), None)
-out = {"gw": gw}
+gw6 = [l.split()[4] for l in open("/proc/net/ipv6_route").read().splitlines() if l.startswith("0" * 32 + " 00 ")]
+gw6 = [socket.inet_ntop(socket.AF_INET6, bytes.fromhex(g)) for g in gw6 if g != "0" * 32]
+out = {"gw": gw, "gw6": gw6}
 def tcp(fam, addr, port):
     try:
         c = socket.socket(fam); c.settimeout(1.5); c.connect((addr, port)); d = c.recv(16).decode(); c.close(); return d
@@ -88,10 +96,13 @@ for a in ["127.0.0.1", gw, "10.0.2.2", "10.0.2.3"]:
     if a:
         out[f"tcp {a}"] = tcp(socket.AF_INET, a, 7071)
 out["tcp ::1"] = tcp(socket.AF_INET6, "::1", 7071)
+for a in gw6 + ["2001:db8::fe"]:
+    out[f"tcp [{a}]"] = tcp(socket.AF_INET6, a, 7071)
 for a in [gw, "10.0.2.3"]:
     if a:
         out[f"udp {a}:53"] = udp(a, 53)
 out["upstream"] = tcp(socket.AF_INET, "192.0.2.2", 7073)
+out["upstream6"] = tcp(socket.AF_INET6, "2001:db8:1::2", 7073)
 print(json.dumps(out), flush=True)
 """
 prof = f"{D}/p.yaml"
@@ -140,6 +151,11 @@ def test_usermode_network_does_not_reach_host_loopback(mode, who):
     inside = res["inside"]
     # the legitimate side: outward TCP to a non-loopback address of the "host" works
     assert inside["upstream"] == "upstream", res
+    # pasta gives the sandbox IPv6 (its gateway: the host's IPv6 gateway); slirp4netns does not
+    if mode == "pasta":
+        assert inside["upstream6"] == "upstream6" and inside["gw6"] == ["2001:db8::fe"], res
+    else:
+        assert inside["upstream6"] != "upstream6" and inside["gw6"] == [], res
     # the attack side: nothing reached a loopback service of the host, by any address
     assert res["hits"]["lo4"] == 0 and res["hits"]["lo6"] == 0 and res["hits"]["dns"] == 0, res
     probes = {k: v for k, v in inside.items() if k.startswith(("tcp ", "udp "))}

@@ -31,10 +31,13 @@ version: 1
 name: egress-domains
 network:
   mode: {mode}
-  hosts: {{web.test: 192.0.2.1, other.test: 192.0.2.1}}
+  hosts: {{web.test: 192.0.2.1, other.test: 192.0.2.1, web6.test: "2001:db8::1", other6.test: "2001:db8::1"}}
   egress:
     allow:
       - {{host: web.test, ports: [8080, 8443]}}
+      - {{host: web6.test, ports: [8080, 8443]}}
+      - {{host: web6b.test, ports: [8443]}}
+      - {{host: internal6.test, ports: [8080]}}
       - {{host: internal.test, ports: [8080]}}
       - {{host: internal2.test, ports: [8080], allow_private: true}}
 filesystem:
@@ -66,12 +69,13 @@ def tls_to(addr, sni):
             t.sendall(b"GET / HTTP/1.0\r\n\r\n"); return t.recv(100).decode()
 tryit("sni_other_at_web_address", lambda: tls_to("192.0.2.1", "other.test"))
 tryit("sni_web_at_wrong_address", lambda: tls_to("10.123.0.1", "web.test"))
-def raw():
-    with socket.create_connection(("192.0.2.1", 9999), timeout=10) as s:
+def raw(addr="192.0.2.1"):
+    with socket.create_connection((addr, 9999), timeout=10) as s:
         s.sendall(b"\x00\x01 not tls, not http\n"); return s.recv(100).decode()
 tryit("raw_tcp", raw)
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b"x", ("192.0.2.1", 9999)); return "sent"
+def udp(addr="192.0.2.1"):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", (addr, 9999)); return "sent"
 tryit("udp", udp)
 tryit("dns_internal_private", lambda: socket.gethostbyname("internal.test"))
 def http_host(addr, host):
@@ -79,6 +83,25 @@ def http_host(addr, host):
         s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()); return s.recv(200).decode().split("\r\n")[0]
 tryit("internal_direct", lambda: http_host("10.123.0.1", "internal.test"))
 tryit("internal2_allow_private", lambda: direct.open("http://internal2.test:8080/", timeout=10).read().decode())
+# IPv6: AAAA answers, the same proxy on the IPv6 side (web6.test: network.hosts; web6b.test: the host's
+# resolver; internal6.test: a unique local address, no allow_private)
+def aaaa(n):
+    return sorted({i[4][0] for i in socket.getaddrinfo(n, 443, socket.AF_INET6, socket.SOCK_STREAM)})
+tryit("dns6_web6", lambda: aaaa("web6.test"))
+tryit("dns6_web6b", lambda: aaaa("web6b.test"))
+tryit("dns6_evil", lambda: aaaa("evil.test"))
+tryit("dns6_internal6", lambda: aaaa("internal6.test"))
+tryit("dns4_web6_nodata", lambda: socket.gethostbyname("web6.test"))
+tryit("https6_transparent", lambda: direct.open("https://web6.test:8443/", timeout=10).read().decode())
+tryit("https6_proxy_env", lambda: via_env.open("https://web6.test:8443/", timeout=10).read().decode())
+tryit("http6_transparent", lambda: direct.open("http://web6.test:8080/", timeout=10).read().decode())
+tryit("https6_host_resolver", lambda: direct.open("https://web6b.test:8443/", timeout=10).read().decode())
+tryit("sni6_other_at_web6_address", lambda: tls_to("2001:db8::1", "other6.test"))
+tryit("sni6_web6_at_wrong_address", lambda: tls_to("fd00:db8::1", "web6.test"))
+tryit("sni6_web6_at_mapped_v4", lambda: tls_to("::ffff:10.123.0.1", "web6.test"))
+tryit("raw_tcp6", lambda: raw("2001:db8::1"))
+tryit("udp6", lambda: udp("2001:db8::1"))
+tryit("internal6_direct", lambda: http_host("fd00:db8::1", "internal6.test"))
 print("INSIDE " + json.dumps(out), flush=True)
 '''
 
@@ -89,7 +112,8 @@ def sh(*a):
     subprocess.run(a, check=True, capture_output=True)
 sh("mount", "--make-rprivate", "/")
 with open(f"{D}/hosts", "w") as f:
-    f.write("127.0.0.1 localhost\n10.123.0.1 internal.test internal2.test\n")
+    f.write("127.0.0.1 localhost\n10.123.0.1 internal.test internal2.test\n"
+            "2001:db8::1 web6b.test\nfd00:db8::1 internal6.test\n")
 os.chmod(f"{D}/hosts", 0o644)
 sh("mount", "--bind", f"{D}/hosts", "/etc/hosts")
 if USER != "root":
@@ -100,6 +124,12 @@ sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
 sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0"); sh("ip", "addr", "add", "10.123.0.1/24", "dev", "v0")
 sh("ip", "route", "add", "default", "via", "192.0.2.254")
+# IPv6 (documentation prefix as the "public" address, a unique local one as a private address)
+sh("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "v0", "nodad")
+sh("ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1")  # not on v0: pasta copies v0's first
+sh("ip", "link", "set", "w0", "up"); sh("ip", "link", "set", "w1", "up")   # address only
+sh("ip", "-6", "addr", "add", "fd00:db8::1/64", "dev", "w0", "nodad")
+sh("ip", "-6", "route", "add", "default", "via", "2001:db8::fe", "dev", "v0")
 with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
     f.write("1")
 # a CA and a server certificate for web.test (cryptography)
@@ -120,7 +150,9 @@ key = ec.generate_private_key(ec.SECP256R1())
 cert = (x509.CertificateBuilder().subject_name(name("web.test")).issuer_name(ca.subject)
         .public_key(key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("web.test"), x509.DNSName("other.test")]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("web.test"), x509.DNSName("other.test"),
+                                                       x509.DNSName("web6.test"), x509.DNSName("web6b.test"),
+                                                       x509.DNSName("other6.test")]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256()))
 os.mkdir(f"{D}/t", 0o755)
@@ -140,14 +172,19 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 class S(http.server.ThreadingHTTPServer):
     daemon_threads = True
-plain = S(("0.0.0.0", 8080), H)
-tls = S(("0.0.0.0", 8443), H)
+    address_family = socket.AF_INET6                 # dual stack: IPv4 and IPv6 clients
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+plain = S(("::", 8080), H)
+tls = S(("::", 8443), H)
 sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sc.load_cert_chain(f"{D}/server.pem")
 tls.socket = sc.wrap_socket(tls.socket, server_side=True)
 for srv in (plain, tls):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 raw_hits = []
-rs = socket.socket(); rs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); rs.bind(("0.0.0.0", 9999)); rs.listen(8)
+rs = socket.socket(socket.AF_INET6); rs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+rs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); rs.bind(("::", 9999)); rs.listen(8)
 def raw_serve():
     while True:
         try:
@@ -156,7 +193,8 @@ def raw_serve():
             return
         raw_hits.append(a[0]); c.close()
 threading.Thread(target=raw_serve, daemon=True).start()
-us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); us.bind(("0.0.0.0", 9999)); us.settimeout(0.5)
+us = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+us.bind(("::", 9999)); us.settimeout(0.5)
 with open(f"{D}/p.yaml", "w") as f:
     f.write(sys.stdin.read())
 with open(f"{D}/t/inside.py", "w") as f:
@@ -169,7 +207,7 @@ env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
 pre = []
 if MODE not in ("pasta", "slirp4netns") and USER == "root":
     env["PYSANDBOX_STATE_DIR"] = f"{D}/state"
-    subprocess.run([PYSANDBOX, "network", "create", MODE, "--subnet", "10.124.0.0/24"], check=True,
+    subprocess.run([PYSANDBOX, "network", "create", MODE, "--subnet", "10.124.0.0/24", "--ipv6"], check=True,
                    capture_output=True, env=env)
 if USER != "root":
     os.chown(D, 65534, 65534)
@@ -226,9 +264,11 @@ def scenario(mode: str, user: str = "root") -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-def check(res: dict) -> None:
+def check(res: dict, v6: bool = True) -> None:
+    """v6: the sandbox has IPv6 (pasta, a private network made with --ipv6; not slirp4netns)."""
     assert res.get("inside"), res
     i = res["inside"]
+    check_ipv6(res, v6)
     # allowed name, certificate verified, with and without the proxy variables
     assert i["https_transparent"] == "hello web.test /", res
     assert i["https_proxy_env"] == "hello web.test /", res
@@ -267,6 +307,37 @@ def check(res: dict) -> None:
     assert all(e["sandbox_id"] == ev[0]["sandbox_id"] for e in ev)
 
 
+def check_ipv6(res: dict, v6: bool) -> None:
+    i = res["inside"]
+    # AAAA: allowed names get their IPv6 addresses (network.hosts, the host's resolver), in every mode
+    assert i["dns6_web6"] == ["2001:db8::1"] and i["dns6_web6b"] == ["2001:db8::1"], i
+    assert i["dns6_evil"].startswith("err:gaierror"), i                 # NXDOMAIN
+    assert i["dns6_internal6"].startswith("err:gaierror"), i            # unique local, no allow_private
+    assert i["dns4_web6_nodata"].startswith("err:gaierror"), i          # no IPv4 address: no A record
+    # refused whatever the mode: another SNI at the allowed address, the allowed SNI elsewhere (a
+    # unique local address; an IPv4-mapped one, which leaves as IPv4), a protocol without a name, UDP
+    for k in ("sni6_other_at_web6_address", "sni6_web6_at_wrong_address", "sni6_web6_at_mapped_v4"):
+        assert i[k].startswith("err:"), (k, i)
+    assert not i["raw_tcp6"].startswith("hello") and not i["internal6_direct"].startswith("HTTP/1.0 200"), i
+    assert i["udp6"] == "sent" or i["udp6"].startswith("err:"), i
+    if not v6:                        # slirp4netns: no IPv6 route in the sandbox
+        assert i["https6_transparent"].startswith("err:"), i
+        return
+    for k in ("https6_transparent", "https6_proxy_env", "http6_transparent"):
+        assert i[k] == "hello web6.test /", (k, i)
+    assert i["https6_host_resolver"] == "hello web6b.test /", i
+    ev = [e for e in res["events"] if e["type"].startswith("egress.")]
+    allowed = [e["egress"] for e in ev if e["type"] == "egress.allowed"]
+    denied = [e["egress"] for e in ev if e["type"] == "egress.denied"]
+    assert {"name": "web6.test", "address": "2001:db8::1", "port": 8443, "protocol": "tls",
+            "rule": {"index": 1, "text": "{host: web6.test, ports: [8080, 8443]}"}} in allowed, allowed
+    assert any(d["name"] == "other6.test" and d["protocol"] == "tls" and d["address"] == "2001:db8::1"
+               for d in denied), denied
+    assert any(d["name"] == "web6.test" and d["address"] == "fd00:db8::1"
+               and d["reason"] == "address is not one the name resolves to" for d in denied), denied
+    assert any(d["name"] is None and d["address"] == "2001:db8::1" and d["port"] == 9999 for d in denied), denied
+
+
 def test_egress_domains_pasta_root():
     res = scenario("pasta")
     check(res)
@@ -286,4 +357,4 @@ def test_egress_domains_pasta_rootless():
 
 
 def test_egress_domains_slirp4netns_root():
-    check(scenario("slirp4netns"))
+    check(scenario("slirp4netns"), v6=False)

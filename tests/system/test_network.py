@@ -424,7 +424,7 @@ def test_egress_ruleset_shape():
     chain = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})][0]
     assert chain["hook"] == "output" and chain["policy"] == "drop"
     sets = [c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})]
-    assert len(sets) == 1 and sets[0].startswith("peer_db")
+    assert sets == [nft.set_name("db"), nft.set_name6("db")] and sets[0].startswith("peer_db")  # IPv4, IPv6
     rules = [c["add"]["rule"]["expr"] for c in cmds if "rule" in c.get("add", {})]
     assert rules[-1][0] == {"counter": "denied"} and "reject" in rules[-1][1]
     assert rules[2][1]["match"]["right"] == {"set": [80, 443]}

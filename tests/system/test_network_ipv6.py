@@ -253,3 +253,92 @@ def test_egress_rules_for_ipv6_cidrs(net, tmp_path):
         stop(b)
     assert r.returncode == 0, r
     assert r.stdout.split() == ["pong6:ok", "EACCES"], r
+
+
+# a dual-stack TCP server on 9998 answering with the peer's address; stops after 20 s
+SERVER = r"""
+import socket, time
+t = socket.socket(socket.AF_INET6); t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+t.bind(("::", 9998)); t.listen(8); t.settimeout(20)
+print("ready", flush=True)
+end = time.monotonic() + 20
+while time.monotonic() < end:
+    try:
+        c, peer = t.accept()
+    except OSError:
+        break
+    c.sendall(b"pong:" + peer[0].encode()); c.close()
+"""
+
+
+def _ask(addr: str, port: int) -> str:
+    import socket
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(fam) as c:
+            c.settimeout(5)
+            c.connect((addr, port))
+            return c.recv(100).decode()
+    except OSError as e:
+        return f"err{e.errno}"
+
+
+def test_published_ports_over_ipv6(net):
+    """-p on a dual-stack network publishes on IPv6 too (as Docker does): 0.0.0.0's port answers on
+    the host's IPv6 addresses (DNAT in `table ip6 pysandbox` to the sandbox's IPv6 address) and on
+    ::1 (the userspace proxy's [::] socket, relayed to its IPv4 address), an IPv6 host address
+    (`-p [::1]:PORT:PORT`) binds only there; an IPv4-only network refuses IPv6 host addresses."""
+    gw4, gw6 = net["gateway"], net["gateway6"]
+    b = start("v6-p", SERVER, "-p", "18080:9998", "-p", "[::1]:18081:9998")
+    try:
+        assert line(b) == "ready"
+        got = {a: _ask(a, 18080) for a in (gw6, "::1", gw4, "127.0.0.1")}
+        got["[::1]:18081"] = _ask("::1", 18081)
+        got["127.0.0.1:18081"] = _ask("127.0.0.1", 18081)
+    finally:
+        stop(b)
+    net6 = ipaddress.ip_network(net["subnet6"])
+    assert got[gw6].startswith("pong:") and ipaddress.ip_address(got[gw6][5:]) in net6, got   # DNAT, IPv6
+    for a in ("::1", gw4, "127.0.0.1", "[::1]:18081"):
+        assert got[a].startswith("pong:"), (a, got)
+    assert got["127.0.0.1:18081"] == "err111", got              # [::1] only
+    # after the sandbox: its IPv6 DNAT rules are gone with it
+    rules = subprocess.run(["nft", "list", "table", "ip6", "pysandbox"], capture_output=True, text=True).stdout
+    assert "sbx:" not in rules, rules
+    # an IPv4-only network: an IPv6 host address fails closed before anything is created
+    assert cli("network", "create", "v4-only").returncode == 0
+    try:
+        r = cli("run", "--profile", "strict", "--audit-log", "/dev/null", "--network", "v4-only",
+                "-p", "[::1]:18082:80", "--", "/bin/true")
+    finally:
+        cli("network", "rm", "v4-only")
+    assert r.returncode == 125 and "IPv4 only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+
+
+def test_peer_names_in_egress_rules_match_ipv6_with_the_egress_proxy(net, tmp_path):
+    """`to: PEER` allows the peer's IPv6 address too (a second nft set per name), also when host
+    rules steer the rest of the sandbox's TCP to the egress proxy: the peer answers by name over
+    IPv6 on the allowed port; another port of it goes to the proxy, which refuses (no name)."""
+    b = start("v6-b", NEIGHBOUR.replace("9998", "9997"))
+    try:
+        json.loads(line(b))
+        prof = tmp_path / "peer6.yaml"
+        prof.write_text(f"version: 1\nextends: strict\nnetwork:\n  mode: {NET}\n  egress:\n    allow:\n"
+                        f"      - {{to: v6-b, ports: [9997]}}\n      - {{host: example.test, ports: [443]}}\n")
+        code = textwrap.dedent("""
+            import socket
+            a = socket.getaddrinfo("v6-b", 9997, socket.AF_INET6, socket.SOCK_STREAM)[0][4][:2]
+            c = socket.create_connection(a, timeout=5); c.sendall(b"ok"); print(c.recv(100).decode()[:8])
+            try:
+                c = socket.create_connection((a[0], 9996), timeout=5); c.sendall(b"raw"); print(c.recv(10) or b"closed")
+            except OSError as e:
+                print("err", e.errno)
+        """)
+        r = cli("run", "--profile", str(prof), "--audit-log", "/dev/null", "--network", NET, "--name", "v6-n", "--",
+                PY, "-c", code)
+    finally:
+        stop(b)
+    assert r.returncode == 0, r
+    out = r.stdout.split("\n")
+    assert out[0] == "pong6:ok", r
+    assert out[1] in ("b'closed'", "err 104"), r

@@ -41,9 +41,15 @@ sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
 sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0"); sh("ip", "addr", "add", "192.0.2.2/24", "dev", "v0")
 sh("ip", "route", "add", "default", "via", "192.0.2.254")
-def listener(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("192.0.2.2", port)); s.listen(4); s.settimeout(20)
+# IPv6 (pasta takes v0's address and route; the listeners' address is on another veth)
+sh("ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "v0", "nodad")
+sh("ip", "-6", "route", "add", "default", "via", "2001:db8::fe", "dev", "v0")
+sh("ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1"); sh("ip", "link", "set", "w0", "up")
+sh("ip", "-6", "addr", "add", "2001:db8:1::2/64", "dev", "w0", "nodad")
+def listener(port, addr="192.0.2.2"):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(4); s.settimeout(20)
     def serve():
         for _ in range(4):
             try:
@@ -52,29 +58,33 @@ def listener(port):
                 return
             c.sendall(b"up%d" % port); c.close()
     threading.Thread(target=serve, daemon=True).start()
-listener(9000); listener(9001)
+listener(9000); listener(9001); listener(9000, "2001:db8:1::2"); listener(9001, "2001:db8:1::2")
 prof = f"{D}/p.yaml"
 with open(prof, "w") as f:
     f.write("version: 1\nname: rootless-net\nnetwork:\n  mode: " + MODE + "\n"
-            "  egress:\n    default: deny\n    allow:\n      - {to: 192.0.2.2/32, ports: [9000]}\n")
+            "  egress:\n    default: deny\n    allow:\n      - {to: 192.0.2.2/32, ports: [9000]}\n"
+            "      - {to: \"2001:db8:1::2/128\", ports: [9000]}\n")
 os.chmod(D, 0o777); os.chmod(prof, 0o644)
 code = r"""
 import socket
 out = [sorted(n for _, n in socket.if_nameindex())]
-for port in (9000, 9001):
-    try:
-        c = socket.create_connection(("192.0.2.2", port), timeout=3); out.append(c.recv(10).decode())
-    except OSError as e:
-        out.append(f"err{e.errno}")
+for addr in ("192.0.2.2", "2001:db8:1::2"):
+    for port in (9000, 9001):
+        try:
+            c = socket.create_connection((addr, port), timeout=3); out.append(c.recv(10).decode())
+        except OSError as e:
+            out.append(f"err{e.errno}")
 import subprocess
 p = subprocess.run(["/usr/sbin/nft", "flush", "ruleset"], capture_output=True, text=True)
 out.append(p.returncode)
-s = socket.socket(); s.bind(("0.0.0.0", 7000)); s.listen(1); s.settimeout(15)
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 7000)); s.listen(2); s.settimeout(15)
 print(__import__("json").dumps(out), flush=True)
-try:
-    a, _ = s.accept(); a.sendall(b"published"); a.close()
-except OSError:
-    pass
+for _ in range(2):
+    try:
+        a, _ = s.accept(); a.sendall(b"published"); a.close()
+    except OSError:
+        break
 """
 env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": D, "XDG_DATA_HOME": f"{D}/data",
        "XDG_CACHE_HOME": f"{D}/cache", "XDG_RUNTIME_DIR": f"{D}/run"}
@@ -87,10 +97,11 @@ r, _, _ = select.select([p.stdout], [], [], 20)
 line = p.stdout.readline() if r else ""
 if line:
     res["inside"] = json.loads(line)
-    try:
-        c = socket.create_connection(("127.0.0.1", 18090), timeout=5); res["published"] = c.recv(20).decode()
-    except OSError as e:
-        res["published"] = f"err{e.errno}"
+    for k, a in (("published", "127.0.0.1"), ("published6", "::1")):
+        try:
+            c = socket.create_connection((a, 18090), timeout=5); res[k] = c.recv(20).decode()
+        except OSError as e:
+            res[k] = f"err{e.errno}"
 try:
     p.wait(timeout=20)
 except subprocess.TimeoutExpired:
@@ -129,12 +140,16 @@ def test_rootless_usermode_network_egress_and_ports(mode, iface):
         pytest.skip(f"{mode} not installed")
     res = scenario(mode, "0666")                      # simulated Debian default /dev/net/tun
     assert res["rc"] == 0, res
-    names, allowed, denied, flush_rc = res["inside"]
+    names, allowed, denied, allowed6, denied6, flush_rc = res["inside"]
     assert names == ["lo", iface]
     assert allowed == "up9000"                         # allow-listed host:port through the user-mode stack
     assert denied == "err113"                          # another port: refused by the sandbox's own nft rules
     assert flush_rc != 0                               # the program cannot flush them
     assert res["published"] == "published"             # -p 18090:7000 from the host's loopback
+    if mode == "pasta":                                # IPv6: the same allow-list; published on ::1 too
+        assert (allowed6, denied6, res["published6"]) == ("up9000", "err13", "published"), res
+    else:                                              # slirp4netns: IPv4 only
+        assert allowed6.startswith("err") and denied6.startswith("err"), res
     assert "need root" in res["private_err"] and res["private_rc"] == 125
 
 

@@ -204,3 +204,68 @@ def test_parsers_on_hostile_bytes_raise_only_their_own_errors():
             except (http.NeedMore, http.BadRequest):
                 pass
     run()
+
+
+def test_ipv6_private_ranges_and_embedded_ipv4():
+    """SSRF over IPv6: loopback, unspecified, unique-local, link-local, site-local, local-use NAT64;
+    IPv4-mapped and NAT64 (64:ff9b::/96) addresses judged by the IPv4 address they carry."""
+    for a in ("::", "fc00::1", "fec0::1", "64:ff9b:1::1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
+              "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::192.168.0.1"):
+        assert E.is_private(a), a
+    for a in ("::ffff:8.8.8.8", "64:ff9b::808:808", "2606:4700::1111"):
+        assert not E.is_private(a), a
+
+
+def test_resolver_answers_aaaa_per_family():
+    """AAAA answers an allowed name's IPv6 addresses; a name with addresses of the other family only
+    gets NODATA (NOERROR, no records), never NXDOMAIN; ANY gets both; private IPv6 answers of the
+    host's resolver are dropped as IPv4 ones are."""
+    from dnslib import DNSRecord, RCODE
+    rules = (P.EgressHostRule("dual.test", (443,), False, 0), P.EgressHostRule("v6.test", (443,), False, 1),
+             P.EgressHostRule("ula.test", (443,), False, 2), P.EgressHostRule("ula2.test", (443,), True, 3))
+    n = names.Names(rules, (P.HostEntry("dual.test", "192.0.2.1"), P.HostEntry("dual.test", "2001:db8::1"),
+                            P.HostEntry("v6.test", "2001:db8::2")))
+    n._cache["ula.test"] = (float("inf"), ("fd00::1",))                 # the host resolver's answer
+    n._cache["ula2.test"] = (float("inf"), ("fd00::1",))
+    a = _Audit()
+
+    def ask(name, qtype):
+        r = DNSRecord.parse(asyncio.run(dns.answer(n, a, DNSRecord.question(name, qtype).pack())))
+        return r.header.rcode, sorted(str(x.rdata) for x in r.rr)
+
+    assert ask("dual.test", "A") == (RCODE.NOERROR, ["192.0.2.1"])
+    assert ask("dual.test", "AAAA") == (RCODE.NOERROR, ["2001:db8::1"])
+    assert ask("dual.test", "ANY") == (RCODE.NOERROR, ["192.0.2.1", "2001:db8::1"])
+    assert ask("v6.test", "AAAA") == (RCODE.NOERROR, ["2001:db8::2"])
+    assert ask("v6.test", "A") == (RCODE.NOERROR, [])                   # NODATA
+    assert ask("evil.test", "AAAA")[0] == RCODE.NXDOMAIN
+    assert ask("ula.test", "AAAA")[0] == RCODE.NXDOMAIN                 # private, no allow_private
+    assert ask("ula2.test", "AAAA") == (RCODE.NOERROR, ["fd00::1"])
+    # the proxy's check: the IPv6 address given is one the name resolves to; another is not
+    ok = asyncio.run(n.address_ok("dual.test", rules[0], "2001:db8::1"))[0]
+    bad = asyncio.run(n.address_ok("dual.test", rules[0], "2001:db8::9"))[0]
+    assert ok and not bad
+
+
+def test_add_host_one_address_per_family():
+    plan = _compile({"mode": "pasta", "hosts": {"web.test": "192.0.2.1"},
+                     "egress": {"allow": [{"host": "web.test"}]}},
+                    add_hosts=("web.test:[2001:db8::1]", "web.test:2001:db8::2"))
+    assert sorted((h.name, h.address) for h in plan.network.hosts) == [("web.test", "192.0.2.1"),
+                                                                      ("web.test", "2001:db8::2")]
+
+
+def test_steering_covers_ipv6():
+    """The sandbox's nat chain redirects IPv6 TCP and DNS as IPv4 (to the sockets on ::1), and the
+    filter accepts the redirected IPv6 traffic."""
+    from sandbox.network import nft
+    cmds = nft.egress_ruleset("deny", [{"to": "2001:db8::/32", "ports": [5432], "proto": "tcp"}], {},
+                              steer=(3128, 53))
+    rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
+    steer = [r["expr"] for r in rules if r["chain"] == "steer"]
+    v6 = [e for e in steer if {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}} in e]
+    assert sum(1 for e in v6 if e[-1] == {"redirect": {"port": 53}}) == 2            # UDP and TCP DNS
+    assert sum(1 for e in v6 if e[-1] == {"redirect": {"port": 3128}}) == 1
+    out = [r["expr"] for r in rules if r["chain"] == "output"]
+    assert any({"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "::1"}}
+               in e for e in out)

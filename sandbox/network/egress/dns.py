@@ -2,10 +2,11 @@
 
 Every DNS packet the sandbox sends (UDP or TCP port 53, to any address) is steered by its own nft
 rules to this resolver's sockets on 127.0.0.1:53 in its network namespace. One question per
-query; A queries of allowed names get the addresses `names.Names` gives (TTL ANSWER_TTL); AAAA and
-other types of allowed names get an empty answer (IPv4 only; no TXT/MX channel); a name no rule
-allows gets NXDOMAIN and an `egress.denied` event (protocol dns); an allowed name whose addresses
-are all private (no allow_private) gets NXDOMAIN and the event too.
+query; A and AAAA queries of allowed names get the IPv4 / IPv6 addresses `names.Names` gives (TTL
+ANSWER_TTL; an allowed name with addresses of the other family only gets an empty answer, NODATA);
+other types of allowed names get an empty answer (no TXT/MX channel); a name no rule allows gets
+NXDOMAIN and an `egress.denied` event (protocol dns); an allowed name whose addresses are all
+private (no allow_private) gets NXDOMAIN and the event too.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ async def answer(names, audit, data: bytes, udp: bool = False) -> bytes | None:
 
 
 async def _answer(names, audit, data: bytes) -> bytes | None:
-    from dnslib import DNSRecord, QTYPE, RCODE, RR, A, DNSError
+    from dnslib import DNSRecord, QTYPE, RCODE, RR, A, AAAA, DNSError
     if len(data) > MAX_QUERY:
         return None
     try:
@@ -56,15 +57,19 @@ async def _answer(names, audit, data: bytes) -> bytes | None:
         audit.denied(qn[:253], None, 53, "dns", None, "name not allowed (NXDOMAIN)")
         r.header.rcode = RCODE.NXDOMAIN
         return r.pack()
-    if q.q.qtype == QTYPE.A or q.q.qtype == QTYPE.ANY:
+    if q.q.qtype in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
         addrs, why = await names.resolve(name, rule)
         if not addrs:
             audit.denied(name, None, 53, "dns", rule, why or "no address")
             r.header.rcode = RCODE.NXDOMAIN
             return r.pack()
+        v6 = q.q.qtype == QTYPE.AAAA
+        if q.q.qtype != QTYPE.ANY:
+            addrs = tuple(a for a in addrs if (":" in a) == v6)      # none: NODATA (the other family has some)
         names.remember(name, addrs)
         for a in addrs:
-            r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A(a), ttl=ANSWER_TTL))
+            r.add_answer(RR(q.q.qname, QTYPE.AAAA if ":" in a else QTYPE.A,
+                            rdata=AAAA(a) if ":" in a else A(a), ttl=ANSWER_TTL))
     return r.pack()
 
 

@@ -7,7 +7,10 @@
 * Other allowed names are resolved with the host's resolver (getaddrinfo in a thread, bounded by
   RESOLVE_TIMEOUT); answers in loopback, private, link-local or unique-local ranges
   (policies.egress.PRIVATE_NETS) are dropped unless the rule says allow_private (server-side
-  request forgery: a public name pointed at 169.254.169.254 or 127.0.0.1).
+  request forgery: a public name pointed at 169.254.169.254 or 127.0.0.1); IPv4-mapped and NAT64
+  (64:ff9b::/96) IPv6 addresses are judged by the IPv4 address they carry.
+* Both families: A and AAAA answers, the proxy's checks alike (a name of network.hosts may have one
+  address of each family: two --add-host entries).
 * Every address given to the sandbox is remembered per name (bounded): the proxy lets a connection
   through only to an address the allowed name resolves to, now or in an earlier answer.
 """
@@ -29,40 +32,54 @@ MAX_ADDRS = 64               # addresses remembered per name
 class Names:
     def __init__(self, rules, hosts):
         self.rules = tuple(rules)                       # policies.plan.EgressHostRule
-        self.hosts = {h.name: h.address for h in hosts}
+        self.hosts: dict[str, tuple[str, ...]] = {}     # a name: its IPv4 and/or IPv6 address
+        for h in hosts:
+            self.hosts[h.name] = self.hosts.get(h.name, ()) + (h.address,)
         self._cache: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self._given: OrderedDict[str, set[str]] = OrderedDict()
 
     def rule(self, name: str, port: int | None = None):
         return E.rule_for(self.rules, name, port)
 
-    async def resolve(self, name: str, rule) -> tuple[tuple[str, ...], str | None]:
-        """(IPv4 addresses the sandbox may use for name under rule, why there are none)."""
+    async def resolve(self, name: str, rule, family: int | None = None) -> tuple[tuple[str, ...], str | None]:
+        """(addresses the sandbox may use for name under rule, IPv4 ones first, why there are none).
+        family: socket.AF_INET or AF_INET6 for one family's only (the resolver's A / AAAA)."""
         if name in self.hosts:
-            a = self.hosts[name]
-            return ((a,) if ":" not in a else ()), (None if ":" not in a else "IPv6 address (IPv4 only)")
-        now = time.monotonic()
-        hit = self._cache.get(name)
-        if hit is not None and hit[0] > now:
-            addrs = hit[1]
+            addrs = tuple(sorted(self.hosts[name], key=lambda a: ":" in a))
         else:
-            loop = asyncio.get_running_loop()
-            try:
-                infos = await asyncio.wait_for(loop.getaddrinfo(name, None, family=socket.AF_INET,
-                                                                type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
-                addrs = tuple(dict.fromkeys(i[4][0] for i in infos))[:MAX_ADDRS]
-            except (OSError, asyncio.TimeoutError, UnicodeError):
-                addrs = ()
-            self._cache[name] = (now + CACHE_TTL, addrs)
-            self._cache.move_to_end(name)
-            while len(self._cache) > MAX_NAMES:
-                self._cache.popitem(last=False)
+            addrs = await self._host_resolver(name)
+        if family is not None:
+            addrs = tuple(a for a in addrs if (":" in a) == (family == socket.AF_INET6))
         if not addrs:
-            return (), "the host's resolver has no address for it"
+            fam = {socket.AF_INET: "IPv4 ", socket.AF_INET6: "IPv6 "}.get(family, "")
+            return (), (f"no {fam}address for it in network.hosts" if name in self.hosts
+                        else f"the host's resolver has no {fam}address for it")
+        if name in self.hosts:
+            return addrs, None
         ok = tuple(a for a in addrs if rule.allow_private or not E.is_private(a))
         if not ok:
             return (), "resolves only to private addresses (allow_private is not set)"
         return ok, None
+
+    async def _host_resolver(self, name: str) -> tuple[str, ...]:
+        """Both families' addresses of name from the host's resolver (cached CACHE_TTL), IPv4 first."""
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(name, None, family=socket.AF_UNSPEC,
+                                                            type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
+            found = [i[4][0].partition("%")[0] for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)]
+            addrs = tuple(sorted(dict.fromkeys(found), key=lambda a: ":" in a))[:MAX_ADDRS]
+        except (OSError, asyncio.TimeoutError, UnicodeError):
+            addrs = ()
+        self._cache[name] = (now + CACHE_TTL, addrs)
+        self._cache.move_to_end(name)
+        while len(self._cache) > MAX_NAMES:
+            self._cache.popitem(last=False)
+        return addrs
 
     def remember(self, name: str, addrs) -> None:
         s = self._given.setdefault(name, set())

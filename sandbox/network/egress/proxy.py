@@ -1,7 +1,7 @@
 """The egress proxy's connections: decide, connect upstream from the host, splice.
 
 Every TCP connection the sandbox makes (other than to its loopback and its `to:` rules) is
-redirected by its own nft rules to the proxy's listener on 127.0.0.1:3128 in its namespace; the
+redirected by its own nft rules to the proxy's listener on 127.0.0.1:3128 (IPv6: [::1]:3128) in its namespace; the
 accepted socket still knows where it was going (SO_ORIGINAL_DST, the sandbox namespace's conntrack).
 A connection made to the listener itself is an explicit proxy request (HTTP_PROXY/HTTPS_PROXY):
 `CONNECT host:port` or an absolute-form `GET http://host/...`.
@@ -69,12 +69,15 @@ class Ctx:
 
 
 def original_dst(s: socket.socket) -> tuple[str, int] | None:
+    """Where a redirected connection was going (SO_ORIGINAL_DST; IPv6: IP6T_SO_ORIGINAL_DST, the
+    same number at SOL_IPV6, a sockaddr_in6)."""
+    v6 = s.family == socket.AF_INET6
     try:
-        raw = s.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        raw = s.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.SOL_IP, SO_ORIGINAL_DST, 28 if v6 else 16)
     except OSError:
         return None
     port, = struct.unpack_from("!H", raw, 2)
-    return socket.inet_ntoa(raw[4:8]), port
+    return (socket.inet_ntop(socket.AF_INET6, raw[8:24]) if v6 else socket.inet_ntoa(raw[4:8])), port
 
 
 class Proxy:
@@ -132,7 +135,7 @@ class Proxy:
         loop = asyncio.get_running_loop()
         audit = self.ctx.audit
         dst = original_dst(c)
-        explicit = dst is None or dst == self.listen_addr
+        explicit = dst is None or dst in (self.listen_addr, E.PROXY_ADDR6)
         addr, port = (None, None) if explicit else dst
         try:
             first = await asyncio.wait_for(loop.sock_recv(c, 16384), FIRST_TIMEOUT)
@@ -212,7 +215,7 @@ class Proxy:
         if self.ctx.wants_interception(name):
             audit.allowed(name, addr, port, proto, rule, "intercepted: http rules or secrets")
             return await self._intercept(c, buf, name, port, list(addrs))
-        up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
         up.setblocking(False)
         try:
             await asyncio.wait_for(loop.sock_connect(up, (addr, port)), CONNECT_TIMEOUT)

@@ -8,7 +8,8 @@ the thread, its sockets and its splice threads with it (no process, file or host
 the steering rules live in the sandbox's own network namespace and go with it). The listening
 sockets are made *inside* the sandbox's namespace (a short helper entered with nsenter, which hands
 them back over a unix socket): 127.0.0.1:3128 for the proxy, UDP and TCP 127.0.0.1:53 for the
-resolver, bound with IP_FREEBIND (the sandbox's `lo` is brought up later by its PID 1).
+resolver, and the same on ::1 (IPv6), bound with IP_FREEBIND / IPV6_FREEBIND (the sandbox's `lo` is
+brought up later by its PID 1).
 """
 from __future__ import annotations
 
@@ -25,26 +26,37 @@ from ..common import STEP_TIMEOUT, NetworkError
 from . import dns, names as _names, proxy as _proxy
 
 _HELPER = r"""
-import socket, sys
-IP_FREEBIND = 15
+import errno, socket, sys
+IP_FREEBIND, IPV6_FREEBIND = 15, 78
 out, keep = [], []
-for typ, port in ((socket.SOCK_STREAM, %d), (socket.SOCK_DGRAM, %d), (socket.SOCK_STREAM, %d)):
-    s = socket.socket(socket.AF_INET, typ)
-    s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
-    if typ == socket.SOCK_STREAM:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    if typ == socket.SOCK_STREAM:
-        s.listen(512)
-    out.append(s.fileno())
-    keep.append(s)
+for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    for typ, port in ((socket.SOCK_STREAM, %d), (socket.SOCK_DGRAM, %d), (socket.SOCK_STREAM, %d)):
+        try:
+            s = socket.socket(fam, typ)
+        except OSError as e:
+            if fam == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
+                break                     # no IPv6 in this kernel: nothing to steer
+            raise
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        if typ == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        if typ == socket.SOCK_STREAM:
+            s.listen(512)
+        out.append(s.fileno())
+        keep.append(s)
 c = socket.socket(fileno=int(sys.argv[1]))
 socket.send_fds(c, [b"ok"], out)
 """
 
 
 def listen_in_netns(nsfd: int, userns_fd: int | None) -> list[socket.socket]:
-    """[proxy TCP listener, resolver UDP socket, resolver TCP listener], made in the namespace."""
+    """[proxy TCP listener, resolver UDP socket, resolver TCP listener] on 127.0.0.1, then the same
+    three on ::1 (unless the kernel has no IPv6), made in the namespace."""
     from ..nft import nsenter_prefix
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -61,8 +73,8 @@ def listen_in_netns(nsfd: int, userns_fd: int | None) -> list[socket.socket]:
             last = (p.stderr.strip().splitlines() or ["failed"])[-1]
             raise NetworkError(f"network: egress proxy: cannot make its sockets in the sandbox: {last}")
         a.settimeout(STEP_TIMEOUT)
-        msg, fds_in, _, _ = socket.recv_fds(a, 16, 3)
-        if msg != b"ok" or len(fds_in) != 3:
+        msg, fds_in, _, _ = socket.recv_fds(a, 16, 6)
+        if msg != b"ok" or len(fds_in) not in (3, 6):
             for f in fds_in:
                 os.close(f)
             raise NetworkError("network: egress proxy: its helper handed back no sockets")
@@ -144,10 +156,11 @@ class Service:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        lsock, udp, tcp = self.socks
-        self._tasks = [self.loop.create_task(self.proxy.serve(lsock)),
-                       self.loop.create_task(dns.serve(self.names, self.audit, udp, tcp)),
-                       self.loop.create_task(self._tick())]
+        self._tasks = [self.loop.create_task(self._tick())]
+        for i in range(0, len(self.socks), 3):         # IPv4's listeners, then IPv6's
+            lsock, udp, tcp = self.socks[i:i + 3]
+            self._tasks += [self.loop.create_task(self.proxy.serve(lsock)),
+                            self.loop.create_task(dns.serve(self.names, self.audit, udp, tcp))]
         self._ready.set()
         try:
             self.loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
