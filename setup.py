@@ -35,6 +35,7 @@ except ImportError:                         # older setuptools: the `wheel` proj
         _bdist_wheel = None
 
 _build_scripts = Distribution().get_command_class("build_scripts")
+_install_scripts = Distribution().get_command_class("install_scripts")
 
 try:
     from setuptools.errors import CompileError
@@ -120,9 +121,29 @@ class build_py(_build_py):
 class build_scripts(_build_scripts):
     """The C front end, compiled as the script `pysandbox-runtime` (a native executable: pip
     installs it as it is, beside the console script `pysandbox-runtime-py` it falls back to)."""
+    def finalize_options(self):
+        super().finalize_options()
+        self.scripts = self.scripts or []   # none listed: the one script is compiled by run()
+
+    def get_source_files(self):             # (the sdist carries front.c through MANIFEST.in)
+        return list(self.scripts)
+
     def run(self):
         super().run()
         compile_init(os.path.join(self.build_dir, "pysandbox-runtime"), FRONT_SOURCE, FRONT_NAME)
+
+
+class install_scripts(_install_scripts):
+    """setuptools copies built scripts only when setup() lists some: the front end's, always."""
+    def run(self):
+        super().run()
+        if not self.skip_build:
+            self.run_command("build_scripts")
+        src, dst = (os.path.join(d, "pysandbox-runtime") for d in (self.build_dir, self.install_dir))
+        self.mkpath(self.install_dir)
+        self.copy_file(src, dst)
+        os.chmod(dst, 0o755)
+        self.outfiles.append(dst)
 
 
 class BinaryDistribution(Distribution):
@@ -134,7 +155,7 @@ class BinaryDistribution(Distribution):
         return True
 
 
-cmdclass = {"build_py": build_py, "build_scripts": build_scripts}
+cmdclass = {"build_py": build_py, "build_scripts": build_scripts, "install_scripts": install_scripts}
 
 if _bdist_wheel is not None:
     class bdist_wheel(_bdist_wheel):

@@ -27,6 +27,14 @@ main()
 """
 
 
+def _is_elf(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 def write(bin_dir: str) -> Path:
     bin_path = Path(bin_dir).resolve()
     python = bin_path / "python"
@@ -48,9 +56,9 @@ def write(bin_dir: str) -> Path:
     # pysandbox-runtime-py beside it (a copy, not a link: it finds its fallback beside itself)
     runtime = bin_path / "pysandbox-runtime"
     front = repo / "sandbox" / "runtime" / "pysandbox-runtime-front"
-    if front.is_file():
+    if front.is_file():                          # a work tree's (make, an editable install)
         atomic_write(runtime, front.read_bytes(), mode=0o755, fsync=False)
-    else:
+    elif not _is_elf(runtime):                   # (a wheel's venv has it already, from the wheel)
         atomic_write(runtime, (bin_path / "pysandbox-runtime-py").read_bytes(), mode=0o755, fsync=False)
     return target
 
