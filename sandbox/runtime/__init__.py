@@ -7,6 +7,10 @@
   monitor.py  the container's monitor: the launch sequence (sandbox/launch/sequence.py) held before
               its release until `start` opens the exec FIFO; then wait, record the exit, clean up
   hooks.py    OCI hooks with the state on stdin, bounded by their timeout
+  front.c     the `pysandbox-runtime` executable: start, state, kill and a stopped container's
+              delete in C from state.front (state.py); everything else execs cli.py's
+              `pysandbox-runtime-py` with the same argv
 
-Nothing here is imported by the rest of the project; sandbox/entry.py writes the lean script.
+Nothing here is imported by the rest of the project; sandbox/entry.py writes the lean script
+(pysandbox-runtime-py) and copies the built front end (pysandbox-runtime) into the venv.
 """

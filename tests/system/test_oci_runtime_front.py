@@ -138,3 +138,51 @@ def test_global_flags_are_honoured(work):
     rec = json.loads((d / "log").read_text().splitlines()[-1])
     assert rec["level"] == "error" and "nosuch" in rec["msg"]
     assert run(FRONT, root, "delete", "--force", "c3").returncode == 0
+
+
+def test_rootless_state_and_lifecycle_through_the_front_end(work, user_runner):
+    """The unprivileged test user, its default --root ($XDG_RUNTIME_DIR/pysandbox-runtime): the
+    front end's `state` is the Python CLI's in created, running and stopped, and it starts, kills
+    and deletes the user's own container."""
+    d, bundle, _ = work
+    u = user_runner
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"].pop("resources", None)
+    cfg = json.loads(Path(bundle, "config.json").read_text())
+    edit(cfg)
+    Path(bundle, "config.json").write_text(json.dumps(cfg))
+    xdg = d / "xdg"
+    xdg.mkdir(mode=0o700)
+    os.chown(xdg, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(xdg)})
+    as_user = dict(env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60, stdin=subprocess.DEVNULL)
+
+    def cmd(exe, *args, **kw):
+        return subprocess.run([exe, *args], **as_user, **kw)
+
+    def same_state(want):
+        a, b = (cmd(e, "state", "u1", capture_output=True, text=True) for e in (FRONT, PY))
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
+        assert json.loads(a.stdout)["status"] == want
+
+    try:
+        assert cmd(FRONT, "create", "--bundle", bundle, "u1", stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL).returncode == 0
+        assert os.path.isfile(xdg / "pysandbox-runtime" / "u1" / "state.front")
+        same_state("created")
+        assert cmd(FRONT, "start", "u1").returncode == 0
+        same_state("running")
+        assert cmd(FRONT, "kill", "u1", "SIGKILL").returncode == 0
+        deadline = time.monotonic() + 30
+        while json.loads(cmd(FRONT, "state", "u1", capture_output=True, text=True).stdout)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        same_state("stopped")
+        assert cmd(FRONT, "delete", "u1").returncode == 0
+        assert not (xdg / "pysandbox-runtime" / "u1").exists()
+    finally:
+        cmd(PY, "delete", "--force", "u1", capture_output=True)
