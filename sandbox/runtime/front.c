@@ -403,8 +403,9 @@ static int cmd_start(int dirfd, const char *id)
             if (done)
                 return 0;
         } else {
+            int e = errno;
             free(f.buf);
-            if (errno == ENOENT) {
+            if (e == ENOENT) {
                 snprintf(msg, sizeof msg, "container %s does not exist", id);
                 log_error(msg);
                 return 1;
