@@ -3,7 +3,7 @@
   cli.py      the command line (runc's and crun's conventions: global --root, --log, --log-format)
   bundle.py   config.json -> a Plan plus what the plan has no field for (hooks, joined namespaces,
               oomScoreAdj, sysctl, console); what cannot be honoured fails closed naming the field
-  state.py    the state directory of one container (state.json, exec.fifo), the OCI state JSON
+  state.py    the state directory of one container (state.json, state.front, exec.fifo), the OCI state JSON
   monitor.py  the container's monitor: the launch sequence (sandbox/launch/sequence.py) held before
               its release until `start` opens the exec FIFO; then wait, record the exit, clean up
   hooks.py    OCI hooks with the state on stdin, bounded by their timeout

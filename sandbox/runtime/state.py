@@ -1,6 +1,9 @@
 """One container's state directory under the runtime's --root: state.json (what `state` prints,
 plus the monitor's and PID 1's identities and the exit), exec.fifo (create's process waits on it
 until `start`), config.json's translation is not kept (the bundle stays the engine's).
+state.front: derived from the same record on every save, for the C front end (front.c; its format
+is front_text's); state.json stays the one source of truth. The liveness identity (alive_ident)
+and kill's targets (kill_targets) are defined once here and written into it: change them here.
 
 Status (the OCI runtime spec, "State"): creating (state.json not yet written by the monitor),
 created (the launch is held before its release), running (released, the monitor alive),
