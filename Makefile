@@ -31,11 +31,17 @@ INIT = sandbox/pysandbox-init
 $(INIT): sandbox/pid1.c | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
 
+# pysandbox-runtime's C front end (sandbox/runtime/front.c: start, state, kill, delete without Python;
+# everything else goes to the Python CLI). sandbox/entry.py copies it into the venv as pysandbox-runtime.
+RTFRONT = sandbox/runtime/pysandbox-runtime-front
+$(RTFRONT): sandbox/runtime/front.c | $(VENV)/.deps
+	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
+
 # the lean, isolated `pysandbox` entry script (sandbox/entry.py: python -IS, standard library first)
-$(VENV)/bin/pysandbox: sandbox/entry.py | $(VENV)/.deps
+$(VENV)/bin/pysandbox: sandbox/entry.py $(RTFRONT) | $(VENV)/.deps
 	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
 
-setup: $(VENV)/.deps $(INIT) $(VENV)/bin/pysandbox
+setup: $(VENV)/.deps $(INIT) $(RTFRONT) $(VENV)/bin/pysandbox
 
 run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)

@@ -3,6 +3,9 @@
 * `pysandbox-init` (sandbox/pid1.c, PID 1's last stage) is compiled, static and -O2, into the
   package at build time: into the wheel (`pip install .`, `pip wheel .`, `python -m build`), or next
   to sandbox/pid1.c in the work tree for an editable install (`pip install -e .`, `make setup`).
+* pysandbox-runtime's C front end (sandbox/runtime/front.c) likewise: into the wheel's scripts as
+  `pysandbox-runtime` (the Python CLI, its fallback, is the console script `pysandbox-runtime-py`),
+  or next to its source for an editable install, where sandbox/entry.py copies it into the venv.
   A missing C compiler, missing libc headers or a missing static libc is a build error that says
   which and what to install: a wheel without the binary is never made.
 * The shipped profiles (profiles/) and the lint-rule documents (docs/rules/) stay where they are in
@@ -31,6 +34,9 @@ except ImportError:                         # older setuptools: the `wheel` proj
     except ImportError:
         _bdist_wheel = None
 
+_build_scripts = Distribution().get_command_class("build_scripts")
+_install_scripts = Distribution().get_command_class("install_scripts")
+
 try:
     from setuptools.errors import CompileError
 except ImportError:                         # pragma: no cover
@@ -39,6 +45,8 @@ except ImportError:                         # pragma: no cover
 HERE = os.path.dirname(os.path.abspath(__file__))
 PID1_SOURCE = os.path.join("sandbox", "pid1.c")
 INIT_NAME = "pysandbox-init"
+FRONT_SOURCE = os.path.join("sandbox", "runtime", "front.c")
+FRONT_NAME = "pysandbox-runtime-front"       # in the work tree; `pysandbox-runtime` among scripts
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-static", "-s"]
 # (work-tree directory, package directory in the wheel, file suffix)
 DATA_TREES = (("profiles", os.path.join("policies", "profiles"), (".yaml", ".yml")),
@@ -57,22 +65,22 @@ def _why(stderr: str) -> str:
     return "the compiler failed:\n" + stderr.strip()[-2000:]
 
 
-def compile_init(out_path: str) -> None:
-    """Compile sandbox/pid1.c to OUT_PATH (static, stripped) or raise CompileError saying why."""
+def compile_init(out_path: str, source: str = PID1_SOURCE, name: str = INIT_NAME) -> None:
+    """Compile sandbox/pid1.c (or source) to OUT_PATH (static, stripped) or raise CompileError saying why."""
     cc = shlex.split(os.environ.get("CC") or "cc")
     if not shutil.which(cc[0]):
-        raise CompileError(f"pysandbox: cannot build {INIT_NAME}: no C compiler ({cc[0]!r} not found); "
+        raise CompileError(f"pysandbox: cannot build {name}: no C compiler ({cc[0]!r} not found); "
                            "install one (Debian/Ubuntu: apt-get install gcc libc6-dev) or set CC")
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     tmp = out_path + ".tmp"
-    cmd = cc + CFLAGS + ["-o", tmp, os.path.join(HERE, PID1_SOURCE)]
+    cmd = cc + CFLAGS + ["-o", tmp, os.path.join(HERE, source)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CompileError(f"pysandbox: cannot build {INIT_NAME} ({' '.join(cmd)}): {_why(p.stderr)}")
+        raise CompileError(f"pysandbox: cannot build {name} ({' '.join(cmd)}): {_why(p.stderr)}")
     os.chmod(tmp, 0o755)
     os.replace(tmp, out_path)
 
@@ -93,6 +101,9 @@ class build_py(_build_py):
             target = os.path.join(HERE, "sandbox", INIT_NAME)
             if _stale(target, os.path.join(HERE, PID1_SOURCE)):
                 compile_init(target)
+            front = os.path.join(HERE, "sandbox", "runtime", FRONT_NAME)
+            if _stale(front, os.path.join(HERE, FRONT_SOURCE)):
+                compile_init(front, FRONT_SOURCE, FRONT_NAME)
             return
         compile_init(os.path.join(self.build_lib, "sandbox", INIT_NAME))
         for src, dst, suffixes in DATA_TREES:
@@ -107,13 +118,44 @@ class build_py(_build_py):
                         self.copy_file(os.path.join(dirpath, name), os.path.join(out_dir, name))
 
 
+class build_scripts(_build_scripts):
+    """The C front end, compiled as the script `pysandbox-runtime` (a native executable: pip
+    installs it as it is, beside the console script `pysandbox-runtime-py` it falls back to)."""
+    def finalize_options(self):
+        super().finalize_options()
+        self.scripts = self.scripts or []   # none listed: the one script is compiled by run()
+
+    def get_source_files(self):             # (the sdist carries front.c through MANIFEST.in)
+        return list(self.scripts)
+
+    def run(self):
+        super().run()
+        compile_init(os.path.join(self.build_dir, "pysandbox-runtime"), FRONT_SOURCE, FRONT_NAME)
+
+
+class install_scripts(_install_scripts):
+    """setuptools copies built scripts only when setup() lists some: the front end's, always."""
+    def run(self):
+        super().run()
+        if not self.skip_build:
+            self.run_command("build_scripts")
+        src, dst = (os.path.join(d, "pysandbox-runtime") for d in (self.build_dir, self.install_dir))
+        self.mkpath(self.install_dir)
+        self.copy_file(src, dst)
+        os.chmod(dst, 0o755)
+        self.outfiles.append(dst)
+
+
 class BinaryDistribution(Distribution):
     """A native executable inside: installed to platlib, the wheel's root is not pure."""
     def has_ext_modules(self):
         return True
 
+    def has_scripts(self):                  # build_scripts makes one (the runtime's front end)
+        return True
 
-cmdclass = {"build_py": build_py}
+
+cmdclass = {"build_py": build_py, "build_scripts": build_scripts, "install_scripts": install_scripts}
 
 if _bdist_wheel is not None:
     class bdist_wheel(_bdist_wheel):

@@ -27,6 +27,14 @@ main()
 """
 
 
+def _is_elf(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 def write(bin_dir: str) -> Path:
     bin_path = Path(bin_dir).resolve()
     python = bin_path / "python"
@@ -37,13 +45,21 @@ def write(bin_dir: str) -> Path:
     from sandbox.fsutil import atomic_write
     # pysandbox-runtime (the OCI runtime, sandbox/runtime/) is written the same way: engines start it
     # for every container operation
-    for script, module in (("pysandbox-runtime", "sandbox.runtime.cli"), ("pysandbox", "sandbox.cli")):
+    for script, module in (("pysandbox-runtime-py", "sandbox.runtime.cli"), ("pysandbox", "sandbox.cli")):
         target = bin_path / script
         # the garbage collector off while importing: only for pysandbox, whose main() turns it back on
         prelude = ("import gc; gc.disable()         # while importing (no garbage cycles to collect): "
                    "main() turns it back on\n") if script == "pysandbox" else ""
         atomic_write(target, TEMPLATE.format(python=python, paths=paths, module=module, script=script,
                                              prelude=prelude), mode=0o755, fsync=False)
+    # pysandbox-runtime: the C front end (sandbox/runtime/front.c) when built, falling back to
+    # pysandbox-runtime-py beside it (a copy, not a link: it finds its fallback beside itself)
+    runtime = bin_path / "pysandbox-runtime"
+    front = repo / "sandbox" / "runtime" / "pysandbox-runtime-front"
+    if front.is_file():                          # a work tree's (make, an editable install)
+        atomic_write(runtime, front.read_bytes(), mode=0o755, fsync=False)
+    elif not _is_elf(runtime):                   # (a wheel's venv has it already, from the wheel)
+        atomic_write(runtime, (bin_path / "pysandbox-runtime-py").read_bytes(), mode=0o755, fsync=False)
     return target
 
 

@@ -178,6 +178,21 @@ def test_wheel_is_platform_specific_and_carries_everything(wheel):
     assert not any(n.startswith(("tests/", "profiles/", "docs/")) or n.endswith("pid1.c") for n in names)
 
 
+def test_runtime_entry_is_the_c_front_end(layout, wheel):
+    """pysandbox-runtime is the C front end (a script of the wheel, the work tree's copy in the
+    editable venv), falling back to pysandbox-runtime-py beside it for what it does not handle."""
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        (script,) = [n for n in names if n.endswith(".data/scripts/pysandbox-runtime")]
+        assert z.read(script)[:4] == b"\x7fELF"
+    assert not any(n.endswith(("front.c", "pysandbox-runtime-front")) for n in names)
+    with open(layout / "pysandbox-runtime", "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    p = subprocess.run([str(layout / "pysandbox-runtime"), "--version"], capture_output=True, text=True,
+                       cwd="/tmp", timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("pysandbox-runtime version"), p.stderr
+
+
 def test_wheel_venv_finds_package_data_not_the_work_tree(wheel_venv):
     code = ("from policies.resources import shipped_profiles_dir, rule_docs_dir; import sandbox.init as i;"
             "print(shipped_profiles_dir()); print(rule_docs_dir()); print(i.INIT_BINARY)")
