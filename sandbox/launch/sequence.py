@@ -46,6 +46,9 @@ before_program = None
 # clones it as pid 2): pysandbox-runtime sets it for a pid namespace joined by path (PID 1 is not
 # that namespace's init; pid 2 is someone else's)
 spawn_inline = True
+# False: PID 1 arms no parent-death signal before its release: pysandbox-runtime clones it with
+# CLONE_PARENT (a child of `create`, which exits: the engine's subreaper reaps PID 1, as runc's)
+pid1_pdeathsig = True
 
 
 # --- 1. the supervisor -----------------------------------------------------------------------
@@ -101,7 +104,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         for target, fd in enumerate(spec.stdio):   # the program's stdin, stdout, stderr
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
-        prctl.set_pdeathsig(signal.SIGKILL)        # the sandbox dies with its supervisor
+        if pid1_pdeathsig:
+            prctl.set_pdeathsig(signal.SIGKILL)    # the sandbox dies with its supervisor
         if os.read(go_r, 1) != b"G":               # the release (supervisor gone or refused: stop)
             os._exit(1)
         os.close(go_r)

@@ -269,7 +269,8 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
             ctx.log(f"delete: container {cid} is {s} (stop it first, or --force)")
             return 1
         from .. import _sys
-        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")), (st.get("pid"), st.get("pid_start"))):
+        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")),
+                           (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))):
             fd = procid.open_pidfd(pid, start)
             if fd is not None:
                 try:
@@ -278,7 +279,8 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
                     pass
                 os.close(fd)
     deadline = time.monotonic() + 10           # the monitor cleans up (cgroup, mounts) as it ends
-    while procid.running(st.get("pid"), st.get("pid_start")) and time.monotonic() < deadline:
+    monitor = (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))
+    while procid.running(*monitor) and time.monotonic() < deadline:
         time.sleep(0.005)
     if st.get("status") != "stopped":          # the monitor did not finish (SIGKILLed): what it left
         try:                                   # on the host (a monitor that recorded "stopped" has

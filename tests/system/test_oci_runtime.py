@@ -83,6 +83,15 @@ class Rt:
     def output(self) -> str:
         return (self.out / "stdout").read_text() if (self.out / "stdout").exists() else ""
 
+    def record(self, cid: str, timeout: float = 30) -> dict:
+        """state.json once the monitor recorded the exit (status "stopped" says PID 1 is gone:
+        the monitor records a moment later, once PID 1's reaper collected it)."""
+        deadline = time.monotonic() + timeout
+        while (st := json.loads(Path(self.root, cid, "state.json").read_text())).get("status") != "stopped":
+            assert time.monotonic() < deadline, f"{cid}: no exit recorded"
+            time.sleep(0.02)
+        return st
+
     def wait_status(self, cid: str, want: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.status(cid) != want:
@@ -177,8 +186,8 @@ def test_pid_file_names_the_waitable_process(rt, tmp_path):
     assert p.poll(30000)
     os.close(fd)
     rt.wait_status("p1", "stopped")
-    st = json.loads(Path(rt.root, "p1", "state.json").read_text())
-    assert st["exit_code"] == 7
+    st = rt.record("p1")
+    assert st["exit_code"] == 7 and st["pid"] == pid == st["sandbox_pid"] != st["monitor_pid"]
     rt("delete", "p1", check=True)
 
 
@@ -788,7 +797,7 @@ def test_must_failing_container_hook_stops_the_container(rt, tmp_path, kind):
     assert r.returncode == 0, rt.err()
     rt("start", "hf")
     rt.wait_status("hf", "stopped")
-    st = json.loads(Path(rt.root, "hf", "state.json").read_text())     # (the monitor's record)
+    st = rt.record("hf")                                                # (the monitor's record)
     rt("delete", "hf", check=True)
     assert not marker.exists()                          # /bin/touch never ran
     assert st["exit_code"] == 125 and "hooks.startContainer[0] /bin/false" in st["error"]
