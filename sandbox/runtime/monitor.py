@@ -224,6 +224,12 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     if "pid" in bundle.join:
         run.clone = clone_joining(bundle.join["pid"], extra)
         sequence.spawn_inline = False
+    elif "user" in bundle.join or "mount" in bundle.join:
+        run.clone = clone_via_helper(bundle.join.get("user"), bundle.join.get("mount"), extra)
+        run.maps_done = "user" in bundle.join          # the namespace's own maps (bundle.joined_maps)
+        if "mount" in bundle.join:
+            sequence.join_mount = True                 # no root to build: the namespace's, as it is
+            sequence.spawn_inline = False              # (the Python program's set-up knows that)
     else:
         run.clone = clone_plain(extra)
     pidfds = []
@@ -269,6 +275,62 @@ def clone_plain(extra: int):
     def clone(flags: int, ctx) -> int:
         init_image()
         return _sys.clone_fork(flags | extra)
+    return clone
+
+
+def clone_via_helper(user_ns: "str | None", mnt_ns: "str | None", extra: int):
+    """Launch.clone for a user and/or mount namespace joined by path. Neither can be left again
+    (setns back to a parent user namespace is refused), so a helper process joins them (user
+    first, as runc) and clones PID 1 from there with CLONE_PARENT (our child, or with `extra` =
+    CLONE_PARENT the helper and PID 1 both `create`'s): the namespaces PID 1 creates (pid, net,
+    ipc, uts) are owned by the joined user namespace; without a new mount namespace PID 1 lives in
+    the joined one (sequence.join_mount: no root is built in it). The helper sends PID 1's pid and
+    exits."""
+    from ..init import init_image
+
+    def clone(flags: int, ctx) -> int:
+        from ..launcher import LaunchError
+        init_image()
+        fds = [(os.open(p, os.O_RDONLY | os.O_CLOEXEC), flag, p)
+               for p, flag in ((user_ns, _sys.CLONE_NEWUSER), (mnt_ns, _sys.CLONE_NEWNS)) if p]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            helper = _sys.clone_fork(extra)
+        except BaseException:
+            for fd, _, _ in fds:
+                os.close(fd)
+            os.close(r)
+            os.close(w)
+            raise
+        if helper == 0:
+            os.close(r)
+            try:
+                for fd, flag, p in fds:
+                    try:
+                        _sys.setns(fd, flag)
+                    except OSError as e:
+                        raise OSError(e.errno, f"cannot join {p}: {e.strerror}") from None
+                    flags &= ~flag
+                    os.close(fd)
+                pid = _sys.clone_fork(flags | CLONE_PARENT)
+            except OSError as e:
+                os.write(w, f"E{e.strerror or e}".encode()[:1000])
+                os._exit(1)
+            if pid == 0:
+                os.close(w)
+                return 0                               # PID 1: the launcher runs sequence.pid1_main
+            os.write(w, f"P{pid}".encode())
+            os._exit(0)
+        for fd, _, _ in fds:
+            os.close(fd)
+        os.close(w)
+        msg = os.read(r, 1024).decode(errors="replace")
+        os.close(r)
+        if not extra:                                  # (else `create`'s child, as PID 1)
+            os.waitpid(helper, 0)
+        if not msg.startswith("P"):
+            raise LaunchError(f"linux.namespaces: {msg[1:] or 'the helper that joins them failed'}")
+        return int(msg[1:])
     return clone
 
 

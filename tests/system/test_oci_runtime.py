@@ -892,3 +892,142 @@ def test_must_pid_namespace_joined_by_path(rt, tmp_path):
         assert rt.status("pa") == "running"                     # the joined container is unharmed
     finally:
         rt("delete", "--force", "pa")
+
+
+# --- namespaces joined by path: user and mount ----------------------------------------------------
+
+def _ns(pid, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+@pytest.fixture
+def holder():
+    """A process holding a user namespace (0-65535 -> 200000+, written by us as root: setgroups
+    stays allowed) and a mount namespace owned by it with a tmpfs at /mnt holding a marker;
+    killed and reaped after the test."""
+    p = subprocess.Popen(["unshare", "-U", "-m", "--propagation", "private", "sleep", "1000"])
+    try:
+        deadline = time.monotonic() + 10
+        while _ns(p.pid, "user") == _ns("self", "user") or os.readlink(f"/proc/{p.pid}/exe") != "/usr/bin/sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for f in ("uid_map", "gid_map"):
+            Path(f"/proc/{p.pid}/{f}").write_text("0 200000 65536")
+        subprocess.run(["nsenter", "-t", str(p.pid), "-U", "-m", "sh", "-c",
+                        "mount -t tmpfs none /mnt && echo in-holder > /mnt/marker"], check=True)
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+SHOW_NS = ["/bin/sh", "-c", "ls -Li /proc/self/ns/user /proc/self/ns/mnt /proc/self/ns/pid | sort -k2; "
+           "cat /proc/self/uid_map; cat /mnt/marker 2>&1; id -u"]
+
+
+def _run_to_end(rt, b, cid) -> list:
+    before = len(rt.output())
+    rt("create", "--bundle", str(b), cid, check=True)
+    rt("start", cid, check=True)
+    rt.wait_status(cid, "stopped")
+    rt("delete", cid, check=True)
+    return rt.output()[before:].splitlines()
+
+
+def test_must_user_namespace_joined_by_path(rt, tmp_path, holder):
+    """config.md linux.namespaces path (user): the container process is in that user namespace
+    (same inode as the holder's), its mappings are the namespace's (uid 0 -> 200000), and the
+    namespaces created for it (mount, pid) are new ones; uid/gid mappings in config.json beside a
+    joined user namespace are refused as runc refuses them."""
+    b = spec_bundle(tmp_path / "b", "crun", SHOW_NS)
+
+    def edit(c):
+        _join(c, "user", f"/proc/{holder.pid}/ns/user")
+        c["linux"].pop("uidMappings", None)
+        c["linux"].pop("gidMappings", None)
+    edit_config(b, edit)
+    out = _run_to_end(rt, b, "uj")
+    ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in out[:3]}
+    assert ino["user"] == _ns(holder.pid, "user")
+    assert ino["mnt"] not in (_ns(holder.pid, "mnt"), _ns("self", "mnt"))
+    assert ino["pid"] != _ns("self", "pid")
+    assert out[3].split() == ["0", "200000", "65536"], out
+    assert "in-holder" not in out[4] and out[5] == "0"
+
+    c = spec_bundle(tmp_path / "c", "crun", ["/bin/true"])
+    edit_config(c, lambda cfg: (_join(cfg, "user", f"/proc/{holder.pid}/ns/user"),
+                                cfg["linux"].update(uidMappings=[{"containerID": 0, "hostID": 0, "size": 1}],
+                                                    gidMappings=[{"containerID": 0, "hostID": 0, "size": 1}])))
+    r = rt("create", "--bundle", str(c), "uk")
+    assert r.returncode == 1 and "config.json: linux.uidMappings: must be absent" in rt.err()
+    assert not os.path.exists(os.path.join(rt.root, "uk"))
+
+
+def test_must_mount_namespace_joined_by_path(rt, tmp_path, holder):
+    """config.md linux.namespaces path (mount): the container process is in that mount namespace
+    (same inode) and sees what is mounted there (the holder's tmpfs with its marker, which the host
+    does not see); the root is that namespace's as it is (crun's behaviour: nothing is pivoted or
+    mounted in it), so mounts, maskedPaths and readonlyPaths are refused; with the user
+    namespace joined too, both are the holder's."""
+    assert not os.path.exists("/mnt/marker")
+    for cid, kinds in (("mj", ("mount",)), ("mu", ("user", "mount"))):
+        b = spec_bundle(tmp_path / cid, "crun", SHOW_NS)
+
+        def edit(c, kinds=kinds):
+            for k in kinds:
+                _join(c, k, f"/proc/{holder.pid}/ns/{'mnt' if k == 'mount' else k}")
+            for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
+                c["linux"].pop(k, None)
+            c["mounts"] = []
+            c["root"]["readonly"] = False
+        edit_config(b, edit)
+        out = _run_to_end(rt, b, cid)
+        ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in out[:3]}
+        assert ino["mnt"] == _ns(holder.pid, "mnt"), out
+        assert ino["user"] == _ns(holder.pid if "user" in kinds else "self", "user")
+        assert "in-holder" in out, out
+    edit_config(b, lambda c: c["linux"].update(maskedPaths=["/proc/kcore"]))
+    r = rt("create", "--bundle", str(b), "mk")
+    assert r.returncode == 1 and "config.json: linux.maskedPaths: cannot be applied in a mount namespace joined" in rt.err()
+
+
+def test_rootless_user_namespace_joined_by_path(tmp_path, user_runner):
+    """As the unprivileged test user: a bundle joining the user namespace a `sleep` of the user's
+    holds (`unshare -U --map-root-user`: its own uid as 0, setgroups denied) runs in it."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", SHOW_NS)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+    p = subprocess.Popen(["unshare", "-U", "--map-root-user", "sh", "-c", "echo ok; exec sleep 1000"],
+                         stdout=subprocess.PIPE, text=True, env=env, user=u.uid, group=u.gid, extra_groups=[])
+
+    def rt(*args):
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e,
+                                  env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    try:
+        assert p.stdout.readline().strip() == "ok"
+
+        def edit(c):
+            _join(c, "user", f"/proc/{p.pid}/ns/user")
+            for k in ("uidMappings", "gidMappings", "resources"):
+                c["linux"].pop(k, None)
+        edit_config(b, edit)
+        for args in (("create", "--bundle", str(b), "ru"), ("start", "ru")):
+            assert rt(*args).returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 30
+        while json.loads((out / "state" / "ru" / "state.json").read_text()).get("status") != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "ru").returncode == 0
+        lines = (out / "stdout").read_text().splitlines()
+        ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in lines[:3]}
+        assert ino["user"] == _ns(p.pid, "user"), lines
+        assert lines[3].split() == ["0", str(u.uid), "1"] and lines[-1] == "0", lines
+    finally:
+        rt("delete", "--force", "ru")
+        p.kill()
+        p.wait()
