@@ -282,6 +282,10 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
     monitor = (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))
     while procid.running(*monitor) and time.monotonic() < deadline:
         time.sleep(0.005)
+    try:                                       # what the monitor recorded as it ended (PID 1 gone is
+        st = _state.load(ctx.root, cid)        # "stopped" already: its record may have come since)
+    except _state.StateError:
+        pass
     if st.get("status") != "stopped":          # the monitor did not finish (SIGKILLed): what it left
         try:                                   # on the host (a monitor that recorded "stopped" has
             from ..store.reclaim import reclaim_quietly   # cleaned up: ~17 ms saved)

@@ -156,6 +156,8 @@ def test_podman_exit_codes_kill_and_wait(podman):
     by a signal (128+N), `podman kill` (SIGKILL to PID 1: 137) and `podman wait`."""
     r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sh", "-c", "kill -TERM $$")
     assert r.returncode == 143, r.stderr
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/no/such/program")
+    assert r.returncode == 127, r.stderr                # as pysandbox run's: not found
     r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sh", "-c", "sleep 1; exit 42")
     cid = r.stdout.strip()
     r = podman("wait", cid)
