@@ -1031,3 +1031,28 @@ def test_rootless_user_namespace_joined_by_path(tmp_path, user_runner):
         rt("delete", "--force", "ru")
         p.kill()
         p.wait()
+
+
+def test_exec_into_joined_user_and_mount_namespaces(rt, tmp_path, holder):
+    """exec in a container whose user and mount namespaces were joined by path: the process is in
+    them too (PID 1's namespaces), sees the holder's tmpfs, and its exit status is exec's."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
+
+    def edit(c):
+        for k in ("user", "mount"):
+            _join(c, k, f"/proc/{holder.pid}/ns/{'mnt' if k == 'mount' else k}")
+        for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
+            c["linux"].pop(k, None)
+        c["mounts"] = []
+        c["root"]["readonly"] = False
+    edit_config(b, edit)
+    try:
+        rt("create", "--bundle", str(b), "xj", check=True)
+        rt("start", "xj", check=True)
+        r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "xj", "/bin/sh", "-c",
+                            "cat /mnt/marker; ls -Li /proc/self/ns/user | cut -d' ' -f1; exit 4"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 4, r.stderr
+        assert r.stdout.split() == ["in-holder", str(_ns(holder.pid, "user"))]
+    finally:
+        rt("delete", "--force", "xj")
