@@ -925,6 +925,16 @@ SHOW_NS = ["/bin/sh", "-c", "ls -Li /proc/self/ns/user /proc/self/ns/mnt /proc/s
            "cat /proc/self/uid_map; cat /mnt/marker 2>&1; id -u"]
 
 
+def _join_holder(c, pid: int, kinds) -> None:
+    """The holder's namespaces of these kinds joined; with its mount namespace nothing to mount."""
+    for k in kinds:
+        _join(c, k, f"/proc/{pid}/ns/{'mnt' if k == 'mount' else k}")
+    for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
+        c["linux"].pop(k, None)
+    c["mounts"] = []
+    c["root"]["readonly"] = False
+
+
 def _run_to_end(rt, b, cid) -> list:
     before = len(rt.output())
     rt("create", "--bundle", str(b), cid, check=True)
@@ -973,14 +983,7 @@ def test_must_mount_namespace_joined_by_path(rt, tmp_path, holder):
     for cid, kinds in (("mj", ("mount",)), ("mu", ("user", "mount"))):
         b = spec_bundle(tmp_path / cid, "crun", SHOW_NS)
 
-        def edit(c, kinds=kinds):
-            for k in kinds:
-                _join(c, k, f"/proc/{holder.pid}/ns/{'mnt' if k == 'mount' else k}")
-            for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
-                c["linux"].pop(k, None)
-            c["mounts"] = []
-            c["root"]["readonly"] = False
-        edit_config(b, edit)
+        edit_config(b, lambda c, kinds=kinds: _join_holder(c, holder.pid, kinds))
         out = _run_to_end(rt, b, cid)
         ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in out[:3]}
         assert ino["mnt"] == _ns(holder.pid, "mnt"), out
@@ -1037,15 +1040,7 @@ def test_exec_into_joined_user_and_mount_namespaces(rt, tmp_path, holder):
     """exec in a container whose user and mount namespaces were joined by path: the process is in
     them too (PID 1's namespaces), sees the holder's tmpfs, and its exit status is exec's."""
     b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
-
-    def edit(c):
-        for k in ("user", "mount"):
-            _join(c, k, f"/proc/{holder.pid}/ns/{'mnt' if k == 'mount' else k}")
-        for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
-            c["linux"].pop(k, None)
-        c["mounts"] = []
-        c["root"]["readonly"] = False
-    edit_config(b, edit)
+    edit_config(b, lambda c: _join_holder(c, holder.pid, ("user", "mount")))
     try:
         rt("create", "--bundle", str(b), "xj", check=True)
         rt("start", "xj", check=True)
