@@ -178,7 +178,9 @@ def supervise(status_w: int, prog_err_r: int, pid: int, linger: bool) -> None:
             os._exit(1)
         if wpid == pid:
             report(status_w, f"EXIT {status}")
-            os._exit(0)                          # the kernel now kills what is left in the pid namespace
+            # the kernel now kills what is left in the pid namespace; our status is the program's
+            # (pysandbox-runtime: the engine's conmon reaps PID 1, as runc's container process)
+            os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 
 
 # The Python PID 1's own seccomp filter (without pysandbox-init): pid1.c's list (pid1_filter) and

@@ -209,6 +209,9 @@ class Launch:
         # holds the set-up sandbox here until `start`, sandbox/runtime/monitor.py); may raise LaunchError
         self.before_release = None
         self.cgroup_path = None  # the leaf's path below each hierarchy's root (an OCI bundle's linux.cgroupsPath)
+        # reap(pid) -> PID 1's wait status, when PID 1 is not our child (pysandbox-runtime clones it
+        # with CLONE_PARENT: the engine reaps it); None: waitpid
+        self.reap = None
 
     def start(self) -> bool:
         """Set up and release the sandbox: the supervisor's half of the launch sequence
@@ -481,7 +484,7 @@ class Launch:
             return self.result
         plan = self.plan
         try:
-            _, p1_status = os.waitpid(self.pid, 0)
+            p1_status = self.reap(self.pid) if self.reap is not None else os.waitpid(self.pid, 0)[1]
             self.pid = None
             os.set_blocking(self._status_r, False)   # PID 1 is gone; other PID 1s may hold copies of status_w
             report = read_to_end(self._status_r).decode(errors="replace")

@@ -905,7 +905,9 @@ int main(int argc, char **argv)
             char line[32];
             int n = snprintf(line, sizeof(line), "%d", status);
             send_line(status_fd, "EXIT ", line, (size_t)n);
-            return 0;                               /* the kernel now kills what is left */
+            /* the kernel now kills what is left; our own status is the program's (an engine that
+             * reaps PID 1, pysandbox-runtime's conmon, reads it as runc's container process's) */
+            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
         }
     }
 }

@@ -46,6 +46,12 @@ before_program = None
 # clones it as pid 2): pysandbox-runtime sets it for a pid namespace joined by path (PID 1 is not
 # that namespace's init; pid 2 is someone else's)
 spawn_inline = True
+# False: PID 1 arms no parent-death signal before its release: pysandbox-runtime clones it with
+# CLONE_PARENT (a child of `create`, which exits: the engine's subreaper reaps PID 1, as runc's)
+pid1_pdeathsig = True
+# True: PID 1 was cloned into a mount namespace joined by path (pysandbox-runtime): the program's
+# process builds no root in it (no pivot_root, no mounts: that namespace's root, as it is)
+join_mount = False
 
 
 # --- 1. the supervisor -----------------------------------------------------------------------
@@ -101,7 +107,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         for target, fd in enumerate(spec.stdio):   # the program's stdin, stdout, stderr
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
-        prctl.set_pdeathsig(signal.SIGKILL)        # the sandbox dies with its supervisor
+        if pid1_pdeathsig:
+            prctl.set_pdeathsig(signal.SIGKILL)    # the sandbox dies with its supervisor
         if os.read(go_r, 1) != b"G":               # the release (supervisor gone or refused: stop)
             os._exit(1)
         os.close(go_r)
@@ -171,7 +178,7 @@ def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False) -> 
     try:
         init.identity(plan, ctx.rootless)          # root of the userns, hostname, cgroup namespace
         prctl.set_pdeathsig(signal.SIGKILL)        # dies with PID 1 (armed after the credential change)
-        if not built:
+        if not built and not join_mount:
             step = "root filesystem"
             init.build_root(plan, ctx, ctx.rootless)   # loopback, rootfs.prepare, pivot_root, finish
         if before_program is not None:

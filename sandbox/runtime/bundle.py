@@ -22,7 +22,7 @@ ANNOTATION_AUDIT_LOG = "org.pysandbox.audit-log"
 # namespaces the plan creates (type -> Namespaces field); joined by path: JOINABLE only
 NS_FIELDS = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
              "user": "user", "cgroup": "cgroup", "time": "time"}
-JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid"}
+JOINABLE = {"network": "net", "ipc": "ipc", "uts": "uts", "pid": "pid", "user": "user", "mount": "mount"}
 # mounts the sandbox's own root always provides (rootfs._make_dev, proc, sysfs) or that are
 # not mounted (documented in docs/interop.md): accepted at these destinations only
 PROVIDED = {("/dev", "tmpfs"), ("/dev/pts", "devpts"), ("/dev/shm", "tmpfs"), ("/dev/mqueue", "mqueue"),
@@ -51,7 +51,7 @@ class Bundle:
     path: str
     plan: P.Plan
     hooks: dict = field(default_factory=dict)          # kind -> [{"path", "args", "env", "timeout"}]
-    join: dict = field(default_factory=dict)           # OCI type -> path (network, ipc, uts)
+    join: dict = field(default_factory=dict)           # OCI type -> path (network, ipc, uts, pid, user, mount)
     oom_score_adj: "int | None" = None
     sysctl: dict = field(default_factory=dict)
     terminal: bool = False
@@ -104,7 +104,9 @@ def translate(cfg: dict, bundle_dir: str) -> Bundle:
     annotations = _get(cfg, "annotations", dict, "") or {}
 
     ns, join = _namespaces(linux)
-    user = _user(proc, linux, ns)
+    user = _user(proc, linux, ns, join.get("user"))
+    if "mount" in join:
+        _joined_mount_ns(cfg, linux, root)
     caps = _capabilities(proc)
     mounts, proc_on, sys_on = _mounts(cfg, bundle_dir)
     fs = P.Filesystem(root=rootfs, read_only=bool(root.get("readonly", False)), system_dirs=(), etc=(),
@@ -175,19 +177,24 @@ def _namespaces(linux: dict):
         if path:
             if t not in JOINABLE:
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: joining a {t} namespace is not "
-                                  "supported (network, ipc, uts and pid ones are)")
+                                  "supported (network, ipc, uts, pid, user and mount ones are)")
             if not os.path.exists(path):
                 raise BundleError(f"config.json: linux.namespaces[{i}].path: {path}: no such namespace")
             join[t] = path
             if t == "pid":                 # a pid namespace the sandbox has (its /proc), not a new one:
                 on["pid"] = True           # monitor.clone_joining clones PID 1 into it
+            elif t in ("user", "mount"):   # the sandbox's own, made by someone else: monitor.clone_via_helper
+                on[t] = True               # clones PID 1 in it (a user namespace's maps are read from it)
         else:
             on[NS_FIELDS[t]] = True
     if not on.get("mount"):
         raise BundleError("config.json: linux.namespaces: a mount namespace is required (the root is "
                           "pivoted in one)")
     fields = {f: on.get(f, False) for f in NS_FIELDS.values()}
-    if join and fields["user"]:
+    if "pid" in join and ("user" in join or "mount" in join):
+        raise BundleError("config.json: linux.namespaces: joining a pid namespace together with a user or mount "
+                          "namespace by path is not supported")
+    if join and fields["user"] and "user" not in join:
         raise BundleError("config.json: linux.namespaces: joining a namespace by path together with a new user "
                           "namespace is not supported")
     return P.Namespaces(**fields), join
@@ -203,7 +210,63 @@ def _idmaps(linux: dict, key: str) -> tuple:
     return tuple(out)
 
 
-def _user(proc: dict, linux: dict, ns) -> P.User:
+def _joined_mount_ns(cfg: dict, linux: dict, root: dict) -> None:
+    """A mount namespace joined by path: its root and mounts are the container's as they are (crun's
+    behaviour: the rootfs is prepared only in a namespace the runtime creates; runc would pivot_root
+    inside the joined one, changing it for every process there — not done). What would have to be
+    mounted in it is refused (fail closed)."""
+    for key, v in (("mounts", cfg.get("mounts")), ("linux.maskedPaths", linux.get("maskedPaths")),
+                   ("linux.readonlyPaths", linux.get("readonlyPaths")), ("root.readonly", root.get("readonly")),
+                   ("linux.rootfsPropagation", linux.get("rootfsPropagation"))):
+        if v:
+            raise BundleError(f"config.json: {key}: cannot be applied in a mount namespace joined by path "
+                              "(its root and mounts are used as they are)")
+
+
+def joined_maps(path: str) -> tuple:
+    """The uid and gid maps of the user namespace at `path`, as its parent namespace sees them:
+    read by a child that joins it (/proc/self/{uid,gid}_map from inside: relative to the parent)."""
+    from .. import _sys
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        out = b"E"
+        try:
+            os.close(r)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            _sys.setns(fd, _sys.CLONE_NEWUSER)
+            with open("/proc/self/uid_map", "rb") as u, open("/proc/self/gid_map", "rb") as g, \
+                    open("/proc/self/setgroups", "rb") as sg:
+                out = sg.read(16).strip() + b"\0" + u.read(65536) + b"\0" + g.read(65536)
+        except OSError as e:
+            out = b"E" + (e.strerror or str(e)).encode()
+        finally:
+            os.write(w, out[:140000])
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+        if len(data) > 140000:
+            break
+    os.close(r)
+    os.waitpid(pid, 0)
+    if data.startswith(b"E") or data.count(b"\0") != 2:
+        raise BundleError(f"config.json: linux.namespaces: user: cannot join {path}: "
+                          f"{data[1:].decode(errors='replace') or 'failed'}")
+
+    def parse(text: bytes) -> tuple:
+        out = []
+        for line in text.decode(errors="replace").splitlines()[:340]:
+            f = line.split()
+            if len(f) == 3 and all(x.isdigit() for x in f):
+                out.append(P.IdMapEntry(int(f[0]), int(f[1]), int(f[2])))
+        return tuple(out)
+    sg, u, g = data.split(b"\0")
+    return parse(u), parse(g), sg == b"allow"
+
+
+def _user(proc: dict, linux: dict, ns, joined: "str | None" = None) -> P.User:
     u = proc.get("user") or {}
     if not isinstance(u, dict):
         raise BundleError("config.json: process.user: must be an object")
@@ -218,7 +281,19 @@ def _user(proc: dict, linux: dict, ns) -> P.User:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 32:
             raise BundleError(f"config.json: process.user.{what}: must be an id")
     uid_map = gid_map = ()
-    if ns.user:
+    if joined:                                         # runc: no mappings of one's own for a joined namespace
+        for key in ("uidMappings", "gidMappings"):
+            if linux.get(key):
+                raise BundleError(f"config.json: linux.{key}: must be absent when the user namespace is joined by "
+                                  "path (the namespace's own mappings apply)")
+        uid_map, gid_map, setgroups = joined_maps(joined)
+        if not uid_map or not gid_map:
+            raise BundleError(f"config.json: linux.namespaces: user: {joined} has no uid/gid mappings yet")
+        if not setgroups and os.geteuid() == 0:        # (rootless: the launcher does not call it)
+            raise BundleError(f"config.json: linux.namespaces: user: {joined} denies setgroups (its "
+                              "/proc/PID/setgroups), which the sandbox's set-up as root calls to drop the host's "
+                              "groups: map it with setgroups allowed")
+    elif ns.user:
         uid_map, gid_map = _idmaps(linux, "uidMappings"), _idmaps(linux, "gidMappings")
         if not uid_map or not gid_map:
             raise BundleError("config.json: linux.uidMappings/gidMappings: required with a user namespace")

@@ -273,7 +273,8 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
             ctx.log(f"delete: container {cid} is {s} (stop it first, or --force)")
             return 1
         from .. import _sys
-        for pid, start in _state.kill_targets(st):
+        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")),
+                           (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))):
             fd = procid.open_pidfd(pid, start)
             if fd is not None:
                 try:
@@ -282,8 +283,13 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
                     pass
                 os.close(fd)
     deadline = time.monotonic() + 10           # the monitor cleans up (cgroup, mounts) as it ends
-    while procid.running(*_state.alive_ident(st)) and time.monotonic() < deadline:
+    monitor = (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))
+    while procid.running(*monitor) and time.monotonic() < deadline:
         time.sleep(0.005)
+    try:                                       # what the monitor recorded as it ended (PID 1 gone is
+        st = _state.load(ctx.root, cid)        # "stopped" already: its record may have come since)
+    except _state.StateError:
+        pass
     if st.get("status") != "stopped":          # the monitor did not finish (SIGKILLed): what it left
         try:                                   # on the host (a monitor that recorded "stopped" has
             from ..store.reclaim import reclaim_quietly   # cleaned up: ~17 ms saved)

@@ -8,23 +8,29 @@ its go pipe as in every launch).
       state dir, exec.fifo                 Launch.start: preflight ... announce
       fork the monitor  ───────────────►   before_release: sysctl, oomScoreAdj,
       wait for "OK"/"ERR"  ◄───────────    state "created", createRuntime+prestart hooks, "OK"
-      --pid-file: the monitor's pid        wait: exec.fifo ("G" from `start`) or PID 1 gone
+      --pid-file: PID 1's pid              wait: exec.fifo ("G" from `start`) or PID 1 gone
       exit 0                               release ("G")  ───────────────────►  runs
                                            poststart hooks, state "running"
                                            wait, finish (report, clean-up), state "stopped"
                                            exit with the program's status
 
-The pid the engine gets (pid file, `state`) is the monitor's: when create exits, the monitor is
-reparented to the engine's subreaper (podman's conmon), which waits for it and reads the
-container's exit status from it — as it would from runc's container process. `kill` signals the
-sandbox's PID 1 (which forwards to the program); if the monitor dies, PID 1's parent-death
-signal ends the sandbox."""
+The pid the engine gets (pid file, `state`) is the sandbox's PID 1, as runc's and crun's is the
+container's init: the monitor clones it with CLONE_PARENT, a child of `create`, so when create
+exits PID 1 is reparented to the engine's subreaper (podman's conmon), which waits for it and reads
+the container's exit status from it (PID 1 exits with the program's status); `podman top` reads
+/proc in PID 1's mount namespace. The monitor, reparented there too, learns PID 1's wait status
+from its pidfd once it was reaped (PIDFD_INFO_EXIT, Linux 6.15; older kernels: the monitor is the
+pid, as before). `kill` signals PID 1 (which forwards to the program). PID 1 arms no parent-death
+signal before its release (create's exit would fire it); if the monitor dies before `start`, PID 1
+reads the end of its go pipe and exits; after, the container runs on, as runc's does."""
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
 import socket
+import struct
 import time
 
 from .. import _sys, procid
@@ -32,6 +38,35 @@ from . import hooks as _hooks
 from . import state as _state
 
 NS_FLAGS = {"network": "CLONE_NEWNET", "ipc": "CLONE_NEWIPC", "uts": "CLONE_NEWUTS"}
+CLONE_PARENT = 0x00008000
+PIDFD_GET_INFO = 0xC040FF0B                      # _IOWR(0xFF, 11, struct pidfd_info (64 bytes))
+PIDFD_INFO_EXIT = 0x8
+REAP_WAIT = 60.0                                 # seconds for PID 1's reaper to collect it
+
+
+def pidfd_exit_status(pidfd: int) -> "int | None":
+    """PID 1's wait status once its parent reaped it (PIDFD_GET_INFO, PIDFD_INFO_EXIT: Linux 6.15),
+    else None (still running or a zombie). OSError ENOTTY/EINVAL: the kernel has no PIDFD_GET_INFO."""
+    buf = bytearray(64)
+    struct.pack_into("Q", buf, 0, PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf)
+    except ProcessLookupError:                   # reaped, but the exit was not recorded (cannot be: asked)
+        return None
+    mask, = struct.unpack_from("Q", buf, 0)
+    return struct.unpack_from("i", buf, 60)[0] if mask & PIDFD_INFO_EXIT else None
+
+
+def exit_info_supported() -> bool:
+    """Whether this kernel reports a reaped process's exit status on its pidfd (our own pidfd)."""
+    fd = _sys.pidfd_open(os.getpid())
+    try:
+        pidfd_exit_status(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socket: "str | None", log) -> int:
@@ -70,12 +105,22 @@ def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socke
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+        _reap_children()                         # a PID 1 it cloned as our child (CLONE_PARENT), killed
         _state.remove_dir(d)
         return 1
-    if pid_file:
+    if pid_file:                                 # "OK <PID 1's pid>" (an older kernel: the monitor's)
         from ..fsutil import atomic_write
-        atomic_write(pid_file, str(pid), mode=0o644, fsync=False)
+        atomic_write(pid_file, text[3:].strip() or str(pid), mode=0o644, fsync=False)
     return 0
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def _tell(fd: int, text: str) -> None:
@@ -126,8 +171,10 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
         except OSError as e:
             raise LaunchError(f"{'process.oomScoreAdj' if 'oom' in str(e.filename) else 'linux.sysctl'}: "
                               f"{e.strerror}") from None
-        st.update(status="created", pid=me, pid_start=procid.start_time(me), sandbox_pid=pid,
-                  sandbox_pid_start=procid.start_time(pid), sandbox_id=run.sandbox_id,
+        p1 = pid if direct else me                 # the pid the engine gets: PID 1 (older kernels: ours)
+        st.update(status="created", pid=p1, pid_start=procid.start_time(p1), sandbox_pid=pid,
+                  sandbox_pid_start=procid.start_time(pid), monitor_pid=me,
+                  monitor_pid_start=procid.start_time(me), sandbox_id=run.sandbox_id,
                   cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [])
         _state.save(root, cid, st)
         try:
@@ -145,7 +192,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
             _state_to(start_w, _state.oci_state(st))
         ffd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         pidfd = _sys.pidfd_open(pid)
-        _tell(ready_w, "OK")
+        _tell(ready_w, f"OK {p1}")
         null = os.open(os.devnull, os.O_RDWR)
         for n in (0, 1, 2):                        # the engine's pipes are the container's, not ours (errors: --log)
             os.dup2(null, n)
@@ -169,10 +216,26 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
                 pass
 
     run.before_release = hold
+    from ..launch import sequence
+    direct = exit_info_supported()
+    extra = CLONE_PARENT if direct else 0
+    if direct:
+        sequence.pid1_pdeathsig = False            # create's exit would fire it
     if "pid" in bundle.join:
-        from ..launch import sequence
-        run.clone = clone_joining(bundle.join["pid"])
+        run.clone = clone_joining(bundle.join["pid"], extra)
         sequence.spawn_inline = False
+    elif "user" in bundle.join or "mount" in bundle.join:
+        run.clone = clone_via_helper(bundle.join.get("user"), bundle.join.get("mount"), extra)
+        run.maps_done = "user" in bundle.join          # the namespace's own maps (bundle.joined_maps)
+        if "mount" in bundle.join:
+            sequence.join_mount = True                 # no root to build: the namespace's, as it is
+            sequence.spawn_inline = False              # (the Python program's set-up knows that)
+    else:
+        run.clone = clone_plain(extra)
+    pidfds = []
+    if direct:
+        run.clone = _keeping_pidfd(run.clone, pidfds)
+        run.reap = lambda pid: _reap(pidfds[0])
     start_w = _start_container_hooks(bundle) if bundle.hooks.get("startContainer") else None
 
     for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
@@ -205,7 +268,100 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     return result.exit_code
 
 
-def clone_joining(pid_ns: str):
+def clone_plain(extra: int):
+    """Launch.clone as the launcher's own (init_image, clone with the namespaces), plus `extra`."""
+    from ..init import init_image
+
+    def clone(flags: int, ctx) -> int:
+        init_image()
+        return _sys.clone_fork(flags | extra)
+    return clone
+
+
+def clone_via_helper(user_ns: "str | None", mnt_ns: "str | None", extra: int):
+    """Launch.clone for a user and/or mount namespace joined by path. Neither can be left again
+    (setns back to a parent user namespace is refused), so a helper process joins them (user
+    first, as runc) and clones PID 1 from there with CLONE_PARENT (our child, or with `extra` =
+    CLONE_PARENT the helper and PID 1 both `create`'s): the namespaces PID 1 creates (pid, net,
+    ipc, uts) are owned by the joined user namespace; without a new mount namespace PID 1 lives in
+    the joined one (sequence.join_mount: no root is built in it). The helper sends PID 1's pid and
+    exits."""
+    from ..init import init_image
+
+    def clone(flags: int, ctx) -> int:
+        from ..launcher import LaunchError
+        init_image()
+        fds = [(os.open(p, os.O_RDONLY | os.O_CLOEXEC), flag, p)
+               for p, flag in ((user_ns, _sys.CLONE_NEWUSER), (mnt_ns, _sys.CLONE_NEWNS)) if p]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            helper = _sys.clone_fork(extra)
+        except BaseException:
+            for fd, _, _ in fds:
+                os.close(fd)
+            os.close(r)
+            os.close(w)
+            raise
+        if helper == 0:
+            os.close(r)
+            try:
+                for fd, flag, p in fds:
+                    try:
+                        _sys.setns(fd, flag)
+                    except OSError as e:
+                        raise OSError(e.errno, f"cannot join {p}: {e.strerror}") from None
+                    flags &= ~flag
+                    os.close(fd)
+                pid = _sys.clone_fork(flags | CLONE_PARENT)
+            except OSError as e:
+                os.write(w, f"E{e.strerror or e}".encode()[:1000])
+                os._exit(1)
+            if pid == 0:
+                os.close(w)
+                return 0                               # PID 1: the launcher runs sequence.pid1_main
+            os.write(w, f"P{pid}".encode())
+            os._exit(0)
+        for fd, _, _ in fds:
+            os.close(fd)
+        os.close(w)
+        msg = os.read(r, 1024).decode(errors="replace")
+        os.close(r)
+        if not extra:                                  # (else `create`'s child, as PID 1)
+            os.waitpid(helper, 0)
+        if not msg.startswith("P"):
+            raise LaunchError(f"linux.namespaces: {msg[1:] or 'the helper that joins them failed'}")
+        return int(msg[1:])
+    return clone
+
+
+def _keeping_pidfd(clone, out: list):
+    """PID 1's pidfd, opened at once (before anyone can reap it): its exit status comes on it."""
+    def wrapped(flags: int, ctx) -> int:
+        pid = clone(flags, ctx)
+        if pid != 0:
+            out.append(_sys.pidfd_open(pid))
+        return pid
+    return wrapped
+
+
+def _reap(pidfd: int) -> int:
+    """Launch.reap: PID 1 is the engine's child (CLONE_PARENT); wait until its reaper collected it
+    and read its wait status from our pidfd. Not collected within REAP_WAIT: 255 (unknown)."""
+    select.select([pidfd], [], [])               # it ended (a zombie, or reaped)
+    deadline, delay = time.monotonic() + REAP_WAIT, 0.001
+    while True:
+        status = pidfd_exit_status(pidfd)
+        if status is not None:
+            os.close(pidfd)
+            return status
+        if time.monotonic() > deadline:
+            os.close(pidfd)
+            return 255 << 8
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def clone_joining(pid_ns: str, extra: int = 0):
     """Launch.clone for a pid namespace joined by path: setns(CLONE_NEWPID) changes the namespace
     of our next children only, so around PID 1's clone (without CLONE_NEWPID), then back to ours
     (hooks and helpers stay in the runtime's). PID 1 is then a process of that namespace, not its
@@ -222,7 +378,7 @@ def clone_joining(pid_ns: str):
                 _sys.setns(target, _sys.CLONE_NEWPID)
             except OSError as e:
                 raise LaunchError(f"linux.namespaces: cannot join {pid_ns}: {e.strerror}") from None
-            pid = _sys.clone_fork(flags & ~_sys.CLONE_NEWPID)
+            pid = _sys.clone_fork((flags & ~_sys.CLONE_NEWPID) | extra)
         except BaseException:
             _back(own)
             raise

@@ -1,5 +1,8 @@
 """One container's state directory under the runtime's --root: state.json (what `state` prints,
-plus the monitor's and PID 1's identities and the exit), exec.fifo (create's process waits on it
+plus the monitor's and PID 1's identities and the exit: `pid`/`pid_start` the pid the engine gets
+— the sandbox's PID 1, as runc's container init; the monitor's on a kernel without
+PIDFD_INFO_EXIT — `sandbox_pid`/`sandbox_pid_start` PID 1, `monitor_pid`/`monitor_pid_start` the
+monitor, `status` and, once the monitor recorded the end, `exit_code`), exec.fifo (create's process waits on it
 until `start`), config.json's translation is not kept (the bundle stays the engine's).
 state.front: derived from the same record on every save, for the C front end (front.c; its format
 is front_text's); state.json stays the one source of truth. The liveness identity (alive_ident)
@@ -7,7 +10,7 @@ and kill's targets (kill_targets) are defined once here and written into it: cha
 
 Status (the OCI runtime spec, "State"): creating (state.json not yet written by the monitor),
 created (the launch is held before its release), running (released, the monitor alive),
-stopped (the monitor recorded the exit, or is gone)."""
+stopped (the monitor recorded the exit, or `pid` is gone)."""
 from __future__ import annotations
 
 import json

@@ -83,6 +83,15 @@ class Rt:
     def output(self) -> str:
         return (self.out / "stdout").read_text() if (self.out / "stdout").exists() else ""
 
+    def record(self, cid: str, timeout: float = 30) -> dict:
+        """state.json once the monitor recorded the exit (status "stopped" says PID 1 is gone:
+        the monitor records a moment later, once PID 1's reaper collected it)."""
+        deadline = time.monotonic() + timeout
+        while (st := json.loads(Path(self.root, cid, "state.json").read_text())).get("status") != "stopped":
+            assert time.monotonic() < deadline, f"{cid}: no exit recorded"
+            time.sleep(0.02)
+        return st
+
     def wait_status(self, cid: str, want: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.status(cid) != want:
@@ -177,8 +186,8 @@ def test_pid_file_names_the_waitable_process(rt, tmp_path):
     assert p.poll(30000)
     os.close(fd)
     rt.wait_status("p1", "stopped")
-    st = json.loads(Path(rt.root, "p1", "state.json").read_text())
-    assert st["exit_code"] == 7
+    st = rt.record("p1")
+    assert st["exit_code"] == 7 and st["pid"] == pid == st["sandbox_pid"] != st["monitor_pid"]
     rt("delete", "p1", check=True)
 
 
@@ -788,7 +797,7 @@ def test_must_failing_container_hook_stops_the_container(rt, tmp_path, kind):
     assert r.returncode == 0, rt.err()
     rt("start", "hf")
     rt.wait_status("hf", "stopped")
-    st = json.loads(Path(rt.root, "hf", "state.json").read_text())     # (the monitor's record)
+    st = rt.record("hf")                                                # (the monitor's record)
     rt("delete", "hf", check=True)
     assert not marker.exists()                          # /bin/touch never ran
     assert st["exit_code"] == 125 and "hooks.startContainer[0] /bin/false" in st["error"]
@@ -883,3 +892,162 @@ def test_must_pid_namespace_joined_by_path(rt, tmp_path):
         assert rt.status("pa") == "running"                     # the joined container is unharmed
     finally:
         rt("delete", "--force", "pa")
+
+
+# --- namespaces joined by path: user and mount ----------------------------------------------------
+
+def _ns(pid, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+@pytest.fixture
+def holder():
+    """A process holding a user namespace (0-65535 -> 200000+, written by us as root: setgroups
+    stays allowed) and a mount namespace owned by it with a tmpfs at /mnt holding a marker;
+    killed and reaped after the test."""
+    p = subprocess.Popen(["unshare", "-U", "-m", "--propagation", "private", "sleep", "1000"])
+    try:
+        deadline = time.monotonic() + 10
+        while _ns(p.pid, "user") == _ns("self", "user") or os.readlink(f"/proc/{p.pid}/exe") != "/usr/bin/sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for f in ("uid_map", "gid_map"):
+            Path(f"/proc/{p.pid}/{f}").write_text("0 200000 65536")
+        subprocess.run(["nsenter", "-t", str(p.pid), "-U", "-m", "sh", "-c",
+                        "mount -t tmpfs none /mnt && echo in-holder > /mnt/marker"], check=True)
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+SHOW_NS = ["/bin/sh", "-c", "ls -Li /proc/self/ns/user /proc/self/ns/mnt /proc/self/ns/pid | sort -k2; "
+           "cat /proc/self/uid_map; cat /mnt/marker 2>&1; id -u"]
+
+
+def _join_holder(c, pid: int, kinds) -> None:
+    """The holder's namespaces of these kinds joined; with its mount namespace nothing to mount."""
+    for k in kinds:
+        _join(c, k, f"/proc/{pid}/ns/{'mnt' if k == 'mount' else k}")
+    for k in ("maskedPaths", "readonlyPaths", "uidMappings", "gidMappings"):
+        c["linux"].pop(k, None)
+    c["mounts"] = []
+    c["root"]["readonly"] = False
+
+
+def _run_to_end(rt, b, cid) -> list:
+    before = len(rt.output())
+    rt("create", "--bundle", str(b), cid, check=True)
+    rt("start", cid, check=True)
+    rt.wait_status(cid, "stopped")
+    rt("delete", cid, check=True)
+    return rt.output()[before:].splitlines()
+
+
+def test_must_user_namespace_joined_by_path(rt, tmp_path, holder):
+    """config.md linux.namespaces path (user): the container process is in that user namespace
+    (same inode as the holder's), its mappings are the namespace's (uid 0 -> 200000), and the
+    namespaces created for it (mount, pid) are new ones; uid/gid mappings in config.json beside a
+    joined user namespace are refused as runc refuses them."""
+    b = spec_bundle(tmp_path / "b", "crun", SHOW_NS)
+
+    def edit(c):
+        _join(c, "user", f"/proc/{holder.pid}/ns/user")
+        c["linux"].pop("uidMappings", None)
+        c["linux"].pop("gidMappings", None)
+    edit_config(b, edit)
+    out = _run_to_end(rt, b, "uj")
+    ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in out[:3]}
+    assert ino["user"] == _ns(holder.pid, "user")
+    assert ino["mnt"] not in (_ns(holder.pid, "mnt"), _ns("self", "mnt"))
+    assert ino["pid"] != _ns("self", "pid")
+    assert out[3].split() == ["0", "200000", "65536"], out
+    assert "in-holder" not in out[4] and out[5] == "0"
+
+    c = spec_bundle(tmp_path / "c", "crun", ["/bin/true"])
+    edit_config(c, lambda cfg: (_join(cfg, "user", f"/proc/{holder.pid}/ns/user"),
+                                cfg["linux"].update(uidMappings=[{"containerID": 0, "hostID": 0, "size": 1}],
+                                                    gidMappings=[{"containerID": 0, "hostID": 0, "size": 1}])))
+    r = rt("create", "--bundle", str(c), "uk")
+    assert r.returncode == 1 and "config.json: linux.uidMappings: must be absent" in rt.err()
+    assert not os.path.exists(os.path.join(rt.root, "uk"))
+
+
+def test_must_mount_namespace_joined_by_path(rt, tmp_path, holder):
+    """config.md linux.namespaces path (mount): the container process is in that mount namespace
+    (same inode) and sees what is mounted there (the holder's tmpfs with its marker, which the host
+    does not see); the root is that namespace's as it is (crun's behaviour: nothing is pivoted or
+    mounted in it), so mounts, maskedPaths and readonlyPaths are refused; with the user
+    namespace joined too, both are the holder's."""
+    assert not os.path.exists("/mnt/marker")
+    for cid, kinds in (("mj", ("mount",)), ("mu", ("user", "mount"))):
+        b = spec_bundle(tmp_path / cid, "crun", SHOW_NS)
+
+        edit_config(b, lambda c, kinds=kinds: _join_holder(c, holder.pid, kinds))
+        out = _run_to_end(rt, b, cid)
+        ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in out[:3]}
+        assert ino["mnt"] == _ns(holder.pid, "mnt"), out
+        assert ino["user"] == _ns(holder.pid if "user" in kinds else "self", "user")
+        assert "in-holder" in out, out
+    edit_config(b, lambda c: c["linux"].update(maskedPaths=["/proc/kcore"]))
+    r = rt("create", "--bundle", str(b), "mk")
+    assert r.returncode == 1 and "config.json: linux.maskedPaths: cannot be applied in a mount namespace joined" in rt.err()
+
+
+def test_rootless_user_namespace_joined_by_path(tmp_path, user_runner):
+    """As the unprivileged test user: a bundle joining the user namespace a `sleep` of the user's
+    holds (`unshare -U --map-root-user`: its own uid as 0, setgroups denied) runs in it."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", SHOW_NS)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+    p = subprocess.Popen(["unshare", "-U", "--map-root-user", "sh", "-c", "echo ok; exec sleep 1000"],
+                         stdout=subprocess.PIPE, text=True, env=env, user=u.uid, group=u.gid, extra_groups=[])
+
+    def rt(*args):
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e,
+                                  env=env, user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    try:
+        assert p.stdout.readline().strip() == "ok"
+
+        def edit(c):
+            _join(c, "user", f"/proc/{p.pid}/ns/user")
+            for k in ("uidMappings", "gidMappings", "resources"):
+                c["linux"].pop(k, None)
+        edit_config(b, edit)
+        for args in (("create", "--bundle", str(b), "ru"), ("start", "ru")):
+            assert rt(*args).returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 30
+        while json.loads((out / "state" / "ru" / "state.json").read_text()).get("status") != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "ru").returncode == 0
+        lines = (out / "stdout").read_text().splitlines()
+        ino = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in lines[:3]}
+        assert ino["user"] == _ns(p.pid, "user"), lines
+        assert lines[3].split() == ["0", str(u.uid), "1"] and lines[-1] == "0", lines
+    finally:
+        rt("delete", "--force", "ru")
+        p.kill()
+        p.wait()
+
+
+def test_exec_into_joined_user_and_mount_namespaces(rt, tmp_path, holder):
+    """exec in a container whose user and mount namespaces were joined by path: the process is in
+    them too (PID 1's namespaces), sees the holder's tmpfs, and its exit status is exec's."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "100"])
+    edit_config(b, lambda c: _join_holder(c, holder.pid, ("user", "mount")))
+    try:
+        rt("create", "--bundle", str(b), "xj", check=True)
+        rt("start", "xj", check=True)
+        r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "xj", "/bin/sh", "-c",
+                            "cat /mnt/marker; ls -Li /proc/self/ns/user | cut -d' ' -f1; exit 4"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 4, r.stderr
+        assert r.stdout.split() == ["in-holder", str(_ns(holder.pid, "user"))]
+    finally:
+        rt("delete", "--force", "xj")

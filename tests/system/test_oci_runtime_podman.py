@@ -125,3 +125,49 @@ def test_podman_cgroup_parent_and_stats(podman):
                         os.rmdir(d)
                     except OSError:
                         pass
+
+
+def test_podman_top_lists_the_container(podman):
+    """state's pid (and --pid-file) is the sandbox's PID 1, as runc's is the container's init:
+    `podman top` reads /proc in its mount namespace and lists the container's processes (PID 1
+    and the program), not the host's; podman's own PID is that process on the host."""
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        r = podman("inspect", "--format", "{{.State.Pid}}", cid)
+        pid = int(r.stdout.strip())
+        assert os.stat(f"/proc/{pid}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino   # inside the sandbox
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next(line for line in f if line.startswith("NSpid:")).split()
+        assert nspid[-1] == "1", nspid                                   # the sandbox's PID 1
+        r = podman("top", cid, "pid", "args")
+        assert r.returncode == 0, r.stderr
+        rows = [line.split(None, 1) for line in r.stdout.splitlines()[1:] if line.strip()]
+        assert "/bin/sleep 1000" in [a.strip() for _, a in rows], r.stdout
+        assert all(int(p) <= 10 for p, _ in rows), r.stdout          # the sandbox's pids, not the host's
+        assert not any("podman" in a or "pytest" in a for _, a in rows), r.stdout
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
+
+
+def test_podman_exit_codes_kill_and_wait(podman):
+    """conmon reaps PID 1 and reads the container's status from it: exit codes, a program killed
+    by a signal (128+N), `podman kill` (SIGKILL to PID 1: 137) and `podman wait`."""
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sh", "-c", "kill -TERM $$")
+    assert r.returncode == 143, r.stderr
+    r = podman("run", "--rm", "--network", "none", *ULIMITS, "psbrt-bb:1", "/no/such/program")
+    assert r.returncode == 127, r.stderr                # as pysandbox run's: not found
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sh", "-c", "sleep 1; exit 42")
+    cid = r.stdout.strip()
+    r = podman("wait", cid)
+    assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
+    podman("rm", cid)
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sleep", "1000")
+    cid = r.stdout.strip()
+    try:
+        assert podman("kill", cid).returncode == 0
+        r = podman("wait", cid)
+        assert r.stdout.strip() == "137", r.stdout + r.stderr
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
