@@ -116,6 +116,10 @@ def test_the_front_end_does_the_lifecycle_itself_and_falls_back_for_the_rest(wor
         assert r.returncode == 1 and "cannot run the Python implementation" in r.stderr, args
     assert run(alone, root, "kill", "c2", "9").returncode == 0
     wait_stopped(root, "c2")
+    deadline = time.monotonic() + 30                # stopped once PID 1 is gone; the monitor records
+    while json.loads(open(os.path.join(root, "c2", "state.json")).read()).get("status") != "stopped":
+        assert time.monotonic() < deadline          # the end a moment later (then delete is the front's)
+        time.sleep(0.02)
     r = run(alone, root, "kill", "c2")                                  # stopped: Python says so
     assert "cannot run the Python implementation" in r.stderr
     assert run(alone, root, "delete", "--force", "c2").returncode == 0
