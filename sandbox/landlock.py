@@ -89,12 +89,7 @@ def build(plan, root: str = "") -> int:
         scoped |= SCOPE_BIT["abstract_unix_socket"]
     if not (fs_bits or net_bits or scoped):
         return -1                              # nothing to restrict (a bare `abi:`)
-    paths = ll.paths
-    if ll.derived and fs_bits:
-        try:
-            paths = carve_execute(paths, lambda p: _listdir(root + p))
-        except CarveError as e:
-            raise LandlockError(str(e)) from None
+    paths = rule_paths(plan, fs_bits, root)
     fd = _sys.landlock_create_ruleset(fs_bits, net_bits, scoped)
     try:
         for rule in paths:
@@ -121,6 +116,19 @@ def build(plan, root: str = "") -> int:
         os.close(fd)
         raise
     return fd
+
+
+def rule_paths(plan, fs_bits: int, root: str = "") -> tuple:
+    """The path rules build() adds to the ruleset (derived rules carved for W^X), also what the
+    notify-layer fallback predicts Landlock's answers from (sandbox/notify/landlock_fallback.py)."""
+    ll = plan.landlock
+    paths = ll.paths
+    if ll.derived and fs_bits:
+        try:
+            paths = carve_execute(paths, lambda p: _listdir(root + p))
+        except CarveError as e:
+            raise LandlockError(str(e)) from None
+    return paths
 
 
 def _listdir(path: str) -> "list | None":
@@ -314,3 +322,23 @@ def pidns_of(pid: int):
         except OSError:
             return False
     return match
+
+
+# --- which source records a run's Landlock denials: the one decision point ----------------------
+KERNEL, NOTIFY = "kernel", "notify"
+
+
+def denial_source(plan, *, kernel_watch: bool) -> "str | None":
+    """How the run's Landlock denials reach its audit log: KERNEL (the kernel's own records, read
+    by DenialWatch: Landlock ABI 7, audit enabled, and a caller that watches them: the CLI's
+    foreground run, kernel_watch=True), NOTIFY (the seccomp notify layer predicts and records them:
+    sandbox/notify/landlock_fallback.py), None (no file system rules: nothing to record)."""
+    ll = plan.landlock
+    if ll is None or not ll.filesystem:
+        return None
+    from . import seccomp
+    if not plan.seccomp.enabled or not seccomp.user_notif_available():
+        return KERNEL if kernel_watch and _sys.landlock_abi() >= LOG_ABI and audit_enabled() else None
+    if kernel_watch and _sys.landlock_abi() >= LOG_ABI and audit_enabled():
+        return KERNEL
+    return NOTIFY

@@ -1,0 +1,382 @@
+"""Landlock denials recorded by the seccomp notify layer, where the kernel's own records are not
+available to the run (kernel audit off, rootless, the launch server: landlock.denial_source).
+
+1. The filter (notify_plan) additionally notifies the calls Landlock could deny, listed once in
+   CALLS: opens that write, create or truncate (the flags are checked in the filter: a read-only
+   open never leaves the kernel), creat, mkdir(at), mknod(at), unlink(at), rmdir, rename(at/at2),
+   link(at), symlink(at), truncate, execve(at). Calls the plan itself denies keep its answer.
+2. The supervisor (supervisor.Enforcing) hands such a call, which the plan allows, to Predictor:
+   it reads the path arguments from the caller's memory (bounded to PATH_MAX; trusted only after
+   the notification id is re-validated), resolves them in the caller's view (its root, cwd, or
+   dirfd via /proc/PID/...; openat2 RESOLVE_IN_ROOT / RESOLVE_BENEATH, symlinks followed inside
+   that root only, no magic links) and compares the (st_dev, st_ino) of the path and its ancestors
+   with the rule paths' (Landlock's semantics: a rule is attached to an inode, the rights of any
+   ancestor's rule are granted). The rule paths are landlock.rule_paths (what the ruleset was
+   built from), opened in the caller's root the way build() opened them.
+3. Predicted denied: the supervisor answers EACCES (Landlock's answer) and records a
+   `landlock_denied` event (rate-limited, audit/throttle.py). Predicted allowed, or anything
+   uncertain (a path through /proc, a ".." out of a dirfd, a vanished caller): the call continues
+   and the kernel's Landlock decides. Each check here is a *necessary* condition of Landlock's
+   (a right it requires), so a predicted denial is one Landlock would make too; a denial this
+   prediction misses (e.g. `refer` across directories, an ELF interpreter) is still enforced by
+   the kernel, only not recorded.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+import stat
+from dataclasses import replace
+from typing import Callable, Optional
+
+PATH_MAX = 4096
+AT_FDCWD = -100
+AT_REMOVEDIR = 0x200
+AT_EMPTY_PATH = 0x1000
+RENAME_EXCHANGE = 2
+O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_NOFOLLOW = 0o1, 0o2, 0o100, 0o1000, 0o400000
+WRITE_FLAGS = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC       # (O_TMPFILE includes O_WRONLY or O_RDWR)
+MAX_DEPTH = 4096                                           # ancestors walked at most
+
+# The notified calls, in one place: name -> (flags argument checked in the filter, or None: every
+# call of the name is notified). Names this architecture lacks (open, creat, ... on arm64) are skipped.
+CALLS = {
+    "open": 1, "openat": 2, "openat2": None, "creat": None,
+    "mkdir": None, "mkdirat": None, "mknod": None, "mknodat": None,
+    "unlink": None, "unlinkat": None, "rmdir": None,
+    "rename": None, "renameat": None, "renameat2": None, "link": None, "linkat": None,
+    "symlink": None, "symlinkat": None, "truncate": None, "execve": None, "execveat": None,
+}
+
+
+def notify_plan(s):
+    """plan.Seccomp with CALLS notified wherever the plan allows them (allow/log rules, or an
+    allowing default), the plan's own denials unchanged. The supervisor keeps deciding with `s`
+    itself: a notified call its plan allows is a Landlock question (supervisor.Enforcing)."""
+    from policies import plan as P
+    from policies import syscalls as _names
+    names = {n for n in CALLS if _names.resolve(n) is not None}
+    if not s.enabled or not names:
+        return s
+
+    def watched(r) -> list:
+        i = CALLS[r.name]
+        notify = replace(r, action="notify", errno=None)
+        if i is None:
+            return [notify]
+        return [replace(r, args=tuple(r.args) + (P.ArgCond(i, "masked_eq", 0, WRITE_FLAGS),)), notify]
+    rules = [r for r in s.rules if r.name not in names]
+    for name in sorted(names):
+        own = [r for r in s.rules if r.name == name]
+        for r in own:
+            rules += watched(r) if r.action in ("allow", "log") else [r]
+        if not any(not r.args for r in own) and s.default_action in ("allow", "log"):
+            rules += watched(P.SyscallRule(name, s.default_action))
+    return replace(s, rules=tuple(rules))
+
+
+def notify_filter(s) -> tuple:
+    """(notify_plan(s), its filter), computed once per (frozen) plan: a launch server asks at every
+    launch. The filter's mode is decided by seccomp.filters as for any plan."""
+    from .. import seccomp
+    s2 = seccomp._per_plan(s, "landlock_notify_plan", lambda: notify_plan(s))
+    return s2, seccomp._per_plan(s2, "bpf_full", lambda: seccomp.build_bpf(s2))
+
+
+class Uncertain(Exception):
+    """The prediction cannot be made (the kernel's Landlock decides, unrecorded)."""
+
+
+def _fs_rights():
+    from .. import landlock
+    return landlock.FS_BIT
+
+
+def _need(*names) -> int:
+    bits = _fs_rights()
+    return sum(bits[n] for n in names)
+
+
+_MAKE = {stat.S_IFREG: "make_reg", stat.S_IFDIR: "make_dir", stat.S_IFCHR: "make_char",
+         stat.S_IFBLK: "make_block", stat.S_IFIFO: "make_fifo", stat.S_IFSOCK: "make_sock",
+         stat.S_IFLNK: "make_sym"}
+
+
+class Predictor:
+    """Landlock's answer to a notified call, predicted from the run's rule set.
+
+    landlock_plan: plan.landlock as the ruleset was built from it (the namespace-free backend's
+    confined_plan); abi: the kernel's Landlock ABI (the handled rights)."""
+
+    def __init__(self, landlock_plan, abi: Optional[int] = None):
+        from .. import _sys, landlock
+        self.ll = landlock_plan
+        self.abi = _sys.landlock_abi() if abi is None else abi
+        self.handled = landlock.handled_fs(self.abi) if landlock_plan.filesystem else 0
+        self._tables: dict = {}              # (dev, ino) of the caller's root -> {(dev, ino): mask}
+        self.stats = {"predicted_denied": 0, "continued": 0, "uncertain": 0}
+
+    # --- the rule table, per root ----------------------------------------------------------------
+    def _table(self, pid: int) -> dict:
+        from .. import _sys, landlock
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(root)
+            key = (st.st_dev, st.st_ino)
+            table = self._tables.get(key)
+            if table is not None:
+                return table
+            table = {}
+
+            class _Plan:
+                landlock = self.ll
+            for rule in landlock.rule_paths(_Plan, self.handled, f"/proc/{pid}/root"):
+                try:
+                    fd = _sys.openat2(root, rule.path.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
+                                      resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS)
+                except OSError:
+                    continue                 # build() skipped it too (or refused the launch)
+                try:
+                    rst = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                allowed = landlock.mask(rule.access) & self.handled
+                if not stat.S_ISDIR(rst.st_mode):
+                    allowed &= landlock.FILE_MASK
+                k = (rst.st_dev, rst.st_ino)
+                table[k] = table.get(k, 0) | allowed
+            if len(self._tables) >= 8:
+                self._tables.clear()
+            self._tables[key] = table
+            return table
+        finally:
+            os.close(root)
+
+    # --- resolving in the caller's view ----------------------------------------------------------
+    def _resolve(self, pid: int, dirfd: int, path: str, follow: bool) -> tuple:
+        """(an O_PATH descriptor of the path's directory, its last name, lstat of the last name or
+        None when it does not exist) as the caller `pid` resolves `path` from `dirfd`: symbolic
+        links followed inside the caller's root (the last one when `follow`), never out of it.
+        FileNotFoundError: the directory does not exist; Uncertain: not predicted."""
+        from .. import _sys
+        if not path:
+            raise Uncertain("empty path")
+        if path.startswith("/"):
+            base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            rel, resolve = path.lstrip("/"), _sys.RESOLVE_IN_ROOT
+        else:
+            where = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+            try:
+                base = os.open(f"/proc/{pid}/{where}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                raise Uncertain(f"dirfd {where}") from None
+            rel, resolve = path, _sys.RESOLVE_BENEATH         # a ".." above it: uncertain
+        try:
+            for _ in range(40):                               # (the kernel's ELOOP bound)
+                head, _sep, last = rel.rstrip("/").rpartition("/")
+                if last in ("", ".", ".."):
+                    raise Uncertain("no last name")
+                try:
+                    pfd = _sys.openat2(base, head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                       resolve=resolve | _sys.RESOLVE_NO_MAGICLINKS)
+                except OSError as e:
+                    if e.errno == _errno.ENOENT:
+                        raise FileNotFoundError(path) from None
+                    raise Uncertain(os.strerror(e.errno)) from None
+                try:
+                    st = os.stat(last, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                except OSError:
+                    os.close(pfd)
+                    raise Uncertain("stat") from None
+                if st is None or not follow or not stat.S_ISLNK(st.st_mode):
+                    return pfd, last, st
+                try:
+                    target = os.readlink(last, dir_fd=pfd)
+                except OSError:
+                    os.close(pfd)
+                    raise Uncertain("readlink") from None
+                os.close(base)
+                if target.startswith("/"):                    # from the caller's root again
+                    os.close(pfd)
+                    base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    rel, resolve = target.lstrip("/"), _sys.RESOLVE_IN_ROOT
+                else:                                         # from the link's directory
+                    base, rel, resolve = pfd, target, _sys.RESOLVE_BENEATH
+            raise Uncertain("too many links")
+        finally:
+            os.close(base)
+
+    def _granted(self, table: dict, fd: int) -> int:
+        """The rights the rules of directory `fd` and its ancestors grant (closes fd)."""
+        granted, seen = 0, None
+        try:
+            for _ in range(MAX_DEPTH):
+                st = os.fstat(fd)
+                k = (st.st_dev, st.st_ino)
+                if k == seen:
+                    return granted
+                granted |= table.get(k, 0)
+                up = os.open("..", os.O_PATH | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd, seen = up, k
+        finally:
+            os.close(fd)
+        raise Uncertain("too deep")
+
+    def _check(self, table, pid, dirfd, path, need: int, *, follow=True, parent=False) -> Optional[str]:
+        """The rights in `need` missing on the path (parent: on its directory, for what is made or
+        removed in it); None when the rules grant them all. FileNotFoundError: no such path."""
+        pfd, _last, st = self._resolve(pid, dirfd, path, follow)
+        granted = 0
+        if not parent:
+            if st is None:
+                os.close(pfd)
+                raise FileNotFoundError(path)
+            granted = table.get((st.st_dev, st.st_ino), 0)
+        missing = need & self.handled & ~(granted | self._granted(table, pfd))
+        if not missing:
+            return None
+        return ",".join(n for n, b in _fs_rights().items() if missing & b)
+
+    def _lstat_in(self, pid, dirfd, path, follow=False) -> Optional[os.stat_result]:
+        try:
+            pfd, _last, st = self._resolve(pid, dirfd, path, follow)
+        except FileNotFoundError:
+            return None
+        os.close(pfd)
+        return st
+
+    # --- the calls -------------------------------------------------------------------------------
+    def predict(self, pid: int, name: str, args, read: Callable[[int], Optional[str]],
+                read_u64: Callable[[int], Optional[int]]) -> Optional[tuple]:
+        """(path, access) Landlock denies, or None (allowed or uncertain: the call continues).
+        read(addr): a string from the caller's memory (bounded); read_u64(addr): a word."""
+        if not self.handled:
+            return None
+        try:
+            return self._predict(pid, name, args, read, read_u64)
+        except (Uncertain, OSError):
+            self.stats["uncertain"] += 1
+            return None
+
+    def _predict(self, pid, name, args, read, read_u64):
+        def fd(i):
+            v = args[i] & 0xFFFFFFFF
+            return AT_FDCWD if v == (AT_FDCWD & 0xFFFFFFFF) else v if v < 0x80000000 else None
+
+        def s(i):
+            v = read(args[i])
+            if v is None:
+                raise Uncertain("unreadable path")
+            return v
+        table = self._table(pid)
+        if name in ("open", "openat", "openat2", "creat"):
+            if name == "open":
+                d, p, flags = AT_FDCWD, s(0), args[1]
+            elif name == "openat":
+                d, p, flags = fd(0), s(1), args[2]
+            elif name == "openat2":
+                d, p, flags = fd(0), s(1), read_u64(args[2])
+            else:
+                d, p, flags = AT_FDCWD, s(0), O_WRONLY | O_CREAT | O_TRUNC
+            if d is None or flags is None or not flags & WRITE_FLAGS:
+                return None
+            st = self._lstat_in(pid, d, p, follow=not flags & O_NOFOLLOW)
+            if st is None or stat.S_ISLNK(st.st_mode):        # (a dangling symlink: not predicted)
+                if not flags & O_CREAT or st is not None:
+                    return None                               # ENOENT/ELOOP: the kernel's answer
+                miss = self._check(table, pid, d, p, _need("make_reg"), parent=True)
+                return (p, miss) if miss else None
+            if not stat.S_ISREG(st.st_mode):
+                return None                                   # devices, fifos, dirs: not predicted
+            need = (_need("write_file") if flags & (O_WRONLY | O_RDWR) else 0) | \
+                (_need("truncate") if flags & O_TRUNC and self.abi >= 3 else 0)
+            miss = self._check(table, pid, d, p, need, follow=not flags & O_NOFOLLOW) if need else None
+            return (p, miss) if miss else None
+        if name in ("mkdir", "mkdirat"):
+            d, p = (AT_FDCWD, s(0)) if name == "mkdir" else (fd(0), s(1))
+            return self._make(table, pid, d, p, "make_dir")
+        if name in ("mknod", "mknodat"):
+            d, p, mode = (AT_FDCWD, s(0), args[1]) if name == "mknod" else (fd(0), s(1), args[2])
+            right = _MAKE.get(stat.S_IFMT(mode & 0xFFFFFFFF) or stat.S_IFREG)
+            return self._make(table, pid, d, p, right) if right else None
+        if name in ("symlink", "symlinkat"):
+            d, p = (AT_FDCWD, s(1)) if name == "symlink" else (fd(1), s(2))
+            return self._make(table, pid, d, p, "make_sym")
+        if name in ("unlink", "unlinkat", "rmdir"):
+            if name == "rmdir":
+                d, p, right = AT_FDCWD, s(0), "remove_dir"
+            else:
+                d, p = (AT_FDCWD, s(0)) if name == "unlink" else (fd(0), s(1))
+                right = "remove_dir" if name == "unlinkat" and args[2] & AT_REMOVEDIR else "remove_file"
+            if d is None or self._lstat_in(pid, d, p) is None:
+                return None                                    # ENOENT is the kernel's answer
+            miss = self._check(table, pid, d, p, _need(right), parent=True)
+            return (p, miss) if miss else None
+        if name in ("rename", "renameat", "renameat2", "link", "linkat"):
+            if name in ("rename", "link"):
+                od, op, nd, np_ = AT_FDCWD, s(0), AT_FDCWD, s(1)
+            else:
+                od, op, nd, np_ = fd(0), s(1), fd(2), s(3)
+            if od is None or nd is None or name == "renameat2" and args[4] & RENAME_EXCHANGE:
+                return None
+            if name == "linkat" and args[4] & AT_EMPTY_PATH:
+                return None
+            ost = self._lstat_in(pid, od, op)
+            if ost is None:
+                return None
+            make = _MAKE.get(stat.S_IFMT(ost.st_mode))
+            if make is None:
+                return None
+            if name.startswith("rename"):
+                remove = "remove_dir" if stat.S_ISDIR(ost.st_mode) else "remove_file"
+                miss = self._check(table, pid, od, op, _need(remove), parent=True)
+                if miss:
+                    return op, miss
+            return self._make(table, pid, nd, np_, make)
+        if name == "truncate":
+            p = s(0)
+            if self.abi < 3:
+                return None
+            try:
+                miss = self._check(table, pid, AT_FDCWD, p, _need("truncate"))
+            except FileNotFoundError:
+                return None
+            return (p, miss) if miss else None
+        if name in ("execve", "execveat"):
+            d, p = (AT_FDCWD, s(0)) if name == "execve" else (fd(0), s(1))
+            if d is None or name == "execveat" and args[4] & AT_EMPTY_PATH:
+                return None
+            st = self._lstat_in(pid, d, p, follow=True)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return None
+            miss = self._check(table, pid, d, p, _need("execute"))
+            return (p, miss) if miss else None
+        return None
+
+    def _make(self, table, pid, d, p, right):
+        if d is None:
+            return None
+        if self._lstat_in(pid, d, p) is not None:
+            return None                                        # EEXIST is the kernel's answer
+        try:
+            miss = self._check(table, pid, d, p, _need(right), parent=True)
+        except FileNotFoundError:
+            return None
+        return (p, miss) if miss else None
+
+
+def read_memory(tid: int):
+    """(read(addr) -> str, read_u64(addr) -> int, close()) over the caller's memory."""
+    from .caller import _VmRead, read_string, read_u64
+    try:
+        memfd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:               # rootless, the sandbox's ids subordinate ones: the file is theirs
+        memfd = _VmRead(tid)
+
+    def close():
+        if isinstance(memfd, int):
+            os.close(memfd)
+    return (lambda a: read_string(memfd, a, PATH_MAX), lambda a: read_u64(memfd, a), close)
