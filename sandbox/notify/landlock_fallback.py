@@ -34,7 +34,7 @@ AT_FDCWD = -100
 AT_REMOVEDIR = 0x200
 AT_EMPTY_PATH = 0x1000
 RENAME_EXCHANGE = 2
-O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_NOFOLLOW = 0o1, 0o2, 0o100, 0o1000, 0o400000
+O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = 0o1, 0o2, 0o100, 0o200, 0o1000, 0o400000
 WRITE_FLAGS = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC       # (O_TMPFILE includes O_WRONLY or O_RDWR)
 MAX_DEPTH = 4096                                           # ancestors walked at most
 
@@ -227,14 +227,30 @@ class Predictor:
 
     def _check(self, table, pid, dirfd, path, need: int, *, follow=True, parent=False) -> Optional[str]:
         """The rights in `need` missing on the path (parent: on its directory, for what is made or
-        removed in it); None when the rules grant them all. FileNotFoundError: no such path."""
-        pfd, _last, st = self._resolve(pid, dirfd, path, follow)
+        removed in it); None when the rules grant them all, or when the kernel answers before
+        Landlock is asked (a read-only mount: EROFS; a noexec one: EACCES of its own).
+        FileNotFoundError: no such path."""
+        pfd, last, st = self._resolve(pid, dirfd, path, follow)
         granted = 0
-        if not parent:
-            if st is None:
-                os.close(pfd)
-                raise FileNotFoundError(path)
-            granted = table.get((st.st_dev, st.st_ino), 0)
+        try:
+            if parent:
+                vfs = os.fstatvfs(pfd)
+            else:
+                if st is None:
+                    raise FileNotFoundError(path)
+                ofd = os.open(last, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                try:
+                    ost, vfs = os.fstat(ofd), os.fstatvfs(ofd)
+                finally:
+                    os.close(ofd)
+                granted = table.get((ost.st_dev, ost.st_ino), 0)
+        except BaseException:
+            os.close(pfd)
+            raise
+        if need & ~_need("execute") and vfs.f_flag & os.ST_RDONLY or need & _need("execute") and \
+                vfs.f_flag & os.ST_NOEXEC:
+            os.close(pfd)
+            return None
         missing = need & self.handled & ~(granted | self._granted(table, pfd))
         if not missing:
             return None
@@ -289,8 +305,8 @@ class Predictor:
                     return None                               # ENOENT/ELOOP: the kernel's answer
                 miss = self._check(table, pid, d, p, _need("make_reg"), parent=True)
                 return (p, miss) if miss else None
-            if not stat.S_ISREG(st.st_mode):
-                return None                                   # devices, fifos, dirs: not predicted
+            if not stat.S_ISREG(st.st_mode) or flags & O_CREAT and flags & O_EXCL:
+                return None                                   # devices, fifos, dirs; EEXIST: not predicted
             need = (_need("write_file") if flags & (O_WRONLY | O_RDWR) else 0) | \
                 (_need("truncate") if flags & O_TRUNC and self.abi >= 3 else 0)
             miss = self._check(table, pid, d, p, need, follow=not flags & O_NOFOLLOW) if need else None
