@@ -33,10 +33,15 @@ PATH_MAX = 4096
 AT_FDCWD = -100
 AT_REMOVEDIR = 0x200
 AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
 RENAME_EXCHANGE = 2
 O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = 0o1, 0o2, 0o100, 0o200, 0o1000, 0o400000
 WRITE_FLAGS = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC       # (O_TMPFILE includes O_WRONLY or O_RDWR)
 MAX_DEPTH = 4096                                           # ancestors walked at most
+
+PSEUDO_FS = frozenset({"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "bpf", "tracefs", "debugfs",
+                       "securityfs", "configfs", "fusectl", "pstore", "efivarfs", "binfmt_misc", "nsfs",
+                       "hugetlbfs", "autofs", "selinuxfs"})
 
 # The notified calls, in one place: name -> (flags argument checked in the filter, or None: every
 # call of the name is notified). Names this architecture lacks (open, creat, ... on arm64) are skipped.
@@ -113,6 +118,7 @@ class Predictor:
         self.ll = landlock_plan
         self.abi = _sys.landlock_abi() if abi is None else abi
         self.handled = landlock.handled_fs(self.abi) if landlock_plan.filesystem else 0
+        self._fstypes: dict = {}             # st_dev -> file system type (_pseudo)
         self._tables: dict = {}              # (dev, ino) of the caller's root -> {(dev, ino): mask}
         self.stats = {"predicted_denied": 0, "continued": 0, "uncertain": 0}
 
@@ -163,7 +169,7 @@ class Predictor:
             raise Uncertain("empty path")
         if path.startswith("/"):
             base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            rel, resolve = path.lstrip("/"), _sys.RESOLVE_IN_ROOT
+            rel, resolve = self._proc_self(pid, path.lstrip("/")), _sys.RESOLVE_IN_ROOT
         else:
             where = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
             try:
@@ -201,12 +207,35 @@ class Predictor:
                 if target.startswith("/"):                    # from the caller's root again
                     os.close(pfd)
                     base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-                    rel, resolve = target.lstrip("/"), _sys.RESOLVE_IN_ROOT
+                    rel, resolve = self._proc_self(pid, target.lstrip("/")), _sys.RESOLVE_IN_ROOT
                 else:                                         # from the link's directory
                     base, rel, resolve = pfd, target, _sys.RESOLVE_BENEATH
             raise Uncertain("too many links")
         finally:
             os.close(base)
+
+    @staticmethod
+    def _proc_self(pid: int, rel: str) -> str:
+        """proc/self and proc/thread-self as the caller reads them (its ids in its own pid
+        namespace, the one its /proc shows): /proc/self is the reader's, not this supervisor's."""
+        head, sep, rest = rel.partition("/")
+        if head != "proc" or not rest.startswith(("self", "thread-self")):
+            return rel
+        link, sep2, tail = rest.partition("/")
+        if link not in ("self", "thread-self"):
+            return rel
+        ids = {}
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith((b"NStgid:", b"NSpid:")):
+                        ids[line.split(b":")[0]] = int(line.split()[-1])
+        except (OSError, ValueError):
+            raise Uncertain("caller's ids") from None
+        if b"NStgid" not in ids or b"NSpid" not in ids:
+            raise Uncertain("caller's ids")
+        new = f"proc/{ids[b'NStgid']}" + (f"/task/{ids[b'NSpid']}" if link == "thread-self" else "")
+        return new + sep2 + tail
 
     def _granted(self, table: dict, fd: int) -> int:
         """The rights the rules of directory `fd` and its ancestors grant (closes fd)."""
@@ -225,11 +254,13 @@ class Predictor:
             os.close(fd)
         raise Uncertain("too deep")
 
-    def _check(self, table, pid, dirfd, path, need: int, *, follow=True, parent=False) -> Optional[str]:
+    def _check(self, table, pid, dirfd, path, need: int, *, follow=None, parent=False) -> Optional[str]:
         """The rights in `need` missing on the path (parent: on its directory, for what is made or
         removed in it); None when the rules grant them all, or when the kernel answers before
         Landlock is asked (a read-only mount: EROFS; a noexec one: EACCES of its own).
         FileNotFoundError: no such path."""
+        if follow is None:                 # (what is made or removed: the name itself; else its target)
+            follow = not parent
         pfd, last, st = self._resolve(pid, dirfd, path, follow)
         granted = 0
         try:
@@ -248,13 +279,36 @@ class Predictor:
             os.close(pfd)
             raise
         if need & ~_need("execute") and vfs.f_flag & os.ST_RDONLY or need & _need("execute") and \
-                vfs.f_flag & os.ST_NOEXEC:
+                vfs.f_flag & os.ST_NOEXEC or parent and self._pseudo(pid, os.fstat(pfd).st_dev):
             os.close(pfd)
             return None
         missing = need & self.handled & ~(granted | self._granted(table, pfd))
         if not missing:
             return None
         return ",".join(n for n, b in _fs_rights().items() if missing & b)
+
+    def _pseudo(self, pid: int, dev: int) -> bool:
+        """Whether device `dev` is a kernel pseudo file system (proc, sysfs, ...), where a name is
+        made or removed by the file system's own rules (a missing name in /proc: ENOENT before
+        Landlock is asked): not predicted. From the caller's /proc/PID/mountinfo, cached."""
+        fstype = self._fstypes.get(dev)
+        if fstype is None:
+            want = f"{os.major(dev)}:{os.minor(dev)}"
+            fstype = "?"
+            try:
+                with open(f"/proc/{pid}/mountinfo", "rb") as f:
+                    for line in f.read(1 << 20).decode(errors="replace").splitlines():
+                        left, _, right = line.partition(" - ")
+                        fields = left.split()
+                        if len(fields) > 2 and fields[2] == want and right:
+                            fstype = right.split()[0]
+                            break
+            except OSError:
+                pass
+            if len(self._fstypes) >= 256:
+                self._fstypes.clear()
+            self._fstypes[dev] = fstype
+        return fstype in PSEUDO_FS or fstype == "?"
 
     def _lstat_in(self, pid, dirfd, path, follow=False) -> Optional[os.stat_result]:
         try:
@@ -300,10 +354,11 @@ class Predictor:
             if d is None or flags is None or not flags & WRITE_FLAGS:
                 return None
             st = self._lstat_in(pid, d, p, follow=not flags & O_NOFOLLOW)
-            if st is None or stat.S_ISLNK(st.st_mode):        # (a dangling symlink: not predicted)
+            if st is None or stat.S_ISLNK(st.st_mode):        # (a link itself: O_NOFOLLOW's ELOOP)
                 if not flags & O_CREAT or st is not None:
                     return None                               # ENOENT/ELOOP: the kernel's answer
-                miss = self._check(table, pid, d, p, _need("make_reg"), parent=True)
+                miss = self._check(table, pid, d, p, _need("make_reg"), parent=True,
+                                   follow=not flags & O_NOFOLLOW)     # (made where a dangling link points)
                 return (p, miss) if miss else None
             if not stat.S_ISREG(st.st_mode) or flags & O_CREAT and flags & O_EXCL:
                 return None                                   # devices, fifos, dirs; EEXIST: not predicted
@@ -338,7 +393,7 @@ class Predictor:
                 od, op, nd, np_ = fd(0), s(1), fd(2), s(3)
             if od is None or nd is None or name == "renameat2" and args[4] & RENAME_EXCHANGE:
                 return None
-            if name == "linkat" and args[4] & AT_EMPTY_PATH:
+            if name == "linkat" and args[4] & (AT_EMPTY_PATH | AT_SYMLINK_FOLLOW):
                 return None
             ost = self._lstat_in(pid, od, op)
             if ost is None:
