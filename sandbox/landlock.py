@@ -332,9 +332,10 @@ def denial_source(plan, *, kernel_watch: bool) -> "str | None":
     """How the run's Landlock denials reach its audit log: KERNEL (the kernel's own records, read
     by DenialWatch: Landlock ABI 7, audit enabled, and a caller that watches them: the CLI's
     foreground run, kernel_watch=True), NOTIFY (the seccomp notify layer predicts and records them:
-    sandbox/notify/landlock_fallback.py), None (no file system rules: nothing to record)."""
+    sandbox/notify/landlock_fallback.py), None (no file system or TCP rules: nothing to record;
+    or no seccomp user notification and no kernel records)."""
     ll = plan.landlock
-    if ll is None or not ll.filesystem:
+    if ll is None or not (ll.filesystem or ll.network):
         return None
     from . import seccomp
     if not plan.seccomp.enabled or not seccomp.user_notif_available():

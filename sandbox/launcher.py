@@ -255,7 +255,7 @@ class Launch:
             self.landlock_source = landlock.denial_source(plan, kernel_watch=self.kernel_watch)
             if self.landlock_source == landlock.NOTIFY:
                 from .notify.landlock_fallback import notify_filter
-                s, bpf = notify_filter(s)
+                s, bpf = notify_filter(s, plan.landlock)
         try:                          # built here unless given (a cached plan comes with its filter)
             f = self.filters = seccomp.filters(s, bpf, audit=self.on_event is not None,
                                                learn=self.learn_plan is not None)

@@ -134,7 +134,7 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
         from dataclasses import replace
         from ..notify.landlock_fallback import Predictor, notify_filter
         from ..notify.supervision import Supervision
-        _, plain = notify_filter(replace(plan.seccomp, notify_denials=False))
+        _, plain = notify_filter(replace(plan.seccomp, notify_denials=False), plan.landlock)
         sup = Supervision(seccomp.Filters(plain, "user_notif"), plan.seccomp, on_event,
                           landlock=Predictor(plan.landlock))
     cg = registered = None

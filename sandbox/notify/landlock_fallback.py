@@ -52,20 +52,23 @@ CALLS = {
     "rename": None, "renameat": None, "renameat2": None, "link": None, "linkat": None,
     "symlink": None, "symlinkat": None, "truncate": None, "execve": None, "execveat": None,
 }
+NET_CALLS = {"bind": None, "connect": None}     # only where the rules handle TCP (landlock.network)
+MAX_SOCKADDR = 128
 
 
-def notify_plan(s):
-    """plan.Seccomp with CALLS notified wherever the plan allows them (allow/log rules, or an
+def notify_plan(s, filesystem: bool = True, network: bool = False):
+    """plan.Seccomp with CALLS (with `filesystem`) and NET_CALLS (with `network`) notified wherever the plan allows them (allow/log rules, or an
     allowing default), the plan's own denials unchanged. The supervisor keeps deciding with `s`
     itself: a notified call its plan allows is a Landlock question (supervisor.Enforcing)."""
     from policies import plan as P
     from policies import syscalls as _names
-    names = {n for n in CALLS if _names.resolve(n) is not None}
+    calls = {**(CALLS if filesystem else {}), **(NET_CALLS if network else {})}
+    names = {n for n in calls if _names.resolve(n) is not None}
     if not s.enabled or not names:
         return s
 
     def watched(r) -> list:
-        i = CALLS[r.name]
+        i = calls[r.name]
         notify = replace(r, action="notify", errno=None)
         if i is None:
             return [notify]
@@ -80,11 +83,12 @@ def notify_plan(s):
     return replace(s, rules=tuple(rules))
 
 
-def notify_filter(s) -> tuple:
-    """(notify_plan(s), its filter), computed once per (frozen) plan: a launch server asks at every
-    launch. The filter's mode is decided by seccomp.filters as for any plan."""
+def notify_filter(s, ll) -> tuple:
+    """(notify_plan(s, ...) for the Landlock rules `ll` (plan.landlock), its filter), computed once per (frozen) plan: a launch server asks
+    at every launch. The filter's mode is decided by seccomp.filters as for any plan."""
     from .. import seccomp
-    s2 = seccomp._per_plan(s, "landlock_notify_plan", lambda: notify_plan(s))
+    fs, net = bool(ll.filesystem), bool(ll.network)
+    s2 = seccomp._per_plan(s, ("landlock_notify_plan", fs, net), lambda: notify_plan(s, fs, net))
     return s2, seccomp._per_plan(s2, "bpf_full", lambda: seccomp.build_bpf(s2))
 
 
@@ -118,6 +122,7 @@ class Predictor:
         self.ll = landlock_plan
         self.abi = _sys.landlock_abi() if abi is None else abi
         self.handled = landlock.handled_fs(self.abi) if landlock_plan.filesystem else 0
+        self._root = -1                      # the caller's root, during one prediction
         self._fstypes: dict = {}             # st_dev -> file system type (_pseudo)
         self._tables: dict = {}              # (dev, ino) of the caller's root -> {(dev, ino): mask}
         self.stats = {"predicted_denied": 0, "continued": 0, "uncertain": 0}
@@ -125,38 +130,35 @@ class Predictor:
     # --- the rule table, per root ----------------------------------------------------------------
     def _table(self, pid: int) -> dict:
         from .. import _sys, landlock
-        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            st = os.fstat(root)
-            key = (st.st_dev, st.st_ino)
-            table = self._tables.get(key)
-            if table is not None:
-                return table
-            table = {}
-
-            class _Plan:
-                landlock = self.ll
-            for rule in landlock.rule_paths(_Plan, self.handled, f"/proc/{pid}/root"):
-                try:
-                    fd = _sys.openat2(root, rule.path.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
-                                      resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS)
-                except OSError:
-                    continue                 # build() skipped it too (or refused the launch)
-                try:
-                    rst = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                allowed = landlock.mask(rule.access) & self.handled
-                if not stat.S_ISDIR(rst.st_mode):
-                    allowed &= landlock.FILE_MASK
-                k = (rst.st_dev, rst.st_ino)
-                table[k] = table.get(k, 0) | allowed
-            if len(self._tables) >= 8:
-                self._tables.clear()
-            self._tables[key] = table
+        root = self._root
+        st = os.fstat(root)
+        key = (st.st_dev, st.st_ino)
+        table = self._tables.get(key)
+        if table is not None:
             return table
-        finally:
-            os.close(root)
+        table = {}
+
+        class _Plan:
+            landlock = self.ll
+        for rule in landlock.rule_paths(_Plan, self.handled, f"/proc/{pid}/root"):
+            try:
+                fd = _sys.openat2(root, rule.path.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
+                                  resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS)
+            except OSError:
+                continue                 # build() skipped it too (or refused the launch)
+            try:
+                rst = os.fstat(fd)
+            finally:
+                os.close(fd)
+            allowed = landlock.mask(rule.access) & self.handled
+            if not stat.S_ISDIR(rst.st_mode):
+                allowed &= landlock.FILE_MASK
+            k = (rst.st_dev, rst.st_ino)
+            table[k] = table.get(k, 0) | allowed
+        if len(self._tables) >= 8:
+            self._tables.clear()
+        self._tables[key] = table
+        return table
 
     # --- resolving in the caller's view ----------------------------------------------------------
     def _resolve(self, pid: int, dirfd: int, path: str, follow: bool) -> tuple:
@@ -168,7 +170,7 @@ class Predictor:
         if not path:
             raise Uncertain("empty path")
         if path.startswith("/"):
-            base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            base = os.dup(self._root)
             rel, resolve = self._proc_self(pid, path.lstrip("/")), _sys.RESOLVE_IN_ROOT
         else:
             where = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
@@ -206,7 +208,7 @@ class Predictor:
                 os.close(base)
                 if target.startswith("/"):                    # from the caller's root again
                     os.close(pfd)
-                    base = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                    base = os.dup(self._root)
                     rel, resolve = self._proc_self(pid, target.lstrip("/")), _sys.RESOLVE_IN_ROOT
                 else:                                         # from the link's directory
                     base, rel, resolve = pfd, target, _sys.RESOLVE_BENEATH
@@ -262,6 +264,10 @@ class Predictor:
         if follow is None:                 # (what is made or removed: the name itself; else its target)
             follow = not parent
         pfd, last, st = self._resolve(pid, dirfd, path, follow)
+        return self._verdict(table, pid, pfd, last, st, need, parent)
+
+    def _verdict(self, table, pid, pfd, last, st, need: int, parent: bool) -> Optional[str]:
+        """_check's answer for a resolved path (closes pfd)."""
         granted = 0
         try:
             if parent:
@@ -320,16 +326,27 @@ class Predictor:
 
     # --- the calls -------------------------------------------------------------------------------
     def predict(self, pid: int, name: str, args, read: Callable[[int], Optional[str]],
-                read_u64: Callable[[int], Optional[int]]) -> Optional[tuple]:
+                read_u64: Callable[[int], Optional[int]], read_bytes=None) -> Optional[tuple]:
         """(path, access) Landlock denies, or None (allowed or uncertain: the call continues).
-        read(addr): a string from the caller's memory (bounded); read_u64(addr): a word."""
+        read(addr): a string from the caller's memory (bounded); read_u64(addr): a word;
+        read_bytes(addr, n): n bytes. For bind/connect the "path" is "tcp port N"."""
+        if name in NET_CALLS:
+            return self._net(pid, name, args, read_bytes) if self.ll.network and read_bytes else None
         if not self.handled:
+            return None
+        try:
+            self._root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self.stats["uncertain"] += 1
             return None
         try:
             return self._predict(pid, name, args, read, read_u64)
         except (Uncertain, OSError):
             self.stats["uncertain"] += 1
             return None
+        finally:
+            os.close(self._root)
+            self._root = -1
 
     def _predict(self, pid, name, args, read, read_u64):
         def fd(i):
@@ -353,18 +370,23 @@ class Predictor:
                 d, p, flags = AT_FDCWD, s(0), O_WRONLY | O_CREAT | O_TRUNC
             if d is None or flags is None or not flags & WRITE_FLAGS:
                 return None
-            st = self._lstat_in(pid, d, p, follow=not flags & O_NOFOLLOW)
-            if st is None or stat.S_ISLNK(st.st_mode):        # (a link itself: O_NOFOLLOW's ELOOP)
-                if not flags & O_CREAT or st is not None:
-                    return None                               # ENOENT/ELOOP: the kernel's answer
-                miss = self._check(table, pid, d, p, _need("make_reg"), parent=True,
-                                   follow=not flags & O_NOFOLLOW)     # (made where a dangling link points)
-                return (p, miss) if miss else None
-            if not stat.S_ISREG(st.st_mode) or flags & O_CREAT and flags & O_EXCL:
-                return None                                   # devices, fifos, dirs; EEXIST: not predicted
-            need = (_need("write_file") if flags & (O_WRONLY | O_RDWR) else 0) | \
-                (_need("truncate") if flags & O_TRUNC and self.abi >= 3 else 0)
-            miss = self._check(table, pid, d, p, need, follow=not flags & O_NOFOLLOW) if need else None
+            try:
+                pfd, last, st = self._resolve(pid, d, p, not flags & O_NOFOLLOW)
+            except FileNotFoundError:
+                return None                                   # no such directory: the kernel's ENOENT
+            if st is None:
+                if not flags & O_CREAT:
+                    os.close(pfd)
+                    return None                               # ENOENT: the kernel's answer
+                need, parent = _need("make_reg"), True        # (made where a dangling link points)
+            elif stat.S_ISREG(st.st_mode) and not (flags & O_CREAT and flags & O_EXCL):
+                need = (_need("write_file") if flags & (O_WRONLY | O_RDWR) else 0) | \
+                    (_need("truncate") if flags & O_TRUNC and self.abi >= 3 else 0)
+                parent = False
+            else:                                             # devices, fifos, dirs, a link itself, EEXIST
+                os.close(pfd)
+                return None
+            miss = self._verdict(table, pid, pfd, last, st, need, parent)
             return (p, miss) if miss else None
         if name in ("mkdir", "mkdirat"):
             d, p = (AT_FDCWD, s(0)) if name == "mkdir" else (fd(0), s(1))
@@ -427,6 +449,47 @@ class Predictor:
             return (p, miss) if miss else None
         return None
 
+    def _net(self, pid: int, name: str, args, read_bytes) -> Optional[tuple]:
+        """bind/connect of a TCP socket to a port no rule lists (Landlock's TCP rights, ABI 4);
+        None for any other socket, address family or an unreadable address."""
+        import socket
+        import struct
+        from .. import _sys
+        n = args[2] & 0xFFFFFFFF
+        if not 4 <= n <= MAX_SOCKADDR:
+            return None
+        try:
+            raw = read_bytes(args[1], min(n, 32))
+            family, port = struct.unpack_from("=H", raw)[0], struct.unpack_from("!H", raw, 2)[0]
+        except (OSError, struct.error, TypeError):
+            return None
+        if family not in (socket.AF_INET, socket.AF_INET6) or name == "bind" and port == 0:
+            return None                    # (AF_UNSPEC disconnects; port 0: an ephemeral one)
+        try:                               # a TCP socket? (Landlock handles no other protocol)
+            pfd = _sys.pidfd_open(pid)
+            try:
+                sfd = _sys.pidfd_getfd(pfd, args[0] & 0xFFFFFFFF)
+            finally:
+                os.close(pfd)
+            try:
+                s = socket.socket(fileno=sfd)
+                try:
+                    kind = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+                    proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+                    fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+                finally:
+                    s.detach()
+            finally:
+                os.close(sfd)
+        except OSError:
+            return None
+        if kind != socket.SOCK_STREAM or proto != socket.IPPROTO_TCP or fam not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        allowed = self.ll.bind if name == "bind" else self.ll.connect
+        if port in allowed:
+            return None
+        return f"tcp port {port}", "bind_tcp" if name == "bind" else "connect_tcp"
+
     def _make(self, table, pid, d, p, right):
         if d is None:
             return None
@@ -441,7 +504,7 @@ class Predictor:
 
 def read_memory(tid: int):
     """(read(addr) -> str, read_u64(addr) -> int, close()) over the caller's memory."""
-    from .caller import _VmRead, read_string, read_u64
+    from .caller import _pread, _VmRead, read_string, read_u64
     try:
         memfd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:               # rootless, the sandbox's ids subordinate ones: the file is theirs
@@ -450,4 +513,7 @@ def read_memory(tid: int):
     def close():
         if isinstance(memfd, int):
             os.close(memfd)
-    return (lambda a: read_string(memfd, a, PATH_MAX), lambda a: read_u64(memfd, a), close)
+
+    def read_bytes(addr: int, n: int) -> bytes:
+        return _pread(memfd, n, addr) if addr else b""
+    return (lambda a: read_string(memfd, a, PATH_MAX), lambda a: read_u64(memfd, a), close, read_bytes)

@@ -241,9 +241,9 @@ class Enforcing(Supervisor):
         from .landlock_fallback import read_memory
         verdict = None
         try:
-            read, read_u64, close = read_memory(n.pid)
+            read, read_u64, close, read_bytes = read_memory(n.pid)
             try:
-                verdict = self.landlock.predict(n.pid, name, n.args, read, read_u64)
+                verdict = self.landlock.predict(n.pid, name, n.args, read, read_u64, read_bytes)
             finally:
                 close()
             if verdict is not None and not notif_id_valid(self.fd, n.id):
@@ -259,13 +259,15 @@ class Enforcing(Supervisor):
         path, access = verdict
         fields = {"syscall": {"name": name, "nr": n.nr}, "action": "errno", "errno": _errno.EACCES,
                   "via": self.via}
+        port = path.startswith("tcp port ") and path[9:].isdigit() and int(path[9:])
         if not self.coalesced("landlock_denied", fields):
             info = proc_identity(n.pid)
             if not notif_id_valid(self.fd, n.id):
                 info = {"tid": n.pid, "pid": n.pid}
             acc = access.split(",")
             self.record("landlock_denied", {
-                **fields, **info, "path": path, "detail": {"access": acc, "syscall": name},
+                **fields, **info, **({} if port else {"path": path}),
+                "detail": {"access": acc, "syscall": name, **({"port": port} if port else {})},
                 "message": f"landlock denied {' '.join(acc)} on {path} ({name}; predicted by the notify layer)"})
         ok = notif_send_errno(self.fd, n.id, _errno.EACCES)
         self.stats["answered" if ok else "vanished"] += 1

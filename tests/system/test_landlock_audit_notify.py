@@ -123,3 +123,43 @@ def test_api_launch_server_records_them():
 def test_explain_names_the_source(runner):
     r = runner("explain", "--profile", "strict")
     assert r.returncode == 0 and "denials: the seccomp notify layer" in r.stdout, r
+
+
+NET_PROBE = r"""
+import errno, socket
+def t(what, f):
+    try:
+        f()
+        print(what, "ok")
+    except OSError as e:
+        print(what, errno.errorcode.get(e.errno, e.errno))
+def conn(port):
+    s = socket.socket()
+    s.settimeout(3)
+    s.connect(("127.0.0.1", port))
+def bind(port):
+    socket.socket().bind(("127.0.0.1", port))
+def udp(port):
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect(("127.0.0.1", port))
+t("connect-40411", lambda: conn(40411))
+t("connect-40412", lambda: conn(40412))
+t("bind-40411", lambda: bind(40411))
+t("bind-40412", lambda: bind(40412))
+t("udp-40412", lambda: udp(40412))
+"""
+
+
+@pytest.mark.parametrize("backend", ["namespaces", "landlock"])
+def test_tcp_denials_recorded(runner, tmp_profile, backend):
+    """A custom profile's TCP rules (bind and connect 40411 only): 40412 is EACCES and one event
+    each (port, access); 40411 is allowed (connect: ECONNREFUSED, nobody listens); UDP is not
+    Landlock's (allowed, no event)."""
+    p = tmp_profile(CUSTOM + "  network:\n    bind: [40411]\n    connect: [40411]\n")
+    opts = ("--isolation", "landlock") if backend == "landlock" else ()
+    r = runner("run", "--profile", p, *opts, "--", "/usr/bin/python3", "-I", "-c", NET_PROBE)
+    assert r.returncode == 0, r
+    got = dict(line.rsplit(" ", 1) for line in r.stdout.splitlines())
+    assert got == {"connect-40411": "ECONNREFUSED", "connect-40412": "EACCES", "bind-40411": "ok",
+                   "bind-40412": "EACCES", "udp-40412": "ok"}, got
+    ev = sorted((e["syscall"]["name"], e["detail"]["port"], e["detail"]["access"]) for e in _events(runner))
+    assert ev == [("bind", 40412, ["bind_tcp"]), ("connect", 40412, ["connect_tcp"])], ev
