@@ -344,7 +344,7 @@ def throttle_for(seccomp_plan):
 
 def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
           kill_sandbox: Optional[Callable[[], Any]] = None, *, read_memory: bool = True,
-          throttle: Any = None) -> Handle:
+          throttle: Any = None, landlock=None) -> Handle:
     """Supervise a seccomp listener in a thread (enforcing: errno answers, kill rules kill).
 
     listener_fd:  from listener.recv_listener(); owned by the supervisor from now on (closed by stop()).
@@ -354,11 +354,13 @@ def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
                   process of the sandbox. Without it the offending process gets SIGKILL.
     throttle:     the audit rate limit (audit.throttle.Throttle); None: the plan's
                   (throttle_for); False: none, every call recorded in full (tests, tools).
+    landlock:     a landlock_fallback.Predictor (this listener's own) when the filter notifies
+                  the calls Landlock could deny (landlock_fallback.notify_filter).
     """
     if throttle is None:
         throttle = throttle_for(seccomp_plan)
     sup = Enforcing(listener_fd, seccomp_plan, on_event, kill_sandbox, read_memory,
-                    throttle=throttle or None)
+                    throttle=throttle or None, landlock=landlock)
     sup.thread.start()
     return Handle(sup)
 

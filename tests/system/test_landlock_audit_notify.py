@@ -163,3 +163,18 @@ def test_tcp_denials_recorded(runner, tmp_profile, backend):
                    "bind-40412": "EACCES", "udp-40412": "ok"}, got
     ev = sorted((e["syscall"]["name"], e["detail"]["port"], e["detail"]["access"]) for e in _events(runner))
     assert ev == [("bind", 40412, ["bind_tcp"]), ("connect", 40412, ["connect_tcp"])], ev
+
+
+def test_exec_command_denials_recorded(runner):
+    """`pysandbox exec` into a detached strict sandbox: the command's denied exec is recorded by the
+    sandbox's supervisor (its listener handed over), its allowed write leaves no event."""
+    r = runner("run", "-d", "--name", "llan-exec", "--profile", "strict", "--", "/bin/sleep", "60")
+    assert r.returncode == 0, r
+    try:
+        r = runner("exec", "llan-exec", "/bin/sh", "-c",
+                   "echo x > /tmp/a && echo write-ok; cp /bin/true /tmp/t; /tmp/t || echo exec=$?")
+        assert r.returncode == 0 and r.stdout == "write-ok\nexec=126\n", r
+    finally:
+        runner("rm", "-f", "llan-exec")
+    ev = [(e["path"], e["detail"]["access"]) for e in _events(runner)]
+    assert ev == [("/tmp/t", ["execute"])], ev
