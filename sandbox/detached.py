@@ -166,8 +166,9 @@ def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
             from .seccomp import exec_filters
             exec_bpf, notify_bpf = exec_filters(plan.seccomp, bpf)
             if notify_bpf and _landlock_fallback(plan):      # exec'd commands' Landlock denials too
-                from .notify.landlock_fallback import notify_filter
-                notify_bpf = exec_filters(*notify_filter(plan.seccomp, plan.landlock))[1] or notify_bpf
+                from .notify.landlock_fallback import notify_bpf as landlock_notify_bpf
+                notify_bpf = landlock_notify_bpf(notify_bpf, bool(plan.landlock.filesystem),
+                                                 bool(plan.landlock.network))
             state.write_private(name, "seccomp.bpf", exec_bpf)
             if notify_bpf:                           # exec'd commands' denials are recorded too
                 state.write_private(name, "seccomp-notify.bpf", notify_bpf)

@@ -118,22 +118,24 @@ def build(plan, root: str = "") -> int:
     return fd
 
 
-def rule_paths(plan, fs_bits: int, root: str = "") -> tuple:
+def rule_paths(plan, fs_bits: int, root: str = "", listdir=None) -> tuple:
     """The path rules build() adds to the ruleset (derived rules carved for W^X), also what the
-    notify-layer fallback predicts Landlock's answers from (sandbox/notify/landlock_fallback.py)."""
+    notify-layer fallback predicts Landlock's answers from (sandbox/notify/landlock_fallback.py,
+    with a `listdir(path)` of its own that stays inside the program's root)."""
     ll = plan.landlock
     paths = ll.paths
     if ll.derived and fs_bits:
         try:
-            paths = carve_execute(paths, lambda p: _listdir(root + p))
+            paths = carve_execute(paths, listdir or (lambda p: _listdir(root + p)))
         except CarveError as e:
             raise LandlockError(str(e)) from None
     return paths
 
 
-def _listdir(path: str) -> "list | None":
+def _listdir(path) -> "list | None":
     """The names of a directory's entries that are not symbolic links (carve_execute), at most
-    MAX_CARVE_ENTRIES + 1 of them; None when `path` is not a directory (or is gone)."""
+    MAX_CARVE_ENTRIES + 1 of them; None when `path` (or a directory descriptor) is not a
+    directory (or is gone)."""
     names = []
     try:
         with os.scandir(path) as it:

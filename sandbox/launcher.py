@@ -249,18 +249,17 @@ class Launch:
     def context(self) -> LaunchContext:
         """The run's context for PID 1: the program's argv, environment and filter, PID 1's pipes."""
         plan = self.plan
-        s, bpf = plan.seccomp, self.bpf
-        if self.on_event is not None and self.learn_plan is None and plan.landlock is not None:
-            from . import landlock
-            self.landlock_source = landlock.denial_source(plan, kernel_watch=self.kernel_watch)
-            if self.landlock_source == landlock.NOTIFY:
-                from .notify.landlock_fallback import notify_filter
-                s, bpf = notify_filter(s, plan.landlock)
         try:                          # built here unless given (a cached plan comes with its filter)
-            f = self.filters = seccomp.filters(s, bpf, audit=self.on_event is not None,
+            f = self.filters = seccomp.filters(plan.seccomp, self.bpf, audit=self.on_event is not None,
                                                learn=self.learn_plan is not None)
         except (seccomp.FilterError, OSError) as e:
             raise LaunchError(f"seccomp: {e}") from None
+        if self.on_event is not None and self.learn_plan is None and plan.landlock is not None:
+            from . import landlock
+            if landlock.denial_source(plan, kernel_watch=self.kernel_watch) == landlock.NOTIFY:
+                from .notify.landlock_fallback import notify_filter
+                f = self.filters = notify_filter(f, plan.seccomp, plan.landlock)
+                self.landlock_source = landlock.NOTIFY if f.mode == "user_notif" else None
         env = build_env(plan)
         ca_bundle = self.intercept_setup(env) if plan.network.http or plan.network.secrets else None
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)

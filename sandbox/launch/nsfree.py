@@ -128,15 +128,15 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     plain, _ = seccomp.exec_filters(plan.seccomp, bpf)  # errno actions: no listener to notify here
     source = landlock.denial_source(plan, kernel_watch=True) if on_event else None
     sup = None
-    if source == landlock.NOTIFY and all(seccomp.plan_allows(plan.seccomp, c) for c in seccomp.HANDOVER_CALLS):
+    if source == landlock.NOTIFY:
         # the Landlock fallback (sandbox/notify/landlock_fallback.py): the calls Landlock could deny
         # are notified to a supervisor in this process, which records the denials it predicts
-        from dataclasses import replace
         from ..notify.landlock_fallback import Predictor, notify_filter
-        from ..notify.supervision import Supervision
-        _, plain = notify_filter(replace(plan.seccomp, notify_denials=False), plan.landlock)
-        sup = Supervision(seccomp.Filters(plain, "user_notif"), plan.seccomp, on_event,
-                          landlock=Predictor(plan.landlock))
+        f = notify_filter(seccomp.Filters(plain), plan.seccomp, plan.landlock)
+        if f.mode == "user_notif":
+            from ..notify.supervision import Supervision
+            plain = f.program
+            sup = Supervision(f, plan.seccomp, on_event, landlock=Predictor(plan.landlock))
     cg = registered = None
     if plan.limits.any():
         from ..cgroups import manager

@@ -1,8 +1,8 @@
 """Landlock denials recorded by the seccomp notify layer, where the kernel's own records are not
 available to the run (kernel audit off, rootless, the launch server: landlock.denial_source).
 
-1. The filter (notify_plan) additionally notifies the calls Landlock could deny, listed once in
-   CALLS: opens that write, create or truncate (the flags are checked in the filter: a read-only
+1. The filter (notify_bpf: the run's own program, its ALLOW answers rewritten) additionally
+   notifies the calls Landlock could deny, listed once in CALLS: opens that write, create or truncate (the flags are checked in the filter: a read-only
    open never leaves the kernel), creat, mkdir(at), mknod(at), unlink(at), rmdir, rename(at/at2),
    link(at), symlink(at), truncate, execve(at). Calls the plan itself denies keep its answer.
 2. The supervisor (supervisor.Enforcing) hands such a call, which the plan allows, to Predictor:
@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import stat
-from dataclasses import replace
 from typing import Callable, Optional
 
 PATH_MAX = 4096
@@ -55,41 +54,100 @@ CALLS = {
 NET_CALLS = {"bind": None, "connect": None}     # only where the rules handle TCP (landlock.network)
 MAX_SOCKADDR = 128
 
+# Their numbers (no libseccomp on a warm launch: the launch server and the plan cache never load it)
+_NR = {
+    "x86_64": {"open": 2, "openat": 257, "openat2": 437, "creat": 85, "mkdir": 83, "mkdirat": 258,
+               "mknod": 133, "mknodat": 259, "unlink": 87, "unlinkat": 263, "rmdir": 84, "rename": 82,
+               "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265, "symlink": 88, "symlinkat": 266,
+               "truncate": 76, "execve": 59, "execveat": 322, "bind": 49, "connect": 42},
+    "aarch64": {"openat": 56, "openat2": 437, "mkdirat": 34, "mknodat": 33, "unlinkat": 35, "renameat": 38,
+                "renameat2": 276, "linkat": 37, "symlinkat": 36, "truncate": 45, "execve": 221,
+                "execveat": 281, "bind": 200, "connect": 203},
+}
 
-def notify_plan(s, filesystem: bool = True, network: bool = False):
-    """plan.Seccomp with CALLS (with `filesystem`) and NET_CALLS (with `network`) notified wherever the plan allows them (allow/log rules, or an
-    allowing default), the plan's own denials unchanged. The supervisor keeps deciding with `s`
-    itself: a notified call its plan allows is a Landlock question (supervisor.Enforcing)."""
-    from policies import plan as P
-    from policies import syscalls as _names
+
+def numbers(filesystem: bool = True, network: bool = False) -> dict:
+    """nr -> flags argument (or None) of the notified calls on this machine."""
+    table = _NR.get(os.uname().machine, {})
     calls = {**(CALLS if filesystem else {}), **(NET_CALLS if network else {})}
-    names = {n for n in calls if _names.resolve(n) is not None}
-    if not s.enabled or not names:
-        return s
+    return {table[n]: i for n, i in calls.items() if n in table}
 
-    def watched(r) -> list:
-        i = calls[r.name]
-        notify = replace(r, action="notify", errno=None)
+
+def notify_bpf(bpf: bytes, filesystem: bool = True, network: bool = False) -> bytes:
+    """The filter `bpf` (sandbox/seccomp.py's, for the run's plan) with the calls Landlock could
+    deny notified wherever it allows them: each `RET ALLOW` of the program becomes a jump to a
+    tail that answers USER_NOTIF for those numbers (an open only with a write, create or truncate
+    flag: a read-only open never leaves the kernel) and ALLOW for the rest. Every other answer
+    (the plan's denials, kills, notifications, logs) is the program's own; the supervisor keeps
+    deciding with the plan itself: a notified call its plan allows is a Landlock question
+    (supervisor.Enforcing). Same length plus the tail, so the program's own jumps stay valid."""
+    import struct
+    from .. import seccomp as sc
+    nrs = numbers(filesystem, network)
+    if not bpf or not nrs:
+        return bpf
+    ins = sc.decode_bpf(bpf)
+    tail = len(ins)
+    out = []
+    for pc, (code, jt, jf, k) in enumerate(ins):
+        if code == sc._RET_K and k == sc.RET_ALLOW:
+            out.append((sc._JA, 0, 0, tail - pc - 1))
+        else:
+            out.append((code, jt, jf, k))
+    # the tail: A = nr; per number: JEQ -> its block, else on; default ALLOW
+    order = sorted(nrs)
+    t = [(sc._LD_ABS, 0, 0, sc._OFF_NR)]
+    checks = len(order)
+    blocks: list = []                    # per number: its instructions
+    for nr in order:
+        i = nrs[nr]
         if i is None:
-            return [notify]
-        return [replace(r, args=tuple(r.args) + (P.ArgCond(i, "masked_eq", 0, WRITE_FLAGS),)), notify]
-    rules = [r for r in s.rules if r.name not in names]
-    for name in sorted(names):
-        own = [r for r in s.rules if r.name == name]
-        for r in own:
-            rules += watched(r) if r.action in ("allow", "log") else [r]
-        if not any(not r.args for r in own) and s.default_action in ("allow", "log"):
-            rules += watched(P.SyscallRule(name, s.default_action))
-    return replace(s, rules=tuple(rules))
+            blocks.append([(sc._RET_K, 0, 0, sc.RET_USER_NOTIF)])
+        else:                            # low word of the flags & WRITE_FLAGS: 0 -> ALLOW, else NOTIFY
+            blocks.append([(sc._LD_ABS, 0, 0, sc._OFF_ARGS + 8 * i), (sc._AND_K, 0, 0, WRITE_FLAGS),
+                           (sc._JEQ, 0, 1, 0), (sc._RET_K, 0, 0, sc.RET_ALLOW),
+                           (sc._RET_K, 0, 0, sc.RET_USER_NOTIF)])
+    # layout: [LD nr] [JEQ nr_0 .. nr_n-1] [RET ALLOW] [block_0] ... ; a JEQ's jt reaches its block
+    start = [checks]                     # block j is checks + (blocks before it) - j past JEQ j's next
+    for bl in blocks[:-1]:
+        start.append(start[-1] + len(bl))
+    for j, nr in enumerate(order):
+        jt = start[j] - j
+        if jt > 255:
+            return bpf                   # (never: a few dozen instructions) - unchanged, no fallback
+        t.append((sc._JEQ, jt, 0, nr))
+    t.append((sc._RET_K, 0, 0, sc.RET_ALLOW))
+    for bl in blocks:
+        t += bl
+    prog = out + t
+    if len(prog) > sc.MAX_INSNS:
+        return bpf
+    return b"".join(struct.pack("<HBBI", *x) for x in prog)
 
 
-def notify_filter(s, ll) -> tuple:
-    """(notify_plan(s, ...) for the Landlock rules `ll` (plan.landlock), its filter), computed once per (frozen) plan: a launch server asks
-    at every launch. The filter's mode is decided by seccomp.filters as for any plan."""
-    from .. import seccomp
-    fs, net = bool(ll.filesystem), bool(ll.network)
-    s2 = seccomp._per_plan(s, ("landlock_notify_plan", fs, net), lambda: notify_plan(s, fs, net))
-    return s2, seccomp._per_plan(s2, "bpf_full", lambda: seccomp.build_bpf(s2))
+def notify_filter(filters, seccomp_plan, ll):
+    """The run's seccomp.Filters with the Landlock fallback's calls notified (notify_bpf), handed
+    to the supervisor's listener (mode "user_notif"); the same Filters when that cannot be: no
+    filter, the kernel's audit records as the mode (no user notification), or a plan that denies
+    the listener's hand-over (seccomp.HANDOVER_CALLS). Cached per filter (a launch server asks at
+    every launch)."""
+    from .. import seccomp as sc
+    if not filters.program or filters.mode not in (None, "user_notif"):
+        return filters
+    if filters.mode is None and not all(sc.plan_allows(seccomp_plan, c) for c in sc.HANDOVER_CALLS):
+        return filters
+    key = (filters.program, bool(ll.filesystem), bool(ll.network))
+    prog = _CACHE.get(key)
+    if prog is None:
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        prog = _CACHE[key] = notify_bpf(filters.program, bool(ll.filesystem), bool(ll.network))
+    if prog == filters.program:
+        return filters
+    return sc.Filters(prog, "user_notif")
+
+
+_CACHE: dict = {}
 
 
 class Uncertain(Exception):
@@ -140,7 +198,17 @@ class Predictor:
 
         class _Plan:
             landlock = self.ll
-        for rule in landlock.rule_paths(_Plan, self.handled, f"/proc/{pid}/root"):
+        def listdir(path: str):                # (carve_execute's listing, inside the caller's root)
+            try:
+                fd = _sys.openat2(root, path.lstrip("/") or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                  resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS)
+            except OSError:
+                return None
+            try:
+                return landlock._listdir(fd)
+            finally:
+                os.close(fd)
+        for rule in landlock.rule_paths(_Plan, self.handled, listdir=listdir):
             try:
                 fd = _sys.openat2(root, rule.path.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC,
                                   resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS)
