@@ -73,6 +73,21 @@ def numbers(filesystem: bool = True, network: bool = False) -> dict:
     return {table[n]: i for n, i in calls.items() if n in table}
 
 
+def name_of(nr: int, arch: int) -> Optional[str]:
+    """The name of a notified call's number (the native architecture's; None for any other
+    number): the supervisor names them without libseccomp (a cached launch never loads it)."""
+    from .. import seccomp as sc
+    if arch != sc.native_audit_arch():
+        return None
+    global _NAMES
+    if _NAMES is None:
+        _NAMES = {v: k for k, v in _NR.get(os.uname().machine, {}).items()}
+    return _NAMES.get(nr)
+
+
+_NAMES: Optional[dict] = None
+
+
 def notify_bpf(bpf: bytes, filesystem: bool = True, network: bool = False) -> bytes:
     """The filter `bpf` (sandbox/seccomp.py's, for the run's plan) with the calls Landlock could
     deny notified wherever it allows them: each `RET ALLOW` of the program becomes a jump to a

@@ -276,7 +276,11 @@ class Enforcing(Supervisor):
     def handle(self, n: Notification) -> None:
         answered = False
         try:
-            name = _name(n)
+            name = None
+            if self.landlock is not None:          # (its calls named without libseccomp)
+                from .landlock_fallback import name_of
+                name = name_of(n.nr, n.arch)
+            name = name or _name(n)
             d = decide(self.plan, name, n.args)
             if self.landlock is not None and d.policy_action in ("allow", "log"):
                 answered = True          # (landlock_call answers, whatever happens)
