@@ -22,15 +22,18 @@ pytestmark = pytest.mark.skipif(_sys.landlock_abi() < 4 or landlock.audit_enable
 
 # argv: a private directory name in /tmp, a file the rules deny writing, where the program's
 # symbolic link points; prints "<what> <ok|ERRNO>" per step and cleans up after itself
-PROBE = r"""
-import errno, os, shutil, subprocess, sys
-d, denied, target = "/tmp/" + sys.argv[1], sys.argv[2], sys.argv[3]
+STEP = r"""
+import errno
 def t(what, f):
     try:
         f()
         print(what, "ok")
     except OSError as e:
         print(what, errno.errorcode.get(e.errno, e.errno))
+"""
+PROBE = STEP + r"""
+import os, shutil, subprocess, sys
+d, denied, target = "/tmp/" + sys.argv[1], sys.argv[2], sys.argv[3]
 def write(p):
     with open(p, "w") as f:
         f.write("x")
@@ -125,14 +128,8 @@ def test_explain_names_the_source(runner):
     assert r.returncode == 0 and "denials: the seccomp notify layer" in r.stdout, r
 
 
-NET_PROBE = r"""
-import errno, socket
-def t(what, f):
-    try:
-        f()
-        print(what, "ok")
-    except OSError as e:
-        print(what, errno.errorcode.get(e.errno, e.errno))
+NET_PROBE = STEP + r"""
+import socket
 def conn(port):
     s = socket.socket()
     s.settimeout(3)
