@@ -194,6 +194,15 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
                     None, ctypes.c_uint(0)), "pidfd_send_signal")
 
 
+NR_PIDFD_GETFD = 438                     # (the same number on every architecture)
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """A duplicate of another process's descriptor (the caller must be allowed to ptrace it)."""
+    return _check(_syscall(ctypes.c_long(NR_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(target_fd),
+                           ctypes.c_uint(0)), "pidfd_getfd")
+
+
 # --- fork with namespace flags --------------------------------------------------
 # os.fork() cannot pass CLONE_NEW* flags. We call the raw clone syscall with a NULL
 # stack (fork semantics) and run CPython's own before/after-fork hooks around it,

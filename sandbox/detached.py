@@ -165,6 +165,10 @@ def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
         try:
             from .seccomp import exec_filters
             exec_bpf, notify_bpf = exec_filters(plan.seccomp, bpf)
+            if notify_bpf and _landlock_fallback(plan):      # exec'd commands' Landlock denials too
+                from .notify.landlock_fallback import notify_bpf as landlock_notify_bpf
+                notify_bpf = landlock_notify_bpf(notify_bpf, bool(plan.landlock.filesystem),
+                                                 bool(plan.landlock.network))
             state.write_private(name, "seccomp.bpf", exec_bpf)
             if notify_bpf:                           # exec'd commands' denials are recorded too
                 state.write_private(name, "seccomp-notify.bpf", notify_bpf)
@@ -212,15 +216,26 @@ def _start_detached(name, sid, d, plan, bpf, argv, runopts) -> int:
     return 125
 
 
+def _landlock_fallback(plan) -> bool:
+    """Whether the sandbox's Landlock denials go through the notify layer (landlock.denial_source:
+    a detached sandbox never reads the kernel's records): its exec'd commands' filter then
+    notifies the calls Landlock could deny, and _ExecAudit predicts them."""
+    if plan.landlock is None:
+        return False
+    from . import landlock
+    return landlock.denial_source(plan, kernel_watch=False) == landlock.NOTIFY
+
+
 class _ExecAudit:
     """The detached supervisor records the seccomp denials of `pysandbox exec` commands with its
     own recorder (one sandbox, one event sequence): the exec'd command hands its listener over
     the state directory's `audit.sock` (0600; the peer must be this user or root), and a
     supervisor thread answers and records its notifications like the program's."""
 
-    def __init__(self, path: str, seccomp_plan, emit, kill):
+    def __init__(self, path: str, seccomp_plan, emit, kill, landlock=None):
         import socket
         self.plan, self.emit, self.kill = seccomp_plan, emit, kill
+        self.landlock = landlock          # plan.landlock when the commands' filter notifies its calls
         self.handles: list = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -255,7 +270,11 @@ class _ExecAudit:
                 continue
             finally:
                 conn.close()
-            self.handles.append(start(fd, self.plan, self.emit, self.kill))
+            predictor = None
+            if self.landlock is not None:                 # one per command: a Predictor is one thread's
+                from .notify.landlock_fallback import Predictor
+                predictor = Predictor(self.landlock)
+            self.handles.append(start(fd, self.plan, self.emit, self.kill, landlock=predictor))
 
     def close(self) -> None:
         import socket
@@ -342,7 +361,8 @@ def _supervisor_main(name, sid, plan, bpf, argv, runopts, notify_w, d) -> None:
     exec_audit = None
     if plan.seccomp.enabled and os.path.exists(os.path.join(d, "seccomp-notify.bpf")):
         try:
-            exec_audit = _ExecAudit(os.path.join(d, EXEC_AUDIT_SOCKET), plan.seccomp, sess.emit, kill_sandbox)
+            exec_audit = _ExecAudit(os.path.join(d, EXEC_AUDIT_SOCKET), plan.seccomp, sess.emit, kill_sandbox,
+                                    landlock=plan.landlock if _landlock_fallback(plan) else None)
         except OSError as e:                      # exec'd commands' denials: enforced, not recorded
             print(f"pysandbox: {name}: exec audit socket: {e.strerror}", file=sys.stderr)
 

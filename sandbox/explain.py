@@ -95,8 +95,25 @@ def render(plan) -> str:
     out.append(f"limits       {', '.join(x for x in lim if x) or 'none'}")
     from policies.landlock import describe as _landlock_lines
     out += _landlock_lines(plan.landlock)
+    out.append(_denials_line(plan))
     out.append(_backend_line(plan))
     return "\n".join(out)
+
+
+def _denials_line(plan) -> str:
+    """Which source records this plan's Landlock denials here (sandbox/landlock.py, denial_source)."""
+    from . import landlock
+    from .launch import nsfree
+    if nsfree.choose(plan)[0] == nsfree.LANDLOCK:
+        plan = nsfree.confined_plan(plan)
+    cli = landlock.denial_source(plan, kernel_watch=True)
+    text = {landlock.KERNEL: "the kernel's audit records (Landlock ABI 7, audit enabled), via kmsg",
+            landlock.NOTIFY: "the seccomp notify layer (landlock_denied via user_notif: predicted from the "
+                             "rules; kernel audit records are not available to this run)",
+            None: "not recorded (no file system rules, or no seccomp user notification)"}[cli]
+    if cli == landlock.KERNEL:
+        text += "; the API's launch server: the seccomp notify layer"
+    return f"             denials: {text}"
 
 
 def _backend_line(plan) -> str:

@@ -89,12 +89,7 @@ def build(plan, root: str = "") -> int:
         scoped |= SCOPE_BIT["abstract_unix_socket"]
     if not (fs_bits or net_bits or scoped):
         return -1                              # nothing to restrict (a bare `abi:`)
-    paths = ll.paths
-    if ll.derived and fs_bits:
-        try:
-            paths = carve_execute(paths, lambda p: _listdir(root + p))
-        except CarveError as e:
-            raise LandlockError(str(e)) from None
+    paths = rule_paths(plan, fs_bits, root)
     fd = _sys.landlock_create_ruleset(fs_bits, net_bits, scoped)
     try:
         for rule in paths:
@@ -123,9 +118,24 @@ def build(plan, root: str = "") -> int:
     return fd
 
 
-def _listdir(path: str) -> "list | None":
+def rule_paths(plan, fs_bits: int, root: str = "", listdir=None) -> tuple:
+    """The path rules build() adds to the ruleset (derived rules carved for W^X), also what the
+    notify-layer fallback predicts Landlock's answers from (sandbox/notify/landlock_fallback.py,
+    with a `listdir(path)` of its own that stays inside the program's root)."""
+    ll = plan.landlock
+    paths = ll.paths
+    if ll.derived and fs_bits:
+        try:
+            paths = carve_execute(paths, listdir or (lambda p: _listdir(root + p)))
+        except CarveError as e:
+            raise LandlockError(str(e)) from None
+    return paths
+
+
+def _listdir(path) -> "list | None":
     """The names of a directory's entries that are not symbolic links (carve_execute), at most
-    MAX_CARVE_ENTRIES + 1 of them; None when `path` is not a directory (or is gone)."""
+    MAX_CARVE_ENTRIES + 1 of them; None when `path` (or a directory descriptor) is not a
+    directory (or is gone)."""
     names = []
     try:
         with os.scandir(path) as it:
@@ -314,3 +324,24 @@ def pidns_of(pid: int):
         except OSError:
             return False
     return match
+
+
+# --- which source records a run's Landlock denials: the one decision point ----------------------
+KERNEL, NOTIFY = "kernel", "notify"
+
+
+def denial_source(plan, *, kernel_watch: bool) -> "str | None":
+    """How the run's Landlock denials reach its audit log: KERNEL (the kernel's own records, read
+    by DenialWatch: Landlock ABI 7, audit enabled, and a caller that watches them: the CLI's
+    foreground run, kernel_watch=True), NOTIFY (the seccomp notify layer predicts and records them:
+    sandbox/notify/landlock_fallback.py), None (no file system or TCP rules: nothing to record;
+    or no seccomp user notification and no kernel records)."""
+    ll = plan.landlock
+    if ll is None or not (ll.filesystem or ll.network):
+        return None
+    from . import seccomp
+    if not plan.seccomp.enabled or not seccomp.user_notif_available():
+        return KERNEL if kernel_watch and _sys.landlock_abi() >= LOG_ABI and audit_enabled() else None
+    if kernel_watch and _sys.landlock_abi() >= LOG_ABI and audit_enabled():
+        return KERNEL
+    return NOTIFY

@@ -172,7 +172,7 @@ class Launch:
 
     def __init__(self, plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
                  name: Optional[str] = None, on_event: Optional[Callable] = None,
-                 stdin=None, stdout=None, stderr=None, learn_plan=None, console=None):
+                 stdin=None, stdout=None, stderr=None, learn_plan=None, console=None, kernel_watch=False):
         self.started = time.monotonic()
         self.plan = plan
         self.rootless = os.geteuid() != 0
@@ -186,6 +186,10 @@ class Launch:
         self.learn_plan = learn_plan   # learn mode: the base profile's seccomp plan (sandbox/learn.py)
         self.filters = None            # the run's seccomp filters (seccomp.filters), decided in context()
         self.console = console
+        # Landlock denials: the caller reads the kernel's records (the CLI's foreground run), else the
+        # notify layer's fallback records them (landlock.denial_source, decided in context())
+        self.kernel_watch = kernel_watch
+        self.landlock_source = None
         self.cg = self.net = self.sup = self.ctx = None
         # egress interception (sandbox/network/egress/): the secrets (values after load_secrets) and
         # the sandbox's CA, kept in this process's memory for the egress proxy
@@ -253,6 +257,12 @@ class Launch:
                                                learn=self.learn_plan is not None)
         except (seccomp.FilterError, OSError) as e:
             raise LaunchError(f"seccomp: {e}") from None
+        if self.on_event is not None and self.learn_plan is None and plan.landlock is not None:
+            from . import landlock
+            if landlock.denial_source(plan, kernel_watch=self.kernel_watch) == landlock.NOTIFY:
+                from .notify.landlock_fallback import notify_filter
+                f = self.filters = notify_filter(f, plan.seccomp, plan.landlock)
+                self.landlock_source = landlock.NOTIFY if f.mode == "user_notif" else None
         env = build_env(plan)
         ca_bundle = self.intercept_setup(env) if plan.network.http or plan.network.secrets else None
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -387,7 +397,12 @@ class Launch:
         if self.on_event is not None:    # audit: seccomp denials recorded, integrity checked (sandbox/notify/)
             from .notify.supervision import Supervision
             try:
-                self.sup = Supervision(self.filters, plan.seccomp, self.emit, learn_plan=self.learn_plan)
+                predictor = None
+                if self.landlock_source == "notify":          # (landlock.NOTIFY)
+                    from .notify.landlock_fallback import Predictor
+                    predictor = Predictor(plan.landlock)
+                self.sup = Supervision(self.filters, plan.seccomp, self.emit, learn_plan=self.learn_plan,
+                                       landlock=predictor)
             except OSError as e:
                 raise LaunchError(f"seccomp: {e}") from None
             ctx.notify_sock = self.sup.child_sock
@@ -605,11 +620,11 @@ def _no_event(*_a, **_k) -> None:
 def launch(plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
            name: Optional[str] = None, on_event: Optional[Callable] = None,
            stdin=None, stdout=None, stderr=None, learn_plan=None,
-           console=None) -> Result:
+           console=None, kernel_watch=False) -> Result:
     """Run argv (or the plan's default argv) in a sandbox made from plan. Blocks until it ends.
     Signals (TERM INT HUP QUIT USR1 USR2) are forwarded to PID 1 when called from the main thread."""
     run = Launch(plan, argv, bpf=bpf, sandbox_id=sandbox_id, name=name, on_event=on_event, stdin=stdin,
-                 stdout=stdout, stderr=stderr, learn_plan=learn_plan, console=console)
+                 stdout=stdout, stderr=stderr, learn_plan=learn_plan, console=console, kernel_watch=kernel_watch)
     old_handlers = {}
     try:
         if threading.current_thread() is threading.main_thread():

@@ -42,7 +42,7 @@ def launch(plan, bpf, argv, runopts) -> int:
     watch = _LandlockAudit(sess.emit, plan)
     try:
         result = launch_plan(plan, argv, bpf=bpf, name=runopts.get("name"), sandbox_id=sess.sandbox_id,
-                             on_event=watch.on_event)
+                             on_event=watch.on_event, kernel_watch=True)
     except LaunchError as e:
         err(f"pysandbox: {e}")
         watch.stop()
@@ -73,14 +73,14 @@ class _LandlockAudit:
     kernel's audit is enabled: started at sandbox_start, attributed by the sandbox's pid namespace."""
 
     def __init__(self, emit, plan):
-        self.emit, self.watch = emit, None
+        self.emit, self.watch, self.plan = emit, None, plan
         self.on = plan.landlock is not None and plan.landlock.filesystem or False
 
     def on_event(self, type, **fields):
         out = self.emit(type, **fields)
         if type == "sandbox_start" and self.on and self.watch is None and fields.get("pid"):
             from .. import landlock
-            if landlock.audit_enabled():
+            if landlock.denial_source(self.plan, kernel_watch=True) == landlock.KERNEL:
                 try:
                     self.watch = landlock.DenialWatch(self.emit, landlock.pidns_of(fields["pid"]))
                 except OSError:

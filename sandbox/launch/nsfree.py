@@ -126,6 +126,17 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     except landlock.LandlockError as e:
         raise NsfreeError(str(e)) from None
     plain, _ = seccomp.exec_filters(plan.seccomp, bpf)  # errno actions: no listener to notify here
+    source = landlock.denial_source(plan, kernel_watch=True) if on_event else None
+    sup = None
+    if source == landlock.NOTIFY:
+        # the Landlock fallback (sandbox/notify/landlock_fallback.py): the calls Landlock could deny
+        # are notified to a supervisor in this process, which records the denials it predicts
+        from ..notify.landlock_fallback import Predictor, notify_filter
+        f = notify_filter(seccomp.Filters(plain), plan.seccomp, plan.landlock)
+        if f.mode == "user_notif":
+            from ..notify.supervision import Supervision
+            plain = f.program
+            sup = Supervision(f, plan.seccomp, on_event, landlock=Predictor(plan.landlock))
     cg = registered = None
     if plan.limits.any():
         from ..cgroups import manager
@@ -176,7 +187,14 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
             _sys.close_range_cloexec(3)
             _sys.default_signals()
             stage = "seccomp"
-            seccomp.install(plain)
+            if sup is not None:
+                from ..notify.listener import send_listener
+                lfd = seccomp.install(plain, listener=True)
+                send_listener(sup.child_sock, lfd)       # (sendmsg, close: allowed, checked above)
+                os.close(lfd)
+                sup.child_sock.close()
+            else:
+                seccomp.install(plain)
             stage = "exec"
             os.execvpe(argv[0], argv, env)
         except Exception as e:                         # noqa: BLE001 - one line, never a traceback
@@ -188,11 +206,13 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
     watch = None
     if on_event:
         on_event("sandbox_start", pid=pid, argv=argv)
-        if landlock.audit_enabled():               # the kernel's records of its denials (root)
+        if source == landlock.KERNEL:              # the kernel's records of its denials (root)
             try:
                 watch = landlock.DenialWatch(on_event, lambda p: p == pid)
             except OSError:
                 pass
+    if sup is not None:
+        sup.started(pid)                           # receives the listener, answers in a thread
     try:
         if cg is not None:
             cg.add_pid(pid)
@@ -202,6 +222,8 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
         os.waitpid(pid, 0)
         if watch is not None:
             watch.stop()
+        if sup is not None:
+            sup.stop()
         raise NsfreeError(f"limits: cannot put the program in its cgroup: {e}") from None
     finally:
         os.close(go_w)
@@ -228,6 +250,8 @@ def run(plan, bpf, argv, env: dict, *, on_event=None, sandbox_id: str = "nsfree"
             signal.signal(s, h)
     if watch is not None:
         watch.stop()
+    if sup is not None:
+        sup.stop()
     report = os.read(err_r, 4096).decode(errors="replace")
     os.close(err_r)
     events = cg.finish() if cg is not None else []   # leftovers killed, events and peaks read, removed

@@ -70,8 +70,10 @@ def notif_send_errno(fd: int, nid: int, err: int) -> bool:
 
 
 def notif_send_continue(fd: int, nid: int) -> bool:
-    """Let a notified call run (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Learn mode ONLY: never an
-    answer of the enforcing supervisor. False if the caller is gone."""
+    """Let a notified call run (SECCOMP_USER_NOTIF_FLAG_CONTINUE). Learn mode, and the Landlock
+    fallback's calls the plan allows (Landlock, not the notifier, is their control:
+    supervisor.Enforcing.landlock_call); never the answer to a call the plan denies. False if the
+    caller is gone."""
     return _send(fd, NOTIF_RESP.pack(nid, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE))
 
 

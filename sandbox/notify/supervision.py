@@ -31,8 +31,9 @@ class Supervision:
     seccomp plan, whose verdicts the learn supervisor reports while it lets every call run.
     """
 
-    def __init__(self, filters, seccomp_plan, on_event: OnEvent, *, learn_plan=None):
+    def __init__(self, filters, seccomp_plan, on_event: OnEvent, *, learn_plan=None, landlock=None):
         self.plan = seccomp_plan
+        self.landlock = landlock          # landlock_fallback.Predictor: the filter notifies Landlock's calls
         self.on_event = on_event
         self.learn_plan = learn_plan
         self.mode: Optional[str] = None
@@ -97,7 +98,7 @@ class Supervision:
                                        throttle=throttle_for(self.learn_plan))
         else:
             sup = Enforcing(None, self.plan, self._record, kill_sandbox, True, fd_source,
-                            throttle=throttle_for(self.plan))
+                            throttle=throttle_for(self.plan), landlock=self.landlock)
         if inline:
             sup.inline_pace = self._pace_inline
             self._inline = sup

@@ -221,18 +221,71 @@ class Supervisor:
 
 
 class Enforcing(Supervisor):
-    """Records, then answers with the policy's errno, or kills the sandbox. Never continues."""
+    """Records, then answers with the policy's errno, or kills the sandbox. Never continues a
+    call the plan denies; a call the plan allows is only notified for the Landlock fallback
+    (landlock: a landlock_fallback.Predictor), see landlock_call."""
 
     def __init__(self, fd, seccomp_plan, on_event, kill_sandbox, read_memory=True, fd_source=None,
-                 throttle=None):
+                 throttle=None, landlock=None):
         super().__init__(fd, seccomp_plan, on_event, read_memory, fd_source, throttle)
         self.kill_sandbox = kill_sandbox
+        self.landlock = landlock
+
+    def landlock_call(self, n: Notification, name: Optional[str]) -> None:
+        """A call the plan allows, notified because Landlock could deny it (landlock_fallback):
+        predicted denied -> EACCES and a `landlock_denied` event; else it continues.
+        SECCOMP_USER_NOTIF_FLAG_CONTINUE is safe here, unlike for a policy decision: the
+        control is the kernel's Landlock ruleset, which still checks the call when it runs (a
+        path swapped after this prediction is judged by Landlock, not by us); the notifier only
+        observes, and answers first what Landlock would answer, to record it."""
+        from .landlock_fallback import read_memory
+        verdict = None
+        try:
+            read, read_u64, close, read_bytes = read_memory(n.pid)
+            try:
+                verdict = self.landlock.predict(n.pid, name, n.args, read, read_u64, read_bytes)
+            finally:
+                close()
+            if verdict is not None and not notif_id_valid(self.fd, n.id):
+                verdict = None           # read from a recycled pid: not this call's data
+        except Exception:  # noqa: BLE001 - Landlock decides
+            verdict = None
+        if verdict is None:
+            self.landlock.stats["continued"] += 1
+            ok = notif_send_continue(self.fd, n.id)
+            self.stats["answered" if ok else "vanished"] += 1
+            return
+        self.landlock.stats["predicted_denied"] += 1
+        path, access = verdict
+        fields = {"syscall": {"name": name, "nr": n.nr}, "action": "errno", "errno": _errno.EACCES,
+                  "via": self.via}
+        port = path.startswith("tcp port ") and path[9:].isdigit() and int(path[9:])
+        if not self.coalesced("landlock_denied", fields):
+            info = proc_identity(n.pid)
+            if not notif_id_valid(self.fd, n.id):
+                info = {"tid": n.pid, "pid": n.pid}
+            acc = access.split(",")
+            self.record("landlock_denied", {
+                **fields, **info, **({} if port else {"path": path}),
+                "detail": {"access": acc, "syscall": name, **({"port": port} if port else {})},
+                "message": f"landlock denied {' '.join(acc)} on {path} ({name}; predicted by the notify layer)"})
+        ok = notif_send_errno(self.fd, n.id, _errno.EACCES)
+        self.stats["answered" if ok else "vanished"] += 1
+        self.flush_due()
 
     def handle(self, n: Notification) -> None:
         answered = False
         try:
-            name = _name(n)
+            name = None
+            if self.landlock is not None:          # (its calls named without libseccomp)
+                from .landlock_fallback import name_of
+                name = name_of(n.nr, n.arch)
+            name = name or _name(n)
             d = decide(self.plan, name, n.args)
+            if self.landlock is not None and d.policy_action in ("allow", "log"):
+                answered = True          # (landlock_call answers, whatever happens)
+                self.landlock_call(n, name)
+                return
             if d.action != "kill" and self.throttle is not None:
                 # the cheap fields first: a call over the rate limit is answered and counted
                 # without reading the caller's /proc (a clone3's flags are read: they decide its kind)
@@ -295,7 +348,7 @@ def throttle_for(seccomp_plan):
 
 def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
           kill_sandbox: Optional[Callable[[], Any]] = None, *, read_memory: bool = True,
-          throttle: Any = None) -> Handle:
+          throttle: Any = None, landlock=None) -> Handle:
     """Supervise a seccomp listener in a thread (enforcing: errno answers, kill rules kill).
 
     listener_fd:  from listener.recv_listener(); owned by the supervisor from now on (closed by stop()).
@@ -305,11 +358,13 @@ def start(listener_fd: int, seccomp_plan, on_event: OnEvent,
                   process of the sandbox. Without it the offending process gets SIGKILL.
     throttle:     the audit rate limit (audit.throttle.Throttle); None: the plan's
                   (throttle_for); False: none, every call recorded in full (tests, tools).
+    landlock:     a landlock_fallback.Predictor (this listener's own) when the filter notifies
+                  the calls Landlock could deny (landlock_fallback.notify_filter).
     """
     if throttle is None:
         throttle = throttle_for(seccomp_plan)
     sup = Enforcing(listener_fd, seccomp_plan, on_event, kill_sandbox, read_memory,
-                    throttle=throttle or None)
+                    throttle=throttle or None, landlock=landlock)
     sup.thread.start()
     return Handle(sup)
 
