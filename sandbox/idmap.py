@@ -72,6 +72,24 @@ def _args(m) -> list[str]:
     return [str(x) for e in m for x in ((e.inside, e.outside, e.count) if hasattr(e, "inside") else e)]
 
 
+def still_granted(plan) -> bool:
+    """Whether the ranges a rootless plan maps through newuidmap/newgidmap are still the caller's
+    in /etc/subuid and /etc/subgid (read now, as the helpers check them). For maps written ahead
+    (a launch server's spare built before its launch): used only while the administrator still
+    grants them - else the spare is dropped and the launch's own newuidmap call decides (refused:
+    exit 125). The caller's own id needs no grant."""
+    from policies import subids
+    try:
+        for what, m, own in (("uid", plan.user.uid_map, os.geteuid()), ("gid", plan.user.gid_map, os.getegid())):
+            rs = subids.ranges(what, os.geteuid())
+            for e in m:
+                if not (e.count == 1 and e.outside == own) and not subids.owns(rs, e.outside, e.count):
+                    return False
+    except subids.SubidError:
+        return False
+    return True
+
+
 def write_with_helpers(pid: int, plan) -> str | None:
     """Run newuidmap and newgidmap for PID 1 (at once). None when both succeeded, else one line:
     what failed and the helper's own words."""

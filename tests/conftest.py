@@ -144,7 +144,8 @@ _FAMILIES = {
 }
 _EXCLUSIVE = ("system/test_rootless_ranges.py", "system/test_rootless_subordinate.py",
               "security/test_profile_idmap_not_owned.py", "security/test_limits_enforced.py",
-              "security/test_cgroup_delegate_limits.py", "system/test_doctor.py")
+              "security/test_cgroup_delegate_limits.py", "system/test_doctor.py", "system/test_cgroups.py",
+              "security/test_spare_maps_after_ranges_withdrawn.py")
 _FAMILY_OF = {m: f for f, mods in _FAMILIES.items() for m in mods}
 
 

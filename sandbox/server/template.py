@@ -284,6 +284,10 @@ def main(sock) -> None:
         if use is not None and time.monotonic() - use[5] > BUILT_FRESH:
             drop(use)                                 # its binds of host files are too old a view
             use = None
+        if use is not None and use[4] is not None and idmap.uses_helpers(PLANS[use[4]], rootless) \
+                and not idmap.still_granted(PLANS[use[4]]):
+            drop(use)                                 # its maps were written ahead: ranges withdrawn since
+            use = None                                # (a fresh clone's newuidmap refuses them: exit 125)
         if use is None:
             use = spares.pop((flags, None), None)
         if use is None:
