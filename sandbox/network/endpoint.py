@@ -374,7 +374,7 @@ class NetHandle:
             bridge.refresh_peers(root, nd, self.sandbox_id, self.name, self.address, joined=True)
 
     def _attach_usermode(self, pid: int) -> None:
-        self._helper = usermode.start(self.mode, self.tool, self.ports, pid)
+        self._helper = usermode.start(self.mode, self.tool, self.ports, pid, self._nsfd, self._usernsfd)
 
     def egress_denied(self) -> int | None:
         """Packets the egress allow-list dropped so far (None when there is no allow-list)."""
