@@ -40,6 +40,7 @@ network:
       - {{host: internal6.test, ports: [8080]}}
       - {{host: internal.test, ports: [8080]}}
       - {{host: internal2.test, ports: [8080], allow_private: true}}
+      - {{host: dual.test, ports: [8446, 8447]}}
 filesystem:
   mounts:
     - {{type: bind, source: {d}/t, target: /t, read_only: true}}
@@ -102,6 +103,9 @@ tryit("sni6_web6_at_mapped_v4", lambda: tls_to("::ffff:10.123.0.1", "web6.test")
 tryit("raw_tcp6", lambda: raw("2001:db8::1"))
 tryit("udp6", lambda: udp("2001:db8::1"))
 tryit("internal6_direct", lambda: http_host("fd00:db8::1", "internal6.test"))
+# dual.test: 192.0.2.1 refuses ports 8446/8447, 2001:db8::1 serves them: the proxy's next address
+tryit("dual_http_proxy_env", lambda: via_env.open("http://dual.test:8446/", timeout=20).read().decode())
+tryit("dual_https_proxy_env", lambda: via_env.open("https://dual.test:8447/", timeout=20).read().decode())
 print("INSIDE " + json.dumps(out), flush=True)
 '''
 
@@ -113,7 +117,7 @@ def sh(*a):
 sh("mount", "--make-rprivate", "/")
 with open(f"{D}/hosts", "w") as f:
     f.write("127.0.0.1 localhost\n10.123.0.1 internal.test internal2.test\n"
-            "2001:db8::1 web6b.test\nfd00:db8::1 internal6.test\n")
+            "2001:db8::1 web6b.test\nfd00:db8::1 internal6.test\n192.0.2.1 dual.test\n2001:db8::1 dual.test\n")
 os.chmod(f"{D}/hosts", 0o644)
 sh("mount", "--bind", f"{D}/hosts", "/etc/hosts")
 if USER != "root":
@@ -152,7 +156,8 @@ cert = (x509.CertificateBuilder().subject_name(name("web.test")).issuer_name(ca.
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("web.test"), x509.DNSName("other.test"),
                                                        x509.DNSName("web6.test"), x509.DNSName("web6b.test"),
-                                                       x509.DNSName("other6.test")]), critical=False)
+                                                       x509.DNSName("other6.test"), x509.DNSName("dual.test")]),
+                       critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256()))
 os.mkdir(f"{D}/t", 0o755)
@@ -178,9 +183,12 @@ class S(http.server.ThreadingHTTPServer):
         super().server_bind()
 plain = S(("::", 8080), H)
 tls = S(("::", 8443), H)
+plain6 = S(("2001:db8::1", 8446), H)                 # IPv6 only: 192.0.2.1:8446 refuses
+tls6 = S(("2001:db8::1", 8447), H)
 sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sc.load_cert_chain(f"{D}/server.pem")
 tls.socket = sc.wrap_socket(tls.socket, server_side=True)
-for srv in (plain, tls):
+tls6.socket = sc.wrap_socket(tls6.socket, server_side=True)
+for srv in (plain, tls, plain6, tls6):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 raw_hits = []
 rs = socket.socket(socket.AF_INET6); rs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -333,6 +341,13 @@ def check_ipv6(res: dict) -> None:
     assert any(d["name"] == "web6.test" and d["address"] == "fd00:db8::1"
                and d["reason"] == "address is not one the name resolves to" for d in denied), denied
     assert any(d["name"] is None and d["address"] == "2001:db8::1" and d["port"] == 9999 for d in denied), denied
+    # proxy variables to a name whose IPv4 address refuses: its IPv6 address next, one decision each
+    assert i["dual_http_proxy_env"] == "hello dual.test /" and i["dual_https_proxy_env"] == "hello dual.test /", i
+    dual = [e for e in ev if e["egress"]["name"] == "dual.test"]
+    assert sorted((e["type"], e["egress"]["protocol"], e["egress"]["address"], e["egress"].get("reason")) for e in dual
+                  if e["type"] != "egress.closed") == [
+        ("egress.allowed", "connect", "2001:db8::1", "after 192.0.2.1: Connection refused"),
+        ("egress.allowed", "http", "2001:db8::1", "after 192.0.2.1: Connection refused")], dual
 
 
 def test_egress_domains_pasta_root():
