@@ -56,6 +56,7 @@ DEFAULT_SEVERITY = {
     "audit_suppressed": "warning",  # events over the sandbox's audit rate limit, counted not written (throttle.py)
     "egress.allowed": "info",       # the egress proxy let a connection to a name through (sandbox/network/egress/)
     "egress.denied": "warning",     # the egress proxy or its resolver refused a name, an address or a protocol
+    "egress.closed": "info",        # a relayed (allowed) connection ended: bytes each way, duration
     # egress interception (sandbox/network/egress/intercept.py, docs/network.md "Secrets"): one per request
     "egress.http.allowed": "info",
     "egress.http.denied": "warning",

@@ -31,7 +31,9 @@ def overrides_options(f):
         click.option("--group-add", "group_add", multiple=True, metavar="GROUP|GID",
                      help="Supplementary group inside the sandbox."),
         click.option("--network", "--net", "network", metavar="none|host|NAME", shell_complete=_complete.networks),
-        click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOSTPORT:PORT[/proto]"),
+        click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:|[IPv6]:]HOSTPORT:PORT[/tcp|udp]",
+                     help="Publish a port: HOSTPORT on the host to PORT inside; on one host address only with "
+                          "IP: (e.g. 127.0.0.1:8080:80) or [IPv6]: (e.g. [::1]:8080:80)."),
         click.option("--add-host", "add_hosts", multiple=True, metavar="NAME:ADDR",
                      help="A name the sandbox's egress resolver and proxy answer with ADDR (network.hosts)."),
         click.option("--timeout", type=float, metavar="SECONDS", help="Kill the whole sandbox after this time."),

@@ -164,7 +164,7 @@ def _prepare(net, sandbox_id: str, name: str | None, *, rootless: bool,
         v6 = next((p for p in ports if ":" in p["host_ip"]), None)
         if v6 is not None and mode == "slirp4netns":
             raise NetworkError(f"network slirp4netns: published port [{v6['host_ip']}]:{v6['host_port']}: "
-                               "slirp4netns runs IPv4 only (use pasta for IPv6)")
+                               "slirp4netns publishes IPv4 only (use pasta for IPv6)")
         tun = usermode.tun_problem()
         if tun:
             raise NetworkError(f"network {mode}: {tun}")
@@ -374,7 +374,7 @@ class NetHandle:
             bridge.refresh_peers(root, nd, self.sandbox_id, self.name, self.address, joined=True)
 
     def _attach_usermode(self, pid: int) -> None:
-        self._helper = usermode.start(self.mode, self.tool, self.ports, pid)
+        self._helper = usermode.start(self.mode, self.tool, self.ports, pid, self._nsfd, self._usernsfd)
 
     def egress_denied(self) -> int | None:
         """Packets the egress allow-list dropped so far (None when there is no allow-list)."""

@@ -30,10 +30,12 @@ def tun_problem() -> str | None:
     return None
 
 
-def start(mode: str, tool: str, ports: list[dict], pid: int) -> subprocess.Popen:
+def start(mode: str, tool: str, ports: list[dict], pid: int, nsfd: int | None = None,
+          userns_fd: int | None = None) -> subprocess.Popen:
     """Start `mode` (pasta or slirp4netns, the binary `tool`) for the sandbox whose PID 1 is `pid`,
     publish `ports`, and return the running helper once the namespace is configured. On failure
-    the helper is stopped and NetworkError says why (its last line of stderr)."""
+    the helper is stopped and NetworkError says why (its last line of stderr). nsfd/userns_fd:
+    the sandbox's namespaces (slirp4netns: its IPv6 address and route are set through them)."""
     tmp = tempfile.mkdtemp(prefix=f"pysandbox-{mode}-")     # only needed while it starts
     try:
         with open(os.path.join(tmp, "stderr"), "w+b") as errf:
@@ -47,14 +49,17 @@ def start(mode: str, tool: str, ports: list[dict], pid: int) -> subprocess.Popen
                     raise
                 return helper
             api = os.path.join(tmp, "api.sock")
+            v6 = _kernel_has_ipv6()
             r, w = os.pipe()
             try:
                 try:
-                    helper = _spawn(_slirp4netns_argv(tool, pid, w, api), errf, pass_fds=[w])
+                    helper = _spawn(_slirp4netns_argv(tool, pid, w, api, v6), errf, pass_fds=[w])
                 finally:
                     os.close(w)
                 try:
                     _slirp4netns_ready(helper, r, errf)
+                    if v6:
+                        _slirp4netns_ipv6(pid, nsfd, userns_fd)
                     _slirp4netns_publish(api, ports)
                 except BaseException:
                     stop(helper)
@@ -123,12 +128,21 @@ def _pasta_ready(helper: subprocess.Popen, pidfile: str, errf) -> None:
 
 # --------------------------------------------------------------------------- slirp4netns
 
-def _slirp4netns_argv(tool: str, pid: int, ready_fd: int, api: str) -> list[str]:
-    # --disable-dns: slirp's DNS address (10.0.2.3) relays to the host's resolver, which may listen on
-    # the host's loopback (127.0.0.1, 127.0.0.53) - around --disable-host-loopback. Sandboxes use the
-    # host's resolv.conf, never 10.0.2.3.
+def _kernel_has_ipv6() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+        return True
+    except OSError:
+        return False
+
+
+def _slirp4netns_argv(tool: str, pid: int, ready_fd: int, api: str, v6: bool = True) -> list[str]:
+    # --disable-dns: slirp's DNS address (10.0.2.3, fd00::3) relays to the host's resolver, which may
+    # listen on the host's loopback (127.0.0.1, 127.0.0.53) - around --disable-host-loopback (which
+    # covers fd00::2 -> ::1 too). Sandboxes use the host's resolv.conf, never 10.0.2.3.
+    # --enable-ipv6: slirp's own IPv6 NAT (fd00::/64, gateway fd00::2) to the host's IPv6 stack.
     return [tool, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
-            f"--ready-fd={ready_fd}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user",
+            *(["--enable-ipv6"] if v6 else []), f"--ready-fd={ready_fd}", f"--api-socket={api}", "--userns-path", f"/proc/{pid}/ns/user",
             "--netns-type=path", f"/proc/{pid}/ns/net", "tap0"]
 
 
@@ -139,6 +153,31 @@ def _slirp4netns_ready(helper: subprocess.Popen, r: int, errf) -> None:
     if helper.poll() is None:
         raise NetworkError("network slirp4netns: not ready after 10 s")
     raise NetworkError(f"network slirp4netns: {_errtext(errf)[:200]}")
+
+
+SLIRP_ADDR6, SLIRP_GW6 = "fd00::100", "fd00::2"     # slirp4netns's default IPv6 network (fd00::/64)
+
+
+def _slirp4netns_ipv6(pid: int, nsfd: int | None, userns_fd: int | None) -> None:
+    """The sandbox's IPv6 address and default route on tap0, set now: slirp4netns --configure
+    leaves IPv6 to SLAAC (its router advertisements), which comes a second or more after the
+    program has started (duplicate address detection, the solicitation delay): its first IPv6
+    connect() would fail with ENETUNREACH. fd00::100 mirrors 10.0.2.100; `nodad`: nothing else
+    is on that link."""
+    from .nft import nsenter_prefix
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    pre = nsenter_prefix(None if nsfd is not None else pid, nsfd, userns_fd)
+    fds = tuple(f for f in (nsfd, userns_fd) if f is not None)
+    for args in (["-6", "addr", "add", f"{SLIRP_ADDR6}/64", "dev", "tap0", "nodad"],
+                 ["-6", "route", "replace", "default", "via", SLIRP_GW6, "dev", "tap0"]):
+        try:
+            p = subprocess.run(pre + [ip] + args, capture_output=True, text=True, timeout=STEP_TIMEOUT,
+                               pass_fds=fds)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NetworkError(f"network slirp4netns: IPv6: {e}") from None
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or ["failed"])[-1]
+            raise NetworkError(f"network slirp4netns: IPv6: ip {' '.join(args[1:3])}: {last[:200]}")
 
 
 def _slirp4netns_publish(api: str, ports: list[dict]) -> None:

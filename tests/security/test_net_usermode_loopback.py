@@ -1,8 +1,9 @@
 """User-mode networks (pasta, slirp4netns) do not reach the host's loopback.
 
 pysandbox runs pasta with `--no-map-gw -T none -U none` (IPv6 too) and slirp4netns with
-`--disable-host-loopback` (and no `--enable-ipv6`). Without those flags the tools map an address
-inside the sandbox to the host's 127.0.0.1 (slirp4netns: 10.0.2.2; pasta: the gateway) or splice
+`--disable-host-loopback` (which covers IPv6 too: slirp4netns runs `--enable-ipv6`). Without those
+flags the tools map an address inside the sandbox to the host's 127.0.0.1 or ::1 (slirp4netns:
+10.0.2.2, fd00::2; pasta: the gateway) or splice
 the sandbox's own loopback ports to the host's (pasta -T/-U): services that trust "only local
 processes can connect" would be open to the sandbox.
 
@@ -69,11 +70,13 @@ tcp_server(socket.AF_INET, "127.0.0.1", 7071, "lo4")
 tcp_server(socket.AF_INET6, "::1", 7071, "lo6")
 tcp_server(socket.AF_INET, "192.0.2.2", 7073, "upstream")
 tcp_server(socket.AF_INET6, "2001:db8:1::2", 7073, "upstream6")
-dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("127.0.0.1", 53))
-def dns_serve():
-    while True:
-        d, a = dns.recvfrom(512); hits["dns"] += 1; dns.sendto(b"dns-lo", a)
-threading.Thread(target=dns_serve, daemon=True).start()
+def dns_serve(fam, addr):
+    dns = socket.socket(fam, socket.SOCK_DGRAM); dns.bind((addr, 53))
+    def serve():
+        while True:
+            d, a = dns.recvfrom(512); hits["dns"] += 1; dns.sendto(b"dns-lo", a)
+    threading.Thread(target=serve, daemon=True).start()
+dns_serve(socket.AF_INET, "127.0.0.1"); dns_serve(socket.AF_INET6, "::1")
 code = r"""
 import json, socket, struct
 gw = next((socket.inet_ntoa(struct.pack("<I", int(l.split()[2], 16))) for l in open("/proc/net/route").read().splitlines()[1:]
@@ -88,7 +91,7 @@ def tcp(fam, addr, port):
         return f"err{e.errno}" if e.errno else "timeout"
 def udp(addr, port):
     try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0); s.sendto(b"q", (addr, port))
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0); s.sendto(b"q", (addr, port))
         return s.recv(16).decode()
     except OSError as e:
         return f"err{e.errno}" if e.errno else "timeout"
@@ -96,9 +99,9 @@ for a in ["127.0.0.1", gw, "10.0.2.2", "10.0.2.3"]:
     if a:
         out[f"tcp {a}"] = tcp(socket.AF_INET, a, 7071)
 out["tcp ::1"] = tcp(socket.AF_INET6, "::1", 7071)
-for a in gw6 + ["2001:db8::fe"]:
+for a in gw6 + ["2001:db8::fe", "fd00::2", "fd00::3"]:
     out[f"tcp [{a}]"] = tcp(socket.AF_INET6, a, 7071)
-for a in [gw, "10.0.2.3"]:
+for a in [gw, "10.0.2.3", "fd00::3"]:
     if a:
         out[f"udp {a}:53"] = udp(a, 53)
 out["upstream"] = tcp(socket.AF_INET, "192.0.2.2", 7073)
@@ -151,15 +154,13 @@ def test_usermode_network_does_not_reach_host_loopback(mode, who):
     inside = res["inside"]
     # the legitimate side: outward TCP to a non-loopback address of the "host" works
     assert inside["upstream"] == "upstream", res
-    # pasta gives the sandbox IPv6 (its gateway: the host's IPv6 gateway); slirp4netns does not
-    if mode == "pasta":
-        assert inside["upstream6"] == "upstream6" and inside["gw6"] == ["2001:db8::fe"], res
-    else:
-        assert inside["upstream6"] != "upstream6" and inside["gw6"] == [], res
+    # both give the sandbox IPv6: pasta's gateway is the host's IPv6 gateway, slirp4netns's fd00::2
+    assert inside["upstream6"] == "upstream6", res
+    assert inside["gw6"] == (["2001:db8::fe"] if mode == "pasta" else ["fd00::2"]), res
     # the attack side: nothing reached a loopback service of the host, by any address
     assert res["hits"]["lo4"] == 0 and res["hits"]["lo6"] == 0 and res["hits"]["dns"] == 0, res
     probes = {k: v for k, v in inside.items() if k.startswith(("tcp ", "udp "))}
-    assert "tcp 10.0.2.2" in probes and "tcp ::1" in probes and inside["gw"], res
+    assert "tcp 10.0.2.2" in probes and "tcp ::1" in probes and "tcp [fd00::2]" in probes and inside["gw"], res
     assert not [k for k, v in probes.items() if v in ("lo4", "lo6", "dns-lo")], res
     # the sandbox's own loopback answers its 127.0.0.1 and ::1: refused, not the host's server
     assert probes["tcp 127.0.0.1"] == "err111" and probes["tcp ::1"] == "err111", res

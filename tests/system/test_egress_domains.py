@@ -40,6 +40,7 @@ network:
       - {{host: internal6.test, ports: [8080]}}
       - {{host: internal.test, ports: [8080]}}
       - {{host: internal2.test, ports: [8080], allow_private: true}}
+      - {{host: dual.test, ports: [8446, 8447]}}
 filesystem:
   mounts:
     - {{type: bind, source: {d}/t, target: /t, read_only: true}}
@@ -102,6 +103,9 @@ tryit("sni6_web6_at_mapped_v4", lambda: tls_to("::ffff:10.123.0.1", "web6.test")
 tryit("raw_tcp6", lambda: raw("2001:db8::1"))
 tryit("udp6", lambda: udp("2001:db8::1"))
 tryit("internal6_direct", lambda: http_host("fd00:db8::1", "internal6.test"))
+# dual.test: 192.0.2.1 refuses ports 8446/8447, 2001:db8::1 serves them: the proxy's next address
+tryit("dual_http_proxy_env", lambda: via_env.open("http://dual.test:8446/", timeout=20).read().decode())
+tryit("dual_https_proxy_env", lambda: via_env.open("https://dual.test:8447/", timeout=20).read().decode())
 print("INSIDE " + json.dumps(out), flush=True)
 '''
 
@@ -113,7 +117,7 @@ def sh(*a):
 sh("mount", "--make-rprivate", "/")
 with open(f"{D}/hosts", "w") as f:
     f.write("127.0.0.1 localhost\n10.123.0.1 internal.test internal2.test\n"
-            "2001:db8::1 web6b.test\nfd00:db8::1 internal6.test\n")
+            "2001:db8::1 web6b.test\nfd00:db8::1 internal6.test\n192.0.2.1 dual.test\n2001:db8::1 dual.test\n")
 os.chmod(f"{D}/hosts", 0o644)
 sh("mount", "--bind", f"{D}/hosts", "/etc/hosts")
 if USER != "root":
@@ -152,7 +156,8 @@ cert = (x509.CertificateBuilder().subject_name(name("web.test")).issuer_name(ca.
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("web.test"), x509.DNSName("other.test"),
                                                        x509.DNSName("web6.test"), x509.DNSName("web6b.test"),
-                                                       x509.DNSName("other6.test")]), critical=False)
+                                                       x509.DNSName("other6.test"), x509.DNSName("dual.test")]),
+                       critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256()))
 os.mkdir(f"{D}/t", 0o755)
@@ -178,9 +183,12 @@ class S(http.server.ThreadingHTTPServer):
         super().server_bind()
 plain = S(("::", 8080), H)
 tls = S(("::", 8443), H)
+plain6 = S(("2001:db8::1", 8446), H)                 # IPv6 only: 192.0.2.1:8446 refuses
+tls6 = S(("2001:db8::1", 8447), H)
 sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sc.load_cert_chain(f"{D}/server.pem")
 tls.socket = sc.wrap_socket(tls.socket, server_side=True)
-for srv in (plain, tls):
+tls6.socket = sc.wrap_socket(tls6.socket, server_side=True)
+for srv in (plain, tls, plain6, tls6):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 raw_hits = []
 rs = socket.socket(socket.AF_INET6); rs.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -264,11 +272,11 @@ def scenario(mode: str, user: str = "root") -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-def check(res: dict, v6: bool = True) -> None:
-    """v6: the sandbox has IPv6 (pasta, a private network made with --ipv6; not slirp4netns)."""
+def check(res: dict) -> None:
+    """Every mode here gives the sandbox IPv6 (pasta, slirp4netns, a private network made with --ipv6)."""
     assert res.get("inside"), res
     i = res["inside"]
-    check_ipv6(res, v6)
+    check_ipv6(res)
     # allowed name, certificate verified, with and without the proxy variables
     assert i["https_transparent"] == "hello web.test /", res
     assert i["https_proxy_env"] == "hello web.test /", res
@@ -307,7 +315,7 @@ def check(res: dict, v6: bool = True) -> None:
     assert all(e["sandbox_id"] == ev[0]["sandbox_id"] for e in ev)
 
 
-def check_ipv6(res: dict, v6: bool) -> None:
+def check_ipv6(res: dict) -> None:
     i = res["inside"]
     # AAAA: allowed names get their IPv6 addresses (network.hosts, the host's resolver), in every mode
     assert i["dns6_web6"] == ["2001:db8::1"] and i["dns6_web6b"] == ["2001:db8::1"], i
@@ -320,9 +328,6 @@ def check_ipv6(res: dict, v6: bool) -> None:
         assert i[k].startswith("err:"), (k, i)
     assert not i["raw_tcp6"].startswith("hello") and not i["internal6_direct"].startswith("HTTP/1.0 200"), i
     assert i["udp6"] == "sent" or i["udp6"].startswith("err:"), i
-    if not v6:                        # slirp4netns: no IPv6 route in the sandbox
-        assert i["https6_transparent"].startswith("err:"), i
-        return
     for k in ("https6_transparent", "https6_proxy_env", "http6_transparent"):
         assert i[k] == "hello web6.test /", (k, i)
     assert i["https6_host_resolver"] == "hello web6b.test /", i
@@ -336,6 +341,13 @@ def check_ipv6(res: dict, v6: bool) -> None:
     assert any(d["name"] == "web6.test" and d["address"] == "fd00:db8::1"
                and d["reason"] == "address is not one the name resolves to" for d in denied), denied
     assert any(d["name"] is None and d["address"] == "2001:db8::1" and d["port"] == 9999 for d in denied), denied
+    # proxy variables to a name whose IPv4 address refuses: its IPv6 address next, one decision each
+    assert i["dual_http_proxy_env"] == "hello dual.test /" and i["dual_https_proxy_env"] == "hello dual.test /", i
+    dual = [e for e in ev if e["egress"]["name"] == "dual.test"]
+    assert sorted((e["type"], e["egress"]["protocol"], e["egress"]["address"], e["egress"].get("reason")) for e in dual
+                  if e["type"] != "egress.closed") == [
+        ("egress.allowed", "connect", "2001:db8::1", "after 192.0.2.1: Connection refused"),
+        ("egress.allowed", "http", "2001:db8::1", "after 192.0.2.1: Connection refused")], dual
 
 
 def test_egress_domains_pasta_root():
@@ -357,4 +369,4 @@ def test_egress_domains_pasta_rootless():
 
 
 def test_egress_domains_slirp4netns_root():
-    check(scenario("slirp4netns"), v6=False)
+    check(scenario("slirp4netns"))

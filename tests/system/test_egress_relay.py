@@ -7,7 +7,8 @@ saw the end of the upload) still arrives in full.
 
 The relay alone, on real loopback TCP connections (no sandbox: the proxy's decision is not part of
 it): the idle limit ends a connection on which nothing moves, a reset ends both ways, the byte
-counters count both directions, close_all (the proxy's stop) ends what is still relayed. The idle
+counters count both directions (and the proxy's `egress.closed` event reports them for the large
+transfer), close_all (the proxy's stop) ends what is still relayed and waits for its on_end. The idle
 limit and tick are made short for the test (the proxy's are 300 s and 5 s).
 
 SAFETY: the scenario runs in a child started with `unshare --net --mount` (an "upstream" veth with
@@ -28,6 +29,7 @@ import threading
 
 import pytest
 
+import audit
 from conftest import PYSANDBOX, PYTHON as PY
 
 from sandbox.network.egress import relay as R
@@ -154,6 +156,17 @@ def test_large_transfer_both_ways_and_half_close_through_the_proxy(user):
     assert r["down_len"] == SIZE and r["down_seen"] == r["down_sent"]    # and the client the download
     allowed = [e for e in res["events"] if e.get("type") == "egress.allowed"]
     assert allowed and allowed[0]["egress"]["name"] == "web.test" and "reason" not in allowed[0]["egress"], allowed
+    # its end: one egress.closed with the bytes each way of this known transfer (heads included)
+    closed = [e for e in res["events"] if e.get("type") == "egress.closed"]
+    assert len(closed) == 1, closed
+    up_head = len(b"PUT /%d HTTP/1.0\r\nHost: web.test\r\n\r\n" % SIZE)
+    down_head = len(b"HTTP/1.0 200 OK\r\nX-Up: %s\r\nX-Up-Len: %d\r\nX-Down: %s\r\n\r\n" % (b"0" * 64, SIZE, b"0" * 64))
+    eg = closed[0]["egress"]
+    assert (eg["name"], eg["address"], eg["port"], eg["protocol"]) == ("web.test", "192.0.2.1", 8080, "http"), eg
+    assert (eg["bytes_up"], eg["bytes_down"]) == (up_head + SIZE, down_head + SIZE), eg
+    assert closed[0]["duration"] >= 0 and closed[0]["sandbox_id"] == allowed[0]["sandbox_id"]
+    for e in allowed + closed:
+        audit.validate(e)
 
 
 # ---- the relay alone, on loopback TCP --------------------------------------------------------

@@ -313,6 +313,11 @@ def test_published_ports_over_ipv6(net):
     finally:
         cli("network", "rm", "v4-only")
     assert r.returncode == 125 and "IPv4 only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    # slirp4netns: the sandbox has IPv6 outbound, but its port API publishes IPv4 only: refused too
+    r = cli("run", "--profile", "strict", "--audit-log", "/dev/null", "--network", "slirp4netns",
+            "-p", "[::1]:18082:80", "--", "/bin/true")
+    assert r.returncode == 125 and "slirp4netns publishes IPv4 only" in r.stderr, r
+    assert len(r.stderr.strip().splitlines()) == 1, r
 
 
 def test_peer_names_in_egress_rules_match_ipv6_with_the_egress_proxy(net, tmp_path):

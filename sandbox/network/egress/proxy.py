@@ -12,17 +12,23 @@ The decision, in order (each refusal is an `egress.denied` event, each success `
    no name (another protocol, no SNI, no Host) -> refused;
 2. a host rule allowing the name and the port (first in plan order);
 3. the address: transparent -> the original destination must be one the name resolves to for
-   this sandbox (names.Names); explicit -> the first of those addresses;
+   this sandbox (names.Names), and only it is connected to; explicit -> those addresses in
+   order (IPv4 first, then IPv6), the next when one fails (refused, unreachable, no IPv6 in the
+   kernel) or does not answer within ATTEMPT_TIMEOUT, at most MAX_ATTEMPTS and CONNECT_TIMEOUT in
+   all: one decision, one event (the address that worked; `reason` names the ones that failed);
 4. the secrets part's interception when the plan asks for it (`intercept`, imported lazily; see
    `Ctx`); otherwise connect upstream from the host's namespace, send the bytes read so far and
    hand both sockets to the splice relay (relay.py: os.splice through a pipe each way, in worker
-   threads: no copy through Python; half-close, idle limit, byte counters).
+   threads: no copy through Python; half-close, idle limit, byte counters); when the relayed
+   connection ends, `egress.closed` with its bytes each way and its duration (relay.py's `on_end`).
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +38,9 @@ from . import http, relay as _relay, tls
 
 SO_ORIGINAL_DST = 80
 FIRST_TIMEOUT = 10.0         # the client's first bytes (ClientHello / request head)
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0       # an upstream connection, all its addresses' attempts together
+ATTEMPT_TIMEOUT = 3.0        # one address of an explicit request's name, before the next one
+MAX_ATTEMPTS = 8             # addresses tried per explicit request
 MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
 
 
@@ -78,6 +86,38 @@ def original_dst(s: socket.socket) -> tuple[str, int] | None:
         return None
     port, = struct.unpack_from("!H", raw, 2)
     return (socket.inet_ntop(socket.AF_INET6, raw[8:24]) if v6 else socket.inet_ntoa(raw[4:8])), port
+
+
+def _why(e: BaseException) -> str:
+    """An upstream failure in a few words (asyncio's connect errors carry a long strerror)."""
+    errno = getattr(e, "errno", None)
+    return os.strerror(errno) if errno else (getattr(e, "strerror", None) or "timeout")
+
+
+async def connect_upstream(addrs, port: int, attempt: float) -> tuple[socket.socket | None, str | None, list]:
+    """A connected non-blocking socket to the first of `addrs` that takes the connection (each
+    attempt bounded by `attempt` seconds, all of them by CONNECT_TIMEOUT, at most MAX_ATTEMPTS
+    addresses): (socket, its address, [(address, why), ...] that failed before) or (None, None,
+    the failures). A family the kernel lacks (no IPv6) is a failed attempt like a refusal."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT
+    failed: list[tuple[str, str]] = []
+    for a in list(addrs)[:MAX_ATTEMPTS]:
+        left = deadline - loop.time()
+        if left <= 0:
+            failed.append((a, "no time left"))
+            break
+        up = None
+        try:
+            up = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM)
+            up.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(up, (a, port)), min(attempt, left))
+            return up, a, failed
+        except (OSError, asyncio.TimeoutError) as e:
+            if up is not None:
+                up.close()
+            failed.append((a, _why(e)))
+    return None, None, failed
 
 
 class Proxy:
@@ -215,20 +255,23 @@ class Proxy:
         if self.ctx.wants_interception(name):
             audit.allowed(name, addr, port, proto, rule, "intercepted: http rules or secrets")
             return await self._intercept(c, buf, name, port, list(addrs))
-        up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-        up.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(up, (addr, port)), CONNECT_TIMEOUT)
-            if buf:
-                await loop.sock_sendall(up, buf)
-        except (OSError, asyncio.TimeoutError) as e:
-            up.close()
-            audit.denied(name, addr, port, proto, rule, f"upstream: {getattr(e, 'strerror', None) or 'timeout'}")
+        up, got, failed = await connect_upstream(addrs if explicit else (addr,), port,
+                                                 ATTEMPT_TIMEOUT if explicit else CONNECT_TIMEOUT)
+        addr = got or addr            # the address that took the connection, else the first tried
+        why = "; ".join(f"{a}: {e}" for a, e in failed)
+        if up is not None and buf:
+            try:
+                await asyncio.wait_for(loop.sock_sendall(up, buf), CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError) as e:
+                up.close()
+                up, why = None, f"{addr}: {_why(e)}"
+        if up is None:
+            audit.denied(name, addr, port, proto, rule, f"upstream: {why or 'no address'}")
             if explicit and not reply:
                 await self._refuse(c, explicit, b"502 Bad Gateway")
             return False
-        audit.allowed(name, addr, port, proto, rule, "")
-        self._splice(c, up, len(buf))
+        audit.allowed(name, addr, port, proto, rule, f"after {why}" if why else "")
+        self._splice(c, up, len(buf), (name, addr, port, proto, rule))
         return True
 
     async def _refuse(self, c, explicit: bool, status: bytes = b"403 Forbidden") -> bool:
@@ -250,12 +293,16 @@ class Proxy:
             self.sem.release()
         return True
 
-    def _splice(self, a: socket.socket, b: socket.socket, first: int = 0) -> None:
+    def _splice(self, a: socket.socket, b: socket.socket, first: int = 0, what: tuple = ()) -> None:
         """Hand both sockets to the splice relay (relay.py: kernel to kernel, both ways, until both
-        sides end); the connection's slot is given back when it is over."""
+        sides end); when it is over: `egress.closed` (what: the decision's name, address, port,
+        protocol, rule) and the connection's slot is given back."""
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
 
-        def over(_conn) -> None:
+        def over(conn) -> None:
+            if what:                      # a pump thread: Audit serialises its callers
+                self.ctx.audit.closed(*what, conn.up, conn.down, time.monotonic() - started)
             try:
                 loop.call_soon_threadsafe(self.sem.release)
             except RuntimeError:          # the loop is closed: the sandbox has ended

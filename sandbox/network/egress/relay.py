@@ -27,7 +27,9 @@ Per connection:
   sent upstream included) and per relay (`Relay.totals()`: connections relayed and active,
   bytes up and down), handed to `on_end(conn)` when a connection is over;
 * **clean-up**: `Relay.close_all()` (the proxy's stop, on cancellation of the sandbox's egress
-  service) shuts down every socket still relayed, which ends their pumps, and lets the workers go.
+  service) shuts down every socket still relayed, which ends their pumps, waits (bounded:
+  CLOSE_WAIT) for their `on_end` (the proxy's `egress.closed` events come before the sandbox's
+  last audit records), and lets the workers go.
 
 The pumps are reused worker threads (starting a thread per connection costs more than the rest of
 its set-up), daemon threads: a supervisor never waits for them at exit.
@@ -46,6 +48,7 @@ from typing import Callable
 PIPE_SIZE = 1 << 20          # a pipe's size once a read filled it (F_SETPIPE_SZ; kept as is if refused)
 IDLE_TIMEOUT = 300.0         # seconds without a byte either way: the connection is ended
 TICK = 5.0                   # how often a waiting pump looks at the idle limit
+CLOSE_WAIT = 2.0             # close_all: at most this long for the aborted connections' on_end
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # not SPLICE_F_MORE: it would hold back the last bytes of a reply (interactive protocols) like a cork
@@ -80,7 +83,9 @@ class Relay:
         self.pool = _Workers(max_threads)
         self.idle, self.tick = idle, tick
         self.lock = threading.Lock()
+        self.ended = threading.Condition(self.lock)
         self.conns: set[Conn] = set()
+        self.ending = 0              # connections whose on_end is running
         self.count = 0
         self.bytes_up = 0
         self.bytes_down = 0
@@ -119,6 +124,8 @@ class Relay:
             conns = list(self.conns)
         for c in conns:
             c.abort()
+        with self.lock:
+            self.ended.wait_for(lambda: not self.conns and not self.ending, CLOSE_WAIT)
         self.pool.shutdown()
 
     def _pump(self, conn: Conn, src: socket.socket, dst: socket.socket, up: bool) -> None:
@@ -140,11 +147,16 @@ class Relay:
             self.conns.discard(conn)
             self.bytes_up += conn.up
             self.bytes_down += conn.down
-        if conn.on_end is not None:
-            try:
+            self.ending += 1
+        try:
+            if conn.on_end is not None:
                 conn.on_end(conn)
-            except Exception:     # noqa: BLE001
-                pass
+        except Exception:     # noqa: BLE001
+            pass
+        finally:
+            with self.lock:
+                self.ending -= 1
+                self.ended.notify_all()
 
 
 def _idle(conn: Conn) -> bool:

@@ -85,20 +85,27 @@ def listen_in_netns(nsfd: int, userns_fd: int | None) -> list[socket.socket]:
             b.close()
 
 
+def _egress(name, addr, port, protocol: str, rule) -> dict:
+    """An event's `egress` object (docs/audit.md)."""
+    return {"name": name, "address": addr, "port": port, "protocol": protocol,
+            "rule": {"index": rule.index, "text": E.rule_text(rule)} if rule is not None else None}
+
+
 class Audit:
-    """egress.allowed / egress.denied through the sandbox's audit sinks (the launcher's emit),
-    rate-limited per sandbox like seccomp denials (audit/throttle.py). Used from the loop's thread."""
+    """egress.allowed / egress.denied / egress.closed through the sandbox's audit sinks (the
+    launcher's emit), rate-limited per sandbox like seccomp denials (audit/throttle.py). Used from
+    the loop's thread and, for egress.closed, from the relay's pump threads: a lock serialises them."""
 
     def __init__(self, on_event):
         from audit.throttle import Throttle
         self.on_event = on_event
         self.thr = Throttle()
+        self.lock = threading.RLock()
 
     def _emit(self, etype: str, name, addr, port, protocol: str, rule, reason: str) -> None:
         if self.on_event is None:
             return
-        ev = {"name": name, "address": addr, "port": port, "protocol": protocol,
-              "rule": {"index": rule.index, "text": E.rule_text(rule)} if rule is not None else None}
+        ev = _egress(name, addr, port, protocol, rule)
         if reason:
             ev["reason"] = reason
         self(etype, {"egress": ev, "via": "supervisor",
@@ -111,12 +118,13 @@ class Audit:
         interception's (intercept.py: egress.http.*, egress.secret_*)."""
         if self.on_event is None:
             return
-        try:
-            if self.thr.admit(etype, fields):
-                self.on_event(etype, **fields)
-            self.flush()
-        except Exception:   # noqa: BLE001 - auditing never takes the proxy down
-            pass
+        with self.lock:
+            try:
+                if self.thr.admit(etype, fields):
+                    self.on_event(etype, **fields)
+                self.flush()
+            except Exception:   # noqa: BLE001 - auditing never takes the proxy down
+                pass
 
     def allowed(self, name, addr, port, protocol, rule, reason="") -> None:
         self._emit("egress.allowed", name, addr, port, protocol, rule, reason)
@@ -124,15 +132,27 @@ class Audit:
     def denied(self, name, addr, port, protocol, rule, reason="") -> None:
         self._emit("egress.denied", name, addr, port, protocol, rule, reason)
 
+    def closed(self, name, addr, port, protocol, rule, up: int, down: int, duration: float) -> None:
+        """egress.closed: an allowed, relayed connection ended (both directions), with the bytes
+        each way (the sandbox's side: up = sent by the sandbox) and how long it lasted."""
+        ev = {**_egress(name, addr, port, protocol, rule), "bytes_up": up, "bytes_down": down}
+        self("egress.closed", {"egress": ev, "duration": round(max(duration, 0.0), 3), "via": "supervisor",
+                               "message": f"closed {protocol} {name} {addr}:{port}: {up} bytes up, "
+                                          f"{down} down in {duration:.1f} s"})
+
     def flush(self, final: bool = False) -> None:
         if self.on_event is None:
             return
+        with self.lock:
+            self._flush(final)
+
+    def _flush(self, final: bool) -> None:
         for etype, fields in (self.thr.finish() if final else self.thr.due()):
             if etype.startswith("egress."):
                 fields.pop("syscall", None)
                 fields["egress"] = {"name": None, "protocol": "tcp",
                                     "reason": "coalesced by the audit rate limit"}
-                if not etype.startswith(("egress.allowed", "egress.denied")):
+                if not etype.startswith(("egress.allowed", "egress.denied", "egress.closed")):
                     fields["http"] = {}             # an interception kind's coalesced record
             try:
                 self.on_event(etype, **fields)
