@@ -230,6 +230,10 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                          owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
         gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
                          owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
+        if uid != 0 and ov.group_add and not (ns.user and _ranged(gid_map)):
+            raise ProfileError("--group-add: supplementary groups need a root caller or a subordinate gid range "
+                               "(gid_map: subordinate, or auto with /etc/subgid ids): a rootless caller mapping "
+                               "only its own gid is denied setgroups")
         if ns.user:
             _check_mapped(in_uid, in_gid, groups, uid_map, gid_map, uid,
                           user_d if not (ov.user or fs.image) else {}, loc)
@@ -336,11 +340,10 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
 
 def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int, caller: int) -> tuple:
     """--user (else the image's config User) and --group-add, names resolved in the sandbox's root
-    (policies/users.py): (uid, gid, supplementary groups). A rootless caller's namespace denies
-    setgroups: --group-add is refused, the user's memberships in /etc/group are not taken."""
-    if caller != 0 and ov.group_add:
-        raise ProfileError("--group-add: supplementary groups need a root caller (an unprivileged "
-                           "caller's user namespace denies setgroups)")
+    (policies/users.py): (uid, gid, supplementary groups). A rootless caller takes groups only with
+    --group-add (then the user's memberships in /etc/group too, as root's), which user_stage allows
+    only with a subordinate gid range mapped (setgroups allowed: sandbox/idmap.py); without
+    --group-add its memberships are not taken."""
     from . import users
     spec = ov.user or None
     db = None
@@ -357,7 +360,13 @@ def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int, ca
                                          where, label)
     if r_uid is not None:
         in_uid, in_gid = r_uid, r_gid
-    return in_uid, in_gid, groups if caller == 0 else ()
+    return in_uid, in_gid, groups if caller == 0 or ov.group_add else ()
+
+
+def _ranged(gid_map) -> bool:
+    """A gid map holding a subordinate range (as sandbox/idmap.ranged decides at launch): newgidmap
+    leaves `setgroups` at `allow`, so supplementary groups can be set."""
+    return len(gid_map) > 1 or any(e.count > 1 for e in gid_map)
 
 
 def _check_mapped(in_uid: int, in_gid: int, groups: tuple, uid_map, gid_map, caller: int, user_d, loc) -> None:

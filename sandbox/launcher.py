@@ -212,6 +212,8 @@ class Launch:
         # before_release(pid): called by release() before "G" (pysandbox-runtime: the OCI `create`
         # holds the set-up sandbox here until `start`, sandbox/runtime/monitor.py); may raise LaunchError
         self.before_release = None
+        # what PID 1 and the program do differently (sequence.LaunchHooks: pysandbox-runtime's, per launch)
+        self.hooks = sequence.PLAIN
         self.cgroup_path = None  # the leaf's path below each hierarchy's root (an OCI bundle's linux.cgroupsPath)
         # reap(pid) -> PID 1's wait status, when PID 1 is not our child (pysandbox-runtime clones it
         # with CLONE_PARENT: the engine reaps it); None: waitpid
@@ -329,7 +331,7 @@ class Launch:
                 raise LaunchError(f"namespaces: cannot create them: {e.strerror}") from None
             if pid == 0:
                 try:
-                    sequence.pid1_main(ctx)
+                    sequence.pid1_main(ctx, self.hooks)
                 finally:
                     os._exit(1)
             self.pid = pid

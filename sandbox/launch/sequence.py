@@ -17,11 +17,13 @@ they run (as runc's `Init` shows the parent's and the child's side):
 What differs between callers is data: the plan, a wire.LaunchContext (the run's
 descriptors, filter, environment; inherited by fork, or sent to a launch server's PID 1 in the
 launch wire format), a wire.ProgramSpec (the program's last steps; pysandbox-init reads the same
-spec as a PROGRAM section). Everything here is imported before the clone: after pivot_root the
+spec as a PROGRAM section), and a LaunchHooks (below: the plain launch's, but for pysandbox-runtime's,
+passed down per launch). Everything here is imported before the clone: after pivot_root the
 package's files are not reachable.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import resource
@@ -38,20 +40,28 @@ except ImportError:                        # pragma: no cover
     _seccomp = None
 
 
-# pysandbox-runtime's OCI startContainer hooks (set by sandbox/runtime/monitor.py in its own process,
-# inherited by PID 1's fork): called in the sandbox's namespaces after pivot_root, before the
-# program's last steps; an exception is a set-up failure (exit 125)
-before_program = None
-# False: PID 1 forks the program's Python process itself, never pysandbox-init's spawn mode (which
-# clones it as pid 2): pysandbox-runtime sets it for a pid namespace joined by path (PID 1 is not
-# that namespace's init; pid 2 is someone else's)
-spawn_inline = True
-# False: PID 1 arms no parent-death signal before its release: pysandbox-runtime clones it with
-# CLONE_PARENT (a child of `create`, which exits: the engine's subreaper reaps PID 1, as runc's)
-pid1_pdeathsig = True
-# True: PID 1 was cloned into a mount namespace joined by path (pysandbox-runtime): the program's
-# process builds no root in it (no pivot_root, no mounts: that namespace's root, as it is)
-join_mount = False
+@dataclasses.dataclass(frozen=True)
+class LaunchHooks:
+    """How one launch's PID 1 and program differ from the plain launch, beside its data: the
+    caller's per launch (launcher.Launch.hooks, passed down to pid1_main/pid1/program; never a
+    module global: a launch server, the API or a test process launches many). PLAIN is every
+    caller's but pysandbox-runtime's (sandbox/runtime/monitor.py sets the fields per container)."""
+    # OCI startContainer hooks: called in the sandbox's namespaces after pivot_root, before the
+    # program's last steps; an exception is a set-up failure (exit 125)
+    before_program: object = None
+    # False: PID 1 forks the program's Python process itself, never pysandbox-init's spawn mode (which
+    # clones it as pid 2): for a pid namespace joined by path (PID 1 is not that namespace's init;
+    # pid 2 is someone else's)
+    spawn_inline: bool = True
+    # False: PID 1 arms no parent-death signal before its release: cloned with CLONE_PARENT (a child
+    # of `create`, which exits: the engine's subreaper reaps PID 1, as runc's)
+    pid1_pdeathsig: bool = True
+    # True: PID 1 was cloned into a mount namespace joined by path: the program's process builds no
+    # root in it (no pivot_root, no mounts: that namespace's root, as it is)
+    join_mount: bool = False
+
+
+PLAIN = LaunchHooks()
 
 
 # --- 1. the supervisor -----------------------------------------------------------------------
@@ -73,17 +83,18 @@ def start(run) -> None:
 
 # --- 2. PID 1 --------------------------------------------------------------------------------
 
-def pid1_main(ctx) -> None:
+def pid1_main(ctx, hooks: LaunchHooks = PLAIN) -> None:
     """PID 1 forked by the supervisor itself (the whole context at hand). Never returns."""
     os.close(ctx.go_w)                     # (the supervisor's ends)
     os.close(ctx.status_r)
     spec = wire.Pid1Spec(ctx.status_w, ctx.go_r, ctx.cg_fds, ctx.cg_v2_fd, ctx.nofile, ctx.stdio,
                          ctx.plan.namespaces.time, ctx.seccomp_log, init.credential_steps(ctx.plan, ctx.rootless))
-    pid1(spec, lambda err_w, go_r: program(ctx, err_w, go_r),
-         inline=(lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False)) if spawn_inline else None)
+    pid1(spec, lambda err_w, go_r: program(ctx, err_w, go_r, hooks=hooks),
+         inline=(lambda: (ctx, ctx.status_w, ctx.cg_v2_fd, False)) if hooks.spawn_inline else None,
+         hooks=hooks)
 
 
-def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
+def pid1(spec: "wire.Pid1Spec", program_fn, inline=None, hooks: LaunchHooks = PLAIN) -> None:
     """PID 1. Never returns. It reads no plan before `inline`/`program_fn`: the rest is `spec`
     (a launch server's PID 1 has it from the PID1 section of its context).
 
@@ -95,7 +106,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
     thread), becomes the sandbox's root, drops its privileges, releases the program (last_steps in
     C, from the PROGRAM section) and supervises it. Otherwise it forks the program's process as a
     Python copy, `program_fn(err_w, go_r)` (program() below), and does the same itself.
-    spec.program_pid: the program's pid in the namespace (2, when a spare's builder had it)."""
+    spec.program_pid: the program's pid in the namespace (2, when a spare's builder had it).
+    hooks: the launch's LaunchHooks (pid1_pdeathsig, before_program; program_fn has them too)."""
     status_w, go_r, cg_v2_fd, creds = spec.status_w, spec.go_r, spec.cg_v2_fd, spec.creds
     try:
         gc.disable()                               # a collection would copy every shared page
@@ -107,7 +119,7 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         for target, fd in enumerate(spec.stdio):   # the program's stdin, stdout, stderr
             if fd is not None:
                 os.dup2(fd, target, inheritable=True)
-        if pid1_pdeathsig:
+        if hooks.pid1_pdeathsig:
             prctl.set_pdeathsig(signal.SIGKILL)    # the sandbox dies with its supervisor
         if os.read(go_r, 1) != b"G":               # the release (supervisor gone or refused: stop)
             os._exit(1)
@@ -124,8 +136,8 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
         try:
             ctx, status_w, cg_v2_fd, built = inline()
             init.setup_in_thread(ctx, built)       # program() up to pivot_root, in a thread of ours
-            if before_program is not None:
-                before_program()
+            if hooks.before_program is not None:
+                hooks.before_program()
         except Exception as e:                     # noqa: BLE001 - reported as the program's would be
             init.report(status_w, f"SETUP {init.describe(e)}")
             os._exit(1)
@@ -170,20 +182,22 @@ def pid1(spec: "wire.Pid1Spec", program_fn, inline=None) -> None:
 
 # --- 3. the program's process ----------------------------------------------------------------
 
-def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False) -> None:
+def program(ctx, err_w: int, go_r: "int | None" = None, built: bool = False,
+            hooks: LaunchHooks = PLAIN) -> None:
     """The program's process as a Python copy (PID 1 forked it): its set-up, then last_steps.
-    built: a spare built the root already (init.prebuild_root): only the identity is left."""
+    built: a spare built the root already (init.prebuild_root): only the identity is left.
+    hooks: the launch's LaunchHooks (join_mount, before_program)."""
     plan = ctx.plan
     step = "user identity and hostname"
     try:
         init.identity(plan, ctx.rootless)          # root of the userns, hostname, cgroup namespace
         prctl.set_pdeathsig(signal.SIGKILL)        # dies with PID 1 (armed after the credential change)
-        if not built and not join_mount:
+        if not built and not hooks.join_mount:
             step = "root filesystem"
             init.build_root(plan, ctx, ctx.rootless)   # loopback, rootfs.prepare, pivot_root, finish
-        if before_program is not None:
+        if hooks.before_program is not None:
             step = "startContainer hooks"
-            before_program()
+            hooks.before_program()
         step = "landlock"
         init.landlock_rules(plan)                  # the profile's ruleset, paths as the program sees them
     except Exception as e:                         # reported by PID 1 as a set-up failure (exit 125)

@@ -277,7 +277,7 @@ def _user(proc: dict, linux: dict, ns, joined: "str | None" = None) -> P.User:
         raise BundleError("config.json: process.user.umask: must be 0..0777")
     uid, gid = u.get("uid", 0), u.get("gid", 0)
     groups = u.get("additionalGids") or []
-    for what, v in (("uid", uid), ("gid", gid), *((f"additionalGids", g) for g in groups)):
+    for what, v in (("uid", uid), ("gid", gid), *(("additionalGids", g) for g in groups)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 32:
             raise BundleError(f"config.json: process.user.{what}: must be an id")
     uid_map = gid_map = ()

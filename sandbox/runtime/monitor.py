@@ -216,27 +216,31 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
                 pass
 
     run.before_release = hold
-    from ..launch import sequence
+    from ..launch.sequence import LaunchHooks
     direct = exit_info_supported()
     extra = CLONE_PARENT if direct else 0
+    hooks = {}                                     # this launch's sequence.LaunchHooks (run.hooks)
     if direct:
-        sequence.pid1_pdeathsig = False            # create's exit would fire it
+        hooks["pid1_pdeathsig"] = False            # create's exit would fire it
     if "pid" in bundle.join:
         run.clone = clone_joining(bundle.join["pid"], extra)
-        sequence.spawn_inline = False
+        hooks["spawn_inline"] = False
     elif "user" in bundle.join or "mount" in bundle.join:
         run.clone = clone_via_helper(bundle.join.get("user"), bundle.join.get("mount"), extra)
         run.maps_done = "user" in bundle.join          # the namespace's own maps (bundle.joined_maps)
         if "mount" in bundle.join:
-            sequence.join_mount = True                 # no root to build: the namespace's, as it is
-            sequence.spawn_inline = False              # (the Python program's set-up knows that)
+            hooks["join_mount"] = True                 # no root to build: the namespace's, as it is
+            hooks["spawn_inline"] = False              # (the Python program's set-up knows that)
     else:
         run.clone = clone_plain(extra)
     pidfds = []
     if direct:
         run.clone = _keeping_pidfd(run.clone, pidfds)
         run.reap = lambda pid: _reap(pidfds[0])
-    start_w = _start_container_hooks(bundle) if bundle.hooks.get("startContainer") else None
+    start_w = None
+    if bundle.hooks.get("startContainer"):
+        start_w, hooks["before_program"] = _start_container_hooks(bundle)
+    run.hooks = LaunchHooks(**hooks)
 
     for sig in FORWARDED:                          # `kill` signals PID 1; an engine may signal us
         signal.signal(sig, run.forward)
@@ -284,7 +288,7 @@ def clone_via_helper(user_ns: "str | None", mnt_ns: "str | None", extra: int):
     first, as runc) and clones PID 1 from there with CLONE_PARENT (our child, or with `extra` =
     CLONE_PARENT the helper and PID 1 both `create`'s): the namespaces PID 1 creates (pid, net,
     ipc, uts) are owned by the joined user namespace; without a new mount namespace PID 1 lives in
-    the joined one (sequence.join_mount: no root is built in it). The helper sends PID 1's pid and
+    the joined one (LaunchHooks.join_mount: no root is built in it). The helper sends PID 1's pid and
     exits."""
     from ..init import init_image
 
@@ -456,11 +460,11 @@ def _state_to(w: int, state: dict) -> None:
         os.close(w)
 
 
-def _start_container_hooks(bundle) -> int:
-    """startContainer: sequence.before_program, run by PID 1 (or the program's Python process) in
+def _start_container_hooks(bundle) -> tuple:
+    """startContainer: LaunchHooks.before_program, run by PID 1 (or the program's Python process) in
     the container's namespaces after pivot_root, before the program's last steps; the hook's path
-    resolves in the container. The state comes on a pipe from hold(). Returns its write end."""
-    from ..launch import sequence
+    resolves in the container. The state comes on a pipe from hold(). Returns the pipe's write end
+    and the before_program function."""
     r, w = os.pipe2(os.O_CLOEXEC)
 
     def before_program() -> None:
@@ -471,8 +475,7 @@ def _start_container_hooks(bundle) -> int:
             _hooks.run("startContainer", bundle.hooks, data, preexec=as_program(bundle.plan))
         except _hooks.HookError as e:
             raise RuntimeError(str(e)) from None
-    sequence.before_program = before_program
-    return w
+    return w, before_program
 
 
 def _console(path: str) -> tuple:

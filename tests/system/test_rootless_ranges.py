@@ -416,6 +416,27 @@ def test_callers_supplementary_groups_dropped_run_and_exec(user_runner, subids, 
         _as_user_with_group(user_runner, ["rm", "-f", name], group)
 
 
+def test_group_add_with_subordinate_ids(user_runner, subids, tmp_profile):
+    """--group-add for a rootless caller whose gid map holds its subordinate range (`subordinate`,
+    and rootless `auto`): newgidmap left setgroups at allow, so the program has exactly the groups
+    asked for (ids inside the namespace: the caller's subordinate gids on the host, none of its own
+    host groups). An id outside the range is still refused (exit 2), and so is --group-add with
+    the caller's own gid only mapped (setgroups denied: test_user_identity.py)."""
+    p = tmp_profile(SUB_PROFILE.format(base="strict"), "sub-group-add.yaml")
+    for prof in (p, "strict"):
+        r = user_runner("run", "--profile", prof, "--group-add", "1234", "--group-add", "100", "--",
+                        "/bin/sh", "-c", "grep '^Groups' /proc/self/status; cat /proc/self/setgroups")
+        assert r.returncode == 0, r
+        lines = r.stdout.splitlines()
+        assert sorted(lines[0].split()[1:]) == ["100", "1234"] and lines[1] == "allow", r
+    r = user_runner("run", "--profile", p, "--group-add", "70000", "--", "/bin/true")
+    assert r.returncode == 2 and "gid 70000 is not mapped by gid_map (0->" in r.stderr, r
+    own = tmp_profile(OWN_PROFILE.format(base="strict"), "own-group-add.yaml")
+    r = user_runner("run", "--profile", own, "--group-add", "1234", "--", "/bin/true")
+    assert r.returncode == 2 and "--group-add: supplementary groups need a root caller or a subordinate gid range" \
+        in r.stderr, r
+
+
 def test_subgid_ranges_are_found_by_the_users_name_not_its_gid(user_runner, subids, tmp_profile):
     """/etc/subgid names the user (by name or uid), as /etc/subuid does: a caller whose gid differs
     from its uid still gets its subordinate gids (the API compiles for any caller_uid/gid)."""

@@ -123,15 +123,19 @@ def test_group_add(root_runner):
     assert r.returncode == 0 and r.stdout.split() == ["1000"], r
 
 
-def test_group_add_rootless_is_refused(user_runner):
-    """Rootless: setgroups is denied in the caller's namespace — refused at compile time, one line,
-    nothing launched; a named user's memberships in /etc/group are simply not taken."""
+def test_group_add_rootless_is_refused(user_runner, tmp_profile):
+    """Rootless with a map of its own gid only: setgroups is denied in the caller's namespace —
+    refused at compile time, one line, nothing launched; a named user's memberships in /etc/group
+    are simply not taken. (With a subordinate gid range --group-add works:
+    tests/system/test_rootless_ranges.py::test_group_add_with_subordinate_ids.)"""
+    own = tmp_profile(OWN_MAP.format(base="default", i=0), "own.yaml")
     for g in ("1234", str(user_runner.gid)):
-        r = user_runner("run", "--group-add", g, "--", "/bin/true")
+        r = user_runner("run", "--profile", own, "--group-add", g, "--", "/bin/true")
         assert r.returncode == 2, r
-        assert r.stderr == ("pysandbox: --group-add: supplementary groups need a root caller (an unprivileged "
-                            "caller's user namespace denies setgroups)\n"), r
-    r = user_runner("run", "-u", "nobody", "--", "/bin/sh", "-c", "id -G")   # no error: just none
+        assert r.stderr == ("pysandbox: --group-add: supplementary groups need a root caller or a subordinate gid "
+                            "range (gid_map: subordinate, or auto with /etc/subgid ids): a rootless caller mapping "
+                            "only its own gid is denied setgroups\n"), r
+    r = user_runner("run", "-u", "nobody", "--", "/bin/sh", "-c", "id -G")   # no --group-add: none, no error
     assert r.returncode == 0 and r.stdout == "65534\n", r
 
 
