@@ -182,6 +182,24 @@ def _delegated_parents() -> set:
             if os.path.isdir(d)}
 
 
+class SubidBackup:
+    """/etc/subuid and /etc/subgid as they were (bytes, mode, owner), put back exactly by restore()
+    (tests that withdraw or add subordinate ranges: they are `exclusive`)."""
+    FILES = ("/etc/subuid", "/etc/subgid")
+
+    def __init__(self):
+        self.saved = {p: (Path(p).read_bytes(), os.stat(p)) for p in self.FILES}
+
+    def restore(self):
+        for p, (data, st) in self.saved.items():
+            tmp = p + ".pysbx-idm"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, st.st_mode & 0o7777)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            os.replace(tmp, p)
+
+
 CGROUP_V1 = "/sys/fs/cgroup"
 DELEGATED_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "freezer")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_USER, VENV_BIN, ensure_test_user, state_env
+from conftest import TEST_USER, VENV_BIN, SubidBackup, ensure_test_user, state_env
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the test user, /etc/subuid)")
 
@@ -65,16 +65,7 @@ def _test_user_lines_removed(text: str, names: set) -> str:
 
 def test_built_spare_is_not_used_after_the_ranges_were_withdrawn(user_runner, tmp_profile, shared_tmp):
     pw = ensure_test_user()
-    saved = {p: (Path(p).read_bytes(), os.stat(p)) for p in SUBFILES}
-
-    def restore():
-        for p, (data, st) in saved.items():
-            tmp = p + ".pysbx-spare"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, st.st_mode & 0o7777)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, p)
+    backup = SubidBackup()
 
     try:
         for p in SUBFILES:                       # 65536 ids for the test user (as test_rootless_ranges)
@@ -99,7 +90,7 @@ def test_built_spare_is_not_used_after_the_ranges_were_withdrawn(user_runner, tm
                 proc.kill()
                 proc.wait()
     finally:
-        restore()
+        backup.restore()
     assert proc.returncode == 0, err
     code, _, message = out.strip().partition(" ")
     assert code == "125", out                    # not 0: the spare's old map was not used

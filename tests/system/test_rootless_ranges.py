@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYSANDBOX, TEST_USER, VENV_BIN, ensure_test_user, state_env
+from conftest import PYSANDBOX, TEST_USER, VENV_BIN, SubidBackup, ensure_test_user, state_env
 
 SUBFILES = ("/etc/subuid", "/etc/subgid")
 NOSUB_USER = "pysbx-idm-nosub"        # throw-away user of this file (no subordinate ids)
@@ -50,20 +50,7 @@ def _ranges(path: str, name: str, uid: int) -> list[tuple[int, int]]:
     return out
 
 
-class _Backup:
-    """/etc/subuid and /etc/subgid as they were (bytes, mode, owner), put back exactly."""
-
-    def __init__(self):
-        self.saved = {p: (Path(p).read_bytes(), os.stat(p)) for p in SUBFILES}
-
-    def restore(self):
-        for p, (data, st) in self.saved.items():
-            tmp = p + ".pysbx-idm"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, st.st_mode & 0o7777)
-            os.chown(tmp, st.st_uid, st.st_gid)
-            os.replace(tmp, p)
+_Backup = SubidBackup
 
 
 @pytest.fixture(scope="module")
