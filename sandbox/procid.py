@@ -51,6 +51,19 @@ def running(pid: Optional[int], start: Optional[int] = None) -> bool:
         return False
 
 
+def zombie_status(pid: int, start: Optional[int]) -> Optional[int]:
+    """The wait status of the process (pid, start) if it is a zombie now (field 52 of
+    /proc/PID/stat, `exit_code`: what waitpid will return), else None - running, reaped, or another
+    process. Lets a process that is not the parent learn an exit without waiting for the reaper."""
+    fields = _stat_fields(pid)
+    try:
+        if fields and fields[0] == b"Z" and start is not None and int(fields[19]) == start and len(fields) >= 50:
+            return int(fields[49])
+    except (ValueError, IndexError):
+        pass
+    return None
+
+
 def open_pidfd(pid: Optional[int], start: Optional[int]) -> Optional[int]:
     """A pidfd of the process (pid, start), or None when it is gone: the start time is checked
     after the pidfd is taken, so the descriptor cannot name a process that recycled the pid."""

@@ -236,7 +236,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     pidfds = []
     if direct:
         run.clone = _keeping_pidfd(run.clone, pidfds)
-        run.reap = lambda pid: _reap(pidfds[0])
+        run.reap = lambda pid: _reap(*pidfds[0])
     start_w = None
     if bundle.hooks.get("startContainer"):
         start_w, hooks["before_program"] = _start_container_hooks(bundle)
@@ -339,22 +339,27 @@ def clone_via_helper(user_ns: "str | None", mnt_ns: "str | None", extra: int):
 
 
 def _keeping_pidfd(clone, out: list):
-    """PID 1's pidfd, opened at once (before anyone can reap it): its exit status comes on it."""
+    """PID 1's pidfd, opened at once (before anyone can reap it), with its pid and start time: its
+    exit status comes on it."""
     def wrapped(flags: int, ctx) -> int:
         pid = clone(flags, ctx)
         if pid != 0:
-            out.append(_sys.pidfd_open(pid))
+            out.append((_sys.pidfd_open(pid), pid, procid.start_time(pid)))
         return pid
     return wrapped
 
 
-def _reap(pidfd: int) -> int:
-    """Launch.reap: PID 1 is the engine's child (CLONE_PARENT); wait until its reaper collected it
-    and read its wait status from our pidfd. Not collected within REAP_WAIT: 255 (unknown)."""
+def _reap(pidfd: int, pid: int, start: "int | None") -> int:
+    """Launch.reap: PID 1 is the engine's child (CLONE_PARENT). Its wait status: from /proc/PID/stat
+    while it is a zombie (identity checked by its start time), else from our pidfd once its reaper
+    collected it (PIDFD_INFO_EXIT) - not waiting for a reaper that takes its time (init reaps
+    orphans when it gets to them: seconds here). Neither within REAP_WAIT: 255 (unknown)."""
     select.select([pidfd], [], [])               # it ended (a zombie, or reaped)
     deadline, delay = time.monotonic() + REAP_WAIT, 0.001
     while True:
         status = pidfd_exit_status(pidfd)
+        if status is None:
+            status = procid.zombie_status(pid, start)
         if status is not None:
             os.close(pidfd)
             return status

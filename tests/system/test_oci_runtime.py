@@ -489,7 +489,7 @@ def test_rootless_lifecycle(tmp_path, user_runner):
     """The unprivileged test user runs a `crun spec --rootless` bundle (user namespace mapping its
     own uid and gid to 0) through create, start, state, delete."""
     u = user_runner
-    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo rootless-ok; id -u"])
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "echo rootless-ok; id -u; exit 5"])
 
     def edit(c):
         c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
@@ -519,6 +519,12 @@ def test_rootless_lifecycle(tmp_path, user_runner):
                 break
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        # the exit status, recorded by the monitor (not PID 1's parent: read from the zombie or,
+        # once its reaper collected it, from the pidfd)
+        while "exit_code" not in json.loads((out / "state" / "r1" / "state.json").read_text()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert json.loads((out / "state" / "r1" / "state.json").read_text())["exit_code"] == 5
         assert rt("delete", "r1").returncode == 0
         assert (out / "stdout").read_text().split() == ["rootless-ok", "0"]
     finally:
