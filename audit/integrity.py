@@ -139,6 +139,7 @@ def fingerprint(root: str, limit: int = MAX_ENTRIES) -> dict:
 
 @dataclass
 class Snapshot:
+    """The host-side view of a sandbox taken at launch (its namespaces and mounts)."""
     pid: int
     own_ns: dict
     sandbox_ns: dict                      # only the namespaces that differ from ours

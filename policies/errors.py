@@ -11,6 +11,7 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Location:
+    """Where in a profile: file, line and column (1-based)."""   # a docstring spares dataclass() inspect
     file: str
     line: int      # 1-based
     col: int       # 1-based

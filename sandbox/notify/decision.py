@@ -9,6 +9,7 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Decision:
+    """What the supervisor does with one notified syscall."""
     action: str                 # errno | kill
     errno: Optional[int]
     rule: str                   # syscall name of the rule, or "default"

@@ -29,6 +29,7 @@ SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1    # used by the learn-mode supervisor ONLY
 
 @dataclass(frozen=True)
 class Notification:
+    """One seccomp user notification (struct seccomp_notif)."""
     id: int
     pid: int              # thread id, in the supervisor's pid namespace
     flags: int
