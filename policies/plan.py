@@ -53,8 +53,8 @@ def dataclass(*, frozen: bool):
     shared generic functions instead of source compiled by `exec` per class: that compiling was
     15.7 ms of every import of this module (120 functions), which a cached `pysandbox run` pays
     only to unpickle its plan (docs/performance.md). Checked against dataclasses' own in
-    tests/unit/test_plan_dataclass.py."""
-    assert frozen
+    tests/unit/test_plan_dataclass.py. frozen=False (sandbox/wire.py's LaunchContext): the
+    standard mutable dataclass — __init__, __repr__, __eq__ alike, and __hash__ None."""
 
     def wrap(cls):
         cls = _dataclass(init=False, repr=False, eq=False)(cls)   # metadata only: nothing exec'd
@@ -65,9 +65,13 @@ def dataclass(*, frozen: bool):
         cls._pl_cmp = tuple(f.name for f in fs if f.compare)
         cls._pl_hash = tuple(f.name for f in fs if (f.compare if f.hash is None else f.hash))
         cls._pl_cls = cls
-        for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+        for name in ("__init__", "__repr__", "__eq__") + (("__hash__", "__setattr__", "__delattr__")
+                                                         if frozen else ()):
             setattr(cls, name, _METHODS[name])
-        cls.__dataclass_params__.frozen = cls.__dataclass_params__.eq = True
+        if not frozen:
+            cls.__hash__ = None                                  # as the standard eq=True, frozen=False
+        cls.__dataclass_params__.eq = True
+        cls.__dataclass_params__.frozen = frozen
         return cls
     return wrap
 
