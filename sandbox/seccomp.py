@@ -21,8 +21,10 @@ Each 64-bit comparison is two 32-bit ones (high word, then low word).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterable, Optional
+
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
 ENOSYS = 38
 

@@ -3,8 +3,9 @@ decision) turned into an answer the supervisor can give — an errno, or a kill;
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass
 from typing import Optional
+
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
 
 @dataclass(frozen=True)

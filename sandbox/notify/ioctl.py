@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import struct
-from dataclasses import dataclass
 from typing import Optional
+
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
 # struct seccomp_notif { __u64 id; __u32 pid; __u32 flags; struct seccomp_data data; }
 # struct seccomp_data  { int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6]; }
