@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from typing import Iterable, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Iterable, Optional
 
 from policies.plan import dataclass            # shared methods, none compiled by exec at import
 

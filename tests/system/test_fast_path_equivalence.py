@@ -257,3 +257,5 @@ def test_a_cached_run_imports_no_compiler_nor_heavy_library(tmp_path, monkeypatc
     # inspect (with ast, dis, tokenize) stands lazy until used (policies/plan.py): no dataclass on the
     # path may lack a docstring, else dataclass() loads it to write one
     assert "inspect" not in imported and "ast" not in imported
+    # nor typing: annotations are postponed, typing names imported under TYPE_CHECKING only
+    assert "typing" not in imported
