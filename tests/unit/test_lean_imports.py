@@ -54,3 +54,16 @@ real = sys.modules["inspect"]
 import policies.plan
 assert sys.modules["inspect"] is real
 """)
+
+
+def test_the_reclaimer_runs_when_owner_records_exist(tmp_path, monkeypatch):
+    """sandbox.cli.main skips importing sandbox.store.reclaim when <state dir>/owners has no record
+    (only the reclaimer's `.lock`, or no directory): it asks _owner_records."""
+    from sandbox import cli
+    monkeypatch.setenv("PYSANDBOX_STATE_DIR", str(tmp_path))
+    assert cli._owner_records() is False                    # no owners/ yet
+    (tmp_path / "owners").mkdir()
+    (tmp_path / "owners" / ".lock").write_text("")
+    assert cli._owner_records() is False
+    (tmp_path / "owners" / "abc123.4242.77").write_text("{}")
+    assert cli._owner_records() is True
