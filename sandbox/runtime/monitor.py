@@ -461,6 +461,7 @@ def _start_container_hooks(bundle) -> int:
     the container's namespaces after pivot_root, before the program's last steps; the hook's path
     resolves in the container. The state comes on a pipe from hold(). Returns its write end."""
     from ..launch import sequence
+    import subprocess  # noqa: F401  (hooks.run imports it where it runs: after pivot_root it could not)
     r, w = os.pipe2(os.O_CLOEXEC)
 
     def before_program() -> None:
