@@ -34,7 +34,10 @@ from __future__ import annotations
 import errno as _errno
 import threading
 import time
-from typing import Any, Iterable, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Optional
 
 SCHEMA_VERSION = 1
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import signal as _signal
-from typing import Any, Optional, TextIO
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO
 
 from .events import Recorder, _warn
 from .sinks import JsonlSink, SummarySink, SyslogSink, default_log_path, log_limits

@@ -9,7 +9,10 @@ import json
 import os
 import sys
 from collections import Counter
-from typing import Any, Callable, Optional, TextIO
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TextIO
 
 from . import paths
 from .events import SYSCALL_TYPES

@@ -5,12 +5,16 @@ ProfileError holding them all in file order (at most MAX_ERRORS; one more line s
 left out). Printed one error per line (`lines()`); its `message`/`location` are the first's."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from .plan import dataclass            # shared methods, none compiled by exec at import (plan.py)
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 @dataclass(frozen=True)
 class Location:
+    """Where in a profile: file, line and column (1-based)."""
     file: str
     line: int      # 1-based
     col: int       # 1-based

@@ -12,7 +12,35 @@ from __future__ import annotations
 # No `typing` import: annotations are strings (postponed), and `typing` costs ~10 ms on the
 # launch path. `Optional[X]` below is documentation only.
 
-from dataclasses import MISSING, FrozenInstanceError, dataclass as _dataclass, field, fields, asdict
+import sys
+
+
+class _LazyModule(type(sys)):
+    """A standard module loaded at the first use of one of its attributes: it stands in
+    sys.modules until then (an `import` of it binds this object and touches nothing), then takes
+    the real module's attributes (whoever holds this object sees them) and hands the name back."""
+
+    def __getattr__(self, name):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = __import__(self.__name__)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+def _lazy_inspect() -> None:
+    """`dataclasses` imports `inspect` (with `ast`, `dis`, `tokenize`, `linecache`: ~5 ms of CPU, a
+    cached `pysandbox run` pays it) and uses it only to write a docstring for a class that has none
+    (every class on the launch path has one). When nothing imported `inspect` yet, it stands in
+    sys.modules as a _LazyModule. (importlib.util.LazyLoader does not do: the import statement
+    reads the module's __spec__, which loads it.) docs/performance.md, "Where ~75 ms go"."""
+    if "inspect" not in sys.modules and "dataclasses" not in sys.modules:
+        sys.modules["inspect"] = _LazyModule("inspect")
+
+
+_lazy_inspect()
+
+from dataclasses import MISSING, FrozenInstanceError, dataclass as _dataclass, field, fields, asdict  # noqa: E402
 
 # Every class has a docstring: without one, dataclass() computes one with inspect.signature,
 # which costs milliseconds per class on the launch path.
@@ -25,8 +53,8 @@ def dataclass(*, frozen: bool):
     shared generic functions instead of source compiled by `exec` per class: that compiling was
     15.7 ms of every import of this module (120 functions), which a cached `pysandbox run` pays
     only to unpickle its plan (docs/performance.md). Checked against dataclasses' own in
-    tests/unit/test_plan_dataclass.py."""
-    assert frozen
+    tests/unit/test_plan_dataclass.py. frozen=False (sandbox/wire.py's LaunchContext): the
+    standard mutable dataclass — __init__, __repr__, __eq__ alike, and __hash__ None."""
 
     def wrap(cls):
         cls = _dataclass(init=False, repr=False, eq=False)(cls)   # metadata only: nothing exec'd
@@ -37,9 +65,13 @@ def dataclass(*, frozen: bool):
         cls._pl_cmp = tuple(f.name for f in fs if f.compare)
         cls._pl_hash = tuple(f.name for f in fs if (f.compare if f.hash is None else f.hash))
         cls._pl_cls = cls
-        for name in ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__"):
+        for name in ("__init__", "__repr__", "__eq__") + (("__hash__", "__setattr__", "__delattr__")
+                                                         if frozen else ()):
             setattr(cls, name, _METHODS[name])
-        cls.__dataclass_params__.frozen = cls.__dataclass_params__.eq = True
+        if not frozen:
+            cls.__hash__ = None                                  # as the standard eq=True, frozen=False
+        cls.__dataclass_params__.eq = True
+        cls.__dataclass_params__.frozen = frozen
         return cls
     return wrap
 

@@ -18,7 +18,9 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
 from . import _sys, idmap, seccomp
 from .init import init_image, read_to_end
@@ -63,7 +65,7 @@ class LaunchError(Exception):
         return cls(f"{step}: {path}: {why}" if path else f"{step}: {why}", step=step, path=path)
 
 
-@dataclass
+@dataclass(frozen=False)
 class Result:
     """Outcome of one sandbox run."""
     exit_code: int

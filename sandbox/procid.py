@@ -12,7 +12,10 @@ entry from a missing one, which a record's check never needs.)
 from __future__ import annotations
 
 import os
-from typing import Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 
 def _stat_fields(pid: int) -> Optional[list]:

@@ -43,10 +43,13 @@ LaunchContext, overlay.RootSpec) — nothing else is built; at most MAX_DEPTH le
 """
 from __future__ import annotations
 
-import dataclasses
 import struct
+from dataclasses import field, fields, is_dataclass
 
 from policies import plan as _plan
+# the plan's dataclass(): shared generic methods, nothing compiled by exec at import (the standard
+# decorator's three classes here were ~3 ms of every launch's imports)
+from policies.plan import dataclass
 
 MAGIC = b"PSBW"
 VERSION = 1
@@ -75,7 +78,7 @@ class WireError(ValueError):
     """A message that is not one of ours, of another version, or beyond a limit."""
 
 
-@dataclasses.dataclass
+@dataclass(frozen=False)
 class LaunchContext:
     """What PID 1 needs of one run: inherited through fork (the CLI), or sent as a RUN section (a
     launch server's PID 1, cloned by its template). Descriptors are numbers in this process."""
@@ -92,7 +95,7 @@ class LaunchContext:
     hosts_file: "str | None" = None       # private network: live hosts file, bind-mounted read-only
     ca_bundle: "str | None" = None        # egress interception: host CA bundle + the sandbox's CA (PEM)
     image_root: object = None             # sandbox.store.overlay.RootSpec
-    volume_dirs: dict = dataclasses.field(default_factory=dict)
+    volume_dirs: dict = field(default_factory=dict)
     # bind sources opened by the supervisor as the caller, in plan.filesystem.mounts order (None for
     # other mounts): (fd, is_dir, is_tree) — as root a detached tree (open_tree in the host's mount
     # namespace), rootless an O_PATH descriptor (launcher.open_bind_sources)
@@ -108,7 +111,7 @@ class LaunchContext:
 
 def _classes() -> dict:
     out = {c.__name__: c for c in vars(_plan).values()
-           if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == _plan.__name__}
+           if isinstance(c, type) and is_dataclass(c) and c.__module__ == _plan.__name__}
     out["LaunchContext"] = LaunchContext
     return out
 
@@ -183,7 +186,7 @@ _FIELDS: dict = {}
 def _fields(cls) -> tuple:
     names = _FIELDS.get(cls)
     if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
     return names
 
 
@@ -202,7 +205,7 @@ def _enc(v):
         return {"d": [[_enc(k), x if type(x) in _SCALARS else _enc(x)] for k, x in v.items()]}
     if t is bytes:
         return {"b": v.hex()}
-    if dataclasses.is_dataclass(v) and _class(t.__name__) is t:
+    if is_dataclass(v) and _class(t.__name__) is t:
         return {"c": t.__name__, "f": [[n, _enc(getattr(v, n))] for n in _fields(t)]}
     raise WireError(f"cannot encode a {t.__name__}")
 
@@ -399,7 +402,7 @@ def _str(v) -> bytes:
     return struct.pack("<I", len(b)) + b
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Pid1Spec:
     """What PID 1 needs before it reads the run's context (sequence.pid1): descriptors by number
     in PID 1 (a launch server's PID 1: from its PID1 section), and what it does with them."""
@@ -415,7 +418,7 @@ class Pid1Spec:
     program_pid: "int | None" = None   # the program's pid (2, when a spare's builder had it)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class ProgramSpec:
     """The program's last steps as data (sequence.last_steps; pid1.c `program` reads the same as
     a PROGRAM section): flags, then the values. rlimits: (resource number, soft, hard, name) each;

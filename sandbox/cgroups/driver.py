@@ -5,11 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import TYPE_CHECKING, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
 
 from .files import procs
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
     from policies.plan import Limits
 
 

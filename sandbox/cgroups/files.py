@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import re
 import stat
-from typing import Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 from .. import fsutil
 

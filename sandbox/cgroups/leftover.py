@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 from . import freezer
 from .files import lock_dir, procs

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 AUDIT_ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "x86", 0xC00000B7: "aarch64", 0x40000028: "arm"}
 

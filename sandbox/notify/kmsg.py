@@ -10,14 +10,17 @@ import os
 import re
 import select
 import threading
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from policies.syscalls import syscall_name
 
 from .. import seccomp as _sc
 from .caller import AUDIT_ARCH_NAMES
 from .decision import errno_without_args
-from .supervisor import Handle, OnEvent, Supervisor, throttle_for
+from .supervisor import Handle, Supervisor, throttle_for
+
+if TYPE_CHECKING:
+    from .supervisor import OnEvent
 
 _KMSG_RE = re.compile(r"audit: type=1326 .*?\bpid=(\d+)\b.*?\bcomm=(\"[^\"]*\"|\S+).*?"
                       r"\bexe=(\"[^\"]*\"|\S+).*?\bsig=(\d+)\b.*?\barch=([0-9a-f]+)\b.*?"

@@ -26,7 +26,10 @@ from __future__ import annotations
 import errno as _errno
 import os
 import stat
-from typing import Callable, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 PATH_MAX = 4096
 AT_FDCWD = -100

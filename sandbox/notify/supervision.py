@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Callable, Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 from .listener import recv_listener
-from .supervisor import Enforcing, Handle, Learning, OnEvent, Supervisor, throttle_for
+from .supervisor import Enforcing, Handle, Learning, Supervisor, throttle_for
+
+if TYPE_CHECKING:
+    from .supervisor import OnEvent
 
 
 class Supervision:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from policies import plan as P                 # before dataclasses: it lets inspect stand lazy (plan.py)
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
-from policies import plan as P
+from dataclasses import field, replace  # noqa: E402,I001
 
 from ..fsutil import read_json_object
 
@@ -45,7 +46,7 @@ class BundleError(Exception):
     """config.json asks for something this runtime cannot honour, or is malformed: one line."""
 
 
-@dataclass
+@dataclass(frozen=False)
 class Bundle:
     """A bundle translated: the plan, and what the monitor does beside the launch sequence."""
     path: str

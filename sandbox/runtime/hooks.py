@@ -3,7 +3,6 @@ args (args[0] is argv[0]), its env (only that), bounded by its timeout (else DEF
 from __future__ import annotations
 
 import json
-import subprocess
 
 DEFAULT_TIMEOUT = 60
 
@@ -15,6 +14,8 @@ class HookError(Exception):
 def run(kind: str, hooks: dict, state: "dict | bytes", preexec=None) -> None:
     """Run hooks[kind] in order; the first failure raises HookError. preexec: called in each hook's
     process before its execve (createContainer: the container's namespaces, monitor.join_ns_of)."""
+    import subprocess            # here: `create` without hooks never needs it (~2 ms of imports); PID 1's
+    #                              startContainer hooks: imported before pivot_root (monitor._start_container_hooks)
     data = state if isinstance(state, bytes) else json.dumps(state).encode()
     for i, h in enumerate(hooks.get(kind) or ()):
         args = h["args"] or [h["path"]]

@@ -470,6 +470,7 @@ def _start_container_hooks(bundle) -> tuple:
     the container's namespaces after pivot_root, before the program's last steps; the hook's path
     resolves in the container. The state comes on a pipe from hold(). Returns the pipe's write end
     and the before_program function."""
+    import subprocess  # noqa: F401  (hooks.run imports it where it runs: after pivot_root it could not)
     r, w = os.pipe2(os.O_CLOEXEC)
 
     def before_program() -> None:

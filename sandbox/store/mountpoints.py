@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from typing import Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 from .idshift import shift_id
 from .images import OPAQUE_XATTRS

@@ -29,8 +29,13 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import field
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
+
+from policies.plan import dataclass            # shared methods, none compiled by exec at import
 
 from .. import fsutil, procid
 from .idshift import (close_all, detached, id_maps, idmapped_layers, needs_shift, prepare_rootless, remove_in_userns,

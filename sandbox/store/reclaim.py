@@ -28,7 +28,10 @@ import contextlib
 import os
 import re
 import time
-from typing import Optional
+
+TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
+if TYPE_CHECKING:
+    from typing import Optional
 
 from .. import procid          # pid + start time: the one process identity
 

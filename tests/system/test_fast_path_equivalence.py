@@ -254,3 +254,8 @@ def test_a_cached_run_imports_no_compiler_nor_heavy_library(tmp_path, monkeypatc
     heavy = sorted(m for m in imported if m.split(".")[0] in ("click", "yaml", "jsonschema", "seccomp", "pyseccomp")
                    or m in ("policies.compiler", "policies.loader", "sandbox.cli.run"))
     assert heavy == [], heavy
+    # inspect (with ast, dis, tokenize) stands lazy until used (policies/plan.py): no dataclass on the
+    # path may lack a docstring, else dataclass() loads it to write one
+    assert "inspect" not in imported and "ast" not in imported
+    # nor typing: annotations are postponed, typing names imported under TYPE_CHECKING only
+    assert "typing" not in imported

@@ -96,3 +96,28 @@ def test_default_factories_and_required_fields():
         P.Plan(name="n")
     with pytest.raises(TypeError, match="multiple values"):
         P.Plan("n", (), name="m")
+
+
+def test_the_mutable_variant_behaves_as_the_standard_mutable_dataclass():
+    """frozen=False (sandbox/wire.py's LaunchContext): same repr, eq, unhashable, assignable,
+    replace and pickling as dataclasses.dataclass; its defaults and factories alike."""
+    from sandbox import wire
+    cls = wire.LaunchContext
+    assert cls.__init__ is P._init and cls.__hash__ is None and not cls.__dataclass_params__.frozen
+    ns = {"__annotations__": dict(cls.__annotations__), "__qualname__": cls.__qualname__,
+          "__module__": cls.__module__, "__doc__": cls.__doc__}
+    for f in dataclasses.fields(cls):
+        ns[f.name] = dataclasses.field(default=f.default, default_factory=f.default_factory)
+    ref = dataclasses.dataclass(type(cls.__name__, (), ns))
+    kw = dict(plan=None, argv=("a",), env={"A": "1"}, bpf=b"x", rootless=True, go_r=3, go_w=4,
+              status_r=5, status_w=6)
+    a, b = cls(**kw), ref(**kw)
+    assert repr(a) == repr(b) and a.volume_dirs == {} and a.volume_dirs is not cls(**kw).volume_dirs
+    assert a == cls(**kw) and a != dataclasses.replace(a, go_r=9)
+    with pytest.raises(TypeError):
+        hash(a)
+    a.go_r = 11
+    assert a.go_r == 11 and pickle.loads(pickle.dumps(a)) == a and copy.deepcopy(a) == a
+    with pytest.raises(TypeError):
+        cls(**{k: v for k, v in kw.items() if k != "go_r"})
+    assert wire.Pid1Spec.__setattr__ is P._setattr and hash(wire.Pid1Spec(1, 2, (), None, None, (), False, False, ()))
