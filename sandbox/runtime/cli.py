@@ -273,8 +273,7 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
             ctx.log(f"delete: container {cid} is {s} (stop it first, or --force)")
             return 1
         from .. import _sys
-        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")),
-                           (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))):
+        for pid, start in ((st.get("sandbox_pid"), st.get("sandbox_pid_start")), _state.monitor_ident(st)):
             fd = procid.open_pidfd(pid, start)
             if fd is not None:
                 try:
@@ -282,9 +281,11 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
                 except OSError:
                     pass
                 os.close(fd)
-    deadline = time.monotonic() + 10           # the monitor cleans up (cgroup, mounts) as it ends
-    monitor = (st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start")))
-    while procid.running(*monitor) and time.monotonic() < deadline:
+    # the monitor cleans up (cgroup, mounts) as it ends; PID 1, killed above, must have left its
+    # cgroups before they can be removed (a cgroupsPath leaf's rmdir below: EBUSY while it exits)
+    deadline = time.monotonic() + 10
+    monitor, pid1 = _state.monitor_ident(st), _state.alive_ident(st)
+    while (procid.running(*monitor) or procid.running(*pid1)) and time.monotonic() < deadline:
         time.sleep(0.005)
     try:                                       # what the monitor recorded as it ended (PID 1 gone is
         st = _state.load(ctx.root, cid)        # "stopped" already: its record may have come since)

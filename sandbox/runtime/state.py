@@ -103,6 +103,12 @@ def alive_ident(st: dict) -> tuple:
     return st.get("pid"), st.get("pid_start")
 
 
+def monitor_ident(st: dict) -> tuple:
+    """(pid, start time) of the container's monitor (`pid` itself on a kernel without
+    PIDFD_INFO_EXIT, where the monitor is the recorded process)."""
+    return st.get("monitor_pid", st.get("pid")), st.get("monitor_pid_start", st.get("pid_start"))
+
+
 def kill_targets(st: dict) -> list:
     """What `kill` signals, the first still there: the sandbox's PID 1 (it forwards to the program;
     SIGKILL ends the whole pid namespace), else the recorded pid."""
