@@ -191,7 +191,7 @@ class Launch:
         # Landlock denials: the caller reads the kernel's records (the CLI's foreground run), else the
         # notify layer's fallback records them (landlock.denial_source, decided in context())
         self.kernel_watch = kernel_watch
-        self.landlock_source = None
+        self.landlock_notify = False
         self.cg = self.net = self.sup = self.ctx = None
         # egress interception (sandbox/network/egress/): the secrets (values after load_secrets) and
         # the sandbox's CA, kept in this process's memory for the egress proxy
@@ -266,7 +266,7 @@ class Launch:
             if landlock.denial_source(plan, kernel_watch=self.kernel_watch) == landlock.NOTIFY:
                 from .notify.landlock_fallback import notify_filter
                 f = self.filters = notify_filter(f, plan.seccomp, plan.landlock)
-                self.landlock_source = landlock.NOTIFY if f.mode == "user_notif" else None
+                self.landlock_notify = f.mode == "user_notif"
         env = build_env(plan)
         ca_bundle = self.intercept_setup(env) if plan.network.http or plan.network.secrets else None
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -402,7 +402,7 @@ class Launch:
             from .notify.supervision import Supervision
             try:
                 predictor = None
-                if self.landlock_source == "notify":          # (landlock.NOTIFY)
+                if self.landlock_notify:
                     from .notify.landlock_fallback import Predictor
                     predictor = Predictor(plan.landlock)
                 self.sup = Supervision(self.filters, plan.seccomp, self.emit, learn_plan=self.learn_plan,

@@ -23,7 +23,6 @@ package's files are not reachable.
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import resource
@@ -31,6 +30,8 @@ import signal
 import socket
 
 import prctl
+
+from policies.plan import dataclass      # shared methods, none compiled by exec at import
 
 from .. import _sys, capabilities, init
 from .. import wire
@@ -40,7 +41,7 @@ except ImportError:                        # pragma: no cover
     _seccomp = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class LaunchHooks:
     """How one launch's PID 1 and program differ from the plain launch, beside its data: the
     caller's per launch (launcher.Launch.hooks, passed down to pid1_main/pid1/program; never a

@@ -23,6 +23,7 @@ import sys
 import pytest
 
 from conftest import PYSANDBOX, REPO
+from probes import STEP
 
 from sandbox import _sys
 
@@ -43,21 +44,12 @@ _sys.seccomp_load(build_bpf(s))
 os.execv(sys.argv[1], sys.argv[1:])
 """
 
-PROBE = r'''
+PROBE = STEP + r'''
 import ctypes, errno, os, socket, subprocess, sys
 libc = ctypes.CDLL(None, use_errno=True)
 def sc(nr, *a):
     r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
     return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
-def t(what, f):
-    try:
-        f()
-        print(what, "ok")
-    except OSError as e:
-        print(what, errno.errorcode.get(e.errno, e.errno))
-def write(p):
-    with open(p, "w") as f:
-        f.write("x")
 NR = dict(mount=165, unshare=272, ptrace=101, keyctl=250, bpf=321, setns=308, open_by_handle_at=304,
           init_module=175)
 for name, args in [("mount", (0, 0, 0, 0, 0)), ("unshare", (0x10000000,)), ("ptrace", (16, 1, 0, 0)),

@@ -18,19 +18,12 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create the test namespaces")
 
 from conftest import PYSANDBOX, PYTHON as PY  # noqa: E402
+from probes import UPSTREAM
 
 SCENARIO = r'''
 import json, os, signal, socket, subprocess, sys, threading, time
 D, PYSANDBOX = sys.argv[1:3]
-def sh(*a, env=None):
-    subprocess.run(a, check=True, capture_output=True, env=env)
-sh("mount", "--make-rprivate", "/")
-sh("ip", "link", "set", "lo", "up")
-sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
-sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0")
-with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-    f.write("1")
+''' + UPSTREAM + r'''
 got, eof = threading.Event(), threading.Event()
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("192.0.2.1", 8080)); srv.listen(4)

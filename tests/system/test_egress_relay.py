@@ -31,6 +31,7 @@ import pytest
 
 import audit
 from conftest import PYSANDBOX, PYTHON as PY
+from probes import UPSTREAM
 
 from sandbox.network.egress import relay as R
 
@@ -62,16 +63,8 @@ print("INSIDE " + json.dumps({"status": head.split(b"\r\n")[0].decode(), "up_sen
 SCENARIO = r'''
 import hashlib, json, os, socket, subprocess, sys, threading
 D, PYSANDBOX, SIZE, USER = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-def sh(*a, env=None):
-    subprocess.run(a, check=True, capture_output=True, env=env)
-sh("mount", "--make-rprivate", "/")
-sh("ip", "link", "set", "lo", "up")
-sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
-sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0")
+''' + UPSTREAM + r'''
 sh("ip", "route", "add", "default", "via", "192.0.2.254")             # pasta copies the default route
-with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-    f.write("1")
 down = os.urandom(SIZE)
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("192.0.2.1", 8080)); srv.listen(8)

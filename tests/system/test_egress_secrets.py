@@ -35,6 +35,7 @@ import textwrap
 import pytest
 
 from conftest import PYSANDBOX, PYTHON
+from probes import UPSTREAM
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (test namespaces, memory scans)")
 
@@ -212,19 +213,11 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import test_egress_secrets as T
 VALUE = os.environ["SECRET_VALUE"]
 started = time.time() - 1
-def sh(*a, env=None):
-    subprocess.run(a, check=True, capture_output=True, env=env)
-sh("mount", "--make-rprivate", "/")
+""" + UPSTREAM + r"""
 if USER != "root":
     sh("mknod", f"{D}/tun", "c", "10", "200"); os.chmod(f"{D}/tun", 0o666)
     sh("mount", "--bind", f"{D}/tun", "/dev/net/tun")
-sh("ip", "link", "set", "lo", "up")
-sh("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-sh("ip", "link", "set", "v0", "up"); sh("ip", "link", "set", "v1", "up")
-sh("ip", "addr", "add", "192.0.2.1/24", "dev", "v0")
 sh("ip", "route", "add", "default", "via", "192.0.2.254")
-with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-    f.write("1")
 os.makedirs(f"{D}/t", 0o755)
 ca_file, chain = T._test_ca(Path(D), T.NAMES)
 with open(ca_file, "rb") as f, open(f"{D}/t/ca.pem", "wb") as g:

@@ -8,22 +8,14 @@ import os
 
 import pytest
 
+from probes import STEP
 from sandbox import _sys
 
 pytestmark = pytest.mark.skipif(_sys.landlock_abi() < 4, reason="needs Landlock ABI 4 (network rules)")
 
 # a probe run inside: each line "<what> <ok|ERRNO>"
-PROBE = r"""
+PROBE = STEP + r"""
 import errno, os, socket, subprocess, sys
-def t(what, f):
-    try:
-        f()
-        print(what, "ok")
-    except OSError as e:
-        print(what, errno.errorcode.get(e.errno, e.errno))
-def write(p):
-    with open(p, "w") as f:
-        f.write("x")
 def exec_(p):
     subprocess.run([p], check=True)
 def bind(port):

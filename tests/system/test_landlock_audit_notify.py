@@ -14,6 +14,7 @@ import os
 import pytest
 
 from conftest import audit_log
+from probes import STEP
 
 from sandbox import _sys, landlock
 
@@ -22,21 +23,9 @@ pytestmark = pytest.mark.skipif(_sys.landlock_abi() < 4 or landlock.audit_enable
 
 # argv: a private directory name in /tmp, a file the rules deny writing, where the program's
 # symbolic link points; prints "<what> <ok|ERRNO>" per step and cleans up after itself
-STEP = r"""
-import errno
-def t(what, f):
-    try:
-        f()
-        print(what, "ok")
-    except OSError as e:
-        print(what, errno.errorcode.get(e.errno, e.errno))
-"""
 PROBE = STEP + r"""
 import os, shutil, subprocess, sys
 d, denied, target = "/tmp/" + sys.argv[1], sys.argv[2], sys.argv[3]
-def write(p):
-    with open(p, "w") as f:
-        f.write("x")
 os.mkdir(d)
 try:
     t("write-allowed", lambda: write(d + "/ok"))
