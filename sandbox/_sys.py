@@ -9,6 +9,7 @@ x86_64 syscall numbers are used where glibc has no wrapper.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -348,15 +349,29 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+OPENAT2_TRIES = 256
+
+
 def openat2(dirfd: int, path, flags: int, mode: int = 0, resolve: int = 0) -> int:
-    """openat2(2): returns an fd; OSError(errno) on failure (EXDEV/ELOOP for resolve violations)."""
+    """openat2(2): returns an fd; OSError(errno) on failure (EXDEV/ELOOP for resolve violations).
+
+    With RESOLVE_IN_ROOT or RESOLVE_BENEATH the kernel fails a walk through ".." with EAGAIN when a
+    rename or a mount happened *anywhere on the machine* meanwhile (it cannot then prove ".." stayed
+    inside the root; openat2(2) says: retry). Another sandbox starting is enough, so the call is
+    retried, at most OPENAT2_TRIES times; past that the EAGAIN is an error like any other."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    res = _syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_int(dirfd), _b(path), ctypes.byref(how),
-                   ctypes.c_size_t(ctypes.sizeof(how)))
-    if res < 0:
+    bpath, size = _b(path), ctypes.c_size_t(ctypes.sizeof(how))
+    for _ in range(OPENAT2_TRIES):
+        res = _syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_int(dirfd), bpath, ctypes.byref(how), size)
+        if res >= 0:
+            return res
         err = ctypes.get_errno()
-        raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
-    return res
+        if err != errno.EAGAIN or not resolve & (RESOLVE_IN_ROOT | RESOLVE_BENEATH):
+            break
+    if err == errno.EAGAIN:
+        raise OSError(err, f"openat2 {path}: renames or mounts elsewhere on the machine kept "
+                           f"interrupting the walk ({OPENAT2_TRIES} tries)")
+    raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
 
 
 # --- new mount API (detached mount trees) ----------------------------------------
