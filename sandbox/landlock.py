@@ -191,9 +191,22 @@ LINGER = 0.3                           # seconds DenialWatch.stop waits for kaud
 MAX_DENIALS = 1000                     # per run: the rest are counted, not kept (bounded memory)
 
 
+_AUDIT_ENABLED: "bool | None" = None
+NLMSG_ERROR = 2
+
+
 def audit_enabled() -> bool:
     """Whether the kernel's audit subsystem is enabled (AUDIT_GET over NETLINK_AUDIT; needs
-    CAP_AUDIT_CONTROL: False for anyone else, who could not read its records in kmsg either)."""
+    CAP_AUDIT_CONTROL: False for anyone else, who could not read its records in kmsg either).
+    The kernel's refusal (an NLMSG_ERROR, EPERM for a rootless caller) is the answer: it used to
+    be skipped and the call waited out its timeout (1 s a launch). Asked once per process."""
+    global _AUDIT_ENABLED
+    if _AUDIT_ENABLED is None:
+        _AUDIT_ENABLED = _ask_audit()
+    return _AUDIT_ENABLED
+
+
+def _ask_audit() -> bool:
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9) as s:
             s.settimeout(1)
@@ -201,8 +214,13 @@ def audit_enabled() -> bool:
             s.send(struct.pack("=IHHII", 16, AUDIT_GET, 1, 1, 0))      # NLM_F_REQUEST
             for _ in range(4):
                 d = s.recv(8192)
-                if len(d) >= 24 and struct.unpack_from("=H", d, 4)[0] == AUDIT_GET:
+                if len(d) < 16:
+                    return False
+                kind = struct.unpack_from("=H", d, 4)[0]
+                if kind == AUDIT_GET and len(d) >= 24:
                     return struct.unpack_from("=I", d, 20)[0] != 0
+                if kind == NLMSG_ERROR and (len(d) < 20 or struct.unpack_from("=i", d, 16)[0] != 0):
+                    return False                                   # refused (an ack, error 0, is not the answer)
     except OSError:
         pass
     return False
