@@ -619,30 +619,28 @@ def bpf_map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) 
     _bpf(BPF_MAP_UPDATE_ELEM, attr, "bpf(BPF_MAP_UPDATE_ELEM)")
 
 
-def bpf_map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value under key, None if there is none (ENOENT)."""
-    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
-    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0)
-    if _syscall(ctypes.c_long(NR_BPF), ctypes.c_int(BPF_MAP_LOOKUP_ELEM), ctypes.byref(attr),
-                ctypes.c_uint(ctypes.sizeof(attr))) < 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOENT:
-            return None
-        raise OSError(err, f"bpf(BPF_MAP_LOOKUP_ELEM): {os.strerror(err)}")
-    return v.raw
-
-
-def bpf_map_delete(map_fd: int, key: bytes) -> bool:
-    """Remove key; False if it was not there (ENOENT)."""
-    k = ctypes.create_string_buffer(key, len(key))
-    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), 0, 0)
-    if _syscall(ctypes.c_long(NR_BPF), ctypes.c_int(BPF_MAP_DELETE_ELEM), ctypes.byref(attr),
-                ctypes.c_uint(ctypes.sizeof(attr))) < 0:
+def _bpf_found(cmd: int, attr, what: str) -> bool:
+    """A map element command: False when the key is not there (ENOENT), OSError for anything else."""
+    if _syscall(ctypes.c_long(NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))) < 0:
         err = ctypes.get_errno()
         if err == errno.ENOENT:
             return False
-        raise OSError(err, f"bpf(BPF_MAP_DELETE_ELEM): {os.strerror(err)}")
+        raise OSError(err, f"{what}: {os.strerror(err)}")
     return True
+
+
+def bpf_map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value under key, None if there is none."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
+    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0)
+    return v.raw if _bpf_found(BPF_MAP_LOOKUP_ELEM, attr, "bpf(BPF_MAP_LOOKUP_ELEM)") else None
+
+
+def bpf_map_delete(map_fd: int, key: bytes) -> bool:
+    """Remove key; False if it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), 0, 0)
+    return _bpf_found(BPF_MAP_DELETE_ELEM, attr, "bpf(BPF_MAP_DELETE_ELEM)")
 
 
 def bpf_prog_load(prog_type: int, insns: bytes, license: bytes, attach_type: int = 0, name: bytes = b"",
