@@ -270,3 +270,100 @@ def test_relay_close_all_ends_active_connections():
         assert r.totals()["active"] == 0
     finally:
         p.close()
+
+
+# ---- the BPF sockmap relay (sockmap.py): measured, not used by the proxy -----------------------
+# What its docstring says this kernel does, checked: bytes queued before the take-over pushed
+# through by the SO_RCVLOWAT kick, in order; both ways byte-exact with the program's counters; the
+# end seen as EPOLLRDHUP; a socket past its FIN refused; the maps empty after `remove`; an
+# unprivileged caller refused (where the proxy runs rootless, splice is the only relay).
+
+def _loop_pairs():
+    """(peer_c, a) and (b, peer_u): two loopback TCP connections; a and b are the relay's."""
+    out = []
+    for _ in range(2):
+        ls = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(ls.getsockname())
+        s, _ = ls.accept()
+        ls.close()
+        out.append((c, s))
+    (peer_c, a), (b, peer_u) = out
+    return peer_c, a, b, peer_u
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        k = s.recv(min(1 << 20, n - len(out)))
+        assert k, f"EOF after {len(out)} of {n} bytes"
+        out += k
+    return bytes(out)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loading a BPF sk_skb program needs root")
+def test_sockmap_program_relays_both_ways_and_counts():
+    import errno
+    import select
+
+    from sandbox import _sys
+    from sandbox.network.egress import sockmap as SM
+    m = SM.SockMap(8)
+    socks = _loop_pairs()
+    peer_c, a, b, peer_u = socks
+    try:
+        for s in (peer_c, peer_u):
+            s.settimeout(20)
+        peer_c.sendall(b"early")                            # in a's receive queue before the take-over
+        base_a, base_b = SM.written(a), SM.written(b)
+        ca, cb = m.add(a, b)
+        assert _recv_exact(peer_u, 5) == b"early"           # the kick: not held until more bytes come
+        up, down = os.urandom(4 << 20), os.urandom(4 << 20)
+        t = threading.Thread(target=peer_c.sendall, args=(up,))
+        t.start()
+        got_up = _recv_exact(peer_u, len(up))
+        t.join()
+        t = threading.Thread(target=peer_u.sendall, args=(down,))
+        t.start()
+        got_down = _recv_exact(peer_c, len(down))
+        t.join()
+        assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+        assert (m.count(ca), m.count(cb)) == (5 + len(up), len(down))
+        ep = select.epoll()
+        ep.register(a.fileno(), select.EPOLLRDHUP)
+        assert ep.poll(0.1) == []                           # data wakes nobody
+        peer_c.shutdown(socket.SHUT_WR)
+        assert ep.poll(20) and ep.poll(0)[0][1] & select.EPOLLRDHUP   # the end does
+        ep.close()
+        assert SM.written(b) - base_b == m.count(ca)        # everything counted reached b's send side
+        b.shutdown(socket.SHUT_WR)                          # the half-close passed on
+        assert peer_u.recv(1) == b""
+        peer_u.sendall(b"reply")                            # the other way still flows
+        assert _recv_exact(peer_c, 5) == b"reply" and SM.written(a) - base_a == len(down) + 5
+        m.remove(ca, cb)
+        for c in (ca, cb):                                  # (a sockhash's lookup from user space needs
+            assert _sys.bpf_map_lookup(m.counts, struct.pack("Q", c), 8) is None       # 8-byte values: delete)
+            assert not _sys.bpf_map_delete(m.peers, struct.pack("Q", c))
+            assert not _sys.bpf_map_delete(m.relayed, struct.pack("Q", c))
+        late_c, a2, b2, late_u = _loop_pairs()              # a socket that has its FIN already: refused
+        socks += (late_c, a2, b2, late_u)
+        late_c.shutdown(socket.SHUT_WR)
+        assert a2.recv(1) == b""
+        with pytest.raises(OSError) as e:
+            m.add(a2, b2)
+        assert e.value.errno == errno.EOPNOTSUPP
+        assert _sys.bpf_map_lookup(m.counts, struct.pack("Q", SM.cookie(a2)), 8) is None   # nothing left
+    finally:
+        for s in socks:
+            s.close()
+        m.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_sockmap_refused_to_an_unprivileged_caller():
+    code = ("from sandbox.network.egress import sockmap\n"
+            "try:\n    sockmap.SockMap(8)\nexcept OSError as e:\n    print('refused', e.errno)\n"
+            "else:\n    print('loaded')\n")
+    p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", PY, "-c", code],
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "refused 1", p.stdout + p.stderr          # EPERM
