@@ -13,15 +13,6 @@ Rows:
   egress connect latency added        median (over N connections) of connect + request + first byte,
                                       through the proxy, minus the same done directly (idle run).
                                       Target <= 1 ms.
-  relay alone on loopback: splice /   MB/s of a 1 GB download (quick: 256 MB; best of 3 rounds, quick 2,
-  sockmap                             rounds alternating direct, splice, sockmap) from a server process
-                                      to a client process on 127.0.0.1, relayed by relay.py's splice
-                                      pumps / by the BPF sockmap program (sandbox/network/egress/
-                                      sockmap.py, NOT used by the proxy: these rows say why); peer: the
-                                      same download on one direct connection. No target (evidence).
-  sockmap: bytes held in the kernel   the most the sockmap relay's kernel queue held during those runs
-                                      (redirected by the program, not yet written into the target
-                                      socket): the kernel gives the program's redirects no back-pressure.
 
 Needs root: the run happens in a network and mount namespace of its own (`unshare --net
 --mount`): a private network, an "upstream" veth with 192.0.2.1 and the server there. Nothing
@@ -163,121 +154,6 @@ def measure(quick: bool, busy: bool = False) -> dict:
         subprocess.run(["rm", "-rf", d], check=False)
 
 
-LOOP_SERVER = r'''
-import socket, sys
-size = int(sys.argv[1])
-s = socket.create_server(("127.0.0.1", 0)); print(s.getsockname()[1], flush=True)
-buf = memoryview(b"\0" * (1 << 20))
-while True:
-    c, _ = s.accept()
-    c.recv(16)
-    left = size
-    while left > 0:
-        left -= c.send(buf[:min(left, len(buf))])
-    c.close()
-'''
-
-LOOP_CLIENT = r'''
-import socket, sys, time
-t = time.perf_counter()
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); s.sendall(b"GET")
-buf = bytearray(1 << 20); got = 0
-while True:
-    k = s.recv_into(buf)
-    if not k:
-        break
-    got += k
-print(got, time.perf_counter() - t)
-'''
-
-
-def _relayed_download(mode: str, server_port: int, held: list) -> tuple[int, float]:
-    """One download relayed on loopback: a listener stands for the proxy's, the client process
-    connects to it, the relay joins the accepted socket with one connected to the server."""
-    import select
-    import socket
-    import threading
-    import time
-
-    from sandbox.network.egress import relay, sockmap
-    ls = socket.create_server(("127.0.0.1", 0))
-    cl = subprocess.Popen([PYTHON, "-c", LOOP_CLIENT, str(ls.getsockname()[1])], stdout=subprocess.PIPE, text=True)
-    try:
-        a, _ = ls.accept()
-        first = a.recv(3)
-        b = socket.create_connection(("127.0.0.1", server_port))
-        b.sendall(first)
-        if mode == "splice":
-            r, done = relay.Relay(4), threading.Event()
-            r.start(a, b, len(first), lambda c: done.set())
-            done.wait(600)
-            r.close_all()
-        else:
-            m = sockmap.SockMap(4)
-            try:
-                base = sockmap.written(a)
-                ca, cb = m.add(a, b)
-                ep = select.epoll()
-                ep.register(b.fileno(), select.EPOLLRDHUP)
-                while not ep.poll(0.05):                      # the server's FIN; meanwhile the queue's size
-                    held.append(m.count(cb) - (sockmap.written(a) - base))
-                end = time.monotonic() + 60                   # the FIN comes before the last bytes are written
-                while sockmap.written(a) - base < m.count(cb) and time.monotonic() < end:
-                    time.sleep(0.001)
-                a.shutdown(socket.SHUT_WR)
-                m.remove(ca, cb)
-                ep.close()
-            finally:
-                m.close()
-            a.close()
-            b.close()
-        got, secs = cl.communicate(timeout=600)[0].split()
-        return int(got), float(secs)
-    finally:
-        ls.close()
-        if cl.poll() is None:
-            cl.kill()
-            cl.wait()
-
-
-def relay_alone(quick: bool) -> list[dict]:
-    """splice vs sockmap vs direct on loopback (rows described in the module's docstring)."""
-    from sandbox.network.egress import sockmap
-    size = (256 if quick else 1024) << 20
-    modes = ["direct", "splice", "sockmap"]
-    try:
-        sockmap.SockMap(2).close()
-    except OSError as e:                  # an older kernel, no BPF: the splice row alone
-        print(f"egress bench: no sockmap rows: {e}", file=sys.stderr)
-        modes.pop()
-    srv = subprocess.Popen([PYTHON, "-c", LOOP_SERVER, str(size)], stdout=subprocess.PIPE, text=True)
-    best: dict[str, float] = {}
-    held: list[int] = []
-    try:
-        port = int(srv.stdout.readline())
-        for _ in range(2 if quick else 3):
-            for mode in modes:
-                if mode == "direct":
-                    out = subprocess.run([PYTHON, "-c", LOOP_CLIENT, str(port)], capture_output=True, text=True,
-                                         timeout=600).stdout.split()
-                    got, secs = int(out[0]), float(out[1])
-                else:
-                    got, secs = _relayed_download(mode, port, held)
-                if got != size:
-                    raise RuntimeError(f"relay bench: {mode} moved {got} of {size} bytes")
-                best[mode] = max(best.get(mode, 0.0), size / secs / 1e6)
-    finally:
-        srv.kill()
-        srv.wait()
-    d = best["direct"]
-    return [{"name": f"relay alone on loopback: {m} ({size >> 20} MB)", "value": round(best[m], 1), "unit": "MB/s",
-             "peer": "one direct connection", "peer_value": round(d, 1), "ratio": round(best[m] / d, 3),
-             "target": None} for m in modes[1:]] + [
-        {"name": "relay alone on loopback: sockmap, bytes held in the kernel (max)",
-         "value": round(max(held, default=0) / (1 << 20), 1), "unit": "MiB", "peer": None, "peer_value": None,
-         "ratio": None, "target": None} for _ in modes[2:]]
-
-
 def rows(quick: bool) -> list[dict]:
     if os.geteuid() != 0:
         return []                        # needs root (namespaces, a private network)
@@ -300,7 +176,7 @@ def rows(quick: bool) -> list[dict]:
         {"name": "egress connect latency added (median)", "value": round(added, 3), "unit": "ms",
          "peer": "direct connect+request+first byte", "peer_value": round(d["latency_median"] * 1000, 3),
          "ratio": None, "target": "<= 1 ms"},
-    ] + relay_alone(quick)
+    ]
 
 
 if __name__ == "__main__":

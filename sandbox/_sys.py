@@ -2,7 +2,7 @@
 
 Only syscalls that Python 3.11's standard library lacks live here: unshare, setns,
 clone (fork with namespace flags), mount, umount2, pivot_root, mount_setattr,
-close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock, bpf(). Everything raises
+close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock. Everything raises
 OSError with the errno and a short context, like the os module does.
 x86_64 syscall numbers are used where glibc has no wrapper.
 """
@@ -569,102 +569,3 @@ def landlock_restrict_self(ruleset: int, flags: int = 0) -> None:
     """The calling thread enters the ruleset's domain (no_new_privs or CAP_SYS_ADMIN needed)."""
     _check(_syscall(ctypes.c_long(NR["landlock_restrict_self"]), ctypes.c_int(ruleset), ctypes.c_uint(flags)),
            "landlock_restrict_self")
-
-
-# --- bpf(): the egress relay's sockmap (sandbox/network/egress/sockmap.py) --------------------------
-NR_BPF = {"x86_64": 321, "aarch64": 280}[_MACHINE]
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
-BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
-BPF_ANY, BPF_NOEXIST = 0, 1
-
-
-class _BpfMapCreate(ctypes.Structure):          # union bpf_attr, BPF_MAP_CREATE's part
-    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
-                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
-                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
-
-
-class _BpfMapElem(ctypes.Structure):            # BPF_MAP_*_ELEM's part
-    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
-                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
-
-
-class _BpfProgLoad(ctypes.Structure):           # BPF_PROG_LOAD's part (up to expected_attach_type)
-    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
-                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
-                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
-                ("expected_attach_type", ctypes.c_uint32)]
-
-
-class _BpfProgAttach(ctypes.Structure):         # BPF_PROG_ATTACH's part
-    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
-                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32)]
-
-
-def _bpf(cmd: int, attr, what: str) -> int:
-    return _check(_syscall(ctypes.c_long(NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr),
-                           ctypes.c_uint(ctypes.sizeof(attr))), what)
-
-
-def bpf_map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: bytes = b"") -> int:
-    """A new BPF map (its descriptor is close-on-exec, as every bpf() descriptor)."""
-    attr = _BpfMapCreate(map_type, key_size, value_size, max_entries, 0, 0, 0, name[:15])
-    return _bpf(BPF_MAP_CREATE, attr, "bpf(BPF_MAP_CREATE)")
-
-
-def bpf_map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
-    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
-    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), flags)
-    _bpf(BPF_MAP_UPDATE_ELEM, attr, "bpf(BPF_MAP_UPDATE_ELEM)")
-
-
-def _bpf_found(cmd: int, attr, what: str) -> bool:
-    """A map element command: False when the key is not there (ENOENT), OSError for anything else."""
-    if _syscall(ctypes.c_long(NR_BPF), ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))) < 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOENT:
-            return False
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return True
-
-
-def bpf_map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value under key, None if there is none."""
-    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
-    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0)
-    return v.raw if _bpf_found(BPF_MAP_LOOKUP_ELEM, attr, "bpf(BPF_MAP_LOOKUP_ELEM)") else None
-
-
-def bpf_map_delete(map_fd: int, key: bytes) -> bool:
-    """Remove key; False if it was not there."""
-    k = ctypes.create_string_buffer(key, len(key))
-    attr = _BpfMapElem(map_fd, 0, ctypes.addressof(k), 0, 0)
-    return _bpf_found(BPF_MAP_DELETE_ELEM, attr, "bpf(BPF_MAP_DELETE_ELEM)")
-
-
-def bpf_prog_load(prog_type: int, insns: bytes, license: bytes, attach_type: int = 0, name: bytes = b"",
-                  log_size: int = 1 << 16) -> int:
-    """Load an eBPF program; a refusal raises OSError whose message ends with the verifier's log."""
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license)
-    log = ctypes.create_string_buffer(log_size)
-    for level in (0, 1):                    # as libbpf: the log only for a refusal's second try
-        attr = _BpfProgLoad(prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic), level,
-                            log_size if level else 0, ctypes.addressof(log) if level else 0, 0, 0, name[:15], 0,
-                            attach_type)
-        res = _syscall(ctypes.c_long(NR_BPF), ctypes.c_int(BPF_PROG_LOAD), ctypes.byref(attr),
-                       ctypes.c_uint(ctypes.sizeof(attr)))
-        if res >= 0:
-            return res
-        err = ctypes.get_errno()
-        if err in (errno.EPERM, errno.ENOSYS):  # not the program: no verifier log to get
-            break
-    text = log.value.decode("utf-8", "replace").strip()
-    raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}" + (f"; verifier: {text[-2000:]}" if text else ""))
-
-
-def bpf_prog_attach(prog_fd: int, target_fd: int, attach_type: int) -> None:
-    """Attach a program to a target (for sk_skb programs: a sockmap or sockhash)."""
-    attr = _BpfProgAttach(target_fd, prog_fd, attach_type, 0)
-    _bpf(BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH)")

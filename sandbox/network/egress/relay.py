@@ -31,9 +31,6 @@ Per connection:
   CLOSE_WAIT) for their `on_end` (the proxy's `egress.closed` events come before the sandbox's
   last audit records), and lets the workers go.
 
-A relay in the kernel (a BPF sockmap redirecting each socket's bytes to the other) was built and
-measured on this kernel: slower, and without back-pressure (sockmap.py's docstring, docs/network.md).
-
 The pumps are reused worker threads (starting a thread per connection costs more than the rest of
 its set-up), daemon threads: a supervisor never waits for them at exit.
 """
