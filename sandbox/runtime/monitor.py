@@ -175,7 +175,9 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
         st.update(status="created", pid=p1, pid_start=procid.start_time(p1), sandbox_pid=pid,
                   sandbox_pid_start=procid.start_time(pid), monitor_pid=me,
                   monitor_pid_start=procid.start_time(me), sandbox_id=run.sandbox_id,
-                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [])
+                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [],
+                  cgroup_dirs=run.cg.paths if run.cg is not None else [],   # ps, pause (control.py)
+                  own_pidns=bool(bundle.plan.namespaces.pid) and "pid" not in bundle.join)
         _state.save(root, cid, st)
         try:
             for kind in ("createRuntime", "prestart"):

@@ -363,9 +363,12 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
 
 
 def test_must_not_supported_operations_fail_clearly(rt):
-    for cmd in ("ps", "update", "checkpoint", "pause", "restore"):
+    for cmd in ("update", "checkpoint", "restore"):
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode != 0 and "not supported" in r.stderr
+    for cmd in ("ps", "pause", "resume"):                 # implemented: a container that does not exist
+        r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
+        assert r.returncode == 1 and "container x does not exist" in r.stderr
     r = subprocess.run([RUNTIME, "--systemd-cgroup", "--root", rt.root, "state", "x"], capture_output=True, text=True)
     assert r.returncode != 0 and "--systemd-cgroup: not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True)
@@ -1057,3 +1060,68 @@ def test_exec_into_joined_user_and_mount_namespaces(rt, tmp_path, holder):
         assert r.stdout.split() == ["in-holder", str(_ns(holder.pid, "user"))]
     finally:
         rt("delete", "--force", "xj")
+
+
+def test_ps_pause_resume_kill_all(rt, tmp_path):
+    """runc's ps/pause/resume (what containerd's shim calls; tests/system/test_runtime_containerd.py
+    drives them through containerd). With linux.resources (a cgroup): `ps --format json` lists the
+    cgroup's processes, `pause` freezes them (state: paused; `exec` refused), `resume` thaws,
+    `kill --all` reaches every process, SIGKILL of a paused container ends it. Without a cgroup:
+    `ps` lists PID 1's pid namespace, `pause` is refused with the reason."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "sleep 1000 & exec sleep 1001"])
+    rt("create", "--bundle", str(b), "nc1", check=True)
+    rt("start", "nc1", check=True)
+    try:
+        pid1 = rt.json("state", "nc1")["pid"]
+        deadline = time.monotonic() + 10
+        while len(pids := rt.json("ps", "--format", "json", "nc1")) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        assert pid1 in pids and len(pids) == 3
+        r = subprocess.run([RUNTIME, "--root", rt.root, "pause", "nc1"], capture_output=True, text=True)
+        assert r.returncode == 1 and "no cgroup with a freezer" in r.stderr
+        assert rt.status("nc1") == "running"
+    finally:
+        rt("delete", "--force", "nc1", check=True)
+
+    top = f"psbrt-ps-{os.getpid()}"
+    edit_config(b, lambda c: c["linux"].update(resources={"pids": {"limit": 64}}, cgroupsPath=f"/{top}/pc1"))
+    rt("create", "--bundle", str(b), "pc1", check=True)
+    rt("start", "pc1", check=True)
+    try:
+        st = json.loads(Path(rt.root, "pc1", "state.json").read_text())
+        freezer = next(d for d in st["cgroup_dirs"] if "/freezer/" in d)
+        deadline = time.monotonic() + 10
+        while len(pids := rt.json("ps", "--format", "json", "pc1")) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        assert set(pids) == {int(x) for x in open(f"{freezer}/cgroup.procs").read().split()}
+        table = subprocess.run([RUNTIME, "--root", rt.root, "ps", "pc1"], capture_output=True, text=True).stdout
+        assert table.splitlines()[0].split()[:2] == ["UID", "PID"] and table.count("sleep 100") == 2
+        rt("pause", "pc1", check=True)
+        assert rt.status("pc1") == "paused"
+        assert open(f"{freezer}/freezer.state").read().strip() == "FROZEN"
+        r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "pc1", "/bin/true"], capture_output=True, text=True)
+        assert r.returncode == 1 and "is paused, not running" in r.stderr
+        assert subprocess.run([RUNTIME, "--root", rt.root, "pause", "pc1"], capture_output=True).returncode == 1
+        rt("resume", "pc1", check=True)
+        assert rt.status("pc1") == "running"
+        assert open(f"{freezer}/freezer.state").read().strip() == "THAWED"
+        rt("kill", "--all", "pc1", "STOP", check=True)          # every process stopped, not only PID 1
+        for p in pids:
+            deadline = time.monotonic() + 10
+            while open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+                assert time.monotonic() < deadline, p
+                time.sleep(0.02)
+        rt("kill", "--all", "pc1", "CONT", check=True)
+        rt("pause", "pc1", check=True)
+        rt("kill", "pc1", "KILL", check=True)
+        rt.wait_status("pc1", "stopped")
+        assert rt.record("pc1")["exit_code"] == 137
+        r = subprocess.run([RUNTIME, "--root", rt.root, "kill", "pc1", "TERM"], capture_output=True, text=True)
+        assert r.returncode == 1 and "container not running" in r.stderr   # containerd's shim reads this
+        rt("delete", "pc1", check=True)
+        assert not os.path.exists(freezer)
+    finally:
+        rt("delete", "--force", "pc1")
+        _cg_cleanup(top)
