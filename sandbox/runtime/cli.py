@@ -180,7 +180,8 @@ def cmd_create(ctx: Ctx, args: list) -> int:
         return 1
     from . import monitor
     return monitor.create(ctx.root, cid, bundle, pid_file=o.get("pid-file"),
-                          console_socket=o.get("console-socket"), log=ctx.log)
+                          console_socket=o.get("console-socket"), log=ctx.log,
+                          new_keyring=not o.get("no-new-keyring"))
 
 
 def cmd_start(ctx: Ctx, args: list) -> int:
