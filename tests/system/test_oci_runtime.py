@@ -369,6 +369,10 @@ def test_must_not_supported_operations_fail_clearly(rt):
     for cmd in ("ps", "pause", "resume"):                 # implemented: a container that does not exist
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode == 1 and "container x does not exist" in r.stderr
+    for opt in (["--no-pivot"], ["--preserve-fds", "1"]):  # runc's create flags it cannot honour
+        r = subprocess.run([RUNTIME, "--root", rt.root, "create", *opt, "--bundle", "/nonexistent", "x"],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and f"create {opt[0]}: not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--systemd-cgroup", "--root", rt.root, "state", "x"], capture_output=True, text=True)
     assert r.returncode != 0 and "--systemd-cgroup: not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True)
