@@ -1129,3 +1129,79 @@ def test_ps_pause_resume_kill_all(rt, tmp_path):
     finally:
         rt("delete", "--force", "pc1")
         _cg_cleanup(top)
+
+
+def test_config_fields_second_batch(rt, tmp_path):
+    """The issue's config list where test_config_fields_are_honoured has nothing: process.user.umask,
+    a bind's `noexec` and propagation option (`rslave`), linux.rootfsPropagation `slave`, an ipc
+    sysctl (kernel.msgmax, the container's ipc namespace), a cgroup namespace created,
+    linux.devices naming a node the sandbox has, linux.resources memory and cpu (in the cgroupsPath
+    leaf), ipc and uts namespaces joined by path. Refused with the field named: rootfsPropagation
+    `shared`, a device node the sandbox's /dev does not have."""
+    src = tmp_path / "bin"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (src / "run.sh").chmod(0o755)
+    script = ("umask; cat /proc/sys/kernel/msgmax; ls -Li /proc/self/ns/cgroup; /data/run.sh || echo noexec-denied; "
+              "grep ' /data ' /proc/self/mountinfo")
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
+    top = f"psbrt-cf2-{os.getpid()}"
+
+    def edit(c):
+        c["process"]["user"]["umask"] = 0o027
+        c["mounts"].append({"destination": "/data", "type": "bind", "source": str(src),
+                            "options": ["rbind", "ro", "noexec", "rslave"]})
+        c["linux"].update(rootfsPropagation="slave", sysctl={"kernel.msgmax": "4096"},
+                          devices=[{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}],
+                          cgroupsPath=f"/{top}/a",
+                          resources={"memory": {"limit": 64 << 20}, "cpu": {"shares": 512}})
+        c["linux"]["namespaces"].append({"type": "cgroup"})
+    edit_config(b, edit)
+    try:
+        rt("create", "--bundle", str(b), "cf2", check=True)
+        assert Path(f"/sys/fs/cgroup/memory/{top}/a/memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        assert Path(f"/sys/fs/cgroup/cpu/{top}/a/cpu.shares").read_text().strip() == "512"
+        rt("start", "cf2", check=True)
+        rt.wait_status("cf2", "stopped")
+        rt("delete", "cf2", check=True)
+    finally:
+        rt("delete", "--force", "cf2")
+        _cg_cleanup(top)
+    out = rt.output().splitlines()
+    assert out[0] == "0027" and out[1] == "4096", out
+    assert int(out[2].split()[0]) != os.stat("/proc/self/ns/cgroup").st_ino
+    assert "noexec-denied" in out and "ran" not in out
+    mi = [ln for ln in out if " /data " in ln][0]
+    assert "noexec" in mi.split()[5] and "ro" in mi.split()[5].split(","), mi
+
+    holder = subprocess.Popen(["unshare", "--ipc", "--uts", "sleep", "1000"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{holder.pid}/ns/ipc").st_ino == os.stat("/proc/self/ns/ipc").st_ino:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        want = {k: os.stat(f"/proc/{holder.pid}/ns/{k}").st_ino for k in ("ipc", "uts")}
+        j = spec_bundle(tmp_path / "j", "crun", ["/bin/sh", "-c", "ls -Li /proc/self/ns/ipc /proc/self/ns/uts"])
+        edit_config(j, lambda c: c["linux"].update(namespaces=[n for n in c["linux"]["namespaces"]
+                                                               if n["type"] not in ("ipc", "uts")]
+                                                   + [{"type": k, "path": f"/proc/{holder.pid}/ns/{k}"}
+                                                      for k in ("ipc", "uts")]))
+        (rt.out / "stdout").unlink()
+        rt("create", "--bundle", str(j), "jn", check=True)
+        rt("start", "jn", check=True)
+        rt.wait_status("jn", "stopped")
+        rt("delete", "jn", check=True)
+        got = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in rt.output().splitlines()}
+        assert got == want
+    finally:
+        holder.kill()
+        holder.wait()
+
+    for cid, fn, field in (("rp", lambda c: c["linux"].update(rootfsPropagation="shared"), "linux.rootfsPropagation"),
+                           ("dv", lambda c: c["linux"].update(devices=[{"path": "/dev/sda", "type": "b", "major": 8,
+                                                                        "minor": 0}]), "linux.devices[0]")):
+        bb = spec_bundle(tmp_path / cid, "crun", ["/bin/true"])
+        edit_config(bb, fn)
+        assert rt("create", "--bundle", str(bb), cid).returncode == 1
+        assert f"config.json: {field}" in rt.err()
+        assert not os.path.exists(os.path.join(rt.root, cid))
