@@ -517,7 +517,8 @@ def finish(plan, bind_fds: list) -> None:
                 at = _inside(root, m.target, "dir", False, "mount target")
                 opts = (("size", str(m.size) if m.size else "64m"), ("mode", f"{m.mode:o}" if m.mode is not None else "1777"))
                 _attach(_sys.fsmount("tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
-                                     | (MOUNT_ATTR_NOEXEC if m.noexec else 0)), at)
+                                     | (MOUNT_ATTR_NOEXEC if m.noexec else 0)
+                                     | (MOUNT_ATTR_RDONLY if m.read_only else 0)), at)
             else:
                 fd, is_dir = fd
                 try:

@@ -385,7 +385,8 @@ def _mounts(cfg: dict, bundle_dir: str):
                 o = _mount_opts(opts)
             except ValueError as e:
                 raise BundleError(f"config.json: mounts[{i}].options: {e}") from None
-            mounts.append(P.Mount(type="tmpfs", target=dst, size=o["size"], mode=o["mode"], noexec="noexec" in opts))
+            mounts.append(P.Mount(type="tmpfs", target=dst, size=o["size"], mode=o["mode"], noexec="noexec" in opts,
+                                  read_only=o["ro"]))
         else:
             raise BundleError(f"config.json: mounts[{i}].type: {t!r} at {dst} not supported (bind, tmpfs; proc "
                               "at /proc, sysfs at /sys)")
