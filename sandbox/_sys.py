@@ -2,8 +2,8 @@
 
 Only syscalls that Python 3.11's standard library lacks live here: unshare, setns,
 clone (fork with namespace flags), mount, umount2, pivot_root, mount_setattr,
-close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock. Everything raises
-OSError with the errno and a short context, like the os module does.
+close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock, keyctl (session keyrings).
+Everything raises OSError with the errno and a short context, like the os module does.
 x86_64 syscall numbers are used where glibc has no wrapper.
 """
 from __future__ import annotations

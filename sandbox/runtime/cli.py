@@ -2,8 +2,9 @@
 containerd's shim call):
 
   pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
-    create --bundle DIR [--pid-file F] [--console-socket S] ID
+    create --bundle DIR [--pid-file F] [--console-socket S] [--no-new-keyring] ID
     start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version
+    exec ... | ps [--format table|json] ID | pause ID | resume ID   (control.py: cgroups, freezer)
 
 Errors: one line on stderr (and in --log, as JSON with --log-format json); exit 1 (2: usage).
 Lean on purpose: no click, nothing of the launcher until `create` needs it."""
