@@ -1134,16 +1134,17 @@ def test_ps_pause_resume_kill_all(rt, tmp_path):
 def test_config_fields_second_batch(rt, tmp_path):
     """The issue's config list where test_config_fields_are_honoured has nothing: process.user.umask,
     a bind's `noexec` and propagation option (`rslave`), linux.rootfsPropagation `slave`, an ipc
-    sysctl (kernel.msgmax, the container's ipc namespace), a cgroup namespace created,
-    linux.devices naming a node the sandbox has, linux.resources memory and cpu (in the cgroupsPath
-    leaf), ipc and uts namespaces joined by path. Refused with the field named: rootfsPropagation
+    sysctl (kernel.msgmax, the container's ipc namespace), cgroup and time namespaces created,
+    linux.devices naming a node the sandbox has, linux.resources memory (limit, reservation, swap)
+    and cpu (shares, quota/period, cpus) in the cgroupsPath leaf (cgroup v1: the only controllers
+    this hybrid host has), ipc and uts namespaces joined by path. Refused with the field named: rootfsPropagation
     `shared`, a device node the sandbox's /dev does not have."""
     src = tmp_path / "bin"
     src.mkdir()
     (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
     (src / "run.sh").chmod(0o755)
     script = ("umask; cat /proc/sys/kernel/msgmax; ls -Li /proc/self/ns/cgroup; /data/run.sh || echo noexec-denied; "
-              "grep ' /data ' /proc/self/mountinfo")
+              "grep ' /data ' /proc/self/mountinfo; ls -Li /proc/self/ns/time")
     b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
     top = f"psbrt-cf2-{os.getpid()}"
 
@@ -1154,13 +1155,20 @@ def test_config_fields_second_batch(rt, tmp_path):
         c["linux"].update(rootfsPropagation="slave", sysctl={"kernel.msgmax": "4096"},
                           devices=[{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}],
                           cgroupsPath=f"/{top}/a",
-                          resources={"memory": {"limit": 64 << 20}, "cpu": {"shares": 512}})
-        c["linux"]["namespaces"].append({"type": "cgroup"})
+                          resources={"memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 20},
+                                     "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}})
+        c["linux"]["namespaces"] += [{"type": "cgroup"}, {"type": "time"}]
     edit_config(b, edit)
     try:
         rt("create", "--bundle", str(b), "cf2", check=True)
         assert Path(f"/sys/fs/cgroup/memory/{top}/a/memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        leaf = {h: Path(f"/sys/fs/cgroup/{h}/{top}/a") for h in ("memory", "cpu", "cpuset")}
+        assert (leaf["memory"] / "memory.soft_limit_in_bytes").read_text().strip() == str(32 << 20)
+        assert (leaf["memory"] / "memory.memsw.limit_in_bytes").read_text().strip() == str(128 << 20)
         assert Path(f"/sys/fs/cgroup/cpu/{top}/a/cpu.shares").read_text().strip() == "512"
+        assert (leaf["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (leaf["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
+        assert (leaf["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
         rt("start", "cf2", check=True)
         rt.wait_status("cf2", "stopped")
         rt("delete", "cf2", check=True)
@@ -1173,6 +1181,7 @@ def test_config_fields_second_batch(rt, tmp_path):
     assert "noexec-denied" in out and "ran" not in out
     mi = [ln for ln in out if " /data " in ln][0]
     assert "noexec" in mi.split()[5] and "ro" in mi.split()[5].split(","), mi
+    assert int(out[-1].split()[0]) != os.stat("/proc/self/ns/time").st_ino
 
     holder = subprocess.Popen(["unshare", "--ipc", "--uts", "sleep", "1000"])
     try:
