@@ -351,6 +351,20 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
         (lambda c: c["process"].update(capabilities={"bounding": ["CAP_KILL"], "effective": ["CAP_CHOWN"],
                                                      "permitted": ["CAP_KILL"]}), "capabilities.effective"),
+        # the rest of the list that is refused (docs/interop.md's table), one line each
+        (lambda c: c["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/1/ns/cgroup"}),
+         "linux.namespaces"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "time", "path": "/proc/1/ns/time"}), "linux.namespaces"),
+        (lambda c: c["process"].update(apparmorProfile="unconfined"), "process.apparmorProfile"),
+        (lambda c: c.update(domainname="example.org"), "domainname"),
+        (lambda c: c["linux"].update(resources={"memory": {"disableOOMKiller": True}}),
+         "linux.resources.memory.disableOOMKiller"),
+        (lambda c: c["linux"].update(resources={"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
+         "linux.resources.hugepageLimits"),
+        (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x.sock"}),
+         "linux.seccomp.listenerPath"),
+        (lambda c: c["mounts"].append({"destination": "/x", "type": "bind", "source": "/tmp",
+                                       "options": ["rbind", "rshared"]}), "mounts["),
     ]
     for i, (fn, field) in enumerate(cases):
         b = spec_bundle(tmp_path / f"b{i}", "crun", ["/bin/true"])
