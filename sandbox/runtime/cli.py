@@ -4,7 +4,7 @@ containerd's shim call):
   pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
     create --bundle DIR [--pid-file F] [--console-socket S] [--no-new-keyring] ID
     start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version
-    exec ... | ps [--format table|json] ID | pause ID | resume ID   (control.py: cgroups, freezer)
+    exec ... | ps [--format table|json] ID | pause ID | resume ID | update ID   (control.py: cgroups)
 
 Errors: one line on stderr (and in --log, as JSON with --log-format json); exit 1 (2: usage).
 Lean on purpose: no click, nothing of the launcher until `create` needs it."""
@@ -19,11 +19,13 @@ import time
 from . import state as _state
 
 VERSION = "0.1.0"
-UNSUPPORTED = ("update", "checkpoint", "restore", "events", "run", "list", "spec", "exec-cpu-affinity")
+UNSUPPORTED = ("checkpoint", "restore", "events", "run", "list", "spec", "exec-cpu-affinity")
 USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
          "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
          "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
          "  ps [--format table|json] ID [-- PS-ARGS] | pause ID | resume ID\n"
+         "  update [--resources FILE|-] [--memory N] [--memory-reservation N] [--memory-swap N] [--cpu-shares N]\n"
+         "         [--cpu-quota N] [--cpu-period N] [--cpuset-cpus L] [--pids-limit N] ID\n"
          "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] [--cwd D] [--env K=V]...\n"
          "       [--user UID[:GID]] [--additional-gids G]... [--cap CAP_X]... [--no-new-privs] ID [CMD...]")
 
@@ -149,7 +151,7 @@ def _main(ctx: Ctx, argv: list) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd in UNSUPPORTED:
         ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, exec, ps, "
-                "pause, resume, features)")
+                "pause, resume, update, features)")
         return 1
     fn = COMMANDS.get(cmd)
     if fn is None:
@@ -368,6 +370,60 @@ def cmd_resume(ctx: Ctx, args: list) -> int:
     return _pause_resume(ctx, args, "resume")
 
 
+UPDATE_FLAGS = {"memory": ("memory", "limit"), "memory-reservation": ("memory", "reservation"),
+                "memory-swap": ("memory", "swap"), "cpu-shares": ("cpu", "shares"), "cpu-quota": ("cpu", "quota"),
+                "cpu-period": ("cpu", "period"), "cpuset-cpus": ("cpu", "cpus"), "pids-limit": ("pids", "limit")}
+
+
+def cmd_update(ctx: Ctx, args: list) -> int:
+    """runc's update: `--resources FILE` (`-`: stdin; a LinuxResources object, what containerd's shim
+    and CRI-O send) and/or the flags, written into the container's cgroups (control.update)."""
+    o, pos = _opts(args, {"resources": True, "r": True, **{k: True for k in UPDATE_FLAGS}})
+    cid = _one_id(pos, "update")
+    src = o.get("resources") or o.get("r")
+    res: dict = {}
+    from . import control
+    if src:
+        try:
+            if src == "-":
+                raw = sys.stdin.buffer.read(control.MAX_RESOURCES + 1)
+                if len(raw) > control.MAX_RESOURCES:
+                    raise ValueError(f"larger than {control.MAX_RESOURCES} bytes")
+                res = json.loads(raw)
+            else:
+                from ..fsutil import read_json_object
+                res = read_json_object(src, control.MAX_RESOURCES)
+        except OSError as e:
+            ctx.log(f"update: --resources {src}: {e.strerror}")
+            return 1
+        except (ValueError, RecursionError) as e:
+            ctx.log(f"update: --resources {src}: {e}")
+            return 1
+        if not isinstance(res, dict):
+            ctx.log(f"update: --resources {src}: not a JSON object")
+            return 1
+    for flag, (sect, key) in UPDATE_FLAGS.items():
+        if flag in o:
+            v = o[flag]
+            if key != "cpus":
+                try:
+                    v = int(v)
+                except ValueError:
+                    raise Usage(f"update --{flag}: an integer") from None
+            res.setdefault(sect, {})[key] = v
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s not in ("created", "running", "paused"):
+        ctx.log(f"update: container {cid} is {s}")
+        return 1
+    try:
+        control.update(st, res)
+    except control.ControlError as e:
+        ctx.log(f"update: container {cid}: {e}")
+        return 1
+    return 0
+
+
 def cmd_delete(ctx: Ctx, args: list) -> int:
     o, pos = _opts(args, {"force": False, "f": False})
     cid = _one_id(pos, "delete")
@@ -469,4 +525,4 @@ def cmd_features(ctx: Ctx, args: list) -> int:
 
 COMMANDS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
             "delete": cmd_delete, "features": cmd_features, "exec": cmd_exec, "ps": cmd_ps,
-            "pause": cmd_pause, "resume": cmd_resume}
+            "pause": cmd_pause, "resume": cmd_resume, "update": cmd_update}

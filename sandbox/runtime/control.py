@@ -1,6 +1,7 @@
 """What engines ask of a running container besides the lifecycle: its processes (`ps`, `kill
---all`) and freezing it (`pause`, `resume`), through the cgroups the monitor recorded in
-state.json (`cgroup_dirs`: every leaf of the sandbox, its own or linux.cgroupsPath's).
+--all`), freezing it (`pause`, `resume`) and new limits (`update`), through the cgroups the
+monitor recorded in state.json (`cgroup_dirs`: every leaf of the sandbox, its own or
+linux.cgroupsPath's).
 
 A container without a cgroup (no linux.resources and no linux.cgroupsPath: pysandbox makes none)
 has no freezer: pause is refused. Its processes are then those of PID 1's pid namespace when the
@@ -152,3 +153,111 @@ def save_status(root: str, cid: str, new: str, expect: tuple) -> bool:
     st["status"] = new
     _state.save(root, cid, st)
     return True
+
+
+# --------------------------------------------------------------------------- update
+
+MAX_RESOURCES = 1 << 16         # `update --resources`: a LinuxResources object is a few hundred bytes
+UPDATE_FIELDS = {"memory": ("limit", "reservation", "swap"), "cpu": ("shares", "quota", "period", "cpus"),
+                 "pids": ("limit",)}
+CPUS_RE = r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$"
+INT_MAX = (1 << 63) - 1
+
+
+def _int(res: dict, sect: str, key: str, lo: int) -> "int | None":
+    v = (res.get(sect) or {}).get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= INT_MAX:
+        raise ControlError(f"linux.resources.{sect}.{key}: an integer >= {lo} expected")
+    return v
+
+
+def update_writes(res: dict) -> list:
+    """A LinuxResources object (what `runc update --resources` reads: containerd's shim and CRI-O
+    send it for a resize) -> [(field, [(file, value), ...] alternatives by cgroup version)], or
+    ControlError naming the first field this runtime does not update."""
+    import re
+    if not isinstance(res, dict):
+        raise ControlError("the resources must be a JSON object")
+    for sect, v in res.items():
+        if sect not in UPDATE_FIELDS:
+            if v in (None, {}, []):
+                continue
+            raise ControlError(f"linux.resources.{sect}: not supported by update (memory, cpu, pids)")
+        if not isinstance(v, dict):
+            raise ControlError(f"linux.resources.{sect}: must be an object")
+        for k, x in v.items():
+            if k not in UPDATE_FIELDS[sect] and x not in (None, 0, "", False):
+                raise ControlError(f"linux.resources.{sect}.{k}: not supported by update")
+    out = []
+    limit, swap = _int(res, "memory", "limit", -1), _int(res, "memory", "swap", -1)
+    resv = _int(res, "memory", "reservation", -1)
+    if limit is not None and limit != 0:
+        v1 = "-1" if limit == -1 else str(limit)
+        out.append(("memory.limit", [("memory.limit_in_bytes", v1)], [("memory.max", "max" if limit == -1 else str(limit))]))
+    if swap is not None and swap != 0:
+        # v1: memory+swap; cgroup2's swap.max is the swap alone (memory+swap - memory: needs the limit)
+        v2 = "max" if swap == -1 else (str(max(swap - limit, 0)) if limit not in (None, 0, -1) else None)
+        out.append(("memory.swap", [("memory.memsw.limit_in_bytes", "-1" if swap == -1 else str(swap))],
+                    [("memory.swap.max", v2)] if v2 is not None else []))
+    if resv is not None and resv != 0:
+        out.append(("memory.reservation", [("memory.soft_limit_in_bytes", "-1" if resv == -1 else str(resv))],
+                    [("memory.low", "max" if resv == -1 else str(resv))]))
+    shares = _int(res, "cpu", "shares", 0)
+    if shares:
+        weight = 1 + ((min(max(shares, 2), 262144) - 2) * 9999) // 262142          # runc's conversion
+        out.append(("cpu.shares", [("cpu.shares", str(shares))], [("cpu.weight", str(weight))]))
+    quota, period = _int(res, "cpu", "quota", -1), _int(res, "cpu", "period", 0)
+    if quota or period:
+        p = period or 100000
+        if not 1000 <= p <= 1000000:
+            raise ControlError("linux.resources.cpu.period: 1000..1000000 (microseconds)")
+        v1 = [("cpu.cfs_period_us", str(p))] + ([("cpu.cfs_quota_us", str(quota))] if quota else [])
+        out.append(("cpu.quota", v1, [("cpu.max", f"{'max' if quota in (None, -1) else quota} {p}")]))
+    cpus = (res.get("cpu") or {}).get("cpus")
+    if cpus:
+        if not isinstance(cpus, str) or len(cpus) > 1024 or not re.match(CPUS_RE, cpus):
+            raise ControlError("linux.resources.cpu.cpus: a CPU list (0-3,5)")
+        out.append(("cpu.cpus", [("cpuset.cpus", cpus)], [("cpuset.cpus", cpus)]))
+    pids = _int(res, "pids", "limit", -1)
+    if pids is not None and pids != 0:
+        val = "max" if pids <= 0 else str(pids)
+        out.append(("pids.limit", [("pids.max", val)], [("pids.max", val)]))
+    return out
+
+
+def update(st: dict, res: dict) -> None:
+    """Write the new limits into the container's cgroups: each field into every recorded leaf that
+    has its file (v1 hierarchies; the cgroup2 leaf when the controller is enabled there). A field
+    none of them has (a controller the container was created without) is refused, naming it;
+    nothing is written then. v1 memory: memory+swap is raised before, and lowered after, the
+    memory limit (the kernel keeps limit <= memory+swap)."""
+    from ..cgroups.files import errmsg, write
+    dirs = cgroup_dirs(st)
+    plan = []
+    is_v2 = {d: os.path.exists(os.path.join(d, "cgroup.controllers")) for d in dirs}
+    for field, v1, v2 in update_writes(res):
+        targets = [(d, f, v) for d in dirs for f, v in (v2 if is_v2[d] else v1) if os.path.exists(os.path.join(d, f))]
+        if not targets:
+            raise ControlError(f"linux.resources.{field}: the container has no cgroup for it (created without "
+                               "that controller)")
+        plan += targets
+    order = {"memory.memsw.limit_in_bytes": 0, "memory.limit_in_bytes": 1}
+
+    def apply(items):
+        for d, f, v in items:
+            try:
+                write(os.path.join(d, f), v)
+            except OSError as e:
+                return d, f, v, e
+        return None
+
+    writes = sorted(plan, key=lambda t: order.get(t[1], 2))          # memsw first (raising)
+    failed = apply(writes)
+    if failed and failed[1] in order:                                 # lowering: the memory limit first
+        writes = sorted(plan, key=lambda t: (1 - order[t[1]]) if t[1] in order else 2)
+        failed = apply(writes)
+    if failed:
+        d, f, v, e = failed
+        raise ControlError(f"{os.path.join(d, f)}: cannot write {v}: {errmsg(e)}")

@@ -377,10 +377,10 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
 
 
 def test_must_not_supported_operations_fail_clearly(rt):
-    for cmd in ("update", "checkpoint", "restore"):
+    for cmd in ("checkpoint", "restore"):
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode != 0 and "not supported" in r.stderr
-    for cmd in ("ps", "pause", "resume"):                 # implemented: a container that does not exist
+    for cmd in ("ps", "pause", "resume", "update"):       # implemented: a container that does not exist
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode == 1 and "container x does not exist" in r.stderr
     for opt in (["--no-pivot"], ["--preserve-fds", "1"]):  # runc's create flags it cannot honour
@@ -1228,3 +1228,54 @@ def test_config_fields_second_batch(rt, tmp_path):
         assert rt("create", "--bundle", str(bb), cid).returncode == 1
         assert f"config.json: {field}" in rt.err()
         assert not os.path.exists(os.path.join(rt.root, cid))
+
+
+def test_update_resources(rt, tmp_path):
+    """runc's update (containerd's shim and CRI-O send `update --resources -` with a LinuxResources
+    object for a resize): the new memory (limit, reservation, memory+swap raised and lowered in the
+    kernel's order), cpu (shares, quota/period) and pids limits land in the container's cgroupsPath
+    leaf; the flags form too; a field it does not update is refused naming it and changes nothing;
+    a stopped container is refused."""
+    top = f"psbrt-up-{os.getpid()}"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=f"/{top}/u", resources={"pids": {"limit": 50}}))
+    mem, cpu, pids = (Path(f"/sys/fs/cgroup/{h}/{top}/u") for h in ("memory", "cpu", "pids"))
+
+    def update(*args, stdin=None) -> subprocess.CompletedProcess:
+        return subprocess.run([RUNTIME, "--root", rt.root, "update", *args], input=stdin, capture_output=True,
+                              text=True, timeout=30)
+    try:
+        rt("create", "--bundle", str(b), "up1", check=True)
+        rt("start", "up1", check=True)
+        res = {"memory": {"limit": 256 << 20, "reservation": 128 << 20, "swap": 512 << 20},
+               "cpu": {"shares": 256, "quota": 20000, "period": 100000}, "pids": {"limit": 20}}
+        r = update("--resources", "-", "up1", stdin=json.dumps(res))
+        assert r.returncode == 0, r.stderr
+        assert (mem / "memory.limit_in_bytes").read_text().strip() == str(256 << 20)
+        assert (mem / "memory.soft_limit_in_bytes").read_text().strip() == str(128 << 20)
+        assert (mem / "memory.memsw.limit_in_bytes").read_text().strip() == str(512 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "256"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        assert (pids / "pids.max").read_text().strip() == "20"
+        # lowering memory+swap below the current limit: the limit first
+        r = update("--resources", "-", "up1", stdin=json.dumps({"memory": {"limit": 64 << 20, "swap": 96 << 20}}))
+        assert r.returncode == 0, r.stderr
+        assert (mem / "memory.memsw.limit_in_bytes").read_text().strip() == str(96 << 20)
+        assert (mem / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        r = update("--pids-limit", "30", "--cpu-shares", "300", "up1")
+        assert r.returncode == 0, r.stderr
+        assert (pids / "pids.max").read_text().strip() == "30" and (cpu / "cpu.shares").read_text().strip() == "300"
+        for bad, field in (({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}, "linux.resources.hugepageLimits"),
+                           ({"cpu": {"mems": "0"}, "pids": {"limit": 5}}, "linux.resources.cpu.mems"),
+                           ({"cpu": {"cpus": "0"}}, "linux.resources.cpu.cpus: the container has no cgroup")):
+            r = update("--resources", "-", "up1", stdin=json.dumps(bad))
+            assert r.returncode == 1 and field in r.stderr, (bad, r.stderr)
+        assert (pids / "pids.max").read_text().strip() == "30"
+        rt("kill", "up1", "KILL", check=True)
+        rt.wait_status("up1", "stopped")
+        r = update("--pids-limit", "5", "up1")
+        assert r.returncode == 1 and "is stopped" in r.stderr
+        rt("delete", "up1", check=True)
+    finally:
+        rt("delete", "--force", "up1")
+        _cg_cleanup(top)
