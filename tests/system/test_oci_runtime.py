@@ -1279,3 +1279,67 @@ def test_update_resources(rt, tmp_path):
     finally:
         rt("delete", "--force", "up1")
         _cg_cleanup(top)
+
+
+def test_rootless_ps_pause_resume_update(tmp_path, user_runner):
+    """The unprivileged test user's container with linux.resources (its cgroups below the user's
+    delegated ones): `ps --format json` lists its processes, `pause`/`resume` freeze and thaw it,
+    `update` writes a new pids limit, `kill KILL` of the paused container ends it."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "sleep 1000 & exec sleep 1001"])
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"]["resources"] = {"pids": {"limit": 40}}
+    edit_config(b, edit)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args) -> subprocess.CompletedProcess:
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e, env=env, user=u.uid,
+                                  group=u.gid, extra_groups=[], timeout=60)
+
+    def query(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([RUNTIME, "--root", root, *args], capture_output=True, text=True, env=env,
+                              user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    try:
+        for args in (("create", "--bundle", str(b), "rp"), ("start", "rp")):
+            assert rt(*args).returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 10
+        while len(pids := json.loads(query("ps", "--format", "json", "rp").stdout)) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        r = query("pause", "rp")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(query("state", "rp").stdout)["status"] == "paused"
+        st = json.loads((out / "state" / "rp" / "state.json").read_text())
+
+        def frozen() -> bool:
+            for d in st["cgroup_dirs"]:
+                for f, want in (("freezer.state", "FROZEN"), ("cgroup.events", "frozen 1")):
+                    if os.path.exists(f"{d}/{f}") and want in open(f"{d}/{f}").read():
+                        return True
+            return False
+        assert frozen()
+        r = query("resume", "rp")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(query("state", "rp").stdout)["status"] == "running" and not frozen()
+        r = query("update", "--pids-limit", "20", "rp")
+        assert r.returncode == 0, r.stderr
+        assert any(open(f"{d}/pids.max").read().strip() == "20" for d in st["cgroup_dirs"]
+                   if os.path.exists(f"{d}/pids.max"))
+        assert query("pause", "rp").returncode == 0
+        assert query("kill", "rp", "KILL").returncode == 0
+        deadline = time.monotonic() + 20
+        while json.loads(query("state", "rp").stdout)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "rp").returncode == 0
+    finally:
+        rt("delete", "--force", "rp")
