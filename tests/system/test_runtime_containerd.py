@@ -293,13 +293,23 @@ def test_what_the_runtime_refuses_reaches_the_user(ctrd):
 
 
 def test_ctr_run_tty_through_the_console_socket(ctrd):
-    """`ctr run -t`: the shim passes --console-socket; the program's stdin is a terminal (ctr needs
-    one of its own: script(1) gives it a pty)."""
+    """`ctr run -t` and `ctr task exec -t`: the shim passes --console-socket to create and exec; the
+    program's stdin and stdout are a terminal (ctr needs one of its own: script(1) gives it a pty)."""
     cmd = (f"ctr -a {ctrd.sock} -n {ctrd.ns} run --rm -t --fifo-dir {ctrd.fifo} --runc-binary {ctrd.wrapper} "
            f"--runc-root {ctrd.rtroot} {IMAGE} t1 /bin/sh -c 'if test -t 0 && test -t 1; then exit 6; fi; exit 7'")
     r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 6, r                    # (the exit code: the pty's last output may not reach ctr)
+    r = ctrd.run("-d", IMAGE, "t2", "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    try:                                           # `ctr task exec -t`: exec --console-socket
+        cmd = (f"ctr -a {ctrd.sock} -n {ctrd.ns} task exec -t --fifo-dir {ctrd.fifo} --exec-id x1 t2 "
+               "/bin/sh -c 'if test -t 0 && test -t 1; then exit 6; fi; exit 7'")
+        r = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 6, r
+    finally:
+        ctrd.remove("t2")
 
 
 def _audit(path: str) -> list:
