@@ -1140,6 +1140,16 @@ def test_ps_pause_resume_kill_all(rt, tmp_path):
         assert r.returncode == 1 and "container not running" in r.stderr   # containerd's shim reads this
         rt("delete", "pc1", check=True)
         assert not os.path.exists(freezer)
+        rt("create", "--bundle", str(b), "pc1", check=True)      # delete --force of a paused container
+        rt("start", "pc1", check=True)
+        pid1 = rt.json("state", "pc1")["pid"]
+        rt("pause", "pc1", check=True)
+        rt("delete", "--force", "pc1", check=True)
+        assert not os.path.exists(freezer)                       # (no live task: the leaf is gone)
+        try:                                                      # PID 1 gone or a zombie for its reaper
+            assert open(f"/proc/{pid1}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            pass
     finally:
         rt("delete", "--force", "pc1")
         _cg_cleanup(top)
