@@ -4,7 +4,7 @@ PY      ?= /usr/bin/python3
 VENV    ?= .venv
 DEB_PKGS = python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 procps iproute2 \
            bubblewrap crun runc busybox-static nftables uidmap passt slirp4netns podman \
-           docker-registry apache2-utils openssl
+           docker-registry apache2-utils openssl containerd
 DEMO    ?= /bin/sh -c 'id; hostname; ps; ls /'
 
 .PHONY: setup run test test-unit test-install bench lint clean

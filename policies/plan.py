@@ -224,6 +224,7 @@ class Mount:
     size: Optional[int] = None         # tmpfs size in bytes
     mode: Optional[int] = None         # tmpfs mode
     optional: bool = False             # bind: skip silently when the source is missing (system dirs only)
+    noexec: bool = False               # bind, tmpfs: mounted noexec (an OCI bundle's `noexec` option)
 
 
 # Size limit of an image's writable layer when neither filesystem.storage.size nor --storage-opt

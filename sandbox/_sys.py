@@ -2,8 +2,8 @@
 
 Only syscalls that Python 3.11's standard library lacks live here: unshare, setns,
 clone (fork with namespace flags), mount, umount2, pivot_root, mount_setattr,
-close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock. Everything raises
-OSError with the errno and a short context, like the os module does.
+close_range flags, seccomp, pidfd_open/pidfd_send_signal, Landlock, keyctl (session keyrings).
+Everything raises OSError with the errno and a short context, like the os module does.
 x86_64 syscall numbers are used where glibc has no wrapper.
 """
 from __future__ import annotations
@@ -569,3 +569,24 @@ def landlock_restrict_self(ruleset: int, flags: int = 0) -> None:
     """The calling thread enters the ruleset's domain (no_new_privs or CAP_SYS_ADMIN needed)."""
     _check(_syscall(ctypes.c_long(NR["landlock_restrict_self"]), ctypes.c_int(ruleset), ctypes.c_uint(flags)),
            "landlock_restrict_self")
+
+
+# --- session keyrings: a container's own (sandbox/runtime/monitor.py, execproc.py; runc's default) ---
+
+NR_KEYCTL = {"x86_64": 250, "aarch64": 219}[_MACHINE]
+KEYCTL_GET_KEYRING_ID = 0
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEY_SPEC_SESSION_KEYRING = -3
+
+
+def join_session_keyring(name: str | None = None) -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING): a new anonymous session keyring (name None), or the
+    named one; inherited by the children from then on. Returns its serial."""
+    return _check(_syscall(ctypes.c_long(NR_KEYCTL), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING),
+                           _b(name) if name is not None else None), "keyctl(JOIN_SESSION_KEYRING)")
+
+
+def session_keyring() -> int:
+    """The serial of the caller's session keyring (created if it has none)."""
+    return _check(_syscall(ctypes.c_long(NR_KEYCTL), ctypes.c_int(KEYCTL_GET_KEYRING_ID),
+                           ctypes.c_int(KEY_SPEC_SESSION_KEYRING), ctypes.c_int(1)), "keyctl(GET_KEYRING_ID)")

@@ -516,7 +516,9 @@ def finish(plan, bind_fds: list) -> None:
             if m.type == "tmpfs":
                 at = _inside(root, m.target, "dir", False, "mount target")
                 opts = (("size", str(m.size) if m.size else "64m"), ("mode", f"{m.mode:o}" if m.mode is not None else "1777"))
-                _attach(_sys.fsmount("tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV), at)
+                _attach(_sys.fsmount("tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+                                     | (MOUNT_ATTR_NOEXEC if m.noexec else 0)
+                                     | (MOUNT_ATTR_RDONLY if m.read_only else 0)), at)
             else:
                 fd, is_dir = fd
                 try:
@@ -524,7 +526,8 @@ def finish(plan, bind_fds: list) -> None:
                 except BaseException:
                     os.close(fd)
                     raise
-                _attach(fd, at, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if m.read_only else 0))
+                _attach(fd, at, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if m.read_only else 0)
+                        | (MOUNT_ATTR_NOEXEC if m.noexec else 0))
         for p in fs.masked_paths:
             try:
                 at = _inside(root, p, None, True, "masked path")

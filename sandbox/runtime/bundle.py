@@ -376,7 +376,8 @@ def _mounts(cfg: dict, bundle_dir: str):
             if not isinstance(src, str) or not src:
                 raise BundleError(f"config.json: mounts[{i}].source: required for a bind mount")
             src = os.path.normpath(os.path.join(bundle_dir, src))
-            mounts.append(P.Mount(type="bind", target=dst, source=src, read_only=_mount_opts(opts)["ro"]))
+            mounts.append(P.Mount(type="bind", target=dst, source=src, read_only=_mount_opts(opts)["ro"],
+                                  noexec="noexec" in opts))
         elif t == "tmpfs":
             if bad:
                 raise BundleError(f"config.json: mounts[{i}].options: {bad[0]!r} not supported on a tmpfs")
@@ -384,7 +385,8 @@ def _mounts(cfg: dict, bundle_dir: str):
                 o = _mount_opts(opts)
             except ValueError as e:
                 raise BundleError(f"config.json: mounts[{i}].options: {e}") from None
-            mounts.append(P.Mount(type="tmpfs", target=dst, size=o["size"], mode=o["mode"]))
+            mounts.append(P.Mount(type="tmpfs", target=dst, size=o["size"], mode=o["mode"], noexec="noexec" in opts,
+                                  read_only=o["ro"]))
         else:
             raise BundleError(f"config.json: mounts[{i}].type: {t!r} at {dst} not supported (bind, tmpfs; proc "
                               "at /proc, sysfs at /sys)")

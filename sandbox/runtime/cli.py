@@ -2,8 +2,9 @@
 containerd's shim call):
 
   pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND ...
-    create --bundle DIR [--pid-file F] [--console-socket S] ID
+    create --bundle DIR [--pid-file F] [--console-socket S] [--no-new-keyring] ID
     start ID | state ID | kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version
+    exec ... | ps [--format table|json] ID | pause ID | resume ID | update ID   (control.py: cgroups)
 
 Errors: one line on stderr (and in --log, as JSON with --log-format json); exit 1 (2: usage).
 Lean on purpose: no click, nothing of the launcher until `create` needs it."""
@@ -18,11 +19,13 @@ import time
 from . import state as _state
 
 VERSION = "0.1.0"
-UNSUPPORTED = ("ps", "update", "checkpoint", "restore", "pause", "resume", "events", "run", "list",
-               "spec", "exec-cpu-affinity")
+UNSUPPORTED = ("checkpoint", "restore", "events", "run", "list", "spec", "exec-cpu-affinity")
 USAGE = ("usage: pysandbox-runtime [--root DIR] [--log FILE] [--log-format text|json] COMMAND\n"
          "  create --bundle DIR [--pid-file F] [--console-socket S] ID | start ID | state ID\n"
          "  kill [--all] ID [SIGNAL] | delete [--force] ID | features | --version\n"
+         "  ps [--format table|json] ID [-- PS-ARGS] | pause ID | resume ID\n"
+         "  update [--resources FILE|-] [--memory N] [--memory-reservation N] [--memory-swap N] [--cpu-shares N]\n"
+         "         [--cpu-quota N] [--cpu-period N] [--cpuset-cpus L] [--pids-limit N] ID\n"
          "  exec [--process FILE] [--pid-file F] [--detach] [--console-socket S] [--cwd D] [--env K=V]...\n"
          "       [--user UID[:GID]] [--additional-gids G]... [--cap CAP_X]... [--no-new-privs] ID [CMD...]")
 
@@ -147,7 +150,8 @@ def _main(ctx: Ctx, argv: list) -> int:
         raise Usage("no command")
     cmd, args = argv[0], argv[1:]
     if cmd in UNSUPPORTED:
-        ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, exec, features)")
+        ctx.log(f"{cmd}: not supported by pysandbox-runtime (create, start, state, kill, delete, exec, ps, "
+                "pause, resume, update, features)")
         return 1
     fn = COMMANDS.get(cmd)
     if fn is None:
@@ -179,7 +183,8 @@ def cmd_create(ctx: Ctx, args: list) -> int:
         return 1
     from . import monitor
     return monitor.create(ctx.root, cid, bundle, pid_file=o.get("pid-file"),
-                          console_socket=o.get("console-socket"), log=ctx.log)
+                          console_socket=o.get("console-socket"), log=ctx.log,
+                          new_keyring=not o.get("no-new-keyring"))
 
 
 def cmd_start(ctx: Ctx, args: list) -> int:
@@ -233,18 +238,20 @@ def parse_signal(s: str) -> int:
 
 
 def cmd_kill(ctx: Ctx, args: list) -> int:
-    _, pos = _opts(args, {"all": False, "a": False})
+    o, pos = _opts(args, {"all": False, "a": False})
     cid = _one_id(pos, "kill", 2)
     sig = parse_signal(pos[1]) if len(pos) > 1 else signal.SIGTERM
     st = _state.load(ctx.root, cid)
     s = _state.status(st)
-    if s not in ("created", "running"):
-        ctx.log(f"kill: container {cid} is {s}")
+    if s not in ("created", "running", "paused"):      # runc's words: containerd's shim reads them as
+        ctx.log(f"kill: container {cid} is {s}: container not running")   # "process already finished"
         return 1
+    if o.get("all") or o.get("a") or s == "paused":
+        return _kill_all(ctx, cid, st, s, sig, bool(o.get("all") or o.get("a")))
     from .. import procid
     pidfd = next((fd for fd in (procid.open_pidfd(*t) for t in _state.kill_targets(st)) if fd is not None), None)
     if pidfd is None:
-        ctx.log(f"kill: container {cid} is stopped")
+        ctx.log(f"kill: container {cid} is stopped: container not running")
         return 1
     from .. import _sys
     try:
@@ -254,6 +261,166 @@ def cmd_kill(ctx: Ctx, args: list) -> int:
         return 1
     finally:
         os.close(pidfd)
+    return 0
+
+
+def _kill_all(ctx: Ctx, cid: str, st: dict, s: str, sig: int, every: bool) -> int:
+    """kill --all (every process of the container: its cgroups), and any kill of a paused container:
+    a frozen process takes a SIGKILL only once thawed, so SIGKILL thaws it after the signal (runc's
+    order); other signals wait for `resume`."""
+    from . import control
+    try:
+        if every:
+            control.signal_all(st, sig)
+        else:
+            from .. import procid, _sys
+            for t in _state.kill_targets(st):
+                fd = procid.open_pidfd(*t)
+                if fd is not None:
+                    try:
+                        _sys.pidfd_send_signal(fd, sig)
+                    finally:
+                        os.close(fd)
+                    break
+        if s == "paused" and sig == signal.SIGKILL:
+            control.thaw(st)
+    except (control.ControlError, OSError) as e:
+        ctx.log(f"kill: container {cid}: {getattr(e, 'strerror', None) or e}")
+        return 1
+    return 0
+
+
+def cmd_ps(ctx: Ctx, args: list) -> int:
+    """runc's ps: --format json prints the container's pids as a JSON array (what containerd's shim
+    reads); table (the default) runs ps(1) with PS-ARGS (default -ef) and keeps its header and the
+    container's lines."""
+    o, pos = _opts(args, {"format": True, "f": True}, first_positional_ends=True)
+    if not pos:
+        raise Usage("ps: needs the container id")
+    cid = _state.check_id(pos[0])
+    fmt = o.get("format") or o.get("f") or "table"
+    if fmt not in ("table", "json"):
+        raise Usage("ps: --format table or json")
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s not in ("created", "running", "paused"):
+        ctx.log(f"ps: container {cid} is {s}")
+        return 1
+    from . import control
+    try:
+        pids = control.pids(st)
+    except control.ControlError as e:
+        ctx.log(f"ps: container {cid}: {e}")
+        return 1
+    if fmt == "json":
+        print(json.dumps(pids))
+        return 0
+    import subprocess
+    extra = pos[1:]
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    try:
+        out = subprocess.run(["ps", *(extra or ["-ef"])], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ctx.log(f"ps: {e}")
+        return 1
+    if out.returncode != 0:
+        ctx.log(f"ps: {out.stderr.strip()[:200]}")
+        return 1
+    lines = out.stdout.splitlines()
+    if not lines:
+        return 0
+    head = lines[0].split()
+    if "PID" not in head:
+        ctx.log("ps: the ps arguments must keep the PID column")
+        return 1
+    col, want = head.index("PID"), set(pids)
+    print(lines[0])
+    for line in lines[1:]:
+        f = line.split()
+        if len(f) > col and f[col].isdigit() and int(f[col]) in want:
+            print(line)
+    return 0
+
+
+def _pause_resume(ctx: Ctx, args: list, cmd: str) -> int:
+    _, pos = _opts(args, {})
+    cid = _one_id(pos, cmd)
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    need, new = ("running", "paused") if cmd == "pause" else ("paused", "running")
+    if s != need:
+        ctx.log(f"{cmd}: container {cid} is {s}, not {need}")
+        return 1
+    from . import control
+    try:
+        control.set_frozen(st, cmd == "pause")
+    except control.ControlError as e:
+        ctx.log(f"{cmd}: container {cid}: {e}")
+        return 1
+    control.save_status(ctx.root, cid, new, (need,))
+    return 0
+
+
+def cmd_pause(ctx: Ctx, args: list) -> int:
+    return _pause_resume(ctx, args, "pause")
+
+
+def cmd_resume(ctx: Ctx, args: list) -> int:
+    return _pause_resume(ctx, args, "resume")
+
+
+UPDATE_FLAGS = {"memory": ("memory", "limit"), "memory-reservation": ("memory", "reservation"),
+                "memory-swap": ("memory", "swap"), "cpu-shares": ("cpu", "shares"), "cpu-quota": ("cpu", "quota"),
+                "cpu-period": ("cpu", "period"), "cpuset-cpus": ("cpu", "cpus"), "pids-limit": ("pids", "limit")}
+
+
+def cmd_update(ctx: Ctx, args: list) -> int:
+    """runc's update: `--resources FILE` (`-`: stdin; a LinuxResources object, what containerd's shim
+    and CRI-O send) and/or the flags, written into the container's cgroups (control.update)."""
+    o, pos = _opts(args, {"resources": True, "r": True, **{k: True for k in UPDATE_FLAGS}})
+    cid = _one_id(pos, "update")
+    src = o.get("resources") or o.get("r")
+    res: dict = {}
+    from . import control
+    if src:
+        try:
+            if src == "-":
+                raw = sys.stdin.buffer.read(control.MAX_RESOURCES + 1)
+                if len(raw) > control.MAX_RESOURCES:
+                    raise ValueError(f"larger than {control.MAX_RESOURCES} bytes")
+                res = json.loads(raw)
+            else:
+                from ..fsutil import read_json_object
+                res = read_json_object(src, control.MAX_RESOURCES)
+        except OSError as e:
+            ctx.log(f"update: --resources {src}: {e.strerror}")
+            return 1
+        except (ValueError, RecursionError) as e:
+            ctx.log(f"update: --resources {src}: {e}")
+            return 1
+        if not isinstance(res, dict):
+            ctx.log(f"update: --resources {src}: not a JSON object")
+            return 1
+    for flag, (sect, key) in UPDATE_FLAGS.items():
+        if flag in o:
+            v = o[flag]
+            if key != "cpus":
+                try:
+                    v = int(v)
+                except ValueError:
+                    raise Usage(f"update --{flag}: an integer") from None
+            res.setdefault(sect, {})[key] = v
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s not in ("created", "running", "paused"):
+        ctx.log(f"update: container {cid} is {s}")
+        return 1
+    try:
+        control.update(st, res)
+    except control.ControlError as e:
+        ctx.log(f"update: container {cid}: {e}")
+        return 1
     return 0
 
 
@@ -281,6 +448,9 @@ def cmd_delete(ctx: Ctx, args: list) -> int:
                 except OSError:
                     pass
                 os.close(fd)
+        if s == "paused":                      # frozen: the SIGKILL is taken once thawed
+            from . import control
+            control.thaw(st)
     # the monitor cleans up (cgroup, mounts) as it ends; PID 1, killed above, must have left its
     # cgroups before they can be removed (a cgroupsPath leaf's rmdir below: EBUSY while it exits)
     deadline = time.monotonic() + 10
@@ -354,4 +524,5 @@ def cmd_features(ctx: Ctx, args: list) -> int:
 
 
 COMMANDS = {"create": cmd_create, "start": cmd_start, "state": cmd_state, "kill": cmd_kill,
-            "delete": cmd_delete, "features": cmd_features, "exec": cmd_exec}
+            "delete": cmd_delete, "features": cmd_features, "exec": cmd_exec, "ps": cmd_ps,
+            "pause": cmd_pause, "resume": cmd_resume, "update": cmd_update}

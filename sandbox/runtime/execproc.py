@@ -147,6 +147,7 @@ def exec_process(root: str, cid: str, process_file, args: list, *, pid_file, det
     if joiner == 0:                                    # cgroups, namespaces, then the process
         os.close(err_r)
         try:
+            _sys.join_session_keyring()               # not the engine's keyring (runc's default)
             for d in cgroups:
                 with open(os.path.join(d, "cgroup.procs"), "w") as f:
                     f.write("0")

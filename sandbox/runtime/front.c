@@ -566,9 +566,7 @@ int main(int argc, char **argv)
         id = argv[i];
     } else if (!strcmp(cmd, "kill")) {
         for (; i < argc; i++) {
-            if (!strcmp(argv[i], "--all") || !strcmp(argv[i], "-a"))
-                continue;                           /* as Python: the container's PID 1 either way */
-            if (argv[i][0] == '-')
+            if (argv[i][0] == '-')                  /* --all (every process of the cgroups): Python */
                 fallback();
             if (!id)
                 id = argv[i];

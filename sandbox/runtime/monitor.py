@@ -69,8 +69,11 @@ def exit_info_supported() -> bool:
         os.close(fd)
 
 
-def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socket: "str | None", log) -> int:
-    """Fork the monitor and wait until the container is created (or failed). Returns the exit code."""
+def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socket: "str | None", log,
+           new_keyring: bool = True) -> int:
+    """Fork the monitor and wait until the container is created (or failed). Returns the exit code.
+    new_keyring: the monitor joins a new anonymous session keyring, which PID 1 inherits (runc's
+    default; `create --no-new-keyring`: the caller's)."""
     d = _state.container_dir(root, cid)
     _state.check_root(root, create=True)
     try:
@@ -89,6 +92,9 @@ def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socke
         os.close(ready_r)
         code = 1
         try:
+            if new_keyring:
+                from .. import _sys
+                _sys.join_session_keyring()
             code = _monitor(root, cid, bundle, st, ready_w, console_socket, log)
         except BaseException as e:          # noqa: BLE001 - one line, never a traceback
             _tell(ready_w, f"ERR {e}")
@@ -175,7 +181,9 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
         st.update(status="created", pid=p1, pid_start=procid.start_time(p1), sandbox_pid=pid,
                   sandbox_pid_start=procid.start_time(pid), monitor_pid=me,
                   monitor_pid_start=procid.start_time(me), sandbox_id=run.sandbox_id,
-                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [])
+                  cgroups=run.cg.paths if run.cg is not None and bundle.cgroup_path else [],
+                  cgroup_dirs=run.cg.paths if run.cg is not None else [],   # ps, pause (control.py)
+                  own_pidns=bool(bundle.plan.namespaces.pid) and "pid" not in bundle.join)
         _state.save(root, cid, st)
         try:
             for kind in ("createRuntime", "prestart"):

@@ -10,7 +10,8 @@ and kill's targets (kill_targets) are defined once here and written into it: cha
 
 Status (the OCI runtime spec, "State"): creating (state.json not yet written by the monitor),
 created (the launch is held before its release), running (released, the monitor alive),
-stopped (the monitor recorded the exit, or `pid` is gone)."""
+stopped (the monitor recorded the exit, or `pid` is gone); and runc's paused (`pause`: frozen;
+front.c leaves a paused container to Python)."""
 from __future__ import annotations
 
 import json
@@ -138,7 +139,7 @@ def front_text(st: dict, js: os.stat_result) -> str:
 def status(st: dict) -> str:
     """The status now: what the monitor recorded, corrected by whether it is still alive."""
     s = st.get("status", "creating")
-    if s in ("created", "running") and not procid.running(*alive_ident(st)):
+    if s in ("created", "running", "paused") and not procid.running(*alive_ident(st)):
         return "stopped"
     return s
 
@@ -149,6 +150,6 @@ def oci_state(st: dict, s: "str | None" = None) -> dict:
     s = s or status(st)
     out = {"ociVersion": OCI_VERSION, "id": st["id"], "status": s, "bundle": st["bundle"],
            "annotations": st.get("annotations") or {}}
-    if s in ("created", "running"):
+    if s in ("created", "running", "paused"):
         out["pid"] = st["pid"]
     return out

@@ -351,6 +351,20 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
         (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
         (lambda c: c["process"].update(capabilities={"bounding": ["CAP_KILL"], "effective": ["CAP_CHOWN"],
                                                      "permitted": ["CAP_KILL"]}), "capabilities.effective"),
+        # the rest of the issue's list that is refused (docs/interop.md's table), one line each
+        (lambda c: c["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/1/ns/cgroup"}),
+         "linux.namespaces"),
+        (lambda c: c["linux"]["namespaces"].append({"type": "time", "path": "/proc/1/ns/time"}), "linux.namespaces"),
+        (lambda c: c["process"].update(apparmorProfile="unconfined"), "process.apparmorProfile"),
+        (lambda c: c.update(domainname="example.org"), "domainname"),
+        (lambda c: c["linux"].update(resources={"memory": {"disableOOMKiller": True}}),
+         "linux.resources.memory.disableOOMKiller"),
+        (lambda c: c["linux"].update(resources={"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}),
+         "linux.resources.hugepageLimits"),
+        (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/x.sock"}),
+         "linux.seccomp.listenerPath"),
+        (lambda c: c["mounts"].append({"destination": "/x", "type": "bind", "source": "/tmp",
+                                       "options": ["rbind", "rshared"]}), "mounts["),
     ]
     for i, (fn, field) in enumerate(cases):
         b = spec_bundle(tmp_path / f"b{i}", "crun", ["/bin/true"])
@@ -363,9 +377,16 @@ def test_must_unsupported_config_fails_create(rt, tmp_path):
 
 
 def test_must_not_supported_operations_fail_clearly(rt):
-    for cmd in ("ps", "update", "checkpoint", "pause", "restore"):
+    for cmd in ("checkpoint", "restore"):
         r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
         assert r.returncode != 0 and "not supported" in r.stderr
+    for cmd in ("ps", "pause", "resume", "update"):       # implemented: a container that does not exist
+        r = subprocess.run([RUNTIME, "--root", rt.root, cmd, "x"], capture_output=True, text=True)
+        assert r.returncode == 1 and "container x does not exist" in r.stderr
+    for opt in (["--no-pivot"], ["--preserve-fds", "1"]):  # runc's create flags it cannot honour
+        r = subprocess.run([RUNTIME, "--root", rt.root, "create", *opt, "--bundle", "/nonexistent", "x"],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and f"create {opt[0]}: not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--systemd-cgroup", "--root", rt.root, "state", "x"], capture_output=True, text=True)
     assert r.returncode != 0 and "--systemd-cgroup: not supported" in r.stderr
     r = subprocess.run([RUNTIME, "--version"], capture_output=True, text=True)
@@ -1057,3 +1078,278 @@ def test_exec_into_joined_user_and_mount_namespaces(rt, tmp_path, holder):
         assert r.stdout.split() == ["in-holder", str(_ns(holder.pid, "user"))]
     finally:
         rt("delete", "--force", "xj")
+
+
+def test_ps_pause_resume_kill_all(rt, tmp_path):
+    """runc's ps/pause/resume (what containerd's shim calls; tests/system/test_runtime_containerd.py
+    drives them through containerd). With linux.resources (a cgroup): `ps --format json` lists the
+    cgroup's processes, `pause` freezes them (state: paused; `exec` refused), `resume` thaws,
+    `kill --all` reaches every process, SIGKILL of a paused container ends it. Without a cgroup:
+    `ps` lists PID 1's pid namespace, `pause` is refused with the reason."""
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "sleep 1000 & exec sleep 1001"])
+    rt("create", "--bundle", str(b), "nc1", check=True)
+    rt("start", "nc1", check=True)
+    try:
+        pid1 = rt.json("state", "nc1")["pid"]
+        deadline = time.monotonic() + 10
+        while len(pids := rt.json("ps", "--format", "json", "nc1")) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        assert pid1 in pids and len(pids) == 3
+        r = subprocess.run([RUNTIME, "--root", rt.root, "pause", "nc1"], capture_output=True, text=True)
+        assert r.returncode == 1 and "no cgroup with a freezer" in r.stderr
+        assert rt.status("nc1") == "running"
+    finally:
+        rt("delete", "--force", "nc1", check=True)
+
+    top = f"psbrt-ps-{os.getpid()}"
+    edit_config(b, lambda c: c["linux"].update(resources={"pids": {"limit": 64}}, cgroupsPath=f"/{top}/pc1"))
+    rt("create", "--bundle", str(b), "pc1", check=True)
+    rt("start", "pc1", check=True)
+    try:
+        st = json.loads(Path(rt.root, "pc1", "state.json").read_text())
+        freezer = next(d for d in st["cgroup_dirs"] if "/freezer/" in d)
+        deadline = time.monotonic() + 10
+        while len(pids := rt.json("ps", "--format", "json", "pc1")) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        assert set(pids) == {int(x) for x in open(f"{freezer}/cgroup.procs").read().split()}
+        table = subprocess.run([RUNTIME, "--root", rt.root, "ps", "pc1"], capture_output=True, text=True).stdout
+        assert table.splitlines()[0].split()[:2] == ["UID", "PID"] and table.count("sleep 100") == 2
+        rt("pause", "pc1", check=True)
+        assert rt.status("pc1") == "paused"
+        assert open(f"{freezer}/freezer.state").read().strip() == "FROZEN"
+        r = subprocess.run([RUNTIME, "--root", rt.root, "exec", "pc1", "/bin/true"], capture_output=True, text=True)
+        assert r.returncode == 1 and "is paused, not running" in r.stderr
+        assert subprocess.run([RUNTIME, "--root", rt.root, "pause", "pc1"], capture_output=True).returncode == 1
+        rt("resume", "pc1", check=True)
+        assert rt.status("pc1") == "running"
+        assert open(f"{freezer}/freezer.state").read().strip() == "THAWED"
+        rt("kill", "--all", "pc1", "STOP", check=True)          # every process stopped, not only PID 1
+        for p in pids:
+            deadline = time.monotonic() + 10
+            while open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+                assert time.monotonic() < deadline, p
+                time.sleep(0.02)
+        rt("kill", "--all", "pc1", "CONT", check=True)
+        rt("pause", "pc1", check=True)
+        rt("kill", "pc1", "KILL", check=True)
+        rt.wait_status("pc1", "stopped")
+        assert rt.record("pc1")["exit_code"] == 137
+        r = subprocess.run([RUNTIME, "--root", rt.root, "kill", "pc1", "TERM"], capture_output=True, text=True)
+        assert r.returncode == 1 and "container not running" in r.stderr   # containerd's shim reads this
+        rt("delete", "pc1", check=True)
+        assert not os.path.exists(freezer)
+        rt("create", "--bundle", str(b), "pc1", check=True)      # delete --force of a paused container
+        rt("start", "pc1", check=True)
+        pid1 = rt.json("state", "pc1")["pid"]
+        rt("pause", "pc1", check=True)
+        rt("delete", "--force", "pc1", check=True)
+        assert not os.path.exists(freezer)                       # (no live task: the leaf is gone)
+        try:                                                      # PID 1 gone or a zombie for its reaper
+            assert open(f"/proc/{pid1}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            pass
+    finally:
+        rt("delete", "--force", "pc1")
+        _cg_cleanup(top)
+
+
+def test_config_fields_second_batch(rt, tmp_path):
+    """The issue's config list where test_config_fields_are_honoured has nothing: process.user.umask,
+    a bind's `noexec` and propagation option (`rslave`), linux.rootfsPropagation `slave`, an ipc
+    sysctl (kernel.msgmax, the container's ipc namespace), cgroup and time namespaces created,
+    linux.devices naming a node the sandbox has, linux.resources memory (limit, reservation, swap)
+    and cpu (shares, quota/period, cpus) in the cgroupsPath leaf (cgroup v1: the only controllers
+    this hybrid host has), ipc and uts namespaces joined by path. Refused with the field named: rootfsPropagation
+    `shared`, a device node the sandbox's /dev does not have."""
+    src = tmp_path / "bin"
+    src.mkdir()
+    (src / "run.sh").write_text("#!/bin/sh\necho ran\n")
+    (src / "run.sh").chmod(0o755)
+    script = ("umask; cat /proc/sys/kernel/msgmax; ls -Li /proc/self/ns/cgroup; /data/run.sh || echo noexec-denied; "
+              "grep ' /data ' /proc/self/mountinfo; ls -Li /proc/self/ns/time")
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", script])
+    top = f"psbrt-cf2-{os.getpid()}"
+
+    def edit(c):
+        c["process"]["user"]["umask"] = 0o027
+        c["mounts"].append({"destination": "/data", "type": "bind", "source": str(src),
+                            "options": ["rbind", "ro", "noexec", "rslave"]})
+        c["linux"].update(rootfsPropagation="slave", sysctl={"kernel.msgmax": "4096"},
+                          devices=[{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}],
+                          cgroupsPath=f"/{top}/a",
+                          resources={"memory": {"limit": 64 << 20, "reservation": 32 << 20, "swap": 128 << 20},
+                                     "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}})
+        c["linux"]["namespaces"] += [{"type": "cgroup"}, {"type": "time"}]
+    edit_config(b, edit)
+    try:
+        rt("create", "--bundle", str(b), "cf2", check=True)
+        assert Path(f"/sys/fs/cgroup/memory/{top}/a/memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        leaf = {h: Path(f"/sys/fs/cgroup/{h}/{top}/a") for h in ("memory", "cpu", "cpuset")}
+        assert (leaf["memory"] / "memory.soft_limit_in_bytes").read_text().strip() == str(32 << 20)
+        assert (leaf["memory"] / "memory.memsw.limit_in_bytes").read_text().strip() == str(128 << 20)
+        assert Path(f"/sys/fs/cgroup/cpu/{top}/a/cpu.shares").read_text().strip() == "512"
+        assert (leaf["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (leaf["cpu"] / "cpu.cfs_period_us").read_text().strip() == "100000"
+        assert (leaf["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
+        rt("start", "cf2", check=True)
+        rt.wait_status("cf2", "stopped")
+        rt("delete", "cf2", check=True)
+    finally:
+        rt("delete", "--force", "cf2")
+        _cg_cleanup(top)
+    out = rt.output().splitlines()
+    assert out[0] == "0027" and out[1] == "4096", out
+    assert int(out[2].split()[0]) != os.stat("/proc/self/ns/cgroup").st_ino
+    assert "noexec-denied" in out and "ran" not in out
+    mi = [ln for ln in out if " /data " in ln][0]
+    assert "noexec" in mi.split()[5] and "ro" in mi.split()[5].split(","), mi
+    assert int(out[-1].split()[0]) != os.stat("/proc/self/ns/time").st_ino
+
+    holder = subprocess.Popen(["unshare", "--ipc", "--uts", "sleep", "1000"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{holder.pid}/ns/ipc").st_ino == os.stat("/proc/self/ns/ipc").st_ino:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        want = {k: os.stat(f"/proc/{holder.pid}/ns/{k}").st_ino for k in ("ipc", "uts")}
+        j = spec_bundle(tmp_path / "j", "crun", ["/bin/sh", "-c", "ls -Li /proc/self/ns/ipc /proc/self/ns/uts"])
+        edit_config(j, lambda c: c["linux"].update(namespaces=[n for n in c["linux"]["namespaces"]
+                                                               if n["type"] not in ("ipc", "uts")]
+                                                   + [{"type": k, "path": f"/proc/{holder.pid}/ns/{k}"}
+                                                      for k in ("ipc", "uts")]))
+        (rt.out / "stdout").unlink()
+        rt("create", "--bundle", str(j), "jn", check=True)
+        rt("start", "jn", check=True)
+        rt.wait_status("jn", "stopped")
+        rt("delete", "jn", check=True)
+        got = {ln.split()[1].rsplit("/", 1)[1]: int(ln.split()[0]) for ln in rt.output().splitlines()}
+        assert got == want
+    finally:
+        holder.kill()
+        holder.wait()
+
+    for cid, fn, field in (("rp", lambda c: c["linux"].update(rootfsPropagation="shared"), "linux.rootfsPropagation"),
+                           ("dv", lambda c: c["linux"].update(devices=[{"path": "/dev/sda", "type": "b", "major": 8,
+                                                                        "minor": 0}]), "linux.devices[0]")):
+        bb = spec_bundle(tmp_path / cid, "crun", ["/bin/true"])
+        edit_config(bb, fn)
+        assert rt("create", "--bundle", str(bb), cid).returncode == 1
+        assert f"config.json: {field}" in rt.err()
+        assert not os.path.exists(os.path.join(rt.root, cid))
+
+
+def test_update_resources(rt, tmp_path):
+    """runc's update (containerd's shim and CRI-O send `update --resources -` with a LinuxResources
+    object for a resize): the new memory (limit, reservation, memory+swap raised and lowered in the
+    kernel's order), cpu (shares, quota/period) and pids limits land in the container's cgroupsPath
+    leaf; the flags form too; a field it does not update is refused naming it and changes nothing;
+    a stopped container is refused."""
+    top = f"psbrt-up-{os.getpid()}"
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sleep", "1000"])
+    edit_config(b, lambda c: c["linux"].update(cgroupsPath=f"/{top}/u", resources={"pids": {"limit": 50}}))
+    mem, cpu, pids = (Path(f"/sys/fs/cgroup/{h}/{top}/u") for h in ("memory", "cpu", "pids"))
+
+    def update(*args, stdin=None) -> subprocess.CompletedProcess:
+        return subprocess.run([RUNTIME, "--root", rt.root, "update", *args], input=stdin, capture_output=True,
+                              text=True, timeout=30)
+    try:
+        rt("create", "--bundle", str(b), "up1", check=True)
+        rt("start", "up1", check=True)
+        res = {"memory": {"limit": 256 << 20, "reservation": 128 << 20, "swap": 512 << 20},
+               "cpu": {"shares": 256, "quota": 20000, "period": 100000}, "pids": {"limit": 20}}
+        r = update("--resources", "-", "up1", stdin=json.dumps(res))
+        assert r.returncode == 0, r.stderr
+        assert (mem / "memory.limit_in_bytes").read_text().strip() == str(256 << 20)
+        assert (mem / "memory.soft_limit_in_bytes").read_text().strip() == str(128 << 20)
+        assert (mem / "memory.memsw.limit_in_bytes").read_text().strip() == str(512 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "256"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        assert (pids / "pids.max").read_text().strip() == "20"
+        # lowering memory+swap below the current limit: the limit first
+        r = update("--resources", "-", "up1", stdin=json.dumps({"memory": {"limit": 64 << 20, "swap": 96 << 20}}))
+        assert r.returncode == 0, r.stderr
+        assert (mem / "memory.memsw.limit_in_bytes").read_text().strip() == str(96 << 20)
+        assert (mem / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        r = update("--pids-limit", "30", "--cpu-shares", "300", "up1")
+        assert r.returncode == 0, r.stderr
+        assert (pids / "pids.max").read_text().strip() == "30" and (cpu / "cpu.shares").read_text().strip() == "300"
+        for bad, field in (({"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}, "linux.resources.hugepageLimits"),
+                           ({"cpu": {"mems": "0"}, "pids": {"limit": 5}}, "linux.resources.cpu.mems"),
+                           ({"cpu": {"cpus": "0"}}, "linux.resources.cpu.cpus: the container has no cgroup")):
+            r = update("--resources", "-", "up1", stdin=json.dumps(bad))
+            assert r.returncode == 1 and field in r.stderr, (bad, r.stderr)
+        assert (pids / "pids.max").read_text().strip() == "30"
+        rt("kill", "up1", "KILL", check=True)
+        rt.wait_status("up1", "stopped")
+        r = update("--pids-limit", "5", "up1")
+        assert r.returncode == 1 and "is stopped" in r.stderr
+        rt("delete", "up1", check=True)
+    finally:
+        rt("delete", "--force", "up1")
+        _cg_cleanup(top)
+
+
+def test_rootless_ps_pause_resume_update(tmp_path, user_runner):
+    """The unprivileged test user's container with linux.resources (its cgroups below the user's
+    delegated ones): `ps --format json` lists its processes, `pause`/`resume` freeze and thaw it,
+    `update` writes a new pids limit, `kill KILL` of the paused container ends it."""
+    u = user_runner
+    b = spec_bundle(tmp_path / "b", "crun", ["/bin/sh", "-c", "sleep 1000 & exec sleep 1001"])
+
+    def edit(c):
+        c["linux"]["namespaces"] = [{"type": t} for t in ("pid", "network", "ipc", "uts", "user", "mount")]
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": u.uid, "size": 1}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": u.gid, "size": 1}]
+        c["linux"]["resources"] = {"pids": {"limit": 40}}
+    edit_config(b, edit)
+    out = tmp_path / "o"
+    out.mkdir()
+    os.chown(out, u.uid, u.gid)
+    env = u.env({"XDG_RUNTIME_DIR": str(out)})
+    root = str(out / "state")
+
+    def rt(*args) -> subprocess.CompletedProcess:
+        with open(out / "stdout", "ab") as o, open(out / "stderr", "ab") as e:
+            return subprocess.run([RUNTIME, "--root", root, *args], stdout=o, stderr=e, env=env, user=u.uid,
+                                  group=u.gid, extra_groups=[], timeout=60)
+
+    def query(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([RUNTIME, "--root", root, *args], capture_output=True, text=True, env=env,
+                              user=u.uid, group=u.gid, extra_groups=[], timeout=60)
+    try:
+        for args in (("create", "--bundle", str(b), "rp"), ("start", "rp")):
+            assert rt(*args).returncode == 0, (out / "stderr").read_text()
+        deadline = time.monotonic() + 10
+        while len(pids := json.loads(query("ps", "--format", "json", "rp").stdout)) < 3:
+            assert time.monotonic() < deadline, pids
+            time.sleep(0.02)
+        r = query("pause", "rp")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(query("state", "rp").stdout)["status"] == "paused"
+        st = json.loads((out / "state" / "rp" / "state.json").read_text())
+
+        def frozen() -> bool:
+            for d in st["cgroup_dirs"]:
+                for f, want in (("freezer.state", "FROZEN"), ("cgroup.events", "frozen 1")):
+                    if os.path.exists(f"{d}/{f}") and want in open(f"{d}/{f}").read():
+                        return True
+            return False
+        assert frozen()
+        r = query("resume", "rp")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(query("state", "rp").stdout)["status"] == "running" and not frozen()
+        r = query("update", "--pids-limit", "20", "rp")
+        assert r.returncode == 0, r.stderr
+        assert any(open(f"{d}/pids.max").read().strip() == "20" for d in st["cgroup_dirs"]
+                   if os.path.exists(f"{d}/pids.max"))
+        assert query("pause", "rp").returncode == 0
+        assert query("kill", "rp", "KILL").returncode == 0
+        deadline = time.monotonic() + 20
+        while json.loads(query("state", "rp").stdout)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert rt("delete", "rp").returncode == 0
+    finally:
+        rt("delete", "--force", "rp")

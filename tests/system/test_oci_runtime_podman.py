@@ -171,3 +171,47 @@ def test_podman_exit_codes_kill_and_wait(podman):
         assert r.stdout.strip() == "137", r.stdout + r.stderr
     finally:
         podman("rm", "-f", "-t", "0", cid)
+
+
+def test_podman_pause_unpause(podman):
+    """`podman pause`/`unpause`: the runtime's pause/resume (the freezer of the container's
+    cgroupsPath leaf, podman's libpod-ID); podman reports paused, then running; stop works after."""
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        r = podman("pause", cid)
+        assert r.returncode == 0, r.stderr
+        assert podman("inspect", "--format", "{{.State.Status}}", cid).stdout.strip() == "paused"
+        pid = int(podman("inspect", "--format", "{{.State.Pid}}", cid).stdout.strip())
+        freezer = next(ln.split(":", 2)[2] for ln in open(f"/proc/{pid}/cgroup").read().splitlines()
+                       if ln.split(":")[1] == "freezer")
+        assert open(f"/sys/fs/cgroup/freezer{freezer}/freezer.state").read().strip() == "FROZEN"
+        r = podman("unpause", cid)
+        assert r.returncode == 0, r.stderr
+        assert podman("inspect", "--format", "{{.State.Status}}", cid).stdout.strip() == "running"
+        r = podman("stop", "-t", "5", cid)
+        assert r.returncode == 0, r.stderr
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
+
+
+def test_podman_update(podman):
+    """`podman update` (the runtime's `update --resources`): the new cpu shares and memory limits are
+    in the container's cgroups; a field the runtime does not update is refused in one line."""
+    r = podman("run", "-d", "--network", "none", *ULIMITS, "psbrt-bb:1", "/bin/sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        r = podman("update", "--cpu-shares", "333", "--memory", "96m", "--memory-swap", "192m", cid)
+        assert r.returncode == 0, r.stderr
+        pid = int(podman("inspect", "--format", "{{.State.Pid}}", cid).stdout.strip())
+        where = {ln.split(":")[1]: ln.split(":", 2)[2] for ln in open(f"/proc/{pid}/cgroup").read().splitlines()}
+        assert open(f"/sys/fs/cgroup/cpu{where['cpu']}/cpu.shares").read().strip() == "333"
+        assert open(f"/sys/fs/cgroup/memory{where['memory']}/memory.memsw.limit_in_bytes").read().strip() \
+            == str(192 << 20)
+        assert open(f"/sys/fs/cgroup/memory{where['memory']}/memory.limit_in_bytes").read().strip() == str(96 << 20)
+        r = podman("update", "--blkio-weight", "300", cid)
+        assert r.returncode != 0 and "linux.resources.blockIO: not supported by update" in r.stderr, r.stderr
+    finally:
+        podman("rm", "-f", "-t", "0", cid)
