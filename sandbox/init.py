@@ -300,7 +300,7 @@ def program_spec(ctx, creds: tuple) -> "wire.ProgramSpec":
         rlimits=tuple((RLIMIT_IDS[r.name], r.soft, r.hard, r.name) for r in plan.process.rlimits),
         cwd=plan.process.cwd, keep=capabilities.mask(plan.capabilities), bpf=ctx.bpf or b"",
         argv=tuple(ctx.argv), env=dict(ctx.env), ruleset=_RULESET[0],
-        ruleset_flags=landlock.restrict_flags() if _RULESET[0] >= 0 else 0)
+        ruleset_flags=landlock.restrict_flags() if _RULESET[0] >= 0 else 0, keyring=not ctx.keep_keyring)
 
 
 def exec_spawning_init(status_w: int, ctx, creds: tuple, linger: bool, cg_v2_fd, program_pid) -> None:

@@ -174,7 +174,8 @@ class Launch:
 
     def __init__(self, plan, argv=None, *, bpf: Optional[bytes] = None, sandbox_id: Optional[str] = None,
                  name: Optional[str] = None, on_event: Optional[Callable] = None,
-                 stdin=None, stdout=None, stderr=None, learn_plan=None, console=None, kernel_watch=False):
+                 stdin=None, stdout=None, stderr=None, learn_plan=None, console=None, kernel_watch=False,
+                 keep_keyring: bool = False):
         self.started = time.monotonic()
         self.plan = plan
         self.rootless = os.geteuid() != 0
@@ -185,6 +186,7 @@ class Launch:
         self.on_event = on_event
         self.emit = on_event or _no_event
         self.stdio = (stdin, stdout, stderr)
+        self.keep_keyring = keep_keyring       # the caller's session keyring for the program (runtime only)
         self.learn_plan = learn_plan   # learn mode: the base profile's seccomp plan (sandbox/learn.py)
         self.filters = None            # the run's seccomp filters (seccomp.filters), decided in context()
         self.console = console
@@ -278,6 +280,7 @@ class Launch:
         ctx.ca_bundle = ca_bundle
         ctx.nofile = CHILD_NOFILE
         ctx.stdio = self.stdio
+        ctx.keep_keyring = self.keep_keyring
         ctx.console = self.console   # socket: the program sends its pty master back (run -t)
         return ctx
 

@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
+#include <linux/keyctl.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -332,7 +333,7 @@ static int wire_program(const unsigned char *buf, size_t len, struct blob *out)
 
 enum { P_NEW_SESSION = 1, P_SET_IDS = 2, P_SETGROUPS = 4, P_NNP = 8, P_LISTENER = 16, P_LOG = 32,
        P_CGROUPNS = 64, P_GID0 = 128, P_GROUPS0 = 256, P_UID0 = 512,    /* (these 3: ROOT_* << 7) */
-       P_LANDLOCK = 1024 };
+       P_LANDLOCK = 1024, P_KEYRING = 2048 };
 
 static int err_w = -1;
 
@@ -569,6 +570,13 @@ static void program(const unsigned char *buf, size_t len, int go_r, int notify, 
         console(cons);
     else if (flags & P_NEW_SESSION && setsid() < 0)
         fail("prepare", "setsid");
+    /* a session keyring of its own (runc's default), never the caller's: keys are not namespaced,
+     * and a key reachable from the session keyring is the possessor's whatever the uid. Refused by
+     * an outer filter (EPERM) or a kernel without keys (ENOSYS): keyctl is as closed to the program
+     * (sequence.last_steps does the same) */
+    if (flags & P_KEYRING && syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0
+        && errno != EPERM && errno != ENOSYS)
+        setup_fail("a session keyring of its own");
     for (uint32_t i = 0; i < nlim; i++) {
         char stage[64];
         snprintf(stage, sizeof(stage), "ulimit:%s", lim_name[i]);

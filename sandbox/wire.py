@@ -70,7 +70,7 @@ F_TIME, F_LINGER, F_GID0, F_GROUPS, F_UID0, F_NOFILE, F_BUILT = 1, 2, 4, 8, 16, 
 
 # PROGRAM flags (pid1.c: enum P_*)
 P_NEW_SESSION, P_SET_IDS, P_SETGROUPS, P_NNP, P_LISTENER, P_LOG = 1, 2, 4, 8, 16, 32
-P_CGROUPNS, P_GID0, P_GROUPS0, P_UID0, P_LANDLOCK = 64, 128, 256, 512, 1024
+P_CGROUPNS, P_GID0, P_GROUPS0, P_UID0, P_LANDLOCK, P_KEYRING = 64, 128, 256, 512, 1024, 2048
 MAX_GROUPS, MAX_RLIMITS = 65536, 32
 
 
@@ -107,6 +107,8 @@ class LaunchContext:
     cg_fds: tuple = ()                    # v1 `tasks` files PID 1 writes "0" to (joins its cgroups)
     cg_v2_fd: "int | None" = None         # cgroup2 leaf: PID 1 forks the program into it (CLONE_INTO_CGROUP)
     nofile: "tuple | None" = None         # RLIMIT_NOFILE for PID 1, when the supervisor raised its own
+    keep_keyring: bool = False            # the program keeps the caller's session keyring (runtime
+                                          # `create --no-new-keyring`); else a new one (ProgramSpec.keyring)
 
 
 def _classes() -> dict:
@@ -445,11 +447,13 @@ class ProgramSpec:
     env: dict
     ruleset: int = -1          # a Landlock ruleset's descriptor to enter (sandbox/landlock.py; -1: none)
     ruleset_flags: int = 0     # landlock_restrict_self's flags
+    keyring: bool = True       # a new anonymous session keyring, not the caller's (runc's default)
 
 
 _P_FLAGS = (("new_session", P_NEW_SESSION), ("set_ids", P_SET_IDS), ("setgroups", P_SETGROUPS),
             ("nnp", P_NNP), ("listener", P_LISTENER), ("log", P_LOG), ("cgroupns", P_CGROUPNS),
-            ("gid0", P_GID0), ("groups0", P_GROUPS0), ("uid0", P_UID0), ("landlock", P_LANDLOCK))
+            ("gid0", P_GID0), ("groups0", P_GROUPS0), ("uid0", P_UID0), ("landlock", P_LANDLOCK),
+            ("keyring", P_KEYRING))
 
 
 def encode_program(spec: ProgramSpec) -> bytes:

@@ -23,6 +23,7 @@ package's files are not reachable.
 """
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import resource
@@ -228,6 +229,13 @@ def last_steps(spec: "wire.ProgramSpec", err_w: int, *, go_r: "int | None" = Non
             init.console_terminal(console)          # run -t: a pty of the sandbox's devpts, our terminal
         elif spec.new_session:
             os.setsid()                            # no controlling terminal: no TIOCSTI into ours
+        if spec.keyring:                           # a session keyring of its own, never the caller's
+            stage = "keyring"                      # (pid1.c: why, and why EPERM/ENOSYS pass)
+            try:
+                _sys.join_session_keyring()
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOSYS):
+                    raise
         stage = "landlock"                         # out of PID 1's reach (pid1.c, landlock_confine),
         init.confine(spec)                         # while we still hold CAP_SYS_ADMIN in the namespace
         for rid, soft, hard, name in spec.rlimits:
@@ -280,6 +288,9 @@ def last_steps(spec: "wire.ProgramSpec", err_w: int, *, go_r: "int | None" = Non
         code = e.errno or 0
         if stage == "landlock":                    # a control that cannot be enforced: exit 125
             os.write(err_w, f"SETUP landlock (keeps pid 1 out of the program's reach): {init.describe(e)}".encode())
+            os._exit(125)
+        if stage == "keyring":                     # (as pid1.c's setup_fail: exit 125)
+            os.write(err_w, f"SETUP a session keyring of its own: {init.describe(e)}".encode())
             os._exit(125)
         os.write(err_w, f"{code} {stage} {argv[0] if stage == 'exec' else init.describe(e)}".encode())
         os._exit(127 if code == 2 and stage == "exec" else 126)

@@ -95,7 +95,7 @@ def create(root: str, cid: str, bundle, *, pid_file: "str | None", console_socke
             if new_keyring:
                 from .. import _sys
                 _sys.join_session_keyring()
-            code = _monitor(root, cid, bundle, st, ready_w, console_socket, log)
+            code = _monitor(root, cid, bundle, st, ready_w, console_socket, log, new_keyring)
         except BaseException as e:          # noqa: BLE001 - one line, never a traceback
             _tell(ready_w, f"ERR {e}")
         finally:
@@ -137,7 +137,8 @@ def _tell(fd: int, text: str) -> None:
         pass
 
 
-def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log) -> int:
+def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket, log,
+             new_keyring: bool = True) -> int:
     from ..launcher import FORWARDED, Launch, LaunchError
     for t, path in bundle.join.items():               # namespaces joined by path: inherited by PID 1
         if t not in NS_FLAGS:
@@ -161,7 +162,7 @@ def _monitor(root: str, cid: str, bundle, st: dict, ready_w: int, console_socket
     from audit.session import open_session
     sess = open_session(os.urandom(6).hex(), cid, bundle.plan.name, log_path=bundle.audit_log, summary=False)
     run = Launch(bundle.plan, sandbox_id=sess.sandbox_id, name=None, on_event=sess.emit, stdin=stdio[0],
-                 stdout=stdio[1], stderr=stdio[2])
+                 stdout=stdio[1], stderr=stdio[2], keep_keyring=not new_keyring)
     run.cgroup_path = bundle.cgroup_path               # linux.cgroupsPath (None: pysandbox's own leaf)
     fifo = os.path.join(_state.container_dir(root, cid), "exec.fifo")
     me = os.getpid()

@@ -109,7 +109,7 @@ def test_program_section_layout():
     s = wire.decode(data)
     assert list(s) == [wire.T_PROGRAM]
     p = bytes(s[wire.T_PROGRAM])
-    assert p[:20] == struct.pack("<5I", wire.P_NNP, 1, 2, 1, 7)
+    assert p[:20] == struct.pack("<5I", wire.P_NNP | wire.P_KEYRING, 1, 2, 1, 7)
     assert p.endswith(struct.pack("<I", 1) + struct.pack("<I", 3) + b"A=b" + struct.pack("<iI", -1, 0))   # no Landlock ruleset
     with pytest.raises(ValueError):
         wire.encode_program(_spec(argv=("a\0b",)))
