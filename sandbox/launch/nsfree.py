@@ -94,7 +94,28 @@ def refusal(plan) -> "str | None":
                 "tmpfs target is the host's directory of that name, shared)")
     if not plan.seccomp.enabled:
         return "seccomp: the namespace-free backend needs the plan's seccomp filter (it is disabled)"
+    keys = keyring_calls_open(plan.seccomp)
+    if keys:
+        return (f"seccomp: {' '.join(keys)} allowed: without a user namespace the program shares the "
+                "caller's user keyring (the caller's keys, by uid); deny them or use the namespaces backend")
     return None
+
+
+KEYRING_CALLS = ("keyctl", "add_key", "request_key")
+
+
+def keyring_calls_open(s) -> list:
+    """The keyring calls the filter may let through (allowed or logged, or decided by their
+    arguments). A new session keyring (the program's last steps) does not hide the *user* keyring,
+    which the kernel finds by uid in the user namespace: the namespaces backend has a register of
+    its own, the namespace-free backend is the caller's uid in the caller's namespace."""
+    from policies.seccomp_verdict import fixed_verdict
+    out = []
+    for name in KEYRING_CALLS:
+        v = fixed_verdict(s, name)
+        if v is None or v[0] in ("allow", "log"):
+            out.append(name)
+    return out
 
 
 def confined_plan(plan):
