@@ -130,6 +130,7 @@ _XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _FAMILIES = {
     "network": ("system/test_cli_docker_paths.py", "system/test_egress_domains.py",
                 "system/test_egress_domains_faults.py", "system/test_egress_relay.py",
+                "system/test_egress_upstream_bounds.py",
                 "system/test_egress_secrets.py", "system/test_network.py", "system/test_network_e2e.py",
                 "system/test_network_ipv6.py", "system/test_network_rootless.py",
                 "security/test_image_symlink_escape.py", "security/test_name_trailing_newline.py",
