@@ -95,3 +95,25 @@ def test_host_mount_during_a_run_is_not_the_sandboxs(runner, churn):
         r = _run_in(churn, runner, "run", "--profile", "strict", "--", "/bin/sh", "-c", "echo ok")
         assert r.returncode == 0 and r.stdout == "ok\n" and r.stderr == "", r
     assert _violations(runner) == []
+
+
+API_RUNS = r"""
+import json
+from sandbox.api import Sandbox
+sb = Sandbox("strict")
+out = []
+for _ in range(8):
+    r = sb.run(["/bin/sh", "-c", "echo ok"], text=True)
+    out.append([r.exit_code, r.stdout, [e.get("message") for e in r.events if e.get("type") == "integrity_violation"]])
+print(json.dumps(out))
+"""
+
+
+def test_host_mount_during_an_api_run_is_not_the_sandboxs(root_runner, churn):
+    """The same through the Python API: its launch server finishes a run on a worker thread, where
+    the sandbox's mount table is read (a fork of a threaded process)."""
+    p = subprocess.run(["nsenter", "--target", str(churn), "--mount", "--", PYTHON, "-c", API_RUNS],
+                       capture_output=True, text=True, timeout=120, env=root_runner.env(), cwd="/tmp")
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+    assert json.loads(p.stdout) == [[0, "ok\n", []]] * 8, p.stdout
