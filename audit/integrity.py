@@ -11,7 +11,11 @@ Checks:
   still alive outside it. The namespaces are held open from the snapshot to the check, so their
   inode numbers cannot be reused by sandboxes started meanwhile (no false reports under load);
 * mounts: no mount appeared in the launcher's (host) mount namespace under the paths the
-  sandbox mounts on (propagation leak);
+  sandbox mounts on (propagation leak). A new host mount is the sandbox's only if it came from
+  there: it (or the mount it receives from) is in a peer group that the sandbox's own mount
+  namespace has (`sandbox_mounts`: that namespace's mountinfo, read by the caller). A mount made
+  on the host meanwhile, outside the sandbox's namespaces (another engine's, an administrator's),
+  is in none of them: not reported;
 * cgroups: the sandbox's cgroup directories are gone;
 * read-only sources: read-only bind sources and image layer directories are unchanged
   (inode, size, mtime, ctime, mode of up to MAX_ENTRIES entries recorded at start).
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 
 TYPE_CHECKING = False  # annotations only (postponed): importing typing is ~2 ms of the launch path
 if TYPE_CHECKING:
-    from typing import Iterable
+    from typing import Callable, Iterable, Optional
 
 NAMESPACES = ("pid", "user", "mnt", "net", "ipc", "uts", "cgroup")
 MAX_ENTRIES = 5000
@@ -45,7 +49,8 @@ def _ns_ids(pid: int | str) -> dict:
 
 
 def _mounts() -> dict:
-    """mount id -> (mount point, fstype, source) of the caller's mount namespace."""
+    """mount id -> (mount point, fstype, source, peer groups) of the caller's mount namespace
+    (peer groups: the `shared:N` and `master:N` of its optional fields, a frozenset of N)."""
     out = {}
     try:
         with open("/proc/self/mountinfo") as f:
@@ -57,9 +62,34 @@ def _mounts() -> dict:
                     sep = parts.index("-")
                 except ValueError:
                     continue
-                out[parts[0]] = (parts[4].replace("\\040", " "), parts[sep + 1], parts[sep + 2])
+                out[parts[0]] = (parts[4].replace("\\040", " "), parts[sep + 1], parts[sep + 2],
+                                 frozenset(_groups(parts[6:sep], ("shared", "master"))))
     except OSError:
         pass
+    return out
+
+
+def _groups(fields, kinds) -> set:
+    """The peer group numbers of mountinfo optional fields (`shared:N`, `master:N`) of KINDS."""
+    out = set()
+    for f in fields:
+        kind, _, n = f.partition(":")
+        if kind in kinds and n.isdigit():
+            out.add(int(n))
+    return out
+
+
+MOUNTINFO_MAX = 4 << 20
+
+
+def shared_groups(mountinfo: str) -> set:
+    """The peer groups (`shared:N`) of a mount table in /proc/PID/mountinfo form, at most
+    MOUNTINFO_MAX characters of it: where a mount made in that namespace propagates to."""
+    out: set = set()
+    for line in mountinfo[:MOUNTINFO_MAX].splitlines():
+        parts = line.split()
+        if "-" in parts:
+            out |= _groups(parts[6:parts.index("-")], ("shared",))
     return out
 
 
@@ -245,16 +275,33 @@ def _under(path: str, prefixes: tuple) -> bool:
     return any(path == p or path.startswith(p + "/") or p == "/" for p in prefixes)
 
 
-def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterable[int] = ()) -> list[dict]:
+def check(snap: Snapshot, *, cgroup_paths: Iterable[str] = (), skip_pids: Iterable[int] = (),
+          sandbox_mounts: Callable[[dict], Optional[str]] | None = None) -> list[dict]:
     """-> a list of field dicts for `integrity_violation` events (empty when all is well). Lets go
-    of the snapshot's namespaces when done."""
+    of the snapshot's namespaces when done.
+    sandbox_mounts(ns_fds): the mount table (mountinfo text) of the sandbox's mount namespace,
+    held as ns_fds["mnt"] (its user namespace as ns_fds["user"], if any); None when it cannot be
+    read. Called only when a mount appeared on the host under the watched paths. Without it (or
+    when it answers None) every such mount is reported, as it may be the sandbox's."""
     try:
-        return _check(snap, cgroup_paths, skip_pids)
+        return _check(snap, cgroup_paths, skip_pids, sandbox_mounts)
     finally:
         snap.close()
 
 
-def _check(snap: Snapshot, cgroup_paths: Iterable[str], skip_pids: Iterable[int]) -> list[dict]:
+def _theirs(snap: Snapshot, sandbox_mounts) -> Optional[set]:
+    """The peer groups of the sandbox's own mount namespace; None: unknown (every new host mount
+    may be the sandbox's: it shares ours, or its table could not be read)."""
+    if sandbox_mounts is None or "mnt" not in snap.ns_fds:
+        return None
+    try:
+        text = sandbox_mounts(snap.ns_fds)
+    except Exception:  # noqa: BLE001 - unknown: reported as before
+        return None
+    return None if text is None else shared_groups(text)
+
+
+def _check(snap: Snapshot, cgroup_paths: Iterable[str], skip_pids: Iterable[int], sandbox_mounts=None) -> list[dict]:
     found: list[dict] = []
     # 1. processes still in one of the sandbox's namespaces
     if snap.sandbox_ns:
@@ -307,11 +354,15 @@ def _check(snap: Snapshot, cgroup_paths: Iterable[str], skip_pids: Iterable[int]
     # 2. mounts leaked into our mount namespace
     now = _mount_table() if snap.mount_prefixes else None
     if now is not None and now is not snap.mounts:          # (the same table: nothing mounted since)
-        for mid, (mp, fstype, src) in now.items():
-            if mid not in snap.mounts and _under(mp, snap.mount_prefixes):
-                found.append({"message": f"mount leaked into the host mount namespace: {fstype} {src} on {mp}",
-                              "path": mp, "detail": {"check": "mount", "fstype": fstype, "source": src,
-                                                     "mount_id": int(mid)}})
+        new = [(mid, m) for mid, m in now.items() if mid not in snap.mounts and _under(m[0], snap.mount_prefixes)]
+        theirs = _theirs(snap, sandbox_mounts) if new else None
+        for mid, (mp, fstype, src, groups) in new:
+            if theirs is not None and not groups & theirs:
+                continue                      # not from the sandbox's namespace: made on the host
+            found.append({"message": f"mount leaked into the host mount namespace: {fstype} {src} on {mp}",
+                          "path": mp, "detail": {"check": "mount", "fstype": fstype, "source": src,
+                                                 "mount_id": int(mid),
+                                                 "peer_groups": sorted(groups & theirs) if theirs else None}})
     # 3. cgroups left behind
     for p in cgroup_paths:
         if p and os.path.exists(p):

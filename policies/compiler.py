@@ -230,7 +230,7 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                          owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
         gid_map = _idmap(user_d.get("gid_map", "auto"), in_gid, gid, ("user", "gid_map"), loc,
                          owned_ids, owner=uid, auto_sub=auto_sub) if ns.user else ()
-        if uid != 0 and ov.group_add and not (ns.user and _ranged(gid_map)):
+        if uid != 0 and ov.group_add and not (ns.user and subids.holds_range(gid_map)):
             raise ProfileError("--group-add: supplementary groups need a root caller or a subordinate gid range "
                                "(gid_map: subordinate, or auto with /etc/subgid ids): a rootless caller mapping "
                                "only its own gid is denied setgroups")
@@ -361,12 +361,6 @@ def _user_override(ov: Overrides, fs: P.Filesystem, in_uid: int, in_gid: int, ca
     if r_uid is not None:
         in_uid, in_gid = r_uid, r_gid
     return in_uid, in_gid, groups if caller == 0 or ov.group_add else ()
-
-
-def _ranged(gid_map) -> bool:
-    """A gid map holding a subordinate range (as sandbox/idmap.ranged decides at launch): newgidmap
-    leaves `setgroups` at `allow`, so supplementary groups can be set."""
-    return len(gid_map) > 1 or any(e.count > 1 for e in gid_map)
 
 
 def _check_mapped(in_uid: int, in_gid: int, groups: tuple, uid_map, gid_map, caller: int, user_d, loc) -> None:

@@ -105,3 +105,15 @@ def first_ids(rs: list[tuple[int, int]], want: int = WANT) -> list[tuple[int, in
             if inside == want:
                 return out
     return []
+
+
+def holds_range(gid_map) -> bool:
+    """A gid map holding a subordinate range (as far as the plan tells: more than one id; entries
+    with `.count`, policies.plan.IdMapEntry): newgidmap then leaves `setgroups` at `allow`, so
+    supplementary groups can be set and the sandbox drops the caller's (sandbox/idmap.py). The one
+    copy: the compiler (--group-add), the launcher's preflight, PID 1 (init.setgroups_allowed, from
+    the plan alone: the caller's gid is not known there any more) and `exec` (the plan as stored,
+    normalised where execin reads it). A map of one subordinate gid (count 1) is not seen as a
+    range: setgroups is not called and the caller's groups stay, as with `auto` - never a failed
+    launch."""
+    return len(gid_map) > 1 or any(e.count > 1 for e in gid_map)

@@ -48,6 +48,9 @@ import tty as _tty
 
 import prctl
 
+from policies.plan import IdMapEntry
+from policies.subids import holds_range
+
 from . import _sys, capabilities, landlock, procid, recorded
 from .notify import listener  # noqa: F401 - before setns: sequence.last_steps hands it the command's listener
 from .init import RLIMIT_IDS
@@ -292,12 +295,12 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _gid_range(m) -> bool:
-    """A gid map (the plan as stored: entries as dicts or lists) holding a subordinate range:
-    newgidmap left setgroups at allow (as init.setgroups_allowed decides for the program)."""
-    m = list(m or ())
-    count = lambda e: e["count"] if isinstance(e, dict) else e[2]     # noqa: E731
-    return len(m) > 1 or any(count(e) > 1 for e in m)
+def _stored_map(m) -> tuple:
+    """An id map of the plan as stored (plan.to_dict(), through JSON: {inside, outside, count}
+    dicts; [inside, outside, count] lists in older records) -> policies.plan.IdMapEntry tuple:
+    the stored form normalised here, where it is read, for the rules of policies/."""
+    return tuple(IdMapEntry(int(e["inside"]), int(e["outside"]), int(e["count"])) if isinstance(e, dict)
+                 else IdMapEntry(*(int(v) for v in e)) for e in m or ())
 
 
 def _spec(plan, argv, env, cwd, bpf, rootless, listener: bool) -> ProgramSpec:
@@ -305,7 +308,7 @@ def _spec(plan, argv, env, cwd, bpf, rootless, listener: bool) -> ProgramSpec:
     in its own session already (_child), with no PID 1 release to wait for."""
     user, proc = plan["user"], plan["process"]
     set_ids = bool(plan["namespaces"]["user"] or not rootless)
-    allowed = not rootless or _gid_range(user.get("gid_map"))   # setgroups allowed (sandbox/idmap.py):
+    allowed = not rootless or holds_range(_stored_map(user.get("gid_map")))   # setgroups allowed:
     return ProgramSpec(                                          # the caller's groups dropped
         new_session=False, set_ids=set_ids, setgroups=allowed, nnp=bool(plan["no_new_privs"]),
         listener=listener, log=False, cgroupns=False, gid0=False, groups0=False, uid0=False,

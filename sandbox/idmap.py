@@ -32,16 +32,6 @@ def uses_helpers(plan, rootless: bool) -> bool:
                                                           and _own(plan.user.gid_map, os.getegid())))
 
 
-def ranged(m) -> bool:
-    """A gid map holding a subordinate range (as far as the plan tells: more than one id): newgidmap
-    then leaves `setgroups` at `allow` and the sandbox drops the caller's supplementary groups
-    (init.setgroups_allowed; execin._gid_range for the plan as stored). Decided from the plan
-    alone, in PID 1 too (where the caller's gid is not known any more). A map of one subordinate
-    gid (count 1) is not seen as a range: setgroups is not called and the caller's groups stay, as
-    with `auto` - never a failed launch."""
-    return len(m) > 1 or any(e.count > 1 for e in m)
-
-
 def helper_problem() -> str | None:
     """Why newuidmap/newgidmap cannot write ranges here (None: they can): missing, or neither
     setuid root nor given file capabilities (`security.capability`)."""

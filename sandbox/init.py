@@ -30,6 +30,7 @@ import termios
 
 from . import _sys, capabilities, idmap, landlock, rootfs
 from policies.plan import CAP_INDEX
+from policies.subids import holds_range
 from . import wire
 from .network import loopback             # lo up in PID 1 (the rest of sandbox.network stays off the launch path)
 
@@ -123,7 +124,7 @@ def setgroups_allowed(plan, rootless: bool) -> bool:
     """Whether the sandbox may call setgroups: root's, and a rootless caller's whose gid map holds a
     subordinate range (newgidmap left `setgroups` at `allow`: the caller's supplementary groups
     are dropped then; sandbox/idmap.py). A rootless map of the caller's own gid: `deny`."""
-    return not rootless or bool(plan.namespaces.user and idmap.ranged(plan.user.gid_map))
+    return not rootless or bool(plan.namespaces.user and holds_range(plan.user.gid_map))
 
 
 def become_init(status_w: int, prog_err_r: int, go_w: int, pid: int, creds: tuple, linger: bool) -> None:

@@ -21,6 +21,7 @@ import time
 from dataclasses import field
 
 from policies.plan import dataclass            # shared methods, none compiled by exec at import
+from policies.subids import holds_range
 
 from . import _sys, idmap, seccomp
 from .init import init_image, read_to_end
@@ -126,7 +127,7 @@ def preflight(plan, rootless: bool) -> None:
             problem = idmap.helper_problem()
             if problem:
                 raise LaunchError(f"user.uid_map: ranges of subordinate ids need newuidmap/newgidmap: {problem}")
-        if plan.user.groups and not (idmap.uses_helpers(plan, rootless) and idmap.ranged(plan.user.gid_map)):
+        if plan.user.groups and not (idmap.uses_helpers(plan, rootless) and holds_range(plan.user.gid_map)):
             raise LaunchError("user.groups: supplementary groups need root, or a subordinate gid range "
                               "(setgroups is denied to a rootless caller mapping only its own gid)")
     if ns.user and not os.path.exists("/proc/self/ns/user"):

@@ -130,6 +130,7 @@ _XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _FAMILIES = {
     "network": ("system/test_cli_docker_paths.py", "system/test_egress_domains.py",
                 "system/test_egress_domains_faults.py", "system/test_egress_relay.py",
+                "system/test_egress_upstream_bounds.py",
                 "system/test_egress_secrets.py", "system/test_network.py", "system/test_network_e2e.py",
                 "system/test_network_ipv6.py", "system/test_network_rootless.py",
                 "security/test_image_symlink_escape.py", "security/test_name_trailing_newline.py",
@@ -153,15 +154,82 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "exclusive: runs alone, after the two workers (see tests/conftest.py)")
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         config._pysbx_parents_before = _delegated_parents()        # the controller of -n N
+    if not hasattr(config, "workerinput"):
+        config._pysbx_tmp_before = _tmp_leftovers()                # the controller, or the one process
+
+
+def pytest_sessionstart(session):
+    session.config._pysbx_session = session
 
 
 def pytest_unconfigure(config):
     """The controller removes the delegated cgroup parents its workers made (never one that was
-    there before the run: an administrator's)."""
+    there before the run: an administrator's), then checks that nothing of the session is left in
+    /tmp or /var/tmp."""
     before = getattr(config, "_pysbx_parents_before", None)
     if before is not None:
         for d in _delegated_parents() - before:
             _remove_cgroup_tree(d)
+    _check_tmp_leftovers(config)
+
+
+# ------------------------------------------------------------------------------------------------
+# nothing left behind in /tmp and /var/tmp: every pysbx-* name that appeared during the session
+# must be gone at its end. Checked by the controller (or the one pytest process) in
+# pytest_unconfigure: after the workers are done and torn down (xdist ends them in its
+# pytest_sessionfinish), after the session's fixtures are finalized. Only names that were not
+# there when the session started count (another session running at the same time on the same
+# machine would show here too: CI runs one). A leftover is printed and fails the run (exit 1).
+
+TMP_DIRS = ("/tmp", "/var/tmp")
+TMP_KEPT = ("pysbx-test-setup.lock",)        # _HostLock's file: kept on purpose
+TMP_GRACE = 3.0                              # seconds a leftover may take to go (a process ending)
+# this session's id, inherited by its xdist workers: in the names of the state directories it makes,
+# so that another session's (same machine, same time) are told apart
+SESSION = os.environ.setdefault("PYSBX_TEST_SESSION", os.urandom(3).hex())
+
+
+def _tmp_leftovers() -> set:
+    out = set()
+    for d in TMP_DIRS:
+        try:
+            out |= {os.path.join(d, n) for n in os.listdir(d) if n.startswith("pysbx-") and n not in TMP_KEPT
+                    and (not n.startswith("pysbx-state-") or f"-{SESSION}-" in n)}
+        except OSError:
+            pass
+    return out
+
+
+def _describe_leftover(p: str) -> str:
+    try:
+        st = os.lstat(p)
+        what = ("empty directory" if not os.listdir(p) else f"directory of {len(os.listdir(p))} entries") \
+            if os.path.isdir(p) and not os.path.islink(p) else "file"
+        mounted = " (mounts below it)" if os.path.isdir(p) and _mounts_below(p) else ""
+        return f"{p}: {what}{mounted}, uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}"
+    except OSError as e:
+        return f"{p}: {e.strerror}"
+
+
+def _check_tmp_leftovers(config) -> None:
+    before = getattr(config, "_pysbx_tmp_before", None)
+    if before is None:
+        return
+    import time
+    deadline = time.monotonic() + TMP_GRACE
+    if os.environ.get("PYSBX_TMP_CHECK") == "0":   # (a developer's machine shared by sessions at once)
+        return
+    while (left := sorted(_tmp_leftovers() - before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not left:
+        return
+    lines = [f"pysbx leftovers: {len(left)} name(s) made during this test session are still in "
+             f"{' and '.join(TMP_DIRS)} (tests/conftest.py, _check_tmp_leftovers):"]
+    lines += [f"  {_describe_leftover(p)}" for p in left]
+    sys.stderr.write("\n" + "\n".join(lines) + "\n")
+    session = getattr(config, "_pysbx_session", None)
+    if session is not None and session.exitstatus == 0:
+        session.exitstatus = 1
 
 
 def pytest_collection_modifyitems(config, items):
@@ -329,15 +397,19 @@ _STATE: dict = {}              # "root"/"user" -> the state directory of the run
 def _new_state_dirs(tag: str) -> dict:
     """/tmp/pysbx-state-TAG-XXXX (0711, root's) with root/ (made by pysandbox itself, 0711) and, as
     root, user/ owned by the test user. Both reachable by a sandbox's mapped root (0711 parents)."""
-    base = tempfile.mkdtemp(prefix=f"pysbx-state-{tag}-", dir="/tmp")
-    os.chmod(base, 0o711)
-    dirs = {"base": base, "root": os.path.join(base, "root")}
-    if os.geteuid() == 0:
-        pw = ensure_test_user()
-        user = os.path.join(base, "user")
-        os.mkdir(user, 0o711)
-        os.chown(user, pw.pw_uid, pw.pw_gid)
-        dirs["user"] = user
+    base = tempfile.mkdtemp(prefix=f"pysbx-state-{tag}-{SESSION}-", dir="/tmp")
+    try:                                   # (a failure here used to leave BASE behind, empty)
+        os.chmod(base, 0o711)
+        dirs = {"base": base, "root": os.path.join(base, "root")}
+        if os.geteuid() == 0:
+            pw = ensure_test_user()
+            user = os.path.join(base, "user")
+            os.mkdir(user, 0o711)
+            os.chown(user, pw.pw_uid, pw.pw_gid)
+            dirs["user"] = user
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     return dirs
 
 
@@ -354,12 +426,17 @@ def _remove_state_dirs(dirs: dict) -> None:
     must never walk into a mounted host directory)."""
     for who in ("root", "user"):
         sd = dirs.get(who)
-        if not sd or not os.path.isdir(os.path.join(sd, "containers")) or not os.listdir(os.path.join(sd, "containers")):
+        # named or detached sandboxes (sandboxes/) and kept containers (containers/) left: rm -f
+        if not sd or not any(os.path.isdir(p) and os.listdir(p) for p in (os.path.join(sd, "sandboxes"),
+                                                                          os.path.join(sd, "containers"))):
             continue
-        run = Runner(TEST_USER if who == "user" else None)
-        names = run("ps", "-a", "-q", env={STATE_ENV: sd}, timeout=60, check_no_traceback=False).stdout.split()
-        if names:
-            run("rm", "-f", *names, env={STATE_ENV: sd}, timeout=120, check_no_traceback=False)
+        try:                               # (a command that times out must not keep the rest from running)
+            run = Runner(TEST_USER if who == "user" else None)
+            names = run("ps", "-a", "-q", env={STATE_ENV: sd}, timeout=60, check_no_traceback=False).stdout.split()
+            if names:
+                run("rm", "-f", *names, env={STATE_ENV: sd}, timeout=120, check_no_traceback=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            sys.stderr.write(f"conftest: removing what was left running in {sd}: {e}\n")
     for m in _mounts_below(dirs["base"]):
         subprocess.run(["umount", "-l", m], capture_output=True)
     if not _mounts_below(dirs["base"]):
@@ -386,22 +463,24 @@ def _end_launch_server_started_since(before) -> None:
 
 def _state_scope(tag: str):
     saved_env, saved = os.environ.get(STATE_ENV), dict(_STATE)
-    dirs = _new_state_dirs(tag)
-    os.environ[STATE_ENV] = dirs["root"]
-    _STATE.clear()
-    _STATE.update({k: v for k, v in dirs.items() if k in ("root", "user")})
     server = _launch_server()
+    dirs = _new_state_dirs(tag)
     try:
+        os.environ[STATE_ENV] = dirs["root"]
+        _STATE.clear()
+        _STATE.update({k: v for k, v in dirs.items() if k in ("root", "user")})
         yield dirs
     finally:
-        _end_launch_server_started_since(server)
-        if saved_env is None:
-            os.environ.pop(STATE_ENV, None)
-        else:
-            os.environ[STATE_ENV] = saved_env
-        _STATE.clear()
-        _STATE.update(saved)
-        _remove_state_dirs(dirs)
+        try:
+            _end_launch_server_started_since(server)
+        finally:                           # (the directories go whatever happened above)
+            if saved_env is None:
+                os.environ.pop(STATE_ENV, None)
+            else:
+                os.environ[STATE_ENV] = saved_env
+            _STATE.clear()
+            _STATE.update(saved)
+            _remove_state_dirs(dirs)
 
 
 @pytest.fixture(scope="session", autouse=True)

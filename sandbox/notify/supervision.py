@@ -202,7 +202,7 @@ class Supervision:
             return []
         from audit import integrity
         try:
-            found = integrity.check(snap)
+            found = integrity.check(snap, sandbox_mounts=_sandbox_mounts)
         except Exception as e:  # noqa: BLE001
             return [{"type": "integrity_violation", "message": f"integrity checks failed: {e}"}]
         return [{"type": "integrity_violation", **f} for f in found]
@@ -224,3 +224,9 @@ class Supervision:
         if self.child_sock is not None and self.child_sock.fileno() >= 0:
             self.child_sock.close()
         return stats
+
+
+def _sandbox_mounts(ns_fds: dict):
+    """integrity.check's reader of the sandbox's own mount table (only when a host mount appeared)."""
+    from ..nsmounts import mountinfo
+    return mountinfo(ns_fds)

@@ -86,25 +86,17 @@ def test_process_left_in_the_sandbox_namespace_is_reported():
             _reap(b)
 
 
-@root_only
-def test_leaked_mount_is_reported(tmp_path):
-    """In a private mount namespace of a child: snapshot, mount a tmpfs under the watched
-    prefix (as a leak would appear), check."""
-    target = tmp_path / "base"
-    target.mkdir()
+MS_SHARED = 1 << 20
+
+
+def _in_child(fn):
+    """fn() -> a JSON value, in a forked child (whose namespaces the test may change)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(r)
-            _sys.unshare(_sys.CLONE_NEWNS)
-            _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
-            snap = integrity.Snapshot.take(os.getpid(), mount_prefixes=[str(tmp_path)])
-            clean = integrity.check(snap)
-            same = integrity._mount_table() is snap.mounts      # nothing mounted: not parsed again
-            _sys.mount("tmpfs", str(target), "tmpfs", 0, "size=1m")
-            leaked = integrity.check(snap)
-            os.write(w, json.dumps({"clean": clean, "leaked": leaked, "same": same}).encode())
+            os.write(w, json.dumps(fn()).encode())
             os._exit(0)
         except BaseException as e:  # noqa: BLE001
             os.write(w, json.dumps({"error": repr(e)}).encode())
@@ -115,14 +107,89 @@ def test_leaked_mount_is_reported(tmp_path):
         data += chunk
     os.close(r)
     os.waitpid(pid, 0)
-    res = json.loads(data)
-    assert res.get("clean") == [], res
-    assert res["same"] is True
-    assert len(res["leaked"]) == 1
-    leak = res["leaked"][0]
-    assert leak["path"] == str(target) and leak["detail"]["fstype"] == "tmpfs"
+    return json.loads(data)
+
+
+@root_only
+def test_leaked_mount_is_reported(tmp_path):
+    """A real propagation leak, and a host mount that is not one. In a private mount namespace of
+    a child (the "host"): `base` is a shared tmpfs; a grandchild (the "sandbox") unshares its mount
+    namespace (no user namespace: its `base` stays a peer of the host's), is snapshotted, mounts a
+    tmpfs on base/leak — which propagates to the host — and exits. Meanwhile the host mounts a
+    tmpfs on `other` itself. The check reports the leak and not the host's own mount (it is in no
+    peer group of the sandbox's namespace, read through sandbox/nsmounts.py after its last process
+    is gone); without that reader both are reported (as the check did before)."""
+    from sandbox import nsmounts
+    base, other = tmp_path / "base", tmp_path / "other"
+    base.mkdir()
+    other.mkdir()
+
+    def host():
+        _sys.unshare(_sys.CLONE_NEWNS)
+        _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+        _sys.mount("tmpfs", str(base), "tmpfs", 0, "size=1m")
+        _sys.mount(None, str(base), None, MS_SHARED)
+        (base / "leak").mkdir()
+        r_go, w_go = os.pipe()
+        r_ok, w_ok = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                      # the "sandbox"
+            code = 1
+            try:
+                _sys.unshare(_sys.CLONE_NEWNS)
+                os.write(w_ok, b"k")
+                if os.read(r_go, 1) == b"G":
+                    _sys.mount("tmpfs", str(base / "leak"), "tmpfs", 0, "size=1m")
+                    code = 0
+            finally:
+                os._exit(code)
+        assert os.read(r_ok, 1) == b"k"
+        snaps = [integrity.Snapshot.take(pid, mount_prefixes=[str(tmp_path)]) for _ in range(3)]
+        clean = [f for f in integrity.check(snaps[0], sandbox_mounts=nsmounts.mountinfo)   # (it runs:
+                 if f["detail"]["check"] == "mount"]                                       # no mount yet)
+        os.write(w_go, b"G")
+        assert os.waitpid(pid, 0)[1] == 0
+        _sys.mount("tmpfs", str(other), "tmpfs", 0, "size=1m")   # the host's own, meanwhile
+        return {"clean": clean, "ns": sorted(snaps[1].sandbox_ns),
+                "attributed": integrity.check(snaps[1], sandbox_mounts=nsmounts.mountinfo),
+                "unattributed": integrity.check(snaps[2])}
+
+    res = _in_child(host)
+    assert res.get("clean") == [] and res["ns"] == ["mnt"], res
+    assert [f["path"] for f in res["attributed"]] == [str(base / "leak")], res
+    leak = res["attributed"][0]
+    assert leak["detail"]["fstype"] == "tmpfs" and leak["detail"]["peer_groups"], leak
     assert leak["message"].startswith("mount leaked into the host mount namespace")
-    assert not os.path.ismount(target)       # the host's namespace never saw it
+    assert sorted(f["path"] for f in res["unattributed"]) == sorted([str(base / "leak"), str(other)]), res
+    assert not os.path.ismount(base) and not os.path.ismount(other)   # the real host never saw them
+
+
+@root_only
+def test_mount_table_of_a_namespace_without_processes():
+    """sandbox/nsmounts.py: the table of a mount namespace whose last process is gone (held by
+    descriptor), with and without a user namespace of its own: the namespace's tmpfs is in it."""
+    from sandbox import nsmounts
+
+    def case(user: bool):
+        def body():
+            _sys.unshare(_sys.CLONE_NEWNS | (_sys.CLONE_NEWUSER if user else 0))
+            _sys.mount(None, "/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+            _sys.mount("pysbx-nsview", "/mnt", "tmpfs", 0, "size=1m")
+        a = _child(lambda w: body())
+        try:
+            snap = integrity.Snapshot.take(a)
+        finally:
+            _reap(a)
+        try:
+            text = nsmounts.mountinfo(snap.ns_fds)
+        finally:
+            snap.close()
+        return sorted(snap.sandbox_ns), text
+    for user in (False, True):
+        ns, text = case(user)
+        assert "mnt" in ns and ("user" in ns) == user, ns
+        assert text is not None and " /mnt " in text and "pysbx-nsview" in text, text
+    assert nsmounts.mountinfo({}) is None
 
 
 def test_cgroup_left_behind_and_read_only_source_changed(tmp_path):

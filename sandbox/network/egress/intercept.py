@@ -33,13 +33,14 @@ import ssl
 
 import h11
 
+from . import upstream
 from .secrets import host_matches
 
 MAX_HEAD = 64 * 1024            # bytes of a request's or response's head (h11's incomplete event bound)
 MAX_REQUESTS = 10000            # requests on one connection
 CHUNK = 64 * 1024
 IDLE_TIMEOUT = 300.0            # seconds waiting for the sandbox's next bytes / the upstream's
-CONNECT_TIMEOUT = 15.0
+HANDSHAKE_TIMEOUT = 10.0        # the upstream's TLS handshake (its TCP connect: upstream.CONNECT_TIMEOUT)
 LINGER_TIMEOUT, LINGER_BYTES = 2.0, 1 << 20   # reading the rest of a refused request before closing
 MAX_SHOWN_PATH = 512            # characters of a path in an audit event
 UPSTREAM_CA_ENV = "PYSANDBOX_EGRESS_UPSTREAM_CA"
@@ -306,29 +307,27 @@ class _Session:
         await self.status(conn, 403, f"refused: {reason}")
 
     async def connect(self) -> None:
+        """The upstream connection (upstream.connect: at most MAX_ATTEMPTS of the name's addresses,
+        CONNECT_TIMEOUT in all), then its TLS handshake within HANDSHAKE_TIMEOUT. OSError (the
+        give-up, one line: forward() audits it) when no address took the connection."""
         if self.up is not None:
             return
-        last = None
-        for addr in self.addrs:
+        sock, _, failed = await upstream.connect(self.addrs, self.port)
+        if sock is None:
+            raise OSError(upstream.gave_up(self.addrs, failed))
+        r, w = await asyncio.open_connection(sock=sock)
+        if self.tls:
+            extra = getattr(self.ctx, "upstream_ca", None) or os.environ.get(UPSTREAM_CA_ENV)
+            up = _TlsStream(r, w, upstream_context(extra), server_side=False, server_hostname=self.host)
             try:
-                r, w = await asyncio.wait_for(asyncio.open_connection(addr, self.port), CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as e:
-                last = e
-                continue
-            if self.tls:
-                extra = getattr(self.ctx, "upstream_ca", None) or os.environ.get(UPSTREAM_CA_ENV)
-                up = _TlsStream(r, w, upstream_context(extra), server_side=False, server_hostname=self.host)
-                try:
-                    await up.handshake()
-                except BaseException:
-                    up.close()
-                    raise
-            else:
-                up = _Stream(r, w)
-            self.up = up
-            self.up_conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-            return
-        raise OSError(f"no address of {self.host} answered: {last}")
+                await asyncio.wait_for(up.handshake(), HANDSHAKE_TIMEOUT)
+            except BaseException:
+                up.close()
+                raise
+        else:
+            up = _Stream(r, w)
+        self.up = up
+        self.up_conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
     async def forward(self, conn, req, method: str, shown: str) -> bool:
         """The request upstream (its body scanned as it passes), the response back. False: the
@@ -337,7 +336,7 @@ class _Session:
             await self.connect()
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
             self.audit("egress.http.upstream_error", {"method": method, "path": shown,
-                                                      "reason": str(e)[:200]})
+                                                      "reason": (str(e) or upstream.why(e))[:800]})
             await self.status(conn, 502, "upstream unreachable or its certificate not trusted")
             return False
         up, uc = self.up, self.up_conn

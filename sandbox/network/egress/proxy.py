@@ -15,7 +15,8 @@ The decision, in order (each refusal is an `egress.denied` event, each success `
    this sandbox (names.Names), and only it is connected to; explicit -> those addresses in
    order (IPv4 first, then IPv6), the next when one fails (refused, unreachable, no IPv6 in the
    kernel) or does not answer within ATTEMPT_TIMEOUT, at most MAX_ATTEMPTS and CONNECT_TIMEOUT in
-   all: one decision, one event (the address that worked; `reason` names the ones that failed);
+   all (upstream.py, shared with the interception): one decision, one event (the address that
+   worked; `reason` names the ones that failed, or the give-up);
 4. the secrets part's interception when the plan asks for it (`intercept`, imported lazily; see
    `Ctx`); otherwise connect upstream from the host's namespace, send the bytes read so far and
    hand both sockets to the splice relay (relay.py: os.splice through a pipe each way, in worker
@@ -25,7 +26,6 @@ The decision, in order (each refusal is an `egress.denied` event, each success `
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 import time
@@ -35,12 +35,11 @@ from typing import Any
 from policies import egress as E
 
 from . import http, relay as _relay, tls
+from .upstream import ATTEMPT_TIMEOUT, CONNECT_TIMEOUT, MAX_ATTEMPTS, connect as connect_upstream  # noqa: F401
+from .upstream import gave_up, why as _why
 
 SO_ORIGINAL_DST = 80
 FIRST_TIMEOUT = 10.0         # the client's first bytes (ClientHello / request head)
-CONNECT_TIMEOUT = 10.0       # an upstream connection, all its addresses' attempts together
-ATTEMPT_TIMEOUT = 3.0        # one address of an explicit request's name, before the next one
-MAX_ATTEMPTS = 8             # addresses tried per explicit request
 MAX_CONNECTIONS = 256        # concurrent connections per sandbox; more wait in the kernel's backlog
 
 
@@ -86,38 +85,6 @@ def original_dst(s: socket.socket) -> tuple[str, int] | None:
         return None
     port, = struct.unpack_from("!H", raw, 2)
     return (socket.inet_ntop(socket.AF_INET6, raw[8:24]) if v6 else socket.inet_ntoa(raw[4:8])), port
-
-
-def _why(e: BaseException) -> str:
-    """An upstream failure in a few words (asyncio's connect errors carry a long strerror)."""
-    errno = getattr(e, "errno", None)
-    return os.strerror(errno) if errno else (getattr(e, "strerror", None) or "timeout")
-
-
-async def connect_upstream(addrs, port: int, attempt: float) -> tuple[socket.socket | None, str | None, list]:
-    """A connected non-blocking socket to the first of `addrs` that takes the connection (each
-    attempt bounded by `attempt` seconds, all of them by CONNECT_TIMEOUT, at most MAX_ATTEMPTS
-    addresses): (socket, its address, [(address, why), ...] that failed before) or (None, None,
-    the failures). A family the kernel lacks (no IPv6) is a failed attempt like a refusal."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_TIMEOUT
-    failed: list[tuple[str, str]] = []
-    for a in list(addrs)[:MAX_ATTEMPTS]:
-        left = deadline - loop.time()
-        if left <= 0:
-            failed.append((a, "no time left"))
-            break
-        up = None
-        try:
-            up = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM)
-            up.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(up, (a, port)), min(attempt, left))
-            return up, a, failed
-        except (OSError, asyncio.TimeoutError) as e:
-            if up is not None:
-                up.close()
-            failed.append((a, _why(e)))
-    return None, None, failed
 
 
 class Proxy:
@@ -258,7 +225,8 @@ class Proxy:
         up, got, failed = await connect_upstream(addrs if explicit else (addr,), port,
                                                  ATTEMPT_TIMEOUT if explicit else CONNECT_TIMEOUT)
         addr = got or addr            # the address that took the connection, else the first tried
-        why = "; ".join(f"{a}: {e}" for a, e in failed)
+        why = "; ".join(f"{a}: {e}" for a, e in failed) if up is not None else \
+            gave_up(addrs if explicit else (addr,), failed)
         if up is not None and buf:
             try:
                 await asyncio.wait_for(loop.sock_sendall(up, buf), CONNECT_TIMEOUT)
