@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 # the command modules of sandbox/cli/, in no particular order (click lists commands sorted)
 COMMAND_MODULES = ("run", "explain", "doctor", "profiles", "completion", "export", "image", "audit",
-                   "network", "cgroups", "lint", "status", "lifecycle", "build_image")
+                   "network", "cgroups", "lint", "status", "lifecycle", "build_image", "server")
 
 
 def main(argv=None) -> int:

@@ -26,8 +26,9 @@ def gc_on() -> None:
         gc.enable()
 
 
-def launch(plan, bpf, argv, runopts) -> int:
-    """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
+def launch(plan, bpf, argv, runopts, sess=None) -> int:
+    """Run the plan (argv None: the plan's own) and return the `run` command's exit code.
+    sess: the run's audit session, already open (the launch server said "not here")."""
     gc_on()
     if plan.backend is not None or plan.isolation != "namespaces":
         code = _ladder(plan, bpf, argv, runopts)     # the backend ladder (sandbox/launch/nsfree.py)
@@ -36,7 +37,7 @@ def launch(plan, bpf, argv, runopts) -> int:
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
-    sess = _session(plan, runopts)            # audit log + stderr summary + syslog
+    sess = sess or _session(plan, runopts)    # audit log + stderr summary + syslog
     if sess is None:
         return 125
     watch = _LandlockAudit(sess.emit, plan)
@@ -49,12 +50,16 @@ def launch(plan, bpf, argv, runopts) -> int:
         sess.close()
         return e.code
     watch.stop()
-    if result.message:
-        err(_no_namespaces(plan) if result.message.startswith("pysandbox: namespaces: cannot create") else
-            result.message)
+    _report(plan, result.message)
     code = result.exit_code
     sess.close()
     return code
+
+
+def _report(plan, message) -> None:
+    """The launcher's own outcome line(s), if any, on stderr."""
+    if message:
+        err(_no_namespaces(plan) if message.startswith("pysandbox: namespaces: cannot create") else message)
 
 
 def _session(plan, runopts):
@@ -145,4 +150,39 @@ def fast_run(options: list, cmd: list):
     if hit is None:
         return None
     plan, bpf, runopts = hit
-    return launch(plan, bpf, cmd or None, runopts)
+    sess = None
+    if not (runopts.get("detach") or runopts.get("tty")) and plan.backend is None \
+            and plan.isolation == "namespaces" and _server_socket():
+        gc_on()
+        sess = _session(plan, runopts)
+        if sess is None:
+            return 125
+        code = _via_server(plan, bpf, cmd or None, runopts, sess)
+        if code is not None:
+            return code
+    return launch(plan, bpf, cmd or None, runopts, sess)
+
+
+def _server_socket() -> bool:
+    """Whether a launch server's socket is there (`pysandbox server start`, opt-in): one lstat."""
+    from ..server.local import sock_path
+    return os.path.lexists(sock_path())
+
+
+def _via_server(plan, bpf, argv, runopts, sess):
+    """The run through the caller's launch server (sandbox/server/local.py): its exit code, or
+    None when the server is not there for this caller or this run (then the ordinary path)."""
+    from ..server import local
+    # (no _LandlockAudit: a server that would leave the kernel's Landlock records to the CLI's
+    # watch answers "not here", sandbox/server/loop.py)
+    end = local.run(plan, bpf, argv, sess.sandbox_id, runopts.get("name"), sess.emit,
+                    runopts.get("server_key"))
+    if end is None:
+        return None
+    if end[0] == "error":
+        err(f"pysandbox: {end[2]}")
+        sess.close()
+        return end[1]
+    _report(plan, end[1].get("message"))
+    sess.close()
+    return end[1]["exit_code"]

@@ -19,11 +19,30 @@ from . import protocol, template
 HELD_MAX = 32                                  # events held back to travel with the result (see end_run)
 
 
-class _Run:
-    __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built")
+# The CLI's launch server (`pysandbox server`, serve(listen_fd=...)): its answers on a run socket
+# that are not a run's end, as ("error", code, message): the peer is not exactly as confined as
+# the server, or the run is not one the server makes as the CLI would (the CLI takes its ordinary
+# path); the server lacks the plan of the request's key (the CLI sends it again with the plan).
+NOT_HERE, NEED_PLAN = -1, -2
+# A message on a run socket from its caller: a signal for the sandbox (Launch.forward)
+SIGNAL = b"K"
 
-    def __init__(self, sock, key=None):
+
+class _Ctl:
+    """A control connection: the API process's (one, serve(ctl_fd)) or a CLI's (accepted)."""
+    __slots__ = ("sock", "peer")
+
+    def __init__(self, sock, peer=None):
+        self.sock = sock
+        self.peer = peer                       # a CLI's: (pidfd, pid, uid) (peer.py); None: the API
+
+
+class _Run:
+    __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built", "ctl")
+
+    def __init__(self, sock, key=None, ctl=None):
         self.launch = None                     # its launcher.Launch, once made
+        self.ctl = ctl                         # the control connection's fd it came on
         self.sock = sock
         self.key = key                         # the plan's key (the template's spares are built for it)
         self.built = False                     # its PID 1 was a spare with the root built ahead
@@ -74,9 +93,17 @@ class _Poller:
         return self._p.poll(timeout)
 
 
-def serve(ctl_fd: int) -> None:
+def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: float = 600.0,
+          sock_path: "str | None" = None, sock_id: "tuple | None" = None) -> None:
     """The server's main loop. Returns (exits) when the control socket closes and every sandbox
-    it started has ended and been cleaned up."""
+    it started has ended and been cleaned up.
+
+    listen_fd instead of ctl_fd: the CLI's launch server (`pysandbox server`, sandbox/cli/server.py):
+    every accepted connection is a control connection of its own (its sandboxes are killed when it
+    closes), whose peer must be exactly as confined as this process (peer.py) at every request;
+    the server ends after `idle` seconds without a connection or a sandbox, on a STOP message or
+    SIGTERM, and then removes its socket (sock_path, when it is still the one it was given:
+    sock_id, its (st_dev, st_ino))."""
     import gc
     import signal
     from .. import launcher
@@ -87,19 +114,50 @@ def serve(ctl_fd: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the caller handles ^C (closing its run socket)
     import resource
+    # the CLI's server: a client whose rlimits differ from these (as this process started) is "not
+    # here" - its sandbox would start from other limits than the CLI's own launch would
+    limits0 = protocol.rlimits()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:                                 # ~8 descriptors per running sandbox
         launcher.CHILD_NOFILE = (soft, hard)         # what the sandboxes start from (the caller's)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ctl = socket.socket(fileno=ctl_fd)
+    ctls: dict[int, _Ctl] = {}
     plans: dict = {}
     by_pidfd: dict[int, _Run] = {}
     by_sock: dict[int, _Run] = {}
     by_nfd: dict[int, _Run] = {}
     poller = _Poller()
-    poller.register(ctl_fd, select.POLLIN)
     pending = select.poll()                          # "is another launch request waiting?"
-    pending.register(ctl_fd, select.POLLIN)
+
+    def add_ctl(sock, peer_=None) -> None:
+        ctls[sock.fileno()] = _Ctl(sock, peer_)
+        poller.register(sock.fileno(), select.POLLIN)
+        pending.register(sock.fileno(), select.POLLIN)
+
+    def drop_ctl(fd: int) -> None:
+        c = ctls.pop(fd)
+        poller.unregister(fd)
+        pending.unregister(fd)
+        for r in by_pidfd.values():
+            if r.ctl == fd:
+                r.launch.kill()                        # its sandboxes die with it
+        if c.peer is not None:
+            os.close(c.peer[0])
+        c.sock.close()
+
+    if ctl_fd is not None:
+        add_ctl(socket.socket(fileno=ctl_fd))
+    listener = None
+    if listen_fd is not None:
+        from . import peer
+        listener = socket.socket(fileno=listen_fd)
+        listener.setblocking(False)
+        poller.register(listen_fd, select.POLLIN)
+        term_r, term_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)    # SIGTERM: as `server stop`
+        signal.set_wakeup_fd(term_w)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        poller.register(term_r, select.POLLIN)
+    idle_since = [time.monotonic()]
     from ..init import init_image
     init_image()                                     # PID 1's last image: every PID 1 inherits it
     gc.collect()
@@ -137,7 +195,8 @@ def serve(ctl_fd: int) -> None:
         run.launch.maps_done = run.built             # the template wrote them before the build
         return pid
 
-    def new_run() -> bool:
+    def new_run(c: _Ctl) -> bool:
+        ctl = c.sock
         try:
             msg, fds, _flags, _addr = socket.recv_fds(ctl, max(protocol.msg_len(ctl), 1), 8)
         except OSError:
@@ -149,12 +208,27 @@ def serve(ctl_fd: int) -> None:
         if len(fds) != 4:
             for fd in fds:
                 os.close(fd)
+            if c.peer is not None and msg in (b"STOP", b"STATUS"):    # `pysandbox server stop|status`
+                try:
+                    ctl.send(b"pid %d sandboxes %d connections %d idle %g"
+                             % (os.getpid(), len(by_pidfd), len(ctls), idle))
+                except OSError:
+                    pass
+                if msg == b"STOP":
+                    stop()
             return True
         rsock = socket.socket(fileno=fds[0])
         stdio = fds[1:]
         run = None
         try:
             req, first_plan = wire.decode_request(msg)
+            if c.peer is not None:                     # a CLI's: the plan checked against its key
+                if first_plan is not None and wire.plan_digest(first_plan, req.get("bpf")) != req["key"]:
+                    raise launcher.LaunchError("the plan does not match its key")
+                if first_plan is None and req["key"] not in plans:
+                    _Run(rsock).send(error=(NEED_PLAN, "no plan of this key"))
+                    rsock.close()
+                    return True
             if first_plan is not None:
                 plans[req["key"]] = (first_plan, req.get("bpf"))
             if req.get("names"):
@@ -168,7 +242,13 @@ def serve(ctl_fd: int) -> None:
                 if req.get("env"):
                     proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple(req["env"]))
                 plan = dataclasses.replace(plan, process=proc)
-            run = _Run(rsock, req["key"])
+            run = _Run(rsock, req["key"], ctl.fileno())
+            if c.peer is not None:
+                why = cli_refusal(c, req, plan)
+                if why is not None:
+                    run.send(error=(NOT_HERE, why))
+                    rsock.close()
+                    return True
             on_event = None
             if req.get("audit"):
                 def on_event(etype, _run=run, **fields):
@@ -176,6 +256,9 @@ def serve(ctl_fd: int) -> None:
             run.launch = launcher.Launch(plan, req["argv"], bpf=bpf, sandbox_id=req["sandbox_id"],
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            if c.peer is not None:                      # as the CLI would: its environment, and the
+                run.launch.environ = dict(req["cli"]["environ"])   # filter its launch would choose
+                run.launch.kernel_watch = True                     # (kernel records: not here, above)
             run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
             run.launch.clone = lambda flags, ctx, _r=run, _p=base: \
                 template_clone(_r, flags, ctx, _p)     # PID 1 from the template (see above)
@@ -197,7 +280,7 @@ def serve(ctl_fd: int) -> None:
         by_pidfd[run.launch.pidfd] = run
         by_sock[rsock.fileno()] = run
         poller.register(run.launch.pidfd, select.POLLIN)
-        poller.register(rsock.fileno(), 0)              # POLLHUP/POLLERR only: the caller gave up
+        poller.register(rsock.fileno(), select.POLLIN)  # a signal to forward; POLLHUP: the caller gave up
         sync_notify(run)
         if run.launch.clone_flags is not None:
             if pending.poll(0):
@@ -207,6 +290,40 @@ def serve(ctl_fd: int) -> None:
                 # now, while it runs, so that it is ready for the next launch
                 tmpl[0].spare(run.launch.clone_flags, run.key)
         return True
+
+    def cli_refusal(c: _Ctl, req: dict, plan) -> "str | None":
+        """Why this CLI request is not served here (NOT_HERE), or None."""
+        try:
+            peer.check(*c.peer)
+        except (peer.NotHere, OSError) as e:
+            return f"peer: {e}"
+        cli = req.get("cli")
+        if type(cli) is not dict or type(cli.get("environ")) is not tuple:
+            return "not a CLI request"
+        if cli.get("umask") != mask0 or tuple(cli.get("rlimits") or ()) != limits0:
+            return "another umask or other rlimits"
+        if plan.backend is not None or plan.isolation != "namespaces" or launcher.needs_network(plan) \
+                or launcher.needs_image(plan):
+            return "a run the server does not make (network, image, volume or backend)"
+        if plan.landlock is not None and plan.landlock.filesystem:
+            from .. import landlock                    # the kernel's Landlock records: read by the
+            if landlock.denial_source(plan, kernel_watch=True) == landlock.KERNEL:   # CLI itself
+                return "Landlock denials from the kernel's audit (the CLI's own watch)"
+        return None
+
+    def stop() -> None:
+        nonlocal closing
+        if closing:
+            return
+        closing = True
+        if listener is not None:
+            poller.unregister(listener.fileno())
+            _unlink_ours(sock_path, sock_id)
+            listener.close()
+        for fd in list(ctls):
+            drop_ctl(fd)
+        for r in by_pidfd.values():
+            r.launch.kill()
 
     def sync_notify(run: _Run) -> None:
         sup = run.launch.sup
@@ -254,6 +371,25 @@ def serve(ctl_fd: int) -> None:
             run.send(error=(launcher.EXIT_SETUP, f"internal error: {type(e).__name__}: {e}"))
         run.sock.close()
 
+    def accept() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conn.setblocking(True)
+        try:
+            who = peer.peer_of(conn)
+        except (OSError, peer.NotHere):
+            conn.close()
+            return
+        if who[2] != os.geteuid():                    # (the socket's mode refuses them already)
+            os.close(who[0])
+            conn.close()
+            return
+        add_ctl(conn, who)
+
+    mask0 = os.umask(0o077)
+    os.umask(mask0)
     while True:
         if closing and not by_pidfd:
             ending.put(None)                           # the finishes under way complete first
@@ -264,6 +400,14 @@ def serve(ctl_fd: int) -> None:
         now = time.monotonic()
         deadlines = [r.launch.deadline for r in by_pidfd.values()
                      if r.launch.deadline is not None and not r.launch.timed_out]
+        if listener is not None and not closing:
+            if ctls or by_pidfd:
+                idle_since[0] = now
+            elif now - idle_since[0] >= idle:
+                stop()                                 # idle: nothing runs, nobody is connected
+                continue
+            else:
+                deadlines.append(idle_since[0] + idle)
         paced = [r for r in by_pidfd.values() if r.launch.sup is not None and r.launch.sup.inline_wakeup()]
         deadlines += [r.launch.sup.inline_wakeup() for r in paced]   # audit: a flood's pace ends
         timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
@@ -272,21 +416,46 @@ def serve(ctl_fd: int) -> None:
         for fd, ev in events:
             if fd in poller.changed:
                 continue                               # (re)registered since: a stale event, or another fd
-            if fd == ctl_fd:
-                if ev & select.POLLIN and new_run():
+            if fd in ctls:
+                c = ctls[fd]
+                if ev & select.POLLIN and new_run(c):
                     continue                           # (queued requests are served before a HUP)
+                if closing:
+                    continue
+                if c.peer is not None:                 # a CLI went away: its sandboxes end
+                    drop_ctl(fd)
+                    continue
                 closing = True                         # the API process is gone: end everything
-                poller.unregister(ctl_fd)
+                drop_ctl(fd)
                 for r in by_pidfd.values():
                     r.launch.kill()
+            elif listener is not None and fd == listener.fileno():
+                accept()
+            elif listener is not None and fd == term_r:
+                try:
+                    os.read(term_r, 64)
+                except OSError:
+                    pass
+                stop()                                 # SIGTERM: as `pysandbox server stop`
             elif fd in by_nfd:                         # audit: a denial to record and answer
                 run = by_nfd[fd]
                 run.launch.sup.inline_ready(fd, ev)
                 sync_notify(run)
             elif fd in by_pidfd:
                 end_run(by_pidfd[fd])
-            elif fd in by_sock and ev & (select.POLLHUP | select.POLLERR):
-                by_sock[fd].launch.kill()             # PID 1's pidfd reports the end
+            elif fd in by_sock:
+                run = by_sock[fd]
+                if ev & select.POLLIN:
+                    try:
+                        m = run.sock.recv(8, socket.MSG_DONTWAIT)
+                    except OSError:
+                        m = b""
+                    if len(m) == 2 and m[:1] == SIGNAL and m[1] in launcher.FORWARDED:
+                        run.launch.forward(m[1])       # the CLI's signal, as its own launch forwards it
+                        continue
+                    if m:
+                        continue                       # (anything else: ignored)
+                run.launch.kill()                      # gone: PID 1's pidfd reports the end
         now = time.monotonic()
         for r in paced:
             if r.launch.pidfd in by_pidfd:
@@ -297,3 +466,16 @@ def serve(ctl_fd: int) -> None:
             if d is not None and not r.launch.timed_out and now >= d:
                 r.launch.expire()
     os._exit(0)
+
+
+def _unlink_ours(path: "str | None", ident: "tuple | None") -> None:
+    """Remove the socket at path if it is still the one this server was given (not another
+    server's that replaced it)."""
+    if not path or not ident:
+        return
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == tuple(ident):
+            os.unlink(path)
+    except OSError:
+        pass

@@ -30,3 +30,11 @@ def msg_len(sock) -> int:
 def recv(sock) -> bytes:
     """The next message (b"": end of stream)."""
     return sock.recv(max(msg_len(sock), 1))
+
+
+def rlimits() -> tuple:
+    """Every resource limit of this process, in resource's order: the CLI's launch server compares a
+    client's with its own (sandbox/server/loop.py)."""
+    import resource
+    return tuple(resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource))
+                 if n.startswith("RLIMIT_"))
