@@ -21,7 +21,9 @@ _POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 # the policy code, and the BPF emitter (sandbox/seccomp.py) whose program the entry holds
 _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "seccomp_verdict.py", "syscalls.py",
               "docker_seccomp.py", "units.py", "schema/profile.schema.json",
-              os.path.join(os.pardir, "sandbox", "seccomp.py"))
+              os.path.join(os.pardir, "sandbox", "seccomp.py"),
+              # the launch server's key of the plan (runopts["server_key"]) is a digest of its wire encoding
+              os.path.join(os.pardir, "sandbox", "wire.py"))
 
 
 def cache_dir() -> str:

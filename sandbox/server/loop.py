@@ -157,6 +157,13 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
         signal.set_wakeup_fd(term_w)
         signal.signal(signal.SIGTERM, lambda *_: None)
         poller.register(term_r, select.POLLIN)
+
+        def in_template() -> None:                   # (the template keeps none of it)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for fd in (listen_fd, term_r, term_w):
+                os.close(fd)
+        template.AFTER_FORK.append(in_template)
     idle_since = [time.monotonic()]
     from ..init import init_image
     init_image()                                     # PID 1's last image: every PID 1 inherits it
@@ -224,7 +231,9 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
             req, first_plan = wire.decode_request(msg)
             if c.peer is not None:                     # a CLI's: the plan checked against its key
                 if first_plan is not None and wire.plan_digest(first_plan, req.get("bpf")) != req["key"]:
-                    raise launcher.LaunchError("the plan does not match its key")
+                    _Run(rsock).send(error=(NOT_HERE, "the plan does not match its key"))
+                    rsock.close()
+                    return True
                 if first_plan is None and req["key"] not in plans:
                     _Run(rsock).send(error=(NEED_PLAN, "no plan of this key"))
                     rsock.close()
@@ -298,7 +307,9 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
         except (peer.NotHere, OSError) as e:
             return f"peer: {e}"
         cli = req.get("cli")
-        if type(cli) is not dict or type(cli.get("environ")) is not tuple:
+        if type(cli) is not dict or type(cli.get("environ")) is not tuple or not all(
+                type(kv) is tuple and len(kv) == 2 and type(kv[0]) is str and type(kv[1]) is str
+                for kv in cli["environ"]):
             return "not a CLI request"
         if cli.get("umask") != mask0 or tuple(cli.get("rlimits") or ()) != limits0:
             return "another umask or other rlimits"
