@@ -11,6 +11,15 @@ Between the API and the server every message is one of the launch wire format (s
     sandbox; the control socket closing (the API process ended, however) kills them all.
   template socket (server -> template): its own small messages (template.py).
 
+The CLI's launch server (`pysandbox server`, loop.serve(listen_fd=...), local.py): each accepted
+connection is a control socket as above, the REQUEST carrying a "cli" entry (the client's umask,
+rlimits and environment). Its run socket may also carry, client -> server, b"K" + one byte: a
+signal to forward to the sandbox (launcher.FORWARDED only). Before a run begins the server may end
+it with ("error", NOT_HERE, why) — the client launches it itself — or ("error", NEED_PLAN, ...) —
+the client sends the request again with the plan. A message b"STATUS" or b"STOP" (no
+descriptors) on a control socket is answered there with one line ("pid N sandboxes K connections
+C idle T"); STOP then ends the server.
+
 The framing helpers below are shared by the three ends.
 """
 from __future__ import annotations
