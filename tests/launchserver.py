@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from conftest import PYSANDBOX, Runner
 
 with open(PYSANDBOX) as _f:
@@ -58,3 +60,13 @@ def run(runner: Runner, argv, *, prefix=(), opts=("--profile", "strict"), input=
     p.stderr = "".join(ln + "\n" for ln in lines if not ln.startswith("import time:"))
     assert "sandbox.plancache" in imported, p.stderr            # (a `run` that reached the cache)
     return p, "sandbox.launcher" not in imported
+
+
+@pytest.fixture
+def server(root_runner):
+    """Root's launch server in the test's own state directory, the strict plan cached (the server
+    serves cache hits only); stopped after the test. (Import it into a test module to use it.)"""
+    run(root_runner, ["/bin/true"])
+    s = Server(root_runner)
+    yield s
+    s.stop()

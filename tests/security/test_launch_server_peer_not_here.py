@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 import launchserver
+from launchserver import server  # noqa: F401  (a fixture)
 from conftest import HOST_PYTHON
 
 PROBE = ["/bin/sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; id -u"]
@@ -33,14 +34,6 @@ CALLERS = {
     "other_umask": ["/bin/sh", "-c", 'umask 077; exec "$@"', "-"],
     "other_rlimits": ["prlimit", "--nofile=512:4096", "--"],
 }
-
-
-@pytest.fixture
-def server(root_runner):
-    launchserver.run(root_runner, ["/bin/true"])          # the plan cached (the server needs a hit)
-    s = launchserver.Server(root_runner)
-    yield s
-    s.stop()
 
 
 def _strict(out: str) -> None:

@@ -13,15 +13,8 @@ import subprocess
 import pytest
 
 import launchserver
+from launchserver import server  # noqa: F401  (a fixture)
 from conftest import HOST_PYTHON, PYSANDBOX, SandboxProcs, audit_log, ensure_test_user
-
-
-@pytest.fixture
-def server(root_runner):
-    launchserver.run(root_runner, ["/bin/true"])          # the plan cached (the server needs a hit)
-    s = launchserver.Server(root_runner)
-    yield s
-    s.stop()
 
 
 CONNECT = ("import socket, sys\n"
