@@ -8,7 +8,8 @@ The peer is pinned by SO_PEERPIDFD (Linux 6.5+) and SO_PEERCRED at accept; its /
 read through the pid the pidfd names, and the pidfd is checked afterwards (a process still alive:
 the pid was not reused while it was read). Compared, with the server's own: uid and gid sets (real,
 effective, saved, fs), supplementary groups, the five capability sets, every namespace, the root
-directory, the LSM label, the cgroup membership; NoNewPrivs and Seccomp must be 0 on both (a
+directory, the LSM label, the cgroup membership, and what PID 1 would inherit of it (CPU and memory-node affinity, the nice
+value, the OOM score adjustment, the personality, the audit login uid); NoNewPrivs and Seccomp must be 0 on both (a
 process with no_new_privs may be in a Landlock domain, which /proc does not show), and the peer
 must have a single thread (the credentials and filters of another thread are not in
 /proc/PID/status).
@@ -23,7 +24,10 @@ import struct
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _CRED = struct.Struct("3i")                      # struct ucred: pid, uid, gid
 _STATUS = ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
-           "Seccomp", "Seccomp_filters")
+           "Seccomp", "Seccomp_filters", "Cpus_allowed", "Mems_allowed")
+# what else a PID 1 inherits from whoever clones it, and the sandbox with it: the OOM score
+# adjustment, the execution domain, the audit login uid (below: the nice value, from stat)
+_FILES = ("oom_score_adj", "personality", "loginuid")
 MAX_READ = 1 << 16                               # any /proc file read here is far smaller
 
 
@@ -78,6 +82,10 @@ def identity(pid="self") -> dict:
     out["root"] = (st.st_dev, st.st_ino)
     out["attr/current"] = _read(f"{base}/attr/current")
     out["cgroup"] = _read(f"{base}/cgroup")
+    for name in _FILES:
+        out[name] = _read(f"{base}/{name}")
+    stat = _read(f"{base}/stat")
+    out["nice"] = stat.rpartition(b")")[2].split()[16] if not isinstance(stat, tuple) else stat
     return out
 
 

@@ -1,7 +1,8 @@
 """The CLI's launch server serves only a caller exactly as confined as itself (sandbox/server/peer.py,
 docs/security.md "The CLI's launch server"). A caller with no_new_privs (which may hide a Landlock
 domain), a seccomp filter, another network namespace, other supplementary groups, fewer
-capabilities (root with a bounding capability dropped), another umask or other rlimits gets the
+capabilities (root with a bounding capability dropped), another umask or other rlimits, another
+nice value, CPU affinity or OOM score adjustment (which PID 1 would inherit) gets the
 ordinary path — the sandbox it would have had without the server, never a weaker one and never an
 error. The caller's confinement is real (setpriv, unshare, prlimit, a seccomp filter loaded with
 prctl); which path was taken is read from the modules the CLI imported (tests/launchserver.py)."""
@@ -33,6 +34,9 @@ CALLERS = {
     "dropped_bounding_cap": ["setpriv", "--bounding-set", "-sys_ptrace"],
     "other_umask": ["/bin/sh", "-c", 'umask 077; exec "$@"', "-"],
     "other_rlimits": ["prlimit", "--nofile=512:4096", "--"],
+    "other_nice": ["nice", "-n", "5"],
+    "other_cpu_affinity": ["taskset", "-c", "0"],
+    "other_oom_score_adj": ["choom", "-n", "500", "--"],
 }
 
 
