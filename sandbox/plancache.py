@@ -16,7 +16,7 @@ import pickle
 import sys
 import zlib
 
-FORMAT = 5
+FORMAT = 6                  # 6: runopts carry the launch server's key of the plan (server_key)
 _POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
 # the policy code, and the BPF emitter (sandbox/seccomp.py) whose program the entry holds
 _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "seccomp_verdict.py", "syscalls.py",

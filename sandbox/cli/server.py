@@ -58,10 +58,8 @@ def start(idle):
             click.echo(f"already running: {local.ask(b'STATUS', path)}")
             return 0
         except local.Refused as e:
-            st = os.lstat(path)
-            if not (stat.S_ISSOCK(st.st_mode) and st.st_uid == os.geteuid()) or "refusing" in str(e):
+            if "refusing" in str(e) or not local.remove_if_dead(path):
                 _fail(str(e))
-            os.unlink(path)                              # a dead server's socket
     try:
         st = os.lstat(d)
     except OSError as e:
@@ -69,7 +67,11 @@ def start(idle):
     if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077):
         _fail(f"{d}: not a directory of yours with mode 0700; refusing it")
     _spawn(where, path, idle)
-    click.echo(f"started: {local.ask(b'STATUS', path)}")
+    try:
+        click.echo(f"started: {local.ask(b'STATUS', path)}")
+    except local.Refused as e:
+        local.remove_if_dead(path)
+        _fail(f"started, but {e}")
     return 0
 
 

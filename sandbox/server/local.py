@@ -66,15 +66,42 @@ def connect(path: "str | None" = None):
     return s
 
 
+def remove_if_dead(path: str) -> bool:
+    """Remove the caller's own socket at path when nobody accepts on it (a dead server's): True when
+    it is gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    if not _ours(st, stat.S_ISSOCK):
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+        return False                                     # someone listens (maybe not answering yet)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def ask(msg: bytes, path: "str | None" = None) -> str:
     """`server stop|status`: the server's one-line answer."""
     s = connect(path)
     try:
         s.settimeout(10)
         s.send(msg)
-        return protocol.recv(s).decode(errors="replace")
+        answer = protocol.recv(s).decode(errors="replace")
+    except OSError as e:
+        raise Refused(f"the launch server does not answer ({e.strerror or e})") from None
     finally:
         s.close()
+    if not answer.startswith("pid "):
+        raise Refused("the launch server does not answer")
+    return answer
 
 
 def run(plan, bpf, argv, sandbox_id: str, name, on_event, key: "str | None" = None):

@@ -93,7 +93,8 @@ def test_the_servers_death_kills_the_sandbox_and_the_cli_says_so(root_runner, se
     assert via, p
     log = audit_log(root_runner)
     cli = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--", "/bin/sleep", "60"],
-                           env=root_runner.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env=root_runner.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd="/tmp")          # (the plan cache key holds the working directory)
     try:
         starts = sum(1 for line in open(log) if '"sandbox_start"' in line)
         procs = _nth_start(log, starts)

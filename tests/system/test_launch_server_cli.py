@@ -58,7 +58,8 @@ def test_stop_kills_a_running_sandbox_and_a_dead_servers_socket_is_replaced(root
     s = launchserver.Server(root_runner)
     log = audit_log(root_runner)
     cli = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--", "/bin/sleep", "60"],
-                           env=root_runner.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           env=root_runner.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd="/tmp")          # (the plan cache key holds the working directory)
     try:
         procs = SandboxProcs.from_log(log)
         s.stop()
