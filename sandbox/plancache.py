@@ -33,12 +33,13 @@ def cache_dir() -> str:
     return os.path.join(base, "pysandbox", "plans")
 
 
-def key_for(options: list[str]) -> str:
+def key_for(options: list[str], cwd: "str | None" = None) -> str:
     """The key material is stored in the entry and compared in full on load, so the short
     file name (a CRC) can collide without ever handing out another option set's plan. The
-    installation (its policy directory) is part of the key: two installs never share a plan."""
+    installation (its policy directory) is part of the key: two installs never share a plan.
+    cwd: the caller's working directory (the launch server looks up a client's plan; None: ours)."""
     env = os.environ
-    return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
+    return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), cwd or os.getcwd(),
                  os.uname().release, _POLICY_DIR, options,
                  # what a profile name resolves through (policies.loader.user_profile_dirs)
                  env.get("PYSANDBOX_PROFILE_PATH"), env.get("XDG_CONFIG_HOME"), env.get("HOME"),

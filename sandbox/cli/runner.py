@@ -8,12 +8,8 @@ session only when a run actually starts (imports inside the functions below).
 from __future__ import annotations
 
 import os
-import sys
 
-
-def err(msg: str) -> None:
-    sys.stderr.write(msg.rstrip("\n") + "\n")
-    sys.stderr.flush()
+from ..runout import err, report as _report, session as _session
 
 
 def gc_on() -> None:
@@ -26,9 +22,8 @@ def gc_on() -> None:
         gc.enable()
 
 
-def launch(plan, bpf, argv, runopts, sess=None) -> int:
-    """Run the plan (argv None: the plan's own) and return the `run` command's exit code.
-    sess: the run's audit session, already open (the launch server said "not here")."""
+def launch(plan, bpf, argv, runopts) -> int:
+    """Run the plan (argv None: the plan's own) and return the `run` command's exit code."""
     gc_on()
     if plan.backend is not None or plan.isolation != "namespaces":
         code = _ladder(plan, bpf, argv, runopts)     # the backend ladder (sandbox/launch/nsfree.py)
@@ -37,7 +32,7 @@ def launch(plan, bpf, argv, runopts, sess=None) -> int:
     if runopts.get("detach") or runopts.get("tty"):
         return _run_special(plan, bpf, argv, runopts)
     from ..launcher import LaunchError, launch as launch_plan
-    sess = sess or _session(plan, runopts)    # audit log + stderr summary + syslog
+    sess = _session(plan, runopts)            # audit log + stderr summary + syslog
     if sess is None:
         return 125
     watch = _LandlockAudit(sess.emit, plan)
@@ -54,23 +49,6 @@ def launch(plan, bpf, argv, runopts, sess=None) -> int:
     code = result.exit_code
     sess.close()
     return code
-
-
-def _report(plan, message) -> None:
-    """The launcher's own outcome line(s), if any, on stderr."""
-    if message:
-        err(_no_namespaces(plan) if message.startswith("pysandbox: namespaces: cannot create") else message)
-
-
-def _session(plan, runopts):
-    """The run's audit session, or None (said on stderr) when it cannot be opened."""
-    from audit.session import open_session
-    try:
-        return open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
-                            log_path=runopts.get("audit_log"))
-    except OSError as e:
-        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
-        return None
 
 
 class _LandlockAudit:
@@ -95,14 +73,6 @@ class _LandlockAudit:
     def stop(self) -> None:
         if self.watch is not None:
             self.watch.stop()
-
-
-def _no_namespaces(plan) -> str:
-    """The namespaces backend could not start: say what is missing and what lighter isolation the
-    user could accept (sandbox/launch/nsfree.py), when user namespaces are what failed."""
-    from ..launch import nsfree
-    backend, why = nsfree.choose(plan)
-    return f"pysandbox: {why}" if backend is None else "pysandbox: namespaces: cannot create them"
 
 
 def _ladder(plan, bpf, argv, runopts):
@@ -150,39 +120,4 @@ def fast_run(options: list, cmd: list):
     if hit is None:
         return None
     plan, bpf, runopts = hit
-    sess = None
-    if not (runopts.get("detach") or runopts.get("tty")) and plan.backend is None \
-            and plan.isolation == "namespaces" and _server_socket():
-        gc_on()
-        sess = _session(plan, runopts)
-        if sess is None:
-            return 125
-        code = _via_server(plan, bpf, cmd or None, runopts, sess)
-        if code is not None:
-            return code
-    return launch(plan, bpf, cmd or None, runopts, sess)
-
-
-def _server_socket() -> bool:
-    """Whether a launch server's socket is there (`pysandbox server start`, opt-in): one lstat."""
-    from ..server.local import sock_path
-    return os.path.lexists(sock_path())
-
-
-def _via_server(plan, bpf, argv, runopts, sess):
-    """The run through the caller's launch server (sandbox/server/local.py): its exit code, or
-    None when the server is not there for this caller or this run (then the ordinary path)."""
-    from ..server import local
-    # (no _LandlockAudit: a server that would leave the kernel's Landlock records to the CLI's
-    # watch answers "not here", sandbox/server/loop.py)
-    end = local.run(plan, bpf, argv, sess.sandbox_id, runopts.get("name"), sess.emit,
-                    runopts.get("server_key"))
-    if end is None:
-        return None
-    if end[0] == "error":
-        err(f"pysandbox: {end[2]}")
-        sess.close()
-        return end[1]
-    _report(plan, end[1].get("message"))
-    sess.close()
-    return end[1]["exit_code"]
+    return launch(plan, bpf, cmd or None, runopts)

@@ -3,7 +3,7 @@
 Started, a detached process (its own session, stdio /dev/null, working directory /) listens on
 <state dir>/server/launch.sock (directory 0700, socket 0600, the caller's) and starts the
 sandboxes of `pysandbox run` with a cached plan for callers exactly as confined as itself
-(sandbox/server/local.py, peer.py): the CLI's interpreter then imports no launcher, and PID 1 is
+(sandbox/server/lean.py, peer.py): the CLI's interpreter then imports no launcher, and PID 1 is
 cloned from a warm template (docs/performance.md, "The CLI's launch server"). It is the API's
 launch server loop (sandbox/server/loop.py); each connection is a control connection of its own.
 It ends after --idle seconds with no sandbox and no connection, on `stop`, or on SIGTERM.
@@ -19,7 +19,7 @@ import time
 
 import click
 
-from ..server import local
+from ..server import lean
 
 DEFAULT_IDLE = 600.0
 
@@ -44,8 +44,8 @@ def start(idle):
         where = ensure_state_dir()
     except StateDirError as e:
         _fail(str(e))
-    d = os.path.join(where, local.SOCK_DIR)
-    path = local.sock_path(where)
+    d = os.path.join(where, lean.SOCK_DIR)
+    path = lean.sock_path(where)
     try:
         os.mkdir(d, 0o700)
         os.chmod(d, 0o700)                              # not left to the umask
@@ -55,10 +55,10 @@ def start(idle):
         _fail(f"{d}: {e.strerror}")
     if os.path.lexists(path):
         try:
-            click.echo(f"already running: {local.ask(b'STATUS', path)}")
+            click.echo(f"already running: {lean.ask(b'STATUS', path)}")
             return 0
-        except local.Refused as e:
-            if "refusing" in str(e) or not local.remove_if_dead(path):
+        except lean.Refused as e:
+            if "refusing" in str(e) or not lean.remove_if_dead(path):
                 _fail(str(e))
     try:
         st = os.lstat(d)
@@ -68,9 +68,9 @@ def start(idle):
         _fail(f"{d}: not a directory of yours with mode 0700; refusing it")
     _spawn(where, path, idle)
     try:
-        click.echo(f"started: {local.ask(b'STATUS', path)}")
-    except local.Refused as e:
-        local.remove_if_dead(path)
+        click.echo(f"started: {lean.ask(b'STATUS', path)}")
+    except lean.Refused as e:
+        lean.remove_if_dead(path)
         _fail(f"started, but {e}")
     return 0
 
@@ -93,7 +93,9 @@ def _spawn(where: str, path: str, idle: float) -> None:
     st = os.lstat(path)
     args = (f"listen_fd={sock.fileno()}, idle={idle!r}, sock_path={path!r}, "
             f"sock_id={(st.st_dev, st.st_ino)!r}")
-    env = dict(os.environ, PYSANDBOX_STATE_DIR=where)    # the state directory it was started for
+    # its environment is ours: a client with another HOME, XDG_* or PYSANDBOX_* is not served
+    # (server/clirun.py), and the state directory is resolved from it as ours was
+    env = dict(os.environ)
     subprocess.Popen([sys.executable, "-I", "-S", "-c", BOOT.format(paths=module_roots(), fd=args)],
                      pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, cwd="/", env=env)
@@ -104,8 +106,8 @@ def _spawn(where: str, path: str, idle: float) -> None:
 def stop():
     """Stop the caller's launch server (its running sandboxes are killed)."""
     try:
-        answer = local.ask(b"STOP")
-    except local.Refused as e:
+        answer = lean.ask(b"STOP")
+    except lean.Refused as e:
         click.echo(f"not running: {e}", err=True)
         raise SystemExit(1)
     pid = int(answer.split()[1])
@@ -129,8 +131,8 @@ def stop():
 def status():
     """Whether the caller's launch server runs (pid, sandboxes, connections, idle timeout)."""
     try:
-        click.echo(f"running: {local.ask(b'STATUS')}, socket {local.sock_path()}")
-    except local.Refused as e:
+        click.echo(f"running: {lean.ask(b'STATUS')}, socket {lean.sock_path()}")
+    except lean.Refused as e:
         click.echo(f"not running: {e}")
         raise SystemExit(1)
     return 0

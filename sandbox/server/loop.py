@@ -19,12 +19,7 @@ from . import protocol, template
 HELD_MAX = 32                                  # events held back to travel with the result (see end_run)
 
 
-# The CLI's launch server (`pysandbox server`, serve(listen_fd=...)): its answers on a run socket
-# that are not a run's end, as ("error", code, message): the peer is not exactly as confined as
-# the server, or the run is not one the server makes as the CLI would (the CLI takes its ordinary
-# path); the server lacks the plan of the request's key (the CLI sends it again with the plan).
-NOT_HERE, NEED_PLAN = -1, -2
-# A message on a run socket from its caller: a signal for the sandbox (Launch.forward)
+# A message on a run socket from its caller (the CLI's, lean.py): a signal for the sandbox
 SIGNAL = b"K"
 
 
@@ -38,11 +33,12 @@ class _Ctl:
 
 
 class _Run:
-    __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built", "ctl")
+    __slots__ = ("launch", "sock", "lock", "nfds", "held", "key", "built", "ctl", "cli")
 
     def __init__(self, sock, key=None, ctl=None):
         self.launch = None                     # its launcher.Launch, once made
         self.ctl = ctl                         # the control connection's fd it came on
+        self.cli = None                        # a CLI's run (cli_run): (plan, audit session, its stderr)
         self.sock = sock
         self.key = key                         # the plan's key (the template's spares are built for it)
         self.built = False                     # its PID 1 was a spare with the root built ahead
@@ -116,7 +112,8 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
     import resource
     # the CLI's server: a client whose rlimits differ from these (as this process started) is "not
     # here" - its sandbox would start from other limits than the CLI's own launch would
-    limits0 = protocol.rlimits()
+    from . import lean
+    limits0 = lean.rlimits()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:                                 # ~8 descriptors per running sandbox
         launcher.CHILD_NOFILE = (soft, hard)         # what the sandboxes start from (the caller's)
@@ -149,7 +146,9 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
         add_ctl(socket.socket(fileno=ctl_fd))
     listener = None
     if listen_fd is not None:
-        from . import peer
+        from .. import landlock, plancache, runout  # noqa: F401  (a CLI's run: imported now, see
+        from audit import session  # noqa: F401        #  clirun.loaded)
+        from . import clirun, peer
         listener = socket.socket(fileno=listen_fd)
         listener.setblocking(False)
         poller.register(listen_fd, select.POLLIN)
@@ -226,18 +225,15 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
             return True
         rsock = socket.socket(fileno=fds[0])
         stdio = fds[1:]
+        if c.peer is not None:                         # a CLI's run (lean.py), and nothing else
+            try:
+                return cli_run(c, msg, rsock, stdio)
+            finally:
+                for fd in stdio:                       # PID 1 has its own copies
+                    os.close(fd)
         run = None
         try:
             req, first_plan = wire.decode_request(msg)
-            if c.peer is not None:                     # a CLI's: the plan checked against its key
-                if first_plan is not None and wire.plan_digest(first_plan, req.get("bpf")) != req["key"]:
-                    _Run(rsock).send(error=(NOT_HERE, "the plan does not match its key"))
-                    rsock.close()
-                    return True
-                if first_plan is None and req["key"] not in plans:
-                    _Run(rsock).send(error=(NEED_PLAN, "no plan of this key"))
-                    rsock.close()
-                    return True
             if first_plan is not None:
                 plans[req["key"]] = (first_plan, req.get("bpf"))
             if req.get("names"):
@@ -252,12 +248,6 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
                     proc = dataclasses.replace(proc, env_set=tuple(proc.env_set) + tuple(req["env"]))
                 plan = dataclasses.replace(plan, process=proc)
             run = _Run(rsock, req["key"], ctl.fileno())
-            if c.peer is not None:
-                why = cli_refusal(c, req, plan)
-                if why is not None:
-                    run.send(error=(NOT_HERE, why))
-                    rsock.close()
-                    return True
             on_event = None
             if req.get("audit"):
                 def on_event(etype, _run=run, **fields):
@@ -265,13 +255,7 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
             run.launch = launcher.Launch(plan, req["argv"], bpf=bpf, sandbox_id=req["sandbox_id"],
                                          name=req.get("name"), on_event=on_event,
                                          stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-            if c.peer is not None:                      # as the CLI would: its environment, and the
-                run.launch.environ = dict(req["cli"]["environ"])   # filter its launch would choose
-                run.launch.kernel_watch = True                     # (kernel records: not here, above)
-            run.launch.inline_supervision = True      # audit in this loop, no thread per sandbox
-            run.launch.clone = lambda flags, ctx, _r=run, _p=base: \
-                template_clone(_r, flags, ctx, _p)     # PID 1 from the template (see above)
-            ok = run.launch.start()
+            ok = start(run, base)
         except launcher.LaunchError as e:
             (run or _Run(rsock)).send(error=(e.code, str(e)))
             ok = None
@@ -286,6 +270,19 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
                 run.send(result=run.launch.result)
             rsock.close()
             return True
+        supervise(run)
+        return True
+
+    def start(run: _Run, base) -> bool:
+        """Launch.start with PID 1 from the template, the audit in this loop."""
+        run.launch.inline_supervision = True          # audit in this loop, no thread per sandbox
+        run.launch.clone = lambda flags, ctx, _r=run, _p=base: \
+            template_clone(_r, flags, ctx, _p)         # PID 1 from the template (see above)
+        return run.launch.start()
+
+    def supervise(run: _Run) -> None:
+        """A started sandbox into the loop's tables; the next spare asked for."""
+        rsock = run.sock
         by_pidfd[run.launch.pidfd] = run
         by_sock[rsock.fileno()] = run
         poller.register(run.launch.pidfd, select.POLLIN)
@@ -298,29 +295,72 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
                 # this sandbox builds no root (its spare did): the next spare is cloned and built
                 # now, while it runs, so that it is ready for the next launch
                 tmpl[0].spare(run.launch.clone_flags, run.key)
+
+    def cli_run(c: _Ctl, msg: bytes, rsock, stdio) -> bool:
+        """A CLI's run (lean.py, clirun.py): as its own cached path would do it, or "not here"."""
+        def say(data: bytes) -> None:
+            try:
+                rsock.send(data)
+            except OSError:
+                pass
+        try:
+            f = lean.decode(msg)
+            peer.check(*c.peer)
+            plan, bpf, runopts, key = clirun.accept(f, mask0, limits0)
+        except (ValueError, StopIteration, peer.NotHere, clirun.NotHere, OSError) as e:
+            say(b"N" + str(e).encode(errors="replace")[:200])
+            rsock.close()
+            return True
+        except Exception as e:  # noqa: BLE001 - never a dead server: the CLI does it itself
+            say(b"N" + f"internal error: {type(e).__name__}: {e}".encode(errors="replace")[:200])
+            rsock.close()
+            return True
+        plans.setdefault(key, (plan, bpf))
+        out = clirun.stderr_of(stdio[2])
+        sess = runout.session(plan, runopts, out, f["cwd"])   # audit log + summary (on their stderr) + syslog
+        if sess is None:
+            return cli_end(rsock, out, None, 125)
+
+        def on_event(etype, **fields):
+            if etype == "sandbox_start":
+                say(b"S")                              # set up: its program may run from now on
+            return sess.emit(etype, **fields)
+        run = _Run(rsock, key, c.sock.fileno())
+        run.cli = (plan, sess, out)
+        try:
+            run.launch = launcher.Launch(plan, f["cmd"] or None, bpf=bpf, sandbox_id=sess.sandbox_id,
+                                         name=runopts.get("name"), on_event=on_event,
+                                         stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                                         kernel_watch=True)
+            run.launch.environ = f["environ"]          # what env.allow takes from: the caller's
+            ok = start(run, plan)
+        except launcher.LaunchError as e:
+            runout.err(f"pysandbox: {e}", out)
+            return cli_end(rsock, out, sess, e.code)
+        except Exception as e:  # noqa: BLE001
+            runout.err(f"pysandbox: internal error: {type(e).__name__}: {e}", out)
+            return cli_end(rsock, out, sess, launcher.EXIT_SETUP)
+        if not ok:
+            runout.report(plan, run.launch.result.message, out)
+            return cli_end(rsock, out, sess, run.launch.result.exit_code)
+        supervise(run)
         return True
 
-    def cli_refusal(c: _Ctl, req: dict, plan) -> "str | None":
-        """Why this CLI request is not served here (NOT_HERE), or None."""
+    def cli_end(rsock, out, sess, code: int) -> bool:
+        """A CLI's run ends: its audit session closed (the summary on its stderr), its exit code."""
+        if sess is not None:
+            sess.close()
         try:
-            peer.check(*c.peer)
-        except (peer.NotHere, OSError) as e:
-            return f"peer: {e}"
-        cli = req.get("cli")
-        if type(cli) is not dict or type(cli.get("environ")) is not tuple or not all(
-                type(kv) is tuple and len(kv) == 2 and type(kv[0]) is str and type(kv[1]) is str
-                for kv in cli["environ"]):
-            return "not a CLI request"
-        if cli.get("umask") != mask0 or tuple(cli.get("rlimits") or ()) != limits0:
-            return "another umask or other rlimits"
-        if plan.backend is not None or plan.isolation != "namespaces" or launcher.needs_network(plan) \
-                or launcher.needs_image(plan):
-            return "a run the server does not make (network, image, volume or backend)"
-        if plan.landlock is not None and plan.landlock.filesystem:
-            from .. import landlock                    # the kernel's Landlock records: read by the
-            if landlock.denial_source(plan, kernel_watch=True) == landlock.KERNEL:   # CLI itself
-                return "Landlock denials from the kernel's audit (the CLI's own watch)"
-        return None
+            out.flush()
+            out.close()
+        except OSError:
+            pass
+        try:
+            rsock.send(b"X%d" % code)
+        except OSError:
+            pass
+        rsock.close()
+        return True
 
     def stop() -> None:
         nonlocal closing
@@ -373,6 +413,17 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
         """On the worker: the launcher's finish (the audit's drain, cgroups, the integrity check),
         then the result with the clean-up's events. Nothing of this loop's state is touched: the
         run left every table and the poller in end_run."""
+        if run.cli is not None:                        # a CLI's: as its own launch ends
+            plan, sess, out = run.cli
+            try:
+                result = run.launch.finish()
+                runout.report(plan, result.message, out)
+                code = result.exit_code
+            except Exception as e:  # noqa: BLE001
+                runout.err(f"pysandbox: internal error: {type(e).__name__}: {e}", out)
+                code = launcher.EXIT_SETUP
+            cli_end(run.sock, out, sess, code)
+            return
         try:
             result = run.launch.finish()
             run.send(run.held, result)
@@ -401,6 +452,8 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
 
     mask0 = os.umask(0o077)
     os.umask(mask0)
+    if listener is not None:
+        clirun.loaded()                                # a request finding these changed: not here
     while True:
         if closing and not by_pidfd:
             ending.put(None)                           # the finishes under way complete first

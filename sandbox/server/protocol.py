@@ -11,14 +11,11 @@ Between the API and the server every message is one of the launch wire format (s
     sandbox; the control socket closing (the API process ended, however) kills them all.
   template socket (server -> template): its own small messages (template.py).
 
-The CLI's launch server (`pysandbox server`, loop.serve(listen_fd=...), local.py): each accepted
-connection is a control socket as above, the REQUEST carrying a "cli" entry (the client's umask,
-rlimits and environment). Its run socket may also carry, client -> server, b"K" + one byte: a
-signal to forward to the sandbox (launcher.FORWARDED only). Before a run begins the server may end
-it with ("error", NOT_HERE, why) — the client launches it itself — or ("error", NEED_PLAN, ...) —
-the client sends the request again with the plan. A message b"STATUS" or b"STOP" (no
-descriptors) on a control socket is answered there with one line ("pid N sandboxes K connections
-C idle T"); STOP then ends the server.
+The CLI's launch server (`pysandbox server`, loop.serve(listen_fd=...)): each accepted
+connection is a control socket as above, but carries the CLI's runs (sandbox/server/lean.py: a
+message of its own, the run's replies and signals described there), or b"STATUS" / b"STOP" (no
+descriptors), answered there with one line ("pid N sandboxes K connections C idle T"); STOP then
+ends the server.
 
 The framing helpers below are shared by the three ends.
 """
@@ -40,10 +37,3 @@ def recv(sock) -> bytes:
     """The next message (b"": end of stream)."""
     return sock.recv(max(msg_len(sock), 1))
 
-
-def rlimits() -> tuple:
-    """Every resource limit of this process, in resource's order: the CLI's launch server compares a
-    client's with its own (sandbox/server/loop.py)."""
-    import resource
-    return tuple(resource.getrlimit(getattr(resource, n)) for n in sorted(dir(resource))
-                 if n.startswith("RLIMIT_"))

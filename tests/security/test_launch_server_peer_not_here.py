@@ -76,3 +76,30 @@ def test_a_rootless_caller_with_no_new_privs_gets_the_ordinary_path(user_runner,
         _strict(p.stdout)
     finally:
         s.stop()
+
+
+def test_a_caller_with_another_home_xdg_or_pysandbox_variable_gets_the_ordinary_path(root_runner, server):
+    """The server looks the plan up and opens the audit session on the caller's behalf: only with
+    the same values of what decides them (HOME, XDG_*, PYSANDBOX_*)."""
+    for extra in ({"XDG_CACHE_HOME": "/nonexistent"}, {"PYSANDBOX_SYSLOG": "0"}, {"HOME": "/tmp"}):
+        p, via = launchserver.run(root_runner, PROBE, env=extra)
+        assert p.returncode == 0 and not via, (extra, p)
+        _strict(p.stdout)
+    p, via = launchserver.run(root_runner, PROBE, env={"SOMETHING_ELSE": "1"})
+    assert p.returncode == 0 and via, p
+
+
+def test_a_server_whose_code_changed_since_it_started_serves_nobody(root_runner, server):
+    """An upgrade or an edit of the installation under a running server: its modules in memory are
+    not the ones on disk any more, so the sandbox could differ from the CLI's own: not here."""
+    import os
+    from sandbox import runout
+    st = os.stat(runout.__file__)
+    os.utime(runout.__file__, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        p, via = launchserver.run(root_runner, PROBE)
+        assert p.returncode == 0 and not via, p
+    finally:
+        os.utime(runout.__file__, ns=(st.st_atime_ns, st.st_mtime_ns))
+    p, via = launchserver.run(root_runner, PROBE)
+    assert p.returncode == 0 and via, p
