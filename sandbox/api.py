@@ -223,8 +223,9 @@ class Sandbox:
                     sinks.append(JsonlSink(self.audit_log, max_bytes=max_bytes, keep=keep))
                 recorder = Recorder(sid, self.name or sid, plan.name, sinks)
                 on_event = Session(recorder, self.audit_log).emit
-            req = _server.request(argv, sid, self.name, self.audit, timeout,
-                                  tuple((str(k), str(v)) for k, v in env.items()) if env else ())
+            req = {"argv": argv, "sandbox_id": sid, "name": self.name, "audit": self.audit,
+                   "timeout": None if timeout is None else float(timeout),
+                   "env": tuple((str(k), str(v)) for k, v in env.items()) if env else ()}
             try:
                 res = _server.Client.get().run(self._key, plan, self.bpf, req, (stdin, out, err), on_event,
                                                names=self._names)

@@ -1,4 +1,4 @@
-"""Helpers for the tests of the CLI's launch server (`pysandbox server`, sandbox/server/local.py):
+"""Helpers for the tests of the CLI's launch server (`pysandbox server`, sandbox/server/lean.py):
 start one for a runner (root or the test user) in the running test's own state directory, stop it,
 and run `pysandbox run` telling which path it took.
 

@@ -113,75 +113,44 @@ class Client:
         """Start a sandbox and wait for it; returns the launcher's Result (LaunchError raised when
         the server refused or failed)."""
         from ..launcher import LaunchError, Result
-        first = key not in self.sent
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            mine = send_launch(self.ctl, key, plan, bpf, req, stdio, first,
-                               names if first and not self.names_sent else None)
-        except OSError as e:
-            self.broken = True
-            raise LaunchError(f"the launch server is gone: {e.strerror}") from None
-        if first:
-            self.sent.add(key)
-            if names is not None:
-                self.names_sent = True
-        try:
+            req = dict(req, key=key)
+            first = key not in self.sent
+            if first:
+                req["bpf"] = bpf
+                if not self.names_sent and names is not None:
+                    req["names"] = names
+                    self.names_sent = True
             try:
-                end, _n = replies(mine, on_event)
-            except wire.WireError as e:
-                raise LaunchError(f"the launch server's reply: {e}") from None
-            if end is None:
+                socket.send_fds(self.ctl, [wire.encode_request(req, plan if first else None)],
+                                [theirs.fileno(), *stdio])
+            except OSError as e:
                 self.broken = True
-                raise LaunchError("the launch server ended without a result")
-            if end[0] == "error":
-                raise LaunchError(end[2], end[1])
-            try:
-                return Result(**end[1])
-            except TypeError as e:
-                raise LaunchError(f"the launch server's result: {e}") from None
+                raise LaunchError(f"the launch server is gone: {e.strerror}") from None
+            if first:
+                self.sent.add(key)
+            theirs.close()
+            while True:
+                data = protocol.recv(mine)
+                if not data:
+                    self.broken = True
+                    raise LaunchError("the launch server ended without a result")
+                try:
+                    events, end = wire.decode_reply(data)
+                except wire.WireError as e:
+                    raise LaunchError(f"the launch server's reply: {e}") from None
+                if on_event is not None:
+                    for etype, fields in events:
+                        on_event(etype, **fields)
+                if end is None:
+                    continue
+                if end[0] == "error":
+                    raise LaunchError(end[2], end[1])
+                try:
+                    return Result(**end[1])
+                except TypeError as e:
+                    raise LaunchError(f"the launch server's result: {e}") from None
         finally:
+            theirs.close()
             mine.close()
-
-
-def request(argv, sandbox_id: str, name, audit: bool, timeout=None, env=()) -> dict:
-    """A launch request (its REQUEST section): the API's and the CLI's (sandbox/server/local.py)."""
-    return {"argv": tuple(argv), "sandbox_id": sandbox_id, "name": name, "audit": audit,
-            "timeout": None if timeout is None else float(timeout), "env": tuple(env)}
-
-
-def send_launch(ctl, key, plan, bpf, req: dict, stdio, with_plan: bool, names=None):
-    """Send a launch (the request, the plan and its filter when with_plan, the syscall names when
-    given) with the run's socket and the program's stdio on the control socket ctl; returns our end
-    of the run's socket (OSError: the server is gone)."""
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        req = dict(req, key=key)
-        if with_plan:
-            req["bpf"] = bpf
-            if names is not None:
-                req["names"] = names
-        socket.send_fds(ctl, [wire.encode_request(req, plan if with_plan else None)],
-                        [theirs.fileno(), *stdio])
-    except BaseException:
-        mine.close()
-        raise
-    finally:
-        theirs.close()
-    return mine
-
-
-def replies(mine, on_event) -> tuple:
-    """Read a run's replies until its end: (the end — ("result", fields) or ("error", code,
-    message) — or None when the server closed the socket first, the number of messages read).
-    Events go to on_event as they come. WireError: a malformed reply."""
-    n = 0
-    while True:
-        data = protocol.recv(mine)
-        if not data:
-            return None, n
-        n += 1
-        events, end = wire.decode_reply(data)
-        if on_event is not None:
-            for etype, fields in events:
-                on_event(etype, **fields)
-        if end is not None:
-            return end, n

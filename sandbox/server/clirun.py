@@ -81,6 +81,9 @@ def accept(f: dict, umask: int, limits: tuple) -> tuple:
     why = refusal(plan)
     if why:
         raise NotHere(why)
+    # the key the template keeps the plan under (its spares are built for it): stored with the entry
+    # when it was compiled (a digest here would cost ~4 ms a run). Trusting it is trusting the entry,
+    # as the caller's own cached path does (plancache: the caller's, not writable by others)
     key = runopts.get("server_key")
     if not key:
         from . import client

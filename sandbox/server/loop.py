@@ -315,7 +315,6 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
             say(b"N" + f"internal error: {type(e).__name__}: {e}".encode(errors="replace")[:200])
             rsock.close()
             return True
-        plans.setdefault(key, (plan, bpf))
         out = clirun.stderr_of(stdio[2])
         sess = runout.session(plan, runopts, out, f["cwd"])   # audit log + summary (on their stderr) + syslog
         if sess is None:
