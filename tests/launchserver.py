@@ -46,7 +46,7 @@ class Server:
 
 
 def run(runner: Runner, argv, *, prefix=(), opts=("--profile", "strict"), input=None, env=None,
-        timeout=60) -> tuple:
+        timeout=60, cwd="/tmp") -> tuple:
     """`pysandbox run OPTS -- ARGV` as RUNNER (behind PREFIX, e.g. setpriv): (CompletedProcess, True
     when it went through the launch server). stdout/stderr as text; stderr without the
     importtime lines."""
@@ -55,7 +55,7 @@ def run(runner: Runner, argv, *, prefix=(), opts=("--profile", "strict"), input=
         kw = dict(user=runner.uid, group=runner.gid, extra_groups=[])
     p = subprocess.run([*prefix, PYTHON, "-I", "-S", "-X", "importtime", PYSANDBOX, "run", *opts, "--", *argv],
                        input=input, capture_output=True, text=True, timeout=timeout, env=runner.env(env),
-                       cwd="/tmp", **kw)
+                       cwd=cwd, **kw)
     lines = p.stderr.splitlines()
     imported = {ln.rsplit("|", 1)[1].strip() for ln in lines if ln.startswith("import time:")}
     p.stderr = "".join(ln + "\n" for ln in lines if not ln.startswith("import time:"))

@@ -81,3 +81,22 @@ def test_stop_kills_a_running_sandbox_and_a_dead_servers_socket_is_replaced(root
         assert p.returncode == 0 and via, p
     finally:
         s.stop()
+
+
+def test_a_cache_miss_is_not_served_the_next_run_is_and_a_relative_audit_log_is_the_callers(
+        root_runner, own_state_dir, tmp_path):
+    """The server serves cache hits only (a miss: the CLI compiles, stores, launches as always);
+    a relative --audit-log is the caller's working directory's, as on the ordinary path."""
+    os.chmod(tmp_path, 0o755)
+    opts = ("--profile", "strict", "--hostname", f"miss-{os.urandom(4).hex()}", "--audit-log", "rel.jsonl")
+    s = launchserver.Server(root_runner)
+    try:
+        first, via = launchserver.run(root_runner, ["/bin/hostname"], opts=opts, cwd=str(tmp_path))
+        assert first.returncode == 0 and not via, first
+        second, via = launchserver.run(root_runner, ["/bin/hostname"], opts=opts, cwd=str(tmp_path))
+        assert second.returncode == 0 and via, second
+    finally:
+        s.stop()
+    assert first.stdout == second.stdout == opts[3] + "\n"
+    with open(tmp_path / "rel.jsonl") as f:
+        assert sum(1 for line in f if '"sandbox_start"' in line) == 2
