@@ -21,7 +21,7 @@ class NotHere(Exception):
 def _decides(name: str) -> bool:
     """An environment variable the server reads on the caller's behalf (plancache.key_for and
     cache_dir, audit.paths, audit.sinks and session)."""
-    return name == "HOME" or name.startswith(("XDG_", "PYSANDBOX_"))
+    return name == "HOME" or name.startswith(("XDG_", "PYSANDBOX_")) and name != lean.DEBUG
 
 
 def _code_files() -> dict:

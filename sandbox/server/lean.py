@@ -34,6 +34,7 @@ MAX_FIELDS = 1 << 16
 FORWARDED = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGUSR1,
              _signal.SIGUSR2)
 GONE = b"pysandbox: the launch server ended during the run; the sandbox was killed\n"
+DEBUG = "PYSANDBOX_SERVER_DEBUG"   # set: a run not served says why on stderr (server/clirun.py ignores it)
 INSTALL = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -208,6 +209,8 @@ def run(options, cmd):
             if data == b"S":
                 started = True
             elif data[:1] == b"N" and not started:
+                if os.environ.get(DEBUG):             # why (the ordinary path says nothing of it)
+                    os.write(2, b"pysandbox: launch server: not here: " + data[1:] + b"\n")
                 return None
             elif data[:1] == b"X":
                 return int(data[1:])

@@ -103,3 +103,11 @@ def test_a_server_whose_code_changed_since_it_started_serves_nobody(root_runner,
         os.utime(runout.__file__, ns=(st.st_atime_ns, st.st_mtime_ns))
     p, via = launchserver.run(root_runner, PROBE)
     assert p.returncode == 0 and via, p
+
+
+def test_why_not_here_is_said_when_asked(root_runner, server):
+    """PYSANDBOX_SERVER_DEBUG=1 (not compared with the server's): the reason on stderr."""
+    p, via = launchserver.run(root_runner, PROBE, prefix=CALLERS["other_nice"], env={"PYSANDBOX_SERVER_DEBUG": "1"})
+    assert p.returncode == 0 and not via and "launch server: not here: the peer's nice differs" in p.stderr, p
+    p, via = launchserver.run(root_runner, PROBE, env={"PYSANDBOX_SERVER_DEBUG": "1"})
+    assert p.returncode == 0 and via and p.stderr == "", p
