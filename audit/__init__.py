@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import os as _os
 
-from .events import (DEFAULT_SEVERITY, EVENT_TYPES, SEVERITIES, EventError, Recorder, rfc3339,
-                     syscall_event_fields)
-from .sinks import (CallbackSink, JsonlSink, MemorySink, SummarySink, SyslogSink, default_log_path,
-                    state_dir)
+# The event model and the sinks are loaded on first use (PEP 562): `import audit.paths` — the state
+# directory, which the CLI's launch-server client needs and nothing else — must not import json,
+# threading and the rest (sandbox/server/lean.py).
+_LAZY = {"DEFAULT_SEVERITY": "events", "EVENT_TYPES": "events", "SEVERITIES": "events",
+         "EventError": "events", "Recorder": "events", "rfc3339": "events", "syscall_event_fields": "events",
+         "CallbackSink": "sinks", "JsonlSink": "sinks", "MemorySink": "sinks", "SummarySink": "sinks",
+         "SyslogSink": "sinks", "default_log_path": "sinks", "state_dir": "sinks"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'audit' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
 
 SCHEMA_PATH = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "schema", "event.schema.json")
 

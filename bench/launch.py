@@ -13,6 +13,8 @@ Rows (all run /bin/true; each launcher once per round, order rotated every round
                     namespace showing only the cgroup v1 hierarchies (peers.crun_true). Root only.
   pysandbox cached  `pysandbox run --profile strict -- /bin/true` with the plan cached (the usual case)
   pysandbox cold    the same with the plan cache emptied first (YAML, schema, compile, BPF)
+  pysandbox server  the cached run with the caller's launch server running (`pysandbox server
+                    start`, opt-in; a private state directory: sandbox/server/local.py)
 
 Interpreters are called by absolute path (the `python3` on PATH may be a slow shim).
 Usage: bench/launch.py [-n RUNS] [--quick]
@@ -39,12 +41,12 @@ from peers import bwrap_true, crun_true, peer_bpf  # noqa: E402
 CMD = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
 
 
-def _subprocess_timer(argv, before=None):
+def _subprocess_timer(argv, before=None, env=None):
     def run():
         if before:
             before()
         t = time.perf_counter()
-        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         dt = time.perf_counter() - t
         if p.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed ({p.returncode}): {p.stderr.decode()[-300:]}")
@@ -83,6 +85,24 @@ def _drop_cache():
         os.unlink(plancache._file_for(plancache.key_for(CMD[2:CMD.index("--")])))
 
 
+@contextlib.contextmanager
+def _launch_server():
+    """A launch server of our own (`pysandbox server start`) in a private state directory: the
+    environment that reaches it; stopped and removed after."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="pysbx-bench-server-")
+    os.chmod(d, 0o711)
+    env = dict(os.environ, PYSANDBOX_STATE_DIR=d)
+    try:
+        subprocess.run([PYSANDBOX, "server", "start", "--idle", "600"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        yield env
+    finally:
+        subprocess.run([PYSANDBOX, "server", "stop"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def rows(quick: bool = False, n: int | None = None) -> list[dict]:
     n = n or (10 if quick else 40)
     from policies.compiler import compile_profile
@@ -95,8 +115,10 @@ def rows(quick: bool = False, n: int | None = None) -> list[dict]:
         crun = shutil.which("crun")
         if crun and os.geteuid() == 0:
             fns["crun"] = stack.enter_context(crun_true(crun, "strict"))
-        subprocess.run(CMD, check=True)                       # fill the plan cache
+        _drop_cache()
+        subprocess.run(CMD, check=True)                       # fill the plan cache (this version's entry)
         fns["pysandbox cached"] = _subprocess_timer(CMD)
+        fns["pysandbox server"] = _subprocess_timer(CMD, env=stack.enter_context(_launch_server()))
         med = interleaved(fns, n)
         cold = interleaved({"cold": _subprocess_timer(CMD, before=_drop_cache)}, max(3, n // 8))["cold"]
         subprocess.run(CMD, check=True)
@@ -114,6 +136,10 @@ def rows(quick: bool = False, n: int | None = None) -> list[dict]:
     ours = ms["pysandbox cached"]
     out.append(row("launch: CLI strict, cached plan", ours, peer="crun", target="<= 1.5x crun"))
     out.append(row("launch: CLI strict, cached plan", ours, peer="bwrap+seccomp", target="<= 2x bwrap+seccomp"))
+    srv = ms["pysandbox server"]
+    out.append(row("launch: CLI strict cached, launch server running", srv, peer="crun", target="<= 1.5x crun"))
+    out.append(row("launch: CLI strict cached, launch server running", srv, peer="bwrap+seccomp",
+                   target="<= 2x bwrap+seccomp"))
     out.append(row("launch: CLI strict, cold (cache emptied)", cold * 1000, target="<= 300 ms"))
     return out
 

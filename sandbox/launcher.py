@@ -79,13 +79,16 @@ class Result:
     events: list = field(default_factory=list)
 
 
-def build_env(plan) -> dict:
+def build_env(plan, environ=None) -> dict:
+    """The program's environment: what the plan lets through of environ (this process's, unless
+    given: the CLI's launch server passes its client's), then the plan's own variables."""
     env = {}
+    environ = os.environ if environ is None else environ
     for name in plan.process.env_allow:
         if name.endswith("*"):
-            env.update({k: v for k, v in os.environ.items() if k.startswith(name[:-1])})
-        elif name in os.environ:
-            env[name] = os.environ[name]
+            env.update({k: v for k, v in environ.items() if k.startswith(name[:-1])})
+        elif name in environ:
+            env[name] = environ[name]
     env["container"] = "pysandbox"   # podman's convention (docs/profile-format.md); a profile's env may set it
     env.update(dict(plan.process.env_set))
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -194,6 +197,7 @@ class Launch:
         # Landlock denials: the caller reads the kernel's records (the CLI's foreground run), else the
         # notify layer's fallback records them (landlock.denial_source, decided in context())
         self.kernel_watch = kernel_watch
+        self.environ = None            # the environment the plan's env.allow takes from (None: ours)
         self.landlock_notify = False
         self.cg = self.net = self.sup = self.ctx = None
         # egress interception (sandbox/network/egress/): the secrets (values after load_secrets) and
@@ -270,7 +274,7 @@ class Launch:
                 from .notify.landlock_fallback import notify_filter
                 f = self.filters = notify_filter(f, plan.seccomp, plan.landlock)
                 self.landlock_notify = f.mode == "user_notif"
-        env = build_env(plan)
+        env = build_env(plan, self.environ)
         ca_bundle = self.intercept_setup(env) if plan.network.http or plan.network.secrets else None
         self._status_r, status_w = os.pipe2(os.O_CLOEXEC)
         go_r, self._go_w = os.pipe2(os.O_CLOEXEC)

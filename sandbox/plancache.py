@@ -16,12 +16,14 @@ import pickle
 import sys
 import zlib
 
-FORMAT = 5
+FORMAT = 6                  # 6: runopts carry the launch server's key of the plan (server_key)
 _POLICY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "policies")
 # the policy code, and the BPF emitter (sandbox/seccomp.py) whose program the entry holds
 _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "seccomp_verdict.py", "syscalls.py",
               "docker_seccomp.py", "units.py", "schema/profile.schema.json",
-              os.path.join(os.pardir, "sandbox", "seccomp.py"))
+              os.path.join(os.pardir, "sandbox", "seccomp.py"),
+              # the launch server's key of the plan (runopts["server_key"]) is a digest of its wire encoding
+              os.path.join(os.pardir, "sandbox", "wire.py"))
 
 
 def cache_dir() -> str:
@@ -31,12 +33,13 @@ def cache_dir() -> str:
     return os.path.join(base, "pysandbox", "plans")
 
 
-def key_for(options: list[str]) -> str:
+def key_for(options: list[str], cwd: "str | None" = None) -> str:
     """The key material is stored in the entry and compared in full on load, so the short
     file name (a CRC) can collide without ever handing out another option set's plan. The
-    installation (its policy directory) is part of the key: two installs never share a plan."""
+    installation (its policy directory) is part of the key: two installs never share a plan.
+    cwd: the caller's working directory (the launch server looks up a client's plan; None: ours)."""
     env = os.environ
-    return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), os.getcwd(),
+    return repr((FORMAT, sys.version_info[:2], os.geteuid(), os.getegid(), cwd or os.getcwd(),
                  os.uname().release, _POLICY_DIR, options,
                  # what a profile name resolves through (policies.loader.user_profile_dirs)
                  env.get("PYSANDBOX_PROFILE_PATH"), env.get("XDG_CONFIG_HOME"), env.get("HOME"),

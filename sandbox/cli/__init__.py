@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 
 # the command modules of sandbox/cli/, in no particular order (click lists commands sorted)
 COMMAND_MODULES = ("run", "explain", "doctor", "profiles", "completion", "export", "image", "audit",
-                   "network", "cgroups", "lint", "status", "lifecycle", "build_image")
+                   "network", "cgroups", "lint", "status", "lifecycle", "build_image", "server")
 
 
 def main(argv=None) -> int:
@@ -35,6 +35,10 @@ def main(argv=None) -> int:
         if args and args[0] == "run" and "--" in args:
             i = args.index("--")
             raw_run_options = args[1:i]     # the options of `run` before `--`: the plan cache key
+            from ..server import lean       # the caller's launch server, when one runs (opt-in)
+            code = lean.run(raw_run_options, args[i + 1:])
+            if code is not None:
+                return _exit(code)
             from .runner import fast_run
             code = fast_run(raw_run_options, args[i + 1:])
             if code is not None:

@@ -45,7 +45,10 @@ def run(ctx, command, name, audit_log, detach, auto_remove, tty, interactive, **
         # the cached plan carries no argv of its own: the command after `--` is supplied per run
         from dataclasses import replace
         cached = replace(plan, process=replace(plan.process, argv=tuple(compile_default_argv(compiled))))
-        plancache.store(plancache.key_for(raw_options), cached, bpf, runopts, cache_files(compiled, kw))
+        from ..server.client import plan_key     # the key the launch server keeps it under (clirun.py):
+        plancache.store(plancache.key_for(raw_options), cached, bpf,
+                        dict(runopts, server_key=plan_key(cached, bpf)),   # a hit computes no digest
+                        cache_files(compiled, kw))
     return launch(plan, bpf, None, runopts)
 
 

@@ -8,12 +8,8 @@ session only when a run actually starts (imports inside the functions below).
 from __future__ import annotations
 
 import os
-import sys
 
-
-def err(msg: str) -> None:
-    sys.stderr.write(msg.rstrip("\n") + "\n")
-    sys.stderr.flush()
+from ..runout import err, report as _report, session as _session
 
 
 def gc_on() -> None:
@@ -49,23 +45,10 @@ def launch(plan, bpf, argv, runopts) -> int:
         sess.close()
         return e.code
     watch.stop()
-    if result.message:
-        err(_no_namespaces(plan) if result.message.startswith("pysandbox: namespaces: cannot create") else
-            result.message)
+    _report(plan, result.message)
     code = result.exit_code
     sess.close()
     return code
-
-
-def _session(plan, runopts):
-    """The run's audit session, or None (said on stderr) when it cannot be opened."""
-    from audit.session import open_session
-    try:
-        return open_session(os.urandom(6).hex(), runopts.get("name"), plan.name,
-                            log_path=runopts.get("audit_log"))
-    except OSError as e:
-        err(f"pysandbox: {e.strerror if not str(e).startswith('audit') else e}")
-        return None
 
 
 class _LandlockAudit:
@@ -90,14 +73,6 @@ class _LandlockAudit:
     def stop(self) -> None:
         if self.watch is not None:
             self.watch.stop()
-
-
-def _no_namespaces(plan) -> str:
-    """The namespaces backend could not start: say what is missing and what lighter isolation the
-    user could accept (sandbox/launch/nsfree.py), when user namespaces are what failed."""
-    from ..launch import nsfree
-    backend, why = nsfree.choose(plan)
-    return f"pysandbox: {why}" if backend is None else "pysandbox: namespaces: cannot create them"
 
 
 def _ladder(plan, bpf, argv, runopts):

@@ -9,6 +9,11 @@ every sandbox of one API process (per state directory), one module per job:
   template  the template process that clones every PID 1, and the spares it clones ahead
   pid1      in a PID 1 the template cloned: take the run's context, run sequence.pid1
 
+The CLI's launch server (`pysandbox server`, opt-in) is the same loop listening on a socket:
+  lean      in `pysandbox run`: the socket's checks, the run sent as typed, signals (C modules only)
+  clirun    in the server: a CLI's run as its own cached path would do it, or "not here"
+  peer      in the server: is a client exactly as confined as the server
+
 Why a separate process:
   * cost: a sandbox's PID 1 is a forked copy of whoever clones it. Cloned from the API process
     (which compiled profiles: PyYAML, jsonschema, libseccomp, the compiler; and whatever the

@@ -11,6 +11,12 @@ Between the API and the server every message is one of the launch wire format (s
     sandbox; the control socket closing (the API process ended, however) kills them all.
   template socket (server -> template): its own small messages (template.py).
 
+The CLI's launch server (`pysandbox server`, loop.serve(listen_fd=...)): each accepted
+connection is a control socket as above, but carries the CLI's runs (sandbox/server/lean.py: a
+message of its own, the run's replies and signals described there), or b"STATUS" / b"STOP" (no
+descriptors), answered there with one line ("pid N sandboxes K connections C idle T"); STOP then
+ends the server.
+
 The framing helpers below are shared by the three ends.
 """
 from __future__ import annotations
@@ -30,3 +36,4 @@ def msg_len(sock) -> int:
 def recv(sock) -> bytes:
     """The next message (b"": end of stream)."""
     return sock.recv(max(msg_len(sock), 1))
+

@@ -59,6 +59,11 @@ def ctx_fds(ctx) -> list:
     return list(dict.fromkeys(fds))
 
 
+# run first in a forked template: what of the server it must not keep (the CLI's server: its
+# listening socket and its SIGTERM wake-up, sandbox/server/loop.py)
+AFTER_FORK: list = []
+
+
 class Template:
     """The server's handle on its template process (see above)."""
 
@@ -68,6 +73,8 @@ class Template:
         if pid == 0:
             try:
                 self.sock.close()
+                for fn in AFTER_FORK:
+                    fn()
                 main(theirs)
             finally:
                 os._exit(0)

@@ -12,6 +12,12 @@ stored), and the Python API (`Sandbox("strict").run`, through the launch server)
     cgroups (the host's view, from the `sandbox_start` event's cgroup directories);
   * the same id maps, setgroups, hostname and identity.
 
+The CLI's launch server (`pysandbox server`, opt-in) is the fourth way: the cached run through a
+running server must give the same sandbox (the comparison above, PID 1 then being the server's
+child), and the same behaviour: stdio, environment, working directory, umask, exit codes (0, N, a
+signal, a command not found), a signal sent to the CLI forwarded to the sandbox, the audit
+events — as root and as the unprivileged test user.
+
 The program prints what it sees, then execs `sleep`; the host reads the filter and the cgroup files
 while it sleeps, then kills the sandbox. Run as root (the host's ptrace of a sandboxed process); the
 CLI's two paths are compared as the unprivileged test user too."""
@@ -27,6 +33,7 @@ import time
 
 import pytest
 
+import launchserver
 from conftest import PYSANDBOX, SandboxProcs, audit_log
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the host reads the filter back with ptrace: root")
@@ -121,7 +128,9 @@ def _host_side(log: str, before: int) -> dict:
                         limits[f"{ctrl}/{name}"] = f.read().strip()
                 except OSError:
                     pass
-        return {"filters": filters_of(prog), "cgroup": limits, "cgroups": len(procs.cgroups)}
+        with open(f"/proc/{procs.pid}/status") as f:       # who started PID 1: the CLI, or a launch server
+            ppid = int(next(line.split()[1] for line in f if line.startswith("PPid:")))
+        return {"filters": filters_of(prog), "cgroup": limits, "cgroups": len(procs.cgroups), "ppid": ppid}
     finally:
         procs.kill()
         assert procs.gone(30)
@@ -259,3 +268,107 @@ def test_a_cached_run_imports_no_compiler_nor_heavy_library(tmp_path, monkeypatc
     assert "inspect" not in imported and "ast" not in imported
     # nor typing: annotations are postponed, typing names imported under TYPE_CHECKING only
     assert "typing" not in imported
+
+
+def test_the_launch_server_gives_the_same_sandbox(root_runner, monkeypatch, tmp_path):
+    log = audit_log(root_runner)
+    monkeypatch.chdir(tmp_path)
+    _cli(log)                                                 # the plan cached (or the full path)
+    direct, direct_host = _cli(log)                           # the cached ordinary path
+    server = launchserver.Server(root_runner)
+    try:
+        via, via_host = _cli(log)
+    finally:
+        server.stop()
+    assert direct_host["ppid"] != server.pid and via_host["ppid"] == server.pid   # the server's PID 1
+    assert via == direct
+    for name in ("filters", "cgroup", "cgroups"):
+        assert via_host[name] == direct_host[name], name
+
+
+BEHAVIOUR = {   # argv, stdin
+    "stdio_env_cwd_exit_n": (["/bin/sh", "-c", "pwd; umask; env | sort; cat; echo to-stderr >&2; exit 3"], "in\n"),
+    "exit_0": (["/bin/true"], None),
+    "signal": (["/bin/sh", "-c", "kill -KILL $$"], None),
+    "not_found": (["/no/such/program"], None),
+    "denied_mount": (["/bin/sh", "-c", "mount -t tmpfs none /tmp; echo $?"], None),
+}
+
+
+def _events(log: str, since: int) -> list:
+    """The audit events written after line `since`: type and what does not change from run to run."""
+    with open(log) as f:
+        lines = f.readlines()[since:]
+    out = []
+    for line in lines:
+        ev = json.loads(line)
+        out.append((ev["type"], ev.get("exit_code"), ev.get("signal"), (ev.get("syscall") or {}).get("name"),
+                    ev.get("action"), ev.get("argv"),
+                    ev.get("message") if ev["type"] == "integrity_violation" else None))   # (says why)
+    return out
+
+
+def _lines(log: str) -> int:
+    try:
+        with open(log) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def test_the_launch_server_behaves_as_the_cli(runner, own_state_dir):
+    """Each command twice, without and with a server running: the same exit code, stdout, stderr
+    and audit events (and the second run did go through the server)."""
+    log = audit_log(runner)
+    env = {"TERM": "xterm-test", "LANG": "C.UTF-8", "PYSBX_NOT_PASSED": "1"}
+    launchserver.run(runner, ["/bin/true"], env=env)            # the plan cached
+    seen = {}
+    for name, (argv, stdin) in BEHAVIOUR.items():
+        n = _lines(log)
+        p, via = launchserver.run(runner, argv, input=stdin, env=env)
+        assert not via
+        seen[name] = (p.returncode, p.stdout, p.stderr, _events(log, n))
+    server = launchserver.Server(runner)
+    try:
+        for name, (argv, stdin) in BEHAVIOUR.items():
+            n = _lines(log)
+            p, via = launchserver.run(runner, argv, input=stdin, env=env)
+            assert via, (name, p)
+            assert (p.returncode, p.stdout, p.stderr, _events(log, n)) == seen[name], name
+    finally:
+        server.stop()
+    assert seen["exit_0"][0] == 0 and seen["stdio_env_cwd_exit_n"][0] == 3 and seen["signal"][0] == 137
+    assert seen["not_found"][0] == 127
+    out = seen["stdio_env_cwd_exit_n"][1]
+    assert "TERM=xterm-test" in out and "PYSBX_NOT_PASSED" not in out and out.endswith("in\n"), out
+    assert any(e[0] == "escape_attempt" and e[3] == "mount" for e in seen["denied_mount"][3]), seen["denied_mount"]
+
+
+def test_a_signal_to_the_cli_reaches_the_sandbox_through_the_server(runner, own_state_dir):
+    """SIGTERM to the CLI ends the sandbox as on the ordinary path: forwarded to the program, whose
+    handler runs and whose exit code is the CLI's."""
+    script = 'trap "echo got TERM; exit 7" TERM; echo ready; while :; do sleep 0.05; done'
+    launchserver.run(runner, ["/bin/true"])                      # the plan cached
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.user else {}
+
+    def once() -> tuple:
+        cli = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--", "/bin/sh", "-c", script],
+                               env=runner.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd="/tmp", **kw)
+        try:
+            assert cli.stdout.readline() == "ready\n"
+            cli.send_signal(15)
+            out, err = cli.communicate(timeout=30)
+        finally:
+            cli.kill()
+            cli.wait()
+        return cli.returncode, out, err
+
+    direct = once()
+    server = launchserver.Server(runner)
+    try:
+        via = once()
+        assert server.status().stdout.startswith(f"running: pid {server.pid} ")
+    finally:
+        server.stop()
+    assert direct == (7, "got TERM\n", "") and via == direct, (direct, via)

@@ -14,7 +14,7 @@ CLI = REPO / "sandbox" / "cli"
 # every command `pysandbox --help` lists (a move that drops one fails here)
 COMMANDS = {"audit", "build", "cgroups", "commit", "completion", "diff", "doctor", "exec", "explain", "export",
             "image", "inspect", "kill", "learn", "lint", "logs", "network", "pause", "profiles", "prune",
-            "ps", "rm", "run", "stats", "stop", "top", "unpause", "volume"}
+            "ps", "rm", "run", "server", "stats", "stop", "top", "unpause", "volume"}
 
 
 def _py(code: str) -> subprocess.CompletedProcess:
