@@ -1,0 +1,58 @@
+"""A user's sweep from outside the work tree (issue: sweep): broken input and odd environments that
+ended in a traceback, an "internal error", a hang or files in the wrong place. Each is now one line
+with a documented exit code (2 bad input, 125 cannot be set up), and the legitimate form still works.
+As root and as the unprivileged test user (`runner`).
+
+* stdio closed by the caller (`<&-`, `>&-`, `2>&-`): `pysandbox --help >&-` and `run ... >&-` ended
+  in `AttributeError: 'NoneType' object has no attribute 'flush'` (exit 1); a closed descriptor is
+  now /dev/null for pysandbox and the program (sandbox/cli/__init__.py, _stdio_open), so no file
+  pysandbox opens later can take its number and reach the program as its stdin/stdout.
+* `--timeout nan|inf|1e400` and a profile's `process.timeout: .nan|.inf` ended as "internal error"
+  (exit 125): now exit 2 at the flag / file:line:col. A timeout beyond poll(2)'s ~24.8 days
+  (`--timeout 3000000`) crashed the wait (OverflowError, exit 125): the wait now goes in steps.
+* `network.ports: [{...}]` with a missing or unknown key: "internal error: KeyError" -> exit 2.
+* `extends:` cycle: the message had no line:col -> the `extends:` that closes the cycle.
+* `--security-opt seccomp=/dev/zero` said "file not found" -> "not a regular file".
+* `--audit-log FIFO` with no reader blocked for ever (as root): now exit 125, one line, at once.
+* A relative `HOME` (rootless): the state directory and the plan cache were made below the current
+  directory -> the password database's home is used (audit/paths.py `home`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from conftest import PYSANDBOX
+
+
+def _sh(runner, script: str, *args, env=None, cwd="/tmp", timeout=60):
+    """`/bin/sh -c SCRIPT sh PYSANDBOX ARGS...` as the runner's user (the script closes descriptors)."""
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.rootless else {}
+    if runner.rootless:
+        runner("--version")                       # (delegated cgroups re-created if a test removed them)
+    p = subprocess.run(["/bin/sh", "-c", script, "sh", PYSANDBOX, *args], capture_output=True, text=True,
+                       env=runner.env(env), cwd=cwd, timeout=timeout, **kw)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_closed_stdio_is_dev_null_for_pysandbox_and_the_program(runner):
+    probe = ("for i in 0 1 2; do x=$(readlink /proc/$$/fd/$i) || x=closed; echo \"$i:$x\" >&3; done; "
+             "echo out; echo err >&2")
+    # stdout closed: no traceback, exit 0; the program's descriptor 1 is /dev/null
+    p = _sh(runner, 'exec "$@" >&-', "run", "--", "/bin/sh", "-c", probe.replace(">&3", ">&2"))
+    assert p.returncode == 0, p
+    assert "1:/dev/null" in p.stderr and "err" in p.stderr, p
+    # stdin closed: the program's stdin is /dev/null (not closed, not a descriptor of pysandbox's)
+    p = _sh(runner, 'exec "$@" <&-', "run", "--", "/bin/sh", "-c", probe.replace(">&3", ""))
+    assert p.returncode == 0 and "0:/dev/null" in p.stdout and "out" in p.stdout, p
+    # stderr closed: the program's output still arrives, pysandbox exits with the program's status
+    p = _sh(runner, 'exec "$@" 2>&-', "run", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 3")
+    assert p.returncode == 3 and p.stdout == "out\n", p
+    # every descriptor closed, and commands that are not `run`
+    for args in (("--help",), ("profiles",), ("run", "--", "/bin/true")):
+        p = _sh(runner, 'exec "$@" <&- >&- 2>&-', *args)
+        assert p.returncode == 0, (args, p)
+    p = _sh(runner, 'exec "$@" >&-', "run", "--profile", "no-such-profile", "--", "/bin/true")
+    assert p.returncode == 2 and p.stderr.startswith("pysandbox: unknown profile"), p
