@@ -728,10 +728,12 @@ def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P
             raise ProfileError(f"--ulimit: {e}") from None
         rlimits = [r for r in rlimits if r.name != name] + [P.Rlimit(name, soft, hard)]
     timeout = p.get("timeout")
+    if timeout is not None and not _finite_seconds(timeout):    # the schema lets .nan and .inf through
+        raise ProfileError("process.timeout: must be a finite number of seconds > 0", loc(("process", "timeout")))
     if ov.timeout is not None:
-        if ov.timeout <= 0:
-            raise ProfileError("--timeout must be > 0 seconds")
-        timeout = ov.timeout
+        if not _finite_seconds(ov.timeout):
+            raise ProfileError(f"--timeout {ov.timeout!r:.40}: must be a finite number of seconds > 0")
+        timeout = float(ov.timeout)
     wd = img.get("WorkingDir")
     cwd = ov.workdir or (wd if isinstance(wd, str) and wd.startswith("/") else None) or p.get("cwd", "/")
     if not cwd.startswith("/"):
@@ -744,6 +746,12 @@ def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P
                      env_set=tuple(sorted(env_set.items())), hostname=hostname,
                      rlimits=tuple(sorted(rlimits, key=lambda r: r.name)), timeout=timeout,
                      new_session=p.get("new_session", True))
+
+
+def _finite_seconds(v) -> bool:
+    """A timeout: a real number (not a bool, not a string), finite and > 0."""
+    import math
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _network(n, ov: Overrides, loc, ns) -> P.Network:

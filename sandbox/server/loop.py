@@ -266,7 +266,7 @@ def serve(ctl_fd: int) -> None:
                      if r.launch.deadline is not None and not r.launch.timed_out]
         paced = [r for r in by_pidfd.values() if r.launch.sup is not None and r.launch.sup.inline_wakeup()]
         deadlines += [r.launch.sup.inline_wakeup() for r in paced]   # audit: a flood's pace ends
-        timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
+        timeout = None if not deadlines else min(max(0, int((min(deadlines) - now) * 1000) + 1), 2**31 - 1)
         events = poller.poll(timeout)
         poller.changed.clear()
         for fd, ev in events:

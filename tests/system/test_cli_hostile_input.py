@@ -56,3 +56,38 @@ def test_closed_stdio_is_dev_null_for_pysandbox_and_the_program(runner):
         assert p.returncode == 0, (args, p)
     p = _sh(runner, 'exec "$@" >&-', "run", "--profile", "no-such-profile", "--", "/bin/true")
     assert p.returncode == 2 and p.stderr.startswith("pysandbox: unknown profile"), p
+
+
+def test_timeout_not_finite_is_a_usage_error(runner, tmp_profile):
+    for t in ("nan", "inf", "-inf", "1e400"):
+        r = runner("run", "--timeout", t, "--", "/bin/true")
+        assert r.returncode == 2, (t, r)
+        assert r.stderr.strip().splitlines() == [f"pysandbox: --timeout {float(t)!r}: must be a finite "
+                                                 "number of seconds > 0"], (t, r)
+    for value in (".nan", ".inf"):
+        p = tmp_profile(f"version: 1\nextends: strict\nprocess:\n  timeout: {value}\n")
+        r = runner("run", "--profile", p, "--", "/bin/true")
+        assert r.returncode == 2, r
+        assert r.stderr.strip() == f"pysandbox: {p}:4:3: process.timeout: must be a finite number of seconds > 0", r
+
+
+def test_timeout_beyond_poll_range_runs(runner):
+    """3 000 000 s is past poll(2)'s int of milliseconds (~24.8 days): the wait goes in steps."""
+    r = runner("run", "--timeout", "3000000", "--", "/bin/sh", "-c", "echo ran")
+    assert r.returncode == 0 and r.stdout == "ran\n", r
+    r = runner("run", "--timeout", "0.3", "--", "/bin/sleep", "5")    # and a short one still expires
+    assert r.returncode == 124, r
+
+
+def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
+    """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
+    timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
+    from sandbox.api import Sandbox
+    long = Sandbox("strict", timeout=3000000)
+    r = long.run(["/bin/sh", "-c", "echo ran"], text=True)
+    assert r.exit_code == 0 and r.stdout == "ran\n", r
+    sb = Sandbox("strict")
+    r = sb.run(["/bin/true"], timeout=3e6)                                   # run()'s own timeout too
+    assert r.exit_code == 0, r
+    r = sb.run(["/bin/sleep", "5"], timeout=0.3)                             # the same server, still serving
+    assert r.exit_code == 124 and r.timed_out, r
