@@ -942,8 +942,14 @@ DNS_EGRESS_HINT = ("allow a name with `host:` (`{host: example.com, ports: [443]
 def parse_port(spec) -> P.PortMapping:
     """`[HOSTIP:]HOSTPORT:PORT[/tcp|udp]` or a mapping {host_port, port, proto, host_ip}."""
     if isinstance(spec, dict):
-        return P.PortMapping(int(spec["host_port"]), int(spec["port"]), spec.get("proto", "tcp"),
-                             spec.get("host_ip", "0.0.0.0"))
+        unknown = sorted(str(k) for k in spec if k not in ("host_port", "port", "proto", "host_ip"))
+        hp, cp = spec.get("host_port"), spec.get("port")
+        proto, host_ip = spec.get("proto", "tcp"), spec.get("host_ip", "0.0.0.0")
+        if unknown or not all(type(v) is int and 0 < v < 65536 for v in (hp, cp)) \
+                or proto not in ("tcp", "udp") or not isinstance(host_ip, str):
+            raise ValueError("a port mapping is {host_port: 1-65535, port: 1-65535, proto: tcp|udp, "
+                             "host_ip: ADDRESS}" + (f" (unknown key {unknown[0][:40]!r})" if unknown else ""))
+        return P.PortMapping(hp, cp, proto, host_ip)
     s, _, proto = str(spec).partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):

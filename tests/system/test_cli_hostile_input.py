@@ -79,6 +79,20 @@ def test_timeout_beyond_poll_range_runs(runner):
     assert r.returncode == 124, r
 
 
+def test_port_mapping_with_bad_keys_is_a_profile_error(runner, tmp_profile):
+    for ports, col in (("[{host_port: 8080}]", 11), ("[{host: 8080, port: 80}]", 11),
+                       ("[{host_port: 99999, port: 80}]", 11), ("[{host_port: 8080, port: 80, proto: sctp}]", 11)):
+        p = tmp_profile(f"version: 1\nextends: strict\nnetwork:\n  mode: pasta\n  ports: {ports}\n")
+        r = runner("explain", "--profile", p)
+        assert r.returncode == 2, (ports, r)
+        assert r.stderr.startswith(f"pysandbox: {p}:5:{col}: a port mapping is {{host_port: 1-65535"), (ports, r)
+        assert len(r.stderr.strip().splitlines()) == 1, r
+    p = tmp_profile("version: 1\nextends: strict\nnetwork:\n  mode: pasta\n"
+                    "  ports: [{host_port: 8080, port: 80, proto: udp}]\n")
+    r = runner("explain", "--profile", p, "--json")
+    assert r.returncode == 0 and '"host_port": 8080' in r.stdout, r
+
+
 def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
     timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
