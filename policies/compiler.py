@@ -267,7 +267,8 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                 else:
                     p = Path(ov.cwd_for_paths, v)
                     if not p.is_file():
-                        raise ProfileError(f"--security-opt seccomp={v}: file not found")
+                        raise ProfileError(f"--security-opt seccomp={v}: "
+                                           + ("not a regular file" if p.exists() else "file not found"))
                     seccomp_section = {"import": str(p.resolve())}
             elif k in ("no-new-privileges", "no_new_privs"):
                 if v not in ("", "true", "false"):

@@ -93,6 +93,13 @@ def test_port_mapping_with_bad_keys_is_a_profile_error(runner, tmp_profile):
     assert r.returncode == 0 and '"host_port": 8080' in r.stdout, r
 
 
+def test_security_opt_seccomp_not_a_regular_file_says_so(runner):
+    r = runner("run", "--security-opt", "seccomp=/dev/null", "--", "/bin/true")
+    assert r.returncode == 2 and r.stderr == "pysandbox: --security-opt seccomp=/dev/null: not a regular file\n", r
+    r = runner("run", "--security-opt", "seccomp=/no/such.json", "--", "/bin/true")
+    assert r.returncode == 2 and r.stderr == "pysandbox: --security-opt seccomp=/no/such.json: file not found\n", r
+
+
 def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
     timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
