@@ -100,6 +100,15 @@ def test_security_opt_seccomp_not_a_regular_file_says_so(runner):
     assert r.returncode == 2 and r.stderr == "pysandbox: --security-opt seccomp=/no/such.json: file not found\n", r
 
 
+def test_extends_cycle_names_the_extends_line(runner, shared_tmp):
+    for name, parent in (("a.yaml", "./b.yaml"), ("b.yaml", "./a.yaml")):
+        (shared_tmp / name).write_text(f"version: 1\nname: {name[0]}\nextends: {parent}\n")
+        os.chmod(shared_tmp / name, 0o644)
+    r = runner("run", "--profile", str(shared_tmp / "a.yaml"), "--", "/bin/true")
+    assert r.returncode == 2, r
+    assert r.stderr.startswith(f"pysandbox: {shared_tmp}/b.yaml:3:1: extends cycle: "), r
+
+
 def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
     timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
