@@ -109,6 +109,19 @@ def test_extends_cycle_names_the_extends_line(runner, shared_tmp):
     assert r.stderr.startswith(f"pysandbox: {shared_tmp}/b.yaml:3:1: extends cycle: "), r
 
 
+def test_audit_log_fifo_without_reader_does_not_hang(runner, shared_tmp):
+    fifo = shared_tmp / "log.fifo"
+    os.mkfifo(fifo, 0o666)
+    os.chown(fifo, runner.uid, runner.gid)
+    r = runner("run", "--audit-log", str(fifo), "--", "/bin/true", timeout=30)
+    assert r.returncode == 125, r
+    assert r.stderr.strip() == f"pysandbox: audit log {fifo}: a FIFO nobody reads (or a device without its driver)", r
+    log = shared_tmp / "log.jsonl"                     # a regular file still works
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    r = runner("run", "--audit-log", str(log), "--", "/bin/true")
+    assert r.returncode == 0 and '"sandbox_exit"' in log.read_text(), r
+
+
 def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
     timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
