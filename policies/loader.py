@@ -59,7 +59,16 @@ def user_profile_dirs() -> list[Path]:
     env = os.environ.get("PYSANDBOX_PROFILE_PATH")
     if env:
         dirs += [Path(p) for p in env.split(":") if p]
-    cfg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    cfg = os.environ.get("XDG_CONFIG_HOME")
+    if not (cfg and os.path.isabs(cfg)):       # relative: ignored (XDG), never below the current directory
+        home = os.environ.get("HOME", "")
+        if not os.path.isabs(home):
+            import pwd
+            try:
+                home = pwd.getpwuid(os.getuid()).pw_dir
+            except KeyError:
+                home = "/"
+        cfg = os.path.join(home, ".config")
     dirs.append(Path(cfg) / "pysandbox" / "profiles")
     dirs.append(Path("/etc/pysandbox/profiles"))
     return dirs

@@ -122,6 +122,21 @@ def test_audit_log_fifo_without_reader_does_not_hang(runner, shared_tmp):
     assert r.returncode == 0 and '"sandbox_exit"' in log.read_text(), r
 
 
+def test_relative_home_puts_nothing_below_the_current_directory(user_runner, shared_tmp):
+    """HOME=relative as the unprivileged user, run from a directory it owns: the state directory
+    and plan cache are its password-database home's (what a relative HOME would have put in cwd)."""
+    os.chown(shared_tmp, user_runner.uid, user_runner.gid)
+    home = user_runner.home
+    p = _sh(user_runner, 'exec "$@"', "run", "--", "/bin/true", cwd=str(shared_tmp),
+            env={"HOME": "relative", "PYSANDBOX_STATE_DIR": None})
+    try:
+        assert p.returncode == 0, p
+        assert not (shared_tmp / "relative").exists(), list(shared_tmp.iterdir())
+        assert os.path.isdir(os.path.join(home, ".local", "share", "pysandbox")), p
+    finally:
+        shutil.rmtree(shared_tmp / "relative", ignore_errors=True)
+
+
 def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     """The API's launch server computed poll(2)'s timeout from the deadline: a Sandbox with
     timeout=3000000 ended the server (OverflowError), and with it every sandbox of the process."""
