@@ -149,3 +149,26 @@ def test_api_timeout_beyond_poll_range_keeps_the_launch_server(root_runner):
     assert r.exit_code == 0, r
     r = sb.run(["/bin/sleep", "5"], timeout=0.3)                             # the same server, still serving
     assert r.exit_code == 124 and r.timed_out, r
+
+
+def test_audit_show_of_a_log_that_is_not_ours(runner, shared_tmp):
+    """`audit show|summary --log FILE`: records of another shape ended as "internal error:
+    TypeError" (exit 125); a FIFO blocked for ever; /dev/zero was read into memory until the OOM
+    killer came. Now: malformed records are skipped (the good ones shown), anything but a regular
+    file is refused at once (exit 1, one line)."""
+    log = shared_tmp / "other.jsonl"
+    log.write_text('{"type": "sandbox_start", "sandbox_id": "ok1", "time": "2026-01-01T00:00:00Z"}\n'
+                   '{"time": 5, "type": {"a": 1}, "seq": "x", "severity": 7}\n'
+                   '{"syscall": {"name": "mount", "args": ["x"]}, "type": "seccomp_denied"}\n'
+                   'not json\n[1, 2]\n' + "a" * (2 << 20) + "\n")
+    os.chmod(log, 0o644)
+    for cmd in ("show", "summary"):
+        r = runner("audit", cmd, "--log", str(log))
+        assert r.returncode == 0 and "ok1" in r.stdout and r.stderr == "", (cmd, r)
+    fifo = shared_tmp / "log.fifo"
+    os.mkfifo(fifo, 0o644)
+    for path in (str(fifo), "/dev/zero"):
+        for args in (("show",), ("summary",), ("tail", "--no-follow"), ("tail", "-n", "1")):
+            r = runner("audit", *args, "--log", path, timeout=30)
+            assert r.returncode == 1, (path, args, r)
+            assert r.stderr == f"pysandbox: {path}: not a regular file: not an audit log\n", (path, args, r)
