@@ -172,3 +172,12 @@ def test_audit_show_of_a_log_that_is_not_ours(runner, shared_tmp):
             r = runner("audit", *args, "--log", path, timeout=30)
             assert r.returncode == 1, (path, args, r)
             assert r.stderr == f"pysandbox: {path}: not a regular file: not an audit log\n", (path, args, r)
+
+
+def test_image_import_of_a_fifo_or_device_does_not_hang(runner, shared_tmp):
+    fifo = shared_tmp / "image.fifo"
+    os.mkfifo(fifo, 0o644)
+    for path in (str(fifo), "/dev/zero"):
+        r = runner("image", "import", path, "x:1", timeout=30)
+        assert r.returncode == 2, (path, r)
+        assert r.stderr == f"pysandbox: {path}: not a regular file or a directory: not an image\n", (path, r)
