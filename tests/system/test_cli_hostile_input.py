@@ -181,3 +181,16 @@ def test_image_import_of_a_fifo_or_device_does_not_hang(runner, shared_tmp):
         r = runner("image", "import", path, "x:1", timeout=30)
         assert r.returncode == 2, (path, r)
         assert r.stderr == f"pysandbox: {path}: not a regular file or a directory: not an image\n", (path, r)
+
+
+def test_lint_output_to_a_fifo_nobody_reads_does_not_hang(runner, shared_tmp, tmp_profile):
+    p = tmp_profile("version: 1\nextends: strict\n")
+    fifo = shared_tmp / "report.fifo"
+    os.mkfifo(fifo, 0o666)
+    os.chown(fifo, runner.uid, runner.gid)
+    r = runner("lint", "-o", str(fifo), p, timeout=30)
+    assert r.returncode == 2 and r.stderr == f"pysandbox: cannot write {fifo}: a FIFO nobody reads\n", r
+    out = shared_tmp / "report.txt"                    # a file still works
+    os.chown(shared_tmp, runner.uid, runner.gid)
+    r = runner("lint", "-o", str(out), p)
+    assert r.returncode == 0 and "EXPOSURE" in out.read_text(), r
