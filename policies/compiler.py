@@ -749,6 +749,9 @@ def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P
                      new_session=p.get("new_session", True))
 
 
+PID_MAX_LIMIT = 4 * 1024 * 1024      # include/linux/threads.h, 64-bit: the most pids.max accepts
+
+
 def _finite_seconds(v) -> bool:
     """A timeout: a real number (not a bool, not a string), finite and > 0."""
     import math
@@ -1018,6 +1021,9 @@ def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
     pids, f = pick(ov.pids_limit, "pids")
     if pids is not None and pids < 1:
         bad("--pids-limit must be at least 1" if f else "limits.pids must be at least 1", "pids", f)
+    elif pids is not None and pids > PID_MAX_LIMIT:      # pids.max refuses more (ERANGE): bad input, not 125
+        bad(f"--pids-limit must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT)" if f else
+            f"limits.pids must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT)", "pids", f)
     shares, f = pick(ov.cpu_shares, "cpu_shares")
     if shares is not None and not (2 <= shares <= 262144):
         bad("--cpu-shares must be 2-262144" if f else "limits.cpu_shares must be 2-262144", "cpu_shares", f)

@@ -194,3 +194,15 @@ def test_lint_output_to_a_fifo_nobody_reads_does_not_hang(runner, shared_tmp, tm
     os.chown(shared_tmp, runner.uid, runner.gid)
     r = runner("lint", "-o", str(out), p)
     assert r.returncode == 0 and "EXPOSURE" in out.read_text(), r
+
+
+def test_pids_limit_above_the_kernel_maximum_is_a_usage_error(runner, tmp_profile):
+    """--pids-limit 99999999999999999999 reached the cgroup write (ERANGE, exit 125): bad input is 2."""
+    r = runner("run", "--pids-limit", "99999999999999999999", "--", "/bin/true")
+    assert r.returncode == 2 and r.stderr == ("pysandbox: --pids-limit must be at most 4194304 "
+                                              "(the kernel's PID_MAX_LIMIT)\n"), r
+    p = tmp_profile("version: 1\nextends: strict\nlimits:\n  pids: 5000000\n")
+    r = runner("run", "--profile", p, "--", "/bin/true")
+    assert r.returncode == 2 and r.stderr.startswith(f"pysandbox: {p}:4:3: limits.pids must be at most 4194304"), r
+    r = runner("run", "--pids-limit", "4194304", "--", "/bin/true")
+    assert r.returncode == 0, r
