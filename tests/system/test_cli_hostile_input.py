@@ -206,3 +206,10 @@ def test_pids_limit_above_the_kernel_maximum_is_a_usage_error(runner, tmp_profil
     assert r.returncode == 2 and r.stderr.startswith(f"pysandbox: {p}:4:3: limits.pids must be at most 4194304"), r
     r = runner("run", "--pids-limit", "4194304", "--", "/bin/true")
     assert r.returncode == 0, r
+
+
+def test_cpus_out_of_range_says_the_range(runner):
+    """--cpus 1e9 said "(must be > 0)" of a positive number: the message gives the range."""
+    for v in ("1e9", "-1", "nan"):
+        r = runner("run", "--cpus", v, "--", "/bin/true")
+        assert r.returncode == 2 and r.stderr == f"pysandbox: --cpus: invalid CPU count {v!r} (must be > 0 and at most 4096)\n", r
