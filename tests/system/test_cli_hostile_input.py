@@ -213,3 +213,13 @@ def test_cpus_out_of_range_says_the_range(runner):
     for v in ("1e9", "-1", "nan"):
         r = runner("run", "--cpus", v, "--", "/bin/true")
         assert r.returncode == 2 and r.stderr == f"pysandbox: --cpus: invalid CPU count {v!r} (must be > 0 and at most 4096)\n", r
+
+
+def test_learn_checks_its_output_directory_before_running(runner, shared_tmp):
+    """learn -o /nonexistent/x.yaml ran the command, then failed writing (exit 125): refused first."""
+    log = shared_tmp / "learn.jsonl"                  # written from the launch on: never, here
+    os.chmod(shared_tmp, 0o777)
+    r = runner("learn", "-o", "/nonexistent/x.yaml", "--audit-log", str(log), "--", "/bin/true")
+    assert r.returncode == 2, r
+    assert r.stderr == "pysandbox learn: /nonexistent/x.yaml: cannot write there (/nonexistent: no such directory)\n", r
+    assert not log.exists()
