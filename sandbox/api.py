@@ -343,8 +343,12 @@ def _worker() -> int:
     import base64
     import json
     import sys
-    req = json.load(sys.stdin)
     try:
+        req = json.loads(sys.stdin.read(16 << 20))
+        if not isinstance(req, dict) or not isinstance(req.get("overrides") or {}, dict) \
+                or not isinstance(req.get("argv"), list):
+            raise TypeError("a request is a JSON object with an argv list (and profile, overrides, input, "
+                            "timeout, env)")
         sb = Sandbox(req.get("profile") or "strict", **(req.get("overrides") or {}))
         inp = req.get("input")
         r = sb.run(req["argv"], input=base64.b64decode(inp) if inp is not None else None,
@@ -352,8 +356,8 @@ def _worker() -> int:
         out = {"exit_code": r.exit_code, "stdout": base64.b64encode(r.stdout).decode(),
                "stderr": base64.b64encode(r.stderr).decode(), "events": r.events, "duration": r.duration,
                "timed_out": r.timed_out, "signal": r.signal, "message": r.message, "sandbox_id": r.sandbox_id}
-    except (SandboxError, TypeError) as e:
-        out = {"error": str(e)}
+    except (SandboxError, TypeError, ValueError) as e:       # (a JSON or base64 error is a ValueError)
+        out = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, SandboxError) else str(e)}
     json.dump(out, sys.stdout, default=str)
     return 0
 

@@ -57,3 +57,16 @@ def test_unusable_audit_log_is_sandbox_error(tmp_path):
 def test_bad_run_argument_raises_before_launch(sb, args, kw, exc, message):
     with pytest.raises(exc, match=message):
         sb.run(args, **kw)
+
+
+@pytest.mark.parametrize("request_text", ["not json", "[1]", '{"argv": "/bin/true"}', '{"argv": [], "overrides": [1]}'])
+def test_worker_bad_request_is_one_json_error(request_text):
+    """`python -m sandbox.api` (the pytest plugin's as_user worker) answered a bad request with a
+    traceback; now with {"error": ...}, before any launch."""
+    import json
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "sandbox.api"], input=request_text, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p
+    assert list(json.loads(p.stdout)) == ["error"], p
