@@ -36,6 +36,27 @@ class StateDirError(OSError):
         return self.strerror or super().__str__()
 
 
+def home() -> str:
+    """The caller's home directory: $HOME when it is absolute, else the password database's (a
+    relative or empty HOME would put state, caches and profile directories below whatever directory
+    the command runs in)."""
+    h = os.environ.get("HOME")
+    if h and os.path.isabs(h):
+        return h
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or "/"
+    except KeyError:
+        return "/"
+
+
+def xdg_dir(var: str, *default: str) -> str:
+    """An XDG base directory: $var when absolute (the XDG spec: relative values are ignored), else
+    home()/default."""
+    v = os.environ.get(var)
+    return v if v and os.path.isabs(v) else os.path.join(home(), *default)
+
+
 def state_dir(rootless: Optional[bool] = None) -> str:
     """The state directory for this process (see the module's docstring)."""
     env = os.environ.get(ENV)
@@ -45,9 +66,7 @@ def state_dir(rootless: Optional[bool] = None) -> str:
         rootless = os.geteuid() != 0
     if not rootless:
         return ROOT_DEFAULT
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "pysandbox")
+    return os.path.join(xdg_dir("XDG_DATA_HOME", ".local", "share"), "pysandbox")
 
 
 def legacy_audit_dir(rootless: bool) -> Optional[str]:
@@ -55,9 +74,7 @@ def legacy_audit_dir(rootless: bool) -> Optional[str]:
     read (never written) by `pysandbox audit` when the current log does not exist yet."""
     if not rootless or os.environ.get(ENV):
         return None
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "pysandbox")
+    return os.path.join(xdg_dir("XDG_STATE_HOME", ".local", "state"), "pysandbox")
 
 
 def ensure_state_dir(rootless: Optional[bool] = None) -> str:

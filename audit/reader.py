@@ -5,6 +5,7 @@ Used by `pysandbox audit show|tail|summary`. Lines that are not valid JSON objec
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -87,6 +88,31 @@ class ReadStats:
     bad: int = 0
 
 
+MAX_LINE = 1 << 20          # a record longer than this is not one of ours: skipped (and counted) unread
+
+# the types the readers and formatters rely on, per field (absent or None is always fine): a record
+# of another shape — a log that is not pysandbox's, or edited — is skipped and counted as bad
+_SHAPE = {**dict.fromkeys(("type", "time", "severity", "sandbox_id", "sandbox_name", "profile", "technique",
+                           "comm", "via", "action", "errno_name", "first_time", "last_time"), str),
+          **dict.fromkeys(("syscall", "limit", "status", "decoded"), dict),
+          **dict.fromkeys(("pid", "sandbox_pid", "seq"), int),
+          "duration": (int, float), "argv": list, "suppressed": list}
+
+
+def well_formed(ev: dict) -> bool:
+    """Whether a JSON object has the field types of a pysandbox audit record (see _SHAPE)."""
+    for k, t in _SHAPE.items():
+        v = ev.get(k)
+        if v is not None and (not isinstance(v, t) or isinstance(v, bool)):
+            return False
+    sc = ev.get("syscall") or {}
+    args = sc.get("args")
+    return (isinstance(sc.get("name", ""), str) and isinstance(sc.get("decoded") or {}, dict)
+            and (args is None or (isinstance(args, list) and all(type(a) is int for a in args)))
+            and all(isinstance(a, str) for a in ev.get("argv") or ())
+            and (ev.get("status") is None or isinstance(ev["status"].get("signal") or "", str)))
+
+
 def parse_lines(lines: Iterable[str], stats: Optional[ReadStats] = None) -> Iterator[dict]:
     for line in lines:
         line = line.strip()
@@ -95,16 +121,46 @@ def parse_lines(lines: Iterable[str], stats: Optional[ReadStats] = None) -> Iter
         if stats is not None:
             stats.lines += 1
         try:
-            ev = json.loads(line)
-        except ValueError:
-            if stats is not None:
-                stats.bad += 1
-            continue
-        if not isinstance(ev, dict):
+            ev = json.loads(line) if len(line) <= MAX_LINE else None
+        except (ValueError, RecursionError):
+            ev = None
+        if not isinstance(ev, dict) or not well_formed(ev):
             if stats is not None:
                 stats.bad += 1
             continue
         yield ev
+
+
+def _bounded_lines(f) -> Iterator[str]:
+    """f's lines, each at most MAX_LINE characters: a longer one is yielded as a marker that
+    parse_lines counts as bad, its rest read in pieces and dropped (memory stays bounded)."""
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            while True:
+                rest = f.readline(MAX_LINE)
+                if not rest or rest.endswith("\n"):
+                    break
+            yield "-"
+            continue
+        yield line
+
+
+def open_log(path: str):
+    """A log file for reading: a regular file only (opened without blocking: a FIFO or a device
+    is refused at once, never read), as a text file."""
+    import stat
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: not an audit log", path)
+        os.set_blocking(fd, True)
+        return open(fd, "r", encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def count(ev: dict) -> int:
@@ -129,13 +185,13 @@ def read_events(path: os.PathLike | str, flt: Optional[Filter] = None,
     paths = log_files(path) if rotated else [os.fspath(path)]
     for i, p in enumerate(paths):
         try:
-            f = open(p, "r", encoding="utf-8", errors="replace")
+            f = open_log(p)
         except FileNotFoundError:
             if i == len(paths) - 1:
                 raise
             continue
         with f:
-            for ev in parse_lines(f, stats):
+            for ev in parse_lines(_bounded_lines(f), stats):
                 if flt is None or flt.match(ev):
                     yield ev
 
@@ -158,7 +214,7 @@ def follow(path: os.PathLike | str, flt: Optional[Filter] = None, from_end: bool
     while True:
         if f is None:
             try:
-                f = open(path, "r", encoding="utf-8", errors="replace")
+                f = open_log(path)
                 ino = os.fstat(f.fileno()).st_ino
                 if first and from_end:
                     f.seek(0, os.SEEK_END)

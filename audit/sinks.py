@@ -5,6 +5,7 @@ A sink is any object with `write(event: dict)` and `close()`. Sinks are driven b
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -156,7 +157,16 @@ class JsonlSink:
         self.fd = self._open()
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        # O_NONBLOCK for the open only: a FIFO nobody reads would block it for ever (ENXIO instead)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                         self.mode)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                raise OSError(e.errno, "a FIFO nobody reads (or a device without its driver)") from None
+            raise
+        os.set_blocking(fd, True)
+        return fd
 
     def describe(self) -> str:
         return str(self.path)

@@ -267,7 +267,8 @@ def compile_document(doc: Document, overrides: Optional[Overrides] = None, *,
                 else:
                     p = Path(ov.cwd_for_paths, v)
                     if not p.is_file():
-                        raise ProfileError(f"--security-opt seccomp={v}: file not found")
+                        raise ProfileError(f"--security-opt seccomp={v}: "
+                                           + ("not a regular file" if p.exists() else "file not found"))
                     seccomp_section = {"import": str(p.resolve())}
             elif k in ("no-new-privileges", "no_new_privs"):
                 if v not in ("", "true", "false"):
@@ -722,10 +723,12 @@ def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P
             raise ProfileError(f"--ulimit: {e}") from None
         rlimits = [r for r in rlimits if r.name != name] + [P.Rlimit(name, soft, hard)]
     timeout = p.get("timeout")
+    if timeout is not None and not _finite_seconds(timeout):    # the schema lets .nan and .inf through
+        raise ProfileError("process.timeout: must be a finite number of seconds > 0", loc(("process", "timeout")))
     if ov.timeout is not None:
-        if ov.timeout <= 0:
-            raise ProfileError("--timeout must be > 0 seconds")
-        timeout = ov.timeout
+        if not _finite_seconds(ov.timeout):
+            raise ProfileError(f"--timeout {ov.timeout!r:.40}: must be a finite number of seconds > 0")
+        timeout = float(ov.timeout)
     wd = img.get("WorkingDir")
     cwd = ov.workdir or (wd if isinstance(wd, str) and wd.startswith("/") else None) or p.get("cwd", "/")
     if not cwd.startswith("/"):
@@ -738,6 +741,15 @@ def _process(p: dict, ov: Overrides, loc, image_cfg: Optional[dict] = None) -> P
                      env_set=tuple(sorted(env_set.items())), hostname=hostname,
                      rlimits=tuple(sorted(rlimits, key=lambda r: r.name)), timeout=timeout,
                      new_session=p.get("new_session", True))
+
+
+PID_MAX_LIMIT = 4 * 1024 * 1024      # include/linux/threads.h, 64-bit: the most pids.max accepts
+
+
+def _finite_seconds(v) -> bool:
+    """A timeout: a real number (not a bool, not a string), finite and > 0."""
+    import math
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _network(n, ov: Overrides, loc, ns) -> P.Network:
@@ -928,8 +940,14 @@ DNS_EGRESS_HINT = ("allow a name with `host:` (`{host: example.com, ports: [443]
 def parse_port(spec) -> P.PortMapping:
     """`[HOSTIP:]HOSTPORT:PORT[/tcp|udp]` or a mapping {host_port, port, proto, host_ip}."""
     if isinstance(spec, dict):
-        return P.PortMapping(int(spec["host_port"]), int(spec["port"]), spec.get("proto", "tcp"),
-                             spec.get("host_ip", "0.0.0.0"))
+        unknown = sorted(str(k) for k in spec if k not in ("host_port", "port", "proto", "host_ip"))
+        hp, cp = spec.get("host_port"), spec.get("port")
+        proto, host_ip = spec.get("proto", "tcp"), spec.get("host_ip", "0.0.0.0")
+        if unknown or not all(type(v) is int and 0 < v < 65536 for v in (hp, cp)) \
+                or proto not in ("tcp", "udp") or not isinstance(host_ip, str):
+            raise ValueError("a port mapping is {host_port: 1-65535, port: 1-65535, proto: tcp|udp, "
+                             "host_ip: ADDRESS}" + (f" (unknown key {unknown[0][:40]!r})" if unknown else ""))
+        return P.PortMapping(hp, cp, proto, host_ip)
     s, _, proto = str(spec).partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
@@ -997,6 +1015,9 @@ def _limits(l: dict, ov: Overrides, loc) -> P.Limits:
     pids, f = pick(ov.pids_limit, "pids")
     if pids is not None and pids < 1:
         bad("--pids-limit must be at least 1" if f else "limits.pids must be at least 1", "pids", f)
+    elif pids is not None and pids > PID_MAX_LIMIT:      # pids.max refuses more (ERANGE): bad input, not 125
+        bad(f"--pids-limit must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT)" if f else
+            f"limits.pids must be at most {PID_MAX_LIMIT} (the kernel's PID_MAX_LIMIT)", "pids", f)
     shares, f = pick(ov.cpu_shares, "cpu_shares")
     if shares is not None and not (2 <= shares <= 262144):
         bad("--cpu-shares must be 2-262144" if f else "limits.cpu_shares must be 2-262144", "cpu_shares", f)

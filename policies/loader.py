@@ -59,7 +59,16 @@ def user_profile_dirs() -> list[Path]:
     env = os.environ.get("PYSANDBOX_PROFILE_PATH")
     if env:
         dirs += [Path(p) for p in env.split(":") if p]
-    cfg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    cfg = os.environ.get("XDG_CONFIG_HOME")
+    if not (cfg and os.path.isabs(cfg)):       # relative: ignored (XDG), never below the current directory
+        home = os.environ.get("HOME", "")
+        if not os.path.isabs(home):
+            import pwd
+            try:
+                home = pwd.getpwuid(os.getuid()).pw_dir
+            except KeyError:
+                home = "/"
+        cfg = os.path.join(home, ".config")
     dirs.append(Path(cfg) / "pysandbox" / "profiles")
     dirs.append(Path("/etc/pysandbox/profiles"))
     return dirs
@@ -514,7 +523,11 @@ def _load_chain(path: Path, stack: list, roots: list, probed: list) -> Document:
             raise ProfileError(f"extends unknown profile {parent_ref!r}", ext_loc) from None
         except ProfileError as e:
             raise ProfileError(f"extends: {e.message}", ext_loc) from None
-    parent = _load_chain(parent_path, stack + [key], roots, probed)
+    seen = stack + [key]
+    if os.path.realpath(parent_path) in seen:          # named at the `extends:` that closes the cycle
+        chain = " -> ".join(seen[seen.index(os.path.realpath(parent_path)):] + [os.path.realpath(parent_path)])
+        raise ProfileError(f"extends cycle: {chain}", ext_loc)
+    parent = _load_chain(parent_path, seen, roots, probed)
     out_locs: dict = {}
     child_locs = {p: l for p, l in doc.locations.items() if p != ("extends",)}
     merged = _merge(parent.data, doc.data, (), parent.locations, child_locs, out_locs)

@@ -50,7 +50,7 @@ def parse_cpus(value) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"invalid CPU count {value!r} (expected e.g. 0.5, 2)") from None
     if not (0 < cpus <= 4096):
-        raise ValueError(f"invalid CPU count {value!r} (must be > 0)")
+        raise ValueError(f"invalid CPU count {value!r} (must be > 0 and at most 4096)")
     return cpus
 
 

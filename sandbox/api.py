@@ -113,12 +113,52 @@ def _overrides(kw: Mapping[str, Any]) -> Overrides:
                 value = (value,)
             elif isinstance(value, Mapping) and key == "env":
                 value = tuple(f"{k}={v}" for k, v in value.items())
-            value = tuple(value)
+            try:
+                value = tuple(value)
+            except TypeError:
+                raise TypeError(f"Sandbox(): {key} must be a str or a list of str, not "
+                                f"{type(value).__name__}") from None
         elif key not in _SCALAR_FIELDS:
             raise TypeError(f"Sandbox(): unknown override {key!r}")
+        elif key in _INT_FIELDS and value is not None:
+            value = _int_override(key, value)
         fields[key] = value
     from .userdb import user_db
     return Overrides(**fields, user_db=user_db)
+
+
+_INT_FIELDS = {"pids_limit", "cpu_shares", "blkio_weight"}
+
+
+def _int_override(key: str, value: Any) -> int:
+    """An integer flag's value as the CLI would take it (an int, or a str of one); else the CLI's
+    one line, as a ProfileError (Sandbox() raises it as SandboxError)."""
+    from policies.errors import ProfileError
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if isinstance(value, str):
+            return int(value)
+    except ValueError:
+        pass
+    raise ProfileError(f"--{key.replace('_', '-')}: {value!r:.40} is not a valid integer")
+
+
+def _check_run_args(argv: Any, input: Any, timeout: Any, env: Any) -> None:
+    """run()'s own arguments, checked before anything is launched (as subprocess does)."""
+    import math
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("Sandbox.run(): argv must be a list of str (the program and its arguments), "
+                        f"not a single {type(argv).__name__}")
+    if input is not None and not isinstance(input, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"Sandbox.run(): input must be bytes or str, not {type(input).__name__}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"Sandbox.run(): timeout must be a number of seconds, not {type(timeout).__name__}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"Sandbox.run(): timeout must be a finite number of seconds > 0, not {timeout!r}")
+    if env is not None and not isinstance(env, Mapping):
+        raise TypeError(f"Sandbox.run(): env must be a mapping of names to values, not {type(env).__name__}")
 
 
 def _check_strings(argv: tuple, env: Optional[Mapping[str, str]]) -> None:
@@ -163,6 +203,12 @@ class Sandbox:
                 bpf = build_bpf(plan.seccomp)
             except ValueError as e:
                 raise SandboxError(str(e)) from None
+        if audit and audit_log:                          # as the CLI's --audit-log: unusable, refused here
+            from audit.sinks import JsonlSink
+            try:
+                JsonlSink(audit_log).close()
+            except OSError as e:
+                raise SandboxError(f"audit log {audit_log}: {e.strerror or e}") from None
         self.plan = plan
         self.bpf = bpf
         self.audit = audit
@@ -191,6 +237,7 @@ class Sandbox:
         sandbox is killed after it (exit 124, timed_out=True); env: extra variables on top of the
         profile's; text: decode stdout/stderr as UTF-8; check: raise SandboxError unless exit 0."""
         plan = self.plan
+        _check_run_args(argv, input, timeout, env)
         argv = tuple(argv)
         _check_strings(argv, env)
         sid = os.urandom(6).hex()
@@ -296,8 +343,12 @@ def _worker() -> int:
     import base64
     import json
     import sys
-    req = json.load(sys.stdin)
     try:
+        req = json.loads(sys.stdin.read(16 << 20))
+        if not isinstance(req, dict) or not isinstance(req.get("overrides") or {}, dict) \
+                or not isinstance(req.get("argv"), list):
+            raise TypeError("a request is a JSON object with an argv list (and profile, overrides, input, "
+                            "timeout, env)")
         sb = Sandbox(req.get("profile") or "strict", **(req.get("overrides") or {}))
         inp = req.get("input")
         r = sb.run(req["argv"], input=base64.b64decode(inp) if inp is not None else None,
@@ -305,8 +356,8 @@ def _worker() -> int:
         out = {"exit_code": r.exit_code, "stdout": base64.b64encode(r.stdout).decode(),
                "stderr": base64.b64encode(r.stderr).decode(), "events": r.events, "duration": r.duration,
                "timed_out": r.timed_out, "signal": r.signal, "message": r.message, "sandbox_id": r.sandbox_id}
-    except (SandboxError, TypeError) as e:
-        out = {"error": str(e)}
+    except (SandboxError, TypeError, ValueError) as e:       # (a JSON or base64 error is a ValueError)
+        out = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, SandboxError) else str(e)}
     json.dump(out, sys.stdout, default=str)
     return 0
 

@@ -32,6 +32,7 @@ EXIT_SETUP = 125
 EXIT_CANNOT_EXEC = 126
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
+POLL_MAX_MS = 2**31 - 1     # poll(2) takes an int of milliseconds (~24.8 days): a longer --timeout waits in steps
 
 # Set by a supervisor that raised its own RLIMIT_NOFILE (the API's launch server): the limits its
 # sandboxes start from (the caller's), restored in PID 1.
@@ -499,7 +500,7 @@ class Launch:
         poller.register(self.pidfd, select.POLLIN)
         while True:
             wait_ms = None if self.deadline is None else max(0, int((self.deadline - time.monotonic()) * 1000))
-            if poller.poll(wait_ms):
+            if poller.poll(None if wait_ms is None else min(wait_ms, POLL_MAX_MS)):   # (a long timeout: in steps)
                 return
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.expire()

@@ -315,6 +315,10 @@ def learn_command(profile, output, force, timeout, audit_log, allow_escape, comm
     from .launcher import LaunchError
     if os.path.exists(output) and not force:
         raise click.UsageError(f"{output} exists (use --force to overwrite)")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):   # before the command runs
+        raise click.UsageError(f"{output}: cannot write there ({parent}: "
+                               f"{'not writable' if os.path.isdir(parent) else 'no such directory'})")
     try:
         code, observed, text = learn(profile, command, output, audit_log=audit_log, timeout=timeout,
                                      allow_escape=allow_escape)

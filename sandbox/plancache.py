@@ -29,8 +29,8 @@ _SELF_DEPS = ("compiler.py", "loader.py", "plan.py", "seccomp.py", "seccomp_verd
 def cache_dir() -> str:
     if os.geteuid() == 0:
         return "/var/cache/pysandbox/plans"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "pysandbox", "plans")
+    from audit.paths import xdg_dir        # (never below the current directory: a relative HOME)
+    return os.path.join(xdg_dir("XDG_CACHE_HOME", ".cache"), "pysandbox", "plans")
 
 
 def key_for(options: list[str], cwd: "str | None" = None) -> str:

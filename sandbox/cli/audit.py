@@ -113,7 +113,7 @@ def tail(log_path, sandboxes, types, since, syscalls, min_severity, as_json, lin
     """The last events, then new ones as they arrive (Ctrl-C to stop)."""
     path = _log(log_path)
     flt = _make_filter(sandboxes, types, since, syscalls, min_severity)
-    if not follow:
+    if not follow or os.path.exists(path):
         _check(path)
     try:
         if os.path.exists(path) and lines:
@@ -147,6 +147,8 @@ def summary(log_path, sandboxes, types, since, syscalls, min_severity, as_json):
 def _check(path: str) -> None:
     if not os.path.exists(path):
         raise _NoLog(f"no audit log at {path} (nothing recorded yet?)")
+    if not os.path.isfile(path):                 # a FIFO would block, a device never end
+        raise _NoLog(f"{path}: not a regular file: not an audit log")
     if not os.access(path, os.R_OK):
         raise _NoLog(f"cannot read the audit log {path}: permission denied")
 

@@ -12,6 +12,7 @@ The rules, score and formats live in `policies.lint` (pure); this module is only
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -117,10 +118,14 @@ def lint(ctx, paths, fmt, fail_on, threshold, output, breakdown, show_suppressed
                          f"{threshold:.1f}")
     if output:
         try:
-            with open(output, "w", encoding="utf-8") as f:
+            # opened without blocking (a FIFO nobody reads: ENXIO, not a hang), then written blocking
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+            os.set_blocking(fd, True)
+            with open(fd, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         except OSError as e:
-            raise LintUsage(f"cannot write {output}: {e.strerror}") from None
+            why = "a FIFO nobody reads" if e.errno == errno.ENXIO else e.strerror
+            raise LintUsage(f"cannot write {output}: {why}") from None
         if fmt != "text":
             # keep CI logs readable: a one-line summary on stderr
             c = {s: sum(1 for x in result.active if x.severity == s) for s in LEVELS}

@@ -473,7 +473,7 @@ def serve(ctl_fd: "int | None" = None, *, listen_fd: "int | None" = None, idle: 
                 deadlines.append(idle_since[0] + idle)
         paced = [r for r in by_pidfd.values() if r.launch.sup is not None and r.launch.sup.inline_wakeup()]
         deadlines += [r.launch.sup.inline_wakeup() for r in paced]   # audit: a flood's pace ends
-        timeout = None if not deadlines else max(0, int((min(deadlines) - now) * 1000) + 1)
+        timeout = None if not deadlines else min(max(0, int((min(deadlines) - now) * 1000) + 1), 2**31 - 1)
         events = poller.poll(timeout)
         poller.changed.clear()
         for fd, ev in events:

@@ -495,7 +495,11 @@ def _import_locked(path, name, store, ref, devices, progress, what, stage, limit
         elif os.path.isfile(os.path.join(path, "manifest.json")) and not os.path.isdir(os.path.join(path, "bin")):
             kind, bundle = "docker", _DirBundle(path, limits)
     else:
-        with open(path, "rb") as f:
+        # a regular file only, opened without blocking: a FIFO would block the open, a device never end
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError(f"{what}: not a regular file or a directory: not an image")
             head = f.read(512 + 262)
         compressed = head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00"
         if compressed:
