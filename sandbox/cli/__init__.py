@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import stdio
+
 EXIT_USAGE = 2
 
 # the command modules of sandbox/cli/, in no particular order (click lists commands sorted)
@@ -24,7 +26,7 @@ COMMAND_MODULES = ("run", "explain", "doctor", "profiles", "completion", "export
 
 
 def main(argv=None) -> int:
-    _stdio_open()
+    stdio.ensure_open()
     args = sys.argv[1:] if argv is None else list(argv)
     # what SIGKILLed supervisors left (cgroups, network endpoints, overlay dirs, state entries):
     # removed at the start of every command — a directory listing when nothing is dead
@@ -49,27 +51,6 @@ def main(argv=None) -> int:
         return _exit(_click_main(args, raw_run_options))
     except KeyboardInterrupt:
         return _exit(130)
-
-
-def _stdio_open() -> None:
-    """Descriptors 0-2 closed by the caller (`<&-`, `>&-`) are opened on /dev/null before anything
-    else is opened: otherwise the next file pysandbox opens would take that number (and could be
-    handed to the sandbox as its stdin/stdout), and Python's sys.stdout/stderr would be None."""
-    import fcntl
-    for fd in (0, 1, 2):
-        try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
-            continue
-        except OSError:
-            pass
-        null = os.open("/dev/null", os.O_RDWR)      # the lowest free number: fd itself
-        if null != fd:
-            os.dup2(null, fd)
-            os.close(null)
-        os.set_inheritable(fd, True)                # (os.open's are close-on-exec)
-        name = ("stdin", "stdout", "stderr")[fd]
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def _owner_records() -> bool:

@@ -90,6 +90,8 @@ def _opts(args: list, flags: dict, first_positional_ends: bool = False) -> tuple
 
 
 def main(argv: "list | None" = None) -> None:
+    from .. import stdio
+    stdio.ensure_open()                  # (a caller's closed 0-2: /dev/null, never a traceback)
     argv = list(sys.argv[1:] if argv is None else argv)
     ctx = Ctx()
     try:

@@ -223,3 +223,14 @@ def test_learn_checks_its_output_directory_before_running(runner, shared_tmp):
     assert r.returncode == 2, r
     assert r.stderr == "pysandbox learn: /nonexistent/x.yaml: cannot write there (/nonexistent: no such directory)\n", r
     assert not log.exists()
+
+
+def test_closed_stdio_runtime_entry(tmp_path):
+    """The OCI runtime's Python entry (pysandbox-runtime-py, what the C front falls back to) alike:
+    stdout closed, a failing command still says why in one line, no traceback (before: an
+    AttributeError at sys.stdout.flush)."""
+    from conftest import VENV_BIN
+    rt = str(VENV_BIN / "pysandbox-runtime-py")
+    p = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", rt, "--root", str(tmp_path / "rt"), "state", "nope"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and p.stderr == "pysandbox-runtime: container nope does not exist\n", p
