@@ -239,14 +239,23 @@ def parse_signal(s: str) -> int:
     return n
 
 
+def _live(ctx: Ctx, cid: str, cmd: str, why: str = "") -> tuple:
+    """(state, status) of a container that is created, running or paused; (None, status) after
+    saying "CMD: container ID is STATUS" (+ why) for any other."""
+    st = _state.load(ctx.root, cid)
+    s = _state.status(st)
+    if s not in ("created", "running", "paused"):
+        ctx.log(f"{cmd}: container {cid} is {s}{why}")
+        return None, s
+    return st, s
+
+
 def cmd_kill(ctx: Ctx, args: list) -> int:
     o, pos = _opts(args, {"all": False, "a": False})
     cid = _one_id(pos, "kill", 2)
     sig = parse_signal(pos[1]) if len(pos) > 1 else signal.SIGTERM
-    st = _state.load(ctx.root, cid)
-    s = _state.status(st)
-    if s not in ("created", "running", "paused"):      # runc's words: containerd's shim reads them as
-        ctx.log(f"kill: container {cid} is {s}: container not running")   # "process already finished"
+    st, s = _live(ctx, cid, "kill", ": container not running")   # runc's words: containerd's shim
+    if st is None:                                                   # reads them as "process already finished"
         return 1
     if o.get("all") or o.get("a") or s == "paused":
         return _kill_all(ctx, cid, st, s, sig, bool(o.get("all") or o.get("a")))
@@ -303,10 +312,8 @@ def cmd_ps(ctx: Ctx, args: list) -> int:
     fmt = o.get("format") or o.get("f") or "table"
     if fmt not in ("table", "json"):
         raise Usage("ps: --format table or json")
-    st = _state.load(ctx.root, cid)
-    s = _state.status(st)
-    if s not in ("created", "running", "paused"):
-        ctx.log(f"ps: container {cid} is {s}")
+    st, s = _live(ctx, cid, "ps")
+    if st is None:
         return 1
     from . import control
     try:
@@ -413,10 +420,8 @@ def cmd_update(ctx: Ctx, args: list) -> int:
                 except ValueError:
                     raise Usage(f"update --{flag}: an integer") from None
             res.setdefault(sect, {})[key] = v
-    st = _state.load(ctx.root, cid)
-    s = _state.status(st)
-    if s not in ("created", "running", "paused"):
-        ctx.log(f"update: container {cid} is {s}")
+    st, s = _live(ctx, cid, "update")
+    if st is None:
         return 1
     try:
         control.update(st, res)
