@@ -358,7 +358,13 @@ def _worker() -> int:
                "timed_out": r.timed_out, "signal": r.signal, "message": r.message, "sandbox_id": r.sandbox_id}
     except (SandboxError, TypeError, ValueError) as e:       # (a JSON or base64 error is a ValueError)
         out = {"error": f"{type(e).__name__}: {e}" if not isinstance(e, SandboxError) else str(e)}
-    json.dump(out, sys.stdout, default=str)
+    try:
+        json.dump(out, sys.stdout, default=str)
+        sys.stdout.flush()
+    except BrokenPipeError:                  # the reader went away: nobody to tell, no traceback
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

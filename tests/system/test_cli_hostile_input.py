@@ -234,3 +234,12 @@ def test_closed_stdio_runtime_entry(tmp_path):
     p = subprocess.run(["/bin/sh", "-c", 'exec "$@" >&-', "sh", rt, "--root", str(tmp_path / "rt"), "state", "nope"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and p.stderr == "pysandbox-runtime: container nope does not exist\n", p
+
+
+def test_api_worker_reader_gone():
+    """`python -m sandbox.api` (the pytest plugin's as-user worker) whose reader went away: exit 1,
+    nothing on stderr (before: a BrokenPipeError traceback)."""
+    from conftest import PYTHON
+    p = subprocess.run(["/bin/sh", "-c", '"$0" -m sandbox.api | head -c0', PYTHON], input='{"argv": ["/bin/true"]}',
+                       capture_output=True, text=True, timeout=60, cwd="/tmp")
+    assert p.stderr == "", p
