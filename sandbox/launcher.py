@@ -47,6 +47,12 @@ RECLAIM_EVERY = 30.0
 _RECLAIMED = None
 
 
+def needs_state(plan) -> bool:
+    """Whether a launch of the plan records what it creates on the host in the state directory
+    (cgroup limits, a network of its own, an image's layers: Launch._register)."""
+    return bool(plan.limits.any() or plan.network.mode not in ("none", "host") or plan.filesystem.image)
+
+
 class LaunchError(Exception):
     """The sandbox could not be set up as the plan says (exit 125). One line, names the control.
     .step: the launch step that failed (preflight, audit supervision, cgroup, network, filesystem,
@@ -458,13 +464,13 @@ class Launch:
         """Record what this launch is about to create on the host, before creating it, owned by this
         process (pid + start time): if it is SIGKILLed, the next pysandbox command of any kind
         removes it (sandbox/reclaim.py). Nothing to record for a sandbox that creates nothing there."""
+        if not needs_state(plan):
+            return
         net = plan.network.mode if plan.network.mode not in ("none", "host") else None
         overlay = None
         if plan.filesystem.image:
             from audit.paths import state_dir
             overlay = state_dir(rootless)
-        if not (plan.limits.any() or net or overlay):
-            return
         from .store import reclaim
         try:
             # a detached sandbox's supervisor registered it already (its state): merged, and that

@@ -19,6 +19,14 @@ def session(plan, runopts, out=None, cwd: "str | None" = None):
     """The run's audit session, or None (said on `out`) when it cannot be opened. cwd: the caller's
     working directory, against which a relative --audit-log is resolved (None: ours)."""
     from audit.session import open_session
+    from .launcher import needs_state
+    if needs_state(plan):                 # the launch will need it: its error alone, before the audit's
+        from audit.paths import StateDirError, ensure_state_dir
+        try:
+            ensure_state_dir()
+        except StateDirError as e:
+            err(f"pysandbox: state: cannot record the sandbox's resources for their clean-up: {e}", out)
+            return None
     log_path = runopts.get("audit_log")
     if log_path and cwd is not None:
         log_path = os.path.join(cwd, log_path)

@@ -243,3 +243,16 @@ def test_api_worker_reader_gone():
     p = subprocess.run(["/bin/sh", "-c", '"$0" -m sandbox.api | head -c0', PYTHON], input='{"argv": ["/bin/true"]}',
                        capture_output=True, text=True, timeout=60, cwd="/tmp")
     assert p.stderr == "", p
+
+
+def test_unusable_state_directory_is_one_line(runner, shared_tmp):
+    """A state directory the caller cannot use, under a profile whose launch records its resources
+    there (strict: cgroup limits): one line naming it, exit 125 (before: the audit's warning about
+    its log in that directory first, then the error); nothing is run."""
+    d = shared_tmp / "state"
+    d.mkdir(mode=0o777)
+    os.chmod(d, 0o777)                          # writable by others: refused for root and rootless alike
+    p = _sh(runner, 'exec "$@"', "run", "--profile", "strict", "--", "/bin/echo", "ran",
+            env={"PYSANDBOX_STATE_DIR": str(d)})
+    assert p.returncode == 125 and p.stdout == "" and p.stderr.count("\n") == 1, p
+    assert p.stderr.startswith("pysandbox: state: cannot record the sandbox's resources") and str(d) in p.stderr, p
