@@ -299,6 +299,13 @@ def test_kernel_nft_ether_type_sees_the_outer_tag(testns):
         ipr.link("add", ifname="aspk0", kind="veth", peer={"ifname": "aspk1"})
         for n in ("aspk0", "aspk1"):
             ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+        # both ends operationally up before a frame is sent (under load the carrier can lag the
+        # administrative state: frames sent before it are dropped, and nothing is counted)
+        deadline = time.monotonic() + 10
+        while any(ipr.get_links(ipr.link_lookup(ifname=n)[0])[0].get_attr("IFLA_OPERSTATE") != "UP"
+                  for n in ("aspk0", "aspk1")):
+            assert time.monotonic() < deadline, "the probe veth never came up"
+            time.sleep(0.01)
     T = {"family": "netdev", "table": "asp_probe"}
     probes = {"et_ip": [nft.m(nft.payload("ether", "type"), "ip")],
               "et_8100": [nft.m(nft.payload("ether", "type"), 0x8100)],
@@ -319,10 +326,14 @@ def test_kernel_nft_ether_type_sees_the_outer_tag(testns):
         s.send(dst + src + b"\x81\x00\x00\x00\x08\x00" + ip)                        # VLAN 0
         s.send(dst + src + b"\x88\xa8\x00\x00\x81\x00\x00\x00\x08\x00" + ip)        # 802.1ad + 802.1Q
         s.close()
-        time.sleep(0.2)
-        out = nft.nft(args=["list", "chain", "netdev", "asp_probe", "in"]).get("nftables", [])
-        got = {o["rule"]["comment"]: next(x["counter"]["packets"] for x in o["rule"]["expr"] if "counter" in x)
-               for o in out if "rule" in o}
+        deadline = time.monotonic() + 10             # the frames are counted in softirq: under load, late
+        while True:
+            out = nft.nft(args=["list", "chain", "netdev", "asp_probe", "in"]).get("nftables", [])
+            got = {o["rule"]["comment"]: next(x["counter"]["packets"] for x in o["rule"]["expr"] if "counter" in x)
+                   for o in out if "rule" in o}
+            if got["et_ip"] + got["et_8100"] + got["et_88a8"] >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     finally:
         nft.nft([{"delete": {"table": {"family": "netdev", "name": "asp_probe"}}}], check=False)
         with IPRoute() as ipr:
