@@ -14,7 +14,8 @@
  *
  * The installation path sent (lean.INSTALL: the directory holding the `sandbox` package) is read from
  * `pysandbox.install`, a companion file beside this executable written by sandbox/entry.py (one line,
- * the path; absent, unreadable, not ours or not exactly one absolute line: fallback). A wheel's
+ * the path; absent, unreadable, not root's or the caller's, writable by others, or not exactly one
+ * absolute line: fallback). A wheel's
  * install has none (entry.py is not run there): every run goes to Python.
  *
  * What Python would change in its own environment before reading it: the C-locale coercion of PEP 538
@@ -323,7 +324,8 @@ static void forward(int sig)
     errno = saved;
 }
 
-/* the companion file: one absolute path and a newline, ours, regular, not a link */
+/* the companion file: one absolute path and a newline, regular, not a link, the caller's or root's
+ * (as the executable beside it is) and writable by no one else */
 static int read_install(char *out, size_t n)
 {
     char p[PATH_MAX];
@@ -340,7 +342,8 @@ static int read_install(char *out, size_t n)
         return -1;
     struct stat st;
     ssize_t r = -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & 022))
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_uid == geteuid() || st.st_uid == 0)
+        && !(st.st_mode & 022))
         r = read(fd, out, n);
     close(fd);
     if (r < 2 || (size_t)r >= n || out[0] != '/' || out[r - 1] != '\n')

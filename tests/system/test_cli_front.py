@@ -16,8 +16,7 @@ import subprocess
 import pytest
 
 import launchserver
-from conftest import PYSANDBOX, PYSANDBOX_PY, SandboxProcs, audit_log  # noqa: F401
-from launchserver import server  # noqa: F401  (the fixture)
+from conftest import PYSANDBOX
 from sandbox.server import lean
 
 FRONT = os.path.realpath(PYSANDBOX)
@@ -160,14 +159,17 @@ def test_everything_else_execs_the_python_cli(fake, tmp_path, case):
     assert not _pending(listener)
 
 
-def test_the_real_server_serves_the_front_without_python(server, tmp_path):  # noqa: F811
-    """The real launch server: while the sandbox runs, its client is the front (comm "pysandbox")."""
-    env = server.runner.env()
+def test_the_real_server_serves_the_front_without_python(runner):
+    """The real launch server, root's and the test user's: while the sandbox runs, its client is the
+    front (comm "pysandbox"); its exit code is the program's."""
+    launchserver.run(runner, ["/bin/true"])                      # the plan cached (cwd /tmp)
+    s = launchserver.Server(runner)
+    kw = dict(user=runner.uid, group=runner.gid, extra_groups=[]) if runner.user else {}
     cli = subprocess.Popen([PYSANDBOX, "run", "--profile", "strict", "--", "/bin/sh", "-c", "echo ready; read x; exit 5"],
-                           env=env, cwd="/tmp", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
+                           env=runner.env(), cwd="/tmp", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, **kw)
     try:
-        assert cli.stdout.readline() == b"ready\n"
+        assert cli.stdout.readline() == b"ready\n", cli.stderr.read() if cli.poll() is not None else ""
         assert os.readlink(f"/proc/{cli.pid}/exe") == FRONT
         with open(f"/proc/{cli.pid}/comm") as f:
             assert f.read() == "pysandbox\n"
@@ -175,4 +177,34 @@ def test_the_real_server_serves_the_front_without_python(server, tmp_path):  # n
     finally:
         cli.kill()
         cli.wait()
+        s.stop()
     assert cli.returncode == 5, err
+
+
+def test_a_peer_of_another_uid_is_refused_rootless(user_runner, shared_tmp):
+    """The test user's own directory and socket file (lstat passes) with root listening behind it:
+    SO_PEERCRED says uid 0, the front sends nothing and execs the Python CLI (which refuses too)."""
+    state = shared_tmp / "state"
+    state.mkdir(mode=0o711)
+    (state / "server").mkdir(mode=0o700)
+    path = str(state / "server" / "launch.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(path)
+        listener.listen(4)
+        os.chmod(path, 0o600)
+        for p in (state, state / "server", path):
+            os.chown(p, user_runner.uid, user_runner.gid)
+        r = subprocess.run([PYSANDBOX, "run", "--profile", str(shared_tmp / "nonesuch.yaml"), "--", "/bin/true"],
+                           env=user_runner.env({"PYSANDBOX_STATE_DIR": str(state)}), cwd="/tmp",
+                           capture_output=True, text=True, timeout=60, user=user_runner.uid,
+                           group=user_runner.gid, extra_groups=[])
+        assert r.returncode == 2 and "nonesuch" in r.stderr and r.stderr.count("\n") == 1, r
+        listener.settimeout(0)
+        for _ in range(2):                          # the front's connection, then Python's
+            conn = listener.accept()[0]
+            conn.settimeout(10)
+            assert conn.recv(16) == b""                 # closed, nothing sent
+            conn.close()
+    finally:
+        listener.close()
