@@ -37,11 +37,17 @@ RTFRONT = sandbox/runtime/pysandbox-runtime-front
 $(RTFRONT): sandbox/runtime/front.c | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
 
-# the lean, isolated `pysandbox` entry script (sandbox/entry.py: python -IS, standard library first)
-$(VENV)/bin/pysandbox: sandbox/entry.py $(RTFRONT) | $(VENV)/.deps
+# `pysandbox`'s C front end (sandbox/cli/front.c: `run` sent to the launch server without Python;
+# everything else goes to pysandbox-py). sandbox/entry.py copies it into the venv as pysandbox.
+CLIFRONT = sandbox/cli/pysandbox-front
+$(CLIFRONT): sandbox/cli/front.c | $(VENV)/.deps
+	cc -O2 -Wall -Wextra -Werror -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
+
+# the lean, isolated `pysandbox-py` entry script (sandbox/entry.py: python -IS, standard library first)
+$(VENV)/bin/pysandbox: sandbox/entry.py $(RTFRONT) $(CLIFRONT) | $(VENV)/.deps
 	$(VENV)/bin/python -m sandbox.entry $(VENV)/bin >/dev/null
 
-setup: $(VENV)/.deps $(INIT) $(RTFRONT) $(VENV)/bin/pysandbox
+setup: $(VENV)/.deps $(INIT) $(RTFRONT) $(CLIFRONT) $(VENV)/bin/pysandbox
 
 run: setup
 	$(VENV)/bin/pysandbox run --profile strict -- $(DEMO)

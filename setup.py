@@ -6,6 +6,8 @@
 * pysandbox-runtime's C front end (sandbox/runtime/front.c) likewise: into the wheel's scripts as
   `pysandbox-runtime` (the Python CLI, its fallback, is the console script `pysandbox-runtime-py`),
   or next to its source for an editable install, where sandbox/entry.py copies it into the venv.
+  `pysandbox`'s C front end (sandbox/cli/front.c: a run sent to the launch server) likewise, as the
+  script `pysandbox` beside the console script `pysandbox-py` it falls back to.
   A missing C compiler, missing libc headers or a missing static libc is a build error that says
   which and what to install: a wheel without the binary is never made.
 * The shipped profiles (profiles/) and the lint-rule documents (docs/rules/) stay where they are in
@@ -47,6 +49,10 @@ PID1_SOURCE = os.path.join("sandbox", "pid1.c")
 INIT_NAME = "pysandbox-init"
 FRONT_SOURCE = os.path.join("sandbox", "runtime", "front.c")
 FRONT_NAME = "pysandbox-runtime-front"       # in the work tree; `pysandbox-runtime` among scripts
+CLI_FRONT_SOURCE = os.path.join("sandbox", "cli", "front.c")
+CLI_FRONT_NAME = "pysandbox-front"           # in the work tree; `pysandbox` among scripts
+# (script name, source, work-tree name): the C front ends installed as scripts
+FRONTS = (("pysandbox-runtime", FRONT_SOURCE, FRONT_NAME), ("pysandbox", CLI_FRONT_SOURCE, CLI_FRONT_NAME))
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-static", "-s"]
 # (work-tree directory, package directory in the wheel, file suffix)
 DATA_TREES = (("profiles", os.path.join("policies", "profiles"), (".yaml", ".yml")),
@@ -101,9 +107,10 @@ class build_py(_build_py):
             target = os.path.join(HERE, "sandbox", INIT_NAME)
             if _stale(target, os.path.join(HERE, PID1_SOURCE)):
                 compile_init(target)
-            front = os.path.join(HERE, "sandbox", "runtime", FRONT_NAME)
-            if _stale(front, os.path.join(HERE, FRONT_SOURCE)):
-                compile_init(front, FRONT_SOURCE, FRONT_NAME)
+            for _, source, name in FRONTS:
+                front = os.path.join(HERE, os.path.dirname(source), name)
+                if _stale(front, os.path.join(HERE, source)):
+                    compile_init(front, source, name)
             return
         compile_init(os.path.join(self.build_lib, "sandbox", INIT_NAME))
         for src, dst, suffixes in DATA_TREES:
@@ -130,7 +137,8 @@ class build_scripts(_build_scripts):
 
     def run(self):
         super().run()
-        compile_init(os.path.join(self.build_dir, "pysandbox-runtime"), FRONT_SOURCE, FRONT_NAME)
+        for script, source, name in FRONTS:
+            compile_init(os.path.join(self.build_dir, script), source, name)
 
 
 class install_scripts(_install_scripts):
@@ -139,11 +147,12 @@ class install_scripts(_install_scripts):
         super().run()
         if not self.skip_build:
             self.run_command("build_scripts")
-        src, dst = (os.path.join(d, "pysandbox-runtime") for d in (self.build_dir, self.install_dir))
         self.mkpath(self.install_dir)
-        self.copy_file(src, dst)
-        os.chmod(dst, 0o755)
-        self.outfiles.append(dst)
+        for script, _, _ in FRONTS:
+            src, dst = (os.path.join(d, script) for d in (self.build_dir, self.install_dir))
+            self.copy_file(src, dst)
+            os.chmod(dst, 0o755)
+            self.outfiles.append(dst)
 
 
 class BinaryDistribution(Distribution):

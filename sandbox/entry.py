@@ -1,4 +1,5 @@
-"""Write the lean `pysandbox` entry script into a virtual environment's bin directory.
+"""Write the lean `pysandbox-py` entry script (and `pysandbox`, the C front end falling back to it) into a
+virtual environment's bin directory.
 
 pip's generated console script starts the interpreter with `site`, which in an editable install
 also runs the `.pth` finder hooks: ~30 ms on this class of machine before pysandbox runs a line.
@@ -45,11 +46,11 @@ def write(bin_dir: str) -> Path:
     from sandbox.fsutil import atomic_write
     # pysandbox-runtime (the OCI runtime, sandbox/runtime/) is written the same way: engines start it
     # for every container operation
-    for script, module in (("pysandbox-runtime-py", "sandbox.runtime.cli"), ("pysandbox", "sandbox.cli")):
+    for script, module in (("pysandbox-runtime-py", "sandbox.runtime.cli"), ("pysandbox-py", "sandbox.cli")):
         target = bin_path / script
         # the garbage collector off while importing: only for pysandbox, whose main() turns it back on
         prelude = ("import gc; gc.disable()         # while importing (no garbage cycles to collect): "
-                   "main() turns it back on\n") if script == "pysandbox" else ""
+                   "main() turns it back on\n") if script == "pysandbox-py" else ""
         atomic_write(target, TEMPLATE.format(python=python, paths=paths, module=module, script=script,
                                              prelude=prelude), mode=0o755, fsync=False)
     # pysandbox-runtime: the C front end (sandbox/runtime/front.c) when built, falling back to
@@ -60,7 +61,17 @@ def write(bin_dir: str) -> Path:
         atomic_write(runtime, front.read_bytes(), mode=0o755, fsync=False)
     elif not _is_elf(runtime):                   # (a wheel's venv has it already, from the wheel)
         atomic_write(runtime, (bin_path / "pysandbox-runtime-py").read_bytes(), mode=0o755, fsync=False)
-    return target
+    # pysandbox: the CLI's C front end (sandbox/cli/front.c) likewise, falling back to pysandbox-py;
+    # pysandbox.install beside it names the installation it sends to the launch server (lean.INSTALL:
+    # the directory the lean script imports the package from)
+    cli = bin_path / "pysandbox"
+    front = repo / "sandbox" / "cli" / "pysandbox-front"
+    if front.is_file():
+        atomic_write(cli, front.read_bytes(), mode=0o755, fsync=False)
+    elif not _is_elf(cli):
+        atomic_write(cli, target.read_bytes(), mode=0o755, fsync=False)
+    atomic_write(bin_path / "pysandbox.install", os.fsencode(repo) + b"\n", mode=0o644, fsync=False)
+    return cli
 
 
 if __name__ == "__main__":

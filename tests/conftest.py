@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # tree: the tests run against whatever `pip install` put there; missing, the tests that use it fail)
 VENV_BIN = Path(sys.executable).parent
 PYSANDBOX = str(VENV_BIN / "pysandbox")
+PYSANDBOX_PY = str(VENV_BIN / "pysandbox-py")   # the Python CLI (PYSANDBOX: its C front end, sandbox/cli/front.c)
 PYTHON = sys.executable
 TEST_USER = "pysbx-test"
 HOST_PYTHON = "/usr/bin/python3"

@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-from conftest import PYSANDBOX, Runner
+from conftest import PYSANDBOX_PY, Runner
 
-with open(PYSANDBOX) as _f:
+with open(PYSANDBOX_PY) as _f:
     PYTHON = _f.readline()[2:].split()[0]          # the entry script's #! interpreter
 
 
@@ -53,7 +53,7 @@ def run(runner: Runner, argv, *, prefix=(), opts=("--profile", "strict"), input=
     kw = {}
     if runner.user:
         kw = dict(user=runner.uid, group=runner.gid, extra_groups=[])
-    p = subprocess.run([*prefix, PYTHON, "-I", "-S", "-X", "importtime", PYSANDBOX, "run", *opts, "--", *argv],
+    p = subprocess.run([*prefix, PYTHON, "-I", "-S", "-X", "importtime", PYSANDBOX_PY, "run", *opts, "--", *argv],
                        input=input, capture_output=True, text=True, timeout=timeout, env=runner.env(env),
                        cwd=cwd, **kw)
     lines = p.stderr.splitlines()

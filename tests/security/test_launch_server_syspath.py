@@ -139,8 +139,9 @@ def test_cli_entry_ignores_pythonpath_user_site_and_cwd(runner, shared_tmp, miss
         assert r.returncode == 0, r
         assert r.stdout.strip() == "cli-ok"
     assert not marker.exists(), f"hostile module imported: {marker.read_text()}"
-    # the entry script is the isolated one (sandbox/entry.py), not pip's console script
-    script = Path(sys.executable).parent / "pysandbox"
+    # the entry script (pysandbox-py; pysandbox is the C front, sandbox/cli/front.c) is the isolated one
+    # (sandbox/entry.py), not pip's console script
+    script = Path(sys.executable).parent / "pysandbox-py"
     first = script.read_text().splitlines()[0]
     assert first.endswith(" -IS"), first
     # and its module path: the standard library first, nothing of the environment or cwd

@@ -34,7 +34,7 @@ import time
 import pytest
 
 import launchserver
-from conftest import PYSANDBOX, SandboxProcs, audit_log
+from conftest import PYSANDBOX, PYSANDBOX_PY, SandboxProcs, audit_log
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the host reads the filter back with ptrace: root")
 
@@ -254,9 +254,9 @@ def test_a_cached_run_imports_no_compiler_nor_heavy_library(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     cmd = [PYSANDBOX, "run", "--profile", "strict", "--", "/bin/true"]
     assert subprocess.run(cmd, capture_output=True).returncode == 0         # fills the cache
-    with open(PYSANDBOX) as f:
+    with open(PYSANDBOX_PY) as f:
         python = f.readline()[2:].split()[0]                                 # the script's #! interpreter
-    r = subprocess.run([python, "-I", "-S", "-X", "importtime", *cmd], capture_output=True, text=True)
+    r = subprocess.run([python, "-I", "-S", "-X", "importtime", PYSANDBOX_PY, *cmd[1:]], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "sandbox.launcher" in imported and "sandbox.plancache" in imported           # it did launch

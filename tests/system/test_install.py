@@ -185,7 +185,9 @@ def test_runtime_entry_is_the_c_front_end(layout, wheel):
         names = set(z.namelist())
         (script,) = [n for n in names if n.endswith(".data/scripts/pysandbox-runtime")]
         assert z.read(script)[:4] == b"\x7fELF"
-    assert not any(n.endswith(("front.c", "pysandbox-runtime-front")) for n in names)
+        (script,) = [n for n in names if n.endswith(".data/scripts/pysandbox")]     # sandbox/cli/front.c
+        assert z.read(script)[:4] == b"\x7fELF"
+    assert not any(n.endswith(("front.c", "pysandbox-runtime-front", "pysandbox-front")) for n in names)
     with open(layout / "pysandbox-runtime", "rb") as f:
         assert f.read(4) == b"\x7fELF"
     p = subprocess.run([str(layout / "pysandbox-runtime"), "--version"], capture_output=True, text=True,
@@ -354,7 +356,7 @@ def test_build_sdist_then_wheel(wheel_venv, source_copy, tmp_path):
 def test_lean_entry_script_in_a_wheel_venv(wheel_venv):
     """`python -m sandbox.entry BIN` (what `make setup` does for .venv) is right for a wheel's venv
     too: only its site-packages on the module path, nothing of the work tree; it runs."""
-    script = wheel_venv / "pysandbox"
+    script = wheel_venv / "pysandbox-py"                # (pysandbox: the C front end, kept)
     saved = script.read_bytes()
     try:
         p = subprocess.run([str(wheel_venv / "python"), "-m", "sandbox.entry", str(wheel_venv)],
@@ -366,5 +368,8 @@ def test_lean_entry_script_in_a_wheel_venv(wheel_venv):
         r = subprocess.run([str(script), "run", "--profile", "strict", "--", "id", "-u"],
                            capture_output=True, text=True, cwd="/tmp", timeout=120)
         assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+        assert (wheel_venv / "pysandbox").read_bytes()[:4] == b"\x7fELF"
+        assert (wheel_venv / "pysandbox.install").read_text().endswith("/site-packages\n")    # lean.INSTALL
     finally:
         script.write_bytes(saved)
+        (wheel_venv / "pysandbox.install").unlink(missing_ok=True)
