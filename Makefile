@@ -34,13 +34,13 @@ $(INIT): sandbox/pid1.c | $(VENV)/.deps
 # pysandbox-runtime's C front end (sandbox/runtime/front.c: start, state, kill, delete without Python;
 # everything else goes to the Python CLI). sandbox/entry.py copies it into the venv as pysandbox-runtime.
 RTFRONT = sandbox/runtime/pysandbox-runtime-front
-$(RTFRONT): sandbox/runtime/front.c | $(VENV)/.deps
+$(RTFRONT): sandbox/runtime/front.c sandbox/front_fallback.h | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
 
 # `pysandbox`'s C front end (sandbox/cli/front.c: `run` sent to the launch server without Python;
 # everything else goes to pysandbox-py). sandbox/entry.py copies it into the venv as pysandbox.
 CLIFRONT = sandbox/cli/pysandbox-front
-$(CLIFRONT): sandbox/cli/front.c | $(VENV)/.deps
+$(CLIFRONT): sandbox/cli/front.c sandbox/front_fallback.h | $(VENV)/.deps
 	cc -O2 -Wall -Wextra -Werror -static -s -o $@ $< || { rm -f $@; echo "pysandbox: $@ not built"; }
 
 # the lean, isolated `pysandbox-py` entry script (sandbox/entry.py: python -IS, standard library first)

@@ -41,6 +41,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../front_fallback.h"
+
 #define FALLBACK_NAME "pysandbox-py"
 #define INSTALL_NAME "pysandbox.install"
 #define MAGIC "PSBCLI1"
@@ -57,20 +59,7 @@ static int g_run = -1;              /* the run's socket, for the signal handler 
 
 static void __attribute__((noreturn)) fallback(void)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - sizeof FALLBACK_NAME - 1);
-    if (n > 0) {
-        self[n] = 0;
-        char *slash = strrchr(self, '/');
-        if (slash) {
-            strcpy(slash + 1, FALLBACK_NAME);
-            execv(self, g_argv);
-        }
-    } else {
-        strcpy(self, "?");
-    }
-    fprintf(stderr, "pysandbox: cannot run the Python implementation %s: %s\n", self, strerror(errno));
-    _exit(125);
+    exec_beside("pysandbox", FALLBACK_NAME, g_argv, 125);
 }
 
 /* ---- the state directory (audit/paths.py, state_dir) ----------------------------------------- */

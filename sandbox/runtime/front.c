@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../front_fallback.h"
+
 #define MAX_STATE (1L << 20)
 #define MAX_FRONT (4L << 20)
 #define FALLBACK_NAME "pysandbox-runtime-py"
@@ -47,20 +49,7 @@ static int g_log_json;
 
 static void __attribute__((noreturn)) fallback(void)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - sizeof FALLBACK_NAME - 1);
-    if (n > 0) {
-        self[n] = 0;
-        char *slash = strrchr(self, '/');
-        if (slash) {
-            strcpy(slash + 1, FALLBACK_NAME);
-            execv(self, g_argv);
-        }
-    } else {
-        strcpy(self, "?");
-    }
-    fprintf(stderr, "pysandbox-runtime: cannot run the Python implementation %s: %s\n", self, strerror(errno));
-    _exit(1);
+    exec_beside("pysandbox-runtime", FALLBACK_NAME, g_argv, 1);
 }
 
 /* ---- errors this program reports itself (only after it acted: `start` once released) --------- */
