@@ -122,7 +122,8 @@ class Runner:
 # `exclusive` tests alone). A module runs whole on one worker (its module fixtures once). Modules
 # that use the same host-wide objects run on one worker, one after another: the network family
 # (bridges, veths, nft tables, published host ports, pasta/slirp4netns, egress servers) and the
-# podman family (podman's image store, the registry). `exclusive` modules change what every other
+# podman family (podman's image store, the registry), the plancache family (root's plan cache, which
+# a launch server needs hits of, and a test shadows strict in for a while). `exclusive` modules change what every other
 # test reads (/etc/subuid and /etc/subgid, the test user's delegated cgroups, another user's
 # delegation) or measure rates and ratios that a second worker's load would disturb.
 
@@ -143,6 +144,12 @@ _FAMILIES = {
                "system/test_oci_runtime_podman.py", "system/test_oci_runtime_front.py",
                "system/test_registry.py", "security/test_registry_bounds.py",
                "security/test_registry_digest_mismatch.py"),
+    # root's plan cache (/var/cache/pysandbox/plans, one for every root run): the trust tests make it
+    # untrusted for a while (mode changes), and a launch server serves cache hits only
+    "plancache": ("security/test_plan_cache_trust.py", "system/test_plancache_resolution.py",
+                  "security/test_launch_server_peer_not_here.py", "security/test_launch_server_peer_socket.py",
+                  "system/test_cli_front.py", "system/test_fast_path_equivalence.py",
+                  "system/test_launch_server_cli.py"),
 }
 _EXCLUSIVE = ("system/test_rootless_ranges.py", "system/test_rootless_subordinate.py",
               "security/test_profile_idmap_not_owned.py", "security/test_limits_enforced.py",
